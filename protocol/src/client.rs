@@ -1,0 +1,226 @@
+//! An async client for one agent connection.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::framing::{ReplyReader, DEFAULT_MAX_REPLY_LEN, SENTINEL};
+use crate::qga::{parse_reply, request_bytes, Command, GuestSyncDelimited, ReplyFor};
+use crate::{Error, Phase};
+
+/// The most the agent's JSON parser accepts in one request
+/// (`MAX_TOKEN_SIZE` in QEMU's `qobject/json-streamer.c`).
+pub const MAX_REQUEST_LEN: usize = 64 << 20;
+
+/// Time limits and bounds of a [`QgaClient`].
+///
+/// ```
+/// use std::time::Duration;
+/// use virtomate_protocol::ClientOptions;
+///
+/// let options = ClientOptions {
+///     handshake_timeout: Duration::from_secs(2),
+///     ..ClientOptions::default()
+/// };
+/// assert_eq!(options.max_reply_len, virtomate_protocol::framing::DEFAULT_MAX_REPLY_LEN);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// One deadline for connecting and synchronising together.
+    pub handshake_timeout: Duration,
+    /// One deadline for each reply, however it trickles in.
+    pub reply_timeout: Duration,
+    /// Replies longer than this are refused ([`Error::ReplyTooLong`]).
+    pub max_reply_len: usize,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            handshake_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(30),
+            max_reply_len: DEFAULT_MAX_REPLY_LEN,
+        }
+    }
+}
+
+/// A connection to a QEMU Guest Agent, synchronised and ready for commands.
+///
+/// ```no_run
+/// use virtomate_protocol::{ClientOptions, QgaClient};
+/// use virtomate_protocol::qga::GuestPing;
+///
+/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+/// let mut agent = QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await?;
+/// agent.execute(&GuestPing {}).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct QgaClient<S = UnixStream> {
+    conn: ReplyReader<S>,
+    options: ClientOptions,
+    next_id: u64,
+    /// False from the moment a request is sent until its reply was read:
+    /// an interrupted exchange leaves bytes in flight that must be skipped.
+    in_sync: bool,
+}
+
+impl QgaClient<UnixStream> {
+    /// Connects to the agent's UNIX socket and synchronises, both within
+    /// [`ClientOptions::handshake_timeout`].
+    pub async fn connect(path: impl AsRef<Path>, options: ClientOptions) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let deadline = Instant::now() + options.handshake_timeout;
+        let stream = within(deadline, options.handshake_timeout, Phase::Connecting, async {
+            UnixStream::connect(path).await.map_err(|source| Error::Connect {
+                path: path.to_owned(),
+                source,
+            })
+        })
+        .await?;
+        let mut client = QgaClient::new(stream, options);
+        client.sync_until(deadline).await?;
+        Ok(client)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
+    /// Wraps a connected stream. Nothing is sent until the first command,
+    /// which synchronises first.
+    pub fn new(stream: S, options: ClientOptions) -> Self {
+        QgaClient {
+            conn: ReplyReader::new(stream, options.max_reply_len),
+            options,
+            next_id: random_id(),
+            in_sync: false,
+        }
+    }
+
+    /// Synchronises with `guest-sync-delimited` within the handshake timeout.
+    pub async fn sync(&mut self) -> Result<(), Error> {
+        self.sync_until(Instant::now() + self.options.handshake_timeout)
+            .await
+    }
+
+    async fn sync_until(&mut self, deadline: Instant) -> Result<(), Error> {
+        let timeout = self.options.handshake_timeout;
+        within(deadline, timeout, Phase::Handshake, self.sync_exchange()).await
+    }
+
+    async fn sync_exchange(&mut self) -> Result<(), Error> {
+        self.in_sync = false;
+        let id = self.fresh_id();
+        // A leading 0xFF makes the agent drop any half request a previous
+        // client left behind; it answers with a parse error that we skip
+        // along with everything else before the sentinel.
+        let mut request = vec![SENTINEL];
+        request.extend(request_bytes(&GuestSyncDelimited { id }, id));
+        self.send(&request).await?;
+        self.conn.skip_past_sentinel().await?;
+        loop {
+            let line = match self.conn.read_reply().await {
+                Err(Error::ReplyTooLong { .. }) => continue,
+                other => other?,
+            };
+            let after_sentinel = match memchr::memrchr(SENTINEL, &line) {
+                Some(pos) => &line[pos + 1..],
+                None => &line[..],
+            };
+            if let Ok(ReplyFor::Us(echoed)) = parse_reply::<GuestSyncDelimited>(after_sentinel, id) {
+                if echoed == id {
+                    self.in_sync = true;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Sends `command` and returns its reply, within the reply timeout.
+    /// Synchronises first when an earlier exchange was cut short.
+    ///
+    /// An error reply becomes [`Error::Agent`].
+    pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
+        if !self.in_sync {
+            self.sync().await?;
+        }
+        let id = self.fresh_id();
+        let request = request_bytes(command, id);
+        if request.len() > MAX_REQUEST_LEN {
+            return Err(Error::RequestTooLarge {
+                len: request.len(),
+                limit: MAX_REQUEST_LEN,
+            });
+        }
+        self.in_sync = false;
+        let timeout = self.options.reply_timeout;
+        let phase = Phase::Reply(C::NAME.to_owned());
+        let output = within(Instant::now() + timeout, timeout, phase, async {
+            self.send(&request).await?;
+            drop(request);
+            loop {
+                let line = self.conn.read_reply().await?;
+                if let ReplyFor::Us(output) = parse_reply::<C>(&line, id)? {
+                    return Ok(output);
+                }
+            }
+        })
+        .await;
+        // An agent error reply still ends the exchange cleanly.
+        if matches!(output, Ok(_) | Err(Error::Agent { .. })) {
+            self.in_sync = true;
+        }
+        output
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        let stream = self.conn.get_mut();
+        stream.write_all(bytes).await.map_err(Error::from_write)?;
+        stream.flush().await.map_err(Error::from_write)
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.next_id = (self.next_id + 1) & ID_MASK;
+        self.next_id
+    }
+}
+
+/// Ids stay below 2^53 so that every JSON implementation keeps them exact.
+const ID_MASK: u64 = (1 << 53) - 1;
+
+fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the OS once per process and varied per
+    // instance: enough to tell our replies from a previous client's.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    hasher.finish() & ID_MASK
+}
+
+async fn within<T>(
+    deadline: Instant,
+    allowed: Duration,
+    phase: Phase,
+    work: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    timeout_at(deadline, work).await.unwrap_or(Err(Error::Timeout {
+        phase,
+        after: allowed,
+    }))
+}
+
+impl Error {
+    fn from_write(e: std::io::Error) -> Error {
+        match e.kind() {
+            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Error::Disconnected,
+            _ => Error::Io(e),
+        }
+    }
+}

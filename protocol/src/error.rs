@@ -1,0 +1,106 @@
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong between this crate and an agent.
+///
+/// Each variant is a situation the caller can tell apart and act on.
+///
+/// ```
+/// use virtomate_protocol::Error;
+///
+/// let err = Error::Agent {
+///     command: "guest-exec".into(),
+///     class: "GenericError".into(),
+///     desc: "Failed to execute child process".into(),
+/// };
+/// assert_eq!(err.to_string(), "guest-exec failed: GenericError: Failed to execute child process");
+/// ```
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The socket could not be connected to (missing, not a socket, no
+    /// permission, nobody listening).
+    #[error("cannot connect to {}: {source}", path.display())]
+    Connect {
+        /// The socket path that was tried.
+        path: PathBuf,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+
+    /// Reading from or writing to the connected socket failed.
+    #[error("I/O error on the agent channel: {0}")]
+    Io(#[source] io::Error),
+
+    /// The peer did not answer in time.
+    #[error("no answer within {} s while {phase}", after.as_secs_f64())]
+    Timeout {
+        /// What was being waited for.
+        phase: Phase,
+        /// The time that was allowed.
+        after: Duration,
+    },
+
+    /// The peer closed the connection.
+    #[error("the agent closed the connection")]
+    Disconnected,
+
+    /// A reply was longer than the reader's bound and was dropped.
+    #[error("a reply exceeded {limit} bytes and was dropped")]
+    ReplyTooLong {
+        /// The bound, in bytes.
+        limit: usize,
+    },
+
+    /// A request would exceed what the agent accepts; nothing was sent.
+    #[error("the request is {len} bytes long; the agent accepts at most {limit}")]
+    RequestTooLarge {
+        /// Length of the serialized request.
+        len: usize,
+        /// The most the agent's JSON parser takes in one request.
+        limit: usize,
+    },
+
+    /// A reply that is not what the protocol promises: invalid JSON, a
+    /// missing or mistyped member, invalid Base64.
+    #[error("malformed reply to {command}: {reason}")]
+    Malformed {
+        /// The command whose reply it was.
+        command: String,
+        /// What was wrong with it.
+        reason: String,
+    },
+
+    /// The agent answered with an error reply.
+    #[error("{command} failed: {class}: {desc}")]
+    Agent {
+        /// The command that failed.
+        command: String,
+        /// The error class, e.g. `GenericError` or `CommandNotFound`.
+        class: String,
+        /// The agent's description of the error.
+        desc: String,
+    },
+}
+
+/// What a client was waiting for when a [`Error::Timeout`] struck.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Connecting to the socket.
+    Connecting,
+    /// Waiting for the reply to `guest-sync-delimited` (or the QMP greeting).
+    Handshake,
+    /// Waiting for the reply to the named command.
+    Reply(String),
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Phase::Connecting => f.write_str("connecting"),
+            Phase::Handshake => f.write_str("synchronising with the agent"),
+            Phase::Reply(command) => write!(f, "waiting for the reply to {command}"),
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Running a program to completion: `guest-exec`, then polling
+//! `guest-exec-status`, since the agent never announces that a program ended.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::{sleep, Instant};
+
+use crate::qga::{ExecStatus, GuestExecStatus};
+use crate::{Error, QgaClient};
+
+/// When to ask again whether a program has ended.
+///
+/// The first poll goes out at once; after that the pause grows with the
+/// time already waited (a fixed fraction of it, within bounds), so a short
+/// program is seen to end within a few per cent of its run time while a
+/// long one costs only a few polls a second.
+///
+/// ```
+/// use std::time::Duration;
+/// use virtomate_protocol::PollSchedule;
+///
+/// let schedule = PollSchedule::default();
+/// assert_eq!(schedule.pause_after(Duration::ZERO), Duration::from_millis(1));
+/// assert_eq!(schedule.pause_after(Duration::from_secs(60)), Duration::from_millis(100));
+/// assert_eq!(PollSchedule::BACK_TO_BACK.pause_after(Duration::from_secs(1)), Duration::ZERO);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollSchedule {
+    /// The shortest pause between two polls.
+    pub min_pause: Duration,
+    /// The longest pause between two polls.
+    pub max_pause: Duration,
+    /// The pause is the time waited so far divided by this.
+    pub divisor: u32,
+}
+
+impl PollSchedule {
+    /// No pause at all: the protocol's floor, for measurements.
+    pub const BACK_TO_BACK: PollSchedule = PollSchedule {
+        min_pause: Duration::ZERO,
+        max_pause: Duration::ZERO,
+        divisor: 1,
+    };
+
+    /// The pause before the next poll, `waited` after the program started.
+    pub fn pause_after(&self, waited: Duration) -> Duration {
+        (waited / self.divisor.max(1)).clamp(self.min_pause, self.max_pause)
+    }
+}
+
+impl Default for PollSchedule {
+    fn default() -> Self {
+        PollSchedule {
+            min_pause: Duration::from_millis(1),
+            max_pause: Duration::from_millis(100),
+            divisor: 10,
+        }
+    }
+}
+
+/// A finished program's status and how many polls it took to see it end.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// The last `guest-exec-status` reply, with `exited: true`.
+    pub status: ExecStatus,
+    /// Number of `guest-exec-status` requests sent.
+    pub polls: u32,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
+    /// Polls `guest-exec-status` for `pid` until the program has exited.
+    ///
+    /// Waits as long as the program runs; each single reply is still bound
+    /// by the reply timeout.
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::{ClientOptions, PollSchedule, QgaClient};
+    /// use virtomate_protocol::qga::GuestExec;
+    ///
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// let mut agent = QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await?;
+    /// let started = agent.execute(&GuestExec::new("uname", ["-r"])).await?;
+    /// let finished = agent.wait_for_exit(started.pid, PollSchedule::default()).await?;
+    /// println!("{:?}", finished.status.out_data);
+    /// # Ok(()) }
+    /// ```
+    pub async fn wait_for_exit(&mut self, pid: i64, schedule: PollSchedule) -> Result<Finished, Error> {
+        let started = Instant::now();
+        let mut polls = 0;
+        loop {
+            polls += 1;
+            let status = self.execute(&GuestExecStatus { pid }).await?;
+            if status.exited {
+                return Ok(Finished { status, polls });
+            }
+            let pause = schedule.pause_after(started.elapsed());
+            if !pause.is_zero() {
+                sleep(pause).await;
+            }
+        }
+    }
+}

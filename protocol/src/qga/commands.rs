@@ -1,0 +1,191 @@
+//! The agent commands this crate types (`qga/qapi-schema.json`).
+
+use serde::{Deserialize, Serialize};
+
+use super::{base64_data, Command};
+
+/// `guest-sync-delimited`: the agent echoes `id`, preceded by the byte
+/// `0xFF`. Used by [`QgaClient`](crate::QgaClient) on every new connection.
+///
+/// ```
+/// use virtomate_protocol::qga::{Command, GuestSyncDelimited};
+/// assert_eq!(GuestSyncDelimited::NAME, "guest-sync-delimited");
+/// let args = serde_json::to_string(&GuestSyncDelimited { id: 7 }).unwrap();
+/// assert_eq!(args, r#"{"id":7}"#);
+/// ```
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestSyncDelimited {
+    /// The number the agent must echo.
+    pub id: u64,
+}
+
+impl Command for GuestSyncDelimited {
+    const NAME: &'static str = "guest-sync-delimited";
+    type Output = u64;
+}
+
+/// `guest-ping`: answers `{}` when the agent is alive.
+///
+/// ```
+/// use virtomate_protocol::qga::{Command, GuestPing};
+/// assert_eq!(GuestPing::NAME, "guest-ping");
+/// ```
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GuestPing {}
+
+impl Command for GuestPing {
+    const NAME: &'static str = "guest-ping";
+    type Output = Empty;
+}
+
+/// An empty `return` object, as `guest-ping` sends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Empty {}
+
+/// `guest-info`: the agent's version and the commands it knows.
+///
+/// ```
+/// use virtomate_protocol::qga::{Command, GuestInfo, GuestInfoReply};
+/// let reply: GuestInfoReply = serde_json::from_str(
+///     r#"{"version": "7.2.22", "supported_commands": [
+///         {"name": "guest-exec", "enabled": false, "success-response": true}]}"#,
+/// ).unwrap();
+/// assert!(!reply.supported_commands[0].enabled);
+/// ```
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct GuestInfo {}
+
+impl Command for GuestInfo {
+    const NAME: &'static str = "guest-info";
+    type Output = GuestInfoReply;
+}
+
+/// The `return` of `guest-info`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct GuestInfoReply {
+    /// The agent's version, e.g. `7.2.22`.
+    pub version: String,
+    /// Every command the agent knows, enabled or not.
+    pub supported_commands: Vec<CommandInfo>,
+}
+
+/// One entry of [`GuestInfoReply::supported_commands`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct CommandInfo {
+    /// The command's name.
+    pub name: String,
+    /// False when disabled, e.g. by `qemu-ga --block-rpcs`.
+    pub enabled: bool,
+    /// False for commands that do not reply on success (`guest-shutdown`).
+    #[serde(rename = "success-response")]
+    pub success_response: bool,
+}
+
+/// `guest-exec`: starts a program in the guest and returns its pid at once.
+///
+/// ```
+/// use virtomate_protocol::qga::GuestExec;
+/// let exec = GuestExec::new("echo", ["-n", "Hello"]).with_input(b"hi".to_vec());
+/// assert_eq!(
+///     serde_json::to_string(&exec).unwrap(),
+///     r#"{"path":"echo","arg":["-n","Hello"],"input-data":"aGk=","capture-output":true}"#,
+/// );
+/// ```
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct GuestExec {
+    /// The program; the guest's `PATH` is searched.
+    pub path: String,
+    /// Its arguments, without the program name.
+    pub arg: Vec<String>,
+    /// `K=V` pairs that replace the whole environment.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<String>>,
+    /// Bytes fed to the program's standard input, which is then closed.
+    #[serde(with = "base64_data", skip_serializing_if = "Option::is_none")]
+    pub input_data: Option<Vec<u8>>,
+    /// Whether to collect standard output and standard error.
+    pub capture_output: bool,
+}
+
+impl GuestExec {
+    /// A program with arguments whose output is captured.
+    pub fn new<I, A>(path: impl Into<String>, args: I) -> Self
+    where
+        I: IntoIterator<Item = A>,
+        A: Into<String>,
+    {
+        GuestExec {
+            path: path.into(),
+            arg: args.into_iter().map(Into::into).collect(),
+            env: None,
+            input_data: None,
+            capture_output: true,
+        }
+    }
+
+    /// Feeds `input` to the program's standard input.
+    pub fn with_input(mut self, input: Vec<u8>) -> Self {
+        self.input_data = Some(input);
+        self
+    }
+}
+
+impl Command for GuestExec {
+    const NAME: &'static str = "guest-exec";
+    type Output = ExecStarted;
+}
+
+/// The `return` of `guest-exec`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct ExecStarted {
+    /// The guest's pid of the started program.
+    pub pid: i64,
+}
+
+/// `guest-exec-status`: whether a started program has ended, and its
+/// results once it has. The agent forgets the pid after it reported
+/// `exited: true` once.
+///
+/// ```
+/// use virtomate_protocol::qga::ExecStatus;
+/// let status: ExecStatus = serde_json::from_str(
+///     r#"{"exited": true, "exitcode": 0, "out-data": "SGVsbG8=", "out-truncated": false}"#,
+/// ).unwrap();
+/// assert_eq!(status.out_data.as_deref(), Some(&b"Hello"[..]));
+/// assert_eq!(status.err_data, None);
+/// ```
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GuestExecStatus {
+    /// The pid that `guest-exec` returned.
+    pub pid: i64,
+}
+
+impl Command for GuestExecStatus {
+    const NAME: &'static str = "guest-exec-status";
+    type Output = ExecStatus;
+}
+
+/// The `return` of `guest-exec-status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ExecStatus {
+    /// True once the program was reaped and its output pipes closed.
+    pub exited: bool,
+    /// The exit status, when it exited normally.
+    pub exitcode: Option<i32>,
+    /// The signal that ended it (on Windows: an NTSTATUS value).
+    pub signal: Option<i32>,
+    /// Standard output; absent when the program wrote nothing.
+    #[serde(default, with = "base64_data")]
+    pub out_data: Option<Vec<u8>>,
+    /// Standard error; absent when the program wrote nothing.
+    #[serde(default, with = "base64_data")]
+    pub err_data: Option<Vec<u8>>,
+    /// True when standard output exceeded the agent's 16 MiB cap.
+    #[serde(default)]
+    pub out_truncated: bool,
+    /// True when standard error exceeded the agent's 16 MiB cap.
+    #[serde(default)]
+    pub err_truncated: bool,
+}

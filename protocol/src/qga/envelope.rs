@@ -1,0 +1,156 @@
+//! The JSON around every request and reply.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::Command;
+use crate::Error;
+
+#[derive(Serialize)]
+struct Request<'a, C> {
+    execute: &'static str,
+    arguments: &'a C,
+    id: u64,
+}
+
+/// Serializes `command` as one request line, `id` included.
+pub(crate) fn request_bytes<C: Command>(command: &C, id: u64) -> Vec<u8> {
+    let request = Request {
+        execute: C::NAME,
+        arguments: command,
+        id,
+    };
+    let mut bytes = serde_json::to_vec(&request).expect("commands always serialize");
+    bytes.push(b'\n');
+    bytes
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "return", borrow)]
+    ret: Option<&'a RawValue>,
+    error: Option<ErrorBody>,
+    id: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    class: String,
+    desc: String,
+}
+
+/// Whose reply a line is.
+#[derive(Debug)]
+pub(crate) enum ReplyFor<T> {
+    /// The reply to the request with our id (or a reply without any id).
+    Us(T),
+    /// A reply to some other request: stale, to be skipped.
+    Other,
+}
+
+/// Decodes one reply line to `command` sent with `id`.
+pub(crate) fn parse_reply<C: Command>(line: &[u8], id: u64) -> Result<ReplyFor<C::Output>, Error> {
+    let malformed = |reason: String| Error::Malformed {
+        command: C::NAME.to_owned(),
+        reason,
+    };
+    let envelope: Envelope =
+        serde_json::from_slice(line).map_err(|e| malformed(format!("not a JSON reply: {e}")))?;
+    if envelope.id.as_ref().is_some_and(|got| got.as_u64() != Some(id)) {
+        return Ok(ReplyFor::Other);
+    }
+    match (envelope.ret, envelope.error) {
+        (Some(ret), None) => serde_json::from_str(ret.get())
+            .map(ReplyFor::Us)
+            .map_err(|e| malformed(format!("unexpected return value: {e}"))),
+        (None, Some(error)) => Err(Error::Agent {
+            command: C::NAME.to_owned(),
+            class: error.class,
+            desc: error.desc,
+        }),
+        _ => Err(malformed(
+            "a reply needs exactly one of `return` and `error`".to_owned(),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::qga::{ExecStatus, GuestExecStatus, GuestPing};
+
+    fn status(line: &str) -> Result<ReplyFor<ExecStatus>, Error> {
+        parse_reply::<GuestExecStatus>(line.as_bytes(), 9)
+    }
+
+    #[test]
+    fn request_line_carries_name_arguments_and_id() {
+        let line = request_bytes(&GuestPing {}, 3);
+        assert_eq!(line, b"{\"execute\":\"guest-ping\",\"arguments\":{},\"id\":3}\n");
+    }
+
+    #[test]
+    fn reply_with_our_id_or_none_is_ours() {
+        assert!(matches!(
+            status(r#"{"return": {"exited": false}, "id": 9}"#),
+            Ok(ReplyFor::Us(_))
+        ));
+        assert!(matches!(
+            status(r#"{"return": {"exited": false}}"#),
+            Ok(ReplyFor::Us(_))
+        ));
+    }
+
+    #[test]
+    fn reply_with_another_id_is_skipped() {
+        assert!(matches!(status(r#"{"return": 5, "id": 8}"#), Ok(ReplyFor::Other)));
+        assert!(matches!(
+            status(r#"{"return": 5, "id": "x"}"#),
+            Ok(ReplyFor::Other)
+        ));
+    }
+
+    #[test]
+    fn error_reply_carries_class_and_desc() {
+        let err =
+            status(r#"{"error": {"class": "GenericError", "desc": "Invalid parameter 'pid'"}, "id": 9}"#)
+                .unwrap_err();
+        match err {
+            Error::Agent { command, class, desc } => {
+                assert_eq!(command, "guest-exec-status");
+                assert_eq!(class, "GenericError");
+                assert_eq!(desc, "Invalid parameter 'pid'");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn malformed_replies_are_typed_errors() {
+        for line in [
+            "garbage",
+            "[1, 2]",
+            r#"{"id": 9}"#,
+            r#"{"return": {}, "error": {"class": "a", "desc": "b"}}"#,
+            r#"{"return": {"exited": "yes"}}"#,
+            r#"{"return": {"exited": true, "exitcode": 4294967296}}"#,
+            r#"{"return": {"exited": true, "out-data": "not base64!"}}"#,
+            r#"{"error": {"class": "GenericError"}}"#,
+        ] {
+            assert!(matches!(status(line), Err(Error::Malformed { .. })), "{line}");
+        }
+    }
+
+    #[test]
+    fn output_is_decoded_from_base64() {
+        let Ok(ReplyFor::Us(s)) = status(
+            r#"{"return": {"exited": true, "exitcode": 1, "err-data": "b29wcw==", "err-truncated": true}}"#,
+        ) else {
+            panic!()
+        };
+        assert_eq!(s.exitcode, Some(1));
+        assert_eq!(s.err_data.as_deref(), Some(&b"oops"[..]));
+        assert!(s.err_truncated);
+        assert_eq!(s.out_data, None);
+    }
+}

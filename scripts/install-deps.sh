@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the test VM and the integration tests need.
+# Idempotent: does nothing when every package is already installed.
+set -euo pipefail
+
+packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,113 @@
+//! The command line, as clap sees it.
+
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+/// Run programs in QEMU virtual machines through the guest agent's UNIX
+/// socket, without libvirt. Every answer is JSON on stdout.
+#[derive(Debug, Parser)]
+#[command(name = "virtomate", version, disable_version_flag = true)]
+pub struct Cli {
+    /// Indent the JSON output by two spaces
+    #[arg(short, long, global = true)]
+    pub pretty: bool,
+
+    /// Print the version and exit
+    #[arg(short = 'v', long = "version", action = ArgAction::Version)]
+    version: (),
+
+    /// Seconds allowed for connecting to the agent and the handshake
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "5", value_parser = seconds)]
+    pub timeout: Duration,
+
+    /// Seconds allowed for each single reply of the agent
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
+    pub reply_timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a program on a domain through the QEMU Guest Agent
+    GuestRun(GuestRunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GuestRunArgs {
+    /// Encode output with Base64
+    #[arg(short, long)]
+    pub encode: bool,
+
+    /// Consume standard input and pass it to the program
+    #[arg(long)]
+    pub stdin: bool,
+
+    /// Agent socket path, or the name of a running QEMU process (-name)
+    pub domain: String,
+
+    /// Program to run in the guest (its PATH is searched)
+    pub program: String,
+
+    /// Arguments of the program
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub arguments: Vec<String>,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    Duration::try_from_secs_f64(value).map_err(|_| format!("'{text}' is not a usable number of seconds"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("virtomate").chain(line.iter().copied()))
+    }
+
+    fn guest_run(line: &[&str]) -> GuestRunArgs {
+        match parse(line).unwrap().command {
+            Command::GuestRun(args) => args,
+        }
+    }
+
+    #[test]
+    fn program_options_after_double_dash_belong_to_the_program() {
+        let args = guest_run(&["guest-run", "dom", "--", "echo", "-n", "Hello World"]);
+        assert_eq!(args.domain, "dom");
+        assert_eq!(args.program, "echo");
+        assert_eq!(args.arguments, ["-n", "Hello World"]);
+    }
+
+    #[test]
+    fn double_dash_may_come_before_the_domain() {
+        let args = guest_run(&["guest-run", "--encode", "--", "dom", "wc", "-m"]);
+        assert!(args.encode);
+        assert_eq!((args.domain.as_str(), args.program.as_str()), ("dom", "wc"));
+        assert_eq!(args.arguments, ["-m"]);
+    }
+
+    #[test]
+    fn global_options_go_before_the_command() {
+        let cli = parse(&["-p", "--timeout", "0.5", "guest-run", "--stdin", "dom", "cat"]).unwrap();
+        assert!(cli.pretty);
+        assert_eq!(cli.timeout, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn missing_program_is_a_usage_error() {
+        assert_eq!(parse(&["guest-run", "dom"]).unwrap_err().exit_code(), 2);
+        assert_eq!(
+            parse(&["--timeout", "x", "guest-run", "d", "p"])
+                .unwrap_err()
+                .exit_code(),
+            2
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! Finding running QEMU processes through `/proc`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use super::qemu_args::QemuArgs;
+
+/// A running QEMU process and what its command line says.
+#[derive(Debug)]
+pub struct QemuProcess {
+    pub pid: u32,
+    pub args: QemuArgs,
+    /// The process's working directory, against which relative socket
+    /// paths on its command line are resolved.
+    pub cwd: Option<PathBuf>,
+}
+
+/// All processes whose program name contains `qemu`, except those that
+/// vanish or hide their command line while we look.
+pub fn qemu_processes(proc_root: &Path) -> Vec<QemuProcess> {
+    let Ok(entries) = fs::read_dir(proc_root) else {
+        return Vec::new();
+    };
+    let mut found: Vec<QemuProcess> = entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let argv = read_cmdline(&entry.path())?;
+            let program = Path::new(argv.first()?).file_name()?.to_str()?;
+            if !program.contains("qemu") || program.contains("qemu-ga") {
+                return None;
+            }
+            Some(QemuProcess {
+                pid,
+                args: QemuArgs::parse(&argv),
+                cwd: fs::read_link(entry.path().join("cwd")).ok(),
+            })
+        })
+        .collect();
+    found.sort_by_key(|p| p.pid);
+    found
+}
+
+fn read_cmdline(proc_dir: &Path) -> Option<Vec<String>> {
+    let raw = fs::read(proc_dir.join("cmdline")).ok()?;
+    let argv: Vec<String> = raw
+        .split(|&b| b == 0)
+        .filter(|part| !part.is_empty())
+        .map(|part| String::from_utf8_lossy(part).into_owned())
+        .collect();
+    (!argv.is_empty()).then_some(argv)
+}

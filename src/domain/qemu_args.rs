@@ -1,0 +1,244 @@
+//! Reading a QEMU command line: the VM's name and its agent sockets.
+//!
+//! QEMU accepts `-opt` and `--opt`, options as `key=value,...` lists (with
+//! `,,` for a literal comma and an implied first key) and, for `-device`,
+//! JSON objects. All of these are understood here.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+/// Prefix of the virtio port names the QEMU Guest Agent listens on.
+pub const AGENT_PORT_PREFIX: &str = "org.qemu.guest_agent.";
+
+/// What a QEMU command line says about the VM.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct QemuArgs {
+    /// The `-name` (`guest=` key), if any.
+    pub name: Option<String>,
+    /// Agent channels, `org.qemu.guest_agent.0` first.
+    pub agent_channels: Vec<AgentChannel>,
+}
+
+/// A virtio serial port for the agent, backed by a UNIX socket.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AgentChannel {
+    /// The port name, e.g. `org.qemu.guest_agent.0`.
+    pub port_name: String,
+    /// The socket path as written on the command line (may be relative).
+    pub path: PathBuf,
+}
+
+impl QemuArgs {
+    pub fn parse(argv: &[String]) -> QemuArgs {
+        let mut name = None;
+        let mut socket_chardevs = HashMap::new();
+        let mut ports = Vec::new();
+        let mut args = argv.iter().skip(1);
+        while let Some(arg) = args.next() {
+            let option = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'));
+            let (Some(option), Some(value)) = (option, args.clone().next()) else {
+                continue;
+            };
+            match option {
+                "name" => name = opts_value(value, "guest", "guest"),
+                "chardev" => {
+                    if let Some((id, path)) = socket_chardev(value) {
+                        socket_chardevs.insert(id, path);
+                    }
+                }
+                "device" => ports.extend(agent_port(value)),
+                _ => continue,
+            }
+            args.next();
+        }
+        let mut agent_channels: Vec<AgentChannel> = ports
+            .into_iter()
+            .filter_map(|(chardev, port_name)| {
+                let path = socket_chardevs.get(&chardev)?.clone();
+                Some(AgentChannel { port_name, path })
+            })
+            .collect();
+        agent_channels.sort_by(|a, b| a.port_name.cmp(&b.port_name));
+        QemuArgs { name, agent_channels }
+    }
+}
+
+/// Splits a QemuOpts string into (key, value) pairs; a first element
+/// without `=` belongs to `implied_key`.
+fn parse_opts(text: &str, implied_key: &str) -> Vec<(String, String)> {
+    let mut pairs = Vec::new();
+    let mut current = String::new();
+    let mut chars = text.chars().peekable();
+    let mut elements = Vec::new();
+    while let Some(c) = chars.next() {
+        if c == ',' {
+            if chars.peek() == Some(&',') {
+                chars.next();
+                current.push(',');
+            } else {
+                elements.push(std::mem::take(&mut current));
+            }
+        } else {
+            current.push(c);
+        }
+    }
+    elements.push(current);
+    for (i, element) in elements.into_iter().enumerate() {
+        match element.split_once('=') {
+            Some((key, value)) => pairs.push((key.to_owned(), value.to_owned())),
+            None if i == 0 => pairs.push((implied_key.to_owned(), element)),
+            None => pairs.push((element, "on".to_owned())),
+        }
+    }
+    pairs
+}
+
+fn opts_value(text: &str, implied_key: &str, key: &str) -> Option<String> {
+    parse_opts(text, implied_key)
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+/// `socket,id=X,path=P,...` (or the JSON form of `chardev-add`) → (X, P).
+fn socket_chardev(value: &str) -> Option<(String, PathBuf)> {
+    if value.starts_with('{') {
+        let json: serde_json::Value = serde_json::from_str(value).ok()?;
+        let backend = &json["backend"];
+        if backend["type"] != "socket" {
+            return None;
+        }
+        let addr = &backend["data"]["addr"];
+        let path = addr["data"]["path"].as_str().or(addr["path"].as_str())?;
+        return Some((json["id"].as_str()?.to_owned(), path.into()));
+    }
+    let opts: HashMap<String, String> = parse_opts(value, "backend").into_iter().collect();
+    if opts.get("backend").map(String::as_str) != Some("socket") {
+        return None;
+    }
+    Some((opts.get("id")?.clone(), opts.get("path")?.into()))
+}
+
+/// `virtserialport,chardev=X,name=org.qemu.guest_agent.N` (or JSON) →
+/// (X, port name).
+fn agent_port(value: &str) -> Option<(String, String)> {
+    let opts: HashMap<String, String> = if value.starts_with('{') {
+        let json: serde_json::Map<String, serde_json::Value> = serde_json::from_str(value).ok()?;
+        json.into_iter()
+            .filter_map(|(k, v)| Some((k, v.as_str()?.to_owned())))
+            .collect()
+    } else {
+        parse_opts(value, "driver").into_iter().collect()
+    };
+    let name = opts.get("name")?;
+    if opts.get("driver").map(String::as_str) != Some("virtserialport")
+        || !name.starts_with(AGENT_PORT_PREFIX)
+    {
+        return None;
+    }
+    Some((opts.get("chardev")?.clone(), name.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &[&str]) -> QemuArgs {
+        let argv: Vec<String> = line.iter().map(|s| s.to_string()).collect();
+        QemuArgs::parse(&argv)
+    }
+
+    fn channel(port: &str, path: &str) -> AgentChannel {
+        AgentChannel {
+            port_name: port.into(),
+            path: path.into(),
+        }
+    }
+
+    #[test]
+    fn plain_name_and_keyvalue_options() {
+        let args = parse(&[
+            "qemu-system-x86_64",
+            "-name",
+            "vm1",
+            "-chardev",
+            "socket,path=/run/vm1/qga.sock,server=on,wait=off,id=qga0",
+            "-device",
+            "virtio-serial",
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ]);
+        assert_eq!(args.name.as_deref(), Some("vm1"));
+        assert_eq!(
+            args.agent_channels,
+            vec![channel("org.qemu.guest_agent.0", "/run/vm1/qga.sock")]
+        );
+    }
+
+    #[test]
+    fn guest_key_double_dash_and_escaped_commas() {
+        let args = parse(&[
+            "qemu",
+            "--name",
+            "guest=my,,vm,process=qemu-my",
+            "--chardev",
+            "socket,id=a,path=/tmp/a,,b.sock,server=on",
+            "--device",
+            "virtserialport,name=org.qemu.guest_agent.0,chardev=a",
+        ]);
+        assert_eq!(args.name.as_deref(), Some("my,vm"));
+        assert_eq!(
+            args.agent_channels,
+            vec![channel("org.qemu.guest_agent.0", "/tmp/a,b.sock")]
+        );
+    }
+
+    #[test]
+    fn implied_guest_key_with_more_options() {
+        assert_eq!(
+            parse(&["qemu", "-name", "vm2,debug-threads=on"]).name.as_deref(),
+            Some("vm2")
+        );
+    }
+
+    #[test]
+    fn json_device_and_chardev() {
+        let args = parse(&[
+            "qemu",
+            "-chardev",
+            r#"{"id":"c1","backend":{"type":"socket","data":{"addr":{"type":"unix","data":{"path":"/j.sock"}},"server":true}}}"#,
+            "-device",
+            r#"{"driver":"virtserialport","bus":"vs.0","chardev":"c1","name":"org.qemu.guest_agent.1"}"#,
+            "-chardev",
+            "socket,id=c0,path=/k.sock",
+            "-device",
+            r#"{"driver":"virtserialport","chardev":"c0","name":"org.qemu.guest_agent.0"}"#,
+        ]);
+        assert_eq!(
+            args.agent_channels,
+            vec![
+                channel("org.qemu.guest_agent.0", "/k.sock"),
+                channel("org.qemu.guest_agent.1", "/j.sock")
+            ]
+        );
+    }
+
+    #[test]
+    fn other_ports_and_non_socket_chardevs_are_not_agents() {
+        let args = parse(&[
+            "qemu",
+            "-chardev",
+            "pty,id=p",
+            "-device",
+            "virtserialport,chardev=p,name=org.qemu.guest_agent.0",
+            "-chardev",
+            "socket,id=s,path=/s",
+            "-device",
+            "virtserialport,chardev=s,name=com.example.other",
+            "-device",
+            "virtconsole,chardev=s,name=org.qemu.guest_agent.2",
+        ]);
+        assert_eq!(args.agent_channels, vec![]);
+        assert_eq!(args.name, None);
+    }
+}

@@ -1,0 +1,141 @@
+//! The CLI's errors: each variant is one situation the user can act on, and
+//! maps to the `type` of the JSON error and to the exit status.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+use virtomate_protocol::{Error as AgentError, Phase};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("Domain '{0}' does not exist")]
+    NotFound(String),
+
+    #[error(
+        "Domain '{name}' matches several QEMU processes (pids {pids}); pass the agent's socket path instead"
+    )]
+    Ambiguous { name: String, pids: String },
+
+    #[error("{0}")]
+    AgentUnavailable(String),
+
+    #[error("{0}")]
+    AgentTimeout(String),
+
+    #[error("the agent on {} closed the connection; the VM may have stopped or its agent restarted", path.display())]
+    AgentDisconnected { path: PathBuf },
+
+    #[error("unable to execute QEMU agent command '{command}': {desc}")]
+    AgentCommand { command: String, desc: String },
+
+    #[error("the agent on {} sent a reply that violates the protocol: {reason}", path.display())]
+    Protocol { path: PathBuf, reason: String },
+
+    #[error("{stream} of the program is not valid UTF-8; run again with --encode to get it as Base64")]
+    Encoding { stream: &'static str },
+
+    #[error("standard input is too large for the agent: {0}")]
+    InputTooLarge(String),
+
+    #[error(
+        "interrupted while waiting for the program (guest pid {pid}); it may still be running in the guest"
+    )]
+    Interrupted { pid: i64 },
+
+    #[error("{0}")]
+    Io(String),
+}
+
+impl CliError {
+    /// The `type` member of the JSON error, documented in README.md.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CliError::NotFound(_) => "NotFoundError",
+            CliError::Ambiguous { .. } => "AmbiguousDomainError",
+            CliError::AgentUnavailable(_) => "AgentUnavailable",
+            CliError::AgentTimeout(_) => "AgentTimeout",
+            CliError::AgentDisconnected { .. } => "AgentDisconnected",
+            CliError::AgentCommand { .. } => "AgentCommandError",
+            CliError::Protocol { .. } => "ProtocolError",
+            CliError::Encoding { .. } => "EncodingError",
+            CliError::InputTooLarge(_) => "InputTooLarge",
+            CliError::Interrupted { .. } => "Interrupted",
+            CliError::Io(_) => "IoError",
+        }
+    }
+
+    /// Every error ends the process with status 1; 2 is left to usage
+    /// errors, as clap reports them.
+    pub fn exit_status(&self) -> i32 {
+        1
+    }
+
+    /// Puts an agent-side failure in terms of the socket it happened on.
+    pub fn from_agent(error: AgentError, socket: &std::path::Path) -> CliError {
+        let path = socket.to_owned();
+        let shown = socket.display();
+        match error {
+            AgentError::Connect { source, .. } => CliError::AgentUnavailable(connect_advice(socket, &source)),
+            AgentError::Timeout { phase, after } => CliError::AgentTimeout(match phase {
+                Phase::Connecting | Phase::Handshake => format!(
+                    "the agent on {shown} did not answer within {} s; check that the QEMU Guest Agent runs in the guest and that no other client (libvirtd, another virtomate) holds the channel; raise --timeout if the guest is just slow",
+                    after.as_secs_f64()
+                ),
+                Phase::Reply(command) => format!(
+                    "the agent on {shown} did not answer {command} within {} s; raise --reply-timeout if the guest is slow",
+                    after.as_secs_f64()
+                ),
+            }),
+            AgentError::Disconnected => CliError::AgentDisconnected { path },
+            AgentError::Io(e) => CliError::AgentUnavailable(format!("I/O error on {shown}: {e}")),
+            AgentError::ReplyTooLong { limit } => CliError::Protocol {
+                path,
+                reason: format!("a reply exceeded {limit} bytes"),
+            },
+            AgentError::Malformed { command, reason } => CliError::Protocol {
+                path,
+                reason: format!("{command}: {reason}"),
+            },
+            AgentError::RequestTooLarge { len, limit } => CliError::InputTooLarge(format!(
+                "the request would be {len} bytes, the agent takes at most {limit}"
+            )),
+            AgentError::Agent { command, desc, .. } => CliError::AgentCommand { command, desc },
+        }
+    }
+}
+
+fn connect_advice(path: &std::path::Path, source: &std::io::Error) -> String {
+    use std::io::ErrorKind::*;
+    use std::os::unix::fs::FileTypeExt;
+    let shown = path.display();
+    let is_socket = std::fs::metadata(path).map(|meta| meta.file_type().is_socket());
+    let hint = match (source.kind(), is_socket) {
+        (PermissionDenied, _) => "run as a user who may open the socket (often root)".to_owned(),
+        (_, Ok(false)) => {
+            format!("{shown} is not a UNIX socket; pass the agent's socket path or the VM's name")
+        }
+        (NotFound, _) => "check the path; for a VM, check its -chardev socket option".to_owned(),
+        (ConnectionRefused, _) => {
+            "nothing listens on it: is the VM (or qemu-ga -m unix-listen) still running?".to_owned()
+        }
+        _ => "check that the VM runs and that the path is its agent socket".to_owned(),
+    };
+    format!("cannot connect to the agent socket {shown}: {source}; {hint}")
+}
+
+/// The JSON form of an error: `{"message": ..., "type": ...}`.
+#[derive(Serialize)]
+pub struct ErrorJson {
+    pub message: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+impl From<&CliError> for ErrorJson {
+    fn from(error: &CliError) -> Self {
+        ErrorJson {
+            message: error.to_string(),
+            kind: error.kind(),
+        }
+    }
+}
