@@ -3,7 +3,8 @@
 # Idempotent: does nothing when every package is already installed.
 set -euo pipefail
 
-packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod)
+# time: GNU time measures peak RSS in the tests and the benchmark.
+packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -178,8 +178,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
         let stream = self.conn.get_mut();
-        stream.write_all(bytes).await.map_err(Error::from_write)?;
-        stream.flush().await.map_err(Error::from_write)
+        stream.write_all(bytes).await.map_err(Error::from_io)?;
+        stream.flush().await.map_err(Error::from_io)
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -214,13 +214,4 @@ async fn within<T>(
         phase,
         after: allowed,
     }))
-}
-
-impl Error {
-    fn from_write(e: std::io::Error) -> Error {
-        match e.kind() {
-            std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => Error::Disconnected,
-            _ => Error::Io(e),
-        }
-    }
 }

@@ -84,6 +84,19 @@ pub enum Error {
     },
 }
 
+impl Error {
+    /// An I/O error on a connected socket; a peer that went away is
+    /// [`Error::Disconnected`], whichever way the kernel reports it.
+    pub(crate) fn from_io(e: io::Error) -> Error {
+        match e.kind() {
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::UnexpectedEof => {
+                Error::Disconnected
+            }
+            _ => Error::Io(e),
+        }
+    }
+}
+
 /// What a client was waiting for when a [`Error::Timeout`] struck.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {

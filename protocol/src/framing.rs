@@ -126,7 +126,7 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
         match self.inner.read_buf(&mut self.buf).await {
             Ok(0) => Err(Error::Disconnected),
             Ok(_) => Ok(()),
-            Err(e) => Err(Error::Io(e)),
+            Err(e) => Err(Error::from_io(e)),
         }
     }
 }

@@ -1,0 +1,296 @@
+//! A hostile or broken agent, played by an in-process fake: every case ends
+//! with a typed error and exit 1 (or a correct result), within its
+//! deadline, with bounded memory.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::fake_agent::{Conn, FakeAgent};
+use support::{run, run_measured, Outcome};
+
+type Script = Box<dyn FnOnce(Conn) + Send>;
+
+fn guest_run_on(agent: &FakeAgent, options: &[&str]) -> (Outcome, Duration) {
+    let socket = agent.socket();
+    let mut args = options.to_vec();
+    args.extend(["guest-run", socket.to_str().unwrap(), "--", "true"]);
+    let started = Instant::now();
+    let out = run(&args, None);
+    (out, started.elapsed())
+}
+
+fn exited(status: serde_json::Value) -> impl FnOnce(Conn) + Send + 'static {
+    move |mut conn: Conn| {
+        conn.start_program();
+        conn.answer("guest-exec-status", status);
+        conn.wait_for_close();
+    }
+}
+
+#[test]
+fn stale_bytes_and_garbage_before_the_sentinel_are_skipped() {
+    let agent = FakeAgent::serve(|mut conn| {
+        let id = conn.expect_sync();
+        conn.send(b"garbage\x00\x01 {\"return\": {\"pid\": 1}}\n{\"return\": 77, \"id\": 3}\n{\"half");
+        conn.send(b"\xff{\"return\": 12}\n"); // a previous client's sync
+        conn.send_sync_reply(id);
+        conn.answer("guest-exec", json!({"pid": 5}));
+        conn.answer(
+            "guest-exec-status",
+            json!({"exited": true, "exitcode": 0, "out-data": "b2s="}),
+        );
+        conn.wait_for_close();
+    });
+    let (out, _) = guest_run_on(&agent, &[]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.json()["stdout"], "ok");
+}
+
+#[test]
+fn replies_to_other_requests_are_skipped() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        let request = conn.request();
+        conn.reply(&json!({"return": {"pid": 666}, "id": 1}));
+        conn.reply(&json!({"return": {"pid": 7}, "id": request["id"]}));
+        let status = conn.request();
+        assert_eq!(status["arguments"]["pid"], 7);
+        conn.reply(&json!({"return": {"exited": true, "exitcode": 4}, "id": status["id"]}));
+        conn.wait_for_close();
+    });
+    let (out, _) = guest_run_on(&agent, &[]);
+    assert_eq!(out.json()["exit_code"], 4, "{out:?}");
+}
+
+#[test]
+fn an_agent_that_never_answers_times_out() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.expect_sync();
+        conn.wait_for_close();
+    });
+    let (out, took) = guest_run_on(&agent, &["--timeout", "0.5"]);
+    let message = out.error("AgentTimeout");
+    assert!(
+        message.contains("another client") || message.contains("other client"),
+        "{message}"
+    );
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn a_connection_accepted_but_never_read_times_out() {
+    let agent = FakeAgent::serve(|conn| {
+        std::thread::sleep(Duration::from_secs(30));
+        drop(conn);
+    });
+    let (out, took) = guest_run_on(&agent, &["--timeout", "0.5"]);
+    out.error("AgentTimeout");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn endless_bytes_without_sentinel_time_out_in_bounded_memory() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.expect_sync();
+        let junk = vec![b'j'; 1 << 16];
+        while conn.send(&junk) {}
+    });
+    let socket = agent.socket();
+    let (out, rss_kib) = run_measured(&[
+        "--timeout",
+        "1",
+        "guest-run",
+        socket.to_str().unwrap(),
+        "--",
+        "true",
+    ]);
+    out.error("AgentTimeout");
+    assert!(rss_kib < 16 * 1024, "peak RSS {rss_kib} KiB: {out:?}");
+}
+
+#[test]
+fn endless_syncs_with_the_wrong_id_time_out() {
+    let agent = FakeAgent::serve(|mut conn| {
+        let id = conn.expect_sync();
+        while conn.send_sync_reply(id + 1) {}
+    });
+    let (out, took) = guest_run_on(&agent, &["--timeout", "0.5"]);
+    out.error("AgentTimeout");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn a_reply_that_never_ends_is_refused_in_bounded_memory() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.start_program();
+        conn.request();
+        conn.send(b"{\"return\": {\"exited\": true, \"out-data\": \"");
+        let endless = vec![b'A'; 1 << 16];
+        while conn.send(&endless) {}
+    });
+    let socket = agent.socket();
+    let (out, rss_kib) = run_measured(&["guest-run", socket.to_str().unwrap(), "--", "true"]);
+    let message = out.error("ProtocolError");
+    assert!(message.contains("exceeded"), "{message}");
+    // The bound is 48 MiB; a reader that grows without one would pass it.
+    assert!(rss_kib < 160 * 1024, "peak RSS {rss_kib} KiB");
+}
+
+#[test]
+fn malformed_replies_are_protocol_errors() {
+    let cases: Vec<(&str, Script)> = vec![
+        (
+            "invalid JSON",
+            Box::new(|mut conn: Conn| {
+                conn.sync();
+                conn.request();
+                conn.send(b"{\"return\": {\"pid\": 1\n");
+                conn.wait_for_close();
+            }),
+        ),
+        (
+            "pid missing",
+            Box::new(|mut conn: Conn| {
+                conn.sync();
+                conn.answer("guest-exec", json!({}));
+                conn.wait_for_close();
+            }),
+        ),
+        (
+            "return missing",
+            Box::new(|mut conn: Conn| {
+                conn.sync();
+                conn.request();
+                conn.reply(&json!({"result": {"pid": 1}}));
+                conn.wait_for_close();
+            }),
+        ),
+        ("wrong type", Box::new(exited(json!({"exited": "yes"})))),
+        (
+            "exit code out of range",
+            Box::new(exited(json!({"exited": true, "exitcode": 1u64 << 40}))),
+        ),
+        (
+            "signal out of range",
+            Box::new(exited(json!({"exited": true, "signal": -(1i64 << 40)}))),
+        ),
+        (
+            "invalid Base64",
+            Box::new(exited(json!({"exited": true, "out-data": "%%%"}))),
+        ),
+        (
+            "a number for data",
+            Box::new(exited(json!({"exited": true, "err-data": 12}))),
+        ),
+    ];
+    for (case, script) in cases {
+        let agent = FakeAgent::serve(script);
+        let (out, _) = guest_run_on(&agent, &[]);
+        assert_eq!(out.json()["type"], "ProtocolError", "{case}: {out:?}");
+        assert_eq!(out.status, 1, "{case}");
+    }
+}
+
+#[test]
+fn a_disconnect_mid_reply_is_reported() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.start_program();
+        conn.request();
+        conn.send(b"{\"return\": {\"exited\": tr");
+    });
+    let (out, _) = guest_run_on(&agent, &[]);
+    let message = out.error("AgentDisconnected");
+    assert!(message.contains("qga.sock"), "{message}");
+}
+
+#[test]
+fn a_slow_drip_cannot_stretch_the_deadline() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        let request = conn.request();
+        let reply = format!("{{\"return\": {{\"pid\": 1}}, \"id\": {}}}\n", request["id"]);
+        for byte in reply.bytes().chain(std::iter::repeat(b' ')) {
+            if !conn.send(&[byte]) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    let (out, took) = guest_run_on(&agent, &["--reply-timeout", "1"]);
+    let message = out.error("AgentTimeout");
+    assert!(message.contains("guest-exec"), "{message}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn a_slow_drip_during_the_handshake_is_one_deadline_too() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.expect_sync();
+        while conn.send(b"x") {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    });
+    let (out, took) = guest_run_on(&agent, &["--timeout", "0.5"]);
+    out.error("AgentTimeout");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+}
+
+#[test]
+fn an_agent_error_reply_carries_its_description() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        let request = conn.request();
+        conn.reply(&json!({"error": {"class": "CommandNotFound", "desc": "Command guest-exec has been disabled"}, "id": request["id"]}));
+        conn.wait_for_close();
+    });
+    let (out, _) = guest_run_on(&agent, &[]);
+    assert_eq!(
+        out.error("AgentCommandError"),
+        "unable to execute QEMU agent command 'guest-exec': Command guest-exec has been disabled"
+    );
+}
+
+#[test]
+fn a_program_that_never_exits_ends_on_sigterm_and_sigint_naming_the_guest_pid() {
+    for signal in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        let agent = FakeAgent::serve(|mut conn| {
+            conn.start_program();
+            loop {
+                let request = conn.request();
+                if !conn.send(
+                    format!(
+                        "{{\"return\": {{\"exited\": false}}, \"id\": {}}}\n",
+                        request["id"]
+                    )
+                    .as_bytes(),
+                ) {
+                    break;
+                }
+            }
+        });
+        let socket = agent.socket();
+        let child = support::virtomate()
+            .args(["guest-run", socket.to_str().unwrap(), "--", "sleep", "infinity"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let sent = Instant::now();
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            sent.elapsed() < Duration::from_secs(1),
+            "{signal}: took {:?}",
+            sent.elapsed()
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["type"], "Interrupted", "{signal}: {json}");
+        assert!(json["message"].as_str().unwrap().contains("4242"), "{json}");
+        assert_eq!(output.status.code(), Some(1));
+    }
+}

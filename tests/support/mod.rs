@@ -1,0 +1,131 @@
+//! Shared by the integration tests: running the built binary, real agents
+//! on the host, the test VM, and a scripted fake agent.
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+pub mod fake_agent;
+pub mod host_agent;
+pub mod test_vm;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde_json::Value;
+
+/// The result of one `virtomate` process.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// Stdout parsed as the one JSON document it must be.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}): {:?}, stderr: {}",
+                self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// Asserts an error outcome of the given `type` and returns its message.
+    pub fn error(&self, kind: &str) -> String {
+        let json = self.json();
+        assert_eq!(json["type"], kind, "{json}");
+        assert_eq!(self.status, 1, "{self:?}");
+        assert_eq!(
+            json.as_object().unwrap().len(),
+            2,
+            "only message and type: {json}"
+        );
+        json["message"].as_str().unwrap().to_owned()
+    }
+}
+
+pub fn virtomate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_virtomate"))
+}
+
+/// Runs `virtomate ARGS`, feeding `stdin` if given.
+pub fn run(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    run_command(virtomate().args(args), stdin)
+}
+
+pub fn run_command(command: &mut Command, stdin: Option<&[u8]>) -> Outcome {
+    let mut child = command
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the virtomate binary runs");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().unwrap();
+        let input = input.to_vec();
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    let output = child.wait_with_output().unwrap();
+    Outcome {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).expect("stdout is ASCII JSON"),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// `virtomate guest-run SOCKET -- PROGRAM...` with extra global options.
+pub fn guest_run(socket: &Path, program: &[&str]) -> Outcome {
+    let socket = socket.to_str().unwrap();
+    let mut args = vec!["guest-run", socket, "--"];
+    args.extend(program);
+    run(&args, None)
+}
+
+/// Makes a spawned child die with the test process, even on SIGKILL.
+pub fn die_with_parent(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).map_err(std::io::Error::from)
+        })
+    }
+}
+
+/// Polls `ready` every 10 ms for up to `seconds`.
+pub fn wait_until(seconds: u64, what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "gave up waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Runs `virtomate ARGS` and also returns its peak resident set size in
+/// KiB, as GNU time measures it. (`wait4` on a child of the test process
+/// would not do: a child spawned with vfork inherits the test process's
+/// own high-water mark.)
+pub fn run_measured(args: &[&str]) -> (Outcome, u64) {
+    let report = tempfile::NamedTempFile::new().unwrap();
+    let mut command = Command::new("/usr/bin/time");
+    command
+        .args(["-f", "%M", "-o"])
+        .arg(report.path())
+        .arg(env!("CARGO_BIN_EXE_virtomate"))
+        .args(args);
+    let outcome = run_command(&mut command, None);
+    let text = std::fs::read_to_string(report.path()).unwrap();
+    let max_rss_kib = text
+        .lines()
+        .last()
+        .and_then(|line| line.trim().parse().ok())
+        .unwrap_or_else(|| panic!("GNU time (scripts/install-deps.sh installs it) reported {text:?}"));
+    (outcome, max_rss_kib)
+}

@@ -1,0 +1,79 @@
+//! The test VM: Debian's cloud kernel and a busybox initramfs running the
+//! real qemu-ga, booted under TCG by `scripts/run-test-vm.sh`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use tempfile::TempDir;
+
+/// A running test VM with its own directory of sockets; stopped on drop.
+pub struct TestVm {
+    pub dir: TempDir,
+    pub name: String,
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where `scripts/build-test-vm.sh` put the kernel and initramfs.
+pub fn artifacts() -> PathBuf {
+    std::env::var_os("VM_ARTIFACTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/test-vm"))
+}
+
+impl TestVm {
+    pub fn boot(name: &str) -> TestVm {
+        TestVm::boot_with(name, &[])
+    }
+
+    /// Boots with extra environment for the run script
+    /// (`EXTRA_AGENT_PORT`, `KERNEL_EXTRA_ARGS`).
+    pub fn boot_with(name: &str, env: &[(&str, &str)]) -> TestVm {
+        assert!(
+            artifacts().join("initramfs.gz").exists(),
+            "no test VM in {}: run scripts/build-test-vm.sh first",
+            artifacts().display()
+        );
+        let name = format!("{name}-{}", std::process::id());
+        let dir = tempfile::tempdir().unwrap();
+        let vm = TestVm { dir, name };
+        let status = Command::new(repo().join("scripts/run-test-vm.sh"))
+            .arg(vm.dir.path())
+            .env("VM_NAME", &vm.name)
+            .env("VM_ARTIFACTS", artifacts())
+            .envs(env.iter().copied())
+            .status()
+            .unwrap();
+        assert!(status.success(), "the test VM did not boot: {status}");
+        vm
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("qga.sock")
+    }
+
+    pub fn qemu_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.dir.path().join("qemu.pid")).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// Kills QEMU at once, as a crash would.
+    pub fn kill(&self) {
+        if let Some(pid) = self.qemu_pid() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for TestVm {
+    fn drop(&mut self) {
+        let _ = Command::new(repo().join("scripts/stop-test-vm.sh"))
+            .arg(self.dir.path())
+            .status();
+    }
+}

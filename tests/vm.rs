@@ -1,0 +1,182 @@
+//! `virtomate guest-run` against a real QEMU VM whose guest runs the real
+//! qemu-ga: every example of the specification, by socket path and by the
+//! VM's `-name`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::run;
+use support::test_vm::TestVm;
+
+/// One example of `virtomate-guest-run.rst`: stdin, options of guest-run,
+/// expected stdout, program. The guest is busybox, whose `cat` words its
+/// error differently from GNU cat.
+type Example = (
+    Option<&'static [u8]>,
+    Vec<&'static str>,
+    &'static str,
+    Vec<&'static str>,
+);
+
+fn examples() -> Vec<Example> {
+    vec![
+        (
+            None,
+            vec![],
+            r#"{
+  "exit_code": 0,
+  "signal": null,
+  "stderr": null,
+  "stderr_truncated": false,
+  "stdout": "Hello World",
+  "stdout_truncated": false
+}
+"#,
+            vec!["echo", "-n", "Hello World"],
+        ),
+        (
+            None,
+            vec!["--encode"],
+            r#"{
+  "exit_code": 0,
+  "signal": null,
+  "stderr": null,
+  "stderr_truncated": false,
+  "stdout": "SGVsbG8gV29ybGQ=",
+  "stdout_truncated": false
+}
+"#,
+            vec!["echo", "-n", "Hello World"],
+        ),
+        (
+            None,
+            vec![],
+            r#"{
+  "exit_code": 1,
+  "signal": null,
+  "stderr": "cat: can't open '/does/not/exist': No such file or directory\n",
+  "stderr_truncated": false,
+  "stdout": null,
+  "stdout_truncated": false
+}
+"#,
+            vec!["cat", "/does/not/exist"],
+        ),
+        (
+            None,
+            vec![],
+            r#"{
+  "exit_code": 0,
+  "signal": null,
+  "stderr": null,
+  "stderr_truncated": false,
+  "stdout": "11\n",
+  "stdout_truncated": false
+}
+"#,
+            vec!["/usr/bin/env", "bash", "-c", "printf \"Hello World\" | wc -m"],
+        ),
+        (
+            Some(b"Hello World"),
+            vec!["--stdin"],
+            r#"{
+  "exit_code": 0,
+  "signal": null,
+  "stderr": null,
+  "stderr_truncated": false,
+  "stdout": "11\n",
+  "stdout_truncated": false
+}
+"#,
+            vec!["wc", "-m"],
+        ),
+    ]
+}
+
+fn check_examples(domain: &str) {
+    for (stdin, options, expected, program) in examples() {
+        let mut args = vec!["-p", "guest-run"];
+        args.extend(options);
+        args.push(domain);
+        args.push("--");
+        args.extend(program);
+        let out = run(&args, stdin);
+        assert_eq!(out.status, 0, "{args:?}: {out:?}");
+        assert_eq!(out.stdout, expected, "{args:?}");
+    }
+
+    let out = run(&["-p", "guest-run", domain, "--", "/does/not/exist"], None);
+    assert_eq!(
+        out.stdout,
+        r#"{
+  "message": "unable to execute QEMU agent command 'guest-exec': Guest agent command failed, error was 'Failed to execute child process \u201c/does/not/exist\u201d (No such file or directory)'",
+  "type": "AgentCommandError"
+}
+"#
+    );
+    assert_eq!(out.status, 1);
+}
+
+#[test]
+fn every_specification_example_by_socket_path_and_by_name() {
+    let vm = TestVm::boot("spec-examples");
+    check_examples(vm.socket().to_str().unwrap());
+    check_examples(&vm.name);
+}
+
+#[test]
+fn the_second_agent_port_is_a_channel_of_its_own() {
+    let vm = TestVm::boot_with("two-ports", &[("EXTRA_AGENT_PORT", "1")]);
+    let second = vm.dir.path().join("qga1.sock");
+    let out = run(
+        &["guest-run", second.to_str().unwrap(), "--", "echo", "-n", "one"],
+        None,
+    );
+    assert_eq!(out.json()["stdout"], "one");
+}
+
+#[test]
+fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
+    let vm = TestVm::boot("killed");
+    let socket = vm.socket();
+    let child = support::virtomate()
+        .args(["guest-run", socket.to_str().unwrap(), "--", "sleep", "30"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    vm.kill();
+    let killed = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let waited = killed.elapsed();
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["type"], json!("AgentDisconnected"), "{json}");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(waited < Duration::from_secs(5), "took {waited:?} to notice");
+}
+
+#[test]
+fn a_guest_without_agent_times_out_with_advice() {
+    let vm = TestVm::boot_with("no-agent", &[("KERNEL_EXTRA_ARGS", "virtomate.noagent")]);
+    let socket = vm.socket();
+    let started = Instant::now();
+    let out = run(
+        &[
+            "--timeout",
+            "1",
+            "guest-run",
+            socket.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        None,
+    );
+    let message = out.error("AgentTimeout");
+    assert!(
+        message.contains("runs in the guest") && message.contains("--timeout"),
+        "{message}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
