@@ -15,6 +15,8 @@
 #   KERNEL_EXTRA_ARGS  appended to the kernel command line
 #                      (e.g. virtomate.noagent)
 #   VM_BOOT_TIMEOUT    seconds to wait for the VM (default: 90)
+#   VM_MEMORY          guest RAM in MiB (default: 256; the agent needs about
+#                      4x the size of a big --stdin payload)
 #
 # Stop the VM with scripts/stop-test-vm.sh DIR.
 set -euo pipefail
@@ -61,7 +63,7 @@ fi
 args=(
   -name "${VM_NAME:-virtomate-test}"
   -accel tcg
-  -m 256
+  -m "${VM_MEMORY:-256}"
   -smp 1
   -nodefaults
   -display none

@@ -81,6 +81,10 @@ impl CliError {
                     "the agent on {shown} did not answer within {} s; check that the QEMU Guest Agent runs in the guest and that no other client (libvirtd, another virtomate) holds the channel; raise --timeout if the guest is just slow",
                     after.as_secs_f64()
                 ),
+                Phase::Sending(command) => format!(
+                    "the agent on {shown} did not take the {command} request within {} s; it may be stuck or out of memory in the guest",
+                    after.as_secs_f64()
+                ),
                 Phase::Reply(command) => format!(
                     "the agent on {shown} did not answer {command} within {} s; raise --reply-timeout if the guest is slow",
                     after.as_secs_f64()

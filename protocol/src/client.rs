@@ -157,10 +157,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         }
         self.in_sync = false;
         let timeout = self.options.reply_timeout;
+        // A big request takes a while to cross a virtio port: the reply
+        // timeout starts once it is sent, and sending may take the timeout
+        // plus a second per MiB, however slowly the guest reads.
+        let send_allowance = timeout + Duration::from_secs((request.len() >> 20) as u64);
+        let sending = Phase::Sending(C::NAME.to_owned());
+        within(
+            Instant::now() + send_allowance,
+            send_allowance,
+            sending,
+            self.send(&request),
+        )
+        .await?;
+        drop(request);
         let phase = Phase::Reply(C::NAME.to_owned());
         let output = within(Instant::now() + timeout, timeout, phase, async {
-            self.send(&request).await?;
-            drop(request);
             loop {
                 let line = self.conn.read_reply().await?;
                 if let ReplyFor::Us(output) = parse_reply::<C>(&line, id)? {

@@ -104,6 +104,8 @@ pub enum Phase {
     Connecting,
     /// Waiting for the reply to `guest-sync-delimited` (or the QMP greeting).
     Handshake,
+    /// Sending the named command (the peer did not read it in time).
+    Sending(String),
     /// Waiting for the reply to the named command.
     Reply(String),
 }
@@ -113,6 +115,7 @@ impl std::fmt::Display for Phase {
         match self {
             Phase::Connecting => f.write_str("connecting"),
             Phase::Handshake => f.write_str("synchronising with the agent"),
+            Phase::Sending(command) => write!(f, "sending {command}"),
             Phase::Reply(command) => write!(f, "waiting for the reply to {command}"),
         }
     }
