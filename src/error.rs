@@ -101,7 +101,9 @@ impl CliError {
                 reason: format!("{command}: {reason}"),
             },
             AgentError::RequestTooLarge { len, limit } => CliError::InputTooLarge(format!(
-                "the request would be {len} bytes, the agent takes at most {limit}"
+                "with the input in Base64 the request would be {len} bytes; the agent takes at most {} MiB (about {} MiB of input); nothing was sent",
+                limit >> 20,
+                (limit >> 20) / 4 * 3
             )),
             AgentError::Agent { command, desc, .. } => CliError::AgentCommand { command, desc },
         }

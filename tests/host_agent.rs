@@ -366,3 +366,21 @@ fn version_with_dash_v() {
         format!("virtomate {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+#[test]
+fn an_agent_that_dies_during_a_run_gives_a_clear_error_at_once() {
+    let mut agent = HostAgent::start();
+    let child = virtomate()
+        .args(["guest-run", agent.socket().to_str().unwrap(), "--", "sleep", "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    agent.kill();
+    let killed = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(killed.elapsed() < std::time::Duration::from_secs(2));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["type"], "AgentDisconnected", "{json}");
+    assert_eq!(out.status.code(), Some(1));
+}

@@ -69,7 +69,9 @@ fn read_stdin() -> Result<Vec<u8>, CliError> {
         .map_err(|e| CliError::Io(format!("cannot read standard input: {e}")))?;
     if input.len() > MAX_INPUT_LEN {
         return Err(CliError::InputTooLarge(format!(
-            "more than {MAX_INPUT_LEN} bytes; the agent takes one request of at most {MAX_REQUEST_LEN} bytes, Base64 included"
+            "more than {} MiB; the agent takes at most {} MiB in one request, the input in Base64 included; nothing was sent",
+            MAX_INPUT_LEN >> 20,
+            MAX_REQUEST_LEN >> 20
         )));
     }
     Ok(input)
