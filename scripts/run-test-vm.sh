@@ -15,6 +15,7 @@
 #   KERNEL_EXTRA_ARGS  appended to the kernel command line
 #                      (e.g. virtomate.noagent)
 #   VM_BOOT_TIMEOUT    seconds to wait for the VM (default: 90)
+#   VM_WAIT_READY      0 returns as soon as QEMU runs, before the guest is up
 #   VM_MEMORY          guest RAM in MiB (default: 256; the agent needs about
 #                      4x the size of a big --stdin payload)
 #
@@ -91,6 +92,9 @@ if ! qemu-system-x86_64 "${args[@]}" </dev/null >"$dir/qemu.stderr" 2>&1; then
   die "qemu-system-x86_64 failed to start"
 fi
 pid="$(cat "$pidfile")"
+if [ "${VM_WAIT_READY:-1}" = 0 ]; then
+  exit 0
+fi
 
 fail() {
   echo "run-test-vm: error: $*" >&2

@@ -25,14 +25,50 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
     pub reply_timeout: Duration,
 
+    /// Log every byte sent to and received from the agent or QEMU to stderr
+    #[arg(long, global = true)]
+    pub trace: bool,
+
+    /// Log messages of LEVEL and above to stderr
+    #[arg(short = 'l', long = "log", global = true, value_name = "LEVEL")]
+    pub log: Option<LogLevel>,
+
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The original tool's log levels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warning,
+    Error,
+    Critical,
+}
+
+// Variants are named after the commands, which share prefixes on purpose.
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a program on a domain through the QEMU Guest Agent
     GuestRun(GuestRunArgs),
+
+    /// Check whether the QEMU Guest Agent answers (exit 0), or not (exit 125)
+    GuestPing {
+        /// Keep trying for up to SECONDS until the agent answers
+        #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+        wait: Option<Duration>,
+
+        /// Agent socket path, or the name of a running QEMU process (-name)
+        domain: String,
+    },
+
+    /// Show the agent's version and its commands, enabled or not
+    GuestInfo {
+        /// Agent socket path, or the name of a running QEMU process (-name)
+        domain: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +110,7 @@ mod tests {
     fn guest_run(line: &[&str]) -> GuestRunArgs {
         match parse(line).unwrap().command {
             Command::GuestRun(args) => args,
+            other => panic!("not guest-run: {other:?}"),
         }
     }
 

@@ -44,6 +44,10 @@ pub enum CliError {
 
     #[error("{0}")]
     Io(String),
+
+    /// `guest-ping` got no answer: exit 125 and print nothing.
+    #[error("the agent did not answer: {0}")]
+    NoAnswer(Box<CliError>),
 }
 
 impl CliError {
@@ -61,13 +65,22 @@ impl CliError {
             CliError::InputTooLarge(_) => "InputTooLarge",
             CliError::Interrupted { .. } => "Interrupted",
             CliError::Io(_) => "IoError",
+            CliError::NoAnswer(inner) => inner.kind(),
         }
     }
 
-    /// Every error ends the process with status 1; 2 is left to usage
-    /// errors, as clap reports them.
-    pub fn exit_status(&self) -> i32 {
-        1
+    /// Errors end the process with status 1, except a silent agent for
+    /// `guest-ping` (125); 2 is left to usage errors, as clap reports them.
+    pub fn exit_status(&self) -> u8 {
+        match self {
+            CliError::NoAnswer(_) => 125,
+            _ => 1,
+        }
+    }
+
+    /// Whether the error is told by the exit status alone.
+    pub fn is_silent(&self) -> bool {
+        matches!(self, CliError::NoAnswer(_))
     }
 
     /// Puts an agent-side failure in terms of the socket it happened on.

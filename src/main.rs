@@ -8,18 +8,24 @@ mod output;
 
 use std::io::ErrorKind;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::Parser;
-use virtomate_protocol::ClientOptions;
+use virtomate_protocol::{escape_bytes, ClientOptions, Direction, Trace};
 
-use cli::{Cli, Command};
+use cli::{Cli, Command, LogLevel};
+use commands::Answer;
 use error::{CliError, ErrorJson};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(level) = cli.log {
+        init_logging(level);
+    }
     let options = ClientOptions {
         handshake_timeout: cli.timeout,
         reply_timeout: cli.reply_timeout,
+        trace: cli.trace.then(stderr_trace),
         ..ClientOptions::default()
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -27,22 +33,63 @@ fn main() -> ExitCode {
         .build()
         .expect("a current-thread runtime needs no resources that can be missing");
 
-    let printed = match cli.command {
-        Command::GuestRun(args) => runtime
-            .block_on(commands::guest_run::run(args, options))
-            .map(|result| output::print_json(&result, cli.pretty)),
+    let answer = runtime.block_on(async {
+        match cli.command {
+            Command::GuestRun(args) => commands::guest_run::run(args, options).await,
+            Command::GuestPing { wait, domain } => commands::guest_ping::run(&domain, wait, options).await,
+            Command::GuestInfo { domain } => commands::guest_info::run(&domain, options).await,
+        }
+    });
+    let printed = match answer {
+        Ok(Answer::Run(result)) => output::print_json(&result, cli.pretty),
+        Ok(Answer::Json(json)) => output::print_json(&json, cli.pretty),
+        Ok(Answer::Nothing) => Ok(()),
+        Err(error) => return report(&error, cli.pretty),
     };
     match printed {
-        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         // Like ripgrep: a reader that went away (`| head -c1`) is not an error.
-        Ok(Err(e)) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
-        Ok(Err(e)) => report(&CliError::Io(format!("cannot write the result: {e}")), cli.pretty),
-        Err(e) => report(&e, cli.pretty),
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => report(&CliError::Io(format!("cannot write the result: {e}")), cli.pretty),
     }
 }
 
 fn report(error: &CliError, pretty: bool) -> ExitCode {
-    // If even the error cannot be written there is nobody left to tell.
-    let _ = output::print_json(&ErrorJson::from(error), pretty);
-    ExitCode::from(error.exit_status() as u8)
+    tracing::info!("failed: {error}");
+    if !error.is_silent() {
+        // If even the error cannot be written there is nobody left to tell.
+        let _ = output::print_json(&ErrorJson::from(error), pretty);
+    }
+    ExitCode::from(error.exit_status())
+}
+
+fn init_logging(level: LogLevel) {
+    let max = match level {
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Warning => tracing::Level::WARN,
+        LogLevel::Error | LogLevel::Critical => tracing::Level::ERROR,
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(max)
+        .with_target(false)
+        .init();
+}
+
+/// `--trace`: every chunk on the wire, with the seconds since start and
+/// its direction, bytes outside printable ASCII escaped (`\xff`).
+fn stderr_trace() -> Trace {
+    let started = Instant::now();
+    Trace::new(move |direction, bytes| {
+        let arrow = match direction {
+            Direction::Sent => ">>",
+            Direction::Received => "<<",
+        };
+        eprintln!(
+            "[{:>10.6}] {arrow} {}",
+            started.elapsed().as_secs_f64(),
+            escape_bytes(bytes)
+        );
+    })
 }

@@ -10,7 +10,7 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::framing::{ReplyReader, DEFAULT_MAX_REPLY_LEN, SENTINEL};
 use crate::qga::{parse_reply, request_bytes, Command, GuestSyncDelimited, ReplyFor};
-use crate::{Error, Phase};
+use crate::{Direction, Error, Phase, Trace};
 
 /// The most the agent's JSON parser accepts in one request
 /// (`MAX_TOKEN_SIZE` in QEMU's `qobject/json-streamer.c`).
@@ -36,6 +36,8 @@ pub struct ClientOptions {
     pub reply_timeout: Duration,
     /// Replies longer than this are refused ([`Error::ReplyTooLong`]).
     pub max_reply_len: usize,
+    /// Sees every byte sent and received, e.g. for `--trace`.
+    pub trace: Option<Trace>,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +46,7 @@ impl Default for ClientOptions {
             handshake_timeout: Duration::from_secs(5),
             reply_timeout: Duration::from_secs(30),
             max_reply_len: DEFAULT_MAX_REPLY_LEN,
+            trace: None,
         }
     }
 }
@@ -92,8 +95,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// Wraps a connected stream. Nothing is sent until the first command,
     /// which synchronises first.
     pub fn new(stream: S, options: ClientOptions) -> Self {
+        let mut conn = ReplyReader::new(stream, options.max_reply_len);
+        conn.set_trace(options.trace.clone());
         QgaClient {
-            conn: ReplyReader::new(stream, options.max_reply_len),
+            conn,
             options,
             next_id: random_id(),
             in_sync: false,
@@ -188,6 +193,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
+        if let Some(trace) = &self.options.trace {
+            trace.record(Direction::Sent, bytes);
+        }
         let stream = self.conn.get_mut();
         stream.write_all(bytes).await.map_err(Error::from_io)?;
         stream.flush().await.map_err(Error::from_io)

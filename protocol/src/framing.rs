@@ -7,7 +7,7 @@
 use memchr::memchr;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::Error;
+use crate::{Direction, Error, Trace};
 
 /// Byte the agent sends right before the reply to `guest-sync-delimited`.
 pub const SENTINEL: u8 = 0xFF;
@@ -41,6 +41,7 @@ pub struct ReplyReader<R> {
     max_len: usize,
     /// Set after an over-long line: the rest of it is dropped as it arrives.
     discarding: bool,
+    trace: Option<Trace>,
 }
 
 impl<R: AsyncRead + Unpin> ReplyReader<R> {
@@ -53,7 +54,13 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
             scanned: 0,
             max_len,
             discarding: false,
+            trace: None,
         }
+    }
+
+    /// Shows every chunk read to `trace` as it arrives.
+    pub fn set_trace(&mut self, trace: Option<Trace>) {
+        self.trace = trace;
     }
 
     /// The wrapped stream, for writing requests between reads.
@@ -123,9 +130,15 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
 
     async fn fill(&mut self) -> Result<(), Error> {
         self.buf.reserve(READ_CHUNK);
+        let start = self.buf.len();
         match self.inner.read_buf(&mut self.buf).await {
             Ok(0) => Err(Error::Disconnected),
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Some(trace) = &self.trace {
+                    trace.record(Direction::Received, &self.buf[start..]);
+                }
+                Ok(())
+            }
             Err(e) => Err(Error::from_io(e)),
         }
     }

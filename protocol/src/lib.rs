@@ -20,7 +20,9 @@ mod error;
 mod exec;
 pub mod framing;
 pub mod qga;
+mod trace;
 
 pub use client::{ClientOptions, QgaClient, MAX_REQUEST_LEN};
 pub use error::{Error, Phase};
 pub use exec::{Finished, PollSchedule};
+pub use trace::{escape_bytes, Direction, Trace};

@@ -7,10 +7,10 @@ use base64::Engine;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 use virtomate_protocol::qga::{ExecStatus, GuestExec};
-use virtomate_protocol::{ClientOptions, PollSchedule, QgaClient, MAX_REQUEST_LEN};
+use virtomate_protocol::{ClientOptions, PollSchedule, MAX_REQUEST_LEN};
 
+use super::{Agent, Answer};
 use crate::cli::GuestRunArgs;
-use crate::domain;
 use crate::error::CliError;
 
 /// What the program did, as the specification's RunResult: keys in sorted
@@ -28,24 +28,22 @@ pub struct RunResult {
 /// Base64 text of the largest input that still fits in one request.
 const MAX_INPUT_LEN: usize = MAX_REQUEST_LEN / 4 * 3;
 
-pub async fn run(args: GuestRunArgs, options: ClientOptions) -> Result<RunResult, CliError> {
+pub async fn run(args: GuestRunArgs, options: ClientOptions) -> Result<Answer, CliError> {
     // Read stdin before connecting, so the channel is not held while the
     // user types.
     let input = if args.stdin { Some(read_stdin()?) } else { None };
-    let socket = domain::resolve(&args.domain)?;
-    let agent_error = |e| CliError::from_agent(e, &socket.path);
-
     let mut exec = GuestExec::new(args.program, args.arguments);
     exec.input_data = input;
-    let mut agent = QgaClient::connect(&socket.path, options)
-        .await
-        .map_err(agent_error)?;
-    let pid = agent.execute(&exec).await.map_err(agent_error)?.pid;
-    drop(exec);
 
-    let finished = until_interrupted(pid, agent.wait_for_exit(pid, PollSchedule::default())).await?;
-    let status = finished.map_err(agent_error)?.status;
-    RunResult::new(status, args.encode)
+    let mut agent = Agent::connect(&args.domain, options).await?;
+    let pid = agent.execute(&exec).await?.pid;
+    drop(exec);
+    tracing::info!(pid, "started in the guest");
+
+    let finished = until_interrupted(pid, agent.client().wait_for_exit(pid, PollSchedule::default())).await?;
+    let finished = finished.map_err(|e| agent.error(e))?;
+    tracing::info!(polls = finished.polls, "the program ended");
+    RunResult::new(finished.status, args.encode).map(Answer::Run)
 }
 
 /// Runs `wait` unless SIGINT or SIGTERM arrives first.

@@ -20,7 +20,11 @@ impl HostAgent {
 
     /// Starts the agent with extra options, e.g. `--block-rpcs guest-exec`.
     pub fn start_with(extra: &[&str]) -> HostAgent {
-        let dir = tempfile::tempdir().unwrap();
+        HostAgent::start_in(tempfile::tempdir().unwrap(), extra)
+    }
+
+    /// Starts the agent with its socket at `dir/qga.sock`.
+    pub fn start_in(dir: TempDir, extra: &[&str]) -> HostAgent {
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
         let socket = dir.path().join("qga.sock");

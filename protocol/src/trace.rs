@@ -1,0 +1,71 @@
+//! Seeing every byte on the wire, for bug reports.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Which way bytes went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// From us to the agent or QEMU.
+    Sent,
+    /// From the agent or QEMU to us.
+    Received,
+}
+
+/// A hook that sees every chunk of bytes sent or received, exactly as on
+/// the socket (set it in [`ClientOptions::trace`](crate::ClientOptions)).
+///
+/// ```
+/// use std::sync::{Arc, Mutex};
+/// use virtomate_protocol::{Direction, Trace};
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let sink = seen.clone();
+/// let trace = Trace::new(move |direction, bytes| sink.lock().unwrap().push((direction, bytes.to_vec())));
+/// trace.record(Direction::Sent, b"\xff");
+/// assert_eq!(seen.lock().unwrap()[0], (Direction::Sent, vec![0xFF]));
+/// ```
+#[derive(Clone)]
+pub struct Trace(Arc<TraceFn>);
+
+type TraceFn = dyn Fn(Direction, &[u8]) + Send + Sync;
+
+impl Trace {
+    /// Wraps a function called with every chunk of bytes.
+    pub fn new(hook: impl Fn(Direction, &[u8]) + Send + Sync + 'static) -> Trace {
+        Trace(Arc::new(hook))
+    }
+
+    /// Hands `bytes` to the hook.
+    pub fn record(&self, direction: Direction, bytes: &[u8]) {
+        (self.0)(direction, bytes)
+    }
+}
+
+impl fmt::Debug for Trace {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Trace(..)")
+    }
+}
+
+/// Renders bytes as printable ASCII: `\n`, `\r`, `\t`, `\\` and `\xNN`
+/// for everything else outside printable ASCII (so the `0xFF` sentinel
+/// shows as `\xff`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::escape_bytes(b"\xff{}\n"), r"\xff{}\n");
+/// ```
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len());
+    for &byte in bytes {
+        match byte {
+            b'\n' => text.push_str("\\n"),
+            b'\r' => text.push_str("\\r"),
+            b'\t' => text.push_str("\\t"),
+            b'\\' => text.push_str("\\\\"),
+            0x20..=0x7e => text.push(byte as char),
+            _ => text.push_str(&format!("\\x{byte:02x}")),
+        }
+    }
+    text
+}

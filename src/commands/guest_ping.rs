@@ -1,0 +1,55 @@
+//! `virtomate guest-ping`: does the agent answer? Exit 0 when it does, 125
+//! (and no output) when it does not.
+
+use std::time::Duration;
+
+use tokio::time::{sleep, Instant};
+use virtomate_protocol::qga::GuestPing;
+use virtomate_protocol::ClientOptions;
+
+use super::{Agent, Answer};
+use crate::error::CliError;
+
+/// Pause between attempts while the socket cannot be connected to yet.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+/// Pings once, or with `wait` keeps trying until the agent answers or the
+/// time is up (for scripts that boot a VM and wait for it).
+pub async fn run(domain: &str, wait: Option<Duration>, options: ClientOptions) -> Result<Answer, CliError> {
+    let Some(wait) = wait else {
+        return ping(domain, options).await.map_err(no_answer);
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        // One long attempt covers an agent that starts late: QEMU hands our
+        // request to the guest once the agent opens its port.
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let attempt = ClientOptions {
+            handshake_timeout: remaining.max(Duration::from_millis(1)),
+            ..options.clone()
+        };
+        match ping(domain, attempt).await {
+            Ok(answer) => return Ok(answer),
+            Err(e) if Instant::now() + RETRY_PAUSE < deadline => {
+                tracing::info!("no answer yet: {e}");
+                sleep(RETRY_PAUSE).await;
+            }
+            Err(e) => return Err(no_answer(e)),
+        }
+    }
+}
+
+async fn ping(domain: &str, options: ClientOptions) -> Result<Answer, CliError> {
+    let mut agent = Agent::connect(domain, options).await?;
+    agent.execute(&GuestPing {}).await?;
+    Ok(Answer::Nothing)
+}
+
+/// Failures of the agent become the silent status 125; not finding the
+/// domain stays an ordinary error.
+fn no_answer(error: CliError) -> CliError {
+    match error {
+        CliError::NotFound(_) | CliError::Ambiguous { .. } | CliError::Io(_) => error,
+        other => CliError::NoAnswer(Box::new(other)),
+    }
+}

@@ -1,0 +1,181 @@
+//! The debugging commands: guest-ping, guest-info, --trace and --log,
+//! against the real agent on the host, the real VM and a silent fake.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::fake_agent::FakeAgent;
+use support::host_agent::HostAgent;
+use support::run;
+use support::test_vm::TestVm;
+
+#[test]
+fn guest_ping_answers_with_exit_0_and_no_output() {
+    let agent = HostAgent::start();
+    let out = run(&["guest-ping", agent.socket().to_str().unwrap()], None);
+    assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
+}
+
+#[test]
+fn guest_ping_of_a_silent_agent_exits_125_with_no_output() {
+    let agent = FakeAgent::serve(|mut conn| conn.wait_for_close());
+    let out = run(
+        &["--timeout", "0.3", "guest-ping", agent.socket().to_str().unwrap()],
+        None,
+    );
+    assert_eq!((out.status, out.stdout.as_str()), (125, ""), "{out:?}");
+
+    let out = run(&["guest-ping", "/no/such/socket"], None);
+    assert_eq!((out.status, out.stdout.as_str()), (125, ""), "{out:?}");
+}
+
+#[test]
+fn guest_ping_of_an_unknown_domain_is_an_error() {
+    let out = run(&["guest-ping", "no-such-vm-for-ping"], None);
+    assert_eq!(
+        out.error("NotFoundError"),
+        "Domain 'no-such-vm-for-ping' does not exist"
+    );
+}
+
+#[test]
+fn guest_ping_wait_covers_an_agent_that_starts_late() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("qga.sock");
+    let child = support::virtomate()
+        .args(["guest-ping", "--wait", "20", socket.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let _agent = HostAgent::start_in(dir, &[]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn guest_ping_wait_gives_up_when_the_time_is_up() {
+    let agent = FakeAgent::serve(|mut conn| conn.wait_for_close());
+    let started = Instant::now();
+    let out = run(
+        &["guest-ping", "--wait", "1", agent.socket().to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.status, 125);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+}
+
+#[test]
+fn guest_info_shows_the_version_and_disabled_commands() {
+    let agent = HostAgent::start_with(&["--block-rpcs", "guest-exec"]);
+    let out = run(&["guest-info", agent.socket().to_str().unwrap()], None);
+    let json = out.json();
+    assert!(json["version"].as_str().unwrap().starts_with("7."), "{json}");
+    let commands = json["supported_commands"].as_array().unwrap();
+    let enabled = |name: &str| {
+        commands
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing"))["enabled"]
+            .as_bool()
+    };
+    assert_eq!(enabled("guest-exec"), Some(false));
+    assert_eq!(enabled("guest-ping"), Some(true));
+    // Keys sorted, as everywhere.
+    assert!(
+        out.stdout.starts_with(r#"{"supported_commands":[{"enabled":"#),
+        "{}",
+        &out.stdout[..80]
+    );
+}
+
+#[test]
+fn trace_shows_every_byte_both_ways_on_stderr() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let out = run(
+        &[
+            "--trace",
+            "guest-run",
+            socket.to_str().unwrap(),
+            "--",
+            "echo",
+            "-n",
+            "hi",
+        ],
+        None,
+    );
+    assert_eq!(out.json()["stdout"], "hi");
+    let sent: Vec<&str> = out.stderr.lines().filter(|l| l.contains("] >> ")).collect();
+    let received: Vec<&str> = out.stderr.lines().filter(|l| l.contains("] << ")).collect();
+    assert!(
+        sent[0].contains(r#">> \xff{"execute":"guest-sync-delimited""#),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        sent.iter().any(|l| l.contains(r#""execute":"guest-exec""#)),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        received.iter().any(|l| l.contains(r#"\xff{"return": "#)),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        received.iter().any(|l| l.contains(r#""out-data": "aGk=""#)),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn log_goes_to_stderr_and_leaves_stdout_alone() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let out = run(
+        &["-l", "debug", "guest-run", socket.to_str().unwrap(), "--", "true"],
+        None,
+    );
+    assert_eq!(out.json()["exit_code"], 0);
+    assert!(
+        out.stderr.contains("DEBUG") && out.stderr.contains("started in the guest"),
+        "{}",
+        out.stderr
+    );
+
+    let out = run(
+        &[
+            "--log",
+            "warning",
+            "guest-run",
+            socket.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        None,
+    );
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    let out = run(&["--log", "verbose", "guest-ping", "x"], None);
+    assert_eq!(out.status, 2);
+}
+
+#[test]
+fn guest_ping_wait_follows_a_vm_from_boot_and_gives_up_on_one_without_agent() {
+    let booting = TestVm::boot_with("ping-boot", &[("VM_WAIT_READY", "0")]);
+    let out = run(&["guest-ping", "--wait", "60", &booting.name], None);
+    assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
+
+    let silent = TestVm::boot_with("ping-silent", &[("KERNEL_EXTRA_ARGS", "virtomate.noagent")]);
+    let started = Instant::now();
+    let out = run(&["guest-ping", "--wait", "2", &silent.name], None);
+    assert_eq!((out.status, out.stdout.as_str()), (125, ""), "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
