@@ -78,13 +78,7 @@ impl QgaClient<UnixStream> {
     pub async fn connect(path: impl AsRef<Path>, options: ClientOptions) -> Result<Self, Error> {
         let path = path.as_ref();
         let deadline = Instant::now() + options.handshake_timeout;
-        let stream = within(deadline, options.handshake_timeout, Phase::Connecting, async {
-            UnixStream::connect(path).await.map_err(|source| Error::Connect {
-                path: path.to_owned(),
-                source,
-            })
-        })
-        .await?;
+        let stream = connect_until(path, deadline, options.handshake_timeout).await?;
         let mut client = QgaClient::new(stream, options);
         client.sync_until(deadline).await?;
         Ok(client)
@@ -193,12 +187,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        if let Some(trace) = &self.options.trace {
-            trace.record(Direction::Sent, bytes);
-        }
-        let stream = self.conn.get_mut();
-        stream.write_all(bytes).await.map_err(Error::from_io)?;
-        stream.flush().await.map_err(Error::from_io)
+        send_traced(&mut self.conn, self.options.trace.as_ref(), bytes).await
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -223,7 +212,39 @@ fn random_id() -> u64 {
     hasher.finish() & ID_MASK
 }
 
-async fn within<T>(
+/// Connects to the UNIX socket at `path` by `deadline` (`allowed` after
+/// the start, for the error).
+pub(crate) async fn connect_until(
+    path: &Path,
+    deadline: Instant,
+    allowed: Duration,
+) -> Result<UnixStream, Error> {
+    within(deadline, allowed, Phase::Connecting, async {
+        UnixStream::connect(path).await.map_err(|source| Error::Connect {
+            path: path.to_owned(),
+            source,
+        })
+    })
+    .await
+}
+
+/// Writes `bytes` to the stream under `conn`, showing them to `trace`.
+pub(crate) async fn send_traced<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut ReplyReader<S>,
+    trace: Option<&Trace>,
+    bytes: &[u8],
+) -> Result<(), Error> {
+    if let Some(trace) = trace {
+        trace.record(Direction::Sent, bytes);
+    }
+    let stream = conn.get_mut();
+    stream.write_all(bytes).await.map_err(Error::from_io)?;
+    stream.flush().await.map_err(Error::from_io)
+}
+
+/// Runs `work` until `deadline`; past it, a timeout in `phase` after
+/// `allowed`.
+pub(crate) async fn within<T>(
     deadline: Instant,
     allowed: Duration,
     phase: Phase,

@@ -1,7 +1,7 @@
 //! A client for the QEMU Guest Agent (QGA) that talks straight to its UNIX
 //! socket: line framing with a bound on every reply, the
 //! `guest-sync-delimited` handshake, typed commands, and an async client on
-//! tokio.
+//! tokio; and a client for the QEMU Machine Protocol (QMP), see [`qmp`].
 //!
 //! ```no_run
 //! use virtomate_protocol::{ClientOptions, PollSchedule, QgaClient};
@@ -16,13 +16,16 @@
 //! ```
 
 mod client;
+mod command;
 mod error;
 mod exec;
 pub mod framing;
 pub mod qga;
+pub mod qmp;
 mod trace;
 
 pub use client::{ClientOptions, QgaClient, MAX_REQUEST_LEN};
 pub use error::{Error, Phase};
 pub use exec::{Finished, PollSchedule};
+pub use qmp::QmpClient;
 pub use trace::{escape_bytes, Direction, Trace};

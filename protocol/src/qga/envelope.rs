@@ -1,5 +1,6 @@
-//! The JSON around every request and reply.
+//! The JSON around every request and reply, the same for QGA and QMP.
 
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -7,17 +8,24 @@ use super::Command;
 use crate::Error;
 
 #[derive(Serialize)]
-struct Request<'a, C> {
-    execute: &'static str,
-    arguments: &'a C,
+struct Request<'a, A: ?Sized> {
+    execute: &'a str,
+    // QMP refuses `"arguments": null`: a command without any leaves it out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<&'a A>,
     id: u64,
 }
 
 /// Serializes `command` as one request line, `id` included.
 pub(crate) fn request_bytes<C: Command>(command: &C, id: u64) -> Vec<u8> {
+    request_line(C::NAME, Some(command), id)
+}
+
+/// Serializes a request for the command `name` as one line, `id` included.
+pub(crate) fn request_line<A: Serialize + ?Sized>(name: &str, arguments: Option<&A>, id: u64) -> Vec<u8> {
     let request = Request {
-        execute: C::NAME,
-        arguments: command,
+        execute: name,
+        arguments,
         id,
     };
     let mut bytes = serde_json::to_vec(&request).expect("commands always serialize");
@@ -31,6 +39,7 @@ struct Envelope<'a> {
     ret: Option<&'a RawValue>,
     error: Option<ErrorBody>,
     id: Option<serde_json::Value>,
+    event: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -46,12 +55,25 @@ pub(crate) enum ReplyFor<T> {
     Us(T),
     /// A reply to some other request: stale, to be skipped.
     Other,
+    /// No reply at all but an asynchronous QMP event, which may arrive
+    /// between any two lines; the caller decodes it from the line.
+    Event,
 }
 
 /// Decodes one reply line to `command` sent with `id`.
 pub(crate) fn parse_reply<C: Command>(line: &[u8], id: u64) -> Result<ReplyFor<C::Output>, Error> {
+    parse_reply_to(C::NAME, line, id)
+}
+
+/// Decodes one reply line to the command `command` sent with `id`, whose
+/// `return` is a `T`.
+pub(crate) fn parse_reply_to<T: DeserializeOwned>(
+    command: &str,
+    line: &[u8],
+    id: u64,
+) -> Result<ReplyFor<T>, Error> {
     let malformed = |reason: String| Error::Malformed {
-        command: C::NAME.to_owned(),
+        command: command.to_owned(),
         reason,
     };
     let envelope: Envelope =
@@ -59,15 +81,16 @@ pub(crate) fn parse_reply<C: Command>(line: &[u8], id: u64) -> Result<ReplyFor<C
     if envelope.id.as_ref().is_some_and(|got| got.as_u64() != Some(id)) {
         return Ok(ReplyFor::Other);
     }
-    match (envelope.ret, envelope.error) {
-        (Some(ret), None) => serde_json::from_str(ret.get())
+    match (envelope.ret, envelope.error, envelope.event) {
+        (Some(ret), None, _) => serde_json::from_str(ret.get())
             .map(ReplyFor::Us)
             .map_err(|e| malformed(format!("unexpected return value: {e}"))),
-        (None, Some(error)) => Err(Error::Agent {
-            command: C::NAME.to_owned(),
+        (None, Some(error), _) => Err(Error::Agent {
+            command: command.to_owned(),
             class: error.class,
             desc: error.desc,
         }),
+        (None, None, Some(_)) => Ok(ReplyFor::Event),
         _ => Err(malformed(
             "a reply needs exactly one of `return` and `error`".to_owned(),
         )),
@@ -139,6 +162,23 @@ mod tests {
         ] {
             assert!(matches!(status(line), Err(Error::Malformed { .. })), "{line}");
         }
+    }
+
+    #[test]
+    fn request_without_arguments_leaves_them_out() {
+        let line = request_line::<()>("query-status", None, 4);
+        assert_eq!(line, b"{\"execute\":\"query-status\",\"id\":4}\n");
+    }
+
+    #[test]
+    fn event_line_is_told_apart_from_replies() {
+        let stop = r#"{"timestamp": {"seconds": 1, "microseconds": 2}, "event": "STOP"}"#;
+        assert!(matches!(status(stop), Ok(ReplyFor::Event)));
+        // A reply stays a reply whatever else it carries.
+        assert!(matches!(
+            status(r#"{"return": {"exited": false}, "event": "X", "id": 9}"#),
+            Ok(ReplyFor::Us(_))
+        ));
     }
 
     #[test]

@@ -11,36 +11,6 @@ pub use commands::{
     CommandInfo, Empty, ExecStarted, ExecStatus, GuestExec, GuestExecStatus, GuestInfo, GuestInfoReply,
     GuestPing, GuestSyncDelimited,
 };
-pub(crate) use envelope::{parse_reply, request_bytes, ReplyFor};
+pub(crate) use envelope::{parse_reply, parse_reply_to, request_bytes, request_line, ReplyFor};
 
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-/// A request the agent understands: its wire name, its arguments (the
-/// value itself, serialized as `arguments`) and the type of its `return`.
-///
-/// ```
-/// use serde::{Deserialize, Serialize};
-/// use virtomate_protocol::qga::Command;
-///
-/// /// `guest-get-host-name`, which this crate does not type itself.
-/// #[derive(Serialize)]
-/// struct GetHostName {}
-///
-/// #[derive(Deserialize)]
-/// struct HostName {
-///     #[serde(rename = "host-name")]
-///     host_name: String,
-/// }
-///
-/// impl Command for GetHostName {
-///     const NAME: &'static str = "guest-get-host-name";
-///     type Output = HostName;
-/// }
-/// ```
-pub trait Command: Serialize {
-    /// The `execute` member of the request.
-    const NAME: &'static str;
-    /// What a successful reply's `return` member holds.
-    type Output: DeserializeOwned;
-}
+pub use crate::command::Command;

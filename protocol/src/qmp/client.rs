@@ -1,0 +1,251 @@
+//! An async client for one QMP connection.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+
+use super::events::{parse_event, EventStore};
+use super::greeting::parse_greeting;
+use super::{Command, Event, Greeting, QmpCapabilities};
+use crate::client::{connect_until, send_traced, within};
+use crate::framing::ReplyReader;
+use crate::qga::{parse_reply_to, request_bytes, request_line, ReplyFor};
+use crate::{ClientOptions, Error, Phase, MAX_REQUEST_LEN};
+
+/// A QMP connection past capabilities negotiation, ready for commands.
+///
+/// Replies are matched to requests by id, so a reply that comes after its
+/// command timed out is skipped later rather than taken for the next one.
+/// Events are read only while waiting for a reply; they are kept (within
+/// [`MAX_STORED_EVENTS`](super::MAX_STORED_EVENTS) and
+/// [`MAX_STORED_EVENT_BYTES`](super::MAX_STORED_EVENT_BYTES), oldest
+/// dropped first) until [`take_events`](QmpClient::take_events).
+///
+/// QEMU serves one QMP client per socket at a time: while another is
+/// connected, connecting succeeds but the greeting only comes once the
+/// other leaves, so [`connect`](QmpClient::connect) times out.
+///
+/// ```no_run
+/// use virtomate_protocol::{ClientOptions, QmpClient};
+/// use virtomate_protocol::qmp::QueryChardev;
+///
+/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+/// let mut qemu = QmpClient::connect("/run/vm/qmp.sock", ClientOptions::default()).await?;
+/// for device in qemu.execute(&QueryChardev {}).await? {
+///     println!("{}: {} (open: {})", device.label, device.filename, device.frontend_open);
+/// }
+/// qemu.execute_json("stop", None).await?;
+/// qemu.execute_json("cont", None).await?;
+/// for event in qemu.take_events() {
+///     println!("{} at {}", event.event, event.timestamp);
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct QmpClient<S = UnixStream> {
+    conn: ReplyReader<S>,
+    options: ClientOptions,
+    greeting: Greeting,
+    /// The last id sent. Every connection starts a new session (QEMU greets
+    /// anew), so no earlier client's replies can arrive and a counter will do.
+    last_id: u64,
+    events: EventStore,
+}
+
+impl QmpClient<UnixStream> {
+    /// Connects to QEMU's QMP socket, reads the greeting and negotiates
+    /// capabilities, all within [`ClientOptions::handshake_timeout`].
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use virtomate_protocol::{ClientOptions, QmpClient};
+    ///
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// let options = ClientOptions { handshake_timeout: Duration::from_secs(1), ..ClientOptions::default() };
+    /// let qemu = QmpClient::connect("/run/vm/qmp.sock", options).await?;
+    /// assert!(qemu.greeting().version.major >= 7);
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(path: impl AsRef<Path>, options: ClientOptions) -> Result<Self, Error> {
+        let deadline = Instant::now() + options.handshake_timeout;
+        let stream = connect_until(path.as_ref(), deadline, options.handshake_timeout).await?;
+        QmpClient::handshake_until(stream, options, deadline).await
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
+    /// Reads the greeting from a connected stream and negotiates
+    /// capabilities, within [`ClientOptions::handshake_timeout`].
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::{ClientOptions, QmpClient};
+    ///
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// let stream = tokio::net::UnixStream::connect("/run/vm/qmp.sock").await.unwrap();
+    /// let qemu = QmpClient::handshake(stream, ClientOptions::default()).await?;
+    /// println!("QEMU {}", qemu.greeting().version);
+    /// # Ok(()) }
+    /// ```
+    pub async fn handshake(stream: S, options: ClientOptions) -> Result<Self, Error> {
+        let deadline = Instant::now() + options.handshake_timeout;
+        QmpClient::handshake_until(stream, options, deadline).await
+    }
+
+    async fn handshake_until(stream: S, options: ClientOptions, deadline: Instant) -> Result<Self, Error> {
+        let mut conn = ReplyReader::new(stream, options.max_reply_len);
+        conn.set_trace(options.trace.clone());
+        let allowed = options.handshake_timeout;
+        let greeting = within(deadline, allowed, Phase::Handshake, async {
+            parse_greeting(&conn.read_reply().await?)
+        })
+        .await?;
+        let mut client = QmpClient {
+            conn,
+            options,
+            greeting,
+            last_id: 0,
+            events: EventStore::default(),
+        };
+        let id = client.fresh_id();
+        let request = request_bytes(&QmpCapabilities {}, id);
+        let _: <QmpCapabilities as Command>::Output = client
+            .exchange(QmpCapabilities::NAME, &request, id, deadline, allowed)
+            .await?;
+        Ok(client)
+    }
+
+    /// What QEMU announced on connecting.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// # let qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
+    /// let greeting = qemu.greeting();
+    /// println!("QEMU {} ({})", greeting.version, greeting.package);
+    /// # Ok(()) }
+    /// ```
+    pub fn greeting(&self) -> &Greeting {
+        &self.greeting
+    }
+
+    /// Sends `command` and returns its reply's `return`, within
+    /// [`ClientOptions::reply_timeout`]. An error reply becomes
+    /// [`Error::Agent`].
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::qmp::QueryVersion;
+    ///
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// # let mut qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
+    /// let version = qemu.execute(&QueryVersion {}).await?;
+    /// println!("QEMU {}", version.qemu);
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
+        let id = self.fresh_id();
+        let request = request_bytes(command, id);
+        let (deadline, allowed) = self.reply_deadline();
+        self.exchange(C::NAME, &request, id, deadline, allowed).await
+    }
+
+    /// Sends the command `name`, with `arguments` (an object) if given, and
+    /// returns its reply's `return` as it came, within
+    /// [`ClientOptions::reply_timeout`]: for the commands this crate does
+    /// not type. An error reply becomes [`Error::Agent`].
+    ///
+    /// ```no_run
+    /// use serde_json::json;
+    ///
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// # let mut qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
+    /// let name = qemu.execute_json("query-name", None).await?;
+    /// println!("{}", name["name"]);
+    /// let info = json!({"command-line": "info version"});
+    /// let text = qemu.execute_json("human-monitor-command", Some(&info)).await?;
+    /// println!("{}", text.as_str().unwrap_or_default());
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
+        let id = self.fresh_id();
+        let request = request_line(name, arguments, id);
+        let (deadline, allowed) = self.reply_deadline();
+        self.exchange(name, &request, id, deadline, allowed).await
+    }
+
+    /// The events received so far, oldest first; they are forgotten here.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// # let mut qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
+    /// qemu.execute_json("stop", None).await?;
+    /// assert!(qemu.take_events().iter().any(|e| e.event == "STOP"));
+    /// assert!(qemu.take_events().is_empty());
+    /// # Ok(()) }
+    /// ```
+    pub fn take_events(&mut self) -> Vec<Event> {
+        self.events.take()
+    }
+
+    /// How many events were dropped, over the connection's life, because
+    /// more arrived than are kept between two [`take_events`](QmpClient::take_events).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// # let mut qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
+    /// let events = qemu.take_events();
+    /// if qemu.events_dropped() > 0 {
+    ///     eprintln!("some events before these {} were lost", events.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn events_dropped(&self) -> u64 {
+        self.events.dropped()
+    }
+
+    fn reply_deadline(&self) -> (Instant, Duration) {
+        let allowed = self.options.reply_timeout;
+        (Instant::now() + allowed, allowed)
+    }
+
+    /// Sends `request` (for `name`, with `id`) and reads until its reply,
+    /// storing the events in between; both by `deadline`.
+    async fn exchange<T: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        request: &[u8],
+        id: u64,
+        deadline: Instant,
+        allowed: Duration,
+    ) -> Result<T, Error> {
+        // QMP parses requests with the same JSON streamer as the agent.
+        if request.len() > MAX_REQUEST_LEN {
+            return Err(Error::RequestTooLarge {
+                len: request.len(),
+                limit: MAX_REQUEST_LEN,
+            });
+        }
+        let sending = send_traced(&mut self.conn, self.options.trace.as_ref(), request);
+        within(deadline, allowed, Phase::Sending(name.to_owned()), sending).await?;
+        within(deadline, allowed, Phase::Reply(name.to_owned()), async {
+            loop {
+                let line = self.conn.read_reply().await?;
+                match parse_reply_to(name, &line, id)? {
+                    ReplyFor::Us(output) => return Ok(output),
+                    ReplyFor::Event => self.events.push(parse_event(name, &line)?, line.len()),
+                    // The late reply to a command that timed out earlier.
+                    ReplyFor::Other => {}
+                }
+            }
+        })
+        .await
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+}

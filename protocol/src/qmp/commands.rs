@@ -1,0 +1,135 @@
+//! The QMP commands this crate types (`qapi/*.json` in QEMU).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::Command;
+use crate::qga::Empty;
+
+/// `qmp_capabilities`: leaves capabilities negotiation mode; QEMU refuses
+/// every other command before. [`QmpClient`](crate::QmpClient) sends it on
+/// connecting, without enabling any optional capability.
+///
+/// ```
+/// use virtomate_protocol::qmp::{Command, QmpCapabilities};
+/// assert_eq!(QmpCapabilities::NAME, "qmp_capabilities");
+/// assert_eq!(serde_json::to_string(&QmpCapabilities {}).unwrap(), "{}");
+/// ```
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QmpCapabilities {}
+
+impl Command for QmpCapabilities {
+    const NAME: &'static str = "qmp_capabilities";
+    type Output = Empty;
+}
+
+/// `query-chardev`: QEMU's character devices, e.g. the guest agent's socket.
+///
+/// ```
+/// use virtomate_protocol::qmp::{ChardevInfo, Command, QueryChardev};
+/// assert_eq!(QueryChardev::NAME, "query-chardev");
+/// let devices: Vec<ChardevInfo> = serde_json::from_str(
+///     r#"[{"frontend-open": true, "filename": "unix:/tmp/vm/qga.sock,server=on", "label": "qga0"}]"#,
+/// ).unwrap();
+/// assert!(devices[0].frontend_open);
+/// ```
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueryChardev {}
+
+impl Command for QueryChardev {
+    const NAME: &'static str = "query-chardev";
+    type Output = Vec<ChardevInfo>;
+}
+
+/// One entry of the `return` of `query-chardev`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ChardevInfo {
+    /// The `id` given to `-chardev`, e.g. `qga0`.
+    pub label: String,
+    /// The backend, e.g. `unix:/tmp/vm/qga.sock,server=on`; a listening
+    /// socket nobody is connected to has `disconnected:` in front.
+    pub filename: String,
+    /// True while the guest side has the device open (for a guest agent
+    /// port: while `qemu-ga` runs).
+    #[serde(rename = "frontend-open")]
+    pub frontend_open: bool,
+}
+
+/// `query-status`: whether the guest's CPUs run.
+///
+/// ```
+/// use virtomate_protocol::qmp::{Command, QueryStatus, StatusInfo};
+/// assert_eq!(QueryStatus::NAME, "query-status");
+/// let status: StatusInfo = serde_json::from_str(
+///     r#"{"status": "paused", "singlestep": false, "running": false}"#,
+/// ).unwrap();
+/// assert_eq!(status.status, "paused");
+/// ```
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueryStatus {}
+
+impl Command for QueryStatus {
+    const NAME: &'static str = "query-status";
+    type Output = StatusInfo;
+}
+
+/// The `return` of `query-status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct StatusInfo {
+    /// The run state, e.g. `running`, `paused`, `shutdown`, `inmigrate`.
+    pub status: String,
+    /// True while the guest's CPUs run.
+    pub running: bool,
+}
+
+/// `query-version`: the version of the QEMU process.
+///
+/// ```
+/// use virtomate_protocol::qmp::{Command, QueryVersion, VersionInfo};
+/// assert_eq!(QueryVersion::NAME, "query-version");
+/// let info: VersionInfo = serde_json::from_str(
+///     r#"{"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7"}"#,
+/// ).unwrap();
+/// assert_eq!(info.qemu.to_string(), "7.2.22");
+/// ```
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueryVersion {}
+
+impl Command for QueryVersion {
+    const NAME: &'static str = "query-version";
+    type Output = VersionInfo;
+}
+
+/// The `return` of `query-version`, and the version in the [`Greeting`](super::Greeting).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct VersionInfo {
+    /// The upstream version.
+    pub qemu: QemuVersion,
+    /// The distribution's package version, or empty for a plain build.
+    pub package: String,
+}
+
+/// An upstream QEMU version; versions order as numbers, field by field.
+///
+/// ```
+/// use virtomate_protocol::qmp::QemuVersion;
+/// let v = QemuVersion { major: 7, minor: 2, micro: 22 };
+/// assert!(v >= QemuVersion { major: 7, minor: 0, micro: 0 });
+/// assert_eq!(v.to_string(), "7.2.22");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+pub struct QemuVersion {
+    /// E.g. 7 in 7.2.22.
+    pub major: u32,
+    /// E.g. 2 in 7.2.22.
+    pub minor: u32,
+    /// E.g. 22 in 7.2.22.
+    pub micro: u32,
+}
+
+impl fmt::Display for QemuVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
+    }
+}

@@ -1,0 +1,74 @@
+//! The line QEMU sends first on every QMP connection.
+
+use serde::{Deserialize, Serialize};
+
+use super::{QemuVersion, VersionInfo};
+use crate::Error;
+
+/// What QEMU announces on connecting: its version and the optional
+/// capabilities `qmp_capabilities` could enable.
+///
+/// ```
+/// use virtomate_protocol::qmp::Greeting;
+/// let greeting: Greeting = serde_json::from_str(
+///     r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7},
+///         "package": "Debian 1:7.2+dfsg-7"}, "capabilities": ["oob"]}}"#,
+/// ).unwrap();
+/// assert_eq!(greeting.version.major, 7);
+/// assert_eq!(greeting.capabilities, ["oob"]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(from = "Wire", into = "Wire")]
+pub struct Greeting {
+    /// The upstream QEMU version.
+    pub version: QemuVersion,
+    /// The distribution's package version, or empty for a plain build.
+    pub package: String,
+    /// Optional capabilities on offer, e.g. `oob` (out-of-band commands).
+    pub capabilities: Vec<String>,
+}
+
+/// The greeting as on the wire: `{"QMP": {"version": ..., "capabilities": [...]}}`.
+#[derive(Deserialize, Serialize)]
+struct Wire {
+    #[serde(rename = "QMP")]
+    qmp: WireBody,
+}
+
+#[derive(Deserialize, Serialize)]
+struct WireBody {
+    version: VersionInfo,
+    capabilities: Vec<String>,
+}
+
+impl From<Wire> for Greeting {
+    fn from(wire: Wire) -> Greeting {
+        Greeting {
+            version: wire.qmp.version.qemu,
+            package: wire.qmp.version.package,
+            capabilities: wire.qmp.capabilities,
+        }
+    }
+}
+
+impl From<Greeting> for Wire {
+    fn from(greeting: Greeting) -> Wire {
+        Wire {
+            qmp: WireBody {
+                version: VersionInfo {
+                    qemu: greeting.version,
+                    package: greeting.package,
+                },
+                capabilities: greeting.capabilities,
+            },
+        }
+    }
+}
+
+/// Decodes the first line of a connection.
+pub(crate) fn parse_greeting(line: &[u8]) -> Result<Greeting, Error> {
+    serde_json::from_slice(line).map_err(|e| Error::Malformed {
+        command: "the QMP handshake".to_owned(),
+        reason: format!("expected the greeting: {e}"),
+    })
+}
