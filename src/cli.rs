@@ -25,6 +25,10 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
     pub reply_timeout: Duration,
 
+    /// Look for domains in this libvirt daemon only: qemu:///system or qemu:///session
+    #[arg(short = 'c', long = "connection", global = true, value_name = "URI")]
+    pub connection: Option<String>,
+
     /// Log every byte sent to and received from the agent or QEMU to stderr
     #[arg(long, global = true)]
     pub trace: bool,
@@ -60,13 +64,16 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", value_parser = seconds)]
         wait: Option<Duration>,
 
-        /// Agent socket path, or the name of a running QEMU process (-name)
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
     },
 
+    /// List the running domains: libvirt's and bare QEMU processes
+    DomainList,
+
     /// Show the agent's version and its commands, enabled or not
     GuestInfo {
-        /// Agent socket path, or the name of a running QEMU process (-name)
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
     },
 }
@@ -81,7 +88,7 @@ pub struct GuestRunArgs {
     #[arg(long)]
     pub stdin: bool,
 
-    /// Agent socket path, or the name of a running QEMU process (-name)
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
     pub domain: String,
 
     /// Program to run in the guest (its PATH is searched)

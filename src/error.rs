@@ -11,6 +11,13 @@ pub enum CliError {
     #[error("Domain '{0}' does not exist")]
     NotFound(String),
 
+    #[error("{0}")]
+    IllegalState(String),
+
+    /// A bad argument that clap could not catch: reported like a usage error.
+    #[error("{0}")]
+    Usage(String),
+
     #[error(
         "Domain '{name}' matches several QEMU processes (pids {pids}); pass the agent's socket path instead"
     )]
@@ -56,6 +63,8 @@ impl CliError {
         match self {
             CliError::NotFound(_) => "NotFoundError",
             CliError::Ambiguous { .. } => "AmbiguousDomainError",
+            CliError::IllegalState(_) => "IllegalStateError",
+            CliError::Usage(_) => "UsageError",
             CliError::AgentUnavailable(_) => "AgentUnavailable",
             CliError::AgentTimeout(_) => "AgentTimeout",
             CliError::AgentDisconnected { .. } => "AgentDisconnected",
@@ -74,6 +83,7 @@ impl CliError {
     pub fn exit_status(&self) -> u8 {
         match self {
             CliError::NoAnswer(_) => 125,
+            CliError::Usage(_) => 2,
             _ => 1,
         }
     }

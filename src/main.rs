@@ -14,7 +14,8 @@ use clap::Parser;
 use virtomate_protocol::{escape_bytes, ClientOptions, Direction, Trace};
 
 use cli::{Cli, Command, LogLevel};
-use commands::Answer;
+use commands::{Answer, Context};
+use domain::Scope;
 use error::{CliError, ErrorJson};
 
 fn main() -> ExitCode {
@@ -34,10 +35,15 @@ fn main() -> ExitCode {
         .expect("a current-thread runtime needs no resources that can be missing");
 
     let answer = runtime.block_on(async {
+        let context = Context {
+            options,
+            scope: Scope::new(cli.connection.as_deref())?,
+        };
         match cli.command {
-            Command::GuestRun(args) => commands::guest_run::run(args, options).await,
-            Command::GuestPing { wait, domain } => commands::guest_ping::run(&domain, wait, options).await,
-            Command::GuestInfo { domain } => commands::guest_info::run(&domain, options).await,
+            Command::GuestRun(args) => commands::guest_run::run(args, &context).await,
+            Command::GuestPing { wait, domain } => commands::guest_ping::run(&domain, wait, &context).await,
+            Command::GuestInfo { domain } => commands::guest_info::run(&domain, &context).await,
+            Command::DomainList => commands::domain_list::run(&context),
         }
     });
     let printed = match answer {
@@ -56,7 +62,9 @@ fn main() -> ExitCode {
 
 fn report(error: &CliError, pretty: bool) -> ExitCode {
     tracing::info!("failed: {error}");
-    if !error.is_silent() {
+    if let CliError::Usage(message) = error {
+        eprintln!("error: {message}\n\nFor more information, try '--help'.");
+    } else if !error.is_silent() {
         // If even the error cannot be written there is nobody left to tell.
         let _ = output::print_json(&ErrorJson::from(error), pretty);
     }

@@ -74,14 +74,12 @@ fn stdin_up_to_the_agents_request_limit_and_a_clear_error_beyond() {
 
     for too_much in [48 * MIB, 64 * MIB] {
         let input = vec![b'z'; too_much];
-        let started = std::time::Instant::now();
         let out = run(&["guest-run", "--stdin", socket, "--", "wc", "-c"], Some(&input));
         let message = out.error("InputTooLarge");
         assert!(
             message.contains("at most 64 MiB") && message.contains("nothing was sent"),
             "{message}"
         );
-        assert!(started.elapsed().as_secs() < 5);
     }
 
     // Nothing half-sent is left for the agent to choke on.

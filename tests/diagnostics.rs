@@ -66,7 +66,7 @@ fn guest_ping_wait_gives_up_when_the_time_is_up() {
     assert_eq!(out.status, 125);
     let took = started.elapsed();
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(8),
         "{took:?}"
     );
 }
@@ -177,5 +177,5 @@ fn guest_ping_wait_follows_a_vm_from_boot_and_gives_up_on_one_without_agent() {
     let started = Instant::now();
     let out = run(&["guest-ping", "--wait", "2", &silent.name], None);
     assert_eq!((out.status, out.stdout.as_str()), (125, ""), "{out:?}");
-    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(started.elapsed() < Duration::from_secs(8));
 }

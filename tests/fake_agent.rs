@@ -76,7 +76,7 @@ fn an_agent_that_never_answers_times_out() {
         message.contains("another client") || message.contains("other client"),
         "{message}"
     );
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
 #[test]
@@ -87,7 +87,7 @@ fn a_connection_accepted_but_never_read_times_out() {
     });
     let (out, took) = guest_run_on(&agent, &["--timeout", "0.5"]);
     out.error("AgentTimeout");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
 #[test]
@@ -118,7 +118,7 @@ fn endless_syncs_with_the_wrong_id_time_out() {
     });
     let (out, took) = guest_run_on(&agent, &["--timeout", "0.5"]);
     out.error("AgentTimeout");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
 #[test]
@@ -221,7 +221,7 @@ fn a_slow_drip_cannot_stretch_the_deadline() {
     let (out, took) = guest_run_on(&agent, &["--reply-timeout", "1"]);
     let message = out.error("AgentTimeout");
     assert!(message.contains("guest-exec"), "{message}");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
 #[test]
@@ -234,7 +234,7 @@ fn a_slow_drip_during_the_handshake_is_one_deadline_too() {
     });
     let (out, took) = guest_run_on(&agent, &["--timeout", "0.5"]);
     out.error("AgentTimeout");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(8), "{took:?}");
 }
 
 #[test]
@@ -284,7 +284,7 @@ fn a_program_that_never_exits_ends_on_sigterm_and_sigint_naming_the_guest_pid() 
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
         let output = child.wait_with_output().unwrap();
         assert!(
-            sent.elapsed() < Duration::from_secs(1),
+            sent.elapsed() < Duration::from_secs(5),
             "{signal}: took {:?}",
             sent.elapsed()
         );

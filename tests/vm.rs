@@ -178,5 +178,41 @@ fn a_guest_without_agent_times_out_with_advice() {
         message.contains("runs in the guest") && message.contains("--timeout"),
         "{message}"
     );
+    assert!(started.elapsed() < Duration::from_secs(6));
+}
+
+#[test]
+fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
+    let vm = TestVm::boot_with("held", &[("EXTRA_AGENT_PORT", "1")]);
+    let listed = run(&["domain-list"], None).json();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == vm.name.as_str())
+        .unwrap_or_else(|| panic!("{} not in {listed}", vm.name))
+        .clone();
+    assert_eq!(entry["source"], "qemu");
+    assert_eq!(entry["pid"], json!(vm.qemu_pid()));
+    assert_eq!(entry["agent_channels"][0]["name"], "org.qemu.guest_agent.0");
+    assert_eq!(entry["agent_channels"][1]["held"], false);
+
+    // Someone else (this test process) takes org.qemu.guest_agent.0.
+    let _holder = std::os::unix::net::UnixStream::connect(vm.socket()).unwrap();
+    support::wait_until(5, "QEMU to accept the holder", || {
+        run(&["domain-list"], None).stdout.contains(r#""held":true"#)
+    });
+
+    let out = run(&["guest-run", &vm.name, "--", "echo", "-n", "via .1"], None);
+    assert_eq!(out.json()["stdout"], "via .1", "{out:?}");
+
+    let started = Instant::now();
+    let out = run(&["guest-run", vm.socket().to_str().unwrap(), "--", "true"], None);
+    let message = out.error("AgentUnavailable");
+    assert!(
+        message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    // Well before the 5 s handshake timeout: nothing waited on the held channel.
     assert!(started.elapsed() < Duration::from_secs(4));
 }

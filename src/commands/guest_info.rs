@@ -1,13 +1,12 @@
 //! `virtomate guest-info`: the agent's version and its commands.
 
 use virtomate_protocol::qga::GuestInfo;
-use virtomate_protocol::ClientOptions;
 
-use super::{Agent, Answer};
+use super::{Agent, Answer, Context};
 use crate::error::CliError;
 
-pub async fn run(domain: &str, options: ClientOptions) -> Result<Answer, CliError> {
-    let mut agent = Agent::connect(domain, options).await?;
+pub async fn run(domain: &str, context: &Context) -> Result<Answer, CliError> {
+    let mut agent = Agent::connect(domain, context).await?;
     let info = agent.execute(&GuestInfo {}).await?;
     // Through Value, whose maps are sorted: keys come out in order.
     let json = serde_json::to_value(info).expect("plain data always serializes");

@@ -7,7 +7,8 @@ use tokio::time::{sleep, Instant};
 use virtomate_protocol::qga::GuestPing;
 use virtomate_protocol::ClientOptions;
 
-use super::{Agent, Answer};
+use super::{Agent, Answer, Context};
+use crate::domain::Scope;
 use crate::error::CliError;
 
 /// Pause between attempts while the socket cannot be connected to yet.
@@ -15,9 +16,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Pings once, or with `wait` keeps trying until the agent answers or the
 /// time is up (for scripts that boot a VM and wait for it).
-pub async fn run(domain: &str, wait: Option<Duration>, options: ClientOptions) -> Result<Answer, CliError> {
+pub async fn run(domain: &str, wait: Option<Duration>, context: &Context) -> Result<Answer, CliError> {
     let Some(wait) = wait else {
-        return ping(domain, options).await.map_err(no_answer);
+        return ping(domain, &context.scope, context.options.clone())
+            .await
+            .map_err(no_answer);
     };
     let deadline = Instant::now() + wait;
     loop {
@@ -26,9 +29,9 @@ pub async fn run(domain: &str, wait: Option<Duration>, options: ClientOptions) -
         let remaining = deadline.saturating_duration_since(Instant::now());
         let attempt = ClientOptions {
             handshake_timeout: remaining.max(Duration::from_millis(1)),
-            ..options.clone()
+            ..context.options.clone()
         };
-        match ping(domain, attempt).await {
+        match ping(domain, &context.scope, attempt).await {
             Ok(answer) => return Ok(answer),
             Err(e) if Instant::now() + RETRY_PAUSE < deadline => {
                 tracing::info!("no answer yet: {e}");
@@ -39,8 +42,8 @@ pub async fn run(domain: &str, wait: Option<Duration>, options: ClientOptions) -
     }
 }
 
-async fn ping(domain: &str, options: ClientOptions) -> Result<Answer, CliError> {
-    let mut agent = Agent::connect(domain, options).await?;
+async fn ping(domain: &str, scope: &Scope, options: ClientOptions) -> Result<Answer, CliError> {
+    let mut agent = Agent::connect_with(domain, scope, options).await?;
     agent.execute(&GuestPing {}).await?;
     Ok(Answer::Nothing)
 }
@@ -49,7 +52,11 @@ async fn ping(domain: &str, options: ClientOptions) -> Result<Answer, CliError> 
 /// domain stays an ordinary error.
 fn no_answer(error: CliError) -> CliError {
     match error {
-        CliError::NotFound(_) | CliError::Ambiguous { .. } | CliError::Io(_) => error,
+        CliError::NotFound(_)
+        | CliError::Ambiguous { .. }
+        | CliError::IllegalState(_)
+        | CliError::Usage(_)
+        | CliError::Io(_) => error,
         other => CliError::NoAnswer(Box::new(other)),
     }
 }

@@ -7,9 +7,9 @@ use base64::Engine;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 use virtomate_protocol::qga::{ExecStatus, GuestExec};
-use virtomate_protocol::{ClientOptions, PollSchedule, MAX_REQUEST_LEN};
+use virtomate_protocol::{PollSchedule, MAX_REQUEST_LEN};
 
-use super::{Agent, Answer};
+use super::{Agent, Answer, Context};
 use crate::cli::GuestRunArgs;
 use crate::error::CliError;
 
@@ -28,14 +28,14 @@ pub struct RunResult {
 /// Base64 text of the largest input that still fits in one request.
 const MAX_INPUT_LEN: usize = MAX_REQUEST_LEN / 4 * 3;
 
-pub async fn run(args: GuestRunArgs, options: ClientOptions) -> Result<Answer, CliError> {
+pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliError> {
     // Read stdin before connecting, so the channel is not held while the
     // user types.
     let input = if args.stdin { Some(read_stdin()?) } else { None };
     let mut exec = GuestExec::new(args.program, args.arguments);
     exec.input_data = input;
 
-    let mut agent = Agent::connect(&args.domain, options).await?;
+    let mut agent = Agent::connect(&args.domain, context).await?;
     let pid = agent.execute(&exec).await?.pid;
     drop(exec);
     tracing::info!(pid, "started in the guest");

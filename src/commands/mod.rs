@@ -1,6 +1,7 @@
 //! One module per subcommand, and what they share: reaching the agent of
 //! a domain, and the answer to print.
 
+pub mod domain_list;
 pub mod guest_info;
 pub mod guest_ping;
 pub mod guest_run;
@@ -10,8 +11,14 @@ use std::path::PathBuf;
 use virtomate_protocol::qga::Command;
 use virtomate_protocol::{ClientOptions, QgaClient};
 
-use crate::domain;
+use crate::domain::{self, Scope};
 use crate::error::CliError;
+
+/// What every command needs besides its own arguments.
+pub struct Context {
+    pub options: ClientOptions,
+    pub scope: Scope,
+}
 
 /// What a command prints on success.
 pub enum Answer {
@@ -31,9 +38,18 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub async fn connect(domain: &str, options: ClientOptions) -> Result<Agent, CliError> {
-        let socket = domain::resolve(domain)?.path;
-        tracing::debug!(socket = %socket.display(), "connecting to the agent of {domain}");
+    pub async fn connect(domain: &str, context: &Context) -> Result<Agent, CliError> {
+        Agent::connect_with(domain, &context.scope, context.options.clone()).await
+    }
+
+    pub async fn connect_with(
+        domain: &str,
+        scope: &Scope,
+        options: ClientOptions,
+    ) -> Result<Agent, CliError> {
+        let found = domain::find(domain, scope)?;
+        let socket = found.agent_socket()?;
+        tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {domain}");
         let client = QgaClient::connect(&socket, options)
             .await
             .map_err(|e| CliError::from_agent(e, &socket))?;

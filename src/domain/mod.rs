@@ -1,56 +1,252 @@
-//! Turning the DOMAIN argument into the path of an agent socket.
+//! Turning the DOMAIN argument into a domain and its agent socket.
 //!
-//! In order: a path (anything with a `/`, or an existing socket in the
-//! current directory), then the `-name` of a running QEMU process.
+//! In order: a socket path (anything with a `/`, or an existing socket in
+//! the current directory), then a libvirt domain (by name or UUID, from
+//! libvirt's status files), then the `-name` of a running bare QEMU
+//! process. `-c URI` limits the search to one libvirt daemon.
 
+mod libvirt;
 mod procfs;
 mod qemu_args;
+pub mod socket_holders;
 
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+use serde::Serialize;
 
 use crate::error::CliError;
+use libvirt::{LibvirtDirs, Lookup};
 
-/// Where the agent of a domain listens.
-#[derive(Debug)]
-pub struct AgentSocket {
+/// A UNIX socket channel to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Channel {
+    /// The virtio port name, e.g. `org.qemu.guest_agent.0`, where known.
+    pub port_name: Option<String>,
     pub path: PathBuf,
 }
 
-pub fn resolve(domain: &str) -> Result<AgentSocket, CliError> {
-    resolve_in(domain, Path::new("/proc"))
+/// How a domain was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// DOMAIN was the socket path itself.
+    Socket,
+    /// A bare QEMU process, by its `-name`.
+    Qemu,
+    /// A libvirt domain, by its status file.
+    Libvirt,
 }
 
-fn resolve_in(domain: &str, proc_root: &Path) -> Result<AgentSocket, CliError> {
-    if looks_like_socket_path(domain) {
-        return Ok(AgentSocket { path: domain.into() });
+/// A running domain and the ways to reach it.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub name: String,
+    pub uuid: Option<String>,
+    pub pid: Option<u32>,
+    pub source: Source,
+    pub agent_channels: Vec<Channel>,
+    /// QMP sockets (for libvirt: the monitor, which libvirtd holds).
+    #[allow(dead_code)] // read by the qmp and doctor commands, which come next
+    pub qmp_sockets: Vec<PathBuf>,
+}
+
+/// Where to look for domains.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    libvirt: Vec<LibvirtDirs>,
+    bare_qemu: bool,
+    proc_root: PathBuf,
+}
+
+impl Scope {
+    /// Everything on this host, or only the libvirt daemon that `uri`
+    /// (`-c`, else `LIBVIRT_DEFAULT_URI`) names.
+    pub fn new(uri: Option<&str>) -> Result<Scope, CliError> {
+        let from_env = std::env::var("LIBVIRT_DEFAULT_URI").ok();
+        let (libvirt, bare_qemu) = match uri.or(from_env.as_deref()) {
+            None => (std::iter::once(LibvirtDirs::system()).chain(LibvirtDirs::session()).collect(), true),
+            Some("qemu:///system") => (vec![LibvirtDirs::system()], false),
+            Some("qemu:///session") => (
+                vec![LibvirtDirs::session().ok_or_else(|| {
+                    CliError::Usage("qemu:///session needs XDG_RUNTIME_DIR to find the session daemon".into())
+                })?],
+                false,
+            ),
+            Some(other) => {
+                return Err(CliError::Usage(format!(
+                    "unsupported connection URI '{other}': virtomate works on this host only, with qemu:///system or qemu:///session"
+                )))
+            }
+        };
+        Ok(Scope {
+            libvirt,
+            bare_qemu,
+            proc_root: "/proc".into(),
+        })
     }
-    let mut matches: Vec<_> = procfs::qemu_processes(proc_root)
+}
+
+/// Finds DOMAIN: a socket path, a libvirt domain, or a bare QEMU process.
+pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
+    if looks_like_socket_path(domain) {
+        return Ok(Domain {
+            name: domain.to_owned(),
+            uuid: None,
+            pid: None,
+            source: Source::Socket,
+            agent_channels: vec![Channel {
+                port_name: None,
+                path: domain.into(),
+            }],
+            qmp_sockets: Vec::new(),
+        });
+    }
+    for dirs in &scope.libvirt {
+        match libvirt::lookup(dirs, domain) {
+            Lookup::Running(found) => return Ok(from_libvirt(found)),
+            Lookup::Stopped => {
+                return Err(CliError::IllegalState(format!(
+                    "Domain '{domain}' is not running ({}); start it, e.g. virsh -c {} start {domain}",
+                    dirs.uri, dirs.uri
+                )))
+            }
+            Lookup::Unknown => {}
+        }
+    }
+    if !scope.bare_qemu {
+        return Err(CliError::NotFound(domain.to_owned()));
+    }
+    let mut matches: Vec<Domain> = qemu_domains(scope)
         .into_iter()
-        .filter(|process| process.args.name.as_deref() == Some(domain))
+        .filter(|found| found.name == domain)
         .collect();
-    let process = match matches.len() {
-        0 => return Err(CliError::NotFound(domain.to_owned())),
-        1 => matches.remove(0),
+    match matches.len() {
+        0 => Err(CliError::NotFound(domain.to_owned())),
+        1 => Ok(matches.remove(0)),
         _ => {
-            let pids: Vec<String> = matches.iter().map(|p| p.pid.to_string()).collect();
-            return Err(CliError::Ambiguous {
+            let pids: Vec<String> = matches
+                .iter()
+                .filter_map(|d| d.pid)
+                .map(|p| p.to_string())
+                .collect();
+            Err(CliError::Ambiguous {
                 name: domain.to_owned(),
                 pids: pids.join(", "),
-            });
+            })
         }
-    };
-    let Some(channel) = process.args.agent_channels.first() else {
-        return Err(CliError::AgentUnavailable(format!(
-            "QEMU process {} ('{domain}') has no guest agent channel; start it with -chardev socket,path=PATH,server=on,wait=off,id=qga0 -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
-            process.pid
-        )));
-    };
-    let path = match &process.cwd {
-        Some(cwd) if channel.path.is_relative() => cwd.join(&channel.path),
-        _ => channel.path.clone(),
-    };
-    Ok(AgentSocket { path })
+    }
+}
+
+/// Every running domain in scope: libvirt's, then bare QEMU processes
+/// that libvirt does not manage.
+pub fn list(scope: &Scope) -> Vec<Domain> {
+    let mut domains: Vec<Domain> = scope
+        .libvirt
+        .iter()
+        .flat_map(|dirs| libvirt::running_domains(dirs).into_iter().map(from_libvirt))
+        .collect();
+    if scope.bare_qemu {
+        let libvirt_pids: Vec<Option<u32>> = domains.iter().map(|d| d.pid).collect();
+        domains.extend(
+            qemu_domains(scope)
+                .into_iter()
+                .filter(|d| !libvirt_pids.contains(&d.pid)),
+        );
+    }
+    domains
+}
+
+/// Named QEMU processes not started by libvirt, with socket paths made
+/// absolute against each process's working directory.
+fn qemu_domains(scope: &Scope) -> Vec<Domain> {
+    procfs::qemu_processes(&scope.proc_root)
+        .into_iter()
+        .filter_map(|process| {
+            let absolute = |path: PathBuf| match &process.cwd {
+                Some(cwd) if path.is_relative() => cwd.join(path),
+                _ => path,
+            };
+            Some(Domain {
+                name: process.args.name?,
+                uuid: None,
+                pid: Some(process.pid),
+                source: Source::Qemu,
+                agent_channels: process
+                    .args
+                    .agent_channels
+                    .into_iter()
+                    .map(|channel| Channel {
+                        path: absolute(channel.path),
+                        ..channel
+                    })
+                    .collect(),
+                qmp_sockets: process.args.qmp_sockets.into_iter().map(absolute).collect(),
+            })
+        })
+        .collect()
+}
+
+fn from_libvirt(found: libvirt::LibvirtDomain) -> Domain {
+    Domain {
+        name: found.name,
+        uuid: Some(found.uuid),
+        pid: found.pid,
+        source: Source::Libvirt,
+        agent_channels: found.agent_channels,
+        qmp_sockets: found.monitor.into_iter().collect(),
+    }
+}
+
+impl Domain {
+    /// The agent socket to use: the first agent channel nobody else holds.
+    ///
+    /// A channel held by another virtomate is fine: it is served in turn.
+    /// One held by anything else (libvirtd keeps `org.qemu.guest_agent.0`
+    /// of every domain) would never answer, so it fails at once, naming
+    /// the holder.
+    pub fn agent_socket(&self) -> Result<PathBuf, CliError> {
+        let Some(first) = self.agent_channels.first() else {
+            return Err(CliError::AgentUnavailable(self.no_channel_advice()));
+        };
+        let mut held = Vec::new();
+        for channel in &self.agent_channels {
+            let holders = socket_holders::holders(&channel.path);
+            if holders.iter().all(|h| h.command.as_deref() == Some("virtomate")) {
+                return Ok(channel.path.clone());
+            }
+            held.push(format!(
+                "{} is {}",
+                channel.path.display(),
+                socket_holders::describe(&holders)
+            ));
+        }
+        let advice = if self.source == Source::Libvirt {
+            " (libvirtd keeps org.qemu.guest_agent.0 of every domain); give the domain a second agent channel, e.g. org.qemu.guest_agent.1, served by a second qemu-ga in the guest (see README)"
+        } else {
+            "; stop that client or wait until it is done"
+        };
+        tracing::debug!(first = %first.path.display(), "every agent channel is held");
+        Err(CliError::AgentUnavailable(format!(
+            "every agent channel of '{}' is held by another client: {}{advice}",
+            self.name,
+            held.join("; ")
+        )))
+    }
+
+    fn no_channel_advice(&self) -> String {
+        match self.source {
+            Source::Libvirt => format!(
+                "libvirt domain '{}' has no guest agent channel; add <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel> to its devices",
+                self.name
+            ),
+            _ => format!(
+                "QEMU process {} ('{}') has no guest agent channel; start it with -chardev socket,path=PATH,server=on,wait=off,id=qga0 -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+                self.pid.unwrap_or_default(),
+                self.name
+            ),
+        }
+    }
 }
 
 fn looks_like_socket_path(domain: &str) -> bool {
@@ -61,6 +257,7 @@ fn looks_like_socket_path(domain: &str) -> bool {
 mod tests {
     use super::*;
     use std::fs;
+    use std::path::Path;
 
     fn fake_proc(processes: &[(u32, &[&str], &str)]) -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();
@@ -76,6 +273,14 @@ mod tests {
         root
     }
 
+    fn bare_qemu_only(proc_root: &Path) -> Scope {
+        Scope {
+            libvirt: Vec::new(),
+            bare_qemu: true,
+            proc_root: proc_root.into(),
+        }
+    }
+
     const VM: &[&str] = &[
         "/usr/bin/qemu-system-x86_64",
         "-name",
@@ -84,19 +289,23 @@ mod tests {
         "socket,path=vm/qga.sock,server=on,wait=off,id=qga0",
         "-device",
         "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        "-qmp",
+        "unix:vm/qmp.sock,server=on,wait=off",
     ];
 
     #[test]
-    fn name_of_a_qemu_process_gives_its_socket_relative_to_its_cwd() {
+    fn name_of_a_qemu_process_gives_its_sockets_relative_to_its_cwd() {
         let proc_root = fake_proc(&[(42, VM, "/srv"), (7, &["bash", "-name", "web"], "/")]);
-        let socket = resolve_in("web", proc_root.path()).unwrap();
-        assert_eq!(socket.path, Path::new("/srv/vm/qga.sock"));
+        let domain = find("web", &bare_qemu_only(proc_root.path())).unwrap();
+        assert_eq!(domain.pid, Some(42));
+        assert_eq!(domain.agent_channels[0].path, Path::new("/srv/vm/qga.sock"));
+        assert_eq!(domain.qmp_sockets, [PathBuf::from("/srv/vm/qmp.sock")]);
     }
 
     #[test]
     fn unknown_name_is_not_found() {
         let proc_root = fake_proc(&[(42, VM, "/srv")]);
-        let err = resolve_in("db", proc_root.path()).unwrap_err();
+        let err = find("db", &bare_qemu_only(proc_root.path())).unwrap_err();
         assert_eq!(err.to_string(), "Domain 'db' does not exist");
         assert_eq!(err.kind(), "NotFoundError");
     }
@@ -104,7 +313,7 @@ mod tests {
     #[test]
     fn two_processes_with_one_name_are_ambiguous() {
         let proc_root = fake_proc(&[(42, VM, "/a"), (43, VM, "/b")]);
-        let err = resolve_in("web", proc_root.path()).unwrap_err();
+        let err = find("web", &bare_qemu_only(proc_root.path())).unwrap_err();
         assert_eq!(err.kind(), "AmbiguousDomainError");
         assert!(err.to_string().contains("42, 43"), "{err}");
     }
@@ -112,14 +321,23 @@ mod tests {
     #[test]
     fn a_vm_without_agent_channel_says_how_to_add_one() {
         let proc_root = fake_proc(&[(42, &["qemu-system-x86_64", "-name", "web"], "/")]);
-        let err = resolve_in("web", proc_root.path()).unwrap_err();
+        let domain = find("web", &bare_qemu_only(proc_root.path())).unwrap();
+        let err = domain.agent_socket().unwrap_err();
         assert_eq!(err.kind(), "AgentUnavailable");
         assert!(err.to_string().contains("org.qemu.guest_agent.0"), "{err}");
     }
 
     #[test]
     fn anything_with_a_slash_is_a_path() {
-        let socket = resolve_in("./web", Path::new("/nonexistent")).unwrap();
-        assert_eq!(socket.path, Path::new("./web"));
+        let domain = find("./web", &bare_qemu_only(Path::new("/nonexistent"))).unwrap();
+        assert_eq!(domain.source, Source::Socket);
+        assert_eq!(domain.agent_socket().unwrap(), Path::new("./web"));
+    }
+
+    #[test]
+    fn connection_uris_choose_the_daemon() {
+        assert!(!Scope::new(Some("qemu:///system")).unwrap().bare_qemu);
+        let err = Scope::new(Some("qemu+ssh://host/system")).unwrap_err();
+        assert!(err.to_string().contains("qemu:///system"), "{err}");
     }
 }

@@ -7,6 +7,8 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+use super::Channel;
+
 /// Prefix of the virtio port names the QEMU Guest Agent listens on.
 pub const AGENT_PORT_PREFIX: &str = "org.qemu.guest_agent.";
 
@@ -15,17 +17,11 @@ pub const AGENT_PORT_PREFIX: &str = "org.qemu.guest_agent.";
 pub struct QemuArgs {
     /// The `-name` (`guest=` key), if any.
     pub name: Option<String>,
-    /// Agent channels, `org.qemu.guest_agent.0` first.
-    pub agent_channels: Vec<AgentChannel>,
-}
-
-/// A virtio serial port for the agent, backed by a UNIX socket.
-#[derive(Debug, PartialEq, Eq)]
-pub struct AgentChannel {
-    /// The port name, e.g. `org.qemu.guest_agent.0`.
-    pub port_name: String,
-    /// The socket path as written on the command line (may be relative).
-    pub path: PathBuf,
+    /// Agent channels, `org.qemu.guest_agent.0` first; paths as written
+    /// on the command line (may be relative).
+    pub agent_channels: Vec<Channel>,
+    /// The QMP sockets (`-qmp unix:P`, or `-mon chardev=X,mode=control`).
+    pub qmp_sockets: Vec<PathBuf>,
 }
 
 impl QemuArgs {
@@ -33,6 +29,8 @@ impl QemuArgs {
         let mut name = None;
         let mut socket_chardevs = HashMap::new();
         let mut ports = Vec::new();
+        let mut qmp_sockets = Vec::new();
+        let mut monitor_chardevs = Vec::new();
         let mut args = argv.iter().skip(1);
         while let Some(arg) = args.next() {
             let option = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'));
@@ -47,19 +45,38 @@ impl QemuArgs {
                     }
                 }
                 "device" => ports.extend(agent_port(value)),
+                "qmp" | "qmp-pretty" => qmp_sockets.extend(qmp_unix_path(value)),
+                "mon" => {
+                    let opts: HashMap<String, String> = parse_opts(value, "chardev").into_iter().collect();
+                    if opts.get("mode").map(String::as_str) == Some("control") {
+                        monitor_chardevs.extend(opts.get("chardev").cloned());
+                    }
+                }
                 _ => continue,
             }
             args.next();
         }
-        let mut agent_channels: Vec<AgentChannel> = ports
+        let mut agent_channels: Vec<Channel> = ports
             .into_iter()
             .filter_map(|(chardev, port_name)| {
                 let path = socket_chardevs.get(&chardev)?.clone();
-                Some(AgentChannel { port_name, path })
+                Some(Channel {
+                    port_name: Some(port_name),
+                    path,
+                })
             })
             .collect();
         agent_channels.sort_by(|a, b| a.port_name.cmp(&b.port_name));
-        QemuArgs { name, agent_channels }
+        qmp_sockets.extend(
+            monitor_chardevs
+                .iter()
+                .filter_map(|id| socket_chardevs.get(id).cloned()),
+        );
+        QemuArgs {
+            name,
+            agent_channels,
+            qmp_sockets,
+        }
     }
 }
 
@@ -98,6 +115,12 @@ fn opts_value(text: &str, implied_key: &str, key: &str) -> Option<String> {
         .into_iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v)
+}
+
+/// `unix:P,server=on,wait=off` (or `unix:P,server,nowait`) → P.
+fn qmp_unix_path(value: &str) -> Option<PathBuf> {
+    let (_, address) = parse_opts(value, "address").into_iter().next()?;
+    address.strip_prefix("unix:").map(PathBuf::from)
 }
 
 /// `socket,id=X,path=P,...` (or the JSON form of `chardev-add`) → (X, P).
@@ -148,11 +171,40 @@ mod tests {
         QemuArgs::parse(&argv)
     }
 
-    fn channel(port: &str, path: &str) -> AgentChannel {
-        AgentChannel {
-            port_name: port.into(),
+    fn channel(port: &str, path: &str) -> Channel {
+        Channel {
+            port_name: Some(port.into()),
             path: path.into(),
         }
+    }
+
+    #[test]
+    fn qmp_sockets_from_qmp_and_mon_options() {
+        let args = parse(&[
+            "qemu",
+            "-qmp",
+            "unix:/run/a.qmp,server=on,wait=off",
+            "--qmp",
+            "unix:/run/b,,x.qmp,server,nowait",
+            "-qmp",
+            "tcp:localhost:4444,server",
+            "-chardev",
+            "socket,id=mon1,path=/run/c.qmp,server=on",
+            "-mon",
+            "chardev=mon1,mode=control",
+            "-chardev",
+            "socket,id=hmp,path=/run/hmp.sock",
+            "-mon",
+            "chardev=hmp",
+        ]);
+        assert_eq!(
+            args.qmp_sockets,
+            [
+                PathBuf::from("/run/a.qmp"),
+                "/run/b,x.qmp".into(),
+                "/run/c.qmp".into()
+            ]
+        );
     }
 
     #[test]

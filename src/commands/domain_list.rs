@@ -1,0 +1,49 @@
+//! `virtomate domain-list`: the running domains of this host, libvirt's and
+//! bare QEMU processes alike, with their agent channels.
+
+use serde::Serialize;
+
+use super::{Answer, Context};
+use crate::domain::{self, socket_holders, Source};
+use crate::error::CliError;
+
+#[derive(Serialize)]
+struct DomainEntry {
+    agent_channels: Vec<ChannelEntry>,
+    name: String,
+    pid: Option<u32>,
+    source: Source,
+    uuid: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ChannelEntry {
+    /// Whether another client is connected, so that a new one would wait.
+    held: bool,
+    name: Option<String>,
+    path: String,
+}
+
+pub fn run(context: &Context) -> Result<Answer, CliError> {
+    let mut entries: Vec<DomainEntry> = domain::list(&context.scope)
+        .into_iter()
+        .map(|found| DomainEntry {
+            agent_channels: found
+                .agent_channels
+                .into_iter()
+                .map(|channel| ChannelEntry {
+                    held: socket_holders::connected_clients(&channel.path).is_ok_and(|n| n > 0),
+                    name: channel.port_name,
+                    path: channel.path.display().to_string(),
+                })
+                .collect(),
+            name: found.name,
+            pid: found.pid,
+            source: found.source,
+            uuid: found.uuid,
+        })
+        .collect();
+    entries.sort_by(|a, b| (&a.name, a.pid).cmp(&(&b.name, b.pid)));
+    let json = serde_json::to_value(entries).expect("plain data always serializes");
+    Ok(Answer::Json(json))
+}
