@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
+use crate::commands::guest_cmd::{parse_request, Request};
+
 /// Run programs in QEMU virtual machines through the guest agent's UNIX
 /// socket, without libvirt. Every answer is JSON on stdout.
 #[derive(Debug, Parser)]
@@ -70,6 +72,30 @@ pub enum Command {
 
     /// List the running domains: libvirt's and bare QEMU processes
     DomainList,
+
+    /// Send any agent request after the handshake and print its return value
+    GuestCmd {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+
+        /// The request: {"execute": COMMAND, "arguments": {...}}
+        #[arg(value_parser = parse_request)]
+        request: Request,
+    },
+
+    /// Send any QMP command to QEMU's monitor and print its return value
+    Qmp {
+        /// Include the events that arrived meanwhile: {"events": [...], "return": ...}
+        #[arg(long)]
+        events: bool,
+
+        /// QMP socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+
+        /// The command: {"execute": COMMAND, "arguments": {...}}
+        #[arg(value_parser = parse_request)]
+        request: Request,
+    },
 
     /// Show the agent's version and its commands, enabled or not
     GuestInfo {

@@ -32,8 +32,16 @@ pub enum CliError {
     #[error("the agent on {} closed the connection; the VM may have stopped or its agent restarted", path.display())]
     AgentDisconnected { path: PathBuf },
 
-    #[error("unable to execute QEMU agent command '{command}': {desc}")]
-    AgentCommand { command: String, desc: String },
+    #[error("unable to execute {} command '{command}': {desc}", if *qmp { "QMP" } else { "QEMU agent" })]
+    AgentCommand {
+        command: String,
+        desc: String,
+        /// The agent's error class, shown by the raw commands (guest-cmd,
+        /// qmp) only: guest-run's error keeps the original's two keys.
+        class: Option<String>,
+        /// Whether QEMU's monitor refused it, rather than the agent.
+        qmp: bool,
+    },
 
     #[error("the agent on {} sent a reply that violates the protocol: {reason}", path.display())]
     Protocol { path: PathBuf, reason: String },
@@ -93,6 +101,25 @@ impl CliError {
         matches!(self, CliError::NoAnswer(_))
     }
 
+    /// Like [`CliError::from_agent`], keeping the error class of an error
+    /// reply and speaking of QEMU's monitor where `peer` is QMP.
+    pub fn from_raw(error: AgentError, socket: &std::path::Path, peer: Peer) -> CliError {
+        match error {
+            AgentError::Agent { command, class, desc } => CliError::AgentCommand {
+                command,
+                desc,
+                class: Some(class),
+                qmp: peer == Peer::Qmp,
+            },
+            AgentError::Timeout { after, .. } if peer == Peer::Qmp => CliError::AgentTimeout(format!(
+                "QEMU's monitor on {} did not answer within {} s; QEMU serves one QMP client at a time: check that no other client (libvirtd, a management tool) holds it",
+                socket.display(),
+                after.as_secs_f64()
+            )),
+            other => CliError::from_agent(other, socket),
+        }
+    }
+
     /// Puts an agent-side failure in terms of the socket it happened on.
     pub fn from_agent(error: AgentError, socket: &std::path::Path) -> CliError {
         let path = socket.to_owned();
@@ -128,7 +155,12 @@ impl CliError {
                 limit >> 20,
                 (limit >> 20) / 4 * 3
             )),
-            AgentError::Agent { command, desc, .. } => CliError::AgentCommand { command, desc },
+            AgentError::Agent { command, desc, .. } => CliError::AgentCommand {
+                command,
+                desc,
+                class: None,
+                qmp: false,
+            },
         }
     }
 }
@@ -152,9 +184,18 @@ fn connect_advice(path: &std::path::Path, source: &std::io::Error) -> String {
     format!("cannot connect to the agent socket {shown}: {source}; {hint}")
 }
 
+/// Who is at the other end of a socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peer {
+    Agent,
+    Qmp,
+}
+
 /// The JSON form of an error: `{"message": ..., "type": ...}`.
 #[derive(Serialize)]
 pub struct ErrorJson {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub class: Option<String>,
     pub message: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
@@ -162,7 +203,12 @@ pub struct ErrorJson {
 
 impl From<&CliError> for ErrorJson {
     fn from(error: &CliError) -> Self {
+        let class = match error {
+            CliError::AgentCommand { class, .. } => class.clone(),
+            _ => None,
+        };
         ErrorJson {
+            class,
             message: error.to_string(),
             kind: error.kind(),
         }

@@ -44,6 +44,14 @@ fn main() -> ExitCode {
             Command::GuestPing { wait, domain } => commands::guest_ping::run(&domain, wait, &context).await,
             Command::GuestInfo { domain } => commands::guest_info::run(&domain, &context).await,
             Command::DomainList => commands::domain_list::run(&context),
+            Command::GuestCmd { domain, request } => {
+                commands::guest_cmd::run(&domain, &request, &context).await
+            }
+            Command::Qmp {
+                events,
+                domain,
+                request,
+            } => commands::qmp::run(&domain, &request, events, &context).await,
         }
     });
     let printed = match answer {

@@ -179,3 +179,102 @@ fn guest_ping_wait_follows_a_vm_from_boot_and_gives_up_on_one_without_agent() {
     assert_eq!((out.status, out.stdout.as_str()), (125, ""), "{out:?}");
     assert!(started.elapsed() < Duration::from_secs(8));
 }
+
+#[test]
+fn guest_cmd_prints_the_return_value_or_the_agents_error_with_its_class() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    let out = run(
+        &["guest-cmd", socket, r#"{"execute": "guest-get-host-name"}"#],
+        None,
+    );
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(out.json()["host-name"], hostname.trim());
+
+    let out = run(
+        &[
+            "guest-cmd",
+            socket,
+            r#"{"execute": "guest-exec-status", "arguments": {"pid": 1}}"#,
+        ],
+        None,
+    );
+    let json = out.json();
+    assert_eq!(
+        (json["type"].as_str(), json["class"].as_str()),
+        (Some("AgentCommandError"), Some("GenericError"))
+    );
+    assert_eq!(out.status, 1);
+
+    let out = run(
+        &[
+            "guest-cmd",
+            socket,
+            r#"{"execute": "guest-ping", "arguments": []}"#,
+        ],
+        None,
+    );
+    assert_eq!(out.status, 2, "{out:?}");
+}
+
+#[test]
+fn guest_cmd_counts_silence_or_a_closed_channel_as_success_for_shutdown() {
+    let silent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        assert_eq!(conn.request()["execute"], "guest-shutdown");
+        conn.wait_for_close();
+    });
+    let closing = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        conn.request();
+    });
+    for agent in [silent, closing] {
+        let out = run(
+            &[
+                "guest-cmd",
+                agent.socket().to_str().unwrap(),
+                r#"{"execute":"guest-shutdown"}"#,
+            ],
+            None,
+        );
+        assert_eq!((out.status, out.stdout.as_str()), (0, "{}\n"), "{out:?}");
+    }
+}
+
+#[test]
+fn qmp_talks_to_qemus_monitor_by_name_or_socket_and_keeps_events_apart() {
+    let vm = TestVm::boot("qmp");
+    let out = run(&["qmp", &vm.name, r#"{"execute": "query-status"}"#], None);
+    assert_eq!(out.json()["status"], "running", "{out:?}");
+
+    let qmp_socket = vm.dir.path().join("qmp.sock");
+    let out = run(
+        &[
+            "qmp",
+            "--events",
+            qmp_socket.to_str().unwrap(),
+            r#"{"execute": "stop"}"#,
+        ],
+        None,
+    );
+    let json = out.json();
+    assert_eq!(json["return"], serde_json::json!({}));
+    assert_eq!(json["events"][0]["event"], "STOP", "{json}");
+    let out = run(&["qmp", &vm.name, r#"{"execute": "cont"}"#], None);
+    assert_eq!(out.json(), serde_json::json!({}));
+
+    let out = run(&["qmp", &vm.name, r#"{"execute": "no-such-command"}"#], None);
+    assert_eq!(out.json()["class"], "CommandNotFound");
+
+    let _holder = std::os::unix::net::UnixStream::connect(&qmp_socket).unwrap();
+    support::wait_until(5, "qmp to name this process as the holder", || {
+        virtomate_sees_held_monitor(&vm.name)
+    });
+}
+
+/// True once `qmp` refuses the monitor because this test process holds it.
+fn virtomate_sees_held_monitor(name: &str) -> bool {
+    let out = run(&["qmp", name, r#"{"execute": "query-status"}"#], None);
+    out.status == 1 && out.stdout.contains(&format!("pid {}", std::process::id()))
+}

@@ -9,7 +9,9 @@ use tokio::net::UnixStream;
 use tokio::time::{timeout_at, Instant};
 
 use crate::framing::{ReplyReader, DEFAULT_MAX_REPLY_LEN, SENTINEL};
-use crate::qga::{parse_reply, request_bytes, Command, GuestSyncDelimited, ReplyFor};
+use crate::qga::{
+    parse_reply, parse_reply_to, request_bytes, request_line, Command, GuestSyncDelimited, ReplyFor,
+};
 use crate::{Direction, Error, Phase, Trace};
 
 /// The most the agent's JSON parser accepts in one request
@@ -143,11 +145,78 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     ///
     /// An error reply becomes [`Error::Agent`].
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
+        self.exchange(C::NAME, |id| request_bytes(command, id)).await
+    }
+
+    /// Sends any command by name and returns its `return` value untyped.
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::{ClientOptions, QgaClient};
+    ///
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// let mut agent = QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await?;
+    /// let host_name = agent.execute_json("guest-get-host-name", None).await?;
+    /// println!("{}", host_name["host-name"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_json(
+        &mut self,
+        name: &str,
+        arguments: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, Error> {
+        self.exchange(name, |id| request_line(name, arguments, id)).await
+    }
+
+    /// Sends a command that does not reply on success (`guest-shutdown`,
+    /// `guest-suspend-*`): silence or a closed channel within `grace` is
+    /// success, as the protocol has it; an error reply is still an error.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use virtomate_protocol::{ClientOptions, QgaClient};
+    ///
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// let mut agent = QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await?;
+    /// agent.execute_without_reply("guest-shutdown", None, Duration::from_secs(1)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_without_reply(
+        &mut self,
+        name: &str,
+        arguments: Option<&serde_json::Value>,
+        grace: Duration,
+    ) -> Result<(), Error> {
+        let grace_options = ClientOptions {
+            reply_timeout: grace,
+            ..self.options.clone()
+        };
+        let options = std::mem::replace(&mut self.options, grace_options);
+        let outcome = self.exchange(name, |id| request_line(name, arguments, id)).await;
+        self.options = options;
+        match outcome {
+            Ok(serde_json::Value::Null) | Err(Error::Disconnected) => Ok(()),
+            Err(Error::Timeout {
+                phase: Phase::Reply(_),
+                ..
+            }) => Ok(()),
+            Ok(unexpected) => Err(Error::Malformed {
+                command: name.to_owned(),
+                reason: format!("a command without reply answered {unexpected}"),
+            }),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn exchange<T: serde::de::DeserializeOwned>(
+        &mut self,
+        name: &str,
+        build_request: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<T, Error> {
         if !self.in_sync {
             self.sync().await?;
         }
         let id = self.fresh_id();
-        let request = request_bytes(command, id);
+        let request = build_request(id);
         if request.len() > MAX_REQUEST_LEN {
             return Err(Error::RequestTooLarge {
                 len: request.len(),
@@ -160,7 +229,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         // timeout starts once it is sent, and sending may take the timeout
         // plus a second per MiB, however slowly the guest reads.
         let send_allowance = timeout + Duration::from_secs((request.len() >> 20) as u64);
-        let sending = Phase::Sending(C::NAME.to_owned());
+        let sending = Phase::Sending(name.to_owned());
         within(
             Instant::now() + send_allowance,
             send_allowance,
@@ -169,11 +238,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         )
         .await?;
         drop(request);
-        let phase = Phase::Reply(C::NAME.to_owned());
+        let phase = Phase::Reply(name.to_owned());
         let output = within(Instant::now() + timeout, timeout, phase, async {
             loop {
                 let line = self.conn.read_reply().await?;
-                if let ReplyFor::Us(output) = parse_reply::<C>(&line, id)? {
+                if let ReplyFor::Us(output) = parse_reply_to::<T>(name, &line, id)? {
                     return Ok(output);
                 }
             }

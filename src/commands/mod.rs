@@ -2,9 +2,11 @@
 //! a domain, and the answer to print.
 
 pub mod domain_list;
+pub mod guest_cmd;
 pub mod guest_info;
 pub mod guest_ping;
 pub mod guest_run;
+pub mod qmp;
 
 use std::path::PathBuf;
 
@@ -62,6 +64,10 @@ impl Agent {
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
         CliError::from_agent(error, &self.socket)
+    }
+
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
     }
 
     pub fn client(&mut self) -> &mut QgaClient {

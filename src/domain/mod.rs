@@ -47,7 +47,6 @@ pub struct Domain {
     pub source: Source,
     pub agent_channels: Vec<Channel>,
     /// QMP sockets (for libvirt: the monitor, which libvirtd holds).
-    #[allow(dead_code)] // read by the qmp and doctor commands, which come next
     pub qmp_sockets: Vec<PathBuf>,
 }
 
