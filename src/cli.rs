@@ -73,6 +73,12 @@ pub enum Command {
     /// List the running domains: libvirt's and bare QEMU processes
     DomainList,
 
+    /// Diagnose, step by step, why the agent of a domain does not answer
+    Doctor {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
     /// Send any agent request after the handshake and print its return value
     GuestCmd {
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process

@@ -6,7 +6,7 @@ mod domain;
 mod error;
 mod output;
 
-use std::io::ErrorKind;
+use std::io::{ErrorKind, IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -44,6 +44,7 @@ fn main() -> ExitCode {
             Command::GuestPing { wait, domain } => commands::guest_ping::run(&domain, wait, &context).await,
             Command::GuestInfo { domain } => commands::guest_info::run(&domain, &context).await,
             Command::DomainList => commands::domain_list::run(&context),
+            Command::Doctor { domain } => Ok(commands::doctor::run(&domain, &context).await),
             Command::GuestCmd { domain, request } => {
                 commands::guest_cmd::run(&domain, &request, &context).await
             }
@@ -58,6 +59,17 @@ fn main() -> ExitCode {
         Ok(Answer::Run(result)) => output::print_json(&result, cli.pretty),
         Ok(Answer::Json(json)) => output::print_json(&json, cli.pretty),
         Ok(Answer::Nothing) => Ok(()),
+        Ok(Answer::Report(report)) => {
+            let printed = if std::io::stdout().is_terminal() {
+                std::io::stdout().write_all(report.to_text().as_bytes())
+            } else {
+                output::print_json(&report, cli.pretty)
+            };
+            if printed.is_ok() && !report.ok() {
+                return ExitCode::FAILURE;
+            }
+            printed
+        }
         Err(error) => return report(&error, cli.pretty),
     };
     match printed {

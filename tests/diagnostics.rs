@@ -172,12 +172,76 @@ fn guest_ping_wait_follows_a_vm_from_boot_and_gives_up_on_one_without_agent() {
     let booting = TestVm::boot_with("ping-boot", &[("VM_WAIT_READY", "0")]);
     let out = run(&["guest-ping", "--wait", "60", &booting.name], None);
     assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
+    let report = run(&["doctor", &booting.name], None);
+    assert_eq!(report.status, 0, "{report:?}");
+    assert_eq!(outcomes(&report), ["pass"; 9].map(String::from));
 
     let silent = TestVm::boot_with("ping-silent", &[("KERNEL_EXTRA_ARGS", "virtomate.noagent")]);
     let started = Instant::now();
     let out = run(&["guest-ping", "--wait", "2", &silent.name], None);
     assert_eq!((out.status, out.stdout.as_str()), (125, ""), "{out:?}");
     assert!(started.elapsed() < Duration::from_secs(8));
+
+    let report = run(&["--timeout", "1", "doctor", &silent.name], None);
+    assert_eq!(report.status, 1);
+    let expected = [
+        "pass", "pass", "pass", "pass", "pass", "fail", "fail", "skip", "skip",
+    ];
+    assert_eq!(outcomes(&report), expected.map(String::from), "{}", report.stdout);
+    let json = report.json();
+    assert!(
+        json["steps"][5]["advice"].as_str().unwrap().contains("qemu-ga"),
+        "{json}"
+    );
+}
+
+/// The outcome of each doctor step, in order.
+fn outcomes(report: &support::Outcome) -> Vec<String> {
+    let json = report.json();
+    json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["outcome"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn doctor_names_a_disabled_guest_exec_and_a_holder() {
+    let agent = HostAgent::start_with(&["--block-rpcs", "guest-exec"]);
+    let socket = agent.socket();
+    let report = run(&["doctor", socket.to_str().unwrap()], None);
+    assert_eq!(report.status, 1);
+    let json = report.json();
+    let step = |name: &str| {
+        json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(step("guest-exec")["outcome"], "fail", "{json}");
+    assert!(step("guest-exec")["advice"]
+        .as_str()
+        .unwrap()
+        .contains("--block-rpcs"));
+    assert_eq!(step("guest-port-open")["outcome"], "skip");
+    assert_eq!(
+        step("agent-version")["detail"]
+            .as_str()
+            .unwrap()
+            .split(' ')
+            .next(),
+        Some("qemu-ga")
+    );
+
+    let _holder = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    support::wait_until(5, "qemu-ga to accept the holder", || {
+        let report = run(&["doctor", socket.to_str().unwrap()], None);
+        report.stdout.contains(&format!("pid {}", std::process::id()))
+    });
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! One module per subcommand, and what they share: reaching the agent of
 //! a domain, and the answer to print.
 
+pub mod doctor;
 pub mod domain_list;
 pub mod guest_cmd;
 pub mod guest_info;
@@ -30,6 +31,9 @@ pub enum Answer {
     Json(serde_json::Value),
     /// Nothing at all, as `guest-ping` on success.
     Nothing,
+    /// A diagnosis: a table on a terminal, JSON otherwise; exit 1 when a
+    /// step failed.
+    Report(doctor::Report),
 }
 
 /// The synchronised agent of a domain, with the socket it was reached on so

@@ -1,0 +1,316 @@
+//! `virtomate doctor`: why does the agent not answer? A step-by-step
+//! diagnosis, each step with its outcome and, when it fails, what to do.
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::unistd::{access, AccessFlags};
+use serde::Serialize;
+use tokio::net::UnixStream;
+use virtomate_protocol::qga::GuestInfo;
+use virtomate_protocol::qmp::QueryChardev;
+use virtomate_protocol::{ClientOptions, QgaClient, QmpClient};
+
+use super::{Answer, Context};
+use crate::domain::{self, socket_holders, Domain, Source};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Pass,
+    Fail,
+    /// Not checked: an earlier step failed, or nothing to check it with.
+    Skip,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Step {
+    /// What to do about a failure.
+    advice: Option<String>,
+    detail: String,
+    name: &'static str,
+    outcome: Outcome,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    ok: bool,
+    steps: Vec<Step>,
+}
+
+impl Report {
+    /// The table shown when stdout is a terminal.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        for step in &self.steps {
+            let outcome = match step.outcome {
+                Outcome::Pass => "pass",
+                Outcome::Fail => "FAIL",
+                Outcome::Skip => "skip",
+            };
+            text.push_str(&format!("{outcome:<5} {:<16} {}\n", step.name, step.detail));
+            if let Some(advice) = &step.advice {
+                text.push_str(&format!("{:<22} -> {advice}\n", ""));
+            }
+        }
+        text
+    }
+
+    pub fn ok(&self) -> bool {
+        self.ok
+    }
+}
+
+/// Collects steps; once one fails, the steps that need it are skipped.
+struct Diagnosis {
+    steps: Vec<Step>,
+    failed: bool,
+}
+
+impl Diagnosis {
+    fn pass(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(name, Outcome::Pass, detail.into(), None);
+    }
+
+    fn fail(&mut self, name: &'static str, detail: impl Into<String>, advice: impl Into<String>) {
+        self.failed = true;
+        self.push(name, Outcome::Fail, detail.into(), Some(advice.into()));
+    }
+
+    fn skip(&mut self, name: &'static str, detail: impl Into<String>) {
+        self.push(name, Outcome::Skip, detail.into(), None);
+    }
+
+    fn push(&mut self, name: &'static str, outcome: Outcome, detail: String, advice: Option<String>) {
+        self.steps.push(Step {
+            advice,
+            detail,
+            name,
+            outcome,
+        });
+    }
+
+    fn report(self) -> Report {
+        Report {
+            ok: !self.failed,
+            steps: self.steps,
+        }
+    }
+}
+
+/// Every step, in the order a person would check them by hand.
+const STEPS: &[&str] = &[
+    "domain",
+    "socket",
+    "permission",
+    "held",
+    "connect",
+    "guest-port-open",
+    "handshake",
+    "agent-version",
+    "guest-exec",
+];
+
+pub async fn run(domain_arg: &str, context: &Context) -> Answer {
+    let mut diagnosis = Diagnosis {
+        steps: Vec::new(),
+        failed: false,
+    };
+    diagnose(domain_arg, context, &mut diagnosis).await;
+    // Whatever was not reached is listed as skipped, so the report always
+    // has every step.
+    for name in STEPS.iter().skip(diagnosis.steps.len()) {
+        diagnosis.skip(name, "not checked: an earlier step failed");
+    }
+    Answer::Report(diagnosis.report())
+}
+
+async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) {
+    let found = match domain::find(domain_arg, &context.scope) {
+        Ok(found) => found,
+        Err(e) => {
+            return d.fail(
+                "domain",
+                e.to_string(),
+                "pass the agent's socket path, the VM's -name, or a running libvirt domain",
+            )
+        }
+    };
+    d.pass("domain", how_found(&found));
+    let Some(channel) = found
+        .agent_channels
+        .iter()
+        .find(|c| socket_holders::holders(&c.path).is_empty())
+        .or(found.agent_channels.first())
+    else {
+        return d.fail(
+            "socket",
+            "the domain has no guest agent channel",
+            "add a virtio serial port named org.qemu.guest_agent.0 backed by a UNIX socket",
+        );
+    };
+    let path = channel.path.as_path();
+    let port = channel.port_name.as_deref().unwrap_or("agent channel");
+
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => d.pass("socket", format!("{port} at {}", path.display())),
+        Ok(_) => {
+            return d.fail(
+                "socket",
+                format!("{} is not a UNIX socket", path.display()),
+                "pass the agent's socket path",
+            )
+        }
+        Err(e) => {
+            return d.fail(
+                "socket",
+                format!("{}: {e}", path.display()),
+                "check the path; is the VM running with its -chardev socket?",
+            )
+        }
+    }
+
+    match access(path, AccessFlags::R_OK | AccessFlags::W_OK) {
+        Ok(()) => d.pass("permission", "may read and write the socket"),
+        Err(e) => {
+            return d.fail(
+                "permission",
+                format!("{}: {e}", path.display()),
+                "run as a user who may open the socket (often root)",
+            )
+        }
+    }
+
+    let holders = socket_holders::holders(path);
+    if holders.is_empty() {
+        d.pass("held", "no other client is connected");
+    } else {
+        let advice = if found.source == Source::Libvirt {
+            "libvirtd keeps org.qemu.guest_agent.0; give the domain a second agent channel (see README)"
+        } else {
+            "stop that client: the channel serves one client at a time"
+        };
+        return d.fail("held", socket_holders::describe(&holders), advice);
+    }
+
+    let timeout = context.options.handshake_timeout;
+    match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
+        Ok(Ok(stream)) => {
+            drop(stream);
+            d.pass("connect", "connected")
+        }
+        Ok(Err(e)) => {
+            return d.fail(
+                "connect",
+                e.to_string(),
+                "is the VM (or qemu-ga -m unix-listen) running?",
+            )
+        }
+        Err(_) => {
+            return d.fail(
+                "connect",
+                "connecting timed out",
+                "the socket's backlog is full: a client is waiting",
+            )
+        }
+    }
+
+    guest_port_open(&found, path, context, d).await;
+
+    let started = std::time::Instant::now();
+    let mut agent = match QgaClient::connect(path, context.options.clone()).await {
+        Ok(agent) => {
+            d.pass("handshake", format!("answered in {} ms", started.elapsed().as_millis()));
+            agent
+        }
+        Err(e) => {
+            return d.fail(
+                "handshake",
+                e.to_string(),
+                "start qemu-ga in the guest (qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0), or raise --timeout for a slow guest",
+            )
+        }
+    };
+    let info = match agent.execute(&GuestInfo {}).await {
+        Ok(info) => {
+            d.pass("agent-version", format!("qemu-ga {}", info.version));
+            info
+        }
+        Err(e) => {
+            return d.fail(
+                "agent-version",
+                e.to_string(),
+                "the agent answers the handshake but not guest-info: update qemu-ga",
+            )
+        }
+    };
+    match info.supported_commands.iter().find(|c| c.name == "guest-exec") {
+        Some(c) if c.enabled => d.pass("guest-exec", "enabled"),
+        Some(_) => d.fail(
+            "guest-exec",
+            "disabled",
+            "remove guest-exec from qemu-ga's --block-rpcs (or the block-rpcs of its config file)",
+        ),
+        None => d.fail("guest-exec", "not supported by this agent", "update qemu-ga"),
+    }
+}
+
+fn how_found(found: &Domain) -> String {
+    match found.source {
+        Source::Socket => format!("socket path {}", found.name),
+        Source::Qemu => format!(
+            "QEMU process {} (-name {})",
+            found.pid.unwrap_or_default(),
+            found.name
+        ),
+        Source::Libvirt => format!(
+            "libvirt domain {} ({}), QEMU pid {}",
+            found.name,
+            found.uuid.as_deref().unwrap_or("no uuid"),
+            found.pid.map_or("unknown".to_owned(), |p| p.to_string())
+        ),
+    }
+}
+
+/// Asks QEMU whether the guest has opened its end of the agent port: if not,
+/// nothing runs qemu-ga in the guest and requests wait forever.
+async fn guest_port_open(found: &Domain, path: &Path, context: &Context, d: &mut Diagnosis) {
+    const NAME: &str = "guest-port-open";
+    let Some(qmp_socket) = found.qmp_sockets.first() else {
+        return d.skip(NAME, "no QMP socket known for this domain");
+    };
+    let holders = socket_holders::holders(qmp_socket);
+    if !holders.is_empty() {
+        return d.skip(
+            NAME,
+            format!(
+                "QMP socket {} is {}",
+                qmp_socket.display(),
+                socket_holders::describe(&holders)
+            ),
+        );
+    }
+    let options = ClientOptions {
+        handshake_timeout: context.options.handshake_timeout.min(Duration::from_secs(2)),
+        ..context.options.clone()
+    };
+    let chardevs = match QmpClient::connect(qmp_socket, options).await {
+        Ok(mut qmp) => qmp.execute(&QueryChardev {}).await,
+        Err(e) => Err(e),
+    };
+    let chardevs = match chardevs {
+        Ok(chardevs) => chardevs,
+        Err(e) => return d.skip(NAME, format!("QMP not usable: {e}")),
+    };
+    let wanted = path.to_string_lossy();
+    match chardevs.iter().find(|c| c.filename.contains(wanted.as_ref())) {
+        Some(c) if c.frontend_open => d.pass(NAME, format!("the guest has opened port {}", c.label)),
+        Some(c) => d.fail(
+            NAME,
+            format!("the guest has not opened port {}", c.label),
+            "nothing runs qemu-ga in the guest: install and start it (qemu-guest-agent package)",
+        ),
+        None => d.skip(NAME, "QEMU does not list the agent socket among its chardevs"),
+    }
+}
