@@ -4,7 +4,8 @@
 set -euo pipefail
 
 # time: GNU time measures peak RSS in the tests and the benchmark.
-packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time)
+# python3: a second process that holds a socket in the socket-holder tests.
+packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time python3)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -384,3 +384,52 @@ fn an_agent_that_dies_during_a_run_gives_a_clear_error_at_once() {
     assert_eq!(json["type"], "AgentDisconnected", "{json}");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_session_libvirt_domain_is_found_from_its_status_file() {
+    let agent = HostAgent::start();
+    // A status file captured from a real libvirtd, its second agent channel
+    // pointed at the real agent of this test.
+    let captured = include_str!("data/libvirt-status-two-channels.xml");
+    let status = captured.replace(
+        "/work/main/target/libvirt-test-env/virtomate-test-qga1.sock",
+        agent.socket().to_str().unwrap(),
+    );
+    let runtime = tempfile::tempdir().unwrap();
+    let status_dir = runtime.path().join("libvirt/qemu/run");
+    std::fs::create_dir_all(&status_dir).unwrap();
+    std::fs::write(status_dir.join("virtomate-test.xml"), status).unwrap();
+
+    let session = |args: &[&str]| {
+        let mut command = virtomate();
+        command
+            .args(args)
+            .env("XDG_RUNTIME_DIR", runtime.path())
+            .env("HOME", runtime.path());
+        run_command(&mut command, None)
+    };
+    // org.qemu.guest_agent.0's socket does not exist here, so the second
+    // channel, a real agent, is used.
+    let out = session(&[
+        "-c",
+        "qemu:///session",
+        "guest-run",
+        "virtomate-test",
+        "--",
+        "echo",
+        "-n",
+        "via .1",
+    ]);
+    assert_eq!(out.json()["stdout"], "via .1", "{out:?}");
+    let out = session(&["guest-run", "0766EB29-75B8-4805-AD22-AAD5FCD186C4", "--", "true"]);
+    assert_eq!(out.json()["exit_code"], 0, "{out:?}");
+
+    std::fs::create_dir_all(runtime.path().join(".config/libvirt/qemu")).unwrap();
+    let listed = session(&["-c", "qemu:///session", "domain-list"]).json();
+    assert_eq!(listed[0]["name"], "virtomate-test");
+    assert_eq!(listed[0]["uuid"], "0766eb29-75b8-4805-ad22-aad5fcd186c4");
+    assert_eq!(
+        listed[0]["agent_channels"][1]["path"],
+        agent.socket().to_str().unwrap()
+    );
+}

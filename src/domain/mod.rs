@@ -11,7 +11,7 @@ mod qemu_args;
 pub mod socket_holders;
 
 use std::os::unix::fs::FileTypeExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -209,16 +209,25 @@ impl Domain {
             return Err(CliError::AgentUnavailable(self.no_channel_advice()));
         };
         let mut held = Vec::new();
+        let mut missing = None;
         for channel in &self.agent_channels {
             let holders = socket_holders::holders(&channel.path);
-            if holders.iter().all(|h| h.command.as_deref() == Some("virtomate")) {
+            if !holders.iter().all(|h| h.command.as_deref() == Some("virtomate")) {
+                held.push(format!(
+                    "{} is {}",
+                    channel.path.display(),
+                    socket_holders::describe(&holders)
+                ));
+            } else if !is_socket(&channel.path) {
+                // Try the others first; connecting names the problem if
+                // there is nothing better.
+                missing = missing.or(Some(channel));
+            } else {
                 return Ok(channel.path.clone());
             }
-            held.push(format!(
-                "{} is {}",
-                channel.path.display(),
-                socket_holders::describe(&holders)
-            ));
+        }
+        if let Some(channel) = missing {
+            return Ok(channel.path.clone());
         }
         let advice = if self.source == Source::Libvirt {
             " (libvirtd keeps org.qemu.guest_agent.0 of every domain); give the domain a second agent channel, e.g. org.qemu.guest_agent.1, served by a second qemu-ga in the guest (see README)"
@@ -249,14 +258,17 @@ impl Domain {
 }
 
 fn looks_like_socket_path(domain: &str) -> bool {
-    domain.contains('/') || std::fs::metadata(domain).is_ok_and(|meta| meta.file_type().is_socket())
+    domain.contains('/') || is_socket(Path::new(domain))
+}
+
+fn is_socket(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_socket())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::fs;
-    use std::path::Path;
 
     fn fake_proc(processes: &[(u32, &[&str], &str)]) -> tempfile::TempDir {
         let root = tempfile::tempdir().unwrap();

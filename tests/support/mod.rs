@@ -4,6 +4,7 @@
 
 pub mod fake_agent;
 pub mod host_agent;
+pub mod spec_examples;
 pub mod test_vm;
 
 use std::io::Write;

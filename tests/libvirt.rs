@@ -1,0 +1,149 @@
+//! libvirt-managed domains, found and reached without libvirt, on a real
+//! libvirtd started by `scripts/libvirt-test-env.sh`. If libvirtd cannot
+//! start on a machine, the test says so and passes without checking.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+use support::run;
+use support::spec_examples::check_examples;
+
+fn env_script(args: &[&str]) -> std::process::Output {
+    Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/libvirt-test-env.sh"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Undefines its domains, and stops libvirtd if this test started it.
+struct LibvirtEnv {
+    domains: Vec<String>,
+    started_here: bool,
+}
+
+impl LibvirtEnv {
+    fn start() -> Option<LibvirtEnv> {
+        let status = String::from_utf8_lossy(&env_script(&["status"]).stdout).into_owned();
+        let running_before = status
+            .lines()
+            .any(|l| l.starts_with("libvirtd: ") && !l.contains("not running"));
+        let started = env_script(&["start"]);
+        if !started.status.success() {
+            eprintln!(
+                "SKIPPED: libvirtd cannot start here: {}",
+                String::from_utf8_lossy(&started.stderr)
+            );
+            return None;
+        }
+        Some(LibvirtEnv {
+            domains: Vec::new(),
+            started_here: !running_before,
+        })
+    }
+
+    fn define(&mut self, name: &str, options: &[&str]) {
+        self.domains.push(name.to_owned());
+        let mut args = vec!["define", name];
+        args.extend(options);
+        let out = env_script(&args);
+        assert!(
+            out.status.success(),
+            "define {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for LibvirtEnv {
+    fn drop(&mut self) {
+        for name in &self.domains {
+            env_script(&["undefine", name]);
+        }
+        if self.started_here {
+            env_script(&["stop"]);
+        }
+    }
+}
+
+fn listed(name: &str) -> Value {
+    let list = run(&["domain-list"], None).json();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+        .clone()
+}
+
+#[test]
+fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
+    let Some(mut env) = LibvirtEnv::start() else {
+        return;
+    };
+    let pid = std::process::id();
+    let two = format!("vt-two-{pid}");
+    let one = format!("vt-one-{pid}");
+    let idle = format!("vt-idle-{pid}");
+    env.define(&two, &["--second-channel"]);
+    env.define(&one, &[]);
+    env.define(&idle, &["--defined-only"]);
+
+    // domain-list sees libvirt's domains, and that libvirtd holds .0.
+    let entry = listed(&two);
+    assert_eq!(entry["source"], "libvirt", "{entry}");
+    assert_eq!(entry["agent_channels"][0]["name"], "org.qemu.guest_agent.0");
+    assert_eq!(entry["agent_channels"][0]["held"], true, "{entry}");
+    assert_eq!(entry["agent_channels"][1]["held"], false, "{entry}");
+    assert!(entry["pid"].as_u64().is_some());
+
+    // Every example of the specification, by name and by UUID, through the
+    // channel libvirt leaves alone.
+    check_examples(&two);
+    let uuid = entry["uuid"].as_str().unwrap().to_owned();
+    let out = run(&["guest-run", &uuid, "--", "echo", "-n", "by uuid"], None);
+    assert_eq!(out.json()["stdout"], "by uuid");
+    let out = run(&["-c", "qemu:///system", "guest-run", &two, "--", "true"], None);
+    assert_eq!(out.json()["exit_code"], 0);
+
+    // A domain whose only agent channel libvirtd holds: never a hang.
+    let started = std::time::Instant::now();
+    let out = run(&["guest-run", &one, "--", "echo", "-n", "hi"], None);
+    match out.json()["type"].as_str() {
+        // Through libvirtd's own RPC, once it is spoken.
+        None => assert_eq!(out.json()["stdout"], "hi"),
+        Some(_) => {
+            let message = out.error("AgentUnavailable");
+            assert!(message.contains("libvirtd"), "{message}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(4));
+        }
+    }
+
+    let out = run(&["guest-run", &idle, "--", "true"], None);
+    let message = out.error("IllegalStateError");
+    assert!(message.contains("not running"), "{message}");
+
+    // The session daemon has no such domain.
+    let runtime = tempfile::tempdir().unwrap();
+    let mut session = support::virtomate();
+    session
+        .args(["-c", "qemu:///session", "guest-run", &two, "--", "true"])
+        .env("XDG_RUNTIME_DIR", runtime.path());
+    support::run_command(&mut session, None).error("NotFoundError");
+    let out = run(&["guest-run", "vt-no-such-domain", "--", "true"], None);
+    out.error("NotFoundError");
+
+    let report = run(&["doctor", &one], None);
+    let json = report.json();
+    let held = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "held")
+        .unwrap()
+        .clone();
+    assert_eq!(held["outcome"], "fail", "{json}");
+    assert!(held["detail"].as_str().unwrap().contains("libvirtd"), "{held}");
+}
