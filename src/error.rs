@@ -57,6 +57,10 @@ pub enum CliError {
     )]
     Interrupted { pid: i64 },
 
+    /// libvirtd refused a call made on our behalf (its own message).
+    #[error("{0}")]
+    Libvirt(String),
+
     #[error("{0}")]
     Io(String),
 
@@ -81,6 +85,7 @@ impl CliError {
             CliError::Encoding { .. } => "EncodingError",
             CliError::InputTooLarge(_) => "InputTooLarge",
             CliError::Interrupted { .. } => "Interrupted",
+            CliError::Libvirt(_) => "libvirtError",
             CliError::Io(_) => "IoError",
             CliError::NoAnswer(inner) => inner.kind(),
         }
@@ -155,6 +160,7 @@ impl CliError {
                 limit >> 20,
                 (limit >> 20) / 4 * 3
             )),
+            AgentError::Libvirt { message, .. } => CliError::Libvirt(message),
             AgentError::Agent { command, desc, .. } => CliError::AgentCommand {
                 command,
                 desc,

@@ -82,6 +82,20 @@ pub enum Error {
         /// The agent's description of the error.
         desc: String,
     },
+
+    /// libvirtd answered a call with an error: no such domain, the guest
+    /// agent is not connected, the agent command failed, ...
+    #[error("libvirt: {message} (error {code}, error domain {domain})")]
+    Libvirt {
+        /// libvirt's error number (`virErrorNumber`), e.g. 42 for
+        /// `VIR_ERR_NO_DOMAIN`; see the `ERR_*` constants in [`crate::libvirt`].
+        code: i32,
+        /// The part of libvirt that raised it (`virErrorDomain`), e.g. 10
+        /// for `VIR_FROM_QEMU`; not a virtual machine.
+        domain: i32,
+        /// libvirt's message.
+        message: String,
+    },
 }
 
 impl Error {

@@ -1,0 +1,169 @@
+//! libvirt's remote (RPC) protocol, spoken natively, just enough to run
+//! guest agent commands in libvirt-managed domains.
+//!
+//! libvirtd keeps the agent channel of each domain it runs connected, and
+//! QEMU's chardev serves one client: a second client on the agent socket
+//! is never answered. What libvirtd offers instead is
+//! `virDomainQemuAgentCommand`, which this module calls over libvirtd's
+//! UNIX socket, without linking libvirt: [`LibvirtClient`] on top of
+//! [`packet`] (length-prefixed messages) and [`xdr`] (their encoding).
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use std::time::Duration;
+//! use tokio::time::Instant;
+//! use virtomate_protocol::ClientOptions;
+//! use virtomate_protocol::libvirt::{LibvirtClient, AGENT_TIMEOUT_DEFAULT, ERR_NO_DOMAIN};
+//!
+//! # async fn demo() -> Result<(), virtomate_protocol::Error> {
+//! let socket = Path::new("/run/libvirt/libvirt-sock");
+//! let mut libvirt = LibvirtClient::connect(socket, "qemu:///system", &ClientOptions::default()).await?;
+//! match libvirt.lookup_domain_by_name("web1").await {
+//!     Ok(domain) => {
+//!         let deadline = Instant::now() + Duration::from_secs(30);
+//!         let reply = libvirt
+//!             .agent_command(&domain, r#"{"execute":"guest-ping"}"#, AGENT_TIMEOUT_DEFAULT, deadline)
+//!             .await?;
+//!         println!("{reply:?}");
+//!     }
+//!     Err(virtomate_protocol::Error::Libvirt { code: ERR_NO_DOMAIN, .. }) => println!("no such domain"),
+//!     Err(e) => return Err(e),
+//! }
+//! libvirt.close().await
+//! # }
+//! ```
+//!
+//! Protocol facts (program and procedure numbers, layouts, limits) are
+//! from libvirt's `.x` files and were checked against libvirtd 9.0.0, see
+//! `docs/libvirt-notes.md`.
+
+mod client;
+pub mod packet;
+mod remote;
+#[cfg(test)]
+mod tests;
+pub mod xdr;
+
+pub use client::LibvirtClient;
+pub use remote::{parse_uuid, RemoteDomain};
+
+/// The longest string in an RPC message: 4 MiB (`REMOTE_STRING_MAX`, the
+/// same as `VIR_NET_MESSAGE_STRING_MAX`).
+///
+/// An agent command is one such string, so a longer one is refused before
+/// sending; so is an agent reply, and libvirtd fails a call whose reply is
+/// longer with "Unable to encode message payload" (code [`ERR_RPC`]) - after
+/// the agent answered, so a finished `guest-exec`'s output, for one, is
+/// gone. Agent replies are thus smaller than [`AGENT_RESPONSE_MAX`]
+/// suggests.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::STRING_MAX, 4194304);
+/// ```
+pub const STRING_MAX: usize = 4 << 20;
+
+/// The longest message after its length word, header included: 32 MiB
+/// (`VIR_NET_MESSAGE_MAX` in libvirt 9.0.0; older versions had 16 MiB).
+///
+/// libvirtd drops a connection that sends a longer one, and this crate
+/// refuses longer ones from libvirtd without reading them.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::MESSAGE_MAX, 33554432);
+/// ```
+pub const MESSAGE_MAX: usize = 32 << 20;
+
+/// The most libvirtd buffers of one reply from a guest agent: 10 MiB
+/// (`QEMU_AGENT_MAX_RESPONSE` in libvirt's `src/hypervisor/qemu_agent.c`).
+///
+/// A longer agent reply fails the command ("No complete agent response
+/// found in 10485760 bytes", code 38, `VIR_ERR_SYSTEM_ERROR`) and libvirtd
+/// treats the agent channel as broken until the domain restarts: every
+/// later agent command fails with [`ERR_AGENT_UNRESPONSIVE`]. Replies between [`STRING_MAX`] and this fail more
+/// mildly, see there; keep requests whose replies can grow, such as
+/// `guest-file-read` or `guest-exec-status` of a chatty program, well
+/// below both.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::AGENT_RESPONSE_MAX, 10485760);
+/// ```
+pub const AGENT_RESPONSE_MAX: usize = 10 << 20;
+
+/// The most authentication types libvirtd lists
+/// (`REMOTE_AUTH_TYPE_LIST_MAX`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::AUTH_TYPE_LIST_MAX, 20);
+/// ```
+pub const AUTH_TYPE_LIST_MAX: usize = 20;
+
+/// Agent timeout: wait for the agent as long as it takes
+/// (`VIR_DOMAIN_QEMU_AGENT_COMMAND_BLOCK`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::AGENT_TIMEOUT_BLOCK, -2);
+/// ```
+pub const AGENT_TIMEOUT_BLOCK: i32 = -2;
+
+/// Agent timeout: libvirtd's default for the domain, what `virsh
+/// qemu-agent-command` sends (`VIR_DOMAIN_QEMU_AGENT_COMMAND_DEFAULT`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::AGENT_TIMEOUT_DEFAULT, -1);
+/// ```
+pub const AGENT_TIMEOUT_DEFAULT: i32 = -1;
+
+/// Agent timeout: fail at once unless the agent is free
+/// (`VIR_DOMAIN_QEMU_AGENT_COMMAND_NOWAIT`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::AGENT_TIMEOUT_NOWAIT, 0);
+/// ```
+pub const AGENT_TIMEOUT_NOWAIT: i32 = 0;
+
+/// libvirt error code: an internal error, also what a failed agent
+/// command reports (`VIR_ERR_INTERNAL_ERROR`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::ERR_INTERNAL_ERROR, 1);
+/// ```
+pub const ERR_INTERNAL_ERROR: i32 = 1;
+
+/// libvirt error code: access denied, e.g. agent commands on a read-only
+/// connection (`VIR_ERR_OPERATION_DENIED`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::ERR_OPERATION_DENIED, 29);
+/// ```
+pub const ERR_OPERATION_DENIED: i32 = 29;
+
+/// libvirt error code: an RPC error, e.g. "authentication required"
+/// (`VIR_ERR_RPC`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::ERR_RPC, 39);
+/// ```
+pub const ERR_RPC: i32 = 39;
+
+/// libvirt error code: no such domain (`VIR_ERR_NO_DOMAIN`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::ERR_NO_DOMAIN, 42);
+/// ```
+pub const ERR_NO_DOMAIN: i32 = 42;
+
+/// libvirt error code: not possible in the domain's state, e.g. "domain
+/// is not running" (`VIR_ERR_OPERATION_INVALID`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::ERR_OPERATION_INVALID, 55);
+/// ```
+pub const ERR_OPERATION_INVALID: i32 = 55;
+
+/// libvirt error code: the guest agent is not connected or did not
+/// answer (`VIR_ERR_AGENT_UNRESPONSIVE`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::ERR_AGENT_UNRESPONSIVE, 86);
+/// ```
+pub const ERR_AGENT_UNRESPONSIVE: i32 = 86;

@@ -1,0 +1,759 @@
+//! libvirt's RPC messages on the byte stream: a 4-byte length (counting
+//! itself), a 24-byte header, the XDR payload.
+//!
+//! The length word is the only thing a peer needs to send to make a naive
+//! reader allocate gigabytes; [`PacketReader`] refuses any length above its
+//! bound before it reads (or allocates) a byte of the message, and grows its
+//! buffer only as bytes arrive.
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use super::xdr::{Decoder, Encoder, XdrError};
+use super::MESSAGE_MAX;
+use crate::{Direction, Error, Trace};
+
+/// libvirt's main program: connections, domains, authentication.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROGRAM, 536903814);
+/// ```
+pub const REMOTE_PROGRAM: u32 = 0x2000_8086;
+
+/// libvirt's QEMU-specific program, home of the agent command.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::QEMU_PROGRAM, 536903815);
+/// ```
+pub const QEMU_PROGRAM: u32 = 0x2000_8087;
+
+/// The keepalive program (`"keep"`), pings and pongs.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::KEEPALIVE_PROGRAM, 1801807216);
+/// ```
+pub const KEEPALIVE_PROGRAM: u32 = 0x6b65_6570;
+
+/// The version of each of the programs above.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::PROGRAM_VERSION, 1);
+/// ```
+pub const PROGRAM_VERSION: u32 = 1;
+
+/// `REMOTE_PROC_CONNECT_OPEN`: open a hypervisor connection by URI.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_CONNECT_OPEN, 1);
+/// ```
+pub const REMOTE_PROC_CONNECT_OPEN: i32 = 1;
+
+/// `REMOTE_PROC_CONNECT_CLOSE`: close it; libvirtd then closes the socket.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_CONNECT_CLOSE, 2);
+/// ```
+pub const REMOTE_PROC_CONNECT_CLOSE: i32 = 2;
+
+/// `REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME`.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME, 23);
+/// ```
+pub const REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME: i32 = 23;
+
+/// `REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID`.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, 24);
+/// ```
+pub const REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID: i32 = 24;
+
+/// `REMOTE_PROC_AUTH_LIST`: the authentication libvirtd wants; must be
+/// the first call on a connection.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_AUTH_LIST, 66);
+/// ```
+pub const REMOTE_PROC_AUTH_LIST: i32 = 66;
+
+/// `REMOTE_PROC_CONNECT_GET_LIB_VERSION`.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_CONNECT_GET_LIB_VERSION, 157);
+/// ```
+pub const REMOTE_PROC_CONNECT_GET_LIB_VERSION: i32 = 157;
+
+/// `QEMU_PROC_DOMAIN_AGENT_COMMAND` (in [`QEMU_PROGRAM`]).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::QEMU_PROC_DOMAIN_AGENT_COMMAND, 3);
+/// ```
+pub const QEMU_PROC_DOMAIN_AGENT_COMMAND: i32 = 3;
+
+/// Keepalive `PING` (in [`KEEPALIVE_PROGRAM`]).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::KEEPALIVE_PROC_PING, 1);
+/// ```
+pub const KEEPALIVE_PROC_PING: i32 = 1;
+
+/// Keepalive `PONG`, the answer to a ping.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::KEEPALIVE_PROC_PONG, 2);
+/// ```
+pub const KEEPALIVE_PROC_PONG: i32 = 2;
+
+/// Bytes of the length word (`VIR_NET_MESSAGE_LEN_MAX`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::LEN_WORD, 4);
+/// ```
+pub const LEN_WORD: usize = 4;
+
+/// Bytes of the header (`VIR_NET_MESSAGE_HEADER_MAX`).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::HEADER_LEN, 24);
+/// ```
+pub const HEADER_LEN: usize = 24;
+
+/// The largest value of the length word libvirtd accepts or sends: the
+/// length word itself plus [`MESSAGE_MAX`].
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::MAX_PACKET_LEN, 33554436);
+/// ```
+pub const MAX_PACKET_LEN: usize = LEN_WORD + MESSAGE_MAX;
+
+const READ_CHUNK: usize = 64 << 10;
+
+/// What a message is (`virNetMessageType`).
+///
+/// ```
+/// use virtomate_protocol::libvirt::packet::MessageType;
+///
+/// assert_eq!(MessageType::from_u32(1), MessageType::Reply);
+/// assert_eq!(MessageType::from_u32(9).to_u32(), 9);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageType {
+    /// A call from the client (0).
+    Call,
+    /// The reply to a call, with the call's serial (1).
+    Reply,
+    /// An unsolicited message: events, keepalive pings (2).
+    Message,
+    /// Stream data (3).
+    Stream,
+    /// A call passing file descriptors (4).
+    CallWithFds,
+    /// A reply passing file descriptors (5).
+    ReplyWithFds,
+    /// A hole in a sparse stream (6).
+    StreamHole,
+    /// A type this crate does not know.
+    Other(u32),
+}
+
+impl MessageType {
+    /// The type for its number on the wire.
+    ///
+    /// ```
+    /// use virtomate_protocol::libvirt::packet::MessageType;
+    /// assert_eq!(MessageType::from_u32(2), MessageType::Message);
+    /// ```
+    pub fn from_u32(value: u32) -> MessageType {
+        match value {
+            0 => MessageType::Call,
+            1 => MessageType::Reply,
+            2 => MessageType::Message,
+            3 => MessageType::Stream,
+            4 => MessageType::CallWithFds,
+            5 => MessageType::ReplyWithFds,
+            6 => MessageType::StreamHole,
+            other => MessageType::Other(other),
+        }
+    }
+
+    /// The type's number on the wire.
+    ///
+    /// ```
+    /// use virtomate_protocol::libvirt::packet::MessageType;
+    /// assert_eq!(MessageType::Call.to_u32(), 0);
+    /// ```
+    pub fn to_u32(self) -> u32 {
+        match self {
+            MessageType::Call => 0,
+            MessageType::Reply => 1,
+            MessageType::Message => 2,
+            MessageType::Stream => 3,
+            MessageType::CallWithFds => 4,
+            MessageType::ReplyWithFds => 5,
+            MessageType::StreamHole => 6,
+            MessageType::Other(other) => other,
+        }
+    }
+}
+
+/// How a call went (`virNetMessageStatus`).
+///
+/// ```
+/// use virtomate_protocol::libvirt::packet::Status;
+///
+/// assert_eq!(Status::from_u32(1), Status::Error);
+/// assert_eq!(Status::Other(7).to_u32(), 7);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Success; also what calls and messages carry (0).
+    Ok,
+    /// Failure: the payload is a `remote_error` (1).
+    Error,
+    /// More stream data follows (2).
+    Continue,
+    /// A status this crate does not know.
+    Other(u32),
+}
+
+impl Status {
+    /// The status for its number on the wire.
+    ///
+    /// ```
+    /// use virtomate_protocol::libvirt::packet::Status;
+    /// assert_eq!(Status::from_u32(0), Status::Ok);
+    /// ```
+    pub fn from_u32(value: u32) -> Status {
+        match value {
+            0 => Status::Ok,
+            1 => Status::Error,
+            2 => Status::Continue,
+            other => Status::Other(other),
+        }
+    }
+
+    /// The status's number on the wire.
+    ///
+    /// ```
+    /// use virtomate_protocol::libvirt::packet::Status;
+    /// assert_eq!(Status::Continue.to_u32(), 2);
+    /// ```
+    pub fn to_u32(self) -> u32 {
+        match self {
+            Status::Ok => 0,
+            Status::Error => 1,
+            Status::Continue => 2,
+            Status::Other(other) => other,
+        }
+    }
+}
+
+/// The header of every message (`virNetMessageHeader`).
+///
+/// ```
+/// use virtomate_protocol::libvirt::packet::{Header, MessageType, REMOTE_PROC_AUTH_LIST};
+///
+/// let header = Header::call(virtomate_protocol::libvirt::packet::REMOTE_PROGRAM, REMOTE_PROC_AUTH_LIST, 0);
+/// assert_eq!(header.kind, MessageType::Call);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Program number, e.g. [`REMOTE_PROGRAM`].
+    pub program: u32,
+    /// Program version, always [`PROGRAM_VERSION`].
+    pub version: u32,
+    /// Procedure number within the program.
+    pub procedure: i32,
+    /// Call, reply, unsolicited message, ...
+    pub kind: MessageType,
+    /// Chosen by the client per call and echoed in the reply.
+    pub serial: u32,
+    /// Whether the call succeeded (replies only).
+    pub status: Status,
+}
+
+impl Header {
+    /// The header of a call.
+    ///
+    /// ```
+    /// use virtomate_protocol::libvirt::packet::{Header, Status, QEMU_PROGRAM, QEMU_PROC_DOMAIN_AGENT_COMMAND};
+    ///
+    /// let header = Header::call(QEMU_PROGRAM, QEMU_PROC_DOMAIN_AGENT_COMMAND, 7);
+    /// assert_eq!((header.serial, header.status), (7, Status::Ok));
+    /// ```
+    pub fn call(program: u32, procedure: i32, serial: u32) -> Header {
+        Header {
+            program,
+            version: PROGRAM_VERSION,
+            procedure,
+            kind: MessageType::Call,
+            serial,
+            status: Status::Ok,
+        }
+    }
+
+    /// Appends the header's 24 bytes.
+    ///
+    /// ```
+    /// use virtomate_protocol::libvirt::packet::{Header, REMOTE_PROGRAM};
+    /// use virtomate_protocol::libvirt::xdr::Encoder;
+    ///
+    /// let mut encoder = Encoder::new();
+    /// Header::call(REMOTE_PROGRAM, 2, 9).encode(&mut encoder);
+    /// assert_eq!(encoder.len(), 24);
+    /// ```
+    pub fn encode(&self, encoder: &mut Encoder) {
+        encoder.u32(self.program);
+        encoder.u32(self.version);
+        encoder.i32(self.procedure);
+        encoder.u32(self.kind.to_u32());
+        encoder.u32(self.serial);
+        encoder.u32(self.status.to_u32());
+    }
+
+    /// Reads a header; unknown types and statuses are kept as
+    /// [`MessageType::Other`] and [`Status::Other`].
+    ///
+    /// ```
+    /// use virtomate_protocol::libvirt::packet::{Header, MessageType};
+    /// use virtomate_protocol::libvirt::xdr::Decoder;
+    ///
+    /// let bytes = [0x6b, 0x65, 0x65, 0x70, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0];
+    /// let header = Header::decode(&mut Decoder::new(&bytes))?;
+    /// assert_eq!(header.kind, MessageType::Message);
+    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
+    /// ```
+    pub fn decode(decoder: &mut Decoder<'_>) -> Result<Header, XdrError> {
+        Ok(Header {
+            program: decoder.u32()?,
+            version: decoder.u32()?,
+            procedure: decoder.i32()?,
+            kind: MessageType::from_u32(decoder.u32()?),
+            serial: decoder.u32()?,
+            status: Status::from_u32(decoder.u32()?),
+        })
+    }
+}
+
+/// Builds a whole message: length word, header, `payload`.
+///
+/// A message longer than libvirtd accepts ([`MAX_PACKET_LEN`]) is refused
+/// with [`Error::RequestTooLarge`]; libvirtd would drop the connection.
+///
+/// ```
+/// use virtomate_protocol::libvirt::packet::{encode, Header, REMOTE_PROGRAM, REMOTE_PROC_AUTH_LIST};
+///
+/// let bytes = encode(&Header::call(REMOTE_PROGRAM, REMOTE_PROC_AUTH_LIST, 0), &[])?;
+/// assert_eq!(bytes.len(), 28);
+/// assert_eq!(bytes[..4], [0, 0, 0, 28]);
+/// # Ok::<(), virtomate_protocol::Error>(())
+/// ```
+pub fn encode(header: &Header, payload: &[u8]) -> Result<Vec<u8>, Error> {
+    let len = LEN_WORD + HEADER_LEN + payload.len();
+    if len > MAX_PACKET_LEN {
+        return Err(Error::RequestTooLarge {
+            len,
+            limit: MAX_PACKET_LEN,
+        });
+    }
+    let mut encoder = Encoder::new();
+    // len <= MAX_PACKET_LEN, far below u32::MAX.
+    encoder.u32(len as u32);
+    header.encode(&mut encoder);
+    let mut bytes = encoder.into_bytes();
+    bytes.extend_from_slice(payload);
+    Ok(bytes)
+}
+
+/// One message as received.
+///
+/// ```
+/// use virtomate_protocol::libvirt::packet::{encode, Header, PacketReader, REMOTE_PROGRAM};
+///
+/// # tokio_test::block_on(async {
+/// let bytes = encode(&Header::call(REMOTE_PROGRAM, 157, 3), &[0, 0, 0, 1])?;
+/// let packet = PacketReader::new(&bytes[..], 1024).read_packet().await?;
+/// assert_eq!(packet.header.serial, 3);
+/// assert_eq!(packet.payload(), [0, 0, 0, 1]);
+/// # Ok::<(), virtomate_protocol::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Packet {
+    /// The decoded header.
+    pub header: Header,
+    /// The whole message, length word and header included.
+    bytes: Vec<u8>,
+}
+
+impl Packet {
+    /// The XDR payload after the header.
+    ///
+    /// ```
+    /// # use virtomate_protocol::libvirt::packet::{encode, Header, PacketReader};
+    /// # tokio_test::block_on(async {
+    /// let bytes = encode(&Header::call(1, 2, 3), b"abcd")?;
+    /// let packet = PacketReader::new(&bytes[..], 1024).read_packet().await?;
+    /// assert_eq!(packet.payload(), b"abcd");
+    /// # Ok::<(), virtomate_protocol::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn payload(&self) -> &[u8] {
+        &self.bytes[LEN_WORD + HEADER_LEN..]
+    }
+
+    /// The whole message as it was on the wire.
+    ///
+    /// ```
+    /// # use virtomate_protocol::libvirt::packet::{encode, Header, PacketReader};
+    /// # tokio_test::block_on(async {
+    /// let bytes = encode(&Header::call(1, 2, 3), &[])?;
+    /// let packet = PacketReader::new(&bytes[..], 1024).read_packet().await?;
+    /// assert_eq!(packet.as_bytes(), &bytes[..]);
+    /// # Ok::<(), virtomate_protocol::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// Splits a byte stream into messages of at most `max_len` bytes each
+/// (length word included).
+///
+/// Cancel-safe: bytes read are kept in the reader, so a `read_packet`
+/// abandoned at a timeout loses nothing and the next call continues with
+/// the same message.
+///
+/// ```
+/// use virtomate_protocol::Error;
+/// use virtomate_protocol::libvirt::packet::PacketReader;
+///
+/// # tokio_test::block_on(async {
+/// // A length word of 4 GiB - 1 is refused before anything is allocated.
+/// let hostile: &[u8] = &[0xff, 0xff, 0xff, 0xff];
+/// let mut reader = PacketReader::new(hostile, 1 << 20);
+/// assert!(matches!(reader.read_packet().await, Err(Error::ReplyTooLong { .. })));
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct PacketReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    max_len: usize,
+    /// Bytes of an over-long message still to be dropped as they arrive.
+    discard: usize,
+    /// Set once a length word made no sense: where the next message starts
+    /// is unknown from then on.
+    lost: bool,
+    trace: Option<Trace>,
+}
+
+impl<R: AsyncRead + Unpin> PacketReader<R> {
+    /// Wraps `inner`; messages longer than `max_len` bytes (capped at
+    /// [`MAX_PACKET_LEN`]) are dropped with [`Error::ReplyTooLong`].
+    ///
+    /// ```
+    /// use virtomate_protocol::libvirt::packet::{PacketReader, MAX_PACKET_LEN};
+    ///
+    /// let reader = PacketReader::new(tokio::io::empty(), usize::MAX);
+    /// assert_eq!(reader.max_len(), MAX_PACKET_LEN);
+    /// ```
+    pub fn new(inner: R, max_len: usize) -> Self {
+        PacketReader {
+            inner,
+            buf: Vec::new(),
+            max_len: max_len.min(MAX_PACKET_LEN),
+            discard: 0,
+            lost: false,
+            trace: None,
+        }
+    }
+
+    /// Shows every chunk read to `trace` as it arrives.
+    ///
+    /// ```
+    /// use virtomate_protocol::Trace;
+    /// use virtomate_protocol::libvirt::packet::PacketReader;
+    ///
+    /// let mut reader = PacketReader::new(tokio::io::empty(), 1024);
+    /// reader.set_trace(Some(Trace::new(|direction, bytes| eprintln!("{direction:?} {bytes:02x?}"))));
+    /// ```
+    pub fn set_trace(&mut self, trace: Option<Trace>) {
+        self.trace = trace;
+    }
+
+    /// The wrapped stream, for writing calls between reads.
+    ///
+    /// ```
+    /// use virtomate_protocol::libvirt::packet::PacketReader;
+    ///
+    /// let mut reader = PacketReader::new(std::io::Cursor::new(Vec::<u8>::new()), 1024);
+    /// assert_eq!(reader.get_mut().position(), 0);
+    /// ```
+    pub fn get_mut(&mut self) -> &mut R {
+        &mut self.inner
+    }
+
+    /// The bound on one message, in bytes, length word included.
+    ///
+    /// ```
+    /// # use virtomate_protocol::libvirt::packet::PacketReader;
+    /// assert_eq!(PacketReader::new(tokio::io::empty(), 100).max_len(), 100);
+    /// ```
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    /// Reads the next message.
+    ///
+    /// A message over the bound yields [`Error::ReplyTooLong`] as soon as
+    /// its length word is read; its bytes are then dropped as they arrive
+    /// and the next call returns the message after it. A length word too
+    /// short for a header yields [`Error::Malformed`], for good: libvirtd
+    /// itself drops such a connection, as nothing after it can be framed.
+    ///
+    /// ```
+    /// use virtomate_protocol::Error;
+    /// use virtomate_protocol::libvirt::packet::{encode, Header, PacketReader};
+    ///
+    /// # tokio_test::block_on(async {
+    /// let mut stream = encode(&Header::call(1, 1, 1), &[0; 64])?;
+    /// stream.extend(encode(&Header::call(1, 1, 2), &[])?);
+    /// let mut reader = PacketReader::new(&stream[..], 64);
+    /// assert!(matches!(reader.read_packet().await, Err(Error::ReplyTooLong { limit: 64 })));
+    /// assert_eq!(reader.read_packet().await?.header.serial, 2);
+    /// # Ok::<(), virtomate_protocol::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn read_packet(&mut self) -> Result<Packet, Error> {
+        loop {
+            if self.lost {
+                return Err(malformed(
+                    "the connection is out of step after a malformed message",
+                ));
+            }
+            if self.discard > 0 {
+                let dropped = self.discard.min(self.buf.len());
+                self.buf.drain(..dropped);
+                self.discard -= dropped;
+            }
+            if self.discard == 0 && self.buf.len() >= LEN_WORD {
+                let mut word = [0; LEN_WORD];
+                word.copy_from_slice(&self.buf[..LEN_WORD]);
+                let len = u32::from_be_bytes(word) as usize;
+                if len < LEN_WORD + HEADER_LEN {
+                    self.lost = true;
+                    self.buf = Vec::new();
+                    return Err(malformed(&format!(
+                        "a message length of {len} bytes is shorter than a header"
+                    )));
+                }
+                if len > self.max_len {
+                    self.discard = len;
+                    return Err(Error::ReplyTooLong { limit: self.max_len });
+                }
+                if self.buf.len() >= len {
+                    // split_off copies the (short) rest, not the message.
+                    let rest = self.buf.split_off(len);
+                    let bytes = std::mem::replace(&mut self.buf, rest);
+                    let header = Header::decode(&mut Decoder::new(&bytes[LEN_WORD..]))
+                        .map_err(|e| malformed(&e.to_string()))?;
+                    return Ok(Packet { header, bytes });
+                }
+            }
+            self.fill().await?;
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), Error> {
+        if self.discard > 0 && self.buf.capacity() > 2 * READ_CHUNK {
+            // Dropping a message: no need to keep a big buffer around.
+            self.buf = Vec::new();
+        }
+        self.buf.reserve(READ_CHUNK);
+        let start = self.buf.len();
+        match self.inner.read_buf(&mut self.buf).await {
+            Ok(0) => Err(Error::Disconnected),
+            Ok(_) => {
+                if let Some(trace) = &self.trace {
+                    trace.record(Direction::Received, &self.buf[start..]);
+                }
+                Ok(())
+            }
+            Err(e) => Err(Error::from_io(e)),
+        }
+    }
+}
+
+fn malformed(reason: &str) -> Error {
+    Error::Malformed {
+        command: "libvirt RPC".to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    /// A stream that hands out its bytes in the given pieces, one per read.
+    fn pieces(parts: &[&[u8]]) -> impl AsyncRead + Unpin {
+        let mut builder = tokio_test::io::Builder::new();
+        for part in parts {
+            builder.read(part);
+        }
+        builder.build()
+    }
+
+    #[test]
+    fn a_call_is_encoded_as_virsh_sends_it() {
+        // AUTH_LIST as captured from virsh (docs/libvirt-notes.md).
+        let bytes = encode(&Header::call(REMOTE_PROGRAM, REMOTE_PROC_AUTH_LIST, 0), &[]).unwrap();
+        assert_eq!(
+            bytes,
+            hex("0000001c200080860000000100000042000000000000000000000000")
+        );
+    }
+
+    #[test]
+    fn a_captured_reply_is_decoded() {
+        let reply = hex("000000242000808600000001000000420000000100000000000000000000000100000000");
+        block_on(async {
+            let packet = PacketReader::new(&reply[..], MAX_PACKET_LEN)
+                .read_packet()
+                .await
+                .unwrap();
+            assert_eq!(
+                packet.header,
+                Header {
+                    program: REMOTE_PROGRAM,
+                    version: 1,
+                    procedure: REMOTE_PROC_AUTH_LIST,
+                    kind: MessageType::Reply,
+                    serial: 0,
+                    status: Status::Ok,
+                }
+            );
+            assert_eq!(packet.payload(), [0, 0, 0, 1, 0, 0, 0, 0]);
+        });
+    }
+
+    #[test]
+    fn messages_split_and_joined_across_reads() {
+        let a = encode(&Header::call(1, 1, 1), b"aaaa").unwrap();
+        let b = encode(&Header::call(1, 1, 2), b"bbbbbbbb").unwrap();
+        let mut joined = a.clone();
+        joined.extend_from_slice(&b[..3]);
+        let byte_by_byte: Vec<&[u8]> = b[3..].chunks(1).collect();
+        let mut parts: Vec<&[u8]> = vec![&joined];
+        parts.extend(byte_by_byte);
+        block_on(async {
+            let mut r = PacketReader::new(pieces(&parts), 1024);
+            assert_eq!(r.read_packet().await.unwrap().as_bytes(), &a[..]);
+            assert_eq!(r.read_packet().await.unwrap().as_bytes(), &b[..]);
+            assert!(matches!(r.read_packet().await, Err(Error::Disconnected)));
+        });
+    }
+
+    #[test]
+    fn a_huge_length_word_is_refused_without_allocating() {
+        block_on(async {
+            let (mut tx, rx) = tokio::io::duplex(64);
+            let mut r = PacketReader::new(rx, usize::MAX);
+            tokio::io::AsyncWriteExt::write_all(&mut tx, &[0xff, 0xff, 0xff, 0xff, 0x20])
+                .await
+                .unwrap();
+            assert!(matches!(
+                r.read_packet().await,
+                Err(Error::ReplyTooLong {
+                    limit: MAX_PACKET_LEN
+                })
+            ));
+            assert!(r.buf.capacity() <= 2 * READ_CHUNK, "{}", r.buf.capacity());
+        });
+    }
+
+    #[test]
+    fn the_largest_message_libvirtd_accepts_is_the_bound() {
+        // libvirtd 9.0.0 takes a length word of 33554436 and drops the
+        // connection at 33554437.
+        assert_eq!(MAX_PACKET_LEN, 33554436);
+        let payload = vec![0; MAX_PACKET_LEN - 28];
+        assert_eq!(
+            encode(&Header::call(1, 1, 1), &payload).unwrap().len(),
+            MAX_PACKET_LEN
+        );
+        assert!(matches!(
+            encode(&Header::call(1, 1, 1), &[&payload[..], &[0]].concat()),
+            Err(Error::RequestTooLarge {
+                len: 33554437,
+                limit: MAX_PACKET_LEN
+            })
+        ));
+    }
+
+    #[test]
+    fn an_over_long_message_is_dropped_and_the_next_one_read() {
+        let long = encode(&Header::call(1, 1, 1), &[7; 200]).unwrap();
+        let short = encode(&Header::call(1, 1, 2), &[]).unwrap();
+        block_on(async {
+            let mut r = PacketReader::new(pieces(&[&long[..50], &long[50..], &short]), 100);
+            assert!(matches!(
+                r.read_packet().await,
+                Err(Error::ReplyTooLong { limit: 100 })
+            ));
+            assert_eq!(r.read_packet().await.unwrap().header.serial, 2);
+        });
+    }
+
+    #[test]
+    fn a_length_shorter_than_a_header_loses_the_connection() {
+        let mut bytes = hex("0000001b");
+        bytes.extend(encode(&Header::call(1, 1, 1), &[]).unwrap());
+        block_on(async {
+            let mut r = PacketReader::new(&bytes[..], 1024);
+            assert!(matches!(r.read_packet().await, Err(Error::Malformed { .. })));
+            assert!(matches!(r.read_packet().await, Err(Error::Malformed { .. })));
+        });
+    }
+
+    #[test]
+    fn the_end_of_the_stream_inside_a_message_is_a_disconnect() {
+        let bytes = encode(&Header::call(1, 1, 1), b"abcd").unwrap();
+        block_on(async {
+            let mut r = PacketReader::new(&bytes[..30], 1024);
+            assert!(matches!(r.read_packet().await, Err(Error::Disconnected)));
+        });
+    }
+
+    #[test]
+    fn received_bytes_are_traced() {
+        let bytes = encode(&Header::call(1, 1, 1), &[]).unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        block_on(async {
+            let mut r = PacketReader::new(&bytes[..], 1024);
+            r.set_trace(Some(Trace::new(move |d, b| {
+                sink.lock().unwrap().push((d, b.to_vec()))
+            })));
+            r.read_packet().await.unwrap();
+        });
+        assert_eq!(*seen.lock().unwrap(), vec![(Direction::Received, bytes)]);
+    }
+}

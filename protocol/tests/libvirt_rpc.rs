@@ -1,0 +1,304 @@
+//! `LibvirtClient` against a real libvirtd: the one of
+//! `scripts/libvirt-test-env.sh`, with a domain booting the test VM whose
+//! agent channel libvirtd holds.
+//!
+//! Skipped (with the reason printed) where that libvirtd cannot run, e.g.
+//! not as root or without QEMU. One test function: a domain takes seconds
+//! to boot under TCG.
+
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant as StdInstant};
+
+use serde_json::{json, Value};
+use tokio::time::Instant;
+use virtomate_protocol::libvirt::{
+    LibvirtClient, RemoteDomain, AGENT_RESPONSE_MAX, AGENT_TIMEOUT_DEFAULT, ERR_AGENT_UNRESPONSIVE,
+    ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_RPC, STRING_MAX,
+};
+use virtomate_protocol::{ClientOptions, Error};
+
+const SOCKET: &str = "/run/libvirt/libvirt-sock";
+const URI: &str = "qemu:///system";
+
+fn script() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libvirt-test-env.sh")
+}
+
+/// Runs the test environment script; on failure, what it said.
+fn env_script(args: &[&str]) -> Result<String, String> {
+    let run = || Command::new(script()).args(args).output();
+    let mut output = run().map_err(|e| format!("cannot run {}: {e}", script().display()))?;
+    if output.status.code() == Some(2) {
+        // bash reads a script as it runs: one edited meanwhile can fail
+        // with a syntax error once; the next run reads it whole.
+        std::thread::sleep(Duration::from_secs(1));
+        output = run().map_err(|e| format!("cannot run {}: {e}", script().display()))?;
+    }
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`libvirt-test-env.sh {}` failed ({}): {}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    }
+}
+
+/// The pid of the libvirtd the script started, if it runs.
+fn daemon_pid() -> Option<u32> {
+    let status = env_script(&["status"]).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("libvirtd: ")?.parse().ok())
+}
+
+/// Undefines the domain and, if this test started libvirtd, stops it
+/// again, also when an assertion fails.
+struct Cleanup {
+    domain: Option<String>,
+    /// The libvirtd this test started.
+    started: Option<u32>,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(name) = &self.domain {
+            if let Err(e) = env_script(&["undefine", name]) {
+                eprintln!("{e}");
+            }
+        }
+        let Some(pid) = self.started else { return };
+        // Other tests share the daemon: leave it to them while it has
+        // domains of theirs, or once it is not the one started here.
+        let others = Command::new("virsh")
+            .args(["-q", "-c", URI, "list", "--all", "--name"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        if daemon_pid() != Some(pid) || !others.is_empty() {
+            eprintln!("leaving libvirtd running: it is not ours any more or has domains: {others}");
+        } else if let Err(e) = env_script(&["stop"]) {
+            eprintln!("{e}");
+        }
+    }
+}
+
+fn agent_json(reply: Option<String>) -> Value {
+    serde_json::from_str(&reply.expect("an agent reply")).unwrap()
+}
+
+async fn agent(libvirt: &mut LibvirtClient, domain: &RemoteDomain, command: &Value) -> Result<Value, Error> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    libvirt
+        .agent_command(domain, &command.to_string(), AGENT_TIMEOUT_DEFAULT, deadline)
+        .await
+        .map(agent_json)
+}
+
+/// Runs `path args` in the guest and waits for it to exit; returns
+/// `guest-exec-status`'s reply (or libvirt's refusal of it).
+async fn guest_run(
+    libvirt: &mut LibvirtClient,
+    domain: &RemoteDomain,
+    path: &str,
+    args: &[&str],
+) -> Result<Value, Error> {
+    let started = agent(
+        libvirt,
+        domain,
+        &json!({"execute": "guest-exec", "arguments": {"path": path, "arg": args, "capture-output": true}}),
+    )
+    .await?;
+    let pid = started["return"]["pid"].as_i64().expect("a pid");
+    let deadline = StdInstant::now() + Duration::from_secs(60);
+    loop {
+        let status = agent(
+            libvirt,
+            domain,
+            &json!({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
+        )
+        .await?;
+        if status["return"]["exited"] == json!(true) {
+            return Ok(status);
+        }
+        assert!(StdInstant::now() < deadline, "{path} did not exit: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn libvirt_rpc_against_a_real_libvirtd() {
+    let was_running = StdUnixStream::connect(SOCKET).is_ok();
+    let t = StdInstant::now();
+    if let Err(e) = env_script(&["start"]) {
+        eprintln!("skipping: libvirtd cannot run here: {e}");
+        return;
+    }
+    let mut cleanup = Cleanup {
+        domain: None,
+        started: if was_running { None } else { daemon_pid() },
+    };
+    eprintln!("libvirtd up after {:?} (was running: {was_running})", t.elapsed());
+
+    let name = format!("virtomate-rpc-{}", std::process::id());
+    let t = StdInstant::now();
+    cleanup.domain = Some(name.clone());
+    if let Err(e) = env_script(&["define", &name]) {
+        eprintln!("skipping: no domain with a guest agent under libvirtd: {e}");
+        return;
+    }
+    eprintln!(
+        "domain {name} running with its agent connected after {:?}",
+        t.elapsed()
+    );
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let t = StdInstant::now();
+        let mut libvirt = LibvirtClient::connect(Path::new(SOCKET), URI, &ClientOptions::default())
+            .await
+            .unwrap();
+        eprintln!("connected (auth-list, connect-open) in {:?}", t.elapsed());
+        let version = libvirt.lib_version().await.unwrap();
+        eprintln!("libvirt {version}");
+        assert!(version >= 1_000_000, "{version}");
+
+        let t = StdInstant::now();
+        let domain = libvirt.lookup_domain_by_name(&name).await.unwrap();
+        eprintln!("looked up {domain} (id {}) in {:?}", domain.id, t.elapsed());
+        assert_eq!(domain.name, name);
+        assert!(domain.is_running());
+        assert_eq!(libvirt.lookup_domain_by_uuid(&domain.uuid).await.unwrap(), domain);
+
+        let t = StdInstant::now();
+        let pong = agent(&mut libvirt, &domain, &json!({"execute": "guest-ping"}))
+            .await
+            .unwrap();
+        eprintln!("guest-ping answered in {:?}", t.elapsed());
+        assert_eq!(pong, json!({"return": {}}));
+
+        let t = StdInstant::now();
+        let status = guest_run(&mut libvirt, &domain, "echo", &["-n", "hi"]).await.unwrap();
+        eprintln!("guest-exec of echo and its status in {:?}: {status}", t.elapsed());
+        assert_eq!(status["return"]["exitcode"], json!(0));
+        assert_eq!(status["return"]["out-data"], json!("aGk="));
+
+        let err = libvirt.lookup_domain_by_name("virtomate-no-such-domain").await.unwrap_err();
+        eprintln!("unknown domain: {err}");
+        assert!(
+            matches!(&err, Error::Libvirt { code: ERR_NO_DOMAIN, message, .. } if message.contains("virtomate-no-such-domain")),
+            "{err:?}"
+        );
+
+        let err = agent(&mut libvirt, &domain, &json!({"execute": "guest-nosuch"}))
+            .await
+            .unwrap_err();
+        eprintln!("unknown agent command: {err}");
+        assert!(
+            matches!(&err, Error::Libvirt { code: ERR_INTERNAL_ERROR, message, .. } if message.contains("guest-nosuch")),
+            "{err:?}"
+        );
+
+        // libvirt's limits on agent replies. Output in Base64 over
+        // STRING_MAX fails to reach us; the agent keeps working.
+        let bytes = (STRING_MAX / 4 * 3 + 1024).to_string();
+        let t = StdInstant::now();
+        let err = guest_run(&mut libvirt, &domain, "head", &["-c", &bytes, "/dev/zero"])
+            .await
+            .unwrap_err();
+        eprintln!("{bytes} bytes of output: {err} after {:?}", t.elapsed());
+        assert!(
+            matches!(&err, Error::Libvirt { code: ERR_RPC, message, .. } if message == "Unable to encode message payload"),
+            "{err:?}"
+        );
+        assert_eq!(
+            agent(&mut libvirt, &domain, &json!({"execute": "guest-ping"})).await.unwrap(),
+            json!({"return": {}})
+        );
+        // A reply over AGENT_RESPONSE_MAX breaks libvirtd's agent channel
+        // for good, so it comes last.
+        let bytes = (AGENT_RESPONSE_MAX / 4 * 3 + 1024).to_string();
+        let t = StdInstant::now();
+        let err = guest_run(&mut libvirt, &domain, "head", &["-c", &bytes, "/dev/zero"])
+            .await
+            .unwrap_err();
+        eprintln!("{bytes} bytes of output: {err} after {:?}", t.elapsed());
+        assert!(
+            matches!(&err, Error::Libvirt { message, .. } if message.contains(&AGENT_RESPONSE_MAX.to_string())),
+            "{err:?}"
+        );
+        let err = agent(&mut libvirt, &domain, &json!({"execute": "guest-ping"}))
+            .await
+            .unwrap_err();
+        eprintln!("then guest-ping: {err}");
+        assert!(
+            matches!(err, Error::Libvirt { code: ERR_AGENT_UNRESPONSIVE, .. }),
+            "{err:?}"
+        );
+
+        let t = StdInstant::now();
+        libvirt.close().await.unwrap();
+        eprintln!("closed in {:?}", t.elapsed());
+    });
+    check_refused_to_nobody();
+    drop(cleanup);
+}
+
+/// Runs [`connect_as_this_user`] as uid 65534, to whom libvirtd offers
+/// only polkit.
+fn check_refused_to_nobody() {
+    let exe = std::env::current_exe().unwrap();
+    let output = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&exe)
+        .args(["--exact", "connect_as_this_user", "--ignored", "--nocapture"])
+        .output();
+    match output {
+        Ok(output) if output.status.success() => {
+            let said = String::from_utf8_lossy(&output.stdout);
+            eprintln!(
+                "as uid 65534: {}",
+                said.lines().find(|l| l.starts_with("connect:")).unwrap_or("?")
+            );
+            assert!(
+                said.contains(&format!(
+                    "connect: cannot connect to {SOCKET}: libvirtd asks for polkit authentication"
+                )),
+                "{said}"
+            );
+        }
+        Ok(output) => eprintln!(
+            "not checked as uid 65534: {} {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ),
+        Err(e) => eprintln!("not checked as uid 65534: setpriv: {e}"),
+    }
+}
+
+/// Connects as whoever runs it and prints the outcome; run by
+/// [`check_refused_to_nobody`].
+#[test]
+#[ignore = "run by libvirt_rpc_against_a_real_libvirtd as another user"]
+fn connect_as_this_user() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcome = runtime.block_on(LibvirtClient::connect(
+        Path::new(SOCKET),
+        URI,
+        &ClientOptions::default(),
+    ));
+    match outcome {
+        Ok(_) => println!("connect: ok"),
+        Err(e) => println!("connect: {e}"),
+    }
+}
