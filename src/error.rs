@@ -160,7 +160,14 @@ impl CliError {
                 limit >> 20,
                 (limit >> 20) / 4 * 3
             )),
-            AgentError::Libvirt { message, .. } => CliError::Libvirt(message),
+            AgentError::Libvirt { code, message, .. } => CliError::Libvirt(match code {
+                // VIR_ERR_INTERNAL_ERROR for a reply over libvirt's cap, RPC
+                // errors for a string over its RPC limit.
+                1 | 38 | 39 if message.contains("bytes") || message.contains("payload") => format!(
+                    "{message}; libvirt limits agent replies to 10 MiB and RPC strings to 4 MiB (Base64 included): give the domain a second agent channel to go around libvirt (see README)"
+                ),
+                _ => message,
+            }),
             AgentError::Agent { command, desc, .. } => CliError::AgentCommand {
                 command,
                 desc,

@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant};
 
 use crate::qga::{ExecStatus, GuestExecStatus};
-use crate::{Error, QgaClient};
+use crate::{Agent, Error, QgaClient};
 
 /// When to ask again whether a program has ended.
 ///
@@ -69,10 +69,8 @@ pub struct Finished {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
-    /// Polls `guest-exec-status` for `pid` until the program has exited.
-    ///
-    /// Waits as long as the program runs; each single reply is still bound
-    /// by the reply timeout.
+    /// Polls `guest-exec-status` for `pid` until the program has exited;
+    /// see [`wait_for_exit`].
     ///
     /// ```no_run
     /// use virtomate_protocol::{ClientOptions, PollSchedule, QgaClient};
@@ -86,18 +84,42 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// # Ok(()) }
     /// ```
     pub async fn wait_for_exit(&mut self, pid: i64, schedule: PollSchedule) -> Result<Finished, Error> {
-        let started = Instant::now();
-        let mut polls = 0;
-        loop {
-            polls += 1;
-            let status = self.execute(&GuestExecStatus { pid }).await?;
-            if status.exited {
-                return Ok(Finished { status, polls });
-            }
-            let pause = schedule.pause_after(started.elapsed());
-            if !pause.is_zero() {
-                sleep(pause).await;
-            }
+        wait_for_exit(self, pid, schedule).await
+    }
+}
+
+/// Polls `guest-exec-status` for `pid` through any [`Agent`] until the
+/// program has exited.
+///
+/// Waits as long as the program runs; each single reply is still bound by
+/// the agent's reply timeout.
+///
+/// ```no_run
+/// use virtomate_protocol::{wait_for_exit, Agent, PollSchedule};
+/// use virtomate_protocol::qga::GuestExec;
+///
+/// # async fn demo(agent: &mut impl Agent) -> Result<(), virtomate_protocol::Error> {
+/// let started = agent.execute(&GuestExec::new("true", [""; 0])).await?;
+/// let finished = wait_for_exit(agent, started.pid, PollSchedule::default()).await?;
+/// assert_eq!(finished.status.exitcode, Some(0));
+/// # Ok(()) }
+/// ```
+pub async fn wait_for_exit<A: Agent>(
+    agent: &mut A,
+    pid: i64,
+    schedule: PollSchedule,
+) -> Result<Finished, Error> {
+    let started = Instant::now();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let status = agent.execute(&GuestExecStatus { pid }).await?;
+        if status.exited {
+            return Ok(Finished { status, polls });
+        }
+        let pause = schedule.pause_after(started.elapsed());
+        if !pause.is_zero() {
+            sleep(pause).await;
         }
     }
 }

@@ -15,6 +15,7 @@
 //! # Ok(()) }
 //! ```
 
+mod agent;
 mod client;
 mod command;
 mod error;
@@ -25,9 +26,10 @@ pub mod qga;
 pub mod qmp;
 mod trace;
 
+pub use agent::Agent;
 pub use client::{ClientOptions, QgaClient, MAX_REQUEST_LEN};
 pub use error::{Error, Phase};
-pub use exec::{Finished, PollSchedule};
+pub use exec::{wait_for_exit, Finished, PollSchedule};
 pub use libvirt::LibvirtClient;
 pub use qmp::QmpClient;
 pub use trace::{escape_bytes, Direction, Trace};

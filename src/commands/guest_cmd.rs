@@ -57,21 +57,19 @@ pub async fn run(domain: &str, request: &Request, context: &Context) -> Result<A
     let mut agent = Agent::connect(domain, context).await?;
     let socket = agent.socket().to_owned();
     let raw_error = |e| CliError::from_raw(e, &socket, Peer::Agent);
-    let client = agent.client();
-    let arguments = request.arguments.as_ref();
-    if WITHOUT_REPLY.contains(&request.name.as_str()) {
-        let grace = ERROR_GRACE.min(context.options.reply_timeout);
-        client
-            .execute_without_reply(&request.name, arguments, grace)
-            .await
-            .map_err(raw_error)?;
-        return Ok(Answer::Json(Value::Object(Default::default())));
-    }
-    let ret = client
-        .execute_json(&request.name, arguments)
+    let without_reply = WITHOUT_REPLY
+        .contains(&request.name.as_str())
+        .then(|| ERROR_GRACE.min(context.options.reply_timeout));
+    let ret = agent
+        .execute_json(&request.name, request.arguments.as_ref(), without_reply)
         .await
         .map_err(raw_error)?;
-    Ok(Answer::Json(ret))
+    // Commands without reply succeed with `{}`, like guest-ping.
+    Ok(Answer::Json(if ret.is_null() && without_reply.is_some() {
+        Value::Object(Default::default())
+    } else {
+        ret
+    }))
 }
 
 #[cfg(test)]

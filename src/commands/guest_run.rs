@@ -7,7 +7,7 @@ use base64::Engine;
 use serde::Serialize;
 use tokio::signal::unix::{signal, SignalKind};
 use virtomate_protocol::qga::{ExecStatus, GuestExec};
-use virtomate_protocol::{PollSchedule, MAX_REQUEST_LEN};
+use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::{Agent, Answer, Context};
 use crate::cli::GuestRunArgs;
@@ -40,8 +40,7 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     drop(exec);
     tracing::info!(pid, "started in the guest");
 
-    let finished = until_interrupted(pid, agent.client().wait_for_exit(pid, PollSchedule::default())).await?;
-    let finished = finished.map_err(|e| agent.error(e))?;
+    let finished = until_interrupted(pid, agent.wait_for_exit(pid)).await??;
     tracing::info!(polls = finished.polls, "the program ended");
     RunResult::new(finished.status, args.encode).map(Answer::Run)
 }

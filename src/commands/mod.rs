@@ -11,10 +11,14 @@ pub mod qmp;
 
 use std::path::PathBuf;
 
-use virtomate_protocol::qga::Command;
-use virtomate_protocol::{ClientOptions, QgaClient};
+use std::time::Duration;
 
-use crate::domain::{self, Scope};
+use serde_json::Value;
+use virtomate_protocol::libvirt::LibvirtAgent;
+use virtomate_protocol::qga::Command;
+use virtomate_protocol::{wait_for_exit, Agent as _, ClientOptions, Finished, PollSchedule, QgaClient};
+
+use crate::domain::{self, Route, Scope};
 use crate::error::CliError;
 
 /// What every command needs besides its own arguments.
@@ -36,11 +40,19 @@ pub enum Answer {
     Report(doctor::Report),
 }
 
-/// The synchronised agent of a domain, with the socket it was reached on so
-/// that errors can name it.
+/// The agent of a domain, synchronised and ready, with the socket it was
+/// reached on so that errors can name it.
 pub struct Agent {
-    client: QgaClient,
+    link: Link,
     socket: PathBuf,
+}
+
+/// How commands reach the agent.
+enum Link {
+    /// Straight over the agent's own socket.
+    Direct(QgaClient),
+    /// Through libvirtd, which holds the agent's only channel.
+    Libvirt(LibvirtAgent),
 }
 
 impl Agent {
@@ -54,16 +66,64 @@ impl Agent {
         options: ClientOptions,
     ) -> Result<Agent, CliError> {
         let found = domain::find(domain, scope)?;
-        let socket = found.agent_socket()?;
-        tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {domain}");
-        let client = QgaClient::connect(&socket, options)
-            .await
-            .map_err(|e| CliError::from_agent(e, &socket))?;
-        Ok(Agent { client, socket })
+        match found.agent_route()? {
+            Route::Direct(socket) => {
+                tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {domain}");
+                let client = QgaClient::connect(&socket, options)
+                    .await
+                    .map_err(|e| CliError::from_agent(e, &socket))?;
+                Ok(Agent {
+                    link: Link::Direct(client),
+                    socket,
+                })
+            }
+            Route::Libvirt { socket, uri } => {
+                tracing::info!(socket = %socket.display(), "libvirtd holds the agent channel: going through libvirtd");
+                let agent = LibvirtAgent::connect(&socket, uri, &found.name, &options)
+                    .await
+                    .map_err(|e| CliError::from_agent(e, &socket))?;
+                Ok(Agent {
+                    link: Link::Libvirt(agent),
+                    socket,
+                })
+            }
+        }
     }
 
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, CliError> {
-        self.client.execute(command).await.map_err(|e| self.error(e))
+        let result = match &mut self.link {
+            Link::Direct(client) => client.execute(command).await,
+            Link::Libvirt(agent) => agent.execute(command).await,
+        };
+        result.map_err(|e| self.error(e))
+    }
+
+    /// Any command by name; for the few that never reply on success, `grace`
+    /// is how long an error reply may take (see `guest-cmd`).
+    pub async fn execute_json(
+        &mut self,
+        name: &str,
+        arguments: Option<&Value>,
+        without_reply: Option<Duration>,
+    ) -> Result<Value, virtomate_protocol::Error> {
+        match (&mut self.link, without_reply) {
+            (Link::Direct(client), Some(grace)) => client
+                .execute_without_reply(name, arguments, grace)
+                .await
+                .map(|()| Value::Null),
+            (Link::Direct(client), None) => client.execute_json(name, arguments).await,
+            (Link::Libvirt(agent), _) => agent.execute_json(name, arguments).await,
+        }
+    }
+
+    /// Polls until the program `pid` has ended.
+    pub async fn wait_for_exit(&mut self, pid: i64) -> Result<Finished, CliError> {
+        let schedule = PollSchedule::default();
+        let result = match &mut self.link {
+            Link::Direct(client) => wait_for_exit(client, pid, schedule).await,
+            Link::Libvirt(agent) => wait_for_exit(agent, pid, schedule).await,
+        };
+        result.map_err(|e| self.error(e))
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
@@ -72,9 +132,5 @@ impl Agent {
 
     pub fn socket(&self) -> &std::path::Path {
         &self.socket
-    }
-
-    pub fn client(&mut self) -> &mut QgaClient {
-        &mut self.client
     }
 }

@@ -43,6 +43,24 @@ impl LibvirtDirs {
     }
 }
 
+impl LibvirtDirs {
+    /// The daemon's RPC socket: virtqemud's where the modular daemons run,
+    /// else libvirtd's.
+    pub fn rpc_socket(&self) -> PathBuf {
+        let run = if self.uri == "qemu:///system" {
+            PathBuf::from("/run/libvirt")
+        } else {
+            self.status.join("../../..")
+        };
+        let modular = run.join("virtqemud-sock");
+        if modular.exists() {
+            modular
+        } else {
+            run.join("libvirt-sock")
+        }
+    }
+}
+
 /// A running libvirt domain, as its status file describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibvirtDomain {

@@ -48,6 +48,17 @@ pub struct Domain {
     pub agent_channels: Vec<Channel>,
     /// QMP sockets (for libvirt: the monitor, which libvirtd holds).
     pub qmp_sockets: Vec<PathBuf>,
+    /// For libvirt domains: the daemon's URI and RPC socket.
+    pub libvirt_daemon: Option<(&'static str, PathBuf)>,
+}
+
+/// How to reach a domain's agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Straight over this agent socket.
+    Direct(PathBuf),
+    /// Through libvirtd's RPC socket, which holds the agent's channel.
+    Libvirt { socket: PathBuf, uri: &'static str },
 }
 
 /// Where to look for domains.
@@ -99,11 +110,12 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
                 path: domain.into(),
             }],
             qmp_sockets: Vec::new(),
+            libvirt_daemon: None,
         });
     }
     for dirs in &scope.libvirt {
         match libvirt::lookup(dirs, domain) {
-            Lookup::Running(found) => return Ok(from_libvirt(found)),
+            Lookup::Running(found) => return Ok(from_libvirt(found, dirs)),
             Lookup::Stopped => {
                 return Err(CliError::IllegalState(format!(
                     "Domain '{domain}' is not running ({}); start it, e.g. virsh -c {} start {domain}",
@@ -143,7 +155,11 @@ pub fn list(scope: &Scope) -> Vec<Domain> {
     let mut domains: Vec<Domain> = scope
         .libvirt
         .iter()
-        .flat_map(|dirs| libvirt::running_domains(dirs).into_iter().map(from_libvirt))
+        .flat_map(|dirs| {
+            libvirt::running_domains(dirs)
+                .into_iter()
+                .map(|d| from_libvirt(d, dirs))
+        })
         .collect();
     if scope.bare_qemu {
         let libvirt_pids: Vec<Option<u32>> = domains.iter().map(|d| d.pid).collect();
@@ -181,12 +197,13 @@ fn qemu_domains(scope: &Scope) -> Vec<Domain> {
                     })
                     .collect(),
                 qmp_sockets: process.args.qmp_sockets.into_iter().map(absolute).collect(),
+                libvirt_daemon: None,
             })
         })
         .collect()
 }
 
-fn from_libvirt(found: libvirt::LibvirtDomain) -> Domain {
+fn from_libvirt(found: libvirt::LibvirtDomain, dirs: &LibvirtDirs) -> Domain {
     Domain {
         name: found.name,
         uuid: Some(found.uuid),
@@ -194,25 +211,28 @@ fn from_libvirt(found: libvirt::LibvirtDomain) -> Domain {
         source: Source::Libvirt,
         agent_channels: found.agent_channels,
         qmp_sockets: found.monitor.into_iter().collect(),
+        libvirt_daemon: Some((dirs.uri, dirs.rpc_socket())),
     }
 }
 
 impl Domain {
-    /// The agent socket to use: the first agent channel nobody else holds.
+    /// How to reach the agent: the first agent channel nobody else holds.
     ///
     /// A channel held by another virtomate is fine: it is served in turn.
-    /// One held by anything else (libvirtd keeps `org.qemu.guest_agent.0`
-    /// of every domain) would never answer, so it fails at once, naming
-    /// the holder.
-    pub fn agent_socket(&self) -> Result<PathBuf, CliError> {
-        let Some(first) = self.agent_channels.first() else {
+    /// One held by libvirtd (which keeps `org.qemu.guest_agent.0` of every
+    /// domain) is reached through libvirtd. One held by anything else would
+    /// never answer, so it fails at once, naming the holder.
+    pub fn agent_route(&self) -> Result<Route, CliError> {
+        if self.agent_channels.is_empty() {
             return Err(CliError::AgentUnavailable(self.no_channel_advice()));
-        };
+        }
         let mut held = Vec::new();
         let mut missing = None;
+        let mut held_by_libvirtd = false;
         for channel in &self.agent_channels {
             let holders = socket_holders::holders(&channel.path);
             if !holders.iter().all(|h| h.command.as_deref() == Some("virtomate")) {
+                held_by_libvirtd |= holders.iter().any(|h| h.command.as_deref() == Some("libvirtd"));
                 held.push(format!(
                     "{} is {}",
                     channel.path.display(),
@@ -223,20 +243,20 @@ impl Domain {
                 // there is nothing better.
                 missing = missing.or(Some(channel));
             } else {
-                return Ok(channel.path.clone());
+                return Ok(Route::Direct(channel.path.clone()));
             }
         }
         if let Some(channel) = missing {
-            return Ok(channel.path.clone());
+            return Ok(Route::Direct(channel.path.clone()));
         }
-        let advice = if self.source == Source::Libvirt {
-            " (libvirtd keeps org.qemu.guest_agent.0 of every domain); give the domain a second agent channel, e.g. org.qemu.guest_agent.1, served by a second qemu-ga in the guest (see README)"
-        } else {
-            "; stop that client or wait until it is done"
-        };
-        tracing::debug!(first = %first.path.display(), "every agent channel is held");
+        if let (true, Some((uri, socket))) = (held_by_libvirtd, &self.libvirt_daemon) {
+            return Ok(Route::Libvirt {
+                socket: socket.clone(),
+                uri,
+            });
+        }
         Err(CliError::AgentUnavailable(format!(
-            "every agent channel of '{}' is held by another client: {}{advice}",
+            "every agent channel of '{}' is held by another client: {}; stop that client or wait until it is done",
             self.name,
             held.join("; ")
         )))
@@ -333,7 +353,7 @@ mod tests {
     fn a_vm_without_agent_channel_says_how_to_add_one() {
         let proc_root = fake_proc(&[(42, &["qemu-system-x86_64", "-name", "web"], "/")]);
         let domain = find("web", &bare_qemu_only(proc_root.path())).unwrap();
-        let err = domain.agent_socket().unwrap_err();
+        let err = domain.agent_route().unwrap_err();
         assert_eq!(err.kind(), "AgentUnavailable");
         assert!(err.to_string().contains("org.qemu.guest_agent.0"), "{err}");
     }
@@ -342,7 +362,7 @@ mod tests {
     fn anything_with_a_slash_is_a_path() {
         let domain = find("./web", &bare_qemu_only(Path::new("/nonexistent"))).unwrap();
         assert_eq!(domain.source, Source::Socket);
-        assert_eq!(domain.agent_socket().unwrap(), Path::new("./web"));
+        assert_eq!(domain.agent_route().unwrap(), Route::Direct("./web".into()));
     }
 
     #[test]

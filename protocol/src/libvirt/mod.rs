@@ -37,6 +37,7 @@
 //! from libvirt's `.x` files and were checked against libvirtd 9.0.0, see
 //! `docs/libvirt-notes.md`.
 
+mod agent;
 mod client;
 pub mod packet;
 mod remote;
@@ -44,6 +45,7 @@ mod remote;
 mod tests;
 pub mod xdr;
 
+pub use agent::LibvirtAgent;
 pub use client::LibvirtClient;
 pub use remote::{parse_uuid, RemoteDomain};
 

@@ -1,0 +1,152 @@
+//! Agent commands through libvirtd, for a domain whose agent channel
+//! libvirtd holds: the same typed commands as on a direct channel.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+
+use super::{LibvirtClient, RemoteDomain, ERR_INTERNAL_ERROR};
+use crate::qga::{parse_reply_to, request_line, Command, ReplyFor};
+use crate::{Agent, ClientOptions, Error};
+
+/// One domain's guest agent, reached through libvirtd's RPC socket.
+///
+/// ```no_run
+/// use virtomate_protocol::libvirt::LibvirtAgent;
+/// use virtomate_protocol::qga::GuestPing;
+/// use virtomate_protocol::{Agent, ClientOptions};
+///
+/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+/// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
+/// let mut agent = LibvirtAgent::connect(socket, "qemu:///system", "web1", &ClientOptions::default()).await?;
+/// agent.execute(&GuestPing {}).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct LibvirtAgent<S = UnixStream> {
+    client: LibvirtClient<S>,
+    domain: RemoteDomain,
+    reply_timeout: Duration,
+    next_id: u64,
+}
+
+impl LibvirtAgent<UnixStream> {
+    /// Connects to libvirtd at `socket` (`uri` as libvirt clients name the
+    /// daemon) and looks up the domain `name`.
+    pub async fn connect(
+        socket: &Path,
+        uri: &str,
+        name: &str,
+        options: &ClientOptions,
+    ) -> Result<Self, Error> {
+        let mut client = LibvirtClient::connect(socket, uri, options).await?;
+        let domain = client.lookup_domain_by_name(name).await?;
+        Ok(LibvirtAgent {
+            client,
+            domain,
+            reply_timeout: options.reply_timeout,
+            next_id: 1,
+        })
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
+    /// Sends any command by name and returns its `return` value untyped.
+    pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
+        self.exchange(name, arguments).await
+    }
+
+    async fn exchange<T: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        arguments: Option<&Value>,
+    ) -> Result<T, Error> {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut request = request_line(name, arguments, id);
+        request.pop(); // libvirt takes the JSON without its newline
+        let request = String::from_utf8(request).expect("serde_json writes UTF-8");
+        // libvirtd waits for the agent itself; leave it a second to answer.
+        let timeout_seconds = i32::try_from(self.reply_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
+        let deadline = Instant::now() + self.reply_timeout + Duration::from_secs(1);
+        let reply = self
+            .client
+            .agent_command(&self.domain, &request, timeout_seconds, deadline)
+            .await
+            .map_err(agent_error_of)?;
+        let malformed = |reason: &str| Error::Malformed {
+            command: name.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let reply = reply.ok_or_else(|| malformed("libvirtd returned no reply"))?;
+        match parse_reply_to::<T>(name, reply.as_bytes(), id)? {
+            ReplyFor::Us(output) => Ok(output),
+            _ => Err(malformed("libvirtd returned a reply to another request")),
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Agent for LibvirtAgent<S> {
+    async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
+        let arguments = serde_json::to_value(command).expect("commands always serialize");
+        self.exchange(C::NAME, Some(&arguments)).await
+    }
+}
+
+/// libvirt reports an agent's error reply as its own internal error,
+/// `unable to execute QEMU agent command 'NAME': DESC`: turned back into
+/// [`Error::Agent`], a program that cannot start reads the same whichever
+/// way the command went. (libvirt drops the error class.)
+fn agent_error_of(error: Error) -> Error {
+    const PREFIX: &str = "unable to execute QEMU agent command '";
+    let Error::Libvirt { code, message, .. } = &error else {
+        return error;
+    };
+    let parsed = message
+        .find(PREFIX)
+        .map(|at| &message[at + PREFIX.len()..])
+        .and_then(|rest| rest.split_once("': "));
+    match parsed {
+        Some((command, desc)) if *code == ERR_INTERNAL_ERROR => Error::Agent {
+            command: command.to_owned(),
+            class: "unknown (through libvirt)".to_owned(),
+            desc: desc.to_owned(),
+        },
+        _ => error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn libvirts_wrapping_of_an_agent_error_is_undone() {
+        let wrapped = Error::Libvirt {
+            code: ERR_INTERNAL_ERROR,
+            domain: 10,
+            message: "internal error: unable to execute QEMU agent command 'guest-exec': Guest agent command failed, error was 'Failed to execute child process'".to_owned(),
+        };
+        match agent_error_of(wrapped) {
+            Error::Agent { command, desc, .. } => {
+                assert_eq!(command, "guest-exec");
+                assert_eq!(
+                    desc,
+                    "Guest agent command failed, error was 'Failed to execute child process'"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let other = Error::Libvirt {
+            code: 42,
+            domain: 10,
+            message: "Domain not found".to_owned(),
+        };
+        assert!(matches!(agent_error_of(other), Error::Libvirt { code: 42, .. }));
+    }
+}
