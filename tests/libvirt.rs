@@ -119,6 +119,23 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
         out.stderr
     );
 
+    // The debugging commands work through libvirtd too, except QMP, whose
+    // socket libvirtd keeps.
+    let out = run(&["guest-ping", &one], None);
+    assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
+    let out = run(&["guest-info", &one], None);
+    assert!(
+        out.json()["version"].as_str().unwrap().starts_with("7."),
+        "{out:?}"
+    );
+    let out = run(
+        &["guest-cmd", &one, r#"{"execute": "guest-get-host-name"}"#],
+        None,
+    );
+    assert!(out.json()["host-name"].is_string(), "{out:?}");
+    let message = run(&["qmp", &one, r#"{"execute": "query-status"}"#], None).error("AgentUnavailable");
+    assert!(message.contains("libvirtd"), "{message}");
+
     let out = run(&["guest-run", &idle, "--", "true"], None);
     let message = out.error("IllegalStateError");
     assert!(message.contains("not running"), "{message}");
