@@ -98,8 +98,9 @@ impl Agent {
         result.map_err(|e| self.error(e))
     }
 
-    /// Any command by name; for the few that never reply on success, `grace`
-    /// is how long an error reply may take (see `guest-cmd`).
+    /// Any command by name. For the few that never reply on success,
+    /// `without_reply` is how long an error reply may take (see `guest-cmd`);
+    /// through libvirtd, libvirt handles those itself.
     pub async fn execute_json(
         &mut self,
         name: &str,

@@ -17,6 +17,8 @@ pub struct LibvirtDirs {
     pub status: PathBuf,
     /// Definitions of persistent domains (`NAME.xml`), running or not.
     pub config: PathBuf,
+    /// Where the daemon's RPC sockets are.
+    pub sockets: PathBuf,
 }
 
 impl LibvirtDirs {
@@ -25,6 +27,7 @@ impl LibvirtDirs {
             uri: "qemu:///system",
             status: "/run/libvirt/qemu".into(),
             config: "/etc/libvirt/qemu".into(),
+            sockets: "/run/libvirt".into(),
         }
     }
 
@@ -39,6 +42,7 @@ impl LibvirtDirs {
             uri: "qemu:///session",
             status: Path::new(&runtime).join("libvirt/qemu/run"),
             config: config.join("libvirt/qemu"),
+            sockets: Path::new(&runtime).join("libvirt"),
         })
     }
 }
@@ -47,16 +51,11 @@ impl LibvirtDirs {
     /// The daemon's RPC socket: virtqemud's where the modular daemons run,
     /// else libvirtd's.
     pub fn rpc_socket(&self) -> PathBuf {
-        let run = if self.uri == "qemu:///system" {
-            PathBuf::from("/run/libvirt")
-        } else {
-            self.status.join("../../..")
-        };
-        let modular = run.join("virtqemud-sock");
+        let modular = self.sockets.join("virtqemud-sock");
         if modular.exists() {
             modular
         } else {
-            run.join("libvirt-sock")
+            self.sockets.join("libvirt-sock")
         }
     }
 }
@@ -218,6 +217,7 @@ mod tests {
             uri: "qemu:///session",
             status: root.path().join("run"),
             config: root.path().join("config"),
+            sockets: root.path().to_owned(),
         };
         for (dir, files) in [(&dirs.status, status), (&dirs.config, config)] {
             fs::create_dir_all(dir).unwrap();
@@ -245,6 +245,14 @@ mod tests {
         let (_root, dirs) = dirs_with(&[], &[("idle.xml", definition)]);
         assert_eq!(lookup(&dirs, "idle"), Lookup::Stopped);
         assert_eq!(lookup(&dirs, "1-2"), Lookup::Stopped);
+    }
+
+    #[test]
+    fn the_rpc_socket_is_virtqemuds_where_the_modular_daemons_run() {
+        let (root, dirs) = dirs_with(&[], &[]);
+        assert_eq!(dirs.rpc_socket(), root.path().join("libvirt-sock"));
+        fs::write(root.path().join("virtqemud-sock"), "").unwrap();
+        assert_eq!(dirs.rpc_socket(), root.path().join("virtqemud-sock"));
     }
 
     #[test]

@@ -145,7 +145,7 @@ pub(crate) fn decode_error(payload: &[u8]) -> Result<Error, XdrError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn hex(text: &str) -> Vec<u8> {

@@ -43,30 +43,12 @@ const CLOSE_REPLY: &str = "0000001c200080860000000100000002000000010000000900000
 /// The error reply to DOMAIN_LOOKUP_BY_NAME("nosuch"), serial 3, as
 /// described byte by byte in the notes.
 fn no_domain_reply(serial: u32) -> Vec<u8> {
-    let mut e = Encoder::new();
-    e.i32(42);
-    e.i32(10);
-    e.optional_string(
-        Some("Domain not found: no domain with matching name 'nosuch'"),
-        STRING_MAX,
-    )
-    .unwrap();
-    e.i32(2);
-    e.bool(false);
-    e.optional_string(Some("Domain not found: %s"), STRING_MAX)
-        .unwrap();
-    e.optional_string(Some("no domain with matching name 'nosuch'"), STRING_MAX)
-        .unwrap();
-    e.optional_string(None, STRING_MAX).unwrap();
-    e.i32(-1);
-    e.i32(-1);
-    e.bool(false);
     let header = Header {
         kind: MessageType::Reply,
         status: Status::Error,
         ..Header::call(REMOTE_PROGRAM, REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME, serial)
     };
-    let bytes = encode(&header, &e.into_bytes()).unwrap();
+    let bytes = encode(&header, &super::remote::tests::no_domain_error_payload()).unwrap();
     assert_eq!(bytes.len(), 200);
     bytes
 }
