@@ -10,10 +10,10 @@ use serde::Serialize;
 use tokio::net::UnixStream;
 use virtomate_protocol::qga::GuestInfo;
 use virtomate_protocol::qmp::QueryChardev;
-use virtomate_protocol::{ClientOptions, QgaClient, QmpClient};
+use virtomate_protocol::{ClientOptions, QmpClient};
 
-use super::{Answer, Context};
-use crate::domain::{self, socket_holders, Domain, Source};
+use super::{Agent, Answer, Context};
+use crate::domain::{self, socket_holders, Domain, Route, Source};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -183,8 +183,17 @@ async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) {
     }
 
     let holders = socket_holders::holders(path);
+    let through_libvirtd = matches!(found.agent_route(), Ok(Route::Libvirt { .. }));
     if holders.is_empty() {
         d.pass("held", "no other client is connected");
+    } else if through_libvirtd {
+        d.pass(
+            "held",
+            format!(
+                "{}: virtomate goes through libvirtd's RPC socket",
+                socket_holders::describe(&holders)
+            ),
+        );
     } else {
         let advice = if found.source == Source::Libvirt {
             "libvirtd keeps org.qemu.guest_agent.0; give the domain a second agent channel (see README)"
@@ -195,31 +204,35 @@ async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) {
     }
 
     let timeout = context.options.handshake_timeout;
-    match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
-        Ok(Ok(stream)) => {
-            drop(stream);
-            d.pass("connect", "connected")
-        }
-        Ok(Err(e)) => {
-            return d.fail(
-                "connect",
-                e.to_string(),
-                "is the VM (or qemu-ga -m unix-listen) running?",
-            )
-        }
-        Err(_) => {
-            return d.fail(
-                "connect",
-                "connecting timed out",
-                "the socket's backlog is full: a client is waiting",
-            )
+    if through_libvirtd {
+        d.skip("connect", "libvirtd holds the channel");
+    } else {
+        match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
+            Ok(Ok(stream)) => {
+                drop(stream);
+                d.pass("connect", "connected")
+            }
+            Ok(Err(e)) => {
+                return d.fail(
+                    "connect",
+                    e.to_string(),
+                    "is the VM (or qemu-ga -m unix-listen) running?",
+                )
+            }
+            Err(_) => {
+                return d.fail(
+                    "connect",
+                    "connecting timed out",
+                    "the socket's backlog is full: a client is waiting",
+                )
+            }
         }
     }
 
     guest_port_open(&found, path, context, d).await;
 
     let started = std::time::Instant::now();
-    let mut agent = match QgaClient::connect(path, context.options.clone()).await {
+    let mut agent = match Agent::connect(domain_arg, context).await {
         Ok(agent) => {
             d.pass("handshake", format!("answered in {} ms", started.elapsed().as_millis()));
             agent
