@@ -1,0 +1,488 @@
+//! Finding out whether an agent socket is already held by another client.
+//!
+//! QEMU's socket chardev (and `qemu-ga` on its own listening socket) serves
+//! one client at a time. While that client stays connected, a second
+//! client's `connect()` still succeeds — the kernel queues it in the
+//! listener's backlog — but nobody ever reads from it, so its commands go
+//! unanswered until it times out. libvirtd, for one, stays connected to the
+//! `org.qemu.guest_agent.0` channel of every domain it runs. Looking before
+//! connecting turns a puzzling timeout into "held by libvirtd (pid 1234)".
+//!
+//! Two kernel interfaces are used, both readable without privileges:
+//!
+//! * `/proc/net/unix` lists every UNIX socket of our network namespace.
+//!   The listener bound at a path shows that path with state `01`
+//!   (unconnected) and the `__SO_ACCEPTCON` flag; every connection it has
+//!   accepted shows the *same* path with state `03` (connected), because an
+//!   accepted socket shares its listener's address. A connection still
+//!   waiting in the backlog shows state `02` (connecting) and inode 0. The
+//!   client ends show no path at all, so this file tells how many clients
+//!   are connected but not who they are.
+//! * `sock_diag` netlink (`NETLINK_SOCK_DIAG`, see sock_diag(7) and
+//!   `linux/unix_diag.h`) reports, for each socket, the inode of its peer.
+//!   The peer of an accepted connection is the client's socket, and the
+//!   processes holding it have a `/proc/PID/fd/*` link reading
+//!   `socket:[INODE]`.
+//!
+//! Limitation: `/proc/net/unix` shows the path exactly as it was passed to
+//! `bind()`, not as resolved by the kernel. A socket bound as `./qga.sock`
+//! shows as `./qga.sock`, whatever the binder's working directory was. We
+//! match the path as given, its canonical form, and any absolute path in the
+//! table that names the same file (same device and inode), which covers
+//! absolute binds through symlinks; a socket bound through a relative path
+//! is only found when given by that same relative spelling. Paths are also
+//! compared as strings, so the connections of an old listener whose file was
+//! since replaced by a new listener at the same path count for the new one.
+
+mod owners;
+mod sock_diag;
+#[cfg(test)]
+mod test_support;
+mod unix_table;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::path::Path;
+
+use owners::{command_of, socket_owners};
+use sock_diag::sock_diag_peers;
+use unix_table::{accepted_connections, read_unix_table};
+
+/// A process holding a connection to the socket, as far as we could tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holder {
+    /// `None` when the connection's owner could not be found: sock_diag is
+    /// unavailable, or the process's `/proc/PID/fd` is not readable to us
+    /// (another user's, without root), or the socket is in flight over
+    /// `SCM_RIGHTS`.
+    pub pid: Option<u32>,
+    /// The program name, from `/proc/PID/comm` (or `cmdline` where `comm`
+    /// was cut short by the kernel's 15-byte limit).
+    pub command: Option<String>,
+}
+
+impl Holder {
+    /// A connection whose owner we could not find.
+    const UNKNOWN: Holder = Holder {
+        pid: None,
+        command: None,
+    };
+}
+
+/// How many connections the listener at `path` has accepted and not yet
+/// closed — our own included. Connections still waiting in the backlog are
+/// not counted: they are the ones that will not be served.
+pub fn connected_clients(path: &Path) -> io::Result<usize> {
+    connected_clients_in(path, Path::new("/proc"))
+}
+
+/// The processes holding connections to the listener at `path`, except our
+/// own process. One [`Holder`] per process (a process holding several
+/// connections appears once), plus one with `pid: None` for each connection
+/// whose owner could not be found. Connections whose client has already
+/// gone are left out: the server will notice and serve the next client.
+///
+/// Empty when nothing is held, and also when `/proc` cannot be read: this
+/// is for explaining a failure, never a reason for one.
+pub fn holders(path: &Path) -> Vec<Holder> {
+    holders_in(path, Path::new("/proc"), std::process::id(), sock_diag_peers)
+}
+
+/// A sentence for an error message, such as `held by libvirtd (pid 1234)`
+/// or `held by another client`.
+pub fn describe(holders: &[Holder]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for holder in holders {
+        match (holder.pid, &holder.command) {
+            (Some(pid), Some(command)) => parts.push(format!("{command} (pid {pid})")),
+            (Some(pid), None) => parts.push(format!("process {pid}")),
+            (None, _) => {}
+        }
+    }
+    match holders.iter().filter(|holder| holder.pid.is_none()).count() {
+        0 => {}
+        1 if parts.is_empty() => parts.push("another client".to_owned()),
+        1 => parts.push("one more client".to_owned()),
+        n if parts.is_empty() => parts.push(format!("{n} other clients")),
+        n => parts.push(format!("{n} more clients")),
+    }
+    match parts.split_last() {
+        None => "not held by another client".to_owned(),
+        Some((last, [])) => format!("held by {last}"),
+        Some((last, others)) => format!("held by {} and {last}", others.join(", ")),
+    }
+}
+
+fn connected_clients_in(path: &Path, proc_root: &Path) -> io::Result<usize> {
+    let table = read_unix_table(proc_root)?;
+    Ok(accepted_connections(path, &table).len())
+}
+
+/// `peers_of` stands for sock_diag so that tests can do without it.
+fn holders_in(
+    path: &Path,
+    proc_root: &Path,
+    own_pid: u32,
+    peers_of: impl FnOnce() -> io::Result<HashMap<u64, u64>>,
+) -> Vec<Holder> {
+    let Ok(table) = read_unix_table(proc_root) else {
+        return Vec::new();
+    };
+    let accepted = accepted_connections(path, &table);
+    if accepted.is_empty() {
+        return Vec::new();
+    }
+    let peers = match peers_of() {
+        Ok(peers) => peers,
+        // Without sock_diag we know how many are connected but not who (nor
+        // whether one of them is us).
+        Err(_) => return vec![Holder::UNKNOWN; accepted.len()],
+    };
+    // A server-side socket missing from the dump was closed in between; one
+    // without a peer (or with peer inode 0) lost its client, and the server
+    // has not noticed yet. Neither is held by anybody.
+    let clients: Vec<u64> = accepted
+        .iter()
+        .filter_map(|inode| peers.get(inode).copied())
+        .filter(|&peer| peer != 0)
+        .collect();
+    let owners = socket_owners(proc_root, &clients.iter().copied().collect());
+
+    let mut known: BTreeMap<u32, Holder> = BTreeMap::new();
+    let mut unknown = 0;
+    for client in &clients {
+        match owners.get(client) {
+            Some(pids) => {
+                for &pid in pids.iter().filter(|&&pid| pid != own_pid) {
+                    known.entry(pid).or_insert_with(|| Holder {
+                        pid: Some(pid),
+                        command: command_of(&proc_root.join(pid.to_string())),
+                    });
+                }
+            }
+            None => unknown += 1,
+        }
+    }
+    let mut holders: Vec<Holder> = known.into_values().collect();
+    holders.extend(std::iter::repeat(Holder::UNKNOWN).take(unknown));
+    holders
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{fake_proc, libvirt_table, line, lines};
+    use super::*;
+    use std::fs;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    fn peers(pairs: &[(u64, u64)]) -> impl FnOnce() -> io::Result<HashMap<u64, u64>> {
+        let map: HashMap<u64, u64> = pairs.iter().copied().collect();
+        move || Ok(map)
+    }
+
+    fn held_by(pid: u32, command: &str) -> Holder {
+        Holder {
+            pid: Some(pid),
+            command: Some(command.to_owned()),
+        }
+    }
+
+    const UNKNOWN: Holder = Holder::UNKNOWN;
+
+    #[test]
+    fn counts_only_accepted_connections_of_that_path() {
+        let root = fake_proc(&lines(&libvirt_table()), &[]);
+        assert_eq!(
+            connected_clients_in(Path::new("/run/qga.sock"), root.path()).unwrap(),
+            1
+        );
+        assert_eq!(
+            connected_clients_in(Path::new("/run/other.sock"), root.path()).unwrap(),
+            1
+        );
+        assert_eq!(
+            connected_clients_in(Path::new("/run/none.sock"), root.path()).unwrap(),
+            0
+        );
+        // The abstract socket `\0/run/qga.sock` is another socket.
+        assert_eq!(
+            connected_clients_in(Path::new("@/run/qga.sock"), root.path()).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn counts_paths_with_spaces() {
+        let table = [
+            line(1, 10, "/run/my vm/qga.sock"),
+            line(3, 11, "/run/my vm/qga.sock"),
+        ];
+        let root = fake_proc(&lines(&table), &[]);
+        assert_eq!(
+            connected_clients_in(Path::new("/run/my vm/qga.sock"), root.path()).unwrap(),
+            1
+        );
+        assert_eq!(
+            connected_clients_in(Path::new("/run/my"), root.path()).unwrap(),
+            0
+        );
+    }
+
+    /// The limitation: the table shows the path as bound, so a socket bound
+    /// relatively is only found under that same spelling.
+    #[test]
+    fn relative_binds_match_only_as_spelled() {
+        let table = [line(1, 10, "./qga.sock"), line(3, 11, "./qga.sock")];
+        let root = fake_proc(&lines(&table), &[]);
+        assert_eq!(
+            connected_clients_in(Path::new("./qga.sock"), root.path()).unwrap(),
+            1
+        );
+        assert_eq!(
+            connected_clients_in(Path::new("/run/vm/qga.sock"), root.path()).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn no_table_is_an_error_for_counting_and_nobody_for_holders() {
+        let root = tempfile::tempdir().unwrap();
+        assert!(connected_clients_in(Path::new("/run/qga.sock"), root.path()).is_err());
+        assert_eq!(
+            holders_in(Path::new("/run/qga.sock"), root.path(), 1, peers(&[])),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn names_the_process_holding_the_peer() {
+        let root = fake_proc(
+            &lines(&libvirt_table()),
+            &[
+                (500, "libvirtd", "/usr/sbin/libvirtd --timeout 120", &[7, 102]),
+                (600, "other", "other", &[202]),
+            ],
+        );
+        let found = holders_in(
+            Path::new("/run/qga.sock"),
+            root.path(),
+            999,
+            peers(&[(101, 102), (201, 202)]),
+        );
+        assert_eq!(found, vec![held_by(500, "libvirtd")]);
+        assert_eq!(describe(&found), "held by libvirtd (pid 500)");
+    }
+
+    #[test]
+    fn leaves_out_our_own_process() {
+        let root = fake_proc(
+            &lines(&libvirt_table()),
+            &[(500, "virtomate", "virtomate", &[102])],
+        );
+        let found = holders_in(Path::new("/run/qga.sock"), root.path(), 500, peers(&[(101, 102)]));
+        assert_eq!(found, vec![]);
+        assert_eq!(
+            connected_clients_in(Path::new("/run/qga.sock"), root.path()).unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn names_every_process_sharing_the_peer_once() {
+        let mut table = libvirt_table();
+        table.extend([line(3, 103, "/run/qga.sock"), line(3, 104, "")]);
+        let root = fake_proc(
+            &lines(&table),
+            &[
+                (500, "libvirtd", "libvirtd", &[102, 104]),
+                (501, "libvirtd", "libvirtd", &[102]),
+                (9, "me", "", &[102]),
+            ],
+        );
+        let found = holders_in(
+            Path::new("/run/qga.sock"),
+            root.path(),
+            9,
+            peers(&[(101, 102), (103, 104)]),
+        );
+        assert_eq!(found, vec![held_by(500, "libvirtd"), held_by(501, "libvirtd")]);
+        assert_eq!(
+            describe(&found),
+            "held by libvirtd (pid 500) and libvirtd (pid 501)"
+        );
+    }
+
+    #[test]
+    fn a_peer_nobody_visibly_owns_is_another_client() {
+        let root = fake_proc(&lines(&libvirt_table()), &[(500, "unrelated", "unrelated", &[7])]);
+        let found = holders_in(Path::new("/run/qga.sock"), root.path(), 999, peers(&[(101, 102)]));
+        assert_eq!(found, vec![UNKNOWN]);
+        assert_eq!(describe(&found), "held by another client");
+    }
+
+    #[test]
+    fn a_client_that_left_holds_nothing() {
+        let root = fake_proc(&lines(&libvirt_table()), &[]);
+        // Peer inode 0: the client closed its end.
+        assert_eq!(
+            holders_in(Path::new("/run/qga.sock"), root.path(), 999, peers(&[(101, 0)])),
+            vec![]
+        );
+        // Not in the dump: the connection closed in between.
+        assert_eq!(
+            holders_in(Path::new("/run/qga.sock"), root.path(), 999, peers(&[])),
+            vec![]
+        );
+    }
+
+    #[test]
+    fn without_sock_diag_every_connection_is_another_client() {
+        let mut table = libvirt_table();
+        table.push(line(3, 103, "/run/qga.sock"));
+        let root = fake_proc(&lines(&table), &[(500, "libvirtd", "libvirtd", &[102])]);
+        let no_netlink = || Err(io::Error::from_raw_os_error(nix::libc::EPROTONOSUPPORT));
+        let found = holders_in(Path::new("/run/qga.sock"), root.path(), 999, no_netlink);
+        assert_eq!(found, vec![UNKNOWN, UNKNOWN]);
+        assert_eq!(describe(&found), "held by 2 other clients");
+    }
+
+    #[test]
+    fn describes_holders_in_a_sentence() {
+        assert_eq!(describe(&[]), "not held by another client");
+        assert_eq!(
+            describe(&[Holder {
+                pid: Some(7),
+                command: None
+            }]),
+            "held by process 7"
+        );
+        assert_eq!(
+            describe(&[held_by(1, "a"), held_by(2, "b"), UNKNOWN]),
+            "held by a (pid 1), b (pid 2) and one more client"
+        );
+        assert_eq!(
+            describe(&[held_by(1, "a"), UNKNOWN, UNKNOWN]),
+            "held by a (pid 1) and 2 more clients"
+        );
+    }
+
+    /// A client in another process, killed when dropped.
+    struct Client(std::process::Child);
+
+    impl Client {
+        fn connect(path: &Path) -> Client {
+            let script = "import socket, sys, time\n\
+                          s = socket.socket(socket.AF_UNIX)\n\
+                          s.connect(sys.argv[1])\n\
+                          time.sleep(60)\n";
+            let child = Command::new("python3")
+                .args(["-c", script])
+                .arg(path)
+                .stdin(Stdio::null())
+                .spawn()
+                .expect("these tests need python3 for a client in another process");
+            Client(child)
+        }
+    }
+
+    impl Drop for Client {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// Accepts the next connection, failing rather than hanging if the
+    /// client never comes.
+    fn accept(listener: &UnixListener, client: Option<&mut Client>) -> UnixStream {
+        listener.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut client = client;
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => return stream,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+                Err(error) => panic!("accept: {error}"),
+            }
+            if let Some(client) = client.as_mut() {
+                if let Some(status) = client.0.try_wait().unwrap() {
+                    panic!("the client exited before connecting: {status}");
+                }
+            }
+            assert!(Instant::now() < deadline, "no client connected");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
+    fn finds_a_real_client_in_another_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        assert_eq!(connected_clients(&path).unwrap(), 0);
+        assert_eq!(holders(&path), vec![]);
+
+        let mut client = Client::connect(&path);
+        let _from_client = accept(&listener, Some(&mut client));
+        assert_eq!(connected_clients(&path).unwrap(), 1);
+        let found = holders(&path);
+        match sock_diag_peers() {
+            Ok(_) => {
+                assert_eq!(found.len(), 1, "{found:?}");
+                assert_eq!(found[0].pid, Some(client.0.id()));
+                let command = found[0].command.as_deref().unwrap_or_default();
+                assert!(command.starts_with("python"), "{command}");
+            }
+            Err(error) => {
+                eprintln!("sock_diag unavailable ({error}): checking the fallback only");
+                assert_eq!(found, vec![UNKNOWN]);
+            }
+        }
+
+        // Our own connection counts but is not named.
+        let _ours = UnixStream::connect(&path).unwrap();
+        let _from_us = accept(&listener, None);
+        assert_eq!(connected_clients(&path).unwrap(), 2);
+        if sock_diag_peers().is_ok() {
+            assert_eq!(holders(&path), found);
+        }
+
+        // Once the client is gone it holds nothing, although the server has
+        // not closed its end yet.
+        drop(client);
+        assert_eq!(connected_clients(&path).unwrap(), 2);
+        if sock_diag_peers().is_ok() {
+            assert_eq!(holders(&path), vec![]);
+        }
+        drop(_from_client);
+        assert_eq!(connected_clients(&path).unwrap(), 1);
+    }
+
+    #[test]
+    fn finds_a_real_socket_by_other_spellings_of_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("my vm");
+        fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link")).unwrap();
+        // Bound through the symlink, so the kernel shows `.../link/qga.sock`.
+        let listener = UnixListener::bind(dir.path().join("link/qga.sock")).unwrap();
+        let _ours = UnixStream::connect(real.join("qga.sock")).unwrap();
+        let _accepted = accept(&listener, None);
+
+        assert_eq!(connected_clients(&dir.path().join("link/qga.sock")).unwrap(), 1);
+        assert_eq!(connected_clients(&real.join("qga.sock")).unwrap(), 1);
+        assert_eq!(connected_clients(&dir.path().join("link/./qga.sock")).unwrap(), 1);
+        // Relative to our working directory, however deep that is.
+        let cwd = std::env::current_dir().unwrap();
+        let mut relative = std::path::PathBuf::new();
+        for _ in cwd.components().skip(1) {
+            relative.push("..");
+        }
+        relative.push(real.join("qga.sock").strip_prefix("/").unwrap());
+        assert_eq!(connected_clients(&relative).unwrap(), 1);
+        // Our own connection: counted, not named.
+        assert_eq!(holders(&real.join("qga.sock")), vec![]);
+    }
+}
