@@ -5,7 +5,7 @@ mod support;
 
 use support::host_agent::HostAgent;
 use support::test_vm::TestVm;
-use support::{run, run_measured};
+use support::{guest_run_with, run, run_measured};
 
 const MIB: usize = 1 << 20;
 
@@ -36,18 +36,7 @@ fn output_beyond_the_agents_cap_is_flagged_truncated_on_both_streams() {
     let agent = HostAgent::start();
     let script = format!("{} ; {} >&2", produce(17 * MIB), produce(16 * MIB + 1));
     let socket = agent.socket();
-    let out = run(
-        &[
-            "guest-run",
-            "--encode",
-            socket.to_str().unwrap(),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-        None,
-    );
+    let out = guest_run_with(&["--encode"], &socket, &["sh", "-c", &script], None);
     let json = out.json();
     assert_eq!(
         (

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use support::fake_agent::FakeAgent;
 use support::host_agent::HostAgent;
-use support::run;
 use support::test_vm::TestVm;
+use support::{guest_run_with, run};
 
 #[test]
 fn guest_ping_answers_with_exit_0_and_no_output() {
@@ -99,18 +99,7 @@ fn guest_info_shows_the_version_and_disabled_commands() {
 fn trace_shows_every_byte_both_ways_on_stderr() {
     let agent = HostAgent::start();
     let socket = agent.socket();
-    let out = run(
-        &[
-            "--trace",
-            "guest-run",
-            socket.to_str().unwrap(),
-            "--",
-            "echo",
-            "-n",
-            "hi",
-        ],
-        None,
-    );
+    let out = guest_run_with(&["--trace"], &socket, &["echo", "-n", "hi"], None);
     assert_eq!(out.json()["stdout"], "hi");
     let sent: Vec<&str> = out.stderr.lines().filter(|l| l.contains("] >> ")).collect();
     let received: Vec<&str> = out.stderr.lines().filter(|l| l.contains("] << ")).collect();
@@ -140,10 +129,7 @@ fn trace_shows_every_byte_both_ways_on_stderr() {
 fn log_goes_to_stderr_and_leaves_stdout_alone() {
     let agent = HostAgent::start();
     let socket = agent.socket();
-    let out = run(
-        &["-l", "debug", "guest-run", socket.to_str().unwrap(), "--", "true"],
-        None,
-    );
+    let out = guest_run_with(&["-l", "debug"], &socket, &["true"], None);
     assert_eq!(out.json()["exit_code"], 0);
     assert!(
         out.stderr.contains("DEBUG") && out.stderr.contains("started in the guest"),
@@ -151,17 +137,7 @@ fn log_goes_to_stderr_and_leaves_stdout_alone() {
         out.stderr
     );
 
-    let out = run(
-        &[
-            "--log",
-            "warning",
-            "guest-run",
-            socket.to_str().unwrap(),
-            "--",
-            "true",
-        ],
-        None,
-    );
+    let out = guest_run_with(&["--log", "warning"], &socket, &["true"], None);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
     let out = run(&["--log", "verbose", "guest-ping", "x"], None);
     assert_eq!(out.status, 2);

@@ -274,11 +274,7 @@ fn a_program_that_never_exits_ends_on_sigterm_and_sigint_naming_the_guest_pid() 
             }
         });
         let socket = agent.socket();
-        let child = support::virtomate()
-            .args(["guest-run", socket.to_str().unwrap(), "--", "sleep", "infinity"])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = support::spawn_guest_run(&socket, &["sleep", "infinity"]);
         std::thread::sleep(Duration::from_millis(700));
         let sent = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::json;
 use support::host_agent::HostAgent;
-use support::{guest_run, run, run_command, virtomate};
+use support::{guest_run, guest_run_with, run, run_command, spawn_guest_run, virtomate};
 
 fn result(exit_code: Option<i32>, stdout: Option<&str>, stderr: Option<&str>) -> serde_json::Value {
     json!({
@@ -25,18 +25,7 @@ fn result(exit_code: Option<i32>, stdout: Option<&str>, stderr: Option<&str>) ->
 fn echo_prints_the_run_result_pretty_exactly_as_specified() {
     let agent = HostAgent::start();
     let socket = agent.socket();
-    let out = run(
-        &[
-            "-p",
-            "guest-run",
-            socket.to_str().unwrap(),
-            "--",
-            "echo",
-            "-n",
-            "Hello World",
-        ],
-        None,
-    );
+    let out = guest_run_with(&["-p"], &socket, &["echo", "-n", "Hello World"], None);
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(
         out.stdout,
@@ -66,18 +55,7 @@ fn compact_output_by_default() {
 fn encode_gives_base64() {
     let agent = HostAgent::start();
     let socket = agent.socket();
-    let out = run(
-        &[
-            "guest-run",
-            "--encode",
-            socket.to_str().unwrap(),
-            "--",
-            "echo",
-            "-n",
-            "Hello World",
-        ],
-        None,
-    );
+    let out = guest_run_with(&["--encode"], &socket, &["echo", "-n", "Hello World"], None);
     assert_eq!(out.json(), result(Some(0), Some("SGVsbG8gV29ybGQ="), None));
 }
 
@@ -127,18 +105,7 @@ fn a_shell_must_be_invoked_explicitly() {
 fn stdin_is_passed_to_the_program() {
     let agent = HostAgent::start();
     let socket = agent.socket();
-    let out = run(
-        &[
-            "-p",
-            "guest-run",
-            "--stdin",
-            socket.to_str().unwrap(),
-            "--",
-            "wc",
-            "-m",
-        ],
-        Some(b"Hello World"),
-    );
+    let out = guest_run_with(&["-p", "--stdin"], &socket, &["wc", "-m"], Some(b"Hello World"));
     assert_eq!(out.json(), result(Some(0), Some("11\n"), None));
 }
 
@@ -146,10 +113,7 @@ fn stdin_is_passed_to_the_program() {
 fn empty_stdin_is_fine() {
     let agent = HostAgent::start();
     let socket = agent.socket();
-    let out = run(
-        &["guest-run", "--stdin", socket.to_str().unwrap(), "--", "wc", "-c"],
-        Some(b""),
-    );
+    let out = guest_run_with(&["--stdin"], &socket, &["wc", "-c"], Some(b""));
     assert_eq!(out.json(), result(Some(0), Some("0\n"), None));
 }
 
@@ -179,17 +143,7 @@ fn output_that_is_not_utf8_needs_encode() {
     );
 
     let socket = agent.socket();
-    let out = run(
-        &[
-            "guest-run",
-            "-e",
-            socket.to_str().unwrap(),
-            "--",
-            "printf",
-            "ok\\377",
-        ],
-        None,
-    );
+    let out = guest_run_with(&["-e"], &socket, &["printf", "ok\\377"], None);
     assert_eq!(out.json()["stdout"], "b2v/");
 }
 
@@ -370,11 +324,7 @@ fn version_with_dash_v() {
 #[test]
 fn an_agent_that_dies_during_a_run_gives_a_clear_error_at_once() {
     let mut agent = HostAgent::start();
-    let child = virtomate()
-        .args(["guest-run", agent.socket().to_str().unwrap(), "--", "sleep", "30"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_guest_run(&agent.socket(), &["sleep", "30"]);
     std::thread::sleep(std::time::Duration::from_millis(500));
     agent.kill();
     let killed = std::time::Instant::now();

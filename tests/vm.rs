@@ -7,9 +7,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::run;
 use support::spec_examples::check_examples;
 use support::test_vm::TestVm;
+use support::{guest_run_with, run};
 
 #[test]
 fn every_specification_example_by_socket_path_and_by_name() {
@@ -22,10 +22,7 @@ fn every_specification_example_by_socket_path_and_by_name() {
 fn the_second_agent_port_is_a_channel_of_its_own() {
     let vm = TestVm::boot_with("two-ports", &[("EXTRA_AGENT_PORT", "1")]);
     let second = vm.dir.path().join("qga1.sock");
-    let out = run(
-        &["guest-run", second.to_str().unwrap(), "--", "echo", "-n", "one"],
-        None,
-    );
+    let out = guest_run_with(&[], &second, &["echo", "-n", "one"], None);
     assert_eq!(out.json()["stdout"], "one");
 }
 
@@ -33,11 +30,7 @@ fn the_second_agent_port_is_a_channel_of_its_own() {
 fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let vm = TestVm::boot("killed");
     let socket = vm.socket();
-    let child = support::virtomate()
-        .args(["guest-run", socket.to_str().unwrap(), "--", "sleep", "30"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = support::spawn_guest_run(&socket, &["sleep", "30"]);
     std::thread::sleep(Duration::from_millis(1500));
     vm.kill();
     let killed = Instant::now();
@@ -54,17 +47,7 @@ fn a_guest_without_agent_times_out_with_advice() {
     let vm = TestVm::boot_with("no-agent", &[("KERNEL_EXTRA_ARGS", "virtomate.noagent")]);
     let socket = vm.socket();
     let started = Instant::now();
-    let out = run(
-        &[
-            "--timeout",
-            "1",
-            "guest-run",
-            socket.to_str().unwrap(),
-            "--",
-            "true",
-        ],
-        None,
-    );
+    let out = guest_run_with(&["--timeout", "1"], &socket, &["true"], None);
     let message = out.error("AgentTimeout");
     assert!(
         message.contains("runs in the guest") && message.contains("--timeout"),

@@ -81,12 +81,34 @@ pub fn run_command(command: &mut Command, stdin: Option<&[u8]>) -> Outcome {
     }
 }
 
-/// `virtomate guest-run SOCKET -- PROGRAM...` with extra global options.
+/// `virtomate guest-run SOCKET -- PROGRAM...`.
 pub fn guest_run(socket: &Path, program: &[&str]) -> Outcome {
-    let socket = socket.to_str().unwrap();
-    let mut args = vec!["guest-run", socket, "--"];
+    guest_run_with(&[], socket, program, None)
+}
+
+/// `virtomate guest-run OPTIONS SOCKET -- PROGRAM...`, feeding `stdin` if
+/// given. OPTIONS may be guest-run's own (`--stdin`) or global ones (`-p`,
+/// `--timeout`), which clap takes after the command too.
+pub fn guest_run_with(options: &[&str], socket: &Path, program: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    run(&guest_run_args(options, socket, program), stdin)
+}
+
+/// The same, started in the background with stdout piped, for tests that
+/// disturb a run while it waits.
+pub fn spawn_guest_run(socket: &Path, program: &[&str]) -> std::process::Child {
+    virtomate()
+        .args(guest_run_args(&[], socket, program))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn guest_run_args<'a>(options: &[&'a str], socket: &'a Path, program: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["guest-run"];
+    args.extend(options);
+    args.extend([socket.to_str().unwrap(), "--"]);
     args.extend(program);
-    run(&args, None)
+    args
 }
 
 /// Makes a spawned child die with the test process, even on SIGKILL.
