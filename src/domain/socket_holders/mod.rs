@@ -368,6 +368,18 @@ mod tests {
         );
     }
 
+    /// Held by every test here that opens real sockets. Between `fork` and
+    /// `exec`, a child spawned by one test carries copies of every descriptor
+    /// of this process — another test's sockets included — and under the
+    /// test thread's name, so it would show up as a holder there.
+    static REAL_SOCKETS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn real_sockets_to_ourselves() -> std::sync::MutexGuard<'static, ()> {
+        REAL_SOCKETS
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// A client in another process, killed when dropped.
     struct Client(std::process::Child);
 
@@ -418,6 +430,7 @@ mod tests {
 
     #[test]
     fn finds_a_real_client_in_another_process() {
+        let _alone = real_sockets_to_ourselves();
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.sock");
         let listener = UnixListener::bind(&path).unwrap();
@@ -462,6 +475,7 @@ mod tests {
 
     #[test]
     fn finds_a_real_socket_by_other_spellings_of_its_path() {
+        let _alone = real_sockets_to_ourselves();
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("my vm");
         fs::create_dir(&real).unwrap();
