@@ -39,7 +39,8 @@ fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["type"], json!("AgentDisconnected"), "{json}");
     assert_eq!(out.status.code(), Some(1));
-    assert!(waited < Duration::from_secs(5), "took {waited:?} to notice");
+    // The reply timeout is 30 s: the closed socket was noticed, not waited out.
+    assert!(waited < Duration::from_secs(10), "took {waited:?} to notice");
 }
 
 #[test]
@@ -53,7 +54,7 @@ fn a_guest_without_agent_times_out_with_advice() {
         message.contains("runs in the guest") && message.contains("--timeout"),
         "{message}"
     );
-    assert!(started.elapsed() < Duration::from_secs(6));
+    assert!(started.elapsed() < Duration::from_secs(15));
 }
 
 #[test]
@@ -82,12 +83,12 @@ fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
     assert_eq!(out.json()["stdout"], "via .1", "{out:?}");
 
     let started = Instant::now();
-    let out = run(&["guest-run", vm.socket().to_str().unwrap(), "--", "true"], None);
+    let out = guest_run_with(&["--timeout", "30"], &vm.socket(), &["true"], None);
     let message = out.error("AgentUnavailable");
     assert!(
         message.contains(&format!("pid {}", std::process::id())),
         "{message}"
     );
-    // Well before the 5 s handshake timeout: nothing waited on the held channel.
-    assert!(started.elapsed() < Duration::from_secs(4));
+    // Far from the 30 s handshake timeout: nothing waited on the held channel.
+    assert!(started.elapsed() < Duration::from_secs(10));
 }
