@@ -214,8 +214,10 @@ fn doctor_names_a_disabled_guest_exec_and_a_holder() {
     );
 
     let _holder = std::os::unix::net::UnixStream::connect(&socket).unwrap();
-    support::wait_until(5, "qemu-ga to accept the holder", || {
-        let report = run(&["doctor", socket.to_str().unwrap()], None);
+    // Until qemu-ga accepts the holder, doctor's own connection queues
+    // behind it and waits out --timeout.
+    support::wait_until(20, "qemu-ga to accept the holder", || {
+        let report = run(&["--timeout", "1", "doctor", socket.to_str().unwrap()], None);
         report.stdout.contains(&format!("pid {}", std::process::id()))
     });
 }
@@ -308,13 +310,18 @@ fn qmp_talks_to_qemus_monitor_by_name_or_socket_and_keeps_events_apart() {
     assert_eq!(out.json()["class"], "CommandNotFound");
 
     let _holder = std::os::unix::net::UnixStream::connect(&qmp_socket).unwrap();
-    support::wait_until(5, "qmp to name this process as the holder", || {
+    support::wait_until(20, "qmp to name this process as the holder", || {
         virtomate_sees_held_monitor(&vm.name)
     });
 }
 
 /// True once `qmp` refuses the monitor because this test process holds it.
+/// (Until QEMU accepts the holder, `qmp`'s connection queues behind it and
+/// waits out --timeout.)
 fn virtomate_sees_held_monitor(name: &str) -> bool {
-    let out = run(&["qmp", name, r#"{"execute": "query-status"}"#], None);
+    let out = run(
+        &["--timeout", "1", "qmp", name, r#"{"execute": "query-status"}"#],
+        None,
+    );
     out.status == 1 && out.stdout.contains(&format!("pid {}", std::process::id()))
 }

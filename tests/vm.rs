@@ -75,7 +75,7 @@ fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
 
     // Someone else (this test process) takes org.qemu.guest_agent.0.
     let _holder = std::os::unix::net::UnixStream::connect(vm.socket()).unwrap();
-    support::wait_until(5, "QEMU to accept the holder", || {
+    support::wait_until(20, "QEMU to accept the holder", || {
         run(&["domain-list"], None).stdout.contains(r#""held":true"#)
     });
 
