@@ -1,5 +1,7 @@
 //! `virtomate`: a thin command line over the `virtomate-protocol` crate.
 
+#![forbid(unsafe_code)]
+
 mod cli;
 mod commands;
 mod domain;

@@ -4,7 +4,8 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+
+use nix::sys::socket::{socket, AddressFamily, SockFlag, SockProtocol, SockType};
 
 // sock_diag, from linux/netlink.h, linux/sock_diag.h and linux/unix_diag.h.
 // Everything is in native byte order.
@@ -34,19 +35,12 @@ const UNIX_DIAG_PEER: u16 = 2;
 /// The peer inode of every connected UNIX socket of our network namespace,
 /// keyed by the socket's own inode.
 pub(super) fn sock_diag_peers() -> io::Result<HashMap<u64, u64>> {
-    // SAFETY: socket() takes no pointers; a non-negative result is a new
-    // file descriptor nobody else owns, so OwnedFd may take and close it.
-    let fd = unsafe {
-        let fd = nix::libc::socket(
-            nix::libc::AF_NETLINK,
-            nix::libc::SOCK_DGRAM | nix::libc::SOCK_CLOEXEC,
-            nix::libc::NETLINK_SOCK_DIAG,
-        );
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        OwnedFd::from_raw_fd(fd)
-    };
+    let fd = socket(
+        AddressFamily::Netlink,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkSockDiag,
+    )?;
     // Plain write() and read() suffice: an unconnected netlink socket sends
     // to the kernel (port 0), and each read() returns one datagram.
     let mut socket = fs::File::from(fd);
