@@ -18,14 +18,28 @@ fn env_script(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+/// Taken for the whole test: test runs of other checkouts share the one
+/// system libvirtd, and a run that started it stops it at the end.
+fn host_wide_libvirt_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let file = std::fs::File::create("/run/lock/virtomate-libvirt-tests.lock")
+        .or_else(|_| std::fs::File::create(std::env::temp_dir().join("virtomate-libvirt-tests.lock")))
+        .expect("a lock file for the libvirt tests");
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .expect("the libvirt tests' lock")
+}
+
 /// Undefines its domains, and stops libvirtd if this test started it.
 struct LibvirtEnv {
     domains: Vec<String>,
     started_here: bool,
+    /// Released after the clean-up of `drop`.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl LibvirtEnv {
     fn start() -> Option<LibvirtEnv> {
+        let lock = host_wide_libvirt_lock();
         let status = String::from_utf8_lossy(&env_script(&["status"]).stdout).into_owned();
         let running_before = status
             .lines()
@@ -41,6 +55,7 @@ impl LibvirtEnv {
         Some(LibvirtEnv {
             domains: Vec::new(),
             started_here: !running_before,
+            _lock: lock,
         })
     }
 

@@ -56,12 +56,25 @@ fn daemon_pid() -> Option<u32> {
         .find_map(|line| line.strip_prefix("libvirtd: ")?.parse().ok())
 }
 
+/// Taken for the whole test: test runs of other checkouts share the one
+/// system libvirtd, and a run that started it stops it at the end.
+fn host_wide_libvirt_lock() -> nix::fcntl::Flock<std::fs::File> {
+    let file = std::fs::File::create("/run/lock/virtomate-libvirt-tests.lock")
+        .or_else(|_| std::fs::File::create(std::env::temp_dir().join("virtomate-libvirt-tests.lock")))
+        .expect("a lock file for the libvirt tests");
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| errno)
+        .expect("the libvirt tests' lock")
+}
+
 /// Undefines the domain and, if this test started libvirtd, stops it
 /// again, also when an assertion fails.
 struct Cleanup {
     domain: Option<String>,
     /// The libvirtd this test started.
     started: Option<u32>,
+    /// Released after the clean-up of `drop`.
+    _lock: nix::fcntl::Flock<std::fs::File>,
 }
 
 impl Drop for Cleanup {
@@ -132,6 +145,7 @@ async fn guest_run(
 
 #[test]
 fn libvirt_rpc_against_a_real_libvirtd() {
+    let lock = host_wide_libvirt_lock();
     let was_running = StdUnixStream::connect(SOCKET).is_ok();
     let t = StdInstant::now();
     if let Err(e) = env_script(&["start"]) {
@@ -141,6 +155,7 @@ fn libvirt_rpc_against_a_real_libvirtd() {
     let mut cleanup = Cleanup {
         domain: None,
         started: if was_running { None } else { daemon_pid() },
+        _lock: lock,
     };
     eprintln!("libvirtd up after {:?} (was running: {was_running})", t.elapsed());
 
