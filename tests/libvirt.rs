@@ -83,6 +83,16 @@ impl Drop for LibvirtEnv {
     }
 }
 
+fn step(report: &Value, name: &str) -> Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {report}"))
+        .clone()
+}
+
 fn listed(name: &str) -> Value {
     let list = run(&["domain-list"], None).json();
     list.as_array()
@@ -102,9 +112,11 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
     let two = format!("vt-two-{pid}");
     let one = format!("vt-one-{pid}");
     let idle = format!("vt-idle-{pid}");
+    let silent = format!("vt-silent-{pid}");
     env.define(&two, &["--second-channel"]);
     env.define(&one, &[]);
     env.define(&idle, &["--defined-only"]);
+    env.define(&silent, &["--noagent"]);
 
     // domain-list sees libvirt's domains, and that libvirtd holds .0.
     let entry = listed(&two);
@@ -112,7 +124,14 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
     assert_eq!(entry["agent_channels"][0]["name"], "org.qemu.guest_agent.0");
     assert_eq!(entry["agent_channels"][0]["held"], true, "{entry}");
     assert_eq!(entry["agent_channels"][1]["held"], false, "{entry}");
+    assert_eq!(entry["agent_channels"][0]["guest_connected"], true, "{entry}");
     assert!(entry["pid"].as_u64().is_some());
+    // libvirt records that no agent opened the guest's end of the port.
+    let no_agent = listed(&silent);
+    assert_eq!(
+        no_agent["agent_channels"][0]["guest_connected"], false,
+        "{no_agent}"
+    );
 
     // Every example of the specification, by name and by UUID, through the
     // channel libvirt leaves alone.
@@ -167,16 +186,24 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
 
     let report = run(&["doctor", &one], None);
     let json = report.json();
-    let held = json["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "held")
-        .unwrap()
-        .clone();
+    let held = step(&json, "held");
     assert_eq!(held["outcome"], "pass", "{json}");
     assert_eq!(report.status, 0, "{json}");
     assert!(held["detail"].as_str().unwrap().contains("libvirtd"), "{held}");
+    assert_eq!(step(&json, "guest-port-open")["outcome"], "pass", "{json}");
+
+    // libvirtd holds the monitor too, so whether the guest opened its port
+    // comes from libvirt's record of it.
+    let report = run(&["--timeout", "1", "doctor", &silent], None);
+    let json = report.json();
+    let port = step(&json, "guest-port-open");
+    assert_eq!(port["outcome"], "fail", "{json}");
+    assert!(
+        port["detail"].as_str().unwrap().contains("libvirt records"),
+        "{port}"
+    );
+    assert!(port["advice"].as_str().unwrap().contains("qemu-ga"), "{port}");
+    assert_eq!(report.status, 1, "{json}");
 
     // libvirt's own limits, reported as such. (Last: an over-long reply
     // leaves the domain's agent unusable through libvirt until it restarts.)

@@ -13,7 +13,7 @@ use virtomate_protocol::qmp::QueryChardev;
 use virtomate_protocol::{ClientOptions, QmpClient};
 
 use super::{Agent, Answer, Context};
-use crate::domain::{self, socket_holders, Domain, Route, Source};
+use crate::domain::{self, socket_holders, Channel, Domain, Route, Source};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -229,7 +229,7 @@ async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) {
         }
     }
 
-    guest_port_open(&found, path, context, d).await;
+    guest_port_open(&found, channel, context, d).await;
 
     let started = std::time::Instant::now();
     let mut agent = match Agent::connect(domain_arg, context).await {
@@ -286,23 +286,51 @@ fn how_found(found: &Domain) -> String {
     }
 }
 
-/// Asks QEMU whether the guest has opened its end of the agent port: if not,
-/// nothing runs qemu-ga in the guest and requests wait forever.
-async fn guest_port_open(found: &Domain, path: &Path, context: &Context, d: &mut Diagnosis) {
+/// Whether the guest has opened its end of the agent port: if not, nothing
+/// runs qemu-ga in the guest and requests wait forever. QEMU knows
+/// (`query-chardev`) when its QMP socket is free; else libvirt's record of
+/// it in the status file does.
+async fn guest_port_open(found: &Domain, channel: &Channel, context: &Context, d: &mut Diagnosis) {
     const NAME: &str = "guest-port-open";
-    let Some(qmp_socket) = found.qmp_sockets.first() else {
-        return d.skip(NAME, "no QMP socket known for this domain");
+    const ADVICE: &str = "nothing runs qemu-ga in the guest: install and start it (qemu-guest-agent package)";
+    let asked = match found.qmp_sockets.first() {
+        Some(qmp_socket) => ask_qemu(qmp_socket, &channel.path, context).await,
+        None => Err("no QMP socket known for this domain".to_owned()),
     };
+    let port = channel.port_name.as_deref().unwrap_or("agent channel");
+    match (asked, channel.guest_connected) {
+        (Ok(Some((label, true))), _) => d.pass(NAME, format!("the guest has opened port {label}")),
+        (Ok(Some((label, false))), _) => {
+            d.fail(NAME, format!("the guest has not opened port {label}"), ADVICE)
+        }
+        (_, Some(true)) => d.pass(
+            NAME,
+            format!("libvirt records that the guest has opened port {port}"),
+        ),
+        (_, Some(false)) => d.fail(
+            NAME,
+            format!("libvirt records that the guest has not opened port {port}"),
+            ADVICE,
+        ),
+        (Ok(None), None) => d.skip(NAME, "QEMU does not list the agent socket among its chardevs"),
+        (Err(why), None) => d.skip(NAME, why),
+    }
+}
+
+/// QEMU's chardev label for the socket at `path` and whether its frontend
+/// (the guest's end) is open; `None` when QEMU does not list it.
+async fn ask_qemu(
+    qmp_socket: &Path,
+    path: &Path,
+    context: &Context,
+) -> Result<Option<(String, bool)>, String> {
     let holders = socket_holders::holders(qmp_socket);
     if !holders.is_empty() {
-        return d.skip(
-            NAME,
-            format!(
-                "QMP socket {} is {}",
-                qmp_socket.display(),
-                socket_holders::describe(&holders)
-            ),
-        );
+        return Err(format!(
+            "QMP socket {} is {}",
+            qmp_socket.display(),
+            socket_holders::describe(&holders)
+        ));
     }
     let options = ClientOptions {
         handshake_timeout: context.options.handshake_timeout.min(Duration::from_secs(2)),
@@ -312,18 +340,10 @@ async fn guest_port_open(found: &Domain, path: &Path, context: &Context, d: &mut
         Ok(mut qmp) => qmp.execute(&QueryChardev {}).await,
         Err(e) => Err(e),
     };
-    let chardevs = match chardevs {
-        Ok(chardevs) => chardevs,
-        Err(e) => return d.skip(NAME, format!("QMP not usable: {e}")),
-    };
+    let chardevs = chardevs.map_err(|e| format!("QMP not usable: {e}"))?;
     let wanted = path.to_string_lossy();
-    match chardevs.iter().find(|c| c.filename.contains(wanted.as_ref())) {
-        Some(c) if c.frontend_open => d.pass(NAME, format!("the guest has opened port {}", c.label)),
-        Some(c) => d.fail(
-            NAME,
-            format!("the guest has not opened port {}", c.label),
-            "nothing runs qemu-ga in the guest: install and start it (qemu-guest-agent package)",
-        ),
-        None => d.skip(NAME, "QEMU does not list the agent socket among its chardevs"),
-    }
+    Ok(chardevs
+        .into_iter()
+        .find(|c| c.filename.contains(wanted.as_ref()))
+        .map(|c| (c.label, c.frontend_open)))
 }

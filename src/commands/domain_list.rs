@@ -18,6 +18,9 @@ struct DomainEntry {
 
 #[derive(Serialize)]
 struct ChannelEntry {
+    /// Whether the guest has opened its end of the port, where libvirt
+    /// records it; `null` when unknown.
+    guest_connected: Option<bool>,
     /// Whether another client is connected, so that a new one would wait.
     held: bool,
     name: Option<String>,
@@ -32,6 +35,7 @@ pub fn run(context: &Context) -> Result<Answer, CliError> {
                 .agent_channels
                 .into_iter()
                 .map(|channel| ChannelEntry {
+                    guest_connected: channel.guest_connected,
                     held: socket_holders::connected_clients(&channel.path).is_ok_and(|n| n > 0),
                     name: channel.port_name,
                     path: channel.path.display().to_string(),

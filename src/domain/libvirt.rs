@@ -146,9 +146,16 @@ pub fn parse_status(xml: &str) -> Result<LibvirtDomain, String> {
                 return None;
             }
             let path = child(channel, "source")?.attribute("path")?;
+            // libvirt follows QEMU's VSERPORT_CHANGE events and saves them.
+            let guest_connected = match target.attribute("state") {
+                Some("connected") => Some(true),
+                Some("disconnected") => Some(false),
+                _ => None,
+            };
             Some(Channel {
                 port_name: Some(port_name.to_owned()),
                 path: path.into(),
+                guest_connected,
             })
         });
     let mut agent_channels: Vec<Channel> = agent_channels.collect();
@@ -209,6 +216,23 @@ mod tests {
             domain.agent_channels[0].path,
             Path::new("/var/lib/libvirt/qemu/channel/target/domain-3-virtomate-test/org.qemu.guest_agent.0")
         );
+        assert_eq!(domain.agent_channels[0].guest_connected, Some(true));
+    }
+
+    #[test]
+    fn the_guest_side_of_a_channel_is_as_libvirt_last_saw_it() {
+        let state = |attribute: &str| {
+            let status = STATUS.replacen(
+                "name='org.qemu.guest_agent.0' state='connected'",
+                &format!("name='org.qemu.guest_agent.0'{attribute}"),
+                1,
+            );
+            parse_status(&status).unwrap().agent_channels[0].guest_connected
+        };
+        assert_eq!(state(" state='connected'"), Some(true));
+        assert_eq!(state(" state='disconnected'"), Some(false));
+        assert_eq!(state(""), None);
+        assert_eq!(state(" state='whatever'"), None);
     }
 
     fn dirs_with(status: &[(&str, &str)], config: &[(&str, &str)]) -> (tempfile::TempDir, LibvirtDirs) {

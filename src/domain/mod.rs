@@ -24,6 +24,10 @@ pub struct Channel {
     /// The virtio port name, e.g. `org.qemu.guest_agent.0`, where known.
     pub port_name: Option<String>,
     pub path: PathBuf,
+    /// Whether the guest has opened its end of the port, where the VM's
+    /// manager records it (libvirt does, in the status file); `None`
+    /// when unknown.
+    pub guest_connected: Option<bool>,
 }
 
 /// How a domain was found.
@@ -108,6 +112,7 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
             agent_channels: vec![Channel {
                 port_name: None,
                 path: domain.into(),
+                guest_connected: None,
             }],
             qmp_sockets: Vec::new(),
             libvirt_daemon: None,

@@ -63,6 +63,7 @@ impl QemuArgs {
                 Some(Channel {
                     port_name: Some(port_name),
                     path,
+                    guest_connected: None,
                 })
             })
             .collect();
@@ -175,6 +176,7 @@ mod tests {
         Channel {
             port_name: Some(port.into()),
             path: path.into(),
+            guest_connected: None,
         }
     }
 
