@@ -307,7 +307,8 @@ fn qmp_talks_to_qemus_monitor_by_name_or_socket_and_keeps_events_apart() {
     assert_eq!(out.json(), serde_json::json!({}));
 
     let out = run(&["qmp", &vm.name, r#"{"execute": "no-such-command"}"#], None);
-    assert_eq!(out.json()["class"], "CommandNotFound");
+    assert_eq!(out.status, 1, "{out:?}");
+    assert_eq!(out.json(), support::qmp_command_not_found(), "{out:?}");
 
     let _holder = std::os::unix::net::UnixStream::connect(&qmp_socket).unwrap();
     support::wait_until(20, "qmp to name this process as the holder", || {

@@ -153,8 +153,7 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
         out.stderr
     );
 
-    // The debugging commands work through libvirtd too, except QMP, whose
-    // socket libvirtd keeps.
+    // The debugging commands work through libvirtd too.
     let out = run(&["guest-ping", &one], None);
     assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
     let out = run(&["guest-info", &one], None);
@@ -167,8 +166,27 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
         None,
     );
     assert!(out.json()["host-name"].is_string(), "{out:?}");
-    let message = run(&["qmp", &one, r#"{"execute": "query-status"}"#], None).error("AgentUnavailable");
-    assert!(message.contains("libvirtd"), "{message}");
+    // So does qmp, whose socket libvirtd keeps: the same answers as from a
+    // bare QEMU's socket, and the trace shows the RPC.
+    let out = run(&["--trace", "qmp", &one, r#"{"execute": "query-status"}"#], None);
+    let status = out.json();
+    assert_eq!(status["running"], true, "{out:?}");
+    assert_eq!(status["status"], "running", "{out:?}");
+    assert!(
+        out.stderr.contains("qemu:///system") && out.stderr.contains(r#"{"execute":"query-status"}"#),
+        "{}",
+        out.stderr
+    );
+    let out = run(&["qmp", &one, r#"{"execute": "no-such-command"}"#], None);
+    assert_eq!(out.status, 1, "{out:?}");
+    assert_eq!(out.json(), support::qmp_command_not_found(), "{out:?}");
+    // Events stay with libvirtd.
+    let out = run(&["qmp", "--events", &one, r#"{"execute": "query-status"}"#], None);
+    let message = out.error("AgentUnavailable");
+    assert!(
+        message.contains("libvirtd") && message.contains("without --events"),
+        "{message}"
+    );
 
     let out = run(&["guest-run", &idle, "--", "true"], None);
     let message = out.error("IllegalStateError");

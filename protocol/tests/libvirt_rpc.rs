@@ -1,6 +1,6 @@
 //! `LibvirtClient` against a real libvirtd: the one of
 //! `scripts/libvirt-test-env.sh`, with a domain booting the test VM whose
-//! agent channel libvirtd holds.
+//! agent channel (and monitor) libvirtd holds.
 //!
 //! Skipped (with the reason printed) where that libvirtd cannot run, e.g.
 //! not as root or without QEMU. One test function: a domain takes seconds
@@ -14,9 +14,10 @@ use std::time::{Duration, Instant as StdInstant};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 use virtomate_protocol::libvirt::{
-    LibvirtClient, RemoteDomain, AGENT_RESPONSE_MAX, AGENT_TIMEOUT_DEFAULT, ERR_AGENT_UNRESPONSIVE,
-    ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_RPC, STRING_MAX,
+    LibvirtClient, LibvirtMonitor, RemoteDomain, AGENT_RESPONSE_MAX, AGENT_TIMEOUT_DEFAULT,
+    ERR_AGENT_UNRESPONSIVE, ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_RPC, STRING_MAX,
 };
+use virtomate_protocol::qmp::QueryStatus;
 use virtomate_protocol::{ClientOptions, Error};
 
 const SOCKET: &str = "/run/libvirt/libvirt-sock";
@@ -198,6 +199,49 @@ fn libvirt_rpc_against_a_real_libvirtd() {
             .unwrap();
         eprintln!("guest-ping answered in {:?}", t.elapsed());
         assert_eq!(pong, json!({"return": {}}));
+
+        // QEMU's monitor, which libvirtd holds too: its replies come back
+        // whole, with libvirt's ids, errors included.
+        let t = StdInstant::now();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let reply = libvirt
+            .monitor_command(&domain, r#"{"execute":"query-status"}"#, deadline)
+            .await
+            .unwrap();
+        eprintln!("query-status through libvirtd in {:?}: {reply}", t.elapsed());
+        let status: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(status["return"]["running"], json!(true), "{reply}");
+        assert_eq!(status["return"]["status"], json!("running"), "{reply}");
+        assert!(
+            status["id"].as_str().is_some_and(|id| id.starts_with("libvirt-")),
+            "{reply}"
+        );
+        let reply = libvirt
+            .monitor_command(&domain, r#"{"execute":"no-such-command"}"#, deadline)
+            .await
+            .unwrap();
+        eprintln!("unknown monitor command: {reply}");
+        let error: Value = serde_json::from_str(&reply).unwrap();
+        assert_eq!(error["error"]["class"], json!("CommandNotFound"), "{reply}");
+        let err = libvirt
+            .monitor_command(&domain, r#"{"execute":"query-status","id":1}"#, deadline)
+            .await
+            .unwrap_err();
+        eprintln!("monitor command with an id: {err}");
+        assert!(
+            matches!(&err, Error::Libvirt { code: ERR_INTERNAL_ERROR, message, .. } if message.contains("'id'")),
+            "{err:?}"
+        );
+        let mut qemu = LibvirtMonitor::connect(Path::new(SOCKET), URI, &name, &ClientOptions::default())
+            .await
+            .unwrap();
+        assert!(qemu.execute(&QueryStatus {}).await.unwrap().running);
+        let err = qemu.execute_json("no-such-command", None).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Agent { class, .. } if class == "CommandNotFound"),
+            "{err:?}"
+        );
+        drop(qemu);
 
         let t = StdInstant::now();
         let status = guest_run(&mut libvirt, &domain, "echo", &["-n", "hi"]).await.unwrap();

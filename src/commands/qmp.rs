@@ -1,16 +1,31 @@
 //! `virtomate qmp`: any QMP command, sent to QEMU's monitor of a domain;
 //! prints its `return` value (and, with `--events`, the events that
-//! arrived meanwhile).
+//! arrived meanwhile). The monitor of a libvirt domain is libvirtd's, so
+//! the command goes through libvirtd.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::json;
-use virtomate_protocol::QmpClient;
+use virtomate_protocol::libvirt::LibvirtMonitor;
+use virtomate_protocol::{Error, QmpClient};
 
 use super::guest_cmd::Request;
 use super::{Answer, Context};
 use crate::domain::{self, socket_holders, Source};
 use crate::error::{CliError, Peer};
+
+/// How to reach QEMU's monitor.
+enum Monitor {
+    /// Straight over this QMP socket.
+    Socket(PathBuf),
+    /// Through libvirtd's RPC socket: libvirtd holds the monitor of its
+    /// domain `name`.
+    Libvirt {
+        socket: PathBuf,
+        uri: &'static str,
+        name: String,
+    },
+}
 
 pub async fn run(
     domain: &str,
@@ -18,9 +33,34 @@ pub async fn run(
     events: bool,
     context: &Context,
 ) -> Result<Answer, CliError> {
-    let socket = qmp_socket(domain, context)?;
-    let qmp_error = |e| CliError::from_raw(e, &socket, Peer::Qmp);
-    let mut qmp = QmpClient::connect(&socket, context.options.clone())
+    match monitor(domain, context)? {
+        Monitor::Socket(socket) => direct(&socket, request, events, context).await,
+        Monitor::Libvirt { name, .. } if events => Err(CliError::AgentUnavailable(format!(
+            "--events needs QEMU's monitor socket itself, and libvirtd holds the one of '{name}': libvirtd passes commands on but keeps the events; run without --events"
+        ))),
+        Monitor::Libvirt { socket, uri, name } => {
+            tracing::info!(socket = %socket.display(), "libvirtd holds QEMU's monitor: going through libvirtd");
+            let error = |e| libvirt_error(e, &socket);
+            let mut qemu = LibvirtMonitor::connect(&socket, uri, &name, &context.options)
+                .await
+                .map_err(error)?;
+            let ret = qemu
+                .execute_json(&request.name, request.arguments.as_ref())
+                .await
+                .map_err(error)?;
+            Ok(Answer::Json(ret))
+        }
+    }
+}
+
+async fn direct(
+    socket: &Path,
+    request: &Request,
+    events: bool,
+    context: &Context,
+) -> Result<Answer, CliError> {
+    let qmp_error = |e| CliError::from_raw(e, socket, Peer::Qmp);
+    let mut qmp = QmpClient::connect(socket, context.options.clone())
         .await
         .map_err(qmp_error)?;
     let ret = qmp
@@ -34,11 +74,20 @@ pub async fn run(
     Ok(Answer::Json(json!({ "events": events, "return": ret })))
 }
 
-/// The domain's QMP socket; DOMAIN may also be the QMP socket's path.
-pub fn qmp_socket(domain: &str, context: &Context) -> Result<PathBuf, CliError> {
+/// QEMU's refusal reads as on the monitor socket; everything else (libvirtd
+/// and its socket) as on the agent route through libvirtd.
+fn libvirt_error(error: Error, socket: &Path) -> CliError {
+    match error {
+        refusal @ Error::Agent { .. } => CliError::from_raw(refusal, socket, Peer::Qmp),
+        other => CliError::from_agent(other, socket),
+    }
+}
+
+/// The domain's monitor; DOMAIN may also be the QMP socket's path.
+fn monitor(domain: &str, context: &Context) -> Result<Monitor, CliError> {
     let found = domain::find(domain, &context.scope)?;
     if found.source == Source::Socket {
-        return Ok(domain.into());
+        return Ok(Monitor::Socket(domain.into()));
     }
     let Some(socket) = found.qmp_sockets.first() else {
         return Err(CliError::AgentUnavailable(format!(
@@ -47,18 +96,23 @@ pub fn qmp_socket(domain: &str, context: &Context) -> Result<PathBuf, CliError> 
         )));
     };
     let holders = socket_holders::holders(socket);
-    if holders.iter().any(|h| h.command.as_deref() != Some("virtomate")) {
-        let why = if found.source == Source::Libvirt {
-            "libvirtd keeps the monitor of its domains for itself and QEMU serves one QMP client at a time"
-        } else {
-            "QEMU serves one QMP client at a time"
-        };
-        return Err(CliError::AgentUnavailable(format!(
-            "QEMU's monitor of '{}' at {} is {}: {why}",
-            found.name,
-            socket.display(),
-            socket_holders::describe(&holders)
-        )));
+    if holders.iter().all(|h| h.command.as_deref() == Some("virtomate")) {
+        return Ok(Monitor::Socket(socket.clone()));
     }
-    Ok(socket.clone())
+    let held_by_libvirtd = holders.iter().any(|h| h.command.as_deref() == Some("libvirtd"));
+    if let (Source::Libvirt, true, Some((uri, rpc_socket))) =
+        (found.source, held_by_libvirtd, &found.libvirt_daemon)
+    {
+        return Ok(Monitor::Libvirt {
+            socket: rpc_socket.clone(),
+            uri,
+            name: found.name,
+        });
+    }
+    Err(CliError::AgentUnavailable(format!(
+        "QEMU's monitor of '{}' at {} is {}: QEMU serves one QMP client at a time",
+        found.name,
+        socket.display(),
+        socket_holders::describe(&holders)
+    )))
 }

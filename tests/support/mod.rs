@@ -46,6 +46,16 @@ impl Outcome {
     }
 }
 
+/// What `qmp DOMAIN '{"execute": "no-such-command"}'` prints, whether it
+/// reached QEMU's monitor directly or through libvirtd.
+pub fn qmp_command_not_found() -> Value {
+    serde_json::json!({
+        "class": "CommandNotFound",
+        "message": "unable to execute QMP command 'no-such-command': The command no-such-command has not been found",
+        "type": "AgentCommandError",
+    })
+}
+
 pub fn virtomate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_virtomate"))
 }

@@ -1,5 +1,5 @@
 //! An async client for libvirtd's RPC socket, with just the calls that
-//! running guest agent commands takes.
+//! running guest agent and QEMU monitor commands takes.
 
 use std::io;
 use std::path::Path;
@@ -12,10 +12,10 @@ use tokio::time::Instant;
 
 use super::packet::{
     self, Header, MessageType, Packet, PacketReader, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROC_PONG,
-    KEEPALIVE_PROGRAM, LEN_WORD, PROGRAM_VERSION, QEMU_PROC_DOMAIN_AGENT_COMMAND, QEMU_PROGRAM,
-    REMOTE_PROC_AUTH_LIST, REMOTE_PROC_CONNECT_CLOSE, REMOTE_PROC_CONNECT_GET_LIB_VERSION,
-    REMOTE_PROC_CONNECT_OPEN, REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME, REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID,
-    REMOTE_PROGRAM,
+    KEEPALIVE_PROGRAM, LEN_WORD, PROGRAM_VERSION, QEMU_PROC_DOMAIN_AGENT_COMMAND,
+    QEMU_PROC_DOMAIN_MONITOR_COMMAND, QEMU_PROGRAM, REMOTE_PROC_AUTH_LIST, REMOTE_PROC_CONNECT_CLOSE,
+    REMOTE_PROC_CONNECT_GET_LIB_VERSION, REMOTE_PROC_CONNECT_OPEN, REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME,
+    REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, REMOTE_PROGRAM,
 };
 use super::remote::{decode_error, RemoteDomain};
 use super::xdr::{Decoder, Encoder, XdrError};
@@ -37,7 +37,7 @@ const LOOKUP_BY_UUID: &str = "libvirt domain-lookup-by-uuid";
 const GET_LIB_VERSION: &str = "libvirt connect-get-lib-version";
 
 /// A connection to libvirtd's RPC socket, authenticated and opened to a
-/// hypervisor URI, ready for agent commands.
+/// hypervisor URI, ready for agent and monitor commands.
 ///
 /// Calls are matched to replies by serial number; unsolicited messages
 /// (events, keepalive pings) and late replies to calls that timed out are
@@ -314,7 +314,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
                 limit: STRING_MAX,
             });
         }
-        let label = agent_label(command_json);
+        let label = command_label(command_json, "an agent command");
         let mut args = Encoder::new();
         domain.encode(&mut args).map_err(request_error)?;
         args.string(command_json, STRING_MAX).map_err(request_error)?;
@@ -334,6 +334,71 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
         decode(&label, reply.payload(), |d| {
             Ok(d.optional_string(STRING_MAX)?.map(str::to_owned))
         })
+    }
+
+    /// Sends a QMP command (the JSON request, as `virsh
+    /// qemu-monitor-command` takes it) to QEMU's monitor of `domain` through
+    /// libvirtd and returns QEMU's whole reply, by `deadline`.
+    ///
+    /// libvirtd holds the monitor of every domain it runs; this is its way
+    /// in for others. libvirtd then marks the domain tainted
+    /// (`custom-monitor`, in the domain's log), as for virsh: it no longer
+    /// vouches for state changed behind its back.
+    ///
+    /// libvirtd gives each command its own `id` (e.g. `"libvirt-42"`, which
+    /// the reply carries) and fails a command that has one already. A QMP
+    /// error reply is no failure of the call: it comes back like any reply,
+    /// `{"id":...,"error":{"class":...,"desc":...}}`. The call fails with
+    /// [`Error::Libvirt`] when the domain does not run or libvirtd cannot
+    /// send the command.
+    ///
+    /// A command longer than [`STRING_MAX`] is refused before sending
+    /// ([`Error::RequestTooLarge`]); libvirtd fails a call whose reply is
+    /// longer, as for agent commands.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    ///
+    /// # async fn demo(libvirt: &mut virtomate_protocol::libvirt::LibvirtClient) -> Result<(), virtomate_protocol::Error> {
+    /// let domain = libvirt.lookup_domain_by_name("web1").await?;
+    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// let reply = libvirt
+    ///     .monitor_command(&domain, r#"{"execute":"query-status"}"#, deadline)
+    ///     .await?;
+    /// println!("{reply}");
+    /// # Ok(()) }
+    /// ```
+    pub async fn monitor_command(
+        &mut self,
+        domain: &RemoteDomain,
+        command_json: &str,
+        deadline: Instant,
+    ) -> Result<String, Error> {
+        if command_json.len() > STRING_MAX {
+            return Err(Error::RequestTooLarge {
+                len: command_json.len(),
+                limit: STRING_MAX,
+            });
+        }
+        let label = command_label(command_json, "a monitor command");
+        let mut args = Encoder::new();
+        domain.encode(&mut args).map_err(request_error)?;
+        args.string(command_json, STRING_MAX).map_err(request_error)?;
+        // Flags 0: QMP, not the human monitor.
+        args.u32(0);
+        let allowed = deadline.saturating_duration_since(Instant::now());
+        let reply = self
+            .call(
+                QEMU_PROGRAM,
+                QEMU_PROC_DOMAIN_MONITOR_COMMAND,
+                &label,
+                &args.into_bytes(),
+                deadline,
+                allowed,
+            )
+            .await?;
+        decode(&label, reply.payload(), |d| Ok(d.string(STRING_MAX)?.to_owned()))
     }
 
     /// Closes the hypervisor connection (libvirtd then closes the socket),
@@ -492,9 +557,9 @@ fn request_error(e: XdrError) -> Error {
     }
 }
 
-/// Names an agent command in errors by its `execute` member, e.g.
-/// `guest-ping through libvirt`.
-fn agent_label(command_json: &str) -> String {
+/// Names a command in errors by its `execute` member, e.g. `guest-ping
+/// through libvirt`; by `unnamed` when it has none.
+fn command_label(command_json: &str, unnamed: &str) -> String {
     #[derive(Deserialize)]
     struct Execute<'a> {
         #[serde(borrow)]
@@ -502,7 +567,7 @@ fn agent_label(command_json: &str) -> String {
     }
     match serde_json::from_str::<Execute>(command_json) {
         Ok(Execute { execute: Some(name) }) => format!("{name} through libvirt"),
-        _ => "an agent command through libvirt".to_owned(),
+        _ => format!("{unnamed} through libvirt"),
     }
 }
 

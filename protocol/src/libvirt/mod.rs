@@ -1,5 +1,5 @@
 //! libvirt's remote (RPC) protocol, spoken natively, just enough to run
-//! guest agent commands in libvirt-managed domains.
+//! guest agent and QEMU monitor commands in libvirt-managed domains.
 //!
 //! libvirtd keeps the agent channel of each domain it runs connected, and
 //! QEMU's chardev serves one client: a second client on the agent socket
@@ -7,6 +7,13 @@
 //! `virDomainQemuAgentCommand`, which this module calls over libvirtd's
 //! UNIX socket, without linking libvirt: [`LibvirtClient`] on top of
 //! [`packet`] (length-prefixed messages) and [`xdr`] (their encoding).
+//! [`LibvirtAgent`] wraps it in the typed commands of [`crate::qga`].
+//!
+//! The same holds for QEMU's monitor (QMP), reached with
+//! `virDomainQemuMonitorCommand` ([`LibvirtClient::monitor_command`],
+//! typed: [`LibvirtMonitor`]). libvirtd marks a domain tainted
+//! (`custom-monitor`) once that is used, as it does for `virsh
+//! qemu-monitor-command`.
 //!
 //! ```no_run
 //! use std::path::Path;
@@ -39,6 +46,7 @@
 
 mod agent;
 mod client;
+mod monitor;
 pub mod packet;
 mod remote;
 #[cfg(test)]
@@ -47,6 +55,7 @@ pub mod xdr;
 
 pub use agent::LibvirtAgent;
 pub use client::LibvirtClient;
+pub use monitor::LibvirtMonitor;
 pub use remote::{parse_uuid, RemoteDomain};
 
 /// The longest string in an RPC message: 4 MiB (`REMOTE_STRING_MAX`, the

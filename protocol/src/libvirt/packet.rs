@@ -19,7 +19,7 @@ use crate::{Direction, Error, Trace};
 /// ```
 pub const REMOTE_PROGRAM: u32 = 0x2000_8086;
 
-/// libvirt's QEMU-specific program, home of the agent command.
+/// libvirt's QEMU-specific program, home of the agent and monitor commands.
 ///
 /// ```
 /// assert_eq!(virtomate_protocol::libvirt::packet::QEMU_PROGRAM, 536903815);
@@ -82,6 +82,14 @@ pub const REMOTE_PROC_AUTH_LIST: i32 = 66;
 /// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_CONNECT_GET_LIB_VERSION, 157);
 /// ```
 pub const REMOTE_PROC_CONNECT_GET_LIB_VERSION: i32 = 157;
+
+/// `QEMU_PROC_DOMAIN_MONITOR_COMMAND` (in [`QEMU_PROGRAM`]): what `virsh
+/// qemu-monitor-command` calls.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::packet::QEMU_PROC_DOMAIN_MONITOR_COMMAND, 1);
+/// ```
+pub const QEMU_PROC_DOMAIN_MONITOR_COMMAND: i32 = 1;
 
 /// `QEMU_PROC_DOMAIN_AGENT_COMMAND` (in [`QEMU_PROGRAM`]).
 ///

@@ -5,12 +5,14 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::json;
 use tokio::io::{AsyncWriteExt, DuplexStream};
 use tokio::time::Instant;
 
 use super::packet::*;
-use super::xdr::Encoder;
+use super::xdr::{Decoder, Encoder};
 use super::*;
+use crate::qmp::QueryStatus;
 use crate::{ClientOptions, Direction, Error, Phase, Trace};
 
 fn hex(text: &str) -> Vec<u8> {
@@ -37,6 +39,17 @@ const LOOKUP_CALL: &str =
 const LOOKUP_REPLY: &str = "000000442000808600000001000000170000000100000006000000000000000e766972746f6d6174652d746573740000ae1fa45e99864911a717236321429e8c00000001";
 const AGENT_CALL: &str = "000000682000808700000001000000030000000000000007000000000000000e766972746f6d6174652d746573740000ae1fa45e99864911a717236321429e8c00000001000000187b2265786563757465223a2267756573742d70696e67227dffffffff00000000";
 const AGENT_REPLY: &str = "00000034200080870000000100000003000000010000000700000000000000010000000d7b2272657475726e223a7b7d7d000000";
+/// The QEMU_PROC_DOMAIN_MONITOR_COMMAND call for query-status as virsh
+/// sent it, with our serial (3) and the domain's id (1): the domain, the
+/// command (26 bytes and 2 of padding), flags 0 (QMP).
+const MONITOR_CALL: &str = "00000068 20008087 00000001 00000001 00000000 00000003 00000000
+    0000000e 766972746f6d6174652d74657374 0000 ae1fa45e99864911a717236321429e8c 00000001
+    0000001a 7b2265786563757465223a2271756572792d737461747573227d 0000
+    00000000";
+/// QEMU's replies as libvirtd 9.0.0 passed them on, libvirt's ids included.
+const STATUS_REPLY: &str =
+    r#"{"return":{"status":"running","singlestep":false,"running":true},"id":"libvirt-411"}"#;
+const NOT_FOUND_REPLY: &str = r#"{"id":"libvirt-412","error":{"class":"CommandNotFound","desc":"The command no-such-command has not been found"}}"#;
 const CLOSE_CALL: &str = "0000001c200080860000000100000002000000000000000900000000";
 const CLOSE_REPLY: &str = "0000001c200080860000000100000002000000010000000900000000";
 
@@ -61,6 +74,21 @@ fn reply(call: &Header, payload: &[u8]) -> Vec<u8> {
     encode(&header, payload).unwrap()
 }
 
+/// QEMU's reply to the monitor command in `call`: a status for
+/// query-status, an error for anything else.
+fn monitor_reply(call: &Packet) -> Vec<u8> {
+    let mut args = Decoder::new(call.payload());
+    super::remote::RemoteDomain::decode(&mut args).unwrap();
+    let command: serde_json::Value = serde_json::from_str(args.string(STRING_MAX).unwrap()).unwrap();
+    let result = match command["execute"].as_str() {
+        Some("query-status") => STATUS_REPLY,
+        _ => NOT_FOUND_REPLY,
+    };
+    let mut ret = Encoder::new();
+    ret.string(result, STRING_MAX).unwrap();
+    reply(&call.header, &ret.into_bytes())
+}
+
 /// Answers like libvirtd 9.0.0 with one running domain, virtomate-test.
 fn libvirtd(call: &Packet) -> Vec<Vec<u8>> {
     let h = &call.header;
@@ -79,6 +107,7 @@ fn libvirtd(call: &Packet) -> Vec<Vec<u8>> {
         (REMOTE_PROGRAM, REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME) => no_domain_reply(serial),
         (REMOTE_PROGRAM, REMOTE_PROC_CONNECT_GET_LIB_VERSION) => reply(h, &hex("0000000000895440")),
         (QEMU_PROGRAM, QEMU_PROC_DOMAIN_AGENT_COMMAND) => with_serial(hex(AGENT_REPLY), serial),
+        (QEMU_PROGRAM, QEMU_PROC_DOMAIN_MONITOR_COMMAND) => monitor_reply(call),
         (REMOTE_PROGRAM, REMOTE_PROC_CONNECT_CLOSE) => with_serial(hex(CLOSE_REPLY), serial),
         _ => return vec![],
     };
@@ -156,6 +185,119 @@ async fn a_session_sends_what_virsh_sends() {
         .map(|(serial, call)| with_serial(hex(call), serial as u32))
         .collect();
     assert_eq!(sent, expected);
+}
+
+#[tokio::test]
+async fn a_monitor_command_sends_the_domain_and_the_json() {
+    let (stream, server) = fake(libvirtd);
+    let mut client = open(stream, &ClientOptions::default()).await.unwrap();
+    let domain = client.lookup_domain_by_name("virtomate-test").await.unwrap();
+    let reply = client
+        .monitor_command(&domain, r#"{"execute":"query-status"}"#, soon())
+        .await
+        .unwrap();
+    assert_eq!(reply, STATUS_REPLY);
+    // A QMP error is QEMU's reply like any other, not a failed call.
+    let reply = client
+        .monitor_command(&domain, r#"{"execute":"no-such-command"}"#, soon())
+        .await
+        .unwrap();
+    assert_eq!(reply, NOT_FOUND_REPLY);
+    drop(client);
+    let received = server.await.unwrap();
+    assert_eq!(received[3].as_bytes(), hex(MONITOR_CALL));
+}
+
+#[tokio::test]
+async fn an_over_long_monitor_command_is_not_sent() {
+    let (stream, server) = fake(libvirtd);
+    let mut client = open(stream, &ClientOptions::default()).await.unwrap();
+    let domain = client.lookup_domain_by_name("virtomate-test").await.unwrap();
+    let command = format!(r#"{{"execute":"x","pad":"{}"}}"#, "x".repeat(STRING_MAX));
+    let err = client
+        .monitor_command(&domain, &command, soon())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::RequestTooLarge { len, limit: STRING_MAX } if len == command.len()),
+        "{err:?}"
+    );
+    drop(client);
+    assert_eq!(server.await.unwrap().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_monitor_command_times_out_under_its_name() {
+    let (stream, _server) = fake(|call| match call.header.procedure {
+        QEMU_PROC_DOMAIN_MONITOR_COMMAND if call.header.program == QEMU_PROGRAM => vec![],
+        _ => libvirtd(call),
+    });
+    let mut client = open(stream, &ClientOptions::default()).await.unwrap();
+    let domain = client.lookup_domain_by_name("virtomate-test").await.unwrap();
+    let err = client
+        .monitor_command(
+            &domain,
+            r#"{"execute":"stop"}"#,
+            Instant::now() + Duration::from_secs(3),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "no answer within 3 s while waiting for the reply to stop through libvirt"
+    );
+}
+
+async fn monitor(stream: DuplexStream) -> LibvirtMonitor<DuplexStream> {
+    let options = ClientOptions::default();
+    let mut client = open(stream, &options).await.unwrap();
+    let domain = client.lookup_domain_by_name("virtomate-test").await.unwrap();
+    LibvirtMonitor::new(client, domain, &options)
+}
+
+#[tokio::test]
+async fn the_monitor_gives_the_return_value_as_qmp_client_does() {
+    let (stream, server) = fake(libvirtd);
+    let mut qemu = monitor(stream).await;
+    let ret = qemu.execute_json("query-status", None).await.unwrap();
+    assert_eq!(
+        ret,
+        json!({"status": "running", "singlestep": false, "running": true})
+    );
+    let status = qemu.execute(&QueryStatus {}).await.unwrap();
+    assert!(status.running);
+    drop(qemu);
+    // Without an id: libvirtd adds its own and refuses a command with one.
+    let commands: Vec<String> = server.await.unwrap()[3..]
+        .iter()
+        .map(|call| {
+            let mut args = Decoder::new(call.payload());
+            super::remote::RemoteDomain::decode(&mut args).unwrap();
+            args.string(STRING_MAX).unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(
+        commands,
+        [
+            r#"{"execute":"query-status"}"#,
+            r#"{"execute":"query-status","arguments":{}}"#
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_monitors_error_reply_is_the_error_qmp_client_gives() {
+    let (stream, _server) = fake(libvirtd);
+    let mut qemu = monitor(stream).await;
+    let err = qemu.execute_json("no-such-command", None).await.unwrap_err();
+    match err {
+        Error::Agent { command, class, desc } => {
+            assert_eq!(command, "no-such-command");
+            assert_eq!(class, "CommandNotFound");
+            assert_eq!(desc, "The command no-such-command has not been found");
+        }
+        other => panic!("{other:?}"),
+    }
 }
 
 #[tokio::test]

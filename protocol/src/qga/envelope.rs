@@ -13,7 +13,8 @@ struct Request<'a, A: ?Sized> {
     // QMP refuses `"arguments": null`: a command without any leaves it out.
     #[serde(skip_serializing_if = "Option::is_none")]
     arguments: Option<&'a A>,
-    id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<u64>,
 }
 
 /// Serializes `command` as one request line, `id` included.
@@ -23,14 +24,25 @@ pub(crate) fn request_bytes<C: Command>(command: &C, id: u64) -> Vec<u8> {
 
 /// Serializes a request for the command `name` as one line, `id` included.
 pub(crate) fn request_line<A: Serialize + ?Sized>(name: &str, arguments: Option<&A>, id: u64) -> Vec<u8> {
+    let mut bytes = request_json(name, arguments, Some(id));
+    bytes.push(b'\n');
+    bytes
+}
+
+/// Serializes a request for the command `name` without id or newline: for
+/// libvirtd, which adds an id of its own and refuses a request with one.
+pub(crate) fn request_without_id<A: Serialize + ?Sized>(name: &str, arguments: Option<&A>) -> String {
+    let bytes = request_json(name, arguments, None);
+    String::from_utf8(bytes).expect("serde_json writes UTF-8")
+}
+
+fn request_json<A: Serialize + ?Sized>(name: &str, arguments: Option<&A>, id: Option<u64>) -> Vec<u8> {
     let request = Request {
         execute: name,
         arguments,
         id,
     };
-    let mut bytes = serde_json::to_vec(&request).expect("commands always serialize");
-    bytes.push(b'\n');
-    bytes
+    serde_json::to_vec(&request).expect("commands always serialize")
 }
 
 #[derive(Deserialize)]
@@ -72,14 +84,34 @@ pub(crate) fn parse_reply_to<T: DeserializeOwned>(
     line: &[u8],
     id: u64,
 ) -> Result<ReplyFor<T>, Error> {
+    parse_envelope(command, line, Some(id))
+}
+
+/// Decodes a reply known to answer `command` whatever its id: one that
+/// libvirtd fetched for us, with the id libvirtd chose.
+pub(crate) fn parse_reply_ignoring_id<T: DeserializeOwned>(
+    command: &str,
+    line: &[u8],
+) -> Result<ReplyFor<T>, Error> {
+    parse_envelope(command, line, None)
+}
+
+/// Decodes a line; with `id`, a reply with another id is [`ReplyFor::Other`].
+fn parse_envelope<T: DeserializeOwned>(
+    command: &str,
+    line: &[u8],
+    id: Option<u64>,
+) -> Result<ReplyFor<T>, Error> {
     let malformed = |reason: String| Error::Malformed {
         command: command.to_owned(),
         reason,
     };
     let envelope: Envelope =
         serde_json::from_slice(line).map_err(|e| malformed(format!("not a JSON reply: {e}")))?;
-    if envelope.id.as_ref().is_some_and(|got| got.as_u64() != Some(id)) {
-        return Ok(ReplyFor::Other);
+    if let (Some(id), Some(got)) = (id, &envelope.id) {
+        if got.as_u64() != Some(id) {
+            return Ok(ReplyFor::Other);
+        }
     }
     match (envelope.ret, envelope.error, envelope.event) {
         (Some(ret), None, _) => serde_json::from_str(ret.get())
@@ -162,6 +194,22 @@ mod tests {
         ] {
             assert!(matches!(status(line), Err(Error::Malformed { .. })), "{line}");
         }
+    }
+
+    #[test]
+    fn a_request_for_libvirtd_has_no_id() {
+        let request = request_without_id::<()>("query-status", None);
+        assert_eq!(request, r#"{"execute":"query-status"}"#);
+    }
+
+    #[test]
+    fn a_reply_through_libvirtd_is_ours_whatever_its_id() {
+        let reply = r#"{"return": {"exited": false}, "id": "libvirt-411"}"#;
+        assert!(matches!(
+            parse_reply_ignoring_id::<ExecStatus>("guest-exec-status", reply.as_bytes()),
+            Ok(ReplyFor::Us(_))
+        ));
+        assert!(matches!(status(reply), Ok(ReplyFor::Other)));
     }
 
     #[test]

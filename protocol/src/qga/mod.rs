@@ -11,6 +11,9 @@ pub use commands::{
     CommandInfo, Empty, ExecStarted, ExecStatus, GuestExec, GuestExecStatus, GuestInfo, GuestInfoReply,
     GuestPing, GuestSyncDelimited,
 };
-pub(crate) use envelope::{parse_reply, parse_reply_to, request_bytes, request_line, ReplyFor};
+pub(crate) use envelope::{
+    parse_reply, parse_reply_ignoring_id, parse_reply_to, request_bytes, request_line, request_without_id,
+    ReplyFor,
+};
 
 pub use crate::command::Command;

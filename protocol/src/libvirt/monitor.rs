@@ -1,0 +1,128 @@
+//! QMP commands through libvirtd, for a domain whose monitor libvirtd
+//! holds: the same answers and errors as from [`QmpClient`](crate::QmpClient).
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+
+use super::{LibvirtClient, RemoteDomain};
+use crate::qga::{parse_reply_ignoring_id, request_without_id, ReplyFor};
+use crate::qmp::Command;
+use crate::{ClientOptions, Error};
+
+/// QEMU's monitor of one domain, reached through libvirtd's RPC socket
+/// (what `virsh qemu-monitor-command` does).
+///
+/// libvirtd marks the domain tainted (`custom-monitor`) on the first
+/// command. Events do not come this way: libvirtd keeps them.
+///
+/// ```no_run
+/// use virtomate_protocol::libvirt::LibvirtMonitor;
+/// use virtomate_protocol::qmp::QueryStatus;
+/// use virtomate_protocol::ClientOptions;
+///
+/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+/// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
+/// let mut qemu = LibvirtMonitor::connect(socket, "qemu:///system", "web1", &ClientOptions::default()).await?;
+/// let status = qemu.execute(&QueryStatus {}).await?;
+/// println!("{} (running: {})", status.status, status.running);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct LibvirtMonitor<S = UnixStream> {
+    client: LibvirtClient<S>,
+    domain: RemoteDomain,
+    reply_timeout: Duration,
+}
+
+impl LibvirtMonitor<UnixStream> {
+    /// Connects to libvirtd at `socket` (`uri` as libvirt clients name the
+    /// daemon) and looks up the domain `name`.
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::libvirt::LibvirtMonitor;
+    /// use virtomate_protocol::ClientOptions;
+    ///
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
+    /// let qemu = LibvirtMonitor::connect(socket, "qemu:///system", "web1", &ClientOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect(
+        socket: &Path,
+        uri: &str,
+        name: &str,
+        options: &ClientOptions,
+    ) -> Result<Self, Error> {
+        let mut client = LibvirtClient::connect(socket, uri, options).await?;
+        let domain = client.lookup_domain_by_name(name).await?;
+        Ok(LibvirtMonitor::new(client, domain, options))
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
+    pub(super) fn new(client: LibvirtClient<S>, domain: RemoteDomain, options: &ClientOptions) -> Self {
+        LibvirtMonitor {
+            client,
+            domain,
+            reply_timeout: options.reply_timeout,
+        }
+    }
+
+    /// Sends `command` and returns its reply's `return`, within
+    /// [`ClientOptions::reply_timeout`]. An error reply becomes
+    /// [`Error::Agent`], as from [`QmpClient::execute`](crate::QmpClient::execute).
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::qmp::QueryVersion;
+    ///
+    /// # async fn demo(qemu: &mut virtomate_protocol::libvirt::LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
+    /// let version = qemu.execute(&QueryVersion {}).await?;
+    /// println!("QEMU {}", version.qemu);
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
+        self.exchange(C::NAME, Some(command)).await
+    }
+
+    /// Sends the command `name`, with `arguments` (an object) if given, and
+    /// returns its reply's `return` as it came, within
+    /// [`ClientOptions::reply_timeout`]. An error reply becomes
+    /// [`Error::Agent`], as from [`QmpClient::execute_json`](crate::QmpClient::execute_json).
+    ///
+    /// ```no_run
+    /// # async fn demo(qemu: &mut virtomate_protocol::libvirt::LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
+    /// let name = qemu.execute_json("query-name", None).await?;
+    /// println!("{}", name["name"]);
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
+        self.exchange(name, arguments).await
+    }
+
+    async fn exchange<A: Serialize + ?Sized, T: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        arguments: Option<&A>,
+    ) -> Result<T, Error> {
+        let request = request_without_id(name, arguments);
+        let deadline = Instant::now() + self.reply_timeout;
+        let reply = self
+            .client
+            .monitor_command(&self.domain, &request, deadline)
+            .await?;
+        match parse_reply_ignoring_id(name, reply.as_bytes())? {
+            ReplyFor::Us(output) => Ok(output),
+            _ => Err(Error::Malformed {
+                command: name.to_owned(),
+                reason: "libvirtd returned an event instead of a reply".to_owned(),
+            }),
+        }
+    }
+}
