@@ -29,8 +29,8 @@ pub enum CliError {
     #[error("{0}")]
     AgentTimeout(String),
 
-    #[error("the agent on {} closed the connection; the VM may have stopped or its agent restarted", path.display())]
-    AgentDisconnected { path: PathBuf },
+    #[error("{0}")]
+    AgentDisconnected(String),
 
     #[error("unable to execute {} command '{command}': {desc}", if *qmp { "QMP" } else { "QEMU agent" })]
     AgentCommand {
@@ -79,7 +79,7 @@ impl CliError {
             CliError::Usage(_) => "UsageError",
             CliError::AgentUnavailable(_) => "AgentUnavailable",
             CliError::AgentTimeout(_) => "AgentTimeout",
-            CliError::AgentDisconnected { .. } => "AgentDisconnected",
+            CliError::AgentDisconnected(_) => "AgentDisconnected",
             CliError::AgentCommand { .. } => "AgentCommandError",
             CliError::Protocol { .. } => "ProtocolError",
             CliError::Encoding { .. } => "EncodingError",
@@ -125,6 +125,42 @@ impl CliError {
         }
     }
 
+    /// A failure on the way through libvirtd's RPC `socket` to `peer`:
+    /// what timed out or hung up is libvirtd, not the agent or QEMU.
+    pub fn from_libvirtd(error: AgentError, socket: &std::path::Path, peer: Peer) -> CliError {
+        let shown = socket.display();
+        let over = |after: std::time::Duration| after.as_secs_f64();
+        match error {
+            AgentError::Timeout {
+                phase: Phase::Connecting | Phase::Handshake,
+                after,
+            } => CliError::AgentTimeout(format!(
+                "libvirtd on {shown} did not answer within {} s; check that libvirtd (or virtqemud) runs and is not stuck",
+                over(after)
+            )),
+            AgentError::Timeout { after, .. } => CliError::AgentTimeout(format!(
+                "libvirtd on {shown} did not answer within {} s; it waits for {} itself, which may be stuck; raise --reply-timeout if the guest is slow",
+                over(after),
+                match peer {
+                    Peer::Agent => "the guest agent",
+                    Peer::Qmp => "QEMU",
+                }
+            )),
+            AgentError::Disconnected => CliError::AgentDisconnected(format!(
+                "libvirtd closed the connection on {shown}; it may have restarted, or the domain stopped"
+            )),
+            AgentError::Libvirt { code: 1 | 38 | 39, message, .. }
+                if peer == Peer::Qmp && (message.contains("bytes") || message.contains("payload")) =>
+            {
+                CliError::Libvirt(format!(
+                    "{message}; libvirt limits RPC strings to 4 MiB: ask QEMU for less at a time"
+                ))
+            }
+            refusal @ AgentError::Agent { .. } if peer == Peer::Qmp => CliError::from_raw(refusal, socket, peer),
+            other => CliError::from_agent(other, socket),
+        }
+    }
+
     /// Puts an agent-side failure in terms of the socket it happened on.
     pub fn from_agent(error: AgentError, socket: &std::path::Path) -> CliError {
         let path = socket.to_owned();
@@ -145,7 +181,9 @@ impl CliError {
                     after.as_secs_f64()
                 ),
             }),
-            AgentError::Disconnected => CliError::AgentDisconnected { path },
+            AgentError::Disconnected => CliError::AgentDisconnected(format!(
+                "the agent on {shown} closed the connection; the VM may have stopped or its agent restarted"
+            )),
             AgentError::Io(e) => CliError::AgentUnavailable(format!("I/O error on {shown}: {e}")),
             AgentError::ReplyTooLong { limit } => CliError::Protocol {
                 path,
@@ -225,5 +263,74 @@ impl From<&CliError> for ErrorJson {
             message: error.to_string(),
             kind: error.kind(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+
+    const LIBVIRTD: &str = "/run/libvirt/libvirt-sock";
+
+    fn through_libvirtd(error: AgentError, peer: Peer) -> (&'static str, String) {
+        let error = CliError::from_libvirtd(error, Path::new(LIBVIRTD), peer);
+        (error.kind(), error.to_string())
+    }
+
+    #[test]
+    fn what_hangs_up_or_times_out_through_libvirtd_is_libvirtd() {
+        let (kind, message) = through_libvirtd(AgentError::Disconnected, Peer::Agent);
+        assert_eq!(kind, "AgentDisconnected");
+        assert!(
+            message.starts_with("libvirtd closed the connection on /run/libvirt/libvirt-sock"),
+            "{message}"
+        );
+
+        let handshake = AgentError::Timeout {
+            phase: Phase::Handshake,
+            after: Duration::from_secs(5),
+        };
+        let (kind, message) = through_libvirtd(handshake, Peer::Agent);
+        assert_eq!(kind, "AgentTimeout");
+        assert!(message.contains("libvirtd (or virtqemud) runs"), "{message}");
+
+        let reply = AgentError::Timeout {
+            phase: Phase::Reply("query-status".into()),
+            after: Duration::from_secs(30),
+        };
+        let (_, message) = through_libvirtd(reply, Peer::Qmp);
+        assert!(message.contains("waits for QEMU itself"), "{message}");
+    }
+
+    #[test]
+    fn libvirts_size_limits_advise_per_peer() {
+        let too_big = || AgentError::Libvirt {
+            code: 39,
+            domain: 7,
+            message: "Unable to encode message payload".into(),
+        };
+        let (kind, message) = through_libvirtd(too_big(), Peer::Agent);
+        assert_eq!(kind, "libvirtError");
+        assert!(message.contains("second agent channel"), "{message}");
+        let (_, message) = through_libvirtd(too_big(), Peer::Qmp);
+        assert!(message.contains("ask QEMU for less"), "{message}");
+    }
+
+    #[test]
+    fn qemus_refusal_through_libvirtd_keeps_its_class() {
+        let refusal = AgentError::Agent {
+            command: "no-such-command".into(),
+            class: "CommandNotFound".into(),
+            desc: "The command no-such-command has not been found".into(),
+        };
+        let error = CliError::from_libvirtd(refusal, Path::new(LIBVIRTD), Peer::Qmp);
+        assert_eq!(error.kind(), "AgentCommandError");
+        assert!(
+            error.to_string().starts_with("unable to execute QMP command"),
+            "{error}"
+        );
     }
 }

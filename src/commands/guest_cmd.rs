@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::{Agent, Answer, Context};
-use crate::error::{CliError, Peer};
+use crate::error::CliError;
 
 /// Commands that never reply on success: the guest goes away instead.
 const WITHOUT_REPLY: &[&str] = &[
@@ -55,15 +55,13 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
 
 pub async fn run(domain: &str, request: &Request, context: &Context) -> Result<Answer, CliError> {
     let mut agent = Agent::connect(domain, context).await?;
-    let socket = agent.socket().to_owned();
-    let raw_error = |e| CliError::from_raw(e, &socket, Peer::Agent);
     let without_reply = WITHOUT_REPLY
         .contains(&request.name.as_str())
         .then(|| ERROR_GRACE.min(context.options.reply_timeout));
     let ret = agent
         .execute_json(&request.name, request.arguments.as_ref(), without_reply)
         .await
-        .map_err(raw_error)?;
+        .map_err(|e| agent.raw_error(e))?;
     // Commands without reply succeed with `{}`, like guest-ping.
     Ok(Answer::Json(if ret.is_null() && without_reply.is_some() {
         Value::Object(Default::default())

@@ -19,7 +19,7 @@ use virtomate_protocol::qga::Command;
 use virtomate_protocol::{wait_for_exit, Agent as _, ClientOptions, Finished, PollSchedule, QgaClient};
 
 use crate::domain::{self, Route, Scope};
-use crate::error::CliError;
+use crate::error::{CliError, Peer};
 
 /// What every command needs besides its own arguments.
 pub struct Context {
@@ -81,7 +81,7 @@ impl Agent {
                 tracing::info!(socket = %socket.display(), "libvirtd holds the agent channel: going through libvirtd");
                 let agent = LibvirtAgent::connect(&socket, uri, &found.name, &options)
                     .await
-                    .map_err(|e| CliError::from_agent(e, &socket))?;
+                    .map_err(|e| CliError::from_libvirtd(e, &socket, Peer::Agent))?;
                 Ok(Agent {
                     link: Link::Libvirt(agent),
                     socket,
@@ -128,10 +128,20 @@ impl Agent {
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
-        CliError::from_agent(error, &self.socket)
+        match self.link {
+            Link::Direct(_) => CliError::from_agent(error, &self.socket),
+            Link::Libvirt(_) => CliError::from_libvirtd(error, &self.socket, Peer::Agent),
+        }
     }
 
-    pub fn socket(&self) -> &std::path::Path {
-        &self.socket
+    /// Like [`Agent::error`], keeping the class of the agent's error reply,
+    /// which the raw commands show.
+    pub fn raw_error(&self, error: virtomate_protocol::Error) -> CliError {
+        match error {
+            refusal @ virtomate_protocol::Error::Agent { .. } => {
+                CliError::from_raw(refusal, &self.socket, Peer::Agent)
+            }
+            other => self.error(other),
+        }
     }
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 use virtomate_protocol::libvirt::LibvirtMonitor;
-use virtomate_protocol::{Error, QmpClient};
+use virtomate_protocol::QmpClient;
 
 use super::guest_cmd::Request;
 use super::{Answer, Context};
@@ -40,7 +40,7 @@ pub async fn run(
         ))),
         Monitor::Libvirt { socket, uri, name } => {
             tracing::info!(socket = %socket.display(), "libvirtd holds QEMU's monitor: going through libvirtd");
-            let error = |e| libvirt_error(e, &socket);
+            let error = |e| CliError::from_libvirtd(e, &socket, Peer::Qmp);
             let mut qemu = LibvirtMonitor::connect(&socket, uri, &name, &context.options)
                 .await
                 .map_err(error)?;
@@ -72,15 +72,6 @@ async fn direct(
     }
     let events = serde_json::to_value(qmp.take_events()).expect("events are plain JSON");
     Ok(Answer::Json(json!({ "events": events, "return": ret })))
-}
-
-/// QEMU's refusal reads as on the monitor socket; everything else (libvirtd
-/// and its socket) as on the agent route through libvirtd.
-fn libvirt_error(error: Error, socket: &Path) -> CliError {
-    match error {
-        refusal @ Error::Agent { .. } => CliError::from_raw(refusal, socket, Peer::Qmp),
-        other => CliError::from_agent(other, socket),
-    }
 }
 
 /// The domain's monitor; DOMAIN may also be the QMP socket's path.
