@@ -46,16 +46,47 @@ impl LibvirtAgent<UnixStream> {
     ) -> Result<Self, Error> {
         let mut client = LibvirtClient::connect(socket, uri, options).await?;
         let domain = client.lookup_domain_by_name(name).await?;
-        Ok(LibvirtAgent {
-            client,
-            domain,
-            reply_timeout: options.reply_timeout,
-            next_id: 1,
-        })
+        Ok(LibvirtAgent::new(client, domain, options))
     }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
+    /// The agent of `domain`, on a connection already open: for a stream
+    /// other than libvirtd's UNIX socket (see [`LibvirtClient::handshake`]).
+    /// Replies are awaited for [`ClientOptions::reply_timeout`].
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::libvirt::{LibvirtAgent, LibvirtClient};
+    /// use virtomate_protocol::ClientOptions;
+    ///
+    /// # async fn demo(stream: tokio::net::UnixStream) -> Result<(), virtomate_protocol::Error> {
+    /// let options = ClientOptions::default();
+    /// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
+    /// let mut client = LibvirtClient::handshake(stream, socket, "qemu:///system", &options).await?;
+    /// let domain = client.lookup_domain_by_name("web1").await?;
+    /// let agent = LibvirtAgent::new(client, domain, &options);
+    /// # Ok(()) }
+    /// ```
+    pub fn new(client: LibvirtClient<S>, domain: RemoteDomain, options: &ClientOptions) -> Self {
+        LibvirtAgent {
+            client,
+            domain,
+            reply_timeout: options.reply_timeout,
+            next_id: 1,
+        }
+    }
+
+    /// The connection back, e.g. to [`close`](LibvirtClient::close) it.
+    ///
+    /// ```no_run
+    /// # async fn demo(agent: virtomate_protocol::libvirt::LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
+    /// agent.into_client().close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn into_client(self) -> LibvirtClient<S> {
+        self.client
+    }
+
     /// Sends any command by name and returns its `return` value untyped.
     pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
         self.exchange(name, arguments).await

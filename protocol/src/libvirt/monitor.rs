@@ -67,12 +67,40 @@ impl LibvirtMonitor<UnixStream> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
-    pub(super) fn new(client: LibvirtClient<S>, domain: RemoteDomain, options: &ClientOptions) -> Self {
+    /// The monitor of `domain`, on a connection already open: for a
+    /// stream other than libvirtd's UNIX socket (see
+    /// [`LibvirtClient::handshake`]). Replies are awaited for
+    /// [`ClientOptions::reply_timeout`].
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::libvirt::{LibvirtClient, LibvirtMonitor};
+    /// use virtomate_protocol::ClientOptions;
+    ///
+    /// # async fn demo(stream: tokio::net::UnixStream) -> Result<(), virtomate_protocol::Error> {
+    /// let options = ClientOptions::default();
+    /// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
+    /// let mut client = LibvirtClient::handshake(stream, socket, "qemu:///system", &options).await?;
+    /// let domain = client.lookup_domain_by_name("web1").await?;
+    /// let qemu = LibvirtMonitor::new(client, domain, &options);
+    /// # Ok(()) }
+    /// ```
+    pub fn new(client: LibvirtClient<S>, domain: RemoteDomain, options: &ClientOptions) -> Self {
         LibvirtMonitor {
             client,
             domain,
             reply_timeout: options.reply_timeout,
         }
+    }
+
+    /// The connection back, e.g. to [`close`](LibvirtClient::close) it.
+    ///
+    /// ```no_run
+    /// # async fn demo(qemu: virtomate_protocol::libvirt::LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
+    /// qemu.into_client().close().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn into_client(self) -> LibvirtClient<S> {
+        self.client
     }
 
     /// Sends `command` and returns its reply's `return`, within
