@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Fuzzes the protocol crate's handling of untrusted agent output with
-# cargo-fuzz (libFuzzer, nightly toolchain, AddressSanitizer, debug
-# assertions and overflow checks on).
+# Fuzzes the protocol crate's handling of untrusted input (agent output,
+# libvirtd's replies) with cargo-fuzz (libFuzzer, nightly toolchain,
+# AddressSanitizer, debug assertions and overflow checks on).
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #

@@ -1,7 +1,10 @@
 //! Arbitrary bytes as everything an untrusted libvirtd says to
 //! `LibvirtClient`, which runs `handshake` (auth-list, connect-open), then
-//! `lookup_domain_by_name`, `agent_command`, `lib_version` and `close`.
-//! Whatever arrives, each call must return, never panic or hang.
+//! `lookup_domain_by_name` and `agent_command`; then, on the same
+//! connection, `LibvirtAgent` runs `guest-exec-status` and `wait_for_exit`
+//! (agent replies and libvirt's wrapping of agent errors) and
+//! `LibvirtMonitor` runs `query-status`; last come `lib_version` and
+//! `close`. Whatever arrives, each call must return, never panic or hang.
 //!
 //! The first input byte picks the mode:
 //!
@@ -46,8 +49,11 @@ use virtomate_protocol::libvirt::packet::{
     self, Header, MessageType, PacketReader, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROGRAM, MAX_PACKET_LEN,
     REMOTE_PROC_AUTH_LIST, REMOTE_PROGRAM,
 };
-use virtomate_protocol::libvirt::{LibvirtClient, RemoteDomain, AGENT_TIMEOUT_DEFAULT};
-use virtomate_protocol::{ClientOptions, Error};
+use virtomate_protocol::libvirt::{
+    LibvirtAgent, LibvirtClient, LibvirtMonitor, RemoteDomain, AGENT_TIMEOUT_DEFAULT,
+};
+use virtomate_protocol::qga::GuestExecStatus;
+use virtomate_protocol::{wait_for_exit, Agent, ClientOptions, Error, PollSchedule};
 
 const IDLE: Duration = Duration::from_millis(10);
 const LONG: Duration = Duration::from_secs(3600);
@@ -99,6 +105,18 @@ async fn client(stream: DuplexStream) {
         )
         .await;
     no_timeout("agent command", &reply);
+
+    let mut agent = LibvirtAgent::new(libvirt, domain.clone(), &options);
+    no_timeout(
+        "guest-exec-status",
+        &agent.execute(&GuestExecStatus { pid: 1 }).await,
+    );
+    let finished = wait_for_exit(&mut agent, 1, PollSchedule::BACK_TO_BACK).await;
+    no_timeout("wait for exit", &finished);
+    let mut qemu = LibvirtMonitor::new(agent.into_client(), domain, &options);
+    no_timeout("query-status", &qemu.execute_json("query-status", None).await);
+    let mut libvirt = qemu.into_client();
+
     no_timeout("lib version", &libvirt.lib_version().await);
     no_timeout("close", &libvirt.close().await);
 }

@@ -8,7 +8,9 @@ each sent as the (header-built) reply to the client's latest call when it
 waits; for an even mode the daemon's raw output.
 
 The client calls, in order: auth-list, connect-open, lookup("d"),
-the agent command, lib-version, close.
+the agent command, guest-exec-status as LibvirtAgent (agent command), the
+polls of wait_for_exit (agent commands until one says exited),
+query-status as LibvirtMonitor (monitor command), lib-version, close.
 """
 import os
 import struct
@@ -46,6 +48,10 @@ def packet(program, procedure, serial, payload=b"", status=0, kind=1):
 AUTH_NONE = u32(1) + u32(0)  # one type: none
 DOMAIN = string("d") + bytes(range(16)) + u32(1)  # name, uuid, id
 AGENT_REPLY = optional('{"return":{}}')
+RUNNING = optional('{"return":{"exited":false},"id":2}')
+EXITED = optional('{"return":{"exited":true,"exitcode":0,"out-data":"aGk="},"id":3}')
+QUERY_STATUS = string('{"return":{"status":"running","singlestep":false,"running":true},"id":"libvirt-9"}')
+QMP_ERROR = string('{"id":"libvirt-9","error":{"class":"CommandNotFound","desc":"no"}}')
 VERSION = struct.pack(">Q", 9_000_000)
 
 
@@ -58,7 +64,14 @@ def remote_error(code, domain, message):
 SEEDS = {
     # A whole session, every reply well-formed.
     "session": b"\x01" + chunk(OK, AUTH_NONE) + chunk(OK) + chunk(OK, DOMAIN)
-    + chunk(OK, AGENT_REPLY) + chunk(OK, VERSION) + chunk(OK),
+    + chunk(OK, AGENT_REPLY) + chunk(OK, RUNNING) + chunk(OK, EXITED)
+    + chunk(OK, QUERY_STATUS) + chunk(OK, VERSION) + chunk(OK),
+    # The agent's refusal as libvirt wraps it, then QEMU's refusal.
+    "refusals": b"\x01" + chunk(OK, AUTH_NONE) + chunk(OK) + chunk(OK, DOMAIN)
+    + chunk(OK, AGENT_REPLY)
+    + chunk(ERROR, remote_error(1, 10, "internal error: unable to execute QEMU agent command "
+                                "'guest-exec-status': Invalid parameter 'pid'"))
+    + chunk(OK, EXITED) + chunk(OK, QMP_ERROR) + chunk(OK, VERSION) + chunk(OK),
     # No such domain; the agent command then fails too (agent unresponsive).
     "error_replies": b"\x01" + chunk(OK, AUTH_NONE) + chunk(OK)
     + chunk(ERROR, remote_error(42, 10, "Domain not found: no domain with matching name 'd'"))
