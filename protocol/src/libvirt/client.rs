@@ -308,28 +308,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
         timeout_seconds: i32,
         deadline: Instant,
     ) -> Result<Option<String>, Error> {
-        if command_json.len() > STRING_MAX {
-            return Err(Error::RequestTooLarge {
-                len: command_json.len(),
-                limit: STRING_MAX,
-            });
-        }
         let label = command_label(command_json, "an agent command");
-        let mut args = Encoder::new();
-        domain.encode(&mut args).map_err(request_error)?;
-        args.string(command_json, STRING_MAX).map_err(request_error)?;
+        let mut args = qemu_command_args(domain, command_json)?;
         args.i32(timeout_seconds);
         args.u32(0);
-        let allowed = deadline.saturating_duration_since(Instant::now());
         let reply = self
-            .call(
-                QEMU_PROGRAM,
-                QEMU_PROC_DOMAIN_AGENT_COMMAND,
-                &label,
-                &args.into_bytes(),
-                deadline,
-                allowed,
-            )
+            .qemu_call(QEMU_PROC_DOMAIN_AGENT_COMMAND, &label, args, deadline)
             .await?;
         decode(&label, reply.payload(), |d| {
             Ok(d.optional_string(STRING_MAX)?.map(str::to_owned))
@@ -375,28 +359,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
         command_json: &str,
         deadline: Instant,
     ) -> Result<String, Error> {
-        if command_json.len() > STRING_MAX {
-            return Err(Error::RequestTooLarge {
-                len: command_json.len(),
-                limit: STRING_MAX,
-            });
-        }
         let label = command_label(command_json, "a monitor command");
-        let mut args = Encoder::new();
-        domain.encode(&mut args).map_err(request_error)?;
-        args.string(command_json, STRING_MAX).map_err(request_error)?;
+        let mut args = qemu_command_args(domain, command_json)?;
         // Flags 0: QMP, not the human monitor.
         args.u32(0);
-        let allowed = deadline.saturating_duration_since(Instant::now());
         let reply = self
-            .call(
-                QEMU_PROGRAM,
-                QEMU_PROC_DOMAIN_MONITOR_COMMAND,
-                &label,
-                &args.into_bytes(),
-                deadline,
-                allowed,
-            )
+            .qemu_call(QEMU_PROC_DOMAIN_MONITOR_COMMAND, &label, args, deadline)
             .await?;
         decode(&label, reply.payload(), |d| Ok(d.string(STRING_MAX)?.to_owned()))
     }
@@ -434,6 +402,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
 
     /// Sends one call and waits for its reply, both by `deadline`;
     /// `label` names the call in errors.
+    /// A call of the QEMU program (agent and monitor commands), allowed
+    /// whatever time is left until `deadline`.
+    async fn qemu_call(
+        &mut self,
+        procedure: i32,
+        label: &str,
+        args: Encoder,
+        deadline: Instant,
+    ) -> Result<Packet, Error> {
+        let allowed = deadline.saturating_duration_since(Instant::now());
+        self.call(
+            QEMU_PROGRAM,
+            procedure,
+            label,
+            &args.into_bytes(),
+            deadline,
+            allowed,
+        )
+        .await
+    }
+
     async fn call(
         &mut self,
         program: u32,
@@ -555,6 +544,22 @@ fn request_error(e: XdrError) -> Error {
         // The encoder fails in no other way.
         other => Error::Io(io::Error::new(io::ErrorKind::InvalidInput, other)),
     }
+}
+
+/// The arguments both QEMU commands start with: the domain and the
+/// command's JSON, which is refused before sending when longer than
+/// libvirt takes.
+fn qemu_command_args(domain: &RemoteDomain, command_json: &str) -> Result<Encoder, Error> {
+    if command_json.len() > STRING_MAX {
+        return Err(Error::RequestTooLarge {
+            len: command_json.len(),
+            limit: STRING_MAX,
+        });
+    }
+    let mut args = Encoder::new();
+    domain.encode(&mut args).map_err(request_error)?;
+    args.string(command_json, STRING_MAX).map_err(request_error)?;
+    Ok(args)
 }
 
 /// Names a command in errors by its `execute` member, e.g. `guest-ping
