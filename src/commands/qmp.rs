@@ -11,7 +11,8 @@ use virtomate_protocol::QmpClient;
 
 use super::guest_cmd::Request;
 use super::{Answer, Context};
-use crate::domain::{self, socket_holders, Source};
+use crate::domain::socket_holders::{self, Holder};
+use crate::domain::{self, Source};
 use crate::error::{CliError, Peer};
 
 /// How to reach QEMU's monitor.
@@ -87,10 +88,10 @@ fn monitor(domain: &str, context: &Context) -> Result<Monitor, CliError> {
         )));
     };
     let holders = socket_holders::holders(socket);
-    if holders.iter().all(|h| h.command.as_deref() == Some("virtomate")) {
+    if holders.iter().all(Holder::is_virtomate) {
         return Ok(Monitor::Socket(socket.clone()));
     }
-    let held_by_libvirtd = holders.iter().any(|h| h.command.as_deref() == Some("libvirtd"));
+    let held_by_libvirtd = holders.iter().any(Holder::is_libvirt_daemon);
     if let (Source::Libvirt, true, Some((uri, rpc_socket))) =
         (found.source, held_by_libvirtd, &found.libvirt_daemon)
     {

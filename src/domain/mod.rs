@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::error::CliError;
 use libvirt::{LibvirtDirs, Lookup};
+use socket_holders::Holder;
 
 /// A UNIX socket channel to an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,8 +237,8 @@ impl Domain {
         let mut held_by_libvirtd = false;
         for channel in &self.agent_channels {
             let holders = socket_holders::holders(&channel.path);
-            if !holders.iter().all(|h| h.command.as_deref() == Some("virtomate")) {
-                held_by_libvirtd |= holders.iter().any(|h| h.command.as_deref() == Some("libvirtd"));
+            if !holders.iter().all(Holder::is_virtomate) {
+                held_by_libvirtd |= holders.iter().any(Holder::is_libvirt_daemon);
                 held.push(format!(
                     "{} is {}",
                     channel.path.display(),

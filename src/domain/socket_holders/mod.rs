@@ -67,6 +67,17 @@ impl Holder {
         pid: None,
         command: None,
     };
+
+    /// Another virtomate, which is served in turn.
+    pub fn is_virtomate(&self) -> bool {
+        self.command.as_deref() == Some("virtomate")
+    }
+
+    /// libvirt's QEMU driver: `libvirtd`, or `virtqemud` where libvirt
+    /// runs its modular daemons (the default of newer distributions).
+    pub fn is_libvirt_daemon(&self) -> bool {
+        matches!(self.command.as_deref(), Some("libvirtd" | "virtqemud"))
+    }
 }
 
 /// How many connections the listener at `path` has accepted and not yet
@@ -187,6 +198,16 @@ mod tests {
             pid: Some(pid),
             command: Some(command.to_owned()),
         }
+    }
+
+    #[test]
+    fn libvirts_daemons_and_virtomate_are_told_by_name() {
+        assert!(held_by(1, "libvirtd").is_libvirt_daemon());
+        assert!(held_by(1, "virtqemud").is_libvirt_daemon());
+        assert!(!held_by(1, "virtlogd").is_libvirt_daemon());
+        assert!(!UNKNOWN.is_libvirt_daemon());
+        assert!(held_by(1, "virtomate").is_virtomate());
+        assert!(!held_by(1, "python3").is_virtomate());
     }
 
     const UNKNOWN: Holder = Holder::UNKNOWN;
