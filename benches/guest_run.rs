@@ -72,7 +72,8 @@ fn main() {
                 .collect(),
         );
         let polls = mean((0..runs).map(|_| runtime.block_on(in_process(&socket, PollSchedule::default())).1));
-        let (_, rss) = support::run_measured(&["guest-run", socket.to_str().unwrap(), "--", "/bin/true"]);
+        let (_, rss) =
+            support::run_measured(&["guest-run", socket.to_str().unwrap(), "--", "/bin/true"], None);
         println!(
             "{label:<11} {:>10.2} {:>9.2} {:>10.2} {:>10.2} {:>6.2} {:>11.2} {:>10.1} {:>11.1} {:>8}",
             ms(cli.median),
@@ -100,7 +101,7 @@ fn main() {
     let out_len = 16 << 20;
     let produce = format!("yes 0123456789abcdef | head -c {out_len}");
     let started = Instant::now();
-    let (out, rss) = support::run_measured(&["guest-run", socket, "--", "sh", "-c", &produce]);
+    let (out, rss) = support::run_measured(&["guest-run", socket, "--", "sh", "-c", &produce], None);
     let took = started.elapsed();
     let json = out.json();
     assert_eq!(
@@ -120,13 +121,15 @@ fn main() {
     let in_len = 40 << 20;
     let input = vec![b'x'; in_len];
     let started = Instant::now();
-    let out = support::run(&["guest-run", "--stdin", socket, "--", "wc", "-c"], Some(&input));
+    let (out, rss) = support::run_measured(&["guest-run", "--stdin", socket, "--", "wc", "-c"], Some(&input));
     let took = started.elapsed();
     assert_eq!(out.json()["stdout"], format!("{in_len}\n"), "{out:?}");
     println!(
-        "40 MiB in:  {:.2} s, {:.1} MB/s",
+        "40 MiB in:  {:.2} s, {:.1} MB/s, peak RSS {} KiB ({:.2}x the input)",
         took.as_secs_f64(),
-        in_len as f64 / 1e6 / took.as_secs_f64()
+        in_len as f64 / 1e6 / took.as_secs_f64(),
+        rss,
+        (rss * 1024) as f64 / in_len as f64
     );
 }
 

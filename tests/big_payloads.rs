@@ -18,7 +18,7 @@ fn sixteen_mib_of_output_in_bounded_memory_and_the_channel_stays_in_sync() {
     let agent = HostAgent::start();
     let socket = agent.socket();
     let socket = socket.to_str().unwrap();
-    let (out, rss_kib) = run_measured(&["guest-run", socket, "--", "sh", "-c", &produce(16 * MIB)]);
+    let (out, rss_kib) = run_measured(&["guest-run", socket, "--", "sh", "-c", &produce(16 * MIB)], None);
     let json = out.json();
     assert_eq!(json["stdout"].as_str().unwrap().len(), 16 * MIB);
     assert_eq!(json["stdout_truncated"], false);
@@ -58,8 +58,14 @@ fn stdin_up_to_the_agents_request_limit_and_a_clear_error_beyond() {
     // The request, with the input in Base64, must stay within 64 MiB.
     let largest = 48 * MIB - 1024;
     let input = vec![b'z'; largest];
-    let out = run(&["guest-run", "--stdin", socket, "--", "wc", "-c"], Some(&input));
+    let (out, rss_kib) = run_measured(&["guest-run", "--stdin", socket, "--", "wc", "-c"], Some(&input));
     assert_eq!(out.json()["stdout"], format!("{largest}\n"), "{out:?}");
+    // The input is encoded while it is sent: no second, bigger copy.
+    let rss = rss_kib as usize * 1024;
+    assert!(
+        rss < largest * 3 / 2,
+        "peak RSS {rss_kib} KiB for {largest} bytes of input"
+    );
 
     for too_much in [48 * MIB, 64 * MIB] {
         let input = vec![b'z'; too_much];

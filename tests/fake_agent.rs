@@ -98,14 +98,17 @@ fn endless_bytes_without_sentinel_time_out_in_bounded_memory() {
         while conn.send(&junk) {}
     });
     let socket = agent.socket();
-    let (out, rss_kib) = run_measured(&[
-        "--timeout",
-        "1",
-        "guest-run",
-        socket.to_str().unwrap(),
-        "--",
-        "true",
-    ]);
+    let (out, rss_kib) = run_measured(
+        &[
+            "--timeout",
+            "1",
+            "guest-run",
+            socket.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        None,
+    );
     out.error("AgentTimeout");
     assert!(rss_kib < 16 * 1024, "peak RSS {rss_kib} KiB: {out:?}");
 }
@@ -131,7 +134,7 @@ fn a_reply_that_never_ends_is_refused_in_bounded_memory() {
         while conn.send(&endless) {}
     });
     let socket = agent.socket();
-    let (out, rss_kib) = run_measured(&["guest-run", socket.to_str().unwrap(), "--", "true"]);
+    let (out, rss_kib) = run_measured(&["guest-run", socket.to_str().unwrap(), "--", "true"], None);
     let message = out.error("ProtocolError");
     assert!(message.contains("exceeded"), "{message}");
     // The bound is 48 MiB; a reader that grows without one would pass it.

@@ -10,7 +10,8 @@ use tokio::time::{timeout_at, Instant};
 
 use crate::framing::{ReplyReader, DEFAULT_MAX_REPLY_LEN, SENTINEL};
 use crate::qga::{
-    parse_reply, parse_reply_to, request_bytes, request_line, Command, GuestSyncDelimited, ReplyFor,
+    guest_exec_request, parse_reply, parse_reply_to, request_bytes, request_line, Command, ExecStarted,
+    GuestExec, GuestSyncDelimited, OutgoingRequest, ReplyFor,
 };
 use crate::{Direction, Error, Phase, Trace};
 
@@ -145,7 +146,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     ///
     /// An error reply becomes [`Error::Agent`].
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
-        self.exchange(C::NAME, |id| request_bytes(command, id)).await
+        self.exchange(C::NAME, |id| OutgoingRequest::Whole(request_bytes(command, id)))
+            .await
+    }
+
+    /// Starts a program, as [`execute`](Self::execute) does with `exec`,
+    /// but encodes its `input_data` to Base64 while sending it rather than
+    /// building the whole request first: the input is then all the memory
+    /// a big request takes.
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::qga::GuestExec;
+    /// use virtomate_protocol::{ClientOptions, QgaClient};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut agent = QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await?;
+    /// let input = std::fs::read("disk-image.part")?;
+    /// let exec = GuestExec::new("dd", ["of=/tmp/part"]).with_input(input);
+    /// let started = agent.guest_exec(&exec).await?;
+    /// println!("running as pid {}", started.pid);
+    /// # Ok(()) }
+    /// ```
+    pub async fn guest_exec(&mut self, exec: &GuestExec) -> Result<ExecStarted, Error> {
+        self.exchange(GuestExec::NAME, |id| guest_exec_request(exec, id))
+            .await
     }
 
     /// Sends any command by name and returns its `return` value untyped.
@@ -164,7 +188,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         name: &str,
         arguments: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, Error> {
-        self.exchange(name, |id| request_line(name, arguments, id)).await
+        self.exchange(name, |id| {
+            OutgoingRequest::Whole(request_line(name, arguments, id))
+        })
+        .await
     }
 
     /// Sends a command that does not reply on success (`guest-shutdown`,
@@ -191,7 +218,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             ..self.options.clone()
         };
         let options = std::mem::replace(&mut self.options, grace_options);
-        let outcome = self.exchange(name, |id| request_line(name, arguments, id)).await;
+        let outcome = self
+            .exchange(name, |id| {
+                OutgoingRequest::Whole(request_line(name, arguments, id))
+            })
+            .await;
         self.options = options;
         match outcome {
             Ok(serde_json::Value::Null) | Err(Error::Disconnected) => Ok(()),
@@ -207,10 +238,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         }
     }
 
-    async fn exchange<T: serde::de::DeserializeOwned>(
+    async fn exchange<'r, T: serde::de::DeserializeOwned>(
         &mut self,
         name: &str,
-        build_request: impl FnOnce(u64) -> Vec<u8>,
+        build_request: impl FnOnce(u64) -> OutgoingRequest<'r>,
     ) -> Result<T, Error> {
         if !self.in_sync {
             self.sync().await?;
@@ -234,7 +265,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             Instant::now() + send_allowance,
             send_allowance,
             sending,
-            self.send(&request),
+            self.send_request(&request),
         )
         .await?;
         drop(request);
@@ -257,6 +288,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
         send_traced(&mut self.conn, self.options.trace.as_ref(), bytes).await
+    }
+
+    async fn send_request(&mut self, request: &OutgoingRequest<'_>) -> Result<(), Error> {
+        for piece in request.pieces() {
+            self.send(&piece).await?;
+        }
+        Ok(())
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -323,4 +361,13 @@ pub(crate) async fn within<T>(
         phase,
         after: allowed,
     }))
+}
+
+/// Checked by the compiler: the futures stay `Send`, for multi-threaded
+/// runtimes.
+#[cfg(test)]
+#[allow(dead_code)]
+fn futures_are_send(client: &mut QgaClient, exec: &GuestExec) {
+    fn send<T: Send>(_: T) {}
+    send(client.guest_exec(exec));
 }

@@ -36,7 +36,7 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     exec.input_data = input;
 
     let mut agent = Agent::connect(&args.domain, context).await?;
-    let pid = agent.execute(&exec).await?.pid;
+    let pid = agent.start(&exec).await?.pid;
     drop(exec);
     tracing::info!(pid, "started in the guest");
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use virtomate_protocol::libvirt::LibvirtAgent;
-use virtomate_protocol::qga::Command;
+use virtomate_protocol::qga::{Command, ExecStarted, GuestExec};
 use virtomate_protocol::{wait_for_exit, Agent as _, ClientOptions, Finished, PollSchedule, QgaClient};
 
 use crate::domain::{self, Route, Scope};
@@ -94,6 +94,16 @@ impl Agent {
         let result = match &mut self.link {
             Link::Direct(client) => client.execute(command).await,
             Link::Libvirt(agent) => agent.execute(command).await,
+        };
+        result.map_err(|e| self.error(e))
+    }
+
+    /// Starts a program. On a direct channel its input is encoded while
+    /// it is sent, so that a big input takes no second copy in memory.
+    pub async fn start(&mut self, exec: &GuestExec) -> Result<ExecStarted, CliError> {
+        let result = match &mut self.link {
+            Link::Direct(client) => client.guest_exec(exec).await,
+            Link::Libvirt(agent) => agent.execute(exec).await,
         };
         result.map_err(|e| self.error(e))
     }

@@ -145,7 +145,7 @@ pub fn wait_until(seconds: u64, what: &str, mut ready: impl FnMut() -> bool) {
 /// KiB, as GNU time measures it. (`wait4` on a child of the test process
 /// would not do: a child spawned with vfork inherits the test process's
 /// own high-water mark.)
-pub fn run_measured(args: &[&str]) -> (Outcome, u64) {
+pub fn run_measured(args: &[&str], stdin: Option<&[u8]>) -> (Outcome, u64) {
     let report = tempfile::NamedTempFile::new().unwrap();
     let mut command = Command::new("/usr/bin/time");
     command
@@ -153,7 +153,7 @@ pub fn run_measured(args: &[&str]) -> (Outcome, u64) {
         .arg(report.path())
         .arg(env!("CARGO_BIN_EXE_virtomate"))
         .args(args);
-    let outcome = run_command(&mut command, None);
+    let outcome = run_command(&mut command, stdin);
     let text = std::fs::read_to_string(report.path()).unwrap();
     let max_rss_kib = text
         .lines()

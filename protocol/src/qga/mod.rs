@@ -6,6 +6,7 @@
 mod base64_data;
 mod commands;
 mod envelope;
+mod streamed_input;
 
 pub use commands::{
     CommandInfo, Empty, ExecStarted, ExecStatus, GuestExec, GuestExecStatus, GuestInfo, GuestInfoReply,
@@ -15,5 +16,6 @@ pub(crate) use envelope::{
     parse_reply, parse_reply_ignoring_id, parse_reply_to, request_bytes, request_line, request_without_id,
     ReplyFor,
 };
+pub(crate) use streamed_input::{guest_exec_request, OutgoingRequest};
 
 pub use crate::command::Command;
