@@ -26,6 +26,15 @@ use crate::{Error, QgaClient};
 pub trait Agent {
     /// Sends `command` and returns its reply; an error reply becomes
     /// [`Error::Agent`].
+    ///
+    /// ```
+    /// use virtomate_protocol::qga::GuestInfo;
+    /// use virtomate_protocol::{Agent, Error};
+    ///
+    /// async fn agent_version(agent: &mut impl Agent) -> Result<String, Error> {
+    ///     Ok(agent.execute(&GuestInfo {}).await?.version)
+    /// }
+    /// ```
     fn execute<C: Command>(&mut self, command: &C) -> impl Future<Output = Result<C::Output, Error>>;
 }
 

@@ -17,6 +17,17 @@ use crate::{Direction, Error, Phase, Trace};
 
 /// The most the agent's JSON parser accepts in one request
 /// (`MAX_TOKEN_SIZE` in QEMU's `qobject/json-streamer.c`).
+///
+/// A longer request is refused with [`Error::RequestTooLarge`] before
+/// sending: the agent would answer it with several parse errors.
+///
+/// ```
+/// use virtomate_protocol::MAX_REQUEST_LEN;
+///
+/// // Base64 makes `input-data` a third longer than the input itself.
+/// let stdin_len: usize = 47 << 20;
+/// assert!(stdin_len.div_ceil(3) * 4 < MAX_REQUEST_LEN);
+/// ```
 pub const MAX_REQUEST_LEN: usize = 64 << 20;
 
 /// Time limits and bounds of a [`QgaClient`].
@@ -78,6 +89,20 @@ pub struct QgaClient<S = UnixStream> {
 impl QgaClient<UnixStream> {
     /// Connects to the agent's UNIX socket and synchronises, both within
     /// [`ClientOptions::handshake_timeout`].
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::{ClientOptions, Error, Phase, QgaClient};
+    ///
+    /// # async fn demo() -> Result<(), Error> {
+    /// match QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await {
+    ///     Ok(_agent) => println!("the agent answers"),
+    ///     // Connected, but no answer: another client (libvirtd?) holds the
+    ///     // channel, or no agent runs in the guest.
+    ///     Err(Error::Timeout { phase: Phase::Handshake, .. }) => println!("the agent is busy or absent"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(path: impl AsRef<Path>, options: ClientOptions) -> Result<Self, Error> {
         let path = path.as_ref();
         let deadline = Instant::now() + options.handshake_timeout;
@@ -91,6 +116,20 @@ impl QgaClient<UnixStream> {
 impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// Wraps a connected stream. Nothing is sent until the first command,
     /// which synchronises first.
+    ///
+    /// ```
+    /// use tokio::io::AsyncReadExt;
+    /// use virtomate_protocol::{ClientOptions, QgaClient};
+    ///
+    /// # tokio_test::block_on(async {
+    /// // Any byte stream will do; here one end of an in-memory pipe.
+    /// let (stream, mut agent_side) = tokio::io::duplex(1024);
+    /// drop(QgaClient::new(stream, ClientOptions::default()));
+    /// let mut sent = Vec::new();
+    /// agent_side.read_to_end(&mut sent).await.unwrap();
+    /// assert!(sent.is_empty());
+    /// # });
+    /// ```
     pub fn new(stream: S, options: ClientOptions) -> Self {
         let mut conn = ReplyReader::new(stream, options.max_reply_len);
         conn.set_trace(options.trace.clone());
@@ -103,6 +142,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     }
 
     /// Synchronises with `guest-sync-delimited` within the handshake timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use virtomate_protocol::{ClientOptions, Error, Phase, QgaClient};
+    ///
+    /// # tokio_test::block_on(async {
+    /// // A peer that never answers, like a port the guest has not opened.
+    /// let (stream, _silent_peer) = tokio::io::duplex(1024);
+    /// let options = ClientOptions { handshake_timeout: Duration::from_millis(50), ..ClientOptions::default() };
+    /// let mut agent = QgaClient::new(stream, options);
+    /// assert!(matches!(agent.sync().await, Err(Error::Timeout { phase: Phase::Handshake, .. })));
+    /// # });
+    /// ```
     pub async fn sync(&mut self) -> Result<(), Error> {
         self.sync_until(Instant::now() + self.options.handshake_timeout)
             .await
@@ -145,6 +197,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// Synchronises first when an earlier exchange was cut short.
     ///
     /// An error reply becomes [`Error::Agent`].
+    ///
+    /// ```
+    /// use virtomate_protocol::qga::GuestExec;
+    /// use virtomate_protocol::{ClientOptions, Error, QgaClient};
+    /// # use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    ///
+    /// # tokio_test::block_on(async {
+    /// # let (stream, peer) = tokio::io::duplex(4096);
+    /// # tokio::spawn(async move {
+    /// #     // A scripted agent: answers the handshake, then fails to start the program.
+    /// #     let mut peer = BufReader::new(peer);
+    /// #     let mut line = Vec::new();
+    /// #     peer.read_until(b'\n', &mut line).await.unwrap();
+    /// #     let sync: serde_json::Value = serde_json::from_slice(&line[1..]).unwrap();
+    /// #     let echo = format!("{{\"return\": {}}}\n", sync["arguments"]["id"]);
+    /// #     peer.write_all(&[0xFF]).await.unwrap();
+    /// #     peer.write_all(echo.as_bytes()).await.unwrap();
+    /// #     peer.read_until(b'\n', &mut line).await.unwrap();
+    /// #     let error = "{\"error\": {\"class\": \"GenericError\", \"desc\": \"Failed to execute child process\"}}\n";
+    /// #     peer.write_all(error.as_bytes()).await.unwrap();
+    /// # });
+    /// // `stream` leads to an agent (here a scripted one).
+    /// let mut agent = QgaClient::new(stream, ClientOptions::default());
+    /// match agent.execute(&GuestExec::new("/does/not/exist", [""; 0])).await {
+    ///     Err(Error::Agent { class, desc, .. }) => println!("{class}: {desc}"),
+    ///     other => panic!("{other:?}"),
+    /// }
+    /// # });
+    /// ```
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
         self.exchange(C::NAME, |id| OutgoingRequest::Whole(request_bytes(command, id)))
             .await
@@ -196,7 +277,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
 
     /// Sends a command that does not reply on success (`guest-shutdown`,
     /// `guest-suspend-*`): silence or a closed channel within `grace` is
-    /// success, as the protocol has it; an error reply is still an error.
+    /// success, as the protocol has it (and so is a reply, should an agent
+    /// send one); an error reply is still an error.
     ///
     /// ```no_run
     /// use std::time::Duration;
@@ -219,21 +301,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         };
         let options = std::mem::replace(&mut self.options, grace_options);
         let outcome = self
-            .exchange(name, |id| {
+            .exchange::<serde_json::Value>(name, |id| {
                 OutgoingRequest::Whole(request_line(name, arguments, id))
             })
             .await;
         self.options = options;
         match outcome {
-            Ok(serde_json::Value::Null) | Err(Error::Disconnected) => Ok(()),
+            // An agent that does reply (`{"return": {}}`) is no worse.
+            Ok(_) | Err(Error::Disconnected) => Ok(()),
             Err(Error::Timeout {
                 phase: Phase::Reply(_),
                 ..
             }) => Ok(()),
-            Ok(unexpected) => Err(Error::Malformed {
-                command: name.to_owned(),
-                reason: format!("a command without reply answered {unexpected}"),
-            }),
             Err(e) => Err(e),
         }
     }
@@ -305,6 +384,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
 
 /// Ids stay below 2^53 so that every JSON implementation keeps them exact.
 const ID_MASK: u64 = (1 << 53) - 1;
+
+/// The id with the most digits a client sends.
+pub(crate) const LONGEST_ID: u64 = ID_MASK;
 
 fn random_id() -> u64 {
     use std::hash::{BuildHasher, Hasher};

@@ -33,7 +33,21 @@ use serde::Serialize;
 /// ```
 pub trait Command: Serialize {
     /// The `execute` member of the request.
+    ///
+    /// ```
+    /// use virtomate_protocol::qga::{Command, GuestExec};
+    /// assert_eq!(GuestExec::NAME, "guest-exec");
+    /// ```
     const NAME: &'static str;
     /// What a successful reply's `return` member holds.
+    ///
+    /// ```
+    /// use virtomate_protocol::qga::{Command, GuestExec};
+    ///
+    /// fn decode<C: Command>(ret: &str) -> C::Output {
+    ///     serde_json::from_str(ret).unwrap()
+    /// }
+    /// assert_eq!(decode::<GuestExec>(r#"{"pid": 1234}"#).pid, 1234);
+    /// ```
     type Output: DeserializeOwned;
 }

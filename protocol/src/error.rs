@@ -112,6 +112,17 @@ impl Error {
 }
 
 /// What a client was waiting for when a [`Error::Timeout`] struck.
+///
+/// ```
+/// use std::time::Duration;
+/// use virtomate_protocol::{Error, Phase};
+///
+/// let err = Error::Timeout {
+///     phase: Phase::Reply("guest-exec-status".into()),
+///     after: Duration::from_secs(30),
+/// };
+/// assert_eq!(err.to_string(), "no answer within 30 s while waiting for the reply to guest-exec-status");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     /// Connecting to the socket.

@@ -37,6 +37,20 @@ pub struct PollSchedule {
 
 impl PollSchedule {
     /// No pause at all: the protocol's floor, for measurements.
+    ///
+    /// ```no_run
+    /// use std::time::Instant;
+    /// use virtomate_protocol::{ClientOptions, PollSchedule, QgaClient};
+    /// use virtomate_protocol::qga::GuestExec;
+    ///
+    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+    /// # let mut agent = QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await?;
+    /// let started = agent.execute(&GuestExec::new("sleep", ["1"])).await?;
+    /// let clock = Instant::now();
+    /// let finished = agent.wait_for_exit(started.pid, PollSchedule::BACK_TO_BACK).await?;
+    /// println!("{:?} per guest-exec-status", clock.elapsed() / finished.polls);
+    /// # Ok(()) }
+    /// ```
     pub const BACK_TO_BACK: PollSchedule = PollSchedule {
         min_pause: Duration::ZERO,
         max_pause: Duration::ZERO,
@@ -44,6 +58,16 @@ impl PollSchedule {
     };
 
     /// The pause before the next poll, `waited` after the program started.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use virtomate_protocol::PollSchedule;
+    ///
+    /// // Fewer polls for a program known to run for minutes.
+    /// let patient = PollSchedule { max_pause: Duration::from_secs(1), ..PollSchedule::default() };
+    /// assert_eq!(patient.pause_after(Duration::from_secs(5)), Duration::from_millis(500));
+    /// assert_eq!(patient.pause_after(Duration::from_secs(600)), Duration::from_secs(1));
+    /// ```
     pub fn pause_after(&self, waited: Duration) -> Duration {
         (waited / self.divisor.max(1)).clamp(self.min_pause, self.max_pause)
     }
@@ -60,6 +84,32 @@ impl Default for PollSchedule {
 }
 
 /// A finished program's status and how many polls it took to see it end.
+///
+/// ```
+/// use virtomate_protocol::{wait_for_exit, PollSchedule};
+/// # use virtomate_protocol::{qga::Command, Agent, Error};
+/// # /// An agent whose program ends at the third poll.
+/// # struct Scripted(u32);
+/// # impl Agent for Scripted {
+/// #     async fn execute<C: Command>(&mut self, _: &C) -> Result<C::Output, Error> {
+/// #         self.0 += 1;
+/// #         let reply = match self.0 {
+/// #             3 => r#"{"exited": true, "exitcode": 0, "out-data": "SGVsbG8=", "out-truncated": false}"#,
+/// #             _ => r#"{"exited": false}"#,
+/// #         };
+/// #         Ok(serde_json::from_str(reply).unwrap())
+/// #     }
+/// # }
+///
+/// # tokio_test::block_on(async {
+/// # let mut agent = Scripted(0);
+/// let finished = wait_for_exit(&mut agent, 1234, PollSchedule::default()).await?;
+/// assert_eq!(finished.polls, 3);
+/// assert_eq!(finished.status.exitcode, Some(0));
+/// assert_eq!(finished.status.out_data.as_deref(), Some(&b"Hello"[..]));
+/// # Ok::<(), Error>(())
+/// # }).unwrap();
+/// ```
 #[derive(Debug, Clone)]
 pub struct Finished {
     /// The last `guest-exec-status` reply, with `exited: true`.

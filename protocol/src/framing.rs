@@ -3,6 +3,19 @@
 //! Both QGA and QMP send one JSON object per line. The peer is untrusted, so
 //! the reader never holds more than one reply's worth of bytes (plus one read
 //! chunk): a line longer than the bound is reported and then skipped.
+//!
+//! ```
+//! use virtomate_protocol::framing::{ReplyReader, DEFAULT_MAX_REPLY_LEN};
+//!
+//! # tokio_test::block_on(async {
+//! // What a fresh connection reads: a stale parse error, then the sync reply.
+//! let stream: &[u8] = b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\n\xff{\"return\": 1234}\n";
+//! let mut reader = ReplyReader::new(stream, DEFAULT_MAX_REPLY_LEN);
+//! reader.skip_past_sentinel().await?;
+//! assert_eq!(reader.read_reply().await?, b"{\"return\": 1234}");
+//! # Ok::<(), virtomate_protocol::Error>(())
+//! # }).unwrap();
+//! ```
 
 use memchr::memchr;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -10,10 +23,27 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::{Direction, Error, Trace};
 
 /// Byte the agent sends right before the reply to `guest-sync-delimited`.
+///
+/// It never occurs in JSON text, which is UTF-8, so it marks a point in
+/// the stream whatever came before.
+///
+/// ```
+/// use virtomate_protocol::framing::SENTINEL;
+///
+/// assert_eq!(SENTINEL, 0xFF);
+/// assert!(std::str::from_utf8(&[SENTINEL]).is_err());
+/// ```
 pub const SENTINEL: u8 = 0xFF;
 
 /// Default bound on one reply: two 16 MiB program outputs in Base64
 /// (2 × 22.4 MB) plus room for the JSON around them.
+///
+/// ```
+/// use virtomate_protocol::framing::DEFAULT_MAX_REPLY_LEN;
+///
+/// let capped_output = (16usize << 20).div_ceil(3) * 4;
+/// assert!(2 * capped_output < DEFAULT_MAX_REPLY_LEN);
+/// ```
 pub const DEFAULT_MAX_REPLY_LEN: usize = 48 << 20;
 
 const READ_CHUNK: usize = 64 << 10;
@@ -47,6 +77,19 @@ pub struct ReplyReader<R> {
 impl<R: AsyncRead + Unpin> ReplyReader<R> {
     /// Wraps `inner`; replies longer than `max_len` bytes are refused with
     /// [`Error::ReplyTooLong`].
+    ///
+    /// ```
+    /// use virtomate_protocol::framing::ReplyReader;
+    /// use virtomate_protocol::Error;
+    ///
+    /// # tokio_test::block_on(async {
+    /// let stream: &[u8] = b"{\"return\": \"far too long\"}\n{\"return\": {}}\n";
+    /// let mut reader = ReplyReader::new(stream, 16);
+    /// assert!(matches!(reader.read_reply().await, Err(Error::ReplyTooLong { limit: 16 })));
+    /// assert_eq!(reader.read_reply().await?, b"{\"return\": {}}");
+    /// # Ok::<(), Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn new(inner: R, max_len: usize) -> Self {
         ReplyReader {
             inner,
@@ -59,16 +102,54 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
     }
 
     /// Shows every chunk read to `trace` as it arrives.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use virtomate_protocol::framing::ReplyReader;
+    /// use virtomate_protocol::Trace;
+    ///
+    /// # tokio_test::block_on(async {
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let sink = seen.clone();
+    /// let mut reader = ReplyReader::new(&b"\xff{\"return\": 1}\n"[..], 1024);
+    /// reader.set_trace(Some(Trace::new(move |_, bytes| sink.lock().unwrap().extend_from_slice(bytes))));
+    /// reader.skip_past_sentinel().await?;
+    /// // The trace sees the bytes as received, sentinel and newline included.
+    /// assert_eq!(*seen.lock().unwrap(), b"\xff{\"return\": 1}\n");
+    /// # Ok::<(), virtomate_protocol::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub fn set_trace(&mut self, trace: Option<Trace>) {
         self.trace = trace;
     }
 
     /// The wrapped stream, for writing requests between reads.
+    ///
+    /// ```
+    /// use tokio::io::AsyncWriteExt;
+    /// use virtomate_protocol::framing::ReplyReader;
+    ///
+    /// # tokio_test::block_on(async {
+    /// let (ours, mut agent) = tokio::io::duplex(1024);
+    /// let mut reader = ReplyReader::new(ours, 1024);
+    /// reader.get_mut().write_all(b"{\"execute\": \"guest-ping\"}\n").await?;
+    /// agent.write_all(b"{\"return\": {}}\n").await?; // the agent's answer
+    /// assert_eq!(reader.read_reply().await?, b"{\"return\": {}}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
     pub fn get_mut(&mut self) -> &mut R {
         &mut self.inner
     }
 
     /// The bound on one reply, in bytes.
+    ///
+    /// ```
+    /// use virtomate_protocol::framing::{ReplyReader, DEFAULT_MAX_REPLY_LEN};
+    ///
+    /// let reader = ReplyReader::new(tokio::io::empty(), DEFAULT_MAX_REPLY_LEN);
+    /// assert_eq!(reader.max_len(), DEFAULT_MAX_REPLY_LEN);
+    /// ```
     pub fn max_len(&self) -> usize {
         self.max_len
     }
@@ -78,6 +159,19 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
     ///
     /// A line longer than the bound yields [`Error::ReplyTooLong`] once;
     /// the next call returns the line after it.
+    ///
+    /// ```
+    /// use virtomate_protocol::framing::ReplyReader;
+    /// use virtomate_protocol::Error;
+    ///
+    /// # tokio_test::block_on(async {
+    /// // A QMP reply ends with "\r\n"; a closed stream ends the replies.
+    /// let mut reader = ReplyReader::new(&b"{\"return\": {}}\r\n"[..], 1024);
+    /// assert_eq!(reader.read_reply().await?, b"{\"return\": {}}");
+    /// assert!(matches!(reader.read_reply().await, Err(Error::Disconnected)));
+    /// # Ok::<(), Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn read_reply(&mut self) -> Result<Vec<u8>, Error> {
         loop {
             if let Some(pos) = memchr(b'\n', &self.buf[self.scanned..]) {
@@ -100,7 +194,9 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
             }
             self.scanned = self.buf.len();
             if self.buf.len() > self.max_len + 1 {
-                self.buf.clear();
+                // Let the memory go, not just the bytes: the next reply is
+                // likely short.
+                self.buf = Vec::new();
                 self.scanned = 0;
                 if !std::mem::replace(&mut self.discarding, true) {
                     return Err(Error::ReplyTooLong { limit: self.max_len });
@@ -114,6 +210,20 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
     ///
     /// Memory stays bounded by one read chunk however much arrives before
     /// the sentinel.
+    ///
+    /// ```
+    /// use virtomate_protocol::framing::ReplyReader;
+    ///
+    /// # tokio_test::block_on(async {
+    /// // A megabyte of leftovers, far beyond the bound on one reply.
+    /// let mut stream = vec![b'x'; 1 << 20];
+    /// stream.extend_from_slice(b"\xff{\"return\": 1234}\n");
+    /// let mut reader = ReplyReader::new(&stream[..], 64);
+    /// reader.skip_past_sentinel().await?;
+    /// assert_eq!(reader.read_reply().await?, b"{\"return\": 1234}");
+    /// # Ok::<(), virtomate_protocol::Error>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn skip_past_sentinel(&mut self) -> Result<(), Error> {
         loop {
             if let Some(pos) = memchr(SENTINEL, &self.buf) {

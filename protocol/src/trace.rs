@@ -4,6 +4,18 @@ use std::fmt;
 use std::sync::Arc;
 
 /// Which way bytes went.
+///
+/// ```
+/// use virtomate_protocol::Direction;
+///
+/// fn arrow(direction: Direction) -> &'static str {
+///     match direction {
+///         Direction::Sent => ">>",
+///         Direction::Received => "<<",
+///     }
+/// }
+/// assert_eq!(arrow(Direction::Received), "<<");
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// From us to the agent or QEMU.
@@ -32,11 +44,35 @@ type TraceFn = dyn Fn(Direction, &[u8]) + Send + Sync;
 
 impl Trace {
     /// Wraps a function called with every chunk of bytes.
+    ///
+    /// ```
+    /// use virtomate_protocol::{escape_bytes, ClientOptions, Trace};
+    ///
+    /// // What `--trace` does: every chunk on standard error, escaped.
+    /// let trace = Trace::new(|direction, bytes| eprintln!("{direction:?}: {}", escape_bytes(bytes)));
+    /// let options = ClientOptions { trace: Some(trace), ..ClientOptions::default() };
+    /// ```
     pub fn new(hook: impl Fn(Direction, &[u8]) + Send + Sync + 'static) -> Trace {
         Trace(Arc::new(hook))
     }
 
     /// Hands `bytes` to the hook.
+    ///
+    /// Clones share the hook, so one trace can watch several connections.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use virtomate_protocol::{Direction, Trace};
+    ///
+    /// let received = Arc::new(AtomicUsize::new(0));
+    /// let counter = received.clone();
+    /// let trace = Trace::new(move |_, bytes| {
+    ///     counter.fetch_add(bytes.len(), Ordering::Relaxed);
+    /// });
+    /// trace.clone().record(Direction::Received, b"{\"return\": {}}\n");
+    /// assert_eq!(received.load(Ordering::Relaxed), 15);
+    /// ```
     pub fn record(&self, direction: Direction, bytes: &[u8]) {
         (self.0)(direction, bytes)
     }

@@ -10,7 +10,10 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 use tokio::time::Instant;
 
-use super::{LibvirtClient, RemoteDomain, ERR_INTERNAL_ERROR};
+use super::{
+    LibvirtClient, RemoteDomain, AGENT_COMMAND_MAX, ERR_AGENT_COMMAND_FAILED, ERR_AGENT_COMMAND_TIMEOUT,
+    ERR_AGENT_UNRESPONSIVE, ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_OPERATION_INVALID,
+};
 use crate::qga::{parse_reply_to, request_line, Command, ReplyFor};
 use crate::{Agent, ClientOptions, Error};
 
@@ -38,6 +41,21 @@ pub struct LibvirtAgent<S = UnixStream> {
 impl LibvirtAgent<UnixStream> {
     /// Connects to libvirtd at `socket` (`uri` as libvirt clients name the
     /// daemon) and looks up the domain `name`.
+    ///
+    /// ```no_run
+    /// use std::path::Path;
+    /// use virtomate_protocol::libvirt::{LibvirtAgent, ERR_NO_DOMAIN};
+    /// use virtomate_protocol::{ClientOptions, Error};
+    ///
+    /// # async fn demo() -> Result<(), Error> {
+    /// let socket = Path::new("/run/libvirt/libvirt-sock");
+    /// match LibvirtAgent::connect(socket, "qemu:///system", "web1", &ClientOptions::default()).await {
+    ///     Ok(_agent) => println!("found web1"),
+    ///     Err(Error::Libvirt { code: ERR_NO_DOMAIN, .. }) => println!("libvirtd knows no domain web1"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(()) }
+    /// ```
     pub async fn connect(
         socket: &Path,
         uri: &str,
@@ -88,23 +106,76 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
     }
 
     /// Sends any command by name and returns its `return` value untyped.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut agent: virtomate_protocol::libvirt::LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
+    /// let os = agent.execute_json("guest-get-osinfo", None).await?;
+    /// println!("{}", os["pretty-name"]);
+    /// let status = agent.execute_json("guest-exec-status", Some(&serde_json::json!({"pid": 1234}))).await?;
+    /// println!("exited: {}", status["exited"]);
+    /// # Ok(()) }
+    /// ```
     pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
-        self.exchange(name, arguments).await
+        self.exchange(name, arguments, self.reply_timeout).await
+    }
+
+    /// Sends a command that does not reply on success (`guest-shutdown`,
+    /// `guest-suspend-*`), as [`QgaClient::execute_without_reply`]
+    /// does on a direct channel: libvirtd waits at most `grace` for an
+    /// error reply. libvirt passes such commands on like any other, so its
+    /// word that the agent went silent or away, or that the domain stopped,
+    /// is the success; an agent error reply is the failure. A `guest-ping`
+    /// goes first, as the handshake does on a direct channel, so that an
+    /// agent that was never there (which libvirt reports in the same words)
+    /// is no success.
+    ///
+    /// [`QgaClient::execute_without_reply`]: crate::QgaClient::execute_without_reply
+    ///
+    /// ```no_run
+    /// # async fn demo(mut agent: virtomate_protocol::libvirt::LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
+    /// agent.execute_without_reply("guest-shutdown", None, std::time::Duration::from_secs(2)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_without_reply(
+        &mut self,
+        name: &str,
+        arguments: Option<&Value>,
+        grace: Duration,
+    ) -> Result<(), Error> {
+        self.exchange::<Value>("guest-ping", None, self.reply_timeout)
+            .await?;
+        match self.exchange::<Value>(name, arguments, grace).await {
+            Ok(_) => Ok(()),
+            Err(Error::Libvirt {
+                code:
+                    ERR_AGENT_UNRESPONSIVE | ERR_AGENT_COMMAND_TIMEOUT | ERR_OPERATION_INVALID | ERR_NO_DOMAIN,
+                ..
+            }) => Ok(()),
+            Err(Error::Timeout { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 
     async fn exchange<T: DeserializeOwned>(
         &mut self,
         name: &str,
         arguments: Option<&Value>,
+        reply_timeout: Duration,
     ) -> Result<T, Error> {
         self.next_id += 1;
         let id = self.next_id;
         let mut request = request_line(name, arguments, id);
         request.pop(); // libvirt takes the JSON without its newline
         let request = String::from_utf8(request).expect("serde_json writes UTF-8");
+        if request.len() > AGENT_COMMAND_MAX {
+            return Err(Error::RequestTooLarge {
+                len: request.len(),
+                limit: AGENT_COMMAND_MAX,
+            });
+        }
         // libvirtd waits for the agent itself; leave it a second to answer.
-        let timeout_seconds = i32::try_from(self.reply_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
-        let deadline = Instant::now() + self.reply_timeout + Duration::from_secs(1);
+        let timeout_seconds = i32::try_from(reply_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
+        let deadline = Instant::now() + reply_timeout + Duration::from_secs(1);
         let reply = self
             .client
             .agent_command(&self.domain, &request, timeout_seconds, deadline)
@@ -122,17 +193,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
     }
 }
 
+/// The `class` of an agent error reply that came through libvirtd, which
+/// passes on only its description.
+///
+/// ```
+/// use virtomate_protocol::libvirt::CLASS_UNKNOWN_THROUGH_LIBVIRT;
+///
+/// assert_eq!(CLASS_UNKNOWN_THROUGH_LIBVIRT, "unknown (through libvirt)");
+/// ```
+pub const CLASS_UNKNOWN_THROUGH_LIBVIRT: &str = "unknown (through libvirt)";
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Agent for LibvirtAgent<S> {
     async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
         let arguments = serde_json::to_value(command).expect("commands always serialize");
-        self.exchange(C::NAME, Some(&arguments)).await
+        self.exchange(C::NAME, Some(&arguments), self.reply_timeout).await
     }
 }
 
-/// libvirt reports an agent's error reply as its own internal error,
+/// libvirt reports an agent's error reply as its own error (an internal
+/// error up to libvirt 9, `VIR_ERR_AGENT_COMMAND_FAILED` from 10),
 /// `unable to execute QEMU agent command 'NAME': DESC`: turned back into
 /// [`Error::Agent`], a program that cannot start reads the same whichever
-/// way the command went. (libvirt drops the error class.)
+/// way the command went. libvirt drops the error class: it becomes
+/// [`CLASS_UNKNOWN_THROUGH_LIBVIRT`].
 fn agent_error_of(error: Error) -> Error {
     const PREFIX: &str = "unable to execute QEMU agent command '";
     let Error::Libvirt { code, message, .. } = &error else {
@@ -143,11 +226,13 @@ fn agent_error_of(error: Error) -> Error {
         .map(|at| &message[at + PREFIX.len()..])
         .and_then(|rest| rest.split_once("': "));
     match parsed {
-        Some((command, desc)) if *code == ERR_INTERNAL_ERROR => Error::Agent {
-            command: command.to_owned(),
-            class: "unknown (through libvirt)".to_owned(),
-            desc: desc.to_owned(),
-        },
+        Some((command, desc)) if matches!(*code, ERR_INTERNAL_ERROR | ERR_AGENT_COMMAND_FAILED) => {
+            Error::Agent {
+                command: command.to_owned(),
+                class: CLASS_UNKNOWN_THROUGH_LIBVIRT.to_owned(),
+                desc: desc.to_owned(),
+            }
+        }
         _ => error,
     }
 }

@@ -285,8 +285,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// the domain does not run, or the agent answers with an error.
     ///
     /// A command longer than [`STRING_MAX`] is refused before
-    /// sending ([`Error::RequestTooLarge`]). Replies are bounded by libvirt:
-    /// see [`AGENT_RESPONSE_MAX`](super::AGENT_RESPONSE_MAX).
+    /// sending ([`Error::RequestTooLarge`]); libvirt 9.0 stalls on any over
+    /// [`AGENT_COMMAND_MAX`](super::AGENT_COMMAND_MAX), which
+    /// [`LibvirtAgent`](super::LibvirtAgent) refuses. Replies are bounded
+    /// by libvirt: see [`AGENT_RESPONSE_MAX`](super::AGENT_RESPONSE_MAX).
     ///
     /// ```no_run
     /// use std::time::Duration;

@@ -53,7 +53,7 @@ mod remote;
 mod tests;
 pub mod xdr;
 
-pub use agent::LibvirtAgent;
+pub use agent::{LibvirtAgent, CLASS_UNKNOWN_THROUGH_LIBVIRT};
 pub use client::LibvirtClient;
 pub use monitor::LibvirtMonitor;
 pub use remote::{parse_uuid, RemoteDomain};
@@ -178,3 +178,40 @@ pub const ERR_OPERATION_INVALID: i32 = 55;
 /// assert_eq!(virtomate_protocol::libvirt::ERR_AGENT_UNRESPONSIVE, 86);
 /// ```
 pub const ERR_AGENT_UNRESPONSIVE: i32 = 86;
+
+/// libvirt error code: the guest agent did not answer a command within
+/// its timeout (`VIR_ERR_AGENT_COMMAND_TIMEOUT`, libvirt 10 and later;
+/// older releases report [`ERR_AGENT_UNRESPONSIVE`]).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::ERR_AGENT_COMMAND_TIMEOUT, 112);
+/// ```
+pub const ERR_AGENT_COMMAND_TIMEOUT: i32 = 112;
+
+/// libvirt error code: the guest agent answered with an error
+/// (`VIR_ERR_AGENT_COMMAND_FAILED`, libvirt 10 and later; older releases
+/// report [`ERR_INTERNAL_ERROR`]).
+///
+/// ```
+/// assert_eq!(virtomate_protocol::libvirt::ERR_AGENT_COMMAND_FAILED, 113);
+/// ```
+pub const ERR_AGENT_COMMAND_FAILED: i32 = 113;
+
+/// The longest agent command this crate passes to libvirtd: 192 KiB.
+///
+/// libvirt 9.0 stalls on longer ones: it writes what fits into the agent
+/// socket's buffer (212992 bytes by default) and never the rest, so the
+/// command times out ("Guest agent not available for now") and the next
+/// command on the channel fails too. `virsh qemu-agent-command` fails
+/// alike; here, commands of 218 KB went through and commands of 224 KB
+/// stalled. [`LibvirtAgent`] refuses longer commands before sending
+/// ([`Error::RequestTooLarge`](crate::Error::RequestTooLarge)): for big
+/// `guest-exec` input, use an agent channel of the domain's own.
+///
+/// ```
+/// use virtomate_protocol::libvirt::AGENT_COMMAND_MAX;
+///
+/// // About 144 KiB of program input, once in Base64.
+/// assert_eq!(AGENT_COMMAND_MAX / 4 * 3, 147456);
+/// ```
+pub const AGENT_COMMAND_MAX: usize = 192 << 10;

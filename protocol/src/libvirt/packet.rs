@@ -5,6 +5,18 @@
 //! reader allocate gigabytes; [`PacketReader`] refuses any length above its
 //! bound before it reads (or allocates) a byte of the message, and grows its
 //! buffer only as bytes arrive.
+//!
+//! ```
+//! use virtomate_protocol::libvirt::packet::{
+//!     encode, Header, HEADER_LEN, LEN_WORD, REMOTE_PROC_CONNECT_GET_LIB_VERSION, REMOTE_PROGRAM,
+//! };
+//!
+//! let bytes = encode(&Header::call(REMOTE_PROGRAM, REMOTE_PROC_CONNECT_GET_LIB_VERSION, 1), &[])?;
+//! assert_eq!(bytes.len(), LEN_WORD + HEADER_LEN);
+//! assert_eq!(bytes[..4], 28u32.to_be_bytes()); // the length counts itself
+//! assert_eq!(bytes[4..8], REMOTE_PROGRAM.to_be_bytes());
+//! # Ok::<(), virtomate_protocol::Error>(())
+//! ```
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 

@@ -7,6 +7,20 @@
 //! length is checked against the bytes that are left and against the limit
 //! the protocol declares for it before anything is allocated, so a broken
 //! or hostile peer gets an [`XdrError`], never a panic or a huge buffer.
+//!
+//! ```
+//! use virtomate_protocol::libvirt::xdr::{Decoder, Encoder};
+//!
+//! let mut encoder = Encoder::new();
+//! encoder.string("web", 256)?;
+//! encoder.u32(7);
+//! let bytes = encoder.into_bytes();
+//! assert_eq!(bytes, [0, 0, 0, 3, b'w', b'e', b'b', 0, 0, 0, 0, 7]);
+//! let mut decoder = Decoder::new(&bytes);
+//! assert_eq!((decoder.string(256)?, decoder.u32()?), ("web", 7));
+//! decoder.finish()?;
+//! # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
+//! ```
 
 /// Why bytes could not be decoded (or a value could not be encoded).
 ///

@@ -39,6 +39,13 @@ impl Command for GuestPing {
 }
 
 /// An empty `return` object, as `guest-ping` sends.
+///
+/// ```
+/// use virtomate_protocol::qga::Empty;
+///
+/// let pong: Empty = serde_json::from_str("{}").unwrap();
+/// assert_eq!(pong, Empty {});
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Empty {}
 
@@ -61,6 +68,18 @@ impl Command for GuestInfo {
 }
 
 /// The `return` of `guest-info`.
+///
+/// ```
+/// use virtomate_protocol::qga::GuestInfoReply;
+///
+/// let info: GuestInfoReply = serde_json::from_str(
+///     r#"{"version": "7.2.22", "supported_commands": [
+///         {"name": "guest-exec", "enabled": true, "success-response": true},
+///         {"name": "guest-exec-status", "enabled": true, "success-response": true}]}"#,
+/// ).unwrap();
+/// let can_run = |name: &str| info.supported_commands.iter().any(|c| c.name == name && c.enabled);
+/// assert!(can_run("guest-exec") && can_run("guest-exec-status"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct GuestInfoReply {
     /// The agent's version, e.g. `7.2.22`.
@@ -70,6 +89,16 @@ pub struct GuestInfoReply {
 }
 
 /// One entry of [`GuestInfoReply::supported_commands`].
+///
+/// ```
+/// use virtomate_protocol::qga::CommandInfo;
+///
+/// let shutdown: CommandInfo = serde_json::from_str(
+///     r#"{"name": "guest-shutdown", "enabled": true, "success-response": false}"#,
+/// ).unwrap();
+/// // No reply on success: send it with `QgaClient::execute_without_reply`.
+/// assert!(!shutdown.success_response);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct CommandInfo {
     /// The command's name.
@@ -110,6 +139,15 @@ pub struct GuestExec {
 
 impl GuestExec {
     /// A program with arguments whose output is captured.
+    ///
+    /// ```
+    /// use virtomate_protocol::qga::GuestExec;
+    ///
+    /// let mut exec = GuestExec::new("ls", ["-l", "/tmp"]);
+    /// assert!(exec.capture_output);
+    /// // `env` replaces the whole environment, so PATH must come along.
+    /// exec.env = Some(vec!["PATH=/usr/bin:/bin".into(), "LC_ALL=C".into()]);
+    /// ```
     pub fn new<I, A>(path: impl Into<String>, args: I) -> Self
     where
         I: IntoIterator<Item = A>,
@@ -125,9 +163,38 @@ impl GuestExec {
     }
 
     /// Feeds `input` to the program's standard input.
+    ///
+    /// ```
+    /// use virtomate_protocol::qga::GuestExec;
+    ///
+    /// // The agent closes standard input after it: `tee` sees the end and exits.
+    /// let exec = GuestExec::new("tee", ["/tmp/greeting"]).with_input(b"Hello".to_vec());
+    /// assert_eq!(exec.input_data.as_deref(), Some(&b"Hello"[..]));
+    /// ```
     pub fn with_input(mut self, input: Vec<u8>) -> Self {
         self.input_data = Some(input);
         self
+    }
+}
+
+impl GuestExec {
+    /// The length of the request line that [`QgaClient::guest_exec`]
+    /// sends for it, at most (request ids vary in length): to check input
+    /// against [`MAX_REQUEST_LEN`] before connecting.
+    ///
+    /// [`QgaClient::guest_exec`]: crate::QgaClient::guest_exec
+    /// [`MAX_REQUEST_LEN`]: crate::MAX_REQUEST_LEN
+    ///
+    /// ```
+    /// use virtomate_protocol::qga::GuestExec;
+    ///
+    /// let exec = GuestExec::new("wc", ["-c"]).with_input(vec![b'x'; 3 << 20]);
+    /// // The input goes as Base64: 4 bytes for every 3.
+    /// assert!(exec.request_len() > 4 << 20);
+    /// assert!(exec.request_len() < (4 << 20) + 200);
+    /// ```
+    pub fn request_len(&self) -> usize {
+        super::guest_exec_request(self, crate::client::LONGEST_ID).len()
     }
 }
 
@@ -137,6 +204,14 @@ impl Command for GuestExec {
 }
 
 /// The `return` of `guest-exec`.
+///
+/// ```
+/// use virtomate_protocol::qga::{ExecStarted, GuestExecStatus};
+///
+/// let started: ExecStarted = serde_json::from_str(r#"{"pid": 1234}"#).unwrap();
+/// let poll = GuestExecStatus { pid: started.pid };
+/// assert_eq!(serde_json::to_string(&poll).unwrap(), r#"{"pid":1234}"#);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct ExecStarted {
     /// The guest's pid of the started program.
@@ -167,6 +242,17 @@ impl Command for GuestExecStatus {
 }
 
 /// The `return` of `guest-exec-status`.
+///
+/// ```
+/// use virtomate_protocol::qga::ExecStatus;
+///
+/// // Killed by SIGKILL after writing nothing: no exit code, no `*-data`.
+/// let status: ExecStatus = serde_json::from_str(
+///     r#"{"exited": true, "signal": 9, "out-truncated": false, "err-truncated": false}"#,
+/// ).unwrap();
+/// assert_eq!((status.exitcode, status.signal), (None, Some(9)));
+/// assert_eq!(status.out_data, None);
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ExecStatus {

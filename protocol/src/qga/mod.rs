@@ -2,6 +2,16 @@
 //!
 //! Each command is a type whose fields are the command's arguments and
 //! whose [`Command::Output`] is the shape of its `return` value.
+//!
+//! ```
+//! use virtomate_protocol::qga::{Command, GuestExecStatus};
+//!
+//! let request = GuestExecStatus { pid: 1234 };
+//! assert_eq!(GuestExecStatus::NAME, "guest-exec-status");
+//! assert_eq!(serde_json::to_value(&request).unwrap(), serde_json::json!({"pid": 1234}));
+//! let reply: <GuestExecStatus as Command>::Output = serde_json::from_str(r#"{"exited": false}"#).unwrap();
+//! assert!(!reply.exited);
+//! ```
 
 mod base64_data;
 mod commands;

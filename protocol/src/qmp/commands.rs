@@ -43,6 +43,16 @@ impl Command for QueryChardev {
 }
 
 /// One entry of the `return` of `query-chardev`.
+///
+/// ```
+/// use virtomate_protocol::qmp::ChardevInfo;
+///
+/// let qga: ChardevInfo = serde_json::from_str(
+///     r#"{"frontend-open": true, "filename": "disconnected:unix:/tmp/vm/qga.sock,server=on", "label": "qga0"}"#,
+/// ).unwrap();
+/// // The agent runs in the guest and no host client holds the socket: free to connect.
+/// assert!(qga.frontend_open && qga.filename.starts_with("disconnected:"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ChardevInfo {
     /// The `id` given to `-chardev`, e.g. `qga0`.
@@ -75,6 +85,16 @@ impl Command for QueryStatus {
 }
 
 /// The `return` of `query-status`.
+///
+/// ```
+/// use virtomate_protocol::qmp::StatusInfo;
+///
+/// // QEMU 7.2 also sends `singlestep`, which is not kept.
+/// let status: StatusInfo = serde_json::from_str(
+///     r#"{"status": "running", "singlestep": false, "running": true}"#,
+/// ).unwrap();
+/// assert_eq!(status, StatusInfo { status: "running".into(), running: true });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct StatusInfo {
     /// The run state, e.g. `running`, `paused`, `shutdown`, `inmigrate`.
@@ -102,6 +122,17 @@ impl Command for QueryVersion {
 }
 
 /// The `return` of `query-version`, and the version in the [`Greeting`](super::Greeting).
+///
+/// ```
+/// use virtomate_protocol::qmp::{QemuVersion, VersionInfo};
+///
+/// // A QEMU built from source, not by a distribution.
+/// let info: VersionInfo = serde_json::from_str(
+///     r#"{"qemu": {"micro": 0, "minor": 1, "major": 8}, "package": ""}"#,
+/// ).unwrap();
+/// assert!(info.package.is_empty());
+/// assert!(info.qemu >= QemuVersion { major: 8, minor: 1, micro: 0 });
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct VersionInfo {
     /// The upstream version.

@@ -10,10 +10,22 @@ use crate::Error;
 
 /// The most events a [`QmpClient`](crate::QmpClient) keeps; older ones are
 /// dropped first.
+///
+/// ```
+/// assert_eq!(virtomate_protocol::qmp::MAX_STORED_EVENTS, 1000);
+/// ```
 pub const MAX_STORED_EVENTS: usize = 1000;
 
 /// The most bytes (as received) of events a [`QmpClient`](crate::QmpClient)
 /// keeps: a count alone would allow a thousand replies' worth of memory.
+///
+/// ```
+/// use virtomate_protocol::qmp::{MAX_STORED_EVENTS, MAX_STORED_EVENT_BYTES};
+///
+/// // For ordinary events such as STOP, the count is the bound that strikes.
+/// let stop = r#"{"timestamp": {"seconds": 1700000000, "microseconds": 29816}, "event": "STOP"}"#;
+/// assert!(MAX_STORED_EVENTS * stop.len() < MAX_STORED_EVENT_BYTES);
+/// ```
 pub const MAX_STORED_EVENT_BYTES: usize = 16 << 20;
 
 /// Something that happened in QEMU, e.g. `STOP`, `RESUME` or `SHUTDOWN`.
