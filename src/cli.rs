@@ -131,10 +131,17 @@ pub struct GuestRunArgs {
     pub arguments: Vec<String>,
 }
 
+/// The longest time any option takes: deadlines are computed from it, and
+/// beyond this they would overflow the clock.
+const MAX_SECONDS: f64 = 1e9;
+
 fn seconds(text: &str) -> Result<Duration, String> {
     let value: f64 = text
         .parse()
         .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if value > MAX_SECONDS {
+        return Err(format!("'{text}' is too long; at most {MAX_SECONDS} seconds"));
+    }
     Duration::try_from_secs_f64(value).map_err(|_| format!("'{text}' is not a usable number of seconds"))
 }
 
@@ -179,11 +186,9 @@ mod tests {
     #[test]
     fn missing_program_is_a_usage_error() {
         assert_eq!(parse(&["guest-run", "dom"]).unwrap_err().exit_code(), 2);
-        assert_eq!(
-            parse(&["--timeout", "x", "guest-run", "d", "p"])
-                .unwrap_err()
-                .exit_code(),
-            2
-        );
+        for bad in ["x", "-1", "1e19", "inf", "NaN"] {
+            let line = ["--timeout", bad, "guest-run", "d", "p"];
+            assert_eq!(parse(&line).unwrap_err().exit_code(), 2, "{bad}");
+        }
     }
 }

@@ -43,8 +43,12 @@ pub enum CliError {
         qmp: bool,
     },
 
-    #[error("the agent on {} sent a reply that violates the protocol: {reason}", path.display())]
-    Protocol { path: PathBuf, reason: String },
+    #[error("{peer} on {} sent a reply that violates the protocol: {reason}", path.display())]
+    Protocol {
+        path: PathBuf,
+        reason: String,
+        peer: Peer,
+    },
 
     #[error("{stream} of the program is not valid UTF-8; run again with --encode to get it as Base64")]
     Encoding { stream: &'static str },
@@ -52,10 +56,8 @@ pub enum CliError {
     #[error("standard input is too large for the agent: {0}")]
     InputTooLarge(String),
 
-    #[error(
-        "interrupted while waiting for the program (guest pid {pid}); it may still be running in the guest"
-    )]
-    Interrupted { pid: i64 },
+    #[error("{0}")]
+    Interrupted(Interruption),
 
     /// libvirtd refused a call made on our behalf (its own message).
     #[error("{0}")]
@@ -84,7 +86,7 @@ impl CliError {
             CliError::Protocol { .. } => "ProtocolError",
             CliError::Encoding { .. } => "EncodingError",
             CliError::InputTooLarge(_) => "InputTooLarge",
-            CliError::Interrupted { .. } => "Interrupted",
+            CliError::Interrupted(_) => "Interrupted",
             CliError::Libvirt(_) => "libvirtError",
             CliError::Io(_) => "IoError",
             CliError::NoAnswer(inner) => inner.kind(),
@@ -116,12 +118,7 @@ impl CliError {
                 class: Some(class),
                 qmp: peer == Peer::Qmp,
             },
-            AgentError::Timeout { after, .. } if peer == Peer::Qmp => CliError::AgentTimeout(format!(
-                "QEMU's monitor on {} did not answer within {} s; QEMU serves one QMP client at a time: check that no other client (libvirtd, a management tool) holds it",
-                socket.display(),
-                after.as_secs_f64()
-            )),
-            other => CliError::from_agent(other, socket),
+            other => CliError::from_peer(other, socket, peer),
         }
     }
 
@@ -149,25 +146,42 @@ impl CliError {
             AgentError::Disconnected => CliError::AgentDisconnected(format!(
                 "libvirtd closed the connection on {shown}; it may have restarted, or the domain stopped"
             )),
-            AgentError::Libvirt { code: 1 | 38 | 39, message, .. }
-                if peer == Peer::Qmp && (message.contains("bytes") || message.contains("payload")) =>
-            {
-                CliError::Libvirt(format!(
-                    "{message}; libvirt limits RPC strings to 4 MiB: ask QEMU for less at a time"
-                ))
-            }
+            AgentError::RequestTooLarge { len, limit } => CliError::InputTooLarge(format!(
+                "the request would be {len} bytes (the input in Base64 included), and through libvirtd, which holds the agent channel, one request is at most {} KiB (a little under {} KiB of input): libvirt stalls on longer agent commands; nothing was sent; give the domain a second agent channel to pass up to 48 MiB (see README)",
+                limit >> 10,
+                (limit >> 10) * 3 / 4
+            )),
+            AgentError::Libvirt { code, message, .. } => CliError::Libvirt(libvirt_advice(code, message, peer)),
             refusal @ AgentError::Agent { .. } if peer == Peer::Qmp => CliError::from_raw(refusal, socket, peer),
-            other => CliError::from_agent(other, socket),
+            other => CliError::from_peer(other, socket, peer),
         }
     }
 
     /// Puts an agent-side failure in terms of the socket it happened on.
     pub fn from_agent(error: AgentError, socket: &std::path::Path) -> CliError {
-        let path = socket.to_owned();
+        CliError::from_peer(error, socket, Peer::Agent)
+    }
+
+    /// A failure on the socket of `peer` itself, the agent's or QEMU's
+    /// monitor's.
+    fn from_peer(error: AgentError, socket: &std::path::Path, peer: Peer) -> CliError {
         let shown = socket.display();
-        match error {
-            AgentError::Connect { source, .. } => CliError::AgentUnavailable(connect_advice(socket, &source)),
-            AgentError::Timeout { phase, after } => CliError::AgentTimeout(match phase {
+        match (error, peer) {
+            (AgentError::Connect { source, .. }, Peer::Qmp) => CliError::AgentUnavailable(format!(
+                "cannot connect to QEMU's monitor socket {shown}: {source}; check the path, or the -qmp/-mon option QEMU was started with"
+            )),
+            (AgentError::Timeout { after, .. }, Peer::Qmp) => CliError::AgentTimeout(format!(
+                "QEMU's monitor on {shown} did not answer within {} s; QEMU serves one QMP client at a time: check that no other client (libvirtd, a management tool) holds it",
+                after.as_secs_f64()
+            )),
+            (AgentError::Disconnected, Peer::Qmp) => CliError::AgentDisconnected(format!(
+                "QEMU's monitor on {shown} closed the connection; QEMU may have exited"
+            )),
+            (error, Peer::Qmp) => CliError::from_either(error, socket, peer),
+            (AgentError::Connect { source, .. }, Peer::Agent) => {
+                CliError::AgentUnavailable(connect_advice(socket, &source))
+            }
+            (AgentError::Timeout { phase, after }, Peer::Agent) => CliError::AgentTimeout(match phase {
                 Phase::Connecting | Phase::Handshake => format!(
                     "the agent on {shown} did not answer within {} s; check that the QEMU Guest Agent runs in the guest and that no other client (libvirtd, another virtomate) holds the channel; raise --timeout if the guest is just slow",
                     after.as_secs_f64()
@@ -181,38 +195,71 @@ impl CliError {
                     after.as_secs_f64()
                 ),
             }),
-            AgentError::Disconnected => CliError::AgentDisconnected(format!(
+            (AgentError::Disconnected, Peer::Agent) => CliError::AgentDisconnected(format!(
                 "the agent on {shown} closed the connection; the VM may have stopped or its agent restarted"
             )),
+            (error, Peer::Agent) => CliError::from_either(error, socket, peer),
+        }
+    }
+
+    /// What reads the same whether the agent or QEMU's monitor caused it.
+    fn from_either(error: AgentError, socket: &std::path::Path, peer: Peer) -> CliError {
+        let path = socket.to_owned();
+        let shown = socket.display();
+        match error {
             AgentError::Io(e) => CliError::AgentUnavailable(format!("I/O error on {shown}: {e}")),
             AgentError::ReplyTooLong { limit } => CliError::Protocol {
                 path,
                 reason: format!("a reply exceeded {limit} bytes"),
+                peer,
             },
             AgentError::Malformed { command, reason } => CliError::Protocol {
                 path,
                 reason: format!("{command}: {reason}"),
+                peer,
             },
             AgentError::RequestTooLarge { len, limit } => CliError::InputTooLarge(format!(
-                "with the input in Base64 the request would be {len} bytes; the agent takes at most {} MiB (about {} MiB of input); nothing was sent",
+                "with the input in Base64 the request would be {len} bytes; the agent takes at most {} MiB (a little under {} MiB of input); nothing was sent",
                 limit >> 20,
                 (limit >> 20) / 4 * 3
             )),
-            AgentError::Libvirt { code, message, .. } => CliError::Libvirt(match code {
-                // VIR_ERR_INTERNAL_ERROR for a reply over libvirt's cap, RPC
-                // errors for a string over its RPC limit.
-                1 | 38 | 39 if message.contains("bytes") || message.contains("payload") => format!(
-                    "{message}; libvirt limits agent replies to 10 MiB and RPC strings to 4 MiB (Base64 included): give the domain a second agent channel to go around libvirt (see README)"
-                ),
-                _ => message,
-            }),
+            AgentError::Libvirt { code, message, .. } => CliError::Libvirt(libvirt_advice(code, message, peer)),
             AgentError::Agent { command, desc, .. } => CliError::AgentCommand {
                 command,
                 desc,
                 class: None,
-                qmp: false,
+                qmp: peer == Peer::Qmp,
             },
+            // Each peer words these in from_peer.
+            AgentError::Connect { .. } | AgentError::Timeout { .. } | AgentError::Disconnected => {
+                CliError::from_peer(error, socket, peer)
+            }
         }
+    }
+}
+
+/// libvirt's message, and for the failures its size limits cause, which
+/// limit it was and what to do about it.
+fn libvirt_advice(code: i32, message: String, peer: Peer) -> String {
+    use virtomate_protocol::libvirt::{AGENT_RESPONSE_MAX, ERR_INTERNAL_ERROR, ERR_RPC, STRING_MAX};
+    // VIR_ERR_SYSTEM_ERROR, for "No complete agent response found in N bytes".
+    const ERR_SYSTEM_ERROR: i32 = 38;
+    let reply_over_cap = message.contains("No complete agent response");
+    let string_over_cap = message.contains("payload");
+    match (code, peer) {
+        (ERR_INTERNAL_ERROR | ERR_SYSTEM_ERROR | ERR_RPC, Peer::Agent) if reply_over_cap => format!(
+            "{message}; libvirt refuses agent replies over {} MiB, and now takes this domain's agent for broken until the domain restarts; give the domain a second agent channel to go around libvirt (see README)",
+            AGENT_RESPONSE_MAX >> 20
+        ),
+        (ERR_INTERNAL_ERROR | ERR_SYSTEM_ERROR | ERR_RPC, Peer::Agent) if string_over_cap => format!(
+            "{message}; libvirt's RPC carries strings of at most {} MiB, and the agent's reply (the program's output in Base64, for guest-run) was longer, so libvirtd dropped it; give the domain a second agent channel to go around libvirt (see README)",
+            STRING_MAX >> 20
+        ),
+        (ERR_INTERNAL_ERROR | ERR_SYSTEM_ERROR | ERR_RPC, Peer::Qmp) if string_over_cap => format!(
+            "{message}; libvirt's RPC carries strings of at most {} MiB: ask QEMU for less at a time",
+            STRING_MAX >> 20
+        ),
+        _ => message,
     }
 }
 
@@ -235,11 +282,49 @@ fn connect_advice(path: &std::path::Path, source: &std::io::Error) -> String {
     format!("cannot connect to the agent socket {shown}: {source}; {hint}")
 }
 
+/// What `guest-run` was doing when SIGINT or SIGTERM ended it: what the
+/// user may have to clean up in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interruption {
+    /// Nothing was sent to start the program.
+    Connecting,
+    /// The request was (perhaps partly) sent, its reply not yet read.
+    Starting,
+    /// The program runs in the guest as `pid`.
+    Running { pid: i64 },
+}
+
+impl std::fmt::Display for Interruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Interruption::Connecting => {
+                f.write_str("interrupted while connecting to the agent; nothing was started in the guest")
+            }
+            Interruption::Starting => f.write_str(
+                "interrupted while the agent was starting the program; it may have started in the guest, under a pid the agent did not tell",
+            ),
+            Interruption::Running { pid } => write!(
+                f,
+                "interrupted while waiting for the program (guest pid {pid}); it may still be running in the guest"
+            ),
+        }
+    }
+}
+
 /// Who is at the other end of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Peer {
     Agent,
     Qmp,
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Peer::Agent => "the agent",
+            Peer::Qmp => "QEMU's monitor",
+        })
+    }
 }
 
 /// The JSON form of an error: `{"message": ..., "type": ...}`.
@@ -332,5 +417,86 @@ mod tests {
             error.to_string().starts_with("unable to execute QMP command"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn input_over_libvirts_string_limit_names_libvirtd_and_the_way_around() {
+        let too_big = AgentError::RequestTooLarge {
+            len: 5 << 20,
+            limit: virtomate_protocol::libvirt::AGENT_COMMAND_MAX,
+        };
+        let (kind, message) = through_libvirtd(too_big, Peer::Agent);
+        assert_eq!(kind, "InputTooLarge");
+        assert!(message.contains("through libvirtd"), "{message}");
+        assert!(message.contains("at most 192 KiB"), "{message}");
+        assert!(message.contains("second agent channel"), "{message}");
+    }
+
+    #[test]
+    fn each_of_libvirts_size_limits_is_named() {
+        let error = |code, message: &str| AgentError::Libvirt {
+            code,
+            domain: 10,
+            message: message.to_owned(),
+        };
+        let (_, message) = through_libvirtd(
+            error(38, "No complete agent response found in 10485760 bytes"),
+            Peer::Agent,
+        );
+        assert!(message.contains("over 10 MiB"), "{message}");
+        assert!(message.contains("until the domain restarts"), "{message}");
+        let (_, message) = through_libvirtd(error(39, "Unable to encode message payload"), Peer::Agent);
+        assert!(message.contains("at most 4 MiB"), "{message}");
+        assert!(!message.contains("10 MiB"), "{message}");
+        // Anything else is libvirt's own word.
+        let (kind, message) = through_libvirtd(error(42, "Domain not found"), Peer::Agent);
+        assert_eq!((kind, message.as_str()), ("libvirtError", "Domain not found"));
+    }
+
+    #[test]
+    fn qemus_monitor_is_named_as_such() {
+        let socket = Path::new("/run/vm/qmp.sock");
+        let qmp = |error| CliError::from_raw(error, socket, Peer::Qmp);
+        let error = qmp(AgentError::Disconnected);
+        assert_eq!(error.kind(), "AgentDisconnected");
+        assert!(
+            error
+                .to_string()
+                .starts_with("QEMU's monitor on /run/vm/qmp.sock closed"),
+            "{error}"
+        );
+        let error = qmp(AgentError::Malformed {
+            command: "query-status".into(),
+            reason: "missing field `status`".into(),
+        });
+        assert_eq!(error.kind(), "ProtocolError");
+        assert!(
+            error
+                .to_string()
+                .starts_with("QEMU's monitor on /run/vm/qmp.sock sent"),
+            "{error}"
+        );
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = qmp(AgentError::Connect {
+            path: socket.into(),
+            source: refused,
+        });
+        assert_eq!(error.kind(), "AgentUnavailable");
+        assert!(error.to_string().contains("-qmp/-mon option"), "{error}");
+        let error = CliError::from_agent(AgentError::Disconnected, Path::new("/run/vm/qga.sock"));
+        assert!(
+            error
+                .to_string()
+                .starts_with("the agent on /run/vm/qga.sock closed"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_interruption_says_what_may_be_left_in_the_guest() {
+        let message = |stage| CliError::Interrupted(stage).to_string();
+        assert!(message(Interruption::Connecting).contains("nothing was started"));
+        assert!(message(Interruption::Starting).contains("may have started"));
+        assert!(message(Interruption::Running { pid: 77 }).contains("guest pid 77"));
     }
 }

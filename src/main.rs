@@ -57,33 +57,34 @@ fn main() -> ExitCode {
             } => commands::qmp::run(&domain, &request, events, &context).await,
         }
     });
+    // A diagnosis with a failed step exits 1 however its printing went.
+    let mut success = ExitCode::SUCCESS;
     let printed = match answer {
         Ok(Answer::Run(result)) => output::print_json(&result, cli.pretty),
         Ok(Answer::Json(json)) => output::print_json(&json, cli.pretty),
         Ok(Answer::Nothing) => Ok(()),
         Ok(Answer::Report(report)) => {
-            let printed = if std::io::stdout().is_terminal() {
+            if !report.ok() {
+                success = ExitCode::FAILURE;
+            }
+            if std::io::stdout().is_terminal() {
                 std::io::stdout().write_all(report.to_text().as_bytes())
             } else {
                 output::print_json(&report, cli.pretty)
-            };
-            if printed.is_ok() && !report.ok() {
-                return ExitCode::FAILURE;
             }
-            printed
         }
         Err(error) => return report(&error, cli.pretty),
     };
     match printed {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => success,
         // Like ripgrep: a reader that went away (`| head -c1`) is not an error.
-        Err(e) if e.kind() == ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) if e.kind() == ErrorKind::BrokenPipe => success,
         Err(e) => report(&CliError::Io(format!("cannot write the result: {e}")), cli.pretty),
     }
 }
 
 fn report(error: &CliError, pretty: bool) -> ExitCode {
-    tracing::info!("failed: {error}");
+    tracing::error!("{}: {error}", error.kind());
     if let CliError::Usage(message) = error {
         eprintln!("error: {message}\n\nFor more information, try '--help'.");
     } else if !error.is_silent() {
@@ -98,6 +99,8 @@ fn init_logging(level: LogLevel) {
         LogLevel::Debug => tracing::Level::DEBUG,
         LogLevel::Info => tracing::Level::INFO,
         LogLevel::Warning => tracing::Level::WARN,
+        // tracing has no level above error; virtomate has nothing critical
+        // that is not an error.
         LogLevel::Error | LogLevel::Critical => tracing::Level::ERROR,
     };
     tracing_subscriber::fmt()

@@ -248,6 +248,7 @@ async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) {
     let info = match agent.execute(&GuestInfo {}).await {
         Ok(info) => {
             d.pass("agent-version", format!("qemu-ga {}", info.version));
+            agent.close().await;
             info
         }
         Err(e) => {
@@ -293,10 +294,13 @@ fn how_found(found: &Domain) -> String {
 async fn guest_port_open(found: &Domain, channel: &Channel, context: &Context, d: &mut Diagnosis) {
     const NAME: &str = "guest-port-open";
     const ADVICE: &str = "nothing runs qemu-ga in the guest: install and start it (qemu-guest-agent package)";
-    let asked = match found.qmp_sockets.first() {
-        Some(qmp_socket) => ask_qemu(qmp_socket, &channel.path, context).await,
-        None => Err("no QMP socket known for this domain".to_owned()),
-    };
+    let mut asked = Err("no QMP socket known for this domain".to_owned());
+    for qmp_socket in &found.qmp_sockets {
+        asked = ask_qemu(qmp_socket, &channel.path, found.pid, context).await;
+        if asked.is_ok() {
+            break;
+        }
+    }
     let port = channel.port_name.as_deref().unwrap_or("agent channel");
     match (asked, channel.guest_connected) {
         (Ok(Some((label, true))), _) => d.pass(NAME, format!("the guest has opened port {label}")),
@@ -322,6 +326,7 @@ async fn guest_port_open(found: &Domain, channel: &Channel, context: &Context, d
 async fn ask_qemu(
     qmp_socket: &Path,
     path: &Path,
+    qemu_pid: Option<u32>,
     context: &Context,
 ) -> Result<Option<(String, bool)>, String> {
     let holders = socket_holders::holders(qmp_socket);
@@ -341,9 +346,88 @@ async fn ask_qemu(
         Err(e) => Err(e),
     };
     let chardevs = chardevs.map_err(|e| format!("QMP not usable: {e}"))?;
-    let wanted = path.to_string_lossy();
+    // QEMU shows a path as it was given; a relative one is QEMU's own.
+    let qemu_cwd = qemu_pid.map(|pid| Path::new("/proc").join(pid.to_string()).join("cwd"));
     Ok(chardevs
         .into_iter()
-        .find(|c| c.filename.contains(wanted.as_ref()))
+        .find(|c| {
+            chardev_socket_path(&c.filename).is_some_and(|shown| {
+                let shown = match &qemu_cwd {
+                    Some(cwd) if shown.is_relative() => cwd.join(shown),
+                    _ => shown.to_owned(),
+                };
+                same_socket(&shown, path)
+            })
+        })
         .map(|c| (c.label, c.frontend_open)))
+}
+
+/// The socket path in a chardev's `filename` as `query-chardev` shows it:
+/// `unix:PATH,server=on`, with `disconnected:` before it while no client
+/// is connected.
+fn chardev_socket_path(filename: &str) -> Option<&Path> {
+    let unix = filename.strip_prefix("disconnected:").unwrap_or(filename);
+    let path = unix.strip_prefix("unix:")?;
+    // `,server` before QEMU 6.0.
+    let path = path
+        .strip_suffix(",server=on")
+        .or(path.strip_suffix(",server"))
+        .unwrap_or(path);
+    Some(Path::new(path))
+}
+
+fn same_socket(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    if a == b {
+        return true;
+    }
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chardev_filenames_give_their_socket_path() {
+        let path = |filename| chardev_socket_path(filename).map(Path::to_path_buf);
+        assert_eq!(
+            path("unix:/tmp/vm/qga.sock,server=on"),
+            Some("/tmp/vm/qga.sock".into())
+        );
+        assert_eq!(
+            path("disconnected:unix:/tmp/vm/qga.sock,server=on"),
+            Some("/tmp/vm/qga.sock".into())
+        );
+        assert_eq!(path("unix:vm/qga.sock,server"), Some("vm/qga.sock".into()));
+        assert_eq!(path("pty:/dev/pts/3"), None);
+        // A longer path that starts the same is another socket.
+        assert!(!same_socket(
+            &path("unix:/tmp/vm/qga.sock.old,server=on").unwrap(),
+            Path::new("/tmp/vm/qga.sock")
+        ));
+    }
+
+    #[test]
+    fn the_table_shows_each_step_and_the_advice_for_a_failure() {
+        let mut d = Diagnosis {
+            steps: Vec::new(),
+            failed: false,
+        };
+        d.pass("domain", "socket path /run/qga.sock");
+        d.fail("handshake", "no answer within 5 s", "start qemu-ga in the guest");
+        d.skip("agent-version", "the handshake failed");
+        let report = d.report();
+        assert!(!report.ok());
+        assert_eq!(
+            report.to_text(),
+            "pass  domain           socket path /run/qga.sock\n\
+             FAIL  handshake        no answer within 5 s\n\
+             \x20                      -> start qemu-ga in the guest\n\
+             skip  agent-version    the handshake failed\n"
+        );
+    }
 }

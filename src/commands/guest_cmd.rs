@@ -62,6 +62,7 @@ pub async fn run(domain: &str, request: &Request, context: &Context) -> Result<A
         .execute_json(&request.name, request.arguments.as_ref(), without_reply)
         .await
         .map_err(|e| agent.raw_error(e))?;
+    agent.close().await;
     // Commands without reply succeed with `{}`, like guest-ping.
     Ok(Answer::Json(if ret.is_null() && without_reply.is_some() {
         Value::Object(Default::default())

@@ -27,8 +27,10 @@ pub async fn run(domain: &str, wait: Option<Duration>, context: &Context) -> Res
         // One long attempt covers an agent that starts late: QEMU hands our
         // request to the guest once the agent opens its port.
         let remaining = deadline.saturating_duration_since(Instant::now());
+        let remaining = remaining.max(Duration::from_millis(1));
         let attempt = ClientOptions {
-            handshake_timeout: remaining.max(Duration::from_millis(1)),
+            handshake_timeout: remaining,
+            reply_timeout: remaining.min(context.options.reply_timeout),
             ..context.options.clone()
         };
         match ping(domain, &context.scope, attempt).await {
@@ -45,6 +47,7 @@ pub async fn run(domain: &str, wait: Option<Duration>, context: &Context) -> Res
 async fn ping(domain: &str, scope: &Scope, options: ClientOptions) -> Result<Answer, CliError> {
     let mut agent = Agent::connect_with(domain, scope, options).await?;
     agent.execute(&GuestPing {}).await?;
+    agent.close().await;
     Ok(Answer::Nothing)
 }
 

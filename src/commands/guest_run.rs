@@ -5,13 +5,13 @@ use std::io::Read;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use virtomate_protocol::qga::{ExecStatus, GuestExec};
 use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::{Agent, Answer, Context};
 use crate::cli::GuestRunArgs;
-use crate::error::CliError;
+use crate::error::{CliError, Interruption};
 
 /// What the program did, as the specification's RunResult: keys in sorted
 /// order; a stream that produced no bytes is `null`.
@@ -25,7 +25,9 @@ pub struct RunResult {
     pub stdout_truncated: bool,
 }
 
-/// Base64 text of the largest input that still fits in one request.
+/// The most of standard input read: what one request can carry at best.
+/// The exact bound, which depends on the rest of the request, is checked
+/// once the input is read.
 const MAX_INPUT_LEN: usize = MAX_REQUEST_LEN / 4 * 3;
 
 pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliError> {
@@ -34,26 +36,57 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     let input = if args.stdin { Some(read_stdin()?) } else { None };
     let mut exec = GuestExec::new(args.program, args.arguments);
     exec.input_data = input;
+    if exec.request_len() > MAX_REQUEST_LEN {
+        return Err(input_too_large(exec.request_len()));
+    }
 
-    let mut agent = Agent::connect(&args.domain, context).await?;
-    let pid = agent.start(&exec).await?.pid;
+    let mut signals = Signals::install()?;
+    let mut agent = signals
+        .unless_interrupted(Interruption::Connecting, Agent::connect(&args.domain, context))
+        .await??;
+    let pid = signals
+        .unless_interrupted(Interruption::Starting, agent.start(&exec))
+        .await??
+        .pid;
     drop(exec);
     tracing::info!(pid, "started in the guest");
 
-    let finished = until_interrupted(pid, agent.wait_for_exit(pid)).await??;
+    let finished = signals
+        .unless_interrupted(Interruption::Running { pid }, agent.wait_for_exit(pid))
+        .await??;
     tracing::info!(polls = finished.polls, "the program ended");
+    agent.close().await;
     RunResult::new(finished.status, args.encode).map(Answer::Run)
 }
 
-/// Runs `wait` unless SIGINT or SIGTERM arrives first.
-async fn until_interrupted<T>(pid: i64, wait: impl std::future::Future<Output = T>) -> Result<T, CliError> {
-    let io_error = |e: std::io::Error| CliError::Io(format!("cannot install a signal handler: {e}"));
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(io_error)?;
-    let mut terminate = signal(SignalKind::terminate()).map_err(io_error)?;
-    tokio::select! {
-        result = wait => Ok(result),
-        _ = interrupt.recv() => Err(CliError::Interrupted { pid }),
-        _ = terminate.recv() => Err(CliError::Interrupted { pid }),
+/// SIGINT and SIGTERM, caught so that an interrupted run can still say
+/// what it leaves behind in the guest.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, CliError> {
+        let io_error = |e: std::io::Error| CliError::Io(format!("cannot install a signal handler: {e}"));
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).map_err(io_error)?,
+            terminate: signal(SignalKind::terminate()).map_err(io_error)?,
+        })
+    }
+
+    /// Runs `work` unless a signal arrives first; then the error says
+    /// what `stage` the run was in.
+    async fn unless_interrupted<T>(
+        &mut self,
+        stage: Interruption,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, CliError> {
+        tokio::select! {
+            result = work => Ok(result),
+            _ = self.interrupt.recv() => Err(CliError::Interrupted(stage)),
+            _ = self.terminate.recv() => Err(CliError::Interrupted(stage)),
+        }
     }
 }
 
@@ -65,13 +98,17 @@ fn read_stdin() -> Result<Vec<u8>, CliError> {
         .read_to_end(&mut input)
         .map_err(|e| CliError::Io(format!("cannot read standard input: {e}")))?;
     if input.len() > MAX_INPUT_LEN {
-        return Err(CliError::InputTooLarge(format!(
-            "more than {} MiB; the agent takes at most {} MiB in one request, the input in Base64 included; nothing was sent",
-            MAX_INPUT_LEN >> 20,
-            MAX_REQUEST_LEN >> 20
-        )));
+        return Err(input_too_large(input.len().div_ceil(3) * 4));
     }
     Ok(input)
+}
+
+fn input_too_large(request_len: usize) -> CliError {
+    CliError::InputTooLarge(format!(
+        "with the input in Base64 the request would be at least {request_len} bytes; the agent takes at most {} MiB in one request (a little under {} MiB of input); nothing was sent",
+        MAX_REQUEST_LEN >> 20,
+        MAX_INPUT_LEN >> 20
+    ))
 }
 
 impl RunResult {

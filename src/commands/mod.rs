@@ -109,8 +109,8 @@ impl Agent {
     }
 
     /// Any command by name. For the few that never reply on success,
-    /// `without_reply` is how long an error reply may take (see `guest-cmd`);
-    /// through libvirtd, libvirt handles those itself.
+    /// `without_reply` is how long an error reply may take (see `guest-cmd`)
+    /// and the answer is `null`.
     pub async fn execute_json(
         &mut self,
         name: &str,
@@ -123,7 +123,23 @@ impl Agent {
                 .await
                 .map(|()| Value::Null),
             (Link::Direct(client), None) => client.execute_json(name, arguments).await,
-            (Link::Libvirt(agent), _) => agent.execute_json(name, arguments).await,
+            (Link::Libvirt(agent), Some(grace)) => agent
+                .execute_without_reply(name, arguments, grace)
+                .await
+                .map(|()| Value::Null),
+            (Link::Libvirt(agent), None) => agent.execute_json(name, arguments).await,
+        }
+    }
+
+    /// Ends the session. Through libvirtd, the hypervisor connection is
+    /// closed as libvirt's clients close it, so that libvirtd does not log
+    /// a client that vanished; a failure to close changes nothing the
+    /// command did, so it is only logged.
+    pub async fn close(self) {
+        if let Link::Libvirt(agent) = self.link {
+            if let Err(error) = agent.into_client().close().await {
+                tracing::debug!(%error, "closing the connection to libvirtd");
+            }
         }
     }
 
@@ -134,7 +150,27 @@ impl Agent {
             Link::Direct(client) => wait_for_exit(client, pid, schedule).await,
             Link::Libvirt(agent) => wait_for_exit(agent, pid, schedule).await,
         };
-        result.map_err(|e| self.error(e))
+        result.map_err(|e| self.error_while_running(e, pid))
+    }
+
+    /// Once the program runs, an agent that forgets it, or stops
+    /// answering, has most likely restarted (or died) in the guest: say
+    /// so, and that the program may live on.
+    fn error_while_running(&self, error: virtomate_protocol::Error, pid: i64) -> CliError {
+        use virtomate_protocol::{Error as AgentError, Phase};
+        let shown = self.socket.display();
+        match (&self.link, error) {
+            (_, AgentError::Agent { desc, .. }) => CliError::AgentDisconnected(format!(
+                "the agent on {shown} no longer knows the program (guest pid {pid}): {desc}; it has probably restarted in the guest, and the program's result is lost"
+            )),
+            (Link::Direct(_), AgentError::Timeout { phase: Phase::Reply(command), after }) => {
+                CliError::AgentTimeout(format!(
+                    "the agent on {shown} did not answer {command} within {} s while the program (guest pid {pid}) ran; it may have stopped or restarted in the guest, or the guest is very slow (raise --reply-timeout)",
+                    after.as_secs_f64()
+                ))
+            }
+            (_, other) => self.error(other),
+        }
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {

@@ -40,7 +40,7 @@ pub async fn run(
             "--events needs QEMU's monitor socket itself, and libvirtd holds the one of '{name}': libvirtd passes commands on but keeps the events; run without --events"
         ))),
         Monitor::Libvirt { socket, uri, name } => {
-            tracing::info!(socket = %socket.display(), "libvirtd holds QEMU's monitor: going through libvirtd");
+            tracing::warn!(socket = %socket.display(), "libvirtd holds QEMU's monitor: going through libvirtd, which marks the domain tainted (custom-monitor)");
             let error = |e| CliError::from_libvirtd(e, &socket, Peer::Qmp);
             let mut qemu = LibvirtMonitor::connect(&socket, uri, &name, &context.options)
                 .await
@@ -49,6 +49,9 @@ pub async fn run(
                 .execute_json(&request.name, request.arguments.as_ref())
                 .await
                 .map_err(error)?;
+            if let Err(error) = qemu.into_client().close().await {
+                tracing::debug!(%error, "closing the connection to libvirtd");
+            }
             Ok(Answer::Json(ret))
         }
     }
@@ -81,17 +84,30 @@ fn monitor(domain: &str, context: &Context) -> Result<Monitor, CliError> {
     if found.source == Source::Socket {
         return Ok(Monitor::Socket(domain.into()));
     }
-    let Some(socket) = found.qmp_sockets.first() else {
+    if found.qmp_sockets.is_empty() {
         return Err(CliError::AgentUnavailable(format!(
             "'{}' has no QMP socket; start QEMU with -qmp unix:PATH,server=on,wait=off",
             found.name
         )));
-    };
-    let holders = socket_holders::holders(socket);
-    if holders.iter().all(Holder::is_virtomate) {
-        return Ok(Monitor::Socket(socket.clone()));
     }
-    let held_by_libvirtd = holders.iter().any(Holder::is_libvirt_daemon);
+    let seen: Vec<(&PathBuf, Vec<Holder>)> = found
+        .qmp_sockets
+        .iter()
+        .map(|socket| (socket, socket_holders::holders(socket)))
+        .collect();
+    if let Some((free, _)) = seen
+        .iter()
+        .find(|(_, holders)| holders.iter().all(Holder::is_virtomate))
+    {
+        return Ok(Monitor::Socket((*free).clone()));
+    }
+    // libvirtd keeps the monitor of a domain it runs from start to end: a
+    // holder of it we cannot name is libvirtd too.
+    let held_by_libvirtd = seen.iter().any(|(_, holders)| {
+        holders
+            .iter()
+            .any(|holder| holder.is_libvirt_daemon() || holder.pid.is_none())
+    });
     if let (Source::Libvirt, true, Some((uri, rpc_socket))) =
         (found.source, held_by_libvirtd, &found.libvirt_daemon)
     {
@@ -101,10 +117,13 @@ fn monitor(domain: &str, context: &Context) -> Result<Monitor, CliError> {
             name: found.name,
         });
     }
+    let held: Vec<String> = seen
+        .iter()
+        .map(|(socket, holders)| format!("{} is {}", socket.display(), socket_holders::describe(holders)))
+        .collect();
     Err(CliError::AgentUnavailable(format!(
-        "QEMU's monitor of '{}' at {} is {}: QEMU serves one QMP client at a time",
+        "QEMU's monitor of '{}' is held: {}; QEMU serves one QMP client at a time",
         found.name,
-        socket.display(),
-        socket_holders::describe(&holders)
+        held.join("; ")
     )))
 }

@@ -159,7 +159,15 @@ pub fn parse_status(xml: &str) -> Result<LibvirtDomain, String> {
             })
         });
     let mut agent_channels: Vec<Channel> = agent_channels.collect();
-    agent_channels.sort_by(|a, b| a.port_name.cmp(&b.port_name));
+    // By port number: `.2` before `.10`.
+    agent_channels.sort_by_key(|channel| {
+        let number = channel
+            .port_name
+            .as_deref()
+            .and_then(|name| name.strip_prefix(AGENT_PORT_PREFIX));
+        let number = number.and_then(|n| n.parse::<u32>().ok()).unwrap_or(u32::MAX);
+        (number, channel.port_name.clone())
+    });
     Ok(LibvirtDomain {
         name: text("name").ok_or("no <name>")?,
         uuid: text("uuid").unwrap_or_default(),
@@ -217,6 +225,20 @@ mod tests {
             Path::new("/var/lib/libvirt/qemu/channel/target/domain-3-virtomate-test/org.qemu.guest_agent.0")
         );
         assert_eq!(domain.agent_channels[0].guest_connected, Some(true));
+    }
+
+    #[test]
+    fn channels_come_in_the_order_of_their_port_numbers() {
+        let status = STATUS
+            .replace("org.qemu.guest_agent.0'", "org.qemu.guest_agent.10'")
+            .replace("org.qemu.guest_agent.1'", "org.qemu.guest_agent.2'");
+        let ports: Vec<String> = parse_status(&status)
+            .unwrap()
+            .agent_channels
+            .into_iter()
+            .filter_map(|c| c.port_name)
+            .collect();
+        assert_eq!(ports, ["org.qemu.guest_agent.2", "org.qemu.guest_agent.10"]);
     }
 
     #[test]

@@ -119,28 +119,29 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
             libvirt_daemon: None,
         });
     }
+    // A running domain wins over one that is only defined, whichever
+    // daemon or process it is found in.
+    let mut stopped_in = None;
     for dirs in &scope.libvirt {
         match libvirt::lookup(dirs, domain) {
             Lookup::Running(found) => return Ok(from_libvirt(found, dirs)),
-            Lookup::Stopped => {
-                return Err(CliError::IllegalState(format!(
-                    "Domain '{domain}' is not running ({}); start it, e.g. virsh -c {} start {domain}",
-                    dirs.uri, dirs.uri
-                )))
-            }
+            Lookup::Stopped => stopped_in = stopped_in.or(Some(dirs.uri)),
             Lookup::Unknown => {}
         }
     }
-    if !scope.bare_qemu {
-        return Err(CliError::NotFound(domain.to_owned()));
-    }
-    let mut matches: Vec<Domain> = qemu_domains(scope)
-        .into_iter()
-        .filter(|found| found.name == domain)
-        .collect();
-    match matches.len() {
-        0 => Err(CliError::NotFound(domain.to_owned())),
-        1 => Ok(matches.remove(0)),
+    let mut matches: Vec<Domain> = match scope.bare_qemu {
+        true => qemu_domains(scope)
+            .into_iter()
+            .filter(|found| found.name == domain)
+            .collect(),
+        false => Vec::new(),
+    };
+    match (matches.len(), stopped_in) {
+        (0, Some(uri)) => Err(CliError::IllegalState(format!(
+            "Domain '{domain}' is not running ({uri}); start it, e.g. virsh -c {uri} start {domain}"
+        ))),
+        (0, None) => Err(CliError::NotFound(domain.to_owned())),
+        (1, _) => Ok(matches.remove(0)),
         _ => {
             let pids: Vec<String> = matches
                 .iter()
@@ -222,50 +223,75 @@ fn from_libvirt(found: libvirt::LibvirtDomain, dirs: &LibvirtDirs) -> Domain {
 }
 
 impl Domain {
-    /// How to reach the agent: the first agent channel nobody else holds.
-    ///
-    /// A channel held by another virtomate is fine: it is served in turn.
-    /// One held by libvirtd (which keeps `org.qemu.guest_agent.0` of every
-    /// domain) is reached through libvirtd. One held by anything else would
-    /// never answer, so it fails at once, naming the holder.
+    /// How to reach the agent, looking at who holds each agent channel.
     pub fn agent_route(&self) -> Result<Route, CliError> {
-        if self.agent_channels.is_empty() {
+        let seen: Vec<SeenChannel> = self
+            .agent_channels
+            .iter()
+            .map(|channel| SeenChannel {
+                channel,
+                holders: socket_holders::holders(&channel.path),
+                is_socket: is_socket(&channel.path),
+            })
+            .collect();
+        self.choose_route(&seen)
+    }
+
+    /// In order of preference: a channel nobody else holds whose guest end
+    /// is (or may be) open; libvirtd, when it holds a channel; a free
+    /// channel whose guest end is closed; a missing one, so that connecting
+    /// names the problem. A channel held by another virtomate counts as
+    /// free: it is served in turn. One held by anything else would never
+    /// answer, so with nothing better this fails at once, naming the holder.
+    fn choose_route(&self, seen: &[SeenChannel]) -> Result<Route, CliError> {
+        if seen.is_empty() {
             return Err(CliError::AgentUnavailable(self.no_channel_advice()));
         }
-        let mut held = Vec::new();
-        let mut missing = None;
-        let mut held_by_libvirtd = false;
-        for channel in &self.agent_channels {
-            let holders = socket_holders::holders(&channel.path);
-            if !holders.iter().all(Holder::is_virtomate) {
-                held_by_libvirtd |= holders.iter().any(Holder::is_libvirt_daemon);
-                held.push(format!(
-                    "{} is {}",
-                    channel.path.display(),
-                    socket_holders::describe(&holders)
-                ));
-            } else if !is_socket(&channel.path) {
-                // Try the others first; connecting names the problem if
-                // there is nothing better.
-                missing = missing.or(Some(channel));
-            } else {
-                return Ok(Route::Direct(channel.path.clone()));
+        let free = |seen: &&SeenChannel| seen.holders.iter().all(Holder::is_virtomate);
+        let direct = |seen: &SeenChannel| Ok(Route::Direct(seen.channel.path.clone()));
+        let usable = seen.iter().filter(free).filter(|seen| seen.is_socket);
+        if let Some(best) = usable
+            .clone()
+            .find(|seen| seen.channel.guest_connected != Some(false))
+        {
+            return direct(best);
+        }
+        if let Some((uri, socket)) = &self.libvirt_daemon {
+            if seen.iter().any(|seen| self.held_by_libvirtd(seen)) {
+                return Ok(Route::Libvirt {
+                    socket: socket.clone(),
+                    uri,
+                });
             }
         }
-        if let Some(channel) = missing {
-            return Ok(Route::Direct(channel.path.clone()));
+        if let Some(fallback) = usable.clone().next().or(seen.iter().find(free)) {
+            return direct(fallback);
         }
-        if let (true, Some((uri, socket))) = (held_by_libvirtd, &self.libvirt_daemon) {
-            return Ok(Route::Libvirt {
-                socket: socket.clone(),
-                uri,
-            });
-        }
+        let held: Vec<String> = seen
+            .iter()
+            .map(|seen| {
+                format!(
+                    "{} is {}",
+                    seen.channel.path.display(),
+                    socket_holders::describe(&seen.holders)
+                )
+            })
+            .collect();
         Err(CliError::AgentUnavailable(format!(
             "every agent channel of '{}' is held by another client: {}; stop that client or wait until it is done",
             self.name,
             held.join("; ")
         )))
+    }
+
+    /// libvirtd holds the channel, by name; or, where the holder cannot be
+    /// named (no sock_diag, another user's process), it is the channel
+    /// libvirtd always connects to.
+    fn held_by_libvirtd(&self, seen: &SeenChannel) -> bool {
+        let libvirts_own = self.source == Source::Libvirt
+            && seen.channel.port_name.as_deref() == Some(LIBVIRT_AGENT_PORT)
+            && seen.holders.iter().any(|holder| holder.pid.is_none());
+        seen.holders.iter().any(Holder::is_libvirt_daemon) || libvirts_own
     }
 
     fn no_channel_advice(&self) -> String {
@@ -282,6 +308,17 @@ impl Domain {
         }
     }
 }
+
+/// What was seen of one agent channel before connecting.
+struct SeenChannel<'a> {
+    channel: &'a Channel,
+    /// Other processes connected to it (see [`socket_holders::holders`]).
+    holders: Vec<Holder>,
+    is_socket: bool,
+}
+
+/// The agent port that libvirtd connects to and keeps.
+const LIBVIRT_AGENT_PORT: &str = "org.qemu.guest_agent.0";
 
 fn looks_like_socket_path(domain: &str) -> bool {
     domain.contains('/') || is_socket(Path::new(domain))
@@ -362,6 +399,178 @@ mod tests {
         let err = domain.agent_route().unwrap_err();
         assert_eq!(err.kind(), "AgentUnavailable");
         assert!(err.to_string().contains("org.qemu.guest_agent.0"), "{err}");
+    }
+
+    fn libvirt_domain(channels: &[(&str, Option<bool>)]) -> Domain {
+        Domain {
+            name: "web".into(),
+            uuid: Some("1-2".into()),
+            pid: Some(42),
+            source: Source::Libvirt,
+            agent_channels: channels
+                .iter()
+                .map(|(port, guest_connected)| Channel {
+                    port_name: Some((*port).to_owned()),
+                    path: format!("/run/{port}.sock").into(),
+                    guest_connected: *guest_connected,
+                })
+                .collect(),
+            qmp_sockets: Vec::new(),
+            libvirt_daemon: Some(("qemu:///system", "/run/libvirt/libvirt-sock".into())),
+        }
+    }
+
+    fn holder(pid: Option<u32>, command: &str) -> Holder {
+        Holder {
+            pid,
+            command: pid.map(|_| command.to_owned()),
+        }
+    }
+
+    /// The route `domain` takes when its channels are seen as given: holders
+    /// and whether the socket exists, per channel.
+    fn route(domain: &Domain, seen: &[(Vec<Holder>, bool)]) -> Result<Route, CliError> {
+        let seen: Vec<SeenChannel> = domain
+            .agent_channels
+            .iter()
+            .zip(seen)
+            .map(|(channel, (holders, is_socket))| SeenChannel {
+                channel,
+                holders: holders.clone(),
+                is_socket: *is_socket,
+            })
+            .collect();
+        domain.choose_route(&seen)
+    }
+
+    fn through_libvirtd(route: Result<Route, CliError>) -> bool {
+        matches!(
+            route,
+            Ok(Route::Libvirt {
+                uri: "qemu:///system",
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn a_free_second_channel_beats_libvirtd() {
+        let domain = libvirt_domain(&[
+            ("org.qemu.guest_agent.0", Some(true)),
+            ("org.qemu.guest_agent.1", None),
+        ]);
+        let libvirtd = vec![holder(Some(500), "libvirtd")];
+        assert_eq!(
+            route(&domain, &[(libvirtd, true), (vec![], true)]).unwrap(),
+            Route::Direct("/run/org.qemu.guest_agent.1.sock".into())
+        );
+    }
+
+    #[test]
+    fn libvirtd_beats_a_missing_channel_and_one_the_guest_never_opened() {
+        let domain = libvirt_domain(&[
+            ("org.qemu.guest_agent.0", Some(true)),
+            ("org.qemu.guest_agent.1", None),
+            ("org.qemu.guest_agent.2", Some(false)),
+        ]);
+        let libvirtd = vec![holder(Some(500), "virtqemud")];
+        let seen = [(libvirtd, true), (vec![], false), (vec![], true)];
+        assert!(through_libvirtd(route(&domain, &seen)));
+    }
+
+    #[test]
+    fn an_unnamed_holder_of_libvirts_own_channel_is_taken_for_libvirtd() {
+        let domain = libvirt_domain(&[("org.qemu.guest_agent.0", None)]);
+        assert!(through_libvirtd(route(
+            &domain,
+            &[(vec![holder(None, "")], true)]
+        )));
+        // Not so on any other channel, nor for a process we can name.
+        let domain = libvirt_domain(&[("org.qemu.guest_agent.1", None)]);
+        let err = route(&domain, &[(vec![holder(None, "")], true)]).unwrap_err();
+        assert_eq!(err.kind(), "AgentUnavailable");
+        let domain = libvirt_domain(&[("org.qemu.guest_agent.0", None)]);
+        let err = route(&domain, &[(vec![holder(Some(9), "socat")], true)]).unwrap_err();
+        assert!(err.to_string().contains("held by socat (pid 9)"), "{err}");
+    }
+
+    #[test]
+    fn without_libvirtd_a_closed_guest_end_then_a_missing_socket_are_the_fallbacks() {
+        let mut domain = libvirt_domain(&[
+            ("org.qemu.guest_agent.0", Some(false)),
+            ("org.qemu.guest_agent.1", None),
+        ]);
+        domain.libvirt_daemon = None;
+        let held = || vec![holder(Some(9), "socat")];
+        assert_eq!(
+            route(&domain, &[(vec![], true), (vec![], false)]).unwrap(),
+            Route::Direct("/run/org.qemu.guest_agent.0.sock".into())
+        );
+        assert_eq!(
+            route(&domain, &[(held(), true), (vec![], false)]).unwrap(),
+            Route::Direct("/run/org.qemu.guest_agent.1.sock".into())
+        );
+        let err = route(&domain, &[(held(), true), (held(), true)]).unwrap_err();
+        assert!(
+            err.to_string().contains("every agent channel of 'web' is held"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn another_virtomate_is_waited_for() {
+        let domain = libvirt_domain(&[("org.qemu.guest_agent.1", None)]);
+        assert_eq!(
+            route(&domain, &[(vec![holder(Some(7), "virtomate")], true)]).unwrap(),
+            Route::Direct("/run/org.qemu.guest_agent.1.sock".into())
+        );
+    }
+
+    #[test]
+    fn a_running_domain_wins_over_a_defined_one_elsewhere() {
+        let root = tempfile::tempdir().unwrap();
+        let daemon = |name: &str| {
+            let dirs = libvirt::LibvirtDirs {
+                uri: if name == "system" {
+                    "qemu:///system"
+                } else {
+                    "qemu:///session"
+                },
+                status: root.path().join(name).join("run"),
+                config: root.path().join(name).join("config"),
+                sockets: root.path().join(name),
+            };
+            fs::create_dir_all(&dirs.status).unwrap();
+            fs::create_dir_all(&dirs.config).unwrap();
+            dirs
+        };
+        let (system, session) = (daemon("system"), daemon("session"));
+        let definition = "<domain type='qemu'><name>web</name><uuid>1-2</uuid></domain>";
+        fs::write(system.config.join("web.xml"), definition).unwrap();
+        let proc_root = fake_proc(&[(42, VM, "/srv")]);
+        let scope = |libvirt: Vec<libvirt::LibvirtDirs>| Scope {
+            libvirt,
+            bare_qemu: true,
+            proc_root: proc_root.path().into(),
+        };
+
+        // Defined under system, running as a bare QEMU process.
+        let found = find("web", &scope(vec![system.clone()])).unwrap();
+        assert_eq!(found.source, Source::Qemu);
+        // Defined under system, running under session.
+        let status = include_str!("../../tests/data/libvirt-status-two-channels.xml");
+        fs::write(session.status.join("virtomate-test.xml"), status).unwrap();
+        fs::write(
+            system.config.join("virtomate-test.xml"),
+            definition.replace("web", "virtomate-test"),
+        )
+        .unwrap();
+        let found = find("virtomate-test", &scope(vec![system.clone(), session])).unwrap();
+        assert_eq!(found.libvirt_daemon.unwrap().0, "qemu:///session");
+        // Only defined: not running, naming the daemon.
+        let err = find("virtomate-test", &scope(vec![system])).unwrap_err();
+        assert_eq!(err.kind(), "IllegalStateError");
+        assert!(err.to_string().contains("not running (qemu:///system)"), "{err}");
     }
 
     #[test]
