@@ -177,7 +177,7 @@ cp "$busybox" "$root/bin/busybox"
   mkdir -p "$root/$(dirname "$applet")"
   ln -s /bin/busybox "$root/$applet"
 done
-for needed in sh echo cat wc env true kill sleep head base64 dd yes insmod mount printf; do
+for needed in sh echo cat wc env true kill sleep head base64 dd yes insmod mount printf poweroff reboot halt; do
   [ -n "$(find "$root/bin" "$root/sbin" "$root/usr/bin" "$root/usr/sbin" -maxdepth 1 -name "$needed")" ] \
     || die "busybox lacks the applet $needed"
 done
@@ -189,6 +189,26 @@ cat >"$root/bin/bash" <<'EOF'
 exec /bin/sh "$@"
 EOF
 chmod 755 "$root/bin/bash"
+
+# qemu-ga's guest-shutdown runs `/sbin/shutdown -h -P|-H|-r +0 MESSAGE` and
+# waits for it. Like the real one, this returns at once and the guest goes
+# down a moment later, once qemu-ga has had the chance to answer (it does
+# not, on success).
+rm -f "$root/sbin/shutdown"
+cat >"$root/sbin/shutdown" <<'EOF'
+#!/bin/sh
+action=poweroff
+for arg in "$@"; do
+  case "$arg" in
+    -r) action=reboot ;;
+    -H) action=halt ;;
+  esac
+done
+echo "virtomate-test-vm: shutdown: $action" >/dev/console
+(sleep 0.5; sync; "$action" -f) </dev/null >/dev/null 2>&1 &
+exit 0
+EOF
+chmod 755 "$root/sbin/shutdown"
 
 # --- qemu-ga and its libraries ---------------------------------------------
 

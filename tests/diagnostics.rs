@@ -139,6 +139,14 @@ fn log_goes_to_stderr_and_leaves_stdout_alone() {
 
     let out = guest_run_with(&["--log", "warning"], &socket, &["true"], None);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
+    // A failure is logged at error, so even the quietest level shows it.
+    let out = run(&["-l", "critical", "guest-run", "no-such-domain", "true"], None);
+    out.error("NotFoundError");
+    assert!(
+        out.stderr.contains("ERROR") && out.stderr.contains("Domain 'no-such-domain' does not exist"),
+        "{}",
+        out.stderr
+    );
     let out = run(&["--log", "verbose", "guest-ping", "x"], None);
     assert_eq!(out.status, 2);
 }
@@ -189,23 +197,14 @@ fn doctor_names_a_disabled_guest_exec_and_a_holder() {
     let report = run(&["doctor", socket.to_str().unwrap()], None);
     assert_eq!(report.status, 1);
     let json = report.json();
-    let step = |name: &str| {
-        json["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()
-            .clone()
-    };
-    assert_eq!(step("guest-exec")["outcome"], "fail", "{json}");
-    assert!(step("guest-exec")["advice"]
+    assert_eq!(step(&json, "guest-exec")["outcome"], "fail", "{json}");
+    assert!(step(&json, "guest-exec")["advice"]
         .as_str()
         .unwrap()
         .contains("--block-rpcs"));
-    assert_eq!(step("guest-port-open")["outcome"], "skip");
+    assert_eq!(step(&json, "guest-port-open")["outcome"], "skip");
     assert_eq!(
-        step("agent-version")["detail"]
+        step(&json, "agent-version")["detail"]
             .as_str()
             .unwrap()
             .split(' ')
@@ -216,10 +215,42 @@ fn doctor_names_a_disabled_guest_exec_and_a_holder() {
     let _holder = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     // Until qemu-ga accepts the holder, doctor's own connection queues
     // behind it and waits out --timeout.
+    let this_process = format!("pid {}", std::process::id());
+    let mut last = None;
     support::wait_until(20, "qemu-ga to accept the holder", || {
         let report = run(&["--timeout", "1", "doctor", socket.to_str().unwrap()], None);
-        report.stdout.contains(&format!("pid {}", std::process::id()))
+        let named = report.stdout.contains(&this_process);
+        last = Some(report);
+        named
     });
+    let report = last.unwrap();
+    let json = report.json();
+    // The holder is named by the `held` step, which fails: a client that is
+    // not virtomate keeps the channel, and every later step is skipped.
+    let held = step(&json, "held");
+    assert_eq!(held["outcome"], "fail", "{json}");
+    assert!(held["detail"].as_str().unwrap().contains(&this_process), "{held}");
+    assert!(
+        held["advice"].as_str().unwrap().contains("stop that client"),
+        "{held}"
+    );
+    assert_eq!(
+        outcomes(&report),
+        ["pass", "pass", "pass", "fail", "skip", "skip", "skip", "skip", "skip"].map(String::from),
+        "{json}"
+    );
+    assert_eq!(report.status, 1, "{report:?}");
+}
+
+/// The doctor step called `name` (src/commands/doctor.rs, `STEPS`).
+fn step(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {report}"))
+        .clone()
 }
 
 #[test]
@@ -246,6 +277,30 @@ fn guest_cmd_prints_the_return_value_or_the_agents_error_with_its_class() {
     assert_eq!(
         (json["type"].as_str(), json["class"].as_str()),
         (Some("AgentCommandError"), Some("GenericError"))
+    );
+    assert_eq!(out.status, 1);
+    // The message carries the agent's own `desc`, not just the class.
+    let message = json["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("unable to execute QEMU agent command 'guest-exec-status': ")
+            && message.contains("Invalid parameter 'pid'"),
+        "{json}"
+    );
+
+    // A command the agent does not know: its desc, word for word.
+    let out = run(
+        &["guest-cmd", socket, r#"{"execute": "guest-no-such-command"}"#],
+        None,
+    );
+    assert_eq!(
+        out.json(),
+        serde_json::json!({
+            "class": "CommandNotFound",
+            "message": "unable to execute QEMU agent command 'guest-no-such-command': \
+                        The command guest-no-such-command has not been found",
+            "type": "AgentCommandError",
+        }),
+        "{out:?}"
     );
     assert_eq!(out.status, 1);
 

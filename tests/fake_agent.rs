@@ -293,3 +293,78 @@ fn a_program_that_never_exits_ends_on_sigterm_and_sigint_naming_the_guest_pid() 
         assert_eq!(output.status.code(), Some(1));
     }
 }
+
+/// SIGTERM to a `guest-run` waiting for `script`'s agent, once it waits.
+fn interrupted(script: impl FnOnce(Conn) + Send + 'static) -> serde_json::Value {
+    let agent = FakeAgent::serve(script);
+    let child = support::spawn_guest_run(&agent.socket(), &["sleep", "infinity"]);
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn an_interruption_before_the_program_started_says_what_may_be_left() {
+    // guest-exec sent, never answered: the program may or may not run.
+    let json = interrupted(|mut conn| {
+        conn.sync();
+        conn.request();
+        conn.wait_for_close();
+    });
+    assert_eq!(json["type"], "Interrupted", "{json}");
+    assert!(
+        json["message"].as_str().unwrap().contains("may have started"),
+        "{json}"
+    );
+
+    // The handshake never answered: nothing was sent to start anything.
+    let json = interrupted(|mut conn| {
+        conn.request();
+        conn.wait_for_close();
+    });
+    assert_eq!(json["type"], "Interrupted", "{json}");
+    assert!(
+        json["message"].as_str().unwrap().contains("nothing was started"),
+        "{json}"
+    );
+}
+
+#[test]
+fn an_agent_that_forgot_the_program_has_restarted() {
+    // What a freshly started agent answers for a pid it never ran.
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.start_program();
+        let request = conn.request();
+        conn.reply(&json!({"error": {"class": "GenericError", "desc": "Invalid parameter 'pid'"}, "id": request["id"]}));
+        conn.wait_for_close();
+    });
+    let (out, _) = guest_run_on(&agent, &[]);
+    let message = out.error("AgentDisconnected");
+    assert!(
+        message.contains("no longer knows the program (guest pid 4242)"),
+        "{message}"
+    );
+    assert!(message.contains("Invalid parameter 'pid'"), "{message}");
+}
+
+#[test]
+fn a_command_without_reply_that_replies_anyway_succeeds() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        conn.answer("guest-shutdown", json!({}));
+        conn.wait_for_close();
+    });
+    let socket = agent.socket();
+    let out = run(
+        &[
+            "guest-cmd",
+            socket.to_str().unwrap(),
+            r#"{"execute": "guest-shutdown"}"#,
+        ],
+        None,
+    );
+    assert_eq!((out.status, out.stdout.trim()), (0, "{}"), "{out:?}");
+}

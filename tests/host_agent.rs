@@ -291,16 +291,39 @@ fn a_bare_qemu_process_is_found_by_name() {
 }
 
 #[test]
-fn a_closed_stdout_is_no_panic() {
+fn a_reader_that_goes_away_early_is_no_error_and_no_panic() {
     let agent = HostAgent::start();
-    let script = format!(
-        "{} guest-run {} -- echo -n hello | head -c1",
-        env!("CARGO_BIN_EXE_virtomate"),
-        agent.socket().display()
+    // 1 MiB of "y\n", about 1.5 MiB of JSON: far more than the pipe holds,
+    // so virtomate cannot finish writing before the reader goes away and
+    // must see EPIPE. (With a few bytes of output it never would.)
+    let output_bytes = 1 << 20;
+    let mut child = virtomate()
+        .args(["guest-run", agent.socket().to_str().unwrap(), "--", "sh", "-c"])
+        .arg(format!("yes | head -c {output_bytes}"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let capacity = nix::fcntl::fcntl(&stdout, nix::fcntl::FcntlArg::F_GETPIPE_SZ).unwrap();
+    assert!(
+        (capacity as usize) < output_bytes,
+        "the pipe ({capacity} bytes) must not hold the whole output"
     );
-    let out = Command::new("sh").args(["-c", &script]).output().unwrap();
-    assert_eq!(out.stdout, b"{");
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("panic"), "{out:?}");
+    // Like `| head -c1`: one byte, then the reading end is closed.
+    let mut first = [0u8; 1];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"{");
+    drop(stdout);
+
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // src/main.rs: a reader that went away is not an error (as in ripgrep),
+    // so exit 0, not 1 for an IoError, 101 for a panic, or death by SIGPIPE.
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(stderr.is_empty(), "nothing to tell on stderr: {stderr}");
 }
 
 #[test]

@@ -93,14 +93,63 @@ fn step(report: &Value, name: &str) -> Value {
         .clone()
 }
 
+/// `domain-list`'s entries, checked to be sorted by name, then pid (the
+/// key of src/commands/domain_list.rs), so that scripts can diff two lists.
+fn domain_list() -> Vec<Value> {
+    let out = run(&["domain-list"], None);
+    assert_eq!(out.status, 0, "{out:?}");
+    let list = out
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_else(|| panic!("not a list: {out:?}"));
+    let key = |d: &Value| (d["name"].as_str().unwrap().to_owned(), d["pid"].as_u64());
+    for pair in list.windows(2) {
+        assert!(
+            key(&pair[0]) <= key(&pair[1]),
+            "not sorted by name and pid: {} before {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    list
+}
+
 fn listed(name: &str) -> Value {
-    let list = run(&["domain-list"], None).json();
-    list.as_array()
-        .unwrap()
-        .iter()
+    let list = domain_list();
+    list.iter()
         .find(|d| d["name"] == name)
-        .unwrap_or_else(|| panic!("{name} not listed: {list}"))
+        .unwrap_or_else(|| panic!("{name} not listed: {list:?}"))
         .clone()
+}
+
+/// The pid in libvirt's pid file for the domain's QEMU: a second record
+/// besides the status file's `<domstatus pid=…>`, which virtomate reads.
+fn libvirt_pid_file(name: &str) -> u64 {
+    let path = format!("/run/libvirt/qemu/{name}.pid");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{path} holds {text:?}: {e}"))
+}
+
+/// A libvirt domain is listed once, with the pid of its QEMU process: that
+/// process also carries `-name guest=NAME`, but must not come back as a
+/// bare QEMU domain.
+fn check_listed_once_with_libvirts_pid(name: &str) {
+    let entry = listed(name);
+    assert_eq!(entry["source"], "libvirt", "{entry}");
+    let pid = entry["pid"].as_u64().unwrap_or_else(|| panic!("no pid: {entry}"));
+    assert_eq!(pid, libvirt_pid_file(name), "{entry}");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert!(exe.ends_with("qemu-system-x86_64"), "pid {pid} runs {exe:?}");
+    let list = domain_list();
+    let with_pid: Vec<&Value> = list.iter().filter(|d| d["pid"] == pid).collect();
+    assert_eq!(with_pid.len(), 1, "pid {pid} listed more than once: {with_pid:?}");
+    assert!(
+        !list.iter().any(|d| d["name"] == name && d["source"] == "qemu"),
+        "{name} listed as bare QEMU too: {list:?}"
+    );
 }
 
 #[test]
@@ -125,7 +174,35 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
     assert_eq!(entry["agent_channels"][0]["held"], true, "{entry}");
     assert_eq!(entry["agent_channels"][1]["held"], false, "{entry}");
     assert_eq!(entry["agent_channels"][0]["guest_connected"], true, "{entry}");
-    assert!(entry["pid"].as_u64().is_some());
+    check_listed_once_with_libvirts_pid(&two);
+    check_listed_once_with_libvirts_pid(&one);
+    // -p only changes the layout: the same JSON as the compact line.
+    // (Compared on this test's domains: other runs may start or stop VMs
+    // between the two listings.)
+    let ours = |out: &support::Outcome| -> Vec<Value> {
+        let list = out.json();
+        let ours = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| env.domains.iter().any(|name| d["name"] == name.as_str()));
+        ours.cloned().collect()
+    };
+    let compact = run(&["domain-list"], None);
+    let pretty = run(&["-p", "domain-list"], None);
+    assert_eq!(compact.stdout.lines().count(), 1, "{}", compact.stdout);
+    assert!(
+        pretty.stdout.contains("\n  {\n    \"agent_channels\""),
+        "{}",
+        pretty.stdout
+    );
+    assert_eq!(ours(&pretty), ours(&compact));
+    assert_eq!(
+        ours(&compact).len(),
+        3,
+        "two, one and silent run: {}",
+        compact.stdout
+    );
     // libvirt records that no agent opened the guest's end of the port.
     let no_agent = listed(&silent);
     assert_eq!(
@@ -225,15 +302,54 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
 
     // libvirt's own limits, reported as such. (Last: an over-long reply
     // leaves the domain's agent unusable through libvirt until it restarts.)
+    // Input that libvirt would stall on is refused before it is sent.
+    let input = vec![b'i'; 150 << 10];
+    let out = run(&["guest-run", "--stdin", &one, "--", "wc", "-c"], Some(&input));
+    let message = out.error("InputTooLarge");
+    assert!(
+        message.contains("through libvirtd") && message.contains("second agent channel"),
+        "{message}"
+    );
+    let input = vec![b'i'; 140 << 10];
+    let out = run(&["guest-run", "--stdin", &one, "--", "wc", "-c"], Some(&input));
+    assert_eq!(out.json()["stdout"], format!("{}\n", input.len()), "{out:?}");
     let big = "yes 0123456789abcdef | head -c 3500000";
     let out = run(&["guest-run", &one, "--", "sh", "-c", big], None);
     let message = out.error("libvirtError");
+    assert!(message.contains("at most 4 MiB"), "{message}");
     assert!(message.contains("second agent channel"), "{message}");
     let big = "yes 0123456789abcdef | head -c 8000000";
     let out = run(&["guest-run", &one, "--", "sh", "-c", big], None);
     let message = out.error("libvirtError");
-    assert!(message.contains("10 MiB"), "{message}");
+    assert!(message.contains("over 10 MiB"), "{message}");
+    assert!(message.contains("until the domain restarts"), "{message}");
+    // libvirt keeps its word: guest-shutdown, which needs a working agent,
+    // now fails instead of passing for success.
+    let out = run(&["guest-cmd", &one, r#"{"execute": "guest-shutdown"}"#], None);
+    assert_eq!(out.status, 1, "{out:?}");
     // The dedicated channel has no such limit.
     let out = run(&["guest-run", &two, "--", "sh", "-c", big], None);
     assert_eq!(out.json()["stdout"].as_str().map(str::len), Some(8000000));
+
+    // With its dedicated channel held by someone else (this test), a domain
+    // is reached through libvirtd; guest-shutdown, which never replies on
+    // success, succeeds there too, and the domain goes down.
+    let dedicated = entry["agent_channels"][1]["path"].as_str().unwrap().to_owned();
+    let _holder = std::os::unix::net::UnixStream::connect(&dedicated).unwrap();
+    support::wait_until(20, "QEMU to accept the holder", || {
+        listed(&two)["agent_channels"][1]["held"] == true
+    });
+    let out = run(
+        &["--trace", "guest-cmd", &two, r#"{"execute": "guest-shutdown"}"#],
+        None,
+    );
+    assert_eq!((out.status, out.stdout.trim()), (0, "{}"), "{out:?}");
+    assert!(out.stderr.contains("qemu:///system"), "{}", out.stderr);
+    support::wait_until(60, "the domain to shut off", || {
+        let state = Command::new("virsh")
+            .args(["-c", "qemu:///system", "domstate", &two])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&state.stdout).trim() == "shut off"
+    });
 }

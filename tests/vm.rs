@@ -92,3 +92,91 @@ fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
     // Far from the 30 s handshake timeout: nothing waited on the held channel.
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn two_runs_by_name_at_once_take_turns_and_keep_their_own_output() {
+    let vm = TestVm::boot("turns");
+    // Each program claims a file in the guest, sleeps, and checks that its
+    // claim still stands: had the two run at the same time, the later
+    // claim would overwrite the earlier one inside its sleep, and the
+    // earlier program would fail. (Writing first and checking after the
+    // sleep, unlike check-then-write, catches any overlap.)
+    let program = |word: &str| {
+        format!(
+            "echo {word} > /tmp/turn; sleep 1; \
+             [ \"$(cat /tmp/turn)\" = {word} ] || {{ echo \"overlapped by $(cat /tmp/turn)\" >&2; exit 1; }}; \
+             echo {word}"
+        )
+    };
+    let spawn = |word: &str| {
+        // A generous --timeout: the second run's wait for its turn counts
+        // against it, and a busy TCG guest may take long for the first.
+        support::virtomate()
+            .args(["--timeout", "60", "guest-run", &vm.name, "--", "sh", "-c"])
+            .arg(program(word))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let started = Instant::now();
+    let children = [("first", spawn("first")), ("second", spawn("second"))];
+    for (word, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{word}: {out:?}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{word}: not JSON ({e}): {out:?}"));
+        assert_eq!(
+            (&json["exit_code"], &json["stdout"], &json["stderr"]),
+            (&json!(0), &json!(format!("{word}\n")), &json!(null)),
+            "{word}: {json}"
+        );
+    }
+    // Two programs of a second each, served one after the other. (Only a
+    // lower bound: an upper one would flake on a loaded machine.)
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(2), "both done after {took:?}");
+}
+
+#[test]
+fn an_agent_restarted_during_a_run_gives_a_clear_error_and_the_next_run_works() {
+    let vm = TestVm::boot("restart");
+    // In its own session, so that it outlives the agent it replaces: stop
+    // qemu-ga while the program runs, then start a new one on the port.
+    let restart = "sleep 1; kill $(pidof qemu-ga); sleep 1; \
+                   exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
+                   -t /run/qga-0";
+    let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 & sleep 20");
+    let out = guest_run_with(
+        &["--reply-timeout", "5"],
+        &vm.socket(),
+        &["sh", "-c", &program],
+        None,
+    );
+    // The new agent has never heard of the program, if it gets our poll;
+    // if the old one took the poll with it, no reply ever comes.
+    let json = out.json();
+    let message = json["message"].as_str().unwrap_or_default();
+    match json["type"].as_str() {
+        Some("AgentDisconnected") => assert!(message.contains("no longer knows the program"), "{json}"),
+        Some("AgentTimeout") => assert!(message.contains("while the program (guest pid"), "{json}"),
+        _ => panic!("not an error of a restarted agent: {out:?}"),
+    }
+    assert!(message.contains("restarted"), "{json}");
+    assert_eq!(out.status, 1);
+
+    let out = guest_run_with(&["--timeout", "30"], &vm.socket(), &["echo", "-n", "again"], None);
+    assert_eq!(out.json()["stdout"], "again", "{out:?}");
+}
+
+#[test]
+fn guest_shutdown_by_name_succeeds_without_a_reply_and_the_vm_goes_down() {
+    let vm = TestVm::boot("shutdown");
+    let pid = vm.qemu_pid().unwrap();
+    let out = run(&["guest-cmd", &vm.name, r#"{"execute": "guest-shutdown"}"#], None);
+    assert_eq!((out.status, out.stdout.trim()), (0, "{}"), "{out:?}");
+    support::wait_until(30, "QEMU to exit after the guest powered off", || {
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.contains(") Z "))
+    });
+}

@@ -41,10 +41,14 @@ fn env_script(args: &[&str]) -> Result<String, String> {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     } else {
         Err(format!(
-            "`libvirt-test-env.sh {}` failed ({}): {}",
+            "`libvirt-test-env.sh {}` failed ({}): {}{}",
             args.join(" "),
             output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
+            String::from_utf8_lossy(&output.stderr).trim(),
+            match String::from_utf8_lossy(&output.stdout).trim() {
+                "" => String::new(),
+                stdout => format!("\nstdout: {stdout}"),
+            }
         ))
     }
 }
@@ -163,9 +167,12 @@ fn libvirt_rpc_against_a_real_libvirtd() {
     let name = format!("virtomate-rpc-{}", std::process::id());
     let t = StdInstant::now();
     cleanup.domain = Some(name.clone());
+    // Only a libvirtd that cannot start is a reason to skip: once it runs,
+    // a domain that does not come up (a broken image, a changed script, an
+    // agent libvirt never sees) is a failure. `cleanup` still undefines the
+    // domain and stops libvirtd as the panic unwinds.
     if let Err(e) = env_script(&["define", &name]) {
-        eprintln!("skipping: no domain with a guest agent under libvirtd: {e}");
-        return;
+        panic!("libvirtd runs, but no domain with a guest agent came up under it: {e}");
     }
     eprintln!(
         "domain {name} running with its agent connected after {:?}",
