@@ -6,8 +6,24 @@ mod support;
 use support::host_agent::HostAgent;
 use support::test_vm::TestVm;
 use support::{guest_run_with, run, run_measured};
+use virtomate_protocol::qga::GuestExec;
+use virtomate_protocol::MAX_REQUEST_LEN;
 
 const MIB: usize = 1 << 20;
+
+/// What `sha256sum -b` prints for `input` read from stdin, computed here.
+fn sha256sum(input: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sha256sum")
+        .arg("-b")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
 
 fn produce(len: usize) -> String {
     format!("yes 0123456789abcdef | head -c {len}")
@@ -27,6 +43,10 @@ fn sixteen_mib_of_output_in_bounded_memory_and_the_channel_stays_in_sync() {
         "peak RSS {rss_kib} KiB is more than 4x the output"
     );
 
+    // The same run again, then a small one: nothing of the first is left
+    // in the channel.
+    let again = run(&["guest-run", socket, "--", "sh", "-c", &produce(16 * MIB)], None);
+    assert_eq!(again.json(), json);
     let out = run(&["guest-run", socket, "--", "echo", "-n", "again"], None);
     assert_eq!(out.json()["stdout"], "again");
 }
@@ -55,11 +75,30 @@ fn stdin_up_to_the_agents_request_limit_and_a_clear_error_beyond() {
     let agent = HostAgent::start();
     let socket = agent.socket();
     let socket = socket.to_str().unwrap();
-    // The request, with the input in Base64, must stay within 64 MiB.
-    let largest = 48 * MIB - 1024;
-    let input = vec![b'z'; largest];
-    let (out, rss_kib) = run_measured(&["guest-run", "--stdin", socket, "--", "wc", "-c"], Some(&input));
-    assert_eq!(out.json()["stdout"], format!("{largest}\n"), "{out:?}");
+    // The request, with the input in Base64, must stay within 64 MiB: the
+    // largest input is what leaves room for the rest of the request.
+    let request_len = |input: Vec<u8>| {
+        GuestExec::new("sha256sum", ["-b"])
+            .with_input(input)
+            .request_len()
+    };
+    let overhead = request_len(Vec::new());
+    let largest = (MAX_REQUEST_LEN - overhead) / 4 * 3;
+    let mut input: Vec<u8> = (0..largest + 1).map(|i| (i * 7919 % 251) as u8).collect();
+    let one_more = request_len(input.clone());
+    assert!(one_more > MAX_REQUEST_LEN, "{one_more}");
+    let out = run(
+        &["guest-run", "--stdin", socket, "--", "sha256sum", "-b"],
+        Some(&input),
+    );
+    out.error("InputTooLarge");
+    input.pop();
+    let (out, rss_kib) = run_measured(
+        &["guest-run", "--stdin", socket, "--", "sha256sum", "-b"],
+        Some(&input),
+    );
+    // Every byte arrived, in order.
+    assert_eq!(out.json()["stdout"], sha256sum(&input), "{out:?}");
     // The input is encoded while it is sent: no second, bigger copy.
     let rss = rss_kib as usize * 1024;
     assert!(

@@ -159,15 +159,7 @@ pub fn parse_status(xml: &str) -> Result<LibvirtDomain, String> {
             })
         });
     let mut agent_channels: Vec<Channel> = agent_channels.collect();
-    // By port number: `.2` before `.10`.
-    agent_channels.sort_by_key(|channel| {
-        let number = channel
-            .port_name
-            .as_deref()
-            .and_then(|name| name.strip_prefix(AGENT_PORT_PREFIX));
-        let number = number.and_then(|n| n.parse::<u32>().ok()).unwrap_or(u32::MAX);
-        (number, channel.port_name.clone())
-    });
+    super::sort_by_port_number(&mut agent_channels);
     Ok(LibvirtDomain {
         name: text("name").ok_or("no <name>")?,
         uuid: text("uuid").unwrap_or_default(),

@@ -132,7 +132,13 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
     let mut matches: Vec<Domain> = match scope.bare_qemu {
         true => qemu_domains(scope)
             .into_iter()
-            .filter(|found| found.name == domain)
+            .filter(|found| {
+                found.name == domain
+                    || found
+                        .uuid
+                        .as_deref()
+                        .is_some_and(|u| u.eq_ignore_ascii_case(domain))
+            })
             .collect(),
         false => Vec::new(),
     };
@@ -191,7 +197,7 @@ fn qemu_domains(scope: &Scope) -> Vec<Domain> {
             };
             Some(Domain {
                 name: process.args.name?,
-                uuid: None,
+                uuid: process.args.uuid,
                 pid: Some(process.pid),
                 source: Source::Qemu,
                 agent_channels: process
@@ -309,6 +315,18 @@ impl Domain {
     }
 }
 
+/// Agent channels by port number: `org.qemu.guest_agent.2` before `.10`.
+fn sort_by_port_number(channels: &mut [Channel]) {
+    channels.sort_by_key(|channel| {
+        let number = channel
+            .port_name
+            .as_deref()
+            .and_then(|name| name.strip_prefix(qemu_args::AGENT_PORT_PREFIX));
+        let number = number.and_then(|n| n.parse::<u32>().ok()).unwrap_or(u32::MAX);
+        (number, channel.port_name.clone())
+    });
+}
+
 /// What was seen of one agent channel before connecting.
 struct SeenChannel<'a> {
     channel: &'a Channel,
@@ -374,6 +392,23 @@ mod tests {
         assert_eq!(domain.pid, Some(42));
         assert_eq!(domain.agent_channels[0].path, Path::new("/srv/vm/qga.sock"));
         assert_eq!(domain.qmp_sockets, [PathBuf::from("/srv/vm/qmp.sock")]);
+    }
+
+    #[test]
+    fn a_qemu_process_is_found_by_its_uuid_too() {
+        let mut argv = VM.to_vec();
+        argv.extend(["-uuid", "0766eb29-75b8-4805-ad22-aad5fcd186c4"]);
+        let proc_root = fake_proc(&[(42, &argv, "/srv")]);
+        let domain = find(
+            "0766EB29-75B8-4805-AD22-AAD5FCD186C4",
+            &bare_qemu_only(proc_root.path()),
+        )
+        .unwrap();
+        assert_eq!((domain.name.as_str(), domain.pid), ("web", Some(42)));
+        assert_eq!(
+            domain.uuid.as_deref(),
+            Some("0766eb29-75b8-4805-ad22-aad5fcd186c4")
+        );
     }
 
     #[test]

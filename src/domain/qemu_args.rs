@@ -17,6 +17,8 @@ pub const AGENT_PORT_PREFIX: &str = "org.qemu.guest_agent.";
 pub struct QemuArgs {
     /// The `-name` (`guest=` key), if any.
     pub name: Option<String>,
+    /// The `-uuid`, if any.
+    pub uuid: Option<String>,
     /// Agent channels, `org.qemu.guest_agent.0` first; paths as written
     /// on the command line (may be relative).
     pub agent_channels: Vec<Channel>,
@@ -27,6 +29,7 @@ pub struct QemuArgs {
 impl QemuArgs {
     pub fn parse(argv: &[String]) -> QemuArgs {
         let mut name = None;
+        let mut uuid = None;
         let mut socket_chardevs = HashMap::new();
         let mut ports = Vec::new();
         let mut qmp_sockets = Vec::new();
@@ -39,6 +42,7 @@ impl QemuArgs {
             };
             match option {
                 "name" => name = opts_value(value, "guest", "guest"),
+                "uuid" => uuid = Some(value.clone()),
                 "chardev" => {
                     if let Some((id, path)) = socket_chardev(value) {
                         socket_chardevs.insert(id, path);
@@ -67,7 +71,7 @@ impl QemuArgs {
                 })
             })
             .collect();
-        agent_channels.sort_by(|a, b| a.port_name.cmp(&b.port_name));
+        super::sort_by_port_number(&mut agent_channels);
         qmp_sockets.extend(
             monitor_chardevs
                 .iter()
@@ -75,6 +79,7 @@ impl QemuArgs {
         );
         QemuArgs {
             name,
+            uuid,
             agent_channels,
             qmp_sockets,
         }
@@ -215,6 +220,8 @@ mod tests {
             "qemu-system-x86_64",
             "-name",
             "vm1",
+            "-uuid",
+            "0766eb29-75b8-4805-ad22-aad5fcd186c4",
             "-chardev",
             "socket,path=/run/vm1/qga.sock,server=on,wait=off,id=qga0",
             "-device",
@@ -223,6 +230,7 @@ mod tests {
             "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
         ]);
         assert_eq!(args.name.as_deref(), Some("vm1"));
+        assert_eq!(args.uuid.as_deref(), Some("0766eb29-75b8-4805-ad22-aad5fcd186c4"));
         assert_eq!(
             args.agent_channels,
             vec![channel("org.qemu.guest_agent.0", "/run/vm1/qga.sock")]
