@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use support::fake_agent::FakeAgent;
 use support::host_agent::HostAgent;
 use support::test_vm::TestVm;
-use support::{guest_run_with, run};
+use support::{guest_run_with, run, step};
 
 #[test]
 fn guest_ping_answers_with_exit_0_and_no_output() {
@@ -242,17 +242,6 @@ fn doctor_names_a_disabled_guest_exec_and_a_holder() {
     assert_eq!(report.status, 1, "{report:?}");
 }
 
-/// The doctor step called `name` (src/commands/doctor.rs, `STEPS`).
-fn step(report: &serde_json::Value, name: &str) -> serde_json::Value {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name} in {report}"))
-        .clone()
-}
-
 #[test]
 fn guest_cmd_prints_the_return_value_or_the_agents_error_with_its_class() {
     let agent = HostAgent::start();
@@ -342,8 +331,17 @@ fn guest_cmd_counts_silence_or_a_closed_channel_as_success_for_shutdown() {
 #[test]
 fn qmp_talks_to_qemus_monitor_by_name_or_socket_and_keeps_events_apart() {
     let vm = TestVm::boot("qmp");
-    let out = run(&["qmp", &vm.name, r#"{"execute": "query-status"}"#], None);
+    let out = run(
+        &["--trace", "qmp", &vm.name, r#"{"execute": "query-status"}"#],
+        None,
+    );
     assert_eq!(out.json()["status"], "running", "{out:?}");
+    // The trace shows QMP both ways: the greeting in, capabilities out.
+    assert!(
+        out.stderr.contains(r#"<< {"QMP": "#) && out.stderr.contains(r#">> {"execute":"qmp_capabilities""#),
+        "{}",
+        out.stderr
+    );
 
     let qmp_socket = vm.dir.path().join("qmp.sock");
     let out = run(

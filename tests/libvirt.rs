@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::run;
 use support::spec_examples::check_examples;
+use support::{run, step};
 
 fn env_script(args: &[&str]) -> std::process::Output {
     Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/libvirt-test-env.sh"))
@@ -81,16 +81,6 @@ impl Drop for LibvirtEnv {
             env_script(&["stop"]);
         }
     }
-}
-
-fn step(report: &Value, name: &str) -> Value {
-    report["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == name)
-        .unwrap_or_else(|| panic!("no step {name} in {report}"))
-        .clone()
 }
 
 /// `domain-list`'s entries, checked to be sorted by name, then pid (the

@@ -56,6 +56,17 @@ pub fn qmp_command_not_found() -> Value {
     })
 }
 
+/// The step called `name` of a `doctor` report (src/commands/doctor.rs).
+pub fn step(report: &Value, name: &str) -> Value {
+    report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {report}"))
+        .clone()
+}
+
 pub fn virtomate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_virtomate"))
 }
