@@ -177,7 +177,6 @@ impl CliError {
             (AgentError::Disconnected, Peer::Qmp) => CliError::AgentDisconnected(format!(
                 "QEMU's monitor on {shown} closed the connection; QEMU may have exited"
             )),
-            (error, Peer::Qmp) => CliError::from_either(error, socket, peer),
             (AgentError::Connect { source, .. }, Peer::Agent) => {
                 CliError::AgentUnavailable(connect_advice(socket, &source))
             }
@@ -198,42 +197,32 @@ impl CliError {
             (AgentError::Disconnected, Peer::Agent) => CliError::AgentDisconnected(format!(
                 "the agent on {shown} closed the connection; the VM may have stopped or its agent restarted"
             )),
-            (error, Peer::Agent) => CliError::from_either(error, socket, peer),
-        }
-    }
-
-    /// What reads the same whether the agent or QEMU's monitor caused it.
-    fn from_either(error: AgentError, socket: &std::path::Path, peer: Peer) -> CliError {
-        let path = socket.to_owned();
-        let shown = socket.display();
-        match error {
-            AgentError::Io(e) => CliError::AgentUnavailable(format!("I/O error on {shown}: {e}")),
-            AgentError::ReplyTooLong { limit } => CliError::Protocol {
-                path,
+            // The rest reads the same whichever peer caused it.
+            (AgentError::Io(e), _) => CliError::AgentUnavailable(format!("I/O error on {shown}: {e}")),
+            (AgentError::ReplyTooLong { limit }, _) => CliError::Protocol {
+                path: socket.to_owned(),
                 reason: format!("a reply exceeded {limit} bytes"),
                 peer,
             },
-            AgentError::Malformed { command, reason } => CliError::Protocol {
-                path,
+            (AgentError::Malformed { command, reason }, _) => CliError::Protocol {
+                path: socket.to_owned(),
                 reason: format!("{command}: {reason}"),
                 peer,
             },
-            AgentError::RequestTooLarge { len, limit } => CliError::InputTooLarge(format!(
+            (AgentError::RequestTooLarge { len, limit }, _) => CliError::InputTooLarge(format!(
                 "with the input in Base64 the request would be {len} bytes; the agent takes at most {} MiB (a little under {} MiB of input); nothing was sent",
                 limit >> 20,
                 (limit >> 20) / 4 * 3
             )),
-            AgentError::Libvirt { code, message, .. } => CliError::Libvirt(libvirt_advice(code, message, peer)),
-            AgentError::Agent { command, desc, .. } => CliError::AgentCommand {
+            (AgentError::Libvirt { code, message, .. }, _) => {
+                CliError::Libvirt(libvirt_advice(code, message, peer))
+            }
+            (AgentError::Agent { command, desc, .. }, _) => CliError::AgentCommand {
                 command,
                 desc,
                 class: None,
                 qmp: peer == Peer::Qmp,
             },
-            // Each peer words these in from_peer.
-            AgentError::Connect { .. } | AgentError::Timeout { .. } | AgentError::Disconnected => {
-                CliError::from_peer(error, socket, peer)
-            }
         }
     }
 }
@@ -244,18 +233,20 @@ fn libvirt_advice(code: i32, message: String, peer: Peer) -> String {
     use virtomate_protocol::libvirt::{AGENT_RESPONSE_MAX, ERR_INTERNAL_ERROR, ERR_RPC, STRING_MAX};
     // VIR_ERR_SYSTEM_ERROR, for "No complete agent response found in N bytes".
     const ERR_SYSTEM_ERROR: i32 = 38;
-    let reply_over_cap = message.contains("No complete agent response");
-    let string_over_cap = message.contains("payload");
-    match (code, peer) {
-        (ERR_INTERNAL_ERROR | ERR_SYSTEM_ERROR | ERR_RPC, Peer::Agent) if reply_over_cap => format!(
+    // The codes libvirt gives a failure its size limits cause.
+    let sized = matches!(code, ERR_INTERNAL_ERROR | ERR_SYSTEM_ERROR | ERR_RPC);
+    let reply_over_cap = sized && message.contains("No complete agent response");
+    let string_over_cap = sized && message.contains("payload");
+    match peer {
+        Peer::Agent if reply_over_cap => format!(
             "{message}; libvirt refuses agent replies over {} MiB, and now takes this domain's agent for broken until the domain restarts; give the domain a second agent channel to go around libvirt (see README)",
             AGENT_RESPONSE_MAX >> 20
         ),
-        (ERR_INTERNAL_ERROR | ERR_SYSTEM_ERROR | ERR_RPC, Peer::Agent) if string_over_cap => format!(
+        Peer::Agent if string_over_cap => format!(
             "{message}; libvirt's RPC carries strings of at most {} MiB, and the agent's reply (the program's output in Base64, for guest-run) was longer, so libvirtd dropped it; give the domain a second agent channel to go around libvirt (see README)",
             STRING_MAX >> 20
         ),
-        (ERR_INTERNAL_ERROR | ERR_SYSTEM_ERROR | ERR_RPC, Peer::Qmp) if string_over_cap => format!(
+        Peer::Qmp if string_over_cap => format!(
             "{message}; libvirt's RPC carries strings of at most {} MiB: ask QEMU for less at a time",
             STRING_MAX >> 20
         ),

@@ -244,8 +244,11 @@ fn a_slow_drip_during_the_handshake_is_one_deadline_too() {
 fn an_agent_error_reply_carries_its_description() {
     let agent = FakeAgent::serve(|mut conn| {
         conn.sync();
-        let request = conn.request();
-        conn.reply(&json!({"error": {"class": "CommandNotFound", "desc": "Command guest-exec has been disabled"}, "id": request["id"]}));
+        conn.refuse(
+            "guest-exec",
+            "CommandNotFound",
+            "Command guest-exec has been disabled",
+        );
         conn.wait_for_close();
     });
     let (out, _) = guest_run_on(&agent, &[]);
@@ -337,8 +340,7 @@ fn an_agent_that_forgot_the_program_has_restarted() {
     // What a freshly started agent answers for a pid it never ran.
     let agent = FakeAgent::serve(|mut conn| {
         conn.start_program();
-        let request = conn.request();
-        conn.reply(&json!({"error": {"class": "GenericError", "desc": "Invalid parameter 'pid'"}, "id": request["id"]}));
+        conn.refuse("guest-exec-status", "GenericError", "Invalid parameter 'pid'");
         conn.wait_for_close();
     });
     let (out, _) = guest_run_on(&agent, &[]);

@@ -36,8 +36,9 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     let input = if args.stdin { Some(read_stdin()?) } else { None };
     let mut exec = GuestExec::new(args.program, args.arguments);
     exec.input_data = input;
-    if exec.request_len() > MAX_REQUEST_LEN {
-        return Err(input_too_large(exec.request_len()));
+    let request_len = exec.request_len();
+    if request_len > MAX_REQUEST_LEN {
+        return Err(input_too_large(request_len));
     }
 
     let mut signals = Signals::install()?;

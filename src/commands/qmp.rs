@@ -101,13 +101,10 @@ fn monitor(domain: &str, context: &Context) -> Result<Monitor, CliError> {
     {
         return Ok(Monitor::Socket((*free).clone()));
     }
-    // libvirtd keeps the monitor of a domain it runs from start to end: a
-    // holder of it we cannot name is libvirtd too.
-    let held_by_libvirtd = seen.iter().any(|(_, holders)| {
-        holders
-            .iter()
-            .any(|holder| holder.is_libvirt_daemon() || holder.pid.is_none())
-    });
+    let libvirt_keeps_it = found.source == Source::Libvirt;
+    let held_by_libvirtd = seen
+        .iter()
+        .any(|(_, holders)| socket_holders::held_by_libvirtd(holders, libvirt_keeps_it));
     if let (Source::Libvirt, true, Some((uri, rpc_socket))) =
         (found.source, held_by_libvirtd, &found.libvirt_daemon)
     {

@@ -290,14 +290,10 @@ impl Domain {
         )))
     }
 
-    /// libvirtd holds the channel, by name; or, where the holder cannot be
-    /// named (no sock_diag, another user's process), it is the channel
-    /// libvirtd always connects to.
     fn held_by_libvirtd(&self, seen: &SeenChannel) -> bool {
-        let libvirts_own = self.source == Source::Libvirt
-            && seen.channel.port_name.as_deref() == Some(LIBVIRT_AGENT_PORT)
-            && seen.holders.iter().any(|holder| holder.pid.is_none());
-        seen.holders.iter().any(Holder::is_libvirt_daemon) || libvirts_own
+        let libvirt_keeps_it =
+            self.source == Source::Libvirt && seen.channel.port_name.as_deref() == Some(LIBVIRT_AGENT_PORT);
+        socket_holders::held_by_libvirtd(&seen.holders, libvirt_keeps_it)
     }
 
     fn no_channel_advice(&self) -> String {

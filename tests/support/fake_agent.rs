@@ -81,6 +81,13 @@ impl Conn {
         self.reply(&json!({"return": ret, "id": request["id"]}));
     }
 
+    /// Reads a request for `command` and answers an error reply with its id.
+    pub fn refuse(&mut self, command: &str, class: &str, desc: &str) {
+        let request = self.request();
+        assert_eq!(request["execute"], command, "{request}");
+        self.reply(&json!({"error": {"class": class, "desc": desc}, "id": request["id"]}));
+    }
+
     pub fn reply(&mut self, value: &Value) {
         let mut line = serde_json::to_vec(value).unwrap();
         line.push(b'\n');

@@ -99,6 +99,17 @@ pub fn holders(path: &Path) -> Vec<Holder> {
     holders_in(path, Path::new("/proc"), std::process::id(), sock_diag_peers)
 }
 
+/// Whether libvirtd holds a socket with these `holders`: one of them is
+/// libvirtd by name or, where `libvirt_keeps_it` (a socket libvirtd stays
+/// connected to for the domain's whole life: its monitor, its
+/// `org.qemu.guest_agent.0`), one we could not name (no sock_diag,
+/// another user's process without root).
+pub fn held_by_libvirtd(holders: &[Holder], libvirt_keeps_it: bool) -> bool {
+    holders
+        .iter()
+        .any(|holder| holder.is_libvirt_daemon() || (libvirt_keeps_it && holder.pid.is_none()))
+}
+
 /// A sentence for an error message, such as `held by libvirtd (pid 1234)`
 /// or `held by another client`.
 pub fn describe(holders: &[Holder]) -> String {
