@@ -11,7 +11,7 @@
 //!   id from the request; whenever the client then waits, it gets the next
 //!   line of the input, in which `@ID` stands for the id of the latest
 //!   `guest-exec-status` request. This reaches the decoding of
-//!   `ExecStatus` (Base64, integers, shapes).
+//!   `GuestExecStatusReply` (Base64, integers, shapes).
 //!
 //! The clock is paused: "the client waits" is "10 ms pass", and a client
 //! stuck although it was given everything times out at once instead of

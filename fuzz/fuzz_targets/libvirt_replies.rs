@@ -46,14 +46,14 @@ use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf};
 use tokio::time::{timeout, Instant};
 use virtomate_protocol::libvirt::packet::{
-    self, Header, MessageType, PacketReader, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROGRAM, MAX_PACKET_LEN,
+    self, Header, MessageType, PacketCodec, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROGRAM, MAX_PACKET_LEN,
     REMOTE_PROC_AUTH_LIST, REMOTE_PROGRAM,
 };
 use virtomate_protocol::libvirt::{
     LibvirtAgent, LibvirtClient, LibvirtMonitor, RemoteDomain, AGENT_TIMEOUT_DEFAULT,
 };
 use virtomate_protocol::qga::GuestExecStatus;
-use virtomate_protocol::{wait_for_exit, Agent, ClientOptions, Error, PollSchedule};
+use virtomate_protocol::{wait_for_exit, Agent, ClientOptions, Connection, Error, PollSchedule};
 
 const IDLE: Duration = Duration::from_millis(10);
 const LONG: Duration = Duration::from_secs(3600);
@@ -177,14 +177,14 @@ fn message(call: &Header, sel: u8, payload: &[u8]) -> Vec<u8> {
 /// chunk of `input` built for the latest call.
 async fn scripted_daemon(stream: DuplexStream, input: &[u8]) {
     let (requests, mut replies) = tokio::io::split(stream);
-    let mut requests = PacketReader::new(requests, MAX_PACKET_LEN);
+    let mut requests = Connection::new(requests, PacketCodec::new(MAX_PACKET_LEN), None);
     let mut chunks = chunks(input);
     // The client's first call, should it wait before sending anything.
     let mut call = Header::call(REMOTE_PROGRAM, REMOTE_PROC_AUTH_LIST, 0);
     loop {
         // With the clock paused this fires as soon as both sides wait,
         // long before the client's own timeout.
-        match timeout(IDLE, requests.read_packet()).await {
+        match timeout(IDLE, requests.read_frame()).await {
             Ok(Ok(request)) => {
                 // Calls are answered; pongs need nothing.
                 if request.header.kind == MessageType::Call {
@@ -197,7 +197,7 @@ async fn scripted_daemon(stream: DuplexStream, input: &[u8]) {
                 let Some((sel, payload)) = chunks.next() else {
                     let _ = replies.shutdown().await;
                     let mut requests = requests;
-                    while requests.read_packet().await.is_ok() {}
+                    while requests.read_frame().await.is_ok() {}
                     return;
                 };
                 if replies.write_all(&message(&call, sel, payload)).await.is_err() {

@@ -14,8 +14,8 @@ use std::task::{Context, Poll};
 
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
-use virtomate_protocol::framing::{ReplyReader, SENTINEL};
-use virtomate_protocol::Error;
+use virtomate_protocol::framing::{LineCodec, SENTINEL};
+use virtomate_protocol::{Connection, Error};
 
 /// Serves `data` in chunks of the given sizes (cycled), one per read.
 struct Chunked<'a> {
@@ -92,7 +92,7 @@ fn model(stream: &[u8], bound: usize) -> Vec<Event> {
 
 async fn run(stream: Chunked<'_>, bound: usize) -> Vec<Event> {
     let max_events = stream.data.len() + 1;
-    let mut reader = ReplyReader::new(stream, bound);
+    let mut reader = Connection::new(stream, LineCodec::new(bound), None);
     let mut events = Vec::new();
     match reader.skip_past_sentinel().await {
         Ok(()) => {}

@@ -111,6 +111,13 @@ impl Error {
     }
 }
 
+/// For codecs, whose errors must come from I/O errors; see [`Error::from_io`].
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::from_io(e)
+    }
+}
+
 /// What a client was waiting for when a [`Error::Timeout`] struck.
 ///
 /// ```

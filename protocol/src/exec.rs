@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant};
 
-use crate::qga::{ExecStatus, GuestExecStatus};
+use crate::qga::{GuestExecStatus, GuestExecStatusReply};
 use crate::{Agent, Error, QgaClient};
 
 /// When to ask again whether a program has ended.
@@ -99,6 +99,12 @@ impl Default for PollSchedule {
 /// #         };
 /// #         Ok(serde_json::from_str(reply).unwrap())
 /// #     }
+/// #     async fn execute_json(&mut self, _: &str, _: Option<&serde_json::Value>) -> Result<serde_json::Value, Error> {
+/// #         unreachable!()
+/// #     }
+/// #     async fn execute_without_reply(&mut self, _: &str, _: Option<&serde_json::Value>, _: std::time::Duration) -> Result<(), Error> {
+/// #         unreachable!()
+/// #     }
 /// # }
 ///
 /// # tokio_test::block_on(async {
@@ -113,7 +119,7 @@ impl Default for PollSchedule {
 #[derive(Debug, Clone)]
 pub struct Finished {
     /// The last `guest-exec-status` reply, with `exited: true`.
-    pub status: ExecStatus,
+    pub status: GuestExecStatusReply,
     /// Number of `guest-exec-status` requests sent.
     pub polls: u32,
 }

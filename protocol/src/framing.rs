@@ -1,26 +1,30 @@
-//! Splitting the agent's byte stream into replies.
+//! Splitting the agent's byte stream into replies: [`LineCodec`].
 //!
 //! Both QGA and QMP send one JSON object per line. The peer is untrusted, so
-//! the reader never holds more than one reply's worth of bytes (plus one read
-//! chunk): a line longer than the bound is reported and then skipped.
+//! the codec never holds more than one reply's worth of bytes (plus one read
+//! chunk): a line longer than the bound is reported and then skipped, and
+//! skipping to the [`SENTINEL`] keeps one chunk at a time.
 //!
 //! ```
-//! use virtomate_protocol::framing::{ReplyReader, DEFAULT_MAX_REPLY_LEN};
+//! use virtomate_protocol::framing::{LineCodec, DEFAULT_MAX_REPLY_LEN};
+//! use virtomate_protocol::Connection;
 //!
 //! # tokio_test::block_on(async {
 //! // What a fresh connection reads: a stale parse error, then the sync reply.
 //! let stream: &[u8] = b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\n\xff{\"return\": 1234}\n";
-//! let mut reader = ReplyReader::new(stream, DEFAULT_MAX_REPLY_LEN);
-//! reader.skip_past_sentinel().await?;
-//! assert_eq!(reader.read_reply().await?, b"{\"return\": 1234}");
+//! let mut conn = Connection::new(stream, LineCodec::new(DEFAULT_MAX_REPLY_LEN), None);
+//! conn.skip_past_sentinel().await?;
+//! assert_eq!(conn.read_reply().await?, b"{\"return\": 1234}");
 //! # Ok::<(), virtomate_protocol::Error>(())
 //! # }).unwrap();
 //! ```
 
+use bytes::{Buf, BytesMut};
 use memchr::memchr;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
+use tokio_util::codec::Decoder;
 
-use crate::{Direction, Error, Trace};
+use crate::{Connection, Error};
 
 /// Byte the agent sends right before the reply to `guest-sync-delimited`.
 ///
@@ -30,7 +34,6 @@ use crate::{Direction, Error, Trace};
 /// ```
 /// use virtomate_protocol::framing::SENTINEL;
 ///
-/// assert_eq!(SENTINEL, 0xFF);
 /// assert!(std::str::from_utf8(&[SENTINEL]).is_err());
 /// ```
 pub const SENTINEL: u8 = 0xFF;
@@ -46,163 +49,190 @@ pub const SENTINEL: u8 = 0xFF;
 /// ```
 pub const DEFAULT_MAX_REPLY_LEN: usize = 48 << 20;
 
-const READ_CHUNK: usize = 64 << 10;
+/// What the buffer grows by before each read: replies are usually short,
+/// and one read of this size takes most of them whole.
+pub(crate) const READ_CHUNK: usize = 64 << 10;
 
-/// Reads newline-terminated replies from a byte stream, each at most
-/// `max_len` bytes long.
-///
-/// ```
-/// use virtomate_protocol::framing::ReplyReader;
-///
-/// # tokio_test::block_on(async {
-/// let stream: &[u8] = b"{\"return\": {}}\n{\"return\": 7}\n";
-/// let mut reader = ReplyReader::new(stream, 1024);
-/// assert_eq!(reader.read_reply().await?, b"{\"return\": {}}");
-/// assert_eq!(reader.read_reply().await?, b"{\"return\": 7}");
-/// # Ok::<(), virtomate_protocol::Error>(())
-/// # }).unwrap();
-/// ```
-#[derive(Debug)]
-pub struct ReplyReader<R> {
-    inner: R,
-    buf: Vec<u8>,
-    /// Bytes of `buf` already known to hold no newline.
-    scanned: usize,
-    max_len: usize,
-    /// Set after an over-long line: the rest of it is dropped as it arrives.
-    discarding: bool,
-    trace: Option<Trace>,
+/// What [`LineCodec`] finds in the stream.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// One line, without its `\n` (and without a `\r` before it, which QMP
+    /// sends).
+    Line(Vec<u8>),
+    /// The [`SENTINEL`] was found, after [`LineCodec::skip_to_sentinel`].
+    Sentinel,
 }
 
-impl<R: AsyncRead + Unpin> ReplyReader<R> {
-    /// Wraps `inner`; replies longer than `max_len` bytes are refused with
-    /// [`Error::ReplyTooLong`].
+/// Frames newline-terminated replies, each at most `max_len` bytes long.
+///
+/// A longer line yields `Err(`[`Error::ReplyTooLong`]`)` once, as an item:
+/// the stream goes on with the line after it.
+///
+/// ```
+/// use bytes::BytesMut;
+/// use tokio_util::codec::Decoder;
+/// use virtomate_protocol::framing::{Frame, LineCodec};
+///
+/// let mut codec = LineCodec::new(1024);
+/// let mut buf = BytesMut::from(&b"{\"return\": {}}\n{\"ret"[..]);
+/// let frame = codec.decode(&mut buf)?.unwrap()?;
+/// assert_eq!(frame, Frame::Line(b"{\"return\": {}}".to_vec()));
+/// assert!(codec.decode(&mut buf)?.is_none()); // the rest has not arrived
+/// # Ok::<(), virtomate_protocol::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct LineCodec {
+    max_len: usize,
+    /// Bytes at the buffer's start already known to hold no newline.
+    scanned: usize,
+    /// Set after an over-long line: the rest of it is dropped as it arrives.
+    discarding: bool,
+    /// Set until the next [`SENTINEL`]: everything before it is dropped.
+    skipping: bool,
+}
+
+impl LineCodec {
+    /// A codec for replies of at most `max_len` bytes.
     ///
     /// ```
-    /// use virtomate_protocol::framing::ReplyReader;
-    /// use virtomate_protocol::Error;
+    /// use virtomate_protocol::framing::{LineCodec, DEFAULT_MAX_REPLY_LEN};
     ///
-    /// # tokio_test::block_on(async {
-    /// let stream: &[u8] = b"{\"return\": \"far too long\"}\n{\"return\": {}}\n";
-    /// let mut reader = ReplyReader::new(stream, 16);
-    /// assert!(matches!(reader.read_reply().await, Err(Error::ReplyTooLong { limit: 16 })));
-    /// assert_eq!(reader.read_reply().await?, b"{\"return\": {}}");
-    /// # Ok::<(), Error>(())
-    /// # }).unwrap();
+    /// let codec = LineCodec::new(DEFAULT_MAX_REPLY_LEN);
     /// ```
-    pub fn new(inner: R, max_len: usize) -> Self {
-        ReplyReader {
-            inner,
-            buf: Vec::new(),
-            scanned: 0,
+    pub fn new(max_len: usize) -> Self {
+        LineCodec {
             max_len,
+            scanned: 0,
             discarding: false,
-            trace: None,
+            skipping: false,
         }
-    }
-
-    /// Shows every chunk read to `trace` as it arrives.
-    ///
-    /// ```
-    /// use std::sync::{Arc, Mutex};
-    /// use virtomate_protocol::framing::ReplyReader;
-    /// use virtomate_protocol::Trace;
-    ///
-    /// # tokio_test::block_on(async {
-    /// let seen = Arc::new(Mutex::new(Vec::new()));
-    /// let sink = seen.clone();
-    /// let mut reader = ReplyReader::new(&b"\xff{\"return\": 1}\n"[..], 1024);
-    /// reader.set_trace(Some(Trace::new(move |_, bytes| sink.lock().unwrap().extend_from_slice(bytes))));
-    /// reader.skip_past_sentinel().await?;
-    /// // The trace sees the bytes as received, sentinel and newline included.
-    /// assert_eq!(*seen.lock().unwrap(), b"\xff{\"return\": 1}\n");
-    /// # Ok::<(), virtomate_protocol::Error>(())
-    /// # }).unwrap();
-    /// ```
-    pub fn set_trace(&mut self, trace: Option<Trace>) {
-        self.trace = trace;
-    }
-
-    /// The wrapped stream, for writing requests between reads.
-    ///
-    /// ```
-    /// use tokio::io::AsyncWriteExt;
-    /// use virtomate_protocol::framing::ReplyReader;
-    ///
-    /// # tokio_test::block_on(async {
-    /// let (ours, mut agent) = tokio::io::duplex(1024);
-    /// let mut reader = ReplyReader::new(ours, 1024);
-    /// reader.get_mut().write_all(b"{\"execute\": \"guest-ping\"}\n").await?;
-    /// agent.write_all(b"{\"return\": {}}\n").await?; // the agent's answer
-    /// assert_eq!(reader.read_reply().await?, b"{\"return\": {}}");
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// # }).unwrap();
-    /// ```
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
     }
 
     /// The bound on one reply, in bytes.
     ///
     /// ```
-    /// use virtomate_protocol::framing::{ReplyReader, DEFAULT_MAX_REPLY_LEN};
+    /// use virtomate_protocol::framing::LineCodec;
     ///
-    /// let reader = ReplyReader::new(tokio::io::empty(), DEFAULT_MAX_REPLY_LEN);
-    /// assert_eq!(reader.max_len(), DEFAULT_MAX_REPLY_LEN);
+    /// assert_eq!(LineCodec::new(64).max_len(), 64);
     /// ```
     pub fn max_len(&self) -> usize {
         self.max_len
     }
 
-    /// Returns the next line without its `\n` (and without a `\r` before
-    /// it, which QMP sends).
+    /// From now on, drop every byte up to and including the next
+    /// [`SENTINEL`], then yield [`Frame::Sentinel`] and go back to lines.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use tokio_util::codec::Decoder;
+    /// use virtomate_protocol::framing::{Frame, LineCodec};
+    ///
+    /// let mut codec = LineCodec::new(1024);
+    /// let mut buf = BytesMut::from(&b"stale\n\xff{\"return\": 5}\n"[..]);
+    /// codec.skip_to_sentinel();
+    /// assert_eq!(codec.decode(&mut buf)?.unwrap()?, Frame::Sentinel);
+    /// assert_eq!(codec.decode(&mut buf)?.unwrap()?, Frame::Line(b"{\"return\": 5}".to_vec()));
+    /// # Ok::<(), virtomate_protocol::Error>(())
+    /// ```
+    pub fn skip_to_sentinel(&mut self) {
+        self.skipping = true;
+    }
+
+    fn decode_line(&mut self, buf: &mut BytesMut) -> Option<Result<Frame, Error>> {
+        loop {
+            let Some(pos) = memchr(b'\n', &buf[self.scanned..]) else {
+                self.scanned = buf.len();
+                if buf.len() > self.max_len + 1 {
+                    // Let the memory go, not just the bytes: the next reply
+                    // is likely short.
+                    *buf = BytesMut::new();
+                    self.scanned = 0;
+                    if !std::mem::replace(&mut self.discarding, true) {
+                        return Some(Err(Error::ReplyTooLong { limit: self.max_len }));
+                    }
+                }
+                return None;
+            };
+            let end = self.scanned + pos;
+            self.scanned = 0;
+            // The (short) rest is copied, so that the (possibly huge) line
+            // leaves as the buffer's own allocation, without a copy.
+            let rest = BytesMut::from(&buf[end + 1..]);
+            buf.truncate(end);
+            let mut line = std::mem::replace(buf, rest);
+            if line.last() == Some(&b'\r') {
+                line.truncate(line.len() - 1);
+            }
+            if std::mem::take(&mut self.discarding) {
+                continue;
+            }
+            if line.len() > self.max_len {
+                return Some(Err(Error::ReplyTooLong { limit: self.max_len }));
+            }
+            return Some(Ok(Frame::Line(Vec::from(line))));
+        }
+    }
+}
+
+impl Decoder for LineCodec {
+    type Item = Result<Frame, Error>;
+    type Error = Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Error> {
+        let frame = if self.skipping {
+            match memchr(crate::framing::SENTINEL, buf) {
+                Some(pos) => {
+                    buf.advance(pos + 1);
+                    self.skipping = false;
+                    self.discarding = false;
+                    self.scanned = 0;
+                    Some(Ok(Frame::Sentinel))
+                }
+                None => {
+                    buf.clear();
+                    None
+                }
+            }
+        } else {
+            self.decode_line(buf)
+        };
+        if frame.is_none() {
+            buf.reserve(READ_CHUNK);
+        }
+        Ok(frame)
+    }
+
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Error> {
+        // A line cut short by the end of the stream is no reply: the
+        // caller sees the end, as `Error::Disconnected`.
+        self.decode(buf)
+    }
+}
+
+impl<S: AsyncRead + Unpin> Connection<S, LineCodec> {
+    /// The next line, without its `\n` (and without a `\r` before it,
+    /// which QMP sends).
     ///
     /// A line longer than the bound yields [`Error::ReplyTooLong`] once;
     /// the next call returns the line after it.
     ///
     /// ```
-    /// use virtomate_protocol::framing::ReplyReader;
-    /// use virtomate_protocol::Error;
+    /// use virtomate_protocol::framing::LineCodec;
+    /// use virtomate_protocol::{Connection, Error};
     ///
     /// # tokio_test::block_on(async {
-    /// // A QMP reply ends with "\r\n"; a closed stream ends the replies.
-    /// let mut reader = ReplyReader::new(&b"{\"return\": {}}\r\n"[..], 1024);
-    /// assert_eq!(reader.read_reply().await?, b"{\"return\": {}}");
-    /// assert!(matches!(reader.read_reply().await, Err(Error::Disconnected)));
+    /// let stream: &[u8] = b"{\"return\": \"far too long\"}\n{\"return\": {}}\n";
+    /// let mut conn = Connection::new(stream, LineCodec::new(16), None);
+    /// assert!(matches!(conn.read_reply().await, Err(Error::ReplyTooLong { limit: 16 })));
+    /// assert_eq!(conn.read_reply().await?, b"{\"return\": {}}");
     /// # Ok::<(), Error>(())
     /// # }).unwrap();
     /// ```
     pub async fn read_reply(&mut self) -> Result<Vec<u8>, Error> {
         loop {
-            if let Some(pos) = memchr(b'\n', &self.buf[self.scanned..]) {
-                let end = self.scanned + pos;
-                // split_off copies the (short) rest, not the (possibly huge) line.
-                let rest = self.buf.split_off(end + 1);
-                let mut line = std::mem::replace(&mut self.buf, rest);
-                self.scanned = 0;
-                line.truncate(end);
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                if std::mem::take(&mut self.discarding) {
-                    continue;
-                }
-                if line.len() > self.max_len {
-                    return Err(Error::ReplyTooLong { limit: self.max_len });
-                }
+            if let Frame::Line(line) = self.read_frame().await? {
                 return Ok(line);
             }
-            self.scanned = self.buf.len();
-            if self.buf.len() > self.max_len + 1 {
-                // Let the memory go, not just the bytes: the next reply is
-                // likely short.
-                self.buf = Vec::new();
-                self.scanned = 0;
-                if !std::mem::replace(&mut self.discarding, true) {
-                    return Err(Error::ReplyTooLong { limit: self.max_len });
-                }
-            }
-            self.fill().await?;
         }
     }
 
@@ -212,44 +242,25 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
     /// the sentinel.
     ///
     /// ```
-    /// use virtomate_protocol::framing::ReplyReader;
+    /// use virtomate_protocol::framing::LineCodec;
+    /// use virtomate_protocol::Connection;
     ///
     /// # tokio_test::block_on(async {
     /// // A megabyte of leftovers, far beyond the bound on one reply.
     /// let mut stream = vec![b'x'; 1 << 20];
     /// stream.extend_from_slice(b"\xff{\"return\": 1234}\n");
-    /// let mut reader = ReplyReader::new(&stream[..], 64);
-    /// reader.skip_past_sentinel().await?;
-    /// assert_eq!(reader.read_reply().await?, b"{\"return\": 1234}");
+    /// let mut conn = Connection::new(&stream[..], LineCodec::new(64), None);
+    /// conn.skip_past_sentinel().await?;
+    /// assert_eq!(conn.read_reply().await?, b"{\"return\": 1234}");
     /// # Ok::<(), virtomate_protocol::Error>(())
     /// # }).unwrap();
     /// ```
     pub async fn skip_past_sentinel(&mut self) -> Result<(), Error> {
+        self.codec_mut().skip_to_sentinel();
         loop {
-            if let Some(pos) = memchr(SENTINEL, &self.buf) {
-                self.buf.drain(..=pos);
-                self.scanned = 0;
-                self.discarding = false;
+            if self.read_frame().await? == Frame::Sentinel {
                 return Ok(());
             }
-            self.buf.clear();
-            self.scanned = 0;
-            self.fill().await?;
-        }
-    }
-
-    async fn fill(&mut self) -> Result<(), Error> {
-        self.buf.reserve(READ_CHUNK);
-        let start = self.buf.len();
-        match self.inner.read_buf(&mut self.buf).await {
-            Ok(0) => Err(Error::Disconnected),
-            Ok(_) => {
-                if let Some(trace) = &self.trace {
-                    trace.record(Direction::Received, &self.buf[start..]);
-                }
-                Ok(())
-            }
-            Err(e) => Err(Error::from_io(e)),
         }
     }
 }
@@ -258,14 +269,6 @@ impl<R: AsyncRead + Unpin> ReplyReader<R> {
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
 
     /// A stream that hands out its bytes in the given pieces, one per read.
     fn pieces(parts: &[&[u8]]) -> impl AsyncRead + Unpin {
@@ -276,98 +279,98 @@ mod tests {
         builder.build()
     }
 
-    #[test]
-    fn reply_split_across_reads() {
-        block_on(async {
-            let mut r = ReplyReader::new(pieces(&[b"{\"ret", b"urn\": ", b"1}\n"]), 100);
-            assert_eq!(r.read_reply().await.unwrap(), b"{\"return\": 1}");
-        });
+    #[tokio::test]
+    async fn reply_split_across_reads() {
+        let mut r = Connection::new(
+            pieces(&[b"{\"ret", b"urn\": ", b"1}\n"]),
+            LineCodec::new(100),
+            None,
+        );
+        assert_eq!(r.read_reply().await.unwrap(), b"{\"return\": 1}");
     }
 
-    #[test]
-    fn several_replies_in_one_read() {
-        block_on(async {
-            let mut r = ReplyReader::new(pieces(&[b"{\"a\":1}\n{\"b\":2}\r\n{\"c\""]), 100);
-            assert_eq!(r.read_reply().await.unwrap(), b"{\"a\":1}");
-            assert_eq!(r.read_reply().await.unwrap(), b"{\"b\":2}");
-            assert!(matches!(r.read_reply().await, Err(Error::Disconnected)));
-        });
+    #[tokio::test]
+    async fn several_replies_in_one_read() {
+        let mut r = Connection::new(
+            pieces(&[b"{\"a\":1}\n{\"b\":2}\r\n{\"c\""]),
+            LineCodec::new(100),
+            None,
+        );
+        assert_eq!(r.read_reply().await.unwrap(), b"{\"a\":1}");
+        assert_eq!(r.read_reply().await.unwrap(), b"{\"b\":2}");
+        assert!(matches!(r.read_reply().await, Err(Error::Disconnected)));
     }
 
-    #[test]
-    fn stale_bytes_before_the_sentinel_are_dropped() {
-        block_on(async {
-            let stream = pieces(&[
-                b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\n",
-                b"half a reply",
-                b"\xff{\"return\": 42}\n{\"return\": {}}\n",
-            ]);
-            let mut r = ReplyReader::new(stream, 100);
-            r.skip_past_sentinel().await.unwrap();
-            assert_eq!(r.read_reply().await.unwrap(), b"{\"return\": 42}");
-            assert_eq!(r.read_reply().await.unwrap(), b"{\"return\": {}}");
-        });
+    #[tokio::test]
+    async fn stale_bytes_before_the_sentinel_are_dropped() {
+        let stream = pieces(&[
+            b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\n",
+            b"half a reply",
+            b"\xff{\"return\": 42}\n{\"return\": {}}\n",
+        ]);
+        let mut r = Connection::new(stream, LineCodec::new(100), None);
+        r.skip_past_sentinel().await.unwrap();
+        assert_eq!(r.read_reply().await.unwrap(), b"{\"return\": 42}");
+        assert_eq!(r.read_reply().await.unwrap(), b"{\"return\": {}}");
     }
 
-    #[test]
-    fn bytes_after_the_sentinel_in_the_same_read_are_kept() {
-        block_on(async {
-            let mut r = ReplyReader::new(pieces(&[b"junk\xff{\"return\"", b": 5}\n"]), 100);
-            r.skip_past_sentinel().await.unwrap();
-            assert_eq!(r.read_reply().await.unwrap(), b"{\"return\": 5}");
-        });
+    #[tokio::test]
+    async fn bytes_after_the_sentinel_in_the_same_read_are_kept() {
+        let mut r = Connection::new(
+            pieces(&[b"junk\xff{\"return\"", b": 5}\n"]),
+            LineCodec::new(100),
+            None,
+        );
+        r.skip_past_sentinel().await.unwrap();
+        assert_eq!(r.read_reply().await.unwrap(), b"{\"return\": 5}");
     }
 
-    #[test]
-    fn over_long_line_is_refused_then_skipped() {
-        block_on(async {
-            let long = vec![b'x'; 300];
-            let mut r = ReplyReader::new(pieces(&[&long, &long, b"\n{\"ok\":1}\n"]), 100);
-            assert!(matches!(
-                r.read_reply().await,
-                Err(Error::ReplyTooLong { limit: 100 })
-            ));
-            assert_eq!(r.read_reply().await.unwrap(), b"{\"ok\":1}");
-        });
+    #[tokio::test]
+    async fn over_long_line_is_refused_then_skipped() {
+        let long = vec![b'x'; 300];
+        let mut r = Connection::new(
+            pieces(&[&long, &long, b"\n{\"ok\":1}\n"]),
+            LineCodec::new(100),
+            None,
+        );
+        assert!(matches!(
+            r.read_reply().await,
+            Err(Error::ReplyTooLong { limit: 100 })
+        ));
+        assert_eq!(r.read_reply().await.unwrap(), b"{\"ok\":1}");
     }
 
-    #[test]
-    fn over_long_line_in_one_read_is_refused() {
-        block_on(async {
-            let mut line = vec![b'y'; 150];
-            line.extend_from_slice(b"\n{}\n");
-            let mut r = ReplyReader::new(pieces(&[&line]), 100);
-            assert!(matches!(r.read_reply().await, Err(Error::ReplyTooLong { .. })));
-            assert_eq!(r.read_reply().await.unwrap(), b"{}");
-        });
+    #[tokio::test]
+    async fn over_long_line_in_one_read_is_refused() {
+        let mut line = vec![b'y'; 150];
+        line.extend_from_slice(b"\n{}\n");
+        let mut r = Connection::new(pieces(&[&line]), LineCodec::new(100), None);
+        assert!(matches!(r.read_reply().await, Err(Error::ReplyTooLong { .. })));
+        assert_eq!(r.read_reply().await.unwrap(), b"{}");
     }
 
-    #[test]
-    fn a_line_of_exactly_the_bound_is_accepted() {
-        block_on(async {
-            let mut line = vec![b'z'; 100];
-            line.push(b'\n');
-            let mut r = ReplyReader::new(pieces(&[&line]), 100);
-            assert_eq!(r.read_reply().await.unwrap().len(), 100);
-        });
+    #[tokio::test]
+    async fn a_line_of_exactly_the_bound_is_accepted() {
+        let mut line = vec![b'z'; 100];
+        line.push(b'\n');
+        let mut r = Connection::new(pieces(&[&line]), LineCodec::new(100), None);
+        assert_eq!(r.read_reply().await.unwrap().len(), 100);
     }
 
-    #[test]
-    fn memory_stays_bounded_while_waiting_for_the_sentinel() {
-        block_on(async {
-            let (mut tx, rx) = tokio::io::duplex(1 << 16);
-            let writer = tokio::spawn(async move {
-                let junk = vec![b'j'; 1 << 16];
-                for _ in 0..64 {
-                    tx.write_all(&junk).await.unwrap();
-                }
-                tx.write_all(b"\xff{}\n").await.unwrap();
-            });
-            let mut r = ReplyReader::new(rx, 1 << 20);
-            r.skip_past_sentinel().await.unwrap();
-            assert!(r.buf.capacity() <= 4 * READ_CHUNK);
-            assert_eq!(r.read_reply().await.unwrap(), b"{}");
-            writer.await.unwrap();
+    #[tokio::test]
+    async fn memory_stays_bounded_while_waiting_for_the_sentinel() {
+        let (mut tx, rx) = tokio::io::duplex(1 << 16);
+        let writer = tokio::spawn(async move {
+            let junk = vec![b'j'; 1 << 16];
+            for _ in 0..64 {
+                tx.write_all(&junk).await.unwrap();
+            }
+            tx.write_all(b"\xff{}\n").await.unwrap();
         });
+        let mut r = Connection::new(rx, LineCodec::new(1 << 20), None);
+        r.skip_past_sentinel().await.unwrap();
+        assert!(r.read_buffer_capacity() <= 4 * READ_CHUNK);
+        assert_eq!(r.read_reply().await.unwrap(), b"{}");
+        writer.await.unwrap();
     }
 }

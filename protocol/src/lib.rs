@@ -1,25 +1,37 @@
-//! A client for the QEMU Guest Agent (QGA) that talks straight to its UNIX
-//! socket: line framing with a bound on every reply, the
-//! `guest-sync-delimited` handshake, typed commands, and an async client on
-//! tokio; and a client for the QEMU Machine Protocol (QMP), see [`qmp`].
+#![doc = include_str!("../README.md")]
 //!
-//! ```no_run
-//! use virtomate_protocol::{ClientOptions, PollSchedule, QgaClient};
-//! use virtomate_protocol::qga::GuestExec;
+//! # Layout
 //!
-//! # async fn demo() -> Result<(), virtomate_protocol::Error> {
-//! let mut agent = QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await?;
-//! let started = agent.execute(&GuestExec::new("echo", ["-n", "Hello World"])).await?;
-//! let finished = agent.wait_for_exit(started.pid, PollSchedule::default()).await?;
-//! assert_eq!(finished.status.out_data.as_deref(), Some(&b"Hello World"[..]));
-//! # Ok(()) }
-//! ```
+//! - [`framing`]: bytes to reply lines ([`framing::LineCodec`]), bounded,
+//!   with the skip to the sync sentinel; libvirt's messages are framed by
+//!   [`libvirt::packet::PacketCodec`] the same way.
+//! - `connection`: [`Connection`], the one owner of a socket and its read
+//!   buffer: frames in, bytes out, every byte shown to a [`Trace`].
+//! - `transport`: connecting, [`Deadline`]s, [`ClientOptions`].
+//! - `envelope`: the JSON around every request and reply, shared by QGA
+//!   and QMP; `command`: the [`Command`] trait that types them.
+//! - [`qga`]: the agent's commands and [`QgaClient`]; `exec`: running a
+//!   program to its end ([`wait_for_exit`]).
+//! - [`qmp`]: QEMU's monitor, [`QmpClient`].
+//! - [`libvirt`]: libvirt's RPC, for domains whose channels libvirtd holds.
+//! - `agent`: the [`Agent`] trait over a direct channel and libvirtd, and
+//!   [`AnyAgent`].
+//! - `error`: [`Error`], one variant per situation a caller can act on.
+//!
+//! # Naming
+//!
+//! A command is a type named after its wire name (`guest-exec-status` is
+//! [`qga::GuestExecStatus`]); the type of its `return` is the command's name
+//! followed by `Reply` ([`qga::GuestExecStatusReply`]). Types nested in a
+//! reply are named for what they hold ([`qmp::ChardevInfo`]).
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod agent;
-mod client;
 mod command;
+mod connection;
+mod envelope;
 mod error;
 mod exec;
 pub mod framing;
@@ -27,11 +39,16 @@ pub mod libvirt;
 pub mod qga;
 pub mod qmp;
 mod trace;
+mod transport;
 
-pub use agent::Agent;
-pub use client::{ClientOptions, QgaClient, MAX_REQUEST_LEN};
+pub use agent::{Agent, AnyAgent};
+pub use command::Command;
+pub use connection::Connection;
+pub use envelope::MAX_REQUEST_LEN;
 pub use error::{Error, Phase};
 pub use exec::{wait_for_exit, Finished, PollSchedule};
 pub use libvirt::LibvirtClient;
+pub use qga::QgaClient;
 pub use qmp::QmpClient;
 pub use trace::{escape_bytes, Direction, Trace};
+pub use transport::{ClientOptions, Deadline};

@@ -12,13 +12,12 @@ use std::process::Command;
 use std::time::{Duration, Instant as StdInstant};
 
 use serde_json::{json, Value};
-use tokio::time::Instant;
 use virtomate_protocol::libvirt::{
     LibvirtClient, LibvirtMonitor, RemoteDomain, AGENT_RESPONSE_MAX, AGENT_TIMEOUT_DEFAULT,
     ERR_AGENT_UNRESPONSIVE, ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_RPC, STRING_MAX,
 };
 use virtomate_protocol::qmp::QueryStatus;
-use virtomate_protocol::{ClientOptions, Error};
+use virtomate_protocol::{ClientOptions, Deadline, Error};
 
 const SOCKET: &str = "/run/libvirt/libvirt-sock";
 const URI: &str = "qemu:///system";
@@ -110,7 +109,7 @@ fn agent_json(reply: Option<String>) -> Value {
 }
 
 async fn agent(libvirt: &mut LibvirtClient, domain: &RemoteDomain, command: &Value) -> Result<Value, Error> {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Deadline::after(Duration::from_secs(60));
     libvirt
         .agent_command(domain, &command.to_string(), AGENT_TIMEOUT_DEFAULT, deadline)
         .await
@@ -210,7 +209,7 @@ fn libvirt_rpc_against_a_real_libvirtd() {
         // QEMU's monitor, which libvirtd holds too: its replies come back
         // whole, with libvirt's ids, errors included.
         let t = StdInstant::now();
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Deadline::after(Duration::from_secs(60));
         let reply = libvirt
             .monitor_command(&domain, r#"{"execute":"query-status"}"#, deadline)
             .await

@@ -7,9 +7,9 @@ use std::time::Duration;
 use proptest::collection::vec;
 use proptest::prelude::*;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
-use virtomate_protocol::framing::{ReplyReader, SENTINEL};
+use virtomate_protocol::framing::{LineCodec, SENTINEL};
 use virtomate_protocol::qga::{Empty, GuestPing};
-use virtomate_protocol::{ClientOptions, Error, QgaClient};
+use virtomate_protocol::{ClientOptions, Connection, Error, QgaClient};
 
 fn block_on<F: Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread()
@@ -85,16 +85,16 @@ enum Event {
 
 /// Reads until the stream ends, which must be reported as a disconnect
 /// (twice, to check that it stays so).
-async fn read_all<R: tokio::io::AsyncRead + Unpin>(reader: &mut ReplyReader<R>) -> Vec<Event> {
+async fn read_all<R: tokio::io::AsyncRead + Unpin>(reader: &mut Connection<R, LineCodec>) -> Vec<Event> {
     let mut events = Vec::new();
     loop {
         match reader.read_reply().await {
             Ok(line) => {
-                assert!(line.len() <= reader.max_len());
+                assert!(line.len() <= reader.codec().max_len());
                 events.push(Event::Line(line));
             }
             Err(Error::ReplyTooLong { limit }) => {
-                assert_eq!(limit, reader.max_len());
+                assert_eq!(limit, reader.codec().max_len());
                 events.push(Event::TooLong);
             }
             Err(Error::Disconnected) => break,
@@ -117,7 +117,7 @@ proptest! {
         // An unterminated last line is not a reply: it is dropped.
         let mut bytes = terminated(&lines);
         bytes.extend_from_slice(&tail);
-        let mut reader = ReplyReader::new(chunked(&bytes, &sizes), 1 << 16);
+        let mut reader = Connection::new(chunked(&bytes, &sizes), LineCodec::new(1 << 16), None);
         let got = block_on(read_all(&mut reader));
         let want: Vec<Event> = lines.iter().map(|l| Event::Line(strip_cr(l).to_vec())).collect();
         prop_assert_eq!(got, want);
@@ -132,7 +132,7 @@ proptest! {
         sizes in read_sizes(),
     ) {
         let bytes = terminated(&lines);
-        let mut reader = ReplyReader::new(chunked(&bytes, &sizes), bound);
+        let mut reader = Connection::new(chunked(&bytes, &sizes), LineCodec::new(bound), None);
         let got = block_on(read_all(&mut reader));
         let want: Vec<Event> = lines
             .iter()
@@ -152,7 +152,7 @@ proptest! {
         let mut bytes = prefix.clone();
         bytes.push(SENTINEL);
         bytes.extend(terminated(&lines));
-        let mut reader = ReplyReader::new(chunked(&bytes, &sizes), 1 << 16);
+        let mut reader = Connection::new(chunked(&bytes, &sizes), LineCodec::new(1 << 16), None);
         let got = block_on(async {
             reader.skip_past_sentinel().await.expect("there is a sentinel");
             read_all(&mut reader).await
@@ -161,7 +161,7 @@ proptest! {
         prop_assert_eq!(got, want);
 
         // Without the sentinel, everything is skipped until the end.
-        let mut reader = ReplyReader::new(chunked(&prefix, &sizes), 1 << 16);
+        let mut reader = Connection::new(chunked(&prefix, &sizes), LineCodec::new(1 << 16), None);
         prop_assert!(matches!(block_on(reader.skip_past_sentinel()), Err(Error::Disconnected)));
     }
 }

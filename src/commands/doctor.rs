@@ -12,7 +12,7 @@ use virtomate_protocol::qga::GuestInfo;
 use virtomate_protocol::qmp::QueryChardev;
 use virtomate_protocol::{ClientOptions, QmpClient};
 
-use super::{Agent, Answer, Context};
+use super::{Answer, Context, DomainAgent};
 use crate::domain::{self, socket_holders, Channel, Domain, Route, Source};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -232,7 +232,7 @@ async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) {
     guest_port_open(&found, channel, context, d).await;
 
     let started = std::time::Instant::now();
-    let mut agent = match Agent::connect(domain_arg, context).await {
+    let mut agent = match DomainAgent::connect(domain_arg, context).await {
         Ok(agent) => {
             d.pass("handshake", format!("answered in {} ms", started.elapsed().as_millis()));
             agent

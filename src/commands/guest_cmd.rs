@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{Agent, Answer, Context};
+use super::{Answer, Context, DomainAgent};
 use crate::error::CliError;
 
 /// Commands that never reply on success: the guest goes away instead.
@@ -54,7 +54,7 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
 }
 
 pub async fn run(domain: &str, request: &Request, context: &Context) -> Result<Answer, CliError> {
-    let mut agent = Agent::connect(domain, context).await?;
+    let mut agent = DomainAgent::connect(domain, context).await?;
     let without_reply = WITHOUT_REPLY
         .contains(&request.name.as_str())
         .then(|| ERROR_GRACE.min(context.options.reply_timeout));

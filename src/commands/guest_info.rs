@@ -2,11 +2,11 @@
 
 use virtomate_protocol::qga::GuestInfo;
 
-use super::{Agent, Answer, Context};
+use super::{Answer, Context, DomainAgent};
 use crate::error::CliError;
 
 pub async fn run(domain: &str, context: &Context) -> Result<Answer, CliError> {
-    let mut agent = Agent::connect(domain, context).await?;
+    let mut agent = DomainAgent::connect(domain, context).await?;
     let info = agent.execute(&GuestInfo {}).await?;
     agent.close().await;
     // Through Value, whose maps are sorted: keys come out in order.

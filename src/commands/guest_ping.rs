@@ -7,7 +7,7 @@ use tokio::time::{sleep, Instant};
 use virtomate_protocol::qga::GuestPing;
 use virtomate_protocol::ClientOptions;
 
-use super::{Agent, Answer, Context};
+use super::{Answer, Context, DomainAgent};
 use crate::domain::Scope;
 use crate::error::CliError;
 
@@ -45,7 +45,7 @@ pub async fn run(domain: &str, wait: Option<Duration>, context: &Context) -> Res
 }
 
 async fn ping(domain: &str, scope: &Scope, options: ClientOptions) -> Result<Answer, CliError> {
-    let mut agent = Agent::connect_with(domain, scope, options).await?;
+    let mut agent = DomainAgent::connect_with(domain, scope, options).await?;
     agent.execute(&GuestPing {}).await?;
     agent.close().await;
     Ok(Answer::Nothing)

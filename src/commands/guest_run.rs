@@ -6,10 +6,10 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use virtomate_protocol::qga::{ExecStatus, GuestExec};
+use virtomate_protocol::qga::{GuestExec, GuestExecStatusReply};
 use virtomate_protocol::MAX_REQUEST_LEN;
 
-use super::{Agent, Answer, Context};
+use super::{Answer, Context, DomainAgent};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, Interruption};
 
@@ -43,7 +43,10 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
 
     let mut signals = Signals::install()?;
     let mut agent = signals
-        .unless_interrupted(Interruption::Connecting, Agent::connect(&args.domain, context))
+        .unless_interrupted(
+            Interruption::Connecting,
+            DomainAgent::connect(&args.domain, context),
+        )
         .await??;
     let pid = signals
         .unless_interrupted(Interruption::Starting, agent.start(&exec))
@@ -113,7 +116,7 @@ fn input_too_large(request_len: usize) -> CliError {
 }
 
 impl RunResult {
-    fn new(status: ExecStatus, encode: bool) -> Result<RunResult, CliError> {
+    fn new(status: GuestExecStatusReply, encode: bool) -> Result<RunResult, CliError> {
         Ok(RunResult {
             exit_code: status.exitcode,
             signal: status.signal,

@@ -8,14 +8,14 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
-use tokio::time::Instant;
 
 use super::{
     LibvirtClient, RemoteDomain, AGENT_COMMAND_MAX, ERR_AGENT_COMMAND_FAILED, ERR_AGENT_COMMAND_TIMEOUT,
     ERR_AGENT_UNRESPONSIVE, ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_OPERATION_INVALID,
 };
-use crate::qga::{parse_reply_to, request_line, Command, ReplyFor};
-use crate::{Agent, ClientOptions, Error};
+use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request};
+use crate::qga::Command;
+use crate::{Agent, ClientOptions, Deadline, Error};
 
 /// One domain's guest agent, reached through libvirtd's RPC socket.
 ///
@@ -164,9 +164,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
     ) -> Result<T, Error> {
         self.next_id += 1;
         let id = self.next_id;
-        let mut request = request_line(name, arguments, id);
-        request.pop(); // libvirt takes the JSON without its newline
-        let request = String::from_utf8(request).expect("serde_json writes UTF-8");
+        // libvirt takes the JSON without its newline.
+        let request = Request::new(name, arguments).with_id(id).to_json();
         if request.len() > AGENT_COMMAND_MAX {
             return Err(Error::RequestTooLarge {
                 len: request.len(),
@@ -175,7 +174,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
         }
         // libvirtd waits for the agent itself; leave it a second to answer.
         let timeout_seconds = i32::try_from(reply_timeout.as_secs().max(1)).unwrap_or(i32::MAX);
-        let deadline = Instant::now() + reply_timeout + Duration::from_secs(1);
+        let deadline = Deadline::after(reply_timeout + Duration::from_secs(1));
         let reply = self
             .client
             .agent_command(&self.domain, &request, timeout_seconds, deadline)
@@ -186,7 +185,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
             reason: reason.to_owned(),
         };
         let reply = reply.ok_or_else(|| malformed("libvirtd returned no reply"))?;
-        match parse_reply_to::<T>(name, reply.as_bytes(), id)? {
+        match parse_reply::<T>(name, reply.as_bytes(), ReplyId::Is(id))? {
             ReplyFor::Us(output) => Ok(output),
             _ => Err(malformed("libvirtd returned a reply to another request")),
         }
@@ -207,6 +206,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Agent for LibvirtAgent<S> {
     async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
         let arguments = serde_json::to_value(command).expect("commands always serialize");
         self.exchange(C::NAME, Some(&arguments), self.reply_timeout).await
+    }
+
+    async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
+        LibvirtAgent::execute_json(self, name, arguments).await
+    }
+
+    async fn execute_without_reply(
+        &mut self,
+        name: &str,
+        arguments: Option<&Value>,
+        grace: Duration,
+    ) -> Result<(), Error> {
+        LibvirtAgent::execute_without_reply(self, name, arguments, grace).await
     }
 }
 

@@ -3,15 +3,13 @@
 
 use std::io;
 use std::path::Path;
-use std::time::Duration;
 
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
-use tokio::time::Instant;
 
 use super::packet::{
-    self, Header, MessageType, Packet, PacketReader, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROC_PONG,
+    self, Header, MessageType, Packet, PacketCodec, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROC_PONG,
     KEEPALIVE_PROGRAM, LEN_WORD, PROGRAM_VERSION, QEMU_PROC_DOMAIN_AGENT_COMMAND,
     QEMU_PROC_DOMAIN_MONITOR_COMMAND, QEMU_PROGRAM, REMOTE_PROC_AUTH_LIST, REMOTE_PROC_CONNECT_CLOSE,
     REMOTE_PROC_CONNECT_GET_LIB_VERSION, REMOTE_PROC_CONNECT_OPEN, REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME,
@@ -20,8 +18,8 @@ use super::packet::{
 use super::remote::{decode_error, RemoteDomain};
 use super::xdr::{Decoder, Encoder, XdrError};
 use super::{AUTH_TYPE_LIST_MAX, STRING_MAX};
-use crate::client::{connect_until, within};
-use crate::{ClientOptions, Direction, Error, Phase};
+use crate::transport::connect;
+use crate::{ClientOptions, Connection, Deadline, Error, Phase};
 
 /// `remote_auth_type` values.
 const AUTH_NONE: u32 = 0;
@@ -46,15 +44,14 @@ const GET_LIB_VERSION: &str = "libvirt connect-get-lib-version";
 /// ```no_run
 /// use std::path::Path;
 /// use std::time::Duration;
-/// use tokio::time::Instant;
-/// use virtomate_protocol::ClientOptions;
+/// use virtomate_protocol::{ClientOptions, Deadline};
 /// use virtomate_protocol::libvirt::{LibvirtClient, AGENT_TIMEOUT_DEFAULT};
 ///
 /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
 /// let socket = Path::new("/run/libvirt/libvirt-sock");
 /// let mut libvirt = LibvirtClient::connect(socket, "qemu:///system", &ClientOptions::default()).await?;
 /// let domain = libvirt.lookup_domain_by_name("web1").await?;
-/// let deadline = Instant::now() + Duration::from_secs(30);
+/// let deadline = Deadline::after(Duration::from_secs(30));
 /// let reply = libvirt
 ///     .agent_command(&domain, r#"{"execute":"guest-ping"}"#, AGENT_TIMEOUT_DEFAULT, deadline)
 ///     .await?;
@@ -64,7 +61,7 @@ const GET_LIB_VERSION: &str = "libvirt connect-get-lib-version";
 /// ```
 #[derive(Debug)]
 pub struct LibvirtClient<S = UnixStream> {
-    conn: PacketReader<S>,
+    conn: Connection<S, PacketCodec>,
     options: ClientOptions,
     next_serial: u32,
     /// True while a message is being written. If that is cut short (a
@@ -94,9 +91,9 @@ impl LibvirtClient<UnixStream> {
     /// # Ok(()) }
     /// ```
     pub async fn connect(socket: &Path, uri: &str, options: &ClientOptions) -> Result<Self, Error> {
-        let deadline = Instant::now() + options.handshake_timeout;
-        let stream = connect_until(socket, deadline, options.handshake_timeout).await?;
-        Self::handshake_until(stream, socket, uri, options, deadline).await
+        let deadline = Deadline::after(options.handshake_timeout);
+        let stream = connect(socket, deadline).await?;
+        Self::handshake_by(stream, socket, uri, options, deadline).await
     }
 }
 
@@ -125,44 +122,41 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
         uri: &str,
         options: &ClientOptions,
     ) -> Result<Self, Error> {
-        let deadline = Instant::now() + options.handshake_timeout;
-        Self::handshake_until(stream, socket, uri, options, deadline).await
+        Self::handshake_by(
+            stream,
+            socket,
+            uri,
+            options,
+            Deadline::after(options.handshake_timeout),
+        )
+        .await
     }
 
-    async fn handshake_until(
+    async fn handshake_by(
         stream: S,
         socket: &Path,
         uri: &str,
         options: &ClientOptions,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Self, Error> {
         // The bound applies to payloads; the reader's bound includes the
         // length word and header (and is capped at libvirt's maximum).
         let max_len = options
             .max_reply_len
             .saturating_add(LEN_WORD + packet::HEADER_LEN);
-        let mut conn = PacketReader::new(stream, max_len);
-        conn.set_trace(options.trace.clone());
+        let conn = Connection::new(stream, PacketCodec::new(max_len), options.trace.clone());
         let mut client = LibvirtClient {
             conn,
             options: options.clone(),
             next_serial: 0,
             writing: false,
         };
-        let allowed = options.handshake_timeout;
 
         // libvirtd refuses every other call before this one ("authentication
         // required"), also from root; the reply marks the connection
         // authenticated when no authentication is needed.
         let reply = client
-            .call(
-                REMOTE_PROGRAM,
-                REMOTE_PROC_AUTH_LIST,
-                AUTH_LIST,
-                &[],
-                deadline,
-                allowed,
-            )
+            .call(REMOTE_PROGRAM, REMOTE_PROC_AUTH_LIST, AUTH_LIST, &[], deadline)
             .await?;
         let types = decode(AUTH_LIST, reply.payload(), |d| {
             let count = d.array_len(AUTH_TYPE_LIST_MAX, 4)?;
@@ -189,7 +183,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
                 CONNECT_OPEN,
                 &args.into_bytes(),
                 deadline,
-                allowed,
             )
             .await?;
         decode(CONNECT_OPEN, reply.payload(), |_| Ok(()))?;
@@ -240,9 +233,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     }
 
     async fn lookup(&mut self, procedure: i32, label: &str, args: &[u8]) -> Result<RemoteDomain, Error> {
-        let (deadline, allowed) = self.reply_deadline();
+        let deadline = self.reply_deadline();
         let reply = self
-            .call(REMOTE_PROGRAM, procedure, label, args, deadline, allowed)
+            .call(REMOTE_PROGRAM, procedure, label, args, deadline)
             .await?;
         decode(label, reply.payload(), RemoteDomain::decode)
     }
@@ -257,7 +250,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// # Ok(()) }
     /// ```
     pub async fn lib_version(&mut self) -> Result<u64, Error> {
-        let (deadline, allowed) = self.reply_deadline();
+        let deadline = self.reply_deadline();
         let reply = self
             .call(
                 REMOTE_PROGRAM,
@@ -265,7 +258,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
                 GET_LIB_VERSION,
                 &[],
                 deadline,
-                allowed,
             )
             .await?;
         decode(GET_LIB_VERSION, reply.payload(), |d| d.u64())
@@ -292,12 +284,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use tokio::time::Instant;
     /// use virtomate_protocol::libvirt::AGENT_TIMEOUT_DEFAULT;
+    /// use virtomate_protocol::Deadline;
     ///
     /// # async fn demo(libvirt: &mut virtomate_protocol::libvirt::LibvirtClient) -> Result<(), virtomate_protocol::Error> {
     /// let domain = libvirt.lookup_domain_by_name("web1").await?;
-    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// let deadline = Deadline::after(Duration::from_secs(10));
     /// let reply = libvirt
     ///     .agent_command(&domain, r#"{"execute":"guest-info"}"#, AGENT_TIMEOUT_DEFAULT, deadline)
     ///     .await?;
@@ -308,7 +300,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
         domain: &RemoteDomain,
         command_json: &str,
         timeout_seconds: i32,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Option<String>, Error> {
         let label = command_label(command_json, "an agent command");
         let mut args = qemu_command_args(domain, command_json)?;
@@ -344,11 +336,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     ///
     /// ```no_run
     /// use std::time::Duration;
-    /// use tokio::time::Instant;
+    /// use virtomate_protocol::Deadline;
     ///
     /// # async fn demo(libvirt: &mut virtomate_protocol::libvirt::LibvirtClient) -> Result<(), virtomate_protocol::Error> {
     /// let domain = libvirt.lookup_domain_by_name("web1").await?;
-    /// let deadline = Instant::now() + Duration::from_secs(10);
+    /// let deadline = Deadline::after(Duration::from_secs(10));
     /// let reply = libvirt
     ///     .monitor_command(&domain, r#"{"execute":"query-status"}"#, deadline)
     ///     .await?;
@@ -359,7 +351,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
         &mut self,
         domain: &RemoteDomain,
         command_json: &str,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<String, Error> {
         let label = command_label(command_json, "a monitor command");
         let mut args = qemu_command_args(domain, command_json)?;
@@ -383,7 +375,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// # Ok(()) }
     /// ```
     pub async fn close(mut self) -> Result<(), Error> {
-        let (deadline, allowed) = self.reply_deadline();
+        let deadline = self.reply_deadline();
         let reply = self
             .call(
                 REMOTE_PROGRAM,
@@ -391,48 +383,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
                 CONNECT_CLOSE,
                 &[],
                 deadline,
-                allowed,
             )
             .await?;
         decode(CONNECT_CLOSE, reply.payload(), |_| Ok(()))
     }
 
-    fn reply_deadline(&self) -> (Instant, Duration) {
-        let allowed = self.options.reply_timeout;
-        (Instant::now() + allowed, allowed)
+    fn reply_deadline(&self) -> Deadline {
+        Deadline::after(self.options.reply_timeout)
     }
 
-    /// Sends one call and waits for its reply, both by `deadline`;
-    /// `label` names the call in errors.
-    /// A call of the QEMU program (agent and monitor commands), allowed
-    /// whatever time is left until `deadline`.
+    /// A call of the QEMU program (agent and monitor commands).
     async fn qemu_call(
         &mut self,
         procedure: i32,
         label: &str,
         args: Encoder,
-        deadline: Instant,
+        deadline: Deadline,
     ) -> Result<Packet, Error> {
-        let allowed = deadline.saturating_duration_since(Instant::now());
-        self.call(
-            QEMU_PROGRAM,
-            procedure,
-            label,
-            &args.into_bytes(),
-            deadline,
-            allowed,
-        )
-        .await
+        self.call(QEMU_PROGRAM, procedure, label, &args.into_bytes(), deadline)
+            .await
     }
 
+    /// Sends one call and waits for its reply, both by `deadline`;
+    /// `label` names the call in errors.
     async fn call(
         &mut self,
         program: u32,
         procedure: i32,
         label: &str,
         args: &[u8],
-        deadline: Instant,
-        allowed: Duration,
+        deadline: Deadline,
     ) -> Result<Packet, Error> {
         if self.writing {
             return Err(Error::Io(io::Error::new(
@@ -443,21 +423,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
         let message = packet::encode(&Header::call(program, procedure, serial), args)?;
-        let sending = Phase::Sending(label.to_owned());
-        within(deadline, allowed, sending, self.send(&message)).await?;
+        deadline
+            .run(Phase::Sending(label.to_owned()), self.send(&message))
+            .await?;
         drop(message);
-        let waiting = Phase::Reply(label.to_owned());
-        let reply = within(
-            deadline,
-            allowed,
-            waiting,
-            self.reply_to(program, procedure, serial),
-        )
-        .await
-        .map_err(|e| match e {
-            Error::Malformed { reason, .. } => malformed(label, reason),
-            other => other,
-        })?;
+        let reply = deadline
+            .run(
+                Phase::Reply(label.to_owned()),
+                self.reply_to(program, procedure, serial),
+            )
+            .await
+            .map_err(|e| match e {
+                Error::Malformed { reason, .. } => malformed(label, reason),
+                other => other,
+            })?;
         match reply.header.status {
             Status::Ok => Ok(reply),
             Status::Error => Err(decode_error(reply.payload()).map_err(|e| malformed(label, e))?),
@@ -468,7 +447,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// Reads messages until the reply with `serial`.
     async fn reply_to(&mut self, program: u32, procedure: i32, serial: u32) -> Result<Packet, Error> {
         loop {
-            let packet = self.conn.read_packet().await?;
+            let packet = self.conn.read_frame().await?;
             let header = packet.header;
             match header.kind {
                 MessageType::Reply if header.serial == serial => {
@@ -508,13 +487,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        if let Some(trace) = &self.options.trace {
-            trace.record(Direction::Sent, bytes);
-        }
         self.writing = true;
-        let stream = self.conn.get_mut();
-        stream.write_all(bytes).await.map_err(Error::from_io)?;
-        stream.flush().await.map_err(Error::from_io)?;
+        self.conn.send(bytes).await?;
         self.writing = false;
         Ok(())
     }

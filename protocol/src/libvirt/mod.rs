@@ -18,8 +18,7 @@
 //! ```no_run
 //! use std::path::Path;
 //! use std::time::Duration;
-//! use tokio::time::Instant;
-//! use virtomate_protocol::ClientOptions;
+//! use virtomate_protocol::{ClientOptions, Deadline};
 //! use virtomate_protocol::libvirt::{LibvirtClient, AGENT_TIMEOUT_DEFAULT, ERR_NO_DOMAIN};
 //!
 //! # async fn demo() -> Result<(), virtomate_protocol::Error> {
@@ -27,7 +26,7 @@
 //! let mut libvirt = LibvirtClient::connect(socket, "qemu:///system", &ClientOptions::default()).await?;
 //! match libvirt.lookup_domain_by_name("web1").await {
 //!     Ok(domain) => {
-//!         let deadline = Instant::now() + Duration::from_secs(30);
+//!         let deadline = Deadline::after(Duration::from_secs(30));
 //!         let reply = libvirt
 //!             .agent_command(&domain, r#"{"execute":"guest-ping"}"#, AGENT_TIMEOUT_DEFAULT, deadline)
 //!             .await?;
@@ -47,10 +46,12 @@
 mod agent;
 mod client;
 mod monitor;
+#[doc(hidden)] // public for the fuzz targets, which play libvirtd
 pub mod packet;
 mod remote;
 #[cfg(test)]
 mod tests;
+#[doc(hidden)] // public for the fuzz targets
 pub mod xdr;
 
 pub use agent::{LibvirtAgent, CLASS_UNKNOWN_THROUGH_LIBVIRT};
@@ -67,10 +68,6 @@ pub use remote::{parse_uuid, RemoteDomain};
 /// the agent answered, so a finished `guest-exec`'s output, for one, is
 /// gone. Agent replies are thus smaller than [`AGENT_RESPONSE_MAX`]
 /// suggests.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::STRING_MAX, 4194304);
-/// ```
 pub const STRING_MAX: usize = 4 << 20;
 
 /// The longest message after its length word, header included: 32 MiB
@@ -78,10 +75,6 @@ pub const STRING_MAX: usize = 4 << 20;
 ///
 /// libvirtd drops a connection that sends a longer one, and this crate
 /// refuses longer ones from libvirtd without reading them.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::MESSAGE_MAX, 33554432);
-/// ```
 pub const MESSAGE_MAX: usize = 32 << 20;
 
 /// The most libvirtd buffers of one reply from a guest agent: 10 MiB
@@ -94,107 +87,55 @@ pub const MESSAGE_MAX: usize = 32 << 20;
 /// mildly, see there; keep requests whose replies can grow, such as
 /// `guest-file-read` or `guest-exec-status` of a chatty program, well
 /// below both.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::AGENT_RESPONSE_MAX, 10485760);
-/// ```
 pub const AGENT_RESPONSE_MAX: usize = 10 << 20;
 
 /// The most authentication types libvirtd lists
 /// (`REMOTE_AUTH_TYPE_LIST_MAX`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::AUTH_TYPE_LIST_MAX, 20);
-/// ```
 pub const AUTH_TYPE_LIST_MAX: usize = 20;
 
 /// Agent timeout: wait for the agent as long as it takes
 /// (`VIR_DOMAIN_QEMU_AGENT_COMMAND_BLOCK`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::AGENT_TIMEOUT_BLOCK, -2);
-/// ```
 pub const AGENT_TIMEOUT_BLOCK: i32 = -2;
 
 /// Agent timeout: libvirtd's default for the domain, what `virsh
 /// qemu-agent-command` sends (`VIR_DOMAIN_QEMU_AGENT_COMMAND_DEFAULT`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::AGENT_TIMEOUT_DEFAULT, -1);
-/// ```
 pub const AGENT_TIMEOUT_DEFAULT: i32 = -1;
 
 /// Agent timeout: fail at once unless the agent is free
 /// (`VIR_DOMAIN_QEMU_AGENT_COMMAND_NOWAIT`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::AGENT_TIMEOUT_NOWAIT, 0);
-/// ```
 pub const AGENT_TIMEOUT_NOWAIT: i32 = 0;
 
 /// libvirt error code: an internal error, also what a failed agent
 /// command reports (`VIR_ERR_INTERNAL_ERROR`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::ERR_INTERNAL_ERROR, 1);
-/// ```
 pub const ERR_INTERNAL_ERROR: i32 = 1;
 
 /// libvirt error code: access denied, e.g. agent commands on a read-only
 /// connection (`VIR_ERR_OPERATION_DENIED`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::ERR_OPERATION_DENIED, 29);
-/// ```
 pub const ERR_OPERATION_DENIED: i32 = 29;
 
 /// libvirt error code: an RPC error, e.g. "authentication required"
 /// (`VIR_ERR_RPC`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::ERR_RPC, 39);
-/// ```
 pub const ERR_RPC: i32 = 39;
 
 /// libvirt error code: no such domain (`VIR_ERR_NO_DOMAIN`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::ERR_NO_DOMAIN, 42);
-/// ```
 pub const ERR_NO_DOMAIN: i32 = 42;
 
 /// libvirt error code: not possible in the domain's state, e.g. "domain
 /// is not running" (`VIR_ERR_OPERATION_INVALID`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::ERR_OPERATION_INVALID, 55);
-/// ```
 pub const ERR_OPERATION_INVALID: i32 = 55;
 
 /// libvirt error code: the guest agent is not connected or did not
 /// answer (`VIR_ERR_AGENT_UNRESPONSIVE`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::ERR_AGENT_UNRESPONSIVE, 86);
-/// ```
 pub const ERR_AGENT_UNRESPONSIVE: i32 = 86;
 
 /// libvirt error code: the guest agent did not answer a command within
 /// its timeout (`VIR_ERR_AGENT_COMMAND_TIMEOUT`, libvirt 10 and later;
 /// older releases report [`ERR_AGENT_UNRESPONSIVE`]).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::ERR_AGENT_COMMAND_TIMEOUT, 112);
-/// ```
 pub const ERR_AGENT_COMMAND_TIMEOUT: i32 = 112;
 
 /// libvirt error code: the guest agent answered with an error
 /// (`VIR_ERR_AGENT_COMMAND_FAILED`, libvirt 10 and later; older releases
 /// report [`ERR_INTERNAL_ERROR`]).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::ERR_AGENT_COMMAND_FAILED, 113);
-/// ```
 pub const ERR_AGENT_COMMAND_FAILED: i32 = 113;
 
 /// The longest agent command this crate passes to libvirtd: 192 KiB.

@@ -9,12 +9,11 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
-use tokio::time::Instant;
 
 use super::{LibvirtClient, RemoteDomain};
-use crate::qga::{parse_reply_ignoring_id, request_without_id, ReplyFor};
+use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request};
 use crate::qmp::Command;
-use crate::{ClientOptions, Error};
+use crate::{ClientOptions, Deadline, Error};
 
 /// QEMU's monitor of one domain, reached through libvirtd's RPC socket
 /// (what `virsh qemu-monitor-command` does).
@@ -139,13 +138,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
         name: &str,
         arguments: Option<&A>,
     ) -> Result<T, Error> {
-        let request = request_without_id(name, arguments);
-        let deadline = Instant::now() + self.reply_timeout;
+        let request = Request::new(name, arguments).to_json();
+        let deadline = Deadline::after(self.reply_timeout);
         let reply = self
             .client
             .monitor_command(&self.domain, &request, deadline)
             .await?;
-        match parse_reply_ignoring_id(name, reply.as_bytes())? {
+        match parse_reply(name, reply.as_bytes(), ReplyId::Any)? {
             ReplyFor::Us(output) => Ok(output),
             _ => Err(Error::Malformed {
                 command: name.to_owned(),

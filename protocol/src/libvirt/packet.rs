@@ -2,7 +2,7 @@
 //! itself), a 24-byte header, the XDR payload.
 //!
 //! The length word is the only thing a peer needs to send to make a naive
-//! reader allocate gigabytes; [`PacketReader`] refuses any length above its
+//! reader allocate gigabytes; [`PacketCodec`] refuses any length above its
 //! bound before it reads (or allocates) a byte of the message, and grows its
 //! buffer only as bytes arrive.
 //!
@@ -18,135 +18,67 @@
 //! # Ok::<(), virtomate_protocol::Error>(())
 //! ```
 
-use tokio::io::{AsyncRead, AsyncReadExt};
+use bytes::{Buf, BytesMut};
+use tokio_util::codec;
 
 use super::xdr::{Decoder, Encoder, XdrError};
 use super::MESSAGE_MAX;
-use crate::{Direction, Error, Trace};
+use crate::framing::READ_CHUNK;
+use crate::Error;
 
 /// libvirt's main program: connections, domains, authentication.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROGRAM, 536903814);
-/// ```
 pub const REMOTE_PROGRAM: u32 = 0x2000_8086;
 
 /// libvirt's QEMU-specific program, home of the agent and monitor commands.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::QEMU_PROGRAM, 536903815);
-/// ```
 pub const QEMU_PROGRAM: u32 = 0x2000_8087;
 
 /// The keepalive program (`"keep"`), pings and pongs.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::KEEPALIVE_PROGRAM, 1801807216);
-/// ```
 pub const KEEPALIVE_PROGRAM: u32 = 0x6b65_6570;
 
 /// The version of each of the programs above.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::PROGRAM_VERSION, 1);
-/// ```
 pub const PROGRAM_VERSION: u32 = 1;
 
 /// `REMOTE_PROC_CONNECT_OPEN`: open a hypervisor connection by URI.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_CONNECT_OPEN, 1);
-/// ```
 pub const REMOTE_PROC_CONNECT_OPEN: i32 = 1;
 
 /// `REMOTE_PROC_CONNECT_CLOSE`: close it; libvirtd then closes the socket.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_CONNECT_CLOSE, 2);
-/// ```
 pub const REMOTE_PROC_CONNECT_CLOSE: i32 = 2;
 
 /// `REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME`.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME, 23);
-/// ```
 pub const REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME: i32 = 23;
 
 /// `REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID`.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, 24);
-/// ```
 pub const REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID: i32 = 24;
 
 /// `REMOTE_PROC_AUTH_LIST`: the authentication libvirtd wants; must be
 /// the first call on a connection.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_AUTH_LIST, 66);
-/// ```
 pub const REMOTE_PROC_AUTH_LIST: i32 = 66;
 
 /// `REMOTE_PROC_CONNECT_GET_LIB_VERSION`.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::REMOTE_PROC_CONNECT_GET_LIB_VERSION, 157);
-/// ```
 pub const REMOTE_PROC_CONNECT_GET_LIB_VERSION: i32 = 157;
 
 /// `QEMU_PROC_DOMAIN_MONITOR_COMMAND` (in [`QEMU_PROGRAM`]): what `virsh
 /// qemu-monitor-command` calls.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::QEMU_PROC_DOMAIN_MONITOR_COMMAND, 1);
-/// ```
 pub const QEMU_PROC_DOMAIN_MONITOR_COMMAND: i32 = 1;
 
 /// `QEMU_PROC_DOMAIN_AGENT_COMMAND` (in [`QEMU_PROGRAM`]).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::QEMU_PROC_DOMAIN_AGENT_COMMAND, 3);
-/// ```
 pub const QEMU_PROC_DOMAIN_AGENT_COMMAND: i32 = 3;
 
 /// Keepalive `PING` (in [`KEEPALIVE_PROGRAM`]).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::KEEPALIVE_PROC_PING, 1);
-/// ```
 pub const KEEPALIVE_PROC_PING: i32 = 1;
 
 /// Keepalive `PONG`, the answer to a ping.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::KEEPALIVE_PROC_PONG, 2);
-/// ```
 pub const KEEPALIVE_PROC_PONG: i32 = 2;
 
 /// Bytes of the length word (`VIR_NET_MESSAGE_LEN_MAX`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::LEN_WORD, 4);
-/// ```
 pub const LEN_WORD: usize = 4;
 
 /// Bytes of the header (`VIR_NET_MESSAGE_HEADER_MAX`).
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::HEADER_LEN, 24);
-/// ```
 pub const HEADER_LEN: usize = 24;
 
 /// The largest value of the length word libvirtd accepts or sends: the
 /// length word itself plus [`MESSAGE_MAX`].
-///
-/// ```
-/// assert_eq!(virtomate_protocol::libvirt::packet::MAX_PACKET_LEN, 33554436);
-/// ```
 pub const MAX_PACKET_LEN: usize = LEN_WORD + MESSAGE_MAX;
-
-const READ_CHUNK: usize = 64 << 10;
 
 /// What a message is (`virNetMessageType`).
 ///
@@ -388,11 +320,12 @@ pub fn encode(header: &Header, payload: &[u8]) -> Result<Vec<u8>, Error> {
 /// One message as received.
 ///
 /// ```
-/// use virtomate_protocol::libvirt::packet::{encode, Header, PacketReader, REMOTE_PROGRAM};
+/// use virtomate_protocol::libvirt::packet::{encode, Header, PacketCodec, REMOTE_PROGRAM};
+/// use virtomate_protocol::Connection;
 ///
 /// # tokio_test::block_on(async {
 /// let bytes = encode(&Header::call(REMOTE_PROGRAM, 157, 3), &[0, 0, 0, 1])?;
-/// let packet = PacketReader::new(&bytes[..], 1024).read_packet().await?;
+/// let packet = Connection::new(&bytes[..], PacketCodec::new(1024), None).read_frame().await?;
 /// assert_eq!(packet.header.serial, 3);
 /// assert_eq!(packet.payload(), [0, 0, 0, 1]);
 /// # Ok::<(), virtomate_protocol::Error>(())
@@ -410,10 +343,11 @@ impl Packet {
     /// The XDR payload after the header.
     ///
     /// ```
-    /// # use virtomate_protocol::libvirt::packet::{encode, Header, PacketReader};
+    /// # use virtomate_protocol::libvirt::packet::{encode, Header, PacketCodec};
+    /// # use virtomate_protocol::Connection;
     /// # tokio_test::block_on(async {
     /// let bytes = encode(&Header::call(1, 2, 3), b"abcd")?;
-    /// let packet = PacketReader::new(&bytes[..], 1024).read_packet().await?;
+    /// let packet = Connection::new(&bytes[..], PacketCodec::new(1024), None).read_frame().await?;
     /// assert_eq!(packet.payload(), b"abcd");
     /// # Ok::<(), virtomate_protocol::Error>(())
     /// # }).unwrap();
@@ -425,10 +359,11 @@ impl Packet {
     /// The whole message as it was on the wire.
     ///
     /// ```
-    /// # use virtomate_protocol::libvirt::packet::{encode, Header, PacketReader};
+    /// # use virtomate_protocol::libvirt::packet::{encode, Header, PacketCodec};
+    /// # use virtomate_protocol::Connection;
     /// # tokio_test::block_on(async {
     /// let bytes = encode(&Header::call(1, 2, 3), &[])?;
-    /// let packet = PacketReader::new(&bytes[..], 1024).read_packet().await?;
+    /// let packet = Connection::new(&bytes[..], PacketCodec::new(1024), None).read_frame().await?;
     /// assert_eq!(packet.as_bytes(), &bytes[..]);
     /// # Ok::<(), virtomate_protocol::Error>(())
     /// # }).unwrap();
@@ -439,170 +374,128 @@ impl Packet {
 }
 
 /// Splits a byte stream into messages of at most `max_len` bytes each
-/// (length word included).
+/// (length word included), for a [`Connection`](crate::Connection).
 ///
-/// Cancel-safe: bytes read are kept in the reader, so a `read_packet`
-/// abandoned at a timeout loses nothing and the next call continues with
-/// the same message.
+/// A message over the bound yields `Err(`[`Error::ReplyTooLong`]`)` as an
+/// item as soon as its length word is read; its bytes are then dropped as
+/// they arrive and the next item is the message after it. A length word
+/// too short for a header yields [`Error::Malformed`], for good: libvirtd
+/// itself drops such a connection, as nothing after it can be framed.
 ///
 /// ```
 /// use virtomate_protocol::Error;
-/// use virtomate_protocol::libvirt::packet::PacketReader;
+/// use virtomate_protocol::Connection;
+/// use virtomate_protocol::libvirt::packet::PacketCodec;
 ///
 /// # tokio_test::block_on(async {
 /// // A length word of 4 GiB - 1 is refused before anything is allocated.
 /// let hostile: &[u8] = &[0xff, 0xff, 0xff, 0xff];
-/// let mut reader = PacketReader::new(hostile, 1 << 20);
-/// assert!(matches!(reader.read_packet().await, Err(Error::ReplyTooLong { .. })));
+/// let mut conn = Connection::new(hostile, PacketCodec::new(1 << 20), None);
+/// assert!(matches!(conn.read_frame().await, Err(Error::ReplyTooLong { .. })));
 /// # });
 /// ```
-#[derive(Debug)]
-pub struct PacketReader<R> {
-    inner: R,
-    buf: Vec<u8>,
+#[derive(Debug, Clone)]
+pub struct PacketCodec {
     max_len: usize,
     /// Bytes of an over-long message still to be dropped as they arrive.
     discard: usize,
     /// Set once a length word made no sense: where the next message starts
     /// is unknown from then on.
     lost: bool,
-    trace: Option<Trace>,
 }
 
-impl<R: AsyncRead + Unpin> PacketReader<R> {
-    /// Wraps `inner`; messages longer than `max_len` bytes (capped at
-    /// [`MAX_PACKET_LEN`]) are dropped with [`Error::ReplyTooLong`].
+impl PacketCodec {
+    /// A codec for messages of at most `max_len` bytes, capped at
+    /// [`MAX_PACKET_LEN`].
     ///
     /// ```
-    /// use virtomate_protocol::libvirt::packet::{PacketReader, MAX_PACKET_LEN};
+    /// use virtomate_protocol::libvirt::packet::{PacketCodec, MAX_PACKET_LEN};
     ///
-    /// let reader = PacketReader::new(tokio::io::empty(), usize::MAX);
-    /// assert_eq!(reader.max_len(), MAX_PACKET_LEN);
+    /// assert_eq!(PacketCodec::new(usize::MAX).max_len(), MAX_PACKET_LEN);
     /// ```
-    pub fn new(inner: R, max_len: usize) -> Self {
-        PacketReader {
-            inner,
-            buf: Vec::new(),
+    pub fn new(max_len: usize) -> Self {
+        PacketCodec {
             max_len: max_len.min(MAX_PACKET_LEN),
             discard: 0,
             lost: false,
-            trace: None,
         }
-    }
-
-    /// Shows every chunk read to `trace` as it arrives.
-    ///
-    /// ```
-    /// use virtomate_protocol::Trace;
-    /// use virtomate_protocol::libvirt::packet::PacketReader;
-    ///
-    /// let mut reader = PacketReader::new(tokio::io::empty(), 1024);
-    /// reader.set_trace(Some(Trace::new(|direction, bytes| eprintln!("{direction:?} {bytes:02x?}"))));
-    /// ```
-    pub fn set_trace(&mut self, trace: Option<Trace>) {
-        self.trace = trace;
-    }
-
-    /// The wrapped stream, for writing calls between reads.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::packet::PacketReader;
-    ///
-    /// let mut reader = PacketReader::new(std::io::Cursor::new(Vec::<u8>::new()), 1024);
-    /// assert_eq!(reader.get_mut().position(), 0);
-    /// ```
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
     }
 
     /// The bound on one message, in bytes, length word included.
     ///
     /// ```
-    /// # use virtomate_protocol::libvirt::packet::PacketReader;
-    /// assert_eq!(PacketReader::new(tokio::io::empty(), 100).max_len(), 100);
+    /// # use virtomate_protocol::libvirt::packet::PacketCodec;
+    /// assert_eq!(PacketCodec::new(100).max_len(), 100);
     /// ```
     pub fn max_len(&self) -> usize {
         self.max_len
     }
 
-    /// Reads the next message.
-    ///
-    /// A message over the bound yields [`Error::ReplyTooLong`] as soon as
-    /// its length word is read; its bytes are then dropped as they arrive
-    /// and the next call returns the message after it. A length word too
-    /// short for a header yields [`Error::Malformed`], for good: libvirtd
-    /// itself drops such a connection, as nothing after it can be framed.
-    ///
-    /// ```
-    /// use virtomate_protocol::Error;
-    /// use virtomate_protocol::libvirt::packet::{encode, Header, PacketReader};
-    ///
-    /// # tokio_test::block_on(async {
-    /// let mut stream = encode(&Header::call(1, 1, 1), &[0; 64])?;
-    /// stream.extend(encode(&Header::call(1, 1, 2), &[])?);
-    /// let mut reader = PacketReader::new(&stream[..], 64);
-    /// assert!(matches!(reader.read_packet().await, Err(Error::ReplyTooLong { limit: 64 })));
-    /// assert_eq!(reader.read_packet().await?.header.serial, 2);
-    /// # Ok::<(), virtomate_protocol::Error>(())
-    /// # }).unwrap();
-    /// ```
-    pub async fn read_packet(&mut self) -> Result<Packet, Error> {
-        loop {
-            if self.lost {
-                return Err(malformed(
-                    "the connection is out of step after a malformed message",
-                ));
-            }
-            if self.discard > 0 {
-                let dropped = self.discard.min(self.buf.len());
-                self.buf.drain(..dropped);
-                self.discard -= dropped;
-            }
-            if self.discard == 0 && self.buf.len() >= LEN_WORD {
-                let mut word = [0; LEN_WORD];
-                word.copy_from_slice(&self.buf[..LEN_WORD]);
-                let len = u32::from_be_bytes(word) as usize;
-                if len < LEN_WORD + HEADER_LEN {
-                    self.lost = true;
-                    self.buf = Vec::new();
-                    return Err(malformed(&format!(
-                        "a message length of {len} bytes is shorter than a header"
-                    )));
-                }
-                if len > self.max_len {
-                    self.discard = len;
-                    return Err(Error::ReplyTooLong { limit: self.max_len });
-                }
-                if self.buf.len() >= len {
-                    // split_off copies the (short) rest, not the message.
-                    let rest = self.buf.split_off(len);
-                    let bytes = std::mem::replace(&mut self.buf, rest);
-                    let header = Header::decode(&mut Decoder::new(&bytes[LEN_WORD..]))
-                        .map_err(|e| malformed(&e.to_string()))?;
-                    return Ok(Packet { header, bytes });
-                }
-            }
-            self.fill().await?;
+    fn decode_packet(&mut self, buf: &mut BytesMut) -> Option<Result<Packet, Error>> {
+        if self.lost {
+            buf.clear();
+            return Some(Err(malformed(
+                "the connection is out of step after a malformed message",
+            )));
         }
+        if self.discard > 0 {
+            let dropped = self.discard.min(buf.len());
+            buf.advance(dropped);
+            self.discard -= dropped;
+        }
+        if self.discard > 0 || buf.len() < LEN_WORD {
+            return None;
+        }
+        let mut word = [0; LEN_WORD];
+        word.copy_from_slice(&buf[..LEN_WORD]);
+        let len = u32::from_be_bytes(word) as usize;
+        if len < LEN_WORD + HEADER_LEN {
+            self.lost = true;
+            *buf = BytesMut::new();
+            return Some(Err(malformed(&format!(
+                "a message length of {len} bytes is shorter than a header"
+            ))));
+        }
+        if len > self.max_len {
+            self.discard = len;
+            return Some(Err(Error::ReplyTooLong { limit: self.max_len }));
+        }
+        if buf.len() < len {
+            return None;
+        }
+        // The (short) rest is copied, so that the message leaves as the
+        // buffer's own allocation, without a copy.
+        let rest = BytesMut::from(&buf[len..]);
+        buf.truncate(len);
+        let bytes = Vec::from(std::mem::replace(buf, rest));
+        Some(
+            Header::decode(&mut Decoder::new(&bytes[LEN_WORD..]))
+                .map(|header| Packet { header, bytes })
+                .map_err(|e| malformed(&e.to_string())),
+        )
+    }
+}
+
+impl codec::Decoder for PacketCodec {
+    type Item = Result<Packet, Error>;
+    type Error = Error;
+
+    fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Error> {
+        let packet = self.decode_packet(buf);
+        if packet.is_none() {
+            if self.discard > 0 && buf.capacity() > 2 * READ_CHUNK {
+                // Dropping a message: no need to keep a big buffer around.
+                *buf = BytesMut::new();
+            }
+            buf.reserve(READ_CHUNK);
+        }
+        Ok(packet)
     }
 
-    async fn fill(&mut self) -> Result<(), Error> {
-        if self.discard > 0 && self.buf.capacity() > 2 * READ_CHUNK {
-            // Dropping a message: no need to keep a big buffer around.
-            self.buf = Vec::new();
-        }
-        self.buf.reserve(READ_CHUNK);
-        let start = self.buf.len();
-        match self.inner.read_buf(&mut self.buf).await {
-            Ok(0) => Err(Error::Disconnected),
-            Ok(_) => {
-                if let Some(trace) = &self.trace {
-                    trace.record(Direction::Received, &self.buf[start..]);
-                }
-                Ok(())
-            }
-            Err(e) => Err(Error::from_io(e)),
-        }
+    fn decode_eof(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Error> {
+        // A message cut short by the end of the stream is none: the caller
+        // sees the end, as `Error::Disconnected`.
+        self.decode(buf)
     }
 }
 
@@ -616,14 +509,8 @@ fn malformed(reason: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
+    use crate::{Connection, Direction, Trace};
+    use tokio::io::AsyncRead;
 
     fn hex(text: &str) -> Vec<u8> {
         (0..text.len())
@@ -651,31 +538,29 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_captured_reply_is_decoded() {
+    #[tokio::test]
+    async fn a_captured_reply_is_decoded() {
         let reply = hex("000000242000808600000001000000420000000100000000000000000000000100000000");
-        block_on(async {
-            let packet = PacketReader::new(&reply[..], MAX_PACKET_LEN)
-                .read_packet()
-                .await
-                .unwrap();
-            assert_eq!(
-                packet.header,
-                Header {
-                    program: REMOTE_PROGRAM,
-                    version: 1,
-                    procedure: REMOTE_PROC_AUTH_LIST,
-                    kind: MessageType::Reply,
-                    serial: 0,
-                    status: Status::Ok,
-                }
-            );
-            assert_eq!(packet.payload(), [0, 0, 0, 1, 0, 0, 0, 0]);
-        });
+        let packet = Connection::new(&reply[..], PacketCodec::new(MAX_PACKET_LEN), None)
+            .read_frame()
+            .await
+            .unwrap();
+        assert_eq!(
+            packet.header,
+            Header {
+                program: REMOTE_PROGRAM,
+                version: 1,
+                procedure: REMOTE_PROC_AUTH_LIST,
+                kind: MessageType::Reply,
+                serial: 0,
+                status: Status::Ok,
+            }
+        );
+        assert_eq!(packet.payload(), [0, 0, 0, 1, 0, 0, 0, 0]);
     }
 
-    #[test]
-    fn messages_split_and_joined_across_reads() {
+    #[tokio::test]
+    async fn messages_split_and_joined_across_reads() {
         let a = encode(&Header::call(1, 1, 1), b"aaaa").unwrap();
         let b = encode(&Header::call(1, 1, 2), b"bbbbbbbb").unwrap();
         let mut joined = a.clone();
@@ -683,30 +568,30 @@ mod tests {
         let byte_by_byte: Vec<&[u8]> = b[3..].chunks(1).collect();
         let mut parts: Vec<&[u8]> = vec![&joined];
         parts.extend(byte_by_byte);
-        block_on(async {
-            let mut r = PacketReader::new(pieces(&parts), 1024);
-            assert_eq!(r.read_packet().await.unwrap().as_bytes(), &a[..]);
-            assert_eq!(r.read_packet().await.unwrap().as_bytes(), &b[..]);
-            assert!(matches!(r.read_packet().await, Err(Error::Disconnected)));
-        });
+        let mut r = Connection::new(pieces(&parts), PacketCodec::new(1024), None);
+        assert_eq!(r.read_frame().await.unwrap().as_bytes(), &a[..]);
+        assert_eq!(r.read_frame().await.unwrap().as_bytes(), &b[..]);
+        assert!(matches!(r.read_frame().await, Err(Error::Disconnected)));
     }
 
-    #[test]
-    fn a_huge_length_word_is_refused_without_allocating() {
-        block_on(async {
-            let (mut tx, rx) = tokio::io::duplex(64);
-            let mut r = PacketReader::new(rx, usize::MAX);
-            tokio::io::AsyncWriteExt::write_all(&mut tx, &[0xff, 0xff, 0xff, 0xff, 0x20])
-                .await
-                .unwrap();
-            assert!(matches!(
-                r.read_packet().await,
-                Err(Error::ReplyTooLong {
-                    limit: MAX_PACKET_LEN
-                })
-            ));
-            assert!(r.buf.capacity() <= 2 * READ_CHUNK, "{}", r.buf.capacity());
-        });
+    #[tokio::test]
+    async fn a_huge_length_word_is_refused_without_allocating() {
+        let (mut tx, rx) = tokio::io::duplex(64);
+        let mut r = Connection::new(rx, PacketCodec::new(usize::MAX), None);
+        tokio::io::AsyncWriteExt::write_all(&mut tx, &[0xff, 0xff, 0xff, 0xff, 0x20])
+            .await
+            .unwrap();
+        assert!(matches!(
+            r.read_frame().await,
+            Err(Error::ReplyTooLong {
+                limit: MAX_PACKET_LEN
+            })
+        ));
+        assert!(
+            r.read_buffer_capacity() <= 2 * READ_CHUNK,
+            "{}",
+            r.read_buffer_capacity()
+        );
     }
 
     #[test]
@@ -728,52 +613,46 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn an_over_long_message_is_dropped_and_the_next_one_read() {
+    #[tokio::test]
+    async fn an_over_long_message_is_dropped_and_the_next_one_read() {
         let long = encode(&Header::call(1, 1, 1), &[7; 200]).unwrap();
         let short = encode(&Header::call(1, 1, 2), &[]).unwrap();
-        block_on(async {
-            let mut r = PacketReader::new(pieces(&[&long[..50], &long[50..], &short]), 100);
-            assert!(matches!(
-                r.read_packet().await,
-                Err(Error::ReplyTooLong { limit: 100 })
-            ));
-            assert_eq!(r.read_packet().await.unwrap().header.serial, 2);
-        });
+        let mut r = Connection::new(
+            pieces(&[&long[..50], &long[50..], &short]),
+            PacketCodec::new(100),
+            None,
+        );
+        assert!(matches!(
+            r.read_frame().await,
+            Err(Error::ReplyTooLong { limit: 100 })
+        ));
+        assert_eq!(r.read_frame().await.unwrap().header.serial, 2);
     }
 
-    #[test]
-    fn a_length_shorter_than_a_header_loses_the_connection() {
+    #[tokio::test]
+    async fn a_length_shorter_than_a_header_loses_the_connection() {
         let mut bytes = hex("0000001b");
         bytes.extend(encode(&Header::call(1, 1, 1), &[]).unwrap());
-        block_on(async {
-            let mut r = PacketReader::new(&bytes[..], 1024);
-            assert!(matches!(r.read_packet().await, Err(Error::Malformed { .. })));
-            assert!(matches!(r.read_packet().await, Err(Error::Malformed { .. })));
-        });
+        let mut r = Connection::new(&bytes[..], PacketCodec::new(1024), None);
+        assert!(matches!(r.read_frame().await, Err(Error::Malformed { .. })));
+        assert!(matches!(r.read_frame().await, Err(Error::Malformed { .. })));
     }
 
-    #[test]
-    fn the_end_of_the_stream_inside_a_message_is_a_disconnect() {
+    #[tokio::test]
+    async fn the_end_of_the_stream_inside_a_message_is_a_disconnect() {
         let bytes = encode(&Header::call(1, 1, 1), b"abcd").unwrap();
-        block_on(async {
-            let mut r = PacketReader::new(&bytes[..30], 1024);
-            assert!(matches!(r.read_packet().await, Err(Error::Disconnected)));
-        });
+        let mut r = Connection::new(&bytes[..30], PacketCodec::new(1024), None);
+        assert!(matches!(r.read_frame().await, Err(Error::Disconnected)));
     }
 
-    #[test]
-    fn received_bytes_are_traced() {
+    #[tokio::test]
+    async fn received_bytes_are_traced() {
         let bytes = encode(&Header::call(1, 1, 1), &[]).unwrap();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let sink = seen.clone();
-        block_on(async {
-            let mut r = PacketReader::new(&bytes[..], 1024);
-            r.set_trace(Some(Trace::new(move |d, b| {
-                sink.lock().unwrap().push((d, b.to_vec()))
-            })));
-            r.read_packet().await.unwrap();
-        });
+        let trace = Trace::new(move |d, b| sink.lock().unwrap().push((d, b.to_vec())));
+        let mut r = Connection::new(&bytes[..], PacketCodec::new(1024), Some(trace));
+        r.read_frame().await.unwrap();
         assert_eq!(*seen.lock().unwrap(), vec![(Direction::Received, bytes)]);
     }
 }

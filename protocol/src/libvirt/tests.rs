@@ -13,7 +13,7 @@ use super::packet::*;
 use super::xdr::{Decoder, Encoder};
 use super::*;
 use crate::qmp::QueryStatus;
-use crate::{ClientOptions, Direction, Error, Phase, Trace};
+use crate::{ClientOptions, Connection, Deadline, Direction, Error, Phase, Trace};
 
 fn hex(text: &str) -> Vec<u8> {
     let text: String = text.split_whitespace().collect();
@@ -121,9 +121,9 @@ async fn serve(
     mut handler: impl FnMut(&Packet) -> Vec<Vec<u8>> + Send + 'static,
 ) -> Vec<Packet> {
     let (read, mut write) = tokio::io::split(stream);
-    let mut reader = PacketReader::new(read, MAX_PACKET_LEN);
+    let mut reader = Connection::new(read, PacketCodec::new(MAX_PACKET_LEN), None);
     let mut received = Vec::new();
-    while let Ok(packet) = reader.read_packet().await {
+    while let Ok(packet) = reader.read_frame().await {
         for message in handler(&packet) {
             if write.write_all(&message).await.is_err() {
                 return received;
@@ -148,8 +148,8 @@ async fn open(stream: DuplexStream, options: &ClientOptions) -> Result<LibvirtCl
     LibvirtClient::handshake(stream, Path::new(SOCKET), "qemu:///system", options).await
 }
 
-fn soon() -> Instant {
-    Instant::now() + Duration::from_secs(5)
+fn soon() -> Deadline {
+    Deadline::after(Duration::from_secs(5))
 }
 
 #[tokio::test]
@@ -238,7 +238,7 @@ async fn a_silent_monitor_command_times_out_under_its_name() {
         .monitor_command(
             &domain,
             r#"{"execute":"stop"}"#,
-            Instant::now() + Duration::from_secs(3),
+            Deadline::after(Duration::from_secs(3)),
         )
         .await
         .unwrap_err();
@@ -448,7 +448,7 @@ async fn a_late_reply_times_out_and_is_skipped_later() {
     let domain = client.lookup_domain_by_name("virtomate-test").await.unwrap();
     let started = Instant::now();
     let err = client
-        .agent_command(&domain, PING, 10, started + Duration::from_secs(15))
+        .agent_command(&domain, PING, 10, Deadline::after(Duration::from_secs(15)))
         .await
         .unwrap_err();
     assert!(
@@ -491,9 +491,9 @@ async fn a_send_cut_short_makes_the_connection_unusable() {
     let (client_end, server_end) = tokio::io::duplex(256);
     let server = tokio::spawn(async move {
         let (read, mut write) = tokio::io::split(server_end);
-        let mut reader = PacketReader::new(read, MAX_PACKET_LEN);
+        let mut reader = Connection::new(read, PacketCodec::new(MAX_PACKET_LEN), None);
         for _ in 0..3 {
-            let call = reader.read_packet().await.unwrap();
+            let call = reader.read_frame().await.unwrap();
             for message in libvirtd(&call) {
                 write.write_all(&message).await.unwrap();
             }
@@ -509,7 +509,7 @@ async fn a_send_cut_short_makes_the_connection_unusable() {
         "A".repeat(4096)
     );
     let err = client
-        .agent_command(&domain, &big, -1, Instant::now() + Duration::from_secs(1))
+        .agent_command(&domain, &big, -1, Deadline::after(Duration::from_secs(1)))
         .await
         .unwrap_err();
     assert!(
@@ -646,8 +646,8 @@ async fn a_peer_that_hangs_up_mid_message_is_a_disconnect() {
     let (client_end, server_end) = tokio::io::duplex(1024);
     let server = tokio::spawn(async move {
         let (read, mut write) = tokio::io::split(server_end);
-        let mut reader = PacketReader::new(read, MAX_PACKET_LEN);
-        let call = reader.read_packet().await.unwrap();
+        let mut reader = Connection::new(read, PacketCodec::new(MAX_PACKET_LEN), None);
+        let call = reader.read_frame().await.unwrap();
         write.write_all(&libvirtd(&call)[0][..10]).await.unwrap();
     });
     let err = open(client_end, &ClientOptions::default()).await.unwrap_err();

@@ -194,26 +194,26 @@ impl GuestExec {
     /// assert!(exec.request_len() < (4 << 20) + 200);
     /// ```
     pub fn request_len(&self) -> usize {
-        super::guest_exec_request(self, crate::client::LONGEST_ID).len()
+        super::guest_exec_request(self, super::LONGEST_ID).len()
     }
 }
 
 impl Command for GuestExec {
     const NAME: &'static str = "guest-exec";
-    type Output = ExecStarted;
+    type Output = GuestExecReply;
 }
 
 /// The `return` of `guest-exec`.
 ///
 /// ```
-/// use virtomate_protocol::qga::{ExecStarted, GuestExecStatus};
+/// use virtomate_protocol::qga::{GuestExecReply, GuestExecStatus};
 ///
-/// let started: ExecStarted = serde_json::from_str(r#"{"pid": 1234}"#).unwrap();
+/// let started: GuestExecReply = serde_json::from_str(r#"{"pid": 1234}"#).unwrap();
 /// let poll = GuestExecStatus { pid: started.pid };
 /// assert_eq!(serde_json::to_string(&poll).unwrap(), r#"{"pid":1234}"#);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub struct ExecStarted {
+pub struct GuestExecReply {
     /// The guest's pid of the started program.
     pub pid: i64,
 }
@@ -223,8 +223,8 @@ pub struct ExecStarted {
 /// `exited: true` once.
 ///
 /// ```
-/// use virtomate_protocol::qga::ExecStatus;
-/// let status: ExecStatus = serde_json::from_str(
+/// use virtomate_protocol::qga::GuestExecStatusReply;
+/// let status: GuestExecStatusReply = serde_json::from_str(
 ///     r#"{"exited": true, "exitcode": 0, "out-data": "SGVsbG8=", "out-truncated": false}"#,
 /// ).unwrap();
 /// assert_eq!(status.out_data.as_deref(), Some(&b"Hello"[..]));
@@ -238,16 +238,16 @@ pub struct GuestExecStatus {
 
 impl Command for GuestExecStatus {
     const NAME: &'static str = "guest-exec-status";
-    type Output = ExecStatus;
+    type Output = GuestExecStatusReply;
 }
 
 /// The `return` of `guest-exec-status`.
 ///
 /// ```
-/// use virtomate_protocol::qga::ExecStatus;
+/// use virtomate_protocol::qga::GuestExecStatusReply;
 ///
 /// // Killed by SIGKILL after writing nothing: no exit code, no `*-data`.
-/// let status: ExecStatus = serde_json::from_str(
+/// let status: GuestExecStatusReply = serde_json::from_str(
 ///     r#"{"exited": true, "signal": 9, "out-truncated": false, "err-truncated": false}"#,
 /// ).unwrap();
 /// assert_eq!((status.exitcode, status.signal), (None, Some(9)));
@@ -255,7 +255,7 @@ impl Command for GuestExecStatus {
 /// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub struct ExecStatus {
+pub struct GuestExecStatusReply {
     /// True once the program was reaped and its output pipes closed.
     pub exited: bool,
     /// The exit status, when it exited normally.

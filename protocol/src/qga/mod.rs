@@ -14,18 +14,16 @@
 //! ```
 
 mod base64_data;
+mod client;
 mod commands;
-mod envelope;
 mod streamed_input;
 
+pub use client::QgaClient;
+pub(crate) use client::LONGEST_ID;
 pub use commands::{
-    CommandInfo, Empty, ExecStarted, ExecStatus, GuestExec, GuestExecStatus, GuestInfo, GuestInfoReply,
-    GuestPing, GuestSyncDelimited,
-};
-pub(crate) use envelope::{
-    parse_reply, parse_reply_ignoring_id, parse_reply_to, request_bytes, request_line, request_without_id,
-    ReplyFor,
+    CommandInfo, Empty, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply, GuestInfo,
+    GuestInfoReply, GuestPing, GuestSyncDelimited,
 };
 pub(crate) use streamed_input::{guest_exec_request, OutgoingRequest};
 
-pub use crate::command::Command;
+pub use crate::Command;

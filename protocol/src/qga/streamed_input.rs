@@ -8,6 +8,8 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::GuestExec;
+use crate::envelope::Request;
+use crate::Command;
 
 /// Raw bytes encoded per piece: a multiple of 3, so that the pieces' Base64
 /// joins up without padding in between.
@@ -58,7 +60,7 @@ impl OutgoingRequest<'_> {
 /// arguments, to be encoded while sending, when there is input.
 pub(crate) fn guest_exec_request(exec: &GuestExec, id: u64) -> OutgoingRequest<'_> {
     let Some(input) = exec.input_data.as_deref() else {
-        return OutgoingRequest::Whole(super::request_bytes(exec, id));
+        return OutgoingRequest::Whole(Request::of(exec).with_id(id).to_line());
     };
     let without_input = GuestExec {
         path: exec.path.clone(),
@@ -68,7 +70,9 @@ pub(crate) fn guest_exec_request(exec: &GuestExec, id: u64) -> OutgoingRequest<'
         capture_output: exec.capture_output,
     };
     let arguments = serde_json::to_vec(&without_input).expect("commands always serialize");
-    let head = br#"{"execute":"guest-exec","arguments":{"input-data":""#.to_vec();
+    let mut head = br#"{"execute":"#.to_vec();
+    head.extend(serde_json::to_vec(GuestExec::NAME).expect("a name serializes"));
+    head.extend_from_slice(br#","arguments":{"input-data":""#);
     // `","` then the other arguments, whose object's `{` the head opened.
     let mut tail = br#"","#.to_vec();
     tail.extend_from_slice(&arguments[1..]);
@@ -82,7 +86,10 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::qga::request_bytes;
+
+    fn request_bytes(exec: &GuestExec, id: u64) -> Vec<u8> {
+        Request::of(exec).with_id(id).to_line()
+    }
 
     fn sent(request: &OutgoingRequest<'_>) -> Vec<u8> {
         request.pieces().flat_map(|piece| piece.into_owned()).collect()

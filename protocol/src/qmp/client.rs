@@ -1,21 +1,19 @@
 //! An async client for one QMP connection.
 
-use std::path::Path;
-use std::time::Duration;
-
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::Value;
+use std::path::Path;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
-use tokio::time::Instant;
 
 use super::events::{parse_event, EventStore};
 use super::greeting::parse_greeting;
 use super::{Command, Event, Greeting, QmpCapabilities};
-use crate::client::{connect_until, send_traced, within};
-use crate::framing::ReplyReader;
-use crate::qga::{parse_reply_to, request_bytes, request_line, ReplyFor};
-use crate::{ClientOptions, Error, Phase, MAX_REQUEST_LEN};
+use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
+use crate::framing::LineCodec;
+use crate::transport::connect;
+use crate::{ClientOptions, Connection, Deadline, Error, Phase};
 
 /// A QMP connection past capabilities negotiation, ready for commands.
 ///
@@ -48,7 +46,7 @@ use crate::{ClientOptions, Error, Phase, MAX_REQUEST_LEN};
 /// ```
 #[derive(Debug)]
 pub struct QmpClient<S = UnixStream> {
-    conn: ReplyReader<S>,
+    conn: Connection<S, LineCodec>,
     options: ClientOptions,
     greeting: Greeting,
     /// The last id sent. Every connection starts a new session (QEMU greets
@@ -72,9 +70,9 @@ impl QmpClient<UnixStream> {
     /// # Ok(()) }
     /// ```
     pub async fn connect(path: impl AsRef<Path>, options: ClientOptions) -> Result<Self, Error> {
-        let deadline = Instant::now() + options.handshake_timeout;
-        let stream = connect_until(path.as_ref(), deadline, options.handshake_timeout).await?;
-        QmpClient::handshake_until(stream, options, deadline).await
+        let deadline = Deadline::after(options.handshake_timeout);
+        let stream = connect(path.as_ref(), deadline).await?;
+        QmpClient::handshake_by(stream, options, deadline).await
     }
 }
 
@@ -92,18 +90,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     /// # Ok(()) }
     /// ```
     pub async fn handshake(stream: S, options: ClientOptions) -> Result<Self, Error> {
-        let deadline = Instant::now() + options.handshake_timeout;
-        QmpClient::handshake_until(stream, options, deadline).await
+        let deadline = Deadline::after(options.handshake_timeout);
+        QmpClient::handshake_by(stream, options, deadline).await
     }
 
-    async fn handshake_until(stream: S, options: ClientOptions, deadline: Instant) -> Result<Self, Error> {
-        let mut conn = ReplyReader::new(stream, options.max_reply_len);
-        conn.set_trace(options.trace.clone());
-        let allowed = options.handshake_timeout;
-        let greeting = within(deadline, allowed, Phase::Handshake, async {
-            parse_greeting(&conn.read_reply().await?)
-        })
-        .await?;
+    async fn handshake_by(stream: S, options: ClientOptions, deadline: Deadline) -> Result<Self, Error> {
+        let codec = LineCodec::new(options.max_reply_len);
+        let mut conn = Connection::new(stream, codec, options.trace.clone());
+        let greeting = deadline
+            .run(Phase::Handshake, async {
+                parse_greeting(&conn.read_reply().await?)
+            })
+            .await?;
         let mut client = QmpClient {
             conn,
             options,
@@ -111,10 +109,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
             last_id: 0,
             events: EventStore::default(),
         };
-        let id = client.fresh_id();
-        let request = request_bytes(&QmpCapabilities {}, id);
         let _: <QmpCapabilities as Command>::Output = client
-            .exchange(QmpCapabilities::NAME, &request, id, deadline, allowed)
+            .exchange(QmpCapabilities::NAME, Some(&QmpCapabilities {}), deadline)
             .await?;
         Ok(client)
     }
@@ -146,10 +142,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     /// # Ok(()) }
     /// ```
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
-        let id = self.fresh_id();
-        let request = request_bytes(command, id);
-        let (deadline, allowed) = self.reply_deadline();
-        self.exchange(C::NAME, &request, id, deadline, allowed).await
+        let deadline = Deadline::after(self.options.reply_timeout);
+        self.exchange(C::NAME, Some(command), deadline).await
     }
 
     /// Sends the command `name`, with `arguments` (an object) if given, and
@@ -170,10 +164,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     /// # Ok(()) }
     /// ```
     pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
-        let id = self.fresh_id();
-        let request = request_line(name, arguments, id);
-        let (deadline, allowed) = self.reply_deadline();
-        self.exchange(name, &request, id, deadline, allowed).await
+        let deadline = Deadline::after(self.options.reply_timeout);
+        self.exchange(name, arguments, deadline).await
     }
 
     /// The events received so far, oldest first; they are forgotten here.
@@ -206,21 +198,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
         self.events.dropped()
     }
 
-    fn reply_deadline(&self) -> (Instant, Duration) {
-        let allowed = self.options.reply_timeout;
-        (Instant::now() + allowed, allowed)
-    }
-
-    /// Sends `request` (for `name`, with `id`) and reads until its reply,
+    /// Sends the command `name` with `arguments` and reads until its reply,
     /// storing the events in between; both by `deadline`.
-    async fn exchange<T: DeserializeOwned>(
+    async fn exchange<A: Serialize + ?Sized, T: DeserializeOwned>(
         &mut self,
         name: &str,
-        request: &[u8],
-        id: u64,
-        deadline: Instant,
-        allowed: Duration,
+        arguments: Option<&A>,
+        deadline: Deadline,
     ) -> Result<T, Error> {
+        let id = self.fresh_id();
+        let request = Request::new(name, arguments).with_id(id).to_line();
         // QMP parses requests with the same JSON streamer as the agent.
         if request.len() > MAX_REQUEST_LEN {
             return Err(Error::RequestTooLarge {
@@ -228,20 +215,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
                 limit: MAX_REQUEST_LEN,
             });
         }
-        let sending = send_traced(&mut self.conn, self.options.trace.as_ref(), request);
-        within(deadline, allowed, Phase::Sending(name.to_owned()), sending).await?;
-        within(deadline, allowed, Phase::Reply(name.to_owned()), async {
+        deadline
+            .run(Phase::Sending(name.to_owned()), self.conn.send(&request))
+            .await?;
+        let reading = async {
             loop {
                 let line = self.conn.read_reply().await?;
-                match parse_reply_to(name, &line, id)? {
+                match parse_reply(name, &line, ReplyId::Is(id))? {
                     ReplyFor::Us(output) => return Ok(output),
                     ReplyFor::Event => self.events.push(parse_event(name, &line)?, line.len()),
                     // The late reply to a command that timed out earlier.
                     ReplyFor::Other => {}
                 }
             }
-        })
-        .await
+        };
+        deadline.run(Phase::Reply(name.to_owned()), reading).await
     }
 
     fn fresh_id(&mut self) -> u64 {

@@ -69,9 +69,9 @@ pub struct ChardevInfo {
 /// `query-status`: whether the guest's CPUs run.
 ///
 /// ```
-/// use virtomate_protocol::qmp::{Command, QueryStatus, StatusInfo};
+/// use virtomate_protocol::qmp::{Command, QueryStatus, QueryStatusReply};
 /// assert_eq!(QueryStatus::NAME, "query-status");
-/// let status: StatusInfo = serde_json::from_str(
+/// let status: QueryStatusReply = serde_json::from_str(
 ///     r#"{"status": "paused", "singlestep": false, "running": false}"#,
 /// ).unwrap();
 /// assert_eq!(status.status, "paused");
@@ -81,22 +81,22 @@ pub struct QueryStatus {}
 
 impl Command for QueryStatus {
     const NAME: &'static str = "query-status";
-    type Output = StatusInfo;
+    type Output = QueryStatusReply;
 }
 
 /// The `return` of `query-status`.
 ///
 /// ```
-/// use virtomate_protocol::qmp::StatusInfo;
+/// use virtomate_protocol::qmp::QueryStatusReply;
 ///
 /// // QEMU 7.2 also sends `singlestep`, which is not kept.
-/// let status: StatusInfo = serde_json::from_str(
+/// let status: QueryStatusReply = serde_json::from_str(
 ///     r#"{"status": "running", "singlestep": false, "running": true}"#,
 /// ).unwrap();
-/// assert_eq!(status, StatusInfo { status: "running".into(), running: true });
+/// assert_eq!(status, QueryStatusReply { status: "running".into(), running: true });
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct StatusInfo {
+pub struct QueryStatusReply {
     /// The run state, e.g. `running`, `paused`, `shutdown`, `inmigrate`.
     pub status: String,
     /// True while the guest's CPUs run.
@@ -106,9 +106,9 @@ pub struct StatusInfo {
 /// `query-version`: the version of the QEMU process.
 ///
 /// ```
-/// use virtomate_protocol::qmp::{Command, QueryVersion, VersionInfo};
+/// use virtomate_protocol::qmp::{Command, QueryVersion, QueryVersionReply};
 /// assert_eq!(QueryVersion::NAME, "query-version");
-/// let info: VersionInfo = serde_json::from_str(
+/// let info: QueryVersionReply = serde_json::from_str(
 ///     r#"{"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7"}"#,
 /// ).unwrap();
 /// assert_eq!(info.qemu.to_string(), "7.2.22");
@@ -118,23 +118,23 @@ pub struct QueryVersion {}
 
 impl Command for QueryVersion {
     const NAME: &'static str = "query-version";
-    type Output = VersionInfo;
+    type Output = QueryVersionReply;
 }
 
 /// The `return` of `query-version`, and the version in the [`Greeting`](super::Greeting).
 ///
 /// ```
-/// use virtomate_protocol::qmp::{QemuVersion, VersionInfo};
+/// use virtomate_protocol::qmp::{QemuVersion, QueryVersionReply};
 ///
 /// // A QEMU built from source, not by a distribution.
-/// let info: VersionInfo = serde_json::from_str(
+/// let info: QueryVersionReply = serde_json::from_str(
 ///     r#"{"qemu": {"micro": 0, "minor": 1, "major": 8}, "package": ""}"#,
 /// ).unwrap();
 /// assert!(info.package.is_empty());
 /// assert!(info.qemu >= QemuVersion { major: 8, minor: 1, micro: 0 });
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct VersionInfo {
+pub struct QueryVersionReply {
     /// The upstream version.
     pub qemu: QemuVersion,
     /// The distribution's package version, or empty for a plain build.

@@ -10,10 +10,6 @@ use crate::Error;
 
 /// The most events a [`QmpClient`](crate::QmpClient) keeps; older ones are
 /// dropped first.
-///
-/// ```
-/// assert_eq!(virtomate_protocol::qmp::MAX_STORED_EVENTS, 1000);
-/// ```
 pub const MAX_STORED_EVENTS: usize = 1000;
 
 /// The most bytes (as received) of events a [`QmpClient`](crate::QmpClient)

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{QemuVersion, VersionInfo};
+use super::{QemuVersion, QueryVersionReply};
 use crate::Error;
 
 /// What QEMU announces on connecting: its version and the optional
@@ -37,7 +37,7 @@ struct Wire {
 
 #[derive(Deserialize, Serialize)]
 struct WireBody {
-    version: VersionInfo,
+    version: QueryVersionReply,
     capabilities: Vec<String>,
 }
 
@@ -55,7 +55,7 @@ impl From<Greeting> for Wire {
     fn from(greeting: Greeting) -> Wire {
         Wire {
             qmp: WireBody {
-                version: VersionInfo {
+                version: QueryVersionReply {
                     qemu: greeting.version,
                     package: greeting.package,
                 },

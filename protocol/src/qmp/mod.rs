@@ -29,10 +29,10 @@ mod tests;
 
 pub use client::QmpClient;
 pub use commands::{
-    ChardevInfo, QemuVersion, QmpCapabilities, QueryChardev, QueryStatus, QueryVersion, StatusInfo,
-    VersionInfo,
+    ChardevInfo, QemuVersion, QmpCapabilities, QueryChardev, QueryStatus, QueryStatusReply, QueryVersion,
+    QueryVersionReply,
 };
 pub use events::{Event, MAX_STORED_EVENTS, MAX_STORED_EVENT_BYTES};
 pub use greeting::Greeting;
 
-pub use crate::command::Command;
+pub use crate::Command;

@@ -124,7 +124,7 @@ async fn events_between_request_and_reply_are_stored_apart() {
     let (status, ()) = tokio::join!(client.execute(&QueryStatus {}), server);
     assert_eq!(
         status.unwrap(),
-        StatusInfo {
+        QueryStatusReply {
             status: "paused".into(),
             running: false
         }

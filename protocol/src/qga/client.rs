@@ -1,69 +1,17 @@
 //! An async client for one agent connection.
 
-use std::future::Future;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
-use tokio::time::{timeout_at, Instant};
 
-use crate::framing::{ReplyReader, DEFAULT_MAX_REPLY_LEN, SENTINEL};
-use crate::qga::{
-    guest_exec_request, parse_reply, parse_reply_to, request_bytes, request_line, Command, ExecStarted,
-    GuestExec, GuestSyncDelimited, OutgoingRequest, ReplyFor,
-};
-use crate::{Direction, Error, Phase, Trace};
-
-/// The most the agent's JSON parser accepts in one request
-/// (`MAX_TOKEN_SIZE` in QEMU's `qobject/json-streamer.c`).
-///
-/// A longer request is refused with [`Error::RequestTooLarge`] before
-/// sending: the agent would answer it with several parse errors.
-///
-/// ```
-/// use virtomate_protocol::MAX_REQUEST_LEN;
-///
-/// // Base64 makes `input-data` a third longer than the input itself.
-/// let stdin_len: usize = 47 << 20;
-/// assert!(stdin_len.div_ceil(3) * 4 < MAX_REQUEST_LEN);
-/// ```
-pub const MAX_REQUEST_LEN: usize = 64 << 20;
-
-/// Time limits and bounds of a [`QgaClient`].
-///
-/// ```
-/// use std::time::Duration;
-/// use virtomate_protocol::ClientOptions;
-///
-/// let options = ClientOptions {
-///     handshake_timeout: Duration::from_secs(2),
-///     ..ClientOptions::default()
-/// };
-/// assert_eq!(options.max_reply_len, virtomate_protocol::framing::DEFAULT_MAX_REPLY_LEN);
-/// ```
-#[derive(Debug, Clone)]
-pub struct ClientOptions {
-    /// One deadline for connecting and synchronising together.
-    pub handshake_timeout: Duration,
-    /// One deadline for each reply, however it trickles in.
-    pub reply_timeout: Duration,
-    /// Replies longer than this are refused ([`Error::ReplyTooLong`]).
-    pub max_reply_len: usize,
-    /// Sees every byte sent and received, e.g. for `--trace`.
-    pub trace: Option<Trace>,
-}
-
-impl Default for ClientOptions {
-    fn default() -> Self {
-        ClientOptions {
-            handshake_timeout: Duration::from_secs(5),
-            reply_timeout: Duration::from_secs(30),
-            max_reply_len: DEFAULT_MAX_REPLY_LEN,
-            trace: None,
-        }
-    }
-}
+use super::{guest_exec_request, Command, GuestExec, GuestExecReply, GuestSyncDelimited, OutgoingRequest};
+use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
+use crate::framing::{LineCodec, SENTINEL};
+use crate::transport::connect;
+use crate::{ClientOptions, Connection, Deadline, Error, Phase};
 
 /// A connection to a QEMU Guest Agent, synchronised and ready for commands.
 ///
@@ -78,7 +26,7 @@ impl Default for ClientOptions {
 /// ```
 #[derive(Debug)]
 pub struct QgaClient<S = UnixStream> {
-    conn: ReplyReader<S>,
+    conn: Connection<S, LineCodec>,
     options: ClientOptions,
     next_id: u64,
     /// False from the moment a request is sent until its reply was read:
@@ -104,11 +52,10 @@ impl QgaClient<UnixStream> {
     /// # Ok(()) }
     /// ```
     pub async fn connect(path: impl AsRef<Path>, options: ClientOptions) -> Result<Self, Error> {
-        let path = path.as_ref();
-        let deadline = Instant::now() + options.handshake_timeout;
-        let stream = connect_until(path, deadline, options.handshake_timeout).await?;
+        let deadline = Deadline::after(options.handshake_timeout);
+        let stream = connect(path.as_ref(), deadline).await?;
         let mut client = QgaClient::new(stream, options);
-        client.sync_until(deadline).await?;
+        client.sync_by(deadline).await?;
         Ok(client)
     }
 }
@@ -131,8 +78,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// # });
     /// ```
     pub fn new(stream: S, options: ClientOptions) -> Self {
-        let mut conn = ReplyReader::new(stream, options.max_reply_len);
-        conn.set_trace(options.trace.clone());
+        let conn = Connection::new(
+            stream,
+            LineCodec::new(options.max_reply_len),
+            options.trace.clone(),
+        );
         QgaClient {
             conn,
             options,
@@ -156,13 +106,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// # });
     /// ```
     pub async fn sync(&mut self) -> Result<(), Error> {
-        self.sync_until(Instant::now() + self.options.handshake_timeout)
+        self.sync_by(Deadline::after(self.options.handshake_timeout))
             .await
     }
 
-    async fn sync_until(&mut self, deadline: Instant) -> Result<(), Error> {
-        let timeout = self.options.handshake_timeout;
-        within(deadline, timeout, Phase::Handshake, self.sync_exchange()).await
+    async fn sync_by(&mut self, deadline: Deadline) -> Result<(), Error> {
+        deadline.run(Phase::Handshake, self.sync_exchange()).await
     }
 
     async fn sync_exchange(&mut self) -> Result<(), Error> {
@@ -172,8 +121,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         // client left behind; it answers with a parse error that we skip
         // along with everything else before the sentinel.
         let mut request = vec![SENTINEL];
-        request.extend(request_bytes(&GuestSyncDelimited { id }, id));
-        self.send(&request).await?;
+        request.extend(Request::of(&GuestSyncDelimited { id }).with_id(id).to_line());
+        self.conn.send(&request).await?;
         self.conn.skip_past_sentinel().await?;
         loop {
             let line = match self.conn.read_reply().await {
@@ -184,7 +133,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
                 Some(pos) => &line[pos + 1..],
                 None => &line[..],
             };
-            if let Ok(ReplyFor::Us(echoed)) = parse_reply::<GuestSyncDelimited>(after_sentinel, id) {
+            let reply = parse_reply::<u64>(GuestSyncDelimited::NAME, after_sentinel, ReplyId::Is(id));
+            if let Ok(ReplyFor::Us(echoed)) = reply {
                 if echoed == id {
                     self.in_sync = true;
                     return Ok(());
@@ -227,8 +177,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// # });
     /// ```
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
-        self.exchange(C::NAME, |id| OutgoingRequest::Whole(request_bytes(command, id)))
-            .await
+        let reply_timeout = self.options.reply_timeout;
+        self.exchange(C::NAME, reply_timeout, |id| {
+            OutgoingRequest::Whole(Request::of(command).with_id(id).to_line())
+        })
+        .await
     }
 
     /// Starts a program, as [`execute`](Self::execute) does with `exec`,
@@ -248,8 +201,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// println!("running as pid {}", started.pid);
     /// # Ok(()) }
     /// ```
-    pub async fn guest_exec(&mut self, exec: &GuestExec) -> Result<ExecStarted, Error> {
-        self.exchange(GuestExec::NAME, |id| guest_exec_request(exec, id))
+    pub async fn guest_exec(&mut self, exec: &GuestExec) -> Result<GuestExecReply, Error> {
+        let reply_timeout = self.options.reply_timeout;
+        self.exchange(GuestExec::NAME, reply_timeout, |id| guest_exec_request(exec, id))
             .await
     }
 
@@ -264,13 +218,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// println!("{}", host_name["host-name"]);
     /// # Ok(()) }
     /// ```
-    pub async fn execute_json(
-        &mut self,
-        name: &str,
-        arguments: Option<&serde_json::Value>,
-    ) -> Result<serde_json::Value, Error> {
-        self.exchange(name, |id| {
-            OutgoingRequest::Whole(request_line(name, arguments, id))
+    pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
+        let reply_timeout = self.options.reply_timeout;
+        self.exchange(name, reply_timeout, |id| {
+            OutgoingRequest::Whole(Request::new(name, arguments).with_id(id).to_line())
         })
         .await
     }
@@ -292,20 +243,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     pub async fn execute_without_reply(
         &mut self,
         name: &str,
-        arguments: Option<&serde_json::Value>,
+        arguments: Option<&Value>,
         grace: Duration,
     ) -> Result<(), Error> {
-        let grace_options = ClientOptions {
-            reply_timeout: grace,
-            ..self.options.clone()
-        };
-        let options = std::mem::replace(&mut self.options, grace_options);
         let outcome = self
-            .exchange::<serde_json::Value>(name, |id| {
-                OutgoingRequest::Whole(request_line(name, arguments, id))
+            .exchange::<Value>(name, grace, |id| {
+                OutgoingRequest::Whole(Request::new(name, arguments).with_id(id).to_line())
             })
             .await;
-        self.options = options;
         match outcome {
             // An agent that does reply (`{"return": {}}`) is no worse.
             Ok(_) | Err(Error::Disconnected) => Ok(()),
@@ -317,9 +262,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         }
     }
 
+    /// Sends the request `build_request` makes with a fresh id and reads
+    /// until its reply, which may take `reply_timeout` once it is sent.
     async fn exchange<'r, T: serde::de::DeserializeOwned>(
         &mut self,
         name: &str,
+        reply_timeout: Duration,
         build_request: impl FnOnce(u64) -> OutgoingRequest<'r>,
     ) -> Result<T, Error> {
         if !self.in_sync {
@@ -334,30 +282,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             });
         }
         self.in_sync = false;
-        let timeout = self.options.reply_timeout;
         // A big request takes a while to cross a virtio port: the reply
         // timeout starts once it is sent, and sending may take the timeout
         // plus a second per MiB, however slowly the guest reads.
-        let send_allowance = timeout + Duration::from_secs((request.len() >> 20) as u64);
-        let sending = Phase::Sending(name.to_owned());
-        within(
-            Instant::now() + send_allowance,
-            send_allowance,
-            sending,
-            self.send_request(&request),
-        )
-        .await?;
+        let send_allowance = reply_timeout + Duration::from_secs((request.len() >> 20) as u64);
+        Deadline::after(send_allowance)
+            .run(Phase::Sending(name.to_owned()), self.send_request(&request))
+            .await?;
         drop(request);
-        let phase = Phase::Reply(name.to_owned());
-        let output = within(Instant::now() + timeout, timeout, phase, async {
+        let reading = async {
             loop {
                 let line = self.conn.read_reply().await?;
-                if let ReplyFor::Us(output) = parse_reply_to::<T>(name, &line, id)? {
+                if let ReplyFor::Us(output) = parse_reply::<T>(name, &line, ReplyId::Is(id))? {
                     return Ok(output);
                 }
             }
-        })
-        .await;
+        };
+        let output = Deadline::after(reply_timeout)
+            .run(Phase::Reply(name.to_owned()), reading)
+            .await;
         // An agent error reply still ends the exchange cleanly.
         if matches!(output, Ok(_) | Err(Error::Agent { .. })) {
             self.in_sync = true;
@@ -365,13 +308,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         output
     }
 
-    async fn send(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        send_traced(&mut self.conn, self.options.trace.as_ref(), bytes).await
-    }
-
     async fn send_request(&mut self, request: &OutgoingRequest<'_>) -> Result<(), Error> {
         for piece in request.pieces() {
-            self.send(&piece).await?;
+            self.conn.send(&piece).await?;
         }
         Ok(())
     }
@@ -399,50 +338,6 @@ fn random_id() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     hasher.finish() & ID_MASK
-}
-
-/// Connects to the UNIX socket at `path` by `deadline` (`allowed` after
-/// the start, for the error).
-pub(crate) async fn connect_until(
-    path: &Path,
-    deadline: Instant,
-    allowed: Duration,
-) -> Result<UnixStream, Error> {
-    within(deadline, allowed, Phase::Connecting, async {
-        UnixStream::connect(path).await.map_err(|source| Error::Connect {
-            path: path.to_owned(),
-            source,
-        })
-    })
-    .await
-}
-
-/// Writes `bytes` to the stream under `conn`, showing them to `trace`.
-pub(crate) async fn send_traced<S: AsyncRead + AsyncWrite + Unpin>(
-    conn: &mut ReplyReader<S>,
-    trace: Option<&Trace>,
-    bytes: &[u8],
-) -> Result<(), Error> {
-    if let Some(trace) = trace {
-        trace.record(Direction::Sent, bytes);
-    }
-    let stream = conn.get_mut();
-    stream.write_all(bytes).await.map_err(Error::from_io)?;
-    stream.flush().await.map_err(Error::from_io)
-}
-
-/// Runs `work` until `deadline`; past it, a timeout in `phase` after
-/// `allowed`.
-pub(crate) async fn within<T>(
-    deadline: Instant,
-    allowed: Duration,
-    phase: Phase,
-    work: impl Future<Output = Result<T, Error>>,
-) -> Result<T, Error> {
-    timeout_at(deadline, work).await.unwrap_or(Err(Error::Timeout {
-        phase,
-        after: allowed,
-    }))
 }
 
 /// Checked by the compiler: the futures stay `Send`, for multi-threaded

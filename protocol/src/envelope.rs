@@ -1,14 +1,34 @@
-//! The JSON around every request and reply, the same for QGA and QMP.
+//! The JSON around every request and reply, the same for QGA and QMP:
+//! `{"execute": NAME, "arguments": {...}, "id": ID}` out,
+//! `{"return": ...}` or `{"error": {"class", "desc"}}` back.
 
 use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::Command;
-use crate::Error;
+use crate::{Command, Error};
 
+/// The most the agent's JSON parser accepts in one request
+/// (`MAX_TOKEN_SIZE` in QEMU's `qobject/json-streamer.c`).
+///
+/// A longer request is refused with [`Error::RequestTooLarge`] before
+/// sending: the agent would answer it with several parse errors.
+///
+/// ```
+/// use virtomate_protocol::MAX_REQUEST_LEN;
+///
+/// // Base64 makes `input-data` a third longer than the input itself.
+/// let stdin_len: usize = 47 << 20;
+/// assert!(stdin_len.div_ceil(3) * 4 < MAX_REQUEST_LEN);
+/// ```
+pub const MAX_REQUEST_LEN: usize = 64 << 20;
+
+/// A request, ready to be serialized: for a direct channel as a line with
+/// an id ([`Request::to_line`]), for libvirtd as JSON without either
+/// ([`Request::to_json`]), since libvirtd adds an id of its own and refuses
+/// a request that has one.
 #[derive(Serialize)]
-struct Request<'a, A: ?Sized> {
+pub(crate) struct Request<'a, A: ?Sized> {
     execute: &'a str,
     // QMP refuses `"arguments": null`: a command without any leaves it out.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -17,32 +37,48 @@ struct Request<'a, A: ?Sized> {
     id: Option<u64>,
 }
 
-/// Serializes `command` as one request line, `id` included.
-pub(crate) fn request_bytes<C: Command>(command: &C, id: u64) -> Vec<u8> {
-    request_line(C::NAME, Some(command), id)
+impl<'a, A: Serialize + ?Sized> Request<'a, A> {
+    /// The command `name` with `arguments` (an object), if any.
+    pub(crate) fn new(name: &'a str, arguments: Option<&'a A>) -> Self {
+        Request {
+            execute: name,
+            arguments,
+            id: None,
+        }
+    }
+
+    pub(crate) fn with_id(self, id: u64) -> Self {
+        Request { id: Some(id), ..self }
+    }
+
+    /// One line: the JSON and its `\n`.
+    pub(crate) fn to_line(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec(self).expect("requests always serialize");
+        bytes.push(b'\n');
+        bytes
+    }
+
+    /// The JSON alone.
+    pub(crate) fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("requests always serialize")
+    }
 }
 
-/// Serializes a request for the command `name` as one line, `id` included.
-pub(crate) fn request_line<A: Serialize + ?Sized>(name: &str, arguments: Option<&A>, id: u64) -> Vec<u8> {
-    let mut bytes = request_json(name, arguments, Some(id));
-    bytes.push(b'\n');
-    bytes
+impl<'a, C: Command> Request<'a, C> {
+    /// A typed command: its name, and itself as the arguments.
+    pub(crate) fn of(command: &'a C) -> Self {
+        Request::new(C::NAME, Some(command))
+    }
 }
 
-/// Serializes a request for the command `name` without id or newline: for
-/// libvirtd, which adds an id of its own and refuses a request with one.
-pub(crate) fn request_without_id<A: Serialize + ?Sized>(name: &str, arguments: Option<&A>) -> String {
-    let bytes = request_json(name, arguments, None);
-    String::from_utf8(bytes).expect("serde_json writes UTF-8")
-}
-
-fn request_json<A: Serialize + ?Sized>(name: &str, arguments: Option<&A>, id: Option<u64>) -> Vec<u8> {
-    let request = Request {
-        execute: name,
-        arguments,
-        id,
-    };
-    serde_json::to_vec(&request).expect("commands always serialize")
+/// Which replies a parse takes for the one awaited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyId {
+    /// A reply with this id, or with none (the agent echoes ids, but an
+    /// error about a request it could not parse has none).
+    Is(u64),
+    /// Any: a reply libvirtd fetched for us, carrying the id libvirtd chose.
+    Any,
 }
 
 #[derive(Deserialize)]
@@ -72,35 +108,13 @@ pub(crate) enum ReplyFor<T> {
     Event,
 }
 
-/// Decodes one reply line to `command` sent with `id`.
-pub(crate) fn parse_reply<C: Command>(line: &[u8], id: u64) -> Result<ReplyFor<C::Output>, Error> {
-    parse_reply_to(C::NAME, line, id)
-}
-
-/// Decodes one reply line to the command `command` sent with `id`, whose
-/// `return` is a `T`.
-pub(crate) fn parse_reply_to<T: DeserializeOwned>(
+/// Decodes one reply line to `command`, whose `return` is a `T`; a reply
+/// that `id` does not take is [`ReplyFor::Other`], an error reply
+/// [`Error::Agent`].
+pub(crate) fn parse_reply<T: DeserializeOwned>(
     command: &str,
     line: &[u8],
-    id: u64,
-) -> Result<ReplyFor<T>, Error> {
-    parse_envelope(command, line, Some(id))
-}
-
-/// Decodes a reply known to answer `command` whatever its id: one that
-/// libvirtd fetched for us, with the id libvirtd chose.
-pub(crate) fn parse_reply_ignoring_id<T: DeserializeOwned>(
-    command: &str,
-    line: &[u8],
-) -> Result<ReplyFor<T>, Error> {
-    parse_envelope(command, line, None)
-}
-
-/// Decodes a line; with `id`, a reply with another id is [`ReplyFor::Other`].
-fn parse_envelope<T: DeserializeOwned>(
-    command: &str,
-    line: &[u8],
-    id: Option<u64>,
+    id: ReplyId,
 ) -> Result<ReplyFor<T>, Error> {
     let malformed = |reason: String| Error::Malformed {
         command: command.to_owned(),
@@ -108,7 +122,7 @@ fn parse_envelope<T: DeserializeOwned>(
     };
     let envelope: Envelope =
         serde_json::from_slice(line).map_err(|e| malformed(format!("not a JSON reply: {e}")))?;
-    if let (Some(id), Some(got)) = (id, &envelope.id) {
+    if let (ReplyId::Is(id), Some(got)) = (id, &envelope.id) {
         if got.as_u64() != Some(id) {
             return Ok(ReplyFor::Other);
         }
@@ -132,15 +146,15 @@ fn parse_envelope<T: DeserializeOwned>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::qga::{ExecStatus, GuestExecStatus, GuestPing};
+    use crate::qga::{GuestExecStatus, GuestExecStatusReply, GuestPing};
 
-    fn status(line: &str) -> Result<ReplyFor<ExecStatus>, Error> {
-        parse_reply::<GuestExecStatus>(line.as_bytes(), 9)
+    fn status(line: &str) -> Result<ReplyFor<GuestExecStatusReply>, Error> {
+        parse_reply(GuestExecStatus::NAME, line.as_bytes(), ReplyId::Is(9))
     }
 
     #[test]
     fn request_line_carries_name_arguments_and_id() {
-        let line = request_bytes(&GuestPing {}, 3);
+        let line = Request::of(&GuestPing {}).with_id(3).to_line();
         assert_eq!(line, b"{\"execute\":\"guest-ping\",\"arguments\":{},\"id\":3}\n");
     }
 
@@ -198,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_request_for_libvirtd_has_no_id() {
-        let request = request_without_id::<()>("query-status", None);
+        let request = Request::<()>::new("query-status", None).to_json();
         assert_eq!(request, r#"{"execute":"query-status"}"#);
     }
 
@@ -206,7 +220,7 @@ mod tests {
     fn a_reply_through_libvirtd_is_ours_whatever_its_id() {
         let reply = r#"{"return": {"exited": false}, "id": "libvirt-411"}"#;
         assert!(matches!(
-            parse_reply_ignoring_id::<ExecStatus>("guest-exec-status", reply.as_bytes()),
+            parse_reply::<GuestExecStatusReply>("guest-exec-status", reply.as_bytes(), ReplyId::Any),
             Ok(ReplyFor::Us(_))
         ));
         assert!(matches!(status(reply), Ok(ReplyFor::Other)));
@@ -214,7 +228,7 @@ mod tests {
 
     #[test]
     fn request_without_arguments_leaves_them_out() {
-        let line = request_line::<()>("query-status", None, 4);
+        let line = Request::<()>::new("query-status", None).with_id(4).to_line();
         assert_eq!(line, b"{\"execute\":\"query-status\",\"id\":4}\n");
     }
 

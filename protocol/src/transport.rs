@@ -1,0 +1,216 @@
+//! What every client does with its socket, whatever it speaks: connecting,
+//! bounding each step by a [`Deadline`], and showing the bytes to a
+//! [`Trace`] on their way.
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::time::{timeout_at, Instant};
+
+use crate::framing::DEFAULT_MAX_REPLY_LEN;
+use crate::{Direction, Error, Phase, Trace};
+
+/// Time limits and bounds of a [`QgaClient`].
+///
+/// ```
+/// use std::time::Duration;
+/// use virtomate_protocol::ClientOptions;
+///
+/// let options = ClientOptions {
+///     handshake_timeout: Duration::from_secs(2),
+///     ..ClientOptions::default()
+/// };
+/// assert_eq!(options.max_reply_len, virtomate_protocol::framing::DEFAULT_MAX_REPLY_LEN);
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// One deadline for connecting and synchronising together.
+    pub handshake_timeout: Duration,
+    /// One deadline for each reply, however it trickles in.
+    pub reply_timeout: Duration,
+    /// Replies longer than this are refused ([`Error::ReplyTooLong`]).
+    pub max_reply_len: usize,
+    /// Sees every byte sent and received, e.g. for `--trace`.
+    pub trace: Option<Trace>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            handshake_timeout: Duration::from_secs(5),
+            reply_timeout: Duration::from_secs(30),
+            max_reply_len: DEFAULT_MAX_REPLY_LEN,
+            trace: None,
+        }
+    }
+}
+
+/// A point in time by which a step must be done, with the time it was
+/// allowed, so that a timeout can say how long it waited.
+///
+/// ```
+/// use std::time::Duration;
+/// use virtomate_protocol::{Deadline, Error, Phase};
+///
+/// # tokio_test::block_on(async {
+/// let deadline = Deadline::after(Duration::from_millis(10));
+/// let never = std::future::pending::<Result<(), Error>>();
+/// let err = deadline.run(Phase::Handshake, never).await.unwrap_err();
+/// assert!(matches!(err, Error::Timeout { phase: Phase::Handshake, after } if after == Duration::from_millis(10)));
+/// # });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    at: Instant,
+    allowed: Duration,
+}
+
+impl Deadline {
+    /// `allowed` from now.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use virtomate_protocol::Deadline;
+    ///
+    /// assert_eq!(Deadline::after(Duration::from_secs(5)).allowed(), Duration::from_secs(5));
+    /// ```
+    pub fn after(allowed: Duration) -> Deadline {
+        Deadline {
+            at: Instant::now() + allowed,
+            allowed,
+        }
+    }
+
+    /// The instant itself, e.g. to hand on to `tokio::time::timeout_at`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use virtomate_protocol::Deadline;
+    ///
+    /// let deadline = Deadline::after(Duration::from_secs(1));
+    /// assert!(deadline.at() > tokio::time::Instant::now());
+    /// ```
+    pub fn at(&self) -> Instant {
+        self.at
+    }
+
+    /// The time allowed when the deadline was set, for messages.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use virtomate_protocol::Deadline;
+    ///
+    /// assert_eq!(Deadline::after(Duration::ZERO).allowed(), Duration::ZERO);
+    /// ```
+    pub fn allowed(&self) -> Duration {
+        self.allowed
+    }
+
+    /// The time left, zero once past.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use virtomate_protocol::Deadline;
+    ///
+    /// assert!(Deadline::after(Duration::from_secs(60)).remaining() <= Duration::from_secs(60));
+    /// ```
+    pub fn remaining(&self) -> Duration {
+        self.at.saturating_duration_since(Instant::now())
+    }
+
+    /// Runs `work` until the deadline; past it, [`Error::Timeout`] in
+    /// `phase`, naming the time allowed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use virtomate_protocol::{Deadline, Error, Phase};
+    ///
+    /// # tokio_test::block_on(async {
+    /// let quick = async { Ok::<_, Error>(7) };
+    /// assert_eq!(Deadline::after(Duration::from_secs(1)).run(Phase::Connecting, quick).await?, 7);
+    /// # Ok::<(), Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn run<T>(
+        &self,
+        phase: Phase,
+        work: impl Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        timeout_at(self.at, work).await.unwrap_or(Err(Error::Timeout {
+            phase,
+            after: self.allowed,
+        }))
+    }
+}
+
+/// Connects to the UNIX socket at `path` by `deadline`.
+pub(crate) async fn connect(path: &Path, deadline: Deadline) -> Result<UnixStream, Error> {
+    deadline
+        .run(Phase::Connecting, async {
+            UnixStream::connect(path).await.map_err(|source| Error::Connect {
+                path: path.to_owned(),
+                source,
+            })
+        })
+        .await
+}
+
+/// A stream that shows every chunk read from or written to it to a
+/// [`Trace`], exactly as it crossed the socket.
+#[derive(Debug)]
+pub(crate) struct Traced<S> {
+    inner: S,
+    trace: Option<Trace>,
+}
+
+impl<S> Traced<S> {
+    pub(crate) fn new(inner: S, trace: Option<Trace>) -> Self {
+        Traced { inner, trace }
+    }
+
+    pub(crate) fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Traced<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(trace)) = (&polled, &this.trace) {
+            let read = &buf.filled()[before..];
+            if !read.is_empty() {
+                trace.record(Direction::Received, read);
+            }
+        }
+        polled
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Traced<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(written)), Some(trace)) = (&polled, &this.trace) {
+            if *written > 0 {
+                trace.record(Direction::Sent, &buf[..*written]);
+            }
+        }
+        polled
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
