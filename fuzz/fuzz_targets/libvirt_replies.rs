@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
 use virtomate_protocol::libvirt::packet::{
     self, Header, MessageType, PacketCodec, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROGRAM, MAX_PACKET_LEN,
     REMOTE_PROC_AUTH_LIST, REMOTE_PROGRAM,
@@ -53,7 +53,7 @@ use virtomate_protocol::libvirt::{
     LibvirtAgent, LibvirtClient, LibvirtMonitor, RemoteDomain, AGENT_TIMEOUT_DEFAULT,
 };
 use virtomate_protocol::qga::GuestExecStatus;
-use virtomate_protocol::{wait_for_exit, Agent, ClientOptions, Connection, Error, PollSchedule};
+use virtomate_protocol::{wait_for_exit, Agent, ClientOptions, Connection, Deadline, Error, PollSchedule};
 
 const IDLE: Duration = Duration::from_millis(10);
 const LONG: Duration = Duration::from_secs(3600);
@@ -95,7 +95,7 @@ async fn client(stream: DuplexStream) {
         uuid: [0; 16],
         id: 1,
     });
-    let deadline = Instant::now() + LONG;
+    let deadline = Deadline::after(LONG);
     let reply = libvirt
         .agent_command(
             &domain,
