@@ -1,13 +1,12 @@
 //! Data up to the agent's own limits: 16 MiB per output stream, and one
 //! 64 MiB request for standard input, with bounded memory on the host.
 
-mod support;
-
-use support::host_agent::HostAgent;
-use support::test_vm::TestVm;
-use support::{guest_run_with, run, run_measured};
 use virtomate_protocol::qga::GuestExec;
 use virtomate_protocol::MAX_REQUEST_LEN;
+
+use crate::support::host_agent::HostAgent;
+use crate::support::test_vm::TestVm;
+use crate::support::{guest_run_with, run, run_measured};
 
 const MIB: usize = 1 << 20;
 

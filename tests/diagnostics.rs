@@ -1,14 +1,12 @@
 //! The debugging commands: guest-ping, guest-info, --trace and --log,
 //! against the real agent on the host, the real VM and a silent fake.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::fake_agent::FakeAgent;
-use support::host_agent::HostAgent;
-use support::test_vm::TestVm;
-use support::{guest_run_with, run, step};
+use crate::support::fake_agent::FakeAgent;
+use crate::support::host_agent::HostAgent;
+use crate::support::test_vm::TestVm;
+use crate::support::{self, guest_run_with, run, step};
 
 #[test]
 fn guest_ping_answers_with_exit_0_and_no_output() {

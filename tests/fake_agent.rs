@@ -2,13 +2,12 @@
 //! with a typed error and exit 1 (or a correct result), within its
 //! deadline, with bounded memory.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::fake_agent::{Conn, FakeAgent};
-use support::{run, run_measured, Outcome};
+
+use crate::support::fake_agent::{Conn, FakeAgent};
+use crate::support::{self, run, run_measured, Outcome};
 
 type Script = Box<dyn FnOnce(Conn) + Send>;
 

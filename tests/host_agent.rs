@@ -1,14 +1,13 @@
 //! `virtomate guest-run` against the real qemu-ga, run on the host with
 //! `-m unix-listen`: fast, and the same agent code as in a guest.
 
-mod support;
-
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::json;
-use support::host_agent::HostAgent;
-use support::{guest_run, guest_run_with, run, run_command, spawn_guest_run, virtomate};
+
+use crate::support::host_agent::HostAgent;
+use crate::support::{self, guest_run, guest_run_with, run, run_command, spawn_guest_run, virtomate};
 
 fn result(exit_code: Option<i32>, stdout: Option<&str>, stderr: Option<&str>) -> serde_json::Value {
     json!({

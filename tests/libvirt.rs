@@ -2,14 +2,13 @@
 //! libvirtd started by `scripts/libvirt-test-env.sh`. If libvirtd cannot
 //! start on a machine, the test says so and passes without checking.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
-use support::spec_examples::check_examples;
-use support::{run, step};
+
+use crate::support::spec_examples::check_examples;
+use crate::support::{self, run, step};
 
 fn env_script(args: &[&str]) -> std::process::Output {
     Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/libvirt-test-env.sh"))

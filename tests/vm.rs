@@ -2,14 +2,13 @@
 //! qemu-ga: every example of the specification, by socket path and by the
 //! VM's `-name`.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::spec_examples::check_examples;
-use support::test_vm::TestVm;
-use support::{guest_run_with, run};
+
+use crate::support::spec_examples::check_examples;
+use crate::support::test_vm::TestVm;
+use crate::support::{self, guest_run_with, run};
 
 #[test]
 fn every_specification_example_by_socket_path_and_by_name() {

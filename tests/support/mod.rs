@@ -1,6 +1,5 @@
 //! Shared by the integration tests: running the built binary, real agents
 //! on the host, the test VM, and a scripted fake agent.
-#![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod fake_agent;
 pub mod host_agent;
