@@ -265,7 +265,7 @@ fn a_socket_without_permission_is_named_in_the_error() {
 #[test]
 fn a_bare_qemu_process_is_found_by_name() {
     let agent = HostAgent::start();
-    let name = format!("fake-vm-{}", std::process::id());
+    let name = support::unique_name("fake-vm");
     // A process that looks like QEMU on /proc/PID/cmdline; the agent socket
     // path is relative to its working directory.
     let mut fake_qemu = support::die_with_parent(

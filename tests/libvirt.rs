@@ -146,11 +146,10 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
     let Some(mut env) = LibvirtEnv::start() else {
         return;
     };
-    let pid = std::process::id();
-    let two = format!("vt-two-{pid}");
-    let one = format!("vt-one-{pid}");
-    let idle = format!("vt-idle-{pid}");
-    let silent = format!("vt-silent-{pid}");
+    let two = support::unique_name("vt-two");
+    let one = support::unique_name("vt-one");
+    let idle = support::unique_name("vt-idle");
+    let silent = support::unique_name("vt-silent");
     env.define(&two, &["--second-channel"]);
     env.define(&one, &[]);
     env.define(&idle, &["--defined-only"]);

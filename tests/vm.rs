@@ -59,14 +59,18 @@ fn a_guest_without_agent_times_out_with_advice() {
 #[test]
 fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
     let vm = TestVm::boot_with("held", &[("EXTRA_AGENT_PORT", "1")]);
-    let listed = run(&["domain-list"], None).json();
-    let entry = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == vm.name.as_str())
-        .unwrap_or_else(|| panic!("{} not in {listed}", vm.name))
-        .clone();
+    // This VM's entry: other tests' VMs and domains may be listed too.
+    let listed = || {
+        let listed = run(&["domain-list"], None).json();
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == vm.name.as_str())
+            .unwrap_or_else(|| panic!("{} not in {listed}", vm.name))
+            .clone()
+    };
+    let entry = listed();
     assert_eq!(entry["source"], "qemu");
     assert_eq!(entry["pid"], json!(vm.qemu_pid()));
     assert_eq!(entry["agent_channels"][0]["name"], "org.qemu.guest_agent.0");
@@ -75,7 +79,7 @@ fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
     // Someone else (this test process) takes org.qemu.guest_agent.0.
     let _holder = std::os::unix::net::UnixStream::connect(vm.socket()).unwrap();
     support::wait_until(20, "QEMU to accept the holder", || {
-        run(&["domain-list"], None).stdout.contains(r#""held":true"#)
+        listed()["agent_channels"][0]["held"] == true
     });
 
     let out = run(&["guest-run", &vm.name, "--", "echo", "-n", "via .1"], None);

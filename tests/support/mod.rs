@@ -9,6 +9,7 @@ pub mod test_vm;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
@@ -129,6 +130,15 @@ fn guest_run_args<'a>(options: &[&'a str], socket: &'a Path, program: &[&'a str]
     args.extend([socket.to_str().unwrap(), "--"]);
     args.extend(program);
     args
+}
+
+/// `PREFIX-PID-N`, a name for a VM or domain that no other test uses: the
+/// pid tells this test process from others on the host (libvirtd and the
+/// process list are shared), N this test from the others in the process.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
 }
 
 /// Makes a spawned child die with the test process, even on SIGKILL.

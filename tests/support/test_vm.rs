@@ -36,7 +36,7 @@ impl TestVm {
             "no test VM in {}: run scripts/build-test-vm.sh first",
             artifacts().display()
         );
-        let name = format!("{name}-{}", std::process::id());
+        let name = super::unique_name(name);
         let dir = tempfile::tempdir().unwrap();
         let vm = TestVm { dir, name };
         let status = Command::new(repo().join("scripts/run-test-vm.sh"))
