@@ -29,6 +29,7 @@ fn produce(len: usize) -> String {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host and GNU time"]
 fn sixteen_mib_of_output_in_bounded_memory_and_the_channel_stays_in_sync() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -51,6 +52,7 @@ fn sixteen_mib_of_output_in_bounded_memory_and_the_channel_stays_in_sync() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn output_beyond_the_agents_cap_is_flagged_truncated_on_both_streams() {
     let agent = HostAgent::start();
     let script = format!("{} ; {} >&2", produce(17 * MIB), produce(16 * MIB + 1));
@@ -70,6 +72,7 @@ fn output_beyond_the_agents_cap_is_flagged_truncated_on_both_streams() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host and GNU time"]
 fn stdin_up_to_the_agents_request_limit_and_a_clear_error_beyond() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -121,6 +124,7 @@ fn stdin_up_to_the_agents_request_limit_and_a_clear_error_beyond() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn sixteen_mib_out_of_a_real_vm_then_a_second_run() {
     let vm = TestVm::boot("big-output");
     let socket = vm.socket();

@@ -90,6 +90,7 @@ fn a_connection_accepted_but_never_read_times_out() {
 }
 
 #[test]
+#[ignore = "needs GNU time"]
 fn endless_bytes_without_sentinel_time_out_in_bounded_memory() {
     let agent = FakeAgent::serve(|mut conn| {
         conn.expect_sync();
@@ -124,6 +125,7 @@ fn endless_syncs_with_the_wrong_id_time_out() {
 }
 
 #[test]
+#[ignore = "needs GNU time"]
 fn a_reply_that_never_ends_is_refused_in_bounded_memory() {
     let agent = FakeAgent::serve(|mut conn| {
         conn.start_program();

@@ -11,6 +11,7 @@ use crate::support::test_vm::TestVm;
 use crate::support::{self, guest_run_with, run};
 
 #[test]
+#[ignore = "needs the test VM"]
 fn every_specification_example_by_socket_path_and_by_name() {
     let vm = TestVm::boot("spec-examples");
     check_examples(vm.socket().to_str().unwrap());
@@ -18,6 +19,7 @@ fn every_specification_example_by_socket_path_and_by_name() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn the_second_agent_port_is_a_channel_of_its_own() {
     let vm = TestVm::boot_with("two-ports", &[("EXTRA_AGENT_PORT", "1")]);
     let second = vm.dir.path().join("qga1.sock");
@@ -26,6 +28,7 @@ fn the_second_agent_port_is_a_channel_of_its_own() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let vm = TestVm::boot("killed");
     let socket = vm.socket();
@@ -43,6 +46,7 @@ fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn a_guest_without_agent_times_out_with_advice() {
     let vm = TestVm::boot_with("no-agent", &[("KERNEL_EXTRA_ARGS", "virtomate.noagent")]);
     let socket = vm.socket();
@@ -57,6 +61,7 @@ fn a_guest_without_agent_times_out_with_advice() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
     let vm = TestVm::boot_with("held", &[("EXTRA_AGENT_PORT", "1")]);
     // This VM's entry: other tests' VMs and domains may be listed too.
@@ -97,6 +102,7 @@ fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn two_runs_by_name_at_once_take_turns_and_keep_their_own_output() {
     let vm = TestVm::boot("turns");
     // Each program claims a file in the guest, sleeps, and checks that its
@@ -142,6 +148,7 @@ fn two_runs_by_name_at_once_take_turns_and_keep_their_own_output() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn an_agent_restarted_during_a_run_gives_a_clear_error_and_the_next_run_works() {
     let vm = TestVm::boot("restart");
     // In its own session, so that it outlives the agent it replaces: stop
@@ -173,6 +180,7 @@ fn an_agent_restarted_during_a_run_gives_a_clear_error_and_the_next_run_works() 
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn guest_shutdown_by_name_succeeds_without_a_reply_and_the_vm_goes_down() {
     let vm = TestVm::boot("shutdown");
     let pid = vm.qemu_pid().unwrap();
