@@ -80,10 +80,7 @@ fn an_agent_that_never_answers_times_out() {
 
 #[test]
 fn a_connection_accepted_but_never_read_times_out() {
-    let agent = FakeAgent::serve(|conn| {
-        std::thread::sleep(Duration::from_secs(30));
-        drop(conn);
-    });
+    let agent = FakeAgent::serve(Conn::linger);
     let (out, took) = guest_run_on(&agent, &["--timeout", "0.5"]);
     out.error("AgentTimeout");
     assert!(took < Duration::from_secs(8), "{took:?}");
@@ -267,8 +264,7 @@ fn a_program_that_never_exits_ends_on_sigterm_and_sigint_naming_the_guest_pid() 
     ] {
         let agent = FakeAgent::serve(|mut conn| {
             conn.start_program();
-            loop {
-                let request = conn.request();
+            while let Some(request) = conn.next_request() {
                 if !conn.send(
                     format!(
                         "{{\"return\": {{\"exited\": false}}, \"id\": {}}}\n",

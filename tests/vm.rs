@@ -183,7 +183,7 @@ fn an_agent_restarted_during_a_run_gives_a_clear_error_and_the_next_run_works() 
 #[ignore = "needs the test VM"]
 fn guest_shutdown_by_name_succeeds_without_a_reply_and_the_vm_goes_down() {
     let vm = TestVm::boot("shutdown");
-    let pid = vm.qemu_pid().unwrap();
+    let pid = vm.qemu_pid();
     let out = run(&["guest-cmd", &vm.name, r#"{"execute": "guest-shutdown"}"#], None);
     assert_eq!((out.status, out.stdout.trim()), (0, "{}"), "{out:?}");
     support::wait_until(30, "QEMU to exit after the guest powered off", || {

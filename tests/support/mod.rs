@@ -166,8 +166,14 @@ pub fn wait_until(seconds: u64, what: &str, mut ready: impl FnMut() -> bool) {
 /// would not do: a child spawned with vfork inherits the test process's
 /// own high-water mark.)
 pub fn run_measured(args: &[&str], stdin: Option<&[u8]>) -> (Outcome, u64) {
+    let time = Path::new("/usr/bin/time");
+    assert!(
+        time.exists(),
+        "{} (GNU time) is missing: run scripts/install-deps.sh",
+        time.display()
+    );
     let report = tempfile::NamedTempFile::new().unwrap();
-    let mut command = Command::new("/usr/bin/time");
+    let mut command = Command::new(time);
     command
         .args(["-f", "%M", "-o"])
         .arg(report.path())
