@@ -5,6 +5,8 @@
 //! Run with `scripts/bench.sh` (or `cargo bench --bench guest_run` once the
 //! test VM is built). `BENCH_RUNS` sets the number of runs (default 30).
 
+// The tests' helpers for agents and the VM; the bench uses a few of them.
+#[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
 mod support;
 

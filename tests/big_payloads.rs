@@ -1,13 +1,12 @@
 //! Data up to the agent's own limits: 16 MiB per output stream, and one
 //! 64 MiB request for standard input, with bounded memory on the host.
 
-mod support;
-
-use support::host_agent::HostAgent;
-use support::test_vm::TestVm;
-use support::{guest_run_with, run, run_measured};
 use virtomate_protocol::qga::GuestExec;
 use virtomate_protocol::MAX_REQUEST_LEN;
+
+use crate::support::host_agent::HostAgent;
+use crate::support::test_vm::TestVm;
+use crate::support::{guest_run_with, run, run_measured};
 
 const MIB: usize = 1 << 20;
 
@@ -30,6 +29,7 @@ fn produce(len: usize) -> String {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host and GNU time"]
 fn sixteen_mib_of_output_in_bounded_memory_and_the_channel_stays_in_sync() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -52,6 +52,7 @@ fn sixteen_mib_of_output_in_bounded_memory_and_the_channel_stays_in_sync() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn output_beyond_the_agents_cap_is_flagged_truncated_on_both_streams() {
     let agent = HostAgent::start();
     let script = format!("{} ; {} >&2", produce(17 * MIB), produce(16 * MIB + 1));
@@ -71,6 +72,7 @@ fn output_beyond_the_agents_cap_is_flagged_truncated_on_both_streams() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host and GNU time"]
 fn stdin_up_to_the_agents_request_limit_and_a_clear_error_beyond() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -122,6 +124,7 @@ fn stdin_up_to_the_agents_request_limit_and_a_clear_error_beyond() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn sixteen_mib_out_of_a_real_vm_then_a_second_run() {
     let vm = TestVm::boot("big-output");
     let socket = vm.socket();

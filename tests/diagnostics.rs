@@ -1,16 +1,15 @@
 //! The debugging commands: guest-ping, guest-info, --trace and --log,
 //! against the real agent on the host, the real VM and a silent fake.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::fake_agent::FakeAgent;
-use support::host_agent::HostAgent;
-use support::test_vm::TestVm;
-use support::{guest_run_with, run, step};
+use crate::support::fake_agent::FakeAgent;
+use crate::support::host_agent::HostAgent;
+use crate::support::test_vm::TestVm;
+use crate::support::{self, guest_run_with, run, step};
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn guest_ping_answers_with_exit_0_and_no_output() {
     let agent = HostAgent::start();
     let out = run(&["guest-ping", agent.socket().to_str().unwrap()], None);
@@ -40,6 +39,7 @@ fn guest_ping_of_an_unknown_domain_is_an_error() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn guest_ping_wait_covers_an_agent_that_starts_late() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("qga.sock");
@@ -72,6 +72,7 @@ fn guest_ping_wait_gives_up_when_the_time_is_up() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn guest_info_shows_the_version_and_disabled_commands() {
     let agent = HostAgent::start_with(&["--block-rpcs", "guest-exec"]);
     let out = run(&["guest-info", agent.socket().to_str().unwrap()], None);
@@ -96,6 +97,7 @@ fn guest_info_shows_the_version_and_disabled_commands() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn trace_shows_every_byte_both_ways_on_stderr() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -126,6 +128,7 @@ fn trace_shows_every_byte_both_ways_on_stderr() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn log_goes_to_stderr_and_leaves_stdout_alone() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -152,6 +155,7 @@ fn log_goes_to_stderr_and_leaves_stdout_alone() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn guest_ping_wait_follows_a_vm_from_boot_and_gives_up_on_one_without_agent() {
     let booting = TestVm::boot_with("ping-boot", &[("VM_WAIT_READY", "0")]);
     let out = run(&["guest-ping", "--wait", "60", &booting.name], None);
@@ -191,6 +195,7 @@ fn outcomes(report: &support::Outcome) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn doctor_names_a_disabled_guest_exec_and_a_holder() {
     let agent = HostAgent::start_with(&["--block-rpcs", "guest-exec"]);
     let socket = agent.socket();
@@ -243,6 +248,7 @@ fn doctor_names_a_disabled_guest_exec_and_a_holder() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn guest_cmd_prints_the_return_value_or_the_agents_error_with_its_class() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -329,6 +335,7 @@ fn guest_cmd_counts_silence_or_a_closed_channel_as_success_for_shutdown() {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn qmp_talks_to_qemus_monitor_by_name_or_socket_and_keeps_events_apart() {
     let vm = TestVm::boot("qmp");
     let out = run(

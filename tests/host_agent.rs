@@ -1,14 +1,13 @@
 //! `virtomate guest-run` against the real qemu-ga, run on the host with
 //! `-m unix-listen`: fast, and the same agent code as in a guest.
 
-mod support;
-
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use serde_json::json;
-use support::host_agent::HostAgent;
-use support::{guest_run, guest_run_with, run, run_command, spawn_guest_run, virtomate};
+
+use crate::support::host_agent::HostAgent;
+use crate::support::{self, guest_run, guest_run_with, run, run_command, spawn_guest_run, virtomate};
 
 fn result(exit_code: Option<i32>, stdout: Option<&str>, stderr: Option<&str>) -> serde_json::Value {
     json!({
@@ -22,6 +21,7 @@ fn result(exit_code: Option<i32>, stdout: Option<&str>, stderr: Option<&str>) ->
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn echo_prints_the_run_result_pretty_exactly_as_specified() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -42,6 +42,7 @@ fn echo_prints_the_run_result_pretty_exactly_as_specified() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn compact_output_by_default() {
     let agent = HostAgent::start();
     let out = guest_run(&agent.socket(), &["echo", "-n", "Hello World"]);
@@ -52,6 +53,7 @@ fn compact_output_by_default() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn encode_gives_base64() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -60,6 +62,7 @@ fn encode_gives_base64() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn a_failing_program_reports_its_status_and_stderr_with_exit_0() {
     let agent = HostAgent::start();
     let out = guest_run(&agent.socket(), &["cat", "/does/not/exist"]);
@@ -75,6 +78,7 @@ fn a_failing_program_reports_its_status_and_stderr_with_exit_0() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn a_program_that_cannot_start_is_an_error_with_the_agents_description() {
     let agent = HostAgent::start();
     let out = guest_run(&agent.socket(), &["/does/not/exist"]);
@@ -92,6 +96,7 @@ fn a_program_that_cannot_start_is_an_error_with_the_agents_description() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn a_shell_must_be_invoked_explicitly() {
     let agent = HostAgent::start();
     let out = guest_run(
@@ -102,6 +107,7 @@ fn a_shell_must_be_invoked_explicitly() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn stdin_is_passed_to_the_program() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -110,6 +116,7 @@ fn stdin_is_passed_to_the_program() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn empty_stdin_is_fine() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -118,6 +125,7 @@ fn empty_stdin_is_fine() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn exit_status_and_signal_are_reported() {
     let agent = HostAgent::start();
     let out = guest_run(&agent.socket(), &["sh", "-c", "echo out; echo err >&2; exit 3"]);
@@ -133,6 +141,7 @@ fn exit_status_and_signal_are_reported() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn output_that_is_not_utf8_needs_encode() {
     let agent = HostAgent::start();
     let out = guest_run(&agent.socket(), &["printf", "ok\\377"]);
@@ -148,6 +157,7 @@ fn output_that_is_not_utf8_needs_encode() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn non_ascii_output_is_escaped_like_python() {
     let agent = HostAgent::start();
     let out = guest_run(&agent.socket(), &["printf", "caf\u{e9} \u{1f980}"]);
@@ -161,6 +171,7 @@ fn non_ascii_output_is_escaped_like_python() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn runs_one_after_another_on_the_same_agent() {
     let agent = HostAgent::start();
     for i in 0..5 {
@@ -171,6 +182,7 @@ fn runs_one_after_another_on_the_same_agent() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn a_second_client_waits_for_the_first_and_streams_never_mix() {
     let agent = HostAgent::start();
     let spawn = |word: &str| -> Child {
@@ -192,6 +204,7 @@ fn a_second_client_waits_for_the_first_and_streams_never_mix() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn twenty_runs_against_twenty_agents_at_once() {
     let agents: Vec<HostAgent> = (0..20).map(|_| HostAgent::start()).collect();
     let children: Vec<Child> = agents
@@ -224,6 +237,7 @@ fn unknown_domain_is_not_found() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn bad_socket_paths_are_named_in_the_error() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("missing.sock");
@@ -250,6 +264,7 @@ fn bad_socket_paths_are_named_in_the_error() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host and root"]
 fn a_socket_without_permission_is_named_in_the_error() {
     let agent = HostAgent::start();
     let socket = agent.socket();
@@ -264,9 +279,10 @@ fn a_socket_without_permission_is_named_in_the_error() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn a_bare_qemu_process_is_found_by_name() {
     let agent = HostAgent::start();
-    let name = format!("fake-vm-{}", std::process::id());
+    let name = support::unique_name("fake-vm");
     // A process that looks like QEMU on /proc/PID/cmdline; the agent socket
     // path is relative to its working directory.
     let mut fake_qemu = support::die_with_parent(
@@ -291,6 +307,7 @@ fn a_bare_qemu_process_is_found_by_name() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn a_reader_that_goes_away_early_is_no_error_and_no_panic() {
     let agent = HostAgent::start();
     // 1 MiB of "y\n", about 1.5 MiB of JSON: far more than the pipe holds,
@@ -345,6 +362,7 @@ fn version_with_dash_v() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn an_agent_that_dies_during_a_run_gives_a_clear_error_at_once() {
     let mut agent = HostAgent::start();
     let child = spawn_guest_run(&agent.socket(), &["sleep", "30"]);
@@ -359,6 +377,7 @@ fn an_agent_that_dies_during_a_run_gives_a_clear_error_at_once() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host"]
 fn a_session_libvirt_domain_is_found_from_its_status_file() {
     let agent = HostAgent::start();
     // A status file captured from a real libvirtd, its second agent channel

@@ -1,28 +1,62 @@
 //! An in-process agent that does on demand what the real one will not:
 //! stale bytes, garbage, silence, endless or malformed replies.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::thread::JoinHandle;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-/// A listening socket whose first connection is handed to a script.
+use super::wait_until;
+
+/// A listening socket whose first connection is handed to a script, on a
+/// thread of its own. The script's assertions count: dropping the agent
+/// fails the test if the script panicked, if nobody connected, or if the
+/// script does not end soon after the test (once its client has gone).
 pub struct FakeAgent {
     dir: TempDir,
+    /// Dropped when the test is over, which ends [`Conn::linger`].
+    over: Option<Sender<()>>,
+    /// Tells whether a client connected.
+    script: Option<JoinHandle<bool>>,
 }
 
 impl FakeAgent {
     pub fn serve(script: impl FnOnce(Conn) + Send + 'static) -> FakeAgent {
         let dir = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(dir.path().join("qga.sock")).unwrap();
-        std::thread::spawn(move || {
-            if let Ok((stream, _)) = listener.accept() {
-                script(Conn::new(stream));
-            }
+        // Polled, so that an agent nobody connects to can still end.
+        listener.set_nonblocking(true).unwrap();
+        let (over, test_over) = mpsc::channel();
+        let script = std::thread::spawn(move || {
+            let stream = loop {
+                match listener.accept() {
+                    Ok((stream, _)) => break stream,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        if test_over.try_recv() == Err(TryRecvError::Disconnected) {
+                            return false;
+                        }
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => panic!("the fake agent cannot accept: {e}"),
+                }
+            };
+            stream.set_nonblocking(false).unwrap();
+            // The listener stays open while the script runs: a second
+            // client waits in its backlog, as behind a real agent's one.
+            script(Conn::new(stream, test_over));
+            drop(listener);
+            true
         });
-        FakeAgent { dir }
+        FakeAgent {
+            dir,
+            over: Some(over),
+            script: Some(script),
+        }
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -30,27 +64,65 @@ impl FakeAgent {
     }
 }
 
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        drop(self.over.take());
+        let script = self.script.take().unwrap();
+        if std::thread::panicking() {
+            return; // the test has failed already, and says why
+        }
+        wait_until(10, "the fake agent's script to end", || script.is_finished());
+        match script.join() {
+            Ok(true) => {}
+            Ok(false) => panic!("nobody connected to the fake agent"),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<String>()
+                    .map(String::as_str)
+                    .or_else(|| panic.downcast_ref::<&str>().copied())
+                    .unwrap_or("(no message)");
+                panic!("the fake agent's script failed: {message}");
+            }
+        }
+    }
+}
+
 /// One client connection, seen from the agent's side.
 pub struct Conn {
     reader: BufReader<UnixStream>,
-    pub stream: UnixStream,
+    stream: UnixStream,
+    test_over: Receiver<()>,
 }
 
 impl Conn {
-    fn new(stream: UnixStream) -> Conn {
+    fn new(stream: UnixStream, test_over: Receiver<()>) -> Conn {
         Conn {
             reader: BufReader::new(stream.try_clone().unwrap()),
             stream,
+            test_over,
         }
     }
 
     /// The next request, without the `0xFF` the client may send first.
     pub fn request(&mut self) -> Value {
+        self.next_request()
+            .expect("the client closed the connection instead of sending a request")
+    }
+
+    /// The next request, or `None` once the client has closed the
+    /// connection (leaving a reply unread, which resets it).
+    pub fn next_request(&mut self) -> Option<Value> {
         let mut line = Vec::new();
-        self.reader.read_until(b'\n', &mut line).unwrap();
+        match self.reader.read_until(b'\n', &mut line) {
+            Ok(0) => return None,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+            Err(e) => panic!("the fake agent cannot read: {e}"),
+        }
         let start = line.iter().position(|&b| b != 0xFF).unwrap_or(line.len());
-        serde_json::from_slice(&line[start..])
-            .unwrap_or_else(|e| panic!("client sent invalid JSON ({e}): {line:?}"))
+        let request = serde_json::from_slice(&line[start..])
+            .unwrap_or_else(|e| panic!("client sent invalid JSON ({e}): {line:?}"));
+        Some(request)
     }
 
     /// Reads the sync request and returns its id, answering nothing.
@@ -110,5 +182,10 @@ impl Conn {
     pub fn wait_for_close(&mut self) {
         let mut sink = Vec::new();
         let _ = std::io::Read::read_to_end(&mut self.reader, &mut sink);
+    }
+
+    /// Keeps the connection open, reading nothing, until the test is over.
+    pub fn linger(self) {
+        let _ = self.test_over.recv();
     }
 }

@@ -1,6 +1,5 @@
 //! Shared by the integration tests: running the built binary, real agents
 //! on the host, the test VM, and a scripted fake agent.
-#![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod fake_agent;
 pub mod host_agent;
@@ -10,6 +9,7 @@ pub mod test_vm;
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
 
@@ -132,6 +132,15 @@ fn guest_run_args<'a>(options: &[&'a str], socket: &'a Path, program: &[&'a str]
     args
 }
 
+/// `PREFIX-PID-N`, a name for a VM or domain that no other test uses: the
+/// pid tells this test process from others on the host (libvirtd and the
+/// process list are shared), N this test from the others in the process.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}-{}-{n}", std::process::id())
+}
+
 /// Makes a spawned child die with the test process, even on SIGKILL.
 pub fn die_with_parent(command: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
@@ -157,8 +166,14 @@ pub fn wait_until(seconds: u64, what: &str, mut ready: impl FnMut() -> bool) {
 /// would not do: a child spawned with vfork inherits the test process's
 /// own high-water mark.)
 pub fn run_measured(args: &[&str], stdin: Option<&[u8]>) -> (Outcome, u64) {
+    let time = Path::new("/usr/bin/time");
+    assert!(
+        time.exists(),
+        "{} (GNU time) is missing: run scripts/install-deps.sh",
+        time.display()
+    );
     let report = tempfile::NamedTempFile::new().unwrap();
-    let mut command = Command::new("/usr/bin/time");
+    let mut command = Command::new(time);
     command
         .args(["-f", "%M", "-o"])
         .arg(report.path())

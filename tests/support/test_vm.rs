@@ -36,7 +36,7 @@ impl TestVm {
             "no test VM in {}: run scripts/build-test-vm.sh first",
             artifacts().display()
         );
-        let name = format!("{name}-{}", std::process::id());
+        let name = super::unique_name(name);
         let dir = tempfile::tempdir().unwrap();
         let vm = TestVm { dir, name };
         let status = Command::new(repo().join("scripts/run-test-vm.sh"))
@@ -54,19 +54,24 @@ impl TestVm {
         self.dir.path().join("qga.sock")
     }
 
-    pub fn qemu_pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.dir.path().join("qemu.pid")).ok()?;
-        text.trim().parse().ok()
+    /// The pid of QEMU, from the pid file `scripts/run-test-vm.sh` has it
+    /// write.
+    pub fn qemu_pid(&self) -> u32 {
+        let path = self.dir.path().join("qemu.pid");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{} holds {text:?}: {e}", path.display()))
     }
 
     /// Kills QEMU at once, as a crash would.
     pub fn kill(&self) {
-        if let Some(pid) = self.qemu_pid() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        let pid = self.qemu_pid();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap_or_else(|e| panic!("QEMU (pid {pid}) cannot be killed: {e}"));
     }
 }
 

@@ -1,0 +1,17 @@
+//! virtomate's integration tests, one binary: each module below is a file
+//! of this directory, and `support` is what they share.
+//!
+//! Tests that need more than Rust say so with `#[ignore = "needs ..."]`
+//! (the test VM, qemu-ga on the host, libvirtd, GNU time): a plain `cargo
+//! test` leaves them out, `cargo test -- --include-ignored` (what
+//! scripts/test.sh and CI run) runs them, and there they fail, never skip,
+//! when what they need is missing.
+
+mod support;
+
+mod big_payloads;
+mod diagnostics;
+mod fake_agent;
+mod host_agent;
+mod libvirt;
+mod vm;
