@@ -1,235 +1,356 @@
-//! The CLI's errors: each variant is one situation the user can act on, and
-//! maps to the `type` of the JSON error and to the exit status.
+//! The CLI's errors: a [`CliError`] is of one [`ErrorKind`] (the `type` of
+//! the JSON error, and the exit status), says what happened and, where it
+//! can, what to do next, and keeps what caused it.
 
-use std::path::PathBuf;
+use std::path::Path;
+use std::time::Duration;
 
 use serde::Serialize;
 use virtomate_protocol::{Error as AgentError, Phase};
 
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error("Domain '{0}' does not exist")]
-    NotFound(String),
-
-    #[error("{0}")]
-    IllegalState(String),
-
+/// What kind of failure it was: the `type` of the JSON error (documented
+/// in README.md) and the exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// DOMAIN names nothing that runs.
+    NotFound,
+    /// DOMAIN names several QEMU processes.
+    Ambiguous,
+    /// A libvirt domain that is defined but not running.
+    IllegalState,
     /// A bad argument that clap could not catch: reported like a usage error.
-    #[error("{0}")]
-    Usage(String),
+    Usage,
+    /// The socket cannot be used: missing, refused, held by another client.
+    AgentUnavailable,
+    /// Connected, but the peer did not answer in time.
+    AgentTimeout,
+    /// The peer went away during the exchange.
+    AgentDisconnected,
+    /// The agent (or QEMU) refused the command.
+    AgentCommand,
+    /// The peer sent something that is not the protocol.
+    Protocol,
+    /// The program's output is not UTF-8.
+    Encoding,
+    /// Standard input beyond what one agent request carries.
+    InputTooLarge,
+    /// SIGINT, SIGTERM or SIGHUP during a run.
+    Interrupted,
+    /// libvirtd refused a call made on our behalf.
+    Libvirt,
+    /// A local I/O error.
+    Io,
+}
 
-    #[error(
-        "Domain '{name}' matches several QEMU processes (pids {pids}); pass the agent's socket path instead"
-    )]
-    Ambiguous { name: String, pids: String },
+impl ErrorKind {
+    /// The `type` member of the JSON error.
+    pub fn json_type(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "NotFoundError",
+            ErrorKind::Ambiguous => "AmbiguousDomainError",
+            ErrorKind::IllegalState => "IllegalStateError",
+            ErrorKind::Usage => "UsageError",
+            ErrorKind::AgentUnavailable => "AgentUnavailable",
+            ErrorKind::AgentTimeout => "AgentTimeout",
+            ErrorKind::AgentDisconnected => "AgentDisconnected",
+            ErrorKind::AgentCommand => "AgentCommandError",
+            ErrorKind::Protocol => "ProtocolError",
+            ErrorKind::Encoding => "EncodingError",
+            ErrorKind::InputTooLarge => "InputTooLarge",
+            ErrorKind::Interrupted => "Interrupted",
+            ErrorKind::Libvirt => "libvirtError",
+            ErrorKind::Io => "IoError",
+        }
+    }
+}
 
-    #[error("{0}")]
-    AgentUnavailable(String),
+/// A failure of the CLI: its kind, what happened, what to do about it,
+/// and what caused it. The message is built once, here: `message`, then
+/// `; hint` when there is one.
+#[derive(Debug)]
+pub struct CliError {
+    kind: ErrorKind,
+    message: String,
+    hint: Option<String>,
+    /// The agent's error class, shown by the raw commands (guest-cmd, qmp)
+    /// only: guest-run's error keeps the original's two keys.
+    class: Option<String>,
+    /// Told by the exit status alone (125), as `guest-ping` does when the
+    /// agent does not answer.
+    silent: bool,
+    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
 
-    #[error("{0}")]
-    AgentTimeout(String),
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)?;
+        match &self.hint {
+            Some(hint) => write!(f, "; {hint}"),
+            None => Ok(()),
+        }
+    }
+}
 
-    #[error("{0}")]
-    AgentDisconnected(String),
-
-    #[error("unable to execute {} command '{command}': {desc}", if *qmp { "QMP" } else { "QEMU agent" })]
-    AgentCommand {
-        command: String,
-        desc: String,
-        /// The agent's error class, shown by the raw commands (guest-cmd,
-        /// qmp) only: guest-run's error keeps the original's two keys.
-        class: Option<String>,
-        /// Whether QEMU's monitor refused it, rather than the agent.
-        qmp: bool,
-    },
-
-    #[error("{peer} on {} sent a reply that violates the protocol: {reason}", path.display())]
-    Protocol {
-        path: PathBuf,
-        reason: String,
-        peer: Peer,
-    },
-
-    #[error("{stream} of the program is not valid UTF-8; run again with --encode to get it as Base64")]
-    Encoding { stream: &'static str },
-
-    #[error("standard input is too large for the agent: {0}")]
-    InputTooLarge(String),
-
-    #[error("{0}")]
-    Interrupted(Interruption),
-
-    /// libvirtd refused a call made on our behalf (its own message).
-    #[error("{0}")]
-    Libvirt(String),
-
-    #[error("{0}")]
-    Io(String),
-
-    /// `guest-ping` got no answer: exit 125 and print nothing.
-    #[error("the agent did not answer: {0}")]
-    NoAnswer(Box<CliError>),
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|source| source as _)
+    }
 }
 
 impl CliError {
-    /// The `type` member of the JSON error, documented in README.md.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            CliError::NotFound(_) => "NotFoundError",
-            CliError::Ambiguous { .. } => "AmbiguousDomainError",
-            CliError::IllegalState(_) => "IllegalStateError",
-            CliError::Usage(_) => "UsageError",
-            CliError::AgentUnavailable(_) => "AgentUnavailable",
-            CliError::AgentTimeout(_) => "AgentTimeout",
-            CliError::AgentDisconnected(_) => "AgentDisconnected",
-            CliError::AgentCommand { .. } => "AgentCommandError",
-            CliError::Protocol { .. } => "ProtocolError",
-            CliError::Encoding { .. } => "EncodingError",
-            CliError::InputTooLarge(_) => "InputTooLarge",
-            CliError::Interrupted(_) => "Interrupted",
-            CliError::Libvirt(_) => "libvirtError",
-            CliError::Io(_) => "IoError",
-            CliError::NoAnswer(inner) => inner.kind(),
+    /// An error of `kind` saying `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> CliError {
+        CliError {
+            kind,
+            message: message.into(),
+            hint: None,
+            class: None,
+            silent: false,
+            source: None,
         }
+    }
+
+    /// What the user can do about it.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> CliError {
+        self.hint = Some(hint.into());
+        self
+    }
+
+    /// What caused it, kept for `source()`.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> CliError {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    pub fn not_found(domain: &str) -> CliError {
+        CliError::new(ErrorKind::NotFound, format!("Domain '{domain}' does not exist"))
+    }
+
+    pub fn ambiguous(name: &str, pids: &str) -> CliError {
+        CliError::new(
+            ErrorKind::Ambiguous,
+            format!("Domain '{name}' matches several QEMU processes (pids {pids})"),
+        )
+        .with_hint("pass the agent's socket path instead")
+    }
+
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError::new(ErrorKind::Usage, message)
+    }
+
+    pub fn io(message: impl Into<String>, source: std::io::Error) -> CliError {
+        let message = format!("{}: {source}", message.into());
+        CliError::new(ErrorKind::Io, message).with_source(source)
+    }
+
+    pub fn interrupted(stage: Interruption) -> CliError {
+        CliError::new(ErrorKind::Interrupted, stage.to_string())
+    }
+
+    /// The agent (or, for `qmp`, QEMU's monitor) refused `command`.
+    pub fn command_refused(command: &str, desc: &str, peer: Peer) -> CliError {
+        let who = match peer {
+            Peer::Agent => "QEMU agent",
+            Peer::Qmp => "QMP",
+        };
+        CliError::new(
+            ErrorKind::AgentCommand,
+            format!("unable to execute {who} command '{command}': {desc}"),
+        )
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The `type` member of the JSON error, documented in README.md.
+    pub fn json_type(&self) -> &'static str {
+        self.kind.json_type()
+    }
+
+    /// The same failure, told by the exit status alone (125), as
+    /// `guest-ping` reports an agent that does not answer.
+    pub fn into_silent(mut self) -> CliError {
+        self.message = format!("the agent did not answer: {}", self.message);
+        self.silent = true;
+        self
     }
 
     /// Errors end the process with status 1, except a silent agent for
     /// `guest-ping` (125); 2 is left to usage errors, as clap reports them.
     pub fn exit_status(&self) -> u8 {
-        match self {
-            CliError::NoAnswer(_) => 125,
-            CliError::Usage(_) => 2,
+        match self.kind {
+            _ if self.silent => 125,
+            ErrorKind::Usage => 2,
             _ => 1,
         }
     }
 
     /// Whether the error is told by the exit status alone.
     pub fn is_silent(&self) -> bool {
-        matches!(self, CliError::NoAnswer(_))
+        self.silent
     }
 
     /// Like [`CliError::from_agent`], keeping the error class of an error
     /// reply and speaking of QEMU's monitor where `peer` is QMP.
-    pub fn from_raw(error: AgentError, socket: &std::path::Path, peer: Peer) -> CliError {
-        match error {
-            AgentError::Agent { command, class, desc } => CliError::AgentCommand {
-                command,
-                desc,
-                class: Some(class),
-                qmp: peer == Peer::Qmp,
-            },
-            other => CliError::from_peer(other, socket, peer),
+    pub fn from_raw(error: AgentError, socket: &Path, peer: Peer) -> CliError {
+        match &error {
+            AgentError::Agent { command, class, desc } => {
+                let mut refused = CliError::command_refused(command, desc, peer);
+                refused.class = Some(class.clone());
+                refused.with_source(error)
+            }
+            _ => CliError::from_peer(error, socket, peer),
         }
     }
 
     /// A failure on the way through libvirtd's RPC `socket` to `peer`:
     /// what timed out or hung up is libvirtd, not the agent or QEMU.
-    pub fn from_libvirtd(error: AgentError, socket: &std::path::Path, peer: Peer) -> CliError {
+    pub fn from_libvirtd(error: AgentError, socket: &Path, peer: Peer) -> CliError {
         let shown = socket.display();
-        let over = |after: std::time::Duration| after.as_secs_f64();
-        match error {
+        let described = match &error {
             AgentError::Timeout {
                 phase: Phase::Connecting | Phase::Handshake,
                 after,
-            } => CliError::AgentTimeout(format!(
-                "libvirtd on {shown} did not answer within {} s; check that libvirtd (or virtqemud) runs and is not stuck",
-                over(after)
-            )),
-            AgentError::Timeout { after, .. } => CliError::AgentTimeout(format!(
-                "libvirtd on {shown} did not answer within {} s; it waits for {} itself, which may be stuck; raise --reply-timeout if the guest is slow",
-                over(after),
+            } => CliError::new(
+                ErrorKind::AgentTimeout,
+                format!("libvirtd on {shown} did not answer within {}", seconds(*after)),
+            )
+            .with_hint("check that libvirtd (or virtqemud) runs and is not stuck"),
+            AgentError::Timeout { after, .. } => CliError::new(
+                ErrorKind::AgentTimeout,
+                format!("libvirtd on {shown} did not answer within {}", seconds(*after)),
+            )
+            .with_hint(format!(
+                "it waits for {} itself, which may be stuck; raise --reply-timeout if the guest is slow",
                 match peer {
                     Peer::Agent => "the guest agent",
                     Peer::Qmp => "QEMU",
                 }
             )),
-            AgentError::Disconnected => CliError::AgentDisconnected(format!(
-                "libvirtd closed the connection on {shown}; it may have restarted, or the domain stopped"
-            )),
-            AgentError::RequestTooLarge { len, limit } => CliError::InputTooLarge(format!(
-                "the request would be {len} bytes (the input in Base64 included), and through libvirtd, which holds the agent channel, one request is at most {} KiB (a little under {} KiB of input): libvirt stalls on longer agent commands; nothing was sent; give the domain a second agent channel to pass up to 48 MiB (see README)",
-                limit >> 10,
-                (limit >> 10) * 3 / 4
-            )),
-            AgentError::Libvirt { code, message, .. } => CliError::Libvirt(libvirt_advice(code, message, peer)),
-            refusal @ AgentError::Agent { .. } if peer == Peer::Qmp => CliError::from_raw(refusal, socket, peer),
-            other => CliError::from_peer(other, socket, peer),
-        }
+            AgentError::Disconnected => CliError::new(
+                ErrorKind::AgentDisconnected,
+                format!("libvirtd closed the connection on {shown}"),
+            )
+            .with_hint("it may have restarted, or the domain stopped"),
+            AgentError::RequestTooLarge { len, limit } => CliError::new(
+                ErrorKind::InputTooLarge,
+                format!(
+                    "standard input is too large for the agent: the request would be {len} bytes (the input in \
+                     Base64 included), and through libvirtd, which holds the agent channel, one request is at \
+                     most {} KiB (a little under {} KiB of input): libvirt stalls on longer agent commands; \
+                     nothing was sent",
+                    limit >> 10,
+                    (limit >> 10) * 3 / 4
+                ),
+            )
+            .with_hint("give the domain a second agent channel to pass up to 48 MiB (see README)"),
+            AgentError::Libvirt { code, message, .. } => libvirt_error(*code, message, peer),
+            AgentError::Agent { .. } if peer == Peer::Qmp => return CliError::from_raw(error, socket, peer),
+            _ => return CliError::from_peer(error, socket, peer),
+        };
+        described.with_source(error)
     }
 
     /// Puts an agent-side failure in terms of the socket it happened on.
-    pub fn from_agent(error: AgentError, socket: &std::path::Path) -> CliError {
+    pub fn from_agent(error: AgentError, socket: &Path) -> CliError {
         CliError::from_peer(error, socket, Peer::Agent)
     }
 
     /// A failure on the socket of `peer` itself, the agent's or QEMU's
     /// monitor's.
-    fn from_peer(error: AgentError, socket: &std::path::Path, peer: Peer) -> CliError {
-        let shown = socket.display();
-        match (error, peer) {
-            (AgentError::Connect { source, .. }, Peer::Qmp) => CliError::AgentUnavailable(format!(
-                "cannot connect to QEMU's monitor socket {shown}: {source}; check the path, or the -qmp/-mon option QEMU was started with"
-            )),
-            (AgentError::Timeout { after, .. }, Peer::Qmp) => CliError::AgentTimeout(format!(
-                "QEMU's monitor on {shown} did not answer within {} s; QEMU serves one QMP client at a time: check that no other client (libvirtd, a management tool) holds it",
-                after.as_secs_f64()
-            )),
-            (AgentError::Disconnected, Peer::Qmp) => CliError::AgentDisconnected(format!(
-                "QEMU's monitor on {shown} closed the connection; QEMU may have exited"
-            )),
-            (AgentError::Connect { source, .. }, Peer::Agent) => {
-                CliError::AgentUnavailable(connect_advice(socket, &source))
-            }
-            (AgentError::Timeout { phase, after }, Peer::Agent) => CliError::AgentTimeout(match phase {
-                Phase::Connecting | Phase::Handshake => format!(
-                    "the agent on {shown} did not answer within {} s; check that the QEMU Guest Agent runs in the guest and that no other client (libvirtd, another virtomate) holds the channel; raise --timeout if the guest is just slow",
-                    after.as_secs_f64()
+    fn from_peer(error: AgentError, socket: &Path, peer: Peer) -> CliError {
+        peer_failure(&error, socket, peer).with_source(error)
+    }
+}
+
+/// What a failure on the socket of `peer` means, and what to do.
+fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
+    let shown = socket.display();
+    match (error, peer) {
+        (AgentError::Connect { source, .. }, Peer::Qmp) => CliError::new(
+            ErrorKind::AgentUnavailable,
+            format!("cannot connect to QEMU's monitor socket {shown}: {source}"),
+        )
+        .with_hint("check the path, or the -qmp/-mon option QEMU was started with"),
+        (AgentError::Timeout { after, .. }, Peer::Qmp) => CliError::new(
+            ErrorKind::AgentTimeout,
+            format!("QEMU's monitor on {shown} did not answer within {}", seconds(*after)),
+        )
+        .with_hint(
+            "QEMU serves one QMP client at a time: check that no other client (libvirtd, a management tool) \
+             holds it",
+        ),
+        (AgentError::Disconnected, Peer::Qmp) => CliError::new(
+            ErrorKind::AgentDisconnected,
+            format!("QEMU's monitor on {shown} closed the connection"),
+        )
+        .with_hint("QEMU may have exited"),
+        (AgentError::Connect { source, .. }, Peer::Agent) => connect_failure(socket, source),
+        (AgentError::Timeout { phase, after }, Peer::Agent) => {
+            let within = seconds(*after);
+            let (message, hint) = match phase {
+                Phase::Connecting | Phase::Handshake => (
+                    format!("the agent on {shown} did not answer within {within}"),
+                    "check that the QEMU Guest Agent runs in the guest and that no other client (libvirtd, \
+                     another virtomate) holds the channel; raise --timeout if the guest is just slow",
                 ),
-                Phase::Sending(command) => format!(
-                    "the agent on {shown} did not take the {command} request within {} s; it may be stuck or out of memory in the guest",
-                    after.as_secs_f64()
+                Phase::Sending(command) => (
+                    format!("the agent on {shown} did not take the {command} request within {within}"),
+                    "it may be stuck or out of memory in the guest",
                 ),
-                Phase::Reply(command) => format!(
-                    "the agent on {shown} did not answer {command} within {} s; raise --reply-timeout if the guest is slow",
-                    after.as_secs_f64()
+                Phase::Reply(command) => (
+                    format!("the agent on {shown} did not answer {command} within {within}"),
+                    "raise --reply-timeout if the guest is slow",
                 ),
-            }),
-            (AgentError::Disconnected, Peer::Agent) => CliError::AgentDisconnected(format!(
-                "the agent on {shown} closed the connection; the VM may have stopped or its agent restarted"
-            )),
-            // The rest reads the same whichever peer caused it.
-            (AgentError::Io(e), _) => CliError::AgentUnavailable(format!("I/O error on {shown}: {e}")),
-            (AgentError::ReplyTooLong { limit }, _) => CliError::Protocol {
-                path: socket.to_owned(),
-                reason: format!("a reply exceeded {limit} bytes"),
-                peer,
-            },
-            (AgentError::Malformed { command, reason }, _) => CliError::Protocol {
-                path: socket.to_owned(),
-                reason: format!("{command}: {reason}"),
-                peer,
-            },
-            (AgentError::RequestTooLarge { len, limit }, _) => CliError::InputTooLarge(format!(
-                "with the input in Base64 the request would be {len} bytes; the agent takes at most {} MiB (a little under {} MiB of input); nothing was sent",
+            };
+            CliError::new(ErrorKind::AgentTimeout, message).with_hint(hint)
+        }
+        (AgentError::Disconnected, Peer::Agent) => CliError::new(
+            ErrorKind::AgentDisconnected,
+            format!("the agent on {shown} closed the connection"),
+        )
+        .with_hint("the VM may have stopped or its agent restarted"),
+        // The rest reads the same whichever peer caused it.
+        (AgentError::Io(e), _) => CliError::new(ErrorKind::AgentUnavailable, format!("I/O error on {shown}: {e}")),
+        (AgentError::ReplyTooLong { limit }, _) => {
+            protocol_violation(socket, peer, &format!("a reply exceeded {limit} bytes"))
+        }
+        (AgentError::Malformed { command, reason }, _) => {
+            protocol_violation(socket, peer, &format!("{command}: {reason}"))
+        }
+        (AgentError::RequestTooLarge { len, limit }, _) => CliError::new(
+            ErrorKind::InputTooLarge,
+            format!(
+                "standard input is too large for the agent: with the input in Base64 the request would be {len} \
+                 bytes; the agent takes at most {} MiB (a little under {} MiB of input); nothing was sent",
                 limit >> 20,
                 (limit >> 20) / 4 * 3
-            )),
-            (AgentError::Libvirt { code, message, .. }, _) => {
-                CliError::Libvirt(libvirt_advice(code, message, peer))
-            }
-            (AgentError::Agent { command, desc, .. }, _) => CliError::AgentCommand {
-                command,
-                desc,
-                class: None,
-                qmp: peer == Peer::Qmp,
-            },
-        }
+            ),
+        ),
+        (AgentError::Libvirt { code, message, .. }, _) => libvirt_error(*code, message, peer),
+        (AgentError::Agent { command, desc, .. }, _) => CliError::command_refused(command, desc, peer),
     }
+}
+
+fn protocol_violation(socket: &Path, peer: Peer, reason: &str) -> CliError {
+    CliError::new(
+        ErrorKind::Protocol,
+        format!(
+            "{peer} on {} sent a reply that violates the protocol: {reason}",
+            socket.display()
+        ),
+    )
+}
+
+/// `N s`, as the messages give a time allowed.
+fn seconds(after: Duration) -> String {
+    format!("{} s", after.as_secs_f64())
 }
 
 /// libvirt's message, and for the failures its size limits cause, which
 /// limit it was and what to do about it.
-fn libvirt_advice(code: i32, message: String, peer: Peer) -> String {
+fn libvirt_error(code: i32, message: &str, peer: Peer) -> CliError {
     use virtomate_protocol::libvirt::{AGENT_RESPONSE_MAX, ERR_INTERNAL_ERROR, ERR_RPC, STRING_MAX};
     // VIR_ERR_SYSTEM_ERROR, for "No complete agent response found in N bytes".
     const ERR_SYSTEM_ERROR: i32 = 38;
@@ -237,24 +358,28 @@ fn libvirt_advice(code: i32, message: String, peer: Peer) -> String {
     let sized = matches!(code, ERR_INTERNAL_ERROR | ERR_SYSTEM_ERROR | ERR_RPC);
     let reply_over_cap = sized && message.contains("No complete agent response");
     let string_over_cap = sized && message.contains("payload");
+    let error = CliError::new(ErrorKind::Libvirt, message);
     match peer {
-        Peer::Agent if reply_over_cap => format!(
-            "{message}; libvirt refuses agent replies over {} MiB, and now takes this domain's agent for broken until the domain restarts; give the domain a second agent channel to go around libvirt (see README)",
+        Peer::Agent if reply_over_cap => error.with_hint(format!(
+            "libvirt refuses agent replies over {} MiB, and now takes this domain's agent for broken until the \
+             domain restarts; give the domain a second agent channel to go around libvirt (see README)",
             AGENT_RESPONSE_MAX >> 20
-        ),
-        Peer::Agent if string_over_cap => format!(
-            "{message}; libvirt's RPC carries strings of at most {} MiB, and the agent's reply (the program's output in Base64, for guest-run) was longer, so libvirtd dropped it; give the domain a second agent channel to go around libvirt (see README)",
+        )),
+        Peer::Agent if string_over_cap => error.with_hint(format!(
+            "libvirt's RPC carries strings of at most {} MiB, and the agent's reply (the program's output in \
+             Base64, for guest-run) was longer, so libvirtd dropped it; give the domain a second agent channel \
+             to go around libvirt (see README)",
             STRING_MAX >> 20
-        ),
-        Peer::Qmp if string_over_cap => format!(
-            "{message}; libvirt's RPC carries strings of at most {} MiB: ask QEMU for less at a time",
+        )),
+        Peer::Qmp if string_over_cap => error.with_hint(format!(
+            "libvirt's RPC carries strings of at most {} MiB: ask QEMU for less at a time",
             STRING_MAX >> 20
-        ),
-        _ => message,
+        )),
+        _ => error,
     }
 }
 
-fn connect_advice(path: &std::path::Path, source: &std::io::Error) -> String {
+fn connect_failure(path: &Path, source: &std::io::Error) -> CliError {
     use std::io::ErrorKind::*;
     use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
@@ -270,7 +395,11 @@ fn connect_advice(path: &std::path::Path, source: &std::io::Error) -> String {
         }
         _ => "check that the VM runs and that the path is its agent socket".to_owned(),
     };
-    format!("cannot connect to the agent socket {shown}: {source}; {hint}")
+    CliError::new(
+        ErrorKind::AgentUnavailable,
+        format!("cannot connect to the agent socket {shown}: {source}"),
+    )
+    .with_hint(hint)
 }
 
 /// What `guest-run` was doing when SIGINT or SIGTERM ended it: what the
@@ -330,14 +459,10 @@ pub struct ErrorJson {
 
 impl From<&CliError> for ErrorJson {
     fn from(error: &CliError) -> Self {
-        let class = match error {
-            CliError::AgentCommand { class, .. } => class.clone(),
-            _ => None,
-        };
         ErrorJson {
-            class,
+            class: error.class.clone(),
             message: error.to_string(),
-            kind: error.kind(),
+            kind: error.json_type(),
         }
     }
 }
@@ -353,7 +478,7 @@ mod tests {
 
     fn through_libvirtd(error: AgentError, peer: Peer) -> (&'static str, String) {
         let error = CliError::from_libvirtd(error, Path::new(LIBVIRTD), peer);
-        (error.kind(), error.to_string())
+        (error.json_type(), error.to_string())
     }
 
     #[test]
@@ -403,7 +528,7 @@ mod tests {
             desc: "The command no-such-command has not been found".into(),
         };
         let error = CliError::from_libvirtd(refusal, Path::new(LIBVIRTD), Peer::Qmp);
-        assert_eq!(error.kind(), "AgentCommandError");
+        assert_eq!(error.json_type(), "AgentCommandError");
         assert!(
             error.to_string().starts_with("unable to execute QMP command"),
             "{error}"
@@ -449,7 +574,7 @@ mod tests {
         let socket = Path::new("/run/vm/qmp.sock");
         let qmp = |error| CliError::from_raw(error, socket, Peer::Qmp);
         let error = qmp(AgentError::Disconnected);
-        assert_eq!(error.kind(), "AgentDisconnected");
+        assert_eq!(error.json_type(), "AgentDisconnected");
         assert!(
             error
                 .to_string()
@@ -460,7 +585,7 @@ mod tests {
             command: "query-status".into(),
             reason: "missing field `status`".into(),
         });
-        assert_eq!(error.kind(), "ProtocolError");
+        assert_eq!(error.json_type(), "ProtocolError");
         assert!(
             error
                 .to_string()
@@ -472,7 +597,7 @@ mod tests {
             path: socket.into(),
             source: refused,
         });
-        assert_eq!(error.kind(), "AgentUnavailable");
+        assert_eq!(error.json_type(), "AgentUnavailable");
         assert!(error.to_string().contains("-qmp/-mon option"), "{error}");
         let error = CliError::from_agent(AgentError::Disconnected, Path::new("/run/vm/qga.sock"));
         assert!(
@@ -485,7 +610,7 @@ mod tests {
 
     #[test]
     fn an_interruption_says_what_may_be_left_in_the_guest() {
-        let message = |stage| CliError::Interrupted(stage).to_string();
+        let message = |stage| CliError::interrupted(stage).to_string();
         assert!(message(Interruption::Connecting).contains("nothing was started"));
         assert!(message(Interruption::Starting).contains("may have started"));
         assert!(message(Interruption::Running { pid: 77 }).contains("guest pid 77"));

@@ -8,7 +8,7 @@ mod domain;
 mod error;
 mod output;
 
-use std::io::{ErrorKind, IsTerminal, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use virtomate_protocol::{escape_bytes, ClientOptions, Direction, Trace};
 use cli::{Cli, Command, LogLevel};
 use commands::{Answer, Context};
 use domain::Scope;
-use error::{CliError, ErrorJson};
+use error::{CliError, ErrorJson, ErrorKind};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -78,15 +78,15 @@ fn main() -> ExitCode {
     match printed {
         Ok(()) => success,
         // Like ripgrep: a reader that went away (`| head -c1`) is not an error.
-        Err(e) if e.kind() == ErrorKind::BrokenPipe => success,
-        Err(e) => report(&CliError::Io(format!("cannot write the result: {e}")), cli.pretty),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => success,
+        Err(e) => report(&CliError::io("cannot write the result", e), cli.pretty),
     }
 }
 
 fn report(error: &CliError, pretty: bool) -> ExitCode {
-    tracing::error!("{}: {error}", error.kind());
-    if let CliError::Usage(message) = error {
-        eprintln!("error: {message}\n\nFor more information, try '--help'.");
+    tracing::error!("{}: {error}", error.json_type());
+    if error.kind() == ErrorKind::Usage {
+        eprintln!("error: {error}\n\nFor more information, try '--help'.");
     } else if !error.is_silent() {
         // If even the error cannot be written there is nobody left to tell.
         let _ = output::print_json(&ErrorJson::from(error), pretty);

@@ -11,7 +11,7 @@ use virtomate_protocol::{wait_for_exit, Agent, AnyAgent, ClientOptions, Finished
 
 use super::Context;
 use crate::domain::{self, Route, Scope};
-use crate::error::{CliError, Peer};
+use crate::error::{CliError, ErrorKind, Peer};
 
 /// The agent of a domain, synchronised and ready.
 pub struct DomainAgent {
@@ -106,15 +106,27 @@ impl DomainAgent {
         use virtomate_protocol::{Error as AgentError, Phase};
         let shown = self.socket.display();
         match error {
-            AgentError::Agent { desc, .. } => CliError::AgentDisconnected(format!(
-                "the agent on {shown} no longer knows the program (guest pid {pid}): {desc}; it has probably restarted in the guest, and the program's result is lost"
-            )),
-            AgentError::Timeout { phase: Phase::Reply(command), after } if !self.through_libvirtd() => {
-                CliError::AgentTimeout(format!(
-                    "the agent on {shown} did not answer {command} within {} s while the program (guest pid {pid}) ran; it may have stopped or restarted in the guest, or the guest is very slow (raise --reply-timeout)",
+            AgentError::Agent { ref desc, .. } => CliError::new(
+                ErrorKind::AgentDisconnected,
+                format!("the agent on {shown} no longer knows the program (guest pid {pid}): {desc}"),
+            )
+            .with_hint("it has probably restarted in the guest, and the program's result is lost")
+            .with_source(error),
+            AgentError::Timeout {
+                phase: Phase::Reply(ref command),
+                after,
+            } if !self.through_libvirtd() => CliError::new(
+                ErrorKind::AgentTimeout,
+                format!(
+                    "the agent on {shown} did not answer {command} within {} s while the program (guest pid \
+                     {pid}) ran",
                     after.as_secs_f64()
-                ))
-            }
+                ),
+            )
+            .with_hint(
+                "it may have stopped or restarted in the guest, or the guest is very slow (raise --reply-timeout)",
+            )
+            .with_source(error),
             other => self.error(other),
         }
     }

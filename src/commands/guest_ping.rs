@@ -9,7 +9,7 @@ use virtomate_protocol::ClientOptions;
 
 use super::{Answer, Context, DomainAgent};
 use crate::domain::Scope;
-use crate::error::CliError;
+use crate::error::{CliError, ErrorKind};
 
 /// Pause between attempts while the socket cannot be connected to yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -54,12 +54,12 @@ async fn ping(domain: &str, scope: &Scope, options: ClientOptions) -> Result<Ans
 /// Failures of the agent become the silent status 125; not finding the
 /// domain stays an ordinary error.
 fn no_answer(error: CliError) -> CliError {
-    match error {
-        CliError::NotFound(_)
-        | CliError::Ambiguous { .. }
-        | CliError::IllegalState(_)
-        | CliError::Usage(_)
-        | CliError::Io(_) => error,
-        other => CliError::NoAnswer(Box::new(other)),
+    match error.kind() {
+        ErrorKind::NotFound
+        | ErrorKind::Ambiguous
+        | ErrorKind::IllegalState
+        | ErrorKind::Usage
+        | ErrorKind::Io => error,
+        _ => error.into_silent(),
     }
 }

@@ -11,7 +11,7 @@ use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::{Answer, Context, DomainAgent};
 use crate::cli::GuestRunArgs;
-use crate::error::{CliError, Interruption};
+use crate::error::{CliError, ErrorKind, Interruption};
 
 /// What the program did, as the specification's RunResult: keys in sorted
 /// order; a stream that produced no bytes is `null`.
@@ -72,7 +72,7 @@ struct Signals {
 
 impl Signals {
     fn install() -> Result<Signals, CliError> {
-        let io_error = |e: std::io::Error| CliError::Io(format!("cannot install a signal handler: {e}"));
+        let io_error = |e| CliError::io("cannot install a signal handler", e);
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).map_err(io_error)?,
             terminate: signal(SignalKind::terminate()).map_err(io_error)?,
@@ -88,8 +88,8 @@ impl Signals {
     ) -> Result<T, CliError> {
         tokio::select! {
             result = work => Ok(result),
-            _ = self.interrupt.recv() => Err(CliError::Interrupted(stage)),
-            _ = self.terminate.recv() => Err(CliError::Interrupted(stage)),
+            _ = self.interrupt.recv() => Err(CliError::interrupted(stage)),
+            _ = self.terminate.recv() => Err(CliError::interrupted(stage)),
         }
     }
 }
@@ -100,7 +100,7 @@ fn read_stdin() -> Result<Vec<u8>, CliError> {
         .lock()
         .take(MAX_INPUT_LEN as u64 + 1)
         .read_to_end(&mut input)
-        .map_err(|e| CliError::Io(format!("cannot read standard input: {e}")))?;
+        .map_err(|e| CliError::io("cannot read standard input", e))?;
     if input.len() > MAX_INPUT_LEN {
         return Err(input_too_large(input.len().div_ceil(3) * 4));
     }
@@ -108,11 +108,16 @@ fn read_stdin() -> Result<Vec<u8>, CliError> {
 }
 
 fn input_too_large(request_len: usize) -> CliError {
-    CliError::InputTooLarge(format!(
-        "with the input in Base64 the request would be at least {request_len} bytes; the agent takes at most {} MiB in one request (a little under {} MiB of input); nothing was sent",
-        MAX_REQUEST_LEN >> 20,
-        MAX_INPUT_LEN >> 20
-    ))
+    CliError::new(
+        ErrorKind::InputTooLarge,
+        format!(
+            "standard input is too large for the agent: with the input in Base64 the request would be at \
+             least {request_len} bytes; the agent takes at most {} MiB in one request (a little under {} MiB \
+             of input); nothing was sent",
+            MAX_REQUEST_LEN >> 20,
+            MAX_INPUT_LEN >> 20
+        ),
+    )
 }
 
 impl RunResult {
@@ -132,8 +137,13 @@ fn text(data: Option<Vec<u8>>, encode: bool, stream: &'static str) -> Result<Opt
     match data {
         None => Ok(None),
         Some(bytes) if encode => Ok(Some(STANDARD.encode(bytes))),
-        Some(bytes) => String::from_utf8(bytes)
-            .map(Some)
-            .map_err(|_| CliError::Encoding { stream }),
+        Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|e| {
+            CliError::new(
+                ErrorKind::Encoding,
+                format!("{stream} of the program is not valid UTF-8"),
+            )
+            .with_hint("run again with --encode to get it as Base64")
+            .with_source(e)
+        }),
     }
 }

@@ -13,7 +13,7 @@ use super::guest_cmd::Request;
 use super::{Answer, Context};
 use crate::domain::socket_holders::{self, Holder};
 use crate::domain::{self, Source};
-use crate::error::{CliError, Peer};
+use crate::error::{CliError, ErrorKind, Peer};
 
 /// How to reach QEMU's monitor.
 enum Monitor {
@@ -36,9 +36,14 @@ pub async fn run(
 ) -> Result<Answer, CliError> {
     match monitor(domain, context)? {
         Monitor::Socket(socket) => direct(&socket, request, events, context).await,
-        Monitor::Libvirt { name, .. } if events => Err(CliError::AgentUnavailable(format!(
-            "--events needs QEMU's monitor socket itself, and libvirtd holds the one of '{name}': libvirtd passes commands on but keeps the events; run without --events"
-        ))),
+        Monitor::Libvirt { name, .. } if events => Err(CliError::new(
+            ErrorKind::AgentUnavailable,
+            format!(
+                "--events needs QEMU's monitor socket itself, and libvirtd holds the one of '{name}': libvirtd \
+                 passes commands on but keeps the events"
+            ),
+        )
+        .with_hint("run without --events")),
         Monitor::Libvirt { socket, uri, name } => {
             tracing::warn!(socket = %socket.display(), "libvirtd holds QEMU's monitor: going through libvirtd, which marks the domain tainted (custom-monitor)");
             let error = |e| CliError::from_libvirtd(e, &socket, Peer::Qmp);
@@ -85,10 +90,11 @@ fn monitor(domain: &str, context: &Context) -> Result<Monitor, CliError> {
         return Ok(Monitor::Socket(domain.into()));
     }
     if found.qmp_sockets.is_empty() {
-        return Err(CliError::AgentUnavailable(format!(
-            "'{}' has no QMP socket; start QEMU with -qmp unix:PATH,server=on,wait=off",
-            found.name
-        )));
+        return Err(CliError::new(
+            ErrorKind::AgentUnavailable,
+            format!("'{}' has no QMP socket", found.name),
+        )
+        .with_hint("start QEMU with -qmp unix:PATH,server=on,wait=off"));
     }
     let seen: Vec<(&PathBuf, Vec<Holder>)> = found
         .qmp_sockets
@@ -118,9 +124,9 @@ fn monitor(domain: &str, context: &Context) -> Result<Monitor, CliError> {
         .iter()
         .map(|(socket, holders)| format!("{} is {}", socket.display(), socket_holders::describe(holders)))
         .collect();
-    Err(CliError::AgentUnavailable(format!(
-        "QEMU's monitor of '{}' is held: {}; QEMU serves one QMP client at a time",
-        found.name,
-        held.join("; ")
-    )))
+    Err(CliError::new(
+        ErrorKind::AgentUnavailable,
+        format!("QEMU's monitor of '{}' is held: {}", found.name, held.join("; ")),
+    )
+    .with_hint("QEMU serves one QMP client at a time"))
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::CliError;
+use crate::error::{CliError, ErrorKind};
 use libvirt::{LibvirtDirs, Lookup};
 use socket_holders::Holder;
 
@@ -84,12 +84,12 @@ impl Scope {
             Some("qemu:///system") => (vec![LibvirtDirs::system()], false),
             Some("qemu:///session") => (
                 vec![LibvirtDirs::session().ok_or_else(|| {
-                    CliError::Usage("qemu:///session needs XDG_RUNTIME_DIR to find the session daemon".into())
+                    CliError::usage("qemu:///session needs XDG_RUNTIME_DIR to find the session daemon")
                 })?],
                 false,
             ),
             Some(other) => {
-                return Err(CliError::Usage(format!(
+                return Err(CliError::usage(format!(
                     "unsupported connection URI '{other}': virtomate works on this host only, with qemu:///system or qemu:///session"
                 )))
             }
@@ -143,10 +143,11 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
         false => Vec::new(),
     };
     match (matches.len(), stopped_in) {
-        (0, Some(uri)) => Err(CliError::IllegalState(format!(
-            "Domain '{domain}' is not running ({uri}); start it, e.g. virsh -c {uri} start {domain}"
-        ))),
-        (0, None) => Err(CliError::NotFound(domain.to_owned())),
+        (0, Some(uri)) => Err(CliError::new(
+            ErrorKind::IllegalState,
+            format!("Domain '{domain}' is not running ({uri}); start it, e.g. virsh -c {uri} start {domain}"),
+        )),
+        (0, None) => Err(CliError::not_found(domain)),
         (1, _) => Ok(matches.remove(0)),
         _ => {
             let pids: Vec<String> = matches
@@ -154,10 +155,7 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
                 .filter_map(|d| d.pid)
                 .map(|p| p.to_string())
                 .collect();
-            Err(CliError::Ambiguous {
-                name: domain.to_owned(),
-                pids: pids.join(", "),
-            })
+            Err(CliError::ambiguous(domain, &pids.join(", ")))
         }
     }
 }
@@ -251,7 +249,10 @@ impl Domain {
     /// answer, so with nothing better this fails at once, naming the holder.
     fn choose_route(&self, seen: &[SeenChannel]) -> Result<Route, CliError> {
         if seen.is_empty() {
-            return Err(CliError::AgentUnavailable(self.no_channel_advice()));
+            return Err(CliError::new(
+                ErrorKind::AgentUnavailable,
+                self.no_channel_advice(),
+            ));
         }
         let free = |seen: &&SeenChannel| seen.holders.iter().all(Holder::is_virtomate);
         let direct = |seen: &SeenChannel| Ok(Route::Direct(seen.channel.path.clone()));
@@ -283,7 +284,7 @@ impl Domain {
                 )
             })
             .collect();
-        Err(CliError::AgentUnavailable(format!(
+        Err(CliError::new(ErrorKind::AgentUnavailable, format!(
             "every agent channel of '{}' is held by another client: {}; stop that client or wait until it is done",
             self.name,
             held.join("; ")
@@ -412,14 +413,14 @@ mod tests {
         let proc_root = fake_proc(&[(42, VM, "/srv")]);
         let err = find("db", &bare_qemu_only(proc_root.path())).unwrap_err();
         assert_eq!(err.to_string(), "Domain 'db' does not exist");
-        assert_eq!(err.kind(), "NotFoundError");
+        assert_eq!(err.json_type(), "NotFoundError");
     }
 
     #[test]
     fn two_processes_with_one_name_are_ambiguous() {
         let proc_root = fake_proc(&[(42, VM, "/a"), (43, VM, "/b")]);
         let err = find("web", &bare_qemu_only(proc_root.path())).unwrap_err();
-        assert_eq!(err.kind(), "AmbiguousDomainError");
+        assert_eq!(err.json_type(), "AmbiguousDomainError");
         assert!(err.to_string().contains("42, 43"), "{err}");
     }
 
@@ -428,7 +429,7 @@ mod tests {
         let proc_root = fake_proc(&[(42, &["qemu-system-x86_64", "-name", "web"], "/")]);
         let domain = find("web", &bare_qemu_only(proc_root.path())).unwrap();
         let err = domain.agent_route().unwrap_err();
-        assert_eq!(err.kind(), "AgentUnavailable");
+        assert_eq!(err.json_type(), "AgentUnavailable");
         assert!(err.to_string().contains("org.qemu.guest_agent.0"), "{err}");
     }
 
@@ -519,7 +520,7 @@ mod tests {
         // Not so on any other channel, nor for a process we can name.
         let domain = libvirt_domain(&[("org.qemu.guest_agent.1", None)]);
         let err = route(&domain, &[(vec![holder(None, "")], true)]).unwrap_err();
-        assert_eq!(err.kind(), "AgentUnavailable");
+        assert_eq!(err.json_type(), "AgentUnavailable");
         let domain = libvirt_domain(&[("org.qemu.guest_agent.0", None)]);
         let err = route(&domain, &[(vec![holder(Some(9), "socat")], true)]).unwrap_err();
         assert!(err.to_string().contains("held by socat (pid 9)"), "{err}");
@@ -600,7 +601,7 @@ mod tests {
         assert_eq!(found.libvirt_daemon.unwrap().0, "qemu:///session");
         // Only defined: not running, naming the daemon.
         let err = find("virtomate-test", &scope(vec![system])).unwrap_err();
-        assert_eq!(err.kind(), "IllegalStateError");
+        assert_eq!(err.json_type(), "IllegalStateError");
         assert!(err.to_string().contains("not running (qemu:///system)"), "{err}");
     }
 
