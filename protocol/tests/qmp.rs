@@ -76,6 +76,7 @@ async fn agent_port(qemu: &mut QmpClient) -> ChardevInfo {
 }
 
 #[test]
+#[ignore = "needs the test VM"]
 fn qmp_against_a_real_qemu() {
     let boot = Instant::now();
     let vm = Vm::boot();
