@@ -110,9 +110,13 @@ impl CliError {
         }
     }
 
-    /// What the user can do about it.
+    /// What the user can do about it; a second hint follows the first.
     pub fn with_hint(mut self, hint: impl Into<String>) -> CliError {
-        self.hint = Some(hint.into());
+        let hint = hint.into();
+        self.hint = Some(match self.hint.take() {
+            Some(first) => format!("{first}; {hint}"),
+            None => hint,
+        });
         self
     }
 
@@ -290,7 +294,15 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
         (AgentError::Timeout { phase, after }, Peer::Agent) => {
             let within = seconds(*after);
             let (message, hint) = match phase {
-                Phase::Connecting | Phase::Handshake => (
+                Phase::Connecting => (
+                    format!(
+                        "the agent socket {shown} stayed busy for {within}: its queue of clients waiting to be \
+                         accepted was full"
+                    ),
+                    "other clients are connecting to it at the same time, and QEMU serves one at a time; raise \
+                     --timeout, or run fewer at once",
+                ),
+                Phase::Handshake => (
                     format!("the agent on {shown} did not answer within {within}"),
                     "check that the QEMU Guest Agent runs in the guest and that no other client (libvirtd, \
                      another virtomate) holds the channel; raise --timeout if the guest is just slow",

@@ -367,3 +367,75 @@ fn a_command_without_reply_that_replies_anyway_succeeds() {
     );
     assert_eq!((out.status, out.stdout.trim()), (0, "{}"), "{out:?}");
 }
+
+#[test]
+fn a_guest_exec_whose_reply_times_out_may_have_started_the_program() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        let request = conn.request();
+        assert_eq!(request["execute"], "guest-exec");
+        // The agent got the whole request and is slow to answer.
+        conn.wait_for_close();
+    });
+    let (out, _) = guest_run_on(&agent, &["--reply-timeout", "0.3"]);
+    let message = out.error("AgentTimeout");
+    assert!(
+        message.contains("did not answer guest-exec within 0.3 s"),
+        "{message}"
+    );
+    assert!(
+        message.contains("the program may have started in the guest"),
+        "a user who retries would run it twice: {message}"
+    );
+}
+
+#[test]
+fn guest_cmd_refuses_the_sync_commands_virtomate_sends_itself() {
+    for name in ["guest-sync-delimited", "guest-sync"] {
+        let request = format!(r#"{{"execute": "{name}", "arguments": {{"id": 1}}}}"#);
+        // Refused before any connection: the socket need not exist.
+        let out = run(&["guest-cmd", "/nonexistent/qga.sock", &request], None);
+        assert_eq!(out.status, 2, "{out:?}");
+        assert!(
+            out.stderr.contains(&format!("guest-cmd does not send {name}")),
+            "{out:?}"
+        );
+    }
+}
+
+#[test]
+fn a_socket_whose_queue_stays_full_is_busy_not_missing() {
+    use nix::sys::socket::{bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("qga.sock");
+    // A listener that accepts nothing, with room for one waiting client:
+    // what QEMU's chardev looks like with clients queued behind the one it
+    // serves.
+    let listener = socket(AddressFamily::Unix, SockType::Stream, SockFlag::empty(), None).unwrap();
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&listener),
+        &UnixAddr::new(&path).unwrap(),
+    )
+    .unwrap();
+    listen(&listener, Backlog::new(0).unwrap()).unwrap();
+    let _waiting = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let started = Instant::now();
+    let out = run(
+        &[
+            "--timeout",
+            "0.5",
+            "guest-run",
+            path.to_str().unwrap(),
+            "--",
+            "true",
+        ],
+        None,
+    );
+    let message = out.error("AgentTimeout");
+    assert!(message.contains("busy"), "{message}");
+    assert!(!message.contains("check that the VM runs"), "{message}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for its turn"
+    );
+}

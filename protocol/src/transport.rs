@@ -150,13 +150,31 @@ impl Deadline {
 }
 
 /// Connects to the UNIX socket at `path` by `deadline`.
+///
+/// A listener whose queue of connections not yet accepted is full makes
+/// `connect` fail with `EAGAIN` at once (QEMU's chardev listens with a
+/// backlog of 1 and serves one client at a time): that is a busy socket,
+/// so connecting is tried again until the deadline, which then reports a
+/// [`Phase::Connecting`] timeout.
 pub(crate) async fn connect(path: &Path, deadline: Deadline) -> Result<UnixStream, Error> {
+    const LONGEST_PAUSE: Duration = Duration::from_millis(50);
     deadline
         .run(Phase::Connecting, async {
-            UnixStream::connect(path).await.map_err(|source| Error::Connect {
-                path: path.to_owned(),
-                source,
-            })
+            let mut pause = Duration::from_millis(1);
+            loop {
+                match UnixStream::connect(path).await {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        tokio::time::sleep(pause).await;
+                        pause = (pause * 2).min(LONGEST_PAUSE);
+                    }
+                    connected => {
+                        return connected.map_err(|source| Error::Connect {
+                            path: path.to_owned(),
+                            source,
+                        })
+                    }
+                }
+            }
         })
         .await
 }

@@ -63,7 +63,31 @@ impl DomainAgent {
     /// it is sent, so that a big input takes no second copy in memory.
     pub async fn start(&mut self, exec: &GuestExec) -> Result<GuestExecReply, CliError> {
         let result = self.agent.guest_exec(exec).await;
-        result.map_err(|e| self.error(e))
+        result.map_err(|e| self.error_while_starting(e))
+    }
+
+    /// The agent acts on a request once it has read all of it: a timeout
+    /// or a hang-up after that leaves the program perhaps started, under a
+    /// pid the agent never told. Say so, since running it again may run it
+    /// twice.
+    fn error_while_starting(&self, error: virtomate_protocol::Error) -> CliError {
+        use virtomate_protocol::{Error as AgentError, Phase};
+        let request_was_whole = matches!(
+            error,
+            AgentError::Timeout {
+                phase: Phase::Reply(_),
+                ..
+            } | AgentError::Disconnected
+        );
+        let error = self.error(error);
+        if request_was_whole {
+            error.with_hint(
+                "the request had reached the agent, so the program may have started in the guest, under a pid \
+                 the agent did not tell: check before running it again",
+            )
+        } else {
+            error
+        }
     }
 
     /// Any command by name. For the few that never reply on success,

@@ -16,6 +16,11 @@ const WITHOUT_REPLY: &[&str] = &[
     "guest-suspend-hybrid",
 ];
 
+/// Commands virtomate sends itself, before every command: one sent
+/// through `guest-cmd` would answer with the sentinel in front, which only
+/// the handshake knows to read.
+const SYNC_COMMANDS: &[&str] = &["guest-sync", "guest-sync-delimited"];
+
 /// How long to wait for an error reply to a command that does not reply
 /// on success.
 const ERROR_GRACE: Duration = Duration::from_secs(2);
@@ -54,6 +59,13 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
 }
 
 pub async fn run(domain: &str, request: &Request, context: &Context) -> Result<Answer, CliError> {
+    if SYNC_COMMANDS.contains(&request.name.as_str()) {
+        return Err(CliError::usage(format!(
+            "guest-cmd does not send {}: virtomate synchronises with the agent itself before every command \
+             (guest-ping checks that the agent answers)",
+            request.name
+        )));
+    }
     let mut agent = DomainAgent::connect(domain, context).await?;
     let without_reply = WITHOUT_REPLY
         .contains(&request.name.as_str())
