@@ -323,6 +323,14 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
             format!("the agent on {shown} closed the connection"),
         )
         .with_hint("the VM may have stopped or its agent restarted"),
+        (AgentError::NotAnAgent { found }, _) => CliError::new(
+            ErrorKind::AgentUnavailable,
+            format!("{shown} is {found}, not the guest agent"),
+        )
+        .with_hint(
+            "pass the agent's socket (the -chardev of the virtserialport named org.qemu.guest_agent.0) or \
+             the VM's name",
+        ),
         // The rest reads the same whichever peer caused it.
         (AgentError::Io(e), _) => CliError::new(ErrorKind::AgentUnavailable, format!("I/O error on {shown}: {e}")),
         (AgentError::ReplyTooLong { limit }, _) => {

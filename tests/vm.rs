@@ -191,3 +191,25 @@ fn guest_shutdown_by_name_succeeds_without_a_reply_and_the_vm_goes_down() {
             || std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| stat.contains(") Z "))
     });
 }
+
+#[test]
+#[ignore = "needs the test VM"]
+fn the_vms_monitor_given_as_domain_is_named_as_such_at_once() {
+    let vm = TestVm::boot("qmp-as-domain");
+    let monitor = vm.dir.path().join("qmp.sock");
+    let started = Instant::now();
+    // Far from the timeout, so that waiting it out cannot pass for telling.
+    let out = guest_run_with(&["--timeout", "60"], &monitor, &["true"], None);
+    let message = out.error("AgentUnavailable");
+    assert!(
+        message.contains("is QEMU's monitor (QMP), not the guest agent"),
+        "{message}"
+    );
+    let agent = vm.socket().display().to_string();
+    assert!(message.contains(&agent), "names the VM's agent socket: {message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the greeting tells at once, not after --timeout: {:?}",
+        started.elapsed()
+    );
+}

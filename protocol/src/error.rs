@@ -42,6 +42,13 @@ pub enum Error {
         after: Duration,
     },
 
+    /// The peer is no guest agent: it greeted as something else.
+    #[error("the peer is not a guest agent but {found}")]
+    NotAnAgent {
+        /// What it is, e.g. `QEMU's monitor (QMP)`.
+        found: String,
+    },
+
     /// The peer closed the connection.
     #[error("the agent closed the connection")]
     Disconnected,

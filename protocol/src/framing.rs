@@ -61,7 +61,13 @@ pub enum Frame {
     Line(Vec<u8>),
     /// The [`SENTINEL`] was found, after [`LineCodec::skip_to_sentinel`].
     Sentinel,
+    /// The stream began with QEMU's QMP greeting while skipping to the
+    /// sentinel: this is QEMU's monitor, which never sends one.
+    QmpGreeting,
 }
+
+/// How QEMU's monitor greets every new client, before it is asked anything.
+const QMP_GREETING: &[u8] = b"{\"QMP\":";
 
 /// Frames newline-terminated replies, each at most `max_len` bytes long.
 ///
@@ -89,6 +95,8 @@ pub struct LineCodec {
     discarding: bool,
     /// Set until the next [`SENTINEL`]: everything before it is dropped.
     skipping: bool,
+    /// Set once the first bytes of the stream have been looked at.
+    started: bool,
 }
 
 impl LineCodec {
@@ -105,6 +113,7 @@ impl LineCodec {
             scanned: 0,
             discarding: false,
             skipping: false,
+            started: false,
         }
     }
 
@@ -179,8 +188,24 @@ impl Decoder for LineCodec {
     type Error = Error;
 
     fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Self::Item>, Error> {
+        if !self.started && self.skipping {
+            // An agent says nothing before it is asked; QEMU's monitor greets.
+            let head = &buf[..buf.len().min(QMP_GREETING.len())];
+            if !QMP_GREETING.starts_with(head) {
+                self.started = true;
+            } else if head.len() == QMP_GREETING.len() {
+                self.started = true;
+                buf.clear();
+                self.skipping = false;
+                return Ok(Some(Ok(Frame::QmpGreeting)));
+            } else {
+                // Too short to tell yet: keep it.
+                buf.reserve(READ_CHUNK);
+                return Ok(None);
+            }
+        }
         let frame = if self.skipping {
-            match memchr(crate::framing::SENTINEL, buf) {
+            match memchr(SENTINEL, buf) {
                 Some(pos) => {
                     buf.advance(pos + 1);
                     self.skipping = false;
@@ -255,11 +280,20 @@ impl<S: AsyncRead + Unpin> Connection<S, LineCodec> {
     /// # Ok::<(), virtomate_protocol::Error>(())
     /// # }).unwrap();
     /// ```
+    ///
+    /// A stream that begins with QEMU's QMP greeting is
+    /// [`Error::NotAnAgent`]: no sentinel will come.
     pub async fn skip_past_sentinel(&mut self) -> Result<(), Error> {
         self.codec_mut().skip_to_sentinel();
         loop {
-            if self.read_frame().await? == Frame::Sentinel {
-                return Ok(());
+            match self.read_frame().await? {
+                Frame::Sentinel => return Ok(()),
+                Frame::QmpGreeting => {
+                    return Err(Error::NotAnAgent {
+                        found: "QEMU's monitor (QMP)".to_owned(),
+                    })
+                }
+                Frame::Line(_) => {}
             }
         }
     }
@@ -372,5 +406,23 @@ mod tests {
         assert!(r.read_buffer_capacity() <= 4 * READ_CHUNK);
         assert_eq!(r.read_reply().await.unwrap(), b"{}");
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_qmp_greeting_where_the_sentinel_is_awaited_is_no_agent() {
+        let greeting: &[u8] = b"{\"QMP\": {\"version\": {}, \"capabilities\": [\"oob\"]}}\r\n";
+        for split in 1..10 {
+            let stream = tokio::io::AsyncReadExt::chain(&greeting[..split], &greeting[split..]);
+            let mut r = Connection::new(stream, LineCodec::new(100), None);
+            assert!(
+                matches!(r.skip_past_sentinel().await, Err(Error::NotAnAgent { .. })),
+                "split at {split}"
+            );
+        }
+        // Stale bytes that merely look like it later in the stream are skipped.
+        let stream = pieces(&[b"x{\"QMP\": {}}\n\xff{}\n"]);
+        let mut r = Connection::new(stream, LineCodec::new(100), None);
+        r.skip_past_sentinel().await.unwrap();
+        assert_eq!(r.read_reply().await.unwrap(), b"{}");
     }
 }

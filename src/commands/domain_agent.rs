@@ -33,9 +33,14 @@ impl DomainAgent {
         match found.agent_route()? {
             Route::Direct(socket) => {
                 tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {domain}");
-                let client = QgaClient::connect(&socket, options)
-                    .await
-                    .map_err(|e| CliError::from_agent(e, &socket))?;
+                let client = QgaClient::connect(&socket, options).await.map_err(|e| {
+                    let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
+                    let error = CliError::from_agent(e, &socket);
+                    match monitor.then(|| agent_sockets_beside(&socket, scope)).flatten() {
+                        Some(agents) => error.with_hint(format!("the agent socket of that VM: {agents}")),
+                        None => error,
+                    }
+                })?;
                 Ok(DomainAgent {
                     agent: AnyAgent::Direct(client),
                     socket,
@@ -173,4 +178,19 @@ impl DomainAgent {
             other => self.error(other),
         }
     }
+}
+
+/// The agent sockets of the running VM whose QMP socket is `monitor`, if
+/// virtomate can find it: for a user who gave the monitor's path.
+fn agent_sockets_beside(monitor: &std::path::Path, scope: &Scope) -> Option<String> {
+    let same = |qmp: &PathBuf| std::fs::canonicalize(qmp).ok() == std::fs::canonicalize(monitor).ok();
+    let vm = domain::list(scope)
+        .into_iter()
+        .find(|vm| vm.qmp_sockets.iter().any(same))?;
+    let paths: Vec<String> = vm
+        .agent_channels
+        .iter()
+        .map(|c| c.path.display().to_string())
+        .collect();
+    (!paths.is_empty()).then(|| paths.join(", "))
 }
