@@ -2,7 +2,11 @@
 //! diagnosis, each step with its outcome and, when it fails, what to do.
 //!
 //! Each [`Step`] has one function that checks it and hands the next steps
-//! what they need: the domain, the channel examined, the agent itself.
+//! what they need: the domain, the channel examined, the route to its
+//! agent, the agent itself. So every step looks at the channel the steps
+//! before it examined, and the handshake connects over that very channel
+//! (or through libvirtd, where the `held` step found libvirtd holding it)
+//! rather than choosing again.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
@@ -199,18 +203,15 @@ async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) -> Opt
     let found = d.record(Step::Domain, find_domain(domain_arg, context))?;
     let channel = d.record(Step::Socket, socket(&found))?;
     d.record(Step::Permission, permission(&channel.path))?;
-    let through_libvirtd = d.record(Step::Held, held(&found, channel))?;
-    d.record(
-        Step::Connect,
-        connect(through_libvirtd, &channel.path, context).await,
-    )?;
+    let route = d.record(Step::Held, held(&found, channel))?;
+    d.record(Step::Connect, connect(&route, context).await)?;
     // A port the guest has not opened is worth saying, but the handshake
     // is what tells for sure: it is tried all the same.
     d.record(
         Step::GuestPortOpen,
         guest_port_open(&found, channel, context).await,
     );
-    let agent = d.record(Step::Handshake, handshake(domain_arg, context).await)?;
+    let agent = d.record(Step::Handshake, handshake(&found, route, context).await)?;
     let info = d.record(Step::AgentVersion, agent_version(agent).await)?;
     d.record(Step::GuestExec, guest_exec(&info))
 }
@@ -281,37 +282,38 @@ fn permission(path: &Path) -> Checked<()> {
     }
 }
 
-/// Whether another client holds the channel. One passes where `guest-run`
-/// would go through libvirtd; that is what the next steps are handed.
-fn held(found: &Domain, channel: &Channel) -> Checked<bool> {
+/// Whether another client holds the channel. A held channel passes where
+/// `guest-run` would go through libvirtd (libvirtd holds an agent channel
+/// of the domain and no free one is better): the route handed on is then
+/// libvirtd's, else always the examined channel's own.
+fn held(found: &Domain, channel: &Channel) -> Checked<Route> {
     let holders = socket_holders::holders(&channel.path);
-    let through_libvirtd = matches!(found.agent_route(), Ok(Route::Libvirt { .. }));
-    if holders.is_empty() {
-        Checked::Pass("no other client is connected".into(), through_libvirtd)
-    } else if through_libvirtd {
-        Checked::Pass(
+    let direct = Route::Direct(channel.path.clone());
+    match found.agent_route() {
+        _ if holders.is_empty() => Checked::Pass("no other client is connected".into(), direct),
+        Ok(through_libvirtd @ Route::Libvirt { .. }) => Checked::Pass(
             format!(
                 "{}: virtomate goes through libvirtd's RPC socket",
                 socket_holders::describe(&holders)
             ),
             through_libvirtd,
-        )
-    } else {
-        fail(
+        ),
+        _ => fail(
             socket_holders::describe(&holders),
             if found.source == Source::Libvirt {
                 "libvirtd keeps org.qemu.guest_agent.0; give the domain a second agent channel (see README)"
             } else {
                 "stop that client: the channel serves one client at a time"
             },
-        )
+        ),
     }
 }
 
-async fn connect(through_libvirtd: bool, path: &Path, context: &Context) -> Checked<()> {
-    if through_libvirtd {
-        return Checked::Skip("libvirtd holds the channel".into(), ());
-    }
+async fn connect(route: &Route, context: &Context) -> Checked<()> {
+    let path = match route {
+        Route::Libvirt { .. } => return Checked::Skip("libvirtd holds the channel".into(), ()),
+        Route::Direct(path) => path,
+    };
     let timeout = context.options.handshake_timeout;
     match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
         // Dropped at once: connecting is all this step checks.
@@ -324,9 +326,11 @@ async fn connect(through_libvirtd: bool, path: &Path, context: &Context) -> Chec
     }
 }
 
-async fn handshake(domain_arg: &str, context: &Context) -> Checked<Agent> {
+/// The handshake, over the route the earlier steps examined: not chosen
+/// anew, which could pick another channel than the one they looked at.
+async fn handshake(found: &Domain, route: Route, context: &Context) -> Checked<Agent> {
     let started = Instant::now();
-    match Agent::connect(domain_arg, context).await {
+    match Agent::connect_to(found, route, context.options.clone()).await {
         Ok(agent) => Checked::Pass(
             format!("answered in {} ms", started.elapsed().as_millis()),
             agent,

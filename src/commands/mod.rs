@@ -18,7 +18,7 @@ use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::qga::{Command, ExecStarted, GuestExec};
 use virtomate_protocol::{wait_for_exit, Agent as _, ClientOptions, Finished, PollSchedule, QgaClient};
 
-use crate::domain::{self, Route, Scope};
+use crate::domain::{self, Domain, Route, Scope};
 use crate::error::{CliError, Peer};
 
 /// What every command needs besides its own arguments.
@@ -66,9 +66,16 @@ impl Agent {
         options: ClientOptions,
     ) -> Result<Agent, CliError> {
         let found = domain::find(domain, scope)?;
-        match found.agent_route()? {
+        let route = found.agent_route()?;
+        Agent::connect_to(&found, route, options).await
+    }
+
+    /// Connects to the agent of `found` over `route`, as chosen by
+    /// [`Domain::agent_route`] or, for `doctor`, the channel it examined.
+    pub async fn connect_to(found: &Domain, route: Route, options: ClientOptions) -> Result<Agent, CliError> {
+        match route {
             Route::Direct(socket) => {
-                tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {domain}");
+                tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {}", found.name);
                 let client = QgaClient::connect(&socket, options)
                     .await
                     .map_err(|e| CliError::from_agent(e, &socket))?;
