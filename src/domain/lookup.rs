@@ -78,6 +78,10 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
         true => qemu_domains(scope)
             .into_iter()
             .filter(|found| {
+                // As text, ignoring case, as libvirt's lookup below: there is
+                // nothing to parse, so no `uuid` crate. (Parsing would also
+                // let `0766eb2975b8…` without hyphens match, which it does
+                // not today.)
                 found.name == domain
                     || found
                         .uuid
