@@ -11,6 +11,7 @@ mod support;
 
 mod big_payloads;
 mod diagnostics;
+mod doctor_channels;
 mod fake_agent;
 mod host_agent;
 mod libvirt;

@@ -1,19 +1,79 @@
 //! `virtomate doctor`: why does the agent not answer? A step-by-step
 //! diagnosis, each step with its outcome and, when it fails, what to do.
+//!
+//! Each [`Step`] has one function that checks it and hands the next steps
+//! what they need: the domain, the channel examined, the route to its
+//! agent, the agent itself. So every step looks at the channel the steps
+//! before it examined, and the handshake connects over that very channel
+//! (or through libvirtd, where the `held` step found libvirtd holding it)
+//! rather than choosing again.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::unistd::{access, AccessFlags};
 use serde::Serialize;
 use tokio::net::UnixStream;
-use virtomate_protocol::qga::GuestInfo;
+use virtomate_protocol::qga::{GuestInfo, GuestInfoReply};
 use virtomate_protocol::qmp::QueryChardev;
 use virtomate_protocol::{ClientOptions, QmpClient};
 
 use super::{Answer, Context, DomainAgent};
 use crate::domain::{self, socket_holders, Channel, Domain, Route, Source};
+
+/// Every step, in the order a person would check them by hand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// DOMAIN is found, and how.
+    Domain,
+    /// The agent channel examined exists and is a socket.
+    Socket,
+    /// We may read and write it.
+    Permission,
+    /// Whether another client holds it, and which process.
+    Held,
+    /// A connection is accepted.
+    Connect,
+    /// The guest has opened its end of the port.
+    GuestPortOpen,
+    /// The agent answers `guest-sync-delimited`.
+    Handshake,
+    /// The agent answers `guest-info`.
+    AgentVersion,
+    /// `guest-exec` is enabled.
+    GuestExec,
+}
+
+impl Step {
+    const ALL: [Step; 9] = [
+        Step::Domain,
+        Step::Socket,
+        Step::Permission,
+        Step::Held,
+        Step::Connect,
+        Step::GuestPortOpen,
+        Step::Handshake,
+        Step::AgentVersion,
+        Step::GuestExec,
+    ];
+
+    /// The name shown in the report (as serialized).
+    fn name(self) -> &'static str {
+        match self {
+            Step::Domain => "domain",
+            Step::Socket => "socket",
+            Step::Permission => "permission",
+            Step::Held => "held",
+            Step::Connect => "connect",
+            Step::GuestPortOpen => "guest-port-open",
+            Step::Handshake => "handshake",
+            Step::AgentVersion => "agent-version",
+            Step::GuestExec => "guest-exec",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -24,19 +84,21 @@ pub enum Outcome {
     Skip,
 }
 
+/// One line of the report. (Fields in key order: the JSON keys come out
+/// sorted, as the original's.)
 #[derive(Debug, Serialize)]
-pub struct Step {
+pub struct StepReport {
     /// What to do about a failure.
     advice: Option<String>,
     detail: String,
-    name: &'static str,
+    name: Step,
     outcome: Outcome,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     ok: bool,
-    steps: Vec<Step>,
+    steps: Vec<StepReport>,
 }
 
 impl Report {
@@ -49,7 +111,11 @@ impl Report {
                 Outcome::Fail => "FAIL",
                 Outcome::Skip => "skip",
             };
-            text.push_str(&format!("{outcome:<5} {:<16} {}\n", step.name, step.detail));
+            text.push_str(&format!(
+                "{outcome:<5} {:<16} {}\n",
+                step.name.name(),
+                step.detail
+            ));
             if let Some(advice) = &step.advice {
                 text.push_str(&format!("{:<22} -> {advice}\n", ""));
             }
@@ -62,211 +128,101 @@ impl Report {
     }
 }
 
-/// Collects steps; once one fails, the steps that need it are skipped.
+/// What checking one step found.
+enum Checked<T> {
+    /// Passed, with a detail and what the later steps need.
+    Pass(String, T),
+    /// Failed: what was found and what to do about it.
+    Fail { detail: String, advice: &'static str },
+    /// Not checked, for the reason given; the later steps go on with `T`.
+    Skip(String, T),
+}
+
+fn fail<T>(detail: impl Into<String>, advice: &'static str) -> Checked<T> {
+    Checked::Fail {
+        detail: detail.into(),
+        advice,
+    }
+}
+
+/// The steps checked so far.
+#[derive(Default)]
 struct Diagnosis {
-    steps: Vec<Step>,
-    failed: bool,
+    checked: Vec<StepReport>,
 }
 
 impl Diagnosis {
-    fn pass(&mut self, name: &'static str, detail: impl Into<String>) {
-        self.push(name, Outcome::Pass, detail.into(), None);
-    }
-
-    fn fail(&mut self, name: &'static str, detail: impl Into<String>, advice: impl Into<String>) {
-        self.failed = true;
-        self.push(name, Outcome::Fail, detail.into(), Some(advice.into()));
-    }
-
-    fn skip(&mut self, name: &'static str, detail: impl Into<String>) {
-        self.push(name, Outcome::Skip, detail.into(), None);
-    }
-
-    fn push(&mut self, name: &'static str, outcome: Outcome, detail: String, advice: Option<String>) {
-        self.steps.push(Step {
+    /// Records a step's outcome; what the next steps need, unless it failed.
+    fn record<T>(&mut self, step: Step, checked: Checked<T>) -> Option<T> {
+        debug_assert!(
+            self.checked.last().map_or(true, |last| last.name < step),
+            "{step:?} checked out of order"
+        );
+        let (outcome, detail, advice, next) = match checked {
+            Checked::Pass(detail, next) => (Outcome::Pass, detail, None, Some(next)),
+            Checked::Fail { detail, advice } => (Outcome::Fail, detail, Some(advice.to_owned()), None),
+            Checked::Skip(detail, next) => (Outcome::Skip, detail, None, Some(next)),
+        };
+        self.checked.push(StepReport {
             advice,
             detail,
-            name,
+            name: step,
             outcome,
         });
+        next
     }
 
+    /// Every step, those not reached listed as skipped, so that the report
+    /// always has all of them.
     fn report(self) -> Report {
-        Report {
-            ok: !self.failed,
-            steps: self.steps,
-        }
+        let ok = self.checked.iter().all(|step| step.outcome != Outcome::Fail);
+        let mut checked = self.checked.into_iter().peekable();
+        let steps = Step::ALL
+            .into_iter()
+            .map(|step| {
+                checked.next_if(|done| done.name == step).unwrap_or(StepReport {
+                    advice: None,
+                    detail: "not checked: an earlier step failed".to_owned(),
+                    name: step,
+                    outcome: Outcome::Skip,
+                })
+            })
+            .collect();
+        Report { ok, steps }
     }
 }
 
-/// Every step, in the order a person would check them by hand.
-const STEPS: &[&str] = &[
-    "domain",
-    "socket",
-    "permission",
-    "held",
-    "connect",
-    "guest-port-open",
-    "handshake",
-    "agent-version",
-    "guest-exec",
-];
-
 pub async fn run(domain_arg: &str, context: &Context) -> Answer {
-    let mut diagnosis = Diagnosis {
-        steps: Vec::new(),
-        failed: false,
-    };
+    let mut diagnosis = Diagnosis::default();
     diagnose(domain_arg, context, &mut diagnosis).await;
-    // Whatever was not reached is listed as skipped, so the report always
-    // has every step.
-    for name in STEPS.iter().skip(diagnosis.steps.len()) {
-        diagnosis.skip(name, "not checked: an earlier step failed");
-    }
     Answer::Report(diagnosis.report())
 }
 
-async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) {
-    let found = match domain::find(domain_arg, &context.scope) {
-        Ok(found) => found,
-        Err(e) => {
-            return d.fail(
-                "domain",
-                e.to_string(),
-                "pass the agent's socket path, the VM's -name, or a running libvirt domain",
-            )
-        }
-    };
-    d.pass("domain", how_found(&found));
-    let Some(channel) = found
-        .agent_channels
-        .iter()
-        .find(|c| socket_holders::holders(&c.path).is_empty())
-        .or(found.agent_channels.first())
-    else {
-        return d.fail(
-            "socket",
-            "the domain has no guest agent channel",
-            "add a virtio serial port named org.qemu.guest_agent.0 backed by a UNIX socket",
-        );
-    };
-    let path = channel.path.as_path();
-    let port = channel.port_name.as_deref().unwrap_or("agent channel");
+/// Checks each step in turn, until one fails that the next ones need.
+async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) -> Option<()> {
+    let found = d.record(Step::Domain, find_domain(domain_arg, context))?;
+    let channel = d.record(Step::Socket, socket(&found))?;
+    d.record(Step::Permission, permission(&channel.path))?;
+    let route = d.record(Step::Held, held(&found, channel))?;
+    d.record(Step::Connect, connect(&route, context).await)?;
+    // A port the guest has not opened is worth saying, but the handshake
+    // is what tells for sure: it is tried all the same.
+    d.record(
+        Step::GuestPortOpen,
+        guest_port_open(&found, channel, context).await,
+    );
+    let agent = d.record(Step::Handshake, handshake(&found, route, context).await)?;
+    let info = d.record(Step::AgentVersion, agent_version(agent).await)?;
+    d.record(Step::GuestExec, guest_exec(&info))
+}
 
-    match std::fs::metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => d.pass("socket", format!("{port} at {}", path.display())),
-        Ok(_) => {
-            return d.fail(
-                "socket",
-                format!("{} is not a UNIX socket", path.display()),
-                "pass the agent's socket path",
-            )
-        }
-        Err(e) => {
-            return d.fail(
-                "socket",
-                format!("{}: {e}", path.display()),
-                "check the path; is the VM running with its -chardev socket?",
-            )
-        }
-    }
-
-    match access(path, AccessFlags::R_OK | AccessFlags::W_OK) {
-        Ok(()) => d.pass("permission", "may read and write the socket"),
-        Err(e) => {
-            return d.fail(
-                "permission",
-                format!("{}: {e}", path.display()),
-                "run as a user who may open the socket (often root)",
-            )
-        }
-    }
-
-    let holders = socket_holders::holders(path);
-    let through_libvirtd = matches!(found.agent_route(), Ok(Route::Libvirt { .. }));
-    if holders.is_empty() {
-        d.pass("held", "no other client is connected");
-    } else if through_libvirtd {
-        d.pass(
-            "held",
-            format!(
-                "{}: virtomate goes through libvirtd's RPC socket",
-                socket_holders::describe(&holders)
-            ),
-        );
-    } else {
-        let advice = if found.source == Source::Libvirt {
-            "libvirtd keeps org.qemu.guest_agent.0; give the domain a second agent channel (see README)"
-        } else {
-            "stop that client: the channel serves one client at a time"
-        };
-        return d.fail("held", socket_holders::describe(&holders), advice);
-    }
-
-    let timeout = context.options.handshake_timeout;
-    if through_libvirtd {
-        d.skip("connect", "libvirtd holds the channel");
-    } else {
-        match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
-            Ok(Ok(stream)) => {
-                drop(stream);
-                d.pass("connect", "connected")
-            }
-            Ok(Err(e)) => {
-                return d.fail(
-                    "connect",
-                    e.to_string(),
-                    "is the VM (or qemu-ga -m unix-listen) running?",
-                )
-            }
-            Err(_) => {
-                return d.fail(
-                    "connect",
-                    "connecting timed out",
-                    "the socket's backlog is full: a client is waiting",
-                )
-            }
-        }
-    }
-
-    guest_port_open(&found, channel, context, d).await;
-
-    let started = std::time::Instant::now();
-    let mut agent = match DomainAgent::connect(domain_arg, context).await {
-        Ok(agent) => {
-            d.pass("handshake", format!("answered in {} ms", started.elapsed().as_millis()));
-            agent
-        }
-        Err(e) => {
-            return d.fail(
-                "handshake",
-                e.to_string(),
-                "start qemu-ga in the guest (qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0), or raise --timeout for a slow guest",
-            )
-        }
-    };
-    let info = match agent.execute(&GuestInfo {}).await {
-        Ok(info) => {
-            d.pass("agent-version", format!("qemu-ga {}", info.version));
-            agent.close().await;
-            info
-        }
-        Err(e) => {
-            return d.fail(
-                "agent-version",
-                e.to_string(),
-                "the agent answers the handshake but not guest-info: update qemu-ga",
-            )
-        }
-    };
-    match info.supported_commands.iter().find(|c| c.name == "guest-exec") {
-        Some(c) if c.enabled => d.pass("guest-exec", "enabled"),
-        Some(_) => d.fail(
-            "guest-exec",
-            "disabled",
-            "remove guest-exec from qemu-ga's --block-rpcs (or the block-rpcs of its config file)",
+fn find_domain(domain_arg: &str, context: &Context) -> Checked<Domain> {
+    match domain::find(domain_arg, &context.scope) {
+        Ok(found) => Checked::Pass(how_found(&found), found),
+        Err(e) => fail(
+            e.to_string(),
+            "pass the agent's socket path, the VM's -name, or a running libvirt domain",
         ),
-        None => d.fail("guest-exec", "not supported by this agent", "update qemu-ga"),
     }
 }
 
@@ -287,12 +243,134 @@ fn how_found(found: &Domain) -> String {
     }
 }
 
+/// The channel every later step examines: the first one no other client
+/// holds, else the first one.
+fn socket(found: &Domain) -> Checked<&Channel> {
+    let Some(channel) = found
+        .agent_channels
+        .iter()
+        .find(|c| socket_holders::holders(&c.path).is_empty())
+        .or(found.agent_channels.first())
+    else {
+        return fail(
+            "the domain has no guest agent channel",
+            "add a virtio serial port named org.qemu.guest_agent.0 backed by a UNIX socket",
+        );
+    };
+    let path = channel.path.display();
+    let port = channel.port_name.as_deref().unwrap_or("agent channel");
+    match std::fs::metadata(&channel.path) {
+        Ok(meta) if meta.file_type().is_socket() => Checked::Pass(format!("{port} at {path}"), channel),
+        Ok(_) => fail(
+            format!("{path} is not a UNIX socket"),
+            "pass the agent's socket path",
+        ),
+        Err(e) => fail(
+            format!("{path}: {e}"),
+            "check the path; is the VM running with its -chardev socket?",
+        ),
+    }
+}
+
+fn permission(path: &Path) -> Checked<()> {
+    match access(path, AccessFlags::R_OK | AccessFlags::W_OK) {
+        Ok(()) => Checked::Pass("may read and write the socket".into(), ()),
+        Err(e) => fail(
+            format!("{}: {e}", path.display()),
+            "run as a user who may open the socket (often root)",
+        ),
+    }
+}
+
+/// Whether another client holds the channel. A held channel passes where
+/// `guest-run` would go through libvirtd (libvirtd holds an agent channel
+/// of the domain and no free one is better): the route handed on is then
+/// libvirtd's, else always the examined channel's own.
+fn held(found: &Domain, channel: &Channel) -> Checked<Route> {
+    let holders = socket_holders::holders(&channel.path);
+    let direct = Route::Direct(channel.path.clone());
+    match found.agent_route() {
+        _ if holders.is_empty() => Checked::Pass("no other client is connected".into(), direct),
+        Ok(through_libvirtd @ Route::Libvirt { .. }) => Checked::Pass(
+            format!(
+                "{}: virtomate goes through libvirtd's RPC socket",
+                socket_holders::describe(&holders)
+            ),
+            through_libvirtd,
+        ),
+        _ => fail(
+            socket_holders::describe(&holders),
+            if found.source == Source::Libvirt {
+                "libvirtd keeps org.qemu.guest_agent.0; give the domain a second agent channel (see README)"
+            } else {
+                "stop that client: the channel serves one client at a time"
+            },
+        ),
+    }
+}
+
+async fn connect(route: &Route, context: &Context) -> Checked<()> {
+    let path = match route {
+        Route::Libvirt { .. } => return Checked::Skip("libvirtd holds the channel".into(), ()),
+        Route::Direct(path) => path,
+    };
+    let timeout = context.options.handshake_timeout;
+    match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
+        // Dropped at once: connecting is all this step checks.
+        Ok(Ok(_stream)) => Checked::Pass("connected".into(), ()),
+        Ok(Err(e)) => fail(e.to_string(), "is the VM (or qemu-ga -m unix-listen) running?"),
+        Err(_) => fail(
+            "connecting timed out",
+            "the socket's backlog is full: a client is waiting",
+        ),
+    }
+}
+
+/// The handshake, over the route the earlier steps examined: not chosen
+/// anew, which could pick another channel than the one they looked at.
+async fn handshake(found: &Domain, route: Route, context: &Context) -> Checked<DomainAgent> {
+    let started = Instant::now();
+    match DomainAgent::connect_to(found, route, &context.scope, context.options.clone()).await {
+        Ok(agent) => Checked::Pass(
+            format!("answered in {} ms", started.elapsed().as_millis()),
+            agent,
+        ),
+        Err(e) => fail(
+            e.to_string(),
+            "start qemu-ga in the guest (qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0), or raise --timeout for a slow guest",
+        ),
+    }
+}
+
+async fn agent_version(mut agent: DomainAgent) -> Checked<GuestInfoReply> {
+    match agent.execute(&GuestInfo {}).await {
+        Ok(info) => {
+            agent.close().await;
+            Checked::Pass(format!("qemu-ga {}", info.version), info)
+        }
+        Err(e) => fail(
+            e.to_string(),
+            "the agent answers the handshake but not guest-info: update qemu-ga",
+        ),
+    }
+}
+
+fn guest_exec(info: &GuestInfoReply) -> Checked<()> {
+    match info.supported_commands.iter().find(|c| c.name == "guest-exec") {
+        Some(c) if c.enabled => Checked::Pass("enabled".into(), ()),
+        Some(_) => fail(
+            "disabled",
+            "remove guest-exec from qemu-ga's --block-rpcs (or the block-rpcs of its config file)",
+        ),
+        None => fail("not supported by this agent", "update qemu-ga"),
+    }
+}
+
 /// Whether the guest has opened its end of the agent port: if not, nothing
 /// runs qemu-ga in the guest and requests wait forever. QEMU knows
 /// (`query-chardev`) when its QMP socket is free; else libvirt's record of
 /// it in the status file does.
-async fn guest_port_open(found: &Domain, channel: &Channel, context: &Context, d: &mut Diagnosis) {
-    const NAME: &str = "guest-port-open";
+async fn guest_port_open(found: &Domain, channel: &Channel, context: &Context) -> Checked<()> {
     const ADVICE: &str = "nothing runs qemu-ga in the guest: install and start it (qemu-guest-agent package)";
     let mut asked = Err("no QMP socket known for this domain".to_owned());
     for qmp_socket in &found.qmp_sockets {
@@ -303,21 +381,21 @@ async fn guest_port_open(found: &Domain, channel: &Channel, context: &Context, d
     }
     let port = channel.port_name.as_deref().unwrap_or("agent channel");
     match (asked, channel.guest_connected) {
-        (Ok(Some((label, true))), _) => d.pass(NAME, format!("the guest has opened port {label}")),
-        (Ok(Some((label, false))), _) => {
-            d.fail(NAME, format!("the guest has not opened port {label}"), ADVICE)
-        }
-        (_, Some(true)) => d.pass(
-            NAME,
+        (Ok(Some((label, true))), _) => Checked::Pass(format!("the guest has opened port {label}"), ()),
+        (Ok(Some((label, false))), _) => fail(format!("the guest has not opened port {label}"), ADVICE),
+        (_, Some(true)) => Checked::Pass(
             format!("libvirt records that the guest has opened port {port}"),
+            (),
         ),
-        (_, Some(false)) => d.fail(
-            NAME,
+        (_, Some(false)) => fail(
             format!("libvirt records that the guest has not opened port {port}"),
             ADVICE,
         ),
-        (Ok(None), None) => d.skip(NAME, "QEMU does not list the agent socket among its chardevs"),
-        (Err(why), None) => d.skip(NAME, why),
+        (Ok(None), None) => Checked::Skip(
+            "QEMU does not list the agent socket among its chardevs".into(),
+            (),
+        ),
+        (Err(why), None) => Checked::Skip(why, ()),
     }
 }
 
@@ -413,21 +491,65 @@ mod tests {
 
     #[test]
     fn the_table_shows_each_step_and_the_advice_for_a_failure() {
-        let mut d = Diagnosis {
-            steps: Vec::new(),
-            failed: false,
-        };
-        d.pass("domain", "socket path /run/qga.sock");
-        d.fail("handshake", "no answer within 5 s", "start qemu-ga in the guest");
-        d.skip("agent-version", "the handshake failed");
+        let mut d = Diagnosis::default();
+        d.record(
+            Step::Domain,
+            Checked::Pass("socket path /run/qga.sock".into(), ()),
+        );
+        d.record::<()>(Step::Socket, fail("/run/qga.sock: gone", "check the path"));
         let report = d.report();
         assert!(!report.ok());
+        let skipped = "not checked: an earlier step failed";
         assert_eq!(
             report.to_text(),
-            "pass  domain           socket path /run/qga.sock\n\
-             FAIL  handshake        no answer within 5 s\n\
-             \x20                      -> start qemu-ga in the guest\n\
-             skip  agent-version    the handshake failed\n"
+            format!(
+                "pass  domain           socket path /run/qga.sock\n\
+                 FAIL  socket           /run/qga.sock: gone\n\
+                 \x20                      -> check the path\n\
+                 skip  permission       {skipped}\n\
+                 skip  held             {skipped}\n\
+                 skip  connect          {skipped}\n\
+                 skip  guest-port-open  {skipped}\n\
+                 skip  handshake        {skipped}\n\
+                 skip  agent-version    {skipped}\n\
+                 skip  guest-exec       {skipped}\n"
+            )
         );
+    }
+
+    #[test]
+    fn every_step_is_reported_in_order_and_only_a_failure_fails() {
+        let mut d = Diagnosis::default();
+        for step in &Step::ALL[..5] {
+            d.record(*step, Checked::Pass("fine".into(), ()));
+        }
+        d.record(Step::GuestPortOpen, Checked::Skip("no QMP socket".into(), ()));
+        let report = d.report();
+        assert!(report.ok());
+        let json = serde_json::to_value(&report).unwrap();
+        let names: Vec<&str> = json["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|step| step["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, Step::ALL.map(Step::name));
+        assert_eq!(
+            names,
+            [
+                "domain",
+                "socket",
+                "permission",
+                "held",
+                "connect",
+                "guest-port-open",
+                "handshake",
+                "agent-version",
+                "guest-exec"
+            ]
+        );
+        assert_eq!(json["steps"][5]["outcome"], "skip");
+        assert_eq!(json["steps"][5]["detail"], "no QMP socket");
+        assert_eq!(json["steps"][6]["detail"], "not checked: an earlier step failed");
     }
 }

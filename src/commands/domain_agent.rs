@@ -10,7 +10,7 @@ use virtomate_protocol::qga::{Command, GuestExec, GuestExecReply};
 use virtomate_protocol::{wait_for_exit, Agent, AnyAgent, ClientOptions, Finished, PollSchedule, QgaClient};
 
 use super::Context;
-use crate::domain::{self, Route, Scope};
+use crate::domain::{self, Domain, Route, Scope};
 use crate::error::{CliError, ErrorKind, Peer};
 
 /// The agent of a domain, synchronised and ready.
@@ -30,9 +30,21 @@ impl DomainAgent {
         options: ClientOptions,
     ) -> Result<DomainAgent, CliError> {
         let found = domain::find(domain, scope)?;
-        match found.agent_route()? {
+        let route = found.agent_route()?;
+        DomainAgent::connect_to(&found, route, scope, options).await
+    }
+
+    /// Connects to the agent of `found` over `route`, as chosen by
+    /// [`Domain::agent_route`] or, for `doctor`, the channel it examined.
+    pub async fn connect_to(
+        found: &Domain,
+        route: Route,
+        scope: &Scope,
+        options: ClientOptions,
+    ) -> Result<DomainAgent, CliError> {
+        match route {
             Route::Direct(socket) => {
-                tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {domain}");
+                tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {}", found.name);
                 let client = QgaClient::connect(&socket, options).await.map_err(|e| {
                     let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
                     let error = CliError::from_agent(e, &socket);

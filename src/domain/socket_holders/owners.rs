@@ -1,5 +1,13 @@
 //! Who has a socket open: the processes whose `/proc/PID/fd` links to its
 //! inode, and what they are called.
+//!
+//! Not with the `procfs` crate (0.18): its `Process::fd()` opens every fd
+//! link with `O_PATH`, reads it, stats it and closes it, four system calls
+//! where one `readlink` does, over every fd of every process. Measured:
+//! `virtomate doctor` on a held socket made 6,099 system calls against
+//! 2,502 (`strace -f -c`) and took 10.6 ± 1.4 ms against 8.0 ± 1.2 ms
+//! (`hyperfine -N -w 10 -r 300`), on a host of 84 processes and 618 open
+//! fds; a busy libvirt host has many more.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;

@@ -1,5 +1,11 @@
 //! Reading `/proc/net/unix`, which tells how many clients a listener has
 //! accepted but not who they are.
+//!
+//! Not with the `procfs` crate (0.18), whose `net::unix()` splits each line
+//! on whitespace and keeps the first word of the path: a socket bound at
+//! `/tmp/probe dir with spaces/qga sock` came back as `/tmp/probe`. It also
+//! drops the `Flags` column that tells a listener apart, and fails the
+//! whole table on one path that is not UTF-8.
 
 use std::collections::BTreeSet;
 use std::ffi::OsStr;

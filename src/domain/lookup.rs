@@ -1,0 +1,333 @@
+//! Finding DOMAIN, and listing every running domain.
+//!
+//! In order: a socket path (anything with a `/`, or an existing socket in
+//! the current directory), then a libvirt domain (by name or UUID, from
+//! libvirt's status files), then the `-name` (or `-uuid`) of a running bare
+//! QEMU process. `-c URI` limits the search to one libvirt daemon.
+
+use std::path::{Path, PathBuf};
+
+use super::libvirt::{self, LibvirtDirs, Lookup};
+use super::{is_socket, procfs, Channel, Domain, Source};
+use crate::error::{CliError, ErrorKind};
+
+/// Where to look for domains.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    libvirt: Vec<LibvirtDirs>,
+    bare_qemu: bool,
+    proc_root: PathBuf,
+}
+
+impl Scope {
+    /// Everything on this host, or only the libvirt daemon that `uri`
+    /// (`-c`, else `LIBVIRT_DEFAULT_URI`) names.
+    pub fn new(uri: Option<&str>) -> Result<Scope, CliError> {
+        let from_env = std::env::var("LIBVIRT_DEFAULT_URI").ok();
+        let (libvirt, bare_qemu) = match uri.or(from_env.as_deref()) {
+            None => (std::iter::once(LibvirtDirs::system()).chain(LibvirtDirs::session()).collect(), true),
+            Some("qemu:///system") => (vec![LibvirtDirs::system()], false),
+            Some("qemu:///session") => (
+                vec![LibvirtDirs::session().ok_or_else(|| {
+                    CliError::usage("qemu:///session needs XDG_RUNTIME_DIR to find the session daemon")
+                })?],
+                false,
+            ),
+            Some(other) => {
+                return Err(CliError::usage(format!(
+                    "unsupported connection URI '{other}': virtomate works on this host only, with qemu:///system or qemu:///session"
+                )))
+            }
+        };
+        Ok(Scope {
+            libvirt,
+            bare_qemu,
+            proc_root: "/proc".into(),
+        })
+    }
+}
+
+/// Finds DOMAIN: a socket path, a libvirt domain, or a bare QEMU process.
+pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
+    if looks_like_socket_path(domain) {
+        return Ok(Domain {
+            name: domain.to_owned(),
+            uuid: None,
+            pid: None,
+            source: Source::Socket,
+            agent_channels: vec![Channel {
+                port_name: None,
+                path: domain.into(),
+                guest_connected: None,
+            }],
+            qmp_sockets: Vec::new(),
+            libvirt_daemon: None,
+        });
+    }
+    // A running domain wins over one that is only defined, whichever
+    // daemon or process it is found in.
+    let mut stopped_in = None;
+    for dirs in &scope.libvirt {
+        match libvirt::lookup(dirs, domain) {
+            Lookup::Running(found) => return Ok(from_libvirt(found, dirs)),
+            Lookup::Stopped => stopped_in = stopped_in.or(Some(dirs.uri)),
+            Lookup::Unknown => {}
+        }
+    }
+    let mut matches: Vec<Domain> = match scope.bare_qemu {
+        true => qemu_domains(scope)
+            .into_iter()
+            .filter(|found| {
+                // As text, ignoring case, as libvirt's lookup below: there is
+                // nothing to parse, so no `uuid` crate. (Parsing would also
+                // let `0766eb2975b8…` without hyphens match, which it does
+                // not today.)
+                found.name == domain
+                    || found
+                        .uuid
+                        .as_deref()
+                        .is_some_and(|u| u.eq_ignore_ascii_case(domain))
+            })
+            .collect(),
+        false => Vec::new(),
+    };
+    match (matches.len(), stopped_in) {
+        (0, Some(uri)) => Err(CliError::new(
+            ErrorKind::IllegalState,
+            format!("Domain '{domain}' is not running ({uri}); start it, e.g. virsh -c {uri} start {domain}"),
+        )),
+        (0, None) => Err(CliError::not_found(domain)),
+        (1, _) => Ok(matches.remove(0)),
+        _ => {
+            let pids: Vec<String> = matches
+                .iter()
+                .filter_map(|d| d.pid)
+                .map(|p| p.to_string())
+                .collect();
+            Err(CliError::ambiguous(domain, &pids.join(", ")))
+        }
+    }
+}
+
+/// Every running domain in scope: libvirt's, then bare QEMU processes
+/// that libvirt does not manage.
+pub fn list(scope: &Scope) -> Vec<Domain> {
+    let mut domains: Vec<Domain> = scope
+        .libvirt
+        .iter()
+        .flat_map(|dirs| {
+            libvirt::running_domains(dirs)
+                .into_iter()
+                .map(|d| from_libvirt(d, dirs))
+        })
+        .collect();
+    if scope.bare_qemu {
+        let libvirt_pids: Vec<Option<u32>> = domains.iter().map(|d| d.pid).collect();
+        domains.extend(
+            qemu_domains(scope)
+                .into_iter()
+                .filter(|d| !libvirt_pids.contains(&d.pid)),
+        );
+    }
+    domains
+}
+
+/// Named QEMU processes not started by libvirt, with socket paths made
+/// absolute against each process's working directory.
+fn qemu_domains(scope: &Scope) -> Vec<Domain> {
+    procfs::qemu_processes(&scope.proc_root)
+        .into_iter()
+        .filter_map(|process| {
+            let absolute = |path: PathBuf| match &process.cwd {
+                Some(cwd) if path.is_relative() => cwd.join(path),
+                _ => path,
+            };
+            Some(Domain {
+                name: process.args.name?,
+                uuid: process.args.uuid,
+                pid: Some(process.pid),
+                source: Source::Qemu,
+                agent_channels: process
+                    .args
+                    .agent_channels
+                    .into_iter()
+                    .map(|channel| Channel {
+                        path: absolute(channel.path),
+                        ..channel
+                    })
+                    .collect(),
+                qmp_sockets: process.args.qmp_sockets.into_iter().map(absolute).collect(),
+                libvirt_daemon: None,
+            })
+        })
+        .collect()
+}
+
+fn from_libvirt(found: libvirt::LibvirtDomain, dirs: &LibvirtDirs) -> Domain {
+    Domain {
+        name: found.name,
+        uuid: Some(found.uuid),
+        pid: found.pid,
+        source: Source::Libvirt,
+        agent_channels: found.agent_channels,
+        qmp_sockets: found.monitor.into_iter().collect(),
+        libvirt_daemon: Some((dirs.uri, dirs.rpc_socket())),
+    }
+}
+
+fn looks_like_socket_path(domain: &str) -> bool {
+    domain.contains('/') || is_socket(Path::new(domain))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Route;
+    use std::fs;
+
+    fn fake_proc(processes: &[(u32, &[&str], &str)]) -> tempfile::TempDir {
+        let root = tempfile::tempdir().unwrap();
+        for (pid, argv, cwd) in processes {
+            let dir = root.path().join(pid.to_string());
+            fs::create_dir(&dir).unwrap();
+            let mut cmdline = argv.join("\0");
+            cmdline.push('\0');
+            fs::write(dir.join("cmdline"), cmdline).unwrap();
+            std::os::unix::fs::symlink(cwd, dir.join("cwd")).unwrap();
+        }
+        fs::create_dir(root.path().join("self")).unwrap();
+        root
+    }
+
+    fn bare_qemu_only(proc_root: &Path) -> Scope {
+        Scope {
+            libvirt: Vec::new(),
+            bare_qemu: true,
+            proc_root: proc_root.into(),
+        }
+    }
+
+    const VM: &[&str] = &[
+        "/usr/bin/qemu-system-x86_64",
+        "-name",
+        "web",
+        "-chardev",
+        "socket,path=vm/qga.sock,server=on,wait=off,id=qga0",
+        "-device",
+        "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        "-qmp",
+        "unix:vm/qmp.sock,server=on,wait=off",
+    ];
+
+    #[test]
+    fn name_of_a_qemu_process_gives_its_sockets_relative_to_its_cwd() {
+        let proc_root = fake_proc(&[(42, VM, "/srv"), (7, &["bash", "-name", "web"], "/")]);
+        let domain = find("web", &bare_qemu_only(proc_root.path())).unwrap();
+        assert_eq!(domain.pid, Some(42));
+        assert_eq!(domain.agent_channels[0].path, Path::new("/srv/vm/qga.sock"));
+        assert_eq!(domain.qmp_sockets, [PathBuf::from("/srv/vm/qmp.sock")]);
+    }
+
+    #[test]
+    fn a_qemu_process_is_found_by_its_uuid_too() {
+        let mut argv = VM.to_vec();
+        argv.extend(["-uuid", "0766eb29-75b8-4805-ad22-aad5fcd186c4"]);
+        let proc_root = fake_proc(&[(42, &argv, "/srv")]);
+        let domain = find(
+            "0766EB29-75B8-4805-AD22-AAD5FCD186C4",
+            &bare_qemu_only(proc_root.path()),
+        )
+        .unwrap();
+        assert_eq!((domain.name.as_str(), domain.pid), ("web", Some(42)));
+        assert_eq!(
+            domain.uuid.as_deref(),
+            Some("0766eb29-75b8-4805-ad22-aad5fcd186c4")
+        );
+    }
+
+    #[test]
+    fn unknown_name_is_not_found() {
+        let proc_root = fake_proc(&[(42, VM, "/srv")]);
+        let err = find("db", &bare_qemu_only(proc_root.path())).unwrap_err();
+        assert_eq!(err.to_string(), "Domain 'db' does not exist");
+        assert_eq!(err.json_type(), "NotFoundError");
+    }
+
+    #[test]
+    fn two_processes_with_one_name_are_ambiguous() {
+        let proc_root = fake_proc(&[(42, VM, "/a"), (43, VM, "/b")]);
+        let err = find("web", &bare_qemu_only(proc_root.path())).unwrap_err();
+        assert_eq!(err.json_type(), "AmbiguousDomainError");
+        assert!(err.to_string().contains("42, 43"), "{err}");
+    }
+
+    #[test]
+    fn a_vm_without_agent_channel_says_how_to_add_one() {
+        let proc_root = fake_proc(&[(42, &["qemu-system-x86_64", "-name", "web"], "/")]);
+        let domain = find("web", &bare_qemu_only(proc_root.path())).unwrap();
+        let err = domain.agent_route().unwrap_err();
+        assert_eq!(err.json_type(), "AgentUnavailable");
+        assert!(err.to_string().contains("org.qemu.guest_agent.0"), "{err}");
+    }
+
+    #[test]
+    fn a_running_domain_wins_over_a_defined_one_elsewhere() {
+        let root = tempfile::tempdir().unwrap();
+        let daemon = |name: &str| {
+            let dirs = libvirt::LibvirtDirs {
+                uri: if name == "system" {
+                    "qemu:///system"
+                } else {
+                    "qemu:///session"
+                },
+                status: root.path().join(name).join("run"),
+                config: root.path().join(name).join("config"),
+                sockets: root.path().join(name),
+            };
+            fs::create_dir_all(&dirs.status).unwrap();
+            fs::create_dir_all(&dirs.config).unwrap();
+            dirs
+        };
+        let (system, session) = (daemon("system"), daemon("session"));
+        let definition = "<domain type='qemu'><name>web</name><uuid>1-2</uuid></domain>";
+        fs::write(system.config.join("web.xml"), definition).unwrap();
+        let proc_root = fake_proc(&[(42, VM, "/srv")]);
+        let scope = |libvirt: Vec<libvirt::LibvirtDirs>| Scope {
+            libvirt,
+            bare_qemu: true,
+            proc_root: proc_root.path().into(),
+        };
+
+        // Defined under system, running as a bare QEMU process.
+        let found = find("web", &scope(vec![system.clone()])).unwrap();
+        assert_eq!(found.source, Source::Qemu);
+        // Defined under system, running under session.
+        let status = include_str!("../../tests/data/libvirt-status-two-channels.xml");
+        fs::write(session.status.join("virtomate-test.xml"), status).unwrap();
+        fs::write(
+            system.config.join("virtomate-test.xml"),
+            definition.replace("web", "virtomate-test"),
+        )
+        .unwrap();
+        let found = find("virtomate-test", &scope(vec![system.clone(), session])).unwrap();
+        assert_eq!(found.libvirt_daemon.unwrap().0, "qemu:///session");
+        // Only defined: not running, naming the daemon.
+        let err = find("virtomate-test", &scope(vec![system])).unwrap_err();
+        assert_eq!(err.json_type(), "IllegalStateError");
+        assert!(err.to_string().contains("not running (qemu:///system)"), "{err}");
+    }
+
+    #[test]
+    fn anything_with_a_slash_is_a_path() {
+        let domain = find("./web", &bare_qemu_only(Path::new("/nonexistent"))).unwrap();
+        assert_eq!(domain.source, Source::Socket);
+        assert_eq!(domain.agent_route().unwrap(), Route::Direct("./web".into()));
+    }
+
+    #[test]
+    fn connection_uris_choose_the_daemon() {
+        assert!(!Scope::new(Some("qemu:///system")).unwrap().bare_qemu);
+        let err = Scope::new(Some("qemu+ssh://host/system")).unwrap_err();
+        assert!(err.to_string().contains("qemu:///system"), "{err}");
+    }
+}

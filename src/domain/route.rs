@@ -1,0 +1,237 @@
+//! Choosing how to reach a domain's agent: which of its agent channels, or
+//! libvirtd, by looking at who holds each channel before connecting.
+//!
+//! A channel serves one client at a time, and a second client is connected
+//! but never answered: looking first turns a hang into a choice, or into an
+//! error that names the holder.
+
+use super::socket_holders::{self, Holder};
+use super::{is_socket, Channel, Domain, Route, Source};
+use crate::error::{CliError, ErrorKind};
+
+/// The agent port that libvirtd connects to and keeps.
+const LIBVIRT_AGENT_PORT: &str = "org.qemu.guest_agent.0";
+
+/// What was seen of one agent channel before connecting.
+struct SeenChannel<'a> {
+    channel: &'a Channel,
+    /// Other processes connected to it (see [`socket_holders::holders`]).
+    holders: Vec<Holder>,
+    is_socket: bool,
+}
+
+impl Domain {
+    /// How to reach the agent, looking at who holds each agent channel.
+    pub fn agent_route(&self) -> Result<Route, CliError> {
+        let seen: Vec<SeenChannel> = self
+            .agent_channels
+            .iter()
+            .map(|channel| SeenChannel {
+                channel,
+                holders: socket_holders::holders(&channel.path),
+                is_socket: is_socket(&channel.path),
+            })
+            .collect();
+        self.choose_route(&seen)
+    }
+
+    /// In order of preference: a channel nobody else holds whose guest end
+    /// is (or may be) open; libvirtd, when it holds a channel; a free
+    /// channel whose guest end is closed; a missing one, so that connecting
+    /// names the problem. A channel held by another virtomate counts as
+    /// free: it is served in turn. One held by anything else would never
+    /// answer, so with nothing better this fails at once, naming the holder.
+    fn choose_route(&self, seen: &[SeenChannel]) -> Result<Route, CliError> {
+        if seen.is_empty() {
+            return Err(CliError::new(
+                ErrorKind::AgentUnavailable,
+                self.no_channel_advice(),
+            ));
+        }
+        let free = |seen: &&SeenChannel| seen.holders.iter().all(Holder::is_virtomate);
+        let direct = |seen: &SeenChannel| Ok(Route::Direct(seen.channel.path.clone()));
+        let usable = seen.iter().filter(free).filter(|seen| seen.is_socket);
+        if let Some(best) = usable
+            .clone()
+            .find(|seen| seen.channel.guest_connected != Some(false))
+        {
+            return direct(best);
+        }
+        if let Some((uri, socket)) = &self.libvirt_daemon {
+            if seen.iter().any(|seen| self.held_by_libvirtd(seen)) {
+                return Ok(Route::Libvirt {
+                    socket: socket.clone(),
+                    uri,
+                });
+            }
+        }
+        if let Some(fallback) = usable.clone().next().or(seen.iter().find(free)) {
+            return direct(fallback);
+        }
+        let held: Vec<String> = seen
+            .iter()
+            .map(|seen| {
+                format!(
+                    "{} is {}",
+                    seen.channel.path.display(),
+                    socket_holders::describe(&seen.holders)
+                )
+            })
+            .collect();
+        Err(CliError::new(ErrorKind::AgentUnavailable, format!(
+            "every agent channel of '{}' is held by another client: {}; stop that client or wait until it is done",
+            self.name,
+            held.join("; ")
+        )))
+    }
+
+    fn held_by_libvirtd(&self, seen: &SeenChannel) -> bool {
+        let libvirt_keeps_it =
+            self.source == Source::Libvirt && seen.channel.port_name.as_deref() == Some(LIBVIRT_AGENT_PORT);
+        socket_holders::held_by_libvirtd(&seen.holders, libvirt_keeps_it)
+    }
+
+    fn no_channel_advice(&self) -> String {
+        match self.source {
+            Source::Libvirt => format!(
+                "libvirt domain '{}' has no guest agent channel; add <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel> to its devices",
+                self.name
+            ),
+            _ => format!(
+                "QEMU process {} ('{}') has no guest agent channel; start it with -chardev socket,path=PATH,server=on,wait=off,id=qga0 -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+                self.pid.unwrap_or_default(),
+                self.name
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn libvirt_domain(channels: &[(&str, Option<bool>)]) -> Domain {
+        Domain {
+            name: "web".into(),
+            uuid: Some("1-2".into()),
+            pid: Some(42),
+            source: Source::Libvirt,
+            agent_channels: channels
+                .iter()
+                .map(|(port, guest_connected)| Channel {
+                    port_name: Some((*port).to_owned()),
+                    path: format!("/run/{port}.sock").into(),
+                    guest_connected: *guest_connected,
+                })
+                .collect(),
+            qmp_sockets: Vec::new(),
+            libvirt_daemon: Some(("qemu:///system", "/run/libvirt/libvirt-sock".into())),
+        }
+    }
+
+    fn holder(pid: Option<u32>, command: &str) -> Holder {
+        Holder {
+            pid,
+            command: pid.map(|_| command.to_owned()),
+        }
+    }
+
+    /// The route `domain` takes when its channels are seen as given: holders
+    /// and whether the socket exists, per channel.
+    fn route(domain: &Domain, seen: &[(Vec<Holder>, bool)]) -> Result<Route, CliError> {
+        let seen: Vec<SeenChannel> = domain
+            .agent_channels
+            .iter()
+            .zip(seen)
+            .map(|(channel, (holders, is_socket))| SeenChannel {
+                channel,
+                holders: holders.clone(),
+                is_socket: *is_socket,
+            })
+            .collect();
+        domain.choose_route(&seen)
+    }
+
+    fn through_libvirtd(route: Result<Route, CliError>) -> bool {
+        matches!(
+            route,
+            Ok(Route::Libvirt {
+                uri: "qemu:///system",
+                ..
+            })
+        )
+    }
+
+    #[test]
+    fn a_free_second_channel_beats_libvirtd() {
+        let domain = libvirt_domain(&[
+            ("org.qemu.guest_agent.0", Some(true)),
+            ("org.qemu.guest_agent.1", None),
+        ]);
+        let libvirtd = vec![holder(Some(500), "libvirtd")];
+        assert_eq!(
+            route(&domain, &[(libvirtd, true), (vec![], true)]).unwrap(),
+            Route::Direct("/run/org.qemu.guest_agent.1.sock".into())
+        );
+    }
+
+    #[test]
+    fn libvirtd_beats_a_missing_channel_and_one_the_guest_never_opened() {
+        let domain = libvirt_domain(&[
+            ("org.qemu.guest_agent.0", Some(true)),
+            ("org.qemu.guest_agent.1", None),
+            ("org.qemu.guest_agent.2", Some(false)),
+        ]);
+        let libvirtd = vec![holder(Some(500), "virtqemud")];
+        let seen = [(libvirtd, true), (vec![], false), (vec![], true)];
+        assert!(through_libvirtd(route(&domain, &seen)));
+    }
+
+    #[test]
+    fn an_unnamed_holder_of_libvirts_own_channel_is_taken_for_libvirtd() {
+        let domain = libvirt_domain(&[("org.qemu.guest_agent.0", None)]);
+        assert!(through_libvirtd(route(
+            &domain,
+            &[(vec![holder(None, "")], true)]
+        )));
+        // Not so on any other channel, nor for a process we can name.
+        let domain = libvirt_domain(&[("org.qemu.guest_agent.1", None)]);
+        let err = route(&domain, &[(vec![holder(None, "")], true)]).unwrap_err();
+        assert_eq!(err.json_type(), "AgentUnavailable");
+        let domain = libvirt_domain(&[("org.qemu.guest_agent.0", None)]);
+        let err = route(&domain, &[(vec![holder(Some(9), "socat")], true)]).unwrap_err();
+        assert!(err.to_string().contains("held by socat (pid 9)"), "{err}");
+    }
+
+    #[test]
+    fn without_libvirtd_a_closed_guest_end_then_a_missing_socket_are_the_fallbacks() {
+        let mut domain = libvirt_domain(&[
+            ("org.qemu.guest_agent.0", Some(false)),
+            ("org.qemu.guest_agent.1", None),
+        ]);
+        domain.libvirt_daemon = None;
+        let held = || vec![holder(Some(9), "socat")];
+        assert_eq!(
+            route(&domain, &[(vec![], true), (vec![], false)]).unwrap(),
+            Route::Direct("/run/org.qemu.guest_agent.0.sock".into())
+        );
+        assert_eq!(
+            route(&domain, &[(held(), true), (vec![], false)]).unwrap(),
+            Route::Direct("/run/org.qemu.guest_agent.1.sock".into())
+        );
+        let err = route(&domain, &[(held(), true), (held(), true)]).unwrap_err();
+        assert!(
+            err.to_string().contains("every agent channel of 'web' is held"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn another_virtomate_is_waited_for() {
+        let domain = libvirt_domain(&[("org.qemu.guest_agent.1", None)]);
+        assert_eq!(
+            route(&domain, &[(vec![holder(Some(7), "virtomate")], true)]).unwrap(),
+            Route::Direct("/run/org.qemu.guest_agent.1.sock".into())
+        );
+    }
+}
