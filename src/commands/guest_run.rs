@@ -34,7 +34,9 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     // Read stdin before connecting, so the channel is not held while the
     // user types.
     let input = if args.stdin { Some(read_stdin()?) } else { None };
-    let mut exec = GuestExec::new(args.program, args.arguments);
+    let (encode, domain) = (args.encode, args.domain.clone());
+    let (program, arguments) = args.into_command();
+    let mut exec = GuestExec::new(program, arguments);
     exec.input_data = input;
     let request_len = exec.request_len();
     if request_len > MAX_REQUEST_LEN {
@@ -43,10 +45,7 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
 
     let mut signals = Signals::install()?;
     let mut agent = signals
-        .unless_interrupted(
-            Interruption::Connecting,
-            DomainAgent::connect(&args.domain, context),
-        )
+        .unless_interrupted(Interruption::Connecting, DomainAgent::connect(&domain, context))
         .await??;
     let pid = signals
         .unless_interrupted(Interruption::Starting, agent.start(&exec))
@@ -60,7 +59,7 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
         .await??;
     tracing::info!(polls = finished.polls, "the program ended");
     agent.close().await;
-    RunResult::new(finished.status, args.encode).map(Answer::Run)
+    RunResult::new(finished.status, encode).map(Answer::Run)
 }
 
 /// SIGINT and SIGTERM, caught so that an interrupted run can still say

@@ -1,0 +1,206 @@
+//! Every argument where the user put it, every message true (issue 14):
+//! what follows PROGRAM is the program's, output as Python's `json.dumps`
+//! writes it, output the agent cut in a character, bad durations, empty
+//! URIs, and the signals a run takes or leaves alone.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::fake_agent::FakeAgent;
+use crate::support::host_agent::HostAgent;
+use crate::support::{run, Outcome};
+
+/// `virtomate BEFORE guest-run SOCKET COMMAND...`, without a `--`.
+fn run_on(agent: &HostAgent, before: &[&str], command: &[&str]) -> Outcome {
+    let socket = agent.socket();
+    let mut args = before.to_vec();
+    args.extend(["guest-run", socket.to_str().unwrap()]);
+    args.extend(command);
+    run(&args, None)
+}
+
+/// The program's standard output, from a run that must have succeeded
+/// with compact output (no `-p` taken from the program's arguments).
+fn stdout_of(out: &Outcome) -> String {
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(out.stdout.lines().count(), 1, "compact: {}", out.stdout);
+    let json = out.json();
+    assert_eq!(json["exit_code"], 0, "{json}");
+    json["stdout"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The arguments the program got, one per line, by running
+/// `sh -c 'printf "[%s]\n" "$@"' sh ARGUMENTS...` — itself a program with
+/// an option, `-c`, right after it.
+fn argv_seen(agent: &HostAgent, before: &[&str], arguments: &[&str]) -> Vec<String> {
+    let mut command = vec!["/bin/sh", "-c", "printf '[%s]\\n' \"$@\"", "sh"];
+    command.extend(arguments);
+    let stdout = stdout_of(&run_on(agent, before, &command));
+    stdout
+        .lines()
+        .map(|line| line.trim_matches(['[', ']']).to_owned())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn options_after_the_program_are_the_programs() {
+    let agent = HostAgent::start();
+    // -e is echo's (interpret escapes), not --encode.
+    let out = run_on(&agent, &[], &["/bin/echo", "-e", "a\\tb"]);
+    assert_eq!(stdout_of(&out), "a\tb\n");
+    // -p is not --pretty.
+    let out = run_on(&agent, &[], &["/bin/echo", "-p", "x"]);
+    assert_eq!(stdout_of(&out), "-p x\n");
+    // A -- after PROGRAM is kept (GNU echo prints it).
+    let out = run_on(&agent, &[], &["/bin/echo", "--", "x"]);
+    assert_eq!(stdout_of(&out), "-- x\n");
+    // -c is not --connection.
+    let out = run_on(&agent, &[], &["/bin/sh", "-c", "echo hi"]);
+    assert_eq!(stdout_of(&out), "hi\n");
+    // -l is not --log.
+    let out = run_on(&agent, &[], &["/bin/ls", "-l", "/"]);
+    assert!(stdout_of(&out).starts_with("total "), "{out:?}");
+
+    let arguments = [
+        "--help",
+        "--stdin",
+        "--timeout",
+        "0",
+        "--reply-timeout=-1",
+        "-v",
+        "--version",
+        "--trace",
+        "-e",
+        "--encode",
+        "-p",
+        "--pretty",
+        "-c",
+        "qemu:///nowhere",
+        "--log",
+        "x",
+        "--",
+        "-",
+        "",
+    ];
+    assert_eq!(argv_seen(&agent, &[], &arguments), arguments);
+    // With a `--` before PROGRAM, which is virtomate's and consumed.
+    let mut command = vec!["--", "/bin/echo"];
+    command.extend(["-n", "--", "x"]);
+    assert_eq!(stdout_of(&run_on(&agent, &[], &command)), "-- x");
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn stdin_after_the_program_is_not_read() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    // `--stdin` is cat's argument here (a file that does not exist), and
+    // virtomate's standard input stays unread.
+    let out = run(
+        &["guest-run", socket.to_str().unwrap(), "cat", "--stdin"],
+        Some(b"not for cat"),
+    );
+    let json = out.json();
+    assert_eq!(json["stdout"], serde_json::Value::Null, "{json}");
+    assert_eq!(json["exit_code"], 1, "{json}");
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn virtomates_options_before_the_program_still_count() {
+    let agent = HostAgent::start();
+    // Before the command.
+    let out = run_on(
+        &agent,
+        &["-p", "--timeout", "5", "-l", "error"],
+        &["-e", "/bin/echo", "-p"],
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with("{\n  \"exit_code\": 0,\n"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.json()["stdout"], "LXAK"); // "-p\n"
+                                              // Between DOMAIN and PROGRAM, globals included.
+    let socket = agent.socket();
+    let line = [
+        "guest-run",
+        socket.to_str().unwrap(),
+        "-p",
+        "--timeout",
+        "5",
+        "--reply-timeout",
+        "9",
+        "-c",
+        "",
+        "-e",
+        "--",
+        "/bin/echo",
+        "-p",
+    ];
+    let out = run(&line, None);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(
+        out.stdout.starts_with("{\n  \"exit_code\": 0,\n"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(out.json()["stdout"], "LXAK");
+    assert_eq!(argv_seen(&agent, &["--trace"], &["a"]), ["a"]);
+}
+
+#[test]
+fn durations_refuse_zero_and_negatives_with_one_message() {
+    let expected = "expected a number of seconds greater than 0 and at most 1000000000";
+    for option in ["--timeout", "--reply-timeout"] {
+        for bad in ["0", "-1", "-0.5", "nan", "x"] {
+            for line in [
+                vec![option, bad, "guest-run", "vm", "true"],
+                vec!["guest-run", option, bad, "vm", "true"],
+            ] {
+                let out = run(&line, None);
+                assert_eq!(out.status, 2, "{line:?}: {out:?}");
+                assert!(out.stdout.is_empty(), "{line:?}: {out:?}");
+                assert!(
+                    out.stderr.contains(&format!(
+                        "invalid value '{bad}' for '{option} <SECONDS>': {expected}"
+                    )),
+                    "{line:?}: {}",
+                    out.stderr
+                );
+            }
+        }
+    }
+    let out = run(&["guest-ping", "--wait", "-1", "vm"], None);
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("expected a number of seconds from 0 to 1000000000"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn guest_ping_wait_0_pings_once() {
+    // A healthy agent that takes a moment, as one in a VM does.
+    let agent = FakeAgent::serve(|mut conn| {
+        std::thread::sleep(Duration::from_millis(50));
+        conn.sync();
+        conn.answer("guest-ping", json!({}));
+        conn.wait_for_close();
+    });
+    let socket = agent.socket();
+    let out = run(&["guest-ping", "--wait", "0", socket.to_str().unwrap()], None);
+    assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
+    // No agent at all: one attempt, no waiting.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("qga.sock");
+    let started = Instant::now();
+    let out = run(&["guest-ping", "--wait", "0", missing.to_str().unwrap()], None);
+    assert_eq!(out.status, 125, "{out:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
