@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
-use crate::support::{run, Outcome};
+use crate::support::{run, run_command, virtomate, Outcome};
 
 /// `virtomate BEFORE guest-run SOCKET COMMAND...`, without a `--`.
 fn run_on(agent: &HostAgent, before: &[&str], command: &[&str]) -> Outcome {
@@ -203,4 +203,44 @@ fn guest_ping_wait_0_pings_once() {
     let out = run(&["guest-ping", "--wait", "0", missing.to_str().unwrap()], None);
     assert_eq!(out.status, 125, "{out:?}");
     assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_empty_connection_uri_is_the_default() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    let ran = |out: Outcome| {
+        assert_eq!(
+            (out.status, out.json()["stdout"].clone()),
+            (0, json!("ok")),
+            "{out:?}"
+        )
+    };
+    ran(run(
+        &["-c", "", "guest-run", socket, "--", "echo", "-n", "ok"],
+        None,
+    ));
+    ran(run(
+        &["--connection=", "guest-run", socket, "--", "echo", "-n", "ok"],
+        None,
+    ));
+    let with_env = |value: &str, before: &[&str]| {
+        let mut command = virtomate();
+        command.env("LIBVIRT_DEFAULT_URI", value).args(before);
+        command.args(["guest-run", socket, "--", "echo", "-n", "ok"]);
+        run_command(&mut command, None)
+    };
+    ran(with_env("", &[]));
+    ran(with_env("", &["-c", ""]));
+    // An empty -c falls back to the environment, as libvirt's does.
+    let out = with_env("qemu:///nowhere", &["-c", ""]);
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("unsupported connection URI 'qemu:///nowhere'"),
+        "{}",
+        out.stderr
+    );
 }
