@@ -50,8 +50,10 @@ pub enum CliError {
         peer: Peer,
     },
 
-    #[error("{stream} of the program is not valid UTF-8; run again with --encode to get it as Base64")]
-    Encoding { stream: &'static str },
+    /// The program ran, but its output is not UTF-8 (the message says
+    /// which stream, and how the program ended).
+    #[error("{0}")]
+    Encoding(String),
 
     #[error("standard input is too large for the agent: {0}")]
     InputTooLarge(String),

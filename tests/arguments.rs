@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
-use crate::support::{run, run_command, virtomate, Outcome};
+use crate::support::{guest_run, run, run_command, virtomate, Outcome};
 
 /// `virtomate BEFORE guest-run SOCKET COMMAND...`, without a `--`.
 fn run_on(agent: &HostAgent, before: &[&str], command: &[&str]) -> Outcome {
@@ -242,5 +242,52 @@ fn an_empty_connection_uri_is_the_default() {
             .contains("unsupported connection URI 'qemu:///nowhere'"),
         "{}",
         out.stderr
+    );
+}
+
+const MIB: usize = 1 << 20;
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_character_the_agents_cap_cuts_in_two_is_dropped() {
+    let agent = HostAgent::start();
+    // 16 MiB - 1 bytes, then `é` (2 bytes): the cap falls inside it.
+    let script = format!(
+        "head -c {} /dev/zero | tr '\\0' a; printf '\\303\\251 more'",
+        16 * MIB - 1
+    );
+    let out = guest_run(&agent.socket(), &["sh", "-c", &script]);
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let json = out.json();
+    assert_eq!(json["stdout_truncated"], true);
+    assert_eq!(json["exit_code"], 0);
+    let stdout = json["stdout"].as_str().unwrap();
+    assert_eq!(stdout.len(), 16 * MIB - 1);
+    assert!(stdout.bytes().all(|b| b == b'a'));
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn output_that_is_not_utf8_says_the_program_ran_and_how_it_ended() {
+    let agent = HostAgent::start();
+    let out = guest_run(
+        &agent.socket(),
+        &["sh", "-c", "printf 'ok\\377'; echo fine >&2; exit 3"],
+    );
+    let message = out.error("EncodingError");
+    assert_eq!(
+        message,
+        "standard output (first invalid byte at offset 2) of the program is not valid UTF-8, so the result cannot be shown as text; the program has run and exited with status 3; running it again with --encode gives its output as Base64, but runs the program a second time"
+    );
+    let out = guest_run(
+        &agent.socket(),
+        &["sh", "-c", "printf '\\377' >&2; printf '\\300'; kill -9 $$"],
+    );
+    let message = out.error("EncodingError");
+    assert!(
+        message.starts_with(
+            "standard output (first invalid byte at offset 0) and standard error (first invalid byte at offset 0) of the program are not valid UTF-8"
+        ) && message.contains("was killed by signal 9"),
+        "{message}"
     );
 }
