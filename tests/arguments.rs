@@ -3,11 +3,13 @@
 //! writes it, output the agent cut in a character, bad durations, empty
 //! URIs, and the signals a run takes or leaves alone.
 
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::support::fake_agent::FakeAgent;
+use crate::support::fake_agent::{Conn, FakeAgent};
 use crate::support::host_agent::HostAgent;
 use crate::support::{guest_run, run, run_command, virtomate, Outcome};
 
@@ -290,4 +292,85 @@ fn output_that_is_not_utf8_says_the_program_ran_and_how_it_ended() {
         ) && message.contains("was killed by signal 9"),
         "{message}"
     );
+}
+
+/// An agent whose program never ends.
+fn never_ending(mut conn: Conn) {
+    conn.start_program();
+    while let Some(request) = conn.next_request() {
+        let reply = format!(
+            "{{\"return\": {{\"exited\": false}}, \"id\": {}}}\n",
+            request["id"]
+        );
+        if !conn.send(reply.as_bytes()) {
+            break;
+        }
+    }
+}
+
+/// `guest-run` on `agent`, started with `ignored` signals ignored, as
+/// `nohup` or a non-interactive shell's background job start it.
+fn spawn_ignoring(agent: &FakeAgent, ignored: &'static [nix::sys::signal::Signal]) -> std::process::Child {
+    let mut command = virtomate();
+    command
+        .args(["guest-run", agent.socket().to_str().unwrap(), "sleep", "infinity"])
+        .stdout(Stdio::piped());
+    // SAFETY: signal(2) is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        command.pre_exec(move || {
+            for &signal in ignored {
+                nix::sys::signal::signal(signal, nix::sys::signal::SigHandler::SigIgn)?;
+            }
+            Ok(())
+        });
+    }
+    command.spawn().unwrap()
+}
+
+fn send(child: &std::process::Child, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
+}
+
+/// The `Interrupted` error of a run that `signal` ends, naming the pid.
+fn ended_by(child: std::process::Child, signal: nix::sys::signal::Signal) {
+    let sent = Instant::now();
+    send(&child, signal);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{signal}: took {:?}",
+        sent.elapsed()
+    );
+    assert_eq!(output.status.code(), Some(1), "{signal}: {output:?}");
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["type"], "Interrupted", "{signal}: {json}");
+    assert!(
+        json["message"].as_str().unwrap().contains("guest pid 4242"),
+        "{json}"
+    );
+}
+
+#[test]
+fn sighup_ends_a_run_as_sigterm_does() {
+    let agent = FakeAgent::serve(never_ending);
+    let child = spawn_ignoring(&agent, &[]);
+    std::thread::sleep(Duration::from_millis(700));
+    ended_by(child, nix::sys::signal::Signal::SIGHUP);
+}
+
+#[test]
+fn a_signal_ignored_at_start_stays_ignored() {
+    use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
+    let agent = FakeAgent::serve(never_ending);
+    let mut child = spawn_ignoring(&agent, &[SIGINT, SIGHUP]);
+    std::thread::sleep(Duration::from_millis(700));
+    send(&child, SIGINT);
+    send(&child, SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGINT or SIGHUP ended the run"
+    );
+    // SIGTERM, not ignored, is still caught.
+    ended_by(child, SIGTERM);
 }

@@ -62,19 +62,32 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     RunResult::new(finished.status, encode).map(Answer::Run)
 }
 
-/// SIGINT and SIGTERM, caught so that an interrupted run can still say
-/// what it leaves behind in the guest.
+/// SIGINT, SIGTERM and SIGHUP, caught so that an interrupted run can still
+/// say what it leaves behind in the guest. A signal ignored when virtomate
+/// started (`nohup`, a background job of a non-interactive shell) stays
+/// ignored, as programs are expected to keep it.
 struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+    hangup: Option<Signal>,
 }
 
 impl Signals {
     fn install() -> Result<Signals, CliError> {
-        let io_error = |e: std::io::Error| CliError::Io(format!("cannot install a signal handler: {e}"));
+        let ignored = ignored_signals();
+        let catch = |kind: SignalKind| {
+            if ignores(ignored, kind) {
+                tracing::debug!(signal = kind.as_raw_value(), "ignored at start: left ignored");
+                return Ok(None);
+            }
+            signal(kind)
+                .map(Some)
+                .map_err(|e| CliError::Io(format!("cannot install a signal handler: {e}")))
+        };
         Ok(Signals {
-            interrupt: signal(SignalKind::interrupt()).map_err(io_error)?,
-            terminate: signal(SignalKind::terminate()).map_err(io_error)?,
+            interrupt: catch(SignalKind::interrupt())?,
+            terminate: catch(SignalKind::terminate())?,
+            hangup: catch(SignalKind::hangup())?,
         })
     }
 
@@ -87,10 +100,39 @@ impl Signals {
     ) -> Result<T, CliError> {
         tokio::select! {
             result = work => Ok(result),
-            _ = self.interrupt.recv() => Err(CliError::Interrupted(stage)),
-            _ = self.terminate.recv() => Err(CliError::Interrupted(stage)),
+            _ = arrival(&mut self.interrupt) => Err(CliError::Interrupted(stage)),
+            _ = arrival(&mut self.terminate) => Err(CliError::Interrupted(stage)),
+            _ = arrival(&mut self.hangup) => Err(CliError::Interrupted(stage)),
         }
     }
+}
+
+/// The next arrival of a caught signal; never, for one left ignored.
+async fn arrival(signal: &mut Option<Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The signals this process ignores, as a mask (bit N-1 for signal N).
+/// Read from `/proc/self/status` (`SigIgn`): asking `sigaction(2)` would
+/// need unsafe code, which this crate forbids. Unreadable, nothing counts
+/// as ignored, and every signal is caught.
+fn ignored_signals() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    sig_ign_mask(&status).unwrap_or(0)
+}
+
+fn ignores(mask: u64, kind: SignalKind) -> bool {
+    mask & (1 << (kind.as_raw_value() - 1)) != 0
+}
+
+fn sig_ign_mask(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|line| line.strip_prefix("SigIgn:"))?;
+    u64::from_str_radix(line.trim(), 16).ok()
 }
 
 fn read_stdin() -> Result<Vec<u8>, CliError> {
@@ -286,5 +328,17 @@ mod tests {
                 .contains("the program has run and was killed by signal 9;"),
             "{killed}"
         );
+    }
+
+    #[test]
+    fn ignored_signals_are_read_from_the_status_file() {
+        let status = "Name:\tvirtomate\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001002\nSigCgt:\t0\n";
+        let mask = sig_ign_mask(status).unwrap();
+        assert_eq!(mask, 0x1002);
+        // SIGINT (2) ignored, SIGHUP (1) and SIGTERM (15) not.
+        assert!(ignores(mask, SignalKind::interrupt()));
+        assert!(!ignores(mask, SignalKind::hangup()));
+        assert!(!ignores(mask, SignalKind::terminate()));
+        assert_eq!(sig_ign_mask("Name:\tx\n"), None);
     }
 }
