@@ -3,8 +3,9 @@
 //! writes it, output the agent cut in a character, bad durations, empty
 //! URIs, and the signals a run takes or leaves alone.
 
+use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -245,6 +246,74 @@ fn an_empty_connection_uri_is_the_default() {
         "{}",
         out.stderr
     );
+}
+
+/// What python3's `json.dumps` makes of a run result whose stdout is
+/// `text`, compact (`separators=(",", ":")`, virtomate's default) or
+/// `indent=2` (`-p`, the original's layout), keys sorted.
+fn python_json(text: &str, pretty: bool) -> String {
+    let script = r#"
+import json, sys
+text = sys.stdin.buffer.read().decode("utf-8")
+result = {"exit_code": 0, "signal": None, "stderr": None, "stderr_truncated": False,
+          "stdout": text, "stdout_truncated": False}
+layout = {"indent": 2} if sys.argv[1] == "pretty" else {"separators": (",", ":")}
+sys.stdout.write(json.dumps(result, sort_keys=True, **layout) + "\n")
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script, if pretty { "pretty" } else { "compact" }])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 runs (scripts/install-deps.sh installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "python3: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Every character from U+0000 to U+00FF, and some beyond: the edges of
+/// UTF-8's lengths and of the BMP, line separators, noncharacters, and
+/// characters that take a surrogate pair.
+fn every_kind_of_character() -> String {
+    let mut text: String = (0u32..=0xFF).map(|c| char::from_u32(c).unwrap()).collect();
+    text.extend([
+        '\u{100}',
+        '\u{7FF}',
+        '\u{800}',
+        '\u{2028}',
+        '\u{2029}',
+        '\u{D7FF}',
+        '\u{E000}',
+        '\u{FEFF}',
+        '\u{FFFD}',
+        '\u{FFFF}',
+        '\u{10000}',
+        '\u{1F600}',
+        '\u{10FFFF}',
+    ]);
+    text
+}
+
+#[test]
+#[ignore = "needs qemu-ga and python3 on the host"]
+fn output_is_byte_for_byte_what_pythons_json_dumps_writes() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let text = every_kind_of_character();
+    for pretty in [false, true] {
+        let mut line = if pretty { vec!["-p"] } else { vec![] };
+        line.extend(["guest-run", "--stdin", socket.to_str().unwrap(), "cat"]);
+        let out = run(&line, Some(text.as_bytes()));
+        assert_eq!(out.status, 0, "{out:?}");
+        let expected = python_json(&text, pretty);
+        assert!(expected.contains(r#"\u007f"#) && expected.contains(r#"\ud83d\ude00"#));
+        // Compared line by line first, for a readable failure.
+        for (ours, python) in out.stdout.lines().zip(expected.lines()) {
+            assert_eq!(ours, python, "pretty: {pretty}");
+        }
+        assert_eq!(out.stdout, expected, "pretty: {pretty}");
+    }
 }
 
 const MIB: usize = 1 << 20;
