@@ -20,11 +20,11 @@ pub struct Cli {
     version: (),
 
     /// Seconds allowed for connecting to the agent and the handshake
-    #[arg(long, global = true, value_name = "SECONDS", default_value = "5", value_parser = seconds)]
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "5", value_parser = seconds, allow_hyphen_values = true)]
     pub timeout: Duration,
 
     /// Seconds allowed for each single reply of the agent
-    #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds)]
+    #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds, allow_hyphen_values = true)]
     pub reply_timeout: Duration,
 
     /// Look for domains in this libvirt daemon only: qemu:///system or qemu:///session
@@ -62,8 +62,8 @@ pub enum Command {
 
     /// Check whether the QEMU Guest Agent answers (exit 0), or not (exit 125)
     GuestPing {
-        /// Keep trying for up to SECONDS until the agent answers
-        #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+        /// Keep trying for up to SECONDS until the agent answers (0: ping once)
+        #[arg(long, value_name = "SECONDS", value_parser = seconds_or_zero, allow_hyphen_values = true)]
         wait: Option<Duration>,
 
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
@@ -123,26 +123,58 @@ pub struct GuestRunArgs {
     /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
     pub domain: String,
 
-    /// Program to run in the guest (its PATH is searched)
-    pub program: String,
+    /// The program to run in the guest (its PATH is searched) and its
+    /// arguments: everything from PROGRAM on is the program's, options included
+    //
+    // One positional that takes the rest: once PROGRAM has filled it, clap
+    // stops looking for options, virtomate's global ones included (which
+    // `global = true` would otherwise match after PROGRAM too). A `--`
+    // before PROGRAM is still consumed as the end of virtomate's options.
+    #[arg(
+        required = true,
+        num_args = 1..,
+        trailing_var_arg = true,
+        value_names = ["PROGRAM", "ARGUMENT"]
+    )]
+    command: Vec<String>,
+}
 
-    /// Arguments of the program
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub arguments: Vec<String>,
+impl GuestRunArgs {
+    /// The program and its arguments, as the user wrote them.
+    pub fn into_command(self) -> (String, Vec<String>) {
+        let mut command = self.command.into_iter();
+        let program = command.next().expect("clap requires PROGRAM");
+        (program, command.collect())
+    }
 }
 
 /// The longest time any option takes: deadlines are computed from it, and
 /// beyond this they would overflow the clock.
 const MAX_SECONDS: f64 = 1e9;
 
+/// A time limit (`--timeout`, `--reply-timeout`): more than zero, since a
+/// limit of zero fails every time.
 fn seconds(text: &str) -> Result<Duration, String> {
-    let value: f64 = text
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
-    if value > MAX_SECONDS {
-        return Err(format!("'{text}' is too long; at most {MAX_SECONDS} seconds"));
+    match duration(text) {
+        Some(duration) if !duration.is_zero() => Ok(duration),
+        _ => Err(format!(
+            "expected a number of seconds greater than 0 and at most {MAX_SECONDS}"
+        )),
     }
-    Duration::try_from_secs_f64(value).map_err(|_| format!("'{text}' is not a usable number of seconds"))
+}
+
+/// A time to keep trying (`--wait`), where 0 means trying once.
+fn seconds_or_zero(text: &str) -> Result<Duration, String> {
+    duration(text).ok_or_else(|| format!("expected a number of seconds from 0 to {MAX_SECONDS}"))
+}
+
+/// `text` as a number of seconds from 0 to [`MAX_SECONDS`], if it is one.
+fn duration(text: &str) -> Option<Duration> {
+    let value: f64 = text.trim().parse().ok()?;
+    if !(0.0..=MAX_SECONDS).contains(&value) {
+        return None; // negative, too long, or NaN
+    }
+    Duration::try_from_secs_f64(value).ok()
 }
 
 #[cfg(test)]
@@ -160,20 +192,107 @@ mod tests {
         }
     }
 
+    fn command(program: &str, arguments: &[&str]) -> (String, Vec<String>) {
+        (
+            program.to_owned(),
+            arguments.iter().map(|a| a.to_string()).collect(),
+        )
+    }
+
+    #[test]
+    fn everything_after_the_program_is_the_programs() {
+        let cases: [&[&str]; 9] = [
+            &["-e", "a\\tb"],
+            &["-p", "x"],
+            &["--", "x"],
+            &["-c", "echo hi"],
+            &["-l", "/"],
+            &["--help"],
+            &["--stdin", "--encode", "--version", "-v"],
+            &[
+                "--timeout",
+                "-1",
+                "--reply-timeout=0",
+                "--log",
+                "debug",
+                "--trace",
+            ],
+            &["x", "--", "--", "-"],
+        ];
+        for arguments in cases {
+            let mut line = vec!["guest-run", "dom", "/bin/echo"];
+            line.extend(arguments);
+            let args = guest_run(&line);
+            assert!(!args.encode && !args.stdin, "{line:?}");
+            assert_eq!(args.into_command(), command("/bin/echo", arguments), "{line:?}");
+            // The same behind a `--`, which is virtomate's and consumed.
+            let mut line = vec!["guest-run", "dom", "--", "/bin/echo"];
+            line.extend(arguments);
+            assert_eq!(guest_run(&line).into_command(), command("/bin/echo", arguments));
+        }
+        let cli = parse(&["guest-run", "dom", "ls", "-p", "--timeout", "0"]).unwrap();
+        assert!(!cli.pretty);
+        assert_eq!(cli.timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn options_before_the_program_are_virtomates() {
+        let line = [
+            "guest-run",
+            "-p",
+            "-e",
+            "--stdin",
+            "-c",
+            "qemu:///system",
+            "--timeout",
+            "2",
+            "-l",
+            "info",
+            "--trace",
+            "--reply-timeout",
+            "3",
+            "dom",
+            "--",
+            "-p",
+            "-v",
+        ];
+        let cli = parse(&line).unwrap();
+        assert!(cli.pretty && cli.trace);
+        assert_eq!(cli.connection.as_deref(), Some("qemu:///system"));
+        assert_eq!(cli.log, Some(LogLevel::Info));
+        assert_eq!(
+            (cli.timeout, cli.reply_timeout),
+            (Duration::from_secs(2), Duration::from_secs(3))
+        );
+        let Command::GuestRun(args) = cli.command else {
+            panic!("not guest-run")
+        };
+        assert!(args.encode && args.stdin);
+        assert_eq!(args.into_command(), command("-p", &["-v"]));
+        // Global options before the command, and between DOMAIN and PROGRAM.
+        let cli = parse(&["-p", "guest-run", "dom", "--timeout", "2", "-e", "prog", "-p"]).unwrap();
+        assert!(cli.pretty);
+        assert_eq!(cli.timeout, Duration::from_secs(2));
+        let Command::GuestRun(args) = cli.command else {
+            panic!("not guest-run")
+        };
+        assert!(args.encode);
+        assert_eq!(args.into_command(), command("prog", &["-p"]));
+    }
+
     #[test]
     fn program_options_after_double_dash_belong_to_the_program() {
         let args = guest_run(&["guest-run", "dom", "--", "echo", "-n", "Hello World"]);
         assert_eq!(args.domain, "dom");
-        assert_eq!(args.program, "echo");
-        assert_eq!(args.arguments, ["-n", "Hello World"]);
+        assert_eq!(args.into_command(), command("echo", &["-n", "Hello World"]));
     }
 
     #[test]
     fn double_dash_may_come_before_the_domain() {
         let args = guest_run(&["guest-run", "--encode", "--", "dom", "wc", "-m"]);
         assert!(args.encode);
-        assert_eq!((args.domain.as_str(), args.program.as_str()), ("dom", "wc"));
-        assert_eq!(args.arguments, ["-m"]);
+        assert_eq!(args.domain, "dom");
+        assert_eq!(args.into_command(), command("wc", &["-m"]));
     }
 
     #[test]
@@ -186,9 +305,63 @@ mod tests {
     #[test]
     fn missing_program_is_a_usage_error() {
         assert_eq!(parse(&["guest-run", "dom"]).unwrap_err().exit_code(), 2);
-        for bad in ["x", "-1", "1e19", "inf", "NaN"] {
-            let line = ["--timeout", bad, "guest-run", "d", "p"];
-            assert_eq!(parse(&line).unwrap_err().exit_code(), 2, "{bad}");
+    }
+
+    #[test]
+    fn time_limits_refuse_zero_and_negatives_alike() {
+        let expected = "expected a number of seconds greater than 0 and at most 1000000000";
+        for option in ["--timeout", "--reply-timeout"] {
+            for bad in [
+                "0",
+                "-0",
+                "-1",
+                "-0.5",
+                "0.0000000001",
+                "x",
+                "",
+                "1e19",
+                "inf",
+                "-inf",
+                "NaN",
+            ] {
+                let error = parse(&[option, bad, "guest-run", "d", "p"]).unwrap_err();
+                assert_eq!(
+                    error.kind(),
+                    clap::error::ErrorKind::ValueValidation,
+                    "{option} {bad}"
+                );
+                assert_eq!(error.exit_code(), 2, "{option} {bad}");
+                assert!(error.to_string().contains(expected), "{option} {bad}: {error}");
+                // The same after the command, and written with `=`.
+                let joined = format!("{option}={bad}");
+                let error = parse(&["guest-ping", &joined, "d"]).unwrap_err();
+                assert!(error.to_string().contains(expected), "{joined}: {error}");
+            }
+        }
+        let cli = parse(&["--timeout", "0.001", "--reply-timeout", "1e9", "guest-info", "d"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_millis(1));
+        assert_eq!(cli.reply_timeout, Duration::from_secs(1_000_000_000));
+    }
+
+    #[test]
+    fn wait_takes_zero_and_refuses_negatives() {
+        let wait = |value: &str| -> Result<Option<Duration>, clap::Error> {
+            match parse(&["guest-ping", "--wait", value, "d"])?.command {
+                Command::GuestPing { wait, .. } => Ok(wait),
+                other => panic!("not guest-ping: {other:?}"),
+            }
+        };
+        assert_eq!(wait("0").unwrap(), Some(Duration::ZERO));
+        assert_eq!(wait("2.5").unwrap(), Some(Duration::from_millis(2500)));
+        for bad in ["-1", "-0.5", "x", "NaN", "1e10"] {
+            let error = wait(bad).unwrap_err();
+            assert_eq!(error.exit_code(), 2, "{bad}");
+            assert!(
+                error
+                    .to_string()
+                    .contains("expected a number of seconds from 0 to 1000000000"),
+                "{bad}: {error}"
+            );
         }
     }
 }

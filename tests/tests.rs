@@ -9,6 +9,7 @@
 
 mod support;
 
+mod arguments;
 mod big_payloads;
 mod diagnostics;
 mod doctor_channels;

@@ -15,9 +15,11 @@ use crate::error::{CliError, ErrorKind};
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 /// Pings once, or with `wait` keeps trying until the agent answers or the
-/// time is up (for scripts that boot a VM and wait for it).
+/// time is up (for scripts that boot a VM and wait for it). A `wait` of
+/// zero pings once, within `--timeout`, as without it: cut to a wait of
+/// zero, even a healthy agent could never answer in time.
 pub async fn run(domain: &str, wait: Option<Duration>, context: &Context) -> Result<Answer, CliError> {
-    let Some(wait) = wait else {
+    let Some(wait) = wait.filter(|wait| !wait.is_zero()) else {
         return ping(domain, &context.scope, context.options.clone())
             .await
             .map_err(no_answer);

@@ -34,7 +34,9 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     // Read stdin before connecting, so the channel is not held while the
     // user types.
     let input = if args.stdin { Some(read_stdin()?) } else { None };
-    let mut exec = GuestExec::new(args.program, args.arguments);
+    let (encode, domain) = (args.encode, args.domain.clone());
+    let (program, arguments) = args.into_command();
+    let mut exec = GuestExec::new(program, arguments);
     exec.input_data = input;
     let request_len = exec.request_len();
     if request_len > MAX_REQUEST_LEN {
@@ -43,10 +45,7 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
 
     let mut signals = Signals::install()?;
     let mut agent = signals
-        .unless_interrupted(
-            Interruption::Connecting,
-            DomainAgent::connect(&args.domain, context),
-        )
+        .unless_interrupted(Interruption::Connecting, DomainAgent::connect(&domain, context))
         .await??;
     let pid = signals
         .unless_interrupted(Interruption::Starting, agent.start(&exec))
@@ -60,22 +59,35 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
         .await??;
     tracing::info!(polls = finished.polls, "the program ended");
     agent.close().await;
-    RunResult::new(finished.status, args.encode).map(Answer::Run)
+    RunResult::new(finished.status, encode).map(Answer::Run)
 }
 
-/// SIGINT and SIGTERM, caught so that an interrupted run can still say
-/// what it leaves behind in the guest.
+/// SIGINT, SIGTERM and SIGHUP, caught so that an interrupted run can still
+/// say what it leaves behind in the guest. A signal ignored when virtomate
+/// started (`nohup`, a background job of a non-interactive shell) stays
+/// ignored, as programs are expected to keep it.
 struct Signals {
-    interrupt: Signal,
-    terminate: Signal,
+    interrupt: Option<Signal>,
+    terminate: Option<Signal>,
+    hangup: Option<Signal>,
 }
 
 impl Signals {
     fn install() -> Result<Signals, CliError> {
-        let io_error = |e| CliError::io("cannot install a signal handler", e);
+        let ignored = ignored_signals();
+        let catch = |kind: SignalKind| {
+            if ignores(ignored, kind) {
+                tracing::debug!(signal = kind.as_raw_value(), "ignored at start: left ignored");
+                return Ok(None);
+            }
+            signal(kind)
+                .map(Some)
+                .map_err(|e| CliError::io("cannot install a signal handler", e))
+        };
         Ok(Signals {
-            interrupt: signal(SignalKind::interrupt()).map_err(io_error)?,
-            terminate: signal(SignalKind::terminate()).map_err(io_error)?,
+            interrupt: catch(SignalKind::interrupt())?,
+            terminate: catch(SignalKind::terminate())?,
+            hangup: catch(SignalKind::hangup())?,
         })
     }
 
@@ -88,10 +100,39 @@ impl Signals {
     ) -> Result<T, CliError> {
         tokio::select! {
             result = work => Ok(result),
-            _ = self.interrupt.recv() => Err(CliError::interrupted(stage)),
-            _ = self.terminate.recv() => Err(CliError::interrupted(stage)),
+            _ = arrival(&mut self.interrupt) => Err(CliError::interrupted(stage)),
+            _ = arrival(&mut self.terminate) => Err(CliError::interrupted(stage)),
+            _ = arrival(&mut self.hangup) => Err(CliError::interrupted(stage)),
         }
     }
+}
+
+/// The next arrival of a caught signal; never, for one left ignored.
+async fn arrival(signal: &mut Option<Signal>) {
+    match signal {
+        Some(signal) => {
+            signal.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// The signals this process ignores, as a mask (bit N-1 for signal N).
+/// Read from `/proc/self/status` (`SigIgn`): asking `sigaction(2)` would
+/// need unsafe code, which this crate forbids. Unreadable, nothing counts
+/// as ignored, and every signal is caught.
+fn ignored_signals() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    sig_ign_mask(&status).unwrap_or(0)
+}
+
+fn ignores(mask: u64, kind: SignalKind) -> bool {
+    mask & (1 << (kind.as_raw_value() - 1)) != 0
+}
+
+fn sig_ign_mask(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|line| line.strip_prefix("SigIgn:"))?;
+    u64::from_str_radix(line.trim(), 16).ok()
 }
 
 fn read_stdin() -> Result<Vec<u8>, CliError> {
@@ -121,29 +162,195 @@ fn input_too_large(request_len: usize) -> CliError {
 }
 
 impl RunResult {
+    /// The result of a program that ended with `status`: its output as
+    /// text, or with `encode` as Base64. Output that is not UTF-8 is an
+    /// error that names every such stream; the result has a fixed shape
+    /// (text or null), so the other stream, even if valid, is not shown.
     fn new(status: GuestExecStatusReply, encode: bool) -> Result<RunResult, CliError> {
-        Ok(RunResult {
-            exit_code: status.exitcode,
-            signal: status.signal,
-            stderr: text(status.err_data, encode, "standard error")?,
-            stderr_truncated: status.err_truncated,
-            stdout: text(status.out_data, encode, "standard output")?,
-            stdout_truncated: status.out_truncated,
-        })
+        let stdout = stream_text(status.out_data, status.out_truncated, encode);
+        let stderr = stream_text(status.err_data, status.err_truncated, encode);
+        match (stdout, stderr) {
+            (Ok(stdout), Ok(stderr)) => Ok(RunResult {
+                exit_code: status.exitcode,
+                signal: status.signal,
+                stderr,
+                stderr_truncated: status.err_truncated,
+                stdout,
+                stdout_truncated: status.out_truncated,
+            }),
+            (stdout, stderr) => {
+                let invalid = [
+                    ("standard output", stdout.err()),
+                    ("standard error", stderr.err()),
+                ];
+                Err(not_utf8(&invalid, status.exitcode, status.signal))
+            }
+        }
     }
 }
 
-fn text(data: Option<Vec<u8>>, encode: bool, stream: &'static str) -> Result<Option<String>, CliError> {
+/// A stream as the result shows it: `None` when the program wrote nothing;
+/// otherwise Base64 with `encode`, else text, or where the text is not
+/// UTF-8, the offset of its first invalid byte.
+fn stream_text(data: Option<Vec<u8>>, truncated: bool, encode: bool) -> Result<Option<String>, usize> {
     match data {
         None => Ok(None),
         Some(bytes) if encode => Ok(Some(STANDARD.encode(bytes))),
-        Some(bytes) => String::from_utf8(bytes).map(Some).map_err(|e| {
-            CliError::new(
-                ErrorKind::Encoding,
-                format!("{stream} of the program is not valid UTF-8"),
-            )
-            .with_hint("run again with --encode to get it as Base64")
-            .with_source(e)
-        }),
+        Some(bytes) => decode(bytes, truncated).map(Some),
+    }
+}
+
+/// `bytes` as UTF-8 text. Where the agent cut a stream at its cap
+/// (`truncated`), the cut may split the last character: that incomplete
+/// character is dropped, the stream being flagged truncated already. Any
+/// other invalid byte gives the offset of the first one.
+fn decode(bytes: Vec<u8>, truncated: bool) -> Result<String, usize> {
+    let error = match String::from_utf8(bytes) {
+        Ok(text) => return Ok(text),
+        Err(error) => error,
+    };
+    let valid = error.utf8_error().valid_up_to();
+    // error_len() is None only for an incomplete character at the very end.
+    if !truncated || error.utf8_error().error_len().is_some() {
+        return Err(valid);
+    }
+    let mut bytes = error.into_bytes();
+    bytes.truncate(valid);
+    Ok(String::from_utf8(bytes).expect("valid up to the cut character"))
+}
+
+/// The error for output that is not UTF-8, `invalid` giving each stream
+/// and, if it is not UTF-8, the offset of its first invalid byte. The
+/// program has run: it says how it ended, and that `--encode` runs it again.
+fn not_utf8(invalid: &[(&str, Option<usize>)], exit_code: Option<i32>, signal: Option<i32>) -> CliError {
+    let streams: Vec<String> = invalid
+        .iter()
+        .filter_map(|&(stream, offset)| {
+            offset.map(|offset| format!("{stream} (first invalid byte at offset {offset})"))
+        })
+        .collect();
+    let (streams, verb) = match streams.as_slice() {
+        [one] => (one.clone(), "is"),
+        several => (several.join(" and "), "are"),
+    };
+    let ended = match (exit_code, signal) {
+        (Some(code), _) => format!("exited with status {code}"),
+        (None, Some(signal)) => format!("was killed by signal {signal}"),
+        (None, None) => "ended".to_owned(),
+    };
+    CliError::new(
+        ErrorKind::Encoding,
+        format!(
+            "{streams} of the program {verb} not valid UTF-8, so the result cannot be shown as text; the \
+             program has run and {ended}"
+        ),
+    )
+    .with_hint(
+        "running it again with --encode gives its output as Base64, but runs the program a second time",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(out: &[u8], out_truncated: bool, err: &[u8]) -> GuestExecStatusReply {
+        serde_json::from_value(serde_json::json!({
+            "exited": true,
+            "exitcode": 3,
+            "out-data": STANDARD.encode(out),
+            "out-truncated": out_truncated,
+            "err-data": STANDARD.encode(err),
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_character_cut_by_the_agents_cap_is_dropped() {
+        let e_acute = "é".as_bytes();
+        let mut cut = b"aaa".to_vec();
+        cut.push(e_acute[0]);
+        assert_eq!(decode(cut.clone(), true), Ok("aaa".to_owned()));
+        // Every way of cutting a four-byte character.
+        let crab = "🦀".as_bytes();
+        for len in 1..4 {
+            let mut cut = b"x".to_vec();
+            cut.extend(&crab[..len]);
+            assert_eq!(decode(cut, true), Ok("x".to_owned()), "{len}");
+        }
+        // Not cut by the agent: the program wrote half a character.
+        assert_eq!(decode(cut, false), Err(3));
+    }
+
+    #[test]
+    fn truncated_output_that_is_invalid_before_the_cut_is_still_invalid() {
+        assert_eq!(decode(b"a\xffb".to_vec(), true), Err(1));
+        // An invalid byte followed by a cut character: invalid all the same.
+        assert_eq!(decode(b"a\xff\xc3".to_vec(), true), Err(1));
+        // A lone continuation byte at the end is not a cut character.
+        assert_eq!(decode(b"ab\x80".to_vec(), true), Err(2));
+        assert_eq!(decode("é".as_bytes().to_vec(), true), Ok("é".to_owned()));
+    }
+
+    #[test]
+    fn valid_output_is_text_and_encode_takes_any_bytes() {
+        let result = RunResult::new(status("é\n".as_bytes(), false, b"w"), false).unwrap();
+        assert_eq!(result.stdout.as_deref(), Some("é\n"));
+        assert_eq!(result.stderr.as_deref(), Some("w"));
+        let result = RunResult::new(status(b"\xff", false, b"\xc3"), true).unwrap();
+        assert_eq!(
+            (result.stdout.as_deref(), result.stderr.as_deref()),
+            (Some("/w=="), Some("ww=="))
+        );
+        let cut = RunResult::new(status(b"ab\xe2\x82", true, b""), false).unwrap();
+        assert_eq!((cut.stdout.as_deref(), cut.stdout_truncated), (Some("ab"), true));
+    }
+
+    #[test]
+    fn output_that_is_not_utf8_names_the_streams_and_how_the_program_ended() {
+        let error = RunResult::new(status(b"ok\xff", false, b"fine"), false).unwrap_err();
+        assert_eq!(error.json_type(), "EncodingError");
+        assert_eq!(
+            error.to_string(),
+            "standard output (first invalid byte at offset 2) of the program is not valid UTF-8, so the result cannot be shown as text; the program has run and exited with status 3; running it again with --encode gives its output as Base64, but runs the program a second time"
+        );
+
+        let error = RunResult::new(status(b"ok", false, b"\xc3("), false).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("standard error (first invalid byte at offset 0) of the program is not"),
+            "{message}"
+        );
+
+        let error = RunResult::new(status(b"\xff", true, b"\xfe"), false).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("standard output (first invalid byte at offset 0) and standard error (first invalid byte at offset 0) of the program are not valid UTF-8"),
+            "{message}"
+        );
+
+        let killed = not_utf8(
+            &[("standard output", Some(5)), ("standard error", None)],
+            None,
+            Some(9),
+        );
+        assert!(
+            killed
+                .to_string()
+                .contains("the program has run and was killed by signal 9;"),
+            "{killed}"
+        );
+    }
+
+    #[test]
+    fn ignored_signals_are_read_from_the_status_file() {
+        let status = "Name:\tvirtomate\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001002\nSigCgt:\t0\n";
+        let mask = sig_ign_mask(status).unwrap();
+        assert_eq!(mask, 0x1002);
+        // SIGINT (2) ignored, SIGHUP (1) and SIGTERM (15) not.
+        assert!(ignores(mask, SignalKind::interrupt()));
+        assert!(!ignores(mask, SignalKind::hangup()));
+        assert!(!ignores(mask, SignalKind::terminate()));
+        assert_eq!(sig_ign_mask("Name:\tx\n"), None);
     }
 }

@@ -23,8 +23,10 @@ impl Scope {
     /// Everything on this host, or only the libvirt daemon that `uri`
     /// (`-c`, else `LIBVIRT_DEFAULT_URI`) names.
     pub fn new(uri: Option<&str>) -> Result<Scope, CliError> {
+        // As libvirt does, an empty URI (`-c ''`, `LIBVIRT_DEFAULT_URI=`) is no URI.
+        let given = |uri: &&str| !uri.is_empty();
         let from_env = std::env::var("LIBVIRT_DEFAULT_URI").ok();
-        let (libvirt, bare_qemu) = match uri.or(from_env.as_deref()) {
+        let (libvirt, bare_qemu) = match uri.filter(given).or(from_env.as_deref().filter(given)) {
             None => (std::iter::once(LibvirtDirs::system()).chain(LibvirtDirs::session()).collect(), true),
             Some("qemu:///system") => (vec![LibvirtDirs::system()], false),
             Some("qemu:///session") => (
