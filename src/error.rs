@@ -126,8 +126,14 @@ impl CliError {
         self
     }
 
-    pub fn not_found(domain: &str) -> CliError {
-        CliError::new(ErrorKind::NotFound, format!("Domain '{domain}' does not exist"))
+    /// DOMAIN names nothing: the original's sentence, then where virtomate
+    /// looked (`looked`).
+    pub fn not_found(domain: &str, looked: &str) -> CliError {
+        CliError::new(
+            ErrorKind::NotFound,
+            format!("Domain '{domain}' does not exist; {looked}"),
+        )
+        .with_hint("check the name (virtomate domain-list) or pass the agent's socket path")
     }
 
     pub fn ambiguous(name: &str, pids: &str) -> CliError {

@@ -39,7 +39,10 @@ fn main() -> ExitCode {
     let answer = runtime.block_on(async {
         let context = Context {
             options,
-            scope: Scope::new(cli.connection.as_deref())?,
+            scope: Scope::new(
+                cli.connection.as_deref(),
+                std::env::var("LIBVIRT_DEFAULT_URI").ok().as_deref(),
+            )?,
         };
         match cli.command {
             Command::GuestRun(args) => commands::guest_run::run(args, &context).await,

@@ -230,10 +230,12 @@ fn twenty_runs_against_twenty_agents_at_once() {
 #[test]
 fn unknown_domain_is_not_found() {
     let out = run(&["guest-run", "no-such-domain-anywhere", "--", "true"], None);
-    assert_eq!(
-        out.error("NotFoundError"),
-        "Domain 'no-such-domain-anywhere' does not exist"
+    let message = out.error("NotFoundError");
+    assert!(
+        message.starts_with("Domain 'no-such-domain-anywhere' does not exist; looked in "),
+        "the original's sentence, then where virtomate looked: {message}"
     );
+    assert!(message.contains("among running QEMU processes"), "{message}");
 }
 
 #[test]

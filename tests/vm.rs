@@ -213,3 +213,44 @@ fn the_vms_monitor_given_as_domain_is_named_as_such_at_once() {
         started.elapsed()
     );
 }
+
+#[test]
+#[ignore = "needs the test VM"]
+fn libvirt_default_uri_does_not_hide_a_bare_qemu_vm_but_an_explicit_uri_does() {
+    let vm = TestVm::boot("default-uri");
+    let by_name = |args: &[&str], env: Option<&str>| {
+        let mut command = crate::support::virtomate();
+        command.args(args).env_remove("LIBVIRT_DEFAULT_URI");
+        if let Some(uri) = env {
+            command.env("LIBVIRT_DEFAULT_URI", uri);
+        }
+        crate::support::run_command(&mut command, None)
+    };
+    let run = ["guest-run", vm.name.as_str(), "--", "echo", "-n", "found"];
+    for uri in ["qemu:///system", "qemu:///session"] {
+        let out = by_name(&run, Some(uri));
+        assert_eq!(
+            out.json()["stdout"],
+            "found",
+            "LIBVIRT_DEFAULT_URI={uri}: {out:?}"
+        );
+        let listed = by_name(&["domain-list"], Some(uri)).json();
+        assert!(
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|d| d["name"] == vm.name.as_str()),
+            "LIBVIRT_DEFAULT_URI={uri}: {listed}"
+        );
+    }
+    let mut limited = vec!["-c", "qemu:///system"];
+    limited.extend(run);
+    let message = by_name(&limited, None).error("NotFoundError");
+    assert!(
+        message.contains(
+            "looked in the libvirt domains of qemu:///system only: -c leaves out bare QEMU processes"
+        ),
+        "{message}"
+    );
+}

@@ -21,23 +21,37 @@ pub struct Scope {
 
 impl Scope {
     /// Everything on this host, or only the libvirt daemon that `uri`
-    /// (`-c`, else `LIBVIRT_DEFAULT_URI`) names.
-    pub fn new(uri: Option<&str>) -> Result<Scope, CliError> {
+    /// (`-c`) names. `LIBVIRT_DEFAULT_URI` (`env_uri`) picks the libvirt
+    /// daemon too, as for `virsh`, but many hosts set it for virsh's sake:
+    /// it does not hide bare QEMU processes, which only an explicit `-c`
+    /// leaves out.
+    pub fn new(uri: Option<&str>, env_uri: Option<&str>) -> Result<Scope, CliError> {
         // As libvirt does, an empty URI (`-c ''`, `LIBVIRT_DEFAULT_URI=`) is no URI.
         let given = |uri: &&str| !uri.is_empty();
-        let from_env = std::env::var("LIBVIRT_DEFAULT_URI").ok();
-        let (libvirt, bare_qemu) = match uri.filter(given).or(from_env.as_deref().filter(given)) {
-            None => (std::iter::once(LibvirtDirs::system()).chain(LibvirtDirs::session()).collect(), true),
-            Some("qemu:///system") => (vec![LibvirtDirs::system()], false),
-            Some("qemu:///session") => (
-                vec![LibvirtDirs::session().ok_or_else(|| {
-                    CliError::usage("qemu:///session needs XDG_RUNTIME_DIR to find the session daemon")
-                })?],
-                false,
-            ),
+        let (uri, bare_qemu) = match (uri.filter(given), env_uri.filter(given)) {
+            (Some(explicit), _) => (Some(explicit), false),
+            (None, from_env) => (from_env, true),
+        };
+        let libvirt = match uri {
+            None => std::iter::once(LibvirtDirs::system())
+                .chain(LibvirtDirs::session())
+                .collect(),
+            Some("qemu:///system") => vec![LibvirtDirs::system()],
+            Some("qemu:///session") => match LibvirtDirs::session() {
+                Some(dirs) => vec![dirs],
+                // From the environment, a default that cannot apply here
+                // still leaves the bare QEMU processes to look in.
+                None if bare_qemu => Vec::new(),
+                None => {
+                    return Err(CliError::usage(
+                        "qemu:///session needs XDG_RUNTIME_DIR to find the session daemon",
+                    ))
+                }
+            },
             Some(other) => {
                 return Err(CliError::usage(format!(
-                    "unsupported connection URI '{other}': virtomate works on this host only, with qemu:///system or qemu:///session"
+                    "unsupported connection URI '{other}': virtomate works on this host only, with \
+                     qemu:///system or qemu:///session"
                 )))
             }
         };
@@ -46,6 +60,22 @@ impl Scope {
             bare_qemu,
             proc_root: "/proc".into(),
         })
+    }
+
+    /// Where a lookup in this scope looks, for a domain not found: so that
+    /// a typo can be told from a lookup that was limited.
+    pub fn described(&self) -> String {
+        let daemons: Vec<&str> = self.libvirt.iter().map(|dirs| dirs.uri).collect();
+        let libvirt = match daemons.as_slice() {
+            [] => "no libvirt daemon".to_owned(),
+            [one] => format!("the libvirt domains of {one}"),
+            several => format!("the libvirt domains of {}", several.join(" and ")),
+        };
+        if self.bare_qemu {
+            format!("looked in {libvirt} and among running QEMU processes")
+        } else {
+            format!("looked in {libvirt} only: -c leaves out bare QEMU processes")
+        }
     }
 }
 
@@ -98,7 +128,7 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
             ErrorKind::IllegalState,
             format!("Domain '{domain}' is not running ({uri}); start it, e.g. virsh -c {uri} start {domain}"),
         )),
-        (0, None) => Err(CliError::not_found(domain)),
+        (0, None) => Err(CliError::not_found(domain, &scope.described())),
         (1, _) => Ok(matches.remove(0)),
         _ => {
             let pids: Vec<String> = matches
@@ -251,7 +281,11 @@ mod tests {
     fn unknown_name_is_not_found() {
         let proc_root = fake_proc(&[(42, VM, "/srv")]);
         let err = find("db", &bare_qemu_only(proc_root.path())).unwrap_err();
-        assert_eq!(err.to_string(), "Domain 'db' does not exist");
+        assert_eq!(
+            err.to_string(),
+            "Domain 'db' does not exist; looked in no libvirt daemon and among running QEMU processes; \
+             check the name (virtomate domain-list) or pass the agent's socket path"
+        );
         assert_eq!(err.json_type(), "NotFoundError");
     }
 
@@ -328,8 +362,24 @@ mod tests {
 
     #[test]
     fn connection_uris_choose_the_daemon() {
-        assert!(!Scope::new(Some("qemu:///system")).unwrap().bare_qemu);
-        let err = Scope::new(Some("qemu+ssh://host/system")).unwrap_err();
+        assert!(!Scope::new(Some("qemu:///system"), None).unwrap().bare_qemu);
+        let err = Scope::new(Some("qemu+ssh://host/system"), None).unwrap_err();
         assert!(err.to_string().contains("qemu:///system"), "{err}");
+    }
+
+    #[test]
+    fn the_environments_default_uri_picks_the_daemon_but_keeps_bare_qemu() {
+        let scope = Scope::new(None, Some("qemu:///system")).unwrap();
+        assert!(scope.bare_qemu);
+        assert_eq!(scope.libvirt.len(), 1);
+        assert_eq!(scope.libvirt[0].uri, "qemu:///system");
+        // An explicit -c wins over the environment, and limits.
+        let scope = Scope::new(Some("qemu:///system"), Some("qemu:///session")).unwrap();
+        assert!(!scope.bare_qemu);
+        assert_eq!(scope.libvirt[0].uri, "qemu:///system");
+        // Empty is none, both ways.
+        let everywhere = Scope::new(Some(""), Some("")).unwrap();
+        assert!(everywhere.bare_qemu);
+        assert!(!everywhere.libvirt.is_empty());
     }
 }
