@@ -120,6 +120,13 @@ impl CliError {
         self
     }
 
+    /// What the user can do about it, in place of any hint given before:
+    /// for a cause found later that makes the first advice wrong.
+    pub fn with_hint_instead(mut self, hint: impl Into<String>) -> CliError {
+        self.hint = Some(hint.into());
+        self
+    }
+
     /// What caused it, kept for `source()`.
     pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> CliError {
         self.source = Some(Box::new(source));

@@ -118,7 +118,7 @@ fn outcomes(report: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn expected(outcomes: [(&str, &str); 9]) -> Vec<(String, String)> {
+fn expected(outcomes: [(&str, &str); 10]) -> Vec<(String, String)> {
     outcomes
         .iter()
         .map(|(name, outcome)| (name.to_string(), outcome.to_string()))
@@ -150,6 +150,7 @@ fn doctor_shakes_hands_on_the_channel_it_examined_not_one_another_virtomate_hold
             ("held", "pass"),
             ("connect", "pass"),
             ("guest-port-open", "skip"),
+            ("run-state", "pass"),
             ("handshake", "pass"),
             ("agent-version", "pass"),
             ("guest-exec", "pass"),
@@ -188,6 +189,7 @@ fn doctor_does_not_go_through_libvirtd_for_a_channel_libvirtd_does_not_hold() {
             ("held", "pass"),
             ("connect", "pass"),
             ("guest-port-open", "fail"),
+            ("run-state", "pass"),
             ("handshake", "pass"),
             ("agent-version", "pass"),
             ("guest-exec", "pass"),

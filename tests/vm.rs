@@ -254,3 +254,42 @@ fn libvirt_default_uri_does_not_hide_a_bare_qemu_vm_but_an_explicit_uri_does() {
         "{message}"
     );
 }
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_paused_vm_is_named_as_paused_by_guest_run_and_doctor() {
+    let vm = TestVm::boot("paused");
+    let qmp = |command: &str| {
+        let request = format!(r#"{{"execute": "{command}"}}"#);
+        let out = run(&["qmp", &vm.name, &request], None);
+        assert_eq!(out.status, 0, "{out:?}");
+    };
+    qmp("stop");
+    let out = run(&["--timeout", "2", "guest-run", &vm.name, "--", "true"], None);
+    let message = out.error("AgentTimeout");
+    assert!(message.contains("QEMU reports the VM as paused"), "{message}");
+    assert!(
+        message.contains(r#"'{"execute": "cont"}'"#),
+        "says how to resume: {message}"
+    );
+    assert!(
+        !message.contains("check that the QEMU Guest Agent runs"),
+        "{message}"
+    );
+
+    let report = run(&["doctor", &vm.name], None);
+    assert_eq!(report.status, 1, "{report:?}");
+    let json = report.json();
+    let state = crate::support::step(&json, "run-state");
+    assert_eq!(state["outcome"], "fail", "{json}");
+    assert_eq!(state["detail"], "QEMU reports the VM as paused", "{json}");
+    assert_eq!(
+        crate::support::step(&json, "handshake")["outcome"],
+        "skip",
+        "{json}"
+    );
+
+    qmp("cont");
+    let out = guest_run_with(&[], &vm.socket(), &["echo", "-n", "back"], None);
+    assert_eq!(out.json()["stdout"], "back");
+}

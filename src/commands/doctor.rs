@@ -20,7 +20,7 @@ use virtomate_protocol::qmp::QueryChardev;
 use virtomate_protocol::{ClientOptions, QmpClient};
 
 use super::{Answer, Context, DomainAgent};
-use crate::domain::{self, socket_holders, Channel, Domain, Route, Source};
+use crate::domain::{self, run_state, socket_holders, Channel, Domain, Route, Source};
 
 /// Every step, in the order a person would check them by hand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -38,6 +38,8 @@ pub enum Step {
     Connect,
     /// The guest has opened its end of the port.
     GuestPortOpen,
+    /// The VM runs, as QEMU (or libvirt's record) tells.
+    RunState,
     /// The agent answers `guest-sync-delimited`.
     Handshake,
     /// The agent answers `guest-info`.
@@ -47,13 +49,14 @@ pub enum Step {
 }
 
 impl Step {
-    const ALL: [Step; 9] = [
+    const ALL: [Step; 10] = [
         Step::Domain,
         Step::Socket,
         Step::Permission,
         Step::Held,
         Step::Connect,
         Step::GuestPortOpen,
+        Step::RunState,
         Step::Handshake,
         Step::AgentVersion,
         Step::GuestExec,
@@ -68,6 +71,7 @@ impl Step {
             Step::Held => "held",
             Step::Connect => "connect",
             Step::GuestPortOpen => "guest-port-open",
+            Step::RunState => "run-state",
             Step::Handshake => "handshake",
             Step::AgentVersion => "agent-version",
             Step::GuestExec => "guest-exec",
@@ -133,15 +137,15 @@ enum Checked<T> {
     /// Passed, with a detail and what the later steps need.
     Pass(String, T),
     /// Failed: what was found and what to do about it.
-    Fail { detail: String, advice: &'static str },
+    Fail { detail: String, advice: String },
     /// Not checked, for the reason given; the later steps go on with `T`.
     Skip(String, T),
 }
 
-fn fail<T>(detail: impl Into<String>, advice: &'static str) -> Checked<T> {
+fn fail<T>(detail: impl Into<String>, advice: impl Into<String>) -> Checked<T> {
     Checked::Fail {
         detail: detail.into(),
-        advice,
+        advice: advice.into(),
     }
 }
 
@@ -160,7 +164,7 @@ impl Diagnosis {
         );
         let (outcome, detail, advice, next) = match checked {
             Checked::Pass(detail, next) => (Outcome::Pass, detail, None, Some(next)),
-            Checked::Fail { detail, advice } => (Outcome::Fail, detail, Some(advice.to_owned()), None),
+            Checked::Fail { detail, advice } => (Outcome::Fail, detail, Some(advice), None),
             Checked::Skip(detail, next) => (Outcome::Skip, detail, None, Some(next)),
         };
         self.checked.push(StepReport {
@@ -211,6 +215,8 @@ async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) -> Opt
         Step::GuestPortOpen,
         guest_port_open(&found, channel, context).await,
     );
+    // A VM that does not run cannot answer: no need to wait out the handshake.
+    d.record(Step::RunState, run_state(&found, context).await)?;
     let agent = d.record(Step::Handshake, handshake(&found, route, context).await)?;
     let info = d.record(Step::AgentVersion, agent_version(agent).await)?;
     d.record(Step::GuestExec, guest_exec(&info))
@@ -338,6 +344,27 @@ async fn handshake(found: &Domain, route: Route, context: &Context) -> Checked<D
         Err(e) => fail(
             e.to_string(),
             "start qemu-ga in the guest (qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0), or raise --timeout for a slow guest",
+        ),
+    }
+}
+
+/// Whether the VM runs at all: asked of QEMU over a free QMP socket, else
+/// read from libvirt's record.
+async fn run_state(found: &Domain, context: &Context) -> Checked<()> {
+    let Some(vm) = run_state::owner_of(found, &context.scope) else {
+        return Checked::Skip("no running VM is known to own this socket".into(), ());
+    };
+    match run_state::ask(&vm, &context.options).await {
+        Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
+            None => Checked::Pass(format!("{} reports the VM as running", state.told_by), ()),
+            Some(advice) => fail(
+                format!("{} reports the VM as {}", state.told_by, state.status),
+                advice,
+            ),
+        },
+        None => Checked::Skip(
+            "neither a free QMP socket nor libvirt's record tells the run state".into(),
+            (),
         ),
     }
 }
@@ -510,6 +537,7 @@ mod tests {
                  skip  held             {skipped}\n\
                  skip  connect          {skipped}\n\
                  skip  guest-port-open  {skipped}\n\
+                 skip  run-state        {skipped}\n\
                  skip  handshake        {skipped}\n\
                  skip  agent-version    {skipped}\n\
                  skip  guest-exec       {skipped}\n"
@@ -543,6 +571,7 @@ mod tests {
                 "held",
                 "connect",
                 "guest-port-open",
+                "run-state",
                 "handshake",
                 "agent-version",
                 "guest-exec"

@@ -10,13 +10,17 @@ use virtomate_protocol::qga::{Command, GuestExec, GuestExecReply};
 use virtomate_protocol::{wait_for_exit, Agent, AnyAgent, ClientOptions, Finished, PollSchedule, QgaClient};
 
 use super::Context;
-use crate::domain::{self, Domain, Route, Scope};
+use crate::domain::{self, run_state, Domain, Route, Scope, Source};
 use crate::error::{CliError, ErrorKind, Peer};
 
 /// The agent of a domain, synchronised and ready.
 pub struct DomainAgent {
     agent: AnyAgent,
     socket: PathBuf,
+    /// What was found, to ask QEMU why the agent went silent.
+    found: Domain,
+    scope: Scope,
+    options: ClientOptions,
 }
 
 impl DomainAgent {
@@ -45,17 +49,24 @@ impl DomainAgent {
         match route {
             Route::Direct(socket) => {
                 tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {}", found.name);
-                let client = QgaClient::connect(&socket, options).await.map_err(|e| {
-                    let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
-                    let error = CliError::from_agent(e, &socket);
-                    match monitor.then(|| agent_sockets_beside(&socket, scope)).flatten() {
-                        Some(agents) => error.with_hint(format!("the agent socket of that VM: {agents}")),
-                        None => error,
+                let client = match QgaClient::connect(&socket, options.clone()).await {
+                    Ok(client) => client,
+                    Err(e) => {
+                        let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
+                        let error = CliError::from_agent(e, &socket);
+                        if let Some(agents) = monitor.then(|| agent_sockets_beside(&socket, scope)).flatten()
+                        {
+                            return Err(error.with_hint(format!("the agent socket of that VM: {agents}")));
+                        }
+                        return Err(explain_silence(error, found, scope, &options).await);
                     }
-                })?;
+                };
                 Ok(DomainAgent {
                     agent: AnyAgent::Direct(client),
                     socket,
+                    found: found.clone(),
+                    scope: scope.clone(),
+                    options,
                 })
             }
             Route::Libvirt { socket, uri } => {
@@ -66,6 +77,9 @@ impl DomainAgent {
                 Ok(DomainAgent {
                     agent: AnyAgent::Libvirt(agent),
                     socket,
+                    found: found.clone(),
+                    scope: scope.clone(),
+                    options,
                 })
             }
         }
@@ -133,8 +147,13 @@ impl DomainAgent {
 
     /// Polls until the program `pid` has ended.
     pub async fn wait_for_exit(&mut self, pid: i64) -> Result<Finished, CliError> {
-        let result = wait_for_exit(&mut self.agent, pid, PollSchedule::default()).await;
-        result.map_err(|e| self.error_while_running(e, pid))
+        match wait_for_exit(&mut self.agent, pid, PollSchedule::default()).await {
+            Ok(finished) => Ok(finished),
+            Err(e) => {
+                let error = self.error_while_running(e, pid);
+                Err(explain_silence(error, &self.found, &self.scope, &self.options).await)
+            }
+        }
     }
 
     fn through_libvirtd(&self) -> bool {
@@ -205,4 +224,28 @@ fn agent_sockets_beside(monitor: &std::path::Path, scope: &Scope) -> Option<Stri
         .map(|c| c.path.display().to_string())
         .collect();
     (!paths.is_empty()).then(|| paths.join(", "))
+}
+
+/// An agent that does not answer in time may be in a VM that does not run:
+/// QEMU (or libvirt's record) knows, and the advice is then QEMU's state
+/// and what to do about it rather than to check the agent.
+async fn explain_silence(
+    error: CliError,
+    found: &Domain,
+    scope: &Scope,
+    options: &ClientOptions,
+) -> CliError {
+    if error.kind() != ErrorKind::AgentTimeout {
+        return error;
+    }
+    let Some(vm) = run_state::owner_of(found, scope) else {
+        return error;
+    };
+    match run_state::ask(&vm, options).await {
+        Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
+            Some(advice) => error.with_hint_instead(advice),
+            None => error,
+        },
+        None => error,
+    }
 }

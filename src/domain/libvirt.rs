@@ -71,6 +71,8 @@ pub struct LibvirtDomain {
     /// Agent channels (`<channel type='unix'>` with an agent port as
     /// target), `org.qemu.guest_agent.0` first.
     pub agent_channels: Vec<Channel>,
+    /// `<domstatus state=… reason=…>`: libvirt's record of the run state.
+    pub state: Option<(String, String)>,
 }
 
 /// What looking a domain up in one daemon's files found.
@@ -168,6 +170,10 @@ pub fn parse_status(xml: &str) -> Result<LibvirtDomain, String> {
             .and_then(|m| m.attribute("path"))
             .map(PathBuf::from),
         agent_channels,
+        state: root.attribute("state").map(|state| {
+            let reason = root.attribute("reason").unwrap_or("unknown");
+            (state.to_owned(), reason.to_owned())
+        }),
     })
 }
 

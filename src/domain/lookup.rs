@@ -94,6 +94,7 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
             }],
             qmp_sockets: Vec::new(),
             libvirt_daemon: None,
+            libvirt_state: None,
         });
     }
     // A running domain wins over one that is only defined, whichever
@@ -190,6 +191,7 @@ fn qemu_domains(scope: &Scope) -> Vec<Domain> {
                     .collect(),
                 qmp_sockets: process.args.qmp_sockets.into_iter().map(absolute).collect(),
                 libvirt_daemon: None,
+                libvirt_state: None,
             })
         })
         .collect()
@@ -204,6 +206,7 @@ fn from_libvirt(found: libvirt::LibvirtDomain, dirs: &LibvirtDirs) -> Domain {
         agent_channels: found.agent_channels,
         qmp_sockets: found.monitor.into_iter().collect(),
         libvirt_daemon: Some((dirs.uri, dirs.rpc_socket())),
+        libvirt_state: found.state,
     }
 }
 

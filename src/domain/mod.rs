@@ -20,6 +20,7 @@ mod lookup;
 mod procfs;
 mod qemu_args;
 mod route;
+pub mod run_state;
 pub mod socket_holders;
 
 use std::os::unix::fs::FileTypeExt;
@@ -65,6 +66,9 @@ pub struct Domain {
     pub qmp_sockets: Vec<PathBuf>,
     /// For libvirt domains: the daemon's URI and RPC socket.
     pub libvirt_daemon: Option<(&'static str, PathBuf)>,
+    /// For libvirt domains: the run state and its reason as libvirt last
+    /// recorded them (`paused`, `user`).
+    pub libvirt_state: Option<(String, String)>,
 }
 
 /// How to reach a domain's agent.

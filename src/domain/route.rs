@@ -126,6 +126,7 @@ mod tests {
                 .collect(),
             qmp_sockets: Vec::new(),
             libvirt_daemon: Some(("qemu:///system", "/run/libvirt/libvirt-sock".into())),
+            libvirt_state: None,
         }
     }
 
