@@ -143,12 +143,14 @@ impl CliError {
         .with_hint("check the name (virtomate domain-list) or pass the agent's socket path")
     }
 
-    pub fn ambiguous(name: &str, pids: &str) -> CliError {
+    /// Several QEMU processes carry the name: `candidates` lists their
+    /// agent sockets, which is what to pass instead.
+    pub fn ambiguous(name: &str, pids: &str, candidates: &str) -> CliError {
         CliError::new(
             ErrorKind::Ambiguous,
             format!("Domain '{name}' matches several QEMU processes (pids {pids})"),
         )
-        .with_hint("pass the agent's socket path instead")
+        .with_hint(format!("pass one of their agent sockets instead: {candidates}"))
     }
 
     pub fn usage(message: impl Into<String>) -> CliError {

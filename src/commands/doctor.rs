@@ -21,6 +21,7 @@ use virtomate_protocol::{ClientOptions, QmpClient};
 
 use super::{Answer, Context, DomainAgent};
 use crate::domain::{self, run_state, socket_holders, Channel, Domain, Route, Source};
+use crate::error::ErrorKind;
 
 /// Every step, in the order a person would check them by hand.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -225,6 +226,11 @@ async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) -> Opt
 fn find_domain(domain_arg: &str, context: &Context) -> Checked<Domain> {
     match domain::find(domain_arg, &context.scope) {
         Ok(found) => Checked::Pass(how_found(&found), found),
+        // The VM's name is what just failed for an ambiguous one: the
+        // error itself lists the sockets to pass instead.
+        Err(e) if e.kind() == ErrorKind::Ambiguous => {
+            fail(e.to_string(), "pass one of the agent sockets named")
+        }
         Err(e) => fail(
             e.to_string(),
             "pass the agent's socket path, the VM's -name, or a running libvirt domain",

@@ -137,7 +137,26 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
                 .filter_map(|d| d.pid)
                 .map(|p| p.to_string())
                 .collect();
-            Err(CliError::ambiguous(domain, &pids.join(", ")))
+            // What to pass instead: each candidate's agent socket.
+            let candidates: Vec<String> = matches
+                .iter()
+                .map(|d| {
+                    let sockets: Vec<String> = d
+                        .agent_channels
+                        .iter()
+                        .map(|c| c.path.display().to_string())
+                        .collect();
+                    match sockets.as_slice() {
+                        [] => format!("pid {} has no agent channel", d.pid.unwrap_or_default()),
+                        _ => format!("pid {}: {}", d.pid.unwrap_or_default(), sockets.join(", ")),
+                    }
+                })
+                .collect();
+            Err(CliError::ambiguous(
+                domain,
+                &pids.join(", "),
+                &candidates.join("; "),
+            ))
         }
     }
 }
@@ -298,6 +317,13 @@ mod tests {
         let err = find("web", &bare_qemu_only(proc_root.path())).unwrap_err();
         assert_eq!(err.json_type(), "AmbiguousDomainError");
         assert!(err.to_string().contains("42, 43"), "{err}");
+        // What to pass instead, since the name is what just failed.
+        assert!(
+            err.to_string().ends_with(
+                "pass one of their agent sockets instead: pid 42: /a/vm/qga.sock; pid 43: /b/vm/qga.sock"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
