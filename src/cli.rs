@@ -120,6 +120,36 @@ pub struct GuestRunArgs {
     #[arg(long)]
     pub stdin: bool,
 
+    /// Stop the program after SECONDS: SIGTERM to it and to what it started, SIGKILL after
+    /// --grace; the result as usual, exit status 124
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_hyphen_values = true)]
+    pub max_time: Option<Duration>,
+
+    /// Seconds between SIGTERM and SIGKILL when --max-time passes or Ctrl-C stops the program
+    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = seconds, allow_hyphen_values = true)]
+    pub grace: Duration,
+
+    /// Set KEY to VALUE in the program's environment (repeatable); the program then gets a
+    /// standard PATH and these, not the agent's environment
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = env_assignment)]
+    pub env: Vec<String>,
+
+    /// Start the program with no environment but the --env given (no PATH: give PROGRAM's
+    /// full path)
+    #[arg(long)]
+    pub env_clear: bool,
+
+    /// Write the program's stdout and stderr as they are, byte for byte, and exit with its
+    /// status (128+N for signal N, 124 after --max-time); virtomate's own failures: a line
+    /// on stderr and exit status 255
+    #[arg(long)]
+    pub raw: bool,
+
+    /// Collect stdout and stderr as one stream in the order written, in "stdout" (needs
+    /// qemu-ga 8.1 or newer)
+    #[arg(long)]
+    pub merge_output: bool,
+
     /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
     pub domain: String,
 
@@ -160,6 +190,14 @@ fn seconds(text: &str) -> Result<Duration, String> {
         _ => Err(format!(
             "expected a number of seconds greater than 0 and at most {MAX_SECONDS}"
         )),
+    }
+}
+
+/// `KEY=VALUE` for `--env`: the value may hold anything, `=` included.
+fn env_assignment(text: &str) -> Result<String, String> {
+    match text.split_once('=') {
+        Some((key, _)) if !key.is_empty() => Ok(text.to_owned()),
+        _ => Err("expected KEY=VALUE, with a KEY that is not empty".to_owned()),
     }
 }
 

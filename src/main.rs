@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         trace: cli.trace.then(stderr_trace),
         ..ClientOptions::default()
     };
+    // With --raw, stdout is the program's: virtomate's own failures go to
+    // stderr as one line, with ssh's exit status.
+    let raw = matches!(&cli.command, Command::GuestRun(args) if args.raw);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -63,7 +66,10 @@ fn main() -> ExitCode {
     // A diagnosis with a failed step exits 1 however its printing went.
     let mut success = ExitCode::SUCCESS;
     let printed = match answer {
-        Ok(Answer::Run(result)) => output::print_json(&result, cli.pretty),
+        Ok(Answer::Run(run)) => {
+            success = ExitCode::from(run.exit_status());
+            run.print(cli.pretty)
+        }
         Ok(Answer::Json(json)) => output::print_json(&json, cli.pretty),
         Ok(Answer::Nothing) => Ok(()),
         Ok(Answer::Report(report)) => {
@@ -76,18 +82,26 @@ fn main() -> ExitCode {
                 output::print_json(&report, cli.pretty)
             }
         }
-        Err(error) => return report(&error, cli.pretty),
+        Err(error) => return report(&error, cli.pretty, raw),
     };
     match printed {
         Ok(()) => success,
         // Like ripgrep: a reader that went away (`| head -c1`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => success,
-        Err(e) => report(&CliError::io("cannot write the result", e), cli.pretty),
+        Err(e) => report(&CliError::io("cannot write the result", e), cli.pretty, raw),
     }
 }
 
-fn report(error: &CliError, pretty: bool) -> ExitCode {
+/// What `guest-run --raw` exits with when virtomate itself failed, as
+/// `ssh` does: the program's own statuses are all the others.
+const RAW_FAILURE: u8 = 255;
+
+fn report(error: &CliError, pretty: bool, raw: bool) -> ExitCode {
     tracing::error!("{}: {error}", error.json_type());
+    if raw && error.kind() != ErrorKind::Usage {
+        eprintln!("virtomate: {}: {error}", error.json_type());
+        return ExitCode::from(RAW_FAILURE);
+    }
     if error.kind() == ErrorKind::Usage {
         eprintln!("error: {error}\n\nFor more information, try '--help'.");
     } else if !error.is_silent() {

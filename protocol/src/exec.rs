@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::{sleep, Instant};
 
-use crate::qga::{GuestExecStatus, GuestExecStatusReply};
+use crate::qga::{GuestExec, GuestExecStatus, GuestExecStatusReply};
 use crate::{Agent, Error, QgaClient};
 
 /// When to ask again whether a program has ended.
@@ -178,4 +178,104 @@ pub async fn wait_for_exit<A: Agent>(
             sleep(pause).await;
         }
     }
+}
+
+/// How [`stop_group`] ended a program.
+///
+/// ```
+/// # use virtomate_protocol::{Stopped, Finished};
+/// fn describe(stopped: &Stopped) -> &'static str {
+///     match (stopped.asked, stopped.killed) {
+///         (false, _) => "it had ended by itself",
+///         (true, false) => "it ended when asked (SIGTERM)",
+///         (true, true) => "it had to be killed (SIGKILL)",
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Stopped {
+    /// The program's last status, with `exited: true`.
+    pub finished: Finished,
+    /// Whether it had to be asked: false when it had ended by itself by
+    /// the time its status was read, just before SIGTERM would have gone.
+    pub asked: bool,
+    /// Whether it outlived the grace period and got SIGKILL.
+    pub killed: bool,
+}
+
+/// Stops the program `pid` with SIGTERM and, if it still runs after
+/// `grace`, SIGKILL; then waits for it to be reaped and returns its status.
+///
+/// The agent has no command for this, so the signals are sent by a
+/// `guest-exec` of the guest's `kill`. With `group`, they go to the process
+/// group `pid` leads ([`GuestExec::as_group_leader`]): the program and
+/// everything it started; otherwise to the program alone.
+///
+/// [`GuestExec::as_group_leader`]: crate::qga::GuestExec::as_group_leader
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use virtomate_protocol::qga::GuestExec;
+/// use virtomate_protocol::{stop_group, Agent};
+///
+/// # async fn demo(agent: &mut impl Agent) -> Result<(), virtomate_protocol::Error> {
+/// let exec = GuestExec::new("sh", ["-c", "sleep 600 | cat"]).as_group_leader();
+/// let pid = agent.guest_exec(&exec).await?.pid;
+/// let stopped = stop_group(agent, pid, Duration::from_secs(5), true).await?;
+/// assert_eq!(stopped.finished.status.signal, Some(15));
+/// # Ok(()) }
+/// ```
+pub async fn stop_group<A: Agent>(
+    agent: &mut A,
+    pid: i64,
+    grace: Duration,
+    group: bool,
+) -> Result<Stopped, Error> {
+    // Whether it still runs, asked just before the signal: `kill`'s own
+    // exit status cannot tell (busybox's complains of the `--` that
+    // procps's needs, and signals all the same).
+    let status = agent.execute(&GuestExecStatus { pid }).await?;
+    if status.exited {
+        let finished = Finished { status, polls: 1 };
+        return Ok(Stopped {
+            finished,
+            asked: false,
+            killed: false,
+        });
+    }
+    send_signal(agent, "TERM", pid, group).await?;
+    let schedule = PollSchedule::default();
+    let started = Instant::now();
+    let mut polls = 1;
+    while started.elapsed() < grace {
+        polls += 1;
+        let status = agent.execute(&GuestExecStatus { pid }).await?;
+        if status.exited {
+            let finished = Finished { status, polls };
+            return Ok(Stopped {
+                finished,
+                asked: true,
+                killed: false,
+            });
+        }
+        sleep(schedule.pause_after(started.elapsed())).await;
+    }
+    send_signal(agent, "KILL", pid, group).await?;
+    let finished = wait_for_exit(agent, pid, schedule).await?;
+    Ok(Stopped {
+        finished,
+        asked: true,
+        killed: true,
+    })
+}
+
+/// Runs the guest's `kill -s SIGNAL -- PID` (`-PID` for the group) to its
+/// end. Its exit status is not looked at: busybox's `kill` refuses the
+/// `--` (which procps's needs before a negative pid) yet signals the pid.
+async fn send_signal<A: Agent>(agent: &mut A, signal: &str, pid: i64, group: bool) -> Result<(), Error> {
+    let target = if group { format!("-{pid}") } else { pid.to_string() };
+    let kill = GuestExec::new("kill", ["-s", signal, "--", &target]);
+    let killer = agent.guest_exec(&kill).await?.pid;
+    wait_for_exit(agent, killer, PollSchedule::default()).await?;
+    Ok(())
 }

@@ -46,7 +46,7 @@ pub use command::Command;
 pub use connection::Connection;
 pub use envelope::MAX_REQUEST_LEN;
 pub use error::{Error, Phase};
-pub use exec::{wait_for_exit, Finished, PollSchedule};
+pub use exec::{stop_group, wait_for_exit, Finished, PollSchedule, Stopped};
 pub use libvirt::LibvirtClient;
 pub use qga::QgaClient;
 pub use qmp::QmpClient;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::Value;
 use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::qga::{Command, GuestExec, GuestExecReply};
-use virtomate_protocol::{wait_for_exit, Agent, AnyAgent, ClientOptions, Finished, PollSchedule, QgaClient};
+use virtomate_protocol::{
+    stop_group, wait_for_exit, Agent, AnyAgent, ClientOptions, Finished, PollSchedule, QgaClient, Stopped,
+};
 
 use super::Context;
 use crate::domain::{self, run_state, Domain, Route, Scope, Source};
@@ -153,6 +155,17 @@ impl DomainAgent {
                 let error = self.error_while_running(e, pid);
                 Err(explain_silence(error, &self.found, &self.scope, &self.options).await)
             }
+        }
+    }
+
+    /// Stops the program `pid` (and, with `group`, what it started):
+    /// SIGTERM, then SIGKILL after `grace`; see [`stop_group`].
+    pub async fn stop(&mut self, pid: i64, grace: Duration, group: bool) -> Result<Stopped, CliError> {
+        match stop_group(&mut self.agent, pid, grace, group).await {
+            Ok(stopped) => Ok(stopped),
+            Err(e) => Err(self.error_while_running(e, pid).with_hint(format!(
+                "virtomate could not stop the program: it may still be running in the guest as pid {pid}"
+            ))),
         }
     }
 

@@ -6,9 +6,11 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use virtomate_protocol::qga::{GuestExec, GuestExecStatusReply};
-use virtomate_protocol::MAX_REQUEST_LEN;
+use virtomate_protocol::qga::{CaptureOutput, GuestExec, GuestExecStatusReply, GuestInfo};
+use virtomate_protocol::{Stopped, MAX_REQUEST_LEN};
 
+use super::run_environment::environment;
+use super::run_output::RunOutput;
 use super::{Answer, Context, DomainAgent};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, ErrorKind, Interruption};
@@ -34,10 +36,16 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     // Read stdin before connecting, so the channel is not held while the
     // user types.
     let input = if args.stdin { Some(read_stdin()?) } else { None };
-    let (encode, domain) = (args.encode, args.domain.clone());
+    let options = RunOptions::of(&args);
+    let domain = args.domain.clone();
+    let env = environment(&args.env, args.env_clear);
     let (program, arguments) = args.into_command();
     let mut exec = GuestExec::new(program, arguments);
     exec.input_data = input;
+    exec.env = env;
+    if options.merge_output {
+        exec.capture_output = CaptureOutput::Merged;
+    }
     let request_len = exec.request_len();
     if request_len > MAX_REQUEST_LEN {
         return Err(input_too_large(request_len));
@@ -47,19 +55,137 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     let mut agent = signals
         .unless_interrupted(Interruption::Connecting, DomainAgent::connect(&domain, context))
         .await??;
-    let pid = signals
-        .unless_interrupted(Interruption::Starting, agent.start(&exec))
-        .await??
-        .pid;
-    drop(exec);
-    tracing::info!(pid, "started in the guest");
+    if let Some((major, minor)) = exec.capture_output.needs_agent() {
+        let info = signals
+            .unless_interrupted(Interruption::Connecting, agent.execute(&GuestInfo {}))
+            .await??;
+        if !info.is_at_least(major, minor) {
+            agent.close().await;
+            return Err(agent_too_old(&info.version, major, minor));
+        }
+    }
+    let (pid, group) = match options.max_time {
+        // Stopping what the program started needs it to lead a group.
+        Some(_) => start_as_group_leader(&mut agent, exec, &mut signals).await?,
+        None => {
+            let pid = signals
+                .unless_interrupted(Interruption::Starting, agent.start(&exec))
+                .await??
+                .pid;
+            (pid, false)
+        }
+    };
+    tracing::info!(pid, group, "started in the guest");
 
-    let finished = signals
-        .unless_interrupted(Interruption::Running { pid }, agent.wait_for_exit(pid))
-        .await??;
-    tracing::info!(polls = finished.polls, "the program ended");
+    let (status, timed_out) = match options.max_time {
+        None => {
+            let finished = signals
+                .unless_interrupted(Interruption::Running { pid }, agent.wait_for_exit(pid))
+                .await??;
+            tracing::info!(polls = finished.polls, "the program ended");
+            (finished.status, false)
+        }
+        Some(limit) => {
+            let limited = tokio::time::timeout(limit, agent.wait_for_exit(pid));
+            match signals
+                .unless_interrupted(Interruption::Running { pid }, limited)
+                .await
+            {
+                Ok(Ok(finished)) => (finished?.status, false),
+                Ok(Err(_elapsed)) => {
+                    tracing::info!(pid, "--max-time passed: stopping the program");
+                    let stopped = agent.stop(pid, options.grace, group).await?;
+                    // One that ended by itself as the limit passed ran its course.
+                    (stopped.finished.status, stopped.asked)
+                }
+                Err(interrupted) => {
+                    let stopped = agent.stop(pid, options.grace, group).await?;
+                    agent.close().await;
+                    return Err(interrupted.with_hint(stopped_after_interruption(pid, &stopped)));
+                }
+            }
+        }
+    };
     agent.close().await;
-    RunResult::new(finished.status, encode).map(Answer::Run)
+    let output = match options.raw {
+        true => RunOutput::Raw { status, timed_out },
+        false => RunOutput::Json {
+            result: RunResult::new(status, options.encode)?,
+            timed_out,
+        },
+    };
+    Ok(Answer::Run(output))
+}
+
+/// What `guest-run`'s options ask beyond the program itself.
+struct RunOptions {
+    encode: bool,
+    raw: bool,
+    merge_output: bool,
+    max_time: Option<std::time::Duration>,
+    grace: std::time::Duration,
+}
+
+impl RunOptions {
+    fn of(args: &GuestRunArgs) -> RunOptions {
+        RunOptions {
+            encode: args.encode,
+            raw: args.raw,
+            merge_output: args.merge_output,
+            max_time: args.max_time,
+            grace: args.grace,
+        }
+    }
+}
+
+/// Starts the program through `setsid`, so that `--max-time` can stop
+/// what it starts too; where the guest has no `setsid`, starts it alone
+/// (nothing ran yet, so trying again is safe) and says that a stop then
+/// reaches the program but not its children. Returns the pid and whether
+/// it leads a group.
+async fn start_as_group_leader(
+    agent: &mut DomainAgent,
+    exec: GuestExec,
+    signals: &mut Signals,
+) -> Result<(i64, bool), CliError> {
+    let leader = exec.clone().as_group_leader();
+    match signals
+        .unless_interrupted(Interruption::Starting, agent.start(&leader))
+        .await?
+    {
+        Ok(started) => Ok((started.pid, true)),
+        Err(error) if error.kind() == ErrorKind::AgentCommand && error.to_string().contains("setsid") => {
+            tracing::warn!(
+                "the guest has no setsid: --max-time will stop the program but not what it starts"
+            );
+            let started = signals
+                .unless_interrupted(Interruption::Starting, agent.start(&exec))
+                .await??;
+            Ok((started.pid, false))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn stopped_after_interruption(pid: i64, stopped: &Stopped) -> String {
+    match (stopped.asked, stopped.killed) {
+        (false, _) => format!("the program (guest pid {pid}) had ended by itself; its result is lost"),
+        (true, false) => format!("the program (guest pid {pid}) was stopped with SIGTERM"),
+        (true, true) => {
+            format!("the program (guest pid {pid}) was stopped with SIGKILL after the grace period")
+        }
+    }
+}
+
+fn agent_too_old(version: &str, major: u32, minor: u32) -> CliError {
+    CliError::new(
+        ErrorKind::AgentCommand,
+        format!(
+            "--merge-output needs qemu-ga {major}.{minor} or newer (capture-output \"merged\"), and the agent \
+             is {version}; nothing was started"
+        ),
+    )
+    .with_hint("run without --merge-output (stdout and stderr come apart), or update qemu-ga in the guest")
 }
 
 /// SIGINT, SIGTERM and SIGHUP, caught so that an interrupted run can still

@@ -9,6 +9,8 @@ pub mod guest_info;
 pub mod guest_ping;
 pub mod guest_run;
 pub mod qmp;
+mod run_environment;
+pub mod run_output;
 
 use virtomate_protocol::ClientOptions;
 
@@ -23,8 +25,8 @@ pub struct Context {
 
 /// What a command prints on success.
 pub enum Answer {
-    /// A program's result (kept typed: its output may be 16 MiB).
-    Run(guest_run::RunResult),
+    /// A program's end (kept typed: its output may be 16 MiB).
+    Run(run_output::RunOutput),
     /// Any other JSON answer.
     Json(serde_json::Value),
     /// Nothing at all, as `guest-ping` on success.

@@ -88,6 +88,25 @@ pub struct GuestInfoReply {
     pub supported_commands: Vec<CommandInfo>,
 }
 
+impl GuestInfoReply {
+    /// Whether the agent is at least version `major.minor` (an unreadable
+    /// version counts as too old).
+    ///
+    /// ```
+    /// use virtomate_protocol::qga::GuestInfoReply;
+    ///
+    /// let info = GuestInfoReply { version: "7.2.22".into(), supported_commands: vec![] };
+    /// assert!(info.is_at_least(7, 2) && !info.is_at_least(8, 1));
+    /// ```
+    pub fn is_at_least(&self, major: u32, minor: u32) -> bool {
+        let mut parts = self.version.split('.').map(|part| part.parse::<u32>());
+        match (parts.next(), parts.next()) {
+            (Some(Ok(have_major)), Some(Ok(have_minor))) => (have_major, have_minor) >= (major, minor),
+            _ => false,
+        }
+    }
+}
+
 /// One entry of [`GuestInfoReply::supported_commands`].
 ///
 /// ```
@@ -133,18 +152,59 @@ pub struct GuestExec {
     /// Bytes fed to the program's standard input, which is then closed.
     #[serde(with = "base64_data", skip_serializing_if = "Option::is_none")]
     pub input_data: Option<Vec<u8>>,
-    /// Whether to collect standard output and standard error.
-    pub capture_output: bool,
+    /// Which output the agent collects.
+    pub capture_output: CaptureOutput,
+}
+
+/// Which output `guest-exec` collects.
+///
+/// ```
+/// use virtomate_protocol::qga::CaptureOutput;
+///
+/// // What every agent understands, and what a 7.2 agent insists on:
+/// assert_eq!(serde_json::to_string(&CaptureOutput::Separated).unwrap(), "true");
+/// // From QEMU 8.1 on: stdout and stderr in one stream, in the order written.
+/// assert_eq!(serde_json::to_string(&CaptureOutput::Merged).unwrap(), r#""merged""#);
+/// assert_eq!(CaptureOutput::Merged.needs_agent(), Some((8, 1)));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CaptureOutput {
+    /// Standard output and standard error, each on its own (`true`).
+    #[default]
+    Separated,
+    /// Both in one stream, `out-data` (`"merged"`; not on Windows).
+    Merged,
+}
+
+impl CaptureOutput {
+    /// The oldest agent that takes this mode, as `(major, minor)`; `None`
+    /// for one every agent takes.
+    pub fn needs_agent(self) -> Option<(u32, u32)> {
+        match self {
+            CaptureOutput::Separated => None,
+            CaptureOutput::Merged => Some((8, 1)),
+        }
+    }
+}
+
+impl Serialize for CaptureOutput {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            // A boolean, not "separated": agents before 8.1 refuse strings.
+            CaptureOutput::Separated => serializer.serialize_bool(true),
+            CaptureOutput::Merged => serializer.serialize_str("merged"),
+        }
+    }
 }
 
 impl GuestExec {
     /// A program with arguments whose output is captured.
     ///
     /// ```
-    /// use virtomate_protocol::qga::GuestExec;
+    /// use virtomate_protocol::qga::{CaptureOutput, GuestExec};
     ///
     /// let mut exec = GuestExec::new("ls", ["-l", "/tmp"]);
-    /// assert!(exec.capture_output);
+    /// assert_eq!(exec.capture_output, CaptureOutput::Separated);
     /// // `env` replaces the whole environment, so PATH must come along.
     /// exec.env = Some(vec!["PATH=/usr/bin:/bin".into(), "LC_ALL=C".into()]);
     /// ```
@@ -158,7 +218,7 @@ impl GuestExec {
             arg: args.into_iter().map(Into::into).collect(),
             env: None,
             input_data: None,
-            capture_output: true,
+            capture_output: CaptureOutput::Separated,
         }
     }
 
@@ -173,6 +233,28 @@ impl GuestExec {
     /// ```
     pub fn with_input(mut self, input: Vec<u8>) -> Self {
         self.input_data = Some(input);
+        self
+    }
+
+    /// Starts the program through `setsid`, so that it leads a process
+    /// group (and session) of its own, whose pid is the program's: the
+    /// agent starts programs in its own group, which a group kill would
+    /// hit. [`stop_group`](crate::stop_group) then stops the program and
+    /// everything it started. The guest needs `setsid` (util-linux or
+    /// busybox) in the program's `PATH`.
+    ///
+    /// ```
+    /// use virtomate_protocol::qga::GuestExec;
+    ///
+    /// let exec = GuestExec::new("sh", ["-c", "sleep 60 | cat"]).as_group_leader();
+    /// assert_eq!(exec.path, "setsid");
+    /// assert_eq!(exec.arg, ["sh", "-c", "sleep 60 | cat"]);
+    /// ```
+    pub fn as_group_leader(mut self) -> Self {
+        // setsid(1) forks only when called by a group leader, which the
+        // agent's child is not: it execs in place, keeping the pid.
+        self.arg
+            .insert(0, std::mem::replace(&mut self.path, "setsid".to_owned()));
         self
     }
 }

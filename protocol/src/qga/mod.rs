@@ -21,8 +21,8 @@ mod streamed_input;
 pub use client::QgaClient;
 pub(crate) use client::LONGEST_ID;
 pub use commands::{
-    CommandInfo, Empty, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply, GuestInfo,
-    GuestInfoReply, GuestPing, GuestSyncDelimited,
+    CaptureOutput, CommandInfo, Empty, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply,
+    GuestInfo, GuestInfoReply, GuestPing, GuestSyncDelimited,
 };
 pub(crate) use streamed_input::{guest_exec_request, OutgoingRequest};
 
