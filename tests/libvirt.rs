@@ -216,6 +216,26 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
         out.stderr
     );
 
+    // --max-time stops the program through libvirtd too, and what it started.
+    let out = run(
+        &[
+            "guest-run",
+            "--max-time",
+            "2",
+            &one,
+            "--",
+            "sh",
+            "-c",
+            "sleep 6077 | cat",
+        ],
+        None,
+    );
+    assert_eq!(out.status, 124, "{out:?}");
+    assert_eq!(out.json()["signal"], 15, "{out:?}");
+    let listing = run(&["guest-run", &one, "--", "ps"], None).json();
+    let processes = listing["stdout"].as_str().unwrap();
+    assert!(!processes.contains("sleep 6077"), "left running: {processes}");
+
     // The debugging commands work through libvirtd too.
     let out = run(&["guest-ping", &one], None);
     assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
