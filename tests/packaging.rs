@@ -68,19 +68,35 @@ fn shell(command: &mut Command) -> String {
 #[test]
 fn a_man_page_per_command_and_a_completion_per_shell() {
     let dir = generated();
-    let mut pages: Vec<String> = commands()
+    let commands = commands();
+    let pages = files(&dir.path().join("man"));
+    let mut expected: Vec<String> = commands
         .iter()
         .map(|command| format!("virtomate-{command}.1"))
         .collect();
-    pages.push("virtomate.1".to_owned());
-    pages.sort();
-    assert_eq!(files(&dir.path().join("man")), pages);
+    expected.push("virtomate.1".to_owned());
+    // Each command's page, and no other page but those of commands of
+    // commands, should one have some (`virtomate-COMMAND-SUB.1`).
+    let stray: Vec<&String> = pages
+        .iter()
+        .filter(|page| {
+            !expected.contains(page)
+                && !commands
+                    .iter()
+                    .any(|command| page.starts_with(&format!("virtomate-{command}-")))
+        })
+        .collect();
+    let missing: Vec<&String> = expected.iter().filter(|page| !pages.contains(page)).collect();
+    assert!(
+        stray.is_empty() && missing.is_empty(),
+        "pages {pages:?}: missing {missing:?}, not of a command {stray:?}"
+    );
     assert_eq!(
         files(&dir.path().join("completions")),
         ["_virtomate", "virtomate.bash", "virtomate.fish"]
     );
     // Each page carries what `--help` says of its command.
-    for command in commands() {
+    for command in commands {
         let page = dir.path().join(format!("man/virtomate-{command}.1"));
         let page = std::fs::read_to_string(&page).unwrap();
         let help = run(&[&command, "--help"], None);
