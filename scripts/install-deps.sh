@@ -5,7 +5,10 @@ set -euo pipefail
 
 # time: GNU time measures peak RSS in the tests and the benchmark.
 # python3: a second process that holds a socket in the socket-holder tests.
-packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time python3)
+# man-db, groff-base, bash, zsh, fish: the packaging tests render the man
+# pages and load the shell completions (tests/packaging.rs).
+packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time python3
+  man-db groff-base bash zsh fish)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -6,6 +6,8 @@ mod cli;
 mod commands;
 mod domain;
 mod error;
+#[cfg(feature = "generate")]
+mod generate;
 mod output;
 
 use std::io::{IsTerminal, Write};
@@ -21,6 +23,10 @@ use domain::Scope;
 use error::{CliError, ErrorJson, ErrorKind};
 
 fn main() -> ExitCode {
+    #[cfg(feature = "generate")]
+    if let Some(status) = generate::from_args() {
+        return status;
+    }
     let cli = Cli::parse();
     if let Some(level) = cli.log {
         init_logging(level);

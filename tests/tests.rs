@@ -16,5 +16,6 @@ mod doctor_channels;
 mod fake_agent;
 mod host_agent;
 mod libvirt;
+mod packaging;
 mod run_options;
 mod vm;
