@@ -13,8 +13,8 @@ use std::time::{Duration, Instant as StdInstant};
 
 use serde_json::{json, Value};
 use virtomate_protocol::libvirt::{
-    LibvirtClient, LibvirtMonitor, RemoteDomain, AGENT_RESPONSE_MAX, AGENT_TIMEOUT_DEFAULT,
-    ERR_AGENT_UNRESPONSIVE, ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_RPC, STRING_MAX,
+    LibvirtClient, LibvirtMonitor, RemoteDomain, AGENT_RESPONSE_MAX, ERR_AGENT_UNRESPONSIVE,
+    ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_RPC, STRING_MAX,
 };
 use virtomate_protocol::qmp::QueryStatus;
 use virtomate_protocol::{ClientOptions, Deadline, Error};
@@ -109,9 +109,14 @@ fn agent_json(reply: Option<String>) -> Value {
 }
 
 async fn agent(libvirt: &mut LibvirtClient, domain: &RemoteDomain, command: &Value) -> Result<Value, Error> {
+    // libvirtd's own wait for the agent, generous: a reply of megabytes
+    // crosses the TCG guest's virtio port at a few MB/s, slower on a busy
+    // machine, and libvirt's default (5 s) would then report an agent that
+    // does not respond instead of the size limit a test looks for.
+    const LIBVIRT_WAIT_SECONDS: i32 = 50;
     let deadline = Deadline::after(Duration::from_secs(60));
     libvirt
-        .agent_command(domain, &command.to_string(), AGENT_TIMEOUT_DEFAULT, deadline)
+        .agent_command(domain, &command.to_string(), LIBVIRT_WAIT_SECONDS, deadline)
         .await
         .map(agent_json)
 }
