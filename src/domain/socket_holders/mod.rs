@@ -166,9 +166,10 @@ fn accepted_in(
     diag: impl FnOnce() -> io::Result<Vec<Connected>>,
 ) -> io::Result<Result<Vec<Connected>, usize>> {
     let diag = diag();
+    // `@NAME`, an abstract socket, has no file: the table names it.
     let file = std::fs::metadata(path)
         .ok()
-        .filter(|meta| meta.file_type().is_socket());
+        .filter(|meta| meta.file_type().is_socket() && !crate::domain::is_abstract(path));
     if let (Ok(all), Some(file)) = (&diag, &file) {
         // Inode 0: still in the backlog, not accepted.
         let accepted = all
