@@ -18,4 +18,5 @@ mod host_agent;
 mod libvirt;
 mod packaging;
 mod run_options;
+mod sockets;
 mod vm;

@@ -149,7 +149,10 @@ impl Deadline {
     }
 }
 
-/// Connects to the UNIX socket at `path` by `deadline`.
+/// Connects to the UNIX socket at `path` by `deadline`. A path spelled
+/// `@NAME` is the abstract socket NAME (Linux), as `/proc/net/unix`, `ss`
+/// and QEMU's `-chardev socket,abstract=on,path=NAME` name it; a file whose
+/// name starts with `@` is reached as `./@NAME`.
 ///
 /// A listener whose queue of connections not yet accepted is full makes
 /// `connect` fail with `EAGAIN` at once (QEMU's chardev listens with a
@@ -162,7 +165,7 @@ pub(crate) async fn connect(path: &Path, deadline: Deadline) -> Result<UnixStrea
         .run(Phase::Connecting, async {
             let mut pause = Duration::from_millis(1);
             loop {
-                match UnixStream::connect(path).await {
+                match UnixStream::connect(unix_address(path)).await {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         tokio::time::sleep(pause).await;
                         pause = (pause * 2).min(LONGEST_PAUSE);
@@ -177,6 +180,20 @@ pub(crate) async fn connect(path: &Path, deadline: Deadline) -> Result<UnixStrea
             }
         })
         .await
+}
+
+/// `@NAME` as tokio spells an abstract address (`\0NAME`); anything else
+/// as is.
+fn unix_address(path: &Path) -> std::borrow::Cow<'_, Path> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    match path.as_os_str().as_bytes() {
+        [b'@', name @ ..] => {
+            let mut address = vec![0];
+            address.extend_from_slice(name);
+            std::borrow::Cow::Owned(std::ffi::OsString::from_vec(address).into())
+        }
+        _ => path.into(),
+    }
 }
 
 /// A stream that shows every chunk read from or written to it to a

@@ -258,10 +258,11 @@ fn how_found(found: &Domain) -> String {
 /// The channel every later step examines: the first one no other client
 /// holds, else the first one.
 fn socket(found: &Domain) -> Checked<&Channel> {
-    let Some(channel) = found
-        .agent_channels
-        .iter()
+    let usable = found.agent_channels.iter().filter(|c| c.is_usable());
+    let Some(channel) = usable
+        .clone()
         .find(|c| socket_holders::holders(&c.path).is_empty())
+        .or(usable.clone().next())
         .or(found.agent_channels.first())
     else {
         return fail(
@@ -269,8 +270,15 @@ fn socket(found: &Domain) -> Checked<&Channel> {
             "add a virtio serial port named org.qemu.guest_agent.0 backed by a UNIX socket",
         );
     };
+    if let Some((problem, hint)) = channel.unusable_problem(&found.described()) {
+        return fail(problem, hint);
+    }
     let path = channel.path.display();
     let port = channel.port_name.as_deref().unwrap_or("agent channel");
+    if domain::is_abstract(&channel.path) {
+        // No file to look at: connecting tells.
+        return Checked::Pass(format!("{port} at {path} (an abstract socket)"), channel);
+    }
     match std::fs::metadata(&channel.path) {
         Ok(meta) if meta.file_type().is_socket() => Checked::Pass(format!("{port} at {path}"), channel),
         Ok(_) => fail(
@@ -285,6 +293,9 @@ fn socket(found: &Domain) -> Checked<&Channel> {
 }
 
 fn permission(path: &Path) -> Checked<()> {
+    if domain::is_abstract(path) {
+        return Checked::Pass("an abstract socket has no file permissions".into(), ());
+    }
     match access(path, AccessFlags::R_OK | AccessFlags::W_OK) {
         Ok(()) => Checked::Pass("may read and write the socket".into(), ()),
         Err(e) => fail(
@@ -327,7 +338,7 @@ async fn connect(route: &Route, context: &Context) -> Checked<()> {
         Route::Direct(path) => path,
     };
     let timeout = context.options.handshake_timeout;
-    match tokio::time::timeout(timeout, UnixStream::connect(path)).await {
+    match tokio::time::timeout(timeout, UnixStream::connect(domain::unix_address(path))).await {
         // Dropped at once: connecting is all this step checks.
         Ok(Ok(_stream)) => Checked::Pass("connected".into(), ()),
         Ok(Err(e)) => fail(e.to_string(), "is the VM (or qemu-ga -m unix-listen) running?"),

@@ -234,7 +234,8 @@ fn agent_sockets_beside(monitor: &std::path::Path, scope: &Scope) -> Option<Stri
     let paths: Vec<String> = vm
         .agent_channels
         .iter()
-        .map(|c| c.path.display().to_string())
+        .filter(|c| c.unusable().is_none())
+        .filter_map(|c| c.shown_path())
         .collect();
     (!paths.is_empty()).then(|| paths.join(", "))
 }

@@ -24,7 +24,11 @@ struct ChannelEntry {
     /// Whether another client is connected, so that a new one would wait.
     held: bool,
     name: Option<String>,
-    path: String,
+    /// The socket: `@NAME` for an abstract one, as written for a relative
+    /// path that cannot be resolved, `null` for a channel that is no socket.
+    path: Option<String>,
+    /// Why virtomate cannot use the channel; `null` when it can.
+    unusable: Option<String>,
 }
 
 pub fn run(context: &Context) -> Result<Answer, CliError> {
@@ -36,9 +40,11 @@ pub fn run(context: &Context) -> Result<Answer, CliError> {
                 .into_iter()
                 .map(|channel| ChannelEntry {
                     guest_connected: channel.guest_connected,
-                    held: socket_holders::connected_clients(&channel.path).is_ok_and(|n| n > 0),
+                    held: channel.is_usable()
+                        && socket_holders::connected_clients(&channel.path).is_ok_and(|n| n > 0),
+                    path: channel.shown_path(),
+                    unusable: channel.unusable(),
                     name: channel.port_name,
-                    path: channel.path.display().to_string(),
                 })
                 .collect(),
             name: found.name,

@@ -154,11 +154,11 @@ pub fn parse_status(xml: &str) -> Result<LibvirtDomain, String> {
                 Some("disconnected") => Some(false),
                 _ => None,
             };
-            Some(Channel {
-                port_name: Some(port_name.to_owned()),
-                path: path.into(),
+            Some(Channel::socket(
+                Some(port_name.to_owned()),
+                path.into(),
                 guest_connected,
-            })
+            ))
         });
     let mut agent_channels: Vec<Channel> = agent_channels.collect();
     super::sort_by_port_number(&mut agent_channels);

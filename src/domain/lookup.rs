@@ -1,14 +1,14 @@
 //! Finding DOMAIN, and listing every running domain.
 //!
-//! In order: a socket path (anything with a `/`, or an existing socket in
-//! the current directory), then a libvirt domain (by name or UUID, from
+//! In order: a socket path (anything with a `/`, an existing socket in the
+//! current directory, or `@NAME` for an abstract socket), then a libvirt domain (by name or UUID, from
 //! libvirt's status files), then the `-name` (or `-uuid`) of a running bare
 //! QEMU process. `-c URI` limits the search to one libvirt daemon.
 
 use std::path::{Path, PathBuf};
 
 use super::libvirt::{self, LibvirtDirs, Lookup};
-use super::{is_socket, procfs, Channel, Domain, Source};
+use super::{is_abstract, is_socket, procfs, Channel, ChannelKind, Domain, Source};
 use crate::error::{CliError, ErrorKind};
 
 /// Where to look for domains.
@@ -88,9 +88,11 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
             pid: None,
             source: Source::Socket,
             agent_channels: vec![Channel {
-                port_name: None,
-                path: domain.into(),
-                guest_connected: None,
+                kind: match is_abstract(Path::new(domain)) {
+                    true => ChannelKind::Abstract,
+                    false => ChannelKind::Socket,
+                },
+                ..Channel::socket(None, domain.into(), None)
             }],
             qmp_sockets: Vec::new(),
             libvirt_daemon: None,
@@ -144,7 +146,11 @@ pub fn find(domain: &str, scope: &Scope) -> Result<Domain, CliError> {
                     let sockets: Vec<String> = d
                         .agent_channels
                         .iter()
-                        .map(|c| c.path.display().to_string())
+                        .map(|c| match (c.shown_path(), c.unusable()) {
+                            (Some(path), None) => path,
+                            (_, Some(why)) => why,
+                            (None, None) => String::new(),
+                        })
                         .collect();
                     match sockets.as_slice() {
                         [] => format!("pid {} has no agent channel", d.pid.unwrap_or_default()),
@@ -185,30 +191,49 @@ pub fn list(scope: &Scope) -> Vec<Domain> {
 }
 
 /// Named QEMU processes not started by libvirt, with socket paths made
-/// absolute against each process's working directory.
+/// absolute against each process's working directory. A `-daemonize`d
+/// QEMU has changed that to `/` after binding its sockets, so its relative
+/// paths name nothing we can find: its agent channels say so, and its
+/// relative QMP sockets are left out.
 fn qemu_domains(scope: &Scope) -> Vec<Domain> {
     procfs::qemu_processes(&scope.proc_root)
         .into_iter()
         .filter_map(|process| {
-            let absolute = |path: PathBuf| match &process.cwd {
-                Some(cwd) if path.is_relative() => cwd.join(path),
-                _ => path,
+            const DAEMONIZED: &str =
+                "QEMU was started with -daemonize and has left the directory it was started in";
+            const NO_CWD: &str = "the QEMU process's working directory (/proc/PID/cwd) cannot be read";
+            let cwd = match process.args.daemonize {
+                true => Err(DAEMONIZED),
+                false => process.cwd.clone().ok_or(NO_CWD),
+            };
+            let absolute = |path: PathBuf| match &cwd {
+                _ if path.is_absolute() => Ok(path),
+                Ok(cwd) => Ok(cwd.join(path)),
+                Err(why) => Err((path, *why)),
+            };
+            let channel = |channel: Channel| match channel.kind {
+                ChannelKind::Socket => match absolute(channel.path) {
+                    Ok(path) => Channel { path, ..channel },
+                    Err((path, why)) => Channel {
+                        path,
+                        kind: ChannelKind::UnresolvedRelative(why),
+                        ..channel
+                    },
+                },
+                _ => channel,
             };
             Some(Domain {
                 name: process.args.name?,
                 uuid: process.args.uuid,
                 pid: Some(process.pid),
                 source: Source::Qemu,
-                agent_channels: process
+                agent_channels: process.args.agent_channels.into_iter().map(channel).collect(),
+                qmp_sockets: process
                     .args
-                    .agent_channels
+                    .qmp_sockets
                     .into_iter()
-                    .map(|channel| Channel {
-                        path: absolute(channel.path),
-                        ..channel
-                    })
+                    .filter_map(|path| absolute(path).ok())
                     .collect(),
-                qmp_sockets: process.args.qmp_sockets.into_iter().map(absolute).collect(),
                 libvirt_daemon: None,
                 libvirt_state: None,
             })
@@ -229,8 +254,10 @@ fn from_libvirt(found: libvirt::LibvirtDomain, dirs: &LibvirtDirs) -> Domain {
     }
 }
 
+/// A path (with a `/`, or a socket in the current directory), or `@NAME`,
+/// an abstract socket.
 fn looks_like_socket_path(domain: &str) -> bool {
-    domain.contains('/') || is_socket(Path::new(domain))
+    domain.contains('/') || domain.starts_with('@') || is_socket(Path::new(domain))
 }
 
 #[cfg(test)]
@@ -280,6 +307,89 @@ mod tests {
         assert_eq!(domain.pid, Some(42));
         assert_eq!(domain.agent_channels[0].path, Path::new("/srv/vm/qga.sock"));
         assert_eq!(domain.qmp_sockets, [PathBuf::from("/srv/vm/qmp.sock")]);
+    }
+
+    /// A daemonized QEMU is in `/` now: `vm/qga.sock` is not `/vm/qga.sock`.
+    #[test]
+    fn relative_sockets_of_a_daemonized_qemu_are_not_guessed() {
+        let mut argv = VM.to_vec();
+        argv.push("-daemonize");
+        let proc_root = fake_proc(&[(42, &argv, "/")]);
+        let domain = find("web", &bare_qemu_only(proc_root.path())).unwrap();
+        let channel = &domain.agent_channels[0];
+        assert_eq!(channel.path, Path::new("vm/qga.sock"));
+        assert!(!channel.is_usable());
+        assert_eq!(
+            channel.unusable().unwrap(),
+            "the relative path vm/qga.sock cannot be resolved: QEMU was started with -daemonize and has left \
+             the directory it was started in"
+        );
+        assert_eq!(domain.qmp_sockets, Vec::<PathBuf>::new());
+        let err = domain.agent_route().unwrap_err();
+        assert_eq!(err.json_type(), "AgentUnavailable");
+        assert_eq!(
+            err.to_string(),
+            "the org.qemu.guest_agent.0 socket of QEMU process 42 ('web') is at the relative path vm/qga.sock, \
+             which cannot be resolved: QEMU was started with -daemonize and has left the directory it was \
+             started in; pass the socket's path as DOMAIN (vm/qga.sock in the directory QEMU was started in), \
+             or start QEMU with an absolute -chardev path"
+        );
+        // Ambiguous names list the problem instead of a path.
+        let proc_root = fake_proc(&[(42, &argv, "/"), (43, VM, "/b")]);
+        let err = find("web", &bare_qemu_only(proc_root.path())).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "pid 42: the relative path vm/qga.sock cannot be resolved: QEMU was started with \
+                            -daemonize and has left the directory it was started in; pid 43: /b/vm/qga.sock"
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_abstract_socket_is_reached_by_its_name() {
+        let argv = [
+            "qemu-system-x86_64",
+            "-name",
+            "web",
+            "-chardev",
+            "socket,abstract=on,path=web-qga,server=on,wait=off,id=qga0",
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ];
+        let proc_root = fake_proc(&[(42, &argv, "/srv")]);
+        let domain = find("web", &bare_qemu_only(proc_root.path())).unwrap();
+        assert_eq!(domain.agent_channels[0].shown_path().unwrap(), "@web-qga");
+        assert_eq!(domain.agent_route().unwrap(), Route::Direct("@web-qga".into()));
+        // As DOMAIN, too.
+        let domain = find("@web-qga", &bare_qemu_only(proc_root.path())).unwrap();
+        assert_eq!(domain.source, Source::Socket);
+        assert_eq!(domain.agent_channels[0].kind, ChannelKind::Abstract);
+    }
+
+    #[test]
+    fn a_pty_agent_channel_is_named_for_what_it_is() {
+        let argv = [
+            "qemu-system-x86_64",
+            "-name",
+            "web",
+            "-chardev",
+            "pty,id=qga0",
+            "-device",
+            "virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+        ];
+        let proc_root = fake_proc(&[(42, &argv, "/srv")]);
+        let domain = find("web", &bare_qemu_only(proc_root.path())).unwrap();
+        assert_eq!(domain.agent_channels[0].shown_path(), None);
+        let err = domain.agent_route().unwrap_err();
+        assert_eq!(err.json_type(), "AgentUnavailable");
+        assert!(
+            err.to_string().starts_with(
+                "the org.qemu.guest_agent.0 channel of QEMU process 42 ('web') is a pty chardev, which virtomate \
+                 cannot use; give it a UNIX socket"
+            ),
+            "{err}"
+        );
     }
 
     #[test]

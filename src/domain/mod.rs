@@ -4,8 +4,9 @@
 //!
 //! * this file: what a domain is ([`Domain`], its agent [`Channel`]s, how it
 //!   was found) and how its agent is reached ([`Route`]);
-//! * [`lookup`]: finding DOMAIN — a socket path (anything with a `/`, or an
-//!   existing socket in the current directory), then a libvirt domain (by
+//! * [`lookup`]: finding DOMAIN — a socket path (anything with a `/`, an
+//!   existing socket in the current directory, or `@NAME`, an abstract
+//!   socket), then a libvirt domain (by
 //!   name or UUID), then the `-name` of a running bare QEMU process — and
 //!   listing every running domain. `-c URI` ([`Scope`]) limits the search to
 //!   one libvirt daemon;
@@ -28,18 +29,114 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use crate::error::{CliError, ErrorKind};
 pub use lookup::{find, list, Scope};
 
-/// A UNIX socket channel to an agent.
+/// A channel to an agent: a UNIX socket, as a rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Channel {
     /// The virtio port name, e.g. `org.qemu.guest_agent.0`, where known.
     pub port_name: Option<String>,
+    /// The socket's path; `@NAME` for an abstract socket (as
+    /// `/proc/net/unix` and `ss` show it, and as the protocol crate
+    /// connects to it); as written on QEMU's command line for a relative
+    /// path that cannot be resolved; empty for a channel that is no socket.
     pub path: PathBuf,
+    pub kind: ChannelKind,
     /// Whether the guest has opened its end of the port, where the VM's
     /// manager records it (libvirt does, in the status file); `None`
     /// when unknown.
     pub guest_connected: Option<bool>,
+}
+
+/// What kind of channel a [`Channel`] is, and whether virtomate can use it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelKind {
+    /// A UNIX socket file.
+    Socket,
+    /// An abstract UNIX socket (`-chardev socket,abstract=on,path=NAME`),
+    /// which has no file.
+    Abstract,
+    /// A relative socket path whose directory is unknown: QEMU resolved it
+    /// against the directory it was started in, which it has left since
+    /// (`-daemonize` changes to `/`), or which we may not read.
+    UnresolvedRelative(&'static str),
+    /// A chardev that is no UNIX socket, by its backend: `pty`, `file`, a
+    /// TCP socket...
+    NotASocket(String),
+}
+
+impl Channel {
+    /// A UNIX socket file at `path`.
+    pub fn socket(port_name: Option<String>, path: PathBuf, guest_connected: Option<bool>) -> Channel {
+        Channel {
+            port_name,
+            path,
+            kind: ChannelKind::Socket,
+            guest_connected,
+        }
+    }
+
+    /// Whether virtomate can connect to it.
+    pub fn is_usable(&self) -> bool {
+        matches!(self.kind, ChannelKind::Socket | ChannelKind::Abstract)
+    }
+
+    /// The path as it is shown: `None` for a channel that is no socket.
+    pub fn shown_path(&self) -> Option<String> {
+        match self.kind {
+            ChannelKind::NotASocket(_) => None,
+            _ => Some(self.path.display().to_string()),
+        }
+    }
+
+    /// Why virtomate cannot use this channel, for `domain-list`; `None`
+    /// when it can.
+    pub fn unusable(&self) -> Option<String> {
+        match &self.kind {
+            ChannelKind::Socket | ChannelKind::Abstract => None,
+            ChannelKind::UnresolvedRelative(why) => Some(format!(
+                "the relative path {} cannot be resolved: {why}",
+                self.path.display()
+            )),
+            ChannelKind::NotASocket(backend) => Some(format!("a {backend} chardev, not a UNIX socket")),
+        }
+    }
+
+    /// The error for a channel virtomate cannot use, naming its `owner`
+    /// (see [`Domain::described`]); `None` when it can use it.
+    pub fn unusable_error(&self, owner: &str) -> Option<CliError> {
+        let (problem, hint) = self.unusable_problem(owner)?;
+        Some(CliError::new(ErrorKind::AgentUnavailable, problem).with_hint(hint))
+    }
+
+    /// What is wrong with a channel virtomate cannot use, and what to do.
+    pub fn unusable_problem(&self, owner: &str) -> Option<(String, String)> {
+        let port = self.port_name.as_deref().unwrap_or("agent channel");
+        match &self.kind {
+            ChannelKind::Socket | ChannelKind::Abstract => None,
+            ChannelKind::UnresolvedRelative(why) => Some((
+                format!(
+                    "the {port} socket of {owner} is at the relative path {}, which cannot be resolved: {why}",
+                    self.path.display()
+                ),
+                format!(
+                    "pass the socket's path as DOMAIN ({} in the directory QEMU was started in), or start QEMU \
+                     with an absolute -chardev path",
+                    self.path.display()
+                ),
+            )),
+            ChannelKind::NotASocket(backend) => Some((
+                format!("the {port} channel of {owner} is a {backend} chardev, which virtomate cannot use"),
+                match backend.as_str() {
+                    "pty" => "give it a UNIX socket: -chardev socket,path=PATH,server=on,wait=off,id=ID (QMP's \
+                              query-chardev names the pty's /dev/pts device, for other tools)",
+                    _ => "give it a UNIX socket: -chardev socket,path=PATH,server=on,wait=off,id=ID",
+                }
+                .to_owned(),
+            )),
+        }
+    }
 }
 
 /// How a domain was found.
@@ -95,4 +192,25 @@ fn sort_by_port_number(channels: &mut [Channel]) {
 
 fn is_socket(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_socket())
+}
+
+/// Whether `path` is spelled `@NAME`, an abstract socket's address.
+pub fn is_abstract(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    path.as_os_str().as_bytes().starts_with(b"@")
+}
+
+/// `path` as tokio's `UnixStream::connect` takes it: `@NAME` spelled
+/// `\0NAME`, Linux's abstract address. (The protocol crate's connect does
+/// the same, privately.)
+pub fn unix_address(path: &Path) -> PathBuf {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    match path.as_os_str().as_bytes() {
+        [b'@', name @ ..] => {
+            let mut address = vec![0];
+            address.extend_from_slice(name);
+            std::ffi::OsString::from_vec(address).into()
+        }
+        _ => path.to_owned(),
+    }
 }

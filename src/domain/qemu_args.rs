@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::Channel;
+use super::{Channel, ChannelKind};
 
 /// Prefix of the virtio port names the QEMU Guest Agent listens on.
 pub const AGENT_PORT_PREFIX: &str = "org.qemu.guest_agent.";
@@ -20,10 +20,24 @@ pub struct QemuArgs {
     /// The `-uuid`, if any.
     pub uuid: Option<String>,
     /// Agent channels, `org.qemu.guest_agent.0` first; paths as written
-    /// on the command line (may be relative).
+    /// on the command line (may be relative), `@NAME` for abstract sockets.
     pub agent_channels: Vec<Channel>,
     /// The QMP sockets (`-qmp unix:P`, or `-mon chardev=X,mode=control`).
     pub qmp_sockets: Vec<PathBuf>,
+    /// `-daemonize`: QEMU changed its working directory to `/` once set
+    /// up, after binding its sockets.
+    pub daemonize: bool,
+}
+
+/// What a `-chardev` is, as far as reaching an agent goes.
+#[derive(Debug, Clone)]
+enum Chardev {
+    /// A UNIX socket at this path.
+    Path(PathBuf),
+    /// An abstract UNIX socket of this name.
+    Abstract(String),
+    /// Anything else, by its backend (`pty`, `file`, `TCP socket`...).
+    Other(String),
 }
 
 impl QemuArgs {
@@ -34,9 +48,14 @@ impl QemuArgs {
         let mut ports = Vec::new();
         let mut qmp_sockets = Vec::new();
         let mut monitor_chardevs = Vec::new();
+        let mut daemonize = false;
         let mut args = argv.iter().skip(1);
         while let Some(arg) = args.next() {
             let option = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-'));
+            if option == Some("daemonize") {
+                daemonize = true;
+                continue;
+            }
             let (Some(option), Some(value)) = (option, args.clone().next()) else {
                 continue;
             };
@@ -44,8 +63,8 @@ impl QemuArgs {
                 "name" => name = opts_value(value, "guest", "guest"),
                 "uuid" => uuid = Some(value.clone()),
                 "chardev" => {
-                    if let Some((id, path)) = socket_chardev(value) {
-                        socket_chardevs.insert(id, path);
+                    if let Some((id, chardev)) = chardev(value) {
+                        socket_chardevs.insert(id, chardev);
                     }
                 }
                 "device" => ports.extend(agent_port(value)),
@@ -63,10 +82,15 @@ impl QemuArgs {
         let mut agent_channels: Vec<Channel> = ports
             .into_iter()
             .filter_map(|(chardev, port_name)| {
-                let path = socket_chardevs.get(&chardev)?.clone();
+                let (path, kind) = match socket_chardevs.get(&chardev)?.clone() {
+                    Chardev::Path(path) => (path, ChannelKind::Socket),
+                    Chardev::Abstract(name) => (format!("@{name}").into(), ChannelKind::Abstract),
+                    Chardev::Other(backend) => (PathBuf::new(), ChannelKind::NotASocket(backend)),
+                };
                 Some(Channel {
                     port_name: Some(port_name),
                     path,
+                    kind,
                     guest_connected: None,
                 })
             })
@@ -75,13 +99,17 @@ impl QemuArgs {
         qmp_sockets.extend(
             monitor_chardevs
                 .iter()
-                .filter_map(|id| socket_chardevs.get(id).cloned()),
+                .filter_map(|id| match socket_chardevs.get(id) {
+                    Some(Chardev::Path(path)) => Some(path.clone()),
+                    _ => None,
+                }),
         );
         QemuArgs {
             name,
             uuid,
             agent_channels,
             qmp_sockets,
+            daemonize,
         }
     }
 }
@@ -129,23 +157,47 @@ fn qmp_unix_path(value: &str) -> Option<PathBuf> {
     address.strip_prefix("unix:").map(PathBuf::from)
 }
 
-/// `socket,id=X,path=P,...` (or the JSON form of `chardev-add`) → (X, P).
-fn socket_chardev(value: &str) -> Option<(String, PathBuf)> {
+/// `socket,id=X,path=P,...` (or the JSON form of `chardev-add`) → (X,
+/// its socket); `abstract=on` makes P an abstract name; other backends
+/// (`pty,id=X`) and TCP sockets are told by name.
+fn chardev(value: &str) -> Option<(String, Chardev)> {
     if value.starts_with('{') {
         let json: serde_json::Value = serde_json::from_str(value).ok()?;
+        let id = json["id"].as_str()?.to_owned();
         let backend = &json["backend"];
-        if backend["type"] != "socket" {
-            return None;
+        let kind = backend["type"].as_str()?;
+        if kind != "socket" {
+            return Some((id, Chardev::Other(kind.to_owned())));
         }
         let addr = &backend["data"]["addr"];
-        let path = addr["data"]["path"].as_str().or(addr["path"].as_str())?;
-        return Some((json["id"].as_str()?.to_owned(), path.into()));
+        let data = if addr["data"].is_object() {
+            &addr["data"]
+        } else {
+            addr
+        };
+        let Some(path) = data["path"].as_str() else {
+            return Some((id, Chardev::Other("TCP socket".to_owned())));
+        };
+        let chardev = match data["abstract"].as_bool() {
+            Some(true) => Chardev::Abstract(path.to_owned()),
+            _ => Chardev::Path(path.into()),
+        };
+        return Some((id, chardev));
     }
     let opts: HashMap<String, String> = parse_opts(value, "backend").into_iter().collect();
-    if opts.get("backend").map(String::as_str) != Some("socket") {
-        return None;
+    let id = opts.get("id")?.clone();
+    let backend = opts.get("backend")?;
+    if backend != "socket" {
+        return Some((id, Chardev::Other(backend.clone())));
     }
-    Some((opts.get("id")?.clone(), opts.get("path")?.into()))
+    let Some(path) = opts.get("path") else {
+        return Some((id, Chardev::Other("TCP socket".to_owned())));
+    };
+    let chardev = match opts.get("abstract").map(String::as_str) {
+        Some("on" | "yes" | "true" | "y") => Chardev::Abstract(path.clone()),
+        _ => Chardev::Path(path.into()),
+    };
+    Some((id, chardev))
 }
 
 /// `virtserialport,chardev=X,name=org.qemu.guest_agent.N` (or JSON) →
@@ -178,11 +230,7 @@ mod tests {
     }
 
     fn channel(port: &str, path: &str) -> Channel {
-        Channel {
-            port_name: Some(port.into()),
-            path: path.into(),
-            guest_connected: None,
-        }
+        Channel::socket(Some(port.into()), path.into(), None)
     }
 
     #[test]
@@ -286,13 +334,9 @@ mod tests {
     }
 
     #[test]
-    fn other_ports_and_non_socket_chardevs_are_not_agents() {
+    fn other_ports_are_not_agents() {
         let args = parse(&[
             "qemu",
-            "-chardev",
-            "pty,id=p",
-            "-device",
-            "virtserialport,chardev=p,name=org.qemu.guest_agent.0",
             "-chardev",
             "socket,id=s,path=/s",
             "-device",
@@ -302,5 +346,52 @@ mod tests {
         ]);
         assert_eq!(args.agent_channels, vec![]);
         assert_eq!(args.name, None);
+        assert!(!args.daemonize);
+    }
+
+    /// Abstract sockets are `@NAME`; a pty or TCP chardev is a channel
+    /// too, one that virtomate cannot use, rather than no channel at all.
+    #[test]
+    fn abstract_pty_and_tcp_chardevs_are_told_apart() {
+        let args = parse(&[
+            "qemu",
+            "-daemonize",
+            "-chardev",
+            "socket,id=a,abstract=on,path=qga-abs,server=on,wait=off",
+            "-device",
+            "virtserialport,chardev=a,name=org.qemu.guest_agent.0",
+            "-chardev",
+            "pty,id=p",
+            "-device",
+            "virtserialport,chardev=p,name=org.qemu.guest_agent.1",
+            "-chardev",
+            "socket,id=t,host=127.0.0.1,port=4444,server=on",
+            "-device",
+            "virtserialport,chardev=t,name=org.qemu.guest_agent.2",
+            "-chardev",
+            r#"{"id":"j","backend":{"type":"socket","data":{"addr":{"type":"unix","data":{"path":"j-abs","abstract":true}},"server":true}}}"#,
+            "-device",
+            "virtserialport,chardev=j,name=org.qemu.guest_agent.3",
+            "-chardev",
+            r#"{"id":"q","backend":{"type":"pty","data":{}}}"#,
+            "-device",
+            "virtserialport,chardev=q,name=org.qemu.guest_agent.4",
+        ]);
+        assert!(args.daemonize);
+        let seen: Vec<(&str, ChannelKind)> = args
+            .agent_channels
+            .iter()
+            .map(|c| (c.path.to_str().unwrap(), c.kind.clone()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("@qga-abs", ChannelKind::Abstract),
+                ("", ChannelKind::NotASocket("pty".into())),
+                ("", ChannelKind::NotASocket("TCP socket".into())),
+                ("@j-abs", ChannelKind::Abstract),
+                ("", ChannelKind::NotASocket("pty".into())),
+            ]
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! error that names the holder.
 
 use super::socket_holders::{self, Holder};
-use super::{is_socket, Channel, Domain, Route, Source};
+use super::{is_socket, Channel, ChannelKind, Domain, Route, Source};
 use crate::error::{CliError, ErrorKind};
 
 /// The agent port that libvirtd connects to and keeps.
@@ -23,16 +23,42 @@ struct SeenChannel<'a> {
 impl Domain {
     /// How to reach the agent, looking at who holds each agent channel.
     pub fn agent_route(&self) -> Result<Route, CliError> {
+        // Never looked at: a relative path would be taken relative to our
+        // own directory.
+        if let Some(error) = self.unusable_channels_error() {
+            return Err(error);
+        }
         let seen: Vec<SeenChannel> = self
             .agent_channels
             .iter()
+            .filter(|channel| channel.is_usable())
             .map(|channel| SeenChannel {
                 channel,
                 holders: socket_holders::holders(&channel.path),
-                is_socket: is_socket(&channel.path),
+                // An abstract socket has no file to look at.
+                is_socket: channel.kind == ChannelKind::Abstract || is_socket(&channel.path),
             })
             .collect();
         self.choose_route(&seen)
+    }
+
+    /// When the domain has agent channels and virtomate can use none: why
+    /// not, for the first of them.
+    pub fn unusable_channels_error(&self) -> Option<CliError> {
+        if self.agent_channels.iter().any(Channel::is_usable) {
+            return None;
+        }
+        let first = self.agent_channels.first()?;
+        first.unusable_error(&self.described())
+    }
+
+    /// `QEMU process 42 ('web')`, `libvirt domain 'web'`.
+    pub fn described(&self) -> String {
+        match self.source {
+            Source::Libvirt => format!("libvirt domain '{}'", self.name),
+            Source::Qemu => format!("QEMU process {} ('{}')", self.pid.unwrap_or_default(), self.name),
+            Source::Socket => format!("'{}'", self.name),
+        }
     }
 
     /// In order of preference: a channel nobody else holds whose guest end
@@ -118,10 +144,12 @@ mod tests {
             source: Source::Libvirt,
             agent_channels: channels
                 .iter()
-                .map(|(port, guest_connected)| Channel {
-                    port_name: Some((*port).to_owned()),
-                    path: format!("/run/{port}.sock").into(),
-                    guest_connected: *guest_connected,
+                .map(|(port, guest_connected)| {
+                    Channel::socket(
+                        Some((*port).to_owned()),
+                        format!("/run/{port}.sock").into(),
+                        *guest_connected,
+                    )
                 })
                 .collect(),
             qmp_sockets: Vec::new(),

@@ -19,6 +19,8 @@ use super::wait_until;
 /// script does not end soon after the test (once its client has gone).
 pub struct FakeAgent {
     dir: TempDir,
+    /// `@NAME` for one listening on an abstract address.
+    address: Option<PathBuf>,
     /// Dropped when the test is over, which ends [`Conn::linger`].
     over: Option<Sender<()>>,
     /// Tells whether a client connected.
@@ -29,6 +31,25 @@ impl FakeAgent {
     pub fn serve(script: impl FnOnce(Conn) + Send + 'static) -> FakeAgent {
         let dir = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(dir.path().join("qga.sock")).unwrap();
+        FakeAgent::serve_on(listener, dir, None, script)
+    }
+
+    /// The same on the abstract address `name`; [`FakeAgent::socket`] is
+    /// then `@NAME`, as virtomate spells it.
+    pub fn serve_abstract(name: &str, script: impl FnOnce(Conn) + Send + 'static) -> FakeAgent {
+        use std::os::linux::net::SocketAddrExt;
+        let address = std::os::unix::net::SocketAddr::from_abstract_name(name).unwrap();
+        let listener = UnixListener::bind_addr(&address).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        FakeAgent::serve_on(listener, dir, Some(format!("@{name}").into()), script)
+    }
+
+    fn serve_on(
+        listener: UnixListener,
+        dir: TempDir,
+        address: Option<PathBuf>,
+        script: impl FnOnce(Conn) + Send + 'static,
+    ) -> FakeAgent {
         // Polled, so that an agent nobody connects to can still end.
         listener.set_nonblocking(true).unwrap();
         let (over, test_over) = mpsc::channel();
@@ -54,13 +75,17 @@ impl FakeAgent {
         });
         FakeAgent {
             dir,
+            address,
             over: Some(over),
             script: Some(script),
         }
     }
 
     pub fn socket(&self) -> PathBuf {
-        self.dir.path().join("qga.sock")
+        match &self.address {
+            Some(address) => address.clone(),
+            None => self.dir.path().join("qga.sock"),
+        }
     }
 }
 

@@ -10,6 +10,15 @@
 //!
 //! Two kernel interfaces are used, both readable without privileges:
 //!
+//! * `sock_diag` netlink (`NETLINK_SOCK_DIAG`, see sock_diag(7) and
+//!   `linux/unix_diag.h`) reports, for each connected socket, the inode of
+//!   its peer and (`UDIAG_SHOW_VFS`) the device and inode of the socket
+//!   file it is bound to. A connection the listener accepted shares its
+//!   listener's file, so the accepted connections of the socket at a path
+//!   are those whose file is the one `stat()` finds there, however the
+//!   listener spelled the path when it bound it. The peer of an accepted
+//!   connection is the client's socket, and the processes holding it have
+//!   a `/proc/PID/fd/*` link reading `socket:[INODE]`.
 //! * `/proc/net/unix` lists every UNIX socket of our network namespace.
 //!   The listener bound at a path shows that path with state `01`
 //!   (unconnected) and the `__SO_ACCEPTCON` flag; every connection it has
@@ -17,22 +26,22 @@
 //!   accepted socket shares its listener's address. A connection still
 //!   waiting in the backlog shows state `02` (connecting) and inode 0. The
 //!   client ends show no path at all, so this file tells how many clients
-//!   are connected but not who they are.
-//! * `sock_diag` netlink (`NETLINK_SOCK_DIAG`, see sock_diag(7) and
-//!   `linux/unix_diag.h`) reports, for each socket, the inode of its peer.
-//!   The peer of an accepted connection is the client's socket, and the
-//!   processes holding it have a `/proc/PID/fd/*` link reading
-//!   `socket:[INODE]`.
+//!   are connected but not who they are. It is the fallback where
+//!   sock_diag is unavailable, and the way to abstract sockets (`@NAME`),
+//!   which have no file.
 //!
-//! Limitation: `/proc/net/unix` shows the path exactly as it was passed to
-//! `bind()`, not as resolved by the kernel. A socket bound as `./qga.sock`
-//! shows as `./qga.sock`, whatever the binder's working directory was. We
-//! match the path as given, its canonical form, and any absolute path in the
-//! table that names the same file (same device and inode), which covers
-//! absolute binds through symlinks; a socket bound through a relative path
-//! is only found when given by that same relative spelling. Paths are also
-//! compared as strings, so the connections of an old listener whose file was
-//! since replaced by a new listener at the same path count for the new one.
+//! Limitation of the fallback: `/proc/net/unix` shows the path exactly as
+//! it was passed to `bind()`, not as resolved by the kernel. A socket bound
+//! as `./qga.sock` shows as `./qga.sock`, whatever the binder's working
+//! directory was. There we match the path as given, its canonical form, and
+//! any absolute path in the table that names the same file (same device and
+//! inode), which covers absolute binds through symlinks; a socket bound
+//! through a relative path is only found when given by that same relative
+//! spelling. Paths are also compared as strings there, so the connections
+//! of an old listener whose file was since replaced by a new listener at
+//! the same path count for the new one. Matching by file through sock_diag
+//! has neither problem; its one imprecision is the kernel's: it reports
+//! inode numbers cut to 32 bits.
 
 mod owners;
 mod sock_diag;
@@ -42,10 +51,11 @@ mod unix_table;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
+use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use owners::{command_of, socket_owners};
-use sock_diag::sock_diag_peers;
+use sock_diag::{sock_diag_connected, Connected};
 use unix_table::{accepted_connections, read_unix_table};
 
 /// A process holding a connection to the socket, as far as we could tell.
@@ -84,7 +94,7 @@ impl Holder {
 /// closed — our own included. Connections still waiting in the backlog are
 /// not counted: they are the ones that will not be served.
 pub fn connected_clients(path: &Path) -> io::Result<usize> {
-    connected_clients_in(path, Path::new("/proc"))
+    connected_clients_in(path, Path::new("/proc"), sock_diag_connected)
 }
 
 /// The processes holding connections to the listener at `path`, except our
@@ -96,7 +106,7 @@ pub fn connected_clients(path: &Path) -> io::Result<usize> {
 /// Empty when nothing is held, and also when `/proc` cannot be read: this
 /// is for explaining a failure, never a reason for one.
 pub fn holders(path: &Path) -> Vec<Holder> {
-    holders_in(path, Path::new("/proc"), std::process::id(), sock_diag_peers)
+    holders_in(path, Path::new("/proc"), std::process::id(), sock_diag_connected)
 }
 
 /// Whether libvirtd holds a socket with these `holders`: one of them is
@@ -135,37 +145,79 @@ pub fn describe(holders: &[Holder]) -> String {
     }
 }
 
-fn connected_clients_in(path: &Path, proc_root: &Path) -> io::Result<usize> {
-    let table = read_unix_table(proc_root)?;
-    Ok(accepted_connections(path, &table).len())
+fn connected_clients_in(
+    path: &Path,
+    proc_root: &Path,
+    diag: impl FnOnce() -> io::Result<Vec<Connected>>,
+) -> io::Result<usize> {
+    Ok(match accepted_in(path, proc_root, diag)? {
+        Ok(accepted) => accepted.len(),
+        Err(count) => count,
+    })
 }
 
-/// `peers_of` stands for sock_diag so that tests can do without it.
+/// The connections the listener at `path` has accepted: with their peers
+/// where sock_diag answers (`Ok`), else only how many (`Err`), from
+/// `/proc/net/unix`. `diag` stands for sock_diag so that tests can do
+/// without it.
+fn accepted_in(
+    path: &Path,
+    proc_root: &Path,
+    diag: impl FnOnce() -> io::Result<Vec<Connected>>,
+) -> io::Result<Result<Vec<Connected>, usize>> {
+    let diag = diag();
+    // `@NAME`, an abstract socket, has no file: the table names it.
+    let file = std::fs::metadata(path)
+        .ok()
+        .filter(|meta| meta.file_type().is_socket() && !crate::domain::is_abstract(path));
+    if let (Ok(all), Some(file)) = (&diag, &file) {
+        // Inode 0: still in the backlog, not accepted.
+        let accepted = all
+            .iter()
+            .filter(|c| c.inode != 0 && c.file.is_some_and(|f| f.is(file)))
+            .copied()
+            .collect();
+        return Ok(Ok(accepted));
+    }
+    let table = read_unix_table(proc_root)?;
+    let inodes = accepted_connections(path, &table);
+    Ok(match diag {
+        Ok(all) => {
+            let by_inode: HashMap<u64, Connected> = all.into_iter().map(|c| (c.inode, c)).collect();
+            // One missing from the dump was closed in between: no peer.
+            Ok(inodes
+                .into_iter()
+                .map(|inode| {
+                    by_inode.get(&inode).copied().unwrap_or(Connected {
+                        inode,
+                        ..Connected::default()
+                    })
+                })
+                .collect())
+        }
+        Err(_) => Err(inodes.len()),
+    })
+}
+
+/// `diag` stands for sock_diag so that tests can do without it.
 fn holders_in(
     path: &Path,
     proc_root: &Path,
     own_pid: u32,
-    peers_of: impl FnOnce() -> io::Result<HashMap<u64, u64>>,
+    diag: impl FnOnce() -> io::Result<Vec<Connected>>,
 ) -> Vec<Holder> {
-    let Ok(table) = read_unix_table(proc_root) else {
-        return Vec::new();
-    };
-    let accepted = accepted_connections(path, &table);
-    if accepted.is_empty() {
-        return Vec::new();
-    }
-    let peers = match peers_of() {
-        Ok(peers) => peers,
+    let accepted = match accepted_in(path, proc_root, diag) {
+        Ok(Ok(accepted)) => accepted,
         // Without sock_diag we know how many are connected but not who (nor
         // whether one of them is us).
-        Err(_) => return vec![Holder::UNKNOWN; accepted.len()],
+        Ok(Err(count)) => return vec![Holder::UNKNOWN; count],
+        Err(_) => return Vec::new(),
     };
-    // A server-side socket missing from the dump was closed in between; one
-    // without a peer (or with peer inode 0) lost its client, and the server
-    // has not noticed yet. Neither is held by anybody.
+    // A server-side socket whose peer inode is 0 lost its client, and the
+    // server has not noticed yet: it is held by nobody.
     let clients: Vec<u64> = accepted
         .iter()
-        .filter_map(|inode| peers.get(inode).copied())
+        .map(|c| c.peer)
         .filter(|&peer| peer != 0)
         .collect();
     let owners = socket_owners(proc_root, &clients.iter().copied().collect());
@@ -199,9 +251,21 @@ mod tests {
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
-    fn peers(pairs: &[(u64, u64)]) -> impl FnOnce() -> io::Result<HashMap<u64, u64>> {
-        let map: HashMap<u64, u64> = pairs.iter().copied().collect();
-        move || Ok(map)
+    /// sock_diag's answer: these connected sockets and their peers.
+    fn peers(pairs: &[(u64, u64)]) -> impl FnOnce() -> io::Result<Vec<Connected>> {
+        let all: Vec<Connected> = pairs
+            .iter()
+            .map(|&(inode, peer)| Connected {
+                inode,
+                peer,
+                file: None,
+            })
+            .collect();
+        move || Ok(all)
+    }
+
+    fn no_sock_diag() -> io::Result<Vec<Connected>> {
+        Err(io::Error::from_raw_os_error(nix::libc::EPROTONOSUPPORT))
     }
 
     fn held_by(pid: u32, command: &str) -> Holder {
@@ -227,20 +291,20 @@ mod tests {
     fn counts_only_accepted_connections_of_that_path() {
         let root = fake_proc(&lines(&libvirt_table()), &[]);
         assert_eq!(
-            connected_clients_in(Path::new("/run/qga.sock"), root.path()).unwrap(),
+            connected_clients_in(Path::new("/run/qga.sock"), root.path(), no_sock_diag).unwrap(),
             1
         );
         assert_eq!(
-            connected_clients_in(Path::new("/run/other.sock"), root.path()).unwrap(),
+            connected_clients_in(Path::new("/run/other.sock"), root.path(), no_sock_diag).unwrap(),
             1
         );
         assert_eq!(
-            connected_clients_in(Path::new("/run/none.sock"), root.path()).unwrap(),
+            connected_clients_in(Path::new("/run/none.sock"), root.path(), no_sock_diag).unwrap(),
             0
         );
         // The abstract socket `\0/run/qga.sock` is another socket.
         assert_eq!(
-            connected_clients_in(Path::new("@/run/qga.sock"), root.path()).unwrap(),
+            connected_clients_in(Path::new("@/run/qga.sock"), root.path(), no_sock_diag).unwrap(),
             0
         );
     }
@@ -253,27 +317,27 @@ mod tests {
         ];
         let root = fake_proc(&lines(&table), &[]);
         assert_eq!(
-            connected_clients_in(Path::new("/run/my vm/qga.sock"), root.path()).unwrap(),
+            connected_clients_in(Path::new("/run/my vm/qga.sock"), root.path(), no_sock_diag).unwrap(),
             1
         );
         assert_eq!(
-            connected_clients_in(Path::new("/run/my"), root.path()).unwrap(),
+            connected_clients_in(Path::new("/run/my"), root.path(), no_sock_diag).unwrap(),
             0
         );
     }
 
-    /// The limitation: the table shows the path as bound, so a socket bound
-    /// relatively is only found under that same spelling.
+    /// The fallback's limitation: the table shows the path as bound, so a
+    /// socket bound relatively is only found under that same spelling.
     #[test]
     fn relative_binds_match_only_as_spelled() {
         let table = [line(1, 10, "./qga.sock"), line(3, 11, "./qga.sock")];
         let root = fake_proc(&lines(&table), &[]);
         assert_eq!(
-            connected_clients_in(Path::new("./qga.sock"), root.path()).unwrap(),
+            connected_clients_in(Path::new("./qga.sock"), root.path(), no_sock_diag).unwrap(),
             1
         );
         assert_eq!(
-            connected_clients_in(Path::new("/run/vm/qga.sock"), root.path()).unwrap(),
+            connected_clients_in(Path::new("/run/vm/qga.sock"), root.path(), no_sock_diag).unwrap(),
             0
         );
     }
@@ -281,7 +345,7 @@ mod tests {
     #[test]
     fn no_table_is_an_error_for_counting_and_nobody_for_holders() {
         let root = tempfile::tempdir().unwrap();
-        assert!(connected_clients_in(Path::new("/run/qga.sock"), root.path()).is_err());
+        assert!(connected_clients_in(Path::new("/run/qga.sock"), root.path(), no_sock_diag).is_err());
         assert_eq!(
             holders_in(Path::new("/run/qga.sock"), root.path(), 1, peers(&[])),
             vec![]
@@ -316,7 +380,7 @@ mod tests {
         let found = holders_in(Path::new("/run/qga.sock"), root.path(), 500, peers(&[(101, 102)]));
         assert_eq!(found, vec![]);
         assert_eq!(
-            connected_clients_in(Path::new("/run/qga.sock"), root.path()).unwrap(),
+            connected_clients_in(Path::new("/run/qga.sock"), root.path(), no_sock_diag).unwrap(),
             1
         );
     }
@@ -374,8 +438,7 @@ mod tests {
         let mut table = libvirt_table();
         table.push(line(3, 103, "/run/qga.sock"));
         let root = fake_proc(&lines(&table), &[(500, "libvirtd", "libvirtd", &[102])]);
-        let no_netlink = || Err(io::Error::from_raw_os_error(nix::libc::EPROTONOSUPPORT));
-        let found = holders_in(Path::new("/run/qga.sock"), root.path(), 999, no_netlink);
+        let found = holders_in(Path::new("/run/qga.sock"), root.path(), 999, no_sock_diag);
         assert_eq!(found, vec![UNKNOWN, UNKNOWN]);
         assert_eq!(describe(&found), "held by 2 other clients");
     }
@@ -473,7 +536,7 @@ mod tests {
         let _from_client = accept(&listener, Some(&mut client));
         assert_eq!(connected_clients(&path).unwrap(), 1);
         let found = holders(&path);
-        match sock_diag_peers() {
+        match sock_diag_connected() {
             Ok(_) => {
                 assert_eq!(found.len(), 1, "{found:?}");
                 assert_eq!(found[0].pid, Some(client.0.id()));
@@ -490,7 +553,7 @@ mod tests {
         let _ours = UnixStream::connect(&path).unwrap();
         let _from_us = accept(&listener, None);
         assert_eq!(connected_clients(&path).unwrap(), 2);
-        if sock_diag_peers().is_ok() {
+        if sock_diag_connected().is_ok() {
             assert_eq!(holders(&path), found);
         }
 
@@ -498,11 +561,60 @@ mod tests {
         // not closed its end yet.
         drop(client);
         assert_eq!(connected_clients(&path).unwrap(), 2);
-        if sock_diag_peers().is_ok() {
+        if sock_diag_connected().is_ok() {
             assert_eq!(holders(&path), vec![]);
         }
         drop(_from_client);
         assert_eq!(connected_clients(&path).unwrap(), 1);
+    }
+
+    /// A listener in another process that binds `rel.sock` relative to
+    /// `dir`, accepts one connection and keeps it: as a QEMU started in
+    /// `dir` with `-chardev socket,path=rel.sock`.
+    fn relative_listener(dir: &Path) -> Client {
+        let script = "import os, socket, sys, time\n\
+                      os.chdir(sys.argv[1])\n\
+                      s = socket.socket(socket.AF_UNIX)\n\
+                      s.bind('rel.sock')\n\
+                      s.listen(1)\n\
+                      c, _ = s.accept()\n\
+                      time.sleep(60)\n";
+        let child = Command::new("python3")
+            .args(["-c", script])
+            .arg(dir)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("these tests need python3 for a listener in another process");
+        Client(child)
+    }
+
+    /// `/proc/net/unix` shows `rel.sock`, which names nothing here; the
+    /// socket's file does.
+    #[test]
+    fn names_the_client_of_a_socket_bound_through_a_relative_path() {
+        let _alone = real_sockets_to_ourselves();
+        if let Err(error) = sock_diag_connected() {
+            eprintln!("sock_diag unavailable ({error}): the fallback cannot do this");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rel.sock");
+        let _server = relative_listener(dir.path());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !path.exists() {
+            assert!(Instant::now() < deadline, "the listener never bound");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let client = Client::connect(&path);
+        while connected_clients(&path).unwrap() == 0 {
+            assert!(Instant::now() < deadline, "never seen as connected");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(connected_clients(&path).unwrap(), 1);
+        let found = holders(&path);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].pid, Some(client.0.id()));
+        assert!(describe(&found).starts_with("held by python"), "{found:?}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Asking the kernel for the peer of every connected UNIX socket, which
-//! leads from a connection the listener accepted to the client's socket.
+//! Asking the kernel about every connected UNIX socket: its peer, which
+//! leads from a connection the listener accepted to the client's socket,
+//! and the file it was reached through (`UNIX_DIAG_VFS`), which tells the
+//! connections of one listener apart whatever path it was bound by.
 //!
 //! The netlink messages are built and read by the rust-netlink crates
 //! (`netlink-packet-sock-diag` on `netlink-packet-core`, and `netlink-sys`
@@ -10,25 +12,73 @@
 //! within the noise (`hyperfine -N -w 10 -r 300`). Worth it for some 150
 //! fewer lines of byte offsets to keep right.
 
-use std::collections::HashMap;
 use std::io;
 
-use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
-use netlink_packet_sock_diag::constants::UDIAG_SHOW_PEER;
-use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest};
+use netlink_packet_core::{
+    Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
+};
+use netlink_packet_sock_diag::constants::{UDIAG_SHOW_PEER, UDIAG_SHOW_VFS};
+use netlink_packet_sock_diag::unix::nlas::Nla;
+use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest, UnixResponse};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
-/// The peer inode of every connected UNIX socket of our network namespace,
-/// keyed by the socket's own inode.
-pub(super) fn sock_diag_peers() -> io::Result<HashMap<u64, u64>> {
+/// What sock_diag tells of one connected UNIX socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(super) struct Connected {
+    /// The socket's own inode (in sockfs); 0 for a connection still
+    /// waiting in its listener's backlog, which no process holds yet.
+    pub inode: u64,
+    /// The peer's inode; 0 when the peer has gone.
+    pub peer: u64,
+    /// The socket file this socket is bound to: for an accepted connection
+    /// its listener's, which it shares.
+    pub file: Option<SocketFile>,
+}
+
+/// A socket file as `UNIX_DIAG_VFS` names it, in `stat()`'s terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct SocketFile {
+    /// The device, as `st_dev`.
+    pub dev: u64,
+    /// The inode number, cut to its low 32 bits (see [`SocketFile::is`]).
+    pub ino: u32,
+}
+
+impl SocketFile {
+    /// From `struct unix_diag_vfs`. The kernel fills `udiag_vfs_dev` with
+    /// the superblock's `s_dev`, a kernel-internal `dev_t`: major in the
+    /// top 12 bits, minor in the low 20 (`MAJOR()`/`MINOR()` in
+    /// `linux/kdev_t.h`). That is not `st_dev`, which `stat()` encodes
+    /// with `new_encode_dev` (glibc's `makedev`): 0:45 is `0x2d` there
+    /// and `0x2d` here too, but 8:1 is `0x801` there and `0x800001` here.
+    fn from_kernel(ino: u32, kernel_dev: u32) -> SocketFile {
+        let (major, minor) = (kernel_dev >> 20, kernel_dev & 0xf_ffff);
+        SocketFile {
+            dev: nix::libc::makedev(major, minor),
+            ino,
+        }
+    }
+
+    /// Whether this is the file `stat()` described. `udiag_vfs_ino` is a
+    /// `__u32`: the kernel cuts longer inode numbers to their low 32 bits,
+    /// so on file systems with 64-bit inode numbers two sockets of one
+    /// device may (rarely) compare equal.
+    pub fn is(&self, meta: &std::fs::Metadata) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        self.dev == meta.dev() && u64::from(self.ino) == meta.ino() & 0xffff_ffff
+    }
+}
+
+/// Every connected UNIX socket of our network namespace.
+pub(super) fn sock_diag_connected() -> io::Result<Vec<Connected>> {
     let socket = Socket::new(NETLINK_SOCK_DIAG)?;
     // Port 0 is the kernel. A fresh socket of our own receives nothing but
     // the answers to our one request, so their sequence numbers need no
     // checking.
     socket.connect(&SocketAddr::new(0, 0))?;
     socket.send(&dump_request(), 0)?;
-    let mut peers = HashMap::new();
+    let mut connected = Vec::new();
     // The kernel's dump datagrams are at most 32 KiB; a cut one would show
     // as a message running past the end, and fail to parse.
     let mut datagram = Vec::with_capacity(64 * 1024);
@@ -40,15 +90,15 @@ pub(super) fn sock_diag_peers() -> io::Result<HashMap<u64, u64>> {
                 "sock_diag: empty reply",
             ));
         }
-        if read_datagram(&datagram, &mut peers)? {
-            return Ok(peers);
+        if read_datagram(&datagram, &mut connected)? {
+            return Ok(connected);
         }
     }
 }
 
 /// A dump of every UNIX socket in `TCP_ESTABLISHED` (accepted connections
 /// among them; `udiag_states` counts in `TCP_*` states, not the `SS_*` of
-/// `/proc/net/unix`), each with the inode of its peer.
+/// `/proc/net/unix`), each with the inode of its peer and its file.
 fn dump_request() -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     // A dump of all sockets, not one looked up by inode (which would need
@@ -60,7 +110,7 @@ fn dump_request() -> Vec<u8> {
         SockDiagMessage::UnixRequest(UnixRequest {
             state_flags: StateFlags::ESTABLISHED,
             inode: 0,
-            show_flags: ShowFlags::from_bits_truncate(UDIAG_SHOW_PEER),
+            show_flags: ShowFlags::from_bits_truncate(UDIAG_SHOW_PEER | UDIAG_SHOW_VFS),
             cookie: [0; 8],
         })
         .into(),
@@ -71,9 +121,9 @@ fn dump_request() -> Vec<u8> {
     bytes
 }
 
-/// Reads one datagram of netlink messages into `peers`; true once the dump
-/// is done.
-fn read_datagram(mut data: &[u8], peers: &mut HashMap<u64, u64>) -> io::Result<bool> {
+/// Reads one datagram of netlink messages into `connected`; true once the
+/// dump is done.
+fn read_datagram(mut data: &[u8], connected: &mut Vec<Connected>) -> io::Result<bool> {
     while !data.is_empty() {
         let message = NetlinkMessage::<SockDiagMessage>::deserialize(data)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {e}")))?;
@@ -81,9 +131,11 @@ fn read_datagram(mut data: &[u8], peers: &mut HashMap<u64, u64>) -> io::Result<b
             NetlinkPayload::Done(_) => return Ok(true),
             NetlinkPayload::Error(error) => return Err(error.to_io()),
             NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(response)) => {
-                if let Some(peer) = response.peer() {
-                    peers.insert(u64::from(response.header.inode), u64::from(peer));
-                }
+                connected.push(Connected {
+                    inode: u64::from(response.header.inode),
+                    peer: response.peer().map_or(0, u64::from),
+                    file: socket_file(&response),
+                });
             }
             _ => {}
         }
@@ -94,6 +146,26 @@ fn read_datagram(mut data: &[u8], peers: &mut HashMap<u64, u64>) -> io::Result<b
     Ok(false)
 }
 
+/// The `UNIX_DIAG_VFS` attribute. netlink-packet-sock-diag 0.5 parses it
+/// into `Nla::Vfs` but keeps both fields private, without getters; it
+/// does implement `Emitable`, which writes back the kernel's
+/// `struct unix_diag_vfs` (`__u32 udiag_vfs_ino; __u32 udiag_vfs_dev;`,
+/// native endian), and that is read here.
+fn socket_file(response: &UnixResponse) -> Option<SocketFile> {
+    response.nlas.iter().find_map(|nla| match nla {
+        Nla::Vfs(vfs) if vfs.buffer_len() == 8 => {
+            let mut raw = [0u8; 8];
+            vfs.emit(&mut raw);
+            let (ino, dev) = raw.split_at(4);
+            Some(SocketFile::from_kernel(
+                u32::from_ne_bytes(ino.try_into().ok()?),
+                u32::from_ne_bytes(dev.try_into().ok()?),
+            ))
+        }
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +174,7 @@ mod tests {
     const NLMSG_DONE: u16 = 3;
     const SOCK_DIAG_BY_FAMILY: u16 = 20;
     const UNIX_DIAG_NAME: u16 = 0;
+    const UNIX_DIAG_VFS: u16 = 1;
     const UNIX_DIAG_PEER: u16 = 2;
 
     /// A netlink message as the kernel sends it: length, type, flags,
@@ -133,16 +206,24 @@ mod tests {
         payload
     }
 
+    fn connected(inode: u64, peer: u64, file: Option<SocketFile>) -> Connected {
+        Connected { inode, peer, file }
+    }
+
     /// Other attributes are skipped. (We do not ask for names; the kernel
     /// sends a path with its NUL, as the crate expects.)
     #[test]
-    fn reads_the_peers_of_every_message_in_a_datagram() {
+    fn reads_the_peer_and_file_of_every_message_in_a_datagram() {
+        // udiag_vfs_ino 77, udiag_vfs_dev 8:1 as the kernel encodes it.
+        let mut vfs = 77u32.to_ne_bytes().to_vec();
+        vfs.extend((8u32 << 20 | 1).to_ne_bytes());
         let mut datagram = nlmsg(
             SOCK_DIAG_BY_FAMILY,
             &diag_msg(
                 101,
                 &[
                     (UNIX_DIAG_NAME, b"/run/qga\0"),
+                    (UNIX_DIAG_VFS, &vfs),
                     (UNIX_DIAG_PEER, &102u32.to_ne_bytes()),
                 ],
             ),
@@ -156,24 +237,58 @@ mod tests {
             SOCK_DIAG_BY_FAMILY,
             &diag_msg(105, &[(UNIX_DIAG_PEER, &106u32.to_ne_bytes())]),
         ));
-        let mut peers = HashMap::new();
-        assert!(!read_datagram(&datagram, &mut peers).unwrap());
-        assert_eq!(peers, HashMap::from([(101, 102), (105, 106)]));
+        let mut found = Vec::new();
+        assert!(!read_datagram(&datagram, &mut found).unwrap());
+        let file = SocketFile {
+            dev: nix::libc::makedev(8, 1),
+            ino: 77,
+        };
+        assert_eq!(file.dev, 0x801, "st_dev's encoding");
+        assert_eq!(
+            found,
+            vec![
+                connected(101, 102, Some(file)),
+                connected(103, 0, None),
+                connected(105, 106, None)
+            ]
+        );
 
         let done = nlmsg(NLMSG_DONE, &0i32.to_ne_bytes());
-        assert!(read_datagram(&done, &mut peers).unwrap());
+        assert!(read_datagram(&done, &mut found).unwrap());
+    }
+
+    /// The kernel's encoding of a device number, checked against `stat()`
+    /// on a real socket.
+    #[test]
+    fn a_real_sockets_file_is_the_one_stat_describes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let _client = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let (_accepted, _) = listener.accept().unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let Ok(all) = sock_diag_connected() else {
+            eprintln!("sock_diag unavailable: nothing to check");
+            return;
+        };
+        let ours: Vec<&Connected> = all
+            .iter()
+            .filter(|c| c.file.is_some_and(|file| file.is(&meta)))
+            .collect();
+        assert_eq!(ours.len(), 1, "the accepted connection only: {all:?}");
+        assert_ne!(ours[0].peer, 0);
     }
 
     #[test]
     fn sock_diag_errors_and_garbage_are_errors() {
         let mut error = (-nix::libc::EINVAL).to_ne_bytes().to_vec();
         error.extend(dump_request());
-        let error = read_datagram(&nlmsg(NLMSG_ERROR, &error), &mut HashMap::new()).unwrap_err();
+        let error = read_datagram(&nlmsg(NLMSG_ERROR, &error), &mut Vec::new()).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(nix::libc::EINVAL));
 
         let mut cut = nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(101, &[]));
         cut.truncate(cut.len() - 4);
-        assert!(read_datagram(&cut, &mut HashMap::new()).is_err());
+        assert!(read_datagram(&cut, &mut Vec::new()).is_err());
     }
 
     #[test]
@@ -187,6 +302,6 @@ mod tests {
         assert_eq!(u16_at(6), 0x301); // NLM_F_REQUEST | NLM_F_DUMP
         assert_eq!(request[16], nix::libc::AF_UNIX as u8);
         assert_eq!(u32_at(20), 1 << 1); // TCP_ESTABLISHED
-        assert_eq!(u32_at(28), UDIAG_SHOW_PEER);
+        assert_eq!(u32_at(28), UDIAG_SHOW_PEER | UDIAG_SHOW_VFS);
     }
 }

@@ -93,6 +93,9 @@ pub(super) fn accepted_connections(path: &Path, table: &[UnixEntry]) -> Vec<u64>
 fn names_of(path: &Path, table: &[UnixEntry]) -> BTreeSet<Vec<u8>> {
     let mut names = BTreeSet::new();
     names.insert(path.as_os_str().as_bytes().to_vec());
+    if crate::domain::is_abstract(path) {
+        return names; // no file: `@NAME` is how the table shows it
+    }
     if let Ok(canonical) = fs::canonicalize(path) {
         names.insert(canonical.into_os_string().into_vec());
     }
