@@ -16,4 +16,5 @@ mod doctor_channels;
 mod fake_agent;
 mod host_agent;
 mod libvirt;
+mod parallel;
 mod vm;

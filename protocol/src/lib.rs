@@ -16,6 +16,10 @@
 //! - [`libvirt`]: libvirt's RPC, for domains whose channels libvirtd holds.
 //! - `agent`: the [`Agent`] trait over a direct channel and libvirtd, and
 //!   [`AnyAgent`].
+//! - `channel_lock`: [`ChannelLock`], taking turns on an agent socket with
+//!   the other processes of the host (a flock in `/run/virtomate`);
+//!   `channel`: [`Channel`], connected for an exchange when it needs to be
+//!   and let go between exchanges ([`wait_for_exit_on`], [`HoldPolicy`]).
 //! - `error`: [`Error`], one variant per situation a caller can act on.
 //!
 //! # Naming
@@ -29,6 +33,8 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod channel;
+mod channel_lock;
 mod command;
 mod connection;
 mod envelope;
@@ -42,6 +48,8 @@ mod trace;
 mod transport;
 
 pub use agent::{Agent, AnyAgent};
+pub use channel::{wait_for_exit_on, Channel, Connector, HoldPolicy, SocketConnector};
+pub use channel_lock::{ChannelLock, Turn};
 pub use command::Command;
 pub use connection::Connection;
 pub use envelope::MAX_REQUEST_LEN;

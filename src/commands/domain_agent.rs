@@ -5,17 +5,21 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::qga::{Command, GuestExec, GuestExecReply};
-use virtomate_protocol::{wait_for_exit, Agent, AnyAgent, ClientOptions, Finished, PollSchedule, QgaClient};
+use virtomate_protocol::{
+    wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule, SocketConnector,
+};
 
+use super::domain_connector::DomainConnector;
 use super::Context;
-use crate::domain::{self, Domain, Route, Scope};
+use crate::domain::{self, socket_holders, Domain, Route, Scope};
 use crate::error::{CliError, ErrorKind, Peer};
 
-/// The agent of a domain, synchronised and ready.
+/// The agent of a domain, synchronised and ready. Its channel is held for
+/// one exchange at a time where others may want it (see
+/// [`DomainAgent::wait_for_exit`]).
 pub struct DomainAgent {
-    agent: AnyAgent,
+    channel: Channel<DomainConnector>,
     socket: PathBuf,
 }
 
@@ -29,9 +33,43 @@ impl DomainAgent {
         scope: &Scope,
         options: ClientOptions,
     ) -> Result<DomainAgent, CliError> {
+        let mut agent = DomainAgent::open(domain, scope, options)?;
+        agent.connect_now(scope).await?;
+        Ok(agent)
+    }
+
+    /// The agent of `domain`, found and its route chosen, not connected
+    /// yet: `session` connects when the first request comes.
+    pub fn open(domain: &str, scope: &Scope, options: ClientOptions) -> Result<DomainAgent, CliError> {
         let found = domain::find(domain, scope)?;
         let route = found.agent_route()?;
-        DomainAgent::connect_to(&found, route, scope, options).await
+        Ok(DomainAgent::over(&found, route, options))
+    }
+
+    fn over(found: &Domain, route: Route, options: ClientOptions) -> DomainAgent {
+        let (connector, socket) = match route {
+            Route::Direct(socket) => {
+                tracing::debug!(socket = %socket.display(), source = ?found.source, "the agent of {}", found.name);
+                (
+                    DomainConnector::Direct(SocketConnector::new(&socket, options)),
+                    socket,
+                )
+            }
+            Route::Libvirt { socket, uri } => {
+                tracing::info!(socket = %socket.display(), "libvirtd holds the agent channel: going through libvirtd");
+                let connector = DomainConnector::Libvirt {
+                    socket: socket.clone(),
+                    uri,
+                    domain: found.name.clone(),
+                    options,
+                };
+                (connector, socket)
+            }
+        };
+        DomainAgent {
+            channel: Channel::new(connector),
+            socket,
+        }
     }
 
     /// Connects to the agent of `found` over `route`, as chosen by
@@ -42,44 +80,37 @@ impl DomainAgent {
         scope: &Scope,
         options: ClientOptions,
     ) -> Result<DomainAgent, CliError> {
-        match route {
-            Route::Direct(socket) => {
-                tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {}", found.name);
-                let client = QgaClient::connect(&socket, options).await.map_err(|e| {
-                    let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
-                    let error = CliError::from_agent(e, &socket);
-                    match monitor.then(|| agent_sockets_beside(&socket, scope)).flatten() {
-                        Some(agents) => error.with_hint(format!("the agent socket of that VM: {agents}")),
-                        None => error,
-                    }
-                })?;
-                Ok(DomainAgent {
-                    agent: AnyAgent::Direct(client),
-                    socket,
-                })
+        let mut agent = DomainAgent::over(found, route, options);
+        agent.connect_now(scope).await?;
+        Ok(agent)
+    }
+
+    /// Connects, if not connected; an error names the socket, and for a
+    /// QMP socket given by mistake, the agent sockets of its VM.
+    pub async fn connect_now(&mut self, scope: &Scope) -> Result<(), CliError> {
+        let result = self.channel.agent().await.map(|_| ());
+        result.map_err(|e| {
+            let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
+            let error = self.error(e);
+            match monitor
+                .then(|| agent_sockets_beside(&self.socket, scope))
+                .flatten()
+            {
+                Some(agents) => error.with_hint(format!("the agent socket of that VM: {agents}")),
+                None => error,
             }
-            Route::Libvirt { socket, uri } => {
-                tracing::info!(socket = %socket.display(), "libvirtd holds the agent channel: going through libvirtd");
-                let agent = LibvirtAgent::connect(&socket, uri, &found.name, &options)
-                    .await
-                    .map_err(|e| CliError::from_libvirtd(e, &socket, Peer::Agent))?;
-                Ok(DomainAgent {
-                    agent: AnyAgent::Libvirt(agent),
-                    socket,
-                })
-            }
-        }
+        })
     }
 
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, CliError> {
-        let result = self.agent.execute(command).await;
+        let result = self.channel.execute(command).await;
         result.map_err(|e| self.error(e))
     }
 
     /// Starts a program. On a direct channel its input is encoded while
     /// it is sent, so that a big input takes no second copy in memory.
     pub async fn start(&mut self, exec: &GuestExec) -> Result<GuestExecReply, CliError> {
-        let result = self.agent.guest_exec(exec).await;
+        let result = self.channel.guest_exec(exec).await;
         result.map_err(|e| self.error_while_starting(e))
     }
 
@@ -116,29 +147,39 @@ impl DomainAgent {
         arguments: Option<&Value>,
         without_reply: Option<Duration>,
     ) -> Result<Value, virtomate_protocol::Error> {
+        let agent = self.channel.agent().await?;
         match without_reply {
-            Some(grace) => self
-                .agent
+            Some(grace) => agent
                 .execute_without_reply(name, arguments, grace)
                 .await
                 .map(|()| Value::Null),
-            None => self.agent.execute_json(name, arguments).await,
+            None => agent.execute_json(name, arguments).await,
         }
     }
 
-    /// Ends the session (see [`AnyAgent::close`]).
-    pub async fn close(self) {
-        self.agent.close().await;
+    /// Ends the session: the connection closes (through libvirtd, as
+    /// libvirt's clients close it) and the channel is free.
+    pub async fn close(mut self) {
+        self.channel.release().await;
     }
 
-    /// Polls until the program `pid` has ended.
+    /// Polls until the program `pid` has ended, holding the channel while
+    /// the program is young and nobody else waits, and letting go of it
+    /// between later polls, so that other runs on the same VM go on in
+    /// the meantime (see [`HoldPolicy`]).
     pub async fn wait_for_exit(&mut self, pid: i64) -> Result<Finished, CliError> {
-        let result = wait_for_exit(&mut self.agent, pid, PollSchedule::default()).await;
+        let result = wait_for_exit_on(
+            &mut self.channel,
+            pid,
+            PollSchedule::default(),
+            HoldPolicy::default(),
+        )
+        .await;
         result.map_err(|e| self.error_while_running(e, pid))
     }
 
     fn through_libvirtd(&self) -> bool {
-        matches!(self.agent, AnyAgent::Libvirt(_))
+        matches!(self.channel.connector(), DomainConnector::Libvirt { .. })
     }
     /// Once the program runs, an agent that forgets it, or stops
     /// answering, has most likely restarted (or died) in the guest: say
@@ -153,14 +194,19 @@ impl DomainAgent {
             )
             .with_hint("it has probably restarted in the guest, and the program's result is lost")
             .with_source(error),
+            // Between polls the channel may have been let go of: a new
+            // connection that gets no answer is the same silent agent.
             AgentError::Timeout {
-                phase: Phase::Reply(ref command),
+                phase: ref phase @ (Phase::Reply(_) | Phase::Handshake),
                 after,
             } if !self.through_libvirtd() => CliError::new(
                 ErrorKind::AgentTimeout,
                 format!(
-                    "the agent on {shown} did not answer {command} within {} s while the program (guest pid \
-                     {pid}) ran",
+                    "the agent on {shown} did not answer {} within {} s while the program (guest pid {pid}) ran",
+                    match phase {
+                        Phase::Reply(command) => command.as_str(),
+                        _ => "guest-sync-delimited",
+                    },
                     after.as_secs_f64()
                 ),
             )
@@ -168,15 +214,40 @@ impl DomainAgent {
                 "it may have stopped or restarted in the guest, or the guest is very slow (raise --reply-timeout)",
             )
             .with_source(error),
+            AgentError::Disconnected if !self.through_libvirtd() => CliError::new(
+                ErrorKind::AgentDisconnected,
+                format!("the agent on {shown} closed the connection while the program (guest pid {pid}) ran"),
+            )
+            .with_hint("the VM may have stopped or its agent restarted; the program's result is lost")
+            .with_source(error),
             other => self.error(other),
         }
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
+        use virtomate_protocol::{Error as AgentError, Phase};
         if self.through_libvirtd() {
-            CliError::from_libvirtd(error, &self.socket, Peer::Agent)
+            return CliError::from_libvirtd(error, &self.socket, Peer::Agent);
+        }
+        // A channel that did not answer may be held by a client that does
+        // not take turns (socat, an old virtomate): name it.
+        let silent = matches!(
+            error,
+            AgentError::Timeout {
+                phase: Phase::Handshake | Phase::Connecting,
+                ..
+            }
+        );
+        let error = CliError::from_agent(error, &self.socket);
+        let holders = if silent {
+            socket_holders::holders(&self.socket)
         } else {
-            CliError::from_agent(error, &self.socket)
+            Vec::new()
+        };
+        if holders.is_empty() {
+            error
+        } else {
+            error.with_hint(format!("the channel is {}", socket_holders::describe(&holders)))
         }
     }
 

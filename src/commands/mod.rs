@@ -3,6 +3,7 @@
 
 pub mod doctor;
 mod domain_agent;
+mod domain_connector;
 pub mod domain_list;
 pub mod guest_cmd;
 pub mod guest_info;
