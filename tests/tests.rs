@@ -17,4 +17,5 @@ mod fake_agent;
 mod host_agent;
 mod libvirt;
 mod parallel;
+mod session;
 mod vm;

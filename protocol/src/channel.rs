@@ -224,6 +224,19 @@ impl<C: Connector> Channel<C> {
         &self.connector
     }
 
+    /// The connector back, for a channel not connected (see
+    /// [`release`](Self::release)): an open connection would be dropped
+    /// without the connector's `disconnect`.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
+    /// # let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+    /// let connector: SocketConnector = channel.into_connector();
+    /// ```
+    pub fn into_connector(self) -> C {
+        self.connector
+    }
+
     /// Whether a connection is open.
     ///
     /// ```no_run

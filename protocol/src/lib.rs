@@ -20,6 +20,8 @@
 //!   the other processes of the host (a flock in `/run/virtomate`);
 //!   `channel`: [`Channel`], connected for an exchange when it needs to be
 //!   and let go between exchanges ([`wait_for_exit_on`], [`HoldPolicy`]).
+//! - [`session`]: many requests (runs, pings) over one channel, programs
+//!   running side by side, for `virtomate session` and any Rust program.
 //! - `error`: [`Error`], one variant per situation a caller can act on.
 //!
 //! # Naming
@@ -44,6 +46,7 @@ pub mod framing;
 pub mod libvirt;
 pub mod qga;
 pub mod qmp;
+pub mod session;
 mod trace;
 mod transport;
 

@@ -10,17 +10,18 @@ use virtomate_protocol::{
     wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule, SocketConnector,
 };
 
+use super::agent_errors::AgentErrors;
 use super::domain_connector::DomainConnector;
 use super::Context;
-use crate::domain::{self, socket_holders, Domain, Route, Scope};
-use crate::error::{CliError, ErrorKind, Peer};
+use crate::domain::{self, Domain, Route, Scope};
+use crate::error::CliError;
 
 /// The agent of a domain, synchronised and ready. Its channel is held for
 /// one exchange at a time where others may want it (see
 /// [`DomainAgent::wait_for_exit`]).
 pub struct DomainAgent {
     channel: Channel<DomainConnector>,
-    socket: PathBuf,
+    errors: AgentErrors,
 }
 
 impl DomainAgent {
@@ -66,9 +67,13 @@ impl DomainAgent {
                 (connector, socket)
             }
         };
+        let through_libvirtd = matches!(connector, DomainConnector::Libvirt { .. });
         DomainAgent {
             channel: Channel::new(connector),
-            socket,
+            errors: AgentErrors {
+                socket,
+                through_libvirtd,
+            },
         }
     }
 
@@ -93,7 +98,7 @@ impl DomainAgent {
             let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
             let error = self.error(e);
             match monitor
-                .then(|| agent_sockets_beside(&self.socket, scope))
+                .then(|| agent_sockets_beside(&self.errors.socket, scope))
                 .flatten()
             {
                 Some(agents) => error.with_hint(format!("the agent socket of that VM: {agents}")),
@@ -111,31 +116,7 @@ impl DomainAgent {
     /// it is sent, so that a big input takes no second copy in memory.
     pub async fn start(&mut self, exec: &GuestExec) -> Result<GuestExecReply, CliError> {
         let result = self.channel.guest_exec(exec).await;
-        result.map_err(|e| self.error_while_starting(e))
-    }
-
-    /// The agent acts on a request once it has read all of it: a timeout
-    /// or a hang-up after that leaves the program perhaps started, under a
-    /// pid the agent never told. Say so, since running it again may run it
-    /// twice.
-    fn error_while_starting(&self, error: virtomate_protocol::Error) -> CliError {
-        use virtomate_protocol::{Error as AgentError, Phase};
-        let request_was_whole = matches!(
-            error,
-            AgentError::Timeout {
-                phase: Phase::Reply(_),
-                ..
-            } | AgentError::Disconnected
-        );
-        let error = self.error(error);
-        if request_was_whole {
-            error.with_hint(
-                "the request had reached the agent, so the program may have started in the guest, under a pid \
-                 the agent did not tell: check before running it again",
-            )
-        } else {
-            error
-        }
+        result.map_err(|e| self.errors.error_while_starting(e))
     }
 
     /// Any command by name. For the few that never reply on success,
@@ -175,91 +156,23 @@ impl DomainAgent {
             HoldPolicy::default(),
         )
         .await;
-        result.map_err(|e| self.error_while_running(e, pid))
-    }
-
-    fn through_libvirtd(&self) -> bool {
-        matches!(self.channel.connector(), DomainConnector::Libvirt { .. })
-    }
-    /// Once the program runs, an agent that forgets it, or stops
-    /// answering, has most likely restarted (or died) in the guest: say
-    /// so, and that the program may live on.
-    fn error_while_running(&self, error: virtomate_protocol::Error, pid: i64) -> CliError {
-        use virtomate_protocol::{Error as AgentError, Phase};
-        let shown = self.socket.display();
-        match error {
-            AgentError::Agent { ref desc, .. } => CliError::new(
-                ErrorKind::AgentDisconnected,
-                format!("the agent on {shown} no longer knows the program (guest pid {pid}): {desc}"),
-            )
-            .with_hint("it has probably restarted in the guest, and the program's result is lost")
-            .with_source(error),
-            // Between polls the channel may have been let go of: a new
-            // connection that gets no answer is the same silent agent.
-            AgentError::Timeout {
-                phase: ref phase @ (Phase::Reply(_) | Phase::Handshake),
-                after,
-            } if !self.through_libvirtd() => CliError::new(
-                ErrorKind::AgentTimeout,
-                format!(
-                    "the agent on {shown} did not answer {} within {} s while the program (guest pid {pid}) ran",
-                    match phase {
-                        Phase::Reply(command) => command.as_str(),
-                        _ => "guest-sync-delimited",
-                    },
-                    after.as_secs_f64()
-                ),
-            )
-            .with_hint(
-                "it may have stopped or restarted in the guest, or the guest is very slow (raise --reply-timeout)",
-            )
-            .with_source(error),
-            AgentError::Disconnected if !self.through_libvirtd() => CliError::new(
-                ErrorKind::AgentDisconnected,
-                format!("the agent on {shown} closed the connection while the program (guest pid {pid}) ran"),
-            )
-            .with_hint("the VM may have stopped or its agent restarted; the program's result is lost")
-            .with_source(error),
-            other => self.error(other),
-        }
+        result.map_err(|e| self.errors.error_while_running(e, pid))
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
-        use virtomate_protocol::{Error as AgentError, Phase};
-        if self.through_libvirtd() {
-            return CliError::from_libvirtd(error, &self.socket, Peer::Agent);
-        }
-        // A channel that did not answer may be held by a client that does
-        // not take turns (socat, an old virtomate): name it.
-        let silent = matches!(
-            error,
-            AgentError::Timeout {
-                phase: Phase::Handshake | Phase::Connecting,
-                ..
-            }
-        );
-        let error = CliError::from_agent(error, &self.socket);
-        let holders = if silent {
-            socket_holders::holders(&self.socket)
-        } else {
-            Vec::new()
-        };
-        if holders.is_empty() {
-            error
-        } else {
-            error.with_hint(format!("the channel is {}", socket_holders::describe(&holders)))
-        }
+        self.errors.error(error)
     }
 
     /// Like [`DomainAgent::error`], keeping the class of the agent's error reply,
     /// which the raw commands show.
     pub fn raw_error(&self, error: virtomate_protocol::Error) -> CliError {
-        match error {
-            refusal @ virtomate_protocol::Error::Agent { .. } => {
-                CliError::from_raw(refusal, &self.socket, Peer::Agent)
-            }
-            other => self.error(other),
-        }
+        self.errors.raw_error(error)
+    }
+
+    /// The connector and what names its errors, for `session`, which
+    /// drives the channel itself.
+    pub fn into_parts(self) -> (DomainConnector, AgentErrors) {
+        (self.channel.into_connector(), self.errors)
     }
 }
 

@@ -1,6 +1,7 @@
 //! One module per subcommand, and what they share: reaching the agent of
 //! a domain, and the answer to print.
 
+mod agent_errors;
 pub mod doctor;
 mod domain_agent;
 mod domain_connector;
@@ -10,6 +11,8 @@ pub mod guest_info;
 pub mod guest_ping;
 pub mod guest_run;
 pub mod qmp;
+pub mod session;
+mod signals;
 
 use virtomate_protocol::ClientOptions;
 
@@ -30,6 +33,9 @@ pub enum Answer {
     Json(serde_json::Value),
     /// Nothing at all, as `guest-ping` on success.
     Nothing,
+    /// Exit 1, all said already (`session`, interrupted, has printed a
+    /// reply for each request it leaves).
+    Failed,
     /// A diagnosis: a table on a terminal, JSON otherwise; exit 1 when a
     /// step failed.
     Report(doctor::Report),
