@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 scripts/build-test-vm.sh
 cargo bench --locked --bench guest_run
+cargo bench --locked --bench parallel
