@@ -19,6 +19,10 @@ use tokio::time::{sleep, Instant};
 use crate::qga::{Command, GuestExec, GuestExecReply, GuestExecStatus};
 use crate::{Agent, ChannelLock, ClientOptions, Deadline, Error, Finished, PollSchedule, QgaClient, Turn};
 
+/// How long a refused connection is tried again (see
+/// [`SocketConnector`]'s `connect`).
+const REFUSED_GRACE: Duration = Duration::from_secs(1);
+
 /// Where connections to an agent come from.
 ///
 /// ```
@@ -161,7 +165,22 @@ impl Connector for SocketConnector {
         if let Some(lock) = &self.lock {
             self.turn = Some(lock.acquire(deadline).await?);
         }
-        let connected = QgaClient::connect_by(&self.path, self.options.clone(), deadline).await;
+        // `qemu-ga -m unix-listen` stops listening while it serves a
+        // client and listens again once it has left; after a client killed
+        // mid-exchange, refused connections were seen for about 400 ms.
+        // A client taking its turn then is refused for a moment.
+        let refused_until = tokio::time::Instant::now() + REFUSED_GRACE;
+        let connected = loop {
+            match QgaClient::connect_by(&self.path, self.options.clone(), deadline).await {
+                Err(Error::Connect { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused
+                        && tokio::time::Instant::now() < refused_until.min(deadline.at()) =>
+                {
+                    sleep(Duration::from_millis(5)).await;
+                }
+                other => break other,
+            }
+        };
         if connected.is_err() {
             self.turn = None;
         }

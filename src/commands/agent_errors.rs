@@ -47,6 +47,14 @@ impl AgentErrors {
         use virtomate_protocol::{Error as AgentError, Phase};
         let shown = self.socket.display();
         match error {
+            // Let go of between polls, the channel's socket is gone: the
+            // VM stopped while the program ran.
+            AgentError::Connect { ref source, .. } if !self.through_libvirtd => CliError::new(
+                ErrorKind::AgentDisconnected,
+                format!("the agent socket {shown} went away while the program (guest pid {pid}) ran: {source}"),
+            )
+            .with_hint("the VM may have stopped; the program's result is lost")
+            .with_source(error),
             AgentError::Agent { ref desc, .. } => CliError::new(
                 ErrorKind::AgentDisconnected,
                 format!("the agent on {shown} no longer knows the program (guest pid {pid}): {desc}"),
