@@ -9,3 +9,4 @@ scripts/install-deps.sh
 scripts/build-test-vm.sh
 cargo bench --locked --bench guest_run
 cargo bench --locked --bench run_options
+cargo bench --locked --bench parallel

@@ -103,6 +103,16 @@ pub enum Command {
         request: Request,
     },
 
+    /// Serve requests given as JSON lines on stdin over one agent connection, replies as JSON lines on stdout
+    Session {
+        /// Let go of the agent connection after SECONDS without a request
+        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = seconds, allow_hyphen_values = true)]
+        idle: Duration,
+
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
     /// Show the agent's version and its commands, enabled or not
     GuestInfo {
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process

@@ -333,6 +333,10 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
             };
             CliError::new(ErrorKind::AgentTimeout, message).with_hint(hint)
         }
+        (AgentError::Busy { .. }, _) => CliError::new(ErrorKind::AgentTimeout, error.to_string()).with_hint(
+            "virtomate processes take turns on a channel one exchange at a time, and that one kept its turn; \
+             raise --timeout, or run fewer at once",
+        ),
         (AgentError::Disconnected, Peer::Agent) => CliError::new(
             ErrorKind::AgentDisconnected,
             format!("the agent on {shown} closed the connection"),

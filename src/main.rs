@@ -56,6 +56,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::GuestRun(args) => commands::guest_run::run(args, &context).await,
             Command::GuestPing { wait, domain } => commands::guest_ping::run(&domain, wait, &context).await,
+            Command::Session { idle, domain } => commands::session::run(&domain, idle, &context).await,
             Command::GuestInfo { domain } => commands::guest_info::run(&domain, &context).await,
             Command::DomainList => commands::domain_list::run(&context),
             Command::Doctor { domain } => Ok(commands::doctor::run(&domain, &context).await),
@@ -78,6 +79,10 @@ fn main() -> ExitCode {
         }
         Ok(Answer::Json(json)) => output::print_json(&json, cli.pretty),
         Ok(Answer::Nothing) => Ok(()),
+        Ok(Answer::Failed) => {
+            success = ExitCode::FAILURE;
+            Ok(())
+        }
         Ok(Answer::Report(report)) => {
             if !report.ok() {
                 success = ExitCode::FAILURE;

@@ -364,8 +364,14 @@ fn output_that_is_not_utf8_says_the_program_ran_and_how_it_ended() {
 }
 
 /// An agent whose program never ends.
-fn never_ending(mut conn: Conn) {
-    conn.start_program();
+/// A program that never ends, on every connection the run opens: it lets
+/// go of the channel between polls once the program is no longer young.
+fn never_ending(mut conn: Conn, connection: usize) {
+    if connection == 0 {
+        conn.start_program();
+    } else {
+        conn.sync();
+    }
     while let Some(request) = conn.next_request() {
         let reply = format!(
             "{{\"return\": {{\"exited\": false}}, \"id\": {}}}\n",
@@ -421,7 +427,7 @@ fn ended_by(child: std::process::Child, signal: nix::sys::signal::Signal) {
 
 #[test]
 fn sighup_ends_a_run_as_sigterm_does() {
-    let agent = FakeAgent::serve(never_ending);
+    let agent = FakeAgent::serve_each(never_ending);
     let child = spawn_ignoring(&agent, &[]);
     std::thread::sleep(Duration::from_millis(700));
     ended_by(child, nix::sys::signal::Signal::SIGHUP);
@@ -430,7 +436,7 @@ fn sighup_ends_a_run_as_sigterm_does() {
 #[test]
 fn a_signal_ignored_at_start_stays_ignored() {
     use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
-    let agent = FakeAgent::serve(never_ending);
+    let agent = FakeAgent::serve_each(never_ending);
     let mut child = spawn_ignoring(&agent, &[SIGINT, SIGHUP]);
     std::thread::sleep(Duration::from_millis(700));
     send(&child, SIGINT);

@@ -17,6 +17,8 @@ mod fake_agent;
 mod host_agent;
 mod libvirt;
 mod packaging;
+mod parallel;
 mod run_options;
+mod session;
 mod sockets;
 mod vm;

@@ -103,52 +103,6 @@ fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
 
 #[test]
 #[ignore = "needs the test VM"]
-fn two_runs_by_name_at_once_take_turns_and_keep_their_own_output() {
-    let vm = TestVm::boot("turns");
-    // Each program claims a file in the guest, sleeps, and checks that its
-    // claim still stands: had the two run at the same time, the later
-    // claim would overwrite the earlier one inside its sleep, and the
-    // earlier program would fail. (Writing first and checking after the
-    // sleep, unlike check-then-write, catches any overlap.)
-    let program = |word: &str| {
-        format!(
-            "echo {word} > /tmp/turn; sleep 1; \
-             [ \"$(cat /tmp/turn)\" = {word} ] || {{ echo \"overlapped by $(cat /tmp/turn)\" >&2; exit 1; }}; \
-             echo {word}"
-        )
-    };
-    let spawn = |word: &str| {
-        // A generous --timeout: the second run's wait for its turn counts
-        // against it, and a busy TCG guest may take long for the first.
-        support::virtomate()
-            .args(["--timeout", "60", "guest-run", &vm.name, "--", "sh", "-c"])
-            .arg(program(word))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let started = Instant::now();
-    let children = [("first", spawn("first")), ("second", spawn("second"))];
-    for (word, child) in children {
-        let out = child.wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(0), "{word}: {out:?}");
-        let json: serde_json::Value =
-            serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{word}: not JSON ({e}): {out:?}"));
-        assert_eq!(
-            (&json["exit_code"], &json["stdout"], &json["stderr"]),
-            (&json!(0), &json!(format!("{word}\n")), &json!(null)),
-            "{word}: {json}"
-        );
-    }
-    // Two programs of a second each, served one after the other. (Only a
-    // lower bound: an upper one would flake on a loaded machine.)
-    let took = started.elapsed();
-    assert!(took >= Duration::from_secs(2), "both done after {took:?}");
-}
-
-#[test]
-#[ignore = "needs the test VM"]
 fn an_agent_restarted_during_a_run_gives_a_clear_error_and_the_next_run_works() {
     let vm = TestVm::boot("restart");
     // In its own session, so that it outlives the agent it replaces: stop

@@ -49,6 +49,18 @@ pub enum Error {
         found: String,
     },
 
+    /// Another process kept its turn on the agent channel (see
+    /// [`ChannelLock`](crate::ChannelLock)) for all the time allowed.
+    #[error("the agent channel {} stayed busy for {:.1} s: held by {}", path.display(), waited.as_secs_f64(), holder.as_deref().unwrap_or("another process"))]
+    Busy {
+        /// The agent socket.
+        path: PathBuf,
+        /// How long it was waited for.
+        waited: Duration,
+        /// The process holding it, e.g. `virtomate (pid 1234)`, if known.
+        holder: Option<String>,
+    },
+
     /// The peer closed the connection.
     #[error("the agent closed the connection")]
     Disconnected,

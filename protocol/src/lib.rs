@@ -16,6 +16,12 @@
 //! - [`libvirt`]: libvirt's RPC, for domains whose channels libvirtd holds.
 //! - `agent`: the [`Agent`] trait over a direct channel and libvirtd, and
 //!   [`AnyAgent`].
+//! - `channel_lock`: [`ChannelLock`], taking turns on an agent socket with
+//!   the other processes of the host (a flock in `/run/virtomate`);
+//!   `channel`: [`Channel`], connected for an exchange when it needs to be
+//!   and let go between exchanges ([`wait_for_exit_on`], [`HoldPolicy`]).
+//! - [`session`]: many requests (runs, pings) over one channel, programs
+//!   running side by side, for `virtomate session` and any Rust program.
 //! - `error`: [`Error`], one variant per situation a caller can act on.
 //!
 //! # Naming
@@ -29,6 +35,8 @@
 #![warn(missing_docs)]
 
 mod agent;
+mod channel;
+mod channel_lock;
 mod command;
 mod connection;
 mod envelope;
@@ -38,10 +46,13 @@ pub mod framing;
 pub mod libvirt;
 pub mod qga;
 pub mod qmp;
+pub mod session;
 mod trace;
 mod transport;
 
 pub use agent::{Agent, AnyAgent};
+pub use channel::{wait_for_exit_on, Channel, Connector, HoldPolicy, SocketConnector};
+pub use channel_lock::{ChannelLock, Turn};
 pub use command::Command;
 pub use connection::Connection;
 pub use envelope::MAX_REQUEST_LEN;

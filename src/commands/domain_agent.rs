@@ -5,20 +5,24 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::qga::{Command, GuestExec, GuestExecReply};
 use virtomate_protocol::{
-    stop_group, wait_for_exit, Agent, AnyAgent, ClientOptions, Finished, PollSchedule, QgaClient, Stopped,
+    stop_group, wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule,
+    SocketConnector, Stopped,
 };
 
+use super::agent_errors::AgentErrors;
+use super::domain_connector::DomainConnector;
 use super::Context;
 use crate::domain::{self, run_state, Domain, Route, Scope, Source};
-use crate::error::{CliError, ErrorKind, Peer};
+use crate::error::{CliError, ErrorKind};
 
-/// The agent of a domain, synchronised and ready.
+/// The agent of a domain, synchronised and ready. Its channel is held for
+/// one exchange at a time where others may want it (see
+/// [`DomainAgent::wait_for_exit`]).
 pub struct DomainAgent {
-    agent: AnyAgent,
-    socket: PathBuf,
+    channel: Channel<DomainConnector>,
+    errors: AgentErrors,
     /// What was found, to ask QEMU why the agent went silent.
     found: Domain,
     scope: Scope,
@@ -35,9 +39,51 @@ impl DomainAgent {
         scope: &Scope,
         options: ClientOptions,
     ) -> Result<DomainAgent, CliError> {
+        let mut agent = DomainAgent::open(domain, scope, options)?;
+        agent.connect_now(scope).await?;
+        Ok(agent)
+    }
+
+    /// The agent of `domain`, found and its route chosen, not connected
+    /// yet: `session` connects when the first request comes.
+    pub fn open(domain: &str, scope: &Scope, options: ClientOptions) -> Result<DomainAgent, CliError> {
         let found = domain::find(domain, scope)?;
         let route = found.agent_route()?;
-        DomainAgent::connect_to(&found, route, scope, options).await
+        Ok(DomainAgent::over(&found, route, scope, options))
+    }
+
+    fn over(found: &Domain, route: Route, scope: &Scope, options: ClientOptions) -> DomainAgent {
+        let kept_options = options.clone();
+        let (connector, socket) = match route {
+            Route::Direct(socket) => {
+                tracing::debug!(socket = %socket.display(), source = ?found.source, "the agent of {}", found.name);
+                (
+                    DomainConnector::Direct(SocketConnector::new(&socket, options)),
+                    socket,
+                )
+            }
+            Route::Libvirt { socket, uri } => {
+                tracing::info!(socket = %socket.display(), "libvirtd holds the agent channel: going through libvirtd");
+                let connector = DomainConnector::Libvirt {
+                    socket: socket.clone(),
+                    uri,
+                    domain: found.name.clone(),
+                    options,
+                };
+                (connector, socket)
+            }
+        };
+        let through_libvirtd = matches!(connector, DomainConnector::Libvirt { .. });
+        DomainAgent {
+            channel: Channel::new(connector),
+            errors: AgentErrors {
+                socket,
+                through_libvirtd,
+            },
+            found: found.clone(),
+            scope: scope.clone(),
+            options: kept_options,
+        }
     }
 
     /// Connects to the agent of `found` over `route`, as chosen by
@@ -48,79 +94,38 @@ impl DomainAgent {
         scope: &Scope,
         options: ClientOptions,
     ) -> Result<DomainAgent, CliError> {
-        match route {
-            Route::Direct(socket) => {
-                tracing::debug!(socket = %socket.display(), source = ?found.source, "connecting to the agent of {}", found.name);
-                let client = match QgaClient::connect(&socket, options.clone()).await {
-                    Ok(client) => client,
-                    Err(e) => {
-                        let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
-                        let error = CliError::from_agent(e, &socket);
-                        if let Some(agents) = monitor.then(|| agent_sockets_beside(&socket, scope)).flatten()
-                        {
-                            return Err(error.with_hint(format!("the agent socket of that VM: {agents}")));
-                        }
-                        return Err(explain_silence(error, found, scope, &options).await);
-                    }
-                };
-                Ok(DomainAgent {
-                    agent: AnyAgent::Direct(client),
-                    socket,
-                    found: found.clone(),
-                    scope: scope.clone(),
-                    options,
-                })
-            }
-            Route::Libvirt { socket, uri } => {
-                tracing::info!(socket = %socket.display(), "libvirtd holds the agent channel: going through libvirtd");
-                let agent = LibvirtAgent::connect(&socket, uri, &found.name, &options)
-                    .await
-                    .map_err(|e| CliError::from_libvirtd(e, &socket, Peer::Agent))?;
-                Ok(DomainAgent {
-                    agent: AnyAgent::Libvirt(agent),
-                    socket,
-                    found: found.clone(),
-                    scope: scope.clone(),
-                    options,
-                })
-            }
+        let mut agent = DomainAgent::over(found, route, scope, options);
+        agent.connect_now(scope).await?;
+        Ok(agent)
+    }
+
+    /// Connects, if not connected; an error names the socket, and for a
+    /// QMP socket given by mistake, the agent sockets of its VM.
+    pub async fn connect_now(&mut self, scope: &Scope) -> Result<(), CliError> {
+        let Err(e) = self.channel.agent().await.map(|_| ()) else {
+            return Ok(());
+        };
+        let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
+        let error = self.error(e);
+        match monitor
+            .then(|| agent_sockets_beside(&self.errors.socket, scope))
+            .flatten()
+        {
+            Some(agents) => Err(error.with_hint(format!("the agent socket of that VM: {agents}"))),
+            None => Err(self.explain_silence(error).await),
         }
     }
 
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, CliError> {
-        let result = self.agent.execute(command).await;
+        let result = self.channel.execute(command).await;
         result.map_err(|e| self.error(e))
     }
 
     /// Starts a program. On a direct channel its input is encoded while
     /// it is sent, so that a big input takes no second copy in memory.
     pub async fn start(&mut self, exec: &GuestExec) -> Result<GuestExecReply, CliError> {
-        let result = self.agent.guest_exec(exec).await;
-        result.map_err(|e| self.error_while_starting(e))
-    }
-
-    /// The agent acts on a request once it has read all of it: a timeout
-    /// or a hang-up after that leaves the program perhaps started, under a
-    /// pid the agent never told. Say so, since running it again may run it
-    /// twice.
-    fn error_while_starting(&self, error: virtomate_protocol::Error) -> CliError {
-        use virtomate_protocol::{Error as AgentError, Phase};
-        let request_was_whole = matches!(
-            error,
-            AgentError::Timeout {
-                phase: Phase::Reply(_),
-                ..
-            } | AgentError::Disconnected
-        );
-        let error = self.error(error);
-        if request_was_whole {
-            error.with_hint(
-                "the request had reached the agent, so the program may have started in the guest, under a pid \
-                 the agent did not tell: check before running it again",
-            )
-        } else {
-            error
-        }
+        let result = self.channel.guest_exec(exec).await;
+        result.map_err(|e| self.errors.error_while_starting(e))
     }
 
     /// Any command by name. For the few that never reply on success,
@@ -132,28 +137,39 @@ impl DomainAgent {
         arguments: Option<&Value>,
         without_reply: Option<Duration>,
     ) -> Result<Value, virtomate_protocol::Error> {
+        let agent = self.channel.agent().await?;
         match without_reply {
-            Some(grace) => self
-                .agent
+            Some(grace) => agent
                 .execute_without_reply(name, arguments, grace)
                 .await
                 .map(|()| Value::Null),
-            None => self.agent.execute_json(name, arguments).await,
+            None => agent.execute_json(name, arguments).await,
         }
     }
 
-    /// Ends the session (see [`AnyAgent::close`]).
-    pub async fn close(self) {
-        self.agent.close().await;
+    /// Ends the session: the connection closes (through libvirtd, as
+    /// libvirt's clients close it) and the channel is free.
+    pub async fn close(mut self) {
+        self.channel.release().await;
     }
 
-    /// Polls until the program `pid` has ended.
+    /// Polls until the program `pid` has ended, holding the channel while
+    /// the program is young and nobody else waits, and letting go of it
+    /// between later polls, so that other runs on the same VM go on in
+    /// the meantime (see [`HoldPolicy`]).
     pub async fn wait_for_exit(&mut self, pid: i64) -> Result<Finished, CliError> {
-        match wait_for_exit(&mut self.agent, pid, PollSchedule::default()).await {
+        let result = wait_for_exit_on(
+            &mut self.channel,
+            pid,
+            PollSchedule::default(),
+            HoldPolicy::default(),
+        )
+        .await;
+        match result {
             Ok(finished) => Ok(finished),
             Err(e) => {
-                let error = self.error_while_running(e, pid);
-                Err(explain_silence(error, &self.found, &self.scope, &self.options).await)
+                let error = self.errors.error_while_running(e, pid);
+                Err(self.explain_silence(error).await)
             }
         }
     }
@@ -161,66 +177,50 @@ impl DomainAgent {
     /// Stops the program `pid` (and, with `group`, what it started):
     /// SIGTERM, then SIGKILL after `grace`; see [`stop_group`].
     pub async fn stop(&mut self, pid: i64, grace: Duration, group: bool) -> Result<Stopped, CliError> {
-        match stop_group(&mut self.agent, pid, grace, group).await {
-            Ok(stopped) => Ok(stopped),
-            Err(e) => Err(self.error_while_running(e, pid).with_hint(format!(
+        let stopped = match self.channel.agent().await {
+            Ok(agent) => stop_group(agent, pid, grace, group).await,
+            Err(e) => Err(e),
+        };
+        stopped.map_err(|e| {
+            self.errors.error_while_running(e, pid).with_hint(format!(
                 "virtomate could not stop the program: it may still be running in the guest as pid {pid}"
-            ))),
-        }
+            ))
+        })
     }
 
-    fn through_libvirtd(&self) -> bool {
-        matches!(self.agent, AnyAgent::Libvirt(_))
-    }
-    /// Once the program runs, an agent that forgets it, or stops
-    /// answering, has most likely restarted (or died) in the guest: say
-    /// so, and that the program may live on.
-    fn error_while_running(&self, error: virtomate_protocol::Error, pid: i64) -> CliError {
-        use virtomate_protocol::{Error as AgentError, Phase};
-        let shown = self.socket.display();
-        match error {
-            AgentError::Agent { ref desc, .. } => CliError::new(
-                ErrorKind::AgentDisconnected,
-                format!("the agent on {shown} no longer knows the program (guest pid {pid}): {desc}"),
-            )
-            .with_hint("it has probably restarted in the guest, and the program's result is lost")
-            .with_source(error),
-            AgentError::Timeout {
-                phase: Phase::Reply(ref command),
-                after,
-            } if !self.through_libvirtd() => CliError::new(
-                ErrorKind::AgentTimeout,
-                format!(
-                    "the agent on {shown} did not answer {command} within {} s while the program (guest pid \
-                     {pid}) ran",
-                    after.as_secs_f64()
-                ),
-            )
-            .with_hint(
-                "it may have stopped or restarted in the guest, or the guest is very slow (raise --reply-timeout)",
-            )
-            .with_source(error),
-            other => self.error(other),
+    /// An agent that does not answer in time may be in a VM that does not
+    /// run: QEMU (or libvirt's record) knows, and the advice is then QEMU's
+    /// state and what to do about it rather than to check the agent.
+    async fn explain_silence(&self, error: CliError) -> CliError {
+        if error.kind() != ErrorKind::AgentTimeout {
+            return error;
+        }
+        let Some(vm) = run_state::owner_of(&self.found, &self.scope) else {
+            return error;
+        };
+        match run_state::ask(&vm, &self.options).await {
+            Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
+                Some(advice) => error.with_hint_instead(advice),
+                None => error,
+            },
+            None => error,
         }
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
-        if self.through_libvirtd() {
-            CliError::from_libvirtd(error, &self.socket, Peer::Agent)
-        } else {
-            CliError::from_agent(error, &self.socket)
-        }
+        self.errors.error(error)
     }
 
     /// Like [`DomainAgent::error`], keeping the class of the agent's error reply,
     /// which the raw commands show.
     pub fn raw_error(&self, error: virtomate_protocol::Error) -> CliError {
-        match error {
-            refusal @ virtomate_protocol::Error::Agent { .. } => {
-                CliError::from_raw(refusal, &self.socket, Peer::Agent)
-            }
-            other => self.error(other),
-        }
+        self.errors.raw_error(error)
+    }
+
+    /// The connector and what names its errors, for `session`, which
+    /// drives the channel itself.
+    pub fn into_parts(self) -> (DomainConnector, AgentErrors) {
+        (self.channel.into_connector(), self.errors)
     }
 }
 
@@ -238,28 +238,4 @@ fn agent_sockets_beside(monitor: &std::path::Path, scope: &Scope) -> Option<Stri
         .filter_map(|c| c.shown_path())
         .collect();
     (!paths.is_empty()).then(|| paths.join(", "))
-}
-
-/// An agent that does not answer in time may be in a VM that does not run:
-/// QEMU (or libvirt's record) knows, and the advice is then QEMU's state
-/// and what to do about it rather than to check the agent.
-async fn explain_silence(
-    error: CliError,
-    found: &Domain,
-    scope: &Scope,
-    options: &ClientOptions,
-) -> CliError {
-    if error.kind() != ErrorKind::AgentTimeout {
-        return error;
-    }
-    let Some(vm) = run_state::owner_of(found, scope) else {
-        return error;
-    };
-    match run_state::ask(&vm, options).await {
-        Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
-            Some(advice) => error.with_hint_instead(advice),
-            None => error,
-        },
-        None => error,
-    }
 }

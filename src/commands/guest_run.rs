@@ -5,12 +5,12 @@ use std::io::Read;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use virtomate_protocol::qga::{CaptureOutput, GuestExec, GuestExecStatusReply, GuestInfo};
 use virtomate_protocol::{Stopped, MAX_REQUEST_LEN};
 
 use super::run_environment::environment;
 use super::run_output::RunOutput;
+use super::signals::Signals;
 use super::{Answer, Context, DomainAgent};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, ErrorKind, Interruption};
@@ -188,79 +188,6 @@ fn agent_too_old(version: &str, major: u32, minor: u32) -> CliError {
     .with_hint("run without --merge-output (stdout and stderr come apart), or update qemu-ga in the guest")
 }
 
-/// SIGINT, SIGTERM and SIGHUP, caught so that an interrupted run can still
-/// say what it leaves behind in the guest. A signal ignored when virtomate
-/// started (`nohup`, a background job of a non-interactive shell) stays
-/// ignored, as programs are expected to keep it.
-struct Signals {
-    interrupt: Option<Signal>,
-    terminate: Option<Signal>,
-    hangup: Option<Signal>,
-}
-
-impl Signals {
-    fn install() -> Result<Signals, CliError> {
-        let ignored = ignored_signals();
-        let catch = |kind: SignalKind| {
-            if ignores(ignored, kind) {
-                tracing::debug!(signal = kind.as_raw_value(), "ignored at start: left ignored");
-                return Ok(None);
-            }
-            signal(kind)
-                .map(Some)
-                .map_err(|e| CliError::io("cannot install a signal handler", e))
-        };
-        Ok(Signals {
-            interrupt: catch(SignalKind::interrupt())?,
-            terminate: catch(SignalKind::terminate())?,
-            hangup: catch(SignalKind::hangup())?,
-        })
-    }
-
-    /// Runs `work` unless a signal arrives first; then the error says
-    /// what `stage` the run was in.
-    async fn unless_interrupted<T>(
-        &mut self,
-        stage: Interruption,
-        work: impl std::future::Future<Output = T>,
-    ) -> Result<T, CliError> {
-        tokio::select! {
-            result = work => Ok(result),
-            _ = arrival(&mut self.interrupt) => Err(CliError::interrupted(stage)),
-            _ = arrival(&mut self.terminate) => Err(CliError::interrupted(stage)),
-            _ = arrival(&mut self.hangup) => Err(CliError::interrupted(stage)),
-        }
-    }
-}
-
-/// The next arrival of a caught signal; never, for one left ignored.
-async fn arrival(signal: &mut Option<Signal>) {
-    match signal {
-        Some(signal) => {
-            signal.recv().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
-/// The signals this process ignores, as a mask (bit N-1 for signal N).
-/// Read from `/proc/self/status` (`SigIgn`): asking `sigaction(2)` would
-/// need unsafe code, which this crate forbids. Unreadable, nothing counts
-/// as ignored, and every signal is caught.
-fn ignored_signals() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    sig_ign_mask(&status).unwrap_or(0)
-}
-
-fn ignores(mask: u64, kind: SignalKind) -> bool {
-    mask & (1 << (kind.as_raw_value() - 1)) != 0
-}
-
-fn sig_ign_mask(status: &str) -> Option<u64> {
-    let line = status.lines().find_map(|line| line.strip_prefix("SigIgn:"))?;
-    u64::from_str_radix(line.trim(), 16).ok()
-}
-
 fn read_stdin() -> Result<Vec<u8>, CliError> {
     let mut input = Vec::new();
     std::io::stdin()
@@ -292,7 +219,7 @@ impl RunResult {
     /// text, or with `encode` as Base64. Output that is not UTF-8 is an
     /// error that names every such stream; the result has a fixed shape
     /// (text or null), so the other stream, even if valid, is not shown.
-    fn new(status: GuestExecStatusReply, encode: bool) -> Result<RunResult, CliError> {
+    pub fn new(status: GuestExecStatusReply, encode: bool) -> Result<RunResult, CliError> {
         let stdout = stream_text(status.out_data, status.out_truncated, encode);
         let stderr = stream_text(status.err_data, status.err_truncated, encode);
         match (stdout, stderr) {
@@ -466,17 +393,5 @@ mod tests {
                 .contains("the program has run and was killed by signal 9;"),
             "{killed}"
         );
-    }
-
-    #[test]
-    fn ignored_signals_are_read_from_the_status_file() {
-        let status = "Name:\tvirtomate\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000001002\nSigCgt:\t0\n";
-        let mask = sig_ign_mask(status).unwrap();
-        assert_eq!(mask, 0x1002);
-        // SIGINT (2) ignored, SIGHUP (1) and SIGTERM (15) not.
-        assert!(ignores(mask, SignalKind::interrupt()));
-        assert!(!ignores(mask, SignalKind::hangup()));
-        assert!(!ignores(mask, SignalKind::terminate()));
-        assert_eq!(sig_ign_mask("Name:\tx\n"), None);
     }
 }

@@ -1,8 +1,10 @@
 //! One module per subcommand, and what they share: reaching the agent of
 //! a domain, and the answer to print.
 
+mod agent_errors;
 pub mod doctor;
 mod domain_agent;
+mod domain_connector;
 pub mod domain_list;
 pub mod guest_cmd;
 pub mod guest_info;
@@ -11,6 +13,8 @@ pub mod guest_run;
 pub mod qmp;
 mod run_environment;
 pub mod run_output;
+pub mod session;
+mod signals;
 
 use virtomate_protocol::ClientOptions;
 
@@ -31,6 +35,9 @@ pub enum Answer {
     Json(serde_json::Value),
     /// Nothing at all, as `guest-ping` on success.
     Nothing,
+    /// Exit 1, all said already (`session`, interrupted, has printed a
+    /// reply for each request it leaves).
+    Failed,
     /// A diagnosis: a table on a terminal, JSON otherwise; exit 1 when a
     /// step failed.
     Report(doctor::Report),

@@ -22,14 +22,33 @@ struct SeenChannel<'a> {
 
 impl Domain {
     /// How to reach the agent, looking at who holds each agent channel.
+    ///
+    /// virtomate processes hold a channel for one exchange at a time, a
+    /// few milliseconds: one may close its connection between the moment
+    /// it is seen and the moment its process is looked for, and then
+    /// passes for a client nobody can name. Such an unnamed holder is
+    /// looked at again a few times before it counts.
     pub fn agent_route(&self) -> Result<Route, CliError> {
         // Never looked at: a relative path would be taken relative to our
         // own directory.
         if let Some(error) = self.unusable_channels_error() {
             return Err(error);
         }
-        let seen: Vec<SeenChannel> = self
-            .agent_channels
+        const LOOKS: usize = 5;
+        const PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+        for _ in 1..LOOKS {
+            let seen = self.look();
+            let fleeting = seen.iter().flat_map(|s| &s.holders).any(|h| h.pid.is_none());
+            match self.choose_route(&seen) {
+                Err(_) if fleeting => std::thread::sleep(PAUSE),
+                chosen => return chosen,
+            }
+        }
+        self.choose_route(&self.look())
+    }
+
+    fn look(&self) -> Vec<SeenChannel<'_>> {
+        self.agent_channels
             .iter()
             .filter(|channel| channel.is_usable())
             .map(|channel| SeenChannel {
@@ -38,8 +57,7 @@ impl Domain {
                 // An abstract socket has no file to look at.
                 is_socket: channel.kind == ChannelKind::Abstract || is_socket(&channel.path),
             })
-            .collect();
-        self.choose_route(&seen)
+            .collect()
     }
 
     /// When the domain has agent channels and virtomate can use none: why

@@ -81,6 +81,44 @@ impl FakeAgent {
         }
     }
 
+    /// Like [`FakeAgent::serve`], but serving one connection after
+    /// another until the test is over, each with `script` and its number
+    /// (0 for the first): for clients that let go of the channel between
+    /// exchanges and connect again.
+    pub fn serve_each(mut script: impl FnMut(Conn, usize) + Send + 'static) -> FakeAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("qga.sock")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let (over, test_over) = mpsc::channel::<()>();
+        let script = std::thread::spawn(move || {
+            let mut served = 0;
+            loop {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        // linger() does not wait on these connections.
+                        let (_, conn_test_over) = mpsc::channel();
+                        script(Conn::new(stream, conn_test_over), served);
+                        served += 1;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        if test_over.try_recv() == Err(TryRecvError::Disconnected) {
+                            return served > 0;
+                        }
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(e) => panic!("the fake agent cannot accept: {e}"),
+                }
+            }
+        });
+        FakeAgent {
+            dir,
+            address: None,
+            over: Some(over),
+            script: Some(script),
+        }
+    }
+
     pub fn socket(&self) -> PathBuf {
         match &self.address {
             Some(address) => address.clone(),

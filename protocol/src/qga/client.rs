@@ -53,7 +53,17 @@ impl QgaClient<UnixStream> {
     /// ```
     pub async fn connect(path: impl AsRef<Path>, options: ClientOptions) -> Result<Self, Error> {
         let deadline = Deadline::after(options.handshake_timeout);
-        let stream = connect(path.as_ref(), deadline).await?;
+        QgaClient::connect_by(path.as_ref(), options, deadline).await
+    }
+
+    /// Connects and synchronises by `deadline`, which an earlier step
+    /// (waiting for the turn on the channel) may have started.
+    pub(crate) async fn connect_by(
+        path: &Path,
+        options: ClientOptions,
+        deadline: Deadline,
+    ) -> Result<Self, Error> {
+        let stream = connect(path, deadline).await?;
         let mut client = QgaClient::new(stream, options);
         client.sync_by(deadline).await?;
         Ok(client)

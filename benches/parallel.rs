@@ -1,0 +1,233 @@
+//! Many commands on one VM: through one `virtomate session` against fresh
+//! `guest-run` processes and an in-process loop on one held connection;
+//! concurrent runs; a quick run beside a long one; whole processes against
+//! fair in-process floors. Prints figures and ratios measured in this one
+//! run; asserts nothing about time.
+//!
+//! `cargo bench --bench parallel` (scripts/bench.sh runs it);
+//! `BENCH_RUNS` sets the commands per figure (default 100).
+
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use support::host_agent::HostAgent;
+use support::test_vm::TestVm;
+use virtomate_protocol::qga::GuestExec;
+use virtomate_protocol::{ClientOptions, PollSchedule, QgaClient};
+
+fn main() {
+    let runs: usize = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(100);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let vm = TestVm::boot("bench-parallel");
+    let host = HostAgent::start();
+    let socket = vm.socket();
+    println!("{runs} commands per figure; times in milliseconds");
+
+    // 1. Many quick commands.
+    let session = per_command(runs, || session_loop(&vm.name, runs));
+    let fresh = per_command(runs, || (0..runs).for_each(|_| cli_true(&vm.name)));
+    let held = per_command(runs, || fresh_runtime().block_on(held_loop(&socket, runs)));
+    println!();
+    println!("{runs} sequential /bin/true on the test VM, per command:");
+    println!("  one session          {:>8.2}", ms(session));
+    println!(
+        "  fresh guest-run      {:>8.2}   ({:.2}x the session; goal >= 3)",
+        ms(fresh),
+        ratio(fresh, session)
+    );
+    println!(
+        "  held connection loop {:>8.2}   (session is {:.2}x this; goal <= 1.2)",
+        ms(held),
+        ratio(session, held)
+    );
+
+    // 2. Concurrent long runs by name. (A pause first: right after the
+    // held loop closed its connection, the route choice has been seen to
+    // take the closing connection for an unknown holder.)
+    std::thread::sleep(Duration::from_millis(500));
+    let single = timed(|| wait_ok(spawn_cli(&vm.name, &["sleep", "3"])));
+    let eight = timed(|| {
+        let children: Vec<Child> = (0..8).map(|_| spawn_cli(&vm.name, &["sleep", "3"])).collect();
+        children.into_iter().for_each(wait_ok);
+    });
+    println!();
+    println!(
+        "guest-run VM -- sleep 3 by name: one alone {:.0}, 8 at once {:.0} in all ({:.2}x; goal <= 1.5)",
+        ms(single),
+        ms(eight),
+        ratio(eight, single)
+    );
+
+    // 3. Quick runs beside a long one.
+    let alone: Vec<Duration> = (0..20).map(|_| timed(|| cli_true(&vm.name))).collect();
+    let long = spawn_cli(&vm.name, &["sleep", "30"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let beside: Vec<Duration> = (0..20).map(|_| timed(|| cli_true(&vm.name))).collect();
+    wait_ok(long);
+    let (alone, beside) = (median(alone), median(beside));
+    let worst = beside.max(alone);
+    println!(
+        "20 quick runs: median alone {:.1}, beside a sleep 30 {:.1} ({:.2}x; goal <= 2; worst beside {:.1})",
+        ms(alone),
+        ms(beside),
+        ratio(beside, alone),
+        ms(worst)
+    );
+
+    // 4. Whole process against in-process floors.
+    let startup = median(
+        (0..20)
+            .map(|_| {
+                timed(|| {
+                    let status = support::virtomate()
+                        .arg("--version")
+                        .stdout(Stdio::null())
+                        .status()
+                        .unwrap();
+                    assert!(status.success());
+                })
+            })
+            .collect(),
+    );
+    println!();
+    println!("process start-up (virtomate --version): {:.2}", ms(startup));
+    for (label, socket) in [("host agent", host.socket()), ("test VM", vm.socket())] {
+        let cli = median(
+            (0..runs)
+                .map(|_| timed(|| cli_true(socket.to_str().unwrap())))
+                .collect(),
+        );
+        // Fresh connection each time, closed properly, the same schedule
+        // as the CLI, and as long between runs as a process takes to start.
+        let floor = median(
+            (0..runs)
+                .map(|_| {
+                    std::thread::sleep(startup);
+                    timed(|| runtime.block_on(fresh_connection(&socket)))
+                })
+                .collect(),
+        );
+        let (_, rss) =
+            support::run_measured(&["guest-run", socket.to_str().unwrap(), "--", "/bin/true"], None);
+        println!(
+            "{label:<10}: guest-run process {:.2}, fresh-connection floor {:.2} (+{:.2} start-up gap), ratio {:.2}; peak RSS {} KiB",
+            ms(cli), ms(floor), ms(startup), ratio(cli, floor), rss
+        );
+    }
+    println!("goals: host agent ratio <= 1.5, test VM ratio <= 1.3, RSS < 8192 KiB");
+}
+
+/// A runtime of its own, dropped with everything it still holds.
+fn fresh_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn per_command(runs: usize, work: impl FnOnce()) -> Duration {
+    timed(work) / runs as u32
+}
+
+fn timed(work: impl FnOnce()) -> Duration {
+    let started = Instant::now();
+    work();
+    started.elapsed()
+}
+
+fn spawn_cli(domain: &str, program: &[&str]) -> Child {
+    support::virtomate()
+        .args(["--timeout", "60", "guest-run", domain, "--"])
+        .args(program)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_ok(child: Child) {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"exit_code\":0"),
+        "{out:?}"
+    );
+}
+
+fn cli_true(domain: &str) {
+    wait_ok(spawn_cli(domain, &["/bin/true"]));
+}
+
+/// `runs` requests through one session, each sent once the last is answered.
+fn session_loop(domain: &str, runs: usize) {
+    let mut child = support::virtomate()
+        .args(["session", domain])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    for id in 0..runs {
+        writeln!(stdin, r#"{{"id": {id}, "run": ["/bin/true"]}}"#).unwrap();
+        stdin.flush().unwrap();
+        line.clear();
+        stdout.read_line(&mut line).unwrap();
+        assert!(line.contains("\"exit_code\":0"), "{line}");
+    }
+    drop(stdin);
+    assert!(child.wait().unwrap().success());
+}
+
+/// The same exchanges back to back on one connection, in this process.
+async fn held_loop(socket: &Path, runs: usize) {
+    let mut agent = QgaClient::connect(socket, ClientOptions::default())
+        .await
+        .unwrap();
+    for _ in 0..runs {
+        let pid = agent
+            .execute(&GuestExec::new("/bin/true", [""; 0]))
+            .await
+            .unwrap()
+            .pid;
+        agent.wait_for_exit(pid, PollSchedule::default()).await.unwrap();
+    }
+}
+
+async fn fresh_connection(socket: &Path) {
+    let mut agent = QgaClient::connect(socket, ClientOptions::default())
+        .await
+        .unwrap();
+    let pid = agent
+        .execute(&GuestExec::new("/bin/true", [""; 0]))
+        .await
+        .unwrap()
+        .pid;
+    agent.wait_for_exit(pid, PollSchedule::default()).await.unwrap();
+    drop(agent);
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64()
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}

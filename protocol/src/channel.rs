@@ -1,0 +1,418 @@
+//! A channel to an agent held for one exchange at a time: connected when an
+//! exchange needs it, let go between exchanges when others want it.
+//!
+//! An agent socket serves one client at a time. A client that holds it for
+//! a whole run makes every other client wait for as long as its program
+//! runs; one that connects afresh for every exchange pays the agent's
+//! wake-up each time (qemu-ga in a guest looks at its port every 100 ms
+//! once it has seen the host side closed). [`wait_for_exit_on`] does both
+//! in turn: it holds the channel while the program is young, when a poll
+//! soon after the last is likely to see it end, and lets go between later
+//! polls, or at once when another client waits ([`Connector::contended`]).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::time::{sleep, Instant};
+
+use crate::qga::{Command, GuestExec, GuestExecReply, GuestExecStatus};
+use crate::{Agent, ChannelLock, ClientOptions, Deadline, Error, Finished, PollSchedule, QgaClient, Turn};
+
+/// How long a refused connection is tried again (see
+/// [`SocketConnector`]'s `connect`).
+const REFUSED_GRACE: Duration = Duration::from_secs(1);
+
+/// Where connections to an agent come from.
+///
+/// ```
+/// use virtomate_protocol::{Connector, Error, QgaClient};
+///
+/// /// A connector that hands out one ready connection.
+/// struct Once(Option<QgaClient>);
+///
+/// impl Connector for Once {
+///     type Agent = QgaClient;
+///     async fn connect(&mut self) -> Result<QgaClient, Error> {
+///         self.0.take().ok_or(Error::Disconnected)
+///     }
+/// }
+/// ```
+pub trait Connector {
+    /// What the connections are.
+    type Agent: Agent;
+
+    /// Opens a synchronised connection, after taking the turn on the
+    /// channel where other clients share it.
+    fn connect(&mut self) -> impl Future<Output = Result<Self::Agent, Error>>;
+
+    /// Ends a connection, and the turn on the channel.
+    ///
+    /// ```
+    /// # use virtomate_protocol::{Connector, Error, QgaClient};
+    /// # struct Mine;
+    /// impl Connector for Mine {
+    ///     type Agent = QgaClient;
+    /// #   async fn connect(&mut self) -> Result<QgaClient, Error> { Err(Error::Disconnected) }
+    ///     async fn disconnect(&mut self, agent: QgaClient) {
+    ///         drop(agent); // what the default does
+    ///     }
+    /// }
+    /// ```
+    fn disconnect(&mut self, agent: Self::Agent) -> impl Future<Output = ()> {
+        async move { drop(agent) }
+    }
+
+    /// Whether another client waits for the channel, so that it should be
+    /// let go at the next pause.
+    ///
+    /// ```
+    /// # use virtomate_protocol::{Connector, Error, QgaClient};
+    /// # struct Polite;
+    /// # impl Connector for Polite {
+    /// #   type Agent = QgaClient;
+    /// #   async fn connect(&mut self) -> Result<QgaClient, Error> { Err(Error::Disconnected) }
+    /// # }
+    /// assert!(!Polite.contended()); // the default: nobody
+    /// ```
+    fn contended(&self) -> bool {
+        false
+    }
+
+    /// Whether a connection keeps every other client out of the channel,
+    /// as a direct one does; through libvirtd it does not, and is kept
+    /// between polls.
+    ///
+    /// ```
+    /// # use virtomate_protocol::{Connector, Error, QgaClient};
+    /// # struct Direct;
+    /// # impl Connector for Direct {
+    /// #   type Agent = QgaClient;
+    /// #   async fn connect(&mut self) -> Result<QgaClient, Error> { Err(Error::Disconnected) }
+    /// # }
+    /// assert!(Direct.exclusive()); // the default
+    /// ```
+    fn exclusive(&self) -> bool {
+        true
+    }
+}
+
+/// Connections straight to an agent's socket, taking turns with the
+/// other processes of this host through a [`ChannelLock`] (where there is
+/// a safe place for one: see [`ChannelLock::for_socket`]).
+///
+/// ```no_run
+/// use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
+/// use virtomate_protocol::qga::GuestPing;
+///
+/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+/// let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+/// channel.execute(&GuestPing {}).await?;
+/// channel.release().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct SocketConnector {
+    path: PathBuf,
+    options: ClientOptions,
+    lock: Option<ChannelLock>,
+    turn: Option<Turn>,
+}
+
+impl SocketConnector {
+    /// Connections to the socket at `path`. Without a lock (no safe
+    /// directory for it, the socket missing), connecting still works; the
+    /// kernel then queues a client behind the one holding the channel.
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::{ClientOptions, SocketConnector};
+    ///
+    /// let connector = SocketConnector::new("/run/vm/qga.sock", ClientOptions::default());
+    /// assert!(connector.lock().is_some());
+    /// ```
+    pub fn new(path: impl Into<PathBuf>, options: ClientOptions) -> SocketConnector {
+        let path = path.into();
+        let lock = ChannelLock::for_socket(&path)
+            .inspect_err(|error| tracing::debug!(%error, "no channel lock: connecting without one"))
+            .ok();
+        SocketConnector {
+            path,
+            options,
+            lock,
+            turn: None,
+        }
+    }
+
+    /// The lock it takes turns by, if there is one.
+    ///
+    /// ```no_run
+    /// # let connector = virtomate_protocol::SocketConnector::new("/run/vm/qga.sock", Default::default());
+    /// if let Some(lock) = connector.lock() {
+    ///     println!("lock file {}", lock.path().display());
+    /// }
+    /// ```
+    pub fn lock(&self) -> Option<&ChannelLock> {
+        self.lock.as_ref()
+    }
+}
+
+impl Connector for SocketConnector {
+    type Agent = QgaClient;
+
+    async fn connect(&mut self) -> Result<QgaClient, Error> {
+        // Waiting for the turn and connecting share the handshake's time.
+        let deadline = Deadline::after(self.options.handshake_timeout);
+        if let Some(lock) = &self.lock {
+            self.turn = Some(lock.acquire(deadline).await?);
+        }
+        // `qemu-ga -m unix-listen` stops listening while it serves a
+        // client and listens again once it has left; after a client killed
+        // mid-exchange, refused connections were seen for about 400 ms.
+        // A client taking its turn then is refused for a moment.
+        let refused_until = tokio::time::Instant::now() + REFUSED_GRACE;
+        let connected = loop {
+            match QgaClient::connect_by(&self.path, self.options.clone(), deadline).await {
+                Err(Error::Connect { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionRefused
+                        && tokio::time::Instant::now() < refused_until.min(deadline.at()) =>
+                {
+                    sleep(Duration::from_millis(5)).await;
+                }
+                other => break other,
+            }
+        };
+        if connected.is_err() {
+            self.turn = None;
+        }
+        connected
+    }
+
+    async fn disconnect(&mut self, agent: QgaClient) {
+        // The socket closes before the next client may take its turn.
+        drop(agent);
+        self.turn = None;
+    }
+
+    fn contended(&self) -> bool {
+        self.lock.as_ref().is_some_and(ChannelLock::contended)
+    }
+}
+
+/// A channel to an agent, connected for an exchange when it needs to be.
+///
+/// ```no_run
+/// use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
+/// use virtomate_protocol::qga::GuestInfo;
+///
+/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+/// let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+/// println!("{}", channel.execute(&GuestInfo {}).await?.version); // connects
+/// channel.release().await; // others may take their turn
+/// println!("{}", channel.execute(&GuestInfo {}).await?.version); // connects again
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Channel<C: Connector> {
+    connector: C,
+    agent: Option<C::Agent>,
+}
+
+impl<C: Connector> Channel<C> {
+    /// A channel that connects through `connector`, not yet connected.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
+    /// let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+    /// assert!(!channel.is_connected());
+    /// ```
+    pub fn new(connector: C) -> Channel<C> {
+        Channel {
+            connector,
+            agent: None,
+        }
+    }
+
+    /// The connector, e.g. to ask whether the channel is contended.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::{Channel, ClientOptions, Connector, SocketConnector};
+    /// # let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+    /// let others_wait = channel.connector().contended();
+    /// ```
+    pub fn connector(&self) -> &C {
+        &self.connector
+    }
+
+    /// The connector back, for a channel not connected (see
+    /// [`release`](Self::release)): an open connection would be dropped
+    /// without the connector's `disconnect`.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
+    /// # let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+    /// let connector: SocketConnector = channel.into_connector();
+    /// ```
+    pub fn into_connector(self) -> C {
+        self.connector
+    }
+
+    /// Whether a connection is open.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
+    /// # let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+    /// assert!(!channel.is_connected());
+    /// ```
+    pub fn is_connected(&self) -> bool {
+        self.agent.is_some()
+    }
+
+    /// The connected agent, connecting first if need be.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::{Agent, Channel, ClientOptions, SocketConnector};
+    /// # async fn demo(mut channel: Channel<SocketConnector>) -> Result<(), virtomate_protocol::Error> {
+    /// let name = channel.agent().await?.execute_json("guest-get-host-name", None).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn agent(&mut self) -> Result<&mut C::Agent, Error> {
+        if self.agent.is_none() {
+            self.agent = Some(self.connector.connect().await?);
+        }
+        Ok(self.agent.as_mut().expect("connected just now"))
+    }
+
+    /// Closes the connection, if one is open, so that others may take
+    /// their turn.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut channel: virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) {
+    /// channel.release().await;
+    /// assert!(!channel.is_connected());
+    /// # }
+    /// ```
+    pub async fn release(&mut self) {
+        if let Some(agent) = self.agent.take() {
+            self.connector.disconnect(agent).await;
+        }
+    }
+
+    /// Sends `command` over the channel, connecting first if need be. A
+    /// connection the peer closed is let go, so that the next exchange
+    /// connects afresh.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::qga::GuestPing;
+    /// # async fn demo(mut channel: virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::Error> {
+    /// channel.execute(&GuestPing {}).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute<T: Command>(&mut self, command: &T) -> Result<T::Output, Error> {
+        let result = self.agent().await?.execute(command).await;
+        self.after(result).await
+    }
+
+    /// Starts a program (see [`Agent::guest_exec`]).
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::qga::GuestExec;
+    /// # async fn demo(mut channel: virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::Error> {
+    /// let pid = channel.guest_exec(&GuestExec::new("uptime", [""; 0])).await?.pid;
+    /// # Ok(()) }
+    /// ```
+    pub async fn guest_exec(&mut self, exec: &GuestExec) -> Result<GuestExecReply, Error> {
+        let result = self.agent().await?.guest_exec(exec).await;
+        self.after(result).await
+    }
+
+    async fn after<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        if matches!(result, Err(Error::Disconnected | Error::Io(_))) {
+            // Nothing more will come over this connection: drop it without
+            // a word, the turn with it.
+            self.release().await;
+        }
+        result
+    }
+
+    /// Lets go of the channel if it is held by a connection that keeps
+    /// others out and `hold` no longer applies: another client waits, or
+    /// the time to hold it is over.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut channel: virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) {
+    /// channel.let_go_unless(true).await; // held on, unless somebody waits
+    /// # }
+    /// ```
+    pub async fn let_go_unless(&mut self, hold: bool) {
+        if self.agent.is_some() && self.connector.exclusive() && (!hold || self.connector.contended()) {
+            self.release().await;
+        }
+    }
+}
+
+/// How long a run holds the channel between polls: while the program is
+/// younger than `young`, unless another client waits. Later polls each
+/// connect afresh.
+///
+/// ```
+/// use std::time::Duration;
+/// use virtomate_protocol::HoldPolicy;
+///
+/// assert_eq!(HoldPolicy::default().young, Duration::from_secs(1));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldPolicy {
+    /// A program younger than this keeps the channel between polls.
+    pub young: Duration,
+}
+
+impl Default for HoldPolicy {
+    /// One second: most programs run through an agent end within it and
+    /// are seen to end on the connection that started them; another
+    /// client that waits makes the holder let go at its next poll anyway,
+    /// so the hold costs others at most one exchange and one pause.
+    fn default() -> Self {
+        HoldPolicy {
+            young: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Polls `guest-exec-status` for `pid` over `channel` until the program
+/// has exited, holding the channel between polls as `hold` says and
+/// letting go of it otherwise.
+///
+/// ```no_run
+/// use virtomate_protocol::{wait_for_exit_on, Channel, ClientOptions, HoldPolicy, PollSchedule, SocketConnector};
+/// use virtomate_protocol::qga::GuestExec;
+///
+/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+/// let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+/// let pid = channel.guest_exec(&GuestExec::new("sleep", ["60"])).await?.pid;
+/// // Other processes' runs go on meanwhile, between our polls.
+/// let finished = wait_for_exit_on(&mut channel, pid, PollSchedule::default(), HoldPolicy::default()).await?;
+/// channel.release().await;
+/// # Ok(()) }
+/// ```
+pub async fn wait_for_exit_on<C: Connector>(
+    channel: &mut Channel<C>,
+    pid: i64,
+    schedule: PollSchedule,
+    hold: HoldPolicy,
+) -> Result<Finished, Error> {
+    let started = Instant::now();
+    let mut polls = 0;
+    loop {
+        polls += 1;
+        let status = channel.execute(&GuestExecStatus { pid }).await?;
+        if status.exited {
+            return Ok(Finished { status, polls });
+        }
+        let waited = started.elapsed();
+        channel.let_go_unless(waited < hold.young).await;
+        let pause = schedule.pause_after(waited);
+        if !pause.is_zero() {
+            sleep(pause).await;
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! Many requests over one agent connection: programs started one after the
+//! other, running side by side in the guest, their status polls
+//! interleaved on the connection, each answered as it ends.
+//!
+//! The connection stays open while requests keep coming (and while a
+//! program is young), and is let go once the session has been idle for
+//! [`SessionOptions::idle`], or at once when another client waits for the
+//! channel; the next exchange connects again. A connection the agent drops
+//! fails the programs in flight (the agent that comes back may not know
+//! them) and the next request connects afresh.
+//!
+//! ```no_run
+//! use tokio::sync::mpsc;
+//! use virtomate_protocol::session::{Outcome, Request, RunRequest, Session, SessionOptions};
+//! use virtomate_protocol::{ClientOptions, SocketConnector};
+//!
+//! # async fn demo() {
+//! let connector = SocketConnector::new("/run/vm/qga.sock", ClientOptions::default());
+//! let mut session = Session::new(connector, SessionOptions::default());
+//! let (requests, mut incoming) = mpsc::channel(16);
+//! requests.send(Request::run(1.into(), RunRequest::new("sleep", ["2"]))).await.unwrap();
+//! requests.send(Request::run(2.into(), RunRequest::new("uname", ["-r"]))).await.unwrap();
+//! drop(requests); // no more: serve returns once both have ended
+//! session
+//!     .serve(&mut incoming, |reply| match reply.outcome {
+//!         Ok(Outcome::Exited { status, .. }) => println!("{}: exit code {:?}", reply.id, status.exitcode),
+//!         Ok(other) => println!("{}: {other:?}", reply.id),
+//!         Err(failure) => println!("{}: {}", reply.id, failure.error),
+//!     })
+//!     .await;
+//! session.close().await;
+//! # }
+//! ```
+
+mod request;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::mpsc::Receiver;
+use tokio::time::{sleep, sleep_until, Instant};
+
+pub use request::{Action, BadRequest, Request, RunRequest};
+
+use crate::qga::{GuestExec, GuestExecStatus, GuestExecStatusReply, GuestPing};
+use crate::{Channel, Connector, Error, HoldPolicy, PollSchedule};
+
+/// How a session paces itself.
+///
+/// ```
+/// use std::time::Duration;
+/// use virtomate_protocol::session::SessionOptions;
+///
+/// let options = SessionOptions { idle: Duration::from_secs(5), ..SessionOptions::default() };
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionOptions {
+    /// The connection is let go after this long without a request.
+    pub idle: Duration,
+    /// When to poll each running program.
+    pub schedule: PollSchedule,
+    /// A program younger than this keeps the connection too.
+    pub hold: HoldPolicy,
+}
+
+impl Default for SessionOptions {
+    /// Let go after a second without requests: long enough for a script
+    /// that sends its next command once the last has been answered, short
+    /// enough that other clients do not wait long.
+    fn default() -> Self {
+        SessionOptions {
+            idle: Duration::from_secs(1),
+            schedule: PollSchedule::default(),
+            hold: HoldPolicy::default(),
+        }
+    }
+}
+
+/// The answer to one request.
+///
+/// ```
+/// use virtomate_protocol::session::{Outcome, Reply};
+///
+/// fn show(reply: &Reply) -> String {
+///     match &reply.outcome {
+///         Ok(Outcome::Pong) => format!("{}: the agent answers", reply.id),
+///         Ok(Outcome::Exited { pid, .. }) => format!("{}: pid {pid} ended", reply.id),
+///         Ok(_) => format!("{}: done", reply.id),
+///         Err(failure) => format!("{}: {}", reply.id, failure.error),
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Reply {
+    /// The request's id.
+    pub id: Value,
+    /// What came of it.
+    pub outcome: Result<Outcome, Failure>,
+}
+
+/// What a request that succeeded did.
+///
+/// ```
+/// # use virtomate_protocol::session::Outcome;
+/// fn exit_code(outcome: &Outcome) -> Option<i32> {
+///     match outcome {
+///         Outcome::Exited { status, .. } => status.exitcode,
+///         _ => None,
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The program ended.
+    Exited {
+        /// Its guest pid.
+        pid: i64,
+        /// The last status, with `exited: true` and its output.
+        status: GuestExecStatusReply,
+        /// The request's `encode`, for showing the output.
+        encode: bool,
+    },
+    /// The agent answered a ping.
+    Pong,
+}
+
+/// A request that failed, and how far it had come.
+///
+/// ```
+/// # use virtomate_protocol::session::{Failure, Stage};
+/// fn leftover(failure: &Failure) -> Option<i64> {
+///     match failure.stage {
+///         Stage::Running { pid } => Some(pid), // may still run in the guest
+///         _ => None,
+///     }
+/// }
+/// ```
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Failure {
+    /// How far the request had come.
+    pub stage: Stage,
+    /// What went wrong.
+    pub error: Error,
+}
+
+/// How far a request had come when it failed or was interrupted.
+///
+/// ```
+/// use virtomate_protocol::session::Stage;
+/// assert_ne!(Stage::Connecting, Stage::Running { pid: 1 });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stage {
+    /// Connecting to the agent: nothing was sent.
+    Connecting,
+    /// The request was (perhaps partly) sent: a program may have started
+    /// under a pid the agent did not tell.
+    Starting,
+    /// A ping was on its way.
+    Pinging,
+    /// The program runs as `pid` in the guest.
+    Running {
+        /// Its guest pid.
+        pid: i64,
+    },
+}
+
+/// A request being worked on, for a caller that stops the session early.
+///
+/// ```
+/// # use virtomate_protocol::session::{InFlight, Stage};
+/// fn report(in_flight: &InFlight) -> String {
+///     format!("{} left at {:?}", in_flight.id, in_flight.stage)
+/// }
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct InFlight {
+    /// The request's id.
+    pub id: Value,
+    /// How far it had come.
+    pub stage: Stage,
+}
+
+/// A program started and not yet seen to end.
+#[derive(Debug)]
+struct Running {
+    id: Value,
+    pid: i64,
+    encode: bool,
+    started: Instant,
+    next_poll: Instant,
+}
+
+/// Requests served over one channel; see the [module](self) docs.
+pub struct Session<C: Connector> {
+    channel: Channel<C>,
+    options: SessionOptions,
+    running: Vec<Running>,
+    /// The request whose exchange is under way (start or ping), if any.
+    current: Option<InFlight>,
+    last_request: Instant,
+}
+
+impl<C: Connector> std::fmt::Debug for Session<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("connected", &self.channel.is_connected())
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Connector> Session<C> {
+    /// A session over connections from `connector`; nothing connects
+    /// before the first request.
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::session::{Session, SessionOptions};
+    /// use virtomate_protocol::{ClientOptions, SocketConnector};
+    ///
+    /// let connector = SocketConnector::new("/run/vm/qga.sock", ClientOptions::default());
+    /// let session = Session::new(connector, SessionOptions::default());
+    /// ```
+    pub fn new(connector: C, options: SessionOptions) -> Session<C> {
+        Session {
+            channel: Channel::new(connector),
+            options,
+            running: Vec::new(),
+            current: None,
+            last_request: Instant::now(),
+        }
+    }
+
+    /// Serves `requests` until the sender is gone and every program has
+    /// ended, handing each reply to `reply` as it comes. Dropped early (on
+    /// a signal, say), [`in_flight`](Self::in_flight) tells what was left.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::session::{Request, Session};
+    /// # async fn demo(mut session: Session<virtomate_protocol::SocketConnector>) {
+    /// let (requests, mut incoming) = tokio::sync::mpsc::channel(16);
+    /// requests.send(Request::ping(1.into())).await.unwrap();
+    /// drop(requests);
+    /// session.serve(&mut incoming, |reply| println!("{reply:?}")).await;
+    /// # }
+    /// ```
+    pub async fn serve(&mut self, requests: &mut Receiver<Request>, mut reply: impl FnMut(Reply)) {
+        // While connected and idle, how often to ask whether others wait.
+        const LOOK_FOR_WAITERS: Duration = Duration::from_millis(10);
+        let mut open = true;
+        loop {
+            if !open && self.running.is_empty() {
+                return;
+            }
+            self.let_go_unless_busy().await;
+            let next_poll = self.running.iter().map(|run| run.next_poll).min();
+            let connected = self.channel.is_connected();
+            tokio::select! {
+                request = requests.recv(), if open => match request {
+                    Some(request) => {
+                        self.last_request = Instant::now();
+                        self.handle(request, &mut reply).await;
+                    }
+                    None => open = false,
+                },
+                () = sleep_until(next_poll.unwrap_or_else(Instant::now)), if next_poll.is_some() => {
+                    self.poll_next(&mut reply).await;
+                }
+                () = sleep(LOOK_FOR_WAITERS), if connected => {}
+            }
+        }
+    }
+
+    /// The requests being worked on: the one whose start or ping was under
+    /// way, and the programs running.
+    ///
+    /// ```no_run
+    /// # fn demo(session: &virtomate_protocol::session::Session<virtomate_protocol::SocketConnector>) {
+    /// for left in session.in_flight() {
+    ///     eprintln!("{} was interrupted at {:?}", left.id, left.stage);
+    /// }
+    /// # }
+    /// ```
+    pub fn in_flight(&self) -> Vec<InFlight> {
+        let current = self.current.iter().cloned();
+        let running = self.running.iter().map(|run| InFlight {
+            id: run.id.clone(),
+            stage: Stage::Running { pid: run.pid },
+        });
+        current.chain(running).collect()
+    }
+
+    /// Lets go of the channel.
+    ///
+    /// ```no_run
+    /// # async fn demo(mut session: virtomate_protocol::session::Session<virtomate_protocol::SocketConnector>) {
+    /// session.close().await;
+    /// # }
+    /// ```
+    pub async fn close(&mut self) {
+        self.channel.release().await;
+    }
+
+    /// Keeps the connection while requests came recently or a program is
+    /// young, unless another client waits.
+    async fn let_go_unless_busy(&mut self) {
+        let now = Instant::now();
+        let recent = now.duration_since(self.last_request) < self.options.idle;
+        let young = self
+            .running
+            .iter()
+            .any(|run| now.duration_since(run.started) < self.options.hold.young);
+        self.channel.let_go_unless(recent || young).await;
+    }
+
+    async fn handle(&mut self, request: Request, reply: &mut impl FnMut(Reply)) {
+        let id = request.id;
+        let (stage, outcome) = match request.action {
+            Action::Ping => (Stage::Pinging, self.ping(&id).await),
+            Action::Run(run) => (Stage::Starting, self.start(&id, run).await),
+        };
+        self.current = None;
+        match outcome {
+            Ok(Some(outcome)) => reply(Reply {
+                id,
+                outcome: Ok(outcome),
+            }),
+            Ok(None) => {}
+            Err((error, connected)) => {
+                let stage = if connected { stage } else { Stage::Connecting };
+                let disconnected = matches!(error, Error::Disconnected);
+                reply(Reply {
+                    id,
+                    outcome: Err(Failure { stage, error }),
+                });
+                if disconnected {
+                    self.fail_running(reply);
+                }
+            }
+        }
+    }
+
+    /// Connects if need be; the error says whether connecting failed.
+    async fn connect(&mut self) -> Result<(), (Error, bool)> {
+        self.channel.agent().await.map(|_| ()).map_err(|e| (e, false))
+    }
+
+    async fn ping(&mut self, id: &Value) -> Result<Option<Outcome>, (Error, bool)> {
+        self.current = Some(InFlight {
+            id: id.clone(),
+            stage: Stage::Connecting,
+        });
+        self.connect().await?;
+        self.current = Some(InFlight {
+            id: id.clone(),
+            stage: Stage::Pinging,
+        });
+        let pong = self.channel.execute(&GuestPing {}).await;
+        pong.map(|_| Some(Outcome::Pong)).map_err(|e| (e, true))
+    }
+
+    /// Starts a program; its reply comes once it has ended.
+    async fn start(&mut self, id: &Value, run: RunRequest) -> Result<Option<Outcome>, (Error, bool)> {
+        self.current = Some(InFlight {
+            id: id.clone(),
+            stage: Stage::Connecting,
+        });
+        self.connect().await?;
+        self.current = Some(InFlight {
+            id: id.clone(),
+            stage: Stage::Starting,
+        });
+        let mut exec = GuestExec::new(run.program, run.args);
+        exec.input_data = run.stdin;
+        let pid = self.channel.guest_exec(&exec).await.map_err(|e| (e, true))?.pid;
+        let now = Instant::now();
+        self.running.push(Running {
+            id: id.clone(),
+            pid,
+            encode: run.encode,
+            started: now,
+            next_poll: now,
+        });
+        Ok(None)
+    }
+
+    /// Polls the program whose poll is due first.
+    async fn poll_next(&mut self, reply: &mut impl FnMut(Reply)) {
+        let Some(index) = (0..self.running.len()).min_by_key(|&i| self.running[i].next_poll) else {
+            return;
+        };
+        let pid = self.running[index].pid;
+        match self.channel.execute(&GuestExecStatus { pid }).await {
+            Ok(status) if status.exited => {
+                let run = self.running.remove(index);
+                reply(Reply {
+                    id: run.id,
+                    outcome: Ok(Outcome::Exited {
+                        pid,
+                        status,
+                        encode: run.encode,
+                    }),
+                });
+            }
+            Ok(_) => {
+                let run = &mut self.running[index];
+                let now = Instant::now();
+                run.next_poll = now + self.options.schedule.pause_after(now.duration_since(run.started));
+            }
+            Err(Error::Disconnected) => self.fail_running(reply),
+            Err(error) => {
+                let run = self.running.remove(index);
+                reply(Reply {
+                    id: run.id,
+                    outcome: Err(Failure {
+                        stage: Stage::Running { pid },
+                        error,
+                    }),
+                });
+            }
+        }
+    }
+
+    /// The connection dropped: the agent that answers next may not know
+    /// the programs in flight, whose results are lost.
+    fn fail_running(&mut self, reply: &mut impl FnMut(Reply)) {
+        for run in self.running.drain(..) {
+            reply(Reply {
+                id: run.id,
+                outcome: Err(Failure {
+                    stage: Stage::Running { pid: run.pid },
+                    error: Error::Disconnected,
+                }),
+            });
+        }
+    }
+}

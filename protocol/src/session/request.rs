@@ -1,0 +1,268 @@
+//! The requests of a session, as JSON lines: parsed strictly, so that a
+//! key this version does not know is refused rather than ignored (a
+//! `max_time` silently dropped would run a program without its limit).
+//! Later versions add keys; a request that uses none of them keeps its
+//! meaning.
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{Map, Value};
+
+/// One request: its `id`, echoed in the reply, and what to do.
+///
+/// ```
+/// use virtomate_protocol::session::{Action, Request};
+///
+/// let request = Request::parse(br#"{"id": 7, "run": ["uname", "-r"]}"#).unwrap();
+/// assert_eq!(request.id, 7);
+/// let Action::Run(run) = request.action else { panic!() };
+/// assert_eq!((run.program.as_str(), run.args.as_slice()), ("uname", &["-r".to_owned()][..]));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Request {
+    /// Any JSON value the client chose; `null` when it gave none.
+    pub id: Value,
+    /// What to do.
+    pub action: Action,
+}
+
+/// What a request asks for.
+///
+/// ```
+/// use virtomate_protocol::session::{Action, Request};
+///
+/// assert_eq!(Request::parse(br#"{"id": "a", "ping": {}}"#).unwrap().action, Action::Ping);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Action {
+    /// `{"run": [PROGRAM, ARG...], "stdin": BASE64, "encode": BOOL}`.
+    Run(RunRequest),
+    /// `{"ping": {}}`: does the agent answer?
+    Ping,
+}
+
+/// A program to run, as `guest-run` runs it.
+///
+/// ```
+/// use virtomate_protocol::session::RunRequest;
+///
+/// let run = RunRequest::new("cat", [""; 0]).with_stdin(b"hello".to_vec());
+/// assert_eq!(run.stdin.as_deref(), Some(&b"hello"[..]));
+/// assert!(!run.encode);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunRequest {
+    /// The program; the guest's `PATH` is searched.
+    pub program: String,
+    /// Its arguments.
+    pub args: Vec<String>,
+    /// Bytes for its standard input, which is then closed.
+    pub stdin: Option<Vec<u8>>,
+    /// Whether the client wants the output as Base64 rather than text.
+    pub encode: bool,
+}
+
+impl RunRequest {
+    /// `program` with `args`, no input, output as text.
+    ///
+    /// ```
+    /// let run = virtomate_protocol::session::RunRequest::new("ls", ["-l"]);
+    /// assert_eq!(run.args, ["-l"]);
+    /// ```
+    pub fn new<A: Into<String>>(program: impl Into<String>, args: impl IntoIterator<Item = A>) -> RunRequest {
+        RunRequest {
+            program: program.into(),
+            args: args.into_iter().map(Into::into).collect(),
+            stdin: None,
+            encode: false,
+        }
+    }
+
+    /// The same, with `stdin` for the program's standard input.
+    ///
+    /// ```
+    /// let run = virtomate_protocol::session::RunRequest::new("wc", ["-c"]).with_stdin(vec![0; 3]);
+    /// assert_eq!(run.stdin, Some(vec![0; 3]));
+    /// ```
+    pub fn with_stdin(mut self, stdin: Vec<u8>) -> RunRequest {
+        self.stdin = Some(stdin);
+        self
+    }
+}
+
+/// A line that is no request this version understands, with the id to
+/// answer it under (`null` when the line has none).
+///
+/// ```
+/// use virtomate_protocol::session::Request;
+///
+/// let bad = Request::parse(br#"{"id": 3, "run": []}"#).unwrap_err();
+/// assert_eq!(bad.id, 3);
+/// assert_eq!(bad.message, "\"run\" must be a list of strings, the program first");
+/// assert!(Request::parse(b"not json").unwrap_err().id.is_null());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct BadRequest {
+    /// The request's id, or `null`.
+    pub id: Value,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl Request {
+    /// A request to run `run`.
+    ///
+    /// ```
+    /// use virtomate_protocol::session::{Request, RunRequest};
+    /// let request = Request::run(1.into(), RunRequest::new("true", [""; 0]));
+    /// ```
+    pub fn run(id: Value, run: RunRequest) -> Request {
+        Request {
+            id,
+            action: Action::Run(run),
+        }
+    }
+
+    /// A request to ping the agent.
+    ///
+    /// ```
+    /// let request = virtomate_protocol::session::Request::ping("p".into());
+    /// ```
+    pub fn ping(id: Value) -> Request {
+        Request {
+            id,
+            action: Action::Ping,
+        }
+    }
+
+    /// Parses one line of JSON.
+    ///
+    /// ```
+    /// use virtomate_protocol::session::Request;
+    ///
+    /// let bad = Request::parse(br#"{"id": 1, "run": ["ls"], "env": []}"#).unwrap_err();
+    /// assert_eq!(bad.message, "unknown key \"env\" in a run request");
+    /// ```
+    pub fn parse(line: &[u8]) -> Result<Request, BadRequest> {
+        let value: Value = serde_json::from_slice(line).map_err(|e| BadRequest {
+            id: Value::Null,
+            message: format!("not JSON: {e}"),
+        })?;
+        let Value::Object(mut object) = value else {
+            return Err(BadRequest {
+                id: Value::Null,
+                message: "a request is a JSON object".to_owned(),
+            });
+        };
+        let id = object.remove("id").unwrap_or(Value::Null);
+        let bad = |message: String| BadRequest {
+            id: id.clone(),
+            message,
+        };
+        let action = if object.contains_key("run") {
+            Action::Run(parse_run(&mut object).map_err(bad)?)
+        } else if object.contains_key("ping") {
+            match object.remove("ping") {
+                Some(Value::Object(empty)) if empty.is_empty() => {}
+                _ => return Err(bad("\"ping\" takes an empty object: {}".to_owned())),
+            }
+            Action::Ping
+        } else {
+            return Err(bad("a request needs \"run\" or \"ping\"".to_owned()));
+        };
+        let kind = match action {
+            Action::Run(_) => "run",
+            Action::Ping => "ping",
+        };
+        if let Some(key) = object.keys().next() {
+            return Err(bad(format!("unknown key {key:?} in a {kind} request")));
+        }
+        Ok(Request { id, action })
+    }
+}
+
+/// The keys of a run request, taken out of `object`.
+fn parse_run(object: &mut Map<String, Value>) -> Result<RunRequest, String> {
+    let command = match object.remove("run") {
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(text) => Ok(text),
+                _ => Err(()),
+            })
+            .collect::<Result<Vec<String>, ()>>()
+            .ok(),
+        _ => None,
+    };
+    let mut command = command
+        .ok_or_else(|| "\"run\" must be a list of strings, the program first".to_owned())?
+        .into_iter();
+    let program = command.next().expect("not empty");
+    let stdin = match object.remove("stdin") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(
+            STANDARD
+                .decode(text)
+                .map_err(|e| format!("\"stdin\" is not Base64: {e}"))?,
+        ),
+        Some(_) => return Err("\"stdin\" must be a Base64 string".to_owned()),
+    };
+    let encode = match object.remove("encode") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(encode)) => encode,
+        Some(_) => return Err("\"encode\" must be true or false".to_owned()),
+    };
+    Ok(RunRequest {
+        program,
+        args: command.collect(),
+        stdin,
+        encode,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(line: &str) -> (Value, String) {
+        let bad = Request::parse(line.as_bytes()).unwrap_err();
+        (bad.id, bad.message)
+    }
+
+    #[test]
+    fn a_run_request_with_every_key() {
+        let request =
+            Request::parse(br#"{"id": [1], "run": ["cat", "-"], "stdin": "aGk=", "encode": true}"#).unwrap();
+        let mut expected = RunRequest::new("cat", ["-"]).with_stdin(b"hi".to_vec());
+        expected.encode = true;
+        assert_eq!(request, Request::run(serde_json::json!([1]), expected));
+        let request = Request::parse(br#"{"run": ["true"]}"#).unwrap();
+        assert_eq!(request.id, Value::Null);
+    }
+
+    #[test]
+    fn a_bad_request_keeps_its_id_and_says_what_is_wrong() {
+        assert_eq!(message(r#"{"id": 2}"#).1, "a request needs \"run\" or \"ping\"");
+        assert_eq!(message(r#"[1]"#).0, Value::Null);
+        assert_eq!(message(r#"{"id": "x", "run": ["a", 1]}"#).0, "x");
+        assert!(message(r#"{"id": 1, "run": ["a"], "stdin": "@@"}"#)
+            .1
+            .contains("not Base64"));
+        assert_eq!(
+            message(r#"{"id": 1, "run": ["a"], "encode": 1}"#).1,
+            "\"encode\" must be true or false"
+        );
+        assert_eq!(
+            message(r#"{"id": 1, "ping": {"x": 1}}"#).1,
+            "\"ping\" takes an empty object: {}"
+        );
+        assert_eq!(
+            message(r#"{"id": 1, "ping": {}, "run": ["a"]}"#).1,
+            "unknown key \"ping\" in a run request"
+        );
+    }
+}

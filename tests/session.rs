@@ -1,0 +1,242 @@
+//! `virtomate session`: JSON lines in, JSON lines out, over one agent
+//! connection, programs side by side, replies as they end.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::support::fake_agent::FakeAgent;
+use crate::support::host_agent::HostAgent;
+use crate::support::test_vm::TestVm;
+use crate::support::{run, virtomate};
+
+/// A session process, fed and read line by line.
+struct Live {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Live {
+    fn start(options: &[&str], domain: &str) -> Live {
+        let mut child = virtomate()
+            .args(options)
+            .args(["session", domain])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Live { child, stdin, stdout }
+    }
+
+    fn send(&mut self, request: Value) {
+        let stdin = self.stdin.as_mut().unwrap();
+        writeln!(stdin, "{request}").unwrap();
+        stdin.flush().unwrap();
+    }
+
+    fn reply(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
+    }
+
+    /// Closes stdin and returns the exit status.
+    fn finish(mut self) -> i32 {
+        drop(self.stdin.take());
+        self.child.wait().unwrap().code().unwrap_or(-1)
+    }
+}
+
+fn session(domain: &str, lines: &[&str]) -> (Vec<Value>, i32) {
+    let mut input = lines.join("\n");
+    input.push('\n');
+    let out = run(&["session", domain], Some(input.as_bytes()));
+    let replies = out
+        .stdout
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    (replies, out.status)
+}
+
+fn result(stdout: &str) -> Value {
+    json!({"exit_code": 0, "signal": null, "stderr": null, "stderr_truncated": false,
+           "stdout": stdout, "stdout_truncated": false})
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn pipelined_requests_run_side_by_side_and_are_answered_as_they_end() {
+    let vm = TestVm::boot("session");
+    let (replies, status) = session(
+        &vm.name,
+        &[
+            r#"{"id": "slow", "run": ["sh", "-c", "sleep 2; echo slow"]}"#,
+            r#"{"id": 2, "run": ["sh", "-c", "sleep 1; echo fast"]}"#,
+            r#"{"id": [3], "ping": {}}"#,
+        ],
+    );
+    assert_eq!(status, 0, "{replies:?}");
+    assert_eq!(
+        replies,
+        [
+            json!({"id": [3], "result": {}}),
+            json!({"id": 2, "result": result("fast\n")}),
+            json!({"id": "slow", "result": result("slow\n")}),
+        ]
+    );
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_line_that_is_no_request_gets_an_error_and_the_session_goes_on() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let (replies, status) = session(
+        socket.to_str().unwrap(),
+        &[
+            "garbage",
+            r#"{"id": 1, "run": ["echo", "-n", "é"], "stdin": "aGk="}"#,
+            r#"{"id": 2, "run": ["x"], "max_time": 3}"#,
+            "",
+            r#"{"id": 3, "run": ["cat"], "stdin": "aGk=", "encode": true}"#,
+            r#"{"id": 4, "run": ["/does/not/exist"]}"#,
+        ],
+    );
+    assert_eq!(status, 0, "{replies:?}");
+    let by_id = |id: Value| {
+        replies
+            .iter()
+            .find(|reply| reply["id"] == id)
+            .unwrap_or_else(|| panic!("no reply {id} in {replies:?}"))
+            .clone()
+    };
+    assert_eq!(by_id(Value::Null)["error"]["type"], "UsageError");
+    assert_eq!(by_id(json!(1))["result"], result("é"));
+    assert_eq!(
+        by_id(json!(2))["error"],
+        json!({"message": "unknown key \"max_time\" in a run request", "type": "UsageError"})
+    );
+    assert_eq!(by_id(json!(3))["result"]["stdout"], "aGk=");
+    assert_eq!(by_id(json!(4))["error"]["type"], "AgentCommandError");
+    assert_eq!(replies.len(), 5, "{replies:?}");
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn an_agent_restarted_mid_session_fails_the_run_in_flight_and_the_next_request_works() {
+    let vm = TestVm::boot("session-restart");
+    let mut live = Live::start(&["--reply-timeout", "5", "--timeout", "30"], &vm.name);
+    let restart = "sleep 1; kill $(pidof qemu-ga); sleep 1; \
+                   exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0";
+    let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 & sleep 20");
+    live.send(json!({"id": "doomed", "run": ["sh", "-c", program]}));
+    let reply = live.reply();
+    assert_eq!(reply["id"], "doomed", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        matches!(
+            reply["error"]["type"].as_str(),
+            Some("AgentDisconnected" | "AgentTimeout")
+        ),
+        "{reply}"
+    );
+    assert!(message.contains("guest pid"), "{reply}");
+    live.send(json!({"id": "next", "run": ["echo", "-n", "again"]}));
+    assert_eq!(live.reply(), json!({"id": "next", "result": result("again")}));
+    assert_eq!(live.finish(), 0);
+}
+
+#[test]
+fn sigterm_reports_each_request_in_flight_as_interrupted_with_its_pid() {
+    let agent = FakeAgent::serve_each(|mut conn, n| {
+        if n == 0 {
+            conn.start_program();
+        } else {
+            conn.sync();
+        }
+        while let Some(request) = conn.next_request() {
+            let reply = json!({"return": {"exited": false}, "id": request["id"]});
+            if !conn.send(format!("{reply}\n").as_bytes()) {
+                break;
+            }
+        }
+    });
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    live.send(json!({"id": "long", "run": ["sleep", "infinity"]}));
+    std::thread::sleep(Duration::from_millis(700));
+    let pid = nix::unistd::Pid::from_raw(live.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let reply = live.reply();
+    assert_eq!(reply["id"], "long", "{reply}");
+    assert_eq!(reply["error"]["type"], "Interrupted", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("guest pid 4242"),
+        "{reply}"
+    );
+    assert_eq!(live.finish(), 1);
+}
+
+#[test]
+fn a_dropped_connection_fails_the_runs_in_flight_with_their_pids_and_the_next_request_reconnects() {
+    let agent = FakeAgent::serve_each(|mut conn, n| match n {
+        0 => {
+            conn.start_program();
+            conn.answer("guest-exec-status", json!({"exited": false}));
+            // The agent's end closes: the VM stopped, say.
+        }
+        _ => {
+            conn.sync();
+            conn.answer("guest-ping", json!({}));
+            conn.wait_for_close();
+        }
+    });
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    live.send(json!({"id": 1, "run": ["sleep", "9"]}));
+    let reply = live.reply();
+    assert_eq!(reply["error"]["type"], "AgentDisconnected", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("guest pid 4242"),
+        "{reply}"
+    );
+    live.send(json!({"id": 2, "ping": {}}));
+    assert_eq!(live.reply(), json!({"id": 2, "result": {}}));
+    assert_eq!(live.finish(), 0);
+}
+
+#[test]
+fn interrupted_while_starting_says_the_program_may_have_started() {
+    let agent = FakeAgent::serve_each(|mut conn, n| {
+        if n == 0 {
+            conn.sync();
+            let _ = conn.request(); // guest-exec, never answered
+        }
+        conn.wait_for_close();
+    });
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    live.send(json!({"id": "s", "run": ["true"]}));
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = nix::unistd::Pid::from_raw(live.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let reply = live.reply();
+    assert_eq!(reply["error"]["type"], "Interrupted", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may have started"),
+        "{reply}"
+    );
+    assert_eq!(live.finish(), 1);
+}
