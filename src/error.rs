@@ -342,6 +342,18 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
             format!("the agent on {shown} closed the connection"),
         )
         .with_hint("the VM may have stopped or its agent restarted"),
+        (
+            AgentError::AgentTooOld {
+                feature,
+                needs: (major, minor),
+                version,
+            },
+            _,
+        ) => CliError::new(
+            ErrorKind::AgentCommand,
+            format!("{feature} needs qemu-ga {major}.{minor} or newer, and the agent is {version}; nothing was started"),
+        )
+        .with_hint("update qemu-ga in the guest, or run without it"),
         (AgentError::NotAnAgent { found }, _) => CliError::new(
             ErrorKind::AgentUnavailable,
             format!("{shown} is {found}, not the guest agent"),

@@ -102,7 +102,7 @@ fn a_line_that_is_no_request_gets_an_error_and_the_session_goes_on() {
         &[
             "garbage",
             r#"{"id": 1, "run": ["echo", "-n", "é"], "stdin": "aGk="}"#,
-            r#"{"id": 2, "run": ["x"], "max_time": 3}"#,
+            r#"{"id": 2, "run": ["x"], "max_time": 3, "timeout": 1}"#,
             "",
             r#"{"id": 3, "run": ["cat"], "stdin": "aGk=", "encode": true}"#,
             r#"{"id": 4, "run": ["/does/not/exist"]}"#,
@@ -120,7 +120,7 @@ fn a_line_that_is_no_request_gets_an_error_and_the_session_goes_on() {
     assert_eq!(by_id(json!(1))["result"], result("é"));
     assert_eq!(
         by_id(json!(2))["error"],
-        json!({"message": "unknown key \"max_time\" in a run request", "type": "UsageError"})
+        json!({"message": "unknown key \"timeout\" in a run request", "type": "UsageError"})
     );
     assert_eq!(by_id(json!(3))["result"]["stdout"], "aGk=");
     assert_eq!(by_id(json!(4))["error"]["type"], "AgentCommandError");
@@ -239,4 +239,46 @@ fn interrupted_while_starting_says_the_program_may_have_started() {
         "{reply}"
     );
     assert_eq!(live.finish(), 1);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_session_takes_guest_runs_options_env_max_time_and_merge_output() {
+    let agent = crate::support::host_agent::HostAgent::start();
+    let socket = agent.socket();
+    let (replies, status) = session(
+        socket.to_str().unwrap(),
+        &[
+            r#"{"id": "env", "run": ["sh", "-c", "printf '%s|%s' \"$A\" \"$PATH\""], "env": {"A": "x=y z"}}"#,
+            r#"{"id": "stop", "run": ["sh", "-c", "echo before; sleep 6078 | cat"], "max_time": 0.5, "grace": 1}"#,
+            r#"{"id": "merge", "run": ["true"], "merge_output": true}"#,
+        ],
+    );
+    assert_eq!(status, 0, "{replies:?}");
+    let by_id = |id: &str| replies.iter().find(|r| r["id"] == id).unwrap().clone();
+    assert_eq!(
+        by_id("env")["result"]["stdout"],
+        "x=y z|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    );
+    let stopped = by_id("stop");
+    assert_eq!(stopped["timed_out"], true, "{stopped}");
+    assert_eq!(stopped["result"]["signal"], 15, "{stopped}");
+    assert_eq!(stopped["result"]["stdout"], "before\n", "{stopped}");
+    let leftover = std::process::Command::new("pgrep")
+        .args(["-f", "^sleep 6078"])
+        .status()
+        .unwrap();
+    assert!(!leftover.success(), "what the program started was stopped too");
+    // The host's qemu-ga is 7.2: refused before anything runs, the session goes on.
+    let merged = by_id("merge");
+    assert_eq!(merged["error"]["type"], "AgentCommandError", "{merged}");
+    assert!(
+        merged["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("needs qemu-ga 8.1 or newer"),
+        "{merged}"
+    );
+    // Without max_time, a result has no timed_out key: guest-run's shape.
+    assert!(by_id("env").get("timed_out").is_none());
 }

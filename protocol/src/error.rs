@@ -61,6 +61,17 @@ pub enum Error {
         holder: Option<String>,
     },
 
+    /// The agent is too old for what was asked; nothing was sent.
+    #[error("{feature} needs qemu-ga {}.{} or newer, and the agent is {version}", needs.0, needs.1)]
+    AgentTooOld {
+        /// What needs the newer agent, e.g. `capture-output "merged"`.
+        feature: String,
+        /// The oldest agent that has it, `(major, minor)`.
+        needs: (u32, u32),
+        /// The agent's version, as `guest-info` gives it.
+        version: String,
+    },
+
     /// The peer closed the connection.
     #[error("the agent closed the connection")]
     Disconnected,

@@ -5,10 +5,9 @@ use std::io::Read;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
-use virtomate_protocol::qga::{CaptureOutput, GuestExec, GuestExecStatusReply, GuestInfo};
+use virtomate_protocol::qga::{environment, CaptureOutput, GuestExec, GuestExecStatusReply, GuestInfo};
 use virtomate_protocol::{Stopped, MAX_REQUEST_LEN};
 
-use super::run_environment::environment;
 use super::run_output::RunOutput;
 use super::signals::Signals;
 use super::{Answer, Context, DomainAgent};
@@ -60,8 +59,13 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
             .unless_interrupted(Interruption::Connecting, agent.execute(&GuestInfo {}))
             .await??;
         if !info.is_at_least(major, minor) {
+            let error = agent.error(virtomate_protocol::Error::AgentTooOld {
+                feature: "--merge-output (capture-output \"merged\")".to_owned(),
+                needs: (major, minor),
+                version: info.version,
+            });
             agent.close().await;
-            return Err(agent_too_old(&info.version, major, minor));
+            return Err(error);
         }
     }
     let (pid, group) = match options.max_time {
@@ -175,17 +179,6 @@ fn stopped_after_interruption(pid: i64, stopped: &Stopped) -> String {
             format!("the program (guest pid {pid}) was stopped with SIGKILL after the grace period")
         }
     }
-}
-
-fn agent_too_old(version: &str, major: u32, minor: u32) -> CliError {
-    CliError::new(
-        ErrorKind::AgentCommand,
-        format!(
-            "--merge-output needs qemu-ga {major}.{minor} or newer (capture-output \"merged\"), and the agent \
-             is {version}; nothing was started"
-        ),
-    )
-    .with_hint("run without --merge-output (stdout and stderr come apart), or update qemu-ga in the guest")
 }
 
 fn read_stdin() -> Result<Vec<u8>, CliError> {

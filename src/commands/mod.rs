@@ -11,7 +11,6 @@ pub mod guest_info;
 pub mod guest_ping;
 pub mod guest_run;
 pub mod qmp;
-mod run_environment;
 pub mod run_output;
 pub mod session;
 mod signals;

@@ -126,8 +126,16 @@ fn memchr(buffer: &[u8]) -> Option<usize> {
 
 fn print_reply(reply: Reply, errors: &AgentErrors) {
     let line = match reply.outcome {
-        Ok(Outcome::Exited { status, encode, .. }) => match RunResult::new(status, encode) {
-            Ok(result) => Line::result(reply.id, Answered::Run(result)),
+        Ok(Outcome::Exited {
+            status,
+            encode,
+            timed_out,
+            ..
+        }) => match RunResult::new(status, encode) {
+            Ok(result) => Line {
+                timed_out,
+                ..Line::result(reply.id, Answered::Run(result))
+            },
             Err(error) => Line::error(reply.id, &error),
         },
         Ok(Outcome::Pong) => Line::result(reply.id, Answered::Pong {}),
@@ -153,6 +161,10 @@ struct Line {
     id: Value,
     #[serde(skip_serializing_if = "Option::is_none")]
     result: Option<Answered>,
+    /// Present, and true, when the request's `max_time` passed and the
+    /// program was stopped (guest-run's exit status 124).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    timed_out: bool,
 }
 
 /// What a request gave: a program's result exactly as `guest-run` prints
@@ -170,6 +182,7 @@ impl Line {
             error: None,
             id,
             result: Some(result),
+            timed_out: false,
         }
     }
 
@@ -179,6 +192,7 @@ impl Line {
             error: Some(ErrorJson::from(error)),
             id,
             result: None,
+            timed_out: false,
         }
     }
 

@@ -16,6 +16,7 @@
 mod base64_data;
 mod client;
 mod commands;
+mod environment;
 mod streamed_input;
 
 pub use client::QgaClient;
@@ -24,6 +25,7 @@ pub use commands::{
     CaptureOutput, CommandInfo, Empty, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply,
     GuestInfo, GuestInfoReply, GuestPing, GuestSyncDelimited,
 };
+pub use environment::{environment, STANDARD_PATH};
 pub(crate) use streamed_input::{guest_exec_request, OutgoingRequest};
 
 pub use crate::Command;

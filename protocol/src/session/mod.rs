@@ -42,8 +42,10 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 pub use request::{Action, BadRequest, Request, RunRequest};
 
-use crate::qga::{GuestExec, GuestExecStatus, GuestExecStatusReply, GuestPing};
-use crate::{Channel, Connector, Error, HoldPolicy, PollSchedule};
+use crate::qga::{
+    environment, CaptureOutput, GuestExec, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing,
+};
+use crate::{stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule};
 
 /// How a session paces itself.
 ///
@@ -121,6 +123,8 @@ pub enum Outcome {
         status: GuestExecStatusReply,
         /// The request's `encode`, for showing the output.
         encode: bool,
+        /// Whether its `max_time` passed and it had to be stopped.
+        timed_out: bool,
     },
     /// The agent answered a ping.
     Pong,
@@ -194,6 +198,11 @@ struct Running {
     encode: bool,
     started: Instant,
     next_poll: Instant,
+    /// When to stop it (`max_time`), how long to give it after SIGTERM,
+    /// and whether it leads a group of its own.
+    stop_at: Option<Instant>,
+    grace: Duration,
+    group: bool,
 }
 
 /// Requests served over one channel; see the [module](self) docs.
@@ -377,7 +386,18 @@ impl<C: Connector> Session<C> {
         });
         let mut exec = GuestExec::new(run.program, run.args);
         exec.input_data = run.stdin;
-        let pid = self.channel.guest_exec(&exec).await.map_err(|e| (e, true))?.pid;
+        exec.env = environment(&run.env, run.env_clear);
+        if run.merge_output {
+            exec.capture_output = CaptureOutput::Merged;
+            self.check_agent_for(exec.capture_output).await?;
+        }
+        let (pid, group) = match run.max_time {
+            Some(_) => self.start_as_group_leader(exec).await?,
+            None => (
+                self.channel.guest_exec(&exec).await.map_err(|e| (e, true))?.pid,
+                false,
+            ),
+        };
         let now = Instant::now();
         self.running.push(Running {
             id: id.clone(),
@@ -385,8 +405,46 @@ impl<C: Connector> Session<C> {
             encode: run.encode,
             started: now,
             next_poll: now,
+            stop_at: run.max_time.map(|limit| now + limit),
+            grace: run.grace,
+            group,
         });
         Ok(None)
+    }
+
+    /// Refuses, before anything runs, a capture mode the agent is too old
+    /// for.
+    async fn check_agent_for(&mut self, capture: CaptureOutput) -> Result<(), (Error, bool)> {
+        let Some(needs) = capture.needs_agent() else {
+            return Ok(());
+        };
+        let info = self
+            .channel
+            .execute(&GuestInfo {})
+            .await
+            .map_err(|e| (e, false))?;
+        if info.is_at_least(needs.0, needs.1) {
+            return Ok(());
+        }
+        let too_old = Error::AgentTooOld {
+            feature: "merge_output (capture-output \"merged\")".to_owned(),
+            needs,
+            version: info.version,
+        };
+        Err((too_old, false))
+    }
+
+    /// Starts the program through `setsid`, so that `max_time` stops what
+    /// it starts too; a guest without `setsid` runs it alone.
+    async fn start_as_group_leader(&mut self, exec: GuestExec) -> Result<(i64, bool), (Error, bool)> {
+        match self.channel.guest_exec(&exec.clone().as_group_leader()).await {
+            Ok(started) => Ok((started.pid, true)),
+            Err(Error::Agent { desc, .. }) if desc.contains("setsid") => {
+                let started = self.channel.guest_exec(&exec).await.map_err(|e| (e, true))?;
+                Ok((started.pid, false))
+            }
+            Err(e) => Err((e, true)),
+        }
     }
 
     /// Polls the program whose poll is due first.
@@ -395,6 +453,9 @@ impl<C: Connector> Session<C> {
             return;
         };
         let pid = self.running[index].pid;
+        if self.running[index].stop_at.is_some_and(|at| Instant::now() >= at) {
+            return self.stop(index, reply).await;
+        }
         match self.channel.execute(&GuestExecStatus { pid }).await {
             Ok(status) if status.exited => {
                 let run = self.running.remove(index);
@@ -404,13 +465,15 @@ impl<C: Connector> Session<C> {
                         pid,
                         status,
                         encode: run.encode,
+                        timed_out: false,
                     }),
                 });
             }
             Ok(_) => {
                 let run = &mut self.running[index];
                 let now = Instant::now();
-                run.next_poll = now + self.options.schedule.pause_after(now.duration_since(run.started));
+                let next = now + self.options.schedule.pause_after(now.duration_since(run.started));
+                run.next_poll = run.stop_at.map_or(next, |at| next.min(at));
             }
             Err(Error::Disconnected) => self.fail_running(reply),
             Err(error) => {
@@ -424,6 +487,30 @@ impl<C: Connector> Session<C> {
                 });
             }
         }
+    }
+
+    /// Stops the program at `index`, whose `max_time` passed, and replies
+    /// with its end. The other programs' polls wait meanwhile (at most its
+    /// grace period).
+    async fn stop(&mut self, index: usize, reply: &mut impl FnMut(Reply)) {
+        let run = self.running.remove(index);
+        let stopped = match self.channel.agent().await {
+            Ok(agent) => stop_group(agent, run.pid, run.grace, run.group).await,
+            Err(e) => Err(e),
+        };
+        let outcome = match stopped {
+            Ok(stopped) => Ok(Outcome::Exited {
+                pid: run.pid,
+                status: stopped.finished.status,
+                encode: run.encode,
+                timed_out: stopped.asked,
+            }),
+            Err(error) => Err(Failure {
+                stage: Stage::Running { pid: run.pid },
+                error,
+            }),
+        };
+        reply(Reply { id: run.id, outcome });
     }
 
     /// The connection dropped: the agent that answers next may not know

@@ -4,8 +4,11 @@
 //! Later versions add keys; a request that uses none of them keeps its
 //! meaning.
 
+use std::time::Duration;
+
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+
 use serde_json::{Map, Value};
 
 /// One request: its `id`, echoed in the reply, and what to do.
@@ -63,7 +66,25 @@ pub struct RunRequest {
     pub stdin: Option<Vec<u8>>,
     /// Whether the client wants the output as Base64 rather than text.
     pub encode: bool,
+    /// `KEY=VALUE` for the program's environment (`"env": {"KEY":
+    /// "VALUE"}`), over a standard `PATH` unless `env_clear`; see
+    /// [`environment`](crate::qga::environment).
+    pub env: Vec<String>,
+    /// Start from an empty environment (`"env_clear": true`).
+    pub env_clear: bool,
+    /// Stop the program, and what it started, after this long
+    /// (`"max_time": SECONDS`); see [`stop_group`](crate::stop_group).
+    pub max_time: Option<Duration>,
+    /// Between SIGTERM and SIGKILL when stopping it (`"grace": SECONDS`,
+    /// default 5).
+    pub grace: Duration,
+    /// Standard output and standard error as one stream
+    /// (`"merge_output": true`; qemu-ga 8.1 or newer).
+    pub merge_output: bool,
 }
+
+/// The time between SIGTERM and SIGKILL when a request does not say.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 impl RunRequest {
     /// `program` with `args`, no input, output as text.
@@ -78,6 +99,11 @@ impl RunRequest {
             args: args.into_iter().map(Into::into).collect(),
             stdin: None,
             encode: false,
+            env: Vec::new(),
+            env_clear: false,
+            max_time: None,
+            grace: DEFAULT_GRACE,
+            merge_output: false,
         }
     }
 
@@ -144,8 +170,8 @@ impl Request {
     /// ```
     /// use virtomate_protocol::session::Request;
     ///
-    /// let bad = Request::parse(br#"{"id": 1, "run": ["ls"], "env": []}"#).unwrap_err();
-    /// assert_eq!(bad.message, "unknown key \"env\" in a run request");
+    /// let bad = Request::parse(br#"{"id": 1, "run": ["ls"], "stdout": true}"#).unwrap_err();
+    /// assert_eq!(bad.message, "unknown key \"stdout\" in a run request");
     /// ```
     pub fn parse(line: &[u8]) -> Result<Request, BadRequest> {
         let value: Value = serde_json::from_slice(line).map_err(|e| BadRequest {
@@ -211,16 +237,41 @@ fn parse_run(object: &mut Map<String, Value>) -> Result<RunRequest, String> {
         ),
         Some(_) => return Err("\"stdin\" must be a Base64 string".to_owned()),
     };
-    let encode = match object.remove("encode") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(encode)) => encode,
-        Some(_) => return Err("\"encode\" must be true or false".to_owned()),
+    let flag = |object: &mut Map<String, Value>, key: &str| match object.remove(key) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(value)) => Ok(value),
+        Some(_) => Err(format!("\"{key}\" must be true or false")),
+    };
+    let seconds = |object: &mut Map<String, Value>, key: &str| match object.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => match n.as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok()) {
+            Some(time) if !time.is_zero() && time.as_secs_f64() <= 1e9 => Ok(Some(time)),
+            _ => Err(format!("\"{key}\" must be a number of seconds greater than 0")),
+        },
+        Some(_) => Err(format!("\"{key}\" must be a number of seconds greater than 0")),
+    };
+    let env = match object.remove("env") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Object(pairs)) => pairs
+            .into_iter()
+            .map(|(key, value)| match value {
+                Value::String(value) if !key.is_empty() && !key.contains('=') => Ok(format!("{key}={value}")),
+                _ => Err(()),
+            })
+            .collect::<Result<Vec<String>, ()>>()
+            .map_err(|()| "\"env\" must be an object of strings, its keys without '='".to_owned())?,
+        Some(_) => return Err("\"env\" must be an object of strings, its keys without '='".to_owned()),
     };
     Ok(RunRequest {
         program,
         args: command.collect(),
         stdin,
-        encode,
+        encode: flag(object, "encode")?,
+        env,
+        env_clear: flag(object, "env_clear")?,
+        max_time: seconds(object, "max_time")?,
+        grace: seconds(object, "grace")?.unwrap_or(DEFAULT_GRACE),
+        merge_output: flag(object, "merge_output")?,
     })
 }
 
@@ -242,6 +293,43 @@ mod tests {
         assert_eq!(request, Request::run(serde_json::json!([1]), expected));
         let request = Request::parse(br#"{"run": ["true"]}"#).unwrap();
         assert_eq!(request.id, Value::Null);
+    }
+
+    #[test]
+    fn guest_runs_options_are_keys_of_a_run_request() {
+        let line = br#"{"id": 1, "run": ["env"], "env": {"A": "x=y z"}, "env_clear": true,
+            "max_time": 2.5, "grace": 1, "merge_output": true}"#;
+        let Action::Run(run) = Request::parse(line).unwrap().action else {
+            panic!("a run")
+        };
+        assert_eq!(run.env, ["A=x=y z"]);
+        assert!(run.env_clear && run.merge_output);
+        assert_eq!(run.max_time, Some(Duration::from_millis(2500)));
+        assert_eq!(run.grace, Duration::from_secs(1));
+        for (bad, says) in [
+            (
+                r#"{"run": ["a"], "max_time": 0}"#,
+                "\"max_time\" must be a number of seconds greater than 0",
+            ),
+            (
+                r#"{"run": ["a"], "max_time": -1}"#,
+                "\"max_time\" must be a number of seconds greater than 0",
+            ),
+            (
+                r#"{"run": ["a"], "env": {"A=B": "c"}}"#,
+                "\"env\" must be an object of strings, its keys without '='",
+            ),
+            (
+                r#"{"run": ["a"], "env": ["A=1"]}"#,
+                "\"env\" must be an object of strings, its keys without '='",
+            ),
+            (
+                r#"{"run": ["a"], "merge_output": "yes"}"#,
+                "\"merge_output\" must be true or false",
+            ),
+        ] {
+            assert_eq!(message(bad).1, says, "{bad}");
+        }
     }
 
     #[test]
