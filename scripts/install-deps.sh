@@ -5,7 +5,11 @@ set -euo pipefail
 
 # time: GNU time measures peak RSS in the tests and the benchmark.
 # python3: a second process that holds a socket in the socket-holder tests.
-packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time python3)
+# debootstrap, e2fsprogs: the Python test VM (scripts/build-python-vm.sh).
+# python3-venv: the virtual environment with ansible-core
+# (scripts/test-ansible.sh).
+packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time python3
+  debootstrap e2fsprogs python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do
