@@ -281,6 +281,10 @@ class SessionRunner:
                     reply = json.loads(raw)
                 except ValueError:
                     raise VirtomateError('session %s: not JSON: %r' % (self.virtomate.domain, raw[:200]), 'ProtocolError')
+                if isinstance(reply, dict) and 'id' not in reply and 'type' in reply:
+                    # virtomate's own error before any request (an unknown
+                    # domain, a usage error): the session ends with it.
+                    raise error_from_json(reply, 'session %s' % self.virtomate.domain)
                 if not isinstance(reply, dict) or 'id' not in reply:
                     raise VirtomateError('session %s: a reply without id: %r' % (self.virtomate.domain, raw[:200]),
                                          'ProtocolError')
