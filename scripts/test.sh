@@ -4,7 +4,8 @@
 # agent, real VM, libvirtd, fake agent). Tests that need more than Rust are
 # #[ignore]d, so that a plain `cargo test` leaves them out; here
 # --include-ignored runs them too, and those of tests/ fail, not skip, when
-# what they need is missing.
+# what they need is missing. Then the Ansible connection plugin against two
+# Python test VMs and the busybox VM (scripts/test-ansible.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,3 +14,4 @@ scripts/build-test-vm.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --include-ignored
+scripts/test-ansible.sh

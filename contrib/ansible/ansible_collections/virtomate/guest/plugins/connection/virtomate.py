@@ -91,15 +91,22 @@ DOCUMENTATION = r"""
         description:
           - Seconds for connecting to the agent and the handshake (C(virtomate --timeout)). An agent that does
             not answer in time makes the host UNREACHABLE.
+          - As for Ansible's other connections, Ansible's connection timeout (C(-T), E(ANSIBLE_TIMEOUT),
+            C([defaults] timeout), 10 by default) sets it.
         type: float
-        default: 5
+        default: 10
         vars:
           - name: ansible_virtomate_timeout
         env:
+          - name: ANSIBLE_TIMEOUT
           - name: ANSIBLE_VIRTOMATE_TIMEOUT
         ini:
+          - section: defaults
+            key: timeout
           - section: virtomate_connection
             key: timeout
+        cli:
+          - name: timeout
       reply_timeout:
         description:
           - Seconds for each single reply of the agent (C(virtomate --reply-timeout)). A program may run longer;
