@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Benchmark: whole `virtomate guest-run` processes against the protocol
 # floor, on the test VM and on the host agent, plus big-payload throughput.
-# Prints figures; BENCH_RUNS sets the runs per figure (default 30).
+# Prints figures; BENCH_RUNS sets the runs per figure (default 30). Then
+# scripts/bench-ansible.sh: the Ansible connection plugin, per task.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,3 +11,5 @@ scripts/build-test-vm.sh
 cargo bench --locked --bench guest_run
 cargo bench --locked --bench run_options
 cargo bench --locked --bench parallel
+# The Ansible connection plugin on the Python test VM.
+scripts/bench-ansible.sh

@@ -7,8 +7,11 @@ set -euo pipefail
 # python3: a second process that holds a socket in the socket-holder tests.
 # man-db, groff-base, bash, zsh, fish: the packaging tests render the man
 # pages and load the shell completions (tests/packaging.rs).
+# debootstrap, e2fsprogs: the Python test VM (scripts/build-python-vm.sh).
+# python3-venv: the virtual environment with ansible-core
+# (scripts/test-ansible.sh).
 packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time python3
-  man-db groff-base bash zsh fish)
+  man-db groff-base bash zsh fish debootstrap e2fsprogs python3-venv)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -9,15 +9,20 @@
 #
 # Environment:
 #   VM_ARTIFACTS       directory with vmlinuz and initramfs.gz
-#                      (default: target/test-vm in the repository root)
+#                      (default: target/test-vm in the repository root);
+#                      when it also holds rootfs.img (the Python VM of
+#                      scripts/build-python-vm.sh), that disk is attached on
+#                      virtio-blk with snapshot=on: the VM's writes go to a
+#                      throw-away copy, so several VMs boot from one image
 #   VM_NAME            QEMU -name (default: virtomate-test)
 #   EXTRA_AGENT_PORT   1 adds a second guest agent port
 #   KERNEL_EXTRA_ARGS  appended to the kernel command line
 #                      (e.g. virtomate.noagent)
 #   VM_BOOT_TIMEOUT    seconds to wait for the VM (default: 90)
 #   VM_WAIT_READY      0 returns as soon as QEMU runs, before the guest is up
-#   VM_MEMORY          guest RAM in MiB (default: 256; the agent needs about
-#                      4x the size of a big --stdin payload)
+#   VM_MEMORY          guest RAM in MiB (default: 256, 512 with rootfs.img;
+#                      the agent needs about 4x the size of a big --stdin
+#                      payload)
 #
 # Stop the VM with scripts/stop-test-vm.sh DIR.
 set -euo pipefail
@@ -61,10 +66,15 @@ if [ -n "${KERNEL_EXTRA_ARGS:-}" ]; then
   append="$append $KERNEL_EXTRA_ARGS"
 fi
 
+memory=256
+if [ -f "$artifacts/rootfs.img" ]; then
+  memory=512
+fi
+
 args=(
   -name "${VM_NAME:-virtomate-test}"
   -accel tcg
-  -m "${VM_MEMORY:-256}"
+  -m "${VM_MEMORY:-$memory}"
   -smp 1
   -nodefaults
   -display none
@@ -78,6 +88,9 @@ args=(
   -chardev "socket,path=$dir/qga.sock,server=on,wait=off,id=qga0"
   -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0
 )
+if [ -f "$artifacts/rootfs.img" ]; then
+  args+=(-drive "file=$artifacts/rootfs.img,if=virtio,format=raw,snapshot=on")
+fi
 if [ "${EXTRA_AGENT_PORT:-}" = 1 ]; then
   args+=(
     -chardev "socket,path=$dir/qga1.sock,server=on,wait=off,id=qga1"

@@ -7,6 +7,8 @@
 # what they need is missing. Last, scripts/package.sh builds the static
 # binary for minimal hosts and checks it in a chroot against the test VM
 # (a minute or two more: a cold release build with LTO).
+# what they need is missing. Then the Ansible connection plugin against two
+# Python test VMs and the busybox VM (scripts/test-ansible.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,3 +18,4 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --include-ignored
 scripts/package.sh
+scripts/test-ansible.sh

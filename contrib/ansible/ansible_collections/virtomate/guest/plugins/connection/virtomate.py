@@ -1,0 +1,354 @@
+# Copyright (c) virtomate developers
+# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+    name: virtomate
+    short_description: Run tasks in QEMU guests through the guest agent, with virtomate
+    description:
+        - Runs tasks in a QEMU virtual machine through its QEMU Guest Agent, by running the C(virtomate) binary,
+          on the controller or on the hypervisor host over SSH. The guest needs no network and no SSH server,
+          only a running C(qemu-ga).
+        - Works on bare QEMU and on libvirt domains alike, without libvirt's library or Python bindings.
+        - Every command runs as C(/bin/sh -c COMMAND) started by the agent, which runs as root, so the
+          connection's user is C(root) (see O(remote_user)).
+    author: virtomate developers
+    version_added: "0.1.0"
+    extends_documentation_fragment:
+        - connection_pipelining
+    notes:
+        - The guest agent runs programs as root; C(ansible_user) is not used to log in anywhere. C(become) with
+          C(become_user) other than root switches to that user in the guest with the become method's own command
+          (C(sudo -u USER), C(su USER)); run from root, neither asks for a password, so C(become_password) is
+          not needed and not sent.
+        - The agent gives programs its own environment, often without C(HOME) (systemd sets none for it);
+          the plugin sets C(HOME=/root) when it is missing, since Ansible finds its temporary directory there.
+        - Without C(virtomate copy), files move through runs of C(sh -c 'cat > PATH') with the data on
+          standard input, O(chunk_size) bytes per run, and come back through C(cat) (C(tail)/C(head) past the
+          agent's 16 MiB output cap).
+        - Windows guests are not supported (commands go through C(/bin/sh)).
+    options:
+      domain:
+        description:
+          - The virtual machine, as C(virtomate) takes it, on the host where it runs (the controller, or
+            O(ssh_host)) - a libvirt domain name or UUID, the C(-name) of a bare QEMU process, or the path
+            of the agent's UNIX socket.
+        type: string
+        default: inventory_hostname
+        vars:
+          - name: inventory_hostname
+          - name: ansible_host
+          - name: ansible_virtomate_domain
+      virtomate_path:
+        description:
+          - The C(virtomate) binary, looked up on E(PATH) when it has no C(/). With O(ssh_host), its path on
+            that host.
+        type: string
+        default: virtomate
+        vars:
+          - name: ansible_virtomate_path
+        env:
+          - name: ANSIBLE_VIRTOMATE_PATH
+        ini:
+          - section: virtomate_connection
+            key: virtomate_path
+      ssh_host:
+        description:
+          - Run C(virtomate) on this hypervisor host, as C(SSH_EXECUTABLE SSH_ARGS -- SSH_HOST virtomate ...),
+            instead of on the controller. Needs a login that asks for no password (keys, an agent).
+        type: string
+        vars:
+          - name: ansible_virtomate_ssh_host
+        env:
+          - name: ANSIBLE_VIRTOMATE_SSH_HOST
+      ssh_executable:
+        description: The SSH client used with O(ssh_host).
+        type: string
+        default: ssh
+        vars:
+          - name: ansible_virtomate_ssh_executable
+        env:
+          - name: ANSIBLE_VIRTOMATE_SSH_EXECUTABLE
+        ini:
+          - section: virtomate_connection
+            key: ssh_executable
+      ssh_args:
+        description:
+          - Arguments for the SSH client, split as a shell would (for example
+            C(-o ControlMaster=auto -o ControlPersist=60s -o ControlPath=~/.ssh/cm-%C) to reuse one SSH
+            connection for the many short C(virtomate) runs of a play).
+        type: string
+        default: ''
+        vars:
+          - name: ansible_virtomate_ssh_args
+        env:
+          - name: ANSIBLE_VIRTOMATE_SSH_ARGS
+        ini:
+          - section: virtomate_connection
+            key: ssh_args
+      timeout:
+        description:
+          - Seconds for connecting to the agent and the handshake (C(virtomate --timeout)). An agent that does
+            not answer in time makes the host UNREACHABLE.
+          - As for Ansible's other connections, Ansible's connection timeout (C(-T), E(ANSIBLE_TIMEOUT),
+            C([defaults] timeout), 10 by default) sets it.
+        type: float
+        default: 10
+        vars:
+          - name: ansible_virtomate_timeout
+        env:
+          - name: ANSIBLE_TIMEOUT
+          - name: ANSIBLE_VIRTOMATE_TIMEOUT
+        ini:
+          - section: defaults
+            key: timeout
+          - section: virtomate_connection
+            key: timeout
+        cli:
+          - name: timeout
+      reply_timeout:
+        description:
+          - Seconds for each single reply of the agent (C(virtomate --reply-timeout)). A program may run longer;
+            this bounds each exchange with the agent.
+        type: float
+        default: 30
+        vars:
+          - name: ansible_virtomate_reply_timeout
+        env:
+          - name: ANSIBLE_VIRTOMATE_REPLY_TIMEOUT
+        ini:
+          - section: virtomate_connection
+            key: reply_timeout
+      use_session:
+        description:
+          - Run commands through one C(virtomate session DOMAIN) process (JSON lines, one agent connection)
+            per connection, instead of one C(virtomate guest-run) process per command.
+          - V(auto) uses a session when the binary has the C(session) command.
+          - Ansible makes a new connection for each task, so a session lives for one task (its temporary
+            directory, file transfer, module run and clean-up share it).
+        type: string
+        default: never
+        choices: [auto, always, never]
+        vars:
+          - name: ansible_virtomate_use_session
+        env:
+          - name: ANSIBLE_VIRTOMATE_USE_SESSION
+        ini:
+          - section: virtomate_connection
+            key: use_session
+      file_transfer:
+        description:
+          - How files move. V(copy) uses C(virtomate copy), V(run) writes and reads them through runs of
+            C(cat) (any virtomate), V(auto) uses C(copy) when the binary has it.
+        type: string
+        default: auto
+        choices: [auto, copy, run]
+        vars:
+          - name: ansible_virtomate_file_transfer
+        env:
+          - name: ANSIBLE_VIRTOMATE_FILE_TRANSFER
+      chunk_size:
+        description:
+          - Bytes per run when files are written through runs (O(file_transfer=run)). The agent holds each
+            chunk about four times in the guest's memory; at most a little under 48 MiB.
+        type: int
+        default: 4194304
+        vars:
+          - name: ansible_virtomate_chunk_size
+        env:
+          - name: ANSIBLE_VIRTOMATE_CHUNK_SIZE
+      remote_user:
+        description:
+          - The user commands run as before C(become). The agent runs as root, so this is always C(root);
+            set only so that Ansible hands files to an unprivileged C(become_user) properly.
+        type: string
+        default: root
+        choices: [root]
+"""
+
+EXAMPLES = r"""
+# inventory.ini: VMs on this host, by name (libvirt or bare QEMU -name)
+# [vms]
+# web1
+# db1 ansible_virtomate_domain=/run/db1/qga.sock
+# [vms:vars]
+# ansible_connection=virtomate.guest.virtomate
+
+# VMs on another hypervisor host, virtomate there
+# [remote_vms]
+# app1 ansible_virtomate_ssh_host=hv2.example.org
+# [remote_vms:vars]
+# ansible_connection=virtomate.guest.virtomate
+# ansible_virtomate_ssh_args=-o ControlMaster=auto -o ControlPersist=60s -o ControlPath=~/.ssh/cm-%C
+
+- hosts: vms
+  tasks:
+    - ansible.builtin.command: uname -r
+    - ansible.builtin.command: whoami
+      become: true
+      become_user: nobody
+      become_method: ansible.builtin.su
+"""
+
+import os
+
+from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
+from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
+from ansible.plugins.connection import ConnectionBase
+from ansible.utils.display import Display
+
+from ansible_collections.virtomate.guest.plugins.plugin_utils.virtomate import (
+    GuestRunRunner,
+    SessionRunner,
+    Virtomate,
+    VirtomateError,
+    fetch_file_chunked,
+    put_file_chunked,
+)
+
+display = Display()
+
+# qemu-ga often runs without HOME (systemd sets none for system services),
+# and `~` then does not expand, while Ansible's temporary directory is
+# ~/.ansible/tmp. The agent runs as root.
+_HOME_PRELUDE = 'HOME="${HOME:-/root}"; export HOME\n'
+
+
+class Connection(ConnectionBase):
+    """Tasks in a QEMU guest, through the guest agent and virtomate."""
+
+    transport = 'virtomate.guest.virtomate'
+    has_pipelining = True
+    # Commands run without a terminal (guest-exec has none).
+    has_tty = False
+    default_user = 'root'
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._virtomate = None
+        self._runner = None
+
+    # --- connecting ---------------------------------------------------
+
+    def _make_virtomate(self):
+        ssh_args = self.get_option('ssh_args') or ''
+        return Virtomate(
+            path=self.get_option('virtomate_path'),
+            domain=self.get_option('domain'),
+            ssh_host=self.get_option('ssh_host') or None,
+            ssh_executable=self.get_option('ssh_executable'),
+            ssh_args=self._split_ssh_args(ssh_args) if ssh_args else [],
+            timeout=self.get_option('timeout'),
+            reply_timeout=self.get_option('reply_timeout'),
+        )
+
+    def _wants_session(self):
+        mode = self.get_option('use_session')
+        if mode == 'always':
+            return True
+        if mode == 'auto':
+            return self._call(self._virtomate.has_command, 'session')
+        return False
+
+    def _connect(self):
+        if self._connected:
+            return self
+        self._virtomate = self._make_virtomate()
+        where = ' on %s' % self._virtomate.ssh_host if self._virtomate.ssh_host else ''
+        if self._wants_session():
+            display.vvv('ESTABLISH VIRTOMATE SESSION TO %s%s' % (self._virtomate.domain, where), host=self._virtomate.domain)
+            self._runner = self._call(SessionRunner, self._virtomate)
+        else:
+            display.vvv('VIRTOMATE GUEST-RUN TO %s%s' % (self._virtomate.domain, where), host=self._virtomate.domain)
+            self._runner = GuestRunRunner(self._virtomate)
+        self._connected = True
+        return self
+
+    @staticmethod
+    def _call(func, *args, **kwargs):
+        """Calls FUNC, turning virtomate's failures into Ansible's."""
+        try:
+            return func(*args, **kwargs)
+        except VirtomateError as e:
+            if e.unreachable:
+                raise AnsibleConnectionFailure(to_native(e))
+            raise AnsibleError(to_native(e))
+
+    # --- commands -----------------------------------------------------
+
+    def exec_command(self, cmd, in_data=None, sudoable=True):
+        """Runs CMD with /bin/sh in the guest, as a login shell would."""
+        super().exec_command(cmd, in_data=in_data, sudoable=sudoable)
+        display.vvv('EXEC %s' % to_text(cmd), host=self._virtomate.domain)
+        argv = ['/bin/sh', '-c', _HOME_PRELUDE + to_text(cmd, errors='surrogate_or_strict')]
+        res = self._call(self._runner.run, argv, in_data)
+        for name, truncated in (('stdout', res.stdout_truncated), ('stderr', res.stderr_truncated)):
+            if truncated:
+                display.warning('%s: the guest agent cut %s at its 16 MiB cap' % (self._virtomate.domain, name))
+        stdout = res.stdout
+        if sudoable and self.become and getattr(self.become, '_id', None):
+            stdout = self._check_become(res.rc, stdout, res.stderr)
+        return res.rc, stdout, res.stderr
+
+    def _check_become(self, rc, stdout, stderr):
+        """Drops the become command's success marker; no marker, no become."""
+        if self.become.check_success(stdout):
+            if hasattr(self.become, 'strip_become_success'):
+                return self.become.strip_become_success(stdout)
+            marker = to_bytes(self.become.success)
+            return stdout[stdout.index(marker) + len(marker):].lstrip(b'\r\n')
+        raise AnsibleError('%s: become (%s) did not succeed: exit status %d, stdout: %s, stderr: %s'
+                           % (self._virtomate.domain, getattr(self.become, 'name', 'become'), rc,
+                              to_text(stdout[:500]).strip(), to_text(stderr[:500]).strip()))
+
+    # --- files --------------------------------------------------------
+
+    def _use_copy(self):
+        mode = self.get_option('file_transfer')
+        if mode == 'copy':
+            return True
+        if mode == 'run':
+            return False
+        return self._call(self._virtomate.has_command, 'copy')
+
+    def _copy(self, src, dest, stdin_path=None, stdout_path=None):
+        display.vvv('COPY %s %s' % (src, dest), host=self._virtomate.domain)
+        self._call(self._virtomate.copy, src, dest, stdin_path=stdin_path, stdout_path=stdout_path)
+
+    def put_file(self, in_path, out_path):
+        super().put_file(in_path, out_path)
+        display.vvv('PUT %s TO %s' % (in_path, out_path), host=self._virtomate.domain)
+        if not os.path.exists(to_bytes(in_path, errors='surrogate_or_strict')):
+            raise AnsibleFileNotFound('file or module does not exist: %s' % in_path)
+        if self._use_copy():
+            guest = '%s:%s' % (self._virtomate.domain, out_path)
+            if self._virtomate.ssh_host:
+                self._copy('-', guest, stdin_path=in_path)
+            else:
+                self._copy(in_path, guest)
+        else:
+            self._call(put_file_chunked, self._runner, in_path, out_path, self.get_option('chunk_size'))
+
+    def fetch_file(self, in_path, out_path):
+        super().fetch_file(in_path, out_path)
+        display.vvv('FETCH %s TO %s' % (in_path, out_path), host=self._virtomate.domain)
+        if self._use_copy():
+            guest = '%s:%s' % (self._virtomate.domain, in_path)
+            if self._virtomate.ssh_host:
+                self._copy(guest, '-', stdout_path=out_path)
+            else:
+                self._copy(guest, out_path)
+        else:
+            self._call(fetch_file_chunked, self._runner, in_path, out_path)
+
+    # --- closing ------------------------------------------------------
+
+    def close(self):
+        if self._runner is not None:
+            self._runner.close()
+            self._runner = None
+        self._connected = False
+
+    def reset(self):
+        self.close()

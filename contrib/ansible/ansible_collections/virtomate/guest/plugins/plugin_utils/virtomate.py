@@ -1,0 +1,378 @@
+# Copyright (c) virtomate developers
+# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
+
+"""Controller-side helpers of the virtomate connection plugin.
+
+No Ansible import here, so that the unit tests can drive them with any
+Python:
+
+- ``Virtomate``: how to start the ``virtomate`` binary, on this host or on
+  a hypervisor host over SSH, and what its JSON answers and errors mean;
+- ``GuestRunRunner``: one ``virtomate guest-run`` process per command;
+- ``SessionRunner``: one ``virtomate session DOMAIN`` process speaking JSON
+  lines (``{"id", "run", "stdin", "encode"}`` in, ``{"id", "result"}`` or
+  ``{"id", "error"}`` out), for as long as the connection object lives;
+- ``put_file_chunked``/``fetch_file_chunked``: files in and out over
+  whichever runner, for a virtomate without ``copy``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+import threading
+
+# virtomate's error types (README, "Errors and exit statuses") that mean the
+# guest could not be reached or was lost: Ansible's UNREACHABLE. The others
+# (AgentCommandError, InputTooLarge, IoError, EncodingError, ...) are task
+# failures.
+UNREACHABLE_TYPES = frozenset((
+    'NotFoundError',
+    'IllegalStateError',
+    'AgentUnavailable',
+    'AgentTimeout',
+    'AgentDisconnected',
+    'AmbiguousDomainError',
+    'ProtocolError',
+    'libvirtError',
+    'Interrupted',
+))
+
+# The agent caps each output stream at 16 MiB, and one request at 64 MiB
+# (a little under 48 MiB of stdin once in Base64).
+MAX_STDIN = 48 * 1024 * 1024 - 64 * 1024
+DEFAULT_CHUNK = 4 * 1024 * 1024
+MAX_FETCH_CHUNK = 12 * 1024 * 1024
+
+
+class VirtomateError(Exception):
+    """virtomate failed: ``unreachable`` tells a lost guest from a failed task."""
+
+    def __init__(self, message, error_type=None, unreachable=True):
+        super().__init__(message)
+        self.error_type = error_type
+        self.unreachable = unreachable
+
+
+def error_from_json(error, context):
+    """The VirtomateError for one of virtomate's ``{"message", "type"}``."""
+    etype = error.get('type') or 'unknown'
+    message = error.get('message') or json.dumps(error)
+    return VirtomateError('%s: %s: %s' % (context, etype, message), etype, etype in UNREACHABLE_TYPES)
+
+
+class RunResult:
+    """A program's end in the guest, with its output as bytes."""
+
+    def __init__(self, rc, stdout, stderr, stdout_truncated=False, stderr_truncated=False):
+        self.rc = rc
+        self.stdout = stdout
+        self.stderr = stderr
+        self.stdout_truncated = stdout_truncated
+        self.stderr_truncated = stderr_truncated
+
+    @classmethod
+    def from_json(cls, result):
+        """From a RunResult as ``guest-run --encode`` prints it."""
+        if not isinstance(result, dict) or ('exit_code' not in result and 'signal' not in result):
+            raise VirtomateError('virtomate printed no run result: %r' % (result,), 'ProtocolError')
+        if result.get('exit_code') is not None:
+            rc = int(result['exit_code'])
+        elif result.get('signal') is not None:
+            # As a shell reports a program killed by a signal.
+            rc = 128 + int(result['signal'])
+        else:
+            rc = -1
+
+        def data(key):
+            value = result.get(key)
+            return base64.b64decode(value) if value else b''
+
+        return cls(rc, data('stdout'), data('stderr'),
+                   bool(result.get('stdout_truncated')), bool(result.get('stderr_truncated')))
+
+
+class Virtomate:
+    """The ``virtomate`` binary, here or on ``ssh_host``."""
+
+    def __init__(self, path='virtomate', domain=None, ssh_host=None, ssh_executable='ssh', ssh_args=None,
+                 timeout=None, reply_timeout=None):
+        self.path = path
+        self.domain = domain
+        self.ssh_host = ssh_host
+        self.ssh_executable = ssh_executable
+        self.ssh_args = list(ssh_args or [])
+        self.timeout = timeout
+        self.reply_timeout = reply_timeout
+        self._commands = None
+
+    def global_args(self):
+        args = []
+        if self.timeout:
+            args += ['--timeout', str(self.timeout)]
+        if self.reply_timeout:
+            args += ['--reply-timeout', str(self.reply_timeout)]
+        return args
+
+    def argv(self, args):
+        """The local command line that runs ``virtomate ARGS``."""
+        command = [self.path] + self.global_args() + list(args)
+        if not self.ssh_host:
+            return command
+        # ssh hands the remote shell one string: quote every word.
+        return [self.ssh_executable] + self.ssh_args + ['--', self.ssh_host, ' '.join(shlex.quote(a) for a in command)]
+
+    def where(self):
+        return 'virtomate on %s' % self.ssh_host if self.ssh_host else 'virtomate'
+
+    def run(self, args, stdin=None, stdout=subprocess.PIPE):
+        """Runs virtomate to its end: (exit status, stdout, stderr)."""
+        argv = self.argv(args)
+        try:
+            proc = subprocess.run(argv, input=stdin if stdin is not None else None,
+                                  stdin=None if stdin is not None else subprocess.DEVNULL,
+                                  stdout=stdout, stderr=subprocess.PIPE, check=False)
+        except OSError as e:
+            raise VirtomateError('cannot run %s: %s' % (argv[0], e), 'IoError')
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def check_process_failure(self, rc, stdout, stderr, context):
+        """Raises what a failed virtomate (or ssh) process means."""
+        text = (stdout or b'').decode('utf-8', 'replace').strip()
+        err = (stderr or b'').decode('utf-8', 'replace').strip()
+        if rc == 1 and text:
+            try:
+                error = json.loads(text.splitlines()[-1])
+            except ValueError:
+                error = None
+            if isinstance(error, dict) and 'type' in error:
+                raise error_from_json(error, context)
+        if self.ssh_host and rc == 255:
+            raise VirtomateError('%s: ssh to %s failed: %s' % (context, self.ssh_host, err or 'exit status 255'), 'SshError')
+        if rc in (126, 127):
+            raise VirtomateError('%s: %s cannot be run (exit status %d): %s' % (context, self.where(), rc, err), 'IoError')
+        raise VirtomateError('%s: %s exited with status %d: %s' % (context, self.where(), rc, err or text), 'IoError',
+                             unreachable=rc != 2)
+
+    def copy(self, src, dest, stdin_path=None, stdout_path=None):
+        """``virtomate copy SRC DEST``; over SSH a local side is ``-``, its
+        data on stdin (STDIN_PATH) or stdout (STDOUT_PATH)."""
+        stdin = stdout = None
+        argv = self.argv(['copy', src, dest])
+        try:
+            stdin = open(stdin_path, 'rb') if stdin_path is not None else subprocess.DEVNULL
+            stdout = open(stdout_path, 'wb') if stdout_path is not None else subprocess.PIPE
+            proc = subprocess.run(argv, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, check=False)
+        except OSError as e:
+            raise VirtomateError('cannot run %s: %s' % (argv[0], e), 'IoError')
+        finally:
+            for f in (stdin, stdout):
+                if hasattr(f, 'close'):
+                    f.close()
+        if proc.returncode != 0:
+            self.check_process_failure(proc.returncode, proc.stdout or b'', proc.stderr, 'copy %s %s' % (src, dest))
+
+    def commands(self):
+        """The subcommands this virtomate has, from ``virtomate --help``."""
+        if self._commands is None:
+            rc, out, err = self.run(['--help'])
+            if rc != 0:
+                self.check_process_failure(rc, out, err, 'virtomate --help')
+            self._commands = parse_commands(out.decode('utf-8', 'replace'))
+        return self._commands
+
+    def has_command(self, name):
+        return name in self.commands()
+
+
+def parse_commands(help_text):
+    """The command names of clap's ``Commands:`` section."""
+    names = set()
+    in_commands = False
+    for line in help_text.splitlines():
+        if line.strip() == 'Commands:':
+            in_commands = True
+            continue
+        if in_commands:
+            if not line.startswith('  '):
+                if line.strip():
+                    break
+                continue
+            names.add(line.split()[0])
+    return names
+
+
+class GuestRunRunner:
+    """One ``virtomate guest-run --encode`` process per program."""
+
+    def __init__(self, virtomate):
+        self.virtomate = virtomate
+
+    def run(self, argv, stdin=None):
+        if stdin is not None and len(stdin) > MAX_STDIN:
+            raise VirtomateError('input of %d bytes is over what one guest-run can pass (%d)' % (len(stdin), MAX_STDIN),
+                                 'InputTooLarge', unreachable=False)
+        args = ['guest-run', '--encode']
+        if stdin is not None:
+            args.append('--stdin')
+        args += [self.virtomate.domain, '--'] + list(argv)
+        rc, out, err = self.virtomate.run(args, stdin=stdin)
+        context = 'guest-run %s' % self.virtomate.domain
+        if rc != 0:
+            self.virtomate.check_process_failure(rc, out, err, context)
+        try:
+            result = json.loads(out)
+        except ValueError:
+            raise VirtomateError('%s: %s printed no JSON: %r' % (context, self.virtomate.where(), out[:200]), 'ProtocolError')
+        return RunResult.from_json(result)
+
+    def close(self):
+        pass
+
+
+class SessionRunner:
+    """One ``virtomate session DOMAIN`` process, JSON lines both ways.
+
+    Requests go out one line each with a fresh id; replies may come in any
+    order (the session runs programs in parallel), so replies to other ids
+    wait in ``_replies`` for whoever asked. Used by one thread at a time.
+    """
+
+    def __init__(self, virtomate, popen=subprocess.Popen):
+        self.virtomate = virtomate
+        self._next_id = 1
+        self._replies = {}
+        self._stderr = tempfile.TemporaryFile()
+        argv = virtomate.argv(['session', virtomate.domain])
+        try:
+            self._proc = popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0)
+        except OSError as e:
+            raise VirtomateError('cannot run %s: %s' % (argv[0], e), 'IoError')
+        self._lock = threading.Lock()
+
+    def _lost(self, why):
+        self._stderr.seek(0)
+        err = self._stderr.read().decode('utf-8', 'replace').strip()
+        rc = self._proc.poll()
+        detail = '; '.join(x for x in (why, 'exit status %s' % rc if rc is not None else '', err) if x)
+        return VirtomateError('session %s: %s ended: %s' % (self.virtomate.domain, self.virtomate.where(), detail),
+                              'AgentDisconnected')
+
+    def request(self, body):
+        """Sends one request and returns its reply's ``result``."""
+        with self._lock:
+            rid = self._next_id
+            self._next_id += 1
+            line = json.dumps(dict(body, id=rid), separators=(',', ':')).encode() + b'\n'
+            try:
+                self._proc.stdin.write(line)
+                self._proc.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                raise self._lost('cannot send the request')
+            while rid not in self._replies:
+                raw = self._proc.stdout.readline()
+                if not raw:
+                    raise self._lost('no reply to request %d' % rid)
+                try:
+                    reply = json.loads(raw)
+                except ValueError:
+                    raise VirtomateError('session %s: not JSON: %r' % (self.virtomate.domain, raw[:200]), 'ProtocolError')
+                if isinstance(reply, dict) and 'id' not in reply and 'type' in reply:
+                    # virtomate's own error before any request (an unknown
+                    # domain, a usage error): the session ends with it.
+                    raise error_from_json(reply, 'session %s' % self.virtomate.domain)
+                if not isinstance(reply, dict) or 'id' not in reply:
+                    raise VirtomateError('session %s: a reply without id: %r' % (self.virtomate.domain, raw[:200]),
+                                         'ProtocolError')
+                self._replies[reply['id']] = reply
+            reply = self._replies.pop(rid)
+        if 'error' in reply:
+            raise error_from_json(reply['error'] or {}, 'session %s' % self.virtomate.domain)
+        if 'result' not in reply:
+            raise VirtomateError('session %s: reply %r has neither result nor error' % (self.virtomate.domain, reply),
+                                 'ProtocolError')
+        return reply['result']
+
+    def ping(self):
+        return self.request({'ping': {}})
+
+    def run(self, argv, stdin=None):
+        body = {'run': list(argv), 'encode': True}
+        if stdin is not None:
+            if len(stdin) > MAX_STDIN:
+                raise VirtomateError('input of %d bytes is over what one run can pass (%d)' % (len(stdin), MAX_STDIN),
+                                     'InputTooLarge', unreachable=False)
+            body['stdin'] = base64.b64encode(stdin).decode('ascii')
+        return RunResult.from_json(self.request(body))
+
+    def close(self, timeout=10):
+        """EOF on stdin: the session finishes what is in flight and exits 0."""
+        proc = self._proc
+        try:
+            proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        self._stderr.close()
+
+
+# --- Files over runs, for a virtomate without `copy` ------------------------
+
+def put_file_chunked(runner, in_path, out_path, chunk_size=DEFAULT_CHUNK):
+    """Writes IN_PATH to the guest's OUT_PATH, CHUNK_SIZE bytes per run."""
+    chunk_size = max(1, min(int(chunk_size), MAX_STDIN))
+    with open(in_path, 'rb') as f:
+        first = True
+        while True:
+            chunk = f.read(chunk_size)
+            if not chunk and not first:
+                break
+            # The path is an argument, never part of the script.
+            script = 'cat > "$1"' if first else 'cat >> "$1"'
+            res = runner.run(['/bin/sh', '-c', script, 'sh', out_path], stdin=chunk)
+            if res.rc != 0:
+                raise VirtomateError('cannot write %s in the guest (exit status %d): %s'
+                                     % (out_path, res.rc, res.stderr.decode('utf-8', 'replace').strip()),
+                                     'IoError', unreachable=False)
+            first = False
+            if len(chunk) < chunk_size:
+                break
+
+
+def fetch_file_chunked(runner, in_path, out_path, chunk_size=MAX_FETCH_CHUNK):
+    """Reads the guest's IN_PATH into OUT_PATH.
+
+    One ``cat`` does for a file under the agent's 16 MiB output cap; past the
+    cap the rest comes in CHUNK_SIZE pieces (``tail -c +OFFSET | head -c``).
+    """
+    chunk_size = max(1, min(int(chunk_size), MAX_FETCH_CHUNK))
+
+    def fail(res):
+        raise VirtomateError('cannot read %s in the guest (exit status %d): %s'
+                             % (in_path, res.rc, res.stderr.decode('utf-8', 'replace').strip()),
+                             'IoError', unreachable=False)
+
+    res = runner.run(['/bin/sh', '-c', 'exec cat -- "$1"', 'sh', in_path])
+    if res.rc != 0:
+        fail(res)
+    with open(out_path, 'wb') as f:
+        f.write(res.stdout)
+        offset = len(res.stdout)
+        truncated = res.stdout_truncated
+        while truncated:
+            res = runner.run(['/bin/sh', '-c', 'tail -c +"$2" -- "$1" | head -c "$3"', 'sh', in_path,
+                              str(offset + 1), str(chunk_size)])
+            if res.rc != 0:
+                fail(res)
+            f.write(res.stdout)
+            offset += len(res.stdout)
+            truncated = len(res.stdout) == chunk_size

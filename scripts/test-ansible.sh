@@ -1,0 +1,186 @@
+#!/usr/bin/env bash
+# The Ansible connection plugin (contrib/ansible, virtomate.guest.virtomate)
+# with the real thing: ansible-core (pinned, in a venv), two Python test VMs
+# and the busybox VM, booted under TCG.
+#
+# 1. the plugin's unit tests (session client against a fake session);
+# 2. tests/ansible/main.yml with forks 3: ping, command with stdin, shell
+#    with a pipeline, copy of a 5 MiB file, fetch, template, stat, file,
+#    become (sudo, su), a failing task with ignore_errors, raw on busybox;
+#    one Python VM by name on this host, the other by socket path through
+#    an "ssh" to a hypervisor host (a stand-in that runs the command here,
+#    so the remote command line is quoted and split as over real SSH);
+# 3. tests/ansible/faults.yml: an agent stopped in a guest, a VM killed
+#    while a task runs, a domain that does not exist: each UNREACHABLE with
+#    virtomate's message.
+# Ansible's JSON output is checked task by task (tests/ansible/check.py).
+#
+# Environment:
+#   PYTHON_VM_ARTIFACTS  the Python VM's build directory (default, as root:
+#                        /var/cache/virtomate-test/python-vm, shared by
+#                        checkouts; else target/python-vm)
+#   VIRTOMATE            the binary (default: target/debug/virtomate, built)
+#   KEEP_TEST_DIR=1      keep the work directory (inventory, outputs, logs)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$PWD"
+started=$SECONDS
+
+log() { echo "test-ansible: $*" >&2; }
+
+scripts/install-deps.sh
+scripts/build-test-vm.sh
+if [ -z "${PYTHON_VM_ARTIFACTS:-}" ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    PYTHON_VM_ARTIFACTS=/var/cache/virtomate-test/python-vm
+  else
+    PYTHON_VM_ARTIFACTS="$repo/target/python-vm"
+  fi
+fi
+scripts/build-python-vm.sh "$PYTHON_VM_ARTIFACTS"
+venv="$(scripts/ansible-venv.sh)"
+if [ -z "${VIRTOMATE:-}" ]; then
+  cargo build --locked --quiet --bin virtomate
+  VIRTOMATE="$repo/target/debug/virtomate"
+fi
+log "prepared in $((SECONDS - started)) s"
+
+collection="$repo/contrib/ansible/ansible_collections/virtomate/guest"
+unit_started=$SECONDS
+"$venv/bin/python" "$collection/tests/unit/plugins/plugin_utils/test_virtomate.py"
+log "unit tests in $((SECONDS - unit_started)) s"
+
+work="$(mktemp -d /tmp/virtomate-ansible.XXXXXX)"
+vms=()
+cleanup() {
+  for d in "${vms[@]}"; do scripts/stop-test-vm.sh "$d" >/dev/null 2>&1 || true; done
+  if [ -n "${watcher:-}" ]; then kill "$watcher" 2>/dev/null || true; fi
+  if [ "${KEEP_TEST_DIR:-}" = 1 ]; then log "kept $work"; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
+
+# --- VMs ------------------------------------------------------------------
+
+tag="$$"
+boot() { # DIR NAME ARTIFACTS
+  VM_NAME="$2" VM_ARTIFACTS="$3" scripts/run-test-vm.sh "$1"
+}
+boot_started=$SECONDS
+boot "$work/py1" "virtomate-ansible-py1-$tag" "$PYTHON_VM_ARTIFACTS" &
+p1=$!
+boot "$work/py2" "virtomate-ansible-py2-$tag" "$PYTHON_VM_ARTIFACTS" &
+p2=$!
+boot "$work/bb" "virtomate-ansible-bb-$tag" "$repo/target/test-vm" &
+p3=$!
+vms+=("$work/py1" "$work/py2" "$work/bb")
+wait "$p1"
+wait "$p2"
+wait "$p3"
+log "3 VMs booted in $((SECONDS - boot_started)) s"
+
+# --- Inventory ------------------------------------------------------------
+
+# A stand-in for ssh: drops the options up to "--", logs the host, and runs
+# the remote command line with a shell, as sshd does.
+cat >"$work/fake-ssh" <<EOF
+#!/bin/sh
+while [ "\$1" != -- ]; do shift; done
+shift
+echo "\$1" >>"$work/fake-ssh.log"
+exec /bin/sh -c "\$2"
+EOF
+chmod 755 "$work/fake-ssh"
+
+cat >"$work/inventory.ini" <<EOF
+[python]
+py1 ansible_virtomate_domain=virtomate-ansible-py1-$tag
+py2 ansible_virtomate_domain=$work/py2/qga.sock ansible_virtomate_ssh_host=hypervisor2 ansible_virtomate_ssh_executable=$work/fake-ssh ansible_virtomate_ssh_args='-o BatchMode=yes'
+
+[python:vars]
+ansible_python_interpreter=/usr/bin/python3
+
+[busybox]
+bb ansible_virtomate_domain=virtomate-ansible-bb-$tag
+
+[all:vars]
+ansible_connection=virtomate.guest.virtomate
+ansible_virtomate_path=$VIRTOMATE
+EOF
+
+head -c $((5 * 1024 * 1024)) /dev/urandom >"$work/big.bin"
+big_sha1="$(sha1sum "$work/big.bin" | cut -d' ' -f1)"
+mkdir -p "$work/fetched"
+
+export ANSIBLE_COLLECTIONS_PATH="$repo/contrib/ansible"
+export ANSIBLE_CALLBACK_PLUGINS="$repo/tests/ansible/callback_plugins"
+export ANSIBLE_STDOUT_CALLBACK=results_json
+export ANSIBLE_HOST_KEY_CHECKING=False
+export ANSIBLE_RETRY_FILES_ENABLED=False
+export ANSIBLE_LOCAL_TEMP="$work/ansible-local"
+export ANSIBLE_NOCOLOR=1
+export ANSIBLE_FORKS=3
+# One run per module instead of four or five (temporary directory, file,
+# chmod, run, clean-up); one task turns it off to cover that way too.
+export ANSIBLE_PIPELINING=True
+
+run_playbook() { # NAME PLAYBOOK INVENTORY [ARGS...]: output in $work/NAME.json
+  local name="$1" playbook="$2" inventory="$3" rc=0 t0=$SECONDS
+  shift 3
+  "$venv/bin/ansible-playbook" -i "$inventory" "$repo/tests/ansible/$playbook" "$@" \
+    >"$work/$name.json" 2>"$work/$name.stderr" || rc=$?
+  log "$playbook: ansible-playbook exit status $rc in $((SECONDS - t0)) s"
+  if [ -s "$work/$name.stderr" ]; then sed 's/^/  stderr: /' "$work/$name.stderr" | head -n 20 >&2; fi
+}
+
+# --- The playbook ---------------------------------------------------------
+
+run_playbook main main.yml "$work/inventory.ini" \
+  -e "big_file=$work/big.bin" -e "fetch_dir=$work/fetched"
+"$venv/bin/python" tests/ansible/check.py main "$work/main.json" \
+  "big_sha1=$big_sha1" "fetch_dir=$work/fetched"
+grep -qx hypervisor2 "$work/fake-ssh.log" || { log "py2 did not go through ssh"; exit 1; }
+
+# --- Faults ---------------------------------------------------------------
+
+# Stop py1's agent: from the guest, in the background, so that the run
+# that asks for it ends first.
+"$VIRTOMATE" guest-run "virtomate-ansible-py1-$tag" -- /bin/sh -c \
+  '(sleep 1; for p in /proc/[0-9]*; do [ "$(cat "$p/comm" 2>/dev/null)" = qemu-ga ] && kill "${p#/proc/}"; done) </dev/null >/dev/null 2>&1 &' >/dev/null
+rc=0
+for _ in $(seq 30); do
+  sleep 1
+  rc=0
+  "$VIRTOMATE" --timeout 1 guest-ping "virtomate-ansible-py1-$tag" || rc=$?
+  [ "$rc" -eq 125 ] && break
+done
+[ "$rc" -eq 125 ] || { log "the agent of py1 still answers"; exit 1; }
+
+cat >"$work/faults.ini" <<EOF
+agent_stopped ansible_virtomate_domain=virtomate-ansible-py1-$tag
+stopped_mid_play ansible_virtomate_domain=virtomate-ansible-py2-$tag
+no_such_domain ansible_virtomate_domain=virtomate-ansible-no-such-domain-$tag
+
+[all:vars]
+ansible_connection=virtomate.guest.virtomate
+ansible_virtomate_path=$VIRTOMATE
+# The agent that does not answer is waited for this long (default 10 s).
+ansible_virtomate_timeout=4
+ansible_python_interpreter=/usr/bin/python3
+EOF
+
+# Kill py2's QEMU (as a crash would) once its long task runs in the guest.
+(
+  for _ in $(seq 600); do
+    if pgrep -f virtomate-midplay-marker >/dev/null; then
+      sleep 2
+      kill -KILL "$(cat "$work/py2/qemu.pid")"
+      exit 0
+    fi
+    sleep 0.2
+  done
+) &
+watcher=$!
+run_playbook faults faults.yml "$work/faults.ini"
+"$venv/bin/python" tests/ansible/check.py faults "$work/faults.json"
+
+log "passed in $((SECONDS - started)) s"

@@ -1,0 +1,107 @@
+"""Checks the JSON output (ANSIBLE_STDOUT_CALLBACK=json) of the playbooks of
+scripts/test-ansible.sh. Usage: check.py main|faults OUTPUT.json [key=value...]"""
+
+import hashlib
+import json
+import os
+import sys
+
+kind, path = sys.argv[1], sys.argv[2]
+params = dict(a.split('=', 1) for a in sys.argv[3:])
+with open(path) as f:
+    text = f.read()
+# Warnings may precede the JSON document.
+out = json.loads(text[text.index('{'):])
+
+failures = []
+checked = 0
+
+
+def check(cond, what):
+    global checked
+    checked += 1
+    if not cond:
+        failures.append(what)
+
+
+results = {}
+for play in out['plays']:
+    for task in play['tasks']:
+        for host, res in task['hosts'].items():
+            results[(host, task['task']['name'])] = res
+
+
+def res(host, name):
+    r = results.get((host, name))
+    check(r is not None, '%s: no result for task %r' % (host, name))
+    return r or {}
+
+
+def ok(host, name):
+    r = res(host, name)
+    check(not r.get('failed') and not r.get('unreachable'), '%s: %s failed: %s' % (host, name, r.get('msg')))
+    return r
+
+
+stats = out['stats']
+
+if kind == 'main':
+    big_sha1 = params['big_sha1']
+    for h in ('py1', 'py2'):
+        s = stats.get(h, {})
+        check(s.get('unreachable') == 0 and s.get('failures') == 0 and s.get('ignored') == 1,
+              '%s: stats %s' % (h, s))
+        check(ok(h, 'ping').get('ping') == 'pong', '%s: ping' % h)
+        check(ok(h, 'command with stdin').get('stdout') == 'hello through stdin', '%s: stdin' % h)
+        check(ok(h, 'shell with a pipeline').get('stdout') == '2', '%s: pipeline' % h)
+        r = ok(h, 'copy a 5 MiB file')
+        check(r.get('checksum') == big_sha1 and r.get('size') == 5 * 1024 * 1024 and r.get('mode') == '0600',
+              '%s: copy result %s' % (h, {k: r.get(k) for k in ('checksum', 'size', 'mode', 'msg')}))
+        r = ok(h, 'fetch it back')
+        fetched = os.path.join(params['fetch_dir'], h, 'root', 'big.bin')
+        check(r.get('checksum') == big_sha1 and os.path.exists(fetched), '%s: fetch %s' % (h, r.get('msg')))
+        if os.path.exists(fetched):
+            with open(fetched, 'rb') as f:
+                check(hashlib.sha1(f.read()).hexdigest() == big_sha1, '%s: fetched file differs' % h)
+        rendered = '# written by Ansible through virtomate\nhost=%s\n' % h
+        r = ok(h, 'template')
+        check(r.get('changed') is True and r.get('checksum') == hashlib.sha1(rendered.encode()).hexdigest(),
+              '%s: template %s' % (h, r.get('checksum')))
+        check(ok(h, 'file makes a directory').get('mode') == '0750', '%s: file' % h)
+        st = ok(h, 'stat the directory').get('stat', {})
+        check(st.get('isdir') is True and st.get('mode') == '0750', '%s: stat %s' % (h, st))
+        check(ok(h, 'become alice with sudo').get('stdout') == 'alice', '%s: become sudo' % h)
+        check(ok(h, 'become alice with su, raw').get('stdout_lines') == ['alice'], '%s: become su' % h)
+        r = res(h, 'a failing task')
+        check(r.get('failed') is True and r.get('rc') == 3 and r.get('stderr', '').strip() == 'failing on purpose',
+              '%s: failing task %s' % (h, {k: r.get(k) for k in ('failed', 'rc', 'stderr', 'msg')}))
+        check(ok(h, 'the play goes on').get('stdout_lines') == ['still here'], '%s: after the failure' % h)
+    s = stats.get('bb', {})
+    check(s.get('unreachable') == 0 and s.get('failures') == 0, 'bb: stats %s' % s)
+    r = ok('bb', 'raw')
+    check(r.get('stdout_lines') == ['raw-ok', 'LINUX'] and r.get('rc') == 0, 'bb: raw %s' % r.get('stdout_lines'))
+elif kind == 'faults':
+    expected = {
+        'agent_stopped': ('ping', ('AgentTimeout', 'AgentUnavailable')),
+        'stopped_mid_play': ('long task', ('AgentDisconnected',)),
+        'no_such_domain': ('ping', ('NotFoundError',)),
+    }
+    for h, (task, types) in expected.items():
+        check(stats.get(h, {}).get('unreachable') == 1, '%s: stats %s' % (h, stats.get(h)))
+        r = res(h, task)
+        msg = r.get('msg', '')
+        check(r.get('unreachable') is True and any(t in msg for t in types),
+              '%s: %s: want UNREACHABLE with %s, got %s' % (h, task, '/'.join(types), msg))
+        print('%s: %s' % (h, msg.splitlines()[0] if msg else r))
+    ok('stopped_mid_play', 'reach')
+else:
+    sys.exit('unknown kind ' + kind)
+
+for play in out['plays']:
+    for task in play['tasks']:
+        print('  %-34s %s' % (task['task']['name'], ' '.join(
+            '%s=%.1fs' % (h, r.get('_duration', 0)) for h, r in sorted(task['hosts'].items()))))
+for f in failures:
+    print('FAIL:', f)
+print('%s: %d checks, %d failed' % (kind, checked, len(failures)))
+sys.exit(1 if failures else 0)
