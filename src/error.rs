@@ -459,6 +459,16 @@ fn connect_failure(path: &Path, source: &std::io::Error) -> CliError {
 pub enum Interruption {
     /// Nothing was sent to start the program.
     Connecting,
+    /// The request to start it was being sent and is not whole: the agent
+    /// acts only on a whole request, so nothing was started.
+    SendingStart,
+    /// It runs still: a status asked after the interruption said so.
+    StillRunning { pid: i64 },
+    /// It ended just as the interruption came: the status that said so was
+    /// being read, and the agent, having reported its end, forgot it.
+    EndedJustNow { pid: i64 },
+    /// It ended as the interruption came, as a status asked after it said.
+    Ended { pid: i64 },
     /// The request was (perhaps partly) sent, its reply not yet read.
     Starting,
     /// The program runs in the guest as `pid`.
@@ -471,6 +481,24 @@ impl std::fmt::Display for Interruption {
             Interruption::Connecting => {
                 f.write_str("interrupted while connecting to the agent; nothing was started in the guest")
             }
+            Interruption::SendingStart => f.write_str(
+                "interrupted while the request to start the program was being sent; the agent acts only on a \
+                 whole request, so nothing was started in the guest",
+            ),
+            Interruption::StillRunning { pid } => write!(
+                f,
+                "interrupted while waiting for the program (guest pid {pid}); it is still running in the guest"
+            ),
+            Interruption::EndedJustNow { pid } => write!(
+                f,
+                "interrupted just as the program (guest pid {pid}) ended: the agent had reported its end and \
+                 forgotten it, so its result is lost; it is no longer running, and its pid may be reused"
+            ),
+            Interruption::Ended { pid } => write!(
+                f,
+                "interrupted as the program (guest pid {pid}) ended; it is no longer running (its result is \
+                 not shown: the run was interrupted)"
+            ),
             Interruption::Starting => f.write_str(
                 "interrupted while the agent was starting the program; it may have started in the guest, under a pid the agent did not tell",
             ),
@@ -665,5 +693,9 @@ mod tests {
         assert!(message(Interruption::Connecting).contains("nothing was started"));
         assert!(message(Interruption::Starting).contains("may have started"));
         assert!(message(Interruption::Running { pid: 77 }).contains("guest pid 77"));
+        assert!(message(Interruption::SendingStart).contains("nothing was started"));
+        assert!(message(Interruption::StillRunning { pid: 7 }).contains("it is still running"));
+        assert!(message(Interruption::EndedJustNow { pid: 7 }).contains("no longer running"));
+        assert!(message(Interruption::Ended { pid: 7 }).contains("no longer running"));
     }
 }

@@ -439,3 +439,76 @@ fn a_socket_whose_queue_stays_full_is_busy_not_missing() {
         "it waited for its turn"
     );
 }
+
+#[test]
+fn an_interruption_while_the_start_request_is_still_being_sent_started_nothing() {
+    // The agent reads the handshake, then nothing more: 8 MiB of --stdin
+    // cannot all be sent, and the agent acts only on a whole request.
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        conn.linger();
+    });
+    let mut child = support::virtomate()
+        .args([
+            "guest-run",
+            "--stdin",
+            agent.socket().to_str().unwrap(),
+            "--",
+            "cat",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, &vec![b'x'; 8 << 20]).unwrap();
+    drop(stdin);
+    std::thread::sleep(Duration::from_millis(1500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["type"], "Interrupted", "{json}");
+    let message = json["message"].as_str().unwrap();
+    assert!(message.contains("was being sent"), "{message}");
+    assert!(
+        message.contains("nothing was started"),
+        "not 'may have started': {message}"
+    );
+}
+
+#[test]
+fn an_interruption_as_the_final_status_arrives_says_the_program_ended() {
+    // The status that says the program ended is half sent when the signal
+    // comes; the agent, having reported the end, forgets the pid.
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.start_program();
+        let poll = conn.request();
+        assert_eq!(poll["execute"], "guest-exec-status", "{poll}");
+        conn.send(b"{\"return\": {\"exited\": true, \"exitco");
+        conn.sync();
+        conn.refuse("guest-exec-status", "GenericError", "Invalid parameter 'pid'");
+        conn.wait_for_close();
+    });
+    let json = {
+        let child = support::spawn_guest_run(&agent.socket(), &["true"]);
+        std::thread::sleep(Duration::from_millis(1000));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let output = child.wait_with_output().unwrap();
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    assert_eq!(json["type"], "Interrupted", "{json}");
+    let message = json["message"].as_str().unwrap();
+    assert!(message.contains("guest pid 4242"), "{message}");
+    assert!(
+        message.contains("no longer running"),
+        "not 'may still be running': {message}"
+    );
+}

@@ -12,6 +12,31 @@ use crate::libvirt::LibvirtAgent;
 use crate::qga::{Command, GuestExec, GuestExecReply};
 use crate::{Error, QgaClient};
 
+/// How far the last request got: what an exchange cut short (a timeout, a
+/// dropped future) leaves the agent with. The agent acts on a request only
+/// once it has read all of it.
+///
+/// ```
+/// use virtomate_protocol::RequestProgress;
+///
+/// fn may_have_acted(progress: RequestProgress) -> bool {
+///     !matches!(progress, RequestProgress::Idle | RequestProgress::PartlySent)
+/// }
+/// assert!(!may_have_acted(RequestProgress::PartlySent));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestProgress {
+    /// No request is under way: the last one was answered.
+    Idle,
+    /// A request was being written and is not whole: the agent will not
+    /// act on it.
+    PartlySent,
+    /// The request was sent whole; its reply had not been read.
+    Sent,
+    /// The carrier cannot tell.
+    Unknown,
+}
+
 /// Runs agent commands, whatever carries them.
 ///
 /// ```no_run
@@ -93,6 +118,20 @@ pub trait Agent {
     fn guest_exec(&mut self, exec: &GuestExec) -> impl Future<Output = Result<GuestExecReply, Error>> {
         self.execute(exec)
     }
+
+    /// How far the last request got, for a caller whose exchange was cut
+    /// short: whether the agent may have acted on it.
+    ///
+    /// ```
+    /// use virtomate_protocol::{Agent, RequestProgress};
+    ///
+    /// fn nothing_started(agent: &impl Agent) -> bool {
+    ///     agent.request_progress() == RequestProgress::PartlySent
+    /// }
+    /// ```
+    fn request_progress(&self) -> RequestProgress {
+        RequestProgress::Unknown
+    }
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Agent for QgaClient<S> {
@@ -119,6 +158,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Agent for QgaClient<S> {
 
     fn guest_exec(&mut self, exec: &GuestExec) -> impl Future<Output = Result<GuestExecReply, Error>> {
         QgaClient::guest_exec(self, exec)
+    }
+
+    fn request_progress(&self) -> RequestProgress {
+        QgaClient::request_progress(self)
     }
 }
 
@@ -202,6 +245,13 @@ impl Agent for AnyAgent {
         match self {
             AnyAgent::Direct(agent) => agent.guest_exec(exec).await,
             AnyAgent::Libvirt(agent) => agent.guest_exec(exec).await,
+        }
+    }
+
+    fn request_progress(&self) -> RequestProgress {
+        match self {
+            AnyAgent::Direct(agent) => agent.request_progress(),
+            AnyAgent::Libvirt(agent) => agent.request_progress(),
         }
     }
 }

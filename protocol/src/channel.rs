@@ -17,7 +17,10 @@ use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
 use crate::qga::{Command, GuestExec, GuestExecReply, GuestExecStatus};
-use crate::{Agent, ChannelLock, ClientOptions, Deadline, Error, Finished, PollSchedule, QgaClient, Turn};
+use crate::{
+    Agent, ChannelLock, ClientOptions, Deadline, Error, Finished, PollSchedule, QgaClient, RequestProgress,
+    Turn,
+};
 
 /// How long a refused connection is tried again (see
 /// [`SocketConnector`]'s `connect`).
@@ -323,6 +326,20 @@ impl<C: Connector> Channel<C> {
     pub async fn guest_exec(&mut self, exec: &GuestExec) -> Result<GuestExecReply, Error> {
         let result = self.agent().await?.guest_exec(exec).await;
         self.after(result).await
+    }
+
+    /// How far the last request got (see [`Agent::request_progress`]);
+    /// `Idle` while not connected, since nothing was sent then.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::{Channel, ClientOptions, RequestProgress, SocketConnector};
+    /// let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+    /// assert_eq!(channel.request_progress(), RequestProgress::Idle);
+    /// ```
+    pub fn request_progress(&self) -> RequestProgress {
+        self.agent
+            .as_ref()
+            .map_or(RequestProgress::Idle, |agent| agent.request_progress())
     }
 
     async fn after<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {

@@ -50,7 +50,7 @@ pub mod session;
 mod trace;
 mod transport;
 
-pub use agent::{Agent, AnyAgent};
+pub use agent::{Agent, AnyAgent, RequestProgress};
 pub use channel::{wait_for_exit_on, Channel, Connector, HoldPolicy, SocketConnector};
 pub use channel_lock::{ChannelLock, Turn};
 pub use command::Command;

@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use virtomate_protocol::qga::{Command, GuestExec, GuestExecReply};
+use virtomate_protocol::qga::{Command, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply};
 use virtomate_protocol::{
     stop_group, wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule,
-    SocketConnector, Stopped,
+    RequestProgress, SocketConnector, Stopped,
 };
 
 use super::agent_errors::AgentErrors;
@@ -205,6 +205,17 @@ impl DomainAgent {
             },
             None => error,
         }
+    }
+
+    /// How far the last request got, after an exchange was cut short.
+    pub fn request_progress(&self) -> RequestProgress {
+        self.channel.request_progress()
+    }
+
+    /// One status poll, its error as the protocol gives it: to tell, after
+    /// an interruption, whether the program still runs.
+    pub async fn status_once(&mut self, pid: i64) -> Result<GuestExecStatusReply, virtomate_protocol::Error> {
+        self.channel.execute(&GuestExecStatus { pid }).await
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
 use virtomate_protocol::qga::{environment, CaptureOutput, GuestExec, GuestExecStatusReply, GuestInfo};
-use virtomate_protocol::{Stopped, MAX_REQUEST_LEN};
+use virtomate_protocol::{RequestProgress, Stopped, MAX_REQUEST_LEN};
 
 use super::run_output::RunOutput;
 use super::signals::Signals;
@@ -71,21 +71,19 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     let (pid, group) = match options.max_time {
         // Stopping what the program started needs it to lead a group.
         Some(_) => start_as_group_leader(&mut agent, exec, &mut signals).await?,
-        None => {
-            let pid = signals
-                .unless_interrupted(Interruption::Starting, agent.start(&exec))
-                .await??
-                .pid;
-            (pid, false)
-        }
+        None => (start(&mut agent, &exec, &mut signals).await?, false),
     };
     tracing::info!(pid, group, "started in the guest");
 
     let (status, timed_out) = match options.max_time {
         None => {
-            let finished = signals
+            let finished = match signals
                 .unless_interrupted(Interruption::Running { pid }, agent.wait_for_exit(pid))
-                .await??;
+                .await
+            {
+                Ok(finished) => finished?,
+                Err(_) => return Err(CliError::interrupted(after_interruption(&mut agent, pid).await)),
+            };
             tracing::info!(polls = finished.polls, "the program ended");
             (finished.status, false)
         }
@@ -153,21 +151,57 @@ async fn start_as_group_leader(
     signals: &mut Signals,
 ) -> Result<(i64, bool), CliError> {
     let leader = exec.clone().as_group_leader();
-    match signals
-        .unless_interrupted(Interruption::Starting, agent.start(&leader))
-        .await?
-    {
-        Ok(started) => Ok((started.pid, true)),
+    match start_attempt(agent, &leader, signals).await? {
+        Ok(pid) => Ok((pid, true)),
         Err(error) if error.kind() == ErrorKind::AgentCommand && error.to_string().contains("setsid") => {
             tracing::warn!(
                 "the guest has no setsid: --max-time will stop the program but not what it starts"
             );
-            let started = signals
-                .unless_interrupted(Interruption::Starting, agent.start(&exec))
-                .await??;
-            Ok((started.pid, false))
+            Ok((start(agent, &exec, signals).await?, false))
         }
         Err(error) => Err(error),
+    }
+}
+
+/// Starts the program and returns its pid.
+async fn start(agent: &mut DomainAgent, exec: &GuestExec, signals: &mut Signals) -> Result<i64, CliError> {
+    start_attempt(agent, exec, signals).await?
+}
+
+/// Starts the program; the outer error is an interruption, which says
+/// whether the agent can have acted on the request: only a whole one.
+async fn start_attempt(
+    agent: &mut DomainAgent,
+    exec: &GuestExec,
+    signals: &mut Signals,
+) -> Result<Result<i64, CliError>, CliError> {
+    let started = signals
+        .unless_interrupted(Interruption::Starting, agent.start(exec))
+        .await;
+    match started {
+        Ok(started) => Ok(started.map(|reply| reply.pid)),
+        Err(interrupted) => match agent.request_progress() {
+            RequestProgress::Idle | RequestProgress::PartlySent => {
+                Err(CliError::interrupted(Interruption::SendingStart))
+            }
+            RequestProgress::Sent | RequestProgress::Unknown => Err(interrupted),
+        },
+    }
+}
+
+/// What an interruption while waiting leaves in the guest, asked of the
+/// agent once more (briefly): the status being read when it came may have
+/// been the program's end, which the agent reports once and then forgets.
+async fn after_interruption(agent: &mut DomainAgent, pid: i64) -> Interruption {
+    const ASKING: std::time::Duration = std::time::Duration::from_secs(2);
+    match tokio::time::timeout(ASKING, agent.status_once(pid)).await {
+        Ok(Ok(status)) if !status.exited => Interruption::StillRunning { pid },
+        // Its end, read now: gone, though its result is not shown.
+        Ok(Ok(_)) => Interruption::Ended { pid },
+        // The agent no longer knows the pid: it reported the end to the
+        // poll that was cut short.
+        Ok(Err(virtomate_protocol::Error::Agent { .. })) => Interruption::EndedJustNow { pid },
+        _ => Interruption::Running { pid },
     }
 }
 

@@ -15,7 +15,7 @@ use super::{
 };
 use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request};
 use crate::qga::Command;
-use crate::{Agent, ClientOptions, Deadline, Error};
+use crate::{Agent, ClientOptions, Deadline, Error, RequestProgress};
 
 /// One domain's guest agent, reached through libvirtd's RPC socket.
 ///
@@ -210,6 +210,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Agent for LibvirtAgent<S> {
 
     async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
         LibvirtAgent::execute_json(self, name, arguments).await
+    }
+
+    fn request_progress(&self) -> RequestProgress {
+        self.client.request_progress()
     }
 
     async fn execute_without_reply(

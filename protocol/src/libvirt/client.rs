@@ -19,7 +19,7 @@ use super::remote::{decode_error, RemoteDomain};
 use super::xdr::{Decoder, Encoder, XdrError};
 use super::{AUTH_TYPE_LIST_MAX, STRING_MAX};
 use crate::transport::connect;
-use crate::{ClientOptions, Connection, Deadline, Error, Phase};
+use crate::{ClientOptions, Connection, Deadline, Error, Phase, RequestProgress};
 
 /// `remote_auth_type` values.
 const AUTH_NONE: u32 = 0;
@@ -68,6 +68,8 @@ pub struct LibvirtClient<S = UnixStream> {
     /// timeout, a dropped future) libvirtd holds half a message and would
     /// read our next one as its rest, so the connection is unusable.
     writing: bool,
+    /// True from the moment a call is sent whole until its reply was read.
+    awaiting: bool,
 }
 
 impl LibvirtClient<UnixStream> {
@@ -150,6 +152,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
             options: options.clone(),
             next_serial: 0,
             writing: false,
+            awaiting: false,
         };
 
         // libvirtd refuses every other call before this one ("authentication
@@ -427,6 +430,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
             .run(Phase::Sending(label.to_owned()), self.send(&message))
             .await?;
         drop(message);
+        self.awaiting = true;
         let reply = deadline
             .run(
                 Phase::Reply(label.to_owned()),
@@ -437,6 +441,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
                 Error::Malformed { reason, .. } => malformed(label, reason),
                 other => other,
             })?;
+        self.awaiting = false;
         match reply.header.status {
             Status::Ok => Ok(reply),
             Status::Error => Err(decode_error(reply.payload()).map_err(|e| malformed(label, e))?),
@@ -491,6 +496,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
         self.conn.send(bytes).await?;
         self.writing = false;
         Ok(())
+    }
+
+    /// How far the last call got, for a caller whose call was cut short:
+    /// libvirtd (and so the agent) acts only on a whole message.
+    ///
+    /// ```no_run
+    /// # fn demo(libvirt: &virtomate_protocol::libvirt::LibvirtClient) {
+    /// use virtomate_protocol::RequestProgress;
+    /// assert_eq!(libvirt.request_progress(), RequestProgress::Idle);
+    /// # }
+    /// ```
+    pub fn request_progress(&self) -> RequestProgress {
+        match (self.writing, self.awaiting) {
+            (true, _) => RequestProgress::PartlySent,
+            (false, true) => RequestProgress::Sent,
+            (false, false) => RequestProgress::Idle,
+        }
     }
 }
 

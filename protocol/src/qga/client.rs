@@ -11,7 +11,7 @@ use super::{guest_exec_request, Command, GuestExec, GuestExecReply, GuestSyncDel
 use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
 use crate::framing::{LineCodec, SENTINEL};
 use crate::transport::connect;
-use crate::{ClientOptions, Connection, Deadline, Error, Phase};
+use crate::{ClientOptions, Connection, Deadline, Error, Phase, RequestProgress};
 
 /// A connection to a QEMU Guest Agent, synchronised and ready for commands.
 ///
@@ -32,6 +32,9 @@ pub struct QgaClient<S = UnixStream> {
     /// False from the moment a request is sent until its reply was read:
     /// an interrupted exchange leaves bytes in flight that must be skipped.
     in_sync: bool,
+    /// How far the last request got, for a caller whose exchange was cut
+    /// short.
+    progress: RequestProgress,
 }
 
 impl QgaClient<UnixStream> {
@@ -98,6 +101,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             options,
             next_id: random_id(),
             in_sync: false,
+            progress: RequestProgress::Idle,
         }
     }
 
@@ -296,9 +300,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         // timeout starts once it is sent, and sending may take the timeout
         // plus a second per MiB, however slowly the guest reads.
         let send_allowance = reply_timeout + Duration::from_secs((request.len() >> 20) as u64);
+        self.progress = RequestProgress::PartlySent;
         Deadline::after(send_allowance)
             .run(Phase::Sending(name.to_owned()), self.send_request(&request))
             .await?;
+        self.progress = RequestProgress::Sent;
         drop(request);
         let reading = async {
             loop {
@@ -314,8 +320,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         // An agent error reply still ends the exchange cleanly.
         if matches!(output, Ok(_) | Err(Error::Agent { .. })) {
             self.in_sync = true;
+            self.progress = RequestProgress::Idle;
         }
         output
+    }
+
+    /// How far the last request got: for a caller whose exchange was cut
+    /// short (a timeout, a dropped future), whether the agent may have
+    /// acted on it (see [`RequestProgress`]).
+    ///
+    /// ```
+    /// use virtomate_protocol::{ClientOptions, QgaClient, RequestProgress};
+    ///
+    /// let (stream, _agent_side) = tokio::io::duplex(1024);
+    /// let agent = QgaClient::new(stream, ClientOptions::default());
+    /// assert_eq!(agent.request_progress(), RequestProgress::Idle);
+    /// ```
+    pub fn request_progress(&self) -> RequestProgress {
+        self.progress
     }
 
     async fn send_request(&mut self, request: &OutgoingRequest<'_>) -> Result<(), Error> {
