@@ -301,4 +301,27 @@ fn max_time_leaves_nothing_running_in_the_guest() {
         !processes.contains(marker),
         "left running in the guest: {processes}"
     );
+
+    // The same options by the VM's name, with --env and --raw.
+    let by_name = |options: &[&str], program: &[&str]| {
+        let mut args = vec!["guest-run"];
+        args.extend(options);
+        args.extend([vm.name.as_str(), "--"]);
+        args.extend(program);
+        raw_run(&args[1..], b"")
+    };
+    let out = by_name(
+        &["--max-time", "1", "--raw"],
+        &["sh", "-c", "echo started; sleep 6079"],
+    );
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert_eq!(out.stdout, b"started\n");
+    let out = by_name(
+        &["--env", "GREETING=a b=c", "--raw"],
+        &["sh", "-c", "printf %s \"$GREETING\"; exit 7"],
+    );
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(7), &b"a b=c"[..])
+    );
 }

@@ -328,7 +328,12 @@ fn check_refused_to_nobody() {
     let output = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
         .arg(&exe)
-        .args(["--exact", "libvirt_rpc::connect_as_this_user", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "libvirt_rpc::connect_as_this_user",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(CHILD, "1")
         .output();
     match output {
