@@ -236,6 +236,32 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
     let processes = listing["stdout"].as_str().unwrap();
     assert!(!processes.contains("sleep 6077"), "left running: {processes}");
 
+    // Runs through libvirtd go on side by side too (each agent command is
+    // a libvirt call of its own), and a session works through it.
+    let marks = "/tmp/marks-libvirt";
+    assert_eq!(
+        run(&["guest-run", &one, "--", "mkdir", "-p", marks], None).json()["exit_code"],
+        0
+    );
+    crate::parallel::overlapping_runs(&[&one, &one], marks);
+    let requests =
+        "{\"id\": 1, \"run\": [\"echo\", \"-n\", \"through libvirtd\"]}\n{\"id\": 2, \"ping\": {}}\n";
+    let out = run(&["session", &one], Some(requests.as_bytes()));
+    assert_eq!(out.status, 0, "{out:?}");
+    let replies: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let reply = |id: i64| {
+        replies
+            .iter()
+            .find(|r| r["id"] == id)
+            .unwrap_or_else(|| panic!("{replies:?}"))
+    };
+    assert_eq!(reply(1)["result"]["stdout"], "through libvirtd", "{replies:?}");
+    assert_eq!(reply(2)["result"], serde_json::json!({}), "{replies:?}");
+
     // The debugging commands work through libvirtd too.
     let out = run(&["guest-ping", &one], None);
     assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");

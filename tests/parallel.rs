@@ -31,7 +31,7 @@ fn result_of(name: &str, child: Child) -> Value {
 /// Each program marks that it started, sleeps, and lists the marks: had
 /// they run one after the other, the first would see only its own. (The
 /// sleep is long enough for every run to start on a loaded machine.)
-fn overlapping_runs(domains: &[&str], marks: &str) {
+pub(crate) fn overlapping_runs(domains: &[&str], marks: &str) {
     let children: Vec<(String, Child)> = domains
         .iter()
         .enumerate()
