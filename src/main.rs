@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod copy;
 mod domain;
 mod error;
 mod output;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
                 domain,
                 request,
             } => commands::qmp::run(&domain, &request, events, &context).await,
+            Command::Copy(args) => commands::copy::run(args, &context).await,
         }
     });
     // A diagnosis with a failed step exits 1 however its printing went.

@@ -137,7 +137,21 @@ impl DomainAgent {
         result.map_err(|e| self.error_while_running(e, pid))
     }
 
-    fn through_libvirtd(&self) -> bool {
+    /// Sends `command`, leaving the agent's error as it is: for callers
+    /// that tell its cases apart (`copy`: a missing file, a stale handle).
+    pub async fn execute_raw<C: Command>(
+        &mut self,
+        command: &C,
+    ) -> Result<C::Output, virtomate_protocol::Error> {
+        self.agent.execute(command).await
+    }
+
+    /// The socket the agent is reached on (the agent's, or libvirtd's).
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    pub fn through_libvirtd(&self) -> bool {
         matches!(self.agent, AnyAgent::Libvirt(_))
     }
     /// Once the program runs, an agent that forgets it, or stops

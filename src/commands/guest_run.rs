@@ -65,15 +65,15 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
 /// SIGINT, SIGTERM and SIGHUP, caught so that an interrupted run can still
 /// say what it leaves behind in the guest. A signal ignored when virtomate
 /// started (`nohup`, a background job of a non-interactive shell) stays
-/// ignored, as programs are expected to keep it.
-struct Signals {
+/// ignored, as programs are expected to keep it. `copy` uses them too.
+pub(crate) struct Signals {
     interrupt: Option<Signal>,
     terminate: Option<Signal>,
     hangup: Option<Signal>,
 }
 
 impl Signals {
-    fn install() -> Result<Signals, CliError> {
+    pub(crate) fn install() -> Result<Signals, CliError> {
         let ignored = ignored_signals();
         let catch = |kind: SignalKind| {
             if ignores(ignored, kind) {
@@ -89,6 +89,15 @@ impl Signals {
             terminate: catch(SignalKind::terminate())?,
             hangup: catch(SignalKind::hangup())?,
         })
+    }
+
+    /// The next arrival of any of them.
+    pub(crate) async fn arrival(&mut self) {
+        tokio::select! {
+            _ = arrival(&mut self.interrupt) => {}
+            _ = arrival(&mut self.terminate) => {}
+            _ = arrival(&mut self.hangup) => {}
+        }
     }
 
     /// Runs `work` unless a signal arrives first; then the error says
