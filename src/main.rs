@@ -59,6 +59,10 @@ fn main() -> ExitCode {
             Command::Copy(args) => commands::copy::run(args, &context).await,
         }
     });
+    // tokio reads standard input on a blocking thread that cannot be
+    // cancelled: an interrupted `copy - ...` would otherwise wait at
+    // shutdown for input that may never come.
+    runtime.shutdown_background();
     // A diagnosis with a failed step exits 1 however its printing went.
     let mut success = ExitCode::SUCCESS;
     let printed = match answer {

@@ -124,6 +124,8 @@ impl Dest {
                 let error = path_error(format!("cannot create a file in {}", parent.display()), e);
                 if parent.is_dir() {
                     error
+                } else if parent.exists() {
+                    CliError::new(ErrorKind::Path, format!("{}: Not a directory", parent.display()))
                 } else {
                     CliError::new(
                         ErrorKind::Path,

@@ -243,12 +243,7 @@ impl<'a> Copy<'a> {
     }
 
     /// Copies the guest file `path` to `target`.
-    pub async fn pull(
-        &mut self,
-        path: &str,
-        target: Target,
-        options: &Options,
-    ) -> Result<Summary, CliError> {
+    pub async fn pull(&mut self, path: &str, target: Target, options: &Options) -> Result<Summary, CliError> {
         let started = Instant::now();
         let handle = guest::open(self.agent, path, "r").await?;
         self.left.handle = Some(handle);
