@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Benchmark: whole `virtomate guest-run` processes against the protocol
 # floor, on the test VM and on the host agent, plus big-payload throughput.
-# Prints figures; BENCH_RUNS sets the runs per figure (default 30).
+# Prints figures; BENCH_RUNS sets the runs per figure (default 30); benches/copy.rs
+# reads its sizes from BENCH_COPY_*_MIB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 scripts/build-test-vm.sh
 cargo bench --locked --bench guest_run
+cargo bench --locked --bench copy
