@@ -13,6 +13,17 @@ pub enum Show {
     Never,
 }
 
+impl Show {
+    /// Whether a bar will be drawn.
+    pub fn shows(self) -> bool {
+        match self {
+            Show::Auto => std::io::stderr().is_terminal(),
+            Show::Always => true,
+            Show::Never => false,
+        }
+    }
+}
+
 /// A bar, or nothing.
 pub struct Progress {
     bar: Option<ProgressBar>,
