@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Benchmark: whole `virtomate guest-run` processes against the protocol
 # floor, on the test VM and on the host agent, plus big-payload throughput.
-# Prints figures; BENCH_RUNS sets the runs per figure (default 30). Then
-# scripts/bench-ansible.sh: the Ansible connection plugin, per task.
+# Prints figures; BENCH_RUNS sets the runs per figure (default 30); benches/copy.rs
+# reads its sizes from BENCH_COPY_*_MIB. Then scripts/bench-ansible.sh: the
+# Ansible connection plugin, per task.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +12,6 @@ scripts/build-test-vm.sh
 cargo bench --locked --bench guest_run
 cargo bench --locked --bench run_options
 cargo bench --locked --bench parallel
+cargo bench --locked --bench copy
 # The Ansible connection plugin on the Python test VM.
 scripts/bench-ansible.sh

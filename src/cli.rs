@@ -118,6 +118,50 @@ pub enum Command {
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
     },
+
+    /// Copy a file into or out of a domain: one of SRC and DEST is DOMAIN:/PATH
+    Copy(CopyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CopyArgs {
+    /// Bytes per agent request (e.g. 64K, 4M; at most 16M); through
+    /// libvirtd, capped to libvirt's limits
+    #[arg(long, value_name = "BYTES", value_parser = crate::copy::chunks::parse)]
+    pub chunk_size: Option<usize>,
+
+    /// Mode of the file written in the guest (default: the local file's;
+    /// 600 from standard input)
+    #[arg(long, value_name = "OCTAL", value_parser = octal_mode)]
+    pub mode: Option<u32>,
+
+    /// Also compare SHA-256 sums computed on both sides (the guest needs sha256sum)
+    #[arg(long)]
+    pub verify: bool,
+
+    /// Show a progress bar on stderr even when it is not a terminal
+    #[arg(long, overrides_with = "no_progress")]
+    pub progress: bool,
+
+    /// Show no progress bar, even on a terminal
+    #[arg(long)]
+    pub no_progress: bool,
+
+    /// A local file, - for standard input, or DOMAIN:/PATH
+    #[arg(value_name = "SRC")]
+    pub source: String,
+
+    /// A local file or directory, - for standard output, or DOMAIN:/PATH
+    #[arg(value_name = "DEST")]
+    pub dest: String,
+}
+
+/// `--mode`: permission bits in octal, as chmod takes them.
+fn octal_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o7777 && !text.is_empty() => Ok(mode),
+        _ => Err("expected an octal mode from 0 to 7777, e.g. 640".to_owned()),
+    }
 }
 
 #[derive(Debug, Args)]

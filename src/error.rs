@@ -40,6 +40,12 @@ pub enum ErrorKind {
     Libvirt,
     /// A local I/O error.
     Io,
+    /// A path of `copy`, local or in the guest, that cannot be used as
+    /// asked: missing, unreadable, a directory where a file is expected.
+    Path,
+    /// `copy` moved the bytes, but what arrived is not what was sent, or
+    /// `--verify` was asked and the guest cannot compute a checksum.
+    Verification,
 }
 
 impl ErrorKind {
@@ -60,6 +66,8 @@ impl ErrorKind {
             ErrorKind::Interrupted => "Interrupted",
             ErrorKind::Libvirt => "libvirtError",
             ErrorKind::Io => "IoError",
+            ErrorKind::Path => "PathError",
+            ErrorKind::Verification => "VerificationError",
         }
     }
 }

@@ -4,6 +4,7 @@
 
 mod cli;
 mod commands;
+mod copy;
 mod domain;
 mod error;
 #[cfg(feature = "generate")]
@@ -68,8 +69,13 @@ fn main() -> ExitCode {
                 domain,
                 request,
             } => commands::qmp::run(&domain, &request, events, &context).await,
+            Command::Copy(args) => commands::copy::run(args, &context).await,
         }
     });
+    // tokio reads standard input on a blocking thread that cannot be
+    // cancelled: an interrupted `copy - ...` would otherwise wait at
+    // shutdown for input that may never come.
+    runtime.shutdown_background();
     // A diagnosis with a failed step exits 1 however its printing went.
     let mut success = ExitCode::SUCCESS;
     let printed = match answer {

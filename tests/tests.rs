@@ -11,6 +11,7 @@ mod support;
 
 mod arguments;
 mod big_payloads;
+mod copy;
 mod diagnostics;
 mod doctor_channels;
 mod fake_agent;

@@ -188,6 +188,24 @@ impl DomainAgent {
         })
     }
 
+    /// Sends `command`, leaving the agent's error as it is: for callers
+    /// that tell its cases apart (`copy`: a missing file, a stale handle).
+    pub async fn execute_raw<C: Command>(
+        &mut self,
+        command: &C,
+    ) -> Result<C::Output, virtomate_protocol::Error> {
+        self.channel.execute(command).await
+    }
+
+    /// The socket the agent is reached on (the agent's, or libvirtd's).
+    pub fn socket(&self) -> &std::path::Path {
+        &self.errors.socket
+    }
+
+    pub fn through_libvirtd(&self) -> bool {
+        self.errors.through_libvirtd
+    }
+
     /// An agent that does not answer in time may be in a VM that does not
     /// run: QEMU (or libvirt's record) knows, and the advice is then QEMU's
     /// state and what to do about it rather than to check the agent.

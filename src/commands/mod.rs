@@ -2,6 +2,7 @@
 //! a domain, and the answer to print.
 
 mod agent_errors;
+pub mod copy;
 pub mod doctor;
 mod domain_agent;
 mod domain_connector;

@@ -34,6 +34,16 @@ impl Signals {
         })
     }
 
+    /// The next arrival of any of them (`copy` decides itself what an
+    /// interruption means at each point).
+    pub async fn arrival(&mut self) {
+        tokio::select! {
+            _ = arrival(&mut self.interrupt) => {}
+            _ = arrival(&mut self.terminate) => {}
+            _ = arrival(&mut self.hangup) => {}
+        }
+    }
+
     /// Runs `work` unless a signal arrives first; then the error says
     /// what `stage` the run was in.
     pub async fn unless_interrupted<T>(

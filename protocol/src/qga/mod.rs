@@ -17,6 +17,7 @@ mod base64_data;
 mod client;
 mod commands;
 mod environment;
+mod files;
 mod streamed_input;
 
 pub use client::QgaClient;
@@ -26,6 +27,10 @@ pub use commands::{
     GuestInfo, GuestInfoReply, GuestPing, GuestSyncDelimited,
 };
 pub use environment::{environment, STANDARD_PATH};
+pub use files::{
+    GuestFileClose, GuestFileFlush, GuestFileOpen, GuestFileRead, GuestFileReadReply, GuestFileSeek,
+    GuestFileSeekReply, GuestFileWrite, GuestFileWriteReply, Whence, MAX_READ_COUNT,
+};
 pub(crate) use streamed_input::{guest_exec_request, OutgoingRequest};
 
 pub use crate::Command;

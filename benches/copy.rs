@@ -1,0 +1,209 @@
+//! How close a whole `virtomate copy` process comes to the agent's own
+//! floor (an in-process loop of `guest-file-write`/`-read` on one held
+//! connection, the same chunk size), in and out, on the host agent and the
+//! test VM; then big copies, checked byte for byte, with peak RSS. Prints
+//! figures; asserts only that the bytes arrived (see README.md).
+//!
+//! Run with `scripts/bench.sh` (or `cargo bench --bench copy` once the test
+//! VM is built). Sizes in MiB: `BENCH_COPY_HOST_MIB` (default 64) and
+//! `BENCH_COPY_VM_MIB` (16) for the ratios, best of `BENCH_COPY_RUNS` (3), `BENCH_COPY_VM_BIG_MIB` (100)
+//! and `BENCH_COPY_HOST_BIG_MIB` (1024) for the big copies.
+
+#[allow(dead_code)]
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use sha2::{Digest, Sha256};
+use support::host_agent::HostAgent;
+use support::test_vm::TestVm;
+use virtomate_protocol::qga::{GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileWrite};
+use virtomate_protocol::{ClientOptions, QgaClient};
+
+const MIB: usize = 1 << 20;
+const CHUNK: usize = 1 << 20;
+
+fn mib(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let vm = TestVm::boot_with("bench-copy", &[("VM_MEMORY", "512")]);
+    let host = HostAgent::start();
+    let work = tempfile::tempdir().unwrap();
+
+    println!(
+        "virtomate copy against the in-process floor, {} KiB chunks (MB/s)",
+        CHUNK >> 10
+    );
+    println!(
+        "{:<11} {:>6} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6}",
+        "agent", "MiB", "in cli", "in floor", "ratio", "out cli", "out floor", "ratio"
+    );
+    for (label, socket, size) in [
+        ("host agent", host.socket(), mib("BENCH_COPY_HOST_MIB", 64) * MIB),
+        ("test VM", vm.socket(), mib("BENCH_COPY_VM_MIB", 16) * MIB),
+    ] {
+        let data = text_free_noise(size);
+        let local = work.path().join("source");
+        std::fs::write(&local, &data).unwrap();
+        // The guest file: in the VM, /tmp; the host agent's guest is here.
+        let inside = match label {
+            "test VM" => "/tmp/bench".to_owned(),
+            _ => work.path().join("inside").display().to_string(),
+        };
+        // Best of RUNS, the CLI and the floor taking turns, so that a burst
+        // of load from elsewhere on the machine (or the host's writeback of
+        // the last big file) does not count against one of them alone.
+        let runs = mib("BENCH_COPY_RUNS", 3);
+        let guest_side = format!("{}:{inside}", socket.display());
+        let back = work.path().join("back");
+        let (mut cli_in, mut floor_in, mut cli_out, mut floor_out) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+        for _ in 0..runs {
+            floor_in =
+                floor_in.min(runtime.block_on(floor_write(&socket, &format!("{inside}.floor"), &data)));
+            cli_in = cli_in.min(time_cli(&["copy", local.to_str().unwrap(), &guest_side]));
+            floor_out = floor_out.min(runtime.block_on(floor_read(&socket, &inside, size)));
+            cli_out = cli_out.min(time_cli(&["copy", &guest_side, back.to_str().unwrap()]));
+        }
+        assert!(
+            std::fs::read(&back).unwrap() == data,
+            "{label}: the copy back differs"
+        );
+        let rate = |secs: f64| size as f64 / 1e6 / secs;
+        println!(
+            "{label:<11} {:>6} {:>9.2} {:>9.2} {:>6.2} {:>9.2} {:>9.2} {:>6.2}",
+            size / MIB,
+            rate(cli_in),
+            rate(floor_in),
+            floor_in / cli_in,
+            rate(cli_out),
+            rate(floor_out),
+            floor_out / cli_out,
+        );
+    }
+    println!("ratio: cli throughput / floor throughput (goal: at least 0.9)");
+
+    println!();
+    println!("big copies, whole process, SHA-256 compared on both sides (--verify)");
+    let big = |label: &str, socket: &Path, inside: &str, size: usize| {
+        let local = work.path().join("big");
+        let data = text_free_noise(size);
+        std::fs::write(&local, &data).unwrap();
+        let sum: String = Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        drop(data);
+        let guest = format!("{}:{inside}", socket.display());
+        let started = Instant::now();
+        let (out, rss_in) =
+            support::run_measured(&["copy", "--verify", local.to_str().unwrap(), &guest], None);
+        let took_in = started.elapsed().as_secs_f64();
+        assert_eq!(out.json()["sha256"], sum, "{label} in: {out:?}");
+        let back = work.path().join("big-back");
+        let started = Instant::now();
+        let (out, rss_out) =
+            support::run_measured(&["copy", "--verify", &guest, back.to_str().unwrap()], None);
+        let took_out = started.elapsed().as_secs_f64();
+        assert_eq!(out.json()["sha256"], sum, "{label} out: {out:?}");
+        println!(
+            "{label}, {} MiB: in {took_in:.1} s ({:.2} MB/s, peak RSS {rss_in} KiB), out {took_out:.1} s \
+             ({:.2} MB/s, peak RSS {rss_out} KiB), sha256 {}",
+            size / MIB,
+            size as f64 / 1e6 / took_in,
+            size as f64 / 1e6 / took_out,
+            &sum[..16]
+        );
+        std::fs::remove_file(&back).unwrap();
+    };
+    big(
+        "test VM",
+        &vm.socket(),
+        "/tmp/big",
+        mib("BENCH_COPY_VM_BIG_MIB", 100) * MIB,
+    );
+    drop(vm);
+    let inside = work.path().join("big-inside").display().to_string();
+    big(
+        "host agent",
+        &host.socket(),
+        &inside,
+        mib("BENCH_COPY_HOST_BIG_MIB", 1024) * MIB,
+    );
+}
+
+/// Bytes gzip cannot shrink, as a worst case for the agent's parser.
+fn text_free_noise(len: usize) -> Vec<u8> {
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+/// Seconds for one whole `virtomate ARGS`.
+fn time_cli(args: &[&str]) -> f64 {
+    let started = Instant::now();
+    let out = support::run(args, None);
+    let took = started.elapsed().as_secs_f64();
+    assert_eq!(out.status, 0, "{out:?}");
+    took
+}
+
+/// Seconds to write `data` to `path` in `CHUNK`s on one held connection.
+async fn floor_write(socket: &Path, path: &str, data: &[u8]) -> f64 {
+    let mut agent = QgaClient::connect(socket, ClientOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let handle = agent.execute(&GuestFileOpen::new(path, "w")).await.unwrap();
+    for chunk in data.chunks(CHUNK) {
+        let write = GuestFileWrite {
+            handle,
+            buf: chunk.to_vec(),
+        };
+        agent.execute(&write).await.unwrap();
+    }
+    agent.execute(&GuestFileClose { handle }).await.unwrap();
+    started.elapsed().as_secs_f64()
+}
+
+/// Seconds to read `path` (`size` bytes) in `CHUNK`s on one held connection.
+async fn floor_read(socket: &Path, path: &str, size: usize) -> f64 {
+    let mut agent = QgaClient::connect(socket, ClientOptions::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let handle = agent.execute(&GuestFileOpen::new(path, "r")).await.unwrap();
+    let mut got = 0;
+    let mut sink = std::io::sink();
+    loop {
+        let read = GuestFileRead {
+            handle,
+            count: Some(CHUNK as u64),
+        };
+        let reply = agent.execute(&read).await.unwrap();
+        let eof = reply.eof;
+        let data = reply.into_data(CHUNK as u64).unwrap();
+        got += data.len();
+        sink.write_all(&data).unwrap();
+        if eof || data.is_empty() {
+            break;
+        }
+    }
+    agent.execute(&GuestFileClose { handle }).await.unwrap();
+    assert_eq!(got, size);
+    started.elapsed().as_secs_f64()
+}

@@ -1,0 +1,96 @@
+//! `virtomate copy SRC DEST`: one file into or out of a guest, with a
+//! one-line JSON summary (unless standard output is the data). The copy
+//! itself is `crate::copy`'s.
+
+use super::signals::Signals;
+use super::{Answer, Context, DomainAgent};
+use crate::cli::CopyArgs;
+use crate::copy::location::{self, Direction, Location};
+use crate::copy::progress::Show;
+use crate::copy::{Copy, Options, Source, Summary, Target, CLEAN_UP_TIME};
+use crate::error::{CliError, ErrorKind};
+
+pub async fn run(args: CopyArgs, context: &Context) -> Result<Answer, CliError> {
+    let direction = location::direction(&args.source, &args.dest)?;
+    let options = Options {
+        chunk_size: args.chunk_size,
+        mode: args.mode,
+        verify: args.verify,
+        progress: match (args.progress, args.no_progress) {
+            (true, _) => Show::Always,
+            (_, true) => Show::Never,
+            _ => Show::Auto,
+        },
+    };
+    let mut signals = Signals::install()?;
+    let (domain, data_on_stdout) = match &direction {
+        Direction::In { domain, .. } => (domain.clone(), false),
+        Direction::Out { domain, dest, .. } => (domain.clone(), *dest == Location::Stdio),
+    };
+    // The local source is opened first: a missing file needs no agent.
+    let source = match &direction {
+        Direction::In {
+            source: Location::Local(path),
+            ..
+        } => Some(Source::open(path).await?),
+        Direction::In { .. } => Some(Source::stdin()),
+        Direction::Out { .. } => None,
+    };
+    let mut agent = tokio::select! {
+        agent = DomainAgent::connect(&domain, context) => agent?,
+        _ = signals.arrival() => return Err(interrupted("while connecting to the agent; nothing was copied")),
+    };
+    let summary = copy(&mut agent, direction, source, &options, &mut signals).await;
+    agent.close().await;
+    let summary = summary?;
+    if data_on_stdout {
+        return Ok(Answer::Nothing);
+    }
+    let json = serde_json::to_value(&summary).expect("a summary always serializes");
+    Ok(Answer::Json(json))
+}
+
+/// Runs the copy unless a signal comes first; after a failure or a signal,
+/// cleans up (a second signal cuts that short) and says what is left.
+async fn copy(
+    agent: &mut DomainAgent,
+    direction: Direction,
+    source: Option<Source>,
+    options: &Options,
+    signals: &mut Signals,
+) -> Result<Summary, CliError> {
+    let mut copy = Copy::new(agent);
+    let work = async {
+        match direction {
+            Direction::In { path, .. } => {
+                let source = source.expect("a source for a copy in");
+                copy.push(source, &path, options).await
+            }
+            Direction::Out { path, dest, .. } => {
+                let target = match dest {
+                    Location::Local(path) => Target::Path(path),
+                    _ => Target::Stream(Box::new(tokio::io::stdout())),
+                };
+                copy.pull(&path, target, options).await
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        _ = signals.arrival() => Err(interrupted("during the copy")),
+    };
+    let error = match outcome {
+        Ok(summary) => return Ok(summary),
+        Err(error) => error,
+    };
+    let left = tokio::select! {
+        left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()) => left.ok(),
+        _ = signals.arrival() => None,
+    };
+    let left = left.unwrap_or_else(|| copy.pending());
+    Err(error.with_hint(left))
+}
+
+fn interrupted(when: &str) -> CliError {
+    CliError::new(ErrorKind::Interrupted, format!("interrupted {when}"))
+}

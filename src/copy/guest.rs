@@ -1,0 +1,204 @@
+//! What `copy` asks of the guest: its files through `guest-file-*`, and
+//! the few programs (`test`, `mkdir`, `chmod`, `mv`, `rm`, `sha256sum`,
+//! `gzip`) it runs there through `guest-exec`.
+
+use virtomate_protocol::qga::{
+    GuestExec, GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileSeek, GuestFileWrite, Whence,
+};
+use virtomate_protocol::Error as AgentError;
+
+use crate::commands::DomainAgent;
+use crate::error::{CliError, ErrorKind};
+
+/// How a program run in the guest ended.
+pub struct Ran {
+    pub exit_code: Option<i32>,
+    pub stdout: Vec<u8>,
+    pub stderr: String,
+}
+
+impl Ran {
+    pub fn ok(&self) -> bool {
+        self.exit_code == Some(0)
+    }
+
+    /// `program` failed: its exit status and what it said.
+    pub fn failure(&self, program: &str) -> String {
+        let status = match self.exit_code {
+            Some(code) => format!("exited with status {code}"),
+            None => "was killed by a signal".to_owned(),
+        };
+        let said = self.stderr.trim();
+        if said.is_empty() {
+            format!("{program} {status} in the guest")
+        } else {
+            format!("{program} {status} in the guest: {said}")
+        }
+    }
+}
+
+/// Runs `program` with `args` in the guest and waits for it to end. A
+/// program the guest lacks, or `guest-exec` being disabled, is an error
+/// that says what `copy` needed it for (`purpose`).
+pub async fn run(
+    agent: &mut DomainAgent,
+    program: &str,
+    args: &[&str],
+    purpose: &str,
+) -> Result<Ran, CliError> {
+    let exec = GuestExec::new(program, args.iter().copied());
+    let pid = match agent.execute_raw(&exec).await {
+        Ok(started) => started.pid,
+        Err(error @ AgentError::Agent { .. }) => {
+            return Err(agent
+                .error(error)
+                .with_hint(format!("copy runs {program} in the guest {purpose}")))
+        }
+        Err(other) => return Err(agent.error(other)),
+    };
+    let finished = agent.wait_for_exit(pid).await?;
+    let status = finished.status;
+    Ok(Ran {
+        exit_code: status.exitcode,
+        stdout: status.out_data.unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&status.err_data.unwrap_or_default()).into_owned(),
+    })
+}
+
+/// Whether `path` is a directory in the guest (`test -d`, which follows
+/// symbolic links), and if so whether it is a symbolic link to one.
+pub async fn directory_kind(agent: &mut DomainAgent, path: &str) -> Result<DirKind, CliError> {
+    let purpose = "to tell whether the destination is a directory";
+    if !run(agent, "test", &["-d", path], purpose).await?.ok() {
+        return Ok(DirKind::NotADirectory);
+    }
+    if run(agent, "test", &["-h", path], purpose).await?.ok() {
+        Ok(DirKind::LinkToDirectory)
+    } else {
+        Ok(DirKind::Directory)
+    }
+}
+
+pub enum DirKind {
+    NotADirectory,
+    Directory,
+    LinkToDirectory,
+}
+
+/// An open file in the guest, known by its handle.
+#[derive(Debug, Clone, Copy)]
+pub struct Handle(pub i64);
+
+/// `guest-file-open`; the agent's own description of a failure, as a
+/// [`ErrorKind::Path`] error, unless the command is disabled.
+pub async fn open(agent: &mut DomainAgent, path: &str, mode: &str) -> Result<Handle, CliError> {
+    match agent.execute_raw(&GuestFileOpen::new(path, mode)).await {
+        Ok(handle) => Ok(Handle(handle)),
+        Err(AgentError::Agent {
+            ref class, ref desc, ..
+        }) if class != "CommandNotFound" => Err(CliError::new(
+            ErrorKind::Path,
+            format!("cannot open {path} in the guest: {desc}"),
+        )),
+        Err(other) => Err(file_error(agent, other)),
+    }
+}
+
+pub async fn write(agent: &mut DomainAgent, handle: Handle, buf: Vec<u8>) -> Result<Vec<u8>, CliError> {
+    let mut request = GuestFileWrite {
+        handle: handle.0,
+        buf,
+    };
+    let reply = agent
+        .execute_raw(&request)
+        .await
+        .map_err(|e| file_error(agent, e))?;
+    let sent = request.buf.len() as u64;
+    if reply.count != sent {
+        return Err(CliError::new(
+            ErrorKind::AgentCommand,
+            format!(
+                "the agent on {} wrote {} of {sent} bytes to the file",
+                agent.socket().display(),
+                reply.count
+            ),
+        ));
+    }
+    request.buf.clear();
+    Ok(request.buf)
+}
+
+/// Up to `count` bytes, and whether the end was reached.
+pub async fn read(agent: &mut DomainAgent, handle: Handle, count: u64) -> Result<(Vec<u8>, bool), CliError> {
+    let reply = agent
+        .execute_raw(&GuestFileRead {
+            handle: handle.0,
+            count: Some(count),
+        })
+        .await
+        .map_err(|e| file_error(agent, e))?;
+    let eof = reply.eof;
+    let data = reply.into_data(count).map_err(|e| agent.error(e))?;
+    Ok((data, eof))
+}
+
+/// The size of the open file: its position after a seek to the end (the
+/// seek also flushes what the agent buffers, so a full disk shows here).
+pub async fn size(agent: &mut DomainAgent, handle: Handle) -> Result<u64, CliError> {
+    seek(agent, handle, Whence::End).await
+}
+
+pub async fn rewind(agent: &mut DomainAgent, handle: Handle) -> Result<(), CliError> {
+    seek(agent, handle, Whence::Set).await.map(drop)
+}
+
+async fn seek(agent: &mut DomainAgent, handle: Handle, whence: Whence) -> Result<u64, CliError> {
+    let seek = GuestFileSeek {
+        handle: handle.0,
+        offset: 0,
+        whence,
+    };
+    let reply = agent.execute_raw(&seek).await.map_err(|e| file_error(agent, e))?;
+    Ok(reply.position)
+}
+
+pub async fn close(agent: &mut DomainAgent, handle: Handle) -> Result<(), CliError> {
+    agent
+        .execute_raw(&GuestFileClose { handle: handle.0 })
+        .await
+        .map(drop)
+        .map_err(|e| file_error(agent, e))
+}
+
+/// A failure of a `guest-file-*` command on an open handle. An agent that
+/// no longer knows the handle has restarted; a disabled command is named,
+/// as the agent names it.
+fn file_error(agent: &DomainAgent, error: AgentError) -> CliError {
+    let shown = agent.socket().display().to_string();
+    match &error {
+        AgentError::Agent { desc, .. } if desc.contains("has not been found") && desc.contains("handle") => {
+            CliError::new(
+                ErrorKind::AgentDisconnected,
+                format!("the agent on {shown} no longer knows the open file ({desc})"),
+            )
+            .with_hint("it has probably restarted in the guest")
+        }
+        AgentError::Agent { class, .. } if class == "CommandNotFound" => agent.error(error).with_hint(
+            "copy needs guest-file-open, -read, -write, -seek and -close (and guest-exec to copy into the \
+             guest): check the agent's --block-rpcs/--allow-rpcs",
+        ),
+        _ => agent.error(error),
+    }
+}
+
+/// 128 random bits, in hex: a name nobody in the guest can guess.
+pub fn random_name() -> Result<String, CliError> {
+    let mut bits = [0u8; 16];
+    getrandom::fill(&mut bits).map_err(|e| {
+        CliError::io(
+            "cannot get random bytes for a temporary name",
+            std::io::Error::other(e.to_string()),
+        )
+    })?;
+    Ok(bits.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,143 @@
+//! The host's side of a copy: the file read (or standard input), and the
+//! file written, first under a temporary name beside it, created as any
+//! new file is (`0666` less the umask), then renamed into place.
+
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::error::{CliError, ErrorKind};
+
+/// What a copy into the guest reads.
+pub struct Source {
+    pub reader: Box<dyn AsyncRead + Unpin + Send>,
+    /// Its size, when it has one (not standard input).
+    pub len: Option<u64>,
+    /// Its permission bits, kept in the guest by default.
+    pub mode: Option<u32>,
+    /// Its file name, for a guest destination that is a directory.
+    pub name: Option<String>,
+}
+
+impl Source {
+    pub async fn open(path: &Path) -> Result<Source, CliError> {
+        use std::os::unix::fs::PermissionsExt;
+        let shown = path.display();
+        let file = tokio::fs::File::open(path)
+            .await
+            .map_err(|e| path_error(format!("cannot open {shown}"), e))?;
+        let meta = file
+            .metadata()
+            .await
+            .map_err(|e| path_error(format!("cannot read {shown}"), e))?;
+        if meta.is_dir() {
+            return Err(CliError::new(
+                ErrorKind::Path,
+                format!("{shown} is a directory; copy takes one file"),
+            ));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).map(str::to_owned);
+        Ok(Source {
+            reader: Box::new(file),
+            // A device or a FIFO has no meaningful size.
+            len: meta.is_file().then_some(meta.len()),
+            mode: Some(meta.permissions().mode() & 0o7777),
+            name,
+        })
+    }
+
+    pub fn stdin() -> Source {
+        Source {
+            reader: Box::new(tokio::io::stdin()),
+            len: None,
+            mode: None,
+            name: None,
+        }
+    }
+
+    /// Up to `len` bytes into `buf` (cleared first): fewer only at the end.
+    pub async fn read_chunk(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<(), CliError> {
+        buf.clear();
+        let reader = &mut self.reader;
+        let mut limited = reader.take(len as u64);
+        loop {
+            let before = buf.len();
+            limited
+                .read_buf(buf)
+                .await
+                .map_err(|e| CliError::io("cannot read the local file", e))?;
+            if buf.len() == before || buf.len() >= len {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The local file a copy out of the guest writes: a temporary file beside
+/// `dest`, renamed to it when complete.
+pub struct Dest {
+    pub dest: PathBuf,
+    pub temp: PathBuf,
+    pub file: tokio::fs::File,
+}
+
+impl Dest {
+    /// `dest`, or `dest/NAME` when it is a directory (or ends with `/`).
+    pub async fn create(dest: &Path, name: Option<&str>, random: &str) -> Result<Dest, CliError> {
+        let into_dir = dest.as_os_str().to_string_lossy().ends_with('/') || dest.is_dir();
+        let dest = match (into_dir, name) {
+            (true, Some(name)) => dest.join(name),
+            (true, None) => {
+                return Err(CliError::new(
+                    ErrorKind::Path,
+                    format!(
+                        "{} is a directory, and the guest path has no file name",
+                        dest.display()
+                    ),
+                ))
+            }
+            (false, _) => dest.to_owned(),
+        };
+        if dest.is_dir() {
+            return Err(CliError::new(
+                ErrorKind::Path,
+                format!("{} is a directory; give the file to write", dest.display()),
+            ));
+        }
+        let parent = match dest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned());
+        let temp = parent.join(format!(
+            ".{}.virtomate-{random}",
+            file_name.as_deref().unwrap_or("copy")
+        ));
+        // create_new: never follows or reuses what is there; 0666 less the
+        // umask, as any new file.
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&temp)
+            .await
+            .map_err(|e| {
+                let error = path_error(format!("cannot create a file in {}", parent.display()), e);
+                if parent.is_dir() {
+                    error
+                } else if parent.exists() {
+                    CliError::new(ErrorKind::Path, format!("{}: Not a directory", parent.display()))
+                } else {
+                    CliError::new(
+                        ErrorKind::Path,
+                        format!("the local directory {} does not exist", parent.display()),
+                    )
+                }
+            })?;
+        Ok(Dest { dest, temp, file })
+    }
+}
+
+/// A local path that cannot be used: the user fixes the path.
+fn path_error(what: String, source: std::io::Error) -> CliError {
+    CliError::new(ErrorKind::Path, format!("{what}: {source}")).with_source(source)
+}

@@ -1,0 +1,484 @@
+//! Copying one file into or out of a guest, through the agent's
+//! `guest-file-*` commands, in chunks: the core of `virtomate copy`, made
+//! to be driven by other commands too (a session carrying copies).
+//!
+//! # Layout
+//!
+//! - `location`: `DOMAIN:/PATH`, a local path or `-`.
+//! - `chunks`: how much one request carries.
+//! - `guest`: the guest's files and the programs run there.
+//! - `local`: the host's file, read, or written under a temporary name.
+//! - `progress`: the bar on stderr.
+//!
+//! # Writing into the guest
+//!
+//! `guest-file-open` with mode `w` follows a symbolic link to an existing
+//! file and truncates it, and creates a file `rw-rw-rw-` whatever the
+//! umask. So the data goes to `DIR/.virtomate-RANDOM/data`, where DIR is
+//! the destination's directory and RANDOM 128 random bits: the directory is
+//! made by `mkdir -m 700` (which fails on anything already there, a planted
+//! link included), so only root can reach the file, and the file is
+//! `chmod`ed to its final mode before the first byte is written. Once
+//! complete (and its size, or with `--verify` its SHA-256, checked), `mv
+//! -f -T` renames it over the destination — a link there is replaced, not
+//! followed — and the directory is removed. The guest needs `guest-exec`
+//! and the programs `test`, `mkdir`, `chmod`, `mv`, `rmdir` and `rm` (and
+//! `sha256sum` for `--verify`); without them nothing is written.
+//!
+//! # Failing
+//!
+//! A copy that fails or is interrupted keeps what it left in
+//! [`Copy::clean_up`]'s reach: the open handle is closed, the temporary
+//! directory (or the local temporary file) removed; the destination is
+//! never touched before the rename. What could not be cleaned up is said.
+
+pub mod chunks;
+mod guest;
+mod local;
+pub mod location;
+pub mod progress;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+pub use self::guest::random_name;
+use self::guest::{DirKind, Handle};
+use self::local::Dest;
+pub use self::local::Source;
+use self::location::{guest_name, guest_parent};
+use self::progress::{Progress, Show};
+use crate::commands::DomainAgent;
+use crate::error::{CliError, ErrorKind};
+
+/// How to copy.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bytes per request (see [`chunks`]); the default when `None`.
+    pub chunk_size: Option<usize>,
+    /// The guest file's mode; by default the local file's, or `0600` for
+    /// standard input.
+    pub mode: Option<u32>,
+    /// Compare SHA-256 sums, not just sizes.
+    pub verify: bool,
+    pub progress: Show,
+}
+
+/// What a successful copy reports.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub bytes: u64,
+    pub seconds: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+/// Where a copy out of the guest writes.
+pub enum Target {
+    /// A local file (or directory to put it in).
+    Path(PathBuf),
+    /// A stream written as it comes: standard output, a session's stream.
+    Stream(Box<dyn AsyncWrite + Unpin + Send>),
+}
+
+/// What a copy has made that is not in place yet.
+#[derive(Debug, Default)]
+struct Leftovers {
+    handle: Option<Handle>,
+    /// The file written under the temporary directory, for `truncate`.
+    guest_temp: Option<String>,
+    guest_dir: Option<String>,
+    local_temp: Option<PathBuf>,
+}
+
+/// One copy on an agent; after a failure (or when its future was dropped
+/// on an interruption), [`Copy::clean_up`] removes what it left.
+pub struct Copy<'a> {
+    agent: &'a mut DomainAgent,
+    left: Leftovers,
+}
+
+/// The mode of a guest file written from standard input, which has none.
+const STDIN_MODE: u32 = 0o600;
+
+impl<'a> Copy<'a> {
+    pub fn new(agent: &'a mut DomainAgent) -> Copy<'a> {
+        Copy {
+            agent,
+            left: Leftovers::default(),
+        }
+    }
+
+    /// Copies `source` to `path` in the guest (into it, with the source's
+    /// name, when it is a directory or ends with `/`).
+    pub async fn push(
+        &mut self,
+        mut source: Source,
+        path: &str,
+        options: &Options,
+    ) -> Result<Summary, CliError> {
+        let started = Instant::now();
+        let target = self.guest_target(path, source.name.as_deref()).await?;
+        let mode = options.mode.or(source.mode).unwrap_or(STDIN_MODE);
+        let parent = guest_parent(&target).to_owned();
+        let dir = format!("{}/.virtomate-{}", parent.trim_end_matches('/'), random_name()?);
+        let made = guest::run(
+            self.agent,
+            "mkdir",
+            &["-m", "700", &dir],
+            "to make a private directory beside the destination",
+        )
+        .await?;
+        if !made.ok() {
+            return Err(mkdir_failure(&parent, &made));
+        }
+        self.left.guest_dir = Some(dir.clone());
+        let temp = format!("{dir}/data");
+        let handle = guest::open(self.agent, &temp, "w").await?;
+        self.left.handle = Some(handle);
+        self.left.guest_temp = Some(temp.clone());
+        // Before the first byte: the file's own mode, not the agent's 0666.
+        let mode_text = format!("{mode:o}");
+        let chmod = guest::run(
+            self.agent,
+            "chmod",
+            &[&mode_text, &temp],
+            "to set the file's mode",
+        )
+        .await?;
+        if !chmod.ok() {
+            return Err(CliError::new(ErrorKind::AgentCommand, chmod.failure("chmod")));
+        }
+
+        let chunk = chunks::for_writes(options.chunk_size, self.agent.through_libvirtd());
+        let progress = Progress::new(options.progress, source.len);
+        let mut hasher = options.verify.then(Sha256::new);
+        let mut buf = Vec::with_capacity(chunk);
+        let mut sent = 0u64;
+        let copied = async {
+            loop {
+                source.read_chunk(&mut buf, chunk).await?;
+                if buf.is_empty() {
+                    return Ok(());
+                }
+                if let Some(hasher) = &mut hasher {
+                    hasher.update(&buf);
+                }
+                let len = buf.len() as u64;
+                buf = guest::write(self.agent, handle, std::mem::take(&mut buf)).await?;
+                sent += len;
+                progress.advance(len);
+            }
+        }
+        .await;
+        if let Err(error) = copied {
+            progress.abandon();
+            return Err(error);
+        }
+        let size = guest::size(self.agent, handle).await?;
+        // Closed once only, whatever it answers: qemu-ga keeps a handle
+        // whose close failed, and a second close would use a freed FILE.
+        self.left.handle = None;
+        guest::close(self.agent, handle).await?;
+        if size != sent {
+            return Err(size_mismatch(&temp, size, sent));
+        }
+        let sha256 = match hasher {
+            Some(hasher) => Some(self.check_sha256(&temp, hex(&hasher.finalize())).await?),
+            None => None,
+        };
+        let moved = guest::run(
+            self.agent,
+            "mv",
+            &["-f", "-T", &temp, &target],
+            "to rename the complete file into place",
+        )
+        .await?;
+        if !moved.ok() {
+            return Err(CliError::new(ErrorKind::AgentCommand, moved.failure("mv")));
+        }
+        self.left.guest_temp = None;
+        // The file is in place: an empty directory is all that is left.
+        match guest::run(self.agent, "rmdir", &[&dir], "to remove its temporary directory").await {
+            Ok(ran) if ran.ok() => self.left.guest_dir = None,
+            Ok(ran) => tracing::warn!("{}; {dir} is left in the guest", ran.failure("rmdir")),
+            Err(error) => tracing::warn!("{error}; {dir} is left in the guest"),
+        }
+        progress.finish();
+        Ok(Summary {
+            bytes: sent,
+            seconds: started.elapsed().as_secs_f64(),
+            sha256,
+        })
+    }
+
+    /// The guest file to write: `path`, or `path/NAME` when `path` ends
+    /// with `/` or is a directory. A link to a directory is refused rather
+    /// than replaced or followed.
+    async fn guest_target(&mut self, path: &str, name: Option<&str>) -> Result<String, CliError> {
+        let into = |dir: &str| {
+            match name {
+            Some(name) => Ok(format!("{}/{name}", dir.trim_end_matches('/'))),
+            None => Err(CliError::new(
+                ErrorKind::Path,
+                format!("{path} is a directory in the guest, and standard input has no name: give the file's path"),
+            )),
+        }
+        };
+        if path.ends_with('/') {
+            return into(path);
+        }
+        match guest::directory_kind(self.agent, path).await? {
+            DirKind::NotADirectory => Ok(path.to_owned()),
+            DirKind::Directory => into(path),
+            DirKind::LinkToDirectory => Err(CliError::new(
+                ErrorKind::Path,
+                format!("{path} is a symbolic link to a directory in the guest"),
+            )
+            .with_hint(format!("write {path}/ to copy into that directory"))),
+        }
+    }
+
+    /// Copies the guest file `path` to `target`.
+    pub async fn pull(&mut self, path: &str, target: Target, options: &Options) -> Result<Summary, CliError> {
+        let started = Instant::now();
+        let handle = guest::open(self.agent, path, "r").await?;
+        self.left.handle = Some(handle);
+        // The size, for the bar only: two requests, which on a slow guest
+        // a copy without a bar does not pay.
+        let total = if options.progress.shows() {
+            let size = guest::size(self.agent, handle).await?;
+            guest::rewind(self.agent, handle).await?;
+            Some(size)
+        } else {
+            None
+        };
+        let (mut writer, dest): (Box<dyn AsyncWrite + Unpin + Send>, _) = match target {
+            Target::Path(local) => {
+                let dest = Dest::create(&local, guest_name(path), &random_name()?).await?;
+                self.left.local_temp = Some(dest.temp.clone());
+                let writer = tokio::io::BufWriter::with_capacity(1 << 20, dest.file);
+                (Box::new(writer), Some((dest.temp, dest.dest)))
+            }
+            Target::Stream(stream) => (stream, None),
+        };
+        let chunk = chunks::for_reads(options.chunk_size, self.agent.through_libvirtd()) as u64;
+        let progress = Progress::new(options.progress, total);
+        let mut hasher = options.verify.then(Sha256::new);
+        let mut received = 0u64;
+        let copied = async {
+            loop {
+                let (data, eof) = guest::read(self.agent, handle, chunk)
+                    .await
+                    .map_err(|e| directory_read(e, path))?;
+                if let Some(hasher) = &mut hasher {
+                    hasher.update(&data);
+                }
+                writer
+                    .write_all(&data)
+                    .await
+                    .map_err(|e| CliError::io("cannot write the local file", e))?;
+                received += data.len() as u64;
+                progress.advance(data.len() as u64);
+                if eof || data.is_empty() {
+                    return writer
+                        .flush()
+                        .await
+                        .map_err(|e| CliError::io("cannot write the local file", e));
+                }
+            }
+        }
+        .await;
+        if let Err(error) = copied {
+            progress.abandon();
+            return Err(error);
+        }
+        let size = guest::size(self.agent, handle).await?;
+        self.left.handle = None;
+        guest::close(self.agent, handle).await?;
+        // A file of /proc or /sys says 0 and has content: no size to check.
+        if size != 0 && size != received {
+            return Err(size_mismatch(path, size, received));
+        }
+        let sha256 = match hasher {
+            Some(hasher) => Some(self.check_sha256(path, hex(&hasher.finalize())).await?),
+            None => None,
+        };
+        drop(writer);
+        if let Some((temp, dest)) = dest {
+            tokio::fs::rename(&temp, &dest)
+                .await
+                .map_err(|e| CliError::io(format!("cannot rename the copy to {}", dest.display()), e))?;
+            self.left.local_temp = None;
+        }
+        progress.finish();
+        Ok(Summary {
+            bytes: received,
+            seconds: started.elapsed().as_secs_f64(),
+            sha256,
+        })
+    }
+
+    /// Compares `expected` with what `sha256sum` computes of `path` in the
+    /// guest; the sum, when they agree.
+    async fn check_sha256(&mut self, path: &str, expected: String) -> Result<String, CliError> {
+        let cannot = |why: String| {
+            CliError::new(
+                ErrorKind::Verification,
+                format!("--verify: the guest cannot compute a SHA-256 of {path}: {why}"),
+            )
+            .with_hint("install sha256sum (coreutils or busybox) in the guest, or copy without --verify")
+        };
+        let ran = guest::run(self.agent, "sha256sum", &[path], "for --verify")
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::AgentCommand => cannot(e.to_string()),
+                _ => e,
+            })?;
+        if !ran.ok() {
+            return Err(cannot(ran.failure("sha256sum")));
+        }
+        let found = ran
+            .stdout
+            .get(..64)
+            .map(|h| String::from_utf8_lossy(h).into_owned());
+        match found {
+            Some(sum) if sum == expected => Ok(expected),
+            Some(sum) if sum.bytes().all(|b| b.is_ascii_hexdigit()) => Err(CliError::new(
+                ErrorKind::Verification,
+                format!("SHA-256 differs: {expected} on the host, {sum} in the guest ({path})"),
+            )),
+            _ => Err(cannot("sha256sum printed no sum".to_owned())),
+        }
+    }
+
+    /// Removes what a failed or interrupted copy left, as far as the agent
+    /// still lets it, and says what is left where.
+    pub async fn clean_up(&mut self) -> String {
+        let mut done = Vec::new();
+        let mut left = Vec::new();
+        if let (Some(_), Some(temp)) = (self.left.handle, self.left.guest_temp.clone()) {
+            // Emptied first: a close that flushes onto a full disk would
+            // fail, and qemu-ga would keep the handle.
+            let _ = guest::run(
+                self.agent,
+                "truncate",
+                &["-s", "0", &temp],
+                "to empty its temporary file",
+            )
+            .await;
+        }
+        if let Some(handle) = self.left.handle {
+            match guest::close(self.agent, handle).await {
+                Ok(()) => done.push("closed the file in the guest".to_owned()),
+                // The agent restarted or went away: it holds no file of ours.
+                Err(e) if e.kind() == ErrorKind::AgentDisconnected => {}
+                Err(e) => left.push(format!("the agent may keep the file open ({e})")),
+            }
+            self.left.handle = None;
+        }
+        if let Some(dir) = self.left.guest_dir.clone() {
+            match guest::run(
+                self.agent,
+                "rm",
+                &["-rf", &dir],
+                "to remove its temporary directory",
+            )
+            .await
+            {
+                Ok(ran) if ran.ok() => done.push(format!("removed the temporary {dir} in the guest")),
+                Ok(ran) => left.push(format!("{dir} in the guest ({})", ran.failure("rm"))),
+                Err(e) => left.push(format!("{dir} in the guest ({e})")),
+            }
+            self.left.guest_dir = None;
+        }
+        if let Some(temp) = self.left.local_temp.take() {
+            match tokio::fs::remove_file(&temp).await {
+                Ok(()) => done.push(format!("removed the temporary {}", temp.display())),
+                Err(e) => left.push(format!("{} ({e})", temp.display())),
+            }
+        }
+        let done = if done.is_empty() {
+            String::new()
+        } else {
+            format!("{}; ", done.join(", "))
+        };
+        if left.is_empty() {
+            format!("{done}the destination was not touched")
+        } else {
+            format!(
+                "{done}the destination was not touched, but left behind, to remove by hand: {}",
+                left.join("; ")
+            )
+        }
+    }
+
+    /// What [`Copy::clean_up`] has not removed yet: for a clean-up cut short.
+    pub fn pending(&self) -> String {
+        let mut left = Vec::new();
+        if self.left.handle.is_some() {
+            left.push("the file may still be open in the agent".to_owned());
+        }
+        if let Some(dir) = &self.left.guest_dir {
+            left.push(format!("{dir} in the guest"));
+        }
+        if let Some(temp) = &self.left.local_temp {
+            left.push(temp.display().to_string());
+        }
+        format!(
+            "the destination was not touched; left behind, to remove by hand: {}",
+            left.join("; ")
+        )
+    }
+}
+
+/// How long [`Copy::clean_up`] may take at most, e.g. with an agent that
+/// stopped answering.
+pub const CLEAN_UP_TIME: Duration = Duration::from_secs(15);
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn size_mismatch(path: &str, size: u64, moved: u64) -> CliError {
+    CliError::new(
+        ErrorKind::Verification,
+        format!("{path} in the guest has {size} bytes, but {moved} were copied"),
+    )
+    .with_hint("the file may have changed during the copy")
+}
+
+/// `mkdir` failed beside the destination: most often its directory does not exist.
+fn mkdir_failure(parent: &str, made: &guest::Ran) -> CliError {
+    let said = &made.stderr;
+    if said.contains("No such file or directory") {
+        CliError::new(
+            ErrorKind::Path,
+            format!("the directory {parent} does not exist in the guest"),
+        )
+    } else if said.contains("Not a directory") {
+        CliError::new(
+            ErrorKind::Path,
+            format!("{parent} is not a directory in the guest"),
+        )
+    } else {
+        CliError::new(ErrorKind::Path, made.failure("mkdir")).with_hint(format!(
+            "copy makes a temporary directory in {parent}, beside the destination"
+        ))
+    }
+}
+
+/// A guest "file" that is a directory opens, then fails to read.
+fn directory_read(error: CliError, path: &str) -> CliError {
+    if error.to_string().contains("Is a directory") {
+        CliError::new(
+            ErrorKind::Path,
+            format!("{path} is a directory in the guest; copy takes one file"),
+        )
+    } else {
+        error
+    }
+}

@@ -1,0 +1,672 @@
+//! `virtomate copy`: files into and out of the guest, against the real
+//! qemu-ga on the host (whose "guest" is this host's file system, so the
+//! test can look at it directly), the test VM, and a fake agent for what
+//! the real one will not do on demand.
+
+use std::io::Write;
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::support::fake_agent::FakeAgent;
+use crate::support::host_agent::HostAgent;
+use crate::support::test_vm::TestVm;
+use crate::support::{guest_run, guest_run_with, run, run_measured, virtomate, wait_until, Outcome};
+
+const MIB: usize = 1 << 20;
+
+fn copy(args: &[&str]) -> Outcome {
+    let mut line = vec!["copy"];
+    line.extend(args);
+    run(&line, None)
+}
+
+/// `SOCKET:PATH`, the guest side of a copy.
+fn guest(socket: &Path, path: &Path) -> String {
+    format!("{}:{}", socket.display(), path.display())
+}
+
+/// Bytes that do not compress, the same for the same seed.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 24) as u8
+        })
+        .collect()
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The temporary directories a copy into `dir` made and left.
+fn temporaries(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains(".virtomate-"))
+        .collect()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:")).unwrap();
+    u32::from_str_radix(line.trim(), 8).unwrap()
+}
+
+/// A `copy - DEST` reading a pipe the test holds, to stop it mid-way.
+fn spawn_copy_from_stdin(args: &[&str]) -> Child {
+    virtomate()
+        .arg("copy")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn outcome(child: Child) -> Outcome {
+    let output = child.wait_with_output().unwrap();
+    Outcome {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// The file a copy into `dir` is writing, once it holds data.
+fn wait_for_data(dir: &Path) -> PathBuf {
+    let mut data = PathBuf::new();
+    wait_until(20, "the copy to write its first bytes", || {
+        match temporaries(dir).first().map(|t| t.join("data")) {
+            Some(file) if std::fs::metadata(&file).is_ok_and(|m| m.len() > 0) => {
+                data = file;
+                true
+            }
+            _ => false,
+        }
+    });
+    data
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_file_goes_in_and_comes_back_byte_identical_with_its_mode() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source.bin");
+    let data = noise(3 * MIB + 17, 1);
+    std::fs::write(&source, &data).unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let inside = dir.path().join("in-guest.bin");
+
+    let out = copy(&[
+        "--chunk-size",
+        "64K",
+        source.to_str().unwrap(),
+        &guest(&agent.socket(), &inside),
+    ]);
+    let summary = out.json();
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(summary["bytes"], data.len());
+    assert!(summary["seconds"].as_f64().unwrap() > 0.0, "{summary}");
+    assert!(summary.get("sha256").is_none(), "{summary}");
+    assert_eq!(std::fs::read(&inside).unwrap(), data);
+    assert_eq!(mode(&inside), 0o640, "the local file's mode is kept");
+    assert!(temporaries(dir.path()).is_empty());
+
+    let back = dir.path().join("back.bin");
+    let out = copy(&[&guest(&agent.socket(), &inside), back.to_str().unwrap()]);
+    assert_eq!(out.json()["bytes"], data.len(), "{out:?}");
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+    assert_eq!(
+        mode(&back),
+        0o666 & !umask(),
+        "a new local file honours the umask"
+    );
+
+    // Into a directory: the file keeps its name there.
+    let into = dir.path().join("sub");
+    std::fs::create_dir(&into).unwrap();
+    let out = copy(&[source.to_str().unwrap(), &guest(&agent.socket(), &into)]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(std::fs::read(into.join("source.bin")).unwrap(), data);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn verify_compares_sha256_sums_both_ways_and_mode_sets_the_guest_files_mode() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = noise(MIB, 2);
+    let inside = dir.path().join("secret");
+    let out = run(
+        &[
+            "copy",
+            "--verify",
+            "--mode",
+            "600",
+            "-",
+            &guest(&agent.socket(), &inside),
+        ],
+        Some(&data),
+    );
+    assert_eq!(out.json()["sha256"], sha256_hex(&data), "{out:?}");
+    assert_eq!(mode(&inside), 0o600);
+    let back = dir.path().join("back");
+    let out = copy(&[
+        "--verify",
+        &guest(&agent.socket(), &inside),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.json(),
+        json!({"bytes": MIB, "seconds": out.json()["seconds"], "sha256": sha256_hex(&data)})
+    );
+    // From standard input, with no local mode to keep: private.
+    let out = run(
+        &["copy", "-", &guest(&agent.socket(), &dir.path().join("piped"))],
+        Some(b"x"),
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(mode(&dir.path().join("piped")), 0o600);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_copy_to_standard_output_prints_the_data_alone() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    let data = noise(200_000, 3);
+    std::fs::write(&file, &data).unwrap();
+    let output = virtomate()
+        .args(["copy", &guest(&agent.socket(), &file), "-"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(output.stdout, data);
+    assert!(output.stderr.is_empty(), "no progress when stderr is no terminal");
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn planted_symlinks_in_a_world_writable_directory_leave_their_targets_untouched() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("tmp");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    // At the destination, and at names a guesser might try.
+    let dest = shared.join("upload");
+    symlink(&victim, &dest).unwrap();
+    for name in [".virtomate", ".virtomate-0", ".upload.virtomate", "upload.tmp"] {
+        symlink(&victim, shared.join(name)).unwrap();
+    }
+    let dangling = shared.join("dangling");
+    symlink(dir.path().join("nowhere"), &dangling).unwrap();
+
+    let source = dir.path().join("source");
+    std::fs::write(&source, b"new content").unwrap();
+    for target in [&dest, &dangling] {
+        let out = copy(&[source.to_str().unwrap(), &guest(&agent.socket(), target)]);
+        assert_eq!(out.status, 0, "{out:?}");
+        let meta = std::fs::symlink_metadata(target).unwrap();
+        assert!(meta.is_file(), "the link is replaced by the file, not followed");
+        assert_eq!(std::fs::read(target).unwrap(), b"new content");
+    }
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(!dir.path().join("nowhere").exists());
+    assert!(
+        temporaries(&shared).iter().all(|p| p.is_symlink()),
+        "only the planted links are left"
+    );
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn no_byte_is_written_before_the_file_is_private() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let shared = dir.path().join("tmp");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let dest = shared.join("key");
+    let mut child = spawn_copy_from_stdin(&[
+        "--mode",
+        "600",
+        "--chunk-size",
+        "8K",
+        "-",
+        &guest(&agent.socket(), &dest),
+    ]);
+    let mut stdin = child.stdin.take().unwrap();
+    // More than the agent's stdio buffer, so that it reaches the file.
+    stdin.write_all(&[b's'; 8192]).unwrap();
+    stdin.flush().unwrap();
+    // The first chunk is in the file: see who could read it.
+    let data = wait_for_data(&shared);
+    let temp_dir = data.parent().unwrap();
+    assert_eq!(
+        mode(temp_dir),
+        0o700,
+        "only its owner can enter the temporary directory"
+    );
+    assert_eq!(
+        std::fs::metadata(temp_dir).unwrap().uid(),
+        std::fs::metadata("/proc/self").unwrap().uid()
+    );
+    assert_eq!(mode(&data), 0o600, "the file had its mode before its first byte");
+    assert!(
+        !dest.exists(),
+        "nothing at the destination before the copy is complete"
+    );
+    stdin.write_all(b"ET").unwrap();
+    drop(stdin);
+    let out = outcome(child);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(std::fs::read(&dest).unwrap().len(), 8194);
+    assert_eq!(mode(&dest), 0o600);
+    assert!(temporaries(&shared).is_empty());
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn bad_paths_are_path_errors_that_say_what_is_wrong() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = agent.socket();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"x").unwrap();
+    let here = |p: &str| dir.path().join(p).to_str().unwrap().to_owned();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        // The guest path is missing: the agent's own words.
+        (
+            vec![guest(&sock, &dir.path().join("missing")), here("out")],
+            "No such file or directory",
+        ),
+        // A directory where a file is expected, each side.
+        (
+            vec![guest(&sock, dir.path()), here("out")],
+            "is a directory in the guest",
+        ),
+        (
+            vec![
+                dir.path().to_str().unwrap().into(),
+                guest(&sock, &dir.path().join("x")),
+            ],
+            "is a directory",
+        ),
+        // The destination's directory is missing, each side.
+        (
+            vec![here("file"), guest(&sock, &dir.path().join("no/such/f"))],
+            "does not exist in the guest",
+        ),
+        (vec![guest(&sock, &file), here("no/such/f")], "does not exist"),
+        // The local file is missing, or its directory is a file.
+        (
+            vec![here("missing"), guest(&sock, &dir.path().join("y"))],
+            "cannot open",
+        ),
+        (vec![guest(&sock, &file), here("file/f")], "Not a directory"),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = copy(&args);
+        let message = out.error("PathError");
+        assert!(message.contains(expected), "{args:?}: {message}");
+    }
+    assert!(!dir.path().join("out").exists());
+    assert!(
+        temporaries(dir.path()).is_empty(),
+        "{:?}",
+        temporaries(dir.path())
+    );
+    let out = guest_run(&sock, &["echo", "-n", "next"]);
+    assert_eq!(out.json()["stdout"], "next", "the next command works");
+}
+
+#[test]
+fn a_copy_needs_exactly_one_guest_side() {
+    for args in [&["a", "b"][..], &["vm:/a", "vm:/b"], &["f", "vm:relative"]] {
+        let out = copy(args);
+        assert_eq!(out.status, 2, "{args:?}: {out:?}");
+    }
+    let out = copy(&["--mode", "999", "f", "vm:/x"]);
+    assert_eq!(out.status, 2);
+    let out = copy(&["--chunk-size", "1G", "f", "vm:/x"]);
+    assert_eq!(out.status, 2);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn blocked_file_commands_are_named_and_a_copy_out_needs_no_guest_exec() {
+    let agent = HostAgent::start_with(&["--block-rpcs", "guest-file-open"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("f");
+    std::fs::write(&file, b"data").unwrap();
+    let out = copy(&[
+        &guest(&agent.socket(), &file),
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    let message = out.error("AgentCommandError");
+    assert!(message.contains("guest-file-open has been disabled"), "{message}");
+
+    let agent = HostAgent::start_with(&["--block-rpcs", "guest-exec"]);
+    let out = copy(&[
+        file.to_str().unwrap(),
+        &guest(&agent.socket(), &dir.path().join("in")),
+    ]);
+    let message = out.error("AgentCommandError");
+    assert!(message.contains("guest-exec has been disabled"), "{message}");
+    assert!(!dir.path().join("in").exists());
+    let out = copy(&[
+        &guest(&agent.socket(), &file),
+        dir.path().join("o").to_str().unwrap(),
+    ]);
+    assert_eq!(out.json()["bytes"], 4, "{out:?}");
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn ctrl_c_mid_copy_leaves_no_file_and_no_temporary_and_the_next_copy_works() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest");
+    let mut child = spawn_copy_from_stdin(&["--chunk-size", "4K", "-", &guest(&agent.socket(), &dest)]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&[7; 8192]).unwrap();
+    wait_for_data(dir.path());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = outcome(child);
+    let message = out.error("Interrupted");
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert!(message.contains("the destination was not touched"), "{message}");
+    assert!(!dest.exists());
+    assert!(
+        temporaries(dir.path()).is_empty(),
+        "{:?}",
+        temporaries(dir.path())
+    );
+    drop(stdin);
+
+    let out = run(&["copy", "-", &guest(&agent.socket(), &dest)], Some(b"after"));
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), b"after");
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_agent_gone_mid_copy_says_what_it_left_where() {
+    let mut agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest");
+    std::fs::write(&dest, b"old").unwrap();
+    let mut child = spawn_copy_from_stdin(&["--chunk-size", "4K", "-", &guest(&agent.socket(), &dest)]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&[7; 8192]).unwrap();
+    let data = wait_for_data(dir.path());
+    agent.kill();
+    let _ = stdin.write_all(&[7; 8192]);
+    drop(stdin);
+    let out = outcome(child);
+    let message = out.error("AgentDisconnected");
+    let temp_dir = data.parent().unwrap().display().to_string();
+    assert!(message.contains(&temp_dir), "names what is left: {message}");
+    assert_eq!(
+        std::fs::read(&dest).unwrap(),
+        b"old",
+        "the destination is untouched"
+    );
+
+    // A new agent: the next copy works.
+    let agent = HostAgent::start_in(tempfile::TempDir::new_in(dir.path()).unwrap(), &[]);
+    let out = run(&["copy", "-", &guest(&agent.socket(), &dest)], Some(b"new"));
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(std::fs::read(&dest).unwrap(), b"new");
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host and GNU time"]
+fn sixty_four_mib_each_way_in_bounded_memory() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("big");
+    let data = noise(64 * MIB, 4);
+    std::fs::write(&source, &data).unwrap();
+    let inside = dir.path().join("inside");
+    let (out, rss_in) = run_measured(
+        &["copy", source.to_str().unwrap(), &guest(&agent.socket(), &inside)],
+        None,
+    );
+    assert_eq!(out.json()["bytes"], 64 * MIB, "{out:?}");
+    let back = dir.path().join("back");
+    let (out, rss_out) = run_measured(
+        &["copy", &guest(&agent.socket(), &inside), back.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.json()["bytes"], 64 * MIB, "{out:?}");
+    assert!(std::fs::read(&back).unwrap() == data, "the copy back differs");
+    for (way, rss_kib) in [("in", rss_in), ("out", rss_out)] {
+        assert!(rss_kib < 64 * 1024, "peak RSS {rss_kib} KiB copying {way}");
+    }
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn progress_shows_on_demand_and_not_by_default_off_a_terminal() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("d").to_str().unwrap().to_owned();
+    let data = noise(256 * 1024, 5);
+    let quiet = run(
+        &["copy", "-", &guest(&agent.socket(), Path::new(&dest))],
+        Some(&data),
+    );
+    assert_eq!((quiet.status, quiet.stderr.as_str()), (0, ""), "{quiet:?}");
+    let shown = run(
+        &[
+            "copy",
+            "--progress",
+            "-",
+            &guest(&agent.socket(), Path::new(&dest)),
+        ],
+        Some(&data),
+    );
+    assert_eq!(shown.status, 0, "{shown:?}");
+    assert!(
+        shown.stderr.contains("KiB") || shown.stderr.contains("B/s"),
+        "{shown:?}"
+    );
+}
+
+/// A reply to `guest-file-read` claiming more than was asked is refused.
+#[test]
+fn a_read_reply_longer_than_asked_is_a_protocol_error_and_the_handle_is_closed() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        conn.answer("guest-file-open", json!(5));
+        let request = conn.request();
+        assert_eq!(request["arguments"]["count"], 2, "{request}");
+        conn.reply(&json!({"return": {"count": 4, "buf-b64": "AAAAAA==", "eof": true}, "id": request["id"]}));
+        conn.answer("guest-file-close", json!({}));
+        conn.wait_for_close();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out");
+    let out = copy(&[
+        "--chunk-size",
+        "2",
+        &format!("{}:/f", agent.socket().display()),
+        dest.to_str().unwrap(),
+    ]);
+    let message = out.error("ProtocolError");
+    assert!(message.contains("at most 2 were asked for"), "{message}");
+    assert!(message.contains("closed the file in the guest"), "{message}");
+    assert!(
+        std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+        "no local file left"
+    );
+}
+
+/// A guest without `sha256sum` cannot verify: said plainly, and the file
+/// is not put in place.
+#[test]
+fn verify_without_sha256sum_in_the_guest_says_so_and_leaves_nothing() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        let exec = |conn: &mut crate::support::fake_agent::Conn, code: i32| {
+            conn.answer("guest-exec", json!({"pid": 1}));
+            conn.answer("guest-exec-status", json!({"exited": true, "exitcode": code}));
+        };
+        exec(&mut conn, 1); // test -d: not a directory
+        exec(&mut conn, 0); // mkdir
+        conn.answer("guest-file-open", json!(3));
+        exec(&mut conn, 0); // chmod
+        conn.answer("guest-file-write", json!({"count": 2, "eof": false}));
+        conn.answer("guest-file-seek", json!({"position": 2, "eof": false}));
+        conn.answer("guest-file-close", json!({}));
+        conn.refuse(
+            "guest-exec",
+            "GenericError",
+            "Guest agent command failed, error was 'Failed to execute child process “sha256sum” (No such file or directory)'",
+        );
+        let rm = conn.request();
+        assert_eq!(rm["arguments"]["path"], "rm", "{rm}");
+        conn.reply(&json!({"return": {"pid": 2}, "id": rm["id"]}));
+        conn.answer("guest-exec-status", json!({"exited": true, "exitcode": 0}));
+        conn.wait_for_close();
+    });
+    let out = run(
+        &[
+            "copy",
+            "--verify",
+            "-",
+            &format!("{}:/dest", agent.socket().display()),
+        ],
+        Some(b"hi"),
+    );
+    let message = out.error("VerificationError");
+    assert!(message.contains("cannot compute a SHA-256"), "{message}");
+    assert!(
+        message.contains("removed the temporary /.virtomate-"),
+        "{message}"
+    );
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_file_goes_in_and_out_of_the_vm_verified_and_a_full_disk_leaves_nothing() {
+    let vm = TestVm::boot("copy");
+    let socket = vm.socket();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    let data = noise(2 * MIB + 3, 6);
+    std::fs::write(&source, &data).unwrap();
+    let out = copy(&[
+        "--verify",
+        source.to_str().unwrap(),
+        &format!("{}:/tmp/file", socket.display()),
+    ]);
+    assert_eq!(out.json()["sha256"], sha256_hex(&data), "{out:?}");
+    let back = dir.path().join("back");
+    let out = copy(&[
+        "--verify",
+        &format!("{}:/tmp/file", socket.display()),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(out.json()["sha256"], sha256_hex(&data), "{out:?}");
+    assert!(std::fs::read(&back).unwrap() == data);
+
+    // A 1 MiB tmpfs, and 2 MiB to copy into it.
+    let out = guest_run(
+        &socket,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /mnt/small && mount -t tmpfs -o size=1m tmpfs /mnt/small",
+        ],
+    );
+    assert_eq!(out.json()["exit_code"], 0, "{out:?}");
+    let out = copy(&[
+        source.to_str().unwrap(),
+        &format!("{}:/mnt/small/file", socket.display()),
+    ]);
+    let message = out.error("AgentCommandError");
+    assert!(message.contains("No space left on device"), "{message}");
+    assert!(
+        message.contains("removed the temporary /mnt/small/.virtomate-"),
+        "{message}"
+    );
+    let out = guest_run(&socket, &["ls", "-A", "/mnt/small"]);
+    assert_eq!(out.json()["stdout"], json!(null), "nothing is left: {out:?}");
+    let out = run(
+        &["copy", "-", &format!("{}:/mnt/small/small", socket.display())],
+        Some(b"fits"),
+    );
+    assert_eq!(out.status, 0, "the next copy works: {out:?}");
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn an_agent_restarted_mid_copy_gives_a_clear_error_and_the_next_copy_works() {
+    let vm = TestVm::boot("copy-restart");
+    let socket = vm.socket();
+    // In its own session, so that it outlives the agent it replaces: in 3 s,
+    // stop qemu-ga and start a new one on the port.
+    let restart = "sleep 3; kill $(pidof qemu-ga); sleep 1; \
+                   exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0";
+    let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 &");
+    let out = guest_run(&socket, &["sh", "-c", &program]);
+    assert_eq!(out.json()["exit_code"], 0, "{out:?}");
+    let dest = format!("{}:/tmp/dest", socket.display());
+    let mut child = spawn_copy_from_stdin(&["--reply-timeout", "5", "--chunk-size", "4K", "-", &dest]);
+    let mut stdin = child.stdin.take().unwrap();
+    // Data trickles in until well after the restart.
+    for _ in 0..80 {
+        if stdin.write_all(&[7; 4096]).is_err() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(stdin);
+    let out = outcome(child);
+    let json = out.json();
+    let message = json["message"].as_str().unwrap_or_default();
+    // The new agent does not know the handle, if it got our request; if
+    // the old one took it along, no reply ever comes.
+    match json["type"].as_str() {
+        Some("AgentDisconnected") => assert!(message.contains("no longer knows the open file"), "{json}"),
+        Some("AgentTimeout") => {}
+        _ => panic!("not an error of a restarted agent: {out:?}"),
+    }
+    assert!(message.contains("the destination was not touched"), "{json}");
+    let out = guest_run_with(&["--timeout", "30"], &socket, &["sh", "-c", "ls -A /tmp"], None);
+    assert_eq!(
+        out.json()["stdout"],
+        json!(null),
+        "no file, no temporary: {out:?}"
+    );
+    let out = run(&["copy", "--timeout", "30", "-", &dest], Some(b"next"));
+    assert_eq!(out.status, 0, "the next copy works: {out:?}");
+}
