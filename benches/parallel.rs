@@ -122,8 +122,13 @@ fn main() {
         let (_, rss) =
             support::run_measured(&["guest-run", socket.to_str().unwrap(), "--", "/bin/true"], None);
         println!(
-            "{label:<10}: guest-run process {:.2}, fresh-connection floor {:.2} (+{:.2} start-up gap), ratio {:.2}; peak RSS {} KiB",
-            ms(cli), ms(floor), ms(startup), ratio(cli, floor), rss
+            "{label:<10}: guest-run process {:.2}, fresh-connection floor {:.2} (+{:.2} start-up gap), \
+             ratio {:.2}; peak RSS {} KiB",
+            ms(cli),
+            ms(floor),
+            ms(startup),
+            ratio(cli, floor),
+            rss
         );
     }
     println!("goals: host agent ratio <= 1.5, test VM ratio <= 1.3, RSS < 8192 KiB");

@@ -20,11 +20,25 @@ pub struct Cli {
     version: (),
 
     /// Seconds allowed for connecting to the agent and the handshake
-    #[arg(long, global = true, value_name = "SECONDS", default_value = "5", value_parser = seconds, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        default_value = "5",
+        value_parser = seconds,
+        allow_hyphen_values = true
+    )]
     pub timeout: Duration,
 
     /// Seconds allowed for each single reply of the agent
-    #[arg(long, global = true, value_name = "SECONDS", default_value = "30", value_parser = seconds, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        default_value = "30",
+        value_parser = seconds,
+        allow_hyphen_values = true
+    )]
     pub reply_timeout: Duration,
 
     /// Look for domains in this libvirt daemon only: qemu:///system or qemu:///session
@@ -106,7 +120,13 @@ pub enum Command {
     /// Serve requests given as JSON lines on stdin over one agent connection, replies as JSON lines on stdout
     Session {
         /// Let go of the agent connection after SECONDS without a request
-        #[arg(long, value_name = "SECONDS", default_value = "1", value_parser = seconds, allow_hyphen_values = true)]
+        #[arg(
+            long,
+            value_name = "SECONDS",
+            default_value = "1",
+            value_parser = seconds,
+            allow_hyphen_values = true
+        )]
         idle: Duration,
 
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
@@ -180,7 +200,13 @@ pub struct GuestRunArgs {
     pub max_time: Option<Duration>,
 
     /// Seconds between SIGTERM and SIGKILL when --max-time passes or Ctrl-C stops the program
-    #[arg(long, value_name = "SECONDS", default_value = "5", value_parser = seconds, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "5",
+        value_parser = seconds,
+        allow_hyphen_values = true
+    )]
     pub grace: Duration,
 
     /// Set KEY to VALUE in the program's environment (repeatable); the program then gets a

@@ -263,10 +263,10 @@ impl CliError {
             AgentError::RequestTooLarge { len, limit } => CliError::new(
                 ErrorKind::InputTooLarge,
                 format!(
-                    "standard input is too large for the agent: the request would be {len} bytes (the input in \
-                     Base64 included), and through libvirtd, which holds the agent channel, one request is at \
-                     most {} KiB (a little under {} KiB of input): libvirt stalls on longer agent commands; \
-                     nothing was sent",
+                    "standard input is too large for the agent: the request would be {len} bytes \
+                     (the input in Base64 included), and through libvirtd, which holds the agent channel, \
+                     one request is at most {} KiB (a little under {} KiB of input): libvirt stalls on \
+                     longer agent commands; nothing was sent",
                     limit >> 10,
                     (limit >> 10) * 3 / 4
                 ),
@@ -319,11 +319,11 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
             let (message, hint) = match phase {
                 Phase::Connecting => (
                     format!(
-                        "the agent socket {shown} stayed busy for {within}: its queue of clients waiting to be \
-                         accepted was full"
+                        "the agent socket {shown} stayed busy for {within}: its queue of clients \
+                         waiting to be accepted was full"
                     ),
-                    "other clients are connecting to it at the same time, and QEMU serves one at a time; raise \
-                     --timeout, or run fewer at once",
+                    "other clients are connecting to it at the same time, and QEMU serves one at a time; \
+                     raise --timeout, or run fewer at once",
                 ),
                 Phase::Handshake => (
                     format!("the agent on {shown} did not answer within {within}"),
@@ -359,7 +359,10 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
             _,
         ) => CliError::new(
             ErrorKind::AgentCommand,
-            format!("{feature} needs qemu-ga {major}.{minor} or newer, and the agent is {version}; nothing was started"),
+            format!(
+                "{feature} needs qemu-ga {major}.{minor} or newer, and the agent is {version}; \
+                 nothing was started"
+            ),
         )
         .with_hint("update qemu-ga in the guest, or run without it"),
         (AgentError::NotAnAgent { found }, _) => CliError::new(
@@ -371,7 +374,9 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
              the VM's name",
         ),
         // The rest reads the same whichever peer caused it.
-        (AgentError::Io(e), _) => CliError::new(ErrorKind::AgentUnavailable, format!("I/O error on {shown}: {e}")),
+        (AgentError::Io(e), _) => {
+            CliError::new(ErrorKind::AgentUnavailable, format!("I/O error on {shown}: {e}"))
+        }
         (AgentError::ReplyTooLong { limit }, _) => {
             protocol_violation(socket, peer, &format!("a reply exceeded {limit} bytes"))
         }
@@ -381,8 +386,9 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
         (AgentError::RequestTooLarge { len, limit }, _) => CliError::new(
             ErrorKind::InputTooLarge,
             format!(
-                "standard input is too large for the agent: with the input in Base64 the request would be {len} \
-                 bytes; the agent takes at most {} MiB (a little under {} MiB of input); nothing was sent",
+                "standard input is too large for the agent: with the input in Base64 the request would be \
+                 {len} bytes; the agent takes at most {} MiB (a little under {} MiB of input); \
+                 nothing was sent",
                 limit >> 20,
                 (limit >> 20) / 4 * 3
             ),
@@ -420,14 +426,15 @@ fn libvirt_error(code: i32, message: &str, peer: Peer) -> CliError {
     let error = CliError::new(ErrorKind::Libvirt, message);
     match peer {
         Peer::Agent if reply_over_cap => error.with_hint(format!(
-            "libvirt refuses agent replies over {} MiB, and now takes this domain's agent for broken until the \
-             domain restarts; give the domain a second agent channel to go around libvirt (see README)",
+            "libvirt refuses agent replies over {} MiB, and now takes this domain's agent for broken \
+             until the domain restarts; give the domain a second agent channel to go around libvirt \
+             (see README)",
             AGENT_RESPONSE_MAX >> 20
         )),
         Peer::Agent if string_over_cap => error.with_hint(format!(
-            "libvirt's RPC carries strings of at most {} MiB, and the agent's reply (the program's output in \
-             Base64, for guest-run) was longer, so libvirtd dropped it; give the domain a second agent channel \
-             to go around libvirt (see README)",
+            "libvirt's RPC carries strings of at most {} MiB, and the agent's reply (the program's output \
+             in Base64, for guest-run) was longer, so libvirtd dropped it; give the domain a second agent \
+             channel to go around libvirt (see README)",
             STRING_MAX >> 20
         )),
         Peer::Qmp if string_over_cap => error.with_hint(format!(
@@ -495,7 +502,8 @@ impl std::fmt::Display for Interruption {
             ),
             Interruption::StillRunning { pid } => write!(
                 f,
-                "interrupted while waiting for the program (guest pid {pid}); it is still running in the guest"
+                "interrupted while waiting for the program (guest pid {pid}); \
+                 it is still running in the guest"
             ),
             Interruption::EndedJustNow { pid } => write!(
                 f,
@@ -508,11 +516,13 @@ impl std::fmt::Display for Interruption {
                  not shown: the run was interrupted)"
             ),
             Interruption::Starting => f.write_str(
-                "interrupted while the agent was starting the program; it may have started in the guest, under a pid the agent did not tell",
+                "interrupted while the agent was starting the program; it may have started in the guest, \
+                 under a pid the agent did not tell",
             ),
             Interruption::Running { pid } => write!(
                 f,
-                "interrupted while waiting for the program (guest pid {pid}); it may still be running in the guest"
+                "interrupted while waiting for the program (guest pid {pid}); \
+                 it may still be running in the guest"
             ),
         }
     }

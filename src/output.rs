@@ -186,7 +186,10 @@ mod tests {
         let value = serde_json::json!({"a": [], "b": {}, "c": [1, {"d": null}], "e": "\u{e9}"});
         assert_eq!(
             json(&value, true),
-            "{\n  \"a\": [],\n  \"b\": {},\n  \"c\": [\n    1,\n    {\n      \"d\": null\n    }\n  ],\n  \"e\": \"\\u00e9\"\n}\n"
+            concat!(
+                "{\n  \"a\": [],\n  \"b\": {},\n  \"c\": [\n    1,\n    {\n      \"d\": null\n    }\n  ],\n",
+                "  \"e\": \"\\u00e9\"\n}\n"
+            )
         );
         assert_eq!(
             json(&value, false),

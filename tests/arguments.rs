@@ -348,7 +348,9 @@ fn output_that_is_not_utf8_says_the_program_ran_and_how_it_ended() {
     let message = out.error("EncodingError");
     assert_eq!(
         message,
-        "standard output (first invalid byte at offset 2) of the program is not valid UTF-8, so the result cannot be shown as text; the program has run and exited with status 3; running it again with --encode gives its output as Base64, but runs the program a second time"
+        "standard output (first invalid byte at offset 2) of the program is not valid UTF-8, \
+         so the result cannot be shown as text; the program has run and exited with status 3; \
+         running it again with --encode gives its output as Base64, but runs the program a second time"
     );
     let out = guest_run(
         &agent.socket(),
@@ -357,7 +359,8 @@ fn output_that_is_not_utf8_says_the_program_ran_and_how_it_ended() {
     let message = out.error("EncodingError");
     assert!(
         message.starts_with(
-            "standard output (first invalid byte at offset 0) and standard error (first invalid byte at offset 0) of the program are not valid UTF-8"
+            "standard output (first invalid byte at offset 0) and \
+             standard error (first invalid byte at offset 0) of the program are not valid UTF-8"
         ) && message.contains("was killed by signal 9"),
         "{message}"
     );

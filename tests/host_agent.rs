@@ -48,7 +48,10 @@ fn compact_output_by_default() {
     let out = guest_run(&agent.socket(), &["echo", "-n", "Hello World"]);
     assert_eq!(
         out.stdout,
-        "{\"exit_code\":0,\"signal\":null,\"stderr\":null,\"stderr_truncated\":false,\"stdout\":\"Hello World\",\"stdout_truncated\":false}\n"
+        concat!(
+            "{\"exit_code\":0,\"signal\":null,\"stderr\":null,\"stderr_truncated\":false,",
+            "\"stdout\":\"Hello World\",\"stdout_truncated\":false}\n"
+        )
     );
 }
 

@@ -250,7 +250,10 @@ fn a_session_takes_guest_runs_options_env_max_time_and_merge_output() {
         socket.to_str().unwrap(),
         &[
             r#"{"id": "env", "run": ["sh", "-c", "printf '%s|%s' \"$A\" \"$PATH\""], "env": {"A": "x=y z"}}"#,
-            r#"{"id": "stop", "run": ["sh", "-c", "echo before; sleep 6078 | cat"], "max_time": 0.5, "grace": 1}"#,
+            concat!(
+                r#"{"id": "stop", "run": ["sh", "-c", "echo before; sleep 6078 | cat"], "#,
+                r#""max_time": 0.5, "grace": 1}"#
+            ),
             r#"{"id": "merge", "run": ["true"], "merge_output": true}"#,
         ],
     );

@@ -22,4 +22,5 @@ mod parallel;
 mod run_options;
 mod session;
 mod sockets;
+mod style;
 mod vm;

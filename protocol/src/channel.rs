@@ -306,7 +306,8 @@ impl<C: Connector> Channel<C> {
     ///
     /// ```no_run
     /// # use virtomate_protocol::qga::GuestPing;
-    /// # async fn demo(mut channel: virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::{Channel, SocketConnector};
+    /// # async fn demo(mut channel: Channel<SocketConnector>) -> Result<(), virtomate_protocol::Error> {
     /// channel.execute(&GuestPing {}).await?;
     /// # Ok(()) }
     /// ```
@@ -319,7 +320,8 @@ impl<C: Connector> Channel<C> {
     ///
     /// ```no_run
     /// # use virtomate_protocol::qga::GuestExec;
-    /// # async fn demo(mut channel: virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::{Channel, SocketConnector};
+    /// # async fn demo(mut channel: Channel<SocketConnector>) -> Result<(), virtomate_protocol::Error> {
     /// let pid = channel.guest_exec(&GuestExec::new("uptime", [""; 0])).await?.pid;
     /// # Ok(()) }
     /// ```
@@ -400,7 +402,9 @@ impl Default for HoldPolicy {
 /// letting go of it otherwise.
 ///
 /// ```no_run
-/// use virtomate_protocol::{wait_for_exit_on, Channel, ClientOptions, HoldPolicy, PollSchedule, SocketConnector};
+/// use virtomate_protocol::{
+///     wait_for_exit_on, Channel, ClientOptions, HoldPolicy, PollSchedule, SocketConnector,
+/// };
 /// use virtomate_protocol::qga::GuestExec;
 ///
 /// # async fn demo() -> Result<(), virtomate_protocol::Error> {

@@ -51,7 +51,12 @@ pub enum Error {
 
     /// Another process kept its turn on the agent channel (see
     /// [`ChannelLock`](crate::ChannelLock)) for all the time allowed.
-    #[error("the agent channel {} stayed busy for {:.1} s: held by {}", path.display(), waited.as_secs_f64(), holder.as_deref().unwrap_or("another process"))]
+    #[error(
+        "the agent channel {} stayed busy for {:.1} s: held by {}",
+        path.display(),
+        waited.as_secs_f64(),
+        holder.as_deref().unwrap_or("another process")
+    )]
     Busy {
         /// The agent socket.
         path: PathBuf,

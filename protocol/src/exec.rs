@@ -88,6 +88,8 @@ impl Default for PollSchedule {
 /// ```
 /// use virtomate_protocol::{wait_for_exit, PollSchedule};
 /// # use virtomate_protocol::{qga::Command, Agent, Error};
+/// # use serde_json::Value;
+/// # use std::time::Duration;
 /// # /// An agent whose program ends at the third poll.
 /// # struct Scripted(u32);
 /// # impl Agent for Scripted {
@@ -99,10 +101,15 @@ impl Default for PollSchedule {
 /// #         };
 /// #         Ok(serde_json::from_str(reply).unwrap())
 /// #     }
-/// #     async fn execute_json(&mut self, _: &str, _: Option<&serde_json::Value>) -> Result<serde_json::Value, Error> {
+/// #     async fn execute_json(&mut self, _: &str, _: Option<&Value>) -> Result<Value, Error> {
 /// #         unreachable!()
 /// #     }
-/// #     async fn execute_without_reply(&mut self, _: &str, _: Option<&serde_json::Value>, _: std::time::Duration) -> Result<(), Error> {
+/// #     async fn execute_without_reply(
+/// #         &mut self,
+/// #         _: &str,
+/// #         _: Option<&Value>,
+/// #         _: Duration,
+/// #     ) -> Result<(), Error> {
 /// #         unreachable!()
 /// #     }
 /// # }

@@ -11,7 +11,8 @@
 //!
 //! # tokio_test::block_on(async {
 //! // What a fresh connection reads: a stale parse error, then the sync reply.
-//! let stream: &[u8] = b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\n\xff{\"return\": 1234}\n";
+//! let stream: &[u8] = b"{\"error\": {\"class\": \"GenericError\", \"desc\": \"JSON parse error\"}}\n\
+//!     \xff{\"return\": 1234}\n";
 //! let mut conn = Connection::new(stream, LineCodec::new(DEFAULT_MAX_REPLY_LEN), None);
 //! conn.skip_past_sentinel().await?;
 //! assert_eq!(conn.read_reply().await?, b"{\"return\": 1234}");

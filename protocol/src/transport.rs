@@ -62,7 +62,10 @@ impl Default for ClientOptions {
 /// let deadline = Deadline::after(Duration::from_millis(10));
 /// let never = std::future::pending::<Result<(), Error>>();
 /// let err = deadline.run(Phase::Handshake, never).await.unwrap_err();
-/// assert!(matches!(err, Error::Timeout { phase: Phase::Handshake, after } if after == Duration::from_millis(10)));
+/// assert!(matches!(
+///     err,
+///     Error::Timeout { phase: Phase::Handshake, after } if after == Duration::from_millis(10)
+/// ));
 /// # });
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

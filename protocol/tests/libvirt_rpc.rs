@@ -240,7 +240,10 @@ fn libvirt_rpc_against_a_real_libvirtd() {
             .unwrap_err();
         eprintln!("monitor command with an id: {err}");
         assert!(
-            matches!(&err, Error::Libvirt { code: ERR_INTERNAL_ERROR, message, .. } if message.contains("'id'")),
+            matches!(
+                &err,
+                Error::Libvirt { code: ERR_INTERNAL_ERROR, message, .. } if message.contains("'id'")
+            ),
             "{err:?}"
         );
         let mut qemu = LibvirtMonitor::connect(Path::new(SOCKET), URI, &name, &ClientOptions::default())
@@ -255,15 +258,24 @@ fn libvirt_rpc_against_a_real_libvirtd() {
         drop(qemu);
 
         let t = StdInstant::now();
-        let status = guest_run(&mut libvirt, &domain, "echo", &["-n", "hi"]).await.unwrap();
+        let status = guest_run(&mut libvirt, &domain, "echo", &["-n", "hi"])
+            .await
+            .unwrap();
         eprintln!("guest-exec of echo and its status in {:?}: {status}", t.elapsed());
         assert_eq!(status["return"]["exitcode"], json!(0));
         assert_eq!(status["return"]["out-data"], json!("aGk="));
 
-        let err = libvirt.lookup_domain_by_name("virtomate-no-such-domain").await.unwrap_err();
+        let err = libvirt
+            .lookup_domain_by_name("virtomate-no-such-domain")
+            .await
+            .unwrap_err();
         eprintln!("unknown domain: {err}");
         assert!(
-            matches!(&err, Error::Libvirt { code: ERR_NO_DOMAIN, message, .. } if message.contains("virtomate-no-such-domain")),
+            matches!(
+                &err,
+                Error::Libvirt { code: ERR_NO_DOMAIN, message, .. }
+                    if message.contains("virtomate-no-such-domain")
+            ),
             "{err:?}"
         );
 
@@ -272,7 +284,10 @@ fn libvirt_rpc_against_a_real_libvirtd() {
             .unwrap_err();
         eprintln!("unknown agent command: {err}");
         assert!(
-            matches!(&err, Error::Libvirt { code: ERR_INTERNAL_ERROR, message, .. } if message.contains("guest-nosuch")),
+            matches!(
+                &err,
+                Error::Libvirt { code: ERR_INTERNAL_ERROR, message, .. } if message.contains("guest-nosuch")
+            ),
             "{err:?}"
         );
 
@@ -285,11 +300,16 @@ fn libvirt_rpc_against_a_real_libvirtd() {
             .unwrap_err();
         eprintln!("{bytes} bytes of output: {err} after {:?}", t.elapsed());
         assert!(
-            matches!(&err, Error::Libvirt { code: ERR_RPC, message, .. } if message == "Unable to encode message payload"),
+            matches!(
+                &err,
+                Error::Libvirt { code: ERR_RPC, message, .. } if message == "Unable to encode message payload"
+            ),
             "{err:?}"
         );
         assert_eq!(
-            agent(&mut libvirt, &domain, &json!({"execute": "guest-ping"})).await.unwrap(),
+            agent(&mut libvirt, &domain, &json!({"execute": "guest-ping"}))
+                .await
+                .unwrap(),
             json!({"return": {}})
         );
         // A reply over AGENT_RESPONSE_MAX breaks libvirtd's agent channel
@@ -301,7 +321,10 @@ fn libvirt_rpc_against_a_real_libvirtd() {
             .unwrap_err();
         eprintln!("{bytes} bytes of output: {err} after {:?}", t.elapsed());
         assert!(
-            matches!(&err, Error::Libvirt { message, .. } if message.contains(&AGENT_RESPONSE_MAX.to_string())),
+            matches!(
+                &err,
+                Error::Libvirt { message, .. } if message.contains(&AGENT_RESPONSE_MAX.to_string())
+            ),
             "{err:?}"
         );
         let err = agent(&mut libvirt, &domain, &json!({"execute": "guest-ping"}))
@@ -309,7 +332,13 @@ fn libvirt_rpc_against_a_real_libvirtd() {
             .unwrap_err();
         eprintln!("then guest-ping: {err}");
         assert!(
-            matches!(err, Error::Libvirt { code: ERR_AGENT_UNRESPONSIVE, .. }),
+            matches!(
+                err,
+                Error::Libvirt {
+                    code: ERR_AGENT_UNRESPONSIVE,
+                    ..
+                }
+            ),
             "{err:?}"
         );
 

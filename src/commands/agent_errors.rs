@@ -32,8 +32,8 @@ impl AgentErrors {
         let error = self.error(error);
         if request_was_whole {
             error.with_hint(
-                "the request had reached the agent, so the program may have started in the guest, under a pid \
-                 the agent did not tell: check before running it again",
+                "the request had reached the agent, so the program may have started in the guest, \
+                 under a pid the agent did not tell: check before running it again",
             )
         } else {
             error
@@ -51,7 +51,9 @@ impl AgentErrors {
             // VM stopped while the program ran.
             AgentError::Connect { ref source, .. } if !self.through_libvirtd => CliError::new(
                 ErrorKind::AgentDisconnected,
-                format!("the agent socket {shown} went away while the program (guest pid {pid}) ran: {source}"),
+                format!(
+                    "the agent socket {shown} went away while the program (guest pid {pid}) ran: {source}"
+                ),
             )
             .with_hint("the VM may have stopped; the program's result is lost")
             .with_source(error),
@@ -69,7 +71,8 @@ impl AgentErrors {
             } if !self.through_libvirtd => CliError::new(
                 ErrorKind::AgentTimeout,
                 format!(
-                    "the agent on {shown} did not answer {} within {} s while the program (guest pid {pid}) ran",
+                    "the agent on {shown} did not answer {} within {} s \
+                     while the program (guest pid {pid}) ran",
                     match phase {
                         Phase::Reply(command) => command.as_str(),
                         _ => "guest-sync-delimited",
@@ -78,7 +81,8 @@ impl AgentErrors {
                 ),
             )
             .with_hint(
-                "it may have stopped or restarted in the guest, or the guest is very slow (raise --reply-timeout)",
+                "it may have stopped or restarted in the guest, \
+                 or the guest is very slow (raise --reply-timeout)",
             )
             .with_source(error),
             AgentError::Disconnected if !self.through_libvirtd => CliError::new(

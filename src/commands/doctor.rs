@@ -354,13 +354,12 @@ async fn connect(route: &Route, context: &Context) -> Checked<()> {
 async fn handshake(found: &Domain, route: Route, context: &Context) -> Checked<DomainAgent> {
     let started = Instant::now();
     match DomainAgent::connect_to(found, route, &context.scope, context.options.clone()).await {
-        Ok(agent) => Checked::Pass(
-            format!("answered in {} ms", started.elapsed().as_millis()),
-            agent,
-        ),
+        Ok(agent) => Checked::Pass(format!("answered in {} ms", started.elapsed().as_millis()), agent),
         Err(e) => fail(
             e.to_string(),
-            "start qemu-ga in the guest (qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0), or raise --timeout for a slow guest",
+            "start qemu-ga in the guest \
+             (qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0), \
+             or raise --timeout for a slow guest",
         ),
     }
 }

@@ -56,14 +56,22 @@ impl DomainAgent {
         let kept_options = options.clone();
         let (connector, socket) = match route {
             Route::Direct(socket) => {
-                tracing::debug!(socket = %socket.display(), source = ?found.source, "the agent of {}", found.name);
+                tracing::debug!(
+                    socket = %socket.display(),
+                    source = ?found.source,
+                    "the agent of {}",
+                    found.name
+                );
                 (
                     DomainConnector::Direct(SocketConnector::new(&socket, options)),
                     socket,
                 )
             }
             Route::Libvirt { socket, uri } => {
-                tracing::info!(socket = %socket.display(), "libvirtd holds the agent channel: going through libvirtd");
+                tracing::info!(
+                    socket = %socket.display(),
+                    "libvirtd holds the agent channel: going through libvirtd"
+                );
                 let connector = DomainConnector::Libvirt {
                     socket: socket.clone(),
                     uri,

@@ -392,7 +392,9 @@ mod tests {
         assert_eq!(error.json_type(), "EncodingError");
         assert_eq!(
             error.to_string(),
-            "standard output (first invalid byte at offset 2) of the program is not valid UTF-8, so the result cannot be shown as text; the program has run and exited with status 3; running it again with --encode gives its output as Base64, but runs the program a second time"
+            "standard output (first invalid byte at offset 2) of the program is not valid UTF-8, \
+             so the result cannot be shown as text; the program has run and exited with status 3; \
+             running it again with --encode gives its output as Base64, but runs the program a second time"
         );
 
         let error = RunResult::new(status(b"ok", false, b"\xc3("), false).unwrap_err();
@@ -405,7 +407,10 @@ mod tests {
         let error = RunResult::new(status(b"\xff", true, b"\xfe"), false).unwrap_err();
         let message = error.to_string();
         assert!(
-            message.starts_with("standard output (first invalid byte at offset 0) and standard error (first invalid byte at offset 0) of the program are not valid UTF-8"),
+            message.starts_with(
+                "standard output (first invalid byte at offset 0) and \
+                 standard error (first invalid byte at offset 0) of the program are not valid UTF-8"
+            ),
             "{message}"
         );
 

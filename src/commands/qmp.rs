@@ -39,13 +39,17 @@ pub async fn run(
         Monitor::Libvirt { name, .. } if events => Err(CliError::new(
             ErrorKind::AgentUnavailable,
             format!(
-                "--events needs QEMU's monitor socket itself, and libvirtd holds the one of '{name}': libvirtd \
-                 passes commands on but keeps the events"
+                "--events needs QEMU's monitor socket itself, and libvirtd holds the one of '{name}': \
+                 libvirtd passes commands on but keeps the events"
             ),
         )
         .with_hint("run without --events")),
         Monitor::Libvirt { socket, uri, name } => {
-            tracing::warn!(socket = %socket.display(), "libvirtd holds QEMU's monitor: going through libvirtd, which marks the domain tainted (custom-monitor)");
+            tracing::warn!(
+                socket = %socket.display(),
+                "libvirtd holds QEMU's monitor: going through libvirtd, \
+                 which marks the domain tainted (custom-monitor)"
+            );
             let error = |e| CliError::from_libvirtd(e, &socket, Peer::Qmp);
             let mut qemu = LibvirtMonitor::connect(&socket, uri, &name, &context.options)
                 .await

@@ -329,10 +329,10 @@ mod tests {
         assert_eq!(err.json_type(), "AgentUnavailable");
         assert_eq!(
             err.to_string(),
-            "the org.qemu.guest_agent.0 socket of QEMU process 42 ('web') is at the relative path vm/qga.sock, \
-             which cannot be resolved: QEMU was started with -daemonize and has left the directory it was \
-             started in; pass the socket's path as DOMAIN (vm/qga.sock in the directory QEMU was started in), \
-             or start QEMU with an absolute -chardev path"
+            "the org.qemu.guest_agent.0 socket of QEMU process 42 ('web') is at the relative path \
+             vm/qga.sock, which cannot be resolved: QEMU was started with -daemonize and has left the \
+             directory it was started in; pass the socket's path as DOMAIN (vm/qga.sock in the directory \
+             QEMU was started in), or start QEMU with an absolute -chardev path"
         );
         // Ambiguous names list the problem instead of a path.
         let proc_root = fake_proc(&[(42, &argv, "/"), (43, VM, "/b")]);
@@ -385,8 +385,8 @@ mod tests {
         assert_eq!(err.json_type(), "AgentUnavailable");
         assert!(
             err.to_string().starts_with(
-                "the org.qemu.guest_agent.0 channel of QEMU process 42 ('web') is a pty chardev, which virtomate \
-                 cannot use; give it a UNIX socket"
+                "the org.qemu.guest_agent.0 channel of QEMU process 42 ('web') is a pty chardev, \
+                 which virtomate cannot use; give it a UNIX socket"
             ),
             "{err}"
         );

@@ -117,20 +117,23 @@ impl Channel {
             ChannelKind::Socket | ChannelKind::Abstract => None,
             ChannelKind::UnresolvedRelative(why) => Some((
                 format!(
-                    "the {port} socket of {owner} is at the relative path {}, which cannot be resolved: {why}",
+                    "the {port} socket of {owner} is at the relative path {}, \
+                     which cannot be resolved: {why}",
                     self.path.display()
                 ),
                 format!(
-                    "pass the socket's path as DOMAIN ({} in the directory QEMU was started in), or start QEMU \
-                     with an absolute -chardev path",
+                    "pass the socket's path as DOMAIN ({} in the directory QEMU was started in), \
+                     or start QEMU with an absolute -chardev path",
                     self.path.display()
                 ),
             )),
             ChannelKind::NotASocket(backend) => Some((
                 format!("the {port} channel of {owner} is a {backend} chardev, which virtomate cannot use"),
                 match backend.as_str() {
-                    "pty" => "give it a UNIX socket: -chardev socket,path=PATH,server=on,wait=off,id=ID (QMP's \
-                              query-chardev names the pty's /dev/pts device, for other tools)",
+                    "pty" => {
+                        "give it a UNIX socket: -chardev socket,path=PATH,server=on,wait=off,id=ID \
+                         (QMP's query-chardev names the pty's /dev/pts device, for other tools)"
+                    }
                     _ => "give it a UNIX socket: -chardev socket,path=PATH,server=on,wait=off,id=ID",
                 }
                 .to_owned(),

@@ -316,7 +316,10 @@ mod tests {
         let args = parse(&[
             "qemu",
             "-chardev",
-            r#"{"id":"c1","backend":{"type":"socket","data":{"addr":{"type":"unix","data":{"path":"/j.sock"}},"server":true}}}"#,
+            concat!(
+                r#"{"id":"c1","backend":{"type":"socket","#,
+                r#""data":{"addr":{"type":"unix","data":{"path":"/j.sock"}},"server":true}}}"#
+            ),
             "-device",
             r#"{"driver":"virtserialport","bus":"vs.0","chardev":"c1","name":"org.qemu.guest_agent.1"}"#,
             "-chardev",
@@ -369,7 +372,10 @@ mod tests {
             "-device",
             "virtserialport,chardev=t,name=org.qemu.guest_agent.2",
             "-chardev",
-            r#"{"id":"j","backend":{"type":"socket","data":{"addr":{"type":"unix","data":{"path":"j-abs","abstract":true}},"server":true}}}"#,
+            concat!(
+                r#"{"id":"j","backend":{"type":"socket","#,
+                r#""data":{"addr":{"type":"unix","data":{"path":"j-abs","abstract":true}},"server":true}}}"#
+            ),
             "-device",
             "virtserialport,chardev=j,name=org.qemu.guest_agent.3",
             "-chardev",

@@ -122,11 +122,15 @@ impl Domain {
                 )
             })
             .collect();
-        Err(CliError::new(ErrorKind::AgentUnavailable, format!(
-            "every agent channel of '{}' is held by another client: {}; stop that client or wait until it is done",
-            self.name,
-            held.join("; ")
-        )))
+        Err(CliError::new(
+            ErrorKind::AgentUnavailable,
+            format!(
+                "every agent channel of '{}' is held by another client: {}; \
+                 stop that client or wait until it is done",
+                self.name,
+                held.join("; ")
+            ),
+        ))
     }
 
     fn held_by_libvirtd(&self, seen: &SeenChannel) -> bool {
@@ -138,11 +142,14 @@ impl Domain {
     fn no_channel_advice(&self) -> String {
         match self.source {
             Source::Libvirt => format!(
-                "libvirt domain '{}' has no guest agent channel; add <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel> to its devices",
+                "libvirt domain '{}' has no guest agent channel; add <channel type='unix'>\
+                 <target type='virtio' name='org.qemu.guest_agent.0'/></channel> to its devices",
                 self.name
             ),
             _ => format!(
-                "QEMU process {} ('{}') has no guest agent channel; start it with -chardev socket,path=PATH,server=on,wait=off,id=qga0 -device virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
+                "QEMU process {} ('{}') has no guest agent channel; start it with \
+                 -chardev socket,path=PATH,server=on,wait=off,id=qga0 -device virtio-serial \
+                 -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0",
                 self.pid.unwrap_or_default(),
                 self.name
             ),

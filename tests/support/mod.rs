@@ -51,7 +51,8 @@ impl Outcome {
 pub fn qmp_command_not_found() -> Value {
     serde_json::json!({
         "class": "CommandNotFound",
-        "message": "unable to execute QMP command 'no-such-command': The command no-such-command has not been found",
+        "message": "unable to execute QMP command 'no-such-command': \
+                    The command no-such-command has not been found",
         "type": "AgentCommandError",
     })
 }

@@ -103,11 +103,15 @@ pub fn check_examples(domain: &str) {
     let out = run(&["-p", "guest-run", domain, "--", "/does/not/exist"], None);
     assert_eq!(
         out.stdout,
-        r#"{
-  "message": "unable to execute QEMU agent command 'guest-exec': Guest agent command failed, error was 'Failed to execute child process \u201c/does/not/exist\u201d (No such file or directory)'",
+        concat!(
+            r#"{
+  "message": "unable to execute QEMU agent command 'guest-exec': Guest agent command failed, "#,
+            r#"error was 'Failed to execute child process \u201c/does/not/exist\u201d "#,
+            r#"(No such file or directory)'",
   "type": "AgentCommandError"
 }
 "#
+        )
     );
     assert_eq!(out.status, 1);
 }

@@ -97,7 +97,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
     /// The connection back, e.g. to [`close`](LibvirtClient::close) it.
     ///
     /// ```no_run
-    /// # async fn demo(agent: virtomate_protocol::libvirt::LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtAgent;
+    /// # async fn demo(agent: LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
     /// agent.into_client().close().await?;
     /// # Ok(()) }
     /// ```
@@ -108,7 +109,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
     /// Sends any command by name and returns its `return` value untyped.
     ///
     /// ```no_run
-    /// # async fn demo(mut agent: virtomate_protocol::libvirt::LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtAgent;
+    /// # async fn demo(mut agent: LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
     /// let os = agent.execute_json("guest-get-osinfo", None).await?;
     /// println!("{}", os["pretty-name"]);
     /// let status = agent.execute_json("guest-exec-status", Some(&serde_json::json!({"pid": 1234}))).await?;
@@ -132,7 +134,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
     /// [`QgaClient::execute_without_reply`]: crate::QgaClient::execute_without_reply
     ///
     /// ```no_run
-    /// # async fn demo(mut agent: virtomate_protocol::libvirt::LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtAgent;
+    /// # async fn demo(mut agent: LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
     /// agent.execute_without_reply("guest-shutdown", None, std::time::Duration::from_secs(2)).await?;
     /// # Ok(()) }
     /// ```
@@ -146,9 +149,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
             .await?;
         match self.exchange::<Value>(name, arguments, grace).await {
             Ok(_) => Ok(()),
+            // rustfmt would join this or-pattern into one line over max_width.
+            #[rustfmt::skip]
             Err(Error::Libvirt {
                 code:
-                    ERR_AGENT_UNRESPONSIVE | ERR_AGENT_COMMAND_TIMEOUT | ERR_OPERATION_INVALID | ERR_NO_DOMAIN,
+                    ERR_AGENT_UNRESPONSIVE
+                    | ERR_AGENT_COMMAND_TIMEOUT
+                    | ERR_OPERATION_INVALID
+                    | ERR_NO_DOMAIN,
                 ..
             }) => Ok(()),
             Err(Error::Timeout { .. }) => Ok(()),
@@ -262,7 +270,9 @@ mod tests {
         let wrapped = Error::Libvirt {
             code: ERR_INTERNAL_ERROR,
             domain: 10,
-            message: "internal error: unable to execute QEMU agent command 'guest-exec': Guest agent command failed, error was 'Failed to execute child process'".to_owned(),
+            message: "internal error: unable to execute QEMU agent command 'guest-exec': \
+                      Guest agent command failed, error was 'Failed to execute child process'"
+                .to_owned(),
         };
         match agent_error_of(wrapped) {
             Error::Agent { command, desc, .. } => {

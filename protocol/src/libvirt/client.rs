@@ -115,7 +115,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
     /// let socket = Path::new("/run/libvirt/libvirt-sock");
     /// let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    /// let libvirt = LibvirtClient::handshake(stream, socket, "qemu:///system", &ClientOptions::default()).await?;
+    /// let options = ClientOptions::default();
+    /// let libvirt = LibvirtClient::handshake(stream, socket, "qemu:///system", &options).await?;
     /// # Ok(()) }
     /// ```
     pub async fn handshake(
@@ -198,7 +199,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// [`ERR_NO_DOMAIN`](super::ERR_NO_DOMAIN).
     ///
     /// ```no_run
-    /// # async fn demo(libvirt: &mut virtomate_protocol::libvirt::LibvirtClient) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtClient;
+    /// # async fn demo(libvirt: &mut LibvirtClient) -> Result<(), virtomate_protocol::Error> {
     /// let domain = libvirt.lookup_domain_by_name("web1").await?;
     /// println!("{domain} runs: {}", domain.is_running());
     /// # Ok(()) }
@@ -219,7 +221,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// ```no_run
     /// use virtomate_protocol::libvirt::parse_uuid;
     ///
-    /// # async fn demo(libvirt: &mut virtomate_protocol::libvirt::LibvirtClient) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtClient;
+    /// # async fn demo(libvirt: &mut LibvirtClient) -> Result<(), virtomate_protocol::Error> {
     /// let uuid = parse_uuid("ae1fa45e-9986-4911-a717-236321429e8c").unwrap();
     /// let domain = libvirt.lookup_domain_by_uuid(&uuid).await?;
     /// # Ok(()) }
@@ -247,7 +250,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// within [`ClientOptions::reply_timeout`].
     ///
     /// ```no_run
-    /// # async fn demo(libvirt: &mut virtomate_protocol::libvirt::LibvirtClient) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtClient;
+    /// # async fn demo(libvirt: &mut LibvirtClient) -> Result<(), virtomate_protocol::Error> {
     /// let version = libvirt.lib_version().await?;
     /// println!("libvirt {}.{}.{}", version / 1_000_000, version / 1000 % 1000, version % 1000);
     /// # Ok(()) }
@@ -290,7 +294,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// use virtomate_protocol::libvirt::AGENT_TIMEOUT_DEFAULT;
     /// use virtomate_protocol::Deadline;
     ///
-    /// # async fn demo(libvirt: &mut virtomate_protocol::libvirt::LibvirtClient) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtClient;
+    /// # async fn demo(libvirt: &mut LibvirtClient) -> Result<(), virtomate_protocol::Error> {
     /// let domain = libvirt.lookup_domain_by_name("web1").await?;
     /// let deadline = Deadline::after(Duration::from_secs(10));
     /// let reply = libvirt
@@ -341,7 +346,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// use std::time::Duration;
     /// use virtomate_protocol::Deadline;
     ///
-    /// # async fn demo(libvirt: &mut virtomate_protocol::libvirt::LibvirtClient) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtClient;
+    /// # async fn demo(libvirt: &mut LibvirtClient) -> Result<(), virtomate_protocol::Error> {
     /// let domain = libvirt.lookup_domain_by_name("web1").await?;
     /// let deadline = Deadline::after(Duration::from_secs(10));
     /// let reply = libvirt
@@ -373,7 +379,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// cleans up when the socket closes.
     ///
     /// ```no_run
-    /// # async fn demo(libvirt: virtomate_protocol::libvirt::LibvirtClient) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtClient;
+    /// # async fn demo(libvirt: LibvirtClient) -> Result<(), virtomate_protocol::Error> {
     /// libvirt.close().await?;
     /// # Ok(()) }
     /// ```

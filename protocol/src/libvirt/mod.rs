@@ -83,8 +83,9 @@ pub const MESSAGE_MAX: usize = 32 << 20;
 /// A longer agent reply fails the command ("No complete agent response
 /// found in 10485760 bytes", code 38, `VIR_ERR_SYSTEM_ERROR`) and libvirtd
 /// treats the agent channel as broken until the domain restarts: every
-/// later agent command fails with [`ERR_AGENT_UNRESPONSIVE`]. Replies between [`STRING_MAX`] and this fail more
-/// mildly, see there; keep requests whose replies can grow, such as
+/// later agent command fails with [`ERR_AGENT_UNRESPONSIVE`]. Replies
+/// between [`STRING_MAX`] and this fail more mildly, see there; keep
+/// requests whose replies can grow, such as
 /// `guest-file-read` or `guest-exec-status` of a chatty program, well
 /// below both.
 pub const AGENT_RESPONSE_MAX: usize = 10 << 20;

@@ -28,7 +28,8 @@ use crate::{ClientOptions, Deadline, Error};
 ///
 /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
 /// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
-/// let mut qemu = LibvirtMonitor::connect(socket, "qemu:///system", "web1", &ClientOptions::default()).await?;
+/// let options = ClientOptions::default();
+/// let mut qemu = LibvirtMonitor::connect(socket, "qemu:///system", "web1", &options).await?;
 /// let status = qemu.execute(&QueryStatus {}).await?;
 /// println!("{} (running: {})", status.status, status.running);
 /// # Ok(()) }
@@ -50,7 +51,8 @@ impl LibvirtMonitor<UnixStream> {
     ///
     /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
     /// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
-    /// let qemu = LibvirtMonitor::connect(socket, "qemu:///system", "web1", &ClientOptions::default()).await?;
+    /// let options = ClientOptions::default();
+    /// let qemu = LibvirtMonitor::connect(socket, "qemu:///system", "web1", &options).await?;
     /// # Ok(()) }
     /// ```
     pub async fn connect(
@@ -94,7 +96,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
     /// The connection back, e.g. to [`close`](LibvirtClient::close) it.
     ///
     /// ```no_run
-    /// # async fn demo(qemu: virtomate_protocol::libvirt::LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtMonitor;
+    /// # async fn demo(qemu: LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
     /// qemu.into_client().close().await?;
     /// # Ok(()) }
     /// ```
@@ -109,7 +112,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
     /// ```no_run
     /// use virtomate_protocol::qmp::QueryVersion;
     ///
-    /// # async fn demo(qemu: &mut virtomate_protocol::libvirt::LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtMonitor;
+    /// # async fn demo(qemu: &mut LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
     /// let version = qemu.execute(&QueryVersion {}).await?;
     /// println!("QEMU {}", version.qemu);
     /// # Ok(()) }
@@ -124,7 +128,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
     /// [`Error::Agent`], as from [`QmpClient::execute_json`](crate::QmpClient::execute_json).
     ///
     /// ```no_run
-    /// # async fn demo(qemu: &mut virtomate_protocol::libvirt::LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
+    /// # use virtomate_protocol::libvirt::LibvirtMonitor;
+    /// # async fn demo(qemu: &mut LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
     /// let name = qemu.execute_json("query-name", None).await?;
     /// println!("{}", name["name"]);
     /// # Ok(()) }

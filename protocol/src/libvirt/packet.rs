@@ -228,7 +228,9 @@ impl Header {
     /// The header of a call.
     ///
     /// ```
-    /// use virtomate_protocol::libvirt::packet::{Header, Status, QEMU_PROGRAM, QEMU_PROC_DOMAIN_AGENT_COMMAND};
+    /// use virtomate_protocol::libvirt::packet::{
+    ///     Header, Status, QEMU_PROC_DOMAIN_AGENT_COMMAND, QEMU_PROGRAM,
+    /// };
     ///
     /// let header = Header::call(QEMU_PROGRAM, QEMU_PROC_DOMAIN_AGENT_COMMAND, 7);
     /// assert_eq!((header.serial, header.status), (7, Status::Ok));

@@ -97,7 +97,10 @@ impl fmt::Display for RemoteDomain {
 /// use virtomate_protocol::libvirt::parse_uuid;
 ///
 /// assert_eq!(parse_uuid("ae1fa45e99864911a717236321429e8c").unwrap()[0], 0xae);
-/// assert_eq!(parse_uuid("ae1fa45e-9986-4911-a717-236321429e8c"), parse_uuid("AE1FA45E99864911A717236321429E8C"));
+/// assert_eq!(
+///     parse_uuid("ae1fa45e-9986-4911-a717-236321429e8c"),
+///     parse_uuid("AE1FA45E99864911A717236321429E8C")
+/// );
 /// assert_eq!(parse_uuid("virtomate-test"), None);
 /// ```
 pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {

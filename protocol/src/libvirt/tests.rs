@@ -32,13 +32,26 @@ fn with_serial(mut message: Vec<u8>, serial: u32) -> Vec<u8> {
 // Calls virsh sent and libvirtd's replies, in order (serials 0, 2, 6, 7, 9).
 const AUTH_LIST_CALL: &str = "0000001c200080860000000100000042000000000000000000000000";
 const AUTH_LIST_REPLY: &str = "000000242000808600000001000000420000000100000000000000000000000100000000";
-const OPEN_CALL: &str = "00000038200080860000000100000001000000000000000200000000000000010000000e71656d753a2f2f2f73797374656d000000000000";
+const OPEN_CALL: &str = concat!(
+    "00000038200080860000000100000001000000000000000200000000000000010000000e71656d753a2f2f2f73797374",
+    "656d000000000000",
+);
 const OPEN_REPLY: &str = "0000001c200080860000000100000001000000010000000200000000";
 const LOOKUP_CALL: &str =
     "000000302000808600000001000000170000000000000006000000000000000e766972746f6d6174652d746573740000";
-const LOOKUP_REPLY: &str = "000000442000808600000001000000170000000100000006000000000000000e766972746f6d6174652d746573740000ae1fa45e99864911a717236321429e8c00000001";
-const AGENT_CALL: &str = "000000682000808700000001000000030000000000000007000000000000000e766972746f6d6174652d746573740000ae1fa45e99864911a717236321429e8c00000001000000187b2265786563757465223a2267756573742d70696e67227dffffffff00000000";
-const AGENT_REPLY: &str = "00000034200080870000000100000003000000010000000700000000000000010000000d7b2272657475726e223a7b7d7d000000";
+const LOOKUP_REPLY: &str = concat!(
+    "000000442000808600000001000000170000000100000006000000000000000e766972746f6d6174652d746573740000",
+    "ae1fa45e99864911a717236321429e8c00000001",
+);
+const AGENT_CALL: &str = concat!(
+    "000000682000808700000001000000030000000000000007000000000000000e766972746f6d6174652d746573740000",
+    "ae1fa45e99864911a717236321429e8c00000001000000187b2265786563757465223a2267756573742d70696e67227d",
+    "ffffffff00000000",
+);
+const AGENT_REPLY: &str = concat!(
+    "00000034200080870000000100000003000000010000000700000000000000010000000d7b2272657475726e223a7b7d",
+    "7d000000",
+);
 /// The QEMU_PROC_DOMAIN_MONITOR_COMMAND call for query-status as virsh
 /// sent it, with our serial (3) and the domain's id (1): the domain, the
 /// command (26 bytes and 2 of padding), flags 0 (QMP).
@@ -49,7 +62,10 @@ const MONITOR_CALL: &str = "00000068 20008087 00000001 00000001 00000000 0000000
 /// QEMU's replies as libvirtd 9.0.0 passed them on, libvirt's ids included.
 const STATUS_REPLY: &str =
     r#"{"return":{"status":"running","singlestep":false,"running":true},"id":"libvirt-411"}"#;
-const NOT_FOUND_REPLY: &str = r#"{"id":"libvirt-412","error":{"class":"CommandNotFound","desc":"The command no-such-command has not been found"}}"#;
+const NOT_FOUND_REPLY: &str = concat!(
+    r#"{"id":"libvirt-412","error":{"class":"CommandNotFound","#,
+    r#""desc":"The command no-such-command has not been found"}}"#
+);
 const CLOSE_CALL: &str = "0000001c200080860000000100000002000000000000000900000000";
 const CLOSE_REPLY: &str = "0000001c200080860000000100000002000000010000000900000000";
 
@@ -513,7 +529,10 @@ async fn a_send_cut_short_makes_the_connection_unusable() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::Timeout { phase: Phase::Sending(label), .. } if label == "guest-file-write through libvirt"),
+        matches!(
+            &err,
+            Error::Timeout { phase: Phase::Sending(label), .. } if label == "guest-file-write through libvirt"
+        ),
         "{err:?}"
     );
     let err = client.lookup_domain_by_name("virtomate-test").await.unwrap_err();

@@ -369,7 +369,10 @@ impl<'a> Decoder<'a> {
     /// use virtomate_protocol::libvirt::xdr::{Decoder, XdrError};
     ///
     /// let huge = [0xff, 0xff, 0xff, 0xf0];
-    /// assert_eq!(Decoder::new(&huge).opaque(1 << 20), Err(XdrError::TooLong { len: 0xffff_fff0, max: 1 << 20 }));
+    /// assert_eq!(
+    ///     Decoder::new(&huge).opaque(1 << 20),
+    ///     Err(XdrError::TooLong { len: 0xffff_fff0, max: 1 << 20 })
+    /// );
     /// assert_eq!(Decoder::new(b"\0\0\0\x03ab").opaque(8), Err(XdrError::Truncated { needed: 4, left: 2 }));
     /// ```
     pub fn opaque(&mut self, max: usize) -> Result<&'a [u8], XdrError> {
@@ -405,7 +408,8 @@ impl<'a> Decoder<'a> {
     /// Reads an optional `string<max> *`.
     ///
     /// ```
-    /// let mut decoder = virtomate_protocol::libvirt::xdr::Decoder::new(b"\0\0\0\0\0\0\0\x01\0\0\0\x01x\0\0\0");
+    /// # use virtomate_protocol::libvirt::xdr::Decoder;
+    /// let mut decoder = Decoder::new(b"\0\0\0\0\0\0\0\x01\0\0\0\x01x\0\0\0");
     /// assert_eq!(decoder.optional_string(8)?, None);
     /// assert_eq!(decoder.optional_string(8)?, Some("x"));
     /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())

@@ -114,7 +114,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// # tokio_test::block_on(async {
     /// // A peer that never answers, like a port the guest has not opened.
     /// let (stream, _silent_peer) = tokio::io::duplex(1024);
-    /// let options = ClientOptions { handshake_timeout: Duration::from_millis(50), ..ClientOptions::default() };
+    /// let options = ClientOptions {
+    ///     handshake_timeout: Duration::from_millis(50),
+    ///     ..ClientOptions::default()
+    /// };
     /// let mut agent = QgaClient::new(stream, options);
     /// assert!(matches!(agent.sync().await, Err(Error::Timeout { phase: Phase::Handshake, .. })));
     /// # });
@@ -179,7 +182,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// #     peer.write_all(&[0xFF]).await.unwrap();
     /// #     peer.write_all(echo.as_bytes()).await.unwrap();
     /// #     peer.read_until(b'\n', &mut line).await.unwrap();
-    /// #     let error = "{\"error\": {\"class\": \"GenericError\", \"desc\": \"Failed to execute child process\"}}\n";
+    /// #     let error = "{\"error\": {\"class\": \"GenericError\", \
+    /// #                  \"desc\": \"Failed to execute child process\"}}\n";
     /// #     peer.write_all(error.as_bytes()).await.unwrap();
     /// # });
     /// // `stream` leads to an agent (here a scripted one).

@@ -136,7 +136,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     /// use virtomate_protocol::qmp::QueryVersion;
     ///
     /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// # let mut qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
+    /// # use virtomate_protocol::QmpClient;
+    /// # let mut qemu = QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
     /// let version = qemu.execute(&QueryVersion {}).await?;
     /// println!("QEMU {}", version.qemu);
     /// # Ok(()) }
@@ -155,7 +156,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     /// use serde_json::json;
     ///
     /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// # let mut qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
+    /// # use virtomate_protocol::QmpClient;
+    /// # let mut qemu = QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
     /// let name = qemu.execute_json("query-name", None).await?;
     /// println!("{}", name["name"]);
     /// let info = json!({"command-line": "info version"});
@@ -172,7 +174,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// # let mut qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
+    /// # use virtomate_protocol::QmpClient;
+    /// # let mut qemu = QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
     /// qemu.execute_json("stop", None).await?;
     /// assert!(qemu.take_events().iter().any(|e| e.event == "STOP"));
     /// assert!(qemu.take_events().is_empty());
@@ -187,7 +190,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     ///
     /// ```no_run
     /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// # let mut qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
+    /// # use virtomate_protocol::QmpClient;
+    /// # let mut qemu = QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
     /// let events = qemu.take_events();
     /// if qemu.events_dropped() > 0 {
     ///     eprintln!("some events before these {} were lost", events.len());

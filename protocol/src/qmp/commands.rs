@@ -48,7 +48,8 @@ impl Command for QueryChardev {
 /// use virtomate_protocol::qmp::ChardevInfo;
 ///
 /// let qga: ChardevInfo = serde_json::from_str(
-///     r#"{"frontend-open": true, "filename": "disconnected:unix:/tmp/vm/qga.sock,server=on", "label": "qga0"}"#,
+///     r#"{"frontend-open": true, "filename": "disconnected:unix:/tmp/vm/qga.sock,server=on",
+///         "label": "qga0"}"#,
 /// ).unwrap();
 /// // The agent runs in the guest and no host client holds the socket: free to connect.
 /// assert!(qga.frontend_open && qga.filename.starts_with("disconnected:"));

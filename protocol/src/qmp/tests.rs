@@ -10,7 +10,10 @@ use super::events::EventStore;
 use super::*;
 use crate::{ClientOptions, Error, Phase};
 
-const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7"}, "capabilities": ["oob"]}}"#;
+const GREETING: &str = concat!(
+    r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7}, "#,
+    r#""package": "Debian 1:7.2+dfsg-7"}, "capabilities": ["oob"]}}"#
+);
 
 /// QEMU's side of the connection.
 struct FakeQemu {

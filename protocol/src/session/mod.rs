@@ -307,7 +307,8 @@ impl<C: Connector> Session<C> {
     /// Lets go of the channel.
     ///
     /// ```no_run
-    /// # async fn demo(mut session: virtomate_protocol::session::Session<virtomate_protocol::SocketConnector>) {
+    /// # use virtomate_protocol::{session::Session, SocketConnector};
+    /// # async fn demo(mut session: Session<SocketConnector>) {
     /// session.close().await;
     /// # }
     /// ```
