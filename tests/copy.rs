@@ -549,7 +549,10 @@ fn verify_without_sha256sum_in_the_guest_says_so_and_leaves_nothing() {
         conn.refuse(
             "guest-exec",
             "GenericError",
-            "Guest agent command failed, error was 'Failed to execute child process “sha256sum” (No such file or directory)'",
+            concat!(
+                "Guest agent command failed, error was 'Failed to execute child process ",
+                "“sha256sum” (No such file or directory)'"
+            ),
         );
         let rm = conn.request();
         assert_eq!(rm["arguments"]["path"], "rm", "{rm}");

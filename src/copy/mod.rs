@@ -219,14 +219,15 @@ impl<'a> Copy<'a> {
     /// with `/` or is a directory. A link to a directory is refused rather
     /// than replaced or followed.
     async fn guest_target(&mut self, path: &str, name: Option<&str>) -> Result<String, CliError> {
-        let into = |dir: &str| {
-            match name {
+        let into = |dir: &str| match name {
             Some(name) => Ok(format!("{}/{name}", dir.trim_end_matches('/'))),
             None => Err(CliError::new(
                 ErrorKind::Path,
-                format!("{path} is a directory in the guest, and standard input has no name: give the file's path"),
+                format!(
+                    "{path} is a directory in the guest, and standard input has no name: give the \
+                     file's path"
+                ),
             )),
-        }
         };
         if path.ends_with('/') {
             return into(path);

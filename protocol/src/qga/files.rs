@@ -133,7 +133,8 @@ impl Command for GuestFileRead {
 /// ```
 /// use virtomate_protocol::qga::GuestFileReadReply;
 ///
-/// let end: GuestFileReadReply = serde_json::from_str(r#"{"count": 0, "buf-b64": "", "eof": true}"#).unwrap();
+/// let end: GuestFileReadReply =
+///     serde_json::from_str(r#"{"count": 0, "buf-b64": "", "eof": true}"#).unwrap();
 /// assert!(end.eof && end.buf.is_empty());
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
