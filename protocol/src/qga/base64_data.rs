@@ -47,3 +47,22 @@ impl<'de> Visitor<'de> for OptionalBase64 {
             .map_err(|e| E::custom(format_args!("invalid Base64: {e}")))
     }
 }
+
+/// The same for a member that is always there (`buf-b64`).
+pub mod required {
+    use base64::display::Base64Display;
+    use base64::engine::general_purpose::STANDARD;
+    use serde::de::{self, Deserializer};
+    use serde::Serializer;
+
+    pub fn serialize<S: Serializer>(data: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(&Base64Display::new(data, &STANDARD))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        match super::deserialize(deserializer)? {
+            Some(bytes) => Ok(bytes),
+            None => Err(de::Error::custom("a Base64 string, not null")),
+        }
+    }
+}

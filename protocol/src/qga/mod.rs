@@ -16,6 +16,7 @@
 mod base64_data;
 mod client;
 mod commands;
+mod files;
 mod streamed_input;
 
 pub use client::QgaClient;
@@ -23,6 +24,10 @@ pub(crate) use client::LONGEST_ID;
 pub use commands::{
     CaptureOutput, CommandInfo, Empty, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply,
     GuestInfo, GuestInfoReply, GuestPing, GuestSyncDelimited,
+};
+pub use files::{
+    GuestFileClose, GuestFileFlush, GuestFileOpen, GuestFileRead, GuestFileReadReply, GuestFileSeek,
+    GuestFileSeekReply, GuestFileWrite, GuestFileWriteReply, Whence, MAX_READ_COUNT,
 };
 pub(crate) use streamed_input::{guest_exec_request, OutgoingRequest};
 
