@@ -14,6 +14,7 @@ mod big_payloads;
 mod diagnostics;
 mod doctor_channels;
 mod fake_agent;
+mod follow;
 mod host_agent;
 mod libvirt;
 mod packaging;
