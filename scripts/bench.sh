@@ -10,3 +10,4 @@ scripts/build-test-vm.sh
 cargo bench --locked --bench guest_run
 cargo bench --locked --bench run_options
 cargo bench --locked --bench parallel
+cargo bench --locked --bench follow
