@@ -13,5 +13,6 @@ cargo bench --locked --bench guest_run
 cargo bench --locked --bench run_options
 cargo bench --locked --bench parallel
 cargo bench --locked --bench copy
+cargo bench --locked --bench follow
 # The Ansible connection plugin on the Python test VM.
 scripts/bench-ansible.sh

@@ -225,6 +225,12 @@ pub struct GuestRunArgs {
     #[arg(long)]
     pub raw: bool,
 
+    /// Write the program's stdout and stderr while it runs (implies --raw): its output goes
+    /// to files in a private directory of the guest, read as they grow, removed at the end;
+    /// the guest needs /bin/sh and a writable temporary directory
+    #[arg(long, conflicts_with_all = ["encode", "merge_output"])]
+    pub follow: bool,
+
     /// Collect stdout and stderr as one stream in the order written, in "stdout" (needs
     /// qemu-ga 8.1 or newer)
     #[arg(long)]

@@ -36,6 +36,9 @@ pub enum ErrorKind {
     InputTooLarge,
     /// SIGINT, SIGTERM or SIGHUP during a run.
     Interrupted,
+    /// `guest-run --follow`: the output files in the guest could not be
+    /// made, were removed, or their file system filled up.
+    GuestOutput,
     /// libvirtd refused a call made on our behalf.
     Libvirt,
     /// A local I/O error.
@@ -64,6 +67,7 @@ impl ErrorKind {
             ErrorKind::Encoding => "EncodingError",
             ErrorKind::InputTooLarge => "InputTooLarge",
             ErrorKind::Interrupted => "Interrupted",
+            ErrorKind::GuestOutput => "GuestOutputError",
             ErrorKind::Libvirt => "libvirtError",
             ErrorKind::Io => "IoError",
             ErrorKind::Path => "PathError",

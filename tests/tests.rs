@@ -15,6 +15,7 @@ mod copy;
 mod diagnostics;
 mod doctor_channels;
 mod fake_agent;
+mod follow;
 mod host_agent;
 mod libvirt;
 mod packaging;

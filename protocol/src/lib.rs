@@ -20,6 +20,8 @@
 //!   the other processes of the host (a flock in `/run/virtomate`);
 //!   `channel`: [`Channel`], connected for an exchange when it needs to be
 //!   and let go between exchanges ([`wait_for_exit_on`], [`HoldPolicy`]).
+//! - [`follow`]: a program's output read while it runs, through files in
+//!   a private directory of the guest ([`follow::Follow`]).
 //! - [`session`]: many requests (runs, pings) over one channel, programs
 //!   running side by side, for `virtomate session` and any Rust program.
 //! - `error`: [`Error`], one variant per situation a caller can act on.
@@ -42,6 +44,7 @@ mod connection;
 mod envelope;
 mod error;
 mod exec;
+pub mod follow;
 pub mod framing;
 pub mod libvirt;
 pub mod qga;

@@ -182,6 +182,25 @@ impl DomainAgent {
         }
     }
 
+    /// The channel itself, for the protocol crate's drivers that need it
+    /// (following output: [`virtomate_protocol::follow`]).
+    pub fn channel(&mut self) -> &mut Channel<DomainConnector> {
+        &mut self.channel
+    }
+
+    /// Whether the agent is reached through libvirtd, with its size limits.
+    pub fn through_libvirtd(&self) -> bool {
+        self.errors.through_libvirtd
+    }
+
+    /// An agent failure while the program `pid` runs, in the user's terms
+    /// (see [`AgentErrors::error_while_running`]), with QEMU's run state
+    /// where the agent went silent.
+    pub async fn error_while_running(&self, error: virtomate_protocol::Error, pid: i64) -> CliError {
+        let error = self.errors.error_while_running(error, pid);
+        self.explain_silence(error).await
+    }
+
     /// Stops the program `pid` (and, with `group`, what it started):
     /// SIGTERM, then SIGKILL after `grace`; see [`stop_group`].
     pub async fn stop(&mut self, pid: i64, grace: Duration, group: bool) -> Result<Stopped, CliError> {
@@ -208,10 +227,6 @@ impl DomainAgent {
     /// The socket the agent is reached on (the agent's, or libvirtd's).
     pub fn socket(&self) -> &std::path::Path {
         &self.errors.socket
-    }
-
-    pub fn through_libvirtd(&self) -> bool {
-        self.errors.through_libvirtd
     }
 
     /// An agent that does not answer in time may be in a VM that does not

@@ -49,6 +49,9 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     if request_len > MAX_REQUEST_LEN {
         return Err(input_too_large(request_len));
     }
+    if options.follow {
+        return super::follow::run(&domain, exec, options.max_time, options.grace, context).await;
+    }
 
     let mut signals = Signals::install()?;
     let mut agent = signals
@@ -124,6 +127,7 @@ struct RunOptions {
     encode: bool,
     raw: bool,
     merge_output: bool,
+    follow: bool,
     max_time: Option<std::time::Duration>,
     grace: std::time::Duration,
 }
@@ -134,6 +138,7 @@ impl RunOptions {
             encode: args.encode,
             raw: args.raw,
             merge_output: args.merge_output,
+            follow: args.follow,
             max_time: args.max_time,
             grace: args.grace,
         }
@@ -145,7 +150,7 @@ impl RunOptions {
 /// (nothing ran yet, so trying again is safe) and says that a stop then
 /// reaches the program but not its children. Returns the pid and whether
 /// it leads a group.
-async fn start_as_group_leader(
+pub(super) async fn start_as_group_leader(
     agent: &mut DomainAgent,
     exec: GuestExec,
     signals: &mut Signals,
@@ -205,7 +210,7 @@ async fn after_interruption(agent: &mut DomainAgent, pid: i64) -> Interruption {
     }
 }
 
-fn stopped_after_interruption(pid: i64, stopped: &Stopped) -> String {
+pub(super) fn stopped_after_interruption(pid: i64, stopped: &Stopped) -> String {
     match (stopped.asked, stopped.killed) {
         (false, _) => format!("the program (guest pid {pid}) had ended by itself; its result is lost"),
         (true, false) => format!("the program (guest pid {pid}) was stopped with SIGTERM"),

@@ -7,6 +7,7 @@ pub mod doctor;
 mod domain_agent;
 mod domain_connector;
 pub mod domain_list;
+mod follow;
 pub mod guest_cmd;
 pub mod guest_info;
 pub mod guest_ping;

@@ -25,6 +25,11 @@ impl HostAgent {
 
     /// Starts the agent with its socket at `dir/qga.sock`.
     pub fn start_in(dir: TempDir, extra: &[&str]) -> HostAgent {
+        HostAgent::start_in_with_env(dir, extra, &[])
+    }
+
+    /// Starts the agent with extra environment, e.g. its own `TMPDIR`.
+    pub fn start_in_with_env(dir: TempDir, extra: &[&str], env: &[(&str, &str)]) -> HostAgent {
         let state = dir.path().join("state");
         std::fs::create_dir(&state).unwrap();
         let socket = dir.path().join("qga.sock");
@@ -33,6 +38,7 @@ impl HostAgent {
             .arg("-t")
             .arg(&state)
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .expect("qemu-ga runs: scripts/install-deps.sh installs it");

@@ -1,0 +1,676 @@
+//! Following a program's output while it runs.
+//!
+//! The agent hands a program's output over only once the program has ended
+//! (and cuts each stream at 16 MiB). To see it as it is written, the
+//! program is started with its standard output and standard error
+//! redirected to two files in a private directory of the guest, and what
+//! has been appended to them is read with `guest-file-read` on a schedule
+//! while it runs:
+//!
+//! 1. [`Follow::prepare`] checks that the agent has every command this
+//!    needs ([`REQUIRED_COMMANDS`]), creates the directory with a
+//!    `guest-exec` of `/bin/sh` (mode 0700 under `$TMPDIR`, else `/tmp`,
+//!    named `virtomate-follow-` and 128 random bits in hex), with the two
+//!    empty files `out` and `err` (mode 0600), and opens both for reading.
+//!    Nothing of the caller's has run yet: a guest without a POSIX
+//!    `/bin/sh` or a writable temporary directory is refused here.
+//! 2. [`Follow::redirect`] wraps the program: `/bin/sh -c 'd=$1; shift;
+//!    exec "$@" >"$d/out" 2>"$d/err"' sh DIR PROGRAM ARG...` — the user's
+//!    arguments pass as arguments, never quoted into a script. The caller
+//!    starts it (as a group leader, to be able to stop it: see
+//!    [`GuestExec::as_group_leader`]).
+//! 3. [`Follow::follow_to_exit`] reads what is new in either file and hands
+//!    it to a sink, polls `guest-exec-status`, and pauses as
+//!    [`FollowOptions::schedule`] says for the time nothing new came; it
+//!    returns once the program has ended. [`Follow::drain`] then reads the
+//!    rest, and [`Follow::clean_up`] closes the files and removes the
+//!    directory, telling whether it was still there and whether its file
+//!    system had filled up.
+//!
+//! Within a stream, bytes come in order, each once: every read continues
+//! where the last ended. Between standard output and standard error there
+//! is no order: each file is read in turn.
+//!
+//! ```no_run
+//! use std::io::Write;
+//! use virtomate_protocol::follow::{Follow, FollowOptions, Stream};
+//! use virtomate_protocol::qga::GuestExec;
+//! use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+//! let mut follow = Follow::prepare(&mut channel, FollowOptions::default()).await?;
+//! let exec = follow.redirect(GuestExec::new("sh", ["-c", "for i in 1 2 3; do echo $i; sleep 1; done"]));
+//! let pid = channel.guest_exec(&exec).await?.pid;
+//! let mut sink = |stream: Stream, bytes: &[u8]| match stream {
+//!     Stream::Stdout => std::io::stdout().write_all(bytes),
+//!     Stream::Stderr => std::io::stderr().write_all(bytes),
+//! };
+//! let finished = follow.follow_to_exit(&mut channel, pid, &mut sink).await?;
+//! follow.drain(&mut channel, &mut sink).await?;
+//! follow.clean_up(&mut channel).await?;
+//! channel.release().await;
+//! println!("exit code {:?}", finished.status.exitcode);
+//! # Ok(()) }
+//! ```
+
+use std::io::Read;
+use std::time::Duration;
+
+use tokio::time::{sleep, Instant};
+
+use crate::qga::{
+    GuestExec, GuestExecStatus, GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileSeek, GuestInfo,
+    Whence,
+};
+use crate::{wait_for_exit_on, Channel, Connector, Error, Finished, HoldPolicy, PollSchedule};
+
+/// The agent commands following needs, all enabled.
+///
+/// ```
+/// use virtomate_protocol::follow::REQUIRED_COMMANDS;
+/// assert!(REQUIRED_COMMANDS.contains(&"guest-file-read"));
+/// ```
+pub const REQUIRED_COMMANDS: [&str; 6] = [
+    "guest-exec",
+    "guest-exec-status",
+    "guest-file-open",
+    "guest-file-read",
+    "guest-file-seek",
+    "guest-file-close",
+];
+
+/// Bytes asked for per `guest-file-read` on a direct channel: a reply of
+/// about 5.3 MiB in Base64, well within the reply bound, and few exchanges
+/// for a program that writes fast.
+pub const DIRECT_READ_COUNT: u64 = 4 << 20;
+
+/// Bytes asked for per `guest-file-read` through libvirtd, whose RPC
+/// carries strings of at most 4 MiB ([`STRING_MAX`]): 3 MiB less 64 KiB
+/// is 4 MiB less 85 KiB in Base64, room left for the JSON around it.
+///
+/// [`STRING_MAX`]: crate::libvirt::STRING_MAX
+///
+/// ```
+/// use virtomate_protocol::follow::LIBVIRT_READ_COUNT;
+/// use virtomate_protocol::libvirt::STRING_MAX;
+/// assert!(LIBVIRT_READ_COUNT.div_ceil(3) * 4 + 1024 < STRING_MAX as u64);
+/// ```
+pub const LIBVIRT_READ_COUNT: u64 = (3 << 20) - (64 << 10);
+
+/// Which of the program's streams a chunk is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output, the file `out`.
+    Stdout,
+    /// Standard error, the file `err`.
+    Stderr,
+}
+
+/// How a [`Follow`] reads.
+///
+/// ```
+/// use std::time::Duration;
+/// use virtomate_protocol::follow::{FollowOptions, LIBVIRT_READ_COUNT};
+///
+/// // Through libvirtd: smaller reads.
+/// let options = FollowOptions { read_count: LIBVIRT_READ_COUNT, ..FollowOptions::default() };
+/// assert_eq!(options.schedule.pause_after(Duration::from_secs(60)), Duration::from_millis(200));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FollowOptions {
+    /// The most bytes one `guest-file-read` asks for (at most
+    /// [`MAX_READ_COUNT`](crate::qga::MAX_READ_COUNT)).
+    pub read_count: u64,
+    /// The pause between two looks, after the time nothing new came: it
+    /// grows while the program is quiet.
+    pub schedule: PollSchedule,
+}
+
+impl Default for FollowOptions {
+    /// [`DIRECT_READ_COUNT`], and a pause that grows to 200 ms after a
+    /// second without output: a line reaches the caller within about that
+    /// and the time of one look (three exchanges), and a quiet program
+    /// costs the agent five looks a second.
+    fn default() -> Self {
+        FollowOptions {
+            read_count: DIRECT_READ_COUNT,
+            schedule: PollSchedule {
+                min_pause: Duration::from_millis(5),
+                max_pause: Duration::from_millis(200),
+                divisor: 5,
+            },
+        }
+    }
+}
+
+/// What went wrong while following.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FollowError {
+    /// An exchange with the agent failed.
+    #[error(transparent)]
+    Agent(#[from] Error),
+    /// The agent lacks commands following needs, or has them disabled;
+    /// nothing was done in the guest.
+    #[error("the agent lacks {}, which following output needs", missing.join(", "))]
+    Unsupported {
+        /// The commands missing or disabled.
+        missing: Vec<String>,
+    },
+    /// The private directory could not be made: no `/bin/sh`, no writable
+    /// temporary directory. Nothing of the caller's was started.
+    #[error("cannot make a private directory for the output in the guest: {reason}")]
+    Setup {
+        /// What the guest said.
+        reason: String,
+    },
+    /// The directory was gone at the end: something in the guest removed
+    /// it while the program ran.
+    #[error("the output directory {dir} was removed in the guest while the program ran")]
+    Removed {
+        /// The directory, as the guest names it.
+        dir: String,
+    },
+    /// The file system of the directory had no space left at the end: the
+    /// program may have failed to write some of its output.
+    #[error("the guest's temporary directory filled up while the program ran (no space left on the file system of {dir}): its output may be incomplete")]
+    Full {
+        /// The directory, as the guest names it.
+        dir: String,
+    },
+    /// The directory could not be removed.
+    #[error("cannot remove the output directory {dir} in the guest: {reason}")]
+    CleanUp {
+        /// The directory, as the guest names it.
+        dir: String,
+        /// What the guest said.
+        reason: String,
+    },
+    /// The sink refused a chunk (a reader that went away, say).
+    #[error("cannot pass the output on: {0}")]
+    Sink(#[source] std::io::Error),
+}
+
+/// The script that makes the directory: `$1` is the random part of its
+/// name; it prints the directory's path.
+const SETUP_SCRIPT: &str = r#"umask 077
+d="${TMPDIR:-/tmp}/virtomate-follow-$1"
+mkdir -m 700 -- "$d" || exit 1
+if ! { : >"$d/out" && : >"$d/err"; }; then rm -rf -- "$d"; exit 1; fi
+printf '%s' "$d""#;
+
+/// The script that starts the program: `$1` is the directory, the rest
+/// the program and its arguments.
+const REDIRECT_SCRIPT: &str = r#"d=$1; shift; exec "$@" >"$d/out" 2>"$d/err""#;
+
+/// The script that removes the directory `$1`: exit status 3 if it is
+/// gone already; before removing it, `df` tells the space left.
+const CLEAN_UP_SCRIPT: &str = r#"[ -d "$1" ] || exit 3
+df -Pk -- "$1" 2>/dev/null
+rm -rf -- "$1""#;
+
+/// Where reading one file has got to.
+#[derive(Debug)]
+struct Tail {
+    stream: Stream,
+    handle: Option<i64>,
+    /// Bytes read and passed on.
+    offset: u64,
+    /// A read was cut short (its future dropped): the agent's position
+    /// may be past `offset`, so seek back before the next read.
+    unsure: bool,
+}
+
+/// A private output directory in the guest and where reading its files has
+/// got to; see the [module](self) docs.
+#[derive(Debug)]
+pub struct Follow {
+    dir: String,
+    options: FollowOptions,
+    tails: [Tail; 2],
+}
+
+impl Follow {
+    /// Checks that the agent can do it, makes the directory and its two
+    /// files, and opens them.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::follow::{Follow, FollowError, FollowOptions};
+    /// # async fn demo(channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) {
+    /// match Follow::prepare(channel, FollowOptions::default()).await {
+    ///     Ok(follow) => println!("output goes to {}", follow.dir()),
+    ///     Err(FollowError::Setup { reason }) => eprintln!("this guest cannot: {reason}"),
+    ///     Err(other) => eprintln!("{other}"),
+    /// }
+    /// # }
+    /// ```
+    pub async fn prepare<C: Connector>(
+        channel: &mut Channel<C>,
+        options: FollowOptions,
+    ) -> Result<Follow, FollowError> {
+        let info = channel.execute(&GuestInfo {}).await?;
+        let missing: Vec<String> = REQUIRED_COMMANDS
+            .iter()
+            .filter(|name| {
+                !info
+                    .supported_commands
+                    .iter()
+                    .any(|c| c.name == **name && c.enabled)
+            })
+            .map(|name| (*name).to_owned())
+            .collect();
+        if !missing.is_empty() {
+            return Err(FollowError::Unsupported { missing });
+        }
+        let name = random_hex().map_err(|e| FollowError::Setup {
+            reason: format!("no random name: {e}"),
+        })?;
+        let setup = GuestExec::new("/bin/sh", ["-c", SETUP_SCRIPT, "sh", &name]);
+        let pid = match channel.guest_exec(&setup).await {
+            Ok(started) => started.pid,
+            Err(Error::Agent { desc, .. }) => {
+                return Err(FollowError::Setup {
+                    reason: format!("the guest has no POSIX shell at /bin/sh: {desc}"),
+                })
+            }
+            Err(other) => return Err(other.into()),
+        };
+        let status = wait_for_exit_on(channel, pid, PollSchedule::default(), HoldPolicy::default())
+            .await?
+            .status;
+        let dir = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
+        if status.exitcode != Some(0) || !dir.starts_with('/') || !dir.ends_with(&name) {
+            let said = String::from_utf8_lossy(status.err_data.as_deref().unwrap_or_default());
+            return Err(FollowError::Setup {
+                reason: format!(
+                    "no writable temporary directory ($TMPDIR, else /tmp): {}",
+                    match said.trim() {
+                        "" => format!("the shell ended with {:?}", (status.exitcode, status.signal)),
+                        said => said.to_owned(),
+                    }
+                ),
+            });
+        }
+        let mut follow = Follow {
+            dir,
+            options,
+            tails: [Stream::Stdout, Stream::Stderr].map(|stream| Tail {
+                stream,
+                handle: None,
+                offset: 0,
+                unsure: false,
+            }),
+        };
+        for index in 0..2 {
+            let path = follow.path(follow.tails[index].stream);
+            match channel.execute(&GuestFileOpen::new(path, "r")).await {
+                Ok(handle) => follow.tails[index].handle = Some(handle),
+                Err(error) => {
+                    // Best effort: the error that matters is the open's.
+                    let _ = follow.clean_up(channel).await;
+                    return Err(error.into());
+                }
+            }
+        }
+        Ok(follow)
+    }
+
+    /// The private directory, as the guest names it.
+    ///
+    /// ```no_run
+    /// # fn demo(follow: &virtomate_protocol::follow::Follow) {
+    /// assert!(follow.dir().contains("/virtomate-follow-"));
+    /// # }
+    /// ```
+    pub fn dir(&self) -> &str {
+        &self.dir
+    }
+
+    /// The file `stream` goes to, as the guest names it.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::follow::Stream;
+    /// # fn demo(follow: &virtomate_protocol::follow::Follow) {
+    /// assert!(follow.path(Stream::Stderr).ends_with("/err"));
+    /// # }
+    /// ```
+    pub fn path(&self, stream: Stream) -> String {
+        match stream {
+            Stream::Stdout => format!("{}/out", self.dir),
+            Stream::Stderr => format!("{}/err", self.dir),
+        }
+    }
+
+    /// `exec` with its output going to the directory's files: started
+    /// through `/bin/sh`, with the program and its arguments passed as
+    /// arguments. Its environment, input and `capture-output` stay; the
+    /// agent then captures only what the shell itself says before the
+    /// redirection.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::qga::GuestExec;
+    /// # fn demo(follow: &virtomate_protocol::follow::Follow) {
+    /// let exec = follow.redirect(GuestExec::new("echo", ["it's", "$HOME"]));
+    /// assert_eq!(exec.path, "/bin/sh");
+    /// assert_eq!(&exec.arg[3..], [follow.dir(), "echo", "it's", "$HOME"]);
+    /// # }
+    /// ```
+    pub fn redirect(&self, exec: GuestExec) -> GuestExec {
+        let mut arg = vec![
+            "-c".to_owned(),
+            REDIRECT_SCRIPT.to_owned(),
+            "sh".to_owned(),
+            self.dir.clone(),
+            exec.path,
+        ];
+        arg.extend(exec.arg);
+        GuestExec {
+            path: "/bin/sh".to_owned(),
+            arg,
+            ..exec
+        }
+    }
+
+    /// Bytes read from `stream` so far.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::follow::Stream;
+    /// # fn demo(follow: &virtomate_protocol::follow::Follow) {
+    /// println!("{} bytes of stdout", follow.read_so_far(Stream::Stdout));
+    /// # }
+    /// ```
+    pub fn read_so_far(&self, stream: Stream) -> u64 {
+        self.tails
+            .iter()
+            .find(|tail| tail.stream == stream)
+            .map_or(0, |tail| tail.offset)
+    }
+
+    /// Reads what is new in each file, one read each, handing it to
+    /// `sink`; returns the bytes read and whether either read came back
+    /// full (more may wait).
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::follow::Stream;
+    /// # async fn demo(follow: &mut virtomate_protocol::follow::Follow,
+    /// #     channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::follow::FollowError> {
+    /// let mut lines = Vec::new();
+    /// follow.read_new(channel, &mut |_stream: Stream, bytes: &[u8]| { lines.extend_from_slice(bytes); Ok(()) }).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn read_new<C: Connector>(
+        &mut self,
+        channel: &mut Channel<C>,
+        sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(u64, bool), FollowError> {
+        let count = self.options.read_count;
+        let (mut total, mut full) = (0, false);
+        for tail in &mut self.tails {
+            let read = read_chunk(tail, channel, count, sink).await?;
+            total += read;
+            full |= read == count;
+        }
+        Ok((total, full))
+    }
+
+    /// Reads on while the program `pid` runs, handing each chunk to `sink`
+    /// as it comes, until the program has ended; returns its last status.
+    /// Between looks the channel is kept unless another client waits for
+    /// it. Dropped (on a signal, a time limit), it can be called again, or
+    /// followed by [`drain`](Self::drain): nothing read is lost or read twice.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::follow::Stream;
+    /// # async fn demo(follow: &mut virtomate_protocol::follow::Follow, pid: i64,
+    /// #     channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::follow::FollowError> {
+    /// let limit = std::time::Duration::from_secs(60);
+    /// let mut sink = |_: Stream, bytes: &[u8]| { print!("{}", String::from_utf8_lossy(bytes)); Ok(()) };
+    /// match tokio::time::timeout(limit, follow.follow_to_exit(channel, pid, &mut sink)).await {
+    ///     Ok(finished) => println!("ended: {:?}", finished?.status.exitcode),
+    ///     Err(_) => println!("still running after a minute"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn follow_to_exit<C: Connector>(
+        &mut self,
+        channel: &mut Channel<C>,
+        pid: i64,
+        sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
+    ) -> Result<Finished, FollowError> {
+        let mut quiet_since = Instant::now();
+        let mut polls = 0;
+        loop {
+            let (read, full) = self.read_new(channel, sink).await?;
+            if read > 0 {
+                quiet_since = Instant::now();
+            }
+            if full {
+                continue;
+            }
+            polls += 1;
+            let status = channel.execute(&GuestExecStatus { pid }).await?;
+            if status.exited {
+                return Ok(Finished { status, polls });
+            }
+            channel.let_go_unless(true).await;
+            sleep(self.options.schedule.pause_after(quiet_since.elapsed())).await;
+        }
+    }
+
+    /// Reads each file to its current end: after the program has ended,
+    /// the rest of its output.
+    ///
+    /// ```no_run
+    /// # async fn demo(follow: &mut virtomate_protocol::follow::Follow,
+    /// #     channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::follow::FollowError> {
+    /// let mut ignore = |_: virtomate_protocol::follow::Stream, _: &[u8]| Ok(());
+    /// follow.drain(channel, &mut ignore).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn drain<C: Connector>(
+        &mut self,
+        channel: &mut Channel<C>,
+        sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(), FollowError> {
+        let count = self.options.read_count;
+        for tail in &mut self.tails {
+            while read_chunk(tail, channel, count, sink).await? == count {}
+        }
+        Ok(())
+    }
+
+    /// Closes the files and removes the directory. Errors: the directory
+    /// was gone already ([`FollowError::Removed`]), or its file system had
+    /// no space left ([`FollowError::Full`]: removed all the same).
+    ///
+    /// ```no_run
+    /// # async fn demo(mut follow: virtomate_protocol::follow::Follow,
+    /// #     channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) {
+    /// if let Err(e) = follow.clean_up(channel).await {
+    ///     eprintln!("{e}");
+    /// }
+    /// # }
+    /// ```
+    pub async fn clean_up<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
+        let mut first_error = None;
+        for tail in &mut self.tails {
+            if let Some(handle) = tail.handle.take() {
+                if let Err(error) = channel.execute(&GuestFileClose { handle }).await {
+                    first_error.get_or_insert(FollowError::from(error));
+                }
+            }
+        }
+        let remove = GuestExec::new("/bin/sh", ["-c", CLEAN_UP_SCRIPT, "sh", &self.dir]);
+        let pid = channel.guest_exec(&remove).await?.pid;
+        let status = wait_for_exit_on(channel, pid, PollSchedule::default(), HoldPolicy::default())
+            .await?
+            .status;
+        let dir = self.dir.clone();
+        match status.exitcode {
+            Some(0) => {}
+            Some(3) => return Err(FollowError::Removed { dir }),
+            _ => {
+                let said = String::from_utf8_lossy(status.err_data.as_deref().unwrap_or_default());
+                return Err(FollowError::CleanUp {
+                    dir,
+                    reason: said.trim().to_owned(),
+                });
+            }
+        }
+        if let Some(error) = first_error {
+            return Err(error);
+        }
+        let df = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
+        match available_kib(&df) {
+            Some(0) => Err(FollowError::Full { dir }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One read of `tail`'s file, at most `count` bytes, handed to `sink`;
+/// returns how many came.
+async fn read_chunk<C: Connector>(
+    tail: &mut Tail,
+    channel: &mut Channel<C>,
+    count: u64,
+    sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
+) -> Result<u64, FollowError> {
+    let Some(handle) = tail.handle else {
+        return Ok(0);
+    };
+    if tail.unsure {
+        let offset = i64::try_from(tail.offset).unwrap_or(i64::MAX);
+        channel
+            .execute(&GuestFileSeek {
+                handle,
+                offset,
+                whence: Whence::Set,
+            })
+            .await?;
+    }
+    tail.unsure = true;
+    let reply = channel
+        .execute(&GuestFileRead {
+            handle,
+            count: Some(count),
+        })
+        .await?;
+    let data = reply.into_data(count)?;
+    tail.unsure = false;
+    tail.offset += data.len() as u64;
+    if !data.is_empty() {
+        sink(tail.stream, &data).map_err(FollowError::Sink)?;
+    }
+    Ok(data.len() as u64)
+}
+
+/// The space left, in KiB, from the last line of `df -Pk`'s output
+/// (`Filesystem 1024-blocks Used Available Capacity Mounted-on`).
+fn available_kib(df: &str) -> Option<u64> {
+    let line = df.lines().rev().find(|line| !line.trim().is_empty())?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// 128 random bits in hex, from the kernel.
+fn random_hex() -> std::io::Result<String> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_space_left_is_the_fourth_field_of_the_last_line() {
+        let df = "Filesystem     1024-blocks  Used Available Capacity Mounted on\n\
+                  tmpfs                 1024  1024         0     100% /tmp\n";
+        assert_eq!(available_kib(df), Some(0));
+        let df = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda1 100 3 97 3% /\n\n";
+        assert_eq!(available_kib(df), Some(97));
+        assert_eq!(available_kib(""), None);
+        assert_eq!(available_kib("df: not found"), None);
+    }
+
+    #[test]
+    fn names_are_128_random_bits() {
+        let (a, b) = (random_hex().unwrap(), random_hex().unwrap());
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn the_program_and_its_arguments_pass_as_arguments() {
+        let follow = Follow {
+            dir: "/tmp/virtomate-follow-x".to_owned(),
+            options: FollowOptions::default(),
+            tails: [Stream::Stdout, Stream::Stderr].map(|stream| Tail {
+                stream,
+                handle: None,
+                offset: 0,
+                unsure: false,
+            }),
+        };
+        let mut exec = GuestExec::new("printf", ["%s\\n", "a'b", "$(x)"]).with_input(b"in".to_vec());
+        exec.env = Some(vec!["A=1".to_owned()]);
+        let exec = follow.redirect(exec);
+        assert_eq!(exec.path, "/bin/sh");
+        assert_eq!(
+            exec.arg,
+            [
+                "-c",
+                REDIRECT_SCRIPT,
+                "sh",
+                "/tmp/virtomate-follow-x",
+                "printf",
+                "%s\\n",
+                "a'b",
+                "$(x)"
+            ]
+        );
+        assert_eq!(exec.input_data.as_deref(), Some(&b"in"[..]));
+        assert_eq!(exec.env, Some(vec!["A=1".to_owned()]));
+    }
+
+    #[test]
+    fn the_scripts_run_in_a_posix_shell() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |script: &str, args: &[&str]| {
+            std::process::Command::new("/bin/sh")
+                .args(["-c", script, "sh"])
+                .args(args)
+                .env("TMPDIR", dir.path())
+                .output()
+                .unwrap()
+        };
+        let made = run(SETUP_SCRIPT, &["abc"]);
+        assert!(made.status.success(), "{made:?}");
+        let path = String::from_utf8(made.stdout).unwrap();
+        assert_eq!(path, format!("{}/virtomate-follow-abc", dir.path().display()));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o700);
+        assert_eq!(mode(&format!("{path}/out")), 0o600);
+        // Made once only: a second setup with the same name fails.
+        assert!(!run(SETUP_SCRIPT, &["abc"]).status.success());
+
+        let ran = run(
+            REDIRECT_SCRIPT,
+            &[&path, "sh", "-c", "echo 'o k'; echo e >&2; exit 4"],
+        );
+        assert_eq!(ran.status.code(), Some(4));
+        assert!(ran.stdout.is_empty() && ran.stderr.is_empty());
+        assert_eq!(std::fs::read(format!("{path}/out")).unwrap(), b"o k\n");
+        assert_eq!(std::fs::read(format!("{path}/err")).unwrap(), b"e\n");
+
+        let cleaned = run(CLEAN_UP_SCRIPT, &[&path]);
+        assert!(cleaned.status.success(), "{cleaned:?}");
+        assert!(available_kib(&String::from_utf8_lossy(&cleaned.stdout)).is_some());
+        assert!(!std::path::Path::new(&path).exists());
+        assert_eq!(run(CLEAN_UP_SCRIPT, &[&path]).status.code(), Some(3));
+    }
+}

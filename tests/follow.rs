@@ -1,0 +1,457 @@
+//! `guest-run --follow`: the program's output while it runs, byte for byte,
+//! with `--raw`'s exit statuses; against the real qemu-ga on the host (its
+//! temporary directory one of the test's own, to list it) and in the test
+//! VM, by socket and by name.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::support::host_agent::HostAgent;
+use crate::support::test_vm::TestVm;
+use crate::support::{guest_run_with, virtomate, wait_until};
+
+/// `virtomate guest-run --follow OPTIONS DOMAIN -- PROGRAM...`, bytes in
+/// and out.
+fn follow(options: &[&str], domain: &str, program: &[&str], stdin: &[u8]) -> Output {
+    let mut child = virtomate()
+        .args(["guest-run", "--follow"])
+        .args(options)
+        .args([domain, "--"])
+        .args(program)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    output
+}
+
+/// A `--follow` run in the background whose stdout lines are read as they
+/// come, each with the time it arrived.
+struct Followed {
+    child: Child,
+    lines: mpsc::Receiver<(Instant, String)>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Followed {
+    fn spawn(options: &[&str], domain: &str, program: &[&str]) -> Followed {
+        let mut child = virtomate()
+            .args(["guest-run", "--follow"])
+            .args(options)
+            .args([domain, "--"])
+            .args(program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut stderr = child.stderr.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if send.send((Instant::now(), line)).is_err() {
+                    return;
+                }
+            }
+        });
+        let stderr = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = stderr.read_to_string(&mut text);
+            text
+        });
+        Followed { child, lines, stderr }
+    }
+
+    /// The next line of stdout, within `seconds`.
+    fn next_line(&self, seconds: u64) -> (Instant, String) {
+        self.lines
+            .recv_timeout(Duration::from_secs(seconds))
+            .unwrap_or_else(|e| panic!("no line within {seconds} s: {e}"))
+    }
+
+    fn interrupt(&self) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        )
+        .unwrap();
+    }
+
+    /// Waits for it to end: its exit status, the time it ended, the rest
+    /// of stdout and all of stderr.
+    fn finish(mut self) -> (i32, Instant, Vec<String>, String) {
+        let status = self.child.wait().unwrap();
+        let ended = Instant::now();
+        let rest = self.lines.iter().map(|(_, line)| line).collect();
+        (
+            status.code().unwrap_or(-1),
+            ended,
+            rest,
+            self.stderr.join().unwrap(),
+        )
+    }
+}
+
+/// Whether a process whose command line starts with `marker` runs on the
+/// host.
+fn runs_on_host(marker: &str) -> bool {
+    let out = Command::new("pgrep")
+        .args(["-f", &format!("^{marker}")])
+        .output()
+        .unwrap();
+    out.status.success()
+}
+
+/// The host's qemu-ga with a temporary directory of the test's own.
+fn host_agent() -> (HostAgent, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let agent = HostAgent::start_in_with_env(dir, &[], &[("TMPDIR", tmp.to_str().unwrap())]);
+    (agent, tmp)
+}
+
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every line of `seq 1 N`, in order, once.
+fn assert_counter(stdout: &[u8], n: u64) {
+    let text = std::str::from_utf8(stdout).unwrap();
+    let mut expected = 1;
+    for line in text.lines() {
+        assert_eq!(line, expected.to_string(), "line {expected} of seq");
+        expected += 1;
+    }
+    assert_eq!(expected - 1, n, "every line of seq 1 {n}");
+    assert!(text.ends_with('\n'));
+}
+
+/// 1 MiB of bytes that are anything but text.
+fn binary() -> Vec<u8> {
+    (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn the_output_streams_exit_status_and_signal_pass_through() {
+    let (agent, tmp) = host_agent();
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    let out = follow(
+        &[],
+        socket,
+        &["sh", "-c", "printf 'o\\0ut'; printf err >&2; exit 3"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert_eq!(out.stdout, b"o\0ut");
+    assert_eq!(out.stderr, b"err");
+
+    let out = follow(&[], socket, &["sh", "-c", "kill -9 $$"], b"");
+    assert_eq!(out.status.code(), Some(128 + 9), "{out:?}");
+
+    // Not found by the shell that starts it: 127, as shells report it.
+    let out = follow(&[], socket, &["/does/not/exist"], b"");
+    assert_eq!(out.status.code(), Some(127), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/does/not/exist"));
+
+    // Arguments pass as they are, none quoted into a script.
+    let out = follow(&[], socket, &["printf", "%s|", "a'b", "$(x)", "\"", " "], b"");
+    assert_eq!(out.stdout, b"a'b|$(x)|\"| |");
+
+    // Binary, both ways.
+    let input = binary();
+    let out = follow(&["--stdin"], socket, &["cat"], &input);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout == input, "1 MiB round trip through cat differs");
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_counter_and_more_than_16_mib_arrive_whole_and_in_order() {
+    let (agent, tmp) = host_agent();
+    let socket = agent.socket();
+    let out = follow(&[], socket.to_str().unwrap(), &["seq", "1", "200000"], b"");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_counter(&out.stdout, 200000);
+
+    // About 21 MB: beyond the agent's 16 MiB cap, which --follow does not have.
+    let out = follow(&[], socket.to_str().unwrap(), &["seq", "1", "3000000"], b"");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.len() > 16 << 20, "{}", out.stdout.len());
+    assert_counter(&out.stdout, 3000000);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn max_time_and_ctrl_c_stop_the_program_deliver_the_rest_and_remove_the_files() {
+    let (agent, tmp) = host_agent();
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    let marker = "sleep 6081";
+    let out = follow(
+        &["--max-time", "1"],
+        socket,
+        &[
+            "sh",
+            "-c",
+            &format!("echo before; {marker} & {marker} | cat; wait"),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert_eq!(out.stdout, b"before\n");
+    assert!(
+        !runs_on_host(marker),
+        "nothing the program started is left running"
+    );
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+
+    let marker = "sleep 6082";
+    let run = Followed::spawn(
+        &[],
+        socket,
+        &["sh", "-c", &format!("echo started; {marker} | cat; echo never")],
+    );
+    assert_eq!(run.next_line(20).1, "started");
+    wait_until(20, "the program to start", || runs_on_host(marker));
+    run.interrupt();
+    let (status, _, rest, stderr) = run.finish();
+    assert_eq!(status, 255, "{stderr}");
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(stderr.starts_with("virtomate: Interrupted: "), "{stderr}");
+    assert!(stderr.contains("was stopped with SIGTERM"), "{stderr}");
+    assert!(!runs_on_host(marker), "Ctrl-C stopped it");
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+
+    // A reader that goes away stops the program at the next write, quietly.
+    let marker = "sleep 6083";
+    let head = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} guest-run --follow {socket} -- sh -c 'echo 1; sleep 1; echo 2; {marker}' | head -n 1",
+            env!("CARGO_BIN_EXE_virtomate"),
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(head.stdout, b"1\n");
+    assert!(
+        head.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&head.stderr)
+    );
+    assert!(!runs_on_host(marker), "stopped once its reader went away");
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn files_removed_behind_its_back_are_an_error_and_the_next_run_works() {
+    let (agent, tmp) = host_agent();
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    let out = follow(
+        &[],
+        socket,
+        &[
+            "sh",
+            "-c",
+            &format!("echo kept; rm -rf {}/virtomate-follow-*; exit 5", tmp.display()),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    assert_eq!(out.stdout, b"kept\n", "what was read is delivered");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.starts_with("virtomate: GuestOutputError: "), "{stderr}");
+    assert!(stderr.contains("was removed in the guest"), "{stderr}");
+    assert!(stderr.contains("exited with status 5"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+
+    let out = follow(&[], socket, &["echo", "again"], b"");
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b"again\n"[..])
+    );
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_guest_without_a_writable_temporary_directory_is_refused_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = HostAgent::start_in_with_env(dir, &[], &[("TMPDIR", "/nonexistent/tmp")]);
+    let marker = agent.dir.path().join("ran");
+    let out = follow(
+        &[],
+        agent.socket().to_str().unwrap(),
+        &["touch", marker.to_str().unwrap()],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("no writable temporary directory"), "{stderr}");
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    assert!(!marker.exists(), "the program must not run");
+
+    let agent = HostAgent::start_with(&["--block-rpcs", "guest-file-read"]);
+    let out = follow(&[], agent.socket().to_str().unwrap(), &["true"], b"");
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("lacks guest-file-read"), "{stderr}");
+}
+
+/// `ls -a /tmp` in the guest.
+fn guest_tmp(vm: &TestVm) -> String {
+    let out = guest_run_with(&[], &vm.socket(), &["ls", "-a", "/tmp"], None);
+    out.json()["stdout"].as_str().unwrap().to_owned()
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn on_the_vm_output_comes_while_the_program_runs_and_nothing_is_left_behind() {
+    let vm = TestVm::boot("follow");
+    let socket = vm.socket();
+    let socket = socket.to_str().unwrap();
+    let before = guest_tmp(&vm);
+
+    // By name: the first line arrives while the program still sleeps.
+    let run = Followed::spawn(&[], &vm.name, &["sh", "-c", "echo first; sleep 3; echo second"]);
+    let (first_at, first) = run.next_line(30);
+    assert_eq!(first, "first");
+    let (status, ended, rest, stderr) = run.finish();
+    assert_eq!(
+        (status, rest.as_slice()),
+        (0, &["second".to_owned()][..]),
+        "{stderr}"
+    );
+    let early = ended.duration_since(first_at);
+    assert!(
+        early > Duration::from_secs(2),
+        "the first line came {early:?} before the end"
+    );
+
+    // The counter, by socket and by name.
+    for domain in [socket, vm.name.as_str()] {
+        let out = follow(&[], domain, &["seq", "1", "200000"], b"");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_counter(&out.stdout, 200000);
+    }
+
+    let input = binary();
+    let out = follow(&["--stdin"], socket, &["cat"], &input);
+    assert!(out.stdout == input, "1 MiB round trip through cat differs");
+    let out = follow(&[], socket, &["sh", "-c", "echo e >&2; kill -TERM $$"], b"");
+    assert_eq!(
+        (out.status.code(), out.stderr.as_slice()),
+        (Some(143), &b"e\n"[..])
+    );
+
+    // A time limit and Ctrl-C stop it, and remove the files all the same.
+    let marker = "sleep 6091";
+    let out = follow(
+        &["--max-time", "2"],
+        socket,
+        &["sh", "-c", &format!("echo before; {marker} | cat")],
+        b"",
+    );
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(124), &b"before\n"[..])
+    );
+    let run = Followed::spawn(&[], &vm.name, &["sh", "-c", &format!("echo started; {marker}")]);
+    assert_eq!(run.next_line(30).1, "started");
+    run.interrupt();
+    let (status, _, _, stderr) = run.finish();
+    assert_eq!(status, 255, "{stderr}");
+    assert!(stderr.contains("was stopped with SIGTERM"), "{stderr}");
+    let processes = guest_run_with(&[], &vm.socket(), &["ps"], None).json();
+    assert!(
+        !processes["stdout"].as_str().unwrap().contains(marker),
+        "{processes}"
+    );
+
+    assert_eq!(guest_tmp(&vm), before, "the guest's /tmp before and after");
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn on_the_vm_a_full_temp_dir_a_restarted_agent_and_a_stopped_vm_are_clear_errors() {
+    let vm = TestVm::boot("follow-faults");
+    let socket = vm.socket();
+    let socket = socket.to_str().unwrap();
+
+    // A /tmp of 64 KiB fills up.
+    let mounted = guest_run_with(
+        &[],
+        &vm.socket(),
+        &["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", "/tmp"],
+        None,
+    );
+    assert_eq!(mounted.json()["exit_code"], 0, "{mounted:?}");
+    let out = follow(&[], socket, &["seq", "1", "100000"], b"");
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("filled up"), "{stderr}");
+    let out = follow(&[], socket, &["echo", "room again"], b"");
+    assert_eq!(out.stdout, b"room again\n", "{out:?}");
+    assert_eq!(guest_tmp(&vm), ".\n..\n");
+
+    // The agent restarts while the program runs: the program runs on.
+    let restart = "sleep 1; kill $(pidof qemu-ga); sleep 1; \
+                   exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
+                   -t /run/qga-0";
+    let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 & echo going; sleep 20");
+    let out = follow(&["--reply-timeout", "5"], socket, &["sh", "-c", &program], b"");
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    assert_eq!(out.stdout, b"going\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("keeps running in the guest as pid"), "{stderr}");
+    assert!(
+        stderr.contains("/tmp/virtomate-follow-"),
+        "names the files: {stderr}"
+    );
+    let out = follow(&["--timeout", "30"], socket, &["echo", "again"], b"");
+    assert_eq!(out.stdout, b"again\n", "{out:?}");
+
+    // The VM stops.
+    let run = Followed::spawn(&[], socket, &["sh", "-c", "echo up; sleep 60"]);
+    assert_eq!(run.next_line(30).1, "up");
+    vm.kill();
+    let (status, _, _, stderr) = run.finish();
+    assert_eq!(status, 255, "{stderr}");
+    assert!(stderr.starts_with("virtomate: AgentDisconnected: "), "{stderr}");
+}
