@@ -36,7 +36,10 @@ fn main() {
     let host = HostAgent::start();
     let clock = Instant::now();
 
-    println!("guest-run --follow: a line's way from the program to virtomate's stdout ({lines} lines, pauses 0.05-2 s)");
+    println!(
+        "guest-run --follow: a line's way from the program to virtomate's stdout ({lines} lines, \
+         pauses 0.05-2 s)"
+    );
     println!(
         "{:<11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12}",
         "agent", "min ms", "median", "p90", "max", "mean", "tie ± ms"

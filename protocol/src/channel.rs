@@ -165,6 +165,10 @@ impl Connector for SocketConnector {
     async fn connect(&mut self) -> Result<QgaClient, Error> {
         // Waiting for the turn and connecting share the handshake's time.
         let deadline = Deadline::after(self.options.handshake_timeout);
+        // A turn still held here is that of a connect cut short (a time
+        // limit, a signal) after the turn was taken: not connected, it is
+        // stale, and a new flock would wait for it, our own, till the end.
+        self.turn = None;
         if let Some(lock) = &self.lock {
             self.turn = Some(lock.acquire(deadline).await?);
         }
@@ -434,6 +438,54 @@ pub async fn wait_for_exit_on<C: Connector>(
         let pause = schedule.pause_after(waited);
         if !pause.is_zero() {
             sleep(pause).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A connect cut short after it took its turn (here: in the handshake
+    /// with a silent agent) must not leave that turn for the next connect
+    /// to wait for: it would wait for its own process, and call the
+    /// channel busy.
+    #[tokio::test]
+    async fn a_connect_cut_short_leaves_no_turn_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qga.sock");
+        // Accepts, never answers: the handshake waits.
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let _silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream);
+            }
+        });
+        let options = ClientOptions {
+            handshake_timeout: Duration::from_millis(500),
+            ..ClientOptions::default()
+        };
+        let mut connector = SocketConnector::new(&socket, options);
+        if connector.lock().is_none() {
+            // No safe runtime directory for locks here (not root, no
+            // XDG_RUNTIME_DIR): nothing to leave behind.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root, with /run/virtomate"
+            );
+            return;
+        }
+        let cut_short = tokio::time::timeout(Duration::from_millis(100), connector.connect()).await;
+        assert!(cut_short.is_err(), "the handshake cannot have answered");
+        match connector.connect().await {
+            Err(Error::Timeout {
+                phase: crate::Phase::Handshake,
+                ..
+            }) => {}
+            other => panic!("the turn was taken again, the handshake timed out: {other:?}"),
         }
     }
 }

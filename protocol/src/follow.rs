@@ -174,7 +174,10 @@ pub enum FollowError {
     },
     /// The file system of the directory had no space left at the end: the
     /// program may have failed to write some of its output.
-    #[error("the guest's temporary directory filled up while the program ran (no space left on the file system of {dir}): its output may be incomplete")]
+    #[error(
+        "the guest's temporary directory filled up while the program ran (no space left on the file \
+         system of {dir}): its output may be incomplete"
+    )]
     Full {
         /// The directory, as the guest names it.
         dir: String,
@@ -392,11 +395,16 @@ impl Follow {
     /// full (more may wait).
     ///
     /// ```no_run
-    /// # use virtomate_protocol::follow::Stream;
+    /// # use virtomate_protocol::follow::{FollowError, Stream};
+    /// # use virtomate_protocol::{Channel, SocketConnector};
     /// # async fn demo(follow: &mut virtomate_protocol::follow::Follow,
-    /// #     channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::follow::FollowError> {
+    /// #     channel: &mut Channel<SocketConnector>) -> Result<(), FollowError> {
     /// let mut lines = Vec::new();
-    /// follow.read_new(channel, &mut |_stream: Stream, bytes: &[u8]| { lines.extend_from_slice(bytes); Ok(()) }).await?;
+    /// let mut keep = |_stream: Stream, bytes: &[u8]| {
+    ///     lines.extend_from_slice(bytes);
+    ///     Ok(())
+    /// };
+    /// follow.read_new(channel, &mut keep).await?;
     /// # Ok(()) }
     /// ```
     pub async fn read_new<C: Connector>(
@@ -421,9 +429,10 @@ impl Follow {
     /// followed by [`drain`](Self::drain): nothing read is lost or read twice.
     ///
     /// ```no_run
-    /// # use virtomate_protocol::follow::Stream;
+    /// # use virtomate_protocol::follow::{FollowError, Stream};
+    /// # use virtomate_protocol::{Channel, SocketConnector};
     /// # async fn demo(follow: &mut virtomate_protocol::follow::Follow, pid: i64,
-    /// #     channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::follow::FollowError> {
+    /// #     channel: &mut Channel<SocketConnector>) -> Result<(), FollowError> {
     /// let limit = std::time::Duration::from_secs(60);
     /// let mut sink = |_: Stream, bytes: &[u8]| { print!("{}", String::from_utf8_lossy(bytes)); Ok(()) };
     /// match tokio::time::timeout(limit, follow.follow_to_exit(channel, pid, &mut sink)).await {
@@ -462,8 +471,10 @@ impl Follow {
     /// the rest of its output.
     ///
     /// ```no_run
+    /// # use virtomate_protocol::follow::FollowError;
+    /// # use virtomate_protocol::{Channel, SocketConnector};
     /// # async fn demo(follow: &mut virtomate_protocol::follow::Follow,
-    /// #     channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) -> Result<(), virtomate_protocol::follow::FollowError> {
+    /// #     channel: &mut Channel<SocketConnector>) -> Result<(), FollowError> {
     /// let mut ignore = |_: virtomate_protocol::follow::Stream, _: &[u8]| Ok(());
     /// follow.drain(channel, &mut ignore).await?;
     /// # Ok(()) }
