@@ -214,10 +214,11 @@ EOF
 
 # Kill py2's QEMU (as a crash would) once its long task runs in the guest,
 # as seen in the guest (a session's commands are on no host command line;
-# the bracket keeps the looking from finding itself).
+# the bracket keeps the looking from finding itself; --raw: grep's exit
+# status).
 (
   for _ in $(seq 300); do
-    if "$VIRTOMATE" guest-run "virtomate-ansible-py2-$tag" -- /bin/sh -c \
+    if "$VIRTOMATE" guest-run --raw "virtomate-ansible-py2-$tag" -- /bin/sh -c \
       'grep -qs "virtomate-midplay-marke[r]" /proc/[0-9]*/cmdline' >/dev/null 2>&1; then
       sleep 2
       kill -KILL "$(cat "$work/py2/qemu.pid")"

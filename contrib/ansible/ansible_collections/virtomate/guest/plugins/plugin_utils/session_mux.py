@@ -192,8 +192,10 @@ class Mux:
                     # Under the lock: lines of several clients never mix.
                     self.proc.stdin.write(_dumps(request))
                 except (OSError, ValueError):
-                    del self.pending[sid]
-                    fatal = {'type': 'AgentDisconnected', 'message': 'virtomate session no longer reads requests'}
+                    # The session ended (or is ending, an unknown domain
+                    # ends it at once): the request stays pending, and gets
+                    # the session's own last word when its end is read.
+                    pass
         if fatal is not None:
             client.send({'id': client_id, 'error': fatal})
 
