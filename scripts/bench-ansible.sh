@@ -2,7 +2,8 @@
 # Figures for the Ansible connection plugin (virtomate.guest.virtomate) on
 # one Python test VM under TCG: a 20-task playbook (`command: /bin/true`)
 # per task, through one `virtomate guest-run` per command (pipelined and
-# not) and through `virtomate session` (when the binary has it), and the
+# not) and through the host's persistent `virtomate session` (when the
+# binary has it; the plugin's default), with the ratio, and the
 # guest's own Python start-up, which bounds what any connection can do:
 # each module task starts Python in the guest at least once.
 #
@@ -65,20 +66,28 @@ export ANSIBLE_LOCAL_TEMP="$work/ansible-local"
 printf '%s ansible_connection=virtomate.guest.virtomate ansible_virtomate_path=%s ansible_python_interpreter=/usr/bin/python3\n' \
   "$name" "$VIRTOMATE" >"$work/inventory.ini"
 
-bench() { # LABEL ENV...
+bench() { # LABEL ENV...: prints a line and sets $median (seconds per task)
   local label="$1" t0 wall
   shift
   t0=$EPOCHREALTIME
   env "$@" "$venv/bin/ansible-playbook" -i "$work/inventory.ini" tests/ansible/bench.yml >"$work/out.json" 2>"$work/err"
   wall="$(awk "BEGIN { print $EPOCHREALTIME - $t0 }")"
-  "$venv/bin/python" tests/ansible/bench_summary.py "$label" "$work/out.json" "$wall"
+  "$venv/bin/python" tests/ansible/bench_summary.py "$label" "$work/out.json" "$wall" | tee "$work/summary"
+  median="$(sed -n 's/.*median \([0-9.]*\) s.*/\1/p' "$work/summary")"
 }
 
+# The session helpers' sockets, removed at the end (the helpers then go).
+export ANSIBLE_VIRTOMATE_CONTROL_PATH_DIR="$work/cp"
 bench "guest-run per command, pipelined:" ANSIBLE_PIPELINING=True ANSIBLE_VIRTOMATE_USE_SESSION=never
+guest_run=$median
 bench "guest-run per command, not pipelined:" ANSIBLE_PIPELINING=False ANSIBLE_VIRTOMATE_USE_SESSION=never
 if "$VIRTOMATE" --help | grep -q '^  session '; then
-  bench "session, pipelined:" ANSIBLE_PIPELINING=True ANSIBLE_VIRTOMATE_USE_SESSION=always
-  bench "session, not pipelined:" ANSIBLE_PIPELINING=False ANSIBLE_VIRTOMATE_USE_SESSION=always
+  # The first run starts the host's session helper, the second finds it.
+  bench "session (helper started), pipelined:" ANSIBLE_PIPELINING=True ANSIBLE_VIRTOMATE_USE_SESSION=always
+  bench "session (helper kept), pipelined:" ANSIBLE_PIPELINING=True ANSIBLE_VIRTOMATE_USE_SESSION=always
+  session=$median
+  bench "session (helper kept), not pipelined:" ANSIBLE_PIPELINING=False ANSIBLE_VIRTOMATE_USE_SESSION=always
+  awk "BEGIN { printf \"per task, pipelined: session %.2f s, guest-run %.2f s, session/guest-run %.2f\n\", $session, $guest_run, $session / $guest_run }"
 else
-  echo "session: not measured, this virtomate has no \`session\` command yet (issue 13)"
+  echo "session: not measured, this virtomate has no \`session\` command"
 fi

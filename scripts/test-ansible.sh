@@ -3,16 +3,23 @@
 # with the real thing: ansible-core (pinned, in a venv), two Python test VMs
 # and the busybox VM, booted under TCG.
 #
-# 1. the plugin's unit tests (session client against a fake session);
-# 2. tests/ansible/main.yml with forks 3: ping, command with stdin, shell
-#    with a pipeline, copy of a 5 MiB file, fetch, template, stat, file,
-#    become (sudo, su), a failing task with ignore_errors, raw on busybox;
-#    one Python VM by name on this host, the other by socket path through
-#    an "ssh" to a hypervisor host (a stand-in that runs the command here,
-#    so the remote command line is quoted and split as over real SSH);
-# 3. tests/ansible/faults.yml: an agent stopped in a guest, a VM killed
-#    while a task runs, a domain that does not exist: each UNREACHABLE with
-#    virtomate's message.
+# 1. the plugin's unit tests (session client and session helper against a
+#    fake session);
+# 2. tests/ansible/main.yml with forks 3, commands through one persistent
+#    `virtomate session` per host (the default, use_session=auto): ping,
+#    command with stdin, shell with a pipeline, copy of a 5 MiB file, fetch,
+#    template, stat, file, become (sudo, su), a failing task with
+#    ignore_errors, raw on busybox; one Python VM by name on this host, the
+#    other by socket path through an "ssh" to a hypervisor host (a stand-in
+#    that runs the command here, so the remote command line is quoted and
+#    split as over real SSH). Every virtomate run is logged: one `session`
+#    per host for the whole play, no `guest-run`;
+# 3. the same playbook again with use_session=never: a `guest-run` per
+#    command (left out with ANSIBLE_MODES=session);
+# 4. tests/ansible/faults.yml, with sessions: an agent stopped in a guest, a
+#    VM killed while a task runs, a domain that does not exist: each
+#    UNREACHABLE with virtomate's message; then the first and the last
+#    again with guest-run.
 # Ansible's JSON output is checked task by task (tests/ansible/check.py).
 #
 # Environment:
@@ -20,6 +27,8 @@
 #                        /var/cache/virtomate-test/python-vm, shared by
 #                        checkouts; else target/python-vm)
 #   VIRTOMATE            the binary (default: target/debug/virtomate, built)
+#   ANSIBLE_MODES        how main.yml runs: "session guest-run" (default),
+#                        or one of them
 #   KEEP_TEST_DIR=1      keep the work directory (inventory, outputs, logs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +52,7 @@ if [ -z "${VIRTOMATE:-}" ]; then
   cargo build --locked --quiet --bin virtomate
   VIRTOMATE="$repo/target/debug/virtomate"
 fi
+modes="${ANSIBLE_MODES:-session guest-run}"
 log "prepared in $((SECONDS - started)) s"
 
 collection="$repo/contrib/ansible/ansible_collections/virtomate/guest"
@@ -91,6 +101,14 @@ exec /bin/sh -c "\$2"
 EOF
 chmod 755 "$work/fake-ssh"
 
+# The binary, through a wrapper that logs each run's command line.
+cat >"$work/virtomate" <<EOF
+#!/bin/sh
+echo "\$*" >>"$work/virtomate.log"
+exec "$VIRTOMATE" "\$@"
+EOF
+chmod 755 "$work/virtomate"
+
 cat >"$work/inventory.ini" <<EOF
 [python]
 py1 ansible_virtomate_domain=virtomate-ansible-py1-$tag
@@ -104,7 +122,7 @@ bb ansible_virtomate_domain=virtomate-ansible-bb-$tag
 
 [all:vars]
 ansible_connection=virtomate.guest.virtomate
-ansible_virtomate_path=$VIRTOMATE
+ansible_virtomate_path=$work/virtomate
 EOF
 
 head -c $((5 * 1024 * 1024)) /dev/urandom >"$work/big.bin"
@@ -122,6 +140,9 @@ export ANSIBLE_FORKS=3
 # One run per module instead of four or five (temporary directory, file,
 # chmod, run, clean-up); one task turns it off to cover that way too.
 export ANSIBLE_PIPELINING=True
+# The session helpers' sockets; removed with the work directory, which
+# makes the helpers go.
+export ANSIBLE_VIRTOMATE_CONTROL_PATH_DIR="$work/cp"
 
 run_playbook() { # NAME PLAYBOOK INVENTORY [ARGS...]: output in $work/NAME.json
   local name="$1" playbook="$2" inventory="$3" rc=0 t0=$SECONDS
@@ -134,11 +155,34 @@ run_playbook() { # NAME PLAYBOOK INVENTORY [ARGS...]: output in $work/NAME.json
 
 # --- The playbook ---------------------------------------------------------
 
-run_playbook main main.yml "$work/inventory.ini" \
-  -e "big_file=$work/big.bin" -e "fetch_dir=$work/fetched"
-"$venv/bin/python" tests/ansible/check.py main "$work/main.json" \
-  "big_sha1=$big_sha1" "fetch_dir=$work/fetched"
-grep -qx hypervisor2 "$work/fake-ssh.log" || { log "py2 did not go through ssh"; exit 1; }
+# How many times virtomate ran COMMAND since the log was emptied.
+runs() { grep -c -- "^\(--[a-z-]* [^ ]* \)*$1\( \|\$\)" "$work/virtomate.log" || true; }
+
+main_pass() { # MODE
+  local mode="$1" sessions guest_runs
+  rm -rf "$work/fetched" "$work/fake-ssh.log"
+  mkdir -p "$work/fetched"
+  : >"$work/virtomate.log"
+  ANSIBLE_VIRTOMATE_USE_SESSION="$([ "$mode" = session ] && echo auto || echo never)" \
+    run_playbook "main-$mode" main.yml "$work/inventory.ini" \
+    -e "big_file=$work/big.bin" -e "fetch_dir=$work/fetched" -e "test_pass=$mode"
+  "$venv/bin/python" tests/ansible/check.py main "$work/main-$mode.json" \
+    "big_sha1=$big_sha1" "fetch_dir=$work/fetched"
+  grep -q hypervisor2 "$work/fake-ssh.log" || { log "py2 did not go through ssh"; exit 1; }
+  sessions="$(runs session)"
+  guest_runs="$(runs guest-run)"
+  log "$mode: virtomate ran: $sessions session, $guest_runs guest-run, $(runs copy) copy, $(runs --help) --help"
+  if [ "$mode" = session ]; then
+    # One session per host for the whole play, none started twice.
+    [ "$sessions" -eq 3 ] && [ "$guest_runs" -eq 0 ] || { log "want 3 sessions and no guest-run"; exit 1; }
+  else
+    [ "$sessions" -eq 0 ] && [ "$guest_runs" -gt 0 ] || { log "want guest-run only"; exit 1; }
+  fi
+}
+
+for mode in $modes; do
+  main_pass "$mode"
+done
 
 # --- Faults ---------------------------------------------------------------
 
@@ -162,25 +206,33 @@ no_such_domain ansible_virtomate_domain=virtomate-ansible-no-such-domain-$tag
 
 [all:vars]
 ansible_connection=virtomate.guest.virtomate
-ansible_virtomate_path=$VIRTOMATE
+ansible_virtomate_path=$work/virtomate
 # The agent that does not answer is waited for this long (default 10 s).
 ansible_virtomate_timeout=4
 ansible_python_interpreter=/usr/bin/python3
 EOF
 
-# Kill py2's QEMU (as a crash would) once its long task runs in the guest.
+# Kill py2's QEMU (as a crash would) once its long task runs in the guest,
+# as seen in the guest (a session's commands are on no host command line;
+# the bracket keeps the looking from finding itself; --raw: grep's exit
+# status).
 (
-  for _ in $(seq 600); do
-    if pgrep -f virtomate-midplay-marker >/dev/null; then
+  for _ in $(seq 300); do
+    if "$VIRTOMATE" guest-run --raw "virtomate-ansible-py2-$tag" -- /bin/sh -c \
+      'grep -qs "virtomate-midplay-marke[r]" /proc/[0-9]*/cmdline' >/dev/null 2>&1; then
       sleep 2
       kill -KILL "$(cat "$work/py2/qemu.pid")"
       exit 0
     fi
-    sleep 0.2
+    sleep 0.5
   done
 ) &
 watcher=$!
-run_playbook faults faults.yml "$work/faults.ini"
+ANSIBLE_VIRTOMATE_USE_SESSION=always run_playbook faults faults.yml "$work/faults.ini"
 "$venv/bin/python" tests/ansible/check.py faults "$work/faults.json"
+# The faults that leave the VMs as they were, through guest-run.
+ANSIBLE_VIRTOMATE_USE_SESSION=never run_playbook faults-guest-run faults.yml "$work/faults.ini" \
+  --limit agent_stopped,no_such_domain
+"$venv/bin/python" tests/ansible/check.py faults "$work/faults-guest-run.json" hosts=agent_stopped,no_such_domain
 
 log "passed in $((SECONDS - started)) s"

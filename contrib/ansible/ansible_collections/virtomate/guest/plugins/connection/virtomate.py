@@ -122,13 +122,15 @@ DOCUMENTATION = r"""
             key: reply_timeout
       use_session:
         description:
-          - Run commands through one C(virtomate session DOMAIN) process (JSON lines, one agent connection)
-            per connection, instead of one C(virtomate guest-run) process per command.
-          - V(auto) uses a session when the binary has the C(session) command.
-          - Ansible makes a new connection for each task, so a session lives for one task (its temporary
-            directory, file transfer, module run and clean-up share it).
+          - Run commands through C(virtomate session DOMAIN) (JSON lines over one agent connection) instead of
+            one C(virtomate guest-run) process per command.
+          - V(auto) uses a session when the binary has the C(session) command (C(virtomate --help), looked at
+            only when no session helper is running for the host yet); V(always) does without asking;
+            V(never) runs C(guest-run) per command.
+          - The session is kept for the whole play by a helper process (see O(persist_seconds)), shared by
+            the tasks and forks that reach the same domain the same way.
         type: string
-        default: never
+        default: auto
         choices: [auto, always, never]
         vars:
           - name: ansible_virtomate_use_session
@@ -137,6 +139,39 @@ DOCUMENTATION = r"""
         ini:
           - section: virtomate_connection
             key: use_session
+      persist_seconds:
+        description:
+          - How long the session helper stays after its last use. The first task that needs a session for a
+            domain starts the helper, detached, as SSH's ControlPersist does; it runs one
+            C(virtomate session --idle PERSIST_SECONDS DOMAIN) (over SSH with O(ssh_host)), so the agent
+            connection too is kept between tasks (and let go at once when another virtomate process waits
+            for it).
+          - The helper exits after this many seconds without a task, when the session ends (the guest or SSH
+            went away), or when its socket is removed (the C(reset_connection) meta task does).
+          - With V(0) there is no helper, and each task (connection) runs a session of its own.
+        type: float
+        default: 60
+        vars:
+          - name: ansible_virtomate_persist_seconds
+        env:
+          - name: ANSIBLE_VIRTOMATE_PERSIST_SECONDS
+        ini:
+          - section: virtomate_connection
+            key: persist_seconds
+      control_path_dir:
+        description:
+          - The directory of the session helpers' UNIX sockets, C(virtomate-HASH), the hash of the session's
+            command line (binary, SSH host and options, timeouts, domain). Made with mode 0700 if missing; only
+            its user may use it, and the helper also checks each client's uid.
+        type: path
+        default: ~/.ansible/cp
+        vars:
+          - name: ansible_virtomate_control_path_dir
+        env:
+          - name: ANSIBLE_VIRTOMATE_CONTROL_PATH_DIR
+        ini:
+          - section: virtomate_connection
+            key: control_path_dir
       file_transfer:
         description:
           - How files move. V(copy) uses C(virtomate copy), V(run) writes and reads them through runs of
@@ -200,6 +235,7 @@ from ansible.utils.display import Display
 
 from ansible_collections.virtomate.guest.plugins.plugin_utils.virtomate import (
     GuestRunRunner,
+    PersistentSessionRunner,
     SessionRunner,
     Virtomate,
     VirtomateError,
@@ -243,24 +279,38 @@ class Connection(ConnectionBase):
             reply_timeout=self.get_option('reply_timeout'),
         )
 
-    def _wants_session(self):
+    def _session_runner(self):
+        """A runner over a session, or None when there is to be none."""
         mode = self.get_option('use_session')
-        if mode == 'always':
-            return True
-        if mode == 'auto':
-            return self._call(self._virtomate.has_command, 'session')
-        return False
+        if mode == 'never':
+            return None
+        persist = self.get_option('persist_seconds')
+        if persist and persist > 0:
+            runner = PersistentSessionRunner(self._virtomate, self.get_option('control_path_dir'), persist, start=False)
+            if runner.connected:
+                return runner
+            if mode == 'auto' and not self._virtomate.has_command('session'):
+                return None
+            return PersistentSessionRunner(self._virtomate, self.get_option('control_path_dir'), persist)
+        if mode == 'auto' and not self._virtomate.has_command('session'):
+            return None
+        return SessionRunner(self._virtomate)
 
     def _connect(self):
         if self._connected:
             return self
         self._virtomate = self._make_virtomate()
+        host = self._virtomate.domain
         where = ' on %s' % self._virtomate.ssh_host if self._virtomate.ssh_host else ''
-        if self._wants_session():
-            display.vvv('ESTABLISH VIRTOMATE SESSION TO %s%s' % (self._virtomate.domain, where), host=self._virtomate.domain)
-            self._runner = self._call(SessionRunner, self._virtomate)
+        self._runner = self._call(self._session_runner)
+        if isinstance(self._runner, PersistentSessionRunner):
+            display.vvv('VIRTOMATE SESSION TO %s%s THROUGH %s (helper pid %s%s)'
+                        % (host, where, self._runner.path, self._runner.helper_pid,
+                           ', started' if self._runner.started else ''), host=host)
+        elif self._runner is not None:
+            display.vvv('VIRTOMATE SESSION TO %s%s' % (host, where), host=host)
         else:
-            display.vvv('VIRTOMATE GUEST-RUN TO %s%s' % (self._virtomate.domain, where), host=self._virtomate.domain)
+            display.vvv('VIRTOMATE GUEST-RUN TO %s%s' % (host, where), host=host)
             self._runner = GuestRunRunner(self._virtomate)
         self._connected = True
         return self
@@ -351,4 +401,9 @@ class Connection(ConnectionBase):
         self._connected = False
 
     def reset(self):
+        """meta: reset_connection: the host's session helper, if any, goes."""
         self.close()
+        persist = self.get_option('persist_seconds')
+        if self.get_option('use_session') != 'never' and persist and persist > 0:
+            PersistentSessionRunner.stop_helper(self._virtomate or self._make_virtomate(),
+                                                self.get_option('control_path_dir'), persist)

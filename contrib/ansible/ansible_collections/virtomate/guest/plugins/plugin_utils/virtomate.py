@@ -12,6 +12,9 @@ Python:
 - ``SessionRunner``: one ``virtomate session DOMAIN`` process speaking JSON
   lines (``{"id", "run", "stdin", "encode"}`` in, ``{"id", "result"}`` or
   ``{"id", "error"}`` out), for as long as the connection object lives;
+- ``PersistentSessionRunner``: the same lines to a helper
+  (``session_mux.py``) that keeps one session per domain for the whole
+  play, shared by the tasks and forks;
 - ``put_file_chunked``/``fetch_file_chunked``: files in and out over
   whichever runner, for a virtomate without ``copy``.
 """
@@ -19,10 +22,15 @@ Python:
 from __future__ import annotations
 
 import base64
+import fcntl
+import hashlib
 import json
 import os
 import shlex
+import socket
+import stat
 import subprocess
+import sys
 import tempfile
 import threading
 
@@ -234,33 +242,20 @@ class GuestRunRunner:
         pass
 
 
-class SessionRunner:
-    """One ``virtomate session DOMAIN`` process, JSON lines both ways.
+class _JsonLinesRunner:
+    """Requests and replies as ``virtomate session``'s JSON lines.
 
     Requests go out one line each with a fresh id; replies may come in any
     order (the session runs programs in parallel), so replies to other ids
     wait in ``_replies`` for whoever asked. Used by one thread at a time.
+    Subclasses give ``_write(bytes)``, ``_readline()`` and ``_lost(why)``.
     """
 
-    def __init__(self, virtomate, popen=subprocess.Popen):
+    def __init__(self, virtomate):
         self.virtomate = virtomate
         self._next_id = 1
         self._replies = {}
-        self._stderr = tempfile.TemporaryFile()
-        argv = virtomate.argv(['session', virtomate.domain])
-        try:
-            self._proc = popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0)
-        except OSError as e:
-            raise VirtomateError('cannot run %s: %s' % (argv[0], e), 'IoError')
         self._lock = threading.Lock()
-
-    def _lost(self, why):
-        self._stderr.seek(0)
-        err = self._stderr.read().decode('utf-8', 'replace').strip()
-        rc = self._proc.poll()
-        detail = '; '.join(x for x in (why, 'exit status %s' % rc if rc is not None else '', err) if x)
-        return VirtomateError('session %s: %s ended: %s' % (self.virtomate.domain, self.virtomate.where(), detail),
-                              'AgentDisconnected')
 
     def request(self, body):
         """Sends one request and returns its reply's ``result``."""
@@ -269,12 +264,14 @@ class SessionRunner:
             self._next_id += 1
             line = json.dumps(dict(body, id=rid), separators=(',', ':')).encode() + b'\n'
             try:
-                self._proc.stdin.write(line)
-                self._proc.stdin.flush()
+                self._write(line)
             except (BrokenPipeError, OSError, ValueError):
                 raise self._lost('cannot send the request')
             while rid not in self._replies:
-                raw = self._proc.stdout.readline()
+                try:
+                    raw = self._readline()
+                except (OSError, ValueError):
+                    raw = b''
                 if not raw:
                     raise self._lost('no reply to request %d' % rid)
                 try:
@@ -309,6 +306,34 @@ class SessionRunner:
             body['stdin'] = base64.b64encode(stdin).decode('ascii')
         return RunResult.from_json(self.request(body))
 
+
+class SessionRunner(_JsonLinesRunner):
+    """One ``virtomate session DOMAIN`` process of this connection's own."""
+
+    def __init__(self, virtomate, popen=subprocess.Popen):
+        super().__init__(virtomate)
+        self._stderr = tempfile.TemporaryFile()
+        argv = virtomate.argv(['session', virtomate.domain])
+        try:
+            self._proc = popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, bufsize=0)
+        except OSError as e:
+            raise VirtomateError('cannot run %s: %s' % (argv[0], e), 'IoError')
+
+    def _write(self, line):
+        self._proc.stdin.write(line)
+        self._proc.stdin.flush()
+
+    def _readline(self):
+        return self._proc.stdout.readline()
+
+    def _lost(self, why):
+        self._stderr.seek(0)
+        err = self._stderr.read().decode('utf-8', 'replace').strip()
+        rc = self._proc.poll()
+        detail = '; '.join(x for x in (why, 'exit status %s' % rc if rc is not None else '', err) if x)
+        return VirtomateError('session %s: %s ended: %s' % (self.virtomate.domain, self.virtomate.where(), detail),
+                              'AgentDisconnected')
+
     def close(self, timeout=10):
         """EOF on stdin: the session finishes what is in flight and exits 0."""
         proc = self._proc
@@ -323,6 +348,162 @@ class SessionRunner:
             proc.wait()
         proc.stdout.close()
         self._stderr.close()
+
+
+def control_path(directory, argv):
+    """The helper's socket for the session ARGV: one per binary, SSH host
+    and options, domain."""
+    digest = hashlib.sha256(json.dumps(argv).encode('utf-8')).hexdigest()[:20]
+    return os.path.join(directory, 'virtomate-%s' % digest)
+
+
+def private_directory(directory):
+    """Makes DIRECTORY (mode 0700) if needed; refuses one that is not ours."""
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        st = os.lstat(directory)
+    except OSError as e:
+        raise VirtomateError('cannot make the session directory %s: %s' % (directory, e), 'IoError')
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+        raise VirtomateError('session directory %s is not a directory of this user' % directory, 'IoError')
+    if st.st_mode & 0o077:
+        os.chmod(directory, 0o700)
+
+
+class PersistentSessionRunner(_JsonLinesRunner):
+    """A client of the helper (session_mux.py) that keeps one session for
+    this domain across tasks; the helper is started when there is none.
+
+    ``connected`` is False when the helper could not be reached and
+    ``start=False`` was given, so that the caller may decide (e.g. look at
+    ``virtomate --help``) before starting one.
+    """
+
+    HELLO_TIMEOUT = 30
+
+    def __init__(self, virtomate, directory, persist, start=True, python=None):
+        super().__init__(virtomate)
+        private_directory(directory)
+        self.argv = self.session_argv(virtomate, persist)
+        self.path = control_path(directory, self.argv)
+        self.persist = persist
+        self.python = python or sys.executable
+        self.helper_pid = None
+        self.started = False
+        self._sock = self._connect()
+        if self._sock is None and start:
+            self._sock = self._start()
+        self.connected = self._sock is not None
+        if self.connected:
+            self._reader = self._sock.makefile('rb')
+
+    @staticmethod
+    def session_argv(virtomate, persist):
+        return virtomate.argv(['session', '--idle', '%g' % persist, virtomate.domain])
+
+    @classmethod
+    def stop_helper(cls, virtomate, directory, persist):
+        """Removes the helper's socket: it ends once its clients are gone,
+        and the next connection starts a new one."""
+        try:
+            os.unlink(control_path(directory, cls.session_argv(virtomate, persist)))
+        except FileNotFoundError:
+            pass
+
+    def _hello(self, sock):
+        """Reads the helper's hello; None if it closed the connection first."""
+        sock.settimeout(self.HELLO_TIMEOUT)
+        line = b''
+        try:
+            while not line.endswith(b'\n'):
+                chunk = sock.recv(1)
+                if not chunk:
+                    return None
+                line += chunk
+        except socket.timeout:
+            raise VirtomateError('session helper %s did not answer in %d s' % (self.path, self.HELLO_TIMEOUT),
+                                 'AgentTimeout')
+        except OSError:
+            return None
+        sock.settimeout(None)
+        try:
+            hello = json.loads(line)
+        except ValueError:
+            hello = None
+        if isinstance(hello, dict) and isinstance(hello.get('error'), dict):
+            raise error_from_json(hello['error'], 'session %s' % self.virtomate.domain)
+        if not isinstance(hello, dict) or not isinstance(hello.get('hello'), dict):
+            raise VirtomateError('session helper %s: not a hello: %r' % (self.path, line[:200]), 'ProtocolError')
+        self.helper_pid = hello['hello'].get('pid')
+        commands = hello['hello'].get('commands')
+        if isinstance(commands, list) and self.virtomate._commands is None:
+            self.virtomate._commands = set(commands)
+        return sock
+
+    def _connect(self):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.path)
+        except OSError:
+            # None there, or a stale socket of a helper that is gone.
+            sock.close()
+            return None
+        if self._hello(sock) is None:
+            sock.close()
+            return None
+        return sock
+
+    def _start(self):
+        """Starts a helper, under a lock so that forks start one at most."""
+        lock = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            sock = self._connect()
+            if sock is not None:
+                return sock
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            ours, theirs = socket.socketpair()
+            helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'session_mux.py')
+            argv = [self.python, helper, '--fd', str(theirs.fileno())]
+            if self.virtomate._commands is not None:
+                argv += ['--hello', json.dumps({'commands': sorted(self.virtomate._commands)})]
+            argv += [self.path, '%g' % self.persist, '--'] + self.argv
+            try:
+                # It forks and this process ends at once: nothing to reap later.
+                subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               pass_fds=(theirs.fileno(),), start_new_session=True, close_fds=True, check=False)
+            except OSError as e:
+                ours.close()
+                raise VirtomateError('cannot start the session helper: %s' % e, 'IoError')
+            finally:
+                theirs.close()
+            if self._hello(ours) is None:
+                ours.close()
+                raise VirtomateError('session %s: the session helper ended at once' % self.virtomate.domain,
+                                     'IoError')
+            self.started = True
+            return ours
+        finally:
+            os.close(lock)
+
+    def _write(self, line):
+        self._sock.sendall(line)
+
+    def _readline(self):
+        return self._reader.readline()
+
+    def _lost(self, why):
+        return VirtomateError('session %s: the session helper (pid %s, %s) went away: %s'
+                              % (self.virtomate.domain, self.helper_pid, self.path, why), 'AgentDisconnected')
+
+    def close(self):
+        if self.connected:
+            self._reader.close()
+            self._sock.close()
+            self.connected = False
 
 
 # --- Files over runs, for a virtomate without `copy` ------------------------

@@ -4,7 +4,7 @@ unit tests while the real one is not there: it runs each request's program
 on this host, in a thread, and replies when it ends, so replies to
 pipelined requests come in the order the programs end.
 
-Usage: fake_session.py [virtomate options...] session DOMAIN
+Usage: fake_session.py [virtomate options...] session [--idle S] DOMAIN
   DOMAIN "missing" ends at once with a NotFoundError on stdout, as
   `virtomate session` does for a domain that does not exist.
   A program named "die-now" makes the session exit without replying,
@@ -50,8 +50,7 @@ def run(rid, req):
 
 def main():
     args = sys.argv[1:]
-    i = args.index('session')
-    domain = args[i + 1]
+    domain = args[-1]
     if domain == 'missing':
         reply({'message': "Domain '%s' does not exist" % domain, 'type': 'NotFoundError'})
         sys.exit(1)

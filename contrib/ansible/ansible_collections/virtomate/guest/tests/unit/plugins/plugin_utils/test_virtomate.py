@@ -7,8 +7,12 @@ or through scripts/test-ansible.sh.
 
 import os
 import shlex
+import socket
+import stat
 import sys
 import tempfile
+import threading
+import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -113,6 +117,136 @@ class SessionTest(unittest.TestCase):
             with self.assertRaises(vm.VirtomateError) as cm:
                 vm.fetch_file_chunked(self.s, os.path.join(d, 'missing'), back)
             self.assertFalse(cm.exception.unreachable)
+
+
+class PersistentSessionTest(unittest.TestCase):
+    """The session helper (session_mux.py) with the fake session."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = os.path.join(self.tmp.name, 'cp')
+        self.runners = []
+
+    def tearDown(self):
+        for r in self.runners:
+            r.close()
+        # Removing the sockets makes the helpers go.
+        self.tmp.cleanup()
+
+    def runner(self, domain='vm1', persist=30, start=True):
+        r = vm.PersistentSessionRunner(vm.Virtomate(path=FAKE, domain=domain, timeout=5), self.dir, persist,
+                                       start=start)
+        self.runners.append(r)
+        return r
+
+    def wait_gone(self, pid, seconds=5):
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def test_one_helper_and_session_across_connections(self):
+        self.assertFalse(self.runner(start=False).connected)
+        first = self.runner()
+        self.assertTrue(first.started)
+        self.assertEqual(first.run(['echo', 'a']).stdout, b'a\n')
+        first.close()
+        second = self.runner()
+        self.assertFalse(second.started)
+        self.assertEqual(second.helper_pid, first.helper_pid)
+        self.assertEqual(second.run(['echo', 'b']).stdout, b'b\n')
+        st = os.stat(self.dir)
+        self.assertEqual(stat.S_IMODE(st.st_mode), 0o700)
+        self.assertEqual(stat.S_IMODE(os.lstat(second.path).st_mode) & 0o077, 0)
+
+    def test_the_command_list_of_the_starter_goes_to_later_connections(self):
+        v = vm.Virtomate(path=FAKE, domain='vm1', timeout=5)
+        v._commands = {'session', 'guest-run'}
+        self.runners.append(vm.PersistentSessionRunner(v, self.dir, 30))
+        later = self.runner()
+        self.assertEqual(later.virtomate._commands, {'session', 'guest-run'})
+        self.assertTrue(later.virtomate.has_command('session'))
+
+    def test_other_domains_get_other_helpers(self):
+        a, b = self.runner('vm1'), self.runner('vm2')
+        self.assertNotEqual(a.path, b.path)
+        self.assertNotEqual(a.helper_pid, b.helper_pid)
+
+    def test_clients_with_the_same_ids_share_the_session(self):
+        clients = [self.runner() for _ in range(4)]
+        self.assertEqual(len({c.helper_pid for c in clients}), 1)
+        out = {}
+
+        def work(i, c):
+            # All send ids 1, 2, 3: the helper tells them apart.
+            out[i] = [c.run(['sh', '-c', 'sleep 0.%d; echo %d-%d' % (3 - i % 3, i, n)]).stdout for n in range(3)]
+
+        threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for i in range(4):
+            self.assertEqual(out[i], [b'%d-%d\n' % (i, n) for n in range(3)])
+
+    def test_idle_helper_exits_and_a_new_one_starts(self):
+        r = self.runner(persist=0.5)
+        pid = r.helper_pid
+        r.run(['true'])
+        r.close()
+        self.assertTrue(self.wait_gone(pid))
+        self.assertFalse(os.path.exists(r.path))
+        again = self.runner(persist=0.5)
+        self.assertTrue(again.started)
+        self.assertNotEqual(again.helper_pid, pid)
+
+    def test_a_connected_client_keeps_the_helper(self):
+        r = self.runner(persist=0.3)
+        time.sleep(1.2)
+        self.assertEqual(r.run(['echo', 'still']).stdout, b'still\n')
+
+    def test_stale_socket_is_replaced(self):
+        os.makedirs(self.dir, mode=0o700)
+        r = self.runner(start=False)
+        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        stale.bind(r.path)  # bound, never listening: connect is refused
+        stale.close()
+        fresh = self.runner()
+        self.assertTrue(fresh.started)
+        self.assertEqual(fresh.run(['echo', 'x']).stdout, b'x\n')
+
+    def test_unknown_domain_is_unreachable_and_leaves_no_helper(self):
+        r = self.runner('missing')
+        with self.assertRaises(vm.VirtomateError) as cm:
+            r.run(['true'])
+        self.assertEqual(cm.exception.error_type, 'NotFoundError')
+        self.assertTrue(cm.exception.unreachable)
+        self.assertIn("Domain 'missing' does not exist", str(cm.exception))
+        r.close()
+        self.assertTrue(self.wait_gone(r.helper_pid))
+        self.assertFalse(os.path.exists(r.path))
+
+    def test_session_that_dies_fails_its_requests_and_the_helper_goes(self):
+        r = self.runner()
+        with self.assertRaises(vm.VirtomateError) as cm:
+            r.run(['die-now'])
+        self.assertEqual(cm.exception.error_type, 'AgentDisconnected')
+        self.assertTrue(cm.exception.unreachable)
+        self.assertIn('the agent went away', str(cm.exception))
+        pid = r.helper_pid
+        r.close()
+        self.assertTrue(self.wait_gone(pid))
+        self.assertTrue(self.runner().started)
+
+    def test_removing_the_socket_stops_the_helper(self):
+        r = self.runner()
+        r.close()
+        vm.PersistentSessionRunner.stop_helper(r.virtomate, self.dir, 30)
+        self.assertTrue(self.wait_gone(r.helper_pid))
 
 
 class CappedRunner:
