@@ -4,11 +4,11 @@
 # agent, real VM, libvirtd, fake agent). Tests that need more than Rust are
 # #[ignore]d, so that a plain `cargo test` leaves them out; here
 # --include-ignored runs them too, and those of tests/ fail, not skip, when
-# what they need is missing. Last, scripts/package.sh builds the static
+# what they need is missing. Then scripts/package.sh builds the static
 # binary for minimal hosts and checks it in a chroot against the test VM
-# (a minute or two more: a cold release build with LTO).
-# what they need is missing. Then the Ansible connection plugin against two
-# Python test VMs and the busybox VM (scripts/test-ansible.sh).
+# (a minute or two more: a cold release build with LTO), and last the
+# Ansible connection plugin runs against two Python test VMs and the
+# busybox VM (scripts/test-ansible.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
