@@ -146,7 +146,8 @@ impl Error {
     }
 }
 
-/// For codecs, whose errors must come from I/O errors; see [`Error::from_io`].
+/// For codecs, whose errors must come from I/O errors: a peer that went away
+/// is [`Error::Disconnected`], whichever way the kernel reports it.
 impl From<io::Error> for Error {
     fn from(e: io::Error) -> Self {
         Error::from_io(e)

@@ -16,7 +16,7 @@ use tokio::time::{timeout_at, Instant};
 use crate::framing::DEFAULT_MAX_REPLY_LEN;
 use crate::{Direction, Error, Phase, Trace};
 
-/// Time limits and bounds of a [`QgaClient`].
+/// Time limits and bounds of a [`QgaClient`](crate::QgaClient) (and of the QMP and libvirt clients).
 ///
 /// ```
 /// use std::time::Duration;
