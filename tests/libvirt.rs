@@ -236,6 +236,24 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
     let processes = listing["stdout"].as_str().unwrap();
     assert!(!processes.contains("sleep 6077"), "left running: {processes}");
 
+    // --follow through libvirtd: the output read as it grows, within
+    // libvirt's size limits per read, every line in order, nothing left.
+    let guest_tmp = || run(&["guest-run", &one, "--", "ls", "-a", "/tmp"], None).json()["stdout"].clone();
+    let before = guest_tmp();
+    let out = run(
+        &["guest-run", "--follow", &one, "--", "sh", "-c", "seq 1 20000"],
+        None,
+    );
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    let mut lines = 0;
+    for (expected, line) in (1..).zip(out.stdout.lines()) {
+        assert_eq!(line, expected.to_string(), "line {expected}");
+        lines += 1;
+    }
+    assert_eq!(lines, 20000);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    assert_eq!(guest_tmp(), before, "--follow left its directory in the guest");
+
     // Runs through libvirtd go on side by side too (each agent command is
     // a libvirt call of its own), and a session works through it.
     let marks = "/tmp/marks-libvirt";

@@ -285,3 +285,53 @@ fn a_session_takes_guest_runs_options_env_max_time_and_merge_output() {
     // Without max_time, a result has no timed_out key: guest-run's shape.
     assert!(by_id("env").get("timed_out").is_none());
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_followed_run_streams_its_output_as_chunks_before_its_result_beside_another_run() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let (replies, status) = session(
+        socket.to_str().unwrap(),
+        &[
+            concat!(
+                r#"{"id": "f", "run": ["sh", "-c", "echo one; sleep 2; echo two >&2; echo three"], "#,
+                r#""follow": true}"#
+            ),
+            r#"{"id": "other", "run": ["sh", "-c", "sleep 1; echo other"]}"#,
+        ],
+    );
+    assert_eq!(status, 0, "{replies:?}");
+    let position = |wanted: &dyn Fn(&Value) -> bool| replies.iter().position(wanted).unwrap();
+    let f_result = position(&|r| r["id"] == "f" && r.get("result").is_some());
+    let other_result = position(&|r| r["id"] == "other" && r.get("result").is_some());
+    let first_chunk = position(&|r| r["id"] == "f" && r.get("stdout").is_some());
+    assert!(
+        first_chunk < other_result && other_result < f_result,
+        "{replies:?}"
+    );
+    assert_eq!(replies[other_result]["result"], result("other\n"));
+    let stream = |key: &str| -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for reply in &replies[..f_result] {
+            if reply["id"] == "f" {
+                if let Some(chunk) = reply.get(key) {
+                    use base64::Engine;
+                    let chunk = base64::engine::general_purpose::STANDARD.decode(chunk.as_str().unwrap());
+                    bytes.extend(chunk.unwrap());
+                }
+            }
+        }
+        bytes
+    };
+    assert_eq!(stream("stdout"), b"one\nthree\n", "{replies:?}");
+    assert_eq!(stream("stderr"), b"two\n", "{replies:?}");
+    assert!(
+        replies[f_result + 1..].iter().all(|r| r["id"] != "f"),
+        "{replies:?}"
+    );
+    // Streamed, so not in the result.
+    let mut expected = result("");
+    expected["stdout"] = Value::Null;
+    assert_eq!(replies[f_result]["result"], expected);
+}

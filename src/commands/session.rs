@@ -5,9 +5,12 @@
 use std::io::{BufRead, Write};
 use std::time::Duration;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
+use virtomate_protocol::follow::{FollowError, Stream, DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
 use virtomate_protocol::session::{Failure, Outcome, Reply, Request, Session, SessionOptions, Stage};
 use virtomate_protocol::MAX_REQUEST_LEN;
 
@@ -15,7 +18,7 @@ use super::agent_errors::AgentErrors;
 use super::guest_run::RunResult;
 use super::signals::Signals;
 use super::{Answer, Context, DomainAgent};
-use crate::error::{CliError, ErrorJson, Interruption};
+use crate::error::{CliError, ErrorJson, ErrorKind, Interruption};
 use crate::output;
 
 /// The longest request line: one agent request (a program's input in
@@ -35,6 +38,10 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         connector,
         SessionOptions {
             idle,
+            follow_read_count: match errors.through_libvirtd {
+                true => LIBVIRT_READ_COUNT,
+                false => DIRECT_READ_COUNT,
+            },
             ..SessionOptions::default()
         },
     );
@@ -139,7 +146,27 @@ fn print_reply(reply: Reply, errors: &AgentErrors) {
             Err(error) => Line::error(reply.id, &error),
         },
         Ok(Outcome::Pong) => Line::result(reply.id, Answered::Pong {}),
+        Ok(Outcome::Chunk { stream, bytes }) => {
+            let bytes = Some(STANDARD.encode(bytes));
+            let (stdout, stderr) = match stream {
+                Stream::Stdout => (bytes, None),
+                _ => (None, bytes),
+            };
+            let mut out = std::io::stdout().lock();
+            let chunk = ChunkLine {
+                id: reply.id,
+                stderr,
+                stdout,
+            };
+            let _ = output::write_json(&mut out, &chunk, false).and_then(|()| out.flush());
+            return;
+        }
         Ok(_) => return,
+        Err(Failure {
+            stage,
+            output: Some(output),
+            ..
+        }) => Line::error(reply.id, &output_error(output, stage)),
         Err(Failure { stage, error, .. }) => {
             let error = match stage {
                 Stage::Starting => errors.error_while_starting(error),
@@ -150,6 +177,30 @@ fn print_reply(reply: Reply, errors: &AgentErrors) {
         }
     };
     print(&line);
+}
+
+/// Following a program's output failed on the guest's side.
+fn output_error(error: FollowError, stage: Stage) -> CliError {
+    match (error, stage) {
+        (error @ FollowError::Unsupported { .. }, _) => {
+            CliError::new(ErrorKind::AgentCommand, format!("{error}; nothing was started"))
+        }
+        (error, Stage::Running { pid }) => CliError::new(ErrorKind::GuestOutput, error.to_string())
+            .with_hint(format!("the program ran in the guest as pid {pid}")),
+        (error, _) => CliError::new(ErrorKind::GuestOutput, format!("{error}; nothing was started"))
+            .with_hint("\"follow\" needs /bin/sh and a writable $TMPDIR or /tmp in the guest"),
+    }
+}
+
+/// A chunk of a followed program's output: `{"id", "stdout"}` or
+/// `{"id", "stderr"}`, the bytes in Base64.
+#[derive(Serialize)]
+struct ChunkLine {
+    id: Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stderr: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stdout: Option<String>,
 }
 
 /// One reply line: `{"id", "result"}` or `{"error", "id"}`, keys sorted as

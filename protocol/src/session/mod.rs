@@ -42,6 +42,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 pub use request::{Action, BadRequest, Request, RunRequest};
 
+use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
 use crate::qga::{
     environment, CaptureOutput, GuestExec, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing,
 };
@@ -63,6 +64,11 @@ pub struct SessionOptions {
     pub schedule: PollSchedule,
     /// A program younger than this keeps the connection too.
     pub hold: HoldPolicy,
+    /// The most bytes one read of a followed program's output asks for:
+    /// [`DIRECT_READ_COUNT`], or
+    /// [`LIBVIRT_READ_COUNT`](crate::follow::LIBVIRT_READ_COUNT) through
+    /// libvirtd.
+    pub follow_read_count: u64,
 }
 
 impl Default for SessionOptions {
@@ -74,6 +80,7 @@ impl Default for SessionOptions {
             idle: Duration::from_secs(1),
             schedule: PollSchedule::default(),
             hold: HoldPolicy::default(),
+            follow_read_count: DIRECT_READ_COUNT,
         }
     }
 }
@@ -128,6 +135,15 @@ pub enum Outcome {
     },
     /// The agent answered a ping.
     Pong,
+    /// Output of a program run with `follow`, as it was written; many may
+    /// come before its end ([`Outcome::Exited`], whose status then has no
+    /// output).
+    Chunk {
+        /// The stream it is from.
+        stream: Stream,
+        /// The bytes, in order after the last chunk of the same stream.
+        bytes: Vec<u8>,
+    },
 }
 
 /// A request that failed, and how far it had come.
@@ -148,6 +164,11 @@ pub struct Failure {
     pub stage: Stage,
     /// What went wrong.
     pub error: Error,
+    /// Set when following a program's output failed on the guest's side
+    /// rather than the agent's (no `/bin/sh` or writable temporary
+    /// directory, the directory removed or full): the error to show, which
+    /// `error` restates as [`Error::Io`].
+    pub output: Option<FollowError>,
 }
 
 /// How far a request had come when it failed or was interrupted.
@@ -203,6 +224,31 @@ struct Running {
     stop_at: Option<Instant>,
     grace: Duration,
     group: bool,
+    /// Its output, when followed.
+    follow: Option<Following>,
+}
+
+/// A followed program's output files and since when nothing new came.
+#[derive(Debug)]
+struct Following {
+    follow: Follow,
+    quiet_since: Instant,
+}
+
+/// Why a request failed: the agent's error, whether the agent was
+/// connected, and the output's own error when following failed.
+type Failed = (Error, bool, Option<FollowError>);
+
+/// A follow error as a [`Failed`].
+fn failed(error: FollowError) -> Failed {
+    match error {
+        FollowError::Agent(error) => (error, true, None),
+        other => (
+            Error::Io(std::io::Error::other(other.to_string())),
+            true,
+            Some(other),
+        ),
+    }
 }
 
 /// Requests served over one channel; see the [module](self) docs.
@@ -341,12 +387,12 @@ impl<C: Connector> Session<C> {
                 outcome: Ok(outcome),
             }),
             Ok(None) => {}
-            Err((error, connected)) => {
+            Err((error, connected, output)) => {
                 let stage = if connected { stage } else { Stage::Connecting };
                 let disconnected = matches!(error, Error::Disconnected);
                 reply(Reply {
                     id,
-                    outcome: Err(Failure { stage, error }),
+                    outcome: Err(Failure { stage, error, output }),
                 });
                 if disconnected {
                     self.fail_running(reply);
@@ -356,11 +402,15 @@ impl<C: Connector> Session<C> {
     }
 
     /// Connects if need be; the error says whether connecting failed.
-    async fn connect(&mut self) -> Result<(), (Error, bool)> {
-        self.channel.agent().await.map(|_| ()).map_err(|e| (e, false))
+    async fn connect(&mut self) -> Result<(), Failed> {
+        self.channel
+            .agent()
+            .await
+            .map(|_| ())
+            .map_err(|e| (e, false, None))
     }
 
-    async fn ping(&mut self, id: &Value) -> Result<Option<Outcome>, (Error, bool)> {
+    async fn ping(&mut self, id: &Value) -> Result<Option<Outcome>, Failed> {
         self.current = Some(InFlight {
             id: id.clone(),
             stage: Stage::Connecting,
@@ -371,11 +421,11 @@ impl<C: Connector> Session<C> {
             stage: Stage::Pinging,
         });
         let pong = self.channel.execute(&GuestPing {}).await;
-        pong.map(|_| Some(Outcome::Pong)).map_err(|e| (e, true))
+        pong.map(|_| Some(Outcome::Pong)).map_err(|e| (e, true, None))
     }
 
     /// Starts a program; its reply comes once it has ended.
-    async fn start(&mut self, id: &Value, run: RunRequest) -> Result<Option<Outcome>, (Error, bool)> {
+    async fn start(&mut self, id: &Value, run: RunRequest) -> Result<Option<Outcome>, Failed> {
         self.current = Some(InFlight {
             id: id.clone(),
             stage: Stage::Connecting,
@@ -392,12 +442,41 @@ impl<C: Connector> Session<C> {
             exec.capture_output = CaptureOutput::Merged;
             self.check_agent_for(exec.capture_output).await?;
         }
-        let (pid, group) = match run.max_time {
-            Some(_) => self.start_as_group_leader(exec).await?,
-            None => (
-                self.channel.guest_exec(&exec).await.map_err(|e| (e, true))?.pid,
-                false,
-            ),
+        let follow = match run.follow {
+            true => {
+                let options = FollowOptions {
+                    read_count: self.options.follow_read_count,
+                    ..FollowOptions::default()
+                };
+                Some(
+                    Follow::prepare(&mut self.channel, options)
+                        .await
+                        .map_err(failed)?,
+                )
+            }
+            false => None,
+        };
+        if let Some(follow) = &follow {
+            exec = follow.redirect(exec);
+        }
+        let started = match (run.max_time, follow.is_some()) {
+            // A followed program leads a group too: its output is read
+            // after a stop.
+            (Some(_), _) | (None, true) => self.start_as_group_leader(exec).await,
+            (None, false) => match self.channel.guest_exec(&exec).await {
+                Ok(started) => Ok((started.pid, false)),
+                Err(e) => Err((e, true, None)),
+            },
+        };
+        let (pid, group) = match started {
+            Ok(started) => started,
+            Err(error) => {
+                if let (Some(mut follow), Error::Agent { .. }) = (follow, &error.0) {
+                    // Nothing started: best effort, the error that matters is the start's.
+                    let _ = follow.clean_up(&mut self.channel).await;
+                }
+                return Err(error);
+            }
         };
         let now = Instant::now();
         self.running.push(Running {
@@ -409,13 +488,17 @@ impl<C: Connector> Session<C> {
             stop_at: run.max_time.map(|limit| now + limit),
             grace: run.grace,
             group,
+            follow: follow.map(|follow| Following {
+                follow,
+                quiet_since: now,
+            }),
         });
         Ok(None)
     }
 
     /// Refuses, before anything runs, a capture mode the agent is too old
     /// for.
-    async fn check_agent_for(&mut self, capture: CaptureOutput) -> Result<(), (Error, bool)> {
+    async fn check_agent_for(&mut self, capture: CaptureOutput) -> Result<(), Failed> {
         let Some(needs) = capture.needs_agent() else {
             return Ok(());
         };
@@ -423,7 +506,7 @@ impl<C: Connector> Session<C> {
             .channel
             .execute(&GuestInfo {})
             .await
-            .map_err(|e| (e, false))?;
+            .map_err(|e| (e, false, None))?;
         if info.is_at_least(needs.0, needs.1) {
             return Ok(());
         }
@@ -432,19 +515,23 @@ impl<C: Connector> Session<C> {
             needs,
             version: info.version,
         };
-        Err((too_old, false))
+        Err((too_old, false, None))
     }
 
     /// Starts the program through `setsid`, so that `max_time` stops what
     /// it starts too; a guest without `setsid` runs it alone.
-    async fn start_as_group_leader(&mut self, exec: GuestExec) -> Result<(i64, bool), (Error, bool)> {
+    async fn start_as_group_leader(&mut self, exec: GuestExec) -> Result<(i64, bool), Failed> {
         match self.channel.guest_exec(&exec.clone().as_group_leader()).await {
             Ok(started) => Ok((started.pid, true)),
             Err(Error::Agent { desc, .. }) if desc.contains("setsid") => {
-                let started = self.channel.guest_exec(&exec).await.map_err(|e| (e, true))?;
+                let started = self
+                    .channel
+                    .guest_exec(&exec)
+                    .await
+                    .map_err(|e| (e, true, None))?;
                 Ok((started.pid, false))
             }
-            Err(e) => Err((e, true)),
+            Err(e) => Err((e, true, None)),
         }
     }
 
@@ -457,23 +544,53 @@ impl<C: Connector> Session<C> {
         if self.running[index].stop_at.is_some_and(|at| Instant::now() >= at) {
             return self.stop(index, reply).await;
         }
+        if let Some(mut following) = self.running[index].follow.take() {
+            // One read of each stream: the other programs' polls wait no
+            // longer than that.
+            let id = self.running[index].id.clone();
+            let read = following
+                .follow
+                .read_new(&mut self.channel, &mut |stream, bytes| {
+                    reply(chunk(&id, stream, bytes));
+                    Ok(())
+                })
+                .await;
+            let run = &mut self.running[index];
+            match read {
+                Ok((_, true)) => {
+                    // More waits: read again before anything else is due.
+                    following.quiet_since = Instant::now();
+                    run.follow = Some(following);
+                    run.next_poll = Instant::now();
+                    return;
+                }
+                Ok((read, false)) => {
+                    if read > 0 {
+                        following.quiet_since = Instant::now();
+                    }
+                    run.follow = Some(following);
+                }
+                Err(error) => {
+                    let run = self.running.remove(index);
+                    return self.fail_following(run, following, error, reply);
+                }
+            }
+        }
         match self.channel.execute(&GuestExecStatus { pid }).await {
             Ok(status) if status.exited => {
                 let run = self.running.remove(index);
-                reply(Reply {
-                    id: run.id,
-                    outcome: Ok(Outcome::Exited {
-                        pid,
-                        status,
-                        encode: run.encode,
-                        timed_out: false,
-                    }),
-                });
+                self.finish(run, status, false, reply).await;
             }
             Ok(_) => {
                 let run = &mut self.running[index];
                 let now = Instant::now();
-                let next = now + self.options.schedule.pause_after(now.duration_since(run.started));
+                let next = match &run.follow {
+                    Some(following) => {
+                        let pause = FollowOptions::default().schedule;
+                        now + pause.pause_after(now.duration_since(following.quiet_since))
+                    }
+                    None => now + self.options.schedule.pause_after(now.duration_since(run.started)),
+                };
                 run.next_poll = run.stop_at.map_or(next, |at| next.min(at));
             }
             Err(Error::Disconnected) => self.fail_running(reply),
@@ -484,10 +601,80 @@ impl<C: Connector> Session<C> {
                     outcome: Err(Failure {
                         stage: Stage::Running { pid },
                         error,
+                        output: None,
                     }),
                 });
             }
         }
+    }
+
+    /// Replies with the end of `run`: for a followed program, after the
+    /// rest of its output and the removal of its files.
+    async fn finish(
+        &mut self,
+        mut run: Running,
+        mut status: GuestExecStatusReply,
+        timed_out: bool,
+        reply: &mut impl FnMut(Reply),
+    ) {
+        if let Some(mut following) = run.follow.take() {
+            let id = run.id.clone();
+            let mut sink = |stream, bytes: &[u8]| {
+                reply(chunk(&id, stream, bytes));
+                Ok(())
+            };
+            let drained = following.follow.drain(&mut self.channel, &mut sink).await;
+            let ended = match drained {
+                Ok(()) => following.follow.clean_up(&mut self.channel).await,
+                Err(error) => Err(error),
+            };
+            if let Err(error) = ended {
+                return self.fail_following(run, following, error, reply);
+            }
+            // Streamed already; what the agent captured is only what the
+            // shell said before the redirection.
+            status.out_data = None;
+            status.err_data = None;
+            status.out_truncated = false;
+            status.err_truncated = false;
+        }
+        reply(Reply {
+            id: run.id,
+            outcome: Ok(Outcome::Exited {
+                pid: run.pid,
+                status,
+                encode: run.encode,
+                timed_out,
+            }),
+        });
+    }
+
+    /// Following `run`'s output failed: its files may stay in the guest.
+    fn fail_following(
+        &mut self,
+        run: Running,
+        following: Following,
+        error: FollowError,
+        reply: &mut impl FnMut(Reply),
+    ) {
+        let (error, _, output) = failed(error);
+        if matches!(error, Error::Disconnected) {
+            self.running.push(run);
+            return self.fail_running(reply);
+        }
+        tracing::info!(
+            pid = run.pid,
+            dir = following.follow.dir(),
+            "following the output failed"
+        );
+        reply(Reply {
+            id: run.id,
+            outcome: Err(Failure {
+                stage: Stage::Running { pid: run.pid },
+                error,
+                output,
+            }),
+        });
     }
 
     /// Stops the program at `index`, whose `max_time` passed, and replies
@@ -499,19 +686,20 @@ impl<C: Connector> Session<C> {
             Ok(agent) => stop_group(agent, run.pid, run.grace, run.group).await,
             Err(e) => Err(e),
         };
-        let outcome = match stopped {
-            Ok(stopped) => Ok(Outcome::Exited {
-                pid: run.pid,
-                status: stopped.finished.status,
-                encode: run.encode,
-                timed_out: stopped.asked,
+        match stopped {
+            Ok(stopped) => {
+                self.finish(run, stopped.finished.status, stopped.asked, reply)
+                    .await
+            }
+            Err(error) => reply(Reply {
+                id: run.id,
+                outcome: Err(Failure {
+                    stage: Stage::Running { pid: run.pid },
+                    error,
+                    output: None,
+                }),
             }),
-            Err(error) => Err(Failure {
-                stage: Stage::Running { pid: run.pid },
-                error,
-            }),
-        };
-        reply(Reply { id: run.id, outcome });
+        }
     }
 
     /// The connection dropped: the agent that answers next may not know
@@ -523,8 +711,20 @@ impl<C: Connector> Session<C> {
                 outcome: Err(Failure {
                     stage: Stage::Running { pid: run.pid },
                     error: Error::Disconnected,
+                    output: None,
                 }),
             });
         }
+    }
+}
+
+/// A reply with a chunk of `id`'s output.
+fn chunk(id: &Value, stream: Stream, bytes: &[u8]) -> Reply {
+    Reply {
+        id: id.clone(),
+        outcome: Ok(Outcome::Chunk {
+            stream,
+            bytes: bytes.to_vec(),
+        }),
     }
 }

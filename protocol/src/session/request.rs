@@ -81,6 +81,10 @@ pub struct RunRequest {
     /// Standard output and standard error as one stream
     /// (`"merge_output": true`; qemu-ga 8.1 or newer).
     pub merge_output: bool,
+    /// Stream the output as reply lines while the program runs
+    /// (`"follow": true`), as `guest-run --follow` does; the result then
+    /// has no output of its own. Not with `merge_output`.
+    pub follow: bool,
 }
 
 /// The time between SIGTERM and SIGKILL when a request does not say.
@@ -104,6 +108,7 @@ impl RunRequest {
             max_time: None,
             grace: DEFAULT_GRACE,
             merge_output: false,
+            follow: false,
         }
     }
 
@@ -262,7 +267,7 @@ fn parse_run(object: &mut Map<String, Value>) -> Result<RunRequest, String> {
             .map_err(|()| "\"env\" must be an object of strings, its keys without '='".to_owned())?,
         Some(_) => return Err("\"env\" must be an object of strings, its keys without '='".to_owned()),
     };
-    Ok(RunRequest {
+    let run = RunRequest {
         program,
         args: command.collect(),
         stdin,
@@ -272,7 +277,14 @@ fn parse_run(object: &mut Map<String, Value>) -> Result<RunRequest, String> {
         max_time: seconds(object, "max_time")?,
         grace: seconds(object, "grace")?.unwrap_or(DEFAULT_GRACE),
         merge_output: flag(object, "merge_output")?,
-    })
+        follow: flag(object, "follow")?,
+    };
+    if run.follow && run.merge_output {
+        return Err(
+            "\"follow\" streams stdout and stderr apart: it cannot go with \"merge_output\"".to_owned(),
+        );
+    }
+    Ok(run)
 }
 
 #[cfg(test)]
@@ -330,6 +342,30 @@ mod tests {
         ] {
             assert_eq!(message(bad).1, says, "{bad}");
         }
+    }
+
+    #[test]
+    fn follow_is_a_flag_of_a_run_request_apart_from_merge_output() {
+        let line = br#"{"id": 1, "run": ["make"], "follow": true, "max_time": 60}"#;
+        let Action::Run(run) = Request::parse(line).unwrap().action else {
+            panic!("a run")
+        };
+        assert!(run.follow && !run.merge_output);
+        let Action::Run(run) = Request::parse(br#"{"run": ["ls"]}"#).unwrap().action else {
+            panic!("a run")
+        };
+        assert!(!run.follow);
+        assert_eq!(
+            message(r#"{"run": ["a"], "follow": "yes"}"#).1,
+            "\"follow\" must be true or false"
+        );
+        assert!(message(r#"{"run": ["a"], "follow": true, "merge_output": true}"#)
+            .1
+            .contains("cannot go with \"merge_output\""));
+        assert_eq!(
+            message(r#"{"ping": {}, "follow": true}"#).1,
+            "unknown key \"follow\" in a ping request"
+        );
     }
 
     #[test]
