@@ -8,6 +8,10 @@
 //! VM is built). Sizes in MiB: `BENCH_COPY_HOST_MIB` (default 64) and
 //! `BENCH_COPY_VM_MIB` (16) for the ratios, best of `BENCH_COPY_RUNS` (3), `BENCH_COPY_VM_BIG_MIB` (100)
 //! and `BENCH_COPY_HOST_BIG_MIB` (1024) for the big copies.
+//!
+//! Then `--compress` against a plain copy of a log-like text file on the
+//! test VM, in and out (`BENCH_COPY_LOG_MIB`, 16); `BENCH_COPY_ONLY=compress`
+//! runs that comparison alone.
 
 #[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
@@ -39,8 +43,12 @@ fn main() {
         .build()
         .unwrap();
     let vm = TestVm::boot_with("bench-copy", &[("VM_MEMORY", "512")]);
-    let host = HostAgent::start();
     let work = tempfile::tempdir().unwrap();
+    if std::env::var("BENCH_COPY_ONLY").as_deref() == Ok("compress") {
+        compress_comparison(&vm.socket(), work.path());
+        return;
+    }
+    let host = HostAgent::start();
 
     println!(
         "virtomate copy against the in-process floor, {} KiB chunks (MB/s)",
@@ -95,6 +103,9 @@ fn main() {
     println!("ratio: cli throughput / floor throughput (goal: at least 0.9)");
 
     println!();
+    compress_comparison(&vm.socket(), work.path());
+
+    println!();
     println!("big copies, whole process, SHA-256 compared on both sides (--verify)");
     let big = |label: &str, socket: &Path, inside: &str, size: usize| {
         let local = work.path().join("big");
@@ -138,6 +149,68 @@ fn main() {
         &inside,
         mib("BENCH_COPY_HOST_BIG_MIB", 1024) * MIB,
     );
+}
+
+/// `virtomate copy` with and without `--compress`, in and out of the VM,
+/// of a log-like file: best of `BENCH_COPY_RUNS`.
+fn compress_comparison(socket: &Path, work: &Path) {
+    let size = mib("BENCH_COPY_LOG_MIB", 16) * MIB;
+    let data = log_lines(size);
+    let local = work.join("app.log");
+    std::fs::write(&local, &data).unwrap();
+    let packed = {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(&data).unwrap();
+        encoder.finish().unwrap().len()
+    };
+    let guest = format!("{}:/tmp/app.log", socket.display());
+    let back = work.join("app-back.log");
+    let (local, back) = (local.to_str().unwrap(), back.to_str().unwrap());
+    let runs = mib("BENCH_COPY_RUNS", 3);
+    let (mut plain_in, mut packed_in, mut plain_out, mut packed_out) =
+        (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    for _ in 0..runs {
+        plain_in = plain_in.min(time_cli(&["copy", local, &guest]));
+        packed_in = packed_in.min(time_cli(&["copy", "--compress", local, &guest]));
+        plain_out = plain_out.min(time_cli(&["copy", &guest, back]));
+        packed_out = packed_out.min(time_cli(&["copy", "--compress", &guest, back]));
+    }
+    assert!(
+        std::fs::read(back).unwrap() == data,
+        "the compressed copy back differs"
+    );
+    println!(
+        "--compress, test VM, {} MiB of log lines (gzip: {:.1}x smaller), seconds (best of {runs})",
+        size / MIB,
+        size as f64 / packed as f64
+    );
+    println!("{:<5} {:>9} {:>11} {:>8}", "", "plain", "--compress", "speedup");
+    for (label, plain, packed) in [("in", plain_in, packed_in), ("out", plain_out, packed_out)] {
+        println!("{label:<5} {plain:>9.2} {packed:>11.2} {:>7.1}x", plain / packed);
+    }
+    println!("speedup: plain time / --compress time (goal: at least 3)");
+}
+
+/// Log lines: a few shapes, counters changing, as gzip likes them.
+fn log_lines(len: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(len + 128);
+    let mut line = 0u64;
+    while data.len() < len {
+        let level = ["INFO", "WARN", "DEBUG"][(line % 3) as usize];
+        writeln!(
+            data,
+            "2026-12-02T00:{:02}:{:02}.{:03}Z {level} worker[{}] request {line} served in {} ms",
+            line / 60000 % 60,
+            line / 1000 % 60,
+            line % 1000,
+            line % 7,
+            line * 37 % 500
+        )
+        .unwrap();
+        line += 1;
+    }
+    data.truncate(len);
+    data
 }
 
 /// Bytes gzip cannot shrink, as a worst case for the agent's parser.

@@ -159,6 +159,11 @@ pub struct CopyArgs {
     #[arg(long)]
     pub verify: bool,
 
+    /// Move the data gzipped (the guest needs gzip): pays for text and logs
+    /// on a slow channel, not for data already compressed
+    #[arg(long)]
+    pub compress: bool,
+
     /// Show a progress bar on stderr even when it is not a terminal
     #[arg(long, overrides_with = "no_progress")]
     pub progress: bool,

@@ -529,6 +529,121 @@ fn a_read_reply_longer_than_asked_is_a_protocol_error_and_the_handle_is_closed()
     );
 }
 
+/// Log lines, as gzip likes them: a few distinct shapes, counters changing.
+fn log_lines(len: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(len + 128);
+    let mut line = 0u64;
+    while data.len() < len {
+        let level = ["INFO", "WARN", "DEBUG"][(line % 3) as usize];
+        writeln!(
+            data,
+            "2026-12-02T00:{:02}:{:02}.{:03}Z {level} worker[{}] request {line} served in {} ms",
+            line / 60000 % 60,
+            line / 1000 % 60,
+            line % 1000,
+            line % 7,
+            line * 37 % 500
+        )
+        .unwrap();
+        line += 1;
+    }
+    data.truncate(len);
+    data
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn compress_moves_a_compressible_file_both_ways_byte_identical() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("app.log");
+    let data = log_lines(5 * MIB + 11);
+    std::fs::write(&source, &data).unwrap();
+    std::fs::set_permissions(&source, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let inside = dir.path().join("in-guest.log");
+    let out = copy(&[
+        "--compress",
+        "--verify",
+        "--chunk-size",
+        "64K",
+        source.to_str().unwrap(),
+        &guest(&agent.socket(), &inside),
+    ]);
+    assert_eq!(out.json()["sha256"], sha256_hex(&data), "{out:?}");
+    assert_eq!(out.json()["bytes"], data.len(), "{out:?}");
+    assert!(std::fs::read(&inside).unwrap() == data);
+    assert_eq!(mode(&inside), 0o640, "the local file's mode is kept");
+    assert!(temporaries(dir.path()).is_empty());
+
+    let back = dir.path().join("back.log");
+    let out = copy(&[
+        "--compress",
+        "--verify",
+        &guest(&agent.socket(), &inside),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(out.json()["sha256"], sha256_hex(&data), "{out:?}");
+    assert_eq!(out.json()["bytes"], data.len(), "{out:?}");
+    assert!(std::fs::read(&back).unwrap() == data);
+    assert!(temporaries(dir.path()).is_empty());
+
+    // Incompressible data and an empty file come through too.
+    let noisy = noise(MIB + 5, 9);
+    let out = run(
+        &[
+            "copy",
+            "--compress",
+            "--verify",
+            "-",
+            &guest(&agent.socket(), &inside),
+        ],
+        Some(&noisy),
+    );
+    assert_eq!(out.json()["sha256"], sha256_hex(&noisy), "{out:?}");
+    let out = run(
+        &["copy", "--compress", "-", &guest(&agent.socket(), &inside)],
+        Some(b""),
+    );
+    assert_eq!(out.json()["bytes"], 0, "{out:?}");
+    let out = copy(&["--compress", &guest(&agent.socket(), &inside), "-"]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}
+
+/// `--compress` on a guest that cannot run gzip: said plainly, before
+/// anything is written.
+#[test]
+fn compress_without_gzip_in_the_guest_says_so_and_writes_nothing() {
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        conn.answer("guest-exec", json!({"pid": 1}));
+        conn.answer("guest-exec-status", json!({"exited": true, "exitcode": 1})); // test -d
+        let probe = conn.request();
+        assert_eq!(probe["arguments"]["path"], "gzip", "{probe}");
+        conn.reply(&json!({"error": {"class": "GenericError", "desc": concat!(
+            "Guest agent command failed, error was 'Failed to execute child process ",
+            "“gzip” (No such file or directory)'"
+        )}, "id": probe["id"]}));
+        conn.wait_for_close();
+    });
+    let out = run(
+        &[
+            "copy",
+            "--compress",
+            "-",
+            &format!("{}:/dest", agent.socket().display()),
+        ],
+        Some(b"hi"),
+    );
+    let message = out.error("AgentCommandError");
+    assert!(message.contains("the guest cannot run gzip"), "{message}");
+    assert!(
+        message.contains("“gzip” (No such file or directory)"),
+        "{message}"
+    );
+    assert!(message.contains("without --compress"), "{message}");
+}
+
 /// A guest without `sha256sum` cannot verify: said plainly, and the file
 /// is not put in place.
 #[test]
@@ -600,6 +715,32 @@ fn a_file_goes_in_and_out_of_the_vm_verified_and_a_full_disk_leaves_nothing() {
     ]);
     assert_eq!(out.json()["sha256"], sha256_hex(&data), "{out:?}");
     assert!(std::fs::read(&back).unwrap() == data);
+
+    // Compressed, both ways.
+    let log = log_lines(3 * MIB + 1);
+    std::fs::write(&source, &log).unwrap();
+    let out = copy(&[
+        "--compress",
+        "--verify",
+        source.to_str().unwrap(),
+        &format!("{}:/tmp/log", socket.display()),
+    ]);
+    assert_eq!(out.json()["sha256"], sha256_hex(&log), "{out:?}");
+    let out = copy(&[
+        "--compress",
+        "--verify",
+        &format!("{}:/tmp/log", socket.display()),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(out.json()["sha256"], sha256_hex(&log), "{out:?}");
+    assert!(std::fs::read(&back).unwrap() == log);
+    let out = guest_run(&socket, &["sh", "-c", "ls -A /tmp | grep -c virtomate"]);
+    assert_eq!(
+        out.json()["stdout"],
+        "0\n",
+        "no private directory is left: {out:?}"
+    );
+    std::fs::write(&source, &data).unwrap();
 
     // A 1 MiB tmpfs, and 2 MiB to copy into it.
     let out = guest_run(

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use serde_json::Value;
+use sha2::Digest;
 
 use crate::support::spec_examples::check_examples;
 use crate::support::{self, run, step};
@@ -253,6 +254,46 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
     assert_eq!(lines, 20000);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
     assert_eq!(guest_tmp(), before, "--follow left its directory in the guest");
+
+    // copy through libvirtd: chunks within its limits, in and out, verified.
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    let data: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&source, &data).unwrap();
+    let sum: String = sha2::Sha256::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let inside = format!("{one}:/tmp/copied");
+    let out = run(&["copy", "--verify", source.to_str().unwrap(), &inside], None);
+    assert_eq!(out.json()["sha256"], sum, "{out:?}");
+    let back = work.path().join("back");
+    let out = run(&["copy", "--verify", &inside, back.to_str().unwrap()], None);
+    assert_eq!(out.json()["sha256"], sum, "{out:?}");
+    assert!(std::fs::read(&back).unwrap() == data, "the copy back differs");
+    // And gzipped, both ways.
+    let out = run(
+        &[
+            "copy",
+            "--compress",
+            "--verify",
+            source.to_str().unwrap(),
+            &inside,
+        ],
+        None,
+    );
+    assert_eq!(out.json()["sha256"], sum, "{out:?}");
+    let out = run(
+        &["copy", "--compress", "--verify", &inside, back.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(out.json()["sha256"], sum, "{out:?}");
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "the compressed copy back differs"
+    );
 
     // Runs through libvirtd go on side by side too (each agent command is
     // a libvirt call of its own), and a session works through it.

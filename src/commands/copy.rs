@@ -16,6 +16,7 @@ pub async fn run(args: CopyArgs, context: &Context) -> Result<Answer, CliError> 
         chunk_size: args.chunk_size,
         mode: args.mode,
         verify: args.verify,
+        compress: args.compress,
         progress: match (args.progress, args.no_progress) {
             (true, _) => Show::Always,
             (_, true) => Show::Never,

@@ -9,6 +9,7 @@
 //! - `guest`: the guest's files and the programs run there.
 //! - `local`: the host's file, read, or written under a temporary name.
 //! - `progress`: the bar on stderr.
+//! - `compress`: `--compress`, gzip on the host and in the guest.
 //!
 //! # Writing into the guest
 //!
@@ -33,6 +34,7 @@
 //! never touched before the rename. What could not be cleaned up is said.
 
 pub mod chunks;
+mod compress;
 mod guest;
 mod local;
 pub mod location;
@@ -64,6 +66,8 @@ pub struct Options {
     pub mode: Option<u32>,
     /// Compare SHA-256 sums, not just sizes.
     pub verify: bool,
+    /// gzip on the host, `gzip` in the guest (see [`compress`]).
+    pub compress: bool,
     pub progress: Show,
 }
 
@@ -120,22 +124,13 @@ impl<'a> Copy<'a> {
         path: &str,
         options: &Options,
     ) -> Result<Summary, CliError> {
+        if options.compress {
+            return self.push_compressed(source, path, options).await;
+        }
         let started = Instant::now();
         let target = self.guest_target(path, source.name.as_deref()).await?;
         let mode = options.mode.or(source.mode).unwrap_or(STDIN_MODE);
-        let parent = guest_parent(&target).to_owned();
-        let dir = format!("{}/.virtomate-{}", parent.trim_end_matches('/'), random_name()?);
-        let made = guest::run(
-            self.agent,
-            "mkdir",
-            &["-m", "700", &dir],
-            "to make a private directory beside the destination",
-        )
-        .await?;
-        if !made.ok() {
-            return Err(mkdir_failure(&parent, &made));
-        }
-        self.left.guest_dir = Some(dir.clone());
+        let dir = self.private_dir(guest_parent(&target)).await?;
         let temp = format!("{dir}/data");
         let handle = guest::open(self.agent, &temp, "w").await?;
         self.left.handle = Some(handle);
@@ -186,14 +181,50 @@ impl<'a> Copy<'a> {
         if size != sent {
             return Err(size_mismatch(&temp, size, sent));
         }
+        let sha256 = self.put_in_place(hasher, &temp, &target, &dir).await?;
+        progress.finish();
+        Ok(Summary {
+            bytes: sent,
+            seconds: started.elapsed().as_secs_f64(),
+            sha256,
+        })
+    }
+
+    /// Makes `PARENT/.virtomate-RANDOM`, mode 0700, and keeps it for the
+    /// clean-up.
+    async fn private_dir(&mut self, parent: &str) -> Result<String, CliError> {
+        let dir = format!("{}/.virtomate-{}", parent.trim_end_matches('/'), random_name()?);
+        let made = guest::run(
+            self.agent,
+            "mkdir",
+            &["-m", "700", &dir],
+            "to make a private directory beside the destination",
+        )
+        .await?;
+        if !made.ok() {
+            return Err(mkdir_failure(parent, &made));
+        }
+        self.left.guest_dir = Some(dir.clone());
+        Ok(dir)
+    }
+
+    /// The complete `temp` in the guest: its sum checked (with `hasher`),
+    /// renamed to `target`, `dir` removed. The sum, when checked.
+    async fn put_in_place(
+        &mut self,
+        hasher: Option<Sha256>,
+        temp: &str,
+        target: &str,
+        dir: &str,
+    ) -> Result<Option<String>, CliError> {
         let sha256 = match hasher {
-            Some(hasher) => Some(self.check_sha256(&temp, hex(&hasher.finalize())).await?),
+            Some(hasher) => Some(self.check_sha256(temp, hex(&hasher.finalize())).await?),
             None => None,
         };
         let moved = guest::run(
             self.agent,
             "mv",
-            &["-f", "-T", &temp, &target],
+            &["-f", "-T", temp, target],
             "to rename the complete file into place",
         )
         .await?;
@@ -202,17 +233,12 @@ impl<'a> Copy<'a> {
         }
         self.left.guest_temp = None;
         // The file is in place: an empty directory is all that is left.
-        match guest::run(self.agent, "rmdir", &[&dir], "to remove its temporary directory").await {
+        match guest::run(self.agent, "rmdir", &[dir], "to remove its temporary directory").await {
             Ok(ran) if ran.ok() => self.left.guest_dir = None,
             Ok(ran) => tracing::warn!("{}; {dir} is left in the guest", ran.failure("rmdir")),
             Err(error) => tracing::warn!("{error}; {dir} is left in the guest"),
         }
-        progress.finish();
-        Ok(Summary {
-            bytes: sent,
-            seconds: started.elapsed().as_secs_f64(),
-            sha256,
-        })
+        Ok(sha256)
     }
 
     /// The guest file to write: `path`, or `path/NAME` when `path` ends
@@ -245,6 +271,9 @@ impl<'a> Copy<'a> {
 
     /// Copies the guest file `path` to `target`.
     pub async fn pull(&mut self, path: &str, target: Target, options: &Options) -> Result<Summary, CliError> {
+        if options.compress {
+            return self.pull_compressed(path, target, options).await;
+        }
         let started = Instant::now();
         let handle = guest::open(self.agent, path, "r").await?;
         self.left.handle = Some(handle);
