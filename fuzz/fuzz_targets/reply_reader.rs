@@ -60,10 +60,15 @@ enum Event {
     Line(Vec<u8>),
     TooLong,
     Disconnected,
+    /// The stream opened with QEMU's QMP greeting: no agent at all.
+    QmpGreeting,
 }
 
 /// What the reader should return for `stream`, by the documented rules.
 fn model(stream: &[u8], bound: usize) -> Vec<Event> {
+    if stream.starts_with(b"{\"QMP\":") {
+        return vec![Event::QmpGreeting];
+    }
     let Some(start) = stream.iter().position(|&b| b == SENTINEL) else {
         return vec![Event::Disconnected];
     };
@@ -97,6 +102,7 @@ async fn run(stream: Chunked<'_>, bound: usize) -> Vec<Event> {
     match reader.skip_past_sentinel().await {
         Ok(()) => {}
         Err(Error::Disconnected) => return vec![Event::Disconnected],
+        Err(Error::NotAnAgent { .. }) => return vec![Event::QmpGreeting],
         Err(e) => panic!("skip_past_sentinel: unexpected error {e:?}"),
     }
     loop {

@@ -148,6 +148,9 @@ proptest! {
         lines in vec(any_line(), 0..6),
         sizes in read_sizes(),
     ) {
+        // A stream that opens with QEMU's QMP greeting is no agent's (a
+        // case of its own, tested in framing.rs): not this property.
+        prop_assume!(!prefix.starts_with(b"{\"QMP\":"));
         // The lines after the sentinel may hold 0xFF bytes themselves.
         let mut bytes = prefix.clone();
         bytes.push(SENTINEL);
