@@ -45,7 +45,7 @@ pub use request::{Action, BadRequest, Request, RunRequest};
 use crate::qga::{
     environment, CaptureOutput, GuestExec, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing,
 };
-use crate::{stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule};
+use crate::{stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule, StopScope};
 
 /// How a session paces itself.
 ///
@@ -198,11 +198,9 @@ struct Running {
     encode: bool,
     started: Instant,
     next_poll: Instant,
-    /// When to stop it (`max_time`), how long to give it after SIGTERM,
-    /// and whether it leads a group of its own.
+    /// When to stop it (`max_time`) and how long to give it after SIGTERM.
     stop_at: Option<Instant>,
     grace: Duration,
-    group: bool,
 }
 
 /// Requests served over one channel; see the [module](self) docs.
@@ -392,13 +390,8 @@ impl<C: Connector> Session<C> {
             exec.capture_output = CaptureOutput::Merged;
             self.check_agent_for(exec.capture_output).await?;
         }
-        let (pid, group) = match run.max_time {
-            Some(_) => self.start_as_group_leader(exec).await?,
-            None => (
-                self.channel.guest_exec(&exec).await.map_err(|e| (e, true))?.pid,
-                false,
-            ),
-        };
+        // Started as it is: a stop finds what it started then (`StopScope::Tree`).
+        let pid = self.channel.guest_exec(&exec).await.map_err(|e| (e, true))?.pid;
         let now = Instant::now();
         self.running.push(Running {
             id: id.clone(),
@@ -408,7 +401,6 @@ impl<C: Connector> Session<C> {
             next_poll: now,
             stop_at: run.max_time.map(|limit| now + limit),
             grace: run.grace,
-            group,
         });
         Ok(None)
     }
@@ -433,19 +425,6 @@ impl<C: Connector> Session<C> {
             version: info.version,
         };
         Err((too_old, false))
-    }
-
-    /// Starts the program through `setsid`, so that `max_time` stops what
-    /// it starts too; a guest without `setsid` runs it alone.
-    async fn start_as_group_leader(&mut self, exec: GuestExec) -> Result<(i64, bool), (Error, bool)> {
-        match self.channel.guest_exec(&exec.clone().as_group_leader()).await {
-            Ok(started) => Ok((started.pid, true)),
-            Err(Error::Agent { desc, .. }) if desc.contains("setsid") => {
-                let started = self.channel.guest_exec(&exec).await.map_err(|e| (e, true))?;
-                Ok((started.pid, false))
-            }
-            Err(e) => Err((e, true)),
-        }
     }
 
     /// Polls the program whose poll is due first.
@@ -496,7 +475,7 @@ impl<C: Connector> Session<C> {
     async fn stop(&mut self, index: usize, reply: &mut impl FnMut(Reply)) {
         let run = self.running.remove(index);
         let stopped = match self.channel.agent().await {
-            Ok(agent) => stop_group(agent, run.pid, run.grace, run.group).await,
+            Ok(agent) => stop_group(agent, run.pid, run.grace, StopScope::Tree).await,
             Err(e) => Err(e),
         };
         let outcome = match stopped {
