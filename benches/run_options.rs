@@ -1,5 +1,5 @@
 //! What guest-run's script options cost: `--max-time` (the program started
-//! through `setsid`) against the same runs without it, side by side in one
+//! as it is; a stop walks its process tree) against the same runs without it, side by side in one
 //! run, and how soon `--max-time` stops a program that would run on.
 //! Prints figures; asserts nothing about time (see README.md).
 //!

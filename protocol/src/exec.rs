@@ -210,25 +210,94 @@ pub struct Stopped {
     pub killed: bool,
 }
 
+/// What [`stop_group`] signals besides the program itself.
+///
+/// ```
+/// use virtomate_protocol::StopScope;
+/// // What guest-run --max-time uses: the program starts as it is, at no cost.
+/// assert_eq!(StopScope::default(), StopScope::Tree);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StopScope {
+    /// The program alone.
+    Program,
+    /// The process group the program leads ([`GuestExec::as_group_leader`]).
+    ///
+    /// [`GuestExec::as_group_leader`]: crate::qga::GuestExec::as_group_leader
+    Group,
+    /// The program and its descendants, found in the guest's `/proc` when
+    /// the program is stopped ([`TREE_SCRIPT`]): no need to start it in any
+    /// special way, but a process that left the tree before (a daemon that
+    /// double-forked, whose parent exited) is not reached.
+    #[default]
+    Tree,
+}
+
+/// The POSIX `sh` script (dash, busybox ash, bash) that signals a process
+/// tree, run as `/bin/sh -c TREE_SCRIPT sh PID SIGNAL [PID...]`.
+///
+/// It freezes `PID` with SIGSTOP, then repeatedly reads every
+/// `/proc/*/stat` (the parent pid is the second field after the last `) `,
+/// since the command name may hold spaces and parentheses) and freezes
+/// each process whose parent it has already found, until a pass finds no
+/// new one: frozen, none can exit and have its children reparented away
+/// while the tree is collected, nor start new ones. It then sends `SIGNAL`
+/// to all of them and to the extra `PID`s (those a first call found, which
+/// may have been reparented since), then SIGCONT, and prints the pids it
+/// signalled, one per line. Only shell builtins run per process (`read`,
+/// `kill`), so a walk costs one `guest-exec`, whatever the number of
+/// processes.
+pub const TREE_SCRIPT: &str = r#"r=$1 sig=$2; shift 2; extra=$*
+all=" $r " more=1
+kill -s STOP "$r" 2>/dev/null
+while [ -n "$more" ]; do
+  more=
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    case $all in *" $p "*) continue ;; esac
+    { read -r s <"$d/stat"; } 2>/dev/null || continue
+    s=${s##*) }
+    set -- $s
+    case $all in *" $2 "*) kill -s STOP "$p" 2>/dev/null; all="$all$p "; more=1 ;; esac
+  done
+done
+for p in $all $extra; do kill -s "$sig" "$p"; done 2>/dev/null
+for p in $all; do kill -s CONT "$p"; done 2>/dev/null
+for p in $all $extra; do echo "$p"; done
+"#;
+
 /// Stops the program `pid` with SIGTERM and, if it still runs after
 /// `grace`, SIGKILL; then waits for it to be reaped and returns its status.
 ///
 /// The agent has no command for this, so the signals are sent by a
-/// `guest-exec` of the guest's `kill`. With `group`, they go to the process
-/// group `pid` leads ([`GuestExec::as_group_leader`]): the program and
-/// everything it started; otherwise to the program alone.
+/// `guest-exec` in the guest, as `scope` says:
+///
+/// - [`StopScope::Tree`]: one `guest-exec` of `/bin/sh` with
+///   [`TREE_SCRIPT`] finds the program's descendants, freezes them, and
+///   sends SIGTERM to all; the pids it found are kept, and if the program
+///   still runs after `grace`, a second walk sends SIGKILL to the tree as
+///   it is then and to those pids. Between the two, a pid that ended may
+///   have been reused by an unrelated process (in the few seconds of
+///   grace; unlikely, as Linux hands out pids in increasing order). A guest
+///   without `/bin/sh` gets the signals sent to the program alone.
+/// - [`StopScope::Group`]: `kill` of the process group `pid` leads
+///   ([`GuestExec::as_group_leader`]).
+/// - [`StopScope::Program`]: `kill` of the program alone.
+///
+/// When the program ends within the grace, nothing more is sent: a child
+/// that ignores SIGTERM and outlives it is left running.
 ///
 /// [`GuestExec::as_group_leader`]: crate::qga::GuestExec::as_group_leader
 ///
 /// ```no_run
 /// use std::time::Duration;
 /// use virtomate_protocol::qga::GuestExec;
-/// use virtomate_protocol::{stop_group, Agent};
+/// use virtomate_protocol::{stop_group, Agent, StopScope};
 ///
 /// # async fn demo(agent: &mut impl Agent) -> Result<(), virtomate_protocol::Error> {
-/// let exec = GuestExec::new("sh", ["-c", "sleep 600 | cat"]).as_group_leader();
+/// let exec = GuestExec::new("sh", ["-c", "sleep 600 | cat"]);
 /// let pid = agent.guest_exec(&exec).await?.pid;
-/// let stopped = stop_group(agent, pid, Duration::from_secs(5), true).await?;
+/// let stopped = stop_group(agent, pid, Duration::from_secs(5), StopScope::Tree).await?;
 /// assert_eq!(stopped.finished.status.signal, Some(15));
 /// # Ok(()) }
 /// ```
@@ -236,7 +305,7 @@ pub async fn stop_group<A: Agent>(
     agent: &mut A,
     pid: i64,
     grace: Duration,
-    group: bool,
+    scope: StopScope,
 ) -> Result<Stopped, Error> {
     // Whether it still runs, asked just before the signal: `kill`'s own
     // exit status cannot tell (busybox's complains of the `--` that
@@ -250,7 +319,7 @@ pub async fn stop_group<A: Agent>(
             killed: false,
         });
     }
-    send_signal(agent, "TERM", pid, group).await?;
+    let found = send_signal(agent, "TERM", pid, scope, &[]).await?;
     let schedule = PollSchedule::default();
     let started = Instant::now();
     let mut polls = 1;
@@ -267,7 +336,7 @@ pub async fn stop_group<A: Agent>(
         }
         sleep(schedule.pause_after(started.elapsed())).await;
     }
-    send_signal(agent, "KILL", pid, group).await?;
+    send_signal(agent, "KILL", pid, scope, &found).await?;
     let finished = wait_for_exit(agent, pid, schedule).await?;
     Ok(Stopped {
         finished,
@@ -276,13 +345,42 @@ pub async fn stop_group<A: Agent>(
     })
 }
 
-/// Runs the guest's `kill -s SIGNAL -- PID` (`-PID` for the group) to its
-/// end. Its exit status is not looked at: busybox's `kill` refuses the
-/// `--` (which procps's needs before a negative pid) yet signals the pid.
-async fn send_signal<A: Agent>(agent: &mut A, signal: &str, pid: i64, group: bool) -> Result<(), Error> {
-    let target = if group { format!("-{pid}") } else { pid.to_string() };
+/// Sends `signal` as `scope` says and returns the pids signalled where
+/// known (the tree's; `extra` are signalled too). The exit status of the
+/// guest's `kill` is not looked at: busybox's refuses the `--` (which
+/// procps's needs before a negative pid) yet signals the pid.
+async fn send_signal<A: Agent>(
+    agent: &mut A,
+    signal: &str,
+    pid: i64,
+    scope: StopScope,
+    extra: &[i64],
+) -> Result<Vec<i64>, Error> {
+    let target = match scope {
+        StopScope::Tree => {
+            let mut args = vec!["-c".to_owned(), TREE_SCRIPT.to_owned(), "sh".to_owned()];
+            args.extend([pid.to_string(), signal.to_owned()]);
+            args.extend(extra.iter().map(i64::to_string));
+            match agent.guest_exec(&GuestExec::new("/bin/sh", args)).await {
+                Ok(started) => {
+                    let finished = wait_for_exit(agent, started.pid, PollSchedule::default()).await?;
+                    let out = finished.status.out_data.unwrap_or_default();
+                    let pids = String::from_utf8_lossy(&out)
+                        .lines()
+                        .filter_map(|line| line.trim().parse().ok())
+                        .collect();
+                    return Ok(pids);
+                }
+                // No /bin/sh (a Windows guest would need `taskkill /T /F`).
+                Err(Error::Agent { .. }) => pid.to_string(),
+                Err(e) => return Err(e),
+            }
+        }
+        StopScope::Group => format!("-{pid}"),
+        StopScope::Program => pid.to_string(),
+    };
     let kill = GuestExec::new("kill", ["-s", signal, "--", &target]);
     let killer = agent.guest_exec(&kill).await?.pid;
     wait_for_exit(agent, killer, PollSchedule::default()).await?;
-    Ok(())
+    Ok(Vec::new())
 }

@@ -17,8 +17,10 @@
 //! 2. [`Follow::redirect`] wraps the program: `/bin/sh -c 'd=$1; shift;
 //!    exec "$@" >"$d/out" 2>"$d/err"' sh DIR PROGRAM ARG...` — the user's
 //!    arguments pass as arguments, never quoted into a script. The caller
-//!    starts it (as a group leader, to be able to stop it: see
-//!    [`GuestExec::as_group_leader`]).
+//!    starts it; the wrapper execs the program, which keeps its pid, so
+//!    [`stop_group`](crate::stop_group) with
+//!    [`StopScope::Tree`](crate::StopScope::Tree) stops it and what it
+//!    started.
 //! 3. [`Follow::follow_to_exit`] reads what is new in either file and hands
 //!    it to a sink, polls `guest-exec-status`, and pauses as
 //!    [`FollowOptions::schedule`] says for the time nothing new came; it

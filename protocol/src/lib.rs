@@ -60,7 +60,7 @@ pub use command::Command;
 pub use connection::Connection;
 pub use envelope::MAX_REQUEST_LEN;
 pub use error::{Error, Phase};
-pub use exec::{stop_group, wait_for_exit, Finished, PollSchedule, Stopped};
+pub use exec::{stop_group, wait_for_exit, Finished, PollSchedule, StopScope, Stopped, TREE_SCRIPT};
 pub use libvirt::LibvirtClient;
 pub use qga::QgaClient;
 pub use qmp::QmpClient;

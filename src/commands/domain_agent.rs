@@ -8,7 +8,7 @@ use serde_json::Value;
 use virtomate_protocol::qga::{Command, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply};
 use virtomate_protocol::{
     stop_group, wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule,
-    RequestProgress, SocketConnector, Stopped,
+    RequestProgress, SocketConnector, StopScope, Stopped,
 };
 
 use super::agent_errors::AgentErrors;
@@ -201,11 +201,11 @@ impl DomainAgent {
         self.explain_silence(error).await
     }
 
-    /// Stops the program `pid` (and, with `group`, what it started):
+    /// Stops the program `pid` (and what `scope` says besides):
     /// SIGTERM, then SIGKILL after `grace`; see [`stop_group`].
-    pub async fn stop(&mut self, pid: i64, grace: Duration, group: bool) -> Result<Stopped, CliError> {
+    pub async fn stop(&mut self, pid: i64, grace: Duration, scope: StopScope) -> Result<Stopped, CliError> {
         let stopped = match self.channel.agent().await {
-            Ok(agent) => stop_group(agent, pid, grace, group).await,
+            Ok(agent) => stop_group(agent, pid, grace, scope).await,
             Err(e) => Err(e),
         };
         stopped.map_err(|e| {

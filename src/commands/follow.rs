@@ -11,8 +11,9 @@ use virtomate_protocol::follow::{
     Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT, LIBVIRT_READ_COUNT,
 };
 use virtomate_protocol::qga::GuestExec;
+use virtomate_protocol::StopScope;
 
-use super::guest_run::{start_as_group_leader, stopped_after_interruption};
+use super::guest_run::{start, stopped_after_interruption};
 use super::run_output::RunOutput;
 use super::signals::Signals;
 use super::{Answer, Context, DomainAgent};
@@ -50,8 +51,9 @@ pub async fn run(
             return Err(error);
         }
     };
-    // Always as a group leader: Ctrl-C stops the program and what it started.
-    let (pid, group) = match start_as_group_leader(&mut agent, follow.redirect(exec), &mut signals).await {
+    // Ctrl-C stops the program and what it started (`StopScope::Tree`): the
+    // wrapper execs the program, which keeps its pid.
+    let pid = match start(&mut agent, &follow.redirect(exec), &mut signals).await {
         Ok(started) => started,
         Err(error) => {
             // Refused by the agent: nothing runs, and the directory can go.
@@ -64,7 +66,6 @@ pub async fn run(
     };
     tracing::info!(
         pid,
-        group,
         dir = follow.dir(),
         "started in the guest, its output followed"
     );
@@ -88,7 +89,7 @@ pub async fn run(
         Ok(Some(Ok(finished))) => (finished.status, false),
         // The reader went away, or stdout failed: stopped as on Ctrl-C.
         Ok(Some(Err(FollowError::Sink(_)))) => {
-            let stopped = stop(&mut agent, pid, grace, group, &follow).await?;
+            let stopped = stop(&mut agent, pid, grace, &follow).await?;
             (stopped.finished.status, false)
         }
         Ok(Some(Err(error))) => {
@@ -98,11 +99,11 @@ pub async fn run(
         }
         Ok(None) => {
             tracing::info!(pid, "--max-time passed: stopping the program");
-            let stopped = stop(&mut agent, pid, grace, group, &follow).await?;
+            let stopped = stop(&mut agent, pid, grace, &follow).await?;
             (stopped.finished.status, stopped.asked)
         }
         Err(interruption) => {
-            let stopped = stop(&mut agent, pid, grace, group, &follow).await?;
+            let stopped = stop(&mut agent, pid, grace, &follow).await?;
             interrupted = Some(interruption.with_hint(stopped_after_interruption(pid, &stopped)));
             (stopped.finished.status, stopped.asked)
         }
@@ -166,10 +167,9 @@ async fn stop(
     agent: &mut DomainAgent,
     pid: i64,
     grace: Duration,
-    group: bool,
     follow: &Follow,
 ) -> Result<virtomate_protocol::Stopped, CliError> {
-    let stopped = agent.stop(pid, grace, group).await;
+    let stopped = agent.stop(pid, grace, StopScope::Tree).await;
     stopped.map_err(|error| error.with_hint(where_output_goes(follow)))
 }
 

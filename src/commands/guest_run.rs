@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use serde::Serialize;
 use virtomate_protocol::qga::{environment, CaptureOutput, GuestExec, GuestExecStatusReply, GuestInfo};
-use virtomate_protocol::{RequestProgress, Stopped, MAX_REQUEST_LEN};
+use virtomate_protocol::{RequestProgress, StopScope, Stopped, MAX_REQUEST_LEN};
 
 use super::run_output::RunOutput;
 use super::signals::Signals;
@@ -71,12 +71,9 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
             return Err(error);
         }
     }
-    let (pid, group) = match options.max_time {
-        // Stopping what the program started needs it to lead a group.
-        Some(_) => start_as_group_leader(&mut agent, exec, &mut signals).await?,
-        None => (start(&mut agent, &exec, &mut signals).await?, false),
-    };
-    tracing::info!(pid, group, "started in the guest");
+    // Started as it is: a stop finds what it started then (`StopScope::Tree`).
+    let pid = start(&mut agent, &exec, &mut signals).await?;
+    tracing::info!(pid, "started in the guest");
 
     let (status, timed_out) = match options.max_time {
         None => {
@@ -99,12 +96,12 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
                 Ok(Ok(finished)) => (finished?.status, false),
                 Ok(Err(_elapsed)) => {
                     tracing::info!(pid, "--max-time passed: stopping the program");
-                    let stopped = agent.stop(pid, options.grace, group).await?;
+                    let stopped = agent.stop(pid, options.grace, StopScope::Tree).await?;
                     // One that ended by itself as the limit passed ran its course.
                     (stopped.finished.status, stopped.asked)
                 }
                 Err(interrupted) => {
-                    let stopped = agent.stop(pid, options.grace, group).await?;
+                    let stopped = agent.stop(pid, options.grace, StopScope::Tree).await?;
                     agent.close().await;
                     return Err(interrupted.with_hint(stopped_after_interruption(pid, &stopped)));
                 }
@@ -145,31 +142,12 @@ impl RunOptions {
     }
 }
 
-/// Starts the program through `setsid`, so that `--max-time` can stop
-/// what it starts too; where the guest has no `setsid`, starts it alone
-/// (nothing ran yet, so trying again is safe) and says that a stop then
-/// reaches the program but not its children. Returns the pid and whether
-/// it leads a group.
-pub(super) async fn start_as_group_leader(
-    agent: &mut DomainAgent,
-    exec: GuestExec,
-    signals: &mut Signals,
-) -> Result<(i64, bool), CliError> {
-    let leader = exec.clone().as_group_leader();
-    match start_attempt(agent, &leader, signals).await? {
-        Ok(pid) => Ok((pid, true)),
-        Err(error) if error.kind() == ErrorKind::AgentCommand && error.to_string().contains("setsid") => {
-            tracing::warn!(
-                "the guest has no setsid: --max-time will stop the program but not what it starts"
-            );
-            Ok((start(agent, &exec, signals).await?, false))
-        }
-        Err(error) => Err(error),
-    }
-}
-
 /// Starts the program and returns its pid.
-async fn start(agent: &mut DomainAgent, exec: &GuestExec, signals: &mut Signals) -> Result<i64, CliError> {
+pub(super) async fn start(
+    agent: &mut DomainAgent,
+    exec: &GuestExec,
+    signals: &mut Signals,
+) -> Result<i64, CliError> {
     start_attempt(agent, exec, signals).await?
 }
 

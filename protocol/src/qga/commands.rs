@@ -239,9 +239,10 @@ impl GuestExec {
     /// Starts the program through `setsid`, so that it leads a process
     /// group (and session) of its own, whose pid is the program's: the
     /// agent starts programs in its own group, which a group kill would
-    /// hit. [`stop_group`](crate::stop_group) then stops the program and
-    /// everything it started. The guest needs `setsid` (util-linux or
-    /// busybox) in the program's `PATH`.
+    /// hit. [`stop_group`](crate::stop_group) with `StopScope::Group`
+    /// then stops the program and everything it started. The guest needs
+    /// `setsid` (util-linux or busybox) in the program's `PATH`. virtomate
+    /// itself no longer uses it: `StopScope::Tree` needs no wrapper.
     ///
     /// ```
     /// use virtomate_protocol::qga::GuestExec;

@@ -46,7 +46,7 @@ use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUN
 use crate::qga::{
     environment, CaptureOutput, GuestExec, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing,
 };
-use crate::{stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule};
+use crate::{stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule, StopScope};
 
 /// How a session paces itself.
 ///
@@ -219,11 +219,9 @@ struct Running {
     encode: bool,
     started: Instant,
     next_poll: Instant,
-    /// When to stop it (`max_time`), how long to give it after SIGTERM,
-    /// and whether it leads a group of its own.
+    /// When to stop it (`max_time`) and how long to give it after SIGTERM.
     stop_at: Option<Instant>,
     grace: Duration,
-    group: bool,
     /// Its output, when followed.
     follow: Option<Following>,
 }
@@ -459,16 +457,13 @@ impl<C: Connector> Session<C> {
         if let Some(follow) = &follow {
             exec = follow.redirect(exec);
         }
-        let started = match (run.max_time, follow.is_some()) {
-            // A followed program leads a group too: its output is read
-            // after a stop.
-            (Some(_), _) | (None, true) => self.start_as_group_leader(exec).await,
-            (None, false) => match self.channel.guest_exec(&exec).await {
-                Ok(started) => Ok((started.pid, false)),
-                Err(e) => Err((e, true, None)),
-            },
+        // Started as it is: a stop finds what it started then
+        // (`StopScope::Tree`), followed or not.
+        let started = match self.channel.guest_exec(&exec).await {
+            Ok(started) => Ok(started.pid),
+            Err(e) => Err((e, true, None)),
         };
-        let (pid, group) = match started {
+        let pid = match started {
             Ok(started) => started,
             Err(error) => {
                 if let (Some(mut follow), Error::Agent { .. }) = (follow, &error.0) {
@@ -487,7 +482,6 @@ impl<C: Connector> Session<C> {
             next_poll: now,
             stop_at: run.max_time.map(|limit| now + limit),
             grace: run.grace,
-            group,
             follow: follow.map(|follow| Following {
                 follow,
                 quiet_since: now,
@@ -516,23 +510,6 @@ impl<C: Connector> Session<C> {
             version: info.version,
         };
         Err((too_old, false, None))
-    }
-
-    /// Starts the program through `setsid`, so that `max_time` stops what
-    /// it starts too; a guest without `setsid` runs it alone.
-    async fn start_as_group_leader(&mut self, exec: GuestExec) -> Result<(i64, bool), Failed> {
-        match self.channel.guest_exec(&exec.clone().as_group_leader()).await {
-            Ok(started) => Ok((started.pid, true)),
-            Err(Error::Agent { desc, .. }) if desc.contains("setsid") => {
-                let started = self
-                    .channel
-                    .guest_exec(&exec)
-                    .await
-                    .map_err(|e| (e, true, None))?;
-                Ok((started.pid, false))
-            }
-            Err(e) => Err((e, true, None)),
-        }
     }
 
     /// Polls the program whose poll is due first.
@@ -683,7 +660,7 @@ impl<C: Connector> Session<C> {
     async fn stop(&mut self, index: usize, reply: &mut impl FnMut(Reply)) {
         let run = self.running.remove(index);
         let stopped = match self.channel.agent().await {
-            Ok(agent) => stop_group(agent, run.pid, run.grace, run.group).await,
+            Ok(agent) => stop_group(agent, run.pid, run.grace, StopScope::Tree).await,
             Err(e) => Err(e),
         };
         match stopped {
