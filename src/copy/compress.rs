@@ -31,13 +31,13 @@ use std::time::Instant;
 use flate2::write::{GzDecoder, GzEncoder};
 use flate2::Compression;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::guest;
-use super::local::{Dest, Source};
+use super::local::Source;
 use super::location::{guest_name, guest_parent};
 use super::progress::Progress;
-use super::{chunks, hex, random_name, size_mismatch, Copy, Options, Summary, Target, STDIN_MODE};
+use super::{chunks, hex, size_mismatch, Copy, Options, Summary, Target, STDIN_MODE};
 use crate::error::{CliError, ErrorKind};
 
 /// How much compressed data the host unpacks at a time: what it produces
@@ -193,24 +193,8 @@ impl Copy<'_> {
                 format!("cannot compress {path} in the guest: {}", ran.failure("gzip")),
             ));
         }
-        let handle = guest::open(self.agent, &packed, "r").await?;
-        self.left.handle = Some(handle);
-        let total = if options.progress.shows() {
-            let size = guest::size(self.agent, handle).await?;
-            guest::rewind(self.agent, handle).await?;
-            Some(size)
-        } else {
-            None
-        };
-        let (mut writer, dest): (Box<dyn AsyncWrite + Unpin + Send>, _) = match target {
-            Target::Path(local) => {
-                let dest = Dest::create(&local, guest_name(path), &random_name()?).await?;
-                self.left.local_temp = Some(dest.temp.clone());
-                let writer = tokio::io::BufWriter::with_capacity(1 << 20, dest.file);
-                (Box::new(writer), Some((dest.temp, dest.dest)))
-            }
-            Target::Stream(stream) => (stream, None),
-        };
+        let (handle, total) = self.open_for_reading(&packed, options).await?;
+        let (mut writer, dest) = self.local_writer(target, guest_name(path)).await?;
         let chunk = chunks::for_reads(options.chunk_size, self.agent.through_libvirtd()) as u64;
         let progress = Progress::new(options.progress, total);
         let mut hasher = options.verify.then(Sha256::new);

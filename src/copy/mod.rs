@@ -98,6 +98,9 @@ struct Leftovers {
     local_temp: Option<PathBuf>,
 }
 
+/// What a copy out writes to: a local file or a stream.
+type LocalWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
 /// One copy on an agent; after a failure (or when its future was dropped
 /// on an interruption), [`Copy::clean_up`] removes what it left.
 pub struct Copy<'a> {
@@ -269,16 +272,16 @@ impl<'a> Copy<'a> {
         }
     }
 
-    /// Copies the guest file `path` to `target`.
-    pub async fn pull(&mut self, path: &str, target: Target, options: &Options) -> Result<Summary, CliError> {
-        if options.compress {
-            return self.pull_compressed(path, target, options).await;
-        }
-        let started = Instant::now();
+    /// Opens the guest file `path` for reading, and asks its size where a
+    /// progress bar shows it: two requests, which on a slow guest a copy
+    /// without a bar does not pay.
+    async fn open_for_reading(
+        &mut self,
+        path: &str,
+        options: &Options,
+    ) -> Result<(Handle, Option<u64>), CliError> {
         let handle = guest::open(self.agent, path, "r").await?;
         self.left.handle = Some(handle);
-        // The size, for the bar only: two requests, which on a slow guest
-        // a copy without a bar does not pay.
         let total = if options.progress.shows() {
             let size = guest::size(self.agent, handle).await?;
             guest::rewind(self.agent, handle).await?;
@@ -286,15 +289,36 @@ impl<'a> Copy<'a> {
         } else {
             None
         };
-        let (mut writer, dest): (Box<dyn AsyncWrite + Unpin + Send>, _) = match target {
+        Ok((handle, total))
+    }
+
+    /// Where what is read goes: a temporary file beside the local
+    /// destination (renamed into place at the end: the pair returned), or
+    /// the stream itself.
+    async fn local_writer(
+        &mut self,
+        target: Target,
+        name: Option<&str>,
+    ) -> Result<(LocalWriter, Option<(PathBuf, PathBuf)>), CliError> {
+        match target {
             Target::Path(local) => {
-                let dest = Dest::create(&local, guest_name(path), &random_name()?).await?;
+                let dest = Dest::create(&local, name, &random_name()?).await?;
                 self.left.local_temp = Some(dest.temp.clone());
                 let writer = tokio::io::BufWriter::with_capacity(1 << 20, dest.file);
-                (Box::new(writer), Some((dest.temp, dest.dest)))
+                Ok((Box::new(writer), Some((dest.temp, dest.dest))))
             }
-            Target::Stream(stream) => (stream, None),
-        };
+            Target::Stream(stream) => Ok((stream, None)),
+        }
+    }
+
+    /// Copies the guest file `path` to `target`.
+    pub async fn pull(&mut self, path: &str, target: Target, options: &Options) -> Result<Summary, CliError> {
+        if options.compress {
+            return self.pull_compressed(path, target, options).await;
+        }
+        let started = Instant::now();
+        let (handle, total) = self.open_for_reading(path, options).await?;
+        let (mut writer, dest) = self.local_writer(target, guest_name(path)).await?;
         let chunk = chunks::for_reads(options.chunk_size, self.agent.through_libvirtd()) as u64;
         let progress = Progress::new(options.progress, total);
         let mut hasher = options.verify.then(Sha256::new);
