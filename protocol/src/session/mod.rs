@@ -32,6 +32,7 @@
 //! # }
 //! ```
 
+mod jobs;
 mod request;
 
 use std::time::Duration;
@@ -40,6 +41,8 @@ use serde_json::Value;
 use tokio::sync::mpsc::Receiver;
 use tokio::time::{sleep, sleep_until, Instant};
 
+use jobs::{Incoming, NoJobs};
+pub use jobs::{Jobs, Work};
 pub use request::{Action, BadRequest, Request, RunRequest};
 
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
@@ -302,7 +305,52 @@ impl<C: Connector> Session<C> {
     /// session.serve(&mut incoming, |reply| println!("{reply:?}")).await;
     /// # }
     /// ```
-    pub async fn serve(&mut self, requests: &mut Receiver<Request>, mut reply: impl FnMut(Reply)) {
+    pub async fn serve(&mut self, requests: &mut Receiver<Request>, reply: impl FnMut(Reply)) {
+        self.serve_from(requests, reply, &mut NoJobs).await;
+    }
+
+    /// Serves requests and the caller's jobs, as they come in `work`,
+    /// until the sender is gone and every program has ended. A job has
+    /// the channel to itself: the programs running meanwhile are polled
+    /// once it returns.
+    ///
+    /// ```no_run
+    /// use virtomate_protocol::qga::GuestInfo;
+    /// use virtomate_protocol::session::{Jobs, Session, Work};
+    /// use virtomate_protocol::{Channel, Connector, SocketConnector};
+    ///
+    /// struct Versions;
+    /// impl<C: Connector> Jobs<C> for Versions {
+    ///     type Job = ();
+    ///     async fn run(&mut self, (): (), channel: &mut Channel<C>) {
+    ///         if let Ok(info) = channel.execute(&GuestInfo {}).await {
+    ///             println!("qemu-ga {}", info.version);
+    ///         }
+    ///     }
+    /// }
+    ///
+    /// # async fn demo(mut session: Session<SocketConnector>) {
+    /// let (work, mut incoming) = tokio::sync::mpsc::channel(16);
+    /// work.send(Work::Job(())).await.unwrap();
+    /// drop(work);
+    /// session.serve_jobs(&mut incoming, |reply| println!("{reply:?}"), &mut Versions).await;
+    /// # }
+    /// ```
+    pub async fn serve_jobs<J: Jobs<C>>(
+        &mut self,
+        work: &mut Receiver<Work<J::Job>>,
+        reply: impl FnMut(Reply),
+        jobs: &mut J,
+    ) {
+        self.serve_from(work, reply, jobs).await;
+    }
+
+    async fn serve_from<J: Jobs<C>>(
+        &mut self,
+        work: &mut impl Incoming<J::Job>,
+        mut reply: impl FnMut(Reply),
+        jobs: &mut J,
+    ) {
         // While connected and idle, how often to ask whether others wait.
         const LOOK_FOR_WAITERS: Duration = Duration::from_millis(10);
         let mut open = true;
@@ -314,12 +362,18 @@ impl<C: Connector> Session<C> {
             let next_poll = self.running.iter().map(|run| run.next_poll).min();
             let connected = self.channel.is_connected();
             tokio::select! {
-                request = requests.recv(), if open => match request {
-                    Some(request) => {
+                next = work.next(), if open => {
+                    if next.is_some() {
                         self.last_request = Instant::now();
-                        self.handle(request, &mut reply).await;
                     }
-                    None => open = false,
+                    match next {
+                        Some(Work::Request(request)) => self.handle(request, &mut reply).await,
+                        Some(Work::Job(job)) => {
+                            jobs.run(job, &mut self.channel).await;
+                            self.last_request = Instant::now();
+                        }
+                        None => open = false,
+                    }
                 },
                 () = sleep_until(next_poll.unwrap_or_else(Instant::now)), if next_poll.is_some() => {
                     self.poll_next(&mut reply).await;
@@ -327,6 +381,19 @@ impl<C: Connector> Session<C> {
                 () = sleep(LOOK_FOR_WAITERS), if connected => {}
             }
         }
+    }
+
+    /// The channel, for work after [`serve_jobs`](Self::serve_jobs) was
+    /// cut short: cleaning up after a job, say.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::{qga::GuestPing, session::Session, SocketConnector};
+    /// # async fn demo(mut session: Session<SocketConnector>) {
+    /// let answers = session.channel().execute(&GuestPing {}).await.is_ok();
+    /// # }
+    /// ```
+    pub fn channel(&mut self) -> &mut Channel<C> {
+        &mut self.channel
     }
 
     /// The requests being worked on: the one whose start or ping was under

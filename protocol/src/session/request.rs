@@ -183,12 +183,26 @@ impl Request {
             id: Value::Null,
             message: format!("not JSON: {e}"),
         })?;
-        let Value::Object(mut object) = value else {
+        let Value::Object(object) = value else {
             return Err(BadRequest {
                 id: Value::Null,
                 message: "a request is a JSON object".to_owned(),
             });
         };
+        Request::from_object(object)
+    }
+
+    /// The request a JSON object (a line already parsed) asks for: for a
+    /// caller that looks at its keys first, for requests of its own.
+    ///
+    /// ```
+    /// use serde_json::{json, Value};
+    /// use virtomate_protocol::session::{Action, Request};
+    ///
+    /// let Value::Object(object) = json!({"id": 1, "ping": {}}) else { unreachable!() };
+    /// assert_eq!(Request::from_object(object).unwrap().action, Action::Ping);
+    /// ```
+    pub fn from_object(mut object: Map<String, Value>) -> Result<Request, BadRequest> {
         let id = object.remove("id").unwrap_or(Value::Null);
         let bad = |message: String| BadRequest {
             id: id.clone(),
