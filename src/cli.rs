@@ -182,7 +182,7 @@ pub struct CopyArgs {
 }
 
 /// `--mode`: permission bits in octal, as chmod takes them.
-fn octal_mode(text: &str) -> Result<u32, String> {
+pub fn octal_mode(text: &str) -> Result<u32, String> {
     match u32::from_str_radix(text, 8) {
         Ok(mode) if mode <= 0o7777 && !text.is_empty() => Ok(mode),
         _ => Err("expected an octal mode from 0 to 7777, e.g. 640".to_owned()),

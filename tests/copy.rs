@@ -30,7 +30,7 @@ fn guest(socket: &Path, path: &Path) -> String {
 }
 
 /// Bytes that do not compress, the same for the same seed.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
     let mut state = seed
         .wrapping_mul(6364136223846793005)
         .wrapping_add(1442695040888963407);
@@ -44,12 +44,12 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-fn sha256_hex(data: &[u8]) -> String {
+pub fn sha256_hex(data: &[u8]) -> String {
     Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The temporary directories a copy into `dir` made and left.
-fn temporaries(dir: &Path) -> Vec<PathBuf> {
+pub fn temporaries(dir: &Path) -> Vec<PathBuf> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

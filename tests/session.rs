@@ -1,56 +1,15 @@
 //! `virtomate session`: JSON lines in, JSON lines out, over one agent
 //! connection, programs side by side, replies as they end.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
+use crate::support::live_session::Live;
+use crate::support::run;
 use crate::support::test_vm::TestVm;
-use crate::support::{run, virtomate};
-
-/// A session process, fed and read line by line.
-struct Live {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Live {
-    fn start(options: &[&str], domain: &str) -> Live {
-        let mut child = virtomate()
-            .args(options)
-            .args(["session", domain])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().unwrap());
-        Live { child, stdin, stdout }
-    }
-
-    fn send(&mut self, request: Value) {
-        let stdin = self.stdin.as_mut().unwrap();
-        writeln!(stdin, "{request}").unwrap();
-        stdin.flush().unwrap();
-    }
-
-    fn reply(&mut self) -> Value {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"))
-    }
-
-    /// Closes stdin and returns the exit status.
-    fn finish(mut self) -> i32 {
-        drop(self.stdin.take());
-        self.child.wait().unwrap().code().unwrap_or(-1)
-    }
-}
 
 fn session(domain: &str, lines: &[&str]) -> (Vec<Value>, i32) {
     let mut input = lines.join("\n");

@@ -22,6 +22,7 @@ mod packaging;
 mod parallel;
 mod run_options;
 mod session;
+mod session_copy;
 mod sockets;
 mod style;
 mod vm;

@@ -19,7 +19,9 @@ mod signals;
 
 use virtomate_protocol::ClientOptions;
 
+pub use self::agent_errors::AgentErrors;
 pub use self::domain_agent::DomainAgent;
+pub use self::domain_connector::DomainConnector;
 use crate::domain::Scope;
 
 /// What every command needs besides its own arguments.

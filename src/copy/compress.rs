@@ -33,6 +33,7 @@ use flate2::Compression;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::agent::FileAgent;
 use super::guest;
 use super::local::Source;
 use super::location::{guest_name, guest_parent};
@@ -47,7 +48,7 @@ const UNPACK_STEP: usize = 8 << 10;
 /// The guest's private directory for a copy out.
 const GUEST_TMP: &str = "/tmp";
 
-impl Copy<'_> {
+impl<A: FileAgent> Copy<'_, A> {
     /// Whether the guest can run `gzip`; an error that says so if not.
     async fn check_gzip(&mut self) -> Result<(), CliError> {
         match guest::run(self.agent, "gzip", &["-h"], "for --compress").await {

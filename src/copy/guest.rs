@@ -7,7 +7,7 @@ use virtomate_protocol::qga::{
 };
 use virtomate_protocol::Error as AgentError;
 
-use crate::commands::DomainAgent;
+use super::agent::FileAgent;
 use crate::error::{CliError, ErrorKind};
 
 /// How a program run in the guest ended.
@@ -41,7 +41,7 @@ impl Ran {
 /// program the guest lacks, or `guest-exec` being disabled, is an error
 /// that says what `copy` needed it for (`purpose`).
 pub async fn run(
-    agent: &mut DomainAgent,
+    agent: &mut impl FileAgent,
     program: &str,
     args: &[&str],
     purpose: &str,
@@ -67,7 +67,7 @@ pub async fn run(
 
 /// Whether `path` is a directory in the guest (`test -d`, which follows
 /// symbolic links), and if so whether it is a symbolic link to one.
-pub async fn directory_kind(agent: &mut DomainAgent, path: &str) -> Result<DirKind, CliError> {
+pub async fn directory_kind(agent: &mut impl FileAgent, path: &str) -> Result<DirKind, CliError> {
     let purpose = "to tell whether the destination is a directory";
     if !run(agent, "test", &["-d", path], purpose).await?.ok() {
         return Ok(DirKind::NotADirectory);
@@ -91,7 +91,7 @@ pub struct Handle(pub i64);
 
 /// `guest-file-open`; the agent's own description of a failure, as a
 /// [`ErrorKind::Path`] error, unless the command is disabled.
-pub async fn open(agent: &mut DomainAgent, path: &str, mode: &str) -> Result<Handle, CliError> {
+pub async fn open(agent: &mut impl FileAgent, path: &str, mode: &str) -> Result<Handle, CliError> {
     match agent.execute_raw(&GuestFileOpen::new(path, mode)).await {
         Ok(handle) => Ok(Handle(handle)),
         Err(AgentError::Agent {
@@ -104,7 +104,7 @@ pub async fn open(agent: &mut DomainAgent, path: &str, mode: &str) -> Result<Han
     }
 }
 
-pub async fn write(agent: &mut DomainAgent, handle: Handle, buf: Vec<u8>) -> Result<Vec<u8>, CliError> {
+pub async fn write(agent: &mut impl FileAgent, handle: Handle, buf: Vec<u8>) -> Result<Vec<u8>, CliError> {
     let mut request = GuestFileWrite {
         handle: handle.0,
         buf,
@@ -129,7 +129,11 @@ pub async fn write(agent: &mut DomainAgent, handle: Handle, buf: Vec<u8>) -> Res
 }
 
 /// Up to `count` bytes, and whether the end was reached.
-pub async fn read(agent: &mut DomainAgent, handle: Handle, count: u64) -> Result<(Vec<u8>, bool), CliError> {
+pub async fn read(
+    agent: &mut impl FileAgent,
+    handle: Handle,
+    count: u64,
+) -> Result<(Vec<u8>, bool), CliError> {
     let reply = agent
         .execute_raw(&GuestFileRead {
             handle: handle.0,
@@ -144,15 +148,15 @@ pub async fn read(agent: &mut DomainAgent, handle: Handle, count: u64) -> Result
 
 /// The size of the open file: its position after a seek to the end (the
 /// seek also flushes what the agent buffers, so a full disk shows here).
-pub async fn size(agent: &mut DomainAgent, handle: Handle) -> Result<u64, CliError> {
+pub async fn size(agent: &mut impl FileAgent, handle: Handle) -> Result<u64, CliError> {
     seek(agent, handle, Whence::End).await
 }
 
-pub async fn rewind(agent: &mut DomainAgent, handle: Handle) -> Result<(), CliError> {
+pub async fn rewind(agent: &mut impl FileAgent, handle: Handle) -> Result<(), CliError> {
     seek(agent, handle, Whence::Set).await.map(drop)
 }
 
-async fn seek(agent: &mut DomainAgent, handle: Handle, whence: Whence) -> Result<u64, CliError> {
+async fn seek(agent: &mut impl FileAgent, handle: Handle, whence: Whence) -> Result<u64, CliError> {
     let seek = GuestFileSeek {
         handle: handle.0,
         offset: 0,
@@ -162,7 +166,7 @@ async fn seek(agent: &mut DomainAgent, handle: Handle, whence: Whence) -> Result
     Ok(reply.position)
 }
 
-pub async fn close(agent: &mut DomainAgent, handle: Handle) -> Result<(), CliError> {
+pub async fn close(agent: &mut impl FileAgent, handle: Handle) -> Result<(), CliError> {
     agent
         .execute_raw(&GuestFileClose { handle: handle.0 })
         .await
@@ -173,7 +177,7 @@ pub async fn close(agent: &mut DomainAgent, handle: Handle) -> Result<(), CliErr
 /// A failure of a `guest-file-*` command on an open handle. An agent that
 /// no longer knows the handle has restarted; a disabled command is named,
 /// as the agent names it.
-fn file_error(agent: &DomainAgent, error: AgentError) -> CliError {
+fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
     let shown = agent.socket().display().to_string();
     match &error {
         AgentError::Agent { desc, .. } if desc.contains("has not been found") && desc.contains("handle") => {

@@ -11,6 +11,8 @@ use crate::error::{CliError, ErrorKind};
 /// What a copy into the guest reads.
 pub struct Source {
     pub reader: Box<dyn AsyncRead + Unpin + Send>,
+    /// What it is, for errors: "the local file", "standard input".
+    pub what: &'static str,
     /// Its size, when it has one (not standard input).
     pub len: Option<u64>,
     /// Its permission bits, kept in the guest by default.
@@ -39,6 +41,7 @@ impl Source {
         let name = path.file_name().and_then(|n| n.to_str()).map(str::to_owned);
         Ok(Source {
             reader: Box::new(file),
+            what: "the local file",
             // A device or a FIFO has no meaningful size.
             len: meta.is_file().then_some(meta.len()),
             mode: Some(meta.permissions().mode() & 0o7777),
@@ -49,6 +52,7 @@ impl Source {
     pub fn stdin() -> Source {
         Source {
             reader: Box::new(tokio::io::stdin()),
+            what: "standard input",
             len: None,
             mode: None,
             name: None,
@@ -58,6 +62,7 @@ impl Source {
     /// Up to `len` bytes into `buf` (cleared first): fewer only at the end.
     pub async fn read_chunk(&mut self, buf: &mut Vec<u8>, len: usize) -> Result<(), CliError> {
         buf.clear();
+        let what = self.what;
         let reader = &mut self.reader;
         let mut limited = reader.take(len as u64);
         loop {
@@ -65,7 +70,7 @@ impl Source {
             limited
                 .read_buf(buf)
                 .await
-                .map_err(|e| CliError::io("cannot read the local file", e))?;
+                .map_err(|e| CliError::io(format!("cannot read {what}"), e))?;
             if buf.len() == before || buf.len() >= len {
                 return Ok(());
             }

@@ -33,6 +33,7 @@
 //! directory (or the local temporary file) removed; the destination is
 //! never touched before the rename. What could not be cleaned up is said.
 
+mod agent;
 pub mod chunks;
 mod compress;
 mod guest;
@@ -47,13 +48,13 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
+pub use self::agent::{FileAgent, LentChannel};
 pub use self::guest::random_name;
 use self::guest::{DirKind, Handle};
 use self::local::Dest;
 pub use self::local::Source;
 use self::location::{guest_name, guest_parent};
 use self::progress::{Progress, Show};
-use crate::commands::DomainAgent;
 use crate::error::{CliError, ErrorKind};
 
 /// How to copy.
@@ -103,16 +104,16 @@ type LocalWriter = Box<dyn AsyncWrite + Unpin + Send>;
 
 /// One copy on an agent; after a failure (or when its future was dropped
 /// on an interruption), [`Copy::clean_up`] removes what it left.
-pub struct Copy<'a> {
-    agent: &'a mut DomainAgent,
+pub struct Copy<'a, A: FileAgent> {
+    agent: &'a mut A,
     left: Leftovers,
 }
 
 /// The mode of a guest file written from standard input, which has none.
 const STDIN_MODE: u32 = 0o600;
 
-impl<'a> Copy<'a> {
-    pub fn new(agent: &'a mut DomainAgent) -> Copy<'a> {
+impl<'a, A: FileAgent> Copy<'a, A> {
+    pub fn new(agent: &'a mut A) -> Copy<'a, A> {
         Copy {
             agent,
             left: Leftovers::default(),

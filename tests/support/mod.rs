@@ -3,6 +3,7 @@
 
 pub mod fake_agent;
 pub mod host_agent;
+pub mod live_session;
 pub mod spec_examples;
 pub mod test_vm;
 

@@ -1,8 +1,18 @@
 //! `virtomate session DOMAIN`: requests as JSON lines on stdin, replies as
 //! JSON lines on stdout, served over one agent connection by the protocol
-//! crate's [`Session`]. This file only reads lines and prints them.
+//! crate's [`Session`], which lends its channel to the copies.
+//!
+//! - `input`: the lines read, routed to the session or to a copy.
+//! - `copies`: `copy_to` and `copy_from`, run on the session's channel.
+//! - `data_lines`: a guest file sent back as lines.
+//! - here: the replies printed, and signals.
 
-use std::io::{BufRead, Write};
+mod copies;
+mod data_lines;
+mod input;
+
+use std::io::Write;
+use std::rc::Rc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
@@ -11,20 +21,16 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use virtomate_protocol::follow::{FollowError, Stream, DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
-use virtomate_protocol::session::{Failure, Outcome, Reply, Request, Session, SessionOptions, Stage};
-use virtomate_protocol::MAX_REQUEST_LEN;
+use virtomate_protocol::session::{Failure, Outcome, Reply, Session, SessionOptions, Stage};
 
+use self::copies::{Copies, CopyState};
 use super::agent_errors::AgentErrors;
 use super::guest_run::RunResult;
 use super::signals::Signals;
 use super::{Answer, Context, DomainAgent};
+use crate::copy::Summary;
 use crate::error::{CliError, ErrorJson, ErrorKind, Interruption};
 use crate::output;
-
-/// The longest request line: one agent request (a program's input in
-/// Base64 included) and room for the JSON around it. A longer line is
-/// answered with an error and skipped, never held whole.
-const MAX_LINE_LEN: usize = MAX_REQUEST_LEN + (1 << 20);
 
 /// Requests read but not yet taken up: reading stops there, so that a
 /// client far ahead of the agent does not fill memory.
@@ -45,19 +51,37 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
             ..SessionOptions::default()
         },
     );
-    let (sender, mut requests) = mpsc::channel(QUEUED_REQUESTS);
+    let (sender, mut work) = mpsc::channel(QUEUED_REQUESTS);
     // A thread of its own, which the process's exit ends wherever it
     // blocks; tokio's stdin would keep the runtime from shutting down.
-    std::thread::spawn(move || read_requests(std::io::stdin().lock(), sender));
+    std::thread::spawn(move || input::read(std::io::stdin().lock(), sender));
 
     let mut signals = Signals::install()?;
-    let served = signals
-        .unless_interrupted(
-            Interruption::Connecting,
-            session.serve(&mut requests, |reply| print_reply(reply, &errors)),
-        )
-        .await;
-    if served.is_ok() {
+    let state = Rc::new(CopyState::default());
+    let mut copies = Copies {
+        errors: &errors,
+        state: state.clone(),
+    };
+    let served = {
+        let serve = session.serve_jobs(&mut work, |reply| print_reply(reply, &errors), &mut copies);
+        tokio::pin!(serve);
+        tokio::select! {
+            () = &mut serve => true,
+            () = signals.arrival() => {
+                // A copy under way cleans up and replies first; a second
+                // signal cuts that short.
+                if let Some(id) = state.in_flight() {
+                    tokio::select! {
+                        () = state.stop() => {}
+                        () = &mut serve => {}
+                        () = signals.arrival() => print(&Line::error(id, &copies::clean_up_cut_short())),
+                    }
+                }
+                false
+            }
+        }
+    };
+    if served {
         session.close().await;
         return Ok(Answer::Nothing);
     }
@@ -70,65 +94,6 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         print(&Line::error(left.id, &CliError::interrupted(stage)));
     }
     Ok(Answer::Failed)
-}
-
-/// Reads request lines until EOF, answering those that are no request at
-/// once; the others go to the session.
-fn read_requests(mut input: impl BufRead, requests: mpsc::Sender<Request>) {
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        let read = std::io::Read::take(&mut input, MAX_LINE_LEN as u64 + 1).read_until(b'\n', &mut line);
-        match read {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-        if line.len() > MAX_LINE_LEN && line.last() != Some(&b'\n') {
-            let message = format!("a request line may be at most {MAX_LINE_LEN} bytes long");
-            print(&Line::bad_request(Value::Null, message));
-            if !skip_line(&mut input) {
-                return;
-            }
-            continue;
-        }
-        if line.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        match Request::parse(&line) {
-            Ok(request) => {
-                if requests.blocking_send(request).is_err() {
-                    return;
-                }
-            }
-            Err(bad) => print(&Line::bad_request(bad.id, bad.message)),
-        }
-    }
-}
-
-/// Skips the rest of a line; false at EOF.
-fn skip_line(input: &mut impl BufRead) -> bool {
-    loop {
-        let Ok(buffer) = input.fill_buf() else {
-            return false;
-        };
-        if buffer.is_empty() {
-            return false;
-        }
-        match memchr(buffer) {
-            Some(end) => {
-                input.consume(end + 1);
-                return true;
-            }
-            None => {
-                let len = buffer.len();
-                input.consume(len);
-            }
-        }
-    }
-}
-
-fn memchr(buffer: &[u8]) -> Option<usize> {
-    buffer.iter().position(|&b| b == b'\n')
 }
 
 fn print_reply(reply: Reply, errors: &AgentErrors) {
@@ -219,11 +184,12 @@ struct Line {
 }
 
 /// What a request gave: a program's result exactly as `guest-run` prints
-/// it, or `{}` for a ping.
+/// it, a copy's summary as `copy` prints it, or `{}` for a ping.
 #[derive(Serialize)]
 #[serde(untagged)]
 enum Answered {
     Run(RunResult),
+    Copied(Summary),
     Pong {},
 }
 

@@ -1,0 +1,230 @@
+//! The session's input: request lines, and the data lines of copies into
+//! the guest (`{"id": ID, "data": BASE64}`, the last with `"end": true`),
+//! read on a thread of their own. A line that is no request is answered
+//! at once; the others go to the session as they come.
+
+use std::collections::HashMap;
+use std::io::{BufRead, ErrorKind as IoErrorKind};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::sync::mpsc::Sender;
+use virtomate_protocol::session::{Request, Work};
+use virtomate_protocol::MAX_REQUEST_LEN;
+
+use super::copies::{CopyJob, Data, Streamed};
+use super::{print, Line};
+
+/// The longest line: one agent request (a program's input in Base64
+/// included) and room for the JSON around it. A longer line is answered
+/// with an error and skipped, never held whole.
+pub const MAX_LINE_LEN: usize = MAX_REQUEST_LEN + (1 << 20);
+
+/// Reads lines until EOF, sending the session its work.
+pub fn read(mut input: impl BufRead, work: Sender<Work<CopyJob>>) {
+    let mut reader = Reader {
+        work,
+        copies: HashMap::new(),
+    };
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = std::io::Read::take(&mut input, MAX_LINE_LEN as u64 + 1).read_until(b'\n', &mut line);
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if line.len() > MAX_LINE_LEN && line.last() != Some(&b'\n') {
+            let message = format!("a request line may be at most {MAX_LINE_LEN} bytes long");
+            print(&Line::bad_request(Value::Null, message));
+            if !skip_line(&mut input) {
+                break;
+            }
+            continue;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if !reader.take(&line) {
+            break;
+        }
+    }
+    reader.end_of_input();
+}
+
+/// Where the lines go.
+struct Reader {
+    work: Sender<Work<CopyJob>>,
+    /// The `copy_to`s whose data is still to come, by their id as JSON.
+    copies: HashMap<String, OpenCopy>,
+}
+
+struct OpenCopy {
+    /// `None` once the copy has been failed for want of its data: its
+    /// later lines are dropped quietly (its reply says why).
+    stream: Option<Streamed>,
+}
+
+impl Reader {
+    /// Takes one line; false once the session takes no more.
+    fn take(&mut self, line: &[u8]) -> bool {
+        let object = match serde_json::from_slice(line) {
+            Ok(Value::Object(object)) => object,
+            // Not an object: the protocol's parser says what is wrong.
+            _ => match Request::parse(line) {
+                Ok(request) => return self.send(Work::Request(request)),
+                Err(bad) => return answer(bad.id, bad.message),
+            },
+        };
+        if CopyJob::is_copy(&object) {
+            return self.copy(object);
+        }
+        if object.contains_key("data") || object.contains_key("end") {
+            return self.data(object);
+        }
+        if !object.contains_key("run") && !object.contains_key("ping") {
+            let id = object.get("id").cloned().unwrap_or(Value::Null);
+            let message = "a request needs \"run\", \"ping\", \"copy_to\" or \"copy_from\"";
+            return answer(id, message.to_owned());
+        }
+        match Request::from_object(object) {
+            Ok(request) => self.send(Work::Request(request)),
+            Err(bad) => answer(bad.id, bad.message),
+        }
+    }
+
+    fn copy(&mut self, mut object: Map<String, Value>) -> bool {
+        let id = object.remove("id").unwrap_or(Value::Null);
+        let key = id.to_string();
+        if self.copies.contains_key(&key) {
+            let message = format!("a copy_to with the id {key} still waits for its data");
+            return answer(id, message);
+        }
+        match CopyJob::parse(id.clone(), object) {
+            Ok((job, streamed)) => {
+                if let Some(stream) = streamed {
+                    let stream = Some(stream);
+                    self.copies.insert(key, OpenCopy { stream });
+                }
+                self.send(Work::Job(job))
+            }
+            Err(message) => answer(id, message),
+        }
+    }
+
+    /// A data line: `{"id", "data": BASE64}`, `"end": true` on the last.
+    fn data(&mut self, mut object: Map<String, Value>) -> bool {
+        let id = object.remove("id").unwrap_or(Value::Null);
+        let key = id.to_string();
+        let data = object.remove("data");
+        let end = object.remove("end");
+        if let Some(unknown) = object.keys().next() {
+            return answer(id, format!("unknown key {unknown:?} in a data line"));
+        }
+        let end = match end {
+            None => false,
+            Some(Value::Bool(end)) => end,
+            Some(_) => return answer(id, "\"end\" must be true or false".to_owned()),
+        };
+        let Some(open) = self.copies.get_mut(&key) else {
+            return answer(id, format!("no copy_to with the id {key} waits for data"));
+        };
+        let bytes = match data {
+            None => Ok(Vec::new()),
+            Some(Value::String(text)) => STANDARD
+                .decode(text)
+                .map_err(|e| format!("a data line is not Base64: {e}")),
+            Some(_) => Err("\"data\" must be a Base64 string".to_owned()),
+        };
+        match bytes {
+            Ok(bytes) if !bytes.is_empty() => {
+                if let Some(stream) = &open.stream {
+                    // A copy that failed already drops its data.
+                    let _ = stream.data.blocking_send(Ok(Bytes::from(bytes)));
+                }
+            }
+            Ok(_) => {}
+            Err(message) => fail(open, std::io::Error::new(IoErrorKind::InvalidData, message)),
+        }
+        if end {
+            // The sender dropped: the copy reads to its end.
+            self.copies.remove(&key);
+        }
+        true
+    }
+
+    /// Sends the session work, waiting while its queue is full. A copy
+    /// that has the channel and waits for data lines that come after this
+    /// one would keep the queue full for ever: such a copy fails instead.
+    fn send(&mut self, mut work: Work<CopyJob>) -> bool {
+        loop {
+            work = match self.work.try_send(work) {
+                Ok(()) => return true,
+                Err(TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Full(work)) => work,
+            };
+            for open in self.copies.values_mut() {
+                if open
+                    .stream
+                    .as_ref()
+                    .is_some_and(|s| s.started.load(Ordering::Acquire))
+                {
+                    let why = "other requests filled the session's queue while the copy waited for its \
+                               data; send a copy_to's data lines right after it";
+                    fail(open, std::io::Error::other(why));
+                }
+            }
+            // A copy still queued may take the channel meanwhile: look again.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// No more input: a copy whose data had not ended fails.
+    fn end_of_input(&mut self) {
+        for (_, mut open) in self.copies.drain() {
+            let why = "the session's input ended before the copy's data line with \"end\": true";
+            fail(&mut open, std::io::Error::new(IoErrorKind::UnexpectedEof, why));
+        }
+    }
+}
+
+/// Ends `open`'s data with `error`, which its copy reports.
+fn fail(open: &mut OpenCopy, error: std::io::Error) {
+    if let Some(stream) = open.stream.take() {
+        let failed: Data = Err(error);
+        let _ = stream.data.blocking_send(failed);
+    }
+}
+
+/// Answers a line that is no request; the session goes on.
+fn answer(id: Value, message: String) -> bool {
+    print(&Line::bad_request(id, message));
+    true
+}
+
+/// Skips the rest of a line; false at EOF.
+fn skip_line(input: &mut impl BufRead) -> bool {
+    loop {
+        let Ok(buffer) = input.fill_buf() else {
+            return false;
+        };
+        if buffer.is_empty() {
+            return false;
+        }
+        match buffer.iter().position(|&b| b == b'\n') {
+            Some(end) => {
+                input.consume(end + 1);
+                return true;
+            }
+            None => {
+                let len = buffer.len();
+                input.consume(len);
+            }
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! Copies in a `virtomate session`: `copy_to` with the data in the request
+//! or in data lines after it, `copy_from` with the file in data lines, on
+//! the session's one connection and beside its programs.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::copy::{noise, sha256_hex, temporaries};
+use crate::support::host_agent::HostAgent;
+use crate::support::live_session::Live;
+use crate::support::test_vm::TestVm;
+
+const KIB: usize = 1 << 10;
+
+/// Sends `data` for the `copy_to` under `id` in lines of `line` bytes,
+/// the last with `"end": true`.
+fn send_data(live: &mut Live, id: &Value, data: &[u8], line: usize) {
+    for piece in data.chunks(line) {
+        live.send(json!({"id": id, "data": STANDARD.encode(piece)}));
+    }
+    live.send(json!({"id": id, "end": true}));
+}
+
+/// The reply to `id` that ends it, and the bytes of its data lines.
+fn reply_to(live: &mut Live, id: &Value, others: &mut Vec<Value>) -> (Value, Vec<u8>) {
+    let mut data = Vec::new();
+    loop {
+        let reply = live.reply();
+        if reply["id"] != *id {
+            others.push(reply);
+            continue;
+        }
+        match reply.get("data") {
+            Some(Value::String(text)) => data.extend(STANDARD.decode(text).unwrap()),
+            _ => return (reply, data),
+        }
+    }
+}
+
+/// A whole copy in and back out through one session, beside a program.
+fn round_trip(domain: &str, dir: &Path, data: &[u8], line: usize) {
+    let mut live = Live::start(&["--timeout", "60"], domain);
+    let inside = format!("{}/in-guest.bin", dir.display());
+    let put = json!("put");
+    live.send(json!({"id": put, "copy_to": inside, "mode": "640", "chunk_size": "64K"}));
+    // Pipelined between the copy's request and its data: served after it.
+    live.send(json!({"id": "between", "run": ["echo", "beside"]}));
+    send_data(&mut live, &put, data, line);
+    let mut others = Vec::new();
+    let (reply, _) = reply_to(&mut live, &put, &mut others);
+    assert_eq!(reply["result"]["bytes"], data.len(), "{reply}");
+
+    let get = json!(["get", 1]);
+    live.send(json!({"id": get, "copy_from": inside, "verify": true}));
+    let (reply, back) = reply_to(&mut live, &get, &mut others);
+    assert_eq!(reply["result"]["sha256"], sha256_hex(data), "{reply}");
+    assert_eq!(reply["result"]["bytes"], data.len(), "{reply}");
+    assert!(
+        back == data,
+        "{} bytes came back, not the {} sent",
+        back.len(),
+        data.len()
+    );
+
+    if others.is_empty() {
+        others.push(live.reply());
+    }
+    assert_eq!(others.len(), 1, "{others:?}");
+    assert_eq!(others[0]["id"], "between", "{others:?}");
+    assert_eq!(others[0]["result"]["stdout"], "beside\n", "{others:?}");
+    assert_eq!(live.finish(), 0);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_session_copies_a_file_in_and_back_out_byte_identical_beside_a_program() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = noise(3 * (1 << 20) + 17, 7);
+    round_trip(agent.socket().to_str().unwrap(), dir.path(), &data, 200 * KIB);
+    let inside = dir.path().join("in-guest.bin");
+    assert_eq!(std::fs::read(&inside).unwrap(), data);
+    assert_eq!(
+        std::fs::metadata(&inside).unwrap().permissions().mode() & 0o7777,
+        0o640
+    );
+    assert!(temporaries(dir.path()).is_empty());
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_session_on_the_test_vm_copies_a_file_in_and_back_out() {
+    let vm = TestVm::boot("session-copy");
+    let data = noise(1 << 20, 8);
+    round_trip(&vm.name, Path::new("/tmp"), &data, 64 * KIB);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn data_in_the_request_makes_a_whole_copy_and_bad_copies_get_errors_while_the_session_goes_on() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let dir = tempfile::tempdir().unwrap();
+    let inline = dir.path().join("inline.txt");
+    let cut = dir.path().join("cut.txt");
+    let mut live = Live::start(&[], socket.to_str().unwrap());
+    live.send(json!({"id": 1, "copy_to": inline, "data": STANDARD.encode("hello\n")}));
+    let reply = live.reply();
+    assert_eq!(
+        (&reply["id"], &reply["result"]["bytes"]),
+        (&json!(1), &json!(6)),
+        "{reply}"
+    );
+    let errors = [
+        (json!({"id": 2, "copy_to": "/x", "copy_from": "/y"}), "either"),
+        (
+            json!({"id": 3, "copy_from": "/x", "owner": "me"}),
+            "unknown key \"owner\" in a copy_from request",
+        ),
+        (
+            json!({"id": 4, "copy_to": "/x", "mode": "999"}),
+            "\"mode\": expected an octal mode",
+        ),
+        (
+            json!({"id": 5, "data": "aGk="}),
+            "no copy_to with the id 5 waits for data",
+        ),
+        (
+            json!({"id": 6, "copy_to": "/x", "data": "not base64!"}),
+            "\"data\" is not Base64",
+        ),
+    ];
+    for (request, says) in errors {
+        live.send(request.clone());
+        let reply = live.reply();
+        assert_eq!(reply["id"], request["id"], "{reply}");
+        assert_eq!(reply["error"]["type"], "UsageError", "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{message}");
+    }
+    live.send(json!({"id": 7, "copy_from": dir.path().join("missing")}));
+    let reply = live.reply();
+    assert_eq!(reply["error"]["type"], "PathError", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("No such file"),
+        "{reply}"
+    );
+
+    // A data line that is not Base64 fails its copy and leaves nothing.
+    live.send(json!({"id": 8, "copy_to": cut}));
+    live.send(json!({"id": 8, "data": STANDARD.encode("some")}));
+    live.send(json!({"id": 8, "data": "%%%"}));
+    live.send(json!({"id": 8, "data": STANDARD.encode("more"), "end": true}));
+    let reply = live.reply();
+    assert_eq!(reply["error"]["type"], "IoError", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("a data line is not Base64"), "{message}");
+    assert!(message.contains("the destination was not touched"), "{message}");
+    assert!(!cut.exists());
+
+    // Input that ends before the copy's end fails it the same way.
+    live.send(json!({"id": 9, "copy_to": cut}));
+    live.send(json!({"id": 9, "data": STANDARD.encode("partial")}));
+    live.send(json!({"id": 10, "ping": {}}));
+    live.close_input();
+    let mut replies = vec![live.reply(), live.reply()];
+    replies.sort_by_key(|r| r["id"].as_i64());
+    assert_eq!(replies[0]["error"]["type"], "IoError", "{replies:?}");
+    assert!(replies[0]["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("ended before the copy's data line with \"end\": true"));
+    assert_eq!(replies[1], json!({"id": 10, "result": {}}));
+    assert_eq!(live.finish(), 0);
+    assert!(!cut.exists());
+    assert!(
+        temporaries(dir.path()).is_empty(),
+        "{:?}",
+        temporaries(dir.path())
+    );
+    assert_eq!(std::fs::read_to_string(&inline).unwrap(), "hello\n");
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn sigterm_mid_copy_cleans_up_in_the_guest_and_reports_the_copy_interrupted() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest.bin");
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    live.send(json!({"id": "c", "copy_to": dest, "chunk_size": 16 * KIB}));
+    live.send(json!({"id": "c", "data": STANDARD.encode(noise(64 * KIB, 3))}));
+    crate::support::wait_until(20, "the copy to write", || {
+        temporaries(dir.path())
+            .first()
+            .is_some_and(|t| std::fs::metadata(t.join("data")).is_ok_and(|m| m.len() > 0))
+    });
+    let pid = nix::unistd::Pid::from_raw(live.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let reply = live.reply();
+    assert_eq!(reply["id"], "c", "{reply}");
+    assert_eq!(reply["error"]["type"], "Interrupted", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert_eq!(live.finish(), 1);
+    assert!(!dest.exists());
+    assert!(temporaries(dir.path()).is_empty());
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn requests_that_fill_the_queue_while_a_copy_waits_for_its_data_fail_the_copy_not_the_session() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("dest.bin");
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    live.send(json!({"id": "c", "copy_to": dest}));
+    std::thread::sleep(Duration::from_millis(300));
+    for id in 0..24 {
+        live.send(json!({"id": id, "ping": {}}));
+    }
+    live.send(json!({"id": "c", "data": "aGk=", "end": true}));
+    let mut replies: Vec<Value> = (0..25).map(|_| live.reply()).collect();
+    let copy = replies.remove(replies.iter().position(|r| r["id"] == "c").unwrap());
+    let message = copy["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{copy}"));
+    assert!(message.contains("filled the session's queue"), "{message}");
+    assert!(replies.iter().all(|r| r["result"] == json!({})), "{replies:?}");
+    assert_eq!(live.finish(), 0);
+    assert!(!dest.exists());
+    assert!(temporaries(dir.path()).is_empty());
+}
