@@ -5,22 +5,35 @@
 //! a whole run makes every other client wait for as long as its program
 //! runs; one that connects afresh for every exchange pays the agent's
 //! wake-up each time (qemu-ga in a guest looks at its port every 100 ms
-//! once it has seen the host side closed). [`wait_for_exit_on`] does both
-//! in turn: it holds the channel while the program is young, when a poll
-//! soon after the last is likely to see it end, and lets go between later
-//! polls, or at once when another client waits ([`Connector::contended`]).
+//! once it has seen the host side closed). [`wait_for_exit_on`] holds the
+//! channel between polls and lets go as soon as another client wants it,
+//! so that the next one connects while the agent is still awake: while the
+//! program is young (when a poll soon after the last is likely to see it
+//! end) only for a client that should not wait ([`Connector::contended`]),
+//! later for any ([`Connector::waited_for`]), and at least once every
+//! [`HoldPolicy::share_after`], for clients that cannot say that they
+//! wait (a socat, libvirtd, another tool).
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::qga::{Command, GuestExec, GuestExecReply, GuestExecStatus};
 use crate::{
     Agent, ChannelLock, ClientOptions, Deadline, Error, Finished, PollSchedule, QgaClient, RequestProgress,
     Turn,
 };
+
+/// While a connection is held between polls, how often to ask whether
+/// another client waits.
+pub(crate) const LOOK_FOR_WAITERS: Duration = Duration::from_millis(10);
+
+/// How long a client that lets go of the channel for a waiter keeps its
+/// connection open after giving up the turn: long enough for the waiter,
+/// which looks every millisecond, to take the turn and connect.
+const HANDOVER: Duration = Duration::from_millis(3);
 
 /// How long a refused connection is tried again (see
 /// [`SocketConnector`]'s `connect`).
@@ -82,6 +95,23 @@ pub trait Connector {
         false
     }
 
+    /// Whether another client waits for the channel at all, patiently
+    /// or not (see [`ChannelLock::waited_for`]); by default, as
+    /// [`contended`](Self::contended).
+    ///
+    /// ```
+    /// # use virtomate_protocol::{Connector, Error, QgaClient};
+    /// # struct Polite;
+    /// # impl Connector for Polite {
+    /// #   type Agent = QgaClient;
+    /// #   async fn connect(&mut self) -> Result<QgaClient, Error> { Err(Error::Disconnected) }
+    /// # }
+    /// assert!(!Polite.waited_for());
+    /// ```
+    fn waited_for(&self) -> bool {
+        self.contended()
+    }
+
     /// Whether a connection keeps every other client out of the channel,
     /// as a direct one does; through libvirtd it does not, and is kept
     /// between polls.
@@ -97,6 +127,23 @@ pub trait Connector {
     /// ```
     fn exclusive(&self) -> bool {
         true
+    }
+
+    /// How long the next connects wait for the channel before they ask
+    /// its holder to let go (see [`ChannelLock::acquire_patiently`]):
+    /// zero by default; a status poll of a program that has run for a
+    /// while can wait, so that a holder whose program is young keeps the
+    /// channel. A connector that shares nothing ignores it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use virtomate_protocol::{ClientOptions, Connector, SocketConnector};
+    ///
+    /// let mut connector = SocketConnector::new("/run/vm/qga.sock", ClientOptions::default());
+    /// connector.set_patience(Duration::from_millis(500));
+    /// ```
+    fn set_patience(&mut self, patience: Duration) {
+        let _ = patience;
     }
 }
 
@@ -120,6 +167,7 @@ pub struct SocketConnector {
     options: ClientOptions,
     lock: Option<ChannelLock>,
     turn: Option<Turn>,
+    patience: Duration,
 }
 
 impl SocketConnector {
@@ -143,6 +191,7 @@ impl SocketConnector {
             options,
             lock,
             turn: None,
+            patience: Duration::ZERO,
         }
     }
 
@@ -170,7 +219,7 @@ impl Connector for SocketConnector {
         // stale, and a new flock would wait for it, our own, till the end.
         self.turn = None;
         if let Some(lock) = &self.lock {
-            self.turn = Some(lock.acquire(deadline).await?);
+            self.turn = Some(lock.acquire_patiently(deadline, self.patience).await?);
         }
         // `qemu-ga -m unix-listen` stops listening while it serves a
         // client and listens again once it has left; after a client killed
@@ -195,13 +244,28 @@ impl Connector for SocketConnector {
     }
 
     async fn disconnect(&mut self, agent: QgaClient) {
-        // The socket closes before the next client may take its turn.
-        drop(agent);
+        // A client that waits urgently gets the turn before the socket
+        // closes, and connects at once: QEMU hands the port to its
+        // waiting connection the moment this one closes, before the agent
+        // in the guest has seen the close and gone to sleep for 100 ms.
+        let handover = self.contended();
         self.turn = None;
+        if handover {
+            sleep(HANDOVER).await;
+        }
+        drop(agent);
     }
 
     fn contended(&self) -> bool {
         self.lock.as_ref().is_some_and(ChannelLock::contended)
+    }
+
+    fn waited_for(&self) -> bool {
+        self.lock.as_ref().is_some_and(ChannelLock::waited_for)
+    }
+
+    fn set_patience(&mut self, patience: Duration) {
+        self.patience = patience;
     }
 }
 
@@ -222,6 +286,8 @@ impl Connector for SocketConnector {
 pub struct Channel<C: Connector> {
     connector: C,
     agent: Option<C::Agent>,
+    /// When the open connection was made.
+    connected_at: Option<Instant>,
 }
 
 impl<C: Connector> Channel<C> {
@@ -236,6 +302,7 @@ impl<C: Connector> Channel<C> {
         Channel {
             connector,
             agent: None,
+            connected_at: None,
         }
     }
 
@@ -263,6 +330,19 @@ impl<C: Connector> Channel<C> {
         self.connector
     }
 
+    /// How long the next connects wait before asking the channel's holder
+    /// to let go (see [`Connector::set_patience`]).
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
+    /// # let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+    /// channel.set_patience(Duration::from_millis(500)); // a late poll is fine
+    /// ```
+    pub fn set_patience(&mut self, patience: Duration) {
+        self.connector.set_patience(patience);
+    }
+
     /// Whether a connection is open.
     ///
     /// ```no_run
@@ -285,6 +365,7 @@ impl<C: Connector> Channel<C> {
     pub async fn agent(&mut self) -> Result<&mut C::Agent, Error> {
         if self.agent.is_none() {
             self.agent = Some(self.connector.connect().await?);
+            self.connected_at = Some(Instant::now());
         }
         Ok(self.agent.as_mut().expect("connected just now"))
     }
@@ -299,6 +380,7 @@ impl<C: Connector> Channel<C> {
     /// # }
     /// ```
     pub async fn release(&mut self) {
+        self.connected_at = None;
         if let Some(agent) = self.agent.take() {
             self.connector.disconnect(agent).await;
         }
@@ -371,32 +453,80 @@ impl<C: Connector> Channel<C> {
             self.release().await;
         }
     }
+
+    /// Lets go of the channel between polls of a program as `hold` says:
+    /// for a `young` one only when a client waits that should not
+    /// ([`Connector::contended`]); for an older one when any client
+    /// waits ([`Connector::waited_for`]) or once the connection has been
+    /// held for [`HoldPolicy::share_after`].
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::{Channel, HoldPolicy, SocketConnector};
+    /// # async fn demo(channel: &mut Channel<SocketConnector>) {
+    /// channel.share(false, HoldPolicy::default()).await; // an old program's poll is done
+    /// # }
+    /// ```
+    pub async fn share(&mut self, young: bool, hold: HoldPolicy) {
+        let Some(connected_at) = self.connected_at else {
+            return;
+        };
+        if !self.connector.exclusive() {
+            return;
+        }
+        let others = match young {
+            true => self.connector.contended(),
+            false => self.connector.waited_for() || connected_at.elapsed() >= hold.share_after,
+        };
+        if others {
+            self.release().await;
+        }
+    }
 }
 
-/// How long a run holds the channel between polls: while the program is
-/// younger than `young`, unless another client waits. Later polls each
-/// connect afresh.
+/// How a run holds the channel between polls: while the program is
+/// younger than `young`, unless another client waits that should not;
+/// later, unless any client waits, and for `share_after` at most at a
+/// time. Polls of an older program wait up to `patience` before they ask
+/// a holder to let go.
 ///
 /// ```
 /// use std::time::Duration;
 /// use virtomate_protocol::HoldPolicy;
 ///
 /// assert_eq!(HoldPolicy::default().young, Duration::from_secs(1));
+/// assert_eq!(HoldPolicy::default().patience, Duration::from_millis(500));
+/// assert_eq!(HoldPolicy::default().share_after, Duration::from_secs(1));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HoldPolicy {
     /// A program younger than this keeps the channel between polls.
     pub young: Duration,
+    /// How long a poll of a program older than `young` waits for the
+    /// channel before it asks the holder to let go (see
+    /// [`Connector::set_patience`]).
+    pub patience: Duration,
+    /// The longest a connection is held for polls of a program older
+    /// than `young`: then it is let go, so that a client that cannot say
+    /// that it waits gets its turn.
+    pub share_after: Duration,
 }
 
 impl Default for HoldPolicy {
     /// One second: most programs run through an agent end within it and
     /// are seen to end on the connection that started them; another
-    /// client that waits makes the holder let go at its next poll anyway,
-    /// so the hold costs others at most one exchange and one pause.
+    /// client that waits to start or poll a young program makes the
+    /// holder let go at its next poll anyway, so the hold costs others at
+    /// most one exchange and one pause. A poll of an older program waits
+    /// half a second first: a quick run beside a long one is not made to
+    /// reconnect for each of its polls, and the long one's poll comes at
+    /// most that much late. An older program's connection is let go
+    /// every second at least: a client that cannot say that it waits
+    /// waits no longer than that.
     fn default() -> Self {
         HoldPolicy {
             young: Duration::from_secs(1),
+            patience: Duration::from_millis(500),
+            share_after: Duration::from_secs(1),
         }
     }
 }
@@ -427,19 +557,36 @@ pub async fn wait_for_exit_on<C: Connector>(
 ) -> Result<Finished, Error> {
     let started = Instant::now();
     let mut polls = 0;
-    loop {
+    let finished = loop {
         polls += 1;
-        let status = channel.execute(&GuestExecStatus { pid }).await?;
+        let status = match channel.execute(&GuestExecStatus { pid }).await {
+            Ok(status) => status,
+            Err(error) => break Err(error),
+        };
         if status.exited {
-            return Ok(Finished { status, polls });
+            break Ok(Finished { status, polls });
         }
         let waited = started.elapsed();
-        channel.let_go_unless(waited < hold.young).await;
-        let pause = schedule.pause_after(waited);
-        if !pause.is_zero() {
-            sleep(pause).await;
+        let young = waited < hold.young;
+        channel.set_patience(if young { Duration::ZERO } else { hold.patience });
+        // Held through the pause, and let go as soon as another client
+        // wants the channel: it then connects while the agent is awake.
+        let resume = Instant::now() + schedule.pause_after(waited);
+        loop {
+            channel.share(young, hold).await;
+            let now = Instant::now();
+            if now >= resume {
+                break;
+            }
+            match channel.is_connected() {
+                true => sleep(LOOK_FOR_WAITERS.min(resume - now)).await,
+                false => sleep_until(resume).await,
+            }
         }
-    }
+    };
+    // What the channel does next (a start, say) may not wait.
+    channel.set_patience(Duration::ZERO);
+    finished
 }
 
 #[cfg(test)]

@@ -8,10 +8,13 @@
 //! drops a flock when its holder dies, SIGKILL included, so a lock left
 //! by a killed process never blocks anybody.
 //!
-//! A second file beside it tells the holder that somebody waits: a waiter
-//! holds a shared flock on it while it waits, and the holder asks for an
+//! Two more files beside it tell the holder that somebody waits: a waiter
+//! holds a shared flock on one while it waits, and the holder asks for an
 //! exclusive one without blocking, which fails exactly while somebody
-//! waits ([`ChannelLock::contended`]).
+//! waits. `.poll` says that somebody waits at all ([`ChannelLock::waited_for`]);
+//! `.wait` that somebody waits who should not be kept waiting
+//! ([`ChannelLock::contended`]): a start, or a poll of a young program,
+//! or a patient waiter whose patience ran out.
 //!
 //! The files live in a directory only this user can write: `/run/virtomate`
 //! for root, `$XDG_RUNTIME_DIR/virtomate` otherwise, created with mode 0700
@@ -38,6 +41,12 @@ use crate::{Deadline, Error};
 /// there.
 const RETRY_PAUSE: Duration = Duration::from_millis(1);
 
+/// How long a patient waiter sleeps between two tries (see
+/// [`ChannelLock::acquire_patiently`]): its exchange may come late, and a
+/// client that takes the channel after another has let go pays the
+/// agent's wake-up (up to 100 ms) with the channel held.
+const PATIENT_RETRY_PAUSE: Duration = Duration::from_millis(25);
+
 /// The lock of one agent socket, shared by every process of this user
 /// (root's processes share `/run/virtomate`).
 ///
@@ -60,6 +69,7 @@ pub struct ChannelLock {
     socket: PathBuf,
     turn: PathBuf,
     wait: PathBuf,
+    poll: PathBuf,
 }
 
 /// A turn on the channel: held until dropped.
@@ -93,10 +103,12 @@ impl ChannelLock {
             socket: socket.to_owned(),
             turn: dir.join(format!("{name}.lock")),
             wait: dir.join(format!("{name}.wait")),
+            poll: dir.join(format!("{name}.poll")),
         };
         // Created and checked now, so that a bad file shows up here.
         open_own_file(&lock.turn)?;
         open_own_file(&lock.wait)?;
+        open_own_file(&lock.poll)?;
         Ok(lock)
     }
 
@@ -125,20 +137,40 @@ impl ChannelLock {
     /// # }
     /// ```
     pub async fn acquire(&self, deadline: Deadline) -> Result<Turn, Error> {
+        self.acquire_patiently(deadline, Duration::ZERO).await
+    }
+
+    /// Waits for the turn as [`acquire`](Self::acquire) does, but tells
+    /// the holder that somebody waits ([`contended`](Self::contended))
+    /// only once it has waited `patience`: for an exchange that may come
+    /// late (a status poll of a program that has run for a while), so
+    /// that a holder whose own program is young keeps the channel.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # use virtomate_protocol::{ChannelLock, Deadline};
+    /// # async fn demo(lock: ChannelLock) -> Result<(), virtomate_protocol::Error> {
+    /// let deadline = Deadline::after(Duration::from_secs(5));
+    /// let _turn = lock.acquire_patiently(deadline, Duration::from_millis(500)).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn acquire_patiently(&self, deadline: Deadline, patience: Duration) -> Result<Turn, Error> {
         let file = open_own_file(&self.turn).map_err(Error::Io)?;
-        let file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(lock) => return Ok(Turn { _lock: lock }),
             Err((file, Errno::EWOULDBLOCK)) => file,
             Err((_, errno)) => return Err(Error::Io(errno.into())),
         };
-        // Say that we wait, for as long as we do (dropped on return). A
-        // failure here only costs the holder's courtesy.
-        let _waiting = open_own_file(&self.wait)
-            .ok()
-            .and_then(|wait| Flock::lock(wait, FlockArg::LockSharedNonblock).ok());
         let started = Instant::now();
-        let mut file = file;
+        // That we wait, and later that we should not wait longer: held as
+        // long as we do (dropped on return). A failure to say it only
+        // costs the holder's courtesy.
+        let _waiting = say_so(&self.poll);
+        let mut urgent = None;
         loop {
+            if urgent.is_none() && started.elapsed() >= patience {
+                urgent = Some(say_so(&self.wait));
+            }
             match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => return Ok(Turn { _lock: lock }),
                 Err((back, Errno::EWOULDBLOCK)) => file = back,
@@ -152,12 +184,19 @@ impl ChannelLock {
                     holder,
                 });
             }
-            sleep(RETRY_PAUSE).await;
+            // A patient waiter looks seldom, so that it rarely slips in
+            // between two clients that follow each other closely.
+            sleep(if urgent.is_some() {
+                RETRY_PAUSE
+            } else {
+                PATIENT_RETRY_PAUSE
+            })
+            .await;
         }
     }
 
-    /// Whether another process waits for the channel, so that its holder
-    /// should let go at its next pause.
+    /// Whether another process waits for the channel and should not be
+    /// kept waiting, so that its holder should let go at its next pause.
     ///
     /// ```no_run
     /// # fn demo(lock: &virtomate_protocol::ChannelLock) {
@@ -167,16 +206,42 @@ impl ChannelLock {
     /// # }
     /// ```
     pub fn contended(&self) -> bool {
-        let Ok(wait) = open_own_file(&self.wait) else {
-            return false;
-        };
-        // Our exclusive try fails exactly while a waiter holds its shared
-        // lock; dropping the lock we got at once lets the next waiter in.
-        matches!(
-            Flock::lock(wait, FlockArg::LockExclusiveNonblock),
-            Err((_, Errno::EWOULDBLOCK))
-        )
+        somebody_says_so(&self.wait)
     }
+
+    /// Whether another process waits for the channel at all, patiently
+    /// or not: a holder that merely polls a program that has run for a
+    /// while lets go then.
+    ///
+    /// ```no_run
+    /// # fn demo(lock: &virtomate_protocol::ChannelLock) {
+    /// if lock.waited_for() {
+    ///     println!("somebody waits, perhaps patiently");
+    /// }
+    /// # }
+    /// ```
+    pub fn waited_for(&self) -> bool {
+        somebody_says_so(&self.poll)
+    }
+}
+
+/// A shared flock on `path`, which tells the holder that somebody waits.
+fn say_so(path: &Path) -> Option<Flock<File>> {
+    let file = open_own_file(path).ok()?;
+    Flock::lock(file, FlockArg::LockSharedNonblock).ok()
+}
+
+/// Whether somebody holds a shared flock on `path`: our exclusive try
+/// fails exactly then; dropping the lock we got at once lets the next
+/// waiter in.
+fn somebody_says_so(path: &Path) -> bool {
+    let Ok(file) = open_own_file(path) else {
+        return false;
+    };
+    matches!(
+        Flock::lock(file, FlockArg::LockExclusiveNonblock),
+        Err((_, Errno::EWOULDBLOCK))
+    )
 }
 
 /// The process holding a flock on `file`, named as in `/proc/locks`, with
@@ -336,5 +401,35 @@ mod tests {
             .acquire(Deadline::after(Duration::from_secs(1)))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_patient_waiter_is_seen_only_once_its_patience_is_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qga.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let lock = ChannelLock::in_dir(&socket, dir.path()).unwrap();
+        let other = ChannelLock::in_dir(&socket, dir.path()).unwrap();
+        let _turn = lock
+            .acquire(Deadline::after(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        let deadline = Deadline::after(Duration::from_millis(600));
+        let waiting = other.acquire_patiently(deadline, Duration::from_millis(300));
+        let watch = async {
+            sleep(Duration::from_millis(100)).await;
+            let early = (lock.waited_for(), lock.contended());
+            sleep(Duration::from_millis(350)).await;
+            (early, lock.contended())
+        };
+        let (waited, (early, late)) = tokio::join!(waiting, watch);
+        assert_eq!(
+            early,
+            (true, false),
+            "waiting, but not urgently within its patience"
+        );
+        assert!(late, "urgently after it");
+        assert!(!lock.waited_for(), "the waiter gave up");
+        assert!(matches!(waited, Err(Error::Busy { .. })), "{waited:?}");
     }
 }

@@ -53,6 +53,19 @@ impl Connector for DomainConnector {
         }
     }
 
+    fn waited_for(&self) -> bool {
+        match self {
+            DomainConnector::Direct(direct) => direct.waited_for(),
+            DomainConnector::Libvirt { .. } => false,
+        }
+    }
+
+    fn set_patience(&mut self, patience: std::time::Duration) {
+        if let DomainConnector::Direct(direct) = self {
+            direct.set_patience(patience);
+        }
+    }
+
     /// Each agent command through libvirtd is a call of its own, which
     /// keeps nobody out: the connection to libvirtd is kept.
     fn exclusive(&self) -> bool {

@@ -45,6 +45,7 @@ use jobs::{Incoming, NoJobs};
 pub use jobs::{Jobs, Work};
 pub use request::{Action, BadRequest, Request, RunRequest};
 
+use crate::channel::LOOK_FOR_WAITERS;
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
 use crate::qga::{
     environment, CaptureOutput, GuestExec, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing,
@@ -351,8 +352,6 @@ impl<C: Connector> Session<C> {
         mut reply: impl FnMut(Reply),
         jobs: &mut J,
     ) {
-        // While connected and idle, how often to ask whether others wait.
-        const LOOK_FOR_WAITERS: Duration = Duration::from_millis(10);
         let mut open = true;
         loop {
             if !open && self.running.is_empty() {
@@ -369,6 +368,7 @@ impl<C: Connector> Session<C> {
                     match next {
                         Some(Work::Request(request)) => self.handle(request, &mut reply).await,
                         Some(Work::Job(job)) => {
+                            self.channel.set_patience(Duration::ZERO);
                             jobs.run(job, &mut self.channel).await;
                             self.last_request = Instant::now();
                         }
@@ -428,7 +428,8 @@ impl<C: Connector> Session<C> {
     }
 
     /// Keeps the connection while requests came recently or a program is
-    /// young, unless another client waits.
+    /// young, unless another client waits that should not; while older
+    /// programs run, as [`Channel::share`] says; idle, lets it go.
     async fn let_go_unless_busy(&mut self) {
         let now = Instant::now();
         let recent = now.duration_since(self.last_request) < self.options.idle;
@@ -436,10 +437,16 @@ impl<C: Connector> Session<C> {
             .running
             .iter()
             .any(|run| now.duration_since(run.started) < self.options.hold.young);
-        self.channel.let_go_unless(recent || young).await;
+        if recent || young || self.running.is_empty() {
+            self.channel.let_go_unless(recent || young).await;
+        } else {
+            self.channel.share(false, self.options.hold).await;
+        }
     }
 
     async fn handle(&mut self, request: Request, reply: &mut impl FnMut(Reply)) {
+        // A request's exchange asks a holder to let go at once.
+        self.channel.set_patience(Duration::ZERO);
         let id = request.id;
         let (stage, outcome) = match request.action {
             Action::Ping => (Stage::Pinging, self.ping(&id).await),
@@ -585,7 +592,16 @@ impl<C: Connector> Session<C> {
             return;
         };
         let pid = self.running[index].pid;
+        // A poll of a program no longer young may come a little late.
+        let young = self.running[index].started.elapsed() < self.options.hold.young;
+        let patience = if young {
+            Duration::ZERO
+        } else {
+            self.options.hold.patience
+        };
+        self.channel.set_patience(patience);
         if self.running[index].stop_at.is_some_and(|at| Instant::now() >= at) {
+            self.channel.set_patience(Duration::ZERO);
             return self.stop(index, reply).await;
         }
         if let Some(mut following) = self.running[index].follow.take() {
