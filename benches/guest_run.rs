@@ -39,6 +39,7 @@ fn main() {
     // disconnect, so both meet the agent at the same points of that cycle.
     let pauses: Vec<Duration> = pseudo_random_pauses(runs + 3, Duration::from_millis(150));
     println!("virtomate guest-run DOMAIN -- /bin/true, {runs} runs each (milliseconds)");
+    println!("binary: {}", support::virtomate_path().display());
     println!(
         "{:<11} {:>10} {:>9} {:>10} {:>10} {:>6} {:>11} {:>10} {:>11} {:>8}",
         "agent",

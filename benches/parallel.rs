@@ -5,7 +5,8 @@
 //! run; asserts nothing about time.
 //!
 //! `cargo bench --bench parallel` (scripts/bench.sh runs it);
-//! `BENCH_RUNS` sets the commands per figure (default 100).
+//! `BENCH_RUNS` sets the commands per figure (default 100), `BENCH_PARTS`
+//! the figures to print (`BENCH_PARTS=13`: the first and the third).
 
 #[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
@@ -38,133 +39,146 @@ fn main() {
     let host = HostAgent::start();
     let socket = vm.socket();
     println!("{runs} commands per figure; times in milliseconds");
+    println!("binary: {}", support::virtomate_path().display());
 
     // 1. Many quick commands, in interleaved rounds so that a change in
     // the machine's load falls on every figure alike. The loops on one
     // connection are timed once connected: whether a fresh connection
     // meets the agent awake or asleep (up to 100 ms) depends on what ran
     // just before, and is not what a command costs.
-    let rounds = ROUNDS.min(runs);
-    let per_round = runs / rounds;
-    let mut figures = [Duration::ZERO; 4];
-    let mut session_over_held = Vec::new();
-    for _ in 0..rounds {
-        let round = [
-            session_loop(&vm.name, per_round) / per_round as u32,
-            per_command(per_round, || (0..per_round).for_each(|_| cli_true(&vm.name))),
-            fresh_runtime().block_on(held_loop(&socket, per_round)) / per_round as u32,
-            fresh_runtime().block_on(engine_loop(&socket, per_round)) / per_round as u32,
-        ];
-        session_over_held.push(ratio(round[0], round[2]));
-        for (total, figure) in figures.iter_mut().zip(round) {
-            *total += figure / rounds as u32;
+    if part('1') {
+        let rounds = ROUNDS.min(runs);
+        let per_round = runs / rounds;
+        let mut figures = [Duration::ZERO; 4];
+        let mut session_over_held = Vec::new();
+        for _ in 0..rounds {
+            let round = [
+                session_loop(&vm.name, per_round) / per_round as u32,
+                per_command(per_round, || (0..per_round).for_each(|_| cli_true(&vm.name))),
+                fresh_runtime().block_on(held_loop(&socket, per_round)) / per_round as u32,
+                fresh_runtime().block_on(engine_loop(&socket, per_round)) / per_round as u32,
+            ];
+            session_over_held.push(ratio(round[0], round[2]));
+            for (total, figure) in figures.iter_mut().zip(round) {
+                *total += figure / rounds as u32;
+            }
         }
-    }
-    let [session, fresh, held, engine] = figures;
-    session_over_held.sort_by(f64::total_cmp);
-    println!();
-    println!("{runs} sequential /bin/true on the test VM in {rounds} interleaved rounds, per command:");
-    println!("  one session          {:>8.2}", ms(session));
-    println!(
-        "  fresh guest-run      {:>8.2}   ({:.2}x the session; goal >= 3)",
-        ms(fresh),
-        ratio(fresh, session)
-    );
-    println!(
-        "  held connection loop {:>8.2}   (session is {:.2}x this; goal <= 1.2; rounds {:.2} to {:.2})",
-        ms(held),
-        ratio(session, held),
-        session_over_held[0],
-        session_over_held[rounds - 1]
-    );
-    println!(
-        "  session engine alone {:>8.2}   (in this process, no CLI: {:.2}x the held loop)",
-        ms(engine),
-        ratio(engine, held)
-    );
-    if std::env::var_os("BENCH_ONLY_SESSION").is_some() {
-        return;
+        let [session, fresh, held, engine] = figures;
+        session_over_held.sort_by(f64::total_cmp);
+        println!();
+        println!("{runs} sequential /bin/true on the test VM in {rounds} interleaved rounds, per command:");
+        println!("  one session          {:>8.2}", ms(session));
+        println!(
+            "  fresh guest-run      {:>8.2}   ({:.2}x the session; goal >= 3)",
+            ms(fresh),
+            ratio(fresh, session)
+        );
+        println!(
+            "  held connection loop {:>8.2}   (session is {:.2}x this; goal <= 1.2; rounds {:.2} to {:.2})",
+            ms(held),
+            ratio(session, held),
+            session_over_held[0],
+            session_over_held[rounds - 1]
+        );
+        println!(
+            "  session engine alone {:>8.2}   (in this process, no CLI: {:.2}x the held loop)",
+            ms(engine),
+            ratio(engine, held)
+        );
     }
 
     // 2. Concurrent long runs by name. (A pause first: right after the
     // held loop closed its connection, the route choice has been seen to
     // take the closing connection for an unknown holder.)
-    std::thread::sleep(Duration::from_millis(500));
-    let single = timed(|| wait_ok(spawn_cli(&vm.name, &["sleep", "3"])));
-    let eight = timed(|| {
-        let children: Vec<Child> = (0..8).map(|_| spawn_cli(&vm.name, &["sleep", "3"])).collect();
-        children.into_iter().for_each(wait_ok);
-    });
-    println!();
-    println!(
-        "guest-run VM -- sleep 3 by name: one alone {:.0}, 8 at once {:.0} in all ({:.2}x; goal <= 1.5)",
-        ms(single),
-        ms(eight),
-        ratio(eight, single)
-    );
-
-    // 3. Quick runs beside a long one.
-    let alone: Vec<Duration> = (0..20).map(|_| timed(|| cli_true(&vm.name))).collect();
-    let long = spawn_cli(&vm.name, &["sleep", "30"]);
-    std::thread::sleep(Duration::from_secs(2));
-    let beside: Vec<Duration> = (0..20).map(|_| timed(|| cli_true(&vm.name))).collect();
-    wait_ok(long);
-    let (alone, beside) = (median(alone), median(beside));
-    let worst = beside.max(alone);
-    println!(
-        "20 quick runs: median alone {:.1}, beside a sleep 30 {:.1} ({:.2}x; goal <= 2; worst beside {:.1})",
-        ms(alone),
-        ms(beside),
-        ratio(beside, alone),
-        ms(worst)
-    );
-
-    // 4. Whole process against in-process floors.
-    let startup = median(
-        (0..20)
-            .map(|_| {
-                timed(|| {
-                    let status = support::virtomate()
-                        .arg("--version")
-                        .stdout(Stdio::null())
-                        .status()
-                        .unwrap();
-                    assert!(status.success());
-                })
-            })
-            .collect(),
-    );
-    println!();
-    println!("process start-up (virtomate --version): {:.2}", ms(startup));
-    for (label, socket) in [("host agent", host.socket()), ("test VM", vm.socket())] {
-        let cli = median(
-            (0..runs)
-                .map(|_| timed(|| cli_true(socket.to_str().unwrap())))
-                .collect(),
-        );
-        // Fresh connection each time, closed properly, the same schedule
-        // as the CLI, and as long between runs as a process takes to start.
-        let floor = median(
-            (0..runs)
-                .map(|_| {
-                    std::thread::sleep(startup);
-                    timed(|| runtime.block_on(fresh_connection(&socket)))
-                })
-                .collect(),
-        );
-        let (_, rss) =
-            support::run_measured(&["guest-run", socket.to_str().unwrap(), "--", "/bin/true"], None);
+    if part('2') {
+        std::thread::sleep(Duration::from_millis(500));
+        let single = timed(|| wait_ok(spawn_cli(&vm.name, &["sleep", "3"])));
+        let eight = timed(|| {
+            let children: Vec<Child> = (0..8).map(|_| spawn_cli(&vm.name, &["sleep", "3"])).collect();
+            children.into_iter().for_each(wait_ok);
+        });
+        println!();
         println!(
-            "{label:<10}: guest-run process {:.2}, fresh-connection floor {:.2} (+{:.2} start-up gap), \
-             ratio {:.2}; peak RSS {} KiB",
-            ms(cli),
-            ms(floor),
-            ms(startup),
-            ratio(cli, floor),
-            rss
+            "guest-run VM -- sleep 3 by name: one alone {:.0}, 8 at once {:.0} in all ({:.2}x; goal <= 1.5)",
+            ms(single),
+            ms(eight),
+            ratio(eight, single)
         );
     }
-    println!("goals: host agent ratio <= 1.5, test VM ratio <= 1.3, RSS < 8192 KiB");
+
+    // 3. Quick runs beside a long one.
+    if part('3') {
+        let alone: Vec<Duration> = (0..20).map(|_| timed(|| cli_true(&vm.name))).collect();
+        let long = spawn_cli(&vm.name, &["sleep", "30"]);
+        std::thread::sleep(Duration::from_secs(2));
+        let beside: Vec<Duration> = (0..20).map(|_| timed(|| cli_true(&vm.name))).collect();
+        wait_ok(long);
+        let worst = beside.iter().max().copied().unwrap_or_default();
+        let (alone, beside) = (median(alone), median(beside));
+        println!(
+            "20 quick runs: median alone {:.1}, beside a sleep 30 {:.1} ({:.2}x; goal <= 2; \
+             slowest beside {:.1})",
+            ms(alone),
+            ms(beside),
+            ratio(beside, alone),
+            ms(worst)
+        );
+    }
+
+    // 4. Whole process against in-process floors.
+    if part('4') {
+        let startup = median(
+            (0..20)
+                .map(|_| {
+                    timed(|| {
+                        let status = support::virtomate()
+                            .arg("--version")
+                            .stdout(Stdio::null())
+                            .status()
+                            .unwrap();
+                        assert!(status.success());
+                    })
+                })
+                .collect(),
+        );
+        println!();
+        println!("process start-up (virtomate --version): {:.2}", ms(startup));
+        for (label, socket) in [("host agent", host.socket()), ("test VM", vm.socket())] {
+            let cli = median(
+                (0..runs)
+                    .map(|_| timed(|| cli_true(socket.to_str().unwrap())))
+                    .collect(),
+            );
+            // Fresh connection each time, closed properly, the same schedule
+            // as the CLI, and as long between runs as a process takes to start.
+            let floor = median(
+                (0..runs)
+                    .map(|_| {
+                        std::thread::sleep(startup);
+                        timed(|| runtime.block_on(fresh_connection(&socket)))
+                    })
+                    .collect(),
+            );
+            let (_, rss) =
+                support::run_measured(&["guest-run", socket.to_str().unwrap(), "--", "/bin/true"], None);
+            println!(
+                "{label:<10}: guest-run process {:.2}, fresh-connection floor {:.2} (+{:.2} start-up gap), \
+                 ratio {:.2}; peak RSS {} KiB",
+                ms(cli),
+                ms(floor),
+                ms(startup),
+                ratio(cli, floor),
+                rss
+            );
+        }
+        println!("goals: host agent ratio <= 1.5, test VM ratio <= 1.3, RSS < 8192 KiB");
+    }
+}
+
+/// Whether to run figure `n`: all, unless `BENCH_PARTS` lists some
+/// (`BENCH_PARTS=13`).
+fn part(n: char) -> bool {
+    std::env::var("BENCH_PARTS").map_or(true, |parts| parts.contains(n))
 }
 
 /// A runtime of its own, dropped with everything it still holds.

@@ -30,7 +30,6 @@ repo="$(pwd)"
 die() { echo "package: error: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || die "run as root: the check runs the binary in a chroot"
 
-target=x86_64-unknown-linux-gnu
 out="$repo/target/package"
 max_size=$((4 * 1024 * 1024))
 
@@ -42,25 +41,7 @@ if [ -z "${SOURCE_DATE_EPOCH:-}" ] && git rev-parse --git-dir >/dev/null 2>&1; t
 fi
 
 started=$SECONDS
-echo "package: building the static release binary ($target)"
-# RUSTFLAGS with --target applies to the binary only, not to build scripts
-# and proc macros, which must stay dynamic. --no-default-features leaves
-# the `generate` feature (clap_mangen, clap_complete) out of the shipped
-# binary: its pages and completions come from the debug build below.
-# -W linker-messages shows the linker's warnings, among them glibc's own
-# for every function that needs shared libraries at run time even when
-# linked statically ("Using 'getpwnam' in statically linked applications
-# requires at runtime the shared libraries …"): NSS (users, groups, hosts),
-# dlopen. Any such warning fails the build here.
-build_log="$(mktemp)"
-RUSTFLAGS='-C target-feature=+crt-static -W linker-messages' \
-  cargo build --release --locked --no-default-features --target "$target" 2>&1 | tee "$build_log"
-if grep -F 'statically linked applications requires at runtime' "$build_log"; then
-  rm -f "$build_log"
-  die "the binary calls glibc functions that load shared libraries at run time (above)"
-fi
-rm -f "$build_log"
-built="$repo/target/$target/release/virtomate"
+built="$(scripts/build-static.sh)"
 
 rm -rf "$out"
 mkdir -p "$out"

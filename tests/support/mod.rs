@@ -69,8 +69,16 @@ pub fn step(report: &Value, name: &str) -> Value {
         .clone()
 }
 
+/// The binary under test: cargo's, or `VIRTOMATE_BIN` (the benches run
+/// the static build that ships).
 pub fn virtomate() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_virtomate"))
+    Command::new(virtomate_path())
+}
+
+pub fn virtomate_path() -> std::path::PathBuf {
+    std::env::var_os("VIRTOMATE_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_virtomate").into())
 }
 
 /// Runs `virtomate ARGS`, feeding `stdin` if given.
@@ -179,7 +187,7 @@ pub fn run_measured(args: &[&str], stdin: Option<&[u8]>) -> (Outcome, u64) {
     command
         .args(["-f", "%M", "-o"])
         .arg(report.path())
-        .arg(env!("CARGO_BIN_EXE_virtomate"))
+        .arg(virtomate_path())
         .args(args);
     let outcome = run_command(&mut command, stdin);
     let text = std::fs::read_to_string(report.path()).unwrap();

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the release binary linked statically against glibc (`+crt-static`
+# on the gnu target), the one scripts/package.sh ships and scripts/bench.sh
+# measures, and prints its path on stdout (the build's output goes to
+# stderr).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo="$(pwd)"
+target=x86_64-unknown-linux-gnu
+
+die() { echo "build-static: error: $*" >&2; exit 1; }
+
+echo "build-static: building the static release binary ($target)" >&2
+# RUSTFLAGS with --target applies to the binary only, not to build scripts
+# and proc macros, which must stay dynamic. --no-default-features leaves
+# the `generate` feature (clap_mangen, clap_complete) out of the shipped
+# binary: package.sh makes the pages and completions with the debug build.
+# -W linker-messages shows the linker's warnings, among them glibc's own
+# for every function that needs shared libraries at run time even when
+# linked statically ("Using 'getpwnam' in statically linked applications
+# requires at runtime the shared libraries …"): NSS (users, groups, hosts),
+# dlopen. Any such warning fails the build here.
+build_log="$(mktemp)"
+trap 'rm -f "$build_log"' EXIT
+RUSTFLAGS='-C target-feature=+crt-static -W linker-messages' \
+  cargo build --release --locked --no-default-features --target "$target" 2>&1 | tee "$build_log" >&2
+if grep -F 'statically linked applications requires at runtime' "$build_log" >&2; then
+  die "the binary calls glibc functions that load shared libraries at run time (above)"
+fi
+echo "$repo/target/$target/release/virtomate"
