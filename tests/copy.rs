@@ -814,3 +814,77 @@ fn an_agent_restarted_mid_copy_gives_a_clear_error_and_the_next_copy_works() {
     let out = run(&["copy", "--timeout", "30", "-", &dest], Some(b"next"));
     assert_eq!(out.status, 0, "the next copy works: {out:?}");
 }
+
+/// The local temporary file a copy out of the guest writes into `dir`,
+/// once it holds data.
+fn wait_for_local_data(dir: &Path) {
+    wait_until(60, "the copy to write its first bytes here", || {
+        temporaries(dir)
+            .iter()
+            .any(|t| std::fs::metadata(t).is_ok_and(|m| m.is_file() && m.len() > 0))
+    });
+}
+
+/// `--compress` out of the guest reads gzip's output while gzip writes it:
+/// a missing file, a signal mid-way and a full `/tmp` in the guest each
+/// leave no file, no private directory and no gzip behind.
+#[test]
+#[ignore = "needs the test VM"]
+fn compress_out_of_the_vm_stopped_or_failing_leaves_nothing_behind() {
+    let vm = TestVm::boot("copy-compress-out");
+    let socket = vm.socket();
+    let dir = tempfile::tempdir().unwrap();
+    let back = dir.path().join("back.log");
+    let in_guest = |path: &str| format!("{}:{path}", socket.display());
+    let leftovers = || {
+        let script = "ls -A /tmp | grep -c virtomate; ps | grep -c '[g]zip -1'";
+        let out = guest_run(&socket, &["sh", "-c", script]);
+        out.json()["stdout"].as_str().unwrap().to_owned()
+    };
+
+    let out = copy(&["--compress", &in_guest("/nonexistent"), back.to_str().unwrap()]);
+    let message = out.error("PathError");
+    assert!(
+        message.contains("cannot compress /nonexistent in the guest"),
+        "{message}"
+    );
+    assert!(message.to_lowercase().contains("no such file"), "{message}");
+    assert!(!back.exists() && temporaries(dir.path()).is_empty());
+    assert_eq!(leftovers(), "0\n0\n");
+
+    // 48 MiB of log lines: gzip takes seconds under TCG.
+    let make = "yes '2026-12-02T00:00:00Z INFO worker request served' | head -c 50331648 > /root/big.log";
+    assert_eq!(guest_run(&socket, &["sh", "-c", make]).json()["exit_code"], 0);
+    let child = virtomate()
+        .args([
+            "copy",
+            "--compress",
+            &in_guest("/root/big.log"),
+            back.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_local_data(dir.path());
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let out = outcome(child);
+    let message = out.error("Interrupted");
+    assert!(message.contains("stopped gzip"), "{message}");
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert!(!back.exists() && temporaries(dir.path()).is_empty());
+    assert_eq!(leftovers(), "0\n0\n");
+
+    // gzip's output fills a 1 MiB /tmp.
+    let small_tmp = "head -c 3145728 /dev/urandom > /root/noise.bin && mount -t tmpfs -o size=1m tmpfs /tmp";
+    assert_eq!(
+        guest_run(&socket, &["sh", "-c", small_tmp]).json()["exit_code"],
+        0
+    );
+    let out = copy(&["--compress", &in_guest("/root/noise.bin"), back.to_str().unwrap()]);
+    let message = out.error("AgentCommandError");
+    assert!(message.contains("no space left on the file system"), "{message}");
+    assert!(!back.exists() && temporaries(dir.path()).is_empty());
+    assert_eq!(leftovers(), "0\n0\n");
+}

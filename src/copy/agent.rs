@@ -30,6 +30,10 @@ pub trait FileAgent {
 
     /// Whether the agent is reached through libvirtd, with its size limits.
     fn through_libvirtd(&self) -> bool;
+
+    /// The channel, for the protocol crate's drivers (following a
+    /// program's output).
+    fn channel(&mut self) -> &mut Channel<DomainConnector>;
 }
 
 impl FileAgent for DomainAgent {
@@ -54,6 +58,10 @@ impl FileAgent for DomainAgent {
 
     fn through_libvirtd(&self) -> bool {
         DomainAgent::through_libvirtd(self)
+    }
+
+    fn channel(&mut self) -> &mut Channel<DomainConnector> {
+        DomainAgent::channel(self)
     }
 }
 
@@ -84,5 +92,9 @@ impl FileAgent for LentChannel<'_> {
 
     fn through_libvirtd(&self) -> bool {
         self.errors.through_libvirtd
+    }
+
+    fn channel(&mut self) -> &mut Channel<DomainConnector> {
+        self.channel
     }
 }

@@ -13,10 +13,15 @@
 //!
 //! # Out of the guest
 //!
-//! `gzip -c FILE > /tmp/.virtomate-RANDOM/data.gz` in the guest (through
-//! `sh`), then that file is read in chunks and unpacked on the host as it
-//! arrives, a few KiB at a time (bounded memory whatever the ratio); the
-//! private directory is removed after.
+//! `gzip -1 -c < FILE` runs in the guest with its output going to a file
+//! in a private directory (the protocol crate's `follow`, as for
+//! `guest-run --follow`: `$TMPDIR` or `/tmp`, mode 0700), and that file is
+//! read while gzip writes it, so that compressing in the guest and the
+//! transfer overlap. The host unpacks it as it arrives, a few KiB at a
+//! time (bounded memory whatever the ratio: a hostile guest's stream is
+//! never whole in memory); gzip's own checksum and length at the end of
+//! the stream check what arrived. The directory is removed after, and on
+//! a failure or a signal gzip is stopped too.
 //!
 //! # Without gzip
 //!
@@ -40,13 +45,13 @@ use super::location::{guest_name, guest_parent};
 use super::progress::Progress;
 use super::{chunks, hex, size_mismatch, Copy, Options, Summary, Target, STDIN_MODE};
 use crate::error::{CliError, ErrorKind};
+use tokio::time::sleep;
+use virtomate_protocol::follow::{Follow, FollowError, FollowOptions, Stream};
+use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
 
 /// How much compressed data the host unpacks at a time: what it produces
 /// from that is bounded by gzip's largest ratio (about 1:1032).
 const UNPACK_STEP: usize = 8 << 10;
-
-/// The guest's private directory for a copy out.
-const GUEST_TMP: &str = "/tmp";
 
 impl<A: FileAgent> Copy<'_, A> {
     /// Whether the guest can run `gzip`; an error that says so if not.
@@ -179,94 +184,128 @@ impl<A: FileAgent> Copy<'_, A> {
     ) -> Result<Summary, CliError> {
         let started = Instant::now();
         self.check_gzip().await?;
-        let dir = self.private_dir(GUEST_TMP).await?;
-        let packed = format!("{dir}/data.gz");
-        let ran = guest::run(
-            self.agent,
-            "sh",
-            &["-c", "gzip -1 -c < \"$1\" > \"$2\"", "sh", path, &packed],
-            "for --compress",
-        )
-        .await?;
-        if !ran.ok() {
-            return Err(CliError::new(
-                ErrorKind::Path,
-                format!("cannot compress {path} in the guest: {}", ran.failure("gzip")),
-            ));
-        }
-        let (handle, total) = self.open_for_reading(&packed, options).await?;
-        let (mut writer, dest) = self.local_writer(target, guest_name(path)).await?;
         let chunk = chunks::for_reads(options.chunk_size, self.agent.through_libvirtd()) as u64;
-        let progress = Progress::new(options.progress, total);
+        let follow_options = FollowOptions {
+            read_count: chunk,
+            ..FollowOptions::default()
+        };
+        let prepared = Follow::prepare(self.agent.channel(), follow_options).await;
+        let follow = prepared.map_err(|e| self.follow_error(e))?;
+        self.left.guest_dir = Some(follow.dir().to_owned());
+        let follow = self.left.follow.insert(follow);
+        // gzip's output is read while it is written: the transfer and the
+        // guest's compressing overlap.
+        let gzip = GuestExec::new("/bin/sh", ["-c", "gzip -1 -c < \"$1\"", "sh", path]);
+        let started_gzip = self.agent.channel().guest_exec(&follow.redirect(gzip)).await;
+        let pid = started_gzip.map_err(|e| self.agent.error(e))?.pid;
+        self.left.program = Some(pid);
+
+        let (mut writer, dest) = self.local_writer(target, guest_name(path)).await?;
+        let progress = Progress::new(options.progress, None);
         let mut hasher = options.verify.then(Sha256::new);
-        let mut decoder = GzDecoder::new(Vec::with_capacity(2 * UNPACK_STEP));
-        let (mut received, mut unpacked) = (0u64, 0u64);
-        let unpack_error = |e| CliError::new(ErrorKind::Verification, format!("cannot unpack {packed}: {e}"));
+        let mut unpacker = Unpacker::new(&packed_name(path));
+        let mut said = Vec::new();
         let copied = async {
+            let mut quiet_since = Instant::now();
+            let mut ended = None;
             loop {
-                let (data, eof) = guest::read(self.agent, handle, chunk).await?;
-                received += data.len() as u64;
-                progress.advance(data.len() as u64);
-                let last = eof || data.is_empty();
-                for step in data.chunks(UNPACK_STEP) {
-                    decoder.write_all(step).map_err(unpack_error)?;
-                    let out = std::mem::take(decoder.get_mut());
+                let mut packed = Vec::new();
+                let follow = self.left.follow.as_mut().expect("prepared above");
+                let mut sink = |stream: Stream, bytes: &[u8]| {
+                    match stream {
+                        Stream::Stdout => packed.extend_from_slice(bytes),
+                        Stream::Stderr if said.len() < GZIP_SAID_MAX => said.extend_from_slice(bytes),
+                        Stream::Stderr => {}
+                    }
+                    Ok(())
+                };
+                let read = follow.read_new(self.agent.channel(), &mut sink).await;
+                let (read, more) = read.map_err(|e| self.follow_error(e))?;
+                progress.advance(packed.len() as u64);
+                // Step by step, each step's output written before the next:
+                // a guest's stream that unpacks to much more is never whole
+                // in memory.
+                for step in packed.chunks(UNPACK_STEP) {
+                    let out = unpacker.step(step)?;
                     if let Some(hasher) = &mut hasher {
                         hasher.update(&out);
                     }
-                    unpacked += out.len() as u64;
                     writer
                         .write_all(&out)
                         .await
                         .map_err(|e| CliError::io("cannot write the local file", e))?;
-                    // The buffer back, emptied, for the next step.
-                    *decoder.get_mut() = out;
-                    decoder.get_mut().clear();
                 }
-                if last {
-                    decoder.try_finish().map_err(unpack_error)?;
-                    let out = std::mem::take(decoder.get_mut());
-                    if let Some(hasher) = &mut hasher {
-                        hasher.update(&out);
-                    }
-                    unpacked += out.len() as u64;
-                    writer
-                        .write_all(&out)
-                        .await
-                        .map_err(|e| CliError::io("cannot write the local file", e))?;
-                    return writer
-                        .flush()
-                        .await
-                        .map_err(|e| CliError::io("cannot write the local file", e));
+                if read > 0 {
+                    quiet_since = Instant::now();
+                }
+                match (more, &ended) {
+                    (true, _) => continue,
+                    // Read once more after its end: all of it is there.
+                    (false, Some(_)) => break,
+                    (false, None) => {}
+                }
+                let status = self.agent.channel().execute(&GuestExecStatus { pid }).await;
+                let status = status.map_err(|e| self.agent.error(e))?;
+                if status.exited {
+                    ended = Some(status);
+                } else {
+                    sleep(follow_options.schedule.pause_after(quiet_since.elapsed())).await;
                 }
             }
+            Ok(ended.expect("the loop ends after the program"))
         }
         .await;
-        if let Err(error) = copied {
+        let ended = match copied {
+            Ok(ended) => ended,
+            Err(error) => {
+                progress.abandon();
+                return Err(error);
+            }
+        };
+        self.left.program = None;
+        if ended.exitcode != Some(0) {
             progress.abandon();
-            return Err(error);
+            let ran = guest::Ran {
+                exit_code: ended.exitcode,
+                stdout: Vec::new(),
+                stderr: String::from_utf8_lossy(&said).into_owned(),
+            };
+            let failed = format!("cannot compress {path} in the guest: {}", ran.failure("gzip"));
+            // Its output's file system may have filled up (and then its
+            // message is lost): the clean-up tells.
+            if let Some(mut follow) = self.left.follow.take() {
+                match follow.clean_up(self.agent.channel()).await {
+                    Err(full @ FollowError::Full { .. }) => {
+                        self.left.guest_dir = None;
+                        return Err(CliError::new(
+                            ErrorKind::AgentCommand,
+                            format!("{failed}: {full}"),
+                        ));
+                    }
+                    Ok(()) => self.left.guest_dir = None,
+                    Err(_) => {}
+                }
+            }
+            return Err(CliError::new(ErrorKind::Path, failed));
         }
-        let size = guest::size(self.agent, handle).await?;
-        self.left.handle = None;
-        guest::close(self.agent, handle).await?;
-        if size != received {
-            return Err(size_mismatch(&packed, size, received));
+        let out = unpacker.finish()?;
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&out);
         }
+        writer
+            .write_all(&out)
+            .await
+            .and(writer.flush().await)
+            .map_err(|e| CliError::io("cannot write the local file", e))?;
         let sha256 = match hasher {
             Some(hasher) => Some(self.check_sha256(path, hex(&hasher.finalize())).await?),
             None => None,
         };
-        match guest::run(
-            self.agent,
-            "rm",
-            &["-rf", &dir],
-            "to remove its temporary directory",
-        )
-        .await
-        {
-            Ok(ran) if ran.ok() => self.left.guest_dir = None,
-            Ok(ran) => tracing::warn!("{}; {dir} is left in the guest", ran.failure("rm")),
-            Err(error) => tracing::warn!("{error}; {dir} is left in the guest"),
+        if let Some(mut follow) = self.left.follow.take() {
+            match follow.clean_up(self.agent.channel()).await {
+                Ok(()) => self.left.guest_dir = None,
+                Err(error) => tracing::warn!("{error}; {} may be left in the guest", follow.dir()),
+            }
         }
         drop(writer);
         if let Some((temp, dest)) = dest {
@@ -277,9 +316,71 @@ impl<A: FileAgent> Copy<'_, A> {
         }
         progress.finish();
         Ok(Summary {
-            bytes: unpacked,
+            bytes: unpacker.unpacked,
             seconds: started.elapsed().as_secs_f64(),
             sha256,
         })
+    }
+
+    /// Following gzip's output failed: the agent's error in the user's
+    /// terms, or what the guest lacked.
+    fn follow_error(&self, error: FollowError) -> CliError {
+        match error {
+            FollowError::Agent(error) => self.agent.error(error),
+            other => CliError::new(ErrorKind::AgentCommand, format!("--compress: {other}")).with_hint(
+                "--compress out of the guest reads gzip's output from a private directory under \
+                 $TMPDIR or /tmp there, with /bin/sh; copy without --compress",
+            ),
+        }
+    }
+}
+
+/// The most of gzip's standard error kept for a message.
+const GZIP_SAID_MAX: usize = 4 << 10;
+
+/// The name a message gives the compressed stream of `path`.
+fn packed_name(path: &str) -> String {
+    format!("gzip's output of {path}")
+}
+
+/// Unpacks gzip's output as it comes, a few KiB at a time: what comes out
+/// of one step is bounded by deflate's largest ratio (about 1:1032).
+struct Unpacker {
+    decoder: GzDecoder<Vec<u8>>,
+    name: String,
+    unpacked: u64,
+}
+
+impl Unpacker {
+    fn new(name: &str) -> Unpacker {
+        Unpacker {
+            decoder: GzDecoder::new(Vec::with_capacity(2 * UNPACK_STEP)),
+            name: name.to_owned(),
+            unpacked: 0,
+        }
+    }
+
+    /// What `step` (at most [`UNPACK_STEP`] bytes) unpacks to.
+    fn step(&mut self, step: &[u8]) -> Result<Vec<u8>, CliError> {
+        self.decoder.write_all(step).map_err(|e| self.error(e))?;
+        let out = std::mem::take(self.decoder.get_mut());
+        self.unpacked += out.len() as u64;
+        Ok(out)
+    }
+
+    /// The rest, once the stream has ended; an error if it was cut short
+    /// or its checksum differs.
+    fn finish(&mut self) -> Result<Vec<u8>, CliError> {
+        self.decoder.try_finish().map_err(|e| self.error(e))?;
+        let out = std::mem::take(self.decoder.get_mut());
+        self.unpacked += out.len() as u64;
+        Ok(out)
+    }
+
+    fn error(&self, error: std::io::Error) -> CliError {
+        CliError::new(
+            ErrorKind::Verification,
+            format!("cannot unpack {}: {error}", self.name),
+        )
     }
 }

@@ -47,6 +47,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use virtomate_protocol::follow::{Follow, FollowError};
+use virtomate_protocol::{stop_group, StopScope};
 
 pub use self::agent::{FileAgent, LentChannel};
 pub use self::guest::random_name;
@@ -97,6 +99,10 @@ struct Leftovers {
     guest_temp: Option<String>,
     guest_dir: Option<String>,
     local_temp: Option<PathBuf>,
+    /// A program of the copy's running in the guest (`--compress`'s gzip).
+    program: Option<i64>,
+    /// The output files of that program, open in the agent.
+    follow: Option<Follow>,
 }
 
 /// What a copy out writes to: a local file or a stream.
@@ -415,6 +421,27 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     pub async fn clean_up(&mut self) -> String {
         let mut done = Vec::new();
         let mut left = Vec::new();
+        if let Some(pid) = self.left.program.take() {
+            let stopped = match self.agent.channel().agent().await {
+                Ok(agent) => stop_group(agent, pid, PROGRAM_GRACE, StopScope::Tree).await,
+                Err(error) => Err(error),
+            };
+            match stopped {
+                Ok(_) => done.push(format!("stopped gzip (pid {pid}) in the guest")),
+                Err(e) => left.push(format!("gzip may still run in the guest as pid {pid} ({e})")),
+            }
+        }
+        if let Some(mut follow) = self.left.follow.take() {
+            match follow.clean_up(self.agent.channel()).await {
+                Ok(()) => {
+                    done.push(format!("removed the temporary {} in the guest", follow.dir()));
+                    self.left.guest_dir = None;
+                }
+                Err(FollowError::Full { .. }) => self.left.guest_dir = None,
+                // The directory below is removed again, or named as left.
+                Err(_) => {}
+            }
+        }
         if let (Some(_), Some(temp)) = (self.left.handle, self.left.guest_temp.clone()) {
             // Emptied first: a close that flushes onto a full disk would
             // fail, and qemu-ga would keep the handle.
@@ -474,8 +501,11 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     /// What [`Copy::clean_up`] has not removed yet: for a clean-up cut short.
     pub fn pending(&self) -> String {
         let mut left = Vec::new();
-        if self.left.handle.is_some() {
-            left.push("the file may still be open in the agent".to_owned());
+        if let Some(pid) = self.left.program {
+            left.push(format!("gzip may still run in the guest as pid {pid}"));
+        }
+        if self.left.handle.is_some() || self.left.follow.is_some() {
+            left.push("files may still be open in the agent".to_owned());
         }
         if let Some(dir) = &self.left.guest_dir {
             left.push(format!("{dir} in the guest"));
@@ -489,6 +519,10 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         )
     }
 }
+
+/// Between SIGTERM and SIGKILL for a program of the copy's stopped in a
+/// clean-up.
+const PROGRAM_GRACE: Duration = Duration::from_secs(1);
 
 /// How long [`Copy::clean_up`] may take at most, e.g. with an agent that
 /// stopped answering.
