@@ -45,7 +45,15 @@ fn main() {
     let vm = TestVm::boot_with("bench-copy", &[("VM_MEMORY", "512")]);
     let work = tempfile::tempdir().unwrap();
     if std::env::var("BENCH_COPY_ONLY").as_deref() == Ok("compress") {
-        compress_comparison(&vm.socket(), work.path());
+        let host = HostAgent::start();
+        compress_comparison("test VM", &vm.socket(), "/tmp/app.log", work.path());
+        let inside = work.path().join("app-inside.log");
+        compress_comparison(
+            "host agent",
+            &host.socket(),
+            inside.to_str().unwrap(),
+            work.path(),
+        );
         return;
     }
     let host = HostAgent::start();
@@ -103,7 +111,14 @@ fn main() {
     println!("ratio: cli throughput / floor throughput (goal: at least 0.9)");
 
     println!();
-    compress_comparison(&vm.socket(), work.path());
+    compress_comparison("test VM", &vm.socket(), "/tmp/app.log", work.path());
+    let inside = work.path().join("app-inside.log");
+    compress_comparison(
+        "host agent",
+        &host.socket(),
+        inside.to_str().unwrap(),
+        work.path(),
+    );
 
     println!();
     println!("big copies, whole process, SHA-256 compared on both sides (--verify)");
@@ -151,9 +166,10 @@ fn main() {
     );
 }
 
-/// `virtomate copy` with and without `--compress`, in and out of the VM,
-/// of a log-like file: best of `BENCH_COPY_RUNS`.
-fn compress_comparison(socket: &Path, work: &Path) {
+/// `virtomate copy` with and without `--compress`, in and out of the guest
+/// of `socket` (its file `inside`), of a log-like file: best of
+/// `BENCH_COPY_RUNS`.
+fn compress_comparison(label: &str, socket: &Path, inside: &str, work: &Path) {
     let size = mib("BENCH_COPY_LOG_MIB", 16) * MIB;
     let data = log_lines(size);
     let local = work.join("app.log");
@@ -163,7 +179,7 @@ fn compress_comparison(socket: &Path, work: &Path) {
         encoder.write_all(&data).unwrap();
         encoder.finish().unwrap().len()
     };
-    let guest = format!("{}:/tmp/app.log", socket.display());
+    let guest = format!("{}:{inside}", socket.display());
     let back = work.join("app-back.log");
     let (local, back) = (local.to_str().unwrap(), back.to_str().unwrap());
     let runs = mib("BENCH_COPY_RUNS", 3);
@@ -180,7 +196,7 @@ fn compress_comparison(socket: &Path, work: &Path) {
         "the compressed copy back differs"
     );
     println!(
-        "--compress, test VM, {} MiB of log lines (gzip: {:.1}x smaller), seconds (best of {runs})",
+        "--compress, {label}, {} MiB of log lines (gzip: {:.1}x smaller), seconds (best of {runs})",
         size / MIB,
         size as f64 / packed as f64
     );
