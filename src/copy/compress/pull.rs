@@ -2,7 +2,7 @@
 //! unpacked on the host step by step (see the [module](super) docs).
 
 use std::io::Write;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use flate2::write::GzDecoder;
 use sha2::{Digest, Sha256};
@@ -10,6 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::sleep;
 use virtomate_protocol::follow::{Follow, FollowError, FollowOptions, Stream};
 use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
+use virtomate_protocol::PollSchedule;
 
 use crate::copy::agent::FileAgent;
 use crate::copy::location::guest_name;
@@ -20,6 +21,16 @@ use crate::error::{CliError, ErrorKind};
 /// How much compressed data the host unpacks at a time: what it produces
 /// from that is bounded by gzip's largest ratio (about 1:1032).
 const UNPACK_STEP: usize = 8 << 10;
+
+/// How often to look at gzip's output while it runs: seldom enough that
+/// the agent's work for the looks (three exchanges each) takes little
+/// from gzip on a guest with one CPU, often enough that the output does
+/// not pile up far ahead of the transfer.
+const LOOKS: PollSchedule = PollSchedule {
+    min_pause: Duration::from_millis(100),
+    max_pause: Duration::from_millis(200),
+    divisor: 5,
+};
 
 impl<A: FileAgent> Copy<'_, A> {
     pub(in crate::copy) async fn pull_compressed(
@@ -33,7 +44,7 @@ impl<A: FileAgent> Copy<'_, A> {
         let chunk = chunks::for_reads(options.chunk_size, self.agent.through_libvirtd()) as u64;
         let follow_options = FollowOptions {
             read_count: chunk,
-            ..FollowOptions::default()
+            schedule: LOOKS,
         };
         let prepared = Follow::prepare(self.agent.channel(), follow_options).await;
         let follow = prepared.map_err(|e| self.follow_error(e))?;
