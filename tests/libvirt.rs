@@ -303,8 +303,22 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
         0
     );
     crate::parallel::overlapping_runs(&[&one, &one], marks);
-    let requests =
-        "{\"id\": 1, \"run\": [\"echo\", \"-n\", \"through libvirtd\"]}\n{\"id\": 2, \"ping\": {}}\n";
+    // Its copies too: 3 MiB in data lines of 1 MiB, in chunks within
+    // libvirt's limits, and back.
+    use base64::Engine;
+    let base64 = base64::engine::general_purpose::STANDARD;
+    let copied = crate::copy::noise(3 << 20, 11);
+    let mut requests = vec![
+        serde_json::json!({"id": 1, "run": ["echo", "-n", "through libvirtd"]}),
+        serde_json::json!({"id": 2, "ping": {}}),
+        serde_json::json!({"id": 3, "copy_to": "/tmp/session-copy", "verify": true}),
+    ];
+    for piece in copied.chunks(1 << 20) {
+        requests.push(serde_json::json!({"id": 3, "data": base64.encode(piece)}));
+    }
+    requests.push(serde_json::json!({"id": 3, "end": true}));
+    requests.push(serde_json::json!({"id": 4, "copy_from": "/tmp/session-copy", "verify": true}));
+    let requests: String = requests.iter().map(|r| format!("{r}\n")).collect();
     let out = run(&["session", &one], Some(requests.as_bytes()));
     assert_eq!(out.status, 0, "{out:?}");
     let replies: Vec<Value> = out
@@ -315,11 +329,21 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
     let reply = |id: i64| {
         replies
             .iter()
-            .find(|r| r["id"] == id)
+            .find(|r| r["id"] == id && r.get("data").is_none())
             .unwrap_or_else(|| panic!("{replies:?}"))
     };
     assert_eq!(reply(1)["result"]["stdout"], "through libvirtd", "{replies:?}");
     assert_eq!(reply(2)["result"], serde_json::json!({}), "{replies:?}");
+    let sum = crate::copy::sha256_hex(&copied);
+    assert_eq!(reply(3)["result"]["sha256"], sum, "{:?}", reply(3));
+    assert_eq!(reply(4)["result"]["sha256"], sum, "{:?}", reply(4));
+    let back: Vec<u8> = replies
+        .iter()
+        .filter(|r| r["id"] == 4)
+        .filter_map(|r| r["data"].as_str())
+        .flat_map(|text| base64.decode(text).unwrap())
+        .collect();
+    assert!(back == copied, "the session's copy back differs");
 
     // The debugging commands work through libvirtd too.
     let out = run(&["guest-ping", &one], None);
