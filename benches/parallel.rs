@@ -144,21 +144,17 @@ fn main() {
         println!();
         println!("process start-up (virtomate --version): {:.2}", ms(startup));
         for (label, socket) in [("host agent", host.socket()), ("test VM", vm.socket())] {
-            let cli = median(
-                (0..runs)
-                    .map(|_| timed(|| cli_true(socket.to_str().unwrap())))
-                    .collect(),
-            );
-            // Fresh connection each time, closed properly, the same schedule
-            // as the CLI, and as long between runs as a process takes to start.
-            let floor = median(
-                (0..runs)
-                    .map(|_| {
-                        std::thread::sleep(startup);
-                        timed(|| runtime.block_on(fresh_connection(&socket)))
-                    })
-                    .collect(),
-            );
+            // Taking turns, run by run, so that a change in the machine's
+            // load falls on both alike. The floor: a fresh connection each
+            // time, closed properly, the same schedule as the CLI, and as
+            // long between runs as a process takes to start.
+            let (mut cli, mut floor) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                cli.push(timed(|| cli_true(socket.to_str().unwrap())));
+                std::thread::sleep(startup);
+                floor.push(timed(|| runtime.block_on(fresh_connection(&socket))));
+            }
+            let (cli, floor) = (median(cli), median(floor));
             let (_, rss) =
                 support::run_measured(&["guest-run", socket.to_str().unwrap(), "--", "/bin/true"], None);
             println!(

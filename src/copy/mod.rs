@@ -146,17 +146,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         self.left.handle = Some(handle);
         self.left.guest_temp = Some(temp.clone());
         // Before the first byte: the file's own mode, not the agent's 0666.
-        let mode_text = format!("{mode:o}");
-        let chmod = guest::run(
-            self.agent,
-            "chmod",
-            &[&mode_text, &temp],
-            "to set the file's mode",
-        )
-        .await?;
-        if !chmod.ok() {
-            return Err(CliError::new(ErrorKind::AgentCommand, chmod.failure("chmod")));
-        }
+        self.set_mode(&temp, mode).await?;
 
         let chunk = chunks::for_writes(options.chunk_size, self.agent.through_libvirtd());
         let progress = Progress::new(options.progress, source.len);
@@ -198,6 +188,28 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             seconds: started.elapsed().as_secs_f64(),
             sha256,
         })
+    }
+
+    /// Sets the mode of the guest file `path` (`chmod`).
+    async fn set_mode(&mut self, path: &str, mode: u32) -> Result<(), CliError> {
+        let mode_text = format!("{mode:o}");
+        let chmod = guest::run(self.agent, "chmod", &[&mode_text, path], "to set the file's mode").await?;
+        match chmod.ok() {
+            true => Ok(()),
+            false => Err(CliError::new(ErrorKind::AgentCommand, chmod.failure("chmod"))),
+        }
+    }
+
+    /// Renames the complete local temporary file to its destination (when
+    /// the copy went to a file, not a stream).
+    async fn put_local_in_place(&mut self, dest: Option<(PathBuf, PathBuf)>) -> Result<(), CliError> {
+        if let Some((temp, dest)) = dest {
+            tokio::fs::rename(&temp, &dest)
+                .await
+                .map_err(|e| CliError::io(format!("cannot rename the copy to {}", dest.display()), e))?;
+            self.left.local_temp = None;
+        }
+        Ok(())
     }
 
     /// Makes `PARENT/.virtomate-RANDOM`, mode 0700, and keeps it for the
@@ -369,12 +381,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             None => None,
         };
         drop(writer);
-        if let Some((temp, dest)) = dest {
-            tokio::fs::rename(&temp, &dest)
-                .await
-                .map_err(|e| CliError::io(format!("cannot rename the copy to {}", dest.display()), e))?;
-            self.left.local_temp = None;
-        }
+        self.put_local_in_place(dest).await?;
         progress.finish();
         Ok(Summary {
             bytes: received,

@@ -165,12 +165,7 @@ impl<A: FileAgent> Copy<'_, A> {
             }
         }
         drop(writer);
-        if let Some((temp, dest)) = dest {
-            tokio::fs::rename(&temp, &dest)
-                .await
-                .map_err(|e| CliError::io(format!("cannot rename the copy to {}", dest.display()), e))?;
-            self.left.local_temp = None;
-        }
+        self.put_local_in_place(dest).await?;
         progress.finish();
         Ok(Summary {
             bytes: unpacker.unpacked,

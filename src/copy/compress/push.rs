@@ -170,17 +170,7 @@ impl<A: FileAgent> Copy<'_, A> {
 
         let temp = format!("{dir}/data");
         self.left.guest_temp = Some(temp.clone());
-        let mode_text = format!("{mode:o}");
-        let chmod = guest::run(
-            self.agent,
-            "chmod",
-            &[&mode_text, &temp],
-            "to set the file's mode",
-        )
-        .await?;
-        if !chmod.ok() {
-            return Err(CliError::new(ErrorKind::AgentCommand, chmod.failure("chmod")));
-        }
+        self.set_mode(&temp, mode).await?;
         let size = self.guest_size(&temp).await?;
         if size != read {
             return Err(size_mismatch(&temp, size, read));
