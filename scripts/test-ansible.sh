@@ -173,8 +173,10 @@ main_pass() { # MODE
   guest_runs="$(runs guest-run)"
   log "$mode: virtomate ran: $sessions session, $guest_runs guest-run, $(runs copy) copy, $(runs --help) --help"
   if [ "$mode" = session ]; then
-    # One session per host for the whole play, none started twice.
-    [ "$sessions" -eq 3 ] && [ "$guest_runs" -eq 0 ] || { log "want 3 sessions and no guest-run"; exit 1; }
+    # One session per host for the whole play, none started twice; files
+    # go through it too.
+    [ "$sessions" -eq 3 ] && [ "$guest_runs" -eq 0 ] && [ "$(runs copy)" -eq 0 ] ||
+      { log "want 3 sessions, no guest-run and no copy"; exit 1; }
   else
     [ "$sessions" -eq 0 ] && [ "$guest_runs" -gt 0 ] || { log "want guest-run only"; exit 1; }
   fi

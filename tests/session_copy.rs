@@ -166,6 +166,19 @@ fn data_in_the_request_makes_a_whole_copy_and_bad_copies_get_errors_while_the_se
     assert!(message.contains("the destination was not touched"), "{message}");
     assert!(!cut.exists());
 
+    // A client may give a copy up.
+    live.send(json!({"id": 11, "copy_to": cut}));
+    live.send(json!({"id": 11, "data": STANDARD.encode("some")}));
+    live.send(json!({"id": 11, "abort": "the task was cancelled"}));
+    let reply = live.reply();
+    assert_eq!(reply["error"]["type"], "IoError", "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("the client gave the copy up: the task was cancelled"),
+        "{message}"
+    );
+    assert!(!cut.exists());
+
     // Input that ends before the copy's end fails it the same way.
     live.send(json!({"id": 9, "copy_to": cut}));
     live.send(json!({"id": 9, "data": STANDARD.encode("partial")}));

@@ -1,5 +1,6 @@
 //! The session's input: request lines, and the data lines of copies into
-//! the guest (`{"id": ID, "data": BASE64}`, the last with `"end": true`),
+//! the guest (`{"id": ID, "data": BASE64}`, the last with `"end": true`,
+//! or `{"id": ID, "abort": WHY}`),
 //! read on a thread of their own. A line that is no request is answered
 //! at once; the others go to the session as they come.
 
@@ -84,7 +85,10 @@ impl Reader {
         if CopyJob::is_copy(&object) {
             return self.copy(object);
         }
-        if object.contains_key("data") || object.contains_key("end") {
+        if ["data", "end", "abort"]
+            .iter()
+            .any(|key| object.contains_key(*key))
+        {
             return self.data(object);
         }
         if !object.contains_key("run") && !object.contains_key("ping") {
@@ -117,12 +121,14 @@ impl Reader {
         }
     }
 
-    /// A data line: `{"id", "data": BASE64}`, `"end": true` on the last.
+    /// A data line: `{"id", "data": BASE64}`, `"end": true` on the last,
+    /// or `{"id", "abort": WHY}` to give the copy up.
     fn data(&mut self, mut object: Map<String, Value>) -> bool {
         let id = object.remove("id").unwrap_or(Value::Null);
         let key = id.to_string();
         let data = object.remove("data");
         let end = object.remove("end");
+        let abort = object.remove("abort");
         if let Some(unknown) = object.keys().next() {
             return answer(id, format!("unknown key {unknown:?} in a data line"));
         }
@@ -134,6 +140,18 @@ impl Reader {
         let Some(open) = self.copies.get_mut(&key) else {
             return answer(id, format!("no copy_to with the id {key} waits for data"));
         };
+        if let Some(why) = abort {
+            let why = match why {
+                Value::String(why) => why,
+                other => other.to_string(),
+            };
+            fail(
+                open,
+                std::io::Error::other(format!("the client gave the copy up: {why}")),
+            );
+            self.copies.remove(&key);
+            return true;
+        }
         let bytes = match data {
             None => Ok(Vec::new()),
             Some(Value::String(text)) => STANDARD

@@ -174,8 +174,9 @@ DOCUMENTATION = r"""
             key: control_path_dir
       file_transfer:
         description:
-          - How files move. V(copy) uses C(virtomate copy), V(run) writes and reads them through runs of
-            C(cat) (any virtomate), V(auto) uses C(copy) when the binary has it.
+          - How files move. V(copy) uses virtomate's copies (through the host's session when there is one and
+            it has them, else C(virtomate copy)), V(run) writes and reads them through runs of C(cat) (any
+            virtomate), V(auto) uses C(copy) when the binary has it.
         type: string
         default: auto
         choices: [auto, copy, run]
@@ -366,11 +367,30 @@ class Connection(ConnectionBase):
         display.vvv('COPY %s %s' % (src, dest), host=self._virtomate.domain)
         self._call(self._virtomate.copy, src, dest, stdin_path=stdin_path, stdout_path=stdout_path)
 
+    def _through_session(self, method, in_path, out_path):
+        """Moves a file through the session's copies, when there is a
+        session and it has them: True if it did. A session of a virtomate
+        without them answers `UsageError`, and files go by `virtomate
+        copy` from then on."""
+        runner = self._runner
+        if not hasattr(runner, method) or getattr(runner, 'no_copies', False):
+            return False
+        try:
+            getattr(runner, method)(in_path, out_path)
+        except VirtomateError as e:
+            if e.error_type != 'UsageError':
+                raise (AnsibleConnectionFailure if e.unreachable else AnsibleError)(to_native(e))
+            runner.no_copies = True
+            return False
+        return True
+
     def put_file(self, in_path, out_path):
         super().put_file(in_path, out_path)
         display.vvv('PUT %s TO %s' % (in_path, out_path), host=self._virtomate.domain)
         if not os.path.exists(to_bytes(in_path, errors='surrogate_or_strict')):
             raise AnsibleFileNotFound('file or module does not exist: %s' % in_path)
+        if self._use_copy() and self._through_session('put_file', in_path, out_path):
+            return
         if self._use_copy():
             guest = '%s:%s' % (self._virtomate.domain, out_path)
             if self._virtomate.ssh_host:
@@ -383,6 +403,8 @@ class Connection(ConnectionBase):
     def fetch_file(self, in_path, out_path):
         super().fetch_file(in_path, out_path)
         display.vvv('FETCH %s TO %s' % (in_path, out_path), host=self._virtomate.domain)
+        if self._use_copy() and self._through_session('fetch_file', in_path, out_path):
+            return
         if self._use_copy():
             guest = '%s:%s' % (self._virtomate.domain, in_path)
             if self._virtomate.ssh_host:

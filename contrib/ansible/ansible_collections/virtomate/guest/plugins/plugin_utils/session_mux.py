@@ -16,7 +16,10 @@ only its user can enter. Each connection of a task is a client:
   nothing was sent, and the client starts a new helper;
 - then it speaks the session's own JSON lines. The helper gives each
   request a fresh id of its own before passing it on, and each reply its
-  client's id back, so that tasks of several workers share one session;
+  client's id back, so that tasks of several workers share one session.
+  A copy's data lines go under the id its request got: those a client
+  sends after a ``copy_to`` (until the one with ``"end": true``), and
+  those the session sends before a ``copy_from``'s reply;
 - a reply the session cannot route (its own error before any request, such
   as an unknown domain) ends the session: every request in flight and every
   later one gets it as its error.
@@ -111,9 +114,14 @@ class Mux:
         self.path = path
         self.persist = persist
         self.argv = argv
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the tables below
+        # The session's stdin, so that lines of several clients never mix;
+        # apart from `lock`, so that replies are routed while a client's
+        # line waits for the session to read (a copy's data, say).
+        self.write_lock = threading.Lock()
         self.clients = set()
         self.pending = {}  # the session's id -> (client, the client's id)
+        self.open_copies = {}  # (client, the client's id as JSON) -> the session's id of a copy_to
         self.next_id = 1
         self.last_used = time.monotonic()
         self.fatal = None  # the error every request gets once the session ended
@@ -150,7 +158,11 @@ class Mux:
                     own_error = {'type': reply.get('type'), 'message': reply.get('message')}
                 continue
             with self.lock:
-                route = self.pending.pop(reply['id'], None)
+                if 'data' in reply:
+                    # A copy_from's data line: its reply comes after.
+                    route = self.pending.get(reply['id'])
+                else:
+                    route = self.pending.pop(reply['id'], None)
                 self.last_used = time.monotonic()
             if route is not None:
                 client, client_id = route
@@ -180,24 +192,42 @@ class Mux:
             client.send({'id': None, 'error': {'type': 'UsageError', 'message': 'a request is a JSON object'}})
             return
         client_id = request.get('id')
+        copy_key = (client, json.dumps(client_id, sort_keys=True))
+        is_data = any(key in request for key in ('data', 'end', 'abort')) and not any(
+            key in request for key in ('run', 'ping', 'copy_to', 'copy_from'))
         with self.lock:
             self.last_used = time.monotonic()
             fatal = self.fatal
-            if fatal is None:
+            if fatal is None and is_data:
+                sid = self.open_copies.get(copy_key)
+                if sid is None:
+                    message = 'no copy_to with the id %s waits for data' % json.dumps(client_id)
+                    client.send({'id': client_id, 'error': {'type': 'UsageError', 'message': message}})
+                    return
+                if request.get('end') is True or 'abort' in request:
+                    del self.open_copies[copy_key]
+            elif fatal is None:
                 sid = self.next_id
                 self.next_id += 1
                 self.pending[sid] = (client, client_id)
-                request['id'] = sid
-                try:
-                    # Under the lock: lines of several clients never mix.
-                    self.proc.stdin.write(_dumps(request))
-                except (OSError, ValueError):
-                    # The session ended (or is ending, an unknown domain
-                    # ends it at once): the request stays pending, and gets
-                    # the session's own last word when its end is read.
-                    pass
+                if 'copy_to' in request and 'data' not in request:
+                    self.open_copies[copy_key] = sid
         if fatal is not None:
             client.send({'id': client_id, 'error': fatal})
+            return
+        request['id'] = sid
+        self.write(request)
+
+    def write(self, request):
+        """Writes one line to the session. A session that ended (or is
+        ending: an unknown domain ends it at once) leaves the request
+        pending, and it gets the session's own last word when its end is
+        read."""
+        with self.write_lock:
+            try:
+                self.proc.stdin.write(_dumps(request))
+            except (OSError, ValueError):
+                pass
 
     def close_session(self, timeout=10):
         try:
@@ -228,6 +258,11 @@ class Mux:
         with self.lock:
             self.clients.discard(client)
             self.last_used = time.monotonic()
+            # Its copies into the guest would wait for data for ever, and
+            # hold the session meanwhile: they are given up.
+            abandoned = [self.open_copies.pop(key) for key in list(self.open_copies) if key[0] is client]
+        for sid in abandoned:
+            self.write({'id': sid, 'abort': 'the task went away'})
 
     # --- the socket -------------------------------------------------------
 

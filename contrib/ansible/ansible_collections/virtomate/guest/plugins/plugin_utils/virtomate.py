@@ -55,6 +55,8 @@ UNREACHABLE_TYPES = frozenset((
 MAX_STDIN = 48 * 1024 * 1024 - 64 * 1024
 DEFAULT_CHUNK = 4 * 1024 * 1024
 MAX_FETCH_CHUNK = 12 * 1024 * 1024
+# Bytes per data line of a copy through a session.
+COPY_LINE = 1024 * 1024
 
 
 class VirtomateError(Exception):
@@ -260,33 +262,86 @@ class _JsonLinesRunner:
     def request(self, body):
         """Sends one request and returns its reply's ``result``."""
         with self._lock:
-            rid = self._next_id
-            self._next_id += 1
-            line = json.dumps(dict(body, id=rid), separators=(',', ':')).encode() + b'\n'
+            rid = self._new_id()
+            self._send(dict(body, id=rid))
+            return self._result(rid)
+
+    def put_file(self, in_path, out_path):
+        """Copies the local IN_PATH to OUT_PATH in the guest through the
+        session (``copy_to``, the data in lines after it), with its mode."""
+        mode = '%o' % (os.stat(in_path).st_mode & 0o7777)
+        with self._lock:
+            rid = self._new_id()
+            self._send({'id': rid, 'copy_to': out_path, 'mode': mode})
             try:
-                self._write(line)
-            except (BrokenPipeError, OSError, ValueError):
-                raise self._lost('cannot send the request')
-            while rid not in self._replies:
+                with open(in_path, 'rb') as source:
+                    for piece in iter(lambda: source.read(COPY_LINE), b''):
+                        self._send({'id': rid, 'data': base64.b64encode(piece).decode('ascii')})
+            except OSError as e:
+                self._send({'id': rid, 'abort': str(e)})
                 try:
-                    raw = self._readline()
-                except (OSError, ValueError):
-                    raw = b''
-                if not raw:
-                    raise self._lost('no reply to request %d' % rid)
+                    self._result(rid)
+                except VirtomateError:
+                    pass
+                raise VirtomateError('cannot read %s: %s' % (in_path, e), 'IoError', unreachable=False)
+            self._send({'id': rid, 'end': True})
+            return self._result(rid)
+
+    def fetch_file(self, in_path, out_path):
+        """Copies IN_PATH in the guest to the local OUT_PATH through the
+        session (``copy_from``, the data in lines before its reply)."""
+        with self._lock:
+            rid = self._new_id()
+            self._send({'id': rid, 'copy_from': in_path})
+            try:
+                with open(out_path, 'wb') as out:
+                    return self._result(rid, on_data=out.write)
+            except BaseException:
                 try:
-                    reply = json.loads(raw)
-                except ValueError:
-                    raise VirtomateError('session %s: not JSON: %r' % (self.virtomate.domain, raw[:200]), 'ProtocolError')
-                if isinstance(reply, dict) and 'id' not in reply and 'type' in reply:
-                    # virtomate's own error before any request (an unknown
-                    # domain, a usage error): the session ends with it.
-                    raise error_from_json(reply, 'session %s' % self.virtomate.domain)
-                if not isinstance(reply, dict) or 'id' not in reply:
-                    raise VirtomateError('session %s: a reply without id: %r' % (self.virtomate.domain, raw[:200]),
-                                         'ProtocolError')
-                self._replies[reply['id']] = reply
-            reply = self._replies.pop(rid)
+                    os.unlink(out_path)
+                except OSError:
+                    pass
+                raise
+
+    def _new_id(self):
+        rid = self._next_id
+        self._next_id += 1
+        return rid
+
+    def _send(self, body):
+        line = json.dumps(body, separators=(',', ':')).encode() + b'\n'
+        try:
+            self._write(line)
+        except (BrokenPipeError, OSError, ValueError):
+            raise self._lost('cannot send the request')
+
+    def _result(self, rid, on_data=None):
+        """Reads until the reply to RID comes and returns its ``result``;
+        data lines of RID before it go to ON_DATA, as bytes."""
+        while rid not in self._replies:
+            try:
+                raw = self._readline()
+            except (OSError, ValueError):
+                raw = b''
+            if not raw:
+                raise self._lost('no reply to request %d' % rid)
+            try:
+                reply = json.loads(raw)
+            except ValueError:
+                raise VirtomateError('session %s: not JSON: %r' % (self.virtomate.domain, raw[:200]), 'ProtocolError')
+            if isinstance(reply, dict) and 'id' not in reply and 'type' in reply:
+                # virtomate's own error before any request (an unknown
+                # domain, a usage error): the session ends with it.
+                raise error_from_json(reply, 'session %s' % self.virtomate.domain)
+            if not isinstance(reply, dict) or 'id' not in reply:
+                raise VirtomateError('session %s: a reply without id: %r' % (self.virtomate.domain, raw[:200]),
+                                     'ProtocolError')
+            if 'data' in reply:
+                if reply['id'] == rid and on_data is not None:
+                    on_data(base64.b64decode(reply['data']))
+                continue
+            self._replies[reply['id']] = reply
+        reply = self._replies.pop(rid)
         if 'error' in reply:
             raise error_from_json(reply['error'] or {}, 'session %s' % self.virtomate.domain)
         if 'result' not in reply:

@@ -9,10 +9,15 @@ Usage: fake_session.py [virtomate options...] session [--idle S] DOMAIN
   `virtomate session` does for a domain that does not exist.
   A program named "die-now" makes the session exit without replying,
   as when the VM and the session go away mid-request.
+  Copies (`copy_to` with data lines, `copy_from`) work on this host's
+  files, unless FAKE_SESSION_NO_COPIES is set: then they are refused as
+  an older virtomate refuses them (UsageError). A copy_to given up
+  (`abort`) is reported in ABORTED_LOG when that is set.
 """
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -48,6 +53,41 @@ def run(rid, req):
         'stdout_truncated': False, 'stderr_truncated': False}})
 
 
+def copy(rid, req, copies):
+    key = json.dumps(rid)
+    if 'copy_from' in req:
+        try:
+            with open(req['copy_from'], 'rb') as f:
+                data = f.read()
+        except OSError as e:
+            reply({'id': rid, 'error': {'type': 'PathError', 'message': str(e)}})
+            return
+        for i in range(0, len(data), 1 << 20):
+            reply({'id': rid, 'data': base64.b64encode(data[i:i + (1 << 20)]).decode()})
+        reply({'id': rid, 'result': {'bytes': len(data), 'seconds': 0.0}})
+        return
+    if 'copy_to' in req:
+        copies[key] = [req['copy_to'], int(req.get('mode', '600'), 8), bytearray()]
+        return
+    if key not in copies:
+        reply({'id': rid, 'error': {'type': 'UsageError', 'message': 'no copy_to with the id %s waits for data' % key}})
+        return
+    if 'abort' in req:
+        del copies[key]
+        if os.environ.get('ABORTED_LOG'):
+            with open(os.environ['ABORTED_LOG'], 'a') as log:
+                log.write('%s %s\n' % (key, req['abort']))
+        reply({'id': rid, 'error': {'type': 'IoError', 'message': 'the client gave the copy up: %s' % req['abort']}})
+        return
+    copies[key][2] += base64.b64decode(req.get('data', ''))
+    if req.get('end'):
+        path, mode, data = copies.pop(key)
+        with open(path, 'wb') as f:
+            f.write(data)
+        os.chmod(path, mode)
+        reply({'id': rid, 'result': {'bytes': len(data), 'seconds': 0.0}})
+
+
 def main():
     args = sys.argv[1:]
     domain = args[-1]
@@ -55,6 +95,7 @@ def main():
         reply({'message': "Domain '%s' does not exist" % domain, 'type': 'NotFoundError'})
         sys.exit(1)
     threads = []
+    copies = {}  # id as JSON -> [path, mode, bytearray]
     for line in sys.stdin:
         try:
             req = json.loads(line)
@@ -64,6 +105,9 @@ def main():
         rid = req.get('id') if isinstance(req, dict) else None
         if isinstance(req, dict) and 'ping' in req:
             reply({'id': rid, 'result': {}})
+        elif isinstance(req, dict) and os.environ.get('FAKE_SESSION_NO_COPIES') is None and (
+                'copy_to' in req or 'copy_from' in req or 'data' in req or 'end' in req or 'abort' in req):
+            copy(rid, req, copies)
         elif isinstance(req, dict) and isinstance(req.get('run'), list):
             if req['run'][:1] == ['die-now']:
                 sys.stderr.write('fake session: the agent went away\n')

@@ -102,6 +102,38 @@ class SessionTest(unittest.TestCase):
             self.s.run(['cat'], stdin=b'x' * (vm.MAX_STDIN + 1))
         self.assertEqual(cm.exception.error_type, 'InputTooLarge')
 
+    def test_copies_through_the_session_keep_bytes_and_mode(self):
+        with tempfile.TemporaryDirectory() as d:
+            src, inside, back = (os.path.join(d, n) for n in ('src', 'inside', 'back'))
+            data = os.urandom(3 * 1024 * 1024 + 7)
+            with open(src, 'wb') as f:
+                f.write(data)
+            os.chmod(src, 0o640)
+            self.assertEqual(self.s.put_file(src, inside)['bytes'], len(data))
+            self.assertEqual(stat.S_IMODE(os.stat(inside).st_mode), 0o640)
+            # A run in between: the session goes on.
+            self.assertEqual(self.s.run(['echo', 'between']).stdout, b'between\n')
+            self.assertEqual(self.s.fetch_file(inside, back)['bytes'], len(data))
+            with open(back, 'rb') as f:
+                self.assertEqual(f.read(), data)
+            with self.assertRaises(vm.VirtomateError) as cm:
+                self.s.fetch_file(os.path.join(d, 'missing'), os.path.join(d, 'nothing'))
+            self.assertEqual(cm.exception.error_type, 'PathError')
+            self.assertFalse(os.path.exists(os.path.join(d, 'nothing')))
+
+    def test_a_session_without_copies_refuses_them_as_a_usage_error(self):
+        os.environ['FAKE_SESSION_NO_COPIES'] = '1'
+        try:
+            old = session()
+            with tempfile.NamedTemporaryFile() as src:
+                with self.assertRaises(vm.VirtomateError) as cm:
+                    old.put_file(src.name, src.name + '.copy')
+            self.assertEqual(cm.exception.error_type, 'UsageError')
+            self.assertEqual(old.run(['echo', 'still']).stdout, b'still\n')
+            old.close()
+        finally:
+            del os.environ['FAKE_SESSION_NO_COPIES']
+
     def test_files_over_the_session(self):
         with tempfile.TemporaryDirectory() as d:
             src, dst, back = (os.path.join(d, n) for n in ('src', 'dst with space', 'back'))
@@ -192,6 +224,51 @@ class PersistentSessionTest(unittest.TestCase):
             t.join()
         for i in range(4):
             self.assertEqual(out[i], [b'%d-%d\n' % (i, n) for n in range(3)])
+
+    def test_copies_of_several_clients_go_through_the_helper(self):
+        clients = [self.runner() for _ in range(3)]
+        with tempfile.TemporaryDirectory() as d:
+            errors = []
+
+            def work(i, c):
+                try:
+                    src, inside, back = (os.path.join(d, '%s%d' % (n, i)) for n in ('src', 'in', 'back'))
+                    data = os.urandom(2 * 1024 * 1024 + i)
+                    with open(src, 'wb') as f:
+                        f.write(data)
+                    c.put_file(src, inside)
+                    c.fetch_file(inside, back)
+                    with open(back, 'rb') as f:
+                        if f.read() != data:
+                            errors.append('%d: the copy back differs' % i)
+                except Exception as e:  # noqa: BLE001 - reported below
+                    errors.append('%d: %r' % (i, e))
+
+            threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(clients)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            self.assertEqual(errors, [])
+
+    def test_a_client_gone_mid_copy_gives_its_copy_up_and_the_helper_goes_on(self):
+        with tempfile.TemporaryDirectory() as d:
+            log = os.path.join(d, 'aborted')
+            os.environ['ABORTED_LOG'] = log
+            try:
+                first = self.runner()
+                first._send({'id': 7, 'copy_to': os.path.join(d, 'never'), 'mode': '600'})
+                first._send({'id': 7, 'data': 'aGk='})
+                first.close()
+                deadline = time.monotonic() + 5
+                while not os.path.exists(log) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                with open(log) as f:
+                    self.assertEqual(f.read(), '%s the task went away\n' % 1)
+                self.assertFalse(os.path.exists(os.path.join(d, 'never')))
+                self.assertEqual(self.runner().run(['echo', 'on']).stdout, b'on\n')
+            finally:
+                del os.environ['ABORTED_LOG']
 
     def test_idle_helper_exits_and_a_new_one_starts(self):
         r = self.runner(persist=0.5)
