@@ -21,7 +21,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
-use sha2::{Digest, Sha256};
+use support::data::{log_lines, noise, sha256_hex};
 use support::host_agent::HostAgent;
 use support::test_vm::TestVm;
 use virtomate_protocol::qga::{GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileWrite};
@@ -44,19 +44,11 @@ fn main() {
         .unwrap();
     let vm = TestVm::boot_with("bench-copy", &[("VM_MEMORY", "512")]);
     let work = tempfile::tempdir().unwrap();
+    let host = HostAgent::start();
     if std::env::var("BENCH_COPY_ONLY").as_deref() == Ok("compress") {
-        let host = HostAgent::start();
-        compress_comparison("test VM", &vm.socket(), "/tmp/app.log", work.path());
-        let inside = work.path().join("app-inside.log");
-        compress_comparison(
-            "host agent",
-            &host.socket(),
-            inside.to_str().unwrap(),
-            work.path(),
-        );
+        compress_comparisons(&vm, &host, work.path());
         return;
     }
-    let host = HostAgent::start();
 
     println!(
         "virtomate copy against the in-process floor, {} KiB chunks (MB/s)",
@@ -70,7 +62,7 @@ fn main() {
         ("host agent", host.socket(), mib("BENCH_COPY_HOST_MIB", 64) * MIB),
         ("test VM", vm.socket(), mib("BENCH_COPY_VM_MIB", 16) * MIB),
     ] {
-        let data = text_free_noise(size);
+        let data = noise(size, 1);
         let local = work.path().join("source");
         std::fs::write(&local, &data).unwrap();
         // The guest file: in the VM, /tmp; the host agent's guest is here.
@@ -111,22 +103,15 @@ fn main() {
     println!("ratio: cli throughput / floor throughput (goal: at least 0.9)");
 
     println!();
-    compress_comparison("test VM", &vm.socket(), "/tmp/app.log", work.path());
-    let inside = work.path().join("app-inside.log");
-    compress_comparison(
-        "host agent",
-        &host.socket(),
-        inside.to_str().unwrap(),
-        work.path(),
-    );
+    compress_comparisons(&vm, &host, work.path());
 
     println!();
     println!("big copies, whole process, SHA-256 compared on both sides (--verify)");
     let big = |label: &str, socket: &Path, inside: &str, size: usize| {
         let local = work.path().join("big");
-        let data = text_free_noise(size);
+        let data = noise(size, 1);
         std::fs::write(&local, &data).unwrap();
-        let sum: String = Sha256::digest(&data).iter().map(|b| format!("{b:02x}")).collect();
+        let sum = sha256_hex(&data);
         drop(data);
         let guest = format!("{}:{inside}", socket.display());
         let started = Instant::now();
@@ -164,6 +149,23 @@ fn main() {
         &inside,
         mib("BENCH_COPY_HOST_BIG_MIB", 1024) * MIB,
     );
+}
+
+/// `--compress` against plain copies on the test VM and the host agent.
+fn compress_comparisons(vm: &TestVm, host: &HostAgent, work: &Path) {
+    compress_comparison("test VM", &vm.socket(), "/tmp/app.log", work);
+    // What bounds a copy out: the guest's own gzip, with no transfer.
+    let gzip_alone = time_cli(&[
+        "guest-run",
+        vm.socket().to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "gzip -1 -c < /tmp/app.log > /dev/null",
+    ]);
+    println!("the test VM's gzip -1 of it alone, in a guest-run: {gzip_alone:.2} s");
+    let inside = work.join("app-inside.log");
+    compress_comparison("host agent", &host.socket(), inside.to_str().unwrap(), work);
 }
 
 /// `virtomate copy` with and without `--compress`, in and out of the guest
@@ -205,41 +207,6 @@ fn compress_comparison(label: &str, socket: &Path, inside: &str, work: &Path) {
         println!("{label:<5} {plain:>9.2} {packed:>11.2} {:>7.1}x", plain / packed);
     }
     println!("speedup: plain time / --compress time (goal: at least 3)");
-}
-
-/// Log lines: a few shapes, counters changing, as gzip likes them.
-fn log_lines(len: usize) -> Vec<u8> {
-    let mut data = Vec::with_capacity(len + 128);
-    let mut line = 0u64;
-    while data.len() < len {
-        let level = ["INFO", "WARN", "DEBUG"][(line % 3) as usize];
-        writeln!(
-            data,
-            "2026-12-02T00:{:02}:{:02}.{:03}Z {level} worker[{}] request {line} served in {} ms",
-            line / 60000 % 60,
-            line / 1000 % 60,
-            line % 1000,
-            line % 7,
-            line * 37 % 500
-        )
-        .unwrap();
-        line += 1;
-    }
-    data.truncate(len);
-    data
-}
-
-/// Bytes gzip cannot shrink, as a worst case for the agent's parser.
-fn text_free_noise(len: usize) -> Vec<u8> {
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
 }
 
 /// Seconds for one whole `virtomate ARGS`.

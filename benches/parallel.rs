@@ -127,22 +127,14 @@ fn main() {
 
     // 4. Whole process against in-process floors.
     if part('4') {
-        let startup = median(
-            (0..20)
-                .map(|_| {
-                    timed(|| {
-                        let status = support::virtomate()
-                            .arg("--version")
-                            .stdout(Stdio::null())
-                            .status()
-                            .unwrap();
-                        assert!(status.success());
-                    })
-                })
-                .collect(),
-        );
+        let startup = startup_of(&support::virtomate_path());
         println!();
         println!("process start-up (virtomate --version): {:.2}", ms(startup));
+        let cargos = Path::new(env!("CARGO_BIN_EXE_virtomate"));
+        if support::virtomate_path() != cargos {
+            // What the static build saves beside cargo's dynamic one.
+            println!("  cargo's dynamic build: {:.2}", ms(startup_of(cargos)));
+        }
         for (label, socket) in [("host agent", host.socket()), ("test VM", vm.socket())] {
             // Taking turns, run by run, so that a change in the machine's
             // load falls on both alike. The floor: a fresh connection each
@@ -175,6 +167,21 @@ fn main() {
 /// (`BENCH_PARTS=13`).
 fn part(n: char) -> bool {
     std::env::var("BENCH_PARTS").map_or(true, |parts| parts.contains(n))
+}
+
+/// The median time of `BINARY --version`, a process's start and end.
+fn startup_of(binary: &Path) -> Duration {
+    let runs = (0..20).map(|_| {
+        timed(|| {
+            let status = std::process::Command::new(binary)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success());
+        })
+    });
+    median(runs.collect())
 }
 
 /// A runtime of its own, dropped with everything it still holds.
@@ -279,27 +286,27 @@ async fn held_loop(socket: &Path, runs: usize) -> Duration {
     agent.execute(&GuestPing {}).await.unwrap();
     let started = Instant::now();
     for _ in 0..runs {
-        let pid = agent
-            .execute(&GuestExec::new("/bin/true", [""; 0]))
-            .await
-            .unwrap()
-            .pid;
-        agent.wait_for_exit(pid, PollSchedule::default()).await.unwrap();
+        run_true(&mut agent).await;
     }
     started.elapsed()
 }
 
+/// One `/bin/true` on a connection of its own, closed after.
 async fn fresh_connection(socket: &Path) {
     let mut agent = QgaClient::connect(socket, ClientOptions::default())
         .await
         .unwrap();
+    run_true(&mut agent).await;
+}
+
+/// `/bin/true` started and polled to its end, as `guest-run` does.
+async fn run_true(agent: &mut QgaClient) {
     let pid = agent
         .execute(&GuestExec::new("/bin/true", [""; 0]))
         .await
         .unwrap()
         .pid;
     agent.wait_for_exit(pid, PollSchedule::default()).await.unwrap();
-    drop(agent);
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

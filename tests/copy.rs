@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
+pub use crate::support::data::{log_lines, noise, sha256_hex};
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
@@ -27,25 +27,6 @@ fn copy(args: &[&str]) -> Outcome {
 /// `SOCKET:PATH`, the guest side of a copy.
 fn guest(socket: &Path, path: &Path) -> String {
     format!("{}:{}", socket.display(), path.display())
-}
-
-/// Bytes that do not compress, the same for the same seed.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    (0..len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 24) as u8
-        })
-        .collect()
-}
-
-pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The temporary directories a copy into `dir` made and left.
@@ -527,28 +508,6 @@ fn a_read_reply_longer_than_asked_is_a_protocol_error_and_the_handle_is_closed()
         std::fs::read_dir(dir.path()).unwrap().next().is_none(),
         "no local file left"
     );
-}
-
-/// Log lines, as gzip likes them: a few distinct shapes, counters changing.
-fn log_lines(len: usize) -> Vec<u8> {
-    let mut data = Vec::with_capacity(len + 128);
-    let mut line = 0u64;
-    while data.len() < len {
-        let level = ["INFO", "WARN", "DEBUG"][(line % 3) as usize];
-        writeln!(
-            data,
-            "2026-12-02T00:{:02}:{:02}.{:03}Z {level} worker[{}] request {line} served in {} ms",
-            line / 60000 % 60,
-            line / 1000 % 60,
-            line % 1000,
-            line % 7,
-            line * 37 % 500
-        )
-        .unwrap();
-        line += 1;
-    }
-    data.truncate(len);
-    data
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! temporary directory one of the test's own, to list it) and in the test
 //! VM, by socket and by name.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -11,29 +11,21 @@ use std::time::{Duration, Instant};
 
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
-use crate::support::{guest_run_with, virtomate, wait_until};
+use crate::support::{guest_run_with, run_bytes, virtomate, wait_until};
 
 /// `virtomate guest-run --follow OPTIONS DOMAIN -- PROGRAM...`, bytes in
 /// and out.
 fn follow(options: &[&str], domain: &str, program: &[&str], stdin: &[u8]) -> Output {
-    let mut child = virtomate()
-        .args(["guest-run", "--follow"])
-        .args(options)
-        .args([domain, "--"])
-        .args(program)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    output
+    run_bytes(&follow_args(options, domain, program), stdin)
+}
+
+/// The arguments of `guest-run --follow OPTIONS DOMAIN -- PROGRAM...`.
+fn follow_args<'a>(options: &[&'a str], domain: &'a str, program: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["guest-run", "--follow"];
+    args.extend(options);
+    args.extend([domain, "--"]);
+    args.extend(program);
+    args
 }
 
 /// A `--follow` run in the background whose stdout lines are read as they
@@ -47,10 +39,7 @@ struct Followed {
 impl Followed {
     fn spawn(options: &[&str], domain: &str, program: &[&str]) -> Followed {
         let mut child = virtomate()
-            .args(["guest-run", "--follow"])
-            .args(options)
-            .args([domain, "--"])
-            .args(program)
+            .args(follow_args(options, domain, program))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -4,7 +4,6 @@
 //! and the fake agent for what the real one will not do here (an agent new
 //! enough for merged output).
 
-use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -13,7 +12,7 @@ use serde_json::json;
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
-use crate::support::{guest_run_with, virtomate};
+use crate::support::{guest_run_with, run_bytes, virtomate};
 
 /// Whether a process whose command line starts with `marker` runs on the
 /// host (virtomate's own command line holds it too, further on).
@@ -27,22 +26,9 @@ fn runs_on_host(marker: &str) -> bool {
 
 /// `virtomate guest-run ARGS`, bytes in and out.
 fn raw_run(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = virtomate()
-        .arg("guest-run")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let output = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    output
+    let mut line = vec!["guest-run"];
+    line.extend(args);
+    run_bytes(&line, stdin)
 }
 
 #[test]

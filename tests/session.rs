@@ -129,8 +129,7 @@ fn sigterm_reports_each_request_in_flight_as_interrupted_with_its_pid() {
     let mut live = Live::start(&[], agent.socket().to_str().unwrap());
     live.send(json!({"id": "long", "run": ["sleep", "infinity"]}));
     std::thread::sleep(Duration::from_millis(700));
-    let pid = nix::unistd::Pid::from_raw(live.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    live.signal(nix::sys::signal::Signal::SIGTERM);
     let reply = live.reply();
     assert_eq!(reply["id"], "long", "{reply}");
     assert_eq!(reply["error"]["type"], "Interrupted", "{reply}");
@@ -186,8 +185,7 @@ fn interrupted_while_starting_says_the_program_may_have_started() {
     let mut live = Live::start(&[], agent.socket().to_str().unwrap());
     live.send(json!({"id": "s", "run": ["true"]}));
     std::thread::sleep(Duration::from_millis(500));
-    let pid = nix::unistd::Pid::from_raw(live.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    live.signal(nix::sys::signal::Signal::SIGINT);
     let reply = live.reply();
     assert_eq!(reply["error"]["type"], "Interrupted", "{reply}");
     assert!(

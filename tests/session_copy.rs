@@ -216,8 +216,7 @@ fn sigterm_mid_copy_cleans_up_in_the_guest_and_reports_the_copy_interrupted() {
             .first()
             .is_some_and(|t| std::fs::metadata(t.join("data")).is_ok_and(|m| m.len() > 0))
     });
-    let pid = nix::unistd::Pid::from_raw(live.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    live.signal(nix::sys::signal::Signal::SIGTERM);
     let reply = live.reply();
     assert_eq!(reply["id"], "c", "{reply}");
     assert_eq!(reply["error"]["type"], "Interrupted", "{reply}");

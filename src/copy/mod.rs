@@ -173,11 +173,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             progress.abandon();
             return Err(error);
         }
-        let size = guest::size(self.agent, handle).await?;
-        // Closed once only, whatever it answers: qemu-ga keeps a handle
-        // whose close failed, and a second close would use a freed FILE.
-        self.left.handle = None;
-        guest::close(self.agent, handle).await?;
+        let size = self.size_and_close(handle).await?;
         if size != sent {
             return Err(size_mismatch(&temp, size, sent));
         }
@@ -188,6 +184,18 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             seconds: started.elapsed().as_secs_f64(),
             sha256,
         })
+    }
+
+    /// The size of the open guest file `handle`, which is then closed.
+    /// A size that cannot be had (a flush onto a full disk) leaves the
+    /// handle to [`Copy::clean_up`], which empties the file first. Closed
+    /// once only, whatever the agent answers: qemu-ga keeps a handle whose
+    /// close failed, and a second close would use a freed FILE.
+    async fn size_and_close(&mut self, handle: Handle) -> Result<u64, CliError> {
+        let size = guest::size(self.agent, handle).await?;
+        self.left.handle = None;
+        guest::close(self.agent, handle).await?;
+        Ok(size)
     }
 
     /// Sets the mode of the guest file `path` (`chmod`).
@@ -369,9 +377,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             progress.abandon();
             return Err(error);
         }
-        let size = guest::size(self.agent, handle).await?;
-        self.left.handle = None;
-        guest::close(self.agent, handle).await?;
+        let size = self.size_and_close(handle).await?;
         // A file of /proc or /sys says 0 and has content: no size to check.
         if size != 0 && size != received {
             return Err(size_mismatch(path, size, received));

@@ -1,6 +1,7 @@
 //! Shared by the integration tests: running the built binary, real agents
 //! on the host, the test VM, and a scripted fake agent.
 
+pub mod data;
 pub mod fake_agent;
 pub mod host_agent;
 pub mod live_session;
@@ -79,6 +80,27 @@ pub fn virtomate_path() -> std::path::PathBuf {
     std::env::var_os("VIRTOMATE_BIN")
         .map(Into::into)
         .unwrap_or_else(|| env!("CARGO_BIN_EXE_virtomate").into())
+}
+
+/// `virtomate ARGS` with `stdin` fed from a thread of its own (so that a
+/// program writing much before it reads cannot block it), bytes in and
+/// out.
+pub fn run_bytes(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let mut child = virtomate()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    output
 }
 
 /// Runs `virtomate ARGS`, feeding `stdin` if given.

@@ -482,31 +482,27 @@ impl<C: Connector> Session<C> {
             .map_err(|e| (e, false, None))
     }
 
-    async fn ping(&mut self, id: &Value) -> Result<Option<Outcome>, Failed> {
+    /// Connects for the request `id`, which then stands at `stage`.
+    async fn connect_for(&mut self, id: &Value, stage: Stage) -> Result<(), Failed> {
+        let id = id.clone();
         self.current = Some(InFlight {
             id: id.clone(),
             stage: Stage::Connecting,
         });
         self.connect().await?;
-        self.current = Some(InFlight {
-            id: id.clone(),
-            stage: Stage::Pinging,
-        });
+        self.current = Some(InFlight { id, stage });
+        Ok(())
+    }
+
+    async fn ping(&mut self, id: &Value) -> Result<Option<Outcome>, Failed> {
+        self.connect_for(id, Stage::Pinging).await?;
         let pong = self.channel.execute(&GuestPing {}).await;
         pong.map(|_| Some(Outcome::Pong)).map_err(|e| (e, true, None))
     }
 
     /// Starts a program; its reply comes once it has ended.
     async fn start(&mut self, id: &Value, run: RunRequest) -> Result<Option<Outcome>, Failed> {
-        self.current = Some(InFlight {
-            id: id.clone(),
-            stage: Stage::Connecting,
-        });
-        self.connect().await?;
-        self.current = Some(InFlight {
-            id: id.clone(),
-            stage: Stage::Starting,
-        });
+        self.connect_for(id, Stage::Starting).await?;
         let mut exec = GuestExec::new(run.program, run.args);
         exec.input_data = run.stdin;
         exec.env = environment(&run.env, run.env_clear);

@@ -208,10 +208,7 @@ impl<A: FileAgent> Copy<'_, A> {
         let Some((handle, name, sent)) = parts.open.take() else {
             return Ok(());
         };
-        let size = guest::size(self.agent, handle).await?;
-        // Closed once only, whatever it answers (see `Copy::push`).
-        self.left.handle = None;
-        guest::close(self.agent, handle).await?;
+        let size = self.size_and_close(handle).await?;
         if size != sent {
             return Err(size_mismatch(&format!("{}/{name}", parts.dir), size, sent));
         }
@@ -269,9 +266,6 @@ impl<A: FileAgent> Copy<'_, A> {
     async fn guest_size(&mut self, path: &str) -> Result<u64, CliError> {
         let handle = guest::open(self.agent, path, "r").await?;
         self.left.handle = Some(handle);
-        let size = guest::size(self.agent, handle).await;
-        self.left.handle = None;
-        guest::close(self.agent, handle).await?;
-        size
+        self.size_and_close(handle).await
     }
 }
