@@ -3,8 +3,7 @@
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
-
-use crate::commands::guest_cmd::{parse_request, Request};
+use serde_json::Value;
 
 /// Run programs in QEMU virtual machines through the guest agent's UNIX
 /// socket, without libvirt. Every answer is JSON on stdout.
@@ -306,6 +305,39 @@ fn duration(text: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(value).ok()
 }
 
+/// A request as the user wrote it: `{"execute": NAME, "arguments": {...}}`.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub name: String,
+    pub arguments: Option<Value>,
+}
+
+/// Parses the JSON argument of `guest-cmd` and `qmp` (for clap).
+pub fn parse_request(text: &str) -> Result<Request, String> {
+    let json: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    let object = json.as_object().ok_or("a request is a JSON object")?;
+    if let Some(unknown) = object
+        .keys()
+        .find(|k| !["execute", "arguments", "id"].contains(&k.as_str()))
+    {
+        return Err(format!(
+            "unknown member '{unknown}'; a request has 'execute' and 'arguments'"
+        ));
+    }
+    let name = object
+        .get("execute")
+        .and_then(Value::as_str)
+        .ok_or("the request needs \"execute\": \"COMMAND\"")?;
+    let arguments = object.get("arguments").cloned();
+    if arguments.as_ref().is_some_and(|a| !a.is_object()) {
+        return Err("\"arguments\" must be a JSON object".to_owned());
+    }
+    Ok(Request {
+        name: name.to_owned(),
+        arguments,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,6 +523,26 @@ mod tests {
                     .contains("expected a number of seconds from 0 to 1000000000"),
                 "{bad}: {error}"
             );
+        }
+    }
+
+    #[test]
+    fn requests_need_execute_and_object_arguments() {
+        let request = parse_request(r#"{"execute": "guest-exec", "arguments": {"path": "ls"}}"#).unwrap();
+        assert_eq!(request.name, "guest-exec");
+        assert!(parse_request(r#"{"execute": "guest-ping"}"#)
+            .unwrap()
+            .arguments
+            .is_none());
+        for bad in [
+            "guest-ping",
+            "[]",
+            r#"{"arguments": {}}"#,
+            r#"{"execute": 1}"#,
+            r#"{"execute": "x", "arguments": [1]}"#,
+            r#"{"execute": "x", "argument": {}}"#,
+        ] {
+            assert!(parse_request(bad).is_err(), "{bad}");
         }
     }
 }

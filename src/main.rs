@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+mod agent;
 mod cli;
 mod commands;
 mod copy;
@@ -10,6 +11,7 @@ mod error;
 #[cfg(feature = "generate")]
 mod generate;
 mod output;
+mod run_output;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

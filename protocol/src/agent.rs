@@ -10,32 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::libvirt::LibvirtAgent;
 use crate::qga::{Command, GuestExec, GuestExecReply};
-use crate::{Error, QgaClient};
-
-/// How far the last request got: what an exchange cut short (a timeout, a
-/// dropped future) leaves the agent with. The agent acts on a request only
-/// once it has read all of it.
-///
-/// ```
-/// use virtomate_protocol::RequestProgress;
-///
-/// fn may_have_acted(progress: RequestProgress) -> bool {
-///     !matches!(progress, RequestProgress::Idle | RequestProgress::PartlySent)
-/// }
-/// assert!(!may_have_acted(RequestProgress::PartlySent));
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RequestProgress {
-    /// No request is under way: the last one was answered.
-    Idle,
-    /// A request was being written and is not whole: the agent will not
-    /// act on it.
-    PartlySent,
-    /// The request was sent whole; its reply had not been read.
-    Sent,
-    /// The carrier cannot tell.
-    Unknown,
-}
+use crate::{Error, QgaClient, RequestProgress};
 
 /// Runs agent commands, whatever carries them.
 ///

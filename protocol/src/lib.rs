@@ -2,29 +2,33 @@
 //!
 //! # Layout
 //!
-//! - [`framing`]: bytes to reply lines ([`framing::LineCodec`]), bounded,
-//!   with the skip to the sync sentinel; libvirt's messages are framed by
-//!   [`libvirt::packet::PacketCodec`] the same way.
-//! - `connection`: [`Connection`], the one owner of a socket and its read
-//!   buffer: frames in, bytes out, every byte shown to a [`Trace`].
-//! - `transport`: connecting, [`Deadline`]s, [`ClientOptions`].
-//! - `envelope`: the JSON around every request and reply, shared by QGA
-//!   and QMP; `command`: the [`Command`] trait that types them.
-//! - [`qga`]: the agent's commands and [`QgaClient`]; `exec`: running a
-//!   program to its end ([`wait_for_exit`]).
-//! - [`qmp`]: QEMU's monitor, [`QmpClient`].
-//! - [`libvirt`]: libvirt's RPC, for domains whose channels libvirtd holds.
-//! - `agent`: the [`Agent`] trait over a direct channel and libvirtd, and
-//!   [`AnyAgent`].
-//! - `channel_lock`: [`ChannelLock`], taking turns on an agent socket with
-//!   the other processes of the host (a flock in `/run/virtomate`);
-//!   `channel`: [`Channel`], connected for an exchange when it needs to be
-//!   and let go between exchanges ([`wait_for_exit_on`], [`HoldPolicy`]).
-//! - [`follow`]: a program's output read while it runs, through files in
-//!   a private directory of the guest ([`follow::Follow`]).
-//! - [`session`]: many requests (runs, pings) over one channel, programs
-//!   running side by side, for `virtomate session` and any Rust program.
-//! - `error`: [`Error`], one variant per situation a caller can act on.
+//! Each layer uses only those above it in this list.
+//!
+//! - `error.rs`: [`Error`], one variant per situation a caller can act on.
+//! - `wire/`: bytes to frames and back, for every client. `framing`
+//!   parses reply lines ([`framing::LineCodec`]), bounded, with the skip
+//!   to the sync sentinel; `trace` shows every byte to a [`Trace`];
+//!   `connection` is [`Connection`], the one owner of a socket and its
+//!   read buffer; `transport` connects within [`Deadline`]s
+//!   ([`ClientOptions`]); `command` and `envelope` type the JSON around
+//!   every request and reply ([`Command`]), shared by QGA and QMP.
+//! - the clients, one folder each: [`qga`] (the agent's commands and
+//!   [`QgaClient`]), [`qmp`] (QEMU's monitor, [`QmpClient`]) and
+//!   [`libvirt`] (libvirt's RPC, for domains whose channels libvirtd
+//!   holds); then `agent.rs`, the [`Agent`] trait over a direct channel
+//!   and libvirtd, and [`AnyAgent`].
+//! - `channel/`: taking turns on an agent socket with the other processes
+//!   of the host ([`ChannelLock`], a flock in `/run/virtomate`) and
+//!   [`Channel`], connected for an exchange when it needs to be and let go
+//!   between exchanges ([`HoldPolicy`]).
+//! - `guest/`: what runs in the guest through the agent: a program polled
+//!   to its end and stopped with its process tree ([`stop_group`]), and
+//!   its output read while it runs through files in a private directory
+//!   ([`follow::Follow`]).
+//! - [`session`]: the engine that runs programs: many requests (runs,
+//!   pings, a caller's own jobs) over one channel, programs running side
+//!   by side, for `virtomate guest-run`, `virtomate session` and any Rust
+//!   program.
 //!
 //! # Naming
 //!
@@ -38,31 +42,27 @@
 
 mod agent;
 mod channel;
-mod channel_lock;
-mod command;
-mod connection;
-mod envelope;
 mod error;
-mod exec;
-pub mod follow;
-pub mod framing;
+mod guest;
 pub mod libvirt;
 pub mod qga;
 pub mod qmp;
 pub mod session;
-mod trace;
-mod transport;
+mod wire;
 
-pub use agent::{Agent, AnyAgent, RequestProgress};
+pub use agent::{Agent, AnyAgent};
+pub use channel::lock::{ChannelLock, Turn};
 pub use channel::{wait_for_exit_on, Channel, Connector, HoldPolicy, SocketConnector};
-pub use channel_lock::{ChannelLock, Turn};
-pub use command::Command;
-pub use connection::Connection;
-pub use envelope::MAX_REQUEST_LEN;
 pub use error::{Error, Phase};
-pub use exec::{stop_group, wait_for_exit, Finished, PollSchedule, StopScope, Stopped, TREE_SCRIPT};
+pub use guest::exec::{stop_group, wait_for_exit, Finished, PollSchedule, StopScope, Stopped, TREE_SCRIPT};
+pub use guest::follow;
 pub use libvirt::LibvirtClient;
 pub use qga::QgaClient;
 pub use qmp::QmpClient;
-pub use trace::{escape_bytes, Direction, Trace};
-pub use transport::{ClientOptions, Deadline};
+pub use wire::command::{Command, Empty};
+pub use wire::connection::Connection;
+pub use wire::envelope::MAX_REQUEST_LEN;
+pub use wire::framing;
+pub use wire::trace::{escape_bytes, Direction, Trace};
+pub use wire::transport::{ClientOptions, Deadline};
+pub use wire::RequestProgress;

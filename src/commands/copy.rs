@@ -2,8 +2,9 @@
 //! one-line JSON summary (unless standard output is the data). The copy
 //! itself is `crate::copy`'s.
 
-use super::signals::Signals;
-use super::{Answer, Context, DomainAgent};
+use super::{Answer, Context};
+use crate::agent::DomainAgent;
+use crate::agent::Signals;
 use crate::cli::CopyArgs;
 use crate::copy::location::{self, Direction, Location};
 use crate::copy::progress::Show;

@@ -19,7 +19,8 @@ use virtomate_protocol::qga::{GuestInfo, GuestInfoReply};
 use virtomate_protocol::qmp::QueryChardev;
 use virtomate_protocol::{ClientOptions, QmpClient};
 
-use super::{Answer, Context, DomainAgent};
+use super::{Answer, Context};
+use crate::agent::DomainAgent;
 use crate::domain::{self, run_state, socket_holders, Channel, Domain, Route, Source};
 use crate::error::ErrorKind;
 

@@ -14,10 +14,11 @@ use virtomate_protocol::qga::GuestExec;
 use virtomate_protocol::StopScope;
 
 use super::guest_run::{start, stopped_after_interruption};
-use super::run_output::RunOutput;
-use super::signals::Signals;
-use super::{Answer, Context, DomainAgent};
+use super::{Answer, Context};
+use crate::agent::DomainAgent;
+use crate::agent::Signals;
 use crate::error::{CliError, ErrorKind, Interruption};
+use crate::run_output::RunOutput;
 
 pub async fn run(
     domain: &str,

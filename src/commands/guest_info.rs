@@ -2,7 +2,8 @@
 
 use virtomate_protocol::qga::GuestInfo;
 
-use super::{Answer, Context, DomainAgent};
+use super::{Answer, Context};
+use crate::agent::DomainAgent;
 use crate::error::CliError;
 
 pub async fn run(domain: &str, context: &Context) -> Result<Answer, CliError> {

@@ -7,7 +7,8 @@ use tokio::time::{sleep, Instant};
 use virtomate_protocol::qga::GuestPing;
 use virtomate_protocol::ClientOptions;
 
-use super::{Answer, Context, DomainAgent};
+use super::{Answer, Context};
+use crate::agent::DomainAgent;
 use crate::domain::Scope;
 use crate::error::{CliError, ErrorKind};
 

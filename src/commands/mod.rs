@@ -1,11 +1,8 @@
 //! One module per subcommand, and what they share: reaching the agent of
 //! a domain, and the answer to print.
 
-mod agent_errors;
 pub mod copy;
 pub mod doctor;
-mod domain_agent;
-mod domain_connector;
 pub mod domain_list;
 mod follow;
 pub mod guest_cmd;
@@ -13,27 +10,15 @@ pub mod guest_info;
 pub mod guest_ping;
 pub mod guest_run;
 pub mod qmp;
-pub mod run_output;
 pub mod session;
-mod signals;
 
-use virtomate_protocol::ClientOptions;
-
-pub use self::agent_errors::AgentErrors;
-pub use self::domain_agent::DomainAgent;
-pub use self::domain_connector::DomainConnector;
-use crate::domain::Scope;
-
-/// What every command needs besides its own arguments.
-pub struct Context {
-    pub options: ClientOptions,
-    pub scope: Scope,
-}
+pub use crate::agent::Context;
+use crate::run_output::RunOutput;
 
 /// What a command prints on success.
 pub enum Answer {
     /// A program's end (kept typed: its output may be 16 MiB).
-    Run(run_output::RunOutput),
+    Run(RunOutput),
     /// Any other JSON answer.
     Json(serde_json::Value),
     /// Nothing at all, as `guest-ping` on success.

@@ -9,8 +9,8 @@ use serde_json::json;
 use virtomate_protocol::libvirt::LibvirtMonitor;
 use virtomate_protocol::QmpClient;
 
-use super::guest_cmd::Request;
 use super::{Answer, Context};
+use crate::cli::Request;
 use crate::domain::socket_holders::{self, Holder};
 use crate::domain::{self, Source};
 use crate::error::{CliError, ErrorKind, Peer};

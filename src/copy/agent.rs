@@ -9,7 +9,7 @@ use virtomate_protocol::{
     wait_for_exit_on, Channel, Error as AgentError, Finished, HoldPolicy, PollSchedule,
 };
 
-use crate::commands::{AgentErrors, DomainAgent, DomainConnector};
+use crate::agent::{AgentErrors, DomainAgent, DomainConnector};
 use crate::error::CliError;
 
 /// An agent a copy can work through.

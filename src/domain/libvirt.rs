@@ -5,8 +5,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use super::qemu_args::AGENT_PORT_PREFIX;
-use super::Channel;
+use super::model::{sort_by_port_number, Channel, AGENT_PORT_PREFIX};
 
 /// Where one libvirt daemon keeps its files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,7 +160,7 @@ pub fn parse_status(xml: &str) -> Result<LibvirtDomain, String> {
             ))
         });
     let mut agent_channels: Vec<Channel> = agent_channels.collect();
-    super::sort_by_port_number(&mut agent_channels);
+    sort_by_port_number(&mut agent_channels);
     Ok(LibvirtDomain {
         name: text("name").ok_or("no <name>")?,
         uuid: text("uuid").unwrap_or_default(),

@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use super::libvirt::{self, LibvirtDirs, Lookup};
-use super::{is_abstract, is_socket, procfs, Channel, ChannelKind, Domain, Source};
+use super::model::{is_abstract, is_socket, Channel, ChannelKind, Domain, Source};
+use super::procfs;
 use crate::error::{CliError, ErrorKind};
 
 /// Where to look for domains.

@@ -7,10 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use super::{Channel, ChannelKind};
-
-/// Prefix of the virtio port names the QEMU Guest Agent listens on.
-pub const AGENT_PORT_PREFIX: &str = "org.qemu.guest_agent.";
+use super::model::{sort_by_port_number, Channel, ChannelKind, AGENT_PORT_PREFIX};
 
 /// What a QEMU command line says about the VM.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -95,7 +92,7 @@ impl QemuArgs {
                 })
             })
             .collect();
-        super::sort_by_port_number(&mut agent_channels);
+        sort_by_port_number(&mut agent_channels);
         qmp_sockets.extend(
             monitor_chardevs
                 .iter()

@@ -5,8 +5,8 @@
 //! but never answered: looking first turns a hang into a choice, or into an
 //! error that names the holder.
 
+use super::model::{is_socket, Channel, ChannelKind, Domain, Route, Source};
 use super::socket_holders::{self, Holder};
-use super::{is_socket, Channel, ChannelKind, Domain, Route, Source};
 use crate::error::{CliError, ErrorKind};
 
 /// The agent port that libvirtd connects to and keeps.

@@ -7,7 +7,8 @@ use std::time::Duration;
 use virtomate_protocol::qmp::QueryStatus;
 use virtomate_protocol::{ClientOptions, QmpClient};
 
-use super::{socket_holders, Domain, Source};
+use super::model::{Domain, Source};
+use super::socket_holders;
 
 /// QEMU's run state of a VM, and who told.
 #[derive(Debug, Clone, PartialEq, Eq)]

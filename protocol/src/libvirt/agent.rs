@@ -13,8 +13,8 @@ use super::{
     LibvirtClient, RemoteDomain, AGENT_COMMAND_MAX, ERR_AGENT_COMMAND_FAILED, ERR_AGENT_COMMAND_TIMEOUT,
     ERR_AGENT_UNRESPONSIVE, ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_OPERATION_INVALID,
 };
-use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request};
 use crate::qga::Command;
+use crate::wire::envelope::{parse_reply, ReplyFor, ReplyId, Request};
 use crate::{Agent, ClientOptions, Deadline, Error, RequestProgress};
 
 /// One domain's guest agent, reached through libvirtd's RPC socket.

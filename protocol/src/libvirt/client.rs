@@ -18,7 +18,7 @@ use super::packet::{
 use super::remote::{decode_error, RemoteDomain};
 use super::xdr::{Decoder, Encoder, XdrError};
 use super::{AUTH_TYPE_LIST_MAX, STRING_MAX};
-use crate::transport::connect;
+use crate::wire::transport::connect;
 use crate::{ClientOptions, Connection, Deadline, Error, Phase, RequestProgress};
 
 /// `remote_auth_type` values.

@@ -11,8 +11,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 
 use super::{LibvirtClient, RemoteDomain};
-use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request};
 use crate::qmp::Command;
+use crate::wire::envelope::{parse_reply, ReplyFor, ReplyId, Request};
 use crate::{ClientOptions, Deadline, Error};
 
 /// QEMU's monitor of one domain, reached through libvirtd's RPC socket

@@ -8,9 +8,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 
 use super::{guest_exec_request, Command, GuestExec, GuestExecReply, GuestSyncDelimited, OutgoingRequest};
-use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
 use crate::framing::{LineCodec, SENTINEL};
-use crate::transport::connect;
+use crate::wire::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
+use crate::wire::transport::connect;
 use crate::{ClientOptions, Connection, Deadline, Error, Phase, RequestProgress};
 
 /// A connection to a QEMU Guest Agent, synchronised and ready for commands.

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{base64_data, Command};
+use super::{base64_data, Command, Empty};
 
 /// `guest-sync-delimited`: the agent echoes `id`, preceded by the byte
 /// `0xFF`. Used by [`QgaClient`](crate::QgaClient) on every new connection.
@@ -37,17 +37,6 @@ impl Command for GuestPing {
     const NAME: &'static str = "guest-ping";
     type Output = Empty;
 }
-
-/// An empty `return` object, as `guest-ping` sends.
-///
-/// ```
-/// use virtomate_protocol::qga::Empty;
-///
-/// let pong: Empty = serde_json::from_str("{}").unwrap();
-/// assert_eq!(pong, Empty {});
-/// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-pub struct Empty {}
 
 /// `guest-info`: the agent's version and the commands it knows.
 ///

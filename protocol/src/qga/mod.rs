@@ -23,8 +23,8 @@ mod streamed_input;
 pub use client::QgaClient;
 pub(crate) use client::LONGEST_ID;
 pub use commands::{
-    CaptureOutput, CommandInfo, Empty, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply,
-    GuestInfo, GuestInfoReply, GuestPing, GuestSyncDelimited,
+    CaptureOutput, CommandInfo, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply, GuestInfo,
+    GuestInfoReply, GuestPing, GuestSyncDelimited,
 };
 pub use environment::{environment, STANDARD_PATH};
 pub use files::{
@@ -33,4 +33,4 @@ pub use files::{
 };
 pub(crate) use streamed_input::{guest_exec_request, OutgoingRequest};
 
-pub use crate::Command;
+pub use crate::{Command, Empty};

@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use super::GuestExec;
-use crate::envelope::Request;
+use crate::wire::envelope::Request;
 use crate::Command;
 
 /// Raw bytes encoded per piece: a multiple of 3, so that the pieces' Base64

@@ -10,9 +10,9 @@ use tokio::net::UnixStream;
 use super::events::{parse_event, EventStore};
 use super::greeting::parse_greeting;
 use super::{Command, Event, Greeting, QmpCapabilities};
-use crate::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
 use crate::framing::LineCodec;
-use crate::transport::connect;
+use crate::wire::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
+use crate::wire::transport::connect;
 use crate::{ClientOptions, Connection, Deadline, Error, Phase};
 
 /// A QMP connection past capabilities negotiation, ready for commands.

@@ -4,8 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::Command;
-use crate::qga::Empty;
+use super::{Command, Empty};
 
 /// `qmp_capabilities`: leaves capabilities negotiation mode; QEMU refuses
 /// every other command before. [`QmpClient`](crate::QmpClient) sends it on

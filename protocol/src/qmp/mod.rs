@@ -35,4 +35,4 @@ pub use commands::{
 pub use events::{Event, MAX_STORED_EVENTS, MAX_STORED_EVENT_BYTES};
 pub use greeting::Greeting;
 
-pub use crate::Command;
+pub use crate::{Command, Empty};

@@ -19,8 +19,8 @@ use virtomate_protocol::session::Jobs;
 use virtomate_protocol::Channel;
 
 use super::data_lines::DataLines;
-use super::{print, Answered, Line};
-use crate::commands::{AgentErrors, DomainConnector};
+use super::lines::{print, Answered, Line};
+use crate::agent::{AgentErrors, DomainConnector};
 use crate::copy::progress::Show;
 use crate::copy::{self, Copy, LentChannel, Options, Source, Target, CLEAN_UP_TIME};
 use crate::error::{CliError, ErrorKind};

@@ -19,7 +19,7 @@ use virtomate_protocol::session::{Request, Work};
 use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::copies::{CopyJob, Data, Streamed};
-use super::{print, Line};
+use super::lines::{print, Line};
 
 /// The longest line: one agent request (a program's input in Base64
 /// included) and room for the JSON around it. A longer line is answered

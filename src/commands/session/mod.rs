@@ -5,11 +5,13 @@
 //! - `input`: the lines read, routed to the session or to a copy.
 //! - `copies`: `copy_to` and `copy_from`, run on the session's channel.
 //! - `data_lines`: a guest file sent back as lines.
+//! - `lines`: the reply lines and how they are written.
 //! - here: the replies printed, and signals.
 
 mod copies;
 mod data_lines;
 mod input;
+mod lines;
 
 use std::io::Write;
 use std::rc::Rc;
@@ -17,20 +19,19 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use serde::Serialize;
-use serde_json::Value;
 use tokio::sync::mpsc;
 use virtomate_protocol::follow::{FollowError, Stream, DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
 use virtomate_protocol::session::{Failure, Outcome, Reply, Session, SessionOptions, Stage};
 
 use self::copies::{Copies, CopyState};
-use super::agent_errors::AgentErrors;
-use super::guest_run::RunResult;
-use super::signals::Signals;
-use super::{Answer, Context, DomainAgent};
-use crate::copy::Summary;
-use crate::error::{CliError, ErrorJson, ErrorKind, Interruption};
+use self::lines::{print, Answered, ChunkLine, Line};
+use super::{Answer, Context};
+use crate::agent::AgentErrors;
+use crate::agent::DomainAgent;
+use crate::agent::Signals;
+use crate::error::{CliError, ErrorKind, Interruption};
 use crate::output;
+use crate::run_output::RunResult;
 
 /// Requests read but not yet taken up: reading stops there, so that a
 /// client far ahead of the agent does not fill memory.
@@ -155,72 +156,4 @@ fn output_error(error: FollowError, stage: Stage) -> CliError {
         (error, _) => CliError::new(ErrorKind::GuestOutput, format!("{error}; nothing was started"))
             .with_hint("\"follow\" needs /bin/sh and a writable $TMPDIR or /tmp in the guest"),
     }
-}
-
-/// A chunk of a followed program's output: `{"id", "stdout"}` or
-/// `{"id", "stderr"}`, the bytes in Base64.
-#[derive(Serialize)]
-struct ChunkLine {
-    id: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stderr: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stdout: Option<String>,
-}
-
-/// One reply line: `{"id", "result"}` or `{"error", "id"}`, keys sorted as
-/// every output of virtomate.
-#[derive(Serialize)]
-struct Line {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorJson>,
-    id: Value,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<Answered>,
-    /// Present, and true, when the request's `max_time` passed and the
-    /// program was stopped (guest-run's exit status 124).
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    timed_out: bool,
-}
-
-/// What a request gave: a program's result exactly as `guest-run` prints
-/// it, a copy's summary as `copy` prints it, or `{}` for a ping.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum Answered {
-    Run(RunResult),
-    Copied(Summary),
-    Pong {},
-}
-
-impl Line {
-    fn result(id: Value, result: Answered) -> Line {
-        Line {
-            error: None,
-            id,
-            result: Some(result),
-            timed_out: false,
-        }
-    }
-
-    fn error(id: Value, error: &CliError) -> Line {
-        tracing::info!("{}: {error}", error.json_type());
-        Line {
-            error: Some(ErrorJson::from(error)),
-            id,
-            result: None,
-            timed_out: false,
-        }
-    }
-
-    fn bad_request(id: Value, message: String) -> Line {
-        Line::error(id, &CliError::usage(message))
-    }
-}
-
-/// Writes one line to stdout. A reader that went away is not an error:
-/// the programs in flight still end, and their replies go nowhere.
-fn print(line: &Line) {
-    let mut out = std::io::stdout().lock();
-    let _ = output::write_json(&mut out, line, false).and_then(|()| out.flush());
 }

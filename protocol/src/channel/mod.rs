@@ -14,6 +14,8 @@
 //! [`HoldPolicy::share_after`], for clients that cannot say that they
 //! wait (a socat, libvirtd, another tool).
 
+pub(crate) mod lock;
+
 use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;

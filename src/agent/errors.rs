@@ -122,7 +122,7 @@ impl AgentErrors {
         }
     }
 
-    /// Like [`DomainAgent::error`], keeping the class of the agent's error reply,
+    /// Like [`DomainAgent::error`](super::DomainAgent::error), keeping the class of the agent's error reply,
     /// which the raw commands show.
     pub fn raw_error(&self, error: virtomate_protocol::Error) -> CliError {
         match error {

@@ -5,16 +5,13 @@
 use std::future::Future;
 use std::io;
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::UnixStream;
 use tokio::time::{timeout_at, Instant};
 
-use crate::framing::DEFAULT_MAX_REPLY_LEN;
-use crate::{Direction, Error, Phase, Trace};
+use super::framing::DEFAULT_MAX_REPLY_LEN;
+use crate::{Error, Phase, Trace};
 
 /// Time limits and bounds of a [`QgaClient`](crate::QgaClient) (and of the QMP and libvirt clients).
 ///
@@ -196,59 +193,5 @@ fn unix_address(path: &Path) -> std::borrow::Cow<'_, Path> {
             std::borrow::Cow::Owned(std::ffi::OsString::from_vec(address).into())
         }
         _ => path.into(),
-    }
-}
-
-/// A stream that shows every chunk read from or written to it to a
-/// [`Trace`], exactly as it crossed the socket.
-#[derive(Debug)]
-pub(crate) struct Traced<S> {
-    inner: S,
-    trace: Option<Trace>,
-}
-
-impl<S> Traced<S> {
-    pub(crate) fn new(inner: S, trace: Option<Trace>) -> Self {
-        Traced { inner, trace }
-    }
-
-    pub(crate) fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Traced<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let (Poll::Ready(Ok(())), Some(trace)) = (&polled, &this.trace) {
-            let read = &buf.filled()[before..];
-            if !read.is_empty() {
-                trace.record(Direction::Received, read);
-            }
-        }
-        polled
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Traced<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let (Poll::Ready(Ok(written)), Some(trace)) = (&polled, &this.trace) {
-            if *written > 0 {
-                trace.record(Direction::Sent, &buf[..*written]);
-            }
-        }
-        polled
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

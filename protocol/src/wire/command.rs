@@ -3,7 +3,7 @@
 //! `{"return": ...}`, so one trait types the commands of either.
 
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A request the agent or QEMU understands: its wire name, its arguments
 /// (the value itself, serialized as `arguments`) and the type of its
@@ -51,3 +51,14 @@ pub trait Command: Serialize {
     /// ```
     type Output: DeserializeOwned;
 }
+
+/// An empty `return` object, as `guest-ping` sends.
+///
+/// ```
+/// use virtomate_protocol::qga::Empty;
+///
+/// let pong: Empty = serde_json::from_str("{}").unwrap();
+/// assert_eq!(pong, Empty {});
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct Empty {}

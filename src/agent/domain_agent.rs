@@ -11,9 +11,9 @@ use virtomate_protocol::{
     RequestProgress, SocketConnector, StopScope, Stopped,
 };
 
-use super::agent_errors::AgentErrors;
-use super::domain_connector::DomainConnector;
-use super::Context;
+use super::connector::DomainConnector;
+use super::context::Context;
+use super::errors::AgentErrors;
 use crate::domain::{self, run_state, Domain, Route, Scope, Source};
 use crate::error::{CliError, ErrorKind};
 

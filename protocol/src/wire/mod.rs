@@ -1,0 +1,41 @@
+//! The wire: bytes to frames and back, one connection's I/O, connecting
+//! and deadlines, the JSON around every request and reply, and the trace
+//! of every byte. Every client of the crate (QGA, QMP, libvirt) speaks
+//! through this layer; nothing here knows a command.
+//!
+//! `framing` parses, `connection` owns the socket and its buffer and
+//! reads frames through a codec, `transport` connects within a
+//! `Deadline`, `envelope` and `command` type requests and replies, and
+//! `trace` sees the bytes.
+
+pub(crate) mod command;
+pub(crate) mod connection;
+pub(crate) mod envelope;
+pub mod framing;
+pub(crate) mod trace;
+pub(crate) mod transport;
+
+/// How far the last request got: what an exchange cut short (a timeout, a
+/// dropped future) leaves the agent with. The agent acts on a request only
+/// once it has read all of it.
+///
+/// ```
+/// use virtomate_protocol::RequestProgress;
+///
+/// fn may_have_acted(progress: RequestProgress) -> bool {
+///     !matches!(progress, RequestProgress::Idle | RequestProgress::PartlySent)
+/// }
+/// assert!(!may_have_acted(RequestProgress::PartlySent));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestProgress {
+    /// No request is under way: the last one was answered.
+    Idle,
+    /// A request was being written and is not whole: the agent will not
+    /// act on it.
+    PartlySent,
+    /// The request was sent whole; its reply had not been read.
+    Sent,
+    /// The carrier cannot tell.
+    Unknown,
+}

@@ -1,0 +1,16 @@
+//! Reaching a domain's agent: the route found for it ([`DomainConnector`]),
+//! a channel over it that names its socket in errors ([`DomainAgent`]),
+//! what the agent's failures mean to the user ([`AgentErrors`]), and the
+//! signals that interrupt a run. Below the commands, above `domain/`.
+
+mod connector;
+mod context;
+mod domain_agent;
+mod errors;
+mod signals;
+
+pub use self::connector::DomainConnector;
+pub use self::context::Context;
+pub use self::domain_agent::DomainAgent;
+pub use self::errors::AgentErrors;
+pub use self::signals::Signals;
