@@ -87,11 +87,8 @@ fn main() {
         );
     }
 
-    // 2. Concurrent long runs by name. (A pause first: right after the
-    // held loop closed its connection, the route choice has been seen to
-    // take the closing connection for an unknown holder.)
+    // 2. Concurrent long runs by name.
     if part('2') {
-        std::thread::sleep(Duration::from_millis(500));
         let single = timed(|| wait_ok(spawn_cli(&vm.name, &["sleep", "3"])));
         let eight = timed(|| {
             let children: Vec<Child> = (0..8).map(|_| spawn_cli(&vm.name, &["sleep", "3"])).collect();
