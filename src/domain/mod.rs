@@ -193,7 +193,8 @@ fn sort_by_port_number(channels: &mut [Channel]) {
     });
 }
 
-fn is_socket(path: &Path) -> bool {
+/// Whether a UNIX socket file is at `path`.
+pub fn is_socket(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_socket())
 }
 
