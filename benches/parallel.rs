@@ -87,11 +87,8 @@ fn main() {
         );
     }
 
-    // 2. Concurrent long runs by name. (A pause first: right after the
-    // held loop closed its connection, the route choice has been seen to
-    // take the closing connection for an unknown holder.)
+    // 2. Concurrent long runs by name.
     if part('2') {
-        std::thread::sleep(Duration::from_millis(500));
         let single = timed(|| wait_ok(spawn_cli(&vm.name, &["sleep", "3"])));
         let eight = timed(|| {
             let children: Vec<Child> = (0..8).map(|_| spawn_cli(&vm.name, &["sleep", "3"])).collect();
@@ -110,7 +107,13 @@ fn main() {
     if part('3') {
         let alone: Vec<Duration> = (0..20).map(|_| timed(|| cli_true(&vm.name))).collect();
         let long = spawn_cli(&vm.name, &["sleep", "30"]);
-        std::thread::sleep(Duration::from_secs(2));
+        // Past the time a young program keeps the channel: the run has
+        // taken its turn, and let go of it between polls.
+        let pid = long.id();
+        support::wait_until(30, "the long run to take its turn", || support::holds_a_lock(pid));
+        support::wait_until(30, "the long run to let go between polls", || {
+            !support::holds_a_lock(pid)
+        });
         let beside: Vec<Duration> = (0..20).map(|_| timed(|| cli_true(&vm.name))).collect();
         wait_ok(long);
         let worst = beside.iter().max().copied().unwrap_or_default();

@@ -191,6 +191,7 @@ fn durations_refuse_zero_and_negatives_with_one_message() {
 fn guest_ping_wait_0_pings_once() {
     // A healthy agent that takes a moment, as one in a VM does.
     let agent = FakeAgent::serve(|mut conn| {
+        // The slowness is the agent's, under test: not a wait of the test.
         std::thread::sleep(Duration::from_millis(50));
         conn.sync();
         conn.answer("guest-ping", json!({}));
@@ -432,7 +433,7 @@ fn ended_by(child: std::process::Child, signal: nix::sys::signal::Signal) {
 fn sighup_ends_a_run_as_sigterm_does() {
     let agent = FakeAgent::serve_each(never_ending);
     let child = spawn_ignoring(&agent, &[]);
-    std::thread::sleep(Duration::from_millis(700));
+    agent.wait_for("guest-exec-status");
     ended_by(child, nix::sys::signal::Signal::SIGHUP);
 }
 
@@ -441,10 +442,13 @@ fn a_signal_ignored_at_start_stays_ignored() {
     use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGTERM};
     let agent = FakeAgent::serve_each(never_ending);
     let mut child = spawn_ignoring(&agent, &[SIGINT, SIGHUP]);
-    std::thread::sleep(Duration::from_millis(700));
+    agent.wait_for("guest-exec-status");
     send(&child, SIGINT);
     send(&child, SIGHUP);
-    std::thread::sleep(Duration::from_millis(500));
+    // Caught, they would end the run at its next step: it polls on, thrice.
+    agent.wait_for_next("guest-exec-status");
+    agent.wait_for("guest-exec-status");
+    agent.wait_for("guest-exec-status");
     assert!(
         child.try_wait().unwrap().is_none(),
         "SIGINT or SIGHUP ended the run"

@@ -735,9 +735,11 @@ fn a_file_goes_in_and_out_of_the_vm_verified_and_a_full_disk_leaves_nothing() {
 fn an_agent_restarted_mid_copy_gives_a_clear_error_and_the_next_copy_works() {
     let vm = TestVm::boot("copy-restart");
     let socket = vm.socket();
-    // In its own session, so that it outlives the agent it replaces: in 3 s,
-    // stop qemu-ga and start a new one on the port.
-    let restart = "sleep 3; kill $(pidof qemu-ga); sleep 1; \
+    // In its own session, so that it outlives the agent it replaces: once
+    // the copy's temporary holds data (the copy is under way), stop qemu-ga
+    // and, a second later, start a new one on the port.
+    let restart = "until [ -s \"$(ls -d /tmp/.virtomate-* 2>/dev/null | head -n 1)\" ]; do sleep 0.1; done; \
+                   kill $(pidof qemu-ga); sleep 1; \
                    exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0";
     let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 &");
     let out = guest_run(&socket, &["sh", "-c", &program]);
@@ -745,8 +747,10 @@ fn an_agent_restarted_mid_copy_gives_a_clear_error_and_the_next_copy_works() {
     let dest = format!("{}:/tmp/dest", socket.display());
     let mut child = spawn_copy_from_stdin(&["--reply-timeout", "5", "--chunk-size", "4K", "-", &dest]);
     let mut stdin = child.stdin.take().unwrap();
-    // Data trickles in until well after the restart.
-    for _ in 0..80 {
+    // Data trickles in until the copy gives up (it no longer reads), 60 s at
+    // most. The pace is the source's, a slow one that keeps the copy under
+    // way across the restart: not a wait of the test.
+    for _ in 0..600 {
         if stdin.write_all(&[7; 4096]).is_err() {
             break;
         }

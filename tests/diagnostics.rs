@@ -44,12 +44,21 @@ fn guest_ping_of_an_unknown_domain_is_an_error() {
 fn guest_ping_wait_covers_an_agent_that_starts_late() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("qga.sock");
-    let child = support::virtomate()
-        .args(["guest-ping", "--wait", "20", socket.to_str().unwrap()])
+    let mut child = support::virtomate()
+        .args([
+            "--log",
+            "info",
+            "guest-ping",
+            "--wait",
+            "20",
+            socket.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(800));
+    // Once it has tried and found no agent: it waits for one.
+    support::StderrLines::of(&mut child).wait_for("no answer yet");
     let _agent = HostAgent::start_in(dir, &[]);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));

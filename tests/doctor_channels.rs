@@ -197,3 +197,56 @@ fn doctor_does_not_go_through_libvirtd_for_a_channel_libvirtd_does_not_hold() {
         "{report}"
     );
 }
+
+/// `.0`'s socket is missing, `.1` answers: `guest-run` goes to `.1`, and
+/// so does doctor, which examines the channel `guest-run` would use rather
+/// than fail on the first one.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn doctor_examines_the_channel_guest_run_uses_when_the_first_is_missing() {
+    let root = tempfile::tempdir().unwrap();
+    let second = HostAgent::start();
+    let missing = root.path().join("missing-qga0.sock");
+    session_with_domain(root.path(), [(&missing, ""), (&second.socket(), "")]);
+
+    let mut command = virtomate();
+    command
+        .env("XDG_RUNTIME_DIR", root.path().join("runtime"))
+        .env("XDG_CONFIG_HOME", root.path().join("config"))
+        .args([
+            "-c",
+            "qemu:///session",
+            "guest-run",
+            "two",
+            "--",
+            "echo",
+            "-n",
+            "via .1",
+        ]);
+    let out = run_command(&mut command, None);
+    assert_eq!(out.json()["stdout"], "via .1", "{out:?}");
+
+    let report = doctor(root.path()).json();
+    assert_eq!(
+        step(&report, "socket")["detail"],
+        format!("org.qemu.guest_agent.1 at {}", second.socket().display()),
+        "{report}"
+    );
+    assert_eq!(
+        outcomes(&report),
+        expected([
+            ("domain", "pass"),
+            ("socket", "pass"),
+            ("permission", "pass"),
+            ("held", "pass"),
+            ("connect", "pass"),
+            ("guest-port-open", "skip"),
+            ("run-state", "pass"),
+            ("handshake", "pass"),
+            ("agent-version", "pass"),
+            ("guest-exec", "pass"),
+        ]),
+        "{report}"
+    );
+    assert_eq!(report["ok"], true);
+}

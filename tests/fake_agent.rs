@@ -216,6 +216,7 @@ fn a_slow_drip_cannot_stretch_the_deadline() {
             if !conn.send(&[byte]) {
                 break;
             }
+            // The slowness is the agent's, under test: not a wait of the test.
             std::thread::sleep(Duration::from_millis(50));
         }
     });
@@ -230,6 +231,7 @@ fn a_slow_drip_during_the_handshake_is_one_deadline_too() {
     let agent = FakeAgent::serve(|mut conn| {
         conn.expect_sync();
         while conn.send(b"x") {
+            // The slowness is the agent's, under test: not a wait of the test.
             std::thread::sleep(Duration::from_millis(20));
         }
     });
@@ -278,7 +280,8 @@ fn a_program_that_never_exits_ends_on_sigterm_and_sigint_naming_the_guest_pid() 
         });
         let socket = agent.socket();
         let child = support::spawn_guest_run(&socket, &["sleep", "infinity"]);
-        std::thread::sleep(Duration::from_millis(700));
+        // The program runs: the client polls its status.
+        agent.wait_for("guest-exec-status");
         let sent = Instant::now();
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal).unwrap();
         let output = child.wait_with_output().unwrap();
@@ -294,11 +297,12 @@ fn a_program_that_never_exits_ends_on_sigterm_and_sigint_naming_the_guest_pid() 
     }
 }
 
-/// SIGTERM to a `guest-run` waiting for `script`'s agent, once it waits.
-fn interrupted(script: impl FnOnce(Conn) + Send + 'static) -> serde_json::Value {
+/// SIGTERM to a `guest-run` waiting for `script`'s agent, once it waits:
+/// once the agent got the request for `waiting_on`, which it never answers.
+fn interrupted(waiting_on: &str, script: impl FnOnce(Conn) + Send + 'static) -> serde_json::Value {
     let agent = FakeAgent::serve(script);
     let child = support::spawn_guest_run(&agent.socket(), &["sleep", "infinity"]);
-    std::thread::sleep(Duration::from_millis(700));
+    agent.wait_for(waiting_on);
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let output = child.wait_with_output().unwrap();
@@ -309,7 +313,7 @@ fn interrupted(script: impl FnOnce(Conn) + Send + 'static) -> serde_json::Value 
 #[test]
 fn an_interruption_before_the_program_started_says_what_may_be_left() {
     // guest-exec sent, never answered: the program may or may not run.
-    let json = interrupted(|mut conn| {
+    let json = interrupted("guest-exec", |mut conn| {
         conn.sync();
         conn.request();
         conn.wait_for_close();
@@ -321,7 +325,7 @@ fn an_interruption_before_the_program_started_says_what_may_be_left() {
     );
 
     // The handshake never answered: nothing was sent to start anything.
-    let json = interrupted(|mut conn| {
+    let json = interrupted("guest-sync-delimited", |mut conn| {
         conn.request();
         conn.wait_for_close();
     });
@@ -446,6 +450,8 @@ fn an_interruption_while_the_start_request_is_still_being_sent_started_nothing()
     // cannot all be sent, and the agent acts only on a whole request.
     let agent = FakeAgent::serve(|mut conn| {
         conn.sync();
+        conn.wait_for_bytes();
+        conn.tell("the start request's first bytes");
         conn.linger();
     });
     let mut child = support::virtomate()
@@ -463,7 +469,7 @@ fn an_interruption_while_the_start_request_is_still_being_sent_started_nothing()
     let mut stdin = child.stdin.take().unwrap();
     std::io::Write::write_all(&mut stdin, &vec![b'x'; 8 << 20]).unwrap();
     drop(stdin);
-    std::thread::sleep(Duration::from_millis(1500));
+    agent.wait_for("the start request's first bytes");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGTERM,
@@ -489,13 +495,14 @@ fn an_interruption_as_the_final_status_arrives_says_the_program_ended() {
         let poll = conn.request();
         assert_eq!(poll["execute"], "guest-exec-status", "{poll}");
         conn.send(b"{\"return\": {\"exited\": true, \"exitco");
+        conn.tell("half the final status");
         conn.sync();
         conn.refuse("guest-exec-status", "GenericError", "Invalid parameter 'pid'");
         conn.wait_for_close();
     });
     let json = {
         let child = support::spawn_guest_run(&agent.socket(), &["true"]);
-        std::thread::sleep(Duration::from_millis(1000));
+        agent.wait_for("half the final status");
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::json;
 
 use crate::support::host_agent::HostAgent;
-use crate::support::{self, guest_run, guest_run_with, run, run_command, spawn_guest_run, virtomate};
+use crate::support::{self, guest_run, guest_run_with, run, run_command, virtomate};
 
 fn result(exit_code: Option<i32>, stdout: Option<&str>, stderr: Option<&str>) -> serde_json::Value {
     json!({
@@ -370,8 +370,21 @@ fn version_with_dash_v() {
 #[ignore = "needs qemu-ga on the host"]
 fn an_agent_that_dies_during_a_run_gives_a_clear_error_at_once() {
     let mut agent = HostAgent::start();
-    let child = spawn_guest_run(&agent.socket(), &["sleep", "30"]);
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut child = virtomate()
+        .args([
+            "--trace",
+            "guest-run",
+            agent.socket().to_str().unwrap(),
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the program runs, during the run.
+    crate::support::StderrLines::of(&mut child).wait_for(crate::support::TRACED_START);
     agent.kill();
     let killed = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();

@@ -78,8 +78,13 @@ fn runs_on_the_host_agent_run_side_by_side() {
 fn a_quick_run_is_served_while_a_long_one_runs() {
     let vm = TestVm::boot("beside-long");
     let mut long = spawn_sh(&vm.name, "sleep 12; echo long");
-    // Past the time a young program keeps the channel.
-    std::thread::sleep(Duration::from_secs(2));
+    // Past the time a young program keeps the channel: the run has taken
+    // its turn, and let go of it between polls.
+    let pid = long.id();
+    support::wait_until(30, "the long run to take its turn", || support::holds_a_lock(pid));
+    support::wait_until(30, "the long run to let go between polls", || {
+        !support::holds_a_lock(pid)
+    });
     let started = Instant::now();
     let out = guest_run_with(&["--timeout", "5"], &vm.socket(), &["echo", "-n", "quick"], None);
     assert_eq!(out.json()["stdout"], "quick", "{out:?}");

@@ -1,8 +1,6 @@
 //! `virtomate session`: JSON lines in, JSON lines out, over one agent
 //! connection, programs side by side, replies as they end.
 
-use std::time::Duration;
-
 use serde_json::{json, Value};
 
 use crate::support::fake_agent::FakeAgent;
@@ -128,7 +126,7 @@ fn sigterm_reports_each_request_in_flight_as_interrupted_with_its_pid() {
     });
     let mut live = Live::start(&[], agent.socket().to_str().unwrap());
     live.send(json!({"id": "long", "run": ["sleep", "infinity"]}));
-    std::thread::sleep(Duration::from_millis(700));
+    agent.wait_for("guest-exec-status");
     live.signal(nix::sys::signal::Signal::SIGTERM);
     let reply = live.reply();
     assert_eq!(reply["id"], "long", "{reply}");
@@ -184,7 +182,7 @@ fn interrupted_while_starting_says_the_program_may_have_started() {
     });
     let mut live = Live::start(&[], agent.socket().to_str().unwrap());
     live.send(json!({"id": "s", "run": ["true"]}));
-    std::thread::sleep(Duration::from_millis(500));
+    agent.wait_for("guest-exec");
     live.signal(nix::sys::signal::Signal::SIGINT);
     let reply = live.reply();
     assert_eq!(reply["error"]["type"], "Interrupted", "{reply}");

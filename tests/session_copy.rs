@@ -4,7 +4,6 @@
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -235,7 +234,9 @@ fn requests_that_fill_the_queue_while_a_copy_waits_for_its_data_fail_the_copy_no
     let dest = dir.path().join("dest.bin");
     let mut live = Live::start(&[], agent.socket().to_str().unwrap());
     live.send(json!({"id": "c", "copy_to": dest}));
-    std::thread::sleep(Duration::from_millis(300));
+    crate::support::wait_until(20, "the copy to wait for its data", || {
+        !temporaries(dir.path()).is_empty()
+    });
     for id in 0..24 {
         live.send(json!({"id": id, "ping": {}}));
     }

@@ -32,8 +32,21 @@ fn the_second_agent_port_is_a_channel_of_its_own() {
 fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let vm = TestVm::boot("killed");
     let socket = vm.socket();
-    let child = support::spawn_guest_run(&socket, &["sleep", "30"]);
-    std::thread::sleep(Duration::from_millis(1500));
+    let mut child = support::virtomate()
+        .args([
+            "--trace",
+            "guest-run",
+            socket.to_str().unwrap(),
+            "--",
+            "sleep",
+            "30",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once the program runs, during the run.
+    support::StderrLines::of(&mut child).wait_for(support::TRACED_START);
     vm.kill();
     let killed = Instant::now();
     let out = child.wait_with_output().unwrap();

@@ -256,13 +256,31 @@ fn how_found(found: &Domain) -> String {
     }
 }
 
-/// The channel every later step examines: the first one no other client
-/// holds, else the first one.
+/// The channel every later step examines: the one `guest-run` would
+/// connect to ([`Domain::agent_route`]) when no other client holds it.
+/// Else one nobody holds: a socket whose guest end may be open first, as
+/// `guest-run` prefers (rather than queue behind another virtomate on the
+/// routed one, or examine a channel that libvirtd would stand in for);
+/// else the routed one, held as it is; else the first usable one, else
+/// the first one, so that the steps name what is wrong with it.
 fn socket(found: &Domain) -> Checked<&Channel> {
     let usable = found.agent_channels.iter().filter(|c| c.is_usable());
-    let Some(channel) = usable
-        .clone()
-        .find(|c| socket_holders::holders(&c.path).is_empty())
+    let routed = match found.agent_route() {
+        Ok(Route::Direct(path)) => usable.clone().find(|c| c.path == path),
+        _ => None,
+    };
+    let unheld = |c: &&Channel| socket_holders::holders(&c.path).is_empty();
+    let reachable = |c: &&Channel| domain::is_abstract(&c.path) || domain::is_socket(&c.path);
+    let Some(channel) = routed
+        .filter(unheld)
+        .or_else(|| {
+            usable
+                .clone()
+                .filter(reachable)
+                .find(|c| c.guest_connected != Some(false) && unheld(c))
+        })
+        .or(routed)
+        .or_else(|| usable.clone().find(unheld))
         .or(usable.clone().next())
         .or(found.agent_channels.first())
     else {

@@ -172,7 +172,8 @@ pub(super) fn sort_by_port_number(channels: &mut [Channel]) {
     });
 }
 
-pub(super) fn is_socket(path: &Path) -> bool {
+/// Whether a UNIX socket file is at `path`.
+pub fn is_socket(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|meta| meta.file_type().is_socket())
 }
 

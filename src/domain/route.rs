@@ -25,9 +25,11 @@ impl Domain {
     ///
     /// virtomate processes hold a channel for one exchange at a time, a
     /// few milliseconds: one may close its connection between the moment
-    /// it is seen and the moment its process is looked for, and then
-    /// passes for a client nobody can name. Such an unnamed holder is
-    /// looked at again a few times before it counts.
+    /// it is seen and the moment its process is looked for.
+    /// [`socket_holders::holders`] asks again about such a client and
+    /// leaves it out once gone; one still seen that no process holds (its
+    /// socket outliving its file descriptor for a moment) is looked at
+    /// again a few times here before it counts.
     pub fn agent_route(&self) -> Result<Route, CliError> {
         // Never looked at: a relative path would be taken relative to our
         // own directory.

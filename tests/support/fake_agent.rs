@@ -1,12 +1,14 @@
 //! An in-process agent that does on demand what the real one will not:
-//! stale bytes, garbage, silence, endless or malformed replies.
+//! stale bytes, garbage, silence, endless or malformed replies. It tells
+//! the test what it got ([`FakeAgent::wait_for`]), so that a test disturbs
+//! the client once it is where the test wants it, not after a guessed time.
 
 use std::io::{BufRead, BufReader, ErrorKind, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use tempfile::TempDir;
@@ -25,6 +27,9 @@ pub struct FakeAgent {
     over: Option<Sender<()>>,
     /// Tells whether a client connected.
     script: Option<JoinHandle<bool>>,
+    /// What the script got: the `execute` of each request, and what it
+    /// said with [`Conn::tell`].
+    events: Receiver<String>,
 }
 
 impl FakeAgent {
@@ -53,6 +58,7 @@ impl FakeAgent {
         // Polled, so that an agent nobody connects to can still end.
         listener.set_nonblocking(true).unwrap();
         let (over, test_over) = mpsc::channel();
+        let (tell, events) = mpsc::channel();
         let script = std::thread::spawn(move || {
             let stream = loop {
                 match listener.accept() {
@@ -69,7 +75,7 @@ impl FakeAgent {
             stream.set_nonblocking(false).unwrap();
             // The listener stays open while the script runs: a second
             // client waits in its backlog, as behind a real agent's one.
-            script(Conn::new(stream, test_over));
+            script(Conn::new(stream, test_over, tell));
             drop(listener);
             true
         });
@@ -78,6 +84,7 @@ impl FakeAgent {
             address,
             over: Some(over),
             script: Some(script),
+            events,
         }
     }
 
@@ -90,6 +97,7 @@ impl FakeAgent {
         let listener = UnixListener::bind(dir.path().join("qga.sock")).unwrap();
         listener.set_nonblocking(true).unwrap();
         let (over, test_over) = mpsc::channel::<()>();
+        let (tell, events) = mpsc::channel();
         let script = std::thread::spawn(move || {
             let mut served = 0;
             loop {
@@ -98,7 +106,7 @@ impl FakeAgent {
                         stream.set_nonblocking(false).unwrap();
                         // linger() does not wait on these connections.
                         let (_, conn_test_over) = mpsc::channel();
-                        script(Conn::new(stream, conn_test_over), served);
+                        script(Conn::new(stream, conn_test_over, tell.clone()), served);
                         served += 1;
                     }
                     Err(e) if e.kind() == ErrorKind::WouldBlock => {
@@ -116,6 +124,34 @@ impl FakeAgent {
             address: None,
             over: Some(over),
             script: Some(script),
+            events,
+        }
+    }
+
+    /// [`FakeAgent::wait_for`], counting only what the script gets from
+    /// now on: what it got before is skipped.
+    pub fn wait_for_next(&self, what: &str) {
+        while self.events.try_recv().is_ok() {}
+        self.wait_for(what);
+    }
+
+    /// Blocks until the script has got a request for `what` (or said
+    /// `what` with [`Conn::tell`]), skipping everything before it; fails
+    /// the test after 20 s, or once the script has ended without it.
+    pub fn wait_for(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(event) if event == what => return,
+                Ok(_) => {}
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("gave up waiting for the fake agent to get {what}")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the fake agent's script ended without getting {what}")
+                }
+            }
         }
     }
 
@@ -155,15 +191,35 @@ pub struct Conn {
     reader: BufReader<UnixStream>,
     stream: UnixStream,
     test_over: Receiver<()>,
+    tell: Sender<String>,
 }
 
 impl Conn {
-    fn new(stream: UnixStream, test_over: Receiver<()>) -> Conn {
+    fn new(stream: UnixStream, test_over: Receiver<()>, tell: Sender<String>) -> Conn {
         Conn {
             reader: BufReader::new(stream.try_clone().unwrap()),
             stream,
             test_over,
+            tell,
         }
+    }
+
+    /// Lets a test blocked in [`FakeAgent::wait_for`] `what` go on.
+    pub fn tell(&self, what: &str) {
+        // A test that waits for nothing has dropped nothing: this cannot fail
+        // while the agent lives.
+        let _ = self.tell.send(what.to_owned());
+    }
+
+    /// Blocks until the client has sent more bytes, reading none of them.
+    pub fn wait_for_bytes(&mut self) {
+        if !self.reader.buffer().is_empty() {
+            return;
+        }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.stream);
+        let mut byte = [0u8; 1];
+        nix::sys::socket::recv(fd, &mut byte, nix::sys::socket::MsgFlags::MSG_PEEK)
+            .expect("the fake agent cannot peek");
     }
 
     /// The next request, without the `0xFF` the client may send first.
@@ -183,8 +239,11 @@ impl Conn {
             Err(e) => panic!("the fake agent cannot read: {e}"),
         }
         let start = line.iter().position(|&b| b != 0xFF).unwrap_or(line.len());
-        let request = serde_json::from_slice(&line[start..])
+        let request: Value = serde_json::from_slice(&line[start..])
             .unwrap_or_else(|e| panic!("client sent invalid JSON ({e}): {line:?}"));
+        if let Some(command) = request["execute"].as_str() {
+            self.tell(command);
+        }
         Some(request)
     }
 

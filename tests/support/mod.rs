@@ -184,6 +184,49 @@ pub fn die_with_parent(command: &mut Command) -> &mut Command {
     }
 }
 
+/// A child's standard error, line by line, read by a thread of its own
+/// that drains it to the end.
+pub struct StderrLines(std::sync::mpsc::Receiver<String>);
+
+impl StderrLines {
+    /// Takes `child`'s piped stderr.
+    pub fn of(child: &mut std::process::Child) -> StderrLines {
+        use std::io::BufRead;
+        let stderr = child.stderr.take().expect("the child's stderr is piped");
+        let (lines, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = lines.send(line);
+            }
+        });
+        StderrLines(receiver)
+    }
+
+    /// Blocks until a line containing `text`; fails the test after 60 s,
+    /// or when stderr ends without one.
+    pub fn wait_for(&self, text: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.0.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return,
+                Ok(_) => {}
+                Err(e) => panic!("no line with {text:?} on the child's stderr: {e}"),
+            }
+        }
+    }
+}
+
+/// What `--trace` shows when the agent has started the program.
+pub const TRACED_START: &str = r#"<< {"return": {"pid": "#;
+
+/// Whether process `pid` holds a lock, as a run holds its turn on an agent
+/// channel (`ChannelLock`).
+pub fn holds_a_lock(pid: u32) -> bool {
+    std::fs::read_to_string("/proc/locks").is_ok_and(|locks| locks.contains(&format!(" {pid} ")))
+}
+
 /// Polls `ready` every 10 ms for up to `seconds`.
 pub fn wait_until(seconds: u64, what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);

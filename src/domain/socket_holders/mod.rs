@@ -204,9 +204,9 @@ fn holders_in(
     path: &Path,
     proc_root: &Path,
     own_pid: u32,
-    diag: impl FnOnce() -> io::Result<Vec<Connected>>,
+    mut diag: impl FnMut() -> io::Result<Vec<Connected>>,
 ) -> Vec<Holder> {
-    let accepted = match accepted_in(path, proc_root, diag) {
+    let accepted = match accepted_in(path, proc_root, &mut diag) {
         Ok(Ok(accepted)) => accepted,
         // Without sock_diag we know how many are connected but not who (nor
         // whether one of them is us).
@@ -223,7 +223,7 @@ fn holders_in(
     let owners = socket_owners(proc_root, &clients.iter().copied().collect());
 
     let mut known: BTreeMap<u32, Holder> = BTreeMap::new();
-    let mut unknown = 0;
+    let mut unknown = Vec::new();
     for client in &clients {
         match owners.get(client) {
             Some(pids) => {
@@ -234,12 +234,39 @@ fn holders_in(
                     });
                 }
             }
-            None => unknown += 1,
+            None => unknown.push(*client),
         }
     }
+    if !unknown.is_empty() {
+        unknown = still_connected(path, proc_root, diag, unknown);
+    }
     let mut holders: Vec<Holder> = known.into_values().collect();
-    holders.extend(std::iter::repeat(Holder::UNKNOWN).take(unknown));
+    holders.extend(std::iter::repeat(Holder::UNKNOWN).take(unknown.len()));
     holders
+}
+
+/// Those of `clients` still connected to the listener at `path`, asked
+/// anew. A client no process was found holding may have closed between
+/// the first question and the search of `/proc`: another virtomate done
+/// with its exchange, most often. Counted, it would pass for a holder
+/// nobody can name, a foreign one (or, on libvirt's own channel,
+/// libvirtd), and the route choice would fail or go through libvirtd for
+/// a channel that is free. A client still connected now was connected all
+/// along, and is one we truly cannot name.
+fn still_connected(
+    path: &Path,
+    proc_root: &Path,
+    diag: impl FnOnce() -> io::Result<Vec<Connected>>,
+    clients: Vec<u64>,
+) -> Vec<u64> {
+    let Ok(Ok(accepted)) = accepted_in(path, proc_root, diag) else {
+        return clients;
+    };
+    let peers: std::collections::BTreeSet<u64> = accepted.iter().map(|c| c.peer).collect();
+    clients
+        .into_iter()
+        .filter(|client| peers.contains(client))
+        .collect()
 }
 
 #[cfg(test)]
@@ -252,7 +279,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     /// sock_diag's answer: these connected sockets and their peers.
-    fn peers(pairs: &[(u64, u64)]) -> impl FnOnce() -> io::Result<Vec<Connected>> {
+    fn peers(pairs: &[(u64, u64)]) -> impl FnMut() -> io::Result<Vec<Connected>> {
         let all: Vec<Connected> = pairs
             .iter()
             .map(|&(inode, peer)| Connected {
@@ -261,7 +288,7 @@ mod tests {
                 file: None,
             })
             .collect();
-        move || Ok(all)
+        move || Ok(all.clone())
     }
 
     fn no_sock_diag() -> io::Result<Vec<Connected>> {
@@ -566,6 +593,44 @@ mod tests {
         }
         drop(_from_client);
         assert_eq!(connected_clients(&path).unwrap(), 1);
+    }
+
+    /// The race the route choice met: a client (another virtomate, done
+    /// with its exchange) is connected when sock_diag is asked and has
+    /// closed by the time `/proc` is searched for its owner. Nobody holds
+    /// the channel then, yet that client passed for one nobody can name: a
+    /// foreign holder, which fails a route or sends it through libvirtd.
+    #[test]
+    fn a_client_that_closes_while_its_owner_is_looked_for_holds_nothing() {
+        let _alone = real_sockets_to_ourselves();
+        if let Err(error) = sock_diag_connected() {
+            eprintln!("sock_diag unavailable ({error}): the fallback cannot tell");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mut client = Some(Client::connect(&path));
+        let _from_client = accept(&listener, client.as_mut());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while holders(&path).is_empty() {
+            assert!(Instant::now() < deadline, "the client never showed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // The client closes right after the kernel reported it connected:
+        // the server has not closed its end (as QEMU, busy, may not have).
+        let closing_while_looked_at = || {
+            let connected = sock_diag_connected();
+            drop(client.take());
+            connected
+        };
+        let found = holders_in(
+            &path,
+            Path::new("/proc"),
+            std::process::id(),
+            closing_while_looked_at,
+        );
+        assert_eq!(found, vec![], "{}", describe(&found));
     }
 
     /// A listener in another process that binds `rel.sock` relative to
