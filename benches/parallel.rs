@@ -275,7 +275,10 @@ async fn engine_loop(socket: &Path, runs: usize) -> Duration {
         }
         started.elapsed()
     };
-    let serve = session.serve(&mut incoming, |reply| replies.send(reply).unwrap());
+    let serve = session.serve(&mut incoming, |reply| {
+        replies.send(reply).unwrap();
+        Ok(())
+    });
     let ((), took) = tokio::join!(serve, drive);
     session.close().await;
     took

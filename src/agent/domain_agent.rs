@@ -5,15 +5,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
-use virtomate_protocol::qga::{Command, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply};
+use virtomate_protocol::follow::{DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
+use virtomate_protocol::qga::Command;
+use virtomate_protocol::session::{Failure, Session, SessionOptions};
 use virtomate_protocol::{
-    stop_group, wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule,
-    RequestProgress, SocketConnector, StopScope, Stopped,
+    wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule, SocketConnector,
 };
 
 use super::connector::DomainConnector;
 use super::context::Context;
-use super::errors::AgentErrors;
+use super::errors::{AgentErrors, RunFront};
 use crate::domain::{self, run_state, Domain, Route, Scope, Source};
 use crate::error::{CliError, ErrorKind};
 
@@ -21,7 +22,7 @@ use crate::error::{CliError, ErrorKind};
 /// one exchange at a time where others may want it (see
 /// [`DomainAgent::wait_for_exit`]).
 pub struct DomainAgent {
-    channel: Channel<DomainConnector>,
+    session: Session<DomainConnector>,
     errors: AgentErrors,
     /// What was found, to ask QEMU why the agent went silent.
     found: Domain,
@@ -83,7 +84,7 @@ impl DomainAgent {
         };
         let through_libvirtd = matches!(connector, DomainConnector::Libvirt { .. });
         DomainAgent {
-            channel: Channel::new(connector),
+            session: Session::new(connector, run_options(through_libvirtd)),
             errors: AgentErrors {
                 socket,
                 through_libvirtd,
@@ -110,7 +111,7 @@ impl DomainAgent {
     /// Connects, if not connected; an error names the socket, and for a
     /// QMP socket given by mistake, the agent sockets of its VM.
     pub async fn connect_now(&mut self, scope: &Scope) -> Result<(), CliError> {
-        let Err(e) = self.channel.agent().await.map(|_| ()) else {
+        let Err(e) = self.session.channel().agent().await.map(|_| ()) else {
             return Ok(());
         };
         let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
@@ -125,15 +126,8 @@ impl DomainAgent {
     }
 
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, CliError> {
-        let result = self.channel.execute(command).await;
+        let result = self.session.channel().execute(command).await;
         result.map_err(|e| self.error(e))
-    }
-
-    /// Starts a program. On a direct channel its input is encoded while
-    /// it is sent, so that a big input takes no second copy in memory.
-    pub async fn start(&mut self, exec: &GuestExec) -> Result<GuestExecReply, CliError> {
-        let result = self.channel.guest_exec(exec).await;
-        result.map_err(|e| self.errors.error_while_starting(e))
     }
 
     /// Any command by name. For the few that never reply on success,
@@ -145,7 +139,7 @@ impl DomainAgent {
         arguments: Option<&Value>,
         without_reply: Option<Duration>,
     ) -> Result<Value, virtomate_protocol::Error> {
-        let agent = self.channel.agent().await?;
+        let agent = self.session.channel().agent().await?;
         match without_reply {
             Some(grace) => agent
                 .execute_without_reply(name, arguments, grace)
@@ -158,7 +152,7 @@ impl DomainAgent {
     /// Ends the session: the connection closes (through libvirtd, as
     /// libvirt's clients close it) and the channel is free.
     pub async fn close(mut self) {
-        self.channel.release().await;
+        self.session.channel().release().await;
     }
 
     /// Polls until the program `pid` has ended, holding the channel while
@@ -167,7 +161,7 @@ impl DomainAgent {
     /// the meantime (see [`HoldPolicy`]).
     pub async fn wait_for_exit(&mut self, pid: i64) -> Result<Finished, CliError> {
         let result = wait_for_exit_on(
-            &mut self.channel,
+            self.session.channel(),
             pid,
             PollSchedule::default(),
             HoldPolicy::default(),
@@ -185,34 +179,34 @@ impl DomainAgent {
     /// The channel itself, for the protocol crate's drivers that need it
     /// (following output: [`virtomate_protocol::follow`]).
     pub fn channel(&mut self) -> &mut Channel<DomainConnector> {
-        &mut self.channel
+        self.session.channel()
+    }
+
+    /// The run engine over this agent's channel.
+    pub fn session(&mut self) -> &mut Session<DomainConnector> {
+        &mut self.session
+    }
+
+    /// What a run's failure means, in guest-run's terms, with QEMU's run
+    /// state where the agent went silent.
+    pub async fn run_failure(&self, failure: Failure) -> CliError {
+        let error = self.errors.run_failure(failure, RunFront::GuestRun);
+        self.explain_silence(error).await
+    }
+
+    /// A program stopped after an interruption could not be stopped.
+    pub fn stop_failed(
+        &self,
+        error: virtomate_protocol::Error,
+        pid: i64,
+        output_dir: Option<&str>,
+    ) -> CliError {
+        self.errors.stop_failed(error, pid, output_dir)
     }
 
     /// Whether the agent is reached through libvirtd, with its size limits.
     pub fn through_libvirtd(&self) -> bool {
         self.errors.through_libvirtd
-    }
-
-    /// An agent failure while the program `pid` runs, in the user's terms
-    /// (see [`AgentErrors::error_while_running`]), with QEMU's run state
-    /// where the agent went silent.
-    pub async fn error_while_running(&self, error: virtomate_protocol::Error, pid: i64) -> CliError {
-        let error = self.errors.error_while_running(error, pid);
-        self.explain_silence(error).await
-    }
-
-    /// Stops the program `pid` (and what `scope` says besides):
-    /// SIGTERM, then SIGKILL after `grace`; see [`stop_group`].
-    pub async fn stop(&mut self, pid: i64, grace: Duration, scope: StopScope) -> Result<Stopped, CliError> {
-        let stopped = match self.channel.agent().await {
-            Ok(agent) => stop_group(agent, pid, grace, scope).await,
-            Err(e) => Err(e),
-        };
-        stopped.map_err(|e| {
-            self.errors.error_while_running(e, pid).with_hint(format!(
-                "virtomate could not stop the program: it may still be running in the guest as pid {pid}"
-            ))
-        })
     }
 
     /// Sends `command`, leaving the agent's error as it is: for callers
@@ -221,7 +215,7 @@ impl DomainAgent {
         &mut self,
         command: &C,
     ) -> Result<C::Output, virtomate_protocol::Error> {
-        self.channel.execute(command).await
+        self.session.channel().execute(command).await
     }
 
     /// The socket the agent is reached on (the agent's, or libvirtd's).
@@ -248,17 +242,6 @@ impl DomainAgent {
         }
     }
 
-    /// How far the last request got, after an exchange was cut short.
-    pub fn request_progress(&self) -> RequestProgress {
-        self.channel.request_progress()
-    }
-
-    /// One status poll, its error as the protocol gives it: to tell, after
-    /// an interruption, whether the program still runs.
-    pub async fn status_once(&mut self, pid: i64) -> Result<GuestExecStatusReply, virtomate_protocol::Error> {
-        self.channel.execute(&GuestExecStatus { pid }).await
-    }
-
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
         self.errors.error(error)
     }
@@ -272,7 +255,7 @@ impl DomainAgent {
     /// The connector and what names its errors, for `session`, which
     /// drives the channel itself.
     pub fn into_parts(self) -> (DomainConnector, AgentErrors) {
-        (self.channel.into_connector(), self.errors)
+        (self.session.into_channel().into_connector(), self.errors)
     }
 }
 
@@ -290,4 +273,16 @@ fn agent_sockets_beside(monitor: &std::path::Path, scope: &Scope) -> Option<Stri
         .filter_map(|c| c.shown_path())
         .collect();
     (!paths.is_empty()).then(|| paths.join(", "))
+}
+
+/// How the engine runs a command's programs: followed output read in
+/// pieces that libvirtd, where it carries them, can take.
+pub fn run_options(through_libvirtd: bool) -> SessionOptions {
+    SessionOptions {
+        follow_read_count: match through_libvirtd {
+            true => LIBVIRT_READ_COUNT,
+            false => DIRECT_READ_COUNT,
+        },
+        ..SessionOptions::default()
+    }
 }

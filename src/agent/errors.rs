@@ -4,6 +4,11 @@
 
 use std::path::PathBuf;
 
+use virtomate_protocol::follow::{output_path, FollowError, Stream};
+use virtomate_protocol::qga::GuestExecStatusReply;
+use virtomate_protocol::session::{Failure, Stage};
+use virtomate_protocol::Error as AgentError;
+
 use crate::domain::socket_holders;
 use crate::error::{CliError, ErrorKind, Peer};
 
@@ -21,7 +26,7 @@ impl AgentErrors {
     /// pid the agent never told. Say so, since running it again may run it
     /// twice.
     pub fn error_while_starting(&self, error: virtomate_protocol::Error) -> CliError {
-        use virtomate_protocol::{Error as AgentError, Phase};
+        use virtomate_protocol::Phase;
         let request_was_whole = matches!(
             error,
             AgentError::Timeout {
@@ -44,7 +49,7 @@ impl AgentErrors {
     /// answering, has most likely restarted (or died) in the guest: say
     /// so, and that the program may live on.
     pub fn error_while_running(&self, error: virtomate_protocol::Error, pid: i64) -> CliError {
-        use virtomate_protocol::{Error as AgentError, Phase};
+        use virtomate_protocol::Phase;
         let shown = self.socket.display();
         match error {
             // Let go of between polls, the channel's socket is gone: the
@@ -96,7 +101,7 @@ impl AgentErrors {
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
-        use virtomate_protocol::{Error as AgentError, Phase};
+        use virtomate_protocol::Phase;
         if self.through_libvirtd {
             return CliError::from_libvirtd(error, &self.socket, Peer::Agent);
         }
@@ -131,5 +136,132 @@ impl AgentErrors {
             }
             other => self.error(other),
         }
+    }
+}
+
+/// Which command a run's failure is told for: the two name the same
+/// options differently (`--follow`, `"follow"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunFront {
+    GuestRun,
+    Session,
+}
+
+impl AgentErrors {
+    /// What a failed run means to the user, by how far it had come: the
+    /// one mapping of the engine's failures, for `guest-run` and `session`.
+    pub fn run_failure(&self, failure: Failure, front: RunFront) -> CliError {
+        let Failure {
+            stage,
+            error,
+            output,
+            output_dir,
+            ended,
+            ..
+        } = failure;
+        if let Some(output) = output {
+            return output_failure(output, stage, output_dir.as_deref(), ended.as_ref(), front);
+        }
+        match (stage, error) {
+            (Stage::Starting, error) => self.error_while_starting(error),
+            (Stage::Running { pid }, error) => {
+                let error = self.error_while_running(error, pid);
+                match (front, output_dir) {
+                    (RunFront::GuestRun, Some(dir)) => error.with_hint(keeps_running(pid, &dir)),
+                    _ => error,
+                }
+            }
+            (Stage::Stopping { pid }, error) => match front {
+                RunFront::GuestRun => self.stop_failed(error, pid, output_dir.as_deref()),
+                RunFront::Session => self.error_while_running(error, pid),
+            },
+            (_, AgentError::AgentTooOld { needs, version, .. }) if front == RunFront::GuestRun => {
+                self.error(AgentError::AgentTooOld {
+                    feature: "--merge-output (capture-output \"merged\")".to_owned(),
+                    needs,
+                    version,
+                })
+            }
+            (_, error) => self.error(error),
+        }
+    }
+}
+
+impl AgentErrors {
+    /// Stopping the program `pid` failed: it may still run, and a
+    /// followed one's output stays where it goes.
+    pub fn stop_failed(&self, error: AgentError, pid: i64, output_dir: Option<&str>) -> CliError {
+        let error = self.error_while_running(error, pid).with_hint(format!(
+            "virtomate could not stop the program: it may still be running in the guest as pid {pid}"
+        ));
+        match output_dir {
+            Some(dir) => error.with_hint(where_output_goes(dir)),
+            None => error,
+        }
+    }
+}
+
+/// Following a program's output failed on the guest's side.
+fn output_failure(
+    error: FollowError,
+    stage: Stage,
+    output_dir: Option<&str>,
+    ended: Option<&GuestExecStatusReply>,
+    front: RunFront,
+) -> CliError {
+    let guest_run = front == RunFront::GuestRun;
+    match (error, stage) {
+        (error, Stage::Running { pid }) => {
+            let error = CliError::new(ErrorKind::GuestOutput, error.to_string());
+            match (guest_run, ended, output_dir) {
+                (true, Some(status), _) => error.with_hint(format!(
+                    "{}, and the output read was passed on",
+                    how_it_ended(status)
+                )),
+                (true, None, Some(dir)) => error.with_hint(keeps_running(pid, dir)),
+                _ => error.with_hint(format!("the program ran in the guest as pid {pid}")),
+            }
+        }
+        (error @ FollowError::Unsupported { .. }, _) => {
+            let error = CliError::new(ErrorKind::AgentCommand, format!("{error}; nothing was started"));
+            match guest_run {
+                true => error.with_hint(
+                    "enable them in the guest's qemu-ga (see --block-rpcs/--allow-rpcs), or run without \
+                     --follow",
+                ),
+                false => error,
+            }
+        }
+        (error, _) => CliError::new(ErrorKind::GuestOutput, format!("{error}; nothing was started"))
+            .with_hint(match guest_run {
+                true => {
+                    "--follow needs /bin/sh and a writable $TMPDIR or /tmp in the guest; run without --follow"
+                }
+                false => "\"follow\" needs /bin/sh and a writable $TMPDIR or /tmp in the guest",
+            }),
+    }
+}
+
+/// Where a followed program's output stays when virtomate cannot remove it.
+fn where_output_goes(dir: &str) -> String {
+    format!(
+        "its output goes to {} and {} in the guest: remove {dir} once it has ended",
+        output_path(dir, Stream::Stdout),
+        output_path(dir, Stream::Stderr),
+    )
+}
+
+fn keeps_running(pid: i64, dir: &str) -> String {
+    format!(
+        "the program keeps running in the guest as pid {pid} if it has not ended; {}",
+        where_output_goes(dir)
+    )
+}
+
+fn how_it_ended(status: &GuestExecStatusReply) -> String {
+    match (status.exitcode, status.signal) {
+        (Some(code), _) => format!("the program exited with status {code}"),
+        (None, Some(signal)) => format!("the program was killed by signal {signal}"),
+        (None, None) => "the program ended".to_owned(),
     }
 }

@@ -1,13 +1,16 @@
 //! `virtomate guest-run`: run a program in the guest and report its result.
+//! The arguments become one request to the protocol crate's run engine
+//! ([`Session`]); its replies become stdout, stderr and an exit status.
 
-use std::io::Read;
+use std::io::{self, Read, Write};
 
-use virtomate_protocol::qga::{environment, CaptureOutput, GuestExec, GuestInfo};
-use virtomate_protocol::{RequestProgress, StopScope, Stopped, MAX_REQUEST_LEN};
+use tokio::sync::mpsc;
+use virtomate_protocol::follow::Stream;
+use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Reply, Request, RunRequest, Session};
+use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::{Answer, Context};
-use crate::agent::DomainAgent;
-use crate::agent::Signals;
+use crate::agent::{DomainAgent, DomainConnector, Signals};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, ErrorKind, Interruption};
 use crate::run_output::{RunOutput, RunResult};
@@ -21,166 +24,161 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     // Read stdin before connecting, so the channel is not held while the
     // user types.
     let input = if args.stdin { Some(read_stdin()?) } else { None };
-    let options = RunOptions::of(&args);
+    let (raw, encode) = (args.raw, args.encode);
     let domain = args.domain.clone();
-    let env = environment(&args.env, args.env_clear);
-    let (program, arguments) = args.into_command();
-    let mut exec = GuestExec::new(program, arguments);
-    exec.input_data = input;
-    exec.env = env;
-    if options.merge_output {
-        exec.capture_output = CaptureOutput::Merged;
-    }
-    let request_len = exec.request_len();
+    let request = run_request(args, input);
+    let request_len = request.request_len();
     if request_len > MAX_REQUEST_LEN {
         return Err(input_too_large(request_len));
     }
-    if options.follow {
-        return super::follow::run(&domain, exec, options.max_time, options.grace, context).await;
-    }
+    let follow = request.follow;
 
     let mut signals = Signals::install()?;
     let mut agent = signals
         .unless_interrupted(Interruption::Connecting, DomainAgent::connect(&domain, context))
         .await??;
-    if let Some((major, minor)) = exec.capture_output.needs_agent() {
-        let info = signals
-            .unless_interrupted(Interruption::Connecting, agent.execute(&GuestInfo {}))
-            .await??;
-        if !info.is_at_least(major, minor) {
-            let error = agent.error(virtomate_protocol::Error::AgentTooOld {
-                feature: "--merge-output (capture-output \"merged\")".to_owned(),
-                needs: (major, minor),
-                version: info.version,
-            });
+    let mut sink = Sink::default();
+    let ended = serve(agent.session(), request, &mut sink, &mut signals).await;
+    let outcome = match ended {
+        Some(outcome) => outcome,
+        None => {
+            let abandoned = agent.session().give_up(|reply| sink.take(reply)).await;
+            let error = interrupted(&agent, abandoned);
             agent.close().await;
             return Err(error);
         }
-    }
-    // Started as it is: a stop finds what it started then (`StopScope::Tree`).
-    let pid = start(&mut agent, &exec, &mut signals).await?;
-    tracing::info!(pid, "started in the guest");
-
-    let (status, timed_out) = match options.max_time {
-        None => {
-            let finished = match signals
-                .unless_interrupted(Interruption::Running { pid }, agent.wait_for_exit(pid))
-                .await
-            {
-                Ok(finished) => finished?,
-                Err(_) => return Err(CliError::interrupted(after_interruption(&mut agent, pid).await)),
-            };
-            tracing::info!(polls = finished.polls, "the program ended");
-            (finished.status, false)
-        }
-        Some(limit) => {
-            let limited = tokio::time::timeout(limit, agent.wait_for_exit(pid));
-            match signals
-                .unless_interrupted(Interruption::Running { pid }, limited)
-                .await
-            {
-                Ok(Ok(finished)) => (finished?.status, false),
-                Ok(Err(_elapsed)) => {
-                    tracing::info!(pid, "--max-time passed: stopping the program");
-                    let stopped = agent.stop(pid, options.grace, StopScope::Tree).await?;
-                    // One that ended by itself as the limit passed ran its course.
-                    (stopped.finished.status, stopped.asked)
-                }
-                Err(interrupted) => {
-                    let stopped = agent.stop(pid, options.grace, StopScope::Tree).await?;
-                    agent.close().await;
-                    return Err(interrupted.with_hint(stopped_after_interruption(pid, &stopped)));
-                }
-            }
+    };
+    let (status, timed_out) = match outcome {
+        Ok(Outcome::Exited {
+            status, timed_out, ..
+        }) => (status, timed_out),
+        Ok(other) => unreachable!("a run ends in its exit, not {other:?}"),
+        Err(failure) => {
+            let error = agent.run_failure(failure).await;
+            agent.close().await;
+            return Err(error);
         }
     };
     agent.close().await;
-    let output = match options.raw {
+    if follow {
+        match sink.failed {
+            // `virtomate … | head -1`: quietly, with the stopped program's status.
+            Some(error) if error.kind() == io::ErrorKind::BrokenPipe => {}
+            Some(error) => return Err(CliError::io("cannot write the program's output", error)),
+            None => {}
+        }
+    }
+    let output = match raw || follow {
         true => RunOutput::Raw { status, timed_out },
         false => RunOutput::Json {
-            result: RunResult::new(status, options.encode)?,
+            result: RunResult::new(status, encode)?,
             timed_out,
         },
     };
     Ok(Answer::Run(output))
 }
 
-/// What `guest-run`'s options ask beyond the program itself.
-struct RunOptions {
-    encode: bool,
-    raw: bool,
-    merge_output: bool,
-    follow: bool,
-    max_time: Option<std::time::Duration>,
-    grace: std::time::Duration,
+/// The request that `guest-run`'s arguments make.
+fn run_request(args: GuestRunArgs, input: Option<Vec<u8>>) -> RunRequest {
+    let (env, env_clear) = (args.env.clone(), args.env_clear);
+    let (merge_output, follow, max_time, grace) = (args.merge_output, args.follow, args.max_time, args.grace);
+    let (program, arguments) = args.into_command();
+    let mut request = RunRequest::new(program, arguments);
+    request.stdin = input;
+    request.env = env;
+    request.env_clear = env_clear;
+    request.merge_output = merge_output;
+    request.follow = follow;
+    request.max_time = max_time;
+    request.grace = grace;
+    request
 }
 
-impl RunOptions {
-    fn of(args: &GuestRunArgs) -> RunOptions {
-        RunOptions {
-            encode: args.encode,
-            raw: args.raw,
-            merge_output: args.merge_output,
-            follow: args.follow,
-            max_time: args.max_time,
-            grace: args.grace,
-        }
+/// Runs `request` to its end, `None` if a signal came first.
+async fn serve(
+    session: &mut Session<DomainConnector>,
+    request: RunRequest,
+    sink: &mut Sink,
+    signals: &mut Signals,
+) -> Option<Result<Outcome, Failure>> {
+    let (requests, mut incoming) = mpsc::channel(1);
+    requests
+        .try_send(Request::run(0.into(), request))
+        .expect("an empty channel takes one request");
+    drop(requests);
+    let served = session.serve(&mut incoming, |reply| sink.take(reply));
+    tokio::select! {
+        () = served => Some(sink.outcome.take().expect("the engine replies to every request")),
+        () = signals.arrival() => None,
     }
 }
 
-/// Starts the program and returns its pid.
-pub(super) async fn start(
-    agent: &mut DomainAgent,
-    exec: &GuestExec,
-    signals: &mut Signals,
-) -> Result<i64, CliError> {
-    start_attempt(agent, exec, signals).await?
+/// Where the engine's replies go: output chunks to stdout and stderr at
+/// once (after a failure to write, nothing more), the run's end kept.
+#[derive(Default)]
+struct Sink {
+    outcome: Option<Result<Outcome, Failure>>,
+    failed: Option<io::Error>,
 }
 
-/// Starts the program; the outer error is an interruption, which says
-/// whether the agent can have acted on the request: only a whole one.
-async fn start_attempt(
-    agent: &mut DomainAgent,
-    exec: &GuestExec,
-    signals: &mut Signals,
-) -> Result<Result<i64, CliError>, CliError> {
-    let started = signals
-        .unless_interrupted(Interruption::Starting, agent.start(exec))
-        .await;
-    match started {
-        Ok(started) => Ok(started.map(|reply| reply.pid)),
-        Err(interrupted) => match agent.request_progress() {
-            RequestProgress::Idle | RequestProgress::PartlySent => {
-                Err(CliError::interrupted(Interruption::SendingStart))
+impl Sink {
+    fn take(&mut self, reply: Reply) -> io::Result<()> {
+        match reply.outcome {
+            Ok(Outcome::Chunk { stream, bytes }) => self.write(stream, &bytes),
+            outcome => {
+                self.outcome = Some(outcome);
+                Ok(())
             }
-            RequestProgress::Sent | RequestProgress::Unknown => Err(interrupted),
-        },
-    }
-}
-
-/// What an interruption while waiting leaves in the guest, asked of the
-/// agent once more (briefly): the status being read when it came may have
-/// been the program's end, which the agent reports once and then forgets.
-async fn after_interruption(agent: &mut DomainAgent, pid: i64) -> Interruption {
-    const ASKING: std::time::Duration = std::time::Duration::from_secs(2);
-    match tokio::time::timeout(ASKING, agent.status_once(pid)).await {
-        Ok(Ok(status)) if !status.exited => Interruption::StillRunning { pid },
-        // Its end, read now: gone, though its result is not shown.
-        Ok(Ok(_)) => Interruption::Ended { pid },
-        // The agent no longer knows the pid: it reported the end to the
-        // poll that was cut short.
-        Ok(Err(virtomate_protocol::Error::Agent { .. })) => Interruption::EndedJustNow { pid },
-        _ => Interruption::Running { pid },
-    }
-}
-
-pub(super) fn stopped_after_interruption(pid: i64, stopped: &Stopped) -> String {
-    match (stopped.asked, stopped.killed) {
-        (false, _) => format!("the program (guest pid {pid}) had ended by itself; its result is lost"),
-        (true, false) => format!("the program (guest pid {pid}) was stopped with SIGTERM"),
-        (true, true) => {
-            format!("the program (guest pid {pid}) was stopped with SIGKILL after the grace period")
         }
+    }
+
+    fn write(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
+        if self.failed.is_some() {
+            return Err(io::Error::other("the output failed before"));
+        }
+        let written = match stream {
+            Stream::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(bytes).and_then(|()| out.flush())
+            }
+            Stream::Stderr => io::stderr().lock().write_all(bytes),
+        };
+        written.inspect_err(|error| self.failed = Some(io::Error::new(error.kind(), error.to_string())))
+    }
+}
+
+/// The error for a run given up on a signal, saying what it left.
+fn interrupted(agent: &DomainAgent, abandoned: Vec<Abandoned>) -> CliError {
+    let Some(Abandoned { left, .. }) = abandoned.into_iter().next() else {
+        // The signal came as the engine replied: nothing was in flight.
+        return CliError::interrupted(Interruption::Connecting);
+    };
+    match left {
+        Left::Nothing => CliError::interrupted(Interruption::Connecting),
+        Left::StartNotSent => CliError::interrupted(Interruption::SendingStart),
+        Left::MayHaveStarted => CliError::interrupted(Interruption::Starting),
+        Left::StillRunning { pid } => CliError::interrupted(Interruption::StillRunning { pid }),
+        Left::Ended { pid } => CliError::interrupted(Interruption::Ended { pid }),
+        Left::EndedJustNow { pid } => CliError::interrupted(Interruption::EndedJustNow { pid }),
+        Left::Unknown { pid } => CliError::interrupted(Interruption::Running { pid }),
+        Left::Stopped { pid, stopped } => {
+            let hint = match (stopped.asked, stopped.killed) {
+                (false, _) => {
+                    format!("the program (guest pid {pid}) had ended by itself; its result is lost")
+                }
+                (true, false) => format!("the program (guest pid {pid}) was stopped with SIGTERM"),
+                (true, true) => {
+                    format!("the program (guest pid {pid}) was stopped with SIGKILL after the grace period")
+                }
+            };
+            CliError::interrupted(Interruption::Running { pid }).with_hint(hint)
+        }
+        Left::NotStopped {
+            pid,
+            error,
+            output_dir,
+        } => agent.stop_failed(error, pid, output_dir.as_deref()),
+        _ => CliError::interrupted(Interruption::Connecting),
     }
 }
 

@@ -4,7 +4,6 @@
 pub mod copy;
 pub mod doctor;
 pub mod domain_list;
-mod follow;
 pub mod guest_cmd;
 pub mod guest_info;
 pub mod guest_ping;

@@ -21,51 +21,55 @@
 //!    [`stop_group`](crate::stop_group) with
 //!    [`StopScope::Tree`](crate::StopScope::Tree) stops it and what it
 //!    started.
-//! 3. [`Follow::follow_to_exit`] reads what is new in either file and hands
-//!    it to a sink, polls `guest-exec-status`, and pauses as
-//!    [`FollowOptions::schedule`] says for the time nothing new came; it
-//!    returns once the program has ended. [`Follow::drain`] then reads the
-//!    rest, and [`Follow::clean_up`] closes the files and removes the
-//!    directory, telling whether it was still there and whether its file
-//!    system had filled up.
+//! 3. [`Follow::read_new`] reads what is new in either file and hands it
+//!    to a sink; the run engine ([`Session`](crate::session::Session))
+//!    calls it between its polls of `guest-exec-status`, pausing as
+//!    [`FollowOptions::schedule`] says for the time nothing new came.
+//!    Once the program has ended, [`Follow::drain`] reads the rest, and
+//!    [`Follow::clean_up`] closes the files and removes the directory,
+//!    telling whether it was still there and whether its file system had
+//!    filled up.
 //!
 //! Within a stream, bytes come in order, each once: every read continues
 //! where the last ended. Between standard output and standard error there
 //! is no order: each file is read in turn.
 //!
+//! A caller asks the engine for it (`follow` in a [`RunRequest`]) and gets
+//! the output as [`Outcome::Chunk`]s:
+//!
 //! ```no_run
 //! use std::io::Write;
-//! use virtomate_protocol::follow::{Follow, FollowOptions, Stream};
-//! use virtomate_protocol::qga::GuestExec;
-//! use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
+//! use virtomate_protocol::follow::Stream;
+//! use virtomate_protocol::session::{Outcome, Request, RunRequest, Session, SessionOptions};
+//! use virtomate_protocol::{ClientOptions, SocketConnector};
 //!
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
-//! let mut follow = Follow::prepare(&mut channel, FollowOptions::default()).await?;
-//! let exec = follow.redirect(GuestExec::new("sh", ["-c", "for i in 1 2 3; do echo $i; sleep 1; done"]));
-//! let pid = channel.guest_exec(&exec).await?.pid;
-//! let mut sink = |stream: Stream, bytes: &[u8]| match stream {
-//!     Stream::Stdout => std::io::stdout().write_all(bytes),
-//!     Stream::Stderr => std::io::stderr().write_all(bytes),
-//! };
-//! let finished = follow.follow_to_exit(&mut channel, pid, &mut sink).await?;
-//! follow.drain(&mut channel, &mut sink).await?;
-//! follow.clean_up(&mut channel).await?;
-//! channel.release().await;
-//! println!("exit code {:?}", finished.status.exitcode);
-//! # Ok(()) }
+//! # async fn demo() {
+//! let connector = SocketConnector::new("/run/vm/qga.sock", ClientOptions::default());
+//! let mut session = Session::new(connector, SessionOptions::default());
+//! let mut run = RunRequest::new("sh", ["-c", "for i in 1 2 3; do echo $i; sleep 1; done"]);
+//! run.follow = true;
+//! let (requests, mut incoming) = tokio::sync::mpsc::channel(1);
+//! requests.send(Request::run(1.into(), run)).await.unwrap();
+//! drop(requests);
+//! session
+//!     .serve(&mut incoming, |reply| match reply.outcome {
+//!         Ok(Outcome::Chunk { stream: Stream::Stdout, bytes }) => std::io::stdout().write_all(&bytes),
+//!         Ok(Outcome::Chunk { bytes, .. }) => std::io::stderr().write_all(&bytes),
+//!         other => Ok(println!("{other:?}")),
+//!     })
+//!     .await;
+//! session.close().await;
+//! # }
 //! ```
+//!
+//! [`RunRequest`]: crate::session::RunRequest
+//! [`Outcome::Chunk`]: crate::session::Outcome::Chunk
 
 use std::io::Read;
 use std::time::Duration;
 
-use tokio::time::{sleep, Instant};
-
-use crate::qga::{
-    GuestExec, GuestExecStatus, GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileSeek, GuestInfo,
-    Whence,
-};
-use crate::{wait_for_exit_on, Channel, Connector, Error, Finished, HoldPolicy, PollSchedule};
+use crate::qga::{GuestExec, GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileSeek, GuestInfo, Whence};
+use crate::{wait_for_exit_on, Channel, Connector, Error, HoldPolicy, PollSchedule};
 
 /// The agent commands following needs, all enabled.
 ///
@@ -341,10 +345,7 @@ impl Follow {
     /// # }
     /// ```
     pub fn path(&self, stream: Stream) -> String {
-        match stream {
-            Stream::Stdout => format!("{}/out", self.dir),
-            Stream::Stderr => format!("{}/err", self.dir),
-        }
+        output_path(&self.dir, stream)
     }
 
     /// `exec` with its output going to the directory's files: started
@@ -424,51 +425,6 @@ impl Follow {
         Ok((total, full))
     }
 
-    /// Reads on while the program `pid` runs, handing each chunk to `sink`
-    /// as it comes, until the program has ended; returns its last status.
-    /// Between looks the channel is kept unless another client waits for
-    /// it. Dropped (on a signal, a time limit), it can be called again, or
-    /// followed by [`drain`](Self::drain): nothing read is lost or read twice.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::follow::{FollowError, Stream};
-    /// # use virtomate_protocol::{Channel, SocketConnector};
-    /// # async fn demo(follow: &mut virtomate_protocol::follow::Follow, pid: i64,
-    /// #     channel: &mut Channel<SocketConnector>) -> Result<(), FollowError> {
-    /// let limit = std::time::Duration::from_secs(60);
-    /// let mut sink = |_: Stream, bytes: &[u8]| { print!("{}", String::from_utf8_lossy(bytes)); Ok(()) };
-    /// match tokio::time::timeout(limit, follow.follow_to_exit(channel, pid, &mut sink)).await {
-    ///     Ok(finished) => println!("ended: {:?}", finished?.status.exitcode),
-    ///     Err(_) => println!("still running after a minute"),
-    /// }
-    /// # Ok(()) }
-    /// ```
-    pub async fn follow_to_exit<C: Connector>(
-        &mut self,
-        channel: &mut Channel<C>,
-        pid: i64,
-        sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
-    ) -> Result<Finished, FollowError> {
-        let mut quiet_since = Instant::now();
-        let mut polls = 0;
-        loop {
-            let (read, full) = self.read_new(channel, sink).await?;
-            if read > 0 {
-                quiet_since = Instant::now();
-            }
-            if full {
-                continue;
-            }
-            polls += 1;
-            let status = channel.execute(&GuestExecStatus { pid }).await?;
-            if status.exited {
-                return Ok(Finished { status, polls });
-            }
-            channel.let_go_unless(true).await;
-            sleep(self.options.schedule.pause_after(quiet_since.elapsed())).await;
-        }
-    }
-
     /// Reads each file to its current end: after the program has ended,
     /// the rest of its output.
     ///
@@ -539,6 +495,15 @@ impl Follow {
             Some(0) => Err(FollowError::Full { dir }),
             _ => Ok(()),
         }
+    }
+}
+
+/// The file in the directory `dir` that `stream` goes to, as the guest
+/// names it: what to tell a user when the directory stays behind.
+pub fn output_path(dir: &str, stream: Stream) -> String {
+    match stream {
+        Stream::Stdout => format!("{dir}/out"),
+        Stream::Stderr => format!("{dir}/err"),
     }
 }
 

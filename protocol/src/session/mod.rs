@@ -22,10 +22,13 @@
 //! requests.send(Request::run(2.into(), RunRequest::new("uname", ["-r"]))).await.unwrap();
 //! drop(requests); // no more: serve returns once both have ended
 //! session
-//!     .serve(&mut incoming, |reply| match reply.outcome {
-//!         Ok(Outcome::Exited { status, .. }) => println!("{}: exit code {:?}", reply.id, status.exitcode),
-//!         Ok(other) => println!("{}: {other:?}", reply.id),
-//!         Err(failure) => println!("{}: {}", reply.id, failure.error),
+//!     .serve(&mut incoming, |reply| {
+//!         match reply.outcome {
+//!             Ok(Outcome::Exited { status, .. }) => println!("{}: exited {:?}", reply.id, status.exitcode),
+//!             Ok(other) => println!("{}: {other:?}", reply.id),
+//!             Err(failure) => println!("{}: {}", reply.id, failure.error),
+//!         }
+//!         Ok(())
 //!     })
 //!     .await;
 //! session.close().await;
@@ -33,8 +36,10 @@
 //! ```
 
 mod jobs;
+mod reply;
 mod request;
 
+use std::io;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -43,23 +48,17 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use jobs::{Incoming, NoJobs};
 pub use jobs::{Jobs, Work};
+pub use reply::{Abandoned, Failure, InFlight, Left, Outcome, Reply, Stage};
 pub use request::{Action, BadRequest, Request, RunRequest};
 
 use crate::channel::LOOK_FOR_WAITERS;
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
-use crate::qga::{
-    environment, CaptureOutput, GuestExec, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing,
+use crate::qga::{CaptureOutput, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing};
+use crate::{
+    stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule, RequestProgress, StopScope, Stopped,
 };
-use crate::{stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule, StopScope};
 
 /// How a session paces itself.
-///
-/// ```
-/// use std::time::Duration;
-/// use virtomate_protocol::session::SessionOptions;
-///
-/// let options = SessionOptions { idle: Duration::from_secs(5), ..SessionOptions::default() };
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionOptions {
     /// The connection is let go after this long without a request.
@@ -89,132 +88,6 @@ impl Default for SessionOptions {
     }
 }
 
-/// The answer to one request.
-///
-/// ```
-/// use virtomate_protocol::session::{Outcome, Reply};
-///
-/// fn show(reply: &Reply) -> String {
-///     match &reply.outcome {
-///         Ok(Outcome::Pong) => format!("{}: the agent answers", reply.id),
-///         Ok(Outcome::Exited { pid, .. }) => format!("{}: pid {pid} ended", reply.id),
-///         Ok(_) => format!("{}: done", reply.id),
-///         Err(failure) => format!("{}: {}", reply.id, failure.error),
-///     }
-/// }
-/// ```
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Reply {
-    /// The request's id.
-    pub id: Value,
-    /// What came of it.
-    pub outcome: Result<Outcome, Failure>,
-}
-
-/// What a request that succeeded did.
-///
-/// ```
-/// # use virtomate_protocol::session::Outcome;
-/// fn exit_code(outcome: &Outcome) -> Option<i32> {
-///     match outcome {
-///         Outcome::Exited { status, .. } => status.exitcode,
-///         _ => None,
-///     }
-/// }
-/// ```
-#[derive(Debug)]
-#[non_exhaustive]
-pub enum Outcome {
-    /// The program ended.
-    Exited {
-        /// Its guest pid.
-        pid: i64,
-        /// The last status, with `exited: true` and its output.
-        status: GuestExecStatusReply,
-        /// The request's `encode`, for showing the output.
-        encode: bool,
-        /// Whether its `max_time` passed and it had to be stopped.
-        timed_out: bool,
-    },
-    /// The agent answered a ping.
-    Pong,
-    /// Output of a program run with `follow`, as it was written; many may
-    /// come before its end ([`Outcome::Exited`], whose status then has no
-    /// output).
-    Chunk {
-        /// The stream it is from.
-        stream: Stream,
-        /// The bytes, in order after the last chunk of the same stream.
-        bytes: Vec<u8>,
-    },
-}
-
-/// A request that failed, and how far it had come.
-///
-/// ```
-/// # use virtomate_protocol::session::{Failure, Stage};
-/// fn leftover(failure: &Failure) -> Option<i64> {
-///     match failure.stage {
-///         Stage::Running { pid } => Some(pid), // may still run in the guest
-///         _ => None,
-///     }
-/// }
-/// ```
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Failure {
-    /// How far the request had come.
-    pub stage: Stage,
-    /// What went wrong.
-    pub error: Error,
-    /// Set when following a program's output failed on the guest's side
-    /// rather than the agent's (no `/bin/sh` or writable temporary
-    /// directory, the directory removed or full): the error to show, which
-    /// `error` restates as [`Error::Io`].
-    pub output: Option<FollowError>,
-}
-
-/// How far a request had come when it failed or was interrupted.
-///
-/// ```
-/// use virtomate_protocol::session::Stage;
-/// assert_ne!(Stage::Connecting, Stage::Running { pid: 1 });
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Stage {
-    /// Connecting to the agent: nothing was sent.
-    Connecting,
-    /// The request was (perhaps partly) sent: a program may have started
-    /// under a pid the agent did not tell.
-    Starting,
-    /// A ping was on its way.
-    Pinging,
-    /// The program runs as `pid` in the guest.
-    Running {
-        /// Its guest pid.
-        pid: i64,
-    },
-}
-
-/// A request being worked on, for a caller that stops the session early.
-///
-/// ```
-/// # use virtomate_protocol::session::{InFlight, Stage};
-/// fn report(in_flight: &InFlight) -> String {
-///     format!("{} left at {:?}", in_flight.id, in_flight.stage)
-/// }
-/// ```
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct InFlight {
-    /// The request's id.
-    pub id: Value,
-    /// How far it had come.
-    pub stage: Stage,
-}
-
 /// A program started and not yet seen to end.
 #[derive(Debug)]
 struct Running {
@@ -230,27 +103,37 @@ struct Running {
     follow: Option<Following>,
 }
 
-/// A followed program's output files and since when nothing new came.
+impl Running {
+    /// A program stopped when its caller gives up: one whose time limit
+    /// would not be kept, or whose output would have nowhere to go.
+    fn stopped_on_give_up(&self) -> bool {
+        self.stop_at.is_some() || self.follow.is_some()
+    }
+
+    fn failure(&self, error: Error) -> Failure {
+        Failure {
+            output_dir: self.follow.as_ref().map(|f| f.follow.dir().to_owned()),
+            ..Failure::at(Stage::Running { pid: self.pid }, error)
+        }
+    }
+}
+
+/// A followed program's output files, since when nothing new came, and
+/// whether the caller still takes its output.
 #[derive(Debug)]
 struct Following {
     follow: Follow,
     quiet_since: Instant,
+    refused: bool,
 }
 
-/// Why a request failed: the agent's error, whether the agent was
-/// connected, and the output's own error when following failed.
-type Failed = (Error, bool, Option<FollowError>);
-
-/// A follow error as a [`Failed`].
-fn failed(error: FollowError) -> Failed {
-    match error {
-        FollowError::Agent(error) => (error, true, None),
-        other => (
-            Error::Io(std::io::Error::other(other.to_string())),
-            true,
-            Some(other),
-        ),
-    }
+/// Why a program is stopped before its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopReason {
+    /// Its `max_time` passed.
+    TimeLimit,
+    /// Its caller refused its output.
+    OutputRefused,
 }
 
 /// Requests served over one channel; see the [module](self) docs.
@@ -275,17 +158,14 @@ impl<C: Connector> std::fmt::Debug for Session<C> {
 impl<C: Connector> Session<C> {
     /// A session over connections from `connector`; nothing connects
     /// before the first request.
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::session::{Session, SessionOptions};
-    /// use virtomate_protocol::{ClientOptions, SocketConnector};
-    ///
-    /// let connector = SocketConnector::new("/run/vm/qga.sock", ClientOptions::default());
-    /// let session = Session::new(connector, SessionOptions::default());
-    /// ```
     pub fn new(connector: C, options: SessionOptions) -> Session<C> {
+        Session::over(Channel::new(connector), options)
+    }
+
+    /// A session over `channel`, connected or not.
+    pub fn over(channel: Channel<C>, options: SessionOptions) -> Session<C> {
         Session {
-            channel: Channel::new(connector),
+            channel,
             options,
             running: Vec::new(),
             current: None,
@@ -293,20 +173,23 @@ impl<C: Connector> Session<C> {
         }
     }
 
+    /// The channel back, once nothing runs.
+    pub fn into_channel(self) -> Channel<C> {
+        self.channel
+    }
+
     /// Serves `requests` until the sender is gone and every program has
     /// ended, handing each reply to `reply` as it comes. Dropped early (on
-    /// a signal, say), [`in_flight`](Self::in_flight) tells what was left.
+    /// a signal, say), [`give_up`](Self::give_up) stops or looks at what
+    /// was left, and [`in_flight`](Self::in_flight) tells what it was.
     ///
-    /// ```no_run
-    /// # use virtomate_protocol::session::{Request, Session};
-    /// # async fn demo(mut session: Session<virtomate_protocol::SocketConnector>) {
-    /// let (requests, mut incoming) = tokio::sync::mpsc::channel(16);
-    /// requests.send(Request::ping(1.into())).await.unwrap();
-    /// drop(requests);
-    /// session.serve(&mut incoming, |reply| println!("{reply:?}")).await;
-    /// # }
-    /// ```
-    pub async fn serve(&mut self, requests: &mut Receiver<Request>, reply: impl FnMut(Reply)) {
+    /// `reply` returns an error for output it cannot take (a reader that
+    /// went away): that program is stopped and its end replied.
+    pub async fn serve(
+        &mut self,
+        requests: &mut Receiver<Request>,
+        reply: impl FnMut(Reply) -> io::Result<()>,
+    ) {
         self.serve_from(requests, reply, &mut NoJobs).await;
     }
 
@@ -334,13 +217,13 @@ impl<C: Connector> Session<C> {
     /// let (work, mut incoming) = tokio::sync::mpsc::channel(16);
     /// work.send(Work::Job(())).await.unwrap();
     /// drop(work);
-    /// session.serve_jobs(&mut incoming, |reply| println!("{reply:?}"), &mut Versions).await;
+    /// session.serve_jobs(&mut incoming, |reply| Ok(println!("{reply:?}")), &mut Versions).await;
     /// # }
     /// ```
     pub async fn serve_jobs<J: Jobs<C>>(
         &mut self,
         work: &mut Receiver<Work<J::Job>>,
-        reply: impl FnMut(Reply),
+        reply: impl FnMut(Reply) -> io::Result<()>,
         jobs: &mut J,
     ) {
         self.serve_from(work, reply, jobs).await;
@@ -349,7 +232,7 @@ impl<C: Connector> Session<C> {
     async fn serve_from<J: Jobs<C>>(
         &mut self,
         work: &mut impl Incoming<J::Job>,
-        mut reply: impl FnMut(Reply),
+        mut reply: impl FnMut(Reply) -> io::Result<()>,
         jobs: &mut J,
     ) {
         let mut open = true;
@@ -385,27 +268,12 @@ impl<C: Connector> Session<C> {
 
     /// The channel, for work after [`serve_jobs`](Self::serve_jobs) was
     /// cut short: cleaning up after a job, say.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::{qga::GuestPing, session::Session, SocketConnector};
-    /// # async fn demo(mut session: Session<SocketConnector>) {
-    /// let answers = session.channel().execute(&GuestPing {}).await.is_ok();
-    /// # }
-    /// ```
     pub fn channel(&mut self) -> &mut Channel<C> {
         &mut self.channel
     }
 
     /// The requests being worked on: the one whose start or ping was under
     /// way, and the programs running.
-    ///
-    /// ```no_run
-    /// # fn demo(session: &virtomate_protocol::session::Session<virtomate_protocol::SocketConnector>) {
-    /// for left in session.in_flight() {
-    ///     eprintln!("{} was interrupted at {:?}", left.id, left.stage);
-    /// }
-    /// # }
-    /// ```
     pub fn in_flight(&self) -> Vec<InFlight> {
         let current = self.current.iter().cloned();
         let running = self.running.iter().map(|run| InFlight {
@@ -415,14 +283,64 @@ impl<C: Connector> Session<C> {
         current.chain(running).collect()
     }
 
-    /// Lets go of the channel.
+    /// After [`serve`](Self::serve) was cut short (a signal, say): says
+    /// what each request in flight left in the guest. A program with a
+    /// time limit or followed output is stopped with what it started,
+    /// the rest of its output passed to `reply` and its files removed;
+    /// any other is asked about once and left to run.
     ///
     /// ```no_run
-    /// # use virtomate_protocol::{session::Session, SocketConnector};
-    /// # async fn demo(mut session: Session<SocketConnector>) {
-    /// session.close().await;
+    /// # use virtomate_protocol::session::{Left, Session};
+    /// # async fn demo(mut session: Session<virtomate_protocol::SocketConnector>) {
+    /// let (requests, mut incoming) = tokio::sync::mpsc::channel(1);
+    /// # drop(requests);
+    /// let serve = session.serve(&mut incoming, |reply| Ok(println!("{reply:?}")));
+    /// if tokio::time::timeout(std::time::Duration::from_secs(10), serve).await.is_err() {
+    ///     for abandoned in session.give_up(|_| Ok(())).await {
+    ///         if let Left::StillRunning { pid } = abandoned.left {
+    ///             eprintln!("{} still runs as pid {pid}", abandoned.id);
+    ///         }
+    ///     }
+    /// }
     /// # }
     /// ```
+    pub async fn give_up(&mut self, mut reply: impl FnMut(Reply) -> io::Result<()>) -> Vec<Abandoned> {
+        let mut abandoned = Vec::new();
+        if let Some(current) = self.current.take() {
+            let left = match (current.stage, self.channel.request_progress()) {
+                (Stage::Starting, RequestProgress::Idle | RequestProgress::PartlySent) => Left::StartNotSent,
+                (Stage::Starting, _) => Left::MayHaveStarted,
+                _ => Left::Nothing,
+            };
+            abandoned.push(Abandoned { id: current.id, left });
+        }
+        self.channel.set_patience(Duration::ZERO);
+        // Each stays among the running until it is seen to: given up on
+        // again, the rest is looked at once more.
+        while let Some(run) = self.running.first() {
+            let (id, pid) = (run.id.clone(), run.pid);
+            let left = match run.stopped_on_give_up() {
+                true => match self.stop_program(0).await {
+                    Ok(stopped) => {
+                        // Best effort: what the caller reports is that it gave up.
+                        let _ = self.pass_on_the_rest(0, &mut reply).await;
+                        Left::Stopped { pid, stopped }
+                    }
+                    Err(error) => Left::NotStopped {
+                        pid,
+                        error,
+                        output_dir: self.running[0].follow.as_ref().map(|f| f.follow.dir().to_owned()),
+                    },
+                },
+                false => self.look_at(pid).await,
+            };
+            self.running.remove(0);
+            abandoned.push(Abandoned { id, left });
+        }
+        abandoned
+    }
+
+    /// Lets go of the channel.
     pub async fn close(&mut self) {
         self.channel.release().await;
     }
@@ -444,28 +362,21 @@ impl<C: Connector> Session<C> {
         }
     }
 
-    async fn handle(&mut self, request: Request, reply: &mut impl FnMut(Reply)) {
+    async fn handle(&mut self, request: Request, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
         // A request's exchange asks a holder to let go at once.
         self.channel.set_patience(Duration::ZERO);
         let id = request.id;
-        let (stage, outcome) = match request.action {
-            Action::Ping => (Stage::Pinging, self.ping(&id).await),
-            Action::Run(run) => (Stage::Starting, self.start(&id, run).await),
+        let outcome = match request.action {
+            Action::Ping => self.ping(&id).await,
+            Action::Run(run) => self.start(&id, run).await,
         };
         self.current = None;
         match outcome {
-            Ok(Some(outcome)) => reply(Reply {
-                id,
-                outcome: Ok(outcome),
-            }),
+            Ok(Some(outcome)) => deliver(reply, id, Ok(outcome)),
             Ok(None) => {}
-            Err((error, connected, output)) => {
-                let stage = if connected { stage } else { Stage::Connecting };
-                let disconnected = matches!(error, Error::Disconnected);
-                reply(Reply {
-                    id,
-                    outcome: Err(Failure { stage, error, output }),
-                });
+            Err(failure) => {
+                let disconnected = matches!(failure.error, Error::Disconnected);
+                deliver(reply, id, Err(failure));
                 if disconnected {
                     self.fail_running(reply);
                 }
@@ -473,54 +384,45 @@ impl<C: Connector> Session<C> {
         }
     }
 
-    /// Connects if need be; the error says whether connecting failed.
-    async fn connect(&mut self) -> Result<(), Failed> {
-        self.channel
-            .agent()
-            .await
-            .map(|_| ())
-            .map_err(|e| (e, false, None))
+    /// Moves the request `id` on to `stage`.
+    fn enter(&mut self, id: &Value, stage: Stage) {
+        self.current = Some(InFlight {
+            id: id.clone(),
+            stage,
+        });
     }
 
     /// Connects for the request `id`, which then stands at `stage`.
-    async fn connect_for(&mut self, id: &Value, stage: Stage) -> Result<(), Failed> {
-        let id = id.clone();
-        self.current = Some(InFlight {
-            id: id.clone(),
-            stage: Stage::Connecting,
-        });
-        self.connect().await?;
-        self.current = Some(InFlight { id, stage });
+    async fn connect_for(&mut self, id: &Value, stage: Stage) -> Result<(), Failure> {
+        self.enter(id, Stage::Connecting);
+        if let Err(error) = self.channel.agent().await {
+            return Err(Failure::at(Stage::Connecting, error));
+        }
+        self.enter(id, stage);
         Ok(())
     }
 
-    async fn ping(&mut self, id: &Value) -> Result<Option<Outcome>, Failed> {
+    async fn ping(&mut self, id: &Value) -> Result<Option<Outcome>, Failure> {
         self.connect_for(id, Stage::Pinging).await?;
         let pong = self.channel.execute(&GuestPing {}).await;
-        pong.map(|_| Some(Outcome::Pong)).map_err(|e| (e, true, None))
+        pong.map(|_| Some(Outcome::Pong))
+            .map_err(|e| Failure::at(Stage::Pinging, e))
     }
 
     /// Starts a program; its reply comes once it has ended.
-    async fn start(&mut self, id: &Value, run: RunRequest) -> Result<Option<Outcome>, Failed> {
-        self.connect_for(id, Stage::Starting).await?;
-        let mut exec = GuestExec::new(run.program, run.args);
-        exec.input_data = run.stdin;
-        exec.env = environment(&run.env, run.env_clear);
-        if run.merge_output {
-            exec.capture_output = CaptureOutput::Merged;
-            self.check_agent_for(exec.capture_output).await?;
-        }
-        let follow = match run.follow {
+    async fn start(&mut self, id: &Value, run: RunRequest) -> Result<Option<Outcome>, Failure> {
+        self.connect_for(id, Stage::Preparing).await?;
+        let (encode, max_time, grace, followed) = (run.encode, run.max_time, run.grace, run.follow);
+        let mut exec = run.into_guest_exec();
+        self.check_agent_for(exec.capture_output).await?;
+        let follow = match followed {
             true => {
                 let options = FollowOptions {
                     read_count: self.options.follow_read_count,
                     ..FollowOptions::default()
                 };
-                Some(
-                    Follow::prepare(&mut self.channel, options)
-                        .await
-                        .map_err(failed)?,
-                )
+                let prepared = Follow::prepare(&mut self.channel, options).await;
+                Some(prepared.map_err(|e| Failure::following(Stage::Preparing, e))?)
             }
             false => None,
         };
@@ -529,32 +431,35 @@ impl<C: Connector> Session<C> {
         }
         // Started as it is: a stop finds what it started then
         // (`StopScope::Tree`), followed or not.
-        let started = match self.channel.guest_exec(&exec).await {
-            Ok(started) => Ok(started.pid),
-            Err(e) => Err((e, true, None)),
-        };
-        let pid = match started {
-            Ok(started) => started,
+        self.enter(id, Stage::Starting);
+        let pid = match self.channel.guest_exec(&exec).await {
+            Ok(started) => started.pid,
             Err(error) => {
-                if let (Some(mut follow), Error::Agent { .. }) = (follow, &error.0) {
+                if let (Some(mut follow), Error::Agent { .. }) = (follow, &error) {
                     // Nothing started: best effort, the error that matters is the start's.
                     let _ = follow.clean_up(&mut self.channel).await;
                 }
-                return Err(error);
+                return Err(Failure::at(Stage::Starting, error));
             }
         };
+        tracing::info!(
+            pid,
+            dir = follow.as_ref().map(Follow::dir),
+            "started in the guest"
+        );
         let now = Instant::now();
         self.running.push(Running {
             id: id.clone(),
             pid,
-            encode: run.encode,
+            encode,
             started: now,
             next_poll: now,
-            stop_at: run.max_time.map(|limit| now + limit),
-            grace: run.grace,
+            stop_at: max_time.map(|limit| now + limit),
+            grace,
             follow: follow.map(|follow| Following {
                 follow,
                 quiet_since: now,
+                refused: false,
             }),
         });
         Ok(None)
@@ -562,15 +467,12 @@ impl<C: Connector> Session<C> {
 
     /// Refuses, before anything runs, a capture mode the agent is too old
     /// for.
-    async fn check_agent_for(&mut self, capture: CaptureOutput) -> Result<(), Failed> {
+    async fn check_agent_for(&mut self, capture: CaptureOutput) -> Result<(), Failure> {
         let Some(needs) = capture.needs_agent() else {
             return Ok(());
         };
-        let info = self
-            .channel
-            .execute(&GuestInfo {})
-            .await
-            .map_err(|e| (e, false, None))?;
+        let info = self.channel.execute(&GuestInfo {}).await;
+        let info = info.map_err(|e| Failure::at(Stage::Preparing, e))?;
         if info.is_at_least(needs.0, needs.1) {
             return Ok(());
         }
@@ -579,11 +481,11 @@ impl<C: Connector> Session<C> {
             needs,
             version: info.version,
         };
-        Err((too_old, false, None))
+        Err(Failure::at(Stage::Preparing, too_old))
     }
 
     /// Polls the program whose poll is due first.
-    async fn poll_next(&mut self, reply: &mut impl FnMut(Reply)) {
+    async fn poll_next(&mut self, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
         let Some(index) = (0..self.running.len()).min_by_key(|&i| self.running[i].next_poll) else {
             return;
         };
@@ -597,46 +499,40 @@ impl<C: Connector> Session<C> {
         };
         self.channel.set_patience(patience);
         if self.running[index].stop_at.is_some_and(|at| Instant::now() >= at) {
-            self.channel.set_patience(Duration::ZERO);
-            return self.stop(index, reply).await;
+            return self.stop(index, StopReason::TimeLimit, reply).await;
         }
-        if let Some(mut following) = self.running[index].follow.take() {
+        let run = &mut self.running[index];
+        if let Some(following) = &mut run.follow {
             // One read of each stream: the other programs' polls wait no
             // longer than that.
-            let id = self.running[index].id.clone();
-            let read = following
-                .follow
-                .read_new(&mut self.channel, &mut |stream, bytes| {
-                    reply(chunk(&id, stream, bytes));
-                    Ok(())
-                })
-                .await;
-            let run = &mut self.running[index];
+            let id = &run.id;
+            let mut sink = |stream, bytes: &[u8]| reply(chunk(id, stream, bytes));
+            let read = following.follow.read_new(&mut self.channel, &mut sink).await;
+            let now = Instant::now();
             match read {
                 Ok((_, true)) => {
                     // More waits: read again before anything else is due.
-                    following.quiet_since = Instant::now();
-                    run.follow = Some(following);
-                    run.next_poll = Instant::now();
+                    following.quiet_since = now;
+                    run.next_poll = now;
                     return;
                 }
                 Ok((read, false)) => {
                     if read > 0 {
-                        following.quiet_since = Instant::now();
+                        following.quiet_since = now;
                     }
-                    run.follow = Some(following);
+                }
+                Err(FollowError::Sink(_)) => {
+                    following.refused = true;
+                    return self.stop(index, StopReason::OutputRefused, reply).await;
                 }
                 Err(error) => {
                     let run = self.running.remove(index);
-                    return self.fail_following(run, following, error, reply);
+                    return self.fail_following(run, error, None, reply);
                 }
             }
         }
         match self.channel.execute(&GuestExecStatus { pid }).await {
-            Ok(status) if status.exited => {
-                let run = self.running.remove(index);
-                self.finish(run, status, false, reply).await;
-            }
+            Ok(status) if status.exited => self.finish(index, status, false, reply).await,
             Ok(_) => {
                 let run = &mut self.running[index];
                 let now = Instant::now();
@@ -652,40 +548,28 @@ impl<C: Connector> Session<C> {
             Err(Error::Disconnected) => self.fail_running(reply),
             Err(error) => {
                 let run = self.running.remove(index);
-                reply(Reply {
-                    id: run.id,
-                    outcome: Err(Failure {
-                        stage: Stage::Running { pid },
-                        error,
-                        output: None,
-                    }),
-                });
+                let failure = run.failure(error);
+                deliver(reply, run.id, Err(failure));
             }
         }
     }
 
-    /// Replies with the end of `run`: for a followed program, after the
-    /// rest of its output and the removal of its files.
+    /// Replies with the end of the program at `index`: for a followed one,
+    /// after the rest of its output and the removal of its files. It stays
+    /// among the running until then, for [`give_up`](Self::give_up).
     async fn finish(
         &mut self,
-        mut run: Running,
+        index: usize,
         mut status: GuestExecStatusReply,
         timed_out: bool,
-        reply: &mut impl FnMut(Reply),
+        reply: &mut impl FnMut(Reply) -> io::Result<()>,
     ) {
-        if let Some(mut following) = run.follow.take() {
-            let id = run.id.clone();
-            let mut sink = |stream, bytes: &[u8]| {
-                reply(chunk(&id, stream, bytes));
-                Ok(())
-            };
-            let drained = following.follow.drain(&mut self.channel, &mut sink).await;
-            let ended = match drained {
-                Ok(()) => following.follow.clean_up(&mut self.channel).await,
-                Err(error) => Err(error),
-            };
-            if let Err(error) = ended {
-                return self.fail_following(run, following, error, reply);
+        let passed_on = self.pass_on_the_rest(index, reply).await;
+        let run = self.running.remove(index);
+        tracing::info!(pid = run.pid, "the program ended");
+        if run.follow.is_some() {
+            if let Err(error) = passed_on {
+                return self.fail_following(run, error, Some(status), reply);
             }
             // Streamed already; what the agent captured is only what the
             // shell said before the redirection.
@@ -694,84 +578,119 @@ impl<C: Connector> Session<C> {
             status.out_truncated = false;
             status.err_truncated = false;
         }
-        reply(Reply {
-            id: run.id,
-            outcome: Ok(Outcome::Exited {
-                pid: run.pid,
-                status,
-                encode: run.encode,
-                timed_out,
-            }),
-        });
+        let exited = Outcome::Exited {
+            pid: run.pid,
+            status,
+            encode: run.encode,
+            timed_out,
+        };
+        deliver(reply, run.id, Ok(exited));
+    }
+
+    /// The rest of the output of the followed program at `index`, unless
+    /// its caller refused it, then the removal of its files. The first
+    /// error that is not the caller's refusal ends it.
+    async fn pass_on_the_rest(
+        &mut self,
+        index: usize,
+        reply: &mut impl FnMut(Reply) -> io::Result<()>,
+    ) -> Result<(), FollowError> {
+        let run = &mut self.running[index];
+        let Some(following) = &mut run.follow else {
+            return Ok(());
+        };
+        if !following.refused {
+            let id = &run.id;
+            let mut sink = |stream, bytes: &[u8]| reply(chunk(id, stream, bytes));
+            match following.follow.drain(&mut self.channel, &mut sink).await {
+                Ok(()) => {}
+                Err(FollowError::Sink(_)) => following.refused = true,
+                Err(error) => return Err(error),
+            }
+        }
+        following.follow.clean_up(&mut self.channel).await
     }
 
     /// Following `run`'s output failed: its files may stay in the guest.
     fn fail_following(
         &mut self,
         run: Running,
-        following: Following,
         error: FollowError,
-        reply: &mut impl FnMut(Reply),
+        ended: Option<GuestExecStatusReply>,
+        reply: &mut impl FnMut(Reply) -> io::Result<()>,
     ) {
-        let (error, _, output) = failed(error);
-        if matches!(error, Error::Disconnected) {
+        if matches!(error, FollowError::Agent(Error::Disconnected)) {
             self.running.push(run);
             return self.fail_running(reply);
         }
-        tracing::info!(
-            pid = run.pid,
-            dir = following.follow.dir(),
-            "following the output failed"
-        );
-        reply(Reply {
-            id: run.id,
-            outcome: Err(Failure {
-                stage: Stage::Running { pid: run.pid },
-                error,
-                output,
-            }),
-        });
+        let output_dir = run.follow.as_ref().map(|f| f.follow.dir().to_owned());
+        tracing::info!(pid = run.pid, dir = ?output_dir, "following the output failed");
+        let failure = Failure {
+            output_dir,
+            ended,
+            ..Failure::following(Stage::Running { pid: run.pid }, error)
+        };
+        deliver(reply, run.id, Err(failure));
     }
 
-    /// Stops the program at `index`, whose `max_time` passed, and replies
-    /// with its end. The other programs' polls wait meanwhile (at most its
-    /// grace period).
-    async fn stop(&mut self, index: usize, reply: &mut impl FnMut(Reply)) {
-        let run = self.running.remove(index);
-        let stopped = match self.channel.agent().await {
-            Ok(agent) => stop_group(agent, run.pid, run.grace, StopScope::Tree).await,
-            Err(e) => Err(e),
-        };
-        match stopped {
+    /// Stops the program at `index` and replies with its end. The other
+    /// programs' polls wait meanwhile (at most its grace period).
+    async fn stop(&mut self, index: usize, why: StopReason, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
+        self.channel.set_patience(Duration::ZERO);
+        match self.stop_program(index).await {
             Ok(stopped) => {
-                self.finish(run, stopped.finished.status, stopped.asked, reply)
+                // One that ended by itself as the limit passed ran its course.
+                let timed_out = why == StopReason::TimeLimit && stopped.asked;
+                self.finish(index, stopped.finished.status, timed_out, reply)
                     .await
             }
-            Err(error) => reply(Reply {
-                id: run.id,
-                outcome: Err(Failure {
-                    stage: Stage::Running { pid: run.pid },
-                    error,
-                    output: None,
-                }),
-            }),
+            Err(error) => {
+                let run = self.running.remove(index);
+                let failure = Failure {
+                    stage: Stage::Stopping { pid: run.pid },
+                    ..run.failure(error)
+                };
+                deliver(reply, run.id, Err(failure));
+            }
+        }
+    }
+
+    /// Stops the program at `index` and what it started.
+    async fn stop_program(&mut self, index: usize) -> Result<Stopped, Error> {
+        let (pid, grace) = (self.running[index].pid, self.running[index].grace);
+        tracing::info!(pid, "stopping the program");
+        let agent = self.channel.agent().await?;
+        stop_group(agent, pid, grace, StopScope::Tree).await
+    }
+
+    /// What became of `pid`, asked once (briefly): the status being read
+    /// when the caller gave up may have been its end, which the agent
+    /// reports once and then forgets.
+    async fn look_at(&mut self, pid: i64) -> Left {
+        const ASKING: Duration = Duration::from_secs(2);
+        let look = GuestExecStatus { pid };
+        match tokio::time::timeout(ASKING, self.channel.execute(&look)).await {
+            Ok(Ok(status)) if !status.exited => Left::StillRunning { pid },
+            Ok(Ok(_)) => Left::Ended { pid },
+            Ok(Err(Error::Agent { .. })) => Left::EndedJustNow { pid },
+            _ => Left::Unknown { pid },
         }
     }
 
     /// The connection dropped: the agent that answers next may not know
     /// the programs in flight, whose results are lost.
-    fn fail_running(&mut self, reply: &mut impl FnMut(Reply)) {
-        for run in self.running.drain(..) {
-            reply(Reply {
-                id: run.id,
-                outcome: Err(Failure {
-                    stage: Stage::Running { pid: run.pid },
-                    error: Error::Disconnected,
-                    output: None,
-                }),
-            });
+    fn fail_running(&mut self, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
+        for run in std::mem::take(&mut self.running) {
+            let failure = run.failure(Error::Disconnected);
+            deliver(reply, run.id, Err(failure));
         }
     }
+}
+
+/// Hands a request's outcome to the caller. Only output can be refused,
+/// so only a chunk's refusal counts.
+fn deliver(reply: &mut impl FnMut(Reply) -> io::Result<()>, id: Value, outcome: Result<Outcome, Failure>) {
+    let _ = reply(Reply { id, outcome });
 }
 
 /// A reply with a chunk of `id`'s output.

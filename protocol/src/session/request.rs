@@ -11,6 +11,8 @@ use base64::Engine;
 
 use serde_json::{Map, Value};
 
+use crate::qga::{environment, CaptureOutput, GuestExec};
+
 /// One request: its `id`, echoed in the reply, and what to do.
 ///
 /// ```
@@ -121,6 +123,39 @@ impl RunRequest {
     pub fn with_stdin(mut self, stdin: Vec<u8>) -> RunRequest {
         self.stdin = Some(stdin);
         self
+    }
+
+    /// The `guest-exec` that starts it, before any redirection of its
+    /// output; the input moves, not copied.
+    pub fn into_guest_exec(self) -> GuestExec {
+        let mut exec = GuestExec::new(self.program, self.args);
+        exec.input_data = self.stdin;
+        exec.env = environment(&self.env, self.env_clear);
+        if self.merge_output {
+            exec.capture_output = CaptureOutput::Merged;
+        }
+        exec
+    }
+
+    /// The length of the `guest-exec` request that starts it (see
+    /// [`GuestExec::request_len`]), to refuse one the agent would not take
+    /// before anything is sent.
+    pub fn request_len(&self) -> usize {
+        // The input goes as Base64, 4 bytes for every 3, in its place.
+        let mut exec = self.clone_without_input().into_guest_exec();
+        exec.input_data = self.stdin.as_ref().map(|_| Vec::new());
+        let input = self.stdin.as_ref().map_or(0, |stdin| stdin.len().div_ceil(3) * 4);
+        exec.request_len() + input
+    }
+
+    fn clone_without_input(&self) -> RunRequest {
+        RunRequest {
+            program: self.program.clone(),
+            args: self.args.clone(),
+            stdin: None,
+            env: self.env.clone(),
+            ..*self
+        }
     }
 }
 

@@ -20,16 +20,16 @@ use std::time::Duration;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use tokio::sync::mpsc;
-use virtomate_protocol::follow::{FollowError, Stream, DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
-use virtomate_protocol::session::{Failure, Outcome, Reply, Session, SessionOptions, Stage};
+use virtomate_protocol::follow::Stream;
+use virtomate_protocol::session::{Outcome, Reply, Session, SessionOptions, Stage};
 
 use self::copies::{Copies, CopyState};
 use self::lines::{print, Answered, ChunkLine, Line};
 use super::{Answer, Context};
-use crate::agent::AgentErrors;
 use crate::agent::DomainAgent;
 use crate::agent::Signals;
-use crate::error::{CliError, ErrorKind, Interruption};
+use crate::agent::{run_options, AgentErrors, RunFront};
+use crate::error::{CliError, Interruption};
 use crate::output;
 use crate::run_output::RunResult;
 
@@ -45,11 +45,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         connector,
         SessionOptions {
             idle,
-            follow_read_count: match errors.through_libvirtd {
-                true => LIBVIRT_READ_COUNT,
-                false => DIRECT_READ_COUNT,
-            },
-            ..SessionOptions::default()
+            ..run_options(errors.through_libvirtd)
         },
     );
     let (sender, mut work) = mpsc::channel(QUEUED_REQUESTS);
@@ -64,7 +60,14 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         state: state.clone(),
     };
     let served = {
-        let serve = session.serve_jobs(&mut work, |reply| print_reply(reply, &errors), &mut copies);
+        let serve = session.serve_jobs(
+            &mut work,
+            |reply| {
+                print_reply(reply, &errors);
+                Ok(())
+            },
+            &mut copies,
+        );
         tokio::pin!(serve);
         tokio::select! {
             () = &mut serve => true,
@@ -128,32 +131,7 @@ fn print_reply(reply: Reply, errors: &AgentErrors) {
             return;
         }
         Ok(_) => return,
-        Err(Failure {
-            stage,
-            output: Some(output),
-            ..
-        }) => Line::error(reply.id, &output_error(output, stage)),
-        Err(Failure { stage, error, .. }) => {
-            let error = match stage {
-                Stage::Starting => errors.error_while_starting(error),
-                Stage::Running { pid } => errors.error_while_running(error, pid),
-                _ => errors.error(error),
-            };
-            Line::error(reply.id, &error)
-        }
+        Err(failure) => Line::error(reply.id, &errors.run_failure(failure, RunFront::Session)),
     };
     print(&line);
-}
-
-/// Following a program's output failed on the guest's side.
-fn output_error(error: FollowError, stage: Stage) -> CliError {
-    match (error, stage) {
-        (error @ FollowError::Unsupported { .. }, _) => {
-            CliError::new(ErrorKind::AgentCommand, format!("{error}; nothing was started"))
-        }
-        (error, Stage::Running { pid }) => CliError::new(ErrorKind::GuestOutput, error.to_string())
-            .with_hint(format!("the program ran in the guest as pid {pid}")),
-        (error, _) => CliError::new(ErrorKind::GuestOutput, format!("{error}; nothing was started"))
-            .with_hint("\"follow\" needs /bin/sh and a writable $TMPDIR or /tmp in the guest"),
-    }
 }
