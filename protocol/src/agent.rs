@@ -30,15 +30,6 @@ use crate::{Error, QgaClient, RequestProgress};
 pub trait Agent {
     /// Sends `command` and returns its reply; an error reply becomes
     /// [`Error::Agent`].
-    ///
-    /// ```
-    /// use virtomate_protocol::qga::GuestInfo;
-    /// use virtomate_protocol::{Agent, Error};
-    ///
-    /// async fn agent_version(agent: &mut impl Agent) -> Result<String, Error> {
-    ///     Ok(agent.execute(&GuestInfo {}).await?.version)
-    /// }
-    /// ```
     fn execute<C: Command>(&mut self, command: &C) -> impl Future<Output = Result<C::Output, Error>>;
 
     /// Sends the command `name` with `arguments` (an object), if any, and
@@ -62,15 +53,6 @@ pub trait Agent {
     /// Sends a command that does not reply on success (`guest-shutdown`,
     /// `guest-suspend-*`): silence or a closed channel within `grace` is
     /// success, and so is a reply; an error reply is still an error.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use virtomate_protocol::{Agent, Error};
-    ///
-    /// async fn power_off(agent: &mut impl Agent) -> Result<(), Error> {
-    ///     agent.execute_without_reply("guest-shutdown", None, Duration::from_secs(1)).await
-    /// }
-    /// ```
     fn execute_without_reply(
         &mut self,
         name: &str,
@@ -81,29 +63,12 @@ pub trait Agent {
     /// Starts a program. Where the carrier allows it, its input is encoded
     /// to Base64 while it is sent, so a big input takes no second copy in
     /// memory; otherwise this is [`execute`](Agent::execute).
-    ///
-    /// ```
-    /// use virtomate_protocol::qga::GuestExec;
-    /// use virtomate_protocol::{Agent, Error};
-    ///
-    /// async fn start_cat(agent: &mut impl Agent, input: Vec<u8>) -> Result<i64, Error> {
-    ///     Ok(agent.guest_exec(&GuestExec::new("cat", [""; 0]).with_input(input)).await?.pid)
-    /// }
-    /// ```
     fn guest_exec(&mut self, exec: &GuestExec) -> impl Future<Output = Result<GuestExecReply, Error>> {
         self.execute(exec)
     }
 
     /// How far the last request got, for a caller whose exchange was cut
     /// short: whether the agent may have acted on it.
-    ///
-    /// ```
-    /// use virtomate_protocol::{Agent, RequestProgress};
-    ///
-    /// fn nothing_started(agent: &impl Agent) -> bool {
-    ///     agent.request_progress() == RequestProgress::PartlySent
-    /// }
-    /// ```
     fn request_progress(&self) -> RequestProgress {
         RequestProgress::Unknown
     }
@@ -174,12 +139,6 @@ impl AnyAgent {
     /// closed as libvirt's own clients close it, so that libvirtd does not
     /// log a client that vanished; a failure to close changes nothing that
     /// was done, so it is only logged.
-    ///
-    /// ```no_run
-    /// # async fn demo(agent: virtomate_protocol::AnyAgent) {
-    /// agent.close().await;
-    /// # }
-    /// ```
     pub async fn close(self) {
         if let AnyAgent::Libvirt(agent) = self {
             if let Err(error) = agent.into_client().close().await {

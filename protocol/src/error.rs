@@ -155,17 +155,6 @@ impl From<io::Error> for Error {
 }
 
 /// What a client was waiting for when a [`Error::Timeout`] struck.
-///
-/// ```
-/// use std::time::Duration;
-/// use virtomate_protocol::{Error, Phase};
-///
-/// let err = Error::Timeout {
-///     phase: Phase::Reply("guest-exec-status".into()),
-///     after: Duration::from_secs(30),
-/// };
-/// assert_eq!(err.to_string(), "no answer within 30 s while waiting for the reply to guest-exec-status");
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Phase {
     /// Connecting to the socket.
@@ -186,5 +175,24 @@ impl std::fmt::Display for Phase {
             Phase::Sending(command) => write!(f, "sending {command}"),
             Phase::Reply(command) => write!(f, "waiting for the reply to {command}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn a_timeout_says_what_it_waited_for() {
+        let err = Error::Timeout {
+            phase: Phase::Reply("guest-exec-status".into()),
+            after: Duration::from_secs(30),
+        };
+        assert_eq!(
+            err.to_string(),
+            "no answer within 30 s while waiting for the reply to guest-exec-status"
+        );
     }
 }

@@ -113,11 +113,6 @@ impl ChannelLock {
     }
 
     /// The file whose flock is the turn on the channel.
-    ///
-    /// ```no_run
-    /// # let lock = virtomate_protocol::ChannelLock::for_socket("/run/vm/qga.sock".as_ref()).unwrap();
-    /// assert!(lock.path().starts_with("/run/virtomate"));
-    /// ```
     pub fn path(&self) -> &Path {
         &self.turn
     }
@@ -145,15 +140,6 @@ impl ChannelLock {
     /// only once it has waited `patience`: for an exchange that may come
     /// late (a status poll of a program that has run for a while), so
     /// that a holder whose own program is young keeps the channel.
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # use virtomate_protocol::{ChannelLock, Deadline};
-    /// # async fn demo(lock: ChannelLock) -> Result<(), virtomate_protocol::Error> {
-    /// let deadline = Deadline::after(Duration::from_secs(5));
-    /// let _turn = lock.acquire_patiently(deadline, Duration::from_millis(500)).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn acquire_patiently(&self, deadline: Deadline, patience: Duration) -> Result<Turn, Error> {
         let file = open_own_file(&self.turn).map_err(Error::Io)?;
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
@@ -197,14 +183,6 @@ impl ChannelLock {
 
     /// Whether another process waits for the channel and should not be
     /// kept waiting, so that its holder should let go at its next pause.
-    ///
-    /// ```no_run
-    /// # fn demo(lock: &virtomate_protocol::ChannelLock) {
-    /// if lock.contended() {
-    ///     println!("somebody waits: close the connection and drop the turn");
-    /// }
-    /// # }
-    /// ```
     pub fn contended(&self) -> bool {
         somebody_says_so(&self.wait)
     }
@@ -212,14 +190,6 @@ impl ChannelLock {
     /// Whether another process waits for the channel at all, patiently
     /// or not: a holder that merely polls a program that has run for a
     /// while lets go then.
-    ///
-    /// ```no_run
-    /// # fn demo(lock: &virtomate_protocol::ChannelLock) {
-    /// if lock.waited_for() {
-    ///     println!("somebody waits, perhaps patiently");
-    /// }
-    /// # }
-    /// ```
     pub fn waited_for(&self) -> bool {
         somebody_says_so(&self.poll)
     }

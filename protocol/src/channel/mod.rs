@@ -65,34 +65,12 @@ pub trait Connector {
     fn connect(&mut self) -> impl Future<Output = Result<Self::Agent, Error>>;
 
     /// Ends a connection, and the turn on the channel.
-    ///
-    /// ```
-    /// # use virtomate_protocol::{Connector, Error, QgaClient};
-    /// # struct Mine;
-    /// impl Connector for Mine {
-    ///     type Agent = QgaClient;
-    /// #   async fn connect(&mut self) -> Result<QgaClient, Error> { Err(Error::Disconnected) }
-    ///     async fn disconnect(&mut self, agent: QgaClient) {
-    ///         drop(agent); // what the default does
-    ///     }
-    /// }
-    /// ```
     fn disconnect(&mut self, agent: Self::Agent) -> impl Future<Output = ()> {
         async move { drop(agent) }
     }
 
     /// Whether another client waits for the channel, so that it should be
     /// let go at the next pause.
-    ///
-    /// ```
-    /// # use virtomate_protocol::{Connector, Error, QgaClient};
-    /// # struct Polite;
-    /// # impl Connector for Polite {
-    /// #   type Agent = QgaClient;
-    /// #   async fn connect(&mut self) -> Result<QgaClient, Error> { Err(Error::Disconnected) }
-    /// # }
-    /// assert!(!Polite.contended()); // the default: nobody
-    /// ```
     fn contended(&self) -> bool {
         false
     }
@@ -100,16 +78,6 @@ pub trait Connector {
     /// Whether another client waits for the channel at all, patiently
     /// or not (see [`ChannelLock::waited_for`]); by default, as
     /// [`contended`](Self::contended).
-    ///
-    /// ```
-    /// # use virtomate_protocol::{Connector, Error, QgaClient};
-    /// # struct Polite;
-    /// # impl Connector for Polite {
-    /// #   type Agent = QgaClient;
-    /// #   async fn connect(&mut self) -> Result<QgaClient, Error> { Err(Error::Disconnected) }
-    /// # }
-    /// assert!(!Polite.waited_for());
-    /// ```
     fn waited_for(&self) -> bool {
         self.contended()
     }
@@ -117,16 +85,6 @@ pub trait Connector {
     /// Whether a connection keeps every other client out of the channel,
     /// as a direct one does; through libvirtd it does not, and is kept
     /// between polls.
-    ///
-    /// ```
-    /// # use virtomate_protocol::{Connector, Error, QgaClient};
-    /// # struct Direct;
-    /// # impl Connector for Direct {
-    /// #   type Agent = QgaClient;
-    /// #   async fn connect(&mut self) -> Result<QgaClient, Error> { Err(Error::Disconnected) }
-    /// # }
-    /// assert!(Direct.exclusive()); // the default
-    /// ```
     fn exclusive(&self) -> bool {
         true
     }
@@ -136,14 +94,6 @@ pub trait Connector {
     /// zero by default; a status poll of a program that has run for a
     /// while can wait, so that a holder whose program is young keeps the
     /// channel. A connector that shares nothing ignores it.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use virtomate_protocol::{ClientOptions, Connector, SocketConnector};
-    ///
-    /// let mut connector = SocketConnector::new("/run/vm/qga.sock", ClientOptions::default());
-    /// connector.set_patience(Duration::from_millis(500));
-    /// ```
     fn set_patience(&mut self, patience: Duration) {
         let _ = patience;
     }
@@ -152,17 +102,6 @@ pub trait Connector {
 /// Connections straight to an agent's socket, taking turns with the
 /// other processes of this host through a [`ChannelLock`] (where there is
 /// a safe place for one: see [`ChannelLock::for_socket`]).
-///
-/// ```no_run
-/// use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
-/// use virtomate_protocol::qga::GuestPing;
-///
-/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-/// let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
-/// channel.execute(&GuestPing {}).await?;
-/// channel.release().await;
-/// # Ok(()) }
-/// ```
 #[derive(Debug)]
 pub struct SocketConnector {
     path: PathBuf,
@@ -176,13 +115,6 @@ impl SocketConnector {
     /// Connections to the socket at `path`. Without a lock (no safe
     /// directory for it, the socket missing), connecting still works; the
     /// kernel then queues a client behind the one holding the channel.
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::{ClientOptions, SocketConnector};
-    ///
-    /// let connector = SocketConnector::new("/run/vm/qga.sock", ClientOptions::default());
-    /// assert!(connector.lock().is_some());
-    /// ```
     pub fn new(path: impl Into<PathBuf>, options: ClientOptions) -> SocketConnector {
         let path = path.into();
         let lock = ChannelLock::for_socket(&path)
@@ -198,13 +130,6 @@ impl SocketConnector {
     }
 
     /// The lock it takes turns by, if there is one.
-    ///
-    /// ```no_run
-    /// # let connector = virtomate_protocol::SocketConnector::new("/run/vm/qga.sock", Default::default());
-    /// if let Some(lock) = connector.lock() {
-    ///     println!("lock file {}", lock.path().display());
-    /// }
-    /// ```
     pub fn lock(&self) -> Option<&ChannelLock> {
         self.lock.as_ref()
     }
@@ -294,12 +219,6 @@ pub struct Channel<C: Connector> {
 
 impl<C: Connector> Channel<C> {
     /// A channel that connects through `connector`, not yet connected.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
-    /// let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
-    /// assert!(!channel.is_connected());
-    /// ```
     pub fn new(connector: C) -> Channel<C> {
         Channel {
             connector,
@@ -309,12 +228,6 @@ impl<C: Connector> Channel<C> {
     }
 
     /// The connector, e.g. to ask whether the channel is contended.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::{Channel, ClientOptions, Connector, SocketConnector};
-    /// # let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
-    /// let others_wait = channel.connector().contended();
-    /// ```
     pub fn connector(&self) -> &C {
         &self.connector
     }
@@ -322,48 +235,22 @@ impl<C: Connector> Channel<C> {
     /// The connector back, for a channel not connected (see
     /// [`release`](Self::release)): an open connection would be dropped
     /// without the connector's `disconnect`.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
-    /// # let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
-    /// let connector: SocketConnector = channel.into_connector();
-    /// ```
     pub fn into_connector(self) -> C {
         self.connector
     }
 
     /// How long the next connects wait before asking the channel's holder
     /// to let go (see [`Connector::set_patience`]).
-    ///
-    /// ```no_run
-    /// # use std::time::Duration;
-    /// # use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
-    /// # let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
-    /// channel.set_patience(Duration::from_millis(500)); // a late poll is fine
-    /// ```
     pub fn set_patience(&mut self, patience: Duration) {
         self.connector.set_patience(patience);
     }
 
     /// Whether a connection is open.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::{Channel, ClientOptions, SocketConnector};
-    /// # let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
-    /// assert!(!channel.is_connected());
-    /// ```
     pub fn is_connected(&self) -> bool {
         self.agent.is_some()
     }
 
     /// The connected agent, connecting first if need be.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::{Agent, Channel, ClientOptions, SocketConnector};
-    /// # async fn demo(mut channel: Channel<SocketConnector>) -> Result<(), virtomate_protocol::Error> {
-    /// let name = channel.agent().await?.execute_json("guest-get-host-name", None).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn agent(&mut self) -> Result<&mut C::Agent, Error> {
         if self.agent.is_none() {
             self.agent = Some(self.connector.connect().await?);
@@ -374,13 +261,6 @@ impl<C: Connector> Channel<C> {
 
     /// Closes the connection, if one is open, so that others may take
     /// their turn.
-    ///
-    /// ```no_run
-    /// # async fn demo(mut channel: virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) {
-    /// channel.release().await;
-    /// assert!(!channel.is_connected());
-    /// # }
-    /// ```
     pub async fn release(&mut self) {
         self.connected_at = None;
         if let Some(agent) = self.agent.take() {
@@ -391,28 +271,12 @@ impl<C: Connector> Channel<C> {
     /// Sends `command` over the channel, connecting first if need be. A
     /// connection the peer closed is let go, so that the next exchange
     /// connects afresh.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::qga::GuestPing;
-    /// # use virtomate_protocol::{Channel, SocketConnector};
-    /// # async fn demo(mut channel: Channel<SocketConnector>) -> Result<(), virtomate_protocol::Error> {
-    /// channel.execute(&GuestPing {}).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn execute<T: Command>(&mut self, command: &T) -> Result<T::Output, Error> {
         let result = self.agent().await?.execute(command).await;
         self.after(result).await
     }
 
     /// Starts a program (see [`Agent::guest_exec`]).
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::qga::GuestExec;
-    /// # use virtomate_protocol::{Channel, SocketConnector};
-    /// # async fn demo(mut channel: Channel<SocketConnector>) -> Result<(), virtomate_protocol::Error> {
-    /// let pid = channel.guest_exec(&GuestExec::new("uptime", [""; 0])).await?.pid;
-    /// # Ok(()) }
-    /// ```
     pub async fn guest_exec(&mut self, exec: &GuestExec) -> Result<GuestExecReply, Error> {
         let result = self.agent().await?.guest_exec(exec).await;
         self.after(result).await
@@ -420,12 +284,6 @@ impl<C: Connector> Channel<C> {
 
     /// How far the last request got (see [`Agent::request_progress`]);
     /// `Idle` while not connected, since nothing was sent then.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::{Channel, ClientOptions, RequestProgress, SocketConnector};
-    /// let channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
-    /// assert_eq!(channel.request_progress(), RequestProgress::Idle);
-    /// ```
     pub fn request_progress(&self) -> RequestProgress {
         self.agent
             .as_ref()
@@ -444,12 +302,6 @@ impl<C: Connector> Channel<C> {
     /// Lets go of the channel if it is held by a connection that keeps
     /// others out and `hold` no longer applies: another client waits, or
     /// the time to hold it is over.
-    ///
-    /// ```no_run
-    /// # async fn demo(mut channel: virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) {
-    /// channel.let_go_unless(true).await; // held on, unless somebody waits
-    /// # }
-    /// ```
     pub async fn let_go_unless(&mut self, hold: bool) {
         if self.agent.is_some() && self.connector.exclusive() && (!hold || self.connector.contended()) {
             self.release().await;
@@ -461,13 +313,6 @@ impl<C: Connector> Channel<C> {
     /// ([`Connector::contended`]); for an older one when any client
     /// waits ([`Connector::waited_for`]) or once the connection has been
     /// held for [`HoldPolicy::share_after`].
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::{Channel, HoldPolicy, SocketConnector};
-    /// # async fn demo(channel: &mut Channel<SocketConnector>) {
-    /// channel.share(false, HoldPolicy::default()).await; // an old program's poll is done
-    /// # }
-    /// ```
     pub async fn share(&mut self, young: bool, hold: HoldPolicy) {
         let Some(connected_at) = self.connected_at else {
             return;
@@ -490,15 +335,6 @@ impl<C: Connector> Channel<C> {
 /// later, unless any client waits, and for `share_after` at most at a
 /// time. Polls of an older program wait up to `patience` before they ask
 /// a holder to let go.
-///
-/// ```
-/// use std::time::Duration;
-/// use virtomate_protocol::HoldPolicy;
-///
-/// assert_eq!(HoldPolicy::default().young, Duration::from_secs(1));
-/// assert_eq!(HoldPolicy::default().patience, Duration::from_millis(500));
-/// assert_eq!(HoldPolicy::default().share_after, Duration::from_secs(1));
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HoldPolicy {
     /// A program younger than this keeps the channel between polls.
@@ -596,6 +432,25 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// A connector that only says whether a client waits urgently is
+    /// taken to be waited for then too, and keeps others out.
+    #[test]
+    fn connector_defaults_follow_contended() {
+        struct Busy(bool);
+        impl Connector for Busy {
+            type Agent = QgaClient;
+            async fn connect(&mut self) -> Result<QgaClient, Error> {
+                Err(Error::Disconnected)
+            }
+            fn contended(&self) -> bool {
+                self.0
+            }
+        }
+        assert!(Busy(true).waited_for());
+        assert!(!Busy(false).waited_for());
+        assert!(Busy(false).exclusive());
+    }
 
     /// A connect cut short after it took its turn (here: in the handshake
     /// with a silent agent) must not leave that turn for the next connect

@@ -188,17 +188,6 @@ pub async fn wait_for_exit<A: Agent>(
 }
 
 /// How [`stop_group`] ended a program.
-///
-/// ```
-/// # use virtomate_protocol::{Stopped, Finished};
-/// fn describe(stopped: &Stopped) -> &'static str {
-///     match (stopped.asked, stopped.killed) {
-///         (false, _) => "it had ended by itself",
-///         (true, false) => "it ended when asked (SIGTERM)",
-///         (true, true) => "it had to be killed (SIGKILL)",
-///     }
-/// }
-/// ```
 #[derive(Debug, Clone)]
 pub struct Stopped {
     /// The program's last status, with `exited: true`.
@@ -211,12 +200,6 @@ pub struct Stopped {
 }
 
 /// What [`stop_group`] signals besides the program itself.
-///
-/// ```
-/// use virtomate_protocol::StopScope;
-/// // What guest-run --max-time uses: the program starts as it is, at no cost.
-/// assert_eq!(StopScope::default(), StopScope::Tree);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StopScope {
     /// The program alone.

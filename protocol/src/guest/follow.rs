@@ -72,11 +72,6 @@ use crate::qga::{GuestExec, GuestFileClose, GuestFileOpen, GuestFileRead, GuestF
 use crate::{wait_for_exit_on, Channel, Connector, Error, HoldPolicy, PollSchedule};
 
 /// The agent commands following needs, all enabled.
-///
-/// ```
-/// use virtomate_protocol::follow::REQUIRED_COMMANDS;
-/// assert!(REQUIRED_COMMANDS.contains(&"guest-file-read"));
-/// ```
 pub const REQUIRED_COMMANDS: [&str; 6] = [
     "guest-exec",
     "guest-exec-status",
@@ -114,19 +109,11 @@ pub enum Stream {
 }
 
 /// How a [`Follow`] reads.
-///
-/// ```
-/// use std::time::Duration;
-/// use virtomate_protocol::follow::{FollowOptions, LIBVIRT_READ_COUNT};
-///
-/// // Through libvirtd: smaller reads.
-/// let options = FollowOptions { read_count: LIBVIRT_READ_COUNT, ..FollowOptions::default() };
-/// assert_eq!(options.schedule.pause_after(Duration::from_secs(60)), Duration::from_millis(200));
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FollowOptions {
     /// The most bytes one `guest-file-read` asks for (at most
-    /// [`MAX_READ_COUNT`](crate::qga::MAX_READ_COUNT)).
+    /// [`MAX_READ_COUNT`](crate::qga::MAX_READ_COUNT); through libvirtd,
+    /// [`LIBVIRT_READ_COUNT`]).
     pub read_count: u64,
     /// The pause between two looks, after the time nothing new came: it
     /// grows while the program is quiet.
@@ -326,24 +313,11 @@ impl Follow {
     }
 
     /// The private directory, as the guest names it.
-    ///
-    /// ```no_run
-    /// # fn demo(follow: &virtomate_protocol::follow::Follow) {
-    /// assert!(follow.dir().contains("/virtomate-follow-"));
-    /// # }
-    /// ```
     pub fn dir(&self) -> &str {
         &self.dir
     }
 
     /// The file `stream` goes to, as the guest names it.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::follow::Stream;
-    /// # fn demo(follow: &virtomate_protocol::follow::Follow) {
-    /// assert!(follow.path(Stream::Stderr).ends_with("/err"));
-    /// # }
-    /// ```
     pub fn path(&self, stream: Stream) -> String {
         output_path(&self.dir, stream)
     }
@@ -353,15 +327,6 @@ impl Follow {
     /// arguments. Its environment, input and `capture-output` stay; the
     /// agent then captures only what the shell itself says before the
     /// redirection.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::qga::GuestExec;
-    /// # fn demo(follow: &virtomate_protocol::follow::Follow) {
-    /// let exec = follow.redirect(GuestExec::new("echo", ["it's", "$HOME"]));
-    /// assert_eq!(exec.path, "/bin/sh");
-    /// assert_eq!(&exec.arg[3..], [follow.dir(), "echo", "it's", "$HOME"]);
-    /// # }
-    /// ```
     pub fn redirect(&self, exec: GuestExec) -> GuestExec {
         let mut arg = vec![
             "-c".to_owned(),
@@ -379,13 +344,6 @@ impl Follow {
     }
 
     /// Bytes read from `stream` so far.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::follow::Stream;
-    /// # fn demo(follow: &virtomate_protocol::follow::Follow) {
-    /// println!("{} bytes of stdout", follow.read_so_far(Stream::Stdout));
-    /// # }
-    /// ```
     pub fn read_so_far(&self, stream: Stream) -> u64 {
         self.tails
             .iter()
@@ -396,20 +354,6 @@ impl Follow {
     /// Reads what is new in each file, one read each, handing it to
     /// `sink`; returns the bytes read and whether either read came back
     /// full (more may wait).
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::follow::{FollowError, Stream};
-    /// # use virtomate_protocol::{Channel, SocketConnector};
-    /// # async fn demo(follow: &mut virtomate_protocol::follow::Follow,
-    /// #     channel: &mut Channel<SocketConnector>) -> Result<(), FollowError> {
-    /// let mut lines = Vec::new();
-    /// let mut keep = |_stream: Stream, bytes: &[u8]| {
-    ///     lines.extend_from_slice(bytes);
-    ///     Ok(())
-    /// };
-    /// follow.read_new(channel, &mut keep).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn read_new<C: Connector>(
         &mut self,
         channel: &mut Channel<C>,
@@ -427,16 +371,6 @@ impl Follow {
 
     /// Reads each file to its current end: after the program has ended,
     /// the rest of its output.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::follow::FollowError;
-    /// # use virtomate_protocol::{Channel, SocketConnector};
-    /// # async fn demo(follow: &mut virtomate_protocol::follow::Follow,
-    /// #     channel: &mut Channel<SocketConnector>) -> Result<(), FollowError> {
-    /// let mut ignore = |_: virtomate_protocol::follow::Stream, _: &[u8]| Ok(());
-    /// follow.drain(channel, &mut ignore).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn drain<C: Connector>(
         &mut self,
         channel: &mut Channel<C>,
@@ -452,15 +386,6 @@ impl Follow {
     /// Closes the files and removes the directory. Errors: the directory
     /// was gone already ([`FollowError::Removed`]), or its file system had
     /// no space left ([`FollowError::Full`]: removed all the same).
-    ///
-    /// ```no_run
-    /// # async fn demo(mut follow: virtomate_protocol::follow::Follow,
-    /// #     channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) {
-    /// if let Err(e) = follow.clean_up(channel).await {
-    ///     eprintln!("{e}");
-    /// }
-    /// # }
-    /// ```
     pub async fn clean_up<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
         let mut first_error = None;
         for tail in &mut self.tails {

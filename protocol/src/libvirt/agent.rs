@@ -41,21 +41,6 @@ pub struct LibvirtAgent<S = UnixStream> {
 impl LibvirtAgent<UnixStream> {
     /// Connects to libvirtd at `socket` (`uri` as libvirt clients name the
     /// daemon) and looks up the domain `name`.
-    ///
-    /// ```no_run
-    /// use std::path::Path;
-    /// use virtomate_protocol::libvirt::{LibvirtAgent, ERR_NO_DOMAIN};
-    /// use virtomate_protocol::{ClientOptions, Error};
-    ///
-    /// # async fn demo() -> Result<(), Error> {
-    /// let socket = Path::new("/run/libvirt/libvirt-sock");
-    /// match LibvirtAgent::connect(socket, "qemu:///system", "web1", &ClientOptions::default()).await {
-    ///     Ok(_agent) => println!("found web1"),
-    ///     Err(Error::Libvirt { code: ERR_NO_DOMAIN, .. }) => println!("libvirtd knows no domain web1"),
-    ///     Err(e) => return Err(e),
-    /// }
-    /// # Ok(()) }
-    /// ```
     pub async fn connect(
         socket: &Path,
         uri: &str,
@@ -72,19 +57,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
     /// The agent of `domain`, on a connection already open: for a stream
     /// other than libvirtd's UNIX socket (see [`LibvirtClient::handshake`]).
     /// Replies are awaited for [`ClientOptions::reply_timeout`].
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::libvirt::{LibvirtAgent, LibvirtClient};
-    /// use virtomate_protocol::ClientOptions;
-    ///
-    /// # async fn demo(stream: tokio::net::UnixStream) -> Result<(), virtomate_protocol::Error> {
-    /// let options = ClientOptions::default();
-    /// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
-    /// let mut client = LibvirtClient::handshake(stream, socket, "qemu:///system", &options).await?;
-    /// let domain = client.lookup_domain_by_name("web1").await?;
-    /// let agent = LibvirtAgent::new(client, domain, &options);
-    /// # Ok(()) }
-    /// ```
     pub fn new(client: LibvirtClient<S>, domain: RemoteDomain, options: &ClientOptions) -> Self {
         LibvirtAgent {
             client,
@@ -95,28 +67,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
     }
 
     /// The connection back, e.g. to [`close`](LibvirtClient::close) it.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::libvirt::LibvirtAgent;
-    /// # async fn demo(agent: LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
-    /// agent.into_client().close().await?;
-    /// # Ok(()) }
-    /// ```
     pub fn into_client(self) -> LibvirtClient<S> {
         self.client
     }
 
     /// Sends any command by name and returns its `return` value untyped.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::libvirt::LibvirtAgent;
-    /// # async fn demo(mut agent: LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
-    /// let os = agent.execute_json("guest-get-osinfo", None).await?;
-    /// println!("{}", os["pretty-name"]);
-    /// let status = agent.execute_json("guest-exec-status", Some(&serde_json::json!({"pid": 1234}))).await?;
-    /// println!("exited: {}", status["exited"]);
-    /// # Ok(()) }
-    /// ```
     pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
         self.exchange(name, arguments, self.reply_timeout).await
     }
@@ -132,13 +87,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
     /// is no success.
     ///
     /// [`QgaClient::execute_without_reply`]: crate::QgaClient::execute_without_reply
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::libvirt::LibvirtAgent;
-    /// # async fn demo(mut agent: LibvirtAgent) -> Result<(), virtomate_protocol::Error> {
-    /// agent.execute_without_reply("guest-shutdown", None, std::time::Duration::from_secs(2)).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn execute_without_reply(
         &mut self,
         name: &str,
@@ -202,12 +150,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
 
 /// The `class` of an agent error reply that came through libvirtd, which
 /// passes on only its description.
-///
-/// ```
-/// use virtomate_protocol::libvirt::CLASS_UNKNOWN_THROUGH_LIBVIRT;
-///
-/// assert_eq!(CLASS_UNKNOWN_THROUGH_LIBVIRT, "unknown (through libvirt)");
-/// ```
 pub const CLASS_UNKNOWN_THROUGH_LIBVIRT: &str = "unknown (through libvirt)";
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Agent for LibvirtAgent<S> {

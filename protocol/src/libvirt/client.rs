@@ -40,25 +40,6 @@ const GET_LIB_VERSION: &str = "libvirt connect-get-lib-version";
 /// Calls are matched to replies by serial number; unsolicited messages
 /// (events, keepalive pings) and late replies to calls that timed out are
 /// skipped. An error reply becomes [`Error::Libvirt`].
-///
-/// ```no_run
-/// use std::path::Path;
-/// use std::time::Duration;
-/// use virtomate_protocol::{ClientOptions, Deadline};
-/// use virtomate_protocol::libvirt::{LibvirtClient, AGENT_TIMEOUT_DEFAULT};
-///
-/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-/// let socket = Path::new("/run/libvirt/libvirt-sock");
-/// let mut libvirt = LibvirtClient::connect(socket, "qemu:///system", &ClientOptions::default()).await?;
-/// let domain = libvirt.lookup_domain_by_name("web1").await?;
-/// let deadline = Deadline::after(Duration::from_secs(30));
-/// let reply = libvirt
-///     .agent_command(&domain, r#"{"execute":"guest-ping"}"#, AGENT_TIMEOUT_DEFAULT, deadline)
-///     .await?;
-/// assert_eq!(reply.as_deref(), Some(r#"{"return":{}}"#));
-/// libvirt.close().await?;
-/// # Ok(()) }
-/// ```
 #[derive(Debug)]
 pub struct LibvirtClient<S = UnixStream> {
     conn: Connection<S, PacketCodec>,
@@ -81,17 +62,6 @@ impl LibvirtClient<UnixStream> {
     /// libvirtd grants to root (its default `polkit` is waived for uid 0);
     /// other users get an [`Error::Connect`] naming the authentication
     /// libvirtd wants.
-    ///
-    /// ```no_run
-    /// use std::path::Path;
-    /// use virtomate_protocol::ClientOptions;
-    /// use virtomate_protocol::libvirt::LibvirtClient;
-    ///
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// let socket = Path::new("/run/libvirt/libvirt-sock");
-    /// let libvirt = LibvirtClient::connect(socket, "qemu:///system", &ClientOptions::default()).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn connect(socket: &Path, uri: &str, options: &ClientOptions) -> Result<Self, Error> {
         let deadline = Deadline::after(options.handshake_timeout);
         let stream = connect(socket, deadline).await?;
@@ -106,19 +76,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     ///
     /// [`LibvirtClient::connect`] does this for a UNIX socket; this is for
     /// any other stream, e.g. an in-memory one in tests.
-    ///
-    /// ```no_run
-    /// use std::path::Path;
-    /// use virtomate_protocol::ClientOptions;
-    /// use virtomate_protocol::libvirt::LibvirtClient;
-    ///
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// let socket = Path::new("/run/libvirt/libvirt-sock");
-    /// let stream = tokio::net::UnixStream::connect(socket).await.unwrap();
-    /// let options = ClientOptions::default();
-    /// let libvirt = LibvirtClient::handshake(stream, socket, "qemu:///system", &options).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn handshake(
         stream: S,
         socket: &Path,
@@ -197,14 +154,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     ///
     /// An unknown name is [`Error::Libvirt`] with code
     /// [`ERR_NO_DOMAIN`](super::ERR_NO_DOMAIN).
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::libvirt::LibvirtClient;
-    /// # async fn demo(libvirt: &mut LibvirtClient) -> Result<(), virtomate_protocol::Error> {
-    /// let domain = libvirt.lookup_domain_by_name("web1").await?;
-    /// println!("{domain} runs: {}", domain.is_running());
-    /// # Ok(()) }
-    /// ```
     pub async fn lookup_domain_by_name(&mut self, name: &str) -> Result<RemoteDomain, Error> {
         let mut args = Encoder::new();
         args.string(name, STRING_MAX).map_err(request_error)?;
@@ -217,16 +166,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     }
 
     /// Looks a domain up by UUID, within [`ClientOptions::reply_timeout`].
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::libvirt::parse_uuid;
-    ///
-    /// # use virtomate_protocol::libvirt::LibvirtClient;
-    /// # async fn demo(libvirt: &mut LibvirtClient) -> Result<(), virtomate_protocol::Error> {
-    /// let uuid = parse_uuid("ae1fa45e-9986-4911-a717-236321429e8c").unwrap();
-    /// let domain = libvirt.lookup_domain_by_uuid(&uuid).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn lookup_domain_by_uuid(&mut self, uuid: &[u8; 16]) -> Result<RemoteDomain, Error> {
         let mut args = Encoder::new();
         args.opaque_fixed(uuid);
@@ -288,21 +227,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// [`AGENT_COMMAND_MAX`](super::AGENT_COMMAND_MAX), which
     /// [`LibvirtAgent`](super::LibvirtAgent) refuses. Replies are bounded
     /// by libvirt: see [`AGENT_RESPONSE_MAX`](super::AGENT_RESPONSE_MAX).
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use virtomate_protocol::libvirt::AGENT_TIMEOUT_DEFAULT;
-    /// use virtomate_protocol::Deadline;
-    ///
-    /// # use virtomate_protocol::libvirt::LibvirtClient;
-    /// # async fn demo(libvirt: &mut LibvirtClient) -> Result<(), virtomate_protocol::Error> {
-    /// let domain = libvirt.lookup_domain_by_name("web1").await?;
-    /// let deadline = Deadline::after(Duration::from_secs(10));
-    /// let reply = libvirt
-    ///     .agent_command(&domain, r#"{"execute":"guest-info"}"#, AGENT_TIMEOUT_DEFAULT, deadline)
-    ///     .await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn agent_command(
         &mut self,
         domain: &RemoteDomain,
@@ -341,21 +265,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     /// A command longer than [`STRING_MAX`] is refused before sending
     /// ([`Error::RequestTooLarge`]); libvirtd fails a call whose reply is
     /// longer, as for agent commands.
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use virtomate_protocol::Deadline;
-    ///
-    /// # use virtomate_protocol::libvirt::LibvirtClient;
-    /// # async fn demo(libvirt: &mut LibvirtClient) -> Result<(), virtomate_protocol::Error> {
-    /// let domain = libvirt.lookup_domain_by_name("web1").await?;
-    /// let deadline = Deadline::after(Duration::from_secs(10));
-    /// let reply = libvirt
-    ///     .monitor_command(&domain, r#"{"execute":"query-status"}"#, deadline)
-    ///     .await?;
-    /// println!("{reply}");
-    /// # Ok(()) }
-    /// ```
     pub async fn monitor_command(
         &mut self,
         domain: &RemoteDomain,
@@ -377,13 +286,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     ///
     /// Dropping the client without closing is harmless too: libvirtd
     /// cleans up when the socket closes.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::libvirt::LibvirtClient;
-    /// # async fn demo(libvirt: LibvirtClient) -> Result<(), virtomate_protocol::Error> {
-    /// libvirt.close().await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn close(mut self) -> Result<(), Error> {
         let deadline = self.reply_deadline();
         let reply = self
@@ -507,13 +409,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
 
     /// How far the last call got, for a caller whose call was cut short:
     /// libvirtd (and so the agent) acts only on a whole message.
-    ///
-    /// ```no_run
-    /// # fn demo(libvirt: &virtomate_protocol::libvirt::LibvirtClient) {
-    /// use virtomate_protocol::RequestProgress;
-    /// assert_eq!(libvirt.request_progress(), RequestProgress::Idle);
-    /// # }
-    /// ```
     pub fn request_progress(&self) -> RequestProgress {
         match (self.writing, self.awaiting) {
             (true, _) => RequestProgress::PartlySent,

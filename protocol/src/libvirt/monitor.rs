@@ -44,17 +44,6 @@ pub struct LibvirtMonitor<S = UnixStream> {
 impl LibvirtMonitor<UnixStream> {
     /// Connects to libvirtd at `socket` (`uri` as libvirt clients name the
     /// daemon) and looks up the domain `name`.
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::libvirt::LibvirtMonitor;
-    /// use virtomate_protocol::ClientOptions;
-    ///
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
-    /// let options = ClientOptions::default();
-    /// let qemu = LibvirtMonitor::connect(socket, "qemu:///system", "web1", &options).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn connect(
         socket: &Path,
         uri: &str,
@@ -72,19 +61,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
     /// stream other than libvirtd's UNIX socket (see
     /// [`LibvirtClient::handshake`]). Replies are awaited for
     /// [`ClientOptions::reply_timeout`].
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::libvirt::{LibvirtClient, LibvirtMonitor};
-    /// use virtomate_protocol::ClientOptions;
-    ///
-    /// # async fn demo(stream: tokio::net::UnixStream) -> Result<(), virtomate_protocol::Error> {
-    /// let options = ClientOptions::default();
-    /// let socket = std::path::Path::new("/run/libvirt/libvirt-sock");
-    /// let mut client = LibvirtClient::handshake(stream, socket, "qemu:///system", &options).await?;
-    /// let domain = client.lookup_domain_by_name("web1").await?;
-    /// let qemu = LibvirtMonitor::new(client, domain, &options);
-    /// # Ok(()) }
-    /// ```
     pub fn new(client: LibvirtClient<S>, domain: RemoteDomain, options: &ClientOptions) -> Self {
         LibvirtMonitor {
             client,
@@ -94,13 +70,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
     }
 
     /// The connection back, e.g. to [`close`](LibvirtClient::close) it.
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::libvirt::LibvirtMonitor;
-    /// # async fn demo(qemu: LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
-    /// qemu.into_client().close().await?;
-    /// # Ok(()) }
-    /// ```
     pub fn into_client(self) -> LibvirtClient<S> {
         self.client
     }
@@ -108,16 +77,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
     /// Sends `command` and returns its reply's `return`, within
     /// [`ClientOptions::reply_timeout`]. An error reply becomes
     /// [`Error::Agent`], as from [`QmpClient::execute`](crate::QmpClient::execute).
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::qmp::QueryVersion;
-    ///
-    /// # use virtomate_protocol::libvirt::LibvirtMonitor;
-    /// # async fn demo(qemu: &mut LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
-    /// let version = qemu.execute(&QueryVersion {}).await?;
-    /// println!("QEMU {}", version.qemu);
-    /// # Ok(()) }
-    /// ```
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
         self.exchange(C::NAME, Some(command)).await
     }
@@ -126,14 +85,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtMonitor<S> {
     /// returns its reply's `return` as it came, within
     /// [`ClientOptions::reply_timeout`]. An error reply becomes
     /// [`Error::Agent`], as from [`QmpClient::execute_json`](crate::QmpClient::execute_json).
-    ///
-    /// ```no_run
-    /// # use virtomate_protocol::libvirt::LibvirtMonitor;
-    /// # async fn demo(qemu: &mut LibvirtMonitor) -> Result<(), virtomate_protocol::Error> {
-    /// let name = qemu.execute_json("query-name", None).await?;
-    /// println!("{}", name["name"]);
-    /// # Ok(()) }
-    /// ```
     pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
         self.exchange(name, arguments).await
     }

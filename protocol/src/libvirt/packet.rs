@@ -81,13 +81,6 @@ pub const HEADER_LEN: usize = 24;
 pub const MAX_PACKET_LEN: usize = LEN_WORD + MESSAGE_MAX;
 
 /// What a message is (`virNetMessageType`).
-///
-/// ```
-/// use virtomate_protocol::libvirt::packet::MessageType;
-///
-/// assert_eq!(MessageType::from_u32(1), MessageType::Reply);
-/// assert_eq!(MessageType::from_u32(9).to_u32(), 9);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MessageType {
     /// A call from the client (0).
@@ -110,11 +103,6 @@ pub enum MessageType {
 
 impl MessageType {
     /// The type for its number on the wire.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::packet::MessageType;
-    /// assert_eq!(MessageType::from_u32(2), MessageType::Message);
-    /// ```
     pub fn from_u32(value: u32) -> MessageType {
         match value {
             0 => MessageType::Call,
@@ -129,11 +117,6 @@ impl MessageType {
     }
 
     /// The type's number on the wire.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::packet::MessageType;
-    /// assert_eq!(MessageType::Call.to_u32(), 0);
-    /// ```
     pub fn to_u32(self) -> u32 {
         match self {
             MessageType::Call => 0,
@@ -149,13 +132,6 @@ impl MessageType {
 }
 
 /// How a call went (`virNetMessageStatus`).
-///
-/// ```
-/// use virtomate_protocol::libvirt::packet::Status;
-///
-/// assert_eq!(Status::from_u32(1), Status::Error);
-/// assert_eq!(Status::Other(7).to_u32(), 7);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Success; also what calls and messages carry (0).
@@ -170,11 +146,6 @@ pub enum Status {
 
 impl Status {
     /// The status for its number on the wire.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::packet::Status;
-    /// assert_eq!(Status::from_u32(0), Status::Ok);
-    /// ```
     pub fn from_u32(value: u32) -> Status {
         match value {
             0 => Status::Ok,
@@ -185,11 +156,6 @@ impl Status {
     }
 
     /// The status's number on the wire.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::packet::Status;
-    /// assert_eq!(Status::Continue.to_u32(), 2);
-    /// ```
     pub fn to_u32(self) -> u32 {
         match self {
             Status::Ok => 0,
@@ -201,13 +167,6 @@ impl Status {
 }
 
 /// The header of every message (`virNetMessageHeader`).
-///
-/// ```
-/// use virtomate_protocol::libvirt::packet::{Header, MessageType, REMOTE_PROC_AUTH_LIST};
-///
-/// let header = Header::call(virtomate_protocol::libvirt::packet::REMOTE_PROGRAM, REMOTE_PROC_AUTH_LIST, 0);
-/// assert_eq!(header.kind, MessageType::Call);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     /// Program number, e.g. [`REMOTE_PROGRAM`].
@@ -226,15 +185,6 @@ pub struct Header {
 
 impl Header {
     /// The header of a call.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::packet::{
-    ///     Header, Status, QEMU_PROC_DOMAIN_AGENT_COMMAND, QEMU_PROGRAM,
-    /// };
-    ///
-    /// let header = Header::call(QEMU_PROGRAM, QEMU_PROC_DOMAIN_AGENT_COMMAND, 7);
-    /// assert_eq!((header.serial, header.status), (7, Status::Ok));
-    /// ```
     pub fn call(program: u32, procedure: i32, serial: u32) -> Header {
         Header {
             program,
@@ -247,15 +197,6 @@ impl Header {
     }
 
     /// Appends the header's 24 bytes.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::packet::{Header, REMOTE_PROGRAM};
-    /// use virtomate_protocol::libvirt::xdr::Encoder;
-    ///
-    /// let mut encoder = Encoder::new();
-    /// Header::call(REMOTE_PROGRAM, 2, 9).encode(&mut encoder);
-    /// assert_eq!(encoder.len(), 24);
-    /// ```
     pub fn encode(&self, encoder: &mut Encoder) {
         encoder.u32(self.program);
         encoder.u32(self.version);
@@ -267,16 +208,6 @@ impl Header {
 
     /// Reads a header; unknown types and statuses are kept as
     /// [`MessageType::Other`] and [`Status::Other`].
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::packet::{Header, MessageType};
-    /// use virtomate_protocol::libvirt::xdr::Decoder;
-    ///
-    /// let bytes = [0x6b, 0x65, 0x65, 0x70, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0];
-    /// let header = Header::decode(&mut Decoder::new(&bytes))?;
-    /// assert_eq!(header.kind, MessageType::Message);
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn decode(decoder: &mut Decoder<'_>) -> Result<Header, XdrError> {
         Ok(Header {
             program: decoder.u32()?,
@@ -293,15 +224,6 @@ impl Header {
 ///
 /// A message longer than libvirtd accepts ([`MAX_PACKET_LEN`]) is refused
 /// with [`Error::RequestTooLarge`]; libvirtd would drop the connection.
-///
-/// ```
-/// use virtomate_protocol::libvirt::packet::{encode, Header, REMOTE_PROGRAM, REMOTE_PROC_AUTH_LIST};
-///
-/// let bytes = encode(&Header::call(REMOTE_PROGRAM, REMOTE_PROC_AUTH_LIST, 0), &[])?;
-/// assert_eq!(bytes.len(), 28);
-/// assert_eq!(bytes[..4], [0, 0, 0, 28]);
-/// # Ok::<(), virtomate_protocol::Error>(())
-/// ```
 pub fn encode(header: &Header, payload: &[u8]) -> Result<Vec<u8>, Error> {
     let len = LEN_WORD + HEADER_LEN + payload.len();
     if len > MAX_PACKET_LEN {
@@ -343,33 +265,11 @@ pub struct Packet {
 
 impl Packet {
     /// The XDR payload after the header.
-    ///
-    /// ```
-    /// # use virtomate_protocol::libvirt::packet::{encode, Header, PacketCodec};
-    /// # use virtomate_protocol::Connection;
-    /// # tokio_test::block_on(async {
-    /// let bytes = encode(&Header::call(1, 2, 3), b"abcd")?;
-    /// let packet = Connection::new(&bytes[..], PacketCodec::new(1024), None).read_frame().await?;
-    /// assert_eq!(packet.payload(), b"abcd");
-    /// # Ok::<(), virtomate_protocol::Error>(())
-    /// # }).unwrap();
-    /// ```
     pub fn payload(&self) -> &[u8] {
         &self.bytes[LEN_WORD + HEADER_LEN..]
     }
 
     /// The whole message as it was on the wire.
-    ///
-    /// ```
-    /// # use virtomate_protocol::libvirt::packet::{encode, Header, PacketCodec};
-    /// # use virtomate_protocol::Connection;
-    /// # tokio_test::block_on(async {
-    /// let bytes = encode(&Header::call(1, 2, 3), &[])?;
-    /// let packet = Connection::new(&bytes[..], PacketCodec::new(1024), None).read_frame().await?;
-    /// assert_eq!(packet.as_bytes(), &bytes[..]);
-    /// # Ok::<(), virtomate_protocol::Error>(())
-    /// # }).unwrap();
-    /// ```
     pub fn as_bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -409,12 +309,6 @@ pub struct PacketCodec {
 impl PacketCodec {
     /// A codec for messages of at most `max_len` bytes, capped at
     /// [`MAX_PACKET_LEN`].
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::packet::{PacketCodec, MAX_PACKET_LEN};
-    ///
-    /// assert_eq!(PacketCodec::new(usize::MAX).max_len(), MAX_PACKET_LEN);
-    /// ```
     pub fn new(max_len: usize) -> Self {
         PacketCodec {
             max_len: max_len.min(MAX_PACKET_LEN),
@@ -424,11 +318,6 @@ impl PacketCodec {
     }
 
     /// The bound on one message, in bytes, length word included.
-    ///
-    /// ```
-    /// # use virtomate_protocol::libvirt::packet::PacketCodec;
-    /// assert_eq!(PacketCodec::new(100).max_len(), 100);
-    /// ```
     pub fn max_len(&self) -> usize {
         self.max_len
     }
@@ -528,6 +417,32 @@ mod tests {
             builder.read(part);
         }
         builder.build()
+    }
+
+    #[test]
+    fn types_and_statuses_keep_their_numbers() {
+        for n in 0..10 {
+            assert_eq!(MessageType::from_u32(n).to_u32(), n);
+            assert_eq!(Status::from_u32(n).to_u32(), n);
+        }
+        assert_eq!(MessageType::from_u32(0), MessageType::Call);
+        assert_eq!(MessageType::from_u32(2), MessageType::Message);
+        assert_eq!(MessageType::from_u32(9), MessageType::Other(9));
+        assert_eq!(Status::from_u32(1), Status::Error);
+        assert_eq!(Status::from_u32(7), Status::Other(7));
+        // A keepalive message: unsolicited, its header decoded all the same.
+        let bytes = hex("6b6565700000000100000001000000020000000000000000");
+        let header = Header::decode(&mut Decoder::new(&bytes)).unwrap();
+        assert_eq!(
+            (header.program, header.kind),
+            (KEEPALIVE_PROGRAM, MessageType::Message)
+        );
+    }
+
+    #[test]
+    fn a_codec_bound_is_capped_at_what_libvirtd_accepts() {
+        assert_eq!(PacketCodec::new(100).max_len(), 100);
+        assert_eq!(PacketCodec::new(usize::MAX).max_len(), MAX_PACKET_LEN);
     }
 
     #[test]

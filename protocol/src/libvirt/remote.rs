@@ -16,17 +16,6 @@ use crate::Error;
 /// [`LibvirtClient::lookup_domain_by_name`]: super::LibvirtClient::lookup_domain_by_name
 /// [`LibvirtClient::lookup_domain_by_uuid`]: super::LibvirtClient::lookup_domain_by_uuid
 /// [`LibvirtClient::agent_command`]: super::LibvirtClient::agent_command
-///
-/// ```
-/// use virtomate_protocol::libvirt::{parse_uuid, RemoteDomain};
-///
-/// let domain = RemoteDomain {
-///     name: "virtomate-test".into(),
-///     uuid: parse_uuid("ae1fa45e-9986-4911-a717-236321429e8c").unwrap(),
-///     id: 1,
-/// };
-/// assert_eq!(domain.to_string(), "virtomate-test (ae1fa45e-9986-4911-a717-236321429e8c)");
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteDomain {
     /// The domain's name.
@@ -39,13 +28,6 @@ pub struct RemoteDomain {
 
 impl RemoteDomain {
     /// The UUID in its usual text form.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::RemoteDomain;
-    ///
-    /// let domain = RemoteDomain { name: "d".into(), uuid: [0xab; 16], id: -1 };
-    /// assert_eq!(domain.uuid_string(), "abababab-abab-abab-abab-abababababab");
-    /// ```
     pub fn uuid_string(&self) -> String {
         let mut text = String::with_capacity(36);
         for (i, byte) in self.uuid.iter().enumerate() {
@@ -58,12 +40,6 @@ impl RemoteDomain {
     }
 
     /// Whether the domain was running when it was looked up.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::RemoteDomain;
-    ///
-    /// assert!(!RemoteDomain { name: "off".into(), uuid: [0; 16], id: -1 }.is_running());
-    /// ```
     pub fn is_running(&self) -> bool {
         self.id != -1
     }
@@ -227,6 +203,22 @@ pub(crate) mod tests {
         }
         // Everything after the message is optional to us.
         assert!(decode_error(&payload[..72]).is_ok());
+    }
+
+    #[test]
+    fn a_domain_shows_its_name_and_uuid() {
+        let domain = RemoteDomain {
+            name: "virtomate-test".into(),
+            uuid: parse_uuid("ae1fa45e-9986-4911-a717-236321429e8c").unwrap(),
+            id: 1,
+        };
+        assert_eq!(
+            domain.to_string(),
+            "virtomate-test (ae1fa45e-9986-4911-a717-236321429e8c)"
+        );
+        assert!(domain.is_running());
+        let off = RemoteDomain { id: -1, ..domain };
+        assert!(!off.is_running());
     }
 
     #[test]

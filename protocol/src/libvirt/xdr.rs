@@ -23,13 +23,6 @@
 //! ```
 
 /// Why bytes could not be decoded (or a value could not be encoded).
-///
-/// ```
-/// use virtomate_protocol::libvirt::xdr::{Decoder, XdrError};
-///
-/// let mut decoder = Decoder::new(&[0, 0, 1]);
-/// assert_eq!(decoder.u32(), Err(XdrError::Truncated { needed: 4, left: 3 }));
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum XdrError {
     /// The data ends before the value does.
@@ -65,16 +58,6 @@ fn padding(len: usize) -> usize {
 }
 
 /// Builds XDR data.
-///
-/// ```
-/// use virtomate_protocol::libvirt::xdr::Encoder;
-///
-/// let mut encoder = Encoder::new();
-/// encoder.u32(1);
-/// encoder.string("hi", 16)?;
-/// assert_eq!(encoder.into_bytes(), [0, 0, 0, 1, 0, 0, 0, 2, b'h', b'i', 0, 0]);
-/// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-/// ```
 #[derive(Debug, Default, Clone)]
 pub struct Encoder {
     buf: Vec<u8>,
@@ -82,66 +65,32 @@ pub struct Encoder {
 
 impl Encoder {
     /// An empty encoder.
-    ///
-    /// ```
-    /// assert!(virtomate_protocol::libvirt::xdr::Encoder::new().into_bytes().is_empty());
-    /// ```
     pub fn new() -> Encoder {
         Encoder::default()
     }
 
     /// Appends an `unsigned int`.
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// encoder.u32(0x2000_8086);
-    /// assert_eq!(encoder.into_bytes(), [0x20, 0x00, 0x80, 0x86]);
-    /// ```
     pub fn u32(&mut self, value: u32) {
         self.buf.extend_from_slice(&value.to_be_bytes());
     }
 
     /// Appends an `int`.
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// encoder.i32(-1);
-    /// assert_eq!(encoder.into_bytes(), [0xff; 4]);
-    /// ```
     pub fn i32(&mut self, value: i32) {
         self.buf.extend_from_slice(&value.to_be_bytes());
     }
 
     /// Appends an `unsigned hyper`.
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// encoder.u64(9_000_000);
-    /// assert_eq!(encoder.into_bytes(), [0, 0, 0, 0, 0, 0x89, 0x54, 0x40]);
-    /// ```
     pub fn u64(&mut self, value: u64) {
         self.buf.extend_from_slice(&value.to_be_bytes());
     }
 
     /// Appends a `bool` (4 bytes, 0 or 1).
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// encoder.bool(true);
-    /// assert_eq!(encoder.into_bytes(), [0, 0, 0, 1]);
-    /// ```
     pub fn bool(&mut self, value: bool) {
         self.u32(u32::from(value));
     }
 
     /// Appends fixed-length opaque data (`opaque[N]`): the bytes and
     /// padding, no length.
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// encoder.opaque_fixed(&[0xae; 16]);
-    /// assert_eq!(encoder.into_bytes().len(), 16);
-    /// ```
     pub fn opaque_fixed(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
         self.buf.resize(self.buf.len() + padding(bytes.len()), 0);
@@ -149,14 +98,6 @@ impl Encoder {
 
     /// Appends variable-length opaque data of at most `max` bytes
     /// (`opaque<max>`).
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// assert!(encoder.opaque(b"12345", 4).is_err());
-    /// encoder.opaque(b"12345", 8)?;
-    /// assert_eq!(encoder.into_bytes(), b"\0\0\0\x0512345\0\0\0");
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn opaque(&mut self, bytes: &[u8], max: usize) -> Result<(), XdrError> {
         if bytes.len() > max {
             return Err(XdrError::TooLong {
@@ -176,26 +117,12 @@ impl Encoder {
     }
 
     /// Appends a `string<max>`: length, bytes (no NUL), padding.
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// encoder.string("qemu:///system", 4194304)?;
-    /// assert_eq!(encoder.into_bytes().len(), 4 + 14 + 2);
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn string(&mut self, text: &str, max: usize) -> Result<(), XdrError> {
         self.opaque(text.as_bytes(), max)
     }
 
     /// Appends an optional string (`string<max> *`): a 0, or a 1 and the
     /// string.
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// encoder.optional_string(None, 16)?;
-    /// assert_eq!(encoder.into_bytes(), [0, 0, 0, 0]);
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn optional_string(&mut self, text: Option<&str>, max: usize) -> Result<(), XdrError> {
         match text {
             None => {
@@ -210,48 +137,22 @@ impl Encoder {
     }
 
     /// Bytes encoded so far.
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// encoder.u64(1);
-    /// assert_eq!(encoder.len(), 8);
-    /// ```
     pub fn len(&self) -> usize {
         self.buf.len()
     }
 
     /// Whether nothing was encoded yet.
-    ///
-    /// ```
-    /// assert!(virtomate_protocol::libvirt::xdr::Encoder::new().is_empty());
-    /// ```
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
     /// The encoded bytes.
-    ///
-    /// ```
-    /// let mut encoder = virtomate_protocol::libvirt::xdr::Encoder::new();
-    /// encoder.i32(66);
-    /// assert_eq!(encoder.into_bytes(), [0, 0, 0, 0x42]);
-    /// ```
     pub fn into_bytes(self) -> Vec<u8> {
         self.buf
     }
 }
 
 /// Reads XDR data from a byte slice, front to back.
-///
-/// ```
-/// use virtomate_protocol::libvirt::xdr::Decoder;
-///
-/// let mut decoder = Decoder::new(&[0, 0, 0, 2, b'h', b'i', 0, 0, 0xff, 0xff, 0xff, 0xfe]);
-/// assert_eq!(decoder.string(16)?, "hi");
-/// assert_eq!(decoder.i32()?, -2);
-/// decoder.finish()?;
-/// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-/// ```
 #[derive(Debug, Clone)]
 pub struct Decoder<'a> {
     rest: &'a [u8],
@@ -259,23 +160,11 @@ pub struct Decoder<'a> {
 
 impl<'a> Decoder<'a> {
     /// A decoder over `bytes`.
-    ///
-    /// ```
-    /// let decoder = virtomate_protocol::libvirt::xdr::Decoder::new(b"abcd");
-    /// assert_eq!(decoder.remaining(), 4);
-    /// ```
     pub fn new(bytes: &'a [u8]) -> Decoder<'a> {
         Decoder { rest: bytes }
     }
 
     /// Bytes not decoded yet.
-    ///
-    /// ```
-    /// let mut decoder = virtomate_protocol::libvirt::xdr::Decoder::new(&[0; 6]);
-    /// decoder.u32()?;
-    /// assert_eq!(decoder.remaining(), 2);
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn remaining(&self) -> usize {
         self.rest.len()
     }
@@ -300,45 +189,21 @@ impl<'a> Decoder<'a> {
     }
 
     /// Reads an `unsigned int`.
-    ///
-    /// ```
-    /// let mut decoder = virtomate_protocol::libvirt::xdr::Decoder::new(&[0, 0, 0, 0x2a]);
-    /// assert_eq!(decoder.u32()?, 42);
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn u32(&mut self) -> Result<u32, XdrError> {
         Ok(u32::from_be_bytes(self.array()?))
     }
 
     /// Reads an `int`.
-    ///
-    /// ```
-    /// let mut decoder = virtomate_protocol::libvirt::xdr::Decoder::new(&[0xff; 4]);
-    /// assert_eq!(decoder.i32()?, -1);
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn i32(&mut self) -> Result<i32, XdrError> {
         Ok(i32::from_be_bytes(self.array()?))
     }
 
     /// Reads an `unsigned hyper`.
-    ///
-    /// ```
-    /// let mut decoder = virtomate_protocol::libvirt::xdr::Decoder::new(&[0, 0, 0, 0, 0, 0x89, 0x54, 0x40]);
-    /// assert_eq!(decoder.u64()?, 9_000_000);
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn u64(&mut self) -> Result<u64, XdrError> {
         Ok(u64::from_be_bytes(self.array()?))
     }
 
     /// Reads a `bool`; anything but 0 or 1 is an error.
-    ///
-    /// ```
-    /// let mut decoder = virtomate_protocol::libvirt::xdr::Decoder::new(&[0, 0, 0, 1, 0, 0, 0, 2]);
-    /// assert_eq!(decoder.bool(), Ok(true));
-    /// assert!(decoder.bool().is_err());
-    /// ```
     pub fn bool(&mut self) -> Result<bool, XdrError> {
         match self.u32()? {
             0 => Ok(false),
@@ -364,17 +229,6 @@ impl<'a> Decoder<'a> {
     /// and their padding, all of which must be there.
     ///
     /// The bytes are borrowed, not copied: nothing is allocated.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::xdr::{Decoder, XdrError};
-    ///
-    /// let huge = [0xff, 0xff, 0xff, 0xf0];
-    /// assert_eq!(
-    ///     Decoder::new(&huge).opaque(1 << 20),
-    ///     Err(XdrError::TooLong { len: 0xffff_fff0, max: 1 << 20 })
-    /// );
-    /// assert_eq!(Decoder::new(b"\0\0\0\x03ab").opaque(8), Err(XdrError::Truncated { needed: 4, left: 2 }));
-    /// ```
     pub fn opaque(&mut self, max: usize) -> Result<&'a [u8], XdrError> {
         let len = self.u32()? as usize;
         if len > max {
@@ -395,25 +249,11 @@ impl<'a> Decoder<'a> {
     }
 
     /// Reads a `string<max>`, which must be UTF-8.
-    ///
-    /// ```
-    /// let mut decoder = virtomate_protocol::libvirt::xdr::Decoder::new(b"\0\0\0\x03abc\0");
-    /// assert_eq!(decoder.string(8)?, "abc");
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn string(&mut self, max: usize) -> Result<&'a str, XdrError> {
         std::str::from_utf8(self.opaque(max)?).map_err(|_| XdrError::NotUtf8)
     }
 
     /// Reads an optional `string<max> *`.
-    ///
-    /// ```
-    /// # use virtomate_protocol::libvirt::xdr::Decoder;
-    /// let mut decoder = Decoder::new(b"\0\0\0\0\0\0\0\x01\0\0\0\x01x\0\0\0");
-    /// assert_eq!(decoder.optional_string(8)?, None);
-    /// assert_eq!(decoder.optional_string(8)?, Some("x"));
-    /// # Ok::<(), virtomate_protocol::libvirt::xdr::XdrError>(())
-    /// ```
     pub fn optional_string(&mut self, max: usize) -> Result<Option<&'a str>, XdrError> {
         if self.bool()? {
             self.string(max).map(Some)
@@ -450,12 +290,6 @@ impl<'a> Decoder<'a> {
 
     /// Checks that everything was decoded: libvirt's messages have a fixed
     /// layout per procedure, so leftover bytes mean the layout was wrong.
-    ///
-    /// ```
-    /// use virtomate_protocol::libvirt::xdr::{Decoder, XdrError};
-    ///
-    /// assert_eq!(Decoder::new(&[0; 5]).finish(), Err(XdrError::TrailingBytes(5)));
-    /// ```
     pub fn finish(self) -> Result<(), XdrError> {
         if self.rest.is_empty() {
             Ok(())
@@ -567,7 +401,35 @@ mod tests {
     }
 
     #[test]
+    fn exact_encodings() {
+        let mut e = Encoder::new();
+        e.optional_string(None, 16).unwrap();
+        e.optional_string(Some("x"), 16).unwrap();
+        assert_eq!(e.opaque(b"12345", 4), Err(XdrError::TooLong { len: 5, max: 4 }));
+        e.opaque(b"12345", 8).unwrap();
+        assert_eq!(e.len(), 4 + 12 + 12);
+        assert_eq!(
+            e.into_bytes(),
+            b"\0\0\0\0\0\0\0\x01\0\0\0\x01x\0\0\0\0\0\0\x0512345\0\0\0"
+        );
+    }
+
+    #[test]
+    fn what_is_left_is_counted_and_refused_at_the_end() {
+        let mut d = Decoder::new(&[0, 0, 0, 2, 0, 0]);
+        assert_eq!(d.remaining(), 6);
+        assert_eq!(d.bool(), Err(XdrError::NotBool(2)));
+        assert_eq!(d.remaining(), 2);
+        assert_eq!(d.finish(), Err(XdrError::TrailingBytes(2)));
+    }
+
+    #[test]
     fn array_counts_are_bounded() {
+        // Three elements of at least 4 bytes cannot fit in 4 bytes.
+        assert_eq!(
+            Decoder::new(&[0, 0, 0, 3, 0, 0, 0, 0]).array_len(20, 4),
+            Err(XdrError::Truncated { needed: 12, left: 4 })
+        );
         assert_eq!(
             Decoder::new(&[0, 0, 0, 21]).array_len(20, 4),
             Err(XdrError::TooLong { len: 21, max: 20 })

@@ -226,16 +226,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     }
 
     /// Sends any command by name and returns its `return` value untyped.
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::{ClientOptions, QgaClient};
-    ///
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// let mut agent = QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await?;
-    /// let host_name = agent.execute_json("guest-get-host-name", None).await?;
-    /// println!("{}", host_name["host-name"]);
-    /// # Ok(()) }
-    /// ```
     pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
         let reply_timeout = self.options.reply_timeout;
         self.exchange(name, reply_timeout, |id| {
@@ -248,16 +238,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// `guest-suspend-*`): silence or a closed channel within `grace` is
     /// success, as the protocol has it (and so is a reply, should an agent
     /// send one); an error reply is still an error.
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use virtomate_protocol::{ClientOptions, QgaClient};
-    ///
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// let mut agent = QgaClient::connect("/run/vm/qga.sock", ClientOptions::default()).await?;
-    /// agent.execute_without_reply("guest-shutdown", None, Duration::from_secs(1)).await?;
-    /// # Ok(()) }
-    /// ```
     pub async fn execute_without_reply(
         &mut self,
         name: &str,
@@ -332,14 +312,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// How far the last request got: for a caller whose exchange was cut
     /// short (a timeout, a dropped future), whether the agent may have
     /// acted on it (see [`RequestProgress`]).
-    ///
-    /// ```
-    /// use virtomate_protocol::{ClientOptions, QgaClient, RequestProgress};
-    ///
-    /// let (stream, _agent_side) = tokio::io::duplex(1024);
-    /// let agent = QgaClient::new(stream, ClientOptions::default());
-    /// assert_eq!(agent.request_progress(), RequestProgress::Idle);
-    /// ```
     pub fn request_progress(&self) -> RequestProgress {
         self.progress
     }

@@ -6,13 +6,6 @@ use super::{base64_data, Command, Empty};
 
 /// `guest-sync-delimited`: the agent echoes `id`, preceded by the byte
 /// `0xFF`. Used by [`QgaClient`](crate::QgaClient) on every new connection.
-///
-/// ```
-/// use virtomate_protocol::qga::{Command, GuestSyncDelimited};
-/// assert_eq!(GuestSyncDelimited::NAME, "guest-sync-delimited");
-/// let args = serde_json::to_string(&GuestSyncDelimited { id: 7 }).unwrap();
-/// assert_eq!(args, r#"{"id":7}"#);
-/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestSyncDelimited {
     /// The number the agent must echo.
@@ -25,11 +18,6 @@ impl Command for GuestSyncDelimited {
 }
 
 /// `guest-ping`: answers `{}` when the agent is alive.
-///
-/// ```
-/// use virtomate_protocol::qga::{Command, GuestPing};
-/// assert_eq!(GuestPing::NAME, "guest-ping");
-/// ```
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GuestPing {}
 
@@ -39,15 +27,6 @@ impl Command for GuestPing {
 }
 
 /// `guest-info`: the agent's version and the commands it knows.
-///
-/// ```
-/// use virtomate_protocol::qga::{Command, GuestInfo, GuestInfoReply};
-/// let reply: GuestInfoReply = serde_json::from_str(
-///     r#"{"version": "7.2.22", "supported_commands": [
-///         {"name": "guest-exec", "enabled": false, "success-response": true}]}"#,
-/// ).unwrap();
-/// assert!(!reply.supported_commands[0].enabled);
-/// ```
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct GuestInfo {}
 
@@ -80,13 +59,6 @@ pub struct GuestInfoReply {
 impl GuestInfoReply {
     /// Whether the agent is at least version `major.minor` (an unreadable
     /// version counts as too old).
-    ///
-    /// ```
-    /// use virtomate_protocol::qga::GuestInfoReply;
-    ///
-    /// let info = GuestInfoReply { version: "7.2.22".into(), supported_commands: vec![] };
-    /// assert!(info.is_at_least(7, 2) && !info.is_at_least(8, 1));
-    /// ```
     pub fn is_at_least(&self, major: u32, minor: u32) -> bool {
         let mut parts = self.version.split('.').map(|part| part.parse::<u32>());
         match (parts.next(), parts.next()) {
@@ -97,23 +69,15 @@ impl GuestInfoReply {
 }
 
 /// One entry of [`GuestInfoReply::supported_commands`].
-///
-/// ```
-/// use virtomate_protocol::qga::CommandInfo;
-///
-/// let shutdown: CommandInfo = serde_json::from_str(
-///     r#"{"name": "guest-shutdown", "enabled": true, "success-response": false}"#,
-/// ).unwrap();
-/// // No reply on success: send it with `QgaClient::execute_without_reply`.
-/// assert!(!shutdown.success_response);
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct CommandInfo {
     /// The command's name.
     pub name: String,
     /// False when disabled, e.g. by `qemu-ga --block-rpcs`.
     pub enabled: bool,
-    /// False for commands that do not reply on success (`guest-shutdown`).
+    /// False for commands that do not reply on success (`guest-shutdown`),
+    /// which are sent with
+    /// [`QgaClient::execute_without_reply`](crate::QgaClient::execute_without_reply).
     #[serde(rename = "success-response")]
     pub success_response: bool,
 }
@@ -135,7 +99,8 @@ pub struct GuestExec {
     pub path: String,
     /// Its arguments, without the program name.
     pub arg: Vec<String>,
-    /// `K=V` pairs that replace the whole environment.
+    /// `K=V` pairs that replace the whole environment, `PATH` included
+    /// (see [`environment`](super::environment)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<String>>,
     /// Bytes fed to the program's standard input, which is then closed.
@@ -188,15 +153,6 @@ impl Serialize for CaptureOutput {
 
 impl GuestExec {
     /// A program with arguments whose output is captured.
-    ///
-    /// ```
-    /// use virtomate_protocol::qga::{CaptureOutput, GuestExec};
-    ///
-    /// let mut exec = GuestExec::new("ls", ["-l", "/tmp"]);
-    /// assert_eq!(exec.capture_output, CaptureOutput::Separated);
-    /// // `env` replaces the whole environment, so PATH must come along.
-    /// exec.env = Some(vec!["PATH=/usr/bin:/bin".into(), "LC_ALL=C".into()]);
-    /// ```
     pub fn new<I, A>(path: impl Into<String>, args: I) -> Self
     where
         I: IntoIterator<Item = A>,
@@ -212,14 +168,6 @@ impl GuestExec {
     }
 
     /// Feeds `input` to the program's standard input.
-    ///
-    /// ```
-    /// use virtomate_protocol::qga::GuestExec;
-    ///
-    /// // The agent closes standard input after it: `tee` sees the end and exits.
-    /// let exec = GuestExec::new("tee", ["/tmp/greeting"]).with_input(b"Hello".to_vec());
-    /// assert_eq!(exec.input_data.as_deref(), Some(&b"Hello"[..]));
-    /// ```
     pub fn with_input(mut self, input: Vec<u8>) -> Self {
         self.input_data = Some(input);
         self
@@ -232,14 +180,6 @@ impl GuestExec {
     /// then stops the program and everything it started. The guest needs
     /// `setsid` (util-linux or busybox) in the program's `PATH`. virtomate
     /// itself no longer uses it: `StopScope::Tree` needs no wrapper.
-    ///
-    /// ```
-    /// use virtomate_protocol::qga::GuestExec;
-    ///
-    /// let exec = GuestExec::new("sh", ["-c", "sleep 60 | cat"]).as_group_leader();
-    /// assert_eq!(exec.path, "setsid");
-    /// assert_eq!(exec.arg, ["sh", "-c", "sleep 60 | cat"]);
-    /// ```
     pub fn as_group_leader(mut self) -> Self {
         // setsid(1) forks only when called by a group leader, which the
         // agent's child is not: it execs in place, keeping the pid.
@@ -256,15 +196,6 @@ impl GuestExec {
     ///
     /// [`QgaClient::guest_exec`]: crate::QgaClient::guest_exec
     /// [`MAX_REQUEST_LEN`]: crate::MAX_REQUEST_LEN
-    ///
-    /// ```
-    /// use virtomate_protocol::qga::GuestExec;
-    ///
-    /// let exec = GuestExec::new("wc", ["-c"]).with_input(vec![b'x'; 3 << 20]);
-    /// // The input goes as Base64: 4 bytes for every 3.
-    /// assert!(exec.request_len() > 4 << 20);
-    /// assert!(exec.request_len() < (4 << 20) + 200);
-    /// ```
     pub fn request_len(&self) -> usize {
         super::guest_exec_request(self, super::LONGEST_ID).len()
     }
@@ -276,14 +207,6 @@ impl Command for GuestExec {
 }
 
 /// The `return` of `guest-exec`.
-///
-/// ```
-/// use virtomate_protocol::qga::{GuestExecReply, GuestExecStatus};
-///
-/// let started: GuestExecReply = serde_json::from_str(r#"{"pid": 1234}"#).unwrap();
-/// let poll = GuestExecStatus { pid: started.pid };
-/// assert_eq!(serde_json::to_string(&poll).unwrap(), r#"{"pid":1234}"#);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct GuestExecReply {
     /// The guest's pid of the started program.
@@ -293,15 +216,6 @@ pub struct GuestExecReply {
 /// `guest-exec-status`: whether a started program has ended, and its
 /// results once it has. The agent forgets the pid after it reported
 /// `exited: true` once.
-///
-/// ```
-/// use virtomate_protocol::qga::GuestExecStatusReply;
-/// let status: GuestExecStatusReply = serde_json::from_str(
-///     r#"{"exited": true, "exitcode": 0, "out-data": "SGVsbG8=", "out-truncated": false}"#,
-/// ).unwrap();
-/// assert_eq!(status.out_data.as_deref(), Some(&b"Hello"[..]));
-/// assert_eq!(status.err_data, None);
-/// ```
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct GuestExecStatus {
     /// The pid that `guest-exec` returned.
@@ -314,17 +228,6 @@ impl Command for GuestExecStatus {
 }
 
 /// The `return` of `guest-exec-status`.
-///
-/// ```
-/// use virtomate_protocol::qga::GuestExecStatusReply;
-///
-/// // Killed by SIGKILL after writing nothing: no exit code, no `*-data`.
-/// let status: GuestExecStatusReply = serde_json::from_str(
-///     r#"{"exited": true, "signal": 9, "out-truncated": false, "err-truncated": false}"#,
-/// ).unwrap();
-/// assert_eq!((status.exitcode, status.signal), (None, Some(9)));
-/// assert_eq!(status.out_data, None);
-/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct GuestExecStatusReply {
@@ -346,4 +249,72 @@ pub struct GuestExecStatusReply {
     /// True when standard error exceeded the agent's 16 MiB cap.
     #[serde(default)]
     pub err_truncated: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json<T: Serialize>(value: &T) -> String {
+        serde_json::to_string(value).unwrap()
+    }
+
+    #[test]
+    fn requests_are_what_the_agent_reads() {
+        assert_eq!(GuestSyncDelimited::NAME, "guest-sync-delimited");
+        assert_eq!(json(&GuestSyncDelimited { id: 7 }), r#"{"id":7}"#);
+        assert_eq!(json(&GuestExecStatus { pid: 1234 }), r#"{"pid":1234}"#);
+        let exec = GuestExec::new("ls", ["-l", "/tmp"]);
+        assert_eq!(exec.capture_output, CaptureOutput::Separated);
+        assert_eq!(exec.input_data, None);
+    }
+
+    #[test]
+    fn a_group_leader_is_started_through_setsid() {
+        let exec = GuestExec::new("sh", ["-c", "sleep 60 | cat"]).as_group_leader();
+        assert_eq!(exec.path, "setsid");
+        assert_eq!(exec.arg, ["sh", "-c", "sleep 60 | cat"]);
+    }
+
+    #[test]
+    fn the_request_length_counts_the_input_in_base64() {
+        let exec = GuestExec::new("wc", ["-c"]).with_input(vec![b'x'; 3 << 20]);
+        assert!(exec.request_len() > 4 << 20);
+        assert!(exec.request_len() < (4 << 20) + 200);
+    }
+
+    #[test]
+    fn agent_versions_compare_by_major_and_minor() {
+        let info = |version: &str| GuestInfoReply {
+            version: version.into(),
+            supported_commands: vec![],
+        };
+        assert!(info("7.2.22").is_at_least(7, 2));
+        assert!(!info("7.2.22").is_at_least(8, 1));
+        assert!(info("10.0.0").is_at_least(8, 1));
+        assert!(!info("eight").is_at_least(0, 0));
+    }
+
+    #[test]
+    fn replies_decode() {
+        let started: GuestExecReply = serde_json::from_str(r#"{"pid": 1234}"#).unwrap();
+        assert_eq!(started.pid, 1234);
+        let info: CommandInfo =
+            serde_json::from_str(r#"{"name": "guest-shutdown", "enabled": true, "success-response": false}"#)
+                .unwrap();
+        assert!(info.enabled && !info.success_response);
+        let status: GuestExecStatusReply = serde_json::from_str(
+            r#"{"exited": true, "exitcode": 0, "out-data": "SGVsbG8=", "out-truncated": false}"#,
+        )
+        .unwrap();
+        assert_eq!(status.out_data.as_deref(), Some(&b"Hello"[..]));
+        assert_eq!(status.err_data, None);
+        // Killed by SIGKILL after writing nothing: no exit code, no `*-data`.
+        let killed: GuestExecStatusReply = serde_json::from_str(
+            r#"{"exited": true, "signal": 9, "out-truncated": false, "err-truncated": false}"#,
+        )
+        .unwrap();
+        assert_eq!((killed.exitcode, killed.signal), (None, Some(9)));
+        assert_eq!(killed.out_data, None);
+    }
 }

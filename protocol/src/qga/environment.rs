@@ -7,10 +7,6 @@
 //! for a clear environment gets its variables alone.
 
 /// Debian's default `PATH` for root (`/etc/login.defs`, ENV_SUPATH).
-///
-/// ```
-/// assert!(virtomate_protocol::qga::STANDARD_PATH.starts_with("PATH=/usr/local/sbin:"));
-/// ```
 pub const STANDARD_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// The `env` of `guest-exec` for the `assignments` (each `KEY=VALUE`) over

@@ -11,11 +11,6 @@ use crate::Error;
 
 /// The most `guest-file-read` returns in one reply: the agent refuses a
 /// larger `count` (`value 'N' is invalid for argument count`).
-///
-/// ```
-/// use virtomate_protocol::qga::MAX_READ_COUNT;
-/// assert_eq!(MAX_READ_COUNT, 48 << 20);
-/// ```
 pub const MAX_READ_COUNT: u64 = 48 << 20;
 
 /// `guest-file-open`: opens `path` in the guest with an `fopen` mode
@@ -24,16 +19,6 @@ pub const MAX_READ_COUNT: u64 = 48 << 20;
 /// Mode `w` follows a symlink to an existing file and truncates it, and
 /// creates a missing file `rw-rw-rw-` whatever the guest's umask: write
 /// to a fresh name in a directory only root can enter, then rename.
-///
-/// ```
-/// use virtomate_protocol::qga::{Command, GuestFileOpen};
-///
-/// let open = GuestFileOpen::new("/var/log/syslog", "r");
-/// assert_eq!(GuestFileOpen::NAME, "guest-file-open");
-/// assert_eq!(serde_json::to_string(&open).unwrap(), r#"{"path":"/var/log/syslog","mode":"r"}"#);
-/// let handle: <GuestFileOpen as Command>::Output = serde_json::from_str("1000").unwrap();
-/// assert_eq!(handle, 1000);
-/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestFileOpen {
     /// The file, as the guest names it.
@@ -45,11 +30,6 @@ pub struct GuestFileOpen {
 
 impl GuestFileOpen {
     /// Opens `path` with `mode`.
-    ///
-    /// ```
-    /// use virtomate_protocol::qga::GuestFileOpen;
-    /// assert_eq!(GuestFileOpen::new("/tmp/x", "w").mode.as_deref(), Some("w"));
-    /// ```
     pub fn new(path: impl Into<String>, mode: impl Into<String>) -> Self {
         GuestFileOpen {
             path: path.into(),
@@ -66,12 +46,6 @@ impl Command for GuestFileOpen {
 
 /// `guest-file-close`: closes a handle; the agent forgets it, and a
 /// buffered write that fails here is an error reply.
-///
-/// ```
-/// use virtomate_protocol::qga::{Command, GuestFileClose};
-/// assert_eq!(serde_json::to_string(&GuestFileClose { handle: 7 }).unwrap(), r#"{"handle":7}"#);
-/// assert_eq!(GuestFileClose::NAME, "guest-file-close");
-/// ```
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct GuestFileClose {
     /// What `guest-file-open` returned.
@@ -85,12 +59,6 @@ impl Command for GuestFileClose {
 
 /// `guest-file-flush`: writes what the agent's `FILE` buffers, so that a
 /// full disk shows here rather than at close.
-///
-/// ```
-/// use virtomate_protocol::qga::{Command, GuestFileFlush};
-/// assert_eq!(serde_json::to_string(&GuestFileFlush { handle: 7 }).unwrap(), r#"{"handle":7}"#);
-/// assert_eq!(GuestFileFlush::NAME, "guest-file-flush");
-/// ```
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct GuestFileFlush {
     /// What `guest-file-open` returned.
@@ -129,14 +97,6 @@ impl Command for GuestFileRead {
 }
 
 /// The `return` of `guest-file-read`.
-///
-/// ```
-/// use virtomate_protocol::qga::GuestFileReadReply;
-///
-/// let end: GuestFileReadReply =
-///     serde_json::from_str(r#"{"count": 0, "buf-b64": "", "eof": true}"#).unwrap();
-/// assert!(end.eof && end.buf.is_empty());
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct GuestFileReadReply {
     /// How many bytes the agent says it read.
@@ -152,15 +112,6 @@ impl GuestFileReadReply {
     /// The bytes, once checked against the `count` asked for: a reply that
     /// holds more than was asked, or other than it says, is no reply of
     /// this protocol.
-    ///
-    /// ```
-    /// use virtomate_protocol::qga::GuestFileReadReply;
-    /// use virtomate_protocol::Error;
-    ///
-    /// let greedy: GuestFileReadReply =
-    ///     serde_json::from_str(r#"{"count": 5, "buf-b64": "SGVsbG8=", "eof": false}"#).unwrap();
-    /// assert!(matches!(greedy.into_data(4), Err(Error::Malformed { .. })));
-    /// ```
     pub fn into_data(self, asked: u64) -> Result<Vec<u8>, Error> {
         let got = self.buf.len() as u64;
         let reason = if got > asked {
@@ -178,14 +129,6 @@ impl GuestFileReadReply {
 }
 
 /// `guest-file-write`: writes `buf` at the handle's position.
-///
-/// ```
-/// use virtomate_protocol::qga::{Command, GuestFileWrite};
-///
-/// let write = GuestFileWrite { handle: 7, buf: b"Hello".to_vec() };
-/// assert_eq!(serde_json::to_string(&write).unwrap(), r#"{"handle":7,"buf-b64":"SGVsbG8="}"#);
-/// assert_eq!(GuestFileWrite::NAME, "guest-file-write");
-/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct GuestFileWrite {
     /// What `guest-file-open` returned.
@@ -201,12 +144,6 @@ impl Command for GuestFileWrite {
 }
 
 /// The `return` of `guest-file-write`.
-///
-/// ```
-/// use virtomate_protocol::qga::GuestFileWriteReply;
-/// let reply: GuestFileWriteReply = serde_json::from_str(r#"{"count": 5, "eof": false}"#).unwrap();
-/// assert_eq!(reply.count, 5);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct GuestFileWriteReply {
     /// How many bytes were written.
@@ -216,11 +153,6 @@ pub struct GuestFileWriteReply {
 }
 
 /// Where `guest-file-seek` counts its offset from.
-///
-/// ```
-/// use virtomate_protocol::qga::Whence;
-/// assert_eq!(serde_json::to_string(&Whence::End).unwrap(), r#""end""#);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Whence {
@@ -234,15 +166,6 @@ pub enum Whence {
 
 /// `guest-file-seek`: moves the handle's position; it also flushes what
 /// the agent buffers. Seeking to the end tells the file's size.
-///
-/// ```
-/// use virtomate_protocol::qga::{Command, GuestFileSeek, GuestFileSeekReply, Whence};
-///
-/// let seek = GuestFileSeek { handle: 7, offset: 0, whence: Whence::End };
-/// assert_eq!(serde_json::to_string(&seek).unwrap(), r#"{"handle":7,"offset":0,"whence":"end"}"#);
-/// let size: GuestFileSeekReply = serde_json::from_str(r#"{"position": 4096, "eof": false}"#).unwrap();
-/// assert_eq!(size.position, 4096);
-/// ```
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct GuestFileSeek {
     /// What `guest-file-open` returned.
@@ -259,12 +182,6 @@ impl Command for GuestFileSeek {
 }
 
 /// The `return` of `guest-file-seek`.
-///
-/// ```
-/// use virtomate_protocol::qga::GuestFileSeekReply;
-/// let at: GuestFileSeekReply = serde_json::from_str(r#"{"position": 0, "eof": false}"#).unwrap();
-/// assert_eq!(at.position, 0);
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub struct GuestFileSeekReply {
     /// The new position, in bytes from the start.
@@ -276,6 +193,42 @@ pub struct GuestFileSeekReply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn json<T: Serialize>(value: &T) -> String {
+        serde_json::to_string(value).unwrap()
+    }
+
+    #[test]
+    fn requests_and_replies_are_what_the_agent_reads_and_sends() {
+        assert_eq!(
+            json(&GuestFileOpen::new("/var/log/syslog", "r")),
+            r#"{"path":"/var/log/syslog","mode":"r"}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<<GuestFileOpen as Command>::Output>("1000").unwrap(),
+            1000
+        );
+        assert_eq!(json(&GuestFileClose { handle: 7 }), r#"{"handle":7}"#);
+        assert_eq!(json(&GuestFileFlush { handle: 7 }), r#"{"handle":7}"#);
+        let write = GuestFileWrite {
+            handle: 7,
+            buf: b"Hello".to_vec(),
+        };
+        assert_eq!(json(&write), r#"{"handle":7,"buf-b64":"SGVsbG8="}"#);
+        let seek = GuestFileSeek {
+            handle: 7,
+            offset: 0,
+            whence: Whence::End,
+        };
+        assert_eq!(json(&seek), r#"{"handle":7,"offset":0,"whence":"end"}"#);
+        let end: GuestFileReadReply =
+            serde_json::from_str(r#"{"count": 0, "buf-b64": "", "eof": true}"#).unwrap();
+        assert!(end.eof && end.buf.is_empty());
+        let written: GuestFileWriteReply = serde_json::from_str(r#"{"count": 5, "eof": false}"#).unwrap();
+        assert_eq!(written.count, 5);
+        let at: GuestFileSeekReply = serde_json::from_str(r#"{"position": 4096, "eof": false}"#).unwrap();
+        assert_eq!(at.position, 4096);
+    }
 
     #[test]
     fn a_read_reply_must_hold_what_it_says_and_no_more_than_asked() {

@@ -58,17 +58,6 @@ pub struct QmpClient<S = UnixStream> {
 impl QmpClient<UnixStream> {
     /// Connects to QEMU's QMP socket, reads the greeting and negotiates
     /// capabilities, all within [`ClientOptions::handshake_timeout`].
-    ///
-    /// ```no_run
-    /// use std::time::Duration;
-    /// use virtomate_protocol::{ClientOptions, QmpClient};
-    ///
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// let options = ClientOptions { handshake_timeout: Duration::from_secs(1), ..ClientOptions::default() };
-    /// let qemu = QmpClient::connect("/run/vm/qmp.sock", options).await?;
-    /// assert!(qemu.greeting().version.major >= 7);
-    /// # Ok(()) }
-    /// ```
     pub async fn connect(path: impl AsRef<Path>, options: ClientOptions) -> Result<Self, Error> {
         let deadline = Deadline::after(options.handshake_timeout);
         let stream = connect(path.as_ref(), deadline).await?;
@@ -79,16 +68,6 @@ impl QmpClient<UnixStream> {
 impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     /// Reads the greeting from a connected stream and negotiates
     /// capabilities, within [`ClientOptions::handshake_timeout`].
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::{ClientOptions, QmpClient};
-    ///
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// let stream = tokio::net::UnixStream::connect("/run/vm/qmp.sock").await.unwrap();
-    /// let qemu = QmpClient::handshake(stream, ClientOptions::default()).await?;
-    /// println!("QEMU {}", qemu.greeting().version);
-    /// # Ok(()) }
-    /// ```
     pub async fn handshake(stream: S, options: ClientOptions) -> Result<Self, Error> {
         let deadline = Deadline::after(options.handshake_timeout);
         QmpClient::handshake_by(stream, options, deadline).await
@@ -116,14 +95,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     }
 
     /// What QEMU announced on connecting.
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// # let qemu = virtomate_protocol::QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
-    /// let greeting = qemu.greeting();
-    /// println!("QEMU {} ({})", greeting.version, greeting.package);
-    /// # Ok(()) }
-    /// ```
     pub fn greeting(&self) -> &Greeting {
         &self.greeting
     }
@@ -131,17 +102,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     /// Sends `command` and returns its reply's `return`, within
     /// [`ClientOptions::reply_timeout`]. An error reply becomes
     /// [`Error::Agent`].
-    ///
-    /// ```no_run
-    /// use virtomate_protocol::qmp::QueryVersion;
-    ///
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// # use virtomate_protocol::QmpClient;
-    /// # let mut qemu = QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
-    /// let version = qemu.execute(&QueryVersion {}).await?;
-    /// println!("QEMU {}", version.qemu);
-    /// # Ok(()) }
-    /// ```
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
         let deadline = Deadline::after(self.options.reply_timeout);
         self.exchange(C::NAME, Some(command), deadline).await
@@ -151,53 +111,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QmpClient<S> {
     /// returns its reply's `return` as it came, within
     /// [`ClientOptions::reply_timeout`]: for the commands this crate does
     /// not type. An error reply becomes [`Error::Agent`].
-    ///
-    /// ```no_run
-    /// use serde_json::json;
-    ///
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// # use virtomate_protocol::QmpClient;
-    /// # let mut qemu = QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
-    /// let name = qemu.execute_json("query-name", None).await?;
-    /// println!("{}", name["name"]);
-    /// let info = json!({"command-line": "info version"});
-    /// let text = qemu.execute_json("human-monitor-command", Some(&info)).await?;
-    /// println!("{}", text.as_str().unwrap_or_default());
-    /// # Ok(()) }
-    /// ```
     pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
         let deadline = Deadline::after(self.options.reply_timeout);
         self.exchange(name, arguments, deadline).await
     }
 
     /// The events received so far, oldest first; they are forgotten here.
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// # use virtomate_protocol::QmpClient;
-    /// # let mut qemu = QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
-    /// qemu.execute_json("stop", None).await?;
-    /// assert!(qemu.take_events().iter().any(|e| e.event == "STOP"));
-    /// assert!(qemu.take_events().is_empty());
-    /// # Ok(()) }
-    /// ```
     pub fn take_events(&mut self) -> Vec<Event> {
         self.events.take()
     }
 
     /// How many events were dropped, over the connection's life, because
     /// more arrived than are kept between two [`take_events`](QmpClient::take_events).
-    ///
-    /// ```no_run
-    /// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-    /// # use virtomate_protocol::QmpClient;
-    /// # let mut qemu = QmpClient::connect("/run/vm/qmp.sock", Default::default()).await?;
-    /// let events = qemu.take_events();
-    /// if qemu.events_dropped() > 0 {
-    ///     eprintln!("some events before these {} were lost", events.len());
-    /// }
-    /// # Ok(()) }
-    /// ```
     pub fn events_dropped(&self) -> u64 {
         self.events.dropped()
     }

@@ -9,12 +9,6 @@ use super::{Command, Empty};
 /// `qmp_capabilities`: leaves capabilities negotiation mode; QEMU refuses
 /// every other command before. [`QmpClient`](crate::QmpClient) sends it on
 /// connecting, without enabling any optional capability.
-///
-/// ```
-/// use virtomate_protocol::qmp::{Command, QmpCapabilities};
-/// assert_eq!(QmpCapabilities::NAME, "qmp_capabilities");
-/// assert_eq!(serde_json::to_string(&QmpCapabilities {}).unwrap(), "{}");
-/// ```
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QmpCapabilities {}
 
@@ -24,15 +18,6 @@ impl Command for QmpCapabilities {
 }
 
 /// `query-chardev`: QEMU's character devices, e.g. the guest agent's socket.
-///
-/// ```
-/// use virtomate_protocol::qmp::{ChardevInfo, Command, QueryChardev};
-/// assert_eq!(QueryChardev::NAME, "query-chardev");
-/// let devices: Vec<ChardevInfo> = serde_json::from_str(
-///     r#"[{"frontend-open": true, "filename": "unix:/tmp/vm/qga.sock,server=on", "label": "qga0"}]"#,
-/// ).unwrap();
-/// assert!(devices[0].frontend_open);
-/// ```
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueryChardev {}
 
@@ -67,15 +52,6 @@ pub struct ChardevInfo {
 }
 
 /// `query-status`: whether the guest's CPUs run.
-///
-/// ```
-/// use virtomate_protocol::qmp::{Command, QueryStatus, QueryStatusReply};
-/// assert_eq!(QueryStatus::NAME, "query-status");
-/// let status: QueryStatusReply = serde_json::from_str(
-///     r#"{"status": "paused", "singlestep": false, "running": false}"#,
-/// ).unwrap();
-/// assert_eq!(status.status, "paused");
-/// ```
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueryStatus {}
 
@@ -85,16 +61,6 @@ impl Command for QueryStatus {
 }
 
 /// The `return` of `query-status`.
-///
-/// ```
-/// use virtomate_protocol::qmp::QueryStatusReply;
-///
-/// // QEMU 7.2 also sends `singlestep`, which is not kept.
-/// let status: QueryStatusReply = serde_json::from_str(
-///     r#"{"status": "running", "singlestep": false, "running": true}"#,
-/// ).unwrap();
-/// assert_eq!(status, QueryStatusReply { status: "running".into(), running: true });
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct QueryStatusReply {
     /// The run state, e.g. `running`, `paused`, `shutdown`, `inmigrate`.
@@ -104,15 +70,6 @@ pub struct QueryStatusReply {
 }
 
 /// `query-version`: the version of the QEMU process.
-///
-/// ```
-/// use virtomate_protocol::qmp::{Command, QueryVersion, QueryVersionReply};
-/// assert_eq!(QueryVersion::NAME, "query-version");
-/// let info: QueryVersionReply = serde_json::from_str(
-///     r#"{"qemu": {"micro": 22, "minor": 2, "major": 7}, "package": "Debian 1:7.2+dfsg-7"}"#,
-/// ).unwrap();
-/// assert_eq!(info.qemu.to_string(), "7.2.22");
-/// ```
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct QueryVersion {}
 
@@ -122,17 +79,6 @@ impl Command for QueryVersion {
 }
 
 /// The `return` of `query-version`, and the version in the [`Greeting`](super::Greeting).
-///
-/// ```
-/// use virtomate_protocol::qmp::{QemuVersion, QueryVersionReply};
-///
-/// // A QEMU built from source, not by a distribution.
-/// let info: QueryVersionReply = serde_json::from_str(
-///     r#"{"qemu": {"micro": 0, "minor": 1, "major": 8}, "package": ""}"#,
-/// ).unwrap();
-/// assert!(info.package.is_empty());
-/// assert!(info.qemu >= QemuVersion { major: 8, minor: 1, micro: 0 });
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct QueryVersionReply {
     /// The upstream version.
@@ -142,13 +88,6 @@ pub struct QueryVersionReply {
 }
 
 /// An upstream QEMU version; versions order as numbers, field by field.
-///
-/// ```
-/// use virtomate_protocol::qmp::QemuVersion;
-/// let v = QemuVersion { major: 7, minor: 2, micro: 22 };
-/// assert!(v >= QemuVersion { major: 7, minor: 0, micro: 0 });
-/// assert_eq!(v.to_string(), "7.2.22");
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
 pub struct QemuVersion {
     /// E.g. 7 in 7.2.22.
@@ -162,5 +101,44 @@ pub struct QemuVersion {
 impl fmt::Display for QemuVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}.{}.{}", self.major, self.minor, self.micro)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_sends_no_capability() {
+        assert_eq!(QmpCapabilities::NAME, "qmp_capabilities");
+        assert_eq!(serde_json::to_string(&QmpCapabilities {}).unwrap(), "{}");
+    }
+
+    #[test]
+    fn replies_decode() {
+        // QEMU 7.2 also sends `singlestep`, which is not kept.
+        let status: QueryStatusReply =
+            serde_json::from_str(r#"{"status": "paused", "singlestep": false, "running": false}"#).unwrap();
+        assert_eq!(
+            status,
+            QueryStatusReply {
+                status: "paused".into(),
+                running: false
+            }
+        );
+        // A QEMU built from source, not by a distribution.
+        let info: QueryVersionReply =
+            serde_json::from_str(r#"{"qemu": {"micro": 0, "minor": 1, "major": 8}, "package": ""}"#).unwrap();
+        assert!(info.package.is_empty());
+        assert_eq!(info.qemu.to_string(), "8.1.0");
+    }
+
+    #[test]
+    fn versions_order_field_by_field() {
+        let v = |major, minor, micro| QemuVersion { major, minor, micro };
+        assert!(v(7, 2, 22) >= v(7, 0, 0));
+        assert!(v(7, 2, 22) < v(7, 10, 0));
+        assert!(v(8, 1, 0) > v(7, 2, 22));
+        assert_eq!(v(7, 2, 22).to_string(), "7.2.22");
     }
 }

@@ -14,27 +14,9 @@ pub const MAX_STORED_EVENTS: usize = 1000;
 
 /// The most bytes (as received) of events a [`QmpClient`](crate::QmpClient)
 /// keeps: a count alone would allow a thousand replies' worth of memory.
-///
-/// ```
-/// use virtomate_protocol::qmp::{MAX_STORED_EVENTS, MAX_STORED_EVENT_BYTES};
-///
-/// // For ordinary events such as STOP, the count is the bound that strikes.
-/// let stop = r#"{"timestamp": {"seconds": 1700000000, "microseconds": 29816}, "event": "STOP"}"#;
-/// assert!(MAX_STORED_EVENTS * stop.len() < MAX_STORED_EVENT_BYTES);
-/// ```
 pub const MAX_STORED_EVENT_BYTES: usize = 16 << 20;
 
 /// Something that happened in QEMU, e.g. `STOP`, `RESUME` or `SHUTDOWN`.
-///
-/// ```
-/// use virtomate_protocol::qmp::Event;
-/// let event: Event = serde_json::from_str(
-///     r#"{"timestamp": {"seconds": 1700000000, "microseconds": 29816}, "event": "STOP"}"#,
-/// ).unwrap();
-/// assert_eq!(event.event, "STOP");
-/// assert!(event.data.is_null());
-/// assert_eq!(event.timestamp["microseconds"], 29816);
-/// ```
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 pub struct Event {
     /// The event's name.
@@ -90,5 +72,25 @@ impl EventStore {
     /// How many events were dropped to stay within the bounds, ever.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const STOP: &str = r#"{"timestamp": {"seconds": 1700000000, "microseconds": 29816}, "event": "STOP"}"#;
+
+    #[test]
+    fn an_event_without_data_decodes() {
+        let event: Event = serde_json::from_str(STOP).unwrap();
+        assert_eq!(event.event, "STOP");
+        assert!(event.data.is_null());
+        assert_eq!(event.timestamp["microseconds"], 29816);
+    }
+
+    #[test]
+    fn for_ordinary_events_the_count_is_the_bound_that_strikes() {
+        assert!(MAX_STORED_EVENTS * STOP.len() < MAX_STORED_EVENT_BYTES);
     }
 }

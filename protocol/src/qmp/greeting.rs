@@ -7,16 +7,6 @@ use crate::Error;
 
 /// What QEMU announces on connecting: its version and the optional
 /// capabilities `qmp_capabilities` could enable.
-///
-/// ```
-/// use virtomate_protocol::qmp::Greeting;
-/// let greeting: Greeting = serde_json::from_str(
-///     r#"{"QMP": {"version": {"qemu": {"micro": 22, "minor": 2, "major": 7},
-///         "package": "Debian 1:7.2+dfsg-7"}, "capabilities": ["oob"]}}"#,
-/// ).unwrap();
-/// assert_eq!(greeting.version.major, 7);
-/// assert_eq!(greeting.capabilities, ["oob"]);
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(from = "Wire", into = "Wire")]
 pub struct Greeting {

@@ -13,14 +13,6 @@ use crate::{Command, Error};
 ///
 /// A longer request is refused with [`Error::RequestTooLarge`] before
 /// sending: the agent would answer it with several parse errors.
-///
-/// ```
-/// use virtomate_protocol::MAX_REQUEST_LEN;
-///
-/// // Base64 makes `input-data` a third longer than the input itself.
-/// let stdin_len: usize = 47 << 20;
-/// assert!(stdin_len.div_ceil(3) * 4 < MAX_REQUEST_LEN);
-/// ```
 pub const MAX_REQUEST_LEN: usize = 64 << 20;
 
 /// A request, ready to be serialized: for a direct channel as a line with
@@ -150,6 +142,13 @@ mod tests {
 
     fn status(line: &str) -> Result<ReplyFor<GuestExecStatusReply>, Error> {
         parse_reply(GuestExecStatus::NAME, line.as_bytes(), ReplyId::Is(9))
+    }
+
+    #[test]
+    fn a_request_with_47_mib_of_input_fits() {
+        // Base64 makes `input-data` a third longer than the input itself.
+        let stdin_len: usize = 47 << 20;
+        assert!(stdin_len.div_ceil(3) * 4 < MAX_REQUEST_LEN);
     }
 
     #[test]

@@ -30,23 +30,10 @@ use crate::Error;
 ///
 /// It never occurs in JSON text, which is UTF-8, so it marks a point in
 /// the stream whatever came before.
-///
-/// ```
-/// use virtomate_protocol::framing::SENTINEL;
-///
-/// assert!(std::str::from_utf8(&[SENTINEL]).is_err());
-/// ```
 pub const SENTINEL: u8 = 0xFF;
 
 /// Default bound on one reply: two 16 MiB program outputs in Base64
 /// (2 × 22.4 MB) plus room for the JSON around them.
-///
-/// ```
-/// use virtomate_protocol::framing::DEFAULT_MAX_REPLY_LEN;
-///
-/// let capped_output = (16usize << 20).div_ceil(3) * 4;
-/// assert!(2 * capped_output < DEFAULT_MAX_REPLY_LEN);
-/// ```
 pub const DEFAULT_MAX_REPLY_LEN: usize = 48 << 20;
 
 /// What the buffer grows by before each read: replies are usually short,
@@ -101,12 +88,6 @@ pub struct LineCodec {
 
 impl LineCodec {
     /// A codec for replies of at most `max_len` bytes.
-    ///
-    /// ```
-    /// use virtomate_protocol::framing::{LineCodec, DEFAULT_MAX_REPLY_LEN};
-    ///
-    /// let codec = LineCodec::new(DEFAULT_MAX_REPLY_LEN);
-    /// ```
     pub fn new(max_len: usize) -> Self {
         LineCodec {
             max_len,
@@ -118,31 +99,12 @@ impl LineCodec {
     }
 
     /// The bound on one reply, in bytes.
-    ///
-    /// ```
-    /// use virtomate_protocol::framing::LineCodec;
-    ///
-    /// assert_eq!(LineCodec::new(64).max_len(), 64);
-    /// ```
     pub fn max_len(&self) -> usize {
         self.max_len
     }
 
     /// From now on, drop every byte up to and including the next
     /// [`SENTINEL`], then yield [`Frame::Sentinel`] and go back to lines.
-    ///
-    /// ```
-    /// use bytes::BytesMut;
-    /// use tokio_util::codec::Decoder;
-    /// use virtomate_protocol::framing::{Frame, LineCodec};
-    ///
-    /// let mut codec = LineCodec::new(1024);
-    /// let mut buf = BytesMut::from(&b"stale\n\xff{\"return\": 5}\n"[..]);
-    /// codec.skip_to_sentinel();
-    /// assert_eq!(codec.decode(&mut buf)?.unwrap()?, Frame::Sentinel);
-    /// assert_eq!(codec.decode(&mut buf)?.unwrap()?, Frame::Line(b"{\"return\": 5}".to_vec()));
-    /// # Ok::<(), virtomate_protocol::Error>(())
-    /// ```
     pub fn skip_to_sentinel(&mut self) {
         self.skipping = true;
     }
@@ -231,5 +193,22 @@ impl Decoder for LineCodec {
         // A line cut short by the end of the stream is no reply: the
         // caller sees the end, as `Error::Disconnected`.
         self.decode(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sentinel_is_never_json() {
+        assert!(std::str::from_utf8(&[SENTINEL]).is_err());
+    }
+
+    #[test]
+    fn the_default_bound_holds_two_capped_outputs() {
+        // A program's output is capped at 16 MiB, a third longer in Base64.
+        let capped_output = (16usize << 20).div_ceil(3) * 4;
+        assert!(2 * capped_output < DEFAULT_MAX_REPLY_LEN);
     }
 }

@@ -9,18 +9,6 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Which way bytes went.
-///
-/// ```
-/// use virtomate_protocol::Direction;
-///
-/// fn arrow(direction: Direction) -> &'static str {
-///     match direction {
-///         Direction::Sent => ">>",
-///         Direction::Received => "<<",
-///     }
-/// }
-/// assert_eq!(arrow(Direction::Received), "<<");
-/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
     /// From us to the agent or QEMU.
@@ -31,17 +19,6 @@ pub enum Direction {
 
 /// A hook that sees every chunk of bytes sent or received, exactly as on
 /// the socket (set it in [`ClientOptions::trace`](crate::ClientOptions)).
-///
-/// ```
-/// use std::sync::{Arc, Mutex};
-/// use virtomate_protocol::{Direction, Trace};
-///
-/// let seen = Arc::new(Mutex::new(Vec::new()));
-/// let sink = seen.clone();
-/// let trace = Trace::new(move |direction, bytes| sink.lock().unwrap().push((direction, bytes.to_vec())));
-/// trace.record(Direction::Sent, b"\xff");
-/// assert_eq!(seen.lock().unwrap()[0], (Direction::Sent, vec![0xFF]));
-/// ```
 #[derive(Clone)]
 pub struct Trace(Arc<TraceFn>);
 
@@ -64,20 +41,6 @@ impl Trace {
     /// Hands `bytes` to the hook.
     ///
     /// Clones share the hook, so one trace can watch several connections.
-    ///
-    /// ```
-    /// use std::sync::atomic::{AtomicUsize, Ordering};
-    /// use std::sync::Arc;
-    /// use virtomate_protocol::{Direction, Trace};
-    ///
-    /// let received = Arc::new(AtomicUsize::new(0));
-    /// let counter = received.clone();
-    /// let trace = Trace::new(move |_, bytes| {
-    ///     counter.fetch_add(bytes.len(), Ordering::Relaxed);
-    /// });
-    /// trace.clone().record(Direction::Received, b"{\"return\": {}}\n");
-    /// assert_eq!(received.load(Ordering::Relaxed), 15);
-    /// ```
     pub fn record(&self, direction: Direction, bytes: &[u8]) {
         (self.0)(direction, bytes)
     }
@@ -162,5 +125,25 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Traced<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn clones_share_the_hook() {
+        let received = Arc::new(AtomicUsize::new(0));
+        let counter = received.clone();
+        let trace = Trace::new(move |direction, bytes| {
+            assert_eq!(direction, Direction::Received);
+            counter.fetch_add(bytes.len(), Ordering::Relaxed);
+        });
+        trace.clone().record(Direction::Received, b"{\"return\": {}}\n");
+        trace.record(Direction::Received, b"\xff");
+        assert_eq!(received.load(Ordering::Relaxed), 16);
     }
 }

@@ -14,17 +14,6 @@ use super::framing::DEFAULT_MAX_REPLY_LEN;
 use crate::{Error, Phase, Trace};
 
 /// Time limits and bounds of a [`QgaClient`](crate::QgaClient) (and of the QMP and libvirt clients).
-///
-/// ```
-/// use std::time::Duration;
-/// use virtomate_protocol::ClientOptions;
-///
-/// let options = ClientOptions {
-///     handshake_timeout: Duration::from_secs(2),
-///     ..ClientOptions::default()
-/// };
-/// assert_eq!(options.max_reply_len, virtomate_protocol::framing::DEFAULT_MAX_REPLY_LEN);
-/// ```
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// One deadline for connecting and synchronising together.
@@ -73,13 +62,6 @@ pub struct Deadline {
 
 impl Deadline {
     /// `allowed` from now.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use virtomate_protocol::Deadline;
-    ///
-    /// assert_eq!(Deadline::after(Duration::from_secs(5)).allowed(), Duration::from_secs(5));
-    /// ```
     pub fn after(allowed: Duration) -> Deadline {
         Deadline {
             at: Instant::now() + allowed,
@@ -88,55 +70,22 @@ impl Deadline {
     }
 
     /// The instant itself, e.g. to hand on to `tokio::time::timeout_at`.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use virtomate_protocol::Deadline;
-    ///
-    /// let deadline = Deadline::after(Duration::from_secs(1));
-    /// assert!(deadline.at() > tokio::time::Instant::now());
-    /// ```
     pub fn at(&self) -> Instant {
         self.at
     }
 
     /// The time allowed when the deadline was set, for messages.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use virtomate_protocol::Deadline;
-    ///
-    /// assert_eq!(Deadline::after(Duration::ZERO).allowed(), Duration::ZERO);
-    /// ```
     pub fn allowed(&self) -> Duration {
         self.allowed
     }
 
     /// The time left, zero once past.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use virtomate_protocol::Deadline;
-    ///
-    /// assert!(Deadline::after(Duration::from_secs(60)).remaining() <= Duration::from_secs(60));
-    /// ```
     pub fn remaining(&self) -> Duration {
         self.at.saturating_duration_since(Instant::now())
     }
 
     /// Runs `work` until the deadline; past it, [`Error::Timeout`] in
     /// `phase`, naming the time allowed.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use virtomate_protocol::{Deadline, Error, Phase};
-    ///
-    /// # tokio_test::block_on(async {
-    /// let quick = async { Ok::<_, Error>(7) };
-    /// assert_eq!(Deadline::after(Duration::from_secs(1)).run(Phase::Connecting, quick).await?, 7);
-    /// # Ok::<(), Error>(())
-    /// # }).unwrap();
-    /// ```
     pub async fn run<T>(
         &self,
         phase: Phase,
@@ -193,5 +142,21 @@ fn unix_address(path: &Path) -> std::borrow::Cow<'_, Path> {
             std::borrow::Cow::Owned(std::ffi::OsString::from_vec(address).into())
         }
         _ => path.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn work_done_in_time_gives_its_result() {
+        let deadline = Deadline::after(Duration::from_secs(60));
+        assert_eq!(deadline.allowed(), Duration::from_secs(60));
+        assert!(deadline.remaining() <= Duration::from_secs(60));
+        assert!(deadline.at() > Instant::now());
+        let quick = async { Ok::<_, Error>(7) };
+        assert_eq!(deadline.run(Phase::Connecting, quick).await.unwrap(), 7);
+        assert_eq!(Deadline::after(Duration::ZERO).remaining(), Duration::ZERO);
     }
 }
