@@ -63,6 +63,8 @@ pub use wire::command::{Command, Empty};
 pub use wire::connection::Connection;
 pub use wire::envelope::MAX_REQUEST_LEN;
 pub use wire::framing;
+pub use wire::hex::hex;
+pub use wire::random::{random_bytes, random_name};
 pub use wire::trace::{escape_bytes, Direction, Trace};
 pub use wire::transport::{ClientOptions, Deadline};
 pub use wire::RequestProgress;

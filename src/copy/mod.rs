@@ -48,7 +48,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use virtomate_protocol::follow::{Follow, FollowError};
-use virtomate_protocol::{stop_group, StopScope};
+use virtomate_protocol::{hex, stop_group, StopScope};
 
 pub use self::agent::{FileAgent, LentChannel};
 pub use self::guest::random_name;
@@ -540,10 +540,6 @@ const PROGRAM_GRACE: Duration = Duration::from_secs(1);
 /// How long [`Copy::clean_up`] may take at most, e.g. with an agent that
 /// stopped answering.
 pub const CLEAN_UP_TIME: Duration = Duration::from_secs(15);
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 fn size_mismatch(path: &str, size: u64, moved: u64) -> CliError {
     CliError::new(
