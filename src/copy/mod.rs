@@ -263,7 +263,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         }
         self.left.guest_temp = None;
         // The file is in place: an empty directory is all that is left.
-        match guest::run(self.agent, "rmdir", &[dir], "to remove its temporary directory").await {
+        match guest::run(self.agent, "rmdir", &[dir], REMOVE_TEMPORARY).await {
             Ok(ran) if ran.ok() => self.left.guest_dir = None,
             Ok(ran) => tracing::warn!("{}; {dir} is left in the guest", ran.failure("rmdir")),
             Err(error) => tracing::warn!("{error}; {dir} is left in the guest"),
@@ -476,14 +476,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             self.left.handle = None;
         }
         if let Some(dir) = self.left.guest_dir.clone() {
-            match guest::run(
-                self.agent,
-                "rm",
-                &["-rf", &dir],
-                "to remove its temporary directory",
-            )
-            .await
-            {
+            match guest::run(self.agent, "rm", &["-rf", &dir], REMOVE_TEMPORARY).await {
                 Ok(ran) if ran.ok() => done.push(format!("removed the temporary {dir} in the guest")),
                 Ok(ran) => left.push(format!("{dir} in the guest ({})", ran.failure("rm"))),
                 Err(e) => left.push(format!("{dir} in the guest ({e})")),
@@ -540,6 +533,9 @@ const PROGRAM_GRACE: Duration = Duration::from_secs(1);
 /// How long [`Copy::clean_up`] may take at most, e.g. with an agent that
 /// stopped answering.
 pub const CLEAN_UP_TIME: Duration = Duration::from_secs(15);
+
+/// Why the clean-up runs `rmdir` or `rm -rf` in the guest.
+const REMOVE_TEMPORARY: &str = "to remove its temporary directory";
 
 fn size_mismatch(path: &str, size: u64, moved: u64) -> CliError {
     CliError::new(

@@ -149,11 +149,11 @@ fn print_reply(reply: Reply, errors: &AgentErrors) {
 fn output_error(error: FollowError, stage: Stage) -> CliError {
     match (error, stage) {
         (error @ FollowError::Unsupported { .. }, _) => {
-            CliError::new(ErrorKind::AgentCommand, format!("{error}; nothing was started"))
+            CliError::nothing_started(ErrorKind::AgentCommand, error)
         }
         (error, Stage::Running { pid }) => CliError::new(ErrorKind::GuestOutput, error.to_string())
             .with_hint(format!("the program ran in the guest as pid {pid}")),
-        (error, _) => CliError::new(ErrorKind::GuestOutput, format!("{error}; nothing was started"))
+        (error, _) => CliError::nothing_started(ErrorKind::GuestOutput, error)
             .with_hint("\"follow\" needs /bin/sh and a writable $TMPDIR or /tmp in the guest"),
     }
 }
