@@ -40,6 +40,17 @@ pub fn parse<T: DeserializeOwned>(object: Map<String, Value>, what: &str) -> Res
     T::deserialize(MapAccessDeserializer::new(members)).map_err(|e| e.to_string())
 }
 
+/// The error for a key that `what` does not take, for a caller that
+/// finds one itself.
+///
+/// ```
+/// let message = virtomate_protocol::fields::unknown_key("data", "a copy_from request");
+/// assert_eq!(message, "unknown key \"data\" in a copy_from request");
+/// ```
+pub fn unknown_key(key: &str, what: &str) -> String {
+    format!("unknown key {key:?} in {what}")
+}
+
 /// `true` or `false`; `null`, or no member (`#[serde(default)]`), is false.
 pub fn flag<'de, D: Deserializer<'de>>(deserializer: D) -> Result<bool, D::Error> {
     let flag =
@@ -64,7 +75,7 @@ impl<'de> MapAccess<'de> for Members<'_> {
         // A key that is no field's: `deny_unknown_fields` refuses it.
         let field = seed
             .deserialize(key.as_str().into_deserializer())
-            .map_err(|_: Self::Error| Self::Error::custom(format!("unknown key {key:?} in {}", self.what)))?;
+            .map_err(|_: Self::Error| Self::Error::custom(unknown_key(&key, self.what)))?;
         self.value = Some((key, value));
         Ok(Some(field))
     }
