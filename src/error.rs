@@ -190,6 +190,43 @@ impl CliError {
         )
     }
 
+    /// Standard input that one request cannot carry: with it in Base64 the
+    /// request would be `request_len` bytes or more, over `limit`, which is
+    /// libvirtd's when `through_libvirtd`.
+    pub fn input_too_large(request_len: usize, limit: usize, through_libvirtd: bool) -> CliError {
+        let at_most = match through_libvirtd {
+            true => format!(
+                "through libvirtd, which holds the agent channel, one request is at most {} KiB (a little \
+                 under {} KiB of input): libvirt stalls on longer agent commands",
+                limit >> 10,
+                (limit >> 10) * 3 / 4
+            ),
+            false => format!(
+                "the agent takes at most {} MiB in one request (a little under {} MiB of input)",
+                limit >> 20,
+                (limit >> 20) / 4 * 3
+            ),
+        };
+        let error = CliError::new(
+            ErrorKind::InputTooLarge,
+            format!(
+                "standard input is too large for the agent: with the input in Base64 the request would be \
+                 at least {request_len} bytes; {at_most}; nothing was sent"
+            ),
+        );
+        match through_libvirtd {
+            true => {
+                error.with_hint("give the domain a second agent channel to pass up to 48 MiB (see README)")
+            }
+            false => error,
+        }
+    }
+
+    /// What failed before anything was started in the guest.
+    pub fn nothing_started(kind: ErrorKind, error: impl std::fmt::Display) -> CliError {
+        CliError::new(kind, format!("{error}; nothing was started"))
+    }
+
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
@@ -240,42 +277,28 @@ impl CliError {
     pub fn from_libvirtd(error: AgentError, socket: &Path, peer: Peer) -> CliError {
         let shown = socket.display();
         let described = match &error {
-            AgentError::Timeout {
-                phase: Phase::Connecting | Phase::Handshake,
-                after,
-            } => CliError::new(
+            AgentError::Timeout { phase, after } => CliError::new(
                 ErrorKind::AgentTimeout,
                 format!("libvirtd on {shown} did not answer within {}", seconds(*after)),
             )
-            .with_hint("check that libvirtd (or virtqemud) runs and is not stuck"),
-            AgentError::Timeout { after, .. } => CliError::new(
-                ErrorKind::AgentTimeout,
-                format!("libvirtd on {shown} did not answer within {}", seconds(*after)),
-            )
-            .with_hint(format!(
-                "it waits for {} itself, which may be stuck; raise --reply-timeout if the guest is slow",
-                match peer {
-                    Peer::Agent => "the guest agent",
-                    Peer::Qmp => "QEMU",
+            .with_hint(match phase {
+                Phase::Connecting | Phase::Handshake => {
+                    "check that libvirtd (or virtqemud) runs and is not stuck".to_owned()
                 }
-            )),
+                _ => format!(
+                    "it waits for {} itself, which may be stuck; raise --reply-timeout if the guest is slow",
+                    match peer {
+                        Peer::Agent => "the guest agent",
+                        Peer::Qmp => "QEMU",
+                    }
+                ),
+            }),
             AgentError::Disconnected => CliError::new(
                 ErrorKind::AgentDisconnected,
                 format!("libvirtd closed the connection on {shown}"),
             )
             .with_hint("it may have restarted, or the domain stopped"),
-            AgentError::RequestTooLarge { len, limit } => CliError::new(
-                ErrorKind::InputTooLarge,
-                format!(
-                    "standard input is too large for the agent: the request would be {len} bytes \
-                     (the input in Base64 included), and through libvirtd, which holds the agent channel, \
-                     one request is at most {} KiB (a little under {} KiB of input): libvirt stalls on \
-                     longer agent commands; nothing was sent",
-                    limit >> 10,
-                    (limit >> 10) * 3 / 4
-                ),
-            )
-            .with_hint("give the domain a second agent channel to pass up to 48 MiB (see README)"),
+            AgentError::RequestTooLarge { len, limit } => CliError::input_too_large(*len, *limit, true),
             AgentError::Libvirt { code, message, .. } => libvirt_error(*code, message, peer),
             AgentError::Agent { .. } if peer == Peer::Qmp => return CliError::from_raw(error, socket, peer),
             _ => return CliError::from_peer(error, socket, peer),
@@ -387,16 +410,7 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
         (AgentError::Malformed { command, reason }, _) => {
             protocol_violation(socket, peer, &format!("{command}: {reason}"))
         }
-        (AgentError::RequestTooLarge { len, limit }, _) => CliError::new(
-            ErrorKind::InputTooLarge,
-            format!(
-                "standard input is too large for the agent: with the input in Base64 the request would be \
-                 {len} bytes; the agent takes at most {} MiB (a little under {} MiB of input); \
-                 nothing was sent",
-                limit >> 20,
-                (limit >> 20) / 4 * 3
-            ),
-        ),
+        (AgentError::RequestTooLarge { len, limit }, _) => CliError::input_too_large(*len, *limit, false),
         (AgentError::Libvirt { code, message, .. }, _) => libvirt_error(*code, message, peer),
         (AgentError::Agent { command, desc, .. }, _) => CliError::command_refused(command, desc, peer),
     }
@@ -449,13 +463,16 @@ fn libvirt_error(code: i32, message: &str, peer: Peer) -> CliError {
     }
 }
 
+/// The hint for a socket this user may not open.
+pub const PERMISSION_HINT: &str = "run as a user who may open the socket (often root)";
+
 fn connect_failure(path: &Path, source: &std::io::Error) -> CliError {
     use std::io::ErrorKind::*;
     use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
     let is_socket = std::fs::metadata(path).map(|meta| meta.file_type().is_socket());
     let hint = match (source.kind(), is_socket) {
-        (PermissionDenied, _) => "run as a user who may open the socket (often root)".to_owned(),
+        (PermissionDenied, _) => PERMISSION_HINT.to_owned(),
         (_, Ok(false)) => {
             format!("{shown} is not a UNIX socket; pass the agent's socket path or the VM's name")
         }
@@ -719,5 +736,28 @@ mod tests {
         assert!(message(Interruption::StillRunning { pid: 7 }).contains("it is still running"));
         assert!(message(Interruption::EndedJustNow { pid: 7 }).contains("no longer running"));
         assert!(message(Interruption::Ended { pid: 7 }).contains("no longer running"));
+    }
+
+    #[test]
+    fn input_too_large_reads_the_same_from_each_place_but_for_its_limit() {
+        let direct = CliError::input_too_large(90 << 20, 64 << 20, false);
+        let libvirtd = CliError::input_too_large(300 << 10, 192 << 10, true);
+        for (error, limit) in [(&direct, "at most 64 MiB"), (&libvirtd, "at most 192 KiB")] {
+            let message = error.to_string();
+            assert_eq!(error.json_type(), "InputTooLarge");
+            assert!(
+                message.starts_with("standard input is too large for the agent"),
+                "{message}"
+            );
+            assert!(
+                message.contains(limit) && message.contains("; nothing was sent"),
+                "{message}"
+            );
+        }
+        assert!(libvirtd
+            .hint
+            .as_deref()
+            .unwrap_or_default()
+            .contains("second agent channel"));
     }
 }

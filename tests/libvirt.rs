@@ -262,10 +262,7 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
     std::fs::write(&source, &data).unwrap();
-    let sum: String = sha2::Sha256::digest(&data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sum = virtomate_protocol::hex(&sha2::Sha256::digest(&data));
     let inside = format!("{one}:/tmp/copied");
     let out = run(&["copy", "--verify", source.to_str().unwrap(), &inside], None);
     assert_eq!(out.json()["sha256"], sum, "{out:?}");

@@ -223,7 +223,7 @@ fn output_failure(
             }
         }
         (error @ FollowError::Unsupported { .. }, _) => {
-            let error = CliError::new(ErrorKind::AgentCommand, format!("{error}; nothing was started"));
+            let error = CliError::nothing_started(ErrorKind::AgentCommand, error);
             match guest_run {
                 true => error.with_hint(
                     "enable them in the guest's qemu-ga (see --block-rpcs/--allow-rpcs), or run without \

@@ -90,6 +90,9 @@ pub enum Outcome {
     Skip,
 }
 
+/// The detail of a step skipped after a failure.
+const NOT_CHECKED: &str = "not checked: an earlier step failed";
+
 /// One line of the report. (Fields in key order: the JSON keys come out
 /// sorted, as the original's.)
 #[derive(Debug, Serialize)]
@@ -188,7 +191,7 @@ impl Diagnosis {
             .map(|step| {
                 checked.next_if(|done| done.name == step).unwrap_or(StepReport {
                     advice: None,
-                    detail: "not checked: an earlier step failed".to_owned(),
+                    detail: NOT_CHECKED.to_owned(),
                     name: step,
                     outcome: Outcome::Skip,
                 })
@@ -317,10 +320,7 @@ fn permission(path: &Path) -> Checked<()> {
     }
     match access(path, AccessFlags::R_OK | AccessFlags::W_OK) {
         Ok(()) => Checked::Pass("may read and write the socket".into(), ()),
-        Err(e) => fail(
-            format!("{}: {e}", path.display()),
-            "run as a user who may open the socket (often root)",
-        ),
+        Err(e) => fail(format!("{}: {e}", path.display()), crate::error::PERMISSION_HINT),
     }
 }
 
@@ -561,7 +561,7 @@ mod tests {
         d.record::<()>(Step::Socket, fail("/run/qga.sock: gone", "check the path"));
         let report = d.report();
         assert!(!report.ok());
-        let skipped = "not checked: an earlier step failed";
+        let skipped = NOT_CHECKED;
         assert_eq!(
             report.to_text(),
             format!(
@@ -614,6 +614,6 @@ mod tests {
         );
         assert_eq!(json["steps"][5]["outcome"], "skip");
         assert_eq!(json["steps"][5]["detail"], "no QMP socket");
-        assert_eq!(json["steps"][6]["detail"], "not checked: an earlier step failed");
+        assert_eq!(json["steps"][6]["detail"], NOT_CHECKED);
     }
 }

@@ -12,7 +12,7 @@ use virtomate_protocol::MAX_REQUEST_LEN;
 use super::{Answer, Context};
 use crate::agent::{DomainAgent, DomainConnector, Signals};
 use crate::cli::GuestRunArgs;
-use crate::error::{CliError, ErrorKind, Interruption};
+use crate::error::{CliError, Interruption};
 use crate::run_output::{RunOutput, RunResult};
 
 /// The most of standard input read: what one request can carry at best.
@@ -29,7 +29,7 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     let request = run_request(args, input);
     let request_len = request.request_len();
     if request_len > MAX_REQUEST_LEN {
-        return Err(input_too_large(request_len));
+        return Err(CliError::input_too_large(request_len, MAX_REQUEST_LEN, false));
     }
     let follow = request.follow;
 
@@ -190,20 +190,11 @@ fn read_stdin() -> Result<Vec<u8>, CliError> {
         .read_to_end(&mut input)
         .map_err(|e| CliError::io("cannot read standard input", e))?;
     if input.len() > MAX_INPUT_LEN {
-        return Err(input_too_large(input.len().div_ceil(3) * 4));
+        return Err(CliError::input_too_large(
+            input.len().div_ceil(3) * 4,
+            MAX_REQUEST_LEN,
+            false,
+        ));
     }
     Ok(input)
-}
-
-fn input_too_large(request_len: usize) -> CliError {
-    CliError::new(
-        ErrorKind::InputTooLarge,
-        format!(
-            "standard input is too large for the agent: with the input in Base64 the request would be at \
-             least {request_len} bytes; the agent takes at most {} MiB in one request (a little under {} MiB \
-             of input); nothing was sent",
-            MAX_REQUEST_LEN >> 20,
-            MAX_INPUT_LEN >> 20
-        ),
-    )
 }

@@ -197,12 +197,6 @@ fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
 
 /// 128 random bits, in hex: a name nobody in the guest can guess.
 pub fn random_name() -> Result<String, CliError> {
-    let mut bits = [0u8; 16];
-    getrandom::fill(&mut bits).map_err(|e| {
-        CliError::io(
-            "cannot get random bytes for a temporary name",
-            std::io::Error::other(e.to_string()),
-        )
-    })?;
-    Ok(bits.iter().map(|b| format!("{b:02x}")).collect())
+    virtomate_protocol::random_name()
+        .map_err(|e| CliError::io("cannot get random bytes for a temporary name", e))
 }

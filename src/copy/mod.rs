@@ -48,7 +48,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use virtomate_protocol::follow::{Follow, FollowError};
-use virtomate_protocol::{stop_group, StopScope};
+use virtomate_protocol::{hex, stop_group, StopScope};
 
 pub use self::agent::{FileAgent, LentChannel};
 pub use self::guest::random_name;
@@ -263,7 +263,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         }
         self.left.guest_temp = None;
         // The file is in place: an empty directory is all that is left.
-        match guest::run(self.agent, "rmdir", &[dir], "to remove its temporary directory").await {
+        match guest::run(self.agent, "rmdir", &[dir], REMOVE_TEMPORARY).await {
             Ok(ran) if ran.ok() => self.left.guest_dir = None,
             Ok(ran) => tracing::warn!("{}; {dir} is left in the guest", ran.failure("rmdir")),
             Err(error) => tracing::warn!("{error}; {dir} is left in the guest"),
@@ -476,14 +476,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             self.left.handle = None;
         }
         if let Some(dir) = self.left.guest_dir.clone() {
-            match guest::run(
-                self.agent,
-                "rm",
-                &["-rf", &dir],
-                "to remove its temporary directory",
-            )
-            .await
-            {
+            match guest::run(self.agent, "rm", &["-rf", &dir], REMOVE_TEMPORARY).await {
                 Ok(ran) if ran.ok() => done.push(format!("removed the temporary {dir} in the guest")),
                 Ok(ran) => left.push(format!("{dir} in the guest ({})", ran.failure("rm"))),
                 Err(e) => left.push(format!("{dir} in the guest ({e})")),
@@ -541,9 +534,8 @@ const PROGRAM_GRACE: Duration = Duration::from_secs(1);
 /// stopped answering.
 pub const CLEAN_UP_TIME: Duration = Duration::from_secs(15);
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+/// Why the clean-up runs `rmdir` or `rm -rf` in the guest.
+const REMOVE_TEMPORARY: &str = "to remove its temporary directory";
 
 fn size_mismatch(path: &str, size: u64, moved: u64) -> CliError {
     CliError::new(

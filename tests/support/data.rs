@@ -22,7 +22,7 @@ pub fn noise(len: usize, seed: u64) -> Vec<u8> {
 
 /// The SHA-256 of `data` in lowercase hex, as `sha256sum` prints it.
 pub fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    virtomate_protocol::hex(&Sha256::digest(data))
 }
 
 /// Log lines, as gzip likes them: a few distinct shapes, counters changing.

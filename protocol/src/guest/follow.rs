@@ -65,7 +65,6 @@
 //! [`RunRequest`]: crate::session::RunRequest
 //! [`Outcome::Chunk`]: crate::session::Outcome::Chunk
 
-use std::io::Read;
 use std::time::Duration;
 
 use crate::qga::{GuestExec, GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileSeek, GuestInfo, Whence};
@@ -259,7 +258,7 @@ impl Follow {
         if !missing.is_empty() {
             return Err(FollowError::Unsupported { missing });
         }
-        let name = random_hex().map_err(|e| FollowError::Setup {
+        let name = crate::random_name().map_err(|e| FollowError::Setup {
             reason: format!("no random name: {e}"),
         })?;
         let setup = GuestExec::new("/bin/sh", ["-c", SETUP_SCRIPT, "sh", &name]);
@@ -476,13 +475,6 @@ fn available_kib(df: &str) -> Option<u64> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
-/// 128 random bits in hex, from the kernel.
-fn random_hex() -> std::io::Result<String> {
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,14 +488,6 @@ mod tests {
         assert_eq!(available_kib(df), Some(97));
         assert_eq!(available_kib(""), None);
         assert_eq!(available_kib("df: not found"), None);
-    }
-
-    #[test]
-    fn names_are_128_random_bits() {
-        let (a, b) = (random_hex().unwrap(), random_hex().unwrap());
-        assert_eq!(a.len(), 32);
-        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
     }
 
     #[test]

@@ -403,12 +403,7 @@ mod tests {
     use crate::{Connection, Direction, Trace};
     use tokio::io::AsyncRead;
 
-    fn hex(text: &str) -> Vec<u8> {
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::wire::hex::unhex as hex;
 
     /// A stream that hands out its bytes in the given pieces, one per read.
     fn pieces(parts: &[&[u8]]) -> impl AsyncRead + Unpin {

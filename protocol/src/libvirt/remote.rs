@@ -34,7 +34,7 @@ impl RemoteDomain {
             if matches!(i, 4 | 6 | 8 | 10) {
                 text.push('-');
             }
-            text.push_str(&format!("{byte:02x}"));
+            crate::wire::hex::push_hex(&mut text, &[*byte]);
         }
         text
     }
@@ -127,13 +127,7 @@ pub(crate) fn decode_error(payload: &[u8]) -> Result<Error, XdrError> {
 pub(crate) mod tests {
     use super::*;
 
-    fn hex(text: &str) -> Vec<u8> {
-        let text: String = text.split_whitespace().collect();
-        (0..text.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::wire::hex::unhex as hex;
 
     #[test]
     fn a_captured_domain_round_trips() {

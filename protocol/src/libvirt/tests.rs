@@ -15,13 +15,7 @@ use super::*;
 use crate::qmp::QueryStatus;
 use crate::{ClientOptions, Connection, Deadline, Direction, Error, Phase, Trace};
 
-fn hex(text: &str) -> Vec<u8> {
-    let text: String = text.split_whitespace().collect();
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
-        .collect()
-}
+use crate::wire::hex::unhex as hex;
 
 /// A captured message with its serial replaced.
 fn with_serial(mut message: Vec<u8>, serial: u32) -> Vec<u8> {

@@ -335,17 +335,10 @@ const ID_MASK: u64 = (1 << 53) - 1;
 /// The id with the most digits a client sends.
 pub(crate) const LONGEST_ID: u64 = ID_MASK;
 
+/// A first id unlike a previous client's, so that its replies are told
+/// from ours; should the OS have no random bytes, 0 still works.
 fn random_id() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    // RandomState is seeded from the OS once per process and varied per
-    // instance: enough to tell our replies from a previous client's.
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
-    hasher.finish() & ID_MASK
+    crate::random_bytes().map_or(0, u64::from_ne_bytes) & ID_MASK
 }
 
 /// Checked by the compiler: the futures stay `Send`, for multi-threaded

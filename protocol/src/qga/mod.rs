@@ -13,7 +13,7 @@
 //! assert!(!reply.exited);
 //! ```
 
-mod base64_data;
+pub mod base64_data;
 mod client;
 mod commands;
 mod environment;

@@ -4,14 +4,15 @@
 //! Later versions add keys; a request that uses none of them keeps its
 //! meaning.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-
+use serde::de::{Deserializer, Error as _};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::qga::{environment, CaptureOutput, GuestExec};
+use crate::fields;
+use crate::qga::{self, base64_data, CaptureOutput, GuestExec};
 
 /// One request: its `id`, echoed in the reply, and what to do.
 ///
@@ -130,7 +131,7 @@ impl RunRequest {
     pub fn into_guest_exec(self) -> GuestExec {
         let mut exec = GuestExec::new(self.program, self.args);
         exec.input_data = self.stdin;
-        exec.env = environment(&self.env, self.env_clear);
+        exec.env = qga::environment(&self.env, self.env_clear);
         if self.merge_output {
             exec.capture_output = CaptureOutput::Merged;
         }
@@ -239,101 +240,118 @@ impl Request {
     /// ```
     pub fn from_object(mut object: Map<String, Value>) -> Result<Request, BadRequest> {
         let id = object.remove("id").unwrap_or(Value::Null);
-        let bad = |message: String| BadRequest {
-            id: id.clone(),
-            message,
-        };
         let action = if object.contains_key("run") {
-            Action::Run(parse_run(&mut object).map_err(bad)?)
+            fields::parse::<RunFields>(object, "a run request").and_then(RunFields::into_run)
         } else if object.contains_key("ping") {
-            match object.remove("ping") {
-                Some(Value::Object(empty)) if empty.is_empty() => {}
-                _ => return Err(bad("\"ping\" takes an empty object: {}".to_owned())),
-            }
-            Action::Ping
+            fields::parse::<PingFields>(object, "a ping request").map(|_| Action::Ping)
         } else {
-            return Err(bad("a request needs \"run\" or \"ping\"".to_owned()));
+            Err("a request needs \"run\" or \"ping\"".to_owned())
         };
-        let kind = match action {
-            Action::Run(_) => "run",
-            Action::Ping => "ping",
-        };
-        if let Some(key) = object.keys().next() {
-            return Err(bad(format!("unknown key {key:?} in a {kind} request")));
+        match action {
+            Ok(action) => Ok(Request { id, action }),
+            Err(message) => Err(BadRequest { id, message }),
         }
-        Ok(Request { id, action })
     }
 }
 
-/// The keys of a run request, taken out of `object`.
-fn parse_run(object: &mut Map<String, Value>) -> Result<RunRequest, String> {
-    let command = match object.remove("run") {
-        Some(Value::Array(items)) if !items.is_empty() => items
-            .into_iter()
-            .map(|item| match item {
-                Value::String(text) => Ok(text),
-                _ => Err(()),
-            })
-            .collect::<Result<Vec<String>, ()>>()
-            .ok(),
-        _ => None,
-    };
-    let mut command = command
-        .ok_or_else(|| "\"run\" must be a list of strings, the program first".to_owned())?
-        .into_iter();
-    let program = command.next().expect("not empty");
-    let stdin = match object.remove("stdin") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(text)) => Some(
-            STANDARD
-                .decode(text)
-                .map_err(|e| format!("\"stdin\" is not Base64: {e}"))?,
-        ),
-        Some(_) => return Err("\"stdin\" must be a Base64 string".to_owned()),
-    };
-    let flag = |object: &mut Map<String, Value>, key: &str| match object.remove(key) {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(value)) => Ok(value),
-        Some(_) => Err(format!("\"{key}\" must be true or false")),
-    };
-    let seconds = |object: &mut Map<String, Value>, key: &str| match object.remove(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64().and_then(|s| Duration::try_from_secs_f64(s).ok()) {
-            Some(time) if !time.is_zero() && time.as_secs_f64() <= 1e9 => Ok(Some(time)),
-            _ => Err(format!("\"{key}\" must be a number of seconds greater than 0")),
-        },
-        Some(_) => Err(format!("\"{key}\" must be a number of seconds greater than 0")),
-    };
-    let env = match object.remove("env") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Object(pairs)) => pairs
-            .into_iter()
-            .map(|(key, value)| match value {
-                Value::String(value) if !key.is_empty() && !key.contains('=') => Ok(format!("{key}={value}")),
-                _ => Err(()),
-            })
-            .collect::<Result<Vec<String>, ()>>()
-            .map_err(|()| "\"env\" must be an object of strings, its keys without '='".to_owned())?,
-        Some(_) => return Err("\"env\" must be an object of strings, its keys without '='".to_owned()),
-    };
-    let run = RunRequest {
-        program,
-        args: command.collect(),
-        stdin,
-        encode: flag(object, "encode")?,
-        env,
-        env_clear: flag(object, "env_clear")?,
-        max_time: seconds(object, "max_time")?,
-        grace: seconds(object, "grace")?.unwrap_or(DEFAULT_GRACE),
-        merge_output: flag(object, "merge_output")?,
-        follow: flag(object, "follow")?,
-    };
-    if run.follow && run.merge_output {
-        return Err(
-            "\"follow\" streams stdout and stderr apart: it cannot go with \"merge_output\"".to_owned(),
-        );
+/// The keys of a run request.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunFields {
+    #[serde(deserialize_with = "command")]
+    run: (String, Vec<String>),
+    #[serde(default, deserialize_with = "base64_data::deserialize")]
+    stdin: Option<Vec<u8>>,
+    #[serde(default, deserialize_with = "fields::flag")]
+    encode: bool,
+    #[serde(default, deserialize_with = "environment")]
+    env: Vec<String>,
+    #[serde(default, deserialize_with = "fields::flag")]
+    env_clear: bool,
+    #[serde(default, deserialize_with = "seconds")]
+    max_time: Option<Duration>,
+    #[serde(default, deserialize_with = "seconds")]
+    grace: Option<Duration>,
+    #[serde(default, deserialize_with = "fields::flag")]
+    merge_output: bool,
+    #[serde(default, deserialize_with = "fields::flag")]
+    follow: bool,
+}
+
+impl RunFields {
+    fn into_run(self) -> Result<Action, String> {
+        if self.follow && self.merge_output {
+            return Err(
+                "\"follow\" streams stdout and stderr apart: it cannot go with \"merge_output\"".to_owned(),
+            );
+        }
+        let (program, args) = self.run;
+        Ok(Action::Run(RunRequest {
+            program,
+            args,
+            stdin: self.stdin,
+            encode: self.encode,
+            env: self.env,
+            env_clear: self.env_clear,
+            max_time: self.max_time,
+            grace: self.grace.unwrap_or(DEFAULT_GRACE),
+            merge_output: self.merge_output,
+            follow: self.follow,
+        }))
     }
-    Ok(run)
+}
+
+/// The keys of a ping request: `"ping"` alone.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PingFields {
+    #[serde(rename = "ping", deserialize_with = "empty_object")]
+    _ping: (),
+}
+
+/// `"run": [PROGRAM, ARG...]`.
+fn command<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(String, Vec<String>), D::Error> {
+    let wrong = || D::Error::custom("must be a list of strings, the program first");
+    let mut command = Vec::<String>::deserialize(deserializer).map_err(|_| wrong())?;
+    if command.is_empty() {
+        return Err(wrong());
+    }
+    let program = command.remove(0);
+    Ok((program, command))
+}
+
+/// `"max_time"` or `"grace"`: seconds, more than 0; `null` is none.
+fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Duration>, D::Error> {
+    let wrong = || D::Error::custom("must be a number of seconds greater than 0");
+    let Some(seconds) = Option::<f64>::deserialize(deserializer).map_err(|_| wrong())? else {
+        return Ok(None);
+    };
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(time) if !time.is_zero() && time.as_secs_f64() <= 1e9 => Ok(Some(time)),
+        _ => Err(wrong()),
+    }
+}
+
+/// `"env": {"KEY": "VALUE"}` as `KEY=VALUE`; `null` is none.
+fn environment<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    let wrong = || D::Error::custom("must be an object of strings, its keys without '='");
+    let pairs = Option::<BTreeMap<String, String>>::deserialize(deserializer).map_err(|_| wrong())?;
+    pairs
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| match !key.is_empty() && !key.contains('=') {
+            true => Ok(format!("{key}={value}")),
+            false => Err(wrong()),
+        })
+        .collect()
+}
+
+/// `"ping": {}`.
+fn empty_object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    match Map::<String, Value>::deserialize(deserializer) {
+        Ok(object) if object.is_empty() => Ok(()),
+        _ => Err(D::Error::custom("takes an empty object: {}")),
+    }
 }
 
 #[cfg(test)]

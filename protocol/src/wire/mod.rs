@@ -5,13 +5,17 @@
 //!
 //! `framing` parses, `connection` owns the socket and its buffer and
 //! reads frames through a codec, `transport` connects within a
-//! `Deadline`, `envelope` and `command` type requests and replies, and
-//! `trace` sees the bytes.
+//! `Deadline`, `envelope` and `command` type requests and replies,
+//! `trace` sees the bytes, `hex` and `random` make names, and `fields`
+//! reads the members of JSON lines (a session's).
 
 pub(crate) mod command;
 pub(crate) mod connection;
 pub(crate) mod envelope;
+pub mod fields;
 pub mod framing;
+pub(crate) mod hex;
+pub(crate) mod random;
 pub(crate) mod trace;
 pub(crate) mod transport;
 

@@ -68,7 +68,10 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
             b'\t' => text.push_str("\\t"),
             b'\\' => text.push_str("\\\\"),
             0x20..=0x7e => text.push(byte as char),
-            _ => text.push_str(&format!("\\x{byte:02x}")),
+            _ => {
+                text.push_str("\\x");
+                super::hex::push_hex(&mut text, &[byte]);
+            }
         }
     }
     text

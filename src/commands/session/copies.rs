@@ -8,15 +8,16 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
+use serde::de::{Deserializer, Error as _};
+use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::StreamReader;
+use virtomate_protocol::qga::base64_data;
 use virtomate_protocol::session::Jobs;
-use virtomate_protocol::Channel;
+use virtomate_protocol::{fields, Channel};
 
 use super::data_lines::DataLines;
 use super::lines::{print, Answered, Line};
@@ -64,70 +65,47 @@ impl CopyJob {
 
     /// Parses a copy request; for a `copy_to` without `data`, also where
     /// its data lines go.
-    pub fn parse(id: Value, mut request: Map<String, Value>) -> Result<(CopyJob, Option<Streamed>), String> {
-        let path = |value: Option<Value>, key: &str| match value {
-            Some(Value::String(path)) if !path.is_empty() => Ok(path),
-            _ => Err(format!("\"{key}\" must be the guest file's path")),
+    pub fn parse(id: Value, request: Map<String, Value>) -> Result<(CopyJob, Option<Streamed>), String> {
+        let what = match (request.contains_key("copy_to"), request.contains_key("copy_from")) {
+            (true, true) => return Err("a copy has either \"copy_to\" or \"copy_from\"".to_owned()),
+            (true, false) => "a copy_to request",
+            _ => "a copy_from request",
         };
-        let to = request.remove("copy_to");
-        let from = request.remove("copy_from");
+        let fields: CopyFields = fields::parse(request, what)?;
         let options = Options {
-            chunk_size: chunk_size(request.remove("chunk_size"))?,
-            mode: mode(request.remove("mode"))?,
-            verify: flag(request.remove("verify"), "verify")?,
-            compress: flag(request.remove("compress"), "compress")?,
+            chunk_size: fields.chunk_size,
+            mode: fields.mode,
+            verify: fields.verify,
+            compress: fields.compress,
             progress: Show::Never,
         };
         let started = Arc::new(AtomicBool::new(false));
-        let (side, streamed) = match (to, from) {
-            (Some(_), Some(_)) => return Err("a copy has either \"copy_to\" or \"copy_from\"".to_owned()),
-            (Some(to), None) => {
-                let path = path(Some(to), "copy_to")?;
-                match request.remove("data") {
-                    Some(Value::String(data)) => {
-                        let bytes = STANDARD
-                            .decode(data)
-                            .map_err(|e| format!("\"data\" is not Base64: {e}"))?;
-                        (
-                            Side::To {
-                                path,
-                                source: inline(bytes),
-                            },
-                            None,
-                        )
-                    }
-                    Some(_) => return Err("\"data\" must be a Base64 string".to_owned()),
-                    None => {
-                        let (data, lines) = mpsc::channel(QUEUED_DATA);
-                        let streamed = Streamed {
-                            data,
-                            started: started.clone(),
-                        };
-                        (
-                            Side::To {
-                                path,
-                                source: streamed_source(lines),
-                            },
-                            Some(streamed),
-                        )
-                    }
-                }
-            }
-            (None, Some(from)) => (
-                Side::From {
-                    path: path(Some(from), "copy_from")?,
+        let (side, streamed) = match (fields.copy_to, fields.copy_from, fields.data) {
+            (Some(path), _, Some(bytes)) => (
+                Side::To {
+                    path,
+                    source: inline(bytes),
                 },
                 None,
             ),
-            (None, None) => unreachable!("not a copy"),
+            (Some(path), _, None) => {
+                let (data, lines) = mpsc::channel(QUEUED_DATA);
+                let streamed = Streamed {
+                    data,
+                    started: started.clone(),
+                };
+                (
+                    Side::To {
+                        path,
+                        source: streamed_source(lines),
+                    },
+                    Some(streamed),
+                )
+            }
+            (None, _, Some(_)) => return Err(fields::unknown_key("data", what)),
+            (None, Some(path), None) => (Side::From { path }, None),
+            (None, None, None) => unreachable!("not a copy"),
         };
-        if let Some(key) = request.keys().next() {
-            let kind = match side {
-                Side::To { .. } => "copy_to",
-                Side::From { .. } => "copy_from",
-            };
-            return Err(format!("unknown key {key:?} in a {kind} request"));
-        }
         let job = CopyJob {
             id,
             side,
@@ -136,6 +114,27 @@ impl CopyJob {
         };
         Ok((job, streamed))
     }
+}
+
+/// The keys of a copy request: `copy_to` (with `data`, or without, the
+/// data in lines after it) or `copy_from`, and `copy`'s options.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyFields {
+    #[serde(default, deserialize_with = "path")]
+    copy_to: Option<String>,
+    #[serde(default, deserialize_with = "path")]
+    copy_from: Option<String>,
+    #[serde(default, deserialize_with = "base64_data::present")]
+    data: Option<Vec<u8>>,
+    #[serde(default, deserialize_with = "chunk_size")]
+    chunk_size: Option<usize>,
+    #[serde(default, deserialize_with = "mode")]
+    mode: Option<u32>,
+    #[serde(default, deserialize_with = "fields::flag")]
+    verify: bool,
+    #[serde(default, deserialize_with = "fields::flag")]
+    compress: bool,
 }
 
 fn inline(bytes: Vec<u8>) -> Source {
@@ -158,36 +157,40 @@ fn streamed_source(lines: mpsc::Receiver<Data>) -> Source {
     }
 }
 
-fn flag(value: Option<Value>, key: &str) -> Result<bool, String> {
-    match value {
-        None => Ok(false),
-        Some(Value::Bool(flag)) => Ok(flag),
-        Some(_) => Err(format!("\"{key}\" must be true or false")),
+/// `"copy_to"` or `"copy_from"`: a path in the guest.
+fn path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    match String::deserialize(deserializer) {
+        Ok(path) if !path.is_empty() => Ok(Some(path)),
+        _ => Err(D::Error::custom("must be the guest file's path")),
     }
 }
 
 /// `"mode": "640"`: octal digits, as `copy --mode` takes them.
-fn mode(value: Option<Value>) -> Result<Option<u32>, String> {
-    match value {
-        None => Ok(None),
-        Some(Value::String(text)) => crate::cli::octal_mode(&text)
-            .map(Some)
-            .map_err(|e| format!("\"mode\": {e}")),
-        Some(_) => Err("\"mode\" must be a string of octal digits, e.g. \"640\"".to_owned()),
-    }
+fn mode<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<u32>, D::Error> {
+    let text = String::deserialize(deserializer)
+        .map_err(|_| D::Error::custom("must be a string of octal digits, e.g. \"640\""))?;
+    crate::cli::octal_mode(&text)
+        .map(Some)
+        .map_err(|e| D::Error::custom(format!(": {e}")))
 }
 
 /// `"chunk_size"`: bytes, or a string as `copy --chunk-size` takes it.
-fn chunk_size(value: Option<Value>) -> Result<Option<usize>, String> {
-    let text = match value {
-        None => return Ok(None),
-        Some(Value::String(text)) => text,
-        Some(Value::Number(n)) => n.to_string(),
-        Some(_) => return Err("\"chunk_size\" must be bytes, e.g. 65536 or \"64K\"".to_owned()),
+fn chunk_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<usize>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Text(String),
+        Bytes(serde_json::Number),
+    }
+    let text = match Size::deserialize(deserializer)
+        .map_err(|_| D::Error::custom("must be bytes, e.g. 65536 or \"64K\""))?
+    {
+        Size::Text(text) => text,
+        Size::Bytes(n) => n.to_string(),
     };
     copy::chunks::parse(&text)
         .map(Some)
-        .map_err(|e| format!("\"chunk_size\": {e}"))
+        .map_err(|e| D::Error::custom(format!(": {e}")))
 }
 
 /// What the session command and the copies share: which copy has the
@@ -279,4 +282,75 @@ pub fn clean_up_cut_short() -> CliError {
         "a second signal cut its clean-up short: a temporary .virtomate-* directory may be left \
          beside the destination in the guest",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn refused(line: Value) -> String {
+        let Value::Object(object) = line else {
+            unreachable!()
+        };
+        CopyJob::parse(Value::Null, object).err().expect("refused")
+    }
+
+    #[test]
+    fn a_bad_copy_request_says_which_key_is_wrong() {
+        for (line, says) in [
+            (
+                json!({"copy_to": "/x", "copy_from": "/y"}),
+                "a copy has either \"copy_to\" or \"copy_from\"",
+            ),
+            (
+                json!({"copy_from": "/x", "owner": "me"}),
+                "unknown key \"owner\" in a copy_from request",
+            ),
+            (
+                json!({"copy_from": "/x", "data": "aGk="}),
+                "unknown key \"data\" in a copy_from request",
+            ),
+            (
+                json!({"copy_to": ""}),
+                "\"copy_to\" must be the guest file's path",
+            ),
+            (
+                json!({"copy_from": 1}),
+                "\"copy_from\" must be the guest file's path",
+            ),
+            (
+                json!({"copy_to": "/x", "data": null}),
+                "\"data\" must be a Base64 string",
+            ),
+            (
+                json!({"copy_to": "/x", "verify": "yes"}),
+                "\"verify\" must be true or false",
+            ),
+            (
+                json!({"copy_to": "/x", "mode": 640}),
+                "\"mode\" must be a string of octal digits, e.g. \"640\"",
+            ),
+            (
+                json!({"copy_to": "/x", "chunk_size": true}),
+                "\"chunk_size\" must be bytes, e.g. 65536 or \"64K\"",
+            ),
+        ] {
+            assert_eq!(refused(line.clone()), says, "{line}");
+        }
+        assert!(refused(json!({"copy_to": "/x", "mode": "999"})).starts_with("\"mode\": "));
+        assert!(refused(json!({"copy_to": "/x", "data": "@@"})).starts_with("\"data\" is not Base64: "));
+        let line =
+            json!({"copy_to": "/x", "chunk_size": "64K", "mode": "640", "verify": true, "compress": null});
+        let Value::Object(object) = line else {
+            unreachable!()
+        };
+        let (job, streamed) = CopyJob::parse(Value::Null, object).expect("a copy");
+        assert!(streamed.is_some() && job.options.verify && !job.options.compress);
+        assert_eq!(
+            (job.options.chunk_size, job.options.mode),
+            (Some(64 << 10), Some(0o640))
+        );
+    }
 }

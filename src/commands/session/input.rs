@@ -9,14 +9,14 @@ use std::io::{BufRead, ErrorKind as IoErrorKind};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
 use bytes::Bytes;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::mpsc::Sender;
+use virtomate_protocol::qga::base64_data;
 use virtomate_protocol::session::{Request, Work};
-use virtomate_protocol::MAX_REQUEST_LEN;
+use virtomate_protocol::{fields, MAX_REQUEST_LEN};
 
 use super::copies::{CopyJob, Data, Streamed};
 use super::lines::{print, Line};
@@ -126,16 +126,9 @@ impl Reader {
     fn data(&mut self, mut object: Map<String, Value>) -> bool {
         let id = object.remove("id").unwrap_or(Value::Null);
         let key = id.to_string();
-        let data = object.remove("data");
-        let end = object.remove("end");
-        let abort = object.remove("abort");
-        if let Some(unknown) = object.keys().next() {
-            return answer(id, format!("unknown key {unknown:?} in a data line"));
-        }
-        let end = match end {
-            None => false,
-            Some(Value::Bool(end)) => end,
-            Some(_) => return answer(id, "\"end\" must be true or false".to_owned()),
+        let DataLine { data, end, abort } = match fields::parse(object, "a data line") {
+            Ok(line) => line,
+            Err(message) => return answer(id, message),
         };
         let Some(open) = self.copies.get_mut(&key) else {
             return answer(id, format!("no copy_to with the id {key} waits for data"));
@@ -152,14 +145,7 @@ impl Reader {
             self.copies.remove(&key);
             return true;
         }
-        let bytes = match data {
-            None => Ok(Vec::new()),
-            Some(Value::String(text)) => STANDARD
-                .decode(text)
-                .map_err(|e| format!("a data line is not Base64: {e}")),
-            Some(_) => Err("\"data\" must be a Base64 string".to_owned()),
-        };
-        match bytes {
+        match data.unwrap_or(Ok(Vec::new())) {
             Ok(bytes) if !bytes.is_empty() => {
                 if let Some(stream) = &open.stream {
                     // A copy that failed already drops its data.
@@ -211,6 +197,32 @@ impl Reader {
     }
 }
 
+/// A data line's keys but its `id`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DataLine {
+    /// Decoded, but its error kept for the copy, which it fails: the
+    /// line itself is no bad request.
+    #[serde(default, deserialize_with = "for_the_copy")]
+    data: Option<Result<Vec<u8>, String>>,
+    #[serde(default, deserialize_with = "fields::flag")]
+    end: bool,
+    /// Any value, `null` too.
+    #[serde(default, deserialize_with = "present")]
+    abort: Option<Value>,
+}
+
+fn for_the_copy<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Result<Vec<u8>, String>>, D::Error> {
+    let data = base64_data::required::deserialize(deserializer);
+    Ok(Some(data.map_err(|e| format!("a data line {e}"))))
+}
+
+fn present<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
 /// Ends `open`'s data with `error`, which its copy reports.
 fn fail(open: &mut OpenCopy, error: std::io::Error) {
     if let Some(stream) = open.stream.take() {
@@ -244,5 +256,38 @@ fn skip_line(input: &mut impl BufRead) -> bool {
                 input.consume(len);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn parsed(line: Value) -> Result<DataLine, String> {
+        let Value::Object(object) = line else {
+            unreachable!()
+        };
+        fields::parse(object, "a data line")
+    }
+
+    #[test]
+    fn a_data_lines_bad_data_is_for_its_copy_and_the_rest_for_the_line() {
+        let line = parsed(json!({"data": "aGk=", "end": true})).unwrap();
+        assert_eq!((line.data, line.end), (Some(Ok(b"hi".to_vec())), true));
+        let Some(Err(message)) = parsed(json!({"data": "%%%"})).unwrap().data else {
+            panic!()
+        };
+        assert!(message.starts_with("a data line is not Base64: "), "{message}");
+        assert_eq!(parsed(json!({"abort": null})).unwrap().abort, Some(Value::Null));
+        assert_eq!(
+            parsed(json!({"end": 1})).err().unwrap(),
+            "\"end\" must be true or false"
+        );
+        assert_eq!(
+            parsed(json!({"last": 1})).err().unwrap(),
+            "unknown key \"last\" in a data line"
+        );
     }
 }

@@ -10,12 +10,12 @@ use tokio::io::AsyncWriteExt;
 use tokio::time::sleep;
 use virtomate_protocol::follow::{Follow, FollowError, FollowOptions, Stream};
 use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
-use virtomate_protocol::PollSchedule;
+use virtomate_protocol::{hex, PollSchedule};
 
 use crate::copy::agent::FileAgent;
 use crate::copy::location::guest_name;
 use crate::copy::progress::Progress;
-use crate::copy::{chunks, guest, hex, Copy, Options, Summary, Target};
+use crate::copy::{chunks, guest, Copy, Options, Summary, Target};
 use crate::error::{CliError, ErrorKind};
 
 /// How much compressed data the host unpacks at a time: what it produces
