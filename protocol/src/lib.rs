@@ -52,9 +52,11 @@ mod wire;
 
 pub use agent::{Agent, AnyAgent};
 pub use channel::lock::{ChannelLock, Turn};
-pub use channel::{wait_for_exit_on, Channel, Connector, HoldPolicy, SocketConnector};
+pub use channel::{Channel, Connector, HoldPolicy, SocketConnector};
 pub use error::{Error, Phase};
-pub use guest::exec::{stop_group, wait_for_exit, Finished, PollSchedule, StopScope, Stopped, TREE_SCRIPT};
+pub use guest::exec::{
+    stop_group, wait_for_exit, wait_for_exit_on, Finished, PollSchedule, StopScope, Stopped, TREE_SCRIPT,
+};
 pub use guest::follow;
 pub use libvirt::LibvirtClient;
 pub use qga::QgaClient;

@@ -20,13 +20,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tokio::time::{sleep, sleep_until, Instant};
+use tokio::time::{sleep, Instant};
 
-use crate::qga::{Command, GuestExec, GuestExecReply, GuestExecStatus};
-use crate::{
-    Agent, ChannelLock, ClientOptions, Deadline, Error, Finished, PollSchedule, QgaClient, RequestProgress,
-    Turn,
-};
+use crate::qga::{Command, GuestExec, GuestExecReply};
+use crate::{Agent, ChannelLock, ClientOptions, Deadline, Error, QgaClient, RequestProgress, Turn};
 
 /// While a connection is held between polls, how often to ask whether
 /// another client waits.
@@ -367,64 +364,6 @@ impl Default for HoldPolicy {
             share_after: Duration::from_secs(1),
         }
     }
-}
-
-/// Polls `guest-exec-status` for `pid` over `channel` until the program
-/// has exited, holding the channel between polls as `hold` says and
-/// letting go of it otherwise.
-///
-/// ```no_run
-/// use virtomate_protocol::{
-///     wait_for_exit_on, Channel, ClientOptions, HoldPolicy, PollSchedule, SocketConnector,
-/// };
-/// use virtomate_protocol::qga::GuestExec;
-///
-/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
-/// let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
-/// let pid = channel.guest_exec(&GuestExec::new("sleep", ["60"])).await?.pid;
-/// // Other processes' runs go on meanwhile, between our polls.
-/// let finished = wait_for_exit_on(&mut channel, pid, PollSchedule::default(), HoldPolicy::default()).await?;
-/// channel.release().await;
-/// # Ok(()) }
-/// ```
-pub async fn wait_for_exit_on<C: Connector>(
-    channel: &mut Channel<C>,
-    pid: i64,
-    schedule: PollSchedule,
-    hold: HoldPolicy,
-) -> Result<Finished, Error> {
-    let started = Instant::now();
-    let mut polls = 0;
-    let finished = loop {
-        polls += 1;
-        let status = match channel.execute(&GuestExecStatus { pid }).await {
-            Ok(status) => status,
-            Err(error) => break Err(error),
-        };
-        if status.exited {
-            break Ok(Finished { status, polls });
-        }
-        let waited = started.elapsed();
-        let young = waited < hold.young;
-        channel.set_patience(if young { Duration::ZERO } else { hold.patience });
-        // Held through the pause, and let go as soon as another client
-        // wants the channel: it then connects while the agent is awake.
-        let resume = Instant::now() + schedule.pause_after(waited);
-        loop {
-            channel.share(young, hold).await;
-            let now = Instant::now();
-            if now >= resume {
-                break;
-            }
-            match channel.is_connected() {
-                true => sleep(LOOK_FOR_WAITERS.min(resume - now)).await,
-                false => sleep_until(resume).await,
-            }
-        }
-    };
-    // What the channel does next (a start, say) may not wait.
-    channel.set_patience(Duration::ZERO);
-    finished
 }
 
 #[cfg(test)]

@@ -1,13 +1,15 @@
 //! Running a program to completion: `guest-exec`, then polling
 //! `guest-exec-status`, since the agent never announces that a program ended.
 
+use std::future::Future;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::time::{sleep, Instant};
+use tokio::time::{sleep, sleep_until, Instant};
 
+use crate::channel::LOOK_FOR_WAITERS;
 use crate::qga::{GuestExec, GuestExecStatus, GuestExecStatusReply};
-use crate::{Agent, Error, QgaClient};
+use crate::{Agent, Channel, Connector, Error, HoldPolicy, QgaClient};
 
 /// When to ask again whether a program has ended.
 ///
@@ -172,17 +174,117 @@ pub async fn wait_for_exit<A: Agent>(
     pid: i64,
     schedule: PollSchedule,
 ) -> Result<Finished, Error> {
+    let finished = poll_to_exit(agent, pid, schedule, None).await?;
+    Ok(finished.expect("without a deadline, polls end only at the exit"))
+}
+
+/// What waiting for one program's end asks of whatever carries the polls:
+/// a status, and a pause before the next, in which a shared channel may
+/// let other clients in ([`wait_for_exit_on`]).
+pub(crate) trait Poller {
+    /// The program's status, asked once.
+    fn status(&mut self, pid: i64) -> impl Future<Output = Result<GuestExecStatusReply, Error>>;
+
+    /// Waits until `resume`, `waited` into the wait for the program.
+    fn pause(&mut self, resume: Instant, waited: Duration) -> impl Future<Output = ()>;
+}
+
+impl<A: Agent> Poller for A {
+    async fn status(&mut self, pid: i64) -> Result<GuestExecStatusReply, Error> {
+        self.execute(&GuestExecStatus { pid }).await
+    }
+
+    async fn pause(&mut self, resume: Instant, _waited: Duration) {
+        // A timer, even one due already, would wait for the next tick.
+        if resume > Instant::now() {
+            sleep_until(resume).await;
+        }
+    }
+}
+
+/// The one loop that waits for one program: polls `pid` as `schedule`
+/// says until it has exited, or until `deadline` has passed (`None`).
+pub(crate) async fn poll_to_exit<P: Poller>(
+    poller: &mut P,
+    pid: i64,
+    schedule: PollSchedule,
+    deadline: Option<Instant>,
+) -> Result<Option<Finished>, Error> {
     let started = Instant::now();
     let mut polls = 0;
     loop {
         polls += 1;
-        let status = agent.execute(&GuestExecStatus { pid }).await?;
+        let status = poller.status(pid).await?;
         if status.exited {
-            return Ok(Finished { status, polls });
+            return Ok(Some(Finished { status, polls }));
         }
-        let pause = schedule.pause_after(started.elapsed());
-        if !pause.is_zero() {
-            sleep(pause).await;
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Ok(None);
+        }
+        let waited = started.elapsed();
+        poller
+            .pause(Instant::now() + schedule.pause_after(waited), waited)
+            .await;
+    }
+}
+
+/// Polls `guest-exec-status` for `pid` over `channel` until the program
+/// has exited, holding the channel between polls as `hold` says and
+/// letting go of it otherwise.
+///
+/// ```no_run
+/// use virtomate_protocol::{
+///     wait_for_exit_on, Channel, ClientOptions, HoldPolicy, PollSchedule, SocketConnector,
+/// };
+/// use virtomate_protocol::qga::GuestExec;
+///
+/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+/// let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+/// let pid = channel.guest_exec(&GuestExec::new("sleep", ["60"])).await?.pid;
+/// // Other processes' runs go on meanwhile, between our polls.
+/// let finished = wait_for_exit_on(&mut channel, pid, PollSchedule::default(), HoldPolicy::default()).await?;
+/// channel.release().await;
+/// # Ok(()) }
+/// ```
+pub async fn wait_for_exit_on<C: Connector>(
+    channel: &mut Channel<C>,
+    pid: i64,
+    schedule: PollSchedule,
+    hold: HoldPolicy,
+) -> Result<Finished, Error> {
+    let mut sharing = Sharing { channel, hold };
+    let finished = poll_to_exit(&mut sharing, pid, schedule, None).await;
+    // What the channel does next (a start, say) may not wait.
+    sharing.channel.set_patience(Duration::ZERO);
+    Ok(finished?.expect("without a deadline, polls end only at the exit"))
+}
+
+/// Polls over a channel held through the pauses and let go as soon as
+/// another client wants it: it then connects while the agent is awake.
+struct Sharing<'a, C: Connector> {
+    channel: &'a mut Channel<C>,
+    hold: HoldPolicy,
+}
+
+impl<C: Connector> Poller for Sharing<'_, C> {
+    async fn status(&mut self, pid: i64) -> Result<GuestExecStatusReply, Error> {
+        self.channel.execute(&GuestExecStatus { pid }).await
+    }
+
+    async fn pause(&mut self, resume: Instant, waited: Duration) {
+        let young = waited < self.hold.young;
+        let patience = if young { Duration::ZERO } else { self.hold.patience };
+        self.channel.set_patience(patience);
+        loop {
+            self.channel.share(young, self.hold).await;
+            let now = Instant::now();
+            if now >= resume {
+                return;
+            }
+            match self.channel.is_connected() {
+                true => sleep(LOOK_FOR_WAITERS.min(resume - now)).await,
+                false => sleep_until(resume).await,
+            }
         }
     }
 }
@@ -304,20 +406,14 @@ pub async fn stop_group<A: Agent>(
     }
     let found = send_signal(agent, "TERM", pid, scope, &[]).await?;
     let schedule = PollSchedule::default();
-    let started = Instant::now();
-    let mut polls = 1;
-    while started.elapsed() < grace {
-        polls += 1;
-        let status = agent.execute(&GuestExecStatus { pid }).await?;
-        if status.exited {
-            let finished = Finished { status, polls };
-            return Ok(Stopped {
-                finished,
-                asked: true,
-                killed: false,
-            });
-        }
-        sleep(schedule.pause_after(started.elapsed())).await;
+    let deadline = Instant::now() + grace;
+    if let Some(mut finished) = poll_to_exit(agent, pid, schedule, Some(deadline)).await? {
+        finished.polls += 1;
+        return Ok(Stopped {
+            finished,
+            asked: true,
+            killed: false,
+        });
     }
     send_signal(agent, "KILL", pid, scope, &found).await?;
     let finished = wait_for_exit(agent, pid, schedule).await?;
