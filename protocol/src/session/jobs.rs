@@ -13,13 +13,6 @@ use crate::{Channel, Connector};
 
 /// What a session is given to do: a request it serves itself, or a job
 /// of the caller's (see [`Session::serve_jobs`](super::Session::serve_jobs)).
-///
-/// ```
-/// use virtomate_protocol::session::{Request, Work};
-///
-/// let work: Work<String> = Work::Request(Request::ping(1.into()));
-/// let job: Work<String> = Work::Job("copy /etc/hostname".to_owned());
-/// ```
 #[derive(Debug)]
 pub enum Work<J> {
     /// A run or a ping, served as [`Session::serve`](super::Session::serve) serves it.
@@ -28,25 +21,8 @@ pub enum Work<J> {
     Job(J),
 }
 
-/// Runs the caller's jobs on the session's channel.
-///
-/// ```
-/// use virtomate_protocol::qga::GuestPing;
-/// use virtomate_protocol::session::Jobs;
-/// use virtomate_protocol::{Channel, Connector};
-///
-/// /// Pings as many times as a job says.
-/// struct Pings;
-///
-/// impl<C: Connector> Jobs<C> for Pings {
-///     type Job = u32;
-///     async fn run(&mut self, times: u32, channel: &mut Channel<C>) {
-///         for _ in 0..times {
-///             let _ = channel.execute(&GuestPing {}).await;
-///         }
-///     }
-/// }
-/// ```
+/// Runs the caller's jobs on the session's channel (an example is at
+/// [`Session::serve_jobs`](super::Session::serve_jobs)).
 pub trait Jobs<C: Connector> {
     /// What one job is.
     type Job;

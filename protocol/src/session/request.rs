@@ -34,12 +34,6 @@ pub struct Request {
 }
 
 /// What a request asks for.
-///
-/// ```
-/// use virtomate_protocol::session::{Action, Request};
-///
-/// assert_eq!(Request::parse(br#"{"id": "a", "ping": {}}"#).unwrap().action, Action::Ping);
-/// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum Action {
@@ -50,14 +44,6 @@ pub enum Action {
 }
 
 /// A program to run, as `guest-run` runs it.
-///
-/// ```
-/// use virtomate_protocol::session::RunRequest;
-///
-/// let run = RunRequest::new("cat", [""; 0]).with_stdin(b"hello".to_vec());
-/// assert_eq!(run.stdin.as_deref(), Some(&b"hello"[..]));
-/// assert!(!run.encode);
-/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RunRequest {
@@ -95,11 +81,6 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
 impl RunRequest {
     /// `program` with `args`, no input, output as text.
-    ///
-    /// ```
-    /// let run = virtomate_protocol::session::RunRequest::new("ls", ["-l"]);
-    /// assert_eq!(run.args, ["-l"]);
-    /// ```
     pub fn new<A: Into<String>>(program: impl Into<String>, args: impl IntoIterator<Item = A>) -> RunRequest {
         RunRequest {
             program: program.into(),
@@ -116,11 +97,6 @@ impl RunRequest {
     }
 
     /// The same, with `stdin` for the program's standard input.
-    ///
-    /// ```
-    /// let run = virtomate_protocol::session::RunRequest::new("wc", ["-c"]).with_stdin(vec![0; 3]);
-    /// assert_eq!(run.stdin, Some(vec![0; 3]));
-    /// ```
     pub fn with_stdin(mut self, stdin: Vec<u8>) -> RunRequest {
         self.stdin = Some(stdin);
         self
@@ -182,11 +158,6 @@ pub struct BadRequest {
 
 impl Request {
     /// A request to run `run`.
-    ///
-    /// ```
-    /// use virtomate_protocol::session::{Request, RunRequest};
-    /// let request = Request::run(1.into(), RunRequest::new("true", [""; 0]));
-    /// ```
     pub fn run(id: Value, run: RunRequest) -> Request {
         Request {
             id,
@@ -195,10 +166,6 @@ impl Request {
     }
 
     /// A request to ping the agent.
-    ///
-    /// ```
-    /// let request = virtomate_protocol::session::Request::ping("p".into());
-    /// ```
     pub fn ping(id: Value) -> Request {
         Request {
             id,
