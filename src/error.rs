@@ -509,6 +509,9 @@ pub enum Interruption {
     Starting,
     /// The program runs in the guest as `pid`.
     Running { pid: i64 },
+    /// It had a time limit or followed output, and was stopped with what it
+    /// started: `how` says with what, or that it had ended by itself.
+    Stopped { pid: i64, how: &'static str },
 }
 
 impl std::fmt::Display for Interruption {
@@ -545,6 +548,9 @@ impl std::fmt::Display for Interruption {
                 "interrupted while waiting for the program (guest pid {pid}); \
                  it may still be running in the guest"
             ),
+            Interruption::Stopped { pid, how } => {
+                write!(f, "interrupted while waiting for the program (guest pid {pid}), which {how}")
+            }
         }
     }
 }
@@ -736,6 +742,16 @@ mod tests {
         assert!(message(Interruption::StillRunning { pid: 7 }).contains("it is still running"));
         assert!(message(Interruption::EndedJustNow { pid: 7 }).contains("no longer running"));
         assert!(message(Interruption::Ended { pid: 7 }).contains("no longer running"));
+        // Stopped, it does not also say that it may still run.
+        let stopped = message(Interruption::Stopped {
+            pid: 7,
+            how: "was stopped with SIGTERM",
+        });
+        assert!(
+            stopped.ends_with("(guest pid 7), which was stopped with SIGTERM"),
+            "{stopped}"
+        );
+        assert!(!stopped.contains("may still be running"), "{stopped}");
     }
 
     #[test]

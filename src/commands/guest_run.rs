@@ -162,16 +162,12 @@ fn interrupted(agent: &DomainAgent, abandoned: Vec<Abandoned>) -> CliError {
         Left::EndedJustNow { pid } => CliError::interrupted(Interruption::EndedJustNow { pid }),
         Left::Unknown { pid } => CliError::interrupted(Interruption::Running { pid }),
         Left::Stopped { pid, stopped } => {
-            let hint = match (stopped.asked, stopped.killed) {
-                (false, _) => {
-                    format!("the program (guest pid {pid}) had ended by itself; its result is lost")
-                }
-                (true, false) => format!("the program (guest pid {pid}) was stopped with SIGTERM"),
-                (true, true) => {
-                    format!("the program (guest pid {pid}) was stopped with SIGKILL after the grace period")
-                }
+            let how = match (stopped.asked, stopped.killed) {
+                (false, _) => "had ended by itself; its result is lost",
+                (true, false) => "was stopped with SIGTERM",
+                (true, true) => "was stopped with SIGKILL after the grace period",
             };
-            CliError::interrupted(Interruption::Running { pid }).with_hint(hint)
+            CliError::interrupted(Interruption::Stopped { pid, how })
         }
         Left::NotStopped {
             pid,
