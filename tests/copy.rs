@@ -851,3 +851,37 @@ fn compress_out_of_the_vm_stopped_or_failing_leaves_nothing_behind() {
     assert!(!back.exists() && temporaries(dir.path()).is_empty());
     assert_eq!(leftovers(), "0\n0\n");
 }
+
+/// `copy f VM:/dir/` where `/dir/f` is a directory: refused as a path
+/// before a byte is sent, with or without `--compress`.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_destination_that_is_a_directory_in_the_target_directory_is_refused_before_sending() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("f");
+    std::fs::write(&source, noise(MIB, 11)).unwrap();
+    let into = dir.path().join("into");
+    std::fs::create_dir_all(into.join("f")).unwrap();
+    let with_slash = format!("{}/", guest(&agent.socket(), &into));
+    for dest in [with_slash, guest(&agent.socket(), &into)] {
+        for extra in [&[][..], &["--compress"]] {
+            let mut args = vec!["--trace", "copy"];
+            args.extend(extra);
+            args.extend([source.to_str().unwrap(), &dest]);
+            let out = run(&args, None);
+            let message = out.error("PathError");
+            assert!(
+                message.contains("is a directory in the guest"),
+                "{args:?}: {message}"
+            );
+            assert!(
+                !out.stderr.contains("guest-file-write") && !out.stderr.contains("guest-file-open"),
+                "{args:?}: nothing is sent: {}",
+                out.stderr
+            );
+        }
+    }
+    assert!(into.join("f").is_dir());
+    assert!(temporaries(&into).is_empty(), "{:?}", temporaries(&into));
+}

@@ -273,29 +273,47 @@ impl<'a, A: FileAgent> Copy<'a, A> {
 
     /// The guest file to write: `path`, or `path/NAME` when `path` ends
     /// with `/` or is a directory. A link to a directory is refused rather
-    /// than replaced or followed.
+    /// than replaced or followed; so is a directory at `path/NAME`, before
+    /// anything is sent.
     async fn guest_target(&mut self, path: &str, name: Option<&str>) -> Result<String, CliError> {
-        let into = |dir: &str| match name {
-            Some(name) => Ok(format!("{}/{name}", dir.trim_end_matches('/'))),
-            None => Err(CliError::new(
+        let into_dir = path.ends_with('/')
+            || match guest::directory_kind(self.agent, path).await? {
+                DirKind::NotADirectory => false,
+                DirKind::Directory => true,
+                DirKind::LinkToDirectory => {
+                    return Err(CliError::new(
+                        ErrorKind::Path,
+                        format!("{path} is a symbolic link to a directory in the guest"),
+                    )
+                    .with_hint(format!("write {path}/ to copy into that directory")))
+                }
+            };
+        if !into_dir {
+            return Ok(path.to_owned());
+        }
+        let Some(name) = name else {
+            return Err(CliError::new(
                 ErrorKind::Path,
                 format!(
                     "{path} is a directory in the guest, and standard input has no name: give the \
                      file's path"
                 ),
-            )),
+            ));
         };
-        if path.ends_with('/') {
-            return into(path);
-        }
-        match guest::directory_kind(self.agent, path).await? {
-            DirKind::NotADirectory => Ok(path.to_owned()),
-            DirKind::Directory => into(path),
+        let target = format!("{}/{name}", path.trim_end_matches('/'));
+        // `mv -T` would fail on it only once all is sent.
+        match guest::directory_kind(self.agent, &target).await? {
+            DirKind::NotADirectory => Ok(target),
+            DirKind::Directory => Err(CliError::new(
+                ErrorKind::Path,
+                format!("{target} is a directory in the guest; copy writes one file"),
+            )
+            .with_hint("remove it first, or give the file another name")),
             DirKind::LinkToDirectory => Err(CliError::new(
                 ErrorKind::Path,
-                format!("{path} is a symbolic link to a directory in the guest"),
+                format!("{target} is a symbolic link to a directory in the guest"),
             )
-            .with_hint(format!("write {path}/ to copy into that directory"))),
+            .with_hint(format!("write {target}/ to copy into that directory"))),
         }
     }
 
