@@ -41,6 +41,7 @@ mod local;
 pub mod location;
 pub mod progress;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,16 @@ struct Leftovers {
 
 /// What a copy out writes to: a local file or a stream.
 type LocalWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A copy out's local temporary file, to put in place once complete.
+struct LocalPlace {
+    temp: PathBuf,
+    dest: PathBuf,
+    /// The temporary file, to set its mode through.
+    file: tokio::fs::File,
+    /// The guest file's permission bits, when known.
+    mode: Option<u32>,
+}
 
 /// One copy on an agent; after a failure (or when its future was dropped
 /// on an interruption), [`Copy::clean_up`] removes what it left.
@@ -208,10 +219,22 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         }
     }
 
-    /// Renames the complete local temporary file to its destination (when
-    /// the copy went to a file, not a stream).
-    async fn put_local_in_place(&mut self, dest: Option<(PathBuf, PathBuf)>) -> Result<(), CliError> {
-        if let Some((temp, dest)) = dest {
+    /// Gives the complete local temporary file its mode (see
+    /// [`local::final_mode`]) and renames it to its destination (when the
+    /// copy went to a file, not a stream).
+    async fn put_local_in_place(&mut self, place: Option<LocalPlace>) -> Result<(), CliError> {
+        if let Some(LocalPlace {
+            temp,
+            dest,
+            file,
+            mode,
+        }) = place
+        {
+            let mode = local::final_mode(&dest, mode);
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .await
+                .map_err(|e| CliError::io(format!("cannot set the mode of {}", temp.display()), e))?;
+            drop(file);
             tokio::fs::rename(&temp, &dest)
                 .await
                 .map_err(|e| CliError::io(format!("cannot rename the copy to {}", dest.display()), e))?;
@@ -338,19 +361,30 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     }
 
     /// Where what is read goes: a temporary file beside the local
-    /// destination (renamed into place at the end: the pair returned), or
-    /// the stream itself.
+    /// destination (put in place at the end: the [`LocalPlace`] returned),
+    /// or the stream itself. `mode` is the guest file's, when known.
     async fn local_writer(
         &mut self,
         target: Target,
         name: Option<&str>,
-    ) -> Result<(LocalWriter, Option<(PathBuf, PathBuf)>), CliError> {
+        mode: Option<u32>,
+    ) -> Result<(LocalWriter, Option<LocalPlace>), CliError> {
         match target {
             Target::Path(local) => {
                 let dest = Dest::create(&local, name, &random_name()?).await?;
                 self.left.local_temp = Some(dest.temp.clone());
+                let file =
+                    dest.file.try_clone().await.map_err(|e| {
+                        CliError::io(format!("cannot use the file {}", dest.temp.display()), e)
+                    })?;
                 let writer = tokio::io::BufWriter::with_capacity(1 << 20, dest.file);
-                Ok((Box::new(writer), Some((dest.temp, dest.dest))))
+                let place = LocalPlace {
+                    temp: dest.temp,
+                    dest: dest.dest,
+                    file,
+                    mode,
+                };
+                Ok((Box::new(writer), Some(place)))
             }
             Target::Stream(stream) => Ok((stream, None)),
         }
@@ -362,8 +396,9 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             return self.pull_compressed(path, target, options).await;
         }
         let started = Instant::now();
+        let mode = self.source_mode(path).await?;
         let (handle, total) = self.open_for_reading(path, options).await?;
-        let (mut writer, dest) = self.local_writer(target, guest_name(path)).await?;
+        let (mut writer, dest) = self.local_writer(target, guest_name(path), mode).await?;
         let chunk = chunks::for_reads(options.chunk_size, self.agent.through_libvirtd()) as u64;
         let progress = Progress::new(options.progress, total);
         let mut hasher = options.verify.then(Sha256::new);
@@ -412,6 +447,17 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             seconds: started.elapsed().as_secs_f64(),
             sha256,
         })
+    }
+
+    /// The permission bits of the guest file `path` to copy out, when the
+    /// guest can tell them; an error, before the file is opened, when it is
+    /// not a regular file (a FIFO would block or never end).
+    async fn source_mode(&mut self, path: &str) -> Result<Option<u32>, CliError> {
+        let Some(mode) = guest::file_mode(self.agent, path).await? else {
+            return Ok(None);
+        };
+        guest::regular_file(path, mode)?;
+        Ok(Some(mode & 0o7777))
     }
 
     /// Compares `expected` with what `sha256sum` computes of `path` in the
