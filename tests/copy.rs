@@ -995,3 +995,45 @@ fn a_guest_fifo_or_device_is_refused_as_not_a_regular_file_before_reading() {
     held.read_exact(&mut queued).unwrap();
     assert_eq!(&queued, b"queued", "nothing was read from the FIFO");
 }
+
+/// `--progress` off a terminal: plain lines (bytes, rate, time), no bar
+/// or spinner glyphs, both ways.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn forced_progress_off_a_terminal_is_plain_lines() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("f");
+    let data = noise(2 * MIB, 12);
+    let pushed = run(
+        &[
+            "copy",
+            "--progress",
+            "--chunk-size",
+            "64K",
+            "-",
+            &guest(&agent.socket(), &inside),
+        ],
+        Some(&data),
+    );
+    assert_eq!(pushed.status, 0, "{pushed:?}");
+    let back = dir.path().join("back");
+    let pulled = copy(&[
+        "--progress",
+        "--chunk-size",
+        "64K",
+        &guest(&agent.socket(), &inside),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(pulled.status, 0, "{pulled:?}");
+    for out in [pushed, pulled] {
+        assert!(out.stderr.contains("B/s"), "{out:?}");
+        for line in out.stderr.lines() {
+            assert!(
+                line.is_ascii() && !line.contains('[') && !line.trim().is_empty(),
+                "a plain line, no bar: {line:?}"
+            );
+        }
+    }
+    assert!(std::fs::read(&back).unwrap() == data);
+}
