@@ -1037,3 +1037,69 @@ fn forced_progress_off_a_terminal_is_plain_lines() {
     }
     assert!(std::fs::read(&back).unwrap() == data);
 }
+
+/// This process's tag in the names of its private directories in the
+/// guest (README: boot id, pid namespace, pid, start time).
+fn host_tag(pid: u32, start: &str) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let ns: String = ns
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    format!("{}.{ns}.{pid}.{start}", boot.trim().replace('-', ""))
+}
+
+/// A private directory of a copy that was killed (its host process is
+/// gone) is removed by the next copy into the same directory; a live
+/// process's, a foreign one's or one owned by someone else are left.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn the_next_copy_removes_the_temporary_a_killed_copy_left_in_the_guest() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let own_start = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_owned();
+    let random = "0123456789abcdef0123456789abcdef";
+    let make = |name: String, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("data"), b"half").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let stale = make(format!(".virtomate-{random}-{}", host_tag(gone_pid, "1")), 0o700);
+    let live = make(
+        format!(".virtomate-{random}-{}", host_tag(std::process::id(), &own_start)),
+        0o700,
+    );
+    let open = make(format!(".virtomate-{random}-{}", host_tag(gone_pid, "2")), 0o755);
+    let untagged = make(format!(".virtomate-{random}"), 0o700);
+    let foreign = make(
+        format!(".virtomate-{random}-{}.1.{gone_pid}.1", "0".repeat(32)),
+        0o700,
+    );
+
+    let out = run(
+        &["copy", "-", &guest(&agent.socket(), &dir.path().join("f"))],
+        Some(b"x"),
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(!stale.exists(), "the killed copy's temporary is removed");
+    assert!(live.join("data").exists(), "a live copy's is left");
+    assert!(open.exists(), "a directory not private as copy makes it is left");
+    assert!(untagged.exists(), "one whose maker cannot be told is left");
+    assert!(foreign.exists(), "another host's (or boot's) is left");
+    assert_eq!(temporaries(dir.path()).len(), 4, "{:?}", temporaries(dir.path()));
+}

@@ -40,6 +40,7 @@ mod guest;
 mod local;
 pub mod location;
 pub mod progress;
+mod stale;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -246,7 +247,14 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     /// Makes `PARENT/.virtomate-RANDOM`, mode 0700, and keeps it for the
     /// clean-up.
     async fn private_dir(&mut self, parent: &str) -> Result<String, CliError> {
-        let dir = format!("{}/.virtomate-{}", parent.trim_end_matches('/'), random_name()?);
+        // Tagged with this process, so that a later copy can remove it if
+        // this one is killed (see `stale`).
+        let tag = stale::own_tag().map(|tag| format!("-{tag}")).unwrap_or_default();
+        let dir = format!(
+            "{}/.virtomate-{}{tag}",
+            parent.trim_end_matches('/'),
+            random_name()?
+        );
         let made = guest::run(
             self.agent,
             "mkdir",
@@ -286,12 +294,42 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         }
         self.left.guest_temp = None;
         // The file is in place: an empty directory is all that is left.
-        match guest::run(self.agent, "rmdir", &[dir], REMOVE_TEMPORARY).await {
-            Ok(ran) if ran.ok() => self.left.guest_dir = None,
+        // With it, what killed copies left beside it goes (see `stale`).
+        let parent = guest_parent(target);
+        let script = ["-c", stale::RMDIR_AND_LIST, "sh", dir, parent];
+        let removed = match guest::run(self.agent, "/bin/sh", &script, REMOVE_TEMPORARY).await {
+            Err(error) if error.kind() == ErrorKind::AgentCommand => {
+                guest::run(self.agent, "rmdir", &[dir], REMOVE_TEMPORARY).await
+            }
+            ran => ran,
+        };
+        match removed {
+            Ok(ran) if ran.ok() => {
+                self.left.guest_dir = None;
+                self.remove_stale(parent, &ran.stdout).await;
+            }
             Ok(ran) => tracing::warn!("{}; {dir} is left in the guest", ran.failure("rmdir")),
             Err(error) => tracing::warn!("{error}; {dir} is left in the guest"),
         }
         Ok(sha256)
+    }
+
+    /// Removes, of the directories `listed` in the guest's `parent`, those
+    /// of killed copies; what cannot be removed stays, said in the log.
+    async fn remove_stale(&mut self, parent: &str, listed: &[u8]) {
+        let listed = String::from_utf8_lossy(listed);
+        let stale: Vec<&str> = listed.lines().filter(|name| stale::is_stale(name)).collect();
+        if stale.is_empty() {
+            return;
+        }
+        let mut args = vec!["-c", stale::REMOVE_STALE, "sh", parent];
+        args.extend(&stale);
+        let purpose = "to remove what killed copies left";
+        match guest::run(self.agent, "/bin/sh", &args, purpose).await {
+            Ok(ran) if ran.ok() => tracing::info!("removed in {parent} what killed copies left: {stale:?}"),
+            Ok(ran) => tracing::warn!("{}; {stale:?} may be left in {parent}", ran.failure("sh")),
+            Err(error) => tracing::warn!("{error}; {stale:?} may be left in {parent}"),
+        }
     }
 
     /// The guest file to write: `path`, or `path/NAME` when `path` ends
