@@ -116,7 +116,7 @@ fn a_file_goes_in_and_comes_back_byte_identical_with_its_mode() {
     assert_eq!(std::fs::read(&back).unwrap(), data);
     assert_eq!(
         mode(&back),
-        0o666 & !umask(),
+        0o640 & !umask(),
         "a new local file honours the umask"
     );
 
@@ -486,6 +486,12 @@ fn progress_shows_on_demand_and_not_by_default_off_a_terminal() {
 fn a_read_reply_longer_than_asked_is_a_protocol_error_and_the_handle_is_closed() {
     let agent = FakeAgent::serve(|mut conn| {
         conn.sync();
+        // `stat`, for the file's type and mode: a guest without guest-exec.
+        conn.refuse(
+            "guest-exec",
+            "GenericError",
+            "The command guest-exec has been disabled",
+        );
         conn.answer("guest-file-open", json!(5));
         let request = conn.request();
         assert_eq!(request["arguments"]["count"], 2, "{request}");
@@ -850,4 +856,250 @@ fn compress_out_of_the_vm_stopped_or_failing_leaves_nothing_behind() {
     assert!(message.contains("no space left on the file system"), "{message}");
     assert!(!back.exists() && temporaries(dir.path()).is_empty());
     assert_eq!(leftovers(), "0\n0\n");
+}
+
+/// The local temporary file a copy out of the guest is writing into `dir`,
+/// once it holds data.
+fn local_temporary(dir: &Path) -> PathBuf {
+    wait_for_local_data(dir);
+    temporaries(dir).into_iter().find(|t| t.is_file()).unwrap()
+}
+
+/// As `cp`: an existing local file keeps its mode, a new one gets the guest
+/// file's less the umask, and the temporary is private until then.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_file_copied_out_keeps_its_privacy_and_an_existing_destination_its_mode() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("guest");
+    let local = dir.path().join("local");
+    std::fs::create_dir(&inside).unwrap();
+    std::fs::create_dir(&local).unwrap();
+    let secret = inside.join("secret");
+    std::fs::write(&secret, b"private").unwrap();
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let public = inside.join("public");
+    std::fs::write(&public, b"public").unwrap();
+    std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o644)).unwrap();
+
+    let new = local.join("new");
+    let out = copy(&[&guest(&agent.socket(), &secret), new.to_str().unwrap()]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(mode(&new), 0o600 & !umask(), "a new file: the guest file's mode");
+
+    let existing = local.join("existing");
+    std::fs::write(&existing, b"old").unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = copy(&[&guest(&agent.socket(), &public), existing.to_str().unwrap()]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(std::fs::read(&existing).unwrap(), b"public");
+    assert_eq!(mode(&existing), 0o600, "an existing file keeps its mode");
+
+    // Mid-way, the temporary is private whatever the file becomes.
+    let big = inside.join("big");
+    std::fs::write(&big, noise(8 * MIB, 10)).unwrap();
+    std::fs::set_permissions(&big, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let back = local.join("big");
+    let child = virtomate()
+        .args(["copy", "--chunk-size", "4K", &guest(&agent.socket(), &big)])
+        .arg(&back)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let temp = local_temporary(&local);
+    assert_eq!(mode(&temp), 0o600, "the temporary is private");
+    let out = outcome(child);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(mode(&back), 0o644 & !umask());
+}
+
+/// `copy f VM:/dir/` where `/dir/f` is a directory: refused as a path
+/// before a byte is sent, with or without `--compress`.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_destination_that_is_a_directory_in_the_target_directory_is_refused_before_sending() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("f");
+    std::fs::write(&source, noise(MIB, 11)).unwrap();
+    let into = dir.path().join("into");
+    std::fs::create_dir_all(into.join("f")).unwrap();
+    let with_slash = format!("{}/", guest(&agent.socket(), &into));
+    for dest in [with_slash, guest(&agent.socket(), &into)] {
+        for extra in [&[][..], &["--compress"]] {
+            let mut args = vec!["--trace", "copy"];
+            args.extend(extra);
+            args.extend([source.to_str().unwrap(), &dest]);
+            let out = run(&args, None);
+            let message = out.error("PathError");
+            assert!(
+                message.contains("is a directory in the guest"),
+                "{args:?}: {message}"
+            );
+            assert!(
+                !out.stderr.contains("guest-file-write") && !out.stderr.contains("guest-file-open"),
+                "{args:?}: nothing is sent: {}",
+                out.stderr
+            );
+        }
+    }
+    assert!(into.join("f").is_dir());
+    assert!(temporaries(&into).is_empty(), "{:?}", temporaries(&into));
+}
+
+/// A FIFO or a device in the guest is no file to copy: refused before a
+/// byte is read from it.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_guest_fifo_or_device_is_refused_as_not_a_regular_file_before_reading() {
+    use std::io::Read;
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // Held open for reading and writing: the agent's open does not block.
+    let mut held = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    held.write_all(b"queued").unwrap();
+    let back = dir.path().join("back");
+    let cases = [
+        (vec![guest(&agent.socket(), &fifo)], "a FIFO"),
+        (
+            vec![guest(&agent.socket(), Path::new("/dev/null"))],
+            "a character device",
+        ),
+        (
+            vec![
+                "--compress".to_owned(),
+                guest(&agent.socket(), Path::new("/dev/null")),
+            ],
+            "a character device",
+        ),
+    ];
+    for (mut args, what) in cases {
+        args.insert(0, "copy".to_owned());
+        args.push(back.to_str().unwrap().to_owned());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&args, None);
+        let message = out.error("PathError");
+        assert!(message.contains("is not a regular file"), "{args:?}: {message}");
+        assert!(message.contains(what), "{args:?}: {message}");
+        assert!(!back.exists() && temporaries(dir.path()).is_empty());
+    }
+    let mut queued = [0; 6];
+    held.read_exact(&mut queued).unwrap();
+    assert_eq!(&queued, b"queued", "nothing was read from the FIFO");
+}
+
+/// `--progress` off a terminal: plain lines (bytes, rate, time), no bar
+/// or spinner glyphs, both ways.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn forced_progress_off_a_terminal_is_plain_lines() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let inside = dir.path().join("f");
+    let data = noise(2 * MIB, 12);
+    let pushed = run(
+        &[
+            "copy",
+            "--progress",
+            "--chunk-size",
+            "64K",
+            "-",
+            &guest(&agent.socket(), &inside),
+        ],
+        Some(&data),
+    );
+    assert_eq!(pushed.status, 0, "{pushed:?}");
+    let back = dir.path().join("back");
+    let pulled = copy(&[
+        "--progress",
+        "--chunk-size",
+        "64K",
+        &guest(&agent.socket(), &inside),
+        back.to_str().unwrap(),
+    ]);
+    assert_eq!(pulled.status, 0, "{pulled:?}");
+    for out in [pushed, pulled] {
+        assert!(out.stderr.contains("B/s"), "{out:?}");
+        for line in out.stderr.lines() {
+            assert!(
+                line.is_ascii() && !line.contains('[') && !line.trim().is_empty(),
+                "a plain line, no bar: {line:?}"
+            );
+        }
+    }
+    assert!(std::fs::read(&back).unwrap() == data);
+}
+
+/// This process's tag in the names of its private directories in the
+/// guest (README: boot id, pid namespace, pid, start time).
+fn host_tag(pid: u32, start: &str) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let ns: String = ns
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    format!("{}.{ns}.{pid}.{start}", boot.trim().replace('-', ""))
+}
+
+/// A private directory of a copy that was killed (its host process is
+/// gone) is removed by the next copy into the same directory; a live
+/// process's, a foreign one's or one owned by someone else are left.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn the_next_copy_removes_the_temporary_a_killed_copy_left_in_the_guest() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let own_start = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_owned();
+    let random = "0123456789abcdef0123456789abcdef";
+    let make = |name: String, mode: u32| {
+        let path = dir.path().join(name);
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("data"), b"half").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    };
+    let stale = make(format!(".virtomate-{random}-{}", host_tag(gone_pid, "1")), 0o700);
+    let live = make(
+        format!(".virtomate-{random}-{}", host_tag(std::process::id(), &own_start)),
+        0o700,
+    );
+    let open = make(format!(".virtomate-{random}-{}", host_tag(gone_pid, "2")), 0o755);
+    let untagged = make(format!(".virtomate-{random}"), 0o700);
+    let foreign = make(
+        format!(".virtomate-{random}-{}.1.{gone_pid}.1", "0".repeat(32)),
+        0o700,
+    );
+
+    let out = run(
+        &["copy", "-", &guest(&agent.socket(), &dir.path().join("f"))],
+        Some(b"x"),
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(!stale.exists(), "the killed copy's temporary is removed");
+    assert!(live.join("data").exists(), "a live copy's is left");
+    assert!(open.exists(), "a directory not private as copy makes it is left");
+    assert!(untagged.exists(), "one whose maker cannot be told is left");
+    assert!(foreign.exists(), "another host's (or boot's) is left");
+    assert_eq!(temporaries(dir.path()).len(), 4, "{:?}", temporaries(dir.path()));
 }

@@ -79,6 +79,49 @@ pub async fn directory_kind(agent: &mut impl FileAgent, path: &str) -> Result<Di
     }
 }
 
+/// The mode (`st_mode`: type and permission bits) of the guest file
+/// `path`, links followed, as `stat -L -c %f` prints it; `None` where the
+/// guest cannot say (`guest-exec` disabled, no `stat`, or `stat` failed:
+/// opening the file then says why).
+pub async fn file_mode(agent: &mut impl FileAgent, path: &str) -> Result<Option<u32>, CliError> {
+    let purpose = "to tell whether the source is a regular file, and its mode";
+    match run(agent, "stat", &["-L", "-c", "%f", path], purpose).await {
+        Ok(ran) if ran.ok() => {
+            let said = String::from_utf8_lossy(&ran.stdout);
+            Ok(u32::from_str_radix(said.trim(), 16).ok())
+        }
+        Ok(_) => Ok(None),
+        Err(error) if error.kind() == ErrorKind::AgentCommand => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
+/// The file type bits of a mode, and what is not a regular file is.
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+
+/// Refuses a `mode` (as [`file_mode`]'s) that is not a regular file's.
+pub fn regular_file(path: &str, mode: u32) -> Result<(), CliError> {
+    let what = match mode & S_IFMT {
+        S_IFREG => return Ok(()),
+        0o040000 => {
+            return Err(CliError::new(
+                ErrorKind::Path,
+                format!("{path} is a directory in the guest; copy takes one file"),
+            ))
+        }
+        0o010000 => "a FIFO",
+        0o020000 => "a character device",
+        0o060000 => "a block device",
+        0o140000 => "a socket",
+        _ => "an unknown type",
+    };
+    Err(CliError::new(
+        ErrorKind::Path,
+        format!("{path} is not a regular file in the guest ({what}); copy takes one regular file"),
+    ))
+}
+
 pub enum DirKind {
     NotADirectory,
     Directory,

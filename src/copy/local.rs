@@ -1,6 +1,8 @@
 //! The host's side of a copy: the file read (or standard input), and the
-//! file written, first under a temporary name beside it, created as any
-//! new file is (`0666` less the umask), then renamed into place.
+//! file written, first under a temporary name beside it, private (`0600`)
+//! until it is complete, then given its mode as `cp` would (an existing
+//! destination's, else the guest file's less the umask) and renamed into
+//! place.
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +88,37 @@ pub struct Dest {
     pub file: tokio::fs::File,
 }
 
+/// The mode of a new local file whose guest file's mode is unknown (the
+/// guest could not run `stat`): private, as a guest file from standard
+/// input.
+const UNKNOWN_MODE: u32 = 0o600;
+
+/// The mode the complete local file gets, as `cp` gives it: an existing
+/// `dest` keeps its own (less set-user/group-ID), a new one gets
+/// `source_mode` (the guest file's) less the umask.
+pub fn final_mode(dest: &Path, source_mode: Option<u32>) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::metadata(dest) {
+        Ok(meta) => meta.permissions().mode() & 0o1777,
+        Err(_) => source_mode.unwrap_or(UNKNOWN_MODE) & 0o777 & !umask(),
+    }
+}
+
+/// The process's umask, read without changing it where Linux tells it.
+fn umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let told = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|m| u32::from_str_radix(m.trim(), 8).ok());
+    told.unwrap_or_else(|| {
+        use nix::sys::stat::{umask, Mode};
+        let mask = umask(Mode::from_bits_truncate(0o077));
+        umask(mask);
+        mask.bits()
+    })
+}
+
 impl Dest {
     /// `dest`, or `dest/NAME` when it is a directory (or ends with `/`).
     pub async fn create(dest: &Path, name: Option<&str>, random: &str) -> Result<Dest, CliError> {
@@ -118,11 +151,12 @@ impl Dest {
             ".{}.virtomate-{random}",
             file_name.as_deref().unwrap_or("copy")
         ));
-        // create_new: never follows or reuses what is there; 0666 less the
-        // umask, as any new file.
+        // create_new: never follows or reuses what is there; private until
+        // complete, whatever the file becomes.
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&temp)
             .await
             .map_err(|e| {

@@ -40,7 +40,9 @@ mod guest;
 mod local;
 pub mod location;
 pub mod progress;
+mod stale;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -107,6 +109,16 @@ struct Leftovers {
 
 /// What a copy out writes to: a local file or a stream.
 type LocalWriter = Box<dyn AsyncWrite + Unpin + Send>;
+
+/// A copy out's local temporary file, to put in place once complete.
+struct LocalPlace {
+    temp: PathBuf,
+    dest: PathBuf,
+    /// The temporary file, to set its mode through.
+    file: tokio::fs::File,
+    /// The guest file's permission bits, when known.
+    mode: Option<u32>,
+}
 
 /// One copy on an agent; after a failure (or when its future was dropped
 /// on an interruption), [`Copy::clean_up`] removes what it left.
@@ -208,10 +220,22 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         }
     }
 
-    /// Renames the complete local temporary file to its destination (when
-    /// the copy went to a file, not a stream).
-    async fn put_local_in_place(&mut self, dest: Option<(PathBuf, PathBuf)>) -> Result<(), CliError> {
-        if let Some((temp, dest)) = dest {
+    /// Gives the complete local temporary file its mode (see
+    /// [`local::final_mode`]) and renames it to its destination (when the
+    /// copy went to a file, not a stream).
+    async fn put_local_in_place(&mut self, place: Option<LocalPlace>) -> Result<(), CliError> {
+        if let Some(LocalPlace {
+            temp,
+            dest,
+            file,
+            mode,
+        }) = place
+        {
+            let mode = local::final_mode(&dest, mode);
+            file.set_permissions(std::fs::Permissions::from_mode(mode))
+                .await
+                .map_err(|e| CliError::io(format!("cannot set the mode of {}", temp.display()), e))?;
+            drop(file);
             tokio::fs::rename(&temp, &dest)
                 .await
                 .map_err(|e| CliError::io(format!("cannot rename the copy to {}", dest.display()), e))?;
@@ -223,7 +247,14 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     /// Makes `PARENT/.virtomate-RANDOM`, mode 0700, and keeps it for the
     /// clean-up.
     async fn private_dir(&mut self, parent: &str) -> Result<String, CliError> {
-        let dir = format!("{}/.virtomate-{}", parent.trim_end_matches('/'), random_name()?);
+        // Tagged with this process, so that a later copy can remove it if
+        // this one is killed (see `stale`).
+        let tag = stale::own_tag().map(|tag| format!("-{tag}")).unwrap_or_default();
+        let dir = format!(
+            "{}/.virtomate-{}{tag}",
+            parent.trim_end_matches('/'),
+            random_name()?
+        );
         let made = guest::run(
             self.agent,
             "mkdir",
@@ -263,39 +294,87 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         }
         self.left.guest_temp = None;
         // The file is in place: an empty directory is all that is left.
-        match guest::run(self.agent, "rmdir", &[dir], REMOVE_TEMPORARY).await {
-            Ok(ran) if ran.ok() => self.left.guest_dir = None,
+        // With it, what killed copies left beside it goes (see `stale`).
+        let parent = guest_parent(target);
+        let script = ["-c", stale::RMDIR_AND_LIST, "sh", dir, parent];
+        let removed = match guest::run(self.agent, "/bin/sh", &script, REMOVE_TEMPORARY).await {
+            Err(error) if error.kind() == ErrorKind::AgentCommand => {
+                guest::run(self.agent, "rmdir", &[dir], REMOVE_TEMPORARY).await
+            }
+            ran => ran,
+        };
+        match removed {
+            Ok(ran) if ran.ok() => {
+                self.left.guest_dir = None;
+                self.remove_stale(parent, &ran.stdout).await;
+            }
             Ok(ran) => tracing::warn!("{}; {dir} is left in the guest", ran.failure("rmdir")),
             Err(error) => tracing::warn!("{error}; {dir} is left in the guest"),
         }
         Ok(sha256)
     }
 
+    /// Removes, of the directories `listed` in the guest's `parent`, those
+    /// of killed copies; what cannot be removed stays, said in the log.
+    async fn remove_stale(&mut self, parent: &str, listed: &[u8]) {
+        let listed = String::from_utf8_lossy(listed);
+        let stale: Vec<&str> = listed.lines().filter(|name| stale::is_stale(name)).collect();
+        if stale.is_empty() {
+            return;
+        }
+        let mut args = vec!["-c", stale::REMOVE_STALE, "sh", parent];
+        args.extend(&stale);
+        let purpose = "to remove what killed copies left";
+        match guest::run(self.agent, "/bin/sh", &args, purpose).await {
+            Ok(ran) if ran.ok() => tracing::info!("removed in {parent} what killed copies left: {stale:?}"),
+            Ok(ran) => tracing::warn!("{}; {stale:?} may be left in {parent}", ran.failure("sh")),
+            Err(error) => tracing::warn!("{error}; {stale:?} may be left in {parent}"),
+        }
+    }
+
     /// The guest file to write: `path`, or `path/NAME` when `path` ends
     /// with `/` or is a directory. A link to a directory is refused rather
-    /// than replaced or followed.
+    /// than replaced or followed; so is a directory at `path/NAME`, before
+    /// anything is sent.
     async fn guest_target(&mut self, path: &str, name: Option<&str>) -> Result<String, CliError> {
-        let into = |dir: &str| match name {
-            Some(name) => Ok(format!("{}/{name}", dir.trim_end_matches('/'))),
-            None => Err(CliError::new(
+        let into_dir = path.ends_with('/')
+            || match guest::directory_kind(self.agent, path).await? {
+                DirKind::NotADirectory => false,
+                DirKind::Directory => true,
+                DirKind::LinkToDirectory => {
+                    return Err(CliError::new(
+                        ErrorKind::Path,
+                        format!("{path} is a symbolic link to a directory in the guest"),
+                    )
+                    .with_hint(format!("write {path}/ to copy into that directory")))
+                }
+            };
+        if !into_dir {
+            return Ok(path.to_owned());
+        }
+        let Some(name) = name else {
+            return Err(CliError::new(
                 ErrorKind::Path,
                 format!(
                     "{path} is a directory in the guest, and standard input has no name: give the \
                      file's path"
                 ),
-            )),
+            ));
         };
-        if path.ends_with('/') {
-            return into(path);
-        }
-        match guest::directory_kind(self.agent, path).await? {
-            DirKind::NotADirectory => Ok(path.to_owned()),
-            DirKind::Directory => into(path),
+        let target = format!("{}/{name}", path.trim_end_matches('/'));
+        // `mv -T` would fail on it only once all is sent.
+        match guest::directory_kind(self.agent, &target).await? {
+            DirKind::NotADirectory => Ok(target),
+            DirKind::Directory => Err(CliError::new(
+                ErrorKind::Path,
+                format!("{target} is a directory in the guest; copy writes one file"),
+            )
+            .with_hint("remove it first, or give the file another name")),
             DirKind::LinkToDirectory => Err(CliError::new(
                 ErrorKind::Path,
-                format!("{path} is a symbolic link to a directory in the guest"),
+                format!("{target} is a symbolic link to a directory in the guest"),
             )
-            .with_hint(format!("write {path}/ to copy into that directory"))),
+            .with_hint(format!("write {target}/ to copy into that directory"))),
         }
     }
 
@@ -320,19 +399,30 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     }
 
     /// Where what is read goes: a temporary file beside the local
-    /// destination (renamed into place at the end: the pair returned), or
-    /// the stream itself.
+    /// destination (put in place at the end: the [`LocalPlace`] returned),
+    /// or the stream itself. `mode` is the guest file's, when known.
     async fn local_writer(
         &mut self,
         target: Target,
         name: Option<&str>,
-    ) -> Result<(LocalWriter, Option<(PathBuf, PathBuf)>), CliError> {
+        mode: Option<u32>,
+    ) -> Result<(LocalWriter, Option<LocalPlace>), CliError> {
         match target {
             Target::Path(local) => {
                 let dest = Dest::create(&local, name, &random_name()?).await?;
                 self.left.local_temp = Some(dest.temp.clone());
+                let file =
+                    dest.file.try_clone().await.map_err(|e| {
+                        CliError::io(format!("cannot use the file {}", dest.temp.display()), e)
+                    })?;
                 let writer = tokio::io::BufWriter::with_capacity(1 << 20, dest.file);
-                Ok((Box::new(writer), Some((dest.temp, dest.dest))))
+                let place = LocalPlace {
+                    temp: dest.temp,
+                    dest: dest.dest,
+                    file,
+                    mode,
+                };
+                Ok((Box::new(writer), Some(place)))
             }
             Target::Stream(stream) => Ok((stream, None)),
         }
@@ -344,8 +434,9 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             return self.pull_compressed(path, target, options).await;
         }
         let started = Instant::now();
+        let mode = self.source_mode(path).await?;
         let (handle, total) = self.open_for_reading(path, options).await?;
-        let (mut writer, dest) = self.local_writer(target, guest_name(path)).await?;
+        let (mut writer, dest) = self.local_writer(target, guest_name(path), mode).await?;
         let chunk = chunks::for_reads(options.chunk_size, self.agent.through_libvirtd()) as u64;
         let progress = Progress::new(options.progress, total);
         let mut hasher = options.verify.then(Sha256::new);
@@ -394,6 +485,17 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             seconds: started.elapsed().as_secs_f64(),
             sha256,
         })
+    }
+
+    /// The permission bits of the guest file `path` to copy out, when the
+    /// guest can tell them; an error, before the file is opened, when it is
+    /// not a regular file (a FIFO would block or never end).
+    async fn source_mode(&mut self, path: &str) -> Result<Option<u32>, CliError> {
+        let Some(mode) = guest::file_mode(self.agent, path).await? else {
+            return Ok(None);
+        };
+        guest::regular_file(path, mode)?;
+        Ok(Some(mode & 0o7777))
     }
 
     /// Compares `expected` with what `sha256sum` computes of `path` in the

@@ -38,18 +38,23 @@ impl Progress {
             // Forced onto a file or pipe: plain lines, a few a second.
             (Show::Always, false) => ProgressDrawTarget::term_like_with_hz(Box::new(PlainStderr), 2),
         };
-        let bar = match total {
-            Some(total) => ProgressBar::with_draw_target(Some(total), target).with_style(
-                ProgressStyle::with_template(
-                    "{bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} ETA {eta}",
-                )
-                .expect("a valid template"),
+        // Off a terminal, plain lines: no bar, no spinner.
+        let (with_total, without_total) = match terminal {
+            true => (
+                "{bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} ETA {eta}",
+                "{spinner} {bytes} {binary_bytes_per_sec} {elapsed}",
             ),
-            None => ProgressBar::with_draw_target(None, target).with_style(
-                ProgressStyle::with_template("{spinner} {bytes} {binary_bytes_per_sec} {elapsed}")
-                    .expect("a valid template"),
+            false => (
+                "{bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}",
+                "{bytes} {binary_bytes_per_sec} {elapsed}",
             ),
         };
+        let (total, template) = match total {
+            Some(total) => (Some(total), with_total),
+            None => (None, without_total),
+        };
+        let style = ProgressStyle::with_template(template).expect("a valid template");
+        let bar = ProgressBar::with_draw_target(total, target).with_style(style);
         bar.enable_steady_tick(Duration::from_millis(500));
         Progress { bar: Some(bar) }
     }
@@ -97,9 +102,11 @@ impl TermLike for PlainStderr {
         Ok(())
     }
     fn write_line(&self, s: &str) -> std::io::Result<()> {
-        writeln!(std::io::stderr(), "{s}")
+        self.write_str(s)
     }
     fn write_str(&self, s: &str) -> std::io::Result<()> {
+        // The padding that blanks a line on a terminal is no line here.
+        let s = s.trim_end();
         if s.is_empty() {
             return Ok(());
         }

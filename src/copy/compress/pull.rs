@@ -40,6 +40,7 @@ impl<A: FileAgent> Copy<'_, A> {
         options: &Options,
     ) -> Result<Summary, CliError> {
         let started = Instant::now();
+        let mode = self.source_mode(path).await?;
         self.check_gzip().await?;
         let chunk = chunks::for_reads(options.chunk_size, self.agent.through_libvirtd()) as u64;
         let follow_options = FollowOptions {
@@ -57,7 +58,7 @@ impl<A: FileAgent> Copy<'_, A> {
         let pid = started_gzip.map_err(|e| self.agent.error(e))?.pid;
         self.left.program = Some(pid);
 
-        let (mut writer, dest) = self.local_writer(target, guest_name(path)).await?;
+        let (mut writer, dest) = self.local_writer(target, guest_name(path), mode).await?;
         let progress = Progress::new(options.progress, None);
         let mut hasher = options.verify.then(Sha256::new);
         let mut unpacker = Unpacker::new(&packed_name(path));
