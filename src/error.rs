@@ -413,6 +413,15 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
         (AgentError::RequestTooLarge { len, limit }, _) => CliError::input_too_large(*len, *limit, false),
         (AgentError::Libvirt { code, message, .. }, _) => libvirt_error(*code, message, peer),
         (AgentError::Agent { command, desc, .. }, _) => CliError::command_refused(command, desc, peer),
+        (AgentError::EndNotReported { pid, waited }, _) => CliError::new(
+            ErrorKind::AgentTimeout,
+            format!(
+                "the agent did not report the end of the program (guest pid {pid}) within {} of SIGKILL to \
+                 it and what it started: a process outside its tree still holds its output",
+                seconds(*waited)
+            ),
+        )
+        .with_hint("its output is lost; `ls -l /proc/*/fd` in the guest shows who holds the pipe"),
     }
 }
 

@@ -131,6 +131,52 @@ fn ctrl_c_with_a_time_limit_stops_the_program() {
 
 #[test]
 #[ignore = "needs qemu-ga on the host"]
+fn max_time_bounds_the_wait_whatever_the_program_left_holding_its_output() {
+    let agent = HostAgent::start();
+    // A daemon the program left (its parent gone) keeps the agent's output
+    // pipe open: it is stopped with the program.
+    let marker = "sleep 6073";
+    let started = Instant::now();
+    let out = guest_run_with(
+        &["--max-time", "1"],
+        &agent.socket(),
+        &["sh", "-c", &format!("echo before; ({marker} &); sleep 100")],
+        None,
+    );
+    assert_eq!(out.status, 124, "{out:?}");
+    assert_eq!(out.json()["stdout"], "before\n", "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(!runs_on_host(marker), "the daemon holding the output was stopped");
+
+    // The program ended by itself before its limit and left one: nothing
+    // knows it then, and the wait ends all the same, saying why.
+    let marker = "sleep 6074";
+    let started = Instant::now();
+    let out = guest_run_with(
+        &["--max-time", "1", "--grace", "1"],
+        &agent.socket(),
+        &["sh", "-c", &format!("({marker} &); exit 0")],
+        None,
+    );
+    let message = out.error("AgentTimeout");
+    assert!(message.contains("still holds its output"), "{message}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    Command::new("pkill")
+        .args(["-f", &format!("^{marker}")])
+        .status()
+        .unwrap();
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
 fn env_sets_variables_over_a_standard_path_and_env_clear_starts_empty() {
     let agent = HostAgent::start();
     let out = guest_run_with(

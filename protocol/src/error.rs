@@ -118,6 +118,20 @@ pub enum Error {
         desc: String,
     },
 
+    /// A program was killed with what it started, and the agent still does
+    /// not report its end: a process outside its tree holds its output
+    /// (the agent reports an end once its output pipes have closed).
+    #[error(
+        "the agent did not report the end of the program (guest pid {pid}) within {} s of SIGKILL",
+        waited.as_secs_f64()
+    )]
+    EndNotReported {
+        /// The program's guest pid.
+        pid: i64,
+        /// How long the agent was asked after SIGKILL.
+        waited: std::time::Duration,
+    },
+
     /// libvirtd answered a call with an error: no such domain, the guest
     /// agent is not connected, the agent command failed, ...
     #[error("libvirt: {message} (error {code}, error domain {domain})")]

@@ -191,6 +191,9 @@ impl AgentErrors {
     /// Stopping the program `pid` failed: it may still run, and a
     /// followed one's output stays where it goes.
     pub fn stop_failed(&self, error: AgentError, pid: i64, output_dir: Option<&str>) -> CliError {
+        if matches!(error, AgentError::EndNotReported { .. }) {
+            return self.error(error);
+        }
         let error = self.error_while_running(error, pid).with_hint(format!(
             "virtomate could not stop the program: it may still be running in the guest as pid {pid}"
         ));

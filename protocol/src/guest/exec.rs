@@ -289,6 +289,11 @@ impl<C: Connector> Poller for Sharing<'_, C> {
     }
 }
 
+/// How long [`stop_group`] asks for the end of a program it killed: a
+/// killed process ends at once, so one that is not seen to end is held up
+/// by what holds its output ([`Error::EndNotReported`]).
+const KILLED_WAIT: Duration = Duration::from_secs(5);
+
 /// How [`stop_group`] ended a program.
 #[derive(Debug, Clone)]
 pub struct Stopped {
@@ -330,11 +335,23 @@ pub enum StopScope {
 /// to all of them and to the extra `PID`s (those a first call found, which
 /// may have been reparented since), then SIGCONT, and prints the pids it
 /// signalled, one per line. Only shell builtins run per process (`read`,
-/// `kill`), so a walk costs one `guest-exec`, whatever the number of
+/// `kill`, `[`), so a walk costs one `guest-exec`, whatever the number of
 /// processes.
+///
+/// A process outside the tree that holds one of the agent's pipes which
+/// carry the program's output (a daemon it started, whose parent exited)
+/// is found in the first pass (its open files compared with `[ -ef ]`)
+/// and stopped with the tree, with its own descendants: while it holds
+/// them, the agent never reports the program's end.
 pub const TREE_SCRIPT: &str = r#"r=$1 sig=$2; shift 2; extra=$*
-all=" $r " more=1
+all=" $r " more=1 pipes= agent=
 kill -s STOP "$r" 2>/dev/null
+{ read -r s <"/proc/$r/stat"; } 2>/dev/null && { s=${s##*) }; set -- $s; agent=$2; }
+for n in 1 2; do
+  f=/proc/$r/fd/$n
+  [ -n "$agent" ] && [ -p "$f" ] || continue
+  for g in /proc/"$agent"/fd/*; do [ "$g" -ef "$f" ] && { pipes="$pipes $f"; break; }; done
+done
 while [ -n "$more" ]; do
   more=
   for d in /proc/[0-9]*; do
@@ -343,8 +360,14 @@ while [ -n "$more" ]; do
     { read -r s <"$d/stat"; } 2>/dev/null || continue
     s=${s##*) }
     set -- $s
-    case $all in *" $2 "*) kill -s STOP "$p" 2>/dev/null; all="$all$p "; more=1 ;; esac
+    held=
+    case $all in *" $2 "*) held=1 ;; esac
+    if [ -z "$held" ] && [ -n "$pipes" ] && [ "$p" != "$agent" ] && [ "$p" != $$ ]; then
+      for g in "$d"/fd/*; do for f in $pipes; do [ "$g" -ef "$f" ] && held=1; done; done 2>/dev/null
+    fi
+    [ -n "$held" ] && { kill -s STOP "$p" 2>/dev/null; all="$all$p "; more=1; }
   done
+  pipes=
 done
 for p in $all $extra; do kill -s "$sig" "$p"; done 2>/dev/null
 for p in $all; do kill -s CONT "$p"; done 2>/dev/null
@@ -416,7 +439,10 @@ pub async fn stop_group<A: Agent>(
         });
     }
     send_signal(agent, "KILL", pid, scope, &found).await?;
-    let finished = wait_for_exit(agent, pid, schedule).await?;
+    let waited = grace.max(KILLED_WAIT);
+    let Some(finished) = poll_to_exit(agent, pid, schedule, Some(Instant::now() + waited)).await? else {
+        return Err(Error::EndNotReported { pid, waited });
+    };
     Ok(Stopped {
         finished,
         asked: true,
