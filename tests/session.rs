@@ -290,3 +290,32 @@ fn a_followed_run_streams_its_output_as_chunks_before_its_result_beside_another_
     expected["stdout"] = Value::Null;
     assert_eq!(replies[f_result]["result"], expected);
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_id_in_flight_is_refused_for_another_request_and_free_again_once_answered() {
+    let agent = HostAgent::start();
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    live.send(json!({"id": "d", "run": ["sh", "-c", "read line; echo $line"], "stdin": "aGkK"}));
+    live.send(json!({"id": "long", "run": ["sleep", "30"], "max_time": 60}));
+    live.send(json!({"id": "long", "ping": {}}));
+    let refused = live.reply();
+    assert_eq!(refused["id"], "long", "{refused}");
+    assert_eq!(refused["error"]["type"], "UsageError", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"long\" is still in flight"), "{message}");
+    // A NUL cannot reach the guest's command line: refused before it runs.
+    live.send(json!({"id": "nul", "run": ["touch", "/tmp/virtomate-nul\u{0}x"]}));
+    let nul = live.reply();
+    assert_eq!(nul["id"], "nul", "{nul}");
+    assert_eq!(nul["error"]["type"], "UsageError", "{nul}");
+    assert!(nul["error"]["message"].as_str().unwrap().contains("NUL"), "{nul}");
+    assert_eq!(live.reply(), json!({"id": "d", "result": result("hi\n")}));
+    // Answered: its id is free again.
+    live.send(json!({"id": "d", "ping": {}}));
+    assert_eq!(live.reply(), json!({"id": "d", "result": {}}));
+    live.signal(nix::sys::signal::Signal::SIGTERM);
+    let interrupted = live.reply();
+    assert_eq!(interrupted["id"], "long", "{interrupted}");
+    assert_eq!(live.finish(), 1);
+}

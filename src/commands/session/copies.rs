@@ -20,7 +20,7 @@ use virtomate_protocol::session::Jobs;
 use virtomate_protocol::{fields, Channel};
 
 use super::data_lines::DataLines;
-use super::lines::{print, Answered, Line};
+use super::lines::{answered, print, Answered, Line};
 use crate::agent::{AgentErrors, DomainConnector};
 use crate::copy::progress::Show;
 use crate::copy::{self, Copy, LentChannel, Options, Source, Target, CLEAN_UP_TIME};
@@ -230,6 +230,7 @@ impl Jobs<DomainConnector> for Copies<'_> {
         *self.state.in_flight.borrow_mut() = Some(job.id.clone());
         let (line, stopped) = self.copy(job, channel).await;
         *self.state.in_flight.borrow_mut() = None;
+        answered(&line.id);
         print(&line);
         if stopped {
             self.state.done.notify_one();

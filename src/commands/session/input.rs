@@ -19,7 +19,7 @@ use virtomate_protocol::session::{Request, Work};
 use virtomate_protocol::{fields, MAX_REQUEST_LEN};
 
 use super::copies::{CopyJob, Data, Streamed};
-use super::lines::{print, Line};
+use super::lines::{self, print, Line};
 
 /// The longest line: one agent request (a program's input in Base64
 /// included) and room for the JSON around it. A longer line is answered
@@ -78,7 +78,7 @@ impl Reader {
             Ok(Value::Object(object)) => object,
             // Not an object: the protocol's parser says what is wrong.
             _ => match Request::parse(line) {
-                Ok(request) => return self.send(Work::Request(request)),
+                Ok(request) => return self.request(request),
                 Err(bad) => return answer(bad.id, bad.message),
             },
         };
@@ -97,9 +97,16 @@ impl Reader {
             return answer(id, message.to_owned());
         }
         match Request::from_object(object) {
-            Ok(request) => self.send(Work::Request(request)),
+            Ok(request) => self.request(request),
             Err(bad) => answer(bad.id, bad.message),
         }
+    }
+
+    fn request(&mut self, request: Request) -> bool {
+        if !lines::take_up(&request.id) {
+            return answer(request.id.clone(), in_flight(&request.id));
+        }
+        self.send(Work::Request(request))
     }
 
     fn copy(&mut self, mut object: Map<String, Value>) -> bool {
@@ -110,6 +117,7 @@ impl Reader {
             return answer(id, message);
         }
         match CopyJob::parse(id.clone(), object) {
+            Ok(_) if !lines::take_up(&id) => answer(id.clone(), in_flight(&id)),
             Ok((job, streamed)) => {
                 if let Some(stream) = streamed {
                     let stream = Some(stream);
@@ -229,6 +237,14 @@ fn fail(open: &mut OpenCopy, error: std::io::Error) {
         let failed: Data = Err(error);
         let _ = stream.data.blocking_send(failed);
     }
+}
+
+/// Why a request whose id is in flight is refused.
+fn in_flight(id: &Value) -> String {
+    format!(
+        "a request with the id {id} is still in flight: its replies would not be told apart; \
+         use another id, or this one once that request has been answered"
+    )
 }
 
 /// Answers a line that is no request; the session goes on.

@@ -1,7 +1,9 @@
 //! The lines `session` writes: a reply (`{"id", "result"}` or
 //! `{"error", "id"}`) or a chunk of a followed program's output.
 
+use std::collections::BTreeSet;
 use std::io::Write;
+use std::sync::Mutex;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -77,4 +79,27 @@ impl Line {
 pub fn print(line: &Line) {
     let mut out = std::io::stdout().lock();
     let _ = output::write_json(&mut out, line, false).and_then(|()| out.flush());
+}
+
+/// The ids of the requests taken up and not yet answered, as JSON text.
+static IN_FLIGHT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// Takes up a request with `id`: false when one with the same id is
+/// still in flight, as its replies could not be told apart. A `null` id
+/// (none given) is the client's choice not to tell them apart.
+pub fn take_up(id: &Value) -> bool {
+    id.is_null()
+        || IN_FLIGHT
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string())
+}
+
+/// The request `id` is answered (its last line about to be written): its
+/// id may be used again.
+pub fn answered(id: &Value) {
+    IN_FLIGHT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id.to_string());
 }

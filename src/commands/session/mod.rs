@@ -24,7 +24,7 @@ use virtomate_protocol::follow::Stream;
 use virtomate_protocol::session::{Outcome, Reply, Session, SessionOptions, Stage};
 
 use self::copies::{Copies, CopyState};
-use self::lines::{print, Answered, ChunkLine, Line};
+use self::lines::{answered, print, Answered, ChunkLine, Line};
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
 use crate::agent::Signals;
@@ -133,5 +133,6 @@ fn print_reply(reply: Reply, errors: &AgentErrors) {
         Ok(_) => return,
         Err(failure) => Line::error(reply.id, &errors.run_failure(failure, RunFront::Session)),
     };
+    answered(&line.id);
     print(&line);
 }
