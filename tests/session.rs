@@ -319,3 +319,63 @@ fn an_id_in_flight_is_refused_for_another_request_and_free_again_once_answered()
     assert_eq!(interrupted["id"], "long", "{interrupted}");
     assert_eq!(live.finish(), 1);
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_followed_run_whose_agent_goes_away_names_the_directory_it_leaves_in_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut agent = HostAgent::start_in_with_env(dir, &[], &[("TMPDIR", tmp.to_str().unwrap())]);
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    let program = "echo up; exec sleep 3";
+    live.send(json!({"id": "f", "run": ["sh", "-c", program], "follow": true}));
+    let chunk = live.reply();
+    assert_eq!(chunk["stdout"], "dXAK", "{chunk}");
+    agent.kill();
+    let reply = live.reply();
+    assert_eq!(reply["id"], "f", "{reply}");
+    let message = reply["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"));
+    let left: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|entry| entry.unwrap().path().display().to_string())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(message.contains(&format!("remove {}", left[0])), "{message}");
+    assert!(message.contains("keeps running in the guest as pid"), "{message}");
+    assert_eq!(live.finish(), 0);
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_paused_vm_is_named_as_paused_in_a_sessions_timeout_replies() {
+    let vm = TestVm::boot("session-paused");
+    let qmp = |command: &str| {
+        let request = format!(r#"{{"execute": "{command}"}}"#);
+        let out = run(&["qmp", &vm.name, &request], None);
+        assert_eq!(out.status, 0, "{out:?}");
+    };
+    let mut live = Live::start(&["--timeout", "2", "--reply-timeout", "3"], &vm.name);
+    live.send(json!({"id": "up", "ping": {}}));
+    assert_eq!(live.reply(), json!({"id": "up", "result": {}}));
+    live.send(json!({"id": "r", "run": ["sleep", "60"]}));
+    live.send(json!({"id": "before", "ping": {}}));
+    assert_eq!(live.reply(), json!({"id": "before", "result": {}}));
+    qmp("stop");
+    live.send(json!({"id": "p", "ping": {}}));
+    for _ in 0..2 {
+        let reply = live.reply();
+        assert!(reply["id"] == "p" || reply["id"] == "r", "{reply}");
+        assert_eq!(reply["error"]["type"], "AgentTimeout", "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains("QEMU reports the VM as paused"), "{message}");
+        assert!(
+            message.contains(r#"'{"execute": "cont"}'"#),
+            "says how to resume: {message}"
+        );
+    }
+    qmp("cont");
+    live.finish();
+}

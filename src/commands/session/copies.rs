@@ -21,7 +21,7 @@ use virtomate_protocol::{fields, Channel};
 
 use super::data_lines::DataLines;
 use super::lines::{answered, print, Answered, Line};
-use crate::agent::{AgentErrors, DomainConnector};
+use crate::agent::{AgentErrors, DomainConnector, Silence};
 use crate::copy::progress::Show;
 use crate::copy::{self, Copy, LentChannel, Options, Source, Target, CLEAN_UP_TIME};
 use crate::error::{CliError, ErrorKind};
@@ -219,6 +219,8 @@ impl CopyState {
 /// Runs the session's copies on its channel.
 pub struct Copies<'a> {
     pub errors: &'a AgentErrors,
+    /// What explains an agent's timeout.
+    pub silence: &'a Silence,
     pub state: Rc<CopyState>,
 }
 
@@ -269,6 +271,7 @@ impl Copies<'_> {
         };
         let left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()).await;
         let left = left.unwrap_or_else(|_| copy.pending());
+        let error = self.silence.explain(error).await;
         (Line::error(id, &error.with_hint(left)), stopped)
     }
 }
