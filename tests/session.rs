@@ -379,3 +379,66 @@ fn a_paused_vm_is_named_as_paused_in_a_sessions_timeout_replies() {
     qmp("cont");
     live.finish();
 }
+
+#[test]
+fn a_session_reads_no_more_than_its_queue_holds_in_bytes_while_the_agent_is_busy() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let agent = FakeAgent::serve_each(|mut conn, n| {
+        conn.sync();
+        if n == 0 {
+            let _ = conn.request(); // the first guest-exec, never answered
+        }
+        conn.wait_for_close();
+    });
+    let mut child = crate::support::virtomate()
+        .args(["--log", "info", "--reply-timeout", "300", "session"])
+        .arg(agent.socket())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = crate::support::StderrLines::of(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    let fd = stdin.as_raw_fd();
+    writeln!(stdin, "{}", json!({"id": "first", "run": ["true"]})).unwrap();
+    agent.wait_for("guest-exec");
+    // Lines of 8 MiB, 16 of which the session once queued whole.
+    const LINE: usize = 8 << 20;
+    let stdin_b64 = "A".repeat(LINE - 64);
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            for id in 0..20 {
+                let line = format!("{}\n", json!({"id": id, "run": ["cat"], "stdin": stdin_b64}));
+                for piece in line.as_bytes().chunks(64 << 10) {
+                    if stdin.write_all(piece).is_err() {
+                        return;
+                    }
+                    written.fetch_add(piece.len(), Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    stderr.wait_for("reading waits for room");
+    let mut in_pipe: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int, the bytes in the pipe.
+    assert_eq!(
+        unsafe { nix::libc::ioctl(fd, nix::libc::FIONREAD, &mut in_pipe) },
+        0
+    );
+    let read = written.load(Ordering::SeqCst) - in_pipe as usize;
+    // 64 MiB queued, the line being read, and the 64 KiB piece being written.
+    assert!(
+        read <= (64 << 20) + LINE + (1 << 20),
+        "the session read {read} bytes"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    writer.join().unwrap();
+}
