@@ -442,3 +442,30 @@ fn a_session_reads_no_more_than_its_queue_holds_in_bytes_while_the_agent_is_busy
     let _ = child.wait();
     writer.join().unwrap();
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_time_limit_stops_the_program_while_nobody_reads_the_sessions_output() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    let program = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    live.send(json!({"id": "limited", "run": ["sh", "-c", program], "max_time": 2}));
+    // A result larger than the pipe to the reader, which reads nothing yet.
+    live.send(json!({"id": "big", "run": ["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' a"]}));
+    crate::support::wait_until(20, "the program to start", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|pid| pid.ends_with('\n'))
+    });
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let proc = format!("/proc/{}", pid.trim());
+    crate::support::wait_until(20, "the program to be stopped", || {
+        !std::path::Path::new(&proc).exists()
+    });
+    let mut replies = vec![live.reply(), live.reply()];
+    replies.sort_by_key(|r| r["id"].as_str().map(str::to_owned));
+    assert_eq!(replies[0]["id"], "big", "{replies:?}");
+    assert_eq!(replies[0]["result"]["stdout"].as_str().unwrap().len(), 300_000);
+    assert_eq!(replies[1]["timed_out"], true, "{:?}", replies[1]);
+    assert_eq!(live.finish(), 0);
+}

@@ -13,7 +13,6 @@ mod data_lines;
 mod input;
 mod lines;
 
-use std::io::Write;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -32,7 +31,6 @@ use crate::agent::DomainAgent;
 use crate::agent::Signals;
 use crate::agent::{run_options, AgentErrors, RunFront};
 use crate::error::{CliError, ErrorKind, Interruption};
-use crate::output;
 use crate::run_output::RunResult;
 
 /// Requests read but not yet taken up: reading stops there, so that a
@@ -106,6 +104,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     };
     if served {
         session.close().await;
+        lines::flush();
         return Ok(Answer::Nothing);
     }
     // Failed already, not yet explained: as they are.
@@ -121,6 +120,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         };
         print(&Line::error(left.id, &CliError::interrupted(stage)));
     }
+    lines::flush();
     Ok(Answer::Failed)
 }
 
@@ -147,13 +147,12 @@ fn print_reply(reply: Reply, errors: &AgentErrors, silent: &Silent) {
                 Stream::Stdout => (bytes, None),
                 _ => (None, bytes),
             };
-            let mut out = std::io::stdout().lock();
             let chunk = ChunkLine {
                 id: reply.id,
                 stderr,
                 stdout,
             };
-            let _ = output::write_json(&mut out, &chunk, false).and_then(|()| out.flush());
+            print(&chunk);
             return;
         }
         Ok(_) => return,
