@@ -290,3 +290,182 @@ fn a_followed_run_streams_its_output_as_chunks_before_its_result_beside_another_
     expected["stdout"] = Value::Null;
     assert_eq!(replies[f_result]["result"], expected);
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_id_in_flight_is_refused_for_another_request_and_free_again_once_answered() {
+    let agent = HostAgent::start();
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    live.send(json!({"id": "d", "run": ["sh", "-c", "read line; echo $line"], "stdin": "aGkK"}));
+    live.send(json!({"id": "long", "run": ["sleep", "30"], "max_time": 60}));
+    live.send(json!({"id": "long", "ping": {}}));
+    let refused = live.reply();
+    assert_eq!(refused["id"], "long", "{refused}");
+    assert_eq!(refused["error"]["type"], "UsageError", "{refused}");
+    let message = refused["error"]["message"].as_str().unwrap();
+    assert!(message.contains("\"long\" is still in flight"), "{message}");
+    // A NUL cannot reach the guest's command line: refused before it runs.
+    live.send(json!({"id": "nul", "run": ["touch", "/tmp/virtomate-nul\u{0}x"]}));
+    let nul = live.reply();
+    assert_eq!(nul["id"], "nul", "{nul}");
+    assert_eq!(nul["error"]["type"], "UsageError", "{nul}");
+    assert!(nul["error"]["message"].as_str().unwrap().contains("NUL"), "{nul}");
+    assert_eq!(live.reply(), json!({"id": "d", "result": result("hi\n")}));
+    // Answered: its id is free again.
+    live.send(json!({"id": "d", "ping": {}}));
+    assert_eq!(live.reply(), json!({"id": "d", "result": {}}));
+    live.signal(nix::sys::signal::Signal::SIGTERM);
+    let interrupted = live.reply();
+    assert_eq!(interrupted["id"], "long", "{interrupted}");
+    assert_eq!(live.finish(), 1);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_followed_run_whose_agent_goes_away_names_the_directory_it_leaves_in_the_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let mut agent = HostAgent::start_in_with_env(dir, &[], &[("TMPDIR", tmp.to_str().unwrap())]);
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    let program = "echo up; exec sleep 3";
+    live.send(json!({"id": "f", "run": ["sh", "-c", program], "follow": true}));
+    let chunk = live.reply();
+    assert_eq!(chunk["stdout"], "dXAK", "{chunk}");
+    agent.kill();
+    let reply = live.reply();
+    assert_eq!(reply["id"], "f", "{reply}");
+    let message = reply["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{reply}"));
+    let left: Vec<String> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .map(|entry| entry.unwrap().path().display().to_string())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(message.contains(&format!("remove {}", left[0])), "{message}");
+    assert!(message.contains("keeps running in the guest as pid"), "{message}");
+    assert_eq!(live.finish(), 0);
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_paused_vm_is_named_as_paused_in_a_sessions_timeout_replies() {
+    let vm = TestVm::boot("session-paused");
+    let qmp = |command: &str| {
+        let request = format!(r#"{{"execute": "{command}"}}"#);
+        let out = run(&["qmp", &vm.name, &request], None);
+        assert_eq!(out.status, 0, "{out:?}");
+    };
+    let mut live = Live::start(&["--timeout", "2", "--reply-timeout", "3"], &vm.name);
+    live.send(json!({"id": "up", "ping": {}}));
+    assert_eq!(live.reply(), json!({"id": "up", "result": {}}));
+    live.send(json!({"id": "r", "run": ["sleep", "60"]}));
+    live.send(json!({"id": "before", "ping": {}}));
+    assert_eq!(live.reply(), json!({"id": "before", "result": {}}));
+    qmp("stop");
+    live.send(json!({"id": "p", "ping": {}}));
+    for _ in 0..2 {
+        let reply = live.reply();
+        assert!(reply["id"] == "p" || reply["id"] == "r", "{reply}");
+        assert_eq!(reply["error"]["type"], "AgentTimeout", "{reply}");
+        let message = reply["error"]["message"].as_str().unwrap();
+        assert!(message.contains("QEMU reports the VM as paused"), "{message}");
+        assert!(
+            message.contains(r#"'{"execute": "cont"}'"#),
+            "says how to resume: {message}"
+        );
+    }
+    qmp("cont");
+    live.finish();
+}
+
+#[test]
+fn a_session_reads_no_more_than_its_queue_holds_in_bytes_while_the_agent_is_busy() {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let agent = FakeAgent::serve_each(|mut conn, n| {
+        conn.sync();
+        if n == 0 {
+            let _ = conn.request(); // the first guest-exec, never answered
+        }
+        conn.wait_for_close();
+    });
+    let mut child = crate::support::virtomate()
+        .args(["--log", "info", "--reply-timeout", "300", "session"])
+        .arg(agent.socket())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = crate::support::StderrLines::of(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    let fd = stdin.as_raw_fd();
+    writeln!(stdin, "{}", json!({"id": "first", "run": ["true"]})).unwrap();
+    agent.wait_for("guest-exec");
+    // Lines of 8 MiB, 16 of which the session once queued whole.
+    const LINE: usize = 8 << 20;
+    let stdin_b64 = "A".repeat(LINE - 64);
+    let written = Arc::new(AtomicUsize::new(0));
+    let writer = {
+        let written = written.clone();
+        std::thread::spawn(move || {
+            for id in 0..20 {
+                let line = format!("{}\n", json!({"id": id, "run": ["cat"], "stdin": stdin_b64}));
+                for piece in line.as_bytes().chunks(64 << 10) {
+                    if stdin.write_all(piece).is_err() {
+                        return;
+                    }
+                    written.fetch_add(piece.len(), Ordering::SeqCst);
+                }
+            }
+        })
+    };
+    stderr.wait_for("reading waits for room");
+    let mut in_pipe: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int, the bytes in the pipe.
+    assert_eq!(
+        unsafe { nix::libc::ioctl(fd, nix::libc::FIONREAD, &mut in_pipe) },
+        0
+    );
+    let read = written.load(Ordering::SeqCst) - in_pipe as usize;
+    // 64 MiB queued, the line being read, and the 64 KiB piece being written.
+    assert!(
+        read <= (64 << 20) + LINE + (1 << 20),
+        "the session read {read} bytes"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    writer.join().unwrap();
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_time_limit_stops_the_program_while_nobody_reads_the_sessions_output() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let pid_file = dir.path().join("pid");
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    let program = format!("echo $$ > {}; exec sleep 60", pid_file.display());
+    live.send(json!({"id": "limited", "run": ["sh", "-c", program], "max_time": 2}));
+    // A result larger than the pipe to the reader, which reads nothing yet.
+    live.send(json!({"id": "big", "run": ["sh", "-c", "head -c 300000 /dev/zero | tr '\\0' a"]}));
+    crate::support::wait_until(20, "the program to start", || {
+        std::fs::read_to_string(&pid_file).is_ok_and(|pid| pid.ends_with('\n'))
+    });
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let proc = format!("/proc/{}", pid.trim());
+    crate::support::wait_until(20, "the program to be stopped", || {
+        !std::path::Path::new(&proc).exists()
+    });
+    let mut replies = vec![live.reply(), live.reply()];
+    replies.sort_by_key(|r| r["id"].as_str().map(str::to_owned));
+    assert_eq!(replies[0]["id"], "big", "{replies:?}");
+    assert_eq!(replies[0]["result"]["stdout"].as_str().unwrap().len(), 300_000);
+    assert_eq!(replies[1]["timed_out"], true, "{:?}", replies[1]);
+    assert_eq!(live.finish(), 0);
+}

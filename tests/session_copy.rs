@@ -252,3 +252,26 @@ fn requests_that_fill_the_queue_while_a_copy_waits_for_its_data_fail_the_copy_no
     assert!(!dest.exists());
     assert!(temporaries(dir.path()).is_empty());
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_second_copy_to_whose_data_comes_first_waits_buffered_and_both_copies_arrive_whole() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("sA"), dir.path().join("sB"));
+    let (data_a, data_b) = (noise(600, 1), noise(600, 2));
+    let mut live = Live::start(&[], agent.socket().to_str().unwrap());
+    live.send(json!({"id": "A", "copy_to": a, "verify": true}));
+    live.send(json!({"id": "B", "copy_to": b, "verify": true}));
+    // B's data first, as two put_file of one host may send it.
+    send_data(&mut live, &json!("B"), &data_b, 100);
+    send_data(&mut live, &json!("A"), &data_a, 100);
+    let mut replies = vec![live.reply(), live.reply()];
+    replies.sort_by_key(|r| r["id"].as_str().map(str::to_owned));
+    assert_eq!(replies[0]["id"], "A", "{replies:?}");
+    assert_eq!(replies[0]["result"]["sha256"], sha256_hex(&data_a), "{replies:?}");
+    assert_eq!(replies[1]["result"]["sha256"], sha256_hex(&data_b), "{replies:?}");
+    assert_eq!(std::fs::read(&a).unwrap(), data_a);
+    assert_eq!(std::fs::read(&b).unwrap(), data_b);
+    assert_eq!(live.finish(), 0);
+}

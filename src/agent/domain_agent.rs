@@ -227,18 +227,16 @@ impl DomainAgent {
     /// run: QEMU (or libvirt's record) knows, and the advice is then QEMU's
     /// state and what to do about it rather than to check the agent.
     async fn explain_silence(&self, error: CliError) -> CliError {
-        if error.kind() != ErrorKind::AgentTimeout {
-            return error;
-        }
-        let Some(vm) = run_state::owner_of(&self.found, &self.scope) else {
-            return error;
-        };
-        match run_state::ask(&vm, &self.options).await {
-            Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
-                Some(advice) => error.with_hint_instead(advice),
-                None => error,
-            },
-            None => error,
+        explain_silence(&self.found, &self.scope, &self.options, error).await
+    }
+
+    /// What explains a silent agent, for a caller that keeps no
+    /// `DomainAgent` (`session`).
+    pub fn silence(&self) -> Silence {
+        Silence {
+            found: self.found.clone(),
+            scope: self.scope.clone(),
+            options: self.options.clone(),
         }
     }
 
@@ -256,6 +254,43 @@ impl DomainAgent {
     /// drives the channel itself.
     pub fn into_parts(self) -> (DomainConnector, AgentErrors) {
         (self.session.into_channel().into_connector(), self.errors)
+    }
+}
+
+/// What a domain's agent that does not answer may be explained by: the
+/// state QEMU knows the VM in.
+pub struct Silence {
+    found: Domain,
+    scope: Scope,
+    options: ClientOptions,
+}
+
+impl Silence {
+    /// An [`ErrorKind::AgentTimeout`] with QEMU's run state and what to do
+    /// about it where the VM does not run; any other error as it is.
+    pub async fn explain(&self, error: CliError) -> CliError {
+        explain_silence(&self.found, &self.scope, &self.options, error).await
+    }
+}
+
+async fn explain_silence(
+    found: &Domain,
+    scope: &Scope,
+    options: &ClientOptions,
+    error: CliError,
+) -> CliError {
+    if error.kind() != ErrorKind::AgentTimeout {
+        return error;
+    }
+    let Some(vm) = run_state::owner_of(found, scope) else {
+        return error;
+    };
+    match run_state::ask(&vm, options).await {
+        Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
+            Some(advice) => error.with_hint_instead(advice),
+            None => error,
+        },
+        None => error,
     }
 }
 

@@ -166,14 +166,15 @@ impl AgentErrors {
             (Stage::Starting, error) => self.error_while_starting(error),
             (Stage::Running { pid }, error) => {
                 let error = self.error_while_running(error, pid);
-                match (front, output_dir) {
-                    (RunFront::GuestRun, Some(dir)) => error.with_hint(keeps_running(pid, &dir)),
-                    _ => error,
+                // Its output's files stay in the guest, in a session too.
+                match output_dir {
+                    Some(dir) => error.with_hint(keeps_running(pid, &dir)),
+                    None => error,
                 }
             }
-            (Stage::Stopping { pid }, error) => match front {
-                RunFront::GuestRun => self.stop_failed(error, pid, output_dir.as_deref()),
-                RunFront::Session => self.error_while_running(error, pid),
+            (Stage::Stopping { pid }, error) => match (front, output_dir) {
+                (RunFront::Session, None) => self.error_while_running(error, pid),
+                (_, output_dir) => self.stop_failed(error, pid, output_dir.as_deref()),
             },
             (_, AgentError::AgentTooOld { needs, version, .. }) if front == RunFront::GuestRun => {
                 self.error(AgentError::AgentTooOld {

@@ -11,6 +11,6 @@ mod signals;
 
 pub use self::connector::DomainConnector;
 pub use self::context::Context;
-pub use self::domain_agent::{run_options, DomainAgent};
+pub use self::domain_agent::{run_options, DomainAgent, Silence};
 pub use self::errors::{AgentErrors, RunFront};
 pub use self::signals::Signals;

@@ -30,7 +30,11 @@ impl RunState {
         let (what, todo) = match state.as_str() {
             "running" => return None,
             "paused" | "prelaunch" | "debug" => (
-                "paused: no guest code runs, the agent included",
+                // "as paused, paused: …" would say it twice.
+                match state.as_str() {
+                    "paused" => "no guest code runs, the agent included",
+                    _ => "paused: no guest code runs, the agent included",
+                },
                 if libvirt {
                     format!("resume it: virsh resume {name}")
                 } else {
@@ -157,7 +161,7 @@ mod tests {
         let paused = state("paused").advice("web", false).unwrap();
         assert_eq!(
             paused,
-            "QEMU reports the VM as paused, paused: no guest code runs, the agent included; resume it: \
+            "QEMU reports the VM as paused, no guest code runs, the agent included; resume it: \
              virtomate qmp web '{\"execute\": \"cont\"}'"
         );
         assert!(state("paused")

@@ -283,6 +283,9 @@ fn command<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(String, Vec<St
     if command.is_empty() {
         return Err(wrong());
     }
+    if command.iter().any(|word| word.contains('\0')) {
+        return Err(D::Error::custom(NO_NUL));
+    }
     let program = command.remove(0);
     Ok((program, command))
 }
@@ -307,11 +310,16 @@ fn environment<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
         .unwrap_or_default()
         .into_iter()
         .map(|(key, value)| match !key.is_empty() && !key.contains('=') {
+            true if key.contains('\0') || value.contains('\0') => Err(D::Error::custom(NO_NUL)),
             true => Ok(format!("{key}={value}")),
             false => Err(wrong()),
         })
         .collect()
 }
+
+/// The agent passes the command and environment as C strings: a NUL
+/// would cut them short, or fail the run once the program has run.
+const NO_NUL: &str = "cannot hold a NUL byte: a command line cannot pass one";
 
 /// `"ping": {}`.
 fn empty_object<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
@@ -422,5 +430,25 @@ mod tests {
             message(r#"{"id": 1, "ping": {}, "run": ["a"]}"#).1,
             "unknown key \"ping\" in a run request"
         );
+    }
+
+    #[test]
+    fn a_nul_byte_in_the_command_or_environment_is_refused_before_anything_runs() {
+        for (bad, key) in [
+            (r#"{"id": 1, "run": ["echo", "a\u0000b"]}"#, "run"),
+            (r#"{"id": 1, "run": ["ec\u0000ho"]}"#, "run"),
+            (r#"{"id": 1, "run": ["env"], "env": {"A": "x\u0000"}}"#, "env"),
+            (r#"{"id": 1, "run": ["env"], "env": {"A\u0000": "x"}}"#, "env"),
+        ] {
+            let (id, says) = message(bad);
+            assert_eq!(id, 1, "{bad}");
+            assert_eq!(
+                says,
+                format!("\"{key}\" cannot hold a NUL byte: a command line cannot pass one"),
+                "{bad}"
+            );
+        }
+        // Input is bytes: a NUL there is fine.
+        assert!(Request::parse(br#"{"run": ["cat"], "stdin": "AA=="}"#).is_ok());
     }
 }

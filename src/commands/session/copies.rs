@@ -4,31 +4,30 @@
 //! copy` runs; the session lends it its channel.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use serde::de::{Deserializer, Error as _};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, Notify};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::Notify;
+use tokio_stream::Stream;
 use tokio_util::io::StreamReader;
 use virtomate_protocol::qga::base64_data;
 use virtomate_protocol::session::Jobs;
 use virtomate_protocol::{fields, Channel};
 
 use super::data_lines::DataLines;
-use super::lines::{print, Answered, Line};
-use crate::agent::{AgentErrors, DomainConnector};
+use super::lines::{answered, print, Answered, Line};
+use crate::agent::{AgentErrors, DomainConnector, Silence};
 use crate::copy::progress::Show;
 use crate::copy::{self, Copy, LentChannel, Options, Source, Target, CLEAN_UP_TIME};
 use crate::error::{CliError, ErrorKind};
-
-/// Data lines of a `copy_to` read but not yet written: reading stops
-/// there until the copy catches up.
-pub const QUEUED_DATA: usize = 4;
 
 /// What the client's data lines of a `copy_to` become.
 pub type Data = std::io::Result<Bytes>;
@@ -51,10 +50,117 @@ enum Side {
 }
 
 /// A `copy_to` whose data is still to come, for the reader of the
-/// session's lines.
+/// session's lines; dropped, the data has ended.
 pub struct Streamed {
-    pub data: mpsc::Sender<Data>,
+    pub data: Arc<DataQueue>,
     pub started: Arc<AtomicBool>,
+}
+
+impl Drop for Streamed {
+    fn drop(&mut self) {
+        self.data.end();
+    }
+}
+
+/// The data lines of a `copy_to` read but not yet taken by its copy, and
+/// their bytes: the reader of the session's lines keeps those of all the
+/// copies within a bound (as lines for a copy that has not started yet
+/// wait here, not in front of the lines after them).
+#[derive(Default)]
+pub struct DataQueue {
+    state: Mutex<Queued>,
+}
+
+#[derive(Default)]
+struct Queued {
+    lines: VecDeque<Data>,
+    bytes: usize,
+    ended: bool,
+    /// The copy is over: its data goes nowhere.
+    gone: bool,
+    waker: Option<Waker>,
+}
+
+impl DataQueue {
+    fn state(&self) -> MutexGuard<'_, Queued> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a line's bytes for the copy, unless it is over.
+    pub fn push(&self, bytes: Bytes) {
+        let mut state = self.state();
+        if !state.gone && !state.ended {
+            state.bytes += bytes.len();
+            state.lines.push_back(Ok(bytes));
+            wake(&mut state);
+        }
+    }
+
+    /// The copy's data has ended: it reads to its end.
+    pub fn end(&self) {
+        let mut state = self.state();
+        state.ended = true;
+        wake(&mut state);
+    }
+
+    /// Fails the copy with `error`, dropping what it has not read yet.
+    pub fn fail(&self, error: std::io::Error) {
+        let mut state = self.state();
+        if !state.ended {
+            state.lines.clear();
+            state.bytes = 0;
+            state.lines.push_back(Err(error));
+            state.ended = true;
+            wake(&mut state);
+        }
+    }
+
+    /// The bytes queued and not yet read by the copy.
+    pub fn queued(&self) -> usize {
+        self.state().bytes
+    }
+
+    /// Whether the copy is over, and takes no more data.
+    pub fn gone(&self) -> bool {
+        self.state().gone
+    }
+}
+
+fn wake(state: &mut Queued) {
+    if let Some(waker) = state.waker.take() {
+        waker.wake();
+    }
+}
+
+/// What the copy reads its data lines from.
+struct Lines(Arc<DataQueue>);
+
+impl Stream for Lines {
+    type Item = Data;
+
+    fn poll_next(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<Option<Data>> {
+        let mut state = self.0.state();
+        if let Some(line) = state.lines.pop_front() {
+            if let Ok(bytes) = &line {
+                state.bytes -= bytes.len();
+            }
+            return Poll::Ready(Some(line));
+        }
+        if state.ended {
+            return Poll::Ready(None);
+        }
+        state.waker = Some(context.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Drop for Lines {
+    fn drop(&mut self) {
+        let mut state = self.0.state();
+        state.gone = true;
+        state.lines.clear();
+        state.bytes = 0;
+    }
 }
 
 impl CopyJob {
@@ -89,7 +195,8 @@ impl CopyJob {
                 None,
             ),
             (Some(path), _, None) => {
-                let (data, lines) = mpsc::channel(QUEUED_DATA);
+                let data = Arc::new(DataQueue::default());
+                let lines = Lines(data.clone());
                 let streamed = Streamed {
                     data,
                     started: started.clone(),
@@ -147,9 +254,9 @@ fn inline(bytes: Vec<u8>) -> Source {
     }
 }
 
-fn streamed_source(lines: mpsc::Receiver<Data>) -> Source {
+fn streamed_source(lines: Lines) -> Source {
     Source {
-        reader: Box::new(StreamReader::new(ReceiverStream::new(lines))),
+        reader: Box::new(StreamReader::new(lines)),
         what: "the session's data lines",
         len: None,
         mode: None,
@@ -219,6 +326,8 @@ impl CopyState {
 /// Runs the session's copies on its channel.
 pub struct Copies<'a> {
     pub errors: &'a AgentErrors,
+    /// What explains an agent's timeout.
+    pub silence: &'a Silence,
     pub state: Rc<CopyState>,
 }
 
@@ -230,6 +339,7 @@ impl Jobs<DomainConnector> for Copies<'_> {
         *self.state.in_flight.borrow_mut() = Some(job.id.clone());
         let (line, stopped) = self.copy(job, channel).await;
         *self.state.in_flight.borrow_mut() = None;
+        answered(&line.id);
         print(&line);
         if stopped {
             self.state.done.notify_one();
@@ -268,6 +378,7 @@ impl Copies<'_> {
         };
         let left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()).await;
         let left = left.unwrap_or_else(|_| copy.pending());
+        let error = self.silence.explain(error).await;
         (Line::error(id, &error.with_hint(left)), stopped)
     }
 }

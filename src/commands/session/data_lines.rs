@@ -1,7 +1,6 @@
 //! A guest file sent back in a session: each chunk the copy writes is
 //! one line, `{"data": BASE64, "id": ID}`.
 
-use std::io::Write;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -10,8 +9,6 @@ use base64::Engine;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::io::AsyncWrite;
-
-use crate::output;
 
 /// Writes what it is given as data lines of the request `id` on stdout.
 pub struct DataLines {
@@ -38,9 +35,8 @@ impl AsyncWrite for DataLines {
             data: STANDARD.encode(buf),
             id: &self.id,
         };
-        let mut out = std::io::stdout().lock();
-        let written = output::write_json(&mut out, &line, false).and_then(|()| out.flush());
-        Poll::Ready(written.map(|()| buf.len()))
+        super::lines::print(&line);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {

@@ -13,34 +13,38 @@ mod data_lines;
 mod input;
 mod lines;
 
-use std::io::Write;
 use std::rc::Rc;
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use serde_json::Value;
 use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::SendError;
 use virtomate_protocol::follow::Stream;
 use virtomate_protocol::session::{Outcome, Reply, Session, SessionOptions, Stage};
 
 use self::copies::{Copies, CopyState};
-use self::lines::{print, Answered, ChunkLine, Line};
+use self::lines::{answered, print, Answered, ChunkLine, Line};
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
 use crate::agent::Signals;
 use crate::agent::{run_options, AgentErrors, RunFront};
-use crate::error::{CliError, Interruption};
-use crate::output;
+use crate::error::{CliError, ErrorKind, Interruption};
 use crate::run_output::RunResult;
 
 /// Requests read but not yet taken up: reading stops there, so that a
 /// client far ahead of the agent does not fill memory.
 const QUEUED_REQUESTS: usize = 16;
 
+/// Where replies with an agent's timeout wait to be explained.
+type Silent = mpsc::UnboundedSender<(Value, CliError)>;
+
 pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answer, CliError> {
     // Found once; connecting waits for the first request.
-    let (connector, errors) =
-        DomainAgent::open(domain, &context.scope, context.options.clone())?.into_parts();
+    let agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
+    let silence = agent.silence();
+    let (connector, errors) = agent.into_parts();
     let mut session = Session::new(
         connector,
         SessionOptions {
@@ -57,27 +61,40 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     let state = Rc::new(CopyState::default());
     let mut copies = Copies {
         errors: &errors,
+        silence: &silence,
         state: state.clone(),
     };
+    // An agent that timed out may be in a VM that does not run: asking
+    // QEMU takes a while, and the other requests go on meanwhile.
+    let (silent, mut to_explain) = mpsc::unbounded_channel();
     let served = {
+        let errors = &errors;
         let serve = session.serve_jobs(
             &mut work,
-            |reply| {
-                print_reply(reply, &errors);
+            move |reply| {
+                print_reply(reply, errors, &silent);
                 Ok(())
             },
             &mut copies,
         );
+        let explain = async {
+            while let Some((id, error)) = to_explain.recv().await {
+                let error = silence.explain(error).await;
+                answered(&id);
+                print(&Line::error(id, &error));
+            }
+        };
+        let serve = async { tokio::join!(serve, explain) };
         tokio::pin!(serve);
         tokio::select! {
-            () = &mut serve => true,
+            _ = &mut serve => true,
             () = signals.arrival() => {
                 // A copy under way cleans up and replies first; a second
                 // signal cuts that short.
                 if let Some(id) = state.in_flight() {
                     tokio::select! {
                         () = state.stop() => {}
-                        () = &mut serve => {}
+                        _ = &mut serve => {}
                         () = signals.arrival() => print(&Line::error(id, &copies::clean_up_cut_short())),
                     }
                 }
@@ -87,7 +104,13 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     };
     if served {
         session.close().await;
+        lines::flush();
         return Ok(Answer::Nothing);
+    }
+    // Failed already, not yet explained: as they are.
+    while let Ok((id, error)) = to_explain.try_recv() {
+        answered(&id);
+        print(&Line::error(id, &error));
     }
     for left in session.in_flight() {
         let stage = match left.stage {
@@ -97,10 +120,13 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         };
         print(&Line::error(left.id, &CliError::interrupted(stage)));
     }
+    lines::flush();
     Ok(Answer::Failed)
 }
 
-fn print_reply(reply: Reply, errors: &AgentErrors) {
+/// Prints `reply`, or for an agent's timeout, sends it to `silent` to be
+/// explained first.
+fn print_reply(reply: Reply, errors: &AgentErrors, silent: &Silent) {
     let line = match reply.outcome {
         Ok(Outcome::Exited {
             status,
@@ -121,17 +147,27 @@ fn print_reply(reply: Reply, errors: &AgentErrors) {
                 Stream::Stdout => (bytes, None),
                 _ => (None, bytes),
             };
-            let mut out = std::io::stdout().lock();
             let chunk = ChunkLine {
                 id: reply.id,
                 stderr,
                 stdout,
             };
-            let _ = output::write_json(&mut out, &chunk, false).and_then(|()| out.flush());
+            print(&chunk);
             return;
         }
         Ok(_) => return,
-        Err(failure) => Line::error(reply.id, &errors.run_failure(failure, RunFront::Session)),
+        Err(failure) => {
+            let error = errors.run_failure(failure, RunFront::Session);
+            if error.kind() == ErrorKind::AgentTimeout {
+                if let Err(SendError((id, error))) = silent.send((reply.id, error)) {
+                    answered(&id);
+                    print(&Line::error(id, &error));
+                }
+                return;
+            }
+            Line::error(reply.id, &error)
+        }
     };
+    answered(&line.id);
     print(&line);
 }
