@@ -88,6 +88,9 @@ pub enum Command {
 
     /// Diagnose, step by step, why the agent of a domain does not answer
     Doctor {
+        /// The report as JSON even on a terminal (it is JSON whenever stdout is not one)
+        #[arg(long)]
+        json: bool,
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
     },

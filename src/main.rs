@@ -62,7 +62,7 @@ fn main() -> ExitCode {
             Command::Session { idle, domain } => commands::session::run(&domain, idle, &context).await,
             Command::GuestInfo { domain } => commands::guest_info::run(&domain, &context).await,
             Command::DomainList => commands::domain_list::run(&context),
-            Command::Doctor { domain } => Ok(commands::doctor::run(&domain, &context).await),
+            Command::Doctor { domain, json } => Ok(commands::doctor::run(&domain, json, &context).await),
             Command::GuestCmd { domain, request } => {
                 commands::guest_cmd::run(&domain, &request, &context).await
             }
@@ -91,11 +91,11 @@ fn main() -> ExitCode {
             success = ExitCode::FAILURE;
             Ok(())
         }
-        Ok(Answer::Report(report)) => {
+        Ok(Answer::Report { report, json }) => {
             if !report.ok() {
                 success = ExitCode::FAILURE;
             }
-            if std::io::stdout().is_terminal() {
+            if !json && std::io::stdout().is_terminal() {
                 std::io::stdout().write_all(report.to_text().as_bytes())
             } else {
                 output::print_json(&report, cli.pretty)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
-use crate::support::{self, guest_run_with, run, step};
+use crate::support::{self, guest_run_with, run, step, virtomate_path};
 
 #[test]
 #[ignore = "needs qemu-ga on the host"]
@@ -396,4 +396,32 @@ fn virtomate_sees_held_monitor(name: &str) -> bool {
         None,
     );
     out.status == 1 && out.stdout.contains(&format!("pid {}", std::process::id()))
+}
+
+/// `doctor` run on a real terminal (util-linux `script` gives it one).
+fn doctor_on_a_terminal(args: &str) -> String {
+    let line = format!("{} doctor {args}", virtomate_path().display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("these tests need util-linux's script for a terminal");
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host, and util-linux's script"]
+fn doctor_prints_a_checklist_on_a_terminal_and_json_when_asked() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    let checklist = doctor_on_a_terminal(socket);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&checklist).is_err(),
+        "{checklist}"
+    );
+    assert!(checklist.contains("handshake"), "{checklist}");
+    let json = doctor_on_a_terminal(&format!("--json {socket}"));
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(report["ok"], true, "{report}");
 }

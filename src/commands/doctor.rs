@@ -201,10 +201,13 @@ impl Diagnosis {
     }
 }
 
-pub async fn run(domain_arg: &str, context: &Context) -> Answer {
+pub async fn run(domain_arg: &str, json: bool, context: &Context) -> Answer {
     let mut diagnosis = Diagnosis::default();
     diagnose(domain_arg, context, &mut diagnosis).await;
-    Answer::Report(diagnosis.report())
+    Answer::Report {
+        report: diagnosis.report(),
+        json,
+    }
 }
 
 /// Checks each step in turn, until one fails that the next ones need.

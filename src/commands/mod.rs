@@ -25,7 +25,7 @@ pub enum Answer {
     /// Exit 1, all said already (`session`, interrupted, has printed a
     /// reply for each request it leaves).
     Failed,
-    /// A diagnosis: a table on a terminal, JSON otherwise; exit 1 when a
-    /// step failed.
-    Report(doctor::Report),
+    /// A diagnosis: a checklist on a terminal unless `json`, JSON
+    /// otherwise; exit 1 when a step failed.
+    Report { report: doctor::Report, json: bool },
 }
