@@ -83,6 +83,15 @@ impl Holder {
         self.command.as_deref() == Some("virtomate")
     }
 
+    /// One to wait for (within the usual time limits) rather than blame:
+    /// another virtomate, or a process whose command could not be read.
+    /// That is most often a virtomate that exited between being found
+    /// holding the socket and being looked at; one that still holds it
+    /// is met by the time limit of connecting, which names it then.
+    pub fn is_waited_for(&self) -> bool {
+        self.is_virtomate() || (self.pid.is_some() && self.command.is_none())
+    }
+
     /// libvirt's QEMU driver: `libvirtd`, or `virtqemud` where libvirt
     /// runs its modular daemons (the default of newer distributions).
     pub fn is_libvirt_daemon(&self) -> bool {
@@ -228,9 +237,15 @@ fn holders_in(
         match owners.get(client) {
             Some(pids) => {
                 for &pid in pids.iter().filter(|&&pid| pid != own_pid) {
-                    known.entry(pid).or_insert_with(|| Holder {
+                    let dir = proc_root.join(pid.to_string());
+                    let command = command_of(&dir);
+                    // Gone since its fds were read: it holds nothing now.
+                    if command.is_none() && !dir.exists() {
+                        continue;
+                    }
+                    known.entry(pid).or_insert(Holder {
                         pid: Some(pid),
-                        command: command_of(&proc_root.join(pid.to_string())),
+                        command,
                     });
                 }
             }
@@ -435,6 +450,30 @@ mod tests {
             describe(&found),
             "held by libvirtd (pid 500) and libvirtd (pid 501)"
         );
+    }
+
+    /// A process whose command cannot be read (here: its comm and
+    /// cmdline gone) is named by pid, and waited for.
+    #[test]
+    fn a_holder_whose_command_cannot_be_read_is_waited_for() {
+        let root = fake_proc(
+            &lines(&libvirt_table()),
+            &[(700, "virtomate", "virtomate", &[102])],
+        );
+        fs::remove_file(root.path().join("700/comm")).unwrap();
+        fs::remove_file(root.path().join("700/cmdline")).unwrap();
+        let found = holders_in(Path::new("/run/qga.sock"), root.path(), 999, peers(&[(101, 102)]));
+        assert_eq!(
+            found,
+            vec![Holder {
+                pid: Some(700),
+                command: None
+            }]
+        );
+        assert!(found[0].is_waited_for());
+        assert!(!UNKNOWN.is_waited_for());
+        assert!(held_by(1, "virtomate").is_waited_for());
+        assert!(!held_by(1, "socat").is_waited_for());
     }
 
     #[test]
