@@ -191,6 +191,7 @@ mod tests {
         Holder {
             pid,
             command: pid.map(|_| command.to_owned()),
+            foreign_uid: None,
         }
     }
 
@@ -292,6 +293,7 @@ mod tests {
         let gone = Holder {
             pid: Some(7),
             command: None,
+            foreign_uid: None,
         };
         assert_eq!(
             route(&domain, &[(vec![gone], true)]).unwrap(),
