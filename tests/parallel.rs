@@ -140,3 +140,56 @@ fn a_channel_kept_busy_names_its_holder_and_the_time_waited() {
         "{message}"
     );
 }
+
+/// virtomate runs of different users take turns through lock files of
+/// their own user, so not with each other: a run that waits for another
+/// user's says so, naming it with its uid, rather than that a virtomate
+/// kept its turn.
+#[test]
+fn a_run_held_up_by_another_users_run_says_so() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    use crate::support::fake_agent::FakeAgent;
+    if !nix::unistd::geteuid().is_root() {
+        return; // running a run as another user needs root
+    }
+    // Takes the other user's run, starts its program, and answers nothing
+    // more: it holds the channel.
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.start_program();
+        conn.linger();
+    });
+    let socket = agent.socket();
+    for (path, mode) in [(socket.parent().unwrap(), 0o755), (socket.as_path(), 0o777)] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut other = virtomate()
+        .args([
+            "--timeout",
+            "60",
+            "guest-run",
+            socket.to_str().unwrap(),
+            "--",
+            "sleep",
+            "60",
+        ])
+        .env_remove("XDG_RUNTIME_DIR")
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    agent.wait_for("guest-exec");
+    let out = guest_run_with(&["--timeout", "1"], &socket, &["true"], None);
+    let _ = other.kill();
+    let _ = other.wait();
+    let message = out.error("AgentTimeout");
+    assert!(
+        message.contains(&format!("virtomate (pid {}, uid 65534)", other.id())),
+        "{message}"
+    );
+    assert!(message.contains("another user's"), "{message}");
+    assert!(!message.contains("kept its turn"), "{message}");
+}

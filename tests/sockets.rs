@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use serde_json::{json, Value};
 
 use crate::support::fake_agent::{Conn, FakeAgent};
-use crate::support::{die_with_parent, run, step, unique_name};
+use crate::support::{die_with_parent, run, step, unique_name, virtomate};
 
 /// Binds `argv[1]` (unless `-`) relative to its working directory, changes
 /// to `/` when given `-daemonize` as QEMU does once set up, then accepts
@@ -215,4 +215,64 @@ fn a_pty_agent_channel_is_named_for_what_it_is() {
         message.contains("is a pty chardev, which virtomate cannot use; give it a UNIX socket"),
         "{message}"
     );
+}
+
+/// The lock files of a socket (see `ChannelLock`) are removed by the last
+/// run to hold its turn: none are left once the socket is gone.
+#[test]
+fn runs_leave_no_lock_files_behind() {
+    // Whatever the connection: runs may let go between their exchanges.
+    let agent = FakeAgent::serve_each(|mut conn, _| {
+        while let Some(request) = conn.next_request() {
+            let id = &request["id"];
+            match request["execute"].as_str() {
+                Some("guest-sync-delimited") => {
+                    conn.send_sync_reply(request["arguments"]["id"].as_u64().unwrap());
+                }
+                Some("guest-exec") => conn.reply(&json!({"return": {"pid": 42}, "id": id})),
+                Some("guest-exec-status") => {
+                    conn.reply(&json!({"return": {"exited": true, "exitcode": 0}, "id": id}));
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    let socket = agent.socket();
+    let Ok(lock) = virtomate_protocol::ChannelLock::for_socket(&socket) else {
+        return; // no safe place for lock files here: nothing to leave
+    };
+    let turn = lock.path().to_owned();
+    let (dir, name) = (turn.parent().unwrap(), turn.file_stem().unwrap().to_owned());
+    drop(lock);
+    for _ in 0..3 {
+        let runs: Vec<_> = (0..4)
+            .map(|_| {
+                virtomate()
+                    .args([
+                        "--timeout",
+                        "20",
+                        "guest-run",
+                        socket.to_str().unwrap(),
+                        "--",
+                        "true",
+                    ])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for run in runs {
+            let out = run.wait_with_output().unwrap();
+            assert_eq!(out.status.code(), Some(0), "{out:?}");
+        }
+    }
+    drop(agent);
+    let left: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name())
+        .filter(|file| Path::new(file).file_stem() == Some(&name))
+        .collect();
+    assert_eq!(left, Vec::<std::ffi::OsString>::new(), "in {}", dir.display());
 }

@@ -9,7 +9,7 @@ use virtomate_protocol::qga::GuestExecStatusReply;
 use virtomate_protocol::session::{Failure, Stage};
 use virtomate_protocol::Error as AgentError;
 
-use crate::domain::socket_holders;
+use crate::domain::socket_holders::{self, Holder};
 use crate::error::{CliError, ErrorKind, Peer};
 
 /// Turns the protocol's errors on one agent channel into the CLI's.
@@ -114,16 +114,26 @@ impl AgentErrors {
                 ..
             }
         );
+        // A turn kept by another virtomate of this user may itself have
+        // waited for another user's client, which takes no turns with it.
+        let busy = matches!(error, AgentError::Busy { .. });
         let error = CliError::from_agent(error, &self.socket);
-        let holders = if silent {
+        let holders = if silent || busy {
             socket_holders::holders(&self.socket)
         } else {
             Vec::new()
         };
-        if holders.is_empty() {
+        let held = format!("the channel is {}", socket_holders::describe(&holders));
+        if holders.iter().any(Holder::is_other_users) {
+            error.with_hint_instead(format!(
+                "{held}: another user's process. virtomate runs take turns only with runs of the same \
+                 user (each user's lock files are its own), so they meet another user's on the socket \
+                 itself, and wait for it without telling it; run them as one user, or one after the other"
+            ))
+        } else if holders.is_empty() || busy {
             error
         } else {
-            error.with_hint(format!("the channel is {}", socket_holders::describe(&holders)))
+            error.with_hint(held)
         }
     }
 

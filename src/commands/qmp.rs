@@ -107,7 +107,7 @@ fn monitor(domain: &str, context: &Context) -> Result<Monitor, CliError> {
         .collect();
     if let Some((free, _)) = seen
         .iter()
-        .find(|(_, holders)| holders.iter().all(Holder::is_virtomate))
+        .find(|(_, holders)| holders.iter().all(Holder::is_waited_for))
     {
         return Ok(Monitor::Socket((*free).clone()));
     }

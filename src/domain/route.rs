@@ -85,7 +85,9 @@ impl Domain {
     /// is (or may be) open; libvirtd, when it holds a channel; a free
     /// channel whose guest end is closed; a missing one, so that connecting
     /// names the problem. A channel held by another virtomate counts as
-    /// free: it is served in turn. One held by anything else would never
+    /// free: it is served in turn; so does one held by a process whose
+    /// command cannot be read, most often a virtomate that has just
+    /// exited (see [`Holder::is_waited_for`]). One held by anything else would never
     /// answer, so with nothing better this fails at once, naming the holder.
     fn choose_route(&self, seen: &[SeenChannel]) -> Result<Route, CliError> {
         if seen.is_empty() {
@@ -94,7 +96,7 @@ impl Domain {
                 self.no_channel_advice(),
             ));
         }
-        let free = |seen: &&SeenChannel| seen.holders.iter().all(Holder::is_virtomate);
+        let free = |seen: &&SeenChannel| seen.holders.iter().all(Holder::is_waited_for);
         let direct = |seen: &SeenChannel| Ok(Route::Direct(seen.channel.path.clone()));
         let usable = seen.iter().filter(free).filter(|seen| seen.is_socket);
         if let Some(best) = usable
@@ -189,6 +191,7 @@ mod tests {
         Holder {
             pid,
             command: pid.map(|_| command.to_owned()),
+            foreign_uid: None,
         }
     }
 
@@ -279,6 +282,22 @@ mod tests {
         assert!(
             err.to_string().contains("every agent channel of 'web' is held"),
             "{err}"
+        );
+    }
+
+    /// A virtomate that exited between being found and being looked at
+    /// leaves a pid whose command cannot be read: waited for, not blamed.
+    #[test]
+    fn a_holder_whose_command_cannot_be_read_is_waited_for() {
+        let domain = libvirt_domain(&[("org.qemu.guest_agent.1", None)]);
+        let gone = Holder {
+            pid: Some(7),
+            command: None,
+            foreign_uid: None,
+        };
+        assert_eq!(
+            route(&domain, &[(vec![gone], true)]).unwrap(),
+            Route::Direct("/run/org.qemu.guest_agent.1.sock".into())
         );
     }
 

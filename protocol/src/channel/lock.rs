@@ -21,6 +21,14 @@
 //! and checked (a directory, not a symlink, ours, closed to others) before
 //! use; the files are opened without following symlinks and checked to be
 //! ours too. Nothing is ever put in a directory another user could write.
+//!
+//! The files are made when a turn is taken, and removed by the holder that
+//! lets go when nobody waits (said in `.poll` or `.wait`), while it still
+//! holds the turn. A process that opened a file before it was removed
+//! would lock a file no longer there, beside the holder of the one made
+//! anew: so a turn counts only once the path is seen, after locking, to
+//! still name the locked file, and is tried again on the file there
+//! otherwise; a waiter's say-so is said again the same way.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
@@ -72,10 +80,29 @@ pub struct ChannelLock {
     poll: PathBuf,
 }
 
-/// A turn on the channel: held until dropped.
+/// A turn on the channel: held until dropped. The last holder (nobody
+/// waits when it lets go) removes the lock files.
 #[derive(Debug)]
 pub struct Turn {
-    _lock: Flock<File>,
+    lock: Option<Flock<File>>,
+    files: [PathBuf; 3],
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let [turn, wait, poll] = &self.files;
+        // Under the turn, so that no other process holds it: a waiter
+        // that opened a file before it is removed finds, once it has
+        // locked it, that the path no longer names it, and opens afresh
+        // (see `names`). The turn's file goes last: while it is there,
+        // a waiter's say-so in the other two is looked for.
+        if !somebody_says_so(poll) && !somebody_says_so(wait) {
+            for path in [wait, poll, turn] {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        drop(self.lock.take());
+    }
 }
 
 impl ChannelLock {
@@ -105,10 +132,14 @@ impl ChannelLock {
             wait: dir.join(format!("{name}.wait")),
             poll: dir.join(format!("{name}.poll")),
         };
-        // Created and checked now, so that a bad file shows up here.
-        open_own_file(&lock.turn)?;
-        open_own_file(&lock.wait)?;
-        open_own_file(&lock.poll)?;
+        // Those there checked now, so that a bad file shows up here; they
+        // are created when a turn is taken, and removed by its last holder.
+        for path in [&lock.turn, &lock.wait, &lock.poll] {
+            match open_own_file(path, false) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
         Ok(lock)
     }
 
@@ -141,26 +172,37 @@ impl ChannelLock {
     /// late (a status poll of a program that has run for a while), so
     /// that a holder whose own program is young keeps the channel.
     pub async fn acquire_patiently(&self, deadline: Deadline, patience: Duration) -> Result<Turn, Error> {
-        let file = open_own_file(&self.turn).map_err(Error::Io)?;
-        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(Turn { _lock: lock }),
-            Err((file, Errno::EWOULDBLOCK)) => file,
-            Err((_, errno)) => return Err(Error::Io(errno.into())),
+        let mut file = match self.try_turn()? {
+            Ok(turn) => return Ok(turn),
+            Err(file) => file,
         };
         let started = Instant::now();
         // That we wait, and later that we should not wait longer: held as
         // long as we do (dropped on return). A failure to say it only
-        // costs the holder's courtesy.
-        let _waiting = say_so(&self.poll);
+        // costs the holder's courtesy; one said in a file its last holder
+        // has removed since is said again.
+        let mut waiting = say_so(&self.poll);
         let mut urgent = None;
         loop {
-            if urgent.is_none() && started.elapsed() >= patience {
-                urgent = Some(say_so(&self.wait));
+            if !waiting.as_deref().is_some_and(|f| names(&self.poll, f)) {
+                waiting = say_so(&self.poll);
             }
-            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                Ok(lock) => return Ok(Turn { _lock: lock }),
-                Err((back, Errno::EWOULDBLOCK)) => file = back,
-                Err((_, errno)) => return Err(Error::Io(errno.into())),
+            if started.elapsed() >= patience && !urgent.as_deref().is_some_and(|f| names(&self.wait, f)) {
+                urgent = say_so(&self.wait);
+            }
+            if names(&self.turn, &file) {
+                match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                    Ok(lock) if names(&self.turn, &lock) => return Ok(self.turn_of(lock)),
+                    // Removed by its last holder while we had it open.
+                    Ok(orphan) => file = orphan.unlock().map_err(|(_, e)| Error::Io(e.into()))?,
+                    Err((back, Errno::EWOULDBLOCK)) => file = back,
+                    Err((_, errno)) => return Err(Error::Io(errno.into())),
+                }
+            } else {
+                file = match self.try_turn()? {
+                    Ok(turn) => return Ok(turn),
+                    Err(file) => file,
+                };
             }
             if Instant::now() >= deadline.at() {
                 let holder = flock_holder(&file);
@@ -172,12 +214,34 @@ impl ChannelLock {
             }
             // A patient waiter looks seldom, so that it rarely slips in
             // between two clients that follow each other closely.
-            sleep(if urgent.is_some() {
+            sleep(if started.elapsed() >= patience {
                 RETRY_PAUSE
             } else {
                 PATIENT_RETRY_PAUSE
             })
             .await;
+        }
+    }
+
+    /// The turn if it is free (`Ok`), else the file it is held by, to try
+    /// again. A file its last holder removed while we opened and locked
+    /// it is let go, and the one now at the path tried.
+    fn try_turn(&self) -> Result<Result<Turn, File>, Error> {
+        loop {
+            let file = open_own_file(&self.turn, true).map_err(Error::Io)?;
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) if names(&self.turn, &lock) => return Ok(Ok(self.turn_of(lock))),
+                Ok(_orphan) => continue,
+                Err((file, Errno::EWOULDBLOCK)) => return Ok(Err(file)),
+                Err((_, errno)) => return Err(Error::Io(errno.into())),
+            }
+        }
+    }
+
+    fn turn_of(&self, lock: Flock<File>) -> Turn {
+        Turn {
+            lock: Some(lock),
+            files: [self.turn.clone(), self.wait.clone(), self.poll.clone()],
         }
     }
 
@@ -197,15 +261,15 @@ impl ChannelLock {
 
 /// A shared flock on `path`, which tells the holder that somebody waits.
 fn say_so(path: &Path) -> Option<Flock<File>> {
-    let file = open_own_file(path).ok()?;
+    let file = open_own_file(path, true).ok()?;
     Flock::lock(file, FlockArg::LockSharedNonblock).ok()
 }
 
 /// Whether somebody holds a shared flock on `path`: our exclusive try
 /// fails exactly then; dropping the lock we got at once lets the next
-/// waiter in.
+/// waiter in. A file that is not there says nothing (and is not made).
 fn somebody_says_so(path: &Path) -> bool {
-    let Ok(file) = open_own_file(path) else {
+    let Ok(file) = open_own_file(path, false) else {
         return false;
     };
     matches!(
@@ -280,13 +344,23 @@ fn runtime_dir() -> io::Result<PathBuf> {
     Ok(dir)
 }
 
-/// Opens (creating, mode 0600) a lock file, never through a symlink, and
-/// checks that it is a file of ours.
-fn open_own_file(path: &Path) -> io::Result<File> {
+/// Whether `path` still names the file `file` is open on: not when the
+/// lock files' last holder has removed it since (and another may have
+/// been made there).
+fn names(path: &Path, file: &File) -> bool {
+    match (std::fs::symlink_metadata(path), file.metadata()) {
+        (Ok(there), Ok(ours)) => there.dev() == ours.dev() && there.ino() == ours.ino(),
+        _ => false,
+    }
+}
+
+/// Opens (creating, mode 0600, if `create`) a lock file, never through a
+/// symlink, and checks that it is a file of ours.
+fn open_own_file(path: &Path, create: bool) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create(true)
+        .create(create)
         .mode(0o600)
         .custom_flags(nix::libc::O_NOFOLLOW)
         .open(path)?;
@@ -334,8 +408,8 @@ mod tests {
         std::fs::write(&target, b"").unwrap();
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        assert!(open_own_file(&link).is_err());
-        assert!(open_own_file(&dir.path().join("fresh")).is_ok());
+        assert!(open_own_file(&link, true).is_err());
+        assert!(open_own_file(&dir.path().join("fresh"), true).is_ok());
     }
 
     #[tokio::test]
@@ -401,5 +475,100 @@ mod tests {
         assert!(late, "urgently after it");
         assert!(!lock.waited_for(), "the waiter gave up");
         assert!(matches!(waited, Err(Error::Busy { .. })), "{waited:?}");
+    }
+
+    /// Turns taken and let go by threads at once, with the files removed
+    /// by each last holder and made again by the next: never two turns at
+    /// a time (a thread that locked a removed file would hold one beside
+    /// the holder of the new one), and no file left at the end.
+    #[test]
+    fn files_removed_by_the_last_holder_never_give_two_turns() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qga.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let locks = dir.path().join("locks");
+        std::fs::create_dir(&locks).unwrap();
+        let inside = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (socket, locks, inside) = (socket.clone(), locks.clone(), inside.clone());
+                std::thread::spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap();
+                    for _ in 0..200 {
+                        let lock = ChannelLock::in_dir(&socket, &locks).unwrap();
+                        let turn = runtime
+                            .block_on(lock.acquire(Deadline::after(Duration::from_secs(20))))
+                            .unwrap();
+                        assert!(!inside.swap(true, Ordering::SeqCst), "two turns at once");
+                        std::thread::yield_now();
+                        inside.store(false, Ordering::SeqCst);
+                        drop(turn);
+                    }
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
+        let left: Vec<_> = std::fs::read_dir(&locks)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    /// How many of our fds are open on `path`.
+    fn opened(path: &Path) -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+            .count()
+    }
+
+    /// A waiter that opened the turn's file before its last holder removed
+    /// it (here: one whose say-so cannot be made, so that the holder sees
+    /// nobody waiting) takes its turn on the file made anew, not on the
+    /// removed one beside a newcomer's.
+    #[tokio::test]
+    async fn a_waiter_on_a_removed_file_takes_its_turn_on_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qga.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let lock = ChannelLock::in_dir(&socket, dir.path()).unwrap();
+        let path = lock.path().to_owned();
+        let waiter = ChannelLock::in_dir(&socket, dir.path()).unwrap();
+        std::fs::create_dir(&lock.poll).unwrap(); // no say-so possible
+        let turn = lock
+            .acquire(Deadline::after(Duration::from_secs(1)))
+            .await
+            .unwrap();
+        let waiting =
+            waiter.acquire_patiently(Deadline::after(Duration::from_secs(5)), Duration::from_secs(60));
+        let letting_go = async {
+            while opened(&path) < 2 {
+                sleep(Duration::from_millis(1)).await;
+            }
+            drop(turn);
+            assert!(!path.exists(), "removed by its last holder");
+        };
+        let (taken, ()) = tokio::join!(waiting, letting_go);
+        let taken = taken.unwrap();
+        assert!(
+            names(&path, taken.lock.as_ref().unwrap()),
+            "a turn on the file at the path"
+        );
+        std::fs::remove_dir(&lock.poll).unwrap();
+        let newcomer = ChannelLock::in_dir(&socket, dir.path()).unwrap();
+        let late = newcomer
+            .acquire(Deadline::after(Duration::from_millis(100)))
+            .await;
+        assert!(matches!(late, Err(Error::Busy { .. })), "{late:?}");
     }
 }

@@ -50,8 +50,9 @@ mod test_support;
 mod unix_table;
 
 use std::collections::{BTreeMap, HashMap};
+use std::fs;
 use std::io;
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use owners::{command_of, socket_owners};
@@ -69,6 +70,10 @@ pub struct Holder {
     /// The program name, from `/proc/PID/comm` (or `cmdline` where `comm`
     /// was cut short by the kernel's 15-byte limit).
     pub command: Option<String>,
+    /// The process's uid (the owner of `/proc/PID`) when it is another
+    /// user's than ours: a virtomate of another user does not take turns
+    /// with this one (each user's lock files are its own).
+    pub foreign_uid: Option<u32>,
 }
 
 impl Holder {
@@ -76,11 +81,27 @@ impl Holder {
     const UNKNOWN: Holder = Holder {
         pid: None,
         command: None,
+        foreign_uid: None,
     };
 
     /// Another virtomate, which is served in turn.
     pub fn is_virtomate(&self) -> bool {
         self.command.as_deref() == Some("virtomate")
+    }
+
+    /// Another user's process: a virtomate of another user takes turns
+    /// through lock files of its own, so not with this one.
+    pub fn is_other_users(&self) -> bool {
+        self.foreign_uid.is_some()
+    }
+
+    /// One to wait for (within the usual time limits) rather than blame:
+    /// another virtomate, or a process whose command could not be read.
+    /// That is most often a virtomate that exited between being found
+    /// holding the socket and being looked at; one that still holds it
+    /// is met by the time limit of connecting, which names it then.
+    pub fn is_waited_for(&self) -> bool {
+        self.is_virtomate() || (self.pid.is_some() && self.command.is_none())
     }
 
     /// libvirt's QEMU driver: `libvirtd`, or `virtqemud` where libvirt
@@ -125,10 +146,13 @@ pub fn held_by_libvirtd(holders: &[Holder], libvirt_keeps_it: bool) -> bool {
 pub fn describe(holders: &[Holder]) -> String {
     let mut parts: Vec<String> = Vec::new();
     for holder in holders {
-        match (holder.pid, &holder.command) {
-            (Some(pid), Some(command)) => parts.push(format!("{command} (pid {pid})")),
-            (Some(pid), None) => parts.push(format!("process {pid}")),
-            (None, _) => {}
+        if let Some(pid) = holder.pid {
+            parts.push(match (&holder.command, holder.foreign_uid) {
+                (Some(command), None) => format!("{command} (pid {pid})"),
+                (Some(command), Some(uid)) => format!("{command} (pid {pid}, uid {uid})"),
+                (None, None) => format!("process {pid}"),
+                (None, Some(uid)) => format!("process {pid} (uid {uid})"),
+            });
         }
     }
     match holders.iter().filter(|holder| holder.pid.is_none()).count() {
@@ -228,9 +252,17 @@ fn holders_in(
         match owners.get(client) {
             Some(pids) => {
                 for &pid in pids.iter().filter(|&&pid| pid != own_pid) {
-                    known.entry(pid).or_insert_with(|| Holder {
+                    let dir = proc_root.join(pid.to_string());
+                    let command = command_of(&dir);
+                    // Gone since its fds were read: it holds nothing now.
+                    if command.is_none() && !dir.exists() {
+                        continue;
+                    }
+                    let uid = fs::metadata(&dir).map(|meta| meta.uid()).ok();
+                    known.entry(pid).or_insert(Holder {
                         pid: Some(pid),
-                        command: command_of(&proc_root.join(pid.to_string())),
+                        command,
+                        foreign_uid: uid.filter(|&uid| uid != nix::unistd::geteuid().as_raw()),
                     });
                 }
             }
@@ -299,6 +331,7 @@ mod tests {
         Holder {
             pid: Some(pid),
             command: Some(command.to_owned()),
+            foreign_uid: None,
         }
     }
 
@@ -437,6 +470,47 @@ mod tests {
         );
     }
 
+    /// A process whose command cannot be read (here: its comm and
+    /// cmdline gone) is named by pid, and waited for.
+    #[test]
+    fn a_holder_whose_command_cannot_be_read_is_waited_for() {
+        let root = fake_proc(
+            &lines(&libvirt_table()),
+            &[(700, "virtomate", "virtomate", &[102])],
+        );
+        fs::remove_file(root.path().join("700/comm")).unwrap();
+        fs::remove_file(root.path().join("700/cmdline")).unwrap();
+        let found = holders_in(Path::new("/run/qga.sock"), root.path(), 999, peers(&[(101, 102)]));
+        assert_eq!(
+            found,
+            vec![Holder {
+                pid: Some(700),
+                command: None,
+                foreign_uid: None,
+            }]
+        );
+        assert!(found[0].is_waited_for());
+        assert!(!UNKNOWN.is_waited_for());
+        assert!(held_by(1, "virtomate").is_waited_for());
+        assert!(!held_by(1, "socat").is_waited_for());
+    }
+
+    /// Another user's process is named with its uid.
+    #[test]
+    fn another_users_holder_is_named_with_its_uid() {
+        let other = Holder {
+            foreign_uid: Some(1000),
+            ..held_by(12, "virtomate")
+        };
+        assert_eq!(describe(&[other]), "held by virtomate (pid 12, uid 1000)");
+        let unnamed = Holder {
+            pid: Some(13),
+            command: None,
+            foreign_uid: Some(1000),
+        };
+        assert_eq!(describe(&[unnamed]), "held by process 13 (uid 1000)");
+    }
+
     #[test]
     fn a_peer_nobody_visibly_owns_is_another_client() {
         let root = fake_proc(&lines(&libvirt_table()), &[(500, "unrelated", "unrelated", &[7])]);
@@ -476,7 +550,8 @@ mod tests {
         assert_eq!(
             describe(&[Holder {
                 pid: Some(7),
-                command: None
+                command: None,
+                foreign_uid: None,
             }]),
             "held by process 7"
         );
