@@ -65,7 +65,7 @@ faultlog="$dir/faults.log"  # START_MS END_MS KIND DETAIL, one line per fault
 violog="$dir/violations.log"
 claims="$dir/not-started.claims"  # ops whose error said nothing was started
 leftok="$dir/leftovers.allowed"   # KIND per op that may leave something
-: >"$oplog" >"$faultlog" >"$violog" >"$claims" >"$leftok"
+for f in "$oplog" "$faultlog" "$violog" "$claims" "$leftok"; do : >"$f"; done
 export SOAK_TAG="soak-$$" # in every virtomate's environment, to find strays
 
 now_ms() {
@@ -590,6 +590,7 @@ fault_foreign() {
   partial="$((RANDOM % 2))"
   fault_begin foreign_client
   # A raw client holds the agent channel, sending a ping or half a request.
+  # shellcheck disable=SC2016 # perl code, not the shell's
   timeout -s KILL $((d + 10)) perl -MIO::Socket::UNIX -e '
     my $s = IO::Socket::UNIX->new(Peer => $ARGV[0]) or exit 1;
     $s->autoflush(1);
