@@ -3,14 +3,15 @@
 # Idempotent: does nothing when every package is already installed.
 set -euo pipefail
 
-# time: GNU time measures peak RSS in the tests and the benchmark.
+# time: GNU time measures peak RSS in the tests, the benchmark and the soak test.
+# jq: the soak test (scripts/soak.sh) reads the JSON it checks.
 # python3: a second process that holds a socket in the socket-holder tests.
 # man-db, groff-base, bash, zsh, fish: the packaging tests render the man
 # pages and load the shell completions (tests/packaging.rs).
 # debootstrap, e2fsprogs: the Python test VM (scripts/build-python-vm.sh).
 # python3-venv: the virtual environment with ansible-core
 # (scripts/test-ansible.sh).
-packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time python3
+packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time jq python3
   man-db groff-base bash zsh fish debootstrap e2fsprogs python3-venv)
 
 missing=()
