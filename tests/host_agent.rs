@@ -370,21 +370,8 @@ fn version_with_dash_v() {
 #[ignore = "needs qemu-ga on the host"]
 fn an_agent_that_dies_during_a_run_gives_a_clear_error_at_once() {
     let mut agent = HostAgent::start();
-    let mut child = virtomate()
-        .args([
-            "--trace",
-            "guest-run",
-            agent.socket().to_str().unwrap(),
-            "--",
-            "sleep",
-            "30",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Once the program runs, during the run.
-    crate::support::StderrLines::of(&mut child).wait_for(crate::support::TRACED_START);
+    let child = crate::support::spawn_sleeping_guest_run(&agent.socket());
     agent.kill();
     let killed = std::time::Instant::now();
     let out = child.wait_with_output().unwrap();

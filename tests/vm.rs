@@ -32,21 +32,8 @@ fn the_second_agent_port_is_a_channel_of_its_own() {
 fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let vm = TestVm::boot("killed");
     let socket = vm.socket();
-    let mut child = support::virtomate()
-        .args([
-            "--trace",
-            "guest-run",
-            socket.to_str().unwrap(),
-            "--",
-            "sleep",
-            "30",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
     // Once the program runs, during the run.
-    support::StderrLines::of(&mut child).wait_for(support::TRACED_START);
+    let child = support::spawn_sleeping_guest_run(&socket);
     vm.kill();
     let killed = Instant::now();
     let out = child.wait_with_output().unwrap();

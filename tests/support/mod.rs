@@ -156,6 +156,20 @@ pub fn spawn_guest_run(socket: &Path, program: &[&str]) -> std::process::Child {
         .unwrap()
 }
 
+/// `guest-run --trace SOCKET -- sleep 30` in the background, returned once
+/// the program runs in the guest (its start seen in the trace).
+pub fn spawn_sleeping_guest_run(socket: &Path) -> std::process::Child {
+    let mut child = virtomate()
+        .arg("--trace")
+        .args(guest_run_args(&[], socket, &["sleep", "30"]))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    StderrLines::of(&mut child).wait_for(TRACED_START);
+    child
+}
+
 fn guest_run_args<'a>(options: &[&'a str], socket: &'a Path, program: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["guest-run"];
     args.extend(options);

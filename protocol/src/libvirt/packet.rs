@@ -400,19 +400,10 @@ fn malformed(reason: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::pieces;
     use crate::{Connection, Direction, Trace};
-    use tokio::io::AsyncRead;
 
     use crate::wire::hex::unhex as hex;
-
-    /// A stream that hands out its bytes in the given pieces, one per read.
-    fn pieces(parts: &[&[u8]]) -> impl AsyncRead + Unpin {
-        let mut builder = tokio_test::io::Builder::new();
-        for part in parts {
-            builder.read(part);
-        }
-        builder.build()
-    }
 
     #[test]
     fn types_and_statuses_keep_their_numbers() {

@@ -169,16 +169,8 @@ impl<S: AsyncRead + Unpin> Connection<S, LineCodec> {
 mod tests {
     use super::*;
     use crate::framing::READ_CHUNK;
+    use crate::wire::pieces;
     use tokio::io::AsyncWriteExt;
-
-    /// A stream that hands out its bytes in the given pieces, one per read.
-    fn pieces(parts: &[&[u8]]) -> impl AsyncRead + Unpin {
-        let mut builder = tokio_test::io::Builder::new();
-        for part in parts {
-            builder.read(part);
-        }
-        builder.build()
-    }
 
     #[tokio::test]
     async fn sent_bytes_reach_the_stream_whole() {

@@ -43,3 +43,14 @@ pub enum RequestProgress {
     /// The carrier cannot tell.
     Unknown,
 }
+
+/// A stream that hands out its bytes in the given pieces, one per read:
+/// for the tests of what reads frames.
+#[cfg(test)]
+pub(crate) fn pieces(parts: &[&[u8]]) -> impl tokio::io::AsyncRead + Unpin {
+    let mut builder = tokio_test::io::Builder::new();
+    for part in parts {
+        builder.read(part);
+    }
+    builder.build()
+}
