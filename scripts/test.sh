@@ -5,8 +5,9 @@
 # #[ignore]d, so that a plain `cargo test` leaves them out; here
 # --include-ignored runs them too, and those of tests/ fail, not skip, when
 # what they need is missing. Then scripts/package.sh builds the static
-# binary for minimal hosts and checks it in a chroot against the test VM
-# (a minute or two more: a cold release build with LTO), and last the
+# binary for minimal hosts (a minute or two more: a cold release build
+# with LTO), scripts/check-package.sh runs it in a chroot against the test
+# VM, and last the
 # Ansible connection plugin runs against two Python test VMs and the
 # busybox VM (scripts/test-ansible.sh).
 set -euo pipefail
@@ -18,4 +19,5 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --include-ignored
 scripts/package.sh
+scripts/check-package.sh
 scripts/test-ansible.sh
