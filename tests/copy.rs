@@ -742,9 +742,12 @@ fn an_agent_restarted_mid_copy_gives_a_clear_error_and_the_next_copy_works() {
     let vm = TestVm::boot("copy-restart");
     let socket = vm.socket();
     // In its own session, so that it outlives the agent it replaces: once
-    // the copy's temporary holds data (the copy is under way), stop qemu-ga
-    // and, a second later, start a new one on the port.
-    let restart = "until [ -s \"$(ls -d /tmp/.virtomate-* 2>/dev/null | head -n 1)\" ]; do sleep 0.1; done; \
+    // the copy's data file in its private directory holds data (the copy
+    // is writing), stop qemu-ga and, a second later, start a new one on
+    // the port. (The directory alone would be seen while the copy still
+    // waits for its mkdir.)
+    let restart =
+        "until [ -s \"$(ls /tmp/.virtomate-*/data 2>/dev/null | head -n 1)\" ]; do sleep 0.1; done; \
                    kill $(pidof qemu-ga); sleep 1; \
                    exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0";
     let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 &");
