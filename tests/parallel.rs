@@ -146,14 +146,16 @@ fn a_channel_kept_busy_names_its_holder_and_the_time_waited() {
 /// user's says so, naming it with its uid, rather than that a virtomate
 /// kept its turn.
 #[test]
+#[ignore = "needs root, to run one of the runs as another user"]
 fn a_run_held_up_by_another_users_run_says_so() {
     use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
 
     use crate::support::fake_agent::FakeAgent;
-    if !nix::unistd::geteuid().is_root() {
-        return; // running a run as another user needs root
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test runs a run as another user, which needs root"
+    );
     // Takes the other user's run, starts its program, and answers nothing
     // more: it holds the channel.
     let agent = FakeAgent::serve(|mut conn| {

@@ -25,9 +25,7 @@ pub struct DomainAgent {
     session: Session<DomainConnector>,
     errors: AgentErrors,
     /// What was found, to ask QEMU why the agent went silent.
-    found: Domain,
-    scope: Scope,
-    options: ClientOptions,
+    silence: Silence,
 }
 
 impl DomainAgent {
@@ -89,9 +87,11 @@ impl DomainAgent {
                 socket,
                 through_libvirtd,
             },
-            found: found.clone(),
-            scope: scope.clone(),
-            options: kept_options,
+            silence: Silence {
+                found: found.clone(),
+                scope: scope.clone(),
+                options: kept_options,
+            },
         }
     }
 
@@ -227,17 +227,13 @@ impl DomainAgent {
     /// run: QEMU (or libvirt's record) knows, and the advice is then QEMU's
     /// state and what to do about it rather than to check the agent.
     async fn explain_silence(&self, error: CliError) -> CliError {
-        explain_silence(&self.found, &self.scope, &self.options, error).await
+        self.silence.explain(error).await
     }
 
     /// What explains a silent agent, for a caller that keeps no
     /// `DomainAgent` (`session`).
     pub fn silence(&self) -> Silence {
-        Silence {
-            found: self.found.clone(),
-            scope: self.scope.clone(),
-            options: self.options.clone(),
-        }
+        self.silence.clone()
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
@@ -259,6 +255,7 @@ impl DomainAgent {
 
 /// What a domain's agent that does not answer may be explained by: the
 /// state QEMU knows the VM in.
+#[derive(Clone)]
 pub struct Silence {
     found: Domain,
     scope: Scope,
@@ -269,28 +266,19 @@ impl Silence {
     /// An [`ErrorKind::AgentTimeout`] with QEMU's run state and what to do
     /// about it where the VM does not run; any other error as it is.
     pub async fn explain(&self, error: CliError) -> CliError {
-        explain_silence(&self.found, &self.scope, &self.options, error).await
-    }
-}
-
-async fn explain_silence(
-    found: &Domain,
-    scope: &Scope,
-    options: &ClientOptions,
-    error: CliError,
-) -> CliError {
-    if error.kind() != ErrorKind::AgentTimeout {
-        return error;
-    }
-    let Some(vm) = run_state::owner_of(found, scope) else {
-        return error;
-    };
-    match run_state::ask(&vm, options).await {
-        Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
-            Some(advice) => error.with_hint_instead(advice),
+        if error.kind() != ErrorKind::AgentTimeout {
+            return error;
+        }
+        let Some(vm) = run_state::owner_of(&self.found, &self.scope) else {
+            return error;
+        };
+        match run_state::ask(&vm, &self.options).await {
+            Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
+                Some(advice) => error.with_hint_instead(advice),
+                None => error,
+            },
             None => error,
-        },
-        None => error,
+        }
     }
 }
 
