@@ -141,6 +141,7 @@ modules=(
   "virtio_pci_legacy_dev CONFIG_VIRTIO_PCI_LIB_LEGACY"
   "virtio_pci CONFIG_VIRTIO_PCI"
   "virtio_console CONFIG_VIRTIO_CONSOLE"
+  "brd CONFIG_BLK_DEV_RAM"
 )
 
 modlist="$root/lib/modules/load-order"
@@ -177,7 +178,8 @@ cp "$busybox" "$root/bin/busybox"
   mkdir -p "$root/$(dirname "$applet")"
   ln -s /bin/busybox "$root/$applet"
 done
-for needed in sh echo cat wc env true kill sleep head base64 dd yes insmod mount printf poweroff reboot halt; do
+for needed in sh echo cat wc env true kill sleep head base64 dd yes insmod mount printf poweroff reboot halt \
+  mke2fs fsfreeze setsid; do
   [ -n "$(find "$root/bin" "$root/sbin" "$root/usr/bin" "$root/usr/sbin" -maxdepth 1 -name "$needed")" ] \
     || die "busybox lacks the applet $needed"
 done
@@ -244,8 +246,23 @@ mount -t sysfs sysfs /sys
 mkdir -p /run /tmp
 
 while read -r mod; do
-  insmod "/lib/modules/$mod.ko" || echo "virtomate-test-vm: insmod $mod failed"
+  case "$mod" in
+    # One 8 MiB RAM disk: a block device for a file system to freeze.
+    brd) params="rd_nr=1 rd_size=8192" ;;
+    *) params= ;;
+  esac
+  # shellcheck disable=SC2086
+  insmod "/lib/modules/$mod.ko" $params || echo "virtomate-test-vm: insmod $mod failed"
 done </lib/modules/load-order
+
+# Something for guest-fsfreeze-freeze to freeze: the agent skips the
+# initramfs (no block device), so an ext2 file system on the RAM disk.
+mkdir -p /mnt/freeze
+if [ -b /dev/ram0 ] && mke2fs -q /dev/ram0 && mount -t ext2 /dev/ram0 /mnt/freeze; then
+  :
+else
+  echo "virtomate-test-vm: no file system to freeze at /mnt/freeze"
+fi
 
 # Wait for the virtio serial ports to show up.
 i=0

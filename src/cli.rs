@@ -143,6 +143,49 @@ pub enum Command {
 
     /// Copy a file into or out of a domain: one of SRC and DEST is DOMAIN:/PATH
     Copy(CopyArgs),
+
+    /// Freeze the guest's file systems, for at most --max-time: with COMMAND, run it (a
+    /// snapshot) and thaw; without, leave them frozen until guest-thaw or --max-time
+    GuestFreeze(GuestFreezeArgs),
+
+    /// Thaw the guest's file systems, and stand down the watchdogs of a guest-freeze
+    GuestThaw {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
+    /// The watchdog that guest-freeze starts on the host (not for use by hand)
+    #[command(hide = true)]
+    FreezeWatchdog {
+        /// The freeze it guards
+        #[arg(long)]
+        token: String,
+        /// Seconds until it thaws
+        #[arg(long, value_parser = seconds)]
+        after: Duration,
+        domain: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct GuestFreezeArgs {
+    /// Freeze the file system mounted at PATH only (repeatable; default: every file system
+    /// on a block device)
+    #[arg(long = "mountpoint", value_name = "PATH")]
+    pub mountpoints: Vec<String>,
+
+    /// The longest the guest stays frozen (at least 10): watchdogs on the host and in the
+    /// guest thaw it by then, even if virtomate is killed or loses the agent's socket
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_hyphen_values = true)]
+    pub max_time: Duration,
+
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+
+    /// A local command to run while the guest is frozen, after `--`; virtomate thaws when it
+    /// ends (or at --max-time, and stops it) and exits with its status
+    #[arg(last = true, value_names = ["COMMAND", "ARG"])]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -49,6 +49,10 @@ pub enum ErrorKind {
     /// `copy` moved the bytes, but what arrived is not what was sent, or
     /// `--verify` was asked and the guest cannot compute a checksum.
     Verification,
+    /// `guest-freeze` could not freeze safely (the guest is frozen
+    /// already, or lacks what the watchdog that thaws it needs), or a
+    /// thaw failed.
+    Freeze,
 }
 
 impl ErrorKind {
@@ -72,6 +76,7 @@ impl ErrorKind {
             ErrorKind::Io => "IoError",
             ErrorKind::Path => "PathError",
             ErrorKind::Verification => "VerificationError",
+            ErrorKind::Freeze => "FreezeError",
         }
     }
 }

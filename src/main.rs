@@ -8,6 +8,7 @@ mod commands;
 mod copy;
 mod domain;
 mod error;
+mod freeze;
 #[cfg(feature = "generate")]
 mod generate;
 mod output;
@@ -42,7 +43,13 @@ fn main() -> ExitCode {
     };
     // With --raw, stdout is the program's: virtomate's own failures go to
     // stderr as one line, with ssh's exit status.
-    let raw = matches!(&cli.command, Command::GuestRun(args) if args.raw || args.follow);
+    // So does a local command's, for guest-freeze.
+    let raw = match &cli.command {
+        Command::GuestRun(args) => args.raw || args.follow,
+        Command::GuestFreeze(args) => !args.command.is_empty(),
+        _ => false,
+    };
+    let connection = cli.connection.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -72,6 +79,13 @@ fn main() -> ExitCode {
                 request,
             } => commands::qmp::run(&domain, &request, events, &context).await,
             Command::Copy(args) => commands::copy::run(args, &context).await,
+            Command::GuestFreeze(args) => {
+                commands::guest_freeze::run(args, connection.as_deref(), &context).await
+            }
+            Command::GuestThaw { domain } => commands::guest_thaw::run(&domain, &context).await,
+            Command::FreezeWatchdog { token, after, domain } => {
+                commands::freeze_watchdog::run(&domain, &token, after, &context).await
+            }
         }
     });
     // tokio reads standard input on a blocking thread that cannot be
@@ -87,6 +101,10 @@ fn main() -> ExitCode {
         }
         Ok(Answer::Json(json)) => output::print_json(&json, cli.pretty),
         Ok(Answer::Nothing) => Ok(()),
+        Ok(Answer::Exit(status)) => {
+            success = ExitCode::from(status);
+            Ok(())
+        }
         Ok(Answer::Failed) => {
             success = ExitCode::FAILURE;
             Ok(())

@@ -172,7 +172,7 @@ fn guest_ping_wait_follows_a_vm_from_boot_and_gives_up_on_one_without_agent() {
     assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
     let report = run(&["doctor", &booting.name], None);
     assert_eq!(report.status, 0, "{report:?}");
-    assert_eq!(outcomes(&report), ["pass"; 10].map(String::from));
+    assert_eq!(outcomes(&report), ["pass"; 11].map(String::from));
 
     let silent = TestVm::boot_with("ping-silent", &[("KERNEL_EXTRA_ARGS", "virtomate.noagent")]);
     let started = Instant::now();
@@ -184,7 +184,7 @@ fn guest_ping_wait_follows_a_vm_from_boot_and_gives_up_on_one_without_agent() {
     assert_eq!(report.status, 1);
     // The VM runs (QEMU says so over QMP); its guest has no agent.
     let expected = [
-        "pass", "pass", "pass", "pass", "pass", "fail", "pass", "fail", "skip", "skip",
+        "pass", "pass", "pass", "pass", "pass", "fail", "pass", "fail", "skip", "skip", "skip",
     ];
     assert_eq!(outcomes(&report), expected.map(String::from), "{}", report.stdout);
     let json = report.json();
@@ -252,7 +252,8 @@ fn doctor_names_a_disabled_guest_exec_and_a_holder() {
     );
     assert_eq!(
         outcomes(&report),
-        ["pass", "pass", "pass", "fail", "skip", "skip", "skip", "skip", "skip", "skip"].map(String::from),
+        ["pass", "pass", "pass", "fail", "skip", "skip", "skip", "skip", "skip", "skip", "skip"]
+            .map(String::from),
         "{json}"
     );
     assert_eq!(report.status, 1, "{report:?}");

@@ -118,7 +118,7 @@ fn outcomes(report: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-fn expected(outcomes: [(&str, &str); 10]) -> Vec<(String, String)> {
+fn expected(outcomes: [(&str, &str); 11]) -> Vec<(String, String)> {
     outcomes
         .iter()
         .map(|(name, outcome)| (name.to_string(), outcome.to_string()))
@@ -144,6 +144,7 @@ fn every_step_passes_on_the_second_channel(report: &Value, socket: &Path) {
             ("run-state", "pass"),
             ("handshake", "pass"),
             ("agent-version", "pass"),
+            ("frozen", "pass"),
             ("guest-exec", "pass"),
         ]),
         "{report}"
@@ -198,6 +199,7 @@ fn doctor_does_not_go_through_libvirtd_for_a_channel_libvirtd_does_not_hold() {
             ("run-state", "pass"),
             ("handshake", "pass"),
             ("agent-version", "pass"),
+            ("frozen", "pass"),
             ("guest-exec", "pass"),
         ]),
         "{report}"

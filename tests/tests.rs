@@ -16,6 +16,7 @@ mod diagnostics;
 mod doctor_channels;
 mod fake_agent;
 mod follow;
+mod freeze;
 mod host_agent;
 mod layers;
 mod libvirt;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use nix::unistd::{access, AccessFlags};
 use serde::Serialize;
 use tokio::net::UnixStream;
-use virtomate_protocol::qga::{GuestInfo, GuestInfoReply};
+use virtomate_protocol::qga::{Command, FreezeStatus, GuestFsfreezeStatus, GuestInfo, GuestInfoReply};
 use virtomate_protocol::qmp::QueryChardev;
 use virtomate_protocol::{ClientOptions, QmpClient};
 
@@ -46,12 +46,15 @@ pub enum Step {
     Handshake,
     /// The agent answers `guest-info`.
     AgentVersion,
+    /// The agent does not hold the guest frozen (`guest-fsfreeze-status`),
+    /// which disables `guest-exec` and the file commands.
+    Frozen,
     /// `guest-exec` is enabled.
     GuestExec,
 }
 
 impl Step {
-    const ALL: [Step; 10] = [
+    const ALL: [Step; 11] = [
         Step::Domain,
         Step::Socket,
         Step::Permission,
@@ -61,6 +64,7 @@ impl Step {
         Step::RunState,
         Step::Handshake,
         Step::AgentVersion,
+        Step::Frozen,
         Step::GuestExec,
     ];
 
@@ -76,6 +80,7 @@ impl Step {
             Step::RunState => "run-state",
             Step::Handshake => "handshake",
             Step::AgentVersion => "agent-version",
+            Step::Frozen => "frozen",
             Step::GuestExec => "guest-exec",
         }
     }
@@ -226,7 +231,8 @@ async fn diagnose(domain_arg: &str, context: &Context, d: &mut Diagnosis) -> Opt
     // A VM that does not run cannot answer: no need to wait out the handshake.
     d.record(Step::RunState, run_state(&found, context).await)?;
     let agent = d.record(Step::Handshake, handshake(&found, route, context).await)?;
-    let info = d.record(Step::AgentVersion, agent_version(agent).await)?;
+    let (info, agent) = d.record(Step::AgentVersion, agent_version(agent).await)?;
+    d.record(Step::Frozen, frozen(agent, &info, domain_arg).await)?;
     d.record(Step::GuestExec, guest_exec(&info))
 }
 
@@ -407,16 +413,42 @@ async fn run_state(found: &Domain, context: &Context) -> Checked<()> {
     }
 }
 
-async fn agent_version(mut agent: DomainAgent) -> Checked<GuestInfoReply> {
+async fn agent_version(mut agent: DomainAgent) -> Checked<(GuestInfoReply, DomainAgent)> {
     match agent.execute(&GuestInfo {}).await {
-        Ok(info) => {
-            agent.close().await;
-            Checked::Pass(format!("qemu-ga {}", info.version), info)
-        }
+        Ok(info) => Checked::Pass(format!("qemu-ga {}", info.version), (info, agent)),
         Err(e) => fail(
             e.to_string(),
             "the agent answers the handshake but not guest-info: update qemu-ga",
         ),
+    }
+}
+
+/// A frozen guest: its agent refuses `guest-exec` (which `guest-info`
+/// then lists as disabled) until somebody thaws it.
+async fn frozen(mut agent: DomainAgent, info: &GuestInfoReply, domain_arg: &str) -> Checked<()> {
+    let name = GuestFsfreezeStatus::NAME;
+    if !info
+        .supported_commands
+        .iter()
+        .any(|c| c.name == name && c.enabled)
+    {
+        agent.close().await;
+        return Checked::Skip(format!("the agent does not offer {name}"), ());
+    }
+    let status = agent.execute(&GuestFsfreezeStatus {}).await;
+    agent.close().await;
+    match status {
+        Ok(FreezeStatus::Thawed) => Checked::Pass("the guest is not frozen".into(), ()),
+        Ok(FreezeStatus::Frozen) => fail(
+            "the agent holds the guest's file systems frozen: it refuses guest-exec and the file \
+             commands until a thaw",
+            format!(
+                "once the snapshot or backup that froze it is done, run: virtomate guest-thaw {domain_arg} \
+                 (a guest-freeze's watchdogs thaw it by its --max-time)"
+            ),
+        ),
+        Ok(FreezeStatus::Other(status)) => Checked::Skip(format!("{name} says {status:?}"), ()),
+        Err(e) => Checked::Skip(format!("{name} failed: {e}"), ()),
     }
 }
 
@@ -578,6 +610,7 @@ mod tests {
                  skip  run-state        {skipped}\n\
                  skip  handshake        {skipped}\n\
                  skip  agent-version    {skipped}\n\
+                 skip  frozen           {skipped}\n\
                  skip  guest-exec       {skipped}\n"
             )
         );
@@ -612,6 +645,7 @@ mod tests {
                 "run-state",
                 "handshake",
                 "agent-version",
+                "frozen",
                 "guest-exec"
             ]
         );

@@ -4,10 +4,13 @@
 pub mod copy;
 pub mod doctor;
 pub mod domain_list;
+pub mod freeze_watchdog;
 pub mod guest_cmd;
+pub mod guest_freeze;
 pub mod guest_info;
 pub mod guest_ping;
 pub mod guest_run;
+pub mod guest_thaw;
 pub mod qmp;
 pub mod session;
 
@@ -22,6 +25,9 @@ pub enum Answer {
     Json(serde_json::Value),
     /// Nothing at all, as `guest-ping` on success.
     Nothing,
+    /// Nothing printed, and this exit status: a local command's
+    /// (`guest-freeze -- COMMAND`).
+    Exit(u8),
     /// Exit 1, all said already (`session`, interrupted, has printed a
     /// reply for each request it leaves).
     Failed,

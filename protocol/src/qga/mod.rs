@@ -18,6 +18,7 @@ mod client;
 mod commands;
 mod environment;
 mod files;
+mod freeze;
 mod streamed_input;
 
 pub use client::QgaClient;
@@ -30,6 +31,9 @@ pub use environment::{environment, STANDARD_PATH};
 pub use files::{
     GuestFileClose, GuestFileFlush, GuestFileOpen, GuestFileRead, GuestFileReadReply, GuestFileSeek,
     GuestFileSeekReply, GuestFileWrite, GuestFileWriteReply, Whence, MAX_READ_COUNT,
+};
+pub use freeze::{
+    FreezeStatus, GuestFsfreezeFreeze, GuestFsfreezeFreezeList, GuestFsfreezeStatus, GuestFsfreezeThaw,
 };
 pub(crate) use streamed_input::{guest_exec_request, OutgoingRequest};
 

@@ -1,0 +1,182 @@
+//! The watchdog on the host: virtomate itself, started again as a process
+//! of its own session (`freeze-watchdog`, hidden) before the freeze, so
+//! that neither a SIGKILL of the virtomate that froze the guest nor the
+//! terminal's Ctrl-C or hang-up reaches it. At its deadline it thaws the
+//! guest through the agent, as any client would, and stands the guest's
+//! watchdog down.
+//!
+//! Each agent has at most one: the watchdog writes its pid and its
+//! freeze's token into a file beside the agent's channel lock, and a new
+//! freeze or a thaw stops the one registered there first, so that a
+//! watchdog of an earlier freeze never thaws a later one.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::{sleep, sleep_until, Instant};
+use virtomate_protocol::qga::{FreezeStatus, GuestFsfreezeStatus, GuestFsfreezeThaw};
+use virtomate_protocol::ChannelLock;
+
+use super::guest_watchdog;
+use crate::agent::{Context, DomainAgent};
+use crate::error::{CliError, ErrorKind};
+
+/// How long after its deadline the watchdog keeps trying to reach an
+/// agent that does not answer (a paused VM, a channel somebody else
+/// holds); the guest's watchdog acts on its own meanwhile.
+const GIVE_UP_AFTER: Duration = Duration::from_secs(30 * 60);
+
+/// The pause between two tries.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// What the watchdog prints once it is on its own and registered.
+const ARMED: &str = "armed";
+
+/// Starts the watchdog for freeze `token` of `domain`'s agent, to thaw it
+/// `after` from now, and returns once it runs on its own.
+pub fn spawn(domain: &str, connection: Option<&str>, token: &str, after: Duration) -> Result<(), CliError> {
+    let exe = std::env::current_exe().map_err(|e| CliError::io("cannot find virtomate's own binary", e))?;
+    let mut command = std::process::Command::new(exe);
+    if let Some(uri) = connection {
+        command.args(["--connection", uri]);
+    }
+    command
+        .args(["freeze-watchdog", "--token", token, "--after"])
+        .arg(after.as_secs_f64().to_string())
+        .args(["--", domain])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command
+        .spawn()
+        .map_err(|e| CliError::io("cannot start the watchdog that thaws the guest", e))?;
+    let mut line = String::new();
+    let stdout = child.stdout.take().expect("piped");
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    match line.trim() == ARMED {
+        true => Ok(()),
+        false => Err(CliError::new(
+            ErrorKind::Freeze,
+            "the watchdog that thaws the guest at --max-time did not start; nothing was frozen",
+        )),
+    }
+}
+
+/// The watchdog's own life: registered, it waits for `after`, then thaws
+/// and stands the guest's watchdog down; SIGTERM stands it down (a thaw
+/// came first), SIGINT and SIGHUP are ignored.
+pub async fn run(domain: &str, token: &str, after: Duration, context: &Context) -> Result<(), CliError> {
+    let deadline = Instant::now() + after;
+    // Out of the terminal's session: its signals are not for us. (Fails
+    // only for a group leader, which a spawned child is not.)
+    let _ = nix::unistd::setsid();
+    let catch = |kind| signal(kind).map_err(|e| CliError::io("cannot install a signal handler", e));
+    let (mut terminate, _hangup, _interrupt) = (
+        catch(SignalKind::terminate())?,
+        catch(SignalKind::hangup())?,
+        catch(SignalKind::interrupt())?,
+    );
+    let registry = Registry::of(
+        &DomainAgent::open(domain, &context.scope, context.options.clone())?,
+        domain,
+    );
+    if let Some(registry) = &registry {
+        registry.write(token);
+    }
+    println!("{ARMED}");
+    // Nobody reads on: stdout becomes /dev/null, and the parent's read ends.
+    if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
+        let _ = nix::unistd::dup2_stdout(&null);
+    }
+    tokio::select! {
+        _ = terminate.recv() => {}
+        () = thaw_at(deadline, domain, token, context) => {}
+    }
+    if let Some(registry) = &registry {
+        registry.remove_if_ours(token);
+    }
+    Ok(())
+}
+
+async fn thaw_at(deadline: Instant, domain: &str, token: &str, context: &Context) {
+    sleep_until(deadline).await;
+    let give_up = Instant::now() + GIVE_UP_AFTER;
+    loop {
+        match thaw_once(domain, token, context).await {
+            Ok(()) => return,
+            // The socket is gone, and with it QEMU and the freeze.
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::AgentUnavailable) => return,
+            Err(_) if Instant::now() + RETRY_PAUSE > give_up => return,
+            Err(_) => sleep(RETRY_PAUSE).await,
+        }
+    }
+}
+
+async fn thaw_once(domain: &str, token: &str, context: &Context) -> Result<(), CliError> {
+    let mut agent = DomainAgent::connect(domain, context).await?;
+    if agent.execute(&GuestFsfreezeStatus {}).await? != FreezeStatus::Thawed {
+        agent.execute(&GuestFsfreezeThaw {}).await?;
+    }
+    guest_watchdog::disarm(&mut agent, Some(token)).await?;
+    agent.close().await;
+    Ok(())
+}
+
+/// Stops the watchdog registered for `agent`'s channel, if one runs: a
+/// thaw has come, or a new freeze is about to be guarded by its own.
+pub fn stop_registered(agent: &DomainAgent, domain: &str) {
+    let Some(registry) = Registry::of(agent, domain) else {
+        return;
+    };
+    if let Some((pid, token)) = registry.read() {
+        // The pid may be another process's by now: only the process whose
+        // command line holds the token is the watchdog.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&token) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        registry.remove_if_ours(&token);
+    }
+}
+
+/// The file that names the watchdog of one agent channel: beside the
+/// channel's lock, in a directory only this user may write.
+struct Registry(PathBuf);
+
+impl Registry {
+    /// Keyed by the socket and, through libvirtd, whose one socket serves
+    /// every domain, by the domain too. `None` where there is no safe
+    /// place for it (no `XDG_RUNTIME_DIR`).
+    fn of(agent: &DomainAgent, domain: &str) -> Option<Registry> {
+        let lock = ChannelLock::for_socket(agent.socket()).ok()?;
+        let mut key = Sha256::new();
+        key.update(agent.socket().as_os_str().as_encoded_bytes());
+        if agent.through_libvirtd() {
+            key.update([0]);
+            key.update(domain.as_bytes());
+        }
+        let name = format!("freeze-{}.pid", virtomate_protocol::hex(&key.finalize()[..8]));
+        Some(Registry(lock.path().with_file_name(name)))
+    }
+
+    fn write(&self, token: &str) {
+        let _ = std::fs::write(&self.0, format!("{} {token}\n", std::process::id()));
+    }
+
+    fn read(&self) -> Option<(i32, String)> {
+        let text = std::fs::read_to_string(&self.0).ok()?;
+        let (pid, token) = text.trim().split_once(' ')?;
+        Some((pid.parse().ok()?, token.to_owned()))
+    }
+
+    fn remove_if_ours(&self, token: &str) {
+        if self.read().is_some_and(|(_, registered)| registered == token) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}

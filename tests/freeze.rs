@@ -1,0 +1,308 @@
+//! `guest-freeze` and `guest-thaw` in the test VM, whose init mounts an
+//! ext2 file system on a RAM disk at /mnt/freeze (the agent freezes file
+//! systems on block devices only). The freeze limit is proved by breaking
+//! things mid-freeze: a SIGKILL of virtomate, a channel somebody else
+//! holds, a VM paused past the limit; each ends with the guest thawed by
+//! its watchdogs, seen by status and by a write to the frozen file system.
+
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::support::test_vm::TestVm;
+use crate::support::{guest_run, run, step, virtomate, virtomate_path, wait_until};
+
+/// The limit the tests freeze with, and the slack they grant on top of it
+/// (a status poll on a TCG guest, the agent's restart).
+const LIMIT: u64 = 12;
+const SLACK: Duration = Duration::from_secs(4);
+
+fn status(socket: &Path) -> String {
+    let request = r#"{"execute": "guest-fsfreeze-status"}"#;
+    let out = run(
+        &["--timeout", "2", "guest-cmd", socket.to_str().unwrap(), request],
+        None,
+    );
+    out.stdout.trim().trim_matches('"').to_owned()
+}
+
+/// Polls the status until it is `wanted`; how long that took.
+fn wait_for_status(socket: &Path, wanted: &str, seconds: u64) -> Duration {
+    let started = Instant::now();
+    wait_until(seconds, &format!("status {wanted}"), || status(socket) == wanted);
+    started.elapsed()
+}
+
+/// Runs in the guest, so that the agent answers normally again.
+fn writes_to_the_frozen_file_system(socket: &Path) {
+    let out = guest_run(
+        socket,
+        &[
+            "sh",
+            "-c",
+            "echo after > /mnt/freeze/after && cat /mnt/freeze/after",
+        ],
+    );
+    assert_eq!(out.json()["stdout"], "after\n", "{out:?}");
+}
+
+/// A guest process that writes a line to /mnt/freeze five times a
+/// second, telling the console (the host's console.log) before and after
+/// each write: a write the freeze blocks shows as a start without its end.
+fn start_writer(socket: &Path) {
+    let script = "i=0; while [ $i -lt 1500 ]; do echo \"writer start $i\" >/dev/console; \
+                  echo $i >>/mnt/freeze/log; echo \"writer done $i\" >/dev/console; \
+                  i=$((i+1)); sleep 0.2; done";
+    let background = format!("({script}) </dev/null >/dev/null 2>&1 &");
+    let out = guest_run(socket, &["sh", "-c", &background]);
+    assert_eq!(out.json()["exit_code"], 0, "{out:?}");
+}
+
+/// The write the writer is stuck in, if any: its last start with no end.
+fn blocked_write(vm: &TestVm) -> Option<String> {
+    let console = std::fs::read_to_string(vm.dir.path().join("console.log")).unwrap_or_default();
+    let last = console
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix("writer start "))?;
+    let done = format!("writer done {last}");
+    (!console.lines().any(|l| l.trim() == done)).then(|| last.to_owned())
+}
+
+fn console_has(vm: &TestVm, line: &str) -> bool {
+    let console = std::fs::read_to_string(vm.dir.path().join("console.log")).unwrap_or_default();
+    console.lines().any(|l| l.trim() == line)
+}
+
+/// Waits until the writer is stuck in a write and stays stuck for a
+/// second (a write in flight ends within milliseconds); returns it.
+fn wait_for_a_blocked_write(vm: &TestVm) -> String {
+    let mut seen: Option<(String, Instant)> = None;
+    let mut stuck = None;
+    wait_until(30, "a write blocked by the freeze", || {
+        match (blocked_write(vm), &seen) {
+            (Some(now), Some((then, since))) if now == *then => {
+                if since.elapsed() > Duration::from_secs(1) {
+                    stuck = Some(now);
+                    return true;
+                }
+            }
+            (now, _) => seen = now.map(|n| (n, Instant::now())),
+        }
+        false
+    });
+    stuck.unwrap()
+}
+
+/// The host watchdogs guarding this VM's socket that still run.
+fn host_watchdogs(socket: &Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.contains("freeze-watchdog") && cmdline.contains(socket.to_str().unwrap()) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+fn no_watchdog_is_left(vm: &TestVm) {
+    wait_until(10, "the host's watchdog to end", || {
+        host_watchdogs(&vm.socket()).is_empty()
+    });
+    // Its files, and the process (the pattern does not match itself).
+    let look = "ls -d /run/virtomate-freeze-* 2>/dev/null; \
+                grep -l 'virtomate-freeze-watchdo[g]' /proc/[0-9]*/cmdline 2>/dev/null; true";
+    wait_until(10, "the guest's watchdog to end", || {
+        guest_run(&vm.socket(), &["sh", "-c", look]).json()["stdout"].is_null()
+    });
+}
+
+/// `guest-freeze SOCKET --max-time LIMIT -- sleep 600` in the background.
+fn spawn_freeze_around_sleep(socket: &Path) -> Child {
+    virtomate()
+        .args([
+            "guest-freeze",
+            socket.to_str().unwrap(),
+            "--max-time",
+            &LIMIT.to_string(),
+        ])
+        .args(["--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// SIGKILL to `child` and to the command it runs, as `kill -9` of both.
+fn kill_with_its_command(child: &mut Child) {
+    let children = format!("/proc/{0}/task/{0}/children", child.id());
+    let command = std::fs::read_to_string(children).unwrap_or_default();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for pid in command.split_whitespace() {
+        let pid = nix::unistd::Pid::from_raw(pid.parse().unwrap());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_freeze_blocks_writes_until_guest_thaw_and_doctor_names_it_meanwhile() {
+    let vm = TestVm::boot("freeze-thaw");
+    let socket = vm.socket();
+    let domain = socket.to_str().unwrap();
+    assert_eq!(status(&socket), "thawed");
+    start_writer(&socket);
+
+    let out = run(&["guest-freeze", domain, "--max-time", "120"], None);
+    assert_eq!(out.json(), json!({"frozen": 1, "max_time": 120.0}), "{out:?}");
+    assert_eq!(status(&socket), "frozen");
+    let write = wait_for_a_blocked_write(&vm);
+
+    let doctor = run(&["doctor", "--json", domain], None);
+    assert_eq!(doctor.status, 1, "{doctor:?}");
+    let frozen = step(&doctor.json(), "frozen");
+    assert_eq!(frozen["outcome"], "fail", "{frozen}");
+    let advice = frozen["advice"].as_str().unwrap();
+    assert!(
+        advice.contains(&format!("virtomate guest-thaw {domain}")),
+        "{advice}"
+    );
+    assert_eq!(step(&doctor.json(), "guest-exec")["outcome"], "skip");
+    // A second freeze is refused, the first left as it is.
+    let again = run(&["guest-freeze", domain, "--max-time", "60"], None);
+    assert!(again.error("FreezeError").contains("frozen already"), "{again:?}");
+
+    let out = run(&["guest-thaw", domain], None);
+    assert_eq!(out.json(), json!({"thawed": 1}), "{out:?}");
+    wait_until(10, "the blocked write to end", || {
+        console_has(&vm, &format!("writer done {write}"))
+    });
+    assert_eq!(status(&socket), "thawed");
+    let doctor = run(&["doctor", "--json", domain], None);
+    assert_eq!(step(&doctor.json(), "frozen")["outcome"], "pass", "{doctor:?}");
+    writes_to_the_frozen_file_system(&socket);
+    no_watchdog_is_left(&vm);
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_command_runs_while_frozen_and_its_exit_status_is_passed_through() {
+    let vm = TestVm::boot("freeze-command");
+    let socket = vm.socket();
+    let domain = socket.to_str().unwrap();
+    let seen = tempfile::NamedTempFile::new().unwrap();
+    // The command asks the agent itself: virtomate lets go of the channel.
+    let command = format!(
+        "'{}' guest-cmd '{domain}' '{{\"execute\": \"guest-fsfreeze-status\"}}' > '{}'; exit 7",
+        virtomate_path().display(),
+        seen.path().display()
+    );
+    let out = run(
+        &[
+            "guest-freeze",
+            domain,
+            "--max-time",
+            "60",
+            "--",
+            "sh",
+            "-c",
+            &command,
+        ],
+        None,
+    );
+    assert_eq!((out.status, out.stdout.as_str()), (7, ""), "{out:?}");
+    assert_eq!(std::fs::read_to_string(seen.path()).unwrap(), "\"frozen\"\n");
+    assert_eq!(status(&socket), "thawed");
+    writes_to_the_frozen_file_system(&socket);
+    no_watchdog_is_left(&vm);
+
+    let out = run(&["guest-freeze", domain, "--max-time", "60", "--", "true"], None);
+    assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
+    no_watchdog_is_left(&vm);
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn virtomate_killed_mid_freeze_leaves_the_guest_thawed_within_the_limit() {
+    let vm = TestVm::boot("freeze-sigkill");
+    let socket = vm.socket();
+    let started = Instant::now();
+    let mut freeze = spawn_freeze_around_sleep(&socket);
+    wait_for_status(&socket, "frozen", 30);
+    kill_with_its_command(&mut freeze);
+
+    wait_for_status(&socket, "thawed", LIMIT + 10);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(LIMIT) + SLACK, "thawed after {took:?}");
+    writes_to_the_frozen_file_system(&socket);
+    no_watchdog_is_left(&vm);
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_channel_lost_to_another_client_mid_freeze_ends_thawed_within_the_limit() {
+    let vm = TestVm::boot("freeze-lost-socket");
+    let socket = vm.socket();
+    start_writer(&socket);
+    let started = Instant::now();
+    let mut freeze = spawn_freeze_around_sleep(&socket);
+    wait_for_status(&socket, "frozen", 30);
+    // A client that connects and never says a word holds the channel:
+    // neither virtomate nor its watchdog on the host can reach the agent.
+    let holder = UnixStream::connect(&socket).unwrap();
+    kill_with_its_command(&mut freeze);
+    let write = wait_for_a_blocked_write(&vm);
+
+    wait_until(LIMIT + 10, "the blocked write to end", || {
+        console_has(&vm, &format!("writer done {write}"))
+    });
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(LIMIT) + SLACK, "thawed after {took:?}");
+    drop(holder);
+    wait_for_status(&socket, "thawed", 10);
+    writes_to_the_frozen_file_system(&socket);
+    no_watchdog_is_left(&vm);
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_vm_paused_past_the_limit_is_thawed_as_soon_as_it_runs_again() {
+    let vm = TestVm::boot("freeze-paused");
+    let socket = vm.socket();
+    let monitor: PathBuf = vm.dir.path().join("qmp.sock");
+    let qmp = |command: &str| {
+        let request = format!(r#"{{"execute": "{command}"}}"#);
+        let out = run(&["qmp", monitor.to_str().unwrap(), &request], None);
+        assert_eq!(out.json(), json!({}), "{command}: {out:?}");
+    };
+    let started = Instant::now();
+    let out = run(
+        &[
+            "guest-freeze",
+            socket.to_str().unwrap(),
+            "--max-time",
+            &LIMIT.to_string(),
+        ],
+        None,
+    );
+    assert_eq!(out.json()["frozen"], 1, "{out:?}");
+    qmp("stop");
+    // The limit is what this waits for: the VM stays paused past it.
+    let past = Duration::from_secs(LIMIT + 3);
+    wait_until(LIMIT + 30, "the limit to pass", || started.elapsed() > past);
+    qmp("cont");
+    let took = wait_for_status(&socket, "thawed", 30);
+    assert!(took < SLACK, "thawed {took:?} after the VM ran again");
+    writes_to_the_frozen_file_system(&socket);
+    no_watchdog_is_left(&vm);
+}
