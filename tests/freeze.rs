@@ -36,6 +36,15 @@ fn wait_for_status(socket: &Path, wanted: &str, seconds: u64) -> Duration {
     started.elapsed()
 }
 
+/// The guest pid of the agent (the parent of what it runs).
+fn agent_pid(socket: &Path) -> String {
+    guest_run(socket, &["sh", "-c", "echo $PPID"]).json()["stdout"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
 /// Runs in the guest, so that the agent answers normally again.
 fn writes_to_the_frozen_file_system(socket: &Path) {
     let out = guest_run(
@@ -142,15 +151,21 @@ fn spawn_freeze_around_sleep(socket: &Path) -> Child {
         .unwrap()
 }
 
-/// SIGKILL to `child` and to the command it runs, as `kill -9` of both.
-fn kill_with_its_command(child: &mut Child) {
+/// SIGKILL to `child` and to the command it runs, as `kill -9` of both
+/// (or of their process group): not to the watchdog it started, a process
+/// of another session, unless `watchdog_too`.
+fn kill_with_its_command(child: &mut Child, watchdog_too: bool) {
     let children = format!("/proc/{0}/task/{0}/children", child.id());
-    let command = std::fs::read_to_string(children).unwrap_or_default();
+    let children = std::fs::read_to_string(children).unwrap_or_default();
     child.kill().unwrap();
     child.wait().unwrap();
-    for pid in command.split_whitespace() {
-        let pid = nix::unistd::Pid::from_raw(pid.parse().unwrap());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    for pid in children.split_whitespace() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        if cmdline.starts_with("sleep") || watchdog_too && cmdline.contains("freeze-watchdog") {
+            let pid = nix::unistd::Pid::from_raw(pid.parse().unwrap());
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
     }
 }
 
@@ -236,14 +251,40 @@ fn a_command_runs_while_frozen_and_its_exit_status_is_passed_through() {
 fn virtomate_killed_mid_freeze_leaves_the_guest_thawed_within_the_limit() {
     let vm = TestVm::boot("freeze-sigkill");
     let socket = vm.socket();
+    let agent = agent_pid(&socket);
     let started = Instant::now();
     let mut freeze = spawn_freeze_around_sleep(&socket);
     wait_for_status(&socket, "frozen", 30);
-    kill_with_its_command(&mut freeze);
+    kill_with_its_command(&mut freeze, false);
 
     wait_for_status(&socket, "thawed", LIMIT + 10);
     let took = started.elapsed();
+    eprintln!("SIGKILL: thawed {took:?} after guest-freeze started, limit {LIMIT} s");
     assert!(took < Duration::from_secs(LIMIT) + SLACK, "thawed after {took:?}");
+    writes_to_the_frozen_file_system(&socket);
+    // The host's watchdog thawed, before the guest's would have acted:
+    // the agent is the same process.
+    assert_eq!(agent_pid(&socket), agent);
+    no_watchdog_is_left(&vm);
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn with_its_host_watchdog_killed_too_the_guest_thaws_itself_and_its_agent_within_the_limit() {
+    let vm = TestVm::boot("freeze-all-killed");
+    let socket = vm.socket();
+    let agent = agent_pid(&socket);
+    let started = Instant::now();
+    let mut freeze = spawn_freeze_around_sleep(&socket);
+    wait_for_status(&socket, "frozen", 30);
+    kill_with_its_command(&mut freeze, true);
+    assert!(host_watchdogs(&socket).is_empty());
+
+    wait_for_status(&socket, "thawed", LIMIT + 10);
+    let took = started.elapsed();
+    eprintln!("all killed: the restarted agent answered thawed {took:?} after guest-freeze started");
+    assert!(took < Duration::from_secs(LIMIT) + SLACK, "thawed after {took:?}");
+    assert_ne!(agent_pid(&socket), agent);
     writes_to_the_frozen_file_system(&socket);
     no_watchdog_is_left(&vm);
 }
@@ -253,6 +294,7 @@ fn virtomate_killed_mid_freeze_leaves_the_guest_thawed_within_the_limit() {
 fn a_channel_lost_to_another_client_mid_freeze_ends_thawed_within_the_limit() {
     let vm = TestVm::boot("freeze-lost-socket");
     let socket = vm.socket();
+    let agent = agent_pid(&socket);
     start_writer(&socket);
     let started = Instant::now();
     let mut freeze = spawn_freeze_around_sleep(&socket);
@@ -260,17 +302,20 @@ fn a_channel_lost_to_another_client_mid_freeze_ends_thawed_within_the_limit() {
     // A client that connects and never says a word holds the channel:
     // neither virtomate nor its watchdog on the host can reach the agent.
     let holder = UnixStream::connect(&socket).unwrap();
-    kill_with_its_command(&mut freeze);
+    kill_with_its_command(&mut freeze, false);
     let write = wait_for_a_blocked_write(&vm);
 
     wait_until(LIMIT + 10, "the blocked write to end", || {
         console_has(&vm, &format!("writer done {write}"))
     });
     let took = started.elapsed();
+    eprintln!("lost socket: the blocked write ended {took:?} after guest-freeze started, limit {LIMIT} s");
     assert!(took < Duration::from_secs(LIMIT) + SLACK, "thawed after {took:?}");
     drop(holder);
     wait_for_status(&socket, "thawed", 10);
     writes_to_the_frozen_file_system(&socket);
+    // The guest's watchdog thawed, and restarted the frozen agent.
+    assert_ne!(agent_pid(&socket), agent);
     no_watchdog_is_left(&vm);
 }
 
@@ -302,6 +347,7 @@ fn a_vm_paused_past_the_limit_is_thawed_as_soon_as_it_runs_again() {
     wait_until(LIMIT + 30, "the limit to pass", || started.elapsed() > past);
     qmp("cont");
     let took = wait_for_status(&socket, "thawed", 30);
+    eprintln!("paused past the limit: thawed {took:?} after cont");
     assert!(took < SLACK, "thawed {took:?} after the VM ran again");
     writes_to_the_frozen_file_system(&socket);
     no_watchdog_is_left(&vm);

@@ -15,7 +15,7 @@ pub async fn run(domain: &str, context: &Context) -> Result<Answer, CliError> {
     // Thawed: the watchdogs have nothing left to guard.
     host_watchdog::stop_registered(&agent, domain);
     if let Err(e) = guest_watchdog::disarm(&mut agent, None).await {
-        tracing::warn!("the guest's watchdog was not stood down ({e}): it gives up by itself");
+        tracing::warn!("the guest's watchdog was not stood down ({e}); it finds the guest thawed");
     }
     agent.close().await;
     Ok(Answer::Json(json!({ "thawed": thawed })))

@@ -23,9 +23,9 @@ pub const MIN_MAX_TIME: Duration = Duration::from_secs(10);
 const HOST_LEAD: Duration = Duration::from_secs(7);
 
 /// How long before the limit the guest's watchdog acts, at the least: it
-/// counts whole seconds (up to one early or late), looks once a second,
-/// and may wait a second for the agent's supervisor.
-const GUEST_LEAD_SECONDS: u64 = 4;
+/// counts whole seconds (up to one early), looks once a second, and may
+/// wait a second for the agent's supervisor before it restarts the agent.
+const GUEST_LEAD_SECONDS: u64 = 5;
 
 /// When each watchdog acts, counted from just before they are armed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +61,9 @@ mod tests {
     fn the_host_acts_first_and_both_before_the_limit() {
         let schedule = Schedule::for_limit(MIN_MAX_TIME);
         assert_eq!(schedule.host, Duration::from_secs(3));
-        assert_eq!(schedule.guest_seconds, 6);
+        assert_eq!(schedule.guest_seconds, 5);
         let schedule = Schedule::for_limit(Duration::from_millis(60_900));
         assert_eq!(schedule.host, Duration::from_millis(53_900));
-        assert_eq!(schedule.guest_seconds, 56);
+        assert_eq!(schedule.guest_seconds, 55);
     }
 }
