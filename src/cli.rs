@@ -573,6 +573,38 @@ mod tests {
     }
 
     #[test]
+    fn guest_freeze_needs_max_time_and_takes_its_command_after_double_dash() {
+        let freeze = |line: &[&str]| match parse(line).map(|cli| cli.command) {
+            Ok(Command::GuestFreeze(args)) => Ok(args),
+            Ok(other) => panic!("not guest-freeze: {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(freeze(&["guest-freeze", "dom"]).unwrap_err().exit_code(), 2);
+        let args = freeze(&["guest-freeze", "dom", "--max-time", "30"]).unwrap();
+        assert_eq!(args.max_time, Duration::from_secs(30));
+        assert!(args.command.is_empty() && args.mountpoints.is_empty());
+        let line = [
+            "guest-freeze",
+            "--mountpoint",
+            "/",
+            "--mountpoint=/var",
+            "dom",
+            "--max-time",
+            "60",
+            "--",
+            "snap",
+            "--max-time",
+            "-x",
+        ];
+        let args = freeze(&line).unwrap();
+        assert_eq!(args.mountpoints, ["/", "/var"]);
+        assert_eq!(args.domain, "dom");
+        assert_eq!(args.command, ["snap", "--max-time", "-x"]);
+        // COMMAND only after `--`: a stray word is not taken for one.
+        assert!(freeze(&["guest-freeze", "dom", "--max-time", "30", "snap"]).is_err());
+    }
+
+    #[test]
     fn requests_need_execute_and_object_arguments() {
         let request = parse_request(r#"{"execute": "guest-exec", "arguments": {"path": "ls"}}"#).unwrap();
         assert_eq!(request.name, "guest-exec");

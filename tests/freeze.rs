@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::support::fake_agent::{Conn, FakeAgent};
 use crate::support::test_vm::TestVm;
 use crate::support::{guest_run, run, step, virtomate, virtomate_path, wait_until};
 
@@ -351,4 +352,91 @@ fn a_vm_paused_past_the_limit_is_thawed_as_soon_as_it_runs_again() {
     assert!(took < SLACK, "thawed {took:?} after the VM ran again");
     writes_to_the_frozen_file_system(&socket);
     no_watchdog_is_left(&vm);
+}
+
+/// What `guest-info` lists: the commands the freeze and its guard need,
+/// `guest-exec` enabled or not.
+fn agent_commands(guest_exec: bool) -> serde_json::Value {
+    let names = [
+        "guest-fsfreeze-freeze",
+        "guest-fsfreeze-thaw",
+        "guest-fsfreeze-status",
+        "guest-exec",
+        "guest-exec-status",
+    ];
+    let commands: Vec<_> = names
+        .iter()
+        .map(|name| {
+            json!({"name": name, "enabled": *name != "guest-exec" || guest_exec,
+                           "success-response": true})
+        })
+        .collect();
+    json!({"version": "7.2.22", "supported_commands": commands})
+}
+
+/// The fake agent's first answers to `guest-freeze`: a thawed guest.
+fn thawed_agent(conn: &mut Conn, guest_exec: bool) {
+    conn.sync();
+    conn.answer("guest-fsfreeze-status", json!("thawed"));
+    conn.answer("guest-info", agent_commands(guest_exec));
+}
+
+#[test]
+fn a_disabled_guest_exec_is_refused_before_anything_is_frozen() {
+    let agent = FakeAgent::serve(|mut conn| {
+        thawed_agent(&mut conn, false);
+        let more = conn.next_request();
+        assert!(more.is_none(), "sent after the refusal: {more:?}");
+    });
+    let out = run(
+        &[
+            "guest-freeze",
+            agent.socket().to_str().unwrap(),
+            "--max-time",
+            "30",
+        ],
+        None,
+    );
+    let message = out.error("FreezeError");
+    assert!(
+        message.contains("guest-exec") && message.contains("nothing was frozen"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_guest_without_fsfreeze_is_refused_before_anything_is_frozen() {
+    let agent = FakeAgent::serve(|mut conn| {
+        thawed_agent(&mut conn, true);
+        // The guest's watchdog, which finds no fsfreeze to thaw with.
+        let arm = conn.request();
+        assert_eq!(arm["arguments"]["arg"][2], "virtomate-freeze-watchdog", "{arm}");
+        conn.reply(&json!({"return": {"pid": 77}, "id": arm["id"]}));
+        let missing = json!({"exited": true, "exitcode": 3, "out-data": "bWlzc2luZzogZnNmcmVlemU="});
+        conn.answer("guest-exec-status", missing);
+        let more = conn.next_request();
+        assert!(more.is_none(), "sent after the refusal: {more:?}");
+    });
+    let out = run(
+        &[
+            "guest-freeze",
+            agent.socket().to_str().unwrap(),
+            "--max-time",
+            "30",
+        ],
+        None,
+    );
+    let message = out.error("FreezeError");
+    assert!(
+        message.contains("(fsfreeze)") && message.contains("nothing was frozen"),
+        "{message}"
+    );
+    assert!(host_watchdogs(&agent.socket()).is_empty());
+}
+
+#[test]
+fn a_limit_under_ten_seconds_is_a_usage_error() {
+    let out = run(&["guest-freeze", "/nonexistent.sock", "--max-time", "9.5"], None);
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(out.stderr.contains("at least 10 seconds"), "{out:?}");
 }
