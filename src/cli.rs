@@ -163,6 +163,9 @@ pub enum Command {
         /// Seconds until it thaws
         #[arg(long, value_parser = seconds)]
         after: Duration,
+        /// Thaw at once when standard input closes: the virtomate that froze is gone
+        #[arg(long)]
+        thaw_when_orphaned: bool,
         domain: String,
     },
 }

@@ -83,9 +83,12 @@ fn main() -> ExitCode {
                 commands::guest_freeze::run(args, connection.as_deref(), &context).await
             }
             Command::GuestThaw { domain } => commands::guest_thaw::run(&domain, &context).await,
-            Command::FreezeWatchdog { token, after, domain } => {
-                commands::freeze_watchdog::run(&domain, &token, after, &context).await
-            }
+            Command::FreezeWatchdog {
+                token,
+                after,
+                thaw_when_orphaned,
+                domain,
+            } => commands::freeze_watchdog::run(&domain, &token, after, thaw_when_orphaned, &context).await,
         }
     });
     // tokio reads standard input on a blocking thread that cannot be

@@ -7,7 +7,13 @@ use super::{Answer, Context};
 use crate::error::CliError;
 use crate::freeze::host_watchdog;
 
-pub async fn run(domain: &str, token: &str, after: Duration, context: &Context) -> Result<Answer, CliError> {
-    host_watchdog::run(domain, token, after, context).await?;
+pub async fn run(
+    domain: &str,
+    token: &str,
+    after: Duration,
+    thaw_when_orphaned: bool,
+    context: &Context,
+) -> Result<Answer, CliError> {
+    host_watchdog::run(domain, token, after, thaw_when_orphaned, context).await?;
     Ok(Answer::Nothing)
 }

@@ -47,10 +47,17 @@ pub async fn run(
     let armed_at = Instant::now();
     let schedule = Schedule::for_limit(args.max_time);
     guest_watchdog::arm(&mut agent, &token, schedule.guest_seconds).await?;
-    if let Err(e) = host_watchdog::spawn(domain, connection, &token, schedule.host) {
-        let _ = guest_watchdog::disarm(&mut agent, Some(&token)).await;
-        return Err(e);
-    }
+    // With COMMAND, virtomate ends the freeze itself: should it die first,
+    // the host's watchdog thaws at once rather than at its deadline. (The
+    // pipe that tells it is closed when virtomate exits, after the thaw.)
+    let with_command = !args.command.is_empty();
+    let _lifeline = match host_watchdog::spawn(domain, connection, &token, schedule.host, with_command) {
+        Ok(lifeline) => lifeline,
+        Err(e) => {
+            let _ = guest_watchdog::disarm(&mut agent, Some(&token)).await;
+            return Err(e);
+        }
+    };
     let frozen = match freeze(&mut agent, &args.mountpoints).await {
         Ok(frozen) => frozen,
         Err(e) => {
@@ -59,7 +66,7 @@ pub async fn run(
             return Err(e);
         }
     };
-    if args.command.is_empty() {
+    if !with_command {
         agent.close().await;
         return Ok(Answer::Json(json!({
             "frozen": frozen,

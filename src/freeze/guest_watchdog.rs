@@ -24,9 +24,10 @@ use crate::error::{CliError, ErrorKind};
 /// `qga.state.isfrozen` is still there, removes it and kills the agent
 /// (SIGKILL: a frozen agent ignores SIGTERM), first leaving the agent's
 /// cgroup so that systemd, which kills the whole unit, spares the
-/// watchdog. A supervisor (systemd's `Restart=always`) restarts the
-/// agent; if none has within a second, the watchdog starts it again as it
-/// was started, read from `/proc/PID/cmdline` while armed.
+/// watchdog. An agent that runs as a systemd service is left a second for
+/// systemd to restart it (Debian's unit has `Restart=always`); any other,
+/// or one systemd has not restarted, the watchdog starts again as it was
+/// started, read from `/proc/PID/cmdline` while armed.
 const ARM_SCRIPT: &str = r#"token=$1 seconds=$2 agent=$PPID
 for base in /run /dev/shm /tmp; do [ -d "$base" ] && [ -w "$base" ] && break; done
 dir=$base/virtomate-freeze-$agent
@@ -53,6 +54,10 @@ read -r up _ </proc/uptime
 rtc=
 read -r rtc 2>/dev/null </sys/class/rtc/rtc0/since_epoch || rtc=
 up_end=$((${up%%.*} + seconds)) rtc_end=$((${rtc:-0} + seconds + 1))
+supervised=
+if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
+  while read -r line; do case $line in *.service*) supervised=1 ;; esac; done <"/proc/$agent/cgroup"
+fi
 echo "$token" >"$dir/token" || exit 4
 same_agent() { [ "$(tr '\0' '\n' <"$1/cmdline" 2>/dev/null)" = "$(cat "$dir/argv")" ]; }
 (
@@ -71,10 +76,12 @@ same_agent() { [ "$(tr '\0' '\n' <"$1/cmdline" 2>/dev/null)" = "$(cat "$dir/argv
     echo 0 >/sys/fs/cgroup/cgroup.procs
     rm -f "$statedir/qga.state.isfrozen"
     [ "$(readlink "/proc/$agent/exe")" = "$exe" ] && kill -9 "$agent"
-    sleep 1
-    for proc in /proc/[0-9]*; do
-      [ "$proc" != "/proc/$agent" ] && same_agent "$proc" && { rm -rf "$dir"; exit 0; }
-    done
+    if [ -n "$supervised" ]; then
+      sleep 1
+      for proc in /proc/[0-9]*; do
+        [ "$proc" != "/proc/$agent" ] && same_agent "$proc" && { rm -rf "$dir"; exit 0; }
+      done
+    fi
     set --
     while IFS= read -r arg; do set -- "$@" "$arg"; done <"$dir/argv"
     shift

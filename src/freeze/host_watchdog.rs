@@ -12,10 +12,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{ChildStdin, Stdio};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep, sleep_until, Instant};
 use virtomate_protocol::qga::{FreezeStatus, GuestFsfreezeStatus, GuestFsfreezeThaw};
@@ -37,8 +38,17 @@ const RETRY_PAUSE: Duration = Duration::from_secs(1);
 const ARMED: &str = "armed";
 
 /// Starts the watchdog for freeze `token` of `domain`'s agent, to thaw it
-/// `after` from now, and returns once it runs on its own.
-pub fn spawn(domain: &str, connection: Option<&str>, token: &str, after: Duration) -> Result<(), CliError> {
+/// `after` from now, and returns once it runs on its own. With
+/// `while_we_live`, it also thaws as soon as this process is gone (the
+/// pipe returned, which only this process holds, is closed): for a freeze
+/// that this process means to end itself.
+pub fn spawn(
+    domain: &str,
+    connection: Option<&str>,
+    token: &str,
+    after: Duration,
+    while_we_live: bool,
+) -> Result<Option<ChildStdin>, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::io("cannot find virtomate's own binary", e))?;
     let mut command = std::process::Command::new(exe);
     if let Some(uri) = connection {
@@ -47,8 +57,12 @@ pub fn spawn(domain: &str, connection: Option<&str>, token: &str, after: Duratio
     command
         .args(["freeze-watchdog", "--token", token, "--after"])
         .arg(after.as_secs_f64().to_string())
+        .args(while_we_live.then_some("--thaw-when-orphaned"))
         .args(["--", domain])
-        .stdin(Stdio::null())
+        .stdin(match while_we_live {
+            true => Stdio::piped(),
+            false => Stdio::null(),
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let mut child = command
@@ -58,7 +72,7 @@ pub fn spawn(domain: &str, connection: Option<&str>, token: &str, after: Duratio
     let stdout = child.stdout.take().expect("piped");
     let _ = BufReader::new(stdout).read_line(&mut line);
     match line.trim() == ARMED {
-        true => Ok(()),
+        true => Ok(child.stdin.take()),
         false => Err(CliError::new(
             ErrorKind::Freeze,
             "the watchdog that thaws the guest at --max-time did not start; nothing was frozen",
@@ -66,10 +80,18 @@ pub fn spawn(domain: &str, connection: Option<&str>, token: &str, after: Duratio
     }
 }
 
-/// The watchdog's own life: registered, it waits for `after`, then thaws
-/// and stands the guest's watchdog down; SIGTERM stands it down (a thaw
-/// came first), SIGINT and SIGHUP are ignored.
-pub async fn run(domain: &str, token: &str, after: Duration, context: &Context) -> Result<(), CliError> {
+/// The watchdog's own life: registered, it waits for `after` (or, when
+/// `orphaned_too`, for its standard input to close, as it does when the
+/// virtomate that froze dies), then thaws and stands the guest's watchdog
+/// down; SIGTERM stands it down (a thaw came first), SIGINT and SIGHUP are
+/// ignored.
+pub async fn run(
+    domain: &str,
+    token: &str,
+    after: Duration,
+    orphaned_too: bool,
+    context: &Context,
+) -> Result<(), CliError> {
     let deadline = Instant::now() + after;
     // Out of the terminal's session: its signals are not for us. (Fails
     // only for a group leader, which a spawned child is not.)
@@ -92,9 +114,15 @@ pub async fn run(domain: &str, token: &str, after: Duration, context: &Context) 
     if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&null);
     }
+    let due = async {
+        tokio::select! {
+            () = sleep_until(deadline) => {}
+            () = orphaned(orphaned_too) => {}
+        }
+    };
     tokio::select! {
         _ = terminate.recv() => {}
-        () = thaw_at(deadline, domain, token, context) => {}
+        () = thaw_when(due, domain, token, context) => {}
     }
     if let Some(registry) = &registry {
         registry.remove_if_ours(token);
@@ -102,8 +130,18 @@ pub async fn run(domain: &str, token: &str, after: Duration, context: &Context) 
     Ok(())
 }
 
-async fn thaw_at(deadline: Instant, domain: &str, token: &str, context: &Context) {
-    sleep_until(deadline).await;
+/// Returns when standard input closes (if `watched`; never otherwise).
+async fn orphaned(watched: bool) {
+    if !watched {
+        return std::future::pending().await;
+    }
+    let mut stdin = tokio::io::stdin();
+    let mut buf = [0; 64];
+    while let Ok(1..) = stdin.read(&mut buf).await {}
+}
+
+async fn thaw_when(due: impl std::future::Future<Output = ()>, domain: &str, token: &str, context: &Context) {
+    due.await;
     let give_up = Instant::now() + GIVE_UP_AFTER;
     loop {
         match thaw_once(domain, token, context).await {
