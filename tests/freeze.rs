@@ -251,6 +251,64 @@ fn a_command_runs_while_frozen_and_its_exit_status_is_passed_through() {
     let out = run(&["guest-freeze", domain, "--max-time", "60", "--", "true"], None);
     assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
     no_watchdog_is_left(&vm);
+
+    // One file system by its mount point (guest-fsfreeze-freeze-list).
+    let line = [
+        "guest-freeze",
+        "--mountpoint",
+        "/mnt/freeze",
+        domain,
+        "--max-time",
+        "60",
+    ];
+    assert_eq!(run(&line, None).json(), json!({"frozen": 1, "max_time": 60.0}));
+    assert_eq!(status(&socket), "frozen");
+    assert_eq!(run(&["guest-thaw", domain], None).json(), json!({"thawed": 1}));
+    // Thawing a thawed guest is no error.
+    assert_eq!(run(&["guest-thaw", domain], None).json(), json!({"thawed": 0}));
+    no_watchdog_is_left(&vm);
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_command_that_overruns_or_is_interrupted_is_stopped_after_the_thaw() {
+    let vm = TestVm::boot("freeze-overrun");
+    let socket = vm.socket();
+    let domain = socket.to_str().unwrap();
+    // The limit comes first: virtomate thaws a second before its host
+    // watchdog would, then stops the command, and exits as timeout(1) does.
+    let started = Instant::now();
+    let out = run(
+        &["guest-freeze", domain, "--max-time", "10", "--", "sleep", "600"],
+        None,
+    );
+    let took = started.elapsed();
+    assert_eq!(out.status, 124, "{out:?}");
+    assert!(out.stderr.contains("ran into the freeze's limit"), "{out:?}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(status(&socket), "thawed");
+    no_watchdog_is_left(&vm);
+
+    // SIGTERM: thawed, the command stopped, virtomate's failure on stderr.
+    let mut freeze = virtomate()
+        .args(["guest-freeze", domain, "--max-time", "60", "--", "sleep", "600"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_status(&socket, "frozen", 30);
+    let pid = nix::unistd::Pid::from_raw(freeze.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let out = freeze.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.contains("virtomate: Interrupted: interrupted: the guest was thawed"),
+        "{stderr}"
+    );
+    assert_eq!(status(&socket), "thawed");
+    no_watchdog_is_left(&vm);
 }
 
 #[test]
