@@ -290,7 +290,7 @@ fn a_command_that_overruns_or_is_interrupted_is_stopped_after_the_thaw() {
     no_watchdog_is_left(&vm);
 
     // SIGTERM: thawed, the command stopped, virtomate's failure on stderr.
-    let mut freeze = virtomate()
+    let freeze = virtomate()
         .args(["guest-freeze", domain, "--max-time", "60", "--", "sleep", "600"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
