@@ -22,9 +22,9 @@ use crate::error::{CliError, ErrorKind};
 /// else it thaws every file system on a block device (FITHAW through
 /// `fsfreeze --unfreeze`, util-linux's or busybox's) and, if the agent's
 /// `qga.state.isfrozen` is still there, removes it and kills the agent
-/// (SIGKILL: a frozen agent ignores SIGTERM), first leaving the agent's
-/// cgroup so that systemd, which kills the whole unit, spares the
-/// watchdog. An agent that runs as a systemd service is left a second for
+/// (SIGKILL: a frozen agent ignores SIGTERM), first moving itself to the
+/// root cgroup (v2, or v1's systemd hierarchy) so that systemd, which
+/// kills the whole unit, spares the watchdog. An agent that runs as a systemd service is left a second for
 /// systemd to restart it (Debian's unit has `Restart=always`); any other,
 /// or one systemd has not restarted, the watchdog starts again as it was
 /// started, read from `/proc/PID/cmdline` while armed.
@@ -32,7 +32,7 @@ const ARM_SCRIPT: &str = r#"token=$1 seconds=$2 agent=$PPID
 for base in /run /dev/shm /tmp; do [ -d "$base" ] && [ -w "$base" ] && break; done
 dir=$base/virtomate-freeze-$agent
 missing=
-for tool in fsfreeze sleep kill readlink tr; do
+for tool in fsfreeze sleep kill readlink tr cat; do
   command -v "$tool" >/dev/null 2>&1 || missing="$missing $tool"
 done
 if [ -n "$missing" ]; then echo "missing:$missing"; exit 3; fi
@@ -73,7 +73,7 @@ same_agent() { [ "$(tr '\0' '\n' <"$1/cmdline" 2>/dev/null)" = "$(cat "$dir/argv
     case $devno in 0:*) ;; *) fsfreeze --unfreeze "$mountpoint" ;; esac
   done </proc/self/mountinfo
   if [ -e "$statedir/qga.state.isfrozen" ]; then
-    echo 0 >/sys/fs/cgroup/cgroup.procs
+    echo 0 >/sys/fs/cgroup/cgroup.procs || echo 0 >/sys/fs/cgroup/systemd/cgroup.procs
     rm -f "$statedir/qga.state.isfrozen"
     [ "$(readlink "/proc/$agent/exe")" = "$exe" ] && kill -9 "$agent"
     if [ -n "$supervised" ]; then
@@ -100,6 +100,9 @@ const DISARM_SCRIPT: &str = r#"for base in /run /dev/shm /tmp; do
   if [ -z "$1" ] || [ "$token" = "$1" ]; then rm -rf "$dir"; fi
 done"#;
 
+/// The most of the guest's output an error shows, in characters.
+const SHOWN_OUTPUT: usize = 200;
+
 /// What `$0` of the watchdog's shell is, to tell it in a process list.
 const NAME: &str = "virtomate-freeze-watchdog";
 
@@ -108,7 +111,9 @@ const NAME: &str = "virtomate-freeze-watchdog";
 pub async fn arm(agent: &mut DomainAgent, token: &str, seconds: u64) -> Result<(), CliError> {
     let seconds = seconds.to_string();
     let stdout = run_script(agent, ARM_SCRIPT, &[token, &seconds]).await?;
-    match stdout.trim() {
+    // The guest's words, shown in an error: a line's worth at most.
+    let stdout: String = stdout.trim().chars().take(SHOWN_OUTPUT).collect();
+    match stdout.as_str() {
         "armed" => Ok(()),
         missing if missing.starts_with("missing:") => Err(CliError::new(
             ErrorKind::Freeze,
