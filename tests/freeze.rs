@@ -393,8 +393,20 @@ fn a_channel_lost_to_another_client_mid_freeze_ends_thawed_within_the_limit() {
 #[test]
 #[ignore = "needs the test VM"]
 fn a_vm_paused_past_the_limit_is_thawed_as_soon_as_it_runs_again() {
-    let vm = TestVm::boot("freeze-paused");
+    paused_past_the_limit("freeze-paused", false);
+}
+
+/// The guest alone, with the RTC: its own clocks stood still while paused.
+#[test]
+#[ignore = "needs the test VM"]
+fn a_vm_paused_past_the_limit_thaws_itself_when_it_runs_again_with_no_host_watchdog() {
+    paused_past_the_limit("freeze-paused-alone", true);
+}
+
+fn paused_past_the_limit(name: &str, without_host_watchdog: bool) {
+    let vm = TestVm::boot(name);
     let socket = vm.socket();
+    let agent = agent_pid(&socket);
     let monitor: PathBuf = vm.dir.path().join("qmp.sock");
     let qmp = |command: &str| {
         let request = format!(r#"{{"execute": "{command}"}}"#);
@@ -413,14 +425,27 @@ fn a_vm_paused_past_the_limit_is_thawed_as_soon_as_it_runs_again() {
     );
     assert_eq!(out.json()["frozen"], 1, "{out:?}");
     qmp("stop");
+    if without_host_watchdog {
+        let watchdogs = host_watchdogs(&socket);
+        assert_eq!(watchdogs.len(), 1, "{watchdogs:?}");
+        let pid = nix::unistd::Pid::from_raw(watchdogs[0] as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
     // The limit is what this waits for: the VM stays paused past it.
     let past = Duration::from_secs(LIMIT + 3);
     wait_until(LIMIT + 30, "the limit to pass", || started.elapsed() > past);
     qmp("cont");
     let took = wait_for_status(&socket, "thawed", 30);
-    eprintln!("paused past the limit: thawed {took:?} after cont");
+    eprintln!("paused past the limit ({name}): thawed {took:?} after cont");
     assert!(took < SLACK, "thawed {took:?} after the VM ran again");
     writes_to_the_frozen_file_system(&socket);
+    if without_host_watchdog {
+        assert_ne!(
+            agent_pid(&socket),
+            agent,
+            "the guest's watchdog restarts the frozen agent"
+        );
+    }
     no_watchdog_is_left(&vm);
 }
 
