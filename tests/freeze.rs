@@ -267,6 +267,20 @@ fn a_command_runs_while_frozen_and_its_exit_status_is_passed_through() {
     // Thawing a thawed guest is no error.
     assert_eq!(run(&["guest-thaw", domain], None).json(), json!({"thawed": 0}));
     no_watchdog_is_left(&vm);
+
+    // Nothing mounted there: nothing frozen, the agent as it was, and no
+    // watchdog left to guard nothing.
+    let line = [
+        "guest-freeze",
+        "--mountpoint",
+        "/nowhere",
+        domain,
+        "--max-time",
+        "60",
+    ];
+    assert_eq!(run(&line, None).json(), json!({"frozen": 0, "max_time": 60.0}));
+    assert_eq!(status(&socket), "thawed");
+    no_watchdog_is_left(&vm);
 }
 
 #[test]

@@ -60,13 +60,23 @@ pub async fn run(
     };
     let frozen = match freeze(&mut agent, &args.mountpoints).await {
         Ok(frozen) => frozen,
+        // The agent thaws what it froze when the freeze fails: only the
+        // watchdogs are left (and a thaw could end somebody else's freeze).
+        Err(e) if e.kind() == ErrorKind::AgentCommand => {
+            stand_down(&mut agent, domain, &token).await;
+            return Err(e);
+        }
+        // No answer: the guest may be frozen, or not.
         Err(e) => {
-            // A failed freeze thaws what it froze: only the watchdogs are left.
             let _ = thaw(&mut agent, domain, &token).await;
             return Err(e);
         }
     };
     if !with_command {
+        // Nothing frozen leaves the agent as it was: nothing to guard.
+        if frozen == 0 {
+            stand_down(&mut agent, domain, &token).await;
+        }
         agent.close().await;
         return Ok(Answer::Json(json!({
             "frozen": frozen,
@@ -137,11 +147,17 @@ async fn thaw(agent: &mut DomainAgent, domain: &str, token: &str) -> Result<u64,
     let thawed = agent.execute(&GuestFsfreezeThaw {}).await.map_err(|e| {
         e.with_hint("the watchdogs thaw the guest by --max-time; virtomate guest-thaw thaws it now")
     })?;
+    stand_down(agent, domain, token).await;
+    Ok(thawed)
+}
+
+/// Stops the watchdogs of freeze `token`: the guest is not frozen (any
+/// more), and a watchdog left could end a later freeze.
+async fn stand_down(agent: &mut DomainAgent, domain: &str, token: &str) {
     host_watchdog::stop_registered(agent, domain);
     if let Err(e) = guest_watchdog::disarm(agent, Some(token)).await {
         tracing::warn!("the guest's watchdog was not stood down ({e}); it finds the guest thawed");
     }
-    Ok(thawed)
 }
 
 /// How COMMAND's run ended.
