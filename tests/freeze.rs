@@ -218,6 +218,40 @@ fn a_freeze_blocks_writes_until_guest_thaw_and_doctor_names_it_meanwhile() {
 
 #[test]
 #[ignore = "needs the test VM"]
+fn of_two_freezes_at_once_one_freezes_and_the_other_is_refused_its_guard_intact() {
+    let vm = TestVm::boot("freeze-twice");
+    let socket = vm.socket();
+    let domain = socket.to_str().unwrap();
+    let line = ["guest-freeze", domain, "--max-time", &LIMIT.to_string()];
+    let started = Instant::now();
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| run(&line, None));
+        let second = scope.spawn(|| run(&line, None));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    let (frozen, refused) = match first.status {
+        0 => (first, second),
+        _ => (second, first),
+    };
+    assert_eq!(frozen.json()["frozen"], 1, "{frozen:?}");
+    assert!(
+        refused.error("FreezeError").contains("frozen already"),
+        "{refused:?}"
+    );
+    // The refused one left the other's watchdogs alone: with the host's
+    // killed, the guest's still thaws within the limit.
+    let watchdogs = host_watchdogs(&socket);
+    assert_eq!(watchdogs.len(), 1, "{watchdogs:?}");
+    let pid = nix::unistd::Pid::from_raw(watchdogs[0] as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_for_status(&socket, "thawed", LIMIT + 10);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(LIMIT) + SLACK, "thawed after {took:?}");
+    no_watchdog_is_left(&vm);
+}
+
+#[test]
+#[ignore = "needs the test VM"]
 fn a_command_runs_while_frozen_and_its_exit_status_is_passed_through() {
     let vm = TestVm::boot("freeze-command");
     let socket = vm.socket();

@@ -39,7 +39,11 @@ pub async fn run(
         )));
     }
     let domain = args.domain.as_str();
-    let mut agent = DomainAgent::connect(domain, context).await?;
+    // The turn first: waiting for it connected would keep the other
+    // guest-freeze from the channel.
+    let mut agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
+    let turn = host_watchdog::take_turn(&agent, domain, context.options.handshake_timeout).await?;
+    agent.connect_now(&context.scope).await?;
     check_agent(&mut agent, domain, !args.mountpoints.is_empty()).await?;
     // A watchdog of an earlier freeze must not thaw this one.
     host_watchdog::stop_registered(&agent, domain);
@@ -72,6 +76,7 @@ pub async fn run(
             return Err(e);
         }
     };
+    drop(turn);
     if !with_command {
         // Nothing frozen leaves the agent as it was: nothing to guard.
         if frozen == 0 {

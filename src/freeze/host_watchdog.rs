@@ -10,11 +10,13 @@
 //! freeze or a thaw stops the one registered there first, so that a
 //! watchdog of an earlier freeze never thaws a later one.
 
+use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{ChildStdin, Stdio};
 use std::time::Duration;
 
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
@@ -179,6 +181,47 @@ pub fn stop_registered(agent: &DomainAgent, domain: &str) {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
         registry.remove_if_ours(&token);
+    }
+}
+
+/// Holds the turn of one `guest-freeze` on an agent channel, from its
+/// look at the guest's status until its freeze is made: two at once would
+/// each stop the other's watchdogs. Released on drop, or when the process
+/// dies.
+pub struct FreezeTurn(#[allow(dead_code)] Option<Flock<File>>);
+
+/// The pause between two tries for a [`FreezeTurn`].
+const TURN_PAUSE: Duration = Duration::from_millis(20);
+
+/// Waits up to `patience` for this agent's [`FreezeTurn`]. Without a
+/// place for the lock file (no `XDG_RUNTIME_DIR`), goes on alone.
+pub async fn take_turn(
+    agent: &DomainAgent,
+    domain: &str,
+    patience: Duration,
+) -> Result<FreezeTurn, CliError> {
+    let Some(registry) = Registry::of(agent, domain) else {
+        return Ok(FreezeTurn(None));
+    };
+    let path = registry.0.with_extension("lock");
+    let deadline = Instant::now() + patience;
+    loop {
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| CliError::io(format!("cannot open {}", path.display()), e))?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => return Ok(FreezeTurn(Some(lock))),
+            Err(_) if Instant::now() + TURN_PAUSE < deadline => sleep(TURN_PAUSE).await,
+            Err(_) => {
+                return Err(CliError::new(
+                    ErrorKind::Freeze,
+                    "another guest-freeze of this agent is under way; nothing was frozen",
+                ))
+            }
+        }
     }
 }
 
