@@ -153,21 +153,40 @@ pub enum Command {
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
     },
+}
 
-    /// The watchdog that guest-freeze starts on the host (not for use by hand)
-    #[command(hide = true)]
-    FreezeWatchdog {
-        /// The freeze it guards
-        #[arg(long)]
-        token: String,
-        /// Seconds until it thaws
-        #[arg(long, value_parser = seconds)]
-        after: Duration,
-        /// Thaw at once when standard input closes: the virtomate that froze is gone
-        #[arg(long)]
-        thaw_when_orphaned: bool,
-        domain: String,
-    },
+/// `virtomate freeze-watchdog`: the host's watchdog that `guest-freeze`
+/// starts (`freeze::host_watchdog`). Not a command of [`Cli`], where it
+/// would show in `--help`, the man pages and the completions (clap's
+/// completions offer hidden commands too): looked for before clap parses
+/// anything, as `--generate` is.
+#[derive(Debug, Parser)]
+#[command(name = "virtomate freeze-watchdog")]
+pub struct WatchdogArgs {
+    /// Look for the domain in this libvirt daemon only, as guest-freeze was told
+    #[arg(long, value_name = "URI")]
+    pub connection: Option<String>,
+    /// The freeze it guards
+    #[arg(long)]
+    pub token: String,
+    /// Seconds until it thaws
+    #[arg(long, value_parser = seconds)]
+    pub after: Duration,
+    /// Thaw at once when standard input closes: the virtomate that froze is gone
+    #[arg(long)]
+    pub thaw_when_orphaned: bool,
+    pub domain: String,
+}
+
+impl WatchdogArgs {
+    /// The watchdog's arguments if the command line is `virtomate
+    /// freeze-watchdog ...`; `None` for any other (a bad one exits 2).
+    pub fn from_args() -> Option<WatchdogArgs> {
+        if std::env::args_os().nth(1).as_deref() != Some("freeze-watchdog".as_ref()) {
+            return None;
+        }
+        Some(WatchdogArgs::parse_from(std::env::args_os().skip(1)))
+    }
 }
 
 #[derive(Debug, Args)]

@@ -21,7 +21,7 @@ use std::time::Instant;
 use clap::Parser;
 use virtomate_protocol::{escape_bytes, ClientOptions, Direction, Trace};
 
-use cli::{Cli, Command, LogLevel};
+use cli::{Cli, Command, LogLevel, WatchdogArgs};
 use commands::{Answer, Context};
 use domain::Scope;
 use error::{CliError, ErrorJson, ErrorKind};
@@ -30,6 +30,9 @@ fn main() -> ExitCode {
     #[cfg(feature = "generate")]
     if let Some(status) = generate::from_args() {
         return status;
+    }
+    if let Some(args) = WatchdogArgs::from_args() {
+        return freeze_watchdog(args);
     }
     let cli = Cli::parse();
     if let Some(level) = cli.log {
@@ -83,12 +86,6 @@ fn main() -> ExitCode {
                 commands::guest_freeze::run(args, connection.as_deref(), &context).await
             }
             Command::GuestThaw { domain } => commands::guest_thaw::run(&domain, &context).await,
-            Command::FreezeWatchdog {
-                token,
-                after,
-                thaw_when_orphaned,
-                domain,
-            } => commands::freeze_watchdog::run(&domain, &token, after, thaw_when_orphaned, &context).await,
         }
     });
     // tokio reads standard input on a blocking thread that cannot be
@@ -129,6 +126,37 @@ fn main() -> ExitCode {
         // Like ripgrep: a reader that went away (`| head -c1`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => success,
         Err(e) => report(&CliError::io("cannot write the result", e), cli.pretty, raw),
+    }
+}
+
+/// `virtomate freeze-watchdog`: runs until it has thawed or is stood down;
+/// nobody reads what it would print.
+fn freeze_watchdog(args: WatchdogArgs) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime needs no resources that can be missing");
+    let result = runtime.block_on(async {
+        let context = Context {
+            options: ClientOptions::default(),
+            scope: Scope::new(
+                args.connection.as_deref(),
+                std::env::var("LIBVIRT_DEFAULT_URI").ok().as_deref(),
+            )?,
+        };
+        let WatchdogArgs {
+            token,
+            after,
+            thaw_when_orphaned,
+            domain,
+            ..
+        } = args;
+        commands::freeze_watchdog::run(&domain, &token, after, thaw_when_orphaned, &context).await
+    });
+    runtime.shutdown_background();
+    match result {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 

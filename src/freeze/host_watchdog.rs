@@ -1,5 +1,6 @@
 //! The watchdog on the host: virtomate itself, started again as a process
-//! of its own session (`freeze-watchdog`, hidden) before the freeze, so
+//! of its own session (`virtomate freeze-watchdog`, which only virtomate
+//! starts: see `cli::WatchdogArgs`) before the freeze, so
 //! that neither a SIGKILL of the virtomate that froze the guest nor the
 //! terminal's Ctrl-C or hang-up reaches it. At its deadline it thaws the
 //! guest through the agent, as any client would, and stands the guest's
@@ -53,11 +54,12 @@ pub fn spawn(
 ) -> Result<Option<ChildStdin>, CliError> {
     let exe = std::env::current_exe().map_err(|e| CliError::io("cannot find virtomate's own binary", e))?;
     let mut command = std::process::Command::new(exe);
+    command.arg("freeze-watchdog");
     if let Some(uri) = connection {
         command.args(["--connection", uri]);
     }
     command
-        .args(["freeze-watchdog", "--token", token, "--after"])
+        .args(["--token", token, "--after"])
         .arg(after.as_secs_f64().to_string())
         .args(while_we_live.then_some("--thaw-when-orphaned"))
         .args(["--", domain])
