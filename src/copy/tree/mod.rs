@@ -34,6 +34,8 @@ mod archive;
 mod pack;
 mod pull;
 mod push;
+#[cfg(test)]
+mod tests;
 pub mod unpack;
 
 use std::path::{Path, PathBuf};

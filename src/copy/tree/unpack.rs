@@ -368,6 +368,15 @@ impl Unpacker {
     }
 
     fn write_error(&self, entry: &Entry, error: &io::Error) -> CliError {
+        if error.kind() == io::ErrorKind::UnexpectedEof {
+            return CliError::new(
+                ErrorKind::Verification,
+                format!(
+                    "the archive from the guest cannot be read: it ends inside {}",
+                    entry.shown()
+                ),
+            );
+        }
         CliError::new(
             ErrorKind::Io,
             format!(
