@@ -231,6 +231,9 @@ fn archive(entries: &[Vec<u8>]) -> Vec<u8> {
     bytes
 }
 
+/// How long the hostile tar sleeps: a number no other process here uses.
+const HANG: &str = "613.25";
+
 /// A host agent whose `tar` prints `archive` (a file the test rewrites)
 /// whatever it is asked: a guest that sends what it likes.
 struct HostileGuest {
@@ -245,7 +248,14 @@ impl HostileGuest {
         let bin = tempfile::tempdir().unwrap();
         let archive = bin.path().join("archive.tar");
         let tar = bin.path().join("tar");
-        std::fs::write(&tar, format!("#!/bin/sh\ncat '{}'\n", archive.display())).unwrap();
+        // It answers `--help` at once; with `hang` beside the archive it
+        // then writes no more and never ends.
+        let script = format!(
+            "#!/bin/sh\ncase $1 in --help) exit 0;; esac\ncat '{0}'\n\
+             if [ -e '{0}.hang' ]; then exec sleep {HANG}; fi\n",
+            archive.display()
+        );
+        std::fs::write(&tar, script).unwrap();
         set_mode(&tar, 0o755);
         let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
         let (agent, tmp) = agent_with(&[("PATH", &path)]);
@@ -421,4 +431,53 @@ fn a_local_fifo_is_refused_by_name_and_the_guest_keeps_nothing() {
     let message = out.error("PathError");
     assert!(message.contains("pipe is a FIFO"), "{message}");
     assert_eq!(listing(guest_side.path()), Vec::<String>::new(), "{message}");
+}
+
+/// Whether a process runs `sleep HANG` (the hostile tar, hung).
+fn hung_tar_runs() -> bool {
+    std::fs::read_dir("/proc").unwrap().any(|p| {
+        let cmdline = std::fs::read(p.unwrap().path().join("cmdline")).unwrap_or_default();
+        cmdline == format!("sleep\0{HANG}\0").as_bytes()
+    })
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
+    let guest = HostileGuest::start();
+    // An archive cut short: a directory and half a file, then silence.
+    let mut stream = entry("./d/", EntryType::Directory, 0o755, b"", "");
+    stream.extend(entry("./d/f", EntryType::Regular, 0o644, &[7; 4096], ""));
+    stream.truncate(stream.len() - 2048);
+    std::fs::write(&guest.archive, stream).unwrap();
+    std::fs::write(guest.archive.with_extension("tar.hang"), "").unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let dest = parent.path().join("dest");
+    let child = crate::support::virtomate()
+        .args(["copy", "-r", &format!("{}:/", guest.agent.socket().display())])
+        .arg(&dest)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_until(20, "the copy to unpack the first entry", || {
+        temporaries(parent.path())
+            .first()
+            .is_some_and(|temp| temp.join("d").exists())
+    });
+    assert!(hung_tar_runs());
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let out = Outcome {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    let message = out.error("Interrupted");
+    assert!(message.contains("stopped tar"), "{message}");
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert_eq!(listing(parent.path()), Vec::<String>::new(), "{message}");
+    assert_eq!(listing(guest.tmp.path()), Vec::<String>::new(), "{message}");
+    assert!(!hung_tar_runs(), "the guest's tar is stopped");
 }
