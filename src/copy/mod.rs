@@ -10,6 +10,8 @@
 //! - `local`: the host's file, read, or written under a temporary name.
 //! - `progress`: the bar on stderr.
 //! - `compress`: `--compress`, gzip on the host and in the guest.
+//! - `tree`: `copy -r`, a directory tree as a tar stream, unpacked on
+//!   the host without trusting the guest.
 //!
 //! # Writing into the guest
 //!
