@@ -95,7 +95,7 @@ impl<A: FileAgent> Copy<'_, A> {
 
         let progress = Progress::new(options.progress, None);
         let streamed = self.stream(pid, pieces, &progress).await;
-        let (archive_bytes, said) = match streamed {
+        let archive_bytes = match streamed {
             Ok(streamed) => streamed,
             Err(error) => {
                 progress.abandon();
@@ -108,7 +108,6 @@ impl<A: FileAgent> Copy<'_, A> {
             .unwrap_or_else(|_| Err(CliError::new(ErrorKind::Io, "the unpacking thread ended")));
         self.finish_unpacking().await;
         let (unpacker, unpacked) = ended.inspect_err(|_| progress.abandon())?;
-        let _ = said;
         if let Some(mut follow) = self.left.follow.take() {
             match follow.clean_up(self.agent.channel()).await {
                 Ok(()) => self.left.guest_dir = None,
@@ -126,7 +125,7 @@ impl<A: FileAgent> Copy<'_, A> {
             bytes: unpacked.bytes,
             archive_bytes,
             seconds: started.elapsed().as_secs_f64(),
-            stripped: unpacked.stripped,
+            stripped: stripped_list(unpacked.stripped, unpacked.stripped_more),
         })
     }
 
@@ -186,14 +185,14 @@ impl<A: FileAgent> Copy<'_, A> {
         }
     }
 
-    /// Reads tar's output until it has exited, handing it to the unpacker.
-    /// The bytes read and what tar said.
+    /// Reads tar's output until it has exited, handing it to the unpacker;
+    /// the bytes read.
     async fn stream(
         &mut self,
         pid: i64,
         pieces: mpsc::Sender<Piece>,
         progress: &Progress,
-    ) -> Result<(u64, Vec<u8>), CliError> {
+    ) -> Result<u64, CliError> {
         let mut said = Vec::new();
         let mut total = 0u64;
         let mut quiet_since = Instant::now();
@@ -251,7 +250,7 @@ impl<A: FileAgent> Copy<'_, A> {
         // A thread that has ended already (gzip's stream is over) needs
         // no end.
         let _ = pieces.send(Piece::End).await;
-        Ok((total, said))
+        Ok(total)
     }
 
     fn tree_follow_error(&self, error: FollowError) -> CliError {
@@ -263,6 +262,14 @@ impl<A: FileAgent> Copy<'_, A> {
             ),
         }
     }
+}
+
+/// The names listed, and a last item that counts the rest.
+fn stripped_list(mut listed: Vec<String>, more: u64) -> Vec<String> {
+    if more > 0 {
+        listed.push(format!("... and {more} more"));
+    }
+    listed
 }
 
 /// The message of a copy whose unpacker stopped taking the stream.

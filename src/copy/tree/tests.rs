@@ -302,3 +302,37 @@ fn the_packer_refuses_a_fifo_by_name() {
     let error = pack(source.path(), std::io::sink()).unwrap_err();
     assert!(error.to_string().contains("pipe is a FIFO"), "{error}");
 }
+
+#[test]
+fn directories_a_stream_implies_are_made_as_mkdir_would_and_read_only_ones_still_fill() {
+    let parent = tempfile::tempdir().unwrap();
+    let stream = archive(&[
+        file("implied/deeper/f", 0o644, b"x"),
+        dir("ro/", 0o500),
+        file("ro/inside", 0o400, b"y"),
+        dir("ro/sub/", 0o555),
+        file("ro/sub/more", 0o644, b"z"),
+    ]);
+    unpack_into(parent.path(), &stream).unwrap();
+    let dest = parent.path().join("dest");
+    let mode = |name: &str| std::fs::metadata(dest.join(name)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("implied"), 0o755);
+    assert_eq!(mode("implied/deeper"), 0o755);
+    assert_eq!(mode("ro"), 0o500);
+    assert_eq!(mode("ro/sub"), 0o555);
+    assert_eq!(std::fs::read(dest.join("ro/sub/more")).unwrap(), b"z");
+    let mtime = std::fs::metadata(dest.join("ro")).unwrap().mtime();
+    assert_eq!(
+        mtime, 1_600_000_000,
+        "a directory's time is set after its entries"
+    );
+}
+
+#[test]
+fn the_names_of_stripped_entries_are_listed_up_to_a_bound() {
+    let parent = tempfile::tempdir().unwrap();
+    let entries: Vec<Vec<u8>> = (0..130).map(|n| file(&format!("s{n}"), 0o6755, b"")).collect();
+    let unpacked = unpack_into(parent.path(), &archive(&entries)).unwrap();
+    assert_eq!(unpacked.stripped.len(), super::unpack::STRIPPED_LISTED);
+    assert_eq!(unpacked.stripped_more, 30);
+}

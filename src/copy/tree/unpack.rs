@@ -27,11 +27,11 @@
 //! half-written tree, and a directory of mode `0500` still takes its
 //! entries.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -53,9 +53,19 @@ pub struct Unpacked {
     pub hard_links: u64,
     /// Bytes of file data.
     pub bytes: u64,
-    /// Entries whose set-user-ID, set-group-ID or sticky bit was dropped.
+    /// Entries whose set-user-ID, set-group-ID or sticky bit was dropped
+    /// (the first [`STRIPPED_LISTED`]), and how many more.
     pub stripped: Vec<String>,
+    pub stripped_more: u64,
 }
+
+/// The most names of entries with dropped bits listed.
+pub const STRIPPED_LISTED: usize = 100;
+
+/// The most bytes of directory names kept to give each its mode and time
+/// at the end: a hostile stream naming directories without end is
+/// bounded by the disk, and this by much less.
+const DIR_RECORDS_MAX: usize = 16 << 20;
 
 /// The private directory a tree is unpacked into, beside its destination;
 /// removed when dropped unless [`Unpacker::place`] renamed it into place.
@@ -67,8 +77,10 @@ pub struct Unpacker {
     temp: PathBuf,
     root: OwnedFd,
     umask: u32,
-    /// Directories' modes and times, set at the end.
-    dirs: Vec<(Vec<OsString>, u32, u64)>,
+    /// Directories' final modes (umask applied) and times, set at the
+    /// end; and the bytes their names take.
+    dirs: HashMap<Vec<OsString>, (u32, Option<u64>)>,
+    dir_bytes: usize,
     placed: bool,
 }
 
@@ -122,7 +134,8 @@ impl Unpacker {
             temp,
             root,
             umask,
-            dirs: Vec::new(),
+            dirs: HashMap::new(),
+            dir_bytes: 0,
             placed: false,
         })
     }
@@ -174,17 +187,20 @@ impl Unpacker {
                 "{}: set-user-ID, set-group-ID and sticky bits dropped",
                 entry.shown()
             );
-            unpacked
-                .stripped
-                .push(String::from_utf8_lossy(&entry.path).into_owned());
+            match unpacked.stripped.len() < STRIPPED_LISTED {
+                true => unpacked
+                    .stripped
+                    .push(String::from_utf8_lossy(&entry.path).into_owned()),
+                false => unpacked.stripped_more += 1,
+            }
             mode &= 0o777;
         }
         let Some((name, dirs)) = names.split_last() else {
             // `./`: the tree's own directory.
             return match entry.kind {
                 Kind::Directory => {
-                    self.dirs.push((Vec::new(), mode, entry.mtime));
-                    Ok(())
+                    let root = self.root.try_clone().map_err(|e| self.write_error(entry, &e))?;
+                    self.directory(Vec::new(), root.as_fd(), mode, Some(entry.mtime), entry)
                 }
                 _ => Err(refused(
                     entry,
@@ -207,7 +223,9 @@ impl Unpacker {
                     Err(Errno::EEXIST) if is_directory(parent, name) => {}
                     Err(e) => return Err(self.create_error(entry, e)),
                 }
-                self.dirs.push((names.clone(), mode, entry.mtime));
+                let made = openat(parent, name.as_os_str(), DIR_FLAGS, Mode::empty())
+                    .map_err(|e| self.create_error(entry, e))?;
+                self.directory(names.clone(), made.as_fd(), mode, Some(entry.mtime), entry)?;
             }
             Kind::File => {
                 let flags =
@@ -245,12 +263,7 @@ impl Unpacker {
 
     /// A hard link: only to a regular file this stream made, inside the
     /// tree, found without following any link.
-    fn hard_link(
-        &self,
-        entry: &Entry,
-        parent: std::os::fd::BorrowedFd,
-        name: &OsStr,
-    ) -> Result<(), CliError> {
+    fn hard_link(&mut self, entry: &Entry, parent: BorrowedFd, name: &OsStr) -> Result<(), CliError> {
         let outside = || {
             refused(
                 entry,
@@ -288,7 +301,7 @@ impl Unpacker {
     /// Opens the directory `dirs` below the tree's root, without following
     /// any link; with `make`, a missing one is made (a stream may name a
     /// file before its directory).
-    fn walk(&self, dirs: &[OsString], entry: &Entry, make: bool) -> Result<OwnedFd, CliError> {
+    fn walk(&mut self, dirs: &[OsString], entry: &Entry, make: bool) -> Result<OwnedFd, CliError> {
         let mut current = self.root.try_clone().map_err(|e| self.write_error(entry, &e))?;
         for (depth, dir) in dirs.iter().enumerate() {
             let mut opened = openat(current.as_fd(), dir.as_os_str(), DIR_FLAGS, Mode::empty());
@@ -296,6 +309,10 @@ impl Unpacker {
                 mkdirat(current.as_fd(), dir.as_os_str(), Mode::from_bits_truncate(0o700))
                     .map_err(|e| self.create_error(entry, e))?;
                 opened = openat(current.as_fd(), dir.as_os_str(), DIR_FLAGS, Mode::empty());
+                // As `mkdir` would make it; an entry of its own may follow.
+                if let Ok(made) = &opened {
+                    self.directory(dirs[..=depth].to_vec(), made.as_fd(), 0o777, None, entry)?;
+                }
             }
             current = match opened {
                 Ok(fd) => fd,
@@ -320,18 +337,47 @@ impl Unpacker {
         Ok(current)
     }
 
-    /// Each directory's mode and time, deepest (latest made) first, each
-    /// once: the last entry that named it wins.
+    /// Gives the directory `fd` (`names` below the root) its mode now,
+    /// with the owner's `rwx` so that entries still go in, and keeps its
+    /// exact mode and time for the end. Beyond [`DIR_RECORDS_MAX`], one
+    /// whose mode is already exact keeps it and loses its time; another is
+    /// refused.
+    fn directory(
+        &mut self,
+        names: Vec<OsString>,
+        fd: BorrowedFd,
+        mode: u32,
+        mtime: Option<u64>,
+        entry: &Entry,
+    ) -> Result<(), CliError> {
+        let mode = mode & 0o777 & !self.umask;
+        fchmod(fd, Mode::from_bits_truncate(mode | 0o700)).map_err(|e| self.create_error(entry, e))?;
+        if let Some(kept) = self.dirs.get_mut(&names) {
+            *kept = (mode, mtime.or(kept.1));
+            return Ok(());
+        }
+        let size = names.iter().map(|n| n.len() + 24).sum::<usize>() + 64;
+        if self.dir_bytes + size <= DIR_RECORDS_MAX {
+            self.dir_bytes += size;
+            self.dirs.insert(names, (mode, mtime));
+        } else if mode & 0o700 != 0o700 {
+            return Err(refused(
+                entry,
+                "is a directory without the owner's rwx beyond the many copy -r can track",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Each directory's mode and time, deepest first: a parent made
+    /// read-only last.
     fn set_directory_modes(&mut self) -> Result<(), CliError> {
-        let dirs = std::mem::take(&mut self.dirs);
-        let mut done = HashSet::new();
-        for (names, mode, mtime) in dirs.iter().rev() {
-            if !done.insert(names) {
-                continue;
-            }
-            let fd = self.walk_existing(names)?;
-            fchmod(fd.as_fd(), Mode::from_bits_truncate(mode & !self.umask))
-                .and_then(|()| set_mtime(fd.as_fd(), *mtime))
+        let mut dirs: Vec<_> = std::mem::take(&mut self.dirs).into_iter().collect();
+        dirs.sort_by_key(|(names, _)| std::cmp::Reverse(names.len()));
+        for (names, (mode, mtime)) in dirs {
+            let fd = self.walk_existing(&names)?;
+            fchmod(fd.as_fd(), Mode::from_bits_truncate(mode))
+                .and_then(|()| mtime.map_or(Ok(()), |mtime| set_mtime(fd.as_fd(), mtime)))
                 .map_err(|e| {
                     path_error(
                         &format!("cannot set the mode of a directory in {}", self.temp.display()),
@@ -425,7 +471,7 @@ fn components(name: &[u8], entry: &Entry) -> Result<Vec<OsString>, CliError> {
     Ok(names)
 }
 
-fn is_directory(parent: std::os::fd::BorrowedFd, name: &OsStr) -> bool {
+fn is_directory(parent: BorrowedFd, name: &OsStr) -> bool {
     fstatat(parent, name, flag_nofollow())
         .is_ok_and(|stat| SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR)
 }
@@ -434,7 +480,7 @@ fn flag_nofollow() -> nix::fcntl::AtFlags {
     nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW
 }
 
-fn set_mtime(fd: std::os::fd::BorrowedFd, mtime: u64) -> nix::Result<()> {
+fn set_mtime(fd: BorrowedFd, mtime: u64) -> nix::Result<()> {
     let omit = TimeSpec::UTIME_OMIT;
     let mtime = TimeSpec::new(i64::try_from(mtime).unwrap_or(i64::MAX), 0);
     futimens(fd, &omit, &mtime)
