@@ -227,6 +227,16 @@ fn a_long_name_from_a_gnu_or_pax_header_is_checked_the_same() {
 }
 
 #[test]
+fn a_name_nested_deeper_than_any_tree_is_refused() {
+    let deep = format!("{}f", "d/".repeat(3000));
+    let gnu = entry(b"././@LongLink", EntryType::GNULongName, 0, deep.as_bytes(), b"");
+    assert_refused(
+        &archive(&[gnu, file("short", 0o644, b"x")]),
+        "nested deeper than the 2048",
+    );
+}
+
+#[test]
 fn an_oversized_extension_header_is_refused_before_it_is_read() {
     // Declares 1 TiB and holds nothing: held whole, it would fill memory.
     let huge = header(b"././@LongLink", EntryType::GNULongName, 0, 1 << 40, b"");

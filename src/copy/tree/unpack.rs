@@ -67,6 +67,11 @@ pub const STRIPPED_LISTED: usize = 100;
 /// bounded by the disk, and this by much less.
 const DIR_RECORDS_MAX: usize = 16 << 20;
 
+/// The deepest a name may go: Linux takes a path of at most 4096 bytes,
+/// so no tree a guest's programs use goes deeper than 2048; a stream that
+/// does would only make the host's work grow with the square of it.
+const DEPTH_MAX: usize = 2048;
+
 /// The private directory a tree is unpacked into, beside its destination;
 /// removed when dropped unless [`Unpacker::place`] renamed it into place.
 pub struct Unpacker {
@@ -200,7 +205,7 @@ impl Unpacker {
             return match entry.kind {
                 Kind::Directory => {
                     let root = self.root.try_clone().map_err(|e| self.write_error(entry, &e))?;
-                    self.directory(Vec::new(), root.as_fd(), mode, Some(entry.mtime), entry)
+                    self.directory(&[], root.as_fd(), mode, Some(entry.mtime), entry)
                 }
                 _ => Err(refused(
                     entry,
@@ -225,7 +230,7 @@ impl Unpacker {
                 }
                 let made = openat(parent, name.as_os_str(), DIR_FLAGS, Mode::empty())
                     .map_err(|e| self.create_error(entry, e))?;
-                self.directory(names.clone(), made.as_fd(), mode, Some(entry.mtime), entry)?;
+                self.directory(&names, made.as_fd(), mode, Some(entry.mtime), entry)?;
             }
             Kind::File => {
                 let flags =
@@ -311,7 +316,7 @@ impl Unpacker {
                 opened = openat(current.as_fd(), dir.as_os_str(), DIR_FLAGS, Mode::empty());
                 // As `mkdir` would make it; an entry of its own may follow.
                 if let Ok(made) = &opened {
-                    self.directory(dirs[..=depth].to_vec(), made.as_fd(), 0o777, None, entry)?;
+                    self.directory(&dirs[..=depth], made.as_fd(), 0o777, None, entry)?;
                 }
             }
             current = match opened {
@@ -344,7 +349,7 @@ impl Unpacker {
     /// refused.
     fn directory(
         &mut self,
-        names: Vec<OsString>,
+        names: &[OsString],
         fd: BorrowedFd,
         mode: u32,
         mtime: Option<u64>,
@@ -352,14 +357,14 @@ impl Unpacker {
     ) -> Result<(), CliError> {
         let mode = mode & 0o777 & !self.umask;
         fchmod(fd, Mode::from_bits_truncate(mode | 0o700)).map_err(|e| self.create_error(entry, e))?;
-        if let Some(kept) = self.dirs.get_mut(&names) {
+        if let Some(kept) = self.dirs.get_mut(names) {
             *kept = (mode, mtime.or(kept.1));
             return Ok(());
         }
         let size = names.iter().map(|n| n.len() + 24).sum::<usize>() + 64;
         if self.dir_bytes + size <= DIR_RECORDS_MAX {
             self.dir_bytes += size;
-            self.dirs.insert(names, (mode, mtime));
+            self.dirs.insert(names.to_vec(), (mode, mtime));
         } else if mode & 0o700 != 0o700 {
             return Err(refused(
                 entry,
@@ -456,6 +461,12 @@ fn components(name: &[u8], entry: &Entry) -> Result<Vec<OsString>, CliError> {
         return Err(refused(entry, "has a NUL byte in a name"));
     }
     let mut names = Vec::new();
+    if name.split(|&b| b == b'/').count() > DEPTH_MAX {
+        return Err(refused(
+            entry,
+            &format!("is nested deeper than the {DEPTH_MAX} directories copy -r goes"),
+        ));
+    }
     for part in name.split(|&b| b == b'/') {
         match part {
             b"" | b"." => {}
