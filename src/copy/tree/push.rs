@@ -10,7 +10,7 @@ use std::fs::File;
 use std::path::Path;
 use std::time::Instant;
 
-use super::pack::{pack, Packed};
+use super::pack::pack;
 use super::TreeSummary;
 use crate::copy::agent::FileAgent;
 use crate::copy::guest::{self, DirKind};
@@ -70,9 +70,14 @@ impl<A: FileAgent> Copy<'_, A> {
         let packed = packing
             .await
             .unwrap_or_else(|_| Err(CliError::new(ErrorKind::Io, "the packing thread ended")));
-        // A packing failure first: it explains an archive cut short.
-        let packed: Packed = packed?;
-        let sent = sent?;
+        // The source's fault (a FIFO, a file that shrank) explains an
+        // archive cut short; a send that failed explains a packer whose
+        // pipe was closed.
+        let (packed, sent) = match (packed, sent) {
+            (Err(error), _) if error.kind() == ErrorKind::Path => return Err(error),
+            (_, Err(error)) | (Err(error), Ok(_)) => return Err(error),
+            (Ok(packed), Ok(sent)) => (packed, sent),
+        };
 
         let purpose = "to unpack the archive (tar) and rename the copy into place";
         let ran = guest::run(
