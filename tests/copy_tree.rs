@@ -390,10 +390,17 @@ fn a_tree_goes_into_the_vm_and_back_whole_and_a_full_disk_leaves_nothing() {
     assert_eq!(guest_listing(&socket), before, "nothing is left in the guest");
     assert!(temporaries(dir.path()).is_empty());
 
-    // A 1 MiB tmpfs, and 2 MiB to copy into it.
+    // A 1 MiB tmpfs, and 8 MiB to copy into it: the send fails while the
+    // packer still has more to give.
     let big = dir.path().join("big");
     std::fs::create_dir(&big).unwrap();
-    std::fs::write(big.join("data"), crate::support::data::noise(2 << 20, 3)).unwrap();
+    for n in 0..4 {
+        std::fs::write(
+            big.join(format!("data{n}")),
+            crate::support::data::noise(2 << 20, n),
+        )
+        .unwrap();
+    }
     let script = "mkdir -p /mnt/small && mount -t tmpfs -o size=1m tmpfs /mnt/small";
     let out = guest_run(&socket, &["sh", "-c", script]);
     assert_eq!(out.json()["exit_code"], 0, "{out:?}");
