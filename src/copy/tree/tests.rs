@@ -346,3 +346,86 @@ fn the_names_of_stripped_entries_are_listed_up_to_a_bound() {
     assert_eq!(unpacked.stripped.len(), super::unpack::STRIPPED_LISTED);
     assert_eq!(unpacked.stripped_more, 30);
 }
+
+mod property {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Name parts a hostile stream would mix: ordinary ones, `..`, `.`,
+    /// the link names it makes, and `OUT`, replaced by the absolute path
+    /// of a directory beside the destination.
+    fn part() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["a", "b", "..", ".", "", "link", "victim", "OUT"])
+    }
+
+    fn name(outside: &str, parts: &[&str]) -> String {
+        parts.join("/").replace("OUT", outside)
+    }
+
+    #[derive(Debug, Clone)]
+    enum Made {
+        Dir,
+        File(Vec<u8>),
+        Symlink(Vec<&'static str>),
+        HardLink(Vec<&'static str>),
+        Fifo,
+    }
+
+    fn made() -> impl Strategy<Value = Made> {
+        prop_oneof![
+            Just(Made::Dir),
+            prop::collection::vec(any::<u8>(), 0..700).prop_map(Made::File),
+            prop::collection::vec(part(), 1..4).prop_map(Made::Symlink),
+            prop::collection::vec(part(), 1..4).prop_map(Made::HardLink),
+            Just(Made::Fifo),
+        ]
+    }
+
+    fn entries() -> impl Strategy<Value = Vec<(Vec<&'static str>, Made, u32)>> {
+        prop::collection::vec((prop::collection::vec(part(), 1..4), made(), 0u32..0o10000), 0..8)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever the stream: no panic, nothing outside the destination
+        /// touched, and a refusal leaves nothing.
+        #[test]
+        fn no_stream_writes_outside_the_destination_or_leaves_a_half_tree(
+            entries in entries(),
+            cut in prop::option::of(0usize..8192),
+        ) {
+            let parent = tempfile::tempdir().unwrap();
+            let outside = parent.path().join("outside");
+            std::fs::create_dir(&outside).unwrap();
+            std::fs::write(outside.join("victim"), "untouched").unwrap();
+            let out = outside.to_str().unwrap();
+            let mut stream = archive(&entries.iter().map(|(parts, made, mode)| {
+                let path = name(out, parts);
+                match made {
+                    Made::Dir => entry(path.as_bytes(), EntryType::Directory, *mode, b"", b""),
+                    Made::File(data) => entry(path.as_bytes(), EntryType::Regular, *mode, data, b""),
+                    Made::Symlink(to) => {
+                        entry(path.as_bytes(), EntryType::Symlink, *mode, b"", name(out, to).as_bytes())
+                    }
+                    Made::HardLink(to) => {
+                        entry(path.as_bytes(), EntryType::Link, *mode, b"", name(out, to).as_bytes())
+                    }
+                    Made::Fifo => entry(path.as_bytes(), EntryType::Fifo, *mode, b"", b""),
+                }
+            }).collect::<Vec<_>>());
+            if let Some(cut) = cut {
+                stream.truncate(cut.min(stream.len()));
+            }
+            let unpacked = unpack_into(parent.path(), &stream);
+            prop_assert_eq!(listing(&outside), ["victim"]);
+            prop_assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "untouched");
+            let left = listing(parent.path());
+            match unpacked {
+                Ok(_) => prop_assert_eq!(left, ["dest", "outside"]),
+                Err(_) => prop_assert_eq!(left, ["outside"]),
+            }
+        }
+    }
+}
