@@ -12,6 +12,12 @@
 //! Then `--compress` against a plain copy of a log-like text file on the
 //! test VM, in and out (`BENCH_COPY_LOG_MIB`, 16); `BENCH_COPY_ONLY=compress`
 //! runs that comparison alone.
+//!
+//! Then `copy -r` of a tree against `copy` of one file of the same size,
+//! in and out, on both agents, with the tree copies' peak RSS
+//! (`BENCH_COPY_TREE_HOST_MIB`, 100, and `BENCH_COPY_TREE_VM_MIB`, 32: the
+//! VM holds the file, the tree and tar's output in its memory);
+//! `BENCH_COPY_ONLY=tree` runs that comparison alone.
 
 #[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
@@ -47,6 +53,10 @@ fn main() {
     let host = HostAgent::start();
     if std::env::var("BENCH_COPY_ONLY").as_deref() == Ok("compress") {
         compress_comparisons(&vm, &host, work.path());
+        return;
+    }
+    if std::env::var("BENCH_COPY_ONLY").as_deref() == Ok("tree") {
+        tree_comparisons(&vm, &host, work.path());
         return;
     }
 
@@ -104,6 +114,9 @@ fn main() {
 
     println!();
     compress_comparisons(&vm, &host, work.path());
+
+    println!();
+    tree_comparisons(&vm, &host, work.path());
 
     println!();
     println!("big copies, whole process, SHA-256 compared on both sides (--verify)");
@@ -207,6 +220,106 @@ fn compress_comparison(label: &str, socket: &Path, inside: &str, work: &Path) {
         println!("{label:<5} {plain:>9.2} {packed:>11.2} {:>7.1}x", plain / packed);
     }
     println!("speedup: plain time / --compress time (goal: at least 3)");
+}
+
+/// `copy -r` of a tree against `copy` of one file as big, on both agents.
+fn tree_comparisons(vm: &TestVm, host: &HostAgent, work: &Path) {
+    println!("copy -r of a tree (64 files in 4 directories) against copy of one file as big, seconds");
+    println!(
+        "{:<11} {:>5} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>6} {:>9}",
+        "agent", "MiB", "file in", "tree in", "ratio", "RSS KiB", "file out", "tree out", "ratio", "RSS KiB"
+    );
+    let inside = work.join("tree-inside").display().to_string();
+    tree_comparison(
+        "host agent",
+        &host.socket(),
+        &inside,
+        work,
+        mib("BENCH_COPY_TREE_HOST_MIB", 100),
+    );
+    tree_comparison(
+        "test VM",
+        &vm.socket(),
+        "/tmp/tree",
+        work,
+        mib("BENCH_COPY_TREE_VM_MIB", 32),
+    );
+    println!("ratio: tree time / file time (goal: at most 1.2); RSS: the tree copy's peak");
+}
+
+/// One agent's line of [`tree_comparisons`]: best of `BENCH_COPY_RUNS`,
+/// the tree checked file by file after.
+fn tree_comparison(label: &str, socket: &Path, inside: &str, work: &Path, size_mib: usize) {
+    let tree = work.join("tree");
+    let file = work.join("tree-file");
+    let _ = std::fs::remove_dir_all(&tree);
+    let mut all = std::fs::File::create(&file).unwrap();
+    for n in 0..64 {
+        let dir = tree.join(format!("d{}", n % 4));
+        std::fs::create_dir_all(&dir).unwrap();
+        let data = noise(size_mib * MIB / 64, n as u64);
+        std::fs::write(dir.join(format!("f{n}")), &data).unwrap();
+        all.write_all(&data).unwrap();
+    }
+    drop(all);
+    let guest_file = format!("{}:{inside}-file", socket.display());
+    let guest_tree = format!("{}:{inside}-tree", socket.display());
+    let remove_guest_tree = || {
+        let out = support::run(
+            &[
+                "guest-run",
+                socket.to_str().unwrap(),
+                "--",
+                "rm",
+                "-rf",
+                &format!("{inside}-tree"),
+            ],
+            None,
+        );
+        assert_eq!(out.status, 0, "{out:?}");
+    };
+    let back_file = work.join("tree-file-back");
+    let back_tree = work.join("tree-back");
+    let (file_s, tree_s, back_file_s, back_tree_s) = (
+        file.to_str().unwrap(),
+        tree.to_str().unwrap(),
+        back_file.to_str().unwrap(),
+        back_tree.to_str().unwrap(),
+    );
+    let timed_tree = |args: &[&str]| {
+        let started = Instant::now();
+        let (out, rss) = support::run_measured(args, None);
+        let took = started.elapsed().as_secs_f64();
+        assert_eq!(out.status, 0, "{out:?}");
+        (took, rss)
+    };
+    let runs = mib("BENCH_COPY_RUNS", 3);
+    let (mut file_in, mut tree_in, mut file_out, mut tree_out) = (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+    let (mut rss_in, mut rss_out) = (0, 0);
+    for _ in 0..runs {
+        file_in = file_in.min(time_cli(&["copy", file_s, &guest_file]));
+        remove_guest_tree();
+        let (took, rss) = timed_tree(&["copy", "-r", tree_s, &guest_tree]);
+        (tree_in, rss_in) = (tree_in.min(took), rss_in.max(rss));
+        file_out = file_out.min(time_cli(&["copy", &guest_file, back_file_s]));
+        let _ = std::fs::remove_dir_all(&back_tree);
+        let (took, rss) = timed_tree(&["copy", "-r", &guest_tree, back_tree_s]);
+        (tree_out, rss_out) = (tree_out.min(took), rss_out.max(rss));
+    }
+    for n in 0..64 {
+        let name = format!("d{}/f{n}", n % 4);
+        assert!(
+            std::fs::read(back_tree.join(&name)).unwrap() == std::fs::read(tree.join(&name)).unwrap(),
+            "{label}: {name} differs after the round trip"
+        );
+    }
+    remove_guest_tree();
+    println!(
+        "{label:<11} {size_mib:>5} {file_in:>8.2} {tree_in:>8.2} {:>6.2} {rss_in:>9} \
+         {file_out:>8.2} {tree_out:>8.2} {:>6.2} {rss_out:>9}",
+        tree_in / file_in,
+        tree_out / file_out,
+    );
 }
 
 /// Seconds for one whole `virtomate ARGS`.

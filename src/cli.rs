@@ -141,7 +141,8 @@ pub enum Command {
         domain: String,
     },
 
-    /// Copy a file into or out of a domain: one of SRC and DEST is DOMAIN:/PATH
+    /// Copy a file (or with -r a directory tree) into or out of a domain: one of SRC and DEST is
+    /// DOMAIN:/PATH
     Copy(CopyArgs),
 
     /// Freeze the guest's file systems, for at most --max-time: with COMMAND, run it (a
@@ -212,6 +213,10 @@ pub struct GuestFreezeArgs {
 
 #[derive(Debug, Args)]
 pub struct CopyArgs {
+    /// Copy a directory tree, with tar in the guest: modes, symbolic links and empty files kept
+    #[arg(short, long, conflicts_with_all = ["mode", "verify"])]
+    pub recursive: bool,
+
     /// Bytes per agent request (e.g. 64K, 4M; at most 16M); through
     /// libvirtd, capped to libvirt's limits
     #[arg(long, value_name = "BYTES", value_parser = crate::copy::chunks::parse)]

@@ -291,6 +291,33 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
         std::fs::read(&back).unwrap() == data,
         "the compressed copy back differs"
     );
+    // A tree, both ways, plain and gzipped.
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("a/b")).unwrap();
+    std::fs::write(tree.join("a/b/data"), &data).unwrap();
+    std::fs::write(tree.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("a/b/data", tree.join("link")).unwrap();
+    for (n, flags) in [(1, &["-r"][..]), (2, &["-r", "--compress"])] {
+        let inside = format!("{one}:/tmp/tree-{n}");
+        let back = work.path().join(format!("tree-back-{n}"));
+        let tree_in = [flags, &[tree.to_str().unwrap(), &inside]].concat();
+        assert_eq!(
+            run(&[&["copy"][..], &tree_in].concat(), None).status,
+            0,
+            "{flags:?} in"
+        );
+        let tree_out = [flags, &[&inside, back.to_str().unwrap()]].concat();
+        let out = run(&[&["copy"][..], &tree_out].concat(), None);
+        assert_eq!(out.json()["files"], 2, "{out:?}");
+        assert!(
+            std::fs::read(back.join("a/b/data")).unwrap() == data,
+            "{flags:?}: the tree's file differs"
+        );
+        assert_eq!(
+            std::fs::read_link(back.join("link")).unwrap(),
+            Path::new("a/b/data")
+        );
+    }
 
     // Runs through libvirtd go on side by side too (each agent command is
     // a libvirt call of its own), and a session works through it.

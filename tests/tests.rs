@@ -12,6 +12,7 @@ mod support;
 mod arguments;
 mod big_payloads;
 mod copy;
+mod copy_tree;
 mod diagnostics;
 mod doctor_channels;
 mod fake_agent;

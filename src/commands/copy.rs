@@ -1,6 +1,6 @@
 //! `virtomate copy SRC DEST`: one file into or out of a guest, with a
-//! one-line JSON summary (unless standard output is the data). The copy
-//! itself is `crate::copy`'s.
+//! one-line JSON summary (unless standard output is the data); `copy -r`
+//! a directory tree. The copy itself is `crate::copy`'s.
 
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
@@ -24,6 +24,9 @@ pub async fn run(args: CopyArgs, context: &Context) -> Result<Answer, CliError> 
             _ => Show::Auto,
         },
     };
+    if args.recursive {
+        return run_tree(direction, options, context).await;
+    }
     let mut signals = Signals::install()?;
     let (domain, data_on_stdout) = match &direction {
         Direction::In { domain, .. } => (domain.clone(), false),
@@ -91,6 +94,77 @@ async fn copy(
     };
     let left = left.unwrap_or_else(|| copy.pending());
     Err(error.with_hint(left))
+}
+
+/// `copy -r`: between a local directory and a guest one, never `-`.
+async fn run_tree(direction: Direction, options: Options, context: &Context) -> Result<Answer, CliError> {
+    let (domain, local) = match &direction {
+        Direction::In {
+            source: Location::Local(path),
+            domain,
+            ..
+        } => (domain.clone(), path),
+        Direction::Out {
+            dest: Location::Local(path),
+            domain,
+            ..
+        } => (domain.clone(), path),
+        _ => {
+            return Err(CliError::usage(
+                "copy -r copies between directories: - is no directory",
+            ))
+        }
+    };
+    // A missing local source needs no agent.
+    if matches!(direction, Direction::In { .. }) && !local.is_dir() {
+        return Err(CliError::new(
+            ErrorKind::Path,
+            format!(
+                "{} is not a directory; copy -r takes a directory",
+                local.display()
+            ),
+        )
+        .with_hint("copy one file without -r"));
+    }
+    let mut signals = Signals::install()?;
+    let mut agent = tokio::select! {
+        agent = DomainAgent::connect(&domain, context) => agent?,
+        _ = signals.arrival() => return Err(interrupted("while connecting to the agent; nothing was copied")),
+    };
+    let mut copy = Copy::new(&mut agent);
+    let work = async {
+        match &direction {
+            Direction::In {
+                source: Location::Local(source),
+                path,
+                ..
+            } => copy.push_tree(source, path, &options).await,
+            Direction::Out {
+                path,
+                dest: Location::Local(dest),
+                ..
+            } => copy.pull_tree(path, dest, &options).await,
+            _ => unreachable!("checked above"),
+        }
+    };
+    let outcome = tokio::select! {
+        outcome = work => outcome,
+        _ = signals.arrival() => Err(interrupted("during the copy")),
+    };
+    let outcome = match outcome {
+        Ok(summary) => Ok(summary),
+        Err(error) => {
+            let left = tokio::select! {
+                left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()) => left.ok(),
+                _ = signals.arrival() => None,
+            };
+            let left = left.unwrap_or_else(|| copy.pending());
+            Err(error.with_hint(left))
+        }
+    };
+    agent.close().await;
+    let json = serde_json::to_value(outcome?).expect("a summary always serializes");
+    Ok(Answer::Json(json))
 }
 
 fn interrupted(when: &str) -> CliError {

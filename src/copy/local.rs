@@ -105,7 +105,7 @@ pub fn final_mode(dest: &Path, source_mode: Option<u32>) -> u32 {
 }
 
 /// The process's umask, read without changing it where Linux tells it.
-fn umask() -> u32 {
+pub fn umask() -> u32 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let told = status
         .lines()

@@ -10,6 +10,8 @@
 //! - `local`: the host's file, read, or written under a temporary name.
 //! - `progress`: the bar on stderr.
 //! - `compress`: `--compress`, gzip on the host and in the guest.
+//! - `tree`: `copy -r`, a directory tree as a tar stream, unpacked on
+//!   the host without trusting the guest.
 //!
 //! # Writing into the guest
 //!
@@ -41,6 +43,7 @@ mod local;
 pub mod location;
 pub mod progress;
 mod stale;
+mod tree;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -103,8 +106,17 @@ struct Leftovers {
     local_temp: Option<PathBuf>,
     /// A program of the copy's running in the guest (`--compress`'s gzip).
     program: Option<i64>,
+    /// Its name, for messages, when it is not gzip (`copy -r`'s tar).
+    program_name: Option<&'static str>,
     /// The output files of that program, open in the agent.
     follow: Option<Follow>,
+    /// `copy -r` out: the thread unpacking the guest's stream, and the
+    /// private directory it writes (which it removes if it fails).
+    unpacking: Option<tokio::task::JoinHandle<()>>,
+    local_tree: Option<PathBuf>,
+    /// `copy -r` in: the private directory beside the destination in the
+    /// guest that holds the archive and its unpacked tree.
+    guest_tree: Option<String>,
 }
 
 /// What a copy out writes to: a local file or a stream.
@@ -536,14 +548,15 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     pub async fn clean_up(&mut self) -> String {
         let mut done = Vec::new();
         let mut left = Vec::new();
+        let name = self.left.program_name.unwrap_or("gzip");
         if let Some(pid) = self.left.program.take() {
             let stopped = match self.agent.channel().agent().await {
                 Ok(agent) => stop_group(agent, pid, PROGRAM_GRACE, StopScope::Tree).await,
                 Err(error) => Err(error),
             };
             match stopped {
-                Ok(_) => done.push(format!("stopped gzip (pid {pid}) in the guest")),
-                Err(e) => left.push(format!("gzip may still run in the guest as pid {pid} ({e})")),
+                Ok(_) => done.push(format!("stopped {name} (pid {pid}) in the guest")),
+                Err(e) => left.push(format!("{name} may still run in the guest as pid {pid} ({e})")),
             }
         }
         if let Some(mut follow) = self.left.follow.take() {
@@ -585,6 +598,25 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             }
             self.left.guest_dir = None;
         }
+        if let Some(dir) = self.left.guest_tree.take() {
+            match guest::run(self.agent, "rm", &["-rf", &dir], REMOVE_TEMPORARY).await {
+                Ok(ran) if ran.ok() => done.push(format!("removed the temporary {dir} in the guest")),
+                Ok(ran) => left.push(format!("{dir} in the guest ({})", ran.failure("rm"))),
+                Err(e) => left.push(format!("{dir} in the guest ({e})")),
+            }
+        }
+        // The unpacking thread removes its directory when it fails: once
+        // it has ended, the directory is gone, or removed here.
+        self.finish_unpacking().await;
+        if let Some(dir) = self.left.local_tree.take() {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => done.push(format!("removed the temporary {}", dir.display())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    done.push(format!("removed the temporary {}", dir.display()))
+                }
+                Err(e) => left.push(format!("{} ({e})", dir.display())),
+            }
+        }
         if let Some(temp) = self.left.local_temp.take() {
             match tokio::fs::remove_file(&temp).await {
                 Ok(()) => done.push(format!("removed the temporary {}", temp.display())),
@@ -610,7 +642,8 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     pub fn pending(&self) -> String {
         let mut left = Vec::new();
         if let Some(pid) = self.left.program {
-            left.push(format!("gzip may still run in the guest as pid {pid}"));
+            let name = self.left.program_name.unwrap_or("gzip");
+            left.push(format!("{name} may still run in the guest as pid {pid}"));
         }
         if self.left.handle.is_some() || self.left.follow.is_some() {
             left.push("files may still be open in the agent".to_owned());
@@ -618,8 +651,14 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         if let Some(dir) = &self.left.guest_dir {
             left.push(format!("{dir} in the guest"));
         }
+        if let Some(dir) = &self.left.guest_tree {
+            left.push(format!("{dir} in the guest"));
+        }
         if let Some(temp) = &self.left.local_temp {
             left.push(temp.display().to_string());
+        }
+        if let Some(dir) = &self.left.local_tree {
+            left.push(dir.display().to_string());
         }
         format!(
             "the destination was not touched; left behind, to remove by hand: {}",
