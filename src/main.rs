@@ -10,6 +10,7 @@ mod domain;
 mod error;
 #[cfg(feature = "generate")]
 mod generate;
+mod master;
 mod output;
 mod run_output;
 
@@ -31,6 +32,11 @@ fn main() -> ExitCode {
         return status;
     }
     let cli = Cli::parse();
+    if let Some(persist) = cli.persist {
+        // One setting for every command, read where an agent is reached;
+        // set before any thread starts.
+        std::env::set_var("VIRTOMATE_PERSIST", persist.as_secs_f64().to_string());
+    }
     if let Some(level) = cli.log {
         init_logging(level);
     }
@@ -72,6 +78,7 @@ fn main() -> ExitCode {
                 request,
             } => commands::qmp::run(&domain, &request, events, &context).await,
             Command::Copy(args) => commands::copy::run(args, &context).await,
+            Command::Control { action } => commands::control::run(action, &context).await,
         }
     });
     // tokio reads standard input on a blocking thread that cannot be

@@ -1,0 +1,108 @@
+//! Connections to a domain's agent through its master: a plain
+//! [`QgaClient`] on the master's socket, attached first so that a
+//! failure to reach the agent is the error a lone client would get.
+
+use std::time::Duration;
+
+use virtomate_protocol::{ClientOptions, Connector, Deadline, Error, Phase, QgaClient};
+
+use super::paths::MasterPaths;
+use super::start::connect_or_start;
+use super::wire::{self, LinkFailure};
+
+/// Opens connections to an agent through the master of its socket,
+/// starting the master where none runs.
+#[derive(Debug)]
+pub struct MasterConnector {
+    paths: MasterPaths,
+    persist: Duration,
+    options: ClientOptions,
+}
+
+impl MasterConnector {
+    /// Through the master of the agent socket at `agent`, if it can have
+    /// one (a socket file, a private directory for the master's).
+    pub fn new(
+        agent: &std::path::Path,
+        persist: Duration,
+        options: ClientOptions,
+    ) -> Option<MasterConnector> {
+        let paths = MasterPaths::for_agent(agent)
+            .inspect_err(|error| tracing::info!(%error, "no master for this agent: connecting directly"))
+            .ok()?;
+        Some(MasterConnector {
+            paths,
+            persist,
+            options,
+        })
+    }
+
+    /// The master's socket.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.paths.socket
+    }
+
+    async fn attach(&self, deadline: Deadline) -> Result<QgaClient, Error> {
+        let stream = connect_or_start(
+            &self.paths,
+            self.persist,
+            self.options.handshake_timeout,
+            deadline.at(),
+        )
+        .await
+        .map_err(|source| Error::Connect {
+            path: self.paths.socket.clone(),
+            source,
+        })?;
+        let mut client = QgaClient::new(stream, self.options.clone());
+        let left = deadline
+            .at()
+            .saturating_duration_since(tokio::time::Instant::now());
+        let arguments = serde_json::json!({ "timeout_ms": left.as_millis() as u64 });
+        // The master answers within the time it was given, or says why not.
+        let attached = deadline
+            .run(
+                Phase::Handshake,
+                client.execute_json(wire::ATTACH, Some(&arguments)),
+            )
+            .await;
+        match attached {
+            Ok(_) => Ok(client),
+            Err(Error::Agent { class, desc, .. }) if class == wire::LINK_FAILURE_CLASS => {
+                Err(match serde_json::from_str::<LinkFailure>(&desc) {
+                    Ok(failure) => failure.into_error(),
+                    Err(_) => Error::Io(std::io::Error::other(desc)),
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Connector for MasterConnector {
+    type Agent = QgaClient;
+
+    async fn connect(&mut self) -> Result<QgaClient, Error> {
+        let deadline = Deadline::after(self.options.handshake_timeout);
+        match self.attach(deadline).await {
+            // A master that ended as we came (its time was up): once more,
+            // which starts a new one.
+            Err(Error::Disconnected) => self.attach(deadline).await,
+            other => other,
+        }
+    }
+
+    /// The master keeps the agent's channel and lets go of it for others:
+    /// a connection to the master keeps nobody out.
+    fn exclusive(&self) -> bool {
+        false
+    }
+}
+
+/// The time a master persists, from `--persist` or `VIRTOMATE_PERSIST`;
+/// none (no master) when unset or zero.
+pub fn persist_setting() -> Option<Duration> {
+    let value = std::env::var("VIRTOMATE_PERSIST").ok()?;
+    let seconds: f64 = value.trim().parse().ok()?;
+    (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(1e9)))
+}
