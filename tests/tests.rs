@@ -19,6 +19,7 @@ mod follow;
 mod host_agent;
 mod layers;
 mod libvirt;
+mod master;
 mod packaging;
 mod parallel;
 mod run_options;

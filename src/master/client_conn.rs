@@ -57,16 +57,20 @@ pub async fn serve_client(
 ) {
     let (read, mut write) = stream.into_split();
     let mut conn = Connection::new(read, LineCodec::new(MAX_CLIENT_LINE), None);
+    // Only the hub holds the sender: when it lets the client go, the
+    // channel closes and so does the connection.
     let (replies_tx, mut replies) = mpsc::unbounded_channel::<Vec<u8>>();
     if hub
         .send(ClientEvent::Opened {
             client,
-            replies: replies_tx.clone(),
+            replies: replies_tx,
         })
         .is_err()
     {
         return;
     }
+    // The master's own answers, written by this task.
+    let mut own = Vec::new();
     // Requests are read one at a time: the next once the last is with
     // the agent, so that a client far ahead does not fill memory.
     let mut written: Option<oneshot::Receiver<()>> = None;
@@ -89,14 +93,17 @@ pub async fn serve_client(
             }
             frame = conn.read_frame(), if written.is_none() => match frame {
                 Ok(Frame::Line(line)) => {
-                    match handle_line(&line, client, &ids, &hub, &replies_tx).await {
+                    let handled = handle_line(&line, client, &ids, &hub, &mut own).await;
+                    for bytes in own.drain(..) {
+                        if write.write_all(&bytes).await.is_err() {
+                            break;
+                        }
+                    }
+                    match handled {
                         Handled::Done => {}
                         Handled::Forwarded(waiting) => written = Some(waiting),
+                        // The answer is out before the master ends.
                         Handled::Exit => {
-                            // The answer out before the master ends.
-                            while let Ok(bytes) = replies.try_recv() {
-                                let _ = write.write_all(&bytes).await;
-                            }
                             let _ = hub.send(ClientEvent::Exit);
                         }
                     }
@@ -104,7 +111,9 @@ pub async fn serve_client(
                 Ok(_) => {}
                 Err(virtomate_protocol::Error::ReplyTooLong { limit }) => {
                     let desc = format!("the request is longer than the {limit} bytes the agent accepts");
-                    let _ = replies_tx.send(wire::own_error("GenericError", &desc, None));
+                    if write.write_all(&wire::own_error("GenericError", &desc, None)).await.is_err() {
+                        break;
+                    }
                 }
                 Err(_) => break,
             }
@@ -124,7 +133,7 @@ async fn handle_line(
     client: u64,
     ids: &AtomicU64,
     hub: &mpsc::UnboundedSender<ClientEvent>,
-    replies: &mpsc::UnboundedSender<Vec<u8>>,
+    replies: &mut Vec<Vec<u8>>,
 ) -> Handled {
     // A 0xFF resets the agent's parser: what came before it is dropped.
     let line = match line.iter().rposition(|&b| b == SENTINEL) {
@@ -135,7 +144,7 @@ async fn handle_line(
         return Handled::Done;
     }
     let Ok(request) = serde_json::from_slice::<ClientRequest>(line) else {
-        let _ = replies.send(wire::own_error("GenericError", "JSON parse error", None));
+        replies.push(wire::own_error("GenericError", "JSON parse error", None));
         return Handled::Done;
     };
     let client_id = request.id.map(|id| id.get().to_owned());
@@ -144,7 +153,7 @@ async fn handle_line(
         "guest-sync-delimited" | "guest-sync" => {
             let Some(sync) = request.sync_id() else {
                 let desc = "Parameter 'id' is missing";
-                let _ = replies.send(wire::own_error("GenericError", desc, client_id));
+                replies.push(wire::own_error("GenericError", desc, client_id));
                 return Handled::Done;
             };
             let mut reply = Vec::new();
@@ -152,7 +161,7 @@ async fn handle_line(
                 reply.push(SENTINEL);
             }
             reply.extend(wire::own_reply(serde_json::json!({ "return": sync }), client_id));
-            let _ = replies.send(reply);
+            replies.push(reply);
             Handled::Done
         }
         wire::ATTACH => {
@@ -177,7 +186,7 @@ async fn handle_line(
                 }
                 Err(_) => return Handled::Done,
             };
-            let _ = replies.send(reply);
+            replies.push(reply);
             Handled::Done
         }
         wire::INFO => {
@@ -185,13 +194,13 @@ async fn handle_line(
             if hub.send(ClientEvent::Info { answer }).is_ok() {
                 if let Ok(info) = answered.await {
                     let info = serde_json::to_value(info).expect("plain data serializes");
-                    let _ = replies.send(wire::own_reply(serde_json::json!({ "return": info }), client_id));
+                    replies.push(wire::own_reply(serde_json::json!({ "return": info }), client_id));
                 }
             }
             Handled::Done
         }
         wire::EXIT => {
-            let _ = replies.send(wire::own_reply(serde_json::json!({ "return": {} }), client_id));
+            replies.push(wire::own_reply(serde_json::json!({ "return": {} }), client_id));
             Handled::Exit
         }
         name => {

@@ -85,6 +85,9 @@ pub struct Hub {
     draining_since: Option<Instant>,
     linked_at: Instant,
     last_activity: Instant,
+    /// Looks in a row, while not connected, that found nothing listening
+    /// on the agent's socket.
+    unheard: u32,
     requests: u64,
     started: SystemTime,
 }
@@ -95,7 +98,14 @@ pub enum End {
     Idle,
     Asked,
     SocketGone,
+    /// Nothing listens on the agent's socket any more: its VM has died.
+    AgentGone,
 }
+
+/// Looks (a second apart) finding nobody listening on the agent's socket
+/// before the master ends: `qemu-ga -m unix-listen` stops listening for a
+/// moment after each client.
+const UNHEARD_LIMIT: u32 = 3;
 
 impl Hub {
     pub fn new(settings: Settings) -> Hub {
@@ -116,6 +126,7 @@ impl Hub {
             draining_since: None,
             linked_at: Instant::now(),
             last_activity: Instant::now(),
+            unheard: 0,
             requests: 0,
             started: SystemTime::now(),
         }
@@ -343,10 +354,22 @@ impl Hub {
             }
             self.let_go_and_resume().await;
         }
-        if ticks % 10 == 0 && SocketKey::of(&self.settings.paths.agent).ok() != Some(self.settings.paths.key)
-        {
-            tracing::info!("the agent socket is gone or replaced: ending");
-            return Some(End::SocketGone);
+        if ticks % 10 == 0 {
+            if SocketKey::of(&self.settings.paths.agent).ok() != Some(self.settings.paths.key) {
+                tracing::info!("the agent socket is gone or replaced: ending");
+                return Some(End::SocketGone);
+            }
+            // While connected, the agent is there; `qemu-ga -m unix-listen`
+            // does not listen while it serves.
+            let listening = socket_holders::is_listening(&self.settings.paths.agent).unwrap_or(true);
+            self.unheard = match self.link.is_some() || listening {
+                true => 0,
+                false => self.unheard + 1,
+            };
+            if self.unheard >= UNHEARD_LIMIT {
+                tracing::info!("nothing listens on the agent socket (its VM has ended): ending");
+                return Some(End::AgentGone);
+            }
         }
         let idle = self.clients.is_empty() && self.pending.is_empty();
         if idle && self.last_activity.elapsed() >= self.settings.persist {

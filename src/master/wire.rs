@@ -73,12 +73,13 @@ impl AgentReply<'_> {
     /// master's, or none where the client gave none.
     pub fn for_client(&self, client_id: Option<&str>) -> Vec<u8> {
         let mut line = match (self.ret, self.error) {
-            (Some(ret), _) => format!("{{\"return\":{}", ret.get()),
-            (None, Some(error)) => format!("{{\"error\":{}", error.get()),
-            (None, None) => "{\"return\":{}".to_owned(),
+            (Some(ret), _) => format!("{{\"return\": {}", ret.get()),
+            (None, Some(error)) => format!("{{\"error\": {}", error.get()),
+            (None, None) => "{\"return\": {}".to_owned(),
         };
+        // Spelled as the agent spells its replies.
         if let Some(id) = client_id {
-            line.push_str(&format!(",\"id\":{id}"));
+            line.push_str(&format!(", \"id\": {id}"));
         }
         line.push_str("}\n");
         line.into_bytes()

@@ -122,12 +122,20 @@ pub fn connected_clients(path: &Path) -> io::Result<usize> {
 /// not yet accepted: clients queued behind the one being served (QEMU's
 /// socket chardev accepts one at a time).
 pub fn queued_connections(path: &Path) -> io::Result<u32> {
+    Ok(listeners_of(path)?.iter().map(|l| l.queued).sum())
+}
+
+/// Whether anything listens on the socket file at `path`: not when the
+/// process that bound it (QEMU) has died and left it behind.
+pub fn is_listening(path: &Path) -> io::Result<bool> {
+    Ok(!listeners_of(path)?.is_empty())
+}
+
+fn listeners_of(path: &Path) -> io::Result<Vec<sock_diag::Listening>> {
     let meta = fs::metadata(path)?;
-    Ok(sock_diag_listening()?
-        .iter()
-        .filter(|l| l.file.is_some_and(|file| file.is(&meta)))
-        .map(|l| l.queued)
-        .sum())
+    let mut all = sock_diag_listening()?;
+    all.retain(|l| l.file.is_some_and(|file| file.is(&meta)));
+    Ok(all)
 }
 
 /// The processes holding connections to the listener at `path`, except our
