@@ -509,3 +509,53 @@ fn a_client_of_another_user_is_refused() {
     assert_ne!(refused.status, 0, "another user is not: {refused:?}");
     end_master(&socket);
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_idle_master_lets_go_for_a_virtomate_that_does_not_use_it() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let sock = socket.to_str().unwrap();
+    assert_eq!(through_master(&["guest-ping", sock], None).status, 0);
+    assert_eq!(
+        master_info(&socket)["connected"],
+        true,
+        "the master holds the channel"
+    );
+    // Without the master, it takes its turn on the channel: the master
+    // lets go well within the second it may wait.
+    let out = run_command(
+        virtomate().env_remove("VIRTOMATE_PERSIST").args([
+            "--timeout",
+            "1",
+            "guest-run",
+            sock,
+            "--",
+            "echo",
+            "-n",
+            "alone",
+        ]),
+        None,
+    );
+    assert_eq!(out.json()["stdout"], "alone", "{out:?}");
+    let out = through_master(&["guest-run", sock, "--", "echo", "-n", "back"], None);
+    assert_eq!(out.json()["stdout"], "back", "{out:?}");
+    end_master(&socket);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_master_ends_its_time_after_the_last_request() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let out = run_command(
+        virtomate().args(["--persist", "1", "guest-ping", socket.to_str().unwrap()]),
+        None,
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    let info = master_info(&socket);
+    assert_eq!(info["persist_seconds"], 1.0, "{info}");
+    let pid = info["pid"].as_i64().unwrap();
+    wait_until(10, "the master to end", || !alive(pid));
+    assert!(!master_paths_left(&info), "its socket went with it");
+}

@@ -17,7 +17,7 @@ use super::context::Context;
 use super::errors::{AgentErrors, RunFront};
 use crate::domain::{self, run_state, Domain, Route, Scope, Source};
 use crate::error::{CliError, ErrorKind};
-use crate::master::{persist_setting, MasterConnector};
+use crate::master::{persist_setting, route_to_running_master, MasterConnector};
 
 /// The agent of a domain, synchronised and ready. Its channel is held for
 /// one exchange at a time where others may want it (see
@@ -48,14 +48,12 @@ impl DomainAgent {
     /// yet: `session` connects when the first request comes.
     pub fn open(domain: &str, scope: &Scope, options: ClientOptions) -> Result<DomainAgent, CliError> {
         let found = domain::find(domain, scope)?;
-        let route = found.agent_route()?;
-        Ok(DomainAgent::over(
-            &found,
-            route,
-            scope,
-            options,
-            persist_setting(),
-        ))
+        let persist = persist_setting();
+        let route = match persist.and_then(|_| route_to_running_master(&found)) {
+            Some(route) => route,
+            None => found.agent_route()?,
+        };
+        Ok(DomainAgent::over(&found, route, scope, options, persist))
     }
 
     /// Over `route`; a direct one through the socket's control master

@@ -8,7 +8,7 @@ use virtomate_protocol::{ClientOptions, Connector, Deadline, Error, Phase, QgaCl
 
 use super::paths::MasterPaths;
 use super::start::connect_or_start;
-use super::wire::{self, LinkFailure};
+use super::wire;
 
 /// Opens connections to an agent through the master of its socket,
 /// starting the master where none runs.
@@ -43,7 +43,7 @@ impl MasterConnector {
     }
 
     async fn attach(&self, deadline: Deadline) -> Result<QgaClient, Error> {
-        let stream = connect_or_start(
+        let mut stream = connect_or_start(
             &self.paths,
             self.persist,
             self.options.handshake_timeout,
@@ -54,29 +54,50 @@ impl MasterConnector {
             path: self.paths.socket.clone(),
             source,
         })?;
-        let mut client = QgaClient::new(stream, self.options.clone());
         let left = deadline
             .at()
             .saturating_duration_since(tokio::time::Instant::now());
-        let arguments = serde_json::json!({ "timeout_ms": left.as_millis() as u64 });
         // The master answers within the time it was given, or says why not.
-        let attached = deadline
-            .run(
-                Phase::Handshake,
-                client.execute_json(wire::ATTACH, Some(&arguments)),
-            )
-            .await;
-        match attached {
-            Ok(_) => Ok(client),
-            Err(Error::Agent { class, desc, .. }) if class == wire::LINK_FAILURE_CLASS => {
-                Err(match serde_json::from_str::<LinkFailure>(&desc) {
-                    Ok(failure) => failure.into_error(),
-                    Err(_) => Error::Io(std::io::Error::other(desc)),
-                })
-            }
-            Err(e) => Err(e),
+        // Its answer also says that it is in step with us: the client then
+        // skips the handshake (one exchange less for a fresh process).
+        let request = format!(
+            "{{\"execute\":\"{}\",\"arguments\":{{\"timeout_ms\":{}}}}}\n",
+            wire::ATTACH,
+            left.as_millis()
+        );
+        let answer = deadline
+            .run(Phase::Handshake, exchange_line(&mut stream, request.as_bytes()))
+            .await?;
+        match wire::attach_outcome(&answer) {
+            Ok(()) => Ok(QgaClient::synchronised(stream, self.options.clone())),
+            Err(failure) => Err(failure.into_error()),
         }
     }
+}
+
+/// The longest answer to an attach: a link failure's few fields.
+const MAX_ATTACH_ANSWER: usize = 64 << 10;
+
+/// Sends `request` and reads the one line that answers it. The master
+/// sends nothing unasked, so nothing after the line is read with it.
+async fn exchange_line(stream: &mut tokio::net::UnixStream, request: &[u8]) -> Result<Vec<u8>, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.map_err(Error::from)?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.ends_with(b"\n") {
+        let read = stream.read(&mut chunk).await.map_err(Error::from)?;
+        if read == 0 {
+            return Err(Error::Disconnected);
+        }
+        answer.extend_from_slice(&chunk[..read]);
+        if answer.len() > MAX_ATTACH_ANSWER {
+            return Err(Error::ReplyTooLong {
+                limit: MAX_ATTACH_ANSWER,
+            });
+        }
+    }
+    Ok(answer)
 }
 
 impl Connector for MasterConnector {

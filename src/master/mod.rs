@@ -15,7 +15,8 @@
 //! - `link`: the master's connection to the agent;
 //! - `client_conn`: one client's connection; `hub`: the routing, letting
 //!   go of the channel for others, and when to end; `serve`: the process;
-//! - `start`: finding or starting the master from a client;
+//! - `start`: finding or starting the master from a client; `route`: the
+//!   way to an agent whose master runs, without looking at its holders;
 //!   `connector`: the client's [`MasterConnector`].
 
 mod client_conn;
@@ -23,6 +24,7 @@ mod connector;
 mod hub;
 mod link;
 mod paths;
+mod route;
 mod serve;
 mod start;
 mod wire;
@@ -30,5 +32,6 @@ mod wire;
 pub use self::connector::{persist_setting, MasterConnector};
 pub use self::hub::Settings;
 pub use self::paths::MasterPaths;
+pub use self::route::route_to_running_master;
 pub use self::serve::serve_inherited;
 pub use self::wire::{MasterInfo, EXIT, INFO};

@@ -105,6 +105,33 @@ pub fn own_error(class: &str, desc: &str, client_id: Option<&str>) -> Vec<u8> {
     )
 }
 
+/// What the master's answer to an attach says: ready, or why not.
+pub fn attach_outcome(answer: &[u8]) -> Result<(), LinkFailure> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(rename = "return", default)]
+        ret: Option<serde_json::Value>,
+        #[serde(default)]
+        error: Option<ErrorBody>,
+    }
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        class: String,
+        desc: String,
+    }
+    let other = |message: String| LinkFailure::Other { message };
+    let answer: Answer =
+        serde_json::from_slice(answer).map_err(|e| other(format!("the master's answer is not JSON: {e}")))?;
+    match (answer.ret, answer.error) {
+        (Some(_), _) => Ok(()),
+        (None, Some(error)) if error.class == LINK_FAILURE_CLASS => {
+            Err(serde_json::from_str(&error.desc).unwrap_or_else(|_| other(error.desc)))
+        }
+        (None, Some(error)) => Err(other(format!("the master: {}: {}", error.class, error.desc))),
+        (None, None) => Err(other("the master's answer says nothing".to_owned())),
+    }
+}
+
 /// What `control check` shows.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MasterInfo {
