@@ -559,3 +559,36 @@ fn a_master_ends_its_time_after_the_last_request() {
     wait_until(10, "the master to end", || !alive(pid));
     assert!(!master_paths_left(&info), "its socket went with it");
 }
+
+/// What a hostile guest's agent sends between and instead of replies —
+/// lines that are no JSON, replies with ids nobody used or none, stray
+/// `0xFF`s, silence — neither reaches the wrong client nor stalls the
+/// master.
+#[test]
+fn a_hostile_agent_cannot_confuse_or_stall_the_master() {
+    use crate::support::fake_agent::FakeAgent;
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        let request = conn.request();
+        assert_eq!(request["execute"], "guest-info", "{request}");
+        conn.send(b"garbage that is no JSON\n");
+        conn.reply(&json!({"return": {"version": "forged", "supported_commands": []}, "id": 999_999_999}));
+        conn.reply(&json!({"return": {"version": "no id", "supported_commands": []}}));
+        conn.send(b"\xff\xff{\"return\n");
+        conn.reply(&json!({"return": {"version": "7.2.0", "supported_commands": []}, "id": request["id"]}));
+        // Never answered.
+        let silent = conn.request();
+        assert_eq!(silent["execute"], "guest-ping", "{silent}");
+        conn.linger();
+    });
+    let socket = agent.socket();
+    let sock = socket.to_str().unwrap();
+    let out = through_master(&["guest-info", sock], None);
+    assert_eq!(out.json()["version"], "7.2.0", "{out:?}");
+    let started = Instant::now();
+    let out = through_master(&["--reply-timeout", "1", "guest-ping", sock], None);
+    assert_eq!(out.status, 125, "no answer: {out:?}");
+    assert!(started.elapsed() < Duration::from_secs(20), "within its timeout");
+    assert!(master_info(&socket)["requests"].as_u64().unwrap() >= 2);
+    end_master(&socket);
+}
