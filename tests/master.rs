@@ -579,6 +579,11 @@ fn a_hostile_agent_cannot_confuse_or_stall_the_master() {
         // Never answered.
         let silent = conn.request();
         assert_eq!(silent["execute"], "guest-ping", "{silent}");
+        // A request after it is answered all the same.
+        conn.answer(
+            "guest-info",
+            json!({"version": "after", "supported_commands": []}),
+        );
         conn.linger();
     });
     let socket = agent.socket();
@@ -589,6 +594,12 @@ fn a_hostile_agent_cannot_confuse_or_stall_the_master() {
     let out = through_master(&["--reply-timeout", "1", "guest-ping", sock], None);
     assert_eq!(out.status, 125, "no answer: {out:?}");
     assert!(started.elapsed() < Duration::from_secs(20), "within its timeout");
-    assert!(master_info(&socket)["requests"].as_u64().unwrap() >= 2);
+    let out = through_master(&["guest-info", sock], None);
+    assert_eq!(
+        out.json()["version"],
+        "after",
+        "the silence blocks nobody: {out:?}"
+    );
+    assert!(master_info(&socket)["requests"].as_u64().unwrap() >= 3);
     end_master(&socket);
 }

@@ -91,12 +91,16 @@ fn spawn_master(
         log.set_len(0)?;
     }
     let exe = std::env::current_exe()?;
+    // It runs in `/`, keeping no directory of ours busy: the agent's path
+    // made absolute first (the same socket, by device and inode).
+    let agent = std::fs::canonicalize(&paths.agent)?;
     let child = Command::new(exe)
         .args(["--log", "info", "--timeout"])
         .arg(handshake.as_secs_f64().to_string())
         .args(["control", "serve", "--persist"])
         .arg(persist.as_secs_f64().to_string())
-        .arg(&paths.agent)
+        .arg(&agent)
+        .current_dir("/")
         .env_remove("VIRTOMATE_PERSIST")
         .stdin(Stdio::from(listener))
         .stdout(Stdio::from(log.try_clone()?))
