@@ -603,3 +603,94 @@ fn a_hostile_agent_cannot_confuse_or_stall_the_master() {
     assert!(master_info(&socket)["requests"].as_u64().unwrap() >= 3);
     end_master(&socket);
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn one_clients_time_limit_and_death_leave_the_others_programs_alone() {
+    let agent = HostAgent::start();
+    let sock = agent.socket().to_str().unwrap().to_owned();
+    let spawn = |options: &[&str], marker: &str| {
+        virtomate()
+            .env("VIRTOMATE_PERSIST", PERSIST)
+            .arg("guest-run")
+            .args(options)
+            .args([&sock, "--", "sh", "-c", marker])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (limited, killed, spared) = ("sleep 6094", "sleep 6095", "sleep 6096");
+    let limited_run = spawn(&["--max-time", "1"], limited);
+    let mut killed_run = spawn(&[], killed);
+    let spared_run = spawn(&[], &format!("{spared}; echo -n spared"));
+    wait_until(20, "the programs to start", || {
+        runs_on_host(killed) && runs_on_host(spared)
+    });
+    killed_run.kill().unwrap();
+    let _ = killed_run.wait();
+    let output = limited_run.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(124), "{output:?}");
+    assert!(!runs_on_host(limited), "--max-time stopped its program");
+    assert!(
+        runs_on_host(killed),
+        "a client's death leaves its program, as without a master"
+    );
+    assert!(runs_on_host(spared), "and the others' programs alone");
+    Command::new("pkill")
+        .args(["-f", &format!("^{spared}")])
+        .status()
+        .unwrap();
+    Command::new("pkill")
+        .args(["-f", &format!("^{killed}")])
+        .status()
+        .unwrap();
+    let output = spared_run.wait_with_output().unwrap();
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["stdout"], "spared", "{out}");
+    end_master(&agent.socket());
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_busy_master_shares_the_channel_with_a_virtomate_that_does_not_use_it() {
+    let agent = HostAgent::start();
+    let sock = agent.socket().to_str().unwrap().to_owned();
+    let marker = "sleep 6097";
+    let long = virtomate()
+        .env("VIRTOMATE_PERSIST", PERSIST)
+        .args(["guest-run", &sock, "--", "sh", "-c", marker])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_until(20, "the program to start", || runs_on_host(marker));
+    // The master polls that program; a virtomate without it gets its
+    // turn between two polls, well within its second.
+    for _ in 0..3 {
+        let out = run_command(
+            virtomate().env_remove("VIRTOMATE_PERSIST").args([
+                "--timeout",
+                "1",
+                "guest-run",
+                &sock,
+                "--",
+                "echo",
+                "-n",
+                "beside",
+            ]),
+            None,
+        );
+        assert_eq!(out.json()["stdout"], "beside", "{out:?}");
+    }
+    Command::new("pkill")
+        .args(["-f", &format!("^{marker}")])
+        .status()
+        .unwrap();
+    let output = long.wait_with_output().unwrap();
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    // The shell reports its sleep's SIGTERM as 143.
+    assert_eq!(
+        out["exit_code"], 143,
+        "ended by pkill, seen through the master: {out}"
+    );
+    end_master(&agent.socket());
+}
