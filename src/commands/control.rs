@@ -52,7 +52,12 @@ pub async fn run(action: ControlAction, context: &Context) -> Result<Answer, Cli
 /// starts one.
 async fn reach(domain: &str, context: &Context) -> Result<(QgaClient, std::path::PathBuf), CliError> {
     let found = domain::find(domain, &context.scope)?;
-    let agent = match found.agent_route()? {
+    // A running master's socket first: the holders need no look then.
+    let route = match master::route_to_running_master(&found) {
+        Some(route) => route,
+        None => found.agent_route()?,
+    };
+    let agent = match route {
         Route::Direct(socket) => socket,
         Route::Libvirt { .. } => {
             return Err(CliError::new(
