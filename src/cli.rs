@@ -52,6 +52,17 @@ pub struct Cli {
     #[arg(short = 'l', long = "log", global = true, value_name = "LEVEL")]
     pub log: Option<LogLevel>,
 
+    /// Reach agents through a control master that keeps their connection
+    /// and stays SECONDS after its last request (as VIRTOMATE_PERSIST)
+    #[arg(
+        long,
+        global = true,
+        value_name = "SECONDS",
+        value_parser = seconds,
+        allow_hyphen_values = true
+    )]
+    pub persist: Option<Duration>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -153,6 +164,33 @@ pub enum Command {
     GuestThaw {
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
+    },
+
+    /// Ask the control master of a domain's agent (VIRTOMATE_PERSIST) what it is, or end it
+    Control {
+        #[command(subcommand)]
+        action: ControlAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControlAction {
+    /// Whether a master runs: its pid, since when, requests served (exit 0), or not (exit 1)
+    Check {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+    /// End the master, if one runs
+    Exit {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+    /// Be the master of the agent socket AGENT, on the socket given as standard input
+    #[command(hide = true)]
+    Serve {
+        #[arg(long, value_name = "SECONDS", value_parser = seconds)]
+        persist: Duration,
+        agent: std::path::PathBuf,
     },
 }
 

@@ -11,6 +11,7 @@ mod error;
 mod freeze;
 #[cfg(feature = "generate")]
 mod generate;
+mod master;
 mod output;
 mod run_output;
 
@@ -35,6 +36,11 @@ fn main() -> ExitCode {
         return freeze_watchdog(args);
     }
     let cli = Cli::parse();
+    if let Some(persist) = cli.persist {
+        // One setting for every command, read where an agent is reached;
+        // set before any thread starts.
+        std::env::set_var("VIRTOMATE_PERSIST", persist.as_secs_f64().to_string());
+    }
     if let Some(level) = cli.log {
         init_logging(level);
     }
@@ -86,6 +92,7 @@ fn main() -> ExitCode {
                 commands::guest_freeze::run(args, connection.as_deref(), &context).await
             }
             Command::GuestThaw { domain } => commands::guest_thaw::run(&domain, &context).await,
+            Command::Control { action } => commands::control::run(action, &context).await,
         }
     });
     // tokio reads standard input on a blocking thread that cannot be

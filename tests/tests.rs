@@ -21,6 +21,7 @@ mod freeze;
 mod host_agent;
 mod layers;
 mod libvirt;
+mod master;
 mod packaging;
 mod parallel;
 mod run_options;

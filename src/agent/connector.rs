@@ -7,12 +7,17 @@ use std::path::PathBuf;
 use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::{AnyAgent, ClientOptions, Connector, Error, SocketConnector};
 
+use crate::master::MasterConnector;
+
 /// Opens connections to one domain's agent, for a
 /// [`Channel`](virtomate_protocol::Channel).
 #[derive(Debug)]
 pub enum DomainConnector {
     /// Straight over the agent's socket.
     Direct(SocketConnector),
+    /// Through the control master of the agent's socket
+    /// (`VIRTOMATE_PERSIST`), which holds its channel.
+    Master(MasterConnector),
     /// Through libvirtd's RPC socket, which holds the agent's channel.
     Libvirt {
         socket: PathBuf,
@@ -28,6 +33,7 @@ impl Connector for DomainConnector {
     async fn connect(&mut self) -> Result<AnyAgent, Error> {
         match self {
             DomainConnector::Direct(direct) => direct.connect().await.map(AnyAgent::Direct),
+            DomainConnector::Master(master) => master.connect().await.map(AnyAgent::Direct),
             DomainConnector::Libvirt {
                 socket,
                 uri,
@@ -49,14 +55,14 @@ impl Connector for DomainConnector {
     fn contended(&self) -> bool {
         match self {
             DomainConnector::Direct(direct) => direct.contended(),
-            DomainConnector::Libvirt { .. } => false,
+            DomainConnector::Libvirt { .. } | DomainConnector::Master(_) => false,
         }
     }
 
     fn waited_for(&self) -> bool {
         match self {
             DomainConnector::Direct(direct) => direct.waited_for(),
-            DomainConnector::Libvirt { .. } => false,
+            DomainConnector::Libvirt { .. } | DomainConnector::Master(_) => false,
         }
     }
 
@@ -67,7 +73,8 @@ impl Connector for DomainConnector {
     }
 
     /// Each agent command through libvirtd is a call of its own, which
-    /// keeps nobody out: the connection to libvirtd is kept.
+    /// keeps nobody out: the connection to libvirtd is kept; so is one to
+    /// the master, which lets go of the channel for others itself.
     fn exclusive(&self) -> bool {
         matches!(self, DomainConnector::Direct(_))
     }

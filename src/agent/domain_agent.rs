@@ -17,6 +17,7 @@ use super::context::Context;
 use super::errors::{AgentErrors, RunFront};
 use crate::domain::{self, run_state, Domain, Route, Scope, Source};
 use crate::error::{CliError, ErrorKind};
+use crate::master::{persist_setting, route_to_running_master, MasterConnector};
 
 /// The agent of a domain, synchronised and ready. Its channel is held for
 /// one exchange at a time where others may want it (see
@@ -47,13 +48,38 @@ impl DomainAgent {
     /// yet: `session` connects when the first request comes.
     pub fn open(domain: &str, scope: &Scope, options: ClientOptions) -> Result<DomainAgent, CliError> {
         let found = domain::find(domain, scope)?;
-        let route = found.agent_route()?;
-        Ok(DomainAgent::over(&found, route, scope, options))
+        let persist = persist_setting();
+        let route = match persist.and_then(|_| route_to_running_master(&found)) {
+            Some(route) => route,
+            None => found.agent_route()?,
+        };
+        Ok(DomainAgent::over(&found, route, scope, options, persist))
     }
 
-    fn over(found: &Domain, route: Route, scope: &Scope, options: ClientOptions) -> DomainAgent {
+    /// Over `route`; a direct one through the socket's control master
+    /// where `persist` asks for one.
+    fn over(
+        found: &Domain,
+        route: Route,
+        scope: &Scope,
+        options: ClientOptions,
+        persist: Option<Duration>,
+    ) -> DomainAgent {
         let kept_options = options.clone();
         let (connector, socket) = match route {
+            Route::Direct(socket) if persist.is_some() => {
+                let persist = persist.expect("matched");
+                match MasterConnector::new(&socket, persist, options.clone()) {
+                    Some(master) => {
+                        tracing::debug!(master = %master.socket().display(), "through the control master");
+                        (DomainConnector::Master(master), socket)
+                    }
+                    None => (
+                        DomainConnector::Direct(SocketConnector::new(&socket, options)),
+                        socket,
+                    ),
+                }
+            }
             Route::Direct(socket) => {
                 tracing::debug!(
                     socket = %socket.display(),
@@ -96,14 +122,15 @@ impl DomainAgent {
     }
 
     /// Connects to the agent of `found` over `route`, as chosen by
-    /// [`Domain::agent_route`] or, for `doctor`, the channel it examined.
+    /// [`Domain::agent_route`] or, for `doctor`, the channel it examined:
+    /// never through a control master, which would hide what it examines.
     pub async fn connect_to(
         found: &Domain,
         route: Route,
         scope: &Scope,
         options: ClientOptions,
     ) -> Result<DomainAgent, CliError> {
-        let mut agent = DomainAgent::over(found, route, scope, options);
+        let mut agent = DomainAgent::over(found, route, scope, options, None);
         agent.connect_now(scope).await?;
         Ok(agent)
     }

@@ -1,6 +1,7 @@
 //! One module per subcommand, and what they share: reaching the agent of
 //! a domain, and the answer to print.
 
+pub mod control;
 pub mod copy;
 pub mod doctor;
 pub mod domain_list;

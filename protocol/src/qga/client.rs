@@ -105,6 +105,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         }
     }
 
+    /// Wraps a connected stream whose peer needs no synchronising first:
+    /// one that answered a handshake of the caller's own (a proxy in front
+    /// of the agent, such as virtomate's control master, which has just
+    /// said that it is ready). The first command goes out at once; one cut
+    /// short still makes the next synchronise.
+    ///
+    /// ```
+    /// use tokio::io::{AsyncBufReadExt, BufReader};
+    /// use virtomate_protocol::qga::GuestPing;
+    /// use virtomate_protocol::{ClientOptions, QgaClient};
+    ///
+    /// # tokio_test::block_on(async {
+    /// let (stream, peer) = tokio::io::duplex(1024);
+    /// let mut agent = QgaClient::synchronised(stream, ClientOptions::default());
+    /// let ping = tokio::spawn(async move { agent.execute(&GuestPing {}).await.map(|_| ()) });
+    /// let mut first = String::new();
+    /// BufReader::new(peer).read_line(&mut first).await.unwrap();
+    /// assert!(first.starts_with(r#"{"execute":"guest-ping""#), "no sync first: {first}");
+    /// # ping.abort();
+    /// # });
+    /// ```
+    pub fn synchronised(stream: S, options: ClientOptions) -> Self {
+        let mut client = QgaClient::new(stream, options);
+        client.in_sync = true;
+        client
+    }
+
     /// Synchronises with `guest-sync-delimited` within the handshake timeout.
     ///
     /// ```

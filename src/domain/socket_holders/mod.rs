@@ -56,7 +56,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 use owners::{command_of, socket_owners};
-use sock_diag::{sock_diag_connected, Connected};
+use sock_diag::{sock_diag_connected, sock_diag_listening, Connected};
 use unix_table::{accepted_connections, read_unix_table};
 
 /// A process holding a connection to the socket, as far as we could tell.
@@ -116,6 +116,26 @@ impl Holder {
 /// not counted: they are the ones that will not be served.
 pub fn connected_clients(path: &Path) -> io::Result<usize> {
     connected_clients_in(path, Path::new("/proc"), sock_diag_connected)
+}
+
+/// How many connections wait in the backlog of the listener at `path`,
+/// not yet accepted: clients queued behind the one being served (QEMU's
+/// socket chardev accepts one at a time).
+pub fn queued_connections(path: &Path) -> io::Result<u32> {
+    Ok(listeners_of(path)?.iter().map(|l| l.queued).sum())
+}
+
+/// Whether anything listens on the socket file at `path`: not when the
+/// process that bound it (QEMU) has died and left it behind.
+pub fn is_listening(path: &Path) -> io::Result<bool> {
+    Ok(!listeners_of(path)?.is_empty())
+}
+
+fn listeners_of(path: &Path) -> io::Result<Vec<sock_diag::Listening>> {
+    let meta = fs::metadata(path)?;
+    let mut all = sock_diag_listening()?;
+    all.retain(|l| l.file.is_some_and(|file| file.is(&meta)));
+    Ok(all)
 }
 
 /// The processes holding connections to the listener at `path`, except our

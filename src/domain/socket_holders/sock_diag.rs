@@ -17,7 +17,7 @@ use std::io;
 use netlink_packet_core::{
     Emitable, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
 };
-use netlink_packet_sock_diag::constants::{UDIAG_SHOW_PEER, UDIAG_SHOW_VFS};
+use netlink_packet_sock_diag::constants::{UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN, UDIAG_SHOW_VFS};
 use netlink_packet_sock_diag::unix::nlas::Nla;
 use netlink_packet_sock_diag::unix::{ShowFlags, StateFlags, UnixRequest, UnixResponse};
 use netlink_packet_sock_diag::SockDiagMessage;
@@ -70,15 +70,60 @@ impl SocketFile {
     }
 }
 
+/// A listening UNIX socket, as sock_diag tells of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Listening {
+    /// The socket file it is bound to.
+    pub file: Option<SocketFile>,
+    /// Connections in its backlog, not yet accepted (`UNIX_DIAG_RQLEN`).
+    pub queued: u32,
+}
+
+/// Every listening UNIX socket of our network namespace, with the
+/// connections waiting in its backlog.
+pub(super) fn sock_diag_listening() -> io::Result<Vec<Listening>> {
+    let mut listening = Vec::new();
+    dump(
+        StateFlags::LISTEN,
+        UDIAG_SHOW_VFS | UDIAG_SHOW_RQLEN,
+        |response| {
+            listening.push(Listening {
+                file: socket_file(response),
+                queued: response.number_of_pending_connection().unwrap_or(0),
+            })
+        },
+    )?;
+    Ok(listening)
+}
+
 /// Every connected UNIX socket of our network namespace.
 pub(super) fn sock_diag_connected() -> io::Result<Vec<Connected>> {
+    let mut connected = Vec::new();
+    dump(
+        StateFlags::ESTABLISHED,
+        UDIAG_SHOW_PEER | UDIAG_SHOW_VFS,
+        |response| connected.push(connected_of(response)),
+    )?;
+    Ok(connected)
+}
+
+fn connected_of(response: &UnixResponse) -> Connected {
+    Connected {
+        inode: u64::from(response.header.inode),
+        peer: response.peer().map_or(0, u64::from),
+        file: socket_file(response),
+    }
+}
+
+/// Dumps the UNIX sockets in `states`, with the attributes `show`, each
+/// to `each`.
+fn dump(states: StateFlags, show: u32, mut each: impl FnMut(&UnixResponse)) -> io::Result<()> {
     let socket = Socket::new(NETLINK_SOCK_DIAG)?;
     // Port 0 is the kernel. A fresh socket of our own receives nothing but
     // the answers to our one request, so their sequence numbers need no
     // checking.
     socket.connect(&SocketAddr::new(0, 0))?;
-    socket.send(&dump_request(), 0)?;
-    let mut connected = Vec::new();
+    socket.send(&dump_request(states, show), 0)?;
     // The kernel's dump datagrams are at most 32 KiB; a cut one would show
     // as a message running past the end, and fail to parse.
     let mut datagram = Vec::with_capacity(64 * 1024);
@@ -90,16 +135,16 @@ pub(super) fn sock_diag_connected() -> io::Result<Vec<Connected>> {
                 "sock_diag: empty reply",
             ));
         }
-        if read_datagram(&datagram, &mut connected)? {
-            return Ok(connected);
+        if read_datagram(&datagram, &mut each)? {
+            return Ok(());
         }
     }
 }
 
-/// A dump of every UNIX socket in `TCP_ESTABLISHED` (accepted connections
-/// among them; `udiag_states` counts in `TCP_*` states, not the `SS_*` of
-/// `/proc/net/unix`), each with the inode of its peer and its file.
-fn dump_request() -> Vec<u8> {
+/// A dump of every UNIX socket in `states` (`TCP_ESTABLISHED` holds
+/// accepted connections; `udiag_states` counts in `TCP_*` states, not the
+/// `SS_*` of `/proc/net/unix`), each with the attributes `show`.
+fn dump_request(states: StateFlags, show: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
     // A dump of all sockets, not one looked up by inode (which would need
     // its cookie).
@@ -108,9 +153,9 @@ fn dump_request() -> Vec<u8> {
     let mut request = NetlinkMessage::new(
         header,
         SockDiagMessage::UnixRequest(UnixRequest {
-            state_flags: StateFlags::ESTABLISHED,
+            state_flags: states,
             inode: 0,
-            show_flags: ShowFlags::from_bits_truncate(UDIAG_SHOW_PEER | UDIAG_SHOW_VFS),
+            show_flags: ShowFlags::from_bits_truncate(show),
             cookie: [0; 8],
         })
         .into(),
@@ -121,22 +166,16 @@ fn dump_request() -> Vec<u8> {
     bytes
 }
 
-/// Reads one datagram of netlink messages into `connected`; true once the
+/// Reads one datagram of netlink messages, each to `each`; true once the
 /// dump is done.
-fn read_datagram(mut data: &[u8], connected: &mut Vec<Connected>) -> io::Result<bool> {
+fn read_datagram(mut data: &[u8], each: &mut impl FnMut(&UnixResponse)) -> io::Result<bool> {
     while !data.is_empty() {
         let message = NetlinkMessage::<SockDiagMessage>::deserialize(data)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("sock_diag: {e}")))?;
         match message.payload {
             NetlinkPayload::Done(_) => return Ok(true),
             NetlinkPayload::Error(error) => return Err(error.to_io()),
-            NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(response)) => {
-                connected.push(Connected {
-                    inode: u64::from(response.header.inode),
-                    peer: response.peer().map_or(0, u64::from),
-                    file: socket_file(&response),
-                });
-            }
+            NetlinkPayload::InnerMessage(SockDiagMessage::UnixResponse(response)) => each(&response),
             _ => {}
         }
         // Messages start on 4-byte boundaries.
@@ -238,7 +277,8 @@ mod tests {
             &diag_msg(105, &[(UNIX_DIAG_PEER, &106u32.to_ne_bytes())]),
         ));
         let mut found = Vec::new();
-        assert!(!read_datagram(&datagram, &mut found).unwrap());
+        let mut collect = |r: &UnixResponse| found.push(connected_of(r));
+        assert!(!read_datagram(&datagram, &mut collect).unwrap());
         let file = SocketFile {
             dev: nix::libc::makedev(8, 1),
             ino: 77,
@@ -254,7 +294,7 @@ mod tests {
         );
 
         let done = nlmsg(NLMSG_DONE, &0i32.to_ne_bytes());
-        assert!(read_datagram(&done, &mut found).unwrap());
+        assert!(read_datagram(&done, &mut |_: &UnixResponse| {}).unwrap());
     }
 
     /// The kernel's encoding of a device number, checked against `stat()`
@@ -279,21 +319,42 @@ mod tests {
         assert_ne!(ours[0].peer, 0);
     }
 
+    /// A connection the listener has not accepted shows in its queue.
+    #[test]
+    fn a_connection_waiting_in_the_backlog_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let meta = std::fs::metadata(&path).unwrap();
+        let queued = || {
+            let all = sock_diag_listening().expect("sock_diag answers on Linux");
+            let ours: Vec<_> = all
+                .iter()
+                .filter(|l| l.file.is_some_and(|f| f.is(&meta)))
+                .collect();
+            assert_eq!(ours.len(), 1, "{all:?}");
+            ours[0].queued
+        };
+        assert_eq!(queued(), 0);
+        let _waiting = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        assert_eq!(queued(), 1);
+    }
+
     #[test]
     fn sock_diag_errors_and_garbage_are_errors() {
         let mut error = (-nix::libc::EINVAL).to_ne_bytes().to_vec();
-        error.extend(dump_request());
-        let error = read_datagram(&nlmsg(NLMSG_ERROR, &error), &mut Vec::new()).unwrap_err();
+        error.extend(dump_request(StateFlags::ESTABLISHED, UDIAG_SHOW_PEER));
+        let error = read_datagram(&nlmsg(NLMSG_ERROR, &error), &mut |_: &UnixResponse| {}).unwrap_err();
         assert_eq!(error.raw_os_error(), Some(nix::libc::EINVAL));
 
         let mut cut = nlmsg(SOCK_DIAG_BY_FAMILY, &diag_msg(101, &[]));
         cut.truncate(cut.len() - 4);
-        assert!(read_datagram(&cut, &mut Vec::new()).is_err());
+        assert!(read_datagram(&cut, &mut |_: &UnixResponse| {}).is_err());
     }
 
     #[test]
     fn the_request_has_the_kernels_layout() {
-        let request = dump_request();
+        let request = dump_request(StateFlags::ESTABLISHED, UDIAG_SHOW_PEER | UDIAG_SHOW_VFS);
         let u32_at = |at: usize| u32::from_ne_bytes(request[at..at + 4].try_into().unwrap());
         let u16_at = |at: usize| u16::from_ne_bytes(request[at..at + 2].try_into().unwrap());
         assert_eq!(request.len(), 40);

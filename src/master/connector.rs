@@ -1,0 +1,129 @@
+//! Connections to a domain's agent through its master: a plain
+//! [`QgaClient`] on the master's socket, attached first so that a
+//! failure to reach the agent is the error a lone client would get.
+
+use std::time::Duration;
+
+use virtomate_protocol::{ClientOptions, Connector, Deadline, Error, Phase, QgaClient};
+
+use super::paths::MasterPaths;
+use super::start::connect_or_start;
+use super::wire;
+
+/// Opens connections to an agent through the master of its socket,
+/// starting the master where none runs.
+#[derive(Debug)]
+pub struct MasterConnector {
+    paths: MasterPaths,
+    persist: Duration,
+    options: ClientOptions,
+}
+
+impl MasterConnector {
+    /// Through the master of the agent socket at `agent`, if it can have
+    /// one (a socket file, a private directory for the master's).
+    pub fn new(
+        agent: &std::path::Path,
+        persist: Duration,
+        options: ClientOptions,
+    ) -> Option<MasterConnector> {
+        let paths = MasterPaths::for_agent(agent)
+            .inspect_err(|error| tracing::info!(%error, "no master for this agent: connecting directly"))
+            .ok()?;
+        Some(MasterConnector {
+            paths,
+            persist,
+            options,
+        })
+    }
+
+    /// The master's socket.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.paths.socket
+    }
+
+    async fn attach(&self, deadline: Deadline) -> Result<QgaClient, Error> {
+        let mut stream = connect_or_start(
+            &self.paths,
+            self.persist,
+            self.options.handshake_timeout,
+            deadline.at(),
+        )
+        .await
+        .map_err(|source| Error::Connect {
+            path: self.paths.socket.clone(),
+            source,
+        })?;
+        let left = deadline
+            .at()
+            .saturating_duration_since(tokio::time::Instant::now());
+        // The master answers within the time it was given, or says why not.
+        // Its answer also says that it is in step with us: the client then
+        // skips the handshake (one exchange less for a fresh process).
+        let request = format!(
+            "{{\"execute\":\"{}\",\"arguments\":{{\"timeout_ms\":{}}}}}\n",
+            wire::ATTACH,
+            left.as_millis()
+        );
+        let answer = deadline
+            .run(Phase::Handshake, exchange_line(&mut stream, request.as_bytes()))
+            .await?;
+        match wire::attach_outcome(&answer) {
+            Ok(()) => Ok(QgaClient::synchronised(stream, self.options.clone())),
+            Err(failure) => Err(failure.into_error()),
+        }
+    }
+}
+
+/// The longest answer to an attach: a link failure's few fields.
+const MAX_ATTACH_ANSWER: usize = 64 << 10;
+
+/// Sends `request` and reads the one line that answers it. The master
+/// sends nothing unasked, so nothing after the line is read with it.
+async fn exchange_line(stream: &mut tokio::net::UnixStream, request: &[u8]) -> Result<Vec<u8>, Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(request).await.map_err(Error::from)?;
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !answer.ends_with(b"\n") {
+        let read = stream.read(&mut chunk).await.map_err(Error::from)?;
+        if read == 0 {
+            return Err(Error::Disconnected);
+        }
+        answer.extend_from_slice(&chunk[..read]);
+        if answer.len() > MAX_ATTACH_ANSWER {
+            return Err(Error::ReplyTooLong {
+                limit: MAX_ATTACH_ANSWER,
+            });
+        }
+    }
+    Ok(answer)
+}
+
+impl Connector for MasterConnector {
+    type Agent = QgaClient;
+
+    async fn connect(&mut self) -> Result<QgaClient, Error> {
+        let deadline = Deadline::after(self.options.handshake_timeout);
+        match self.attach(deadline).await {
+            // A master that ended as we came (its time was up): once more,
+            // which starts a new one.
+            Err(Error::Disconnected) => self.attach(deadline).await,
+            other => other,
+        }
+    }
+
+    /// The master keeps the agent's channel and lets go of it for others:
+    /// a connection to the master keeps nobody out.
+    fn exclusive(&self) -> bool {
+        false
+    }
+}
+
+/// The time a master persists, from `--persist` or `VIRTOMATE_PERSIST`;
+/// none (no master) when unset or zero.
+pub fn persist_setting() -> Option<Duration> {
+    let value = std::env::var("VIRTOMATE_PERSIST").ok()?;
+    let seconds: f64 = value.trim().parse().ok()?;
+    (seconds.is_finite() && seconds > 0.0).then(|| Duration::from_secs_f64(seconds.min(1e9)))
+}

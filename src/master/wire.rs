@@ -1,0 +1,278 @@
+//! What the master and its clients say to each other beyond plain QGA:
+//! a request's `id` swapped for one unique in the master and back, the
+//! master's own commands, and a failure to reach the agent carried to
+//! the client that asked, so that it fails as it would have alone.
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use virtomate_protocol::{Error, Phase};
+
+/// Makes sure the master holds a synchronised connection to the agent,
+/// within `timeout_ms`; answered `{}` or with a [`LinkFailure`].
+pub const ATTACH: &str = "x-virtomate-attach";
+/// What the master is: [`MasterInfo`].
+pub const INFO: &str = "x-virtomate-master-info";
+/// Ends the master once it has answered.
+pub const EXIT: &str = "x-virtomate-master-exit";
+/// The error class of a [`LinkFailure`] reply.
+pub const LINK_FAILURE_CLASS: &str = "x-virtomate-link";
+
+/// A request line as a client sends it, its parts left unparsed.
+#[derive(Deserialize)]
+pub struct ClientRequest<'a> {
+    pub execute: String,
+    #[serde(borrow, default)]
+    pub arguments: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub id: Option<&'a RawValue>,
+}
+
+impl ClientRequest<'_> {
+    /// The request with `id` in place of the client's.
+    pub fn with_id(&self, id: u64) -> Vec<u8> {
+        let mut line = format!("{{\"execute\":{}", serde_json::Value::from(self.execute.as_str()));
+        if let Some(arguments) = self.arguments {
+            line.push_str(",\"arguments\":");
+            line.push_str(arguments.get());
+        }
+        line.push_str(&format!(",\"id\":{id}}}\n"));
+        line.into_bytes()
+    }
+
+    /// `guest-sync-delimited`'s or `guest-sync`'s number, which the master
+    /// echoes itself.
+    pub fn sync_id(&self) -> Option<u64> {
+        #[derive(Deserialize)]
+        struct SyncArguments {
+            id: u64,
+        }
+        let arguments = self.arguments?;
+        serde_json::from_str::<SyncArguments>(arguments.get())
+            .ok()
+            .map(|a| a.id)
+    }
+}
+
+/// An agent's reply line, its parts left unparsed.
+#[derive(Deserialize)]
+pub struct AgentReply<'a> {
+    #[serde(borrow, rename = "return", default)]
+    pub ret: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    pub error: Option<&'a RawValue>,
+    #[serde(default)]
+    pub id: Option<u64>,
+}
+
+impl AgentReply<'_> {
+    /// The reply with the client's own `id` (raw JSON) in place of the
+    /// master's, or none where the client gave none.
+    pub fn for_client(&self, client_id: Option<&str>) -> Vec<u8> {
+        let mut line = match (self.ret, self.error) {
+            (Some(ret), _) => format!("{{\"return\": {}", ret.get()),
+            (None, Some(error)) => format!("{{\"error\": {}", error.get()),
+            (None, None) => "{\"return\": {}".to_owned(),
+        };
+        // Spelled as the agent spells its replies.
+        if let Some(id) = client_id {
+            line.push_str(&format!(", \"id\": {id}"));
+        }
+        line.push_str("}\n");
+        line.into_bytes()
+    }
+}
+
+/// A reply line of the master's own, to `client_id` (raw JSON).
+pub fn own_reply(body: serde_json::Value, client_id: Option<&str>) -> Vec<u8> {
+    let mut line = serde_json::to_string(&body).expect("a JSON value always serializes");
+    if let Some(id) = client_id {
+        line.pop();
+        line.push_str(&format!(",\"id\":{id}}}"));
+    }
+    line.push('\n');
+    line.into_bytes()
+}
+
+/// An error reply of the master's own.
+pub fn own_error(class: &str, desc: &str, client_id: Option<&str>) -> Vec<u8> {
+    own_reply(
+        serde_json::json!({ "error": { "class": class, "desc": desc } }),
+        client_id,
+    )
+}
+
+/// What the master's answer to an attach says: ready, or why not.
+pub fn attach_outcome(answer: &[u8]) -> Result<(), LinkFailure> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(rename = "return", default)]
+        ret: Option<serde_json::Value>,
+        #[serde(default)]
+        error: Option<ErrorBody>,
+    }
+    #[derive(Deserialize)]
+    struct ErrorBody {
+        class: String,
+        desc: String,
+    }
+    let other = |message: String| LinkFailure::Other { message };
+    let answer: Answer =
+        serde_json::from_slice(answer).map_err(|e| other(format!("the master's answer is not JSON: {e}")))?;
+    match (answer.ret, answer.error) {
+        (Some(_), _) => Ok(()),
+        (None, Some(error)) if error.class == LINK_FAILURE_CLASS => {
+            Err(serde_json::from_str(&error.desc).unwrap_or_else(|_| other(error.desc)))
+        }
+        (None, Some(error)) => Err(other(format!("the master: {}: {}", error.class, error.desc))),
+        (None, None) => Err(other("the master's answer says nothing".to_owned())),
+    }
+}
+
+/// What `control check` shows.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MasterInfo {
+    pub pid: u32,
+    /// Seconds since the epoch when it started.
+    pub since: u64,
+    pub requests: u64,
+    pub clients: usize,
+    pub agent_socket: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    /// Whether it holds a connection to the agent now.
+    pub connected: bool,
+    pub persist_seconds: f64,
+}
+
+/// Why the master could not reach the agent, as the [`Error`] a client
+/// that connected itself would have got.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum LinkFailure {
+    Connect {
+        path: PathBuf,
+        errno: Option<i32>,
+        message: String,
+    },
+    HandshakeTimeout {
+        after_ms: u64,
+    },
+    NotAnAgent {
+        found: String,
+    },
+    Busy {
+        path: PathBuf,
+        waited_ms: u64,
+        holder: Option<String>,
+    },
+    Disconnected,
+    Other {
+        message: String,
+    },
+}
+
+impl LinkFailure {
+    pub fn from_error(error: &Error) -> LinkFailure {
+        match error {
+            Error::Connect { path, source } => LinkFailure::Connect {
+                path: path.clone(),
+                errno: source.raw_os_error(),
+                message: source.to_string(),
+            },
+            Error::Timeout {
+                phase: Phase::Handshake | Phase::Connecting,
+                after,
+            } => LinkFailure::HandshakeTimeout {
+                after_ms: after.as_millis() as u64,
+            },
+            Error::NotAnAgent { found } => LinkFailure::NotAnAgent { found: found.clone() },
+            Error::Busy { path, waited, holder } => LinkFailure::Busy {
+                path: path.clone(),
+                waited_ms: waited.as_millis() as u64,
+                holder: holder.clone(),
+            },
+            Error::Disconnected => LinkFailure::Disconnected,
+            other => LinkFailure::Other {
+                message: other.to_string(),
+            },
+        }
+    }
+
+    pub fn into_error(self) -> Error {
+        match self {
+            LinkFailure::Connect { path, errno, message } => Error::Connect {
+                path,
+                source: match errno {
+                    Some(errno) => io::Error::from_raw_os_error(errno),
+                    None => io::Error::other(message),
+                },
+            },
+            LinkFailure::HandshakeTimeout { after_ms } => Error::Timeout {
+                phase: Phase::Handshake,
+                after: Duration::from_millis(after_ms),
+            },
+            LinkFailure::NotAnAgent { found } => Error::NotAnAgent { found },
+            LinkFailure::Busy {
+                path,
+                waited_ms,
+                holder,
+            } => Error::Busy {
+                path,
+                waited: Duration::from_millis(waited_ms),
+                holder,
+            },
+            LinkFailure::Disconnected => Error::Disconnected,
+            LinkFailure::Other { message } => Error::Io(io::Error::other(message)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_keeps_its_arguments_and_takes_the_masters_id() {
+        let line = br#"{"execute": "guest-exec-status", "arguments": {"pid": 12}, "id": "c-1"}"#;
+        let request: ClientRequest = serde_json::from_slice(line).unwrap();
+        let sent: serde_json::Value = serde_json::from_slice(&request.with_id(7)).unwrap();
+        assert_eq!(
+            sent,
+            serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": 12}, "id": 7})
+        );
+        assert_eq!(request.id.map(RawValue::get), Some("\"c-1\""));
+    }
+
+    #[test]
+    fn a_reply_goes_back_with_the_clients_id() {
+        let reply: AgentReply = serde_json::from_slice(br#"{"return": {"pid": 3}, "id": 7}"#).unwrap();
+        assert_eq!(reply.id, Some(7));
+        let back: serde_json::Value = serde_json::from_slice(&reply.for_client(Some("\"c-1\""))).unwrap();
+        assert_eq!(back, serde_json::json!({"return": {"pid": 3}, "id": "c-1"}));
+        let error: AgentReply = serde_json::from_slice(br#"{"error": {"class": "X", "desc": "d"}}"#).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&error.for_client(None)).unwrap();
+        assert_eq!(back, serde_json::json!({"error": {"class": "X", "desc": "d"}}));
+    }
+
+    #[test]
+    fn a_link_failure_becomes_the_error_a_lone_client_gets() {
+        let refused = Error::Connect {
+            path: "/run/qga.sock".into(),
+            source: io::Error::from_raw_os_error(nix::libc::ECONNREFUSED),
+        };
+        let carried: LinkFailure =
+            serde_json::from_str(&serde_json::to_string(&LinkFailure::from_error(&refused)).unwrap())
+                .unwrap();
+        match carried.into_error() {
+            Error::Connect { path, source } => {
+                assert_eq!(path, PathBuf::from("/run/qga.sock"));
+                assert_eq!(source.kind(), io::ErrorKind::ConnectionRefused);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
