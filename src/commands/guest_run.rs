@@ -3,8 +3,9 @@
 //! ([`Session`]); its replies become stdout, stderr and an exit status.
 
 use std::io::{self, Read, Write};
+use std::rc::Rc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use virtomate_protocol::follow::Stream;
 use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Reply, Request, RunRequest, Session};
 use virtomate_protocol::MAX_REQUEST_LEN;
@@ -82,19 +83,23 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
 fn run_request(args: GuestRunArgs, input: Option<Vec<u8>>) -> RunRequest {
     let (env, env_clear) = (args.env.clone(), args.env_clear);
     let (merge_output, follow, max_time, grace) = (args.merge_output, args.follow, args.max_time, args.grace);
+    let interactive = args.interactive;
     let (program, arguments) = args.into_command();
     let mut request = RunRequest::new(program, arguments);
     request.stdin = input;
     request.env = env;
     request.env_clear = env_clear;
     request.merge_output = merge_output;
-    request.follow = follow;
+    request.follow = follow || interactive;
+    request.interactive = interactive;
     request.max_time = max_time;
     request.grace = grace;
     request
 }
 
-/// Runs `request` to its end, `None` if a signal came first.
+/// Runs `request` to its end, `None` if a signal came first. An
+/// interactive one gets standard input as it comes, and ends with the
+/// program whether or not standard input has.
 async fn serve(
     session: &mut Session<DomainConnector>,
     request: RunRequest,
@@ -102,14 +107,55 @@ async fn serve(
     signals: &mut Signals,
 ) -> Option<Result<Outcome, Failure>> {
     let (requests, mut incoming) = mpsc::channel(1);
+    let interactive = request.interactive;
     requests
-        .try_send(Request::run(0.into(), request))
+        .try_send(Request::run(RUN_ID.into(), request))
         .expect("an empty channel takes one request");
+    if interactive {
+        // A thread of its own, which the process's exit ends wherever it
+        // blocks; tokio's stdin would keep the runtime from shutting down.
+        let requests = requests.clone();
+        std::thread::spawn(move || feed_stdin(io::stdin().lock(), &requests));
+    }
     drop(requests);
+    let ended = sink.ended.clone();
     let served = session.serve(&mut incoming, |reply| sink.take(reply));
     tokio::select! {
-        () = served => Some(sink.outcome.take().expect("the engine replies to every request")),
-        () = signals.arrival() => None,
+        () = served => {}
+        () = ended.notified() => {}
+        () = signals.arrival() => return None,
+    }
+    Some(sink.outcome.take().expect("the engine replies to every request"))
+}
+
+/// The id of the one request `guest-run` makes.
+const RUN_ID: u64 = 0;
+
+/// The most bytes of standard input read at once for `--interactive`:
+/// what is there is passed on at once, up to this much.
+const INPUT_PIECE: usize = 64 << 10;
+
+/// Passes standard input to the interactive run as it comes, then its end;
+/// a full queue (the program does not read) stops the reading.
+fn feed_stdin(mut input: impl Read, requests: &mpsc::Sender<Request>) {
+    let mut buf = vec![0; INPUT_PIECE];
+    loop {
+        let (bytes, end) = match input.read(&mut buf) {
+            Ok(0) => (Vec::new(), true),
+            Ok(n) => (buf[..n].to_vec(), false),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read standard input: it ends here");
+                (Vec::new(), true)
+            }
+        };
+        if requests
+            .blocking_send(Request::input(RUN_ID.into(), bytes, end))
+            .is_err()
+            || end
+        {
+            return;
+        }
     }
 }
 
@@ -118,6 +164,8 @@ async fn serve(
 #[derive(Default)]
 struct Sink {
     outcome: Option<Result<Outcome, Failure>>,
+    /// Told when the outcome comes.
+    ended: Rc<Notify>,
     failed: Option<io::Error>,
 }
 
@@ -127,6 +175,7 @@ impl Sink {
             Ok(Outcome::Chunk { stream, bytes }) => self.write(stream, &bytes),
             outcome => {
                 self.outcome = Some(outcome);
+                self.ended.notify_one();
                 Ok(())
             }
         }
