@@ -42,7 +42,7 @@ fn main() -> ExitCode {
     };
     // With --raw, stdout is the program's: virtomate's own failures go to
     // stderr as one line, with ssh's exit status.
-    let raw = matches!(&cli.command, Command::GuestRun(args) if args.raw || args.follow);
+    let raw = matches!(&cli.command, Command::GuestRun(args) if args.raw || args.follow || args.interactive);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -17,6 +17,7 @@ mod doctor_channels;
 mod fake_agent;
 mod follow;
 mod host_agent;
+mod interactive;
 mod layers;
 mod libvirt;
 mod packaging;

@@ -4,6 +4,8 @@
 
 use std::io::{self, Read, Write};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 use virtomate_protocol::follow::Stream;
@@ -114,8 +116,8 @@ async fn serve(
     if interactive {
         // A thread of its own, which the process's exit ends wherever it
         // blocks; tokio's stdin would keep the runtime from shutting down.
-        let requests = requests.clone();
-        std::thread::spawn(move || feed_stdin(io::stdin().lock(), &requests));
+        let (requests, ended) = (requests.clone(), sink.program_ended.clone());
+        std::thread::spawn(move || feed_stdin(io::stdin().lock(), &requests, &ended));
     }
     drop(requests);
     let ended = sink.ended.clone();
@@ -136,10 +138,11 @@ const RUN_ID: u64 = 0;
 const INPUT_PIECE: usize = 64 << 10;
 
 /// Passes standard input to the interactive run as it comes, then its end;
-/// a full queue (the program does not read) stops the reading.
-fn feed_stdin(mut input: impl Read, requests: &mpsc::Sender<Request>) {
+/// a full queue (the program does not read) stops the reading, and so does
+/// the program's end: the engine would drop the rest, as fast as it came.
+fn feed_stdin(mut input: impl Read, requests: &mpsc::Sender<Request>, program_ended: &AtomicBool) {
     let mut buf = vec![0; INPUT_PIECE];
-    loop {
+    while !program_ended.load(Ordering::Acquire) {
         let (bytes, end) = match input.read(&mut buf) {
             Ok(0) => (Vec::new(), true),
             Ok(n) => (buf[..n].to_vec(), false),
@@ -166,6 +169,8 @@ struct Sink {
     outcome: Option<Result<Outcome, Failure>>,
     /// Told when the outcome comes.
     ended: Rc<Notify>,
+    /// Set when the outcome comes, for the thread that reads stdin.
+    program_ended: Arc<AtomicBool>,
     failed: Option<io::Error>,
 }
 
@@ -175,6 +180,7 @@ impl Sink {
             Ok(Outcome::Chunk { stream, bytes }) => self.write(stream, &bytes),
             outcome => {
                 self.outcome = Some(outcome);
+                self.program_ended.store(true, Ordering::Release);
                 self.ended.notify_one();
                 Ok(())
             }
