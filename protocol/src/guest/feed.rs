@@ -214,7 +214,11 @@ impl Feed {
             }
         }
         let buf: Vec<u8> = self.pending.iter().take(len).copied().collect();
-        match channel.execute(&GuestFileWrite { handle, buf }).await {
+        // Both in one round trip: after a write that failed, the flush
+        // finds nothing to write and succeeds.
+        let write = GuestFileWrite { handle, buf };
+        let (written, flushed) = channel.execute_both(&write, &GuestFileFlush { handle }).await?;
+        match written {
             Ok(reply) if reply.count == len as u64 => {}
             Ok(reply) => {
                 return Err(FollowError::Input {
@@ -224,7 +228,7 @@ impl Feed {
             Err(Error::Agent { desc, .. }) if desc.contains(PIPE_FULL) => return Ok(false),
             Err(error) => return Err(error.into()),
         }
-        match channel.execute(&GuestFileFlush { handle }).await {
+        match flushed {
             Ok(_) => Ok(true),
             Err(Error::Agent { desc, .. }) if desc.contains(PIPE_FULL) => {
                 self.stale_error = true;

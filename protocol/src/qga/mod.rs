@@ -20,8 +20,8 @@ mod environment;
 mod files;
 mod streamed_input;
 
-pub use client::QgaClient;
 pub(crate) use client::LONGEST_ID;
+pub use client::{Both, QgaClient};
 pub use commands::{
     CaptureOutput, CommandInfo, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply, GuestInfo,
     GuestInfoReply, GuestPing, GuestSyncDelimited,
