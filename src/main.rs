@@ -12,6 +12,7 @@ mod error;
 mod generate;
 mod output;
 mod run_output;
+mod std_streams;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;

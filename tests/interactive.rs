@@ -409,3 +409,85 @@ fn on_the_vm_data_both_ways_a_slow_reader_a_non_reader_and_ctrl_c_leave_nothing_
     );
     assert_eq!(guest_tmp(&vm), before, "the guest's /tmp before and after");
 }
+
+/// `rsync -a --stats -e 'virtomate guest-run -i' FROM TO` in `dir`; its
+/// statistics.
+fn rsync(dir: &Path, from: &str, to: &str) -> String {
+    let shell = format!("{} guest-run -i", crate::support::virtomate_path().display());
+    let out = std::process::Command::new("rsync")
+        .args(["-a", "--stats", "-e", &shell, from, to])
+        .current_dir(dir)
+        .output()
+        .expect("rsync runs: scripts/install-deps.sh installs it");
+    let stats = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stats}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stats
+}
+
+/// The bytes rsync's statistics say it sent and received.
+fn rsync_traffic(stats: &str) -> u64 {
+    stats
+        .lines()
+        .filter(|line| line.starts_with("Total bytes sent:") || line.starts_with("Total bytes received:"))
+        .map(|line| {
+            line.rsplit(' ')
+                .next()
+                .unwrap()
+                .replace(',', "")
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum()
+}
+
+#[test]
+#[ignore = "needs qemu-ga and rsync on the host"]
+fn rsync_runs_over_it_both_ways_and_a_second_run_moves_almost_nothing() {
+    let (agent, tmp) = host_agent();
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    std::fs::create_dir_all(tree.join("sub")).unwrap();
+    std::fs::write(tree.join("big"), noise(300_000, 4)).unwrap();
+    std::fs::write(tree.join("sub/empty"), b"").unwrap();
+    std::os::unix::fs::symlink("sub/empty", tree.join("link")).unwrap();
+    let inside = work.path().join("inside");
+    // rsync takes HOST:PATH for remote only without a slash before the
+    // colon: the agent's socket by its name in its own directory.
+    let dir = agent.dir.path();
+    let (from, to) = (
+        format!("{}/", tree.display()),
+        format!("qga.sock:{}/", inside.display()),
+    );
+    let first = rsync(dir, &from, &to);
+    assert!(rsync_traffic(&first) > 300_000, "{first}");
+    let same = |a: &Path, b: &Path| {
+        let out = std::process::Command::new("diff")
+            .arg("-r")
+            .arg(a)
+            .arg(b)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    };
+    same(&tree, &inside);
+    assert!(std::fs::symlink_metadata(inside.join("link"))
+        .unwrap()
+        .is_symlink());
+    let second = rsync(dir, &from, &to);
+    assert!(rsync_traffic(&second) < 2_000, "{second}");
+
+    let back = work.path().join("back");
+    let (from, to) = (
+        format!("qga.sock:{}/", inside.display()),
+        format!("{}/", back.display()),
+    );
+    rsync(dir, &from, &to);
+    same(&tree, &back);
+    let again = rsync(dir, &from, &to);
+    assert!(rsync_traffic(&again) < 2_000, "{again}");
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+}

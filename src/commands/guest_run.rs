@@ -2,7 +2,8 @@
 //! The arguments become one request to the protocol crate's run engine
 //! ([`Session`]); its replies become stdout, stderr and an exit status.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::os::fd::AsFd;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::agent::{DomainAgent, DomainConnector, Signals};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, Interruption};
 use crate::run_output::{RunOutput, RunResult};
+use crate::std_streams::{read_waiting, write_all_waiting};
 
 /// The most of standard input read: what one request can carry at best.
 /// The exact bound, which depends on the rest of the request, is checked
@@ -140,13 +142,12 @@ const INPUT_PIECE: usize = 64 << 10;
 /// Passes standard input to the interactive run as it comes, then its end;
 /// a full queue (the program does not read) stops the reading, and so does
 /// the program's end: the engine would drop the rest, as fast as it came.
-fn feed_stdin(mut input: impl Read, requests: &mpsc::Sender<Request>, program_ended: &AtomicBool) {
+fn feed_stdin(mut input: impl Read + AsFd, requests: &mpsc::Sender<Request>, program_ended: &AtomicBool) {
     let mut buf = vec![0; INPUT_PIECE];
     while !program_ended.load(Ordering::Acquire) {
-        let (bytes, end) = match input.read(&mut buf) {
+        let (bytes, end) = match read_waiting(&mut input, &mut buf) {
             Ok(0) => (Vec::new(), true),
             Ok(n) => (buf[..n].to_vec(), false),
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
             Err(error) => {
                 tracing::warn!(%error, "cannot read standard input: it ends here");
                 (Vec::new(), true)
@@ -192,11 +193,8 @@ impl Sink {
             return Err(io::Error::other("the output failed before"));
         }
         let written = match stream {
-            Stream::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(bytes).and_then(|()| out.flush())
-            }
-            Stream::Stderr => io::stderr().lock().write_all(bytes),
+            Stream::Stdout => write_all_waiting(&mut io::stdout().lock(), bytes),
+            Stream::Stderr => write_all_waiting(&mut io::stderr().lock(), bytes),
         };
         written.inspect_err(|error| self.failed = Some(io::Error::new(error.kind(), error.to_string())))
     }
