@@ -317,7 +317,7 @@ fn guest_tmp(vm: &TestVm) -> String {
 
 #[test]
 #[ignore = "needs the test VM"]
-fn on_the_vm_data_both_ways_a_slow_reader_a_non_reader_and_ctrl_c_leave_nothing_behind() {
+fn on_the_vm_data_both_ways_a_slow_reader_a_non_reader_and_ctrl_c_leave_nothing_behind_and_a_stop_is_clear() {
     let vm = TestVm::boot("interactive");
     let socket = vm.socket();
     let socket = socket.to_str().unwrap();
@@ -408,6 +408,22 @@ fn on_the_vm_data_both_ways_a_slow_reader_a_non_reader_and_ctrl_c_leave_nothing_
         "{processes}"
     );
     assert_eq!(guest_tmp(&vm), before, "the guest's /tmp before and after");
+
+    // The VM stops while the program waits for input.
+    let mut child = spawn(&[], socket, &["cat"]);
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"up\n").unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "up\n");
+    vm.kill();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    assert_eq!(status.code(), Some(255), "{stderr}");
+    assert!(stderr.starts_with("virtomate: AgentDisconnected: "), "{stderr}");
+    drop(stdin);
 }
 
 /// `rsync -a --stats -e 'virtomate guest-run -i' FROM TO` in `dir`; its
