@@ -507,3 +507,21 @@ fn rsync_runs_over_it_both_ways_and_a_second_run_moves_almost_nothing() {
     assert!(rsync_traffic(&again) < 2_000, "{again}");
     assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_agent_without_guest_file_flush_is_refused_before_anything_runs() {
+    let agent = HostAgent::start_with(&["--block-rpcs", "guest-file-flush"]);
+    let marker = agent.dir.path().join("ran");
+    let out = interactive(
+        &[],
+        agent.socket().to_str().unwrap(),
+        &["touch", marker.to_str().unwrap()],
+        b"input",
+    );
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("lacks guest-file-flush"), "{stderr}");
+    assert!(stderr.contains("nothing was started"), "{stderr}");
+    assert!(!marker.exists(), "the program must not run");
+}

@@ -122,15 +122,6 @@ impl Feed {
         !self.ended && self.pipe != Pipe::Closed && self.pending.len() < FEED_HIGH_WATER
     }
 
-    /// Whether anything is left to do: opening the pipe, writing, closing.
-    pub fn busy(&self) -> bool {
-        match self.pipe {
-            Pipe::NoReader => true,
-            Pipe::Open(_) => self.ended || !self.pending.is_empty(),
-            Pipe::Closed => false,
-        }
-    }
-
     /// Opens the pipe once the program's shell reads it, then writes what
     /// waits, at most about `budget` bytes, and closes the pipe after the
     /// end of the input. Returns at a full pipe or a missing reader, to be
@@ -246,7 +237,7 @@ mod tests {
     #[test]
     fn input_after_the_end_is_dropped_and_the_high_water_mark_stops_more() {
         let mut feed = Feed::new("/tmp/x/in".to_owned());
-        assert!(feed.wants_more() && feed.busy());
+        assert!(feed.wants_more());
         feed.push(&vec![0; FEED_HIGH_WATER]);
         assert!(!feed.wants_more());
         feed.end();

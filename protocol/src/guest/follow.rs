@@ -80,6 +80,10 @@ pub const REQUIRED_COMMANDS: [&str; 6] = [
     "guest-file-close",
 ];
 
+/// The agent commands feeding the input needs besides, all enabled
+/// ([`Follow::prepare_with_stdin`]).
+pub const INPUT_COMMANDS: [&str; 2] = ["guest-file-write", "guest-file-flush"];
+
 /// Bytes asked for per `guest-file-read` on a direct channel: a reply of
 /// about 5.3 MiB in Base64, well within the reply bound, and few exchanges
 /// for a program that writes fast.
@@ -145,7 +149,7 @@ pub enum FollowError {
     Agent(#[from] Error),
     /// The agent lacks commands following needs, or has them disabled;
     /// nothing was done in the guest.
-    #[error("the agent lacks {}, which following output needs", missing.join(", "))]
+    #[error("the agent lacks {}, which following output (or feeding input) needs", missing.join(", "))]
     Unsupported {
         /// The commands missing or disabled.
         missing: Vec<String>,
@@ -280,8 +284,10 @@ impl Follow {
         stdin_pipe: bool,
     ) -> Result<Follow, FollowError> {
         let info = channel.execute(&GuestInfo {}).await?;
+        let input: &[&str] = if stdin_pipe { &INPUT_COMMANDS } else { &[] };
         let missing: Vec<String> = REQUIRED_COMMANDS
             .iter()
+            .chain(input)
             .filter(|name| {
                 !info
                     .supported_commands
