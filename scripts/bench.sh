@@ -20,5 +20,6 @@ cargo bench --locked --bench parallel
 cargo bench --locked --bench copy
 cargo bench --locked --bench follow
 cargo bench --locked --bench master
+cargo bench --locked --bench interactive
 # The Ansible connection plugin on the Python test VM.
 scripts/bench-ansible.sh

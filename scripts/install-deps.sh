@@ -9,9 +9,10 @@ set -euo pipefail
 # man-db, groff-base, bash, zsh, fish: the packaging tests render the man
 # pages and load the shell completions (tests/packaging.rs).
 # debootstrap, e2fsprogs: the Python test VM (scripts/build-python-vm.sh).
+# rsync: rsync over `guest-run -i` against the host agent (tests/interactive.rs).
 # python3-venv: the virtual environment with ansible-core
 # (scripts/test-ansible.sh).
-packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time jq python3
+packages=(qemu-system-x86 qemu-guest-agent busybox-static cpio gzip kmod xz-utils zstd time jq python3 rsync
   man-db groff-base bash zsh fish debootstrap e2fsprogs python3-venv)
 
 missing=()

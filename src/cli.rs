@@ -346,6 +346,12 @@ pub struct GuestRunArgs {
     #[arg(long, conflicts_with_all = ["encode", "merge_output"])]
     pub follow: bool,
 
+    /// Stream standard input to the program while it runs, as through a pipe (implies
+    /// --follow): it reaches the program through a named pipe in the same private directory;
+    /// the end of standard input closes the program's, and the run goes on until it ends
+    #[arg(short, long, conflicts_with_all = ["stdin", "encode", "merge_output"])]
+    pub interactive: bool,
+
     /// Collect stdout and stderr as one stream in the order written, in "stdout" (needs
     /// qemu-ga 8.1 or newer)
     #[arg(long)]

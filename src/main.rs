@@ -14,6 +14,7 @@ mod generate;
 mod master;
 mod output;
 mod run_output;
+mod std_streams;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
     // stderr as one line, with ssh's exit status.
     // So does a local command's, for guest-freeze.
     let raw = match &cli.command {
-        Command::GuestRun(args) => args.raw || args.follow,
+        Command::GuestRun(args) => args.raw || args.follow || args.interactive,
         Command::GuestFreeze(args) => !args.command.is_empty(),
         _ => false,
     };

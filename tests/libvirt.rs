@@ -255,6 +255,27 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
     assert!(out.stderr.is_empty(), "{}", out.stderr);
     assert_eq!(guest_tmp(), before, "--follow left its directory in the guest");
 
+    // -i through libvirtd: input fed while the program runs, a full pipe
+    // (nothing read for two seconds) told apart through libvirt's errors.
+    let input: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8)
+        .collect();
+    let out = support::run_bytes(
+        &["guest-run", "-i", &one, "--", "sh", "-c", "sleep 2; cat"],
+        &input,
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == input,
+        "300000 bytes through libvirtd and cat differ"
+    );
+    assert_eq!(guest_tmp(), before, "-i left its directory in the guest");
+
     // copy through libvirtd: chunks within its limits, in and out, verified.
     let work = tempfile::tempdir().unwrap();
     let source = work.path().join("source");

@@ -19,6 +19,7 @@ mod fake_agent;
 mod follow;
 mod freeze;
 mod host_agent;
+mod interactive;
 mod layers;
 mod libvirt;
 mod master;

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::libvirt::LibvirtAgent;
-use crate::qga::{Command, GuestExec, GuestExecReply};
+use crate::qga::{Both, Command, GuestExec, GuestExecReply};
 use crate::{Error, QgaClient, RequestProgress};
 
 /// Runs agent commands, whatever carries them.
@@ -67,6 +67,29 @@ pub trait Agent {
         self.execute(exec)
     }
 
+    /// Runs `first`, then `second` whatever came of it, and returns both
+    /// replies, each its own result; a failure of the exchange itself (a
+    /// timeout, a connection lost) is the whole call's. Over a direct
+    /// channel both go out together, one round trip for two (see
+    /// [`QgaClient::execute_both`]); otherwise one after the other.
+    fn execute_both<A: Command, B: Command>(
+        &mut self,
+        first: &A,
+        second: &B,
+    ) -> impl Future<Output = Result<Both<A, B>, Error>> {
+        async move {
+            let first_reply = self.execute(first).await;
+            if !matches!(first_reply, Ok(_) | Err(Error::Agent { .. })) {
+                return Err(first_reply.err().expect("not a reply"));
+            }
+            let second_reply = self.execute(second).await;
+            if !matches!(second_reply, Ok(_) | Err(Error::Agent { .. })) {
+                return Err(second_reply.err().expect("not a reply"));
+            }
+            Ok((first_reply, second_reply))
+        }
+    }
+
     /// How far the last request got, for a caller whose exchange was cut
     /// short: whether the agent may have acted on it.
     fn request_progress(&self) -> RequestProgress {
@@ -98,6 +121,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Agent for QgaClient<S> {
 
     fn guest_exec(&mut self, exec: &GuestExec) -> impl Future<Output = Result<GuestExecReply, Error>> {
         QgaClient::guest_exec(self, exec)
+    }
+
+    fn execute_both<A: Command, B: Command>(
+        &mut self,
+        first: &A,
+        second: &B,
+    ) -> impl Future<Output = Result<Both<A, B>, Error>> {
+        QgaClient::execute_both(self, first, second)
     }
 
     fn request_progress(&self) -> RequestProgress {
@@ -179,6 +210,17 @@ impl Agent for AnyAgent {
         match self {
             AnyAgent::Direct(agent) => agent.guest_exec(exec).await,
             AnyAgent::Libvirt(agent) => agent.guest_exec(exec).await,
+        }
+    }
+
+    async fn execute_both<A: Command, B: Command>(
+        &mut self,
+        first: &A,
+        second: &B,
+    ) -> Result<Both<A, B>, Error> {
+        match self {
+            AnyAgent::Direct(agent) => agent.execute_both(first, second).await,
+            AnyAgent::Libvirt(agent) => Agent::execute_both(agent, first, second).await,
         }
     }
 

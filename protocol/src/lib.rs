@@ -24,7 +24,8 @@
 //! - `guest/`: what runs in the guest through the agent: a program polled
 //!   to its end and stopped with its process tree ([`stop_group`]), and
 //!   its output read while it runs through files in a private directory
-//!   ([`follow::Follow`]).
+//!   ([`follow::Follow`]), its input fed while it runs through a named
+//!   pipe there ([`feed::Feed`]).
 //! - [`session`]: the engine that runs programs: many requests (runs,
 //!   pings, a caller's own jobs) over one channel, programs running side
 //!   by side, for `virtomate guest-run`, `virtomate session` and any Rust
@@ -57,7 +58,7 @@ pub use error::{Error, Phase};
 pub use guest::exec::{
     stop_group, wait_for_exit, wait_for_exit_on, Finished, PollSchedule, StopScope, Stopped, TREE_SCRIPT,
 };
-pub use guest::follow;
+pub use guest::{feed, follow};
 pub use libvirt::LibvirtClient;
 pub use qga::QgaClient;
 pub use qmp::QmpClient;

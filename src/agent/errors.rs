@@ -241,7 +241,7 @@ fn output_failure(
             match guest_run {
                 true => error.with_hint(
                     "enable them in the guest's qemu-ga (see --block-rpcs/--allow-rpcs), or run without \
-                     --follow",
+                     --follow or -i",
                 ),
                 false => error,
             }
@@ -249,9 +249,13 @@ fn output_failure(
         (error, _) => CliError::new(ErrorKind::GuestOutput, format!("{error}; nothing was started"))
             .with_hint(match guest_run {
                 true => {
-                    "--follow needs /bin/sh and a writable $TMPDIR or /tmp in the guest; run without --follow"
+                    "--follow and -i need /bin/sh and a writable $TMPDIR or /tmp in the guest (-i: and \
+                     mkfifo); run without them"
                 }
-                false => "\"follow\" needs /bin/sh and a writable $TMPDIR or /tmp in the guest",
+                false => {
+                    "\"follow\" and \"interactive\" need /bin/sh and a writable $TMPDIR or /tmp in the \
+                     guest (\"interactive\": and mkfifo)"
+                }
             }),
     }
 }

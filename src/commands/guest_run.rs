@@ -2,9 +2,13 @@
 //! The arguments become one request to the protocol crate's run engine
 //! ([`Session`]); its replies become stdout, stderr and an exit status.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
+use std::os::fd::AsFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use virtomate_protocol::follow::Stream;
 use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Reply, Request, RunRequest, Session};
 use virtomate_protocol::MAX_REQUEST_LEN;
@@ -14,6 +18,7 @@ use crate::agent::{DomainAgent, DomainConnector, Signals};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, Interruption};
 use crate::run_output::{RunOutput, RunResult};
+use crate::std_streams::{read_waiting, write_all_waiting};
 
 /// The most of standard input read: what one request can carry at best.
 /// The exact bound, which depends on the rest of the request, is checked
@@ -82,19 +87,23 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
 fn run_request(args: GuestRunArgs, input: Option<Vec<u8>>) -> RunRequest {
     let (env, env_clear) = (args.env.clone(), args.env_clear);
     let (merge_output, follow, max_time, grace) = (args.merge_output, args.follow, args.max_time, args.grace);
+    let interactive = args.interactive;
     let (program, arguments) = args.into_command();
     let mut request = RunRequest::new(program, arguments);
     request.stdin = input;
     request.env = env;
     request.env_clear = env_clear;
     request.merge_output = merge_output;
-    request.follow = follow;
+    request.follow = follow || interactive;
+    request.interactive = interactive;
     request.max_time = max_time;
     request.grace = grace;
     request
 }
 
-/// Runs `request` to its end, `None` if a signal came first.
+/// Runs `request` to its end, `None` if a signal came first. An
+/// interactive one gets standard input as it comes, and ends with the
+/// program whether or not standard input has.
 async fn serve(
     session: &mut Session<DomainConnector>,
     request: RunRequest,
@@ -102,14 +111,55 @@ async fn serve(
     signals: &mut Signals,
 ) -> Option<Result<Outcome, Failure>> {
     let (requests, mut incoming) = mpsc::channel(1);
+    let interactive = request.interactive;
     requests
-        .try_send(Request::run(0.into(), request))
+        .try_send(Request::run(RUN_ID.into(), request))
         .expect("an empty channel takes one request");
+    if interactive {
+        // A thread of its own, which the process's exit ends wherever it
+        // blocks; tokio's stdin would keep the runtime from shutting down.
+        let (requests, ended) = (requests.clone(), sink.program_ended.clone());
+        std::thread::spawn(move || feed_stdin(io::stdin().lock(), &requests, &ended));
+    }
     drop(requests);
+    let ended = sink.ended.clone();
     let served = session.serve(&mut incoming, |reply| sink.take(reply));
     tokio::select! {
-        () = served => Some(sink.outcome.take().expect("the engine replies to every request")),
-        () = signals.arrival() => None,
+        () = served => {}
+        () = ended.notified() => {}
+        () = signals.arrival() => return None,
+    }
+    Some(sink.outcome.take().expect("the engine replies to every request"))
+}
+
+/// The id of the one request `guest-run` makes.
+const RUN_ID: u64 = 0;
+
+/// The most bytes of standard input read at once for `--interactive`:
+/// what is there is passed on at once, up to this much.
+const INPUT_PIECE: usize = 64 << 10;
+
+/// Passes standard input to the interactive run as it comes, then its end;
+/// a full queue (the program does not read) stops the reading, and so does
+/// the program's end: the engine would drop the rest, as fast as it came.
+fn feed_stdin(mut input: impl Read + AsFd, requests: &mpsc::Sender<Request>, program_ended: &AtomicBool) {
+    let mut buf = vec![0; INPUT_PIECE];
+    while !program_ended.load(Ordering::Acquire) {
+        let (bytes, end) = match read_waiting(&mut input, &mut buf) {
+            Ok(0) => (Vec::new(), true),
+            Ok(n) => (buf[..n].to_vec(), false),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read standard input: it ends here");
+                (Vec::new(), true)
+            }
+        };
+        if requests
+            .blocking_send(Request::input(RUN_ID.into(), bytes, end))
+            .is_err()
+            || end
+        {
+            return;
+        }
     }
 }
 
@@ -118,6 +168,10 @@ async fn serve(
 #[derive(Default)]
 struct Sink {
     outcome: Option<Result<Outcome, Failure>>,
+    /// Told when the outcome comes.
+    ended: Rc<Notify>,
+    /// Set when the outcome comes, for the thread that reads stdin.
+    program_ended: Arc<AtomicBool>,
     failed: Option<io::Error>,
 }
 
@@ -127,6 +181,8 @@ impl Sink {
             Ok(Outcome::Chunk { stream, bytes }) => self.write(stream, &bytes),
             outcome => {
                 self.outcome = Some(outcome);
+                self.program_ended.store(true, Ordering::Release);
+                self.ended.notify_one();
                 Ok(())
             }
         }
@@ -137,11 +193,8 @@ impl Sink {
             return Err(io::Error::other("the output failed before"));
         }
         let written = match stream {
-            Stream::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(bytes).and_then(|()| out.flush())
-            }
-            Stream::Stderr => io::stderr().lock().write_all(bytes),
+            Stream::Stdout => write_all_waiting(&mut io::stdout().lock(), bytes),
+            Stream::Stderr => write_all_waiting(&mut io::stderr().lock(), bytes),
         };
         written.inspect_err(|error| self.failed = Some(io::Error::new(error.kind(), error.to_string())))
     }

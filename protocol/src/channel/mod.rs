@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use tokio::time::{sleep, Instant};
 
-use crate::qga::{Command, GuestExec, GuestExecReply};
+use crate::qga::{Both, Command, GuestExec, GuestExecReply};
 use crate::{Agent, ChannelLock, ClientOptions, Deadline, Error, QgaClient, RequestProgress, Turn};
 
 /// While a connection is held between polls, how often to ask whether
@@ -270,6 +270,17 @@ impl<C: Connector> Channel<C> {
     /// connects afresh.
     pub async fn execute<T: Command>(&mut self, command: &T) -> Result<T::Output, Error> {
         let result = self.agent().await?.execute(command).await;
+        self.after(result).await
+    }
+
+    /// Runs two commands in one round trip where the carrier allows it
+    /// (see [`Agent::execute_both`]).
+    pub async fn execute_both<A: Command, B: Command>(
+        &mut self,
+        first: &A,
+        second: &B,
+    ) -> Result<Both<A, B>, Error> {
+        let result = self.agent().await?.execute_both(first, second).await;
         self.after(result).await
     }
 

@@ -80,6 +80,10 @@ pub const REQUIRED_COMMANDS: [&str; 6] = [
     "guest-file-close",
 ];
 
+/// The agent commands feeding the input needs besides, all enabled
+/// ([`Follow::prepare_with_stdin`]).
+pub const INPUT_COMMANDS: [&str; 2] = ["guest-file-write", "guest-file-flush"];
+
 /// Bytes asked for per `guest-file-read` on a direct channel: a reply of
 /// about 5.3 MiB in Base64, well within the reply bound, and few exchanges
 /// for a program that writes fast.
@@ -145,7 +149,7 @@ pub enum FollowError {
     Agent(#[from] Error),
     /// The agent lacks commands following needs, or has them disabled;
     /// nothing was done in the guest.
-    #[error("the agent lacks {}, which following output needs", missing.join(", "))]
+    #[error("the agent lacks {}, which following output (or feeding input) needs", missing.join(", "))]
     Unsupported {
         /// The commands missing or disabled.
         missing: Vec<String>,
@@ -182,22 +186,37 @@ pub enum FollowError {
         /// What the guest said.
         reason: String,
     },
+    /// The agent did something unforeseen with the program's input (see
+    /// [`feed`](crate::feed)): it may have lost or repeated some of it.
+    #[error("cannot feed the program's input: {reason}")]
+    Input {
+        /// What the agent did.
+        reason: String,
+    },
     /// The sink refused a chunk (a reader that went away, say).
     #[error("cannot pass the output on: {0}")]
     Sink(#[source] std::io::Error),
 }
 
 /// The script that makes the directory: `$1` is the random part of its
-/// name; it prints the directory's path.
+/// name, `$2` (when not empty) asks for the named pipe `in` too; it
+/// prints the directory's path.
 const SETUP_SCRIPT: &str = r#"umask 077
 d="${TMPDIR:-/tmp}/virtomate-follow-$1"
 mkdir -m 700 -- "$d" || exit 1
-if ! { : >"$d/out" && : >"$d/err"; }; then rm -rf -- "$d"; exit 1; fi
+if ! { : >"$d/out" && : >"$d/err" && { [ -z "$2" ] || mkfifo -m 600 -- "$d/in"; }; }; then
+  rm -rf -- "$d"; exit 1
+fi
 printf '%s' "$d""#;
 
 /// The script that starts the program: `$1` is the directory, the rest
 /// the program and its arguments.
 const REDIRECT_SCRIPT: &str = r#"d=$1; shift; exec "$@" >"$d/out" 2>"$d/err""#;
+
+/// The same with standard input from the named pipe `in`. The shell opens
+/// it first, and waits there until a writer opens it too (see
+/// [`feed`](crate::feed)).
+const REDIRECT_INPUT_SCRIPT: &str = r#"d=$1; shift; exec "$@" <"$d/in" >"$d/out" 2>"$d/err""#;
 
 /// The script that removes the directory `$1`: exit status 3 if it is
 /// gone already; before removing it, `df` tells the space left.
@@ -223,6 +242,8 @@ struct Tail {
 pub struct Follow {
     dir: String,
     options: FollowOptions,
+    /// Whether the directory has the named pipe `in` for the input.
+    stdin_pipe: bool,
     tails: [Tail; 2],
 }
 
@@ -244,9 +265,29 @@ impl Follow {
         channel: &mut Channel<C>,
         options: FollowOptions,
     ) -> Result<Follow, FollowError> {
+        Follow::prepare_for(channel, options, false).await
+    }
+
+    /// As [`prepare`](Self::prepare), and makes the named pipe `in` too,
+    /// which [`redirect`](Self::redirect) then connects to the program's
+    /// standard input, to feed it while it runs (see [`feed`](crate::feed)).
+    pub async fn prepare_with_stdin<C: Connector>(
+        channel: &mut Channel<C>,
+        options: FollowOptions,
+    ) -> Result<Follow, FollowError> {
+        Follow::prepare_for(channel, options, true).await
+    }
+
+    async fn prepare_for<C: Connector>(
+        channel: &mut Channel<C>,
+        options: FollowOptions,
+        stdin_pipe: bool,
+    ) -> Result<Follow, FollowError> {
         let info = channel.execute(&GuestInfo {}).await?;
+        let input: &[&str] = if stdin_pipe { &INPUT_COMMANDS } else { &[] };
         let missing: Vec<String> = REQUIRED_COMMANDS
             .iter()
+            .chain(input)
             .filter(|name| {
                 !info
                     .supported_commands
@@ -261,7 +302,8 @@ impl Follow {
         let name = crate::random_name().map_err(|e| FollowError::Setup {
             reason: format!("no random name: {e}"),
         })?;
-        let setup = GuestExec::new("/bin/sh", ["-c", SETUP_SCRIPT, "sh", &name]);
+        let pipe = if stdin_pipe { "in" } else { "" };
+        let setup = GuestExec::new("/bin/sh", ["-c", SETUP_SCRIPT, "sh", &name, pipe]);
         let pid = match channel.guest_exec(&setup).await {
             Ok(started) => started.pid,
             Err(Error::Agent { desc, .. }) => {
@@ -290,6 +332,7 @@ impl Follow {
         let mut follow = Follow {
             dir,
             options,
+            stdin_pipe,
             tails: [Stream::Stdout, Stream::Stderr].map(|stream| Tail {
                 stream,
                 handle: None,
@@ -321,15 +364,26 @@ impl Follow {
         output_path(&self.dir, stream)
     }
 
-    /// `exec` with its output going to the directory's files: started
+    /// The named pipe the program reads its standard input from, when
+    /// [`prepare_with_stdin`](Self::prepare_with_stdin) made one.
+    pub fn stdin_pipe(&self) -> Option<String> {
+        self.stdin_pipe.then(|| format!("{}/in", self.dir))
+    }
+
+    /// `exec` with its output going to the directory's files (and its
+    /// input coming from the named pipe, when there is one): started
     /// through `/bin/sh`, with the program and its arguments passed as
     /// arguments. Its environment, input and `capture-output` stay; the
     /// agent then captures only what the shell itself says before the
     /// redirection.
     pub fn redirect(&self, exec: GuestExec) -> GuestExec {
+        let script = match self.stdin_pipe {
+            true => REDIRECT_INPUT_SCRIPT,
+            false => REDIRECT_SCRIPT,
+        };
         let mut arg = vec![
             "-c".to_owned(),
-            REDIRECT_SCRIPT.to_owned(),
+            script.to_owned(),
             "sh".to_owned(),
             self.dir.clone(),
             exec.path,
@@ -495,6 +549,7 @@ mod tests {
         let follow = Follow {
             dir: "/tmp/virtomate-follow-x".to_owned(),
             options: FollowOptions::default(),
+            stdin_pipe: false,
             tails: [Stream::Stdout, Stream::Stderr].map(|stream| Tail {
                 stream,
                 handle: None,
@@ -544,6 +599,12 @@ mod tests {
         assert_eq!(mode(&format!("{path}/out")), 0o600);
         // Made once only: a second setup with the same name fails.
         assert!(!run(SETUP_SCRIPT, &["abc"]).status.success());
+        let piped = run(SETUP_SCRIPT, &["pipe", "in"]);
+        assert!(piped.status.success(), "{piped:?}");
+        let fifo = format!("{}/in", String::from_utf8(piped.stdout).unwrap());
+        use std::os::unix::fs::FileTypeExt;
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
+        assert_eq!(mode(&fifo), 0o600);
 
         let ran = run(
             REDIRECT_SCRIPT,

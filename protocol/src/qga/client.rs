@@ -261,6 +261,74 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         .await
     }
 
+    /// Sends `first` and `second` together and reads both replies: one
+    /// round trip for two commands, which the agent still runs in order,
+    /// the second whatever came of the first. An error reply to either is
+    /// its own result; a failure of the exchange (a timeout, a connection
+    /// lost) is the whole call's, and the agent may then have run none,
+    /// one or both.
+    pub async fn execute_both<A: Command, B: Command>(
+        &mut self,
+        first: &A,
+        second: &B,
+    ) -> Result<Both<A, B>, Error> {
+        if !self.in_sync {
+            self.sync().await?;
+        }
+        let (first_id, second_id) = (self.fresh_id(), self.fresh_id());
+        let mut lines = Request::of(first).with_id(first_id).to_line();
+        let second_line = Request::of(second).with_id(second_id).to_line();
+        let longest = lines.len().max(second_line.len());
+        if longest > MAX_REQUEST_LEN {
+            return Err(Error::RequestTooLarge {
+                len: longest,
+                limit: MAX_REQUEST_LEN,
+            });
+        }
+        lines.extend(second_line);
+        let reply_timeout = self.options.reply_timeout;
+        self.in_sync = false;
+        self.progress = RequestProgress::PartlySent;
+        let send_allowance = reply_timeout + Duration::from_secs((lines.len() >> 20) as u64);
+        Deadline::after(send_allowance)
+            .run(Phase::Sending(A::NAME.to_owned()), self.conn.send(&lines))
+            .await?;
+        self.progress = RequestProgress::Sent;
+        let first_reply = self.reply_to::<A::Output>(A::NAME, first_id, reply_timeout).await;
+        if !matches!(first_reply, Ok(_) | Err(Error::Agent { .. })) {
+            return Err(first_reply.err().expect("not a reply"));
+        }
+        let second_reply = self
+            .reply_to::<B::Output>(B::NAME, second_id, reply_timeout)
+            .await;
+        if !matches!(second_reply, Ok(_) | Err(Error::Agent { .. })) {
+            return Err(second_reply.err().expect("not a reply"));
+        }
+        self.in_sync = true;
+        self.progress = RequestProgress::Idle;
+        Ok((first_reply, second_reply))
+    }
+
+    /// Reads until the reply to the request `id`, within `reply_timeout`.
+    async fn reply_to<T: serde::de::DeserializeOwned>(
+        &mut self,
+        name: &str,
+        id: u64,
+        reply_timeout: Duration,
+    ) -> Result<T, Error> {
+        let reading = async {
+            loop {
+                let line = self.conn.read_reply().await?;
+                if let ReplyFor::Us(output) = parse_reply::<T>(name, &line, ReplyId::Is(id))? {
+                    return Ok(output);
+                }
+            }
+        };
+        Deadline::after(reply_timeout)
+            .run(Phase::Reply(name.to_owned()), reading)
+            .await
+    }
+
     /// Sends a command that does not reply on success (`guest-shutdown`,
     /// `guest-suspend-*`): silence or a closed channel within `grace` is
     /// success, as the protocol has it (and so is a reply, should an agent
@@ -355,6 +423,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         self.next_id
     }
 }
+
+/// The replies to two commands sent together
+/// ([`QgaClient::execute_both`]), each its own result.
+pub type Both<A, B> = (
+    Result<<A as Command>::Output, Error>,
+    Result<<B as Command>::Output, Error>,
+);
 
 /// Ids stay below 2^53 so that every JSON implementation keeps them exact.
 const ID_MASK: u64 = (1 << 53) - 1;

@@ -21,8 +21,8 @@ mod files;
 mod freeze;
 mod streamed_input;
 
-pub use client::QgaClient;
 pub(crate) use client::LONGEST_ID;
+pub use client::{Both, QgaClient};
 pub use commands::{
     CaptureOutput, CommandInfo, GuestExec, GuestExecReply, GuestExecStatus, GuestExecStatusReply, GuestInfo,
     GuestInfoReply, GuestPing, GuestSyncDelimited,

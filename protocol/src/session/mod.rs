@@ -52,6 +52,7 @@ pub use reply::{Abandoned, Failure, InFlight, Left, Outcome, Reply, Stage};
 pub use request::{Action, BadRequest, Request, RunRequest};
 
 use crate::channel::LOOK_FOR_WAITERS;
+use crate::feed::{Feed, FEED_HIGH_WATER};
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
 use crate::qga::{CaptureOutput, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing};
 use crate::{
@@ -119,13 +120,19 @@ impl Running {
 }
 
 /// A followed program's output files, since when nothing new came, and
-/// whether the caller still takes its output.
+/// whether the caller still takes its output; for an interactive one, its
+/// input.
 #[derive(Debug)]
 struct Following {
     follow: Follow,
     quiet_since: Instant,
     refused: bool,
+    feed: Option<Feed>,
 }
+
+/// The most input written to one program in one turn: the other
+/// programs' polls, and reading its own output, wait no longer than that.
+const FEED_BUDGET: usize = 64 << 10;
 
 /// Why a program is stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -243,8 +250,11 @@ impl<C: Connector> Session<C> {
             self.let_go_unless_busy().await;
             let next_poll = self.running.iter().map(|run| run.next_poll).min();
             let connected = self.channel.is_connected();
+            // Input piles up for a program that does not read it: no more
+            // work is taken until it does (or ends), so the caller stops.
+            let takes_work = open && !self.input_backed_up();
             tokio::select! {
-                next = work.next(), if open => {
+                next = work.next(), if takes_work => {
                     if next.is_some() {
                         self.last_request = Instant::now();
                     }
@@ -340,6 +350,31 @@ impl<C: Connector> Session<C> {
         abandoned
     }
 
+    /// Whether an interactive program has so much input waiting that no
+    /// more should be taken.
+    fn input_backed_up(&self) -> bool {
+        self.running.iter().any(|run| {
+            let feed = run.follow.as_ref().and_then(|f| f.feed.as_ref());
+            feed.is_some_and(|feed| feed.pending() >= FEED_HIGH_WATER)
+        })
+    }
+
+    /// Passes input on to the interactive program `id`, whose next poll
+    /// comes at once; input for any other is dropped.
+    fn take_input(&mut self, id: &Value, bytes: &[u8], end: bool) {
+        let Some(run) = self.running.iter_mut().find(|run| run.id == *id) else {
+            return;
+        };
+        let Some(feed) = run.follow.as_mut().and_then(|f| f.feed.as_mut()) else {
+            return;
+        };
+        feed.push(bytes);
+        if end {
+            feed.end();
+        }
+        run.next_poll = Instant::now();
+    }
+
     /// Lets go of the channel.
     pub async fn close(&mut self) {
         self.channel.release().await;
@@ -369,6 +404,10 @@ impl<C: Connector> Session<C> {
         let outcome = match request.action {
             Action::Ping => self.ping(&id).await,
             Action::Run(run) => self.start(&id, run).await,
+            Action::Input { bytes, end } => {
+                self.take_input(&id, &bytes, end);
+                return;
+            }
         };
         self.current = None;
         match outcome {
@@ -412,7 +451,8 @@ impl<C: Connector> Session<C> {
     /// Starts a program; its reply comes once it has ended.
     async fn start(&mut self, id: &Value, run: RunRequest) -> Result<Option<Outcome>, Failure> {
         self.connect_for(id, Stage::Preparing).await?;
-        let (encode, max_time, grace, followed) = (run.encode, run.max_time, run.grace, run.follow);
+        let (encode, max_time, grace) = (run.encode, run.max_time, run.grace);
+        let (followed, interactive) = (run.follow || run.interactive, run.interactive);
         let mut exec = run.into_guest_exec();
         self.check_agent_for(exec.capture_output).await?;
         let follow = match followed {
@@ -421,7 +461,10 @@ impl<C: Connector> Session<C> {
                     read_count: self.options.follow_read_count,
                     ..FollowOptions::default()
                 };
-                let prepared = Follow::prepare(&mut self.channel, options).await;
+                let prepared = match interactive {
+                    true => Follow::prepare_with_stdin(&mut self.channel, options).await,
+                    false => Follow::prepare(&mut self.channel, options).await,
+                };
                 Some(prepared.map_err(|e| Failure::following(Stage::Preparing, e))?)
             }
             false => None,
@@ -457,6 +500,7 @@ impl<C: Connector> Session<C> {
             stop_at: max_time.map(|limit| now + limit),
             grace,
             follow: follow.map(|follow| Following {
+                feed: follow.stdin_pipe().map(Feed::new),
                 follow,
                 quiet_since: now,
                 refused: false,
@@ -501,7 +545,24 @@ impl<C: Connector> Session<C> {
         if self.running[index].stop_at.is_some_and(|at| Instant::now() >= at) {
             return self.stop(index, StopReason::TimeLimit, reply).await;
         }
+        let mut more_input = false;
         let run = &mut self.running[index];
+        if let Some(feed) = run.follow.as_mut().and_then(|f| f.feed.as_mut()) {
+            match feed.feed(&mut self.channel, FEED_BUDGET).await {
+                Ok(fed) => {
+                    more_input = fed.more;
+                    if fed.written > 0 {
+                        if let Some(following) = &mut run.follow {
+                            following.quiet_since = Instant::now();
+                        }
+                    }
+                }
+                Err(error) => {
+                    let run = self.running.remove(index);
+                    return self.fail_following(run, error, None, reply);
+                }
+            }
+        }
         if let Some(following) = &mut run.follow {
             // One read of each stream: the other programs' polls wait no
             // longer than that.
@@ -543,6 +604,8 @@ impl<C: Connector> Session<C> {
                     }
                     None => now + self.options.schedule.pause_after(now.duration_since(run.started)),
                 };
+                // Input waits that the pipe can take: write on at once.
+                let next = if more_input { now } else { next };
                 run.next_poll = run.stop_at.map_or(next, |at| next.min(at));
             }
             Err(Error::Disconnected) => self.fail_running(reply),
@@ -599,6 +662,10 @@ impl<C: Connector> Session<C> {
         let Some(following) = &mut run.follow else {
             return Ok(());
         };
+        if let Some(feed) = &mut following.feed {
+            // What was not written is dropped: the program has ended.
+            feed.close(&mut self.channel).await?;
+        }
         if !following.refused {
             let id = &run.id;
             let mut sink = |stream, bytes: &[u8]| reply(chunk(id, stream, bytes));

@@ -41,6 +41,17 @@ pub enum Action {
     Run(RunRequest),
     /// `{"ping": {}}`: does the agent answer?
     Ping,
+    /// `{"stdin": BASE64, "eof": BOOL}`: input for the running program
+    /// whose request had the same id and `"interactive": true`, and
+    /// whether it is the last. Input for a program that has ended, or was
+    /// not started interactive, is dropped.
+    Input {
+        /// The bytes, in order after those given before.
+        bytes: Vec<u8>,
+        /// The input ends here: the program's standard input is closed
+        /// once it has been written.
+        end: bool,
+    },
 }
 
 /// A program to run, as `guest-run` runs it.
@@ -74,6 +85,11 @@ pub struct RunRequest {
     /// (`"follow": true`), as `guest-run --follow` does; the result then
     /// has no output of its own. Not with `merge_output`.
     pub follow: bool,
+    /// Stream the program's standard input too (`"interactive": true`),
+    /// as `guest-run --interactive` does: it comes in [`Action::Input`]
+    /// requests with this request's id, and is fed through a named pipe
+    /// (see [`feed`](crate::feed)). Implies `follow`; not with `stdin`.
+    pub interactive: bool,
 }
 
 /// The time between SIGTERM and SIGKILL when a request does not say.
@@ -93,6 +109,7 @@ impl RunRequest {
             grace: DEFAULT_GRACE,
             merge_output: false,
             follow: false,
+            interactive: false,
         }
     }
 
@@ -165,6 +182,15 @@ impl Request {
         }
     }
 
+    /// Input for the interactive run `id`; `end` closes its standard
+    /// input after it.
+    pub fn input(id: Value, bytes: Vec<u8>, end: bool) -> Request {
+        Request {
+            id,
+            action: Action::Input { bytes, end },
+        }
+    }
+
     /// A request to ping the agent.
     pub fn ping(id: Value) -> Request {
         Request {
@@ -211,6 +237,8 @@ impl Request {
             fields::parse::<RunFields>(object, "a run request").and_then(RunFields::into_run)
         } else if object.contains_key("ping") {
             fields::parse::<PingFields>(object, "a ping request").map(|_| Action::Ping)
+        } else if object.contains_key("stdin") || object.contains_key("eof") {
+            fields::parse::<InputFields>(object, "an input line").map(InputFields::into_input)
         } else {
             Err("a request needs \"run\" or \"ping\"".to_owned())
         };
@@ -243,13 +271,23 @@ struct RunFields {
     merge_output: bool,
     #[serde(default, deserialize_with = "fields::flag")]
     follow: bool,
+    #[serde(default, deserialize_with = "fields::flag")]
+    interactive: bool,
 }
 
 impl RunFields {
     fn into_run(self) -> Result<Action, String> {
-        if self.follow && self.merge_output {
+        if (self.follow || self.interactive) && self.merge_output {
+            let key = if self.interactive { "interactive" } else { "follow" };
+            return Err(format!(
+                "\"{key}\" streams stdout and stderr apart: it cannot go with \"merge_output\""
+            ));
+        }
+        if self.interactive && self.stdin.is_some() {
             return Err(
-                "\"follow\" streams stdout and stderr apart: it cannot go with \"merge_output\"".to_owned(),
+                "\"interactive\" takes its input in lines {\"id\": ID, \"stdin\": BASE64}: it cannot go \
+                 with \"stdin\""
+                    .to_owned(),
             );
         }
         let (program, args) = self.run;
@@ -263,8 +301,28 @@ impl RunFields {
             max_time: self.max_time,
             grace: self.grace.unwrap_or(DEFAULT_GRACE),
             merge_output: self.merge_output,
-            follow: self.follow,
+            follow: self.follow || self.interactive,
+            interactive: self.interactive,
         }))
+    }
+}
+
+/// The keys of an input line: `"stdin"`, `"eof"` or both.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InputFields {
+    #[serde(default, deserialize_with = "base64_data::deserialize")]
+    stdin: Option<Vec<u8>>,
+    #[serde(default, deserialize_with = "fields::flag")]
+    eof: bool,
+}
+
+impl InputFields {
+    fn into_input(self) -> Action {
+        Action::Input {
+            bytes: self.stdin.unwrap_or_default(),
+            end: self.eof,
+        }
     }
 }
 
@@ -407,6 +465,35 @@ mod tests {
         assert_eq!(
             message(r#"{"ping": {}, "follow": true}"#).1,
             "unknown key \"follow\" in a ping request"
+        );
+    }
+
+    #[test]
+    fn interactive_implies_follow_and_input_lines_carry_the_runs_id() {
+        let line = br#"{"id": 1, "run": ["cat"], "interactive": true}"#;
+        let Action::Run(run) = Request::parse(line).unwrap().action else {
+            panic!("a run")
+        };
+        assert!(run.interactive && run.follow);
+        assert_eq!(
+            Request::parse(br#"{"id": 1, "stdin": "aGk="}"#).unwrap(),
+            Request::input(1.into(), b"hi".to_vec(), false)
+        );
+        assert_eq!(
+            Request::parse(br#"{"id": 1, "eof": true}"#).unwrap(),
+            Request::input(1.into(), Vec::new(), true)
+        );
+        assert_eq!(
+            message(r#"{"id": 1, "eof": true, "x": 1}"#).1,
+            "unknown key \"x\" in an input line"
+        );
+        assert!(message(r#"{"run": ["cat"], "interactive": true, "stdin": ""}"#)
+            .1
+            .contains("cannot go with \"stdin\""));
+        assert!(
+            message(r#"{"run": ["cat"], "interactive": true, "merge_output": true}"#)
+                .1
+                .starts_with("\"interactive\" streams")
         );
     }
 

@@ -1,6 +1,7 @@
-//! The session's input: request lines, and the data lines of copies into
-//! the guest (`{"id": ID, "data": BASE64}`, the last with `"end": true`,
-//! or `{"id": ID, "abort": WHY}`),
+//! The session's input: request lines, the data lines of copies into the
+//! guest (`{"id": ID, "data": BASE64}`, the last with `"end": true`, or
+//! `{"id": ID, "abort": WHY}`), and the input lines of interactive runs
+//! (`{"id": ID, "stdin": BASE64}`, `{"id": ID, "eof": true}`),
 //! read on a thread of their own. A line that is no request is answered
 //! at once; the others go to the session as they come.
 
@@ -122,6 +123,14 @@ impl Reader {
             .any(|key| object.contains_key(*key))
         {
             return self.data(object);
+        }
+        let is_input = ["stdin", "eof"].iter().any(|key| object.contains_key(*key));
+        if is_input && !object.contains_key("run") && !object.contains_key("ping") {
+            // Input for a run in flight: its id is taken up already.
+            return match Request::from_object(object) {
+                Ok(request) => self.send(Work::Request(request), len),
+                Err(bad) => answer(bad.id, bad.message),
+            };
         }
         if !object.contains_key("run") && !object.contains_key("ping") {
             let id = object.get("id").cloned().unwrap_or(Value::Null);
