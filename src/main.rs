@@ -10,6 +10,7 @@ mod domain;
 mod error;
 #[cfg(feature = "generate")]
 mod generate;
+mod help;
 mod output;
 mod run_output;
 
@@ -17,10 +18,9 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
 use virtomate_protocol::{escape_bytes, ClientOptions, Direction, Trace};
 
-use cli::{Cli, Command, LogLevel};
+use cli::{Command, LogLevel};
 use commands::{Answer, Context};
 use domain::Scope;
 use error::{CliError, ErrorJson, ErrorKind};
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
     if let Some(status) = generate::from_args() {
         return status;
     }
-    let cli = Cli::parse();
+    let cli = help::parse();
     if let Some(level) = cli.log {
         init_logging(level);
     }
