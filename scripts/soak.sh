@@ -68,6 +68,9 @@ vmdir="$dir/vm"
 name="virtomate-soak-$$"
 lvname="virtomate-soak-lv-$$" # the libvirt domain
 lvenv="$script_dir/libvirt-test-env.sh"
+# The daemons it starts must not inherit the lock's descriptor (8), or they
+# would hold the lock long after this run.
+lvenv_() { "$lvenv" "$@" 8>&-; }
 lv_started_here=0 lv_restartable=0
 sock="$vmdir/qga.sock"
 qmp="$vmdir/qmp.sock"
@@ -104,8 +107,8 @@ cleanup() {
   done
   "$script_dir/stop-test-vm.sh" "$vmdir" >/dev/null 2>&1 || true
   if [ "$use_libvirt" = 1 ]; then
-    "$lvenv" undefine "$lvname" >>"$dir/libvirt.log" 2>&1 || true
-    [ "$lv_started_here" = 0 ] || "$lvenv" stop >>"$dir/libvirt.log" 2>&1 || true
+    lvenv_ undefine "$lvname" >>"$dir/libvirt.log" 2>&1 || true
+    [ "$lv_started_here" = 0 ] || lvenv_ stop >>"$dir/libvirt.log" 2>&1 || true
   fi
 }
 trap cleanup EXIT
@@ -151,13 +154,13 @@ if [ "$use_libvirt" = 1 ]; then
   # Tests of other checkouts share the one system libvirtd: take their lock.
   exec 8>/run/lock/virtomate-libvirt-tests.lock || die "cannot open the libvirt tests' lock"
   flock -n 8 || { echo "soak: waiting for the libvirt tests' lock"; flock 8; }
-  lv_pid() { "$lvenv" status 2>/dev/null | sed -n 's/^libvirtd: \([0-9][0-9]*\)$/\1/p'; }
+  lv_pid() { lvenv_ status 2>/dev/null | sed -n 's/^libvirtd: \([0-9][0-9]*\)$/\1/p'; }
   [ -n "$(lv_pid)" ] || lv_started_here=1
-  "$lvenv" start >>"$dir/libvirt.log" 2>&1 || { cat "$dir/libvirt.log" >&2; die "libvirtd did not start"; }
+  lvenv_ start >>"$dir/libvirt.log" 2>&1 || { cat "$dir/libvirt.log" >&2; die "libvirtd did not start"; }
   # Only a libvirtd that scripts/libvirt-test-env.sh started is restarted as
   # a fault (not a system's own).
   [ -n "$(lv_pid)" ] && lv_restartable=1
-  "$lvenv" define "$lvname" --transient --timeout 180 >>"$dir/libvirt.log" 2>&1 \
+  lvenv_ define "$lvname" --transient --timeout 180 >>"$dir/libvirt.log" 2>&1 \
     || { cat "$dir/libvirt.log" >&2; die "the libvirt domain did not boot"; }
   guests+=("$lvname")
 fi
@@ -673,16 +676,24 @@ fault_foreign() {
   fault_end "${d}s, partial=$partial"
 }
 
+# libvirtd and its virtlogd stopped (SIGTERM) and started again (`start`
+# starts both); the domain runs on, libvirtd finds it again.
 fault_libvirtd_restart() {
-  local pid n=0
+  local pid logd n=0
   fault_begin libvirtd_restart
   pid="$(lv_pid)"
+  logd="$(lvenv_ status 2>/dev/null | sed -n 's/^virtlogd: \([0-9][0-9]*\)$/\1/p')"
   [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
   while [ -n "$pid" ] && [ -e "/proc/$pid" ] && [ $n -lt 300 ]; do
     n=$((n + 1))
     sleep 0.1
   done
-  "$lvenv" start >>"$dir/libvirt.log" 2>&1 || echo "soak: libvirtd did not start again" >&2
+  [ -n "$logd" ] && kill -TERM "$logd" 2>/dev/null
+  while [ -n "$logd" ] && [ -e "/proc/$logd" ] && [ $n -lt 300 ]; do
+    n=$((n + 1))
+    sleep 0.1
+  done
+  lvenv_ start >>"$dir/libvirt.log" 2>&1 || echo "soak: libvirtd did not start again" >&2
   wait_agent "$lvname" || echo "soak: the libvirt domain's agent did not answer after a restart" >&2
   fault_end "SIGTERM to $pid, $((n / 10)).$((n % 10))s to stop"
 }
