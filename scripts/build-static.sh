@@ -20,9 +20,14 @@ echo "build-static: building the static release binary ($target)" >&2
 # linked statically ("Using 'getpwnam' in statically linked applications
 # requires at runtime the shared libraries …"): NSS (users, groups, hosts),
 # dlopen. Any such warning fails the build here.
+# getrandom_backend="linux_getrandom": the getrandom crate finds glibc's
+# getrandom() with dlsym, which finds nothing in a static binary, and then
+# falls back to reading /dev/urandom, which a bare root (a chroot, a pod's
+# mount namespace) lacks: `copy` and `--follow` failed there with "cannot
+# get random bytes" (scripts/check-pod.sh). This calls getrandom() itself.
 build_log="$(mktemp)"
 trap 'rm -f "$build_log"' EXIT
-RUSTFLAGS='-C target-feature=+crt-static -W linker-messages' \
+RUSTFLAGS='-C target-feature=+crt-static -W linker-messages --cfg getrandom_backend="linux_getrandom"' \
   cargo build --release --locked --no-default-features --target "$target" 2>&1 | tee "$build_log" >&2
 if grep -F 'statically linked applications requires at runtime' "$build_log" >&2; then
   die "the binary calls glibc functions that load shared libraries at run time (above)"

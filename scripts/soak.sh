@@ -13,16 +13,23 @@
 #   SOAK_DIR        work directory (default target/soak); a run uses
 #                   SOAK_DIR/PID and removes it when no violation was found
 #   SOAK_RSS_KB     peak RSS allowed per virtomate process (default 65536)
+#   SOAK_LIBVIRT    1 (default): also a libvirt domain, started with
+#                   scripts/libvirt-test-env.sh, and libvirtd restarts as a
+#                   fault; the run holds the libvirt tests' host-wide lock
+#                   (/run/lock/virtomate-libvirt-tests.lock) throughout.
+#                   0: the test VM alone
 #   VIRTOMATE       the binary (default target/debug/virtomate, built if
 #                   missing)
 #
 # Operations: guest-run plain / --raw / --stdin / --follow / --max-time,
 # sessions with pipelined runs, pings, a followed run, a --max-time run and a
 # copy_to/copy_from pair, `copy --verify` (some with --compress) in and out,
-# guest-ping; each against the agent socket or the VM's name. Faults: the
-# agent killed and restarted in the guest, the VM paused and resumed over
-# QMP, the guest's /tmp filled and emptied, a foreign client holding the
-# agent channel, and virtomate processes sent SIGINT or SIGKILL mid-work.
+# guest-ping; each against the agent socket or the VM's name, or the libvirt
+# domain's name (through libvirtd's RPC). Faults: the agent killed and
+# restarted in the guest, the VM paused and resumed over QMP, the guest's
+# /tmp filled (and kept full) then emptied, a foreign client holding the
+# agent channel, libvirtd stopped and started again (SIGTERM: its domains
+# run on), and virtomate processes sent SIGINT or SIGKILL mid-work.
 #
 # Output: one line per violation (`soak: VIOLATION ...`, with the operation,
 # the fault active and what was wrong), then the summary
@@ -43,6 +50,7 @@ seed="${SOAK_SEED:-$(( (RANDOM << 15 | RANDOM) % 1000000 ))}"
 [[ "$seed" =~ ^[0-9]+$ ]] || die "SOAK_SEED must be a number"
 workers="${SOAK_WORKERS:-3}"
 rss_limit_kb="${SOAK_RSS_KB:-65536}"
+use_libvirt="${SOAK_LIBVIRT:-1}"
 V="${VIRTOMATE:-$repo_root/target/debug/virtomate}"
 for tool in jq perl flock /usr/bin/time qemu-system-x86_64; do
   command -v "$tool" >/dev/null || die "$tool not installed, run scripts/install-deps.sh"
@@ -58,14 +66,21 @@ mkdir -p "$dir"/{vm,ops,host}
 dir="$(cd "$dir" && pwd)"
 vmdir="$dir/vm"
 name="virtomate-soak-$$"
+lvname="virtomate-soak-lv-$$" # the libvirt domain
+lvenv="$script_dir/libvirt-test-env.sh"
+# The daemons it starts must not inherit the lock's descriptor (8), or they
+# would hold the lock long after this run.
+lvenv_() { "$lvenv" "$@" 8>&-; }
+lv_started_here=0 lv_restartable=0
 sock="$vmdir/qga.sock"
 qmp="$vmdir/qmp.sock"
 oplog="$dir/ops.log"        # one line per operation
 faultlog="$dir/faults.log"  # START_MS END_MS KIND DETAIL, one line per fault
 violog="$dir/violations.log"
+fullog="$dir/full.log"      # FROM_MS TO_MS: the guest's /tmp seen full
 claims="$dir/not-started.claims"  # ops whose error said nothing was started
 leftok="$dir/leftovers.allowed"   # KIND per op that may leave something
-for f in "$oplog" "$faultlog" "$violog" "$claims" "$leftok"; do : >"$f"; done
+for f in "$oplog" "$faultlog" "$violog" "$fullog" "$claims" "$leftok"; do : >"$f"; done
 export SOAK_TAG="soak-$$" # in every virtomate's environment, to find strays
 
 now_ms() {
@@ -91,6 +106,10 @@ cleanup() {
     kill_tree "$pid" KILL
   done
   "$script_dir/stop-test-vm.sh" "$vmdir" >/dev/null 2>&1 || true
+  if [ "$use_libvirt" = 1 ]; then
+    lvenv_ undefine "$lvname" >>"$dir/libvirt.log" 2>&1 || true
+    [ "$lv_started_here" = 0 ] || lvenv_ stop >>"$dir/libvirt.log" 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
@@ -100,8 +119,8 @@ trap 'exit 130' INT TERM HUP
 vm() { # quiet virtomate call of the harness itself, bounded
   timeout -s KILL 60 "$V" --timeout 5 --reply-timeout 20 "$@"
 }
-guest_sh() { # SCRIPT: run by the harness in the guest, its stdout printed
-  vm guest-run --raw "$sock" -- sh -c "$1"
+guest_sh() { # SCRIPT [GUEST]: run by the harness in the guest, its stdout printed
+  vm guest-run --raw "${2:-$sock}" -- sh -c "$1"
 }
 violation() { # OP ID FAULT WHAT
   local line="soak: VIOLATION op=$1 id=$2 seed=$seed fault=$3: $4"
@@ -113,25 +132,46 @@ documented_types="NotFoundError IllegalStateError AgentUnavailable AgentTimeout 
 is_documented() { [[ " $documented_types " == *" $1 "* ]]; }
 
 # Faults that overlapped [FROM, TO] (ms), widened by 3 s for their after-effects.
+# The current fault is read before the log: fault_end appends to the log
+# before it removes fault.cur, so a fault that ends meanwhile is in one.
 faults_during() {
   local from=$1 to=$2 cur
   {
-    awk -v f="$from" -v t="$to" '$1 <= t && $2 + 3000 >= f { print $3 }' "$faultlog"
     if cur="$(cat "$dir/fault.cur" 2>/dev/null)"; then
       awk -v t="$to" '$1 <= t { print $2 }' <<<"$cur"
     fi
+    awk -v f="$from" -v t="$to" '$1 <= t && $2 + 3000 >= f { print $3 }' "$faultlog"
   } | sort -u | paste -sd, -
 }
 
 # --- The VM ----------------------------------------------------------------
 
-echo "soak: seed $seed, $minutes min, $workers workers, dir $dir"
-VM_NAME="$name" "$script_dir/run-test-vm.sh" "$vmdir" >"$dir/boot.log" 2>&1 \
-  || { cat "$dir/boot.log" >&2; die "the test VM did not boot"; }
+echo "soak: seed $seed, $minutes min, $workers workers, libvirt $use_libvirt, dir $dir"
+VM_NAME="$name" "$script_dir/run-test-vm.sh" "$vmdir" >"$dir/boot.log" 2>&1 &
+boot_pid=$!
+guests=("$sock")
+if [ "$use_libvirt" = 1 ]; then
+  # Tests of other checkouts share the one system libvirtd: take their lock.
+  exec 8>/run/lock/virtomate-libvirt-tests.lock || die "cannot open the libvirt tests' lock"
+  flock -n 8 || { echo "soak: waiting for the libvirt tests' lock"; flock 8; }
+  lv_pid() { lvenv_ status 2>/dev/null | sed -n 's/^libvirtd: \([0-9][0-9]*\)$/\1/p'; }
+  [ -n "$(lv_pid)" ] || lv_started_here=1
+  lvenv_ start >>"$dir/libvirt.log" 2>&1 || { cat "$dir/libvirt.log" >&2; die "libvirtd did not start"; }
+  # Only a libvirtd that scripts/libvirt-test-env.sh started is restarted as
+  # a fault (not a system's own).
+  [ -n "$(lv_pid)" ] && lv_restartable=1
+  lvenv_ define "$lvname" --transient --timeout 180 >>"$dir/libvirt.log" 2>&1 \
+    || { cat "$dir/libvirt.log" >&2; die "the libvirt domain did not boot"; }
+  guests+=("$lvname")
+fi
+wait "$boot_pid" || { cat "$dir/boot.log" >&2; die "the test VM did not boot"; }
 # A small tmpfs of its own for /tmp, so that filling it leaves RAM to the
 # agent; /soakmark (on the root file system) holds a mark per started program.
-guest_sh 'mount -t tmpfs -o size=32m soaktmp /tmp && mkdir -p /tmp/soak /soakmark' \
-  || die "cannot prepare the guest"
+for g in "${guests[@]}"; do
+  guest_sh 'mount -t tmpfs -o size=32m soaktmp /tmp && mkdir -p /tmp/soak /tmp/soak-trash /soakmark' "$g" \
+    || die "cannot prepare the guest $g"
+done
+deadline_ms=$(($(now_ms) + run_ms)) # the time to boot does not count
 dev_ino="$(stat -c '%d %i' "$sock")"
 lockfile="/run/virtomate/agent-$(printf '%x' "${dev_ino% *}")-${dev_ino#* }.lock"
 
@@ -220,20 +260,15 @@ check_error() { # TYPE MESSAGE [MARK]
 
 bad() { op_bad=1; violation "$op_kind" "$op_id" "$op_faults" "$*"; }
 
-# True when a fault of KIND was active when the operation ended.
-fault_at_end() {
-  local cur
-  if cur="$(cat "$dir/fault.cur" 2>/dev/null)" && [ "${cur#* }" = "$1" ]; then return 0; fi
-  awk -v t="$op_to" -v k="$1" '$1 <= t && $2 >= t && $3 == k { found = 1 } END { exit !found }' "$faultlog"
-}
-
-# Output a followed program lost to a full /tmp: only a violation when /tmp
-# was full as the program ended (then a GuestOutputError is promised); when
-# it was emptied before, the loss cannot be seen (README, --follow: Limits).
+# Output a followed program lost to a full /tmp: a violation when /tmp was
+# full (checked in the guest, kept full) for the whole operation, since a
+# full /tmp is refused before the program starts; when /tmp filled or was
+# emptied meanwhile, the loss cannot be seen (guide, --follow: Limits).
 follow_loss() { # WHAT
-  if fault_at_end tmp_full; then
-    bad "$1: exit 0 while /tmp was full at the end (a GuestOutputError is promised)"
-  elif [[ "$op_faults" == *tmp_full* ]]; then
+  if [ "$op_vm" = vm ] && awk -v f="$op_from" -v t="$op_to" '$1 <= f && $2 >= t { found = 1 }
+      END { exit !found }' "$fullog"; then
+    bad "$1: exit $rc while /tmp was full from start to end (refusing to start is promised)"
+  elif [ "$op_vm" = vm ] && [[ "$op_faults" == *tmp_full* ]]; then
     echo "$op_id $1 (/tmp was full meanwhile: output lost, as documented)" >>"$dir/errors.log"
   else
     bad "$1"
@@ -264,8 +299,27 @@ finish_op() { # BOUND_MS
   return 0
 }
 
-pick_target() { # sets t: the socket or the VM's name, at random
-  if [ $((RANDOM % 2)) = 0 ]; then op_target=socket t="$sock"; else op_target=name t="$name"; fi
+# Sets t, the target of the operation: the test VM's socket or name, or
+# the libvirt domain's name; op_vm (vm or lv) and hsock, the guest as the
+# harness reaches it for its own work.
+# Removes a file of the operation from its guest; while /tmp is kept full
+# moves it aside instead, for fill_stop to remove (what a removal frees is
+# taken again by the fill loop, but not at once).
+guest_remove() { # PATH
+  local how=(rm -f "$1")
+  [ "$op_vm" = vm ] && [ "$(cut -d' ' -f2 "$dir/fault.cur" 2>/dev/null)" = tmp_full ] \
+    && how=(mv -f "$1" /tmp/soak-trash/)
+  vm guest-run "$hsock" -- "${how[@]}" >/dev/null 2>&1 || true
+}
+
+pick_target() {
+  local r=$((RANDOM % 6))
+  if [ "${#guests[@]}" -gt 1 ] && [ "$r" -ge 4 ]; then op_target=libvirt t="$lvname"
+  elif [ $((r % 2)) = 0 ]; then op_target=socket t="$sock"
+  else op_target=name t="$name"
+  fi
+  op_vm=vm hsock="$sock"
+  [ "$op_target" = libvirt ] && op_vm=lv hsock="$lvname"
 }
 
 # Timeouts of every operation: connect 5 s, each reply 10 s. A bound is the
@@ -305,6 +359,8 @@ op_run_stdin() {
   local n t sum
   n=$(($((RANDOM % 512)) * 1024 + $((RANDOM % 1024))))
   pick_target
+  # Through libvirtd one request carries a little under 144 KiB of input.
+  [ "$op_vm" = lv ] && n=$((n % (140 * 1024)))
   head -c "$n" /dev/urandom >"$op_in"
   if [ "$((RANDOM % 2))" = 0 ]; then
     run_op 120 "$V" "${common[@]}" guest-run --raw --stdin "$t" -- sh -c "touch /soakmark/$op_id; cat" soakop
@@ -427,7 +483,7 @@ op_copy() {
     fi
   fi
   rm -f "$src" "$back"
-  vm guest-run "$sock" -- rm -f "/tmp/soak/$op_id" >/dev/null 2>&1 || true
+  guest_remove "/tmp/soak/$op_id"
 }
 
 op_session() {
@@ -506,7 +562,7 @@ op_session() {
            | cmp -s - "$dir/ops/$op_id.data" || bad "session copy_from: data differs" ;;
     esac
   done
-  vm guest-run "$sock" -- rm -f "/tmp/soak/$op_id" >/dev/null 2>&1 || true
+  guest_remove "/tmp/soak/$op_id"
 }
 
 worker() { # NUMBER
@@ -542,7 +598,7 @@ fault_end() { # DETAIL
   echo "$from $(now_ms) $fault_kind $1" >>"$faultlog"
   rm -f "$dir/fault.cur"
 }
-wait_agent() { vm guest-ping --wait 60 "$sock" >/dev/null 2>&1; }
+wait_agent() { vm guest-ping --wait 60 "${1:-$sock}" >/dev/null 2>&1; }
 
 fault_agent_restart() {
   local d sig
@@ -574,13 +630,31 @@ fault_pause() {
   fault_end "${d}s via ${via##*/}"
 }
 
+# Fills the guest's /tmp and keeps it full: a loop in the guest takes again
+# at once what others free (a copy removed, a followed run's files), so that
+# "full from FROM to TO" in $fullog is what every program in between saw.
+# shellcheck disable=SC2016 # the guest's shell expands these
+fill_loop='rm -f /soak-fill-stop; setsid sh -c "i=0; until [ -e /soak-fill-stop ]; do
+    i=\$((i + 1)); dd if=/dev/zero of=/tmp/soak-fill.\$i bs=4k 2>/dev/null; sleep 0.02; done
+  rm -f /tmp/soak-fill.* /soak-fill-stop" </dev/null >/dev/null 2>&1 &
+  n=0; until [ "$(df -Pk /tmp | awk "NR == 2 { print \$4 }")" = 0 ] || [ $n -ge 200 ]; do
+    n=$((n + 1)); sleep 0.05; done; [ $n -lt 200 ]'
+# shellcheck disable=SC2016 # the guest's shell expands these
+fill_stop='touch /soak-fill-stop; rm -rf /tmp/soak-trash/*; n=0; while [ -e /soak-fill-stop ] && [ $n -lt 200 ]; do
+  n=$((n + 1)); sleep 0.05; done; [ $n -lt 200 ]'
+
 fault_fill_tmp() {
-  local d tries=0
+  local d tries=0 from
   d=$(($((RANDOM % 6)) + 2))
   fault_begin tmp_full
-  guest_sh 'dd if=/dev/zero of=/tmp/soak-fill bs=64k 2>/dev/null; df /tmp | tail -n 1' >/dev/null 2>&1
-  sleep "$d"
-  until guest_sh 'rm -f /tmp/soak-fill' >/dev/null 2>&1 || [ $tries -ge 20 ]; do
+  if guest_sh "$fill_loop" >/dev/null 2>&1; then
+    from="$(now_ms)"
+    sleep "$d"
+    echo "$from $(now_ms)" >>"$fullog"
+  else
+    sleep "$d"
+  fi
+  until guest_sh "$fill_stop" >/dev/null 2>&1 || [ $tries -ge 20 ]; do
     tries=$((tries + 1))
     sleep 1
   done
@@ -602,18 +676,42 @@ fault_foreign() {
   fault_end "${d}s, partial=$partial"
 }
 
+# libvirtd and its virtlogd stopped (SIGTERM) and started again (`start`
+# starts both); the domain runs on, libvirtd finds it again.
+fault_libvirtd_restart() {
+  local pid logd n=0
+  fault_begin libvirtd_restart
+  pid="$(lv_pid)"
+  logd="$(lvenv_ status 2>/dev/null | sed -n 's/^virtlogd: \([0-9][0-9]*\)$/\1/p')"
+  [ -n "$pid" ] && kill -TERM "$pid" 2>/dev/null
+  while [ -n "$pid" ] && [ -e "/proc/$pid" ] && [ $n -lt 300 ]; do
+    n=$((n + 1))
+    sleep 0.1
+  done
+  [ -n "$logd" ] && kill -TERM "$logd" 2>/dev/null
+  while [ -n "$logd" ] && [ -e "/proc/$logd" ] && [ $n -lt 300 ]; do
+    n=$((n + 1))
+    sleep 0.1
+  done
+  lvenv_ start >>"$dir/libvirt.log" 2>&1 || echo "soak: libvirtd did not start again" >&2
+  wait_agent "$lvname" || echo "soak: the libvirt domain's agent did not answer after a restart" >&2
+  fault_end "SIGTERM to $pid, $((n / 10)).$((n % 10))s to stop"
+}
+
 injector() {
   RANDOM=$((seed * 10 + 9))
-  local pick
+  local pick kinds=4
+  [ "$lv_restartable" = 1 ] && kinds=5
   while :; do
     sleep "$(($((RANDOM % 6)) + 2))"
     [ "$(now_ms)" -lt "$((deadline_ms - 2000))" ] || break
-    pick="$((RANDOM % 4))"
+    pick="$((RANDOM % kinds))"
     case "$pick" in
       0) fault_agent_restart ;;
       1) fault_pause ;;
       2) fault_fill_tmp ;;
       3) fault_foreign ;;
+      4) fault_libvirtd_restart ;;
     esac
   done
 }
@@ -636,38 +734,45 @@ bg_pids=()
 op_kind=final op_id=end op_faults=none
 [ -f "$dir/fault.cur" ] && violation final end none "a fault was still active at the end: $(cat "$dir/fault.cur")"
 vm qmp "$qmp" '{"execute":"cont"}' >/dev/null 2>&1
-guest_sh 'rm -f /tmp/soak-fill' >/dev/null 2>&1
-if ! wait_agent; then
-  violation final end none "the agent does not answer at the end"
-fi
+guest_sh "$fill_stop" >/dev/null 2>&1
+follow_dirs=0 marks=""
+for g in "${guests[@]}"; do
+  if ! wait_agent "$g"; then
+    violation final end none "the agent of $g does not answer at the end"
+  fi
 
-# Programs: each ends within 12 s on its own; wait for them, then none may be left.
-left=""
-for _ in $(seq 30); do
-  left="$(guest_sh 'ps -o pid,stat,args | grep "[s]oakop" ; true' 2>/dev/null)"
-  [ -z "$left" ] && break
-  sleep 1
+  # Programs: each ends within 12 s on its own; wait for them, then none may be left.
+  left=""
+  for _ in $(seq 30); do
+    left="$(guest_sh 'ps -o pid,stat,args | grep "[s]oakop" ; true' "$g" 2>/dev/null)"
+    [ -z "$left" ] && break
+    sleep 1
+  done
+  if [ -n "$left" ]; then
+    while read -r line; do
+      violation final end none "a program of the soak still runs in $g 30 s after the end: $line"
+    done <<<"$left"
+  fi
+
+  # A clean copy into /tmp/soak removes what killed copies left there.
+  head -c 1000 /dev/urandom >"$dir/host/final"
+  if ! out="$(vm copy --verify --no-progress "$dir/host/final" "$g:/tmp/soak/final" 2>&1)"; then
+    violation final end none "the copy into $g after the run failed: $out"
+  fi
+  rm -f "$dir/host/final"
+  left="$(guest_sh 'ls -a /tmp/soak | grep "^\.virtomate-"; true' "$g" 2>/dev/null)"
+  [ -n "$left" ] && violation final end none "copy leftovers in $g's /tmp/soak: $(echo "$left" | paste -sd' ')"
+
+  n="$(guest_sh 'ls -d /tmp/virtomate-follow-* 2>/dev/null; true' "$g" 2>/dev/null | grep -c . || true)"
+  follow_dirs=$((follow_dirs + n))
+  marks="$marks$(guest_sh 'ls /soakmark' "$g" 2>/dev/null)"$'\n'
 done
-if [ -n "$left" ]; then
-  while read -r line; do
-    violation final end none "a program of the soak still runs in the guest 30 s after the end: $line"
-  done <<<"$left"
-fi
-
-# A clean copy into /tmp/soak removes what killed copies left there.
-head -c 1000 /dev/urandom >"$dir/host/final"
-if ! out="$(vm copy --verify --no-progress "$dir/host/final" "$sock:/tmp/soak/final" 2>&1)"; then
-  violation final end none "the copy after the run failed: $out"
-fi
-rm -f "$dir/host/final"
-left="$(guest_sh 'ls -a /tmp/soak | grep "^\.virtomate-"; true' 2>/dev/null)"
-[ -n "$left" ] && violation final end none "copy leftovers in the guest's /tmp/soak: $(echo "$left" | paste -sd' ')"
 
 # Follow directories: only those of killed runs (or named in a message).
-left="$(guest_sh 'ls -d /tmp/virtomate-follow-* 2>/dev/null; true' 2>/dev/null | grep -c . || true)"
+left="$follow_dirs"
 allowed="$(grep -cE '^(follow|follow-named|copy_in|copy_out|run_follow|run_maxtime|session) ' "$leftok" || true)"
 if [ "$left" -gt "$allowed" ]; then
-  violation final end none "$left virtomate-follow-* directories left in the guest, at most $allowed explained by killed runs"
+  violation final end none "$left virtomate-follow-* directories left in the guests, at most $allowed explained by killed runs"
 fi
 
 # Host temporary files of copies out: only killed ones may leave them.
@@ -675,8 +780,7 @@ left="$(find "$dir/host" -name '.*.virtomate-*' | wc -l)"
 allowed="$(grep -cE '^copy_out ' "$leftok" || true)"
 [ "$left" -gt "$allowed" ] && violation final end none "$left host temporary files left, at most $allowed explained by killed copies"
 
-# "Nothing was started" must be true: no mark of the program in the guest.
-marks="$(guest_sh 'ls /soakmark' 2>/dev/null)"
+# "Nothing was started" must be true: no mark of the program in the guests.
 while read -r kind id; do
   [ -n "${id:-}" ] || continue
   if grep -qE "^$id(-|$)" <<<"$marks"; then
@@ -693,7 +797,7 @@ if ! vm guest-ping "$sock" >/dev/null 2>&1 || [ $(($(now_ms) - t0)) -gt 3000 ]; 
   violation final end none "a ping after the run failed or took $(($(now_ms) - t0)) ms"
 fi
 for p in $(pgrep -x virtomate); do
-  if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "SOAK_TAG=$SOAK_TAG"; then
+  if { tr '\0' '\n' <"/proc/$p/environ"; } 2>/dev/null | grep -qx "SOAK_TAG=$SOAK_TAG"; then
     violation final end none "virtomate process $p of the soak still runs: $(tr '\0' ' ' <"/proc/$p/cmdline")"
   fi
 done

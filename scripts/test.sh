@@ -7,7 +7,10 @@
 # what they need is missing. Then scripts/package.sh builds the static
 # binary for minimal hosts (a minute or two more: a cold release build
 # with LTO), scripts/check-package.sh runs it in a chroot against the test
-# VM, and last the
+# VM, scripts/check-pod.sh in a mount namespace holding only it, /proc and
+# the libvirt daemon's socket (a KubeVirt pod's view) against a libvirt
+# domain, scripts/soak.sh runs 3 minutes of operations under faults
+# (failing on any violation), and last the
 # Ansible connection plugin runs against two Python test VMs and the
 # busybox VM (scripts/test-ansible.sh).
 set -euo pipefail
@@ -20,4 +23,6 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --include-ignored
 scripts/package.sh
 scripts/check-package.sh
+scripts/check-pod.sh
+scripts/soak.sh 3
 scripts/test-ansible.sh

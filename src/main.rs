@@ -11,6 +11,7 @@ mod error;
 mod freeze;
 #[cfg(feature = "generate")]
 mod generate;
+mod help;
 mod master;
 mod output;
 mod run_output;
@@ -20,10 +21,9 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::Parser;
 use virtomate_protocol::{escape_bytes, ClientOptions, Direction, Trace};
 
-use cli::{Cli, Command, LogLevel, WatchdogArgs};
+use cli::{Command, LogLevel, WatchdogArgs};
 use commands::{Answer, Context};
 use domain::Scope;
 use error::{CliError, ErrorJson, ErrorKind};
@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     if let Some(args) = WatchdogArgs::from_args() {
         return freeze_watchdog(args);
     }
-    let cli = Cli::parse();
+    let cli = help::parse();
     if let Some(persist) = cli.persist {
         // One setting for every command, read where an agent is reached;
         // set before any thread starts.

@@ -411,6 +411,23 @@ fn on_the_vm_a_full_temp_dir_a_restarted_agent_and_a_stopped_vm_are_clear_errors
         None,
     );
     assert_eq!(mounted.json()["exit_code"], 0, "{mounted:?}");
+    // Full before the program starts: refused, as its output would be lost.
+    let fill = ["sh", "-c", "dd if=/dev/zero of=/tmp/fill bs=4k 2>/dev/null; :"];
+    assert_eq!(
+        guest_run_with(&[], &vm.socket(), &fill, None).json()["exit_code"],
+        0
+    );
+    let out = follow(&[], socket, &["touch", "/ran"], b"");
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/tmp is full") && stderr.contains("nothing was started"),
+        "{stderr}"
+    );
+    let ran = guest_run_with(&[], &vm.socket(), &["sh", "-c", "rm /tmp/fill; ls /ran"], None);
+    assert_ne!(ran.json()["exit_code"], 0, "the program ran: {ran:?}");
+    assert_eq!(guest_tmp(&vm), ".\n..\n");
+    // Full while it runs: said at the end.
     let out = follow(&[], socket, &["seq", "1", "100000"], b"");
     assert_eq!(out.status.code(), Some(255), "{out:?}");
     let stderr = String::from_utf8_lossy(&out.stderr);

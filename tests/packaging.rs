@@ -22,16 +22,17 @@ fn generated() -> TempDir {
     dir
 }
 
-/// The commands `virtomate --help` lists, `help` left out.
+/// The commands `virtomate --help` lists, under their headings between
+/// the usage and the options, `help` left out.
 fn commands() -> Vec<String> {
     let out = run(&["--help"], None);
     assert_eq!(out.status, 0, "{out:?}");
     let commands: Vec<String> = out
         .stdout
         .lines()
-        .skip_while(|line| *line != "Commands:")
-        .skip(1)
-        .take_while(|line| !line.is_empty())
+        .skip_while(|line| !line.starts_with("Usage:"))
+        .take_while(|line| *line != "Options:")
+        .filter(|line| line.starts_with("  "))
         .map(|line| line.split_whitespace().next().unwrap().to_owned())
         .filter(|command| command != "help")
         .collect();

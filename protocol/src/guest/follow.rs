@@ -200,12 +200,19 @@ pub enum FollowError {
 
 /// The script that makes the directory: `$1` is the random part of its
 /// name, `$2` (when not empty) asks for the named pipe `in` too; it
-/// prints the directory's path.
+/// prints the directory's path. A file system with no space left is
+/// refused here, before the program runs, since its output would be lost
+/// (and the fullness seen at the end could be gone by then).
 const SETUP_SCRIPT: &str = r#"umask 077
 d="${TMPDIR:-/tmp}/virtomate-follow-$1"
 mkdir -m 700 -- "$d" || exit 1
 if ! { : >"$d/out" && : >"$d/err" && { [ -z "$2" ] || mkfifo -m 600 -- "$d/in"; }; }; then
   rm -rf -- "$d"; exit 1
+fi
+set -- $(df -Pk -- "$d" 2>/dev/null | tail -n 1)
+if [ "${4-}" = 0 ]; then
+  rm -rf -- "$d"
+  echo "${d%/*} is full (no space left on its file system): the output would be lost" >&2; exit 1
 fi
 printf '%s' "$d""#;
 
