@@ -18,6 +18,7 @@ mod client;
 mod commands;
 mod environment;
 mod files;
+pub mod schema;
 mod streamed_input;
 
 pub use client::QgaClient;
