@@ -79,6 +79,11 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", value_parser = seconds_or_zero, allow_hyphen_values = true)]
         wait: Option<Duration>,
 
+        /// Also wait until the agent has COMMAND enabled (e.g. guest-exec); without it enabled
+        /// by the end of --wait, a CommandUnavailable error says why
+        #[arg(long, value_name = "COMMAND", value_parser = agent_command_names())]
+        wait_for: Option<String>,
+
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
     },
@@ -95,14 +100,23 @@ pub enum Command {
         domain: String,
     },
 
-    /// Send any agent request after the handshake and print its return value
+    /// Send any agent request after the handshake and print its return value; the request is
+    /// checked against QEMU's schema first
     GuestCmd {
+        /// Send the request as it is, unchecked (for commands newer than virtomate knows)
+        #[arg(long)]
+        unchecked: bool,
+
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
 
-        /// The request: {"execute": COMMAND, "arguments": {...}}
-        #[arg(value_parser = parse_request)]
+        /// The request, {"execute": COMMAND, "arguments": {...}}, or a COMMAND's name alone
+        #[arg(value_name = "REQUEST", value_parser = AgentRequestParser, hide_possible_values = true)]
         request: Request,
+
+        /// The command's arguments as a JSON object, after a COMMAND's name
+        #[arg(value_name = "ARGUMENTS", value_parser = parse_arguments)]
+        arguments: Option<Value>,
     },
 
     /// Send any QMP command to QEMU's monitor and print its return value
@@ -339,6 +353,66 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
         name: name.to_owned(),
         arguments,
     })
+}
+
+/// `guest-cmd`'s REQUEST: a JSON request or a command's name, whose
+/// possible values (for completions) are the names of QEMU's schema.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentRequestParser;
+
+impl clap::builder::TypedValueParser for AgentRequestParser {
+    type Value = Request;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Request, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidUtf8, "the request is not UTF-8\n")
+                .with_cmd(command)
+        })?;
+        if text.trim_start().starts_with('{') {
+            return parse_request(text).map_err(|message| {
+                let what = arg.map(ToString::to_string).unwrap_or_default();
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value '{text}' for '{what}': {message}\n"),
+                )
+                .with_cmd(command)
+            });
+        }
+        Ok(Request {
+            name: text.to_owned(),
+            arguments: None,
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        let names = virtomate_protocol::qga::schema::COMMANDS
+            .iter()
+            .map(|command| command.name);
+        Some(Box::new(names.map(clap::builder::PossibleValue::new)))
+    }
+}
+
+/// The names of QEMU's schema: completions offer them, and clap refuses
+/// any other, naming the closest.
+fn agent_command_names() -> impl clap::builder::TypedValueParser<Value = String> {
+    let names = virtomate_protocol::qga::schema::COMMANDS
+        .iter()
+        .map(|command| command.name);
+    clap::builder::PossibleValuesParser::new(names.map(clap::builder::PossibleValue::new))
+}
+
+/// `guest-cmd`'s ARGUMENTS: a JSON object.
+fn parse_arguments(text: &str) -> Result<Value, String> {
+    match serde_json::from_str(text) {
+        Ok(object @ Value::Object(_)) => Ok(object),
+        Ok(_) => Err("the arguments are a JSON object: {\"NAME\": VALUE, ...}".to_owned()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod error;
 mod generate;
 mod output;
 mod run_output;
+mod schema_check;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -58,14 +59,21 @@ fn main() -> ExitCode {
         };
         match cli.command {
             Command::GuestRun(args) => commands::guest_run::run(args, &context).await,
-            Command::GuestPing { wait, domain } => commands::guest_ping::run(&domain, wait, &context).await,
+            Command::GuestPing {
+                wait,
+                wait_for,
+                domain,
+            } => commands::guest_ping::run(&domain, wait, wait_for.as_deref(), &context).await,
             Command::Session { idle, domain } => commands::session::run(&domain, idle, &context).await,
             Command::GuestInfo { domain } => commands::guest_info::run(&domain, &context).await,
             Command::DomainList => commands::domain_list::run(&context),
             Command::Doctor { domain, json } => Ok(commands::doctor::run(&domain, json, &context).await),
-            Command::GuestCmd { domain, request } => {
-                commands::guest_cmd::run(&domain, &request, &context).await
-            }
+            Command::GuestCmd {
+                unchecked,
+                domain,
+                request,
+                arguments,
+            } => commands::guest_cmd::run(&domain, request, arguments, unchecked, &context).await,
             Command::Qmp {
                 events,
                 domain,

@@ -3,6 +3,7 @@
 //! what the agent's failures mean to the user ([`AgentErrors`]), and the
 //! signals that interrupt a run. Below the commands, above `domain/`.
 
+mod availability;
 mod connector;
 mod context;
 mod domain_agent;

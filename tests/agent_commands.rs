@@ -1,0 +1,159 @@
+//! The agent's commands beyond running programs: `guest-cmd` checked
+//! against QEMU's schema, and the first-class commands built on them.
+
+use serde_json::json;
+
+use crate::support::fake_agent::FakeAgent;
+use crate::support::host_agent::HostAgent;
+use crate::support::run;
+
+/// A usage error's message (exit 2, on stderr).
+fn usage_error(args: &[&str]) -> String {
+    let out = run(args, None);
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    out.stderr
+}
+
+#[test]
+fn guest_cmd_names_the_closest_command_argument_or_value() {
+    // Checked before connecting: the socket need not exist.
+    let socket = "/nonexistent/qga.sock";
+    let unknown = usage_error(&["guest-cmd", socket, "guest-get-osinf"]);
+    assert!(unknown.contains("the closest: 'guest-get-osinfo'"), "{unknown}");
+    let argument = usage_error(&[
+        "guest-cmd",
+        socket,
+        r#"{"execute": "guest-exec", "arguments": {"pth": "ls"}}"#,
+    ]);
+    assert!(
+        argument.contains("no member 'pth'; the closest: 'path'"),
+        "{argument}"
+    );
+    let missing = usage_error(&["guest-cmd", socket, "guest-ssh-get-authorized-keys"]);
+    assert!(
+        missing.contains("need 'username' (a string), which is missing"),
+        "{missing}"
+    );
+    let mistyped = usage_error(&["guest-cmd", socket, "guest-file-close", r#"{"handle": "3"}"#]);
+    assert!(
+        mistyped.contains("'handle' of the arguments of guest-file-close must be an integer, not the string"),
+        "{mistyped}"
+    );
+    let value = usage_error(&[
+        "guest-cmd",
+        socket,
+        "guest-exec",
+        r#"{"path": "ls", "capture-output": "merge"}"#,
+    ]);
+    assert!(value.contains("must be true or false or one of none"), "{value}");
+    let twice = usage_error(&[
+        "guest-cmd",
+        socket,
+        r#"{"execute": "guest-ping", "arguments": {}}"#,
+        "{}",
+    ]);
+    assert!(twice.contains("given twice"), "{twice}");
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn guest_cmd_takes_a_command_name_and_its_arguments_apart() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let out = run(
+        &["guest-cmd", socket.to_str().unwrap(), "guest-get-host-name"],
+        None,
+    );
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(out.json()["host-name"], hostname.trim(), "{out:?}");
+    let out = run(
+        &[
+            "guest-cmd",
+            socket.to_str().unwrap(),
+            "guest-exec-status",
+            r#"{"pid": 1}"#,
+        ],
+        None,
+    );
+    assert_eq!(out.json()["class"], "GenericError", "{out:?}");
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_disabled_command_says_how_to_enable_it() {
+    let agent = HostAgent::start_with(&["--block-rpcs", "guest-get-osinfo"]);
+    let socket = agent.socket();
+    let out = run(&["guest-cmd", socket.to_str().unwrap(), "guest-get-osinfo"], None);
+    let json = out.json();
+    assert_eq!(json["class"], "CommandNotFound", "{json}");
+    let message = json["message"].as_str().unwrap();
+    assert!(message.contains("has been disabled"), "{message}");
+    assert!(
+        message.contains("--block-rpcs")
+            && message.contains("FILTER_RPC_ARGS")
+            && message.contains("/etc/sysconfig/qemu-ga"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_command_the_agent_lacks_says_which_qemu_brought_it() {
+    // A 7.2 agent asked for 10.0's guest-get-load.
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        conn.refuse(
+            "guest-get-load",
+            "CommandNotFound",
+            "The command guest-get-load has not been found",
+        );
+        let commands = json!([{"name": "guest-ping", "enabled": true, "success-response": true}]);
+        conn.answer(
+            "guest-info",
+            json!({"version": "7.2.22", "supported_commands": commands}),
+        );
+        conn.wait_for_close();
+    });
+    let out = run(
+        &["guest-cmd", agent.socket().to_str().unwrap(), "guest-get-load"],
+        None,
+    );
+    let message = out.json()["message"].as_str().unwrap().to_owned();
+    assert!(
+        message.contains("this agent is qemu-ga 7.2.22; guest-get-load came with QEMU 10.0"),
+        "{message}"
+    );
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn guest_ping_wait_for_refuses_a_disabled_command_and_passes_an_enabled_one() {
+    let agent = HostAgent::start_with(&["--block-rpcs", "guest-exec"]);
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    let out = run(&["guest-ping", "--wait-for", "guest-info", socket], None);
+    assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
+    let out = run(
+        &["guest-ping", "--wait", "0.5", "--wait-for", "guest-exec", socket],
+        None,
+    );
+    let message = out.error("CommandUnavailable");
+    assert!(message.contains("has guest-exec disabled"), "{message}");
+    let out = run(&["guest-ping", "--wait-for", "guest-exe", socket], None);
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(out.stderr.contains("guest-exec"), "{out:?}");
+}
+
+#[test]
+fn completions_offer_the_agents_command_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(&["--generate", dir.path().to_str().unwrap()], None);
+    assert_eq!(out.status, 0, "{out:?}");
+    for file in ["virtomate.bash", "_virtomate", "virtomate.fish"] {
+        let script = std::fs::read_to_string(dir.path().join("completions").join(file)).unwrap();
+        assert!(
+            script.contains("guest-get-osinfo") && script.contains("guest-network-get-route"),
+            "{file}"
+        );
+    }
+}
