@@ -155,6 +155,14 @@ pub enum Command {
         domain: String,
     },
 
+    /// What the agent tells of the guest, as JSON: os, hostname, timezone, time, users,
+    /// filesystems, disks, interfaces, routes, vcpus, load, cpu_stats, disk_stats; a section the
+    /// agent cannot give holds {"error": {...}} saying why
+    GuestFacts {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
     /// Copy a file into or out of a domain: one of SRC and DEST is DOMAIN:/PATH
     Copy(CopyArgs),
 }

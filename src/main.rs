@@ -66,6 +66,7 @@ fn main() -> ExitCode {
             } => commands::guest_ping::run(&domain, wait, wait_for.as_deref(), &context).await,
             Command::Session { idle, domain } => commands::session::run(&domain, idle, &context).await,
             Command::GuestInfo { domain } => commands::guest_info::run(&domain, &context).await,
+            Command::GuestFacts { domain } => commands::guest_facts::run(&domain, &context).await,
             Command::DomainList => commands::domain_list::run(&context),
             Command::Doctor { domain, json } => Ok(commands::doctor::run(&domain, json, &context).await),
             Command::GuestCmd {

@@ -10,6 +10,7 @@ mod domain_agent;
 mod errors;
 mod signals;
 
+pub use self::availability::unavailable;
 pub use self::connector::DomainConnector;
 pub use self::context::Context;
 pub use self::domain_agent::{run_options, DomainAgent, Silence};

@@ -5,6 +5,7 @@ pub mod copy;
 pub mod doctor;
 pub mod domain_list;
 pub mod guest_cmd;
+pub mod guest_facts;
 pub mod guest_info;
 pub mod guest_ping;
 pub mod guest_run;
