@@ -56,6 +56,33 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `domain-iface-list --source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IfaceSource {
+    Agent,
+    Lease,
+    Arp,
+}
+
+/// `guest-shutdown --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShutdownMode {
+    Powerdown,
+    Reboot,
+    Halt,
+}
+
+impl ShutdownMode {
+    /// The agent's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownMode::Powerdown => "powerdown",
+            ShutdownMode::Reboot => "reboot",
+            ShutdownMode::Halt => "halt",
+        }
+    }
+}
+
 /// The original tool's log levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
@@ -90,6 +117,17 @@ pub enum Command {
 
     /// List the running domains: libvirt's and bare QEMU processes
     DomainList,
+
+    /// List a domain's network interfaces and their addresses, as the original virtomate
+    DomainIfaceList {
+        /// Where the addresses come from: the guest agent (any domain), libvirt's DHCP leases or
+        /// the host's ARP table (libvirt domains)
+        #[arg(long, value_enum, default_value = "lease")]
+        source: IfaceSource,
+
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
 
     /// Diagnose, step by step, why the agent of a domain does not answer
     Doctor {
@@ -159,6 +197,72 @@ pub enum Command {
     /// filesystems, disks, interfaces, routes, vcpus, load, cpu_stats, disk_stats; a section the
     /// agent cannot give holds {"error": {...}} saying why
     GuestFacts {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
+    /// Set a guest user's password; it is read from standard input, or prompted for without
+    /// echo on a terminal, never taken from the command line
+    GuestSetPassword {
+        /// The password is already crypt()ed (e.g. by openssl passwd -6)
+        #[arg(long)]
+        crypted: bool,
+
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+
+        /// The guest user
+        user: String,
+    },
+
+    /// List a guest user's authorized SSH keys, or change them and list them after
+    GuestSshKeys {
+        /// Add the keys of FILE (one per line; - for standard input); repeatable
+        #[arg(long, value_name = "FILE")]
+        add: Vec<String>,
+
+        /// Remove the keys of FILE; repeatable
+        #[arg(long, value_name = "FILE")]
+        remove: Vec<String>,
+
+        /// Replace all keys by those of --add (none: remove all)
+        #[arg(long)]
+        reset: bool,
+
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+
+        /// The guest user
+        user: String,
+    },
+
+    /// Set the guest's clock to the host's (after a resume or restore)
+    GuestSetTime {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
+    /// Discard the blocks the guest's file systems do not use
+    GuestFstrim {
+        /// Skip free ranges smaller than BYTES (a hint to the guest)
+        #[arg(long, value_name = "BYTES")]
+        minimum: Option<u64>,
+
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
+    /// Ask the guest to power down, reboot or halt; with --wait, confirm that it did
+    GuestShutdown {
+        /// What the guest does
+        #[arg(long, value_enum, default_value = "powerdown")]
+        mode: ShutdownMode,
+
+        /// Wait up to SECONDS for QEMU's monitor, libvirt or the agent's going away to confirm it;
+        /// the output's "seen" says which did
+        #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_hyphen_values = true)]
+        wait: Option<Duration>,
+
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
     },

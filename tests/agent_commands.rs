@@ -248,3 +248,88 @@ fn guest_facts_reads_newer_agents_load_and_routes() {
         "{os}"
     );
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn domain_iface_list_from_the_host_agent_keeps_the_originals_keys() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let out = run(
+        &["domain-iface-list", "--source", "agent", socket.to_str().unwrap()],
+        None,
+    );
+    let interfaces = out.json();
+    let lo = interfaces
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == "lo")
+        .unwrap();
+    assert_eq!(lo["hwaddr"], "00:00:00:00:00:00", "{lo}");
+    assert_eq!(
+        lo["addresses"][0],
+        json!({"address": "127.0.0.1", "prefix": 8, "type": "IPv4"})
+    );
+    for interface in interfaces.as_array().unwrap() {
+        let mut keys: Vec<&str> = interface
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["addresses", "hwaddr", "name"], "{interface}");
+    }
+    // Leases and ARP entries are libvirt's: refused for a bare socket.
+    let out = run(&["domain-iface-list", socket.to_str().unwrap()], None);
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("--source lease needs a libvirt domain"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn domain_iface_list_gives_an_interface_without_addresses_an_empty_list() {
+    // The original failed with a TypeError on such an interface.
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.sync();
+        let commands =
+            json!([{"name": "guest-network-get-interfaces", "enabled": true, "success-response": true}]);
+        conn.answer(
+            "guest-info",
+            json!({"version": "7.2.22", "supported_commands": commands}),
+        );
+        conn.answer(
+            "guest-network-get-interfaces",
+            json!([
+                {"name": "eth1", "hardware-address": "52:54:00:00:00:02"},
+                {"name": "eth0", "hardware-address": "52:54:00:00:00:01", "ip-addresses": [
+                    {"ip-address": "fe80::1", "ip-address-type": "ipv6", "prefix": 64},
+                    {"ip-address": "10.0.0.5", "ip-address-type": "ipv4", "prefix": 24}]},
+                {"name": "tun0"}
+            ]),
+        );
+        conn.wait_for_close();
+    });
+    let out = run(
+        &[
+            "domain-iface-list",
+            "--source",
+            "agent",
+            agent.socket().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(
+        out.json(),
+        json!([
+            {"name": "tun0", "hwaddr": null, "addresses": []},
+            {"name": "eth0", "hwaddr": "52:54:00:00:00:01", "addresses": [
+                {"address": "10.0.0.5", "prefix": 24, "type": "IPv4"},
+                {"address": "fe80::1", "prefix": 64, "type": "IPv6"}]},
+            {"name": "eth1", "hwaddr": "52:54:00:00:00:02", "addresses": []}
+        ]),
+        "{out:?}"
+    );
+}

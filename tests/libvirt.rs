@@ -465,3 +465,40 @@ fn libvirt_domains_by_name_and_uuid_through_a_free_agent_channel() {
         String::from_utf8_lossy(&state.stdout).trim() == "shut off"
     });
 }
+
+#[test]
+#[ignore = "needs libvirtd and the test VM"]
+fn domain_list_gives_the_state_and_iface_list_asks_libvirtd_for_leases_and_arp() {
+    let mut env = LibvirtEnv::start();
+    let name = support::unique_name("vt-iface");
+    env.define(&name, &[]);
+    assert_eq!(listed(&name)["state"], "running");
+    // The test domains have no network card: libvirtd's answer is empty,
+    // and a well-formed reply to REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES.
+    let out = run(&["domain-iface-list", "--source", "lease", &name], None);
+    assert_eq!((out.status, out.json()), (0, serde_json::json!([])), "{out:?}");
+    // libvirtd reads the host's ARP table over netlink, which fails on
+    // some hosts (here: "wrong nlmsg len", virsh domifaddr alike): then
+    // its error is told as libvirt's.
+    let out = run(&["domain-iface-list", "--source", "arp", &name], None);
+    let arp = out.json();
+    assert!(
+        (out.status, &arp) == (0, &serde_json::json!([])) || arp["type"] == "libvirtError",
+        "{out:?}"
+    );
+    // The agent's view, through libvirtd (which holds .0): the loopback.
+    let out = run(&["domain-iface-list", "--source", "agent", &name], None);
+    let interfaces = out.json();
+    let lo = interfaces.as_array().unwrap().iter().find(|i| i["name"] == "lo");
+    let lo = lo.unwrap_or_else(|| panic!("no lo: {interfaces}"));
+    assert_eq!(
+        lo["addresses"][0],
+        serde_json::json!({"address": "127.0.0.1", "prefix": 8, "type": "IPv4"})
+    );
+    let out = run(&["qmp", &name, r#"{"execute": "stop"}"#], None);
+    assert_eq!(out.status, 0, "{out:?}");
+    support::wait_until(20, "libvirt to record the pause", || {
+        listed(&name)["state"] == "paused"
+    });
+    run(&["qmp", &name, r#"{"execute": "cont"}"#], None);
+}

@@ -3,12 +3,18 @@
 
 pub mod copy;
 pub mod doctor;
+pub mod domain_iface_list;
 pub mod domain_list;
 pub mod guest_cmd;
 pub mod guest_facts;
+pub mod guest_fstrim;
 pub mod guest_info;
 pub mod guest_ping;
 pub mod guest_run;
+pub mod guest_set_password;
+pub mod guest_set_time;
+pub mod guest_shutdown;
+pub mod guest_ssh_keys;
 pub mod qmp;
 pub mod session;
 
