@@ -6,6 +6,7 @@ use serde_json::json;
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
 use crate::support::run;
+use crate::support::test_vm::TestVm;
 
 /// A usage error's message (exit 2, on stderr).
 fn usage_error(args: &[&str]) -> String {
@@ -330,6 +331,160 @@ fn domain_iface_list_gives_an_interface_without_addresses_an_empty_list() {
                 {"address": "fe80::1", "prefix": 64, "type": "IPv6"}]},
             {"name": "eth1", "hwaddr": "52:54:00:00:00:02", "addresses": []}
         ]),
+        "{out:?}"
+    );
+}
+
+/// What the agent runs to set a password; the test VM's busybox has no
+/// `chpasswd`: this one hashes with busybox's `mkpasswd` (or takes the
+/// hash as given with `-e`) and writes /etc/shadow.
+const CHPASSWD: &str = r#"#!/bin/sh
+crypted=0; [ "$1" = -e ] && crypted=1
+while IFS=: read -r user password; do
+  [ $crypted = 1 ] || password=$(mkpasswd -m sha512 "$password")
+  sed -i "s|^$user:[^:]*:|$user:$password:|" /etc/shadow
+done
+"#;
+
+/// Gives the test VM a user with a home, and a `chpasswd`.
+fn add_guest_user(vm: &TestVm, user: &str) {
+    let script = "cat > /usr/sbin/chpasswd && chmod 755 /usr/sbin/chpasswd";
+    let out = run(
+        &["guest-run", "--stdin", &vm.name, "--", "sh", "-c", script],
+        Some(CHPASSWD.as_bytes()),
+    );
+    assert_eq!(out.json()["exit_code"], 0, "{out:?}");
+    let script = format!(
+        "echo 'root:x:0:0::/root:/bin/sh' > /etc/passwd && echo 'root:x:0:' > /etc/group && \
+         echo '{user}:x:1000:1000::/home/{user}:/bin/sh' >> /etc/passwd && \
+         echo '{user}:x:1000:' >> /etc/group && \
+         printf 'root:*:19000::::::\\n{user}:!:19000::::::\\n' > /etc/shadow && \
+         mkdir -p /home/{user} && chown 1000:1000 /home/{user}"
+    );
+    let out = run(&["guest-run", &vm.name, "--", "sh", "-c", &script], None);
+    assert_eq!(out.json()["exit_code"], 0, "{out:?}");
+}
+
+fn guest_file(vm: &TestVm, path: &str) -> String {
+    let out = run(&["guest-run", &vm.name, "--", "cat", path], None);
+    out.json()["stdout"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn password_keys_time_and_fstrim_on_the_test_vm() {
+    let vm = TestVm::boot("agent-cmds");
+    add_guest_user(&vm, "alice");
+
+    // The password from standard input: the agent runs chpasswd.
+    let out = run(&["guest-set-password", &vm.name, "alice"], Some(b"s3cret\n"));
+    assert_eq!(out.json(), json!({"user": "alice", "crypted": false}), "{out:?}");
+    let shadow = guest_file(&vm, "/etc/shadow");
+    let alice = shadow
+        .lines()
+        .find(|l| l.starts_with("alice:"))
+        .unwrap()
+        .to_owned();
+    assert!(!alice.starts_with("alice:!:"), "{shadow}");
+    let crypted =
+        "$6$salt$IxDD3jeSOb5eB1CX5LBsqZFVkJdido3OUILO5Ifz5iwMuTS4XMS130MTSuDDl3aCI6WouIL9AjRbLCelDCy.g.";
+    let out = run(
+        &["guest-set-password", "--crypted", &vm.name, "alice"],
+        Some(crypted.as_bytes()),
+    );
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(
+        guest_file(&vm, "/etc/shadow").contains(&format!("alice:{crypted}:")),
+        "crypted as given"
+    );
+    let empty = run(&["guest-set-password", &vm.name, "alice"], Some(b"\n"));
+    assert_eq!(empty.status, 2, "{empty:?}");
+
+    // Keys from local files, listed after each change.
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys.pub");
+    let one = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOne one@host";
+    let two = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITwo two@host";
+    std::fs::write(&keys, format!("# team keys\n{one}\n\n{two}\n")).unwrap();
+    let keys = keys.to_str().unwrap();
+    let out = run(&["guest-ssh-keys", &vm.name, "alice", "--add", keys], None);
+    // In the agent's order, which is not the file's.
+    let mut added: Vec<String> = serde_json::from_value(out.json()["keys"].clone()).unwrap();
+    added.sort_unstable();
+    assert_eq!(added, [one, two], "{out:?}");
+    assert!(guest_file(&vm, "/home/alice/.ssh/authorized_keys").contains(two));
+    let only_two = dir.path().join("one.pub");
+    std::fs::write(&only_two, format!("{one}\n")).unwrap();
+    let out = run(
+        &[
+            "guest-ssh-keys",
+            &vm.name,
+            "alice",
+            "--remove",
+            only_two.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.json()["keys"], json!([two]), "{out:?}");
+    let out = run(&["guest-ssh-keys", &vm.name, "alice"], None);
+    assert_eq!(out.json(), json!({"user": "alice", "keys": [two]}), "{out:?}");
+    let out = run(&["guest-ssh-keys", &vm.name, "alice", "--reset"], None);
+    assert_eq!(out.json()["keys"], json!([]), "{out:?}");
+
+    // The guest's clock set to the host's, then read back.
+    let out = run(&["guest-set-time", &vm.name], None);
+    let set = out.json()["time"].as_i64().unwrap_or_else(|| panic!("{out:?}"));
+    let out = run(&["guest-cmd", &vm.name, "guest-get-time"], None);
+    let guest_now = out.json().as_i64().unwrap();
+    assert!(
+        (guest_now - set).abs() < 30_000_000_000,
+        "set {set}, read back {guest_now}"
+    );
+
+    let out = run(&["guest-fstrim", &vm.name], None);
+    let trimmed = out.json();
+    assert!(
+        trimmed["paths"].is_array() || trimmed["type"] == "AgentCommandError",
+        "{out:?}"
+    );
+
+    let out = run(&["guest-facts", &vm.name], None);
+    assert!(out.json()["hostname"].is_string(), "{out:?}");
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn guest_shutdown_wait_is_confirmed_by_qemus_monitor() {
+    let vm = TestVm::boot("shutdown-qmp");
+    let out = run(&["guest-shutdown", "--wait", "60", &vm.name], None);
+    let seen = out.json()["seen"].as_str().map(str::to_owned);
+    assert!(
+        matches!(seen.as_deref(), Some("qmp-shutdown-event" | "qemu-exited")),
+        "{out:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn guest_shutdown_wait_is_confirmed_by_the_agent_going_away_when_the_monitor_is_held() {
+    let vm = TestVm::boot("shutdown-agent");
+    // This test holds QEMU's monitor: virtomate cannot watch it.
+    let _holder = std::os::unix::net::UnixStream::connect(vm.dir.path().join("qmp.sock")).unwrap();
+    let socket = vm.socket();
+    let out = run(
+        &[
+            "guest-shutdown",
+            "--mode",
+            "halt",
+            "--wait",
+            "60",
+            socket.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(
+        out.json(),
+        json!({"mode": "halt", "seen": "agent-gone"}),
         "{out:?}"
     );
 }

@@ -501,4 +501,12 @@ fn domain_list_gives_the_state_and_iface_list_asks_libvirtd_for_leases_and_arp()
         listed(&name)["state"] == "paused"
     });
     run(&["qmp", &name, r#"{"execute": "cont"}"#], None);
+
+    // libvirtd holds the monitor: its record confirms the shutdown.
+    let out = run(&["guest-shutdown", "--wait", "60", &name], None);
+    assert_eq!(
+        out.json(),
+        serde_json::json!({"mode": "powerdown", "seen": "libvirt-shut-off"}),
+        "{out:?}"
+    );
 }

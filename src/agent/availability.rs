@@ -35,9 +35,10 @@ pub fn unavailable(info: &GuestInfoReply, command: &str) -> Option<CliError> {
 /// How a disabled command is enabled in the guest.
 pub fn how_to_enable(command: &str) -> String {
     format!(
-        "start qemu-ga in the guest without {command} in its --block-rpcs list, or with it in its \
-         --allow-rpcs list (QEMU 8.1 on); on RHEL-family guests these options are in FILTER_RPC_ARGS \
-         of /etc/sysconfig/qemu-ga (then restart qemu-guest-agent)"
+        "qemu-ga disables what it is told to block, and what it cannot do on the guest's system; \
+         if blocked, start qemu-ga in the guest without {command} in its --block-rpcs list, or with it \
+         in its --allow-rpcs list (QEMU 8.1 on); on RHEL-family guests these options are in \
+         FILTER_RPC_ARGS of /etc/sysconfig/qemu-ga (then restart qemu-guest-agent)"
     )
 }
 

@@ -10,7 +10,7 @@ mod domain_agent;
 mod errors;
 mod signals;
 
-pub use self::availability::unavailable;
+pub use self::availability::{how_to_enable, unavailable, why_lacking};
 pub use self::connector::DomainConnector;
 pub use self::context::Context;
 pub use self::domain_agent::{run_options, DomainAgent, Silence};
