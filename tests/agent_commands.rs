@@ -450,6 +450,41 @@ fn password_keys_time_and_fstrim_on_the_test_vm() {
 
     let out = run(&["guest-facts", &vm.name], None);
     assert!(out.json()["hostname"].is_string(), "{out:?}");
+
+    // domain-list's state, as QEMU's monitor tells it for a bare QEMU.
+    let state = || {
+        let listed = run(&["domain-list"], None).json();
+        let entry = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["name"] == vm.name.as_str())
+            .cloned();
+        entry.unwrap_or_else(|| panic!("{} not in {listed}", vm.name))["state"].clone()
+    };
+    assert_eq!(state(), "running");
+    run(&["qmp", &vm.name, r#"{"execute": "stop"}"#], None);
+    assert_eq!(state(), "paused");
+    run(&["qmp", &vm.name, r#"{"execute": "cont"}"#], None);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn doctor_lists_disabled_commands_and_those_the_agent_is_too_old_for() {
+    let agent = HostAgent::start_with(&["--block-rpcs", "guest-get-osinfo"]);
+    let out = run(&["doctor", "--json", agent.socket().to_str().unwrap()], None);
+    let report = out.json();
+    let version = crate::support::step(&report, "agent-version");
+    let detail = version["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("disabled in the guest: ") && detail.contains("guest-get-osinfo"),
+        "{detail}"
+    );
+    assert!(detail.contains("FILTER_RPC_ARGS"), "{detail}");
+    assert!(
+        detail.contains("too old for guest-get-load (QEMU 10.0)"),
+        "{detail}"
+    );
 }
 
 #[test]
