@@ -4,20 +4,13 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use virtomate_protocol::qga::schema::command_spec;
 
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
 use crate::cli::Request;
 use crate::error::CliError;
 use crate::schema_check;
-
-/// Commands that never reply on success: the guest goes away instead.
-const WITHOUT_REPLY: &[&str] = &[
-    "guest-shutdown",
-    "guest-suspend-disk",
-    "guest-suspend-ram",
-    "guest-suspend-hybrid",
-];
 
 /// Commands virtomate sends itself, before every command: one sent
 /// through `guest-cmd` would answer with the sentinel in front, which only
@@ -56,8 +49,9 @@ pub async fn run(
         schema_check::check_request(&request.name, request.arguments.as_ref())?;
     }
     let mut agent = DomainAgent::connect(domain, context).await?;
-    let without_reply = WITHOUT_REPLY
-        .contains(&request.name.as_str())
+    // Commands that never reply on success: the guest goes away instead.
+    let without_reply = command_spec(&request.name)
+        .is_some_and(|spec| !spec.success_response)
         .then(|| ERROR_GRACE.min(context.options.reply_timeout));
     let result = agent
         .execute_json(&request.name, request.arguments.as_ref(), without_reply)
