@@ -501,6 +501,27 @@ fn guest_shutdown_wait_is_confirmed_by_qemus_monitor() {
 
 #[test]
 #[ignore = "needs the test VM"]
+fn guest_shutdown_reboot_is_confirmed_by_qemus_reset_event() {
+    // QEMU resets a guest that reboots (no -no-reboot), and lives on.
+    let vm = TestVm::boot_with("reboot", &[("VM_REBOOT", "1")]);
+    let pid = vm.qemu_pid();
+    let out = run(
+        &["guest-shutdown", "--mode", "reboot", "--wait", "60", &vm.name],
+        None,
+    );
+    assert_eq!(
+        out.json(),
+        json!({"mode": "reboot", "seen": "qmp-reset-event"}),
+        "{out:?}"
+    );
+    assert!(
+        std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "QEMU went on"
+    );
+}
+
+#[test]
+#[ignore = "needs the test VM"]
 fn guest_shutdown_wait_is_confirmed_by_the_agent_going_away_when_the_monitor_is_held() {
     let vm = TestVm::boot("shutdown-agent");
     // This test holds QEMU's monitor: virtomate cannot watch it.
