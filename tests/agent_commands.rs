@@ -544,3 +544,57 @@ fn guest_shutdown_wait_is_confirmed_by_the_agent_going_away_when_the_monitor_is_
         "{out:?}"
     );
 }
+
+#[test]
+fn each_first_class_command_refuses_before_sending_what_the_agent_lacks() {
+    // An agent with none of the commands: each one is refused after
+    // guest-info alone, nothing else is sent (the script asserts it).
+    let agent = FakeAgent::serve_each(|mut conn, _| {
+        conn.sync();
+        conn.answer(
+            "guest-info",
+            json!({"version": "2.0.0", "supported_commands": []}),
+        );
+        assert_eq!(conn.next_request(), None, "only guest-info may be sent");
+    });
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    let keys = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(keys.path(), "ssh-ed25519 AAAA key@host\n").unwrap();
+    let cases: [(&[&str], &str); 6] = [
+        (&["guest-set-time", socket], "guest-set-time"),
+        (&["guest-fstrim", socket], "guest-fstrim"),
+        (&["guest-shutdown", socket], "guest-shutdown"),
+        (
+            &["guest-ssh-keys", socket, "alice"],
+            "guest-ssh-get-authorized-keys",
+        ),
+        (
+            &[
+                "guest-ssh-keys",
+                socket,
+                "alice",
+                "--add",
+                keys.path().to_str().unwrap(),
+            ],
+            "guest-ssh-get-authorized-keys",
+        ),
+        (
+            &["domain-iface-list", "--source", "agent", socket],
+            "guest-network-get-interfaces",
+        ),
+    ];
+    for (args, command) in cases {
+        let out = run(args, None);
+        let message = out.error("CommandUnavailable");
+        assert!(
+            message.contains(&format!("(qemu-ga 2.0.0) does not have {command}")),
+            "{args:?}: {message}"
+        );
+    }
+    let out = run(&["guest-set-password", socket, "alice"], Some(b"pw\n"));
+    assert!(
+        out.error("CommandUnavailable").contains("came with QEMU 2.3"),
+        "{out:?}"
+    );
+}
