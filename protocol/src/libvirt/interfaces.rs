@@ -80,8 +80,20 @@ pub(crate) fn decode_interfaces(decoder: &mut Decoder<'_>) -> Result<Vec<DomainI
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::libvirt::xdr::Encoder;
+
+    proptest! {
+        /// libvirtd's reply is read within its bytes: any bytes give
+        /// interfaces or an error, never a panic or a huge allocation.
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut decoder = Decoder::new(&bytes);
+            let _ = decode_interfaces(&mut decoder);
+        }
+    }
 
     #[test]
     fn interfaces_with_and_without_addresses_decode() {
