@@ -54,10 +54,10 @@ fn check_members(members: &[MemberSpec], object: &Map<String, Value>, place: &st
             let names: Vec<&str> = members.iter().map(|member| member.name).collect();
             return Err(match closest(key, names.iter().copied()) {
                 Some(near) => format!(
-                    "{place} have no member '{key}'; the closest: '{near}' (all: {})",
+                    "no member '{key}' in {place}; the closest: '{near}' (all: {})",
                     names.join(", ")
                 ),
-                None => format!("{place} have no member '{key}': they take none"),
+                None => format!("no member '{key}' in {place}: there are none"),
             });
         }
     }
@@ -67,7 +67,7 @@ fn check_members(members: &[MemberSpec], object: &Map<String, Value>, place: &st
             None if member.optional => {}
             None => {
                 return Err(format!(
-                    "{place} need '{}' ({}), which is missing",
+                    "'{}' ({}) is missing from {place}",
                     member.name,
                     expected(member.ty)
                 ))
@@ -205,11 +205,14 @@ mod tests {
     fn unknown_missing_and_mistyped_arguments_are_named() {
         let unknown = problem("guest-exec", json!({"path": "ls", "args": ["-l"]}));
         assert!(
-            unknown.contains("no member 'args'; the closest: 'arg'"),
+            unknown.contains("no member 'args' in the arguments of guest-exec; the closest: 'arg'"),
             "{unknown}"
         );
         let missing = problem("guest-exec", json!({"arg": ["-l"]}));
-        assert!(missing.contains("need 'path' (a string)"), "{missing}");
+        assert!(
+            missing.contains("'path' (a string) is missing from the arguments of guest-exec"),
+            "{missing}"
+        );
         let mistyped = problem("guest-file-read", json!({"handle": "3"}));
         assert!(
             mistyped.contains("'handle' of the arguments of guest-file-read must be an integer"),
@@ -224,7 +227,7 @@ mod tests {
             json!({"vcpus": [{"logical-id": 1, "onlin": true}]}),
         );
         assert!(
-            nested.contains("no member 'onlin'; the closest: 'online'"),
+            nested.contains("no member 'onlin' in item 0 of 'vcpus'") && nested.contains("closest: 'online'"),
             "{nested}"
         );
     }

@@ -28,12 +28,13 @@ fn guest_cmd_names_the_closest_command_argument_or_value() {
         r#"{"execute": "guest-exec", "arguments": {"pth": "ls"}}"#,
     ]);
     assert!(
-        argument.contains("no member 'pth'; the closest: 'path'"),
+        argument.contains("no member 'pth' in the arguments of guest-exec; the closest: 'path'"),
         "{argument}"
     );
     let missing = usage_error(&["guest-cmd", socket, "guest-ssh-get-authorized-keys"]);
     assert!(
-        missing.contains("need 'username' (a string), which is missing"),
+        missing
+            .contains("'username' (a string) is missing from the arguments of guest-ssh-get-authorized-keys"),
         "{missing}"
     );
     let mistyped = usage_error(&["guest-cmd", socket, "guest-file-close", r#"{"handle": "3"}"#]);
