@@ -486,15 +486,15 @@ fn domain_list_gives_the_state_and_iface_list_asks_libvirtd_for_leases_and_arp()
         (out.status, &arp) == (0, &serde_json::json!([])) || arp["type"] == "libvirtError",
         "{out:?}"
     );
-    // The agent's view, through libvirtd (which holds .0): the loopback.
+    // The agent's view, through libvirtd (which holds .0): the loopback,
+    // which this guest's init leaves without addresses (the case the
+    // original failed on with a TypeError).
     let out = run(&["domain-iface-list", "--source", "agent", &name], None);
     let interfaces = out.json();
     let lo = interfaces.as_array().unwrap().iter().find(|i| i["name"] == "lo");
     let lo = lo.unwrap_or_else(|| panic!("no lo: {interfaces}"));
-    assert_eq!(
-        lo["addresses"][0],
-        serde_json::json!({"address": "127.0.0.1", "prefix": 8, "type": "IPv4"})
-    );
+    assert_eq!(lo["hwaddr"], "00:00:00:00:00:00", "{lo}");
+    assert!(lo["addresses"].is_array(), "{lo}");
     let out = run(&["qmp", &name, r#"{"execute": "stop"}"#], None);
     assert_eq!(out.status, 0, "{out:?}");
     support::wait_until(20, "libvirt to record the pause", || {
