@@ -18,6 +18,8 @@
 #   EXTRA_AGENT_PORT   1 adds a second guest agent port
 #   KERNEL_EXTRA_ARGS  appended to the kernel command line
 #                      (e.g. virtomate.noagent)
+#   VM_REBOOT          1 lets the guest reboot (QEMU resets it) instead of
+#                      QEMU exiting when the guest reboots (-no-reboot)
 #   VM_BOOT_TIMEOUT    seconds to wait for the VM (default: 90)
 #   VM_WAIT_READY      0 returns as soon as QEMU runs, before the guest is up
 #   VM_MEMORY          guest RAM in MiB (default: 256, 512 with rootfs.img;
@@ -78,7 +80,6 @@ args=(
   -smp 1
   -nodefaults
   -display none
-  -no-reboot
   -kernel "$artifacts/vmlinuz"
   -initrd "$artifacts/initramfs.gz"
   -append "$append"
@@ -88,6 +89,9 @@ args=(
   -chardev "socket,path=$dir/qga.sock,server=on,wait=off,id=qga0"
   -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0
 )
+if [ "${VM_REBOOT:-}" != 1 ]; then
+  args+=(-no-reboot)
+fi
 if [ -f "$artifacts/rootfs.img" ]; then
   args+=(-drive "file=$artifacts/rootfs.img,if=virtio,format=raw,snapshot=on")
 fi

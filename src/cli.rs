@@ -67,6 +67,33 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `domain-iface-list --source`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum IfaceSource {
+    Agent,
+    Lease,
+    Arp,
+}
+
+/// `guest-shutdown --mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShutdownMode {
+    Powerdown,
+    Reboot,
+    Halt,
+}
+
+impl ShutdownMode {
+    /// The agent's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownMode::Powerdown => "powerdown",
+            ShutdownMode::Reboot => "reboot",
+            ShutdownMode::Halt => "halt",
+        }
+    }
+}
+
 /// The original tool's log levels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
@@ -90,12 +117,28 @@ pub enum Command {
         #[arg(long, value_name = "SECONDS", value_parser = seconds_or_zero, allow_hyphen_values = true)]
         wait: Option<Duration>,
 
+        /// Also wait until the agent has COMMAND enabled (e.g. guest-exec); without it enabled
+        /// by the end of --wait, a CommandUnavailable error says why
+        #[arg(long, value_name = "COMMAND", value_parser = agent_command_names())]
+        wait_for: Option<String>,
+
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
     },
 
     /// List the running domains: libvirt's and bare QEMU processes
     DomainList,
+
+    /// List a domain's network interfaces and their addresses, as the original virtomate
+    DomainIfaceList {
+        /// Where the addresses come from: the guest agent (any domain), libvirt's DHCP leases or
+        /// the host's ARP table (libvirt domains)
+        #[arg(long, value_enum, default_value = "lease")]
+        source: IfaceSource,
+
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
 
     /// Diagnose, step by step, why the agent of a domain does not answer
     Doctor {
@@ -106,14 +149,23 @@ pub enum Command {
         domain: String,
     },
 
-    /// Send any agent request after the handshake and print its return value
+    /// Send any agent request after the handshake and print its return value; the request is
+    /// checked against QEMU's schema first
     GuestCmd {
+        /// Send the request as it is, unchecked (for commands newer than virtomate knows)
+        #[arg(long)]
+        unchecked: bool,
+
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
 
-        /// The request: {"execute": COMMAND, "arguments": {...}}
-        #[arg(value_parser = parse_request)]
+        /// The request, {"execute": COMMAND, "arguments": {...}}, or a COMMAND's name alone
+        #[arg(value_name = "REQUEST", value_parser = AgentRequestParser, hide_possible_values = true)]
         request: Request,
+
+        /// The command's arguments as a JSON object, after a COMMAND's name
+        #[arg(value_name = "ARGUMENTS", value_parser = parse_arguments)]
+        arguments: Option<Value>,
     },
 
     /// Send any QMP command to QEMU's monitor and print its return value
@@ -148,6 +200,80 @@ pub enum Command {
 
     /// Show the agent's version and its commands, enabled or not
     GuestInfo {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
+    /// What the agent tells of the guest, as JSON: os, hostname, timezone, time, users,
+    /// filesystems, disks, interfaces, routes, vcpus, load, cpu_stats, disk_stats; a section the
+    /// agent cannot give holds {"error": {...}} saying why
+    GuestFacts {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
+    /// Set a guest user's password; it is read from standard input, or prompted for without
+    /// echo on a terminal, never taken from the command line
+    GuestSetPassword {
+        /// The password is already crypt()ed (e.g. by openssl passwd -6)
+        #[arg(long)]
+        crypted: bool,
+
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+
+        /// The guest user
+        user: String,
+    },
+
+    /// List a guest user's authorized SSH keys, or change them and list them after
+    GuestSshKeys {
+        /// Add the keys of FILE (one per line; - for standard input); repeatable
+        #[arg(long, value_name = "FILE")]
+        add: Vec<String>,
+
+        /// Remove the keys of FILE; repeatable
+        #[arg(long, value_name = "FILE")]
+        remove: Vec<String>,
+
+        /// Replace all keys by those of --add (none: remove all)
+        #[arg(long)]
+        reset: bool,
+
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+
+        /// The guest user
+        user: String,
+    },
+
+    /// Set the guest's clock to the host's (after a resume or restore)
+    GuestSetTime {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
+    /// Discard the blocks the guest's file systems do not use
+    GuestFstrim {
+        /// Skip free ranges smaller than BYTES (a hint to the guest)
+        #[arg(long, value_name = "BYTES")]
+        minimum: Option<u64>,
+
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+    },
+
+    /// Ask the guest to power down, reboot or halt; with --wait, confirm that it did
+    GuestShutdown {
+        /// What the guest does
+        #[arg(long, value_enum, default_value = "powerdown")]
+        mode: ShutdownMode,
+
+        /// Wait up to SECONDS for QEMU's monitor, libvirt or the agent's going away to confirm it;
+        /// the output's "seen" says which did
+        #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_hyphen_values = true)]
+        wait: Option<Duration>,
+
         /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
         domain: String,
     },
@@ -453,6 +579,66 @@ pub fn parse_request(text: &str) -> Result<Request, String> {
         name: name.to_owned(),
         arguments,
     })
+}
+
+/// `guest-cmd`'s REQUEST: a JSON request or a command's name, whose
+/// possible values (for completions) are the names of QEMU's schema.
+#[derive(Debug, Clone, Copy)]
+pub struct AgentRequestParser;
+
+impl clap::builder::TypedValueParser for AgentRequestParser {
+    type Value = Request;
+
+    fn parse_ref(
+        &self,
+        command: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Request, clap::Error> {
+        let text = value.to_str().ok_or_else(|| {
+            clap::Error::raw(clap::error::ErrorKind::InvalidUtf8, "the request is not UTF-8\n")
+                .with_cmd(command)
+        })?;
+        if text.trim_start().starts_with('{') {
+            return parse_request(text).map_err(|message| {
+                let what = arg.map(ToString::to_string).unwrap_or_default();
+                clap::Error::raw(
+                    clap::error::ErrorKind::ValueValidation,
+                    format!("invalid value '{text}' for '{what}': {message}\n"),
+                )
+                .with_cmd(command)
+            });
+        }
+        Ok(Request {
+            name: text.to_owned(),
+            arguments: None,
+        })
+    }
+
+    fn possible_values(&self) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        let names = virtomate_protocol::qga::schema::COMMANDS
+            .iter()
+            .map(|command| command.name);
+        Some(Box::new(names.map(clap::builder::PossibleValue::new)))
+    }
+}
+
+/// The names of QEMU's schema: completions offer them, and clap refuses
+/// any other, naming the closest.
+fn agent_command_names() -> impl clap::builder::TypedValueParser<Value = String> {
+    let names = virtomate_protocol::qga::schema::COMMANDS
+        .iter()
+        .map(|command| command.name);
+    clap::builder::PossibleValuesParser::new(names.map(clap::builder::PossibleValue::new))
+}
+
+/// `guest-cmd`'s ARGUMENTS: a JSON object.
+fn parse_arguments(text: &str) -> Result<Value, String> {
+    match serde_json::from_str(text) {
+        Ok(object @ Value::Object(_)) => Ok(object),
+        Ok(_) => Err("the arguments are a JSON object: {\"NAME\": VALUE, ...}".to_owned()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub enum ErrorKind {
     GuestOutput,
     /// libvirtd refused a call made on our behalf.
     Libvirt,
+    /// The guest's agent lacks, or has disabled, a command that is needed:
+    /// the message says which QEMU brought it, or how to enable it.
+    Unavailable,
     /// A local I/O error.
     Io,
     /// A path of `copy`, local or in the guest, that cannot be used as
@@ -73,6 +76,7 @@ impl ErrorKind {
             ErrorKind::Interrupted => "Interrupted",
             ErrorKind::GuestOutput => "GuestOutputError",
             ErrorKind::Libvirt => "libvirtError",
+            ErrorKind::Unavailable => "CommandUnavailable",
             ErrorKind::Io => "IoError",
             ErrorKind::Path => "PathError",
             ErrorKind::Verification => "VerificationError",

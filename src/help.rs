@@ -12,12 +12,14 @@ use clap::{ArgMatches, CommandFactory, FromArgMatches};
 use crate::cli::Cli;
 
 /// The headings of `--help` and the commands under each, in this order.
+#[rustfmt::skip]
 const GROUPS: &[(&str, &[&str])] = &[
     ("Running programs", &["guest-run", "session"]),
     ("Files", &["copy"]),
-    ("Agent commands", &["guest-ping", "guest-info", "guest-cmd"]),
-    ("Guest file systems", &["guest-freeze", "guest-thaw"]),
-    ("Domains", &["domain-list", "qmp"]),
+    ("Agent commands", &["guest-ping", "guest-info", "guest-facts", "guest-cmd"]),
+    ("Guest administration", &["guest-set-password", "guest-ssh-keys", "guest-set-time", "guest-shutdown"]),
+    ("Guest file systems", &["guest-freeze", "guest-thaw", "guest-fstrim"]),
+    ("Domains", &["domain-list", "domain-iface-list", "qmp"]),
     ("Sharing a connection", &["control"]),
     ("Diagnostics", &["doctor", "help"]),
 ];

@@ -15,6 +15,7 @@ mod help;
 mod master;
 mod output;
 mod run_output;
+mod schema_check;
 mod std_streams;
 
 use std::io::{IsTerminal, Write};
@@ -75,14 +76,47 @@ fn main() -> ExitCode {
         };
         match cli.command {
             Command::GuestRun(args) => commands::guest_run::run(args, &context).await,
-            Command::GuestPing { wait, domain } => commands::guest_ping::run(&domain, wait, &context).await,
+            Command::GuestPing {
+                wait,
+                wait_for,
+                domain,
+            } => commands::guest_ping::run(&domain, wait, wait_for.as_deref(), &context).await,
             Command::Session { idle, domain } => commands::session::run(&domain, idle, &context).await,
             Command::GuestInfo { domain } => commands::guest_info::run(&domain, &context).await,
-            Command::DomainList => commands::domain_list::run(&context),
-            Command::Doctor { domain, json } => Ok(commands::doctor::run(&domain, json, &context).await),
-            Command::GuestCmd { domain, request } => {
-                commands::guest_cmd::run(&domain, &request, &context).await
+            Command::GuestFacts { domain } => commands::guest_facts::run(&domain, &context).await,
+            Command::GuestSetPassword {
+                crypted,
+                domain,
+                user,
+            } => commands::guest_set_password::run(&domain, &user, crypted, &context).await,
+            Command::GuestSshKeys {
+                add,
+                remove,
+                reset,
+                domain,
+                user,
+            } => {
+                let changes = commands::guest_ssh_keys::KeyChanges { add, remove, reset };
+                commands::guest_ssh_keys::run(&domain, &user, changes, &context).await
             }
+            Command::GuestSetTime { domain } => commands::guest_set_time::run(&domain, &context).await,
+            Command::GuestFstrim { minimum, domain } => {
+                commands::guest_fstrim::run(&domain, minimum, &context).await
+            }
+            Command::GuestShutdown { mode, wait, domain } => {
+                commands::guest_shutdown::run(&domain, mode, wait, &context).await
+            }
+            Command::DomainList => commands::domain_list::run(&context).await,
+            Command::DomainIfaceList { source, domain } => {
+                commands::domain_iface_list::run(&domain, source, &context).await
+            }
+            Command::Doctor { domain, json } => Ok(commands::doctor::run(&domain, json, &context).await),
+            Command::GuestCmd {
+                unchecked,
+                domain,
+                request,
+                arguments,
+            } => commands::guest_cmd::run(&domain, request, arguments, unchecked, &context).await,
             Command::Qmp {
                 events,
                 domain,

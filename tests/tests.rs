@@ -9,6 +9,7 @@
 
 mod support;
 
+mod agent_commands;
 mod arguments;
 mod big_payloads;
 mod copy;

@@ -12,7 +12,8 @@
 //!   read buffer; `transport` connects within [`Deadline`]s
 //!   ([`ClientOptions`]); `command` and `envelope` type the JSON around
 //!   every request and reply ([`Command`]), shared by QGA and QMP.
-//! - the clients, one folder each: [`qga`] (the agent's commands and
+//! - the clients, one folder each: [`qga`] (the agent's commands — every
+//!   one of QEMU's schema in [`qga::schema`], generated — and
 //!   [`QgaClient`]), [`qmp`] (QEMU's monitor, [`QmpClient`]) and
 //!   [`libvirt`] (libvirt's RPC, for domains whose channels libvirtd
 //!   holds); then `agent.rs`, the [`Agent`] trait over a direct channel

@@ -9,3 +9,4 @@
 mod libvirt_rpc;
 mod qmp;
 mod reader_properties;
+mod typed_commands;

@@ -3,12 +3,14 @@
 //! what the agent's failures mean to the user ([`AgentErrors`]), and the
 //! signals that interrupt a run. Below the commands, above `domain/`.
 
+mod availability;
 mod connector;
 mod context;
 mod domain_agent;
 mod errors;
 mod signals;
 
+pub use self::availability::{how_to_enable, unavailable, why_lacking};
 pub use self::connector::DomainConnector;
 pub use self::context::Context;
 pub use self::domain_agent::{run_options, DomainAgent, Silence};

@@ -15,12 +15,13 @@ use std::time::{Duration, Instant};
 use nix::unistd::{access, AccessFlags};
 use serde::Serialize;
 use tokio::net::UnixStream;
+use virtomate_protocol::qga::schema::COMMANDS;
 use virtomate_protocol::qga::{Command, FreezeStatus, GuestFsfreezeStatus, GuestInfo, GuestInfoReply};
 use virtomate_protocol::qmp::QueryChardev;
 use virtomate_protocol::{ClientOptions, QmpClient};
 
 use super::{Answer, Context};
-use crate::agent::DomainAgent;
+use crate::agent::{how_to_enable, why_lacking, DomainAgent};
 use crate::domain::{self, run_state, socket_holders, Channel, Domain, Route, Source};
 use crate::error::ErrorKind;
 
@@ -415,7 +416,10 @@ async fn run_state(found: &Domain, context: &Context) -> Checked<()> {
 
 async fn agent_version(mut agent: DomainAgent) -> Checked<(GuestInfoReply, DomainAgent)> {
     match agent.execute(&GuestInfo {}).await {
-        Ok(info) => Checked::Pass(format!("qemu-ga {}", info.version), (info, agent)),
+        Ok(info) => {
+            let summary = format!("qemu-ga {}{}", info.version, against_schema(&info));
+            Checked::Pass(summary, (info, agent))
+        }
         Err(e) => fail(
             e.to_string(),
             "the agent answers the handshake but not guest-info: update qemu-ga",
@@ -455,12 +459,41 @@ async fn frozen(mut agent: DomainAgent, info: &GuestInfoReply, domain_arg: &str)
 fn guest_exec(info: &GuestInfoReply) -> Checked<()> {
     match info.supported_commands.iter().find(|c| c.name == "guest-exec") {
         Some(c) if c.enabled => Checked::Pass("enabled".into(), ()),
-        Some(_) => fail(
-            "disabled",
-            "remove guest-exec from qemu-ga's --block-rpcs (or the block-rpcs of its config file)",
-        ),
-        None => fail("not supported by this agent", "update qemu-ga"),
+        Some(_) => fail("disabled", how_to_enable("guest-exec")),
+        None => fail("not supported by this agent", why_lacking(info, "guest-exec")),
     }
+}
+
+/// The agent's version against QEMU's schema: the commands it has
+/// disabled (with how to enable them), and the newer commands it lacks
+/// with the QEMU that brought them.
+fn against_schema(info: &GuestInfoReply) -> String {
+    let disabled: Vec<&str> = info
+        .supported_commands
+        .iter()
+        .filter(|c| !c.enabled)
+        .map(|c| c.name.as_str())
+        .collect();
+    let newer: Vec<String> = COMMANDS
+        .iter()
+        .filter(|spec| !info.supported_commands.iter().any(|c| c.name == spec.name))
+        .filter_map(|spec| {
+            let (major, minor) = spec.since_version()?;
+            (!info.is_at_least(major, minor)).then(|| format!("{} (QEMU {major}.{minor})", spec.name))
+        })
+        .collect();
+    let mut text = String::new();
+    if !disabled.is_empty() {
+        text.push_str(&format!(
+            "; disabled in the guest: {} ({})",
+            disabled.join(", "),
+            how_to_enable("COMMAND")
+        ));
+    }
+    if !newer.is_empty() {
+        text.push_str(&format!("; too old for {}", newer.join(", ")));
+    }
+    text
 }
 
 /// Whether the guest has opened its end of the agent port: if not, nothing

@@ -1,10 +1,11 @@
 //! `virtomate domain-list`: the running domains of this host, libvirt's and
-//! bare QEMU processes alike, with their agent channels.
+//! bare QEMU processes alike, with their agent channels and, as the
+//! original virtomate, their `state`.
 
 use serde::Serialize;
 
 use super::{Answer, Context};
-use crate::domain::{self, socket_holders, Source};
+use crate::domain::{self, run_state, socket_holders, Source};
 use crate::error::CliError;
 
 #[derive(Serialize)]
@@ -13,6 +14,8 @@ struct DomainEntry {
     name: String,
     pid: Option<u32>,
     source: Source,
+    /// The original's words: `running`, `paused`, `shut-off`, … or `unknown`.
+    state: &'static str,
     uuid: Option<String>,
 }
 
@@ -31,10 +34,11 @@ struct ChannelEntry {
     unusable: Option<String>,
 }
 
-pub fn run(context: &Context) -> Result<Answer, CliError> {
-    let mut entries: Vec<DomainEntry> = domain::list(&context.scope)
-        .into_iter()
-        .map(|found| DomainEntry {
+pub async fn run(context: &Context) -> Result<Answer, CliError> {
+    let mut entries = Vec::new();
+    for found in domain::list(&context.scope) {
+        let state = run_state::listed_state(&found, &context.options).await;
+        entries.push(DomainEntry {
             agent_channels: found
                 .agent_channels
                 .into_iter()
@@ -50,9 +54,10 @@ pub fn run(context: &Context) -> Result<Answer, CliError> {
             name: found.name,
             pid: found.pid,
             source: found.source,
+            state,
             uuid: found.uuid,
-        })
-        .collect();
+        });
+    }
     entries.sort_by(|a, b| (&a.name, a.pid).cmp(&(&b.name, b.pid)));
     let json = serde_json::to_value(entries).expect("plain data always serializes");
     Ok(Answer::Json(json))

@@ -4,19 +4,13 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use virtomate_protocol::qga::schema::command_spec;
 
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
 use crate::cli::Request;
 use crate::error::CliError;
-
-/// Commands that never reply on success: the guest goes away instead.
-const WITHOUT_REPLY: &[&str] = &[
-    "guest-shutdown",
-    "guest-suspend-disk",
-    "guest-suspend-ram",
-    "guest-suspend-hybrid",
-];
+use crate::schema_check;
 
 /// Commands virtomate sends itself, before every command: one sent
 /// through `guest-cmd` would answer with the sentinel in front, which only
@@ -27,7 +21,15 @@ const SYNC_COMMANDS: &[&str] = &["guest-sync", "guest-sync-delimited"];
 /// on success.
 const ERROR_GRACE: Duration = Duration::from_secs(2);
 
-pub async fn run(domain: &str, request: &Request, context: &Context) -> Result<Answer, CliError> {
+/// Sends `request` (its arguments in the request, or given apart as
+/// `arguments`), checked against QEMU's schema unless `unchecked`.
+pub async fn run(
+    domain: &str,
+    mut request: Request,
+    arguments: Option<Value>,
+    unchecked: bool,
+    context: &Context,
+) -> Result<Answer, CliError> {
     if SYNC_COMMANDS.contains(&request.name.as_str()) {
         return Err(CliError::usage(format!(
             "guest-cmd does not send {}: virtomate synchronises with the agent itself before every command \
@@ -35,14 +37,36 @@ pub async fn run(domain: &str, request: &Request, context: &Context) -> Result<A
             request.name
         )));
     }
+    if let Some(arguments) = arguments {
+        if request.arguments.is_some() {
+            return Err(CliError::usage(
+                "the arguments are given twice: in the request and after it; give one",
+            ));
+        }
+        request.arguments = Some(arguments);
+    }
+    if !unchecked {
+        schema_check::check_request(&request.name, request.arguments.as_ref())?;
+    }
     let mut agent = DomainAgent::connect(domain, context).await?;
-    let without_reply = WITHOUT_REPLY
-        .contains(&request.name.as_str())
+    // Commands that never reply on success: the guest goes away instead.
+    let without_reply = command_spec(&request.name)
+        .is_some_and(|spec| !spec.success_response)
         .then(|| ERROR_GRACE.min(context.options.reply_timeout));
-    let ret = agent
+    let result = agent
         .execute_json(&request.name, request.arguments.as_ref(), without_reply)
-        .await
-        .map_err(|e| agent.raw_error(e))?;
+        .await;
+    let ret = match result {
+        Ok(ret) => ret,
+        Err(e) => {
+            let hint = agent.refusal_hint(&request.name, &e).await;
+            let error = agent.raw_error(e);
+            return Err(match hint {
+                Some(hint) => error.with_hint(hint),
+                None => error,
+            });
+        }
+    };
     agent.close().await;
     // Commands without reply succeed with `{}`, like guest-ping.
     Ok(Answer::Json(if ret.is_null() && without_reply.is_some() {

@@ -1,5 +1,7 @@
 //! `virtomate guest-ping`: does the agent answer? Exit 0 when it does, 125
-//! (and no output) when it does not.
+//! (and no output) when it does not. With `--wait-for COMMAND`, the agent
+//! must also have COMMAND enabled (`guest-exec` may come later than the
+//! first answer after boot, or never on a guest that disabled it).
 
 use std::time::Duration;
 
@@ -11,6 +13,7 @@ use super::{Answer, Context};
 use crate::agent::DomainAgent;
 use crate::domain::Scope;
 use crate::error::{CliError, ErrorKind};
+use crate::schema_check;
 
 /// Pause between attempts while the socket cannot be connected to yet.
 const RETRY_PAUSE: Duration = Duration::from_millis(100);
@@ -19,9 +22,17 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 /// time is up (for scripts that boot a VM and wait for it). A `wait` of
 /// zero pings once, within `--timeout`, as without it: cut to a wait of
 /// zero, even a healthy agent could never answer in time.
-pub async fn run(domain: &str, wait: Option<Duration>, context: &Context) -> Result<Answer, CliError> {
+pub async fn run(
+    domain: &str,
+    wait: Option<Duration>,
+    wait_for: Option<&str>,
+    context: &Context,
+) -> Result<Answer, CliError> {
+    if let Some(command) = wait_for {
+        schema_check::known_command(command)?;
+    }
     let Some(wait) = wait.filter(|wait| !wait.is_zero()) else {
-        return ping(domain, &context.scope, context.options.clone())
+        return ping(domain, wait_for, &context.scope, context.options.clone())
             .await
             .map_err(no_answer);
     };
@@ -36,7 +47,7 @@ pub async fn run(domain: &str, wait: Option<Duration>, context: &Context) -> Res
             reply_timeout: remaining.min(context.options.reply_timeout),
             ..context.options.clone()
         };
-        match ping(domain, &context.scope, attempt).await {
+        match ping(domain, wait_for, &context.scope, attempt).await {
             Ok(answer) => return Ok(answer),
             Err(e) if Instant::now() + RETRY_PAUSE < deadline => {
                 tracing::info!("no answer yet: {e}");
@@ -47,9 +58,17 @@ pub async fn run(domain: &str, wait: Option<Duration>, context: &Context) -> Res
     }
 }
 
-async fn ping(domain: &str, scope: &Scope, options: ClientOptions) -> Result<Answer, CliError> {
+async fn ping(
+    domain: &str,
+    wait_for: Option<&str>,
+    scope: &Scope,
+    options: ClientOptions,
+) -> Result<Answer, CliError> {
     let mut agent = DomainAgent::connect_with(domain, scope, options).await?;
     agent.execute(&GuestPing {}).await?;
+    if let Some(command) = wait_for {
+        agent.require(&[command]).await?;
+    }
     agent.close().await;
     Ok(Answer::Nothing)
 }
@@ -62,6 +81,7 @@ fn no_answer(error: CliError) -> CliError {
         | ErrorKind::Ambiguous
         | ErrorKind::IllegalState
         | ErrorKind::Usage
+        | ErrorKind::Unavailable
         | ErrorKind::Io => error,
         _ => error.into_silent(),
     }

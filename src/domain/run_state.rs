@@ -111,6 +111,38 @@ pub async fn ask(found: &Domain, options: &ClientOptions) -> Option<RunState> {
     })
 }
 
+/// The state `domain-list` shows, in the original virtomate's words
+/// (`running`, `paused`, `shut-off`, `suspended`, …): libvirt's record for
+/// its domains, QEMU's answer over a free QMP socket for the others, and
+/// `unknown` when neither tells.
+pub async fn listed_state(found: &Domain, options: &ClientOptions) -> &'static str {
+    if let Some((state, _)) = &found.libvirt_state {
+        return match state.as_str() {
+            "nostate" => "no state",
+            "running" => "running",
+            "blocked" => "blocked",
+            "paused" => "paused",
+            "shutdown" => "shutdown",
+            "shutoff" => "shut-off",
+            "crashed" => "crashed",
+            "pmsuspended" => "suspended",
+            _ => "unknown",
+        };
+    }
+    match ask(found, options).await.map(|state| state.status) {
+        Some(status) => match status.as_str() {
+            "running" => "running",
+            "suspended" => "suspended",
+            "shutdown" => "shutdown",
+            "guest-panicked" => "crashed",
+            "paused" | "prelaunch" | "debug" | "inmigrate" | "postmigrate" | "finish-migrate" | "save-vm"
+            | "restore-vm" | "io-error" | "watchdog" | "internal-error" | "colo" => "paused",
+            _ => "unknown",
+        },
+        None => "unknown",
+    }
+}
+
 /// libvirt's `virDomainState` and reason, in QMP's words.
 fn from_libvirt(state: &str, reason: &str) -> &'static str {
     match (state, reason) {

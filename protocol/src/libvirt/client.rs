@@ -8,12 +8,13 @@ use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 
+use super::interfaces::{decode_interfaces, AddressSource, DomainInterface};
 use super::packet::{
     self, Header, MessageType, Packet, PacketCodec, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROC_PONG,
     KEEPALIVE_PROGRAM, LEN_WORD, PROGRAM_VERSION, QEMU_PROC_DOMAIN_AGENT_COMMAND,
     QEMU_PROC_DOMAIN_MONITOR_COMMAND, QEMU_PROGRAM, REMOTE_PROC_AUTH_LIST, REMOTE_PROC_CONNECT_CLOSE,
-    REMOTE_PROC_CONNECT_GET_LIB_VERSION, REMOTE_PROC_CONNECT_OPEN, REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME,
-    REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, REMOTE_PROGRAM,
+    REMOTE_PROC_CONNECT_GET_LIB_VERSION, REMOTE_PROC_CONNECT_OPEN, REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES,
+    REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME, REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, REMOTE_PROGRAM,
 };
 use super::remote::{decode_error, RemoteDomain};
 use super::xdr::{Decoder, Encoder, XdrError};
@@ -33,6 +34,7 @@ const CONNECT_CLOSE: &str = "libvirt connect-close";
 const LOOKUP_BY_NAME: &str = "libvirt domain-lookup-by-name";
 const LOOKUP_BY_UUID: &str = "libvirt domain-lookup-by-uuid";
 const GET_LIB_VERSION: &str = "libvirt connect-get-lib-version";
+const INTERFACE_ADDRESSES: &str = "libvirt domain-interface-addresses";
 
 /// A connection to libvirtd's RPC socket, authenticated and opened to a
 /// hypervisor URI, ready for agent and monitor commands.
@@ -207,6 +209,33 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
             )
             .await?;
         decode(GET_LIB_VERSION, reply.payload(), |d| d.u64())
+    }
+
+    /// The network interfaces of `domain` and their addresses, from
+    /// `source`, within [`ClientOptions::reply_timeout`] (as `virsh
+    /// domifaddr --source`). libvirtd fails the call with
+    /// [`Error::Libvirt`] when the domain does not run, or (for
+    /// [`AddressSource::Agent`]) its agent does not answer.
+    pub async fn interface_addresses(
+        &mut self,
+        domain: &RemoteDomain,
+        source: AddressSource,
+    ) -> Result<Vec<DomainInterface>, Error> {
+        let mut args = Encoder::new();
+        domain.encode(&mut args).map_err(request_error)?;
+        args.u32(source.code());
+        args.u32(0);
+        let deadline = self.reply_deadline();
+        let reply = self
+            .call(
+                REMOTE_PROGRAM,
+                REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES,
+                INTERFACE_ADDRESSES,
+                &args.into_bytes(),
+                deadline,
+            )
+            .await?;
+        decode(INTERFACE_ADDRESSES, reply.payload(), decode_interfaces)
     }
 
     /// Runs a guest agent command (the JSON request, as `virsh

@@ -45,6 +45,7 @@
 
 mod agent;
 mod client;
+mod interfaces;
 mod monitor;
 #[doc(hidden)] // public for the fuzz targets, which play libvirtd
 pub mod packet;
@@ -56,6 +57,7 @@ pub mod xdr;
 
 pub use agent::{LibvirtAgent, CLASS_UNKNOWN_THROUGH_LIBVIRT};
 pub use client::LibvirtClient;
+pub use interfaces::{AddressSource, DomainAddress, DomainInterface};
 pub use monitor::LibvirtMonitor;
 pub use remote::{parse_uuid, RemoteDomain};
 

@@ -49,6 +49,8 @@ pub const REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME: i32 = 23;
 
 /// `REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID`.
 pub const REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID: i32 = 24;
+/// `REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES`.
+pub const REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES: i32 = 353;
 
 /// `REMOTE_PROC_AUTH_LIST`: the authentication libvirtd wants; must be
 /// the first call on a connection.

@@ -19,6 +19,7 @@ mod commands;
 mod environment;
 mod files;
 mod freeze;
+pub mod schema;
 mod streamed_input;
 
 pub(crate) use client::LONGEST_ID;

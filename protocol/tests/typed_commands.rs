@@ -1,0 +1,117 @@
+//! The schema's typed commands against the real qemu-ga, run on the host:
+//! only those that read (never freeze, shut down or set anything on the
+//! host), each reply read through the generated types.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use virtomate_protocol::qga::schema::*;
+use virtomate_protocol::{ClientOptions, Command as _, Error, QgaClient};
+
+/// `qemu-ga -m unix-listen` in a directory of its own; killed on drop.
+struct HostAgent {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl HostAgent {
+    fn start() -> HostAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("qemu-ga")
+            .args(["-m", "unix-listen", "-p"])
+            .arg(dir.path().join("qga.sock"))
+            .arg("-t")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("this test needs qemu-ga on the host (the qemu-guest-agent package)");
+        let agent = HostAgent { child, dir };
+        let started = Instant::now();
+        while !agent.socket().exists() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "qemu-ga made no socket"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        agent
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("qga.sock")
+    }
+}
+
+impl Drop for HostAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn client(socket: &Path) -> QgaClient {
+    QgaClient::connect(socket, ClientOptions::default())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+#[ignore = "needs qemu-ga on the host"]
+async fn every_read_only_command_the_host_agent_has_reads_into_its_type() {
+    let agent = HostAgent::start();
+    let mut qga = client(&agent.socket()).await;
+    let info = qga.execute(&GuestInfo {}).await.unwrap();
+    let has = |name: &str| {
+        info.supported_commands
+            .iter()
+            .any(|c| c.name == name && c.enabled)
+    };
+    assert!(info
+        .supported_commands
+        .iter()
+        .all(|c| c.success_response.is_some()));
+
+    qga.execute(&GuestPing {}).await.unwrap();
+    assert!(qga.execute(&GuestGetTime {}).await.unwrap() > 1_700_000_000_000_000_000);
+    let zone = qga.execute(&GuestGetTimezone {}).await.unwrap();
+    assert!(zone.offset.abs() <= 14 * 3600);
+    let os = qga.execute(&GuestGetOsinfo {}).await.unwrap();
+    assert_eq!(os.machine.as_deref(), Some(std::env::consts::ARCH));
+    let name = qga.execute(&GuestGetHostName {}).await.unwrap();
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(name.host_name, hostname.trim());
+    qga.execute(&GuestGetUsers {}).await.unwrap();
+    let filesystems = qga.execute(&GuestGetFsinfo {}).await.unwrap();
+    assert!(filesystems.iter().all(|fs| fs.mountpoint.starts_with('/')));
+    let interfaces = qga.execute(&GuestNetworkGetInterfaces {}).await.unwrap();
+    let lo = interfaces.iter().find(|i| i.name == "lo").unwrap();
+    let addresses = lo.ip_addresses.as_ref().unwrap();
+    assert!(addresses
+        .iter()
+        .any(|a| a.ip_address_type == GuestIpAddressType::Ipv4));
+    let vcpus = qga.execute(&GuestGetVcpus {}).await.unwrap();
+    assert!(vcpus.iter().any(|vcpu| vcpu.online));
+    let status = qga.execute(&GuestFsfreezeStatus {}).await.unwrap();
+    assert_eq!(status, GuestFsfreezeStatusReply::Thawed);
+    if has(GuestGetDisks::NAME) {
+        qga.execute(&GuestGetDisks {}).await.unwrap();
+    }
+    let stats = qga.execute(&GuestGetCpustats {}).await.unwrap();
+    assert!(stats.iter().all(|cpu| matches!(cpu, GuestCpuStats::Linux(_))));
+    qga.execute(&GuestGetDiskstats {}).await.unwrap();
+    // Memory blocks and keys may be missing on a host: then the agent
+    // says so in an error reply, which is no failure to read.
+    for result in [
+        qga.execute(&GuestGetMemoryBlocks {}).await.map(|_| ()),
+        qga.execute(&GuestGetMemoryBlockInfo {}).await.map(|_| ()),
+        qga.execute(&GuestSshGetAuthorizedKeys {
+            username: "root".into(),
+        })
+        .await
+        .map(|_| ()),
+    ] {
+        assert!(matches!(result, Ok(()) | Err(Error::Agent { .. })), "{result:?}");
+    }
+}
