@@ -13,6 +13,7 @@ mod generate;
 mod output;
 mod run_output;
 mod std_streams;
+mod terminal;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -43,7 +44,12 @@ fn main() -> ExitCode {
     };
     // With --raw, stdout is the program's: virtomate's own failures go to
     // stderr as one line, with ssh's exit status.
-    let raw = matches!(&cli.command, Command::GuestRun(args) if args.raw || args.follow || args.interactive);
+    // `shell` likewise: its exit status is the guest shell's.
+    let raw = match &cli.command {
+        Command::GuestRun(args) => args.raw || args.follow || args.interactive,
+        Command::Shell { .. } => true,
+        _ => false,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
                 request,
             } => commands::qmp::run(&domain, &request, events, &context).await,
             Command::Copy(args) => commands::copy::run(args, &context).await,
+            Command::Shell { domain, command } => commands::shell::run(&domain, command, &context).await,
         }
     });
     // tokio reads standard input on a blocking thread that cannot be
@@ -88,6 +95,10 @@ fn main() -> ExitCode {
         }
         Ok(Answer::Json(json)) => output::print_json(&json, cli.pretty),
         Ok(Answer::Nothing) => Ok(()),
+        Ok(Answer::Status(status)) => {
+            success = ExitCode::from(status);
+            Ok(())
+        }
         Ok(Answer::Failed) => {
             success = ExitCode::FAILURE;
             Ok(())

@@ -10,6 +10,7 @@ pub mod guest_ping;
 pub mod guest_run;
 pub mod qmp;
 pub mod session;
+pub mod shell;
 
 pub use crate::agent::Context;
 use crate::run_output::RunOutput;
@@ -25,6 +26,8 @@ pub enum Answer {
     /// Exit 1, all said already (`session`, interrupted, has printed a
     /// reply for each request it leaves).
     Failed,
+    /// Exit with this status, all said already (`shell` left with `~.`).
+    Status(u8),
     /// A diagnosis: a checklist on a terminal unless `json`, JSON
     /// otherwise; exit 1 when a step failed.
     Report { report: doctor::Report, json: bool },
