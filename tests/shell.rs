@@ -1,0 +1,259 @@
+//! `virtomate shell` driven through a pseudo-terminal of the test's own, as
+//! a person at a terminal would: the terminal mode against the real qemu-ga
+//! on the host (whose guest is this machine, with util-linux `script`), the
+//! line mode in the busybox test VM (no `script`, no python). After each,
+//! the terminal's settings are what they were before.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::pty::{openpty, Winsize};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::termios::{tcgetattr, Termios};
+use nix::unistd::Pid;
+
+use crate::support::host_agent::HostAgent;
+use crate::support::test_vm::TestVm;
+use crate::support::virtomate;
+
+/// `virtomate shell` on the slave end of a pseudo-terminal; what it
+/// writes there is collected from the master end.
+struct Terminal {
+    master: File,
+    /// Kept open so that the master never reads the end of the terminal.
+    slave: OwnedFd,
+    screen: Arc<(Mutex<Vec<u8>>, Condvar)>,
+    child: Child,
+    /// How much of the screen earlier waits have looked at.
+    seen: usize,
+}
+
+impl Terminal {
+    fn start(args: &[&str], rows: u16, cols: u16) -> Terminal {
+        let size = Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = openpty(Some(&size), None).unwrap();
+        let slave_end = || Stdio::from(pty.slave.try_clone().unwrap());
+        let child = virtomate()
+            .arg("shell")
+            .args(args)
+            .stdin(slave_end())
+            .stdout(slave_end())
+            .stderr(slave_end())
+            .spawn()
+            .unwrap();
+        let master = File::from(pty.master);
+        let screen = Arc::new((Mutex::new(Vec::new()), Condvar::new()));
+        let (mut reader, shared) = (master.try_clone().unwrap(), screen.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0; 4096];
+            while let Ok(n @ 1..) = reader.read(&mut buf) {
+                shared.0.lock().unwrap().extend_from_slice(&buf[..n]);
+                shared.1.notify_all();
+            }
+        });
+        Terminal {
+            master,
+            slave: pty.slave,
+            screen,
+            child,
+            seen: 0,
+        }
+    }
+
+    fn settings(&self) -> Termios {
+        tcgetattr(self.slave.as_fd()).unwrap()
+    }
+
+    fn type_in(&mut self, keys: &[u8]) {
+        self.master.write_all(keys).unwrap();
+    }
+
+    /// Waits until `text` shows on the screen after what earlier waits saw.
+    fn wait_for(&mut self, text: &str) {
+        assert!(
+            self.try_wait_for(text, Duration::from_secs(60)),
+            "gave up waiting for {text:?}:\n{}",
+            self.screen()
+        );
+    }
+
+    fn try_wait_for(&mut self, text: &str, patience: Duration) -> bool {
+        let deadline = Instant::now() + patience;
+        let (lock, arrived) = &*self.screen;
+        let mut screen = lock.lock().unwrap();
+        loop {
+            let fresh = &screen[self.seen..];
+            if let Some(at) = fresh.windows(text.len()).position(|w| w == text.as_bytes()) {
+                self.seen += at + text.len();
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            screen = arrived.wait_timeout(screen, deadline - now).unwrap().0;
+        }
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.screen.0.lock().unwrap()).into_owned()
+    }
+
+    /// virtomate's exit status, waited for (a minute at most).
+    fn status(&mut self) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().expect("virtomate exits, not killed");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "virtomate did not end:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The settings that matter to a user: modes and control characters.
+fn modes(termios: &Termios) -> String {
+    format!(
+        "{:?} {:?} {:?} {:?} {:?}",
+        termios.input_flags,
+        termios.output_flags,
+        termios.control_flags,
+        termios.local_flags,
+        termios.control_chars
+    )
+}
+
+/// Starts `virtomate shell SOCKET -- sh` on a 30×100 terminal and waits
+/// until the guest's shell answers.
+fn shell_on_terminal(agent: &HostAgent) -> (Terminal, String) {
+    let socket = agent.socket();
+    let mut terminal = Terminal::start(&[socket.to_str().unwrap(), "--", "sh"], 30, 100);
+    let before = modes(&terminal.settings());
+    // `echo` of a sum: what comes back is not the typed line's echo.
+    terminal.type_in(b"echo ready $((20 + 1))\r");
+    terminal.wait_for("ready 21");
+    (terminal, before)
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host, and util-linux's script"]
+fn shell_on_a_terminal_passes_size_keys_and_exit_status() {
+    let agent = HostAgent::start();
+    let (mut terminal, before) = shell_on_terminal(&agent);
+    // Raw on the host: the guest's terminal echoes and edits, not ours.
+    assert_ne!(
+        modes(&terminal.settings()),
+        before,
+        "the host terminal is not raw"
+    );
+    terminal.type_in(b"stty size; tty\r");
+    terminal.wait_for("30 100\r\n/dev/pts/");
+
+    // A resize reaches the guest's terminal: asked until it shows.
+    let size = rustix::termios::Winsize {
+        ws_row: 40,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    rustix::termios::tcsetwinsize(&terminal.master, size).unwrap();
+    kill(Pid::from_raw(terminal.child.id() as i32), Signal::SIGWINCH).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        terminal.type_in(b"stty size\r");
+        if terminal.try_wait_for("40 120", Duration::from_secs(1)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the size never changed:\n{}",
+            terminal.screen()
+        );
+    }
+
+    // Ctrl-C is a byte the guest's terminal makes SIGINT of.
+    terminal.type_in(b"sleep 100; echo slept $((1 + 1))\r");
+    terminal.wait_for("sleep 100");
+    terminal.type_in(b"\x03");
+    terminal.type_in(b"echo after $((2 + 2))\r");
+    terminal.wait_for("after 4");
+    assert!(!terminal.screen().contains("slept 2"));
+
+    terminal.type_in(b"exit 3\r");
+    assert_eq!(terminal.status(), 3);
+    assert_eq!(modes(&terminal.settings()), before);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host, and util-linux's script"]
+fn tilde_dot_leaves_the_shell_and_restores_the_terminal() {
+    let agent = HostAgent::start();
+    let (mut terminal, before) = shell_on_terminal(&agent);
+    // `~~` at the start of a line (a continued one here) sends one `~`;
+    // a `~` elsewhere is sent as typed.
+    terminal.type_in(b"echo a~~ \\\r~~x\r");
+    terminal.wait_for("a~~ ~x\r\n");
+    terminal.type_in(b"~.");
+    assert_eq!(terminal.status(), 255);
+    terminal.wait_for("virtomate: left the shell with ~.");
+    assert_eq!(modes(&terminal.settings()), before);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host, and util-linux's script"]
+fn the_terminal_is_restored_when_the_agent_goes_away() {
+    let mut agent = HostAgent::start();
+    let (mut terminal, before) = shell_on_terminal(&agent);
+    agent.kill();
+    assert_eq!(terminal.status(), 255);
+    terminal.wait_for("virtomate: ");
+    assert_eq!(modes(&terminal.settings()), before);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host, and util-linux's script"]
+fn the_terminal_is_restored_on_sigterm() {
+    let agent = HostAgent::start();
+    let (mut terminal, before) = shell_on_terminal(&agent);
+    kill(Pid::from_raw(terminal.child.id() as i32), Signal::SIGTERM).unwrap();
+    assert_eq!(terminal.status(), 255);
+    terminal.wait_for("virtomate: Interrupted: ");
+    assert_eq!(modes(&terminal.settings()), before);
+}
+
+#[test]
+#[ignore = "needs the test VM (scripts/build-test-vm.sh)"]
+fn without_a_terminal_in_the_guest_a_line_mode_shell_says_so_once() {
+    let vm = TestVm::boot("shell");
+    let socket = vm.socket();
+    let mut terminal = Terminal::start(&[socket.to_str().unwrap()], 30, 100);
+    let before = modes(&terminal.settings());
+    terminal.wait_for("virtomate: no terminal in the guest (it has neither util-linux script nor python3");
+    terminal.type_in(b"echo hi $((1 + 2)); exit 3\n");
+    terminal.wait_for("hi 3");
+    assert_eq!(terminal.status(), 3);
+    // Cooked all along: the host terminal itself echoed the typed line.
+    assert_eq!(modes(&terminal.settings()), before);
+    assert_eq!(terminal.screen().matches("no terminal in the guest").count(), 1);
+}
