@@ -206,6 +206,43 @@ fn shell_on_a_terminal_passes_size_keys_and_exit_status() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host, and python3"]
+fn python3s_pty_module_makes_the_terminal_where_script_is_missing() {
+    // The agent's PATH: a directory with what the shell needs, but no `script`.
+    let bin = tempfile::tempdir().unwrap();
+    for program in [
+        "sh", "python3", "stty", "tty", "readlink", "cat", "sleep", "mkdir", "mkfifo", "rm", "df",
+    ] {
+        let path = which(program);
+        std::os::unix::fs::symlink(&path, bin.path().join(program)).unwrap();
+    }
+    let path = bin.path().to_str().unwrap();
+    let agent = HostAgent::start_in_with_env(tempfile::tempdir().unwrap(), &[], &[("PATH", path)]);
+    let (mut terminal, before) = shell_on_terminal(&agent);
+    terminal.type_in(b"stty size; tty\r");
+    terminal.wait_for("30 100\r\n/dev/pts/");
+    terminal.type_in(b"sleep 100; echo slept $((1 + 1))\r");
+    terminal.wait_for("sleep 100");
+    terminal.type_in(b"\x03echo after $((2 + 2))\r");
+    terminal.wait_for("after 4");
+    // Ctrl-D at the prompt ends the guest's shell, with status 0.
+    terminal.type_in(b"\x04");
+    assert_eq!(terminal.status(), 0);
+    assert!(!terminal.screen().contains("slept 2"));
+    assert_eq!(modes(&terminal.settings()), before);
+}
+
+/// Where the system has `program` (not a shim of a version manager, which
+/// would need more on the PATH).
+fn which(program: &str) -> std::path::PathBuf {
+    ["/usr/bin", "/bin"]
+        .into_iter()
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|path| path.exists())
+        .unwrap_or_else(|| panic!("{program} is not installed"))
+}
+
+#[test]
 #[ignore = "needs qemu-ga on the host, and util-linux's script"]
 fn tilde_dot_leaves_the_shell_and_restores_the_terminal() {
     let agent = HostAgent::start();
@@ -250,6 +287,11 @@ fn without_a_terminal_in_the_guest_a_line_mode_shell_says_so_once() {
     let mut terminal = Terminal::start(&[socket.to_str().unwrap()], 30, 100);
     let before = modes(&terminal.settings());
     terminal.wait_for("virtomate: no terminal in the guest (it has neither util-linux script nor python3");
+    assert_eq!(
+        modes(&terminal.settings()),
+        before,
+        "the host terminal is not left cooked"
+    );
     terminal.type_in(b"echo hi $((1 + 2)); exit 3\n");
     terminal.wait_for("hi 3");
     assert_eq!(terminal.status(), 3);
