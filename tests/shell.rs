@@ -196,9 +196,26 @@ fn shell_on_a_terminal_passes_size_keys_and_exit_status() {
     terminal.type_in(b"sleep 100; echo slept $((1 + 1))\r");
     terminal.wait_for("sleep 100");
     terminal.type_in(b"\x03");
+    terminal.wait_for("\r\n# ");
     terminal.type_in(b"echo after $((2 + 2))\r");
     terminal.wait_for("after 4");
     assert!(!terminal.screen().contains("slept 2"));
+
+    // Ctrl-Z stops it: the guest shell's job control says so; `fg` and
+    // Ctrl-C then end it.
+    terminal.type_in(b"sleep 200\r");
+    terminal.wait_for("sleep 200");
+    terminal.type_in(b"\x1a");
+    terminal.wait_for("Stopped");
+    // Typed before the prompt, `fg` could be flushed as the shell takes
+    // the terminal back.
+    terminal.wait_for("\r\n# ");
+    terminal.type_in(b"fg\r");
+    terminal.wait_for("fg\r\nsleep 200");
+    terminal.type_in(b"\x03");
+    terminal.wait_for("\r\n# ");
+    terminal.type_in(b"echo resumed $((3 + 3))\r");
+    terminal.wait_for("resumed 6");
 
     terminal.type_in(b"exit 3\r");
     assert_eq!(terminal.status(), 3);
@@ -223,7 +240,9 @@ fn python3s_pty_module_makes_the_terminal_where_script_is_missing() {
     terminal.wait_for("30 100\r\n/dev/pts/");
     terminal.type_in(b"sleep 100; echo slept $((1 + 1))\r");
     terminal.wait_for("sleep 100");
-    terminal.type_in(b"\x03echo after $((2 + 2))\r");
+    terminal.type_in(b"\x03");
+    terminal.wait_for("\r\n# ");
+    terminal.type_in(b"echo after $((2 + 2))\r");
     terminal.wait_for("after 4");
     // Ctrl-D at the prompt ends the guest's shell, with status 0.
     terminal.type_in(b"\x04");
@@ -270,13 +289,15 @@ fn the_terminal_is_restored_when_the_agent_goes_away() {
 
 #[test]
 #[ignore = "needs qemu-ga on the host, and util-linux's script"]
-fn the_terminal_is_restored_on_sigterm() {
+fn the_terminal_is_restored_on_sigterm_and_sighup() {
     let agent = HostAgent::start();
-    let (mut terminal, before) = shell_on_terminal(&agent);
-    kill(Pid::from_raw(terminal.child.id() as i32), Signal::SIGTERM).unwrap();
-    assert_eq!(terminal.status(), 255);
-    terminal.wait_for("virtomate: Interrupted: ");
-    assert_eq!(modes(&terminal.settings()), before);
+    for signal in [Signal::SIGTERM, Signal::SIGHUP] {
+        let (mut terminal, before) = shell_on_terminal(&agent);
+        kill(Pid::from_raw(terminal.child.id() as i32), signal).unwrap();
+        assert_eq!(terminal.status(), 255, "{signal}");
+        terminal.wait_for("virtomate: Interrupted: ");
+        assert_eq!(modes(&terminal.settings()), before, "{signal}");
+    }
 }
 
 #[test]

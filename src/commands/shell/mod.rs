@@ -7,6 +7,7 @@
 mod escape;
 mod guest;
 
+use std::cell::Cell;
 use std::io::{self, IsTerminal, Read};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -172,7 +173,9 @@ struct Resizes {
     next_id: u64,
 }
 
-/// How often a window change waits for room among the requests.
+/// How often a window change looks again whether the last one is done
+/// (one at a time: a window dragged wider sends many SIGWINCH, and only
+/// the last size matters).
 const RESIZE_RETRY: Duration = Duration::from_millis(100);
 
 /// Runs the shell to its end: the keyboard fed to it from a thread, each
@@ -196,6 +199,7 @@ async fn serve(
         None => None,
     };
     let program_ended = sink.ended.clone();
+    let resizing = sink.resizing.clone();
     let served = session.serve(&mut incoming, |reply| sink.take(reply));
     tokio::pin!(served);
     let mut pending: Option<(u16, u16)> = None;
@@ -209,8 +213,12 @@ async fn serve(
             () = tokio::time::sleep(RESIZE_RETRY), if pending.is_some() => {}
         }
         if let (Some((rows, cols)), Some(token)) = (pending, &resizes.token) {
+            if resizing.get() {
+                continue;
+            }
             let request = Request::run(resizes.next_id.into(), guest::resize(token, rows, cols));
             if requests.try_send(request).is_ok() {
+                resizing.set(true);
                 resizes.next_id += 1;
                 pending = None;
             }
@@ -276,6 +284,8 @@ struct Sink {
     outcome: Option<Result<Outcome, Failure>>,
     ended: Rc<Notify>,
     program_ended: Arc<AtomicBool>,
+    /// A window change is on its way (its one reply not come yet).
+    resizing: Rc<Cell<bool>>,
     failed: Option<io::Error>,
 }
 
@@ -283,6 +293,7 @@ impl Sink {
     fn take(&mut self, reply: Reply) -> io::Result<()> {
         if reply.id != SHELL_ID {
             tracing::debug!(?reply, "window change");
+            self.resizing.set(false);
             return Ok(());
         }
         match reply.outcome {
