@@ -30,6 +30,8 @@ struct Terminal {
     child: Child,
     /// How much of the screen earlier waits have looked at.
     seen: usize,
+    /// The terminal's modes before virtomate started.
+    before: String,
 }
 
 impl Terminal {
@@ -41,6 +43,7 @@ impl Terminal {
             ws_ypixel: 0,
         };
         let pty = openpty(Some(&size), None).unwrap();
+        let before = modes(&tcgetattr(pty.slave.as_fd()).unwrap());
         let slave_end = || Stdio::from(pty.slave.try_clone().unwrap());
         let child = virtomate()
             .arg("shell")
@@ -66,6 +69,7 @@ impl Terminal {
             screen,
             child,
             seen: 0,
+            before,
         }
     }
 
@@ -149,7 +153,7 @@ fn modes(termios: &Termios) -> String {
 fn shell_on_terminal(agent: &HostAgent) -> (Terminal, String) {
     let socket = agent.socket();
     let mut terminal = Terminal::start(&[socket.to_str().unwrap(), "--", "sh"], 30, 100);
-    let before = modes(&terminal.settings());
+    let before = terminal.before.clone();
     // `echo` of a sum: what comes back is not the typed line's echo.
     terminal.type_in(b"echo ready $((20 + 1))\r");
     terminal.wait_for("ready 21");
@@ -306,7 +310,7 @@ fn without_a_terminal_in_the_guest_a_line_mode_shell_says_so_once() {
     let vm = TestVm::boot("shell");
     let socket = vm.socket();
     let mut terminal = Terminal::start(&[socket.to_str().unwrap()], 30, 100);
-    let before = modes(&terminal.settings());
+    let before = terminal.before.clone();
     terminal.wait_for("virtomate: no terminal in the guest (it has neither util-linux script nor python3");
     assert_eq!(
         modes(&terminal.settings()),
