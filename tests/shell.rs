@@ -227,6 +227,19 @@ fn shell_on_a_terminal_passes_size_keys_and_exit_status() {
 }
 
 #[test]
+#[ignore = "needs qemu-ga on the host, util-linux's script, and bash"]
+fn with_no_program_the_guests_bash_runs_on_the_terminal() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let mut terminal = Terminal::start(&[socket.to_str().unwrap()], 30, 100);
+    terminal.type_in(b"echo on $((6 * 7)) ${BASH_VERSION:+bash}; [ -t 0 ] && echo tty\r");
+    terminal.wait_for("on 42 bash\r\ntty");
+    terminal.type_in(b"exit 5\r");
+    assert_eq!(terminal.status(), 5);
+    assert_eq!(modes(&terminal.settings()), terminal.before);
+}
+
+#[test]
 #[ignore = "needs qemu-ga on the host, and python3"]
 fn python3s_pty_module_makes_the_terminal_where_script_is_missing() {
     // The agent's PATH: a directory with what the shell needs, but no `script`.
