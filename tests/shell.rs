@@ -18,7 +18,7 @@ use nix::unistd::Pid;
 
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
-use crate::support::virtomate;
+use crate::support::{run_bytes, virtomate};
 
 /// `virtomate shell` on the slave end of a pseudo-terminal; what it
 /// writes there is collected from the master end.
@@ -336,4 +336,22 @@ fn without_a_terminal_in_the_guest_a_line_mode_shell_says_so_once() {
     // Cooked all along: the host terminal itself echoed the typed line.
     assert_eq!(modes(&terminal.settings()), before);
     assert_eq!(terminal.screen().matches("no terminal in the guest").count(), 1);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn standard_input_that_is_no_terminal_gets_a_line_mode_shell() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let output = run_bytes(&["shell", socket.to_str().unwrap()], b"echo hi; exit 3\n");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert_eq!(output.stdout, b"hi\n");
+    assert_eq!(
+        stderr
+            .matches("virtomate: standard input is not a terminal: a line-mode shell")
+            .count(),
+        1,
+        "{stderr}"
+    );
 }

@@ -53,7 +53,7 @@ pub async fn run(domain: &str, command: Vec<String>, context: &Context) -> Resul
         false => None,
     };
     let token = random_token();
-    let (request, raw_mode) = match maker {
+    let (request, mut raw_mode) = match maker {
         Some(maker) => {
             let (rows, cols) = terminal::window_size().unwrap_or((24, 80));
             let term = std::env::var("TERM").unwrap_or_else(|_| "dumb".to_owned());
@@ -101,6 +101,10 @@ pub async fn run(domain: &str, command: Vec<String>, context: &Context) -> Resul
         Err(failure) => {
             let error = agent.run_failure(failure).await;
             agent.close().await;
+            if raw_mode.take().is_some() {
+                // The error starts a line of its own, wherever the cursor was.
+                eprintln!();
+            }
             return Err(error);
         }
     };
