@@ -226,6 +226,19 @@ fn shell_on_a_terminal_passes_size_keys_and_exit_status() {
     assert_eq!(modes(&terminal.settings()), before);
 }
 
+/// The host's agent with a temporary directory of the test's own, where
+/// the runs' private directories go: to see that none stays behind.
+fn agent_with_own_tmp() -> (HostAgent, tempfile::TempDir) {
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("TMPDIR", tmp.path().to_str().unwrap())];
+    let agent = HostAgent::start_in_with_env(tempfile::tempdir().unwrap(), &[], &env);
+    (agent, tmp)
+}
+
+fn entries(dir: &tempfile::TempDir) -> usize {
+    std::fs::read_dir(dir.path()).unwrap().count()
+}
+
 #[test]
 #[ignore = "needs qemu-ga on the host, util-linux's script, and bash"]
 fn with_no_program_the_guests_bash_runs_on_the_terminal() {
@@ -281,7 +294,7 @@ fn which(program: &str) -> std::path::PathBuf {
 #[test]
 #[ignore = "needs qemu-ga on the host, and util-linux's script"]
 fn tilde_dot_leaves_the_shell_and_restores_the_terminal() {
-    let agent = HostAgent::start();
+    let (agent, tmp) = agent_with_own_tmp();
     let (mut terminal, before) = shell_on_terminal(&agent);
     // `~~` at the start of a line (a continued one here) sends one `~`;
     // a `~` elsewhere is sent as typed.
@@ -291,12 +304,15 @@ fn tilde_dot_leaves_the_shell_and_restores_the_terminal() {
     assert_eq!(terminal.status(), 255);
     terminal.wait_for("virtomate: left the shell with ~.");
     assert_eq!(modes(&terminal.settings()), before);
+    assert_eq!(entries(&tmp), 0, "the run's directory stayed in the guest");
 }
 
 #[test]
 #[ignore = "needs qemu-ga on the host, and util-linux's script"]
 fn the_terminal_is_restored_when_the_agent_goes_away() {
-    let mut agent = HostAgent::start();
+    // The run's directory stays behind (nobody is left to remove it): in
+    // a temporary directory of the test's own.
+    let (mut agent, _tmp) = agent_with_own_tmp();
     let (mut terminal, before) = shell_on_terminal(&agent);
     agent.kill();
     assert_eq!(terminal.status(), 255);
@@ -307,13 +323,18 @@ fn the_terminal_is_restored_when_the_agent_goes_away() {
 #[test]
 #[ignore = "needs qemu-ga on the host, and util-linux's script"]
 fn the_terminal_is_restored_on_sigterm_and_sighup() {
-    let agent = HostAgent::start();
+    let (agent, tmp) = agent_with_own_tmp();
     for signal in [Signal::SIGTERM, Signal::SIGHUP] {
         let (mut terminal, before) = shell_on_terminal(&agent);
         kill(Pid::from_raw(terminal.child.id() as i32), signal).unwrap();
         assert_eq!(terminal.status(), 255, "{signal}");
         terminal.wait_for("virtomate: Interrupted: ");
         assert_eq!(modes(&terminal.settings()), before, "{signal}");
+        assert_eq!(
+            entries(&tmp),
+            0,
+            "{signal}: the run's directory stayed in the guest"
+        );
     }
 }
 
