@@ -297,6 +297,18 @@ pub enum Command {
         #[command(subcommand)]
         action: ControlAction,
     },
+
+    /// An interactive shell (or PROGRAM) in the guest, on a terminal where the guest can make one
+    /// (util-linux script or python3's pty module), else in line mode; ~. at a line's start leaves;
+    /// exit status the program's, 255 for virtomate's own failures
+    Shell {
+        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+        domain: String,
+
+        /// The program to run instead of the guest's bash or sh, and its arguments
+        #[arg(last = true, value_names = ["PROGRAM", "ARGUMENT"])]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

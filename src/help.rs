@@ -14,7 +14,7 @@ use crate::cli::Cli;
 /// The headings of `--help` and the commands under each, in this order.
 #[rustfmt::skip]
 const GROUPS: &[(&str, &[&str])] = &[
-    ("Running programs", &["guest-run", "session"]),
+    ("Running programs", &["guest-run", "shell", "session"]),
     ("Files", &["copy"]),
     ("Agent commands", &["guest-ping", "guest-info", "guest-facts", "guest-cmd"]),
     ("Guest administration", &["guest-set-password", "guest-ssh-keys", "guest-set-time", "guest-shutdown"]),

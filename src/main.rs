@@ -17,6 +17,7 @@ mod output;
 mod run_output;
 mod schema_check;
 mod std_streams;
+mod terminal;
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -54,10 +55,12 @@ fn main() -> ExitCode {
     };
     // With --raw, stdout is the program's: virtomate's own failures go to
     // stderr as one line, with ssh's exit status.
-    // So does a local command's, for guest-freeze.
+    // So does a local command's, for guest-freeze, and `shell`: its exit
+    // status is the guest shell's.
     let raw = match &cli.command {
         Command::GuestRun(args) => args.raw || args.follow || args.interactive,
         Command::GuestFreeze(args) => !args.command.is_empty(),
+        Command::Shell { .. } => true,
         _ => false,
     };
     let connection = cli.connection.clone();
@@ -128,6 +131,7 @@ fn main() -> ExitCode {
             }
             Command::GuestThaw { domain } => commands::guest_thaw::run(&domain, &context).await,
             Command::Control { action } => commands::control::run(action, &context).await,
+            Command::Shell { domain, command } => commands::shell::run(&domain, command, &context).await,
         }
     });
     // tokio reads standard input on a blocking thread that cannot be

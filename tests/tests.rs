@@ -29,6 +29,7 @@ mod parallel;
 mod run_options;
 mod session;
 mod session_copy;
+mod shell;
 mod sockets;
 mod style;
 mod vm;

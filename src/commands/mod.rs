@@ -21,6 +21,7 @@ pub mod guest_ssh_keys;
 pub mod guest_thaw;
 pub mod qmp;
 pub mod session;
+pub mod shell;
 
 pub use crate::agent::Context;
 use crate::run_output::RunOutput;
@@ -33,8 +34,8 @@ pub enum Answer {
     Json(serde_json::Value),
     /// Nothing at all, as `guest-ping` on success.
     Nothing,
-    /// Nothing printed, and this exit status: a local command's
-    /// (`guest-freeze -- COMMAND`).
+    /// Nothing more printed, and this exit status: a local command's
+    /// (`guest-freeze -- COMMAND`), or 255 for `shell` left with `~.`.
     Exit(u8),
     /// Exit 1, all said already (`session`, interrupted, has printed a
     /// reply for each request it leaves).
