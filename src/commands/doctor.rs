@@ -16,7 +16,8 @@ use nix::unistd::{access, AccessFlags};
 use serde::Serialize;
 use tokio::net::UnixStream;
 use virtomate_protocol::qga::schema::COMMANDS;
-use virtomate_protocol::qga::{Command, FreezeStatus, GuestFsfreezeStatus, GuestInfo, GuestInfoReply};
+use virtomate_protocol::qga::schema::{GuestFsfreezeStatus, GuestFsfreezeStatusReply as FreezeStatus};
+use virtomate_protocol::qga::{Command, GuestInfo, GuestInfoReply};
 use virtomate_protocol::qmp::QueryChardev;
 use virtomate_protocol::{ClientOptions, QmpClient};
 

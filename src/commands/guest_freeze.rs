@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use serde_json::json;
 use tokio::time::{sleep_until, timeout, Instant};
-use virtomate_protocol::qga::{
-    FreezeStatus, GuestFsfreezeFreeze, GuestFsfreezeFreezeList, GuestFsfreezeStatus, GuestFsfreezeThaw,
-    GuestInfo,
+use virtomate_protocol::qga::schema::{
+    GuestFsfreezeFreeze, GuestFsfreezeFreezeList, GuestFsfreezeStatus,
+    GuestFsfreezeStatusReply as FreezeStatus, GuestFsfreezeThaw,
 };
+use virtomate_protocol::qga::GuestInfo;
 
 use super::{Answer, Context};
 use crate::agent::{DomainAgent, Signals};
@@ -135,12 +136,12 @@ async fn check_agent(agent: &mut DomainAgent, domain: &str, listed: bool) -> Res
     Ok(())
 }
 
-async fn freeze(agent: &mut DomainAgent, mountpoints: &[String]) -> Result<u64, CliError> {
+async fn freeze(agent: &mut DomainAgent, mountpoints: &[String]) -> Result<i64, CliError> {
     match mountpoints.is_empty() {
         true => agent.execute(&GuestFsfreezeFreeze {}).await,
         false => {
             let request = GuestFsfreezeFreezeList {
-                mountpoints: mountpoints.to_vec(),
+                mountpoints: Some(mountpoints.to_vec()),
             };
             agent.execute(&request).await
         }
@@ -148,7 +149,7 @@ async fn freeze(agent: &mut DomainAgent, mountpoints: &[String]) -> Result<u64, 
 }
 
 /// Thaws, then stands both watchdogs down.
-async fn thaw(agent: &mut DomainAgent, domain: &str, token: &str) -> Result<u64, CliError> {
+async fn thaw(agent: &mut DomainAgent, domain: &str, token: &str) -> Result<i64, CliError> {
     let thawed = agent.execute(&GuestFsfreezeThaw {}).await.map_err(|e| {
         e.with_hint("the watchdogs thaw the guest by --max-time; virtomate guest-thaw thaws it now")
     })?;

@@ -2,7 +2,7 @@
 //! them, and stands down the watchdogs of a `guest-freeze`.
 
 use serde_json::json;
-use virtomate_protocol::qga::GuestFsfreezeThaw;
+use virtomate_protocol::qga::schema::GuestFsfreezeThaw;
 
 use super::{Answer, Context};
 use crate::agent::DomainAgent;

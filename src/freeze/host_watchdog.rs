@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep, sleep_until, Instant};
-use virtomate_protocol::qga::{FreezeStatus, GuestFsfreezeStatus, GuestFsfreezeThaw};
+use virtomate_protocol::qga::schema::{
+    GuestFsfreezeStatus, GuestFsfreezeStatusReply as FreezeStatus, GuestFsfreezeThaw,
+};
 use virtomate_protocol::ChannelLock;
 
 use super::guest_watchdog;

@@ -18,7 +18,6 @@ mod client;
 mod commands;
 mod environment;
 mod files;
-mod freeze;
 pub mod schema;
 mod streamed_input;
 
@@ -32,9 +31,6 @@ pub use environment::{environment, STANDARD_PATH};
 pub use files::{
     GuestFileClose, GuestFileFlush, GuestFileOpen, GuestFileRead, GuestFileReadReply, GuestFileSeek,
     GuestFileSeekReply, GuestFileWrite, GuestFileWriteReply, Whence, MAX_READ_COUNT,
-};
-pub use freeze::{
-    FreezeStatus, GuestFsfreezeFreeze, GuestFsfreezeFreezeList, GuestFsfreezeStatus, GuestFsfreezeThaw,
 };
 pub(crate) use streamed_input::{guest_exec_request, OutgoingRequest};
 
