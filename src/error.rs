@@ -373,6 +373,23 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
             };
             CliError::new(ErrorKind::AgentTimeout, message).with_hint(hint)
         }
+        (AgentError::BusyWithEarlierRequest { after, request, .. }, _) => CliError::new(
+            ErrorKind::AgentTimeout,
+            format!(
+                "the agent on {shown} did not answer within {}: it is most likely still busy with a request \
+                 of {:.1} MiB that process {} ({}) sent {:.1} s ago",
+                seconds(*after),
+                request.bytes as f64 / (1 << 20) as f64,
+                request.pid,
+                if request.sender_runs() { "still running" } else { "gone" },
+                request.age().as_secs_f64()
+            ),
+        )
+        .with_hint(
+            "the agent reads a request whole before it answers anything else, also one whose sender has \
+             gone; try again in a few seconds (or raise --timeout). Should it still not answer then, it may \
+             have stopped in the guest",
+        ),
         (AgentError::Busy { .. }, _) => CliError::new(ErrorKind::AgentTimeout, error.to_string()).with_hint(
             "virtomate processes take turns on a channel one exchange at a time, and that one kept its turn; \
              raise --timeout, or run fewer at once",

@@ -52,6 +52,7 @@ pub mod session;
 mod wire;
 
 pub use agent::{Agent, AnyAgent};
+pub use channel::in_flight::RequestInFlight;
 pub use channel::lock::{ChannelLock, Turn};
 pub use channel::{Channel, Connector, HoldPolicy, SocketConnector};
 pub use error::{Error, Phase};

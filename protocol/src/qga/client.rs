@@ -8,6 +8,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 
 use super::{guest_exec_request, Command, GuestExec, GuestExecReply, GuestSyncDelimited, OutgoingRequest};
+use crate::channel::in_flight::{RequestNote, NOTED_FROM};
 use crate::framing::{LineCodec, SENTINEL};
 use crate::wire::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
 use crate::wire::transport::connect;
@@ -35,6 +36,8 @@ pub struct QgaClient<S = UnixStream> {
     /// How far the last request got, for a caller whose exchange was cut
     /// short.
     progress: RequestProgress,
+    /// Where a big request is noted while it is on its way, if anywhere.
+    note: Option<RequestNote>,
 }
 
 impl QgaClient<UnixStream> {
@@ -102,7 +105,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             next_id: random_id(),
             in_sync: false,
             progress: RequestProgress::Idle,
+            note: None,
         }
+    }
+
+    /// Notes each big request in `note` until its reply came, for a later
+    /// client should this one die before (see [`RequestNote`]).
+    pub(crate) fn note_big_requests(&mut self, note: RequestNote) {
+        self.note = Some(note);
     }
 
     /// Wraps a connected stream whose peer needs no synchronising first:
@@ -375,6 +385,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             });
         }
         self.in_sync = false;
+        let note = self
+            .note
+            .as_ref()
+            .filter(|_| request.len() >= NOTED_FROM)
+            .cloned();
+        if let Some(note) = &note {
+            note.write(request.len());
+        }
         // A big request takes a while to cross a virtio port: the reply
         // timeout starts once it is sent, and sending may take the timeout
         // plus a second per MiB, however slowly the guest reads.
@@ -400,6 +418,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         if matches!(output, Ok(_) | Err(Error::Agent { .. })) {
             self.in_sync = true;
             self.progress = RequestProgress::Idle;
+            if let Some(note) = note {
+                note.remove();
+            }
         }
         output
     }
