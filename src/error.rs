@@ -662,6 +662,40 @@ mod tests {
     }
 
     #[test]
+    fn a_handshake_unanswered_after_a_dead_senders_big_request_names_it() {
+        let sent_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 3000;
+        let error = AgentError::BusyWithEarlierRequest {
+            path: "/run/vm/qga.sock".into(),
+            after: Duration::from_secs(5),
+            request: virtomate_protocol::RequestInFlight {
+                bytes: 22369718,
+                pid: u32::MAX,
+                started: None,
+                sent_ms,
+            },
+        };
+        let error = CliError::from_agent(error, Path::new("/run/vm/qga.sock"));
+        assert_eq!(error.json_type(), "AgentTimeout");
+        let message = error.to_string();
+        assert!(
+            message.starts_with(
+                "the agent on /run/vm/qga.sock did not answer within 5 s: it is most likely still busy \
+                 with a request of 21.3 MiB that process 4294967295 (gone) sent 3."
+            ),
+            "{message}"
+        );
+        assert!(message.contains("try again in a few seconds"), "{message}");
+        assert!(
+            !message.contains("check that the QEMU Guest Agent runs"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn libvirts_size_limits_advise_per_peer() {
         let too_big = || AgentError::Libvirt {
             code: 39,

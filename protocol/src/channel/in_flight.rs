@@ -12,7 +12,8 @@
 //! client whose handshake times out reads it, and one whose handshake is
 //! answered removes it, since the agent has then read everything before.
 //!
-//! Small requests, the common case, write nothing. The file is made and
+//! Small requests, the common case, write nothing (the client says which
+//! are big: [`BigRequestWatch`]). The file is made and
 //! read as the lock files are: never through a symlink, only if ours.
 
 use std::io::{Read, Write};
@@ -22,11 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::lock::{open_own_file, ChannelLock};
-
-/// Requests at least this long are noted. Shorter ones keep even a slow
-/// agent busy for a second or two, within any handshake's wait; a copy's
-/// default chunk of 1 MiB (1.4 MB of Base64) writes no note.
-pub(crate) const NOTED_FROM: usize = 2 << 20;
+use crate::qga::client::BigRequestWatch;
 
 /// The longest note read: a note is a short line.
 const NOTE_MAX_LEN: u64 = 4096;
@@ -120,6 +117,16 @@ impl RequestNote {
     #[cfg(test)]
     fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+impl BigRequestWatch for RequestNote {
+    fn sending(&self, bytes: usize) {
+        self.write(bytes);
+    }
+
+    fn answered(&self) {
+        self.remove();
     }
 }
 

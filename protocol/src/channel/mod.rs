@@ -171,7 +171,7 @@ impl Connector for SocketConnector {
             (Ok(mut agent), Some(note)) => {
                 // Answered: the agent has read whatever came before.
                 note.remove();
-                agent.note_big_requests(note);
+                agent.watch_big_requests(Box::new(note));
                 Ok(agent)
             }
             (

@@ -8,7 +8,6 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 
 use super::{guest_exec_request, Command, GuestExec, GuestExecReply, GuestSyncDelimited, OutgoingRequest};
-use crate::channel::in_flight::{RequestNote, NOTED_FROM};
 use crate::framing::{LineCodec, SENTINEL};
 use crate::wire::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
 use crate::wire::transport::connect;
@@ -36,8 +35,8 @@ pub struct QgaClient<S = UnixStream> {
     /// How far the last request got, for a caller whose exchange was cut
     /// short.
     progress: RequestProgress,
-    /// Where a big request is noted while it is on its way, if anywhere.
-    note: Option<RequestNote>,
+    /// Told of each big request on its way, if anyone is.
+    watch: Option<Box<dyn BigRequestWatch>>,
 }
 
 impl QgaClient<UnixStream> {
@@ -105,14 +104,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             next_id: random_id(),
             in_sync: false,
             progress: RequestProgress::Idle,
-            note: None,
+            watch: None,
         }
     }
 
-    /// Notes each big request in `note` until its reply came, for a later
-    /// client should this one die before (see [`RequestNote`]).
-    pub(crate) fn note_big_requests(&mut self, note: RequestNote) {
-        self.note = Some(note);
+    /// Tells `watch` of each big request until its reply came, for a
+    /// later client should this one die before.
+    pub(crate) fn watch_big_requests(&mut self, watch: Box<dyn BigRequestWatch>) {
+        self.watch = Some(watch);
     }
 
     /// Wraps a connected stream whose peer needs no synchronising first:
@@ -385,13 +384,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             });
         }
         self.in_sync = false;
-        let note = self
-            .note
-            .as_ref()
-            .filter(|_| request.len() >= NOTED_FROM)
-            .cloned();
-        if let Some(note) = &note {
-            note.write(request.len());
+        let big = request.len() >= BIG_REQUEST;
+        if let Some(watch) = self.watch.as_ref().filter(|_| big) {
+            watch.sending(request.len());
         }
         // A big request takes a while to cross a virtio port: the reply
         // timeout starts once it is sent, and sending may take the timeout
@@ -418,8 +413,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         if matches!(output, Ok(_) | Err(Error::Agent { .. })) {
             self.in_sync = true;
             self.progress = RequestProgress::Idle;
-            if let Some(note) = note {
-                note.remove();
+            if let Some(watch) = self.watch.as_ref().filter(|_| big) {
+                watch.answered();
             }
         }
         output
@@ -443,6 +438,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         self.next_id = (self.next_id + 1) & ID_MASK;
         self.next_id
     }
+}
+
+/// Requests at least this long are big: they keep the agent reading
+/// long enough to matter to the next client, should their sender die.
+/// Shorter ones keep even a slow agent (about 1 MB/s) busy for a second
+/// or two, within any handshake's wait; a copy's default chunk of 1 MiB
+/// (1.4 MB of Base64) is not big.
+pub(crate) const BIG_REQUEST: usize = 2 << 20;
+
+/// Told of the big requests a [`QgaClient`] sends: the channel notes them
+/// for the next client (`channel::in_flight`).
+pub(crate) trait BigRequestWatch: std::fmt::Debug + Send + Sync {
+    /// A big request of `bytes` is about to be sent.
+    fn sending(&self, bytes: usize);
+    /// Its reply came.
+    fn answered(&self);
 }
 
 /// The replies to two commands sent together
