@@ -1180,6 +1180,7 @@ fn the_command_after_a_copy_killed_mid_request_says_the_agent_is_busy_with_it() 
 
     let small = guest(&socket, Path::new("/tmp/small"));
     let out = run(&["--timeout", "2", "copy", "-", &small], Some(b"next"));
+    eprintln!("the command after the kill: {out:?}"); // which case this run saw
     if out.status != 0 {
         let message = out.error("AgentTimeout");
         let busy =

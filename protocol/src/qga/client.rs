@@ -37,6 +37,9 @@ pub struct QgaClient<S = UnixStream> {
     progress: RequestProgress,
     /// Told of each big request on its way, if anyone is.
     watch: Option<Box<dyn BigRequestWatch>>,
+    /// A big request was sent whose reply (or a later sync's) has not
+    /// come yet.
+    big_in_flight: bool,
 }
 
 impl QgaClient<UnixStream> {
@@ -105,6 +108,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             in_sync: false,
             progress: RequestProgress::Idle,
             watch: None,
+            big_in_flight: false,
         }
     }
 
@@ -189,6 +193,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             let reply = parse_reply::<u64>(GuestSyncDelimited::NAME, after_sentinel, ReplyId::Is(id));
             if let Ok(ReplyFor::Us(echoed)) = reply {
                 if echoed == id {
+                    // The agent has read all that came before, a big
+                    // request cut short included.
+                    self.big_request_done();
                     self.in_sync = true;
                     return Ok(());
                 }
@@ -384,9 +391,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             });
         }
         self.in_sync = false;
-        let big = request.len() >= BIG_REQUEST;
-        if let Some(watch) = self.watch.as_ref().filter(|_| big) {
+        if let Some(watch) = self.watch.as_ref().filter(|_| request.len() >= BIG_REQUEST) {
             watch.sending(request.len());
+            self.big_in_flight = true;
         }
         // A big request takes a while to cross a virtio port: the reply
         // timeout starts once it is sent, and sending may take the timeout
@@ -413,9 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         if matches!(output, Ok(_) | Err(Error::Agent { .. })) {
             self.in_sync = true;
             self.progress = RequestProgress::Idle;
-            if let Some(watch) = self.watch.as_ref().filter(|_| big) {
-                watch.answered();
-            }
+            self.big_request_done();
         }
         output
     }
@@ -432,6 +437,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             self.conn.send(&piece).await?;
         }
         Ok(())
+    }
+
+    /// The agent has answered after the last big request: its note goes.
+    fn big_request_done(&mut self) {
+        if std::mem::take(&mut self.big_in_flight) {
+            if let Some(watch) = &self.watch {
+                watch.answered();
+            }
+        }
     }
 
     fn fresh_id(&mut self) -> u64 {
