@@ -13,8 +13,9 @@
 //! answered removes it, since the agent has then read everything before.
 //!
 //! Small requests, the common case, write nothing (the client says which
-//! are big: [`BigRequestWatch`]). The file is made and
-//! read as the lock files are: never through a symlink, only if ours.
+//! are big: [`BigRequestWatch`]); a connect that is answered costs one
+//! `unlink` of a note that is mostly not there. The file is made and read
+//! as the lock files are: never through a symlink, only if ours.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
