@@ -377,6 +377,23 @@ fn peer_failure(error: &AgentError, socket: &Path, peer: Peer) -> CliError {
             };
             CliError::new(ErrorKind::AgentTimeout, message).with_hint(hint)
         }
+        (AgentError::BusyWithEarlierRequest { after, request, .. }, _) => CliError::new(
+            ErrorKind::AgentTimeout,
+            format!(
+                "the agent on {shown} did not answer within {}: it is most likely still busy with a request \
+                 of {:.1} MiB that process {} ({}) sent {:.1} s ago",
+                seconds(*after),
+                request.bytes as f64 / (1 << 20) as f64,
+                request.pid,
+                if request.sender_runs() { "still running" } else { "gone" },
+                request.age().as_secs_f64()
+            ),
+        )
+        .with_hint(
+            "the agent reads a request whole before it answers anything else, also one whose sender has \
+             gone; try again in a few seconds (or raise --timeout). Should it still not answer then, it may \
+             have stopped in the guest",
+        ),
         (AgentError::Busy { .. }, _) => CliError::new(ErrorKind::AgentTimeout, error.to_string()).with_hint(
             "virtomate processes take turns on a channel one exchange at a time, and that one kept its turn; \
              raise --timeout, or run fewer at once",
@@ -646,6 +663,40 @@ mod tests {
         };
         let (_, message) = through_libvirtd(reply, Peer::Qmp);
         assert!(message.contains("waits for QEMU itself"), "{message}");
+    }
+
+    #[test]
+    fn a_handshake_unanswered_after_a_dead_senders_big_request_names_it() {
+        let sent_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            - 3000;
+        let error = AgentError::BusyWithEarlierRequest {
+            path: "/run/vm/qga.sock".into(),
+            after: Duration::from_secs(5),
+            request: virtomate_protocol::RequestInFlight {
+                bytes: 22369718,
+                pid: u32::MAX,
+                started: None,
+                sent_ms,
+            },
+        };
+        let error = CliError::from_agent(error, Path::new("/run/vm/qga.sock"));
+        assert_eq!(error.json_type(), "AgentTimeout");
+        let message = error.to_string();
+        assert!(
+            message.starts_with(
+                "the agent on /run/vm/qga.sock did not answer within 5 s: it is most likely still busy \
+                 with a request of 21.3 MiB that process 4294967295 (gone) sent 3."
+            ),
+            "{message}"
+        );
+        assert!(message.contains("try again in a few seconds"), "{message}");
+        assert!(
+            !message.contains("check that the QEMU Guest Agent runs"),
+            "{message}"
+        );
     }
 
     #[test]

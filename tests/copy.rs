@@ -1106,3 +1106,119 @@ fn the_next_copy_removes_the_temporary_a_killed_copy_left_in_the_guest() {
     assert!(foreign.exists(), "another host's (or boot's) is left");
     assert_eq!(temporaries(dir.path()).len(), 4, "{:?}", temporaries(dir.path()));
 }
+
+/// Where a run notes a big request on its way to the agent of `socket`:
+/// beside the channel's lock files (README: errors).
+fn request_note(socket: &Path) -> PathBuf {
+    let lock = virtomate_protocol::ChannelLock::for_socket(socket).expect("a safe place for lock files");
+    lock.path().with_extension("request")
+}
+
+/// A copy killed while it sends a 16 MiB chunk leaves the agent reading
+/// that request for seconds: the next command then either gets its
+/// answer, or says that the agent is most likely still busy with it,
+/// never that the agent may not run. Its answered handshake removes the
+/// killed copy's note.
+#[test]
+#[ignore = "needs the test VM"]
+fn the_command_after_a_copy_killed_mid_request_says_the_agent_is_busy_with_it() {
+    use std::io::BufRead;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let vm = TestVm::boot("copy-killed-big");
+    let socket = vm.socket();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    std::fs::write(&source, noise(17 * MIB, 11)).unwrap();
+    let note = request_note(&socket);
+    let dest = guest(&socket, Path::new("/tmp/big"));
+    let args = [
+        "--trace",
+        "copy",
+        "--chunk-size",
+        "16M",
+        source.to_str().unwrap(),
+        &dest,
+    ];
+    let mut child = virtomate()
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The trace shows how much of the first chunk's request (about 22 MB
+    // of Base64) has gone out. Killed with most of it sent, the copy
+    // leaves the agent seconds of reading (here: about 4 s), longer than
+    // the next command's --timeout 2.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counting = sent.clone();
+    let mut trace = std::io::BufReader::new(child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let (mut line, mut writing) = (Vec::new(), false);
+        while trace.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let text = String::from_utf8_lossy(&line);
+            writing |= text.contains(r#">> {"execute":"guest-file-write""#);
+            if writing && text.contains("] >> ") {
+                counting.fetch_add(line.len(), Ordering::SeqCst);
+            }
+            line.clear();
+        }
+    });
+    wait_until(120, "the copy to send most of its first chunk", || {
+        sent.load(Ordering::SeqCst) >= 18_000_000
+    });
+    assert!(note.exists(), "the copy notes its big request");
+    let pid = child.id();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(note.exists(), "a killed copy leaves its note");
+
+    let small = guest(&socket, Path::new("/tmp/small"));
+    let out = run(&["--timeout", "2", "copy", "-", &small], Some(b"next"));
+    eprintln!("the command after the kill: {out:?}"); // which case this run saw
+    if out.status != 0 {
+        let message = out.error("AgentTimeout");
+        let busy =
+            format!("most likely still busy with a request of 21.3 MiB that process {pid} (gone) sent");
+        assert!(message.contains(&busy), "{message}");
+        assert!(message.contains("try again in a few seconds"), "{message}");
+        assert!(
+            !message.contains("check that the QEMU Guest Agent runs"),
+            "{message}"
+        );
+        let out = run(&["--timeout", "60", "copy", "-", &small], Some(b"next"));
+        assert_eq!(
+            out.status, 0,
+            "the agent answers once it has read the request: {out:?}"
+        );
+    }
+    assert!(!note.exists(), "an answered handshake removes the note");
+}
+
+/// A copy in big chunks notes each chunk's request on its way to the
+/// agent and removes the note once the reply came: a run that ends
+/// normally leaves none.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_copy_in_big_chunks_leaves_no_note_of_its_requests() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    let data = noise(9 * MIB, 12);
+    std::fs::write(&source, &data).unwrap();
+    let dest = dir.path().join("dest");
+    let out = copy(&[
+        "--chunk-size",
+        "4M",
+        source.to_str().unwrap(),
+        &guest(&agent.socket(), &dest),
+    ]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert!(std::fs::read(&dest).unwrap() == data);
+    assert!(!request_note(&agent.socket()).exists());
+}

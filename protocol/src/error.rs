@@ -66,6 +66,25 @@ pub enum Error {
         holder: Option<String>,
     },
 
+    /// The agent did not answer the handshake in time, and a big request
+    /// whose reply its sender never read (it was killed, or gave up) was
+    /// sent to it not long ago: the agent most likely still reads it.
+    #[error(
+        "no answer within {} s: the agent is most likely still busy with a request of {} bytes \
+         sent {:.1} s ago",
+        after.as_secs_f64(),
+        request.bytes,
+        request.age().as_secs_f64()
+    )]
+    BusyWithEarlierRequest {
+        /// The agent socket.
+        path: PathBuf,
+        /// The time that was allowed for the handshake.
+        after: Duration,
+        /// The request, as its sender noted it.
+        request: crate::RequestInFlight,
+    },
+
     /// The agent is too old for what was asked; nothing was sent.
     #[error("{feature} needs qemu-ga {}.{} or newer, and the agent is {version}", needs.0, needs.1)]
     AgentTooOld {

@@ -19,7 +19,8 @@
 //!   holds); then `agent.rs`, the [`Agent`] trait over a direct channel
 //!   and libvirtd, and [`AnyAgent`].
 //! - `channel/`: taking turns on an agent socket with the other processes
-//!   of the host ([`ChannelLock`], a flock in `/run/virtomate`) and
+//!   of the host ([`ChannelLock`], a flock in `/run/virtomate`, beside
+//!   which a big request on its way is noted: [`RequestInFlight`]) and
 //!   [`Channel`], connected for an exchange when it needs to be and let go
 //!   between exchanges ([`HoldPolicy`]).
 //! - `guest/`: what runs in the guest through the agent: a program polled
@@ -53,6 +54,7 @@ pub mod session;
 mod wire;
 
 pub use agent::{Agent, AnyAgent};
+pub use channel::in_flight::RequestInFlight;
 pub use channel::lock::{ChannelLock, Turn};
 pub use channel::{Channel, Connector, HoldPolicy, SocketConnector};
 pub use error::{Error, Phase};

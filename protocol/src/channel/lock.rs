@@ -123,7 +123,7 @@ impl ChannelLock {
         ChannelLock::in_dir(socket, &runtime_dir()?)
     }
 
-    fn in_dir(socket: &Path, dir: &Path) -> io::Result<ChannelLock> {
+    pub(crate) fn in_dir(socket: &Path, dir: &Path) -> io::Result<ChannelLock> {
         let meta = std::fs::metadata(socket)?;
         let name = format!("agent-{:x}-{}", meta.dev(), meta.ino());
         let lock = ChannelLock {
@@ -356,7 +356,7 @@ fn names(path: &Path, file: &File) -> bool {
 
 /// Opens (creating, mode 0600, if `create`) a lock file, never through a
 /// symlink, and checks that it is a file of ours.
-fn open_own_file(path: &Path, create: bool) -> io::Result<File> {
+pub(crate) fn open_own_file(path: &Path, create: bool) -> io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -14,6 +14,7 @@
 //! [`HoldPolicy::share_after`], for clients that cannot say that they
 //! wait (a socat, libvirtd, another tool).
 
+pub(crate) mod in_flight;
 pub(crate) mod lock;
 
 use std::future::Future;
@@ -22,8 +23,9 @@ use std::time::Duration;
 
 use tokio::time::{sleep, Instant};
 
+use self::in_flight::{RequestInFlight, RequestNote};
 use crate::qga::{Both, Command, GuestExec, GuestExecReply};
-use crate::{Agent, ChannelLock, ClientOptions, Deadline, Error, QgaClient, RequestProgress, Turn};
+use crate::{Agent, ChannelLock, ClientOptions, Deadline, Error, Phase, QgaClient, RequestProgress, Turn};
 
 /// While a connection is held between polls, how often to ask whether
 /// another client waits.
@@ -164,7 +166,33 @@ impl Connector for SocketConnector {
         if connected.is_err() {
             self.turn = None;
         }
-        connected
+        let note = self.lock.as_ref().map(RequestNote::beside);
+        match (connected, note) {
+            (Ok(mut agent), Some(note)) => {
+                // Answered: the agent has read whatever came before.
+                note.remove();
+                agent.watch_big_requests(Box::new(note));
+                Ok(agent)
+            }
+            (
+                Err(Error::Timeout {
+                    phase: Phase::Handshake,
+                    after,
+                }),
+                Some(note),
+            ) => match note.read().filter(RequestInFlight::may_still_be_read) {
+                Some(request) => Err(Error::BusyWithEarlierRequest {
+                    path: self.path.clone(),
+                    after,
+                    request,
+                }),
+                None => Err(Error::Timeout {
+                    phase: Phase::Handshake,
+                    after,
+                }),
+            },
+            (connected, _) => connected,
+        }
     }
 
     async fn disconnect(&mut self, agent: QgaClient) {

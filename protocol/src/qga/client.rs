@@ -35,6 +35,11 @@ pub struct QgaClient<S = UnixStream> {
     /// How far the last request got, for a caller whose exchange was cut
     /// short.
     progress: RequestProgress,
+    /// Told of each big request on its way, if anyone is.
+    watch: Option<Box<dyn BigRequestWatch>>,
+    /// A big request was sent whose reply (or a later sync's) has not
+    /// come yet.
+    big_in_flight: bool,
 }
 
 impl QgaClient<UnixStream> {
@@ -102,7 +107,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             next_id: random_id(),
             in_sync: false,
             progress: RequestProgress::Idle,
+            watch: None,
+            big_in_flight: false,
         }
+    }
+
+    /// Tells `watch` of each big request until its reply came, for a
+    /// later client should this one die before.
+    pub(crate) fn watch_big_requests(&mut self, watch: Box<dyn BigRequestWatch>) {
+        self.watch = Some(watch);
     }
 
     /// Wraps a connected stream whose peer needs no synchronising first:
@@ -180,6 +193,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             let reply = parse_reply::<u64>(GuestSyncDelimited::NAME, after_sentinel, ReplyId::Is(id));
             if let Ok(ReplyFor::Us(echoed)) = reply {
                 if echoed == id {
+                    // The agent has read all that came before, a big
+                    // request cut short included.
+                    self.big_request_done();
                     self.in_sync = true;
                     return Ok(());
                 }
@@ -375,6 +391,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
             });
         }
         self.in_sync = false;
+        if let Some(watch) = self.watch.as_ref().filter(|_| request.len() >= BIG_REQUEST) {
+            watch.sending(request.len());
+            self.big_in_flight = true;
+        }
         // A big request takes a while to cross a virtio port: the reply
         // timeout starts once it is sent, and sending may take the timeout
         // plus a second per MiB, however slowly the guest reads.
@@ -400,6 +420,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         if matches!(output, Ok(_) | Err(Error::Agent { .. })) {
             self.in_sync = true;
             self.progress = RequestProgress::Idle;
+            self.big_request_done();
         }
         output
     }
@@ -418,10 +439,35 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         Ok(())
     }
 
+    /// The agent has answered after the last big request: its note goes.
+    fn big_request_done(&mut self) {
+        if std::mem::take(&mut self.big_in_flight) {
+            if let Some(watch) = &self.watch {
+                watch.answered();
+            }
+        }
+    }
+
     fn fresh_id(&mut self) -> u64 {
         self.next_id = (self.next_id + 1) & ID_MASK;
         self.next_id
     }
+}
+
+/// Requests at least this long are big: they keep the agent reading
+/// long enough to matter to the next client, should their sender die.
+/// Shorter ones keep even a slow agent (about 1 MB/s) busy for a second
+/// or two, within any handshake's wait; a copy's default chunk of 1 MiB
+/// (1.4 MB of Base64) is not big.
+pub(crate) const BIG_REQUEST: usize = 2 << 20;
+
+/// Told of the big requests a [`QgaClient`] sends: the channel notes them
+/// for the next client (`channel::in_flight`).
+pub(crate) trait BigRequestWatch: std::fmt::Debug + Send + Sync {
+    /// A big request of `bytes` is about to be sent.
+    fn sending(&self, bytes: usize);
+    /// Its reply came.
+    fn answered(&self);
 }
 
 /// The replies to two commands sent together

@@ -14,7 +14,7 @@
 //! ```
 
 pub mod base64_data;
-mod client;
+pub(crate) mod client;
 mod commands;
 mod environment;
 mod files;
