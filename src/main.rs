@@ -15,6 +15,7 @@ mod help;
 mod master;
 mod output;
 mod run_output;
+mod run_sink;
 mod schema_check;
 mod std_streams;
 mod terminal;

@@ -4,13 +4,10 @@
 
 use std::io::{self, Read};
 use std::os::fd::AsFd;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
-use tokio::sync::{mpsc, Notify};
-use virtomate_protocol::follow::Stream;
-use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Reply, Request, RunRequest, Session};
+use tokio::sync::mpsc;
+use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Request, RunRequest, Session};
 use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::{Answer, Context};
@@ -18,7 +15,8 @@ use crate::agent::{DomainAgent, DomainConnector, Signals};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, Interruption};
 use crate::run_output::{RunOutput, RunResult};
-use crate::std_streams::{read_waiting, write_all_waiting};
+use crate::run_sink::RunSink;
+use crate::std_streams::read_waiting;
 
 /// The most of standard input read: what one request can carry at best.
 /// The exact bound, which depends on the rest of the request, is checked
@@ -42,7 +40,7 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     let mut agent = signals
         .unless_interrupted(Interruption::Connecting, DomainAgent::connect(&domain, context))
         .await??;
-    let mut sink = Sink::default();
+    let mut sink = RunSink::default();
     let ended = serve(agent.session(), request, &mut sink, &mut signals).await;
     let outcome = match ended {
         Some(outcome) => outcome,
@@ -107,7 +105,7 @@ fn run_request(args: GuestRunArgs, input: Option<Vec<u8>>) -> RunRequest {
 async fn serve(
     session: &mut Session<DomainConnector>,
     request: RunRequest,
-    sink: &mut Sink,
+    sink: &mut RunSink,
     signals: &mut Signals,
 ) -> Option<Result<Outcome, Failure>> {
     let (requests, mut incoming) = mpsc::channel(1);
@@ -160,43 +158,6 @@ fn feed_stdin(mut input: impl Read + AsFd, requests: &mpsc::Sender<Request>, pro
         {
             return;
         }
-    }
-}
-
-/// Where the engine's replies go: output chunks to stdout and stderr at
-/// once (after a failure to write, nothing more), the run's end kept.
-#[derive(Default)]
-struct Sink {
-    outcome: Option<Result<Outcome, Failure>>,
-    /// Told when the outcome comes.
-    ended: Rc<Notify>,
-    /// Set when the outcome comes, for the thread that reads stdin.
-    program_ended: Arc<AtomicBool>,
-    failed: Option<io::Error>,
-}
-
-impl Sink {
-    fn take(&mut self, reply: Reply) -> io::Result<()> {
-        match reply.outcome {
-            Ok(Outcome::Chunk { stream, bytes }) => self.write(stream, &bytes),
-            outcome => {
-                self.outcome = Some(outcome);
-                self.program_ended.store(true, Ordering::Release);
-                self.ended.notify_one();
-                Ok(())
-            }
-        }
-    }
-
-    fn write(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
-        if self.failed.is_some() {
-            return Err(io::Error::other("the output failed before"));
-        }
-        let written = match stream {
-            Stream::Stdout => write_all_waiting(&mut io::stdout().lock(), bytes),
-            Stream::Stderr => write_all_waiting(&mut io::stderr().lock(), bytes),
-        };
-        written.inspect_err(|error| self.failed = Some(io::Error::new(error.kind(), error.to_string())))
     }
 }
 

@@ -11,19 +11,18 @@ use std::cell::Cell;
 use std::io::{self, IsTerminal, Read};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::{mpsc, Notify};
-use virtomate_protocol::follow::Stream;
-use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Reply, Request, RunRequest, Session};
+use tokio::sync::mpsc;
+use virtomate_protocol::session::{Abandoned, Left, Outcome, Reply, Request, RunRequest, Session};
 
 use super::{Answer, Context};
 use crate::agent::{DomainAgent, DomainConnector, Signals};
 use crate::error::{CliError, Interruption};
 use crate::run_output::RunOutput;
-use crate::std_streams::{read_waiting, write_all_waiting};
+use crate::run_sink::RunSink;
+use crate::std_streams::read_waiting;
 use crate::terminal::{self, RawMode};
 use escape::Escape;
 use guest::{Maker, Window};
@@ -81,7 +80,11 @@ pub async fn run(domain: &str, command: Vec<String>, context: &Context) -> Resul
     )
     .await;
     let outcome = match ended {
-        Ended::Shell => sink.outcome.take().expect("the engine replies to every request"),
+        Ended::Shell => sink
+            .run
+            .outcome
+            .take()
+            .expect("the engine replies to every request"),
         ended => {
             let abandoned = agent.session().give_up(|reply| sink.take(reply)).await;
             agent.close().await;
@@ -110,7 +113,7 @@ pub async fn run(domain: &str, command: Vec<String>, context: &Context) -> Resul
     };
     agent.close().await;
     drop(raw_mode);
-    if let Some(error) = sink.failed.filter(|e| e.kind() != io::ErrorKind::BrokenPipe) {
+    if let Some(error) = sink.run.failed.filter(|e| e.kind() != io::ErrorKind::BrokenPipe) {
         return Err(CliError::io("cannot write the program's output", error));
     }
     Ok(Answer::Run(RunOutput::Raw {
@@ -196,13 +199,13 @@ async fn serve(
         .try_send(Request::run(SHELL_ID.into(), request))
         .expect("an empty channel takes one request");
     let (left, mut leaving) = mpsc::unbounded_channel();
-    let (keys, ended) = (requests.clone(), sink.program_ended.clone());
+    let (keys, ended) = (requests.clone(), sink.run.program_ended.clone());
     std::thread::spawn(move || feed_keys(io::stdin().lock(), &keys, &ended, &left));
     let mut window_changes = match resizes.token {
         Some(_) => signal(SignalKind::window_change()).ok(),
         None => None,
     };
-    let program_ended = sink.ended.clone();
+    let program_ended = sink.run.ended.clone();
     let resizing = sink.resizing.clone();
     let served = session.serve(&mut incoming, |reply| sink.take(reply));
     tokio::pin!(served);
@@ -285,12 +288,9 @@ fn feed_keys(
 /// could not make leaves the old size).
 #[derive(Default)]
 struct Sink {
-    outcome: Option<Result<Outcome, Failure>>,
-    ended: Rc<Notify>,
-    program_ended: Arc<AtomicBool>,
+    run: RunSink,
     /// A window change is on its way (its one reply not come yet).
     resizing: Rc<Cell<bool>>,
-    failed: Option<io::Error>,
 }
 
 impl Sink {
@@ -300,26 +300,7 @@ impl Sink {
             self.resizing.set(false);
             return Ok(());
         }
-        match reply.outcome {
-            Ok(Outcome::Chunk { stream, bytes }) => self.write(stream, &bytes),
-            outcome => {
-                self.outcome = Some(outcome);
-                self.program_ended.store(true, Ordering::Release);
-                self.ended.notify_one();
-                Ok(())
-            }
-        }
-    }
-
-    fn write(&mut self, stream: Stream, bytes: &[u8]) -> io::Result<()> {
-        if self.failed.is_some() {
-            return Err(io::Error::other("the output failed before"));
-        }
-        let written = match stream {
-            Stream::Stdout => write_all_waiting(&mut io::stdout().lock(), bytes),
-            Stream::Stderr => write_all_waiting(&mut io::stderr().lock(), bytes),
-        };
-        written.inspect_err(|error| self.failed = Some(io::Error::new(error.kind(), error.to_string())))
+        self.run.take(reply)
     }
 }
 
