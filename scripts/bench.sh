@@ -3,7 +3,7 @@
 # floor, on the test VM and on the host agent, plus big-payload throughput.
 # Prints figures; BENCH_RUNS sets the runs per figure (default 30); benches/copy.rs
 # reads its sizes from BENCH_COPY_*_MIB. Then scripts/bench-ansible.sh: the
-# Ansible connection plugin, per task.
+# Ansible connection plugin, per task, beside community.libvirt.libvirt_qemu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -3,23 +3,27 @@
 # with the real thing: ansible-core (pinned, in a venv), two Python test VMs
 # and the busybox VM, booted under TCG.
 #
-# 1. the plugin's unit tests (session client and session helper against a
-#    fake session);
-# 2. tests/ansible/main.yml with forks 3, commands through one persistent
-#    `virtomate session` per host (the default, use_session=auto): ping,
-#    command with stdin, shell with a pipeline, copy of a 5 MiB file, fetch,
-#    template, stat, file, become (sudo, su), a failing task with
-#    ignore_errors, raw on busybox; one Python VM by name on this host, the
-#    other by socket path through an "ssh" to a hypervisor host (a stand-in
-#    that runs the command here, so the remote command line is quoted and
-#    split as over real SSH). Every virtomate run is logged: one `session`
-#    per host for the whole play, no `guest-run`;
-# 3. the same playbook again with use_session=never: a `guest-run` per
-#    command (left out with ANSIBLE_MODES=session);
-# 4. tests/ansible/faults.yml, with sessions: an agent stopped in a guest, a
-#    VM killed while a task runs, a domain that does not exist: each
-#    UNREACHABLE with virtomate's message; then the first and the last
-#    again with guest-run.
+# 1. the plugin's unit tests (session client against a fake session, the
+#    command lines, which files go gzipped);
+# 2. tests/ansible/main.yml with forks 3, one `virtomate guest-run` per
+#    command through virtomate's control master (`--persist`, the
+#    default): ping, command with stdin, shell with a pipeline, copy of a
+#    5 MiB file (random: not gzipped) and of a 1 MiB text file (gzipped),
+#    fetch, template, stat, file, become (sudo, su), a failing task with
+#    ignore_errors; on the busybox VM (no Python, no /etc/passwd): raw and
+#    script (Ansible's copy and fetch run its stat module first: they need
+#    Python). One Python VM by name on this host, the other by socket path
+#    through an "ssh" to a hypervisor
+#    host (a stand-in that runs the command here, so the remote command
+#    line is quoted and split as over real SSH). Every virtomate run is
+#    logged: each with `--persist`, no `session`, and a master runs for
+#    each VM afterwards (`virtomate control check`);
+# 3. the same playbook again with persist_seconds=0: a `guest-run` per
+#    command, no master (left out with ANSIBLE_MODES=master);
+# 4. tests/ansible/faults.yml, through the master: an agent stopped in a
+#    guest, a VM killed while a task runs, a domain that does not exist:
+#    each UNREACHABLE with virtomate's message; then the first and the last
+#    again without a master.
 # Ansible's JSON output is checked task by task (tests/ansible/check.py).
 #
 # Environment:
@@ -27,7 +31,7 @@
 #                        /var/cache/virtomate-test/python-vm, shared by
 #                        checkouts; else target/python-vm)
 #   VIRTOMATE            the binary (default: target/debug/virtomate, built)
-#   ANSIBLE_MODES        how main.yml runs: "session guest-run" (default),
+#   ANSIBLE_MODES        how main.yml runs: "master guest-run" (default),
 #                        or one of them
 #   KEEP_TEST_DIR=1      keep the work directory (inventory, outputs, logs)
 set -euo pipefail
@@ -52,7 +56,7 @@ if [ -z "${VIRTOMATE:-}" ]; then
   cargo build --locked --quiet --bin virtomate
   VIRTOMATE="$repo/target/debug/virtomate"
 fi
-modes="${ANSIBLE_MODES:-session guest-run}"
+modes="${ANSIBLE_MODES:-master guest-run}"
 log "prepared in $((SECONDS - started)) s"
 
 collection="$repo/contrib/ansible/ansible_collections/virtomate/guest"
@@ -127,6 +131,8 @@ EOF
 
 head -c $((5 * 1024 * 1024)) /dev/urandom >"$work/big.bin"
 big_sha1="$(sha1sum "$work/big.bin" | cut -d' ' -f1)"
+for i in $(seq 30000); do echo "line $i of a text file that packs well"; done >"$work/text.txt"
+text_sha1="$(sha1sum "$work/text.txt" | cut -d' ' -f1)"
 mkdir -p "$work/fetched"
 
 export ANSIBLE_COLLECTIONS_PATH="$repo/contrib/ansible"
@@ -140,9 +146,6 @@ export ANSIBLE_FORKS=3
 # One run per module instead of four or five (temporary directory, file,
 # chmod, run, clean-up); one task turns it off to cover that way too.
 export ANSIBLE_PIPELINING=True
-# The session helpers' sockets; removed with the work directory, which
-# makes the helpers go.
-export ANSIBLE_VIRTOMATE_CONTROL_PATH_DIR="$work/cp"
 
 run_playbook() { # NAME PLAYBOOK INVENTORY [ARGS...]: output in $work/NAME.json
   local name="$1" playbook="$2" inventory="$3" rc=0 t0=$SECONDS
@@ -158,27 +161,43 @@ run_playbook() { # NAME PLAYBOOK INVENTORY [ARGS...]: output in $work/NAME.json
 # How many times virtomate ran COMMAND since the log was emptied.
 runs() { grep -c -- "^\(--[a-z-]* [^ ]* \)*$1\( \|\$\)" "$work/virtomate.log" || true; }
 
+# Whether a control master runs for DOMAIN.
+master_runs() { "$VIRTOMATE" control check "$1" >/dev/null 2>&1; }
+
 main_pass() { # MODE
-  local mode="$1" sessions guest_runs
+  local mode="$1" sessions guest_runs persisted compressed d
   rm -rf "$work/fetched" "$work/fake-ssh.log"
   mkdir -p "$work/fetched"
   : >"$work/virtomate.log"
-  ANSIBLE_VIRTOMATE_USE_SESSION="$([ "$mode" = session ] && echo auto || echo never)" \
+  for d in py1 py2 bb; do "$VIRTOMATE" control exit "virtomate-ansible-$d-$tag" >/dev/null 2>&1 || true; done
+  ANSIBLE_VIRTOMATE_PERSIST_SECONDS="$([ "$mode" = master ] && echo 60 || echo 0)" \
     run_playbook "main-$mode" main.yml "$work/inventory.ini" \
-    -e "big_file=$work/big.bin" -e "fetch_dir=$work/fetched" -e "test_pass=$mode"
+    -e "big_file=$work/big.bin" -e "text_file=$work/text.txt" -e "fetch_dir=$work/fetched" -e "test_pass=$mode"
   "$venv/bin/python" tests/ansible/check.py main "$work/main-$mode.json" \
-    "big_sha1=$big_sha1" "fetch_dir=$work/fetched"
+    "big_sha1=$big_sha1" "text_sha1=$text_sha1" "fetch_dir=$work/fetched"
   grep -q hypervisor2 "$work/fake-ssh.log" || { log "py2 did not go through ssh"; exit 1; }
   sessions="$(runs session)"
   guest_runs="$(runs guest-run)"
-  log "$mode: virtomate ran: $sessions session, $guest_runs guest-run, $(runs copy) copy, $(runs --help) --help"
-  if [ "$mode" = session ]; then
-    # One session per host for the whole play, none started twice; files
-    # go through it too.
-    [ "$sessions" -eq 3 ] && [ "$guest_runs" -eq 0 ] && [ "$(runs copy)" -eq 0 ] ||
-      { log "want 3 sessions, no guest-run and no copy"; exit 1; }
+  persisted="$(grep -c -- '--persist 60 ' "$work/virtomate.log" || true)"
+  # The text file goes gzipped to each Python VM, the random one as it is
+  # (Ansible names them .source.txt and .source.bin in the guest).
+  compressed="$(grep -c -- ' copy --compress .*\.source\.txt$' "$work/virtomate.log" || true)"
+  grep -q -- ' copy --compress .*\.source\.bin$' "$work/virtomate.log" && { log "random data gzipped"; exit 1; }
+  log "$mode: virtomate ran: $sessions session, $guest_runs guest-run, $(runs copy) copy" \
+    "($compressed of the text file --compress), $(runs --help) --help, $persisted with --persist"
+  [ "$sessions" -eq 0 ] && [ "$guest_runs" -gt 0 ] && [ "$compressed" -eq 2 ] ||
+    { log "want guest-run, no session, and the text file compressed twice"; exit 1; }
+  if [ "$mode" = master ]; then
+    # Each run's line starts with the plugin's --timeout (a command line
+    # may go on over more lines).
+    [ "$persisted" -eq "$(grep -c '^--timeout ' "$work/virtomate.log")" ] ||
+      { log "want --persist on every run"; exit 1; }
+    for d in py1 bb; do
+      master_runs "virtomate-ansible-$d-$tag" || { log "no control master for $d"; exit 1; }
+    done
+    master_runs "$work/py2/qga.sock" || { log "no control master for py2"; exit 1; }
   else
-    [ "$sessions" -eq 0 ] && [ "$guest_runs" -gt 0 ] || { log "want guest-run only"; exit 1; }
+    [ "$persisted" -eq 0 ] || { log "want no --persist"; exit 1; }
   fi
 }
 
@@ -230,10 +249,10 @@ EOF
   done
 ) &
 watcher=$!
-ANSIBLE_VIRTOMATE_USE_SESSION=always run_playbook faults faults.yml "$work/faults.ini"
+run_playbook faults faults.yml "$work/faults.ini"
 "$venv/bin/python" tests/ansible/check.py faults "$work/faults.json"
-# The faults that leave the VMs as they were, through guest-run.
-ANSIBLE_VIRTOMATE_USE_SESSION=never run_playbook faults-guest-run faults.yml "$work/faults.ini" \
+# The faults that leave the VMs as they were, without a master.
+ANSIBLE_VIRTOMATE_PERSIST_SECONDS=0 run_playbook faults-guest-run faults.yml "$work/faults.ini" \
   --limit agent_stopped,no_such_domain
 "$venv/bin/python" tests/ansible/check.py faults "$work/faults-guest-run.json" hosts=agent_stopped,no_such_domain
 

@@ -57,6 +57,8 @@ if kind == 'main':
         r = ok(h, 'copy a 5 MiB file')
         check(r.get('checksum') == big_sha1 and r.get('size') == 5 * 1024 * 1024 and r.get('mode') == '0600',
               '%s: copy result %s' % (h, {k: r.get(k) for k in ('checksum', 'size', 'mode', 'msg')}))
+        r = ok(h, 'copy a 1 MiB text file, gzipped')
+        check(r.get('checksum') == params['text_sha1'], '%s: text copy %s' % (h, r.get('checksum')))
         r = ok(h, 'fetch it back')
         fetched = os.path.join(params['fetch_dir'], h, 'root', 'big.bin')
         check(r.get('checksum') == big_sha1 and os.path.exists(fetched), '%s: fetch %s' % (h, r.get('msg')))
@@ -80,6 +82,9 @@ if kind == 'main':
     check(s.get('unreachable') == 0 and s.get('failures') == 0, 'bb: stats %s' % s)
     r = ok('bb', 'raw')
     check(r.get('stdout_lines') == ['raw-ok', 'LINUX'] and r.get('rc') == 0, 'bb: raw %s' % r.get('stdout_lines'))
+    r = ok('bb', 'script')
+    check(r.get('stdout_lines') == ['script-ok arg1', 'Linux'] and r.get('rc') == 0,
+          'bb: script %s' % r.get('stdout_lines'))
 elif kind == 'faults':
     expected = {
         'agent_stopped': ('ping', ('AgentTimeout', 'AgentUnavailable')),

@@ -47,7 +47,7 @@ class CallbackModule(CallbackBase):
         entry.update(flags)
         task = self._task(result._task)
         # Seconds from the task's start to this host's result.
-        entry['_duration'] = round(time.monotonic() - task['started'], 2)
+        entry['_duration'] = round(time.monotonic() - task['started'], 4)
         task['hosts'][result._host.get_name()] = entry
 
     def v2_runner_on_ok(self, result, **kwargs):

@@ -23,7 +23,8 @@ DOCUMENTATION = r"""
           (C(sudo -u USER), C(su USER)); run from root, neither asks for a password, so C(become_password) is
           not needed and not sent.
         - The agent gives programs its own environment, often without C(HOME) (systemd sets none for it);
-          the plugin sets C(HOME=/root) when it is missing, since Ansible finds its temporary directory there.
+          the plugin sets C(HOME=/root) when it is missing, for modules and paths with C(~). Ansible's temporary
+          directory is in C(/tmp) (see O(remote_tmp)).
         - Without C(virtomate copy), files move through runs of C(sh -c 'cat > PATH') with the data on
           standard input, O(chunk_size) bytes per run, and come back through C(cat) (C(tail)/C(head) past the
           agent's 16 MiB output cap).
@@ -122,13 +123,10 @@ DOCUMENTATION = r"""
             key: reply_timeout
       use_session:
         description:
-          - Run commands through C(virtomate session DOMAIN) (JSON lines over one agent connection) instead of
-            one C(virtomate guest-run) process per command.
-          - V(auto) uses a session when the binary has the C(session) command (C(virtomate --help), looked at
-            only when no session helper is running for the host yet); V(always) does without asking;
-            V(never) runs C(guest-run) per command.
-          - The session is kept for the whole play by a helper process (see O(persist_seconds)), shared by
-            the tasks and forks that reach the same domain the same way.
+          - V(always) runs the commands of a task (a connection) through one C(virtomate session DOMAIN)
+            process, as JSON lines; V(auto) and V(never) run one C(virtomate guest-run) process per command.
+          - Either way, with O(persist_seconds), every virtomate process goes through the domain's control
+            master, so the agent's connection is kept for the whole play.
         type: string
         default: auto
         choices: [auto, always, never]
@@ -141,14 +139,14 @@ DOCUMENTATION = r"""
             key: use_session
       persist_seconds:
         description:
-          - How long the session helper stays after its last use. The first task that needs a session for a
-            domain starts the helper, detached, as SSH's ControlPersist does; it runs one
-            C(virtomate session --idle PERSIST_SECONDS DOMAIN) (over SSH with O(ssh_host)), so the agent
-            connection too is kept between tasks (and let go at once when another virtomate process waits
-            for it).
-          - The helper exits after this many seconds without a task, when the session ends (the guest or SSH
-            went away), or when its socket is removed (the C(reset_connection) meta task does).
-          - With V(0) there is no helper, and each task (connection) runs a session of its own.
+          - Every virtomate run goes through virtomate's control master (C(virtomate --persist
+            PERSIST_SECONDS)), which keeps the connection to the guest's agent between tasks, as SSH's
+            ControlPersist does, shared by the tasks and forks of the play, and every later virtomate process
+            of the same user. The first run starts it; it stays this many seconds after its last request, ends
+            when the VM goes away, and lets go of the agent at once when another client waits for it.
+          - The C(reset_connection) meta task ends it (C(virtomate control exit DOMAIN)).
+          - With V(0) there is no master, and each virtomate process connects to the agent itself (paying the
+            agent's wake-up, up to 100 ms, each time). A virtomate without C(--persist) needs V(0).
         type: float
         default: 60
         vars:
@@ -158,25 +156,28 @@ DOCUMENTATION = r"""
         ini:
           - section: virtomate_connection
             key: persist_seconds
-      control_path_dir:
+      remote_tmp:
         description:
-          - The directory of the session helpers' UNIX sockets, C(virtomate-HASH), the hash of the session's
-            command line (binary, SSH host and options, timeouts, domain). Made with mode 0700 if missing; only
-            its user may use it, and the helper also checks each client's uid.
-        type: path
-        default: ~/.ansible/cp
+          - The guest's directory for Ansible's temporary files (the shell's C(remote_tmp), from the same
+            settings). Its default is C(/tmp), not C(~/.ansible/tmp), since Ansible would expand C(~) as
+            C(~root), which a guest without C(/etc/passwd) (busybox, appliances) cannot, and the task would
+            fail with "Failed to create temporary directory". Each task's directory in it has mode 0700.
+        type: string
+        default: /tmp
         vars:
-          - name: ansible_virtomate_control_path_dir
+          - name: ansible_remote_tmp
         env:
-          - name: ANSIBLE_VIRTOMATE_CONTROL_PATH_DIR
+          - name: ANSIBLE_REMOTE_TEMP
+          - name: ANSIBLE_REMOTE_TMP
         ini:
-          - section: virtomate_connection
-            key: control_path_dir
+          - section: defaults
+            key: remote_tmp
       file_transfer:
         description:
-          - How files move. V(copy) uses virtomate's copies (through the host's session when there is one and
-            it has them, else C(virtomate copy)), V(run) writes and reads them through runs of C(cat) (any
-            virtomate), V(auto) uses C(copy) when the binary has it.
+          - How files move. V(copy) uses virtomate's copies (through the task's session with
+            O(use_session=always) when it has them, else C(virtomate copy), gzipped with C(--compress) when
+            the file is 64 KiB or more, packs well and the guest has gzip), V(run) writes and reads them
+            through runs of C(cat) (any virtomate), V(auto) uses C(copy) when the binary has it.
         type: string
         default: auto
         choices: [auto, copy, run]
@@ -236,19 +237,18 @@ from ansible.utils.display import Display
 
 from ansible_collections.virtomate.guest.plugins.plugin_utils.virtomate import (
     GuestRunRunner,
-    PersistentSessionRunner,
     SessionRunner,
     Virtomate,
     VirtomateError,
     fetch_file_chunked,
     put_file_chunked,
+    worth_compressing,
 )
 
 display = Display()
 
 # qemu-ga often runs without HOME (systemd sets none for system services),
-# and `~` then does not expand, while Ansible's temporary directory is
-# ~/.ansible/tmp. The agent runs as root.
+# and `~` then does not expand. The agent runs as root.
 _HOME_PRELUDE = 'HOME="${HOME:-/root}"; export HOME\n'
 
 
@@ -265,6 +265,20 @@ class Connection(ConnectionBase):
         super().__init__(*args, **kwargs)
         self._virtomate = None
         self._runner = None
+        # Ansible sets the shell's options after the connection's: the
+        # guest's temporary directory is put right after that (remote_tmp).
+        shell_set_options = self._shell.set_options
+
+        def set_options(*a, **kw):
+            shell_set_options(*a, **kw)
+            try:
+                self._shell.set_option('remote_tmp', self.get_option('remote_tmp'))
+            except KeyError:
+                pass  # the connection's options are not set yet
+
+        self._shell.set_options = set_options
+        # Whether the guest has no gzip (a `copy --compress` said so).
+        self._no_gzip = False
 
     # --- connecting ---------------------------------------------------
 
@@ -278,24 +292,8 @@ class Connection(ConnectionBase):
             ssh_args=self._split_ssh_args(ssh_args) if ssh_args else [],
             timeout=self.get_option('timeout'),
             reply_timeout=self.get_option('reply_timeout'),
+            persist=self.get_option('persist_seconds'),
         )
-
-    def _session_runner(self):
-        """A runner over a session, or None when there is to be none."""
-        mode = self.get_option('use_session')
-        if mode == 'never':
-            return None
-        persist = self.get_option('persist_seconds')
-        if persist and persist > 0:
-            runner = PersistentSessionRunner(self._virtomate, self.get_option('control_path_dir'), persist, start=False)
-            if runner.connected:
-                return runner
-            if mode == 'auto' and not self._virtomate.has_command('session'):
-                return None
-            return PersistentSessionRunner(self._virtomate, self.get_option('control_path_dir'), persist)
-        if mode == 'auto' and not self._virtomate.has_command('session'):
-            return None
-        return SessionRunner(self._virtomate)
 
     def _connect(self):
         if self._connected:
@@ -303,15 +301,13 @@ class Connection(ConnectionBase):
         self._virtomate = self._make_virtomate()
         host = self._virtomate.domain
         where = ' on %s' % self._virtomate.ssh_host if self._virtomate.ssh_host else ''
-        self._runner = self._call(self._session_runner)
-        if isinstance(self._runner, PersistentSessionRunner):
-            display.vvv('VIRTOMATE SESSION TO %s%s THROUGH %s (helper pid %s%s)'
-                        % (host, where, self._runner.path, self._runner.helper_pid,
-                           ', started' if self._runner.started else ''), host=host)
-        elif self._runner is not None:
-            display.vvv('VIRTOMATE SESSION TO %s%s' % (host, where), host=host)
+        persist = self._virtomate.persist
+        through = ' through its control master (%gs)' % persist if persist and persist > 0 else ''
+        if self.get_option('use_session') == 'always':
+            display.vvv('VIRTOMATE SESSION TO %s%s%s' % (host, where, through), host=host)
+            self._runner = self._call(SessionRunner, self._virtomate)
         else:
-            display.vvv('VIRTOMATE GUEST-RUN TO %s%s' % (host, where), host=host)
+            display.vvv('VIRTOMATE GUEST-RUN TO %s%s%s' % (host, where, through), host=host)
             self._runner = GuestRunRunner(self._virtomate)
         self._connected = True
         return self
@@ -363,9 +359,16 @@ class Connection(ConnectionBase):
             return False
         return self._call(self._virtomate.has_command, 'copy')
 
-    def _copy(self, src, dest, stdin_path=None, stdout_path=None):
-        display.vvv('COPY %s %s' % (src, dest), host=self._virtomate.domain)
-        self._call(self._virtomate.copy, src, dest, stdin_path=stdin_path, stdout_path=stdout_path)
+    def _copy(self, src, dest, stdin_path=None, stdout_path=None, compress=False):
+        display.vvv('COPY %s%s %s' % ('--compress ' if compress else '', src, dest), host=self._virtomate.domain)
+        try:
+            self._virtomate.copy(src, dest, stdin_path=stdin_path, stdout_path=stdout_path, compress=compress)
+        except VirtomateError as e:
+            # A guest without gzip: said before anything was written.
+            if compress and 'cannot run gzip' in str(e):
+                self._no_gzip = True
+                return self._copy(src, dest, stdin_path=stdin_path, stdout_path=stdout_path)
+            raise (AnsibleConnectionFailure if e.unreachable else AnsibleError)(to_native(e))
 
     def _through_session(self, method, in_path, out_path):
         """Moves a file through the session's copies, when there is a
@@ -393,10 +396,11 @@ class Connection(ConnectionBase):
             return
         if self._use_copy():
             guest = '%s:%s' % (self._virtomate.domain, out_path)
+            compress = not self._no_gzip and worth_compressing(in_path)
             if self._virtomate.ssh_host:
-                self._copy('-', guest, stdin_path=in_path)
+                self._copy('-', guest, stdin_path=in_path, compress=compress)
             else:
-                self._copy(in_path, guest)
+                self._copy(in_path, guest, compress=compress)
         else:
             self._call(put_file_chunked, self._runner, in_path, out_path, self.get_option('chunk_size'))
 
@@ -423,9 +427,8 @@ class Connection(ConnectionBase):
         self._connected = False
 
     def reset(self):
-        """meta: reset_connection: the host's session helper, if any, goes."""
+        """meta: reset_connection: the domain's control master, if any, goes."""
         self.close()
-        persist = self.get_option('persist_seconds')
-        if self.get_option('use_session') != 'never' and persist and persist > 0:
-            PersistentSessionRunner.stop_helper(self._virtomate or self._make_virtomate(),
-                                                self.get_option('control_path_dir'), persist)
+        virtomate = self._virtomate or self._make_virtomate()
+        if virtomate.persist and virtomate.persist > 0:
+            self._call(virtomate.stop_master)

@@ -9,12 +9,13 @@ Python:
 - ``Virtomate``: how to start the ``virtomate`` binary, on this host or on
   a hypervisor host over SSH, and what its JSON answers and errors mean;
 - ``GuestRunRunner``: one ``virtomate guest-run`` process per command;
+  with ``persist`` every virtomate process goes through virtomate's
+  control master (``--persist``), which keeps the agent's connection for
+  the whole play, shared by the tasks and forks;
 - ``SessionRunner``: one ``virtomate session DOMAIN`` process speaking JSON
   lines (``{"id", "run", "stdin", "encode"}`` in, ``{"id", "result"}`` or
   ``{"id", "error"}`` out), for as long as the connection object lives;
-- ``PersistentSessionRunner``: the same lines to a helper
-  (``session_mux.py``) that keeps one session per domain for the whole
-  play, shared by the tasks and forks;
+- ``worth_compressing``: whether a file pays for ``copy --compress``;
 - ``put_file_chunked``/``fetch_file_chunked``: files in and out over
   whichever runner, for a virtomate without ``copy``.
 """
@@ -22,17 +23,13 @@ Python:
 from __future__ import annotations
 
 import base64
-import fcntl
-import hashlib
 import json
 import os
 import shlex
-import socket
-import stat
 import subprocess
-import sys
 import tempfile
 import threading
+import zlib
 
 # virtomate's error types (README, "Errors and exit statuses") that mean the
 # guest could not be reached or was lost: Ansible's UNREACHABLE. The others
@@ -110,7 +107,7 @@ class Virtomate:
     """The ``virtomate`` binary, here or on ``ssh_host``."""
 
     def __init__(self, path='virtomate', domain=None, ssh_host=None, ssh_executable='ssh', ssh_args=None,
-                 timeout=None, reply_timeout=None):
+                 timeout=None, reply_timeout=None, persist=None):
         self.path = path
         self.domain = domain
         self.ssh_host = ssh_host
@@ -118,6 +115,9 @@ class Virtomate:
         self.ssh_args = list(ssh_args or [])
         self.timeout = timeout
         self.reply_timeout = reply_timeout
+        # Seconds the control master stays after its last request; None or
+        # 0: no master, each process connects to the agent itself.
+        self.persist = persist
         self._commands = None
 
     def global_args(self):
@@ -126,6 +126,8 @@ class Virtomate:
             args += ['--timeout', str(self.timeout)]
         if self.reply_timeout:
             args += ['--reply-timeout', str(self.reply_timeout)]
+        if self.persist and self.persist > 0:
+            args += ['--persist', '%g' % self.persist]
         return args
 
     def argv(self, args):
@@ -161,6 +163,9 @@ class Virtomate:
                 error = None
             if isinstance(error, dict) and 'type' in error:
                 raise error_from_json(error, context)
+        if rc == 2 and b'--persist' in (stderr or b''):
+            raise VirtomateError('%s: %s has no control master (--persist): set ansible_virtomate_persist_seconds=0'
+                                 ' or update virtomate' % (context, self.where()), 'UsageError', unreachable=False)
         if self.ssh_host and rc == 255:
             raise VirtomateError('%s: ssh to %s failed: %s' % (context, self.ssh_host, err or 'exit status 255'), 'SshError')
         if rc in (126, 127):
@@ -168,11 +173,11 @@ class Virtomate:
         raise VirtomateError('%s: %s exited with status %d: %s' % (context, self.where(), rc, err or text), 'IoError',
                              unreachable=rc != 2)
 
-    def copy(self, src, dest, stdin_path=None, stdout_path=None):
-        """``virtomate copy SRC DEST``; over SSH a local side is ``-``, its
-        data on stdin (STDIN_PATH) or stdout (STDOUT_PATH)."""
+    def copy(self, src, dest, stdin_path=None, stdout_path=None, compress=False):
+        """``virtomate copy [--compress] SRC DEST``; over SSH a local side is
+        ``-``, its data on stdin (STDIN_PATH) or stdout (STDOUT_PATH)."""
         stdin = stdout = None
-        argv = self.argv(['copy', src, dest])
+        argv = self.argv(['copy'] + (['--compress'] if compress else []) + [src, dest])
         try:
             stdin = open(stdin_path, 'rb') if stdin_path is not None else subprocess.DEVNULL
             stdout = open(stdout_path, 'wb') if stdout_path is not None else subprocess.PIPE
@@ -185,6 +190,17 @@ class Virtomate:
                     f.close()
         if proc.returncode != 0:
             self.check_process_failure(proc.returncode, proc.stdout or b'', proc.stderr, 'copy %s %s' % (src, dest))
+
+    def stop_master(self):
+        """``virtomate control exit DOMAIN``: the domain's control master, if
+        one runs, ends; the next command starts a new one."""
+        rc, out, err = self.run(['control', 'exit', self.domain])
+        if rc != 0:
+            try:
+                self.check_process_failure(rc, out, err, 'control exit %s' % self.domain)
+            except VirtomateError as e:
+                if e.error_type != 'NotFoundError':
+                    raise
 
     def commands(self):
         """The subcommands this virtomate has, from ``virtomate --help``."""
@@ -200,18 +216,16 @@ class Virtomate:
 
 
 def parse_commands(help_text):
-    """The command names of clap's ``Commands:`` section."""
+    """The command names of clap's help: the lines of its ``Commands:``
+    section, or of the sections virtomate groups them in (``Files:``, ...),
+    up to ``Options:``."""
     names = set()
     in_commands = False
     for line in help_text.splitlines():
-        if line.strip() == 'Commands:':
-            in_commands = True
+        if line and not line[0].isspace() and line.rstrip().endswith(':'):
+            in_commands = line.strip() not in ('Options:', 'Arguments:')
             continue
-        if in_commands:
-            if not line.startswith('  '):
-                if line.strip():
-                    break
-                continue
+        if in_commands and line.startswith('  ') and not line.startswith('   ') and line.split():
             names.add(line.split()[0])
     return names
 
@@ -405,160 +419,26 @@ class SessionRunner(_JsonLinesRunner):
         self._stderr.close()
 
 
-def control_path(directory, argv):
-    """The helper's socket for the session ARGV: one per binary, SSH host
-    and options, domain."""
-    digest = hashlib.sha256(json.dumps(argv).encode('utf-8')).hexdigest()[:20]
-    return os.path.join(directory, 'virtomate-%s' % digest)
+# Files smaller than this go as they are: gzip in the guest costs a run
+# (and, before it, a look for gzip) that only pays back on more data.
+COMPRESS_MIN = 64 * 1024
+# A sample of the file, packed at zlib's fastest level, must shrink to this
+# share of its size for the whole file to go gzipped.
+COMPRESS_SAMPLE = 64 * 1024
+COMPRESS_RATIO = 0.75
 
 
-def private_directory(directory):
-    """Makes DIRECTORY (mode 0700) if needed; refuses one that is not ours."""
+def worth_compressing(path):
+    """Whether PATH is big enough and packs well enough (text, logs, not
+    data compressed already) to pay for ``copy --compress``."""
     try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        st = os.lstat(directory)
-    except OSError as e:
-        raise VirtomateError('cannot make the session directory %s: %s' % (directory, e), 'IoError')
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise VirtomateError('session directory %s is not a directory of this user' % directory, 'IoError')
-    if st.st_mode & 0o077:
-        os.chmod(directory, 0o700)
-
-
-class PersistentSessionRunner(_JsonLinesRunner):
-    """A client of the helper (session_mux.py) that keeps one session for
-    this domain across tasks; the helper is started when there is none.
-
-    ``connected`` is False when the helper could not be reached and
-    ``start=False`` was given, so that the caller may decide (e.g. look at
-    ``virtomate --help``) before starting one.
-    """
-
-    HELLO_TIMEOUT = 30
-
-    def __init__(self, virtomate, directory, persist, start=True, python=None):
-        super().__init__(virtomate)
-        private_directory(directory)
-        self.argv = self.session_argv(virtomate, persist)
-        self.path = control_path(directory, self.argv)
-        self.persist = persist
-        self.python = python or sys.executable
-        self.helper_pid = None
-        self.started = False
-        self._sock = self._connect()
-        if self._sock is None and start:
-            self._sock = self._start()
-        self.connected = self._sock is not None
-        if self.connected:
-            self._reader = self._sock.makefile('rb')
-
-    @staticmethod
-    def session_argv(virtomate, persist):
-        return virtomate.argv(['session', '--idle', '%g' % persist, virtomate.domain])
-
-    @classmethod
-    def stop_helper(cls, virtomate, directory, persist):
-        """Removes the helper's socket: it ends once its clients are gone,
-        and the next connection starts a new one."""
-        try:
-            os.unlink(control_path(directory, cls.session_argv(virtomate, persist)))
-        except FileNotFoundError:
-            pass
-
-    def _hello(self, sock):
-        """Reads the helper's hello; None if it closed the connection first."""
-        sock.settimeout(self.HELLO_TIMEOUT)
-        line = b''
-        try:
-            while not line.endswith(b'\n'):
-                chunk = sock.recv(1)
-                if not chunk:
-                    return None
-                line += chunk
-        except socket.timeout:
-            raise VirtomateError('session helper %s did not answer in %d s' % (self.path, self.HELLO_TIMEOUT),
-                                 'AgentTimeout')
-        except OSError:
-            return None
-        sock.settimeout(None)
-        try:
-            hello = json.loads(line)
-        except ValueError:
-            hello = None
-        if isinstance(hello, dict) and isinstance(hello.get('error'), dict):
-            raise error_from_json(hello['error'], 'session %s' % self.virtomate.domain)
-        if not isinstance(hello, dict) or not isinstance(hello.get('hello'), dict):
-            raise VirtomateError('session helper %s: not a hello: %r' % (self.path, line[:200]), 'ProtocolError')
-        self.helper_pid = hello['hello'].get('pid')
-        commands = hello['hello'].get('commands')
-        if isinstance(commands, list) and self.virtomate._commands is None:
-            self.virtomate._commands = set(commands)
-        return sock
-
-    def _connect(self):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(self.path)
-        except OSError:
-            # None there, or a stale socket of a helper that is gone.
-            sock.close()
-            return None
-        if self._hello(sock) is None:
-            sock.close()
-            return None
-        return sock
-
-    def _start(self):
-        """Starts a helper, under a lock so that forks start one at most."""
-        lock = os.open(self.path + '.lock', os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            sock = self._connect()
-            if sock is not None:
-                return sock
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            ours, theirs = socket.socketpair()
-            helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'session_mux.py')
-            argv = [self.python, helper, '--fd', str(theirs.fileno())]
-            if self.virtomate._commands is not None:
-                argv += ['--hello', json.dumps({'commands': sorted(self.virtomate._commands)})]
-            argv += [self.path, '%g' % self.persist, '--'] + self.argv
-            try:
-                # It forks and this process ends at once: nothing to reap later.
-                subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               pass_fds=(theirs.fileno(),), start_new_session=True, close_fds=True, check=False)
-            except OSError as e:
-                ours.close()
-                raise VirtomateError('cannot start the session helper: %s' % e, 'IoError')
-            finally:
-                theirs.close()
-            if self._hello(ours) is None:
-                ours.close()
-                raise VirtomateError('session %s: the session helper ended at once' % self.virtomate.domain,
-                                     'IoError')
-            self.started = True
-            return ours
-        finally:
-            os.close(lock)
-
-    def _write(self, line):
-        self._sock.sendall(line)
-
-    def _readline(self):
-        return self._reader.readline()
-
-    def _lost(self, why):
-        return VirtomateError('session %s: the session helper (pid %s, %s) went away: %s'
-                              % (self.virtomate.domain, self.helper_pid, self.path, why), 'AgentDisconnected')
-
-    def close(self):
-        if self.connected:
-            self._reader.close()
-            self._sock.close()
-            self.connected = False
+        if os.path.getsize(path) < COMPRESS_MIN:
+            return False
+        with open(path, 'rb') as f:
+            sample = f.read(COMPRESS_SAMPLE)
+    except OSError:
+        return False
+    return len(zlib.compress(sample, 1)) <= COMPRESS_RATIO * len(sample)
 
 
 # --- Files over runs, for a virtomate without `copy` ------------------------

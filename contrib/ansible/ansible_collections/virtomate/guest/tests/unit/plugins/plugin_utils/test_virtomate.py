@@ -7,12 +7,9 @@ or through scripts/test-ansible.sh.
 
 import os
 import shlex
-import socket
 import stat
 import sys
 import tempfile
-import threading
-import time
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -151,181 +148,6 @@ class SessionTest(unittest.TestCase):
             self.assertFalse(cm.exception.unreachable)
 
 
-class PersistentSessionTest(unittest.TestCase):
-    """The session helper (session_mux.py) with the fake session."""
-
-    def setUp(self):
-        self.tmp = tempfile.TemporaryDirectory()
-        self.dir = os.path.join(self.tmp.name, 'cp')
-        self.runners = []
-
-    def tearDown(self):
-        for r in self.runners:
-            r.close()
-        # Removing the sockets makes the helpers go.
-        self.tmp.cleanup()
-
-    def runner(self, domain='vm1', persist=30, start=True):
-        r = vm.PersistentSessionRunner(vm.Virtomate(path=FAKE, domain=domain, timeout=5), self.dir, persist,
-                                       start=start)
-        self.runners.append(r)
-        return r
-
-    def wait_gone(self, pid, seconds=5):
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return True
-            time.sleep(0.05)
-        return False
-
-    def test_one_helper_and_session_across_connections(self):
-        self.assertFalse(self.runner(start=False).connected)
-        first = self.runner()
-        self.assertTrue(first.started)
-        self.assertEqual(first.run(['echo', 'a']).stdout, b'a\n')
-        first.close()
-        second = self.runner()
-        self.assertFalse(second.started)
-        self.assertEqual(second.helper_pid, first.helper_pid)
-        self.assertEqual(second.run(['echo', 'b']).stdout, b'b\n')
-        st = os.stat(self.dir)
-        self.assertEqual(stat.S_IMODE(st.st_mode), 0o700)
-        self.assertEqual(stat.S_IMODE(os.lstat(second.path).st_mode) & 0o077, 0)
-
-    def test_the_command_list_of_the_starter_goes_to_later_connections(self):
-        v = vm.Virtomate(path=FAKE, domain='vm1', timeout=5)
-        v._commands = {'session', 'guest-run'}
-        self.runners.append(vm.PersistentSessionRunner(v, self.dir, 30))
-        later = self.runner()
-        self.assertEqual(later.virtomate._commands, {'session', 'guest-run'})
-        self.assertTrue(later.virtomate.has_command('session'))
-
-    def test_other_domains_get_other_helpers(self):
-        a, b = self.runner('vm1'), self.runner('vm2')
-        self.assertNotEqual(a.path, b.path)
-        self.assertNotEqual(a.helper_pid, b.helper_pid)
-
-    def test_clients_with_the_same_ids_share_the_session(self):
-        clients = [self.runner() for _ in range(4)]
-        self.assertEqual(len({c.helper_pid for c in clients}), 1)
-        out = {}
-
-        def work(i, c):
-            # All send ids 1, 2, 3: the helper tells them apart.
-            out[i] = [c.run(['sh', '-c', 'sleep 0.%d; echo %d-%d' % (3 - i % 3, i, n)]).stdout for n in range(3)]
-
-        threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(clients)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        for i in range(4):
-            self.assertEqual(out[i], [b'%d-%d\n' % (i, n) for n in range(3)])
-
-    def test_copies_of_several_clients_go_through_the_helper(self):
-        clients = [self.runner() for _ in range(3)]
-        with tempfile.TemporaryDirectory() as d:
-            errors = []
-
-            def work(i, c):
-                try:
-                    src, inside, back = (os.path.join(d, '%s%d' % (n, i)) for n in ('src', 'in', 'back'))
-                    data = os.urandom(2 * 1024 * 1024 + i)
-                    with open(src, 'wb') as f:
-                        f.write(data)
-                    c.put_file(src, inside)
-                    c.fetch_file(inside, back)
-                    with open(back, 'rb') as f:
-                        if f.read() != data:
-                            errors.append('%d: the copy back differs' % i)
-                except Exception as e:  # noqa: BLE001 - reported below
-                    errors.append('%d: %r' % (i, e))
-
-            threads = [threading.Thread(target=work, args=(i, c)) for i, c in enumerate(clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            self.assertEqual(errors, [])
-
-    def test_a_client_gone_mid_copy_gives_its_copy_up_and_the_helper_goes_on(self):
-        with tempfile.TemporaryDirectory() as d:
-            log = os.path.join(d, 'aborted')
-            os.environ['ABORTED_LOG'] = log
-            try:
-                first = self.runner()
-                first._send({'id': 7, 'copy_to': os.path.join(d, 'never'), 'mode': '600'})
-                first._send({'id': 7, 'data': 'aGk='})
-                first.close()
-                deadline = time.monotonic() + 5
-                while not os.path.exists(log) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                with open(log) as f:
-                    self.assertEqual(f.read(), '%s the task went away\n' % 1)
-                self.assertFalse(os.path.exists(os.path.join(d, 'never')))
-                self.assertEqual(self.runner().run(['echo', 'on']).stdout, b'on\n')
-            finally:
-                del os.environ['ABORTED_LOG']
-
-    def test_idle_helper_exits_and_a_new_one_starts(self):
-        r = self.runner(persist=0.5)
-        pid = r.helper_pid
-        r.run(['true'])
-        r.close()
-        self.assertTrue(self.wait_gone(pid))
-        self.assertFalse(os.path.exists(r.path))
-        again = self.runner(persist=0.5)
-        self.assertTrue(again.started)
-        self.assertNotEqual(again.helper_pid, pid)
-
-    def test_a_connected_client_keeps_the_helper(self):
-        r = self.runner(persist=0.3)
-        time.sleep(1.2)
-        self.assertEqual(r.run(['echo', 'still']).stdout, b'still\n')
-
-    def test_stale_socket_is_replaced(self):
-        os.makedirs(self.dir, mode=0o700)
-        r = self.runner(start=False)
-        stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        stale.bind(r.path)  # bound, never listening: connect is refused
-        stale.close()
-        fresh = self.runner()
-        self.assertTrue(fresh.started)
-        self.assertEqual(fresh.run(['echo', 'x']).stdout, b'x\n')
-
-    def test_unknown_domain_is_unreachable_and_leaves_no_helper(self):
-        r = self.runner('missing')
-        with self.assertRaises(vm.VirtomateError) as cm:
-            r.run(['true'])
-        self.assertEqual(cm.exception.error_type, 'NotFoundError')
-        self.assertTrue(cm.exception.unreachable)
-        self.assertIn("Domain 'missing' does not exist", str(cm.exception))
-        r.close()
-        self.assertTrue(self.wait_gone(r.helper_pid))
-        self.assertFalse(os.path.exists(r.path))
-
-    def test_session_that_dies_fails_its_requests_and_the_helper_goes(self):
-        r = self.runner()
-        with self.assertRaises(vm.VirtomateError) as cm:
-            r.run(['die-now'])
-        self.assertEqual(cm.exception.error_type, 'AgentDisconnected')
-        self.assertTrue(cm.exception.unreachable)
-        self.assertIn('the agent went away', str(cm.exception))
-        pid = r.helper_pid
-        r.close()
-        self.assertTrue(self.wait_gone(pid))
-        self.assertTrue(self.runner().started)
-
-    def test_removing_the_socket_stops_the_helper(self):
-        r = self.runner()
-        r.close()
-        vm.PersistentSessionRunner.stop_helper(r.virtomate, self.dir, 30)
-        self.assertTrue(self.wait_gone(r.helper_pid))
-
-
 class CappedRunner:
     """Runs programs here, cutting stdout at CAP bytes as the agent cuts at 16 MiB."""
 
@@ -363,6 +185,32 @@ class HelpersTest(unittest.TestCase):
         self.assertEqual(shlex.split(argv[5]), ['/opt/virtomate', '--timeout', '2.5', 'guest-run', "it's a vm", '--',
                                                 '/bin/sh', '-c', 'echo "$HOME" $(id -u); a;b'])
 
+    def test_persist_goes_through_the_control_master(self):
+        v = vm.Virtomate(path='/opt/virtomate', domain='vm', ssh_host='hv1', timeout=2, persist=60)
+        self.assertEqual(shlex.split(v.argv(['guest-run', 'vm', '--', 'true'])[-1]),
+                         ['/opt/virtomate', '--timeout', '2', '--persist', '60', 'guest-run', 'vm', '--', 'true'])
+        self.assertNotIn('--persist', vm.Virtomate(domain='vm', persist=0).argv(['guest-ping', 'vm']))
+
+    def test_a_virtomate_without_persist_says_what_to_set(self):
+        with self.assertRaises(vm.VirtomateError) as cm:
+            vm.Virtomate(domain='x', persist=60).check_process_failure(
+                2, b'', b"error: unexpected argument '--persist' found", 'guest-run x')
+        self.assertIn('persist_seconds=0', str(cm.exception))
+        self.assertFalse(cm.exception.unreachable)
+
+    def test_only_big_files_that_pack_well_are_compressed(self):
+        with tempfile.TemporaryDirectory() as d:
+            def file(name, data):
+                path = os.path.join(d, name)
+                with open(path, 'wb') as f:
+                    f.write(data)
+                return path
+            text = b''.join(b'line %d of a log, as text goes\n' % i for i in range(20000))
+            self.assertTrue(vm.worth_compressing(file('text', text)))
+            self.assertFalse(vm.worth_compressing(file('small', text[:vm.COMPRESS_MIN - 1])))
+            self.assertFalse(vm.worth_compressing(file('random', os.urandom(len(text)))))
+            self.assertFalse(vm.worth_compressing(os.path.join(d, 'missing')))
+
     def test_json_errors_map_to_unreachable_or_failure(self):
         v = vm.Virtomate(domain='x')
         for etype, unreachable in (('NotFoundError', True), ('AgentTimeout', True), ('AgentDisconnected', True),
@@ -381,6 +229,12 @@ class HelpersTest(unittest.TestCase):
                 '  guest-run    Run a program\n  session      Many\n  copy         Files\n'
                 '  help         Print this message\n\nOptions:\n  -p, --pretty  Indent\n')
         self.assertEqual(vm.parse_commands(text), {'guest-run', 'session', 'copy', 'help'})
+
+    def test_commands_from_help_in_sections(self):
+        text = ('Run programs\n\nUsage: virtomate [OPTIONS] <COMMAND>\n\nRunning programs:\n'
+                '  guest-run     Run a program\n  session       Many\n\nFiles:\n  copy          Files\n'
+                '\nOptions:\n  -p, --pretty  Indent\n      --persist <SECONDS>  Master\n')
+        self.assertEqual(vm.parse_commands(text), {'guest-run', 'session', 'copy'})
 
 
 if __name__ == '__main__':
