@@ -108,6 +108,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
                 ..
             }) => Ok(()),
             Err(Error::Timeout { .. }) => Ok(()),
+            // The agent closed its port while libvirtd waited: the guest
+            // is going down as asked. libvirt has no code of its own for
+            // it, only this internal error's words.
+            Err(Error::Libvirt {
+                code: ERR_INTERNAL_ERROR,
+                message,
+                ..
+            }) if message.contains(AGENT_WENT_AWAY) => Ok(()),
             Err(e) => Err(e),
         }
     }
@@ -175,6 +183,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Agent for LibvirtAgent<S> {
         LibvirtAgent::execute_without_reply(self, name, arguments, grace).await
     }
 }
+
+/// libvirt's words when the agent's port closed under a command it waited
+/// on (`qemuAgentIO` in `src/qemu/qemu_agent.c`).
+const AGENT_WENT_AWAY: &str = "End of file from agent socket";
 
 /// libvirt reports an agent's error reply as its own error (an internal
 /// error up to libvirt 9, `VIR_ERR_AGENT_COMMAND_FAILED` from 10),
