@@ -400,6 +400,24 @@ op_run_follow() {
   check_typed raw
 }
 
+# A live pipe both ways: random bytes through `cat` under -i, compared.
+op_run_interactive() {
+  local n t
+  n=$(($((RANDOM % 256)) * 1024 + $((RANDOM % 1024))))
+  pick_target
+  head -c "$n" /dev/urandom >"$op_in"
+  run_op 120 "$V" "${common[@]}" guest-run -i "$t" -- sh -c "touch /soakmark/$op_id; cat" soakop
+  finish_op $slack || return
+  if [ "$rc" -eq 0 ]; then
+    cmp -s "$op_in" "$op_out" || follow_loss "-i: cat gave back $(stat -c %s "$op_out") of $n bytes, or others"
+    return
+  fi
+  if [ "$rc" -ne 255 ] && [ "$rc" -lt 128 ] && [[ "$op_faults" == *tmp_full* ]]; then
+    return # cat's own status: its writes to a full /tmp failed
+  fi
+  check_typed raw
+}
+
 op_run_maxtime() {
   local t
   pick_target
@@ -578,7 +596,8 @@ worker() { # NUMBER
     pick="$((RANDOM % 100))"
     if [ "$pick" -lt 15 ]; then op_kind=run_plain; op_run_plain
     elif [ "$pick" -lt 25 ]; then op_kind=run_raw; op_run_raw
-    elif [ "$pick" -lt 37 ]; then op_kind=run_stdin; op_run_stdin
+    elif [ "$pick" -lt 32 ]; then op_kind=run_stdin; op_run_stdin
+    elif [ "$pick" -lt 37 ]; then op_kind=run_interactive; op_run_interactive
     elif [ "$pick" -lt 52 ]; then op_kind=run_follow; op_run_follow
     elif [ "$pick" -lt 60 ]; then op_kind=run_maxtime; op_run_maxtime
     elif [ "$pick" -lt 68 ]; then op_kind=ping; op_ping
