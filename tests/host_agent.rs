@@ -305,6 +305,15 @@ fn a_bare_qemu_process_is_found_by_name() {
     )
     .spawn()
     .unwrap();
+    // Until sh's child has become `sleep`, it is a copy of the fake QEMU,
+    // command line and all: a second process of that name.
+    let children = format!("/proc/{0}/task/{0}/children", fake_qemu.id());
+    support::wait_until(10, "the fake QEMU's sleep", || {
+        let children = std::fs::read_to_string(&children).unwrap_or_default();
+        children.split_whitespace().any(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/comm")).is_ok_and(|comm| comm.trim() == "sleep")
+        })
+    });
     let out = run(&["guest-run", &name, "--", "echo", "-n", "found"], None);
     let _ = fake_qemu.kill();
     let _ = fake_qemu.wait();
