@@ -29,6 +29,14 @@ DOCUMENTATION = r"""
           standard input, O(chunk_size) bytes per run, and come back through C(cat) (C(tail)/C(head) past the
           agent's 16 MiB output cap).
         - Windows guests are not supported (commands go through C(/bin/sh)).
+        - On a guest without Python (see O(shell_modules)), C(raw) and C(script) work as anywhere, and the
+          C(copy) and C(fetch) actions run the collection's POSIX sh versions of the C(stat), C(copy), C(file)
+          and C(slurp) modules (busybox's applets are enough). They take the options these actions use: copy
+          of a file or C(content) with C(dest), C(mode) (quoted: an unquoted C(0644) reaches them as 420),
+          C(owner), C(group), C(force), C(follow), C(checksum); fetch with all its options. Other options,
+          C(--diff), recursive copies into missing directories and C(file) states other than C(file),
+          C(directory) and C(absent) fail the task, naming what is missing; check mode works. Other modules
+          need Python, as ever.
     options:
       domain:
         description:
@@ -195,6 +203,23 @@ DOCUMENTATION = r"""
           - name: ansible_virtomate_chunk_size
         env:
           - name: ANSIBLE_VIRTOMATE_CHUNK_SIZE
+      shell_modules:
+        description:
+          - Whether the C(copy) and C(fetch) actions run the collection's shell modules (C(stat), C(copy),
+            C(file), C(slurp) in POSIX sh) instead of Ansible's Python ones. V(auto) uses them on a guest
+            without Python (no C(python3), C(python) on its E(PATH), nor C(/usr/libexec/platform-python)),
+            looked for once per guest and run (one command in the guest, the first time a task runs a
+            module). Set V(never) for a Python Ansible finds only through C(ansible_python_interpreter).
+        type: string
+        default: auto
+        choices: [auto, always, never]
+        vars:
+          - name: ansible_virtomate_shell_modules
+        env:
+          - name: ANSIBLE_VIRTOMATE_SHELL_MODULES
+        ini:
+          - section: virtomate_connection
+            key: shell_modules
       remote_user:
         description:
           - The user commands run as before C(become). The agent runs as root, so this is always C(root);
@@ -230,9 +255,11 @@ EXAMPLES = r"""
 
 import os
 
+from ansible import constants as C
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
 from ansible.module_utils.common.text.converters import to_bytes, to_native, to_text
 from ansible.plugins.connection import ConnectionBase
+from ansible.plugins.loader import module_loader
 from ansible.utils.display import Display
 
 from ansible_collections.virtomate.guest.plugins.plugin_utils.virtomate import (
@@ -243,6 +270,13 @@ from ansible_collections.virtomate.guest.plugins.plugin_utils.virtomate import (
     fetch_file_chunked,
     put_file_chunked,
     worth_compressing,
+)
+from ansible_collections.virtomate.guest.plugins.plugin_utils.shell_modules import (
+    PYTHON_PROBE,
+    SHELL_MODULES_DIR,
+    ProbeError,
+    cache_name,
+    wants_shell_modules,
 )
 
 display = Display()
@@ -279,6 +313,8 @@ class Connection(ConnectionBase):
         self._shell.set_options = set_options
         # Whether the guest has no gzip (a `copy --compress` said so).
         self._no_gzip = False
+        # Whether modules come from the shell modules (None: not asked yet).
+        self._shell_modules = None
 
     # --- connecting ---------------------------------------------------
 
@@ -348,6 +384,35 @@ class Connection(ConnectionBase):
         raise AnsibleError('%s: become (%s) did not succeed: exit status %d, stdout: %s, stderr: %s'
                            % (self._virtomate.domain, getattr(self.become, 'name', 'become'), rc,
                               to_text(stdout[:500]).strip(), to_text(stderr[:500]).strip()))
+
+    # --- modules ------------------------------------------------------
+
+    @property
+    def module_implementation_preferences(self):
+        """The endings Ansible looks for a module's file with, in order; read
+        only when a task runs a module. On a guest without Python: `.sh`
+        first, from the collection's shell modules."""
+        return ('.sh', '') if self._uses_shell_modules() else ('',)
+
+    def _uses_shell_modules(self):
+        if self._shell_modules is None:
+            virtomate = self._virtomate or self._make_virtomate()
+            cache = os.path.join(C.DEFAULT_LOCAL_TMP, cache_name(virtomate.ssh_host, virtomate.domain))
+            try:
+                self._shell_modules = self._call(wants_shell_modules, self.get_option('shell_modules'),
+                                                 self._probe_python, cache)
+            except ProbeError as e:
+                raise AnsibleError('%s: %s' % (virtomate.domain, e))
+            if self._shell_modules:
+                display.vvv('VIRTOMATE SHELL MODULES FROM %s' % SHELL_MODULES_DIR, host=virtomate.domain)
+                # This worker process's loader: one task, one host.
+                module_loader.add_directory(SHELL_MODULES_DIR)
+        return self._shell_modules
+
+    def _probe_python(self):
+        """Whether the guest has Python: the probe's exit status."""
+        self._connect()
+        return self._runner.run(['/bin/sh', '-c', PYTHON_PROBE]).rc
 
     # --- files --------------------------------------------------------
 

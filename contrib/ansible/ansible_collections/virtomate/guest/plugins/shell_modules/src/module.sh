@@ -1,0 +1,336 @@
+#!/bin/sh
+# Ansible's stat, copy, file and slurp modules in POSIX sh with busybox's
+# applets, for guests without Python (the connection's shell_modules
+# option): what Ansible's copy and fetch actions ask of them, and the
+# common options around that. Any other option fails the task, naming it.
+#
+# One script, installed as stat.sh, copy.sh, file.sh and slurp.sh. Ansible
+# runs it as DIR/AnsiballZ_NAME.sh ARGS_FILE (an "old-style" module), with
+# the arguments as it writes them on the controller: NAME=VALUE words, each
+# VALUE quoted for sh by Python's shlex.quote. Values are strings: True,
+# False, None as Python prints them, and an unquoted YAML mode such as
+# 0644 arrives as 420 (quote modes).
+
+set -u
+
+# --- the result --------------------------------------------------------
+
+RESULT=''
+
+json_str() { # TEXT: as a JSON string (other control characters become ?)
+  printf '"%s"' "$(printf '%s' "$1" | tr '\001-\010\013-\037' '?' |
+    sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/	/\\t/g' | sed -e ':a' -e 'N' -e '$!ba' -e 's/\n/\\n/g')"
+}
+put() { RESULT="$RESULT${RESULT:+, }\"$1\": $2"; }   # KEY JSON
+put_str() { put "$1" "$(json_str "$2")"; }           # KEY TEXT
+put_bool() { if [ "$2" = 1 ]; then put "$1" true; else put "$1" false; fi; }
+finish() { printf '{%s}\n' "$RESULT"; exit 0; }
+# Fails the task; from within $(...) too, whose caller then exits 1.
+exec 5>&1
+fail() {
+  RESULT=''
+  put failed true
+  put_str msg "$1"
+  printf '{%s}\n' "$RESULT" >&5
+  exit 1
+}
+
+# --- the arguments -----------------------------------------------------
+
+MODULE=${0##*/}
+MODULE=${MODULE#AnsiballZ_}
+MODULE=${MODULE%.sh}
+if [ $# -lt 1 ] || [ ! -r "$1" ]; then fail "$MODULE: no arguments file"; fi
+# The file is Ansible's, written on the controller (see the top).
+eval "set -- $(cat "$1")"
+GIVEN=''
+for word in "$@"; do
+  name=${word%%=*}
+  case $name in '' | *[!A-Za-z0-9_]*) fail "$MODULE: bad argument name: $name" ;; esac
+  eval "arg_$name=\${word#*=}"
+  GIVEN="$GIVEN $name"
+done
+
+arg() { # NAME [NAME...]: the first one given, empty for None
+  for a in "$@"; do
+    eval "v=\${arg_$a-}"
+    if [ -n "$v" ] && [ "$v" != None ]; then printf '%s' "$v"; return; fi
+  done
+}
+bool_value() { # VALUE: 1, 0, or nothing for what is not a boolean
+  case $(printf '%s' "$1" | tr '[:upper:]' '[:lower:]') in
+    1 | true | yes | on | y | t) echo 1 ;;
+    0 | false | no | off | n | f | '' | none) echo 0 ;;
+  esac
+}
+is_on() { # NAME DEFAULT(0|1): whether the boolean option NAME is true
+  v=$(arg "$1")
+  b=$(bool_value "${v:-$2}")
+  [ -n "$b" ] || fail "$MODULE: $1 is not a boolean: $v"
+  [ "$b" = 1 ]
+}
+
+# Fails on an option this implementation lacks; one given as false or None
+# asks for nothing and passes.
+accept() { # NAME...: the options this module takes
+  is_on _ansible_ignore_unknown_opts 0 && return
+  for name in $GIVEN; do
+    case " $* " in *" $name "*) continue ;; esac
+    case $name in _ansible_*) continue ;; esac
+    if [ "$(bool_value "$(arg "$name")")" != 0 ]; then
+      fail "$MODULE: option '$name' is not supported on a guest without Python (virtomate shell modules)"
+    fi
+  done
+}
+
+CHECK_MODE=0
+is_on _ansible_check_mode 0 && CHECK_MODE=1
+act() { [ "$CHECK_MODE" = 1 ] || "$@"; }
+no_diff() {
+  ! is_on _ansible_diff 0 ||
+    fail "$MODULE: diff mode is not supported on a guest without Python (virtomate shell modules)"
+}
+
+# --- files -------------------------------------------------------------
+
+checksum() { # ALGORITHM FILE: in SUM
+  case $1 in md5 | sha1 | sha256 | sha512) ;; *) fail "$MODULE: checksum_algorithm $1 is not supported" ;; esac
+  SUM=$("${1}sum" <"$2") || fail "$MODULE: cannot read $2"
+  SUM=${SUM%% *}
+}
+mode_of() { printf '%04o' "0$(stat -c %a "$1")"; }
+
+# The mode option as chmod's argument, checked on a scratch file (a
+# symbolic mode needs the mode it starts from): empty when not given.
+MODE=$(arg mode)
+case $MODE in preserve) fail "$MODULE: mode=preserve is not supported here" ;; esac
+mode_wanted() { # PATH: the mode PATH gets from MODE, as stat's %a
+  scratch=$(mktemp) || fail "$MODULE: cannot make a temporary file"
+  chmod "$(stat -c %a "$1")" "$scratch"
+  if ! chmod "$MODE" "$scratch" 2>/dev/null; then
+    rm -f "$scratch"
+    fail "$MODULE: bad mode: $MODE"
+  fi
+  stat -c %a "$scratch"
+  rm -f "$scratch"
+}
+
+CHANGED=0
+# Applies mode, owner and group to PATH, in check mode only says whether.
+set_attributes() { # PATH
+  if [ -n "$MODE" ]; then
+    want=$(mode_wanted "$1") || exit 1
+    if [ "$want" != "$(stat -c %a "$1")" ]; then
+      act chmod "$MODE" "$1" || fail "$MODULE: chmod $MODE $1 failed"
+      CHANGED=1
+    fi
+  fi
+  set_id owner %u %U "$1"
+  set_id group %g %G "$1"
+}
+set_id() { # owner|group ID_FORMAT NAME_FORMAT PATH
+  want=$(arg "$1")
+  [ -n "$want" ] || return 0
+  case $want in *[!0-9]*) have=$(stat -c "$3" "$4") ;; *) have=$(stat -c "$2" "$4") ;; esac
+  [ "$want" = "$have" ] && return 0
+  if [ "$1" = owner ]; then act chown "$want" "$4"; else act chgrp "$want" "$4"; fi ||
+    fail "$MODULE: cannot set $1 $want on $4"
+  CHANGED=1
+}
+put_attributes() { # PATH
+  [ -e "$1" ] || return 0
+  put_str mode "$(mode_of "$1")"
+  put uid "$(stat -c %u "$1")"
+  put gid "$(stat -c %g "$1")"
+  put size "$(stat -c %s "$1")"
+}
+
+# --- the modules -------------------------------------------------------
+
+module_stat() {
+  accept path dest name follow get_checksum checksum_algorithm checksum get_size get_md5
+  path=$(arg path dest name)
+  [ -n "$path" ] || fail "stat: missing required arguments: path"
+  follow=0
+  is_on follow 0 && follow=1
+  lnk=0
+  if [ "$follow" = 0 ] && [ -L "$path" ]; then lnk=1; fi
+  if [ "$lnk" = 0 ] && [ ! -e "$path" ]; then
+    put changed false
+    put stat '{"exists": false}'
+    finish
+  fi
+  L=''
+  [ "$follow" = 1 ] && L=-L
+  # shellcheck disable=SC2086  # $L: one option or none
+  fields=$(stat $L -c '%a %s %u %g %i %h %X %Y %Z' "$path") || fail "stat: cannot stat $path"
+  # shellcheck disable=SC2086  # nine numbers
+  set -- $fields
+  STAT=''
+  add() { STAT="$STAT${STAT:+, }\"$1\": $2"; }
+  add exists true
+  add path "$(json_str "$path")"
+  add mode "\"$(printf '%04o' "0$1")\""
+  if [ "$lnk" = 1 ]; then
+    for k in isdir isreg ischr isblk isfifo issock; do add "$k" false; done
+  else
+    for t in d:isdir f:isreg c:ischr b:isblk p:isfifo S:issock; do
+      if test "-${t%%:*}" "$path"; then add "${t#*:}" true; else add "${t#*:}" false; fi
+    done
+  fi
+  if [ "$lnk" = 1 ]; then add islnk true; else add islnk false; fi
+  add size "$2"
+  add uid "$3"
+  add gid "$4"
+  add inode "$5"
+  add nlink "$6"
+  add atime "$7"
+  add mtime "$8"
+  add ctime "$9"
+  if [ "$lnk" = 1 ]; then
+    add lnk_source "$(json_str "$(readlink -f "$path")")"
+    add lnk_target "$(json_str "$(readlink "$path")")"
+  fi
+  if [ "$lnk" = 0 ] && [ -f "$path" ] && [ -r "$path" ] && is_on get_checksum 1; then
+    alg=$(arg checksum_algorithm checksum)
+    checksum "${alg:-sha1}" "$path"
+    add checksum "\"$SUM\""
+  fi
+  put changed false
+  put stat "{$STAT}"
+  finish
+}
+
+module_slurp() {
+  accept src path
+  src=$(arg src path)
+  [ -n "$src" ] || fail "slurp: missing required arguments: src"
+  [ -e "$src" ] || fail "file not found: $src"
+  [ ! -d "$src" ] || fail "source is a directory and must be a file: $src"
+  [ -r "$src" ] || fail "file is not readable: $src"
+  # Streamed: the file is never held in the shell's memory.
+  exec 3<"$src" || fail "file is not readable: $src"
+  printf '{"changed": false, "encoding": "base64", "source": %s, "content": "' "$(json_str "$src")"
+  base64 <&3 | tr -d '\n'
+  printf '"}\n'
+  exit 0
+}
+
+module_copy() {
+  accept src dest _original_basename checksum follow force mode owner group local_follow directory_mode
+  no_diff
+  src=$(arg src)
+  dest=$(arg dest)
+  if [ -z "$src" ] || [ -z "$dest" ]; then fail "copy: src and dest are required"; fi
+  [ -f "$src" ] || fail "Source $src not found"
+  # A bad mode fails before anything is written.
+  if [ -n "$MODE" ]; then mode_wanted "$src" >/dev/null || exit 1; fi
+  checksum sha1 "$src"
+  sum=$SUM
+  expected=$(arg checksum)
+  [ -z "$expected" ] || [ "$expected" = "$sum" ] ||
+    fail "Copied file does not match the expected checksum. Transfer failed."
+  base=$(arg _original_basename)
+  case $dest in */) dest="$dest${base:-${src##*/}}" ;; esac
+  [ -d "$dest" ] && dest="${dest%/}/${base:-${src##*/}}"
+  if [ -L "$dest" ] && is_on follow 0; then dest=$(readlink -f "$dest"); fi
+  dir=$(dirname "$dest")
+  [ -d "$dir" ] || fail "Destination directory $dir does not exist"
+  if [ -e "$dest" ] && ! is_on force 1; then
+    put changed false
+    put_str dest "$dest"
+    put_str src "$src"
+    finish
+  fi
+  if [ -d "$dest" ]; then fail "copy: $dest is a directory"; fi
+  SUM=''
+  if [ -f "$dest" ] && [ ! -L "$dest" ]; then checksum sha1 "$dest"; fi
+  if [ "$SUM" != "$sum" ]; then
+    CHANGED=1
+    if [ "$CHECK_MODE" = 0 ]; then replace "$src" "$dest"; fi
+  fi
+  set_attributes "$dest"
+  put_bool changed "$CHANGED"
+  put_str dest "$dest"
+  put_str src "$src"
+  put_str checksum "$sum"
+  put_str state file
+  put_attributes "$dest"
+  finish
+}
+
+# Writes SRC's bytes to DEST by a rename in DEST's directory, keeping the
+# mode and owner of a DEST that exists (a new one gets the umask's mode).
+replace() { # SRC DEST
+  tmp=$(mktemp "$(dirname "$2")/.virtomate-copy.XXXXXX") || fail "copy: cannot write in $(dirname "$2")"
+  if ! cat "$1" >"$tmp"; then
+    rm -f "$tmp"
+    fail "copy: cannot write $tmp"
+  fi
+  if [ -f "$2" ] && [ ! -L "$2" ]; then
+    chmod "$(stat -c %a "$2")" "$tmp" && chown "$(stat -c %u:%g "$2")" "$tmp"
+  else
+    chmod "$(printf '%o' $((0666 & ~0$(umask))))" "$tmp"
+  fi || {
+    rm -f "$tmp"
+    fail "copy: cannot set the mode of $tmp"
+  }
+  mv -f "$tmp" "$2" || {
+    rm -f "$tmp"
+    fail "copy: cannot rename $tmp to $2"
+  }
+}
+
+module_file() {
+  accept path dest name state mode owner group recurse follow force _original_basename _diff_peek
+  no_diff
+  [ -z "$(arg _diff_peek)" ] || fail "file: diff mode is not supported on a guest without Python"
+  ! is_on recurse 0 || fail "file: recurse is not supported on a guest without Python"
+  path=$(arg path dest name)
+  [ -n "$path" ] || fail "file: missing required arguments: path"
+  if [ -L "$path" ] && ! is_on follow 1; then
+    fail "file: $path is a symlink; follow=false is not supported on a guest without Python"
+  fi
+  state=$(arg state)
+  if [ -z "$state" ]; then
+    if [ -d "$path" ]; then state=directory; else state='file'; fi
+  fi
+  case $state in
+    file)
+      base=$(arg _original_basename)
+      if [ -d "$path" ] && [ -n "$base" ]; then path="${path%/}/$base"; fi
+      [ -e "$path" ] || fail "file ($path) is absent, cannot continue"
+      [ ! -d "$path" ] || fail "file ($path) is a directory, cannot continue"
+      ;;
+    directory)
+      if [ ! -d "$path" ]; then
+        [ ! -e "$path" ] || fail "$path exists but is not a directory"
+        act mkdir -p "$path" || fail "file: cannot make directory $path"
+        CHANGED=1
+      fi
+      ;;
+    absent)
+      if [ -e "$path" ] || [ -L "$path" ]; then
+        act rm -rf "$path" || fail "file: cannot remove $path"
+        CHANGED=1
+      fi
+      put_bool changed "$CHANGED"
+      put_str path "$path"
+      put_str state absent
+      finish
+      ;;
+    *) fail "file: state=$state is not supported on a guest without Python" ;;
+  esac
+  # In check mode a directory to make does not exist yet.
+  [ -e "$path" ] && set_attributes "$path"
+  put_bool changed "$CHANGED"
+  put_str path "$path"
+  put_str state "$state"
+  put_attributes "$path"
+  finish
+}
+
+case $MODULE in
+  stat | slurp | copy | file) "module_$MODULE" ;;
+  *) fail "no shell module named $MODULE" ;;
+esac
