@@ -4,15 +4,17 @@
 # and the busybox VM, booted under TCG.
 #
 # 1. the plugin's unit tests (session client against a fake session, the
-#    command lines, which files go gzipped);
+#    command lines, which files go gzipped, which guests get the shell
+#    modules, and the shell modules themselves under busybox sh);
 # 2. tests/ansible/main.yml with forks 3, one `virtomate guest-run` per
 #    command through virtomate's control master (`--persist`, the
 #    default): ping, command with stdin, shell with a pipeline, copy of a
 #    5 MiB file (random: not gzipped) and of a 1 MiB text file (gzipped),
 #    fetch, template, stat, file, become (sudo, su), a failing task with
-#    ignore_errors; on the busybox VM (no Python, no /etc/passwd): raw and
-#    script (Ansible's copy and fetch run its stat module first: they need
-#    Python). One Python VM by name on this host, the other by socket path
+#    ignore_errors; on the busybox VM (no Python, no /etc/passwd): raw,
+#    script, and copy (a file, twice, and content:), file and fetch (a file,
+#    a missing one) through the collection's shell modules, which only the
+#    busybox VM gets. One Python VM by name on this host, the other by socket path
 #    through an "ssh" to a hypervisor
 #    host (a stand-in that runs the command here, so the remote command
 #    line is quoted and split as over real SSH). Every virtomate run is
@@ -61,7 +63,10 @@ log "prepared in $((SECONDS - started)) s"
 
 collection="$repo/contrib/ansible/ansible_collections/virtomate/guest"
 unit_started=$SECONDS
-"$venv/bin/python" "$collection/tests/unit/plugins/plugin_utils/test_virtomate.py"
+for t in plugin_utils/test_virtomate.py plugin_utils/test_shell_modules.py shell_modules/test_modules.py \
+  connection/test_virtomate.py; do
+  "$venv/bin/python" "$collection/tests/unit/plugins/$t"
+done
 log "unit tests in $((SECONDS - unit_started)) s"
 
 work="$(mktemp -d /tmp/virtomate-ansible.XXXXXX)"
@@ -133,6 +138,8 @@ head -c $((5 * 1024 * 1024)) /dev/urandom >"$work/big.bin"
 big_sha1="$(sha1sum "$work/big.bin" | cut -d' ' -f1)"
 for i in $(seq 30000); do echo "line $i of a text file that packs well"; done >"$work/text.txt"
 text_sha1="$(sha1sum "$work/text.txt" | cut -d' ' -f1)"
+head -c $((300 * 1024)) /dev/urandom >"$work/bb.bin"
+bb_sha1="$(sha1sum "$work/bb.bin" | cut -d' ' -f1)"
 mkdir -p "$work/fetched"
 
 export ANSIBLE_COLLECTIONS_PATH="$repo/contrib/ansible"
@@ -172,10 +179,21 @@ main_pass() { # MODE
   for d in py1 py2 bb; do "$VIRTOMATE" control exit "virtomate-ansible-$d-$tag" >/dev/null 2>&1 || true; done
   ANSIBLE_VIRTOMATE_PERSIST_SECONDS="$([ "$mode" = master ] && echo 60 || echo 0)" \
     run_playbook "main-$mode" main.yml "$work/inventory.ini" \
-    -e "big_file=$work/big.bin" -e "text_file=$work/text.txt" -e "fetch_dir=$work/fetched" -e "test_pass=$mode"
+    -e "big_file=$work/big.bin" -e "text_file=$work/text.txt" -e "bb_file=$work/bb.bin" \
+    -e "fetch_dir=$work/fetched" -e "test_pass=$mode"
   "$venv/bin/python" tests/ansible/check.py main "$work/main-$mode.json" \
-    "big_sha1=$big_sha1" "text_sha1=$text_sha1" "fetch_dir=$work/fetched"
+    "big_sha1=$big_sha1" "text_sha1=$text_sha1" "bb_sha1=$bb_sha1" "fetch_dir=$work/fetched" "test_pass=$mode"
   grep -q hypervisor2 "$work/fake-ssh.log" || { log "py2 did not go through ssh"; exit 1; }
+  # Shell modules (Ansible runs them as AnsiballZ_stat.sh, ...) on the
+  # busybox VM only: virtomate runs that name one, by the VM they went to
+  # (a run's lines start with the plugin's --timeout).
+  read -r shell_modules shell_modules_elsewhere < <(awk -v bb="virtomate-ansible-bb-$tag" '
+    function flush() { if (run ~ /AnsiballZ_[a-z]*\.sh/) { if (index(run, bb)) n++; else elsewhere++ } }
+    /^--timeout / { flush(); run = "" }
+    { run = run "\n" $0 }
+    END { flush(); print n + 0, elsewhere + 0 }' "$work/virtomate.log")
+  [ "$shell_modules" -gt 0 ] && [ "$shell_modules_elsewhere" -eq 0 ] ||
+    { log "shell modules: $shell_modules runs on bb, $shell_modules_elsewhere elsewhere"; exit 1; }
   sessions="$(runs session)"
   guest_runs="$(runs guest-run)"
   persisted="$(grep -c -- '--persist 60 ' "$work/virtomate.log" || true)"
@@ -184,7 +202,8 @@ main_pass() { # MODE
   compressed="$(grep -c -- ' copy --compress .*\.source\.txt$' "$work/virtomate.log" || true)"
   grep -q -- ' copy --compress .*\.source\.bin$' "$work/virtomate.log" && { log "random data gzipped"; exit 1; }
   log "$mode: virtomate ran: $sessions session, $guest_runs guest-run, $(runs copy) copy" \
-    "($compressed of the text file --compress), $(runs --help) --help, $persisted with --persist"
+    "($compressed of the text file --compress), $(runs --help) --help, $persisted with --persist," \
+    "$shell_modules with a shell module"
   [ "$sessions" -eq 0 ] && [ "$guest_runs" -gt 0 ] && [ "$compressed" -eq 2 ] ||
     { log "want guest-run, no session, and the text file compressed twice"; exit 1; }
   if [ "$mode" = master ]; then

@@ -72,6 +72,8 @@ if kind == 'main':
         check(ok(h, 'file makes a directory').get('mode') == '0750', '%s: file' % h)
         st = ok(h, 'stat the directory').get('stat', {})
         check(st.get('isdir') is True and st.get('mode') == '0750', '%s: stat %s' % (h, st))
+        # Python's stat module, not the shell one (which has no pw_name).
+        check(st.get('pw_name') == 'root', '%s: stat not by the Python module: %s' % (h, st))
         check(ok(h, 'become alice with sudo').get('stdout') == 'alice', '%s: become sudo' % h)
         check(ok(h, 'become alice with su, raw').get('stdout_lines') == ['alice'], '%s: become su' % h)
         r = res(h, 'a failing task')
@@ -79,12 +81,37 @@ if kind == 'main':
               '%s: failing task %s' % (h, {k: r.get(k) for k in ('failed', 'rc', 'stderr', 'msg')}))
         check(ok(h, 'the play goes on').get('stdout_lines') == ['still here'], '%s: after the failure' % h)
     s = stats.get('bb', {})
-    check(s.get('unreachable') == 0 and s.get('failures') == 0, 'bb: stats %s' % s)
+    check(s.get('unreachable') == 0 and s.get('failures') == 0 and s.get('ignored') == 2, 'bb: stats %s' % s)
     r = ok('bb', 'raw')
     check(r.get('stdout_lines') == ['raw-ok', 'LINUX'] and r.get('rc') == 0, 'bb: raw %s' % r.get('stdout_lines'))
     r = ok('bb', 'script')
     check(r.get('stdout_lines') == ['script-ok arg1', 'Linux'] and r.get('rc') == 0,
           'bb: script %s' % r.get('stdout_lines'))
+    # Without Python: the shell modules.
+    r = ok('bb', 'file makes a directory')
+    check(r.get('mode') == '0750' and r.get('state') == 'directory', 'bb: file %s' % r)
+    bb_sha1, copied = params['bb_sha1'], 'copied-%s.bin' % params['test_pass']
+    r = ok('bb', 'copy a file')
+    check(r.get('changed') is True and r.get('checksum') == bb_sha1 and r.get('mode') == '0640'
+          and r.get('dest') == '/tmp/virtomate-bb/' + copied, 'bb: copy %s' % r)
+    r = ok('bb', 'copy it again')
+    check(r.get('changed') is False and r.get('checksum') == bb_sha1, 'bb: copy again %s' % r)
+    r = ok('bb', 'the copy in the guest')
+    check(r.get('stdout_lines') == ['%s  %s' % (bb_sha1, copied), '640'], 'bb: in the guest %s' % r.get('stdout'))
+    r = ok('bb', 'copy with content')
+    check(r.get('changed') is True and r.get('mode') == '0600', 'bb: content %s' % r)
+    r = ok('bb', 'the content in the guest')
+    check(r.get('stdout_lines') == ['written by content', '600'], 'bb: content in the guest %s' % r.get('stdout'))
+    r = ok('bb', 'fetch the copy back')
+    fetched = os.path.join(params['fetch_dir'], 'bb', 'tmp', 'virtomate-bb', copied)
+    check(r.get('changed') is True and r.get('checksum') == bb_sha1, 'bb: fetch %s' % r)
+    check(os.path.exists(fetched) and hashlib.sha1(open(fetched, 'rb').read()).hexdigest() == bb_sha1,
+          'bb: fetched file %s differs or is missing' % fetched)
+    r = res('bb', 'fetch a missing file')
+    check(r.get('failed') is True and 'does not exist' in r.get('msg', ''), 'bb: fetch missing %s' % r.get('msg'))
+    r = res('bb', 'copy with an option the shell modules lack')
+    check(r.get('failed') is True and "option 'validate' is not supported on a guest without Python" in r.get('msg', ''),
+          'bb: unsupported option %s' % r.get('msg'))
 elif kind == 'faults':
     expected = {
         'agent_stopped': ('ping', ('AgentTimeout', 'AgentUnavailable')),

@@ -31,9 +31,9 @@ DOCUMENTATION = r"""
         - Windows guests are not supported (commands go through C(/bin/sh)).
         - On a guest without Python (see O(shell_modules)), C(raw) and C(script) work as anywhere, and the
           C(copy) and C(fetch) actions run the collection's POSIX sh versions of the C(stat), C(copy), C(file)
-          and C(slurp) modules (busybox's applets are enough). They take the options these actions use: copy
-          of a file or C(content) with C(dest), C(mode) (quoted: an unquoted C(0644) reaches them as 420),
-          C(owner), C(group), C(force), C(follow), C(checksum); fetch with all its options. Other options,
+          and C(slurp) modules (busybox's applets are enough). They take the options these actions use (copy
+          of a file or C(content) with C(dest), C(mode) (quoted, since an unquoted C(0644) reaches them as 420),
+          C(owner), C(group), C(force), C(follow), C(checksum); fetch with all its options). Other options,
           C(--diff), recursive copies into missing directories and C(file) states other than C(file),
           C(directory) and C(absent) fail the task, naming what is missing; check mode works. Other modules
           need Python, as ever.
