@@ -10,6 +10,9 @@
 # VALUE quoted for sh by Python's shlex.quote. Values are strings: True,
 # False, None as Python prints them, and an unquoted YAML mode such as
 # 0644 arrives as 420 (quote modes).
+#
+# Under emulation each process costs milliseconds: the helpers set
+# variables rather than print into $(...), which forks.
 
 set -u
 
@@ -17,21 +20,24 @@ set -u
 
 RESULT=''
 
-json_str() { # TEXT: as a JSON string (other control characters become ?)
-  printf '"%s"' "$(printf '%s' "$1" | tr '\001-\010\013-\037' '?' |
-    sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/	/\\t/g' | sed -e ':a' -e 'N' -e '$!ba' -e 's/\n/\\n/g')"
+json_str() { # TEXT: as a JSON string in JSON (other control characters become ?)
+  case $1 in
+    *[\"\\]* | *[[:cntrl:]]*)
+      JSON=\"$(printf '%s' "$1" | tr '\001-\010\013-\037' '?' |
+        sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' -e 's/	/\\t/g' | sed -e ':a' -e 'N' -e '$!ba' -e 's/\n/\\n/g')\"
+      ;;
+    *) JSON=\"$1\" ;;
+  esac
 }
 put() { RESULT="$RESULT${RESULT:+, }\"$1\": $2"; }   # KEY JSON
-put_str() { put "$1" "$(json_str "$2")"; }           # KEY TEXT
+put_str() { json_str "$2"; put "$1" "$JSON"; }       # KEY TEXT
 put_bool() { if [ "$2" = 1 ]; then put "$1" true; else put "$1" false; fi; }
 finish() { printf '{%s}\n' "$RESULT"; exit 0; }
-# Fails the task; from within $(...) too, whose caller then exits 1.
-exec 5>&1
 fail() {
   RESULT=''
   put failed true
   put_str msg "$1"
-  printf '{%s}\n' "$RESULT" >&5
+  printf '{%s}\n' "$RESULT"
   exit 1
 }
 
@@ -51,23 +57,30 @@ for word in "$@"; do
   GIVEN="$GIVEN $name"
 done
 
-arg() { # NAME [NAME...]: the first one given, empty for None
+opt() { # VAR NAME [NAME...]: VAR = the first option given, empty for None
+  var=$1
+  shift
   for a in "$@"; do
     eval "v=\${arg_$a-}"
-    if [ -n "$v" ] && [ "$v" != None ]; then printf '%s' "$v"; return; fi
+    if [ -n "$v" ] && [ "$v" != None ]; then
+      eval "$var=\$v"
+      return
+    fi
   done
+  eval "$var="
 }
-bool_value() { # VALUE: 1, 0, or nothing for what is not a boolean
-  case $(printf '%s' "$1" | tr '[:upper:]' '[:lower:]') in
-    1 | true | yes | on | y | t) echo 1 ;;
-    0 | false | no | off | n | f | '' | none) echo 0 ;;
+bool_of() { # VALUE: BOOL = 1, 0, or empty for what is not a boolean
+  case $1 in
+    1 | [Tt][Rr][Uu][Ee] | [Yy][Ee][Ss] | [Oo][Nn] | [Yy] | [Tt]) BOOL=1 ;;
+    0 | [Ff][Aa][Ll][Ss][Ee] | [Nn][Oo] | [Oo][Ff][Ff] | [Nn] | [Ff] | '' | None) BOOL=0 ;;
+    *) BOOL='' ;;
   esac
 }
 is_on() { # NAME DEFAULT(0|1): whether the boolean option NAME is true
-  v=$(arg "$1")
-  b=$(bool_value "${v:-$2}")
-  [ -n "$b" ] || fail "$MODULE: $1 is not a boolean: $v"
-  [ "$b" = 1 ]
+  opt value "$1"
+  bool_of "${value:-$2}"
+  [ -n "$BOOL" ] || fail "$MODULE: $1 is not a boolean: $value"
+  [ "$BOOL" = 1 ]
 }
 
 # Fails on an option this implementation lacks; one given as false or None
@@ -77,7 +90,9 @@ accept() { # NAME...: the options this module takes
   for name in $GIVEN; do
     case " $* " in *" $name "*) continue ;; esac
     case $name in _ansible_*) continue ;; esac
-    if [ "$(bool_value "$(arg "$name")")" != 0 ]; then
+    opt value "$name"
+    bool_of "$value"
+    if [ "$BOOL" != 0 ]; then
       fail "$MODULE: option '$name' is not supported on a guest without Python (virtomate shell modules)"
     fi
   done
@@ -98,20 +113,31 @@ checksum() { # ALGORITHM FILE: in SUM
   SUM=$("${1}sum" <"$2") || fail "$MODULE: cannot read $2"
   SUM=${SUM%% *}
 }
-mode_of() { printf '%04o' "0$(stat -c %a "$1")"; }
+octal4() { # MODE: OCTAL = MODE as Python's '%04o' writes it
+  OCTAL=$1
+  while [ ${#OCTAL} -lt 4 ]; do OCTAL=0$OCTAL; done
+}
 
-# The mode option as chmod's argument, checked on a scratch file (a
-# symbolic mode needs the mode it starts from): empty when not given.
-MODE=$(arg mode)
+# The mode option, as chmod takes it: empty when not given.
+opt MODE mode
 case $MODE in preserve) fail "$MODULE: mode=preserve is not supported here" ;; esac
-mode_wanted() { # PATH: the mode PATH gets from MODE, as stat's %a
+mode_wanted() { # PATH: WANT = the mode PATH gets from MODE, as stat's %a
+  case $MODE in
+    *[!0-7]*) ;;
+    ?*)
+      # Octal: no need to ask chmod.
+      [ ${#MODE} -le 5 ] || fail "$MODULE: bad mode: $MODE"
+      WANT=$(printf '%o' $((0$MODE & 07777)))
+      return
+      ;;
+  esac
+  # Symbolic: applied to a scratch file with PATH's mode, which also checks it.
   scratch=$(mktemp) || fail "$MODULE: cannot make a temporary file"
-  chmod "$(stat -c %a "$1")" "$scratch"
-  if ! chmod "$MODE" "$scratch" 2>/dev/null; then
+  if ! { chmod "$(stat -c %a "$1")" "$scratch" && chmod "$MODE" "$scratch" 2>/dev/null; }; then
     rm -f "$scratch"
     fail "$MODULE: bad mode: $MODE"
   fi
-  stat -c %a "$scratch"
+  WANT=$(stat -c %a "$scratch")
   rm -f "$scratch"
 }
 
@@ -119,8 +145,8 @@ CHANGED=0
 # Applies mode, owner and group to PATH, in check mode only says whether.
 set_attributes() { # PATH
   if [ -n "$MODE" ]; then
-    want=$(mode_wanted "$1") || exit 1
-    if [ "$want" != "$(stat -c %a "$1")" ]; then
+    mode_wanted "$1"
+    if [ "$WANT" != "$(stat -c %a "$1")" ]; then
       act chmod "$MODE" "$1" || fail "$MODULE: chmod $MODE $1 failed"
       CHANGED=1
     fi
@@ -129,7 +155,7 @@ set_attributes() { # PATH
   set_id group %g %G "$1"
 }
 set_id() { # owner|group ID_FORMAT NAME_FORMAT PATH
-  want=$(arg "$1")
+  opt want "$1"
   [ -n "$want" ] || return 0
   case $want in *[!0-9]*) have=$(stat -c "$3" "$4") ;; *) have=$(stat -c "$2" "$4") ;; esac
   [ "$want" = "$have" ] && return 0
@@ -139,17 +165,20 @@ set_id() { # owner|group ID_FORMAT NAME_FORMAT PATH
 }
 put_attributes() { # PATH
   [ -e "$1" ] || return 0
-  put_str mode "$(mode_of "$1")"
-  put uid "$(stat -c %u "$1")"
-  put gid "$(stat -c %g "$1")"
-  put size "$(stat -c %s "$1")"
+  # shellcheck disable=SC2046  # four numbers
+  set -- $(stat -c '%a %u %g %s' "$1")
+  octal4 "$1"
+  put mode "\"$OCTAL\""
+  put uid "$2"
+  put gid "$3"
+  put size "$4"
 }
 
 # --- the modules -------------------------------------------------------
 
 module_stat() {
   accept path dest name follow get_checksum checksum_algorithm checksum get_size get_md5
-  path=$(arg path dest name)
+  opt path path dest name
   [ -n "$path" ] || fail "stat: missing required arguments: path"
   follow=0
   is_on follow 0 && follow=1
@@ -169,8 +198,10 @@ module_stat() {
   STAT=''
   add() { STAT="$STAT${STAT:+, }\"$1\": $2"; }
   add exists true
-  add path "$(json_str "$path")"
-  add mode "\"$(printf '%04o' "0$1")\""
+  json_str "$path"
+  add path "$JSON"
+  octal4 "$1"
+  add mode "\"$OCTAL\""
   if [ "$lnk" = 1 ]; then
     for k in isdir isreg ischr isblk isfifo issock; do add "$k" false; done
   else
@@ -188,11 +219,13 @@ module_stat() {
   add mtime "$8"
   add ctime "$9"
   if [ "$lnk" = 1 ]; then
-    add lnk_source "$(json_str "$(readlink -f "$path")")"
-    add lnk_target "$(json_str "$(readlink "$path")")"
+    json_str "$(readlink -f "$path")"
+    add lnk_source "$JSON"
+    json_str "$(readlink "$path")"
+    add lnk_target "$JSON"
   fi
   if [ "$lnk" = 0 ] && [ -f "$path" ] && [ -r "$path" ] && is_on get_checksum 1; then
-    alg=$(arg checksum_algorithm checksum)
+    opt alg checksum_algorithm checksum
     checksum "${alg:-sha1}" "$path"
     add checksum "\"$SUM\""
   fi
@@ -203,14 +236,15 @@ module_stat() {
 
 module_slurp() {
   accept src path
-  src=$(arg src path)
+  opt src src path
   [ -n "$src" ] || fail "slurp: missing required arguments: src"
   [ -e "$src" ] || fail "file not found: $src"
   [ ! -d "$src" ] || fail "source is a directory and must be a file: $src"
   [ -r "$src" ] || fail "file is not readable: $src"
   # Streamed: the file is never held in the shell's memory.
   exec 3<"$src" || fail "file is not readable: $src"
-  printf '{"changed": false, "encoding": "base64", "source": %s, "content": "' "$(json_str "$src")"
+  json_str "$src"
+  printf '{"changed": false, "encoding": "base64", "source": %s, "content": "' "$JSON"
   base64 <&3 | tr -d '\n'
   printf '"}\n'
   exit 0
@@ -219,22 +253,24 @@ module_slurp() {
 module_copy() {
   accept src dest _original_basename checksum follow force mode owner group local_follow directory_mode
   no_diff
-  src=$(arg src)
-  dest=$(arg dest)
+  opt src src
+  opt dest dest
   if [ -z "$src" ] || [ -z "$dest" ]; then fail "copy: src and dest are required"; fi
   [ -f "$src" ] || fail "Source $src not found"
   # A bad mode fails before anything is written.
-  if [ -n "$MODE" ]; then mode_wanted "$src" >/dev/null || exit 1; fi
+  if [ -n "$MODE" ]; then mode_wanted "$src"; fi
   checksum sha1 "$src"
   sum=$SUM
-  expected=$(arg checksum)
+  opt expected checksum
   [ -z "$expected" ] || [ "$expected" = "$sum" ] ||
     fail "Copied file does not match the expected checksum. Transfer failed."
-  base=$(arg _original_basename)
+  opt base _original_basename
   case $dest in */) dest="$dest${base:-${src##*/}}" ;; esac
   [ -d "$dest" ] && dest="${dest%/}/${base:-${src##*/}}"
   if [ -L "$dest" ] && is_on follow 0; then dest=$(readlink -f "$dest"); fi
-  dir=$(dirname "$dest")
+  case $dest in */*) ;; *) dest=./$dest ;; esac
+  dir=${dest%/*}
+  dir=${dir:-/}
   [ -d "$dir" ] || fail "Destination directory $dir does not exist"
   if [ -e "$dest" ] && ! is_on force 1; then
     put changed false
@@ -262,7 +298,7 @@ module_copy() {
 # Writes SRC's bytes to DEST by a rename in DEST's directory, keeping the
 # mode and owner of a DEST that exists (a new one gets the umask's mode).
 replace() { # SRC DEST
-  tmp=$(mktemp "$(dirname "$2")/.virtomate-copy.XXXXXX") || fail "copy: cannot write in $(dirname "$2")"
+  tmp=$(mktemp "${2%/*}/.virtomate-copy.XXXXXX") || fail "copy: cannot write in ${2%/*}/"
   if ! cat "$1" >"$tmp"; then
     rm -f "$tmp"
     fail "copy: cannot write $tmp"
@@ -284,20 +320,21 @@ replace() { # SRC DEST
 module_file() {
   accept path dest name state mode owner group recurse follow force _original_basename _diff_peek
   no_diff
-  [ -z "$(arg _diff_peek)" ] || fail "file: diff mode is not supported on a guest without Python"
+  opt peek _diff_peek
+  [ -z "$peek" ] || fail "file: diff mode is not supported on a guest without Python"
   ! is_on recurse 0 || fail "file: recurse is not supported on a guest without Python"
-  path=$(arg path dest name)
+  opt path path dest name
   [ -n "$path" ] || fail "file: missing required arguments: path"
   if [ -L "$path" ] && ! is_on follow 1; then
     fail "file: $path is a symlink; follow=false is not supported on a guest without Python"
   fi
-  state=$(arg state)
+  opt state state
   if [ -z "$state" ]; then
     if [ -d "$path" ]; then state=directory; else state='file'; fi
   fi
   case $state in
     file)
-      base=$(arg _original_basename)
+      opt base _original_basename
       if [ -d "$path" ] && [ -n "$base" ]; then path="${path%/}/$base"; fi
       [ -e "$path" ] || fail "file ($path) is absent, cannot continue"
       [ ! -d "$path" ] || fail "file ($path) is a directory, cannot continue"
