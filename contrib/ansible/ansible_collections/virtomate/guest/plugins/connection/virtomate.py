@@ -35,7 +35,8 @@ DOCUMENTATION = r"""
           of a file or C(content) with C(dest), C(mode) (quoted, since an unquoted C(0644) reaches them as 420),
           C(owner), C(group), C(force), C(follow), C(checksum); fetch with all its options). Other options,
           C(--diff), recursive copies into missing directories and C(file) states other than C(file),
-          C(directory) and C(absent) fail the task, naming what is missing; check mode works. Other modules
+          C(directory) and C(absent) fail the task, naming what is missing; check mode works. A task of its
+          own gets them by the short name (C(file), C(stat)), not as C(ansible.builtin.file). Other modules
           need Python, as ever.
     options:
       domain:

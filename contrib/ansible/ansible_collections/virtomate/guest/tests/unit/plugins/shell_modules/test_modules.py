@@ -148,6 +148,14 @@ class ShellModuleTest(unittest.TestCase):
         self.assertEqual((res['changed'], res['dest'], res['mode']), (True, self.path('d', 'conf'), '0604'))
         self.assertEqual(sorted(os.listdir(self.path('d'))), ['conf'])
 
+    def test_copy_sets_numeric_owner_and_group(self):
+        self.assertEqual(os.geteuid(), 0, 'this test needs root (chown), as scripts/test-ansible.sh runs')
+        src = self.write('src', b'data')
+        res = self.ok('copy', **self.copy_args(src, self.path('dest'), owner='1', group='2'))
+        self.assertEqual((res['changed'], res['uid'], res['gid']), (True, 1, 2))
+        res = self.ok('copy', **self.copy_args(src, self.path('dest'), owner='1', group='2'))
+        self.assertFalse(res['changed'])
+
     def test_copy_without_force_leaves_what_is_there(self):
         self.write('dest', b'old')
         src = self.write('src', b'new')
