@@ -6,7 +6,9 @@
 //! ratios measured in this one run; asserts nothing about time.
 //!
 //! `cargo bench --bench master` (scripts/bench.sh runs it); `BENCH_RUNS`
-//! sets the commands per figure (default 100).
+//! sets the commands per figure (default 100), `BENCH_MASTER_HOST_ONLY=1`
+//! leaves the test VM out, `VIRTOMATE_BIN` names the binary (scripts/bench.sh:
+//! the static one virtomate ships).
 
 #[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
@@ -28,39 +30,47 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(100);
-    let vm = TestVm::boot("bench-master");
+    // BENCH_MASTER_HOST_ONLY=1: the host agent's figures alone, while
+    // working on the master (no VM to boot, no TCG noise).
+    let host_only = std::env::var_os("BENCH_MASTER_HOST_ONLY").is_some();
+    let vm = (!host_only).then(|| TestVm::boot("bench-master"));
     let host = HostAgent::start();
     println!("{runs} sequential guest-run DOMAIN -- /bin/true per figure, in {ROUNDS} interleaved rounds");
     println!("binary: {}", support::virtomate_path().display());
     println!(
-        "{:<11} {:>11} {:>11} {:>11} {:>16} {:>16}",
-        "agent", "session ms", "master ms", "fresh ms", "master/session", "fresh/master"
+        "{:<11} {:>11} {:>11} {:>11} {:>9} {:>16} {:>16} {:>11}",
+        "agent", "session ms", "master ms", "fresh ms", "start ms", "master/session", "fresh/master", "floor"
     );
     let mut rss = Vec::new();
-    for (label, socket, goal) in [("test VM", vm.socket(), 1.3), ("host agent", host.socket(), 1.5)] {
+    let mut agents = vec![("host agent", host.socket(), 1.5)];
+    if let Some(vm) = &vm {
+        agents.insert(0, ("test VM", vm.socket(), 1.3));
+    }
+    for (label, socket, goal) in agents {
         let rounds = ROUNDS.min(runs);
         let per_round = runs / rounds;
-        let mut figures = [Duration::ZERO; 3];
-        // Starts the master.
-        cli_true(&socket, true);
+        let mut figures = [Duration::ZERO; 4];
         for _ in 0..rounds {
             let round = [
                 session_loop(&socket, per_round) / per_round as u32,
-                timed(|| (0..per_round).for_each(|_| cli_true(&socket, true))) / per_round as u32,
+                master_loop(&socket, per_round) / per_round as u32,
                 timed(|| (0..per_round).for_each(|_| cli_true(&socket, false))) / per_round as u32,
+                timed(|| (0..per_round).for_each(|_| cli_version())) / per_round as u32,
             ];
             for (total, figure) in figures.iter_mut().zip(round) {
                 *total += figure / rounds as u32;
             }
         }
-        let [session, master, fresh] = figures;
+        let [session, master, fresh, start] = figures;
         println!(
-            "{label:<11} {:>11.2} {:>11.2} {:>11.2} {:>9.2} (<= {goal}) {:>10.2} (>= 3)",
+            "{label:<11} {:>11.2} {:>11.2} {:>11.2} {:>9.2} {:>9.2} (<= {goal}) {:>10.2} (>= 3) {:>11.2}",
             ms(session),
             ms(master),
             ms(fresh),
+            ms(start),
             ratio(master, session),
-            ratio(fresh, master)
+            ratio(fresh, master),
+            ratio(session + start, session)
         );
         rss.push((label, master_rss_kib(&socket)));
     }
@@ -68,10 +78,21 @@ fn main() {
         "the fresh/master goal is the test VM's, whose agent sleeps 100 ms between looks at a closed port;"
     );
     println!("the host agent has no such sleep, so there a master saves little more than the handshake.");
+    println!(
+        "start: a fresh `virtomate --version` (spawned, loaded, arguments parsed, exited), which every fresh"
+    );
+    println!("process pays; floor: master/session if the master added nothing but that start.");
     for (label, kib) in rss {
         println!("master peak RSS ({label}): {kib} KiB (goal < 16384)");
     }
 
+    let Some(vm) = vm else {
+        let _ = support::virtomate()
+            .args(["control", "exit", host.socket().to_str().unwrap()])
+            .stdout(Stdio::null())
+            .status();
+        return;
+    };
     let socket = vm.socket();
     let answered: Vec<Duration> = (0..5).map(|_| raw_client_behind_idle_master(&socket)).collect();
     let worst = answered.iter().max().copied().unwrap_or_default();
@@ -87,6 +108,16 @@ fn main() {
             .stdout(Stdio::null())
             .status();
     }
+}
+
+/// `runs` fresh processes through the master, once a first one (not
+/// timed) has found it connected: the session's figure, too, starts once
+/// its connection is made. Between rounds the master has let go of the
+/// channel for the session and the fresh processes, as it must, and its
+/// next request connects anew (on the test VM, the agent's wake-up).
+fn master_loop(socket: &Path, runs: usize) -> Duration {
+    cli_true(socket, true);
+    timed(|| (0..runs).for_each(|_| cli_true(socket, true)))
 }
 
 fn cli_true(socket: &Path, through_master: bool) {
@@ -107,6 +138,12 @@ fn cli_true(socket: &Path, through_master: bool) {
         ])
         .output()
         .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// A fresh virtomate that does nothing but start and end.
+fn cli_version() {
+    let out = support::virtomate().arg("--version").output().unwrap();
     assert!(out.status.success(), "{out:?}");
 }
 

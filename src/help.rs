@@ -38,8 +38,25 @@ pub fn command() -> clap::Command {
 
 /// Parses the process's arguments, exiting as clap does on `--help`, on
 /// `--version` and on a usage error.
+///
+/// The grouped list needs every command built, which costs a fresh
+/// process about as much as its exchange with a control master: it is
+/// made only when help is asked for (the root's template is all it
+/// changes).
 pub fn parse() -> Cli {
-    let matches: ArgMatches = command().get_matches();
+    use clap::error::ErrorKind;
+    let matches: ArgMatches = match Cli::command().try_get_matches() {
+        Ok(matches) => matches,
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            command().get_matches()
+        }
+        Err(error) => error.exit(),
+    };
     Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 

@@ -699,3 +699,71 @@ fn a_busy_master_shares_the_channel_with_a_virtomate_that_does_not_use_it() {
     );
     end_master(&agent.socket());
 }
+
+/// Where a big request on its way to the agent of `socket` is noted.
+fn request_note(socket: &Path) -> std::path::PathBuf {
+    let lock = virtomate_protocol::ChannelLock::for_socket(socket).expect("a safe place for lock files");
+    lock.path().with_extension("request")
+}
+
+/// A big request passed on by the master is noted, as a lone client notes
+/// its own, until its reply comes; and the master's handshake, unanswered
+/// under another process's fresh note, fails as a lone client's does:
+/// the agent is most likely still busy with that request.
+#[test]
+fn the_master_notes_the_big_requests_it_passes_on_and_reads_others_notes() {
+    use crate::support::fake_agent::FakeAgent;
+    let (go_on, reply_now) = std::sync::mpsc::channel::<()>();
+    let agent = FakeAgent::serve(move |mut conn| {
+        conn.sync();
+        conn.answer("guest-ping", json!({}));
+        let request = conn.request();
+        assert_eq!(request["execute"], "guest-file-write", "{request}");
+        reply_now.recv().unwrap();
+        conn.reply(&json!({"return": {"count": 3, "eof": false}, "id": request["id"]}));
+        conn.linger();
+    });
+    let socket = agent.socket();
+    let note = request_note(&socket);
+    // A master, connected, and its socket.
+    let out = through_master(&["guest-ping", socket.to_str().unwrap()], None);
+    assert_eq!(out.status, 0, "{out:?}");
+    let info = master_info(&socket);
+    let mut client = std::os::unix::net::UnixStream::connect(info["socket"].as_str().unwrap()).unwrap();
+    let mut replies = BufReader::new(client.try_clone().unwrap());
+    let big = "A".repeat(3 << 20);
+    let request = json!({"execute": "guest-file-write", "arguments": {"handle": 1, "buf-b64": big}, "id": 1});
+    writeln!(client, "{request}").unwrap();
+    agent.wait_for("guest-file-write");
+    assert!(note.exists(), "the master notes the big request it passed on");
+    go_on.send(()).unwrap();
+    let mut reply = String::new();
+    replies.read_line(&mut reply).unwrap();
+    let reply: Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(reply, json!({"return": {"count": 3, "eof": false}, "id": 1}));
+    wait_until(10, "the note to go with the reply", || !note.exists());
+    drop(client);
+    end_master(&socket);
+
+    let silent = FakeAgent::serve(|conn| conn.linger());
+    let socket = silent.socket();
+    let lock = virtomate_protocol::ChannelLock::for_socket(&socket).unwrap();
+    assert!(
+        lock.note_request_sent(5 << 20),
+        "a note of 5 MiB, by this process"
+    );
+    let sock = socket.to_str().unwrap();
+    let out = through_master(&["--timeout", "1", "guest-info", sock], None);
+    let busy = format!(
+        "most likely still busy with a request of 5.0 MiB that process {} ",
+        std::process::id()
+    );
+    assert!(out.error("AgentTimeout").contains(&busy), "{out:?}");
+    let alone = run_command(virtomate().args(["--timeout", "1", "guest-info", sock]), None);
+    assert!(
+        alone.error("AgentTimeout").contains(&busy),
+        "as a lone client: {alone:?}"
+    );
+    lock.clear_request_note();
+    end_master(&socket);
+}

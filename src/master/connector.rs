@@ -75,6 +75,20 @@ impl MasterConnector {
     }
 }
 
+impl MasterConnector {
+    /// The agent most likely still reads a big request another process
+    /// sent: its note is fresh.
+    fn busy_with_earlier_request(&self, after: Duration) -> Option<Error> {
+        let lock = virtomate_protocol::ChannelLock::for_socket(&self.paths.agent).ok()?;
+        let request = lock.request_still_read()?;
+        Some(Error::BusyWithEarlierRequest {
+            path: self.paths.agent.clone(),
+            after,
+            request,
+        })
+    }
+}
+
 /// The longest answer to an attach: a link failure's few fields.
 const MAX_ATTACH_ANSWER: usize = 64 << 10;
 
@@ -105,10 +119,22 @@ impl Connector for MasterConnector {
 
     async fn connect(&mut self) -> Result<QgaClient, Error> {
         let deadline = Deadline::after(self.options.handshake_timeout);
-        match self.attach(deadline).await {
+        let attached = match self.attach(deadline).await {
             // A master that ended as we came (its time was up): once more,
             // which starts a new one.
             Err(Error::Disconnected) => self.attach(deadline).await,
+            other => other,
+        };
+        match attached {
+            // The master's own answer may come a moment after ours: the
+            // note of a big request is read here too, as a lone client does.
+            Err(Error::Timeout {
+                phase: Phase::Handshake,
+                after,
+            }) => Err(self.busy_with_earlier_request(after).unwrap_or(Error::Timeout {
+                phase: Phase::Handshake,
+                after,
+            })),
             other => other,
         }
     }

@@ -90,6 +90,10 @@ pub struct Hub {
     unheard: u32,
     requests: u64,
     started: SystemTime,
+    /// The big request on its way to the agent, noted beside the channel's
+    /// lock for the next client should the master die or let go before
+    /// its reply (see the protocol crate's `RequestInFlight`).
+    noted: Option<u64>,
 }
 
 /// Why the master ends.
@@ -129,6 +133,7 @@ impl Hub {
             unheard: 0,
             requests: 0,
             started: SystemTime::now(),
+            noted: None,
         }
     }
 
@@ -273,6 +278,11 @@ impl Hub {
             },
         );
         self.requests += 1;
+        if let Some(lock) = &self.lock {
+            if lock.note_request_sent(request.line.len()) {
+                self.noted = Some(request.id);
+            }
+        }
         let link = self.link.as_ref().expect("connected just now");
         link.send(request.line, request.written);
     }
@@ -294,6 +304,9 @@ impl Hub {
                     );
                     return;
                 };
+                if reply.id.is_some() && reply.id == self.noted {
+                    self.answered_noted();
+                }
                 match reply.id.and_then(|id| self.pending.remove(&id)) {
                     Some(pending) => {
                         let line = reply.for_client(pending.client_id.as_deref());
@@ -308,6 +321,9 @@ impl Hub {
             LinkEvent::TooLong { generation } if Some(generation) == current => {
                 // The agent answers in order: the oldest request's.
                 let oldest = self.pending.iter().min_by_key(|(_, p)| p.sent).map(|(id, _)| *id);
+                if oldest.is_some() && oldest == self.noted {
+                    self.answered_noted();
+                }
                 if let Some(pending) = oldest.and_then(|id| self.pending.remove(&id)) {
                     let desc = format!(
                         "the reply exceeded {} bytes and was dropped",
@@ -326,6 +342,7 @@ impl Hub {
                 self.clients.clear();
                 self.pending.clear();
                 self.held.clear();
+                self.noted = None;
                 self.draining_since = None;
             }
             _ => {}
@@ -396,9 +413,19 @@ impl Hub {
         if let Some(link) = self.link.take() {
             link.close(true).await;
         }
+        // A note of a request still unanswered stays, for the next client.
+        self.noted = None;
         self.draining_since = None;
         while let Some(request) = self.held.pop_front() {
             self.forward(request).await;
+        }
+    }
+
+    /// The noted big request was answered: the agent has read it.
+    fn answered_noted(&mut self) {
+        self.noted = None;
+        if let Some(lock) = &self.lock {
+            lock.clear_request_note();
         }
     }
 

@@ -66,9 +66,35 @@ impl Link {
         let stream = connect_refused_briefly(agent, deadline).await?;
         let (read, mut write) = stream.into_split();
         let mut conn = Connection::new(read, LineCodec::new(max_reply_len), None);
-        deadline
+        let synchronised = deadline
             .run(Phase::Handshake, synchronise(&mut conn, &mut write))
-            .await?;
+            .await;
+        match (synchronised, lock) {
+            // Answered: the agent has read whatever came before.
+            (Ok(()), Some(lock)) => lock.clear_request_note(),
+            (Ok(()), None) => {}
+            // As a lone client says it: another client's big request.
+            (
+                Err(Error::Timeout {
+                    phase: Phase::Handshake,
+                    after,
+                }),
+                Some(lock),
+            ) => {
+                if let Some(request) = lock.request_still_read() {
+                    return Err(Error::BusyWithEarlierRequest {
+                        path: agent.to_owned(),
+                        after,
+                        request,
+                    });
+                }
+                return Err(Error::Timeout {
+                    phase: Phase::Handshake,
+                    after,
+                });
+            }
+            (Err(error), _) => return Err(error),
+        }
         let (writer, outgoing) = mpsc::unbounded_channel();
         let writer_task = tokio::spawn(write_lines(write, outgoing, generation, events.clone()));
         let reader = tokio::spawn(read_lines(conn, generation, events));

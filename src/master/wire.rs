@@ -161,6 +161,13 @@ pub enum LinkFailure {
     HandshakeTimeout {
         after_ms: u64,
     },
+    /// Unanswered while the agent most likely still reads a big request
+    /// that another client sent and left.
+    BusyWithEarlierRequest {
+        path: PathBuf,
+        after_ms: u64,
+        request: virtomate_protocol::RequestInFlight,
+    },
     NotAnAgent {
         found: String,
     },
@@ -189,6 +196,11 @@ impl LinkFailure {
             } => LinkFailure::HandshakeTimeout {
                 after_ms: after.as_millis() as u64,
             },
+            Error::BusyWithEarlierRequest { path, after, request } => LinkFailure::BusyWithEarlierRequest {
+                path: path.clone(),
+                after_ms: after.as_millis() as u64,
+                request: request.clone(),
+            },
             Error::NotAnAgent { found } => LinkFailure::NotAnAgent { found: found.clone() },
             Error::Busy { path, waited, holder } => LinkFailure::Busy {
                 path: path.clone(),
@@ -214,6 +226,15 @@ impl LinkFailure {
             LinkFailure::HandshakeTimeout { after_ms } => Error::Timeout {
                 phase: Phase::Handshake,
                 after: Duration::from_millis(after_ms),
+            },
+            LinkFailure::BusyWithEarlierRequest {
+                path,
+                after_ms,
+                request,
+            } => Error::BusyWithEarlierRequest {
+                path,
+                after: Duration::from_millis(after_ms),
+                request,
             },
             LinkFailure::NotAnAgent { found } => Error::NotAnAgent { found },
             LinkFailure::Busy {
@@ -274,5 +295,18 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+        let busy = Error::BusyWithEarlierRequest {
+            path: "/run/qga.sock".into(),
+            after: Duration::from_secs(2),
+            request: virtomate_protocol::RequestInFlight {
+                bytes: 22 << 20,
+                pid: 4711,
+                started: Some(99),
+                sent_ms: 1_700_000_000_000,
+            },
+        };
+        let carried: LinkFailure =
+            serde_json::from_str(&serde_json::to_string(&LinkFailure::from_error(&busy)).unwrap()).unwrap();
+        assert_eq!(carried.into_error().to_string(), busy.to_string());
     }
 }

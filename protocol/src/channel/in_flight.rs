@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::lock::{open_own_file, ChannelLock};
-use crate::qga::client::BigRequestWatch;
+use crate::qga::client::{BigRequestWatch, BIG_REQUEST};
 
 /// The longest note read: a note is a short line.
 const NOTE_MAX_LEN: u64 = 4096;
@@ -131,6 +131,34 @@ impl BigRequestWatch for RequestNote {
     }
 }
 
+/// The note, for a process that passes other clients' requests on to the
+/// agent over one connection of its own (virtomate's control master): it
+/// notes them as a [`QgaClient`](crate::QgaClient) on the channel notes
+/// its own, and reads a note when its handshake goes unanswered.
+impl ChannelLock {
+    /// Notes a request of `bytes` about to go to the agent, if it is big
+    /// enough to keep the agent reading for a while; says whether it did.
+    pub fn note_request_sent(&self, bytes: usize) -> bool {
+        if bytes < BIG_REQUEST {
+            return false;
+        }
+        RequestNote::beside(self).write(bytes);
+        true
+    }
+
+    /// Removes the note: the agent has answered since.
+    pub fn clear_request_note(&self) {
+        RequestNote::beside(self).remove();
+    }
+
+    /// The note of a big request the agent may still be reading, if any.
+    pub fn request_still_read(&self) -> Option<RequestInFlight> {
+        RequestNote::beside(self)
+            .read()
+            .filter(RequestInFlight::may_still_be_read)
+    }
+}
+
 /// The start time in a `/proc/PID/stat` (field 22), which follows the
 /// command in parentheses, itself free to hold anything.
 fn start_time(stat: impl AsRef<Path>) -> Option<u64> {
@@ -161,6 +189,23 @@ mod tests {
         assert!(read.age() < Duration::from_secs(5) && read.may_still_be_read());
         note.remove();
         assert_eq!(note.read(), None);
+    }
+
+    #[test]
+    fn a_forwarder_notes_only_big_requests_and_reads_what_others_noted() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qga.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let lock = ChannelLock::in_dir(&socket, dir.path()).unwrap();
+        assert!(!lock.note_request_sent(BIG_REQUEST - 1));
+        assert_eq!(lock.request_still_read(), None);
+        assert!(lock.note_request_sent(BIG_REQUEST));
+        assert_eq!(
+            lock.request_still_read().map(|r| r.bytes),
+            Some(BIG_REQUEST as u64)
+        );
+        lock.clear_request_note();
+        assert_eq!(lock.request_still_read(), None);
     }
 
     #[test]
