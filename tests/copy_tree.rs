@@ -409,7 +409,12 @@ fn a_tree_goes_into_the_vm_and_back_whole_and_a_full_disk_leaves_nothing() {
         big.to_str().unwrap(),
         &format!("{}:/mnt/small/big", socket.display()),
     ]);
-    let message = out.error("AgentCommandError");
+    // tar's own words, from its standard error.
+    let message = out.error("PathError");
+    assert!(
+        message.contains("cannot unpack the directory in the guest"),
+        "{message}"
+    );
     assert!(message.contains("No space left on device"), "{message}");
     let out = guest_run(&socket, &["ls", "-A", "/mnt/small"]);
     assert_eq!(out.json()["stdout"], Value::Null, "nothing is left: {out:?}");
