@@ -207,6 +207,20 @@ fn what_is_no_directory_and_a_guest_without_tar_are_refused_and_nothing_is_writt
     ]);
     let message = out.error("AgentCommandError");
     assert!(message.contains("the guest cannot run tar"), "{message}");
+    // With tar but no gzip, --compress is refused into the guest too.
+    let tar = ["/usr/bin/tar", "/bin/tar"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap();
+    symlink(tar, bin.join("tar")).unwrap();
+    let source = dir.path().join("source");
+    std::fs::create_dir(&source).unwrap();
+    let target = guest(&socket, &dir.path().join("v"));
+    let out = copy(&["-r", "--compress", source.to_str().unwrap(), &target]);
+    let message = out.error("AgentCommandError");
+    assert!(message.contains("the guest cannot run gzip"), "{message}");
+    std::fs::remove_dir(&source).unwrap();
+    std::fs::remove_file(bin.join("tar")).unwrap();
     let out = copy(&["-r", "-", &guest(&socket, &dir.path().join("w"))]);
     assert_eq!(out.status, 2, "{out:?}");
     assert!(out.stderr.contains("- is no directory"), "{out:?}");
@@ -404,21 +418,23 @@ fn a_tree_goes_into_the_vm_and_back_whole_and_a_full_disk_leaves_nothing() {
     let script = "mkdir -p /mnt/small && mount -t tmpfs -o size=1m tmpfs /mnt/small";
     let out = guest_run(&socket, &["sh", "-c", script]);
     assert_eq!(out.json()["exit_code"], 0, "{out:?}");
-    let out = copy(&[
-        "-r",
-        big.to_str().unwrap(),
-        &format!("{}:/mnt/small/big", socket.display()),
-    ]);
-    // tar's own words, from its standard error.
-    let message = out.error("PathError");
-    assert!(
-        message.contains("cannot unpack the directory in the guest"),
-        "{message}"
-    );
-    assert!(message.contains("No space left on device"), "{message}");
-    let out = guest_run(&socket, &["ls", "-A", "/mnt/small"]);
-    assert_eq!(out.json()["stdout"], Value::Null, "nothing is left: {out:?}");
-    assert_eq!(guest_listing(&socket), before, "nothing is left in the guest");
+    for flags in [&["-r"][..], &["-r", "--compress"]] {
+        let target = format!("{}:/mnt/small/big", socket.display());
+        let out = copy(&[flags, &[big.to_str().unwrap(), &target]].concat());
+        // tar's own words, from its standard error.
+        let message = out.error("PathError");
+        assert!(
+            message.contains("cannot unpack the directory in the guest"),
+            "{message}"
+        );
+        assert!(
+            message.contains("No space left on device"),
+            "{flags:?}: {message}"
+        );
+        let out = guest_run(&socket, &["ls", "-A", "/mnt/small"]);
+        assert_eq!(out.json()["stdout"], Value::Null, "nothing is left: {out:?}");
+        assert_eq!(guest_listing(&socket), before, "nothing is left in the guest");
+    }
 }
 
 /// A local tree with a FIFO in it is refused by name; nothing reaches the
