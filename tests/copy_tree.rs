@@ -32,7 +32,7 @@ fn set_mode(path: &Path, mode: u32) {
 /// The tree every honest copy carries: nested directories, an empty file,
 /// an empty directory, names with a space and a newline, links, modes
 /// 0755 and 0600.
-fn make_tree(root: &Path) {
+pub fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("a/b/c")).unwrap();
     std::fs::create_dir(root.join("empty dir")).unwrap();
     std::fs::write(root.join("a/b/c/deep.txt"), "deep\n".repeat(1000)).unwrap();
@@ -50,7 +50,7 @@ fn make_tree(root: &Path) {
 
 /// Every entry below `root`: its relative name, type, mode and content
 /// (a link's target), links never followed.
-fn describe(root: &Path) -> Vec<(String, String)> {
+pub fn describe(root: &Path) -> Vec<(String, String)> {
     let mut found = Vec::new();
     let mut pending = vec![root.to_owned()];
     while let Some(dir) = pending.pop() {

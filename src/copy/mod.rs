@@ -63,6 +63,7 @@ use self::local::Dest;
 pub use self::local::Source;
 use self::location::{guest_name, guest_parent};
 use self::progress::{Progress, Show};
+pub use self::tree::TreeSummary;
 use crate::error::{CliError, ErrorKind};
 
 /// How to copy.
