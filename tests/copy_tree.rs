@@ -251,8 +251,9 @@ fn archive(entries: &[Vec<u8>]) -> Vec<u8> {
     bytes
 }
 
-/// How long the hostile tar sleeps: a number no other process here uses.
+/// How long the hostile tar sleeps: numbers no other process here uses.
 const HANG: &str = "613.25";
+const HANG_READING: &str = "613.5";
 
 /// A host agent whose `tar` prints `archive` (a file the test rewrites)
 /// whatever it is asked: a guest that sends what it likes.
@@ -269,10 +270,10 @@ impl HostileGuest {
         let archive = bin.path().join("archive.tar");
         let tar = bin.path().join("tar");
         // It answers `--help` at once; with `hang` beside the archive it
-        // then writes no more and never ends.
+        // then writes no more and sleeps for the seconds `hang` holds.
         let script = format!(
             "#!/bin/sh\ncase $1 in --help) exit 0;; esac\ncat '{0}'\n\
-             if [ -e '{0}.hang' ]; then exec sleep {HANG}; fi\n",
+             if [ -e '{0}.hang' ]; then exec sleep \"$(cat '{0}.hang')\"; fi\n",
             archive.display()
         );
         std::fs::write(&tar, script).unwrap();
@@ -467,11 +468,12 @@ fn a_local_fifo_is_refused_by_name_and_the_guest_keeps_nothing() {
     assert_eq!(listing(guest_side.path()), Vec::<String>::new(), "{message}");
 }
 
-/// Whether a process runs `sleep HANG` (the hostile tar, hung).
-fn hung_tar_runs() -> bool {
+/// Whether a process runs `sleep HANG` (the hostile tar, hung for
+/// `hang` seconds: each test its own).
+fn hung_tar_runs(hang: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().any(|p| {
         let cmdline = std::fs::read(p.unwrap().path().join("cmdline")).unwrap_or_default();
-        cmdline == format!("sleep\0{HANG}\0").as_bytes()
+        cmdline == format!("sleep\0{hang}\0").as_bytes()
     })
 }
 
@@ -484,7 +486,7 @@ fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
     stream.extend(entry("./d/f", EntryType::Regular, 0o644, &[7; 4096], ""));
     stream.truncate(stream.len() - 2048);
     std::fs::write(&guest.archive, stream).unwrap();
-    std::fs::write(guest.archive.with_extension("tar.hang"), "").unwrap();
+    std::fs::write(guest.archive.with_extension("tar.hang"), HANG).unwrap();
     let parent = tempfile::tempdir().unwrap();
     let dest = parent.path().join("dest");
     let child = crate::support::virtomate()
@@ -499,7 +501,7 @@ fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
             .first()
             .is_some_and(|temp| temp.join("d").exists())
     });
-    assert!(hung_tar_runs());
+    assert!(hung_tar_runs(HANG));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let output = child.wait_with_output().unwrap();
@@ -513,7 +515,52 @@ fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
     assert!(message.contains("removed the temporary"), "{message}");
     assert_eq!(listing(parent.path()), Vec::<String>::new(), "{message}");
     assert_eq!(listing(guest.tmp.path()), Vec::<String>::new(), "{message}");
-    assert!(!hung_tar_runs(), "the guest's tar is stopped");
+    assert!(!hung_tar_runs(HANG), "the guest's tar is stopped");
+}
+
+/// Into the guest, a `tar -x` that never reads: the pipe fills, then the
+/// queue, and the packer waits (memory stays bounded) until Ctrl-C, which
+/// stops tar and removes the private directories on both sides of it.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn ctrl_c_while_the_guest_tar_reads_nothing_stops_it_and_leaves_nothing() {
+    let guest = HostileGuest::start();
+    std::fs::write(&guest.archive, "").unwrap();
+    std::fs::write(guest.archive.with_extension("tar.hang"), HANG_READING).unwrap();
+    let source = tempfile::tempdir().unwrap();
+    for n in 0..4 {
+        std::fs::write(
+            source.path().join(format!("f{n}")),
+            crate::support::data::noise(1 << 20, n),
+        )
+        .unwrap();
+    }
+    let parent = tempfile::tempdir().unwrap();
+    let dest =
+        guest.agent.socket().display().to_string() + ":" + parent.path().join("dest").to_str().unwrap();
+    let child = crate::support::virtomate()
+        .args(["copy", "-r", source.path().to_str().unwrap(), &dest])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_until(20, "the guest's tar to run, beside DEST", || {
+        hung_tar_runs(HANG_READING) && !temporaries(parent.path()).is_empty()
+    });
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let out = Outcome {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    let message = out.error("Interrupted");
+    assert!(message.contains("stopped tar"), "{message}");
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert_eq!(listing(parent.path()), Vec::<String>::new(), "{message}");
+    assert_eq!(listing(guest.tmp.path()), Vec::<String>::new(), "{message}");
+    assert!(!hung_tar_runs(HANG_READING), "the guest's tar is stopped");
 }
 
 /// What the VM's own tar (busybox's) packs that copy -r does not unpack:
