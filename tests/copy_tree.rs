@@ -436,6 +436,25 @@ fn a_tree_goes_into_the_vm_and_back_whole_and_a_full_disk_leaves_nothing() {
         assert_eq!(out.json()["stdout"], Value::Null, "nothing is left: {out:?}");
         assert_eq!(guest_listing(&socket), before, "nothing is left in the guest");
     }
+
+    // 640 KiB into that 1 MiB: no archive lands beside the tree (the
+    // archive then the tree would need about twice that).
+    let fits = dir.path().join("fits");
+    std::fs::create_dir(&fits).unwrap();
+    for n in 0..5 {
+        std::fs::write(
+            fits.join(format!("part{n}")),
+            crate::support::data::noise(128 << 10, n + 10),
+        )
+        .unwrap();
+    }
+    let target = format!("{}:/mnt/small/fits", socket.display());
+    let out = copy(&["-r", fits.to_str().unwrap(), &target]);
+    assert_eq!(out.status, 0, "{out:?}");
+    let back = dir.path().join("fits-back");
+    let out = copy(&["-r", &target, back.to_str().unwrap()]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(describe(&back), describe(&fits));
 }
 
 /// A local tree with a FIFO in it is refused by name; nothing reaches the
