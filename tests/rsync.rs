@@ -8,8 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::data::noise;
-use crate::support::test_vm::TestVm;
-use crate::support::virtomate_path;
+use crate::support::test_vm::{python_artifacts, TestVm};
+use crate::support::{guest_run, virtomate_path};
 
 /// Every entry below `root`: its name, type, mode and whole content (a
 /// link's target), links never followed.
@@ -72,6 +72,14 @@ fn stat(stats: &str, label: &str) -> u64 {
 #[ignore = "needs the Python VM (scripts/build-python-vm.sh) and rsync on the host"]
 fn rsync_over_guest_run_interactive_copies_a_binary_tree_both_ways_and_then_only_what_changed() {
     let vm = TestVm::boot_python("rsync");
+    let version = guest_run(&vm.socket(), &["rsync", "--version"]);
+    assert_eq!(
+        version.json()["exit_code"],
+        0,
+        "the Python VM in {} has no rsync: rebuild it with scripts/build-python-vm.sh (its stamp \
+         changed with rsync's addition), or set PYTHON_VM_ARTIFACTS: {version:?}",
+        python_artifacts().display()
+    );
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("source");
     std::fs::create_dir_all(source.join("nested/deeper")).unwrap();
