@@ -21,7 +21,7 @@ use crate::copy::progress::Progress;
 use crate::copy::{Copy, Options};
 use crate::error::{CliError, ErrorKind};
 
-/// Unpacks standard input (gzip's stream when `$3` is `gzip`) into
+/// Unpacks standard input (gzip's stream when `$2` is `gzip`) into
 /// `$1/tree`, then reads the input to its end: the script ends only once
 /// the whole stream went in, which the host has checked was complete.
 /// `-o`: the files are the agent's user's (root's), not whoever the
