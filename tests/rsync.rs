@@ -9,7 +9,7 @@ use std::process::Command;
 
 use crate::support::data::noise;
 use crate::support::test_vm::{python_artifacts, TestVm};
-use crate::support::{guest_run, virtomate_path};
+use crate::support::{guest_run, run_bytes, virtomate_path};
 
 /// Every entry below `root`: its name, type, mode and whole content (a
 /// link's target), links never followed.
@@ -124,4 +124,25 @@ fn rsync_over_guest_run_interactive_copies_a_binary_tree_both_ways_and_then_only
         "{pulled}"
     );
     assert!(snapshot(&back) == snapshot(&source), "the change came back");
+
+    // What rsync would read as its peer's bytes stays empty when things
+    // fail: the program's status (or virtomate's 255), words on stderr.
+    for (domain, program, status) in [
+        (vm.name.as_str(), "no-such-rsync", 127),
+        ("no-such-domain-for-rsync", "rsync", 255),
+    ] {
+        let args = [
+            "guest-run",
+            "-i",
+            domain,
+            program,
+            "--server",
+            "-logDtpre.iLsfxCIvu",
+            ".",
+        ];
+        let out = run_bytes(&args, b"");
+        assert_eq!(out.status.code(), Some(status), "{out:?}");
+        assert!(out.stdout.is_empty(), "{out:?}");
+        assert!(!out.stderr.is_empty(), "{out:?}");
+    }
 }
