@@ -16,7 +16,8 @@
 //! Then `copy -r` of a tree against `copy` of one file of the same size,
 //! in and out, on both agents, with the tree copies' peak RSS
 //! (`BENCH_COPY_TREE_HOST_MIB`, 100, and `BENCH_COPY_TREE_VM_MIB`, 32: the
-//! VM holds the file, the tree and tar's output in its memory);
+//! VM holds the file, the tree and, on the way out, tar's output in its
+//! memory);
 //! `BENCH_COPY_ONLY=tree` runs that comparison alone.
 
 #[allow(dead_code)]
@@ -222,9 +223,14 @@ fn compress_comparison(label: &str, socket: &Path, inside: &str, work: &Path) {
     println!("speedup: plain time / --compress time (goal: at least 3)");
 }
 
+/// Files in the tree of [`tree_comparisons`]: at 100 MiB, about 1 MiB each.
+const TREE_FILES: usize = 100;
+
 /// `copy -r` of a tree against `copy` of one file as big, on both agents.
 fn tree_comparisons(vm: &TestVm, host: &HostAgent, work: &Path) {
-    println!("copy -r of a tree (64 files in 4 directories) against copy of one file as big, seconds");
+    println!(
+        "copy -r of a tree ({TREE_FILES} files in 4 directories) against copy of one file as big, seconds"
+    );
     println!(
         "{:<11} {:>5} {:>8} {:>8} {:>6} {:>9} {:>8} {:>8} {:>6} {:>9}",
         "agent", "MiB", "file in", "tree in", "ratio", "RSS KiB", "file out", "tree out", "ratio", "RSS KiB"
@@ -254,10 +260,10 @@ fn tree_comparison(label: &str, socket: &Path, inside: &str, work: &Path, size_m
     let file = work.join("tree-file");
     let _ = std::fs::remove_dir_all(&tree);
     let mut all = std::fs::File::create(&file).unwrap();
-    for n in 0..64 {
+    for n in 0..TREE_FILES {
         let dir = tree.join(format!("d{}", n % 4));
         std::fs::create_dir_all(&dir).unwrap();
-        let data = noise(size_mib * MIB / 64, n as u64);
+        let data = noise(size_mib * MIB / TREE_FILES, n as u64);
         std::fs::write(dir.join(format!("f{n}")), &data).unwrap();
         all.write_all(&data).unwrap();
     }

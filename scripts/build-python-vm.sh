@@ -52,8 +52,10 @@ suite="$(. /etc/os-release && echo "$VERSION_CODENAME")"
 [ -n "$suite" ] || die "cannot tell the host's Debian release"
 
 # Packages beyond minbase. python3 is what Ansible's modules need; sudo for
-# `become_method: sudo`.
-packages=(python3 qemu-guest-agent sudo)
+# `become_method: sudo`; rsync for `rsync -e 'virtomate guest-run -i'`.
+# tar and gzip (`copy -r`, `--compress`) are in minbase already: named
+# here, their versions are in the stamp and a minbase without them fails.
+packages=(python3 qemu-guest-agent sudo rsync tar gzip)
 
 # The version of PACKAGE in the release's main suite, which is what
 # debootstrap installs (it ignores -updates and -security).

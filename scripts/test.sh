@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: system packages, the
-# test VM, then formatting, lints and every test (unit, doc, real host
+# test VMs (busybox, and Python with rsync), then formatting, lints and every test (unit, doc, real host
 # agent, real VM, libvirtd, fake agent). Tests that need more than Rust are
 # #[ignore]d, so that a plain `cargo test` leaves them out; here
 # --include-ignored runs them too, and those of tests/ fail, not skip, when
@@ -18,6 +18,17 @@ cd "$(dirname "$0")/.."
 
 scripts/install-deps.sh
 scripts/build-test-vm.sh
+# The Python VM, for tests/rsync.rs (and scripts/test-ansible.sh): where
+# that script builds it, unless PYTHON_VM_ARTIFACTS says otherwise.
+if [ -z "${PYTHON_VM_ARTIFACTS:-}" ]; then
+  if [ "$(id -u)" -eq 0 ]; then
+    PYTHON_VM_ARTIFACTS=/var/cache/virtomate-test/python-vm
+  else
+    PYTHON_VM_ARTIFACTS="$PWD/target/python-vm"
+  fi
+fi
+export PYTHON_VM_ARTIFACTS
+scripts/build-python-vm.sh "$PYTHON_VM_ARTIFACTS"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked -- --include-ignored

@@ -32,7 +32,7 @@ fn set_mode(path: &Path, mode: u32) {
 /// The tree every honest copy carries: nested directories, an empty file,
 /// an empty directory, names with a space and a newline, links, modes
 /// 0755 and 0600.
-fn make_tree(root: &Path) {
+pub fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("a/b/c")).unwrap();
     std::fs::create_dir(root.join("empty dir")).unwrap();
     std::fs::write(root.join("a/b/c/deep.txt"), "deep\n".repeat(1000)).unwrap();
@@ -50,7 +50,7 @@ fn make_tree(root: &Path) {
 
 /// Every entry below `root`: its relative name, type, mode and content
 /// (a link's target), links never followed.
-fn describe(root: &Path) -> Vec<(String, String)> {
+pub fn describe(root: &Path) -> Vec<(String, String)> {
     let mut found = Vec::new();
     let mut pending = vec![root.to_owned()];
     while let Some(dir) = pending.pop() {
@@ -207,6 +207,20 @@ fn what_is_no_directory_and_a_guest_without_tar_are_refused_and_nothing_is_writt
     ]);
     let message = out.error("AgentCommandError");
     assert!(message.contains("the guest cannot run tar"), "{message}");
+    // With tar but no gzip, --compress is refused into the guest too.
+    let tar = ["/usr/bin/tar", "/bin/tar"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap();
+    symlink(tar, bin.join("tar")).unwrap();
+    let source = dir.path().join("source");
+    std::fs::create_dir(&source).unwrap();
+    let target = guest(&socket, &dir.path().join("v"));
+    let out = copy(&["-r", "--compress", source.to_str().unwrap(), &target]);
+    let message = out.error("AgentCommandError");
+    assert!(message.contains("the guest cannot run gzip"), "{message}");
+    std::fs::remove_dir(&source).unwrap();
+    std::fs::remove_file(bin.join("tar")).unwrap();
     let out = copy(&["-r", "-", &guest(&socket, &dir.path().join("w"))]);
     assert_eq!(out.status, 2, "{out:?}");
     assert!(out.stderr.contains("- is no directory"), "{out:?}");
@@ -237,8 +251,9 @@ fn archive(entries: &[Vec<u8>]) -> Vec<u8> {
     bytes
 }
 
-/// How long the hostile tar sleeps: a number no other process here uses.
+/// How long the hostile tar sleeps: numbers no other process here uses.
 const HANG: &str = "613.25";
+const HANG_READING: &str = "613.5";
 
 /// A host agent whose `tar` prints `archive` (a file the test rewrites)
 /// whatever it is asked: a guest that sends what it likes.
@@ -255,10 +270,10 @@ impl HostileGuest {
         let archive = bin.path().join("archive.tar");
         let tar = bin.path().join("tar");
         // It answers `--help` at once; with `hang` beside the archive it
-        // then writes no more and never ends.
+        // then writes no more and sleeps for the seconds `hang` holds.
         let script = format!(
             "#!/bin/sh\ncase $1 in --help) exit 0;; esac\ncat '{0}'\n\
-             if [ -e '{0}.hang' ]; then exec sleep {HANG}; fi\n",
+             if [ -e '{0}.hang' ]; then exec sleep \"$(cat '{0}.hang')\"; fi\n",
             archive.display()
         );
         std::fs::write(&tar, script).unwrap();
@@ -404,16 +419,42 @@ fn a_tree_goes_into_the_vm_and_back_whole_and_a_full_disk_leaves_nothing() {
     let script = "mkdir -p /mnt/small && mount -t tmpfs -o size=1m tmpfs /mnt/small";
     let out = guest_run(&socket, &["sh", "-c", script]);
     assert_eq!(out.json()["exit_code"], 0, "{out:?}");
-    let out = copy(&[
-        "-r",
-        big.to_str().unwrap(),
-        &format!("{}:/mnt/small/big", socket.display()),
-    ]);
-    let message = out.error("AgentCommandError");
-    assert!(message.contains("No space left on device"), "{message}");
-    let out = guest_run(&socket, &["ls", "-A", "/mnt/small"]);
-    assert_eq!(out.json()["stdout"], Value::Null, "nothing is left: {out:?}");
-    assert_eq!(guest_listing(&socket), before, "nothing is left in the guest");
+    for flags in [&["-r"][..], &["-r", "--compress"]] {
+        let target = format!("{}:/mnt/small/big", socket.display());
+        let out = copy(&[flags, &[big.to_str().unwrap(), &target]].concat());
+        // tar's own words, from its standard error.
+        let message = out.error("PathError");
+        assert!(
+            message.contains("cannot unpack the directory in the guest"),
+            "{message}"
+        );
+        assert!(
+            message.contains("No space left on device"),
+            "{flags:?}: {message}"
+        );
+        let out = guest_run(&socket, &["ls", "-A", "/mnt/small"]);
+        assert_eq!(out.json()["stdout"], Value::Null, "nothing is left: {out:?}");
+        assert_eq!(guest_listing(&socket), before, "nothing is left in the guest");
+    }
+
+    // 640 KiB into that 1 MiB: no archive lands beside the tree (the
+    // archive then the tree would need about twice that).
+    let fits = dir.path().join("fits");
+    std::fs::create_dir(&fits).unwrap();
+    for n in 0..5 {
+        std::fs::write(
+            fits.join(format!("part{n}")),
+            crate::support::data::noise(128 << 10, n + 10),
+        )
+        .unwrap();
+    }
+    let target = format!("{}:/mnt/small/fits", socket.display());
+    let out = copy(&["-r", fits.to_str().unwrap(), &target]);
+    assert_eq!(out.status, 0, "{out:?}");
+    let back = dir.path().join("fits-back");
+    let out = copy(&["-r", &target, back.to_str().unwrap()]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(describe(&back), describe(&fits));
 }
 
 /// A local tree with a FIFO in it is refused by name; nothing reaches the
@@ -446,11 +487,12 @@ fn a_local_fifo_is_refused_by_name_and_the_guest_keeps_nothing() {
     assert_eq!(listing(guest_side.path()), Vec::<String>::new(), "{message}");
 }
 
-/// Whether a process runs `sleep HANG` (the hostile tar, hung).
-fn hung_tar_runs() -> bool {
+/// Whether a process runs `sleep HANG` (the hostile tar, hung for
+/// `hang` seconds: each test its own).
+fn hung_tar_runs(hang: &str) -> bool {
     std::fs::read_dir("/proc").unwrap().any(|p| {
         let cmdline = std::fs::read(p.unwrap().path().join("cmdline")).unwrap_or_default();
-        cmdline == format!("sleep\0{HANG}\0").as_bytes()
+        cmdline == format!("sleep\0{hang}\0").as_bytes()
     })
 }
 
@@ -463,7 +505,7 @@ fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
     stream.extend(entry("./d/f", EntryType::Regular, 0o644, &[7; 4096], ""));
     stream.truncate(stream.len() - 2048);
     std::fs::write(&guest.archive, stream).unwrap();
-    std::fs::write(guest.archive.with_extension("tar.hang"), "").unwrap();
+    std::fs::write(guest.archive.with_extension("tar.hang"), HANG).unwrap();
     let parent = tempfile::tempdir().unwrap();
     let dest = parent.path().join("dest");
     let child = crate::support::virtomate()
@@ -478,7 +520,7 @@ fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
             .first()
             .is_some_and(|temp| temp.join("d").exists())
     });
-    assert!(hung_tar_runs());
+    assert!(hung_tar_runs(HANG));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
     let output = child.wait_with_output().unwrap();
@@ -492,7 +534,52 @@ fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
     assert!(message.contains("removed the temporary"), "{message}");
     assert_eq!(listing(parent.path()), Vec::<String>::new(), "{message}");
     assert_eq!(listing(guest.tmp.path()), Vec::<String>::new(), "{message}");
-    assert!(!hung_tar_runs(), "the guest's tar is stopped");
+    assert!(!hung_tar_runs(HANG), "the guest's tar is stopped");
+}
+
+/// Into the guest, a `tar -x` that never reads: the pipe fills, then the
+/// queue, and the packer waits (memory stays bounded) until Ctrl-C, which
+/// stops tar and removes the private directories on both sides of it.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn ctrl_c_while_the_guest_tar_reads_nothing_stops_it_and_leaves_nothing() {
+    let guest = HostileGuest::start();
+    std::fs::write(&guest.archive, "").unwrap();
+    std::fs::write(guest.archive.with_extension("tar.hang"), HANG_READING).unwrap();
+    let source = tempfile::tempdir().unwrap();
+    for n in 0..4 {
+        std::fs::write(
+            source.path().join(format!("f{n}")),
+            crate::support::data::noise(1 << 20, n),
+        )
+        .unwrap();
+    }
+    let parent = tempfile::tempdir().unwrap();
+    let dest =
+        guest.agent.socket().display().to_string() + ":" + parent.path().join("dest").to_str().unwrap();
+    let child = crate::support::virtomate()
+        .args(["copy", "-r", source.path().to_str().unwrap(), &dest])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_until(20, "the guest's tar to run, beside DEST", || {
+        hung_tar_runs(HANG_READING) && !temporaries(parent.path()).is_empty()
+    });
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    let output = child.wait_with_output().unwrap();
+    let out = Outcome {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    let message = out.error("Interrupted");
+    assert!(message.contains("stopped tar"), "{message}");
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert_eq!(listing(parent.path()), Vec::<String>::new(), "{message}");
+    assert_eq!(listing(guest.tmp.path()), Vec::<String>::new(), "{message}");
+    assert!(!hung_tar_runs(HANG_READING), "the guest's tar is stopped");
 }
 
 /// What the VM's own tar (busybox's) packs that copy -r does not unpack:

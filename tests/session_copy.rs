@@ -275,3 +275,48 @@ fn a_second_copy_to_whose_data_comes_first_waits_buffered_and_both_copies_arrive
     assert_eq!(std::fs::read(&b).unwrap(), data_b);
     assert_eq!(live.finish(), 0);
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_recursive_copy_takes_a_tree_of_this_host_in_and_back_out_beside_a_program() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let source = dir.path().join("source");
+    crate::copy_tree::make_tree(&source);
+    std::fs::write(source.join("a/noise.bin"), noise(300 * KIB + 5, 9)).unwrap();
+    let expected = crate::copy_tree::describe(&source);
+    let inside = dir.path().join("in-guest");
+    let back = dir.path().join("back");
+    let mut live = Live::start(&["--timeout", "60"], agent.socket().to_str().unwrap());
+    live.send(json!({"id": "in", "copy_to": inside, "recursive": true, "local": source}));
+    live.send(json!({"id": "between", "run": ["echo", "beside"]}));
+    live.send(json!({
+        "id": "out", "copy_from": inside, "recursive": true, "local": back, "compress": true,
+    }));
+    // Refused as they come, the session going on.
+    live.send(json!({"id": "no-local", "copy_to": "/x", "recursive": true}));
+    live.send(json!({"id": "local-alone", "copy_from": "/x", "local": "/y"}));
+    live.send(json!({"id": "verify", "copy_to": "/x", "recursive": true, "local": "/y", "verify": true}));
+    let mut replies: Vec<Value> = (0..6).map(|_| live.reply()).collect();
+    replies.sort_by_key(|reply| reply["id"].to_string());
+    let by_id = |id: &str| replies.iter().find(|r| r["id"] == id).unwrap().clone();
+    let put = by_id("in");
+    assert_eq!(put["result"]["files"], 7, "{put}");
+    assert_eq!(put["result"]["dest"], inside.to_str().unwrap(), "{put}");
+    let got = by_id("out");
+    assert_eq!(got["result"]["files"], 7, "{got}");
+    assert_eq!(by_id("between")["result"]["stdout"], "beside\n");
+    for (id, says) in [
+        ("no-local", "a recursive copy needs \"local\""),
+        ("local-alone", "\"local\" names a directory of this host"),
+        ("verify", "\"verify\" does not go with \"recursive\": true"),
+    ] {
+        let reply = by_id(id);
+        let message = reply["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{reply}");
+    }
+    assert_eq!(live.finish(), 0);
+    assert_eq!(crate::copy_tree::describe(&inside), expected);
+    assert_eq!(crate::copy_tree::describe(&back), expected);
+    assert!(temporaries(dir.path()).is_empty());
+}

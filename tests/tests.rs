@@ -26,6 +26,7 @@ mod libvirt;
 mod master;
 mod packaging;
 mod parallel;
+mod rsync;
 mod run_options;
 mod session;
 mod session_copy;

@@ -52,6 +52,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use virtomate_protocol::feed::Feed;
 use virtomate_protocol::follow::{Follow, FollowError};
 use virtomate_protocol::{hex, stop_group, StopScope};
 
@@ -62,6 +63,7 @@ use self::local::Dest;
 pub use self::local::Source;
 use self::location::{guest_name, guest_parent};
 use self::progress::{Progress, Show};
+pub use self::tree::TreeSummary;
 use crate::error::{CliError, ErrorKind};
 
 /// How to copy.
@@ -115,8 +117,9 @@ struct Leftovers {
     unpacking: Option<tokio::task::JoinHandle<()>>,
     local_tree: Option<PathBuf>,
     /// `copy -r` in: the private directory beside the destination in the
-    /// guest that holds the archive and its unpacked tree.
+    /// guest that holds the unpacked tree, and the pipe into its `tar`.
     guest_tree: Option<String>,
+    feed: Option<Feed>,
 }
 
 /// What a copy out writes to: a local file or a stream.
@@ -557,6 +560,11 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             match stopped {
                 Ok(_) => done.push(format!("stopped {name} (pid {pid}) in the guest")),
                 Err(e) => left.push(format!("{name} may still run in the guest as pid {pid} ({e})")),
+            }
+        }
+        if let Some(mut feed) = self.left.feed.take() {
+            if let Err(e) = feed.close(self.agent.channel()).await {
+                left.push(format!("the agent may keep the pipe into {name} open ({e})"));
             }
         }
         if let Some(mut follow) = self.left.follow.take() {

@@ -23,6 +23,18 @@ pub fn artifacts() -> PathBuf {
         .unwrap_or_else(|| repo().join("target/test-vm"))
 }
 
+/// Where `scripts/build-python-vm.sh` put the Python VM (a Debian root
+/// file system with python3, rsync, tar and gzip): `PYTHON_VM_ARTIFACTS`,
+/// else as `scripts/test-ansible.sh` builds it (root: the cache shared by
+/// checkouts; others: `target/python-vm`).
+pub fn python_artifacts() -> PathBuf {
+    match std::env::var_os("PYTHON_VM_ARTIFACTS") {
+        Some(dir) => PathBuf::from(dir),
+        None if nix::unistd::geteuid().is_root() => PathBuf::from("/var/cache/virtomate-test/python-vm"),
+        None => repo().join("target/python-vm"),
+    }
+}
+
 impl TestVm {
     pub fn boot(name: &str) -> TestVm {
         TestVm::boot_with(name, &[])
@@ -48,6 +60,17 @@ impl TestVm {
             .unwrap();
         assert!(status.success(), "the test VM did not boot: {status}");
         vm
+    }
+
+    /// Boots the Python VM (its disk a throw-away copy of the image).
+    pub fn boot_python(name: &str) -> TestVm {
+        let dir = python_artifacts();
+        assert!(
+            dir.join("rootfs.img").exists(),
+            "no Python VM in {}: run scripts/build-python-vm.sh {0} first (or set PYTHON_VM_ARTIFACTS)",
+            dir.display()
+        );
+        TestVm::boot_with(name, &[("VM_ARTIFACTS", dir.to_str().unwrap())])
     }
 
     pub fn socket(&self) -> PathBuf {

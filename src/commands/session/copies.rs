@@ -5,6 +5,7 @@
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,9 +45,24 @@ pub struct CopyJob {
 
 enum Side {
     /// Into the guest, the data in the request or in lines after it.
-    To { path: String, source: Source },
+    To {
+        path: String,
+        source: Source,
+    },
     /// Out of the guest, as data lines.
-    From { path: String },
+    From {
+        path: String,
+    },
+    /// `"recursive": true`: a directory of this host into the guest, or
+    /// out of it, as `copy -r` copies it.
+    TreeTo {
+        path: String,
+        local: PathBuf,
+    },
+    TreeFrom {
+        path: String,
+        local: PathBuf,
+    },
 }
 
 /// A `copy_to` whose data is still to come, for the reader of the
@@ -178,6 +194,12 @@ impl CopyJob {
             _ => "a copy_from request",
         };
         let fields: CopyFields = fields::parse(request, what)?;
+        if fields.recursive {
+            return CopyJob::tree(id, fields);
+        }
+        if fields.local.is_some() {
+            return Err("\"local\" names a directory of this host, only with \"recursive\": true".to_owned());
+        }
         let options = Options {
             chunk_size: fields.chunk_size,
             mode: fields.mode,
@@ -223,6 +245,47 @@ impl CopyJob {
     }
 }
 
+impl CopyJob {
+    /// A `"recursive": true` copy: `copy -r` between the guest's `copy_to`
+    /// or `copy_from` and the directory `local` of this host.
+    fn tree(id: Value, fields: CopyFields) -> Result<(CopyJob, Option<Streamed>), String> {
+        let refused = match (&fields.data, fields.mode, fields.verify) {
+            (Some(_), _, _) => Some("data"),
+            (_, Some(_), _) => Some("mode"),
+            (_, _, true) => Some("verify"),
+            _ => None,
+        };
+        if let Some(key) = refused {
+            return Err(format!("\"{key}\" does not go with \"recursive\": true"));
+        }
+        let Some(local) = fields.local else {
+            return Err("a recursive copy needs \"local\": the directory of this host".to_owned());
+        };
+        let side = match (fields.copy_to, fields.copy_from) {
+            (Some(path), _) => Side::TreeTo { path, local },
+            (None, Some(path)) => Side::TreeFrom { path, local },
+            (None, None) => unreachable!("not a copy"),
+        };
+        let options = Options {
+            chunk_size: fields.chunk_size,
+            mode: None,
+            verify: false,
+            compress: fields.compress,
+            progress: Show::Never,
+        };
+        let started = Arc::new(AtomicBool::new(false));
+        Ok((
+            CopyJob {
+                id,
+                side,
+                options,
+                started,
+            },
+            None,
+        ))
+    }
+}
+
 /// The keys of a copy request: `copy_to` (with `data`, or without, the
 /// data in lines after it) or `copy_from`, and `copy`'s options.
 #[derive(Deserialize)]
@@ -242,6 +305,10 @@ struct CopyFields {
     verify: bool,
     #[serde(default, deserialize_with = "fields::flag")]
     compress: bool,
+    #[serde(default, deserialize_with = "fields::flag")]
+    recursive: bool,
+    #[serde(default, deserialize_with = "local")]
+    local: Option<PathBuf>,
 }
 
 fn inline(bytes: Vec<u8>) -> Source {
@@ -269,6 +336,14 @@ fn path<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D:
     match String::deserialize(deserializer) {
         Ok(path) if !path.is_empty() => Ok(Some(path)),
         _ => Err(D::Error::custom("must be the guest file's path")),
+    }
+}
+
+/// `"local"`: a directory of this host, for a recursive copy.
+fn local<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
+    match String::deserialize(deserializer) {
+        Ok(path) if !path.is_empty() => Ok(Some(PathBuf::from(path))),
+        _ => Err(D::Error::custom("must be the path of a directory of this host")),
     }
 }
 
@@ -360,11 +435,18 @@ impl Copies<'_> {
         let mut copy = Copy::new(&mut agent);
         let id = job.id;
         let work = async {
+            let options = &job.options;
             match job.side {
-                Side::To { path, source } => copy.push(source, &path, &job.options).await,
+                Side::To { path, source } => copy.push(source, &path, options).await.map(Answered::Copied),
                 Side::From { path } => {
                     let lines = Target::Stream(Box::new(DataLines::new(id.clone())));
-                    copy.pull(&path, lines, &job.options).await
+                    copy.pull(&path, lines, options).await.map(Answered::Copied)
+                }
+                Side::TreeTo { path, local } => {
+                    copy.push_tree(&local, &path, options).await.map(Answered::Tree)
+                }
+                Side::TreeFrom { path, local } => {
+                    copy.pull_tree(&path, &local, options).await.map(Answered::Tree)
                 }
             }
         };
@@ -373,7 +455,7 @@ impl Copies<'_> {
             () = self.state.stop.notified() => (Err(interrupted()), true),
         };
         let error = match outcome {
-            Ok(summary) => return (Line::result(id, Answered::Copied(summary)), false),
+            Ok(answered) => return (Line::result(id, answered), false),
             Err(error) => error,
         };
         let left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()).await;

@@ -8,7 +8,7 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::copy::Summary;
+use crate::copy::{Summary, TreeSummary};
 use crate::error::{CliError, ErrorJson};
 use crate::output;
 use crate::run_output::RunResult;
@@ -40,12 +40,14 @@ pub struct Line {
 }
 
 /// What a request gave: a program's result exactly as `guest-run` prints
-/// it, a copy's summary as `copy` prints it, or `{}` for a ping.
+/// it, a copy's summary as `copy` (or `copy -r`) prints it, or `{}` for a
+/// ping.
 #[derive(Serialize)]
 #[serde(untagged)]
 pub enum Answered {
     Run(RunResult),
     Copied(Summary),
+    Tree(TreeSummary),
     Pong {},
 }
 

@@ -15,13 +15,15 @@
 //!
 //! # Into the guest
 //!
-//! The tree is packed on the host (`pack.rs`), streamed through the plain
-//! file copy (or `--compress`'s) to `tree.tar` in a private 0700 directory
-//! beside DEST in the guest, unpacked there by `tar -x` into `tree` beside
-//! it, and `tree` is renamed to DEST (`push.rs`). A failure removes the
-//! private directory. This is the interim way: once the live pipe into a
-//! guest program exists (`guest-run -i`), the stream will go straight into
-//! `tar -x`, without the archive's copy on the guest's disk.
+//! The tree is packed on the host (`pack.rs`, through gzip with
+//! `--compress`) by a thread, and streamed as it is packed into the
+//! standard input of `tar -x` (after `gzip -d`) running in the guest, in a
+//! private 0700 directory beside DEST (`stream_in.rs`, through the
+//! protocol crate's named pipe, as `guest-run -i` feeds a program): no
+//! archive lands on the guest's disk, and a guest that reads slowly slows
+//! the packer. Once `tar` has exited 0 after the end of the stream, the
+//! unpacked tree is renamed to DEST (`push.rs`). A failure stops `tar`
+//! and removes the private directory.
 //!
 //! # Destination
 //!
@@ -34,6 +36,7 @@ mod archive;
 mod pack;
 mod pull;
 mod push;
+mod stream_in;
 #[cfg(test)]
 mod tests;
 pub mod unpack;
@@ -41,6 +44,7 @@ pub mod unpack;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use virtomate_protocol::follow::FollowError;
 
 use super::agent::FileAgent;
 use super::guest;
@@ -78,6 +82,17 @@ impl<A: FileAgent> Copy<'_, A> {
             )
             .with_hint("install tar (GNU or busybox) in the guest, or copy the files one by one")),
             Err(error) => Err(error),
+        }
+    }
+
+    /// A failure of the files (and pipe) `tar` works through in the guest.
+    fn tree_follow_error(&self, error: FollowError) -> CliError {
+        match error {
+            FollowError::Agent(error) => self.agent.error(error),
+            other => CliError::new(ErrorKind::AgentCommand, format!("copy -r: {other}")).with_hint(
+                "copy -r runs tar in the guest with /bin/sh, its input and output passing through a \
+                 private directory under $TMPDIR or /tmp there",
+            ),
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use flate2::read::GzDecoder;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep;
-use virtomate_protocol::follow::{Follow, FollowError, FollowOptions, Stream};
+use virtomate_protocol::follow::{Follow, FollowOptions, Stream};
 use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
 use virtomate_protocol::PollSchedule;
 
@@ -251,16 +251,6 @@ impl<A: FileAgent> Copy<'_, A> {
         // no end.
         let _ = pieces.send(Piece::End).await;
         Ok(total)
-    }
-
-    fn tree_follow_error(&self, error: FollowError) -> CliError {
-        match error {
-            FollowError::Agent(error) => self.agent.error(error),
-            other => CliError::new(ErrorKind::AgentCommand, format!("copy -r: {other}")).with_hint(
-                "copy -r out of the guest reads tar's output from a private directory under $TMPDIR or \
-                 /tmp there, with /bin/sh",
-            ),
-        }
     }
 }
 

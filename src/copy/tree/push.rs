@@ -1,40 +1,52 @@
-//! `copy -r` into the guest: the tree packed on the host, sent as one file
-//! by the plain copy, unpacked by the guest's `tar -x` beside DEST and
-//! renamed into place (see the [module](super) docs).
-//!
-//! Interim: the archive lands on the guest's disk whole before `tar -x`
-//! reads it. Once a live pipe into a guest program exists (`guest-run
-//! -i`), the stream goes straight into `tar -x` instead.
+//! `copy -r` into the guest: the tree packed on the host and streamed
+//! straight into the guest's `tar -x` while it runs (`stream_in.rs`),
+//! which unpacks it beside DEST; renamed into place once complete (see the
+//! [module](super) docs).
 
-use std::fs::File;
-use std::path::Path;
 use std::time::Instant;
 
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use tokio::sync::mpsc;
+use virtomate_protocol::follow::{Follow, FollowOptions};
+use virtomate_protocol::qga::GuestExec;
+
 use super::pack::pack;
+use super::stream_in::{PieceWriter, QUEUED};
 use super::TreeSummary;
 use crate::copy::agent::FileAgent;
 use crate::copy::guest::{self, DirKind};
-use crate::copy::local::Source;
 use crate::copy::location::guest_parent;
+use crate::copy::progress::Progress;
 use crate::copy::{Copy, Options};
 use crate::error::{CliError, ErrorKind};
 
-/// Unpacks `$1/tree.tar` into `$1/tree` and renames that to `$2`, then
-/// removes `$1`. `-o`: the files are the agent's user's (root's), not
-/// whoever the archive names (GNU and busybox tar both take it).
-const UNPACK_SCRIPT: &str = r#"d=$1 t=$2
+/// Unpacks standard input (gzip's stream when `$2` is `gzip`) into
+/// `$1/tree`, then reads the input to its end: the script ends only once
+/// the whole stream went in, which the host has checked was complete.
+/// `-o`: the files are the agent's user's (root's), not whoever the
+/// archive names (GNU and busybox tar both take it). A gzip that fails is
+/// caught through fd 3 (a pipeline's status is its last program's).
+const UNPACK_SCRIPT: &str = r#"d=$1
 mkdir -m 700 "$d/tree" || exit
-tar -x -o -f "$d/tree.tar" -C "$d/tree" || exit
-rm -f "$d/tree.tar"
-mv -T "$d/tree" "$t" || exit
-rmdir "$d""#;
+if [ "$2" = gzip ]; then
+  z=$( { { gzip -d -c; echo $? >&3; } | tar -x -o -f - -C "$d/tree" >&2; } 3>&1 ) || exit
+  [ "$z" = 0 ] || exit 1
+else
+  tar -x -o -f - -C "$d/tree" || exit
+fi
+exec cat >/dev/null"#;
+
+/// Renames the complete `$1/tree` to `$2`, and removes `$1`.
+const PLACE_SCRIPT: &str = r#"mv -T "$1/tree" "$2" || exit
+rmdir "$1""#;
 
 impl<A: FileAgent> Copy<'_, A> {
     /// Copies the local directory `source` to `path` in the guest (or
     /// into it, when it is a directory).
     pub async fn push_tree(
         &mut self,
-        source: &Path,
+        source: &std::path::Path,
         path: &str,
         options: &Options,
     ) -> Result<TreeSummary, CliError> {
@@ -45,62 +57,98 @@ impl<A: FileAgent> Copy<'_, A> {
             .and_then(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned));
         let target = self.tree_target(path, name.as_deref()).await?;
         self.check_tar().await?;
+        if options.compress {
+            self.check_gzip().await?;
+        }
         let dir = self.private_dir(guest_parent(&target)).await?;
-        // The plain copy below makes and removes its own directory in it.
         self.left.guest_tree = self.left.guest_dir.take();
 
-        let (read, write) = nix::unistd::pipe().map_err(|e| CliError::io("cannot make a pipe", e.into()))?;
-        let root = source.to_owned();
-        let packing = tokio::task::spawn_blocking(move || pack(&root, File::from(write)));
-        let archive = Source {
-            reader: Box::new(tokio::fs::File::from_std(File::from(read))),
-            what: "the archive of the local directory",
-            len: None,
-            mode: Some(0o600),
-            name: None,
+        // tar's standard error, read while it runs: a few bytes at a time.
+        let follow_options = FollowOptions {
+            read_count: 64 << 10,
+            ..FollowOptions::default()
         };
-        let archive_options = Options {
-            mode: Some(0o600),
-            verify: false,
-            ..options.clone()
-        };
-        let sent = self
-            .push(archive, &format!("{dir}/tree.tar"), &archive_options)
-            .await;
-        let packed = packing
-            .await
-            .unwrap_or_else(|_| Err(CliError::new(ErrorKind::Io, "the packing thread ended")));
-        // The source's fault (a FIFO, a file that shrank) explains an
-        // archive cut short; a send that failed explains a packer whose
-        // pipe was closed.
-        let (packed, sent) = match (packed, sent) {
-            (Err(error), _) if error.kind() == ErrorKind::Path => return Err(error),
-            (_, Err(error)) | (Err(error), Ok(_)) => return Err(error),
-            (Ok(packed), Ok(sent)) => (packed, sent),
-        };
+        let prepared = Follow::prepare_with_stdin(self.agent.channel(), follow_options).await;
+        let follow = prepared.map_err(|e| self.tree_follow_error(e))?;
+        self.left.guest_dir = Some(follow.dir().to_owned());
+        let follow = self.left.follow.insert(follow);
+        let compression = if options.compress { "gzip" } else { "" };
+        let tar = GuestExec::new("/bin/sh", ["-c", UNPACK_SCRIPT, "sh", &dir, compression]);
+        let started_tar = self.agent.channel().guest_exec(&follow.redirect(tar)).await;
+        let pid = started_tar.map_err(|e| self.agent.error(e))?.pid;
+        self.left.program = Some(pid);
+        self.left.program_name = Some("tar");
 
-        let purpose = "to unpack the archive (tar) and rename the copy into place";
-        let ran = guest::run(
-            self.agent,
-            "/bin/sh",
-            &["-c", UNPACK_SCRIPT, "sh", &dir, &target],
-            purpose,
-        )
-        .await?;
-        if !ran.ok() {
+        let (queue, pieces) = mpsc::channel(QUEUED);
+        let root = source.to_owned();
+        let compress = options.compress;
+        // Ends by itself once the queue's reader has gone.
+        tokio::task::spawn_blocking(move || {
+            let mut writer = PieceWriter::new(queue);
+            let packed = match compress {
+                true => {
+                    let mut gzip = GzEncoder::new(&mut writer, Compression::default());
+                    let packed = pack(&root, &mut gzip);
+                    packed.and_then(|packed| {
+                        gzip.try_finish()
+                            .map_err(|e| CliError::io("cannot send the archive", e))
+                            .map(|()| packed)
+                    })
+                }
+                false => pack(&root, &mut writer),
+            };
+            writer.end(packed);
+        });
+        let progress = Progress::new(options.progress, None);
+        let fed = self.feed_program(pid, pieces, &progress).await;
+        let fed = fed.inspect_err(|_| progress.abandon())?;
+        self.close_feed().await;
+        if fed.status.exitcode != Some(0) {
+            progress.abandon();
+            let ran = guest::Ran {
+                exit_code: fed.status.exitcode,
+                stdout: Vec::new(),
+                stderr: fed.said,
+            };
             return Err(CliError::new(
                 ErrorKind::Path,
-                format!("cannot unpack the directory in the guest: {}", ran.failure("sh")),
+                format!("cannot unpack the directory in the guest: {}", ran.failure("tar")),
+            ));
+        }
+        let Some(packed) = fed.packed else {
+            progress.abandon();
+            return Err(CliError::new(
+                ErrorKind::AgentCommand,
+                "tar ended in the guest before the whole archive was sent",
+            ));
+        };
+        if let Some(mut follow) = self.left.follow.take() {
+            match follow.clean_up(self.agent.channel()).await {
+                Ok(()) => self.left.guest_dir = None,
+                Err(error) => tracing::warn!("{error}; {} may be left in the guest", follow.dir()),
+            }
+        }
+        let purpose = "to rename the copy into place";
+        let script = ["-c", PLACE_SCRIPT, "sh", &dir, &target];
+        let placed = guest::run(self.agent, "/bin/sh", &script, purpose).await?;
+        if !placed.ok() {
+            return Err(CliError::new(
+                ErrorKind::Path,
+                format!(
+                    "cannot rename the copy into place in the guest: {}",
+                    placed.failure("mv")
+                ),
             ));
         }
         self.left.guest_tree = None;
+        progress.finish();
         Ok(TreeSummary {
             dest: target,
             files: packed.files,
             directories: packed.directories,
             symlinks: packed.symlinks,
             bytes: packed.bytes,
-            archive_bytes: sent.bytes,
+            archive_bytes: fed.sent,
             seconds: started.elapsed().as_secs_f64(),
             stripped: Vec::new(),
         })

@@ -302,6 +302,53 @@ fn what_the_packer_makes_the_unpacker_takes_whole() {
 }
 
 #[test]
+fn the_packers_stream_goes_over_in_whole_pieces_then_its_end() {
+    use super::stream_in::{Piece, PieceWriter, PIECE, QUEUED};
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("data"), vec![7u8; 150_000]).unwrap();
+    let (queue, mut pieces) = tokio::sync::mpsc::channel(QUEUED);
+    let root = source.path().to_owned();
+    let packer = std::thread::spawn(move || {
+        let mut writer = PieceWriter::new(queue);
+        let packed = pack(&root, &mut writer);
+        writer.end(packed);
+    });
+    let mut stream = Vec::new();
+    let mut sizes = Vec::new();
+    let packed = loop {
+        match pieces.blocking_recv().expect("an end before the queue closes") {
+            Piece::Data(data) => {
+                sizes.push(data.len());
+                stream.extend(data);
+            }
+            Piece::End(packed) => break packed.unwrap(),
+        }
+    };
+    packer.join().unwrap();
+    assert!(pieces.blocking_recv().is_none());
+    assert_eq!((packed.files, packed.bytes), (1, 150_000));
+    let (last, whole) = sizes.split_last().unwrap();
+    assert!(whole.iter().all(|&n| n == PIECE) && *last <= PIECE, "{sizes:?}");
+    let parent = tempfile::tempdir().unwrap();
+    unpack_into(parent.path(), &stream).unwrap();
+    assert_eq!(
+        std::fs::read(parent.path().join("dest/data")).unwrap(),
+        vec![7u8; 150_000]
+    );
+}
+
+#[test]
+fn a_packer_whose_reader_went_stops_with_an_error() {
+    use super::stream_in::PieceWriter;
+    let source = tempfile::tempdir().unwrap();
+    std::fs::write(source.path().join("data"), vec![7u8; 300_000]).unwrap();
+    let (queue, pieces) = tokio::sync::mpsc::channel(1);
+    drop(pieces);
+    let error = pack(source.path(), PieceWriter::new(queue)).unwrap_err();
+    assert!(error.to_string().contains("cannot send"), "{error}");
+}
+
+#[test]
 fn the_packer_refuses_a_fifo_by_name() {
     let source = tempfile::tempdir().unwrap();
     nix::unistd::mkfifo(
