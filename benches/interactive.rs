@@ -99,8 +99,9 @@ fn main() {
             std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap(),
             "{label}: {mib} MiB copied in and out differ"
         );
+        print!("{label:<11} {mib:>5} {piped:>9.2} {copied:>10.2} {copied_out:>11.2} ");
         println!(
-            "{label:<11} {mib:>5} {piped:>9.2} {copied:>10.2} {copied_out:>11.2} {:>8.2} {:>10.2} {:>8.2} {:>7} KiB",
+            "{:>8.2} {:>10.2} {:>8.2} {:>7} KiB",
             piped / copied,
             piped / (copied + copied_out),
             (mib * MIB) as f64 / 1e6 / piped,
