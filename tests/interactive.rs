@@ -235,18 +235,32 @@ fn a_program_that_ends_early_or_never_reads_ends_the_run_and_stdin_is_not_read_t
     assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
 }
 
-/// The command lines of the host's processes that name `dir`: a helper
-/// moving a chunk file names it.
+/// The host's processes that name `dir` in their command line or hold a
+/// file under it open (a helper moving a chunk file has the pipe open as
+/// its stdout; the agent, a handle not closed): their command lines and
+/// open files.
 fn processes_naming(dir: &Path) -> Vec<String> {
-    let dir = dir.to_str().unwrap();
+    let name = dir.to_str().unwrap();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(dir) {
-            found.push(cmdline);
+        let fds = std::fs::read_dir(entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        let holds = fds
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| target.starts_with(dir));
+        if cmdline.contains(name) || holds {
+            let fds = std::fs::read_dir(entry.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten();
+            let files: Vec<_> = fds.filter_map(|fd| std::fs::read_link(fd.path()).ok()).collect();
+            found.push(format!("{cmdline} holding {files:?}"));
         }
     }
     found
@@ -254,7 +268,7 @@ fn processes_naming(dir: &Path) -> Vec<String> {
 
 #[test]
 #[ignore = "needs qemu-ga on the host"]
-fn a_program_that_ends_during_bulk_input_has_its_status_reported_and_no_chunk_file_or_helper_stays() {
+fn a_program_ending_or_stopped_during_bulk_input_has_its_status_reported_and_no_chunk_file_or_helper_stays() {
     let (agent, tmp) = host_agent();
     let socket = agent.socket();
     let socket = socket.to_str().unwrap();
@@ -275,7 +289,11 @@ fn a_program_that_ends_during_bulk_input_has_its_status_reported_and_no_chunk_fi
         out.stdout.len()
     );
     assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
-    assert_eq!(processes_naming(&tmp), Vec::<String>::new(), "left running");
+    assert_eq!(
+        processes_naming(&tmp),
+        Vec::<String>::new(),
+        "left running or open"
+    );
 
     // The same with the input endless, and ended by --max-time while a
     // program that never reads holds it up.
@@ -286,7 +304,35 @@ fn a_program_that_ends_during_bulk_input_has_its_status_reported_and_no_chunk_fi
     assert_eq!(out.status.code(), Some(124), "{out:?}");
     assert!(taken.load(Ordering::Relaxed) <= NEVER_READ_BOUND);
     assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
-    assert_eq!(processes_naming(&tmp), Vec::<String>::new(), "left running");
+    assert_eq!(
+        processes_naming(&tmp),
+        Vec::<String>::new(),
+        "left running or open"
+    );
+
+    // And by Ctrl-C, once more than a chunk has been taken: a helper is
+    // blocked in the full pipe by then.
+    let mut child = spawn(&[], socket, &["sleep", "60"]);
+    let (taken, writer) = endless(child.stdin.take().unwrap());
+    while taken.load(Ordering::Relaxed) < 2 * MIB as u64 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(stderr.contains("was stopped with SIGTERM"), "{stderr}");
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+    assert_eq!(
+        processes_naming(&tmp),
+        Vec::<String>::new(),
+        "left running or open"
+    );
 }
 
 /// Waits for `child` to end, its peak resident memory (KiB, VmHWM) as last

@@ -3,34 +3,45 @@
 //! Each request costs the agent a fixed time besides its Base64, and a
 //! pipe takes at most 4 KiB whole; so much input waiting goes instead in
 //! one `guest-file-write` of up to a chunk (1 MiB on a direct channel) to
-//! a file beside the pipe, `in.N`, and a `guest-exec`'d helper copies it
-//! into the pipe ([`MOVE_SCRIPT`], with `in.N` and `in` as arguments).
-//! The helper unlinks the file as soon as it has it
-//! open, so nothing stays however it ends, and it execs `cat`, so its pid
-//! is `cat`'s. Its `cat` blocks while the program does not read: that is
-//! the backpressure.
+//! a file beside the pipe, and a `guest-exec`'d helper copies it into the
+//! pipe ([`MOVE_SCRIPT`]: `dd` of exactly the chunk's length). The helper
+//! execs `dd`, so its pid is `dd`'s, and `dd` blocks while the program
+//! does not read: that is the backpressure.
 //!
-//! At most one helper runs, and while it runs (or a chunk file waits for
-//! it) nothing else writes to the pipe, so the bytes keep their order. The
-//! next chunk file is written while a helper runs; its helper starts once
-//! the last one is seen to have exited (`guest-exec-status`, which also
-//! reaps it from the agent's table).
+//! Two chunk files, `in.0` and `in.1`, both opened in one round trip
+//! with the first chunk and then written from their start again and
+//! again: a handle is learnt only from the reply to its `guest-file-open`,
+//! and a run cut short (Ctrl-C) between the request and the reply leaves
+//! the agent holding a file nobody can close (as for every file the
+//! engine opens); with one such round trip a run, that window is short.
+//! The directory's removal takes the files.
+//!
+//! At most one helper runs, and while it runs (or a chunk waits for it)
+//! nothing else writes to the pipe, so the bytes keep their order. The
+//! next chunk is written to the other file while a helper runs; its helper
+//! starts once the last one is seen to have exited (`guest-exec-status`,
+//! which also reaps it from the agent's table).
 //!
 //! The feed's own `r+` handle keeps a reader on the pipe, so a helper
-//! never meets a pipe without one: its `open` does not block and its
-//! `cat` gets no broken pipe while the feed holds the handle, even once
-//! the program has ended. Only when the handle is closed does a helper
-//! still writing get a broken pipe; [`Bulk::stop`] then reaps it (or stops
-//! it, should something else in the guest still hold the pipe open).
+//! never meets a pipe without one: its `open` does not block and its `dd`
+//! gets no broken pipe while the feed holds the handle, even once the
+//! program has ended. Only when the handle is closed does a helper still
+//! writing get a broken pipe; [`Bulk::stop`] then reaps it (or stops it,
+//! should something else in the guest still hold the pipe open).
 
 use std::time::Duration;
 
 use crate::follow::FollowError;
-use crate::qga::{GuestExec, GuestExecStatus, GuestFileClose, GuestFileOpen, GuestFileWrite};
+use crate::qga::{
+    GuestExec, GuestExecStatus, GuestFileClose, GuestFileFlush, GuestFileOpen, GuestFileSeek, GuestFileWrite,
+    Whence,
+};
 use crate::{stop_group, Channel, Connector, Error, StopScope};
 
-/// The helper: `$1` is the chunk file, `$2` the pipe.
-const MOVE_SCRIPT: &str = r#"exec <"$1" && rm -f -- "$1" && exec cat >"$2""#;
+/// The helper: `$1` is the chunk file, `$2` the pipe, `$3` the chunk's
+/// length (the file may be longer, from an earlier chunk). `dd` reads a
+/// regular file's block whole, and a blocking write to a pipe writes all.
+pub(super) const MOVE_SCRIPT: &str = r#"exec dd if="$1" of="$2" bs="$3" count=1"#;
 
 /// How long a helper still running once the pipe's handle is closed gets
 /// after SIGTERM.
@@ -39,17 +50,18 @@ const HELPER_GRACE: Duration = Duration::from_secs(1);
 /// What the agent says when the file system is full (ENOSPC).
 const NO_SPACE: &str = "No space left on device";
 
-/// A chunk file written and not yet handed to a helper.
+/// A chunk written to the file `slot` and not yet handed to a helper.
 #[derive(Debug)]
 struct Staged {
-    path: String,
+    slot: usize,
     len: usize,
 }
 
-/// A helper moving a chunk into the pipe.
+/// A helper moving the chunk in the file `slot` into the pipe.
 #[derive(Debug)]
 struct Helper {
     pid: i64,
+    slot: usize,
     len: usize,
 }
 
@@ -60,8 +72,8 @@ pub(super) struct Bulk {
     pipe: String,
     /// The most bytes in one chunk file.
     chunk: usize,
-    /// Chunk files made so far, which numbers them.
-    made: u64,
+    /// The handles of the two chunk files, once opened.
+    files: [Option<i64>; 2],
     staged: Option<Staged>,
     helper: Option<Helper>,
 }
@@ -72,7 +84,7 @@ impl Bulk {
         Bulk {
             pipe,
             chunk,
-            made: 0,
+            files: [None, None],
             staged: None,
             helper: None,
         }
@@ -127,61 +139,97 @@ impl Bulk {
             }
         }
         if self.helper.is_none() {
-            if let Some(staged) = self.staged.take() {
-                let exec = GuestExec::new("/bin/sh", ["-c", MOVE_SCRIPT, "sh", &staged.path, &self.pipe]);
+            if let Some(Staged { slot, len }) = self.staged.take() {
+                let (file, size) = (self.path(slot), len.to_string());
+                let exec = GuestExec::new("/bin/sh", ["-c", MOVE_SCRIPT, "sh", &file, &self.pipe, &size]);
                 let pid = channel.guest_exec(&exec).await?.pid;
-                self.helper = Some(Helper { pid, len: staged.len });
+                self.helper = Some(Helper { pid, slot, len });
             }
         }
         Ok(())
     }
 
-    /// Writes `bytes` (at most a chunk) to a new chunk file, which waits
-    /// for its helper ([`look`](Self::look) starts it). A full file system
-    /// is an error saying so; the file stays, for the directory's removal.
+    /// Opens both chunk files, in one round trip: the first chunk's.
+    async fn open<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
+        let open = |slot| GuestFileOpen::new(self.path(slot), "w");
+        let (first, second) = channel.execute_both(&open(0), &open(1)).await?;
+        // Kept as soon as known, for `stop` to close.
+        self.files = [first.as_ref().ok().copied(), second.as_ref().ok().copied()];
+        first.and(second).map(drop).map_err(|e| self.no_space(e))
+    }
+
+    /// The chunk file `slot`, as the guest names it.
+    fn path(&self, slot: usize) -> String {
+        format!("{}.{slot}", self.pipe)
+    }
+
+    /// Writes `bytes` (at most a chunk) from the start of the chunk file
+    /// no helper reads, opened the first time; the chunk then waits for
+    /// its helper ([`look`](Self::look) starts it). A full file system is
+    /// an error saying so.
     pub(super) async fn stage<C: Connector>(
         &mut self,
         channel: &mut Channel<C>,
         bytes: Vec<u8>,
     ) -> Result<(), FollowError> {
         debug_assert!(self.staged.is_none());
-        self.made += 1;
-        let path = format!("{}.{}", self.pipe, self.made);
+        let slot = match &self.helper {
+            Some(helper) => 1 - helper.slot,
+            None => 0,
+        };
+        if self.files == [None, None] {
+            self.open(channel).await?;
+        }
+        let Some(handle) = self.files[slot] else {
+            unreachable!("both chunk files are open once one is");
+        };
         let len = bytes.len();
-        let handle = channel
-            .execute(&GuestFileOpen::new(path.clone(), "w"))
-            .await
-            .map_err(|e| self.no_space(e))?;
-        let written = channel.execute(&GuestFileWrite { handle, buf: bytes }).await;
-        // Closing writes what the `FILE` buffered: a full file system may
-        // show only here.
-        let closed = channel.execute(&GuestFileClose { handle }).await;
+        let start = GuestFileSeek {
+            handle,
+            offset: 0,
+            whence: Whence::Set,
+        };
+        channel.execute(&start).await?;
+        // Flushed, so that the helper reads all of it.
+        let write = GuestFileWrite { handle, buf: bytes };
+        let (written, flushed) = channel.execute_both(&write, &GuestFileFlush { handle }).await?;
         match written.map_err(|e| self.no_space(e))? {
             reply if reply.count == len as u64 => {}
             reply => {
                 return Err(FollowError::Input {
-                    reason: format!("the agent took {} of {len} bytes into {path}", reply.count),
+                    reason: format!(
+                        "the agent took {} of {len} bytes into {}",
+                        reply.count,
+                        self.path(slot)
+                    ),
                 })
             }
         }
-        closed.map_err(|e| self.no_space(e))?;
-        self.staged = Some(Staged { path, len });
+        flushed.map_err(|e| self.no_space(e))?;
+        self.staged = Some(Staged { slot, len });
         Ok(())
     }
 
-    /// Forgets the chunk file waiting (the directory's removal takes it)
-    /// and ends the helper: once the pipe's handle is closed, a helper
-    /// still writing gets a broken pipe, and is reaped; one that somehow
-    /// does not end is stopped.
+    /// Ends the helper and closes the chunk files (the directory's removal
+    /// takes them): once the pipe's handle is closed, a helper still
+    /// writing gets a broken pipe, and is reaped; one that somehow does
+    /// not end is stopped.
     pub(super) async fn stop<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), Error> {
         self.staged = None;
-        let Some(helper) = self.helper.take() else {
-            return Ok(());
+        let stopped = match self.helper.take() {
+            Some(helper) => {
+                let agent = channel.agent().await?;
+                stop_group(agent, helper.pid, HELPER_GRACE, StopScope::Program)
+                    .await
+                    .map(drop)
+            }
+            None => Ok(()),
         };
-        let agent = channel.agent().await?;
-        stop_group(agent, helper.pid, HELPER_GRACE, StopScope::Program)
-            .await
-            .map(drop)
+        let mut closed = Ok(());
+        for handle in self.files.iter_mut().filter_map(Option::take) {
+            closed = closed.and(channel.execute(&GuestFileClose { handle }).await.map(drop));
+        }
+        stopped.and(closed)
     }
 
     /// An agent's error as the error to report: a full file system said so.
