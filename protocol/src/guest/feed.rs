@@ -178,6 +178,13 @@ impl Feed {
         FEED_HIGH_WATER.max(self.bulk.chunk())
     }
 
+    /// Whether the feed could write some of what waits now: nothing is on
+    /// its way as a chunk, or a chunk's worth waits for the other file.
+    /// Input behind a chunk on its way otherwise waits for the next look.
+    pub fn can_write_now(&self) -> bool {
+        self.pipe != Pipe::Closed && (self.bulk.idle() || self.takes_a_chunk())
+    }
+
     /// Whether the input waiting goes as a chunk file now: there is at
     /// least [`BULK_MIN`] of it, no chunk file waits already, and either
     /// the pipe is free, or a whole chunk waits, or no more will come.

@@ -372,7 +372,10 @@ impl<C: Connector> Session<C> {
     }
 
     /// Passes input on to the interactive program `id`, whose next poll
-    /// comes at once; input for any other is dropped.
+    /// comes at once if the input can be written now (a typed line); input
+    /// for any other is dropped. Input behind a chunk on its way waits for
+    /// the next look, so that more is taken meanwhile, rather than a look
+    /// after every piece.
     fn take_input(&mut self, id: &Value, bytes: &[u8], end: bool) {
         let Some(run) = self.running.iter_mut().find(|run| run.id == *id) else {
             return;
@@ -384,7 +387,9 @@ impl<C: Connector> Session<C> {
         if end {
             feed.end();
         }
-        run.next_poll = Instant::now();
+        if feed.can_write_now() {
+            run.next_poll = Instant::now();
+        }
     }
 
     /// Lets go of the channel.
