@@ -1,15 +1,17 @@
 //! What `guest-run -i` costs: how soon a line written to `cat` in the
 //! guest comes back, and how fast bytes flow through `cat` both ways at
-//! once against `copy` of the same file into the guest (the slower way),
-//! on the test VM and on the host's qemu-ga. Prints figures; asserts
-//! nothing about time (see README.md).
+//! once against `copy` of the same file into the guest (the slower way)
+//! and against `copy` in and then out (the same bytes through the same
+//! agent, which serves one request at a time), on the test VM and on the
+//! host's qemu-ga. Prints figures; asserts nothing about time (see
+//! README.md).
 //!
 //! Round trip: one `guest-run -i … -- cat` the whole time; a line is
 //! written after pauses of 0.05 to 2 s (so that the polls have backed off
 //! as far as they go) and timed until it is read back. Bulk: random bytes
 //! through `cat`, stdin from a file and stdout to one, compared byte for
 //! byte, with virtomate's peak RSS (GNU time); then `copy` of the same
-//! file into the guest.
+//! file into the guest and back out.
 //!
 //! Run with `scripts/bench.sh` (or `cargo bench --bench interactive` once
 //! the test VM is built). `BENCH_RUNS` sets the lines per figure (default
@@ -60,12 +62,10 @@ fn main() {
     }
 
     println!();
+    println!("bulk: random bytes through guest-run -i -- cat (both ways at once) against copy in and out");
     println!(
-        "bulk: random bytes through guest-run -i -- cat (both ways at once) against copy into the guest"
-    );
-    println!(
-        "{:<11} {:>6} {:>10} {:>10} {:>8} {:>12} {:>10}",
-        "agent", "MiB", "-i cat s", "copy in s", "ratio", "-i MB/s", "peak RSS"
+        "{:<11} {:>5} {:>9} {:>10} {:>11} {:>8} {:>10} {:>8} {:>11}",
+        "agent", "MiB", "-i cat s", "copy in s", "copy out s", "/ in", "/ in+out", "-i MB/s", "peak RSS"
     );
     let work = tempfile::tempdir().unwrap();
     let host_inside = work.path().join("inside").display().to_string();
@@ -92,16 +92,25 @@ fn main() {
             std::fs::read(&back).unwrap() == std::fs::read(&local).unwrap(),
             "{label}: {mib} MiB through cat differ"
         );
-        let copied = copy_in(&socket, &local, inside);
+        let copied = copy(local.to_str().unwrap(), &guest_path(&socket, inside));
+        let out = work.path().join("out");
+        let copied_out = copy(&guest_path(&socket, inside), out.to_str().unwrap());
+        assert!(
+            std::fs::read(&out).unwrap() == std::fs::read(&local).unwrap(),
+            "{label}: {mib} MiB copied in and out differ"
+        );
+        print!("{label:<11} {mib:>5} {piped:>9.2} {copied:>10.2} {copied_out:>11.2} ");
         println!(
-            "{label:<11} {mib:>6} {piped:>10.2} {copied:>10.2} {:>8.2} {:>12.2} {:>7} KiB",
+            "{:>8.2} {:>10.2} {:>8.2} {:>7} KiB",
             piped / copied,
+            piped / (copied + copied_out),
             (mib * MIB) as f64 / 1e6 / piped,
             rss
         );
     }
     println!(
-        "ratio: the -i run's time / copy's (goal: at most 1.2); peak RSS of the -i run (goal: < 64 MiB)"
+        "/ in: the -i run's time / copy in's (goal: at most 1.2); / in+out: / (copy in + copy out), \
+         the floor of one agent carrying the bytes both ways; peak RSS of the -i run (goal: < 64 MiB)"
     );
 }
 
@@ -165,14 +174,15 @@ fn through_cat(socket: &Path, local: &Path, back: &Path) -> (f64, u64) {
     (took, rss)
 }
 
-/// Seconds of `copy local DOMAIN:inside`.
-fn copy_in(socket: &Path, local: &Path, inside: &str) -> f64 {
-    let guest = format!("{}:{inside}", socket.display());
+/// `DOMAIN:inside` for `copy`.
+fn guest_path(socket: &Path, inside: &str) -> String {
+    format!("{}:{inside}", socket.display())
+}
+
+/// Seconds of `copy from to`.
+fn copy(from: &str, to: &str) -> f64 {
     let started = Instant::now();
-    let out = support::virtomate()
-        .args(["copy", local.to_str().unwrap(), &guest])
-        .output()
-        .unwrap();
+    let out = support::virtomate().args(["copy", from, to]).output().unwrap();
     let took = started.elapsed().as_secs_f64();
     assert!(out.status.success(), "{out:?}");
     took

@@ -95,8 +95,19 @@ fn round_trips(domain: &str, sizes: &[usize]) {
     }
 }
 
-/// Sizes around the pipe's atomic write (4 KiB) and its capacity (64 KiB).
+/// Sizes around the pipe's atomic write (4 KiB) and its capacity (64 KiB),
+/// which is also where input starts to go as chunk files.
 const SIZES: [usize; 8] = [0, 1, 4095, 4096, 4097, 65535, 65536, 65537];
+
+/// Sizes around a chunk file's (1 MiB), and around two of them and one
+/// more piece than fits.
+const CHUNK_SIZES: [usize; 5] = [MIB - 1, MIB, MIB + 1, 2 * MIB + 4097, 5 * MIB + 12345];
+
+const MIB: usize = 1 << 20;
+
+/// The most of an endless input virtomate may take for a program that
+/// never reads: see the never-reading tests.
+const NEVER_READ_BOUND: u64 = 4 << 20;
 
 /// Lines of text, `count` of them, numbered.
 fn numbered_lines(count: usize) -> Vec<u8> {
@@ -107,17 +118,17 @@ fn numbered_lines(count: usize) -> Vec<u8> {
 
 #[test]
 #[ignore = "needs qemu-ga on the host"]
-fn random_data_of_every_size_around_4_and_64_kib_and_3_mib_comes_back_byte_for_byte() {
+fn random_data_of_every_size_around_4_and_64_kib_and_a_chunk_file_comes_back_byte_for_byte() {
     let (agent, tmp) = host_agent();
     let socket = agent.socket();
     let socket = socket.to_str().unwrap();
     round_trips(socket, &SIZES);
-    round_trips(socket, &[3 << 20]);
+    round_trips(socket, &CHUNK_SIZES);
     // Binary the other way too: what the program makes of its input.
-    let input = noise(100_000, 7);
+    let input = noise(3 * MIB + 1, 7);
     let out = interactive(&[], socket, &["sh", "-c", "cat >&2; printf 'o\\0k'"], &input);
     assert_eq!(out.status.code(), Some(0));
-    assert!(out.stderr == input, "100000 bytes to stderr differ");
+    assert!(out.stderr == input, "3 MiB and a byte to stderr differ");
     assert_eq!(out.stdout, b"o\0k");
     assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
 }
@@ -214,12 +225,148 @@ fn a_program_that_ends_early_or_never_reads_ends_the_run_and_stdin_is_not_read_t
         String::from_utf8_lossy(&out.stderr)
     );
     // The pipe into virtomate, a read, a queued request, what waits to
-    // go in (64 KiB and one read over) and the guest's pipe: 384 KiB.
+    // go in (a chunk and one read over), a chunk file waiting, the one its
+    // helper moves and the guest's pipe: about 3.3 MiB.
     let taken = taken.load(Ordering::Relaxed);
     assert!(
-        taken <= 512 << 10,
+        taken <= NEVER_READ_BOUND,
         "virtomate took {taken} bytes a program never read"
     );
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+}
+
+/// The host's processes that name `dir` in their command line or hold a
+/// file under it open (a helper moving a chunk file has the pipe open as
+/// its stdout; the agent, a handle not closed): their command lines and
+/// open files.
+fn processes_naming(dir: &Path) -> Vec<String> {
+    let name = dir.to_str().unwrap();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let fds = std::fs::read_dir(entry.path().join("fd"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        let holds = fds
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .any(|target| target.starts_with(dir));
+        if cmdline.contains(name) || holds {
+            let fds = std::fs::read_dir(entry.path().join("fd"))
+                .into_iter()
+                .flatten()
+                .flatten();
+            let files: Vec<_> = fds.filter_map(|fd| std::fs::read_link(fd.path()).ok()).collect();
+            found.push(format!("{cmdline} holding {files:?}"));
+        }
+    }
+    found
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_program_ending_or_stopped_during_bulk_input_has_its_status_reported_and_no_chunk_file_or_helper_stays() {
+    let (agent, tmp) = host_agent();
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    // It reads 100000 bytes of 8 MiB and ends: a helper is then blocked
+    // in a full pipe, a chunk file waits for the next.
+    let input = noise(8 * MIB, 12);
+    let program = ["sh", "-c", "head -c 100000; exit 5"];
+    let out = interactive(&[], socket, &program, &input);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == input[..100_000],
+        "{} bytes came back",
+        out.stdout.len()
+    );
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+    assert_eq!(
+        processes_naming(&tmp),
+        Vec::<String>::new(),
+        "left running or open"
+    );
+
+    // The same with the input endless, and ended by --max-time while a
+    // program that never reads holds it up.
+    let mut child = spawn(&["--max-time", "2"], socket, &["sleep", "60"]);
+    let (taken, writer) = endless(child.stdin.take().unwrap());
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(124), "{out:?}");
+    assert!(taken.load(Ordering::Relaxed) <= NEVER_READ_BOUND);
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+    assert_eq!(
+        processes_naming(&tmp),
+        Vec::<String>::new(),
+        "left running or open"
+    );
+
+    // And by Ctrl-C, once more than a chunk has been taken: a helper is
+    // blocked in the full pipe by then.
+    let mut child = spawn(&[], socket, &["sleep", "60"]);
+    let (taken, writer) = endless(child.stdin.take().unwrap());
+    while taken.load(Ordering::Relaxed) < 2 * MIB as u64 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(stderr.contains("was stopped with SIGTERM"), "{stderr}");
+    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+    assert_eq!(
+        processes_naming(&tmp),
+        Vec::<String>::new(),
+        "left running or open"
+    );
+}
+
+/// Waits for `child` to end, its peak resident memory (KiB, VmHWM) as last
+/// seen while it ran.
+fn peak_rss_until_exit(child: &mut Child) -> u64 {
+    let status = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    while child.try_wait().unwrap().is_none() {
+        let text = std::fs::read_to_string(&status).unwrap_or_default();
+        let hwm = text.lines().find_map(|line| line.strip_prefix("VmHWM:"));
+        if let Some(kib) = hwm.and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()) {
+            peak = kib;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    peak
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_endless_input_to_a_program_that_never_reads_is_not_read_on_and_memory_stays_bounded() {
+    let (agent, tmp) = host_agent();
+    let socket = agent.socket();
+    let socket = socket.to_str().unwrap();
+    let mut child = spawn(&[], socket, &["sh", "-c", "sleep 4; exit 3"]);
+    let (taken, writer) = endless(child.stdin.take().unwrap());
+    let peak = peak_rss_until_exit(&mut child);
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let taken = taken.load(Ordering::Relaxed);
+    assert!(taken <= NEVER_READ_BOUND, "virtomate took {taken} bytes");
+    // A debug build: a few MiB of input and its Base64 besides the code.
+    assert!(peak < 48 << 10, "peak RSS {peak} KiB");
     assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
 }
 
@@ -324,7 +471,7 @@ fn on_the_vm_data_both_ways_a_slow_reader_a_non_reader_and_ctrl_c_leave_nothing_
     let before = guest_tmp(&vm);
 
     round_trips(socket, &SIZES);
-    round_trips(&vm.name, &[1 << 20]);
+    round_trips(&vm.name, &[MIB]);
 
     let lines = numbered_lines(2_000);
     let slow = "while IFS= read -r l; do printf '%s\\n' \"$l\"; done";
@@ -373,7 +520,7 @@ fn on_the_vm_data_both_ways_a_slow_reader_a_non_reader_and_ctrl_c_leave_nothing_
     );
     let taken = taken.load(Ordering::Relaxed);
     assert!(
-        taken <= 512 << 10,
+        taken <= NEVER_READ_BOUND,
         "virtomate took {taken} bytes a program never read"
     );
 
@@ -424,6 +571,74 @@ fn on_the_vm_data_both_ways_a_slow_reader_a_non_reader_and_ctrl_c_leave_nothing_
     assert_eq!(status.code(), Some(255), "{stderr}");
     assert!(stderr.starts_with("virtomate: AgentDisconnected: "), "{stderr}");
     drop(stdin);
+}
+
+/// The guest's processes, kernel threads and the `ps` asking left out:
+/// their command lines, sorted.
+fn guest_processes(vm: &TestVm) -> Vec<String> {
+    let out = guest_run_with(&[], &vm.socket(), &["ps"], None).json();
+    let mut found: Vec<String> = out["stdout"]
+        .as_str()
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().skip(2).collect::<Vec<_>>().join(" "))
+        .filter(|command| !command.starts_with('[') && !command.contains("ps"))
+        .collect();
+    found.sort();
+    found
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn on_the_vm_bulk_input_a_program_ending_during_it_and_a_full_tmp_leave_no_file_or_process_behind() {
+    let vm = TestVm::boot("interactive-bulk");
+    let socket = vm.socket();
+    let socket = socket.to_str().unwrap();
+    let (tmp, processes) = (guest_tmp(&vm), guest_processes(&vm));
+
+    round_trips(socket, &[MIB - 1, MIB + 1, 2 * MIB + 4097]);
+    let input = noise(3 * MIB, 13);
+    let out = interactive(&[], socket, &["sh", "-c", "head -c 100000; exit 5"], &input);
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.stdout == input[..100_000],
+        "{} bytes came back",
+        out.stdout.len()
+    );
+    assert_eq!(guest_tmp(&vm), tmp, "the guest's /tmp before and after");
+    assert_eq!(
+        guest_processes(&vm),
+        processes,
+        "the guest's processes before and after"
+    );
+
+    // A /tmp of 512 KiB: room for the directory, none for a chunk file
+    // of 1 MiB, which waits while the program sleeps.
+    let mount = ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", "/tmp"];
+    let mounted = guest_run_with(&[], &vm.socket(), &mount, None);
+    assert_eq!(mounted.json()["exit_code"], 0, "{mounted:?}");
+    let input = noise(3 * MIB, 14);
+    let out = interactive(&[], socket, &["sh", "-c", "sleep 3; cat >/dev/null"], &input);
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot feed the program's input: no space left in the guest"),
+        "{stderr}"
+    );
+    assert_eq!(guest_tmp(&vm), ".\n..\n", "the small /tmp after");
+    let unmounted = guest_run_with(&[], &vm.socket(), &["umount", "/tmp"], None);
+    assert_eq!(unmounted.json()["exit_code"], 0, "{unmounted:?}");
+    assert_eq!(
+        guest_processes(&vm),
+        processes,
+        "the guest's processes before and after"
+    );
 }
 
 /// `rsync -a --stats -e 'virtomate guest-run -i' FROM TO` in `dir`; its

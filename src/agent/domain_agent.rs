@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde_json::Value;
+use virtomate_protocol::feed::{DIRECT_CHUNK, LIBVIRT_CHUNK};
 use virtomate_protocol::follow::{DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
 use virtomate_protocol::qga::Command;
 use virtomate_protocol::session::{Failure, Session, SessionOptions};
@@ -325,13 +326,18 @@ fn agent_sockets_beside(monitor: &std::path::Path, scope: &Scope) -> Option<Stri
     (!paths.is_empty()).then(|| paths.join(", "))
 }
 
-/// How the engine runs a command's programs: followed output read in
-/// pieces that libvirtd, where it carries them, can take.
+/// How the engine runs a command's programs: followed output read, and
+/// interactive input written, in pieces that libvirtd, where it carries
+/// them, can take.
 pub fn run_options(through_libvirtd: bool) -> SessionOptions {
     SessionOptions {
         follow_read_count: match through_libvirtd {
             true => LIBVIRT_READ_COUNT,
             false => DIRECT_READ_COUNT,
+        },
+        input_chunk: match through_libvirtd {
+            true => LIBVIRT_CHUNK,
+            false => DIRECT_CHUNK,
         },
         ..SessionOptions::default()
     }

@@ -30,20 +30,52 @@
 //!   first.
 //! - The end of the input closes the handle: the program reads what the
 //!   pipe holds, then an end of file.
+//!
+//! Each piece costs a request, which the agent in a slow guest takes
+//! milliseconds for whatever its size; so when much input waits (at least
+//! [`BULK_MIN`]), it goes as one chunk file of up to a chunk
+//! ([`DIRECT_CHUNK`], through libvirtd [`LIBVIRT_CHUNK`]), which a helper
+//! in the guest copies into the pipe (see `bulk.rs`); small input, a typed
+//! line, still goes straight in.
+
+mod bulk;
 
 use std::collections::VecDeque;
 
 use crate::follow::FollowError;
+use crate::libvirt::AGENT_COMMAND_MAX;
 use crate::qga::{GuestFileClose, GuestFileFlush, GuestFileOpen, GuestFileWrite};
 use crate::{Channel, Connector, Error};
+use bulk::Bulk;
 
 /// The most bytes one write to a pipe puts in whole or not at all: Linux's
 /// `PIPE_BUF`, and the agent's `FILE` buffer on a pipe.
 pub const PIPE_BUF: usize = 4096;
 
 /// Input waiting to go in beyond which a caller should stop giving more
-/// ([`Feed::wants_more`]): about one pipe's worth.
+/// ([`Feed::wants_more`]) when it goes straight into the pipe: about one
+/// pipe's worth. With chunk files, a chunk's worth.
 pub const FEED_HIGH_WATER: usize = 64 << 10;
+
+/// Input waiting from which it goes as a chunk file rather than piece by
+/// piece: 16 pieces, a pipe's worth.
+pub const BULK_MIN: usize = 64 << 10;
+
+/// The most bytes in one chunk file on a direct channel: as `copy` writes.
+/// The agent holds the request whole, about four times that.
+pub const DIRECT_CHUNK: usize = 1 << 20;
+
+/// The most bytes in one chunk file through libvirtd, whose agent commands
+/// are at most [`AGENT_COMMAND_MAX`] long, the chunk in Base64 among them:
+/// whole pages, room left for the JSON around it.
+///
+/// ```
+/// use virtomate_protocol::feed::{BULK_MIN, LIBVIRT_CHUNK};
+/// use virtomate_protocol::libvirt::AGENT_COMMAND_MAX;
+/// assert!(LIBVIRT_CHUNK.div_ceil(3) * 4 + 1024 <= AGENT_COMMAND_MAX);
+/// assert!(LIBVIRT_CHUNK >= BULK_MIN);
+/// ```
+pub const LIBVIRT_CHUNK: usize = (AGENT_COMMAND_MAX - 1024) / 4 * 3 / PIPE_BUF * PIPE_BUF;
 
 /// What the agent says when a pipe has no reader (ENXIO).
 const NO_READER: &str = "No such device or address";
@@ -70,6 +102,9 @@ pub struct Fed {
     /// Whether the feed has more to do now: input waits, and neither the
     /// pipe was full nor the program's shell missing.
     pub more: bool,
+    /// Whether a helper in the guest is moving a chunk into the pipe: the
+    /// feed should look again soon, to start the next.
+    pub moving: bool,
 }
 
 /// A named pipe in the guest and the input still to write to it; see the
@@ -83,13 +118,23 @@ pub struct Feed {
     ended: bool,
     /// A flush failed: the agent reports the next write as failed.
     stale_error: bool,
+    bulk: Bulk,
 }
 
 impl Feed {
     /// A feed for the pipe at `path` (as the guest names it), not opened
-    /// yet.
+    /// yet, writing straight into it only.
     pub fn new(path: String) -> Feed {
+        Feed::with_chunks(path, 0)
+    }
+
+    /// A feed for the pipe at `path` that sends much input waiting as
+    /// chunk files of at most `chunk` bytes beside it (see the
+    /// [module](self) docs); below [`BULK_MIN`], none.
+    pub fn with_chunks(path: String, chunk: usize) -> Feed {
+        let chunk = if chunk < BULK_MIN { 0 } else { chunk };
         Feed {
+            bulk: Bulk::new(path.clone(), chunk),
             path,
             pipe: Pipe::NoReader,
             pending: VecDeque::new(),
@@ -117,9 +162,38 @@ impl Feed {
     }
 
     /// Whether the caller may give more input now: it has not ended, and
-    /// less than [`FEED_HIGH_WATER`] waits.
+    /// less than [`high_water`](Self::high_water) waits.
     pub fn wants_more(&self) -> bool {
-        !self.ended && self.pipe != Pipe::Closed && self.pending.len() < FEED_HIGH_WATER
+        !self.ended && self.pipe != Pipe::Closed && !self.backed_up()
+    }
+
+    /// Whether so much input waits that no more should be given.
+    pub fn backed_up(&self) -> bool {
+        self.pending.len() >= self.high_water()
+    }
+
+    /// The input waiting beyond which the caller should stop giving more:
+    /// [`FEED_HIGH_WATER`], or a chunk's worth with chunk files.
+    pub fn high_water(&self) -> usize {
+        FEED_HIGH_WATER.max(self.bulk.chunk())
+    }
+
+    /// Whether the feed could write some of what waits now: nothing is on
+    /// its way as a chunk, or a chunk's worth waits for the other file.
+    /// Input behind a chunk on its way otherwise waits for the next look.
+    pub fn can_write_now(&self) -> bool {
+        self.pipe != Pipe::Closed && (self.bulk.idle() || self.takes_a_chunk())
+    }
+
+    /// Whether the input waiting goes as a chunk file now: there is at
+    /// least [`BULK_MIN`] of it, no chunk file waits already, and either
+    /// the pipe is free, or a whole chunk waits, or no more will come.
+    fn takes_a_chunk(&self) -> bool {
+        let waiting = self.pending.len();
+        self.bulk.chunk() > 0
+            && waiting >= BULK_MIN
+            && !self.bulk.staged()
+            && (!self.bulk.moving() || waiting >= self.bulk.chunk() || self.ended)
     }
 
     /// Opens the pipe once the program's shell reads it, then writes what
@@ -132,38 +206,72 @@ impl Feed {
         budget: usize,
     ) -> Result<Fed, FollowError> {
         let mut written = 0;
+        let idle = |written, more| Fed {
+            written,
+            more,
+            moving: false,
+        };
         if self.pipe == Pipe::NoReader && !self.open(channel).await? {
-            return Ok(Fed { written, more: false });
+            return Ok(idle(written, false));
         }
         let Pipe::Open(handle) = self.pipe else {
-            return Ok(Fed { written, more: false });
+            return Ok(idle(written, false));
         };
+        self.bulk.look(channel).await?;
         while !self.pending.is_empty() {
             if written as usize >= budget {
-                return Ok(Fed { written, more: true });
+                return Ok(Fed {
+                    more: true,
+                    moving: self.bulk.moving(),
+                    written,
+                });
+            }
+            if self.takes_a_chunk() {
+                let len = self.pending.len().min(self.bulk.chunk());
+                let chunk: Vec<u8> = self.pending.drain(..len).collect();
+                self.bulk.stage(channel, chunk).await?;
+                written += len as u64;
+                // Starts its helper at once if the pipe is free.
+                if !self.bulk.moving() {
+                    self.bulk.look(channel).await?;
+                }
+                continue;
+            }
+            if !self.bulk.idle() {
+                // A piece now would overtake the chunk on its way.
+                break;
             }
             let len = self.pending.len().min(PIPE_BUF);
             if !self.write_piece(channel, handle, len).await? {
-                return Ok(Fed { written, more: false });
+                return Ok(idle(written, false));
             }
             self.pending.drain(..len);
             written += len as u64;
         }
-        if self.ended {
+        if self.ended && self.pending.is_empty() && self.bulk.idle() {
             self.close(channel).await?;
         }
-        Ok(Fed { written, more: false })
+        Ok(Fed {
+            more: false,
+            moving: self.bulk.moving(),
+            written,
+        })
     }
 
     /// Closes the pipe, dropping what waits: the input ended, or the
-    /// program did.
+    /// program did. A helper still moving a chunk then ends with a broken
+    /// pipe and is reaped (or stopped, if something else in the guest
+    /// still reads the pipe); a chunk file waiting stays for the removal
+    /// of the directory.
     pub async fn close<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), Error> {
         self.pending = VecDeque::new();
         let pipe = std::mem::replace(&mut self.pipe, Pipe::Closed);
-        match pipe {
+        let closed = match pipe {
             Pipe::Open(handle) => channel.execute(&GuestFileClose { handle }).await.map(drop),
             _ => Ok(()),
-        }
+        };
+        let stopped = self.bulk.stop(channel).await;
+        closed.and(stopped)
     }
 
     /// Opens the pipe for writing if the program's shell has it open for
@@ -243,5 +351,20 @@ mod tests {
         feed.end();
         feed.push(b"late");
         assert_eq!(feed.pending(), FEED_HIGH_WATER);
+    }
+
+    #[test]
+    fn with_chunk_files_a_chunk_waits_before_more_is_refused_and_small_chunks_mean_none() {
+        let mut feed = Feed::with_chunks("/tmp/x/in".to_owned(), DIRECT_CHUNK);
+        assert_eq!(feed.high_water(), DIRECT_CHUNK);
+        feed.push(&vec![0; BULK_MIN - 1]);
+        assert!(!feed.takes_a_chunk() && feed.wants_more());
+        feed.push(&[0]);
+        assert!(feed.takes_a_chunk());
+        feed.push(&vec![0; DIRECT_CHUNK - BULK_MIN]);
+        assert!(!feed.wants_more());
+        let feed = Feed::with_chunks("/tmp/x/in".to_owned(), BULK_MIN - 1);
+        assert_eq!(feed.high_water(), FEED_HIGH_WATER);
+        assert_eq!(feed.bulk.chunk(), 0);
     }
 }

@@ -186,8 +186,11 @@ pub enum FollowError {
         /// What the guest said.
         reason: String,
     },
-    /// The agent did something unforeseen with the program's input (see
-    /// [`feed`](crate::feed)): it may have lost or repeated some of it.
+    /// The program's input could not be fed (see [`feed`](crate::feed)):
+    /// the agent did something unforeseen with it (it may have lost or
+    /// repeated some), no chunk file fitted in the guest's temporary
+    /// directory, or the helper moving one into the pipe failed. The
+    /// program is stopped.
     #[error("cannot feed the program's input: {reason}")]
     Input {
         /// What the agent did.

@@ -52,7 +52,7 @@ pub use reply::{Abandoned, Failure, InFlight, Left, Outcome, Reply, Stage};
 pub use request::{Action, BadRequest, Request, RunRequest};
 
 use crate::channel::LOOK_FOR_WAITERS;
-use crate::feed::{Feed, FEED_HIGH_WATER};
+use crate::feed::{Feed, DIRECT_CHUNK};
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
 use crate::qga::{CaptureOutput, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing};
 use crate::{
@@ -73,6 +73,11 @@ pub struct SessionOptions {
     /// [`LIBVIRT_READ_COUNT`](crate::follow::LIBVIRT_READ_COUNT) through
     /// libvirtd.
     pub follow_read_count: u64,
+    /// The most bytes of an interactive program's input written at once
+    /// as a chunk file in the guest: [`DIRECT_CHUNK`], or
+    /// [`LIBVIRT_CHUNK`](crate::feed::LIBVIRT_CHUNK) through libvirtd; 0
+    /// for none (every byte straight into the pipe, 4 KiB a request).
+    pub input_chunk: usize,
 }
 
 impl Default for SessionOptions {
@@ -85,6 +90,7 @@ impl Default for SessionOptions {
             schedule: PollSchedule::default(),
             hold: HoldPolicy::default(),
             follow_read_count: DIRECT_READ_COUNT,
+            input_chunk: DIRECT_CHUNK,
         }
     }
 }
@@ -131,8 +137,14 @@ struct Following {
 }
 
 /// The most input written to one program in one turn: the other
-/// programs' polls, and reading its own output, wait no longer than that.
+/// programs' polls, and reading its own output, wait no longer than that
+/// (or than one chunk file, which goes whole).
 const FEED_BUDGET: usize = 64 << 10;
+
+/// The longest pause between two looks at a program whose input a helper
+/// in the guest moves: the next chunk's helper starts within about that
+/// once the last has ended.
+const MOVING_PAUSE: Duration = Duration::from_millis(20);
 
 /// Why a program is stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -355,12 +367,15 @@ impl<C: Connector> Session<C> {
     fn input_backed_up(&self) -> bool {
         self.running.iter().any(|run| {
             let feed = run.follow.as_ref().and_then(|f| f.feed.as_ref());
-            feed.is_some_and(|feed| feed.pending() >= FEED_HIGH_WATER)
+            feed.is_some_and(Feed::backed_up)
         })
     }
 
     /// Passes input on to the interactive program `id`, whose next poll
-    /// comes at once; input for any other is dropped.
+    /// comes at once if the input can be written now (a typed line); input
+    /// for any other is dropped. Input behind a chunk on its way waits for
+    /// the next look, so that more is taken meanwhile, rather than a look
+    /// after every piece.
     fn take_input(&mut self, id: &Value, bytes: &[u8], end: bool) {
         let Some(run) = self.running.iter_mut().find(|run| run.id == *id) else {
             return;
@@ -372,7 +387,9 @@ impl<C: Connector> Session<C> {
         if end {
             feed.end();
         }
-        run.next_poll = Instant::now();
+        if feed.can_write_now() {
+            run.next_poll = Instant::now();
+        }
     }
 
     /// Lets go of the channel.
@@ -500,7 +517,9 @@ impl<C: Connector> Session<C> {
             stop_at: max_time.map(|limit| now + limit),
             grace,
             follow: follow.map(|follow| Following {
-                feed: follow.stdin_pipe().map(Feed::new),
+                feed: follow
+                    .stdin_pipe()
+                    .map(|pipe| Feed::with_chunks(pipe, self.options.input_chunk)),
                 follow,
                 quiet_since: now,
                 refused: false,
@@ -545,22 +564,19 @@ impl<C: Connector> Session<C> {
         if self.running[index].stop_at.is_some_and(|at| Instant::now() >= at) {
             return self.stop(index, StopReason::TimeLimit, reply).await;
         }
-        let mut more_input = false;
+        let (mut more_input, mut moving) = (false, false);
         let run = &mut self.running[index];
         if let Some(feed) = run.follow.as_mut().and_then(|f| f.feed.as_mut()) {
             match feed.feed(&mut self.channel, FEED_BUDGET).await {
                 Ok(fed) => {
-                    more_input = fed.more;
+                    (more_input, moving) = (fed.more, fed.moving);
                     if fed.written > 0 {
                         if let Some(following) = &mut run.follow {
                             following.quiet_since = Instant::now();
                         }
                     }
                 }
-                Err(error) => {
-                    let run = self.running.remove(index);
-                    return self.fail_following(run, error, None, reply);
-                }
+                Err(error) => return self.fail_input(index, error, reply).await,
             }
         }
         if let Some(following) = &mut run.follow {
@@ -604,8 +620,13 @@ impl<C: Connector> Session<C> {
                     }
                     None => now + self.options.schedule.pause_after(now.duration_since(run.started)),
                 };
-                // Input waits that the pipe can take: write on at once.
-                let next = if more_input { now } else { next };
+                // Input waits that the pipe can take: write on at once;
+                // a chunk on its way: look again soon.
+                let next = match (more_input, moving) {
+                    (true, _) => now,
+                    (false, true) => next.min(now + MOVING_PAUSE),
+                    (false, false) => next,
+                };
                 run.next_poll = run.stop_at.map_or(next, |at| next.min(at));
             }
             Err(Error::Disconnected) => self.fail_running(reply),
@@ -676,6 +697,35 @@ impl<C: Connector> Session<C> {
             }
         }
         following.follow.clean_up(&mut self.channel).await
+    }
+
+    /// Feeding the input of the program at `index` failed: it is stopped
+    /// (it would wait for input that never comes), the rest of its output
+    /// passed on and its files removed, and the failure replied.
+    async fn fail_input(
+        &mut self,
+        index: usize,
+        error: FollowError,
+        reply: &mut impl FnMut(Reply) -> io::Result<()>,
+    ) {
+        if matches!(error, FollowError::Agent(Error::Disconnected)) {
+            let run = self.running.remove(index);
+            return self.fail_following(run, error, None, reply);
+        }
+        tracing::info!(pid = self.running[index].pid, %error, "feeding the input failed");
+        self.channel.set_patience(Duration::ZERO);
+        let ended = match self.stop_program(index).await {
+            Ok(stopped) => Some(stopped.finished.status),
+            Err(_) => None,
+        };
+        // Best effort: the error to report is the input's.
+        let cleaned = ended.is_some() && self.pass_on_the_rest(index, reply).await.is_ok();
+        let mut run = self.running.remove(index);
+        if cleaned {
+            // Nothing stays in the guest to point at.
+            run.follow = None;
+        }
+        self.fail_following(run, error, ended, reply);
     }
 
     /// Following `run`'s output failed: its files may stay in the guest.
