@@ -534,6 +534,10 @@ fn through_libvirtd_ctrl_c_max_time_a_restarted_agent_and_a_killed_domain_are_to
     // libvirt's own words: "QEMU guest agent is not connected".
     assert!(stderr.contains("keeps running in the guest as pid"), "{stderr}");
     let dir = named_dir(&stderr);
+    // Until libvirtd has seen the new agent, it refuses at once.
+    wait_until(60, "libvirtd to reach the new agent", || {
+        guest_run_with(&[], Path::new(domain), &["true"], None).status == 0
+    });
     wait_until(60, "the program to read the end of its input", || {
         !guest_ps(domain).contains(marker)
     });
