@@ -542,6 +542,9 @@ pub enum Interruption {
     Ended { pid: i64 },
     /// The request was (perhaps partly) sent, its reply not yet read.
     Starting,
+    /// As `Starting`, for a followed program: what the start may have
+    /// started was stopped, its private directory removed.
+    StartUndone,
     /// The program runs in the guest as `pid`.
     Running { pid: i64 },
     /// It had a time limit or followed output, and was stopped with what it
@@ -577,6 +580,10 @@ impl std::fmt::Display for Interruption {
             Interruption::Starting => f.write_str(
                 "interrupted while the agent was starting the program; it may have started in the guest, \
                  under a pid the agent did not tell",
+            ),
+            Interruption::StartUndone => f.write_str(
+                "interrupted while the agent was starting the program; had it started, it was stopped, and \
+                 its private directory in the guest was removed",
             ),
             Interruption::Running { pid } => write!(
                 f,
@@ -806,6 +813,7 @@ mod tests {
         let message = |stage| CliError::interrupted(stage).to_string();
         assert!(message(Interruption::Connecting).contains("nothing was started"));
         assert!(message(Interruption::Starting).contains("may have started"));
+        assert!(message(Interruption::StartUndone).contains("had it started, it was stopped"));
         assert!(message(Interruption::Running { pid: 77 }).contains("guest pid 77"));
         assert!(message(Interruption::SendingStart).contains("nothing was started"));
         assert!(message(Interruption::StillRunning { pid: 7 }).contains("it is still running"));

@@ -30,7 +30,7 @@ fn host_wide_libvirt_lock() -> nix::fcntl::Flock<std::fs::File> {
 }
 
 /// Undefines its domains, and stops libvirtd if this test started it.
-struct LibvirtEnv {
+pub(crate) struct LibvirtEnv {
     domains: Vec<String>,
     started_here: bool,
     /// Released after the clean-up of `drop`.
@@ -38,7 +38,7 @@ struct LibvirtEnv {
 }
 
 impl LibvirtEnv {
-    fn start() -> LibvirtEnv {
+    pub(crate) fn start() -> LibvirtEnv {
         let lock = host_wide_libvirt_lock();
         let status = String::from_utf8_lossy(&env_script(&["status"]).stdout).into_owned();
         let running_before = status
@@ -58,7 +58,7 @@ impl LibvirtEnv {
         }
     }
 
-    fn define(&mut self, name: &str, options: &[&str]) {
+    pub(crate) fn define(&mut self, name: &str, options: &[&str]) {
         self.domains.push(name.to_owned());
         let mut args = vec!["define", name];
         args.extend(options);
@@ -114,7 +114,7 @@ fn listed(name: &str) -> Value {
 
 /// The pid in libvirt's pid file for the domain's QEMU: a second record
 /// besides the status file's `<domstatus pid=…>`, which virtomate reads.
-fn libvirt_pid_file(name: &str) -> u64 {
+pub(crate) fn libvirt_pid_file(name: &str) -> u64 {
     let path = format!("/run/libvirt/qemu/{name}.pid");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
     text.trim()

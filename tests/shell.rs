@@ -22,20 +22,27 @@ use crate::support::{run_bytes, virtomate};
 
 /// `virtomate shell` on the slave end of a pseudo-terminal; what it
 /// writes there is collected from the master end.
-struct Terminal {
+pub(crate) struct Terminal {
     master: File,
     /// Kept open so that the master never reads the end of the terminal.
     slave: OwnedFd,
     screen: Arc<(Mutex<Vec<u8>>, Condvar)>,
-    child: Child,
+    pub(crate) child: Child,
     /// How much of the screen earlier waits have looked at.
     seen: usize,
     /// The terminal's modes before virtomate started.
-    before: String,
+    pub(crate) before: String,
 }
 
 impl Terminal {
     fn start(args: &[&str], rows: u16, cols: u16) -> Terminal {
+        let mut command = vec!["shell"];
+        command.extend(args);
+        Terminal::run(&command, rows, cols)
+    }
+
+    /// `virtomate ARGS` on the slave end of a new pseudo-terminal.
+    pub(crate) fn run(args: &[&str], rows: u16, cols: u16) -> Terminal {
         let size = Winsize {
             ws_row: rows,
             ws_col: cols,
@@ -46,7 +53,6 @@ impl Terminal {
         let before = modes(&tcgetattr(pty.slave.as_fd()).unwrap());
         let slave_end = || Stdio::from(pty.slave.try_clone().unwrap());
         let child = virtomate()
-            .arg("shell")
             .args(args)
             .stdin(slave_end())
             .stdout(slave_end())
@@ -73,16 +79,24 @@ impl Terminal {
         }
     }
 
-    fn settings(&self) -> Termios {
+    pub(crate) fn settings(&self) -> Termios {
         tcgetattr(self.slave.as_fd()).unwrap()
     }
 
-    fn type_in(&mut self, keys: &[u8]) {
+    /// The status flags of the terminal's open file, which virtomate
+    /// shares as its standard streams: `O_NONBLOCK` left set would break
+    /// the shell that gets the terminal back.
+    pub(crate) fn file_flags(&self) -> nix::fcntl::OFlag {
+        let flags = nix::fcntl::fcntl(self.slave.as_fd(), nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        nix::fcntl::OFlag::from_bits_truncate(flags)
+    }
+
+    pub(crate) fn type_in(&mut self, keys: &[u8]) {
         self.master.write_all(keys).unwrap();
     }
 
     /// Waits until `text` shows on the screen after what earlier waits saw.
-    fn wait_for(&mut self, text: &str) {
+    pub(crate) fn wait_for(&mut self, text: &str) {
         assert!(
             self.try_wait_for(text, Duration::from_secs(60)),
             "gave up waiting for {text:?}:\n{}",
@@ -108,12 +122,12 @@ impl Terminal {
         }
     }
 
-    fn screen(&self) -> String {
+    pub(crate) fn screen(&self) -> String {
         String::from_utf8_lossy(&self.screen.0.lock().unwrap()).into_owned()
     }
 
     /// virtomate's exit status, waited for (a minute at most).
-    fn status(&mut self) -> i32 {
+    pub(crate) fn status(&mut self) -> i32 {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -137,7 +151,7 @@ impl Drop for Terminal {
 }
 
 /// The settings that matter to a user: modes and control characters.
-fn modes(termios: &Termios) -> String {
+pub(crate) fn modes(termios: &Termios) -> String {
     format!(
         "{:?} {:?} {:?} {:?} {:?}",
         termios.input_flags,

@@ -21,6 +21,7 @@ mod follow;
 mod freeze;
 mod host_agent;
 mod interactive;
+mod interactive_faults;
 mod layers;
 mod libvirt;
 mod master;

@@ -222,14 +222,9 @@ impl DomainAgent {
         self.explain_silence(error).await
     }
 
-    /// A program stopped after an interruption could not be stopped.
-    pub fn stop_failed(
-        &self,
-        error: virtomate_protocol::Error,
-        pid: i64,
-        output_dir: Option<&str>,
-    ) -> CliError {
-        self.errors.stop_failed(error, pid, output_dir)
+    /// The error for a run given up on a signal, saying what it left.
+    pub fn abandoned(&self, left: virtomate_protocol::session::Left) -> CliError {
+        self.errors.abandoned(left)
     }
 
     /// Whether the agent is reached through libvirtd, with its size limits.

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use virtomate_protocol::follow::{output_path, FollowError, Stream};
 use virtomate_protocol::qga::GuestExecStatusReply;
-use virtomate_protocol::session::{Failure, Stage};
+use virtomate_protocol::session::{Failure, Left, Stage};
 use virtomate_protocol::Error as AgentError;
 
 use crate::domain::socket_holders::{self, Holder};
-use crate::error::{CliError, ErrorKind, Peer};
+use crate::error::{CliError, ErrorKind, Interruption, Peer};
 
 /// Turns the protocol's errors on one agent channel into the CLI's.
 #[derive(Debug, Clone)]
@@ -212,6 +212,36 @@ impl AgentErrors {
             Some(dir) => error.with_hint(where_output_goes(dir)),
             None => error,
         }
+    }
+}
+
+impl AgentErrors {
+    /// The error for a run given up on a signal, saying what it left.
+    pub fn abandoned(&self, left: Left) -> CliError {
+        let stage = match left {
+            Left::StartNotSent => Interruption::SendingStart,
+            Left::MayHaveStarted => Interruption::Starting,
+            Left::StartUndone => Interruption::StartUndone,
+            Left::StillRunning { pid } => Interruption::StillRunning { pid },
+            Left::Ended { pid } => Interruption::Ended { pid },
+            Left::EndedJustNow { pid } => Interruption::EndedJustNow { pid },
+            Left::Unknown { pid } => Interruption::Running { pid },
+            Left::Stopped { pid, stopped } => Interruption::Stopped {
+                pid,
+                how: match (stopped.asked, stopped.killed) {
+                    (false, _) => "had ended by itself; its result is lost",
+                    (true, false) => "was stopped with SIGTERM",
+                    (true, true) => "was stopped with SIGKILL after the grace period",
+                },
+            },
+            Left::NotStopped {
+                pid,
+                error,
+                output_dir,
+            } => return self.stop_failed(error, pid, output_dir.as_deref()),
+            _ => Interruption::Connecting,
+        };
+        CliError::interrupted(stage)
     }
 }
 

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
-use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Request, RunRequest, Session};
+use virtomate_protocol::session::{Abandoned, Failure, Outcome, Request, RunRequest, Session};
 use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::{Answer, Context};
@@ -163,32 +163,10 @@ fn feed_stdin(mut input: impl Read + AsFd, requests: &mpsc::Sender<Request>, pro
 
 /// The error for a run given up on a signal, saying what it left.
 fn interrupted(agent: &DomainAgent, abandoned: Vec<Abandoned>) -> CliError {
-    let Some(Abandoned { left, .. }) = abandoned.into_iter().next() else {
+    match abandoned.into_iter().next() {
+        Some(Abandoned { left, .. }) => agent.abandoned(left),
         // The signal came as the engine replied: nothing was in flight.
-        return CliError::interrupted(Interruption::Connecting);
-    };
-    match left {
-        Left::Nothing => CliError::interrupted(Interruption::Connecting),
-        Left::StartNotSent => CliError::interrupted(Interruption::SendingStart),
-        Left::MayHaveStarted => CliError::interrupted(Interruption::Starting),
-        Left::StillRunning { pid } => CliError::interrupted(Interruption::StillRunning { pid }),
-        Left::Ended { pid } => CliError::interrupted(Interruption::Ended { pid }),
-        Left::EndedJustNow { pid } => CliError::interrupted(Interruption::EndedJustNow { pid }),
-        Left::Unknown { pid } => CliError::interrupted(Interruption::Running { pid }),
-        Left::Stopped { pid, stopped } => {
-            let how = match (stopped.asked, stopped.killed) {
-                (false, _) => "had ended by itself; its result is lost",
-                (true, false) => "was stopped with SIGTERM",
-                (true, true) => "was stopped with SIGKILL after the grace period",
-            };
-            CliError::interrupted(Interruption::Stopped { pid, how })
-        }
-        Left::NotStopped {
-            pid,
-            error,
-            output_dir,
-        } => agent.stop_failed(error, pid, output_dir.as_deref()),
-        _ => CliError::interrupted(Interruption::Connecting),
+        None => CliError::interrupted(Interruption::Connecting),
     }
 }
 

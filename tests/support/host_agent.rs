@@ -11,6 +11,9 @@ use super::{die_with_parent, wait_until};
 pub struct HostAgent {
     pub dir: TempDir,
     child: Child,
+    /// The options and environment it was started with, to restart it.
+    extra: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl HostAgent {
@@ -30,20 +33,27 @@ impl HostAgent {
 
     /// Starts the agent with extra environment, e.g. its own `TMPDIR`.
     pub fn start_in_with_env(dir: TempDir, extra: &[&str], env: &[(&str, &str)]) -> HostAgent {
-        let state = dir.path().join("state");
-        std::fs::create_dir(&state).unwrap();
-        let socket = dir.path().join("qga.sock");
-        let child = die_with_parent(Command::new(qemu_ga()).args(["-m", "unix-listen", "-p"]))
-            .arg(&socket)
-            .arg("-t")
-            .arg(&state)
-            .args(extra)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("qemu-ga runs: scripts/install-deps.sh installs it");
-        wait_until(10, "qemu-ga to create its socket", || socket.exists());
-        HostAgent { dir, child }
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let child = spawn(dir.path(), &extra, &env);
+        HostAgent {
+            dir,
+            child,
+            extra,
+            env,
+        }
+    }
+
+    /// Kills the agent and starts a new one on the same socket, as a
+    /// guest's agent restarts: it knows none of the old one's programs.
+    pub fn restart(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(self.socket());
+        self.child = spawn(self.dir.path(), &self.extra, &self.env);
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -61,6 +71,22 @@ impl Drop for HostAgent {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `qemu-ga` serving `dir/qga.sock`, returned once the socket is there.
+fn spawn(dir: &Path, extra: &[String], env: &[(String, String)]) -> Child {
+    let socket = dir.join("qga.sock");
+    let child = die_with_parent(Command::new(qemu_ga()).args(["-m", "unix-listen", "-p"]))
+        .arg(&socket)
+        .arg("-t")
+        .arg(dir.join("state"))
+        .args(extra)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("qemu-ga runs: scripts/install-deps.sh installs it");
+    wait_until(10, "qemu-ga to create its socket", || socket.exists());
+    child
 }
 
 fn qemu_ga() -> &'static Path {

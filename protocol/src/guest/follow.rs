@@ -293,6 +293,27 @@ impl Follow {
         options: FollowOptions,
         stdin_pipe: bool,
     ) -> Result<Follow, FollowError> {
+        Follow::prepare_named(channel, options, stdin_pipe, &Follow::new_name()?).await
+    }
+
+    /// A random name for a private directory, for
+    /// [`prepare_named`](Self::prepare_named).
+    pub fn new_name() -> Result<String, FollowError> {
+        crate::random_name().map_err(|e| FollowError::Setup {
+            reason: format!("no random name: {e}"),
+        })
+    }
+
+    /// As [`prepare`](Self::prepare) (with the named pipe when
+    /// `stdin_pipe`), the directory named after `name` from
+    /// [`new_name`](Self::new_name): a caller cut short in the middle of
+    /// it, or of the program's start, can [`sweep`](Self::sweep) it.
+    pub async fn prepare_named<C: Connector>(
+        channel: &mut Channel<C>,
+        options: FollowOptions,
+        stdin_pipe: bool,
+        name: &str,
+    ) -> Result<Follow, FollowError> {
         let info = channel.execute(&GuestInfo {}).await?;
         let input: &[&str] = if stdin_pipe { &INPUT_COMMANDS } else { &[] };
         let missing: Vec<String> = REQUIRED_COMMANDS
@@ -309,11 +330,8 @@ impl Follow {
         if !missing.is_empty() {
             return Err(FollowError::Unsupported { missing });
         }
-        let name = crate::random_name().map_err(|e| FollowError::Setup {
-            reason: format!("no random name: {e}"),
-        })?;
         let pipe = if stdin_pipe { "in" } else { "" };
-        let setup = GuestExec::new("/bin/sh", ["-c", SETUP_SCRIPT, "sh", &name, pipe]);
+        let setup = GuestExec::new("/bin/sh", ["-c", SETUP_SCRIPT, "sh", name, pipe]);
         let pid = match channel.guest_exec(&setup).await {
             Ok(started) => started.pid,
             Err(Error::Agent { desc, .. }) => {
@@ -327,7 +345,7 @@ impl Follow {
             .await?
             .status;
         let dir = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
-        if status.exitcode != Some(0) || !dir.starts_with('/') || !dir.ends_with(&name) {
+        if status.exitcode != Some(0) || !dir.starts_with('/') || !dir.ends_with(name) {
             let said = String::from_utf8_lossy(status.err_data.as_deref().unwrap_or_default());
             return Err(FollowError::Setup {
                 reason: format!(
@@ -486,6 +504,46 @@ impl Follow {
     }
 }
 
+impl Follow {
+    /// Removes the directory named after `name` that
+    /// [`prepare_named`](Self::prepare_named) was making or had made for
+    /// a caller cut short before the program ran (a signal), and stops
+    /// the processes that still use it: the setup, and a program whose
+    /// start was under way (with standard input from the named pipe, it
+    /// waits for a writer that will never come). Returns whether the
+    /// guest did all that.
+    pub async fn sweep<C: Connector>(channel: &mut Channel<C>, name: &str) -> Result<bool, Error> {
+        // In two arguments: the sweep's own command line must not hold
+        // the name it looks for.
+        let (first, second) = name.split_at(name.len() / 2);
+        let sweep = GuestExec::new("/bin/sh", ["-c", SWEEP_SCRIPT, "sh", first, second]);
+        let pid = channel.guest_exec(&sweep).await?.pid;
+        let finished = wait_for_exit_on(channel, pid, PollSchedule::default(), HoldPolicy::default()).await?;
+        Ok(finished.status.exitcode == Some(0))
+    }
+}
+
+/// The script that sweeps the directory named after `$1$2` (see
+/// [`Follow::sweep`]): the processes whose command line holds the name
+/// (the setup, the shell that starts the program) or that have a file of
+/// the directory open (a program it started), but for the agent (its
+/// parent, which may hold the output files open) get SIGTERM, then SIGKILL
+/// while any is left, for about five seconds at most; then the directory
+/// goes.
+const SWEEP_SCRIPT: &str = r#"n=$1$2; s=TERM; i=0
+while [ "$i" -lt 50 ]; do
+  found=
+  for p in /proc/[0-9]*; do
+    case ${p#/proc/} in "$$" | "$PPID") continue ;; esac
+    case $(tr '\0' ' ' <"$p/cmdline"; ls -l "$p/fd") in
+      *"$n"*) kill -s "$s" "${p#/proc/}" && found=1 ;;
+    esac 2>/dev/null
+  done
+  [ -z "$found" ] && break
+  s=KILL; i=$((i + 1)); sleep 0.1 2>/dev/null || sleep 1
+done
+rm -rf -- "${TMPDIR:-/tmp}/virtomate-follow-$n""#;
+
 /// The file in the directory `dir` that `stream` goes to, as the guest
 /// names it: what to tell a user when the directory stays behind.
 pub fn output_path(dir: &str, stream: Stream) -> String {
@@ -586,6 +644,35 @@ mod tests {
         );
         assert_eq!(exec.input_data.as_deref(), Some(&b"in"[..]));
         assert_eq!(exec.env, Some(vec!["A=1".to_owned()]));
+    }
+
+    #[test]
+    fn the_sweep_stops_a_shell_waiting_on_the_pipe_and_removes_the_directory() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("virtomate-follow-abcd");
+        let made = std::process::Command::new("/bin/sh")
+            .args(["-c", SETUP_SCRIPT, "sh", "abcd", "in"])
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "{made:?}");
+        // As the program's shell waits, for a writer that never comes.
+        let mut waiting = std::process::Command::new("/bin/sh")
+            .args(["-c", REDIRECT_INPUT_SCRIPT, "sh"])
+            .arg(&dir)
+            .arg("cat")
+            .spawn()
+            .unwrap();
+        let swept = std::process::Command::new("/bin/sh")
+            .args(["-c", SWEEP_SCRIPT, "sh", "ab", "cd"])
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        assert!(swept.status.success(), "{swept:?}");
+        assert!(swept.stderr.is_empty(), "{swept:?}");
+        let ended = waiting.wait().unwrap();
+        assert!(!ended.success(), "killed: {ended:?}");
+        assert!(!dir.exists());
     }
 
     #[test]

@@ -162,6 +162,10 @@ pub struct Session<C: Connector> {
     running: Vec<Running>,
     /// The request whose exchange is under way (start or ping), if any.
     current: Option<InFlight>,
+    /// The name of the private directory of the followed run being
+    /// prepared or started: cut short there, [`give_up`](Self::give_up)
+    /// sweeps it.
+    preparing: Option<String>,
     last_request: Instant,
 }
 
@@ -188,6 +192,7 @@ impl<C: Connector> Session<C> {
             options,
             running: Vec::new(),
             current: None,
+            preparing: None,
             last_request: Instant::now(),
         }
     }
@@ -328,15 +333,19 @@ impl<C: Connector> Session<C> {
     /// ```
     pub async fn give_up(&mut self, mut reply: impl FnMut(Reply) -> io::Result<()>) -> Vec<Abandoned> {
         let mut abandoned = Vec::new();
+        self.channel.set_patience(Duration::ZERO);
         if let Some(current) = self.current.take() {
             let left = match (current.stage, self.channel.request_progress()) {
                 (Stage::Starting, RequestProgress::Idle | RequestProgress::PartlySent) => Left::StartNotSent,
                 (Stage::Starting, _) => Left::MayHaveStarted,
                 _ => Left::Nothing,
             };
+            let left = match self.preparing.take() {
+                Some(name) => self.sweep(&name, left).await,
+                None => left,
+            };
             abandoned.push(Abandoned { id: current.id, left });
         }
-        self.channel.set_patience(Duration::ZERO);
         // Each stays among the running until it is seen to: given up on
         // again, the rest is looked at once more.
         while let Some(run) = self.running.first() {
@@ -360,6 +369,23 @@ impl<C: Connector> Session<C> {
             abandoned.push(Abandoned { id, left });
         }
         abandoned
+    }
+
+    /// Sweeps the private directory `name` of a followed run cut short
+    /// while it was prepared or started (see [`Follow::sweep`]): what
+    /// its start may have started is stopped, then.
+    async fn sweep(&mut self, name: &str, left: Left) -> Left {
+        const SWEEPING: Duration = Duration::from_secs(15);
+        let swept = tokio::time::timeout(SWEEPING, Follow::sweep(&mut self.channel, name)).await;
+        match (swept, left) {
+            (Ok(Ok(true)), Left::MayHaveStarted) => Left::StartUndone,
+            (swept, left) => {
+                if !matches!(swept, Ok(Ok(true))) {
+                    tracing::warn!(?swept, name, "the private directory of a run cut short may stay");
+                }
+                left
+            }
+        }
     }
 
     /// Whether an interactive program has so much input waiting that no
@@ -420,7 +446,11 @@ impl<C: Connector> Session<C> {
         let id = request.id;
         let outcome = match request.action {
             Action::Ping => self.ping(&id).await,
-            Action::Run(run) => self.start(&id, run).await,
+            Action::Run(run) => {
+                let started = self.start(&id, run).await;
+                self.preparing = None;
+                started
+            }
             Action::Input { bytes, end } => {
                 self.take_input(&id, &bytes, end);
                 return;
@@ -478,10 +508,9 @@ impl<C: Connector> Session<C> {
                     read_count: self.options.follow_read_count,
                     ..FollowOptions::default()
                 };
-                let prepared = match interactive {
-                    true => Follow::prepare_with_stdin(&mut self.channel, options).await,
-                    false => Follow::prepare(&mut self.channel, options).await,
-                };
+                let name = Follow::new_name().map_err(|e| Failure::following(Stage::Preparing, e))?;
+                self.preparing = Some(name.clone());
+                let prepared = Follow::prepare_named(&mut self.channel, options, interactive, &name).await;
                 Some(prepared.map_err(|e| Failure::following(Stage::Preparing, e))?)
             }
             false => None,

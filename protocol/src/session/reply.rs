@@ -163,6 +163,10 @@ pub enum Left {
     /// The request to start it was sent, its reply not read: it may run
     /// under a pid the agent did not tell.
     MayHaveStarted,
+    /// The request to start a followed program was sent, its reply not
+    /// read: what it may have started in the guest was stopped, and its
+    /// private directory removed.
+    StartUndone,
     /// It runs still, as a status asked just now said.
     StillRunning {
         /// Its guest pid.

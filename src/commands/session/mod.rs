@@ -22,7 +22,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendError;
 use virtomate_protocol::follow::Stream;
-use virtomate_protocol::session::{Outcome, Reply, Session, SessionOptions, Stage};
+use virtomate_protocol::session::{Outcome, Reply, Session, SessionOptions};
 
 use self::copies::{Copies, CopyState};
 use self::lines::{answered, print, Answered, ChunkLine, Line};
@@ -30,7 +30,7 @@ use super::{Answer, Context};
 use crate::agent::DomainAgent;
 use crate::agent::Signals;
 use crate::agent::{run_options, AgentErrors, RunFront};
-use crate::error::{CliError, ErrorKind, Interruption};
+use crate::error::{CliError, ErrorKind};
 use crate::run_output::RunResult;
 
 /// Requests read but not yet taken up: reading stops there, so that a
@@ -112,13 +112,19 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         answered(&id);
         print(&Line::error(id, &error));
     }
-    for left in session.in_flight() {
-        let stage = match left.stage {
-            Stage::Starting => Interruption::Starting,
-            Stage::Running { pid } => Interruption::Running { pid },
-            _ => Interruption::Connecting,
-        };
-        print(&Line::error(left.id, &CliError::interrupted(stage)));
+    // As guest-run gives up: followed and time-limited programs are
+    // stopped (their output's rest printed, their directories removed),
+    // the others looked at once and left to run.
+    let abandoned = session
+        .give_up(|reply| {
+            if let Ok(Outcome::Chunk { stream, bytes }) = reply.outcome {
+                print_chunk(reply.id, stream, &bytes);
+            }
+            Ok(())
+        })
+        .await;
+    for left in abandoned {
+        print(&Line::error(left.id, &errors.abandoned(left.left)));
     }
     lines::flush();
     Ok(Answer::Failed)
@@ -141,20 +147,7 @@ fn print_reply(reply: Reply, errors: &AgentErrors, silent: &Silent) {
             Err(error) => Line::error(reply.id, &error),
         },
         Ok(Outcome::Pong) => Line::result(reply.id, Answered::Pong {}),
-        Ok(Outcome::Chunk { stream, bytes }) => {
-            let bytes = Some(STANDARD.encode(bytes));
-            let (stdout, stderr) = match stream {
-                Stream::Stdout => (bytes, None),
-                _ => (None, bytes),
-            };
-            let chunk = ChunkLine {
-                id: reply.id,
-                stderr,
-                stdout,
-            };
-            print(&chunk);
-            return;
-        }
+        Ok(Outcome::Chunk { stream, bytes }) => return print_chunk(reply.id, stream, &bytes),
         Ok(_) => return,
         Err(failure) => {
             let error = errors.run_failure(failure, RunFront::Session);
@@ -170,4 +163,14 @@ fn print_reply(reply: Reply, errors: &AgentErrors, silent: &Silent) {
     };
     answered(&line.id);
     print(&line);
+}
+
+/// Prints a chunk of the output of the followed program `id`.
+fn print_chunk(id: Value, stream: Stream, bytes: &[u8]) {
+    let bytes = Some(STANDARD.encode(bytes));
+    let (stdout, stderr) = match stream {
+        Stream::Stdout => (bytes, None),
+        _ => (None, bytes),
+    };
+    print(&ChunkLine { id, stderr, stdout });
 }

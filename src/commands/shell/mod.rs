@@ -328,6 +328,7 @@ fn interrupted(left: Left) -> CliError {
         }
         Left::Ended { pid } | Left::EndedJustNow { pid } => Interruption::Ended { pid },
         Left::MayHaveStarted => Interruption::Starting,
+        Left::StartUndone => Interruption::StartUndone,
         Left::StartNotSent => Interruption::SendingStart,
         _ => Interruption::Connecting,
     };
