@@ -13,7 +13,7 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{self, error::TryRecvError};
-use virtomate_protocol::feed::{Feed, FEED_HIGH_WATER};
+use virtomate_protocol::feed::{Feed, DIRECT_CHUNK, FEED_HIGH_WATER, LIBVIRT_CHUNK};
 use virtomate_protocol::follow::Stream;
 use virtomate_protocol::qga::{GuestExecStatus, GuestExecStatusReply};
 use virtomate_protocol::PollSchedule;
@@ -28,7 +28,8 @@ use crate::error::{CliError, ErrorKind};
 pub const PIECE: usize = 64 << 10;
 
 /// Pieces packed and not yet fed: with [`PIECE`] and the feed's
-/// [`FEED_HIGH_WATER`], the memory a copy holds.
+/// [`high_water`](Feed::high_water) (a chunk file's worth), the memory a
+/// copy holds.
 pub const QUEUED: usize = 4;
 
 /// The most of tar's standard error kept for a message.
@@ -46,6 +47,10 @@ const LOOKS: PollSchedule = PollSchedule {
 /// tar that failed stops reading: the feed would find a full pipe soon
 /// after anyway).
 const STATUS_EVERY: Duration = Duration::from_millis(250);
+
+/// How soon to look again while a helper in the guest moves a chunk into
+/// the pipe: its end lets the next chunk go.
+const MOVING_PAUSE: Duration = Duration::from_millis(20);
 
 /// What the packer's thread hands over.
 pub enum Piece {
@@ -135,7 +140,12 @@ impl<A: FileAgent> Copy<'_, A> {
         progress: &Progress,
     ) -> Result<Fed, CliError> {
         let pipe = self.left.follow.as_ref().and_then(|f| f.stdin_pipe());
-        self.left.feed = Some(Feed::new(pipe.expect("prepared with a pipe")));
+        // Much input goes as chunk files, as `guest-run -i` sends it.
+        let chunk = match self.agent.through_libvirtd() {
+            true => LIBVIRT_CHUNK,
+            false => DIRECT_CHUNK,
+        };
+        self.left.feed = Some(Feed::with_chunks(pipe.expect("prepared with a pipe"), chunk));
         let mut said = Vec::new();
         let mut sent = 0u64;
         let mut packed = None;
@@ -194,7 +204,13 @@ impl<A: FileAgent> Copy<'_, A> {
                     Err(_) => {}
                 }
             } else if fed.written == 0 {
-                // The pipe is full, or the shell has not opened it yet.
+                // The pipe is full, or the shell has not opened it yet; or
+                // a chunk is on its way, whose end starts the next.
+                let pause = if fed.moving {
+                    pause.min(MOVING_PAUSE)
+                } else {
+                    pause
+                };
                 tokio::time::sleep(pause).await;
             }
         }
