@@ -563,5 +563,9 @@ fn through_libvirtd_ctrl_c_max_time_a_restarted_agent_and_a_killed_domain_are_to
     .unwrap();
     let (status, stderr) = run.finish();
     assert_eq!(status, 255, "{stderr}");
-    assert!(stderr.starts_with("virtomate: "), "{stderr}");
+    assert!(
+        stderr.starts_with("virtomate: AgentDisconnected: ") && stderr.contains("is not running"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("keeps running"), "the domain is gone: {stderr}");
 }
