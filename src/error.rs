@@ -530,6 +530,10 @@ fn connect_failure(path: &Path, source: &std::io::Error) -> CliError {
 pub enum Interruption {
     /// Nothing was sent to start the program.
     Connecting,
+    /// The start was being prepared (the agent's commands checked, the
+    /// private directory of followed output being made): nothing was
+    /// started.
+    Preparing,
     /// The request to start it was being sent and is not whole: the agent
     /// acts only on a whole request, so nothing was started.
     SendingStart,
@@ -558,6 +562,10 @@ impl std::fmt::Display for Interruption {
             Interruption::Connecting => {
                 f.write_str("interrupted while connecting to the agent; nothing was started in the guest")
             }
+            Interruption::Preparing => f.write_str(
+                "interrupted while preparing the program's start (checking the agent's commands, making the \
+                 private directory for its output in the guest); nothing was started in the guest",
+            ),
             Interruption::SendingStart => f.write_str(
                 "interrupted while the request to start the program was being sent; the agent acts only on a \
                  whole request, so nothing was started in the guest",
@@ -812,6 +820,12 @@ mod tests {
     fn an_interruption_says_what_may_be_left_in_the_guest() {
         let message = |stage| CliError::interrupted(stage).to_string();
         assert!(message(Interruption::Connecting).contains("nothing was started"));
+        let preparing = message(Interruption::Preparing);
+        assert!(
+            preparing.contains("while preparing the program's start")
+                && preparing.contains("nothing was started"),
+            "{preparing}"
+        );
         assert!(message(Interruption::Starting).contains("may have started"));
         assert!(message(Interruption::StartUndone).contains("had it started, it was stopped"));
         assert!(message(Interruption::Running { pid: 77 }).contains("guest pid 77"));

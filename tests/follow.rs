@@ -398,6 +398,45 @@ fn on_the_vm_output_comes_while_the_program_runs_and_nothing_is_left_behind() {
 
 #[test]
 #[ignore = "needs the test VM"]
+fn on_the_vm_a_full_initramfs_root_holding_tmp_is_told_before_and_after_the_program() {
+    // The test VM's /tmp is no mount of its own but a directory of the
+    // initramfs root, where BusyBox's `df` finds no file system: the space
+    // left must be told all the same.
+    let vm = TestVm::boot("follow-full-root");
+    let socket = vm.socket();
+    let socket = socket.to_str().unwrap();
+    let guest_sh = |script: &str| {
+        let ran = guest_run_with(&[], &vm.socket(), &["sh", "-c", script], None).json();
+        assert_eq!(ran["exit_code"], 0, "{script}: {ran}");
+    };
+    // Full but for 256 KiB, freed at once for the second run.
+    guest_sh("head -c 262144 /dev/zero >/room; dd if=/dev/zero of=/fill bs=64k 2>/dev/null; :");
+    let out = follow(&[], socket, &["touch", "/ran"], b"");
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("/tmp is full") && stderr.contains("nothing was started"),
+        "{stderr}"
+    );
+    guest_sh("rm /room; ! ls /ran");
+    // The program fills it: its error message is lost with its output,
+    // the end says what happened.
+    let out = follow(&[], socket, &["sh", "-c", "seq 1 1000000"], b"");
+    assert_eq!(out.status.code(), Some(255), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("virtomate: GuestOutputError: ") && stderr.contains("filled up"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the program exited with status"), "{stderr}");
+    guest_sh("rm /fill");
+    assert_eq!(guest_tmp(&vm), ".\n..\n");
+    let out = follow(&[], socket, &["echo", "room again"], b"");
+    assert_eq!(out.stdout, b"room again\n", "{out:?}");
+}
+
+#[test]
+#[ignore = "needs the test VM"]
 fn on_the_vm_a_full_temp_dir_a_restarted_agent_and_a_stopped_vm_are_clear_errors() {
     let vm = TestVm::boot("follow-faults");
     let socket = vm.socket();

@@ -233,7 +233,11 @@ fn on_the_vm_each_fault_ends_guest_run_i_clearly_and_leaves_no_process_behind() 
     let program = ["sh", "-c", &format!("cat; {marker}")];
     // (A start whose reply comes before the signal is a plain stop.)
     let cases = [
-        (r#""pid":"#, "nothing was started", "nothing was started"),
+        (
+            r#""pid":"#,
+            "while preparing the program's start",
+            "while preparing the program's start",
+        ),
         (
             r#""arg":["-c","d=$1"#,
             "had it started, it was stopped",
@@ -505,7 +509,10 @@ fn through_libvirtd_ctrl_c_max_time_a_restarted_agent_and_a_killed_domain_are_to
     let program = ["sh", "-c", &format!("cat; {marker}")];
     let (status, said) = interrupted_at(domain, &program, r#""pid":"#);
     assert_eq!(status, 255, "{said}");
-    assert!(said.contains("nothing was started"), "{said}");
+    assert!(
+        said.contains("while preparing the program's start") && said.contains("nothing was started"),
+        "{said}"
+    );
     let mut run = Interactive::spawn(&[], domain, &program);
     run.write(b"ping\n");
     assert_eq!(run.line(), "ping\n");
@@ -556,5 +563,9 @@ fn through_libvirtd_ctrl_c_max_time_a_restarted_agent_and_a_killed_domain_are_to
     .unwrap();
     let (status, stderr) = run.finish();
     assert_eq!(status, 255, "{stderr}");
-    assert!(stderr.starts_with("virtomate: "), "{stderr}");
+    assert!(
+        stderr.starts_with("virtomate: AgentDisconnected: ") && stderr.contains("is not running"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("keeps running"), "the domain is gone: {stderr}");
 }

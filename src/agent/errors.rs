@@ -220,6 +220,7 @@ impl AgentErrors {
     pub fn abandoned(&self, left: Left) -> CliError {
         let stage = match left {
             Left::StartNotSent => Interruption::SendingStart,
+            Left::Preparing => Interruption::Preparing,
             Left::MayHaveStarted => Interruption::Starting,
             Left::StartUndone => Interruption::StartUndone,
             Left::StillRunning { pid } => Interruption::StillRunning { pid },

@@ -201,23 +201,42 @@ pub enum FollowError {
     Sink(#[source] std::io::Error),
 }
 
+/// A shell function for the scripts below: `space_left DIR` prints the
+/// KiB left on the file system of `DIR`, nothing if it cannot tell. From
+/// `df -Pk` (POSIX), else `stat -f`: BusyBox's `df` names no file system
+/// for an initramfs root ("can't find mount point"), where `/tmp` often
+/// lives.
+macro_rules! space_left_function {
+    () => {
+        r#"space_left() {
+  set -- "$1" $(df -Pk -- "$1" 2>/dev/null | tail -n 1)
+  case ${5-x} in *[!0-9]*) ;; *) echo "$5"; return ;; esac
+  set -- $(stat -f -c '%a %S' -- "$1" 2>/dev/null)
+  case ${1-x}${2-x} in *[!0-9]*) ;; *) echo $(($1 * ($2 / 512) / 2)) ;; esac
+}
+"#
+    };
+}
+
 /// The script that makes the directory: `$1` is the random part of its
 /// name, `$2` (when not empty) asks for the named pipe `in` too; it
 /// prints the directory's path. A file system with no space left is
 /// refused here, before the program runs, since its output would be lost
 /// (and the fullness seen at the end could be gone by then).
-const SETUP_SCRIPT: &str = r#"umask 077
+const SETUP_SCRIPT: &str = concat!(
+    space_left_function!(),
+    r#"umask 077
 d="${TMPDIR:-/tmp}/virtomate-follow-$1"
 mkdir -m 700 -- "$d" || exit 1
 if ! { : >"$d/out" && : >"$d/err" && { [ -z "$2" ] || mkfifo -m 600 -- "$d/in"; }; }; then
   rm -rf -- "$d"; exit 1
 fi
-set -- $(df -Pk -- "$d" 2>/dev/null | tail -n 1)
-if [ "${4-}" = 0 ]; then
+if [ "$(space_left "$d")" = 0 ]; then
   rm -rf -- "$d"
   echo "${d%/*} is full (no space left on its file system): the output would be lost" >&2; exit 1
 fi
-printf '%s' "$d""#;
+printf '%s' "$d""#
+);
 
 /// The script that starts the program: `$1` is the directory, the rest
 /// the program and its arguments.
@@ -229,10 +248,14 @@ const REDIRECT_SCRIPT: &str = r#"d=$1; shift; exec "$@" >"$d/out" 2>"$d/err""#;
 const REDIRECT_INPUT_SCRIPT: &str = r#"d=$1; shift; exec "$@" <"$d/in" >"$d/out" 2>"$d/err""#;
 
 /// The script that removes the directory `$1`: exit status 3 if it is
-/// gone already; before removing it, `df` tells the space left.
-const CLEAN_UP_SCRIPT: &str = r#"[ -d "$1" ] || exit 3
-df -Pk -- "$1" 2>/dev/null
-rm -rf -- "$1""#;
+/// gone already; before removing it, it prints the KiB left on its file
+/// system (nothing if it cannot tell).
+const CLEAN_UP_SCRIPT: &str = concat!(
+    space_left_function!(),
+    r#"[ -d "$1" ] || exit 3
+space_left "$1"
+rm -rf -- "$1""#
+);
 
 /// Where reading one file has got to.
 #[derive(Debug)]
@@ -590,11 +613,10 @@ async fn read_chunk<C: Connector>(
     Ok(data.len() as u64)
 }
 
-/// The space left, in KiB, from the last line of `df -Pk`'s output
-/// (`Filesystem 1024-blocks Used Available Capacity Mounted-on`).
-fn available_kib(df: &str) -> Option<u64> {
-    let line = df.lines().rev().find(|line| !line.trim().is_empty())?;
-    line.split_whitespace().nth(3)?.parse().ok()
+/// The space left, in KiB, as the clean-up script prints it; `None` when
+/// the guest could not tell.
+fn available_kib(said: &str) -> Option<u64> {
+    said.trim().parse().ok()
 }
 
 #[cfg(test)]
@@ -602,14 +624,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_space_left_is_the_fourth_field_of_the_last_line() {
-        let df = "Filesystem     1024-blocks  Used Available Capacity Mounted on\n\
-                  tmpfs                 1024  1024         0     100% /tmp\n";
-        assert_eq!(available_kib(df), Some(0));
-        let df = "Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/vda1 100 3 97 3% /\n\n";
-        assert_eq!(available_kib(df), Some(97));
+    fn the_space_left_is_a_number_or_unknown() {
+        assert_eq!(available_kib("0\n"), Some(0));
+        assert_eq!(available_kib("97\n"), Some(97));
         assert_eq!(available_kib(""), None);
-        assert_eq!(available_kib("df: not found"), None);
+    }
+
+    #[test]
+    fn the_space_left_comes_from_df_else_from_stat() {
+        let space_left = |path: &str, df: &str| {
+            // A `df` that prints `df`'s lines, as BusyBox's does on an
+            // initramfs root: the header only.
+            let bin = tempfile::tempdir().unwrap();
+            let fake = bin.path().join("df");
+            std::fs::write(&fake, format!("#!/bin/sh\nprintf '{df}'\n")).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let path_var = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap());
+            let script = concat!(space_left_function!(), r#"space_left "$1""#);
+            let said = std::process::Command::new("/bin/sh")
+                .args(["-c", script, "sh", path])
+                .env("PATH", path_var)
+                .output()
+                .unwrap();
+            String::from_utf8(said.stdout).unwrap()
+        };
+        let header = "Filesystem 1024-blocks Used Available Capacity Mounted on\\n";
+        let full = format!("{header}tmpfs 64 64 0 100%% /tmp\\n");
+        assert_eq!(space_left("/", &full), "0\n");
+        let from_stat = space_left("/", header);
+        assert!(available_kib(&from_stat).is_some(), "{from_stat:?}");
     }
 
     #[test]

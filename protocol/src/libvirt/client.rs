@@ -13,8 +13,9 @@ use super::packet::{
     self, Header, MessageType, Packet, PacketCodec, Status, KEEPALIVE_PROC_PING, KEEPALIVE_PROC_PONG,
     KEEPALIVE_PROGRAM, LEN_WORD, PROGRAM_VERSION, QEMU_PROC_DOMAIN_AGENT_COMMAND,
     QEMU_PROC_DOMAIN_MONITOR_COMMAND, QEMU_PROGRAM, REMOTE_PROC_AUTH_LIST, REMOTE_PROC_CONNECT_CLOSE,
-    REMOTE_PROC_CONNECT_GET_LIB_VERSION, REMOTE_PROC_CONNECT_OPEN, REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES,
-    REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME, REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, REMOTE_PROGRAM,
+    REMOTE_PROC_CONNECT_GET_LIB_VERSION, REMOTE_PROC_CONNECT_OPEN, REMOTE_PROC_DOMAIN_GET_STATE,
+    REMOTE_PROC_DOMAIN_INTERFACE_ADDRESSES, REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME,
+    REMOTE_PROC_DOMAIN_LOOKUP_BY_UUID, REMOTE_PROGRAM,
 };
 use super::remote::{decode_error, RemoteDomain};
 use super::xdr::{Decoder, Encoder, XdrError};
@@ -35,6 +36,7 @@ const LOOKUP_BY_NAME: &str = "libvirt domain-lookup-by-name";
 const LOOKUP_BY_UUID: &str = "libvirt domain-lookup-by-uuid";
 const GET_LIB_VERSION: &str = "libvirt connect-get-lib-version";
 const INTERFACE_ADDRESSES: &str = "libvirt domain-interface-addresses";
+const GET_STATE: &str = "libvirt domain-get-state";
 
 /// A connection to libvirtd's RPC socket, authenticated and opened to a
 /// hypervisor URI, ready for agent and monitor commands.
@@ -209,6 +211,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
             )
             .await?;
         decode(GET_LIB_VERSION, reply.payload(), |d| d.u64())
+    }
+
+    /// The run state of `domain` as libvirtd knows it now, within
+    /// [`ClientOptions::reply_timeout`]: libvirt's `virDomainState`
+    /// ([`DOMAIN_RUNNING`](super::DOMAIN_RUNNING) is 1) and its reason, as
+    /// `virsh domstate --reason` shows them. A transient domain that
+    /// stopped is gone: [`Error::Libvirt`] with code
+    /// [`ERR_NO_DOMAIN`](super::ERR_NO_DOMAIN).
+    pub async fn domain_state(&mut self, domain: &RemoteDomain) -> Result<(i32, i32), Error> {
+        let mut args = Encoder::new();
+        domain.encode(&mut args).map_err(request_error)?;
+        args.u32(0);
+        let deadline = self.reply_deadline();
+        let reply = self
+            .call(
+                REMOTE_PROGRAM,
+                REMOTE_PROC_DOMAIN_GET_STATE,
+                GET_STATE,
+                &args.into_bytes(),
+                deadline,
+            )
+            .await?;
+        decode(GET_STATE, reply.payload(), |d| Ok((d.i32()?, d.i32()?)))
     }
 
     /// The network interfaces of `domain` and their addresses, from

@@ -120,6 +120,10 @@ pub const ERR_OPERATION_DENIED: i32 = 29;
 /// (`VIR_ERR_RPC`).
 pub const ERR_RPC: i32 = 39;
 
+/// libvirt's `virDomainState` of a running domain
+/// (`VIR_DOMAIN_RUNNING`), as [`LibvirtClient::domain_state`] tells it.
+pub const DOMAIN_RUNNING: i32 = 1;
+
 /// libvirt error code: no such domain (`VIR_ERR_NO_DOMAIN`).
 pub const ERR_NO_DOMAIN: i32 = 42;
 

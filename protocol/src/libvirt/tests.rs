@@ -116,6 +116,8 @@ fn libvirtd(call: &Packet) -> Vec<Vec<u8>> {
         }
         (REMOTE_PROGRAM, REMOTE_PROC_DOMAIN_LOOKUP_BY_NAME) => no_domain_reply(serial),
         (REMOTE_PROGRAM, REMOTE_PROC_CONNECT_GET_LIB_VERSION) => reply(h, &hex("0000000000895440")),
+        // Shut off (5), destroyed (2).
+        (REMOTE_PROGRAM, REMOTE_PROC_DOMAIN_GET_STATE) => reply(h, &hex("0000000500000002")),
         (QEMU_PROGRAM, QEMU_PROC_DOMAIN_AGENT_COMMAND) => with_serial(hex(AGENT_REPLY), serial),
         (QEMU_PROGRAM, QEMU_PROC_DOMAIN_MONITOR_COMMAND) => monitor_reply(call),
         (REMOTE_PROGRAM, REMOTE_PROC_CONNECT_CLOSE) => with_serial(hex(CLOSE_REPLY), serial),
@@ -320,6 +322,23 @@ async fn lookups_by_uuid_and_the_version() {
         "virtomate-test"
     );
     assert_eq!(client.lib_version().await.unwrap(), 9_000_000);
+}
+
+#[tokio::test]
+async fn a_domains_state_is_libvirts_state_and_reason() {
+    let (stream, server) = fake(libvirtd);
+    let mut client = open(stream, &ClientOptions::default()).await.unwrap();
+    let domain = client.lookup_domain_by_name("virtomate-test").await.unwrap();
+    assert_eq!(client.domain_state(&domain).await.unwrap(), (5, 2));
+    drop(client);
+    let received = server.await.unwrap();
+    let call = received.last().unwrap();
+    assert_eq!(call.header.procedure, REMOTE_PROC_DOMAIN_GET_STATE);
+    // The domain, then flags 0.
+    let mut expected = Encoder::new();
+    domain.encode(&mut expected).unwrap();
+    expected.u32(0);
+    assert_eq!(call.payload(), &expected.into_bytes()[..]);
 }
 
 #[tokio::test]

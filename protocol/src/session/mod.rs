@@ -338,6 +338,7 @@ impl<C: Connector> Session<C> {
             let left = match (current.stage, self.channel.request_progress()) {
                 (Stage::Starting, RequestProgress::Idle | RequestProgress::PartlySent) => Left::StartNotSent,
                 (Stage::Starting, _) => Left::MayHaveStarted,
+                (Stage::Preparing, _) => Left::Preparing,
                 _ => Left::Nothing,
             };
             let left = match self.preparing.take() {

@@ -155,8 +155,12 @@ pub struct Abandoned {
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Left {
-    /// Connecting, getting ready or pinging: nothing was started.
+    /// Connecting or pinging: nothing was started.
     Nothing,
+    /// Getting ready to start the program (the agent's commands checked;
+    /// for followed output or input, its private directory being made,
+    /// then swept away): nothing was started.
+    Preparing,
     /// The request to start the program was not sent whole: the agent acts
     /// only on a whole request, so nothing was started.
     StartNotSent,

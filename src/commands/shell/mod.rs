@@ -330,6 +330,7 @@ fn interrupted(left: Left) -> CliError {
         Left::MayHaveStarted => Interruption::Starting,
         Left::StartUndone => Interruption::StartUndone,
         Left::StartNotSent => Interruption::SendingStart,
+        Left::Preparing => Interruption::Preparing,
         _ => Interruption::Connecting,
     };
     CliError::interrupted(stage)
