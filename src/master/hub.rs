@@ -174,6 +174,15 @@ impl Hub {
             }
             ClientEvent::Closed { client } => self.forget(client),
             ClientEvent::Attach { timeout, answer } => {
+                if !self.agent_socket_is_ours() {
+                    // A socket made since at its old device and inode (ext4
+                    // hands a freed inode out again at once) names this
+                    // master too. Ending unanswered, the client sees a
+                    // master that ended as it came, and starts its own.
+                    tracing::info!("a client came for a new agent socket at the old one's inode: ending");
+                    drop(answer);
+                    return Some(End::SocketGone);
+                }
                 let result = self.ensure_link(timeout).await;
                 let _ = answer.send(result);
             }
@@ -211,6 +220,12 @@ impl Hub {
         self.clients.remove(&client);
         self.pending.retain(|_, p| p.client != client);
         self.held.retain(|h| h.client != client);
+    }
+
+    /// Whether the agent's socket is still the one this master was
+    /// started for (the same device and inode).
+    fn agent_socket_is_ours(&self) -> bool {
+        SocketKey::of(&self.settings.paths.agent).ok() == Some(self.settings.paths.key)
     }
 
     async fn ensure_link(&mut self, timeout: Duration) -> Result<(), LinkFailure> {
@@ -372,7 +387,7 @@ impl Hub {
             self.let_go_and_resume().await;
         }
         if ticks % 10 == 0 {
-            if SocketKey::of(&self.settings.paths.agent).ok() != Some(self.settings.paths.key) {
+            if !self.agent_socket_is_ours() {
                 tracing::info!("the agent socket is gone or replaced: ending");
                 return Some(End::SocketGone);
             }
