@@ -347,9 +347,13 @@ impl Silence {
     }
 }
 
+/// How long libvirtd may take to see a killed domain's QEMU gone after
+/// it saw the agent's end: a second was too short in a loaded CI run.
+const STOPPED_WITHIN: Duration = Duration::from_secs(3);
+
 /// libvirtd's word on the domain `name`, asked until it no longer runs,
-/// for a second at most: how it stopped, or `None` while it runs (or
-/// libvirtd cannot be asked).
+/// for [`STOPPED_WITHIN`] at most: how it stopped, or `None` while it
+/// runs (or libvirtd cannot be asked).
 async fn libvirt_state_once_stopped(
     socket: &std::path::Path,
     uri: &str,
@@ -363,7 +367,8 @@ async fn libvirt_state_once_stopped(
         ..options.clone()
     };
     let mut libvirt = LibvirtClient::connect(socket, uri, &quick).await.ok()?;
-    for _ in 0..5 {
+    let give_up = tokio::time::Instant::now() + STOPPED_WITHIN;
+    while tokio::time::Instant::now() < give_up {
         let state = match libvirt.lookup_domain_by_name(name).await {
             Ok(domain) => libvirt.domain_state(&domain).await,
             Err(error) => Err(error),
