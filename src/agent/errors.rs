@@ -8,6 +8,7 @@ use virtomate_protocol::follow::{output_path, FollowError, Stream};
 use virtomate_protocol::qga::GuestExecStatusReply;
 use virtomate_protocol::session::{Failure, Left, Stage};
 use virtomate_protocol::Error as AgentError;
+use virtomate_protocol::Stopped;
 
 use crate::domain::socket_holders::{self, Holder};
 use crate::error::{CliError, ErrorKind, Interruption, Peer};
@@ -227,14 +228,7 @@ impl AgentErrors {
             Left::Ended { pid } => Interruption::Ended { pid },
             Left::EndedJustNow { pid } => Interruption::EndedJustNow { pid },
             Left::Unknown { pid } => Interruption::Running { pid },
-            Left::Stopped { pid, stopped } => Interruption::Stopped {
-                pid,
-                how: match (stopped.asked, stopped.killed) {
-                    (false, _) => "had ended by itself; its result is lost",
-                    (true, false) => "was stopped with SIGTERM",
-                    (true, true) => "was stopped with SIGKILL after the grace period",
-                },
-            },
+            Left::Stopped { pid, stopped } => stopped_on_a_signal(pid, &stopped),
             Left::NotStopped {
                 pid,
                 error,
@@ -244,6 +238,16 @@ impl AgentErrors {
         };
         CliError::interrupted(stage)
     }
+}
+
+/// A program stopped as virtomate gave up on a signal: how it ended.
+pub fn stopped_on_a_signal(pid: i64, stopped: &Stopped) -> Interruption {
+    let how = match (stopped.asked, stopped.killed) {
+        (false, _) => "had ended by itself; its result is lost",
+        (true, false) => "was stopped with SIGTERM",
+        (true, true) => "was stopped with SIGKILL after the grace period",
+    };
+    Interruption::Stopped { pid, how }
 }
 
 /// Following a program's output failed on the guest's side.

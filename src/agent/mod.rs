@@ -14,5 +14,5 @@ pub use self::availability::{how_to_enable, unavailable, why_lacking};
 pub use self::connector::DomainConnector;
 pub use self::context::Context;
 pub use self::domain_agent::{run_options, DomainAgent, Silence};
-pub use self::errors::{AgentErrors, RunFront};
+pub use self::errors::{stopped_on_a_signal, AgentErrors, RunFront};
 pub use self::signals::Signals;

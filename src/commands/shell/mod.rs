@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use virtomate_protocol::session::{Abandoned, Left, Outcome, Reply, Request, RunRequest, Session};
 
 use super::{Answer, Context};
-use crate::agent::{DomainAgent, DomainConnector, Signals};
+use crate::agent::{stopped_on_a_signal, DomainAgent, DomainConnector, Signals};
 use crate::error::{CliError, Interruption};
 use crate::run_output::RunOutput;
 use crate::run_sink::RunSink;
@@ -315,14 +315,7 @@ fn shell_left(abandoned: Vec<Abandoned>) -> Left {
 /// The error for a shell given up on a signal.
 fn interrupted(left: Left) -> CliError {
     let stage = match left {
-        Left::Stopped { pid, stopped } => Interruption::Stopped {
-            pid,
-            how: match (stopped.asked, stopped.killed) {
-                (false, _) => "had ended by itself; its result is lost",
-                (true, false) => "was stopped with SIGTERM",
-                (true, true) => "was stopped with SIGKILL after the grace period",
-            },
-        },
+        Left::Stopped { pid, stopped } => stopped_on_a_signal(pid, &stopped),
         Left::StillRunning { pid } | Left::NotStopped { pid, .. } | Left::Unknown { pid } => {
             Interruption::Running { pid }
         }
