@@ -64,6 +64,7 @@ log "prepared in $((SECONDS - started)) s"
 collection="$repo/contrib/ansible/ansible_collections/virtomate/guest"
 unit_started=$SECONDS
 for t in plugin_utils/test_virtomate.py plugin_utils/test_shell_modules.py shell_modules/test_modules.py \
+  connection/test_options.py \
   connection/test_virtomate.py; do
   "$venv/bin/python" "$collection/tests/unit/plugins/$t"
 done

@@ -254,6 +254,8 @@ EXAMPLES = r"""
       become_method: ansible.builtin.su
 """
 
+import hashlib
+import json
 import os
 
 from ansible import constants as C
@@ -263,24 +265,46 @@ from ansible.plugins.connection import ConnectionBase
 from ansible.plugins.loader import module_loader
 from ansible.utils.display import Display
 
+# Only what every task needs: Ansible compiles each collection module it
+# imports afresh in every task's worker (no cached bytecode), so the rest
+# is imported where it is used.
 from ansible_collections.virtomate.guest.plugins.plugin_utils.virtomate import (
     GuestRunRunner,
-    SessionRunner,
     Virtomate,
     VirtomateError,
-    fetch_file_chunked,
-    put_file_chunked,
-    worth_compressing,
-)
-from ansible_collections.virtomate.guest.plugins.plugin_utils.shell_modules import (
-    PYTHON_PROBE,
-    SHELL_MODULES_DIR,
-    ProbeError,
-    cache_name,
-    wants_shell_modules,
 )
 
 display = Display()
+
+
+def _hand_over_option_definitions():
+    """Gives Ansible this plugin's option definitions, parsed ahead.
+
+    Ansible loads a collection's connection plugin afresh in every task's
+    worker process and parses its DOCUMENTATION (YAML, with the
+    connection_pipelining fragment) each time, 7 ms of a `raw` task here;
+    it skips that for a plugin whose definitions it already has.
+    plugin_utils/connection_options.json holds them as JSON (0.2 ms to
+    read), made from DOCUMENTATION by tests/unit/plugins/connection/
+    test_options.py, with DOCUMENTATION's digest: after an edit to it the
+    digests differ and Ansible parses it as ever, until the file is made
+    again. Ansible keeps a collection plugin's definitions under its module's
+    name; loaded under another (ansible-doc, tests), nothing happens.
+    """
+    name = __name__
+    if not name.startswith('ansible_collections.') or C.config.has_configuration_definition('connection', name):
+        return
+    path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'plugin_utils', 'connection_options.json')
+    try:
+        with open(path, 'rb') as f:
+            cached = json.load(f)
+    except (OSError, ValueError):
+        return
+    if cached.get('documentation_sha256') == hashlib.sha256(DOCUMENTATION.encode('utf-8')).hexdigest():
+        C.config.initialize_plugin_configuration_definitions('connection', name, cached['options'])
+
+
+_hand_over_option_definitions()
 
 # qemu-ga often runs without HOME (systemd sets none for system services),
 # and `~` then does not expand. The agent runs as root.
@@ -341,6 +365,8 @@ class Connection(ConnectionBase):
         persist = self._virtomate.persist
         through = ' through its control master (%gs)' % persist if persist and persist > 0 else ''
         if self.get_option('use_session') == 'always':
+            from ansible_collections.virtomate.guest.plugins.plugin_utils.session import SessionRunner
+
             display.vvv('VIRTOMATE SESSION TO %s%s%s' % (host, where, through), host=host)
             self._runner = self._call(SessionRunner, self._virtomate)
         else:
@@ -397,6 +423,13 @@ class Connection(ConnectionBase):
 
     def _uses_shell_modules(self):
         if self._shell_modules is None:
+            from ansible_collections.virtomate.guest.plugins.plugin_utils.shell_modules import (
+                SHELL_MODULES_DIR,
+                ProbeError,
+                cache_name,
+                wants_shell_modules,
+            )
+
             virtomate = self._virtomate or self._make_virtomate()
             cache = os.path.join(C.DEFAULT_LOCAL_TMP, cache_name(virtomate.ssh_host, virtomate.domain))
             try:
@@ -412,6 +445,8 @@ class Connection(ConnectionBase):
 
     def _probe_python(self):
         """Whether the guest has Python: the probe's exit status."""
+        from ansible_collections.virtomate.guest.plugins.plugin_utils.shell_modules import PYTHON_PROBE
+
         self._connect()
         return self._runner.run(['/bin/sh', '-c', PYTHON_PROBE]).rc
 
@@ -460,6 +495,11 @@ class Connection(ConnectionBase):
             raise AnsibleFileNotFound('file or module does not exist: %s' % in_path)
         if self._use_copy() and self._through_session('put_file', in_path, out_path):
             return
+        from ansible_collections.virtomate.guest.plugins.plugin_utils.transfer import (
+            put_file_chunked,
+            worth_compressing,
+        )
+
         if self._use_copy():
             guest = '%s:%s' % (self._virtomate.domain, out_path)
             compress = not self._no_gzip and worth_compressing(in_path)
@@ -475,6 +515,8 @@ class Connection(ConnectionBase):
         display.vvv('FETCH %s TO %s' % (in_path, out_path), host=self._virtomate.domain)
         if self._use_copy() and self._through_session('fetch_file', in_path, out_path):
             return
+        from ansible_collections.virtomate.guest.plugins.plugin_utils.transfer import fetch_file_chunked
+
         if self._use_copy():
             guest = '%s:%s' % (self._virtomate.domain, in_path)
             if self._virtomate.ssh_host:

@@ -16,13 +16,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # contrib/ansible, where ansible_collections/ lives.
 sys.path.insert(0, os.path.abspath(os.path.join(HERE, *(['..'] * 7))))
 
+from ansible_collections.virtomate.guest.plugins.plugin_utils import session as vs  # noqa: E402
+from ansible_collections.virtomate.guest.plugins.plugin_utils import transfer as vt  # noqa: E402
 from ansible_collections.virtomate.guest.plugins.plugin_utils import virtomate as vm  # noqa: E402
 
 FAKE = os.path.join(HERE, 'fake_session.py')
 
 
 def session(domain='vm1'):
-    return vm.SessionRunner(vm.Virtomate(path=FAKE, domain=domain, timeout=5))
+    return vs.SessionRunner(vm.Virtomate(path=FAKE, domain=domain, timeout=5))
 
 
 class SessionTest(unittest.TestCase):
@@ -137,14 +139,14 @@ class SessionTest(unittest.TestCase):
             data = os.urandom(300 * 1024 + 7)
             with open(src, 'wb') as f:
                 f.write(data)
-            vm.put_file_chunked(self.s, src, dst, chunk_size=64 * 1024)
+            vt.put_file_chunked(self.s, src, dst, chunk_size=64 * 1024)
             with open(dst, 'rb') as f:
                 self.assertEqual(f.read(), data)
-            vm.fetch_file_chunked(self.s, dst, back)
+            vt.fetch_file_chunked(self.s, dst, back)
             with open(back, 'rb') as f:
                 self.assertEqual(f.read(), data)
             with self.assertRaises(vm.VirtomateError) as cm:
-                vm.fetch_file_chunked(self.s, os.path.join(d, 'missing'), back)
+                vt.fetch_file_chunked(self.s, os.path.join(d, 'missing'), back)
             self.assertFalse(cm.exception.unreachable)
 
 
@@ -171,7 +173,7 @@ class HelpersTest(unittest.TestCase):
             with open(src, 'wb') as f:
                 f.write(data)
             runner = CappedRunner(4096)
-            vm.fetch_file_chunked(runner, src, back, chunk_size=3000)
+            vt.fetch_file_chunked(runner, src, back, chunk_size=3000)
             with open(back, 'rb') as f:
                 self.assertEqual(f.read(), data)
             # cat (4096 of 10000), a full chunk of 3000, the last 2904.
@@ -206,10 +208,10 @@ class HelpersTest(unittest.TestCase):
                     f.write(data)
                 return path
             text = b''.join(b'line %d of a log, as text goes\n' % i for i in range(20000))
-            self.assertTrue(vm.worth_compressing(file('text', text)))
-            self.assertFalse(vm.worth_compressing(file('small', text[:vm.COMPRESS_MIN - 1])))
-            self.assertFalse(vm.worth_compressing(file('random', os.urandom(len(text)))))
-            self.assertFalse(vm.worth_compressing(os.path.join(d, 'missing')))
+            self.assertTrue(vt.worth_compressing(file('text', text)))
+            self.assertFalse(vt.worth_compressing(file('small', text[:vt.COMPRESS_MIN - 1])))
+            self.assertFalse(vt.worth_compressing(file('random', os.urandom(len(text)))))
+            self.assertFalse(vt.worth_compressing(os.path.join(d, 'missing')))
 
     def test_json_errors_map_to_unreachable_or_failure(self):
         v = vm.Virtomate(domain='x')
