@@ -12,9 +12,10 @@
 #    5 MiB file (random: not gzipped) and of a 1 MiB text file (gzipped),
 #    fetch, template, stat, file, become (sudo, su), a failing task with
 #    ignore_errors; on the busybox VM (no Python, no /etc/passwd): raw,
-#    script, and copy (a file, twice, and content:), file and fetch (a file,
-#    a missing one) through the collection's shell modules, which only the
-#    busybox VM gets. One Python VM by name on this host, the other by socket path
+#    script, and copy (a file, twice, content:, into missing directories, a
+#    directory), file (directory, touch, link, hard, as ansible.builtin.file
+#    and by the short name) and fetch (a file, a missing one) through the
+#    collection's shell modules, which only the busybox VM gets. One Python VM by name on this host, the other by socket path
 #    through an "ssh" to a hypervisor
 #    host (a stand-in that runs the command here, so the remote command
 #    line is quoted and split as over real SSH). Every virtomate run is
@@ -141,7 +142,9 @@ for i in $(seq 30000); do echo "line $i of a text file that packs well"; done >"
 text_sha1="$(sha1sum "$work/text.txt" | cut -d' ' -f1)"
 head -c $((300 * 1024)) /dev/urandom >"$work/bb.bin"
 bb_sha1="$(sha1sum "$work/bb.bin" | cut -d' ' -f1)"
-mkdir -p "$work/fetched"
+mkdir -p "$work/fetched" "$work/tree/sub"
+echo one >"$work/tree/one.txt"
+echo two >"$work/tree/sub/two.txt"
 
 export ANSIBLE_COLLECTIONS_PATH="$repo/contrib/ansible"
 export ANSIBLE_CALLBACK_PLUGINS="$repo/tests/ansible/callback_plugins"
@@ -181,7 +184,7 @@ main_pass() { # MODE
   ANSIBLE_VIRTOMATE_PERSIST_SECONDS="$([ "$mode" = master ] && echo 60 || echo 0)" \
     run_playbook "main-$mode" main.yml "$work/inventory.ini" \
     -e "big_file=$work/big.bin" -e "text_file=$work/text.txt" -e "bb_file=$work/bb.bin" \
-    -e "fetch_dir=$work/fetched" -e "test_pass=$mode"
+    -e "fetch_dir=$work/fetched" -e "tree_dir=$work/tree" -e "test_pass=$mode"
   "$venv/bin/python" tests/ansible/check.py main "$work/main-$mode.json" \
     "big_sha1=$big_sha1" "text_sha1=$text_sha1" "bb_sha1=$bb_sha1" "fetch_dir=$work/fetched" "test_pass=$mode"
   grep -q hypervisor2 "$work/fake-ssh.log" || { log "py2 did not go through ssh"; exit 1; }

@@ -102,6 +102,18 @@ if kind == 'main':
     check(r.get('changed') is True and r.get('mode') == '0600', 'bb: content %s' % r)
     r = ok('bb', 'the content in the guest')
     check(r.get('stdout_lines') == ['written by content', '600'], 'bb: content in the guest %s' % r.get('stdout'))
+    r = ok('bb', 'copy into directories that do not exist')
+    check(r.get('changed') is True and r.get('checksum') == bb_sha1
+          and r.get('dest') == '/tmp/virtomate-bb/new-%s/sub/bb.bin' % params['test_pass'], 'bb: copy into new %s' % r)
+    check(ok('bb', 'copy a directory').get('changed') is True, 'bb: copy a directory')
+    r = ok('bb', 'file touch')
+    check(r.get('changed') is True and r.get('mode') == '0600', 'bb: touch %s' % r)
+    check(ok('bb', 'file link').get('changed') is True, 'bb: link')
+    check(ok('bb', 'file link again').get('changed') is False, 'bb: link again')
+    check(ok('bb', 'file hard').get('changed') is True, 'bb: hard')
+    r = ok('bb', 'the new files in the guest')
+    check(r.get('stdout_lines') == [bb_sha1, '750', '750', 'one', 'two', '600', 'touched-%s' % params['test_pass'],
+                                    'same-inode'], 'bb: new files in the guest %s' % r.get('stdout'))
     r = ok('bb', 'fetch the copy back')
     fetched = os.path.join(params['fetch_dir'], 'bb', 'tmp', 'virtomate-bb', copied)
     check(r.get('changed') is True and r.get('checksum') == bb_sha1, 'bb: fetch %s' % r)

@@ -33,11 +33,11 @@ DOCUMENTATION = r"""
           C(copy) and C(fetch) actions run the collection's POSIX sh versions of the C(stat), C(copy), C(file)
           and C(slurp) modules (busybox's applets are enough). They take the options these actions use (copy
           of a file or C(content) with C(dest), C(mode) (quoted, since an unquoted C(0644) reaches them as 420),
-          C(owner), C(group), C(force), C(follow), C(checksum); fetch with all its options). Other options,
-          C(--diff), recursive copies into missing directories and C(file) states other than C(file),
-          C(directory) and C(absent) fail the task, naming what is missing; check mode works. A task of its
-          own gets them by the short name (C(file), C(stat)), not as C(ansible.builtin.file). Other modules
-          need Python, as ever.
+          C(owner), C(group), C(force), C(follow), C(checksum), C(directory_mode), into missing directories
+          as Ansible's module does; fetch with all its options; C(file) with the states C(file),
+          C(directory), C(absent), C(touch), C(link) and C(hard)). Other options and C(--diff) fail the
+          task, naming what is missing; check mode works. Tasks of these modules get them too, by the short
+          name (C(file)) or the full one (C(ansible.builtin.file)). Other modules need Python, as ever.
     options:
       domain:
         description:
@@ -206,8 +206,9 @@ DOCUMENTATION = r"""
           - name: ANSIBLE_VIRTOMATE_CHUNK_SIZE
       shell_modules:
         description:
-          - Whether the C(copy) and C(fetch) actions run the collection's shell modules (C(stat), C(copy),
-            C(file), C(slurp) in POSIX sh) instead of Ansible's Python ones. V(auto) uses them on a guest
+          - Whether the C(copy) and C(fetch) actions, and tasks of these modules, run the collection's shell
+            modules (C(stat), C(copy), C(file), C(slurp) in POSIX sh) instead of Ansible's Python ones.
+            V(auto) uses them on a guest
             without Python (no C(python3), C(python) on its E(PATH), nor C(/usr/libexec/platform-python)),
             looked for once per guest and run (one command in the guest, the first time a task runs a
             module). Set V(never) for a Python Ansible finds only through C(ansible_python_interpreter).
@@ -257,6 +258,7 @@ EXAMPLES = r"""
 import hashlib
 import json
 import os
+from importlib import import_module
 
 from ansible import constants as C
 from ansible.errors import AnsibleConnectionFailure, AnsibleError, AnsibleFileNotFound
@@ -309,6 +311,28 @@ _hand_over_option_definitions()
 # qemu-ga often runs without HOME (systemd sets none for system services),
 # and `~` then does not expand. The agent runs as root.
 _HOME_PRELUDE = 'HOME="${HOME:-/root}"; export HOME\n'
+
+
+def _route_builtin_names(names, host):
+    """Sends ``ansible.builtin.NAME`` asked with the ``.sh`` ending to the
+    shell module NAME.sh, as the short name already goes.
+
+    ansible-core looks a builtin module up by ending in ansible.builtin's
+    routing metadata first (that is how ``ansible.builtin.slurp`` asked as
+    ``.ps1`` becomes ``ansible.windows.slurp``); an entry ``NAME.sh`` that
+    redirects to ``ansible.legacy.NAME``, in this worker process's copy of
+    it, finds the shell module in the directory just added to the module
+    path. The Python lookup (no ending) is left as it is. An ansible-core
+    without that metadata keeps the builtin names Python's.
+    """
+    try:
+        meta = import_module('ansible_collections.ansible.builtin')._collection_meta
+        routes = meta.setdefault('plugin_routing', {}).setdefault('modules', {})
+    except (ImportError, AttributeError) as e:
+        display.vvv('VIRTOMATE ansible.builtin names stay Python modules: %s' % e, host=host)
+        return
+    for name in names:
+        routes.setdefault(name + '.sh', {'redirect': 'ansible.legacy.' + name})
 
 
 class Connection(ConnectionBase):
@@ -424,6 +448,7 @@ class Connection(ConnectionBase):
     def _uses_shell_modules(self):
         if self._shell_modules is None:
             from ansible_collections.virtomate.guest.plugins.plugin_utils.shell_modules import (
+                SHELL_MODULES,
                 SHELL_MODULES_DIR,
                 ProbeError,
                 cache_name,
@@ -441,6 +466,7 @@ class Connection(ConnectionBase):
                 display.vvv('VIRTOMATE SHELL MODULES FROM %s' % SHELL_MODULES_DIR, host=virtomate.domain)
                 # This worker process's loader: one task, one host.
                 module_loader.add_directory(SHELL_MODULES_DIR)
+                _route_builtin_names(SHELL_MODULES, virtomate.domain)
         return self._shell_modules
 
     def _probe_python(self):

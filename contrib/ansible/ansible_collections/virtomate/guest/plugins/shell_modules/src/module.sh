@@ -265,7 +265,14 @@ module_copy() {
   [ -z "$expected" ] || [ "$expected" = "$sum" ] ||
     fail "Copied file does not match the expected checksum. Transfer failed."
   opt base _original_basename
-  case $dest in */) dest="$dest${base:-${src##*/}}" ;; esac
+  case $dest in
+    */)
+      # As Ansible's module: a dest ending in / (the copy action makes it
+      # so for a directory's files) gets its missing directories.
+      dest="$dest${base:-${src##*/}}"
+      make_parents "${dest%/*}"
+      ;;
+  esac
   [ -d "$dest" ] && dest="${dest%/}/${base:-${src##*/}}"
   if [ -L "$dest" ] && is_on follow 0; then dest=$(readlink -f "$dest"); fi
   case $dest in */*) ;; *) dest=./$dest ;; esac
@@ -295,6 +302,36 @@ module_copy() {
   finish
 }
 
+# Makes DIR and its missing parents, each new one with directory_mode (if
+# given), owner and group, as Ansible's copy does; in check mode it answers
+# that DIR would be made and ends, as that module does.
+make_parents() { # DIR
+  [ -e "$1" ] && return 0
+  if [ "$CHECK_MODE" = 1 ]; then
+    put changed true
+    put_str msg "dest directory $1 would be created"
+    put_str src "$src"
+    finish
+  fi
+  missing=''
+  d=$1
+  while [ -n "$d" ] && [ ! -e "$d" ]; do
+    missing="$d
+$missing"
+    case $d in */*) d=${d%/*} ;; *) d='' ;; esac
+  done
+  mkdir -p "$1" || fail "copy: cannot make directory $1"
+  CHANGED=1
+  file_mode=$MODE
+  opt MODE directory_mode
+  old_ifs=$IFS
+  IFS='
+'
+  for d in $missing; do set_attributes "$d"; done
+  IFS=$old_ifs
+  MODE=$file_mode
+}
+
 # Writes SRC's bytes to DEST by a rename in DEST's directory, keeping the
 # mode and owner of a DEST that exists (a new one gets the umask's mode).
 replace() { # SRC DEST
@@ -318,17 +355,17 @@ replace() { # SRC DEST
 }
 
 module_file() {
-  accept path dest name state mode owner group recurse follow force _original_basename _diff_peek
+  accept path dest name state mode owner group recurse follow force src _original_basename _diff_peek
   no_diff
   opt peek _diff_peek
   [ -z "$peek" ] || fail "file: diff mode is not supported on a guest without Python"
   ! is_on recurse 0 || fail "file: recurse is not supported on a guest without Python"
   opt path path dest name
   [ -n "$path" ] || fail "file: missing required arguments: path"
-  if [ -L "$path" ] && ! is_on follow 1; then
+  opt state state
+  if [ -L "$path" ] && ! is_on follow 1 && [ "$state" != link ] && [ "$state" != absent ]; then
     fail "file: $path is a symlink; follow=false is not supported on a guest without Python"
   fi
-  opt state state
   if [ -z "$state" ]; then
     if [ -d "$path" ]; then state=directory; else state='file'; fi
   fi
@@ -356,6 +393,24 @@ module_file() {
       put_str state absent
       finish
       ;;
+    touch)
+      # As Ansible's module: made if absent, its times set to now always.
+      if [ ! -e "$path" ] && [ "$CHECK_MODE" = 1 ]; then
+        put changed true
+        put_str dest "$path"
+        finish
+      fi
+      act touch "$path" || fail "Error, could not touch target."
+      CHANGED=1
+      [ -e "$path" ] && set_attributes "$path"
+      put changed true
+      put_str dest "$path"
+      put_path_state "$path"
+      put_attributes "$path"
+      finish
+      ;;
+    link) file_link ;;
+    hard) file_hard ;;
     *) fail "file: state=$state is not supported on a guest without Python" ;;
   esac
   # In check mode a directory to make does not exist yet.
@@ -363,6 +418,115 @@ module_file() {
   put_bool changed "$CHANGED"
   put_str path "$path"
   put_str state "$state"
+  put_attributes "$path"
+  finish
+}
+
+# The state Ansible's file module names what is at PATH by.
+path_state() { # PATH: in STATE
+  if [ -L "$1" ]; then
+    STATE=link
+  elif [ -d "$1" ]; then
+    STATE=directory
+  elif [ -e "$1" ]; then
+    if [ "$(stat -c %h "$1")" -gt 1 ]; then STATE=hard; else STATE=file; fi
+  else
+    STATE=absent
+  fi
+}
+put_path_state() { # PATH
+  path_state "$1"
+  put_str state "$STATE"
+}
+
+# Replaces what is at PATH with a new link by a rename (a symbolic one
+# with -s), or makes it. An empty directory goes first; so does a link to
+# a directory, which mv would move the new link into.
+new_link() { # -s|-h SRC PATH
+  [ "$CHECK_MODE" = 1 ] && return 0
+  if [ -d "$3" ]; then
+    if [ -L "$3" ]; then rm -f "$3"; else rmdir "$3"; fi ||
+      fail "the directory $3 is not empty, refusing to convert it"
+  fi
+  if [ -e "$3" ] || [ -L "$3" ]; then
+    tmp="${3%/*}/.virtomate-link.$$"
+    case $3 in */*) ;; *) tmp=.virtomate-link.$$ ;; esac
+    rm -f "$tmp"
+    if [ "$1" = -s ]; then ln -s "$2" "$tmp"; else ln "$2" "$tmp"; fi || fail "Error while linking: $2 to $3"
+    mv -f "$tmp" "$3" || {
+      rm -f "$tmp"
+      fail "Error while replacing: $3"
+    }
+  else
+    if [ "$1" = -s ]; then ln -s "$2" "$3"; else ln "$2" "$3"; fi || fail "Error while linking: $2 to $3"
+  fi
+}
+
+file_link() {
+  opt src src
+  path_state "$path"
+  prev=$STATE
+  if [ -z "$src" ] && [ "$prev" = link ] && is_on follow 1; then src=$(readlink "$path"); fi
+  force=0
+  is_on force 0 && force=1
+  if [ -n "$src" ] && [ "$force" = 0 ]; then
+    case $src in /*) abs=$src ;; *) abs="${path%/*}/$src" ;; esac
+    case $path in */*) ;; *) abs=$src ;; esac
+    [ -e "$abs" ] ||
+      fail "src file does not exist, use 'force=yes' if you really want to create the link: $abs"
+  fi
+  case $prev in
+    directory)
+      [ "$force" = 1 ] || fail "refusing to convert from directory to symlink for $path"
+      [ -z "$(ls -A "$path")" ] || fail "the directory $path is not empty, refusing to convert it"
+      ;;
+    file | hard) [ "$force" = 1 ] || fail "refusing to convert from $prev to symlink for $path" ;;
+  esac
+  case $prev in
+    link) [ -z "$src" ] || [ "$(readlink "$path")" = "$src" ] || CHANGED=1 ;;
+    *)
+      [ -n "$src" ] || fail "src is required for creating new symlinks"
+      CHANGED=1
+      ;;
+  esac
+  [ "$CHANGED" = 0 ] || new_link -s "$src" "$path"
+  # Mode, owner and group go to what the link points at, as with follow.
+  if [ -e "$path" ]; then set_attributes "$(readlink -f "$path")"; fi
+  put_bool changed "$CHANGED"
+  put_str dest "$path"
+  put_str src "$src"
+  put_path_state "$path"
+  finish
+}
+
+file_hard() {
+  opt src src
+  path_state "$path"
+  prev=$STATE
+  [ "$prev" = hard ] || [ -n "$src" ] || fail "src is required for creating new hardlinks"
+  [ -z "$src" ] || [ -e "$src" ] || fail "src does not exist"
+  force=0
+  is_on force 0 && force=1
+  case $prev in
+    absent | link) CHANGED=1 ;;
+    hard)
+      if [ -n "$src" ] && [ "$(stat -c %d:%i "$path")" != "$(stat -c %d:%i "$src")" ]; then
+        [ "$force" = 1 ] || fail "Cannot link, different hard link exists at destination"
+        CHANGED=1
+      fi
+      ;;
+    file)
+      [ "$force" = 1 ] || fail "Cannot link, file exists at destination"
+      CHANGED=1
+      ;;
+    directory) fail "file: state=hard over the directory $path is not supported on a guest without Python" ;;
+  esac
+  [ "$CHANGED" = 0 ] || new_link -h "$src" "$path"
+  [ -e "$path" ] && set_attributes "$path"
+  put_bool changed "$CHANGED"
+  put_str dest "$path"
+  put_str src "$src"
+  put_path_state "$path"
   put_attributes "$path"
   finish
 }

@@ -93,6 +93,14 @@ class ModulesTest(unittest.TestCase):
                                   task_vars={})
             self.assertEqual((built.module_style, built.shebang), ('old', '#!/bin/sh'))
         self.assertFalse(module_loader.find_plugin_with_context('ansible.legacy.command', '.sh').resolved)
+        # The builtin names too (a task's `ansible.builtin.file:`), asked as
+        # `.sh`; asked without an ending they are still Python's.
+        for name in SHELL_MODULES:
+            found = module_loader.find_plugin_with_context('ansible.builtin.' + name, '.sh')
+            self.assertEqual(found.plugin_resolved_path, os.path.join(SHELL_MODULES_DIR, name + '.sh'))
+            found = module_loader.find_plugin_with_context('ansible.builtin.' + name, '')
+            self.assertTrue(found.plugin_resolved_path.endswith('/ansible/modules/%s.py' % name), found.plugin_resolved_path)
+        self.assertFalse(module_loader.find_plugin_with_context('ansible.builtin.command', '.sh').resolved)
 
     def test_always_without_asking_the_guest(self):
         conn = connection(domain='vm-always', shell_modules='always', virtomate_path='/nonexistent/virtomate')

@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import tempfile
 import unittest
@@ -205,8 +206,84 @@ class ShellModuleTest(unittest.TestCase):
         self.assertFalse(os.path.exists(self.path('a')))
         self.assertFalse(self.ok('file', path=self.path('a'), state='absent')['changed'])
 
+    def test_copy_into_missing_directories_when_dest_ends_in_a_slash(self):
+        src = self.write('src', b'data')
+        dest = self.path('new', 'sub') + '/'
+        # Check mode: said, nothing made.
+        res = self.ok('copy', **self.copy_args(src, dest, _original_basename='f', _ansible_check_mode=True))
+        self.assertEqual((res['changed'], res['msg']), (True, 'dest directory %s would be created' % self.path('new', 'sub')))
+        self.assertFalse(os.path.exists(self.path('new')))
+        res = self.ok('copy', **self.copy_args(src, dest, _original_basename='f', directory_mode='0750', mode='0600'))
+        self.assertEqual((res['changed'], res['dest'], res['mode']), (True, self.path('new', 'sub', 'f'), '0600'))
+        self.assertEqual(read(self.path('new', 'sub', 'f')), b'data')
+        for d in (self.path('new'), self.path('new', 'sub')):
+            self.assertEqual(stat.S_IMODE(os.stat(d).st_mode), 0o750, d)
+        # A relative path in _original_basename (a directory's file) too.
+        res = self.ok('copy', **self.copy_args(src, dest, _original_basename='deeper/g'))
+        self.assertEqual(read(self.path('new', 'sub', 'deeper', 'g')), b'data')
+        # Without the slash, as Ansible's module: no directories made.
+        self.assertIn('Destination directory %s does not exist' % self.path('none'),
+                      self.failure('copy', **self.copy_args(src, self.path('none', 'f'))))
+
+    def test_file_touch_makes_or_touches_always_changed(self):
+        path = self.path('t')
+        res = self.ok('file', path=path, state='touch', _ansible_check_mode=True)
+        self.assertEqual((res['changed'], res['dest']), (True, path))
+        self.assertFalse(os.path.exists(path))
+        res = self.ok('file', path=path, state='touch', mode='0640')
+        self.assertEqual((res['changed'], res['state'], res['mode'], res['size']), (True, 'file', '0640', 0))
+        os.utime(path, (1, 1))
+        self.assertTrue(self.ok('file', path=path, state='touch')['changed'])
+        self.assertGreater(os.stat(path).st_mtime, 1)
+
+    def test_file_link_as_ansibles_module(self):
+        self.write('target', b'x', 0o644)
+        link = self.path('link')
+        res = self.ok('file', path=link, src='target', state='link')
+        self.assertEqual((res['changed'], res['state'], res['src'], os.readlink(link)), (True, 'link', 'target', 'target'))
+        self.assertFalse(self.ok('file', path=link, src='target', state='link')['changed'])
+        # Mode goes to the target (follow, the default).
+        self.assertTrue(self.ok('file', path=link, src='target', state='link', mode='0600')['changed'])
+        self.assertEqual(stat.S_IMODE(os.stat(self.path('target')).st_mode), 0o600)
+        # Pointed elsewhere: replaced.
+        self.write('other', b'y')
+        self.assertTrue(self.ok('file', path=link, src=self.path('other'), state='link')['changed'])
+        self.assertEqual(os.readlink(link), self.path('other'))
+        # A link to a directory is replaced, nothing moved into the directory.
+        os.mkdir(self.path('d'))
+        os.symlink('d', self.path('dlink'))
+        self.assertTrue(self.ok('file', path=self.path('dlink'), src='target', state='link')['changed'])
+        self.assertEqual((os.readlink(self.path('dlink')), os.listdir(self.path('d'))), ('target', []))
+        self.assertIn('src file does not exist',
+                      self.failure('file', path=self.path('l2'), src='missing', state='link'))
+        self.assertTrue(self.ok('file', path=self.path('l2'), src='missing', state='link', force=True)['changed'])
+        self.write('plain', b'z')
+        self.assertIn('refusing to convert from file to symlink',
+                      self.failure('file', path=self.path('plain'), src='target', state='link'))
+        self.ok('file', path=self.path('plain'), src='target', state='link', force=True)
+        self.assertEqual(os.readlink(self.path('plain')), 'target')
+        # Check mode: nothing made.
+        self.assertTrue(self.ok('file', path=self.path('l3'), src='target', state='link',
+                                _ansible_check_mode=True)['changed'])
+        self.assertFalse(os.path.lexists(self.path('l3')))
+
+    def test_file_hard_as_ansibles_module(self):
+        src = self.write('src', b'x')
+        hard = self.path('hard')
+        res = self.ok('file', path=hard, src=src, state='hard')
+        self.assertEqual((res['changed'], res['state']), (True, 'hard'))
+        self.assertEqual(os.stat(hard).st_ino, os.stat(src).st_ino)
+        self.assertFalse(self.ok('file', path=hard, src=src, state='hard')['changed'])
+        other = self.write('other', b'y')
+        self.assertIn('different hard link exists', self.failure('file', path=hard, src=other, state='hard'))
+        self.assertTrue(self.ok('file', path=hard, src=other, state='hard', force=True)['changed'])
+        self.assertEqual(os.stat(hard).st_ino, os.stat(other).st_ino)
+        self.assertIn('src is required', self.failure('file', path=self.path('h2'), state='hard'))
+        self.assertIn('src does not exist', self.failure('file', path=self.path('h2'), src=self.path('no'), state='hard'))
+
     def test_file_refuses_what_it_lacks(self):
-        self.assertIn('state=link is not supported', self.failure('file', path=self.path('l'), state='link'))
+        self.assertIn("option 'access_time' is not supported",
+                      self.failure('file', path=self.path('t'), state='touch', access_time='preserve'))
         self.assertIn('is absent, cannot continue', self.failure('file', path=self.path('nothing'), state='file'))
         self.assertIn('diff mode is not supported', self.failure('file', path=self.dir, _diff_peek=True))
 
