@@ -17,7 +17,11 @@
 #    Three rounds, the plugins one after the other in each.
 #
 # Environment: PYTHON_VM_ARTIFACTS, VIRTOMATE as for scripts/test-ansible.sh;
-# BENCH_PYTHON=0 leaves part 1 out, BENCH_LIBVIRT=0 part 2. Part 2 installs Debian's python3-libvirt
+# BENCH_PYTHON=0 leaves part 1 out, BENCH_LIBVIRT=0 part 2;
+# BENCH_BASELINE=DIR (a directory holding another version of the collection,
+# as ansible_collections/virtomate/guest, e.g. from `git archive REV
+# contrib/ansible`) adds to each round of part 2 that version's figures, with
+# the stand-in and with virtomate, beside this one's. Part 2 installs Debian's python3-libvirt
 # and takes community.libvirt from the `ansible` package on PyPI (into
 # target/, once); it starts the test libvirtd if none runs, and stops it.
 # Under TCG on a shared machine the figures move with the host's load:
@@ -149,7 +153,7 @@ bb_sock="$(scripts/libvirt-test-env.sh status | sed -n 's/^dir: //p')/$bb-qga1.s
 "$VIRTOMATE" guest-ping "$bb_sock" >/dev/null
 
 echo
-echo "== Beside community.libvirt.libvirt_qemu: busybox test VM as a libvirt domain (TCG), load $(cut -d' ' -f1 /proc/loadavg)"
+echo "== Beside community.libvirt.libvirt_qemu: busybox test VM as a libvirt domain (TCG), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "   virtomate: the VM's second agent channel, through the control master; libvirt_qemu: libvirtd, first channel"
 export ANSIBLE_COLLECTIONS_PATH="$repo/contrib/ansible:$collections"
 export PYTHONPATH="$work/pylibvirt"
@@ -177,8 +181,9 @@ printf 'bb ansible_connection=community.libvirt.libvirt_qemu ansible_host=%s ans
 truncate -s $((2 * 1024 * 1024 - 1)) "$work/big-script.sh"
 echo >>"$work/big-script.sh"
 
-play() { # INVENTORY PLAYBOOK: prints the median task time in ms
-  "$venv/bin/ansible-playbook" -i "$1" "tests/ansible/$2" -e "bench_script=$work/big-script.sh" \
+play() { # INVENTORY PLAYBOOK [COLLECTIONS_PATH]: prints the median task time in ms
+  ANSIBLE_COLLECTIONS_PATH="${3:-$ANSIBLE_COLLECTIONS_PATH}" \
+    "$venv/bin/ansible-playbook" -i "$1" "tests/ansible/$2" -e "bench_script=$work/big-script.sh" \
     >"$work/play.json" 2>"$work/play.err" || { cat "$work/play.err" "$work/play.json" >&2; exit 1; }
   "$venv/bin/python" - "$work/play.json" <<'EOF'
 import json, statistics, sys
@@ -216,10 +221,15 @@ EOF
 
 "$VIRTOMATE" --persist 60 guest-ping "$bb_sock" >/dev/null # the master, started
 for round in 1 2 3; do
+  echo "round $round, load $(cut -d' ' -f1-3 /proc/loadavg)"
   local_ms="$(play "$work/local.ini" bench_raw.yml)"
   plugin_ms="$(play "$work/plugin-only.ini" bench_raw.yml)"
   ours="$(play "$work/virtomate.ini" bench_raw.yml)"
   theirs="$(play "$work/libvirt.ini" bench_raw.yml)"
+  if [ -n "${BENCH_BASELINE:-}" ]; then
+    base_plugin_ms="$(play "$work/plugin-only.ini" bench_raw.yml "$BENCH_BASELINE:$collections")"
+    base_ms="$(play "$work/virtomate.ini" bench_raw.yml "$BENCH_BASELINE:$collections")"
+  fi
   "$VIRTOMATE" control exit "$bb_sock" >/dev/null
   session="$(session_ms)"
   "$VIRTOMATE" --persist 60 guest-ping "$bb_sock" >/dev/null
@@ -229,6 +239,13 @@ for round in 1 2 3; do
       "virtomate above it %+.0f ms\n", r, l, o - l, t - l, (o - l) / (t - l), s, o - l - s
     printf "round %d, the plugin with an instant stand-in for virtomate %.0f ms (%+.0f ms above -c local); " \
       "virtomate above that %.0f ms, above the session %+.0f ms\n", r, p, p - l, o - p, o - p - s }'
+  if [ -n "${BENCH_BASELINE:-}" ]; then
+    awk -v r="$round" -v l="$local_ms" -v o="$ours" -v p="$plugin_ms" -v bo="$base_ms" -v bp="$base_plugin_ms" \
+      -v s="$session" 'BEGIN {
+      printf "round %d, baseline (BENCH_BASELINE) above -c local: with the stand-in %+.0f ms (this one %+.0f ms), " \
+        "with virtomate %+.0f ms (this one %+.0f ms), above the session %+.0f ms (this one %+.0f ms)\n", \
+        r, bp - l, p - l, bo - l, o - l, bo - l - s, o - l - s }'
+  fi
 done
 for round in 1 2 3; do
   ours="$(play "$work/virtomate.ini" bench_script.yml)"
