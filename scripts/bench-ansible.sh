@@ -162,9 +162,10 @@ printf 'bb ansible_connection=virtomate.guest.virtomate ansible_virtomate_domain
   "$bb_sock" "$VIRTOMATE" >"$work/virtomate.ini"
 # The plugin's own cost per task: the same plugin with a stand-in for
 # virtomate that answers at once. Ansible loads a collection's connection
-# plugin afresh in each task's worker (its source compiled, its
-# DOCUMENTATION parsed), which `-c local`, built in and loaded before the
-# fork, does not pay.
+# plugin afresh in each task's worker (found in the collection, its source
+# and its helpers' compiled; its options the plugin hands over from JSON,
+# where an older version had its DOCUMENTATION parsed as YAML), which
+# `-c local`, built in and loaded before the fork, does not pay.
 printf '#!/bin/sh\necho '"'"'{"exit_code": 0, "stdout": "", "stderr": ""}'"'"'\n' >"$work/instant-virtomate"
 chmod +x "$work/instant-virtomate"
 printf 'bb ansible_connection=virtomate.guest.virtomate ansible_virtomate_domain=%s ansible_virtomate_path=%s\n' \

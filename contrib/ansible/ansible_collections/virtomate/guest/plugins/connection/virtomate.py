@@ -208,10 +208,10 @@ DOCUMENTATION = r"""
         description:
           - Whether the C(copy) and C(fetch) actions, and tasks of these modules, run the collection's shell
             modules (C(stat), C(copy), C(file), C(slurp) in POSIX sh) instead of Ansible's Python ones.
-            V(auto) uses them on a guest
-            without Python (no C(python3), C(python) on its E(PATH), nor C(/usr/libexec/platform-python)),
-            looked for once per guest and run (one command in the guest, the first time a task runs a
-            module). Set V(never) for a Python Ansible finds only through C(ansible_python_interpreter).
+            V(auto) uses them on a guest without Python (no C(python3), C(python) on its E(PATH), nor
+            C(/usr/libexec/platform-python)), looked for once per guest and run (one command in the guest,
+            the first time a task runs a module). Set V(never) for a Python Ansible finds only through
+            C(ansible_python_interpreter).
         type: string
         default: auto
         choices: [auto, always, never]
