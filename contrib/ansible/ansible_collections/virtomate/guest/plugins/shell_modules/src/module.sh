@@ -425,11 +425,11 @@ module_file() {
 # The state Ansible's file module names what is at PATH by.
 path_state() { # PATH: in STATE
   if [ -L "$1" ]; then
-    STATE=link
+    STATE='link'
   elif [ -d "$1" ]; then
     STATE=directory
   elif [ -e "$1" ]; then
-    if [ "$(stat -c %h "$1")" -gt 1 ]; then STATE=hard; else STATE=file; fi
+    if [ "$(stat -c %h "$1")" -gt 1 ]; then STATE='hard'; else STATE='file'; fi
   else
     STATE=absent
   fi

@@ -266,6 +266,9 @@ class ShellModuleTest(unittest.TestCase):
         self.assertTrue(self.ok('file', path=self.path('l3'), src='target', state='link',
                                 _ansible_check_mode=True)['changed'])
         self.assertFalse(os.path.lexists(self.path('l3')))
+        # As the copy action asks for a directory's symbolic links.
+        res = self.ok('file', path=link, src='target', state='link', follow=False, force=True)
+        self.assertEqual((res['changed'], os.readlink(link)), (True, 'target'))
 
     def test_file_hard_as_ansibles_module(self):
         src = self.write('src', b'x')
@@ -278,6 +281,8 @@ class ShellModuleTest(unittest.TestCase):
         self.assertIn('different hard link exists', self.failure('file', path=hard, src=other, state='hard'))
         self.assertTrue(self.ok('file', path=hard, src=other, state='hard', force=True)['changed'])
         self.assertEqual(os.stat(hard).st_ino, os.stat(other).st_ino)
+        self.assertTrue(self.ok('file', path=self.path('h3'), src=src, state='hard', _ansible_check_mode=True)['changed'])
+        self.assertFalse(os.path.lexists(self.path('h3')))
         self.assertIn('src is required', self.failure('file', path=self.path('h2'), state='hard'))
         self.assertIn('src does not exist', self.failure('file', path=self.path('h2'), src=self.path('no'), state='hard'))
 
