@@ -287,26 +287,36 @@ def _hand_over_option_definitions():
     connection_pipelining fragment) each time, 7 ms of a `raw` task here;
     it skips that for a plugin whose definitions it already has.
     plugin_utils/connection_options.json holds them as JSON (0.2 ms to
-    read), made from DOCUMENTATION by tests/unit/plugins/connection/
-    test_options.py, with DOCUMENTATION's digest: after an edit to it the
-    digests differ and Ansible parses it as ever, until the file is made
-    again. Ansible keeps a collection plugin's definitions under its module's
-    name; loaded under another (ansible-doc, tests), nothing happens.
+    read), made by tests/unit/plugins/connection/test_options.py, with the
+    digest of the documentation it was made from (DOCUMENTATION and this
+    ansible-core's fragment): after an edit to either the digests differ
+    and Ansible parses it as ever, until the file is made again. Ansible
+    keeps a collection plugin's definitions under its module's name; loaded
+    under another (ansible-doc, tests), nothing happens.
     """
     name = __name__
     if not name.startswith('ansible_collections.') or C.config.has_configuration_definition('connection', name):
         return
     path = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'plugin_utils', 'connection_options.json')
     try:
+        from ansible.plugins.doc_fragments.connection_pipelining import ModuleDocFragment
+
         with open(path, 'rb') as f:
             cached = json.load(f)
-    except (OSError, ValueError):
+    except (ImportError, OSError, ValueError):
         return
-    if cached.get('documentation_sha256') == hashlib.sha256(DOCUMENTATION.encode('utf-8')).hexdigest():
+    if cached.get('documentation_sha256') == _documentation_digest(DOCUMENTATION, ModuleDocFragment.DOCUMENTATION):
         C.config.initialize_plugin_configuration_definitions('connection', name, cached['options'])
 
 
+def _documentation_digest(documentation, fragment):
+    """What connection_options.json was made from: the plugin's
+    DOCUMENTATION and the connection_pipelining fragment's, as SHA-256."""
+    return hashlib.sha256(('%s\0%s' % (documentation, fragment)).encode('utf-8')).hexdigest()
+
+
 _hand_over_option_definitions()
+
 
 # qemu-ga often runs without HOME (systemd sets none for system services),
 # and `~` then does not expand. The agent runs as root.
