@@ -569,3 +569,68 @@ fn through_libvirtd_ctrl_c_max_time_a_restarted_agent_and_a_killed_domain_are_to
     );
     assert!(!stderr.contains("keeps running"), "the domain is gone: {stderr}");
 }
+
+#[test]
+#[ignore = "needs libvirtd and the test VM"]
+fn through_libvirtd_a_sessions_runs_cut_off_by_a_killed_domain_say_it_is_not_running() {
+    let mut env = crate::libvirt::LibvirtEnv::start();
+    let name = crate::support::unique_name("vt-s-killed");
+    env.define(&name, &[]);
+    let domain = name.as_str();
+    let b64 = |bytes: &[u8]| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    };
+
+    // An interactive run, a followed one and a plain one, each under way.
+    let mut live = Live::start(&[], domain);
+    live.send(json!({"id": "i", "run": ["cat"], "interactive": true}));
+    live.send(json!({"id": "i", "stdin": b64(b"up\n")}));
+    live.send(json!({"id": "f", "run": ["sh", "-c", "echo f; sleep 6095"], "follow": true}));
+    live.send(json!({"id": "p", "run": ["sleep", "6096"]}));
+    let mut started = Vec::new();
+    while started.len() < 2 {
+        let reply = live.reply();
+        assert!(reply.get("stdout").is_some(), "{reply}");
+        let id = reply["id"].as_str().unwrap().to_owned();
+        if !started.contains(&id) {
+            started.push(id);
+        }
+    }
+    wait_until(30, "the plain run to start", || {
+        guest_ps(domain).contains("sleep 6096")
+    });
+    let qemu = crate::libvirt::libvirt_pid_file(domain);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut failed = Vec::new();
+    while failed.len() < 3 {
+        let reply = live.reply();
+        if reply.get("stdout").is_some() {
+            continue;
+        }
+        let id = reply["id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{reply}"))
+            .to_owned();
+        let error = &reply["error"];
+        assert_eq!(error["type"], "AgentDisconnected", "{id}: {reply}");
+        let message = error["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("the domain {domain} is not running (libvirt ")),
+            "{id}: {message}"
+        );
+        assert!(
+            !message.contains("keeps running"),
+            "{id}: the domain is gone: {message}"
+        );
+        failed.push(id);
+    }
+    failed.sort();
+    assert_eq!(failed, ["f", "i", "p"]);
+    live.close_input();
+    assert_eq!(live.finish(), 0);
+}
