@@ -307,7 +307,10 @@ fn on_the_vm_each_fault_ends_guest_run_i_clearly_and_leaves_no_process_behind() 
     });
     assert!(!guest_ps(socket).contains("virtomate-follow-"));
     let left = guest_sh(socket, &format!("cat {dir}/out; ls -a {dir}; rm -r {dir}"));
-    assert_eq!(left, format!("going\ngot a\n{marker}\n.\n..\nerr\nin\nout\n"));
+    assert_eq!(
+        left,
+        format!("going\ngot a\n{marker}\n.\n..\nerr\nin\nout\nowner\n")
+    );
     assert_eq!(guest_tmp(socket), before);
 
     // The VM killed under `guest-run -i` and `shell` (line mode: the

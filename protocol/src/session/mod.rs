@@ -54,6 +54,7 @@ pub use request::{Action, BadRequest, Request, RunRequest};
 use crate::channel::LOOK_FOR_WAITERS;
 use crate::feed::{Feed, DIRECT_CHUNK};
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
+use crate::leftovers;
 use crate::qga::{CaptureOutput, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing};
 use crate::{
     stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule, RequestProgress, StopScope, Stopped,
@@ -512,7 +513,12 @@ impl<C: Connector> Session<C> {
                 let name = Follow::new_name().map_err(|e| Failure::following(Stage::Preparing, e))?;
                 self.preparing = Some(name.clone());
                 let prepared = Follow::prepare_named(&mut self.channel, options, interactive, &name).await;
-                Some(prepared.map_err(|e| Failure::following(Stage::Preparing, e))?)
+                let follow = prepared.map_err(|e| Failure::following(Stage::Preparing, e))?;
+                // Best effort: a sweep that fails leaves what it found, and the run goes on.
+                if let Err(error) = leftovers::tag_and_sweep(&mut self.channel, follow.dir()).await {
+                    tracing::warn!(%error, "the private directories of dead runs were not looked at");
+                }
+                Some(follow)
             }
             false => None,
         };
