@@ -26,6 +26,10 @@ use crate::follow::Follow;
 use crate::qga::GuestExec;
 use crate::{wait_for_exit_on, Channel, Connector, Error, HoldPolicy, PollSchedule};
 
+/// The most directories one run sweeps: each sweep takes a round trip or
+/// more, and a hostile guest could list any number.
+const MOST_SWEPT: usize = 4;
+
 /// What a tag starts with: its format, should it ever change.
 const TAG_VERSION: &str = "virtomate-owner-1";
 
@@ -100,7 +104,7 @@ impl Owner {
 }
 
 /// The directories of `listing` (the script's output) whose owners are
-/// provably dead: their names, checked to be what
+/// provably dead, [`MOST_SWEPT`] at most: their names, checked to be what
 /// [`Follow::new_name`] makes, whatever the guest wrote.
 fn dead_owners(listing: &str, me: &Owner, proc_root: &Path) -> Vec<String> {
     listing
@@ -109,11 +113,13 @@ fn dead_owners(listing: &str, me: &Owner, proc_root: &Path) -> Vec<String> {
         .filter(|(name, _)| name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()))
         .filter(|(_, tag)| Owner::parse(tag).is_some_and(|owner| owner.provably_dead(me, proc_root)))
         .map(|(name, _)| name.to_owned())
+        .take(MOST_SWEPT)
         .collect()
 }
 
 /// Tags the new private directory `dir` with this process, then sweeps
-/// the directories whose owners are provably dead; returns their names.
+/// the directories whose owners are provably dead ([`MOST_SWEPT`] at
+/// most: the next run sweeps more); returns their names.
 pub async fn tag_and_sweep<C: Connector>(channel: &mut Channel<C>, dir: &str) -> Result<Vec<String>, Error> {
     let proc_root = Path::new("/proc");
     let Some(me) = Owner::this_process(proc_root) else {
@@ -211,5 +217,7 @@ mod tests {
             me.tag()
         );
         assert_eq!(dead_owners(&listing, &me, Path::new("/proc")), [name]);
+        let many = format!("{name} {}\n", gone.tag()).repeat(10);
+        assert_eq!(dead_owners(&many, &me, Path::new("/proc")).len(), MOST_SWEPT);
     }
 }

@@ -147,6 +147,11 @@ const FEED_BUDGET: usize = 64 << 10;
 /// once the last has ended.
 const MOVING_PAUSE: Duration = Duration::from_millis(20);
 
+/// The longest a run waits for the sweep of dead runs' directories (see
+/// [`leftovers`]) before it starts its program: a sweep takes about five
+/// seconds at worst, a few of them at most.
+const LEFTOVERS_SWEPT_WITHIN: Duration = Duration::from_secs(30);
+
 /// Why a program is stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StopReason {
@@ -514,9 +519,13 @@ impl<C: Connector> Session<C> {
                 self.preparing = Some(name.clone());
                 let prepared = Follow::prepare_named(&mut self.channel, options, interactive, &name).await;
                 let follow = prepared.map_err(|e| Failure::following(Stage::Preparing, e))?;
-                // Best effort: a sweep that fails leaves what it found, and the run goes on.
-                if let Err(error) = leftovers::tag_and_sweep(&mut self.channel, follow.dir()).await {
-                    tracing::warn!(%error, "the private directories of dead runs were not looked at");
+                // Best effort: a sweep that fails, or that a hostile guest
+                // drags out, leaves what it found, and the run goes on.
+                let sweep = leftovers::tag_and_sweep(&mut self.channel, follow.dir());
+                match tokio::time::timeout(LEFTOVERS_SWEPT_WITHIN, sweep).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, "the directories of dead runs were not swept"),
+                    Err(_) => tracing::warn!("the directories of dead runs were not swept in time"),
                 }
                 Some(follow)
             }
