@@ -500,3 +500,53 @@ fn on_the_vm_a_full_temp_dir_a_restarted_agent_and_a_stopped_vm_are_clear_errors
     assert_eq!(status, 255, "{stderr}");
     assert!(stderr.starts_with("virtomate: AgentDisconnected: "), "{stderr}");
 }
+
+/// The guest's processes, as busybox `ps` lists them.
+fn guest_ps(vm: &TestVm) -> String {
+    let out = guest_run_with(&[], &vm.socket(), &["ps"], None);
+    out.json()["stdout"].as_str().unwrap().to_owned()
+}
+
+/// The private directories in the guest's `/tmp`.
+fn guest_dirs(vm: &TestVm) -> Vec<String> {
+    let listing = guest_tmp(vm);
+    let dirs = listing
+        .lines()
+        .filter(|name| name.starts_with("virtomate-follow-"));
+    dirs.map(str::to_owned).collect()
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn on_the_vm_a_killed_virtomates_directory_and_program_go_with_the_next_run_and_a_live_runs_stay() {
+    let vm = TestVm::boot("follow-leftovers");
+    let socket = vm.socket();
+    let socket = socket.to_str().unwrap();
+    let (live_marker, killed_marker) = ("sleep 6141", "sleep 6142");
+    let program = |marker: &str| format!("echo up; exec {marker}");
+    let live = Followed::spawn(&[], socket, &["sh", "-c", &program(live_marker)]);
+    assert_eq!(live.next_line(60).1, "up");
+    let live_dir = guest_dirs(&vm);
+    assert_eq!(live_dir.len(), 1, "{live_dir:?}");
+    let mut killed = Followed::spawn(&[], socket, &["sh", "-c", &program(killed_marker)]);
+    assert_eq!(killed.next_line(60).1, "up");
+    killed.child.kill().unwrap(); // SIGKILL: virtomate cleans nothing up
+    killed.child.wait().unwrap();
+    assert!(guest_ps(&vm).contains(killed_marker));
+    assert_eq!(guest_dirs(&vm).len(), 2, "the killed run's directory stays");
+
+    let out = follow(&[], socket, &["echo", "again"], b"");
+    assert_eq!(out.stdout, b"again\n", "{out:?}");
+    assert_eq!(guest_dirs(&vm), live_dir, "only the live run's directory is left");
+    let ps = guest_ps(&vm);
+    assert!(
+        !ps.contains(killed_marker),
+        "the killed run's program was stopped: {ps}"
+    );
+    assert!(ps.contains(live_marker), "the live run's program runs on: {ps}");
+
+    live.interrupt();
+    let (status, _, _, stderr) = live.finish();
+    assert_eq!(status, 255, "{stderr}");
+    assert_eq!(guest_dirs(&vm), Vec::<String>::new());
+}

@@ -390,3 +390,38 @@ fn standard_input_that_is_no_terminal_gets_a_line_mode_shell() {
         "{stderr}"
     );
 }
+
+#[test]
+#[ignore = "needs the Python VM (scripts/build-python-vm.sh)"]
+fn the_terminal_is_restored_when_the_vm_is_killed_under_the_shell() {
+    // The Python VM has util-linux's script: the terminal mode.
+    // Named, not by its socket: virtomate knows its QEMU, and can tell
+    // that process's end from an agent that went away alone.
+    let vm = TestVm::boot_python("shell-killed");
+    let mut terminal = Terminal::start(&[&vm.name, "--", "sh"], 30, 100);
+    let before = terminal.before.clone();
+    terminal.type_in(b"echo ready $((20 + 1))\r");
+    terminal.wait_for("ready 21");
+    assert_ne!(
+        modes(&terminal.settings()),
+        before,
+        "the host terminal is not raw"
+    );
+    vm.kill();
+    assert_eq!(terminal.status(), 255, "{}", terminal.screen());
+    terminal.wait_for(&format!(
+        "AgentDisconnected: the domain {} is not running (its QEMU, pid ",
+        vm.name
+    ));
+    terminal.wait_for("has ended): its agent, and the program (guest pid ");
+    assert!(
+        !terminal.screen().contains("keeps running"),
+        "{}",
+        terminal.screen()
+    );
+    assert_eq!(modes(&terminal.settings()), before);
+    assert!(
+        !terminal.file_flags().contains(nix::fcntl::OFlag::O_NONBLOCK),
+        "the terminal was left non-blocking"
+    );
+}

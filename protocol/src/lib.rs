@@ -61,7 +61,7 @@ pub use error::{Error, Phase};
 pub use guest::exec::{
     stop_group, wait_for_exit, wait_for_exit_on, Finished, PollSchedule, StopScope, Stopped, TREE_SCRIPT,
 };
-pub use guest::{feed, follow};
+pub use guest::{feed, follow, leftovers};
 pub use libvirt::LibvirtClient;
 pub use qga::QgaClient;
 pub use qmp::QmpClient;

@@ -8,8 +8,7 @@ use serde_json::Value;
 use virtomate_protocol::feed::{DIRECT_CHUNK, LIBVIRT_CHUNK};
 use virtomate_protocol::follow::{DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
 use virtomate_protocol::qga::Command;
-use virtomate_protocol::session::{Failure, Session, SessionOptions, Stage};
-use virtomate_protocol::Error as AgentError;
+use virtomate_protocol::session::{Failure, Session, SessionOptions};
 use virtomate_protocol::{
     wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule, SocketConnector,
 };
@@ -17,8 +16,9 @@ use virtomate_protocol::{
 use super::connector::DomainConnector;
 use super::context::Context;
 use super::errors::{AgentErrors, RunFront};
-use crate::domain::{self, run_state, Domain, Route, Scope, Source};
-use crate::error::{CliError, ErrorKind};
+use super::silence::Silence;
+use crate::domain::{self, Domain, Route, Scope};
+use crate::error::CliError;
 use crate::master::{persist_setting, route_to_running_master, MasterConnector};
 
 /// The agent of a domain, synchronised and ready. Its channel is held for
@@ -115,11 +115,7 @@ impl DomainAgent {
                 socket,
                 through_libvirtd,
             },
-            silence: Silence {
-                found: found.clone(),
-                scope: scope.clone(),
-                options: kept_options,
-            },
+            silence: Silence::new(found, scope, kept_options),
         }
     }
 
@@ -219,11 +215,9 @@ impl DomainAgent {
     /// What a run's failure means, in guest-run's terms, with QEMU's run
     /// state where the agent went silent.
     pub async fn run_failure(&self, failure: Failure) -> CliError {
-        if let Some(stopped) = self.silence.domain_stopped_under(&failure).await {
-            return stopped;
-        }
-        let error = self.errors.run_failure(failure, RunFront::GuestRun);
-        self.explain_silence(error).await
+        self.silence
+            .run_failure(failure, &self.errors, RunFront::GuestRun)
+            .await
     }
 
     /// The error for a run given up on a signal, saying what it left.
@@ -278,116 +272,6 @@ impl DomainAgent {
     pub fn into_parts(self) -> (DomainConnector, AgentErrors) {
         (self.session.into_channel().into_connector(), self.errors)
     }
-}
-
-/// What a domain's agent that does not answer may be explained by: the
-/// state QEMU knows the VM in.
-#[derive(Clone)]
-pub struct Silence {
-    found: Domain,
-    scope: Scope,
-    options: ClientOptions,
-}
-
-impl Silence {
-    /// An [`ErrorKind::AgentTimeout`] with QEMU's run state and what to do
-    /// about it where the VM does not run; any other error as it is.
-    pub async fn explain(&self, error: CliError) -> CliError {
-        if error.kind() != ErrorKind::AgentTimeout {
-            return error;
-        }
-        let Some(vm) = run_state::owner_of(&self.found, &self.scope) else {
-            return error;
-        };
-        match run_state::ask(&vm, &self.options).await {
-            Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
-                Some(advice) => error.with_hint_instead(advice),
-                None => error,
-            },
-            None => error,
-        }
-    }
-}
-
-impl Silence {
-    /// Any libvirt error while the program ran ("agent is not connected",
-    /// "Unable to read from agent", "domain is not running", as libvirtd
-    /// happens to see the end), when the domain has stopped: the agent
-    /// went with it, and the program too. libvirtd may see the agent's
-    /// channel close a moment before QEMU's end, so its state is asked a
-    /// few times within a second. `None` when the domain runs, or
-    /// virtomate cannot tell.
-    pub async fn domain_stopped_under(&self, failure: &Failure) -> Option<CliError> {
-        use virtomate_protocol::follow::FollowError;
-        let Stage::Running { pid } = failure.stage else {
-            return None;
-        };
-        let from_libvirt = |error: &AgentError| matches!(error, AgentError::Libvirt { .. });
-        let output_error = match &failure.output {
-            Some(FollowError::Agent(error)) => from_libvirt(error),
-            _ => false,
-        };
-        if !from_libvirt(&failure.error) && !output_error {
-            return None;
-        }
-        let vm = run_state::owner_of(&self.found, &self.scope)?;
-        let (uri, socket) = vm.libvirt_daemon.clone()?;
-        let state = libvirt_state_once_stopped(&socket, uri, &vm.name, &self.options).await?;
-        Some(
-            CliError::new(
-                ErrorKind::AgentDisconnected,
-                format!(
-                    "the domain {} is not running ({state}): its agent, and the program (guest pid {pid}), \
-                     went with it",
-                    vm.name
-                ),
-            )
-            .with_hint("the program's result is lost; start the domain again to run it anew"),
-        )
-    }
-}
-
-/// How long libvirtd may take to see a killed domain's QEMU gone after
-/// it saw the agent's end: a second was too short in a loaded CI run.
-const STOPPED_WITHIN: Duration = Duration::from_secs(3);
-
-/// libvirtd's word on the domain `name`, asked until it no longer runs,
-/// for [`STOPPED_WITHIN`] at most: how it stopped, or `None` while it
-/// runs (or libvirtd cannot be asked).
-async fn libvirt_state_once_stopped(
-    socket: &std::path::Path,
-    uri: &str,
-    name: &str,
-    options: &ClientOptions,
-) -> Option<String> {
-    use virtomate_protocol::libvirt::{LibvirtClient, DOMAIN_RUNNING, ERR_NO_DOMAIN};
-    let quick = ClientOptions {
-        handshake_timeout: options.handshake_timeout.min(Duration::from_secs(2)),
-        reply_timeout: options.reply_timeout.min(Duration::from_secs(2)),
-        ..options.clone()
-    };
-    let mut libvirt = LibvirtClient::connect(socket, uri, &quick).await.ok()?;
-    let give_up = tokio::time::Instant::now() + STOPPED_WITHIN;
-    while tokio::time::Instant::now() < give_up {
-        let state = match libvirt.lookup_domain_by_name(name).await {
-            Ok(domain) => libvirt.domain_state(&domain).await,
-            Err(error) => Err(error),
-        };
-        // virDomainState: shutdown (being shut down), shutoff, crashed.
-        match state {
-            Ok((DOMAIN_RUNNING, _)) => tokio::time::sleep(Duration::from_millis(200)).await,
-            Ok((4, _)) => return Some("libvirt reports it shutting down".to_owned()),
-            Ok((5, _)) => return Some("libvirt reports it shut off".to_owned()),
-            Ok((6, _)) => return Some("libvirt reports it crashed".to_owned()),
-            // Paused, suspended, blocked: it is there, the agent's silence is another story.
-            Ok(_) => return None,
-            Err(AgentError::Libvirt { code, .. }) if code == ERR_NO_DOMAIN => {
-                return Some("libvirt no longer knows it: a transient domain that stopped".to_owned())
-            }
-            Err(_) => return None,
-        }
-    }
-    None
 }
 
 /// The agent sockets of the running VM whose QMP socket is `monitor`, if

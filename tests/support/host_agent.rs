@@ -60,6 +60,11 @@ impl HostAgent {
         self.dir.path().join("qga.sock")
     }
 
+    /// The agent's process: its open files are the handles it holds.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the agent; its socket stays behind, now refusing connections.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

@@ -161,7 +161,7 @@ impl ChannelLock {
 
 /// The start time in a `/proc/PID/stat` (field 22), which follows the
 /// command in parentheses, itself free to hold anything.
-fn start_time(stat: impl AsRef<Path>) -> Option<u64> {
+pub(crate) fn start_time(stat: impl AsRef<Path>) -> Option<u64> {
     let text = std::fs::read_to_string(stat).ok()?;
     text.rsplit_once(')')?.1.split_whitespace().nth(19)?.parse().ok()
 }

@@ -6,3 +6,4 @@
 pub(crate) mod exec;
 pub mod feed;
 pub mod follow;
+pub mod leftovers;

@@ -19,7 +19,7 @@ use super::packet::{
 };
 use super::remote::{decode_error, RemoteDomain};
 use super::xdr::{Decoder, Encoder, XdrError};
-use super::{AUTH_TYPE_LIST_MAX, STRING_MAX};
+use super::{DomainState, AUTH_TYPE_LIST_MAX, STRING_MAX};
 use crate::wire::transport::connect;
 use crate::{ClientOptions, Connection, Deadline, Error, Phase, RequestProgress};
 
@@ -214,12 +214,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
     }
 
     /// The run state of `domain` as libvirtd knows it now, within
-    /// [`ClientOptions::reply_timeout`]: libvirt's `virDomainState`
-    /// ([`DOMAIN_RUNNING`](super::DOMAIN_RUNNING) is 1) and its reason, as
+    /// [`ClientOptions::reply_timeout`]: libvirt's `virDomainState` and
+    /// its reason (a number whose meaning depends on the state), as
     /// `virsh domstate --reason` shows them. A transient domain that
     /// stopped is gone: [`Error::Libvirt`] with code
     /// [`ERR_NO_DOMAIN`](super::ERR_NO_DOMAIN).
-    pub async fn domain_state(&mut self, domain: &RemoteDomain) -> Result<(i32, i32), Error> {
+    pub async fn domain_state(&mut self, domain: &RemoteDomain) -> Result<(DomainState, i32), Error> {
         let mut args = Encoder::new();
         domain.encode(&mut args).map_err(request_error)?;
         args.u32(0);
@@ -233,7 +233,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtClient<S> {
                 deadline,
             )
             .await?;
-        decode(GET_STATE, reply.payload(), |d| Ok((d.i32()?, d.i32()?)))
+        let (state, reason) = decode(GET_STATE, reply.payload(), |d| Ok((d.i32()?, d.i32()?)))?;
+        Ok((DomainState::from_code(state), reason))
     }
 
     /// The network interfaces of `domain` and their addresses, from

@@ -120,9 +120,57 @@ pub const ERR_OPERATION_DENIED: i32 = 29;
 /// (`VIR_ERR_RPC`).
 pub const ERR_RPC: i32 = 39;
 
-/// libvirt's `virDomainState` of a running domain
-/// (`VIR_DOMAIN_RUNNING`), as [`LibvirtClient::domain_state`] tells it.
-pub const DOMAIN_RUNNING: i32 = 1;
+/// libvirt's `virDomainState`: what a domain is doing, as
+/// [`LibvirtClient::domain_state`] (`virsh domstate`) tells it. The
+/// numbers are libvirt's, stable across its releases; one it may add
+/// later is [`DomainState::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DomainState {
+    /// No state (`VIR_DOMAIN_NOSTATE`, 0).
+    NoState,
+    /// Running (`VIR_DOMAIN_RUNNING`, 1).
+    Running,
+    /// Blocked on a resource (`VIR_DOMAIN_BLOCKED`, 2).
+    Blocked,
+    /// Paused by a user or by libvirt (`VIR_DOMAIN_PAUSED`, 3).
+    Paused,
+    /// Being shut down (`VIR_DOMAIN_SHUTDOWN`, 4).
+    ShuttingDown,
+    /// Shut off: its QEMU is gone (`VIR_DOMAIN_SHUTOFF`, 5).
+    ShutOff,
+    /// Crashed (`VIR_DOMAIN_CRASHED`, 6).
+    Crashed,
+    /// Suspended by guest power management (`VIR_DOMAIN_PMSUSPENDED`, 7).
+    PmSuspended,
+    /// A number this crate does not know.
+    Other(i32),
+}
+
+impl DomainState {
+    /// The state libvirt's number `code` stands for.
+    pub fn from_code(code: i32) -> DomainState {
+        match code {
+            0 => DomainState::NoState,
+            1 => DomainState::Running,
+            2 => DomainState::Blocked,
+            3 => DomainState::Paused,
+            4 => DomainState::ShuttingDown,
+            5 => DomainState::ShutOff,
+            6 => DomainState::Crashed,
+            7 => DomainState::PmSuspended,
+            other => DomainState::Other(other),
+        }
+    }
+
+    /// Whether the domain's QEMU is going or gone, and a program in it
+    /// with it: being shut down, shut off, crashed.
+    pub fn stopped(self) -> bool {
+        matches!(
+            self,
+            DomainState::ShuttingDown | DomainState::ShutOff | DomainState::Crashed
+        )
+    }
+}
 
 /// libvirt error code: no such domain (`VIR_ERR_NO_DOMAIN`).
 pub const ERR_NO_DOMAIN: i32 = 42;

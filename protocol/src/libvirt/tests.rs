@@ -329,7 +329,10 @@ async fn a_domains_state_is_libvirts_state_and_reason() {
     let (stream, server) = fake(libvirtd);
     let mut client = open(stream, &ClientOptions::default()).await.unwrap();
     let domain = client.lookup_domain_by_name("virtomate-test").await.unwrap();
-    assert_eq!(client.domain_state(&domain).await.unwrap(), (5, 2));
+    assert_eq!(
+        client.domain_state(&domain).await.unwrap(),
+        (DomainState::ShutOff, 2)
+    );
     drop(client);
     let received = server.await.unwrap();
     let call = received.last().unwrap();

@@ -54,6 +54,7 @@ pub use request::{Action, BadRequest, Request, RunRequest};
 use crate::channel::LOOK_FOR_WAITERS;
 use crate::feed::{Feed, DIRECT_CHUNK};
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
+use crate::leftovers;
 use crate::qga::{CaptureOutput, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing};
 use crate::{
     stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule, RequestProgress, StopScope, Stopped,
@@ -145,6 +146,11 @@ const FEED_BUDGET: usize = 64 << 10;
 /// in the guest moves: the next chunk's helper starts within about that
 /// once the last has ended.
 const MOVING_PAUSE: Duration = Duration::from_millis(20);
+
+/// The longest a run waits for the sweep of dead runs' directories (see
+/// [`leftovers`]) before it starts its program: a sweep takes about five
+/// seconds at worst, a few of them at most.
+const LEFTOVERS_SWEPT_WITHIN: Duration = Duration::from_secs(30);
 
 /// Why a program is stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -512,7 +518,16 @@ impl<C: Connector> Session<C> {
                 let name = Follow::new_name().map_err(|e| Failure::following(Stage::Preparing, e))?;
                 self.preparing = Some(name.clone());
                 let prepared = Follow::prepare_named(&mut self.channel, options, interactive, &name).await;
-                Some(prepared.map_err(|e| Failure::following(Stage::Preparing, e))?)
+                let follow = prepared.map_err(|e| Failure::following(Stage::Preparing, e))?;
+                // Best effort: a sweep that fails, or that a hostile guest
+                // drags out, leaves what it found, and the run goes on.
+                let sweep = leftovers::tag_and_sweep(&mut self.channel, follow.dir());
+                match tokio::time::timeout(LEFTOVERS_SWEPT_WITHIN, sweep).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => tracing::warn!(%error, "the directories of dead runs were not swept"),
+                    Err(_) => tracing::warn!("the directories of dead runs were not swept in time"),
+                }
+                Some(follow)
             }
             false => None,
         };

@@ -22,14 +22,14 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::SendError;
 use virtomate_protocol::follow::Stream;
-use virtomate_protocol::session::{Outcome, Reply, Session, SessionOptions};
+use virtomate_protocol::session::{Failure, Outcome, Reply, Session, SessionOptions};
 
 use self::copies::{Copies, CopyState};
 use self::lines::{answered, print, Answered, ChunkLine, Line};
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
 use crate::agent::Signals;
-use crate::agent::{run_options, AgentErrors, RunFront};
+use crate::agent::{run_options, AgentErrors, RunFront, Silence};
 use crate::error::{CliError, ErrorKind};
 use crate::run_output::RunResult;
 
@@ -37,8 +37,26 @@ use crate::run_output::RunResult;
 /// client far ahead of the agent does not fill memory.
 const QUEUED_REQUESTS: usize = 16;
 
-/// Where replies with an agent's timeout wait to be explained.
-type Silent = mpsc::UnboundedSender<(Value, CliError)>;
+/// Where failed requests' replies wait to be explained.
+type Silent = mpsc::UnboundedSender<(Value, Unexplained)>;
+
+/// A failure whose explanation asks QEMU or libvirtd first.
+enum Unexplained {
+    /// An agent's timeout: the VM may not run.
+    Timeout(CliError),
+    /// A run the agent's channel failed under: its VM may have stopped.
+    Run(Failure),
+}
+
+impl Unexplained {
+    /// The error as it is, without asking.
+    fn unexplained(self, errors: &AgentErrors) -> CliError {
+        match self {
+            Unexplained::Timeout(error) => error,
+            Unexplained::Run(failure) => errors.run_failure(failure, RunFront::Session),
+        }
+    }
+}
 
 pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answer, CliError> {
     // Found once; connecting waits for the first request.
@@ -64,8 +82,9 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         silence: &silence,
         state: state.clone(),
     };
-    // An agent that timed out may be in a VM that does not run: asking
-    // QEMU takes a while, and the other requests go on meanwhile.
+    // An agent that timed out, or hung up under a run, may be in a VM that
+    // does not run: asking QEMU or libvirtd takes a while, and the other
+    // requests go on meanwhile.
     let (silent, mut to_explain) = mpsc::unbounded_channel();
     let served = {
         let errors = &errors;
@@ -78,8 +97,13 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
             &mut copies,
         );
         let explain = async {
-            while let Some((id, error)) = to_explain.recv().await {
-                let error = silence.explain(error).await;
+            while let Some((id, unexplained)) = to_explain.recv().await {
+                let error = match unexplained {
+                    Unexplained::Timeout(error) => silence.explain(error).await,
+                    Unexplained::Run(failure) => {
+                        silence.run_failure(failure, errors, RunFront::Session).await
+                    }
+                };
                 answered(&id);
                 print(&Line::error(id, &error));
             }
@@ -108,9 +132,9 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         return Ok(Answer::Nothing);
     }
     // Failed already, not yet explained: as they are.
-    while let Ok((id, error)) = to_explain.try_recv() {
+    while let Ok((id, unexplained)) = to_explain.try_recv() {
         answered(&id);
-        print(&Line::error(id, &error));
+        print(&Line::error(id, &unexplained.unexplained(&errors)));
     }
     // As guest-run gives up: followed and time-limited programs are
     // stopped (their output's rest printed, their directories removed),
@@ -149,20 +173,31 @@ fn print_reply(reply: Reply, errors: &AgentErrors, silent: &Silent) {
         Ok(Outcome::Pong) => Line::result(reply.id, Answered::Pong {}),
         Ok(Outcome::Chunk { stream, bytes }) => return print_chunk(reply.id, stream, &bytes),
         Ok(_) => return,
-        Err(failure) => {
-            let error = errors.run_failure(failure, RunFront::Session);
-            if error.kind() == ErrorKind::AgentTimeout {
-                if let Err(SendError((id, error))) = silent.send((reply.id, error)) {
+        Err(failure) => match to_explain(failure, errors) {
+            Ok(unexplained) => {
+                if let Err(SendError((id, unexplained))) = silent.send((reply.id, unexplained)) {
                     answered(&id);
-                    print(&Line::error(id, &error));
+                    print(&Line::error(id, &unexplained.unexplained(errors)));
                 }
                 return;
             }
-            Line::error(reply.id, &error)
-        }
+            Err(error) => Line::error(reply.id, &error),
+        },
     };
     answered(&line.id);
     print(&line);
+}
+
+/// A failure to explain after the other replies, or the error to print
+/// at once.
+fn to_explain(failure: Failure, errors: &AgentErrors) -> Result<Unexplained, CliError> {
+    if Silence::may_explain(&failure, errors) {
+        return Ok(Unexplained::Run(failure));
+    }
+    match errors.run_failure(failure, RunFront::Session) {
+        error if error.kind() == ErrorKind::AgentTimeout => Ok(Unexplained::Timeout(error)),
+        error => Err(error),
+    }
 }
 
 /// Prints a chunk of the output of the followed program `id`.

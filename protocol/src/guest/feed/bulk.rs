@@ -2,19 +2,21 @@
 //!
 //! Each request costs the agent a fixed time besides its Base64, and a
 //! pipe takes at most 4 KiB whole; so much input waiting goes instead in
-//! one `guest-file-write` of up to a chunk (1 MiB on a direct channel) to
-//! a file beside the pipe, and a `guest-exec`'d helper copies it into the
-//! pipe ([`MOVE_SCRIPT`]: `dd` of exactly the chunk's length). The helper
+//! one request of up to a chunk (1 MiB on a direct channel) to a file
+//! beside the pipe, and a `guest-exec`'d helper copies it into the pipe
+//! ([`MOVE_SCRIPT`]: `dd` of exactly the chunk's length). The helper
 //! execs `dd`, so its pid is `dd`'s, and `dd` blocks while the program
 //! does not read: that is the backpressure.
 //!
-//! Two chunk files, `in.0` and `in.1`, both opened in one round trip
-//! with the first chunk and then written from their start again and
-//! again: a handle is learnt only from the reply to its `guest-file-open`,
-//! and a run cut short (Ctrl-C) between the request and the reply leaves
-//! the agent holding a file nobody can close (as for every file the
-//! engine opens); with one such round trip a run, that window is short.
-//! The directory's removal takes the files.
+//! Two chunk files, `in.0` and `in.1`, each written anew by a stager
+//! ([`STAGE_SCRIPT`]: `cat` of its `input-data`, which the agent feeds it
+//! and then closes), not through a handle of the agent's: a handle is
+//! learnt only from the reply to its `guest-file-open`, and a run cut
+//! short (Ctrl-C) between the request and the reply would leave the agent
+//! holding a file nobody can close. A stager or helper whose start is cut
+//! short the same way ends by itself: the stager at the end of its input,
+//! the helper at the broken pipe once the feed's handle is closed. The
+//! directory's removal takes the files.
 //!
 //! At most one helper runs, and while it runs (or a chunk waits for it)
 //! nothing else writes to the pipe, so the bytes keep their order. The
@@ -32,16 +34,17 @@
 use std::time::Duration;
 
 use crate::follow::FollowError;
-use crate::qga::{
-    GuestExec, GuestExecStatus, GuestFileClose, GuestFileFlush, GuestFileOpen, GuestFileSeek, GuestFileWrite,
-    Whence,
-};
+use crate::qga::{GuestExec, GuestExecStatus, GuestExecStatusReply};
 use crate::{stop_group, Channel, Connector, Error, StopScope};
 
 /// The helper: `$1` is the chunk file, `$2` the pipe, `$3` the chunk's
 /// length (the file may be longer, from an earlier chunk). `dd` reads a
 /// regular file's block whole, and a blocking write to a pipe writes all.
 pub(super) const MOVE_SCRIPT: &str = r#"exec dd if="$1" of="$2" bs="$3" count=1"#;
+
+/// The stager: `$1` is the chunk file, written from its start with the
+/// chunk the agent feeds in.
+pub(super) const STAGE_SCRIPT: &str = r#"exec cat >"$1""#;
 
 /// How long a helper still running once the pipe's handle is closed gets
 /// after SIGTERM.
@@ -50,11 +53,13 @@ const HELPER_GRACE: Duration = Duration::from_secs(1);
 /// What the agent says when the file system is full (ENOSPC).
 const NO_SPACE: &str = "No space left on device";
 
-/// A chunk written to the file `slot` and not yet handed to a helper.
+/// A chunk for the file `slot`, not yet handed to a helper.
 #[derive(Debug)]
 struct Staged {
     slot: usize,
     len: usize,
+    /// The stager still writing it, until it is seen to have exited.
+    stager: Option<i64>,
 }
 
 /// A helper moving the chunk in the file `slot` into the pipe.
@@ -72,8 +77,6 @@ pub(super) struct Bulk {
     pipe: String,
     /// The most bytes in one chunk file.
     chunk: usize,
-    /// The handles of the two chunk files, once opened.
-    files: [Option<i64>; 2],
     staged: Option<Staged>,
     helper: Option<Helper>,
 }
@@ -84,7 +87,6 @@ impl Bulk {
         Bulk {
             pipe,
             chunk,
-            files: [None, None],
             staged: None,
             helper: None,
         }
@@ -105,14 +107,26 @@ impl Bulk {
         self.staged.is_some()
     }
 
-    /// Whether a helper is moving a chunk.
+    /// Whether a helper is moving a chunk, or a stager writing one: the
+    /// feed looks again soon.
     pub(super) fn moving(&self) -> bool {
-        self.helper.is_some()
+        self.helper.is_some() || self.staged.as_ref().is_some_and(|s| s.stager.is_some())
     }
 
-    /// Looks whether the helper has exited (reaping it), then starts the
-    /// helper of the chunk file waiting, if any and none runs.
+    /// Looks whether the helper and the stager have exited (reaping them),
+    /// then starts the helper of the chunk file written, if any and none
+    /// runs.
     pub(super) async fn look<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
+        if let Some(pid) = self.staged.as_ref().and_then(|s| s.stager) {
+            let status = channel.execute(&GuestExecStatus { pid }).await?;
+            if status.exited {
+                if status.exitcode != Some(0) {
+                    self.staged = None;
+                    return Err(self.stager_failed(&status));
+                }
+                self.staged.as_mut().expect("looked at").stager = None;
+            }
+        }
         if let Some(helper) = &self.helper {
             let status = channel.execute(&GuestExecStatus { pid: helper.pid }).await?;
             if !status.exited {
@@ -125,21 +139,15 @@ impl Bulk {
                 return Err(FollowError::Input {
                     reason: format!(
                         "the helper moving {len} bytes into the pipe ended with {}{}",
-                        match (status.exitcode, status.signal) {
-                            (Some(code), _) => format!("status {code}"),
-                            (None, Some(signal)) => format!("signal {signal}"),
-                            (None, None) => "no status".to_owned(),
-                        },
-                        match said.trim() {
-                            "" => String::new(),
-                            said => format!(": {said}"),
-                        }
+                        ended_with(&status),
+                        said_then(&said)
                     ),
                 });
             }
         }
-        if self.helper.is_none() {
-            if let Some(Staged { slot, len }) = self.staged.take() {
+        let written = self.staged.as_ref().is_some_and(|s| s.stager.is_none());
+        if self.helper.is_none() && written {
+            if let Some(Staged { slot, len, .. }) = self.staged.take() {
                 let (file, size) = (self.path(slot), len.to_string());
                 let exec = GuestExec::new("/bin/sh", ["-c", MOVE_SCRIPT, "sh", &file, &self.pipe, &size]);
                 let pid = channel.guest_exec(&exec).await?.pid;
@@ -149,24 +157,14 @@ impl Bulk {
         Ok(())
     }
 
-    /// Opens both chunk files, in one round trip: the first chunk's.
-    async fn open<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
-        let open = |slot| GuestFileOpen::new(self.path(slot), "w");
-        let (first, second) = channel.execute_both(&open(0), &open(1)).await?;
-        // Kept as soon as known, for `stop` to close.
-        self.files = [first.as_ref().ok().copied(), second.as_ref().ok().copied()];
-        first.and(second).map(drop).map_err(|e| self.no_space(e))
-    }
-
     /// The chunk file `slot`, as the guest names it.
     fn path(&self, slot: usize) -> String {
         format!("{}.{slot}", self.pipe)
     }
 
-    /// Writes `bytes` (at most a chunk) from the start of the chunk file
-    /// no helper reads, opened the first time; the chunk then waits for
-    /// its helper ([`look`](Self::look) starts it). A full file system is
-    /// an error saying so.
+    /// Starts writing `bytes` (at most a chunk) to the chunk file no
+    /// helper reads, by a stager; the chunk then waits for it to end, and
+    /// for its helper ([`look`](Self::look) starts it).
     pub(super) async fn stage<C: Connector>(
         &mut self,
         channel: &mut Channel<C>,
@@ -177,72 +175,73 @@ impl Bulk {
             Some(helper) => 1 - helper.slot,
             None => 0,
         };
-        if self.files == [None, None] {
-            self.open(channel).await?;
-        }
-        let Some(handle) = self.files[slot] else {
-            unreachable!("both chunk files are open once one is");
-        };
         let len = bytes.len();
-        let start = GuestFileSeek {
-            handle,
-            offset: 0,
-            whence: Whence::Set,
-        };
-        channel.execute(&start).await?;
-        // Flushed, so that the helper reads all of it.
-        let write = GuestFileWrite { handle, buf: bytes };
-        let (written, flushed) = channel.execute_both(&write, &GuestFileFlush { handle }).await?;
-        match written.map_err(|e| self.no_space(e))? {
-            reply if reply.count == len as u64 => {}
-            reply => {
-                return Err(FollowError::Input {
-                    reason: format!(
-                        "the agent took {} of {len} bytes into {}",
-                        reply.count,
-                        self.path(slot)
-                    ),
-                })
-            }
-        }
-        flushed.map_err(|e| self.no_space(e))?;
-        self.staged = Some(Staged { slot, len });
+        let stage = GuestExec::new("/bin/sh", ["-c", STAGE_SCRIPT, "sh", &self.path(slot)]).with_input(bytes);
+        let pid = channel.guest_exec(&stage).await?.pid;
+        self.staged = Some(Staged {
+            slot,
+            len,
+            stager: Some(pid),
+        });
         Ok(())
     }
 
-    /// Ends the helper and closes the chunk files (the directory's removal
-    /// takes them): once the pipe's handle is closed, a helper still
-    /// writing gets a broken pipe, and is reaped; one that somehow does
-    /// not end is stopped.
-    pub(super) async fn stop<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), Error> {
-        self.staged = None;
-        let stopped = match self.helper.take() {
-            Some(helper) => {
-                let agent = channel.agent().await?;
-                stop_group(agent, helper.pid, HELPER_GRACE, StopScope::Program)
-                    .await
-                    .map(drop)
-            }
-            None => Ok(()),
-        };
-        let mut closed = Ok(());
-        for handle in self.files.iter_mut().filter_map(Option::take) {
-            closed = closed.and(channel.execute(&GuestFileClose { handle }).await.map(drop));
+    /// The error for a stager that failed: a full file system said so.
+    fn stager_failed(&self, status: &GuestExecStatusReply) -> FollowError {
+        let said = String::from_utf8_lossy(status.err_data.as_deref().unwrap_or_default());
+        if said.contains(NO_SPACE) {
+            return self.no_space();
         }
-        stopped.and(closed)
+        FollowError::Input {
+            reason: format!(
+                "the helper writing a chunk beside {} ended with {}{}",
+                self.pipe,
+                ended_with(status),
+                said_then(&said)
+            ),
+        }
     }
 
-    /// An agent's error as the error to report: a full file system said so.
-    fn no_space(&self, error: Error) -> FollowError {
-        match error {
-            Error::Agent { desc, .. } if desc.contains(NO_SPACE) => FollowError::Input {
-                reason: format!(
-                    "no space left in the guest for a chunk of it beside {} (its temporary directory is \
-                     full)",
-                    self.pipe
-                ),
-            },
-            other => other.into(),
+    /// Ends the helper and the stager (the directory's removal takes the
+    /// chunk files): once the pipe's handle is closed, a helper still
+    /// writing gets a broken pipe, and is reaped, as is a stager at the
+    /// end of its input; one that somehow does not end is stopped.
+    pub(super) async fn stop<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), Error> {
+        let stager = self.staged.take().and_then(|s| s.stager);
+        let helper = self.helper.take().map(|h| h.pid);
+        let mut stopped = Ok(());
+        for pid in stager.into_iter().chain(helper) {
+            let agent = channel.agent().await?;
+            let done = stop_group(agent, pid, HELPER_GRACE, StopScope::Program).await;
+            stopped = stopped.and(done.map(drop));
         }
+        stopped
+    }
+
+    /// The error for a full file system.
+    fn no_space(&self) -> FollowError {
+        FollowError::Input {
+            reason: format!(
+                "no space left in the guest for a chunk of it beside {} (its temporary directory is full)",
+                self.pipe
+            ),
+        }
+    }
+}
+
+/// How a stager or helper ended, as its status says.
+fn ended_with(status: &GuestExecStatusReply) -> String {
+    match (status.exitcode, status.signal) {
+        (Some(code), _) => format!("status {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        (None, None) => "no status".to_owned(),
+    }
+}
+
+/// What a stager or helper said on stderr, after a colon, if anything.
+fn said_then(said: &str) -> String {
+    match said.trim() {
+        "" => String::new(),
+        said => format!(": {said}"),
     }
 }

@@ -1,0 +1,223 @@
+//! Private directories a dead virtomate left in the guest, swept by the
+//! next run that makes one.
+//!
+//! A run's directory (see [`follow`](crate::follow)) is removed at its
+//! end, or when it is given up on a signal; but a virtomate killed with
+//! SIGKILL, or one that gave up on an agent that restarted under it,
+//! leaves it in the guest's temporary directory, with the program perhaps
+//! still running. So each run tags its directory with its owner, this
+//! process ([`Owner`]: the host's boot id, the pid namespace, the pid and
+//! the pid's start time), and looks at the other directories' tags: one
+//! whose owner is provably dead is swept as a run cut short is (its
+//! processes stopped, the directory removed; [`Follow::sweep`]).
+//!
+//! Provably dead means: the same boot of the same host and the same pid
+//! namespace as this process (so that its pid means the same process
+//! here), and no process under that pid, or one started at another time.
+//! A directory without a tag (another host's virtomate may not see this
+//! one's processes, an older virtomate wrote none, or its owner died
+//! between making it and tagging it), with a tag of another boot, host or
+//! namespace, or whose owner may live, is left alone.
+
+use std::path::Path;
+
+use crate::channel::in_flight::start_time;
+use crate::follow::Follow;
+use crate::qga::GuestExec;
+use crate::{wait_for_exit_on, Channel, Connector, Error, HoldPolicy, PollSchedule};
+
+/// The most directories one run sweeps: each sweep takes a round trip or
+/// more, and a hostile guest could list any number.
+const MOST_SWEPT: usize = 4;
+
+/// What a tag starts with: its format, should it ever change.
+const TAG_VERSION: &str = "virtomate-owner-1";
+
+/// The script that tags the directory `$1` with `$2` (in its file
+/// `owner`), then prints the name and tag of each other private directory
+/// that has one: `NAME TAG` a line, NAME the part after
+/// `virtomate-follow-`.
+const TAG_AND_LIST_SCRIPT: &str = r#"printf '%s\n' "$2" >"$1/owner" || exit 1
+for d in "${TMPDIR:-/tmp}"/virtomate-follow-*; do
+  [ "$d" = "$1" ] || [ ! -f "$d/owner" ] ||
+    printf '%s %s\n' "${d##*/virtomate-follow-}" "$(head -c 200 -- "$d/owner")"
+done
+exit 0"#;
+
+/// The process that made a private directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// `/proc/sys/kernel/random/boot_id`: this boot of this host.
+    boot_id: String,
+    /// The pid namespace, as `/proc/self/ns/pid` names it.
+    pid_ns: String,
+    pid: u32,
+    /// The pid's start time (`/proc/PID/stat`, clock ticks since boot).
+    started: u64,
+}
+
+impl Owner {
+    /// This process, as `proc_root` (`/proc`) tells it; `None` where it
+    /// cannot (no procfs): its directories are then not tagged.
+    pub fn this_process(proc_root: &Path) -> Option<Owner> {
+        let boot_id = std::fs::read_to_string(proc_root.join("sys/kernel/random/boot_id")).ok()?;
+        let pid_ns = std::fs::read_link(proc_root.join("self/ns/pid")).ok()?;
+        let pid = std::process::id();
+        Some(Owner {
+            boot_id: boot_id.trim().to_owned(),
+            pid_ns: pid_ns.to_string_lossy().into_owned(),
+            pid,
+            started: start_time(proc_root.join(format!("{pid}/stat")))?,
+        })
+    }
+
+    /// The tag written into the directory: one line of words.
+    fn tag(&self) -> String {
+        format!(
+            "{TAG_VERSION} {} {} {} {}",
+            self.boot_id, self.pid_ns, self.pid, self.started
+        )
+    }
+
+    /// The owner a tag names; `None` for anything else.
+    fn parse(tag: &str) -> Option<Owner> {
+        let words: Vec<&str> = tag.split_whitespace().collect();
+        let [TAG_VERSION, boot_id, pid_ns, pid, started] = words[..] else {
+            return None;
+        };
+        Some(Owner {
+            boot_id: boot_id.to_owned(),
+            pid_ns: pid_ns.to_owned(),
+            pid: pid.parse().ok()?,
+            started: started.parse().ok()?,
+        })
+    }
+
+    /// Whether this owner is provably dead, as `me` sees it through
+    /// `proc_root`: see the [module](self) docs.
+    fn provably_dead(&self, me: &Owner, proc_root: &Path) -> bool {
+        if self.boot_id != me.boot_id || self.pid_ns != me.pid_ns || self.pid == me.pid {
+            return false;
+        }
+        start_time(proc_root.join(format!("{}/stat", self.pid))) != Some(self.started)
+    }
+}
+
+/// The directories of `listing` (the script's output) whose owners are
+/// provably dead, [`MOST_SWEPT`] at most: their names, checked to be what
+/// [`Follow::new_name`] makes, whatever the guest wrote.
+fn dead_owners(listing: &str, me: &Owner, proc_root: &Path) -> Vec<String> {
+    listing
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .filter(|(name, _)| name.len() == 32 && name.bytes().all(|b| b.is_ascii_hexdigit()))
+        .filter(|(_, tag)| Owner::parse(tag).is_some_and(|owner| owner.provably_dead(me, proc_root)))
+        .map(|(name, _)| name.to_owned())
+        .take(MOST_SWEPT)
+        .collect()
+}
+
+/// Tags the new private directory `dir` with this process, then sweeps
+/// the directories whose owners are provably dead ([`MOST_SWEPT`] at
+/// most: the next run sweeps more); returns their names.
+pub async fn tag_and_sweep<C: Connector>(channel: &mut Channel<C>, dir: &str) -> Result<Vec<String>, Error> {
+    let proc_root = Path::new("/proc");
+    let Some(me) = Owner::this_process(proc_root) else {
+        return Ok(Vec::new());
+    };
+    let tag = me.tag();
+    let list = GuestExec::new("/bin/sh", ["-c", TAG_AND_LIST_SCRIPT, "sh", dir, &tag]);
+    let pid = channel.guest_exec(&list).await?.pid;
+    let status = wait_for_exit_on(channel, pid, PollSchedule::default(), HoldPolicy::default())
+        .await?
+        .status;
+    let listing = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
+    let dead = dead_owners(&listing, &me, proc_root);
+    for name in &dead {
+        let swept = Follow::sweep(channel, name).await?;
+        tracing::info!(name, swept, "the private directory of a dead virtomate swept");
+    }
+    Ok(dead)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Owner {
+        Owner::this_process(Path::new("/proc")).expect("Linux has /proc")
+    }
+
+    #[test]
+    fn a_tag_names_its_owner_and_nothing_else_parses() {
+        let me = me();
+        assert_eq!(Owner::parse(&me.tag()), Some(me.clone()));
+        for bad in [
+            "",
+            "virtomate-owner-2 a b 1 2",
+            "virtomate-owner-1 a b x 2",
+            "virtomate-owner-1 a b 1",
+        ] {
+            assert_eq!(Owner::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_owner_of_this_boot_and_namespace_whose_pid_is_gone_or_reused_is_dead() {
+        let me = me();
+        let proc_root = Path::new("/proc");
+        let parent = std::os::unix::process::parent_id();
+        let live = Owner {
+            pid: parent,
+            started: start_time(format!("/proc/{parent}/stat")).unwrap(),
+            ..me.clone()
+        };
+        assert!(!live.provably_dead(&me, proc_root), "a live process");
+        assert!(!me.provably_dead(&me, proc_root), "this process");
+        let reused = Owner {
+            started: live.started + 1,
+            ..live.clone()
+        };
+        assert!(
+            reused.provably_dead(&me, proc_root),
+            "the pid of another process now"
+        );
+        // Far above any pid_max.
+        let gone = Owner {
+            pid: u32::MAX - 1,
+            ..me.clone()
+        };
+        assert!(gone.provably_dead(&me, proc_root));
+        let other_boot = Owner {
+            boot_id: "another".to_owned(),
+            ..gone.clone()
+        };
+        assert!(!other_boot.provably_dead(&me, proc_root));
+        let other_ns = Owner {
+            pid_ns: "pid:[1]".to_owned(),
+            ..gone.clone()
+        };
+        assert!(!other_ns.provably_dead(&me, proc_root));
+    }
+
+    #[test]
+    fn only_well_formed_names_of_dead_owners_are_swept() {
+        let me = me();
+        let gone = Owner {
+            pid: u32::MAX - 1,
+            ..me.clone()
+        };
+        let name = "0123456789abcdef0123456789abcdef";
+        let listing = format!(
+            "{name} {}\n../etc {}\n{} {}\nffffffffffffffffffffffffffffffff {}\nno tag\n",
+            gone.tag(),
+            gone.tag(),
+            name.replace('0', "/"),
+            gone.tag(),
+            me.tag()
+        );
+        assert_eq!(dead_owners(&listing, &me, Path::new("/proc")), [name]);
+        let many = format!("{name} {}\n", gone.tag()).repeat(10);
+        assert_eq!(dead_owners(&many, &me, Path::new("/proc")).len(), MOST_SWEPT);
+    }
+}

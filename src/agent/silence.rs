@@ -1,0 +1,195 @@
+//! What explains an agent that went silent, or away, under a run: the
+//! state the VM is in, as QEMU, libvirtd or the host's process table
+//! tells it. Asked after the failure, since asking takes a moment (up to
+//! a few seconds through libvirtd), and only where the failure fits.
+
+use std::time::Duration;
+
+use virtomate_protocol::follow::FollowError;
+use virtomate_protocol::libvirt::{DomainState, LibvirtClient, ERR_NO_DOMAIN};
+use virtomate_protocol::session::{Failure, Stage};
+use virtomate_protocol::{ClientOptions, Error as AgentError};
+
+use super::errors::{AgentErrors, RunFront};
+use crate::domain::{run_state, Domain, Scope, Source};
+use crate::error::{CliError, ErrorKind};
+
+/// What a domain's agent that does not answer, or hangs up, may be
+/// explained by: the state the VM is in.
+#[derive(Clone)]
+pub struct Silence {
+    found: Domain,
+    scope: Scope,
+    options: ClientOptions,
+}
+
+impl Silence {
+    pub fn new(found: &Domain, scope: &Scope, options: ClientOptions) -> Silence {
+        Silence {
+            found: found.clone(),
+            scope: scope.clone(),
+            options,
+        }
+    }
+
+    /// What a run's failure means, in the terms of `front`: a VM that
+    /// stopped under the program is said to have (the program went with
+    /// it), a silent agent comes with QEMU's run state, and any other
+    /// failure is [`AgentErrors::run_failure`]'s. The one mapping of
+    /// `guest-run`, `shell` and `session`.
+    pub async fn run_failure(&self, failure: Failure, errors: &AgentErrors, front: RunFront) -> CliError {
+        if let Some(pid) = cut_off(&failure, errors) {
+            if let Some(stopped) = self.stopped_under(pid, errors.through_libvirtd).await {
+                return stopped;
+            }
+        }
+        self.explain(errors.run_failure(failure, front)).await
+    }
+
+    /// Whether [`Silence::run_failure`] may say more of `failure` than
+    /// [`AgentErrors::run_failure`]: `session`, which prints replies as
+    /// they come, explains these after the others.
+    pub fn may_explain(failure: &Failure, errors: &AgentErrors) -> bool {
+        cut_off(failure, errors).is_some()
+    }
+
+    /// An [`ErrorKind::AgentTimeout`] with QEMU's run state and what to do
+    /// about it where the VM does not run; any other error as it is.
+    pub async fn explain(&self, error: CliError) -> CliError {
+        if error.kind() != ErrorKind::AgentTimeout {
+            return error;
+        }
+        let Some(vm) = run_state::owner_of(&self.found, &self.scope) else {
+            return error;
+        };
+        match run_state::ask(&vm, &self.options).await {
+            Some(state) => match state.advice(&vm.name, vm.source == Source::Libvirt) {
+                Some(advice) => error.with_hint_instead(advice),
+                None => error,
+            },
+            None => error,
+        }
+    }
+
+    /// The error for a program (guest pid `pid`) whose VM stopped under
+    /// it, if it did: libvirtd's word on its domain, or for a VM reached
+    /// directly whose QEMU virtomate knows, that process's end. `None`
+    /// when the VM runs, or virtomate cannot tell.
+    async fn stopped_under(&self, pid: i64, through_libvirtd: bool) -> Option<CliError> {
+        let vm = run_state::owner_of(&self.found, &self.scope)?;
+        let how = match (through_libvirtd, &vm.libvirt_daemon, vm.pid) {
+            (true, Some((uri, socket)), _) => {
+                libvirt_state_once_stopped(socket, uri, &vm.name, &self.options).await?
+            }
+            (false, _, Some(qemu)) => process_ended_within(qemu, ENDED_WITHIN).await?,
+            _ => return None,
+        };
+        Some(
+            CliError::new(
+                ErrorKind::AgentDisconnected,
+                format!(
+                    "the domain {} is not running ({how}): its agent, and the program (guest pid {pid}), \
+                     went with it",
+                    vm.name
+                ),
+            )
+            .with_hint("the program's result is lost; start the domain again to run it anew"),
+        )
+    }
+}
+
+/// The guest pid of a program whose run the agent's channel failed under
+/// in a way a stopped VM explains: any libvirt error while it ran ("agent
+/// is not connected", "Unable to read from agent", "domain is not
+/// running", as libvirtd happens to see the end), or on a direct channel
+/// the connection closed or its socket gone.
+fn cut_off(failure: &Failure, errors: &AgentErrors) -> Option<i64> {
+    let Stage::Running { pid } = failure.stage else {
+        return None;
+    };
+    let fits = |error: &AgentError| match errors.through_libvirtd {
+        true => matches!(error, AgentError::Libvirt { .. }),
+        false => matches!(error, AgentError::Disconnected | AgentError::Connect { .. }),
+    };
+    let output_fits = match &failure.output {
+        Some(FollowError::Agent(error)) => fits(error),
+        _ => false,
+    };
+    (fits(&failure.error) || output_fits).then_some(pid)
+}
+
+/// How long libvirtd may take to see a killed domain's QEMU gone after
+/// it saw the agent's end: a second was too short in a loaded CI run.
+const STOPPED_WITHIN: Duration = Duration::from_secs(3);
+
+/// How long a QEMU killed may still show as a live process after its
+/// agent's connection closed: the kernel closes its files before it
+/// makes a zombie of it.
+const ENDED_WITHIN: Duration = Duration::from_secs(1);
+
+/// How often a state is looked at again while it still says running.
+const LOOK_AGAIN: Duration = Duration::from_millis(200);
+
+/// libvirtd's word on the domain `name`, asked until it no longer runs,
+/// for [`STOPPED_WITHIN`] at most: how it stopped, or `None` while it
+/// runs (or libvirtd cannot be asked).
+async fn libvirt_state_once_stopped(
+    socket: &std::path::Path,
+    uri: &str,
+    name: &str,
+    options: &ClientOptions,
+) -> Option<String> {
+    let quick = ClientOptions {
+        handshake_timeout: options.handshake_timeout.min(Duration::from_secs(2)),
+        reply_timeout: options.reply_timeout.min(Duration::from_secs(2)),
+        ..options.clone()
+    };
+    let mut libvirt = LibvirtClient::connect(socket, uri, &quick).await.ok()?;
+    let give_up = tokio::time::Instant::now() + STOPPED_WITHIN;
+    while tokio::time::Instant::now() < give_up {
+        let state = match libvirt.lookup_domain_by_name(name).await {
+            Ok(domain) => libvirt.domain_state(&domain).await,
+            Err(error) => Err(error),
+        };
+        match state {
+            Ok((DomainState::Running, _)) => tokio::time::sleep(LOOK_AGAIN).await,
+            Ok((DomainState::ShuttingDown, _)) => return Some("libvirt reports it shutting down".to_owned()),
+            Ok((DomainState::ShutOff, _)) => return Some("libvirt reports it shut off".to_owned()),
+            Ok((DomainState::Crashed, _)) => return Some("libvirt reports it crashed".to_owned()),
+            // Paused, suspended, blocked: it is there, the agent's silence is another story.
+            Ok(_) => return None,
+            Err(AgentError::Libvirt { code, .. }) if code == ERR_NO_DOMAIN => {
+                return Some("libvirt no longer knows it: a transient domain that stopped".to_owned())
+            }
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// Whether the process `pid` (a VM's QEMU) ends within `within`: how it
+/// is told, or `None` while it lives.
+async fn process_ended_within(pid: u32, within: Duration) -> Option<String> {
+    let give_up = tokio::time::Instant::now() + within;
+    loop {
+        if process_ended(pid) {
+            return Some(format!("its QEMU, pid {pid}, has ended"));
+        }
+        if tokio::time::Instant::now() >= give_up {
+            return None;
+        }
+        tokio::time::sleep(LOOK_AGAIN.min(within)).await;
+    }
+}
+
+/// Gone from the process table, or a zombie whose parent has not yet
+/// reaped it.
+fn process_ended(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command's name, which may hold anything but
+    // ends with the last ')'.
+    let state = stat.rsplit_once(')').map(|(_, rest)| rest.trim_start());
+    matches!(state.and_then(|rest| rest.chars().next()), Some('Z' | 'X'))
+}
