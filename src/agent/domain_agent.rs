@@ -19,7 +19,7 @@ use super::context::Context;
 use super::errors::{AgentErrors, RunFront};
 use crate::domain::{self, run_state, Domain, Route, Scope, Source};
 use crate::error::{CliError, ErrorKind};
-use crate::master::{persist_setting, route_to_running_master, MasterConnector};
+use crate::master::{persist_setting, route_to_running_master, MasterConnector, MasterRun};
 
 /// The agent of a domain, synchronised and ready. Its channel is held for
 /// one exchange at a time where others may want it (see
@@ -143,14 +143,40 @@ impl DomainAgent {
         let Err(e) = self.session.channel().agent().await.map(|_| ()) else {
             return Ok(());
         };
+        Err(self.connection_error(e, scope).await)
+    }
+
+    /// Connects for a run of `domain`: where a control master serves its
+    /// agent and the run is one it runs whole (`whole`), to the master for
+    /// that run, which comes back; else as [`connect`](Self::connect) does.
+    pub async fn connect_for_run(
+        domain: &str,
+        context: &Context,
+        whole: bool,
+    ) -> Result<(DomainAgent, Option<MasterRun>), CliError> {
+        let mut agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
+        let attached = match agent.session.channel().connector() {
+            DomainConnector::Master(master) if whole => Some(MasterRun::attach(master).await),
+            _ => None,
+        };
+        match attached {
+            Some(Ok(run)) => Ok((agent, Some(run))),
+            Some(Err(e)) => Err(agent.connection_error(e, &context.scope).await),
+            None => agent.connect_now(&context.scope).await.map(|()| (agent, None)),
+        }
+    }
+
+    /// The error for a connection that failed: naming the socket, and for
+    /// a QMP socket given by mistake, the agent sockets of its VM.
+    async fn connection_error(&self, e: virtomate_protocol::Error, scope: &Scope) -> CliError {
         let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
         let error = self.error(e);
         match monitor
             .then(|| agent_sockets_beside(&self.errors.socket, scope))
             .flatten()
         {
-            Some(agents) => Err(error.with_hint(format!("the agent socket of that VM: {agents}"))),
-            None => Err(self.explain_silence(error).await),
+            Some(agents) => error.with_hint(format!("the agent socket of that VM: {agents}")),
+            None => self.explain_silence(error).await,
         }
     }
 

@@ -14,6 +14,24 @@ use virtomate_protocol::{Error, Phase};
 /// Makes sure the master holds a synchronised connection to the agent,
 /// within `timeout_ms`; answered `{}` or with a [`LinkFailure`].
 pub const ATTACH: &str = "x-virtomate-attach";
+/// Runs a program whole, as the session engine does: the arguments are
+/// [`RunArguments`]; the connection then carries the run's relayed
+/// replies (`virtomate_protocol::session::relay`), a give-up line
+/// ([`GIVE_UP`]) and the program's input, and nothing else.
+pub const RUN: &str = "x-virtomate-run";
+/// The line a client of a whole run sends on a signal: the master gives
+/// the run up (as the session engine does) and answers with what it left.
+pub const GIVE_UP: &[u8] = b"{\"give_up\": {}}\n";
+
+/// What a whole run is started with: how long the agent is waited for,
+/// and the run's relayed request line.
+#[derive(Serialize, Deserialize)]
+pub struct RunArguments {
+    pub handshake_ms: u64,
+    pub reply_ms: u64,
+    pub request: Box<RawValue>,
+}
+
 /// What the master is: [`MasterInfo`].
 pub const INFO: &str = "x-virtomate-master-info";
 /// Ends the master once it has answered.

@@ -1,0 +1,129 @@
+//! A client's whole run in the master: its request served by the run
+//! engine (the one `virtomate session` uses) over an in-process connection
+//! to the hub, its replies relayed back as they come. A client that gives
+//! up (a signal) is answered with what its run left; one that goes away
+//! has its run given up alike, so that a time limit is kept and followed
+//! output stopped, as its own engine would have on a signal.
+
+use std::io;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+use virtomate_protocol::framing::{Frame, LineCodec};
+use virtomate_protocol::session::{relay, Request, Session, SessionOptions};
+use virtomate_protocol::{ClientOptions, Connection};
+
+use super::client_conn::RunHandover;
+use super::hub_connector::HubConnector;
+use super::wire::{RunArguments, GIVE_UP};
+
+/// How a client's whole run ended on the master's side.
+enum End {
+    /// The client asked to give it up.
+    GivenUp,
+    /// The client went away, or sent what no client of ours sends.
+    Gone,
+}
+
+/// Serves the run `handover` asks for, over connections from `connect`
+/// (given the client's timeouts), until the client leaves.
+pub async fn serve_run(
+    handover: RunHandover,
+    connect: impl FnOnce(ClientOptions) -> HubConnector,
+    max_reply_len: usize,
+) {
+    let RunHandover {
+        mut conn,
+        mut write,
+        arguments,
+    } = handover;
+    let (options, request) = match parse(&arguments, max_reply_len) {
+        Ok(parsed) => parsed,
+        Err(error) => {
+            tracing::warn!(%error, "a whole run asked for with arguments not understood: dropped");
+            return;
+        }
+    };
+    let engine = SessionOptions {
+        announce_start: true,
+        ..SessionOptions::default()
+    };
+    let mut session = Session::new(connect(options), engine);
+    let (requests, mut incoming) = mpsc::channel(1);
+    requests
+        .try_send(request)
+        .expect("an empty channel takes one request");
+    let (relayed, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    let end = {
+        let served = session.serve(&mut incoming, |reply| {
+            relayed
+                .send(relay::reply_line(&reply))
+                .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
+        });
+        tokio::pin!(served);
+        let mut served_all = false;
+        loop {
+            tokio::select! {
+                // Ends only once `requests` is gone, which the client's
+                // leaving decides.
+                () = &mut served, if !served_all => served_all = true,
+                Some(line) = outgoing.recv() => {
+                    if write.write_all(&line).await.is_err() {
+                        break End::Gone;
+                    }
+                }
+                end = client_gives_up(&mut conn) => break end,
+            }
+        }
+    };
+    drop(requests);
+    // What the run still owes the client was its before the give-up.
+    while let Ok(line) = outgoing.try_recv() {
+        if write.write_all(&line).await.is_err() {
+            break;
+        }
+    }
+    let left = session.give_up(|reply| {
+        let _ = relayed.send(relay::reply_line(&reply));
+        Ok(())
+    });
+    let abandoned = left.await;
+    session.close().await;
+    if matches!(end, End::GivenUp) {
+        let _ = write_rest(&mut write, &mut outgoing).await;
+        let _ = write.write_all(&relay::abandoned_line(&abandoned)).await;
+    } else if !abandoned.is_empty() {
+        tracing::info!(?abandoned, "a client left while its run was in flight: given up");
+    }
+}
+
+fn parse(arguments: &[u8], max_reply_len: usize) -> Result<(ClientOptions, Request), String> {
+    let arguments: RunArguments = serde_json::from_slice(arguments).map_err(|e| e.to_string())?;
+    let (id, run) = relay::parse_run(arguments.request.get().as_bytes()).map_err(|e| e.to_string())?;
+    let options = ClientOptions {
+        handshake_timeout: std::time::Duration::from_millis(arguments.handshake_ms),
+        reply_timeout: std::time::Duration::from_millis(arguments.reply_ms),
+        max_reply_len,
+        ..ClientOptions::default()
+    };
+    Ok((options, Request::run(id, run)))
+}
+
+/// Waits for the client's give-up line, or its leaving.
+async fn client_gives_up(conn: &mut Connection<OwnedReadHalf, LineCodec>) -> End {
+    match conn.read_frame().await {
+        Ok(Frame::Line(line)) if line.trim_ascii() == GIVE_UP.trim_ascii() => End::GivenUp,
+        _ => End::Gone,
+    }
+}
+
+async fn write_rest(
+    write: &mut OwnedWriteHalf,
+    outgoing: &mut mpsc::UnboundedReceiver<Vec<u8>>,
+) -> io::Result<()> {
+    while let Ok(line) = outgoing.try_recv() {
+        write.write_all(&line).await?;
+    }
+    Ok(())
+}
