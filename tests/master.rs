@@ -767,3 +767,74 @@ fn the_master_notes_the_big_requests_it_passes_on_and_reads_others_notes() {
     lock.clear_request_note();
     end_master(&socket);
 }
+
+/// `virtomate guest-run ARGS` without the master setting.
+fn alone(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    run_command(virtomate().env_remove("VIRTOMATE_PERSIST").args(args), stdin)
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_whole_run_through_the_master_ends_as_a_run_without_it() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let sock = socket.to_str().unwrap();
+    let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let cases: Vec<(Vec<&str>, Option<&[u8]>)> = vec![
+        (vec!["--", "sh", "-c", "echo out; echo err >&2; exit 3"], None),
+        (vec!["--", "/no/such/program"], None),
+        (vec!["--", "sh", "-c", "kill -TERM $$"], None),
+        (vec!["--max-time", "0.5", "--", "sleep", "30"], None),
+        (
+            vec!["--", "sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' a"],
+            None,
+        ),
+        (vec!["--stdin", "--encode", "--", "cat"], Some(&binary)),
+        (vec!["--raw", "--", "sh", "-c", "printf raw; exit 7"], None),
+        (vec!["--env-clear", "--env", "A=b c", "--", "/usr/bin/env"], None),
+        (
+            vec!["--merge-output", "--", "sh", "-c", "echo a; echo b >&2"],
+            None,
+        ),
+    ];
+    for (options, stdin) in &cases {
+        let args: Vec<&str> = ["guest-run", sock]
+            .iter()
+            .copied()
+            .chain(options.iter().copied())
+            .collect();
+        let through = through_master(&args, *stdin);
+        let without = alone(&args, *stdin);
+        assert_eq!(
+            (through.status, &through.stdout, &through.stderr),
+            (without.status, &without.stdout, &without.stderr),
+            "{options:?}"
+        );
+    }
+    let info = master_info(&socket);
+    assert_eq!(info["runs"], cases.len(), "each ran whole in the master: {info}");
+    end_master(&socket);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_client_that_goes_away_has_its_timed_run_given_up_by_the_master() {
+    let agent = HostAgent::start();
+    let sock = agent.socket().to_str().unwrap().to_owned();
+    let marker = "sleep 6097";
+    let mut client = virtomate()
+        .env("VIRTOMATE_PERSIST", PERSIST)
+        .args(["guest-run", "--max-time", "600", &sock, "--", "sh", "-c", marker])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(20, "the program to start", || runs_on_host(marker));
+    client.kill().unwrap();
+    let _ = client.wait();
+    // Its time limit would not be kept by anyone: the master stops it, as
+    // the client's own engine does on a signal.
+    wait_until(20, "the master to stop the program", || !runs_on_host(marker));
+    let out = through_master(&["guest-run", &sock, "--", "echo", "-n", "next"], None);
+    assert_eq!(out.json()["stdout"], "next", "{out:?}");
+    end_master(&agent.socket());
+}

@@ -39,6 +39,8 @@ pub enum ClientEvent {
     Info {
         answer: oneshot::Sender<wire::MasterInfo>,
     },
+    /// A client's whole run begins (counted, for `control check`).
+    Run,
     Exit,
     Closed {
         client: u64,

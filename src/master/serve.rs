@@ -11,7 +11,7 @@ use std::sync::Arc;
 use nix::unistd::geteuid;
 use tokio::sync::mpsc;
 
-use super::client_conn::serve_client;
+use super::client_conn::{serve_client, ClientEvent};
 use super::hub::{Hub, Settings};
 use super::hub_connector::HubConnector;
 use super::paths::start_lock;
@@ -63,6 +63,7 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, settings: Setting
             let (ids, hub_tx) = (ids.clone(), hub_tx.clone());
             tokio::spawn(async move {
                 if let Some(run) = serve_client(stream, client, ids.clone(), hub_tx.clone()).await {
+                    let _ = hub_tx.send(ClientEvent::Run);
                     let connect = |options| HubConnector::new(hub_tx, ids, options);
                     serve_run(run, connect, max_reply_len).await;
                 }

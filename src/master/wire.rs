@@ -156,7 +156,10 @@ pub struct MasterInfo {
     pub pid: u32,
     /// Seconds since the epoch when it started.
     pub since: u64,
+    /// Requests passed on to the agent.
     pub requests: u64,
+    /// Clients' whole runs begun ([`RUN`]).
+    pub runs: u64,
     pub clients: usize,
     pub agent_socket: PathBuf,
     pub socket: PathBuf,
