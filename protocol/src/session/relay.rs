@@ -11,7 +11,8 @@
 //! use virtomate_protocol::session::relay::{self, Relayed};
 //! use virtomate_protocol::session::{Failure, Reply, RunRequest, Stage};
 //!
-//! let (id, run) = relay::parse_run(&relay::run_line(&7.into(), &RunRequest::new("true", [""; 0]))).unwrap();
+//! let line = relay::run_line(&7.into(), &RunRequest::new("true", [""; 0]));
+//! let (id, run) = relay::parse_run(&line).unwrap();
 //! assert_eq!((id, run.program.as_str()), (7.into(), "true"));
 //! let failed = Reply::failed(7.into(), Failure::new(Stage::Starting, virtomate_protocol::Error::Disconnected));
 //! let Relayed::Reply(back) = relay::parse_line(&relay::reply_line(&failed)).unwrap() else { panic!() };
