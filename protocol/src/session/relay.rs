@@ -14,7 +14,8 @@
 //! let line = relay::run_line(&7.into(), &RunRequest::new("true", [""; 0]));
 //! let (id, run) = relay::parse_run(&line).unwrap();
 //! assert_eq!((id, run.program.as_str()), (7.into(), "true"));
-//! let failed = Reply::failed(7.into(), Failure::new(Stage::Starting, virtomate_protocol::Error::Disconnected));
+//! let lost = Failure::new(Stage::Starting, virtomate_protocol::Error::Disconnected);
+//! let failed = Reply::failed(7.into(), lost);
 //! let Relayed::Reply(back) = relay::parse_line(&relay::reply_line(&failed)).unwrap() else { panic!() };
 //! assert!(matches!(back.outcome, Err(Failure { stage: Stage::Starting, .. })));
 //! ```
