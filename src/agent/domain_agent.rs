@@ -8,7 +8,7 @@ use serde_json::Value;
 use virtomate_protocol::feed::{DIRECT_CHUNK, LIBVIRT_CHUNK};
 use virtomate_protocol::follow::{DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
 use virtomate_protocol::qga::Command;
-use virtomate_protocol::session::{Failure, Session, SessionOptions, Stage};
+use virtomate_protocol::session::{Failure, RunRequest, Session, SessionOptions, Stage};
 use virtomate_protocol::Error as AgentError;
 use virtomate_protocol::{
     wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule, SocketConnector,
@@ -147,19 +147,21 @@ impl DomainAgent {
     }
 
     /// Connects for a run of `domain`: where a control master serves its
-    /// agent and the run is one it runs whole (`whole`), to the master for
-    /// that run, which comes back; else as [`connect`](Self::connect) does.
+    /// agent and `whole` is a run it runs whole, gives it the run as `id`,
+    /// which goes on there; else connects as [`connect`](Self::connect) does.
     pub async fn connect_for_run(
         domain: &str,
         context: &Context,
-        whole: bool,
+        whole: Option<(Value, &RunRequest)>,
     ) -> Result<(DomainAgent, Option<MasterRun>), CliError> {
         let mut agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
-        let attached = match agent.session.channel().connector() {
-            DomainConnector::Master(master) if whole => Some(MasterRun::attach(master).await),
+        let started = match (agent.session.channel().connector(), whole) {
+            (DomainConnector::Master(master), Some((id, run))) => {
+                Some(MasterRun::start(master, id, run).await)
+            }
             _ => None,
         };
-        match attached {
+        match started {
             Some(Ok(run)) => Ok((agent, Some(run))),
             Some(Err(e)) => Err(agent.connection_error(e, &context.scope).await),
             None => agent.connect_now(&context.scope).await.map(|()| (agent, None)),

@@ -37,7 +37,7 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     }
     let follow = request.follow;
     // A control master runs a plain run whole: one exchange with it.
-    let whole = !request.follow && !request.interactive;
+    let whole = (!request.follow && !request.interactive).then(|| (RUN_ID.into(), &request));
 
     let mut signals = Signals::install()?;
     let connecting = DomainAgent::connect_for_run(&domain, context, whole);
@@ -46,7 +46,7 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
         .await??;
     let mut sink = RunSink::default();
     let ended = match &mut master_run {
-        Some(run) => serve_whole(run, request, &mut sink, &mut signals).await,
+        Some(run) => serve_whole(run, &mut sink, &mut signals).await,
         None => serve(agent.session(), request, &mut sink, &mut signals).await,
     };
     let outcome = match ended {
@@ -144,12 +144,11 @@ async fn serve(
 /// signal came first.
 async fn serve_whole(
     run: &mut MasterRun,
-    request: RunRequest,
     sink: &mut RunSink,
     signals: &mut Signals,
 ) -> Option<Result<Outcome, Failure>> {
     tokio::select! {
-        () = run.serve(RUN_ID.into(), &request, |reply| sink.take(reply)) => {}
+        () = run.serve(|reply| sink.take(reply)) => {}
         () = signals.arrival() => return None,
     }
     Some(sink.outcome.take().expect("the master replies to every request"))

@@ -14,7 +14,7 @@ use super::wire;
 
 /// Opens connections to an agent through the master of its socket,
 /// starting the master where none runs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MasterConnector {
     paths: MasterPaths,
     persist: Duration,
@@ -44,8 +44,9 @@ impl MasterConnector {
         &self.paths.socket
     }
 
-    async fn attach(&self, deadline: Deadline) -> Result<UnixStream, Error> {
-        let mut stream = connect_or_start(
+    /// A connection to the master, started where none runs.
+    pub(super) async fn reach(&self, deadline: Deadline) -> Result<UnixStream, Error> {
+        connect_or_start(
             &self.paths,
             self.persist,
             self.options.handshake_timeout,
@@ -55,8 +56,13 @@ impl MasterConnector {
         .map_err(|source| Error::Connect {
             path: self.paths.socket.clone(),
             source,
-        })?;
-        attach_over(&mut stream, deadline).await?;
+        })
+    }
+
+    async fn attach(&self, deadline: Deadline) -> Result<UnixStream, Error> {
+        let mut stream = self.reach(deadline).await?;
+        let answer = attach_answer(&mut stream, deadline).await?;
+        wire::attach_outcome(&answer).map_err(wire::LinkFailure::into_error)?;
         Ok(stream)
     }
 
@@ -70,16 +76,20 @@ impl MasterConnector {
             Err(Error::Disconnected) => self.attach(deadline).await,
             other => other,
         };
-        match attached {
-            // The master's own answer may come a moment after ours: the
-            // note of a big request is read here too, as a lone client does.
-            Err(Error::Timeout {
+        attached.map_err(|error| self.as_a_lone_client_says(error))
+    }
+
+    /// The master's own answer may come a moment after ours: the note of
+    /// a big request is read here too, as a lone client does.
+    pub(super) fn as_a_lone_client_says(&self, error: Error) -> Error {
+        match error {
+            Error::Timeout {
                 phase: Phase::Handshake,
                 after,
-            }) => Err(self.busy_with_earlier_request(after).unwrap_or(Error::Timeout {
+            } => self.busy_with_earlier_request(after).unwrap_or(Error::Timeout {
                 phase: Phase::Handshake,
                 after,
-            })),
+            }),
             other => other,
         }
     }
@@ -90,24 +100,21 @@ impl MasterConnector {
     }
 }
 
-/// Makes sure the master at the other end of `stream` holds a
-/// synchronised connection to the agent by `deadline`, or says why not.
-/// Its answer also says that it is in step with us: the client then
-/// skips the handshake (one exchange less for a fresh process).
-pub(super) async fn attach_over(stream: &mut UnixStream, deadline: Deadline) -> Result<(), Error> {
-    let left = deadline
-        .at()
-        .saturating_duration_since(tokio::time::Instant::now());
+/// Asks the master at the other end of `stream` to make sure it holds a
+/// synchronised connection to the agent by `deadline`: its answer, ready
+/// (`{}`) or why not (see [`wire::attach_outcome`]). The answer also says
+/// that it is in step with us: the client then skips the handshake (one
+/// exchange less for a fresh process).
+pub(super) async fn attach_answer(stream: &mut UnixStream, deadline: Deadline) -> Result<Vec<u8>, Error> {
     // The master answers within the time it was given, or says why not.
     let request = format!(
         "{{\"execute\":\"{}\",\"arguments\":{{\"timeout_ms\":{}}}}}\n",
         wire::ATTACH,
-        left.as_millis()
+        deadline.remaining().as_millis()
     );
-    let answer = deadline
+    deadline
         .run(Phase::Handshake, exchange_line(stream, request.as_bytes()))
-        .await?;
-    wire::attach_outcome(&answer).map_err(wire::LinkFailure::into_error)
+        .await
 }
 
 impl MasterConnector {

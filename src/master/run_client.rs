@@ -13,21 +13,19 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use virtomate_protocol::framing::{Frame, LineCodec};
 use virtomate_protocol::session::relay::{self, Relayed};
 use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Reply, RunRequest, Stage};
-use virtomate_protocol::{Connection, Error};
+use virtomate_protocol::{Connection, Deadline, Error, Phase};
 
 use super::connector::MasterConnector;
-use super::wire::{RunArguments, GIVE_UP, RUN};
+use super::wire::{self, RunArguments, GIVE_UP, RUN};
 
 /// A run given whole to a domain's control master.
 pub struct MasterRun {
     conn: Connection<OwnedReadHalf, LineCodec>,
     write: OwnedWriteHalf,
-    handshake_ms: u64,
-    reply_ms: u64,
     /// How far the run has come, as far as this client knows.
     stage: Stage,
-    /// The request's id, once sent.
-    id: Option<Value>,
+    /// The request's id.
+    id: Value,
     /// Its end was read.
     ended: bool,
 }
@@ -37,38 +35,38 @@ pub struct MasterRun {
 const LINE_SLACK: usize = 4096;
 
 impl MasterRun {
-    /// Connects to the master behind `master`, whose agent is then
-    /// connected, or the error says why not as a lone client's would.
-    pub async fn attach(master: &MasterConnector) -> Result<MasterRun, Error> {
-        let (read, write) = master.attached().await?.into_split();
-        let options = master.options();
-        let conn = Connection::new(read, LineCodec::new(options.max_reply_len + LINE_SLACK), None);
-        Ok(MasterRun {
-            conn,
-            write,
-            handshake_ms: options.handshake_timeout.as_millis() as u64,
-            reply_ms: options.reply_timeout.as_millis() as u64,
-            stage: Stage::Starting,
-            id: None,
-            ended: false,
-        })
+    /// Gives `run` as `id` to the master behind `master`, which answers
+    /// first as an attach does: its agent is connected, or the error says
+    /// why not as a lone client's would; within the client's handshake
+    /// timeout. The run then goes on, its replies read by
+    /// [`serve`](Self::serve). A plain run only: neither followed nor
+    /// interactive.
+    pub async fn start(master: &MasterConnector, id: Value, run: &RunRequest) -> Result<MasterRun, Error> {
+        let deadline = Deadline::after(master.options().handshake_timeout);
+        let started = match MasterRun::try_start(master, deadline, &id, run).await {
+            // A master that ended as we came (its time was up): once more,
+            // which starts a new one.
+            Err(Error::Disconnected) => MasterRun::try_start(master, deadline, &id, run).await,
+            other => other,
+        };
+        started.map_err(|error| master.as_a_lone_client_says(error))
     }
 
-    /// Runs `run` as `id` to its end, handing each reply to `reply` as the
-    /// session engine does. A plain run only: neither followed nor
-    /// interactive.
-    pub async fn serve(
-        &mut self,
-        id: Value,
+    async fn try_start(
+        master: &MasterConnector,
+        deadline: Deadline,
+        id: &Value,
         run: &RunRequest,
-        mut reply: impl FnMut(Reply) -> io::Result<()>,
-    ) {
-        let mut request = relay::run_line(&id, run);
+    ) -> Result<MasterRun, Error> {
+        let (read, mut write) = master.reach(deadline).await?.into_split();
+        let options = master.options();
+        let mut conn = Connection::new(read, LineCodec::new(options.max_reply_len + LINE_SLACK), None);
+        let mut request = relay::run_line(id, run);
         request.pop();
-        self.id = Some(id.clone());
         let arguments = RunArguments {
-            handshake_ms: self.handshake_ms,
-            reply_ms: self.reply_ms,
+            timeout_ms: deadline.remaining().as_millis() as u64,
+            handshake_ms: options.handshake_timeout.as_millis() as u64,
+            reply_ms: options.reply_timeout.as_millis() as u64,
             request: RawValue::from_string(String::from_utf8(request).expect("JSON is UTF-8"))
                 .expect("a relayed run line is JSON"),
         };
@@ -76,9 +74,22 @@ impl MasterRun {
             "{{\"execute\":\"{RUN}\",\"arguments\":{}}}\n",
             serde_json::to_string(&arguments).expect("plain data serializes")
         );
-        if let Err(error) = self.write.write_all(line.as_bytes()).await {
-            return self.lost(Error::from(error), &mut reply);
-        }
+        write.write_all(line.as_bytes()).await.map_err(Error::from)?;
+        let answer = deadline.run(Phase::Handshake, read_line(&mut conn)).await?;
+        wire::attach_outcome(&answer).map_err(wire::LinkFailure::into_error)?;
+        Ok(MasterRun {
+            conn,
+            write,
+            // Sent whole and ready: from here on, it may have started.
+            stage: Stage::Starting,
+            id: id.clone(),
+            ended: false,
+        })
+    }
+
+    /// Reads the run's replies to its end, handing each to `reply` as the
+    /// session engine does.
+    pub async fn serve(&mut self, mut reply: impl FnMut(Reply) -> io::Result<()>) {
         while !self.ended {
             match self.read().await {
                 Ok(Relayed::Reply(got)) => self.take(got, &mut reply),
@@ -93,9 +104,9 @@ impl MasterRun {
     /// gives the run up as the session engine's `give_up` does, and says
     /// what it left; a master gone meanwhile leaves what this client knows.
     pub async fn give_up(&mut self, mut reply: impl FnMut(Reply) -> io::Result<()>) -> Vec<Abandoned> {
-        let Some(id) = self.id.clone().filter(|_| !self.ended) else {
+        if self.ended {
             return Vec::new();
-        };
+        }
         if self.write.write_all(GIVE_UP).await.is_ok() {
             loop {
                 match self.read().await {
@@ -109,7 +120,7 @@ impl MasterRun {
             Stage::Running { pid } => Left::Unknown { pid },
             _ => Left::MayHaveStarted,
         };
-        vec![Abandoned::new(id, left)]
+        vec![Abandoned::new(self.id.clone(), left)]
     }
 
     fn take(&mut self, got: Reply, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
@@ -128,21 +139,22 @@ impl MasterRun {
     /// The master's connection failed: the run fails where it stood.
     fn lost(&mut self, error: Error, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
         self.ended = true;
-        let id = self.id.clone().unwrap_or(Value::Null);
-        let _ = reply(Reply::failed(id, Failure::new(self.stage, error)));
+        let _ = reply(Reply::failed(self.id.clone(), Failure::new(self.stage, error)));
     }
 
     async fn read(&mut self) -> Result<Relayed, Error> {
-        loop {
-            match self.conn.read_frame().await? {
-                Frame::Line(line) => {
-                    return relay::parse_line(&line).map_err(|e| Error::Malformed {
-                        command: RUN.to_owned(),
-                        reason: e.to_string(),
-                    })
-                }
-                _ => continue,
-            }
+        let line = read_line(&mut self.conn).await?;
+        relay::parse_line(&line).map_err(|e| Error::Malformed {
+            command: RUN.to_owned(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+async fn read_line(conn: &mut Connection<OwnedReadHalf, LineCodec>) -> Result<Vec<u8>, Error> {
+    loop {
+        if let Frame::Line(line) = conn.read_frame().await? {
+            return Ok(line);
         }
     }
 }

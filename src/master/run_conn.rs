@@ -6,17 +6,18 @@
 //! output stopped, as its own engine would have on a signal.
 
 use std::io;
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use virtomate_protocol::framing::{Frame, LineCodec};
 use virtomate_protocol::session::{relay, Request, Session, SessionOptions};
-use virtomate_protocol::{ClientOptions, Connection};
+use virtomate_protocol::{ClientOptions, Connection, Deadline};
 
 use super::client_conn::RunHandover;
 use super::hub_connector::HubConnector;
-use super::wire::{RunArguments, GIVE_UP};
+use super::wire::{self, LinkFailure, RunArguments, GIVE_UP};
 
 /// How a client's whole run ended on the master's side.
 enum End {
@@ -38,18 +39,31 @@ pub async fn serve_run(
         mut write,
         arguments,
     } = handover;
-    let (options, request) = match parse(&arguments, max_reply_len) {
+    let (attach_within, options, request) = match parse(&arguments, max_reply_len) {
         Ok(parsed) => parsed,
         Err(error) => {
             tracing::warn!(%error, "a whole run asked for with arguments not understood: dropped");
             return;
         }
     };
+    let mut connector = connect(options);
+    // Answered as an attach is: the client fails as it would have alone.
+    let answer = match connector.attach_first(Deadline::after(attach_within)).await {
+        Ok(answer) => answer,
+        Err(error) => {
+            let failure = LinkFailure::from_error(&error);
+            let desc = serde_json::to_string(&failure).expect("plain data serializes");
+            wire::own_error(wire::LINK_FAILURE_CLASS, &desc, None)
+        }
+    };
+    if write.write_all(&answer).await.is_err() || wire::attach_outcome(&answer).is_err() {
+        return;
+    }
     let engine = SessionOptions {
         announce_start: true,
         ..SessionOptions::default()
     };
-    let mut session = Session::new(connect(options), engine);
+    let mut session = Session::new(connector, engine);
     let (requests, mut incoming) = mpsc::channel(1);
     requests
         .try_send(request)
@@ -98,16 +112,20 @@ pub async fn serve_run(
     }
 }
 
-fn parse(arguments: &[u8], max_reply_len: usize) -> Result<(ClientOptions, Request), String> {
+fn parse(arguments: &[u8], max_reply_len: usize) -> Result<(Duration, ClientOptions, Request), String> {
     let arguments: RunArguments = serde_json::from_slice(arguments).map_err(|e| e.to_string())?;
     let (id, run) = relay::parse_run(arguments.request.get().as_bytes()).map_err(|e| e.to_string())?;
     let options = ClientOptions {
-        handshake_timeout: std::time::Duration::from_millis(arguments.handshake_ms),
-        reply_timeout: std::time::Duration::from_millis(arguments.reply_ms),
+        handshake_timeout: Duration::from_millis(arguments.handshake_ms),
+        reply_timeout: Duration::from_millis(arguments.reply_ms),
         max_reply_len,
         ..ClientOptions::default()
     };
-    Ok((options, Request::run(id, run)))
+    Ok((
+        Duration::from_millis(arguments.timeout_ms),
+        options,
+        Request::run(id, run),
+    ))
 }
 
 /// Waits for the client's give-up line, or its leaving.

@@ -15,18 +15,20 @@ use virtomate_protocol::{Error, Phase};
 /// within `timeout_ms`; answered `{}` or with a [`LinkFailure`].
 pub const ATTACH: &str = "x-virtomate-attach";
 /// Runs a program whole, as the session engine does: the arguments are
-/// [`RunArguments`]; the connection then carries the run's relayed
-/// replies (`virtomate_protocol::session::relay`), a give-up line
-/// ([`GIVE_UP`]) and the program's input, and nothing else.
+/// [`RunArguments`]. Answered first as [`ATTACH`] is (so that it takes
+/// no exchange of its own), then, once ready, with the run's relayed
+/// replies (`virtomate_protocol::session::relay`); the client may send a
+/// give-up line ([`GIVE_UP`]) and nothing else.
 pub const RUN: &str = "x-virtomate-run";
 /// The line a client of a whole run sends on a signal: the master gives
 /// the run up (as the session engine does) and answers with what it left.
 pub const GIVE_UP: &[u8] = b"{\"give_up\": {}}\n";
 
-/// What a whole run is started with: how long the agent is waited for,
-/// and the run's relayed request line.
+/// What a whole run is started with: how long the attach may take, how
+/// long the agent is waited for later, and the run's relayed request line.
 #[derive(Serialize, Deserialize)]
 pub struct RunArguments {
+    pub timeout_ms: u64,
     pub handshake_ms: u64,
     pub reply_ms: u64,
     pub request: Box<RawValue>,
