@@ -838,3 +838,60 @@ fn a_client_that_goes_away_has_its_timed_run_given_up_by_the_master() {
     assert_eq!(out.json()["stdout"], "next", "{out:?}");
     end_master(&agent.socket());
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_agent_killed_under_a_whole_run_fails_it_as_without_the_master() {
+    let mut agent = HostAgent::start();
+    let sock = agent.socket().to_str().unwrap().to_owned();
+    let spawn = |persist: Option<&str>, marker: &str| {
+        let mut command = virtomate();
+        match persist {
+            Some(persist) => command.env("VIRTOMATE_PERSIST", persist),
+            None => command.env_remove("VIRTOMATE_PERSIST"),
+        };
+        command
+            .args(["guest-run", &sock, "--", "sh", "-c", marker])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (through, alone) = ("sleep 6098", "sleep 6099");
+    let through_run = spawn(Some(PERSIST), through);
+    let alone_run = spawn(None, alone);
+    wait_until(20, "both programs to start", || {
+        runs_on_host(through) && runs_on_host(alone)
+    });
+    agent.kill();
+    let errors: Vec<Value> = [through_run, alone_run]
+        .into_iter()
+        .map(|run| serde_json::from_slice(&run.wait_with_output().unwrap().stdout).unwrap())
+        .collect();
+    for marker in [through, alone] {
+        let _ = Command::new("pkill").args(["-f", &format!("^{marker}")]).status();
+    }
+    // The same kind of error, naming the program it left (the words differ
+    // as the connection was held or not when the agent went: a lone client
+    // lets go between polls while another waits).
+    for error in &errors {
+        assert_eq!(error["type"], "AgentDisconnected", "{errors:?}");
+        assert!(
+            error["message"].as_str().unwrap().contains("guest pid"),
+            "{errors:?}"
+        );
+    }
+    // Nothing listens any more: the next run through a master fails as alone.
+    let next = through_master(&["guest-run", &sock, "--", "true"], None);
+    let next_alone = run_command(
+        virtomate()
+            .env_remove("VIRTOMATE_PERSIST")
+            .args(["guest-run", &sock, "--", "true"]),
+        None,
+    );
+    assert_eq!(
+        (next.status, &next.stdout),
+        (next_alone.status, &next_alone.stdout),
+        "{next:?}"
+    );
+    end_master(&agent.socket());
+}
