@@ -813,6 +813,32 @@ fn a_whole_run_through_the_master_ends_as_a_run_without_it() {
     }
     let info = master_info(&socket);
     assert_eq!(info["runs"], cases.len(), "each ran whole in the master: {info}");
+
+    // A reader that goes away: the program is stopped, as without the master.
+    let mut statuses = Vec::new();
+    for persist in [Some(PERSIST), None] {
+        let mut command = virtomate();
+        match persist {
+            Some(persist) => command.env("VIRTOMATE_PERSIST", persist),
+            None => command.env_remove("VIRTOMATE_PERSIST"),
+        };
+        let mut child = command
+            .args(["guest-run", "--follow", sock, "--", "yes"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first, "y\n");
+        wait_until(30, "the run to end once its reader has gone", || {
+            child.try_wait().unwrap().is_some()
+        });
+        statuses.push(child.wait().unwrap().code());
+    }
+    assert_eq!(statuses[0], statuses[1], "through the master, then alone");
+    assert!(!runs_on_host("yes$"), "the program was stopped");
     end_master(&socket);
 }
 

@@ -36,8 +36,9 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
         return Err(CliError::input_too_large(request_len, MAX_REQUEST_LEN, false));
     }
     let follow = request.follow;
-    // A control master runs a plain run whole: one exchange with it.
-    let whole = (!request.follow && !request.interactive).then(|| (RUN_ID.into(), &request));
+    // A control master runs it whole, one exchange with it; an
+    // interactive run's input goes the agent's way through it.
+    let whole = (!request.interactive).then(|| (RUN_ID.into(), &request));
 
     let mut signals = Signals::install()?;
     let connecting = DomainAgent::connect_for_run(&domain, context, whole);

@@ -16,7 +16,7 @@ use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Reply, RunR
 use virtomate_protocol::{Connection, Deadline, Error, Phase};
 
 use super::connector::MasterConnector;
-use super::wire::{self, RunArguments, GIVE_UP, RUN};
+use super::wire::{self, RunArguments, GIVE_UP, REFUSE, RUN};
 
 /// A run given whole to a domain's control master.
 pub struct MasterRun {
@@ -28,6 +28,15 @@ pub struct MasterRun {
     id: Value,
     /// Its end was read.
     ended: bool,
+    /// The caller refused output: the master is to be told, once.
+    refusal: Refusal,
+}
+
+#[derive(PartialEq)]
+enum Refusal {
+    None,
+    ToSay,
+    Said,
 }
 
 /// Room beside the longest reply the client takes, for the relayed
@@ -39,8 +48,7 @@ impl MasterRun {
     /// first as an attach does: its agent is connected, or the error says
     /// why not as a lone client's would; within the client's handshake
     /// timeout. The run then goes on, its replies read by
-    /// [`serve`](Self::serve). A plain run only: neither followed nor
-    /// interactive.
+    /// [`serve`](Self::serve). Not an interactive one.
     pub async fn start(master: &MasterConnector, id: Value, run: &RunRequest) -> Result<MasterRun, Error> {
         let deadline = Deadline::after(master.options().handshake_timeout);
         let started = match MasterRun::try_start(master, deadline, &id, run).await {
@@ -84,6 +92,7 @@ impl MasterRun {
             stage: Stage::Starting,
             id: id.clone(),
             ended: false,
+            refusal: Refusal::None,
         })
     }
 
@@ -91,6 +100,11 @@ impl MasterRun {
     /// session engine does.
     pub async fn serve(&mut self, mut reply: impl FnMut(Reply) -> io::Result<()>) {
         while !self.ended {
+            if self.refusal == Refusal::ToSay {
+                self.refusal = Refusal::Said;
+                // A master gone meanwhile is read as such next.
+                let _ = self.write.write_all(REFUSE).await;
+            }
             match self.read().await {
                 Ok(Relayed::Reply(got)) => self.take(got, &mut reply),
                 // Not asked for: a master that says it is not understood.
@@ -127,7 +141,9 @@ impl MasterRun {
         match got.outcome {
             Ok(Outcome::Started { pid }) => self.stage = Stage::Running { pid },
             Ok(Outcome::Chunk { .. }) => {
-                let _ = reply(got);
+                if reply(got).is_err() && self.refusal == Refusal::None {
+                    self.refusal = Refusal::ToSay;
+                }
             }
             _ => {
                 self.ended = true;

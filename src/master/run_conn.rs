@@ -6,24 +6,28 @@
 //! output stopped, as its own engine would have on a signal.
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
 use virtomate_protocol::framing::{Frame, LineCodec};
-use virtomate_protocol::session::{relay, Request, Session, SessionOptions};
+use virtomate_protocol::session::{relay, Outcome, Request, Session, SessionOptions};
 use virtomate_protocol::{ClientOptions, Connection, Deadline};
 
 use super::client_conn::RunHandover;
 use super::hub_connector::HubConnector;
-use super::wire::{self, LinkFailure, RunArguments, GIVE_UP};
+use super::wire::{self, LinkFailure, RunArguments, GIVE_UP, REFUSE};
+
+/// The most of a followed program's output passed on after a give-up.
+const GIVE_UP_OUTPUT_LIMIT: usize = 16 << 20;
 
 /// How a client's whole run ended on the master's side.
 enum End {
     /// The client asked to give it up.
     GivenUp,
-    /// The client went away, or sent what no client of ours sends.
+    /// The client went away.
     Gone,
 }
 
@@ -69,8 +73,14 @@ pub async fn serve_run(
         .try_send(request)
         .expect("an empty channel takes one request");
     let (relayed, mut outgoing) = mpsc::unbounded_channel::<Vec<u8>>();
+    // The client cannot take more output: the engine is told so at the
+    // next chunk, and stops the program.
+    let refused = AtomicBool::new(false);
     let end = {
         let served = session.serve(&mut incoming, |reply| {
+            if refused.load(Ordering::Relaxed) && matches!(reply.outcome, Ok(Outcome::Chunk { .. })) {
+                return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+            }
             relayed
                 .send(relay::reply_line(&reply))
                 .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))
@@ -78,16 +88,25 @@ pub async fn serve_run(
         tokio::pin!(served);
         let mut served_all = false;
         loop {
+            // What the run has said goes out first, and the client is
+            // heard, before the run goes on: no more of its output waits
+            // here than one step of the engine makes, however slowly the
+            // client reads.
             tokio::select! {
-                // Ends only once `requests` is gone, which the client's
-                // leaving decides.
-                () = &mut served, if !served_all => served_all = true,
+                biased;
                 Some(line) = outgoing.recv() => {
                     if write.write_all(&line).await.is_err() {
                         break End::Gone;
                     }
                 }
-                end = client_gives_up(&mut conn) => break end,
+                said = client_says(&mut conn) => match said {
+                    Said::Refuse => refused.store(true, Ordering::Relaxed),
+                    Said::GiveUp => break End::GivenUp,
+                    Said::Gone => break End::Gone,
+                },
+                // Ends only once `requests` is gone, which the client's
+                // leaving decides.
+                () = &mut served, if !served_all => served_all = true,
             }
         }
     };
@@ -98,8 +117,18 @@ pub async fn serve_run(
             break;
         }
     }
+    // The rest of a followed program's output, for a client that asked
+    // to give up (one gone takes none): kept here until the end is known,
+    // so bounded; past the bound the engine is told the client refuses it.
+    let given_up = matches!(end, End::GivenUp);
+    let mut kept = 0;
     let left = session.give_up(|reply| {
-        let _ = relayed.send(relay::reply_line(&reply));
+        let line = relay::reply_line(&reply);
+        kept += line.len();
+        if !given_up || kept > GIVE_UP_OUTPUT_LIMIT {
+            return Err(io::Error::from(io::ErrorKind::BrokenPipe));
+        }
+        let _ = relayed.send(line);
         Ok(())
     });
     let abandoned = left.await;
@@ -128,11 +157,19 @@ fn parse(arguments: &[u8], max_reply_len: usize) -> Result<(Duration, ClientOpti
     ))
 }
 
-/// Waits for the client's give-up line, or its leaving.
-async fn client_gives_up(conn: &mut Connection<OwnedReadHalf, LineCodec>) -> End {
+/// What a client of a whole run may say while it runs.
+enum Said {
+    Refuse,
+    GiveUp,
+    /// It left, or said what no client of ours says.
+    Gone,
+}
+
+async fn client_says(conn: &mut Connection<OwnedReadHalf, LineCodec>) -> Said {
     match conn.read_frame().await {
-        Ok(Frame::Line(line)) if line.trim_ascii() == GIVE_UP.trim_ascii() => End::GivenUp,
-        _ => End::Gone,
+        Ok(Frame::Line(line)) if line.trim_ascii() == GIVE_UP.trim_ascii() => Said::GiveUp,
+        Ok(Frame::Line(line)) if line.trim_ascii() == REFUSE.trim_ascii() => Said::Refuse,
+        _ => Said::Gone,
     }
 }
 

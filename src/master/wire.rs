@@ -18,8 +18,13 @@ pub const ATTACH: &str = "x-virtomate-attach";
 /// [`RunArguments`]. Answered first as [`ATTACH`] is (so that it takes
 /// no exchange of its own), then, once ready, with the run's relayed
 /// replies (`virtomate_protocol::session::relay`); the client may send a
-/// give-up line ([`GIVE_UP`]) and nothing else.
+/// refusal of output ([`REFUSE`]) and a give-up line ([`GIVE_UP`]), and
+/// nothing else.
 pub const RUN: &str = "x-virtomate-run";
+/// The line a client of a whole run sends when it cannot take the run's
+/// output (its reader went away): the engine stops the program, as it
+/// does when its own caller refuses output, and replies its end.
+pub const REFUSE: &[u8] = b"{\"refuse\": {}}\n";
 /// The line a client of a whole run sends on a signal: the master gives
 /// the run up (as the session engine does) and answers with what it left.
 pub const GIVE_UP: &[u8] = b"{\"give_up\": {}}\n";

@@ -4,9 +4,6 @@
 //! [`Reply`], [`Failure`] and [`Abandoned`] it would have got from a
 //! session of its own, every error with its variant and fields.
 //!
-//! Followed output's failures on the guest's side ([`Failure::output`])
-//! are not carried: the error that restates them is.
-//!
 //! ```
 //! use virtomate_protocol::session::relay::{self, Relayed};
 //! use virtomate_protocol::session::{Failure, Reply, RunRequest, Stage};
@@ -28,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Abandoned, Failure, Left, Outcome, Reply, RunRequest, Stage};
-use crate::follow::Stream;
+use crate::follow::{FollowError, Stream};
 use crate::qga::{base64_data, GuestExecStatusReply};
 use crate::{Error, Finished, Phase, RequestInFlight, Stopped};
 
@@ -106,6 +103,7 @@ pub fn reply_line(reply: &Reply) -> Vec<u8> {
             id,
             stage: failure.stage.into(),
             error: WireError::from(&failure.error),
+            output: failure.output.as_ref().map(WireFollow::from),
             output_dir: failure.output_dir.clone(),
             ended: failure.ended.clone(),
         },
@@ -152,11 +150,13 @@ pub fn parse_line(line: &[u8]) -> Result<Relayed, serde_json::Error> {
             id,
             stage,
             error,
+            output,
             output_dir,
             ended,
         } => reply(
             id,
             Err(Failure {
+                output: output.map(FollowError::from),
                 output_dir,
                 ended,
                 ..Failure::at(stage.into(), error.into())
@@ -223,6 +223,7 @@ enum Line {
         id: Value,
         stage: WireStage,
         error: WireError,
+        output: Option<WireFollow>,
         output_dir: Option<String>,
         ended: Option<GuestExecStatusReply>,
     },
@@ -480,6 +481,58 @@ impl From<WireError> for Error {
 
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+enum WireFollow {
+    Agent(WireError),
+    Unsupported { missing: Vec<String> },
+    Setup { reason: String },
+    Removed { dir: String },
+    Full { dir: String },
+    CleanUp { dir: String, reason: String },
+    Input { reason: String },
+    Sink(WireIo),
+}
+
+impl From<&FollowError> for WireFollow {
+    fn from(error: &FollowError) -> Self {
+        match error {
+            FollowError::Agent(error) => WireFollow::Agent(error.into()),
+            FollowError::Unsupported { missing } => WireFollow::Unsupported {
+                missing: missing.clone(),
+            },
+            FollowError::Setup { reason } => WireFollow::Setup {
+                reason: reason.clone(),
+            },
+            FollowError::Removed { dir } => WireFollow::Removed { dir: dir.clone() },
+            FollowError::Full { dir } => WireFollow::Full { dir: dir.clone() },
+            FollowError::CleanUp { dir, reason } => WireFollow::CleanUp {
+                dir: dir.clone(),
+                reason: reason.clone(),
+            },
+            FollowError::Input { reason } => WireFollow::Input {
+                reason: reason.clone(),
+            },
+            FollowError::Sink(error) => WireFollow::Sink(error.into()),
+        }
+    }
+}
+
+impl From<WireFollow> for FollowError {
+    fn from(error: WireFollow) -> Self {
+        match error {
+            WireFollow::Agent(error) => FollowError::Agent(error.into()),
+            WireFollow::Unsupported { missing } => FollowError::Unsupported { missing },
+            WireFollow::Setup { reason } => FollowError::Setup { reason },
+            WireFollow::Removed { dir } => FollowError::Removed { dir },
+            WireFollow::Full { dir } => FollowError::Full { dir },
+            WireFollow::CleanUp { dir, reason } => FollowError::CleanUp { dir, reason },
+            WireFollow::Input { reason } => FollowError::Input { reason },
+            WireFollow::Sink(error) => FollowError::Sink(error.into()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 enum WireLeft {
     Nothing,
     Preparing,
@@ -652,6 +705,39 @@ mod tests {
                 }
                 other => panic!("{other:?}"),
             }
+        }
+    }
+
+    #[test]
+    fn followed_output_and_its_failures_come_back() {
+        let chunk = Reply {
+            id: 1.into(),
+            outcome: Ok(Outcome::Chunk {
+                stream: Stream::Stderr,
+                bytes: vec![0, 255],
+            }),
+        };
+        match round_trip(chunk).outcome {
+            Ok(Outcome::Chunk { stream, bytes }) => {
+                assert_eq!((stream, bytes), (Stream::Stderr, vec![0, 255]))
+            }
+            other => panic!("{other:?}"),
+        }
+        let removed = FollowError::Removed { dir: "/tmp/v".into() };
+        let said = removed.to_string();
+        let failed = Reply::failed(
+            1.into(),
+            Failure {
+                output_dir: Some("/tmp/v".into()),
+                ..Failure::following(Stage::Running { pid: 3 }, removed)
+            },
+        );
+        match round_trip(failed).outcome {
+            Err(failure) => {
+                assert_eq!(failure.output.map(|o| o.to_string()), Some(said));
+                assert_eq!(failure.output_dir.as_deref(), Some("/tmp/v"));
+            }
+            other => panic!("{other:?}"),
         }
     }
 
