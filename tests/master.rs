@@ -921,3 +921,49 @@ fn an_agent_killed_under_a_whole_run_fails_it_as_without_the_master() {
     );
     end_master(&agent.socket());
 }
+
+#[test]
+fn a_client_interrupted_while_its_run_waits_for_the_agent_is_told_so_as_alone() {
+    // An agent that takes connections and never answers.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("qga.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let sock = socket.to_str().unwrap().to_owned();
+    let mut errors = Vec::new();
+    let mut held = Vec::new();
+    // Alone first: a master would keep its turn on the channel while it
+    // waits for the agent, and the lone client would wait for that turn.
+    for persist in [None, Some(PERSIST)] {
+        let mut command = virtomate();
+        match persist {
+            Some(persist) => command.env("VIRTOMATE_PERSIST", persist),
+            None => command.env_remove("VIRTOMATE_PERSIST"),
+        };
+        let client = command
+            .args(["--timeout", "60", "guest-run", &sock, "--", "true"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(20, "the agent's socket to be connected to", || {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    held.push(stream);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        let pid = nix::unistd::Pid::from_raw(client.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let output = client.wait_with_output().unwrap();
+        errors.push((output.status.code(), String::from_utf8(output.stdout).unwrap()));
+    }
+    assert_eq!(errors[0], errors[1], "alone, then through the master");
+    assert!(errors[0].1.contains("Interrupted"), "{errors:?}");
+    // It waits for the agent still, taking no requests meanwhile.
+    for pid in masters_of(&socket) {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+}

@@ -148,7 +148,9 @@ impl DomainAgent {
 
     /// Connects for a run of `domain`: where a control master serves its
     /// agent and `whole` is a run it runs whole, gives it the run as `id`,
-    /// which goes on there; else connects as [`connect`](Self::connect) does.
+    /// which goes on there once the master says it is ready
+    /// ([`MasterRun::ready`]); else connects as [`connect`](Self::connect)
+    /// does.
     pub async fn connect_for_run(
         domain: &str,
         context: &Context,
@@ -157,7 +159,7 @@ impl DomainAgent {
         let mut agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
         let started = match (agent.session.channel().connector(), whole) {
             (DomainConnector::Master(master), Some((id, run))) => {
-                Some(MasterRun::start(master, id, run).await)
+                Some(MasterRun::send(master, id, run).await)
             }
             _ => None,
         };
@@ -170,7 +172,7 @@ impl DomainAgent {
 
     /// The error for a connection that failed: naming the socket, and for
     /// a QMP socket given by mistake, the agent sockets of its VM.
-    async fn connection_error(&self, e: virtomate_protocol::Error, scope: &Scope) -> CliError {
+    pub async fn connection_error(&self, e: virtomate_protocol::Error, scope: &Scope) -> CliError {
         let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
         let error = self.error(e);
         match monitor

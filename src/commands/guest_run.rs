@@ -47,7 +47,15 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
         .await??;
     let mut sink = RunSink::default();
     let ended = match &mut master_run {
-        Some(run) => serve_whole(run, &mut sink, &mut signals).await,
+        Some(run) => match signals
+            .unless_interrupted(Interruption::Connecting, run.ready())
+            .await
+        {
+            Ok(Ok(())) => serve_whole(run, &mut sink, &mut signals).await,
+            Ok(Err(e)) => return Err(agent.connection_error(e, &context.scope).await),
+            // The run was asked for: giving it up says what it left.
+            Err(_) => None,
+        },
         None => serve(agent.session(), request, &mut sink, &mut signals).await,
     };
     let outcome = match ended {

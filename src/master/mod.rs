@@ -7,7 +7,10 @@
 //! socket instead of the agent's and changes nothing else. It answers
 //! `guest-sync-delimited` itself and passes every other request on with an
 //! id of its own, routing the reply back by it, so that requests of many
-//! clients (and programs they start) run side by side.
+//! clients (and programs they start) run side by side. A `guest-run` is
+//! not passed on command by command but given to the master whole
+//! (`wire::RUN`): the master runs it with the session engine and relays
+//! the engine's replies, one exchange with the client per run.
 //!
 //! - `paths`: where a master's socket, start lock and log live (a private
 //!   runtime directory), keyed by the agent socket's device and inode;

@@ -20,8 +20,14 @@ use super::wire::{self, RunArguments, GIVE_UP, REFUSE, RUN};
 
 /// A run given whole to a domain's control master.
 pub struct MasterRun {
+    master: MasterConnector,
+    /// The line that asks for the run, sent again to a master started anew.
+    line: Vec<u8>,
+    deadline: Deadline,
     conn: Connection<OwnedReadHalf, LineCodec>,
     write: OwnedWriteHalf,
+    /// The master has said it is ready (its attach answer): the run goes on.
+    ready: bool,
     /// How far the run has come, as far as this client knows.
     stage: Stage,
     /// The request's id.
@@ -44,32 +50,14 @@ enum Refusal {
 const LINE_SLACK: usize = 4096;
 
 impl MasterRun {
-    /// Gives `run` as `id` to the master behind `master`, which answers
-    /// first as an attach does: its agent is connected, or the error says
-    /// why not as a lone client's would; within the client's handshake
-    /// timeout. The run then goes on, its replies read by
-    /// [`serve`](Self::serve). Not an interactive one.
-    pub async fn start(master: &MasterConnector, id: Value, run: &RunRequest) -> Result<MasterRun, Error> {
-        let deadline = Deadline::after(master.options().handshake_timeout);
-        let started = match MasterRun::try_start(master, deadline, &id, run).await {
-            // A master that ended as we came (its time was up): once more,
-            // which starts a new one.
-            Err(Error::Disconnected) => MasterRun::try_start(master, deadline, &id, run).await,
-            other => other,
-        };
-        started.map_err(|error| master.as_a_lone_client_says(error))
-    }
-
-    async fn try_start(
-        master: &MasterConnector,
-        deadline: Deadline,
-        id: &Value,
-        run: &RunRequest,
-    ) -> Result<MasterRun, Error> {
-        let (read, mut write) = master.reach(deadline).await?.into_split();
+    /// Gives `run` as `id` to the master behind `master` (starting one
+    /// where none runs). Not an interactive run. The master answers first
+    /// as an attach does, read by [`ready`](Self::ready), within the
+    /// client's handshake timeout from now.
+    pub async fn send(master: &MasterConnector, id: Value, run: &RunRequest) -> Result<MasterRun, Error> {
         let options = master.options();
-        let mut conn = Connection::new(read, LineCodec::new(options.max_reply_len + LINE_SLACK), None);
-        let mut request = relay::run_line(id, run);
+        let deadline = Deadline::after(options.handshake_timeout);
+        let mut request = relay::run_line(&id, run);
         request.pop();
         let arguments = RunArguments {
             timeout_ms: deadline.remaining().as_millis() as u64,
@@ -82,18 +70,59 @@ impl MasterRun {
             "{{\"execute\":\"{RUN}\",\"arguments\":{}}}\n",
             serde_json::to_string(&arguments).expect("plain data serializes")
         );
-        write.write_all(line.as_bytes()).await.map_err(Error::from)?;
-        let answer = deadline.run(Phase::Handshake, read_line(&mut conn)).await?;
-        wire::attach_outcome(&answer).map_err(wire::LinkFailure::into_error)?;
+        let (conn, write) = MasterRun::reach_and_send(master, deadline, line.as_bytes()).await?;
         Ok(MasterRun {
+            master: master.clone(),
+            line: line.into_bytes(),
+            deadline,
             conn,
             write,
-            // Sent whole and ready: from here on, it may have started.
-            stage: Stage::Starting,
-            id: id.clone(),
+            ready: false,
+            stage: Stage::Connecting,
+            id,
             ended: false,
             refusal: Refusal::None,
         })
+    }
+
+    async fn reach_and_send(
+        master: &MasterConnector,
+        deadline: Deadline,
+        line: &[u8],
+    ) -> Result<(Connection<OwnedReadHalf, LineCodec>, OwnedWriteHalf), Error> {
+        let (read, mut write) = master.reach(deadline).await?.into_split();
+        let limit = master.options().max_reply_len + LINE_SLACK;
+        write.write_all(line).await.map_err(Error::from)?;
+        Ok((Connection::new(read, LineCodec::new(limit), None), write))
+    }
+
+    /// Waits for the master's first answer: its agent is connected, or
+    /// the error says why not, as a lone client's would.
+    pub async fn ready(&mut self) -> Result<(), Error> {
+        let answer = match self
+            .deadline
+            .run(Phase::Handshake, read_line(&mut self.conn))
+            .await
+        {
+            // A master that ended as we came (its time was up): once more,
+            // which starts a new one.
+            Err(Error::Disconnected) => {
+                let again = MasterRun::reach_and_send(&self.master, self.deadline, &self.line).await;
+                let (conn, write) = again.map_err(|error| self.master.as_a_lone_client_says(error))?;
+                (self.conn, self.write) = (conn, write);
+                self.deadline
+                    .run(Phase::Handshake, read_line(&mut self.conn))
+                    .await
+            }
+            other => other,
+        };
+        let answer = answer.map_err(|error| self.master.as_a_lone_client_says(error))?;
+        wire::attach_outcome(&answer)
+            .map_err(|failure| self.master.as_a_lone_client_says(failure.into_error()))?;
+        self.ready = true;
+        // Sent whole and ready: from here on, it may have started.
+        self.stage = Stage::Starting;
+        Ok(())
     }
 
     /// Reads the run's replies to its end, handing each to `reply` as the
@@ -121,16 +150,39 @@ impl MasterRun {
         if self.ended {
             return Vec::new();
         }
-        if self.write.write_all(GIVE_UP).await.is_ok() {
-            loop {
-                match self.read().await {
-                    Ok(Relayed::Abandoned(abandoned)) => return abandoned,
-                    Ok(Relayed::Reply(got)) => self.take(got, &mut reply),
-                    Ok(_) | Err(_) => break,
-                }
+        if self.write.write_all(GIVE_UP).await.is_err() {
+            return self.what_is_known();
+        }
+        if !self.ready {
+            // Its answer first, unless the give-up came while it waited for
+            // the agent: a master not ready (or gone before it answered) has
+            // started nothing.
+            let Ok(answer) = read_line(&mut self.conn).await else {
+                return Vec::new();
+            };
+            if let Ok(Relayed::Abandoned(abandoned)) = relay::parse_line(&answer) {
+                return abandoned;
+            }
+            if wire::attach_outcome(&answer).is_err() {
+                return Vec::new();
+            }
+            self.ready = true;
+            self.stage = Stage::Starting;
+        }
+        loop {
+            match self.read().await {
+                Ok(Relayed::Abandoned(abandoned)) => return abandoned,
+                Ok(Relayed::Reply(got)) => self.take(got, &mut reply),
+                Ok(_) | Err(_) => return self.what_is_known(),
             }
         }
+    }
+
+    /// What the run left, as far as this client knows, with the master
+    /// gone.
+    fn what_is_known(&self) -> Vec<Abandoned> {
         let left = match self.stage {
+            Stage::Connecting => return Vec::new(),
             Stage::Running { pid } => Left::Unknown { pid },
             _ => Left::MayHaveStarted,
         };

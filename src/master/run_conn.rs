@@ -52,7 +52,17 @@ pub async fn serve_run(
     };
     let mut connector = connect(options);
     // Answered as an attach is: the client fails as it would have alone.
-    let answer = match connector.attach_first(Deadline::after(attach_within)).await {
+    let attached = tokio::select! {
+        attached = connector.attach_first(Deadline::after(attach_within)) => attached,
+        // Interrupted while the agent is waited for: nothing was started.
+        said = client_says(&mut conn) => {
+            if let Said::GiveUp = said {
+                let _ = write.write_all(&relay::abandoned_line(&[])).await;
+            }
+            return;
+        }
+    };
+    let answer = match attached {
         Ok(answer) => answer,
         Err(error) => {
             let failure = LinkFailure::from_error(&error);
