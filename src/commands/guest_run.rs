@@ -46,16 +46,28 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
         .unless_interrupted(Interruption::Connecting, connecting)
         .await??;
     let mut sink = RunSink::default();
-    let ended = match &mut master_run {
-        Some(run) => match signals
+    if let Some(run) = &mut master_run {
+        match signals
             .unless_interrupted(Interruption::Connecting, run.ready())
             .await
         {
-            Ok(Ok(())) => serve_whole(run, &mut sink, &mut signals).await,
+            Ok(Ok(true)) => {}
+            // An older master: the run goes through it command by command.
+            Ok(Ok(false)) => {
+                master_run = None;
+                let connecting = agent.connect_now(&context.scope);
+                signals
+                    .unless_interrupted(Interruption::Connecting, connecting)
+                    .await??;
+            }
             Ok(Err(e)) => return Err(agent.connection_error(e, &context.scope).await),
-            // The run was asked for: giving it up says what it left.
-            Err(_) => None,
-        },
+            // The run was asked for: giving it up (below) says what it left.
+            Err(_) => {}
+        }
+    }
+    let ended = match &mut master_run {
+        Some(run) if run.is_ready() => serve_whole(run, &mut sink, &mut signals).await,
+        Some(_) => None,
         None => serve(agent.session(), request, &mut sink, &mut signals).await,
     };
     let outcome = match ended {

@@ -96,9 +96,12 @@ impl MasterRun {
         Ok((Connection::new(read, LineCodec::new(limit), None), write))
     }
 
-    /// Waits for the master's first answer: its agent is connected, or
-    /// the error says why not, as a lone client's would.
-    pub async fn ready(&mut self) -> Result<(), Error> {
+    /// Waits for the master's first answer: its agent is connected
+    /// (`true`), or the error says why not, as a lone client's would;
+    /// `false` for a master that does not run whole runs (an older
+    /// virtomate's, which persists across an upgrade): the run is then the
+    /// client's own, through that master command by command.
+    pub async fn ready(&mut self) -> Result<bool, Error> {
         let answer = match self
             .deadline
             .run(Phase::Handshake, read_line(&mut self.conn))
@@ -117,12 +120,22 @@ impl MasterRun {
             other => other,
         };
         let answer = answer.map_err(|error| self.master.as_a_lone_client_says(error))?;
+        if wire::not_known(&answer) {
+            // Nothing was started: the agent did not know the command either.
+            self.ended = true;
+            return Ok(false);
+        }
         wire::attach_outcome(&answer)
             .map_err(|failure| self.master.as_a_lone_client_says(failure.into_error()))?;
         self.ready = true;
         // Sent whole and ready: from here on, it may have started.
         self.stage = Stage::Starting;
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether the master said it is ready: the run goes on there.
+    pub fn is_ready(&self) -> bool {
+        self.ready
     }
 
     /// Reads the run's replies to its end, handing each to `reply` as the

@@ -157,6 +157,20 @@ pub fn attach_outcome(answer: &[u8]) -> Result<(), LinkFailure> {
     }
 }
 
+/// Whether `answer` says the master does not know the command asked
+/// (an older virtomate's master, which passed it on to the agent).
+pub fn not_known(answer: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Answer {
+        error: ErrorClass,
+    }
+    #[derive(Deserialize)]
+    struct ErrorClass {
+        class: String,
+    }
+    serde_json::from_slice::<Answer>(answer).is_ok_and(|a| a.error.class == "CommandNotFound")
+}
+
 /// What `control check` shows.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MasterInfo {
@@ -165,7 +179,8 @@ pub struct MasterInfo {
     pub since: u64,
     /// Requests passed on to the agent.
     pub requests: u64,
-    /// Clients' whole runs begun ([`RUN`]).
+    /// Clients' whole runs begun ([`RUN`]); none from an older master.
+    #[serde(default)]
     pub runs: u64,
     pub clients: usize,
     pub agent_socket: PathBuf,
