@@ -767,3 +767,203 @@ fn the_master_notes_the_big_requests_it_passes_on_and_reads_others_notes() {
     lock.clear_request_note();
     end_master(&socket);
 }
+
+/// `virtomate guest-run ARGS` without the master setting.
+fn alone(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    run_command(virtomate().env_remove("VIRTOMATE_PERSIST").args(args), stdin)
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_whole_run_through_the_master_ends_as_a_run_without_it() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let sock = socket.to_str().unwrap();
+    let binary: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+    let cases: Vec<(Vec<&str>, Option<&[u8]>)> = vec![
+        (vec!["--", "sh", "-c", "echo out; echo err >&2; exit 3"], None),
+        (vec!["--", "/no/such/program"], None),
+        (vec!["--", "sh", "-c", "kill -TERM $$"], None),
+        (vec!["--max-time", "0.5", "--", "sleep", "30"], None),
+        (
+            vec!["--", "sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' a"],
+            None,
+        ),
+        (vec!["--stdin", "--encode", "--", "cat"], Some(&binary)),
+        (vec!["--raw", "--", "sh", "-c", "printf raw; exit 7"], None),
+        (vec!["--env-clear", "--env", "A=b c", "--", "/usr/bin/env"], None),
+        (
+            vec!["--merge-output", "--", "sh", "-c", "echo a; echo b >&2"],
+            None,
+        ),
+    ];
+    for (options, stdin) in &cases {
+        let args: Vec<&str> = ["guest-run", sock]
+            .iter()
+            .copied()
+            .chain(options.iter().copied())
+            .collect();
+        let through = through_master(&args, *stdin);
+        let without = alone(&args, *stdin);
+        assert_eq!(
+            (through.status, &through.stdout, &through.stderr),
+            (without.status, &without.stdout, &without.stderr),
+            "{options:?}"
+        );
+    }
+    let info = master_info(&socket);
+    assert_eq!(info["runs"], cases.len(), "each ran whole in the master: {info}");
+
+    // A reader that goes away: the program is stopped, as without the master.
+    let mut statuses = Vec::new();
+    for persist in [Some(PERSIST), None] {
+        let mut command = virtomate();
+        match persist {
+            Some(persist) => command.env("VIRTOMATE_PERSIST", persist),
+            None => command.env_remove("VIRTOMATE_PERSIST"),
+        };
+        let mut child = command
+            .args(["guest-run", "--follow", sock, "--", "yes"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        assert_eq!(first, "y\n");
+        wait_until(30, "the run to end once its reader has gone", || {
+            child.try_wait().unwrap().is_some()
+        });
+        statuses.push(child.wait().unwrap().code());
+    }
+    assert_eq!(statuses[0], statuses[1], "through the master, then alone");
+    assert!(!runs_on_host("yes$"), "the program was stopped");
+    end_master(&socket);
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_client_that_goes_away_has_its_timed_run_given_up_by_the_master() {
+    let agent = HostAgent::start();
+    let sock = agent.socket().to_str().unwrap().to_owned();
+    let marker = "sleep 6097";
+    let mut client = virtomate()
+        .env("VIRTOMATE_PERSIST", PERSIST)
+        .args(["guest-run", "--max-time", "600", &sock, "--", "sh", "-c", marker])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until(20, "the program to start", || runs_on_host(marker));
+    client.kill().unwrap();
+    let _ = client.wait();
+    // Its time limit would not be kept by anyone: the master stops it, as
+    // the client's own engine does on a signal.
+    wait_until(20, "the master to stop the program", || !runs_on_host(marker));
+    let out = through_master(&["guest-run", &sock, "--", "echo", "-n", "next"], None);
+    assert_eq!(out.json()["stdout"], "next", "{out:?}");
+    end_master(&agent.socket());
+}
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_agent_killed_under_a_whole_run_fails_it_as_without_the_master() {
+    let mut agent = HostAgent::start();
+    let sock = agent.socket().to_str().unwrap().to_owned();
+    let spawn = |persist: Option<&str>, marker: &str| {
+        let mut command = virtomate();
+        match persist {
+            Some(persist) => command.env("VIRTOMATE_PERSIST", persist),
+            None => command.env_remove("VIRTOMATE_PERSIST"),
+        };
+        command
+            .args(["guest-run", &sock, "--", "sh", "-c", marker])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (through, alone) = ("sleep 6098", "sleep 6099");
+    let through_run = spawn(Some(PERSIST), through);
+    let alone_run = spawn(None, alone);
+    wait_until(20, "both programs to start", || {
+        runs_on_host(through) && runs_on_host(alone)
+    });
+    agent.kill();
+    let errors: Vec<Value> = [through_run, alone_run]
+        .into_iter()
+        .map(|run| serde_json::from_slice(&run.wait_with_output().unwrap().stdout).unwrap())
+        .collect();
+    for marker in [through, alone] {
+        let _ = Command::new("pkill").args(["-f", &format!("^{marker}")]).status();
+    }
+    // The same kind of error, naming the program it left (the words differ
+    // as the connection was held or not when the agent went: a lone client
+    // lets go between polls while another waits).
+    for error in &errors {
+        assert_eq!(error["type"], "AgentDisconnected", "{errors:?}");
+        assert!(
+            error["message"].as_str().unwrap().contains("guest pid"),
+            "{errors:?}"
+        );
+    }
+    // Nothing listens any more: the next run through a master fails as alone.
+    let next = through_master(&["guest-run", &sock, "--", "true"], None);
+    let next_alone = run_command(
+        virtomate()
+            .env_remove("VIRTOMATE_PERSIST")
+            .args(["guest-run", &sock, "--", "true"]),
+        None,
+    );
+    assert_eq!(
+        (next.status, &next.stdout),
+        (next_alone.status, &next_alone.stdout),
+        "{next:?}"
+    );
+    end_master(&agent.socket());
+}
+
+#[test]
+fn a_client_interrupted_while_its_run_waits_for_the_agent_is_told_so_as_alone() {
+    // An agent that takes connections and never answers.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("qga.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let sock = socket.to_str().unwrap().to_owned();
+    let mut errors = Vec::new();
+    let mut held = Vec::new();
+    // Alone first: a master would keep its turn on the channel while it
+    // waits for the agent, and the lone client would wait for that turn.
+    for persist in [None, Some(PERSIST)] {
+        let mut command = virtomate();
+        match persist {
+            Some(persist) => command.env("VIRTOMATE_PERSIST", persist),
+            None => command.env_remove("VIRTOMATE_PERSIST"),
+        };
+        let client = command
+            .args(["--timeout", "60", "guest-run", &sock, "--", "true"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until(20, "the agent's socket to be connected to", || {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    held.push(stream);
+                    true
+                }
+                Err(_) => false,
+            }
+        });
+        let pid = nix::unistd::Pid::from_raw(client.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let output = client.wait_with_output().unwrap();
+        errors.push((output.status.code(), String::from_utf8(output.stdout).unwrap()));
+    }
+    assert_eq!(errors[0], errors[1], "alone, then through the master");
+    assert!(errors[0].1.contains("Interrupted"), "{errors:?}");
+    // It waits for the agent still, taking no requests meanwhile.
+    for pid in masters_of(&socket) {
+        let pid = nix::unistd::Pid::from_raw(pid as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    }
+}

@@ -8,7 +8,7 @@ use serde_json::Value;
 use virtomate_protocol::feed::{DIRECT_CHUNK, LIBVIRT_CHUNK};
 use virtomate_protocol::follow::{DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
 use virtomate_protocol::qga::Command;
-use virtomate_protocol::session::{Failure, Session, SessionOptions};
+use virtomate_protocol::session::{Failure, RunRequest, Session, SessionOptions};
 use virtomate_protocol::{
     wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule, SocketConnector,
 };
@@ -19,7 +19,7 @@ use super::errors::{AgentErrors, RunFront};
 use super::silence::Silence;
 use crate::domain::{self, Domain, Route, Scope};
 use crate::error::CliError;
-use crate::master::{persist_setting, route_to_running_master, MasterConnector};
+use crate::master::{persist_setting, route_to_running_master, MasterConnector, MasterRun};
 
 /// The agent of a domain, synchronised and ready. Its channel is held for
 /// one exchange at a time where others may want it (see
@@ -139,14 +139,44 @@ impl DomainAgent {
         let Err(e) = self.session.channel().agent().await.map(|_| ()) else {
             return Ok(());
         };
+        Err(self.connection_error(e, scope).await)
+    }
+
+    /// Connects for a run of `domain`: where a control master serves its
+    /// agent and `whole` is a run it runs whole, gives it the run as `id`,
+    /// which goes on there once the master says it is ready
+    /// ([`MasterRun::ready`]); else connects as [`connect`](Self::connect)
+    /// does.
+    pub async fn connect_for_run(
+        domain: &str,
+        context: &Context,
+        whole: Option<(Value, &RunRequest)>,
+    ) -> Result<(DomainAgent, Option<MasterRun>), CliError> {
+        let mut agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
+        let started = match (agent.session.channel().connector(), whole) {
+            (DomainConnector::Master(master), Some((id, run))) => {
+                Some(MasterRun::send(master, id, run).await)
+            }
+            _ => None,
+        };
+        match started {
+            Some(Ok(run)) => Ok((agent, Some(run))),
+            Some(Err(e)) => Err(agent.connection_error(e, &context.scope).await),
+            None => agent.connect_now(&context.scope).await.map(|()| (agent, None)),
+        }
+    }
+
+    /// The error for a connection that failed: naming the socket, and for
+    /// a QMP socket given by mistake, the agent sockets of its VM.
+    pub async fn connection_error(&self, e: virtomate_protocol::Error, scope: &Scope) -> CliError {
         let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
         let error = self.error(e);
         match monitor
             .then(|| agent_sockets_beside(&self.errors.socket, scope))
             .flatten()
         {
-            Some(agents) => Err(error.with_hint(format!("the agent socket of that VM: {agents}"))),
-            None => Err(self.explain_silence(error).await),
+            Some(agents) => error.with_hint(format!("the agent socket of that VM: {agents}")),
+            None => self.explain_silence(error).await,
         }
     }
 

@@ -14,6 +14,7 @@ use super::{Answer, Context};
 use crate::agent::{DomainAgent, DomainConnector, Signals};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, Interruption};
+use crate::master::MasterRun;
 use crate::run_output::{RunOutput, RunResult};
 use crate::run_sink::RunSink;
 use crate::std_streams::read_waiting;
@@ -35,17 +36,47 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
         return Err(CliError::input_too_large(request_len, MAX_REQUEST_LEN, false));
     }
     let follow = request.follow;
+    // A control master runs it whole, one exchange with it; an
+    // interactive run's input goes the agent's way through it.
+    let whole = (!request.interactive).then(|| (RUN_ID.into(), &request));
 
     let mut signals = Signals::install()?;
-    let mut agent = signals
-        .unless_interrupted(Interruption::Connecting, DomainAgent::connect(&domain, context))
+    let connecting = DomainAgent::connect_for_run(&domain, context, whole);
+    let (mut agent, mut master_run) = signals
+        .unless_interrupted(Interruption::Connecting, connecting)
         .await??;
     let mut sink = RunSink::default();
-    let ended = serve(agent.session(), request, &mut sink, &mut signals).await;
+    if let Some(run) = &mut master_run {
+        match signals
+            .unless_interrupted(Interruption::Connecting, run.ready())
+            .await
+        {
+            Ok(Ok(true)) => {}
+            // An older master: the run goes through it command by command.
+            Ok(Ok(false)) => {
+                master_run = None;
+                let connecting = agent.connect_now(&context.scope);
+                signals
+                    .unless_interrupted(Interruption::Connecting, connecting)
+                    .await??;
+            }
+            Ok(Err(e)) => return Err(agent.connection_error(e, &context.scope).await),
+            // The run was asked for: giving it up (below) says what it left.
+            Err(_) => {}
+        }
+    }
+    let ended = match &mut master_run {
+        Some(run) if run.is_ready() => serve_whole(run, &mut sink, &mut signals).await,
+        Some(_) => None,
+        None => serve(agent.session(), request, &mut sink, &mut signals).await,
+    };
     let outcome = match ended {
         Some(outcome) => outcome,
         None => {
-            let abandoned = agent.session().give_up(|reply| sink.take(reply)).await;
+            let abandoned = match &mut master_run {
+                Some(run) => run.give_up(|reply| sink.take(reply)).await,
+                None => agent.session().give_up(|reply| sink.take(reply)).await,
+            };
             let error = interrupted(&agent, abandoned);
             agent.close().await;
             return Err(error);
@@ -128,6 +159,20 @@ async fn serve(
         () = signals.arrival() => return None,
     }
     Some(sink.outcome.take().expect("the engine replies to every request"))
+}
+
+/// Runs `request` through a control master to its end, `None` if a
+/// signal came first.
+async fn serve_whole(
+    run: &mut MasterRun,
+    sink: &mut RunSink,
+    signals: &mut Signals,
+) -> Option<Result<Outcome, Failure>> {
+    tokio::select! {
+        () = run.serve(|reply| sink.take(reply)) => {}
+        () = signals.arrival() => return None,
+    }
+    Some(sink.outcome.take().expect("the master replies to every request"))
 }
 
 /// The id of the one request `guest-run` makes.

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use virtomate_protocol::framing::{Frame, LineCodec, SENTINEL};
@@ -38,6 +39,8 @@ pub enum ClientEvent {
     Info {
         answer: oneshot::Sender<wire::MasterInfo>,
     },
+    /// A client's whole run begins (counted, for `control check`).
+    Run,
     Exit,
     Closed {
         client: u64,
@@ -48,13 +51,22 @@ pub enum ClientEvent {
 /// and a little for the JSON around it.
 const MAX_CLIENT_LINE: usize = MAX_REQUEST_LEN + 1024;
 
-/// Serves one client until it leaves or the hub drops it.
+/// A client that asked the master to run a program whole
+/// ([`wire::RUN`]): its connection, and the request's arguments.
+pub struct RunHandover {
+    pub conn: Connection<OwnedReadHalf, LineCodec>,
+    pub write: OwnedWriteHalf,
+    pub arguments: Vec<u8>,
+}
+
+/// Serves one client until it leaves or the hub drops it; one that asks
+/// for a whole run is handed back, for the run engine.
 pub async fn serve_client(
     stream: UnixStream,
     client: u64,
     ids: Arc<AtomicU64>,
     hub: mpsc::UnboundedSender<ClientEvent>,
-) {
+) -> Option<RunHandover> {
     let (read, mut write) = stream.into_split();
     let mut conn = Connection::new(read, LineCodec::new(MAX_CLIENT_LINE), None);
     // Only the hub holds the sender: when it lets the client go, the
@@ -67,13 +79,14 @@ pub async fn serve_client(
         })
         .is_err()
     {
-        return;
+        return None;
     }
     // The master's own answers, written by this task.
     let mut own = Vec::new();
     // Requests are read one at a time: the next once the last is with
     // the agent, so that a client far ahead does not fill memory.
     let mut written: Option<oneshot::Receiver<()>> = None;
+    let mut handover = None;
     loop {
         tokio::select! {
             reply = replies.recv() => match reply {
@@ -106,6 +119,10 @@ pub async fn serve_client(
                         Handled::Exit => {
                             let _ = hub.send(ClientEvent::Exit);
                         }
+                        Handled::Run(arguments) => {
+                            handover = Some(arguments);
+                            break;
+                        }
                     }
                 }
                 Ok(_) => {}
@@ -120,12 +137,19 @@ pub async fn serve_client(
         }
     }
     let _ = hub.send(ClientEvent::Closed { client });
+    handover.map(|arguments| RunHandover {
+        conn,
+        write,
+        arguments,
+    })
 }
 
 enum Handled {
     Done,
     Forwarded(oneshot::Receiver<()>),
     Exit,
+    /// A whole run, with its arguments: the connection is the run's now.
+    Run(Vec<u8>),
 }
 
 async fn handle_line(
@@ -199,6 +223,11 @@ async fn handle_line(
             }
             Handled::Done
         }
+        wire::RUN => Handled::Run(
+            request
+                .arguments
+                .map_or_else(Vec::new, |a| a.get().as_bytes().to_vec()),
+        ),
         wire::EXIT => {
             replies.push(wire::own_reply(serde_json::json!({ "return": {} }), client_id));
             Handled::Exit

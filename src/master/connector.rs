@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use tokio::net::UnixStream;
+
 use virtomate_protocol::{ClientOptions, Connector, Deadline, Error, Phase, QgaClient};
 
 use super::paths::MasterPaths;
@@ -12,7 +14,7 @@ use super::wire;
 
 /// Opens connections to an agent through the master of its socket,
 /// starting the master where none runs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MasterConnector {
     paths: MasterPaths,
     persist: Duration,
@@ -42,8 +44,9 @@ impl MasterConnector {
         &self.paths.socket
     }
 
-    async fn attach(&self, deadline: Deadline) -> Result<QgaClient, Error> {
-        let mut stream = connect_or_start(
+    /// A connection to the master, started where none runs.
+    pub(super) async fn reach(&self, deadline: Deadline) -> Result<UnixStream, Error> {
+        connect_or_start(
             &self.paths,
             self.persist,
             self.options.handshake_timeout,
@@ -53,26 +56,65 @@ impl MasterConnector {
         .map_err(|source| Error::Connect {
             path: self.paths.socket.clone(),
             source,
-        })?;
-        let left = deadline
-            .at()
-            .saturating_duration_since(tokio::time::Instant::now());
-        // The master answers within the time it was given, or says why not.
-        // Its answer also says that it is in step with us: the client then
-        // skips the handshake (one exchange less for a fresh process).
-        let request = format!(
-            "{{\"execute\":\"{}\",\"arguments\":{{\"timeout_ms\":{}}}}}\n",
-            wire::ATTACH,
-            left.as_millis()
-        );
-        let answer = deadline
-            .run(Phase::Handshake, exchange_line(&mut stream, request.as_bytes()))
-            .await?;
-        match wire::attach_outcome(&answer) {
-            Ok(()) => Ok(QgaClient::synchronised(stream, self.options.clone())),
-            Err(failure) => Err(failure.into_error()),
+        })
+    }
+
+    async fn attach(&self, deadline: Deadline) -> Result<UnixStream, Error> {
+        let mut stream = self.reach(deadline).await?;
+        let answer = attach_answer(&mut stream, deadline).await?;
+        wire::attach_outcome(&answer).map_err(wire::LinkFailure::into_error)?;
+        Ok(stream)
+    }
+
+    /// A connection to the master, attached: its agent is connected and
+    /// synchronised, or the error says why not, as a lone client's would.
+    pub async fn attached(&self) -> Result<UnixStream, Error> {
+        let deadline = Deadline::after(self.options.handshake_timeout);
+        let attached = match self.attach(deadline).await {
+            // A master that ended as we came (its time was up): once more,
+            // which starts a new one.
+            Err(Error::Disconnected) => self.attach(deadline).await,
+            other => other,
+        };
+        attached.map_err(|error| self.as_a_lone_client_says(error))
+    }
+
+    /// The master's own answer may come a moment after ours: the note of
+    /// a big request is read here too, as a lone client does.
+    pub(super) fn as_a_lone_client_says(&self, error: Error) -> Error {
+        match error {
+            Error::Timeout {
+                phase: Phase::Handshake,
+                after,
+            } => self.busy_with_earlier_request(after).unwrap_or(Error::Timeout {
+                phase: Phase::Handshake,
+                after,
+            }),
+            other => other,
         }
     }
+
+    /// The client's options: its timeouts.
+    pub fn options(&self) -> &ClientOptions {
+        &self.options
+    }
+}
+
+/// Asks the master at the other end of `stream` to make sure it holds a
+/// synchronised connection to the agent by `deadline`: its answer, ready
+/// (`{}`) or why not (see [`wire::attach_outcome`]). The answer also says
+/// that it is in step with us: the client then skips the handshake (one
+/// exchange less for a fresh process).
+pub(super) async fn attach_answer(stream: &mut UnixStream, deadline: Deadline) -> Result<Vec<u8>, Error> {
+    // The master answers within the time it was given, or says why not.
+    let request = format!(
+        "{{\"execute\":\"{}\",\"arguments\":{{\"timeout_ms\":{}}}}}\n",
+        wire::ATTACH,
+        deadline.remaining().as_millis()
+    );
+    deadline
+        .run(Phase::Handshake, exchange_line(stream, request.as_bytes()))
+        .await
 }
 
 impl MasterConnector {
@@ -94,7 +136,7 @@ const MAX_ATTACH_ANSWER: usize = 64 << 10;
 
 /// Sends `request` and reads the one line that answers it. The master
 /// sends nothing unasked, so nothing after the line is read with it.
-async fn exchange_line(stream: &mut tokio::net::UnixStream, request: &[u8]) -> Result<Vec<u8>, Error> {
+async fn exchange_line(stream: &mut UnixStream, request: &[u8]) -> Result<Vec<u8>, Error> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     stream.write_all(request).await.map_err(Error::from)?;
     let mut answer = Vec::new();
@@ -118,25 +160,8 @@ impl Connector for MasterConnector {
     type Agent = QgaClient;
 
     async fn connect(&mut self) -> Result<QgaClient, Error> {
-        let deadline = Deadline::after(self.options.handshake_timeout);
-        let attached = match self.attach(deadline).await {
-            // A master that ended as we came (its time was up): once more,
-            // which starts a new one.
-            Err(Error::Disconnected) => self.attach(deadline).await,
-            other => other,
-        };
-        match attached {
-            // The master's own answer may come a moment after ours: the
-            // note of a big request is read here too, as a lone client does.
-            Err(Error::Timeout {
-                phase: Phase::Handshake,
-                after,
-            }) => Err(self.busy_with_earlier_request(after).unwrap_or(Error::Timeout {
-                phase: Phase::Handshake,
-                after,
-            })),
-            other => other,
-        }
+        let stream = self.attached().await?;
+        Ok(QgaClient::synchronised(stream, self.options.clone()))
     }
 
     /// The master keeps the agent's channel and lets go of it for others:

@@ -89,6 +89,8 @@ pub struct Hub {
     /// on the agent's socket.
     unheard: u32,
     requests: u64,
+    /// Whole runs of clients begun.
+    runs: u64,
     started: SystemTime,
     /// The big request on its way to the agent, noted beside the channel's
     /// lock for the next client should the master die or let go before
@@ -132,6 +134,7 @@ impl Hub {
             last_activity: Instant::now(),
             unheard: 0,
             requests: 0,
+            runs: 0,
             started: SystemTime::now(),
             noted: None,
         }
@@ -211,6 +214,7 @@ impl Hub {
             ClientEvent::Info { answer } => {
                 let _ = answer.send(self.info());
             }
+            ClientEvent::Run => self.runs += 1,
             ClientEvent::Exit => return Some(End::Asked),
         }
         None
@@ -453,6 +457,7 @@ impl Hub {
             pid: std::process::id(),
             since,
             requests: self.requests,
+            runs: self.runs,
             clients: self.clients.len(),
             agent_socket: self.settings.paths.agent.clone(),
             socket: self.settings.paths.socket.clone(),

@@ -5,15 +5,17 @@
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nix::unistd::geteuid;
 use tokio::sync::mpsc;
 
-use super::client_conn::serve_client;
+use super::client_conn::{serve_client, ClientEvent};
 use super::hub::{Hub, Settings};
+use super::hub_connector::HubConnector;
 use super::paths::start_lock;
+use super::run_conn::serve_run;
 
 /// Serves on the listening socket the starter passed as standard input,
 /// until the hub says to end.
@@ -35,9 +37,10 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, settings: Setting
         "master started"
     );
     let (hub_tx, hub_rx) = mpsc::unbounded_channel();
+    // Clients, and requests to the agent, are numbered from one count.
     let ids = Arc::new(AtomicU64::new(1));
+    let max_reply_len = settings.max_reply_len;
     let accepting = tokio::spawn(async move {
-        let mut next_client = 1u64;
         loop {
             let stream = match listener.accept().await {
                 Ok((stream, _)) => stream,
@@ -56,8 +59,15 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, settings: Setting
                     continue;
                 }
             }
-            next_client += 1;
-            tokio::spawn(serve_client(stream, next_client, ids.clone(), hub_tx.clone()));
+            let client = ids.fetch_add(1, Ordering::Relaxed);
+            let (ids, hub_tx) = (ids.clone(), hub_tx.clone());
+            tokio::spawn(async move {
+                if let Some(run) = serve_client(stream, client, ids.clone(), hub_tx.clone()).await {
+                    let _ = hub_tx.send(ClientEvent::Run);
+                    let connect = |options| HubConnector::new(hub_tx, ids, options);
+                    serve_run(run, connect, max_reply_len).await;
+                }
+            });
         }
     });
     let lock_path = settings.paths.lock.clone();

@@ -14,6 +14,31 @@ use virtomate_protocol::{Error, Phase};
 /// Makes sure the master holds a synchronised connection to the agent,
 /// within `timeout_ms`; answered `{}` or with a [`LinkFailure`].
 pub const ATTACH: &str = "x-virtomate-attach";
+/// Runs a program whole, as the session engine does: the arguments are
+/// [`RunArguments`]. Answered first as [`ATTACH`] is (so that it takes
+/// no exchange of its own), then, once ready, with the run's relayed
+/// replies (`virtomate_protocol::session::relay`); the client may send a
+/// refusal of output ([`REFUSE`]) and a give-up line ([`GIVE_UP`]), and
+/// nothing else.
+pub const RUN: &str = "x-virtomate-run";
+/// The line a client of a whole run sends when it cannot take the run's
+/// output (its reader went away): the engine stops the program, as it
+/// does when its own caller refuses output, and replies its end.
+pub const REFUSE: &[u8] = b"{\"refuse\": {}}\n";
+/// The line a client of a whole run sends on a signal: the master gives
+/// the run up (as the session engine does) and answers with what it left.
+pub const GIVE_UP: &[u8] = b"{\"give_up\": {}}\n";
+
+/// What a whole run is started with: how long the attach may take, how
+/// long the agent is waited for later, and the run's relayed request line.
+#[derive(Serialize, Deserialize)]
+pub struct RunArguments {
+    pub timeout_ms: u64,
+    pub handshake_ms: u64,
+    pub reply_ms: u64,
+    pub request: Box<RawValue>,
+}
+
 /// What the master is: [`MasterInfo`].
 pub const INFO: &str = "x-virtomate-master-info";
 /// Ends the master once it has answered.
@@ -132,13 +157,31 @@ pub fn attach_outcome(answer: &[u8]) -> Result<(), LinkFailure> {
     }
 }
 
+/// Whether `answer` says the master does not know the command asked
+/// (an older virtomate's master, which passed it on to the agent).
+pub fn not_known(answer: &[u8]) -> bool {
+    #[derive(Deserialize)]
+    struct Answer {
+        error: ErrorClass,
+    }
+    #[derive(Deserialize)]
+    struct ErrorClass {
+        class: String,
+    }
+    serde_json::from_slice::<Answer>(answer).is_ok_and(|a| a.error.class == "CommandNotFound")
+}
+
 /// What `control check` shows.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct MasterInfo {
     pub pid: u32,
     /// Seconds since the epoch when it started.
     pub since: u64,
+    /// Requests passed on to the agent.
     pub requests: u64,
+    /// Clients' whole runs begun ([`RUN`]); none from an older master.
+    #[serde(default)]
+    pub runs: u64,
     pub clients: usize,
     pub agent_socket: PathBuf,
     pub socket: PathBuf,

@@ -228,7 +228,7 @@ impl Command for GuestExecStatus {
 }
 
 /// The `return` of `guest-exec-status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct GuestExecStatusReply {
     /// True once the program was reaped and its output pipes closed.

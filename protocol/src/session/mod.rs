@@ -36,6 +36,7 @@
 //! ```
 
 mod jobs;
+pub mod relay;
 mod reply;
 mod request;
 
@@ -79,6 +80,10 @@ pub struct SessionOptions {
     /// [`LIBVIRT_CHUNK`](crate::feed::LIBVIRT_CHUNK) through libvirtd; 0
     /// for none (every byte straight into the pipe, 4 KiB a request).
     pub input_chunk: usize,
+    /// Reply [`Outcome::Started`] as each program starts: for a caller
+    /// that relays the run to another process, which then knows its pid
+    /// should the relay end before the program.
+    pub announce_start: bool,
 }
 
 impl Default for SessionOptions {
@@ -92,6 +97,7 @@ impl Default for SessionOptions {
             hold: HoldPolicy::default(),
             follow_read_count: DIRECT_READ_COUNT,
             input_chunk: DIRECT_CHUNK,
+            announce_start: false,
         }
     }
 }
@@ -466,6 +472,12 @@ impl<C: Connector> Session<C> {
         self.current = None;
         match outcome {
             Ok(Some(outcome)) => deliver(reply, id, Ok(outcome)),
+            Ok(None) if self.options.announce_start => {
+                if let Some(run) = self.running.last().filter(|run| run.id == id) {
+                    let pid = run.pid;
+                    deliver(reply, id, Ok(Outcome::Started { pid }));
+                }
+            }
             Ok(None) => {}
             Err(failure) => {
                 let disconnected = matches!(failure.error, Error::Disconnected);

@@ -34,6 +34,13 @@ pub enum Outcome {
     },
     /// The agent answered a ping.
     Pong,
+    /// The program started as `pid`; it comes only where
+    /// [`SessionOptions::announce_start`](super::SessionOptions::announce_start)
+    /// asks for it, before the program's other replies.
+    Started {
+        /// Its guest pid.
+        pid: i64,
+    },
     /// Output of a program run with `follow`, as it was written; many may
     /// come before its end ([`Outcome::Exited`], whose status then has no
     /// output). A caller that cannot take it returns an error for it: the
@@ -78,7 +85,23 @@ pub struct Failure {
     pub ended: Option<GuestExecStatusReply>,
 }
 
+impl Reply {
+    /// The reply that `id` failed with `failure`.
+    pub fn failed(id: Value, failure: Failure) -> Reply {
+        Reply {
+            id,
+            outcome: Err(failure),
+        }
+    }
+}
+
 impl Failure {
+    /// `error` struck at `stage`: for a caller that relays a session run
+    /// elsewhere (see [`relay`](super::relay)) and loses it on its way.
+    pub fn new(stage: Stage, error: Error) -> Failure {
+        Failure::at(stage, error)
+    }
+
     pub(super) fn at(stage: Stage, error: Error) -> Failure {
         Failure {
             stage,
@@ -149,6 +172,13 @@ pub struct Abandoned {
     pub id: Value,
     /// What it left.
     pub left: Left,
+}
+
+impl Abandoned {
+    /// The request `id` left `left`.
+    pub fn new(id: Value, left: Left) -> Abandoned {
+        Abandoned { id, left }
+    }
 }
 
 /// What [`Session::give_up`](super::Session::give_up) found or did.

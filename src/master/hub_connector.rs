@@ -1,0 +1,83 @@
+//! The master's own connections to the agent, for the runs it makes whole:
+//! an in-process client of the hub, one end of a socket pair served as
+//! any client is, so that the run engine's requests are routed, shared and
+//! let go of with every other client's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use virtomate_protocol::{ClientOptions, Connector, Deadline, Error, QgaClient};
+
+use super::client_conn::{serve_client, ClientEvent};
+use super::connector::attach_answer;
+use super::wire;
+
+/// Opens in-process connections to the hub.
+pub struct HubConnector {
+    hub: mpsc::UnboundedSender<ClientEvent>,
+    ids: Arc<AtomicU64>,
+    options: ClientOptions,
+    /// A connection attached already, for the first connect.
+    ready: Option<UnixStream>,
+}
+
+impl HubConnector {
+    /// Connections to `hub`, numbered from `ids` (as clients and requests
+    /// are), whose agent is waited for as `options` say.
+    pub fn new(hub: mpsc::UnboundedSender<ClientEvent>, ids: Arc<AtomicU64>, options: ClientOptions) -> Self {
+        HubConnector {
+            hub,
+            ids,
+            options,
+            ready: None,
+        }
+    }
+
+    /// Attaches a first connection by `deadline`: the hub's answer, as a
+    /// client's attach gets it (the connection is kept for the first
+    /// connect where it says ready).
+    pub async fn attach_first(&mut self, deadline: Deadline) -> Result<Vec<u8>, Error> {
+        let mut stream = self.open()?;
+        let answer = attach_answer(&mut stream, deadline).await?;
+        if wire::attach_outcome(&answer).is_ok() {
+            self.ready = Some(stream);
+        }
+        Ok(answer)
+    }
+
+    fn open(&self) -> Result<UnixStream, Error> {
+        let (ours, hubs) = UnixStream::pair().map_err(Error::Io)?;
+        let client = self.ids.fetch_add(1, Ordering::Relaxed);
+        let (ids, hub) = (self.ids.clone(), self.hub.clone());
+        tokio::spawn(async move {
+            // Nothing of ours asks for a whole run on it.
+            let _ = serve_client(hubs, client, ids, hub).await;
+        });
+        Ok(ours)
+    }
+}
+
+impl Connector for HubConnector {
+    type Agent = QgaClient;
+
+    async fn connect(&mut self) -> Result<QgaClient, Error> {
+        let stream = match self.ready.take() {
+            Some(stream) => stream,
+            None => {
+                let mut stream = self.open()?;
+                let deadline = Deadline::after(self.options.handshake_timeout);
+                let answer = attach_answer(&mut stream, deadline).await?;
+                wire::attach_outcome(&answer).map_err(wire::LinkFailure::into_error)?;
+                stream
+            }
+        };
+        Ok(QgaClient::synchronised(stream, self.options.clone()))
+    }
+
+    /// The hub lets go of the agent's channel for others itself.
+    fn exclusive(&self) -> bool {
+        false
+    }
+}
