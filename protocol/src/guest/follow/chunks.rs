@@ -7,7 +7,16 @@ use crate::qga::{
 };
 use crate::{Channel, Connector};
 
-use super::{FollowError, Stream};
+use super::error::FollowError;
+
+/// Which of the program's streams a chunk is from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// Standard output, the chunk files `out.N`.
+    Stdout,
+    /// Standard error, the chunk files `err.N`.
+    Stderr,
+}
 
 /// The longest line an honest rotator writes to the index (`err
 /// 18446744073709551615 fail`); a longer one is garbage.
