@@ -241,6 +241,7 @@ macro_rules! rotators {
     () => {
         r#"d=$1; shift
 rotate() {
+  umask 077
   n=0
   exec 3<>"$d/$1.credit" <"$d/$1.pipe" || exit
   while dd bs=16384 count=256 of="$d/$1.$n" 2>/dev/null; do
