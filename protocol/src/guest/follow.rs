@@ -204,13 +204,15 @@ macro_rules! space_left_function {
 
 /// The script that makes the directory: `$1` is the random part of its
 /// name, `$2` (when not empty) asks for the named pipe `in` too; it
-/// prints the directory's path. Each stream gets its pipe, its credit
+/// prints the directory's path, or ends with status 4 where there is no
+/// `dd`. Each stream gets its pipe, its credit
 /// pipe and its first chunk file (empty, so that it can be opened). A file system with no space left is
 /// refused here, before the program runs, since its output would be lost
 /// (and the fullness seen at the end could be gone by then).
 const SETUP_SCRIPT: &str = concat!(
     space_left_function!(),
     r#"umask 077
+command -v dd >/dev/null || exit 4
 d="${TMPDIR:-/tmp}/virtomate-follow-$1"
 mkdir -m 700 -- "$d" || exit 1
 made() {
@@ -393,6 +395,11 @@ impl Follow {
             .await?
             .status;
         let dir = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
+        if status.exitcode == Some(4) {
+            return Err(FollowError::Setup {
+                reason: "the guest has no dd, which copies the output into chunk files".to_owned(),
+            });
+        }
         if status.exitcode != Some(0) || !dir.starts_with('/') || !dir.ends_with(name) {
             let said = String::from_utf8_lossy(status.err_data.as_deref().unwrap_or_default());
             return Err(FollowError::Setup {
