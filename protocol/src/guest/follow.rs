@@ -33,7 +33,7 @@
 //!    bs=16384 count=256` (it calls `read(2)` and writes what each read
 //!    gave, so nothing is read ahead and lost; a short read makes a short
 //!    block, so a chunk holds at most [`CHUNK_MAX`] bytes, often less).
-//!    After each chunk it makes the next one's file empty and appends
+//!    After each chunk it opens the next one's file (empty) and appends
 //!    `out N` to the index; an empty chunk is the end of the stream (`out
 //!    N end`), and a chunk it failed to write (no space left) its last
 //!    (`out N fail`). Before starting chunk N+1 it waits for the host's
@@ -45,7 +45,8 @@
 //!    chunk and hands it to a sink; once a chunk has nothing new, the
 //!    index says whether it is complete, and a complete chunk read to its
 //!    end is closed, credited and followed by the next. A busy stream
-//!    costs no look at the index. The run engine
+//!    costs no look at the index, a quiet one a look on every fourth
+//!    ([`QUIET_INDEX_LOOKS`]) of its polls. The run engine
 //!    ([`Session`](crate::session::Session)) calls it between its polls
 //!    of `guest-exec-status`, pausing as [`FollowOptions::schedule`] says
 //!    for the time nothing new came.
@@ -130,6 +131,10 @@ pub const CHUNK_MAX: u64 = 16384 * 256;
 /// end marks, once the program has ended: a process it left running may
 /// hold its output open.
 pub const DRAIN_QUIET: Duration = Duration::from_secs(3);
+
+/// Of the looks that find nothing new while the program runs, one in
+/// this many reads the index too.
+pub const QUIET_INDEX_LOOKS: u32 = 4;
 
 /// The pause between two looks while draining with nothing new.
 const DRAIN_LOOKS: PollSchedule = PollSchedule {
@@ -238,17 +243,19 @@ printf '%s' "$d""#
 /// so that they are no part of the program's process tree, with nothing
 /// of the agent's open (it reports the program's end once its own pipes
 /// are closed). A rotator keeps the credit pipe open as descriptor 3,
-/// which the clean-up finds it by.
+/// which the clean-up finds it by, and the chunk it writes as descriptor
+/// 4, opened before the next chunk is indexed (so that the host can open
+/// it) and the first before the program starts.
 macro_rules! rotators {
     () => {
         r#"d=$1; shift
 rotate() {
   umask 077
   n=0
-  exec 3<>"$d/$1.credit" <"$d/$1.pipe" || exit
-  while dd bs=16384 count=256 of="$d/$1.$n" 2>/dev/null; do
+  exec 3<>"$d/$1.credit" 4>"$d/$1.0" <"$d/$1.pipe" || exit
+  while dd bs=16384 count=256 >&4 2>/dev/null; do
     if [ ! -s "$d/$1.$n" ]; then echo "$1 $n end" >>"$d/index"; exit; fi
-    : >"$d/$1.$((n + 1))" && echo "$1 $n" >>"$d/index" || exit
+    exec 4>"$d/$1.$((n + 1))" && echo "$1 $n" >>"$d/index" || exit
     if [ "$n" -gt 0 ]; then read -r c <&3 && rm -f -- "$d/$1.$((n - 1))" || exit; fi
     n=$((n + 1))
   done
@@ -305,6 +312,8 @@ pub struct Follow {
     stdin_pipe: bool,
     tails: [Tail; 2],
     index: Index,
+    /// Looks in a row that found nothing new.
+    quiet_looks: u32,
 }
 
 impl Follow {
@@ -418,6 +427,7 @@ impl Follow {
             stdin_pipe,
             tails: [Tail::new(Stream::Stdout), Tail::new(Stream::Stderr)],
             index: Index::default(),
+            quiet_looks: 0,
         };
         if let Err(error) = follow.open_all(channel).await {
             // Best effort: the error that matters is the open's.
@@ -534,7 +544,16 @@ impl Follow {
             total += read;
             more |= more_here;
         }
-        if self.tails.iter().any(|tail| tail.needs_index(ended)) {
+        // While the program runs and nothing comes, a chunk rarely ends
+        // (a chunk is 256 reads of its pipe): the index is read on a look
+        // that found output, then on every fourth that found none.
+        self.quiet_looks = if total > 0 {
+            0
+        } else {
+            self.quiet_looks.wrapping_add(1)
+        };
+        let due = ended || self.quiet_looks % QUIET_INDEX_LOOKS == 0;
+        if due && self.tails.iter().any(|tail| tail.needs_index(ended)) {
             // Something new in it: a chunk complete, to read to its end.
             more |= self.index.read(channel, count, &mut self.tails).await?;
         }
@@ -719,6 +738,7 @@ mod tests {
             stdin_pipe: false,
             tails: [Tail::new(Stream::Stdout), Tail::new(Stream::Stderr)],
             index: Index::default(),
+            quiet_looks: 0,
         };
         let mut exec = GuestExec::new("printf", ["%s\\n", "a'b", "$(x)"]).with_input(b"in".to_vec());
         exec.env = Some(vec!["A=1".to_owned()]);
