@@ -310,3 +310,33 @@ fn on_the_vm_40_mib_of_random_output_pass_through_a_tmp_with_12_mib() {
     let left = in_guest(&["sh", "-c", "ls -a /tmp; umount /tmp"]);
     assert_eq!(left["stdout"], ".\n..\n", "{left}");
 }
+
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_process_left_holding_the_output_delays_the_end_by_the_drains_bound_only() {
+    let tmp = SmallTmp::mount("20m");
+    let agent = host_agent(&tmp);
+    let socket = agent.socket();
+    let script = "sleep 60 & echo $! >&2; echo out";
+    let out = run_bytes(
+        &[
+            "guest-run",
+            "--follow",
+            socket.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(out.stdout, b"out\n");
+    let pid = String::from_utf8(out.stderr).unwrap();
+    // Ended while the sleep still holds both pipes; nothing of virtomate's
+    // is left in the guest.
+    assert!(Path::new(&format!("/proc/{}", pid.trim())).exists(), "{pid}");
+    assert_eq!(tmp.listing(), Vec::<String>::new());
+    let killed = Command::new("kill").arg(pid.trim()).status().unwrap();
+    assert!(killed.success());
+}

@@ -790,6 +790,57 @@ mod tests {
         assert!(!dir.exists());
     }
 
+    #[test]
+    fn the_clean_up_stops_rotators_that_a_left_behind_process_keeps_going() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("/bin/sh")
+            .args(["-c", SETUP_SCRIPT, "sh", "left"])
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        let dir = String::from_utf8(made.stdout).unwrap();
+        // The program ends at once; its child holds both pipes on.
+        let ran = std::process::Command::new("/bin/sh")
+            .args([
+                "-c",
+                REDIRECT_SCRIPT,
+                "sh",
+                &dir,
+                "sh",
+                "-c",
+                "sleep 30 & echo $! >&2",
+            ])
+            .status()
+            .unwrap();
+        assert!(ran.success());
+        let said = wait_for(|| {
+            let said = std::fs::read_to_string(format!("{dir}/err.0")).unwrap();
+            said.ends_with('\n').then_some(said)
+        });
+        let rotators = || {
+            let procs = std::fs::read_dir("/proc").unwrap().flatten();
+            let cmdline =
+                |entry: &std::fs::DirEntry| std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let dir = dir.as_bytes();
+            procs
+                .filter(|entry| cmdline(entry).windows(dir.len()).any(|w| w == dir))
+                .count()
+        };
+        assert!(rotators() >= 2, "the rotators run");
+        let cleaned = std::process::Command::new("/bin/sh")
+            .args(["-c", CLEAN_UP_SCRIPT, "sh", &dir])
+            .output()
+            .unwrap();
+        assert!(cleaned.status.success(), "{cleaned:?}");
+        assert!(!std::path::Path::new(&dir).exists());
+        wait_for(|| (rotators() == 0).then_some(()));
+        let killed = std::process::Command::new("kill")
+            .arg(said.trim())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
     /// What `probe` gives, once it gives something; panics after 10 s.
     fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
         let deadline = Instant::now() + Duration::from_secs(10);
