@@ -605,8 +605,18 @@ impl Follow {
             .iter_mut()
             .flat_map(|tail| [tail.file.handle.take(), tail.credit.take()])
             .chain([self.index.file.handle.take()]);
-        for handle in handles.flatten().collect::<Vec<_>>() {
-            if let Err(error) = channel.execute(&GuestFileClose { handle }).await {
+        // Two at a time: one round trip for two on a direct channel.
+        for pair in handles.flatten().collect::<Vec<_>>().chunks(2) {
+            let close = |handle: &i64| GuestFileClose { handle: *handle };
+            let closed = match pair {
+                [first, second] => match channel.execute_both(&close(first), &close(second)).await {
+                    Ok((first, second)) => first.and(second).map(drop),
+                    Err(error) => Err(error),
+                },
+                [one] => channel.execute(&close(one)).await.map(drop),
+                _ => Ok(()),
+            };
+            if let Err(error) = closed {
                 first_error.get_or_insert(FollowError::from(error));
             }
         }
