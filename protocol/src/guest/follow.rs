@@ -30,9 +30,11 @@
 //!    [`StopScope::Tree`](crate::StopScope::Tree) stops it and what it
 //!    started.
 //! 3. A rotator copies its pipe into `out.0`, `out.1`, ... with `dd
-//!    bs=16384 count=256` (it calls `read(2)` and writes what each read
+//!    bs=4096 count=1024` (it calls `read(2)` and writes what each read
 //!    gave, so nothing is read ahead and lost; a short read makes a short
-//!    block, so a chunk holds at most [`CHUNK_MAX`] bytes, often less).
+//!    block, so a chunk holds at most [`CHUNK_MAX`] bytes, less when reads
+//!    find the pipe short of a page: a program writing as fast as it can
+//!    fills whole pages, and each chunk costs the guest a `dd`).
 //!    After each chunk it opens the next one's file (empty) and appends
 //!    `out N` to the index; an empty chunk is the end of the stream (`out
 //!    N end`), and a chunk it failed to write (no space left) its last
@@ -45,8 +47,8 @@
 //!    chunk and hands it to a sink; once a chunk has nothing new, the
 //!    index says whether it is complete, and a complete chunk read to its
 //!    end is closed, credited and followed by the next. A busy stream
-//!    costs no look at the index, a quiet one a look on every fourth
-//!    ([`QUIET_INDEX_LOOKS`]) of its polls. The run engine
+//!    costs no look at the index, a quiet one a look on each of its
+//!    first polls, then on every fourth ([`QUIET_INDEX_LOOKS`]). The run engine
 //!    ([`Session`](crate::session::Session)) calls it between its polls
 //!    of `guest-exec-status`, pausing as [`FollowOptions::schedule`] says
 //!    for the time nothing new came.
@@ -123,17 +125,17 @@ pub const REQUIRED_COMMANDS: [&str; 8] = [
 /// ([`Follow::prepare_with_stdin`]): following has them already.
 pub const INPUT_COMMANDS: [&str; 2] = ["guest-file-write", "guest-file-flush"];
 
-/// The most bytes in one chunk file: `dd bs=16384 count=256`. Two of them
+/// The most bytes in one chunk file: `dd bs=4096 count=1024`. Two of them
 /// per stream at most sit in the guest's temporary directory.
-pub const CHUNK_MAX: u64 = 16384 * 256;
+pub const CHUNK_MAX: u64 = 4096 * 1024;
 
 /// How long [`Follow::drain`] waits with nothing new for the rotators'
 /// end marks, once the program has ended: a process it left running may
 /// hold its output open.
 pub const DRAIN_QUIET: Duration = Duration::from_secs(3);
 
-/// Of the looks that find nothing new while the program runs, one in
-/// this many reads the index too.
+/// Of the looks that find nothing new while the program runs, the first
+/// this many read the index too, then one in this many.
 pub const QUIET_INDEX_LOOKS: u32 = 4;
 
 /// The pause between two looks while draining with nothing new.
@@ -253,7 +255,7 @@ rotate() {
   umask 077
   n=0
   exec 3<>"$d/$1.credit" 4>"$d/$1.0" <"$d/$1.pipe" || exit
-  while dd bs=16384 count=256 >&4 2>/dev/null; do
+  while dd bs=4096 count=1024 >&4 2>/dev/null; do
     if [ ! -s "$d/$1.$n" ]; then echo "$1 $n end" >>"$d/index"; exit; fi
     exec 4>"$d/$1.$((n + 1))" && echo "$1 $n" >>"$d/index" || exit
     if [ "$n" -gt 0 ]; then read -r c <&3 && rm -f -- "$d/$1.$((n - 1))" || exit; fi
@@ -545,14 +547,15 @@ impl Follow {
             more |= more_here;
         }
         // While the program runs and nothing comes, a chunk rarely ends
-        // (a chunk is 256 reads of its pipe): the index is read on a look
-        // that found output, then on every fourth that found none.
+        // (a chunk is 1024 reads of its pipe): the index is read on a look
+        // that found output and on the next few, then on every fourth.
         self.quiet_looks = if total > 0 {
             0
         } else {
             self.quiet_looks.wrapping_add(1)
         };
-        let due = ended || self.quiet_looks % QUIET_INDEX_LOOKS == 0;
+        let quiet = self.quiet_looks;
+        let due = ended || quiet < QUIET_INDEX_LOOKS || quiet % QUIET_INDEX_LOOKS == 0;
         if due && self.tails.iter().any(|tail| tail.needs_index(ended)) {
             // Something new in it: a chunk complete, to read to its end.
             more |= self.index.read(channel, count, &mut self.tails).await?;
