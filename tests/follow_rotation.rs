@@ -211,6 +211,20 @@ fn bytes_in(dir: &Path) -> u64 {
     entries.map(|entry| entry.metadata().map_or(0, |m| m.len())).sum()
 }
 
+/// A child process sent SIGINT when dropped still running.
+struct Interrupted(std::process::Child);
+
+impl Drop for Interrupted {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return; // Ended and waited for: its pid may be another's now.
+        }
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 #[ignore = "needs qemu-ga on the host"]
 fn a_host_that_stops_reading_stops_the_program_and_the_guest_keeps_two_chunks() {
@@ -219,7 +233,7 @@ fn a_host_that_stops_reading_stops_the_program_and_the_guest_keeps_two_chunks() 
     let data = tempfile::tempdir().unwrap();
     let big = noise(64 << 20, 3);
     let file = file_of(data.path(), "big", &big);
-    let mut child = virtomate()
+    let child = virtomate()
         .args([
             "guest-run",
             "--follow",
@@ -233,6 +247,9 @@ fn a_host_that_stops_reading_stops_the_program_and_the_guest_keeps_two_chunks() 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    // Interrupted should the test fail, so that it cleans up in the guest.
+    let mut child = Interrupted(child);
+    let child = &mut child.0;
     // Nothing read from virtomate: its stdout fills, it stops reading the
     // guest, the rotator waits for a credit, and cat for room in its pipe.
     let ours = |path: &Path, name: &str| path.starts_with(tmp.path()) && path.ends_with(name);
