@@ -272,7 +272,7 @@ fn python3s_pty_module_makes_the_terminal_where_script_is_missing() {
     // The agent's PATH: a directory with what the shell needs, but no `script`.
     let bin = tempfile::tempdir().unwrap();
     for program in [
-        "sh", "python3", "stty", "tty", "readlink", "cat", "sleep", "mkdir", "mkfifo", "rm", "df",
+        "sh", "python3", "stty", "tty", "readlink", "cat", "sleep", "mkdir", "mkfifo", "rm", "df", "dd",
     ] {
         let path = which(program);
         std::os::unix::fs::symlink(&path, bin.path().join(program)).unwrap();

@@ -18,6 +18,7 @@ mod diagnostics;
 mod doctor_channels;
 mod fake_agent;
 mod follow;
+mod follow_rotation;
 mod freeze;
 mod host_agent;
 mod interactive;

@@ -25,8 +25,8 @@
 //!   between exchanges ([`HoldPolicy`]).
 //! - `guest/`: what runs in the guest through the agent: a program polled
 //!   to its end and stopped with its process tree ([`stop_group`]), and
-//!   its output read while it runs through files in a private directory
-//!   ([`follow::Follow`]), its input fed while it runs through a named
+//!   its output read while it runs through chunk files, rotated as they
+//!   are read, in a private directory ([`follow::Follow`]), its input fed while it runs through a named
 //!   pipe there ([`feed::Feed`]).
 //! - [`session`]: the engine that runs programs: many requests (runs,
 //!   pings, a caller's own jobs) over one channel, programs running side

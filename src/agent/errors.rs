@@ -284,12 +284,12 @@ fn output_failure(
         (error, _) => CliError::new(ErrorKind::GuestOutput, format!("{error}; nothing was started"))
             .with_hint(match guest_run {
                 true => {
-                    "--follow and -i need /bin/sh and a writable $TMPDIR or /tmp in the guest (-i: and \
-                     mkfifo); run without them"
+                    "--follow and -i need /bin/sh, mkfifo, dd and a writable $TMPDIR or /tmp in the \
+                     guest; run without them"
                 }
                 false => {
-                    "\"follow\" and \"interactive\" need /bin/sh and a writable $TMPDIR or /tmp in the \
-                     guest (\"interactive\": and mkfifo)"
+                    "\"follow\" and \"interactive\" need /bin/sh, mkfifo, dd and a writable $TMPDIR or \
+                     /tmp in the guest"
                 }
             }),
     }

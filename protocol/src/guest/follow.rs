@@ -2,37 +2,69 @@
 //!
 //! The agent hands a program's output over only once the program has ended
 //! (and cuts each stream at 16 MiB). To see it as it is written, the
-//! program is started with its standard output and standard error
-//! redirected to two files in a private directory of the guest, and what
-//! has been appended to them is read with `guest-file-read` on a schedule
-//! while it runs:
+//! program is started with its standard output and standard error going
+//! into two named pipes in a private directory of the guest, a small
+//! rotator per stream copies each pipe into numbered chunk files there,
+//! and those are read with `guest-file-read` on a schedule while it runs.
+//! The host cannot read the pipes themselves: the agent opens files
+//! non-blocking and reads through stdio, and a read that finds a pipe
+//! short of what it asked for fails and loses what it had taken.
 //!
 //! 1. [`Follow::prepare`] checks that the agent has every command this
 //!    needs ([`REQUIRED_COMMANDS`]), creates the directory with a
 //!    `guest-exec` of `/bin/sh` (mode 0700 under `$TMPDIR`, else `/tmp`,
-//!    named `virtomate-follow-` and 128 random bits in hex), with the two
-//!    empty files `out` and `err` (mode 0600), and opens both for reading.
-//!    Nothing of the caller's has run yet: a guest without a POSIX
-//!    `/bin/sh` or a writable temporary directory is refused here.
-//! 2. [`Follow::redirect`] wraps the program: `/bin/sh -c 'd=$1; shift;
-//!    exec "$@" >"$d/out" 2>"$d/err"' sh DIR PROGRAM ARG...` — the user's
-//!    arguments pass as arguments, never quoted into a script. The caller
-//!    starts it; the wrapper execs the program, which keeps its pid, so
+//!    named `virtomate-follow-` and 128 random bits in hex), with, for
+//!    each stream (`out`, `err`), the named pipes `out.pipe` (the program
+//!    writes to it) and `out.credit` (the host writes to it), the empty
+//!    chunk file `out.0`, and the file `index`; it opens the index, the
+//!    first chunks, and the credit pipes (mode `r+`). Nothing of the
+//!    caller's has run yet: a guest without a POSIX `/bin/sh`, `mkfifo`
+//!    or a writable temporary directory is refused here.
+//! 2. [`Follow::redirect`] wraps the program: `/bin/sh -c SCRIPT sh DIR
+//!    PROGRAM ARG...` — the user's arguments pass as arguments, never
+//!    quoted into a script. The script starts the two rotators in the
+//!    background, detached from it (so a stop of the program's process
+//!    tree leaves them to copy what it wrote), then execs the program
+//!    with its output on the pipes; the program keeps the shell's pid, so
 //!    [`stop_group`](crate::stop_group) with
 //!    [`StopScope::Tree`](crate::StopScope::Tree) stops it and what it
 //!    started.
-//! 3. [`Follow::read_new`] reads what is new in either file and hands it
-//!    to a sink; the run engine ([`Session`](crate::session::Session))
-//!    calls it between its polls of `guest-exec-status`, pausing as
-//!    [`FollowOptions::schedule`] says for the time nothing new came.
-//!    Once the program has ended, [`Follow::drain`] reads the rest, and
-//!    [`Follow::clean_up`] closes the files and removes the directory,
-//!    telling whether it was still there and whether its file system had
-//!    filled up.
+//! 3. A rotator copies its pipe into `out.0`, `out.1`, ... with `dd
+//!    bs=4096 count=1024` (it calls `read(2)` and writes what each read
+//!    gave, so nothing is read ahead and lost; a short read makes a short
+//!    block, so a chunk holds at most [`CHUNK_MAX`] bytes, less when reads
+//!    find the pipe short of a page: a program writing as fast as it can
+//!    fills whole pages, and each chunk costs the guest a `dd`).
+//!    After each chunk it opens the next one's file (empty) and appends
+//!    `out N` to the index; an empty chunk is the end of the stream (`out
+//!    N end`), and a chunk it failed to write (no space left) its last
+//!    (`out N fail`). Before starting chunk N+1 it waits for the host's
+//!    credit for chunk N-1 (a line in `out.credit`), then removes that
+//!    chunk: at most two chunks of a stream sit on the guest's disk, and
+//!    a host that stops reading stops the program (its pipe fills)
+//!    rather than filling the disk.
+//! 4. [`Follow::read_new`] reads what is new in each stream's current
+//!    chunk and hands it to a sink; once a chunk has nothing new, the
+//!    index says whether it is complete, and a complete chunk read to its
+//!    end is closed, credited and followed by the next. A busy stream
+//!    costs no look at the index, a quiet one a look on each of its
+//!    first polls, then on every fourth ([`QUIET_INDEX_LOOKS`]). The run engine
+//!    ([`Session`](crate::session::Session)) calls it between its polls
+//!    of `guest-exec-status`, pausing as [`FollowOptions::schedule`] says
+//!    for the time nothing new came.
+//! 5. Once the program has ended, [`Follow::drain`] reads the rest: until
+//!    the rotators' end marks, but never more than the two chunks after
+//!    the one read when the program ended (all it wrote lies there), nor
+//!    past [`DRAIN_QUIET`] with nothing new: a process the program left
+//!    behind may hold a pipe open, and what it writes later is not
+//!    waited for. [`Follow::clean_up`] closes the files, stops the
+//!    rotators still running (those of such a process), and removes the
+//!    directory, telling whether it was still there and whether its file
+//!    system had filled up.
 //!
 //! Within a stream, bytes come in order, each once: every read continues
-//! where the last ended. Between standard output and standard error there
-//! is no order: each file is read in turn.
+//! where the last ended, and chunks are read in turn. Between standard
+//! output and standard error there is no order: each is read in turn.
 //!
 //! A caller asks the engine for it (`follow` in a [`RunRequest`]) and gets
 //! the output as [`Outcome::Chunk`]s:
@@ -65,24 +97,53 @@
 //! [`RunRequest`]: crate::session::RunRequest
 //! [`Outcome::Chunk`]: crate::session::Outcome::Chunk
 
-use std::time::Duration;
+mod chunks;
+mod error;
 
-use crate::qga::{GuestExec, GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileSeek, GuestInfo, Whence};
+use std::time::{Duration, Instant};
+
+use crate::qga::{GuestExec, GuestFileClose, GuestFileOpen, GuestInfo};
 use crate::{wait_for_exit_on, Channel, Connector, Error, HoldPolicy, PollSchedule};
+pub use chunks::Stream;
+use chunks::{chunk_path, stream_name, Index, Tail};
+pub use error::FollowError;
 
-/// The agent commands following needs, all enabled.
-pub const REQUIRED_COMMANDS: [&str; 6] = [
+/// The agent commands following needs, all enabled (the writes carry the
+/// credits).
+pub const REQUIRED_COMMANDS: [&str; 8] = [
     "guest-exec",
     "guest-exec-status",
     "guest-file-open",
     "guest-file-read",
     "guest-file-seek",
     "guest-file-close",
+    "guest-file-write",
+    "guest-file-flush",
 ];
 
 /// The agent commands feeding the input needs besides, all enabled
-/// ([`Follow::prepare_with_stdin`]).
+/// ([`Follow::prepare_with_stdin`]): following has them already.
 pub const INPUT_COMMANDS: [&str; 2] = ["guest-file-write", "guest-file-flush"];
+
+/// The most bytes in one chunk file: `dd bs=4096 count=1024`. Two of them
+/// per stream at most sit in the guest's temporary directory.
+pub const CHUNK_MAX: u64 = 4096 * 1024;
+
+/// How long [`Follow::drain`] waits with nothing new for the rotators'
+/// end marks, once the program has ended: a process it left running may
+/// hold its output open.
+pub const DRAIN_QUIET: Duration = Duration::from_secs(3);
+
+/// Of the looks that find nothing new while the program runs, the first
+/// this many read the index too, then one in this many.
+pub const QUIET_INDEX_LOOKS: u32 = 4;
+
+/// The pause between two looks while draining with nothing new.
+const DRAIN_LOOKS: PollSchedule = PollSchedule {
+    min_pause: Duration::from_millis(2),
+    max_pause: Duration::from_millis(100),
+    divisor: 10,
+};
 
 /// Bytes asked for per `guest-file-read` on a direct channel: a reply of
 /// about 5.3 MiB in Base64, well within the reply bound, and few exchanges
@@ -101,15 +162,6 @@ pub const DIRECT_READ_COUNT: u64 = 4 << 20;
 /// assert!(LIBVIRT_READ_COUNT.div_ceil(3) * 4 + 1024 < STRING_MAX as u64);
 /// ```
 pub const LIBVIRT_READ_COUNT: u64 = (3 << 20) - (64 << 10);
-
-/// Which of the program's streams a chunk is from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// Standard output, the file `out`.
-    Stdout,
-    /// Standard error, the file `err`.
-    Stderr,
-}
 
 /// How a [`Follow`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,67 +192,6 @@ impl Default for FollowOptions {
     }
 }
 
-/// What went wrong while following.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum FollowError {
-    /// An exchange with the agent failed.
-    #[error(transparent)]
-    Agent(#[from] Error),
-    /// The agent lacks commands following needs, or has them disabled;
-    /// nothing was done in the guest.
-    #[error("the agent lacks {}, which following output (or feeding input) needs", missing.join(", "))]
-    Unsupported {
-        /// The commands missing or disabled.
-        missing: Vec<String>,
-    },
-    /// The private directory could not be made: no `/bin/sh`, no writable
-    /// temporary directory. Nothing of the caller's was started.
-    #[error("cannot make a private directory for the output in the guest: {reason}")]
-    Setup {
-        /// What the guest said.
-        reason: String,
-    },
-    /// The directory was gone at the end: something in the guest removed
-    /// it while the program ran.
-    #[error("the output directory {dir} was removed in the guest while the program ran")]
-    Removed {
-        /// The directory, as the guest names it.
-        dir: String,
-    },
-    /// The file system of the directory had no space left at the end: the
-    /// program may have failed to write some of its output.
-    #[error(
-        "the guest's temporary directory filled up while the program ran (no space left on the file \
-         system of {dir}): its output may be incomplete"
-    )]
-    Full {
-        /// The directory, as the guest names it.
-        dir: String,
-    },
-    /// The directory could not be removed.
-    #[error("cannot remove the output directory {dir} in the guest: {reason}")]
-    CleanUp {
-        /// The directory, as the guest names it.
-        dir: String,
-        /// What the guest said.
-        reason: String,
-    },
-    /// The program's input could not be fed (see [`feed`](crate::feed)):
-    /// the agent did something unforeseen with it (it may have lost or
-    /// repeated some), no chunk file fitted in the guest's temporary
-    /// directory, or the helper moving one into the pipe failed. The
-    /// program is stopped.
-    #[error("cannot feed the program's input: {reason}")]
-    Input {
-        /// What the agent did.
-        reason: String,
-    },
-    /// The sink refused a chunk (a reader that went away, say).
-    #[error("cannot pass the output on: {0}")]
-    Sink(#[source] std::io::Error),
-}
-
 /// A shell function for the scripts below: `space_left DIR` prints the
 /// KiB left on the file system of `DIR`, nothing if it cannot tell. From
 /// `df -Pk` (POSIX), else `stat -f`: BusyBox's `df` names no file system
@@ -220,15 +211,25 @@ macro_rules! space_left_function {
 
 /// The script that makes the directory: `$1` is the random part of its
 /// name, `$2` (when not empty) asks for the named pipe `in` too; it
-/// prints the directory's path. A file system with no space left is
+/// prints the directory's path, or ends with status 4 where there is no
+/// `dd`. Each stream gets its pipe, its credit
+/// pipe and its first chunk file (empty, so that it can be opened). A file system with no space left is
 /// refused here, before the program runs, since its output would be lost
 /// (and the fullness seen at the end could be gone by then).
 const SETUP_SCRIPT: &str = concat!(
     space_left_function!(),
     r#"umask 077
+command -v dd >/dev/null || exit 4
 d="${TMPDIR:-/tmp}/virtomate-follow-$1"
 mkdir -m 700 -- "$d" || exit 1
-if ! { : >"$d/out" && : >"$d/err" && { [ -z "$2" ] || mkfifo -m 600 -- "$d/in"; }; }; then
+made() {
+  : >"$d/index" || return 1
+  for s in out err; do
+    mkfifo -m 600 -- "$d/$s.pipe" "$d/$s.credit" && : >"$d/$s.0" || return 1
+  done
+  [ -z "$1" ] || mkfifo -m 600 -- "$d/in"
+}
+if ! made "$2"; then
   rm -rf -- "$d"; exit 1
 fi
 if [ "$(space_left "$d")" = 0 ]; then
@@ -238,36 +239,70 @@ fi
 printf '%s' "$d""#
 );
 
-/// The script that starts the program: `$1` is the directory, the rest
-/// the program and its arguments.
-const REDIRECT_SCRIPT: &str = r#"d=$1; shift; exec "$@" >"$d/out" 2>"$d/err""#;
+/// The start of the script that starts the program (`$1` is the
+/// directory, the rest the program and its arguments): the rotators (see
+/// the [module](self) docs), started from a subshell that exits at once,
+/// so that they are no part of the program's process tree, with nothing
+/// of the agent's open (it reports the program's end once its own pipes
+/// are closed). A rotator keeps the credit pipe open as descriptor 3,
+/// which the clean-up finds it by, and the chunk it writes as descriptor
+/// 4, opened before the next chunk is indexed (so that the host can open
+/// it) and the first before the program starts.
+macro_rules! rotators {
+    () => {
+        r#"d=$1; shift
+rotate() {
+  umask 077
+  n=0
+  exec 3<>"$d/$1.credit" 4>"$d/$1.0" <"$d/$1.pipe" || exit
+  while dd bs=4096 count=1024 >&4 2>/dev/null; do
+    if [ ! -s "$d/$1.$n" ]; then echo "$1 $n end" >>"$d/index"; exit; fi
+    exec 4>"$d/$1.$((n + 1))" && echo "$1 $n" >>"$d/index" || exit
+    if [ "$n" -gt 0 ]; then read -r c <&3 && rm -f -- "$d/$1.$((n - 1))" || exit; fi
+    n=$((n + 1))
+  done
+  echo "$1 $n fail" >>"$d/index"
+}
+(rotate out & rotate err &) </dev/null >/dev/null 2>&1
+"#
+    };
+}
+
+/// The script that starts the program, its output into the pipes: each
+/// `open` waits until its rotator has opened the pipe too.
+const REDIRECT_SCRIPT: &str = concat!(rotators!(), r#"exec "$@" >"$d/out.pipe" 2>"$d/err.pipe""#);
 
 /// The same with standard input from the named pipe `in`. The shell opens
 /// it first, and waits there until a writer opens it too (see
 /// [`feed`](crate::feed)).
-const REDIRECT_INPUT_SCRIPT: &str = r#"d=$1; shift; exec "$@" <"$d/in" >"$d/out" 2>"$d/err""#;
-
-/// The script that removes the directory `$1`: exit status 3 if it is
-/// gone already; before removing it, it prints the KiB left on its file
-/// system (nothing if it cannot tell).
-const CLEAN_UP_SCRIPT: &str = concat!(
-    space_left_function!(),
-    r#"[ -d "$1" ] || exit 3
-space_left "$1"
-rm -rf -- "$1""#
+const REDIRECT_INPUT_SCRIPT: &str = concat!(
+    rotators!(),
+    r#"exec "$@" <"$d/in" >"$d/out.pipe" 2>"$d/err.pipe""#
 );
 
-/// Where reading one file has got to.
-#[derive(Debug)]
-struct Tail {
-    stream: Stream,
-    handle: Option<i64>,
-    /// Bytes read and passed on.
-    offset: u64,
-    /// A read was cut short (its future dropped): the agent's position
-    /// may be past `offset`, so seek back before the next read.
-    unsure: bool,
-}
+/// The script that removes the directory `$1`: exit status 3 if it is
+/// gone already. It first stops the rotators still running (those whose
+/// descriptor 3 is a credit pipe of the directory, and their `dd`s):
+/// SIGTERM, then SIGKILL while any is left, for about five seconds at
+/// most. Before removing the directory, it prints the KiB left on its
+/// file system (nothing if it cannot tell).
+const CLEAN_UP_SCRIPT: &str = concat!(
+    space_left_function!(),
+    r#"d=$1; s=TERM; i=0
+[ -d "$d" ] || exit 3
+while [ "$i" -lt 50 ]; do
+  found=
+  for p in /proc/[0-9]*; do
+    if [ "$p/fd/3" -ef "$d/out.credit" ] || [ "$p/fd/3" -ef "$d/err.credit" ]; then
+      kill -s "$s" "${p#/proc/}" && found=1
+    fi 2>/dev/null
+  done
+  [ -z "$found" ] && break
+  s=KILL; i=$((i + 1)); sleep 0.1 2>/dev/null || sleep 1
+done
+space_left "$d"
+rm -rf -- "$d""#
+);
 
 /// A private output directory in the guest and where reading its files has
 /// got to; see the [module](self) docs.
@@ -278,6 +313,9 @@ pub struct Follow {
     /// Whether the directory has the named pipe `in` for the input.
     stdin_pipe: bool,
     tails: [Tail; 2],
+    index: Index,
+    /// Looks in a row that found nothing new.
+    quiet_looks: u32,
 }
 
 impl Follow {
@@ -368,6 +406,11 @@ impl Follow {
             .await?
             .status;
         let dir = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
+        if status.exitcode == Some(4) {
+            return Err(FollowError::Setup {
+                reason: "the guest has no dd, which copies the output into chunk files".to_owned(),
+            });
+        }
         if status.exitcode != Some(0) || !dir.starts_with('/') || !dir.ends_with(name) {
             let said = String::from_utf8_lossy(status.err_data.as_deref().unwrap_or_default());
             return Err(FollowError::Setup {
@@ -384,25 +427,40 @@ impl Follow {
             dir,
             options,
             stdin_pipe,
-            tails: [Stream::Stdout, Stream::Stderr].map(|stream| Tail {
-                stream,
-                handle: None,
-                offset: 0,
-                unsure: false,
-            }),
+            tails: [Tail::new(Stream::Stdout), Tail::new(Stream::Stderr)],
+            index: Index::default(),
+            quiet_looks: 0,
         };
-        for index in 0..2 {
-            let path = follow.path(follow.tails[index].stream);
-            match channel.execute(&GuestFileOpen::new(path, "r")).await {
-                Ok(handle) => follow.tails[index].handle = Some(handle),
-                Err(error) => {
-                    // Best effort: the error that matters is the open's.
-                    let _ = follow.clean_up(channel).await;
-                    return Err(error.into());
-                }
-            }
+        if let Err(error) = follow.open_all(channel).await {
+            // Best effort: the error that matters is the open's.
+            let _ = follow.clean_up(channel).await;
+            return Err(error.into());
         }
         Ok(follow)
+    }
+
+    /// Opens the first chunks, the index and the credit pipes, two at a
+    /// time; each handle kept as soon as known, for the clean-up to close.
+    async fn open_all<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), Error> {
+        let read = |path: String| GuestFileOpen::new(path, "r");
+        let credit = |tail: &Tail| GuestFileOpen::new(format!("{}/{}.credit", self.dir, tail.name()), "r+");
+        let (out, err) = (&self.tails[0], &self.tails[1]);
+        let firsts = (
+            read(chunk_path(&self.dir, out.stream, 0)),
+            read(chunk_path(&self.dir, err.stream, 0)),
+        );
+        let credits = (credit(out), credit(err));
+        let index = read(format!("{}/index", self.dir));
+        let (first, second) = channel.execute_both(&firsts.0, &firsts.1).await?;
+        self.tails[0].file.handle = first.as_ref().ok().copied();
+        self.tails[1].file.handle = second.as_ref().ok().copied();
+        first.and(second)?;
+        let (first, second) = channel.execute_both(&credits.0, &index).await?;
+        self.tails[0].credit = first.as_ref().ok().copied();
+        self.index.file.handle = second.as_ref().ok().copied();
+        first.and(second)?;
+        self.tails[1].credit = Some(channel.execute(&credits.1).await?);
+        Ok(())
     }
 
     /// The private directory, as the guest names it.
@@ -410,9 +468,18 @@ impl Follow {
         &self.dir
     }
 
-    /// The file `stream` goes to, as the guest names it.
+    /// The chunk file of `stream` being read, as the guest names it.
     pub fn path(&self, stream: Stream) -> String {
-        output_path(&self.dir, stream)
+        let tail = self.tail(stream);
+        chunk_path(&self.dir, stream, tail.chunk)
+    }
+
+    fn tail(&self, stream: Stream) -> &Tail {
+        let [out, err] = &self.tails;
+        match stream {
+            Stream::Stdout => out,
+            Stream::Stderr => err,
+        }
     }
 
     /// The named pipe the program reads its standard input from, when
@@ -449,54 +516,111 @@ impl Follow {
 
     /// Bytes read from `stream` so far.
     pub fn read_so_far(&self, stream: Stream) -> u64 {
-        self.tails
-            .iter()
-            .find(|tail| tail.stream == stream)
-            .map_or(0, |tail| tail.offset)
+        self.tail(stream).total
     }
 
-    /// Reads what is new in each file, one read each, handing it to
-    /// `sink`; returns the bytes read and whether either read came back
-    /// full (more may wait).
+    /// Reads what is new in each stream, one read each, moving on to a
+    /// stream's next chunk file once its current one is complete and read;
+    /// hands what came to `sink`. Returns the bytes read and whether more
+    /// may wait (a read came back full, or a chunk was done with).
     pub async fn read_new<C: Connector>(
         &mut self,
         channel: &mut Channel<C>,
         sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(u64, bool), FollowError> {
-        let count = self.options.read_count;
-        let (mut total, mut full) = (0, false);
-        for tail in &mut self.tails {
-            let read = read_chunk(tail, channel, count, sink).await?;
-            total += read;
-            full |= read == count;
-        }
-        Ok((total, full))
+        self.look(channel, false, sink).await
     }
 
-    /// Reads each file to its current end: after the program has ended,
-    /// the rest of its output.
+    /// One read of each stream, and of the index when only it can tell
+    /// whether a chunk at its end for now is complete.
+    async fn look<C: Connector>(
+        &mut self,
+        channel: &mut Channel<C>,
+        ended: bool,
+        sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(u64, bool), FollowError> {
+        let count = self.options.read_count;
+        let (mut total, mut more) = (0, false);
+        for tail in &mut self.tails {
+            let (read, more_here) = tail.look(channel, &self.dir, count, sink).await?;
+            total += read;
+            more |= more_here;
+        }
+        // While the program runs and nothing comes, a chunk rarely ends
+        // (a chunk is 1024 reads of its pipe): the index is read on a look
+        // that found output and on the next few, then on every fourth.
+        self.quiet_looks = if total > 0 {
+            0
+        } else {
+            self.quiet_looks.wrapping_add(1)
+        };
+        let quiet = self.quiet_looks;
+        let due = ended || quiet < QUIET_INDEX_LOOKS || quiet % QUIET_INDEX_LOOKS == 0;
+        if due && self.tails.iter().any(|tail| tail.needs_index(ended)) {
+            // Something new in it: a chunk complete, to read to its end.
+            more |= self.index.read(channel, count, &mut self.tails).await?;
+        }
+        Ok((total, more))
+    }
+
+    /// Once the program has ended, reads the rest of its output: each
+    /// stream until its rotator's end mark, but no further than two chunks
+    /// past the one read now, and no longer than [`DRAIN_QUIET`] while
+    /// nothing new comes.
     pub async fn drain<C: Connector>(
         &mut self,
         channel: &mut Channel<C>,
         sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(), FollowError> {
-        let count = self.options.read_count;
-        for tail in &mut self.tails {
-            while read_chunk(tail, channel, count, sink).await? == count {}
+        let last = self.tails.each_ref().map(|tail| tail.chunk + 2);
+        let mut quiet_since = Instant::now();
+        loop {
+            let chunks = self.tails.each_ref().map(|tail| tail.chunk);
+            let (read, more) = self.look(channel, true, sink).await?;
+            let past = |i: usize| self.tails[i].finished || self.tails[i].chunk > last[i];
+            if past(0) && past(1) {
+                return Ok(());
+            }
+            if more || read > 0 || chunks != self.tails.each_ref().map(|tail| tail.chunk) {
+                quiet_since = Instant::now();
+                if more {
+                    continue;
+                }
+            }
+            let waited = quiet_since.elapsed();
+            if waited >= DRAIN_QUIET {
+                tracing::info!(dir = self.dir, "no end of the output within the drain's bound");
+                return Ok(());
+            }
+            tokio::time::sleep(DRAIN_LOOKS.pause_after(waited)).await;
         }
-        Ok(())
     }
 
-    /// Closes the files and removes the directory. Errors: the directory
-    /// was gone already ([`FollowError::Removed`]), or its file system had
-    /// no space left ([`FollowError::Full`]: removed all the same).
+    /// Closes the files and removes the directory, stopping the rotators
+    /// still running. Errors: the directory was gone already
+    /// ([`FollowError::Removed`]), or its file system had no space left, or
+    /// a rotator failed to write a chunk ([`FollowError::Full`]: removed
+    /// all the same).
     pub async fn clean_up<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
         let mut first_error = None;
-        for tail in &mut self.tails {
-            if let Some(handle) = tail.handle.take() {
-                if let Err(error) = channel.execute(&GuestFileClose { handle }).await {
-                    first_error.get_or_insert(FollowError::from(error));
-                }
+        let handles = self
+            .tails
+            .iter_mut()
+            .flat_map(|tail| [tail.file.handle.take(), tail.credit.take()])
+            .chain([self.index.file.handle.take()]);
+        // Two at a time: one round trip for two on a direct channel.
+        for pair in handles.flatten().collect::<Vec<_>>().chunks(2) {
+            let close = |handle: &i64| GuestFileClose { handle: *handle };
+            let closed = match pair {
+                [first, second] => match channel.execute_both(&close(first), &close(second)).await {
+                    Ok((first, second)) => first.and(second).map(drop),
+                    Err(error) => Err(error),
+                },
+                [one] => channel.execute(&close(one)).await.map(drop),
+                _ => Ok(()),
+            };
+            if let Err(error) = closed {
+                first_error.get_or_insert(FollowError::from(error));
             }
         }
         let remove = GuestExec::new("/bin/sh", ["-c", CLEAN_UP_SCRIPT, "sh", &self.dir]);
@@ -520,8 +644,10 @@ impl Follow {
             return Err(error);
         }
         let df = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
+        let failed = self.tails.iter().any(Tail::failed);
         match available_kib(&df) {
             Some(0) => Err(FollowError::Full { dir }),
+            _ if failed => Err(FollowError::Full { dir }),
             _ => Ok(()),
         }
     }
@@ -567,50 +693,11 @@ while [ "$i" -lt 50 ]; do
 done
 rm -rf -- "${TMPDIR:-/tmp}/virtomate-follow-$n""#;
 
-/// The file in the directory `dir` that `stream` goes to, as the guest
-/// names it: what to tell a user when the directory stays behind.
+/// The files in the directory `dir` that `stream` goes to, as the guest
+/// names them (`N` counting from 0): what to tell a user when the
+/// directory stays behind.
 pub fn output_path(dir: &str, stream: Stream) -> String {
-    match stream {
-        Stream::Stdout => format!("{dir}/out"),
-        Stream::Stderr => format!("{dir}/err"),
-    }
-}
-
-/// One read of `tail`'s file, at most `count` bytes, handed to `sink`;
-/// returns how many came.
-async fn read_chunk<C: Connector>(
-    tail: &mut Tail,
-    channel: &mut Channel<C>,
-    count: u64,
-    sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
-) -> Result<u64, FollowError> {
-    let Some(handle) = tail.handle else {
-        return Ok(0);
-    };
-    if tail.unsure {
-        let offset = i64::try_from(tail.offset).unwrap_or(i64::MAX);
-        channel
-            .execute(&GuestFileSeek {
-                handle,
-                offset,
-                whence: Whence::Set,
-            })
-            .await?;
-    }
-    tail.unsure = true;
-    let reply = channel
-        .execute(&GuestFileRead {
-            handle,
-            count: Some(count),
-        })
-        .await?;
-    let data = reply.into_data(count)?;
-    tail.unsure = false;
-    tail.offset += data.len() as u64;
-    if !data.is_empty() {
-        sink(tail.stream, &data).map_err(FollowError::Sink)?;
-    }
-    Ok(data.len() as u64)
+    format!("{dir}/{}.N", stream_name(stream))
 }
 
 /// The space left, in KiB, as the clean-up script prints it; `None` when
@@ -662,12 +749,9 @@ mod tests {
             dir: "/tmp/virtomate-follow-x".to_owned(),
             options: FollowOptions::default(),
             stdin_pipe: false,
-            tails: [Stream::Stdout, Stream::Stderr].map(|stream| Tail {
-                stream,
-                handle: None,
-                offset: 0,
-                unsure: false,
-            }),
+            tails: [Tail::new(Stream::Stdout), Tail::new(Stream::Stderr)],
+            index: Index::default(),
+            quiet_looks: 0,
         };
         let mut exec = GuestExec::new("printf", ["%s\\n", "a'b", "$(x)"]).with_input(b"in".to_vec());
         exec.env = Some(vec!["A=1".to_owned()]);
@@ -720,6 +804,69 @@ mod tests {
     }
 
     #[test]
+    fn the_clean_up_stops_rotators_that_a_left_behind_process_keeps_going() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("/bin/sh")
+            .args(["-c", SETUP_SCRIPT, "sh", "left"])
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap();
+        let dir = String::from_utf8(made.stdout).unwrap();
+        // The program ends at once; its child holds both pipes on.
+        let ran = std::process::Command::new("/bin/sh")
+            .args([
+                "-c",
+                REDIRECT_SCRIPT,
+                "sh",
+                &dir,
+                "sh",
+                "-c",
+                "sleep 30 & echo $! >&2",
+            ])
+            .status()
+            .unwrap();
+        assert!(ran.success());
+        let said = wait_for(|| {
+            let said = std::fs::read_to_string(format!("{dir}/err.0")).unwrap();
+            said.ends_with('\n').then_some(said)
+        });
+        let rotators = || {
+            let procs = std::fs::read_dir("/proc").unwrap().flatten();
+            let cmdline =
+                |entry: &std::fs::DirEntry| std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let dir = dir.as_bytes();
+            procs
+                .filter(|entry| cmdline(entry).windows(dir.len()).any(|w| w == dir))
+                .count()
+        };
+        assert!(rotators() >= 2, "the rotators run");
+        let cleaned = std::process::Command::new("/bin/sh")
+            .args(["-c", CLEAN_UP_SCRIPT, "sh", &dir])
+            .output()
+            .unwrap();
+        assert!(cleaned.status.success(), "{cleaned:?}");
+        assert!(!std::path::Path::new(&dir).exists());
+        wait_for(|| (rotators() == 0).then_some(()));
+        let killed = std::process::Command::new("kill")
+            .arg(said.trim())
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    }
+
+    /// What `probe` gives, once it gives something; panics after 10 s.
+    fn wait_for<T>(mut probe: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(found) = probe() {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "not seen within 10 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    #[test]
     fn the_scripts_run_in_a_posix_shell() {
         let dir = tempfile::tempdir().unwrap();
         let run = |script: &str, args: &[&str]| {
@@ -737,7 +884,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&path), 0o700);
-        assert_eq!(mode(&format!("{path}/out")), 0o600);
+        assert_eq!(mode(&format!("{path}/out.0")), 0o600);
         // Made once only: a second setup with the same name fails.
         assert!(!run(SETUP_SCRIPT, &["abc"]).status.success());
         let piped = run(SETUP_SCRIPT, &["pipe", "in"]);
@@ -747,14 +894,30 @@ mod tests {
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
         assert_eq!(mode(&fifo), 0o600);
 
+        for fifo in ["out.pipe", "err.credit"] {
+            assert!(std::fs::metadata(format!("{path}/{fifo}"))
+                .unwrap()
+                .file_type()
+                .is_fifo());
+        }
+        assert_eq!(mode(&format!("{path}/out.0")), 0o600);
+
+        // Small output: one chunk each, then the end; nothing waits for a
+        // credit.
         let ran = run(
             REDIRECT_SCRIPT,
             &[&path, "sh", "-c", "echo 'o k'; echo e >&2; exit 4"],
         );
         assert_eq!(ran.status.code(), Some(4));
         assert!(ran.stdout.is_empty() && ran.stderr.is_empty());
-        assert_eq!(std::fs::read(format!("{path}/out")).unwrap(), b"o k\n");
-        assert_eq!(std::fs::read(format!("{path}/err")).unwrap(), b"e\n");
+        let ended = |index: &str| index.contains("out 1 end\n") && index.contains("err 1 end\n");
+        let index =
+            wait_for(|| Some(std::fs::read_to_string(format!("{path}/index")).unwrap()).filter(|i| ended(i)));
+        let mut lines: Vec<&str> = index.lines().collect();
+        lines.sort();
+        assert_eq!(lines, ["err 0", "err 1 end", "out 0", "out 1 end"]);
+        assert_eq!(std::fs::read(format!("{path}/out.0")).unwrap(), b"o k\n");
+        assert_eq!(std::fs::read(format!("{path}/err.0")).unwrap(), b"e\n");
 
         let cleaned = run(CLEAN_UP_SCRIPT, &[&path]);
         assert!(cleaned.status.success(), "{cleaned:?}");

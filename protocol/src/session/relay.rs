@@ -487,6 +487,7 @@ enum WireFollow {
     Setup { reason: String },
     Removed { dir: String },
     Full { dir: String },
+    Index { reason: String },
     CleanUp { dir: String, reason: String },
     Input { reason: String },
     Sink(WireIo),
@@ -504,6 +505,9 @@ impl From<&FollowError> for WireFollow {
             },
             FollowError::Removed { dir } => WireFollow::Removed { dir: dir.clone() },
             FollowError::Full { dir } => WireFollow::Full { dir: dir.clone() },
+            FollowError::Index { reason } => WireFollow::Index {
+                reason: reason.clone(),
+            },
             FollowError::CleanUp { dir, reason } => WireFollow::CleanUp {
                 dir: dir.clone(),
                 reason: reason.clone(),
@@ -524,6 +528,7 @@ impl From<WireFollow> for FollowError {
             WireFollow::Setup { reason } => FollowError::Setup { reason },
             WireFollow::Removed { dir } => FollowError::Removed { dir },
             WireFollow::Full { dir } => FollowError::Full { dir },
+            WireFollow::Index { reason } => FollowError::Index { reason },
             WireFollow::CleanUp { dir, reason } => FollowError::CleanUp { dir, reason },
             WireFollow::Input { reason } => FollowError::Input { reason },
             WireFollow::Sink(error) => FollowError::Sink(error.into()),

@@ -77,7 +77,14 @@ impl<A: FileAgent> Copy<'_, A> {
                     }
                     Ok(())
                 };
-                let read = follow.read_new(self.agent.channel(), &mut sink).await;
+                let read = match ended {
+                    // The rest, up to the rotators' end marks.
+                    Some(_) => follow
+                        .drain(self.agent.channel(), &mut sink)
+                        .await
+                        .map(|()| (0, false)),
+                    None => follow.read_new(self.agent.channel(), &mut sink).await,
+                };
                 let (read, more) = read.map_err(|e| self.follow_error(e))?;
                 progress.advance(packed.len() as u64);
                 // Step by step, each step's output written before the next:
@@ -98,7 +105,7 @@ impl<A: FileAgent> Copy<'_, A> {
                 }
                 match (more, &ended) {
                     (true, _) => continue,
-                    // Read once more after its end: all of it is there.
+                    // Drained after its end: all of it is there.
                     (false, Some(_)) => break,
                     (false, None) => {}
                 }

@@ -208,7 +208,14 @@ impl<A: FileAgent> Copy<'_, A> {
                 }
                 Ok(())
             };
-            let read = follow.read_new(self.agent.channel(), &mut sink).await;
+            let read = match ended {
+                // The rest, up to the rotators' end marks.
+                Some(_) => follow
+                    .drain(self.agent.channel(), &mut sink)
+                    .await
+                    .map(|()| (0, false)),
+                None => follow.read_new(self.agent.channel(), &mut sink).await,
+            };
             let (read, more) = read.map_err(|e| self.tree_follow_error(e))?;
             if !data.is_empty() {
                 total += data.len() as u64;
@@ -222,7 +229,7 @@ impl<A: FileAgent> Copy<'_, A> {
             }
             match (more, &ended) {
                 (true, _) => continue,
-                // Read once more after its end: all of it is there.
+                // Drained after its end: all of it is there.
                 (false, Some(_)) => break,
                 (false, None) => {}
             }
