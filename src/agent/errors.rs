@@ -298,7 +298,9 @@ fn output_failure(
 /// Where a followed program's output stays when virtomate cannot remove it.
 fn where_output_goes(dir: &str) -> String {
     format!(
-        "its output goes to {} and {} in the guest: remove {dir} once it has ended",
+        "its output goes to {} and {} in the guest, where it waits for room once two chunks of \
+         each are unread: remove {dir} once it has ended (the next followed run from this host \
+         does, and stops what is left there, once this virtomate has ended)",
         output_path(dir, Stream::Stdout),
         output_path(dir, Stream::Stderr),
     )

@@ -210,9 +210,12 @@ macro_rules! space_left_function {
 }
 
 /// The script that makes the directory: `$1` is the random part of its
-/// name, `$2` (when not empty) asks for the named pipe `in` too; it
-/// prints the directory's path, or ends with status 4 where there is no
-/// `dd`. Each stream gets its pipe, its credit
+/// name, `$2` (when not empty) asks for the named pipe `in` too, `$3`
+/// (when not empty) is its owner's tag, written to its file `owner`; it
+/// prints the directory's path, then for each other private directory
+/// with an owner a line `NAME TAG` (NAME the part after
+/// `virtomate-follow-`; see [`leftovers`](crate::leftovers)), or ends
+/// with status 4 where there is no `dd`. Each stream gets its pipe, its credit
 /// pipe and its first chunk file (empty, so that it can be opened). A file system with no space left is
 /// refused here, before the program runs, since its output would be lost
 /// (and the fullness seen at the end could be gone by then).
@@ -236,7 +239,14 @@ if [ "$(space_left "$d")" = 0 ]; then
   rm -rf -- "$d"
   echo "${d%/*} is full (no space left on its file system): the output would be lost" >&2; exit 1
 fi
-printf '%s' "$d""#
+[ -z "$3" ] || printf '%s\n' "$3" >"$d/owner" || { rm -rf -- "$d"; exit 1; }
+printf '%s\n' "$d"
+[ -z "$3" ] && exit 0
+for o in "${d%/*}"/virtomate-follow-*; do
+  [ "$o" = "$d" ] || [ ! -f "$o/owner" ] ||
+    printf '%s %s\n' "${o##*/virtomate-follow-}" "$(head -c 200 -- "$o/owner")"
+done
+exit 0"#
 );
 
 /// The start of the script that starts the program (`$1` is the
@@ -316,6 +326,9 @@ pub struct Follow {
     index: Index,
     /// Looks in a row that found nothing new.
     quiet_looks: u32,
+    /// The other private directories' owner tags, as the setup listed
+    /// them (`NAME TAG` a line), when it was given an owner.
+    other_owners: String,
 }
 
 impl Follow {
@@ -354,7 +367,7 @@ impl Follow {
         options: FollowOptions,
         stdin_pipe: bool,
     ) -> Result<Follow, FollowError> {
-        Follow::prepare_named(channel, options, stdin_pipe, &Follow::new_name()?).await
+        Follow::prepare_named(channel, options, stdin_pipe, &Follow::new_name()?, None).await
     }
 
     /// A random name for a private directory, for
@@ -368,12 +381,16 @@ impl Follow {
     /// As [`prepare`](Self::prepare) (with the named pipe when
     /// `stdin_pipe`), the directory named after `name` from
     /// [`new_name`](Self::new_name): a caller cut short in the middle of
-    /// it, or of the program's start, can [`sweep`](Self::sweep) it.
+    /// it, or of the program's start, can [`sweep`](Self::sweep) it. With
+    /// an `owner` tag, the directory is tagged with it in the same step,
+    /// and the other directories' tags are kept for
+    /// [`other_owners`](Self::other_owners).
     pub async fn prepare_named<C: Connector>(
         channel: &mut Channel<C>,
         options: FollowOptions,
         stdin_pipe: bool,
         name: &str,
+        owner: Option<&str>,
     ) -> Result<Follow, FollowError> {
         let info = channel.execute(&GuestInfo {}).await?;
         let input: &[&str] = if stdin_pipe { &INPUT_COMMANDS } else { &[] };
@@ -392,7 +409,10 @@ impl Follow {
             return Err(FollowError::Unsupported { missing });
         }
         let pipe = if stdin_pipe { "in" } else { "" };
-        let setup = GuestExec::new("/bin/sh", ["-c", SETUP_SCRIPT, "sh", name, pipe]);
+        let setup = GuestExec::new(
+            "/bin/sh",
+            ["-c", SETUP_SCRIPT, "sh", name, pipe, owner.unwrap_or("")],
+        );
         let pid = match channel.guest_exec(&setup).await {
             Ok(started) => started.pid,
             Err(Error::Agent { desc, .. }) => {
@@ -405,7 +425,9 @@ impl Follow {
         let status = wait_for_exit_on(channel, pid, PollSchedule::default(), HoldPolicy::default())
             .await?
             .status;
-        let dir = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
+        let said = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
+        let (dir, other_owners) = said.split_once('\n').unwrap_or((&said, ""));
+        let (dir, other_owners) = (dir.to_owned(), other_owners.to_owned());
         if status.exitcode == Some(4) {
             return Err(FollowError::Setup {
                 reason: "the guest has no dd, which copies the output into chunk files".to_owned(),
@@ -430,6 +452,7 @@ impl Follow {
             tails: [Tail::new(Stream::Stdout), Tail::new(Stream::Stderr)],
             index: Index::default(),
             quiet_looks: 0,
+            other_owners,
         };
         if let Err(error) = follow.open_all(channel).await {
             // Best effort: the error that matters is the open's.
@@ -466,6 +489,13 @@ impl Follow {
     /// The private directory, as the guest names it.
     pub fn dir(&self) -> &str {
         &self.dir
+    }
+
+    /// The other private directories with an owner tag, as the guest
+    /// listed them when this one was made with an owner: `NAME TAG` a
+    /// line, whatever the guest wrote (see [`leftovers`](crate::leftovers)).
+    pub fn other_owners(&self) -> &str {
+        &self.other_owners
     }
 
     /// The chunk file of `stream` being read, as the guest names it.
@@ -752,6 +782,7 @@ mod tests {
             tails: [Tail::new(Stream::Stdout), Tail::new(Stream::Stderr)],
             index: Index::default(),
             quiet_looks: 0,
+            other_owners: String::new(),
         };
         let mut exec = GuestExec::new("printf", ["%s\\n", "a'b", "$(x)"]).with_input(b"in".to_vec());
         exec.env = Some(vec!["A=1".to_owned()]);
@@ -811,7 +842,7 @@ mod tests {
             .env("TMPDIR", tmp.path())
             .output()
             .unwrap();
-        let dir = String::from_utf8(made.stdout).unwrap();
+        let dir = String::from_utf8(made.stdout).unwrap().trim_end().to_owned();
         // The program ends at once; its child holds both pipes on.
         let ran = std::process::Command::new("/bin/sh")
             .args([
@@ -879,7 +910,7 @@ mod tests {
         };
         let made = run(SETUP_SCRIPT, &["abc"]);
         assert!(made.status.success(), "{made:?}");
-        let path = String::from_utf8(made.stdout).unwrap();
+        let path = String::from_utf8(made.stdout).unwrap().trim_end().to_owned();
         assert_eq!(path, format!("{}/virtomate-follow-abc", dir.path().display()));
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &str| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
@@ -889,10 +920,27 @@ mod tests {
         assert!(!run(SETUP_SCRIPT, &["abc"]).status.success());
         let piped = run(SETUP_SCRIPT, &["pipe", "in"]);
         assert!(piped.status.success(), "{piped:?}");
-        let fifo = format!("{}/in", String::from_utf8(piped.stdout).unwrap());
+        let fifo = format!("{}/in", String::from_utf8(piped.stdout).unwrap().trim_end());
         use std::os::unix::fs::FileTypeExt;
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo());
         assert_eq!(mode(&fifo), 0o600);
+
+        // With an owner: tagged, and the other tagged directories listed
+        // after its path (`pipe` and `abc` have no tag).
+        let tagged = run(SETUP_SCRIPT, &["one", "", "owner 1"]);
+        assert!(tagged.status.success(), "{tagged:?}");
+        let one = format!("{}/virtomate-follow-one", dir.path().display());
+        assert_eq!(String::from_utf8(tagged.stdout).unwrap(), format!("{one}\n"));
+        assert_eq!(
+            std::fs::read_to_string(format!("{one}/owner")).unwrap(),
+            "owner 1\n"
+        );
+        let listed = run(SETUP_SCRIPT, &["two", "", "owner 2"]);
+        let two = format!("{}/virtomate-follow-two", dir.path().display());
+        assert_eq!(
+            String::from_utf8(listed.stdout).unwrap(),
+            format!("{two}\none owner 1\n")
+        );
 
         for fifo in ["out.pipe", "err.credit"] {
             assert!(std::fs::metadata(format!("{path}/{fifo}"))

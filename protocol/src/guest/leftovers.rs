@@ -7,8 +7,9 @@
 //! leaves it in the guest's temporary directory, with the program perhaps
 //! still running. So each run tags its directory with its owner, this
 //! process ([`Owner`]: the host's boot id, the pid namespace, the pid and
-//! the pid's start time), and looks at the other directories' tags: one
-//! whose owner is provably dead is swept as a run cut short is (its
+//! the pid's start time), as it makes it, and looks at the other
+//! directories' tags, listed in the same step
+//! ([`Follow::prepare_named`]): one whose owner is provably dead is swept as a run cut short is (its
 //! processes stopped, the directory removed; [`Follow::sweep`]).
 //!
 //! Provably dead means: the same boot of the same host and the same pid
@@ -23,8 +24,7 @@ use std::path::Path;
 
 use crate::channel::in_flight::start_time;
 use crate::follow::Follow;
-use crate::qga::GuestExec;
-use crate::{wait_for_exit_on, Channel, Connector, Error, HoldPolicy, PollSchedule};
+use crate::{Channel, Connector, Error};
 
 /// The most directories one run sweeps: each sweep takes a round trip or
 /// more, and a hostile guest could list any number.
@@ -32,17 +32,6 @@ const MOST_SWEPT: usize = 4;
 
 /// What a tag starts with: its format, should it ever change.
 const TAG_VERSION: &str = "virtomate-owner-1";
-
-/// The script that tags the directory `$1` with `$2` (in its file
-/// `owner`), then prints the name and tag of each other private directory
-/// that has one: `NAME TAG` a line, NAME the part after
-/// `virtomate-follow-`.
-const TAG_AND_LIST_SCRIPT: &str = r#"printf '%s\n' "$2" >"$1/owner" || exit 1
-for d in "${TMPDIR:-/tmp}"/virtomate-follow-*; do
-  [ "$d" = "$1" ] || [ ! -f "$d/owner" ] ||
-    printf '%s %s\n' "${d##*/virtomate-follow-}" "$(head -c 200 -- "$d/owner")"
-done
-exit 0"#;
 
 /// The process that made a private directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,7 +61,7 @@ impl Owner {
     }
 
     /// The tag written into the directory: one line of words.
-    fn tag(&self) -> String {
+    pub fn tag(&self) -> String {
         format!(
             "{TAG_VERSION} {} {} {} {}",
             self.boot_id, self.pid_ns, self.pid, self.started
@@ -117,22 +106,16 @@ fn dead_owners(listing: &str, me: &Owner, proc_root: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Tags the new private directory `dir` with this process, then sweeps
-/// the directories whose owners are provably dead ([`MOST_SWEPT`] at
-/// most: the next run sweeps more); returns their names.
-pub async fn tag_and_sweep<C: Connector>(channel: &mut Channel<C>, dir: &str) -> Result<Vec<String>, Error> {
-    let proc_root = Path::new("/proc");
-    let Some(me) = Owner::this_process(proc_root) else {
-        return Ok(Vec::new());
-    };
-    let tag = me.tag();
-    let list = GuestExec::new("/bin/sh", ["-c", TAG_AND_LIST_SCRIPT, "sh", dir, &tag]);
-    let pid = channel.guest_exec(&list).await?.pid;
-    let status = wait_for_exit_on(channel, pid, PollSchedule::default(), HoldPolicy::default())
-        .await?
-        .status;
-    let listing = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
-    let dead = dead_owners(&listing, &me, proc_root);
+/// Sweeps the directories of `listing` (what [`Follow::other_owners`]
+/// lists) whose owners are provably dead as `me` sees them
+/// ([`MOST_SWEPT`] at most: the next run sweeps more); returns their
+/// names.
+pub async fn sweep_dead<C: Connector>(
+    channel: &mut Channel<C>,
+    listing: &str,
+    me: &Owner,
+) -> Result<Vec<String>, Error> {
+    let dead = dead_owners(listing, me, Path::new("/proc"));
     for name in &dead {
         let swept = Follow::sweep(channel, name).await?;
         tracing::info!(name, swept, "the private directory of a dead virtomate swept");

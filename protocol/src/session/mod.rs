@@ -41,6 +41,7 @@ mod reply;
 mod request;
 
 use std::io;
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -55,7 +56,7 @@ pub use request::{Action, BadRequest, Request, RunRequest};
 use crate::channel::LOOK_FOR_WAITERS;
 use crate::feed::{Feed, DIRECT_CHUNK};
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
-use crate::leftovers;
+use crate::leftovers::{self, Owner};
 use crate::qga::{CaptureOutput, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing};
 use crate::{
     stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule, RequestProgress, StopScope, Stopped,
@@ -529,15 +530,24 @@ impl<C: Connector> Session<C> {
                 };
                 let name = Follow::new_name().map_err(|e| Failure::following(Stage::Preparing, e))?;
                 self.preparing = Some(name.clone());
-                let prepared = Follow::prepare_named(&mut self.channel, options, interactive, &name).await;
-                let follow = prepared.map_err(|e| Failure::following(Stage::Preparing, e))?;
+                let owner = Owner::this_process(Path::new("/proc"));
+                let tag = owner.as_ref().map(Owner::tag);
+                let prepared =
+                    Follow::prepare_named(&mut self.channel, options, interactive, &name, tag.as_deref());
+                let follow = prepared
+                    .await
+                    .map_err(|e| Failure::following(Stage::Preparing, e))?;
                 // Best effort: a sweep that fails, or that a hostile guest
                 // drags out, leaves what it found, and the run goes on.
-                let sweep = leftovers::tag_and_sweep(&mut self.channel, follow.dir());
-                match tokio::time::timeout(LEFTOVERS_SWEPT_WITHIN, sweep).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => tracing::warn!(%error, "the directories of dead runs were not swept"),
-                    Err(_) => tracing::warn!("the directories of dead runs were not swept in time"),
+                if let Some(owner) = &owner {
+                    let sweep = leftovers::sweep_dead(&mut self.channel, follow.other_owners(), owner);
+                    match tokio::time::timeout(LEFTOVERS_SWEPT_WITHIN, sweep).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "the directories of dead runs were not swept")
+                        }
+                        Err(_) => tracing::warn!("the directories of dead runs were not swept in time"),
+                    }
                 }
                 Some(follow)
             }
