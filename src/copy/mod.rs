@@ -41,6 +41,7 @@ mod compress;
 mod guest;
 mod local;
 pub mod location;
+mod output;
 pub mod progress;
 mod stale;
 mod tree;

@@ -8,14 +8,14 @@ use flate2::write::GzDecoder;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::time::sleep;
-use virtomate_protocol::follow::{Follow, FollowError, FollowOptions, Stream};
+use virtomate_protocol::follow::{Follow, FollowError, FollowOptions};
 use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
 use virtomate_protocol::{hex, PollSchedule};
 
 use crate::copy::agent::FileAgent;
 use crate::copy::location::guest_name;
 use crate::copy::progress::Progress;
-use crate::copy::{chunks, guest, Copy, Options, Summary, Target};
+use crate::copy::{chunks, guest, output, Copy, Options, Summary, Target};
 use crate::error::{CliError, ErrorKind};
 
 /// How much compressed data the host unpacks at a time: what it produces
@@ -69,23 +69,16 @@ impl<A: FileAgent> Copy<'_, A> {
             loop {
                 let mut packed = Vec::new();
                 let follow = self.left.follow.as_mut().expect("prepared above");
-                let mut sink = |stream: Stream, bytes: &[u8]| {
-                    match stream {
-                        Stream::Stdout => packed.extend_from_slice(bytes),
-                        Stream::Stderr if said.len() < GZIP_SAID_MAX => said.extend_from_slice(bytes),
-                        Stream::Stderr => {}
-                    }
-                    Ok(())
-                };
-                let read = match ended {
-                    // The rest, up to the rotators' end marks.
-                    Some(_) => follow
-                        .drain(self.agent.channel(), &mut sink)
-                        .await
-                        .map(|()| (0, false)),
-                    None => follow.read_new(self.agent.channel(), &mut sink).await,
-                };
-                let (read, more) = read.map_err(|e| self.follow_error(e))?;
+                let channel = self.agent.channel();
+                let read = output::look(
+                    follow,
+                    channel,
+                    ended.is_some(),
+                    &mut packed,
+                    &mut said,
+                    GZIP_SAID_MAX,
+                );
+                let (read, more) = read.await.map_err(|e| self.follow_error(e))?;
                 progress.advance(packed.len() as u64);
                 // Step by step, each step's output written before the next:
                 // a guest's stream that unpacks to much more is never whole

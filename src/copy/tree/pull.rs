@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use flate2::read::GzDecoder;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep;
-use virtomate_protocol::follow::{Follow, FollowOptions, Stream};
+use virtomate_protocol::follow::{Follow, FollowOptions};
 use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
 use virtomate_protocol::PollSchedule;
 
@@ -18,7 +18,7 @@ use super::{local_dest, not_a_guest_directory, TreeSummary};
 use crate::copy::agent::FileAgent;
 use crate::copy::location::guest_name;
 use crate::copy::progress::Progress;
-use crate::copy::{chunks, guest, local, random_name, Copy, Options};
+use crate::copy::{chunks, guest, local, output, random_name, Copy, Options};
 use crate::error::{CliError, ErrorKind};
 
 /// `tar` in SRC (`$1`), its stream on standard output.
@@ -200,23 +200,9 @@ impl<A: FileAgent> Copy<'_, A> {
         loop {
             let mut data = Vec::new();
             let follow = self.left.follow.as_mut().expect("prepared before");
-            let mut sink = |stream: Stream, bytes: &[u8]| {
-                match stream {
-                    Stream::Stdout => data.extend_from_slice(bytes),
-                    Stream::Stderr if said.len() < SAID_MAX => said.extend_from_slice(bytes),
-                    Stream::Stderr => {}
-                }
-                Ok(())
-            };
-            let read = match ended {
-                // The rest, up to the rotators' end marks.
-                Some(_) => follow
-                    .drain(self.agent.channel(), &mut sink)
-                    .await
-                    .map(|()| (0, false)),
-                None => follow.read_new(self.agent.channel(), &mut sink).await,
-            };
-            let (read, more) = read.map_err(|e| self.tree_follow_error(e))?;
+            let channel = self.agent.channel();
+            let read = output::look(follow, channel, ended.is_some(), &mut data, &mut said, SAID_MAX);
+            let (read, more) = read.await.map_err(|e| self.tree_follow_error(e))?;
             if !data.is_empty() {
                 total += data.len() as u64;
                 progress.advance(data.len() as u64);
