@@ -443,6 +443,9 @@ fn on_the_vm_a_fault_fails_one_interactive_run_of_a_session_and_a_restart_ends_a
     shell.type_in(format!("{RESTART_VM_AGENT} echo restarting $((2 + 2))\n").as_bytes());
     shell.wait_for("restarting 4");
     assert_eq!(shell.status(), 255, "{}", shell.screen());
+    // virtomate has ended, but the terminal's reader may not have read its
+    // last line yet: up to the end of the directory's mention.
+    shell.wait_for("once this virtomate has ended)");
     let screen = shell.screen();
     assert_restart_error(&screen);
     assert_eq!(modes(&shell.settings()), shell.before);
