@@ -258,6 +258,30 @@ exit 0"#
 /// which the clean-up finds it by, and the chunk it writes as descriptor
 /// 4, opened before the next chunk is indexed (so that the host can open
 /// it) and the first before the program starts.
+/// A shell function, `stop_naming NAME`: the processes whose command
+/// line holds NAME or that have a file named so open, but for this shell
+/// and the agent (its parent, which may hold the output files open), get
+/// SIGTERM, then SIGKILL while any is left, for about five seconds at most.
+macro_rules! stop_naming_function {
+    () => {
+        r#"stop_naming() {
+  s=TERM; i=0
+  while [ "$i" -lt 50 ]; do
+    found=
+    for p in /proc/[0-9]*; do
+      case ${p#/proc/} in "$$" | "$PPID") continue ;; esac
+      case $(tr '\0' ' ' <"$p/cmdline"; ls -l "$p/fd") in
+        *"$1"*) kill -s "$s" "${p#/proc/}" && found=1 ;;
+      esac 2>/dev/null
+    done
+    [ -z "$found" ] && break
+    s=KILL; i=$((i + 1)); sleep 0.1 2>/dev/null || sleep 1
+  done
+}
+"#
+    };
+}
+
 macro_rules! rotators {
     () => {
         r#"d=$1; shift
@@ -295,9 +319,13 @@ const REDIRECT_INPUT_SCRIPT: &str = concat!(
 /// descriptor 3 is a credit pipe of the directory, and their `dd`s):
 /// SIGTERM, then SIGKILL while any is left, for about five seconds at
 /// most. Before removing the directory, it prints the KiB left on its
-/// file system (nothing if it cannot tell).
+/// file system (nothing if it cannot tell). Should the removal fail
+/// because something of the run made a file there as it went (a chunk's
+/// stager starting as the run was given up), what names the directory is
+/// stopped and it is removed again.
 const CLEAN_UP_SCRIPT: &str = concat!(
     space_left_function!(),
+    stop_naming_function!(),
     r#"d=$1; s=TERM; i=0
 [ -d "$d" ] || exit 3
 while [ "$i" -lt 50 ]; do
@@ -311,6 +339,8 @@ while [ "$i" -lt 50 ]; do
   s=KILL; i=$((i + 1)); sleep 0.1 2>/dev/null || sleep 1
 done
 space_left "$d"
+rm -rf -- "$d" 2>/dev/null && exit 0
+stop_naming "${d##*/}"
 rm -rf -- "$d""#
 );
 
@@ -709,19 +739,12 @@ impl Follow {
 /// parent, which may hold the output files open) get SIGTERM, then SIGKILL
 /// while any is left, for about five seconds at most; then the directory
 /// goes.
-const SWEEP_SCRIPT: &str = r#"n=$1$2; s=TERM; i=0
-while [ "$i" -lt 50 ]; do
-  found=
-  for p in /proc/[0-9]*; do
-    case ${p#/proc/} in "$$" | "$PPID") continue ;; esac
-    case $(tr '\0' ' ' <"$p/cmdline"; ls -l "$p/fd") in
-      *"$n"*) kill -s "$s" "${p#/proc/}" && found=1 ;;
-    esac 2>/dev/null
-  done
-  [ -z "$found" ] && break
-  s=KILL; i=$((i + 1)); sleep 0.1 2>/dev/null || sleep 1
-done
-rm -rf -- "${TMPDIR:-/tmp}/virtomate-follow-$n""#;
+const SWEEP_SCRIPT: &str = concat!(
+    stop_naming_function!(),
+    r#"n=$1$2
+stop_naming "$n"
+rm -rf -- "${TMPDIR:-/tmp}/virtomate-follow-$n""#
+);
 
 /// The files in the directory `dir` that `stream` goes to, as the guest
 /// names them (`N` counting from 0): what to tell a user when the
