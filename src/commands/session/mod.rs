@@ -59,6 +59,9 @@ impl Unexplained {
 }
 
 pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answer, CliError> {
+    // Caught first: a signal before the handler would end the session with
+    // no reply said.
+    let mut signals = Signals::install()?;
     // Found once; connecting waits for the first request.
     let agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
     let silence = agent.silence();
@@ -75,7 +78,6 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     // blocks; tokio's stdin would keep the runtime from shutting down.
     std::thread::spawn(move || input::read(std::io::stdin().lock(), sender));
 
-    let mut signals = Signals::install()?;
     let state = Rc::new(CopyState::default());
     let mut copies = Copies {
         errors: &errors,
