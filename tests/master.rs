@@ -565,6 +565,43 @@ fn a_master_ends_its_time_after_the_last_request() {
     assert!(!master_paths_left(&info), "its socket went with it");
 }
 
+/// A master waiting for an agent that takes the connection but never
+/// answers the handshake still answers `control check` and `control exit`
+/// meanwhile, and its waiting client gets the timeout it would get alone.
+#[test]
+fn a_master_waiting_for_a_silent_agent_still_answers_its_controls() {
+    use crate::support::fake_agent::FakeAgent;
+    let agent = FakeAgent::serve(|mut conn| {
+        conn.wait_for_bytes();
+        conn.tell("handshake sent");
+        conn.linger();
+    });
+    let socket = agent.socket();
+    let sock = socket.to_str().unwrap().to_owned();
+    let started = Instant::now();
+    let client = virtomate()
+        .env("VIRTOMATE_PERSIST", PERSIST)
+        .args(["--timeout", "8", "guest-info", &sock])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    agent.wait_for("handshake sent");
+    let asked = Instant::now();
+    let info = master_info(&socket);
+    assert!(
+        asked.elapsed() < Duration::from_secs(3),
+        "answered while the agent is waited for, not after: {info}"
+    );
+    assert_eq!(info["connected"], false, "{info}");
+    let output = client.wait_with_output().unwrap();
+    let error: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(error["type"], "AgentTimeout", "{error}");
+    assert!(started.elapsed() < Duration::from_secs(30), "within its timeout");
+    let out = run_command(virtomate().args(["control", "exit", &sock]), None);
+    assert_eq!(out.status, 0, "{out:?}");
+    wait_until(20, "the master to end", || masters_of(&socket).is_empty());
+}
+
 /// What a hostile guest's agent sends between and instead of replies —
 /// lines that are no JSON, replies with ids nobody used or none, stray
 /// `0xFF`s, silence — neither reaches the wrong client nor stalls the

@@ -4,11 +4,14 @@
 //! the master ends.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use virtomate_protocol::{ChannelLock, Deadline};
+use virtomate_protocol::{ChannelLock, Deadline, Error};
 
 use super::client_conn::ClientEvent;
 use super::link::{Link, LinkEvent};
@@ -68,13 +71,22 @@ struct Held {
     client_id: Option<String>,
     name: String,
     line: Vec<u8>,
-    written: tokio::sync::oneshot::Sender<()>,
+    written: oneshot::Sender<()>,
 }
+
+/// A connection to the agent being made: its own future, polled beside
+/// the clients' events, so that a slow or silent agent keeps no client
+/// waiting for the master's other answers (`control check`, `exit`).
+type Attempt = Pin<Box<dyn Future<Output = Result<Link, Error>> + Send>>;
 
 pub struct Hub {
     settings: Settings,
-    lock: Option<ChannelLock>,
+    lock: Option<Arc<ChannelLock>>,
     link: Option<Link>,
+    /// A connection is wanted, by this deadline, and none is being made.
+    link_wanted: Option<Deadline>,
+    /// Attaches waiting for the connection being made.
+    waiters: Vec<oneshot::Sender<Result<(), LinkFailure>>>,
     generation: u64,
     link_tx: mpsc::UnboundedSender<LinkEvent>,
     link_rx: mpsc::UnboundedReceiver<LinkEvent>,
@@ -117,12 +129,15 @@ impl Hub {
     pub fn new(settings: Settings) -> Hub {
         let lock = ChannelLock::for_socket(&settings.paths.agent)
             .inspect_err(|error| tracing::info!(%error, "no channel lock: holding the channel without one"))
-            .ok();
+            .ok()
+            .map(Arc::new);
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         Hub {
             settings,
             lock,
             link: None,
+            link_wanted: None,
+            waiters: Vec::new(),
             generation: 0,
             link_tx,
             link_rx,
@@ -144,8 +159,16 @@ impl Hub {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks = 0u64;
+        let mut attempt: Option<Attempt> = None;
         let end = loop {
+            if attempt.is_none() {
+                attempt = self.attempt_wanted();
+            }
             tokio::select! {
+                connected = async { attempt.as_mut().expect("guarded").await }, if attempt.is_some() => {
+                    attempt = None;
+                    self.on_connected(connected).await;
+                }
                 event = events.recv() => match event {
                     Some(event) => {
                         if let Some(end) = self.on_client(event).await {
@@ -186,8 +209,12 @@ impl Hub {
                     drop(answer);
                     return Some(End::SocketGone);
                 }
-                let result = self.ensure_link(timeout).await;
-                let _ = answer.send(result);
+                if self.link.is_some() {
+                    let _ = answer.send(Ok(()));
+                } else {
+                    self.waiters.push(answer);
+                    self.want_link(timeout);
+                }
             }
             ClientEvent::Request {
                 client,
@@ -232,30 +259,82 @@ impl Hub {
         SocketKey::of(&self.settings.paths.agent).ok() == Some(self.settings.paths.key)
     }
 
-    async fn ensure_link(&mut self, timeout: Duration) -> Result<(), LinkFailure> {
+    /// Asks for a connection to the agent within `timeout`, unless one is
+    /// wanted already or being made (which then serves this wish too).
+    fn want_link(&mut self, timeout: Duration) {
+        if self.link_wanted.is_none() {
+            self.link_wanted = Some(Deadline::after(timeout));
+        }
+    }
+
+    /// The connection to make now, if one is wanted and there is none.
+    fn attempt_wanted(&mut self) -> Option<Attempt> {
+        let deadline = self.link_wanted?;
         if self.link.is_some() {
-            return Ok(());
+            self.link_wanted = None;
+            return None;
         }
         self.generation += 1;
-        let connected = Link::connect(
-            &self.settings.paths.agent,
-            self.lock.as_ref(),
-            Deadline::after(timeout),
-            self.generation,
-            self.settings.max_reply_len,
-            self.link_tx.clone(),
-        )
-        .await;
+        let agent = self.settings.paths.agent.clone();
+        let lock = self.lock.clone();
+        let (generation, max_reply_len) = (self.generation, self.settings.max_reply_len);
+        let events = self.link_tx.clone();
+        Some(Box::pin(async move {
+            Link::connect(
+                &agent,
+                lock.as_deref(),
+                deadline,
+                generation,
+                max_reply_len,
+                events,
+            )
+            .await
+        }))
+    }
+
+    async fn on_connected(&mut self, connected: Result<Link, Error>) {
+        self.link_wanted = None;
+        let waiters = std::mem::take(&mut self.waiters);
         match connected {
             Ok(link) => {
                 tracing::debug!(generation = self.generation, "connected to the agent");
                 self.link = Some(link);
                 self.linked_at = Instant::now();
-                Ok(())
+                for waiter in waiters {
+                    let _ = waiter.send(Ok(()));
+                }
+                self.forward_held().await;
             }
             Err(error) => {
                 tracing::info!(%error, "cannot reach the agent");
-                Err(LinkFailure::from_error(&error))
+                let failure = LinkFailure::from_error(&error);
+                for waiter in waiters {
+                    let _ = waiter.send(Err(failure.clone()));
+                }
+                // Their clients believed the master connected: they see
+                // their connection end, and their next connect is told why.
+                let dropped: Vec<u64> = self.held.iter().map(|h| h.client).collect();
+                for client in dropped {
+                    self.forget(client);
+                }
+            }
+        }
+    }
+
+    /// Passes on the requests kept back, once connected and not letting
+    /// go; asks for a connection when there is none.
+    async fn forward_held(&mut self) {
+        if self.draining_since.is_some() || self.held.is_empty() {
+            return;
+        }
+        if self.link.is_none() {
+            self.want_link(self.settings.handshake_timeout);
+            return;
+        }
+        while let Some(request) = self.held.pop_front() {
+            self.forward(request).await;
+            if self.link.is_none() {
+                break;
             }
         }
     }
@@ -277,10 +356,10 @@ impl Hub {
             );
             return;
         }
-        if self.ensure_link(self.settings.handshake_timeout).await.is_err() {
-            // It believed itself connected: now it sees the connection end,
-            // and its next connect is told why.
-            self.forget(request.client);
+        if self.link.is_none() {
+            // Passed on once connected (or its client dropped, should that fail).
+            self.held.push_back(request);
+            self.want_link(self.settings.handshake_timeout);
             return;
         }
         let limit = match NO_REPLY.contains(&request.name.as_str()) {
@@ -435,9 +514,7 @@ impl Hub {
         // A note of a request still unanswered stays, for the next client.
         self.noted = None;
         self.draining_since = None;
-        while let Some(request) = self.held.pop_front() {
-            self.forward(request).await;
-        }
+        self.forward_held().await;
     }
 
     /// The noted big request was answered: the agent has read it.

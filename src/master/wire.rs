@@ -193,7 +193,7 @@ pub struct MasterInfo {
 
 /// Why the master could not reach the agent, as the [`Error`] a client
 /// that connected itself would have got.
-#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum LinkFailure {
     Connect {
