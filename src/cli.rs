@@ -3,6 +3,8 @@
 use std::time::Duration;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
+
+pub mod parse_tree;
 use serde_json::Value;
 
 /// Run programs in QEMU virtual machines through the guest agent's UNIX
@@ -10,6 +12,17 @@ use serde_json::Value;
 #[derive(Debug, Parser)]
 #[command(name = "virtomate", version, disable_version_flag = true)]
 pub struct Cli {
+    #[command(flatten)]
+    pub options: Options,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The options before the command: `--version`, and the global ones,
+/// which every command also takes after its name.
+#[derive(Debug, Args)]
+pub struct Options {
     /// Indent the JSON output by two spaces
     #[arg(short, long, global = true)]
     pub pretty: bool,
@@ -62,9 +75,6 @@ pub struct Cli {
         allow_hyphen_values = true
     )]
     pub persist: Option<Duration>,
-
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 /// `domain-iface-list --source`.
@@ -112,171 +122,50 @@ pub enum Command {
     GuestRun(GuestRunArgs),
 
     /// Check whether the QEMU Guest Agent answers (exit 0), or not (exit 125)
-    GuestPing {
-        /// Keep trying for up to SECONDS until the agent answers (0: ping once)
-        #[arg(long, value_name = "SECONDS", value_parser = seconds_or_zero, allow_hyphen_values = true)]
-        wait: Option<Duration>,
-
-        /// Also wait until the agent has COMMAND enabled (e.g. guest-exec); without it enabled
-        /// by the end of --wait, a CommandUnavailable error says why
-        #[arg(long, value_name = "COMMAND", value_parser = agent_command_names())]
-        wait_for: Option<String>,
-
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    GuestPing(GuestPingArgs),
 
     /// List the running domains: libvirt's and bare QEMU processes
     DomainList,
 
     /// List a domain's network interfaces and their addresses, as the original virtomate
-    DomainIfaceList {
-        /// Where the addresses come from: the guest agent (any domain), libvirt's DHCP leases or
-        /// the host's ARP table (libvirt domains)
-        #[arg(long, value_enum, default_value = "lease")]
-        source: IfaceSource,
-
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    DomainIfaceList(DomainIfaceListArgs),
 
     /// Diagnose, step by step, why the agent of a domain does not answer
-    Doctor {
-        /// The report as JSON even on a terminal (it is JSON whenever stdout is not one)
-        #[arg(long)]
-        json: bool,
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    Doctor(DoctorArgs),
 
     /// Send any agent request after the handshake and print its return value; the request is
     /// checked against QEMU's schema first
-    GuestCmd {
-        /// Send the request as it is, unchecked (for commands newer than virtomate knows)
-        #[arg(long)]
-        unchecked: bool,
-
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-
-        /// The request, {"execute": COMMAND, "arguments": {...}}, or a COMMAND's name alone
-        #[arg(value_name = "REQUEST", value_parser = AgentRequestParser, hide_possible_values = true)]
-        request: Request,
-
-        /// The command's arguments as a JSON object, after a COMMAND's name
-        #[arg(value_name = "ARGUMENTS", value_parser = parse_arguments)]
-        arguments: Option<Value>,
-    },
+    GuestCmd(GuestCmdArgs),
 
     /// Send any QMP command to QEMU's monitor and print its return value
-    Qmp {
-        /// Include the events that arrived meanwhile: {"events": [...], "return": ...}
-        #[arg(long)]
-        events: bool,
-
-        /// QMP socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-
-        /// The command: {"execute": COMMAND, "arguments": {...}}
-        #[arg(value_parser = parse_request)]
-        request: Request,
-    },
+    Qmp(QmpArgs),
 
     /// Serve requests given as JSON lines on stdin over one agent connection, replies as JSON lines on stdout
-    Session {
-        /// Let go of the agent connection after SECONDS without a request
-        #[arg(
-            long,
-            value_name = "SECONDS",
-            default_value = "1",
-            value_parser = seconds,
-            allow_hyphen_values = true
-        )]
-        idle: Duration,
-
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    Session(SessionArgs),
 
     /// Show the agent's version and its commands, enabled or not
-    GuestInfo {
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    GuestInfo(GuestInfoArgs),
 
     /// What the agent tells of the guest, as JSON: os, hostname, timezone, time, users,
     /// filesystems, disks, interfaces, routes, vcpus, load, cpu_stats, disk_stats; a section the
     /// agent cannot give holds {"error": {...}} saying why
-    GuestFacts {
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    GuestFacts(GuestFactsArgs),
 
     /// Set a guest user's password; it is read from standard input, or prompted for without
     /// echo on a terminal, never taken from the command line
-    GuestSetPassword {
-        /// The password is already crypt()ed (e.g. by openssl passwd -6)
-        #[arg(long)]
-        crypted: bool,
-
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-
-        /// The guest user
-        user: String,
-    },
+    GuestSetPassword(GuestSetPasswordArgs),
 
     /// List a guest user's authorized SSH keys, or change them and list them after
-    GuestSshKeys {
-        /// Add the keys of FILE (one per line; - for standard input); repeatable
-        #[arg(long, value_name = "FILE")]
-        add: Vec<String>,
-
-        /// Remove the keys of FILE; repeatable
-        #[arg(long, value_name = "FILE")]
-        remove: Vec<String>,
-
-        /// Replace all keys by those of --add (none: remove all)
-        #[arg(long)]
-        reset: bool,
-
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-
-        /// The guest user
-        user: String,
-    },
+    GuestSshKeys(GuestSshKeysArgs),
 
     /// Set the guest's clock to the host's (after a resume or restore)
-    GuestSetTime {
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    GuestSetTime(GuestSetTimeArgs),
 
     /// Discard the blocks the guest's file systems do not use
-    GuestFstrim {
-        /// Skip free ranges smaller than BYTES (a hint to the guest)
-        #[arg(long, value_name = "BYTES")]
-        minimum: Option<u64>,
-
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    GuestFstrim(GuestFstrimArgs),
 
     /// Ask the guest to power down, reboot or halt; with --wait, confirm that it did
-    GuestShutdown {
-        /// What the guest does
-        #[arg(long, value_enum, default_value = "powerdown")]
-        mode: ShutdownMode,
-
-        /// Wait up to SECONDS for QEMU's monitor, libvirt or the agent's going away to confirm it;
-        /// the output's "seen" says which did
-        #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_hyphen_values = true)]
-        wait: Option<Duration>,
-
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    GuestShutdown(GuestShutdownArgs),
 
     /// Copy a file (or with -r a directory tree) into or out of a domain: one of SRC and DEST is
     /// DOMAIN:/PATH
@@ -287,28 +176,200 @@ pub enum Command {
     GuestFreeze(GuestFreezeArgs),
 
     /// Thaw the guest's file systems, and stand down the watchdogs of a guest-freeze
-    GuestThaw {
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
-    },
+    GuestThaw(GuestThawArgs),
 
     /// Ask the control master of a domain's agent (VIRTOMATE_PERSIST) what it is, or end it
-    Control {
-        #[command(subcommand)]
-        action: ControlAction,
-    },
+    Control(ControlArgs),
 
     /// An interactive shell (or PROGRAM) in the guest, on a terminal where the guest can make one
     /// (util-linux script or python3's pty module), else in line mode; ~. at a line's start leaves;
     /// exit status the program's, 255 for virtomate's own failures
-    Shell {
-        /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
-        domain: String,
+    Shell(ShellArgs),
+}
 
-        /// The program to run instead of the guest's bash or sh, and its arguments
-        #[arg(last = true, value_names = ["PROGRAM", "ARGUMENT"])]
-        command: Vec<String>,
-    },
+// Each command's arguments, a struct of their own so that the parsing
+// tree can make only the given command's (`parse_tree`); its variant's
+// doc comment is its help.
+#[derive(Debug, Args)]
+pub struct GuestPingArgs {
+    /// Keep trying for up to SECONDS until the agent answers (0: ping once)
+    #[arg(long, value_name = "SECONDS", value_parser = seconds_or_zero, allow_hyphen_values = true)]
+    pub wait: Option<Duration>,
+
+    /// Also wait until the agent has COMMAND enabled (e.g. guest-exec); without it enabled
+    /// by the end of --wait, a CommandUnavailable error says why
+    #[arg(long, value_name = "COMMAND", value_parser = agent_command_names())]
+    pub wait_for: Option<String>,
+
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DomainIfaceListArgs {
+    /// Where the addresses come from: the guest agent (any domain), libvirt's DHCP leases or
+    /// the host's ARP table (libvirt domains)
+    #[arg(long, value_enum, default_value = "lease")]
+    pub source: IfaceSource,
+
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The report as JSON even on a terminal (it is JSON whenever stdout is not one)
+    #[arg(long)]
+    pub json: bool,
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestCmdArgs {
+    /// Send the request as it is, unchecked (for commands newer than virtomate knows)
+    #[arg(long)]
+    pub unchecked: bool,
+
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+
+    /// The request, {"execute": COMMAND, "arguments": {...}}, or a COMMAND's name alone
+    #[arg(value_name = "REQUEST", value_parser = AgentRequestParser, hide_possible_values = true)]
+    pub request: Request,
+
+    /// The command's arguments as a JSON object, after a COMMAND's name
+    #[arg(value_name = "ARGUMENTS", value_parser = parse_arguments)]
+    pub arguments: Option<Value>,
+}
+
+#[derive(Debug, Args)]
+pub struct QmpArgs {
+    /// Include the events that arrived meanwhile: {"events": [...], "return": ...}
+    #[arg(long)]
+    pub events: bool,
+
+    /// QMP socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+
+    /// The command: {"execute": COMMAND, "arguments": {...}}
+    #[arg(value_parser = parse_request)]
+    pub request: Request,
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// Let go of the agent connection after SECONDS without a request
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value = "1",
+        value_parser = seconds,
+        allow_hyphen_values = true
+    )]
+    pub idle: Duration,
+
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestInfoArgs {
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestFactsArgs {
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestSetPasswordArgs {
+    /// The password is already crypt()ed (e.g. by openssl passwd -6)
+    #[arg(long)]
+    pub crypted: bool,
+
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+
+    /// The guest user
+    pub user: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestSshKeysArgs {
+    /// Add the keys of FILE (one per line; - for standard input); repeatable
+    #[arg(long, value_name = "FILE")]
+    pub add: Vec<String>,
+
+    /// Remove the keys of FILE; repeatable
+    #[arg(long, value_name = "FILE")]
+    pub remove: Vec<String>,
+
+    /// Replace all keys by those of --add (none: remove all)
+    #[arg(long)]
+    pub reset: bool,
+
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+
+    /// The guest user
+    pub user: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestSetTimeArgs {
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestFstrimArgs {
+    /// Skip free ranges smaller than BYTES (a hint to the guest)
+    #[arg(long, value_name = "BYTES")]
+    pub minimum: Option<u64>,
+
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestShutdownArgs {
+    /// What the guest does
+    #[arg(long, value_enum, default_value = "powerdown")]
+    pub mode: ShutdownMode,
+
+    /// Wait up to SECONDS for QEMU's monitor, libvirt or the agent's going away to confirm it;
+    /// the output's "seen" says which did
+    #[arg(long, value_name = "SECONDS", value_parser = seconds, allow_hyphen_values = true)]
+    pub wait: Option<Duration>,
+
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct GuestThawArgs {
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ControlArgs {
+    #[command(subcommand)]
+    pub action: ControlAction,
+}
+
+#[derive(Debug, Args)]
+pub struct ShellArgs {
+    /// Agent socket path, libvirt domain name or UUID, or -name of a QEMU process
+    pub domain: String,
+
+    /// The program to run instead of the guest's bash or sh, and its arguments
+    #[arg(last = true, value_names = ["PROGRAM", "ARGUMENT"])]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -657,8 +718,12 @@ fn parse_arguments(text: &str) -> Result<Value, String> {
 mod tests {
     use super::*;
 
+    /// As `virtomate` parses its arguments (`help::parse`).
     fn parse(line: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("virtomate").chain(line.iter().copied()))
+        use clap::FromArgMatches;
+        let matches = parse_tree::parse_tree()
+            .try_get_matches_from(std::iter::once("virtomate").chain(line.iter().copied()))?;
+        Cli::from_arg_matches(&matches)
     }
 
     fn guest_run(line: &[&str]) -> GuestRunArgs {
@@ -707,8 +772,8 @@ mod tests {
             assert_eq!(guest_run(&line).into_command(), command("/bin/echo", arguments));
         }
         let cli = parse(&["guest-run", "dom", "ls", "-p", "--timeout", "0"]).unwrap();
-        assert!(!cli.pretty);
-        assert_eq!(cli.timeout, Duration::from_secs(5));
+        assert!(!cli.options.pretty);
+        assert_eq!(cli.options.timeout, Duration::from_secs(5));
     }
 
     #[test]
@@ -733,11 +798,11 @@ mod tests {
             "-v",
         ];
         let cli = parse(&line).unwrap();
-        assert!(cli.pretty && cli.trace);
-        assert_eq!(cli.connection.as_deref(), Some("qemu:///system"));
-        assert_eq!(cli.log, Some(LogLevel::Info));
+        assert!(cli.options.pretty && cli.options.trace);
+        assert_eq!(cli.options.connection.as_deref(), Some("qemu:///system"));
+        assert_eq!(cli.options.log, Some(LogLevel::Info));
         assert_eq!(
-            (cli.timeout, cli.reply_timeout),
+            (cli.options.timeout, cli.options.reply_timeout),
             (Duration::from_secs(2), Duration::from_secs(3))
         );
         let Command::GuestRun(args) = cli.command else {
@@ -747,8 +812,8 @@ mod tests {
         assert_eq!(args.into_command(), command("-p", &["-v"]));
         // Global options before the command, and between DOMAIN and PROGRAM.
         let cli = parse(&["-p", "guest-run", "dom", "--timeout", "2", "-e", "prog", "-p"]).unwrap();
-        assert!(cli.pretty);
-        assert_eq!(cli.timeout, Duration::from_secs(2));
+        assert!(cli.options.pretty);
+        assert_eq!(cli.options.timeout, Duration::from_secs(2));
         let Command::GuestRun(args) = cli.command else {
             panic!("not guest-run")
         };
@@ -774,8 +839,8 @@ mod tests {
     #[test]
     fn global_options_go_before_the_command() {
         let cli = parse(&["-p", "--timeout", "0.5", "guest-run", "--stdin", "dom", "cat"]).unwrap();
-        assert!(cli.pretty);
-        assert_eq!(cli.timeout, Duration::from_millis(500));
+        assert!(cli.options.pretty);
+        assert_eq!(cli.options.timeout, Duration::from_millis(500));
     }
 
     #[test]
@@ -815,15 +880,15 @@ mod tests {
             }
         }
         let cli = parse(&["--timeout", "0.001", "--reply-timeout", "1e9", "guest-info", "d"]).unwrap();
-        assert_eq!(cli.timeout, Duration::from_millis(1));
-        assert_eq!(cli.reply_timeout, Duration::from_secs(1_000_000_000));
+        assert_eq!(cli.options.timeout, Duration::from_millis(1));
+        assert_eq!(cli.options.reply_timeout, Duration::from_secs(1_000_000_000));
     }
 
     #[test]
     fn wait_takes_zero_and_refuses_negatives() {
         let wait = |value: &str| -> Result<Option<Duration>, clap::Error> {
             match parse(&["guest-ping", "--wait", value, "d"])?.command {
-                Command::GuestPing { wait, .. } => Ok(wait),
+                Command::GuestPing(GuestPingArgs { wait, .. }) => Ok(wait),
                 other => panic!("not guest-ping: {other:?}"),
             }
         };

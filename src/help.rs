@@ -39,13 +39,13 @@ pub fn command() -> clap::Command {
 /// Parses the process's arguments, exiting as clap does on `--help`, on
 /// `--version` and on a usage error.
 ///
-/// The grouped list needs every command built, which costs a fresh
-/// process about as much as its exchange with a control master: it is
-/// made only when help is asked for (the root's template is all it
-/// changes).
+/// Parsed with [`crate::cli::parse_tree::parse_tree`], which makes only the given
+/// command's arguments; help, which needs every command's text and the
+/// grouped list (as costly to a fresh process as its exchange with a
+/// control master), is made only when it is asked for.
 pub fn parse() -> Cli {
     use clap::error::ErrorKind;
-    let matches: ArgMatches = match Cli::command().try_get_matches() {
+    let matches: ArgMatches = match crate::cli::parse_tree::parse_tree().try_get_matches() {
         Ok(matches) => matches,
         Err(error)
             if matches!(

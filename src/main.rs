@@ -27,6 +27,11 @@ use std::time::Instant;
 use virtomate_protocol::{escape_bytes, ClientOptions, Direction, Trace};
 
 use cli::{Command, LogLevel, WatchdogArgs};
+use cli::{
+    ControlArgs, DoctorArgs, DomainIfaceListArgs, GuestCmdArgs, GuestFactsArgs, GuestFstrimArgs,
+    GuestInfoArgs, GuestPingArgs, GuestSetPasswordArgs, GuestSetTimeArgs, GuestShutdownArgs,
+    GuestSshKeysArgs, GuestThawArgs, QmpArgs, SessionArgs, ShellArgs,
+};
 use commands::{Answer, Context};
 use domain::Scope;
 use error::{CliError, ErrorJson, ErrorKind};
@@ -40,18 +45,18 @@ fn main() -> ExitCode {
         return freeze_watchdog(args);
     }
     let cli = help::parse();
-    if let Some(persist) = cli.persist {
+    if let Some(persist) = cli.options.persist {
         // One setting for every command, read where an agent is reached;
         // set before any thread starts.
         std::env::set_var("VIRTOMATE_PERSIST", persist.as_secs_f64().to_string());
     }
-    if let Some(level) = cli.log {
+    if let Some(level) = cli.options.log {
         init_logging(level);
     }
     let options = ClientOptions {
-        handshake_timeout: cli.timeout,
-        reply_timeout: cli.reply_timeout,
-        trace: cli.trace.then(stderr_trace),
+        handshake_timeout: cli.options.timeout,
+        reply_timeout: cli.options.reply_timeout,
+        trace: cli.options.trace.then(stderr_trace),
         ..ClientOptions::default()
     };
     // With --raw, stdout is the program's: virtomate's own failures go to
@@ -61,10 +66,10 @@ fn main() -> ExitCode {
     let raw = match &cli.command {
         Command::GuestRun(args) => args.raw || args.follow || args.interactive,
         Command::GuestFreeze(args) => !args.command.is_empty(),
-        Command::Shell { .. } => true,
+        Command::Shell(_) => true,
         _ => false,
     };
-    let connection = cli.connection.clone();
+    let connection = cli.options.connection.clone();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -74,65 +79,79 @@ fn main() -> ExitCode {
         let context = Context {
             options,
             scope: Scope::new(
-                cli.connection.as_deref(),
+                cli.options.connection.as_deref(),
                 std::env::var("LIBVIRT_DEFAULT_URI").ok().as_deref(),
             )?,
         };
         match cli.command {
             Command::GuestRun(args) => commands::guest_run::run(args, &context).await,
-            Command::GuestPing {
+            Command::GuestPing(GuestPingArgs {
                 wait,
                 wait_for,
                 domain,
-            } => commands::guest_ping::run(&domain, wait, wait_for.as_deref(), &context).await,
-            Command::Session { idle, domain } => commands::session::run(&domain, idle, &context).await,
-            Command::GuestInfo { domain } => commands::guest_info::run(&domain, &context).await,
-            Command::GuestFacts { domain } => commands::guest_facts::run(&domain, &context).await,
-            Command::GuestSetPassword {
+            }) => commands::guest_ping::run(&domain, wait, wait_for.as_deref(), &context).await,
+            Command::Session(SessionArgs { idle, domain }) => {
+                commands::session::run(&domain, idle, &context).await
+            }
+            Command::GuestInfo(GuestInfoArgs { domain }) => {
+                commands::guest_info::run(&domain, &context).await
+            }
+            Command::GuestFacts(GuestFactsArgs { domain }) => {
+                commands::guest_facts::run(&domain, &context).await
+            }
+            Command::GuestSetPassword(GuestSetPasswordArgs {
                 crypted,
                 domain,
                 user,
-            } => commands::guest_set_password::run(&domain, &user, crypted, &context).await,
-            Command::GuestSshKeys {
+            }) => commands::guest_set_password::run(&domain, &user, crypted, &context).await,
+            Command::GuestSshKeys(GuestSshKeysArgs {
                 add,
                 remove,
                 reset,
                 domain,
                 user,
-            } => {
+            }) => {
                 let changes = commands::guest_ssh_keys::KeyChanges { add, remove, reset };
                 commands::guest_ssh_keys::run(&domain, &user, changes, &context).await
             }
-            Command::GuestSetTime { domain } => commands::guest_set_time::run(&domain, &context).await,
-            Command::GuestFstrim { minimum, domain } => {
+            Command::GuestSetTime(GuestSetTimeArgs { domain }) => {
+                commands::guest_set_time::run(&domain, &context).await
+            }
+            Command::GuestFstrim(GuestFstrimArgs { minimum, domain }) => {
                 commands::guest_fstrim::run(&domain, minimum, &context).await
             }
-            Command::GuestShutdown { mode, wait, domain } => {
+            Command::GuestShutdown(GuestShutdownArgs { mode, wait, domain }) => {
                 commands::guest_shutdown::run(&domain, mode, wait, &context).await
             }
             Command::DomainList => commands::domain_list::run(&context).await,
-            Command::DomainIfaceList { source, domain } => {
+            Command::DomainIfaceList(DomainIfaceListArgs { source, domain }) => {
                 commands::domain_iface_list::run(&domain, source, &context).await
             }
-            Command::Doctor { domain, json } => Ok(commands::doctor::run(&domain, json, &context).await),
-            Command::GuestCmd {
+            Command::Doctor(DoctorArgs { domain, json }) => {
+                Ok(commands::doctor::run(&domain, json, &context).await)
+            }
+            Command::GuestCmd(GuestCmdArgs {
                 unchecked,
                 domain,
                 request,
                 arguments,
-            } => commands::guest_cmd::run(&domain, request, arguments, unchecked, &context).await,
-            Command::Qmp {
+            }) => commands::guest_cmd::run(&domain, request, arguments, unchecked, &context).await,
+            Command::Qmp(QmpArgs {
                 events,
                 domain,
                 request,
-            } => commands::qmp::run(&domain, &request, events, &context).await,
+            }) => commands::qmp::run(&domain, &request, events, &context).await,
             Command::Copy(args) => commands::copy::run(args, &context).await,
             Command::GuestFreeze(args) => {
                 commands::guest_freeze::run(args, connection.as_deref(), &context).await
             }
-            Command::GuestThaw { domain } => commands::guest_thaw::run(&domain, &context).await,
-            Command::Control { action } => commands::control::run(action, &context).await,
-            Command::Shell { domain, command } => commands::shell::run(&domain, command, &context).await,
+            Command::GuestThaw(GuestThawArgs { domain }) => {
+                commands::guest_thaw::run(&domain, &context).await
+            }
+            Command::Control(ControlArgs { action }) => commands::control::run(action, &context).await,
+            Command::Shell(ShellArgs { domain, command }) => {
+                commands::shell::run(&domain, command, &context).await
+            }
         }
     });
     // tokio reads standard input on a blocking thread that cannot be
@@ -144,9 +163,9 @@ fn main() -> ExitCode {
     let printed = match answer {
         Ok(Answer::Run(run)) => {
             success = ExitCode::from(run.exit_status());
-            run.print(cli.pretty)
+            run.print(cli.options.pretty)
         }
-        Ok(Answer::Json(json)) => output::print_json(&json, cli.pretty),
+        Ok(Answer::Json(json)) => output::print_json(&json, cli.options.pretty),
         Ok(Answer::Nothing) => Ok(()),
         Ok(Answer::Exit(status)) => {
             success = ExitCode::from(status);
@@ -163,16 +182,20 @@ fn main() -> ExitCode {
             if !json && std::io::stdout().is_terminal() {
                 std::io::stdout().write_all(report.to_text().as_bytes())
             } else {
-                output::print_json(&report, cli.pretty)
+                output::print_json(&report, cli.options.pretty)
             }
         }
-        Err(error) => return report(&error, cli.pretty, raw),
+        Err(error) => return report(&error, cli.options.pretty, raw),
     };
     match printed {
         Ok(()) => success,
         // Like ripgrep: a reader that went away (`| head -c1`) is not an error.
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => success,
-        Err(e) => report(&CliError::io("cannot write the result", e), cli.pretty, raw),
+        Err(e) => report(
+            &CliError::io("cannot write the result", e),
+            cli.options.pretty,
+            raw,
+        ),
     }
 }
 
