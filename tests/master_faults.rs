@@ -1,0 +1,170 @@
+//! The control master's faults at the moments the real agent will not
+//! make on demand: a master killed while the agent still owes the start
+//! of a program (a fake agent that never answers `guest-exec`).
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::master::{masters_of, through_master, PERSIST};
+use crate::support::fake_agent::{Conn, FakeAgent};
+use crate::support::{virtomate, wait_until};
+
+/// An agent that leaves the first `times` requests for `unanswered`
+/// without an answer (each connection that gets one held until its master
+/// goes), and otherwise runs every program as pid 4242, printing `again`.
+fn agent_silent_on(unanswered: &'static str, times: usize) -> FakeAgent {
+    let mut silences = 0;
+    FakeAgent::serve_each(move |mut conn, _| {
+        while let Some(request) = conn.next_request() {
+            let command = request["execute"].as_str().unwrap_or_default();
+            if command == unanswered && silences < times {
+                silences += 1;
+                conn.wait_for_close();
+                return;
+            }
+            match command {
+                "guest-sync-delimited" => {
+                    conn.send("\u{FFFD}\n".as_bytes());
+                    conn.send_sync_reply(request["arguments"]["id"].as_u64().unwrap());
+                }
+                "guest-exec" => {
+                    conn.tell("started");
+                    reply(&mut conn, &request, json!({"pid": 4242}));
+                }
+                "guest-exec-status" => reply(
+                    &mut conn,
+                    &request,
+                    json!({"exited": true, "exitcode": 0, "out-data": "YWdhaW4="}),
+                ),
+                _ => reply(&mut conn, &request, json!({})),
+            }
+        }
+    })
+}
+
+fn reply(conn: &mut Conn, request: &Value, ret: Value) {
+    conn.reply(&json!({"return": ret, "id": request["id"]}));
+}
+
+/// `virtomate OPTIONS guest-run SOCKET -- true` through a master, in the
+/// background.
+fn spawn_run(options: &[&str], socket: &str) -> Child {
+    virtomate()
+        .env("VIRTOMATE_PERSIST", PERSIST)
+        .args(["--reply-timeout", "10", "guest-run"])
+        .args(options)
+        .args([socket, "--", "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Kills the one master of `socket` with SIGKILL.
+fn kill_master(socket: &std::path::Path) {
+    let masters = masters_of(socket);
+    assert_eq!(masters.len(), 1, "one master: {masters:?}");
+    let pid = nix::unistd::Pid::from_raw(masters[0] as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+}
+
+#[test]
+fn a_master_killed_before_the_program_started_says_it_may_have_started() {
+    let agent = agent_silent_on("guest-exec", 2);
+    let socket = agent.socket();
+    let sock = socket.to_str().unwrap();
+    let mut said = Vec::new();
+    for options in [&[][..], &["--raw"][..]] {
+        let client = spawn_run(options, sock);
+        agent.wait_for_next("guest-exec");
+        let killed = Instant::now();
+        kill_master(&socket);
+        let output = client.wait_with_output().unwrap();
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "within the client's timeouts"
+        );
+        said.push(output);
+    }
+    let (json, raw) = (&said[0], &said[1]);
+    assert_eq!(json.status.code(), Some(1), "{json:?}");
+    let error: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(error["type"], "AgentDisconnected", "{error}");
+    let message = error["message"].as_str().unwrap();
+    for honest in ["the control master", "before it said whether the program started"] {
+        assert!(message.contains(honest), "it names what went away: {message}");
+    }
+    assert!(
+        message.contains("the program may have started in the guest") && !message.contains("nothing"),
+        "it cannot know whether the program started, and says so: {message}"
+    );
+    assert_eq!(raw.status.code(), Some(255), "{raw:?}");
+    assert!(raw.stdout.is_empty(), "{raw:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&raw.stderr),
+        format!("virtomate: AgentDisconnected: {message}\n"),
+        "--raw says the same on stderr"
+    );
+    let out = through_master(&["guest-run", sock, "--", "true"], None);
+    assert_eq!(out.json()["stdout"], "again", "a new master: {out:?}");
+    crate::master::end_master(&socket);
+}
+
+/// Before its answer to the run, the master has started nothing (it
+/// answers once it holds the agent): the client gives the run to a new
+/// master, and it runs once.
+#[test]
+fn a_master_killed_while_it_reaches_the_agent_leaves_the_run_to_a_new_one() {
+    let agent = agent_silent_on("guest-sync-delimited", 1);
+    let socket = agent.socket();
+    let client = spawn_run(&[], socket.to_str().unwrap());
+    agent.wait_for("guest-sync-delimited");
+    kill_master(&socket);
+    let output = client.wait_with_output().unwrap();
+    let out: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(out["stdout"], "again", "{output:?}");
+    assert_eq!(masters_of(&socket).len(), 1, "a new master ran it");
+    // Told before it is answered: every start is known by now.
+    let starts = agent
+        .got_so_far()
+        .iter()
+        .filter(|event| *event == "started")
+        .count();
+    assert_eq!(starts, 1, "the program was started once");
+    crate::master::end_master(&socket);
+}
+
+/// Masters that go on going away before they answer: the client gives
+/// up after a few, with a typed error that says nothing was started and
+/// names the master.
+#[test]
+fn a_run_whose_masters_all_die_before_they_answer_says_nothing_was_started() {
+    let agent = agent_silent_on("guest-sync-delimited", usize::MAX);
+    let socket = agent.socket();
+    let mut client = spawn_run(&[], socket.to_str().unwrap());
+    let mut killed = std::collections::HashSet::new();
+    wait_until(30, "the client to give up", || {
+        for pid in masters_of(&socket) {
+            let signal = nix::sys::signal::Signal::SIGKILL;
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+            killed.insert(pid);
+        }
+        client.try_wait().unwrap().is_some()
+    });
+    let output = client.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let error: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(error["type"], "AgentDisconnected", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("the control master") && message.contains("nothing was started"),
+        "{message}"
+    );
+    assert!(
+        (1..=3).contains(&killed.len()),
+        "a new master each try: {killed:?}"
+    );
+    assert!(!agent.got_so_far().contains(&"started".to_owned()));
+}
