@@ -1,14 +1,18 @@
 //! The control master's faults at the moments the real agent will not
 //! make on demand: a master killed while the agent still owes the start
-//! of a program (a fake agent that never answers `guest-exec`).
+//! of a program (a fake agent that never answers `guest-exec`), or before
+//! it has answered; and a master of an older virtomate, which knows no
+//! whole runs.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::master::{masters_of, through_master, PERSIST};
+use crate::master::{alone, end_master, master_info, masters_of, through_master, PERSIST};
 use crate::support::fake_agent::{Conn, FakeAgent};
+use crate::support::host_agent::HostAgent;
+use crate::support::older_master::OlderMaster;
 use crate::support::{virtomate, wait_until};
 
 /// An agent that leaves the first `times` requests for `unanswered`
@@ -109,7 +113,7 @@ fn a_master_killed_before_the_program_started_says_it_may_have_started() {
     );
     let out = through_master(&["guest-run", sock, "--", "true"], None);
     assert_eq!(out.json()["stdout"], "again", "a new master: {out:?}");
-    crate::master::end_master(&socket);
+    end_master(&socket);
 }
 
 /// Before its answer to the run, the master has started nothing (it
@@ -133,7 +137,7 @@ fn a_master_killed_while_it_reaches_the_agent_leaves_the_run_to_a_new_one() {
         .filter(|event| *event == "started")
         .count();
     assert_eq!(starts, 1, "the program was started once");
-    crate::master::end_master(&socket);
+    end_master(&socket);
 }
 
 /// Masters that go on going away before they answer: the client gives
@@ -144,12 +148,15 @@ fn a_run_whose_masters_all_die_before_they_answer_says_nothing_was_started() {
     let agent = agent_silent_on("guest-sync-delimited", usize::MAX);
     let socket = agent.socket();
     let mut client = spawn_run(&[], socket.to_str().unwrap());
+    // Each master killed once it has asked the agent for its handshake.
     let mut killed = std::collections::HashSet::new();
     wait_until(30, "the client to give up", || {
-        for pid in masters_of(&socket) {
-            let signal = nix::sys::signal::Signal::SIGKILL;
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
-            killed.insert(pid);
+        if agent.got_so_far().iter().any(|got| got == "guest-sync-delimited") {
+            for pid in masters_of(&socket) {
+                let signal = nix::sys::signal::Signal::SIGKILL;
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
+                killed.insert(pid);
+            }
         }
         client.try_wait().unwrap().is_some()
     });
@@ -167,4 +174,59 @@ fn a_run_whose_masters_all_die_before_they_answer_says_nothing_was_started() {
         "a new master each try: {killed:?}"
     );
     assert!(!agent.got_so_far().contains(&"started".to_owned()));
+}
+
+/// A master of an older virtomate, still running after an upgrade, does
+/// not know whole runs: the client runs the program through it command by
+/// command, and prints what it prints without a master.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_run_through_an_older_master_ends_as_a_run_without_it() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let sock = socket.to_str().unwrap();
+    // Where this agent's master is looked for: a real one's socket.
+    assert_eq!(through_master(&["guest-ping", sock], None).status, 0);
+    let path = std::path::PathBuf::from(master_info(&socket)["socket"].as_str().unwrap());
+    end_master(&socket);
+    wait_until(10, "the real master's socket to go", || !path.exists());
+    let older = OlderMaster::serve(&path, &socket);
+    let cases: Vec<(Vec<&str>, Option<&[u8]>)> = vec![
+        (vec!["--", "sh", "-c", "echo out; echo err >&2; exit 3"], None),
+        (vec!["--stdin", "--", "sh", "-c", "cat; echo more"], Some(b"in\n")),
+        (vec!["--raw", "--", "sh", "-c", "printf raw; exit 7"], None),
+        (
+            vec!["--follow", "--", "sh", "-c", "echo a; echo b >&2; exit 2"],
+            None,
+        ),
+    ];
+    for (options, stdin) in &cases {
+        let args: Vec<&str> = ["guest-run", sock]
+            .into_iter()
+            .chain(options.iter().copied())
+            .collect();
+        let through = through_master(&args, *stdin);
+        let without = alone(&args, *stdin);
+        assert_eq!(
+            (through.status, &through.stdout, &through.stderr),
+            (without.status, &without.stdout, &without.stderr),
+            "{options:?}"
+        );
+    }
+    let got = older.got();
+    let count = |command: &str| got.iter().filter(|c| *c == command).count();
+    assert_eq!(
+        count("x-virtomate-run"),
+        cases.len(),
+        "each asked to run whole: {got:?}"
+    );
+    // --follow starts helpers of its own besides the program.
+    assert!(
+        count("guest-exec") >= cases.len(),
+        "and ran through it command by command: {got:?}"
+    );
+    assert!(
+        masters_of(&socket).is_empty(),
+        "no master of this virtomate was started"
+    );
 }
