@@ -4,7 +4,9 @@
 //! it has answered; and a master of an older virtomate, which knows no
 //! whole runs.
 
-use std::process::{Child, Stdio};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -229,4 +231,56 @@ fn a_run_through_an_older_master_ends_as_a_run_without_it() {
         masters_of(&socket).is_empty(),
         "no master of this virtomate was started"
     );
+}
+
+/// A master killed while a followed program streams: the client says
+/// which program it left and where its output stays, as a lone client
+/// does when its agent goes.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_master_killed_while_a_followed_run_streams_names_its_pid_and_directory() {
+    let agent = HostAgent::start();
+    let socket = agent.socket();
+    let marker = "sleep 6101";
+    let mut client = virtomate()
+        .env("VIRTOMATE_PERSIST", PERSIST)
+        .args([
+            "guest-run",
+            "--follow",
+            socket.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+        ])
+        .arg(format!("echo first; {marker}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "first\n", "it streams");
+    kill_master(&socket);
+    let output = client.wait_with_output().unwrap();
+    Command::new("pkill")
+        .args(["-f", &format!("^{marker}")])
+        .status()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(255), "{output:?}");
+    let said = String::from_utf8(output.stderr).unwrap();
+    let message = said
+        .strip_prefix("virtomate: AgentDisconnected: the control master ")
+        .unwrap_or_else(|| panic!("{said}"));
+    assert!(message.contains("while the program (guest pid "), "{said}");
+    // The guest is this host: the directory named is there.
+    let dir = message
+        .split("remove ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no directory named: {said}"));
+    assert!(Path::new(dir).is_dir(), "{dir} is where its output stays: {said}");
+    // The next followed run would, once the program has gone.
+    let _ = std::fs::remove_dir_all(dir);
 }

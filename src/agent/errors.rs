@@ -213,10 +213,16 @@ impl AgentErrors {
         let (message, hint) = match failure.stage {
             Stage::Running { pid } | Stage::Stopping { pid } => (
                 format!("{gone} while the program (guest pid {pid}) ran"),
-                format!(
-                    "the master may have been killed; the program keeps running in the guest as \
-                     pid {pid} if it has not ended, and its result is lost"
-                ),
+                match &failure.output_dir {
+                    Some(dir) => format!(
+                        "the master may have been killed, and the program's result is lost; {}",
+                        keeps_running(pid, dir)
+                    ),
+                    None => format!(
+                        "the master may have been killed; the program keeps running in the guest as \
+                         pid {pid} if it has not ended, and its result is lost"
+                    ),
+                },
             ),
             Stage::Connecting | Stage::Preparing => (
                 format!("{gone} before it answered the run"),

@@ -38,6 +38,8 @@ pub struct MasterRun {
     refusal: Refusal,
     /// The master's connection failed before the run's end: it went away.
     master_lost: bool,
+    /// Where a followed run's output goes in the guest, as the master said.
+    output_dir: Option<String>,
 }
 
 #[derive(PartialEq)]
@@ -85,6 +87,7 @@ impl MasterRun {
             ended: false,
             refusal: Refusal::None,
             master_lost: false,
+            output_dir: None,
         })
     }
 
@@ -226,7 +229,10 @@ impl MasterRun {
 
     fn take(&mut self, got: Reply, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
         match got.outcome {
-            Ok(Outcome::Started { pid }) => self.stage = Stage::Running { pid },
+            Ok(Outcome::Started { pid, ref output_dir }) => {
+                self.stage = Stage::Running { pid };
+                self.output_dir.clone_from(output_dir);
+            }
             Ok(Outcome::Chunk { .. }) => {
                 if reply(got).is_err() && self.refusal == Refusal::None {
                     self.refusal = Refusal::ToSay;
@@ -242,7 +248,9 @@ impl MasterRun {
     /// The master's connection failed: the run fails where it stood.
     fn lost(&mut self, error: Error, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
         self.ended = true;
-        let _ = reply(Reply::failed(self.id.clone(), Failure::new(self.stage, error)));
+        let mut failure = Failure::new(self.stage, error);
+        failure.output_dir.clone_from(&self.output_dir);
+        let _ = reply(Reply::failed(self.id.clone(), failure));
     }
 
     async fn first_answer(&mut self) -> Result<Vec<u8>, Error> {
