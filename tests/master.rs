@@ -17,15 +17,15 @@ use crate::support::{run_command, virtomate, wait_until, Outcome};
 
 /// How long the tests' masters stay after their last request: long
 /// enough for a test, short enough not to linger on the machine.
-const PERSIST: &str = "30";
+pub(crate) const PERSIST: &str = "30";
 
 /// `virtomate ARGS` with the master setting.
-fn through_master(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
+pub(crate) fn through_master(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
     run_command(virtomate().env("VIRTOMATE_PERSIST", PERSIST).args(args), stdin)
 }
 
 /// `virtomate control check SOCKET`, once one runs.
-fn master_info(socket: &Path) -> Value {
+pub(crate) fn master_info(socket: &Path) -> Value {
     let out = run_command(
         virtomate().args(["control", "check", socket.to_str().unwrap()]),
         None,
@@ -34,18 +34,18 @@ fn master_info(socket: &Path) -> Value {
     out.json()
 }
 
-fn end_master(socket: &Path) {
+pub(crate) fn end_master(socket: &Path) {
     let _ = run_command(
         virtomate().args(["control", "exit", socket.to_str().unwrap()]),
         None,
     );
 }
 
-fn alive(pid: i64) -> bool {
+pub(crate) fn alive(pid: i64) -> bool {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
 }
 
-fn runs_on_host(marker: &str) -> bool {
+pub(crate) fn runs_on_host(marker: &str) -> bool {
     let out = Command::new("pgrep")
         .args(["-f", &format!("^{marker}")])
         .output()
@@ -54,7 +54,7 @@ fn runs_on_host(marker: &str) -> bool {
 }
 
 /// The processes serving as master for `socket`.
-fn masters_of(socket: &Path) -> Vec<u32> {
+pub(crate) fn masters_of(socket: &Path) -> Vec<u32> {
     let wanted = socket.to_str().unwrap();
     std::fs::read_dir("/proc")
         .unwrap()
@@ -161,7 +161,7 @@ fn every_command_of_fresh_processes_goes_through_one_master() {
     assert!(!master_paths_left(&info), "its socket went with it");
 }
 
-fn master_paths_left(info: &Value) -> bool {
+pub(crate) fn master_paths_left(info: &Value) -> bool {
     Path::new(info["socket"].as_str().unwrap()).exists()
 }
 
@@ -292,6 +292,10 @@ fn a_master_killed_mid_request_leaves_a_typed_error_and_the_next_call_starts_ano
     assert!(
         message.contains("guest pid"),
         "it says which program it left: {error}"
+    );
+    assert!(
+        message.contains("the control master"),
+        "and that the master went, not the agent: {error}"
     );
     Command::new("pkill")
         .args(["-f", &format!("^{marker}")])
@@ -806,7 +810,7 @@ fn the_master_notes_the_big_requests_it_passes_on_and_reads_others_notes() {
 }
 
 /// `virtomate guest-run ARGS` without the master setting.
-fn alone(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
+pub(crate) fn alone(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
     run_command(virtomate().env_remove("VIRTOMATE_PERSIST").args(args), stdin)
 }
 

@@ -26,6 +26,7 @@ mod interactive_faults;
 mod layers;
 mod libvirt;
 mod master;
+mod master_faults;
 mod packaging;
 mod parallel;
 mod rsync;

@@ -250,6 +250,12 @@ impl DomainAgent {
             .await
     }
 
+    /// The error for a whole run whose control master (its socket
+    /// `master`) went away before the run's end.
+    pub fn master_lost(&self, failure: Failure, master: &std::path::Path) -> CliError {
+        self.errors.master_lost(failure, master)
+    }
+
     /// The error for a run given up on a signal, saying what it left.
     pub fn abandoned(&self, left: virtomate_protocol::session::Left) -> CliError {
         self.errors.abandoned(left)

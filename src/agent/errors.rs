@@ -2,7 +2,7 @@
 //! reads differently on a direct channel and through libvirtd, and once a
 //! program runs in the guest, it names its pid.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use virtomate_protocol::follow::{output_path, FollowError, Stream};
 use virtomate_protocol::qga::GuestExecStatusReply;
@@ -200,6 +200,49 @@ impl AgentErrors {
 }
 
 impl AgentErrors {
+    /// The control master at `master` closed the connection of a whole
+    /// run before its end (it was killed): the agent knows nothing of
+    /// that, so the error says only what the master had told this client
+    /// of the run, and names the master rather than the agent.
+    pub fn master_lost(&self, failure: Failure, master: &Path) -> CliError {
+        let gone = format!(
+            "the control master {} of the agent on {} closed the connection",
+            master.display(),
+            self.socket.display()
+        );
+        let (message, hint) = match failure.stage {
+            Stage::Running { pid } | Stage::Stopping { pid } => (
+                format!("{gone} while the program (guest pid {pid}) ran"),
+                match &failure.output_dir {
+                    Some(dir) => format!(
+                        "the master may have been killed, and the program's result is lost; {}",
+                        keeps_running(pid, dir)
+                    ),
+                    None => format!(
+                        "the master may have been killed; the program keeps running in the guest as \
+                         pid {pid} if it has not ended, and its result is lost"
+                    ),
+                },
+            ),
+            Stage::Connecting | Stage::Preparing => (
+                format!("{gone} before it answered the run"),
+                "nothing was started (the master answers before it starts a run); the master may have \
+                 been killed: run it again, which starts a new one"
+                    .to_owned(),
+            ),
+            _ => (
+                format!("{gone} before it said whether the program started"),
+                "the master may have been killed after the run reached it, so the program may have \
+                 started in the guest, under a pid the master did not tell: check before running it \
+                 again"
+                    .to_owned(),
+            ),
+        };
+        CliError::new(ErrorKind::AgentDisconnected, message)
+            .with_hint(hint)
+            .with_source(failure.error)
+    }
+
     /// Stopping the program `pid` failed: it may still run, and a
     /// followed one's output stays where it goes.
     pub fn stop_failed(&self, error: AgentError, pid: i64, output_dir: Option<&str>) -> CliError {

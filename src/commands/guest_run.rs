@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::mpsc;
-use virtomate_protocol::session::{Abandoned, Failure, Outcome, Request, RunRequest, Session};
+use virtomate_protocol::session::{Abandoned, Failure, Outcome, Request, RunRequest, Session, Stage};
 use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::{Answer, Context};
@@ -60,6 +60,9 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
                     .unless_interrupted(Interruption::Connecting, connecting)
                     .await??;
             }
+            Ok(Err(e)) if run.lost_the_master() => {
+                return Err(agent.master_lost(Failure::new(Stage::Connecting, e), run.socket()))
+            }
             Ok(Err(e)) => return Err(agent.connection_error(e, &context.scope).await),
             // The run was asked for: giving it up (below) says what it left.
             Err(_) => {}
@@ -88,7 +91,10 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
         }) => (status, timed_out),
         Ok(other) => unreachable!("a run ends in its exit, not {other:?}"),
         Err(failure) => {
-            let error = agent.run_failure(failure).await;
+            let error = match &master_run {
+                Some(run) if run.lost_the_master() => agent.master_lost(failure, run.socket()),
+                _ => agent.run_failure(failure).await,
+            };
             agent.close().await;
             return Err(error);
         }

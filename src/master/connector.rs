@@ -12,6 +12,12 @@ use super::paths::MasterPaths;
 use super::start::connect_or_start;
 use super::wire;
 
+/// How often a client tries a master that goes away before it answers.
+/// A killed master's socket may take a connection still as the process
+/// goes, and reset it then: a second try can meet the same master, a
+/// third finds its socket closed and starts a new one.
+pub(super) const MASTER_TRIES: usize = 3;
+
 /// Opens connections to an agent through the master of its socket,
 /// starting the master where none runs.
 #[derive(Debug, Clone)]
@@ -70,12 +76,15 @@ impl MasterConnector {
     /// synchronised, or the error says why not, as a lone client's would.
     pub async fn attached(&self) -> Result<UnixStream, Error> {
         let deadline = Deadline::after(self.options.handshake_timeout);
-        let attached = match self.attach(deadline).await {
-            // A master that ended as we came (its time was up): once more,
-            // which starts a new one.
-            Err(Error::Disconnected) => self.attach(deadline).await,
-            other => other,
-        };
+        let mut attached = self.attach(deadline).await;
+        // A master that ended as we came (its time was up), or was
+        // killed: again, which starts a new one.
+        for _ in 1..MASTER_TRIES {
+            if !matches!(attached, Err(Error::Disconnected)) {
+                break;
+            }
+            attached = self.attach(deadline).await;
+        }
         attached.map_err(|error| self.as_a_lone_client_says(error))
     }
 

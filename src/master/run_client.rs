@@ -15,7 +15,7 @@ use virtomate_protocol::session::relay::{self, Relayed};
 use virtomate_protocol::session::{Abandoned, Failure, Left, Outcome, Reply, RunRequest, Stage};
 use virtomate_protocol::{Connection, Deadline, Error, Phase};
 
-use super::connector::MasterConnector;
+use super::connector::{MasterConnector, MASTER_TRIES};
 use super::wire::{self, RunArguments, GIVE_UP, REFUSE, RUN};
 
 /// A run given whole to a domain's control master.
@@ -36,6 +36,10 @@ pub struct MasterRun {
     ended: bool,
     /// The caller refused output: the master is to be told, once.
     refusal: Refusal,
+    /// The master's connection failed before the run's end: it went away.
+    master_lost: bool,
+    /// Where a followed run's output goes in the guest, as the master said.
+    output_dir: Option<String>,
 }
 
 #[derive(PartialEq)]
@@ -82,6 +86,8 @@ impl MasterRun {
             id,
             ended: false,
             refusal: Refusal::None,
+            master_lost: false,
+            output_dir: None,
         })
     }
 
@@ -92,7 +98,9 @@ impl MasterRun {
     ) -> Result<(Connection<OwnedReadHalf, LineCodec>, OwnedWriteHalf), Error> {
         let (read, mut write) = master.reach(deadline).await?.into_split();
         let limit = master.options().max_reply_len + LINE_SLACK;
-        write.write_all(line).await.map_err(Error::from)?;
+        // A master gone meanwhile is read as such next, where the run is
+        // given to a new one.
+        let _ = write.write_all(line).await;
         Ok((Connection::new(read, LineCodec::new(limit), None), write))
     }
 
@@ -102,24 +110,26 @@ impl MasterRun {
     /// virtomate's, which persists across an upgrade): the run is then the
     /// client's own, through that master command by command.
     pub async fn ready(&mut self) -> Result<bool, Error> {
-        let answer = match self
-            .deadline
-            .run(Phase::Handshake, read_line(&mut self.conn))
-            .await
-        {
-            // A master that ended as we came (its time was up): once more,
-            // which starts a new one.
-            Err(Error::Disconnected) => {
-                let again = MasterRun::reach_and_send(&self.master, self.deadline, &self.line).await;
-                let (conn, write) = again.map_err(|error| self.master.as_a_lone_client_says(error))?;
-                (self.conn, self.write) = (conn, write);
-                self.deadline
-                    .run(Phase::Handshake, read_line(&mut self.conn))
-                    .await
+        let mut answer = self.first_answer().await;
+        // A master that ended as we came (its time was up), or was killed
+        // before it answered, has started nothing (it answers before it
+        // starts the run): again, which starts a new one.
+        for _ in 1..MASTER_TRIES {
+            if !answer.as_ref().is_err_and(went_away) {
+                break;
             }
-            other => other,
-        };
-        let answer = answer.map_err(|error| self.master.as_a_lone_client_says(error))?;
+            answer = match MasterRun::reach_and_send(&self.master, self.deadline, &self.line).await {
+                Ok((conn, write)) => {
+                    (self.conn, self.write) = (conn, write);
+                    self.first_answer().await
+                }
+                Err(error) => Err(error),
+            };
+        }
+        let answer = answer.map_err(|error| {
+            self.master_lost = went_away(&error);
+            self.master.as_a_lone_client_says(error)
+        })?;
         if wire::not_known(&answer) {
             // Nothing was started: the agent did not know the command either.
             self.ended = true;
@@ -151,9 +161,24 @@ impl MasterRun {
                 Ok(Relayed::Reply(got)) => self.take(got, &mut reply),
                 // Not asked for: a master that says it is not understood.
                 Ok(_) => return self.lost(Error::Disconnected, &mut reply),
-                Err(error) => return self.lost(error, &mut reply),
+                Err(error) => {
+                    self.master_lost = went_away(&error);
+                    return self.lost(error, &mut reply);
+                }
             }
         }
+    }
+
+    /// Whether the run failed as its master went away (it was killed),
+    /// before its answer ([`ready`](Self::ready)) or after: the failure
+    /// is then the master's, not the agent's.
+    pub fn lost_the_master(&self) -> bool {
+        self.master_lost
+    }
+
+    /// The master's socket.
+    pub fn socket(&self) -> &std::path::Path {
+        self.master.socket()
     }
 
     /// After [`serve`](Self::serve) was cut short (a signal): the master
@@ -204,7 +229,10 @@ impl MasterRun {
 
     fn take(&mut self, got: Reply, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
         match got.outcome {
-            Ok(Outcome::Started { pid }) => self.stage = Stage::Running { pid },
+            Ok(Outcome::Started { pid, ref output_dir }) => {
+                self.stage = Stage::Running { pid };
+                self.output_dir.clone_from(output_dir);
+            }
             Ok(Outcome::Chunk { .. }) => {
                 if reply(got).is_err() && self.refusal == Refusal::None {
                     self.refusal = Refusal::ToSay;
@@ -220,7 +248,15 @@ impl MasterRun {
     /// The master's connection failed: the run fails where it stood.
     fn lost(&mut self, error: Error, reply: &mut impl FnMut(Reply) -> io::Result<()>) {
         self.ended = true;
-        let _ = reply(Reply::failed(self.id.clone(), Failure::new(self.stage, error)));
+        let mut failure = Failure::new(self.stage, error);
+        failure.output_dir.clone_from(&self.output_dir);
+        let _ = reply(Reply::failed(self.id.clone(), failure));
+    }
+
+    async fn first_answer(&mut self) -> Result<Vec<u8>, Error> {
+        self.deadline
+            .run(Phase::Handshake, read_line(&mut self.conn))
+            .await
     }
 
     async fn read(&mut self) -> Result<Relayed, Error> {
@@ -230,6 +266,12 @@ impl MasterRun {
             reason: e.to_string(),
         })
     }
+}
+
+/// The master's connection closed or broke: a master killed leaves
+/// either, whichever way the kernel reports it.
+fn went_away(error: &Error) -> bool {
+    matches!(error, Error::Disconnected | Error::Io(_))
 }
 
 async fn read_line(conn: &mut Connection<OwnedReadHalf, LineCodec>) -> Result<Vec<u8>, Error> {

@@ -135,6 +135,12 @@ impl FakeAgent {
         self.wait_for(what);
     }
 
+    /// What the script has got (and told) so far and not yet waited for,
+    /// without waiting for more.
+    pub fn got_so_far(&self) -> Vec<String> {
+        self.events.try_iter().collect()
+    }
+
     /// Blocks until the script has got a request for `what` (or said
     /// `what` with [`Conn::tell`]), skipping everything before it; fails
     /// the test after 20 s, or once the script has ended without it.

@@ -5,6 +5,7 @@ pub mod data;
 pub mod fake_agent;
 pub mod host_agent;
 pub mod live_session;
+pub mod older_master;
 pub mod relay;
 pub mod spec_examples;
 pub mod test_vm;

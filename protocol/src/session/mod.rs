@@ -476,7 +476,8 @@ impl<C: Connector> Session<C> {
             Ok(None) if self.options.announce_start => {
                 if let Some(run) = self.running.last().filter(|run| run.id == id) {
                     let pid = run.pid;
-                    deliver(reply, id, Ok(Outcome::Started { pid }));
+                    let output_dir = run.follow.as_ref().map(|f| f.follow.dir().to_owned());
+                    deliver(reply, id, Ok(Outcome::Started { pid, output_dir }));
                 }
             }
             Ok(None) => {}

@@ -80,7 +80,11 @@ pub fn parse_run(line: &[u8]) -> Result<(Value, RunRequest), serde_json::Error> 
 pub fn reply_line(reply: &Reply) -> Vec<u8> {
     let id = reply.id.clone();
     let line = match &reply.outcome {
-        Ok(Outcome::Started { pid }) => Line::Started { id, pid: *pid },
+        Ok(Outcome::Started { pid, output_dir }) => Line::Started {
+            id,
+            pid: *pid,
+            output_dir: output_dir.clone(),
+        },
         Ok(Outcome::Pong) => Line::Pong { id },
         Ok(Outcome::Chunk { stream, bytes }) => Line::Chunk {
             id,
@@ -124,7 +128,7 @@ pub fn abandoned_line(abandoned: &[Abandoned]) -> Vec<u8> {
 pub fn parse_line(line: &[u8]) -> Result<Relayed, serde_json::Error> {
     let reply = |id, outcome| Relayed::Reply(Reply { id, outcome });
     Ok(match serde_json::from_slice(line)? {
-        Line::Started { id, pid } => reply(id, Ok(Outcome::Started { pid })),
+        Line::Started { id, pid, output_dir } => reply(id, Ok(Outcome::Started { pid, output_dir })),
         Line::Pong { id } => reply(id, Ok(Outcome::Pong)),
         Line::Chunk { id, stderr, bytes } => {
             let stream = if stderr { Stream::Stderr } else { Stream::Stdout };
@@ -202,6 +206,9 @@ enum Line {
     Started {
         id: Value,
         pid: i64,
+        /// None from an older master, and for a run without `follow`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        output_dir: Option<String>,
     },
     Pong {
         id: Value,
@@ -744,6 +751,35 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_start_comes_back_with_its_output_directory_and_without_one_from_an_older_master() {
+        let started = Reply {
+            id: 2.into(),
+            outcome: Ok(Outcome::Started {
+                pid: 12,
+                output_dir: Some("/tmp/v".into()),
+            }),
+        };
+        let Relayed::Reply(back) = parse_line(&reply_line(&started)).unwrap() else {
+            panic!("not a reply");
+        };
+        assert!(matches!(
+            back.outcome,
+            Ok(Outcome::Started { pid: 12, output_dir: Some(ref dir) }) if dir == "/tmp/v"
+        ));
+        let older = br#"{"started": {"id": 2, "pid": 12}}"#;
+        let Relayed::Reply(back) = parse_line(older).unwrap() else {
+            panic!("not a reply");
+        };
+        assert!(matches!(
+            back.outcome,
+            Ok(Outcome::Started {
+                pid: 12,
+                output_dir: None
+            })
+        ));
     }
 
     #[test]

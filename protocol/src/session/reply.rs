@@ -40,6 +40,9 @@ pub enum Outcome {
     Started {
         /// Its guest pid.
         pid: i64,
+        /// Where its output goes in the guest, for a run with `follow`:
+        /// named should the relay end while it streams.
+        output_dir: Option<String>,
     },
     /// Output of a program run with `follow`, as it was written; many may
     /// come before its end ([`Outcome::Exited`], whose status then has no
