@@ -75,8 +75,15 @@ async fn arrival(signal: &mut Option<Signal>) {
 /// need unsafe code, which this crate forbids. Unreadable, nothing counts
 /// as ignored, and every signal is caught.
 fn ignored_signals() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    sig_ign_mask(&status).unwrap_or(0)
+    // Read with room for the whole file at once: `read_to_string`'s small
+    // first reads each make the kernel write the file out again.
+    let mut status = String::with_capacity(4096);
+    let read = std::fs::File::open("/proc/self/status")
+        .and_then(|mut file| std::io::Read::read_to_string(&mut file, &mut status));
+    match read {
+        Ok(_) => sig_ign_mask(&status).unwrap_or(0),
+        Err(_) => 0,
+    }
 }
 
 fn ignores(mask: u64, kind: SignalKind) -> bool {
