@@ -284,3 +284,39 @@ fn a_master_killed_while_a_followed_run_streams_names_its_pid_and_directory() {
     // The next followed run would, once the program has gone.
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A command passed on command by command (`guest-info`) whose master is
+/// killed while the agent owes its reply: the error names the master, not
+/// the agent, which still runs.
+#[test]
+fn a_master_killed_under_a_passed_on_command_is_named_as_what_went_away() {
+    let agent = agent_silent_on("guest-info", 1);
+    let socket = agent.socket();
+    let sock = socket.to_str().unwrap();
+    let client = virtomate()
+        .env("VIRTOMATE_PERSIST", PERSIST)
+        .args(["--reply-timeout", "10", "guest-info", sock])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    agent.wait_for_next("guest-info");
+    let killed = Instant::now();
+    kill_master(&socket);
+    let output = client.wait_with_output().unwrap();
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "within the client's timeouts"
+    );
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let error: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(error["type"], "AgentDisconnected", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains("the control master"), "{message}");
+    assert!(
+        !message.contains("VM may have stopped"),
+        "the agent is not blamed: {error}"
+    );
+    let out = through_master(&["guest-ping", sock], None);
+    assert_eq!(out.status, 0, "a new master: {out:?}");
+    end_master(&socket);
+}

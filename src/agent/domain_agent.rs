@@ -109,11 +109,16 @@ impl DomainAgent {
             }
         };
         let through_libvirtd = matches!(connector, DomainConnector::Libvirt { .. });
+        let master = match &connector {
+            DomainConnector::Master(master) => Some(master.socket().to_owned()),
+            _ => None,
+        };
         DomainAgent {
             session: Session::new(connector, run_options(through_libvirtd)),
             errors: AgentErrors {
                 socket,
                 through_libvirtd,
+                master,
             },
             silence: Silence::new(found, scope, kept_options),
         }

@@ -19,6 +19,8 @@ pub struct AgentErrors {
     /// The agent's socket, or libvirtd's.
     pub socket: PathBuf,
     pub through_libvirtd: bool,
+    /// The control master's socket, where the agent is reached through one.
+    pub master: Option<PathBuf>,
 }
 
 impl AgentErrors {
@@ -91,6 +93,10 @@ impl AgentErrors {
                  or the guest is very slow (raise --reply-timeout)",
             )
             .with_source(error),
+            AgentError::Disconnected if self.gone_master().is_some() => self.master_lost(
+                Failure::new(Stage::Running { pid }, error),
+                self.gone_master().expect("guarded"),
+            ),
             AgentError::Disconnected if !self.through_libvirtd => CliError::new(
                 ErrorKind::AgentDisconnected,
                 format!("the agent on {shown} closed the connection while the program (guest pid {pid}) ran"),
@@ -103,6 +109,21 @@ impl AgentErrors {
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
         use virtomate_protocol::Phase;
+        if let (AgentError::Disconnected, Some(master)) = (&error, self.gone_master()) {
+            return CliError::new(
+                ErrorKind::AgentDisconnected,
+                format!(
+                    "the control master {} of the agent on {} closed the connection",
+                    master.display(),
+                    self.socket.display()
+                ),
+            )
+            .with_hint(
+                "the master may have been killed, after the request reached the agent or before: \
+                 check before running it again, which starts a new master",
+            )
+            .with_source(error);
+        }
         if self.through_libvirtd {
             return CliError::from_libvirtd(error, &self.socket, Peer::Agent);
         }
@@ -162,6 +183,11 @@ impl AgentErrors {
     /// What a failed run means to the user, by how far it had come: the
     /// one mapping of the engine's failures, for `guest-run` and `session`.
     pub fn run_failure(&self, failure: Failure, front: RunFront) -> CliError {
+        if failure.output.is_none() && matches!(failure.error, AgentError::Disconnected) {
+            if let Some(master) = self.gone_master() {
+                return self.master_lost(failure, master);
+            }
+        }
         let Failure {
             stage,
             error,
@@ -200,6 +226,17 @@ impl AgentErrors {
 }
 
 impl AgentErrors {
+    /// The control master this client went through, when it has gone (a
+    /// connection to its socket is refused): a closed connection was then
+    /// the master's doing, not the agent's. (A master that lives closes a
+    /// client's connection when the agent's ends.)
+    fn gone_master(&self) -> Option<&Path> {
+        let master = self.master.as_deref()?;
+        std::os::unix::net::UnixStream::connect(master)
+            .is_err()
+            .then_some(master)
+    }
+
     /// The control master at `master` closed the connection of a whole
     /// run before its end (it was killed): the agent knows nothing of
     /// that, so the error says only what the master had told this client
