@@ -76,6 +76,31 @@ impl Silence {
     /// directly whose QEMU virtomate knows, that process's end. `None`
     /// when the VM runs, or virtomate cannot tell.
     async fn stopped_under(&self, pid: i64, through_libvirtd: bool) -> Option<CliError> {
+        let stopped = self.vm_stopped(through_libvirtd).await?;
+        Some(
+            stopped
+                .error(&format!(
+                    "its agent, and the program (guest pid {pid}), went with it"
+                ))
+                .with_hint("the program's result is lost; start the domain again to run it anew"),
+        )
+    }
+
+    /// Whether the VM stopped under work other than a run (a copy) that
+    /// failed with `error`: where its agent's channel failed as a stopped
+    /// VM explains (see [`Silence::run_failure`]), libvirtd's word on the
+    /// domain, or its QEMU's end. `None` when the VM runs, or virtomate
+    /// cannot tell.
+    pub async fn stopped_during(&self, error: &CliError, through_libvirtd: bool) -> Option<VmStopped> {
+        let fits = agent_errors(error).any(|e| cut_off_by(e, through_libvirtd));
+        match fits {
+            true => self.vm_stopped(through_libvirtd).await,
+            false => None,
+        }
+    }
+
+    /// How the VM stopped, if it did.
+    async fn vm_stopped(&self, through_libvirtd: bool) -> Option<VmStopped> {
         let vm = run_state::owner_of(&self.found, &self.scope)?;
         let how = match (through_libvirtd, &vm.libvirt_daemon, vm.pid) {
             (true, Some((uri, socket)), _) => {
@@ -84,17 +109,51 @@ impl Silence {
             (false, _, Some(qemu)) => process_ended_within(qemu, ENDED_WITHIN).await?,
             _ => return None,
         };
-        Some(
-            CliError::new(
-                ErrorKind::AgentDisconnected,
-                format!(
-                    "the domain {} is not running ({how}): its agent, and the program (guest pid {pid}), \
-                     went with it",
-                    vm.name
-                ),
-            )
-            .with_hint("the program's result is lost; start the domain again to run it anew"),
+        Some(VmStopped { name: vm.name, how })
+    }
+}
+
+/// A VM that stopped under an agent's work: its name and how it is told.
+#[derive(Debug, Clone)]
+pub struct VmStopped {
+    pub name: String,
+    pub how: String,
+}
+
+impl VmStopped {
+    /// The error that says so, then `what_went`.
+    pub fn error(&self, what_went: &str) -> CliError {
+        CliError::new(
+            ErrorKind::AgentDisconnected,
+            format!(
+                "the domain {} is not running ({}): {what_went}",
+                self.name, self.how
+            ),
         )
+    }
+}
+
+/// The agent's errors behind `error`, outermost first.
+fn agent_errors(error: &CliError) -> impl Iterator<Item = &AgentError> {
+    let mut next = std::error::Error::source(error);
+    std::iter::from_fn(move || {
+        while let Some(cause) = next {
+            next = cause.source();
+            if let Some(agent) = cause.downcast_ref::<AgentError>() {
+                return Some(agent);
+            }
+        }
+        None
+    })
+}
+
+/// Whether the channel failed with `error` as a stopped VM explains: any
+/// libvirt error through libvirtd, or on a direct channel the connection
+/// closed or its socket gone.
+fn cut_off_by(error: &AgentError, through_libvirtd: bool) -> bool {
+    match through_libvirtd {
+        true => matches!(error, AgentError::Libvirt { .. }),
+        false => matches!(error, AgentError::Disconnected | AgentError::Connect { .. }),
     }
 }
 
@@ -107,10 +166,7 @@ fn cut_off(failure: &Failure, errors: &AgentErrors) -> Option<i64> {
     let Stage::Running { pid } = failure.stage else {
         return None;
     };
-    let fits = |error: &AgentError| match errors.through_libvirtd {
-        true => matches!(error, AgentError::Libvirt { .. }),
-        false => matches!(error, AgentError::Disconnected | AgentError::Connect { .. }),
-    };
+    let fits = |error: &AgentError| cut_off_by(error, errors.through_libvirtd);
     let output_fits = match &failure.output {
         Some(FollowError::Agent(error)) => fits(error),
         _ => false,

@@ -3,8 +3,7 @@
 //! a directory tree. The copy itself is `crate::copy`'s.
 
 use super::{Answer, Context};
-use crate::agent::DomainAgent;
-use crate::agent::Signals;
+use crate::agent::{DomainAgent, Signals, Silence};
 use crate::cli::CopyArgs;
 use crate::copy::location::{self, Direction, Location};
 use crate::copy::progress::Show;
@@ -64,6 +63,8 @@ async fn copy(
     options: &Options,
     signals: &mut Signals,
 ) -> Result<Summary, CliError> {
+    let silence = agent.silence();
+    let through_libvirtd = agent.through_libvirtd();
     let mut copy = Copy::new(agent);
     let work = async {
         match direction {
@@ -84,16 +85,36 @@ async fn copy(
         outcome = work => outcome,
         _ = signals.arrival() => Err(interrupted("during the copy")),
     };
-    let error = match outcome {
-        Ok(summary) => return Ok(summary),
-        Err(error) => error,
-    };
+    match outcome {
+        Ok(summary) => Ok(summary),
+        Err(error) => Err(failed(&mut copy, error, &silence, through_libvirtd, signals).await),
+    }
+}
+
+/// The error of a copy that failed with `error`, once cleaned up (a
+/// signal cuts that short), saying what is left where. A VM that stopped
+/// under it is said as a run cut off so says it (see
+/// [`Silence::run_failure`]); an agent that went silent comes with QEMU's
+/// run state.
+async fn failed(
+    copy: &mut Copy<'_, DomainAgent>,
+    error: CliError,
+    silence: &Silence,
+    through_libvirtd: bool,
+    signals: &mut Signals,
+) -> CliError {
+    if let Some(stopped) = silence.stopped_during(&error, through_libvirtd).await {
+        let left = copy.clean_up_after_stop().await;
+        return stopped
+            .error("its agent went with it, and the copy was cut short")
+            .with_hint(left);
+    }
     let left = tokio::select! {
         left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()) => left.ok(),
         _ = signals.arrival() => None,
     };
     let left = left.unwrap_or_else(|| copy.pending());
-    Err(error.with_hint(left))
+    silence.explain(error).await.with_hint(left)
 }
 
 /// `copy -r`: between a local directory and a guest one, never `-`.
@@ -131,6 +152,8 @@ async fn run_tree(direction: Direction, options: Options, context: &Context) -> 
         agent = DomainAgent::connect(&domain, context) => agent?,
         _ = signals.arrival() => return Err(interrupted("while connecting to the agent; nothing was copied")),
     };
+    let silence = agent.silence();
+    let through_libvirtd = agent.through_libvirtd();
     let mut copy = Copy::new(&mut agent);
     let work = async {
         match &direction {
@@ -153,14 +176,7 @@ async fn run_tree(direction: Direction, options: Options, context: &Context) -> 
     };
     let outcome = match outcome {
         Ok(summary) => Ok(summary),
-        Err(error) => {
-            let left = tokio::select! {
-                left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()) => left.ok(),
-                _ = signals.arrival() => None,
-            };
-            let left = left.unwrap_or_else(|| copy.pending());
-            Err(error.with_hint(left))
-        }
+        Err(error) => Err(failed(&mut copy, error, &silence, through_libvirtd, &mut signals).await),
     };
     agent.close().await;
     let json = serde_json::to_value(outcome?).expect("a summary always serializes");

@@ -5,7 +5,7 @@
 use virtomate_protocol::qga::{
     GuestExec, GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileSeek, GuestFileWrite, Whence,
 };
-use virtomate_protocol::Error as AgentError;
+use virtomate_protocol::{Error as AgentError, Phase};
 
 use super::agent::FileAgent;
 use crate::error::{CliError, ErrorKind};
@@ -54,7 +54,7 @@ pub async fn run(
                 .error(error)
                 .with_hint(format!("copy runs {program} in the guest {purpose}")))
         }
-        Err(other) => return Err(agent.error(other)),
+        Err(other) => return Err(file_error(agent, other)),
     };
     let finished = agent.wait_for_exit(pid).await?;
     let status = finished.status;
@@ -218,11 +218,19 @@ pub async fn close(agent: &mut impl FileAgent, handle: Handle) -> Result<(), Cli
 }
 
 /// A failure of a `guest-file-*` command on an open handle. An agent that
-/// no longer knows the handle has restarted; a disabled command is named,
-/// as the agent names it.
-fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
+/// no longer knows the handle has restarted; one that does not answer may
+/// have too, as a run says; a disabled command is named, as the agent
+/// names it.
+pub fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
     let shown = agent.socket().display().to_string();
     match &error {
+        AgentError::Timeout {
+            phase: Phase::Reply(_),
+            ..
+        } if !agent.through_libvirtd() => agent.error(error).with_hint_instead(
+            "it may have stopped or restarted in the guest, or the guest is very slow (raise \
+             --reply-timeout)",
+        ),
         AgentError::Agent { desc, .. } if desc.contains("has not been found") && desc.contains("handle") => {
             CliError::new(
                 ErrorKind::AgentDisconnected,

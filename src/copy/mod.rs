@@ -12,6 +12,7 @@
 //! - `compress`: `--compress`, gzip on the host and in the guest.
 //! - `tree`: `copy -r`, a directory tree as a tar stream, unpacked on
 //!   the host without trusting the guest.
+//! - `cut_off`: the clean-up of a copy whose VM stopped under it.
 //!
 //! # Writing into the guest
 //!
@@ -38,6 +39,7 @@
 mod agent;
 pub mod chunks;
 mod compress;
+mod cut_off;
 mod guest;
 mod local;
 pub mod location;
@@ -614,6 +616,13 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 Err(e) => left.push(format!("{dir} in the guest ({e})")),
             }
         }
+        self.clean_up_host(&mut done, &mut left).await;
+        said_left(done, left)
+    }
+
+    /// Removes what a failed copy left on the host: the local temporary
+    /// file or directory.
+    async fn clean_up_host(&mut self, done: &mut Vec<String>, left: &mut Vec<String>) {
         // The unpacking thread removes its directory when it fails: once
         // it has ended, the directory is gone, or removed here.
         self.finish_unpacking().await;
@@ -631,19 +640,6 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 Ok(()) => done.push(format!("removed the temporary {}", temp.display())),
                 Err(e) => left.push(format!("{} ({e})", temp.display())),
             }
-        }
-        let done = if done.is_empty() {
-            String::new()
-        } else {
-            format!("{}; ", done.join(", "))
-        };
-        if left.is_empty() {
-            format!("{done}the destination was not touched")
-        } else {
-            format!(
-                "{done}the destination was not touched, but left behind, to remove by hand: {}",
-                left.join("; ")
-            )
         }
     }
 
@@ -671,6 +667,23 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         }
         format!(
             "the destination was not touched; left behind, to remove by hand: {}",
+            left.join("; ")
+        )
+    }
+}
+
+/// What a clean-up did (`done`) and could not do (`left`), in a sentence.
+fn said_left(done: Vec<String>, left: Vec<String>) -> String {
+    let done = if done.is_empty() {
+        String::new()
+    } else {
+        format!("{}; ", done.join(", "))
+    };
+    if left.is_empty() {
+        format!("{done}the destination was not touched")
+    } else {
+        format!(
+            "{done}the destination was not touched, but left behind, to remove by hand: {}",
             left.join("; ")
         )
     }

@@ -226,7 +226,7 @@ impl<A: FileAgent> Copy<'_, A> {
                     true => self.agent.wait_for_exit(pid).await?.status,
                     false => {
                         let status = self.agent.execute_raw(&GuestExecStatus { pid }).await;
-                        let status = status.map_err(|e| self.agent.error(e))?;
+                        let status = status.map_err(|e| self.agent.error_while_running(e, pid))?;
                         if !status.exited {
                             return Ok(());
                         }

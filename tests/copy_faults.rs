@@ -1,0 +1,276 @@
+//! `copy` (one file and `copy -r`, both ways, plain and `--compress`)
+//! when the VM is killed or the agent restarted under it: told as a run
+//! cut off so is told (`AgentDisconnected`, "the domain … is not
+//! running"), with what the copy leaves where, and the destination never
+//! half-written. Ctrl-C while the agent opens a guest file: the handle
+//! opened after it is closed.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use crate::copy::temporaries;
+use crate::support::host_agent::HostAgent;
+use crate::support::test_vm::TestVm;
+use crate::support::{guest_run, virtomate, wait_until, Outcome};
+
+/// `virtomate copy ARGS`, running, its standard streams piped.
+fn spawn_copy(args: &[&str]) -> Child {
+    virtomate()
+        .arg("copy")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn outcome(child: Child) -> Outcome {
+    let output = child.wait_with_output().unwrap();
+    Outcome {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+/// What `sh -c SCRIPT` prints in the guest; it must succeed.
+fn guest_sh(socket: &Path, script: &str) -> String {
+    let out = guest_run(socket, &["sh", "-c", script]);
+    assert_eq!(out.json()["exit_code"], 0, "{script}: {out:?}");
+    out.json()["stdout"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Whether the host's `dir` holds a copy's temporary with data in it (a
+/// file, or a directory with a file at any depth).
+fn local_copy_writes(dir: &Path) -> bool {
+    temporaries(dir).iter().any(|temp| holds_data(temp))
+}
+
+/// Whether `path` is a non-empty file, or a directory holding one.
+fn holds_data(path: &Path) -> bool {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_file() => meta.len() > 0,
+        Ok(meta) if meta.is_dir() => std::fs::read_dir(path)
+            .is_ok_and(|entries| entries.flatten().any(|entry| holds_data(&entry.path()))),
+        _ => false,
+    }
+}
+
+/// Asserts the error of a copy whose VM `vm` was killed under it; its
+/// message.
+fn assert_vm_gone(out: &Outcome, vm: &TestVm) -> String {
+    let message = out.error("AgentDisconnected");
+    let said = format!(
+        "the domain {} is not running (its QEMU, pid {}, has ended): its agent went with it, and the copy \
+         was cut short",
+        vm.name,
+        vm.qemu_pid()
+    );
+    assert!(message.starts_with(&said), "{message}");
+    assert!(message.contains("the destination was not touched"), "{message}");
+    message
+}
+
+/// Says `MARK` on the guest's serial console (the VM's `console.log`) once
+/// the guest's `SCRIPT` succeeds, from a process of its own: the copy
+/// holds the agent's channel, so the test does not ask through it.
+fn watch_in_guest(vm: &TestVm, script: &str, mark: &str) {
+    let watcher = format!("until {script}; do sleep 0.1; done; echo {mark} >/dev/console");
+    let program = format!("setsid sh -c '{watcher}' </dev/null >/dev/null 2>&1 &");
+    guest_sh(&vm.socket(), &program);
+}
+
+/// Whether the guest said `mark` on its console.
+fn console_says(vm: &TestVm, mark: &str) -> bool {
+    std::fs::read(vm.dir.path().join("console.log"))
+        .is_ok_and(|log| String::from_utf8_lossy(&log).contains(mark))
+}
+
+/// A copy under way on a VM of its own, its VM killed: what it printed.
+struct Killed {
+    vm: TestVm,
+    out: Outcome,
+}
+
+/// Boots a VM, runs `setup` in it, starts the copy (`start`, given the
+/// VM) and, once `under_way`, kills the VM.
+fn killed_under(
+    setup: &str,
+    start: impl FnOnce(&TestVm) -> Child,
+    mut under_way: impl FnMut(&TestVm) -> bool,
+) -> Killed {
+    let vm = TestVm::boot("copy-killed");
+    guest_sh(&vm.socket(), setup);
+    let child = start(&vm);
+    wait_until(120, "the copy to be under way", || under_way(&vm));
+    vm.kill();
+    Killed {
+        out: outcome(child),
+        vm,
+    }
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn a_vm_killed_under_copies_both_ways_says_it_is_not_running_and_what_is_left() {
+    let host = tempfile::tempdir().unwrap();
+    let on_vm = |vm: &TestVm, path: &str| format!("{}:{path}", vm.name);
+
+    // In, from a source that trickles.
+    let writes = "[ -s \"$(ls /root/in/.virtomate-*/data 2>/dev/null | head -n 1)\" ]";
+    let killed = killed_under(
+        "mkdir /root/in",
+        |vm| {
+            watch_in_guest(vm, writes, "copy-in-writes");
+            let mut child = spawn_copy(&["--chunk-size", "4K", "-", &on_vm(vm, "/root/in/file")]);
+            let mut stdin = child.stdin.take().unwrap();
+            std::thread::spawn(move || {
+                while stdin.write_all(&[7; 4096]).is_ok() {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+            });
+            child
+        },
+        |vm| console_says(vm, "copy-in-writes"),
+    );
+    let message = assert_vm_gone(&killed.out, &killed.vm);
+    assert!(
+        message.contains("in the guest, should its disk keep it: /root/in/.virtomate-"),
+        "{message}"
+    );
+    assert!(
+        message.contains("holding the partial file /root/in/.virtomate-"),
+        "{message}"
+    );
+    assert!(
+        message.contains("the next copy into /root/in from this host removes it"),
+        "{message}"
+    );
+
+    // Out, in small reads of a sparse 1 GiB file: minutes under TCG.
+    let out_dir = host.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let dest = out_dir.join("file");
+    let killed = killed_under(
+        "truncate -s 1G /root/sparse",
+        |vm| {
+            spawn_copy(&[
+                "--chunk-size",
+                "4K",
+                &on_vm(vm, "/root/sparse"),
+                dest.to_str().unwrap(),
+            ])
+        },
+        |_| local_copy_writes(&out_dir),
+    );
+    let message = assert_vm_gone(&killed.out, &killed.vm);
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "{message}");
+
+    // A tree out through gzip: its private directory goes, gzip's
+    // directory in the guest is named.
+    let tree_out_dir = host.path().join("tree-out");
+    std::fs::create_dir(&tree_out_dir).unwrap();
+    let tree_out = tree_out_dir.join("tree");
+    let killed = killed_under(
+        "mkdir /root/tree && truncate -s 1G /root/tree/sparse",
+        |vm| {
+            spawn_copy(&[
+                "-r",
+                "--compress",
+                &on_vm(vm, "/root/tree"),
+                tree_out.to_str().unwrap(),
+            ])
+        },
+        |_| local_copy_writes(&tree_out_dir),
+    );
+    let message = assert_vm_gone(&killed.out, &killed.vm);
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert!(message.contains("/tmp/virtomate-follow-"), "{message}");
+    assert_eq!(std::fs::read_dir(&tree_out_dir).unwrap().count(), 0, "{message}");
+
+    // A tree in, the guest's tar -x stopped once it has written: the
+    // copy waits with the pipe full.
+    let tree = host.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    let noise: Vec<u8> = (0..16u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    std::fs::write(tree.join("noise.bin"), &noise).unwrap();
+    let unpacks = "find /root/tree-in/.virtomate-*/tree -type f -size +0 2>/dev/null | grep -q .";
+    let stop = "for p in $(pidof tar); do tr \"\\0\" \" \" </proc/$p/cmdline | grep -q \" -x \" \
+                && kill -STOP $p; done";
+    let killed = killed_under(
+        "mkdir /root/tree-in",
+        |vm| {
+            watch_in_guest(vm, &format!("{unpacks} && {stop}"), "tree-in-stopped");
+            spawn_copy(&["-r", tree.to_str().unwrap(), &on_vm(vm, "/root/tree-in/tree")])
+        },
+        |vm| console_says(vm, "tree-in-stopped"),
+    );
+    let message = assert_vm_gone(&killed.out, &killed.vm);
+    assert!(message.contains("/root/tree-in/.virtomate-"), "{message}");
+    assert!(
+        message.contains("the next copy into /root/tree-in from this host"),
+        "{message}"
+    );
+    assert!(message.contains("/tmp/virtomate-follow-"), "{message}");
+}
+
+/// The host's agent replaced under a copy (its socket never missing, as a
+/// guest's agent restarts behind QEMU's): told as a run's restart is, and
+/// the new agent cleans up.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn an_agent_restarted_under_copies_both_ways_is_told_and_the_new_one_cleans_up() {
+    let mut agent = HostAgent::start();
+    let socket = agent.socket();
+    let on_agent = |path: &Path| format!("{}:{}", socket.display(), path.display());
+    let dir = tempfile::tempdir().unwrap();
+    let into = dir.path().join("into");
+    std::fs::create_dir(&into).unwrap();
+    let source = dir.path().join("source");
+    std::fs::File::create(&source).unwrap().set_len(64 << 20).unwrap();
+
+    // In: the copy goes on, or waits for more of its source.
+    let mut file_in = spawn_copy(&["--chunk-size", "4K", "-", &on_agent(&into.join("file"))]);
+    let mut stdin = file_in.stdin.take().unwrap();
+    stdin.write_all(&[7; 8192]).unwrap();
+    wait_until(60, "the copy in to be under way", || local_copy_writes(&into));
+    agent.replace();
+    drop(stdin);
+    let out = outcome(file_in);
+    let message = out.error("AgentDisconnected");
+    // Its connection closed by the old agent, or its handle unknown to
+    // the new one, as the agent's end and the copy's next request meet.
+    assert!(message.contains("restarted"), "{message}");
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert!(message.contains("the destination was not touched"), "{message}");
+    assert!(!message.contains("to remove by hand"), "{message}");
+    assert_eq!(std::fs::read_dir(&into).unwrap().count(), 0, "{message}");
+
+    // Out to a pipe the test reads only once the agent has restarted.
+    let mut file_out = spawn_copy(&["--chunk-size", "4K", &on_agent(&source), "-"]);
+    let mut data = file_out.stdout.take().unwrap();
+    let mut first = vec![0; 4096];
+    std::io::Read::read_exact(&mut data, &mut first).unwrap();
+    // The copy goes on meanwhile, or waits for its output to be read.
+    agent.replace();
+    let mut rest = Vec::new();
+    std::io::Read::read_to_end(&mut data, &mut rest).unwrap();
+    let status = file_out.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    // The error follows the data (zeros: the file is sparse) on standard
+    // output.
+    let error_at = rest
+        .iter()
+        .position(|b| *b != 0)
+        .expect("an error after the data");
+    let error: serde_json::Value = serde_json::from_slice(&rest[error_at..]).unwrap();
+    let message = error["message"].as_str().unwrap();
+    assert_eq!(error["type"], "AgentDisconnected", "{error}");
+    assert!(message.contains("restarted"), "{message}");
+    assert!(!message.contains("to remove by hand"), "{message}");
+}
