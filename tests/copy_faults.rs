@@ -3,16 +3,19 @@
 //! cut off so is told (`AgentDisconnected`, "the domain … is not
 //! running"), with what the copy leaves where, and the destination never
 //! half-written. Ctrl-C while the agent opens a guest file: the handle
-//! opened after it is closed.
+//! opened after it is closed (a fake agent, which holds the open's reply).
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Child, Stdio};
 
+use serde_json::json;
+
 use crate::copy::temporaries;
+use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
-use crate::support::{guest_run, virtomate, wait_until, Outcome};
+use crate::support::{guest_run, virtomate, wait_until, Outcome, StderrLines};
 
 /// `virtomate copy ARGS`, running, its standard streams piped.
 fn spawn_copy(args: &[&str]) -> Child {
@@ -273,4 +276,70 @@ fn an_agent_restarted_under_copies_both_ways_is_told_and_the_new_one_cleans_up()
     assert_eq!(error["type"], "AgentDisconnected", "{error}");
     assert!(message.contains("restarted"), "{message}");
     assert!(!message.contains("to remove by hand"), "{message}");
+}
+
+/// Ctrl-C while the agent opens the file to copy out: the agent opens it
+/// whether or not its reply is read, so virtomate awaits the reply and
+/// closes the handle it names before it reports the interruption.
+#[test]
+fn ctrl_c_while_a_guest_file_opens_closes_the_handle_the_agent_gives() {
+    let (signalled, wait_for_signal) = std::sync::mpsc::channel::<()>();
+    let agent = FakeAgent::serve(move |mut conn| {
+        conn.sync();
+        // `stat`, for the file's type and mode: a guest without guest-exec.
+        conn.refuse(
+            "guest-exec",
+            "GenericError",
+            "The command guest-exec has been disabled",
+        );
+        let open = conn.request();
+        assert_eq!(open["execute"], "guest-file-open", "{open}");
+        wait_for_signal.recv().unwrap();
+        conn.reply(&json!({"return": 1000, "id": open["id"]}));
+        // The copy may have sent its first read before it gave up.
+        loop {
+            let request = conn
+                .next_request()
+                .expect("the handle is closed before the client goes");
+            let id = &request["id"];
+            match request["execute"].as_str() {
+                Some("guest-sync-delimited") => {
+                    conn.send("\u{FFFD}\n".as_bytes());
+                    conn.send_sync_reply(request["arguments"]["id"].as_u64().unwrap());
+                }
+                Some("guest-file-read") => {
+                    let empty = json!({"count": 0, "buf-b64": "", "eof": true});
+                    conn.reply(&json!({"return": empty, "id": id}));
+                }
+                Some("guest-file-close") => {
+                    assert_eq!(request["arguments"]["handle"], 1000, "{request}");
+                    conn.reply(&json!({"return": {}, "id": id}));
+                    break;
+                }
+                _ => panic!("unexpected after the signal: {request}"),
+            }
+        }
+        conn.wait_for_close();
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("out");
+    let mut child = virtomate()
+        .args(["-l", "info", "copy"])
+        .arg(format!("{}:/f", agent.socket().display()))
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = StderrLines::of(&mut child);
+    agent.wait_for("guest-file-open");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    stderr.wait_for("being opened: awaiting its handle, to close it");
+    signalled.send(()).unwrap();
+    let out = outcome(child);
+    let message = out.error("Interrupted");
+    assert!(message.contains("closed the file in the guest"), "{message}");
+    assert!(message.contains("the destination was not touched"), "{message}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{message}");
 }

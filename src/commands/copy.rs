@@ -2,12 +2,14 @@
 //! one-line JSON summary (unless standard output is the data); `copy -r`
 //! a directory tree. The copy itself is `crate::copy`'s.
 
+use std::future::Future;
+
 use super::{Answer, Context};
 use crate::agent::{DomainAgent, Signals, Silence};
 use crate::cli::CopyArgs;
 use crate::copy::location::{self, Direction, Location};
 use crate::copy::progress::Show;
-use crate::copy::{Copy, Options, Source, Summary, Target, CLEAN_UP_TIME};
+use crate::copy::{Copy, Opening, Options, Source, Summary, Target, CLEAN_UP_TIME};
 use crate::error::{CliError, ErrorKind};
 
 pub async fn run(args: CopyArgs, context: &Context) -> Result<Answer, CliError> {
@@ -66,6 +68,7 @@ async fn copy(
     let silence = agent.silence();
     let through_libvirtd = agent.through_libvirtd();
     let mut copy = Copy::new(agent);
+    let opening = copy.opening();
     let work = async {
         match direction {
             Direction::In { path, .. } => {
@@ -81,14 +84,39 @@ async fn copy(
             }
         }
     };
-    let outcome = tokio::select! {
-        outcome = work => outcome,
-        _ = signals.arrival() => Err(interrupted("during the copy")),
-    };
+    let outcome = unless_signalled(work, &opening, signals).await;
     match outcome {
         Ok(summary) => Ok(summary),
         Err(error) => Err(failed(&mut copy, error, &silence, through_libvirtd, signals).await),
     }
+}
+
+/// Runs the copy `work` unless a signal comes first. A signal while a
+/// guest file is being opened lets the open end first (its reply awaited
+/// within the reply timeout; a second signal cuts that short), so that
+/// the clean-up closes the handle the agent keeps either way.
+async fn unless_signalled<T>(
+    work: impl Future<Output = Result<T, CliError>>,
+    opening: &Opening,
+    signals: &mut Signals,
+) -> Result<T, CliError> {
+    tokio::pin!(work);
+    tokio::select! {
+        outcome = &mut work => return outcome,
+        _ = signals.arrival() => {}
+    }
+    if opening.in_flight() {
+        tracing::info!("interrupted while a guest file is being opened: awaiting its handle, to close it");
+        let settled = tokio::select! {
+            settled = opening.settle(&mut work) => settled,
+            _ = signals.arrival() => None,
+        };
+        // The copy ended meanwhile: what it says stands.
+        if let Some(outcome) = settled {
+            return outcome;
+        }
+    }
+    Err(interrupted("during the copy"))
 }
 
 /// The error of a copy that failed with `error`, once cleaned up (a
@@ -155,6 +183,7 @@ async fn run_tree(direction: Direction, options: Options, context: &Context) -> 
     let silence = agent.silence();
     let through_libvirtd = agent.through_libvirtd();
     let mut copy = Copy::new(&mut agent);
+    let opening = copy.opening();
     let work = async {
         match &direction {
             Direction::In {
@@ -170,10 +199,7 @@ async fn run_tree(direction: Direction, options: Options, context: &Context) -> 
             _ => unreachable!("checked above"),
         }
     };
-    let outcome = tokio::select! {
-        outcome = work => outcome,
-        _ = signals.arrival() => Err(interrupted("during the copy")),
-    };
+    let outcome = unless_signalled(work, &opening, &mut signals).await;
     let outcome = match outcome {
         Ok(summary) => Ok(summary),
         Err(error) => Err(failed(&mut copy, error, &silence, through_libvirtd, &mut signals).await),

@@ -13,6 +13,7 @@
 //! - `tree`: `copy -r`, a directory tree as a tar stream, unpacked on
 //!   the host without trusting the guest.
 //! - `cut_off`: the clean-up of a copy whose VM stopped under it.
+//! - `opening`: a `guest-file-open` in flight when the copy is given up.
 //!
 //! # Writing into the guest
 //!
@@ -43,6 +44,7 @@ mod cut_off;
 mod guest;
 mod local;
 pub mod location;
+mod opening;
 mod output;
 pub mod progress;
 mod stale;
@@ -65,6 +67,7 @@ use self::guest::{DirKind, Handle};
 use self::local::Dest;
 pub use self::local::Source;
 use self::location::{guest_name, guest_parent};
+pub use self::opening::Opening;
 use self::progress::{Progress, Show};
 pub use self::tree::TreeSummary;
 use crate::error::{CliError, ErrorKind};
@@ -143,6 +146,7 @@ struct LocalPlace {
 pub struct Copy<'a, A: FileAgent> {
     agent: &'a mut A,
     left: Leftovers,
+    opening: Opening,
 }
 
 /// The mode of a guest file written from standard input, which has none.
@@ -153,7 +157,24 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         Copy {
             agent,
             left: Leftovers::default(),
+            opening: Opening::default(),
         }
+    }
+
+    /// Whether a `guest-file-open` of this copy's awaits its reply: for
+    /// whoever gives the copy up, to let it end first (see [`Opening`]).
+    pub fn opening(&self) -> Opening {
+        self.opening.clone()
+    }
+
+    /// Opens the guest file `path` (`mode` as `guest-file-open` takes it)
+    /// and keeps its handle for the clean-up, before the open counts as
+    /// ended.
+    async fn open(&mut self, path: &str, mode: &str) -> Result<Handle, CliError> {
+        let _in_flight = self.opening.begin();
+        let handle = guest::open(self.agent, path, mode).await?;
+        self.left.handle = Some(handle);
+        Ok(handle)
     }
 
     /// Copies `source` to `path` in the guest (into it, with the source's
@@ -172,8 +193,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         let mode = options.mode.or(source.mode).unwrap_or(STDIN_MODE);
         let dir = self.private_dir(guest_parent(&target)).await?;
         let temp = format!("{dir}/data");
-        let handle = guest::open(self.agent, &temp, "w").await?;
-        self.left.handle = Some(handle);
+        let handle = self.open(&temp, "w").await?;
         self.left.guest_temp = Some(temp.clone());
         // Before the first byte: the file's own mode, not the agent's 0666.
         self.set_mode(&temp, mode).await?;
@@ -404,8 +424,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         path: &str,
         options: &Options,
     ) -> Result<(Handle, Option<u64>), CliError> {
-        let handle = guest::open(self.agent, path, "r").await?;
-        self.left.handle = Some(handle);
+        let handle = self.open(path, "r").await?;
         let total = if options.progress.shows() {
             let size = guest::size(self.agent, handle).await?;
             guest::rewind(self.agent, handle).await?;
@@ -427,7 +446,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     ) -> Result<(LocalWriter, Option<LocalPlace>), CliError> {
         match target {
             Target::Path(local) => {
-                let dest = Dest::create(&local, name, &random_name()?).await?;
+                let dest = Dest::create(&local, name, &random_name()?)?;
                 self.left.local_temp = Some(dest.temp.clone());
                 let file =
                     dest.file.try_clone().await.map_err(|e| {
