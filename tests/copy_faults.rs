@@ -343,3 +343,76 @@ fn ctrl_c_while_a_guest_file_opens_closes_the_handle_the_agent_gives() {
     assert!(message.contains("the destination was not touched"), "{message}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{message}");
 }
+
+/// Restarts the VM's agent, from a process of its own session, once the
+/// guest's `SCRIPT` succeeds (as `tests/copy.rs` does).
+fn restart_agent_when(vm: &TestVm, script: &str) {
+    let restart = format!(
+        "until {script}; do sleep 0.1; done; kill $(pidof qemu-ga); sleep 1; \
+         exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0"
+    );
+    guest_sh(
+        &vm.socket(),
+        &format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 &"),
+    );
+}
+
+/// Asserts the error of a copy whose agent restarted under it, and that
+/// the new agent cleaned up; its message.
+fn assert_restarted(out: &Outcome) -> String {
+    let json = out.json();
+    let message = json["message"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(out.status, 1, "{out:?}");
+    // "no longer knows" the file or program, or "could not read" a request
+    // the old agent had begun to read; or no answer at all.
+    let kinds = ["AgentDisconnected", "AgentTimeout"];
+    assert!(
+        kinds.contains(&json["type"].as_str().unwrap_or_default()),
+        "{out:?}"
+    );
+    assert!(message.contains("restarted in the guest"), "{json}");
+    assert!(message.contains("the destination was not touched"), "{json}");
+    assert!(!message.contains("to remove by hand"), "{json}");
+    message
+}
+
+/// What of the copies' is in the guest: private directories, the pipes'
+/// directories, and tar or gzip running.
+fn copies_in_guest(vm: &TestVm) -> String {
+    let script = "ls -d /root/*/.virtomate-* /tmp/virtomate-follow-* 2>/dev/null; \
+                  ps | grep -e '[t]ar -' -e '[g]zip -'; true";
+    let out = crate::support::guest_run_with(&["--timeout", "30"], &vm.socket(), &["sh", "-c", script], None);
+    out.json()["stdout"].as_str().unwrap_or_default().to_owned()
+}
+
+#[test]
+#[ignore = "needs the test VM"]
+fn the_vms_agent_restarted_under_copy_r_compress_out_is_told_and_nothing_is_left() {
+    let vm = TestVm::boot("copy-r-restart");
+    guest_sh(
+        &vm.socket(),
+        "mkdir /root/tree && truncate -s 1G /root/tree/sparse",
+    );
+    let host = tempfile::tempdir().unwrap();
+
+    // Out through gzip, once its output flows. (Not `copy -r` in: an agent
+    // restarted while a long request is sent to it was seen to answer
+    // nothing for 15 s, the clean-up's bound.)
+    let out_dir = host.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    restart_agent_when(
+        &vm,
+        "[ -s \"$(ls /tmp/virtomate-follow-*/out.0 2>/dev/null | head -n 1)\" ]",
+    );
+    let out = outcome(spawn_copy(&[
+        "--reply-timeout",
+        "5",
+        "-r",
+        "--compress",
+        &format!("{}:/root/tree", vm.name),
+        out_dir.join("tree").to_str().unwrap(),
+    ]));
+    let message = assert_restarted(&out);
+    assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "{message}");
+    assert_eq!(copies_in_guest(&vm), "", "{message}");
+}

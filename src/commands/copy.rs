@@ -137,6 +137,12 @@ async fn failed(
             .error("its agent went with it, and the copy was cut short")
             .with_hint(left);
     }
+    if matches!(
+        error.kind(),
+        ErrorKind::AgentTimeout | ErrorKind::AgentDisconnected
+    ) {
+        copy.start_afresh().await;
+    }
     let left = tokio::select! {
         left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()) => left.ok(),
         _ = signals.arrival() => None,

@@ -49,6 +49,7 @@ pub async fn run(
     let exec = GuestExec::new(program, args.iter().copied());
     let pid = match agent.execute_raw(&exec).await {
         Ok(started) => started.pid,
+        Err(error) if broken_request(&error) => return Err(file_error(agent, error)),
         Err(error @ AgentError::Agent { .. }) => {
             return Err(agent
                 .error(error)
@@ -224,6 +225,11 @@ pub async fn close(agent: &mut impl FileAgent, handle: Handle) -> Result<(), Cli
 pub fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
     let shown = agent.socket().display().to_string();
     match &error {
+        AgentError::Agent { desc, .. } if broken_request(&error) => CliError::new(
+            ErrorKind::AgentDisconnected,
+            format!("the agent on {shown} could not read virtomate's request ({desc})"),
+        )
+        .with_hint("it has probably restarted in the guest while reading one, and read the rest of it anew"),
         AgentError::Timeout {
             phase: Phase::Reply(_),
             ..
@@ -244,6 +250,13 @@ pub fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
         ),
         _ => agent.error(error),
     }
+}
+
+/// Whether the agent refused a request as no JSON, as a new agent does
+/// that reads the rest of a request the old one had begun to read.
+fn broken_request(error: &AgentError) -> bool {
+    matches!(error, AgentError::Agent { desc, .. }
+        if desc.contains("JSON parse error") || desc.contains("QMP input must be a JSON object"))
 }
 
 /// 128 random bits, in hex: a name nobody in the guest can guess.

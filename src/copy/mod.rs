@@ -59,7 +59,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use virtomate_protocol::feed::Feed;
 use virtomate_protocol::follow::{Follow, FollowError};
-use virtomate_protocol::{hex, stop_group, StopScope};
+use virtomate_protocol::{hex, stop_group, Error as AgentError, StopScope};
 
 pub use self::agent::{FileAgent, LentChannel};
 pub use self::guest::random_name;
@@ -574,6 +574,9 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         let mut done = Vec::new();
         let mut left = Vec::new();
         let name = self.left.program_name.unwrap_or("gzip");
+        // A program the agent no longer knows (it restarted) cannot be
+        // stopped by it: it ends with its pipes, closed below.
+        let mut unknown = None;
         if let Some(pid) = self.left.program.take() {
             let stopped = match self.agent.channel().agent().await {
                 Ok(agent) => stop_group(agent, pid, PROGRAM_GRACE, StopScope::Tree).await,
@@ -581,12 +584,17 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             };
             match stopped {
                 Ok(_) => done.push(format!("stopped {name} (pid {pid}) in the guest")),
+                Err(AgentError::Agent { .. }) if self.left.follow.is_some() => unknown = Some(pid),
                 Err(e) => left.push(format!("{name} may still run in the guest as pid {pid} ({e})")),
             }
         }
         if let Some(mut feed) = self.left.feed.take() {
             if let Err(e) = feed.close(self.agent.channel()).await {
-                left.push(format!("the agent may keep the pipe into {name} open ({e})"));
+                match guest::file_error(self.agent, e) {
+                    // The agent restarted or went away: it holds no pipe of ours.
+                    e if e.kind() == ErrorKind::AgentDisconnected => {}
+                    e => left.push(format!("the agent may keep the pipe into {name} open ({e})")),
+                }
             }
         }
         if let Some(mut follow) = self.left.follow.take() {
@@ -598,6 +606,15 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 Err(FollowError::Full { .. }) => self.left.guest_dir = None,
                 // The directory below is removed again, or named as left.
                 Err(_) => {}
+            }
+        }
+        if let Some(pid) = unknown {
+            match self.ended_with_its_pipes(pid).await {
+                true => done.push(format!("{name} (pid {pid}) ended in the guest")),
+                false => left.push(format!(
+                    "{name} may still run in the guest as pid {pid} (its agent restarted, and the new one \
+                     does not know it)"
+                )),
             }
         }
         if let (Some(_), Some(temp)) = (self.left.handle, self.left.guest_temp.clone()) {
@@ -639,6 +656,23 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         said_left(done, left)
     }
 
+    /// Whether the program `pid`, which the agent no longer knows, has
+    /// ended within five seconds, its pipes closed: asked
+    /// of the guest's `/proc`.
+    async fn ended_with_its_pipes(&mut self, pid: i64) -> bool {
+        let script = "i=0; while [ -d \"/proc/$1\" ]; do [ \"$i\" -lt 50 ] || exit 1; i=$((i + 1)); \
+                      sleep 0.1 2>/dev/null || sleep 1; done";
+        let pid = pid.to_string();
+        let ran = guest::run(
+            self.agent,
+            "/bin/sh",
+            &["-c", script, "sh", &pid],
+            "to see gzip or tar end",
+        )
+        .await;
+        ran.is_ok_and(|ran| ran.ok())
+    }
+
     /// Removes what a failed copy left on the host: the local temporary
     /// file or directory.
     async fn clean_up_host(&mut self, done: &mut Vec<String>, left: &mut Vec<String>) {
@@ -660,6 +694,15 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 Err(e) => left.push(format!("{} ({e})", temp.display())),
             }
         }
+    }
+
+    /// Lets go of the agent's connection: the next exchange connects anew
+    /// and starts with a sync, which resets the agent's parser and skips
+    /// stale replies. For a clean-up after the agent went silent or away:
+    /// a restarted agent reads the rest of a request the old one had begun
+    /// to read as garbage.
+    pub async fn start_afresh(&mut self) {
+        self.agent.channel().release().await;
     }
 
     /// What [`Copy::clean_up`] has not removed yet: for a clean-up cut short.
