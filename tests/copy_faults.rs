@@ -416,3 +416,37 @@ fn the_vms_agent_restarted_under_copy_r_compress_out_is_told_and_nothing_is_left
     assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "{message}");
     assert_eq!(copies_in_guest(&vm), "", "{message}");
 }
+
+#[test]
+#[ignore = "needs libvirtd and the test VM"]
+fn through_libvirtd_a_domain_killed_under_a_copy_out_is_told_not_running() {
+    let mut env = crate::libvirt::LibvirtEnv::start();
+    let name = crate::support::unique_name("vt-copy-killed");
+    env.define(&name, &[]);
+    guest_sh(Path::new(&name), "truncate -s 1G /root/sparse");
+    let dir = tempfile::tempdir().unwrap();
+    let dest = dir.path().join("file");
+    let child = spawn_copy(&[
+        "--chunk-size",
+        "4K",
+        &format!("{name}:/root/sparse"),
+        dest.to_str().unwrap(),
+    ]);
+    wait_until(60, "the copy out to write here", || local_copy_writes(dir.path()));
+    let qemu = crate::libvirt::libvirt_pid_file(&name);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let out = outcome(child);
+    let message = out.error("AgentDisconnected");
+    let said = format!("the domain {name} is not running (libvirt ");
+    assert!(message.starts_with(&said), "{message}");
+    assert!(
+        message.contains("its agent went with it, and the copy was cut short"),
+        "{message}"
+    );
+    assert!(message.contains("removed the temporary"), "{message}");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{message}");
+}
