@@ -2,9 +2,9 @@
 //! its agent is gone, and with it the open file and any program of the
 //! copy's, so only the host's side can be cleaned. What the copy had made
 //! in the guest stays on the guest's disk, should that outlast the VM:
-//! it is named, with what removes it later (both kinds of directory are
-//! tagged with this virtomate's process, see `stale` and the protocol
-//! crate's `guest::leftovers`).
+//! it is named, with what removes it later: the private directory beside
+//! the destination is tagged with this virtomate's process (see `stale`),
+//! the pipes' directory of `--compress` and `-r` is not.
 
 use super::location::guest_parent;
 use super::{said_left, Copy, FileAgent};
@@ -31,10 +31,14 @@ impl<A: FileAgent> Copy<'_, A> {
                 _ => String::new(),
             };
             let removed_by = match follow_dir.as_deref() == Some(dir.as_str()) {
-                true => "the next followed run (or compressed or directory copy) from this host".to_owned(),
-                false => format!("the next copy into {} from this host", guest_parent(&dir)),
+                // Made untagged: no later run judges it.
+                true => "to remove by hand".to_owned(),
+                false => format!(
+                    "the next copy of one file into {} from this host removes it",
+                    guest_parent(&dir)
+                ),
             };
-            in_guest.push(format!("{dir}{holding} ({removed_by} removes it)"));
+            in_guest.push(format!("{dir}{holding} ({removed_by})"));
         }
         self.left = Default::default();
         match in_guest.is_empty() {
