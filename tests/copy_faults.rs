@@ -450,3 +450,35 @@ fn through_libvirtd_a_domain_killed_under_a_copy_out_is_told_not_running() {
     assert!(message.contains("removed the temporary"), "{message}");
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{message}");
 }
+
+/// A session's copy out cut off by its VM killed: its error reply says
+/// the domain is not running, as `virtomate copy` does.
+#[test]
+#[ignore = "needs the test VM"]
+fn a_vm_killed_under_a_sessions_copy_is_told_not_running() {
+    let vm = TestVm::boot("session-copy-killed");
+    guest_sh(&vm.socket(), "truncate -s 1G /root/sparse");
+    let mut live = crate::support::live_session::Live::start(&[], &vm.name);
+    live.send(json!({"id": "c", "copy_from": "/root/sparse", "chunk_size": 4096}));
+    let first = live.reply();
+    assert!(first.get("data").is_some(), "{first}");
+    vm.kill();
+    let failed = loop {
+        let reply = live.reply();
+        if reply.get("data").is_none() {
+            break reply;
+        }
+    };
+    assert_eq!(failed["id"], "c", "{failed}");
+    assert_eq!(failed["error"]["type"], "AgentDisconnected", "{failed}");
+    let message = failed["error"]["message"].as_str().unwrap();
+    let said = format!(
+        "the domain {} is not running (its QEMU, pid {}, has ended)",
+        vm.name,
+        vm.qemu_pid()
+    );
+    assert!(message.starts_with(&said), "{message}");
+    assert!(message.contains("the copy was cut short"), "{message}");
+    live.close_input();
+    live.finish();
+}

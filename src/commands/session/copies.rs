@@ -458,6 +458,13 @@ impl Copies<'_> {
             Ok(answered) => return (Line::result(id, answered), false),
             Err(error) => error,
         };
+        // A VM that stopped under the copy: told as `virtomate copy` tells it.
+        let through_libvirtd = self.errors.through_libvirtd;
+        if let Some(vm) = self.silence.stopped_during(&error, through_libvirtd).await {
+            let left = copy.clean_up_after_stop().await;
+            let error = vm.error("its agent went with it, and the copy was cut short");
+            return (Line::error(id, &error.with_hint(left)), stopped);
+        }
         let left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()).await;
         let left = left.unwrap_or_else(|_| copy.pending());
         let error = self.silence.explain(error).await;
