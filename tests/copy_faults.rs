@@ -278,13 +278,11 @@ fn an_agent_restarted_under_copies_both_ways_is_told_and_the_new_one_cleans_up()
     assert!(!message.contains("to remove by hand"), "{message}");
 }
 
-/// Ctrl-C while the agent opens the file to copy out: the agent opens it
-/// whether or not its reply is read, so virtomate awaits the reply and
-/// closes the handle it names before it reports the interruption.
-#[test]
-fn ctrl_c_while_a_guest_file_opens_closes_the_handle_the_agent_gives() {
-    let (signalled, wait_for_signal) = std::sync::mpsc::channel::<()>();
-    let agent = FakeAgent::serve(move |mut conn| {
+/// A fake agent that holds the reply to the copy's `guest-file-open`
+/// until `signalled` says the test has sent its signal, then names handle
+/// 1000, and requires it closed before the client goes.
+fn holding_the_open(signalled: std::sync::mpsc::Receiver<()>) -> FakeAgent {
+    FakeAgent::serve(move |mut conn| {
         conn.sync();
         // `stat`, for the file's type and mode: a guest without guest-exec.
         conn.refuse(
@@ -294,7 +292,7 @@ fn ctrl_c_while_a_guest_file_opens_closes_the_handle_the_agent_gives() {
         );
         let open = conn.request();
         assert_eq!(open["execute"], "guest-file-open", "{open}");
-        wait_for_signal.recv().unwrap();
+        signalled.recv().unwrap();
         conn.reply(&json!({"return": 1000, "id": open["id"]}));
         // The copy may have sent its first read before it gave up.
         loop {
@@ -320,7 +318,16 @@ fn ctrl_c_while_a_guest_file_opens_closes_the_handle_the_agent_gives() {
             }
         }
         conn.wait_for_close();
-    });
+    })
+}
+
+/// Ctrl-C while the agent opens the file to copy out: the agent opens it
+/// whether or not its reply is read, so virtomate awaits the reply and
+/// closes the handle it names before it reports the interruption.
+#[test]
+fn ctrl_c_while_a_guest_file_opens_closes_the_handle_the_agent_gives() {
+    let (signalled, wait_for_signal) = std::sync::mpsc::channel::<()>();
+    let agent = holding_the_open(wait_for_signal);
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("out");
     let mut child = virtomate()
@@ -481,4 +488,35 @@ fn a_vm_killed_under_a_sessions_copy_is_told_not_running() {
     assert!(message.contains("the copy was cut short"), "{message}");
     live.close_input();
     live.finish();
+}
+
+/// The same in a session: its copy's error reply says it closed the file.
+#[test]
+fn ctrl_c_while_a_sessions_copy_opens_a_guest_file_closes_the_handle() {
+    let (signalled, wait_for_signal) = std::sync::mpsc::channel::<()>();
+    let agent = holding_the_open(wait_for_signal);
+    let mut child = virtomate()
+        .args(["-l", "info", "session"])
+        .arg(agent.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = StderrLines::of(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", json!({"id": "c", "copy_from": "/f"})).unwrap();
+    agent.wait_for("guest-file-open");
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+    stderr.wait_for("being opened: awaiting its handle, to close it");
+    signalled.send(()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    drop(stdin);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let reply: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(reply["id"], "c", "{stdout}");
+    assert_eq!(reply["error"]["type"], "Interrupted", "{stdout}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.contains("closed the file in the guest"), "{message}");
 }

@@ -106,7 +106,6 @@ async fn unless_signalled<T>(
         _ = signals.arrival() => {}
     }
     if opening.in_flight() {
-        tracing::info!("interrupted while a guest file is being opened: awaiting its handle, to close it");
         let settled = tokio::select! {
             settled = opening.settle(&mut work) => settled,
             _ = signals.arrival() => None,

@@ -47,6 +47,9 @@ impl Opening {
     /// Drives `work` (the copy) on until no open of its awaits a reply:
     /// `None` then, or its outcome if it ends first.
     pub async fn settle<W: Future + Unpin>(&self, work: &mut W) -> Option<W::Output> {
+        if self.in_flight() {
+            tracing::info!("given up while a guest file is being opened: awaiting its handle, to close it");
+        }
         loop {
             let ended = self.0.ended.notified();
             tokio::pin!(ended);

@@ -433,6 +433,7 @@ impl Copies<'_> {
             errors: self.errors,
         };
         let mut copy = Copy::new(&mut agent);
+        let opening = copy.opening();
         let id = job.id;
         let work = async {
             let options = &job.options;
@@ -450,12 +451,21 @@ impl Copies<'_> {
                 }
             }
         };
-        let (outcome, stopped) = tokio::select! {
-            outcome = work => (outcome, false),
-            () = self.state.stop.notified() => (Err(interrupted()), true),
+        let (outcome, stopped) = {
+            tokio::pin!(work);
+            tokio::select! {
+                outcome = &mut work => (outcome, false),
+                () = self.state.stop.notified() => {
+                    // As `virtomate copy`: a guest file being opened is let
+                    // open (within the reply timeout), for the clean-up to
+                    // close the handle the agent keeps either way.
+                    let settled = opening.settle(&mut work).await;
+                    (settled.unwrap_or_else(|| Err(interrupted())), true)
+                }
+            }
         };
         let error = match outcome {
-            Ok(answered) => return (Line::result(id, answered), false),
+            Ok(answered) => return (Line::result(id, answered), stopped),
             Err(error) => error,
         };
         // A VM that stopped under the copy: told as `virtomate copy` tells it.
