@@ -434,6 +434,8 @@ fn through_libvirtd_a_domain_killed_under_a_copy_out_is_told_not_running() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("file");
     let child = spawn_copy(&[
+        "-l",
+        "debug",
         "--chunk-size",
         "4K",
         &format!("{name}:/root/sparse"),
@@ -447,6 +449,8 @@ fn through_libvirtd_a_domain_killed_under_a_copy_out_is_told_not_running() {
     )
     .unwrap();
     let out = outcome(child);
+    // What libvirtd said of the domain, for a failure: in the log.
+    assert_eq!(out.json()["type"], "AgentDisconnected", "{}", out.stderr);
     let message = out.error("AgentDisconnected");
     let said = format!("the domain {name} is not running (libvirt ");
     assert!(message.starts_with(&said), "{message}");

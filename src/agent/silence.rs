@@ -202,13 +202,30 @@ async fn libvirt_state_once_stopped(
         reply_timeout: options.reply_timeout.min(Duration::from_secs(2)),
         ..options.clone()
     };
-    let mut libvirt = LibvirtClient::connect(socket, uri, &quick).await.ok()?;
     let give_up = tokio::time::Instant::now() + STOPPED_WITHIN;
+    let mut libvirt = None;
     while tokio::time::Instant::now() < give_up {
-        let state = match libvirt.lookup_domain_by_name(name).await {
-            Ok(domain) => libvirt.domain_state(&domain).await,
+        // A libvirtd slow to answer (under load) is asked again, on a new
+        // connection, until the bound: not taken for a domain that runs.
+        let client = match libvirt.as_mut() {
+            Some(client) => client,
+            None => match LibvirtClient::connect(socket, uri, &quick).await {
+                Ok(client) => libvirt.insert(client),
+                Err(error) => {
+                    tracing::debug!(%error, "libvirtd, asked for the state of {name}");
+                    tokio::time::sleep(LOOK_AGAIN).await;
+                    continue;
+                }
+            },
+        };
+        let state = match client.lookup_domain_by_name(name).await {
+            Ok(domain) => client.domain_state(&domain).await,
             Err(error) => Err(error),
         };
+        tracing::debug!(
+            ?state,
+            "libvirtd's word on {name}, after its agent's channel failed"
+        );
         match state {
             Ok((DomainState::Running, _)) => tokio::time::sleep(LOOK_AGAIN).await,
             Ok((DomainState::ShuttingDown, _)) => return Some("libvirt reports it shutting down".to_owned()),
@@ -219,7 +236,13 @@ async fn libvirt_state_once_stopped(
             Err(AgentError::Libvirt { code, .. }) if code == ERR_NO_DOMAIN => {
                 return Some("libvirt no longer knows it: a transient domain that stopped".to_owned())
             }
-            Err(_) => return None,
+            // libvirtd's own refusal is its answer; a timeout or hang-up
+            // is asked again.
+            Err(AgentError::Libvirt { .. }) => return None,
+            Err(_) => {
+                libvirt = None;
+                tokio::time::sleep(LOOK_AGAIN).await;
+            }
         }
     }
     None
