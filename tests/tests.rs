@@ -13,6 +13,7 @@ mod agent_commands;
 mod arguments;
 mod big_payloads;
 mod copy;
+mod copy_faults;
 mod copy_tree;
 mod diagnostics;
 mod doctor_channels;

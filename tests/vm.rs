@@ -45,7 +45,7 @@ fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     // away alone: nothing listens on the socket any more.
     let message = json["message"].as_str().unwrap();
     assert!(
-        message.contains("is not running (nothing has listened on the socket"),
+        message.contains("is not running (nothing has listened on its agent socket"),
         "{message}"
     );
     // The reply timeout is 30 s: the closed socket was noticed, not waited out.

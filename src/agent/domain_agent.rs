@@ -302,6 +302,12 @@ impl DomainAgent {
         self.errors.error(error)
     }
 
+    /// Like [`DomainAgent::error`], for a failure while the program `pid`
+    /// runs in the guest (see [`AgentErrors::error_while_running`]).
+    pub fn error_while_running(&self, error: virtomate_protocol::Error, pid: i64) -> CliError {
+        self.errors.error_while_running(error, pid)
+    }
+
     /// Like [`DomainAgent::error`], keeping the class of the agent's error reply,
     /// which the raw commands show.
     pub fn raw_error(&self, error: virtomate_protocol::Error) -> CliError {

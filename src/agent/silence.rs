@@ -76,8 +76,33 @@ impl Silence {
     /// directly whose QEMU virtomate knows, that process's end. `None`
     /// when the VM runs, or virtomate cannot tell.
     async fn stopped_under(&self, pid: i64, through_libvirtd: bool) -> Option<CliError> {
+        let stopped = self.vm_stopped(through_libvirtd).await?;
+        Some(
+            stopped
+                .error(&format!(
+                    "its agent, and the program (guest pid {pid}), went with it"
+                ))
+                .with_hint("the program's result is lost; start the domain again to run it anew"),
+        )
+    }
+
+    /// Whether the VM stopped under work other than a run (a copy) that
+    /// failed with `error`: where its agent's channel failed as a stopped
+    /// VM explains (see [`Silence::run_failure`]), libvirtd's word on the
+    /// domain, or its QEMU's end. `None` when the VM runs, or virtomate
+    /// cannot tell.
+    pub async fn stopped_during(&self, error: &CliError, through_libvirtd: bool) -> Option<VmStopped> {
+        let fits = agent_errors(error).any(|e| cut_off_by(e, through_libvirtd));
+        match fits {
+            true => self.vm_stopped(through_libvirtd).await,
+            false => None,
+        }
+    }
+
+    /// How the VM stopped, if it did.
+    async fn vm_stopped(&self, through_libvirtd: bool) -> Option<VmStopped> {
         let Some(vm) = run_state::owner_of(&self.found, &self.scope) else {
-            return self.socket_left_under(pid, through_libvirtd).await;
+            return self.socket_left(through_libvirtd).await;
         };
         let how = match (through_libvirtd, &vm.libvirt_daemon, vm.pid) {
             (true, Some((uri, socket)), _) => {
@@ -86,17 +111,7 @@ impl Silence {
             (false, _, Some(qemu)) => process_ended_within(qemu, ENDED_WITHIN).await?,
             _ => return None,
         };
-        Some(
-            CliError::new(
-                ErrorKind::AgentDisconnected,
-                format!(
-                    "the domain {} is not running ({how}): its agent, and the program (guest pid {pid}), \
-                     went with it",
-                    vm.name
-                ),
-            )
-            .with_hint("the program's result is lost; start the domain again to run it anew"),
-        )
+        Some(VmStopped { name: vm.name, how })
     }
 }
 
@@ -106,7 +121,7 @@ impl Silence {
     /// looking at every run's start would cost every run), the socket
     /// itself: nobody listening on it for a while means its QEMU is gone.
     /// A QEMU that runs listens again at once when a client leaves.
-    async fn socket_left_under(&self, pid: i64, through_libvirtd: bool) -> Option<CliError> {
+    async fn socket_left(&self, through_libvirtd: bool) -> Option<VmStopped> {
         if through_libvirtd || self.found.source != Source::Socket {
             return None;
         }
@@ -118,19 +133,57 @@ impl Silence {
             }
             tokio::time::sleep(LOOK_AGAIN).await;
         }
-        Some(
-            CliError::new(
-                ErrorKind::AgentDisconnected,
-                format!(
-                    "the VM of the agent socket {} is not running (nothing has listened on the socket \
-                     for {} s: the QEMU that served it has ended): its agent, and the program \
-                     (guest pid {pid}), went with it",
-                    socket.display(),
-                    UNHEARD_FOR.as_secs()
-                ),
-            )
-            .with_hint("the program's result is lost; start the VM again to run it anew"),
+        Some(VmStopped {
+            name: socket.display().to_string(),
+            how: format!(
+                "nothing has listened on its agent socket for {} s: the QEMU that served it has ended",
+                UNHEARD_FOR.as_secs()
+            ),
+        })
+    }
+}
+
+/// A VM that stopped under an agent's work: its name and how it is told.
+#[derive(Debug, Clone)]
+pub struct VmStopped {
+    pub name: String,
+    pub how: String,
+}
+
+impl VmStopped {
+    /// The error that says so, then `what_went`.
+    pub fn error(&self, what_went: &str) -> CliError {
+        CliError::new(
+            ErrorKind::AgentDisconnected,
+            format!(
+                "the domain {} is not running ({}): {what_went}",
+                self.name, self.how
+            ),
         )
+    }
+}
+
+/// The agent's errors behind `error`, outermost first.
+fn agent_errors(error: &CliError) -> impl Iterator<Item = &AgentError> {
+    let mut next = std::error::Error::source(error);
+    std::iter::from_fn(move || {
+        while let Some(cause) = next {
+            next = cause.source();
+            if let Some(agent) = cause.downcast_ref::<AgentError>() {
+                return Some(agent);
+            }
+        }
+        None
+    })
+}
+
+/// Whether the channel failed with `error` as a stopped VM explains: any
+/// libvirt error through libvirtd, or on a direct channel the connection
+/// closed or its socket gone.
+fn cut_off_by(error: &AgentError, through_libvirtd: bool) -> bool {
+    match through_libvirtd {
+        true => matches!(error, AgentError::Libvirt { .. }),
+        false => matches!(error, AgentError::Disconnected | AgentError::Connect { .. }),
     }
 }
 
@@ -143,10 +196,7 @@ fn cut_off(failure: &Failure, errors: &AgentErrors) -> Option<i64> {
     let Stage::Running { pid } = failure.stage else {
         return None;
     };
-    let fits = |error: &AgentError| match errors.through_libvirtd {
-        true => matches!(error, AgentError::Libvirt { .. }),
-        false => matches!(error, AgentError::Disconnected | AgentError::Connect { .. }),
-    };
+    let fits = |error: &AgentError| cut_off_by(error, errors.through_libvirtd);
     let output_fits = match &failure.output {
         Some(FollowError::Agent(error)) => fits(error),
         _ => false,
@@ -188,13 +238,30 @@ async fn libvirt_state_once_stopped(
         reply_timeout: options.reply_timeout.min(Duration::from_secs(2)),
         ..options.clone()
     };
-    let mut libvirt = LibvirtClient::connect(socket, uri, &quick).await.ok()?;
     let give_up = tokio::time::Instant::now() + STOPPED_WITHIN;
+    let mut libvirt = None;
     while tokio::time::Instant::now() < give_up {
-        let state = match libvirt.lookup_domain_by_name(name).await {
-            Ok(domain) => libvirt.domain_state(&domain).await,
+        // A libvirtd slow to answer (under load) is asked again, on a new
+        // connection, until the bound: not taken for a domain that runs.
+        let client = match libvirt.as_mut() {
+            Some(client) => client,
+            None => match LibvirtClient::connect(socket, uri, &quick).await {
+                Ok(client) => libvirt.insert(client),
+                Err(error) => {
+                    tracing::debug!(%error, "libvirtd, asked for the state of {name}");
+                    tokio::time::sleep(LOOK_AGAIN).await;
+                    continue;
+                }
+            },
+        };
+        let state = match client.lookup_domain_by_name(name).await {
+            Ok(domain) => client.domain_state(&domain).await,
             Err(error) => Err(error),
         };
+        tracing::debug!(
+            ?state,
+            "libvirtd's word on {name}, after its agent's channel failed"
+        );
         match state {
             Ok((DomainState::Running, _)) => tokio::time::sleep(LOOK_AGAIN).await,
             Ok((DomainState::ShuttingDown, _)) => return Some("libvirt reports it shutting down".to_owned()),
@@ -205,7 +272,13 @@ async fn libvirt_state_once_stopped(
             Err(AgentError::Libvirt { code, .. }) if code == ERR_NO_DOMAIN => {
                 return Some("libvirt no longer knows it: a transient domain that stopped".to_owned())
             }
-            Err(_) => return None,
+            // libvirtd's own refusal is its answer; a timeout or hang-up
+            // is asked again.
+            Err(AgentError::Libvirt { .. }) => return None,
+            Err(_) => {
+                libvirt = None;
+                tokio::time::sleep(LOOK_AGAIN).await;
+            }
         }
     }
     None

@@ -2,13 +2,14 @@
 //! one-line JSON summary (unless standard output is the data); `copy -r`
 //! a directory tree. The copy itself is `crate::copy`'s.
 
+use std::future::Future;
+
 use super::{Answer, Context};
-use crate::agent::DomainAgent;
-use crate::agent::Signals;
+use crate::agent::{DomainAgent, Signals, Silence};
 use crate::cli::CopyArgs;
 use crate::copy::location::{self, Direction, Location};
 use crate::copy::progress::Show;
-use crate::copy::{Copy, Options, Source, Summary, Target, CLEAN_UP_TIME};
+use crate::copy::{Copy, Opening, Options, Source, Summary, Target, CLEAN_UP_TIME};
 use crate::error::{CliError, ErrorKind};
 
 pub async fn run(args: CopyArgs, context: &Context) -> Result<Answer, CliError> {
@@ -64,7 +65,10 @@ async fn copy(
     options: &Options,
     signals: &mut Signals,
 ) -> Result<Summary, CliError> {
+    let silence = agent.silence();
+    let through_libvirtd = agent.through_libvirtd();
     let mut copy = Copy::new(agent);
+    let opening = copy.opening();
     let work = async {
         match direction {
             Direction::In { path, .. } => {
@@ -80,20 +84,70 @@ async fn copy(
             }
         }
     };
-    let outcome = tokio::select! {
-        outcome = work => outcome,
-        _ = signals.arrival() => Err(interrupted("during the copy")),
-    };
-    let error = match outcome {
-        Ok(summary) => return Ok(summary),
-        Err(error) => error,
-    };
+    let outcome = unless_signalled(work, &opening, signals).await;
+    match outcome {
+        Ok(summary) => Ok(summary),
+        Err(error) => Err(failed(&mut copy, error, &silence, through_libvirtd, signals).await),
+    }
+}
+
+/// Runs the copy `work` unless a signal comes first. A signal while a
+/// guest file is being opened lets the open end first (its reply awaited
+/// within the reply timeout; a second signal cuts that short), so that
+/// the clean-up closes the handle the agent keeps either way.
+async fn unless_signalled<T>(
+    work: impl Future<Output = Result<T, CliError>>,
+    opening: &Opening,
+    signals: &mut Signals,
+) -> Result<T, CliError> {
+    tokio::pin!(work);
+    tokio::select! {
+        outcome = &mut work => return outcome,
+        _ = signals.arrival() => {}
+    }
+    if opening.in_flight() {
+        let settled = tokio::select! {
+            settled = opening.settle(&mut work) => settled,
+            _ = signals.arrival() => None,
+        };
+        // The copy ended meanwhile: what it says stands.
+        if let Some(outcome) = settled {
+            return outcome;
+        }
+    }
+    Err(interrupted("during the copy"))
+}
+
+/// The error of a copy that failed with `error`, once cleaned up (a
+/// signal cuts that short), saying what is left where. A VM that stopped
+/// under it is said as a run cut off so says it (see
+/// [`Silence::run_failure`]); an agent that went silent comes with QEMU's
+/// run state.
+async fn failed(
+    copy: &mut Copy<'_, DomainAgent>,
+    error: CliError,
+    silence: &Silence,
+    through_libvirtd: bool,
+    signals: &mut Signals,
+) -> CliError {
+    if let Some(stopped) = silence.stopped_during(&error, through_libvirtd).await {
+        let left = copy.clean_up_after_stop().await;
+        return stopped
+            .error("its agent went with it, and the copy was cut short")
+            .with_hint(left);
+    }
+    if matches!(
+        error.kind(),
+        ErrorKind::AgentTimeout | ErrorKind::AgentDisconnected
+    ) {
+        copy.start_afresh().await;
+    }
     let left = tokio::select! {
         left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()) => left.ok(),
         _ = signals.arrival() => None,
     };
     let left = left.unwrap_or_else(|| copy.pending());
-    Err(error.with_hint(left))
+    silence.explain(error).await.with_hint(left)
 }
 
 /// `copy -r`: between a local directory and a guest one, never `-`.
@@ -131,7 +185,10 @@ async fn run_tree(direction: Direction, options: Options, context: &Context) -> 
         agent = DomainAgent::connect(&domain, context) => agent?,
         _ = signals.arrival() => return Err(interrupted("while connecting to the agent; nothing was copied")),
     };
+    let silence = agent.silence();
+    let through_libvirtd = agent.through_libvirtd();
     let mut copy = Copy::new(&mut agent);
+    let opening = copy.opening();
     let work = async {
         match &direction {
             Direction::In {
@@ -147,20 +204,10 @@ async fn run_tree(direction: Direction, options: Options, context: &Context) -> 
             _ => unreachable!("checked above"),
         }
     };
-    let outcome = tokio::select! {
-        outcome = work => outcome,
-        _ = signals.arrival() => Err(interrupted("during the copy")),
-    };
+    let outcome = unless_signalled(work, &opening, &mut signals).await;
     let outcome = match outcome {
         Ok(summary) => Ok(summary),
-        Err(error) => {
-            let left = tokio::select! {
-                left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()) => left.ok(),
-                _ = signals.arrival() => None,
-            };
-            let left = left.unwrap_or_else(|| copy.pending());
-            Err(error.with_hint(left))
-        }
+        Err(error) => Err(failed(&mut copy, error, &silence, through_libvirtd, &mut signals).await),
     };
     agent.close().await;
     let json = serde_json::to_value(outcome?).expect("a summary always serializes");

@@ -25,6 +25,10 @@ pub trait FileAgent {
     /// An agent failure in the user's terms.
     fn error(&self, error: AgentError) -> CliError;
 
+    /// An agent failure while the copy's program `pid` runs in the guest,
+    /// as a run's is told (an agent that forgot it has restarted).
+    fn error_while_running(&self, error: AgentError, pid: i64) -> CliError;
+
     /// The socket the agent is reached on (the agent's, or libvirtd's).
     fn socket(&self) -> &Path;
 
@@ -50,6 +54,10 @@ impl FileAgent for DomainAgent {
 
     fn error(&self, error: AgentError) -> CliError {
         DomainAgent::error(self, error)
+    }
+
+    fn error_while_running(&self, error: AgentError, pid: i64) -> CliError {
+        DomainAgent::error_while_running(self, error, pid)
     }
 
     fn socket(&self) -> &Path {
@@ -84,6 +92,10 @@ impl FileAgent for LentChannel<'_> {
 
     fn error(&self, error: AgentError) -> CliError {
         self.errors.error(error)
+    }
+
+    fn error_while_running(&self, error: AgentError, pid: i64) -> CliError {
+        self.errors.error_while_running(error, pid)
     }
 
     fn socket(&self) -> &Path {

@@ -5,7 +5,7 @@
 use virtomate_protocol::qga::{
     GuestExec, GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileSeek, GuestFileWrite, Whence,
 };
-use virtomate_protocol::Error as AgentError;
+use virtomate_protocol::{Error as AgentError, Phase};
 
 use super::agent::FileAgent;
 use crate::error::{CliError, ErrorKind};
@@ -49,12 +49,13 @@ pub async fn run(
     let exec = GuestExec::new(program, args.iter().copied());
     let pid = match agent.execute_raw(&exec).await {
         Ok(started) => started.pid,
+        Err(error) if broken_request(&error) => return Err(file_error(agent, error)),
         Err(error @ AgentError::Agent { .. }) => {
             return Err(agent
                 .error(error)
                 .with_hint(format!("copy runs {program} in the guest {purpose}")))
         }
-        Err(other) => return Err(agent.error(other)),
+        Err(other) => return Err(file_error(agent, other)),
     };
     let finished = agent.wait_for_exit(pid).await?;
     let status = finished.status;
@@ -218,11 +219,24 @@ pub async fn close(agent: &mut impl FileAgent, handle: Handle) -> Result<(), Cli
 }
 
 /// A failure of a `guest-file-*` command on an open handle. An agent that
-/// no longer knows the handle has restarted; a disabled command is named,
-/// as the agent names it.
-fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
+/// no longer knows the handle has restarted; one that does not answer may
+/// have too, as a run says; a disabled command is named, as the agent
+/// names it.
+pub fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
     let shown = agent.socket().display().to_string();
     match &error {
+        AgentError::Agent { desc, .. } if broken_request(&error) => CliError::new(
+            ErrorKind::AgentDisconnected,
+            format!("the agent on {shown} could not read virtomate's request ({desc})"),
+        )
+        .with_hint("it has probably restarted in the guest while reading one, and read the rest of it anew"),
+        AgentError::Timeout {
+            phase: Phase::Reply(_),
+            ..
+        } if !agent.through_libvirtd() => agent.error(error).with_hint_instead(
+            "it may have stopped or restarted in the guest, or the guest is very slow (raise \
+             --reply-timeout)",
+        ),
         AgentError::Agent { desc, .. } if desc.contains("has not been found") && desc.contains("handle") => {
             CliError::new(
                 ErrorKind::AgentDisconnected,
@@ -236,6 +250,13 @@ fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
         ),
         _ => agent.error(error),
     }
+}
+
+/// Whether the agent refused a request as no JSON, as a new agent does
+/// that reads the rest of a request the old one had begun to read.
+fn broken_request(error: &AgentError) -> bool {
+    matches!(error, AgentError::Agent { desc, .. }
+        if desc.contains("JSON parse error") || desc.contains("QMP input must be a JSON object"))
 }
 
 /// 128 random bits, in hex: a name nobody in the guest can guess.

@@ -121,7 +121,7 @@ pub fn umask() -> u32 {
 
 impl Dest {
     /// `dest`, or `dest/NAME` when it is a directory (or ends with `/`).
-    pub async fn create(dest: &Path, name: Option<&str>, random: &str) -> Result<Dest, CliError> {
+    pub fn create(dest: &Path, name: Option<&str>, random: &str) -> Result<Dest, CliError> {
         let into_dir = dest.as_os_str().to_string_lossy().ends_with('/') || dest.is_dir();
         let dest = match (into_dir, name) {
             (true, Some(name)) => dest.join(name),
@@ -152,13 +152,16 @@ impl Dest {
             file_name.as_deref().unwrap_or("copy")
         ));
         // create_new: never follows or reuses what is there; private until
-        // complete, whatever the file becomes.
-        let file = tokio::fs::OpenOptions::new()
+        // complete, whatever the file becomes. Made at once, not on another
+        // thread: a copy given up (a signal) while it is made would leave
+        // it without its name kept for the clean-up.
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&temp)
-            .await
+            .map(tokio::fs::File::from_std)
             .map_err(|e| {
                 let error = path_error(format!("cannot create a file in {}", parent.display()), e);
                 if parent.is_dir() {

@@ -12,6 +12,8 @@
 //! - `compress`: `--compress`, gzip on the host and in the guest.
 //! - `tree`: `copy -r`, a directory tree as a tar stream, unpacked on
 //!   the host without trusting the guest.
+//! - `cut_off`: the clean-up of a copy whose VM stopped under it.
+//! - `opening`: a `guest-file-open` in flight when the copy is given up.
 //!
 //! # Writing into the guest
 //!
@@ -38,9 +40,11 @@
 mod agent;
 pub mod chunks;
 mod compress;
+mod cut_off;
 mod guest;
 mod local;
 pub mod location;
+mod opening;
 mod output;
 pub mod progress;
 mod stale;
@@ -55,7 +59,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use virtomate_protocol::feed::Feed;
 use virtomate_protocol::follow::{Follow, FollowError};
-use virtomate_protocol::{hex, stop_group, StopScope};
+use virtomate_protocol::{hex, stop_group, Error as AgentError, StopScope};
 
 pub use self::agent::{FileAgent, LentChannel};
 pub use self::guest::random_name;
@@ -63,6 +67,7 @@ use self::guest::{DirKind, Handle};
 use self::local::Dest;
 pub use self::local::Source;
 use self::location::{guest_name, guest_parent};
+pub use self::opening::Opening;
 use self::progress::{Progress, Show};
 pub use self::tree::TreeSummary;
 use crate::error::{CliError, ErrorKind};
@@ -141,6 +146,7 @@ struct LocalPlace {
 pub struct Copy<'a, A: FileAgent> {
     agent: &'a mut A,
     left: Leftovers,
+    opening: Opening,
 }
 
 /// The mode of a guest file written from standard input, which has none.
@@ -151,7 +157,24 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         Copy {
             agent,
             left: Leftovers::default(),
+            opening: Opening::default(),
         }
+    }
+
+    /// Whether a `guest-file-open` of this copy's awaits its reply: for
+    /// whoever gives the copy up, to let it end first (see [`Opening`]).
+    pub fn opening(&self) -> Opening {
+        self.opening.clone()
+    }
+
+    /// Opens the guest file `path` (`mode` as `guest-file-open` takes it)
+    /// and keeps its handle for the clean-up, before the open counts as
+    /// ended.
+    async fn open(&mut self, path: &str, mode: &str) -> Result<Handle, CliError> {
+        let _in_flight = self.opening.begin();
+        let handle = guest::open(self.agent, path, mode).await?;
+        self.left.handle = Some(handle);
+        Ok(handle)
     }
 
     /// Copies `source` to `path` in the guest (into it, with the source's
@@ -170,8 +193,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         let mode = options.mode.or(source.mode).unwrap_or(STDIN_MODE);
         let dir = self.private_dir(guest_parent(&target)).await?;
         let temp = format!("{dir}/data");
-        let handle = guest::open(self.agent, &temp, "w").await?;
-        self.left.handle = Some(handle);
+        let handle = self.open(&temp, "w").await?;
         self.left.guest_temp = Some(temp.clone());
         // Before the first byte: the file's own mode, not the agent's 0666.
         self.set_mode(&temp, mode).await?;
@@ -402,8 +424,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         path: &str,
         options: &Options,
     ) -> Result<(Handle, Option<u64>), CliError> {
-        let handle = guest::open(self.agent, path, "r").await?;
-        self.left.handle = Some(handle);
+        let handle = self.open(path, "r").await?;
         let total = if options.progress.shows() {
             let size = guest::size(self.agent, handle).await?;
             guest::rewind(self.agent, handle).await?;
@@ -425,7 +446,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     ) -> Result<(LocalWriter, Option<LocalPlace>), CliError> {
         match target {
             Target::Path(local) => {
-                let dest = Dest::create(&local, name, &random_name()?).await?;
+                let dest = Dest::create(&local, name, &random_name()?)?;
                 self.left.local_temp = Some(dest.temp.clone());
                 let file =
                     dest.file.try_clone().await.map_err(|e| {
@@ -553,6 +574,9 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         let mut done = Vec::new();
         let mut left = Vec::new();
         let name = self.left.program_name.unwrap_or("gzip");
+        // A program the agent no longer knows (it restarted) cannot be
+        // stopped by it: it ends with its pipes, closed below.
+        let mut unknown = None;
         if let Some(pid) = self.left.program.take() {
             let stopped = match self.agent.channel().agent().await {
                 Ok(agent) => stop_group(agent, pid, PROGRAM_GRACE, StopScope::Tree).await,
@@ -560,12 +584,17 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             };
             match stopped {
                 Ok(_) => done.push(format!("stopped {name} (pid {pid}) in the guest")),
+                Err(AgentError::Agent { .. }) if self.left.follow.is_some() => unknown = Some(pid),
                 Err(e) => left.push(format!("{name} may still run in the guest as pid {pid} ({e})")),
             }
         }
         if let Some(mut feed) = self.left.feed.take() {
             if let Err(e) = feed.close(self.agent.channel()).await {
-                left.push(format!("the agent may keep the pipe into {name} open ({e})"));
+                match guest::file_error(self.agent, e) {
+                    // The agent restarted or went away: it holds no pipe of ours.
+                    e if e.kind() == ErrorKind::AgentDisconnected => {}
+                    e => left.push(format!("the agent may keep the pipe into {name} open ({e})")),
+                }
             }
         }
         if let Some(mut follow) = self.left.follow.take() {
@@ -577,6 +606,15 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 Err(FollowError::Full { .. }) => self.left.guest_dir = None,
                 // The directory below is removed again, or named as left.
                 Err(_) => {}
+            }
+        }
+        if let Some(pid) = unknown {
+            match self.ended_with_its_pipes(pid).await {
+                true => done.push(format!("{name} (pid {pid}) ended in the guest")),
+                false => left.push(format!(
+                    "{name} may still run in the guest as pid {pid} (its agent restarted, and the new one \
+                     does not know it)"
+                )),
             }
         }
         if let (Some(_), Some(temp)) = (self.left.handle, self.left.guest_temp.clone()) {
@@ -614,6 +652,30 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 Err(e) => left.push(format!("{dir} in the guest ({e})")),
             }
         }
+        self.clean_up_host(&mut done, &mut left).await;
+        said_left(done, left)
+    }
+
+    /// Whether the program `pid`, which the agent no longer knows, has
+    /// ended within five seconds, its pipes closed: asked
+    /// of the guest's `/proc`.
+    async fn ended_with_its_pipes(&mut self, pid: i64) -> bool {
+        let script = "i=0; while [ -d \"/proc/$1\" ]; do [ \"$i\" -lt 50 ] || exit 1; i=$((i + 1)); \
+                      sleep 0.1 2>/dev/null || sleep 1; done";
+        let pid = pid.to_string();
+        let ran = guest::run(
+            self.agent,
+            "/bin/sh",
+            &["-c", script, "sh", &pid],
+            "to see gzip or tar end",
+        )
+        .await;
+        ran.is_ok_and(|ran| ran.ok())
+    }
+
+    /// Removes what a failed copy left on the host: the local temporary
+    /// file or directory.
+    async fn clean_up_host(&mut self, done: &mut Vec<String>, left: &mut Vec<String>) {
         // The unpacking thread removes its directory when it fails: once
         // it has ended, the directory is gone, or removed here.
         self.finish_unpacking().await;
@@ -632,19 +694,15 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 Err(e) => left.push(format!("{} ({e})", temp.display())),
             }
         }
-        let done = if done.is_empty() {
-            String::new()
-        } else {
-            format!("{}; ", done.join(", "))
-        };
-        if left.is_empty() {
-            format!("{done}the destination was not touched")
-        } else {
-            format!(
-                "{done}the destination was not touched, but left behind, to remove by hand: {}",
-                left.join("; ")
-            )
-        }
+    }
+
+    /// Lets go of the agent's connection: the next exchange connects anew
+    /// and starts with a sync, which resets the agent's parser and skips
+    /// stale replies. For a clean-up after the agent went silent or away:
+    /// a restarted agent reads the rest of a request the old one had begun
+    /// to read as garbage.
+    pub async fn start_afresh(&mut self) {
+        self.agent.channel().release().await;
     }
 
     /// What [`Copy::clean_up`] has not removed yet: for a clean-up cut short.
@@ -671,6 +729,23 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         }
         format!(
             "the destination was not touched; left behind, to remove by hand: {}",
+            left.join("; ")
+        )
+    }
+}
+
+/// What a clean-up did (`done`) and could not do (`left`), in a sentence.
+fn said_left(done: Vec<String>, left: Vec<String>) -> String {
+    let done = if done.is_empty() {
+        String::new()
+    } else {
+        format!("{}; ", done.join(", "))
+    };
+    if left.is_empty() {
+        format!("{done}the destination was not touched")
+    } else {
+        format!(
+            "{done}the destination was not touched, but left behind, to remove by hand: {}",
             left.join("; ")
         )
     }

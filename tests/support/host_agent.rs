@@ -56,6 +56,20 @@ impl HostAgent {
         self.child = spawn(self.dir.path(), &self.extra, &self.env);
     }
 
+    /// Restarts the agent with its socket never missing, as a guest's
+    /// agent restarts behind QEMU's socket: the new agent starts on a
+    /// socket of its own, which is renamed over the old one's before the
+    /// old agent is killed. A client's connection closes with the old
+    /// agent; its next one reaches the new agent.
+    pub fn replace(&mut self) {
+        let next = self.dir.path().join("next");
+        std::fs::create_dir_all(next.join("state")).unwrap();
+        let child = spawn(&next, &self.extra, &self.env);
+        std::fs::rename(next.join("qga.sock"), self.socket()).unwrap();
+        self.kill();
+        self.child = child;
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("qga.sock")
     }

@@ -433,6 +433,7 @@ impl Copies<'_> {
             errors: self.errors,
         };
         let mut copy = Copy::new(&mut agent);
+        let opening = copy.opening();
         let id = job.id;
         let work = async {
             let options = &job.options;
@@ -450,14 +451,30 @@ impl Copies<'_> {
                 }
             }
         };
-        let (outcome, stopped) = tokio::select! {
-            outcome = work => (outcome, false),
-            () = self.state.stop.notified() => (Err(interrupted()), true),
+        let (outcome, stopped) = {
+            tokio::pin!(work);
+            tokio::select! {
+                outcome = &mut work => (outcome, false),
+                () = self.state.stop.notified() => {
+                    // As `virtomate copy`: a guest file being opened is let
+                    // open (within the reply timeout), for the clean-up to
+                    // close the handle the agent keeps either way.
+                    let settled = opening.settle(&mut work).await;
+                    (settled.unwrap_or_else(|| Err(interrupted())), true)
+                }
+            }
         };
         let error = match outcome {
-            Ok(answered) => return (Line::result(id, answered), false),
+            Ok(answered) => return (Line::result(id, answered), stopped),
             Err(error) => error,
         };
+        // A VM that stopped under the copy: told as `virtomate copy` tells it.
+        let through_libvirtd = self.errors.through_libvirtd;
+        if let Some(vm) = self.silence.stopped_during(&error, through_libvirtd).await {
+            let left = copy.clean_up_after_stop().await;
+            let error = vm.error("its agent went with it, and the copy was cut short");
+            return (Line::error(id, &error.with_hint(left)), stopped);
+        }
         let left = tokio::time::timeout(CLEAN_UP_TIME, copy.clean_up()).await;
         let left = left.unwrap_or_else(|_| copy.pending());
         let error = self.silence.explain(error).await;

@@ -103,7 +103,7 @@ impl<A: FileAgent> Copy<'_, A> {
                     (false, None) => {}
                 }
                 let status = self.agent.channel().execute(&GuestExecStatus { pid }).await;
-                let status = status.map_err(|e| self.agent.error(e))?;
+                let status = status.map_err(|e| self.agent.error_while_running(e, pid))?;
                 if status.exited {
                     ended = Some(status);
                 } else {
@@ -179,7 +179,7 @@ impl<A: FileAgent> Copy<'_, A> {
     /// terms, or what the guest lacked.
     fn follow_error(&self, error: FollowError) -> CliError {
         match error {
-            FollowError::Agent(error) => self.agent.error(error),
+            FollowError::Agent(error) => guest::file_error(self.agent, error),
             other => CliError::new(ErrorKind::AgentCommand, format!("--compress: {other}")).with_hint(
                 "--compress out of the guest reads gzip's output from a private directory under \
                  $TMPDIR or /tmp there, with /bin/sh; copy without --compress",

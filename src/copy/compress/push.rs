@@ -191,8 +191,7 @@ impl<A: FileAgent> Copy<'_, A> {
             let name = format!("part.{}", parts.next);
             parts.next += 1;
             let file = format!("{}/{name}", parts.dir);
-            let handle = guest::open(self.agent, &file, "w").await?;
-            self.left.handle = Some(handle);
+            let handle = self.open(&file, "w").await?;
             self.left.guest_temp = Some(file);
             parts.open = Some((handle, name, 0));
         }
@@ -226,7 +225,7 @@ impl<A: FileAgent> Copy<'_, A> {
                     true => self.agent.wait_for_exit(pid).await?.status,
                     false => {
                         let status = self.agent.execute_raw(&GuestExecStatus { pid }).await;
-                        let status = status.map_err(|e| self.agent.error(e))?;
+                        let status = status.map_err(|e| self.agent.error_while_running(e, pid))?;
                         if !status.exited {
                             return Ok(());
                         }
@@ -264,8 +263,7 @@ impl<A: FileAgent> Copy<'_, A> {
 
     /// The size of the guest file `path`, opened for it.
     async fn guest_size(&mut self, path: &str) -> Result<u64, CliError> {
-        let handle = guest::open(self.agent, path, "r").await?;
-        self.left.handle = Some(handle);
+        let handle = self.open(path, "r").await?;
         self.size_and_close(handle).await
     }
 }

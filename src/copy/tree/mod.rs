@@ -88,7 +88,7 @@ impl<A: FileAgent> Copy<'_, A> {
     /// A failure of the files (and pipe) `tar` works through in the guest.
     fn tree_follow_error(&self, error: FollowError) -> CliError {
         match error {
-            FollowError::Agent(error) => self.agent.error(error),
+            FollowError::Agent(error) => guest::file_error(self.agent, error),
             other => CliError::new(ErrorKind::AgentCommand, format!("copy -r: {other}")).with_hint(
                 "copy -r runs tar in the guest with /bin/sh, its input and output passing through a \
                  private directory under $TMPDIR or /tmp there",

@@ -220,7 +220,7 @@ impl<A: FileAgent> Copy<'_, A> {
                 (false, None) => {}
             }
             let status = self.agent.channel().execute(&GuestExecStatus { pid }).await;
-            let status = status.map_err(|e| self.agent.error(e))?;
+            let status = status.map_err(|e| self.agent.error_while_running(e, pid))?;
             if status.exited {
                 ended = Some(status);
             } else {

@@ -181,7 +181,7 @@ impl<A: FileAgent> Copy<'_, A> {
             let read = follow.read_new(self.agent.channel(), &mut keep).await;
             read.map_err(|e| self.tree_follow_error(e))?;
             let status = self.agent.channel().execute(&GuestExecStatus { pid }).await;
-            let status = status.map_err(|e| self.agent.error(e))?;
+            let status = status.map_err(|e| self.agent.error_while_running(e, pid))?;
             if status.exited {
                 self.left.program = None;
                 let follow = self.left.follow.as_mut().expect("prepared before");
