@@ -225,6 +225,10 @@ impl AgentErrors {
     }
 }
 
+/// How often a master's socket is tried, 50 ms apart, before a closed
+/// connection is put down to the agent rather than the master.
+const MASTER_LOOKS: usize = 3;
+
 impl AgentErrors {
     /// The control master this client went through, when it has gone (a
     /// connection to its socket is refused): a closed connection was then
@@ -232,9 +236,19 @@ impl AgentErrors {
     /// client's connection when the agent's ends.)
     fn gone_master(&self) -> Option<&Path> {
         let master = self.master.as_deref()?;
-        std::os::unix::net::UnixStream::connect(master)
-            .is_err()
-            .then_some(master)
+        // A master killed closes its clients' connections and its
+        // listening socket one after the other as it goes: a connection
+        // taken in between is looked at again, a moment later. Blocking
+        // is fine here: nothing else is left to do but report.
+        for look in 0..MASTER_LOOKS {
+            if std::os::unix::net::UnixStream::connect(master).is_err() {
+                return Some(master);
+            }
+            if look + 1 < MASTER_LOOKS {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        None
     }
 
     /// The control master at `master` closed the connection of a whole
