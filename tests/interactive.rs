@@ -327,7 +327,19 @@ fn a_program_ending_or_stopped_during_bulk_input_has_its_status_reported_and_no_
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(255), "{stderr}");
     assert!(stderr.contains("was stopped with SIGTERM"), "{stderr}");
-    assert!(listing(&tmp).is_empty(), "left behind: {:?}", listing(&tmp));
+    assert!(
+        listing(&tmp).is_empty(),
+        "left behind: {:?} ({:?} in it), virtomate said: {stderr}",
+        listing(&tmp),
+        listing(&tmp)
+            .iter()
+            .map(|dir| std::fs::read_dir(tmp.join(dir))
+                .map(|files| files
+                    .filter_map(|f| Some(f.ok()?.file_name()))
+                    .collect::<Vec<_>>())
+                .unwrap_or_default())
+            .collect::<Vec<_>>()
+    );
     assert_eq!(
         processes_naming(&tmp),
         Vec::<String>::new(),

@@ -79,6 +79,21 @@ impl HostAgent {
         self.child.id()
     }
 
+    /// Starts the agent again if it has exited, as `qemu-ga -m
+    /// unix-listen` sometimes does (status 0, nothing logged) when a
+    /// client holding it is SIGKILLed mid-request: seen about once in ten
+    /// killed control masters. A VM's QEMU keeps its socket through a
+    /// client's death, so a test of what virtomate does next starts the
+    /// host's agent again rather than fail on the agent's own exit.
+    /// Whether it had to.
+    pub fn revive_if_exited(&mut self) -> bool {
+        if !matches!(self.child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        self.restart();
+        true
+    }
+
     /// Stops the agent; its socket stays behind, now refusing connections.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
