@@ -41,13 +41,6 @@ fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["type"], json!("AgentDisconnected"), "{json}");
     assert_eq!(out.status.code(), Some(1));
-    // Given by its socket, the VM is told apart from an agent that went
-    // away alone: nothing listens on the socket any more.
-    let message = json["message"].as_str().unwrap();
-    assert!(
-        message.contains("is not running (nothing has listened on its agent socket"),
-        "{message}"
-    );
     // The reply timeout is 30 s: the closed socket was noticed, not waited out.
     assert!(waited < Duration::from_secs(10), "took {waited:?} to notice");
 }

@@ -11,7 +11,7 @@ use virtomate_protocol::session::{Failure, Stage};
 use virtomate_protocol::{ClientOptions, Error as AgentError};
 
 use super::errors::{AgentErrors, RunFront};
-use crate::domain::{run_state, socket_holders, Domain, Scope, Source};
+use crate::domain::{run_state, Domain, Scope, Source};
 use crate::error::{CliError, ErrorKind};
 
 /// What a domain's agent that does not answer, or hangs up, may be
@@ -101,9 +101,7 @@ impl Silence {
 
     /// How the VM stopped, if it did.
     async fn vm_stopped(&self, through_libvirtd: bool) -> Option<VmStopped> {
-        let Some(vm) = run_state::owner_of(&self.found, &self.scope) else {
-            return self.socket_left(through_libvirtd).await;
-        };
+        let vm = run_state::owner_of(&self.found, &self.scope)?;
         let how = match (through_libvirtd, &vm.libvirt_daemon, vm.pid) {
             (true, Some((uri, socket)), _) => {
                 libvirt_state_once_stopped(socket, uri, &vm.name, &self.options).await?
@@ -112,34 +110,6 @@ impl Silence {
             _ => return None,
         };
         Some(VmStopped { name: vm.name, how })
-    }
-}
-
-impl Silence {
-    /// For a VM given by its agent's socket whose QEMU is no longer found
-    /// (it is looked for among the processes only now, after the failure:
-    /// looking at every run's start would cost every run), the socket
-    /// itself: nobody listening on it for a while means its QEMU is gone.
-    /// A QEMU that runs listens again at once when a client leaves.
-    async fn socket_left(&self, through_libvirtd: bool) -> Option<VmStopped> {
-        if through_libvirtd || self.found.source != Source::Socket {
-            return None;
-        }
-        let socket = &self.found.agent_channels.first()?.path;
-        let give_up = tokio::time::Instant::now() + UNHEARD_FOR;
-        while tokio::time::Instant::now() < give_up {
-            if socket_holders::is_listening(socket).unwrap_or(true) {
-                return None;
-            }
-            tokio::time::sleep(LOOK_AGAIN).await;
-        }
-        Some(VmStopped {
-            name: socket.display().to_string(),
-            how: format!(
-                "nothing has listened on its agent socket for {} s: the QEMU that served it has ended",
-                UNHEARD_FOR.as_secs()
-            ),
-        })
     }
 }
 
@@ -214,12 +184,6 @@ const STOPPED_WITHIN: Duration = Duration::from_secs(10);
 /// agent's connection closed: the kernel closes its files before it
 /// makes a zombie of it.
 const ENDED_WITHIN: Duration = Duration::from_secs(1);
-
-/// How long nobody may listen on a VM's agent socket before its QEMU is
-/// said to have ended: an agent on the host (`qemu-ga -m unix-listen`)
-/// stops listening for a moment after each client, and a restarted one
-/// listens again within a second.
-const UNHEARD_FOR: Duration = Duration::from_secs(2);
 
 /// How often a state is looked at again while it still says running.
 const LOOK_AGAIN: Duration = Duration::from_millis(200);
