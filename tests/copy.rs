@@ -48,8 +48,9 @@ fn umask() -> u32 {
     u32::from_str_radix(line.trim(), 8).unwrap()
 }
 
-/// A `copy - DEST` reading a pipe the test holds, to stop it mid-way.
-fn spawn_copy_from_stdin(args: &[&str]) -> Child {
+/// `virtomate copy ARGS`, running, its standard streams piped (for a
+/// `copy - DEST`, a pipe the test holds, to stop it mid-way).
+pub(crate) fn spawn_copy(args: &[&str]) -> Child {
     virtomate()
         .arg("copy")
         .args(args)
@@ -60,7 +61,8 @@ fn spawn_copy_from_stdin(args: &[&str]) -> Child {
         .unwrap()
 }
 
-fn outcome(child: Child) -> Outcome {
+/// What a spawned virtomate printed, and its exit status.
+pub(crate) fn outcome(child: Child) -> Outcome {
     let output = child.wait_with_output().unwrap();
     Outcome {
         status: output.status.code().unwrap_or(-1),
@@ -229,7 +231,7 @@ fn no_byte_is_written_before_the_file_is_private() {
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let dest = shared.join("key");
-    let mut child = spawn_copy_from_stdin(&[
+    let mut child = spawn_copy(&[
         "--mode",
         "600",
         "--chunk-size",
@@ -370,7 +372,7 @@ fn ctrl_c_mid_copy_leaves_no_file_and_no_temporary_and_the_next_copy_works() {
     let agent = HostAgent::start();
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("dest");
-    let mut child = spawn_copy_from_stdin(&["--chunk-size", "4K", "-", &guest(&agent.socket(), &dest)]);
+    let mut child = spawn_copy(&["--chunk-size", "4K", "-", &guest(&agent.socket(), &dest)]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&[7; 8192]).unwrap();
     wait_for_data(dir.path());
@@ -403,7 +405,7 @@ fn an_agent_gone_mid_copy_says_what_it_left_where() {
     let dir = tempfile::tempdir().unwrap();
     let dest = dir.path().join("dest");
     std::fs::write(&dest, b"old").unwrap();
-    let mut child = spawn_copy_from_stdin(&["--chunk-size", "4K", "-", &guest(&agent.socket(), &dest)]);
+    let mut child = spawn_copy(&["--chunk-size", "4K", "-", &guest(&agent.socket(), &dest)]);
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(&[7; 8192]).unwrap();
     let data = wait_for_data(dir.path());
@@ -754,7 +756,7 @@ fn an_agent_restarted_mid_copy_gives_a_clear_error_and_the_next_copy_works() {
     let out = guest_run(&socket, &["sh", "-c", &program]);
     assert_eq!(out.json()["exit_code"], 0, "{out:?}");
     let dest = format!("{}:/tmp/dest", socket.display());
-    let mut child = spawn_copy_from_stdin(&["--reply-timeout", "5", "--chunk-size", "4K", "-", &dest]);
+    let mut child = spawn_copy(&["--reply-timeout", "5", "--chunk-size", "4K", "-", &dest]);
     let mut stdin = child.stdin.take().unwrap();
     // Data trickles in until the copy gives up (it no longer reads), 60 s at
     // most. The pace is the source's, a slow one that keeps the copy under

@@ -11,32 +11,11 @@ use std::process::{Child, Stdio};
 
 use serde_json::json;
 
-use crate::copy::temporaries;
+use crate::copy::{outcome, spawn_copy, temporaries};
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
 use crate::support::{guest_run, virtomate, wait_until, Outcome, StderrLines};
-
-/// `virtomate copy ARGS`, running, its standard streams piped.
-fn spawn_copy(args: &[&str]) -> Child {
-    virtomate()
-        .arg("copy")
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn outcome(child: Child) -> Outcome {
-    let output = child.wait_with_output().unwrap();
-    Outcome {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// What `sh -c SCRIPT` prints in the guest; it must succeed.
 fn guest_sh(socket: &Path, script: &str) -> String {

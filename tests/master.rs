@@ -817,6 +817,24 @@ pub(crate) fn alone(args: &[&str], stdin: Option<&[u8]>) -> Outcome {
     run_command(virtomate().env_remove("VIRTOMATE_PERSIST").args(args), stdin)
 }
 
+/// Each `guest-run SOCK OPTIONS…` (with its standard input) through the
+/// master prints what it prints without one, and exits alike.
+pub(crate) fn runs_end_as_without_the_master(sock: &str, cases: &[(Vec<&str>, Option<&[u8]>)]) {
+    for (options, stdin) in cases {
+        let args: Vec<&str> = ["guest-run", sock]
+            .into_iter()
+            .chain(options.iter().copied())
+            .collect();
+        let through = through_master(&args, *stdin);
+        let without = alone(&args, *stdin);
+        assert_eq!(
+            (through.status, &through.stdout, &through.stderr),
+            (without.status, &without.stdout, &without.stderr),
+            "{options:?}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs qemu-ga on the host"]
 fn a_whole_run_through_the_master_ends_as_a_run_without_it() {
@@ -841,20 +859,7 @@ fn a_whole_run_through_the_master_ends_as_a_run_without_it() {
             None,
         ),
     ];
-    for (options, stdin) in &cases {
-        let args: Vec<&str> = ["guest-run", sock]
-            .iter()
-            .copied()
-            .chain(options.iter().copied())
-            .collect();
-        let through = through_master(&args, *stdin);
-        let without = alone(&args, *stdin);
-        assert_eq!(
-            (through.status, &through.stdout, &through.stderr),
-            (without.status, &without.stdout, &without.stderr),
-            "{options:?}"
-        );
-    }
+    runs_end_as_without_the_master(sock, &cases);
     let info = master_info(&socket);
     assert_eq!(info["runs"], cases.len(), "each ran whole in the master: {info}");
 

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::master::{alone, end_master, master_info, masters_of, through_master, PERSIST};
+use crate::master::{
+    end_master, master_info, masters_of, runs_end_as_without_the_master, through_master, PERSIST,
+};
 use crate::support::fake_agent::{Conn, FakeAgent};
 use crate::support::host_agent::HostAgent;
 use crate::support::older_master::OlderMaster;
@@ -202,19 +204,7 @@ fn a_run_through_an_older_master_ends_as_a_run_without_it() {
             None,
         ),
     ];
-    for (options, stdin) in &cases {
-        let args: Vec<&str> = ["guest-run", sock]
-            .into_iter()
-            .chain(options.iter().copied())
-            .collect();
-        let through = through_master(&args, *stdin);
-        let without = alone(&args, *stdin);
-        assert_eq!(
-            (through.status, &through.stdout, &through.stderr),
-            (without.status, &without.stdout, &without.stderr),
-            "{options:?}"
-        );
-    }
+    runs_end_as_without_the_master(sock, &cases);
     let got = older.got();
     let count = |command: &str| got.iter().filter(|c| *c == command).count();
     assert_eq!(
