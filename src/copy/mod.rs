@@ -171,9 +171,11 @@ impl<'a, A: FileAgent> Copy<'a, A> {
     /// and keeps its handle for the clean-up, before the open counts as
     /// ended.
     async fn open(&mut self, path: &str, mode: &str) -> Result<Handle, CliError> {
-        let _in_flight = self.opening.begin();
+        let in_flight = self.opening.begin();
         let handle = guest::open(self.agent, path, mode).await?;
         self.left.handle = Some(handle);
+        drop(in_flight);
+        self.opening.hold_if_given_up().await;
         Ok(handle)
     }
 

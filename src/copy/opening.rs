@@ -18,6 +18,9 @@ pub struct Opening(Arc<State>);
 #[derive(Default)]
 struct State {
     in_flight: AtomicBool,
+    /// Whoever gives the copy up has begun to: an open that ends goes no
+    /// further (see [`Opening::hold_if_given_up`]).
+    given_up: AtomicBool,
     ended: Notify,
 }
 
@@ -39,6 +42,15 @@ impl Opening {
         InFlight(self.0.clone())
     }
 
+    /// After an open has ended: never goes on where the copy is being given
+    /// up. Its next request would otherwise be sent in the same step as
+    /// the open's reply is taken, before the copy is dropped.
+    pub(super) async fn hold_if_given_up(&self) {
+        if self.0.given_up.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Whether an open is awaiting its reply.
     pub fn in_flight(&self) -> bool {
         self.0.in_flight.load(Ordering::SeqCst)
@@ -47,6 +59,7 @@ impl Opening {
     /// Drives `work` (the copy) on until no open of its awaits a reply:
     /// `None` then, or its outcome if it ends first.
     pub async fn settle<W: Future + Unpin>(&self, work: &mut W) -> Option<W::Output> {
+        self.0.given_up.store(true, Ordering::SeqCst);
         if self.in_flight() {
             tracing::info!("given up while a guest file is being opened: awaiting its handle, to close it");
         }
