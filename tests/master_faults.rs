@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -78,6 +78,20 @@ fn kill_master(socket: &std::path::Path) {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
 }
 
+/// What `client` says once its master is killed while `agent` owes it
+/// the reply to `command`: within its timeouts.
+fn master_killed_under(client: Child, agent: &FakeAgent, command: &str, socket: &Path) -> Output {
+    agent.wait_for_next(command);
+    let killed = Instant::now();
+    kill_master(socket);
+    let output = client.wait_with_output().unwrap();
+    assert!(
+        killed.elapsed() < Duration::from_secs(10),
+        "within the client's timeouts"
+    );
+    output
+}
+
 #[test]
 fn a_master_killed_before_the_program_started_says_it_may_have_started() {
     let agent = agent_silent_on("guest-exec", 2);
@@ -86,15 +100,7 @@ fn a_master_killed_before_the_program_started_says_it_may_have_started() {
     let mut said = Vec::new();
     for options in [&[][..], &["--raw"][..]] {
         let client = spawn_run(options, sock);
-        agent.wait_for_next("guest-exec");
-        let killed = Instant::now();
-        kill_master(&socket);
-        let output = client.wait_with_output().unwrap();
-        assert!(
-            killed.elapsed() < Duration::from_secs(10),
-            "within the client's timeouts"
-        );
-        said.push(output);
+        said.push(master_killed_under(client, &agent, "guest-exec", &socket));
     }
     let (json, raw) = (&said[0], &said[1]);
     assert_eq!(json.status.code(), Some(1), "{json:?}");
@@ -289,14 +295,7 @@ fn a_master_killed_under_a_passed_on_command_is_named_as_what_went_away() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    agent.wait_for_next("guest-info");
-    let killed = Instant::now();
-    kill_master(&socket);
-    let output = client.wait_with_output().unwrap();
-    assert!(
-        killed.elapsed() < Duration::from_secs(10),
-        "within the client's timeouts"
-    );
+    let output = master_killed_under(client, &agent, "guest-info", &socket);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let error: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(error["type"], "AgentDisconnected", "{error}");
