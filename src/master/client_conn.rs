@@ -144,6 +144,24 @@ pub async fn serve_client(
     })
 }
 
+/// Asks `hub` to have the agent connected within `timeout`: the answer
+/// line, as a client's attach gets it; `None` once the hub has ended.
+pub async fn attach(
+    hub: &mpsc::UnboundedSender<ClientEvent>,
+    timeout: std::time::Duration,
+    client_id: Option<&str>,
+) -> Option<Vec<u8>> {
+    let (answer, answered) = oneshot::channel();
+    hub.send(ClientEvent::Attach { timeout, answer }).ok()?;
+    Some(match answered.await.ok()? {
+        Ok(()) => wire::own_reply(serde_json::json!({ "return": {} }), client_id),
+        Err(failure) => {
+            let desc = serde_json::to_string(&failure).expect("plain data serializes");
+            wire::own_error(wire::LINK_FAILURE_CLASS, &desc, client_id)
+        }
+    })
+}
+
 enum Handled {
     Done,
     Forwarded(oneshot::Receiver<()>),
@@ -197,20 +215,10 @@ async fn handle_line(
                 .arguments
                 .and_then(|a| serde_json::from_str::<AttachArguments>(a.get()).ok())
                 .map_or(5000, |a| a.timeout_ms);
-            let (answer, answered) = oneshot::channel();
             let timeout = std::time::Duration::from_millis(timeout_ms);
-            if hub.send(ClientEvent::Attach { timeout, answer }).is_err() {
-                return Handled::Done;
+            if let Some(answer) = attach(hub, timeout, client_id).await {
+                replies.push(answer);
             }
-            let reply = match answered.await {
-                Ok(Ok(())) => wire::own_reply(serde_json::json!({ "return": {} }), client_id),
-                Ok(Err(failure)) => {
-                    let desc = serde_json::to_string(&failure).expect("plain data serializes");
-                    wire::own_error(wire::LINK_FAILURE_CLASS, &desc, client_id)
-                }
-                Err(_) => return Handled::Done,
-            };
-            replies.push(reply);
             Handled::Done
         }
         wire::INFO => {
