@@ -30,16 +30,25 @@ type Asked = Arc<Mutex<Vec<String>>>;
 /// followed run prints its directory. The reply to the first request
 /// `held` picks waits until the test says the signal has been sent (or,
 /// with none said, forever). It tells `held` once it holds it.
-fn willing_agent(held: fn(&Value) -> bool, signalled: Receiver<()>) -> (FakeAgent, Asked) {
+fn willing_agent(
+    held: impl Fn(&Value, Option<&str>) -> bool + Send + 'static,
+    signalled: Receiver<()>,
+) -> (FakeAgent, Asked) {
     let asked = Asked::default();
     let record = asked.clone();
     let agent = FakeAgent::serve(move |mut conn| {
         let (mut next_pid, mut next_handle) = (FIRST_PID, FIRST_HANDLE);
+        // Each program's status once ended, and what its start said.
         let mut statuses = std::collections::HashMap::new();
+        let mut programs = std::collections::HashMap::new();
+        // The program of a run, until something is killed.
+        let mut running = None;
         let mut holding = true;
         while let Some(request) = conn.next_request() {
             let id = request["id"].clone();
-            if holding && held(&request) {
+            let pid = request["arguments"]["pid"].as_i64();
+            let program = pid.and_then(|pid| programs.get(&pid)).map(String::as_str);
+            if holding && held(&request, program) {
                 holding = false;
                 conn.tell("held");
                 if signalled.recv().is_err() {
@@ -57,17 +66,34 @@ fn willing_agent(held: fn(&Value) -> bool, signalled: Receiver<()>) -> (FakeAgen
                 "guest-info" => json!({"version": "7.2.0", "supported_commands": supported()}),
                 "guest-exec" => {
                     let (said, status) = started(&request["arguments"]);
-                    record.lock().unwrap().push(said);
+                    let arguments = request["arguments"].to_string();
+                    if said.starts_with("kill ") || arguments.contains("kill -s STOP") {
+                        running = None;
+                    }
+                    if arguments.contains(r#"exec \"$@\""#) {
+                        running = Some(next_pid);
+                    }
+                    record.lock().unwrap().push(said.clone());
+                    programs.insert(next_pid, said);
                     statuses.insert(next_pid, status);
                     next_pid += 1;
                     json!({"pid": next_pid - 1})
                 }
-                "guest-exec-status" => {
-                    let pid = request["arguments"]["pid"].as_i64().unwrap();
-                    statuses
-                        .remove(&pid)
-                        .expect("a pid the fake agent handed out, asked once")
+                "guest-exec-status" if pid == running => json!({"exited": false}),
+                "guest-exec-status" => match statuses.remove(&pid.unwrap()) {
+                    Some(status) => status,
+                    None => {
+                        // Told ended once, or never started: forgotten.
+                        let error = json!({"class": "GenericError", "desc": "Invalid parameter 'pid'"});
+                        conn.reply(&json!({"error": error, "id": id}));
+                        continue;
+                    }
+                },
+                "guest-file-write" => {
+                    let buf = request["arguments"]["buf-b64"].as_str().unwrap();
+                    json!({"count": STANDARD.decode(buf).unwrap().len(), "eof": false})
                 }
+                "guest-file-flush" => json!({}),
                 "guest-file-open" => {
                     next_handle += 1;
                     json!(next_handle - 1)
@@ -149,7 +175,7 @@ fn is_open(request: &Value) -> bool {
 #[test]
 fn ctrl_c_while_copy_makes_its_private_directory_awaits_mkdir_and_removes_the_directory() {
     let (signalled, wait_for_signal) = std::sync::mpsc::channel();
-    let (agent, asked) = willing_agent(is_mkdir, wait_for_signal);
+    let (agent, asked) = willing_agent(|request, _| is_mkdir(request), wait_for_signal);
     let dir = tempfile::tempdir().unwrap();
     let source = dir.path().join("f");
     std::fs::write(&source, b"data").unwrap();
@@ -199,7 +225,7 @@ fn follow_true(agent: &FakeAgent) -> Child {
 #[test]
 fn ctrl_c_while_a_followed_run_opens_its_output_files_closes_every_handle_the_agent_gives() {
     let (signalled, wait_for_signal) = std::sync::mpsc::channel();
-    let (agent, asked) = willing_agent(is_open, wait_for_signal);
+    let (agent, asked) = willing_agent(|request, _| is_open(request), wait_for_signal);
     let mut child = follow_true(&agent);
     let lines = StderrLines::of(&mut child);
     agent.wait_for("held");
@@ -226,7 +252,7 @@ fn ctrl_c_while_a_followed_run_opens_its_output_files_closes_every_handle_the_ag
 fn a_second_ctrl_c_stops_the_wait_for_an_open_at_once_and_says_what_may_stay() {
     // The open is answered only once virtomate has stopped waiting for it.
     let (signalled, wait_for_signal) = std::sync::mpsc::channel();
-    let (agent, _) = willing_agent(is_open, wait_for_signal);
+    let (agent, _) = willing_agent(|request, _| is_open(request), wait_for_signal);
     let mut child = virtomate()
         .args(["-l", "info", "--reply-timeout", "600", "session"])
         .arg(agent.socket())
@@ -259,4 +285,45 @@ fn a_second_ctrl_c_stops_the_wait_for_an_open_at_once_and_says_what_may_stay() {
         "{message}"
     );
     drop(agent);
+}
+
+#[test]
+fn a_stager_whose_end_a_run_cut_short_was_told_does_not_keep_the_runs_directory() {
+    // The stager's end is told to a look the signal cuts short: the agent
+    // then forgets its pid, and the give-up finds it unknown.
+    let (signalled, wait_for_signal) = std::sync::mpsc::channel();
+    let is_stager_status = |request: &Value, program: Option<&str>| {
+        request["execute"] == "guest-exec-status" && program.is_some_and(|p| p.ends_with("/in.0"))
+    };
+    let (agent, asked) = willing_agent(is_stager_status, wait_for_signal);
+    let mut child = virtomate()
+        .args(["-l", "info", "guest-run", "-i"])
+        .arg(agent.socket())
+        .args(["--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = StderrLines::of(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        let block = vec![b'y'; 64 << 10];
+        while stdin.write_all(&block).is_ok() {}
+    });
+    agent.wait_for("held");
+    sigint(&child);
+    signalled.send(()).unwrap();
+    lines.wait_for("virtomate: Interrupted: interrupted while waiting for the program");
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    drop(agent);
+    assert_eq!(output.status.code(), Some(255), "{output:?}");
+    let asked = asked.lock().unwrap().clone();
+    let staged = asked
+        .iter()
+        .find_map(|said| said.strip_prefix("/bin/sh sh ")?.strip_suffix("/in.0"));
+    let dir = staged.expect("a chunk was staged");
+    // The clean-up's script, given the directory.
+    assert!(asked.contains(&format!("/bin/sh sh {dir}")), "{asked:?}");
 }
