@@ -309,7 +309,14 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         .await;
         drop(step);
         self.settling.hold_if_given_up().await;
-        let made = made?;
+        let made = match made {
+            // Refused by the agent: nothing ran, nothing was made.
+            Err(error) if error.kind() == ErrorKind::AgentCommand => {
+                self.left.guest_dir = None;
+                return Err(error);
+            }
+            made => made?,
+        };
         if !made.ok() {
             self.left.guest_dir = None;
             return Err(mkdir_failure(parent, &made));
