@@ -133,14 +133,12 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
                             }
                         }
                     }
-                    None => match signals.settle(&settling, &mut serve).await {
-                        Settled::Ended(_) => true,
-                        Settled::Idle => false,
-                        Settled::CutShort(step) => {
+                    None => {
+                        if let Settled::CutShort(step) = signals.settle(&settling, &mut serve).await {
                             cut = Some(step);
-                            false
                         }
-                    },
+                        false
+                    }
                 }
             }
         }
