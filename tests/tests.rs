@@ -15,6 +15,7 @@ mod big_payloads;
 mod copy;
 mod copy_faults;
 mod copy_tree;
+mod ctrl_c;
 mod diagnostics;
 mod doctor_channels;
 mod fake_agent;

@@ -22,7 +22,8 @@
 //!   of the host ([`ChannelLock`], a flock in `/run/virtomate`, beside
 //!   which a big request on its way is noted: [`RequestInFlight`]) and
 //!   [`Channel`], connected for an exchange when it needs to be and let go
-//!   between exchanges ([`HoldPolicy`]).
+//!   between exchanges ([`HoldPolicy`]), with the step in flight whose
+//!   reply a caller giving up awaits ([`Settling`]).
 //! - `guest/`: what runs in the guest through the agent: a program polled
 //!   to its end and stopped with its process tree ([`stop_group`]), and
 //!   its output read while it runs through chunk files, rotated as they
@@ -56,6 +57,7 @@ mod wire;
 pub use agent::{Agent, AnyAgent};
 pub use channel::in_flight::RequestInFlight;
 pub use channel::lock::{ChannelLock, Turn};
+pub use channel::settling::{Settling, Step};
 pub use channel::{Channel, Connector, HoldPolicy, SocketConnector};
 pub use error::{Error, Phase};
 pub use guest::exec::{

@@ -1,7 +1,10 @@
 //! SIGINT, SIGTERM and SIGHUP for the commands that run programs: caught,
 //! so that an interrupted run can say what it leaves behind in the guest.
 
+use std::future::Future;
+
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use virtomate_protocol::Settling;
 
 use crate::error::{CliError, Interruption};
 
@@ -58,6 +61,57 @@ impl Signals {
             _ = arrival(&mut self.hangup) => Err(CliError::interrupted(stage)),
         }
     }
+}
+
+/// How the work given up on a signal was let settle (see
+/// [`Signals::settle`]).
+pub enum Settled<T> {
+    /// It ended meanwhile: what it says stands.
+    Ended(T),
+    /// No step of it awaits a reply: it can be dropped.
+    Idle,
+    /// Another signal stopped the wait for the reply to this step, which
+    /// may leave what only that reply names (see [`cut_short`]).
+    CutShort(&'static str),
+}
+
+impl Signals {
+    /// After a signal: lets the step of `work` in flight on its channel
+    /// end, so that what the agent keeps for it (a file's handle, a
+    /// directory made) is in the clean-up's reach (see [`Settling`]),
+    /// unless another signal comes first. Each step's reply comes within
+    /// the reply timeout.
+    pub async fn settle<W: Future + Unpin>(
+        &mut self,
+        settling: &Settling,
+        work: &mut W,
+    ) -> Settled<W::Output> {
+        if !settling.in_flight() {
+            return Settled::Idle;
+        }
+        tokio::select! {
+            settled = settling.settle(work) => match settled {
+                Some(outcome) => Settled::Ended(outcome),
+                None => Settled::Idle,
+            },
+            () = self.arrival() => match settling.step_in_flight() {
+                Some(step) => {
+                    tracing::info!("another signal: no longer waiting for the reply while {step}");
+                    Settled::CutShort(step)
+                }
+                None => Settled::Idle,
+            },
+        }
+    }
+}
+
+/// What may stay in the guest when a second signal stopped the wait for
+/// the reply to `step`: a hint.
+pub fn cut_short(step: &str) -> String {
+    format!(
+        "a second signal stopped the wait for the agent's reply while {step}: what that request made may \
+         stay in the guest (a file the agent keeps open until it restarts, a directory)"
+    )
 }
 
 /// The next arrival of a caught signal; never, for one left ignored.

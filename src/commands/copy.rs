@@ -4,12 +4,14 @@
 
 use std::future::Future;
 
+use virtomate_protocol::Settling;
+
 use super::{Answer, Context};
-use crate::agent::{DomainAgent, Signals, Silence};
+use crate::agent::{cut_short, DomainAgent, Settled, Signals, Silence};
 use crate::cli::CopyArgs;
 use crate::copy::location::{self, Direction, Location};
 use crate::copy::progress::Show;
-use crate::copy::{Copy, Opening, Options, Source, Summary, Target, CLEAN_UP_TIME};
+use crate::copy::{Copy, Options, Source, Summary, Target, CLEAN_UP_TIME};
 use crate::error::{CliError, ErrorKind};
 
 pub async fn run(args: CopyArgs, context: &Context) -> Result<Answer, CliError> {
@@ -68,7 +70,7 @@ async fn copy(
     let silence = agent.silence();
     let through_libvirtd = agent.through_libvirtd();
     let mut copy = Copy::new(agent);
-    let opening = copy.opening();
+    let settling = copy.settling();
     let work = async {
         match direction {
             Direction::In { path, .. } => {
@@ -84,7 +86,7 @@ async fn copy(
             }
         }
     };
-    let outcome = unless_signalled(work, &opening, signals).await;
+    let outcome = unless_signalled(work, &settling, signals).await;
     match outcome {
         Ok(summary) => Ok(summary),
         Err(error) => Err(failed(&mut copy, error, &silence, through_libvirtd, signals).await),
@@ -92,12 +94,14 @@ async fn copy(
 }
 
 /// Runs the copy `work` unless a signal comes first. A signal while a
-/// guest file is being opened lets the open end first (its reply awaited
-/// within the reply timeout; a second signal cuts that short), so that
-/// the clean-up closes the handle the agent keeps either way.
+/// step of the copy awaits a reply naming what the agent keeps (a guest
+/// file being opened, its private directory being made) lets the step end
+/// first (see [`Signals::settle`]), so that the clean-up closes the handle
+/// or removes the directory; a second signal cuts that short, and the
+/// error says what may stay.
 async fn unless_signalled<T>(
     work: impl Future<Output = Result<T, CliError>>,
-    opening: &Opening,
+    settling: &Settling,
     signals: &mut Signals,
 ) -> Result<T, CliError> {
     tokio::pin!(work);
@@ -105,17 +109,11 @@ async fn unless_signalled<T>(
         outcome = &mut work => return outcome,
         _ = signals.arrival() => {}
     }
-    if opening.in_flight() {
-        let settled = tokio::select! {
-            settled = opening.settle(&mut work) => settled,
-            _ = signals.arrival() => None,
-        };
-        // The copy ended meanwhile: what it says stands.
-        if let Some(outcome) = settled {
-            return outcome;
-        }
+    match signals.settle(settling, &mut work).await {
+        Settled::Ended(outcome) => outcome,
+        Settled::Idle => Err(interrupted("during the copy")),
+        Settled::CutShort(step) => Err(interrupted(&format!("during the copy; {}", cut_short(step)))),
     }
-    Err(interrupted("during the copy"))
 }
 
 /// The error of a copy that failed with `error`, once cleaned up (a
@@ -188,7 +186,7 @@ async fn run_tree(direction: Direction, options: Options, context: &Context) -> 
     let silence = agent.silence();
     let through_libvirtd = agent.through_libvirtd();
     let mut copy = Copy::new(&mut agent);
-    let opening = copy.opening();
+    let settling = copy.settling();
     let work = async {
         match &direction {
             Direction::In {
@@ -204,7 +202,7 @@ async fn run_tree(direction: Direction, options: Options, context: &Context) -> 
             _ => unreachable!("checked above"),
         }
     };
-    let outcome = unless_signalled(work, &opening, &mut signals).await;
+    let outcome = unless_signalled(work, &settling, &mut signals).await;
     let outcome = match outcome {
         Ok(summary) => Ok(summary),
         Err(error) => Err(failed(&mut copy, error, &silence, through_libvirtd, &mut signals).await),

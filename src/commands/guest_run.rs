@@ -11,7 +11,7 @@ use virtomate_protocol::session::{Abandoned, Failure, Outcome, Request, RunReque
 use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::{Answer, Context};
-use crate::agent::{DomainAgent, DomainConnector, Signals};
+use crate::agent::{cut_short, DomainAgent, DomainConnector, Settled, Signals};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, Interruption};
 use crate::master::MasterRun;
@@ -69,20 +69,23 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
         }
     }
     let ended = match &mut master_run {
-        Some(run) if run.is_ready() => serve_whole(run, &mut sink, &mut signals).await,
-        Some(_) => None,
+        Some(run) if run.is_ready() => serve_whole(run, &mut sink, &mut signals).await.ok_or(None),
+        Some(_) => Err(None),
         None => serve(agent.session(), request, &mut sink, &mut signals).await,
     };
     let outcome = match ended {
-        Some(outcome) => outcome,
-        None => {
+        Ok(outcome) => outcome,
+        Err(cut) => {
             let abandoned = match &mut master_run {
                 Some(run) => run.give_up(|reply| sink.take(reply)).await,
                 None => agent.session().give_up(|reply| sink.take(reply)).await,
             };
             let error = interrupted(&agent, abandoned);
             agent.close().await;
-            return Err(error);
+            return Err(match cut {
+                Some(step) => error.with_hint(cut_short(step)),
+                None => error,
+            });
         }
     };
     let (status, timed_out) = match outcome {
@@ -136,7 +139,8 @@ fn run_request(args: GuestRunArgs, input: Option<Vec<u8>>) -> RunRequest {
     request
 }
 
-/// Runs `request` to its end, `None` if a signal came first. An
+/// Runs `request` to its end; an error if a signal came first, with the
+/// step whose reply a second signal stopped the wait for, if any. An
 /// interactive one gets standard input as it comes, and ends with the
 /// program whether or not standard input has.
 async fn serve(
@@ -144,7 +148,7 @@ async fn serve(
     request: RunRequest,
     sink: &mut RunSink,
     signals: &mut Signals,
-) -> Option<Result<Outcome, Failure>> {
+) -> Result<Result<Outcome, Failure>, Option<&'static str>> {
     let (requests, mut incoming) = mpsc::channel(1);
     let interactive = request.interactive;
     requests
@@ -158,13 +162,26 @@ async fn serve(
     }
     drop(requests);
     let ended = sink.ended.clone();
-    let served = session.serve(&mut incoming, |reply| sink.take(reply));
-    tokio::select! {
-        () = served => {}
-        () = ended.notified() => {}
-        () = signals.arrival() => return None,
+    let settling = session.channel().settling();
+    {
+        let served = session.serve(&mut incoming, |reply| sink.take(reply));
+        tokio::pin!(served);
+        tokio::select! {
+            () = &mut served => {}
+            () = ended.notified() => {}
+            () = signals.arrival() => {
+                // What the agent keeps for a step in flight (a file's
+                // handle, a helper's pid) is awaited, for the give-up to
+                // undo.
+                match signals.settle(&settling, &mut served).await {
+                    Settled::Ended(()) => {}
+                    Settled::Idle => return Err(None),
+                    Settled::CutShort(step) => return Err(Some(step)),
+                }
+            }
+        }
     }
-    Some(sink.outcome.take().expect("the engine replies to every request"))
+    Ok(sink.outcome.take().expect("the engine replies to every request"))
 }
 
 /// Runs `request` through a control master to its end, `None` if a

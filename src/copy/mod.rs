@@ -13,7 +13,6 @@
 //! - `tree`: `copy -r`, a directory tree as a tar stream, unpacked on
 //!   the host without trusting the guest.
 //! - `cut_off`: the clean-up of a copy whose VM stopped under it.
-//! - `opening`: a `guest-file-open` in flight when the copy is given up.
 //!
 //! # Writing into the guest
 //!
@@ -44,7 +43,6 @@ mod cut_off;
 mod guest;
 mod local;
 pub mod location;
-mod opening;
 mod output;
 pub mod progress;
 mod stale;
@@ -59,7 +57,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use virtomate_protocol::feed::Feed;
 use virtomate_protocol::follow::{Follow, FollowError};
-use virtomate_protocol::{hex, stop_group, Error as AgentError, StopScope};
+use virtomate_protocol::{hex, stop_group, Error as AgentError, Settling, StopScope};
 
 pub use self::agent::{FileAgent, LentChannel};
 pub use self::guest::random_name;
@@ -67,7 +65,6 @@ use self::guest::{DirKind, Handle};
 use self::local::Dest;
 pub use self::local::Source;
 use self::location::{guest_name, guest_parent};
-pub use self::opening::Opening;
 use self::progress::{Progress, Show};
 pub use self::tree::TreeSummary;
 use crate::error::{CliError, ErrorKind};
@@ -146,7 +143,8 @@ struct LocalPlace {
 pub struct Copy<'a, A: FileAgent> {
     agent: &'a mut A,
     left: Leftovers,
-    opening: Opening,
+    /// The channel's steps whose reply a caller giving up awaits.
+    settling: Settling,
 }
 
 /// The mode of a guest file written from standard input, which has none.
@@ -154,28 +152,30 @@ const STDIN_MODE: u32 = 0o600;
 
 impl<'a, A: FileAgent> Copy<'a, A> {
     pub fn new(agent: &'a mut A) -> Copy<'a, A> {
+        let settling = agent.channel().settling();
         Copy {
             agent,
             left: Leftovers::default(),
-            opening: Opening::default(),
+            settling,
         }
     }
 
-    /// Whether a `guest-file-open` of this copy's awaits its reply: for
-    /// whoever gives the copy up, to let it end first (see [`Opening`]).
-    pub fn opening(&self) -> Opening {
-        self.opening.clone()
+    /// Whether a step of this copy's awaits a reply that names what the
+    /// agent keeps (a file's handle, a directory made): for whoever gives
+    /// the copy up, to let it end first (see [`Settling`]).
+    pub fn settling(&self) -> Settling {
+        self.settling.clone()
     }
 
     /// Opens the guest file `path` (`mode` as `guest-file-open` takes it)
     /// and keeps its handle for the clean-up, before the open counts as
     /// ended.
     async fn open(&mut self, path: &str, mode: &str) -> Result<Handle, CliError> {
-        let in_flight = self.opening.begin();
+        let step = self.settling.begin(OPENING);
         let handle = guest::open(self.agent, path, mode).await?;
         self.left.handle = Some(handle);
-        drop(in_flight);
-        self.opening.hold_if_given_up().await;
+        drop(step);
+        self.settling.hold_if_given_up().await;
         Ok(handle)
     }
 
@@ -295,17 +295,32 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             parent.trim_end_matches('/'),
             random_name()?
         );
+        // Kept for the clean-up before it is made: a copy given up while
+        // `mkdir` runs awaits its end (see `settling`), and the clean-up's
+        // `rm -rf` removes what it made, if anything.
+        let step = self.settling.begin(MAKING_DIR);
+        self.left.guest_dir = Some(dir.clone());
         let made = guest::run(
             self.agent,
             "mkdir",
             &["-m", "700", &dir],
             "to make a private directory beside the destination",
         )
-        .await?;
+        .await;
+        drop(step);
+        self.settling.hold_if_given_up().await;
+        let made = match made {
+            // Refused by the agent: nothing ran, nothing was made.
+            Err(error) if error.kind() == ErrorKind::AgentCommand => {
+                self.left.guest_dir = None;
+                return Err(error);
+            }
+            made => made?,
+        };
         if !made.ok() {
+            self.left.guest_dir = None;
             return Err(mkdir_failure(parent, &made));
         }
-        self.left.guest_dir = Some(dir.clone());
         Ok(dir)
     }
 
@@ -760,6 +775,13 @@ const PROGRAM_GRACE: Duration = Duration::from_secs(1);
 /// How long [`Copy::clean_up`] may take at most, e.g. with an agent that
 /// stopped answering.
 pub const CLEAN_UP_TIME: Duration = Duration::from_secs(15);
+
+/// What a copy given up awaits while it opens a guest file (for the log).
+const OPENING: &str = "a guest file is being opened: awaiting its handle, to close it";
+
+/// What a copy given up awaits while it makes its private directory.
+const MAKING_DIR: &str =
+    "the copy's private directory is being made: awaiting mkdir, to remove the directory";
 
 /// Why the clean-up runs `rmdir` or `rm -rf` in the guest.
 const REMOVE_TEMPORARY: &str = "to remove its temporary directory";

@@ -16,6 +16,7 @@
 
 pub(crate) mod in_flight;
 pub(crate) mod lock;
+pub(crate) mod settling;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,6 +25,7 @@ use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
 use self::in_flight::{RequestInFlight, RequestNote};
+use self::settling::Settling;
 use crate::qga::{Both, Command, GuestExec, GuestExecReply};
 use crate::{Agent, ChannelLock, ClientOptions, Deadline, Error, Phase, QgaClient, RequestProgress, Turn};
 
@@ -240,6 +242,8 @@ pub struct Channel<C: Connector> {
     agent: Option<C::Agent>,
     /// When the open connection was made.
     connected_at: Option<Instant>,
+    /// The step in flight whose reply a caller giving up must await.
+    settling: Settling,
 }
 
 impl<C: Connector> Channel<C> {
@@ -249,7 +253,14 @@ impl<C: Connector> Channel<C> {
             connector,
             agent: None,
             connected_at: None,
+            settling: Settling::default(),
         }
+    }
+
+    /// The steps of the work on this channel whose reply a caller giving
+    /// the work up must await (see [`Settling`]).
+    pub fn settling(&self) -> Settling {
+        self.settling.clone()
     }
 
     /// The connector, e.g. to ask whether the channel is contended.

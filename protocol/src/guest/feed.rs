@@ -77,6 +77,10 @@ pub const DIRECT_CHUNK: usize = 1 << 20;
 /// ```
 pub const LIBVIRT_CHUNK: usize = (AGENT_COMMAND_MAX - 1024) / 4 * 3 / PIPE_BUF * PIPE_BUF;
 
+/// What a caller giving up awaits while the pipe is opened (see
+/// [`Settling`](crate::Settling)).
+const OPENING_PIPE: &str = "the input's pipe in the guest is being opened: awaiting its handle, to close it";
+
 /// What the agent says when a pipe has no reader (ENXIO).
 const NO_READER: &str = "No such device or address";
 /// What the agent says when a pipe is full (EAGAIN).
@@ -277,6 +281,10 @@ impl Feed {
     /// Opens the pipe for writing if the program's shell has it open for
     /// reading; false if not yet.
     async fn open<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<bool, FollowError> {
+        // The handles awaited by a caller giving up (see `Settling`): the
+        // probe's closed here, the pipe's kept for the close.
+        let settling = channel.settling();
+        let step = settling.begin(OPENING_PIPE);
         let probe = match channel.execute(&GuestFileOpen::new(self.path.clone(), "w")).await {
             Ok(handle) => handle,
             Err(Error::Agent { desc, .. }) if desc.contains(NO_READER) => return Ok(false),
@@ -286,8 +294,12 @@ impl Feed {
             .execute(&GuestFileOpen::new(self.path.clone(), "r+"))
             .await;
         let closed = channel.execute(&GuestFileClose { handle: probe }).await;
-        let handle = opened?;
-        self.pipe = Pipe::Open(handle);
+        if let Ok(handle) = opened {
+            self.pipe = Pipe::Open(handle);
+        }
+        drop(step);
+        settling.hold_if_given_up().await;
+        opened?;
         closed?;
         Ok(true)
     }

@@ -129,6 +129,11 @@ pub const INPUT_COMMANDS: [&str; 2] = ["guest-file-write", "guest-file-flush"];
 /// per stream at most sit in the guest's temporary directory.
 pub const CHUNK_MAX: u64 = 4096 * 1024;
 
+/// What a caller giving up awaits while the files are opened (see
+/// [`Settling`](crate::Settling)).
+const OPENING_FILES: &str =
+    "the output files in the guest are being opened: awaiting their handles, to close them";
+
 /// How long [`Follow::drain`] waits with nothing new for the rotators'
 /// end marks, once the program has ended: a process it left running may
 /// hold its output open.
@@ -484,11 +489,20 @@ impl Follow {
             quiet_looks: 0,
             other_owners,
         };
-        if let Err(error) = follow.open_all(channel).await {
+        // A caller giving up meanwhile awaits the opens' replies (see
+        // `Settling`), and the files are closed and the directory removed
+        // here: the handles are known only to this `Follow`, which its
+        // dropping would lose.
+        let settling = channel.settling();
+        let step = settling.begin(OPENING_FILES);
+        let opened = follow.open_all(channel).await;
+        if opened.is_err() || settling.given_up() {
             // Best effort: the error that matters is the open's.
             let _ = follow.clean_up(channel).await;
-            return Err(error.into());
         }
+        drop(step);
+        settling.hold_if_given_up().await;
+        opened?;
         Ok(follow)
     }
 
@@ -662,6 +676,38 @@ impl Follow {
     /// a rotator failed to write a chunk ([`FollowError::Full`]: removed
     /// all the same).
     pub async fn clean_up<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
+        let closed = self.close_files(channel).await;
+        let remove = GuestExec::new("/bin/sh", ["-c", CLEAN_UP_SCRIPT, "sh", &self.dir]);
+        let pid = channel.guest_exec(&remove).await?.pid;
+        let status = wait_for_exit_on(channel, pid, PollSchedule::default(), HoldPolicy::default())
+            .await?
+            .status;
+        let dir = self.dir.clone();
+        match status.exitcode {
+            Some(0) => {}
+            Some(3) => return Err(FollowError::Removed { dir }),
+            _ => {
+                let said = String::from_utf8_lossy(status.err_data.as_deref().unwrap_or_default());
+                return Err(FollowError::CleanUp {
+                    dir,
+                    reason: said.trim().to_owned(),
+                });
+            }
+        }
+        closed?;
+        let df = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
+        let failed = self.tails.iter().any(Tail::failed);
+        match available_kib(&df) {
+            Some(0) => Err(FollowError::Full { dir }),
+            _ if failed => Err(FollowError::Full { dir }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes the files the agent holds open for this directory, each once
+    /// (whatever the agent answers: it keeps a handle whose close failed,
+    /// and a second close would use a freed `FILE`). The first error.
+    pub async fn close_files<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
         let mut first_error = None;
         let handles = self
             .tails
@@ -683,33 +729,7 @@ impl Follow {
                 first_error.get_or_insert(FollowError::from(error));
             }
         }
-        let remove = GuestExec::new("/bin/sh", ["-c", CLEAN_UP_SCRIPT, "sh", &self.dir]);
-        let pid = channel.guest_exec(&remove).await?.pid;
-        let status = wait_for_exit_on(channel, pid, PollSchedule::default(), HoldPolicy::default())
-            .await?
-            .status;
-        let dir = self.dir.clone();
-        match status.exitcode {
-            Some(0) => {}
-            Some(3) => return Err(FollowError::Removed { dir }),
-            _ => {
-                let said = String::from_utf8_lossy(status.err_data.as_deref().unwrap_or_default());
-                return Err(FollowError::CleanUp {
-                    dir,
-                    reason: said.trim().to_owned(),
-                });
-            }
-        }
-        if let Some(error) = first_error {
-            return Err(error);
-        }
-        let df = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
-        let failed = self.tails.iter().any(Tail::failed);
-        match available_kib(&df) {
-            Some(0) => Err(FollowError::Full { dir }),
-            _ if failed => Err(FollowError::Full { dir }),
-            _ => Ok(()),
-        }
+        first_error.map_or(Ok(()), Err)
     }
 }
 

@@ -144,6 +144,14 @@ struct Following {
     feed: Option<Feed>,
 }
 
+/// A followed run being prepared or started: its private directory's
+/// name, and once made, the directory with its files open in the agent.
+#[derive(Debug)]
+struct Preparing {
+    name: String,
+    follow: Option<Follow>,
+}
+
 /// The most input written to one program in one turn: the other
 /// programs' polls, and reading its own output, wait no longer than that
 /// (or than one chunk file, which goes whole).
@@ -175,10 +183,10 @@ pub struct Session<C: Connector> {
     running: Vec<Running>,
     /// The request whose exchange is under way (start or ping), if any.
     current: Option<InFlight>,
-    /// The name of the private directory of the followed run being
-    /// prepared or started: cut short there, [`give_up`](Self::give_up)
-    /// sweeps it.
-    preparing: Option<String>,
+    /// The followed run being prepared or started: cut short there,
+    /// [`give_up`](Self::give_up) closes its files and sweeps its
+    /// directory.
+    preparing: Option<Preparing>,
     last_request: Instant,
 }
 
@@ -355,7 +363,7 @@ impl<C: Connector> Session<C> {
                 _ => Left::Nothing,
             };
             let left = match self.preparing.take() {
-                Some(name) => self.sweep(&name, left).await,
+                Some(preparing) => self.sweep(preparing, left).await,
                 None => left,
             };
             abandoned.push(Abandoned { id: current.id, left });
@@ -387,10 +395,21 @@ impl<C: Connector> Session<C> {
 
     /// Sweeps the private directory `name` of a followed run cut short
     /// while it was prepared or started (see [`Follow::sweep`]): what
-    /// its start may have started is stopped, then.
-    async fn sweep(&mut self, name: &str, left: Left) -> Left {
+    /// its start may have started is stopped, then; the files open in
+    /// the agent are closed first.
+    async fn sweep(&mut self, preparing: Preparing, left: Left) -> Left {
         const SWEEPING: Duration = Duration::from_secs(15);
-        let swept = tokio::time::timeout(SWEEPING, Follow::sweep(&mut self.channel, name)).await;
+        let name = &preparing.name;
+        let channel = &mut self.channel;
+        let swept = tokio::time::timeout(SWEEPING, async {
+            if let Some(mut follow) = preparing.follow {
+                if let Err(error) = follow.close_files(channel).await {
+                    tracing::warn!(%error, "the files of a run cut short may stay open in the agent");
+                }
+            }
+            Follow::sweep(channel, name).await
+        })
+        .await;
         match (swept, left) {
             (Ok(Ok(true)), Left::MayHaveStarted) => Left::StartUndone,
             (swept, left) => {
@@ -523,38 +542,39 @@ impl<C: Connector> Session<C> {
         let (followed, interactive) = (run.follow || run.interactive, run.interactive);
         let mut exec = run.into_guest_exec();
         self.check_agent_for(exec.capture_output).await?;
-        let follow = match followed {
-            true => {
-                let options = FollowOptions {
-                    read_count: self.options.follow_read_count,
-                    ..FollowOptions::default()
-                };
-                let name = Follow::new_name().map_err(|e| Failure::following(Stage::Preparing, e))?;
-                self.preparing = Some(name.clone());
-                let owner = Owner::this_process(Path::new("/proc"));
-                let tag = owner.as_ref().map(Owner::tag);
-                let prepared =
-                    Follow::prepare_named(&mut self.channel, options, interactive, &name, tag.as_deref());
-                let follow = prepared
-                    .await
-                    .map_err(|e| Failure::following(Stage::Preparing, e))?;
-                // Best effort: a sweep that fails, or that a hostile guest
-                // drags out, leaves what it found, and the run goes on.
-                if let Some(owner) = &owner {
-                    let sweep = leftovers::sweep_dead(&mut self.channel, follow.other_owners(), owner);
-                    match tokio::time::timeout(LEFTOVERS_SWEPT_WITHIN, sweep).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "the directories of dead runs were not swept")
-                        }
-                        Err(_) => tracing::warn!("the directories of dead runs were not swept in time"),
+        if followed {
+            let options = FollowOptions {
+                read_count: self.options.follow_read_count,
+                ..FollowOptions::default()
+            };
+            let name = Follow::new_name().map_err(|e| Failure::following(Stage::Preparing, e))?;
+            let preparing = self.preparing.insert(Preparing {
+                name: name.clone(),
+                follow: None,
+            });
+            let owner = Owner::this_process(Path::new("/proc"));
+            let tag = owner.as_ref().map(Owner::tag);
+            let prepared =
+                Follow::prepare_named(&mut self.channel, options, interactive, &name, tag.as_deref());
+            let follow = prepared
+                .await
+                .map_err(|e| Failure::following(Stage::Preparing, e))?;
+            // Kept where a give-up finds it from here on.
+            let follow = &*preparing.follow.insert(follow);
+            // Best effort: a sweep that fails, or that a hostile guest
+            // drags out, leaves what it found, and the run goes on.
+            if let Some(owner) = &owner {
+                let sweep = leftovers::sweep_dead(&mut self.channel, follow.other_owners(), owner);
+                match tokio::time::timeout(LEFTOVERS_SWEPT_WITHIN, sweep).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "the directories of dead runs were not swept")
                     }
+                    Err(_) => tracing::warn!("the directories of dead runs were not swept in time"),
                 }
-                Some(follow)
             }
-            false => None,
-        };
-        if let Some(follow) = &follow {
+        }
+        if let Some(follow) = self.preparing.as_ref().and_then(|p| p.follow.as_ref()) {
             exec = follow.redirect(exec);
         }
         // Started as it is: a stop finds what it started then
@@ -563,13 +583,16 @@ impl<C: Connector> Session<C> {
         let pid = match self.channel.guest_exec(&exec).await {
             Ok(started) => started.pid,
             Err(error) => {
-                if let (Some(mut follow), Error::Agent { .. }) = (follow, &error) {
+                let follow = self.preparing.as_mut().and_then(|p| p.follow.as_mut());
+                if let (Some(follow), Error::Agent { .. }) = (follow, &error) {
                     // Nothing started: best effort, the error that matters is the start's.
                     let _ = follow.clean_up(&mut self.channel).await;
                 }
                 return Err(Failure::at(Stage::Starting, error));
             }
         };
+        // Among the running from here on, where a give-up finds it.
+        let follow = self.preparing.take().and_then(|p| p.follow);
         tracing::info!(
             pid,
             dir = follow.as_ref().map(Follow::dir),
@@ -752,8 +775,16 @@ impl<C: Connector> Session<C> {
             return Ok(());
         };
         if let Some(feed) = &mut following.feed {
-            // What was not written is dropped: the program has ended.
-            feed.close(&mut self.channel).await?;
+            // What was not written is dropped: the program has ended. A
+            // pipe or helper that could not be closed or stopped does not
+            // keep the directory: its removal stops what still uses it.
+            if let Err(error) = feed.close(&mut self.channel).await {
+                let cleaned = following.follow.clean_up(&mut self.channel).await;
+                if let Err(cleaning) = cleaned {
+                    tracing::info!(%cleaning, "the input's directory was not removed either");
+                }
+                return Err(error.into());
+            }
         }
         if !following.refused {
             let id = &run.id;

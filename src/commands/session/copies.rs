@@ -25,7 +25,7 @@ use virtomate_protocol::{fields, Channel};
 
 use super::data_lines::DataLines;
 use super::lines::{answered, print, Answered, Line};
-use crate::agent::{AgentErrors, DomainConnector, Silence};
+use crate::agent::{cut_short, AgentErrors, DomainConnector, Silence};
 use crate::copy::progress::Show;
 use crate::copy::{self, Copy, LentChannel, Options, Source, Target, CLEAN_UP_TIME};
 use crate::error::{CliError, ErrorKind};
@@ -433,7 +433,7 @@ impl Copies<'_> {
             errors: self.errors,
         };
         let mut copy = Copy::new(&mut agent);
-        let opening = copy.opening();
+        let settling = copy.settling();
         let id = job.id;
         let work = async {
             let options = &job.options;
@@ -456,10 +456,11 @@ impl Copies<'_> {
             tokio::select! {
                 outcome = &mut work => (outcome, false),
                 () = self.state.stop.notified() => {
-                    // As `virtomate copy`: a guest file being opened is let
-                    // open (within the reply timeout), for the clean-up to
-                    // close the handle the agent keeps either way.
-                    let settled = opening.settle(&mut work).await;
+                    // As `virtomate copy`: a guest file being opened (or
+                    // the private directory being made) is let be (within
+                    // the reply timeout), for the clean-up to close the
+                    // handle the agent keeps either way (or remove it).
+                    let settled = settling.settle(&mut work).await;
                     (settled.unwrap_or_else(|| Err(interrupted())), true)
                 }
             }
@@ -486,12 +487,16 @@ fn interrupted() -> CliError {
     CliError::new(ErrorKind::Interrupted, "interrupted during the copy")
 }
 
-/// The error for a copy whose clean-up a second signal cut short.
-pub fn clean_up_cut_short() -> CliError {
-    interrupted().with_hint(
-        "a second signal cut its clean-up short: a temporary .virtomate-* directory may be left \
-         beside the destination in the guest",
-    )
+/// The error for a copy whose clean-up a second signal cut short, or the
+/// wait for the reply to its `step` in flight.
+pub fn clean_up_cut_short(step: Option<&str>) -> CliError {
+    match step {
+        Some(step) => interrupted().with_hint(cut_short(step)),
+        None => interrupted().with_hint(
+            "a second signal cut its clean-up short: a temporary .virtomate-* directory may be left \
+             beside the destination in the guest",
+        ),
+    }
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use self::copies::{Copies, CopyState};
 use self::lines::{answered, print, Answered, ChunkLine, Line};
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
-use crate::agent::Signals;
+use crate::agent::{cut_short, Settled, Signals};
 use crate::agent::{run_options, AgentErrors, RunFront, Silence};
 use crate::error::{CliError, ErrorKind};
 use crate::run_output::RunResult;
@@ -88,6 +88,8 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     // does not run: asking QEMU or libvirtd takes a while, and the other
     // requests go on meanwhile.
     let (silent, mut to_explain) = mpsc::unbounded_channel();
+    let settling = session.channel().settling();
+    let mut cut = None;
     let served = {
         let errors = &errors;
         let serve = session.serve_jobs(
@@ -115,16 +117,29 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         tokio::select! {
             _ = &mut serve => true,
             () = signals.arrival() => {
-                // A copy under way cleans up and replies first; a second
-                // signal cuts that short.
-                if let Some(id) = state.in_flight() {
-                    tokio::select! {
-                        () = state.stop() => {}
-                        _ = &mut serve => {}
-                        () = signals.arrival() => print(&Line::error(id, &copies::clean_up_cut_short())),
+                // A copy under way cleans up and replies first; a run's
+                // step in flight (a file being opened, a helper started)
+                // ends first, for the give-up to undo. A second signal
+                // cuts either short.
+                match state.in_flight() {
+                    Some(id) => {
+                        tokio::select! {
+                            () = state.stop() => false,
+                            _ = &mut serve => false,
+                            () = signals.arrival() => {
+                                let step = settling.step_in_flight();
+                                print(&Line::error(id, &copies::clean_up_cut_short(step)));
+                                false
+                            }
+                        }
+                    }
+                    None => {
+                        if let Settled::CutShort(step) = signals.settle(&settling, &mut serve).await {
+                            cut = Some(step);
+                        }
+                        false
                     }
                 }
-                false
             }
         }
     };
@@ -150,7 +165,12 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         })
         .await;
     for left in abandoned {
-        print(&Line::error(left.id, &errors.abandoned(left.left)));
+        let error = errors.abandoned(left.left);
+        let error = match cut {
+            Some(step) => error.with_hint(cut_short(step)),
+            None => error,
+        };
+        print(&Line::error(left.id, &error));
     }
     lines::flush();
     Ok(Answer::Failed)

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use virtomate_protocol::session::{Abandoned, Left, Outcome, Reply, Request, RunRequest, Session};
 
 use super::{Answer, Context};
-use crate::agent::{stopped_on_a_signal, DomainAgent, DomainConnector, Signals};
+use crate::agent::{cut_short, stopped_on_a_signal, DomainAgent, DomainConnector, Settled, Signals};
 use crate::error::{CliError, Interruption};
 use crate::run_output::RunOutput;
 use crate::run_sink::RunSink;
@@ -95,7 +95,11 @@ pub async fn run(domain: &str, command: Vec<String>, context: &Context) -> Resul
                 eprintln!("{newline}virtomate: left the shell with ~.; its program in the guest was stopped");
                 return Ok(Answer::Exit(LEFT_STATUS));
             }
-            return Err(interrupted(shell_left(abandoned)));
+            let error = interrupted(shell_left(abandoned));
+            return Err(match ended {
+                Ended::Signal(Some(step)) => error.with_hint(cut_short(step)),
+                _ => error,
+            });
         }
     };
     let status = match outcome {
@@ -170,8 +174,9 @@ enum Ended {
     Shell,
     /// `~.` was typed.
     Left,
-    /// SIGINT, SIGTERM or SIGHUP.
-    Signal,
+    /// SIGINT, SIGTERM or SIGHUP; with the step whose reply a second
+    /// signal stopped the wait for, if any.
+    Signal(Option<&'static str>),
 }
 
 /// Window changes to pass on, when the shell has a terminal.
@@ -207,6 +212,7 @@ async fn serve(
     };
     let program_ended = sink.run.ended.clone();
     let resizing = sink.resizing.clone();
+    let settling = session.channel().settling();
     let served = session.serve(&mut incoming, |reply| sink.take(reply));
     tokio::pin!(served);
     let mut pending: Option<(u16, u16)> = None;
@@ -214,7 +220,14 @@ async fn serve(
         tokio::select! {
             () = &mut served => break,
             () = program_ended.notified() => break,
-            () = signals.arrival() => return Ended::Signal,
+            () = signals.arrival() => {
+                // What the agent keeps for a step in flight is awaited,
+                // for the give-up to undo (a second signal cuts it short).
+                return match signals.settle(&settling, &mut served).await {
+                    Settled::Ended(()) | Settled::Idle => Ended::Signal(None),
+                    Settled::CutShort(step) => Ended::Signal(Some(step)),
+                };
+            }
             Some(()) = leaving.recv() => return Ended::Left,
             Some(()) = next_change(&mut window_changes) => pending = terminal::window_size(),
             () = tokio::time::sleep(RESIZE_RETRY), if pending.is_some() => {}

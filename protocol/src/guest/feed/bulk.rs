@@ -50,6 +50,14 @@ pub(super) const STAGE_SCRIPT: &str = r#"exec cat >"$1""#;
 /// after SIGTERM.
 const HELPER_GRACE: Duration = Duration::from_secs(1);
 
+/// What a caller giving up awaits while a helper starts (see
+/// [`Settling`](crate::Settling)).
+const STARTING_HELPER: &str =
+    "a helper moving input into the pipe is being started: awaiting its pid, to stop it";
+
+/// What a caller giving up awaits while a stager starts.
+const STARTING_STAGER: &str = "a chunk of the input is being staged: awaiting its writer's pid, to stop it";
+
 /// What the agent says when the file system is full (ENOSPC).
 const NO_SPACE: &str = "No space left on device";
 
@@ -150,8 +158,15 @@ impl Bulk {
             if let Some(Staged { slot, len, .. }) = self.staged.take() {
                 let (file, size) = (self.path(slot), len.to_string());
                 let exec = GuestExec::new("/bin/sh", ["-c", MOVE_SCRIPT, "sh", &file, &self.pipe, &size]);
+                // Its pid awaited by a caller giving up (see `Settling`):
+                // a helper whose `open` of the pipe comes after the feed's
+                // handle is closed would wait there for a reader for ever.
+                let settling = channel.settling();
+                let step = settling.begin(STARTING_HELPER);
                 let pid = channel.guest_exec(&exec).await?.pid;
                 self.helper = Some(Helper { pid, slot, len });
+                drop(step);
+                settling.hold_if_given_up().await;
             }
         }
         Ok(())
@@ -177,12 +192,16 @@ impl Bulk {
         };
         let len = bytes.len();
         let stage = GuestExec::new("/bin/sh", ["-c", STAGE_SCRIPT, "sh", &self.path(slot)]).with_input(bytes);
+        let settling = channel.settling();
+        let step = settling.begin(STARTING_STAGER);
         let pid = channel.guest_exec(&stage).await?.pid;
         self.staged = Some(Staged {
             slot,
             len,
             stager: Some(pid),
         });
+        drop(step);
+        settling.hold_if_given_up().await;
         Ok(())
     }
 
@@ -205,12 +224,29 @@ impl Bulk {
     /// Ends the helper and the stager (the directory's removal takes the
     /// chunk files): once the pipe's handle is closed, a helper still
     /// writing gets a broken pipe, and is reaped, as is a stager at the
-    /// end of its input; one that somehow does not end is stopped.
+    /// end of its input; one that somehow does not end is stopped. One the
+    /// agent no longer knows has ended: it reported the end to a look that
+    /// was cut short (a run given up), and forgot the pid.
     pub(super) async fn stop<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), Error> {
         let stager = self.staged.take().and_then(|s| s.stager);
         let helper = self.helper.take().map(|h| h.pid);
         let mut stopped = Ok(());
         for pid in stager.into_iter().chain(helper) {
+            match channel.execute(&GuestExecStatus { pid }).await {
+                Ok(status) if status.exited => continue,
+                Ok(_) => {}
+                Err(Error::Agent { .. }) => {
+                    tracing::debug!(
+                        pid,
+                        "a helper of the input the agent no longer knows: it has ended"
+                    );
+                    continue;
+                }
+                Err(error) => {
+                    stopped = stopped.and(Err(error));
+                    continue;
+                }
+            }
             let agent = channel.agent().await?;
             let done = stop_group(agent, pid, HELPER_GRACE, StopScope::Program).await;
             stopped = stopped.and(done.map(drop));
