@@ -14,7 +14,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::support::fake_agent::FakeAgent;
-use crate::support::{virtomate, StderrLines};
+use crate::support::{virtomate, wait_until, StderrLines};
 
 /// The first handle and pid the fake agent hands out.
 const FIRST_HANDLE: i64 = 1000;
@@ -246,6 +246,95 @@ fn ctrl_c_while_a_followed_run_opens_its_output_files_closes_every_handle_the_ag
     assert_eq!(closed, handles.iter().collect::<Vec<_>>(), "{asked:?}");
     // Nothing of the program's was started.
     assert!(!asked.iter().any(|said| said.contains(" true")), "{asked:?}");
+}
+
+#[test]
+fn ctrl_c_through_a_master_while_a_followed_run_opens_its_output_files_closes_every_handle() {
+    // The master runs the client's run whole, and settles its step on the
+    // client's give-up as the client's own engine does.
+    let (signalled, wait_for_signal) = std::sync::mpsc::channel();
+    let (agent, asked) = willing_agent(|request, _| is_open(request), wait_for_signal);
+    let mut child = virtomate()
+        .env("VIRTOMATE_PERSIST", "30")
+        .args(["guest-run", "--follow"])
+        .arg(agent.socket())
+        .args(["--", "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = StderrLines::of(&mut child);
+    agent.wait_for("held");
+    sigint(&child);
+    signalled.send(()).unwrap();
+    lines.wait_for("virtomate: Interrupted: interrupted while preparing the program's start");
+    let output = child.wait_with_output().unwrap();
+    let ended = virtomate()
+        .args(["control", "exit"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    assert!(ended.status.success(), "{ended:?}");
+    drop(agent);
+    assert_eq!(output.status.code(), Some(255), "{output:?}");
+    let asked = asked.lock().unwrap().clone();
+    let mut closed: Vec<&String> = asked.iter().filter(|said| said.starts_with("close ")).collect();
+    closed.sort();
+    let handles: Vec<String> = (FIRST_HANDLE..FIRST_HANDLE + 5)
+        .map(|h| format!("close {h}"))
+        .collect();
+    assert_eq!(closed, handles.iter().collect::<Vec<_>>(), "{asked:?}");
+    assert!(!asked.iter().any(|said| said.contains(" true")), "{asked:?}");
+}
+
+#[test]
+fn a_second_ctrl_c_through_a_master_stops_the_wait_for_its_give_up() {
+    // The open is answered only once the client has stopped waiting.
+    let (signalled, wait_for_signal) = std::sync::mpsc::channel();
+    let (agent, _) = willing_agent(|request, _| is_open(request), wait_for_signal);
+    let child = virtomate()
+        .env("VIRTOMATE_PERSIST", "30")
+        .args(["--reply-timeout", "600", "guest-run", "--follow"])
+        .arg(agent.socket())
+        .args(["--", "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    agent.wait_for("held");
+    let check = virtomate()
+        .args(["control", "check"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    let info: Value = serde_json::from_slice(&check.stdout).unwrap_or_default();
+    let log = std::path::PathBuf::from(info["log"].as_str().expect("control check names the log"));
+    sigint(&child);
+    wait_until(
+        30,
+        "the master to wait for the open on the client's give-up",
+        || std::fs::read_to_string(&log).is_ok_and(|logged| logged.contains("given up while")),
+    );
+    sigint(&child);
+    let output = child.wait_with_output().unwrap();
+    signalled.send(()).unwrap();
+    let ended = virtomate()
+        .args(["control", "exit"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    assert!(ended.status.success(), "{ended:?}");
+    drop(agent);
+    assert_eq!(output.status.code(), Some(255), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Interrupted"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "a second signal stopped the wait for the agent's reply while the control master was giving \
+             the run up"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -75,9 +75,20 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     };
     let outcome = match ended {
         Ok(outcome) => outcome,
-        Err(cut) => {
+        Err(mut cut) => {
             let abandoned = match &mut master_run {
-                Some(run) => run.give_up(|reply| sink.take(reply)).await,
+                Some(run) => {
+                    // The master may wait for a step in flight (see
+                    // run_conn); a second signal stops waiting for it.
+                    let given_up = tokio::select! {
+                        abandoned = run.give_up(|reply| sink.take(reply)) => Some(abandoned),
+                        () = signals.arrival() => None,
+                    };
+                    given_up.unwrap_or_else(|| {
+                        cut = Some(MASTER_GIVING_UP);
+                        run.what_is_known()
+                    })
+                }
                 None => agent.session().give_up(|reply| sink.take(reply)).await,
             };
             let error = interrupted(&agent, abandoned);
@@ -197,6 +208,10 @@ async fn serve_whole(
     }
     Some(sink.outcome.take().expect("the master replies to every request"))
 }
+
+/// The step a second signal cuts short through a control master, which
+/// alone knows which of the run's steps was in flight.
+const MASTER_GIVING_UP: &str = "the control master was giving the run up";
 
 /// The id of the one request `guest-run` makes.
 const RUN_ID: u64 = 0;

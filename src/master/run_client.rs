@@ -217,8 +217,8 @@ impl MasterRun {
     }
 
     /// What the run left, as far as this client knows, with the master
-    /// gone.
-    fn what_is_known(&self) -> Vec<Abandoned> {
+    /// gone (or no longer waited for).
+    pub fn what_is_known(&self) -> Vec<Abandoned> {
         let left = match self.stage {
             Stage::Connecting => return Vec::new(),
             Stage::Running { pid } => Left::Unknown { pid },

@@ -86,6 +86,7 @@ pub async fn serve_run(
     // The client cannot take more output: the engine is told so at the
     // next chunk, and stops the program.
     let refused = AtomicBool::new(false);
+    let settling = session.channel().settling();
     let end = {
         let served = session.serve(&mut incoming, |reply| {
             if refused.load(Ordering::Relaxed) && matches!(reply.outcome, Ok(Outcome::Chunk { .. })) {
@@ -111,7 +112,15 @@ pub async fn serve_run(
                 }
                 said = client_says(&mut conn) => match said {
                     Said::Refuse => refused.store(true, Ordering::Relaxed),
-                    Said::GiveUp => break End::GivenUp,
+                    // What the agent keeps for a step in flight (a file's
+                    // handle, a helper's pid) is awaited, for the give-up
+                    // to undo, as the client's own engine would; unless
+                    // the client leaves first (a second signal).
+                    Said::GiveUp if served_all => break End::GivenUp,
+                    Said::GiveUp => tokio::select! {
+                        _ = settling.settle(&mut served) => break End::GivenUp,
+                        _ = client_says(&mut conn) => break End::Gone,
+                    },
                     Said::Gone => break End::Gone,
                 },
                 // Ends only once `requests` is gone, which the client's
