@@ -210,6 +210,30 @@ fn ctrl_c_while_copy_makes_its_private_directory_awaits_mkdir_and_removes_the_di
     assert!(message.contains("the destination was not touched"), "{message}");
 }
 
+/// `guest-run --follow` of `true` on `agent` through a control master
+/// (which runs it whole), with the global `options`.
+fn follow_true_through_a_master(agent: &FakeAgent, options: &[&str]) -> Child {
+    virtomate()
+        .env("VIRTOMATE_PERSIST", "30")
+        .args(options)
+        .args(["guest-run", "--follow"])
+        .arg(agent.socket())
+        .args(["--", "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn end_master(agent: &FakeAgent) {
+    let ended = virtomate()
+        .args(["control", "exit"])
+        .arg(agent.socket())
+        .output()
+        .unwrap();
+    assert!(ended.status.success(), "{ended:?}");
+}
+
 /// `guest-run --follow` of `true` on `agent`, logging at info.
 fn follow_true(agent: &FakeAgent) -> Child {
     virtomate()
@@ -236,7 +260,12 @@ fn ctrl_c_while_a_followed_run_opens_its_output_files_closes_every_handle_the_ag
     let output = child.wait_with_output().unwrap();
     drop(agent);
     assert_eq!(output.status.code(), Some(255), "{output:?}");
-    // The two chunk files, the two credit pipes and the index.
+    assert_every_output_file_closed_and_nothing_started(&asked);
+}
+
+/// The two chunk files, the two credit pipes and the index were closed,
+/// and nothing of the program's was started.
+fn assert_every_output_file_closed_and_nothing_started(asked: &Asked) {
     let asked = asked.lock().unwrap().clone();
     let mut closed: Vec<&String> = asked.iter().filter(|said| said.starts_with("close ")).collect();
     closed.sort();
@@ -244,7 +273,6 @@ fn ctrl_c_while_a_followed_run_opens_its_output_files_closes_every_handle_the_ag
         .map(|h| format!("close {h}"))
         .collect();
     assert_eq!(closed, handles.iter().collect::<Vec<_>>(), "{asked:?}");
-    // Nothing of the program's was started.
     assert!(!asked.iter().any(|said| said.contains(" true")), "{asked:?}");
 }
 
@@ -254,37 +282,17 @@ fn ctrl_c_through_a_master_while_a_followed_run_opens_its_output_files_closes_ev
     // client's give-up as the client's own engine does.
     let (signalled, wait_for_signal) = std::sync::mpsc::channel();
     let (agent, asked) = willing_agent(|request, _| is_open(request), wait_for_signal);
-    let mut child = virtomate()
-        .env("VIRTOMATE_PERSIST", "30")
-        .args(["guest-run", "--follow"])
-        .arg(agent.socket())
-        .args(["--", "true"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = follow_true_through_a_master(&agent, &[]);
     let lines = StderrLines::of(&mut child);
     agent.wait_for("held");
     sigint(&child);
     signalled.send(()).unwrap();
     lines.wait_for("virtomate: Interrupted: interrupted while preparing the program's start");
     let output = child.wait_with_output().unwrap();
-    let ended = virtomate()
-        .args(["control", "exit"])
-        .arg(agent.socket())
-        .output()
-        .unwrap();
-    assert!(ended.status.success(), "{ended:?}");
+    end_master(&agent);
     drop(agent);
     assert_eq!(output.status.code(), Some(255), "{output:?}");
-    let asked = asked.lock().unwrap().clone();
-    let mut closed: Vec<&String> = asked.iter().filter(|said| said.starts_with("close ")).collect();
-    closed.sort();
-    let handles: Vec<String> = (FIRST_HANDLE..FIRST_HANDLE + 5)
-        .map(|h| format!("close {h}"))
-        .collect();
-    assert_eq!(closed, handles.iter().collect::<Vec<_>>(), "{asked:?}");
-    assert!(!asked.iter().any(|said| said.contains(" true")), "{asked:?}");
+    assert_every_output_file_closed_and_nothing_started(&asked);
 }
 
 #[test]
@@ -292,15 +300,7 @@ fn a_second_ctrl_c_through_a_master_stops_the_wait_for_its_give_up() {
     // The open is answered only once the client has stopped waiting.
     let (signalled, wait_for_signal) = std::sync::mpsc::channel();
     let (agent, _) = willing_agent(|request, _| is_open(request), wait_for_signal);
-    let child = virtomate()
-        .env("VIRTOMATE_PERSIST", "30")
-        .args(["--reply-timeout", "600", "guest-run", "--follow"])
-        .arg(agent.socket())
-        .args(["--", "true"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = follow_true_through_a_master(&agent, &["--reply-timeout", "600"]);
     agent.wait_for("held");
     let check = virtomate()
         .args(["control", "check"])
@@ -318,12 +318,7 @@ fn a_second_ctrl_c_through_a_master_stops_the_wait_for_its_give_up() {
     sigint(&child);
     let output = child.wait_with_output().unwrap();
     signalled.send(()).unwrap();
-    let ended = virtomate()
-        .args(["control", "exit"])
-        .arg(agent.socket())
-        .output()
-        .unwrap();
-    assert!(ended.status.success(), "{ended:?}");
+    end_master(&agent);
     drop(agent);
     assert_eq!(output.status.code(), Some(255), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
