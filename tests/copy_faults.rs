@@ -171,6 +171,7 @@ fn a_vm_killed_under_copies_both_ways_says_it_is_not_running_and_what_is_left() 
     let message = assert_vm_gone(&killed.out, &killed.vm);
     assert!(message.contains("removed the temporary"), "{message}");
     assert!(message.contains("/tmp/virtomate-follow-"), "{message}");
+    assert!(message.contains("from this host sweeps it"), "{message}");
     assert_eq!(std::fs::read_dir(&tree_out_dir).unwrap().count(), 0, "{message}");
 
     // A tree in, the guest's tar -x stopped once it has written: the

@@ -2,12 +2,18 @@
 //! its agent is gone, and with it the open file and any program of the
 //! copy's, so only the host's side can be cleaned. What the copy had made
 //! in the guest stays on the guest's disk, should that outlast the VM:
-//! it is named, with what removes it later: the private directory beside
-//! the destination is tagged with this virtomate's process (see `stale`),
-//! the pipes' directory of `--compress` and `-r` is not.
+//! it is named, with what removes it later: both the private directory
+//! beside the destination (see `stale`) and the pipes' directory of
+//! `--compress` and `-r` (see the protocol crate's `leftovers`) are tagged
+//! with this virtomate's process.
 
 use super::location::guest_parent;
 use super::{said_left, Copy, FileAgent};
+
+/// What removes the pipes' directory of a copy that could not: its owner
+/// tag tells the next run that makes one that this process is gone.
+pub const SWEPT_BY: &str = "the next run with --follow or -i, copy -r, or copy --compress out of the \
+                            guest from this host sweeps it once this virtomate has ended";
 
 impl<A: FileAgent> Copy<'_, A> {
     /// Removes what the copy left on the host, asks nothing of the agent,
@@ -31,8 +37,7 @@ impl<A: FileAgent> Copy<'_, A> {
                 _ => String::new(),
             };
             let removed_by = match follow_dir.as_deref() == Some(dir.as_str()) {
-                // Made untagged: no later run judges it.
-                true => "to remove by hand".to_owned(),
+                true => SWEPT_BY.to_owned(),
                 false => format!(
                     "the next copy of one file into {} from this host removes it",
                     guest_parent(&dir)

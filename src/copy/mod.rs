@@ -599,6 +599,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 }
             }
         }
+        let follow_dir = self.left.follow.as_ref().map(|follow| follow.dir().to_owned());
         if let Some(mut follow) = self.left.follow.take() {
             match follow.clean_up(self.agent.channel()).await {
                 Ok(()) => {
@@ -640,10 +641,15 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             self.left.handle = None;
         }
         if let Some(dir) = self.left.guest_dir.clone() {
+            // Tagged: a later run sweeps it, should the agent not remove it.
+            let swept = match follow_dir.as_deref() == Some(dir.as_str()) {
+                true => format!("; {}", cut_off::SWEPT_BY),
+                false => String::new(),
+            };
             match guest::run(self.agent, "rm", &["-rf", &dir], REMOVE_TEMPORARY).await {
                 Ok(ran) if ran.ok() => done.push(format!("removed the temporary {dir} in the guest")),
-                Ok(ran) => left.push(format!("{dir} in the guest ({})", ran.failure("rm"))),
-                Err(e) => left.push(format!("{dir} in the guest ({e})")),
+                Ok(ran) => left.push(format!("{dir} in the guest ({}{swept})", ran.failure("rm"))),
+                Err(e) => left.push(format!("{dir} in the guest ({e}{swept})")),
             }
             self.left.guest_dir = None;
         }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use tokio::sync::mpsc;
-use virtomate_protocol::follow::{Follow, FollowOptions};
+use virtomate_protocol::follow::FollowOptions;
 use virtomate_protocol::qga::GuestExec;
 
 use super::pack::pack;
@@ -17,6 +17,7 @@ use super::TreeSummary;
 use crate::copy::agent::FileAgent;
 use crate::copy::guest::{self, DirKind};
 use crate::copy::location::guest_parent;
+use crate::copy::output;
 use crate::copy::progress::Progress;
 use crate::copy::{Copy, Options};
 use crate::error::{CliError, ErrorKind};
@@ -68,7 +69,7 @@ impl<A: FileAgent> Copy<'_, A> {
             read_count: 64 << 10,
             ..FollowOptions::default()
         };
-        let prepared = Follow::prepare_with_stdin(self.agent.channel(), follow_options).await;
+        let prepared = output::prepare(self.agent.channel(), follow_options, true).await;
         let follow = prepared.map_err(|e| self.tree_follow_error(e))?;
         self.left.guest_dir = Some(follow.dir().to_owned());
         let follow = self.left.follow.insert(follow);
