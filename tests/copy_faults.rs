@@ -127,7 +127,7 @@ fn a_vm_killed_under_copies_both_ways_says_it_is_not_running_and_what_is_left() 
         "{message}"
     );
     assert!(
-        message.contains("the next copy of one file into /root/in from this host removes it"),
+        message.contains("the next copy of one file or copy -r into /root/in from this host removes it"),
         "{message}"
     );
 
@@ -196,7 +196,7 @@ fn a_vm_killed_under_copies_both_ways_says_it_is_not_running_and_what_is_left() 
     let message = assert_vm_gone(&killed.out, &killed.vm);
     assert!(message.contains("/root/tree-in/.virtomate-"), "{message}");
     assert!(
-        message.contains("the next copy of one file into /root/tree-in from this host"),
+        message.contains("the next copy of one file or copy -r into /root/tree-in from this host"),
         "{message}"
     );
     assert!(message.contains("/tmp/virtomate-follow-"), "{message}");

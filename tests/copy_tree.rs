@@ -809,4 +809,14 @@ fn a_killed_copys_pipes_directory_and_program_go_with_the_next_copy_or_run_and_o
         "the live owner's and the untagged directories stay"
     );
     assert!(!pipe_dirs(tmp).contains(&gzip_dir));
+
+    // The killed copy in's private directory beside its DEST, tagged in
+    // its name: the next copy into that directory removes it once its own
+    // tree is in place (this guest's tar unpacks nothing).
+    std::fs::remove_file(guest.archive.with_extension("tar.hang")).unwrap();
+    assert_eq!(temporaries(guest_side.path()).len(), 1);
+    let into = format!("{}:{}", socket.display(), guest_side.path().join("t2").display());
+    let out = copy(&["-r", tree.to_str().unwrap(), &into]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(listing(guest_side.path()), ["t2"]);
 }

@@ -39,7 +39,7 @@ impl<A: FileAgent> Copy<'_, A> {
             let removed_by = match follow_dir.as_deref() == Some(dir.as_str()) {
                 true => SWEPT_BY.to_owned(),
                 false => format!(
-                    "the next copy of one file into {} from this host removes it",
+                    "the next copy of one file or copy -r into {} from this host removes it",
                     guest_parent(&dir)
                 ),
             };
