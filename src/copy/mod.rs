@@ -599,7 +599,6 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 }
             }
         }
-        let follow_dir = self.left.follow.as_ref().map(|follow| follow.dir().to_owned());
         if let Some(mut follow) = self.left.follow.take() {
             match follow.clean_up(self.agent.channel()).await {
                 Ok(()) => {
@@ -641,23 +640,21 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             self.left.handle = None;
         }
         if let Some(dir) = self.left.guest_dir.clone() {
-            // Tagged: a later run sweeps it, should the agent not remove it.
-            let swept = match follow_dir.as_deref() == Some(dir.as_str()) {
-                true => format!("; {}", cut_off::SWEPT_BY),
-                false => String::new(),
-            };
+            // Tagged: a later run or copy removes it, should the agent not.
+            let later = cut_off::removed_later(&dir);
             match guest::run(self.agent, "rm", &["-rf", &dir], REMOVE_TEMPORARY).await {
                 Ok(ran) if ran.ok() => done.push(format!("removed the temporary {dir} in the guest")),
-                Ok(ran) => left.push(format!("{dir} in the guest ({}{swept})", ran.failure("rm"))),
-                Err(e) => left.push(format!("{dir} in the guest ({e}{swept})")),
+                Ok(ran) => left.push(format!("{dir} in the guest ({}; {later})", ran.failure("rm"))),
+                Err(e) => left.push(format!("{dir} in the guest ({e}; {later})")),
             }
             self.left.guest_dir = None;
         }
         if let Some(dir) = self.left.guest_tree.take() {
+            let later = cut_off::removed_later(&dir);
             match guest::run(self.agent, "rm", &["-rf", &dir], REMOVE_TEMPORARY).await {
                 Ok(ran) if ran.ok() => done.push(format!("removed the temporary {dir} in the guest")),
-                Ok(ran) => left.push(format!("{dir} in the guest ({})", ran.failure("rm"))),
-                Err(e) => left.push(format!("{dir} in the guest ({e})")),
+                Ok(ran) => left.push(format!("{dir} in the guest ({}; {later})", ran.failure("rm"))),
+                Err(e) => left.push(format!("{dir} in the guest ({e}; {later})")),
             }
         }
         self.clean_up_host(&mut done, &mut left).await;
@@ -723,11 +720,11 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         if self.left.handle.is_some() || self.left.follow.is_some() {
             left.push("files may still be open in the agent".to_owned());
         }
-        if let Some(dir) = &self.left.guest_dir {
-            left.push(format!("{dir} in the guest"));
-        }
-        if let Some(dir) = &self.left.guest_tree {
-            left.push(format!("{dir} in the guest"));
+        for dir in [&self.left.guest_dir, &self.left.guest_tree]
+            .into_iter()
+            .flatten()
+        {
+            left.push(format!("{dir} in the guest ({})", cut_off::removed_later(dir)));
         }
         if let Some(temp) = &self.left.local_temp {
             left.push(temp.display().to_string());
