@@ -36,7 +36,6 @@ impl<A: FileAgent> Copy<'_, A> {
         let mut left = Vec::new();
         self.clean_up_host(&mut done, &mut left).await;
         let said = said_left(done, left);
-        self.left.follow = None;
         let partial = self.left.guest_temp.take();
         let mut in_guest = Vec::new();
         for dir in [self.left.guest_dir.take(), self.left.guest_tree.take()]

@@ -59,7 +59,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use virtomate_protocol::feed::Feed;
 use virtomate_protocol::follow::{Follow, FollowError};
-use virtomate_protocol::{hex, stop_group, Error as AgentError, StopScope};
+use virtomate_protocol::{hex, stop_group, AnyAgent, Error as AgentError, Phase, StopScope};
 
 pub use self::agent::{FileAgent, LentChannel};
 pub use self::guest::random_name;
@@ -580,7 +580,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         // stopped by it: it ends with its pipes, closed below.
         let mut unknown = None;
         if let Some(pid) = self.left.program.take() {
-            let stopped = match self.agent.channel().agent().await {
+            let stopped = match self.agent_for_clean_up().await {
                 Ok(agent) => stop_group(agent, pid, PROGRAM_GRACE, StopScope::Tree).await,
                 Err(error) => Err(error),
             };
@@ -659,6 +659,24 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         }
         self.clean_up_host(&mut done, &mut left).await;
         said_left(done, left)
+    }
+
+    /// The agent, connected for the clean-up. After a restart the new
+    /// agent first reads the rest of a long request the old one had begun
+    /// (up to about a MiB, a second or more in a slow guest, longer on a
+    /// busy host), and the first handshake may time out meanwhile: one more
+    /// is tried, within the clean-up's bound.
+    async fn agent_for_clean_up(&mut self) -> Result<&mut AnyAgent, AgentError> {
+        let channel = self.agent.channel();
+        match channel.agent().await.map(|_| ()) {
+            Ok(())
+            | Err(AgentError::Timeout {
+                phase: Phase::Handshake,
+                ..
+            })
+            | Err(AgentError::BusyWithEarlierRequest { .. }) => channel.agent().await,
+            Err(error) => Err(error),
+        }
     }
 
     /// Whether the program `pid`, which the agent no longer knows, has
