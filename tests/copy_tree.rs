@@ -820,3 +820,60 @@ fn a_killed_copys_pipes_directory_and_program_go_with_the_next_copy_or_run_and_o
     assert_eq!(out.status, 0, "{out:?}");
     assert_eq!(listing(guest_side.path()), ["t2"]);
 }
+
+/// On the VM: a `copy -r --compress` out killed with SIGKILL while its
+/// `tar` and `gzip` run leaves their pipes' directory and the programs in
+/// the guest; the next followed run sweeps both, and the guest's `/tmp`
+/// and `/root` are as they were.
+#[test]
+#[ignore = "needs the test VM"]
+fn on_the_vm_a_killed_copy_rs_directory_and_programs_go_with_the_next_run() {
+    let vm = TestVm::boot("copy-tree-killed");
+    let socket = vm.socket();
+    let script = "mkdir /root/big && truncate -s 1G /root/big/sparse";
+    let out = guest_run(&socket, &["sh", "-c", script]);
+    assert_eq!(out.json()["exit_code"], 0, "{out:?}");
+    let before = guest_listing(&socket);
+    let local = tempfile::tempdir().unwrap();
+    let mut child = crate::support::virtomate()
+        .args(["copy", "-r", "--compress"])
+        .arg(format!("{}:/root/big", socket.display()))
+        .arg(local.path().join("big"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let unpacked = || {
+        let temps = temporaries(local.path());
+        temps
+            .iter()
+            .any(|temp| std::fs::metadata(temp.join("sparse")).is_ok_and(|m| m.len() > 0))
+    };
+    crate::support::wait_until(120, "the copy to unpack its first bytes", unpacked);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let running = || {
+        guest_run(&socket, &["ps"]).json()["stdout"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(running().contains("tar -c"), "the killed copy's tar runs on");
+    assert_ne!(guest_listing(&socket), before, "its directory stays");
+
+    let out = crate::support::run(
+        &[
+            "guest-run",
+            "--follow",
+            &socket.display().to_string(),
+            "--",
+            "echo",
+            "swept",
+        ],
+        None,
+    );
+    assert_eq!(out.stdout, "swept\n", "{out:?}");
+    assert_eq!(guest_listing(&socket), before, "nothing of the copy's is left");
+    let ps = running();
+    assert!(!ps.contains("tar -c") && !ps.contains("gzip -1"), "{ps}");
+}
