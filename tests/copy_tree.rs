@@ -707,16 +707,24 @@ fn listens(path: &Path) -> bool {
     })
 }
 
-/// Stops the guest's programs that hang for these seconds when dropped:
-/// a failed test leaves none to the next.
+/// Stops the guest's programs that hang for these seconds (`sleep HANG`,
+/// found by their whole command line) when dropped: a failed test leaves
+/// none to the next.
 struct Hangs(&'static [&'static str]);
 
 impl Drop for Hangs {
     fn drop(&mut self) {
-        for hang in self.0 {
-            let _ = std::process::Command::new("pkill")
-                .args(["-x", "-f", &format!("sleep {hang}")])
-                .status();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let hung = self
+                .0
+                .iter()
+                .any(|hang| cmdline == format!("sleep\0{hang}\0").as_bytes());
+            let pid = entry.file_name().to_string_lossy().parse::<i32>();
+            if let (true, Ok(pid)) = (hung, pid) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
         }
     }
 }
