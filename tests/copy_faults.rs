@@ -127,7 +127,7 @@ fn a_vm_killed_under_copies_both_ways_says_it_is_not_running_and_what_is_left() 
         "{message}"
     );
     assert!(
-        message.contains("the next copy of one file into /root/in from this host removes it"),
+        message.contains("the next copy of one file or copy -r into /root/in from this host removes it"),
         "{message}"
     );
 
@@ -171,6 +171,7 @@ fn a_vm_killed_under_copies_both_ways_says_it_is_not_running_and_what_is_left() 
     let message = assert_vm_gone(&killed.out, &killed.vm);
     assert!(message.contains("removed the temporary"), "{message}");
     assert!(message.contains("/tmp/virtomate-follow-"), "{message}");
+    assert!(message.contains("from this host sweeps it"), "{message}");
     assert_eq!(std::fs::read_dir(&tree_out_dir).unwrap().count(), 0, "{message}");
 
     // A tree in, the guest's tar -x stopped once it has written: the
@@ -195,7 +196,7 @@ fn a_vm_killed_under_copies_both_ways_says_it_is_not_running_and_what_is_left() 
     let message = assert_vm_gone(&killed.out, &killed.vm);
     assert!(message.contains("/root/tree-in/.virtomate-"), "{message}");
     assert!(
-        message.contains("the next copy of one file into /root/tree-in from this host"),
+        message.contains("the next copy of one file or copy -r into /root/tree-in from this host"),
         "{message}"
     );
     assert!(message.contains("/tmp/virtomate-follow-"), "{message}");
@@ -331,11 +332,24 @@ fn ctrl_c_while_a_guest_file_opens_closes_the_handle_the_agent_gives() {
 }
 
 /// Restarts the VM's agent, from a process of its own session, once the
-/// guest's `SCRIPT` succeeds (as `tests/copy.rs` does).
+/// guest's `SCRIPT` succeeds, as a service manager does: SIGTERM, the new
+/// agent started once the old one has exited, and SIGKILL if it has not
+/// within 3 s. Both matter. Started while the old one still holds the
+/// port, the new agent fails at once ("Device or resource busy"), and the
+/// guest has none. And qemu-ga's SIGTERM handler calls GLib
+/// (`g_main_loop_quit`), which deadlocks on its main loop's lock when the
+/// signal lands while the agent holds it, most often while it reads a
+/// long request: that agent neither exits nor answers (seen once in 9
+/// restarts under `copy -r` in). Which of the two happened, and how long
+/// the old agent took, goes to the console.
 fn restart_agent_when(vm: &TestVm, script: &str) {
     let restart = format!(
-        "until {script}; do sleep 0.1; done; kill $(pidof qemu-ga); sleep 1; \
-         exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0"
+        "until {script}; do sleep 0.1; done; p=$(pidof qemu-ga); kill $p; i=0; \
+         while grep -qs \"^State:.[^Z]\" /proc/$p/status; do i=$((i + 1)); \
+         if [ $i = 30 ]; then echo \"old agent hung on SIGTERM in $(cat /proc/$p/wchan)\" >/dev/console; \
+         kill -KILL $p; fi; sleep 0.1; done; echo \"old agent gone after $i looks\" >/dev/console; \
+         exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0 \
+         2>/dev/console"
     );
     guest_sh(
         &vm.socket(),
@@ -343,12 +357,22 @@ fn restart_agent_when(vm: &TestVm, script: &str) {
     );
 }
 
-/// Asserts the error of a copy whose agent restarted under it, and that
-/// the new agent cleaned up; its message.
-fn assert_restarted(out: &Outcome) -> String {
+/// The end of the guest's console (the restart's words, the new agent's
+/// errors), for a failure's message.
+fn console_end(vm: &TestVm) -> String {
+    let log = std::fs::read(vm.dir.path().join("console.log")).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log);
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
+}
+
+/// Asserts the error of a copy whose agent restarted under it (the
+/// guest's `console` said how), and that the new agent cleaned up; its
+/// message.
+fn assert_restarted(out: &Outcome, console: &str) -> String {
     let json = out.json();
     let message = json["message"].as_str().unwrap_or_default().to_owned();
-    assert_eq!(out.status, 1, "{out:?}");
+    assert_eq!(out.status, 1, "{out:?}\nconsole: {console}");
     // "no longer knows" the file or program, or "could not read" a request
     // the old agent had begun to read; or no answer at all.
     let kinds = ["AgentDisconnected", "AgentTimeout"];
@@ -356,9 +380,15 @@ fn assert_restarted(out: &Outcome) -> String {
         kinds.contains(&json["type"].as_str().unwrap_or_default()),
         "{out:?}"
     );
-    assert!(message.contains("restarted in the guest"), "{json}");
+    assert!(
+        message.contains("restarted in the guest"),
+        "{json}\nconsole: {console}"
+    );
     assert!(message.contains("the destination was not touched"), "{json}");
-    assert!(!message.contains("to remove by hand"), "{json}");
+    assert!(
+        !message.contains("to remove by hand"),
+        "{json}\nconsole: {console}"
+    );
     message
 }
 
@@ -373,17 +403,15 @@ fn copies_in_guest(vm: &TestVm) -> String {
 
 #[test]
 #[ignore = "needs the test VM"]
-fn the_vms_agent_restarted_under_copy_r_compress_out_is_told_and_nothing_is_left() {
+fn the_vms_agent_restarted_under_copy_r_either_way_is_told_and_nothing_is_left() {
     let vm = TestVm::boot("copy-r-restart");
     guest_sh(
         &vm.socket(),
-        "mkdir /root/tree && truncate -s 1G /root/tree/sparse",
+        "mkdir /root/tree /root/into && truncate -s 1G /root/tree/sparse",
     );
     let host = tempfile::tempdir().unwrap();
 
-    // Out through gzip, once its output flows. (Not `copy -r` in: an agent
-    // restarted while a long request is sent to it was seen to answer
-    // nothing for 15 s, the clean-up's bound.)
+    // Out through gzip, once its output flows.
     let out_dir = host.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
     restart_agent_when(
@@ -398,9 +426,86 @@ fn the_vms_agent_restarted_under_copy_r_compress_out_is_told_and_nothing_is_left
         &format!("{}:/root/tree", vm.name),
         out_dir.join("tree").to_str().unwrap(),
     ]));
-    let message = assert_restarted(&out);
+    let console = console_end(&vm);
+    let message = assert_restarted(&out, &console);
     assert_eq!(std::fs::read_dir(&out_dir).unwrap().count(), 0, "{message}");
-    assert_eq!(copies_in_guest(&vm), "", "{message}");
+    assert_eq!(copies_in_guest(&vm), "", "{message}\nconsole: {console}");
+
+    // In, once tar has unpacked some of it: the copy is then most often
+    // in the middle of sending a chunk of 1 MiB, which the new agent reads
+    // the rest of first (see the host test below).
+    let tree = host.path().join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("noise.bin"), crate::support::data::noise(16 << 20, 7)).unwrap();
+    restart_agent_when(
+        &vm,
+        "find /root/into/.virtomate-*/tree -type f -size +0 2>/dev/null | grep -q .",
+    );
+    let out = outcome(spawn_copy(&[
+        "--reply-timeout",
+        "5",
+        "-r",
+        tree.to_str().unwrap(),
+        &format!("{}:/root/into/tree", vm.name),
+    ]));
+    let console = console_end(&vm);
+    let message = assert_restarted(&out, &console);
+    assert_eq!(copies_in_guest(&vm), "", "{message}\nconsole: {console}");
+}
+/// What a restarted agent reads first when its predecessor died in the
+/// middle of a request: the rest of that request, from any byte on. The
+/// clean-up's connection then starts with 0xFF and `guest-sync-delimited`;
+/// whatever the rest was (inside a string, an object, a number), the real
+/// agent's parser takes the 0xFF as the end of it and answers the sync.
+/// Every cut of a staging request (`cat` with its input in Base64), with
+/// and without its line end, on one connection to the host's agent.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn any_tail_of_a_request_an_agent_reads_first_leaves_the_next_sync_answered() {
+    use std::io::{BufRead, BufReader, Write};
+    let agent = HostAgent::start();
+    let input: Vec<u8> = (0..768u32).map(|i| i as u8).collect();
+    let request = json!({
+        "execute": "guest-exec",
+        "arguments": {
+            "path": "/bin/sh",
+            "arg": ["-c", "exec cat >\"$1\"", "sh", "/nonexistent/in.0"],
+            "input-data": base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &input),
+        },
+        "id": 7,
+    });
+    let request = format!("{request}\n").into_bytes();
+    let stream = std::os::unix::net::UnixStream::connect(agent.socket()).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let mut replies = BufReader::new(stream);
+    for cut in 1..request.len() - 1 {
+        let tail = match cut % 2 {
+            0 => &request[cut..],
+            _ => &request[cut..request.len() - 1],
+        };
+        let id = 1_000_000 + cut;
+        writer.write_all(tail).unwrap();
+        let sync = json!({"execute": "guest-sync-delimited", "arguments": {"id": id}});
+        writer
+            .write_all(&[&[0xFF][..], format!("{sync}\n").as_bytes()].concat())
+            .unwrap();
+        let echo = format!("\"return\": {id}}}");
+        loop {
+            let mut line = Vec::new();
+            let read = replies.read_until(b'\n', &mut line);
+            assert!(
+                read.is_ok_and(|n| n > 0),
+                "no answer to the sync after {:?}",
+                String::from_utf8_lossy(tail)
+            );
+            if String::from_utf8_lossy(&line).contains(&echo) {
+                break;
+            }
+        }
+    }
 }
 
 #[test]

@@ -260,7 +260,7 @@ const HANG_READING: &str = "613.5";
 struct HostileGuest {
     agent: HostAgent,
     tmp: tempfile::TempDir,
-    _bin: tempfile::TempDir,
+    bin: tempfile::TempDir,
     archive: PathBuf,
 }
 
@@ -283,7 +283,7 @@ impl HostileGuest {
         HostileGuest {
             agent,
             tmp,
-            _bin: bin,
+            bin,
             archive,
         }
     }
@@ -630,4 +630,258 @@ fn a_device_node_or_fifo_in_a_vm_tree_is_refused_by_name_and_a_setuid_bit_droppe
         std::fs::metadata(dest.join("prog")).unwrap().mode() & 0o7777,
         0o755 & !umask()
     );
+}
+
+/// The tag a run of the live process `pid` writes into its directory
+/// (`owner`): this boot, this pid namespace, the pid and its start time.
+fn owner_tag(pid: u32) -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let ns = std::fs::read_link("/proc/self/ns/pid").unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let started = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap();
+    format!(
+        "virtomate-owner-1 {} {} {pid} {started}",
+        boot.trim(),
+        ns.display()
+    )
+}
+
+/// The pipes' directories in the guest's temporary directory `tmp`.
+fn pipe_dirs(tmp: &Path) -> Vec<String> {
+    let dirs = listing(tmp).into_iter();
+    dirs.filter(|name| name.starts_with("virtomate-follow-"))
+        .collect()
+}
+
+/// Starts `virtomate copy ARGS` and waits until its program hangs in the
+/// guest (`sleep HANG`) with its pipes' directory made beside `before`
+/// in `tmp`; that directory's name. A copy that ends first fails the test
+/// with what it said.
+fn hung_copy(args: &[&str], hang: &str, tmp: &Path, before: &[String]) -> (std::process::Child, String) {
+    let mut child = crate::support::virtomate()
+        .arg("copy")
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    crate::support::wait_until(20, "the copy's program to hang in the guest", || {
+        if let Ok(Some(status)) = child.try_wait() {
+            let mut said = String::new();
+            std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut said).unwrap();
+            panic!("the copy ended first ({status}): {said}");
+        }
+        hung_tar_runs(hang) && pipe_dirs(tmp).iter().any(|dir| !before.contains(dir))
+    });
+    let made = pipe_dirs(tmp).into_iter().find(|dir| !before.contains(dir));
+    (child, made.expect("a new directory"))
+}
+
+/// Kills `child` (SIGKILL: it cleans nothing up), and waits until the
+/// host's agent listens again, started anew if it exited, as `qemu-ga -m
+/// unix-listen` sometimes does when a client dies mid-request (see
+/// [`HostAgent::revive_if_exited`]); a VM's agent sits behind QEMU's
+/// socket, which stays.
+fn kill_copy(mut child: std::process::Child, agent: &mut HostAgent) {
+    child.kill().unwrap();
+    child.wait().unwrap();
+    crate::support::wait_until(10, "the host's agent to listen again", || {
+        agent.revive_if_exited() || listens(&agent.socket())
+    });
+}
+
+/// Whether a socket listens at `path`, as `/proc/net/unix` tells (flag
+/// `__SO_ACCEPTCON`): looked at without connecting, since the agent stops
+/// listening for a while after each client.
+fn listens(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() == 8 && fields[3] == "00010000" && Path::new(fields[7]) == path
+    })
+}
+
+/// Stops the guest's programs that hang for these seconds (`sleep HANG`,
+/// found by their whole command line) when dropped: a failed test leaves
+/// none to the next.
+struct Hangs(&'static [&'static str]);
+
+impl Drop for Hangs {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let hung = self
+                .0
+                .iter()
+                .any(|hang| cmdline == format!("sleep\0{hang}\0").as_bytes());
+            let pid = entry.file_name().to_string_lossy().parse::<i32>();
+            if let (true, Ok(pid)) = (hung, pid) {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A copy killed with SIGKILL (`copy -r` out and in, `--compress` out)
+/// leaves its pipes' directory and its program in the guest; the next
+/// copy or followed run from this host sweeps both, as its directory,
+/// tagged with its owner, says that owner is gone. A live owner's
+/// directory and one without a tag stay.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_killed_copys_pipes_directory_and_program_go_with_the_next_copy_or_run_and_others_stay() {
+    let mut guest = HostileGuest::start();
+    let socket = guest.agent.socket();
+    let tmp = guest.tmp.path().to_owned();
+    let tmp = tmp.as_path();
+    let (live, untagged) = (
+        "virtomate-follow-0123456789abcdef0123456789abcdef",
+        "virtomate-follow-fedcba9876543210fedcba9876543210",
+    );
+    std::fs::create_dir(tmp.join(live)).unwrap();
+    std::fs::write(tmp.join(live).join("owner"), owner_tag(std::process::id()) + "\n").unwrap();
+    std::fs::create_dir(tmp.join(untagged)).unwrap();
+    let others = pipe_dirs(tmp);
+    let (out_hang, in_hang, gzip_hang) = ("613.625", "613.75", "613.875");
+    let _hangs = Hangs(&["613.625", "613.75", "613.875"]);
+    let local = tempfile::tempdir().unwrap();
+
+    // Out: tar writes part of its archive, then hangs.
+    let mut stream = entry("./d/", EntryType::Directory, 0o755, b"", "");
+    stream.extend(entry("./d/f", EntryType::Regular, 0o644, &[7; 4096], ""));
+    std::fs::write(&guest.archive, stream).unwrap();
+    std::fs::write(guest.archive.with_extension("tar.hang"), out_hang).unwrap();
+    let source = format!("{}:/", socket.display());
+    let dest = local.path().join("out");
+    let (out, out_dir) = hung_copy(&["-r", &source, dest.to_str().unwrap()], out_hang, tmp, &others);
+    kill_copy(out, &mut guest.agent);
+    assert!(hung_tar_runs(out_hang), "a copy killed stops nothing");
+    assert!(pipe_dirs(tmp).contains(&out_dir), "nor removes its directory");
+
+    // In, its tar reading nothing: its setup sweeps the copy out's.
+    std::fs::write(&guest.archive, "").unwrap();
+    std::fs::write(guest.archive.with_extension("tar.hang"), in_hang).unwrap();
+    let tree = local.path().join("tree");
+    make_tree(&tree);
+    let guest_side = tempfile::tempdir().unwrap();
+    let into = format!("{}:{}", socket.display(), guest_side.path().join("t").display());
+    let with_out = [others.clone(), vec![out_dir.clone()]].concat();
+    let (into_copy, in_dir) = hung_copy(&["-r", tree.to_str().unwrap(), &into], in_hang, tmp, &with_out);
+    crate::support::wait_until(20, "the copy out's directory to be swept", || {
+        !pipe_dirs(tmp).contains(&out_dir)
+    });
+    assert!(!hung_tar_runs(out_hang), "its tar was stopped");
+    kill_copy(into_copy, &mut guest.agent);
+    assert!(hung_tar_runs(in_hang));
+
+    // --compress out, its gzip hung: its setup sweeps the copy in's.
+    let gzip = guest.bin.path().join("gzip");
+    let script = format!("#!/bin/sh\ncase $1 in -h) exit 0;; esac\nexec sleep {gzip_hang}\n");
+    std::fs::write(&gzip, script).unwrap();
+    set_mode(&gzip, 0o755);
+    let file = format!("{}:{}", socket.display(), guest.archive.display());
+    let dest = local.path().join("file");
+    let with_in = [others.clone(), vec![in_dir.clone()]].concat();
+    let args = ["--compress", &file, dest.to_str().unwrap()];
+    let (compressed, gzip_dir) = hung_copy(&args, gzip_hang, tmp, &with_in);
+    crate::support::wait_until(20, "the copy in's directory to be swept", || {
+        !pipe_dirs(tmp).contains(&in_dir)
+    });
+    assert!(!hung_tar_runs(in_hang), "its tar was stopped");
+    kill_copy(compressed, &mut guest.agent);
+
+    // A followed run sweeps the last.
+    let out = crate::support::run(
+        &[
+            "guest-run",
+            "--follow",
+            &socket.display().to_string(),
+            "--",
+            "echo",
+            "swept",
+        ],
+        None,
+    );
+    assert_eq!(out.stdout, "swept\n", "{out:?}");
+    assert!(!hung_tar_runs(gzip_hang), "its gzip was stopped");
+    assert_eq!(
+        pipe_dirs(tmp),
+        others,
+        "the live owner's and the untagged directories stay"
+    );
+    assert!(!pipe_dirs(tmp).contains(&gzip_dir));
+
+    // The killed copy in's private directory beside its DEST, tagged in
+    // its name: the next copy into that directory removes it once its own
+    // tree is in place (this guest's tar unpacks nothing).
+    std::fs::remove_file(guest.archive.with_extension("tar.hang")).unwrap();
+    assert_eq!(temporaries(guest_side.path()).len(), 1);
+    let into = format!("{}:{}", socket.display(), guest_side.path().join("t2").display());
+    let out = copy(&["-r", tree.to_str().unwrap(), &into]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(listing(guest_side.path()), ["t2"]);
+}
+
+/// On the VM: a `copy -r --compress` out killed with SIGKILL while its
+/// `tar` and `gzip` run leaves their pipes' directory and the programs in
+/// the guest; the next followed run sweeps both, and the guest's `/tmp`
+/// and `/root` are as they were.
+#[test]
+#[ignore = "needs the test VM"]
+fn on_the_vm_a_killed_copy_rs_directory_and_programs_go_with_the_next_run() {
+    let vm = TestVm::boot("copy-tree-killed");
+    let socket = vm.socket();
+    let script = "mkdir /root/big && truncate -s 1G /root/big/sparse";
+    let out = guest_run(&socket, &["sh", "-c", script]);
+    assert_eq!(out.json()["exit_code"], 0, "{out:?}");
+    let before = guest_listing(&socket);
+    let local = tempfile::tempdir().unwrap();
+    let mut child = crate::support::virtomate()
+        .args(["copy", "-r", "--compress"])
+        .arg(format!("{}:/root/big", socket.display()))
+        .arg(local.path().join("big"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let unpacked = || {
+        let temps = temporaries(local.path());
+        temps
+            .iter()
+            .any(|temp| std::fs::metadata(temp.join("sparse")).is_ok_and(|m| m.len() > 0))
+    };
+    crate::support::wait_until(120, "the copy to unpack its first bytes", unpacked);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let running = || {
+        guest_run(&socket, &["ps"]).json()["stdout"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert!(running().contains("tar -c"), "the killed copy's tar runs on");
+    assert_ne!(guest_listing(&socket), before, "its directory stays");
+
+    let out = crate::support::run(
+        &[
+            "guest-run",
+            "--follow",
+            &socket.display().to_string(),
+            "--",
+            "echo",
+            "swept",
+        ],
+        None,
+    );
+    assert_eq!(out.stdout, "swept\n", "{out:?}");
+    assert_eq!(guest_listing(&socket), before, "nothing of the copy's is left");
+    let ps = running();
+    assert!(!ps.contains("tar -c") && !ps.contains("gzip -1"), "{ps}");
 }

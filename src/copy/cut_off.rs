@@ -2,12 +2,31 @@
 //! its agent is gone, and with it the open file and any program of the
 //! copy's, so only the host's side can be cleaned. What the copy had made
 //! in the guest stays on the guest's disk, should that outlast the VM:
-//! it is named, with what removes it later: the private directory beside
-//! the destination is tagged with this virtomate's process (see `stale`),
-//! the pipes' directory of `--compress` and `-r` is not.
+//! it is named, with what removes it later: both the private directory
+//! beside the destination (see `stale`) and the pipes' directory of
+//! `--compress` and `-r` (see the protocol crate's `leftovers`) are tagged
+//! with this virtomate's process.
 
 use super::location::guest_parent;
 use super::{said_left, Copy, FileAgent};
+
+/// What removes the guest directory `dir` that a copy could not: both
+/// kinds are tagged with this process, the pipes' directory
+/// (`virtomate-follow-…`) in a file its maker's sweep reads (see the
+/// protocol crate's `leftovers`), the private directory beside the
+/// destination in its name (see `stale`).
+pub fn removed_later(dir: &str) -> String {
+    let name = dir.rsplit('/').next().unwrap_or(dir);
+    match name.starts_with("virtomate-follow-") {
+        true => "the next run with --follow or -i, copy -r, or copy --compress out of the guest from \
+                 this host sweeps it once this virtomate has ended"
+            .to_owned(),
+        false => format!(
+            "the next copy of one file or copy -r into {} from this host removes it",
+            guest_parent(dir)
+        ),
+    }
+}
 
 impl<A: FileAgent> Copy<'_, A> {
     /// Removes what the copy left on the host, asks nothing of the agent,
@@ -17,7 +36,6 @@ impl<A: FileAgent> Copy<'_, A> {
         let mut left = Vec::new();
         self.clean_up_host(&mut done, &mut left).await;
         let said = said_left(done, left);
-        let follow_dir = self.left.follow.take().map(|follow| follow.dir().to_owned());
         let partial = self.left.guest_temp.take();
         let mut in_guest = Vec::new();
         for dir in [self.left.guest_dir.take(), self.left.guest_tree.take()]
@@ -30,15 +48,7 @@ impl<A: FileAgent> Copy<'_, A> {
                 }
                 _ => String::new(),
             };
-            let removed_by = match follow_dir.as_deref() == Some(dir.as_str()) {
-                // Made untagged: no later run judges it.
-                true => "to remove by hand".to_owned(),
-                false => format!(
-                    "the next copy of one file into {} from this host removes it",
-                    guest_parent(&dir)
-                ),
-            };
-            in_guest.push(format!("{dir}{holding} ({removed_by})"));
+            in_guest.push(format!("{dir}{holding} ({})", removed_later(&dir)));
         }
         self.left = Default::default();
         match in_guest.is_empty() {
@@ -48,5 +58,21 @@ impl<A: FileAgent> Copy<'_, A> {
                 in_guest.join("; ")
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::removed_later;
+
+    #[test]
+    fn the_pipes_directory_is_swept_by_a_run_and_the_private_one_by_a_copy_into_its_parent() {
+        let pipes = removed_later("/tmp/virtomate-follow-0123456789abcdef0123456789abcdef");
+        assert!(pipes.contains("run with --follow or -i"), "{pipes}");
+        let private = removed_later("/root/in/.virtomate-0123-tag");
+        assert!(
+            private.contains("copy -r into /root/in from this host"),
+            "{private}"
+        );
     }
 }

@@ -244,6 +244,17 @@ pub fn file_error(agent: &impl FileAgent, error: AgentError) -> CliError {
             )
             .with_hint("it has probably restarted in the guest")
         }
+        // The pid of a helper of the copy's (a `guest-run -i` chunk's
+        // stager or mover) that the agent forgot: only a new agent does.
+        AgentError::Agent { command, class, desc }
+            if command == "guest-exec-status" && class != "CommandNotFound" =>
+        {
+            CliError::new(
+                ErrorKind::AgentDisconnected,
+                format!("the agent on {shown} no longer knows a program of the copy's ({desc})"),
+            )
+            .with_hint("it has probably restarted in the guest")
+        }
         AgentError::Agent { class, .. } if class == "CommandNotFound" => agent.error(error).with_hint(
             "copy needs guest-file-open, -read, -write, -seek and -close (and guest-exec to copy into the \
              guest): check the agent's --block-rpcs/--allow-rpcs",

@@ -57,7 +57,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use virtomate_protocol::feed::Feed;
 use virtomate_protocol::follow::{Follow, FollowError};
-use virtomate_protocol::{hex, stop_group, Error as AgentError, Settling, StopScope};
+use virtomate_protocol::{hex, stop_group, AnyAgent, Error as AgentError, Phase, Settling, StopScope};
 
 pub use self::agent::{FileAgent, LentChannel};
 pub use self::guest::random_name;
@@ -595,7 +595,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         // stopped by it: it ends with its pipes, closed below.
         let mut unknown = None;
         if let Some(pid) = self.left.program.take() {
-            let stopped = match self.agent.channel().agent().await {
+            let stopped = match self.agent_for_clean_up().await {
                 Ok(agent) => stop_group(agent, pid, PROGRAM_GRACE, StopScope::Tree).await,
                 Err(error) => Err(error),
             };
@@ -655,22 +655,43 @@ impl<'a, A: FileAgent> Copy<'a, A> {
             self.left.handle = None;
         }
         if let Some(dir) = self.left.guest_dir.clone() {
+            // Tagged: a later run or copy removes it, should the agent not.
+            let later = cut_off::removed_later(&dir);
             match guest::run(self.agent, "rm", &["-rf", &dir], REMOVE_TEMPORARY).await {
                 Ok(ran) if ran.ok() => done.push(format!("removed the temporary {dir} in the guest")),
-                Ok(ran) => left.push(format!("{dir} in the guest ({})", ran.failure("rm"))),
-                Err(e) => left.push(format!("{dir} in the guest ({e})")),
+                Ok(ran) => left.push(format!("{dir} in the guest ({}; {later})", ran.failure("rm"))),
+                Err(e) => left.push(format!("{dir} in the guest ({e}; {later})")),
             }
             self.left.guest_dir = None;
         }
         if let Some(dir) = self.left.guest_tree.take() {
+            let later = cut_off::removed_later(&dir);
             match guest::run(self.agent, "rm", &["-rf", &dir], REMOVE_TEMPORARY).await {
                 Ok(ran) if ran.ok() => done.push(format!("removed the temporary {dir} in the guest")),
-                Ok(ran) => left.push(format!("{dir} in the guest ({})", ran.failure("rm"))),
-                Err(e) => left.push(format!("{dir} in the guest ({e})")),
+                Ok(ran) => left.push(format!("{dir} in the guest ({}; {later})", ran.failure("rm"))),
+                Err(e) => left.push(format!("{dir} in the guest ({e}; {later})")),
             }
         }
         self.clean_up_host(&mut done, &mut left).await;
         said_left(done, left)
+    }
+
+    /// The agent, connected for the clean-up. After a restart the new
+    /// agent first reads the rest of a long request the old one had begun
+    /// (up to about a MiB, a second or more in a slow guest, longer on a
+    /// busy host), and the first handshake may time out meanwhile: one more
+    /// is tried, within the clean-up's bound.
+    async fn agent_for_clean_up(&mut self) -> Result<&mut AnyAgent, AgentError> {
+        let channel = self.agent.channel();
+        match channel.agent().await.map(|_| ()) {
+            Ok(())
+            | Err(AgentError::Timeout {
+                phase: Phase::Handshake,
+                ..
+            })
+            | Err(AgentError::BusyWithEarlierRequest { .. }) => channel.agent().await,
+            Err(error) => Err(error),
+        }
     }
 
     /// Whether the program `pid`, which the agent no longer knows, has
@@ -732,11 +753,11 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         if self.left.handle.is_some() || self.left.follow.is_some() {
             left.push("files may still be open in the agent".to_owned());
         }
-        if let Some(dir) = &self.left.guest_dir {
-            left.push(format!("{dir} in the guest"));
-        }
-        if let Some(dir) = &self.left.guest_tree {
-            left.push(format!("{dir} in the guest"));
+        for dir in [&self.left.guest_dir, &self.left.guest_tree]
+            .into_iter()
+            .flatten()
+        {
+            left.push(format!("{dir} in the guest ({})", cut_off::removed_later(dir)));
         }
         if let Some(temp) = &self.left.local_temp {
             left.push(temp.display().to_string());

@@ -19,16 +19,27 @@
 //! one's processes, an older virtomate wrote none, or its owner died
 //! between making it and tagging it), with a tag of another boot, host or
 //! namespace, or whose owner may live, is left alone.
+//!
+//! [`prepare_tagged`] does both for any caller that makes a private
+//! directory: a followed run and the copies whose programs' output (`copy
+//! -r`, `--compress`) or input (`copy -r` into the guest) pass through
+//! one.
 
 use std::path::Path;
+use std::time::Duration;
 
 use crate::channel::in_flight::start_time;
-use crate::follow::Follow;
+use crate::follow::{Follow, FollowError, FollowOptions};
 use crate::{Channel, Connector, Error};
 
 /// The most directories one run sweeps: each sweep takes a round trip or
 /// more, and a hostile guest could list any number.
 const MOST_SWEPT: usize = 4;
+
+/// The longest [`prepare_tagged`] waits for the sweep of dead runs'
+/// directories: a sweep takes about five seconds at worst, and there are
+/// [`MOST_SWEPT`] at most.
+pub const SWEPT_WITHIN: Duration = Duration::from_secs(30);
 
 /// What a tag starts with: its format, should it ever change.
 const TAG_VERSION: &str = "virtomate-owner-1";
@@ -121,6 +132,53 @@ pub async fn sweep_dead<C: Connector>(
         tracing::info!(name, swept, "the private directory of a dead virtomate swept");
     }
     Ok(dead)
+}
+
+/// Makes the private directory named after `name` (with the named pipe
+/// when `stdin_pipe`), as [`Follow::prepare_named`] does, tagged with this
+/// process where `/proc` tells it, so that should this process die the
+/// next run from this host sweeps it. The directories of dead owners the
+/// setup listed are swept by [`sweep_beside`], once the caller keeps the
+/// [`Follow`] where its own give-up finds it.
+///
+/// ```no_run
+/// # use virtomate_protocol::follow::{Follow, FollowOptions};
+/// # use virtomate_protocol::leftovers;
+/// # async fn demo(channel: &mut virtomate_protocol::Channel<virtomate_protocol::SocketConnector>) {
+/// let name = Follow::new_name().unwrap();
+/// match leftovers::prepare_tagged(channel, FollowOptions::default(), false, &name).await {
+///     Ok(follow) => {
+///         leftovers::sweep_beside(channel, &follow).await;
+///         println!("output goes to {}", follow.dir());
+///     }
+///     Err(error) => eprintln!("{error}"),
+/// }
+/// # }
+/// ```
+pub async fn prepare_tagged<C: Connector>(
+    channel: &mut Channel<C>,
+    options: FollowOptions,
+    stdin_pipe: bool,
+    name: &str,
+) -> Result<Follow, FollowError> {
+    let tag = Owner::this_process(Path::new("/proc")).map(|owner| owner.tag());
+    Follow::prepare_named(channel, options, stdin_pipe, name, tag.as_deref()).await
+}
+
+/// Sweeps the directories of dead owners that the setup of `follow` listed
+/// beside its own. Best effort: a sweep that fails, or that a hostile
+/// guest drags out past [`SWEPT_WITHIN`], leaves what it found (said in
+/// the log), and the caller goes on.
+pub async fn sweep_beside<C: Connector>(channel: &mut Channel<C>, follow: &Follow) {
+    let Some(owner) = Owner::this_process(Path::new("/proc")) else {
+        return;
+    };
+    let sweep = sweep_dead(channel, follow.other_owners(), &owner);
+    match tokio::time::timeout(SWEPT_WITHIN, sweep).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => tracing::warn!(%error, "the directories of dead runs were not swept"),
+        Err(_) => tracing::warn!("the directories of dead runs were not swept in time"),
+    }
 }
 
 #[cfg(test)]

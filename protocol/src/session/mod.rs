@@ -41,7 +41,6 @@ mod reply;
 mod request;
 
 use std::io;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -56,7 +55,7 @@ pub use request::{Action, BadRequest, Request, RunRequest};
 use crate::channel::LOOK_FOR_WAITERS;
 use crate::feed::{Feed, DIRECT_CHUNK};
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
-use crate::leftovers::{self, Owner};
+use crate::leftovers;
 use crate::qga::{CaptureOutput, GuestExecStatus, GuestExecStatusReply, GuestInfo, GuestPing};
 use crate::{
     stop_group, Channel, Connector, Error, HoldPolicy, PollSchedule, RequestProgress, StopScope, Stopped,
@@ -161,11 +160,6 @@ const FEED_BUDGET: usize = 64 << 10;
 /// in the guest moves: the next chunk's helper starts within about that
 /// once the last has ended.
 const MOVING_PAUSE: Duration = Duration::from_millis(20);
-
-/// The longest a run waits for the sweep of dead runs' directories (see
-/// [`leftovers`]) before it starts its program: a sweep takes about five
-/// seconds at worst, a few of them at most.
-const LEFTOVERS_SWEPT_WITHIN: Duration = Duration::from_secs(30);
 
 /// Why a program is stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -552,27 +546,13 @@ impl<C: Connector> Session<C> {
                 name: name.clone(),
                 follow: None,
             });
-            let owner = Owner::this_process(Path::new("/proc"));
-            let tag = owner.as_ref().map(Owner::tag);
-            let prepared =
-                Follow::prepare_named(&mut self.channel, options, interactive, &name, tag.as_deref());
+            let prepared = leftovers::prepare_tagged(&mut self.channel, options, interactive, &name);
             let follow = prepared
                 .await
                 .map_err(|e| Failure::following(Stage::Preparing, e))?;
             // Kept where a give-up finds it from here on.
             let follow = &*preparing.follow.insert(follow);
-            // Best effort: a sweep that fails, or that a hostile guest
-            // drags out, leaves what it found, and the run goes on.
-            if let Some(owner) = &owner {
-                let sweep = leftovers::sweep_dead(&mut self.channel, follow.other_owners(), owner);
-                match tokio::time::timeout(LEFTOVERS_SWEPT_WITHIN, sweep).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(error)) => {
-                        tracing::warn!(%error, "the directories of dead runs were not swept")
-                    }
-                    Err(_) => tracing::warn!("the directories of dead runs were not swept in time"),
-                }
-            }
+            leftovers::sweep_beside(&mut self.channel, follow).await;
         }
         if let Some(follow) = self.preparing.as_ref().and_then(|p| p.follow.as_ref()) {
             exec = follow.redirect(exec);

@@ -8,7 +8,7 @@ use flate2::write::GzDecoder;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::time::sleep;
-use virtomate_protocol::follow::{Follow, FollowError, FollowOptions};
+use virtomate_protocol::follow::{FollowError, FollowOptions};
 use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
 use virtomate_protocol::{hex, PollSchedule};
 
@@ -47,7 +47,7 @@ impl<A: FileAgent> Copy<'_, A> {
             read_count: chunk,
             schedule: LOOKS,
         };
-        let prepared = Follow::prepare(self.agent.channel(), follow_options).await;
+        let prepared = output::prepare(self.agent.channel(), follow_options, false).await;
         let follow = prepared.map_err(|e| self.follow_error(e))?;
         self.left.guest_dir = Some(follow.dir().to_owned());
         let follow = self.left.follow.insert(follow);

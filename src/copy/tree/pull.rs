@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use flate2::read::GzDecoder;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep;
-use virtomate_protocol::follow::{Follow, FollowOptions};
+use virtomate_protocol::follow::FollowOptions;
 use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
 use virtomate_protocol::PollSchedule;
 
@@ -82,7 +82,7 @@ impl<A: FileAgent> Copy<'_, A> {
             read_count: chunk,
             schedule: LOOKS,
         };
-        let prepared = Follow::prepare(self.agent.channel(), follow_options).await;
+        let prepared = output::prepare(self.agent.channel(), follow_options, false).await;
         let follow = prepared.map_err(|e| self.tree_follow_error(e))?;
         self.left.guest_dir = Some(follow.dir().to_owned());
         let follow = self.left.follow.insert(follow);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use tokio::sync::mpsc;
-use virtomate_protocol::follow::{Follow, FollowOptions};
+use virtomate_protocol::follow::FollowOptions;
 use virtomate_protocol::qga::GuestExec;
 
 use super::pack::pack;
@@ -17,8 +17,9 @@ use super::TreeSummary;
 use crate::copy::agent::FileAgent;
 use crate::copy::guest::{self, DirKind};
 use crate::copy::location::guest_parent;
+use crate::copy::output;
 use crate::copy::progress::Progress;
-use crate::copy::{Copy, Options};
+use crate::copy::{stale, Copy, Options};
 use crate::error::{CliError, ErrorKind};
 
 /// Unpacks standard input (gzip's stream when `$2` is `gzip`) into
@@ -37,9 +38,12 @@ else
 fi
 exec cat >/dev/null"#;
 
-/// Renames the complete `$1/tree` to `$2`, and removes `$1`.
-const PLACE_SCRIPT: &str = r#"mv -T "$1/tree" "$2" || exit
-rmdir "$1""#;
+/// Renames the complete `$1/tree` to `$3`, failing with 2 if it cannot;
+/// then, as a one-file copy does once in place (`stale`), removes `$1`
+/// and lists the private directories of copies in `$2` (DEST's parent).
+fn place_script() -> String {
+    format!("mv -T \"$1/tree\" \"$3\" || exit 2\n{}", stale::RMDIR_AND_LIST)
+}
 
 impl<A: FileAgent> Copy<'_, A> {
     /// Copies the local directory `source` to `path` in the guest (or
@@ -68,7 +72,7 @@ impl<A: FileAgent> Copy<'_, A> {
             read_count: 64 << 10,
             ..FollowOptions::default()
         };
-        let prepared = Follow::prepare_with_stdin(self.agent.channel(), follow_options).await;
+        let prepared = output::prepare(self.agent.channel(), follow_options, true).await;
         let follow = prepared.map_err(|e| self.tree_follow_error(e))?;
         self.left.guest_dir = Some(follow.dir().to_owned());
         let follow = self.left.follow.insert(follow);
@@ -129,16 +133,22 @@ impl<A: FileAgent> Copy<'_, A> {
             }
         }
         let purpose = "to rename the copy into place";
-        let script = ["-c", PLACE_SCRIPT, "sh", &dir, &target];
+        let (parent, place) = (guest_parent(&target), place_script());
+        let script = ["-c", &place, "sh", &dir, parent, &target];
         let placed = guest::run(self.agent, "/bin/sh", &script, purpose).await?;
-        if !placed.ok() {
-            return Err(CliError::new(
-                ErrorKind::Path,
-                format!(
-                    "cannot rename the copy into place in the guest: {}",
-                    placed.failure("mv")
-                ),
-            ));
+        match placed.exit_code {
+            Some(0) => self.remove_stale(parent, &placed.stdout).await,
+            Some(2) => {
+                return Err(CliError::new(
+                    ErrorKind::Path,
+                    format!(
+                        "cannot rename the copy into place in the guest: {}",
+                        placed.failure("mv")
+                    ),
+                ))
+            }
+            // In place: only the empty private directory is left.
+            _ => tracing::warn!("{}; {dir} is left in the guest", placed.failure("rmdir")),
         }
         self.left.guest_tree = None;
         progress.finish();
