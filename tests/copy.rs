@@ -13,7 +13,7 @@ use serde_json::json;
 pub use crate::support::data::{log_lines, noise, sha256_hex};
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
-use crate::support::test_vm::TestVm;
+use crate::support::test_vm::{agent_restart_when, TestVm};
 use crate::support::{guest_run, guest_run_with, run, run_measured, virtomate, wait_until, Outcome};
 
 const MIB: usize = 1 << 20;
@@ -743,16 +743,10 @@ fn a_file_goes_in_and_out_of_the_vm_verified_and_a_full_disk_leaves_nothing() {
 fn an_agent_restarted_mid_copy_gives_a_clear_error_and_the_next_copy_works() {
     let vm = TestVm::boot("copy-restart");
     let socket = vm.socket();
-    // In its own session, so that it outlives the agent it replaces: once
-    // the copy's data file in its private directory holds data (the copy
-    // is writing), stop qemu-ga and, a second later, start a new one on
-    // the port. (The directory alone would be seen while the copy still
-    // waits for its mkdir.)
-    let restart =
-        "until [ -s \"$(ls /tmp/.virtomate-*/data 2>/dev/null | head -n 1)\" ]; do sleep 0.1; done; \
-                   kill $(pidof qemu-ga); sleep 1; \
-                   exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0";
-    let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 &");
+    // The agent restarted once the copy's data file in its private
+    // directory holds data (the copy is writing). (The directory alone
+    // would be seen while the copy still waits for its mkdir.)
+    let program = agent_restart_when("[ -s \"$(ls /tmp/.virtomate-*/data 2>/dev/null | head -n 1)\" ]");
     let out = guest_run(&socket, &["sh", "-c", &program]);
     assert_eq!(out.json()["exit_code"], 0, "{out:?}");
     let dest = format!("{}:/tmp/dest", socket.display());

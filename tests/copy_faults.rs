@@ -14,7 +14,7 @@ use serde_json::json;
 use crate::copy::{outcome, spawn_copy, temporaries};
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
-use crate::support::test_vm::TestVm;
+use crate::support::test_vm::{agent_restart_when, TestVm};
 use crate::support::{guest_run, virtomate, wait_until, Outcome, StderrLines};
 
 /// What `sh -c SCRIPT` prints in the guest; it must succeed.
@@ -331,30 +331,10 @@ fn ctrl_c_while_a_guest_file_opens_closes_the_handle_the_agent_gives() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "{message}");
 }
 
-/// Restarts the VM's agent, from a process of its own session, once the
-/// guest's `SCRIPT` succeeds, as a service manager does: SIGTERM, the new
-/// agent started once the old one has exited, and SIGKILL if it has not
-/// within 3 s. Both matter. Started while the old one still holds the
-/// port, the new agent fails at once ("Device or resource busy"), and the
-/// guest has none. And qemu-ga's SIGTERM handler calls GLib
-/// (`g_main_loop_quit`), which deadlocks on its main loop's lock when the
-/// signal lands while the agent holds it, most often while it reads a
-/// long request: that agent neither exits nor answers (seen once in 9
-/// restarts under `copy -r` in). Which of the two happened, and how long
-/// the old agent took, goes to the console.
+/// Restarts the VM's agent once the guest's `script` succeeds (see
+/// [`agent_restart_when`]).
 fn restart_agent_when(vm: &TestVm, script: &str) {
-    let restart = format!(
-        "until {script}; do sleep 0.1; done; p=$(pidof qemu-ga); kill $p; i=0; \
-         while grep -qs \"^State:.[^Z]\" /proc/$p/status; do i=$((i + 1)); \
-         if [ $i = 30 ]; then echo \"old agent hung on SIGTERM in $(cat /proc/$p/wchan)\" >/dev/console; \
-         kill -KILL $p; fi; sleep 0.1; done; echo \"old agent gone after $i looks\" >/dev/console; \
-         exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0 \
-         2>/dev/console"
-    );
-    guest_sh(
-        &vm.socket(),
-        &format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 &"),
-    );
+    guest_sh(&vm.socket(), &agent_restart_when(script));
 }
 
 /// The end of the guest's console (the restart's words, the new agent's

@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::support::host_agent::HostAgent;
-use crate::support::test_vm::TestVm;
+use crate::support::test_vm::{agent_restart_when, TestVm};
 use crate::support::{guest_run_with, run_bytes, virtomate, wait_until};
 
 /// `virtomate guest-run --follow OPTIONS DOMAIN -- PROGRAM...`, bytes in
@@ -477,10 +477,7 @@ fn on_the_vm_a_full_temp_dir_a_restarted_agent_and_a_stopped_vm_are_clear_errors
     assert_eq!(guest_tmp(&vm), ".\n..\n");
 
     // The agent restarts while the program runs: the program runs on.
-    let restart = "sleep 1; kill $(pidof qemu-ga); sleep 1; \
-                   exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
-                   -t /run/qga-0";
-    let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 & echo going; sleep 20");
+    let program = format!("{} echo going; sleep 20", agent_restart_when("sleep 1"));
     let out = follow(&["--reply-timeout", "5"], socket, &["sh", "-c", &program], b"");
     assert_eq!(out.status.code(), Some(255), "{out:?}");
     assert_eq!(out.stdout, b"going\n");

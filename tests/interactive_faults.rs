@@ -16,18 +16,18 @@ use serde_json::{json, Value};
 use crate::shell::{modes, Terminal};
 use crate::support::host_agent::HostAgent;
 use crate::support::live_session::Live;
-use crate::support::test_vm::TestVm;
+use crate::support::test_vm::{agent_restart_when, TestVm};
 use crate::support::{guest_run_with, virtomate, wait_until};
 
 /// The longest any faulted run may take to end: far beyond the 5 s reply
 /// timeout the tests give, far below a hang.
 const BOUND: Duration = Duration::from_secs(60);
 
-/// Restarts the test VM's agent from a process of its own session (so
-/// that it outlives the agent it replaces), as `tests/vm.rs` does.
-const RESTART_VM_AGENT: &str = "setsid sh -c 'sleep 1; kill $(pidof qemu-ga); sleep 1; \
-     exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0' \
-     </dev/null >/dev/null 2>&1 &";
+/// Restarts the test VM's agent a second from now (see
+/// [`agent_restart_when`]): a guest command put in front of the rest.
+fn restart_vm_agent() -> String {
+    agent_restart_when("sleep 1")
+}
 
 /// `guest-run -i` with its standard streams piped, read line by line.
 struct Interactive {
@@ -292,8 +292,10 @@ fn on_the_vm_each_fault_ends_guest_run_i_clearly_and_leaves_no_process_behind() 
     // end of the pipe goes with it, so the program reads the end of its
     // input and ends; its directory stays, named in the message.
     let marker = "eof 6093";
-    let program =
-        format!("{RESTART_VM_AGENT} echo going; while read -r l; do echo \"got $l\"; done; echo {marker}");
+    let program = format!(
+        "{} echo going; while read -r l; do echo \"got $l\"; done; echo {marker}",
+        restart_vm_agent()
+    );
     let mut run = Interactive::spawn(&["--reply-timeout", "5"], socket, &["sh", "-c", &program]);
     run.write(b"a\n");
     assert_eq!(run.line(), "going\n");
@@ -383,7 +385,10 @@ fn on_the_vm_a_fault_fails_one_interactive_run_of_a_session_and_a_restart_ends_a
     // The agent restarts under an interactive run: it fails, naming its
     // pid and directory; the next one works.
     let marker = "eof 6095";
-    let program = format!("{RESTART_VM_AGENT} while read -r l; do echo \"got $l\"; done; echo {marker}");
+    let program = format!(
+        "{} while read -r l; do echo \"got $l\"; done; echo {marker}",
+        restart_vm_agent()
+    );
     live.send(json!({"id": "r", "run": ["sh", "-c", program], "interactive": true}));
     let failed = loop {
         let reply = live.reply();
@@ -440,7 +445,7 @@ fn on_the_vm_a_fault_fails_one_interactive_run_of_a_session_and_a_restart_ends_a
     // The agent restarts under a line-mode shell.
     let mut shell = Terminal::run(&["--reply-timeout", "5", "shell", socket], 30, 100);
     shell.wait_for("no terminal in the guest");
-    shell.type_in(format!("{RESTART_VM_AGENT} echo restarting $((2 + 2))\n").as_bytes());
+    shell.type_in(format!("{} echo restarting $((2 + 2))\n", restart_vm_agent()).as_bytes());
     shell.wait_for("restarting 4");
     assert_eq!(shell.status(), 255, "{}", shell.screen());
     // virtomate has ended, but the terminal's reader may not have read its
@@ -539,7 +544,7 @@ fn through_libvirtd_ctrl_c_max_time_a_restarted_agent_and_a_killed_domain_are_to
     // The agent restarts: libvirtd keeps its connection to the port, and
     // its next command gets no answer from the old agent.
     let marker = "eof 6093";
-    let program = format!("{RESTART_VM_AGENT} echo going; cat; echo {marker}");
+    let program = format!("{} echo going; cat; echo {marker}", restart_vm_agent());
     let mut run = Interactive::spawn(&["--reply-timeout", "5"], domain, &["sh", "-c", &program]);
     assert_eq!(run.line(), "going\n");
     let (status, stderr) = run.finish();

@@ -7,7 +7,7 @@ use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
 use crate::support::live_session::Live;
 use crate::support::run;
-use crate::support::test_vm::TestVm;
+use crate::support::test_vm::{agent_restart_when, TestVm};
 
 fn session(domain: &str, lines: &[&str]) -> (Vec<Value>, i32) {
     let mut input = lines.join("\n");
@@ -89,9 +89,7 @@ fn a_line_that_is_no_request_gets_an_error_and_the_session_goes_on() {
 fn an_agent_restarted_mid_session_fails_the_run_in_flight_and_the_next_request_works() {
     let vm = TestVm::boot("session-restart");
     let mut live = Live::start(&["--reply-timeout", "5", "--timeout", "30"], &vm.name);
-    let restart = "sleep 1; kill $(pidof qemu-ga); sleep 1; \
-                   exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0";
-    let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 & sleep 20");
+    let program = format!("{} sleep 20", agent_restart_when("sleep 1"));
     live.send(json!({"id": "doomed", "run": ["sh", "-c", program]}));
     let reply = live.reply();
     assert_eq!(reply["id"], "doomed", "{reply}");

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::support::spec_examples::check_examples;
-use crate::support::test_vm::TestVm;
+use crate::support::test_vm::{agent_restart_when, TestVm};
 use crate::support::{self, guest_run_with, run};
 
 #[test]
@@ -105,12 +105,8 @@ fn a_held_channel_is_skipped_for_a_free_one_and_fails_fast_alone() {
 #[ignore = "needs the test VM"]
 fn an_agent_restarted_during_a_run_gives_a_clear_error_and_the_next_run_works() {
     let vm = TestVm::boot("restart");
-    // In its own session, so that it outlives the agent it replaces: stop
-    // qemu-ga while the program runs, then start a new one on the port.
-    let restart = "sleep 1; kill $(pidof qemu-ga); sleep 1; \
-                   exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 \
-                   -t /run/qga-0";
-    let program = format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 & sleep 20");
+    // The agent restarted while the program runs.
+    let program = format!("{} sleep 20", agent_restart_when("sleep 1"));
     let out = guest_run_with(
         &["--reply-timeout", "5"],
         &vm.socket(),

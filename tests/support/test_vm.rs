@@ -6,6 +6,31 @@ use std::process::Command;
 
 use tempfile::TempDir;
 
+/// A guest command that restarts the VM's agent from a process of its own
+/// session (so that it outlives the agent it replaces), in the
+/// background, once the guest's `ready` (a shell condition without single
+/// quotes: `sleep 1` waits a second) succeeds, as a service manager does:
+/// SIGTERM, the new agent started once the old one has exited, and
+/// SIGKILL if it has not within 3 s. Both matter. Started while the old
+/// one still holds the port, the new agent fails at once ("Device or
+/// resource busy"), and the guest has none. And qemu-ga's SIGTERM handler
+/// calls GLib (`g_main_loop_quit`), which deadlocks on its main loop's
+/// lock when the signal lands while the agent holds it, most often while
+/// it reads a long request: that agent neither exits nor answers (seen
+/// once in 9 restarts under `copy -r` in). Which of the two happened, and
+/// how long the old agent took, goes to the console.
+pub fn agent_restart_when(ready: &str) -> String {
+    let restart = format!(
+        "until {ready}; do sleep 0.1; done; p=$(pidof qemu-ga); kill $p; i=0; \
+         while grep -qs \"^State:.[^Z]\" /proc/$p/status; do i=$((i + 1)); \
+         if [ $i = 30 ]; then echo \"old agent hung on SIGTERM in $(cat /proc/$p/wchan)\" >/dev/console; \
+         kill -KILL $p; fi; sleep 0.1; done; echo \"old agent gone after $i looks\" >/dev/console; \
+         exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0 \
+         2>/dev/console"
+    );
+    format!("setsid sh -c '{restart}' </dev/null >/dev/null 2>&1 &")
+}
+
 /// A running test VM with its own directory of sockets; stopped on drop.
 pub struct TestVm {
     pub dir: TempDir,
