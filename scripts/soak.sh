@@ -636,7 +636,13 @@ fault_agent_restart() {
   sig=TERM
   [ "$((RANDOM % 2))" = 0 ] && sig=KILL
   fault_begin agent_restart
-  vm guest-run "$sock" -- sh -c "setsid sh -c 'kill -$sig \$(pidof qemu-ga); sleep $d; \
+  # As a service manager restarts it: qemu-ga 7.2's SIGTERM handler can
+  # deadlock (it calls GLib from the handler), and a new agent started
+  # while the old one holds the port fails at once ("Device or resource
+  # busy"), so the old one is waited for, and killed after 3 s.
+  vm guest-run "$sock" -- sh -c "setsid sh -c 'p=\$(pidof qemu-ga); kill -$sig \$p; i=0; \
+    while grep -qs \"^State:.[^Z]\" /proc/\$p/status; do i=\$((i + 1)); \
+    [ \$i = 30 ] && kill -KILL \$p; sleep 0.1; done; sleep $d; \
     exec qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qga-0' \
     </dev/null >/dev/null 2>&1 &" >/dev/null 2>&1
   sleep "$d"
