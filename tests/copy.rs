@@ -1066,15 +1066,6 @@ fn the_next_copy_removes_the_temporary_a_killed_copy_left_in_the_guest() {
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let gone_pid = gone.id();
     gone.wait().unwrap();
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
-    let own_start = stat
-        .rsplit(')')
-        .next()
-        .unwrap()
-        .split_whitespace()
-        .nth(19)
-        .unwrap()
-        .to_owned();
     let random = "0123456789abcdef0123456789abcdef";
     let make = |name: String, mode: u32| {
         let path = dir.path().join(name);
@@ -1084,10 +1075,7 @@ fn the_next_copy_removes_the_temporary_a_killed_copy_left_in_the_guest() {
         path
     };
     let stale = make(format!(".virtomate-{random}-{}", host_tag(gone_pid, "1")), 0o700);
-    let live = make(
-        format!(".virtomate-{random}-{}", host_tag(std::process::id(), &own_start)),
-        0o700,
-    );
+    let live = make(format!(".virtomate-{random}-{}", own_host_tag()), 0o700);
     let open = make(format!(".virtomate-{random}-{}", host_tag(gone_pid, "2")), 0o755);
     let untagged = make(format!(".virtomate-{random}"), 0o700);
     let foreign = make(
@@ -1106,6 +1094,63 @@ fn the_next_copy_removes_the_temporary_a_killed_copy_left_in_the_guest() {
     assert!(untagged.exists(), "one whose maker cannot be told is left");
     assert!(foreign.exists(), "another host's (or boot's) is left");
     assert_eq!(temporaries(dir.path()).len(), 4, "{:?}", temporaries(dir.path()));
+}
+
+/// A copy out killed (SIGKILL) while it writes its temporary beside the
+/// destination leaves it; the next copy out into the same directory
+/// removes it, and leaves a live copy's.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn the_next_copy_out_removes_the_temporary_a_killed_copy_left_on_the_host() {
+    let agent = HostAgent::start();
+    let source = tempfile::tempdir().unwrap();
+    let big = source.path().join("big");
+    std::fs::write(&big, vec![7u8; 32 << 20]).unwrap();
+    let small = source.path().join("small");
+    std::fs::write(&small, b"small").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let into = format!("{}/", dir.path().display());
+    let killed = spawn_copy(&["--chunk-size", "4K", &guest(&agent.socket(), &big), &into]);
+    wait_for_local_data(dir.path());
+    let left = temporaries(dir.path());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(killed.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let _ = outcome(killed);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(temporaries(dir.path()), left, "SIGKILL cleans nothing up");
+    // A copy out running meanwhile (this test's own process stands in for
+    // it: its tag names a live process) keeps its temporary.
+    let own = left[0].file_name().unwrap().to_string_lossy().into_owned();
+    let (prefix, _) = own.rsplit_once('-').unwrap();
+    let live = dir.path().join(format!("{prefix}-{}", own_host_tag()));
+    std::fs::write(&live, b"half").unwrap();
+    std::fs::set_permissions(&live, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let out = copy(&[&guest(&agent.socket(), &small), &into]);
+    assert_eq!(out.status, 0, "{out:?}");
+    assert_eq!(std::fs::read(dir.path().join("small")).unwrap(), b"small");
+    assert_eq!(
+        temporaries(dir.path()),
+        vec![live],
+        "the killed copy's temporary is removed"
+    );
+}
+
+/// This process's tag, as a copy's temporary names its maker.
+fn own_host_tag() -> String {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
+    let start = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .to_owned();
+    host_tag(std::process::id(), &start)
 }
 
 /// Where a run notes a big request on its way to the agent of `socket`:

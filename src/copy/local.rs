@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use super::stale;
 use crate::error::{CliError, ErrorKind};
 
 /// What a copy into the guest reads.
@@ -146,11 +147,8 @@ impl Dest {
             Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
             _ => PathBuf::from("."),
         };
-        let file_name = dest.file_name().map(|n| n.to_string_lossy().into_owned());
-        let temp = parent.join(format!(
-            ".{}.virtomate-{random}",
-            file_name.as_deref().unwrap_or("copy")
-        ));
+        let file_name = dest.file_name().unwrap_or(std::ffi::OsStr::new("copy"));
+        let temp = parent.join(stale::local_temp_name(file_name, random));
         // create_new: never follows or reuses what is there; private until
         // complete, whatever the file becomes. Made at once, not on another
         // thread: a copy given up (a signal) while it is made would leave

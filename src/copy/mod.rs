@@ -280,6 +280,10 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                 .await
                 .map_err(|e| CliError::io(format!("cannot rename the copy to {}", dest.display()), e))?;
             self.left.local_temp = None;
+            // With it, what killed copies left beside it goes.
+            if let Some(parent) = temp.parent() {
+                stale::remove_stale_local(parent);
+            }
         }
         Ok(())
     }

@@ -9,7 +9,16 @@
 //! are this process's and no process PID started at START runs. Another
 //! host's, another boot's or another namespace's is never judged, nor is
 //! one without such a tag (virtomate's older names): they are left.
+//!
+//! Copies out of the guest write a temporary beside the destination on
+//! the host, `.NAME.virtomate-RANDOM-BOOT.NS.PID.START` (a file, or a
+//! directory for `copy -r`), tagged alike; a later copy into the same host
+//! directory removes those of killed copies ([`remove_stale_local`]).
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::sync::OnceLock;
 
 /// This process's tag, when `/proc` tells it.
@@ -68,6 +77,68 @@ pub fn is_stale(name: &str) -> bool {
     }
 }
 
+/// The longest file name Linux file systems take.
+const NAME_MAX: usize = 255;
+
+/// The name of a host temporary for the destination `name`:
+/// `.NAME.virtomate-RANDOM-TAG` (untagged where `/proc` does not tell),
+/// NAME cut short where the whole would not fit in a file name.
+pub fn local_temp_name(name: &OsStr, random: &str) -> OsString {
+    let suffix = match own_tag() {
+        Some(tag) => format!(".virtomate-{random}-{tag}"),
+        None => format!(".virtomate-{random}"),
+    };
+    let room = NAME_MAX.saturating_sub(1 + suffix.len());
+    let name = &name.as_bytes()[..name.len().min(room)];
+    let mut temp = OsString::from(".");
+    temp.push(OsStr::from_bytes(name));
+    temp.push(suffix);
+    temp
+}
+
+/// Removes from the host directory `parent` the temporaries of copies out
+/// that were killed there (see [`local_temp_name`], [`is_stale`]): only
+/// this user's, open to nobody else, as copy makes them; a link is never
+/// followed. Best effort: what cannot be removed stays, said in the log.
+pub fn remove_stale_local(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    let user = nix::unistd::geteuid().as_raw();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !is_stale_local(&name) {
+            continue;
+        }
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.uid() != user || meta.mode() & 0o077 != 0 || meta.file_type().is_symlink() {
+            continue;
+        }
+        let removed = match meta.is_dir() {
+            true => std::fs::remove_dir_all(&path),
+            false => std::fs::remove_file(&path),
+        };
+        match removed {
+            Ok(()) => tracing::info!("removed what a killed copy left: {}", path.display()),
+            Err(error) => tracing::warn!("{error}; {} may be left", path.display()),
+        }
+    }
+}
+
+/// Whether `name` is a host temporary, `.NAME.virtomate-RANDOM-TAG`, of a
+/// copy whose process is gone.
+fn is_stale_local(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    let marker = b".virtomate-";
+    let Some(at) = name.windows(marker.len()).rposition(|w| w == marker) else {
+        return false;
+    };
+    at > 0 && name[0] == b'.' && std::str::from_utf8(&name[at..]).is_ok_and(is_stale)
+}
+
 /// Lists the directories in `$2` that may be temporaries of copies (after
 /// removing `$1`, the copy's own, now empty).
 pub const RMDIR_AND_LIST: &str = r#"rmdir -- "$1" || exit 1
@@ -103,5 +174,66 @@ mod tests {
         ] {
             assert!(!is_stale(&name), "{name}");
         }
+    }
+
+    #[test]
+    fn a_host_temporary_is_named_to_fit_and_told_stale_once_its_maker_is_gone() {
+        let own = own_tag().expect("Linux's /proc");
+        let random = "0123456789abcdef0123456789abcdef";
+        let temp = local_temp_name(OsStr::new("f.txt"), random);
+        assert_eq!(temp, OsString::from(format!(".f.txt.virtomate-{random}-{own}")));
+        assert!(!is_stale_local(&temp), "this process lives");
+        let long = local_temp_name(OsStr::new(&"n".repeat(300)), random);
+        assert_eq!(long.len(), NAME_MAX);
+        assert!(long.to_string_lossy().ends_with(own));
+        let (prefix, _) = own.rsplit_once('.').unwrap();
+        let gone = format!("{prefix}.1");
+        assert!(is_stale_local(OsStr::new(&format!(
+            ".f.virtomate-{random}-{gone}"
+        ))));
+        assert!(is_stale_local(OsStr::new(&format!(
+            ".a.virtomate-b.virtomate-{random}-{gone}"
+        ))));
+        for name in [
+            format!(".virtomate-{random}-{gone}"),
+            format!("f.virtomate-{random}-{gone}"),
+            format!(".f.virtomate-{random}"),
+            format!(".f.virtomate-{random}-{gone}.x"),
+        ] {
+            assert!(!is_stale_local(OsStr::new(&name)), "{name}");
+        }
+    }
+
+    #[test]
+    fn only_a_killed_copys_private_temporaries_are_removed_from_a_host_directory() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let own = own_tag().expect("Linux's /proc");
+        let random = "0123456789abcdef0123456789abcdef";
+        let (prefix, _) = own.rsplit_once('.').unwrap();
+        let gone = format!("{prefix}.1");
+        let make_file = |name: &str, mode: u32| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"half").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            path
+        };
+        let stale_file = make_file(&format!(".f.virtomate-{random}-{gone}"), 0o600);
+        let stale_dir = dir.path().join(format!(".t.virtomate-{random}-{gone}"));
+        std::fs::create_dir(&stale_dir).unwrap();
+        std::fs::write(stale_dir.join("inside"), b"x").unwrap();
+        std::fs::set_permissions(&stale_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let live = make_file(&format!(".g.virtomate-{random}-{own}"), 0o600);
+        let open = make_file(&format!(".h.virtomate-{random}-{gone}"), 0o644);
+        let untagged = make_file(&format!(".i.virtomate-{random}"), 0o600);
+        let target = make_file("target", 0o600);
+        let link = dir.path().join(format!(".j.virtomate-{random}-{gone}"));
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        remove_stale_local(dir.path());
+        assert!(!stale_file.exists() && !stale_dir.exists());
+        for kept in [&live, &open, &untagged, &target] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        assert!(std::fs::symlink_metadata(&link).is_ok(), "a link is left");
     }
 }

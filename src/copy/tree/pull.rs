@@ -18,7 +18,7 @@ use super::{local_dest, not_a_guest_directory, TreeSummary};
 use crate::copy::agent::FileAgent;
 use crate::copy::location::guest_name;
 use crate::copy::progress::Progress;
-use crate::copy::{chunks, guest, local, output, random_name, Copy, Options};
+use crate::copy::{chunks, guest, local, output, random_name, stale, Copy, Options};
 use crate::error::{CliError, ErrorKind};
 
 /// `tar` in SRC (`$1`), its stream on standard output.
@@ -114,8 +114,13 @@ impl<A: FileAgent> Copy<'_, A> {
                 Err(error) => tracing::warn!("{error}; {} may be left in the guest", follow.dir()),
             }
         }
+        let parent = unpacker.temp().parent().map(Path::to_owned);
         unpacker.place()?;
         self.left.local_tree = None;
+        // With it, what killed copies left beside it goes.
+        if let Some(parent) = parent {
+            stale::remove_stale_local(&parent);
+        }
         progress.finish();
         Ok(TreeSummary {
             dest: dest.display().to_string(),

@@ -42,6 +42,7 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{linkat, symlinkat};
 
 use super::archive::{shown, ArchiveReader, Entry, Kind};
+use crate::copy::stale;
 use crate::error::{CliError, ErrorKind};
 
 /// What was unpacked.
@@ -109,9 +110,7 @@ impl Unpacker {
         if fstatat(parent.as_fd(), dest_name.as_os_str(), flag_nofollow()).is_ok() {
             return Err(exists(dest));
         }
-        let mut temp_name = OsString::from(".");
-        temp_name.push(&dest_name);
-        temp_name.push(format!(".virtomate-{random}"));
+        let temp_name = stale::local_temp_name(&dest_name, random);
         mkdirat(
             parent.as_fd(),
             temp_name.as_os_str(),
