@@ -81,6 +81,33 @@ fn guest_ping_wait_gives_up_when_the_time_is_up() {
     );
 }
 
+/// Each try of `--wait` waits on its connection for `--timeout`, not for
+/// the whole wait: a connection that sits behind a client that keeps the
+/// channel (libvirtd back from a restart, in QEMU's queue first) is given
+/// up, and the next try finds the way to the agent again.
+#[test]
+fn guest_ping_wait_tries_again_after_a_timeout_without_an_answer() {
+    let agent = FakeAgent::serve_each(|mut conn, number| match number {
+        0 => conn.wait_for_close(),
+        _ => {
+            conn.sync();
+            conn.answer("guest-ping", serde_json::json!({}));
+        }
+    });
+    let out = run(
+        &[
+            "--timeout",
+            "1",
+            "guest-ping",
+            "--wait",
+            "30",
+            agent.socket().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!((out.status, out.stdout.as_str()), (0, ""), "{out:?}");
+}
+
 #[test]
 #[ignore = "needs qemu-ga on the host"]
 fn guest_info_shows_the_version_and_disabled_commands() {

@@ -38,12 +38,16 @@ pub async fn run(
     };
     let deadline = Instant::now() + wait;
     loop {
-        // One long attempt covers an agent that starts late: QEMU hands our
-        // request to the guest once the agent opens its port.
+        // Each attempt waits up to --timeout on its connection, which covers
+        // an agent that starts meanwhile: QEMU hands our request to the guest
+        // once the agent opens its port. Not longer: the way to the agent is
+        // found again for the next, because a connection made while the
+        // channel looked free can sit in QEMU's queue behind a client that
+        // came first and keeps it (libvirtd, back from a restart).
         let remaining = deadline.saturating_duration_since(Instant::now());
         let remaining = remaining.max(Duration::from_millis(1));
         let attempt = ClientOptions {
-            handshake_timeout: remaining,
+            handshake_timeout: remaining.min(context.options.handshake_timeout),
             reply_timeout: remaining.min(context.options.reply_timeout),
             ..context.options.clone()
         };
