@@ -683,6 +683,14 @@ fn hung_copy(args: &[&str], hang: &str, tmp: &Path, before: &[String]) -> (std::
     (child, made.expect("a new directory"))
 }
 
+/// A followed run of `echo` on `socket`, which sweeps what dead runs and
+/// copies left.
+fn run_a_followed_echo(socket: &Path) {
+    let socket = socket.display().to_string();
+    let out = crate::support::run(&["guest-run", "--follow", &socket, "--", "echo", "swept"], None);
+    assert_eq!(out.stdout, "swept\n", "{out:?}");
+}
+
 /// Kills `child` (SIGKILL: it cleans nothing up), and waits until the
 /// host's agent listens again, started anew if it exited, as `qemu-ga -m
 /// unix-listen` sometimes does when a client dies mid-request (see
@@ -798,18 +806,7 @@ fn a_killed_copys_pipes_directory_and_program_go_with_the_next_copy_or_run_and_o
     kill_copy(compressed, &mut guest.agent);
 
     // A followed run sweeps the last.
-    let out = crate::support::run(
-        &[
-            "guest-run",
-            "--follow",
-            &socket.display().to_string(),
-            "--",
-            "echo",
-            "swept",
-        ],
-        None,
-    );
-    assert_eq!(out.stdout, "swept\n", "{out:?}");
+    run_a_followed_echo(&socket);
     assert!(!hung_tar_runs(gzip_hang), "its gzip was stopped");
     assert_eq!(
         pipe_dirs(tmp),
@@ -869,18 +866,7 @@ fn on_the_vm_a_killed_copy_rs_directory_and_programs_go_with_the_next_run() {
     assert!(running().contains("tar -c"), "the killed copy's tar runs on");
     assert_ne!(guest_listing(&socket), before, "its directory stays");
 
-    let out = crate::support::run(
-        &[
-            "guest-run",
-            "--follow",
-            &socket.display().to_string(),
-            "--",
-            "echo",
-            "swept",
-        ],
-        None,
-    );
-    assert_eq!(out.stdout, "swept\n", "{out:?}");
+    run_a_followed_echo(&socket);
     assert_eq!(guest_listing(&socket), before, "nothing of the copy's is left");
     let ps = running();
     assert!(!ps.contains("tar -c") && !ps.contains("gzip -1"), "{ps}");
