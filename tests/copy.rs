@@ -1102,7 +1102,7 @@ fn the_next_copy_removes_the_temporary_a_killed_copy_left_in_the_guest() {
 #[test]
 #[ignore = "needs qemu-ga on the host"]
 fn the_next_copy_out_removes_the_temporary_a_killed_copy_left_on_the_host() {
-    let agent = HostAgent::start();
+    let mut agent = HostAgent::start();
     let source = tempfile::tempdir().unwrap();
     let big = source.path().join("big");
     std::fs::write(&big, vec![7u8; 32 << 20]).unwrap();
@@ -1113,12 +1113,7 @@ fn the_next_copy_out_removes_the_temporary_a_killed_copy_left_on_the_host() {
     let killed = spawn_copy(&["--chunk-size", "4K", &guest(&agent.socket(), &big), &into]);
     wait_for_local_data(dir.path());
     let left = temporaries(dir.path());
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(killed.id() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let _ = outcome(killed);
+    agent.kill_client(killed);
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(temporaries(dir.path()), left, "SIGKILL cleans nothing up");
     // A copy out running meanwhile (this test's own process stands in for

@@ -691,30 +691,6 @@ fn run_a_followed_echo(socket: &Path) {
     assert_eq!(out.stdout, "swept\n", "{out:?}");
 }
 
-/// Kills `child` (SIGKILL: it cleans nothing up), and waits until the
-/// host's agent listens again, started anew if it exited, as `qemu-ga -m
-/// unix-listen` sometimes does when a client dies mid-request (see
-/// [`HostAgent::revive_if_exited`]); a VM's agent sits behind QEMU's
-/// socket, which stays.
-fn kill_copy(mut child: std::process::Child, agent: &mut HostAgent) {
-    child.kill().unwrap();
-    child.wait().unwrap();
-    crate::support::wait_until(10, "the host's agent to listen again", || {
-        agent.revive_if_exited() || listens(&agent.socket())
-    });
-}
-
-/// Whether a socket listens at `path`, as `/proc/net/unix` tells (flag
-/// `__SO_ACCEPTCON`): looked at without connecting, since the agent stops
-/// listening for a while after each client.
-fn listens(path: &Path) -> bool {
-    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
-    table.lines().any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() == 8 && fields[3] == "00010000" && Path::new(fields[7]) == path
-    })
-}
-
 /// Stops the guest's programs that hang for these seconds (`sleep HANG`,
 /// found by their whole command line) when dropped: a failed test leaves
 /// none to the next.
@@ -769,7 +745,7 @@ fn a_killed_copys_pipes_directory_and_program_go_with_the_next_copy_or_run_and_o
     let source = format!("{}:/", socket.display());
     let dest = local.path().join("out");
     let (out, out_dir) = hung_copy(&["-r", &source, dest.to_str().unwrap()], out_hang, tmp, &others);
-    kill_copy(out, &mut guest.agent);
+    guest.agent.kill_client(out);
     assert!(hung_tar_runs(out_hang), "a copy killed stops nothing");
     assert!(pipe_dirs(tmp).contains(&out_dir), "nor removes its directory");
 
@@ -786,7 +762,7 @@ fn a_killed_copys_pipes_directory_and_program_go_with_the_next_copy_or_run_and_o
         !pipe_dirs(tmp).contains(&out_dir)
     });
     assert!(!hung_tar_runs(out_hang), "its tar was stopped");
-    kill_copy(into_copy, &mut guest.agent);
+    guest.agent.kill_client(into_copy);
     assert!(hung_tar_runs(in_hang));
 
     // --compress out, its gzip hung: its setup sweeps the copy in's.
@@ -803,7 +779,7 @@ fn a_killed_copys_pipes_directory_and_program_go_with_the_next_copy_or_run_and_o
         !pipe_dirs(tmp).contains(&in_dir)
     });
     assert!(!hung_tar_runs(in_hang), "its tar was stopped");
-    kill_copy(compressed, &mut guest.agent);
+    guest.agent.kill_client(compressed);
 
     // A followed run sweeps the last.
     run_a_followed_echo(&socket);

@@ -94,6 +94,20 @@ impl HostAgent {
         true
     }
 
+    /// Kills `client` (SIGKILL: it cleans nothing up), and waits until the
+    /// agent listens again, started anew if it exited, as `qemu-ga -m
+    /// unix-listen` sometimes does when a client dies mid-request (see
+    /// [`HostAgent::revive_if_exited`]); it also refuses connections for a
+    /// while before it listens again. A VM's agent sits behind QEMU's
+    /// socket, which stays.
+    pub fn kill_client(&mut self, mut client: Child) {
+        client.kill().unwrap();
+        client.wait().unwrap();
+        wait_until(10, "the host's agent to listen again", || {
+            self.revive_if_exited() || listens(&self.socket())
+        });
+    }
+
     /// Stops the agent; its socket stays behind, now refusing connections.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -131,4 +145,15 @@ fn qemu_ga() -> &'static Path {
         installed.display()
     );
     installed
+}
+
+/// Whether a socket listens at `path`, as `/proc/net/unix` tells (flag
+/// `__SO_ACCEPTCON`): looked at without connecting, since the agent stops
+/// listening for a while after each client.
+fn listens(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    table.lines().any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() == 8 && fields[3] == "00010000" && Path::new(fields[7]) == path
+    })
 }
