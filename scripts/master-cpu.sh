@@ -34,8 +34,10 @@ measure() {
   mkdir "$dir/state"
   qemu-ga -m unix-listen -p "$dir/qga.sock" -t "$dir/state" >/dev/null 2>&1 &
   agent=$!
-  # shellcheck disable=SC2064 # the values of now are the ones to clean up
-  trap "kill $agent 2>/dev/null; rm -rf '$dir'" RETURN
+  # The values of now are the ones to clean up, on return or on an exit
+  # that `set -e` makes on the way.
+  # shellcheck disable=SC2064
+  trap "kill $agent 2>/dev/null; rm -rf '$dir'" RETURN EXIT
   while [ ! -S "$dir/qga.sock" ]; do sleep 0.01; done
   export VIRTOMATE_PERSIST=60 XDG_RUNTIME_DIR="$dir"
   "$bin" guest-run "$dir/qga.sock" -- /bin/true >/dev/null
