@@ -530,6 +530,13 @@ impl Follow {
         Ok(())
     }
 
+    /// Whether a stream's output stopped short of its end mark, once
+    /// drained: its rotator ended (or was stopped) before the program
+    /// closed the stream, or a process the program left holds it open.
+    pub fn stopped_short(&self) -> bool {
+        self.tails.iter().any(|tail| !tail.finished())
+    }
+
     /// The private directory, as the guest names it.
     pub fn dir(&self) -> &str {
         &self.dir

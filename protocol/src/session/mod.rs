@@ -156,6 +156,10 @@ struct Preparing {
 /// (or than one chunk file, which goes whole).
 const FEED_BUDGET: usize = 64 << 10;
 
+/// The signal a program gets writing to a pipe nobody reads (Linux's
+/// number, the guest's).
+const SIGPIPE: i32 = 13;
+
 /// The longest pause between two looks at a program whose input a helper
 /// in the guest moves: the next chunk's helper starts within about that
 /// once the last has ended.
@@ -722,7 +726,21 @@ impl<C: Connector> Session<C> {
         let passed_on = self.pass_on_the_rest(index, reply).await;
         let run = self.running.remove(index);
         tracing::info!(pid = run.pid, "the program ended");
-        if run.follow.is_some() {
+        if let Some(following) = &run.follow {
+            // Killed by SIGPIPE with a stream short of its end: the rotator
+            // reading its pipe ended first, on a full disk where even its
+            // failure mark could not be written (the disk may have room
+            // again by the clean-up). Its output is lost, never the
+            // program's own end.
+            let follow = &following.follow;
+            let passed_on = match passed_on {
+                Ok(()) if status.signal == Some(SIGPIPE) && !following.refused && follow.stopped_short() => {
+                    Err(FollowError::Full {
+                        dir: follow.dir().to_owned(),
+                    })
+                }
+                other => other,
+            };
             if let Err(error) = passed_on {
                 return self.fail_following(run, error, Some(status), reply);
             }

@@ -124,6 +124,11 @@ impl Tail {
         self.chunk < self.complete_below || self.ending.is_some_and(|(at, _)| at <= self.chunk)
     }
 
+    /// Whether its end mark was read: all of the stream came.
+    pub(super) fn finished(&self) -> bool {
+        self.finished
+    }
+
     /// Whether its rotator failed.
     pub(super) fn failed(&self) -> bool {
         matches!(self.ending, Some((_, Ending::Failed)))
