@@ -548,3 +548,58 @@ fn on_the_vm_a_killed_virtomates_directory_and_program_go_with_the_next_run_and_
     assert_eq!(status, 255, "{stderr}");
     assert_eq!(guest_dirs(&vm), Vec::<String>::new());
 }
+
+/// The processes (the rotator's shell and its `dd`) that read the
+/// standard output pipe of the program running `cmdline` (NUL-separated),
+/// and the pipe: their standard input is it.
+fn stdout_rotators(cmdline: &[u8]) -> Vec<nix::unistd::Pid> {
+    let processes: Vec<_> = std::fs::read_dir("/proc").unwrap().flatten().collect();
+    let fd =
+        |entry: &std::fs::DirEntry, fd: u32| std::fs::read_link(entry.path().join(format!("fd/{fd}"))).ok();
+    let pipe = processes
+        .iter()
+        .find(|entry| std::fs::read(entry.path().join("cmdline")).is_ok_and(|c| c == cmdline))
+        .and_then(|program| fd(program, 1));
+    let Some(pipe) = pipe.filter(|pipe| pipe.to_string_lossy().ends_with("/out.pipe")) else {
+        return Vec::new();
+    };
+    processes
+        .iter()
+        .filter(|entry| fd(entry, 0).as_ref() == Some(&pipe))
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse().ok())
+        .map(nix::unistd::Pid::from_raw)
+        .collect()
+}
+
+/// A rotator that ends without its end mark or its failure mark (as on a
+/// disk so full that even the mark cannot be written, with room again by
+/// the clean-up): the program, killed by SIGPIPE at its next write, is
+/// told as output lost, not as its own end.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_rotator_gone_without_a_mark_is_told_as_output_lost() {
+    let agent = HostAgent::start();
+    let child = virtomate()
+        .args(["guest-run", "--follow"])
+        .arg(agent.socket())
+        .args(["--", "seq", "1", "1000000000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut rotators = Vec::new();
+    wait_until(30, "the rotator of the program's standard output", || {
+        rotators = stdout_rotators(b"seq\x001\x001000000000\x00");
+        rotators.len() >= 2
+    });
+    for pid in rotators {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.starts_with("virtomate: GuestOutputError: ") && stderr.contains("killed by signal 13"),
+        "{stderr}"
+    );
+}
