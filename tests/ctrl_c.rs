@@ -112,22 +112,12 @@ fn willing_agent(
     (agent, asked)
 }
 
-/// The commands the fake agent says it has, all enabled.
+/// The commands the fake agent says it has, all enabled: what following
+/// needs, and the handshake's.
 fn supported() -> Value {
-    let names = [
-        "guest-exec",
-        "guest-exec-status",
-        "guest-file-open",
-        "guest-file-read",
-        "guest-file-seek",
-        "guest-file-close",
-        "guest-file-write",
-        "guest-file-flush",
-        "guest-info",
-        "guest-ping",
-    ];
-    names
+    virtomate_protocol::follow::REQUIRED_COMMANDS
         .iter()
+        .chain(&["guest-info", "guest-ping"])
         .map(|name| json!({"name": name, "enabled": true, "success-response": true}))
         .collect()
 }
