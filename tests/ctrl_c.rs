@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Mutex};
 
@@ -400,4 +401,99 @@ fn a_stager_whose_end_a_run_cut_short_was_told_does_not_keep_the_runs_directory(
     let dir = staged.expect("a chunk was staged");
     // The clean-up's script, given the directory.
     assert!(asked.contains(&format!("/bin/sh sh {dir}")), "{asked:?}");
+}
+
+/// A followed `true` that never ends on an agent that holds the first
+/// request once `armed`: the give-up's, after the first signal.
+fn agent_holding_the_give_up() -> (FakeAgent, Asked, Arc<AtomicBool>, std::sync::mpsc::Sender<()>) {
+    let armed = Arc::new(AtomicBool::new(false));
+    let holds = armed.clone();
+    let (signalled, wait_for_signal) = std::sync::mpsc::channel();
+    let (agent, asked) = willing_agent(move |_, _| holds.load(Ordering::SeqCst), wait_for_signal);
+    (agent, asked, armed, signalled)
+}
+
+/// Waits for `child` to exit, for 30 seconds at most; then kills it.
+fn exit_of(mut child: Child, what: &str) -> std::process::Output {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{what}: still waiting after 30 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_further_ctrl_c_stops_guest_runs_clean_up_on_a_hung_agent_and_says_what_may_stay() {
+    let (agent, asked, armed, signalled) = agent_holding_the_give_up();
+    let mut child = virtomate()
+        .args(["-l", "info", "--reply-timeout", "600", "guest-run", "--follow"])
+        .arg(agent.socket())
+        .args(["--", "true"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = StderrLines::of(&mut child);
+    wait_until(30, "the program to start", || {
+        asked.lock().unwrap().iter().any(|said| said.ends_with(" true"))
+    });
+    armed.store(true, Ordering::SeqCst);
+    sigint(&child);
+    lines.wait_for("stopping the program");
+    agent.wait_for("held");
+    sigint(&child);
+    let output = exit_of(child, "guest-run after a further Ctrl-C");
+    signalled.send(()).unwrap();
+    drop(agent);
+    assert_eq!(output.status.code(), Some(255), "{output:?}");
+    let pid = FIRST_PID + 1;
+    lines.wait_for(&format!(
+        "Interrupted: interrupted while waiting for the program (guest pid {pid})"
+    ));
+    lines.wait_for("a further signal stopped virtomate's clean-up");
+}
+
+#[test]
+fn a_further_ctrl_c_stops_a_sessions_clean_up_on_a_hung_agent_and_says_what_may_stay() {
+    let (agent, asked, armed, signalled) = agent_holding_the_give_up();
+    let mut child = virtomate()
+        .args(["-l", "info", "--reply-timeout", "600", "session"])
+        .arg(agent.socket())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = StderrLines::of(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", json!({"id": "r", "run": ["true"], "follow": true})).unwrap();
+    wait_until(30, "the program to start", || {
+        asked.lock().unwrap().iter().any(|said| said.ends_with(" true"))
+    });
+    armed.store(true, Ordering::SeqCst);
+    sigint(&child);
+    lines.wait_for("stopping the program");
+    agent.wait_for("held");
+    sigint(&child);
+    let output = exit_of(child, "session after a further Ctrl-C");
+    signalled.send(()).unwrap();
+    drop(stdin);
+    drop(agent);
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    let reply: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap_or_default();
+    assert_eq!(reply["id"], "r", "{stdout}");
+    assert_eq!(reply["error"]["type"], "Interrupted", "{stdout}");
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(&format!("guest pid {}", FIRST_PID + 1)),
+        "{message}"
+    );
+    assert!(
+        message.contains("a further signal stopped virtomate's clean-up"),
+        "{message}"
+    );
 }

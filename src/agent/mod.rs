@@ -16,5 +16,5 @@ pub use self::connector::DomainConnector;
 pub use self::context::Context;
 pub use self::domain_agent::{run_options, DomainAgent};
 pub use self::errors::{stopped_on_a_signal, AgentErrors, RunFront};
-pub use self::signals::{cut_short, Settled, Signals};
+pub use self::signals::{cut_short, Settled, Signals, CLEAN_UP_CUT_SHORT};
 pub use self::silence::Silence;

@@ -114,6 +114,13 @@ pub fn cut_short(step: &str) -> String {
     )
 }
 
+/// The hint when a further signal stopped the give-up's own clean-up
+/// (stopping followed and time-limited programs, removing their files).
+pub const CLEAN_UP_CUT_SHORT: &str =
+    "a further signal stopped virtomate's clean-up: a program it was to stop may still run in the guest, \
+     and a followed one's private directory stays until the next followed run or copy on this VM stops \
+     what it holds and removes it";
+
 /// The next arrival of a caught signal; never, for one left ignored.
 async fn arrival(signal: &mut Option<Signal>) {
     match signal {

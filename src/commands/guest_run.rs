@@ -11,7 +11,7 @@ use virtomate_protocol::session::{Abandoned, Failure, Outcome, Request, RunReque
 use virtomate_protocol::MAX_REQUEST_LEN;
 
 use super::{Answer, Context};
-use crate::agent::{cut_short, DomainAgent, DomainConnector, Settled, Signals};
+use crate::agent::{cut_short, DomainAgent, DomainConnector, Settled, Signals, CLEAN_UP_CUT_SHORT};
 use crate::cli::GuestRunArgs;
 use crate::error::{CliError, Interruption};
 use crate::master::MasterRun;
@@ -75,7 +75,8 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
     };
     let outcome = match ended {
         Ok(outcome) => outcome,
-        Err(mut cut) => {
+        Err(cut) => {
+            let mut hint = cut.map(cut_short);
             let abandoned = match &mut master_run {
                 Some(run) => {
                     // The master may wait for a step in flight (see
@@ -85,16 +86,27 @@ pub async fn run(args: GuestRunArgs, context: &Context) -> Result<Answer, CliErr
                         () = signals.arrival() => None,
                     };
                     given_up.unwrap_or_else(|| {
-                        cut = Some(MASTER_GIVING_UP);
+                        hint = Some(cut_short(MASTER_GIVING_UP));
                         run.what_is_known()
                     })
                 }
-                None => agent.session().give_up(|reply| sink.take(reply)).await,
+                None => {
+                    // Stopping a followed program waits for the agent; a
+                    // further signal stops waiting (a hung agent, say).
+                    let given_up = tokio::select! {
+                        abandoned = agent.session().give_up(|reply| sink.take(reply)) => Some(abandoned),
+                        () = signals.arrival() => None,
+                    };
+                    given_up.unwrap_or_else(|| {
+                        hint = Some(CLEAN_UP_CUT_SHORT.to_owned());
+                        agent.session().given_up_as_is()
+                    })
+                }
             };
             let error = interrupted(&agent, abandoned);
             agent.close().await;
-            return Err(match cut {
-                Some(step) => error.with_hint(cut_short(step)),
+            return Err(match hint {
+                Some(hint) => error.with_hint(hint),
                 None => error,
             });
         }

@@ -185,6 +185,9 @@ pub struct Session<C: Connector> {
     /// [`give_up`](Self::give_up) closes its files and sweeps its
     /// directory.
     preparing: Option<Preparing>,
+    /// What [`give_up`](Self::give_up) has seen to so far, for
+    /// [`given_up_as_is`](Self::given_up_as_is) should it be cut short.
+    given_up: Vec<Abandoned>,
     last_request: Instant,
 }
 
@@ -212,6 +215,7 @@ impl<C: Connector> Session<C> {
             running: Vec::new(),
             current: None,
             preparing: None,
+            given_up: Vec::new(),
             last_request: Instant::now(),
         }
     }
@@ -351,20 +355,16 @@ impl<C: Connector> Session<C> {
     /// # }
     /// ```
     pub async fn give_up(&mut self, mut reply: impl FnMut(Reply) -> io::Result<()>) -> Vec<Abandoned> {
-        let mut abandoned = Vec::new();
         self.channel.set_patience(Duration::ZERO);
-        if let Some(current) = self.current.take() {
-            let left = match (current.stage, self.channel.request_progress()) {
-                (Stage::Starting, RequestProgress::Idle | RequestProgress::PartlySent) => Left::StartNotSent,
-                (Stage::Starting, _) => Left::MayHaveStarted,
-                (Stage::Preparing, _) => Left::Preparing,
-                _ => Left::Nothing,
-            };
+        if let Some(current) = &self.current {
+            let left = self.left_by_stage(current);
             let left = match self.preparing.take() {
                 Some(preparing) => self.sweep(preparing, left).await,
                 None => left,
             };
-            abandoned.push(Abandoned { id: current.id, left });
+            if let Some(current) = self.current.take() {
+                self.given_up.push(Abandoned { id: current.id, left });
+            }
         }
         // Each stays among the running until it is seen to: given up on
         // again, the rest is looked at once more.
@@ -386,9 +386,53 @@ impl<C: Connector> Session<C> {
                 false => self.look_at(pid).await,
             };
             self.running.remove(0);
-            abandoned.push(Abandoned { id, left });
+            self.given_up.push(Abandoned { id, left });
         }
+        std::mem::take(&mut self.given_up)
+    }
+
+    /// What the requests in flight left, for a caller that stopped
+    /// waiting for [`give_up`](Self::give_up) (a further signal): what it
+    /// had seen to, as it found it, and the rest as far as known without
+    /// asking the agent. A followed program not yet stopped runs on; its
+    /// directory is tagged with this process, so the next followed run
+    /// once this process has ended stops it and removes the directory.
+    ///
+    /// ```no_run
+    /// # use virtomate_protocol::session::Session;
+    /// # async fn demo(mut session: Session<virtomate_protocol::SocketConnector>) {
+    /// let patience = std::time::Duration::from_secs(5);
+    /// let abandoned = match tokio::time::timeout(patience, session.give_up(|_| Ok(()))).await {
+    ///     Ok(abandoned) => abandoned,
+    ///     Err(_) => session.given_up_as_is(),
+    /// };
+    /// # drop(abandoned);
+    /// # }
+    /// ```
+    pub fn given_up_as_is(&mut self) -> Vec<Abandoned> {
+        let mut abandoned = std::mem::take(&mut self.given_up);
+        self.preparing = None;
+        if let Some(current) = self.current.take() {
+            let left = self.left_by_stage(&current);
+            abandoned.push(Abandoned { id: current.id, left });
+        }
+        let running = std::mem::take(&mut self.running);
+        abandoned.extend(running.into_iter().map(|run| Abandoned {
+            id: run.id,
+            left: Left::Unknown { pid: run.pid },
+        }));
         abandoned
+    }
+
+    /// What the request whose exchange was under way may have left, by
+    /// how far it got.
+    fn left_by_stage(&self, current: &InFlight) -> Left {
+        match (current.stage, self.channel.request_progress()) {
+            (Stage::Starting, RequestProgress::Idle | RequestProgress::PartlySent) => Left::StartNotSent,
+            (Stage::Starting, _) => Left::MayHaveStarted,
+            (Stage::Preparing, _) => Left::Preparing,
+            _ => Left::Nothing,
+        }
     }
 
     /// Sweeps the private directory `name` of a followed run cut short

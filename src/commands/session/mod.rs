@@ -28,7 +28,7 @@ use self::copies::{Copies, CopyState};
 use self::lines::{answered, print, Answered, ChunkLine, Line};
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
-use crate::agent::{cut_short, Settled, Signals};
+use crate::agent::{cut_short, Settled, Signals, CLEAN_UP_CUT_SHORT};
 use crate::agent::{run_options, AgentErrors, RunFront, Silence};
 use crate::error::{CliError, ErrorKind};
 use crate::run_output::RunResult;
@@ -89,7 +89,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     // requests go on meanwhile.
     let (silent, mut to_explain) = mpsc::unbounded_channel();
     let settling = session.channel().settling();
-    let mut cut = None;
+    let mut hint = None;
     let served = {
         let errors = &errors;
         let serve = session.serve_jobs(
@@ -135,7 +135,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
                     }
                     None => {
                         if let Settled::CutShort(step) = signals.settle(&settling, &mut serve).await {
-                            cut = Some(step);
+                            hint = Some(cut_short(step));
                         }
                         false
                     }
@@ -156,18 +156,24 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     // As guest-run gives up: followed and time-limited programs are
     // stopped (their output's rest printed, their directories removed),
     // the others looked at once and left to run.
-    let abandoned = session
-        .give_up(|reply| {
+    // A further signal stops waiting for the agent (a hung one, say).
+    let given_up = tokio::select! {
+        abandoned = session.give_up(|reply| {
             if let Ok(Outcome::Chunk { stream, bytes }) = reply.outcome {
                 print_chunk(reply.id, stream, &bytes);
             }
             Ok(())
-        })
-        .await;
+        }) => Some(abandoned),
+        () = signals.arrival() => None,
+    };
+    let abandoned = given_up.unwrap_or_else(|| {
+        hint = Some(CLEAN_UP_CUT_SHORT.to_owned());
+        session.given_up_as_is()
+    });
     for left in abandoned {
         let error = errors.abandoned(left.left);
-        let error = match cut {
-            Some(step) => error.with_hint(cut_short(step)),
+        let error = match &hint {
+            Some(hint) => error.with_hint(hint.clone()),
             None => error,
         };
         print(&Line::error(left.id, &error));
