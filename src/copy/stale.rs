@@ -3,12 +3,13 @@
 //! copy into the same guest directory can tell one whose process is gone
 //! from one still in use, and remove it.
 //!
-//! A directory's name is `.virtomate-RANDOM-BOOT.NS.PID.START`: the host's
-//! boot id, the pid namespace, and the process's pid and start time (in
-//! clock ticks since boot, `/proc/PID/stat`). One is stale when BOOT and NS
-//! are this process's and no process PID started at START runs. Another
-//! host's, another boot's or another namespace's is never judged, nor is
-//! one without such a tag (virtomate's older names): they are left.
+//! A directory's name is `.virtomate-RANDOM-BOOT.NS.PID.START`: its maker
+//! as [`Owner::name_tag`] writes it (the host's boot id, the pid namespace,
+//! and the process's pid and start time), the owner a followed run's
+//! directory names in a tag file. One is stale when its owner is provably
+//! dead ([`Owner::is_dead`]); another host's, another boot's or another
+//! namespace's is never judged, nor is one without such a tag (virtomate's
+//! older names): they are left.
 //!
 //! Copies out of the guest write a temporary beside the destination on
 //! the host, `.NAME.virtomate-RANDOM-BOOT.NS.PID.START` (a file, or a
@@ -21,35 +22,13 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::OnceLock;
 
-/// This process's tag, when `/proc` tells it.
+use virtomate_protocol::leftovers::Owner;
+
+/// This process's tag, when `/proc` tells it (see [`Owner::name_tag`]).
 pub fn own_tag() -> Option<&'static str> {
     static TAG: OnceLock<Option<String>> = OnceLock::new();
-    TAG.get_or_init(|| {
-        let (boot, ns) = host()?;
-        let pid = std::process::id();
-        Some(format!("{boot}.{ns}.{pid}.{}", start_time(pid)?))
-    })
-    .as_deref()
-}
-
-/// The boot id (without dashes) and the pid namespace's inode.
-fn host() -> Option<(String, String)> {
-    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-    let ns = std::fs::read_link("/proc/self/ns/pid").ok()?;
-    let ns: String = ns
-        .to_string_lossy()
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
-    Some((boot.trim().replace('-', ""), ns))
-}
-
-/// When process `pid` started, in clock ticks since boot.
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command's name, which may hold anything, in parentheses.
-    let fields = stat.rsplit_once(')')?.1;
-    fields.split_whitespace().nth(19)?.parse().ok()
+    TAG.get_or_init(|| Owner::this_process(Path::new("/proc")).map(|me| me.name_tag()))
+        .as_deref()
 }
 
 /// Whether the directory `name` is a private directory of a copy of this
@@ -61,20 +40,10 @@ pub fn is_stale(name: &str) -> bool {
     let Some((random, tag)) = rest.split_once('-') else {
         return false;
     };
-    let parts: Vec<&str> = tag.split('.').collect();
-    let [boot, ns, pid, start] = parts[..] else {
-        return false;
-    };
-    let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else {
-        return false;
-    };
     if random.len() != 32 || !random.bytes().all(|b| b.is_ascii_hexdigit()) {
         return false;
     }
-    match host() {
-        Some((own_boot, own_ns)) if own_boot == boot && own_ns == ns => start_time(pid) != Some(start),
-        _ => false,
-    }
+    Owner::from_name_tag(tag).is_some_and(|owner| owner.is_dead())
 }
 
 /// The longest file name Linux file systems take.

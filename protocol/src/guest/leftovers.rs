@@ -93,13 +93,61 @@ impl Owner {
         })
     }
 
+    /// The owner as a file name carries it, `BOOT.NS.PID.STARTED`: the
+    /// boot id without its dashes and the namespace's number alone. `copy`
+    /// names its private directories and host temporaries so.
+    ///
+    /// ```
+    /// # use std::path::Path;
+    /// use virtomate_protocol::leftovers::Owner;
+    ///
+    /// let me = Owner::this_process(Path::new("/proc")).expect("Linux has /proc");
+    /// let name = format!(".virtomate-{}", me.name_tag());
+    /// let owner = Owner::from_name_tag(name.strip_prefix(".virtomate-").unwrap());
+    /// assert!(owner.is_some_and(|owner| !owner.is_dead()));
+    /// ```
+    pub fn name_tag(&self) -> String {
+        let (boot, ns) = self.host();
+        format!("{boot}.{ns}.{}.{}", self.pid, self.started)
+    }
+
+    /// The owner a [`name_tag`](Self::name_tag) names; `None` for
+    /// anything else.
+    pub fn from_name_tag(tag: &str) -> Option<Owner> {
+        let parts: Vec<&str> = tag.split('.').collect();
+        let [boot_id, pid_ns, pid, started] = parts[..] else {
+            return None;
+        };
+        Some(Owner {
+            boot_id: boot_id.to_owned(),
+            pid_ns: pid_ns.to_owned(),
+            pid: pid.parse().ok()?,
+            started: started.parse().ok()?,
+        })
+    }
+
+    /// Whether this owner is provably dead as this process sees it: see
+    /// the [module](self) docs. `false` where `/proc` cannot tell.
+    pub fn is_dead(&self) -> bool {
+        let proc_root = Path::new("/proc");
+        Owner::this_process(proc_root).is_some_and(|me| self.provably_dead(&me, proc_root))
+    }
+
     /// Whether this owner is provably dead, as `me` sees it through
     /// `proc_root`: see the [module](self) docs.
     fn provably_dead(&self, me: &Owner, proc_root: &Path) -> bool {
-        if self.boot_id != me.boot_id || self.pid_ns != me.pid_ns || self.pid == me.pid {
+        if self.host() != me.host() {
             return false;
         }
         start_time(proc_root.join(format!("{}/stat", self.pid))) != Some(self.started)
+    }
+
+    /// The boot and the pid namespace, written alike whether read from a
+    /// tag or a name tag.
+    fn host(&self) -> (String, String) {
+        let boot = self.boot_id.replace('-', "");
+        let ns = self.pid_ns.chars().filter(char::is_ascii_digit).collect();
+        (boot, ns)
     }
 }
 
@@ -239,6 +287,31 @@ mod tests {
             ..gone.clone()
         };
         assert!(!other_ns.provably_dead(&me, proc_root));
+        let earlier_me = Owner {
+            started: me.started - 1,
+            ..me.clone()
+        };
+        assert!(
+            earlier_me.provably_dead(&me, proc_root),
+            "this pid's earlier process"
+        );
+    }
+
+    #[test]
+    fn a_name_tag_names_the_same_owner_as_a_tag() {
+        let me = me();
+        let named = Owner::from_name_tag(&me.name_tag()).unwrap();
+        assert_eq!(named.host(), me.host());
+        assert!(!named.provably_dead(&me, Path::new("/proc")));
+        assert!(!named.name_tag().contains('-'), "{}", named.name_tag());
+        let gone = Owner {
+            pid: u32::MAX - 1,
+            ..named
+        };
+        assert!(gone.is_dead());
+        for bad in ["", "a.b.1", "a.b.x.2", "a.b.1.2.3", "a.b.1.-2"] {
+            assert_eq!(Owner::from_name_tag(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
