@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
@@ -14,7 +14,7 @@ use super::{
     ERR_AGENT_UNRESPONSIVE, ERR_INTERNAL_ERROR, ERR_NO_DOMAIN, ERR_OPERATION_INVALID,
 };
 use crate::qga::Command;
-use crate::wire::envelope::{parse_reply, ReplyFor, ReplyId, Request};
+use crate::wire::envelope::{decode, parse_reply, ReplyFor, ReplyId, Request};
 use crate::{Agent, ClientOptions, Deadline, Error, RequestProgress};
 
 /// One domain's guest agent, reached through libvirtd's RPC socket.
@@ -73,7 +73,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
 
     /// Sends any command by name and returns its `return` value untyped.
     pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
-        self.exchange(name, arguments, self.reply_timeout).await
+        let reply = self.exchange(name, arguments, self.reply_timeout).await?;
+        decode(name, &reply)
     }
 
     /// Sends a command that does not reply on success (`guest-shutdown`,
@@ -93,9 +94,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
         arguments: Option<&Value>,
         grace: Duration,
     ) -> Result<(), Error> {
-        self.exchange::<Value>("guest-ping", None, self.reply_timeout)
-            .await?;
-        match self.exchange::<Value>(name, arguments, grace).await {
+        self.exchange("guest-ping", None, self.reply_timeout).await?;
+        match self.exchange(name, arguments, grace).await {
             Ok(_) => Ok(()),
             // rustfmt would join this or-pattern into one line over max_width.
             #[rustfmt::skip]
@@ -120,12 +120,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
         }
     }
 
-    async fn exchange<T: DeserializeOwned>(
+    async fn exchange(
         &mut self,
         name: &str,
         arguments: Option<&Value>,
         reply_timeout: Duration,
-    ) -> Result<T, Error> {
+    ) -> Result<Box<RawValue>, Error> {
         self.next_id += 1;
         let id = self.next_id;
         // libvirt takes the JSON without its newline.
@@ -149,7 +149,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LibvirtAgent<S> {
             reason: reason.to_owned(),
         };
         let reply = reply.ok_or_else(|| malformed("libvirtd returned no reply"))?;
-        match parse_reply::<T>(name, reply.as_bytes(), ReplyId::Is(id))? {
+        match parse_reply(name, reply.as_bytes(), ReplyId::Is(id))? {
             ReplyFor::Us(output) => Ok(output),
             _ => Err(malformed("libvirtd returned a reply to another request")),
         }
@@ -163,7 +163,10 @@ pub const CLASS_UNKNOWN_THROUGH_LIBVIRT: &str = "unknown (through libvirt)";
 impl<S: AsyncRead + AsyncWrite + Unpin> Agent for LibvirtAgent<S> {
     async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
         let arguments = serde_json::to_value(command).expect("commands always serialize");
-        self.exchange(C::NAME, Some(&arguments), self.reply_timeout).await
+        let reply = self
+            .exchange(C::NAME, Some(&arguments), self.reply_timeout)
+            .await?;
+        decode(C::NAME, &reply)
     }
 
     async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {

@@ -3,13 +3,14 @@
 use std::path::Path;
 use std::time::Duration;
 
+use serde_json::value::RawValue;
 use serde_json::Value;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::UnixStream;
 
 use super::{guest_exec_request, Command, GuestExec, GuestExecReply, GuestSyncDelimited, OutgoingRequest};
 use crate::framing::{LineCodec, SENTINEL};
-use crate::wire::envelope::{parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
+use crate::wire::envelope::{decode, parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
 use crate::wire::transport::connect;
 use crate::{ClientOptions, Connection, Deadline, Error, Phase, RequestProgress};
 
@@ -239,10 +240,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// ```
     pub async fn execute<C: Command>(&mut self, command: &C) -> Result<C::Output, Error> {
         let reply_timeout = self.options.reply_timeout;
-        self.exchange(C::NAME, reply_timeout, |id| {
-            OutgoingRequest::Whole(Request::of(command).with_id(id).to_line())
-        })
-        .await
+        let id = self.fresh_id();
+        let request = OutgoingRequest::Whole(Request::of(command).with_id(id).to_line());
+        let reply = self.exchange(C::NAME, id, reply_timeout, request).await?;
+        decode(C::NAME, &reply)
     }
 
     /// Starts a program, as [`execute`](Self::execute) does with `exec`,
@@ -264,17 +265,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
     /// ```
     pub async fn guest_exec(&mut self, exec: &GuestExec) -> Result<GuestExecReply, Error> {
         let reply_timeout = self.options.reply_timeout;
-        self.exchange(GuestExec::NAME, reply_timeout, |id| guest_exec_request(exec, id))
-            .await
+        let id = self.fresh_id();
+        let request = guest_exec_request(exec, id);
+        let reply = self.exchange(GuestExec::NAME, id, reply_timeout, request).await?;
+        decode(GuestExec::NAME, &reply)
     }
 
     /// Sends any command by name and returns its `return` value untyped.
     pub async fn execute_json(&mut self, name: &str, arguments: Option<&Value>) -> Result<Value, Error> {
         let reply_timeout = self.options.reply_timeout;
-        self.exchange(name, reply_timeout, |id| {
-            OutgoingRequest::Whole(Request::new(name, arguments).with_id(id).to_line())
-        })
-        .await
+        let id = self.fresh_id();
+        let request = OutgoingRequest::Whole(Request::new(name, arguments).with_id(id).to_line());
+        let reply = self.exchange(name, id, reply_timeout, request).await?;
+        decode(name, &reply)
     }
 
     /// Sends `first` and `second` together and reads both replies: one
@@ -355,11 +358,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         arguments: Option<&Value>,
         grace: Duration,
     ) -> Result<(), Error> {
-        let outcome = self
-            .exchange::<Value>(name, grace, |id| {
-                OutgoingRequest::Whole(Request::new(name, arguments).with_id(id).to_line())
-            })
-            .await;
+        let id = self.fresh_id();
+        let request = OutgoingRequest::Whole(Request::new(name, arguments).with_id(id).to_line());
+        let outcome = self.exchange(name, id, grace, request).await;
         match outcome {
             // An agent that does reply (`{"return": {}}`) is no worse.
             Ok(_) | Err(Error::Disconnected) => Ok(()),
@@ -371,19 +372,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         }
     }
 
-    /// Sends the request `build_request` makes with a fresh id and reads
-    /// until its reply, which may take `reply_timeout` once it is sent.
-    async fn exchange<'r, T: serde::de::DeserializeOwned>(
+    /// Sends `request`, made with the fresh `id`, and reads until its
+    /// reply, which may take `reply_timeout` once it is sent. Not generic
+    /// over the reply's type, so that the binary holds one copy of it:
+    /// callers type the reply with [`decode`].
+    async fn exchange(
         &mut self,
         name: &str,
+        id: u64,
         reply_timeout: Duration,
-        build_request: impl FnOnce(u64) -> OutgoingRequest<'r>,
-    ) -> Result<T, Error> {
+        request: OutgoingRequest<'_>,
+    ) -> Result<Box<RawValue>, Error> {
         if !self.in_sync {
             self.sync().await?;
         }
-        let id = self.fresh_id();
-        let request = build_request(id);
         if request.len() > MAX_REQUEST_LEN {
             return Err(Error::RequestTooLarge {
                 len: request.len(),
@@ -408,7 +410,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
         let reading = async {
             loop {
                 let line = self.conn.read_reply().await?;
-                if let ReplyFor::Us(output) = parse_reply::<T>(name, &line, ReplyId::Is(id))? {
+                if let ReplyFor::Us(output) = parse_reply(name, &line, ReplyId::Is(id))? {
                     return Ok(output);
                 }
             }

@@ -100,6 +100,16 @@ pub(crate) enum ReplyFor<T> {
     Event,
 }
 
+/// The `return` of a reply to `command` as a `T`. Replies are read whole
+/// as [`RawValue`] by the exchanges, which are not generic (one copy of
+/// each in the binary, whatever the command), and typed here.
+pub(crate) fn decode<T: DeserializeOwned>(command: &str, ret: &RawValue) -> Result<T, Error> {
+    serde_json::from_str(ret.get()).map_err(|e| Error::Malformed {
+        command: command.to_owned(),
+        reason: format!("unexpected return value: {e}"),
+    })
+}
+
 /// Decodes one reply line to `command`, whose `return` is a `T`; a reply
 /// that `id` does not take is [`ReplyFor::Other`], an error reply
 /// [`Error::Agent`].
@@ -120,9 +130,7 @@ pub(crate) fn parse_reply<T: DeserializeOwned>(
         }
     }
     match (envelope.ret, envelope.error, envelope.event) {
-        (Some(ret), None, _) => serde_json::from_str(ret.get())
-            .map(ReplyFor::Us)
-            .map_err(|e| malformed(format!("unexpected return value: {e}"))),
+        (Some(ret), None, _) => decode(command, ret).map(ReplyFor::Us),
         (None, Some(error), _) => Err(Error::Agent {
             command: command.to_owned(),
             class: error.class,
