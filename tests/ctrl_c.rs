@@ -413,6 +413,27 @@ fn agent_holding_the_give_up() -> (FakeAgent, Asked, Arc<AtomicBool>, std::sync:
     (agent, asked, armed, signalled)
 }
 
+/// Once the program of `child` has started: Ctrl-C, and again once the
+/// give-up waits for the agent to stop it. Its output once it has exited,
+/// within 30 seconds (else it is killed).
+fn ctrl_c_then_again_while_it_stops_the_program(
+    child: Child,
+    lines: &StderrLines,
+    agent: &FakeAgent,
+    asked: &Asked,
+    armed: &AtomicBool,
+) -> std::process::Output {
+    wait_until(30, "the program to start", || {
+        asked.lock().unwrap().iter().any(|said| said.ends_with(" true"))
+    });
+    armed.store(true, Ordering::SeqCst);
+    sigint(&child);
+    lines.wait_for("stopping the program");
+    agent.wait_for("held");
+    sigint(&child);
+    exit_of(child, "virtomate after a further Ctrl-C")
+}
+
 /// Waits for `child` to exit, for 30 seconds at most; then kills it.
 fn exit_of(mut child: Child, what: &str) -> std::process::Output {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
@@ -438,15 +459,7 @@ fn a_further_ctrl_c_stops_guest_runs_clean_up_on_a_hung_agent_and_says_what_may_
         .spawn()
         .unwrap();
     let lines = StderrLines::of(&mut child);
-    wait_until(30, "the program to start", || {
-        asked.lock().unwrap().iter().any(|said| said.ends_with(" true"))
-    });
-    armed.store(true, Ordering::SeqCst);
-    sigint(&child);
-    lines.wait_for("stopping the program");
-    agent.wait_for("held");
-    sigint(&child);
-    let output = exit_of(child, "guest-run after a further Ctrl-C");
+    let output = ctrl_c_then_again_while_it_stops_the_program(child, &lines, &agent, &asked, &armed);
     signalled.send(()).unwrap();
     drop(agent);
     assert_eq!(output.status.code(), Some(255), "{output:?}");
@@ -471,15 +484,7 @@ fn a_further_ctrl_c_stops_a_sessions_clean_up_on_a_hung_agent_and_says_what_may_
     let lines = StderrLines::of(&mut child);
     let mut stdin = child.stdin.take().unwrap();
     writeln!(stdin, "{}", json!({"id": "r", "run": ["true"], "follow": true})).unwrap();
-    wait_until(30, "the program to start", || {
-        asked.lock().unwrap().iter().any(|said| said.ends_with(" true"))
-    });
-    armed.store(true, Ordering::SeqCst);
-    sigint(&child);
-    lines.wait_for("stopping the program");
-    agent.wait_for("held");
-    sigint(&child);
-    let output = exit_of(child, "session after a further Ctrl-C");
+    let output = ctrl_c_then_again_while_it_stops_the_program(child, &lines, &agent, &asked, &armed);
     signalled.send(()).unwrap();
     drop(stdin);
     drop(agent);

@@ -85,6 +85,10 @@ impl Owner {
         let [TAG_VERSION, boot_id, pid_ns, pid, started] = words[..] else {
             return None;
         };
+        Owner::of_words(boot_id, pid_ns, pid, started)
+    }
+
+    fn of_words(boot_id: &str, pid_ns: &str, pid: &str, started: &str) -> Option<Owner> {
         Some(Owner {
             boot_id: boot_id.to_owned(),
             pid_ns: pid_ns.to_owned(),
@@ -118,12 +122,7 @@ impl Owner {
         let [boot_id, pid_ns, pid, started] = parts[..] else {
             return None;
         };
-        Some(Owner {
-            boot_id: boot_id.to_owned(),
-            pid_ns: pid_ns.to_owned(),
-            pid: pid.parse().ok()?,
-            started: started.parse().ok()?,
-        })
+        Owner::of_words(boot_id, pid_ns, pid, started)
     }
 
     /// Whether this owner is provably dead as this process sees it: see
