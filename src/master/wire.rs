@@ -160,15 +160,19 @@ pub fn attach_outcome(answer: &[u8]) -> Result<(), LinkFailure> {
 /// Whether `answer` says the master does not know the command asked
 /// (an older virtomate's master, which passed it on to the agent).
 pub fn not_known(answer: &[u8]) -> bool {
+    // Every member optional: a reply without an error parses too. A failed
+    // parse works out its error's line with a search whose first use in a
+    // process asks the CPU for its features (protocol/src/wire/scan.rs).
     #[derive(Deserialize)]
     struct Answer {
-        error: ErrorClass,
+        error: Option<ErrorClass>,
     }
     #[derive(Deserialize)]
     struct ErrorClass {
         class: String,
     }
-    serde_json::from_slice::<Answer>(answer).is_ok_and(|a| a.error.class == "CommandNotFound")
+    let answer = serde_json::from_slice::<Answer>(answer);
+    answer.is_ok_and(|a| a.error.is_some_and(|error| error.class == "CommandNotFound"))
 }
 
 /// What `control check` shows.

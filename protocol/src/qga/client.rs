@@ -11,6 +11,7 @@ use tokio::net::UnixStream;
 use super::{guest_exec_request, Command, GuestExec, GuestExecReply, GuestSyncDelimited, OutgoingRequest};
 use crate::framing::{LineCodec, SENTINEL};
 use crate::wire::envelope::{decode, parse_reply, ReplyFor, ReplyId, Request, MAX_REQUEST_LEN};
+use crate::wire::scan;
 use crate::wire::transport::connect;
 use crate::{ClientOptions, Connection, Deadline, Error, Phase, RequestProgress};
 
@@ -187,7 +188,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> QgaClient<S> {
                 Err(Error::ReplyTooLong { .. }) => continue,
                 other => other?,
             };
-            let after_sentinel = match memchr::memrchr(SENTINEL, &line) {
+            let after_sentinel = match scan::rfind(SENTINEL, &line) {
                 Some(pos) => &line[pos + 1..],
                 None => &line[..],
             };

@@ -21,9 +21,9 @@
 //! ```
 
 use bytes::{Buf, BytesMut};
-use memchr::memchr;
 use tokio_util::codec::Decoder;
 
+use super::scan;
 use crate::Error;
 
 /// Byte the agent sends right before the reply to `guest-sync-delimited`.
@@ -111,7 +111,7 @@ impl LineCodec {
 
     fn decode_line(&mut self, buf: &mut BytesMut) -> Option<Result<Frame, Error>> {
         loop {
-            let Some(pos) = memchr(b'\n', &buf[self.scanned..]) else {
+            let Some(pos) = scan::find(b'\n', &buf[self.scanned..]) else {
                 self.scanned = buf.len();
                 if buf.len() > self.max_len + 1 {
                     // Let the memory go, not just the bytes: the next reply
@@ -167,7 +167,7 @@ impl Decoder for LineCodec {
             }
         }
         let frame = if self.skipping {
-            match memchr(SENTINEL, buf) {
+            match scan::find(SENTINEL, buf) {
                 Some(pos) => {
                     buf.advance(pos + 1);
                     self.skipping = false;

@@ -6,8 +6,8 @@
 //! `framing` parses, `connection` owns the socket and its buffer and
 //! reads frames through a codec, `transport` connects within a
 //! `Deadline`, `envelope` and `command` type requests and replies,
-//! `trace` sees the bytes, `hex` and `random` make names, and `fields`
-//! reads the members of JSON lines (a session's).
+//! `trace` sees the bytes, `scan` finds bytes in them, `hex` and `random`
+//! make names, and `fields` reads the members of JSON lines (a session's).
 
 pub(crate) mod command;
 pub(crate) mod connection;
@@ -16,6 +16,7 @@ pub mod fields;
 pub mod framing;
 pub(crate) mod hex;
 pub(crate) mod random;
+pub(crate) mod scan;
 pub(crate) mod trace;
 pub(crate) mod transport;
 
