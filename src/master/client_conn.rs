@@ -5,9 +5,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixStream;
 use tokio::sync::{mpsc, oneshot};
 use virtomate_protocol::framing::{Frame, LineCodec, SENTINEL};
 use virtomate_protocol::{Connection, MAX_REQUEST_LEN};
@@ -53,21 +52,24 @@ const MAX_CLIENT_LINE: usize = MAX_REQUEST_LEN + 1024;
 
 /// A client that asked the master to run a program whole
 /// ([`wire::RUN`]): its connection, and the request's arguments.
-pub struct RunHandover {
-    pub conn: Connection<OwnedReadHalf, LineCodec>,
-    pub write: OwnedWriteHalf,
+pub struct RunHandover<R = OwnedReadHalf, W = OwnedWriteHalf> {
+    pub conn: Connection<R, LineCodec>,
+    pub write: W,
     pub arguments: Vec<u8>,
 }
 
 /// Serves one client until it leaves or the hub drops it; one that asks
 /// for a whole run is handed back, for the run engine.
-pub async fn serve_client(
-    stream: UnixStream,
+pub async fn serve_client<R, W>(
+    (read, mut write): (R, W),
     client: u64,
     ids: Arc<AtomicU64>,
     hub: mpsc::UnboundedSender<ClientEvent>,
-) -> Option<RunHandover> {
-    let (read, mut write) = stream.into_split();
+) -> Option<RunHandover<R, W>>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut conn = Connection::new(read, LineCodec::new(MAX_CLIENT_LINE), None);
     // Only the hub holds the sender: when it lets the client go, the
     // channel closes and so does the connection.

@@ -62,7 +62,9 @@ pub async fn serve(listener: std::os::unix::net::UnixListener, settings: Setting
             let client = ids.fetch_add(1, Ordering::Relaxed);
             let (ids, hub_tx) = (ids.clone(), hub_tx.clone());
             tokio::spawn(async move {
-                if let Some(run) = serve_client(stream, client, ids.clone(), hub_tx.clone()).await {
+                if let Some(run) =
+                    serve_client(stream.into_split(), client, ids.clone(), hub_tx.clone()).await
+                {
                     let _ = hub_tx.send(ClientEvent::Run);
                     let connect = |options| HubConnector::new(hub_tx, ids, options);
                     serve_run(run, connect, max_reply_len).await;
