@@ -306,8 +306,10 @@ macro_rules! stop_naming_function {
 /// the shell on the spot. A rotator killed leaves the marker as it was.
 macro_rules! rotators {
     () => {
-        r#"d=$1; shift
-failed() {
+        concat!(
+            "d=$1; shift\n",
+            space_left_function!(),
+            r#"failed() {
   f=fail
   [ "$(space_left "$d")" != 0 ] || f=full
   mv -f -- "$d/$1.live" "$d/$1.$f"
@@ -328,22 +330,18 @@ rotate() {
 }
 (rotate out & rotate err &) </dev/null >/dev/null 2>&1
 "#
+        )
     };
 }
 
 /// The script that starts the program, its output into the pipes: each
 /// `open` waits until its rotator has opened the pipe too.
-const REDIRECT_SCRIPT: &str = concat!(
-    space_left_function!(),
-    rotators!(),
-    r#"exec "$@" >"$d/out.pipe" 2>"$d/err.pipe""#
-);
+const REDIRECT_SCRIPT: &str = concat!(rotators!(), r#"exec "$@" >"$d/out.pipe" 2>"$d/err.pipe""#);
 
 /// The same with standard input from the named pipe `in`. The shell opens
 /// it first, and waits there until a writer opens it too (see
 /// [`feed`](crate::feed)).
 const REDIRECT_INPUT_SCRIPT: &str = concat!(
-    space_left_function!(),
     rotators!(),
     r#"exec "$@" <"$d/in" >"$d/out.pipe" 2>"$d/err.pipe""#
 );
