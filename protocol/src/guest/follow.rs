@@ -16,9 +16,8 @@
 //!    named `virtomate-follow-` and 128 random bits in hex), with, for
 //!    each stream (`out`, `err`), the named pipes `out.pipe` (the program
 //!    writes to it) and `out.credit` (the host writes to it), the empty
-//!    chunk file `out.0`, the rotator's empty marker `out.live`, and the
-//!    file `index`; it opens the index, the first chunks, and the credit
-//!    pipes (mode `r+`). Nothing of the
+//!    chunk file `out.0`, and the file `index`; it opens the index, the
+//!    first chunks, and the credit pipes (mode `r+`). Nothing of the
 //!    caller's has run yet: a guest without a POSIX `/bin/sh`, `mkfifo`
 //!    or a writable temporary directory is refused here.
 //! 2. [`Follow::redirect`] wraps the program: `/bin/sh -c SCRIPT sh DIR
@@ -39,9 +38,10 @@
 //!    After each chunk it opens the next one's file (empty) and appends
 //!    `out N` to the index; an empty chunk is the end of the stream (`out
 //!    N end`), and a chunk it failed to write (no space left) its last
-//!    (`out N fail`). Failing, it first renames its marker (`out.full`
-//!    or `out.fail`), which a full disk cannot stop. Before starting chunk N+1 it waits for the host's
-//!    credit for chunk N-1 (a line in `out.credit`), then removes that
+//!    (`out N fail`). It starts by making an empty marker, `out.live`,
+//!    and failing, it first renames it (`out.full` or `out.fail`), which
+//!    a full disk cannot stop. Before starting chunk N+1 it waits for the
+//!    host's credit for chunk N-1 (a line in `out.credit`), then removes that
 //!    chunk: at most two chunks of a stream sit on the guest's disk, and
 //!    a host that stops reading stops the program (its pipe fills)
 //!    rather than filling the disk.
@@ -228,8 +228,7 @@ macro_rules! space_left_function {
 /// with an owner a line `NAME TAG` (NAME the part after
 /// `virtomate-follow-`; see [`leftovers`](crate::leftovers)), or ends
 /// with status 4 where there is no `dd`. Each stream gets its pipe, its credit
-/// pipe, its first chunk file (empty, so that it can be opened) and its
-/// rotator's marker `out.live` (see `rotators!`). A file system with no space left is
+/// pipe and its first chunk file (empty, so that it can be opened). A file system with no space left is
 /// refused here, before the program runs, since its output would be lost
 /// (and the fullness seen at the end could be gone by then).
 const SETUP_SCRIPT: &str = concat!(
@@ -241,7 +240,7 @@ mkdir -m 700 -- "$d" || exit 1
 made() {
   : >"$d/index" || return 1
   for s in out err; do
-    mkfifo -m 600 -- "$d/$s.pipe" "$d/$s.credit" && : >"$d/$s.0" && : >"$d/$s.live" || return 1
+    mkfifo -m 600 -- "$d/$s.pipe" "$d/$s.credit" && : >"$d/$s.0" || return 1
   done
   [ -z "$1" ] || mkfifo -m 600 -- "$d/in"
 }
@@ -295,15 +294,17 @@ macro_rules! stop_naming_function {
     };
 }
 
-/// A failing rotator (`failed STREAM CHUNK`) renames its marker
-/// `STREAM.live` to `STREAM.full` (the file system had no space left, as
-/// `space_left` tells then) or `STREAM.fail`, before it tries to append its
-/// failure mark to the index: a rename takes no block on a tmpfs (and
-/// rarely one elsewhere, the name keeping its length), where a full disk
-/// can stop the append itself (an empty index has no block yet). The
-/// clean-up reads the marker. Every failure comes here: the open of a chunk
-/// is a `command exec`, as a failed redirection of a plain `exec` ends
-/// the shell on the spot. A rotator killed leaves the marker as it was.
+/// A rotator first makes its marker, the empty file `STREAM.live` (no
+/// block, no process; before it opens its pipe, so before the program can
+/// write). Failing (`failed STREAM CHUNK`), it renames it to `STREAM.full`
+/// (the file system had no space left, as `space_left` tells then) or
+/// `STREAM.fail`, before it tries to append its failure mark to the index:
+/// a rename takes no block on a tmpfs (and rarely one elsewhere, the name
+/// keeping its length), where a full disk can stop the append itself (an
+/// empty index has no block yet). The clean-up reads the marker: none, the
+/// rotator never ran; `live`, it was killed. Every failure comes here: the
+/// open of a chunk is a `command exec`, as a failed redirection of a plain
+/// `exec` ends the shell on the spot.
 macro_rules! rotators {
     () => {
         concat!(
@@ -319,6 +320,7 @@ macro_rules! rotators {
 rotate() {
   umask 077
   n=0
+  true >"$d/$1.live"
   command exec 3<>"$d/$1.credit" 4>"$d/$1.0" <"$d/$1.pipe" || failed "$1" 0
   while dd bs=4096 count=1024 >&4 2>/dev/null; do
     if [ ! -s "$d/$1.$n" ]; then echo "$1 $n end" >>"$d/index" && exit; break; fi
@@ -350,17 +352,18 @@ const REDIRECT_INPUT_SCRIPT: &str = concat!(
 /// gone already. First, of each stream named in `$2` (those whose end mark
 /// the host did not read), it prints `STREAM HOW` when its rotator is gone
 /// without having written the end mark: HOW is its marker's name (`full`,
-/// `fail`, or `live` for one killed; see `rotators!`). A rotator still
+/// `fail`, or `live` for one killed; none for one that never ran, as when
+/// the program was not started; see `rotators!`). A rotator still
 /// running is one a process the program left behind keeps reading. It is
 /// looked for first, so that one writing its end mark meanwhile has it
 /// in the index by the time that is read. Then it stops the rotators
 /// still running (those whose descriptor 3 is a credit pipe of the
 /// directory, and their `dd`s): SIGTERM, then SIGKILL while any is left,
-/// for about five seconds at most. Before removing the directory, it prints the KiB left on its
-/// file system (nothing if it cannot tell). Should the removal fail
-/// because something of the run made a file there as it went (a chunk's
-/// stager starting as the run was given up), what names the directory is
-/// stopped and it is removed again.
+/// for about five seconds at most. Before removing the directory, it
+/// prints the KiB left on its file system (nothing if it cannot tell).
+/// Should the removal fail because something of the run made a file there
+/// as it went (a chunk's stager starting as the run was given up), what
+/// names the directory is stopped and it is removed again.
 const CLEAN_UP_SCRIPT: &str = concat!(
     space_left_function!(),
     stop_naming_function!(),
@@ -373,8 +376,9 @@ for t in $2; do
   while read -r u n e; do
     [ "$u $e" = "$t end" ] && continue 2
   done <"$d/index"
-  for f in full fail live; do [ -e "$d/$t.$f" ] && break; done
-  echo "$t $f"
+  for f in full fail live; do
+    [ -e "$d/$t.$f" ] && echo "$t $f" && break
+  done
 done 2>/dev/null
 while [ "$i" -lt 50 ]; do
   found=
@@ -1010,6 +1014,20 @@ mod tests {
             Report::parse(&said).verdict(&dir, &[Tail::new(Stream::Stdout)]),
             Err(FollowError::Lost { failed: true, .. })
         ));
+    }
+
+    #[test]
+    fn the_clean_up_tells_nothing_of_rotators_that_never_ran() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = sh(tmp.path(), SETUP_SCRIPT, &["unused"]);
+        let dir = String::from_utf8(made.stdout).unwrap().trim_end().to_owned();
+        let cleaned = sh(tmp.path(), CLEAN_UP_SCRIPT, &[&dir, "out err"]);
+        assert!(cleaned.status.success(), "{cleaned:?}");
+        let said = String::from_utf8(cleaned.stdout).unwrap();
+        assert!(available_kib(&said).is_some(), "only the space left: {said:?}");
+        assert!(Report::parse(&said)
+            .verdict(&dir, &[Tail::new(Stream::Stdout)])
+            .is_ok());
     }
 
     #[test]
