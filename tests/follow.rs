@@ -598,8 +598,195 @@ fn a_rotator_gone_without_a_mark_is_told_as_output_lost() {
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(255), "{stderr}");
+    // Room on the disk: its reader was killed, which the clean-up tells
+    // (before, "filled up" was inferred from the signal).
     assert!(
-        stderr.starts_with("virtomate: GuestOutputError: ") && stderr.contains("killed by signal 13"),
+        stderr.starts_with("virtomate: GuestOutputError: output lost: the guest-side reader of stdout")
+            && stderr.contains("killed by signal 13"),
         "{stderr}"
+    );
+}
+
+/// Kills the rotator (its shell and its `dd`s) reading the standard output
+/// of the program running `cmdline` (NUL-separated), once it runs, until
+/// none is left.
+fn kill_stdout_rotator(cmdline: &[u8]) {
+    wait_until(30, "the rotator of the program's standard output", || {
+        stdout_rotators(cmdline).len() >= 2
+    });
+    wait_until(10, "the rotator gone", || {
+        let left = stdout_rotators(cmdline);
+        for pid in &left {
+            let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        left.is_empty()
+    });
+}
+
+/// `sh -c SCRIPT` followed on the host's agent, stdout dropped.
+fn spawn_followed_sh(agent: &HostAgent, script: &str, args: &[&str]) -> Child {
+    virtomate()
+        .args(["guest-run", "--follow"])
+        .arg(agent.socket())
+        .args(["--", "sh", "-c", script, "sh"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The command line of `sh -c SCRIPT sh ARGS...`, as `/proc` shows it.
+fn sh_cmdline(script: &str, args: &[&str]) -> Vec<u8> {
+    let mut cmdline = Vec::new();
+    for word in ["sh", "-c", script, "sh"].iter().chain(args) {
+        cmdline.extend_from_slice(word.as_bytes());
+        cmdline.push(0);
+    }
+    cmdline
+}
+
+/// A rotator killed while the program lives on past its SIGPIPE (it
+/// ignores it, gets EPIPE, and ends with a status of its own): the run is
+/// told as output lost, with how the program ended, never as that end.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_rotator_killed_under_a_program_ignoring_sigpipe_is_told_as_output_lost() {
+    let agent = HostAgent::start();
+    let script = "trap '' PIPE; seq 1 1000000000; exit 7";
+    let child = spawn_followed_sh(&agent, script, &[]);
+    kill_stdout_rotator(&sh_cmdline(script, &[]));
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    // After what the program said (seq's broken pipe), passed on.
+    let said = stderr.lines().last().unwrap_or_default();
+    assert!(
+        said.starts_with("virtomate: GuestOutputError: output lost: the guest-side reader of stdout")
+            && said.contains("exited with status 7"),
+        "{stderr}"
+    );
+}
+
+/// A rotator killed while the program writes nothing more, then ends well:
+/// what was in its pipe, or in its `dd`, is lost, and so told.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_rotator_killed_under_a_program_that_then_exits_0_is_told_as_output_lost() {
+    let agent = HostAgent::start();
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let go = go.to_str().unwrap();
+    let script = r#"echo going; read -r line <"$1""#;
+    let child = spawn_followed_sh(&agent, script, &[go]);
+    kill_stdout_rotator(&sh_cmdline(script, &[go]));
+    release(go);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.starts_with("virtomate: GuestOutputError: output lost: ")
+            && stderr.contains("exited with status 0"),
+        "{stderr}"
+    );
+}
+
+/// Writes a line into the named pipe `fifo` once a reader has it open.
+fn release(fifo: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut writer = None;
+    wait_until(30, "the program to open its named pipe", || {
+        let open = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(fifo);
+        writer = open.ok();
+        writer.is_some()
+    });
+    writer.unwrap().write_all(b"go\n").unwrap();
+}
+
+/// `sh -c SCRIPT` in the guest, which must succeed: its stdout.
+fn vm_sh(vm: &TestVm, script: &str) -> String {
+    let out = guest_run_with(&["--timeout", "60"], &vm.socket(), &["sh", "-c", script], None);
+    assert_eq!(out.json()["exit_code"], 0, "{script}: {out:?}");
+    out.json()["stdout"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Kills, in the guest, the processes reading a followed program's
+/// standard output (its rotator's shell and `dd`) until none is left;
+/// prints how many rounds found some.
+const KILL_STDOUT_ROTATORS: &str = r#"n=0
+while [ "$n" -lt 20 ]; do
+  found=
+  for d in /tmp/virtomate-follow-*; do
+    for p in /proc/[0-9]*; do
+      [ "$p/fd/0" -ef "$d/out.pipe" ] && kill -9 "${p#/proc/}" && found=1
+    done 2>/dev/null
+  done
+  [ -z "$found" ] && break
+  n=$((n + 1))
+done
+echo "$n""#;
+
+/// On the busybox VM: a rotator killed under a program that ignores
+/// SIGPIPE, and one failing on a full `/tmp` (its failure mark unwritable,
+/// room again by the end) under a program that lives on: each told, exit
+/// 255, never the program's own end; nothing left in `/tmp`.
+#[test]
+#[ignore = "needs the test VM"]
+fn on_the_vm_a_rotator_killed_or_failing_unmarked_is_told_under_a_program_ignoring_sigpipe() {
+    let vm = TestVm::boot("follow-rotator");
+    let socket = vm.socket();
+    let socket = socket.to_str().unwrap();
+    let before = guest_tmp(&vm);
+
+    vm_sh(&vm, "mkfifo /tmp/go");
+    let program = "trap '' PIPE; echo going; read -r l </tmp/go; echo after; exit 7";
+    let run = Followed::spawn(&[], socket, &["sh", "-c", program]);
+    assert_eq!(run.next_line(60).1, "going");
+    let rounds = vm_sh(&vm, KILL_STDOUT_ROTATORS);
+    assert_ne!(rounds.trim(), "0", "the rotator was found");
+    vm_sh(&vm, "echo go >/tmp/go; rm /tmp/go");
+    let (status, _, rest, stderr) = run.finish();
+    assert_eq!((status, rest.len()), (255, 0), "{stderr}");
+    // After the shell's own word of the broken pipe.
+    let said = stderr.lines().last().unwrap_or_default();
+    assert!(
+        said.starts_with("virtomate: GuestOutputError: output lost: the guest-side reader of stdout")
+            && said.contains("exited with status 7"),
+        "{stderr}"
+    );
+    assert_eq!(guest_tmp(&vm), before);
+
+    // A /tmp of 256 KiB, filled once the program runs: no block for the
+    // chunk, nor for the index's first line.
+    vm_sh(
+        &vm,
+        "mount -t tmpfs -o size=256k tmpfs /tmp && mkfifo /tmp/go1 /tmp/go2",
+    );
+    let program = "trap '' PIPE; echo going; read -r l </tmp/go1; head -c 300000 /dev/zero; \
+                   read -r l </tmp/go2; exit 0";
+    let run = Followed::spawn(&[], socket, &["sh", "-c", program]);
+    assert_eq!(run.next_line(60).1, "going");
+    vm_sh(
+        &vm,
+        "dd if=/dev/zero of=/tmp/fill bs=4k 2>/dev/null; echo go >/tmp/go1",
+    );
+    // Once head has met the broken pipe: room again, then the end.
+    vm_sh(&vm, "exec 3>/tmp/go2; rm /tmp/fill; echo go >&3");
+    let (status, _, _, stderr) = run.finish();
+    assert_eq!(status, 255, "{stderr}");
+    let said = stderr.lines().last().unwrap_or_default();
+    assert!(
+        said.starts_with("virtomate: GuestOutputError: the guest's temporary directory filled up")
+            && said.contains("exited with status 0"),
+        "{stderr}"
+    );
+    assert_eq!(
+        vm_sh(&vm, "rm /tmp/go1 /tmp/go2; ls -a /tmp; umount /tmp"),
+        ".\n..\n"
     );
 }

@@ -357,3 +357,119 @@ fn a_process_left_holding_the_output_delays_the_end_by_the_drains_bound_only() {
     let killed = Command::new("kill").arg(pid.trim()).status().unwrap();
     assert!(killed.success());
 }
+
+/// Fills the file system of `tmp` to its last byte, with the file `filler`.
+fn fill(tmp: &SmallTmp) -> PathBuf {
+    use std::io::Write;
+    let path = tmp.path().join("filler");
+    let mut filler = std::fs::File::create(&path).unwrap();
+    let block = [0u8; 4096];
+    while filler.write_all(&block).is_ok() {}
+    path
+}
+
+/// The named pipe `fifo` opened for writing, once a reader has it open.
+fn writer_when_read(fifo: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut writer = None;
+    wait_until(30, "the program to open its named pipe", || {
+        let open = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(fifo);
+        writer = open.ok();
+        writer.is_some()
+    });
+    writer.unwrap()
+}
+
+/// Two named pipes, `go1` and `go2`, in a directory of their own, which
+/// the test writes to when the program is to go on.
+fn go_pipes() -> (tempfile::TempDir, [PathBuf; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    let pipes = ["go1", "go2"].map(|name| dir.path().join(name));
+    for pipe in &pipes {
+        nix::unistd::mkfifo(pipe, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    }
+    (dir, pipes)
+}
+
+/// `sh -c SCRIPT sh GO1 GO2` followed on the agent, stdout dropped.
+fn spawn_followed(agent: &HostAgent, script: &str, go: &[PathBuf; 2]) -> std::process::Child {
+    virtomate()
+        .args(["guest-run", "--follow"])
+        .arg(agent.socket())
+        .args(["--", "sh", "-c", script, "sh"])
+        .args(go)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// The temporary directory fills up after the start, so that the rotator
+/// can write neither its chunk nor even its failure mark (the index has no
+/// block yet), and has room again by the end; the program ignores SIGPIPE
+/// and ends well. The failure is told ("filled up"), not the program's end.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_rotator_failing_on_a_full_tmp_without_its_mark_is_told_under_a_program_ignoring_sigpipe() {
+    use std::io::Write;
+    let tmp = SmallTmp::mount("1m");
+    let agent = host_agent(&tmp);
+    let (_pipes, go) = go_pipes();
+    let script = r#"trap '' PIPE; read -r l <"$1"; head -c 300000 /dev/zero; read -r l <"$2"; exit 0"#;
+    let child = spawn_followed(&agent, script, &go);
+    let mut first = writer_when_read(&go[0]);
+    let filler = fill(&tmp);
+    first.write_all(b"go\n").unwrap();
+    drop(first);
+    // Its second read: head has met the broken pipe, the rotator is gone.
+    let mut second = writer_when_read(&go[1]);
+    std::fs::remove_file(filler).unwrap();
+    second.write_all(b"go\n").unwrap();
+    drop(second);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.starts_with("virtomate: GuestOutputError: the guest's temporary directory filled up")
+            && stderr.contains("exited with status 0"),
+        "{stderr}"
+    );
+    assert_eq!(tmp.listing(), Vec::<String>::new());
+}
+
+/// The same with a program that SIGPIPE kills: told as "filled up", by the
+/// rotator's own mark (before, by inference from the signal).
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_rotator_failing_on_a_full_tmp_without_its_mark_is_told_under_a_program_killed_by_sigpipe() {
+    use std::io::Write;
+    let tmp = SmallTmp::mount("1m");
+    let agent = host_agent(&tmp);
+    let (_pipes, go) = go_pipes();
+    let script = r#"read -r l <"$1"; exec head -c 300000 /dev/zero"#;
+    let child = spawn_followed(&agent, script, &go);
+    let mut first = writer_when_read(&go[0]);
+    let filler = fill(&tmp);
+    first.write_all(b"go\n").unwrap();
+    drop(first);
+    // Room again once the program and the rotator are gone: nothing holds
+    // the pipe (the program did, as its stdout, until then).
+    let is_pipe = |path: &Path| path.starts_with(tmp.path()) && path.ends_with("out.pipe");
+    wait_until(30, "the program and the rotator to end", || {
+        holders(is_pipe).is_empty()
+    });
+    std::fs::remove_file(filler).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    assert!(
+        stderr.starts_with("virtomate: GuestOutputError: the guest's temporary directory filled up")
+            && stderr.contains("killed by signal 13"),
+        "{stderr}"
+    );
+    assert_eq!(tmp.listing(), Vec::<String>::new());
+}

@@ -310,7 +310,10 @@ fn on_the_vm_each_fault_ends_guest_run_i_clearly_and_leaves_no_process_behind() 
         !ps.contains(marker) && !ps.contains("virtomate-follow-")
     });
     let left = guest_sh(socket, &format!("cat {dir}/out.0; ls -a {dir}; rm -r {dir}"));
-    let files = ".\n..\nerr.0\nerr.credit\nerr.pipe\nin\nindex\nout.0\nout.1\nout.credit\nout.pipe\nowner\n";
+    let files = concat!(
+        ".\n..\nerr.0\nerr.credit\nerr.live\nerr.pipe\nin\nindex\n",
+        "out.0\nout.1\nout.credit\nout.live\nout.pipe\nowner\n"
+    );
     assert_eq!(left, format!("going\ngot a\n{marker}\n{files}"));
     assert_eq!(guest_tmp(socket), before);
 

@@ -624,7 +624,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                     done.push(format!("removed the temporary {} in the guest", follow.dir()));
                     self.left.guest_dir = None;
                 }
-                Err(FollowError::Full { .. }) => self.left.guest_dir = None,
+                Err(FollowError::Full { .. } | FollowError::Lost { .. }) => self.left.guest_dir = None,
                 // The directory below is removed again, or named as left.
                 Err(_) => {}
             }

@@ -38,8 +38,10 @@
 //!    After each chunk it opens the next one's file (empty) and appends
 //!    `out N` to the index; an empty chunk is the end of the stream (`out
 //!    N end`), and a chunk it failed to write (no space left) its last
-//!    (`out N fail`). Before starting chunk N+1 it waits for the host's
-//!    credit for chunk N-1 (a line in `out.credit`), then removes that
+//!    (`out N fail`). It starts by making an empty marker, `out.live`,
+//!    and failing, it first renames it (`out.full` or `out.fail`), which
+//!    a full disk cannot stop. Before starting chunk N+1 it waits for the
+//!    host's credit for chunk N-1 (a line in `out.credit`), then removes that
 //!    chunk: at most two chunks of a stream sit on the guest's disk, and
 //!    a host that stops reading stops the program (its pipe fills)
 //!    rather than filling the disk.
@@ -59,8 +61,10 @@
 //!    behind may hold a pipe open, and what it writes later is not
 //!    waited for. [`Follow::clean_up`] closes the files, stops the
 //!    rotators still running (those of such a process), and removes the
-//!    directory, telling whether it was still there and whether its file
-//!    system had filled up.
+//!    directory, telling whether it was still there, whether its file
+//!    system had filled up, and whether a rotator had gone before the end
+//!    of its stream (by its marker, else by its absence: one killed can
+//!    leave no word).
 //!
 //! Within a stream, bytes come in order, each once: every read continues
 //! where the last ended, and chunks are read in turn. Between standard
@@ -99,14 +103,17 @@
 
 mod chunks;
 mod error;
+mod report;
+mod stream;
 
 use std::time::{Duration, Instant};
 
 use crate::qga::{GuestExec, GuestFileClose, GuestFileOpen, GuestInfo};
 use crate::{wait_for_exit_on, Channel, Connector, Error, HoldPolicy, PollSchedule};
-pub use chunks::Stream;
 use chunks::{chunk_path, stream_name, Index, Tail};
 pub use error::FollowError;
+use report::Report;
+pub use stream::Stream;
 
 /// The agent commands following needs, all enabled (the writes carry the
 /// credits).
@@ -287,23 +294,45 @@ macro_rules! stop_naming_function {
     };
 }
 
+/// A rotator first makes its marker, the empty file `STREAM.live` (no
+/// block, no process; before it opens its pipe, so before the program can
+/// write). Failing (`failed STREAM CHUNK`), it renames it to `STREAM.full`
+/// (the file system had no space left, as `space_left` tells then) or
+/// `STREAM.fail`, before it tries to append its failure mark to the index:
+/// a rename takes no block on a tmpfs (and rarely one elsewhere, the name
+/// keeping its length), where a full disk can stop the append itself (an
+/// empty index has no block yet). The clean-up reads the marker: none, the
+/// rotator never ran; `live`, it was killed. Every failure comes here: the
+/// open of a chunk is a `command exec`, as a failed redirection of a plain
+/// `exec` ends the shell on the spot.
 macro_rules! rotators {
     () => {
-        r#"d=$1; shift
+        concat!(
+            "d=$1; shift\n",
+            space_left_function!(),
+            r#"failed() {
+  f=fail
+  [ "$(space_left "$d")" != 0 ] || f=full
+  mv -f -- "$d/$1.live" "$d/$1.$f"
+  echo "$1 $2 fail" >>"$d/index"
+  exit
+}
 rotate() {
   umask 077
   n=0
-  exec 3<>"$d/$1.credit" 4>"$d/$1.0" <"$d/$1.pipe" || exit
+  true >"$d/$1.live"
+  command exec 3<>"$d/$1.credit" 4>"$d/$1.0" <"$d/$1.pipe" || failed "$1" 0
   while dd bs=4096 count=1024 >&4 2>/dev/null; do
-    if [ ! -s "$d/$1.$n" ]; then echo "$1 $n end" >>"$d/index"; exit; fi
-    exec 4>"$d/$1.$((n + 1))" && echo "$1 $n" >>"$d/index" || exit
-    if [ "$n" -gt 0 ]; then read -r c <&3 && rm -f -- "$d/$1.$((n - 1))" || exit; fi
+    if [ ! -s "$d/$1.$n" ]; then echo "$1 $n end" >>"$d/index" && exit; break; fi
+    command exec 4>"$d/$1.$((n + 1))" && echo "$1 $n" >>"$d/index" || break
     n=$((n + 1))
+    if [ "$n" -gt 1 ]; then read -r c <&3 && rm -f -- "$d/$1.$((n - 2))" || break; fi
   done
-  echo "$1 $n fail" >>"$d/index"
+  failed "$1" "$n"
 }
 (rotate out & rotate err &) </dev/null >/dev/null 2>&1
 "#
+        )
     };
 }
 
@@ -320,19 +349,37 @@ const REDIRECT_INPUT_SCRIPT: &str = concat!(
 );
 
 /// The script that removes the directory `$1`: exit status 3 if it is
-/// gone already. It first stops the rotators still running (those whose
-/// descriptor 3 is a credit pipe of the directory, and their `dd`s):
-/// SIGTERM, then SIGKILL while any is left, for about five seconds at
-/// most. Before removing the directory, it prints the KiB left on its
-/// file system (nothing if it cannot tell). Should the removal fail
-/// because something of the run made a file there as it went (a chunk's
-/// stager starting as the run was given up), what names the directory is
-/// stopped and it is removed again.
+/// gone already. First, of each stream named in `$2` (those whose end mark
+/// the host did not read), it prints `STREAM HOW` when its rotator is gone
+/// without having written the end mark: HOW is its marker's name (`full`,
+/// `fail`, or `live` for one killed; none for one that never ran, as when
+/// the program was not started; see `rotators!`). A rotator still
+/// running is one a process the program left behind keeps reading. It is
+/// looked for first, so that one writing its end mark meanwhile has it
+/// in the index by the time that is read. Then it stops the rotators
+/// still running (those whose descriptor 3 is a credit pipe of the
+/// directory, and their `dd`s): SIGTERM, then SIGKILL while any is left,
+/// for about five seconds at most. Before removing the directory, it
+/// prints the KiB left on its file system (nothing if it cannot tell).
+/// Should the removal fail because something of the run made a file there
+/// as it went (a chunk's stager starting as the run was given up), what
+/// names the directory is stopped and it is removed again.
 const CLEAN_UP_SCRIPT: &str = concat!(
     space_left_function!(),
     stop_naming_function!(),
     r#"d=$1; s=TERM; i=0
 [ -d "$d" ] || exit 3
+for t in $2; do
+  for p in /proc/[0-9]*; do
+    [ "$p/fd/3" -ef "$d/$t.credit" ] && continue 2
+  done
+  while read -r u n e; do
+    [ "$u $e" = "$t end" ] && continue 2
+  done <"$d/index"
+  for f in full fail live; do
+    [ -e "$d/$t.$f" ] && echo "$t $f" && break
+  done
+done 2>/dev/null
 while [ "$i" -lt 50 ]; do
   found=
   for p in /proc/[0-9]*; do
@@ -680,11 +727,21 @@ impl Follow {
     /// Closes the files and removes the directory, stopping the rotators
     /// still running. Errors: the directory was gone already
     /// ([`FollowError::Removed`]), or its file system had no space left, or
-    /// a rotator failed to write a chunk ([`FollowError::Full`]: removed
-    /// all the same).
+    /// a rotator failed for want of space ([`FollowError::Full`]), or a
+    /// rotator failed otherwise or was killed before the end of its stream
+    /// ([`FollowError::Lost`]): removed all the same.
     pub async fn clean_up<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
         let closed = self.close_files(channel).await;
-        let remove = GuestExec::new("/bin/sh", ["-c", CLEAN_UP_SCRIPT, "sh", &self.dir]);
+        let unended: Vec<&str> = self
+            .tails
+            .iter()
+            .filter(|t| !t.ended_well())
+            .map(Tail::name)
+            .collect();
+        let remove = GuestExec::new(
+            "/bin/sh",
+            ["-c", CLEAN_UP_SCRIPT, "sh", &self.dir, &unended.join(" ")],
+        );
         let pid = channel.guest_exec(&remove).await?.pid;
         let status = wait_for_exit_on(channel, pid, PollSchedule::default(), HoldPolicy::default())
             .await?
@@ -702,13 +759,8 @@ impl Follow {
             }
         }
         closed?;
-        let df = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default()).into_owned();
-        let failed = self.tails.iter().any(Tail::failed);
-        match available_kib(&df) {
-            Some(0) => Err(FollowError::Full { dir }),
-            _ if failed => Err(FollowError::Full { dir }),
-            _ => Ok(()),
-        }
+        let said = String::from_utf8_lossy(status.out_data.as_deref().unwrap_or_default());
+        Report::parse(&said).verdict(&dir, &self.tails)
     }
 
     /// Closes the files the agent holds open for this directory, each once
@@ -780,22 +832,10 @@ pub fn output_path(dir: &str, stream: Stream) -> String {
     format!("{dir}/{}.N", stream_name(stream))
 }
 
-/// The space left, in KiB, as the clean-up script prints it; `None` when
-/// the guest could not tell.
-fn available_kib(said: &str) -> Option<u64> {
-    said.trim().parse().ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_space_left_is_a_number_or_unknown() {
-        assert_eq!(available_kib("0\n"), Some(0));
-        assert_eq!(available_kib("97\n"), Some(97));
-        assert_eq!(available_kib(""), None);
-    }
+    use report::available_kib;
 
     #[test]
     fn the_space_left_comes_from_df_else_from_stat() {
@@ -921,11 +961,15 @@ mod tests {
                 .count()
         };
         assert!(rotators() >= 2, "the rotators run");
+        // Asked about both streams (their end marks not in), it tells of
+        // neither: their rotators run.
         let cleaned = std::process::Command::new("/bin/sh")
-            .args(["-c", CLEAN_UP_SCRIPT, "sh", &dir])
+            .args(["-c", CLEAN_UP_SCRIPT, "sh", &dir, "out err"])
             .output()
             .unwrap();
         assert!(cleaned.status.success(), "{cleaned:?}");
+        let told = String::from_utf8(cleaned.stdout).unwrap();
+        assert!(available_kib(&told).is_some(), "only the space left: {told:?}");
         assert!(!std::path::Path::new(&dir).exists());
         wait_for(|| (rotators() == 0).then_some(()));
         let killed = std::process::Command::new("kill")
@@ -933,6 +977,96 @@ mod tests {
             .status()
             .unwrap();
         assert!(killed.success());
+    }
+
+    /// `script` run by `/bin/sh` with `args`, `$TMPDIR` being `tmp`.
+    fn sh(tmp: &std::path::Path, script: &str, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("/bin/sh")
+            .args(["-c", script, "sh"])
+            .args(args)
+            .env("TMPDIR", tmp)
+            .output()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_rotator_failing_to_open_its_next_chunk_renames_its_marker_and_the_clean_up_tells() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = sh(tmp.path(), SETUP_SCRIPT, &["open"]);
+        let dir = String::from_utf8(made.stdout).unwrap().trim_end().to_owned();
+        // Chunk 1 cannot be opened for writing: a directory has its name.
+        std::fs::create_dir(format!("{dir}/out.1")).unwrap();
+        let program = "head -c 5000000 /dev/zero; echo $? >&2";
+        let ran = sh(tmp.path(), REDIRECT_SCRIPT, &[&dir, "sh", "-c", program]);
+        assert!(ran.status.success(), "{ran:?}");
+        let index = wait_for(|| {
+            let index = std::fs::read_to_string(format!("{dir}/index")).unwrap();
+            index.contains("err 1 end\n").then_some(index)
+        });
+        assert!(index.contains("out 0 fail\n"), "{index:?}");
+        assert_eq!(std::fs::read(format!("{dir}/err.0")).unwrap(), b"141\n");
+        assert!(std::path::Path::new(&format!("{dir}/out.fail")).exists());
+        let cleaned = sh(tmp.path(), CLEAN_UP_SCRIPT, &[&dir, "out err"]);
+        assert!(cleaned.status.success(), "{cleaned:?}");
+        let said = String::from_utf8(cleaned.stdout).unwrap();
+        assert!(said.starts_with("out fail\n"), "{said:?}");
+        assert!(matches!(
+            Report::parse(&said).verdict(&dir, &[Tail::new(Stream::Stdout)]),
+            Err(FollowError::Lost { failed: true, .. })
+        ));
+    }
+
+    #[test]
+    fn the_clean_up_tells_nothing_of_rotators_that_never_ran() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = sh(tmp.path(), SETUP_SCRIPT, &["unused"]);
+        let dir = String::from_utf8(made.stdout).unwrap().trim_end().to_owned();
+        let cleaned = sh(tmp.path(), CLEAN_UP_SCRIPT, &[&dir, "out err"]);
+        assert!(cleaned.status.success(), "{cleaned:?}");
+        let said = String::from_utf8(cleaned.stdout).unwrap();
+        assert!(available_kib(&said).is_some(), "only the space left: {said:?}");
+        assert!(Report::parse(&said)
+            .verdict(&dir, &[Tail::new(Stream::Stdout)])
+            .is_ok());
+    }
+
+    #[test]
+    fn the_clean_up_tells_a_rotator_killed_and_not_one_that_ended() {
+        let tmp = tempfile::tempdir().unwrap();
+        let made = sh(tmp.path(), SETUP_SCRIPT, &["killed"]);
+        let dir = String::from_utf8(made.stdout).unwrap().trim_end().to_owned();
+        // The program closes its stderr, and holds its stdout, quiet.
+        let program = "exec 2>&-; exec sleep 30";
+        let mut running = std::process::Command::new("/bin/sh")
+            .args(["-c", REDIRECT_SCRIPT, "sh", &dir, "sh", "-c", program])
+            .spawn()
+            .unwrap();
+        let index = || std::fs::read_to_string(format!("{dir}/index")).unwrap();
+        wait_for(|| index().contains("err 0 end\n").then_some(()));
+        let out_rotator = || {
+            let procs = std::fs::read_dir("/proc").unwrap().flatten();
+            let credit = std::fs::canonicalize(format!("{dir}/out.credit")).unwrap();
+            procs
+                .filter(|p| std::fs::read_link(p.path().join("fd/3")).is_ok_and(|t| t == credit))
+                .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
+                .collect::<Vec<_>>()
+        };
+        wait_for(|| (!out_rotator().is_empty()).then_some(()));
+        for pid in out_rotator() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+        wait_for(|| out_rotator().is_empty().then_some(()));
+        // Both asked for: stderr's rotator ended with its mark.
+        let cleaned = sh(tmp.path(), CLEAN_UP_SCRIPT, &[&dir, "out err"]);
+        let said = String::from_utf8(cleaned.stdout).unwrap();
+        assert!(
+            said.starts_with("out live\n") && !said.contains("err"),
+            "{said:?}"
+        );
+        running.kill().unwrap();
+        running.wait().unwrap();
     }
 
     /// What `probe` gives, once it gives something; panics after 10 s.

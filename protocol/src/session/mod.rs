@@ -771,11 +771,11 @@ impl<C: Connector> Session<C> {
         let run = self.running.remove(index);
         tracing::info!(pid = run.pid, "the program ended");
         if let Some(following) = &run.follow {
-            // Killed by SIGPIPE with a stream short of its end: the rotator
-            // reading its pipe ended first, on a full disk where even its
-            // failure mark could not be written (the disk may have room
-            // again by the clean-up). Its output is lost, never the
-            // program's own end.
+            // The clean-up tells a rotator that failed or vanished before
+            // the end of its stream (by its marker, and by its absence).
+            // Should it not have, a program killed by SIGPIPE with a stream
+            // short of its end is still no end of its own: the rotator
+            // reading its pipe ended first, most likely on a full disk.
             let follow = &following.follow;
             let passed_on = match passed_on {
                 Ok(()) if status.signal == Some(SIGPIPE) && !following.refused && follow.stopped_short() => {

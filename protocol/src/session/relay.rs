@@ -494,6 +494,7 @@ enum WireFollow {
     Setup { reason: String },
     Removed { dir: String },
     Full { dir: String },
+    Lost { dir: String, stderr: bool, failed: bool },
     Index { reason: String },
     CleanUp { dir: String, reason: String },
     Input { reason: String },
@@ -512,6 +513,11 @@ impl From<&FollowError> for WireFollow {
             },
             FollowError::Removed { dir } => WireFollow::Removed { dir: dir.clone() },
             FollowError::Full { dir } => WireFollow::Full { dir: dir.clone() },
+            FollowError::Lost { dir, stream, failed } => WireFollow::Lost {
+                dir: dir.clone(),
+                stderr: *stream == Stream::Stderr,
+                failed: *failed,
+            },
             FollowError::Index { reason } => WireFollow::Index {
                 reason: reason.clone(),
             },
@@ -535,6 +541,11 @@ impl From<WireFollow> for FollowError {
             WireFollow::Setup { reason } => FollowError::Setup { reason },
             WireFollow::Removed { dir } => FollowError::Removed { dir },
             WireFollow::Full { dir } => FollowError::Full { dir },
+            WireFollow::Lost { dir, stderr, failed } => FollowError::Lost {
+                dir,
+                stream: if stderr { Stream::Stderr } else { Stream::Stdout },
+                failed,
+            },
             WireFollow::Index { reason } => FollowError::Index { reason },
             WireFollow::CleanUp { dir, reason } => FollowError::CleanUp { dir, reason },
             WireFollow::Input { reason } => FollowError::Input { reason },
@@ -733,6 +744,17 @@ mod tests {
             Ok(Outcome::Chunk { stream, bytes }) => {
                 assert_eq!((stream, bytes), (Stream::Stderr, vec![0, 255]))
             }
+            other => panic!("{other:?}"),
+        }
+        let lost = FollowError::Lost {
+            dir: "/tmp/v".into(),
+            stream: Stream::Stderr,
+            failed: true,
+        };
+        let said = lost.to_string();
+        let failed = Reply::failed(1.into(), Failure::following(Stage::Running { pid: 3 }, lost));
+        match round_trip(failed).outcome {
+            Err(failure) => assert_eq!(failure.output.map(|o| o.to_string()), Some(said)),
             other => panic!("{other:?}"),
         }
         let removed = FollowError::Removed { dir: "/tmp/v".into() };

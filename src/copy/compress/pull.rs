@@ -129,11 +129,12 @@ impl<A: FileAgent> Copy<'_, A> {
                 stderr: String::from_utf8_lossy(&said).into_owned(),
             };
             let failed = format!("cannot compress {path} in the guest: {}", ran.failure("gzip"));
-            // Its output's file system may have filled up (and then its
-            // message is lost): the clean-up tells.
+            // Its output's file system may have filled up, or the reader of
+            // its output ended early (and then its message is lost): the
+            // clean-up tells.
             if let Some(mut follow) = self.left.follow.take() {
                 match follow.clean_up(self.agent.channel()).await {
-                    Err(full @ FollowError::Full { .. }) => {
+                    Err(full @ (FollowError::Full { .. } | FollowError::Lost { .. })) => {
                         self.left.guest_dir = None;
                         return Err(CliError::new(
                             ErrorKind::AgentCommand,

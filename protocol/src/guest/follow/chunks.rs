@@ -8,15 +8,7 @@ use crate::qga::{
 use crate::{Channel, Connector};
 
 use super::error::FollowError;
-
-/// Which of the program's streams a chunk is from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stream {
-    /// Standard output, the chunk files `out.N`.
-    Stdout,
-    /// Standard error, the chunk files `err.N`.
-    Stderr,
-}
+use super::stream::Stream;
 
 /// The longest line an honest rotator writes to the index (`err
 /// 18446744073709551615 fail`); a longer one is garbage.
@@ -127,6 +119,11 @@ impl Tail {
     /// Whether its end mark was read: all of the stream came.
     pub(super) fn finished(&self) -> bool {
         self.finished
+    }
+
+    /// Whether all of the stream came, up to its end mark.
+    pub(super) fn ended_well(&self) -> bool {
+        self.finished && !self.failed()
     }
 
     /// Whether its rotator failed.

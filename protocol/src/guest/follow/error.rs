@@ -1,5 +1,6 @@
 //! What went wrong while following.
 
+use super::stream::Stream;
 use crate::Error;
 
 /// What went wrong while following.
@@ -39,6 +40,25 @@ pub enum FollowError {
     Full {
         /// The directory, as the guest names it.
         dir: String,
+    },
+    /// A stream's reader in the guest (its rotator) ended before the
+    /// program closed the stream, without its end mark: killed, or failing
+    /// to write a chunk file with space left. What it held and what the
+    /// program wrote after are missing. The directory was removed all the
+    /// same.
+    #[error(
+        "output lost: the guest-side reader of {stream} ended early ({}): what the program wrote \
+         after is missing",
+        if *failed { "it failed, with space left" } else { "without a word: killed, most likely" }
+    )]
+    Lost {
+        /// The directory, as the guest names it.
+        dir: String,
+        /// The stream whose output is missing.
+        stream: Stream,
+        /// Whether the reader said it failed (else it was killed or
+        /// vanished).
+        failed: bool,
     },
     /// The index of the chunk files, which the guest writes, makes no
     /// sense: something in the guest other than the rotators wrote to it.
