@@ -1,6 +1,7 @@
 //! Reaching the agent of a domain, whichever way it is reached, with the
 //! socket it was reached on so that errors can name it.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -17,7 +18,7 @@ use super::connector::DomainConnector;
 use super::context::Context;
 use super::errors::{AgentErrors, RunFront};
 use super::silence::Silence;
-use crate::domain::{self, Domain, Route, Scope};
+use crate::domain::{self, Domain, Handback, Route, Scope};
 use crate::error::CliError;
 use crate::master::{persist_setting, route_to_running_master, MasterConnector, MasterRun};
 
@@ -55,17 +56,22 @@ impl DomainAgent {
             Some(route) => route,
             None => found.agent_route()?,
         };
-        Ok(DomainAgent::over(&found, route, scope, options, persist))
+        let handback = found.handback(&route);
+        Ok(DomainAgent::over(
+            &found, route, scope, options, persist, handback,
+        ))
     }
 
     /// Over `route`; a direct one through the socket's control master
-    /// where `persist` asks for one.
+    /// where `persist` asks for one, or through libvirtd once it takes the
+    /// channel back where `handback` tells when.
     fn over(
         found: &Domain,
         route: Route,
         scope: &Scope,
         options: ClientOptions,
         persist: Option<Duration>,
+        handback: Option<Handback>,
     ) -> DomainAgent {
         let kept_options = options.clone();
         let (connector, socket) = match route {
@@ -89,10 +95,16 @@ impl DomainAgent {
                     "the agent of {}",
                     found.name
                 );
-                (
-                    DomainConnector::Direct(SocketConnector::new(&socket, options)),
-                    socket,
-                )
+                let direct = SocketConnector::new(&socket, options.clone());
+                let connector = match handback {
+                    Some(handback) => DomainConnector::LibvirtsChannel {
+                        direct,
+                        handback,
+                        options,
+                    },
+                    None => DomainConnector::Direct(direct),
+                };
+                (connector, socket)
             }
             Route::Libvirt { socket, uri } => {
                 tracing::info!(
@@ -109,12 +121,13 @@ impl DomainAgent {
             }
         };
         let through_libvirtd = matches!(connector, DomainConnector::Libvirt { .. });
+        let libvirt_sized = connector.libvirt_sized();
         let master = match &connector {
             DomainConnector::Master(master) => Some(master.socket().to_owned()),
             _ => None,
         };
         DomainAgent {
-            session: Session::new(connector, run_options(through_libvirtd)),
+            session: Session::new(connector, run_options(libvirt_sized)),
             errors: AgentErrors {
                 socket,
                 through_libvirtd,
@@ -126,14 +139,15 @@ impl DomainAgent {
 
     /// Connects to the agent of `found` over `route`, as chosen by
     /// [`Domain::agent_route`] or, for `doctor`, the channel it examined:
-    /// never through a control master, which would hide what it examines.
+    /// never through a control master, nor libvirtd where it was not
+    /// chosen, which would hide what it examines.
     pub async fn connect_to(
         found: &Domain,
         route: Route,
         scope: &Scope,
         options: ClientOptions,
     ) -> Result<DomainAgent, CliError> {
-        let mut agent = DomainAgent::over(found, route, scope, options, None);
+        let mut agent = DomainAgent::over(found, route, scope, options, None, None);
         agent.connect_now(scope).await?;
         Ok(agent)
     }
@@ -230,7 +244,7 @@ impl DomainAgent {
         match result {
             Ok(finished) => Ok(finished),
             Err(e) => {
-                let error = self.errors.error_while_running(e, pid);
+                let error = self.errors().error_while_running(e, pid);
                 Err(self.explain_silence(error).await)
             }
         }
@@ -251,24 +265,24 @@ impl DomainAgent {
     /// state where the agent went silent.
     pub async fn run_failure(&self, failure: Failure) -> CliError {
         self.silence
-            .run_failure(failure, &self.errors, RunFront::GuestRun)
+            .run_failure(failure, &self.errors(), RunFront::GuestRun)
             .await
     }
 
     /// The error for a whole run whose control master (its socket
     /// `master`) went away before the run's end.
     pub fn master_lost(&self, failure: Failure, master: &std::path::Path) -> CliError {
-        self.errors.master_lost(failure, master)
+        self.errors().master_lost(failure, master)
     }
 
     /// The error for a run given up on a signal, saying what it left.
     pub fn abandoned(&self, left: virtomate_protocol::session::Left) -> CliError {
-        self.errors.abandoned(left)
+        self.errors().abandoned(left)
     }
 
     /// Whether the agent is reached through libvirtd, with its size limits.
     pub fn through_libvirtd(&self) -> bool {
-        self.errors.through_libvirtd
+        self.errors().through_libvirtd
     }
 
     /// Sends `command`, leaving the agent's error as it is: for callers
@@ -285,6 +299,22 @@ impl DomainAgent {
         &self.errors.socket
     }
 
+    /// What names the agent's failures: the route taken at first, or
+    /// libvirtd once it has taken the channel back (see
+    /// [`DomainConnector::LibvirtsChannel`]).
+    fn errors(&self) -> Cow<'_, AgentErrors> {
+        match self.session.connector() {
+            DomainConnector::Libvirt { socket, .. } if !self.errors.through_libvirtd => {
+                Cow::Owned(AgentErrors {
+                    socket: socket.clone(),
+                    through_libvirtd: true,
+                    master: None,
+                })
+            }
+            _ => Cow::Borrowed(&self.errors),
+        }
+    }
+
     /// An agent that does not answer in time may be in a VM that does not
     /// run: QEMU (or libvirt's record) knows, and the advice is then QEMU's
     /// state and what to do about it rather than to check the agent.
@@ -299,25 +329,32 @@ impl DomainAgent {
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
-        self.errors.error(error)
+        self.errors().error(error)
     }
 
     /// Like [`DomainAgent::error`], for a failure while the program `pid`
     /// runs in the guest (see [`AgentErrors::error_while_running`]).
     pub fn error_while_running(&self, error: virtomate_protocol::Error, pid: i64) -> CliError {
-        self.errors.error_while_running(error, pid)
+        self.errors().error_while_running(error, pid)
     }
 
     /// Like [`DomainAgent::error`], keeping the class of the agent's error reply,
     /// which the raw commands show.
     pub fn raw_error(&self, error: virtomate_protocol::Error) -> CliError {
-        self.errors.raw_error(error)
+        self.errors().raw_error(error)
+    }
+
+    /// How the engine runs programs over this agent's route (see
+    /// [`run_options`]), for `session`, which drives the channel itself.
+    pub fn run_options(&self) -> SessionOptions {
+        run_options(self.session.connector().libvirt_sized())
     }
 
     /// The connector and what names its errors, for `session`, which
     /// drives the channel itself.
     pub fn into_parts(self) -> (DomainConnector, AgentErrors) {
-        (self.session.into_channel().into_connector(), self.errors)
+        let errors = self.errors().into_owned();
+        (self.session.into_channel().into_connector(), errors)
     }
 }
 
@@ -340,7 +377,7 @@ fn agent_sockets_beside(monitor: &std::path::Path, scope: &Scope) -> Option<Stri
 /// How the engine runs a command's programs: followed output read, and
 /// interactive input written, in pieces that libvirtd, where it carries
 /// them, can take.
-pub fn run_options(through_libvirtd: bool) -> SessionOptions {
+fn run_options(through_libvirtd: bool) -> SessionOptions {
     SessionOptions {
         follow_read_count: match through_libvirtd {
             true => LIBVIRT_READ_COUNT,

@@ -14,7 +14,7 @@ mod silence;
 pub use self::availability::{how_to_enable, unavailable, why_lacking};
 pub use self::connector::DomainConnector;
 pub use self::context::Context;
-pub use self::domain_agent::{run_options, DomainAgent};
+pub use self::domain_agent::DomainAgent;
 pub use self::errors::{stopped_on_a_signal, AgentErrors, RunFront};
 pub use self::signals::{cut_short, Settled, Signals};
 pub use self::silence::Silence;

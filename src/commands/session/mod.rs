@@ -29,7 +29,7 @@ use self::lines::{answered, print, Answered, ChunkLine, Line};
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
 use crate::agent::{cut_short, Settled, Signals};
-use crate::agent::{run_options, AgentErrors, RunFront, Silence};
+use crate::agent::{AgentErrors, RunFront, Silence};
 use crate::error::{CliError, ErrorKind};
 use crate::run_output::RunResult;
 
@@ -65,14 +65,9 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     // Found once; connecting waits for the first request.
     let agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
     let silence = agent.silence();
+    let run_options = agent.run_options();
     let (connector, errors) = agent.into_parts();
-    let mut session = Session::new(
-        connector,
-        SessionOptions {
-            idle,
-            ..run_options(errors.through_libvirtd)
-        },
-    );
+    let mut session = Session::new(connector, SessionOptions { idle, ..run_options });
     let (sender, mut work) = mpsc::channel(QUEUED_REQUESTS);
     // A thread of its own, which the process's exit ends wherever it
     // blocks; tokio's stdin would keep the runtime from shutting down.

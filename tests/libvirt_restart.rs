@@ -1,0 +1,118 @@
+//! A libvirt domain whose agent channel changes hands under a run: reached
+//! straight over its socket while libvirtd is down, and taken back by
+//! libvirtd when it starts again (it connects to the agents of the domains
+//! it finds running). QEMU's chardev serves one client, so from then on the
+//! agent answers only through libvirtd.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::libvirt::{env_script, LibvirtEnv};
+use crate::support::{unique_name, virtomate, StderrLines, TRACED_START};
+
+/// libvirtd and virtlogd stopped, their domains running on; started again
+/// when dropped, so that a failing test leaves no domain libvirtd has lost.
+struct DaemonsStopped {
+    restarted: bool,
+}
+
+impl DaemonsStopped {
+    fn now() -> DaemonsStopped {
+        let out = env_script(&["stop-daemons"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            !libvirtd_answers(),
+            "libvirtd still answers: not one the script started"
+        );
+        DaemonsStopped { restarted: false }
+    }
+
+    fn start_again(&mut self) {
+        self.restarted = true;
+        let out = env_script(&["start"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for DaemonsStopped {
+    fn drop(&mut self) {
+        if !self.restarted {
+            env_script(&["start"]);
+        }
+    }
+}
+
+fn libvirtd_answers() -> bool {
+    virsh(&["list"]).status.success()
+}
+
+fn virsh(args: &[&str]) -> std::process::Output {
+    Command::new("virsh")
+        .args(["-q", "-c", "qemu:///system"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// Before: the run's next poll sat in QEMU's queue behind libvirtd, and
+/// the run failed after --timeout with an AgentTimeout ("may have stopped
+/// or restarted in the guest") while the program ran on.
+#[test]
+#[ignore = "needs libvirtd and the test VM"]
+fn a_run_begun_while_libvirtd_was_down_ends_through_libvirtd_once_it_takes_the_channel_back() {
+    let mut env = LibvirtEnv::start();
+    let name = unique_name("vt-handback");
+    env.define(&name, &["--transient"]);
+    let mut daemons = DaemonsStopped::now();
+
+    // Runs until told to end, through libvirtd once it is back.
+    let go = format!("/tmp/{name}-go");
+    let program = format!("while [ ! -e {go} ]; do sleep 0.1; done; echo finished");
+    let mut run = virtomate()
+        .args([
+            "--trace",
+            "--log",
+            "info",
+            "guest-run",
+            &name,
+            "--",
+            "sh",
+            "-c",
+            &program,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let trace = StderrLines::of(&mut run);
+    trace.wait_for(TRACED_START);
+    daemons.start_again();
+
+    // libvirtd's connection is served once the run lets go of the channel
+    // (at least once a second, the program no longer young); until then
+    // libvirtd's command waits, or fails at once while it reconnects.
+    let touch = format!(r#"{{"execute":"guest-exec","arguments":{{"path":"/bin/touch","arg":["{go}"]}}}}"#);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = virsh(&["qemu-agent-command", &name, "--timeout", "10", &touch]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "libvirtd never reached the agent: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let out = run.wait_with_output().unwrap();
+    let said = trace.rest().join("\n");
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["exit_code"], 0, "{result}");
+    assert_eq!(result["stdout"], "finished\n", "{result}");
+    assert!(said.contains("going through libvirtd"), "{said}");
+}
