@@ -34,6 +34,7 @@ fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let socket = vm.socket();
     // Once the program runs, during the run.
     let child = support::spawn_sleeping_guest_run(&socket);
+    let qemu = vm.qemu_pid();
     vm.kill();
     let killed = Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -41,6 +42,15 @@ fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["type"], json!("AgentDisconnected"), "{json}");
     assert_eq!(out.status.code(), Some(1));
+    // Given by its socket, the VM is told apart from an agent restarted:
+    // the QEMU that listened on the socket has ended. (Before, it said
+    // that the VM may have stopped or its agent restarted.)
+    let said = format!(
+        "the VM of the agent socket {} is not running (its QEMU, pid {qemu}, has ended): \
+         its agent, and the program (guest pid ",
+        socket.display()
+    );
+    assert!(json["message"].as_str().unwrap().starts_with(&said), "{json}");
     // The reply timeout is 30 s: the closed socket was noticed, not waited out.
     assert!(waited < Duration::from_secs(10), "took {waited:?} to notice");
 }

@@ -11,7 +11,8 @@ use virtomate_protocol::follow::{DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
 use virtomate_protocol::qga::Command;
 use virtomate_protocol::session::{Failure, RunRequest, Session, SessionOptions};
 use virtomate_protocol::{
-    wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule, SocketConnector,
+    wait_for_exit_on, Agent, AnyAgent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule,
+    SocketConnector,
 };
 
 use super::connector::DomainConnector;
@@ -155,8 +156,13 @@ impl DomainAgent {
     /// Connects, if not connected; an error names the socket, and for a
     /// QMP socket given by mistake, the agent sockets of its VM.
     pub async fn connect_now(&mut self, scope: &Scope) -> Result<(), CliError> {
-        let Err(e) = self.session.channel().agent().await.map(|_| ()) else {
-            return Ok(());
+        let e = match self.session.channel().agent().await {
+            Ok(AnyAgent::Direct(client)) => {
+                self.silence.note_listener(client.listener_pid());
+                return Ok(());
+            }
+            Ok(AnyAgent::Libvirt(_)) => return Ok(()),
+            Err(e) => e,
         };
         Err(self.connection_error(e, scope).await)
     }

@@ -11,7 +11,7 @@ use virtomate_protocol::session::{Failure, Stage};
 use virtomate_protocol::{ClientOptions, Error as AgentError};
 
 use super::errors::{AgentErrors, RunFront};
-use crate::domain::{run_state, Domain, Scope, Source};
+use crate::domain::{self, run_state, Domain, Scope, Source};
 use crate::error::{CliError, ErrorKind};
 
 /// What a domain's agent that does not answer, or hangs up, may be
@@ -21,6 +21,9 @@ pub struct Silence {
     found: Domain,
     scope: Scope,
     options: ClientOptions,
+    /// For a VM given by its agent socket: the QEMU that listened on it at
+    /// the first connection (see [`Silence::note_listener`]).
+    listener: Option<u32>,
 }
 
 impl Silence {
@@ -29,7 +32,22 @@ impl Silence {
             found: found.clone(),
             scope: scope.clone(),
             options,
+            listener: None,
         }
+    }
+
+    /// Notes the process `listener` that listens on the agent socket of a
+    /// VM given by that socket, if it is a QEMU: once the VM is killed its
+    /// listening socket, and so the way from the socket's path to its
+    /// QEMU, is gone, while whether that process has ended tells a VM
+    /// killed from an agent restarted. Looked at once (a read of its
+    /// command line), and not for a VM found otherwise, whose QEMU
+    /// virtomate knows.
+    pub fn note_listener(&mut self, listener: Option<u32>) {
+        if self.found.source != Source::Socket || self.listener.is_some() {
+            return;
+        }
+        self.listener = listener.filter(|&pid| domain::runs_qemu(pid));
     }
 
     /// What a run's failure means, in the terms of `front`: a VM that
@@ -101,6 +119,12 @@ impl Silence {
 
     /// How the VM stopped, if it did.
     async fn vm_stopped(&self, through_libvirtd: bool) -> Option<VmStopped> {
+        if let (Some(qemu), false) = (self.listener, through_libvirtd) {
+            return Some(VmStopped {
+                what: format!("the VM of the agent socket {}", self.found.name),
+                how: process_ended_within(qemu, ENDED_WITHIN).await?,
+            });
+        }
         let vm = run_state::owner_of(&self.found, &self.scope)?;
         let how = match (through_libvirtd, &vm.libvirt_daemon, vm.pid) {
             (true, Some((uri, socket)), _) => {
@@ -109,14 +133,18 @@ impl Silence {
             (false, _, Some(qemu)) => process_ended_within(qemu, ENDED_WITHIN).await?,
             _ => return None,
         };
-        Some(VmStopped { name: vm.name, how })
+        Some(VmStopped {
+            what: format!("the domain {}", vm.name),
+            how,
+        })
     }
 }
 
-/// A VM that stopped under an agent's work: its name and how it is told.
+/// A VM that stopped under an agent's work: what it is called (`the
+/// domain web`) and how it is told.
 #[derive(Debug, Clone)]
 pub struct VmStopped {
-    pub name: String,
+    pub what: String,
     pub how: String,
 }
 
@@ -125,10 +153,7 @@ impl VmStopped {
     pub fn error(&self, what_went: &str) -> CliError {
         CliError::new(
             ErrorKind::AgentDisconnected,
-            format!(
-                "the domain {} is not running ({}): {what_went}",
-                self.name, self.how
-            ),
+            format!("{} is not running ({}): {what_went}", self.what, self.how),
         )
     }
 }

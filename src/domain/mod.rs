@@ -28,4 +28,5 @@ pub mod socket_holders;
 
 pub use lookup::{find, list, Scope};
 pub use model::*;
+pub use procfs::runs_qemu;
 pub use route::Handback;
