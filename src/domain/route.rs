@@ -199,12 +199,16 @@ impl Domain {
 
 impl Handback {
     /// Whether libvirtd runs and holds the channel. Its RPC socket is
-    /// looked at first (one netlink dump, where the channel's holders
-    /// take a look through `/proc`); where that cannot be told, the
-    /// holders are looked at anyway.
+    /// looked at first (gone, or one netlink dump, where the channel's
+    /// holders take a look through `/proc`); where that cannot be told,
+    /// the holders are looked at anyway.
     pub fn taken(&self) -> bool {
-        socket_holders::is_listening(&self.daemon_socket).unwrap_or(true)
-            && socket_holders::held_by_libvirtd(&socket_holders::holders(&self.channel), true)
+        let listening = match socket_holders::is_listening(&self.daemon_socket) {
+            Ok(listening) => listening,
+            // libvirtd removes its socket as it stops.
+            Err(error) => error.kind() != std::io::ErrorKind::NotFound,
+        };
+        listening && socket_holders::held_by_libvirtd(&socket_holders::holders(&self.channel), true)
     }
 
     /// The domain's name, libvirtd's URI and its RPC socket.
