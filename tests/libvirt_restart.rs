@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::libvirt::{env_script, LibvirtEnv};
-use crate::support::{unique_name, virtomate, StderrLines, TRACED_START};
+use crate::support::{unique_name, virtomate, StderrLines};
 
 /// libvirtd and virtlogd stopped, their domains running on; started again
 /// when dropped, so that a failing test leaves no domain libvirtd has lost.
@@ -55,43 +55,45 @@ fn virsh(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
-/// Before: the run's next poll sat in QEMU's queue behind libvirtd, and
-/// the run failed after --timeout with an AgentTimeout ("may have stopped
-/// or restarted in the guest") while the program ran on.
-#[test]
-#[ignore = "needs libvirtd and the test VM"]
-fn a_run_begun_while_libvirtd_was_down_ends_through_libvirtd_once_it_takes_the_channel_back() {
-    let mut env = LibvirtEnv::start();
-    let name = unique_name("vt-handback");
-    env.define(&name, &["--transient"]);
-    let mut daemons = DaemonsStopped::now();
-
-    // Runs until told to end, through libvirtd once it is back.
-    let go = format!("/tmp/{name}-go");
-    let program = format!("while [ ! -e {go} ]; do sleep 0.1; done; echo finished");
+/// `virtomate --log info guest-run OPTIONS NAME -- sh -c PROGRAM`, returned
+/// once the program runs in the guest, with its stderr's lines.
+fn spawn_run(options: &[&str], name: &str, program: &str) -> (std::process::Child, StderrLines) {
     let mut run = virtomate()
-        .args([
-            "--trace",
-            "--log",
-            "info",
-            "guest-run",
-            &name,
-            "--",
-            "sh",
-            "-c",
-            &program,
-        ])
+        .args(["--log", "info", "guest-run"])
+        .args(options)
+        .args([name, "--", "sh", "-c", program])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let trace = StderrLines::of(&mut run);
-    trace.wait_for(TRACED_START);
+    let said = StderrLines::of(&mut run);
+    said.wait_for("started in the guest");
+    (run, said)
+}
+
+/// Before: the run's next poll sat in QEMU's queue behind libvirtd, and
+/// the run failed after --timeout with an AgentTimeout ("may have stopped
+/// or restarted in the guest") while the program ran on. Two runs take
+/// turns on the channel meanwhile, one of them followed (its output read
+/// through libvirtd from then on).
+#[test]
+#[ignore = "needs libvirtd and the test VM"]
+fn runs_begun_while_libvirtd_was_down_end_through_libvirtd_once_it_takes_the_channel_back() {
+    let mut env = LibvirtEnv::start();
+    let name = unique_name("vt-handback");
+    env.define(&name, &["--transient"]);
+    let mut daemons = DaemonsStopped::now();
+
+    // They run until told to end, through libvirtd once it is back.
+    let go = format!("/tmp/{name}-go");
+    let program = |said: &str| format!("while [ ! -e {go} ]; do sleep 0.1; done; echo {said}");
+    let (plain, plain_said) = spawn_run(&[], &name, &program("finished"));
+    let (followed, followed_said) = spawn_run(&["--follow"], &name, &program("followed"));
     daemons.start_again();
 
-    // libvirtd's connection is served once the run lets go of the channel
-    // (at least once a second, the program no longer young); until then
+    // libvirtd's connection is served once the runs let go of the channel
+    // (at least once a second, their programs no longer young); until then
     // libvirtd's command waits, or fails at once while it reconnects.
     let touch = format!(r#"{{"execute":"guest-exec","arguments":{{"path":"/bin/touch","arg":["{go}"]}}}}"#);
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -108,11 +110,19 @@ fn a_run_begun_while_libvirtd_was_down_ends_through_libvirtd_once_it_takes_the_c
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    let out = run.wait_with_output().unwrap();
-    let said = trace.rest().join("\n");
+    let out = plain.wait_with_output().unwrap();
+    let said = plain_said.rest().join("\n");
     assert_eq!(out.status.code(), Some(0), "{said}");
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(result["exit_code"], 0, "{result}");
     assert_eq!(result["stdout"], "finished\n", "{result}");
+    assert!(said.contains("going through libvirtd"), "{said}");
+    let out = followed.wait_with_output().unwrap();
+    let said = followed_said.rest().join("\n");
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b"followed\n"[..]),
+        "{said}"
+    );
     assert!(said.contains("going through libvirtd"), "{said}");
 }
