@@ -4,6 +4,7 @@
 //! it finds running). QEMU's chardev serves one client, so from then on the
 //! agent answers only through libvirtd.
 
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -72,11 +73,31 @@ fn spawn_run(options: &[&str], name: &str, program: &str) -> (std::process::Chil
     (run, said)
 }
 
+/// `virtomate --log info session NAME` running `sh -c PROGRAM` as its
+/// one request, returned once the program runs in the guest, with its
+/// stderr's lines; its standard input closed, it ends with the program.
+fn spawn_session(name: &str, program: &str) -> (std::process::Child, StderrLines) {
+    let mut session = virtomate()
+        .args(["--log", "info", "session", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let request = serde_json::json!({"id": "s", "run": ["sh", "-c", program]});
+    let mut stdin = session.stdin.take().unwrap();
+    writeln!(stdin, "{request}").unwrap();
+    drop(stdin);
+    let said = StderrLines::of(&mut session);
+    said.wait_for("started in the guest");
+    (session, said)
+}
+
 /// Before: the run's next poll sat in QEMU's queue behind libvirtd, and
 /// the run failed after --timeout with an AgentTimeout ("may have stopped
 /// or restarted in the guest") while the program ran on. Two runs take
 /// turns on the channel meanwhile, one of them followed (its output read
-/// through libvirtd from then on).
+/// through libvirtd from then on), and a session's.
 #[test]
 #[ignore = "needs libvirtd and the test VM"]
 fn runs_begun_while_libvirtd_was_down_end_through_libvirtd_once_it_takes_the_channel_back() {
@@ -90,6 +111,7 @@ fn runs_begun_while_libvirtd_was_down_end_through_libvirtd_once_it_takes_the_cha
     let program = |said: &str| format!("while [ ! -e {go} ]; do sleep 0.1; done; echo {said}");
     let (plain, plain_said) = spawn_run(&[], &name, &program("finished"));
     let (followed, followed_said) = spawn_run(&["--follow"], &name, &program("followed"));
+    let (session, session_said) = spawn_session(&name, &program("in a session"));
     daemons.start_again();
 
     // libvirtd's connection is served once the runs let go of the channel
@@ -124,5 +146,11 @@ fn runs_begun_while_libvirtd_was_down_end_through_libvirtd_once_it_takes_the_cha
         (Some(0), &b"followed\n"[..]),
         "{said}"
     );
+    assert!(said.contains("going through libvirtd"), "{said}");
+    let out = session.wait_with_output().unwrap();
+    let said = session_said.rest().join("\n");
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(reply["result"]["stdout"], "in a session\n", "{reply}");
     assert!(said.contains("going through libvirtd"), "{said}");
 }

@@ -3,6 +3,7 @@
 //! libvirtd.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::{AnyAgent, ClientOptions, Connector, Error, Phase, SocketConnector};
@@ -49,7 +50,7 @@ impl DomainConnector {
 
     /// Connects straight over libvirtd's channel, or through libvirtd once
     /// it is seen to hold it: before connecting (libvirtd runs and holds
-    /// it), or after a connection that waited in QEMU's queue until its
+    /// it), while a connection waits, or after one that waited until its
     /// time was up. From then on this connector goes through libvirtd.
     async fn direct_unless_handed_back(&mut self) -> Result<AnyAgent, Error> {
         let DomainConnector::LibvirtsChannel {
@@ -61,9 +62,22 @@ impl DomainConnector {
             unreachable!("only a channel libvirtd keeps is handed back");
         };
         if !handback.taken() {
-            match direct.connect().await {
-                Err(error) if waited_in_the_queue(&error) && handback.taken() => {}
-                connected => return connected.map(AnyAgent::Direct),
+            // Looked at again while the connection waits: for its turn
+            // behind another virtomate, or in QEMU's queue behind libvirtd.
+            let taken_meanwhile = async {
+                loop {
+                    tokio::time::sleep(LOOK_AGAIN).await;
+                    if handback.taken() {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                connected = direct.connect() => match connected {
+                    Err(error) if kept_waiting(&error) && handback.taken() => {}
+                    connected => return connected.map(AnyAgent::Direct),
+                },
+                () = taken_meanwhile => {}
             }
         }
         let (domain, uri, socket) = handback.through_libvirtd();
@@ -83,15 +97,22 @@ impl DomainConnector {
     }
 }
 
-/// A connection that got no answer to its handshake: on libvirtd's own
-/// channel, one that sat in QEMU's queue behind libvirtd.
-fn waited_in_the_queue(error: &Error) -> bool {
+/// How often a connection over libvirtd's channel that waits looks
+/// whether libvirtd has taken the channel back: one that has will never
+/// be served. (A look is a netlink dump while libvirtd is down.)
+const LOOK_AGAIN: Duration = Duration::from_millis(300);
+
+/// A connection that got no answer to its handshake, or whose turn never
+/// came: on libvirtd's own channel, one that sat in QEMU's queue behind
+/// libvirtd, or waited for another virtomate that did.
+fn kept_waiting(error: &Error) -> bool {
     matches!(
         error,
         Error::Timeout {
             phase: Phase::Handshake,
             ..
         } | Error::BusyWithEarlierRequest { .. }
+            | Error::Busy { .. }
     )
 }
 
