@@ -4,7 +4,7 @@
 //! it finds running). QEMU's chardev serves one client, so from then on the
 //! agent answers only through libvirtd.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -74,23 +74,53 @@ fn spawn_run(options: &[&str], name: &str, program: &str) -> (std::process::Chil
 }
 
 /// `virtomate --log info session NAME` running `sh -c PROGRAM` as its
-/// one request, returned once the program runs in the guest, with its
-/// stderr's lines; its standard input closed, it ends with the program.
-fn spawn_session(name: &str, program: &str) -> (std::process::Child, StderrLines) {
-    let mut session = virtomate()
+/// request `s`, returned once the program runs in the guest, with its
+/// standard input, output and error's lines.
+fn spawn_session(name: &str, program: &str) -> Session {
+    let mut child = virtomate()
         .args(["--log", "info", "session", name])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let request = serde_json::json!({"id": "s", "run": ["sh", "-c", program]});
-    let mut stdin = session.stdin.take().unwrap();
-    writeln!(stdin, "{request}").unwrap();
-    drop(stdin);
-    let said = StderrLines::of(&mut session);
-    said.wait_for("started in the guest");
-    (session, said)
+    let said = StderrLines::of(&mut child);
+    let mut session = Session {
+        input: child.stdin.take(),
+        output: BufReader::new(child.stdout.take().unwrap()),
+        child,
+        said,
+    };
+    session.send(serde_json::json!({"id": "s", "run": ["sh", "-c", program]}));
+    session
+}
+
+struct Session {
+    child: std::process::Child,
+    input: Option<std::process::ChildStdin>,
+    output: BufReader<std::process::ChildStdout>,
+    said: StderrLines,
+}
+
+impl Session {
+    /// Sends `request`, and waits until its program runs.
+    fn send(&mut self, request: serde_json::Value) {
+        writeln!(self.input.as_mut().unwrap(), "{request}").unwrap();
+        self.said.wait_for("started in the guest");
+    }
+
+    fn reply(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    /// Its exit status and what it said, once its input is closed.
+    fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.input.take());
+        let status = self.child.wait().unwrap();
+        (status.code(), self.said.rest().join("\n"))
+    }
 }
 
 /// Before: the run's next poll sat in QEMU's queue behind libvirtd, and
@@ -111,7 +141,7 @@ fn runs_begun_while_libvirtd_was_down_end_through_libvirtd_once_it_takes_the_cha
     let program = |said: &str| format!("while [ ! -e {go} ]; do sleep 0.1; done; echo {said}");
     let (plain, plain_said) = spawn_run(&[], &name, &program("finished"));
     let (followed, followed_said) = spawn_run(&["--follow"], &name, &program("followed"));
-    let (session, session_said) = spawn_session(&name, &program("in a session"));
+    let mut session = spawn_session(&name, &program("in a session"));
     daemons.start_again();
 
     // libvirtd's connection is served once the runs let go of the channel
@@ -147,10 +177,24 @@ fn runs_begun_while_libvirtd_was_down_end_through_libvirtd_once_it_takes_the_cha
         "{said}"
     );
     assert!(said.contains("going through libvirtd"), "{said}");
-    let out = session.wait_with_output().unwrap();
-    let said = session_said.rest().join("\n");
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    let reply: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reply = session.reply();
     assert_eq!(reply["result"]["stdout"], "in a session\n", "{reply}");
-    assert!(said.contains("going through libvirtd"), "{said}");
+
+    // The session's errors are libvirtd's from then on: the domain killed
+    // under its next run is told as not running (libvirt's word on it).
+    session.send(serde_json::json!({"id": "k", "run": ["sleep", "600"]}));
+    let qemu = crate::libvirt::libvirt_pid_file(&name) as i32;
+    let killed = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    killed.unwrap();
+    let reply = session.reply();
+    let (status, said) = session.finish();
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("the domain {name} is not running (libvirt ")),
+        "{reply}\n{said}"
+    );
+    assert_eq!(status, Some(0), "{said}");
 }

@@ -3,11 +3,13 @@
 //! libvirtd.
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::{AnyAgent, ClientOptions, Connector, Error, Phase, SocketConnector};
 
+use super::errors::AgentErrors;
 use crate::domain::Handback;
 use crate::master::MasterConnector;
 
@@ -35,6 +37,8 @@ pub enum DomainConnector {
         direct: SocketConnector,
         handback: Handback,
         options: ClientOptions,
+        /// Told the errors of the route through libvirtd once it is taken.
+        handed_back: Arc<OnceLock<AgentErrors>>,
     },
 }
 
@@ -57,6 +61,7 @@ impl DomainConnector {
             direct,
             handback,
             options,
+            handed_back,
         } = self
         else {
             unreachable!("only a channel libvirtd keeps is handed back");
@@ -86,6 +91,11 @@ impl DomainConnector {
             "libvirtd has taken the agent channel back: going through libvirtd"
         );
         let (socket, domain, options) = (socket.to_owned(), domain.to_owned(), options.clone());
+        let _ = handed_back.set(AgentErrors {
+            socket: socket.clone(),
+            through_libvirtd: true,
+            master: None,
+        });
         let connected = LibvirtAgent::connect(&socket, uri, &domain, &options).await;
         *self = DomainConnector::Libvirt {
             socket,

@@ -1,8 +1,8 @@
 //! Reaching the agent of a domain, whichever way it is reached, with the
 //! socket it was reached on so that errors can name it.
 
-use std::borrow::Cow;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -18,6 +18,7 @@ use virtomate_protocol::{
 use super::connector::DomainConnector;
 use super::context::Context;
 use super::errors::{AgentErrors, RunFront};
+use super::route_errors::RouteErrors;
 use super::silence::Silence;
 use crate::domain::{self, Domain, Handback, Route, Scope};
 use crate::error::CliError;
@@ -28,7 +29,7 @@ use crate::master::{persist_setting, route_to_running_master, MasterConnector, M
 /// [`DomainAgent::wait_for_exit`]).
 pub struct DomainAgent {
     session: Session<DomainConnector>,
-    errors: AgentErrors,
+    errors: RouteErrors,
     /// What was found, to ask QEMU why the agent went silent.
     silence: Silence,
 }
@@ -75,6 +76,7 @@ impl DomainAgent {
         handback: Option<Handback>,
     ) -> DomainAgent {
         let kept_options = options.clone();
+        let handed_back = Arc::<OnceLock<AgentErrors>>::default();
         let (connector, socket) = match route {
             Route::Direct(socket) if persist.is_some() => {
                 let persist = persist.expect("matched");
@@ -102,6 +104,7 @@ impl DomainAgent {
                         direct,
                         handback,
                         options,
+                        handed_back: handed_back.clone(),
                     },
                     None => DomainConnector::Direct(direct),
                 };
@@ -129,11 +132,14 @@ impl DomainAgent {
         };
         DomainAgent {
             session: Session::new(connector, run_options(libvirt_sized)),
-            errors: AgentErrors {
-                socket,
-                through_libvirtd,
-                master,
-            },
+            errors: RouteErrors::new(
+                AgentErrors {
+                    socket,
+                    through_libvirtd,
+                    master,
+                },
+                handed_back,
+            ),
             silence: Silence::new(found, scope, kept_options),
         }
     }
@@ -197,7 +203,7 @@ impl DomainAgent {
         let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
         let error = self.error(e);
         match monitor
-            .then(|| agent_sockets_beside(&self.errors.socket, scope))
+            .then(|| agent_sockets_beside(self.socket(), scope))
             .flatten()
         {
             Some(agents) => error.with_hint(format!("the agent socket of that VM: {agents}")),
@@ -271,7 +277,7 @@ impl DomainAgent {
     /// state where the agent went silent.
     pub async fn run_failure(&self, failure: Failure) -> CliError {
         self.silence
-            .run_failure(failure, &self.errors(), RunFront::GuestRun)
+            .run_failure(failure, self.errors(), RunFront::GuestRun)
             .await
     }
 
@@ -300,25 +306,17 @@ impl DomainAgent {
         self.session.channel().execute(command).await
     }
 
-    /// The socket the agent is reached on (the agent's, or libvirtd's).
+    /// The socket the agent was first reached on (the agent's, or
+    /// libvirtd's).
     pub fn socket(&self) -> &std::path::Path {
-        &self.errors.socket
+        &self.errors.first().socket
     }
 
     /// What names the agent's failures: the route taken at first, or
     /// libvirtd once it has taken the channel back (see
     /// [`DomainConnector::LibvirtsChannel`]).
-    fn errors(&self) -> Cow<'_, AgentErrors> {
-        match self.session.connector() {
-            DomainConnector::Libvirt { socket, .. } if !self.errors.through_libvirtd => {
-                Cow::Owned(AgentErrors {
-                    socket: socket.clone(),
-                    through_libvirtd: true,
-                    master: None,
-                })
-            }
-            _ => Cow::Borrowed(&self.errors),
-        }
+    fn errors(&self) -> &AgentErrors {
+        self.errors.now()
     }
 
     /// An agent that does not answer in time may be in a VM that does not
@@ -358,9 +356,8 @@ impl DomainAgent {
 
     /// The connector and what names its errors, for `session`, which
     /// drives the channel itself.
-    pub fn into_parts(self) -> (DomainConnector, AgentErrors) {
-        let errors = self.errors().into_owned();
-        (self.session.into_channel().into_connector(), errors)
+    pub fn into_parts(self) -> (DomainConnector, RouteErrors) {
+        (self.session.into_channel().into_connector(), self.errors)
     }
 }
 

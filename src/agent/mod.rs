@@ -8,6 +8,7 @@ mod connector;
 mod context;
 mod domain_agent;
 mod errors;
+mod route_errors;
 mod signals;
 mod silence;
 
@@ -16,5 +17,6 @@ pub use self::connector::DomainConnector;
 pub use self::context::Context;
 pub use self::domain_agent::DomainAgent;
 pub use self::errors::{stopped_on_a_signal, AgentErrors, RunFront};
+pub use self::route_errors::RouteErrors;
 pub use self::signals::{cut_short, Settled, Signals};
 pub use self::silence::Silence;

@@ -90,7 +90,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         let serve = session.serve_jobs(
             &mut work,
             move |reply| {
-                print_reply(reply, errors, &silent);
+                print_reply(reply, errors.now(), &silent);
                 Ok(())
             },
             &mut copies,
@@ -100,7 +100,9 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
                 let error = match unexplained {
                     Unexplained::Timeout(error) => silence.explain(error).await,
                     Unexplained::Run(failure) => {
-                        silence.run_failure(failure, errors, RunFront::Session).await
+                        silence
+                            .run_failure(failure, errors.now(), RunFront::Session)
+                            .await
                     }
                 };
                 answered(&id);
@@ -146,7 +148,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     // Failed already, not yet explained: as they are.
     while let Ok((id, unexplained)) = to_explain.try_recv() {
         answered(&id);
-        print(&Line::error(id, &unexplained.unexplained(&errors)));
+        print(&Line::error(id, &unexplained.unexplained(errors.now())));
     }
     // As guest-run gives up: followed and time-limited programs are
     // stopped (their output's rest printed, their directories removed),
@@ -160,7 +162,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         })
         .await;
     for left in abandoned {
-        let error = errors.abandoned(left.left);
+        let error = errors.now().abandoned(left.left);
         let error = match cut {
             Some(step) => error.with_hint(cut_short(step)),
             None => error,
