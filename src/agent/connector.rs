@@ -10,6 +10,7 @@ use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::{AnyAgent, ClientOptions, Connector, Error, Phase, SocketConnector};
 
 use super::errors::AgentErrors;
+use super::silence::QemuListener;
 use crate::domain::Handback;
 use crate::master::MasterConnector;
 
@@ -17,8 +18,9 @@ use crate::master::MasterConnector;
 /// [`Channel`](virtomate_protocol::Channel).
 #[derive(Debug)]
 pub enum DomainConnector {
-    /// Straight over the agent's socket.
-    Direct(SocketConnector),
+    /// Straight over the agent's socket; for a VM given by that socket,
+    /// noting the QEMU that listens on it.
+    Direct(SocketConnector, Option<QemuListener>),
     /// Through the control master of the agent's socket
     /// (`VIRTOMATE_PERSIST`), which holds its channel.
     Master(MasterConnector),
@@ -131,7 +133,13 @@ impl Connector for DomainConnector {
 
     async fn connect(&mut self) -> Result<AnyAgent, Error> {
         match self {
-            DomainConnector::Direct(direct) => direct.connect().await.map(AnyAgent::Direct),
+            DomainConnector::Direct(direct, listener) => {
+                let mut client = direct.connect().await?;
+                if let Some(listener) = listener {
+                    listener.note(client.listener_pid());
+                }
+                Ok(AnyAgent::Direct(client))
+            }
             DomainConnector::Master(master) => master.connect().await.map(AnyAgent::Direct),
             DomainConnector::LibvirtsChannel { .. } => self.direct_unless_handed_back().await,
             DomainConnector::Libvirt {
@@ -147,7 +155,7 @@ impl Connector for DomainConnector {
 
     async fn disconnect(&mut self, agent: AnyAgent) {
         match (self, agent) {
-            (DomainConnector::Direct(direct), AnyAgent::Direct(client)) => direct.disconnect(client).await,
+            (DomainConnector::Direct(direct, _), AnyAgent::Direct(client)) => direct.disconnect(client).await,
             (DomainConnector::LibvirtsChannel { direct, .. }, AnyAgent::Direct(client)) => {
                 direct.disconnect(client).await
             }
@@ -157,7 +165,7 @@ impl Connector for DomainConnector {
 
     fn contended(&self) -> bool {
         match self {
-            DomainConnector::Direct(direct) | DomainConnector::LibvirtsChannel { direct, .. } => {
+            DomainConnector::Direct(direct, _) | DomainConnector::LibvirtsChannel { direct, .. } => {
                 direct.contended()
             }
             DomainConnector::Libvirt { .. } | DomainConnector::Master(_) => false,
@@ -166,7 +174,7 @@ impl Connector for DomainConnector {
 
     fn waited_for(&self) -> bool {
         match self {
-            DomainConnector::Direct(direct) | DomainConnector::LibvirtsChannel { direct, .. } => {
+            DomainConnector::Direct(direct, _) | DomainConnector::LibvirtsChannel { direct, .. } => {
                 direct.waited_for()
             }
             DomainConnector::Libvirt { .. } | DomainConnector::Master(_) => false,
@@ -174,7 +182,7 @@ impl Connector for DomainConnector {
     }
 
     fn set_patience(&mut self, patience: std::time::Duration) {
-        if let DomainConnector::Direct(direct) | DomainConnector::LibvirtsChannel { direct, .. } = self {
+        if let DomainConnector::Direct(direct, _) | DomainConnector::LibvirtsChannel { direct, .. } = self {
             direct.set_patience(patience);
         }
     }
@@ -185,7 +193,7 @@ impl Connector for DomainConnector {
     fn exclusive(&self) -> bool {
         matches!(
             self,
-            DomainConnector::Direct(_) | DomainConnector::LibvirtsChannel { .. }
+            DomainConnector::Direct(..) | DomainConnector::LibvirtsChannel { .. }
         )
     }
 }

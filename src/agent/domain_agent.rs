@@ -11,8 +11,7 @@ use virtomate_protocol::follow::{DIRECT_READ_COUNT, LIBVIRT_READ_COUNT};
 use virtomate_protocol::qga::Command;
 use virtomate_protocol::session::{Failure, RunRequest, Session, SessionOptions};
 use virtomate_protocol::{
-    wait_for_exit_on, Agent, AnyAgent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule,
-    SocketConnector,
+    wait_for_exit_on, Agent, Channel, ClientOptions, Finished, HoldPolicy, PollSchedule, SocketConnector,
 };
 
 use super::connector::DomainConnector;
@@ -75,7 +74,7 @@ impl DomainAgent {
         persist: Option<Duration>,
         handback: Option<Handback>,
     ) -> DomainAgent {
-        let kept_options = options.clone();
+        let silence = Silence::new(found, scope, options.clone());
         let handed_back = Arc::<OnceLock<AgentErrors>>::default();
         let (connector, socket) = match route {
             Route::Direct(socket) if persist.is_some() => {
@@ -86,7 +85,7 @@ impl DomainAgent {
                         (DomainConnector::Master(master), socket)
                     }
                     None => (
-                        DomainConnector::Direct(SocketConnector::new(&socket, options)),
+                        DomainConnector::Direct(SocketConnector::new(&socket, options), silence.listener()),
                         socket,
                     ),
                 }
@@ -106,7 +105,7 @@ impl DomainAgent {
                         options,
                         handed_back: handed_back.clone(),
                     },
-                    None => DomainConnector::Direct(direct),
+                    None => DomainConnector::Direct(direct, silence.listener()),
                 };
                 (connector, socket)
             }
@@ -140,7 +139,7 @@ impl DomainAgent {
                 },
                 handed_back,
             ),
-            silence: Silence::new(found, scope, kept_options),
+            silence,
         }
     }
 
@@ -162,13 +161,8 @@ impl DomainAgent {
     /// Connects, if not connected; an error names the socket, and for a
     /// QMP socket given by mistake, the agent sockets of its VM.
     pub async fn connect_now(&mut self, scope: &Scope) -> Result<(), CliError> {
-        let e = match self.session.channel().agent().await {
-            Ok(AnyAgent::Direct(client)) => {
-                self.silence.note_listener(client.listener_pid());
-                return Ok(());
-            }
-            Ok(AnyAgent::Libvirt(_)) => return Ok(()),
-            Err(e) => e,
+        let Err(e) = self.session.channel().agent().await.map(|_| ()) else {
+            return Ok(());
         };
         Err(self.connection_error(e, scope).await)
     }

@@ -3,6 +3,7 @@
 //! tells it. Asked after the failure, since asking takes a moment (up to
 //! a few seconds through libvirtd), and only where the failure fits.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use virtomate_protocol::follow::FollowError;
@@ -22,8 +23,8 @@ pub struct Silence {
     scope: Scope,
     options: ClientOptions,
     /// For a VM given by its agent socket: the QEMU that listened on it at
-    /// the first connection (see [`Silence::note_listener`]).
-    listener: Option<u32>,
+    /// the first connection.
+    listener: QemuListener,
 }
 
 impl Silence {
@@ -32,22 +33,15 @@ impl Silence {
             found: found.clone(),
             scope: scope.clone(),
             options,
-            listener: None,
+            listener: QemuListener::default(),
         }
     }
 
-    /// Notes the process `listener` that listens on the agent socket of a
-    /// VM given by that socket, if it is a QEMU: once the VM is killed its
-    /// listening socket, and so the way from the socket's path to its
-    /// QEMU, is gone, while whether that process has ended tells a VM
-    /// killed from an agent restarted. Looked at once (a read of its
-    /// command line), and not for a VM found otherwise, whose QEMU
+    /// Where the connections to a VM given by its agent socket note the
+    /// QEMU listening on it; `None` for a VM found otherwise, whose QEMU
     /// virtomate knows.
-    pub fn note_listener(&mut self, listener: Option<u32>) {
-        if self.found.source != Source::Socket || self.listener.is_some() {
-            return;
-        }
-        self.listener = listener.filter(|&pid| domain::runs_qemu(pid));
+    pub fn listener(&self) -> Option<QemuListener> {
+        (self.found.source == Source::Socket).then(|| self.listener.clone())
     }
 
     /// What a run's failure means, in the terms of `front`: a VM that
@@ -119,7 +113,7 @@ impl Silence {
 
     /// How the VM stopped, if it did.
     async fn vm_stopped(&self, through_libvirtd: bool) -> Option<VmStopped> {
-        if let (Some(qemu), false) = (self.listener, through_libvirtd) {
+        if let (Some(qemu), false) = (self.listener.pid(), through_libvirtd) {
             return Some(VmStopped {
                 what: format!("the VM of the agent socket {}", self.found.name),
                 how: process_ended_within(qemu, ENDED_WITHIN).await?,
@@ -137,6 +131,30 @@ impl Silence {
             what: format!("the domain {}", vm.name),
             how,
         })
+    }
+}
+
+/// The QEMU listening on the agent socket a VM was given by, as the first
+/// connection to it learned: once the VM is killed its listening socket,
+/// and so the way from the socket's path to its QEMU, is gone, while
+/// whether that process has ended tells a VM killed from an agent
+/// restarted. Shared by the connector, which notes it, and [`Silence`].
+#[derive(Debug, Clone, Default)]
+pub struct QemuListener(Arc<OnceLock<Option<u32>>>);
+
+impl QemuListener {
+    /// Notes `listener`, the process listening on the socket as the first
+    /// connection found it (see `QgaClient::listener_pid`), where it runs
+    /// QEMU: a read of its command line, once.
+    pub fn note(&self, listener: Option<u32>) {
+        if self.0.get().is_none() {
+            let _ = self.0.set(listener.filter(|&pid| domain::runs_qemu(pid)));
+        }
+    }
+
+    /// The QEMU noted, if one was.
+    fn pid(&self) -> Option<u32> {
+        self.0.get().copied().flatten()
     }
 }
 
