@@ -26,6 +26,10 @@
 #   scripts/libvirt-test-env.sh stop
 #       Destroys the domains, undefines those `define` created, stops the
 #       libvirtd and virtlogd this script started. Idempotent.
+#   scripts/libvirt-test-env.sh stop-daemons
+#       Stops the libvirtd and virtlogd this script started (SIGTERM), leaving
+#       their domains running: `start` starts them again, and libvirtd finds
+#       its domains and connects to their agents again. Idempotent.
 #   scripts/libvirt-test-env.sh status
 #       Prints DIR, the mode and the daemon pids.
 #
@@ -523,6 +527,14 @@ cmd_stop() {
   rm -f "$dir/libvirtd.pid" "$dir/virtlogd.pid"
 }
 
+cmd_stop_daemons() {
+  [ $# -eq 0 ] || die "usage: $0 stop-daemons"
+  resolve_dir ""
+  stop_pid "$(libvirtd_pid)" /usr/sbin/libvirtd libvirtd
+  stop_pid "$(virtlogd_pid)" /usr/sbin/virtlogd virtlogd
+  rm -f "$dir/libvirtd.pid" "$dir/virtlogd.pid"
+}
+
 cmd_status() {
   resolve_dir ""
   echo "dir: $dir"
@@ -532,13 +544,14 @@ cmd_status() {
   if connect_works; then virsh_ list --all; fi
 }
 
-[ $# -ge 1 ] || die "usage: $0 start [DIR] | define NAME [options] | undefine NAME | stop | status"
+[ $# -ge 1 ] || die "usage: $0 start [DIR] | define NAME [options] | undefine NAME | stop | stop-daemons | status"
 cmd="$1"; shift
 case "$cmd" in
   start) cmd_start "$@" ;;
   define) cmd_define "$@" ;;
   undefine) cmd_undefine "$@" ;;
   stop) cmd_stop "$@" ;;
+  stop-daemons) cmd_stop_daemons "$@" ;;
   status) cmd_status "$@" ;;
   *) die "unknown command $cmd" ;;
 esac

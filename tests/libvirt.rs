@@ -11,7 +11,7 @@ use sha2::Digest;
 use crate::support::spec_examples::check_examples;
 use crate::support::{self, run, step};
 
-fn env_script(args: &[&str]) -> std::process::Output {
+pub(crate) fn env_script(args: &[&str]) -> std::process::Output {
     Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/libvirt-test-env.sh"))
         .args(args)
         .output()

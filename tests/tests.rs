@@ -27,6 +27,7 @@ mod interactive;
 mod interactive_faults;
 mod layers;
 mod libvirt;
+mod libvirt_restart;
 mod master;
 mod master_faults;
 mod packaging;

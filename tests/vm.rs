@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::support::live_session::Live;
 use crate::support::spec_examples::check_examples;
 use crate::support::test_vm::{agent_restart_when, TestVm};
 use crate::support::{self, guest_run_with, run};
@@ -33,7 +34,14 @@ fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let vm = TestVm::boot("killed");
     let socket = vm.socket();
     // Once the program runs, during the run.
+    let mut session = Live::start(&[], socket.to_str().unwrap());
+    let program = "touch /tmp/session-up; sleep 600";
+    session.send(json!({"id": "s", "run": ["sh", "-c", program]}));
+    support::wait_until(30, "the session's program to start", || {
+        guest_run_with(&[], &socket, &["test", "-e", "/tmp/session-up"], None).json()["exit_code"] == 0
+    });
     let child = support::spawn_sleeping_guest_run(&socket);
+    let qemu = vm.qemu_pid();
     vm.kill();
     let killed = Instant::now();
     let out = child.wait_with_output().unwrap();
@@ -41,6 +49,22 @@ fn a_vm_killed_during_a_run_gives_a_clear_error_at_once() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(json["type"], json!("AgentDisconnected"), "{json}");
     assert_eq!(out.status.code(), Some(1));
+    // Given by its socket, the VM is told apart from an agent restarted:
+    // the QEMU that listened on the socket has ended. (Before, it said
+    // that the VM may have stopped or its agent restarted.)
+    let said = format!(
+        "the VM of the agent socket {} is not running (its QEMU, pid {qemu}, has ended): \
+         its agent, and the program (guest pid ",
+        socket.display()
+    );
+    assert!(json["message"].as_str().unwrap().starts_with(&said), "{json}");
+    // A session's run is told the same.
+    let reply = session.reply();
+    assert!(
+        reply["error"]["message"].as_str().unwrap().starts_with(&said),
+        "{reply}"
+    );
+    assert_eq!(session.finish(), 0);
     // The reply timeout is 30 s: the closed socket was noticed, not waited out.
     assert!(waited < Duration::from_secs(10), "took {waited:?} to notice");
 }

@@ -3,18 +3,23 @@
 //! libvirtd.
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 
 use virtomate_protocol::libvirt::LibvirtAgent;
-use virtomate_protocol::{AnyAgent, ClientOptions, Connector, Error, SocketConnector};
+use virtomate_protocol::{AnyAgent, ClientOptions, Connector, Error, Phase, SocketConnector};
 
+use super::errors::AgentErrors;
+use super::silence::QemuListener;
+use crate::domain::Handback;
 use crate::master::MasterConnector;
 
 /// Opens connections to one domain's agent, for a
 /// [`Channel`](virtomate_protocol::Channel).
 #[derive(Debug)]
 pub enum DomainConnector {
-    /// Straight over the agent's socket.
-    Direct(SocketConnector),
+    /// Straight over the agent's socket; for a VM given by that socket,
+    /// noting the QEMU that listens on it.
+    Direct(SocketConnector, Option<QemuListener>),
     /// Through the control master of the agent's socket
     /// (`VIRTOMATE_PERSIST`), which holds its channel.
     Master(MasterConnector),
@@ -25,14 +30,115 @@ pub enum DomainConnector {
         domain: String,
         options: ClientOptions,
     },
+    /// Straight over the channel libvirtd keeps of a libvirt domain, while
+    /// libvirtd does not hold it; through libvirtd from the first connect
+    /// that finds it taken back (see [`Handback`]), so that a run goes on
+    /// polling the same program there.
+    LibvirtsChannel {
+        direct: SocketConnector,
+        handback: Handback,
+        options: ClientOptions,
+        /// Told the errors of the route through libvirtd once it is taken.
+        handed_back: Arc<OnceLock<AgentErrors>>,
+    },
+}
+
+impl DomainConnector {
+    /// Whether what goes over it must fit libvirtd's messages: through
+    /// libvirtd, or over a channel libvirtd may take back, from the start.
+    pub fn libvirt_sized(&self) -> bool {
+        matches!(
+            self,
+            DomainConnector::Libvirt { .. } | DomainConnector::LibvirtsChannel { .. }
+        )
+    }
+
+    /// Connects straight, on a direct route: `None` on another, and where
+    /// libvirtd has taken its channel back (see [`Handback`]), seen before
+    /// connecting (libvirtd runs and holds it) or after a connection that
+    /// waited until its time was up (in QEMU's queue behind libvirtd, or
+    /// for its turn behind another virtomate that did); from then on the
+    /// route is through libvirtd. Each kind of connect is called from one
+    /// place only, for the binary's size limit: each is big once inlined.
+    /// (Looking again while a connection waits would end the wait sooner,
+    /// for about 1.2 KB more.)
+    async fn connect_direct(&mut self) -> Option<Result<AnyAgent, Error>> {
+        let (direct, listener, handback) = match self {
+            DomainConnector::Direct(direct, listener) => (direct, listener.as_ref(), None),
+            DomainConnector::LibvirtsChannel { direct, handback, .. } => (direct, None, Some(&*handback)),
+            _ => return None,
+        };
+        let taken = |handback: Option<&Handback>| handback.is_some_and(Handback::taken);
+        if !taken(handback) {
+            match direct.connect().await {
+                Err(error) if kept_waiting(&error) && taken(handback) => {}
+                connected => {
+                    return Some(connected.map(|mut client| {
+                        if let Some(listener) = listener {
+                            listener.note(client.listener_pid());
+                        }
+                        AnyAgent::Direct(client)
+                    }))
+                }
+            }
+        }
+        self.hand_back();
+        None
+    }
+
+    /// Goes through libvirtd from now on, and says so to whoever words the
+    /// errors.
+    fn hand_back(&mut self) {
+        let DomainConnector::LibvirtsChannel {
+            handback,
+            options,
+            handed_back,
+            ..
+        } = self
+        else {
+            return;
+        };
+        let (domain, uri, socket) = handback.through_libvirtd();
+        tracing::info!(
+            socket = %socket.display(),
+            "libvirtd has taken the agent channel back: going through libvirtd"
+        );
+        let _ = handed_back.set(AgentErrors {
+            socket: socket.to_owned(),
+            through_libvirtd: true,
+            master: None,
+        });
+        *self = DomainConnector::Libvirt {
+            socket: socket.to_owned(),
+            uri,
+            domain: domain.to_owned(),
+            options: options.clone(),
+        };
+    }
+}
+
+/// A connection that got no answer to its handshake, or whose turn never
+/// came: on libvirtd's own channel, one that sat in QEMU's queue behind
+/// libvirtd, or waited for another virtomate that did.
+fn kept_waiting(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Timeout {
+            phase: Phase::Handshake,
+            ..
+        } | Error::BusyWithEarlierRequest { .. }
+            | Error::Busy { .. }
+    )
 }
 
 impl Connector for DomainConnector {
     type Agent = AnyAgent;
 
     async fn connect(&mut self) -> Result<AnyAgent, Error> {
+        if let Some(connected) = self.connect_direct().await {
+            return connected;
+        }
         match self {
-            DomainConnector::Direct(direct) => direct.connect().await.map(AnyAgent::Direct),
             DomainConnector::Master(master) => master.connect().await.map(AnyAgent::Direct),
             DomainConnector::Libvirt {
                 socket,
@@ -42,32 +148,42 @@ impl Connector for DomainConnector {
             } => LibvirtAgent::connect(socket, uri, domain, options)
                 .await
                 .map(AnyAgent::Libvirt),
+            DomainConnector::Direct(..) | DomainConnector::LibvirtsChannel { .. } => {
+                unreachable!("connected straight, or handed back to libvirtd")
+            }
         }
     }
 
     async fn disconnect(&mut self, agent: AnyAgent) {
         match (self, agent) {
-            (DomainConnector::Direct(direct), AnyAgent::Direct(client)) => direct.disconnect(client).await,
+            (DomainConnector::Direct(direct, _), AnyAgent::Direct(client)) => direct.disconnect(client).await,
+            (DomainConnector::LibvirtsChannel { direct, .. }, AnyAgent::Direct(client)) => {
+                direct.disconnect(client).await
+            }
             (_, agent) => agent.close().await,
         }
     }
 
     fn contended(&self) -> bool {
         match self {
-            DomainConnector::Direct(direct) => direct.contended(),
+            DomainConnector::Direct(direct, _) | DomainConnector::LibvirtsChannel { direct, .. } => {
+                direct.contended()
+            }
             DomainConnector::Libvirt { .. } | DomainConnector::Master(_) => false,
         }
     }
 
     fn waited_for(&self) -> bool {
         match self {
-            DomainConnector::Direct(direct) => direct.waited_for(),
+            DomainConnector::Direct(direct, _) | DomainConnector::LibvirtsChannel { direct, .. } => {
+                direct.waited_for()
+            }
             DomainConnector::Libvirt { .. } | DomainConnector::Master(_) => false,
         }
     }
 
     fn set_patience(&mut self, patience: std::time::Duration) {
-        if let DomainConnector::Direct(direct) = self {
+        if let DomainConnector::Direct(direct, _) | DomainConnector::LibvirtsChannel { direct, .. } = self {
             direct.set_patience(patience);
         }
     }
@@ -76,6 +192,9 @@ impl Connector for DomainConnector {
     /// keeps nobody out: the connection to libvirtd is kept; so is one to
     /// the master, which lets go of the channel for others itself.
     fn exclusive(&self) -> bool {
-        matches!(self, DomainConnector::Direct(_))
+        matches!(
+            self,
+            DomainConnector::Direct(..) | DomainConnector::LibvirtsChannel { .. }
+        )
     }
 }

@@ -2,6 +2,7 @@
 //! socket it was reached on so that errors can name it.
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -16,8 +17,9 @@ use virtomate_protocol::{
 use super::connector::DomainConnector;
 use super::context::Context;
 use super::errors::{AgentErrors, RunFront};
+use super::route_errors::RouteErrors;
 use super::silence::Silence;
-use crate::domain::{self, Domain, Route, Scope};
+use crate::domain::{self, Domain, Handback, Route, Scope};
 use crate::error::CliError;
 use crate::master::{persist_setting, route_to_running_master, MasterConnector, MasterRun};
 
@@ -26,7 +28,7 @@ use crate::master::{persist_setting, route_to_running_master, MasterConnector, M
 /// [`DomainAgent::wait_for_exit`]).
 pub struct DomainAgent {
     session: Session<DomainConnector>,
-    errors: AgentErrors,
+    errors: RouteErrors,
     /// What was found, to ask QEMU why the agent went silent.
     silence: Silence,
 }
@@ -55,19 +57,25 @@ impl DomainAgent {
             Some(route) => route,
             None => found.agent_route()?,
         };
-        Ok(DomainAgent::over(&found, route, scope, options, persist))
+        let handback = found.handback(&route);
+        Ok(DomainAgent::over(
+            &found, route, scope, options, persist, handback,
+        ))
     }
 
     /// Over `route`; a direct one through the socket's control master
-    /// where `persist` asks for one.
+    /// where `persist` asks for one, or through libvirtd once it takes the
+    /// channel back where `handback` tells when.
     fn over(
         found: &Domain,
         route: Route,
         scope: &Scope,
         options: ClientOptions,
         persist: Option<Duration>,
+        handback: Option<Handback>,
     ) -> DomainAgent {
-        let kept_options = options.clone();
+        let silence = Silence::new(found, scope, options.clone());
+        let handed_back = Arc::<OnceLock<AgentErrors>>::default();
         let (connector, socket) = match route {
             Route::Direct(socket) if persist.is_some() => {
                 let persist = persist.expect("matched");
@@ -77,7 +85,7 @@ impl DomainAgent {
                         (DomainConnector::Master(master), socket)
                     }
                     None => (
-                        DomainConnector::Direct(SocketConnector::new(&socket, options)),
+                        DomainConnector::Direct(SocketConnector::new(&socket, options), silence.listener()),
                         socket,
                     ),
                 }
@@ -89,10 +97,17 @@ impl DomainAgent {
                     "the agent of {}",
                     found.name
                 );
-                (
-                    DomainConnector::Direct(SocketConnector::new(&socket, options)),
-                    socket,
-                )
+                let direct = SocketConnector::new(&socket, options.clone());
+                let connector = match handback {
+                    Some(handback) => DomainConnector::LibvirtsChannel {
+                        direct,
+                        handback,
+                        options,
+                        handed_back: handed_back.clone(),
+                    },
+                    None => DomainConnector::Direct(direct, silence.listener()),
+                };
+                (connector, socket)
             }
             Route::Libvirt { socket, uri } => {
                 tracing::info!(
@@ -109,31 +124,36 @@ impl DomainAgent {
             }
         };
         let through_libvirtd = matches!(connector, DomainConnector::Libvirt { .. });
+        let libvirt_sized = connector.libvirt_sized();
         let master = match &connector {
             DomainConnector::Master(master) => Some(master.socket().to_owned()),
             _ => None,
         };
         DomainAgent {
-            session: Session::new(connector, run_options(through_libvirtd)),
-            errors: AgentErrors {
-                socket,
-                through_libvirtd,
-                master,
-            },
-            silence: Silence::new(found, scope, kept_options),
+            session: Session::new(connector, run_options(libvirt_sized)),
+            errors: RouteErrors::new(
+                AgentErrors {
+                    socket,
+                    through_libvirtd,
+                    master,
+                },
+                handed_back,
+            ),
+            silence,
         }
     }
 
     /// Connects to the agent of `found` over `route`, as chosen by
     /// [`Domain::agent_route`] or, for `doctor`, the channel it examined:
-    /// never through a control master, which would hide what it examines.
+    /// never through a control master, nor libvirtd where it was not
+    /// chosen, which would hide what it examines.
     pub async fn connect_to(
         found: &Domain,
         route: Route,
         scope: &Scope,
         options: ClientOptions,
     ) -> Result<DomainAgent, CliError> {
-        let mut agent = DomainAgent::over(found, route, scope, options, None);
+        let mut agent = DomainAgent::over(found, route, scope, options, None, None);
         agent.connect_now(scope).await?;
         Ok(agent)
     }
@@ -177,7 +197,7 @@ impl DomainAgent {
         let monitor = matches!(e, virtomate_protocol::Error::NotAnAgent { .. });
         let error = self.error(e);
         match monitor
-            .then(|| agent_sockets_beside(&self.errors.socket, scope))
+            .then(|| agent_sockets_beside(self.socket(), scope))
             .flatten()
         {
             Some(agents) => error.with_hint(format!("the agent socket of that VM: {agents}")),
@@ -230,7 +250,7 @@ impl DomainAgent {
         match result {
             Ok(finished) => Ok(finished),
             Err(e) => {
-                let error = self.errors.error_while_running(e, pid);
+                let error = self.errors().error_while_running(e, pid);
                 Err(self.explain_silence(error).await)
             }
         }
@@ -251,24 +271,24 @@ impl DomainAgent {
     /// state where the agent went silent.
     pub async fn run_failure(&self, failure: Failure) -> CliError {
         self.silence
-            .run_failure(failure, &self.errors, RunFront::GuestRun)
+            .run_failure(failure, self.errors(), RunFront::GuestRun)
             .await
     }
 
     /// The error for a whole run whose control master (its socket
     /// `master`) went away before the run's end.
     pub fn master_lost(&self, failure: Failure, master: &std::path::Path) -> CliError {
-        self.errors.master_lost(failure, master)
+        self.errors().master_lost(failure, master)
     }
 
     /// The error for a run given up on a signal, saying what it left.
     pub fn abandoned(&self, left: virtomate_protocol::session::Left) -> CliError {
-        self.errors.abandoned(left)
+        self.errors().abandoned(left)
     }
 
     /// Whether the agent is reached through libvirtd, with its size limits.
     pub fn through_libvirtd(&self) -> bool {
-        self.errors.through_libvirtd
+        self.errors().through_libvirtd
     }
 
     /// Sends `command`, leaving the agent's error as it is: for callers
@@ -280,9 +300,17 @@ impl DomainAgent {
         self.session.channel().execute(command).await
     }
 
-    /// The socket the agent is reached on (the agent's, or libvirtd's).
+    /// The socket the agent was first reached on (the agent's, or
+    /// libvirtd's).
     pub fn socket(&self) -> &std::path::Path {
-        &self.errors.socket
+        &self.errors.first().socket
+    }
+
+    /// What names the agent's failures: the route taken at first, or
+    /// libvirtd once it has taken the channel back (see
+    /// [`DomainConnector::LibvirtsChannel`]).
+    fn errors(&self) -> &AgentErrors {
+        self.errors.now()
     }
 
     /// An agent that does not answer in time may be in a VM that does not
@@ -299,24 +327,30 @@ impl DomainAgent {
     }
 
     pub fn error(&self, error: virtomate_protocol::Error) -> CliError {
-        self.errors.error(error)
+        self.errors().error(error)
     }
 
     /// Like [`DomainAgent::error`], for a failure while the program `pid`
     /// runs in the guest (see [`AgentErrors::error_while_running`]).
     pub fn error_while_running(&self, error: virtomate_protocol::Error, pid: i64) -> CliError {
-        self.errors.error_while_running(error, pid)
+        self.errors().error_while_running(error, pid)
     }
 
     /// Like [`DomainAgent::error`], keeping the class of the agent's error reply,
     /// which the raw commands show.
     pub fn raw_error(&self, error: virtomate_protocol::Error) -> CliError {
-        self.errors.raw_error(error)
+        self.errors().raw_error(error)
+    }
+
+    /// How the engine runs programs over this agent's route (see
+    /// [`run_options`]), for `session`, which drives the channel itself.
+    pub fn run_options(&self) -> SessionOptions {
+        run_options(self.session.connector().libvirt_sized())
     }
 
     /// The connector and what names its errors, for `session`, which
     /// drives the channel itself.
-    pub fn into_parts(self) -> (DomainConnector, AgentErrors) {
+    pub fn into_parts(self) -> (DomainConnector, RouteErrors) {
         (self.session.into_channel().into_connector(), self.errors)
     }
 }
@@ -340,7 +374,7 @@ fn agent_sockets_beside(monitor: &std::path::Path, scope: &Scope) -> Option<Stri
 /// How the engine runs a command's programs: followed output read, and
 /// interactive input written, in pieces that libvirtd, where it carries
 /// them, can take.
-pub fn run_options(through_libvirtd: bool) -> SessionOptions {
+fn run_options(through_libvirtd: bool) -> SessionOptions {
     SessionOptions {
         follow_read_count: match through_libvirtd {
             true => LIBVIRT_READ_COUNT,

@@ -8,13 +8,15 @@ mod connector;
 mod context;
 mod domain_agent;
 mod errors;
+mod route_errors;
 mod signals;
 mod silence;
 
 pub use self::availability::{how_to_enable, unavailable, why_lacking};
 pub use self::connector::DomainConnector;
 pub use self::context::Context;
-pub use self::domain_agent::{run_options, DomainAgent};
+pub use self::domain_agent::DomainAgent;
 pub use self::errors::{stopped_on_a_signal, AgentErrors, RunFront};
+pub use self::route_errors::RouteErrors;
 pub use self::signals::{cut_short, Settled, Signals, CLEAN_UP_CUT_SHORT};
 pub use self::silence::Silence;

@@ -3,6 +3,7 @@
 //! tells it. Asked after the failure, since asking takes a moment (up to
 //! a few seconds through libvirtd), and only where the failure fits.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use virtomate_protocol::follow::FollowError;
@@ -11,7 +12,7 @@ use virtomate_protocol::session::{Failure, Stage};
 use virtomate_protocol::{ClientOptions, Error as AgentError};
 
 use super::errors::{AgentErrors, RunFront};
-use crate::domain::{run_state, Domain, Scope, Source};
+use crate::domain::{self, run_state, Domain, Scope, Source};
 use crate::error::{CliError, ErrorKind};
 
 /// What a domain's agent that does not answer, or hangs up, may be
@@ -21,6 +22,9 @@ pub struct Silence {
     found: Domain,
     scope: Scope,
     options: ClientOptions,
+    /// For a VM given by its agent socket: the QEMU that listened on it at
+    /// the first connection.
+    listener: QemuListener,
 }
 
 impl Silence {
@@ -29,7 +33,15 @@ impl Silence {
             found: found.clone(),
             scope: scope.clone(),
             options,
+            listener: QemuListener::default(),
         }
+    }
+
+    /// Where the connections to a VM given by its agent socket note the
+    /// QEMU listening on it; `None` for a VM found otherwise, whose QEMU
+    /// virtomate knows.
+    pub fn listener(&self) -> Option<QemuListener> {
+        (self.found.source == Source::Socket).then(|| self.listener.clone())
     }
 
     /// What a run's failure means, in the terms of `front`: a VM that
@@ -101,6 +113,12 @@ impl Silence {
 
     /// How the VM stopped, if it did.
     async fn vm_stopped(&self, through_libvirtd: bool) -> Option<VmStopped> {
+        if let (Some(qemu), false) = (self.listener.pid(), through_libvirtd) {
+            return Some(VmStopped {
+                what: format!("the VM of the agent socket {}", self.found.name),
+                how: process_ended_within(qemu, ENDED_WITHIN).await?,
+            });
+        }
         let vm = run_state::owner_of(&self.found, &self.scope)?;
         let how = match (through_libvirtd, &vm.libvirt_daemon, vm.pid) {
             (true, Some((uri, socket)), _) => {
@@ -109,14 +127,42 @@ impl Silence {
             (false, _, Some(qemu)) => process_ended_within(qemu, ENDED_WITHIN).await?,
             _ => return None,
         };
-        Some(VmStopped { name: vm.name, how })
+        Some(VmStopped {
+            what: format!("the domain {}", vm.name),
+            how,
+        })
     }
 }
 
-/// A VM that stopped under an agent's work: its name and how it is told.
+/// The QEMU listening on the agent socket a VM was given by, as the first
+/// connection to it learned: once the VM is killed its listening socket,
+/// and so the way from the socket's path to its QEMU, is gone, while
+/// whether that process has ended tells a VM killed from an agent
+/// restarted. Shared by the connector, which notes it, and [`Silence`].
+#[derive(Debug, Clone, Default)]
+pub struct QemuListener(Arc<OnceLock<Option<u32>>>);
+
+impl QemuListener {
+    /// Notes `listener`, the process listening on the socket as the first
+    /// connection found it (see `QgaClient::listener_pid`), where it runs
+    /// QEMU: a read of its command line, once.
+    pub fn note(&self, listener: Option<u32>) {
+        if self.0.get().is_none() {
+            let _ = self.0.set(listener.filter(|&pid| domain::runs_qemu(pid)));
+        }
+    }
+
+    /// The QEMU noted, if one was.
+    fn pid(&self) -> Option<u32> {
+        self.0.get().copied().flatten()
+    }
+}
+
+/// A VM that stopped under an agent's work: what it is called (`the
+/// domain web`) and how it is told.
 #[derive(Debug, Clone)]
 pub struct VmStopped {
-    pub name: String,
+    pub what: String,
     pub how: String,
 }
 
@@ -125,10 +171,7 @@ impl VmStopped {
     pub fn error(&self, what_went: &str) -> CliError {
         CliError::new(
             ErrorKind::AgentDisconnected,
-            format!(
-                "the domain {} is not running ({}): {what_went}",
-                self.name, self.how
-            ),
+            format!("{} is not running ({}): {what_went}", self.what, self.how),
         )
     }
 }

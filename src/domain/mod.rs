@@ -11,7 +11,8 @@
 //!   listing every running domain. `-c URI` ([`Scope`]) limits the search to
 //!   one libvirt daemon;
 //! * [`route`]: choosing, among a domain's agent channels, the one to use,
-//!   or libvirtd, by looking at who holds each;
+//!   or libvirtd, by looking at who holds each; and telling when libvirtd
+//!   takes back a channel reached straight while it was down ([`Handback`]);
 //! * `libvirt`, `procfs` and `qemu_args`: the two places domains are found
 //!   in — libvirt's status files, and the command lines of QEMU processes;
 //! * [`socket_holders`]: who else is connected to a socket.
@@ -27,3 +28,5 @@ pub mod socket_holders;
 
 pub use lookup::{find, list, Scope};
 pub use model::*;
+pub use procfs::runs_qemu;
+pub use route::Handback;

@@ -35,8 +35,7 @@ pub fn qemu_processes(proc_root: &Path) -> Vec<QemuProcess> {
         .filter_map(|entry| {
             let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
             let argv = read_cmdline(&entry.path())?;
-            let program = Path::new(argv.first()?).file_name()?.to_str()?;
-            if !program.contains("qemu") || program.contains("qemu-ga") {
+            if !is_qemu(&argv) {
                 return None;
             }
             Some(QemuProcess {
@@ -48,6 +47,18 @@ pub fn qemu_processes(proc_root: &Path) -> Vec<QemuProcess> {
         .collect();
     found.sort_by_key(|p| p.pid);
     found
+}
+
+/// Whether the process `pid` runs QEMU (see [`qemu_processes`]).
+pub fn runs_qemu(pid: u32) -> bool {
+    read_cmdline(&Path::new("/proc").join(pid.to_string())).is_some_and(|argv| is_qemu(&argv))
+}
+
+/// A program whose name contains `qemu`, but not the agent's.
+fn is_qemu(argv: &[String]) -> bool {
+    let program = argv.first().and_then(|first| Path::new(first).file_name());
+    let program = program.and_then(|name| name.to_str()).unwrap_or_default();
+    program.contains("qemu") && !program.contains("qemu-ga")
 }
 
 fn read_cmdline(proc_dir: &Path) -> Option<Vec<String>> {

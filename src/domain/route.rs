@@ -5,6 +5,8 @@
 //! but never answered: looking first turns a hang into a choice, or into an
 //! error that names the holder.
 
+use std::path::PathBuf;
+
 use super::model::{is_socket, Channel, ChannelKind, Domain, Route, Source};
 use super::socket_holders::{self, Holder};
 use crate::error::{CliError, ErrorKind};
@@ -161,6 +163,60 @@ impl Domain {
     }
 }
 
+/// The channel libvirtd keeps of a libvirt domain, reached straight while
+/// libvirtd did not hold it (stopped, restarting). libvirtd takes it back as
+/// it starts, connecting to the agent of each domain it finds running, and
+/// QEMU's chardev serves one client at a time: from then on a direct
+/// connection waits in QEMU's queue, unanswered, and the agent (the same
+/// one, which still knows the programs it started) answers only through
+/// libvirtd.
+#[derive(Debug, Clone)]
+pub struct Handback {
+    channel: PathBuf,
+    domain: String,
+    uri: &'static str,
+    daemon_socket: PathBuf,
+}
+
+impl Domain {
+    /// For a direct `route` over the channel libvirtd keeps, how to tell
+    /// that libvirtd has taken it back, and the way through it then.
+    pub fn handback(&self, route: &Route) -> Option<Handback> {
+        let Route::Direct(path) = route else {
+            return None;
+        };
+        let channel = self.agent_channels.iter().find(|channel| channel.path == *path)?;
+        let kept = self.source == Source::Libvirt && channel.port_name.as_deref() == Some(LIBVIRT_AGENT_PORT);
+        let (uri, daemon_socket) = self.libvirt_daemon.clone().filter(|_| kept)?;
+        Some(Handback {
+            channel: path.clone(),
+            domain: self.name.clone(),
+            uri,
+            daemon_socket,
+        })
+    }
+}
+
+impl Handback {
+    /// Whether libvirtd runs and holds the channel. Its RPC socket is
+    /// looked at first (gone, or one netlink dump, where the channel's
+    /// holders take a look through `/proc`); where that cannot be told,
+    /// the holders are looked at anyway.
+    pub fn taken(&self) -> bool {
+        let listening = match socket_holders::is_listening(&self.daemon_socket) {
+            Ok(listening) => listening,
+            // libvirtd removes its socket as it stops.
+            Err(error) => error.kind() != std::io::ErrorKind::NotFound,
+        };
+        listening && socket_holders::held_by_libvirtd(&socket_holders::holders(&self.channel), true)
+    }
+
+    /// The domain's name, libvirtd's URI and its RPC socket.
+    pub fn through_libvirtd(&self) -> (&str, &'static str, &std::path::Path) {
+        (&self.domain, self.uri, &self.daemon_socket)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +355,29 @@ mod tests {
             route(&domain, &[(vec![gone], true)]).unwrap(),
             Route::Direct("/run/org.qemu.guest_agent.1.sock".into())
         );
+    }
+
+    /// Only libvirt's own channel, reached straight, is taken back by
+    /// libvirtd: not a second channel, nor a bare QEMU's.
+    #[test]
+    fn libvirtd_takes_back_only_its_own_channel() {
+        let mut domain = libvirt_domain(&[
+            ("org.qemu.guest_agent.0", Some(true)),
+            ("org.qemu.guest_agent.1", Some(true)),
+        ]);
+        let direct = |port: &str| Route::Direct(format!("/run/{port}.sock").into());
+        let handback = domain.handback(&direct("org.qemu.guest_agent.0")).unwrap();
+        let (name, uri, socket) = handback.through_libvirtd();
+        assert_eq!((name, uri), ("web", "qemu:///system"));
+        assert_eq!(socket, std::path::Path::new("/run/libvirt/libvirt-sock"));
+        assert!(domain.handback(&direct("org.qemu.guest_agent.1")).is_none());
+        let libvirt = Route::Libvirt {
+            socket: "/run/libvirt/libvirt-sock".into(),
+            uri: "qemu:///system",
+        };
+        assert!(domain.handback(&libvirt).is_none());
+        domain.source = Source::Qemu;
+        assert!(domain.handback(&direct("org.qemu.guest_agent.0")).is_none());
     }
 
     #[test]

@@ -232,6 +232,12 @@ impl StderrLines {
             }
         }
     }
+
+    /// The lines not yet read, to the end of stderr: for a child that has
+    /// exited.
+    pub fn rest(&self) -> Vec<String> {
+        self.0.iter().collect()
+    }
 }
 
 /// What `--trace` shows when the agent has started the program.

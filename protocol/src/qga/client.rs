@@ -66,6 +66,15 @@ impl QgaClient<UnixStream> {
         QgaClient::connect_by(path.as_ref(), options, deadline).await
     }
 
+    /// The process listening on the socket this client connected to, as
+    /// the kernel recorded it at the connect (`SO_PEERCRED`: the process
+    /// that called `listen()`): a VM's QEMU, or an agent on the host.
+    /// `None` where the kernel does not tell.
+    pub fn listener_pid(&mut self) -> Option<u32> {
+        let credentials = self.conn.get_mut().peer_cred().ok()?;
+        credentials.pid().and_then(|pid| u32::try_from(pid).ok())
+    }
+
     /// Connects and synchronises by `deadline`, which an earlier step
     /// (waiting for the turn on the channel) may have started.
     pub(crate) async fn connect_by(

@@ -322,6 +322,12 @@ impl<C: Connector> Session<C> {
         &mut self.channel
     }
 
+    /// The connector the channel connects through: the route to the agent
+    /// it has come to take, say.
+    pub fn connector(&self) -> &C {
+        self.channel.connector()
+    }
+
     /// The requests being worked on: the one whose start or ping was under
     /// way, and the programs running.
     pub fn in_flight(&self) -> Vec<InFlight> {

@@ -25,7 +25,7 @@ use virtomate_protocol::{fields, Channel};
 
 use super::data_lines::DataLines;
 use super::lines::{answered, print, Answered, Line};
-use crate::agent::{cut_short, AgentErrors, DomainConnector, Silence};
+use crate::agent::{cut_short, DomainConnector, RouteErrors, Silence};
 use crate::copy::progress::Show;
 use crate::copy::{self, Copy, LentChannel, Options, Source, Target, CLEAN_UP_TIME};
 use crate::error::{CliError, ErrorKind};
@@ -400,7 +400,7 @@ impl CopyState {
 
 /// Runs the session's copies on its channel.
 pub struct Copies<'a> {
-    pub errors: &'a AgentErrors,
+    pub errors: &'a RouteErrors,
     /// What explains an agent's timeout.
     pub silence: &'a Silence,
     pub state: Rc<CopyState>,
@@ -430,7 +430,7 @@ impl Copies<'_> {
     async fn copy(&self, job: CopyJob, channel: &mut Channel<DomainConnector>) -> (Line, bool) {
         let mut agent = LentChannel {
             channel,
-            errors: self.errors,
+            errors: self.errors.now(),
         };
         let mut copy = Copy::new(&mut agent);
         let settling = copy.settling();
@@ -470,7 +470,7 @@ impl Copies<'_> {
             Err(error) => error,
         };
         // A VM that stopped under the copy: told as `virtomate copy` tells it.
-        let through_libvirtd = self.errors.through_libvirtd;
+        let through_libvirtd = self.errors.now().through_libvirtd;
         if let Some(vm) = self.silence.stopped_during(&error, through_libvirtd).await {
             let left = copy.clean_up_after_stop().await;
             let error = vm.error("its agent went with it, and the copy was cut short");

@@ -29,7 +29,7 @@ use self::lines::{answered, print, Answered, ChunkLine, Line};
 use super::{Answer, Context};
 use crate::agent::DomainAgent;
 use crate::agent::{cut_short, Settled, Signals, CLEAN_UP_CUT_SHORT};
-use crate::agent::{run_options, AgentErrors, RunFront, Silence};
+use crate::agent::{AgentErrors, RunFront, Silence};
 use crate::error::{CliError, ErrorKind};
 use crate::run_output::RunResult;
 
@@ -65,14 +65,9 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     // Found once; connecting waits for the first request.
     let agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
     let silence = agent.silence();
+    let run_options = agent.run_options();
     let (connector, errors) = agent.into_parts();
-    let mut session = Session::new(
-        connector,
-        SessionOptions {
-            idle,
-            ..run_options(errors.through_libvirtd)
-        },
-    );
+    let mut session = Session::new(connector, SessionOptions { idle, ..run_options });
     let (sender, mut work) = mpsc::channel(QUEUED_REQUESTS);
     // A thread of its own, which the process's exit ends wherever it
     // blocks; tokio's stdin would keep the runtime from shutting down.
@@ -95,7 +90,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         let serve = session.serve_jobs(
             &mut work,
             move |reply| {
-                print_reply(reply, errors, &silent);
+                print_reply(reply, errors.now(), &silent);
                 Ok(())
             },
             &mut copies,
@@ -105,7 +100,9 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
                 let error = match unexplained {
                     Unexplained::Timeout(error) => silence.explain(error).await,
                     Unexplained::Run(failure) => {
-                        silence.run_failure(failure, errors, RunFront::Session).await
+                        silence
+                            .run_failure(failure, errors.now(), RunFront::Session)
+                            .await
                     }
                 };
                 answered(&id);
@@ -151,7 +148,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     // Failed already, not yet explained: as they are.
     while let Ok((id, unexplained)) = to_explain.try_recv() {
         answered(&id);
-        print(&Line::error(id, &unexplained.unexplained(&errors)));
+        print(&Line::error(id, &unexplained.unexplained(errors.now())));
     }
     // As guest-run gives up: followed and time-limited programs are
     // stopped (their output's rest printed, their directories removed),
@@ -171,7 +168,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         session.given_up_as_is()
     });
     for left in abandoned {
-        let error = errors.abandoned(left.left);
+        let error = errors.now().abandoned(left.left);
         let error = match &hint {
             Some(hint) => error.with_hint(hint.clone()),
             None => error,

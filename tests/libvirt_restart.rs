@@ -1,0 +1,200 @@
+//! A libvirt domain whose agent channel changes hands under a run: reached
+//! straight over its socket while libvirtd is down, and taken back by
+//! libvirtd when it starts again (it connects to the agents of the domains
+//! it finds running). QEMU's chardev serves one client, so from then on the
+//! agent answers only through libvirtd.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::libvirt::{env_script, LibvirtEnv};
+use crate::support::{unique_name, virtomate, StderrLines};
+
+/// libvirtd and virtlogd stopped, their domains running on; started again
+/// when dropped, so that a failing test leaves no domain libvirtd has lost.
+struct DaemonsStopped {
+    restarted: bool,
+}
+
+impl DaemonsStopped {
+    fn now() -> DaemonsStopped {
+        let out = env_script(&["stop-daemons"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            !libvirtd_answers(),
+            "libvirtd still answers: not one the script started"
+        );
+        DaemonsStopped { restarted: false }
+    }
+
+    fn start_again(&mut self) {
+        self.restarted = true;
+        let out = env_script(&["start"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for DaemonsStopped {
+    fn drop(&mut self) {
+        if !self.restarted {
+            env_script(&["start"]);
+        }
+    }
+}
+
+fn libvirtd_answers() -> bool {
+    virsh(&["list"]).status.success()
+}
+
+fn virsh(args: &[&str]) -> std::process::Output {
+    Command::new("virsh")
+        .args(["-q", "-c", "qemu:///system"])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `virtomate --log info guest-run OPTIONS NAME -- sh -c PROGRAM`, returned
+/// once the program runs in the guest, with its stderr's lines.
+fn spawn_run(options: &[&str], name: &str, program: &str) -> (std::process::Child, StderrLines) {
+    let mut run = virtomate()
+        .args(["--log", "info", "guest-run"])
+        .args(options)
+        .args([name, "--", "sh", "-c", program])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = StderrLines::of(&mut run);
+    said.wait_for("started in the guest");
+    (run, said)
+}
+
+/// `virtomate --log info session NAME` running `sh -c PROGRAM` as its
+/// request `s`, returned once the program runs in the guest, with its
+/// standard input, output and error's lines.
+fn spawn_session(name: &str, program: &str) -> Session {
+    let mut child = virtomate()
+        .args(["--log", "info", "session", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = StderrLines::of(&mut child);
+    let mut session = Session {
+        input: child.stdin.take(),
+        output: BufReader::new(child.stdout.take().unwrap()),
+        child,
+        said,
+    };
+    session.send(serde_json::json!({"id": "s", "run": ["sh", "-c", program]}));
+    session
+}
+
+struct Session {
+    child: std::process::Child,
+    input: Option<std::process::ChildStdin>,
+    output: BufReader<std::process::ChildStdout>,
+    said: StderrLines,
+}
+
+impl Session {
+    /// Sends `request`, and waits until its program runs.
+    fn send(&mut self, request: serde_json::Value) {
+        writeln!(self.input.as_mut().unwrap(), "{request}").unwrap();
+        self.said.wait_for("started in the guest");
+    }
+
+    fn reply(&mut self) -> serde_json::Value {
+        let mut line = String::new();
+        self.output.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
+    /// Its exit status and what it said, once its input is closed.
+    fn finish(mut self) -> (Option<i32>, String) {
+        drop(self.input.take());
+        let status = self.child.wait().unwrap();
+        (status.code(), self.said.rest().join("\n"))
+    }
+}
+
+/// Before: the run's next poll sat in QEMU's queue behind libvirtd, and
+/// the run failed after --timeout with an AgentTimeout ("may have stopped
+/// or restarted in the guest") while the program ran on. Two runs take
+/// turns on the channel meanwhile, one of them followed (its output read
+/// through libvirtd from then on), and a session's.
+#[test]
+#[ignore = "needs libvirtd and the test VM"]
+fn runs_begun_while_libvirtd_was_down_end_through_libvirtd_once_it_takes_the_channel_back() {
+    let mut env = LibvirtEnv::start();
+    let name = unique_name("vt-handback");
+    env.define(&name, &["--transient"]);
+    let mut daemons = DaemonsStopped::now();
+
+    // They run until told to end, through libvirtd once it is back.
+    let go = format!("/tmp/{name}-go");
+    let program = |said: &str| format!("while [ ! -e {go} ]; do sleep 0.1; done; echo {said}");
+    let (plain, plain_said) = spawn_run(&[], &name, &program("finished"));
+    let (followed, followed_said) = spawn_run(&["--follow"], &name, &program("followed"));
+    let mut session = spawn_session(&name, &program("in a session"));
+    daemons.start_again();
+
+    // libvirtd's connection is served once the runs let go of the channel
+    // (at least once a second, their programs no longer young); until then
+    // libvirtd's command waits, or fails at once while it reconnects.
+    let touch = format!(r#"{{"execute":"guest-exec","arguments":{{"path":"/bin/touch","arg":["{go}"]}}}}"#);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = virsh(&["qemu-agent-command", &name, "--timeout", "10", &touch]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "libvirtd never reached the agent: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let out = plain.wait_with_output().unwrap();
+    let said = plain_said.rest().join("\n");
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["exit_code"], 0, "{result}");
+    assert_eq!(result["stdout"], "finished\n", "{result}");
+    assert!(said.contains("going through libvirtd"), "{said}");
+    let out = followed.wait_with_output().unwrap();
+    let said = followed_said.rest().join("\n");
+    assert_eq!(
+        (out.status.code(), out.stdout.as_slice()),
+        (Some(0), &b"followed\n"[..]),
+        "{said}"
+    );
+    assert!(said.contains("going through libvirtd"), "{said}");
+    let reply = session.reply();
+    assert_eq!(reply["result"]["stdout"], "in a session\n", "{reply}");
+
+    // The session's errors are libvirtd's from then on: the domain killed
+    // under its next run is told as not running (libvirt's word on it).
+    session.send(serde_json::json!({"id": "k", "run": ["sleep", "600"]}));
+    let qemu = crate::libvirt::libvirt_pid_file(&name) as i32;
+    let killed = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    killed.unwrap();
+    let reply = session.reply();
+    let (status, said) = session.finish();
+    let message = reply["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.starts_with(&format!("the domain {name} is not running (libvirt ")),
+        "{reply}\n{said}"
+    );
+    assert_eq!(status, Some(0), "{said}");
+}
