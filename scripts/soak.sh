@@ -25,11 +25,13 @@
 # sessions with pipelined runs, pings, a followed run, a --max-time run and a
 # copy_to/copy_from pair, `copy --verify` (some with --compress) in and out,
 # guest-ping; each against the agent socket or the VM's name, or the libvirt
-# domain's name (through libvirtd's RPC). Faults: the agent killed and
-# restarted in the guest, the VM paused and resumed over QMP, the guest's
-# /tmp filled (and kept full) then emptied, a foreign client holding the
-# agent channel, libvirtd stopped and started again (SIGTERM: its domains
-# run on), and virtomate processes sent SIGINT or SIGKILL mid-work.
+# domain's name (through libvirtd's RPC); a third of them through a control
+# master (VIRTOMATE_PERSIST=20), the rest without. Faults: the agent killed
+# and restarted in the guest, the VM paused and resumed over QMP, the
+# guest's /tmp filled (and kept full) then emptied, a foreign client holding
+# the agent channel, the control master killed (SIGKILL), libvirtd stopped
+# and started again (SIGTERM: its domains run on), and virtomate processes
+# sent SIGINT or SIGKILL mid-work.
 #
 # Output: one line per violation (`soak: VIOLATION ...`, with the operation,
 # the fault active and what was wrong), then the summary
@@ -186,7 +188,7 @@ run_op() {
   signalled=""
   t0="$(now_ms)"
   /usr/bin/time -f '%M' -o "$op_rss" \
-    timeout -s KILL "$hard" env --default-signal=INT,TERM,HUP "$@" \
+    timeout -s KILL "$hard" env --default-signal=INT,TERM,HUP "${op_env[@]}" "$@" \
     <"$op_in" >"$op_out" 2>"$op_err" &
   pid=$!
   if [ "$((RANDOM % 100))" -lt "$SIG_P" ]; then
@@ -289,7 +291,8 @@ finish_op() { # BOUND_MS
   op_faults="$op_faults_global"
   [ -n "$signalled" ] && op_faults="${op_faults:+$op_faults,}sig$signalled"
   [ -n "$op_faults" ] || op_faults=none
-  echo "$(date +%T) $op_kind id=$op_id target=$op_target rc=$rc ms=$ms rss_kb=$rss faults=$op_faults" >>"$oplog"
+  echo "$(date +%T) $op_kind id=$op_id target=$op_target rc=$rc ms=$ms rss_kb=$rss faults=$op_faults" \
+    "master=$op_master" >>"$oplog"
   if [ "$ms" -gt "$bound" ]; then
     bad "took ${ms} ms, bound ${bound} ms (exit $rc)"
   fi
@@ -604,6 +607,10 @@ worker() { # NUMBER
     op_bad=0
     op_in="$dir/ops/$op_id.in" op_out="$dir/ops/$op_id.out"
     op_err="$dir/ops/$op_id.err" op_rss="$dir/ops/$op_id.rss"
+    # A third of the operations go through a control master (started by
+    # the first of them, shared by the rest, killed now and then).
+    op_master=0 op_env=()
+    if [ "$((RANDOM % 3))" = 0 ]; then op_master=1 op_env=(VIRTOMATE_PERSIST=20); fi
     pick="$((RANDOM % 100))"
     if [ "$pick" -lt 15 ]; then op_kind=run_plain; op_run_plain
     elif [ "$pick" -lt 25 ]; then op_kind=run_raw; op_run_raw
@@ -712,6 +719,22 @@ fault_foreign() {
   fault_end "${d}s, partial=$partial"
 }
 
+# The control master of the test VM's channel, if one runs, killed with
+# SIGKILL: its clients in flight get typed errors, the next starts a new
+# one. What its runs had made in the guest may stay (a directory per run
+# in flight, swept by later runs): allowed, one per worker.
+fault_master_kill() {
+  local pid
+  fault_begin master_kill
+  pid="$(vm control check "$sock" 2>/dev/null | jq -r '.pid // empty' 2>/dev/null)"
+  if [[ "$pid" =~ ^[0-9]+$ ]] && kill -KILL "$pid" 2>/dev/null; then
+    for _ in $(seq "$workers"); do echo "follow master-kill" >>"$leftok"; done
+    fault_end "pid $pid"
+  else
+    fault_end "none running"
+  fi
+}
+
 # libvirtd and its virtlogd stopped (SIGTERM) and started again (`start`
 # starts both); the domain runs on, libvirtd finds it again.
 fault_libvirtd_restart() {
@@ -736,8 +759,8 @@ fault_libvirtd_restart() {
 
 injector() {
   RANDOM=$((seed * 10 + 9))
-  local pick kinds=4
-  [ "$lv_restartable" = 1 ] && kinds=5
+  local pick kinds=5
+  [ "$lv_restartable" = 1 ] && kinds=6
   while :; do
     sleep "$(($((RANDOM % 6)) + 2))"
     [ "$(now_ms)" -lt "$((deadline_ms - 2000))" ] || break
@@ -747,7 +770,8 @@ injector() {
       1) fault_pause ;;
       2) fault_fill_tmp ;;
       3) fault_foreign ;;
-      4) fault_libvirtd_restart ;;
+      4) fault_master_kill ;;
+      5) fault_libvirtd_restart ;;
     esac
   done
 }
@@ -823,6 +847,16 @@ while read -r kind id; do
     violation "$kind" "$id" unknown "said nothing was started, but the program ran"
   fi
 done <"$claims"
+
+# The masters end on request (each guest's, by its socket or name); then
+# none of ours may be left either.
+for g in "$sock" "${guests[@]:1}"; do
+  vm control exit "$g" >/dev/null 2>&1 || true
+done
+for _ in $(seq 50); do
+  pgrep -f "virtomate.* control serve .*$sock" >/dev/null || break
+  sleep 0.1
+done
 
 # Locks: nobody holds the channel's lock now, and no virtomate of ours is left.
 if [ -e "$lockfile" ] && ! flock -n -E 99 "$lockfile" true; then
