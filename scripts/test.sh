@@ -31,6 +31,8 @@ export PYTHON_VM_ARTIFACTS
 scripts/build-python-vm.sh "$PYTHON_VM_ARTIFACTS"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The library's documentation builds without a broken link.
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -p virtomate-protocol
 cargo test --workspace --locked -- --include-ignored
 scripts/package.sh
 scripts/check-package.sh

@@ -34,7 +34,7 @@ use crate::{Channel, Connector, Error};
 
 /// The most directories one run sweeps: each sweep takes a round trip or
 /// more, and a hostile guest could list any number.
-const MOST_SWEPT: usize = 4;
+pub const MOST_SWEPT: usize = 4;
 
 /// The longest [`prepare_tagged`] waits for the sweep of dead runs'
 /// directories: a sweep takes about five seconds at worst, and there are
