@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::{AnyAgent, ClientOptions, Connector, Error, Phase, SocketConnector};
@@ -55,13 +56,11 @@ impl DomainConnector {
 
     /// Connects straight, on a direct route: `None` on another, and where
     /// libvirtd has taken its channel back (see [`Handback`]), seen before
-    /// connecting (libvirtd runs and holds it) or after a connection that
-    /// waited until its time was up (in QEMU's queue behind libvirtd, or
-    /// for its turn behind another virtomate that did); from then on the
-    /// route is through libvirtd. Each kind of connect is called from one
-    /// place only, for the binary's size limit: each is big once inlined.
-    /// (Looking again while a connection waits would end the wait sooner,
-    /// for about 1.2 KB more.)
+    /// connecting (libvirtd runs and holds it), while a connection waits
+    /// (in QEMU's queue behind libvirtd, or for its turn behind another
+    /// virtomate that does), or after one that waited until its time was
+    /// up; from then on the route is through libvirtd. Each kind of
+    /// connect is called from one place only: each is big once inlined.
     async fn connect_direct(&mut self) -> Option<Result<AnyAgent, Error>> {
         let (direct, listener, handback) = match self {
             DomainConnector::Direct(direct, listener) => (direct, listener.as_ref(), None),
@@ -70,16 +69,32 @@ impl DomainConnector {
         };
         let taken = |handback: Option<&Handback>| handback.is_some_and(Handback::taken);
         if !taken(handback) {
-            match direct.connect().await {
-                Err(error) if kept_waiting(&error) && taken(handback) => {}
-                connected => {
-                    return Some(connected.map(|mut client| {
-                        if let Some(listener) = listener {
-                            listener.note(client.listener_pid());
-                        }
-                        AnyAgent::Direct(client)
-                    }))
+            // Looked at again while the connection waits: for its turn
+            // behind another virtomate, or in QEMU's queue behind libvirtd.
+            let taken_meanwhile = async {
+                if handback.is_none() {
+                    return std::future::pending().await;
                 }
+                loop {
+                    tokio::time::sleep(LOOK_AGAIN).await;
+                    if taken(handback) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                connected = direct.connect() => match connected {
+                    Err(error) if kept_waiting(&error) && taken(handback) => {}
+                    connected => {
+                        return Some(connected.map(|mut client| {
+                            if let Some(listener) = listener {
+                                listener.note(client.listener_pid());
+                            }
+                            AnyAgent::Direct(client)
+                        }))
+                    }
+                },
+                () = taken_meanwhile => {}
             }
         }
         self.hand_back();
@@ -116,6 +131,11 @@ impl DomainConnector {
         };
     }
 }
+
+/// How often a connection over libvirtd's channel that waits looks
+/// whether libvirtd has taken the channel back: one that has will never
+/// be served. (A look is a netlink dump while libvirtd is down.)
+const LOOK_AGAIN: Duration = Duration::from_millis(300);
 
 /// A connection that got no answer to its handshake, or whose turn never
 /// came: on libvirtd's own channel, one that sat in QEMU's queue behind
