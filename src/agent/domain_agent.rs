@@ -54,8 +54,12 @@ impl DomainAgent {
         let found = domain::find(domain, scope)?;
         let persist = persist_setting();
         let route = match persist.and_then(|_| route_to_running_master(&found)) {
-            Some(route) => route,
-            None => found.agent_route()?,
+            // A master started on a libvirt domain's channel while libvirtd
+            // was down is passed by once libvirtd holds the channel again:
+            // its connections would only queue behind libvirtd's, and fill
+            // QEMU's backlog ("Resource temporarily unavailable").
+            Some(route) if !found.handback(&route).is_some_and(|handback| handback.taken()) => route,
+            _ => found.agent_route()?,
         };
         let handback = found.handback(&route);
         Ok(DomainAgent::over(
