@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::{agent_restart_when, TestVm};
-use crate::support::{guest_run_with, run_bytes, virtomate, wait_until};
+use crate::support::{guest_run_with, run_bytes, stderr_of_own_failure, virtomate, wait_until};
 
 /// `virtomate guest-run --follow OPTIONS DOMAIN -- PROGRAM...`, bytes in
 /// and out.
@@ -595,9 +595,7 @@ fn a_rotator_gone_without_a_mark_is_told_as_output_lost() {
     for pid in rotators {
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
     }
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    let stderr = stderr_of_own_failure(child);
     // Room on the disk: its reader was killed, which the clean-up tells
     // (before, "filled up" was inferred from the signal).
     assert!(
@@ -656,9 +654,7 @@ fn a_rotator_killed_under_a_program_ignoring_sigpipe_is_told_as_output_lost() {
     let script = "trap '' PIPE; seq 1 1000000000; exit 7";
     let child = spawn_followed_sh(&agent, script, &[]);
     kill_stdout_rotator(&sh_cmdline(script, &[]));
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    let stderr = stderr_of_own_failure(child);
     // After what the program said (seq's broken pipe), passed on.
     let said = stderr.lines().last().unwrap_or_default();
     assert!(
@@ -682,9 +678,7 @@ fn a_rotator_killed_under_a_program_that_then_exits_0_is_told_as_output_lost() {
     let child = spawn_followed_sh(&agent, script, &[go]);
     kill_stdout_rotator(&sh_cmdline(script, &[go]));
     release(go);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    let stderr = stderr_of_own_failure(child);
     assert!(
         stderr.starts_with("virtomate: GuestOutputError: output lost: ")
             && stderr.contains("exited with status 0"),

@@ -14,7 +14,7 @@ use virtomate_protocol::follow::CHUNK_MAX;
 use crate::support::data::{noise, sha256_hex};
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
-use crate::support::{guest_run_with, run_bytes, virtomate, wait_until};
+use crate::support::{guest_run_with, run_bytes, stderr_of_own_failure, virtomate, wait_until};
 
 const CHUNK: usize = CHUNK_MAX as usize;
 
@@ -430,9 +430,7 @@ fn a_rotator_failing_on_a_full_tmp_without_its_mark_is_told_under_a_program_igno
     std::fs::remove_file(filler).unwrap();
     second.write_all(b"go\n").unwrap();
     drop(second);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    let stderr = stderr_of_own_failure(child);
     assert!(
         stderr.starts_with("virtomate: GuestOutputError: the guest's temporary directory filled up")
             && stderr.contains("exited with status 0"),
@@ -463,9 +461,7 @@ fn a_rotator_failing_on_a_full_tmp_without_its_mark_is_told_under_a_program_kill
         holders(is_pipe).is_empty()
     });
     std::fs::remove_file(filler).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    let stderr = stderr_of_own_failure(child);
     assert!(
         stderr.starts_with("virtomate: GuestOutputError: the guest's temporary directory filled up")
             && stderr.contains("killed by signal 13"),

@@ -249,6 +249,15 @@ pub fn holds_a_lock(pid: u32) -> bool {
     std::fs::read_to_string("/proc/locks").is_ok_and(|locks| locks.contains(&format!(" {pid} ")))
 }
 
+/// The standard error of `child` once it has ended, as it must have: with
+/// exit status 255, virtomate's own failure.
+pub fn stderr_of_own_failure(child: std::process::Child) -> String {
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(255), "{stderr}");
+    stderr
+}
+
 /// Polls `ready` every 10 ms for up to `seconds`.
 pub fn wait_until(seconds: u64, what: &str, mut ready: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
