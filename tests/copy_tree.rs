@@ -270,10 +270,13 @@ impl HostileGuest {
         let archive = bin.path().join("archive.tar");
         let tar = bin.path().join("tar");
         // It answers `--help` at once; with `hang` beside the archive it
-        // then writes no more and sleeps for the seconds `hang` holds.
+        // then writes no more and sleeps for the seconds `hang` holds;
+        // with the named pipe `go` there, it waits for a line on it, then
+        // exits 0.
         let script = format!(
             "#!/bin/sh\ncase $1 in --help) exit 0;; esac\ncat '{0}'\n\
-             if [ -e '{0}.hang' ]; then exec sleep \"$(cat '{0}.hang')\"; fi\n",
+             if [ -e '{0}.hang' ]; then exec sleep \"$(cat '{0}.hang')\"; fi\n\
+             if [ -p '{0}.go' ]; then read -r line <'{0}.go'; fi\n",
             archive.display()
         );
         std::fs::write(&tar, script).unwrap();
@@ -536,6 +539,70 @@ fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
     assert_eq!(listing(parent.path()), Vec::<String>::new(), "{message}");
     assert_eq!(listing(guest.tmp.path()), Vec::<String>::new(), "{message}");
     assert!(!hung_tar_runs(HANG), "the guest's tar is stopped");
+}
+
+/// The reader of tar's output in the guest killed with the archive in
+/// hand, then tar ending well: a plain archive cut at an entry's end would
+/// unpack as whole, so the copy fails as output lost and places nothing.
+#[test]
+#[ignore = "needs qemu-ga on the host"]
+fn a_reader_of_the_guest_tars_output_killed_fails_the_copy_and_places_nothing() {
+    let guest = HostileGuest::start();
+    let stream = archive(&[
+        entry("./d/", EntryType::Directory, 0o755, b"", ""),
+        entry("./d/f", EntryType::Regular, 0o644, &[7; 4096], ""),
+    ]);
+    std::fs::write(&guest.archive, stream).unwrap();
+    let go = guest.archive.with_extension("tar.go");
+    nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let parent = tempfile::tempdir().unwrap();
+    let dest = parent.path().join("dest");
+    let child = crate::support::virtomate()
+        .args(["copy", "-r", &format!("{}:/", guest.agent.socket().display())])
+        .arg(&dest)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The rotator is a shell and its `dd`.
+    crate::support::wait_until(20, "the reader of tar's output", || {
+        out_pipe_readers(guest.tmp.path()).len() >= 2
+    });
+    crate::support::wait_until(10, "the reader gone", || {
+        let left = out_pipe_readers(guest.tmp.path());
+        for pid in &left {
+            let _ = nix::sys::signal::kill(*pid, nix::sys::signal::Signal::SIGKILL);
+        }
+        left.is_empty()
+    });
+    std::fs::write(&go, "go\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let out = Outcome {
+        status: output.status.code().unwrap_or(-1),
+        stdout: String::from_utf8(output.stdout).unwrap(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    };
+    let message = out.error("AgentCommandError");
+    assert!(
+        message.contains("output lost: the guest-side reader of stdout ended early"),
+        "{message}"
+    );
+    assert_eq!(listing(parent.path()), Vec::<String>::new(), "{message}");
+    assert_eq!(listing(guest.tmp.path()), Vec::<String>::new(), "{message}");
+}
+
+/// The processes whose standard input is the `out.pipe` of a private
+/// directory under `tmp`: the rotator of a followed program's output.
+fn out_pipe_readers(tmp: &Path) -> Vec<nix::unistd::Pid> {
+    let procs = std::fs::read_dir("/proc").unwrap().flatten();
+    procs
+        .filter(|p| {
+            let stdin = std::fs::read_link(p.path().join("fd/0")).unwrap_or_default();
+            stdin.starts_with(tmp) && stdin.ends_with("out.pipe")
+        })
+        .filter_map(|p| p.file_name().to_str()?.parse().ok())
+        .map(nix::unistd::Pid::from_raw)
+        .collect()
 }
 
 /// Into the guest, a `tar -x` that never reads: the pipe fills, then the

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use flate2::read::GzDecoder;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep;
-use virtomate_protocol::follow::FollowOptions;
+use virtomate_protocol::follow::{FollowError, FollowOptions, Stream};
 use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
 use virtomate_protocol::PollSchedule;
 
@@ -108,12 +108,6 @@ impl<A: FileAgent> Copy<'_, A> {
             .unwrap_or_else(|_| Err(CliError::new(ErrorKind::Io, "the unpacking thread ended")));
         self.finish_unpacking().await;
         let (unpacker, unpacked) = ended.inspect_err(|_| progress.abandon())?;
-        if let Some(mut follow) = self.left.follow.take() {
-            match follow.clean_up(self.agent.channel()).await {
-                Ok(()) => self.left.guest_dir = None,
-                Err(error) => tracing::warn!("{error}; {} may be left in the guest", follow.dir()),
-            }
-        }
         let parent = unpacker.temp().parent().map(Path::to_owned);
         unpacker.place()?;
         self.left.local_tree = None;
@@ -245,10 +239,35 @@ impl<A: FileAgent> Copy<'_, A> {
                 format!("cannot pack the directory in the guest: {}", ran.failure("tar")),
             ));
         }
+        self.check_whole().await?;
         // A thread that has ended already (gzip's stream is over) needs
         // no end.
         let _ = pieces.send(Piece::End).await;
         Ok(total)
+    }
+
+    /// Whether all of tar's output came: its exit status cannot tell when
+    /// the reader of its output in the guest was killed, or failed, with
+    /// the last of the archive in hand. A plain archive that stops at an
+    /// entry's end reads as whole, so the stream's end mark decides.
+    async fn check_whole(&mut self) -> Result<(), CliError> {
+        let Some(mut follow) = self.left.follow.take() else {
+            return Ok(());
+        };
+        match follow.clean_up(self.agent.channel()).await {
+            Ok(()) => self.left.guest_dir = None,
+            // Only tar's messages are missing.
+            Err(FollowError::Lost {
+                stream: Stream::Stderr,
+                ..
+            }) => self.left.guest_dir = None,
+            Err(cut @ (FollowError::Full { .. } | FollowError::Lost { .. })) => {
+                self.left.guest_dir = None;
+                return Err(self.tree_follow_error(cut));
+            }
+            Err(error) => tracing::warn!("{error}; {} may be left in the guest", follow.dir()),
+        }
+        Ok(())
     }
 }
 
