@@ -95,16 +95,18 @@ impl HostAgent {
     }
 
     /// Kills `client` (SIGKILL: it cleans nothing up), and waits until the
-    /// agent listens again, started anew if it exited, as `qemu-ga -m
-    /// unix-listen` sometimes does when a client dies mid-request (see
+    /// agent answers a ping again, started anew if it exited, as `qemu-ga
+    /// -m unix-listen` sometimes does when a client dies mid-request (see
     /// [`HostAgent::revive_if_exited`]); it also refuses connections for a
-    /// while before it listens again. A VM's agent sits behind QEMU's
-    /// socket, which stays.
+    /// while before it listens again. Listening is not enough: an agent
+    /// about to exit over the dead client's request may still listen, and
+    /// closes the next client's connection as it goes. A VM's agent sits
+    /// behind QEMU's socket, which stays.
     pub fn kill_client(&mut self, mut client: Child) {
         client.kill().unwrap();
         client.wait().unwrap();
-        wait_until(10, "the host's agent to listen again", || {
-            self.revive_if_exited() || listens(&self.socket())
+        wait_until(10, "the host's agent to answer again", || {
+            self.revive_if_exited() || (listens(&self.socket()) && answers(&self.socket()))
         });
     }
 
@@ -150,6 +152,12 @@ fn qemu_ga() -> &'static Path {
 /// Whether a socket listens at `path`, as `/proc/net/unix` tells (flag
 /// `__SO_ACCEPTCON`): looked at without connecting, since the agent stops
 /// listening for a while after each client.
+/// Whether the agent on `socket` answers a ping within a second.
+fn answers(socket: &Path) -> bool {
+    let ping = super::run(&["guest-ping", "--timeout", "1", socket.to_str().unwrap()], None);
+    ping.status == 0
+}
+
 fn listens(path: &Path) -> bool {
     let table = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
     table.lines().any(|line| {
