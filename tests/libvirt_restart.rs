@@ -256,3 +256,48 @@ fn a_master_started_while_libvirtd_was_down_is_passed_by_once_libvirtd_holds_the
     }
     let _ = persisting().args(["control", "exit", &name]).output();
 }
+
+/// libvirtd stopped under runs that go through it (as an upgrade restarts
+/// it): the agent and its programs go on, so the runs go on polling them
+/// straight over the channel libvirtd let go of, and through libvirtd
+/// again once it is back and has taken the channel. Before: each failed at
+/// once with an AgentDisconnected ("libvirtd closed the connection") while
+/// its program ran on.
+#[test]
+#[ignore = "needs libvirtd and the test VM"]
+fn runs_through_libvirtd_go_on_over_its_channel_while_it_is_down_and_through_it_once_back() {
+    let mut env = LibvirtEnv::start();
+    let name = unique_name("vt-around");
+    env.define(&name, &["--transient"]);
+
+    let go = format!("/tmp/{name}-go");
+    let program = |said: &str| format!("while [ ! -e {go} ]; do sleep 0.1; done; echo {said}");
+    let (plain, plain_said) = spawn_run(&[], &name, &program("finished"));
+    let mut session = spawn_session(&name, &program("in a session"));
+    let mut daemons = DaemonsStopped::now();
+    plain_said.wait_for("libvirtd is gone: going straight to the agent channel it kept");
+    session
+        .said
+        .wait_for("libvirtd is gone: going straight to the agent channel it kept");
+    daemons.start_again();
+    plain_said.wait_for("libvirtd has taken the agent channel back: going through libvirtd");
+    session
+        .said
+        .wait_for("libvirtd has taken the agent channel back: going through libvirtd");
+
+    // Through libvirtd, as they are now.
+    let touch = format!(r#"{{"execute":"guest-exec","arguments":{{"path":"/bin/touch","arg":["{go}"]}}}}"#);
+    let out = virsh(&["qemu-agent-command", &name, "--timeout", "10", &touch]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = plain.wait_with_output().unwrap();
+    let said = plain_said.rest().join("\n");
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["exit_code"], 0, "{result}");
+    assert_eq!(result["stdout"], "finished\n", "{result}");
+    let reply = session.reply();
+    assert_eq!(reply["result"]["stdout"], "in a session\n", "{reply}");
+    let (status, said) = session.finish();
+    assert_eq!(status, Some(0), "{said}");
+}

@@ -3,13 +3,13 @@
 //! libvirtd.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use virtomate_protocol::libvirt::LibvirtAgent;
 use virtomate_protocol::{AnyAgent, ClientOptions, Connector, Error, Phase, SocketConnector};
 
 use super::errors::AgentErrors;
+use super::route_errors::RouteTaken;
 use super::silence::QemuListener;
 use crate::domain::Handback;
 use crate::master::MasterConnector;
@@ -24,12 +24,18 @@ pub enum DomainConnector {
     /// Through the control master of the agent's socket
     /// (`VIRTOMATE_PERSIST`), which holds its channel.
     Master(MasterConnector),
-    /// Through libvirtd's RPC socket, which holds the agent's channel.
+    /// Through libvirtd's RPC socket, which holds the agent's channel;
+    /// straight over that channel (as [`LibvirtsChannel`](Self::LibvirtsChannel))
+    /// from the first connect that finds libvirtd gone, where `channel`
+    /// tells the way, so that a run goes on polling the same program.
     Libvirt {
         socket: PathBuf,
         uri: &'static str,
         domain: String,
         options: ClientOptions,
+        channel: Option<Handback>,
+        /// Told the errors of the channel once it is taken.
+        taken: RouteTaken,
     },
     /// Straight over the channel libvirtd keeps of a libvirt domain, while
     /// libvirtd does not hold it; through libvirtd from the first connect
@@ -40,7 +46,7 @@ pub enum DomainConnector {
         handback: Handback,
         options: ClientOptions,
         /// Told the errors of the route through libvirtd once it is taken.
-        handed_back: Arc<OnceLock<AgentErrors>>,
+        taken: RouteTaken,
     },
 }
 
@@ -107,7 +113,7 @@ impl DomainConnector {
         let DomainConnector::LibvirtsChannel {
             handback,
             options,
-            handed_back,
+            taken,
             ..
         } = self
         else {
@@ -118,7 +124,7 @@ impl DomainConnector {
             socket = %socket.display(),
             "libvirtd has taken the agent channel back: going through libvirtd"
         );
-        let _ = handed_back.set(AgentErrors {
+        taken.set(AgentErrors {
             socket: socket.to_owned(),
             through_libvirtd: true,
             master: None,
@@ -128,7 +134,45 @@ impl DomainConnector {
             uri,
             domain: domain.to_owned(),
             options: options.clone(),
+            channel: Some(handback.clone()),
+            taken: taken.clone(),
         };
+    }
+
+    /// Goes straight over libvirtd's channel from now on, where libvirtd
+    /// could not be reached and does not hold the channel (it has gone
+    /// away, or is restarting and not yet back on it); says so to whoever
+    /// words the errors. Whether it does.
+    fn go_around_libvirtd(&mut self) -> bool {
+        let DomainConnector::Libvirt {
+            channel: Some(handback),
+            options,
+            taken,
+            ..
+        } = self
+        else {
+            return false;
+        };
+        if handback.taken() {
+            return false;
+        }
+        let channel = handback.channel().to_owned();
+        tracing::info!(
+            socket = %channel.display(),
+            "libvirtd is gone: going straight to the agent channel it kept"
+        );
+        taken.set(AgentErrors {
+            socket: channel.clone(),
+            through_libvirtd: false,
+            master: None,
+        });
+        *self = DomainConnector::LibvirtsChannel {
+            direct: SocketConnector::new(channel, options.clone()),
+            handback: handback.clone(),
+            options: options.clone(),
+            taken: taken.clone(),
+        };
+        true
     }
 }
 
@@ -154,23 +198,33 @@ fn kept_waiting(error: &Error) -> bool {
 impl Connector for DomainConnector {
     type Agent = AnyAgent;
 
+    /// Around libvirtd at most once a connect: a channel taken back
+    /// meanwhile leaves libvirtd's error as it was.
     async fn connect(&mut self) -> Result<AnyAgent, Error> {
-        if let Some(connected) = self.connect_direct().await {
-            return connected;
-        }
-        match self {
-            DomainConnector::Master(master) => master.connect().await.map(AnyAgent::Direct),
-            DomainConnector::Libvirt {
-                socket,
-                uri,
-                domain,
-                options,
-            } => LibvirtAgent::connect(socket, uri, domain, options)
-                .await
-                .map(AnyAgent::Libvirt),
-            DomainConnector::Direct(..) | DomainConnector::LibvirtsChannel { .. } => {
-                unreachable!("connected straight, or handed back to libvirtd")
+        let mut went_around = false;
+        loop {
+            if let Some(connected) = self.connect_direct().await {
+                return connected;
             }
+            let connected = match self {
+                DomainConnector::Master(master) => return master.connect().await.map(AnyAgent::Direct),
+                DomainConnector::Libvirt {
+                    socket,
+                    uri,
+                    domain,
+                    options,
+                    ..
+                } => LibvirtAgent::connect(socket, uri, domain, options)
+                    .await
+                    .map(AnyAgent::Libvirt),
+                DomainConnector::Direct(..) | DomainConnector::LibvirtsChannel { .. } => {
+                    unreachable!("connected straight, or handed back to libvirtd")
+                }
+            };
+            if connected.is_ok() || went_around || !self.go_around_libvirtd() {
+                return connected;
+            }
+            went_around = true;
         }
     }
 
@@ -200,6 +254,12 @@ impl Connector for DomainConnector {
             }
             DomainConnector::Libvirt { .. } | DomainConnector::Master(_) => false,
         }
+    }
+
+    /// libvirtd may go away (restarted, stopped) under a run while the
+    /// agent goes on.
+    fn outlives_disconnect(&self) -> bool {
+        matches!(self, DomainConnector::Libvirt { .. })
     }
 
     fn set_patience(&mut self, patience: std::time::Duration) {

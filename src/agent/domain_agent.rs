@@ -2,7 +2,7 @@
 //! socket it was reached on so that errors can name it.
 
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,7 +17,7 @@ use virtomate_protocol::{
 use super::connector::DomainConnector;
 use super::context::Context;
 use super::errors::{AgentErrors, RunFront};
-use super::route_errors::RouteErrors;
+use super::route_errors::{RouteErrors, RouteTaken};
 use super::silence::Silence;
 use crate::domain::{self, Domain, Handback, Route, Scope};
 use crate::error::CliError;
@@ -79,7 +79,7 @@ impl DomainAgent {
         handback: Option<Handback>,
     ) -> DomainAgent {
         let silence = Silence::new(found, scope, options.clone());
-        let handed_back = Arc::<OnceLock<AgentErrors>>::default();
+        let taken = RouteTaken::default();
         let (connector, socket) = match route {
             Route::Direct(socket) if persist.is_some() => {
                 let persist = persist.expect("matched");
@@ -107,7 +107,7 @@ impl DomainAgent {
                         direct,
                         handback,
                         options,
-                        handed_back: handed_back.clone(),
+                        taken: taken.clone(),
                     },
                     None => DomainConnector::Direct(direct, silence.listener()),
                 };
@@ -123,6 +123,8 @@ impl DomainAgent {
                     uri,
                     domain: found.name.clone(),
                     options,
+                    channel: found.libvirts_channel(),
+                    taken: taken.clone(),
                 };
                 (connector, socket)
             }
@@ -141,7 +143,7 @@ impl DomainAgent {
                     through_libvirtd,
                     master,
                 },
-                handed_back,
+                taken,
             ),
             silence,
         }
@@ -275,7 +277,7 @@ impl DomainAgent {
     /// state where the agent went silent.
     pub async fn run_failure(&self, failure: Failure) -> CliError {
         self.silence
-            .run_failure(failure, self.errors(), RunFront::GuestRun)
+            .run_failure(failure, &self.errors(), RunFront::GuestRun)
             .await
     }
 
@@ -313,7 +315,7 @@ impl DomainAgent {
     /// What names the agent's failures: the route taken at first, or
     /// libvirtd once it has taken the channel back (see
     /// [`DomainConnector::LibvirtsChannel`]).
-    fn errors(&self) -> &AgentErrors {
+    fn errors(&self) -> AgentErrors {
         self.errors.now()
     }
 

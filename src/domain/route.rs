@@ -195,6 +195,16 @@ impl Domain {
             daemon_socket,
         })
     }
+
+    /// For a route through libvirtd, the channel it keeps, as a way to
+    /// the agent should libvirtd go away (and back once it has taken the
+    /// channel again).
+    pub fn libvirts_channel(&self) -> Option<Handback> {
+        let channel = self.agent_channels.iter().find(|channel| {
+            channel.is_usable() && channel.port_name.as_deref() == Some(LIBVIRT_AGENT_PORT)
+        })?;
+        self.handback(&Route::Direct(channel.path.clone()))
+    }
 }
 
 impl Handback {
@@ -209,6 +219,11 @@ impl Handback {
             Err(error) => error.kind() != std::io::ErrorKind::NotFound,
         };
         listening && socket_holders::held_by_libvirtd(&socket_holders::holders(&self.channel), true)
+    }
+
+    /// The channel libvirtd keeps, reached straight.
+    pub fn channel(&self) -> &std::path::Path {
+        &self.channel
     }
 
     /// The domain's name, libvirtd's URI and its RPC socket.

@@ -90,6 +90,16 @@ pub trait Connector {
         true
     }
 
+    /// Whether the agent, and the programs it runs, outlive a connection
+    /// that drops: `true` where the connection is to a go-between that
+    /// may go away on its own (libvirtd, restarted under a run), so that
+    /// the next exchange may connect anew and go on polling the same
+    /// programs; `false` by default, where a dropped connection may mean
+    /// an agent restarted, which knows none of them.
+    fn outlives_disconnect(&self) -> bool {
+        false
+    }
+
     /// How long the next connects wait for the channel before they ask
     /// its holder to let go (see [`ChannelLock::acquire_patiently`]):
     /// zero by default; a status poll of a program that has run for a

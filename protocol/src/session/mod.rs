@@ -115,6 +115,10 @@ struct Running {
     grace: Duration,
     /// Its output, when followed.
     follow: Option<Following>,
+    /// A poll's connection dropped before its reply (see
+    /// [`Connector::outlives_disconnect`]): the end that reply may have
+    /// told is lost, and the agent forgets a program once it has told it.
+    reply_lost: bool,
 }
 
 impl Running {
@@ -164,6 +168,12 @@ const SIGPIPE: i32 = 13;
 /// in the guest moves: the next chunk's helper starts within about that
 /// once the last has ended.
 const MOVING_PAUSE: Duration = Duration::from_millis(20);
+
+/// How soon a program is polled again after its poll's connection
+/// dropped under a go-between that went away (see
+/// [`Connector::outlives_disconnect`]): it may be back, or the agent's
+/// channel free, within that.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Why a program is stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -549,7 +559,8 @@ impl<C: Connector> Session<C> {
             }
             Ok(None) => {}
             Err(failure) => {
-                let disconnected = matches!(failure.error, Error::Disconnected);
+                let disconnected = matches!(failure.error, Error::Disconnected)
+                    && !self.channel.connector().outlives_disconnect();
                 deliver(reply, id, Err(failure));
                 if disconnected {
                     self.fail_running(reply);
@@ -649,6 +660,7 @@ impl<C: Connector> Session<C> {
                 quiet_since: now,
                 refused: false,
             }),
+            reply_lost: false,
         });
         Ok(None)
     }
@@ -737,6 +749,7 @@ impl<C: Connector> Session<C> {
             Ok(status) if status.exited => self.finish(index, status, false, reply).await,
             Ok(_) => {
                 let run = &mut self.running[index];
+                run.reply_lost = false;
                 let now = Instant::now();
                 let next = match &run.follow {
                     Some(following) => {
@@ -754,7 +767,24 @@ impl<C: Connector> Session<C> {
                 };
                 run.next_poll = run.stop_at.map_or(next, |at| next.min(at));
             }
+            Err(Error::Disconnected) if self.channel.connector().outlives_disconnect() => {
+                // The go-between went away, not the agent: the program
+                // runs on, and the next poll connects anew.
+                let run = &mut self.running[index];
+                tracing::info!(
+                    pid,
+                    "the connection dropped under a poll: polling again on a new one"
+                );
+                run.reply_lost = true;
+                run.next_poll = Instant::now() + RECONNECT_PAUSE;
+            }
             Err(Error::Disconnected) => self.fail_running(reply),
+            // It ended as the connection dropped, and the agent has
+            // forgotten it: its end went with the reply.
+            Err(Error::Agent { .. }) if self.running[index].reply_lost => {
+                let run = self.running.remove(index);
+                deliver(reply, run.id.clone(), Err(run.failure(Error::Disconnected)));
+            }
             Err(error) => {
                 let run = self.running.remove(index);
                 let failure = run.failure(error);
@@ -884,6 +914,11 @@ impl<C: Connector> Session<C> {
         reply: &mut impl FnMut(Reply) -> io::Result<()>,
     ) {
         if matches!(error, FollowError::Agent(Error::Disconnected)) {
+            // What the dropped read held is lost: this run fails, and the
+            // others with it unless the agent outlives the connection.
+            if self.channel.connector().outlives_disconnect() {
+                return deliver(reply, run.id.clone(), Err(run.failure(Error::Disconnected)));
+            }
             self.running.push(run);
             return self.fail_running(reply);
         }
@@ -967,3 +1002,6 @@ fn chunk(id: &Value, stream: Stream, bytes: &[u8]) -> Reply {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -430,7 +430,7 @@ impl Copies<'_> {
     async fn copy(&self, job: CopyJob, channel: &mut Channel<DomainConnector>) -> (Line, bool) {
         let mut agent = LentChannel {
             channel,
-            errors: self.errors.now(),
+            errors: &self.errors.now(),
         };
         let mut copy = Copy::new(&mut agent);
         let settling = copy.settling();

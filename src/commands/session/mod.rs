@@ -90,7 +90,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
         let serve = session.serve_jobs(
             &mut work,
             move |reply| {
-                print_reply(reply, errors.now(), &silent);
+                print_reply(reply, &errors.now(), &silent);
                 Ok(())
             },
             &mut copies,
@@ -101,7 +101,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
                     Unexplained::Timeout(error) => silence.explain(error).await,
                     Unexplained::Run(failure) => {
                         silence
-                            .run_failure(failure, errors.now(), RunFront::Session)
+                            .run_failure(failure, &errors.now(), RunFront::Session)
                             .await
                     }
                 };
@@ -148,7 +148,7 @@ pub async fn run(domain: &str, idle: Duration, context: &Context) -> Result<Answ
     // Failed already, not yet explained: as they are.
     while let Ok((id, unexplained)) = to_explain.try_recv() {
         answered(&id);
-        print(&Line::error(id, &unexplained.unexplained(errors.now())));
+        print(&Line::error(id, &unexplained.unexplained(&errors.now())));
     }
     // As guest-run gives up: followed and time-limited programs are
     // stopped (their output's rest printed, their directories removed),
