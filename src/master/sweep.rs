@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nix::unistd::geteuid;
 use tokio::net::UnixStream;
-use virtomate_protocol::{names_to_sweep, ChannelLock};
+use virtomate_protocol::{stems_to_sweep, ChannelLock, MOST_EXAMINED};
 
 use super::paths::start_lock;
 use super::start::{absent, remove_stale};
@@ -24,7 +24,9 @@ const LOG_KEPT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// sweeps (whose files are left alone), as a task of the master's own.
 pub async fn sweep_runtime_dir(own: PathBuf) {
     let channels = tokio::task::spawn_blocking(ChannelLock::sweep).await;
-    let (Some(dir), Some(own)) = (own.parent(), master_stem(&own)) else {
+    let channels = channels.ok().and_then(Result::ok);
+    let own_stem = own.file_stem().and_then(|stem| stem.to_str());
+    let (Some(dir), Some(own)) = (own.parent(), own_stem) else {
         return;
     };
     let masters = sweep_masters(dir, own).await;
@@ -32,21 +34,23 @@ pub async fn sweep_runtime_dir(own: PathBuf) {
 }
 
 /// Sweeps the files of masters other than `own` that no longer run,
-/// [`virtomate_protocol::MOST_EXAMINED`] files looked at most; returns
-/// how many masters' files went.
+/// looking at [`MOST_EXAMINED`] of them at most; returns how many
+/// masters' files went.
 async fn sweep_masters(dir: &Path, own: &str) -> usize {
-    let mut done: Vec<String> = vec![own.to_owned()];
-    let mut swept = 0;
-    for name in names_to_sweep(dir, "master-") {
-        let Some(stem) = master_stem(Path::new(&name)) else {
-            continue;
-        };
-        if !done.iter().any(|d| d == stem) {
-            swept += usize::from(sweep_master(dir, stem).await);
-            done.push(stem.to_owned());
+    let (mut examined, mut swept) = (0, 0);
+    for (stem, kinds) in stems_to_sweep(dir, "master", &["sock", "lock", "log"]) {
+        if examined == MOST_EXAMINED {
+            break;
         }
         // Clients of this master, just started, go first.
         tokio::task::yield_now().await;
+        // A log alone is a master's that ended, kept a while: one look
+        // (a syscall) until it is old, not counted.
+        if stem == own || kinds == ["log"] && !old_log(&dir.join(format!("{stem}.log"))) {
+            continue;
+        }
+        examined += 1;
+        swept += usize::from(sweep_master(dir, &stem).await);
     }
     swept
 }
@@ -65,17 +69,9 @@ async fn sweep_master(dir: &Path, stem: &str) -> bool {
         // A master listens (or may: its backlog is full).
         _ => return false,
     }
-    if remove_stale(&socket).is_err() {
-        return false;
-    }
-    let old = std::fs::symlink_metadata(&log).is_ok_and(|meta| {
-        meta.is_file()
-            && meta.uid() == geteuid().as_raw()
-            && meta
-                .modified()
-                .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= LOG_KEPT))
-    });
-    if old {
+    // Anything else there (not a socket of ours) stays: no master runs.
+    let _ = remove_stale(&socket);
+    if old_log(&log) {
         let _ = std::fs::remove_file(&log);
     }
     // Last and while held: a process that opened it before finds, once it
@@ -83,48 +79,34 @@ async fn sweep_master(dir: &Path, stem: &str) -> bool {
     std::fs::remove_file(&lock).is_ok()
 }
 
-/// `master-DEV-INO` of a master's file named as [`super::MasterPaths`]
-/// names them (DEV in hex, INO in decimal).
-fn master_stem(path: &Path) -> Option<&str> {
-    let (stem, kind) = path.file_name()?.to_str()?.rsplit_once('.')?;
-    let (dev, ino) = stem.strip_prefix("master-")?.split_once('-')?;
-    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let decimal = !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit());
-    (matches!(kind, "sock" | "lock" | "log") && hex(dev) && decimal).then_some(stem)
+/// Whether `log` is a regular file of this user last written to
+/// [`LOG_KEPT`] ago or more.
+fn old_log(log: &Path) -> bool {
+    std::fs::symlink_metadata(log).is_ok_and(|meta| {
+        meta.is_file()
+            && meta.uid() == geteuid().as_raw()
+            && meta
+                .modified()
+                .is_ok_and(|at| at.elapsed().is_ok_and(|age| age >= LOG_KEPT))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn only_a_masters_own_names_are_taken() {
-        assert_eq!(
-            master_stem(Path::new("/run/v/master-fe00-12.sock")),
-            Some("master-fe00-12")
-        );
-        assert_eq!(
-            master_stem(Path::new("master-fe00-12.log")),
-            Some("master-fe00-12")
-        );
-        for name in [
-            "master-fe00-12.sock~",
-            "master-FE00-12.lock",
-            "master-fe00-1x.lock",
-            "master-fe00.lock",
-            "agent-fe00-12.lock",
-            "freeze-0123.lock",
-        ] {
-            assert_eq!(master_stem(Path::new(name)), None, "{name}");
-        }
-    }
-
     #[tokio::test]
     async fn a_dead_masters_files_go_and_a_live_ones_stay() {
         let dir = tempfile::tempdir().unwrap();
         let at = |name: &str| dir.path().join(name);
         drop(std::os::unix::net::UnixListener::bind(at("master-fe00-1.sock")).unwrap());
-        for name in ["master-fe00-1.lock", "master-fe00-1.log", "master-fe00-2.log"] {
+        let names = [
+            "master-fe00-1.lock",
+            "master-fe00-1.log",
+            "master-fe00-2.log",
+            "master-fe00-6.log",
+        ];
+        for name in names {
             std::fs::write(at(name), b"").unwrap();
         }
         let week_ago = std::time::SystemTime::now() - LOG_KEPT - Duration::from_secs(60);
@@ -139,26 +121,35 @@ mod tests {
             .await
             .unwrap();
         drop(std::os::unix::net::UnixListener::bind(at("master-fe00-4.sock")).unwrap());
+        std::fs::write(at("target"), b"").unwrap();
+        for name in ["master-fe00-7.sock", "master-fe00-8.lock", "master-FE00-9.lock"] {
+            std::os::unix::fs::symlink(at("target"), at(name)).unwrap();
+        }
         let own = at("master-fe00-5.sock");
         drop(std::os::unix::net::UnixListener::bind(&own).unwrap());
 
-        assert_eq!(sweep_masters(dir.path(), "master-fe00-5").await, 2);
+        assert_eq!(sweep_masters(dir.path(), "master-fe00-5").await, 3);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|entry| entry.unwrap().file_name().into_string().unwrap())
             .collect();
         left.sort();
         let kept = [
+            "master-FE00-9.lock",
             "master-fe00-1.log",
             "master-fe00-3.lock",
             "master-fe00-3.sock",
             "master-fe00-4.lock",
             "master-fe00-4.sock",
             "master-fe00-5.sock",
+            "master-fe00-6.log",
+            "master-fe00-7.sock",
+            "master-fe00-8.lock",
+            "target",
         ];
         assert_eq!(
             left, kept,
-            "a young log, a live master, a busy lock and our own stay"
+            "young logs, a live master, a busy lock, our own and symlinks stay"
         );
         drop(busy);
     }

@@ -17,10 +17,10 @@ use super::lock::{names, open_own_file, remove_unless_waited, runtime_dir, someb
 use crate::wire::random::random_bytes;
 use crate::ChannelLock;
 
-/// The most files one sweep looks at: a few syscalls each, so that a
-/// sweep of a directory of any size stays within milliseconds. It starts
-/// at a random place in the listing, so that sweeps one after another
-/// reach every file however many are kept.
+/// The most agent sockets whose files one sweep looks at: a few syscalls
+/// each, so that a sweep of a directory of any size stays within
+/// milliseconds. It starts at a random place in the listing, so that
+/// sweeps one after another reach every file however many are kept.
 pub const MOST_EXAMINED: usize = 256;
 
 /// The most names read from the directory by one sweep.
@@ -40,8 +40,8 @@ impl ChannelLock {
         Ok(ChannelLock::sweep_in(&runtime_dir()?))
     }
 
-    /// Removes the turn-taking files in `dir` that nobody uses, looking at
-    /// [`MOST_EXAMINED`] of them at most; returns how many went. A
+    /// Removes the turn-taking files in `dir` that nobody uses, those of
+    /// [`MOST_EXAMINED`] agent sockets at most; returns how many went. A
     /// channel's files go when its turn is free and nobody says that they
     /// wait, as its last holder would remove them; a `.poll` or `.wait`
     /// without its `.lock` when nobody holds it. Only regular files of
@@ -55,56 +55,66 @@ impl ChannelLock {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn sweep_in(dir: &Path) -> usize {
-        let mut done: Vec<String> = Vec::new();
-        let mut removed = 0;
-        for name in names_to_sweep(dir, "agent-") {
-            let Some(stem) = channel_stem(&name) else {
-                continue;
-            };
-            if !done.iter().any(|d| d == stem) {
-                removed += sweep_channel(dir, stem);
-                done.push(stem.to_owned());
-            }
-        }
-        removed
+        stems_to_sweep(dir, "agent", &["lock", "wait", "poll"])
+            .iter()
+            .take(MOST_EXAMINED)
+            .map(|(stem, _)| sweep_channel(dir, stem))
+            .sum()
     }
 }
 
-/// The names in `dir` that start with `prefix`, [`MOST_EXAMINED`] at
-/// most, taken from a random place in the listing onwards (and round).
+/// The files in `dir` named `PREFIX-DEV-INO.KIND`, as virtomate names the
+/// files of an agent socket (DEV in hex, INO in decimal, KIND one of
+/// `kinds`), by stem (`PREFIX-DEV-INO`) with the kinds there, from a
+/// random stem onwards and round, so that sweeps that stop early reach
+/// every stem in turn. 16384 names are read at most.
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
-/// std::fs::write(dir.path().join("master-fe00-1.log"), b"")?;
-/// std::fs::write(dir.path().join("other"), b"")?;
-/// assert_eq!(virtomate_protocol::names_to_sweep(dir.path(), "master-"), ["master-fe00-1.log"]);
+/// for name in ["master-fe00-1.log", "master-fe00-1.sock", "master-fe00-1.txt", "other"] {
+///     std::fs::write(dir.path().join(name), b"")?;
+/// }
+/// let stems = virtomate_protocol::stems_to_sweep(dir.path(), "master", &["sock", "log"]);
+/// assert_eq!(stems, [("master-fe00-1".to_owned(), vec!["log", "sock"])]);
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn names_to_sweep(dir: &Path, prefix: &str) -> Vec<String> {
+pub fn stems_to_sweep(dir: &Path, prefix: &str, kinds: &[&'static str]) -> Vec<(String, Vec<&'static str>)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut names: Vec<String> = entries
+    let mut files: Vec<(String, &'static str)> = entries
         .take(MOST_LISTED)
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter(|name| name.starts_with(prefix))
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            let (stem, kind) = name.rsplit_once('.')?;
+            let kind = kinds.iter().find(|k| **k == kind)?;
+            is_stem(stem, prefix).then(|| (stem.to_owned(), *kind))
+        })
         .collect();
-    if !names.is_empty() {
-        let start = random_bytes::<8>().map_or(0, u64::from_ne_bytes) % names.len() as u64;
-        names.rotate_left(start as usize);
+    files.sort();
+    let mut stems: Vec<(String, Vec<&'static str>)> = Vec::new();
+    for (stem, kind) in files {
+        match stems.last_mut() {
+            Some((last, kinds)) if *last == stem => kinds.push(kind),
+            _ => stems.push((stem, vec![kind])),
+        }
     }
-    names.truncate(MOST_EXAMINED);
-    names
+    if !stems.is_empty() {
+        let start = random_bytes::<8>().map_or(0, u64::from_ne_bytes) % stems.len() as u64;
+        stems.rotate_left(start as usize);
+    }
+    stems
 }
 
-/// `agent-DEV-INO` of a file named `agent-DEV-INO.lock`, `.wait` or
-/// `.poll` (DEV in hex, INO in decimal), as [`ChannelLock`] names them.
-fn channel_stem(name: &str) -> Option<&str> {
-    let (stem, kind) = name.rsplit_once('.')?;
-    let (dev, ino) = stem.strip_prefix("agent-")?.split_once('-')?;
-    let hex = |s: &str| !s.is_empty() && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-    let decimal = !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit());
-    (matches!(kind, "lock" | "wait" | "poll") && hex(dev) && decimal).then_some(stem)
+/// Whether `stem` is `PREFIX-DEV-INO`, DEV in lower-case hex and INO in
+/// decimal.
+fn is_stem(stem: &str, prefix: &str) -> bool {
+    let key = stem.strip_prefix(prefix).and_then(|rest| rest.strip_prefix('-'));
+    let Some((dev, ino)) = key.and_then(|key| key.split_once('-')) else {
+        return false;
+    };
+    let hex = !dev.is_empty() && dev.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    hex && !ino.is_empty() && ino.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Sweeps the files of one channel; returns how many went.
@@ -204,6 +214,8 @@ mod tests {
             "agent-fe00-x.lock",
             "agent-fe00.lock",
             "agent-fe00-1.log",
+            "agent-fe00-1-2.lock",
+            "agentx-fe00-1.lock",
             "master-fe00-1.lock",
             "freeze-0123.lock",
         ];
