@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use nix::unistd::geteuid;
 use tokio::net::UnixStream;
-use virtomate_protocol::{stems_to_sweep, ChannelLock, MOST_EXAMINED};
+use virtomate_protocol::{files_to_sweep, ChannelLock, MOST_EXAMINED};
 
 use super::paths::start_lock;
 use super::start::{absent, remove_stale};
@@ -23,8 +23,9 @@ const LOG_KEPT: Duration = Duration::from_secs(7 * 24 * 60 * 60);
 /// Sweeps the runtime directory of `own`, the socket of the master that
 /// sweeps (whose files are left alone), as a task of the master's own.
 pub async fn sweep_runtime_dir(own: PathBuf) {
-    let channels = tokio::task::spawn_blocking(ChannelLock::sweep).await;
-    let channels = channels.ok().and_then(Result::ok);
+    // A few syscalls for each of a bounded number of files: milliseconds
+    // at worst, in the master's thread.
+    let channels = ChannelLock::sweep().ok();
     let own_stem = own.file_stem().and_then(|stem| stem.to_str());
     let (Some(dir), Some(own)) = (own.parent(), own_stem) else {
         return;
@@ -37,20 +38,22 @@ pub async fn sweep_runtime_dir(own: PathBuf) {
 /// looking at [`MOST_EXAMINED`] of them at most; returns how many
 /// masters' files went.
 async fn sweep_masters(dir: &Path, own: &str) -> usize {
-    let (mut examined, mut swept) = (0, 0);
-    for (stem, kinds) in stems_to_sweep(dir, "master", &["sock", "lock", "log"]) {
-        if examined == MOST_EXAMINED {
+    let mut done: Vec<String> = vec![own.to_owned()];
+    let mut swept = 0;
+    for (stem, kind) in files_to_sweep(dir, "master", &["sock", "lock", "log"]) {
+        if done.len() > MOST_EXAMINED {
             break;
+        }
+        // A log is kept a while after its master has gone: one look (a
+        // syscall) until it is old, not counted. The master's other
+        // files, if any, are looked at by their own names.
+        if done.contains(&stem) || kind == "log" && !old_log(&dir.join(format!("{stem}.log"))) {
+            continue;
         }
         // Clients of this master, just started, go first.
         tokio::task::yield_now().await;
-        // A log alone is a master's that ended, kept a while: one look
-        // (a syscall) until it is old, not counted.
-        if stem == own || kinds == ["log"] && !old_log(&dir.join(format!("{stem}.log"))) {
-            continue;
-        }
-        examined += 1;
         swept += usize::from(sweep_master(dir, &stem).await);
+        done.push(stem);
     }
     swept
 }

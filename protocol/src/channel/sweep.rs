@@ -17,7 +17,7 @@ use super::lock::{names, open_own_file, remove_unless_waited, runtime_dir, someb
 use crate::wire::random::random_bytes;
 use crate::ChannelLock;
 
-/// The most agent sockets whose files one sweep looks at: a few syscalls
+/// The most agent sockets (or masters) whose files one sweep looks at: a few syscalls
 /// each, so that a sweep of a directory of any size stays within
 /// milliseconds. It starts at a random place in the listing, so that
 /// sweeps one after another reach every file however many are kept.
@@ -55,30 +55,37 @@ impl ChannelLock {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn sweep_in(dir: &Path) -> usize {
-        stems_to_sweep(dir, "agent", &["lock", "wait", "poll"])
-            .iter()
-            .take(MOST_EXAMINED)
-            .map(|(stem, _)| sweep_channel(dir, stem))
-            .sum()
+        let mut done: Vec<String> = Vec::new();
+        let mut removed = 0;
+        for (stem, _) in files_to_sweep(dir, "agent", &["lock", "wait", "poll"]) {
+            if done.len() == MOST_EXAMINED {
+                break;
+            }
+            if !done.contains(&stem) {
+                removed += sweep_channel(dir, &stem);
+                done.push(stem);
+            }
+        }
+        removed
     }
 }
 
 /// The files in `dir` named `PREFIX-DEV-INO.KIND`, as virtomate names the
 /// files of an agent socket (DEV in hex, INO in decimal, KIND one of
-/// `kinds`), by stem (`PREFIX-DEV-INO`) with the kinds there, from a
-/// random stem onwards and round, so that sweeps that stop early reach
-/// every stem in turn. 16384 names are read at most.
+/// `kinds`), as stem (`PREFIX-DEV-INO`) and kind, from a random place in
+/// the listing onwards and round, so that sweeps that stop early reach
+/// every file in turn. 16384 names are read at most.
 ///
 /// ```
 /// let dir = tempfile::tempdir()?;
-/// for name in ["master-fe00-1.log", "master-fe00-1.sock", "master-fe00-1.txt", "other"] {
+/// for name in ["master-fe00-1.log", "master-fe00-1.txt", "other"] {
 ///     std::fs::write(dir.path().join(name), b"")?;
 /// }
-/// let stems = virtomate_protocol::stems_to_sweep(dir.path(), "master", &["sock", "log"]);
-/// assert_eq!(stems, [("master-fe00-1".to_owned(), vec!["log", "sock"])]);
+/// let files = virtomate_protocol::files_to_sweep(dir.path(), "master", &["sock", "log"]);
+/// assert_eq!(files, [("master-fe00-1".to_owned(), "log")]);
 /// # Ok::<(), std::io::Error>(())
 /// ```
-pub fn stems_to_sweep(dir: &Path, prefix: &str, kinds: &[&'static str]) -> Vec<(String, Vec<&'static str>)> {
+pub fn files_to_sweep(dir: &Path, prefix: &str, kinds: &[&'static str]) -> Vec<(String, &'static str)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -91,19 +98,11 @@ pub fn stems_to_sweep(dir: &Path, prefix: &str, kinds: &[&'static str]) -> Vec<(
             is_stem(stem, prefix).then(|| (stem.to_owned(), *kind))
         })
         .collect();
-    files.sort();
-    let mut stems: Vec<(String, Vec<&'static str>)> = Vec::new();
-    for (stem, kind) in files {
-        match stems.last_mut() {
-            Some((last, kinds)) if *last == stem => kinds.push(kind),
-            _ => stems.push((stem, vec![kind])),
-        }
+    if !files.is_empty() {
+        let start = random_bytes::<8>().map_or(0, u64::from_ne_bytes) % files.len() as u64;
+        files.rotate_left(start as usize);
     }
-    if !stems.is_empty() {
-        let start = random_bytes::<8>().map_or(0, u64::from_ne_bytes) % stems.len() as u64;
-        stems.rotate_left(start as usize);
-    }
-    stems
+    files
 }
 
 /// Whether `stem` is `PREFIX-DEV-INO`, DEV in lower-case hex and INO in
