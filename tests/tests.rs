@@ -34,6 +34,7 @@ mod packaging;
 mod parallel;
 mod rsync;
 mod run_options;
+mod runtime_sweep;
 mod session;
 mod session_copy;
 mod shell;

@@ -58,6 +58,7 @@ pub use agent::{Agent, AnyAgent};
 pub use channel::in_flight::RequestInFlight;
 pub use channel::lock::{ChannelLock, Turn};
 pub use channel::settling::{Settling, Step};
+pub use channel::sweep::{files_to_sweep, MOST_EXAMINED};
 pub use channel::{Channel, Connector, HoldPolicy, SocketConnector};
 pub use error::{Error, Phase};
 pub use guest::exec::{

@@ -25,7 +25,9 @@
 //!   one per agent command; `run_client`: the client's side of it;
 //! - `start`: finding or starting the master from a client; `route`: the
 //!   way to an agent whose master runs, without looking at its holders;
-//!   `connector`: the client's [`MasterConnector`].
+//!   `connector`: the client's [`MasterConnector`];
+//! - `sweep`: a starting master removes the files of masters that no
+//!   longer run, and the channels' lock files nobody uses.
 
 mod client_conn;
 mod connector;
@@ -38,6 +40,7 @@ mod run_client;
 mod run_conn;
 mod serve;
 mod start;
+mod sweep;
 mod wire;
 
 pub use self::connector::{persist_setting, MasterConnector};

@@ -16,6 +16,7 @@ use super::hub::{Hub, Settings};
 use super::hub_connector::HubConnector;
 use super::paths::start_lock;
 use super::run_conn::serve_run;
+use super::sweep::sweep_runtime_dir;
 
 /// Serves on the listening socket the starter passed as standard input,
 /// until the hub says to end.
@@ -23,6 +24,7 @@ pub async fn serve_inherited(settings: Settings) -> io::Result<()> {
     // A session of its own: no terminal, none of its signals.
     let _ = nix::unistd::setsid();
     let listener = std::os::unix::net::UnixListener::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    tokio::spawn(sweep_runtime_dir(settings.paths.socket.clone()));
     serve(listener, settings).await
 }
 

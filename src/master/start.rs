@@ -51,7 +51,7 @@ pub async fn connect_or_start(
 }
 
 /// Nobody listens there: no socket, or one whose master has died.
-fn absent(error: &io::Error) -> bool {
+pub(super) fn absent(error: &io::Error) -> bool {
     matches!(
         error.kind(),
         io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
@@ -60,7 +60,7 @@ fn absent(error: &io::Error) -> bool {
 
 /// Removes the socket a dead master left, if it is one of ours; anything
 /// else there is an error, not removed.
-fn remove_stale(socket: &std::path::Path) -> io::Result<()> {
+pub(super) fn remove_stale(socket: &std::path::Path) -> io::Result<()> {
     let meta = match std::fs::symlink_metadata(socket) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         other => other?,
@@ -71,7 +71,7 @@ fn remove_stale(socket: &std::path::Path) -> io::Result<()> {
             format!("{} is not a socket of this user: not replaced", socket.display()),
         ));
     }
-    tracing::info!(socket = %socket.display(), "a master's socket nobody listens on: replaced");
+    tracing::info!(socket = %socket.display(), "a master's socket nobody listens on: removed");
     std::fs::remove_file(socket)
 }
 

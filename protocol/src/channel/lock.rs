@@ -28,7 +28,9 @@
 //! would lock a file no longer there, beside the holder of the one made
 //! anew: so a turn counts only once the path is seen, after locking, to
 //! still name the locked file, and is tried again on the file there
-//! otherwise; a waiter's say-so is said again the same way.
+//! otherwise; a waiter's say-so is said again the same way. The files of
+//! a holder killed with SIGKILL, which removes none, are left to
+//! [`ChannelLock::sweep`], which removes them as their last holder would.
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io;
@@ -91,18 +93,26 @@ pub struct Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         let [turn, wait, poll] = &self.files;
-        // Under the turn, so that no other process holds it: a waiter
-        // that opened a file before it is removed finds, once it has
-        // locked it, that the path no longer names it, and opens afresh
-        // (see `names`). The turn's file goes last: while it is there,
-        // a waiter's say-so in the other two is looked for.
-        if !somebody_says_so(poll) && !somebody_says_so(wait) {
-            for path in [wait, poll, turn] {
-                let _ = std::fs::remove_file(path);
-            }
-        }
+        remove_unless_waited(turn, wait, poll);
         drop(self.lock.take());
     }
+}
+
+/// Removes the three files of a channel's lock unless somebody waits (says
+/// so in `poll` or `wait`); returns how many went. Called holding the turn
+/// on `turn`, so that no other process holds it: a waiter that opened a
+/// file before it is removed finds, once it has locked it, that the path
+/// no longer names it, and opens afresh (see `names`). The turn's file
+/// goes last: while it is there, a waiter's say-so in the other two is
+/// looked for.
+pub(super) fn remove_unless_waited(turn: &Path, wait: &Path, poll: &Path) -> usize {
+    if somebody_says_so(poll) || somebody_says_so(wait) {
+        return 0;
+    }
+    [wait, poll, turn]
+        .into_iter()
+        .filter(|path| std::fs::remove_file(path).is_ok())
+        .count()
 }
 
 impl ChannelLock {
@@ -268,7 +278,7 @@ fn say_so(path: &Path) -> Option<Flock<File>> {
 /// Whether somebody holds a shared flock on `path`: our exclusive try
 /// fails exactly then; dropping the lock we got at once lets the next
 /// waiter in. A file that is not there says nothing (and is not made).
-fn somebody_says_so(path: &Path) -> bool {
+pub(super) fn somebody_says_so(path: &Path) -> bool {
     let Ok(file) = open_own_file(path, false) else {
         return false;
     };
@@ -312,7 +322,7 @@ fn holder_in_proc_locks(locks: &str, dev: u64, ino: u64) -> Option<u32> {
 }
 
 /// The directory of the lock files, created (0700) if need be and checked.
-fn runtime_dir() -> io::Result<PathBuf> {
+pub(super) fn runtime_dir() -> io::Result<PathBuf> {
     let parent = if geteuid().is_root() {
         PathBuf::from("/run")
     } else {
@@ -347,7 +357,7 @@ fn runtime_dir() -> io::Result<PathBuf> {
 /// Whether `path` still names the file `file` is open on: not when the
 /// lock files' last holder has removed it since (and another may have
 /// been made there).
-fn names(path: &Path, file: &File) -> bool {
+pub(super) fn names(path: &Path, file: &File) -> bool {
     match (std::fs::symlink_metadata(path), file.metadata()) {
         (Ok(there), Ok(ours)) => there.dev() == ours.dev() && there.ino() == ours.ino(),
         _ => false,

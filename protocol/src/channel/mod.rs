@@ -17,6 +17,7 @@
 pub(crate) mod in_flight;
 pub(crate) mod lock;
 pub(crate) mod settling;
+pub(crate) mod sweep;
 
 use std::future::Future;
 use std::path::PathBuf;
