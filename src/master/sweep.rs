@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::unistd::geteuid;
-use tokio::net::UnixStream;
 use virtomate_protocol::{files_to_sweep, ChannelLock, MOST_EXAMINED};
 
 use super::paths::start_lock;
-use super::start::{absent, remove_stale};
+use super::start::remove_stale;
+use crate::domain::socket_holders;
 
 /// How long the log of a master that no longer runs is kept, for a look
 /// at what it did: a week, past a weekend and a holiday.
@@ -67,9 +67,12 @@ async fn sweep_master(dir: &Path, stem: &str) -> bool {
     let Ok(_held) = start_lock(&lock, tokio::time::Instant::now()).await else {
         return false;
     };
-    match UnixStream::connect(&socket).await {
-        Err(e) if absent(&e) => {}
-        // A master listens (or may: its backlog is full).
+    // Looked at, not connected to: a connection would count as a
+    // client's in that master, and keep it from ending when its time is up.
+    match socket_holders::is_listening(&socket) {
+        Ok(false) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        // A master listens, or it cannot be told.
         _ => return false,
     }
     // Anything else there (not a socket of ours) stays: no master runs.
