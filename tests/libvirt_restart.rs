@@ -301,3 +301,72 @@ fn runs_through_libvirtd_go_on_over_its_channel_while_it_is_down_and_through_it_
     let (status, said) = session.finish();
     assert_eq!(status, Some(0), "{said}");
 }
+
+/// libvirtd stopped under a copy in, then (started again, holding the
+/// channel) under a copy out, both through libvirtd: the write or read
+/// whose connection it dropped is made again from the same place, straight
+/// over the channel, and both copies end whole. Before: each failed with an
+/// AgentDisconnected ("libvirtd closed the connection").
+#[test]
+#[ignore = "needs libvirtd and the test VM"]
+fn copies_through_libvirtd_go_on_over_its_channel_when_it_stops_under_them() {
+    let mut env = LibvirtEnv::start();
+    let name = unique_name("vt-copy-around");
+    env.define(&name, &["--transient"]);
+    let data = crate::support::data::noise(48 << 20, 7);
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("in");
+    std::fs::write(&local, &data).unwrap();
+    let guest = format!("{name}:/root/big");
+
+    let copy_in = copy_until_a_mebibyte(&[local.to_str().unwrap(), &guest]);
+    let mut daemons = DaemonsStopped::now();
+    assert_copied(copy_in);
+
+    daemons.start_again();
+    let ping = r#"{"execute":"guest-ping"}"#;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !virsh(&["qemu-agent-command", &name, "--timeout", "10", ping])
+        .status
+        .success()
+    {
+        assert!(Instant::now() < deadline, "libvirtd never took the channel back");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = dir.path().join("out");
+    let copy_out = copy_until_a_mebibyte(&[&guest, out.to_str().unwrap()]);
+    let _daemons = DaemonsStopped::now();
+    assert_copied(copy_out);
+    assert!(std::fs::read(&out).unwrap() == data, "the copy out is whole");
+}
+
+/// `virtomate --log info copy --progress ARGS`, through libvirtd, returned
+/// once a mebibyte has gone (the progress counts in MiB from then on).
+fn copy_until_a_mebibyte(args: &[&str]) -> (std::process::Child, StderrLines) {
+    let mut copy = virtomate()
+        .args(["--log", "info", "copy", "--progress"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let said = StderrLines::of(&mut copy);
+    said.wait_for("libvirtd holds the agent channel: going through libvirtd");
+    said.wait_for(" MiB/");
+    (copy, said)
+}
+
+/// The copy ended well, after a request made again straight over the
+/// channel.
+fn assert_copied((copy, said): (std::process::Child, StderrLines)) {
+    let out = copy.wait_with_output().unwrap();
+    let said = said.rest().join("\n");
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("libvirtd is gone: going straight to the agent channel it kept"),
+        "{said}"
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["bytes"], 48 << 20, "{summary}");
+}

@@ -5,7 +5,7 @@
 use virtomate_protocol::qga::{
     GuestExec, GuestFileClose, GuestFileOpen, GuestFileRead, GuestFileSeek, GuestFileWrite, Whence,
 };
-use virtomate_protocol::{Error as AgentError, Phase};
+use virtomate_protocol::{Connector, Error as AgentError, Phase};
 
 use super::agent::FileAgent;
 use crate::error::{CliError, ErrorKind};
@@ -148,15 +148,26 @@ pub async fn open(agent: &mut impl FileAgent, path: &str, mode: &str) -> Result<
     }
 }
 
-pub async fn write(agent: &mut impl FileAgent, handle: Handle, buf: Vec<u8>) -> Result<Vec<u8>, CliError> {
+/// Writes `buf` at `at`, the handle's position. Where the connection
+/// drops under it and the agent outlives that (libvirtd went away: see
+/// `Connector::outlives_disconnect`), whether the agent wrote it is not
+/// known: it is written again at `at` on a new connection, the same bytes
+/// where they were or not.
+pub async fn write(
+    agent: &mut impl FileAgent,
+    handle: Handle,
+    buf: Vec<u8>,
+    at: u64,
+) -> Result<Vec<u8>, CliError> {
     let mut request = GuestFileWrite {
         handle: handle.0,
         buf,
     };
-    let reply = agent
-        .execute_raw(&request)
-        .await
-        .map_err(|e| file_error(agent, e))?;
+    let mut reply = agent.execute_raw(&request).await;
+    if again_at(agent, handle, at, &reply).await? {
+        reply = agent.execute_raw(&request).await;
+    }
+    let reply = reply.map_err(|e| file_error(agent, e))?;
     let sent = request.buf.len() as u64;
     if reply.count != sent {
         return Err(CliError::new(
@@ -172,22 +183,52 @@ pub async fn write(agent: &mut impl FileAgent, handle: Handle, buf: Vec<u8>) -> 
     Ok(request.buf)
 }
 
-/// Up to `count` bytes, and whether the end was reached.
+/// Up to `count` bytes from `at`, the handle's position, and whether the
+/// end was reached; read again from `at` on a new connection where the
+/// connection drops under it as under a [`write`].
 pub async fn read(
     agent: &mut impl FileAgent,
     handle: Handle,
     count: u64,
+    at: u64,
 ) -> Result<(Vec<u8>, bool), CliError> {
-    let reply = agent
-        .execute_raw(&GuestFileRead {
-            handle: handle.0,
-            count: Some(count),
-        })
-        .await
-        .map_err(|e| file_error(agent, e))?;
+    let request = GuestFileRead {
+        handle: handle.0,
+        count: Some(count),
+    };
+    let mut reply = agent.execute_raw(&request).await;
+    if again_at(agent, handle, at, &reply).await? {
+        reply = agent.execute_raw(&request).await;
+    }
+    let reply = reply.map_err(|e| file_error(agent, e))?;
     let eof = reply.eof;
     let data = reply.into_data(count).map_err(|e| agent.error(e))?;
     Ok((data, eof))
+}
+
+/// Whether `reply` is a connection dropped under a request that the
+/// agent outlives: the handle is then put back at `at`, over a new
+/// connection, for the request to be made again.
+async fn again_at<T>(
+    agent: &mut impl FileAgent,
+    handle: Handle,
+    at: u64,
+    reply: &Result<T, AgentError>,
+) -> Result<bool, CliError> {
+    if !matches!(reply, Err(AgentError::Disconnected)) || !agent.channel().connector().outlives_disconnect() {
+        return Ok(false);
+    }
+    tracing::info!(
+        at,
+        "the connection dropped under a file's request: again from there on a new one"
+    );
+    let seek = GuestFileSeek {
+        handle: handle.0,
+        offset: at as i64,
+        whence: Whence::Set,
+    };
+    agent.execute_raw(&seek).await.map_err(|e| file_error(agent, e))?;
+    Ok(true)
 }
 
 /// The size of the open file: its position after a seek to the end (the

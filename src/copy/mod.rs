@@ -215,7 +215,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
                     hasher.update(&buf);
                 }
                 let len = buf.len() as u64;
-                buf = guest::write(self.agent, handle, std::mem::take(&mut buf)).await?;
+                buf = guest::write(self.agent, handle, std::mem::take(&mut buf), sent).await?;
                 sent += len;
                 progress.advance(len);
             }
@@ -501,7 +501,7 @@ impl<'a, A: FileAgent> Copy<'a, A> {
         let mut received = 0u64;
         let copied = async {
             loop {
-                let (data, eof) = guest::read(self.agent, handle, chunk)
+                let (data, eof) = guest::read(self.agent, handle, chunk, received)
                     .await
                     .map_err(|e| directory_read(e, path))?;
                 if let Some(hasher) = &mut hasher {

@@ -267,8 +267,19 @@ struct Sharing<'a, C: Connector> {
 }
 
 impl<C: Connector> Poller for Sharing<'_, C> {
+    /// Asked again on a new connection where the go-between went away
+    /// under a poll, not the agent (see [`Connector::outlives_disconnect`]);
+    /// an end told in the lost reply is one the agent has forgotten since,
+    /// and the loss stands.
     async fn status(&mut self, pid: i64) -> Result<GuestExecStatusReply, Error> {
-        self.channel.execute(&GuestExecStatus { pid }).await
+        let status = self.channel.execute(&GuestExecStatus { pid }).await;
+        if !matches!(status, Err(Error::Disconnected)) || !self.channel.connector().outlives_disconnect() {
+            return status;
+        }
+        match self.channel.execute(&GuestExecStatus { pid }).await {
+            Err(Error::Agent { .. }) => Err(Error::Disconnected),
+            again => again,
+        }
     }
 
     async fn pause(&mut self, resume: Instant, waited: Duration) {

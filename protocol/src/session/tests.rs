@@ -1,5 +1,6 @@
-//! The engine over a go-between that goes away under a run (see
-//! [`Connector::outlives_disconnect`]), against a scripted agent.
+//! The engine, and the wait for a program's exit, over a go-between that
+//! goes away under a run (see [`Connector::outlives_disconnect`]), against
+//! a scripted agent.
 
 use std::path::PathBuf;
 
@@ -123,4 +124,22 @@ async fn an_end_lost_with_the_dropped_reply_is_told_as_the_connection_lost() {
         Err(failure) => assert!(matches!(failure.error, Error::Disconnected), "{failure:?}"),
         other => panic!("the end is lost: {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_wait_for_exit_asks_again_on_a_new_connection_or_tells_the_end_lost() {
+    use crate::{wait_for_exit_on, Channel, HoldPolicy, PollSchedule};
+    let (_dir, socket) = scripted_agent(SecondPoll::Exited);
+    let mut channel = Channel::new(GoBetween(socket));
+    // Started, then polled, as a copy's helper program is.
+    let exec = crate::qga::GuestExec::new("/bin/true", Vec::<String>::new());
+    assert_eq!(channel.guest_exec(&exec).await.unwrap().pid, 7);
+    let waited = wait_for_exit_on(&mut channel, 7, PollSchedule::default(), HoldPolicy::default()).await;
+    assert_eq!(waited.unwrap().status.exitcode, Some(0));
+
+    let (_dir, socket) = scripted_agent(SecondPoll::Forgotten);
+    let mut channel = Channel::new(GoBetween(socket));
+    assert_eq!(channel.guest_exec(&exec).await.unwrap().pid, 7);
+    let waited = wait_for_exit_on(&mut channel, 7, PollSchedule::default(), HoldPolicy::default()).await;
+    assert!(matches!(waited, Err(Error::Disconnected)), "{waited:?}");
 }

@@ -197,7 +197,7 @@ impl<A: FileAgent> Copy<'_, A> {
         }
         let (handle, _, sent) = parts.open.as_mut().expect("opened above");
         let len = out.len() as u64;
-        guest::write(self.agent, *handle, out).await?;
+        guest::write(self.agent, *handle, out, *sent).await?;
         *sent += len;
         Ok(())
     }
