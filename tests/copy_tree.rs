@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use tar::{EntryType, Header};
 
-use crate::copy::temporaries;
+use crate::copy::{outcome, spawn_copy, temporaries};
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
 use crate::support::{guest_run, run, Outcome};
@@ -291,6 +291,15 @@ impl HostileGuest {
         }
     }
 
+    /// `copy -r` of what the guest's tar sends into `dest` in a new
+    /// directory, running: that directory, and the copy.
+    fn spawn_copy_out(&self) -> (tempfile::TempDir, std::process::Child) {
+        let parent = tempfile::tempdir().unwrap();
+        let dest = parent.path().join("dest");
+        let source = format!("{}:/", self.agent.socket().display());
+        (parent, spawn_copy(&["-r", &source, dest.to_str().unwrap()]))
+    }
+
     /// `copy -r` of what the guest's tar sends into a new, empty
     /// directory: the error's message, once it is sure that nothing is
     /// left there or in the guest's temporary directory.
@@ -509,15 +518,7 @@ fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
     stream.truncate(stream.len() - 2048);
     std::fs::write(&guest.archive, stream).unwrap();
     std::fs::write(guest.archive.with_extension("tar.hang"), HANG).unwrap();
-    let parent = tempfile::tempdir().unwrap();
-    let dest = parent.path().join("dest");
-    let child = crate::support::virtomate()
-        .args(["copy", "-r", &format!("{}:/", guest.agent.socket().display())])
-        .arg(&dest)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (parent, child) = guest.spawn_copy_out();
     crate::support::wait_until(20, "the copy to unpack the first entry", || {
         temporaries(parent.path())
             .first()
@@ -527,12 +528,7 @@ fn ctrl_c_while_the_guest_tar_writes_stops_it_and_leaves_nothing() {
     crate::support::wait_until(10, "the guest's tar to hang", || hung_tar_runs(HANG));
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let out = Outcome {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    let out = outcome(child);
     let message = out.error("Interrupted");
     assert!(message.contains("stopped tar"), "{message}");
     assert!(message.contains("removed the temporary"), "{message}");
@@ -555,15 +551,7 @@ fn a_reader_of_the_guest_tars_output_killed_fails_the_copy_and_places_nothing() 
     std::fs::write(&guest.archive, stream).unwrap();
     let go = guest.archive.with_extension("tar.go");
     nix::unistd::mkfifo(&go, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let parent = tempfile::tempdir().unwrap();
-    let dest = parent.path().join("dest");
-    let child = crate::support::virtomate()
-        .args(["copy", "-r", &format!("{}:/", guest.agent.socket().display())])
-        .arg(&dest)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (parent, child) = guest.spawn_copy_out();
     // The rotator is a shell and its `dd`.
     crate::support::wait_until(20, "the reader of tar's output", || {
         out_pipe_readers(guest.tmp.path()).len() >= 2
@@ -576,12 +564,7 @@ fn a_reader_of_the_guest_tars_output_killed_fails_the_copy_and_places_nothing() 
         left.is_empty()
     });
     std::fs::write(&go, "go\n").unwrap();
-    let output = child.wait_with_output().unwrap();
-    let out = Outcome {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    let out = outcome(child);
     let message = out.error("AgentCommandError");
     assert!(
         message.contains("output lost: the guest-side reader of stdout ended early"),
@@ -625,23 +608,13 @@ fn ctrl_c_while_the_guest_tar_reads_nothing_stops_it_and_leaves_nothing() {
     let parent = tempfile::tempdir().unwrap();
     let dest =
         guest.agent.socket().display().to_string() + ":" + parent.path().join("dest").to_str().unwrap();
-    let child = crate::support::virtomate()
-        .args(["copy", "-r", source.path().to_str().unwrap(), &dest])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_copy(&["-r", source.path().to_str().unwrap(), &dest]);
     crate::support::wait_until(20, "the guest's tar to run, beside DEST", || {
         hung_tar_runs(HANG_READING) && !temporaries(parent.path()).is_empty()
     });
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
-    let output = child.wait_with_output().unwrap();
-    let out = Outcome {
-        status: output.status.code().unwrap_or(-1),
-        stdout: String::from_utf8(output.stdout).unwrap(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    };
+    let out = outcome(child);
     let message = out.error("Interrupted");
     assert!(message.contains("stopped tar"), "{message}");
     assert!(message.contains("removed the temporary"), "{message}");

@@ -56,6 +56,45 @@ fn virsh(args: &[&str]) -> std::process::Output {
         .unwrap()
 }
 
+const PING: &str = r#"{"execute":"guest-ping"}"#;
+
+/// The agent command that makes the file `path` in the guest.
+fn touch_command(path: &str) -> String {
+    format!(r#"{{"execute":"guest-exec","arguments":{{"path":"/bin/touch","arg":["{path}"]}}}}"#)
+}
+
+/// Sends `command` to the agent of `name` through libvirtd until it
+/// passes: once libvirtd holds the channel and the runs on it let go of
+/// it (at least once a second, their programs no longer young); until
+/// then libvirtd's command waits, or fails at once while it reconnects.
+fn until_libvirtd_passes_on(name: &str, command: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = virsh(&["qemu-agent-command", name, "--timeout", "10", command]);
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "libvirtd never reached the agent: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The run `run` (of `spawn_run`) ended well, its program having printed
+/// `stdout`; what it said.
+fn plain_run_ended(run: std::process::Child, said: &StderrLines, stdout: &str) -> String {
+    let out = run.wait_with_output().unwrap();
+    let said = said.rest().join("\n");
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(result["exit_code"], 0, "{result}");
+    assert_eq!(result["stdout"], stdout, "{result}");
+    said
+}
+
 /// `virtomate --log info guest-run OPTIONS NAME -- sh -c PROGRAM`, returned
 /// once the program runs in the guest, with its stderr's lines.
 fn spawn_run(options: &[&str], name: &str, program: &str) -> (std::process::Child, StderrLines) {
@@ -144,30 +183,9 @@ fn runs_begun_while_libvirtd_was_down_end_through_libvirtd_once_it_takes_the_cha
     let mut session = spawn_session(&name, &program("in a session"));
     daemons.start_again();
 
-    // libvirtd's connection is served once the runs let go of the channel
-    // (at least once a second, their programs no longer young); until then
-    // libvirtd's command waits, or fails at once while it reconnects.
-    let touch = format!(r#"{{"execute":"guest-exec","arguments":{{"path":"/bin/touch","arg":["{go}"]}}}}"#);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let out = virsh(&["qemu-agent-command", &name, "--timeout", "10", &touch]);
-        if out.status.success() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "libvirtd never reached the agent: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until_libvirtd_passes_on(&name, &touch_command(&go));
 
-    let out = plain.wait_with_output().unwrap();
-    let said = plain_said.rest().join("\n");
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(result["exit_code"], 0, "{result}");
-    assert_eq!(result["stdout"], "finished\n", "{result}");
+    let said = plain_run_ended(plain, &plain_said, "finished\n");
     assert!(said.contains("going through libvirtd"), "{said}");
     let out = followed.wait_with_output().unwrap();
     let said = followed_said.rest().join("\n");
@@ -231,15 +249,7 @@ fn a_master_started_while_libvirtd_was_down_is_passed_by_once_libvirtd_holds_the
     assert!(check.status.success(), "a master runs: {check:?}");
     daemons.start_again();
 
-    let ping = r#"{"execute":"guest-ping"}"#;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !virsh(&["qemu-agent-command", &name, "--timeout", "10", ping])
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "libvirtd never reached the agent");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until_libvirtd_passes_on(&name, PING);
     for _ in 0..3 {
         let out = persisting()
             .args(["--log", "info", "guest-run", &name, "--", "echo", "through"])
@@ -286,16 +296,9 @@ fn runs_through_libvirtd_go_on_over_its_channel_while_it_is_down_and_through_it_
         .wait_for("libvirtd has taken the agent channel back: going through libvirtd");
 
     // Through libvirtd, as they are now.
-    let touch = format!(r#"{{"execute":"guest-exec","arguments":{{"path":"/bin/touch","arg":["{go}"]}}}}"#);
-    let out = virsh(&["qemu-agent-command", &name, "--timeout", "10", &touch]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until_libvirtd_passes_on(&name, &touch_command(&go));
 
-    let out = plain.wait_with_output().unwrap();
-    let said = plain_said.rest().join("\n");
-    assert_eq!(out.status.code(), Some(0), "{said}");
-    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(result["exit_code"], 0, "{result}");
-    assert_eq!(result["stdout"], "finished\n", "{result}");
+    plain_run_ended(plain, &plain_said, "finished\n");
     let reply = session.reply();
     assert_eq!(reply["result"]["stdout"], "in a session\n", "{reply}");
     let (status, said) = session.finish();
@@ -324,15 +327,7 @@ fn copies_through_libvirtd_go_on_over_its_channel_when_it_stops_under_them() {
     assert_copied(copy_in);
 
     daemons.start_again();
-    let ping = r#"{"execute":"guest-ping"}"#;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !virsh(&["qemu-agent-command", &name, "--timeout", "10", ping])
-        .status
-        .success()
-    {
-        assert!(Instant::now() < deadline, "libvirtd never took the channel back");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    until_libvirtd_passes_on(&name, PING);
     let out = dir.path().join("out");
     let copy_out = copy_until_a_mebibyte(&[&guest, out.to_str().unwrap()]);
     let _daemons = DaemonsStopped::now();
