@@ -115,10 +115,11 @@ struct Running {
     grace: Duration,
     /// Its output, when followed.
     follow: Option<Following>,
-    /// A poll's connection dropped before its reply (see
-    /// [`Connector::outlives_disconnect`]): the end that reply may have
-    /// told is lost, and the agent forgets a program once it has told it.
-    reply_lost: bool,
+    /// How many polls in a row lost their connection before the reply
+    /// (see [`Connector::outlives_disconnect`]): the end the last one may
+    /// have told is lost, and the agent forgets a program once it has told
+    /// it.
+    replies_lost: u32,
 }
 
 impl Running {
@@ -174,6 +175,10 @@ const MOVING_PAUSE: Duration = Duration::from_millis(20);
 /// [`Connector::outlives_disconnect`]): it may be back, or the agent's
 /// channel free, within that.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The most polls of one program in a row whose connection drops before
+/// it is given up on: a restart drops one or two.
+const MOST_REPLIES_LOST: u32 = 5;
 
 /// Why a program is stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -660,7 +665,7 @@ impl<C: Connector> Session<C> {
                 quiet_since: now,
                 refused: false,
             }),
-            reply_lost: false,
+            replies_lost: 0,
         });
         Ok(None)
     }
@@ -749,7 +754,7 @@ impl<C: Connector> Session<C> {
             Ok(status) if status.exited => self.finish(index, status, false, reply).await,
             Ok(_) => {
                 let run = &mut self.running[index];
-                run.reply_lost = false;
+                run.replies_lost = 0;
                 let now = Instant::now();
                 let next = match &run.follow {
                     Some(following) => {
@@ -767,21 +772,29 @@ impl<C: Connector> Session<C> {
                 };
                 run.next_poll = run.stop_at.map_or(next, |at| next.min(at));
             }
-            Err(Error::Disconnected) if self.channel.connector().outlives_disconnect() => {
-                // The go-between went away, not the agent: the program
-                // runs on, and the next poll connects anew.
+            // The go-between went away, not the agent: the program runs
+            // on, and the next poll connects anew; one that keeps dropping
+            // polls (a crash loop) is given up on as a lost connection.
+            Err(Error::Disconnected)
+                if self.channel.connector().outlives_disconnect()
+                    && self.running[index].replies_lost < MOST_REPLIES_LOST =>
+            {
                 let run = &mut self.running[index];
                 tracing::info!(
                     pid,
                     "the connection dropped under a poll: polling again on a new one"
                 );
-                run.reply_lost = true;
+                run.replies_lost += 1;
                 run.next_poll = Instant::now() + RECONNECT_PAUSE;
+            }
+            Err(Error::Disconnected) if self.channel.connector().outlives_disconnect() => {
+                let run = self.running.remove(index);
+                deliver(reply, run.id.clone(), Err(run.failure(Error::Disconnected)));
             }
             Err(Error::Disconnected) => self.fail_running(reply),
             // It ended as the connection dropped, and the agent has
             // forgotten it: its end went with the reply.
-            Err(Error::Agent { .. }) if self.running[index].reply_lost => {
+            Err(Error::Agent { .. }) if self.running[index].replies_lost > 0 => {
                 let run = self.running.remove(index);
                 deliver(reply, run.id.clone(), Err(run.failure(Error::Disconnected)));
             }

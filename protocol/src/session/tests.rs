@@ -32,6 +32,9 @@ enum SecondPoll {
     Exited,
     /// The first poll's lost reply was the end, which the agent forgets.
     Forgotten,
+    /// Dropped too, as on every connection after (a go-between in a crash
+    /// loop).
+    Dropped,
 }
 
 /// An agent whose first connection starts pid 7 and drops under the poll
@@ -46,7 +49,7 @@ fn scripted_agent(second: SecondPoll) -> (tempfile::TempDir, PathBuf) {
                 return;
             };
             let poll = match (connection, &second) {
-                (0, _) => None,
+                (0, _) | (_, SecondPoll::Dropped) => None,
                 (_, SecondPoll::Exited) => Some(json!({"return": {"exited": true, "exitcode": 0}})),
                 (_, SecondPoll::Forgotten) => {
                     Some(json!({"error": {"class": "GenericError", "desc": "Invalid parameter 'pid'"}}))
@@ -123,6 +126,17 @@ async fn an_end_lost_with_the_dropped_reply_is_told_as_the_connection_lost() {
     match reply.outcome {
         Err(failure) => assert!(matches!(failure.error, Error::Disconnected), "{failure:?}"),
         other => panic!("the end is lost: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn polls_that_keep_dropping_are_given_up_on_as_the_connection_lost() {
+    let (_dir, socket) = scripted_agent(SecondPoll::Dropped);
+    let given_up = tokio::time::timeout(std::time::Duration::from_secs(10), run_over(socket));
+    let reply = given_up.await.expect("not polled forever");
+    match reply.outcome {
+        Err(failure) => assert!(matches!(failure.error, Error::Disconnected), "{failure:?}"),
+        other => panic!("given up on: {other:?}"),
     }
 }
 
