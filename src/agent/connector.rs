@@ -198,8 +198,9 @@ fn kept_waiting(error: &Error) -> bool {
 impl Connector for DomainConnector {
     type Agent = AnyAgent;
 
-    /// Around libvirtd at most once a connect: a channel taken back
-    /// meanwhile leaves libvirtd's error as it was.
+    /// Around libvirtd at most once a connect, where libvirtd could not
+    /// be reached: a channel taken back meanwhile leaves libvirtd's error
+    /// as it was.
     async fn connect(&mut self) -> Result<AnyAgent, Error> {
         let mut went_around = false;
         loop {
@@ -221,7 +222,13 @@ impl Connector for DomainConnector {
                     unreachable!("connected straight, or handed back to libvirtd")
                 }
             };
-            if connected.is_ok() || went_around || !self.go_around_libvirtd() {
+            // Only where libvirtd itself is not there: its word on the
+            // domain (not found, not running) stands.
+            let libvirtd_gone = matches!(
+                connected,
+                Err(Error::Connect { .. } | Error::Disconnected | Error::Io(_))
+            );
+            if !libvirtd_gone || went_around || !self.go_around_libvirtd() {
                 return connected;
             }
             went_around = true;
