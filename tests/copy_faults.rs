@@ -15,7 +15,7 @@ use crate::copy::{outcome, spawn_copy, temporaries};
 use crate::support::fake_agent::FakeAgent;
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::{agent_restart_when, TestVm};
-use crate::support::{guest_run, virtomate, wait_until, Outcome, StderrLines};
+use crate::support::{guest_run, spawn_session_sent, virtomate, wait_until, Outcome, StderrLines};
 
 /// What `sh -c SCRIPT` prints in the guest; it must succeed.
 fn guest_sh(socket: &Path, script: &str) -> String {
@@ -563,17 +563,8 @@ fn a_vm_killed_under_a_sessions_copy_is_told_not_running() {
 fn ctrl_c_while_a_sessions_copy_opens_a_guest_file_closes_the_handle() {
     let (signalled, wait_for_signal) = std::sync::mpsc::channel::<()>();
     let agent = holding_the_open(wait_for_signal);
-    let mut child = virtomate()
-        .args(["-l", "info", "session"])
-        .arg(agent.socket())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = StderrLines::of(&mut child);
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{}", json!({"id": "c", "copy_from": "/f"})).unwrap();
+    let request = json!({"id": "c", "copy_from": "/f"});
+    let (child, stderr, stdin) = spawn_session_sent(&["-l", "info"], &agent.socket(), &request);
     agent.wait_for("guest-file-open");
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();

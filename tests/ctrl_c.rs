@@ -15,7 +15,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use crate::support::fake_agent::FakeAgent;
-use crate::support::{virtomate, wait_until, StderrLines};
+use crate::support::{spawn_session_sent, virtomate, wait_until, StderrLines};
 
 /// The first handle and pid the fake agent hands out.
 const FIRST_HANDLE: i64 = 1000;
@@ -328,17 +328,9 @@ fn a_second_ctrl_c_stops_the_wait_for_an_open_at_once_and_says_what_may_stay() {
     // The open is answered only once virtomate has stopped waiting for it.
     let (signalled, wait_for_signal) = std::sync::mpsc::channel();
     let (agent, _) = willing_agent(|request, _| is_open(request), wait_for_signal);
-    let mut child = virtomate()
-        .args(["-l", "info", "--reply-timeout", "600", "session"])
-        .arg(agent.socket())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = StderrLines::of(&mut child);
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{}", json!({"id": "r", "run": ["true"], "follow": true})).unwrap();
+    let request = json!({"id": "r", "run": ["true"], "follow": true});
+    let options = ["-l", "info", "--reply-timeout", "600"];
+    let (child, lines, stdin) = spawn_session_sent(&options, &agent.socket(), &request);
     agent.wait_for("held");
     sigint(&child);
     lines.wait_for("being opened: awaiting their handles, to close them");
@@ -478,17 +470,9 @@ fn a_further_ctrl_c_stops_guest_runs_clean_up_on_a_hung_agent_and_says_what_may_
 #[test]
 fn a_further_ctrl_c_stops_a_sessions_clean_up_on_a_hung_agent_and_says_what_may_stay() {
     let (agent, asked, armed, signalled) = agent_holding_the_give_up();
-    let mut child = virtomate()
-        .args(["-l", "info", "--reply-timeout", "600", "session"])
-        .arg(agent.socket())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = StderrLines::of(&mut child);
-    let mut stdin = child.stdin.take().unwrap();
-    writeln!(stdin, "{}", json!({"id": "r", "run": ["true"], "follow": true})).unwrap();
+    let request = json!({"id": "r", "run": ["true"], "follow": true});
+    let options = ["-l", "info", "--reply-timeout", "600"];
+    let (child, lines, stdin) = spawn_session_sent(&options, &agent.socket(), &request);
     let output = ctrl_c_then_again_while_it_stops_the_program(child, &lines, &agent, &asked, &armed);
     signalled.send(()).unwrap();
     drop(stdin);

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::{agent_restart_when, TestVm};
-use crate::support::{guest_run_with, run_bytes, stderr_of_own_failure, virtomate, wait_until};
+use crate::support::{
+    guest_run_with, run_bytes, stderr_of_own_failure, virtomate, wait_until, writer_when_read,
+};
 
 /// `virtomate guest-run --follow OPTIONS DOMAIN -- PROGRAM...`, bytes in
 /// and out.
@@ -689,17 +691,7 @@ fn a_rotator_killed_under_a_program_that_then_exits_0_is_told_as_output_lost() {
 /// Writes a line into the named pipe `fifo` once a reader has it open.
 fn release(fifo: &str) {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut writer = None;
-    wait_until(30, "the program to open its named pipe", || {
-        let open = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(fifo);
-        writer = open.ok();
-        writer.is_some()
-    });
-    writer.unwrap().write_all(b"go\n").unwrap();
+    writer_when_read(Path::new(fifo)).write_all(b"go\n").unwrap();
 }
 
 /// `sh -c SCRIPT` in the guest, which must succeed: its stdout.

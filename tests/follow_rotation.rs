@@ -14,7 +14,9 @@ use virtomate_protocol::follow::CHUNK_MAX;
 use crate::support::data::{noise, sha256_hex};
 use crate::support::host_agent::HostAgent;
 use crate::support::test_vm::TestVm;
-use crate::support::{guest_run_with, run_bytes, stderr_of_own_failure, virtomate, wait_until};
+use crate::support::{
+    guest_run_with, run_bytes, stderr_of_own_failure, virtomate, wait_until, writer_when_read,
+};
 
 const CHUNK: usize = CHUNK_MAX as usize;
 
@@ -366,21 +368,6 @@ fn fill(tmp: &SmallTmp) -> PathBuf {
     let block = [0u8; 4096];
     while filler.write_all(&block).is_ok() {}
     path
-}
-
-/// The named pipe `fifo` opened for writing, once a reader has it open.
-fn writer_when_read(fifo: &Path) -> std::fs::File {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut writer = None;
-    wait_until(30, "the program to open its named pipe", || {
-        let open = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(fifo);
-        writer = open.ok();
-        writer.is_some()
-    });
-    writer.unwrap()
 }
 
 /// Two named pipes, `go1` and `go2`, in a directory of their own, which

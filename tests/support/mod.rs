@@ -240,6 +240,44 @@ impl StderrLines {
     }
 }
 
+/// The named pipe `fifo` opened for writing, once a reader has it open.
+pub fn writer_when_read(fifo: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut writer = None;
+    wait_until(30, "the program to open its named pipe", || {
+        let open = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(fifo);
+        writer = open.ok();
+        writer.is_some()
+    });
+    writer.unwrap()
+}
+
+/// `virtomate OPTIONS session DOMAIN`, its standard streams piped and its
+/// stderr read line by line, sent `request` as its first line: the
+/// process, its stderr's lines and its stdin.
+pub fn spawn_session_sent(
+    options: &[&str],
+    domain: &Path,
+    request: &Value,
+) -> (std::process::Child, StderrLines, std::process::ChildStdin) {
+    let mut child = virtomate()
+        .args(options)
+        .arg("session")
+        .arg(domain)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = StderrLines::of(&mut child);
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{request}").unwrap();
+    (child, lines, stdin)
+}
+
 /// What `--trace` shows when the agent has started the program.
 pub const TRACED_START: &str = r#"<< {"return": {"pid": "#;
 
