@@ -6,6 +6,8 @@
 //! test -- --include-ignored` (what scripts/test.sh and CI run) runs them,
 //! and there they fail, never skip, when what they need is missing.
 
+mod go_between;
+mod host_agent;
 mod libvirt_rpc;
 mod qmp;
 mod reader_properties;

@@ -3,53 +3,10 @@
 //! host), each reply read through the generated types.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
+use crate::host_agent::HostAgent;
 use virtomate_protocol::qga::schema::*;
 use virtomate_protocol::{ClientOptions, Command as _, Error, QgaClient};
-
-/// `qemu-ga -m unix-listen` in a directory of its own; killed on drop.
-struct HostAgent {
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl HostAgent {
-    fn start() -> HostAgent {
-        let dir = tempfile::tempdir().unwrap();
-        let child = Command::new("qemu-ga")
-            .args(["-m", "unix-listen", "-p"])
-            .arg(dir.path().join("qga.sock"))
-            .arg("-t")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("this test needs qemu-ga on the host (the qemu-guest-agent package)");
-        let agent = HostAgent { child, dir };
-        let started = Instant::now();
-        while !agent.socket().exists() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "qemu-ga made no socket"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        agent
-    }
-
-    fn socket(&self) -> std::path::PathBuf {
-        self.dir.path().join("qga.sock")
-    }
-}
-
-impl Drop for HostAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 async fn client(socket: &Path) -> QgaClient {
     QgaClient::connect(socket, ClientOptions::default())

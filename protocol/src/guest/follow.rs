@@ -304,7 +304,10 @@ macro_rules! stop_naming_function {
 /// empty index has no block yet). The clean-up reads the marker: none, the
 /// rotator never ran; `live`, it was killed. Every failure comes here: the
 /// open of a chunk is a `command exec`, as a failed redirection of a plain
-/// `exec` ends the shell on the spot.
+/// `exec` ends the shell on the spot. A credit names the chunk it is for
+/// (`credited STREAM CHUNK` waits for it); the host may send one again
+/// after a connection dropped under it, unsure whether the agent wrote it,
+/// and a credit for a chunk already removed is skipped.
 macro_rules! rotators {
     () => {
         concat!(
@@ -317,6 +320,11 @@ macro_rules! rotators {
   echo "$1 $2 fail" >>"$d/index"
   exit
 }
+credited() {
+  c=-1
+  until [ "$c" -ge "$2" ] 2>/dev/null; do read -r c <&3 || return; done
+  rm -f -- "$d/$1.$2"
+}
 rotate() {
   umask 077
   n=0
@@ -326,7 +334,7 @@ rotate() {
     if [ ! -s "$d/$1.$n" ]; then echo "$1 $n end" >>"$d/index" && exit; break; fi
     command exec 4>"$d/$1.$((n + 1))" && echo "$1 $n" >>"$d/index" || break
     n=$((n + 1))
-    if [ "$n" -gt 1 ]; then read -r c <&3 && rm -f -- "$d/$1.$((n - 2))" || break; fi
+    if [ "$n" -gt 1 ]; then credited "$1" $((n - 2)) || break; fi
   done
   failed "$1" "$n"
 }

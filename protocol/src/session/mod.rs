@@ -115,11 +115,13 @@ struct Running {
     grace: Duration,
     /// Its output, when followed.
     follow: Option<Following>,
-    /// How many polls in a row lost their connection before the reply
-    /// (see [`Connector::outlives_disconnect`]): the end the last one may
+    /// How many polls or reads of its output in a row lost their
+    /// connection before the reply (see [`Connector::outlives_disconnect`]).
+    replies_lost: u32,
+    /// The last poll lost its connection before the reply: the end it may
     /// have told is lost, and the agent forgets a program once it has told
     /// it.
-    replies_lost: u32,
+    poll_lost: bool,
 }
 
 impl Running {
@@ -666,6 +668,7 @@ impl<C: Connector> Session<C> {
                 refused: false,
             }),
             replies_lost: 0,
+            poll_lost: false,
         });
         Ok(None)
     }
@@ -733,16 +736,32 @@ impl<C: Connector> Session<C> {
                     // More waits: read again before anything else is due.
                     following.quiet_since = now;
                     run.next_poll = now;
+                    run.replies_lost = 0;
                     return;
                 }
                 Ok((read, false)) => {
                     if read > 0 {
                         following.quiet_since = now;
                     }
+                    run.replies_lost = 0;
                 }
                 Err(FollowError::Sink(_)) => {
                     following.refused = true;
                     return self.stop(index, StopReason::OutputRefused, reply).await;
+                }
+                // As under a poll (below): the reads and what they owe
+                // the guest are made again on a new connection.
+                Err(FollowError::Agent(Error::Disconnected))
+                    if self.channel.connector().outlives_disconnect()
+                        && run.replies_lost < MOST_REPLIES_LOST =>
+                {
+                    tracing::info!(
+                        pid,
+                        "the connection dropped under reading the output: reading again on a new one"
+                    );
+                    run.replies_lost += 1;
+                    run.next_poll = now + RECONNECT_PAUSE;
+                    return;
                 }
                 Err(error) => {
                     let run = self.running.remove(index);
@@ -754,7 +773,7 @@ impl<C: Connector> Session<C> {
             Ok(status) if status.exited => self.finish(index, status, false, reply).await,
             Ok(_) => {
                 let run = &mut self.running[index];
-                run.replies_lost = 0;
+                (run.replies_lost, run.poll_lost) = (0, false);
                 let now = Instant::now();
                 let next = match &run.follow {
                     Some(following) => {
@@ -785,6 +804,7 @@ impl<C: Connector> Session<C> {
                     "the connection dropped under a poll: polling again on a new one"
                 );
                 run.replies_lost += 1;
+                run.poll_lost = true;
                 run.next_poll = Instant::now() + RECONNECT_PAUSE;
             }
             Err(Error::Disconnected) if self.channel.connector().outlives_disconnect() => {
@@ -794,7 +814,7 @@ impl<C: Connector> Session<C> {
             Err(Error::Disconnected) => self.fail_running(reply),
             // It ended as the connection dropped, and the agent has
             // forgotten it: its end went with the reply.
-            Err(Error::Agent { .. }) if self.running[index].replies_lost > 0 => {
+            Err(Error::Agent { .. }) if self.running[index].poll_lost => {
                 let run = self.running.remove(index);
                 deliver(reply, run.id.clone(), Err(run.failure(Error::Disconnected)));
             }
@@ -877,12 +897,25 @@ impl<C: Connector> Session<C> {
                 return Err(error.into());
             }
         }
-        if !following.refused {
+        let mut replies_lost = 0;
+        while !following.refused {
             let id = &run.id;
             let mut sink = |stream, bytes: &[u8]| reply(chunk(id, stream, bytes));
             match following.follow.drain(&mut self.channel, &mut sink).await {
-                Ok(()) => {}
+                Ok(()) => break,
                 Err(FollowError::Sink(_)) => following.refused = true,
+                // As under a poll: drained on from where it was, on a new
+                // connection.
+                Err(FollowError::Agent(Error::Disconnected))
+                    if self.channel.connector().outlives_disconnect() && replies_lost < MOST_REPLIES_LOST =>
+                {
+                    tracing::info!(
+                        pid = run.pid,
+                        "the connection dropped under reading the rest of the output: reading on a new one"
+                    );
+                    replies_lost += 1;
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
                 Err(error) => return Err(error),
             }
         }

@@ -89,6 +89,17 @@ pub(super) struct Tail {
     /// Every byte of the stream has been passed on, or its rotator failed
     /// and what it wrote has.
     pub(super) finished: bool,
+    /// What moving on to the current chunk still owes the guest, where a
+    /// connection dropped under it (see [`Tail::settle`]).
+    owed: Owed,
+}
+
+/// The credit for the chunk before the current one, and the current
+/// chunk's open, not yet known to have been made.
+#[derive(Debug, Default, Clone, Copy)]
+struct Owed {
+    credit: Option<u64>,
+    open: bool,
 }
 
 impl Tail {
@@ -103,6 +114,7 @@ impl Tail {
             ending: None,
             at_end: false,
             finished: false,
+            owed: Owed::default(),
         }
     }
 
@@ -151,6 +163,7 @@ impl Tail {
         if self.finished {
             return Ok((0, false));
         }
+        self.settle(channel, dir, None).await?;
         if self.ending == Some((self.chunk, Ending::End)) {
             // Nothing in it, and nothing after it.
             self.finished = true;
@@ -191,37 +204,66 @@ impl Tail {
             Some((at, Ending::Failed)) => at <= done,
             None => false,
         };
-        if !last {
-            if let Some(handle) = self.credit {
-                let write = GuestFileWrite {
-                    handle,
-                    buf: format!("{done}\n").into_bytes(),
-                };
-                let (written, flushed) = channel.execute_both(&write, &GuestFileFlush { handle }).await?;
-                written?;
-                flushed?;
-            }
-        }
-        let old = self.file.handle.take();
+        self.finished = last;
+        self.owed = Owed {
+            credit: (!last && self.credit.is_some()).then_some(done),
+            open: !last,
+        };
+        // Closed once, whatever becomes of the close: the agent keeps a
+        // handle whose close failed, and a second close would use a freed
+        // `FILE` (so a close lost with a dropped connection may leave the
+        // chunk's handle open in the agent).
+        let close = self.file.handle.take().map(|handle| GuestFileClose { handle });
         self.file = Reader::default();
-        let path = chunk_path(dir, self.stream, self.chunk);
-        match (old, last) {
-            (Some(handle), false) => {
-                let (closed, opened) = channel
-                    .execute_both(&GuestFileClose { handle }, &GuestFileOpen::new(path, "r"))
-                    .await?;
-                // Kept as soon as known, for the clean-up to close.
-                self.file.handle = opened.as_ref().ok().copied();
+        self.settle(channel, dir, close).await
+    }
+
+    /// Makes what moving on to the current chunk owes: its credit, then
+    /// `close` (the last chunk's) and the current chunk's open, together.
+    /// Where the connection drops under them and the agent outlives that
+    /// (libvirtd went away: see [`Connector::outlives_disconnect`]), what
+    /// is still owed is made again by the next look on a new connection:
+    /// a credit sent twice is skipped by the rotator, and an open made
+    /// twice leaves the first handle unused.
+    ///
+    /// [`Connector::outlives_disconnect`]: crate::Connector::outlives_disconnect
+    async fn settle<C: Connector>(
+        &mut self,
+        channel: &mut Channel<C>,
+        dir: &str,
+        close: Option<GuestFileClose>,
+    ) -> Result<(), FollowError> {
+        if let (Some(done), Some(handle)) = (self.owed.credit, self.credit) {
+            let write = GuestFileWrite {
+                handle,
+                buf: format!("{done}\n").into_bytes(),
+            };
+            let (written, flushed) = channel.execute_both(&write, &GuestFileFlush { handle }).await?;
+            written?;
+            flushed?;
+            self.owed.credit = None;
+        }
+        let open = || GuestFileOpen::new(chunk_path(dir, self.stream, self.chunk), "r");
+        match (close, self.owed.open) {
+            (Some(close), true) => {
+                let (closed, opened) = channel.execute_both(&close, &open()).await?;
+                if let Ok(handle) = opened {
+                    // Kept as soon as known, for the clean-up to close.
+                    self.file.handle = Some(handle);
+                    self.owed.open = false;
+                }
                 closed?;
                 opened?;
             }
-            (Some(handle), true) => {
-                channel.execute(&GuestFileClose { handle }).await?;
+            (Some(close), false) => {
+                channel.execute(&close).await?;
             }
-            (None, false) => self.file.handle = Some(channel.execute(&GuestFileOpen::new(path, "r")).await?),
-            (None, true) => {}
+            (None, true) => {
+                self.file.handle = Some(channel.execute(&open()).await?);
+                self.owed.open = false;
+            }
+            (None, false) => {}
         }
-        self.finished = last;
         Ok(())
     }
 
