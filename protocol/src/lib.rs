@@ -62,7 +62,8 @@ pub use channel::sweep::{files_to_sweep, MOST_EXAMINED};
 pub use channel::{Channel, Connector, HoldPolicy, SocketConnector};
 pub use error::{Error, Phase};
 pub use guest::exec::{
-    stop_group, wait_for_exit, wait_for_exit_on, Finished, PollSchedule, StopScope, Stopped, TREE_SCRIPT,
+    status_on, stop_group, wait_for_exit, wait_for_exit_on, Finished, PollSchedule, StopScope, Stopped,
+    TREE_SCRIPT,
 };
 pub use guest::{feed, follow, leftovers};
 pub use libvirt::LibvirtClient;

@@ -1,8 +1,11 @@
 //! A copy's program in the guest (`tar`, `gzip`) followed as it writes:
 //! its standard output is the data, its standard error what it said.
 
+use std::time::Duration;
+
+use tokio::time::sleep;
 use virtomate_protocol::follow::{Follow, FollowError, FollowOptions, Stream};
-use virtomate_protocol::{leftovers, Channel};
+use virtomate_protocol::{leftovers, Channel, Connector as _, Error};
 
 use crate::agent::DomainConnector;
 
@@ -26,8 +29,41 @@ pub async fn prepare(
 /// `ended`, the rest (up to the rotators' end marks); standard output
 /// appended to `data`, standard error to `said` up to `said_max` bytes.
 /// The bytes read and whether more may wait, as [`Follow::read_new`]
-/// tells.
+/// tells. Where the connection drops under it and the agent outlives that
+/// (libvirtd went away: see `Connector::outlives_disconnect`), it looks
+/// again on a new connection, from where it was, a few times.
 pub async fn look(
+    follow: &mut Follow,
+    channel: &mut Channel<DomainConnector>,
+    ended: bool,
+    data: &mut Vec<u8>,
+    said: &mut Vec<u8>,
+    said_max: usize,
+) -> Result<(u64, bool), FollowError> {
+    let mut lost = 0;
+    loop {
+        match look_once(follow, channel, ended, data, said, said_max).await {
+            Err(FollowError::Agent(Error::Disconnected))
+                if channel.connector().outlives_disconnect() && lost < MOST_LOOKS_LOST =>
+            {
+                tracing::info!("the connection dropped under reading the output: reading again on a new one");
+                lost += 1;
+                sleep(RECONNECT_PAUSE).await;
+            }
+            looked => return looked,
+        }
+    }
+}
+
+/// How many looks in a row may lose their connection before the copy
+/// fails: a restart of libvirtd drops one or two.
+const MOST_LOOKS_LOST: u32 = 5;
+
+/// How soon a look whose connection dropped is made again: libvirtd may
+/// be back, or the agent's channel free, within that.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+async fn look_once(
     follow: &mut Follow,
     channel: &mut Channel<DomainConnector>,
     ended: bool,

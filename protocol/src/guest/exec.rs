@@ -259,6 +259,39 @@ pub async fn wait_for_exit_on<C: Connector>(
     Ok(finished?.expect("without a deadline, polls end only at the exit"))
 }
 
+/// The status of `pid`, asked once over `channel`, and asked again on a
+/// new connection where the go-between went away under it, not the agent
+/// (see [`Connector::outlives_disconnect`]). An end told in the lost reply
+/// is one the agent has forgotten since: the loss stands
+/// ([`Error::Disconnected`]).
+///
+/// ```no_run
+/// use virtomate_protocol::{status_on, Channel, ClientOptions, SocketConnector};
+/// use virtomate_protocol::qga::GuestExec;
+///
+/// # async fn demo() -> Result<(), virtomate_protocol::Error> {
+/// let mut channel = Channel::new(SocketConnector::new("/run/vm/qga.sock", ClientOptions::default()));
+/// let pid = channel.guest_exec(&GuestExec::new("tar", ["cf", "/tmp/etc.tar", "/etc"])).await?.pid;
+/// while !status_on(&mut channel, pid).await?.exited {
+///     // Read what it wrote so far, say, then pause.
+///     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+/// }
+/// # Ok(()) }
+/// ```
+pub async fn status_on<C: Connector>(
+    channel: &mut Channel<C>,
+    pid: i64,
+) -> Result<GuestExecStatusReply, Error> {
+    let status = channel.execute(&GuestExecStatus { pid }).await;
+    if !matches!(status, Err(Error::Disconnected)) || !channel.connector().outlives_disconnect() {
+        return status;
+    }
+    match channel.execute(&GuestExecStatus { pid }).await {
+        Err(Error::Agent { .. }) => Err(Error::Disconnected),
+        again => again,
+    }
+}
+
 /// Polls over a channel held through the pauses and let go as soon as
 /// another client wants it: it then connects while the agent is awake.
 struct Sharing<'a, C: Connector> {
@@ -267,19 +300,8 @@ struct Sharing<'a, C: Connector> {
 }
 
 impl<C: Connector> Poller for Sharing<'_, C> {
-    /// Asked again on a new connection where the go-between went away
-    /// under a poll, not the agent (see [`Connector::outlives_disconnect`]);
-    /// an end told in the lost reply is one the agent has forgotten since,
-    /// and the loss stands.
     async fn status(&mut self, pid: i64) -> Result<GuestExecStatusReply, Error> {
-        let status = self.channel.execute(&GuestExecStatus { pid }).await;
-        if !matches!(status, Err(Error::Disconnected)) || !self.channel.connector().outlives_disconnect() {
-            return status;
-        }
-        match self.channel.execute(&GuestExecStatus { pid }).await {
-            Err(Error::Agent { .. }) => Err(Error::Disconnected),
-            again => again,
-        }
+        status_on(self.channel, pid).await
     }
 
     async fn pause(&mut self, resume: Instant, waited: Duration) {

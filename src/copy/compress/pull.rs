@@ -9,8 +9,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::time::sleep;
 use virtomate_protocol::follow::{FollowError, FollowOptions};
-use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
-use virtomate_protocol::{hex, PollSchedule};
+use virtomate_protocol::qga::GuestExec;
+use virtomate_protocol::{hex, status_on, PollSchedule};
 
 use crate::copy::agent::FileAgent;
 use crate::copy::location::guest_name;
@@ -102,7 +102,7 @@ impl<A: FileAgent> Copy<'_, A> {
                     (false, Some(_)) => break,
                     (false, None) => {}
                 }
-                let status = self.agent.channel().execute(&GuestExecStatus { pid }).await;
+                let status = status_on(self.agent.channel(), pid).await;
                 let status = status.map_err(|e| self.agent.error_while_running(e, pid))?;
                 if status.exited {
                     ended = Some(status);

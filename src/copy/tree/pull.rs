@@ -10,8 +10,8 @@ use flate2::read::GzDecoder;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep;
 use virtomate_protocol::follow::{FollowError, FollowOptions, Stream};
-use virtomate_protocol::qga::{GuestExec, GuestExecStatus};
-use virtomate_protocol::PollSchedule;
+use virtomate_protocol::qga::GuestExec;
+use virtomate_protocol::{status_on, PollSchedule};
 
 use super::unpack::{Unpacked, Unpacker};
 use super::{local_dest, not_a_guest_directory, TreeSummary};
@@ -218,7 +218,7 @@ impl<A: FileAgent> Copy<'_, A> {
                 (false, Some(_)) => break,
                 (false, None) => {}
             }
-            let status = self.agent.channel().execute(&GuestExecStatus { pid }).await;
+            let status = status_on(self.agent.channel(), pid).await;
             let status = status.map_err(|e| self.agent.error_while_running(e, pid))?;
             if status.exited {
                 ended = Some(status);
