@@ -776,11 +776,8 @@ impl Follow {
     /// and a second close would use a freed `FILE`). The first error.
     pub async fn close_files<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
         let mut first_error = None;
-        let handles = self
-            .tails
-            .iter_mut()
-            .flat_map(|tail| [tail.file.handle.take(), tail.credit.take()])
-            .chain([self.index.file.handle.take()]);
+        let index = self.index.file.handle.take();
+        let handles = self.tails.iter_mut().flat_map(Tail::take_handles).chain([index]);
         // Two at a time: one round trip for two on a direct channel.
         for pair in handles.flatten().collect::<Vec<_>>().chunks(2) {
             let close = |handle: &i64| GuestFileClose { handle: *handle };

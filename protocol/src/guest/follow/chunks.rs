@@ -94,11 +94,13 @@ pub(super) struct Tail {
     owed: Owed,
 }
 
-/// The credit for the chunk before the current one, and the current
-/// chunk's open, not yet known to have been made.
+/// The credit for the chunk before the current one, that chunk's close
+/// (not yet sent), and the current chunk's open, not yet known to have
+/// been made.
 #[derive(Debug, Default, Clone, Copy)]
 struct Owed {
     credit: Option<u64>,
+    close: Option<i64>,
     open: bool,
 }
 
@@ -160,10 +162,10 @@ impl Tail {
         count: u64,
         sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(u64, bool), FollowError> {
+        self.settle(channel, dir).await?;
         if self.finished {
             return Ok((0, false));
         }
-        self.settle(channel, dir, None).await?;
         if self.ending == Some((self.chunk, Ending::End)) {
             // Nothing in it, and nothing after it.
             self.finished = true;
@@ -207,32 +209,26 @@ impl Tail {
         self.finished = last;
         self.owed = Owed {
             credit: (!last && self.credit.is_some()).then_some(done),
+            close: self.file.handle.take(),
             open: !last,
         };
-        // Closed once, whatever becomes of the close: the agent keeps a
-        // handle whose close failed, and a second close would use a freed
-        // `FILE` (so a close lost with a dropped connection may leave the
-        // chunk's handle open in the agent).
-        let close = self.file.handle.take().map(|handle| GuestFileClose { handle });
         self.file = Reader::default();
-        self.settle(channel, dir, close).await
+        self.settle(channel, dir).await
     }
 
-    /// Makes what moving on to the current chunk owes: its credit, then
-    /// `close` (the last chunk's) and the current chunk's open, together.
+    /// Makes what moving on to the current chunk owes: the credit, then
+    /// the last chunk's close and the current chunk's open, together.
     /// Where the connection drops under them and the agent outlives that
     /// (libvirtd went away: see [`Connector::outlives_disconnect`]), what
     /// is still owed is made again by the next look on a new connection:
     /// a credit sent twice is skipped by the rotator, and an open made
-    /// twice leaves the first handle unused.
+    /// twice leaves the first handle unused. A close is sent once,
+    /// whatever becomes of it: the agent keeps a handle whose close failed,
+    /// and a second close would use a freed `FILE` (so a close lost that
+    /// way may leave the chunk's handle open in the agent).
     ///
     /// [`Connector::outlives_disconnect`]: crate::Connector::outlives_disconnect
-    async fn settle<C: Connector>(
-        &mut self,
-        channel: &mut Channel<C>,
-        dir: &str,
-        close: Option<GuestFileClose>,
-    ) -> Result<(), FollowError> {
+    async fn settle<C: Connector>(&mut self, channel: &mut Channel<C>, dir: &str) -> Result<(), FollowError> {
         if let (Some(done), Some(handle)) = (self.owed.credit, self.credit) {
             let write = GuestFileWrite {
                 handle,
@@ -244,6 +240,7 @@ impl Tail {
             self.owed.credit = None;
         }
         let open = || GuestFileOpen::new(chunk_path(dir, self.stream, self.chunk), "r");
+        let close = self.owed.close.take().map(|handle| GuestFileClose { handle });
         match (close, self.owed.open) {
             (Some(close), true) => {
                 let (closed, opened) = channel.execute_both(&close, &open()).await?;
@@ -265,6 +262,17 @@ impl Tail {
             (None, false) => {}
         }
         Ok(())
+    }
+
+    /// The handles this stream holds open in the agent, taken for the
+    /// clean-up to close: its chunk's, its credit pipe's, and a chunk's
+    /// whose close was not sent yet.
+    pub(super) fn take_handles(&mut self) -> [Option<i64>; 3] {
+        [
+            self.file.handle.take(),
+            self.credit.take(),
+            self.owed.close.take(),
+        ]
     }
 
     /// Takes in what one index line says of this stream: `N` (chunk N is
