@@ -34,13 +34,14 @@ impl Connector for GoBetween {
 
 /// The requests the go-between may drop once the program runs: the
 /// reads of its output, the credits (written, then flushed), the chunks'
-/// opens and the polls.
-const DROPPABLE: [&str; 5] = [
+/// opens and closes (those of the clean-up too) and the polls.
+const DROPPABLE: [&str; 6] = [
     "guest-file-read",
     "guest-file-write",
     "guest-file-flush",
     "guest-file-open",
     "guest-exec-status",
+    "guest-file-close",
 ];
 
 /// What the go-between counts, shared by its connections.

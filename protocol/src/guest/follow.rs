@@ -773,7 +773,9 @@ impl Follow {
 
     /// Closes the files the agent holds open for this directory, each once
     /// (whatever the agent answers: it keeps a handle whose close failed,
-    /// and a second close would use a freed `FILE`). The first error.
+    /// and a second close would use a freed `FILE`). The first error; a
+    /// connection dropped under a go-between that the agent outlives is
+    /// none (see [`Connector::outlives_disconnect`]).
     pub async fn close_files<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
         let mut first_error = None;
         let index = self.index.file.handle.take();
@@ -789,8 +791,16 @@ impl Follow {
                 [one] => channel.execute(&close(one)).await.map(drop),
                 _ => Ok(()),
             };
-            if let Err(error) = closed {
-                first_error.get_or_insert(FollowError::from(error));
+            match closed {
+                // Sent once, as any close: the agent went on, and at worst
+                // keeps the handle.
+                Err(Error::Disconnected) if channel.connector().outlives_disconnect() => {
+                    tracing::info!("the connection dropped under closing the output's files: going on");
+                }
+                Err(error) => {
+                    first_error.get_or_insert(FollowError::from(error));
+                }
+                Ok(()) => {}
             }
         }
         first_error.map_or(Ok(()), Err)
