@@ -19,6 +19,11 @@
 //! VM holds the file, the tree and, on the way out, tar's output in its
 //! memory);
 //! `BENCH_COPY_ONLY=tree` runs that comparison alone.
+//!
+//! Then `copy` through a control master (`--persist`) against a copy that
+//! connects itself, in and out, on both agents (`BENCH_COPY_MASTER_HOST_MIB`,
+//! 256, and `BENCH_COPY_MASTER_VM_MIB`, 16); `BENCH_COPY_ONLY=master` runs
+//! that comparison alone.
 
 #[allow(dead_code)]
 #[path = "../tests/support/mod.rs"]
@@ -58,6 +63,10 @@ fn main() {
     }
     if std::env::var("BENCH_COPY_ONLY").as_deref() == Ok("tree") {
         tree_comparisons(&vm, &host, work.path());
+        return;
+    }
+    if std::env::var("BENCH_COPY_ONLY").as_deref() == Ok("master") {
+        master_comparisons(&vm, &host, work.path());
         return;
     }
 
@@ -118,6 +127,9 @@ fn main() {
 
     println!();
     tree_comparisons(&vm, &host, work.path());
+
+    println!();
+    master_comparisons(&vm, &host, work.path());
 
     println!();
     println!("big copies, whole process, SHA-256 compared on both sides (--verify)");
@@ -326,6 +338,78 @@ fn tree_comparison(label: &str, socket: &Path, inside: &str, work: &Path, size_m
         tree_in / file_in,
         tree_out / file_out,
     );
+}
+
+/// `copy` through a control master against `copy` alone, on both agents:
+/// the master takes each chunk whole before it passes it on, one more hop
+/// for every chunk.
+fn master_comparisons(vm: &TestVm, host: &HostAgent, work: &Path) {
+    println!(
+        "copy through a control master (--persist) against copy alone, {} KiB chunks (MB/s)",
+        CHUNK >> 10
+    );
+    println!(
+        "{:<11} {:>6} {:>9} {:>9} {:>6} {:>9} {:>9} {:>6}",
+        "agent", "MiB", "in alone", "in master", "ratio", "out alone", "out master", "ratio"
+    );
+    for (label, socket, size, inside) in [
+        (
+            "host agent",
+            host.socket(),
+            mib("BENCH_COPY_MASTER_HOST_MIB", 256) * MIB,
+            work.join("master-inside").display().to_string(),
+        ),
+        (
+            "test VM",
+            vm.socket(),
+            mib("BENCH_COPY_MASTER_VM_MIB", 16) * MIB,
+            "/tmp/master".to_owned(),
+        ),
+    ] {
+        let data = noise(size, 3);
+        let local = work.join("master-source");
+        std::fs::write(&local, &data).unwrap();
+        let (local, back) = (local.to_str().unwrap(), work.join("master-back"));
+        let back = back.to_str().unwrap();
+        let guest = format!("{}:{inside}", socket.display());
+        // Started before the first timing, as a script's earlier command would.
+        let started = support::run(&through_master(&["guest-ping", socket.to_str().unwrap()]), None);
+        assert_eq!(started.status, 0, "{started:?}");
+        let runs = mib("BENCH_COPY_RUNS", 3);
+        let (mut alone_in, mut master_in, mut alone_out, mut master_out) =
+            (f64::MAX, f64::MAX, f64::MAX, f64::MAX);
+        for _ in 0..runs {
+            alone_in = alone_in.min(time_cli(&["copy", local, &guest]));
+            master_in = master_in.min(time_cli(&through_master(&["copy", local, &guest])));
+            alone_out = alone_out.min(time_cli(&["copy", &guest, back]));
+            master_out = master_out.min(time_cli(&through_master(&["copy", &guest, back])));
+        }
+        assert!(
+            std::fs::read(back).unwrap() == data,
+            "{label}: the copy back through the master differs"
+        );
+        let _ = support::run(
+            &through_master(&["control", "exit", socket.to_str().unwrap()]),
+            None,
+        );
+        let rate = |secs: f64| size as f64 / 1e6 / secs;
+        println!(
+            "{label:<11} {:>6} {:>9.2} {:>9.2} {:>6.2} {:>9.2} {:>9.2} {:>6.2}",
+            size / MIB,
+            rate(alone_in),
+            rate(master_in),
+            alone_in / master_in,
+            rate(alone_out),
+            rate(master_out),
+            alone_out / master_out,
+        );
+    }
+    println!("ratio: throughput through the master / alone (1.00: the master costs nothing)");
+}
+
+/// `virtomate --persist 60 ARGS`: through the agent's control master.
+fn through_master<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    [&["--persist", "60"], args].concat()
 }
 
 /// Seconds for one whole `virtomate ARGS`.
