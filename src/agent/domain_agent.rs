@@ -307,9 +307,15 @@ impl DomainAgent {
     }
 
     /// The socket the agent was first reached on (the agent's, or
-    /// libvirtd's).
+    /// libvirtd's): what keys its files beside the channel's lock.
     pub fn socket(&self) -> &std::path::Path {
         &self.errors.first().socket
+    }
+
+    /// The socket the agent is reached on now, as its failures name it:
+    /// the route taken at first, or since (see [`DomainAgent::errors`]).
+    pub fn socket_now(&self) -> std::path::PathBuf {
+        self.errors().socket
     }
 
     /// What names the agent's failures: the route taken at first, or

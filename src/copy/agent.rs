@@ -2,7 +2,7 @@
 //! copy`'s own [`DomainAgent`], or a session's channel lent for the copy.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::PathBuf;
 
 use virtomate_protocol::qga::Command;
 use virtomate_protocol::{
@@ -29,8 +29,9 @@ pub trait FileAgent {
     /// as a run's is told (an agent that forgot it has restarted).
     fn error_while_running(&self, error: AgentError, pid: i64) -> CliError;
 
-    /// The socket the agent is reached on (the agent's, or libvirtd's).
-    fn socket(&self) -> &Path;
+    /// The socket the agent is reached on now (the agent's, or
+    /// libvirtd's): for messages.
+    fn socket(&self) -> PathBuf;
 
     /// Whether the agent is reached through libvirtd, with its size limits.
     fn through_libvirtd(&self) -> bool;
@@ -60,8 +61,8 @@ impl FileAgent for DomainAgent {
         DomainAgent::error_while_running(self, error, pid)
     }
 
-    fn socket(&self) -> &Path {
-        DomainAgent::socket(self)
+    fn socket(&self) -> PathBuf {
+        DomainAgent::socket_now(self)
     }
 
     fn through_libvirtd(&self) -> bool {
@@ -98,8 +99,8 @@ impl FileAgent for LentChannel<'_> {
         self.errors.error_while_running(error, pid)
     }
 
-    fn socket(&self) -> &Path {
-        &self.errors.socket
+    fn socket(&self) -> PathBuf {
+        self.errors.socket.clone()
     }
 
     fn through_libvirtd(&self) -> bool {
