@@ -40,9 +40,21 @@ pub async fn look(
     said: &mut Vec<u8>,
     said_max: usize,
 ) -> Result<(u64, bool), FollowError> {
+    let mut sink = |stream: Stream, bytes: &[u8]| {
+        match stream {
+            Stream::Stdout => data.extend_from_slice(bytes),
+            Stream::Stderr if said.len() < said_max => said.extend_from_slice(bytes),
+            Stream::Stderr => {}
+        }
+        Ok(())
+    };
     let mut lost = 0;
     loop {
-        match look_once(follow, channel, ended, data, said, said_max).await {
+        let looked = match ended {
+            true => follow.drain(channel, &mut sink).await.map(|()| (0, false)),
+            false => follow.read_new(channel, &mut sink).await,
+        };
+        match looked {
             Err(FollowError::Agent(Error::Disconnected))
                 if channel.connector().outlives_disconnect() && lost < MOST_LOOKS_LOST =>
             {
@@ -62,25 +74,3 @@ const MOST_LOOKS_LOST: u32 = 5;
 /// How soon a look whose connection dropped is made again: libvirtd may
 /// be back, or the agent's channel free, within that.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-
-async fn look_once(
-    follow: &mut Follow,
-    channel: &mut Channel<DomainConnector>,
-    ended: bool,
-    data: &mut Vec<u8>,
-    said: &mut Vec<u8>,
-    said_max: usize,
-) -> Result<(u64, bool), FollowError> {
-    let mut sink = |stream: Stream, bytes: &[u8]| {
-        match stream {
-            Stream::Stdout => data.extend_from_slice(bytes),
-            Stream::Stderr if said.len() < said_max => said.extend_from_slice(bytes),
-            Stream::Stderr => {}
-        }
-        Ok(())
-    };
-    match ended {
-        true => follow.drain(channel, &mut sink).await.map(|()| (0, false)),
-        false => follow.read_new(channel, &mut sink).await,
-    }
-}

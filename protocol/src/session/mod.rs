@@ -1048,6 +1048,3 @@ fn chunk(id: &Value, stream: Stream, bytes: &[u8]) -> Reply {
         }),
     }
 }
-
-#[cfg(test)]
-mod tests;
