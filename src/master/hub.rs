@@ -16,7 +16,7 @@ use virtomate_protocol::{ChannelLock, Deadline, Error};
 use super::client_conn::ClientEvent;
 use super::link::{Link, LinkEvent};
 use super::paths::{MasterPaths, SocketKey};
-use super::wire::{self, AgentReply, LinkFailure, MasterInfo};
+use super::wire::{self, AgentLine, LinkFailure, MasterInfo};
 use crate::domain::socket_holders;
 
 /// What the master is started with.
@@ -395,22 +395,20 @@ impl Hub {
         let current = self.link.as_ref().map(|link| link.generation);
         match event {
             LinkEvent::Line { generation, line } if Some(generation) == current => {
-                let Ok(reply) = serde_json::from_slice::<AgentReply>(&line) else {
-                    tracing::debug!(
-                        len = line.len(),
-                        "a line from the agent that is no reply: dropped"
-                    );
+                let len = line.len();
+                let Some(reply) = AgentLine::read(line) else {
+                    tracing::debug!(len, "a line from the agent that is no reply: dropped");
                     return;
                 };
-                if reply.id.is_some() && reply.id == self.noted {
+                if reply.id().is_some() && reply.id() == self.noted {
                     self.answered_noted();
                 }
-                match reply.id.and_then(|id| self.pending.remove(&id)) {
+                match reply.id().and_then(|id| self.pending.remove(&id)) {
                     Some(pending) => {
                         let line = reply.for_client(pending.client_id.as_deref());
                         self.reply(pending.client, line);
                     }
-                    None => tracing::debug!(id = ?reply.id, "a reply nobody waits for: dropped"),
+                    None => tracing::debug!(id = ?reply.id(), "a reply nobody waits for: dropped"),
                 }
                 if self.draining_since.is_some() && self.pending.is_empty() {
                     self.let_go_and_resume().await;

@@ -82,9 +82,86 @@ impl ClientRequest<'_> {
     }
 }
 
+/// An agent's reply line, read only as far as routing it to its client
+/// needs: the agent ends a reply with its id (`…, "id": 7}`), so a reply
+/// of megabytes (a file's data) is neither parsed nor copied here, only
+/// its id put back as the client's; the client parses it, as it would
+/// have without the master. A line that does not end so is parsed
+/// ([`AgentReply`]), and one that is no reply is none.
+pub struct AgentLine {
+    line: Vec<u8>,
+    /// The master's id it answers.
+    id: Option<u64>,
+    /// Where its own id begins (the comma before it), when it ends it.
+    id_at: Option<usize>,
+}
+
+impl AgentLine {
+    pub fn read(line: Vec<u8>) -> Option<AgentLine> {
+        if let Some((id, at)) = id_at_end(&line) {
+            return Some(AgentLine {
+                line,
+                id: Some(id),
+                id_at: Some(at),
+            });
+        }
+        let id = serde_json::from_slice::<AgentReply>(&line).ok()?.id;
+        Some(AgentLine {
+            line,
+            id,
+            id_at: None,
+        })
+    }
+
+    /// The master's id it answers.
+    pub fn id(&self) -> Option<u64> {
+        self.id
+    }
+
+    /// The line with the client's own `id` (raw JSON) in place of the
+    /// master's, or none where the client gave none.
+    pub fn for_client(self, client_id: Option<&str>) -> Vec<u8> {
+        let Some(at) = self.id_at else {
+            let reply = serde_json::from_slice::<AgentReply>(&self.line);
+            return reply.expect("read as a reply").for_client(client_id);
+        };
+        let mut line = self.line;
+        line.truncate(at);
+        // Spelled as the agent spells its replies.
+        if let Some(id) = client_id {
+            line.extend_from_slice(b", \"id\": ");
+            line.extend_from_slice(id.as_bytes());
+        }
+        line.extend_from_slice(b"}\n");
+        line
+    }
+}
+
+/// The id that ends a reply line (`…, "id": 7}`), and where the comma
+/// before it is. In a line that is one JSON object, as the agent's are,
+/// only a member of the object itself can end so.
+fn id_at_end(line: &[u8]) -> Option<(u64, usize)> {
+    let trim_end = |s: &[u8]| s.len() - s.iter().rev().take_while(|b| b.is_ascii_whitespace()).count();
+    if line.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return None;
+    }
+    let rest = &line[..trim_end(line)];
+    let rest = &rest[..trim_end(rest.strip_suffix(b"}")?)];
+    let digits = rest.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+    let id = std::str::from_utf8(&rest[rest.len() - digits..])
+        .ok()?
+        .parse()
+        .ok()?;
+    let rest = &rest[..trim_end(&rest[..rest.len() - digits])];
+    let rest = &rest[..trim_end(rest.strip_suffix(b":")?)];
+    let rest = &rest[..trim_end(rest.strip_suffix(b"\"id\"")?)];
+    let rest = rest.strip_suffix(b",")?;
+    Some((id, rest.len()))
+}
+
 /// An agent's reply line, its parts left unparsed.
 #[derive(Deserialize)]
-pub struct AgentReply<'a> {
+struct AgentReply<'a> {
     #[serde(borrow, rename = "return", default)]
     pub ret: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -313,6 +390,46 @@ mod tests {
             serde_json::json!({"execute": "guest-exec-status", "arguments": {"pid": 12}, "id": 7})
         );
         assert_eq!(request.id.map(RawValue::get), Some("\"c-1\""));
+    }
+
+    #[test]
+    fn a_reply_ending_with_its_id_goes_back_as_it_came_with_the_clients_id() {
+        let line = br#"{"return": {"count": 3, "buf-b64": "YWJj", "eof": false}, "id": 7}"#.to_vec();
+        let reply = AgentLine::read(line).unwrap();
+        assert_eq!(reply.id(), Some(7));
+        assert_eq!(
+            reply.for_client(Some("\"c-1\"")),
+            &b"{\"return\": {\"count\": 3, \"buf-b64\": \"YWJj\", \"eof\": false}, \"id\": \"c-1\"}\n"[..]
+        );
+        let reply = AgentLine::read(br#"{"error": {"class": "X", "desc": "d"},"id":12 }"#.to_vec()).unwrap();
+        assert_eq!(reply.id(), Some(12));
+        assert_eq!(
+            reply.for_client(None),
+            &b"{\"error\": {\"class\": \"X\", \"desc\": \"d\"}}\n"[..]
+        );
+    }
+
+    #[test]
+    fn a_reply_not_ending_with_its_id_is_parsed_and_one_that_is_no_reply_is_none() {
+        for (line, id) in [
+            (&br#"{"id": 7, "return": {}}"#[..], Some(7)),
+            (br#"{"return": {"id": 7}}"#, None),
+            (br#"{"return": {"x": 1, "id": 7}}"#, None),
+            (br#"{"return": {}, "k\"id": 7}"#, None),
+        ] {
+            let reply = AgentLine::read(line.to_vec()).unwrap();
+            assert_eq!(reply.id(), id, "{}", String::from_utf8_lossy(line));
+            let back: serde_json::Value = serde_json::from_slice(&reply.for_client(Some("3"))).unwrap();
+            assert_eq!(back["id"], 3);
+        }
+        for garbage in [
+            &b"garbage"[..],
+            b"",
+            b"[1, \"id\": 7}",
+            b"{\"return\": {}, \"id\": }",
+        ] {
+            assert!(AgentLine::read(garbage.to_vec()).is_none(), "{garbage:?}");
+        }
     }
 
     #[test]
