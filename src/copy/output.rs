@@ -1,11 +1,8 @@
 //! A copy's program in the guest (`tar`, `gzip`) followed as it writes:
 //! its standard output is the data, its standard error what it said.
 
-use std::time::Duration;
-
-use tokio::time::sleep;
 use virtomate_protocol::follow::{Follow, FollowError, FollowOptions, Stream};
-use virtomate_protocol::{leftovers, Channel, Connector as _, Error};
+use virtomate_protocol::{leftovers, Channel};
 
 use crate::agent::DomainConnector;
 
@@ -29,9 +26,7 @@ pub async fn prepare(
 /// `ended`, the rest (up to the rotators' end marks); standard output
 /// appended to `data`, standard error to `said` up to `said_max` bytes.
 /// The bytes read and whether more may wait, as [`Follow::read_new`]
-/// tells. Where the connection drops under it and the agent outlives that
-/// (libvirtd went away: see `Connector::outlives_disconnect`), it looks
-/// again on a new connection, from where it was, a few times.
+/// tells.
 pub async fn look(
     follow: &mut Follow,
     channel: &mut Channel<DomainConnector>,
@@ -48,29 +43,8 @@ pub async fn look(
         }
         Ok(())
     };
-    let mut lost = 0;
-    loop {
-        let looked = match ended {
-            true => follow.drain(channel, &mut sink).await.map(|()| (0, false)),
-            false => follow.read_new(channel, &mut sink).await,
-        };
-        match looked {
-            Err(FollowError::Agent(Error::Disconnected))
-                if channel.connector().outlives_disconnect() && lost < MOST_LOOKS_LOST =>
-            {
-                tracing::info!("the connection dropped under reading the output: reading again on a new one");
-                lost += 1;
-                sleep(RECONNECT_PAUSE).await;
-            }
-            looked => return looked,
-        }
+    match ended {
+        true => follow.drain(channel, &mut sink).await.map(|()| (0, false)),
+        false => follow.read_new(channel, &mut sink).await,
     }
 }
-
-/// How many looks in a row may lose their connection before the copy
-/// fails: a restart of libvirtd drops one or two.
-const MOST_LOOKS_LOST: u32 = 5;
-
-/// How soon a look whose connection dropped is made again: libvirtd may
-/// be back, or the agent's channel free, within that.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(100);

@@ -43,6 +43,16 @@ const HANDOVER: Duration = Duration::from_millis(3);
 /// [`SocketConnector`]'s `connect`).
 const REFUSED_GRACE: Duration = Duration::from_secs(1);
 
+/// How soon an exchange whose connection dropped under a go-between that
+/// went away (see [`Connector::outlives_disconnect`]) is made again: the
+/// go-between may be back, or the agent's channel free, within that.
+pub(crate) const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+
+/// The most exchanges in a row whose connection drops under a go-between
+/// before the work they serve is given up on as the connection lost: a
+/// restart drops one or two, a go-between in a crash loop every one.
+pub(crate) const MOST_REPLIES_LOST: u32 = 5;
+
 /// Where connections to an agent come from.
 ///
 /// ```

@@ -108,6 +108,7 @@ mod stream;
 
 use std::time::{Duration, Instant};
 
+use crate::channel::{MOST_REPLIES_LOST, RECONNECT_PAUSE};
 use crate::qga::{GuestExec, GuestFileClose, GuestFileOpen, GuestInfo};
 use crate::{wait_for_exit_on, Channel, Connector, Error, HoldPolicy, PollSchedule};
 use chunks::{chunk_path, stream_name, Index, Tail};
@@ -664,7 +665,38 @@ impl Follow {
         channel: &mut Channel<C>,
         sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(u64, bool), FollowError> {
-        self.look(channel, false, sink).await
+        self.look_on(channel, false, sink).await
+    }
+
+    /// A [`look`](Self::look), made again on a new connection where the
+    /// connection dropped under it and the agent outlives that (libvirtd
+    /// went away: see [`Connector::outlives_disconnect`]), from where it
+    /// was: a read cut short seeks back first, and the steps to the next
+    /// chunk are owed until made (`Tail::settle`). It waits between tries,
+    /// and so do the caller's other programs, whose connection is down
+    /// too.
+    async fn look_on<C: Connector>(
+        &mut self,
+        channel: &mut Channel<C>,
+        ended: bool,
+        sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
+    ) -> Result<(u64, bool), FollowError> {
+        let mut lost = 0;
+        loop {
+            match self.look(channel, ended, sink).await {
+                Err(FollowError::Agent(Error::Disconnected))
+                    if channel.connector().outlives_disconnect() && lost < MOST_REPLIES_LOST =>
+                {
+                    tracing::info!(
+                        dir = self.dir,
+                        "the connection dropped under reading the output: reading again on a new one"
+                    );
+                    lost += 1;
+                    tokio::time::sleep(RECONNECT_PAUSE).await;
+                }
+                looked => return looked,
+            }
+        }
     }
 
     /// One read of each stream, and of the index when only it can tell
@@ -712,7 +744,7 @@ impl Follow {
         let mut quiet_since = Instant::now();
         loop {
             let chunks = self.tails.each_ref().map(|tail| tail.chunk);
-            let (read, more) = self.look(channel, true, sink).await?;
+            let (read, more) = self.look_on(channel, true, sink).await?;
             let past = |i: usize| self.tails[i].finished || self.tails[i].chunk > last[i];
             if past(0) && past(1) {
                 return Ok(());

@@ -52,7 +52,7 @@ pub use jobs::{Jobs, Work};
 pub use reply::{Abandoned, Failure, InFlight, Left, Outcome, Reply, Stage};
 pub use request::{Action, BadRequest, Request, RunRequest};
 
-use crate::channel::LOOK_FOR_WAITERS;
+use crate::channel::{LOOK_FOR_WAITERS, MOST_REPLIES_LOST, RECONNECT_PAUSE};
 use crate::feed::{Feed, DIRECT_CHUNK};
 use crate::follow::{Follow, FollowError, FollowOptions, Stream, DIRECT_READ_COUNT};
 use crate::leftovers;
@@ -115,13 +115,11 @@ struct Running {
     grace: Duration,
     /// Its output, when followed.
     follow: Option<Following>,
-    /// How many polls or reads of its output in a row lost their
-    /// connection before the reply (see [`Connector::outlives_disconnect`]).
-    replies_lost: u32,
-    /// The last poll lost its connection before the reply: the end it may
+    /// How many polls in a row lost their connection before the reply
+    /// (see [`Connector::outlives_disconnect`]): the end the last one may
     /// have told is lost, and the agent forgets a program once it has told
     /// it.
-    poll_lost: bool,
+    replies_lost: u32,
 }
 
 impl Running {
@@ -171,16 +169,6 @@ const SIGPIPE: i32 = 13;
 /// in the guest moves: the next chunk's helper starts within about that
 /// once the last has ended.
 const MOVING_PAUSE: Duration = Duration::from_millis(20);
-
-/// How soon a program is polled again after its poll's connection
-/// dropped under a go-between that went away (see
-/// [`Connector::outlives_disconnect`]): it may be back, or the agent's
-/// channel free, within that.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-
-/// The most polls of one program in a row whose connection drops before
-/// it is given up on: a restart drops one or two.
-const MOST_REPLIES_LOST: u32 = 5;
 
 /// Why a program is stopped before its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -668,7 +656,6 @@ impl<C: Connector> Session<C> {
                 refused: false,
             }),
             replies_lost: 0,
-            poll_lost: false,
         });
         Ok(None)
     }
@@ -736,32 +723,16 @@ impl<C: Connector> Session<C> {
                     // More waits: read again before anything else is due.
                     following.quiet_since = now;
                     run.next_poll = now;
-                    run.replies_lost = 0;
                     return;
                 }
                 Ok((read, false)) => {
                     if read > 0 {
                         following.quiet_since = now;
                     }
-                    run.replies_lost = 0;
                 }
                 Err(FollowError::Sink(_)) => {
                     following.refused = true;
                     return self.stop(index, StopReason::OutputRefused, reply).await;
-                }
-                // As under a poll (below): the reads and what they owe
-                // the guest are made again on a new connection.
-                Err(FollowError::Agent(Error::Disconnected))
-                    if self.channel.connector().outlives_disconnect()
-                        && run.replies_lost < MOST_REPLIES_LOST =>
-                {
-                    tracing::info!(
-                        pid,
-                        "the connection dropped under reading the output: reading again on a new one"
-                    );
-                    run.replies_lost += 1;
-                    run.next_poll = now + RECONNECT_PAUSE;
-                    return;
                 }
                 Err(error) => {
                     let run = self.running.remove(index);
@@ -773,7 +744,7 @@ impl<C: Connector> Session<C> {
             Ok(status) if status.exited => self.finish(index, status, false, reply).await,
             Ok(_) => {
                 let run = &mut self.running[index];
-                (run.replies_lost, run.poll_lost) = (0, false);
+                run.replies_lost = 0;
                 let now = Instant::now();
                 let next = match &run.follow {
                     Some(following) => {
@@ -804,7 +775,6 @@ impl<C: Connector> Session<C> {
                     "the connection dropped under a poll: polling again on a new one"
                 );
                 run.replies_lost += 1;
-                run.poll_lost = true;
                 run.next_poll = Instant::now() + RECONNECT_PAUSE;
             }
             Err(Error::Disconnected) if self.channel.connector().outlives_disconnect() => {
@@ -814,7 +784,7 @@ impl<C: Connector> Session<C> {
             Err(Error::Disconnected) => self.fail_running(reply),
             // It ended as the connection dropped, and the agent has
             // forgotten it: its end went with the reply.
-            Err(Error::Agent { .. }) if self.running[index].poll_lost => {
+            Err(Error::Agent { .. }) if self.running[index].replies_lost > 0 => {
                 let run = self.running.remove(index);
                 deliver(reply, run.id.clone(), Err(run.failure(Error::Disconnected)));
             }
@@ -897,25 +867,12 @@ impl<C: Connector> Session<C> {
                 return Err(error.into());
             }
         }
-        let mut replies_lost = 0;
-        while !following.refused {
+        if !following.refused {
             let id = &run.id;
             let mut sink = |stream, bytes: &[u8]| reply(chunk(id, stream, bytes));
             match following.follow.drain(&mut self.channel, &mut sink).await {
-                Ok(()) => break,
+                Ok(()) => {}
                 Err(FollowError::Sink(_)) => following.refused = true,
-                // As under a poll: drained on from where it was, on a new
-                // connection.
-                Err(FollowError::Agent(Error::Disconnected))
-                    if self.channel.connector().outlives_disconnect() && replies_lost < MOST_REPLIES_LOST =>
-                {
-                    tracing::info!(
-                        pid = run.pid,
-                        "the connection dropped under reading the rest of the output: reading on a new one"
-                    );
-                    replies_lost += 1;
-                    tokio::time::sleep(RECONNECT_PAUSE).await;
-                }
                 Err(error) => return Err(error),
             }
         }
