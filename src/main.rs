@@ -12,6 +12,7 @@ mod freeze;
 #[cfg(feature = "generate")]
 mod generate;
 mod help;
+mod lock_file;
 mod master;
 mod output;
 mod run_output;

@@ -11,7 +11,9 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
+use crate::runtime_sweep::runtime_dir;
 use crate::support::fake_agent::{Conn, FakeAgent};
 use crate::support::test_vm::TestVm;
 use crate::support::{guest_run, run, step, virtomate, virtomate_path, wait_until};
@@ -28,6 +30,14 @@ fn status(socket: &Path) -> String {
         None,
     );
     out.stdout.trim().trim_matches('"').to_owned()
+}
+
+/// The freeze files of the channel at `socket` (src/freeze/registry.rs):
+/// its watchdog's registry and the turn of a freeze.
+fn freeze_files(socket: &Path) -> [PathBuf; 2] {
+    let key = Sha256::digest(socket.as_os_str().as_encoded_bytes());
+    let key: String = key[..8].iter().map(|b| format!("{b:02x}")).collect();
+    ["pid", "lock"].map(|ext| runtime_dir().join(format!("freeze-{key}.{ext}")))
 }
 
 /// Polls the status until it is `wanted`; how long that took.
@@ -184,9 +194,22 @@ fn a_freeze_blocks_writes_until_guest_thaw_and_doctor_names_it_meanwhile() {
     let domain = socket.to_str().unwrap();
     assert_eq!(status(&socket), "thawed");
     start_writer(&socket);
+    // What a freeze killed with SIGKILL left, of a channel long gone: the
+    // next freeze's watchdog sweeps it.
+    let stale = ["lock", "pid"].map(|ext| {
+        let path = runtime_dir().join(format!("freeze-ffff{:012x}.{ext}", std::process::id()));
+        std::fs::write(&path, "2147483646 a-watchdog-long-gone\n").unwrap();
+        path
+    });
 
     let out = run(&["guest-freeze", domain, "--max-time", "120"], None);
     assert_eq!(out.json(), json!({"frozen": 1, "max_time": 120.0}), "{out:?}");
+    let [registry, turn] = freeze_files(&socket);
+    assert!(registry.exists(), "the watchdog is registered");
+    assert!(!turn.exists(), "the freeze let go of its turn and removed it");
+    wait_until(10, "the stale freeze files swept", || {
+        stale.iter().all(|path| !path.exists())
+    });
     assert_eq!(status(&socket), "frozen");
     let write = wait_for_a_blocked_write(&vm);
 
@@ -214,6 +237,7 @@ fn a_freeze_blocks_writes_until_guest_thaw_and_doctor_names_it_meanwhile() {
     assert_eq!(step(&doctor.json(), "frozen")["outcome"], "pass", "{doctor:?}");
     writes_to_the_frozen_file_system(&socket);
     no_watchdog_is_left(&vm);
+    assert!(!registry.exists(), "the thaw removed the watchdog's registry");
 }
 
 #[test]

@@ -20,7 +20,8 @@ use crate::support::wait_until;
 /// socket's, so that the names below are nobody's.
 const NO_DEVICE: &str = "ffffffffdead";
 
-fn runtime_dir() -> PathBuf {
+/// This user's runtime directory, where virtomate keeps its lock files.
+pub fn runtime_dir() -> PathBuf {
     if nix::unistd::geteuid().is_root() {
         PathBuf::from("/run/virtomate")
     } else {

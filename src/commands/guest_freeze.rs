@@ -20,7 +20,7 @@ use super::{Answer, Context};
 use crate::agent::{DomainAgent, Signals};
 use crate::cli::GuestFreezeArgs;
 use crate::error::{CliError, ErrorKind};
-use crate::freeze::{guest_watchdog, host_watchdog, new_token, Schedule, MIN_MAX_TIME};
+use crate::freeze::{guest_watchdog, host_watchdog, new_token, registry, Schedule, MIN_MAX_TIME};
 
 /// How long a COMMAND stopped at the limit has between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
@@ -43,7 +43,7 @@ pub async fn run(
     // The turn first: waiting for it connected would keep the other
     // guest-freeze from the channel.
     let mut agent = DomainAgent::open(domain, &context.scope, context.options.clone())?;
-    let turn = host_watchdog::take_turn(&agent, domain, context.options.handshake_timeout).await?;
+    let turn = registry::take_turn(&agent, domain, context.options.handshake_timeout).await?;
     agent.connect_now(&context.scope).await?;
     check_agent(&mut agent, domain, !args.mountpoints.is_empty()).await?;
     // A watchdog of an earlier freeze must not thaw this one.

@@ -11,23 +11,19 @@
 //! freeze or a thaw stops the one registered there first, so that a
 //! watchdog of an earlier freeze never thaws a later one.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{ChildStdin, Stdio};
 use std::time::Duration;
 
-use nix::fcntl::{Flock, FlockArg};
-use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::{sleep, sleep_until, Instant};
 use virtomate_protocol::qga::schema::{
     GuestFsfreezeStatus, GuestFsfreezeStatusReply as FreezeStatus, GuestFsfreezeThaw,
 };
-use virtomate_protocol::ChannelLock;
 
 use super::guest_watchdog;
+use super::registry::{self, on_guard, Registry};
 use crate::agent::{Context, DomainAgent};
 use crate::error::{CliError, ErrorKind};
 
@@ -120,6 +116,11 @@ pub async fn run(
     if let Ok(null) = std::fs::File::options().write(true).open("/dev/null") {
         let _ = nix::unistd::dup2_stdout(&null);
     }
+    // What killed freezes left, off every client's way: a watchdog starts
+    // with each freeze, which is what leaves such files.
+    if let Some(dir) = registry.as_ref().and_then(Registry::dir) {
+        registry::sweep(dir).await;
+    }
     let due = async {
         tokio::select! {
             () = sleep_until(deadline) => {}
@@ -177,91 +178,10 @@ pub fn stop_registered(agent: &DomainAgent, domain: &str) {
         return;
     };
     if let Some((pid, token)) = registry.read() {
-        // The pid may be another process's by now: only the process whose
-        // command line holds the token is the watchdog.
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&token) {
+        if on_guard(pid, &token) {
             let pid = nix::unistd::Pid::from_raw(pid);
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
         registry.remove_if_ours(&token);
-    }
-}
-
-/// Holds the turn of one `guest-freeze` on an agent channel, from its
-/// look at the guest's status until its freeze is made: two at once would
-/// each stop the other's watchdogs. Released on drop, or when the process
-/// dies.
-pub struct FreezeTurn(#[allow(dead_code)] Option<Flock<File>>);
-
-/// The pause between two tries for a [`FreezeTurn`].
-const TURN_PAUSE: Duration = Duration::from_millis(20);
-
-/// Waits up to `patience` for this agent's [`FreezeTurn`]. Without a
-/// place for the lock file (no `XDG_RUNTIME_DIR`), goes on alone.
-pub async fn take_turn(
-    agent: &DomainAgent,
-    domain: &str,
-    patience: Duration,
-) -> Result<FreezeTurn, CliError> {
-    let Some(registry) = Registry::of(agent, domain) else {
-        return Ok(FreezeTurn(None));
-    };
-    let path = registry.0.with_extension("lock");
-    let deadline = Instant::now() + patience;
-    loop {
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| CliError::io(format!("cannot open {}", path.display()), e))?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => return Ok(FreezeTurn(Some(lock))),
-            Err(_) if Instant::now() + TURN_PAUSE < deadline => sleep(TURN_PAUSE).await,
-            Err(_) => {
-                return Err(CliError::new(
-                    ErrorKind::Freeze,
-                    "another guest-freeze of this agent is under way; nothing was frozen",
-                ))
-            }
-        }
-    }
-}
-
-/// The file that names the watchdog of one agent channel: beside the
-/// channel's lock, in a directory only this user may write.
-struct Registry(PathBuf);
-
-impl Registry {
-    /// Keyed by the socket and, through libvirtd, whose one socket serves
-    /// every domain, by the domain too. `None` where there is no safe
-    /// place for it (no `XDG_RUNTIME_DIR`).
-    fn of(agent: &DomainAgent, domain: &str) -> Option<Registry> {
-        let lock = ChannelLock::for_socket(agent.socket()).ok()?;
-        let mut key = Sha256::new();
-        key.update(agent.socket().as_os_str().as_encoded_bytes());
-        if agent.through_libvirtd() {
-            key.update([0]);
-            key.update(domain.as_bytes());
-        }
-        let name = format!("freeze-{}.pid", virtomate_protocol::hex(&key.finalize()[..8]));
-        Some(Registry(lock.path().with_file_name(name)))
-    }
-
-    fn write(&self, token: &str) {
-        let _ = std::fs::write(&self.0, format!("{} {token}\n", std::process::id()));
-    }
-
-    fn read(&self) -> Option<(i32, String)> {
-        let text = std::fs::read_to_string(&self.0).ok()?;
-        let (pid, token) = text.trim().split_once(' ')?;
-        Some((pid.parse().ok()?, token.to_owned()))
-    }
-
-    fn remove_if_ours(&self, token: &str) {
-        if self.read().is_some_and(|(_, registered)| registered == token) {
-            let _ = std::fs::remove_file(&self.0);
-        }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod guest_watchdog;
 pub mod host_watchdog;
+pub mod registry;
 
 use std::time::Duration;
 

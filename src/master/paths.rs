@@ -4,14 +4,16 @@
 //! path: a path has many spellings, and a VM restarted under the same path
 //! has a new socket, which gets a master of its own.
 
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use nix::unistd::geteuid;
+
+use crate::lock_file;
 
 /// The files of the master of one agent socket.
 #[derive(Debug, Clone)]
@@ -118,49 +120,10 @@ pub fn check_private(dir: &Path) -> io::Result<()> {
 
 /// Holds the lock that lets one process at a time start or end the
 /// master of a channel, waiting for it until `deadline` (a deadline past
-/// makes one try). The file is opened without following a symlink and must
-/// be this user's. A sweep may remove it while nobody holds it: the lock
-/// counts only on the file its path still names once locked, as a file
-/// removed since it was opened would be locked beside the holder of the
-/// one made anew.
+/// makes one try); see [`lock_file::take`].
 pub async fn start_lock(path: &Path, deadline: tokio::time::Instant) -> io::Result<Flock<File>> {
-    let mut file = open_lock(path)?;
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) if names(path, &lock) => return Ok(lock),
-            Ok(_orphan) => file = open_lock(path)?,
-            Err((back, Errno::EWOULDBLOCK)) if tokio::time::Instant::now() < deadline => {
-                file = back;
-                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-            }
-            Err((_, errno)) => return Err(errno.into()),
-        }
-    }
-}
-
-fn open_lock(path: &Path) -> io::Result<File> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .mode(0o600)
-        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_CLOEXEC)
-        .open(path)?;
-    if file.metadata()?.uid() != geteuid().as_raw() {
-        return Err(io::Error::new(
-            io::ErrorKind::PermissionDenied,
-            format!("{} belongs to another user", path.display()),
-        ));
-    }
-    Ok(file)
-}
-
-/// Whether `path` (no symlink followed) is the file `file` is open on.
-fn names(path: &Path, file: &File) -> bool {
-    match (std::fs::symlink_metadata(path), file.metadata()) {
-        (Ok(there), Ok(ours)) => there.dev() == ours.dev() && there.ino() == ours.ino(),
-        _ => false,
-    }
+    // A master starts or ends within milliseconds: a waiter looks often.
+    lock_file::take(path, deadline, Duration::from_millis(2)).await
 }
 
 #[cfg(test)]
@@ -181,40 +144,6 @@ mod tests {
         let link = base.path().join("link");
         std::os::unix::fs::symlink(&open, &link).unwrap();
         assert!(check_private(&link).is_err());
-    }
-
-    /// How many of our fds are open on `path`.
-    fn opened(path: &Path) -> usize {
-        std::fs::read_dir("/proc/self/fd")
-            .unwrap()
-            .flatten()
-            .filter(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
-            .count()
-    }
-
-    /// A process waiting for the start lock whose file a sweep removes
-    /// takes the lock on the file made anew, not on the removed one
-    /// beside the holder of the new one.
-    #[tokio::test]
-    async fn a_waiter_on_a_removed_start_lock_takes_the_new_one() {
-        let base = tempfile::tempdir().unwrap();
-        let path = base.path().join("master-fe00-1.lock");
-        let soon = || tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        let held = start_lock(&path, soon()).await.unwrap();
-        let waiting = start_lock(&path, soon());
-        let swept = async {
-            while opened(&path) < 2 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-            std::fs::remove_file(&path).unwrap();
-            drop(held);
-        };
-        let (taken, ()) = tokio::join!(waiting, swept);
-        let taken = taken.unwrap();
-        assert!(names(&path, &taken), "the lock is on the file at the path");
-        let past = tokio::time::Instant::now();
-        let second = start_lock(&path, past).await;
-        assert_eq!(second.err().map(|e| e.kind()), Some(io::ErrorKind::WouldBlock));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use virtomate_protocol::{files_to_sweep, ChannelLock, MOST_EXAMINED};
 use super::paths::start_lock;
 use super::start::remove_stale;
 use crate::domain::socket_holders;
+use crate::lock_file;
 
 /// How long the log of a master that no longer runs is kept, for a look
 /// at what it did: a week, past a weekend and a holiday.
@@ -64,7 +65,7 @@ async fn sweep_masters(dir: &Path, own: &str) -> usize {
 async fn sweep_master(dir: &Path, stem: &str) -> bool {
     let [socket, lock, log] = ["sock", "lock", "log"].map(|kind| dir.join(format!("{stem}.{kind}")));
     // One try: a lock held is a master starting or ending, not ours to sweep.
-    let Ok(_held) = start_lock(&lock, tokio::time::Instant::now()).await else {
+    let Ok(held) = start_lock(&lock, tokio::time::Instant::now()).await else {
         return false;
     };
     // Looked at, not connected to: a connection would count as a
@@ -82,7 +83,7 @@ async fn sweep_master(dir: &Path, stem: &str) -> bool {
     }
     // Last and while held: a process that opened it before finds, once it
     // holds it, that the path names another file, and locks that one.
-    std::fs::remove_file(&lock).is_ok()
+    lock_file::remove_held(&lock, &held)
 }
 
 /// Whether `log` is a regular file of this user last written to
