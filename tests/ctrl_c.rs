@@ -95,6 +95,7 @@ fn willing_agent(
                     json!({"count": STANDARD.decode(buf).unwrap().len(), "eof": false})
                 }
                 "guest-file-flush" => json!({}),
+                "guest-file-seek" => json!({"position": 0, "eof": false}),
                 "guest-file-open" => {
                     next_handle += 1;
                     json!(next_handle - 1)
@@ -355,14 +356,15 @@ fn a_second_ctrl_c_stops_the_wait_for_an_open_at_once_and_says_what_may_stay() {
 }
 
 #[test]
-fn a_stager_whose_end_a_run_cut_short_was_told_does_not_keep_the_runs_directory() {
-    // The stager's end is told to a look the signal cuts short: the agent
-    // then forgets its pid, and the give-up finds it unknown.
+fn a_helper_whose_end_a_run_cut_short_was_told_does_not_keep_the_runs_directory() {
+    // The end of the helper moving the first chunk file into the pipe is
+    // told to a look the signal cuts short: the agent then forgets its
+    // pid, and the give-up finds it unknown.
     let (signalled, wait_for_signal) = std::sync::mpsc::channel();
-    let is_stager_status = |request: &Value, program: Option<&str>| {
-        request["execute"] == "guest-exec-status" && program.is_some_and(|p| p.ends_with("/in.0"))
+    let is_helper_status = |request: &Value, program: Option<&str>| {
+        request["execute"] == "guest-exec-status" && program.is_some_and(|p| p.contains("/in.0 "))
     };
-    let (agent, asked) = willing_agent(is_stager_status, wait_for_signal);
+    let (agent, asked) = willing_agent(is_helper_status, wait_for_signal);
     let mut child = virtomate()
         .args(["-l", "info", "guest-run", "-i"])
         .arg(agent.socket())
@@ -387,10 +389,10 @@ fn a_stager_whose_end_a_run_cut_short_was_told_does_not_keep_the_runs_directory(
     drop(agent);
     assert_eq!(output.status.code(), Some(255), "{output:?}");
     let asked = asked.lock().unwrap().clone();
-    let staged = asked
+    let moved = asked
         .iter()
-        .find_map(|said| said.strip_prefix("/bin/sh sh ")?.strip_suffix("/in.0"));
-    let dir = staged.expect("a chunk was staged");
+        .find_map(|said| Some(said.strip_prefix("/bin/sh sh ")?.split_once("/in.0 ")?.0));
+    let dir = moved.expect("a chunk was moved");
     // The clean-up's script, given the directory (and the streams whose
     // end was not read).
     let cleaned = |said: &String| {

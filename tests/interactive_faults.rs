@@ -664,45 +664,41 @@ fn running_with(text: &str) -> Vec<String> {
 
 #[test]
 #[ignore = "needs qemu-ga on the host"]
-fn ctrl_c_while_a_chunk_is_staged_or_its_helper_starts_leaves_no_process_file_or_handle_behind() {
+fn ctrl_c_while_the_helper_of_a_chunk_starts_leaves_no_process_file_or_handle_behind() {
     use crate::support::relay::Relay;
-    // The reply to the start of the stager writing a chunk file, then to
-    // the start of the helper moving it into the pipe, dropped on the way:
-    // virtomate waits for it, not knowing the pid, when SIGINT comes.
-    // (With the chunk files opened by the agent, the same at their opening
-    // left the agent holding them, under handles nobody had learnt.)
-    for (moment, request_holding) in [
-        ("the stager's start", "exec cat >"),
-        ("the helper's start", "exec dd if="),
-    ] {
-        let tmp = tempfile::tempdir().unwrap();
-        let env = [("TMPDIR", tmp.path().to_str().unwrap())];
-        let agent = HostAgent::start_in_with_env(tempfile::tempdir().unwrap(), &[], &env);
-        let relay = Relay::start(&agent.socket(), request_holding);
-        let socket = relay.socket();
-        let program = ["sh", "-c", "cat >/dev/null; echo read 6097"];
-        let mut run = Interactive::spawn(&[], socket.to_str().unwrap(), &program);
-        let writer = run.write_endlessly();
-        relay.wait_until_dropped();
-        run.signal(nix::sys::signal::Signal::SIGINT);
-        let (status, stderr) = run.finish();
-        assert_eq!(status, 255, "{moment}: {stderr}");
-        writer.join().unwrap();
-        let tmp_path = tmp.path().to_str().unwrap();
-        wait_until(10, "no process of the run", || running_with(tmp_path).is_empty());
-        assert_eq!(holding(tmp.path()), Vec::<String>::new(), "{moment}: {stderr}");
-        let left: Vec<_> = std::fs::read_dir(tmp.path())
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .collect();
-        assert!(left.is_empty(), "{moment}: {left:?}\n{stderr}");
-        let agent_fds = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
-            .unwrap()
-            .flatten()
-            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-            .filter(|target| target.to_string_lossy().contains(tmp_path))
-            .collect::<Vec<_>>();
-        assert!(agent_fds.is_empty(), "{moment}: the agent holds {agent_fds:?}");
-    }
+    // The reply to the start of the helper moving a chunk file into the
+    // pipe, dropped on the way: virtomate waits for it, not knowing the
+    // pid, when SIGINT comes. (A reply dropped for good to the opening of
+    // a chunk file would leave the agent holding it, as for any file the
+    // run opens: a handle is learnt only from its reply.)
+    let (moment, request_holding) = ("the helper's start", "exec dd if=");
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("TMPDIR", tmp.path().to_str().unwrap())];
+    let agent = HostAgent::start_in_with_env(tempfile::tempdir().unwrap(), &[], &env);
+    let relay = Relay::start(&agent.socket(), request_holding);
+    let socket = relay.socket();
+    let program = ["sh", "-c", "cat >/dev/null; echo read 6097"];
+    let mut run = Interactive::spawn(&[], socket.to_str().unwrap(), &program);
+    let writer = run.write_endlessly();
+    relay.wait_until_dropped();
+    run.signal(nix::sys::signal::Signal::SIGINT);
+    let (status, stderr) = run.finish();
+    assert_eq!(status, 255, "{moment}: {stderr}");
+    writer.join().unwrap();
+    let tmp_path = tmp.path().to_str().unwrap();
+    wait_until(10, "no process of the run", || running_with(tmp_path).is_empty());
+    assert_eq!(holding(tmp.path()), Vec::<String>::new(), "{moment}: {stderr}");
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{moment}: {left:?}\n{stderr}");
+    let agent_fds = std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter(|target| target.to_string_lossy().contains(tmp_path))
+        .collect::<Vec<_>>();
+    assert!(agent_fds.is_empty(), "{moment}: the agent holds {agent_fds:?}");
 }

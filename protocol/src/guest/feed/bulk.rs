@@ -8,15 +8,18 @@
 //! execs `dd`, so its pid is `dd`'s, and `dd` blocks while the program
 //! does not read: that is the backpressure.
 //!
-//! Two chunk files, `in.0` and `in.1`, each written anew by a stager
-//! ([`STAGE_SCRIPT`]: `cat` of its `input-data`, which the agent feeds it
-//! and then closes), not through a handle of the agent's: a handle is
-//! learnt only from the reply to its `guest-file-open`, and a run cut
-//! short (Ctrl-C) between the request and the reply would leave the agent
-//! holding a file nobody can close. A stager or helper whose start is cut
-//! short the same way ends by itself: the stager at the end of its input,
-//! the helper at the broken pipe once the feed's handle is closed. The
-//! directory's removal takes the files.
+//! Two chunk files, `in.0` and `in.1`, each opened once, at its first
+//! chunk, and written from its start with each chunk through the agent's
+//! handle (`guest-file-write`, then `guest-file-seek` back to the start,
+//! which also flushes the agent's buffer: one round trip). Opening them
+//! once keeps each chunk's cost at a `copy`'s (an earlier stager, a `cat`
+//! started per chunk with the chunk as its `input-data`, cost a start in
+//! the guest per chunk besides). The opens are awaited by a caller giving
+//! up (see [`Settling`](crate::Settling)), as the pipe's is, so that no
+//! handle is left behind that nobody knows; [`Bulk::stop`] closes them,
+//! and the directory's removal takes the files. A helper whose start is
+//! cut short ends by itself, at the broken pipe once the feed's handle is
+//! closed.
 //!
 //! At most one helper runs, and while it runs (or a chunk waits for it)
 //! nothing else writes to the pipe, so the bytes keep their order. The
@@ -34,17 +37,16 @@
 use std::time::Duration;
 
 use crate::follow::FollowError;
-use crate::qga::{GuestExec, GuestExecStatus, GuestExecStatusReply};
+use crate::qga::{
+    GuestExec, GuestExecStatus, GuestExecStatusReply, GuestFileClose, GuestFileOpen, GuestFileSeek,
+    GuestFileWrite, Whence,
+};
 use crate::{stop_group, Channel, Connector, Error, StopScope};
 
 /// The helper: `$1` is the chunk file, `$2` the pipe, `$3` the chunk's
 /// length (the file may be longer, from an earlier chunk). `dd` reads a
 /// regular file's block whole, and a blocking write to a pipe writes all.
 pub(super) const MOVE_SCRIPT: &str = r#"exec dd if="$1" of="$2" bs="$3" count=1"#;
-
-/// The stager: `$1` is the chunk file, written from its start with the
-/// chunk the agent feeds in.
-pub(super) const STAGE_SCRIPT: &str = r#"exec cat >"$1""#;
 
 /// How long a helper still running once the pipe's handle is closed gets
 /// after SIGTERM.
@@ -55,19 +57,18 @@ const HELPER_GRACE: Duration = Duration::from_secs(1);
 const STARTING_HELPER: &str =
     "a helper moving input into the pipe is being started: awaiting its pid, to stop it";
 
-/// What a caller giving up awaits while a stager starts.
-const STARTING_STAGER: &str = "a chunk of the input is being staged: awaiting its writer's pid, to stop it";
+/// What a caller giving up awaits while a chunk file is opened.
+const OPENING_CHUNK_FILE: &str =
+    "a chunk file of the input is being opened: awaiting its handle, to close it";
 
 /// What the agent says when the file system is full (ENOSPC).
 const NO_SPACE: &str = "No space left on device";
 
-/// A chunk for the file `slot`, not yet handed to a helper.
+/// A chunk written to the file `slot`, not yet handed to a helper.
 #[derive(Debug)]
 struct Staged {
     slot: usize,
     len: usize,
-    /// The stager still writing it, until it is seen to have exited.
-    stager: Option<i64>,
 }
 
 /// A helper moving the chunk in the file `slot` into the pipe.
@@ -85,6 +86,8 @@ pub(super) struct Bulk {
     pipe: String,
     /// The most bytes in one chunk file.
     chunk: usize,
+    /// The agent's handles on the chunk files, once opened.
+    files: [Option<i64>; 2],
     staged: Option<Staged>,
     helper: Option<Helper>,
 }
@@ -95,6 +98,7 @@ impl Bulk {
         Bulk {
             pipe,
             chunk,
+            files: [None; 2],
             staged: None,
             helper: None,
         }
@@ -115,26 +119,14 @@ impl Bulk {
         self.staged.is_some()
     }
 
-    /// Whether a helper is moving a chunk, or a stager writing one: the
-    /// feed looks again soon.
+    /// Whether a helper is moving a chunk: the feed looks again soon.
     pub(super) fn moving(&self) -> bool {
-        self.helper.is_some() || self.staged.as_ref().is_some_and(|s| s.stager.is_some())
+        self.helper.is_some()
     }
 
-    /// Looks whether the helper and the stager have exited (reaping them),
-    /// then starts the helper of the chunk file written, if any and none
-    /// runs.
+    /// Looks whether the helper has exited (reaping it), then starts the
+    /// helper of the chunk file written, if any and none runs.
     pub(super) async fn look<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), FollowError> {
-        if let Some(pid) = self.staged.as_ref().and_then(|s| s.stager) {
-            let status = channel.execute(&GuestExecStatus { pid }).await?;
-            if status.exited {
-                if status.exitcode != Some(0) {
-                    self.staged = None;
-                    return Err(self.stager_failed(&status));
-                }
-                self.staged.as_mut().expect("looked at").stager = None;
-            }
-        }
         if let Some(helper) = &self.helper {
             let status = channel.execute(&GuestExecStatus { pid: helper.pid }).await?;
             if !status.exited {
@@ -153,9 +145,8 @@ impl Bulk {
                 });
             }
         }
-        let written = self.staged.as_ref().is_some_and(|s| s.stager.is_none());
-        if self.helper.is_none() && written {
-            if let Some(Staged { slot, len, .. }) = self.staged.take() {
+        if self.helper.is_none() {
+            if let Some(Staged { slot, len }) = self.staged.take() {
                 let (file, size) = (self.path(slot), len.to_string());
                 let exec = GuestExec::new("/bin/sh", ["-c", MOVE_SCRIPT, "sh", &file, &self.pipe, &size]);
                 // Its pid awaited by a caller giving up (see `Settling`):
@@ -177,9 +168,9 @@ impl Bulk {
         format!("{}.{slot}", self.pipe)
     }
 
-    /// Starts writing `bytes` (at most a chunk) to the chunk file no
-    /// helper reads, by a stager; the chunk then waits for it to end, and
-    /// for its helper ([`look`](Self::look) starts it).
+    /// Writes `bytes` (at most a chunk) to the chunk file no helper
+    /// reads, from its start; the chunk then waits for its helper
+    /// ([`look`](Self::look) starts it).
     pub(super) async fn stage<C: Connector>(
         &mut self,
         channel: &mut Channel<C>,
@@ -191,67 +182,95 @@ impl Bulk {
             None => 0,
         };
         let len = bytes.len();
-        let stage = GuestExec::new("/bin/sh", ["-c", STAGE_SCRIPT, "sh", &self.path(slot)]).with_input(bytes);
-        let settling = channel.settling();
-        let step = settling.begin(STARTING_STAGER);
-        let pid = channel.guest_exec(&stage).await?.pid;
-        self.staged = Some(Staged {
-            slot,
-            len,
-            stager: Some(pid),
-        });
-        drop(step);
-        settling.hold_if_given_up().await;
+        let handle = self.file(channel, slot).await?;
+        let write = GuestFileWrite { handle, buf: bytes };
+        // Back to the start for the next chunk, which flushes this one.
+        let rewind = GuestFileSeek {
+            handle,
+            offset: 0,
+            whence: Whence::Set,
+        };
+        let (written, rewound) = channel.execute_both(&write, &rewind).await?;
+        let written = written.map_err(|e| self.write_failed(e))?.count;
+        rewound.map_err(|e| self.write_failed(e))?;
+        if written != len as u64 {
+            return Err(FollowError::Input {
+                reason: format!(
+                    "the agent took {written} of {len} bytes into a chunk file beside {}",
+                    self.pipe
+                ),
+            });
+        }
+        self.staged = Some(Staged { slot, len });
         Ok(())
     }
 
-    /// The error for a stager that failed: a full file system said so.
-    fn stager_failed(&self, status: &GuestExecStatusReply) -> FollowError {
-        let said = String::from_utf8_lossy(status.err_data.as_deref().unwrap_or_default());
-        if said.contains(NO_SPACE) {
-            return self.no_space();
+    /// The handle on the chunk file `slot`, opened at its first chunk.
+    async fn file<C: Connector>(
+        &mut self,
+        channel: &mut Channel<C>,
+        slot: usize,
+    ) -> Result<i64, FollowError> {
+        if let Some(handle) = self.files[slot] {
+            return Ok(handle);
         }
-        FollowError::Input {
-            reason: format!(
-                "the helper writing a chunk beside {} ended with {}{}",
-                self.pipe,
-                ended_with(status),
-                said_then(&said)
-            ),
+        let settling = channel.settling();
+        let step = settling.begin(OPENING_CHUNK_FILE);
+        let opened = channel.execute(&GuestFileOpen::new(self.path(slot), "w")).await;
+        if let Ok(handle) = opened {
+            self.files[slot] = Some(handle);
+        }
+        drop(step);
+        settling.hold_if_given_up().await;
+        opened.map_err(|e| self.write_failed(e))
+    }
+
+    /// The error for a chunk file that could not be written: a full file
+    /// system said so.
+    fn write_failed(&self, error: Error) -> FollowError {
+        match error {
+            Error::Agent { desc, .. } if desc.contains(NO_SPACE) => self.no_space(),
+            error => error.into(),
         }
     }
 
-    /// Ends the helper and the stager (the directory's removal takes the
-    /// chunk files): once the pipe's handle is closed, a helper still
-    /// writing gets a broken pipe, and is reaped, as is a stager at the
-    /// end of its input; one that somehow does not end is stopped. One the
-    /// agent no longer knows has ended: it reported the end to a look that
-    /// was cut short (a run given up), and forgot the pid.
+    /// Closes the chunk files' handles (the directory's removal takes the
+    /// files) and ends the helper: once the pipe's handle is closed, a
+    /// helper still writing gets a broken pipe, and is reaped; one that
+    /// somehow does not end is stopped. One the agent no longer knows has
+    /// ended: it reported the end to a look that was cut short (a run
+    /// given up), and forgot the pid.
     pub(super) async fn stop<C: Connector>(&mut self, channel: &mut Channel<C>) -> Result<(), Error> {
-        let stager = self.staged.take().and_then(|s| s.stager);
-        let helper = self.helper.take().map(|h| h.pid);
+        self.staged = None;
         let mut stopped = Ok(());
-        for pid in stager.into_iter().chain(helper) {
-            match channel.execute(&GuestExecStatus { pid }).await {
-                Ok(status) if status.exited => continue,
-                Ok(_) => {}
-                Err(Error::Agent { .. }) => {
-                    tracing::debug!(
-                        pid,
-                        "a helper of the input the agent no longer knows: it has ended"
-                    );
-                    continue;
-                }
-                Err(error) => {
-                    stopped = stopped.and(Err(error));
-                    continue;
-                }
-            }
-            let agent = channel.agent().await?;
-            let done = stop_group(agent, pid, HELPER_GRACE, StopScope::Program).await;
-            stopped = stopped.and(done.map(drop));
+        for handle in self.files.iter_mut().filter_map(Option::take) {
+            let closed = channel.execute(&GuestFileClose { handle }).await;
+            stopped = stopped.and(closed.map(drop));
+        }
+        if let Some(Helper { pid, .. }) = self.helper.take() {
+            stopped = stopped.and(self.end_helper(channel, pid).await);
         }
         stopped
+    }
+
+    /// Reaps the helper `pid`, or stops it if it still runs.
+    async fn end_helper<C: Connector>(&self, channel: &mut Channel<C>, pid: i64) -> Result<(), Error> {
+        match channel.execute(&GuestExecStatus { pid }).await {
+            Ok(status) if status.exited => return Ok(()),
+            Ok(_) => {}
+            Err(Error::Agent { .. }) => {
+                tracing::debug!(
+                    pid,
+                    "a helper of the input the agent no longer knows: it has ended"
+                );
+                return Ok(());
+            }
+            Err(error) => return Err(error),
+        }
+        let agent = channel.agent().await?;
+        stop_group(agent, pid, HELPER_GRACE, StopScope::Program)
+            .await
+            .map(drop)
     }
 
     /// The error for a full file system.
@@ -265,7 +284,7 @@ impl Bulk {
     }
 }
 
-/// How a stager or helper ended, as its status says.
+/// How a helper ended, as its status says.
 fn ended_with(status: &GuestExecStatusReply) -> String {
     match (status.exitcode, status.signal) {
         (Some(code), _) => format!("status {code}"),
@@ -274,7 +293,7 @@ fn ended_with(status: &GuestExecStatusReply) -> String {
     }
 }
 
-/// What a stager or helper said on stderr, after a colon, if anything.
+/// What a helper said on stderr, after a colon, if anything.
 fn said_then(said: &str) -> String {
     match said.trim() {
         "" => String::new(),
