@@ -228,7 +228,8 @@ impl Conn {
             .expect("the fake agent cannot peek");
     }
 
-    /// The next request, without the `0xFF` the client may send first.
+    /// The next request, without the `0xFF` the client may send first (see
+    /// [`next_request`](Self::next_request)).
     pub fn request(&mut self) -> Value {
         self.next_request()
             .expect("the client closed the connection instead of sending a request")
@@ -244,7 +245,10 @@ impl Conn {
             Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
             Err(e) => panic!("the fake agent cannot read: {e}"),
         }
-        let start = line.iter().position(|&b| b != 0xFF).unwrap_or(line.len());
+        // As the agent does: a 0xFF drops what came before it, the rest of
+        // a request the client cut short (whose line then goes on with the
+        // client's new handshake).
+        let start = line.iter().rposition(|&b| b == 0xFF).map_or(0, |last| last + 1);
         let request: Value = serde_json::from_slice(&line[start..])
             .unwrap_or_else(|e| panic!("client sent invalid JSON ({e}): {line:?}"));
         if let Some(command) = request["execute"].as_str() {
