@@ -265,6 +265,8 @@ pub struct Channel<C: Connector> {
     connected_at: Option<Instant>,
     /// The step in flight whose reply a caller giving up must await.
     settling: Settling,
+    /// Exchanges in a row whose connection dropped, since the last reply.
+    drops_in_a_row: u32,
 }
 
 impl<C: Connector> Channel<C> {
@@ -275,6 +277,7 @@ impl<C: Connector> Channel<C> {
             agent: None,
             connected_at: None,
             settling: Settling::default(),
+            drops_in_a_row: 0,
         }
     }
 
@@ -329,7 +332,10 @@ impl<C: Connector> Channel<C> {
     /// connection the peer closed is let go, so that the next exchange
     /// connects afresh.
     pub async fn execute<T: Command>(&mut self, command: &T) -> Result<T::Output, Error> {
-        let result = self.agent().await?.execute(command).await;
+        let result = match self.agent().await {
+            Ok(agent) => agent.execute(command).await,
+            Err(error) => Err(error),
+        };
         self.after(result).await
     }
 
@@ -340,13 +346,19 @@ impl<C: Connector> Channel<C> {
         first: &A,
         second: &B,
     ) -> Result<Both<A, B>, Error> {
-        let result = self.agent().await?.execute_both(first, second).await;
+        let result = match self.agent().await {
+            Ok(agent) => agent.execute_both(first, second).await,
+            Err(error) => Err(error),
+        };
         self.after(result).await
     }
 
     /// Starts a program (see [`Agent::guest_exec`]).
     pub async fn guest_exec(&mut self, exec: &GuestExec) -> Result<GuestExecReply, Error> {
-        let result = self.agent().await?.guest_exec(exec).await;
+        let result = match self.agent().await {
+            Ok(agent) => agent.guest_exec(exec).await,
+            Err(error) => Err(error),
+        };
         self.after(result).await
     }
 
@@ -358,7 +370,21 @@ impl<C: Connector> Channel<C> {
             .map_or(RequestProgress::Idle, |agent| agent.request_progress())
     }
 
+    /// How many exchanges in a row, the last one included, found the
+    /// connection dropped (or could not make one for that reason): any
+    /// reply, an error from the agent too, ends the row. Work that goes on
+    /// through drops (see [`Connector::outlives_disconnect`]) gives up on
+    /// a long row, not on drops that each came after some progress.
+    pub(crate) fn drops_in_a_row(&self) -> u32 {
+        self.drops_in_a_row
+    }
+
     async fn after<T>(&mut self, result: Result<T, Error>) -> Result<T, Error> {
+        match &result {
+            Ok(_) | Err(Error::Agent { .. }) => self.drops_in_a_row = 0,
+            Err(Error::Disconnected) => self.drops_in_a_row = self.drops_in_a_row.saturating_add(1),
+            Err(_) => {}
+        }
         if matches!(result, Err(Error::Disconnected | Error::Io(_))) {
             // Nothing more will come over this connection: drop it without
             // a word, the turn with it.
@@ -460,6 +486,72 @@ mod tests {
         assert!(Busy(true).waited_for());
         assert!(!Busy(false).waited_for());
         assert!(Busy(false).exclusive());
+    }
+
+    /// An agent that answers the handshake and then, on each connection,
+    /// `guest-get-time` with a time, `guest-ping` by dropping the
+    /// connection, anything else with an error.
+    fn dropping_agent(socket: &std::path::Path) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let listener = tokio::net::UnixListener::bind(socket).unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).split(b'\n');
+                while let Ok(Some(line)) = lines.next_segment().await {
+                    let start = line.iter().position(|&b| b != 0xFF).unwrap_or(line.len());
+                    let Ok(request) = serde_json::from_slice::<serde_json::Value>(&line[start..]) else {
+                        continue;
+                    };
+                    let mut answer = match request["execute"].as_str() {
+                        Some("guest-sync-delimited") => {
+                            let mut sync = vec![0xFF];
+                            sync.extend(format!("{{\"return\": {}}}", request["arguments"]["id"]).bytes());
+                            sync
+                        }
+                        Some("guest-get-time") => br#"{"return": 5}"#.to_vec(),
+                        Some("guest-ping") => break,
+                        _ => br#"{"error": {"class": "GenericError", "desc": "no"}}"#.to_vec(),
+                    };
+                    answer.push(b'\n');
+                    if write.write_all(&answer).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Drops count in a row, connecting again for each exchange; any
+    /// reply, an agent's error too, ends the row.
+    #[tokio::test]
+    async fn a_reply_ends_a_row_of_dropped_connections() {
+        use crate::qga::schema::{GuestGetHostName, GuestGetTime};
+        use crate::qga::GuestPing;
+        struct Direct(std::path::PathBuf);
+        impl Connector for Direct {
+            type Agent = QgaClient;
+            async fn connect(&mut self) -> Result<QgaClient, Error> {
+                QgaClient::connect(&self.0, ClientOptions::default()).await
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qga.sock");
+        dropping_agent(&socket);
+        let mut channel = Channel::new(Direct(socket));
+        for row in 1..=3 {
+            assert!(matches!(
+                channel.execute(&GuestPing {}).await,
+                Err(Error::Disconnected)
+            ));
+            assert_eq!(channel.drops_in_a_row(), row);
+        }
+        assert_eq!(channel.execute(&GuestGetTime {}).await.unwrap(), 5);
+        assert_eq!(channel.drops_in_a_row(), 0);
+        let _ = channel.execute(&GuestPing {}).await;
+        let refused = channel.execute(&GuestGetHostName {}).await;
+        assert!(matches!(refused, Err(Error::Agent { .. })), "{refused:?}");
+        assert_eq!(channel.drops_in_a_row(), 0);
     }
 
     /// A connect cut short after it took its turn (here: in the handshake

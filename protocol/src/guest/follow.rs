@@ -681,17 +681,20 @@ impl Follow {
         ended: bool,
         sink: &mut impl FnMut(Stream, &[u8]) -> std::io::Result<()>,
     ) -> Result<(u64, bool), FollowError> {
-        let mut lost = 0;
         loop {
             match self.look(channel, ended, sink).await {
+                // A look makes several exchanges, each of which may drop:
+                // only drops with no reply between them are a lost
+                // connection (a look that got further before its drop
+                // is not counted against the next).
                 Err(FollowError::Agent(Error::Disconnected))
-                    if channel.connector().outlives_disconnect() && lost < MOST_REPLIES_LOST =>
+                    if channel.connector().outlives_disconnect()
+                        && channel.drops_in_a_row() <= MOST_REPLIES_LOST =>
                 {
                     tracing::info!(
                         dir = self.dir,
                         "the connection dropped under reading the output: reading again on a new one"
                     );
-                    lost += 1;
                     tokio::time::sleep(RECONNECT_PAUSE).await;
                 }
                 looked => return looked,
