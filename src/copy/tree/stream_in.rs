@@ -27,10 +27,12 @@ use crate::error::{CliError, ErrorKind};
 /// Bytes of the stream per piece handed over by the packer.
 pub const PIECE: usize = 64 << 10;
 
-/// Pieces packed and not yet fed: with [`PIECE`] and the feed's
-/// [`high_water`](Feed::high_water) (a chunk file's worth), the memory a
+/// Pieces packed and not yet fed: a chunk file's worth, so that the next
+/// chunk waits whole once one is written (with fewer, the feed waits for
+/// the packer, a few pieces a look, before each chunk). With the feed's
+/// [`high_water`](Feed::high_water), also a chunk's worth, the memory a
 /// copy holds.
-pub const QUEUED: usize = 4;
+pub const QUEUED: usize = DIRECT_CHUNK / PIECE;
 
 /// The most of tar's standard error kept for a message.
 const SAID_MAX: usize = 4 << 10;
@@ -50,7 +52,7 @@ const STATUS_EVERY: Duration = Duration::from_millis(250);
 
 /// How soon to look again while a helper in the guest moves a chunk into
 /// the pipe: its end lets the next chunk go.
-const MOVING_PAUSE: Duration = Duration::from_millis(20);
+const MOVING_PAUSE: Duration = Duration::from_millis(2);
 
 /// What the packer's thread hands over.
 pub enum Piece {
@@ -169,6 +171,12 @@ impl<A: FileAgent> Copy<'_, A> {
                 if fed.more || looked_at.elapsed() < STATUS_EVERY {
                     continue;
                 }
+            } else if fed.moving && looked_at.elapsed() < STATUS_EVERY {
+                // A chunk on its way, whose end lets the next go: only
+                // its helper is looked at. The reads and polls of tar
+                // would take the guest's CPU from that helper and tar.
+                tokio::time::sleep(MOVING_PAUSE).await;
+                continue;
             }
             looked_at = Instant::now();
             let mut keep = |stream: Stream, bytes: &[u8]| {
