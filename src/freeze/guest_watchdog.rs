@@ -24,10 +24,14 @@ use crate::error::{CliError, ErrorKind};
 /// `qga.state.isfrozen` is still there, removes it and kills the agent
 /// (SIGKILL: a frozen agent ignores SIGTERM), first moving itself to the
 /// root cgroup (v2, or v1's systemd hierarchy) so that systemd, which
-/// kills the whole unit, spares the watchdog. An agent that runs as a systemd service is left a second for
-/// systemd to restart it (Debian's unit has `Restart=always`); any other,
-/// or one systemd has not restarted, the watchdog starts again as it was
-/// started, read from `/proc/PID/cmdline` while armed.
+/// kills the whole unit, spares the watchdog. It then waits, two seconds
+/// at most, until the agent has exited (a zombie has no `exe`): until
+/// then its port is taken, and a new agent started meanwhile ends at
+/// once ("Device or resource busy"). An agent that runs as a systemd
+/// service is left a second for systemd to restart it (Debian's unit has
+/// `Restart=always`); any other, or one systemd has not restarted, the
+/// watchdog starts again as it was started, read from `/proc/PID/cmdline`
+/// while armed.
 const ARM_SCRIPT: &str = r#"token=$1 seconds=$2 agent=$PPID
 for base in /run /dev/shm /tmp; do [ -d "$base" ] && [ -w "$base" ] && break; done
 dir=$base/virtomate-freeze-$agent
@@ -76,6 +80,10 @@ same_agent() { [ "$(tr '\0' '\n' <"$1/cmdline" 2>/dev/null)" = "$(cat "$dir/argv
     echo 0 >/sys/fs/cgroup/cgroup.procs || echo 0 >/sys/fs/cgroup/systemd/cgroup.procs
     rm -f "$statedir/qga.state.isfrozen"
     [ "$(readlink "/proc/$agent/exe")" = "$exe" ] && kill -9 "$agent"
+    waited=0
+    while [ "$(readlink "/proc/$agent/exe" 2>/dev/null)" = "$exe" ] && [ "$waited" -lt 2 ]; do
+      sleep 1; waited=$((waited + 1))
+    done
     if [ -n "$supervised" ]; then
       sleep 1
       for proc in /proc/[0-9]*; do
