@@ -81,6 +81,11 @@ impl RequestNote {
         }
     }
 
+    /// The note at `path`, wherever [`beside`](Self::beside) put it.
+    pub(crate) fn at(path: PathBuf) -> RequestNote {
+        RequestNote { path }
+    }
+
     /// Notes that a request of `bytes` is about to be sent by this
     /// process. A note that cannot be written only costs the next
     /// client's message its reason.

@@ -13,6 +13,7 @@ use std::path::Path;
 use nix::fcntl::{Flock, FlockArg};
 use nix::unistd::geteuid;
 
+use super::in_flight::RequestNote;
 use super::lock::{names, open_own_file, remove_unless_waited, runtime_dir, somebody_says_so};
 use crate::wire::random::random_bytes;
 use crate::ChannelLock;
@@ -44,9 +45,14 @@ impl ChannelLock {
     /// [`MOST_EXAMINED`] agent sockets at most; returns how many went. A
     /// channel's files go when its turn is free and nobody says that they
     /// wait, as its last holder would remove them; a `.poll` or `.wait`
-    /// without its `.lock` when nobody holds it. Only regular files of
-    /// this user named as the lock names them are touched, and no symlink
-    /// is followed.
+    /// without its `.lock` when nobody holds it; and, with the turn free or
+    /// no turn file, a note of a big request (`.request`) that tells
+    /// nothing any more (see [`RequestInFlight::may_still_be_read`]: its
+    /// writer was killed, and the agent has read it by now). Only regular
+    /// files of this user named as the lock names them are touched, and no
+    /// symlink is followed.
+    ///
+    /// [`RequestInFlight::may_still_be_read`]: crate::RequestInFlight::may_still_be_read
     ///
     /// ```
     /// let dir = tempfile::tempdir()?;
@@ -57,7 +63,7 @@ impl ChannelLock {
     pub fn sweep_in(dir: &Path) -> usize {
         let mut done: Vec<String> = Vec::new();
         let mut removed = 0;
-        for (stem, _) in files_to_sweep(dir, "agent", &["lock", "wait", "poll"]) {
+        for (stem, _) in files_to_sweep(dir, "agent", &["lock", "wait", "poll", "request"]) {
             if done.len() == MOST_EXAMINED {
                 break;
             }
@@ -118,22 +124,44 @@ fn is_stem(stem: &str, prefix: &str) -> bool {
 
 /// Sweeps the files of one channel; returns how many went.
 fn sweep_channel(dir: &Path, stem: &str) -> usize {
-    let [turn, wait, poll] = ["lock", "wait", "poll"].map(|kind| dir.join(format!("{stem}.{kind}")));
+    let [turn, wait, poll, note] =
+        ["lock", "wait", "poll", "request"].map(|kind| dir.join(format!("{stem}.{kind}")));
     match open_own_file(&turn, false) {
         Ok(file) => match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             // Held as its holder would hold it when it lets go.
-            Ok(lock) if names(&turn, &lock) => remove_unless_waited(&turn, &wait, &poll),
+            Ok(lock) if names(&turn, &lock) => {
+                remove_stale_note(&note) + remove_unless_waited(&turn, &wait, &poll)
+            }
             // Held, or removed and made anew since we opened it.
             _ => 0,
         },
         // What a waiter's say-so was left in: gone unless said still.
-        Err(e) if e.kind() == io::ErrorKind::NotFound => [wait, poll]
-            .iter()
-            .filter(|path| own_file(path) && !somebody_says_so(path) && std::fs::remove_file(path).is_ok())
-            .count(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let said = [wait, poll]
+                .iter()
+                .filter(|path| {
+                    own_file(path) && !somebody_says_so(path) && std::fs::remove_file(path).is_ok()
+                })
+                .count();
+            said + remove_stale_note(&note)
+        }
         // A symlink, or a file of another user: not ours to remove.
         Err(_) => 0,
     }
+}
+
+/// Removes the note of a big request at `path` (see [`RequestNote`]) if
+/// it no longer tells anything: the agent has read its request by now,
+/// or it is no note. Its writer was killed before the reply came (a reply
+/// removes it), and nobody else removes it on a channel gone with its VM.
+/// Called where no writer can be at work: with the channel's turn held, or
+/// with no turn file at all. Returns how many went.
+fn remove_stale_note(path: &Path) -> usize {
+    let stale = own_file(path)
+        && RequestNote::at(path.to_owned())
+            .read()
+            .map_or(true, |note| !note.may_still_be_read());
+    usize::from(stale && std::fs::remove_file(path).is_ok())
 }
 
 /// Whether `path` itself (not what a symlink names) is a regular file of
@@ -230,6 +258,52 @@ mod tests {
         expected.extend(["agent-fe00-2.lock", "agent-fe00-3.poll", "target"]);
         expected.sort();
         assert_eq!(left(dir.path()), expected);
+    }
+
+    /// A note of a big request goes once it tells nothing (a killed
+    /// writer's, read by the agent long since, or garbage), with its turn
+    /// free or without one; a fresh one stays, and so does any while the
+    /// turn is held.
+    #[test]
+    fn a_stale_note_of_a_big_request_is_removed_and_a_fresh_one_kept() {
+        use crate::RequestInFlight;
+        let dir = tempfile::tempdir().unwrap();
+        let now_ms = |ago: u64| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap();
+            now.as_millis() as u64 - ago
+        };
+        let note = |name: &str, sent_ms: u64| {
+            let note = RequestInFlight {
+                bytes: 4 << 20,
+                pid: 1,
+                started: None,
+                sent_ms,
+            };
+            let path = dir.path().join(name);
+            std::fs::write(&path, serde_json::to_vec(&note).unwrap()).unwrap();
+            path
+        };
+        note("agent-fe00-1.request", now_ms(3_600_000));
+        plant(dir.path(), "agent-fe00-2.request");
+        note("agent-fe00-3.request", now_ms(0));
+        note("agent-fe00-4.request", now_ms(3_600_000));
+        let held = plant(dir.path(), "agent-fe00-4.lock");
+        note("agent-fe00-5.request", now_ms(3_600_000));
+        plant(dir.path(), "agent-fe00-5.lock");
+        let turn = flock(&held, FlockArg::LockExclusiveNonblock);
+        // Notes 1, 2 and 5, and 5's free turn.
+        assert_eq!(ChannelLock::sweep_in(dir.path()), 4);
+        assert_eq!(
+            left(dir.path()),
+            [
+                "agent-fe00-3.request",
+                "agent-fe00-4.lock",
+                "agent-fe00-4.request"
+            ]
+        );
+        drop(turn);
     }
 
     #[test]
