@@ -134,7 +134,8 @@ fn sixteen_mib_out_of_a_real_vm_then_a_second_run() {
         None,
     );
     let json = out.json();
-    assert_eq!(json["stdout"].as_str().unwrap().len(), 16 * MIB, "{}", out.stderr);
+    let stdout = json["stdout"].as_str().unwrap_or_else(|| panic!("{out:?}"));
+    assert_eq!(stdout.len(), 16 * MIB, "{}", out.stderr);
     assert_eq!(json["stdout_truncated"], true);
 
     let out = run(&["guest-run", socket, "--", "echo", "-n", "again"], None);
