@@ -50,9 +50,9 @@ const LOOKS: PollSchedule = PollSchedule {
 /// after anyway).
 const STATUS_EVERY: Duration = Duration::from_millis(250);
 
-/// How soon to look again while a helper in the guest moves a chunk into
-/// the pipe: its end lets the next chunk go.
-const MOVING_PAUSE: Duration = Duration::from_millis(2);
+/// The longest pause between looks while a helper in the guest moves a
+/// chunk into the pipe: its end lets the next chunk go.
+const MOVING_PAUSE: Duration = Duration::from_millis(20);
 
 /// What the packer's thread hands over.
 pub enum Piece {
@@ -175,7 +175,7 @@ impl<A: FileAgent> Copy<'_, A> {
                 // A chunk on its way, whose end lets the next go: only
                 // its helper is looked at. The reads and polls of tar
                 // would take the guest's CPU from that helper and tar.
-                tokio::time::sleep(MOVING_PAUSE).await;
+                tokio::time::sleep(moving_pause(quiet_since)).await;
                 continue;
             }
             looked_at = Instant::now();
@@ -214,10 +214,9 @@ impl<A: FileAgent> Copy<'_, A> {
             } else if fed.written == 0 {
                 // The pipe is full, or the shell has not opened it yet; or
                 // a chunk is on its way, whose end starts the next.
-                let pause = if fed.moving {
-                    pause.min(MOVING_PAUSE)
-                } else {
-                    pause
+                let pause = match fed.moving {
+                    true => moving_pause(quiet_since),
+                    false => pause,
                 };
                 tokio::time::sleep(pause).await;
             }
@@ -235,6 +234,14 @@ impl<A: FileAgent> Copy<'_, A> {
             }
         }
     }
+}
+
+/// How soon to look again at a helper moving a chunk, the last written
+/// at `since`: soon at first (it often ends while the next chunk is
+/// written), less often the longer it takes (a `tar` that writes slowly),
+/// [`MOVING_PAUSE`] at most.
+fn moving_pause(since: Instant) -> Duration {
+    LOOKS.pause_after(since.elapsed()).min(MOVING_PAUSE)
 }
 
 /// Gives `piece` to the feed; at the end of the stream, what was packed.
