@@ -313,7 +313,12 @@ impl<C: Connector> Channel<C> {
     /// The connected agent, connecting first if need be.
     pub async fn agent(&mut self) -> Result<&mut C::Agent, Error> {
         if self.agent.is_none() {
-            self.agent = Some(self.connector.connect().await?);
+            let connected = self.connector.connect().await;
+            if matches!(connected, Err(Error::Disconnected)) {
+                // A go-between that hangs up at once: a drop as any other.
+                self.drops_in_a_row = self.drops_in_a_row.saturating_add(1);
+            }
+            self.agent = Some(connected?);
             self.connected_at = Some(Instant::now());
         }
         Ok(self.agent.as_mut().expect("connected just now"))
@@ -332,10 +337,7 @@ impl<C: Connector> Channel<C> {
     /// connection the peer closed is let go, so that the next exchange
     /// connects afresh.
     pub async fn execute<T: Command>(&mut self, command: &T) -> Result<T::Output, Error> {
-        let result = match self.agent().await {
-            Ok(agent) => agent.execute(command).await,
-            Err(error) => Err(error),
-        };
+        let result = self.agent().await?.execute(command).await;
         self.after(result).await
     }
 
@@ -346,19 +348,13 @@ impl<C: Connector> Channel<C> {
         first: &A,
         second: &B,
     ) -> Result<Both<A, B>, Error> {
-        let result = match self.agent().await {
-            Ok(agent) => agent.execute_both(first, second).await,
-            Err(error) => Err(error),
-        };
+        let result = self.agent().await?.execute_both(first, second).await;
         self.after(result).await
     }
 
     /// Starts a program (see [`Agent::guest_exec`]).
     pub async fn guest_exec(&mut self, exec: &GuestExec) -> Result<GuestExecReply, Error> {
-        let result = match self.agent().await {
-            Ok(agent) => agent.guest_exec(exec).await,
-            Err(error) => Err(error),
-        };
+        let result = self.agent().await?.guest_exec(exec).await;
         self.after(result).await
     }
 
