@@ -54,6 +54,7 @@ workers="${SOAK_WORKERS:-3}"
 rss_limit_kb="${SOAK_RSS_KB:-65536}"
 use_libvirt="${SOAK_LIBVIRT:-1}"
 V="${VIRTOMATE:-$repo_root/target/debug/virtomate}"
+v_comm="$(basename "$V" | cut -c1-15)" # its name in /proc/PID/comm
 for tool in jq perl flock /usr/bin/time qemu-system-x86_64; do
   command -v "$tool" >/dev/null || die "$tool not installed, run scripts/install-deps.sh"
 done
@@ -196,6 +197,10 @@ run_op() {
     sleep "$((delay / 10)).$((delay % 10))"
     tpid="$(pgrep -P "$pid" | head -n 1)"
     [ -n "$tpid" ] && vpid="$(pgrep -P "$tpid" | head -n 1)"
+    # Only virtomate itself: timeout's child before its exec still runs
+    # timeout's handler, which exits 128+N on the signal (no virtomate
+    # ever ran, and its status would look like one of virtomate's).
+    [ -n "$vpid" ] && [ "$(cat "/proc/$vpid/comm" 2>/dev/null)" != "$v_comm" ] && vpid=""
     if [ -n "$vpid" ]; then
       if [ "$((RANDOM % 10))" -lt 6 ]; then signalled=INT; else signalled=KILL; fi
       kill "-$signalled" "$vpid" 2>/dev/null || signalled=""
