@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Builds virtomate for minimal hosts and checks it (issue 10): a release
-# binary linked fully statically against glibc (`+crt-static` on the gnu
-# target; there is no musl target here), stripped, with its man pages and
-# shell completions beside it.
+# binary linked fully statically (on musl, or on glibc where the musl
+# target is missing: scripts/build-static.sh), stripped, with its man
+# pages and shell completions beside it.
 #
 # Checks, each fatal:
 #   - the binary is static: no ELF interpreter, and ldd says so;
-#   - it pulls in no glibc function that loads shared libraries at run
+#   - it pulls in no C library function that loads shared libraries at run
 #     time (NSS: getpwnam, getaddrinfo, …; iconv), by the symbols of the
 #     unstripped binary;
 #   - it is smaller than 4 MiB (the size is printed).

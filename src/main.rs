@@ -28,6 +28,12 @@ use std::time::Instant;
 use virtomate_protocol::{escape_bytes, ClientOptions, Direction, Trace};
 
 use cli::{Command, LogLevel, WatchdogArgs};
+
+/// On musl (the shipped static build), a pure-Rust allocator: musl's own
+/// made every command slower than glibc's (Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 use cli::{
     ControlArgs, DoctorArgs, DomainIfaceListArgs, GuestCmdArgs, GuestFactsArgs, GuestFstrimArgs,
     GuestInfoArgs, GuestPingArgs, GuestSetPasswordArgs, GuestSetTimeArgs, GuestShutdownArgs,

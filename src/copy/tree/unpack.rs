@@ -36,10 +36,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat2, OFlag, RenameFlags};
+use nix::fcntl::{openat, OFlag};
 use nix::sys::stat::{fchmod, fstatat, futimens, mkdirat, Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{linkat, symlinkat};
+use rustix::fs::{renameat_with, RenameFlags};
 
 use super::archive::{shown, ArchiveReader, Entry, Kind};
 use crate::copy::stale;
@@ -169,10 +170,15 @@ impl Unpacker {
             self.temp_name.as_os_str(),
             self.dest_name.as_os_str(),
         );
-        match renameat2(parent, from, parent, to, RenameFlags::RENAME_NOREPLACE) {
+        match renameat_with(parent, from, parent, to, RenameFlags::NOREPLACE) {
             Ok(()) => {}
-            Err(Errno::EEXIST) => return Err(exists(&self.temp.with_file_name(&self.dest_name))),
-            Err(e) => return Err(path_error("cannot rename the copy into place", e)),
+            Err(rustix::io::Errno::EXIST) => return Err(exists(&self.temp.with_file_name(&self.dest_name))),
+            Err(e) => {
+                return Err(path_error(
+                    "cannot rename the copy into place",
+                    Errno::from_raw(e.raw_os_error()),
+                ))
+            }
         }
         self.placed = true;
         Ok(())
