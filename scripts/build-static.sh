@@ -49,8 +49,8 @@ echo "build-static: building the static release binary ($target)" >&2
 # there with "cannot get random bytes" (scripts/check-pod.sh). This calls
 # glibc's getrandom() itself. On musl, the LTO static link here left
 # getrandom() a null address (a segmentation fault at the first random
-# id, seen at stop 35), though libc.a has it: "linux_raw" makes the system
-# call without the C library.
+# id, seen at stops 33 and 35), though libc.a has it: "linux_raw" makes
+# the system call without the C library.
 build_log="$(mktemp)"
 trap 'rm -f "$build_log"' EXIT
 # Optimised for size (opt-level z; s gave 4.06 MiB, over the goal, once
