@@ -16,7 +16,9 @@
 #    with a 2 MiB text script, whose time is mostly the file's transfer.
 #    Three rounds, the plugins one after the other in each.
 #
-# Environment: PYTHON_VM_ARTIFACTS, VIRTOMATE as for scripts/test-ansible.sh;
+# Environment: PYTHON_VM_ARTIFACTS, VIRTOMATE as for scripts/test-ansible.sh
+# (else VIRTOMATE_BIN, the static binary scripts/bench.sh builds, else a
+# release build);
 # BENCH_PYTHON=0 leaves part 1 out, BENCH_LIBVIRT=0 part 2;
 # BENCH_BASELINE=DIR (a directory holding another version of the collection,
 # as ansible_collections/virtomate/guest, e.g. from `git archive REV
@@ -41,7 +43,8 @@ if [ -z "${PYTHON_VM_ARTIFACTS:-}" ]; then
 fi
 [ "${BENCH_PYTHON:-1}" = 0 ] || scripts/build-python-vm.sh "$PYTHON_VM_ARTIFACTS" >&2
 venv="$(scripts/ansible-venv.sh)"
-if [ -z "${VIRTOMATE:-}" ]; then
+VIRTOMATE="${VIRTOMATE:-${VIRTOMATE_BIN:-}}"
+if [ -z "$VIRTOMATE" ]; then
   cargo build --locked --quiet --release --bin virtomate
   VIRTOMATE="$repo/target/release/virtomate"
 fi
