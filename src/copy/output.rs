@@ -1,10 +1,16 @@
 //! A copy's program in the guest (`tar`, `gzip`) followed as it writes:
 //! its standard output is the data, its standard error what it said.
 
+use std::time::Instant;
+
+use tokio::time::sleep;
 use virtomate_protocol::follow::{Follow, FollowError, FollowOptions, Stream};
-use virtomate_protocol::{leftovers, Channel};
+use virtomate_protocol::qga::GuestExecStatusReply;
+use virtomate_protocol::{leftovers, status_on, Channel, PollSchedule};
 
 use crate::agent::DomainConnector;
+use crate::copy::agent::FileAgent;
+use crate::error::CliError;
 
 /// Makes the private directory the program's output (and, with
 /// `stdin_pipe`, its input) passes through, tagged with this process, so
@@ -46,5 +52,60 @@ pub async fn look(
     match ended {
         true => follow.drain(channel, &mut sink).await.map(|()| (0, false)),
         false => follow.read_new(channel, &mut sink).await,
+    }
+}
+
+/// A copy's program between looks at its output: since when it has been
+/// quiet, and its end once seen. Its output is whole only once drained
+/// after that end.
+pub struct Watched {
+    pid: i64,
+    schedule: PollSchedule,
+    quiet_since: Instant,
+    ended: Option<GuestExecStatusReply>,
+}
+
+impl Watched {
+    pub fn new(pid: i64, schedule: PollSchedule) -> Watched {
+        Watched {
+            pid,
+            schedule,
+            quiet_since: Instant::now(),
+            ended: None,
+        }
+    }
+
+    /// Whether the next look is to drain the rest, the program being over.
+    pub fn has_ended(&self) -> bool {
+        self.ended.is_some()
+    }
+
+    /// After a look that read `read` bytes and left `more` perhaps
+    /// waiting: the program's end once its output is drained after it.
+    /// Else, when nothing more waits, asks whether it has ended, and
+    /// pauses while it runs on, the longer the quieter it has been.
+    pub async fn after_look(
+        &mut self,
+        agent: &mut impl FileAgent,
+        read: u64,
+        more: bool,
+    ) -> Result<Option<GuestExecStatusReply>, CliError> {
+        if read > 0 {
+            self.quiet_since = Instant::now();
+        }
+        if more {
+            return Ok(None);
+        }
+        if let Some(ended) = self.ended.take() {
+            // Drained after its end: all of it is there.
+            return Ok(Some(ended));
+        }
+        let status = status_on(agent.channel(), self.pid).await;
+        let status = status.map_err(|e| agent.error_while_running(e, self.pid))?;
+        match status.exited {
+            true => self.ended = Some(status),
+            false => sleep(self.schedule.pause_after(self.quiet_since.elapsed())).await,
+        }
+        Ok(None)
     }
 }

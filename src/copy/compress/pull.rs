@@ -7,10 +7,9 @@ use std::time::{Duration, Instant};
 use flate2::write::GzDecoder;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
-use tokio::time::sleep;
 use virtomate_protocol::follow::{FollowError, FollowOptions};
 use virtomate_protocol::qga::GuestExec;
-use virtomate_protocol::{hex, status_on, PollSchedule};
+use virtomate_protocol::{hex, PollSchedule};
 
 use crate::copy::agent::FileAgent;
 use crate::copy::location::guest_name;
@@ -64,8 +63,7 @@ impl<A: FileAgent> Copy<'_, A> {
         let mut unpacker = Unpacker::new(&packed_name(path));
         let mut said = Vec::new();
         let copied = async {
-            let mut quiet_since = Instant::now();
-            let mut ended = None;
+            let mut watched = output::Watched::new(pid, follow_options.schedule);
             loop {
                 let mut packed = Vec::new();
                 let follow = self.left.follow.as_mut().expect("prepared above");
@@ -73,7 +71,7 @@ impl<A: FileAgent> Copy<'_, A> {
                 let read = output::look(
                     follow,
                     channel,
-                    ended.is_some(),
+                    watched.has_ended(),
                     &mut packed,
                     &mut said,
                     GZIP_SAID_MAX,
@@ -93,24 +91,10 @@ impl<A: FileAgent> Copy<'_, A> {
                         .await
                         .map_err(|e| CliError::io("cannot write the local file", e))?;
                 }
-                if read > 0 {
-                    quiet_since = Instant::now();
-                }
-                match (more, &ended) {
-                    (true, _) => continue,
-                    // Drained after its end: all of it is there.
-                    (false, Some(_)) => break,
-                    (false, None) => {}
-                }
-                let status = status_on(self.agent.channel(), pid).await;
-                let status = status.map_err(|e| self.agent.error_while_running(e, pid))?;
-                if status.exited {
-                    ended = Some(status);
-                } else {
-                    sleep(follow_options.schedule.pause_after(quiet_since.elapsed())).await;
+                if let Some(ended) = watched.after_look(self.agent, read, more).await? {
+                    break Ok(ended);
                 }
             }
-            Ok(ended.expect("the loop ends after the program"))
         }
         .await;
         let ended = match copied {

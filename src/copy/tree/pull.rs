@@ -8,10 +8,9 @@ use std::time::{Duration, Instant};
 
 use flate2::read::GzDecoder;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::sleep;
 use virtomate_protocol::follow::{FollowError, FollowOptions, Stream};
 use virtomate_protocol::qga::GuestExec;
-use virtomate_protocol::{status_on, PollSchedule};
+use virtomate_protocol::PollSchedule;
 
 use super::unpack::{Unpacked, Unpacker};
 use super::{local_dest, not_a_guest_directory, TreeSummary};
@@ -194,13 +193,19 @@ impl<A: FileAgent> Copy<'_, A> {
     ) -> Result<u64, CliError> {
         let mut said = Vec::new();
         let mut total = 0u64;
-        let mut quiet_since = Instant::now();
-        let mut ended = None;
-        loop {
+        let mut watched = output::Watched::new(pid, LOOKS);
+        let ended = loop {
             let mut data = Vec::new();
             let follow = self.left.follow.as_mut().expect("prepared before");
             let channel = self.agent.channel();
-            let read = output::look(follow, channel, ended.is_some(), &mut data, &mut said, SAID_MAX);
+            let read = output::look(
+                follow,
+                channel,
+                watched.has_ended(),
+                &mut data,
+                &mut said,
+                SAID_MAX,
+            );
             let (read, more) = read.await.map_err(|e| self.tree_follow_error(e))?;
             if !data.is_empty() {
                 total += data.len() as u64;
@@ -209,24 +214,10 @@ impl<A: FileAgent> Copy<'_, A> {
                     return Err(CliError::new(ErrorKind::Verification, UNPACKER_STOPPED));
                 }
             }
-            if read > 0 {
-                quiet_since = Instant::now();
+            if let Some(ended) = watched.after_look(self.agent, read, more).await? {
+                break ended;
             }
-            match (more, &ended) {
-                (true, _) => continue,
-                // Drained after its end: all of it is there.
-                (false, Some(_)) => break,
-                (false, None) => {}
-            }
-            let status = status_on(self.agent.channel(), pid).await;
-            let status = status.map_err(|e| self.agent.error_while_running(e, pid))?;
-            if status.exited {
-                ended = Some(status);
-            } else {
-                sleep(LOOKS.pause_after(quiet_since.elapsed())).await;
-            }
-        }
-        let ended = ended.expect("the loop ends after the program");
+        };
         self.left.program = None;
         if ended.exitcode != Some(0) {
             let ran = guest::Ran {
