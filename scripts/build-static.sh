@@ -9,8 +9,8 @@
 # static start-up probes the CPU's caches with cpuid, which traps to the
 # hypervisor on a virtual machine: a third of a fresh virtomate's CPU
 # behind a control master, and the host agent's master/session figure
-# 1.58 against musl's 1.30 (docs/performance.md). It is also 0.8 MB
-# smaller. VIRTOMATE_STATIC_TARGET names the target to use instead.
+# 1.47-1.66 against musl's 1.27-1.51 (docs/performance.md, stop 35). It
+# is also 0.7 MiB smaller. VIRTOMATE_STATIC_TARGET names the target to use instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$(pwd)"

@@ -28,12 +28,6 @@ use std::time::Instant;
 use virtomate_protocol::{escape_bytes, ClientOptions, Direction, Trace};
 
 use cli::{Command, LogLevel, WatchdogArgs};
-
-/// On musl (the shipped static build), a pure-Rust allocator: musl's own
-/// made every command slower than glibc's (Cargo.toml).
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 use cli::{
     ControlArgs, DoctorArgs, DomainIfaceListArgs, GuestCmdArgs, GuestFactsArgs, GuestFstrimArgs,
     GuestInfoArgs, GuestPingArgs, GuestSetPasswordArgs, GuestSetTimeArgs, GuestShutdownArgs,
@@ -42,6 +36,12 @@ use cli::{
 use commands::{Answer, Context};
 use domain::Scope;
 use error::{CliError, ErrorJson, ErrorKind};
+
+/// On musl (the shipped static build), a pure-Rust allocator: musl's own
+/// made every command slower than glibc's (Cargo.toml).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
 
 fn main() -> ExitCode {
     #[cfg(feature = "generate")]
